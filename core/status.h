@@ -24,7 +24,7 @@
 
 namespace msa {
 // Prefixes a status message with context ("reading ckpt.h5: ..."), keeping its code.
-inline absl::Status annotate(const absl::Status& s, std::string_view context) {
+inline absl::Status annotate(const absl::Status& s, absl::string_view context) {
   if (s.ok()) return s;
   return absl::Status(s.code(), std::string(context) + ": " + std::string(s.message()));
 }

@@ -1,0 +1,220 @@
+#include "model/attention_block.h"
+
+#include <cmath>
+
+#include "absl/strings/str_format.h"
+#include "kernels/attention.h"
+#include "kernels/matmul.h"
+#include "kernels/norm.h"
+#include "kernels/rope.h"
+
+namespace msa {
+namespace {
+
+std::string pname(int layer, const char* suffix) {
+  return absl::StrFormat("layers.%d.%s", layer, suffix);
+}
+
+// Statistics (rstd, lse) are f32 on CUDA and the compute dtype on the CPU.
+DType stats_dtype(const Tensor& like) {
+  return like.is_cuda() ? DType::kF32 : like.dtype();
+}
+
+Tensor bias_or_undefined(ParameterSet& params, const std::string& name) {
+  Parameter* p = params.find(name);
+  return p ? p->value : Tensor();
+}
+
+Tensor grad_or_undefined(ParameterSet& params, const std::string& name) {
+  Parameter* p = params.find(name);
+  return p ? p->grad : Tensor();
+}
+
+}  // namespace
+
+void attention_block_forward(const ModelConfig& c, int layer, ParameterSet& params,
+                             const Tensor& x, int64_t batch, int64_t T,
+                             const AttentionBlockOptions& options, AttentionActivations& act,
+                             Tensor& y) {
+  const int64_t N = batch * T, D = c.d_model, H = c.n_heads, G = c.n_kv_heads, d = c.head_dim;
+  const DType dt = x.dtype(), st = stats_dtype(x);
+  const Device dev = x.device();
+  const double scale = 1.0 / std::sqrt(static_cast<double>(d));
+
+  act.xn = Tensor::empty({N, D}, dt, dev);
+  act.rstd = Tensor::empty({N}, st, dev);
+  rmsnorm_forward(x, params.at(pname(layer, "attn_norm.weight")).value, c.norm_eps, act.xn,
+                  act.rstd);
+
+  act.q = Tensor::empty({N, H * d}, dt, dev);
+  act.k = Tensor::empty({N, G * d}, dt, dev);
+  act.v = Tensor::empty({N, G * d}, dt, dev);
+  linear_forward(act.xn, params.at(pname(layer, "attn.wq.weight")).value,
+                 bias_or_undefined(params, pname(layer, "attn.wq.bias")), act.q);
+  linear_forward(act.xn, params.at(pname(layer, "attn.wk.weight")).value,
+                 bias_or_undefined(params, pname(layer, "attn.wk.bias")), act.k);
+  linear_forward(act.xn, params.at(pname(layer, "attn.wv.weight")).value,
+                 bias_or_undefined(params, pname(layer, "attn.wv.bias")), act.v);
+
+  Tensor q_pre = act.q, k_pre = act.k;
+  if (c.qk_norm) {
+    act.qn = Tensor::empty({N * H, d}, dt, dev);
+    act.kn = Tensor::empty({N * G, d}, dt, dev);
+    act.rstd_q = Tensor::empty({N * H}, st, dev);
+    act.rstd_k = Tensor::empty({N * G}, st, dev);
+    rmsnorm_forward(act.q.view({N * H, d}), params.at(pname(layer, "attn.q_norm.weight")).value,
+                    c.norm_eps, act.qn, act.rstd_q);
+    rmsnorm_forward(act.k.view({N * G, d}), params.at(pname(layer, "attn.k_norm.weight")).value,
+                    c.norm_eps, act.kn, act.rstd_k);
+    q_pre = act.qn;
+    k_pre = act.kn;
+  }
+  act.q_rope = Tensor::empty({batch, T, H, d}, dt, dev);
+  act.k_rope = Tensor::empty({batch, T, G, d}, dt, dev);
+  rope_forward(q_pre.view({batch, T, H, d}), c.rope_theta, act.q_rope);
+  rope_forward(k_pre.view({batch, T, G, d}), c.rope_theta, act.k_rope);
+  const Tensor v4 = act.v.view({batch, T, G, d});
+
+  act.att = Tensor::empty({batch, T, H, d}, dt, dev);
+  act.lse = Tensor::empty({batch, H, T}, st, dev);
+  act.selection.reset();
+  act.sparse_attention = false;
+  act.index_recall = -1;
+
+  if (c.layer_kind(layer) == AttentionKind::kDense) {
+    attention_forward(act.q_rope, act.k_rope, v4, scale, act.att, act.lse);
+  } else {
+    const int dI = c.msa.index_dim, B = c.msa.block_size;
+    const int64_t nb = msa_num_blocks(T, B);
+    act.iq = Tensor::empty({batch, T, G, dI}, dt, dev);
+    act.ik = Tensor::empty({batch, T, G, dI}, dt, dev);
+    act.kbar = Tensor::empty({batch, nb, G, dI}, dt, dev);
+    // The index branch reads xn as a constant: nothing here records a path back into it.
+    Tensor iq2 = act.iq.view({N, G * dI}), ik2 = act.ik.view({N, G * dI});
+    linear_forward(act.xn, params.at(pname(layer, "attn.index_wq.weight")).value, Tensor(), iq2);
+    linear_forward(act.xn, params.at(pname(layer, "attn.index_wk.weight")).value, Tensor(), ik2);
+    msa_block_pool_forward(act.ik, B, act.kbar);
+    act.selection = BlockSelection::allocate(batch, T, G, B, c.msa.topk, dev);
+    msa_index_topk(act.iq, act.kbar, *act.selection);
+
+    IndexLossMode loss_mode;
+    if (options.msa_mode == MsaMode::kSparse) {
+      msa_sparse_attention_forward(act.q_rope, act.k_rope, v4, *act.selection, scale, act.att,
+                                   act.lse);
+      act.sparse_attention = true;
+      loss_mode = IndexLossMode::kSparse;
+    } else {
+      attention_forward(act.q_rope, act.k_rope, v4, scale, act.att, act.lse);
+      loss_mode = IndexLossMode::kDenseTarget;
+    }
+    act.diq = Tensor::empty(act.iq.shape(), dt == DType::kBF16 ? DType::kF32 : dt, dev);
+    act.dkbar = Tensor::empty(act.kbar.shape(), act.diq.dtype(), dev);
+    IndexLossResult r = msa_index_loss(loss_mode, act.q_rope, act.k_rope, act.lse,
+                                       *act.selection, act.iq, act.kbar, scale, B, 1.0, act.diq,
+                                       act.dkbar);
+    act.index_loss = r.loss;
+    act.index_rows = r.n_rows;
+    if (!options.compute_index_grads) {
+      act.diq = Tensor();
+      act.dkbar = Tensor();
+    }
+    if (options.recall_query_stride > 0) {
+      act.index_recall = msa_index_recall(act.q_rope, act.k_rope, *act.selection, scale,
+                                          options.recall_query_stride);
+    }
+  }
+
+  linear_forward(act.att.view({N, H * d}), params.at(pname(layer, "attn.wo.weight")).value,
+                 Tensor(), y);
+}
+
+void attention_block_backward(const ModelConfig& c, int layer, ParameterSet& params,
+                              const Tensor& x, const Tensor& dy, int64_t batch, int64_t T,
+                              AttentionActivations& act, bool backbone, double index_weight,
+                              Tensor& dx) {
+  const int64_t N = batch * T, D = c.d_model, H = c.n_heads, G = c.n_kv_heads, d = c.head_dim;
+  const DType dt = x.dtype();
+  const Device dev = x.device();
+  const double scale = 1.0 / std::sqrt(static_cast<double>(d));
+
+  // Index branch: its own gradients only (the input xn is detached: no dx contribution).
+  if (c.layer_kind(layer) == AttentionKind::kMsa && act.diq.defined() && index_weight != 0) {
+    const int dI = c.msa.index_dim;
+    Tensor diq = act.diq, dkbar = act.dkbar;
+    if (diq.dtype() != dt) {  // CUDA: f32 gradients, bf16 matmul inputs
+      diq = diq.to(dt);
+      dkbar = dkbar.to(dt);
+    }
+    scale_inplace(diq, index_weight);
+    scale_inplace(dkbar, index_weight);
+    Tensor dik = Tensor::empty(act.ik.shape(), dt, dev);
+    msa_block_pool_backward(dkbar, c.msa.block_size, dik);
+    Tensor none;
+    linear_backward(diq.view({N, G * dI}), act.xn,
+                    params.at(pname(layer, "attn.index_wq.weight")).value, none,
+                    params.at(pname(layer, "attn.index_wq.weight")).grad, none);
+    linear_backward(dik.view({N, G * dI}), act.xn,
+                    params.at(pname(layer, "attn.index_wk.weight")).value, none,
+                    params.at(pname(layer, "attn.index_wk.weight")).grad, none);
+  }
+  if (!backbone) {
+    dx = Tensor();
+    return;
+  }
+
+  Tensor none;
+  Tensor datt = Tensor::empty({N, H * d}, dt, dev);
+  linear_backward(dy, act.att.view({N, H * d}), params.at(pname(layer, "attn.wo.weight")).value,
+                  datt, params.at(pname(layer, "attn.wo.weight")).grad, none);
+
+  Tensor dq_rope = Tensor::empty({batch, T, H, d}, dt, dev);
+  Tensor dk_rope = Tensor::empty({batch, T, G, d}, dt, dev);
+  Tensor dv = Tensor::empty({batch, T, G, d}, dt, dev);
+  const Tensor v4 = act.v.view({batch, T, G, d});
+  const Tensor datt4 = datt.view({batch, T, H, d});
+  if (act.sparse_attention) {
+    msa_sparse_attention_backward(datt4, act.q_rope, act.k_rope, v4, act.att, act.lse,
+                                  *act.selection, scale, dq_rope, dk_rope, dv);
+  } else {
+    attention_backward(datt4, act.q_rope, act.k_rope, v4, act.att, act.lse, scale, dq_rope,
+                       dk_rope, dv);
+  }
+
+  // RoPE backward in place, then the q/k norm.
+  rope_backward(dq_rope, c.rope_theta, dq_rope);
+  rope_backward(dk_rope, c.rope_theta, dk_rope);
+  Tensor dq = dq_rope.view({N, H * d}), dk = dk_rope.view({N, G * d});
+  if (c.qk_norm) {
+    Tensor dq_pre = Tensor::empty({N * H, d}, dt, dev);
+    Tensor dk_pre = Tensor::empty({N * G, d}, dt, dev);
+    rmsnorm_backward(dq_rope.view({N * H, d}), act.q.view({N * H, d}),
+                     params.at(pname(layer, "attn.q_norm.weight")).value, act.rstd_q, dq_pre,
+                     params.at(pname(layer, "attn.q_norm.weight")).grad);
+    rmsnorm_backward(dk_rope.view({N * G, d}), act.k.view({N * G, d}),
+                     params.at(pname(layer, "attn.k_norm.weight")).value, act.rstd_k, dk_pre,
+                     params.at(pname(layer, "attn.k_norm.weight")).grad);
+    dq = dq_pre.view({N, H * d});
+    dk = dk_pre.view({N, G * d});
+  }
+
+  // Projections: dxn = dq Wq + dk Wk + dv Wv.
+  Tensor dxn = Tensor::empty({N, D}, dt, dev);
+  Tensor dxn_part = Tensor::empty({N, D}, dt, dev);
+  Tensor dbq = grad_or_undefined(params, pname(layer, "attn.wq.bias"));
+  Tensor dbk = grad_or_undefined(params, pname(layer, "attn.wk.bias"));
+  Tensor dbv = grad_or_undefined(params, pname(layer, "attn.wv.bias"));
+  linear_backward(dq, act.xn, params.at(pname(layer, "attn.wq.weight")).value, dxn,
+                  params.at(pname(layer, "attn.wq.weight")).grad, dbq);
+  linear_backward(dk, act.xn, params.at(pname(layer, "attn.wk.weight")).value, dxn_part,
+                  params.at(pname(layer, "attn.wk.weight")).grad, dbk);
+  add_inplace(dxn, dxn_part);
+  linear_backward(dv.view({N, G * d}), act.xn, params.at(pname(layer, "attn.wv.weight")).value,
+                  dxn_part, params.at(pname(layer, "attn.wv.weight")).grad, dbv);
+  add_inplace(dxn, dxn_part);
+
+  dx = Tensor::empty({N, D}, dt, dev);
+  rmsnorm_backward(dxn, x, params.at(pname(layer, "attn_norm.weight")).value, act.rstd, dx,
+                   params.at(pname(layer, "attn_norm.weight")).grad);
+}
+
+}  // namespace msa

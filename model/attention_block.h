@@ -1,0 +1,65 @@
+// The attention half of a decoder layer, dense GQA or MSA, forward and backward written out
+// explicitly (llm.c style): RMSNorm -> q/k/v projections (+bias) -> q/k RMSNorm -> RoPE ->
+// attention -> output projection. The residual add is the caller's.
+//
+// For an MSA layer the index branch runs on the *detached* normalized input: it computes the
+// selection, and the index distillation loss (and its gradients for W_IQ, W_IK) in the forward;
+// no gradient from it reaches the backbone, and the LM loss reaches the index branch through no
+// path (top-k is not differentiable).
+#pragma once
+
+#include <optional>
+
+#include "core/tensor.h"
+#include "kernels/msa.h"
+#include "model/model_config.h"
+#include "model/parameters.h"
+
+namespace msa {
+
+// How an MSA layer runs this step.
+enum class MsaMode {
+  kSparse,       // block-sparse attention, sparse index loss (training from scratch / continued)
+  kDenseWarmup,  // dense attention (outputs identical to a dense layer), dense-target index loss
+};
+
+// Everything the backward needs, named after what it holds. N = batch * T.
+struct AttentionActivations {
+  Tensor xn, rstd;        // normalized input [N, D], its 1/rms [N]
+  Tensor q, k, v;         // projections [N, H*d], [N, G*d], [N, G*d] (q, k before q/k norm)
+  Tensor qn, kn, rstd_q, rstd_k;  // after q/k RMSNorm (qk_norm only), [N*H, d] / [N*G, d]
+  Tensor q_rope, k_rope;  // [batch, T, H, d], [batch, T, G, d]
+  Tensor att, lse;        // attention output [batch, T, H, d], log-sum-exp [batch, H, T]
+  // MSA only.
+  Tensor iq, ik, kbar;    // index queries/keys [batch, T, G, d_I], block keys [batch, n_b, G, d_I]
+  std::optional<BlockSelection> selection;
+  bool sparse_attention = false;  // att came from the block-sparse kernel (else dense)
+  Tensor diq, dkbar;      // gradient of the (unweighted) index loss, from the forward
+  double index_loss = 0;
+  int64_t index_rows = 0;
+  double index_recall = -1;  // < 0 when not computed
+};
+
+struct AttentionBlockOptions {
+  MsaMode msa_mode = MsaMode::kSparse;
+  bool compute_index_grads = true;
+  int64_t recall_query_stride = 0;  // > 0: measure the index recall on every stride-th query
+};
+
+// x [N, D] (the residual stream). Writes the attention's contribution y [N, D] (before the
+// residual add) and fills `act`.
+void attention_block_forward(const ModelConfig& config, int layer, ParameterSet& params,
+                             const Tensor& x, int64_t batch, int64_t T,
+                             const AttentionBlockOptions& options, AttentionActivations& act,
+                             Tensor& y);
+
+// dy [N, D]: gradient w.r.t. y. Writes dx [N, D] (gradient w.r.t. x through this block only;
+// the caller adds the residual path). Backbone parameter gradients accumulate when `backbone`;
+// index-branch gradients accumulate index_weight * d(index loss) for MSA layers. dx is
+// left undefined when !backbone.
+void attention_block_backward(const ModelConfig& config, int layer, ParameterSet& params,
+                              const Tensor& x, const Tensor& dy, int64_t batch, int64_t T,
+                              AttentionActivations& act, bool backbone, double index_weight,
+                              Tensor& dx);
+
+}  // namespace msa

@@ -1,0 +1,54 @@
+#include "model/mlp_block.h"
+
+#include "absl/strings/str_format.h"
+#include "kernels/matmul.h"
+#include "kernels/norm.h"
+#include "kernels/swiglu.h"
+
+namespace msa {
+namespace {
+Parameter& param(ParameterSet& params, int layer, const char* suffix) {
+  return params.at(absl::StrFormat("layers.%d.%s", layer, suffix));
+}
+}  // namespace
+
+void mlp_block_forward(const ModelConfig& c, int layer, ParameterSet& params, const Tensor& x,
+                       MlpActivations& act, Tensor& y) {
+  const int64_t N = x.size(0), D = c.d_model, F = c.ffn_dim;
+  const DType dt = x.dtype();
+  const Device dev = x.device();
+  act.xn = Tensor::empty({N, D}, dt, dev);
+  act.rstd = Tensor::empty({N}, x.is_cuda() ? DType::kF32 : dt, dev);
+  rmsnorm_forward(x, param(params, layer, "mlp_norm.weight").value, c.norm_eps, act.xn, act.rstd);
+  act.gate = Tensor::empty({N, F}, dt, dev);
+  act.up = Tensor::empty({N, F}, dt, dev);
+  act.h = Tensor::empty({N, F}, dt, dev);
+  linear_forward(act.xn, param(params, layer, "mlp.w_gate.weight").value, Tensor(), act.gate);
+  linear_forward(act.xn, param(params, layer, "mlp.w_up.weight").value, Tensor(), act.up);
+  swiglu_forward(act.gate, act.up, act.h);
+  linear_forward(act.h, param(params, layer, "mlp.w_down.weight").value, Tensor(), y);
+}
+
+void mlp_block_backward(const ModelConfig& c, int layer, ParameterSet& params, const Tensor& x,
+                        const Tensor& dy, MlpActivations& act, Tensor& dx) {
+  const int64_t N = x.size(0), D = c.d_model, F = c.ffn_dim;
+  const DType dt = x.dtype();
+  const Device dev = x.device();
+  Tensor none;
+  Parameter& w_down = param(params, layer, "mlp.w_down.weight");
+  Parameter& w_gate = param(params, layer, "mlp.w_gate.weight");
+  Parameter& w_up = param(params, layer, "mlp.w_up.weight");
+  Tensor dh = Tensor::empty({N, F}, dt, dev);
+  linear_backward(dy, act.h, w_down.value, dh, w_down.grad, none);
+  Tensor dgate = Tensor::empty({N, F}, dt, dev), dup = Tensor::empty({N, F}, dt, dev);
+  swiglu_backward(dh, act.gate, act.up, dgate, dup);
+  Tensor dxn = Tensor::empty({N, D}, dt, dev), dxn_up = Tensor::empty({N, D}, dt, dev);
+  linear_backward(dgate, act.xn, w_gate.value, dxn, w_gate.grad, none);
+  linear_backward(dup, act.xn, w_up.value, dxn_up, w_up.grad, none);
+  add_inplace(dxn, dxn_up);
+  dx = Tensor::empty({N, D}, dt, dev);
+  Parameter& norm = param(params, layer, "mlp_norm.weight");
+  rmsnorm_backward(dxn, x, norm.value, act.rstd, dx, norm.grad);
+}
+
+}  // namespace msa

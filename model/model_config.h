@@ -1,0 +1,58 @@
+// ModelConfig: the architecture of a Llama-style decoder whose attention layers are dense GQA or
+// MSA, plus the MSA hyperparameters (DESIGN.md sections 3 and 4).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace msa {
+
+enum class AttentionKind { kDense, kMsa };
+
+const char* attention_kind_name(AttentionKind kind);
+
+struct MsaConfig {
+  int block_size = 128;            // B
+  int topk = 16;                   // k, including the local block
+  int index_dim = 64;              // d_I
+  double index_loss_weight = 1.0;  // lambda_idx
+};
+
+struct ModelConfig {
+  int64_t vocab_size = 32000;
+  int64_t d_model = 2048;
+  int n_layers = 16;
+  int n_heads = 16;
+  int n_kv_heads = 4;
+  int head_dim = 128;
+  int64_t ffn_dim = 5632;
+  double rope_theta = 10000.0;
+  double norm_eps = 1e-5;
+  bool tied_embeddings = false;
+  bool qkv_bias = false;  // Qwen2
+  bool qk_norm = false;   // Qwen3: RMSNorm over head_dim on q and k, before RoPE
+  // One entry per layer; an empty list means all dense.
+  std::vector<AttentionKind> attention;
+  MsaConfig msa;
+
+  AttentionKind layer_kind(int layer) const {
+    return attention.empty() ? AttentionKind::kDense : attention[layer];
+  }
+  bool any_msa() const;
+  int group_size() const { return n_heads / n_kv_heads; }  // r
+
+  // Checks every field; the message names the offending field (as its msa-train flag name).
+  absl::Status validate() const;
+
+  std::string to_json() const;
+  static absl::StatusOr<ModelConfig> from_json(const std::string& json_text);
+};
+
+// Parses "dense", "msa", or a comma-separated per-layer list ("dense,msa,msa,msa") for n_layers.
+absl::StatusOr<std::vector<AttentionKind>> parse_attention_kinds(const std::string& spec,
+                                                                 int n_layers);
+
+}  // namespace msa

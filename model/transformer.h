@@ -1,0 +1,75 @@
+// The Llama-style decoder: embedding -> L x [attention block + residual, MLP block + residual]
+// -> final RMSNorm -> LM head (tied or not) -> cross entropy. Forward and backward are written out
+// in the order they run; activations are kept between them.
+//
+// Loss: L = L_lm + lambda_idx * L_idx, where L_idx is the mean over MSA layers of each layer's
+// index distillation loss (so lambda_idx means the same at any depth).
+#pragma once
+
+#include <vector>
+
+#include "core/tensor.h"
+#include "model/attention_block.h"
+#include "model/mlp_block.h"
+#include "model/model_config.h"
+#include "model/parameters.h"
+
+namespace msa {
+
+struct ForwardOptions {
+  MsaMode msa_mode = MsaMode::kSparse;
+  bool for_backward = true;          // keep what backward needs (index gradients included)
+  int64_t recall_query_stride = 0;   // > 0: measure each MSA layer's index recall
+};
+
+struct ForwardResult {
+  double lm_loss = 0;            // mean cross entropy over counted targets
+  int64_t n_targets = 0;         // targets != ignore_index
+  double index_loss = 0;         // mean over MSA layers (0 without MSA layers)
+  double total_loss = 0;         // lm_loss + lambda_idx * index_loss
+  std::vector<double> index_recall;  // per MSA layer, when measured
+};
+
+inline constexpr int kIgnoreIndex = -100;
+
+class Transformer {
+ public:
+  // dtype: f32 or f64 on the CPU (f64 for gradient checks), bf16 on CUDA.
+  Transformer(const ModelConfig& config, DType dtype, Device device);
+
+  const ModelConfig& config() const { return config_; }
+  ParameterSet& params() { return params_; }
+  const ParameterSet& params() const { return params_; }
+  DType dtype() const { return dtype_; }
+  Device device() const { return device_; }
+
+  // tokens, targets: i32 [batch, T] on the model's device (targets may hold kIgnoreIndex).
+  ForwardResult forward(const Tensor& tokens, const Tensor& targets, const ForwardOptions& options);
+
+  // Accumulates loss_scale * dL/dparam into the parameters' grads for the last forward (which
+  // must have had for_backward). backbone = false (index warm-up) computes only the index
+  // branch's gradients. The logits buffer is reused for its gradient.
+  void backward(double loss_scale, bool backbone = true);
+
+  // The last forward's logits [batch * T, V]; valid until backward().
+  const Tensor& logits() const { return logits_; }
+
+ private:
+  ModelConfig config_;
+  DType dtype_;
+  Device device_;
+  ParameterSet params_;
+
+  // Activations of the last forward.
+  int64_t batch_ = 0, T_ = 0;
+  Tensor tokens_, targets_;
+  std::vector<Tensor> residual_in_;   // x entering layer l [N, D]
+  std::vector<Tensor> residual_mid_;  // x after layer l's attention residual add
+  std::vector<AttentionActivations> attn_;
+  std::vector<MlpActivations> mlp_;
+  Tensor x_final_, xn_final_, rstd_final_, logits_, lse_;
+  int64_t n_targets_ = 0;
+  int n_msa_layers_ = 0;
+};
+
+}  // namespace msa

@@ -1,0 +1,62 @@
+// AdamW over a ParameterSet with fp32 master weights and moments, decoupled weight decay applied
+// only to matrices (never to norms or biases), and global-norm gradient clipping.
+#pragma once
+
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "kernels/adamw.h"
+#include "model/parameters.h"
+
+namespace msa {
+
+struct OptimizerConfig {
+  double beta1 = 0.9;
+  double beta2 = 0.95;
+  double eps = 1e-8;
+  double weight_decay = 0.1;
+  double grad_clip = 1.0;  // max global gradient norm; <= 0 disables clipping
+};
+
+class AdamW {
+ public:
+  // Master weights: the parameters themselves when they are f32; otherwise f32 copies (bf16
+  // compute weights on the GPU are refreshed from the masters after each step).
+  AdamW(ParameterSet& params, const OptimizerConfig& config);
+
+  // Which parameters train (e.g. only the index branch during warm-up). Default: all.
+  using Filter = std::function<bool(const ParamSpec&)>;
+
+  // Global L2 norm of the gradients of the parameters selected by `filter`.
+  double grad_norm(const Filter& filter = nullptr) const;
+
+  // One update at 1-based `step` with learning rate `lr`, clipping by the given global norm.
+  // Parameters rejected by `filter` are left untouched (their moments too).
+  void step(int64_t step, double lr, double grad_norm, const Filter& filter = nullptr);
+
+  // fp32 CPU copies of the master weights / first / second moments, by parameter name.
+  std::map<std::string, Tensor> master_weights() const;
+  std::map<std::string, Tensor> first_moments() const;
+  std::map<std::string, Tensor> second_moments() const;
+  // Replaces masters (and the compute weights) and moments; every tensor must match in shape.
+  void load_state(const std::map<std::string, Tensor>& masters,
+                  const std::map<std::string, Tensor>& m, const std::map<std::string, Tensor>& v);
+  // Re-reads the master weights from the parameters (after weights were loaded into them).
+  void sync_masters_from_params();
+
+  const OptimizerConfig& config() const { return config_; }
+
+ private:
+  struct Slot {
+    Parameter* param;
+    Tensor master;  // f32; shares storage with param->value when that is f32
+    Tensor m, v;
+  };
+  ParameterSet& params_;
+  OptimizerConfig config_;
+  std::vector<Slot> slots_;
+};
+
+}  // namespace msa

@@ -1,0 +1,47 @@
+#include "core/rng.h"
+#include "train/batch_source.h"
+
+#include "absl/strings/str_format.h"
+
+namespace msa {
+namespace {
+
+class RepeatingSource : public BatchSource {
+ public:
+  RepeatingSource(int64_t vocab, int64_t batch, int64_t seq_len, int64_t period, uint64_t seed)
+      : vocab_(vocab), batch_(batch), seq_len_(seq_len), period_(period), seed_(seed) {}
+
+  Batch get(int64_t /*step*/, int /*micro*/) override {
+    Batch b{Tensor::empty({batch_, seq_len_}, DType::kI32),
+            Tensor::empty({batch_, seq_len_}, DType::kI32)};
+    int32_t* tok = b.tokens.data<int32_t>();
+    int32_t* tgt = b.targets.data<int32_t>();
+    for (int64_t s = 0; s < batch_; ++s) {
+      // Each row starts at a different phase of the same period.
+      for (int64_t t = 0; t <= seq_len_; ++t) {
+        int64_t i = (t + s * 7) % period_;
+        int32_t v = static_cast<int32_t>(philox4x32(seed_, i).v[0] % vocab_);
+        if (t < seq_len_) tok[s * seq_len_ + t] = v;
+        if (t > 0) tgt[s * seq_len_ + t - 1] = v;
+      }
+    }
+    return b;
+  }
+
+  std::string describe() const override {
+    return absl::StrFormat("synthetic repeating sequence (period %d)", period_);
+  }
+
+ private:
+  int64_t vocab_, batch_, seq_len_, period_;
+  uint64_t seed_;
+};
+
+}  // namespace
+
+std::unique_ptr<BatchSource> make_repeating_source(int64_t vocab_size, int64_t batch,
+                                                   int64_t seq_len, int64_t period, uint64_t seed) {
+  return std::make_unique<RepeatingSource>(vocab_size, batch, seq_len, period, seed);
+}
+
+}  // namespace msa
