@@ -1,6 +1,9 @@
 #include "core/rng.h"
 #include "train/batch_source.h"
 
+#include <utility>
+#include <vector>
+
 #include "absl/strings/str_format.h"
 
 namespace msa {
@@ -9,7 +12,17 @@ namespace {
 class RepeatingSource : public BatchSource {
  public:
   RepeatingSource(int64_t vocab, int64_t batch, int64_t seq_len, int64_t period, uint64_t seed)
-      : vocab_(vocab), batch_(batch), seq_len_(seq_len), period_(period), seed_(seed) {}
+      : batch_(batch), seq_len_(seq_len), period_(period) {
+    // Distinct tokens when period <= vocab (a seeded Fisher-Yates prefix), so each token
+    // determines the next one.
+    std::vector<int32_t> perm(vocab);
+    for (int64_t i = 0; i < vocab; ++i) perm[i] = static_cast<int32_t>(i);
+    for (int64_t i = 0; i < period; ++i) {
+      int64_t j = i + philox4x32(seed, i).v[0] % (vocab - i > 0 ? vocab - i : 1);
+      if (i < vocab) std::swap(perm[i], perm[j < vocab ? j : i]);
+      cycle_.push_back(perm[i % vocab]);
+    }
+  }
 
   Batch get(int64_t /*step*/, int /*micro*/) override {
     Batch b{Tensor::empty({batch_, seq_len_}, DType::kI32),
@@ -19,8 +32,7 @@ class RepeatingSource : public BatchSource {
     for (int64_t s = 0; s < batch_; ++s) {
       // Each row starts at a different phase of the same period.
       for (int64_t t = 0; t <= seq_len_; ++t) {
-        int64_t i = (t + s * 7) % period_;
-        int32_t v = static_cast<int32_t>(philox4x32(seed_, i).v[0] % vocab_);
+        int32_t v = cycle_[(t + s * 7) % period_];
         if (t < seq_len_) tok[s * seq_len_ + t] = v;
         if (t > 0) tgt[s * seq_len_ + t - 1] = v;
       }
@@ -33,8 +45,8 @@ class RepeatingSource : public BatchSource {
   }
 
  private:
-  int64_t vocab_, batch_, seq_len_, period_;
-  uint64_t seed_;
+  int64_t batch_, seq_len_, period_;
+  std::vector<int32_t> cycle_;
 };
 
 }  // namespace
