@@ -24,7 +24,7 @@ Run run(const std::string& args) {
 }
 
 TEST(MsaTrainCliTest, HelpListsEveryFlagWithDefault) {
-  Run r = run("--helpfull");
+  Run r = run("--help");
   for (const char* flag :
        {"vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "ffn_dim",
         "attention", "msa_block_size", "msa_topk", "msa_index_dim", "msa_index_loss_weight",
