@@ -10,6 +10,11 @@
 
 #if MSA_HAS_CUDA
 #include <cuda_runtime.h>
+
+#include <map>
+#include <mutex>
+
+#include "core/cuda/dtype_convert.h"
 #define MSA_CUDART(call)                                                               \
   do {                                                                                 \
     cudaError_t err_ = (call);                                                         \
@@ -18,6 +23,60 @@
 #endif
 
 namespace msa {
+
+#if MSA_HAS_CUDA
+namespace {
+// Caching device allocator: cudaMalloc/cudaFree synchronize the device and cost tens of
+// microseconds, and the training step allocates the same activation sizes every step. Freed
+// blocks are kept per rounded size and reused; all work runs on one stream, so a block reused by
+// the next allocation is ordered after the kernels that used it.
+class CudaCachingAllocator {
+ public:
+  static CudaCachingAllocator& instance() {
+    static CudaCachingAllocator* a = new CudaCachingAllocator();  // never destroyed: see free()
+    return *a;
+  }
+  static size_t round(size_t n) {
+    if (n <= (1u << 20)) return (n + 511) / 512 * 512;
+    return (n + (1u << 20) - 1) / (1u << 20) * (1u << 20);
+  }
+  void* allocate(size_t n) {
+    n = round(n);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = free_.find(n);
+      if (it != free_.end()) {
+        void* p = it->second;
+        free_.erase(it);
+        return p;
+      }
+    }
+    void* p = nullptr;
+    cudaError_t err = cudaMalloc(&p, n);
+    if (err != cudaSuccess) {
+      (void)cudaGetLastError();
+      release_cached();
+      MSA_CUDART(cudaMalloc(&p, n));
+    }
+    return p;
+  }
+  void free(void* p, size_t n) {
+    std::lock_guard<std::mutex> lock(mu_);
+    free_.emplace(round(n), p);
+  }
+  void release_cached() {
+    std::lock_guard<std::mutex> lock(mu_);
+    cudaDeviceSynchronize();
+    for (auto& [size, p] : free_) cudaFree(p);
+    free_.clear();
+  }
+
+ private:
+  std::mutex mu_;
+  std::multimap<size_t, void*> free_;
+};
+}  // namespace
+#endif
 
 size_t dtype_size(DType dtype) {
   switch (dtype) {
@@ -69,7 +128,7 @@ Storage::Storage(size_t nbytes, Device device) : nbytes_(nbytes), device_(device
     MSA_CHECK(data_ != nullptr, "out of host memory allocating %zu bytes", nbytes);
   } else {
 #if MSA_HAS_CUDA
-    MSA_CUDART(cudaMalloc(&data_, alloc));
+    data_ = CudaCachingAllocator::instance().allocate(alloc);
 #else
     MSA_CHECK(false, "CUDA tensor requested but this build has no CUDA (configure with -DMSA_CUDA=ON)");
 #endif
@@ -81,7 +140,7 @@ Storage::~Storage() {
     std::free(data_);
   } else {
 #if MSA_HAS_CUDA
-    cudaFree(data_);
+    CudaCachingAllocator::instance().free(data_, nbytes_ == 0 ? 1 : nbytes_);
 #endif
   }
 }
@@ -215,6 +274,13 @@ void visit_dtype(DType dtype, Fn&& fn) {
 
 Tensor Tensor::to(DType dtype) const {
   if (dtype == dtype_) return *this;
+#if MSA_HAS_CUDA
+  if (is_cuda() && cuda::can_convert_on_device(dtype_, dtype)) {
+    Tensor dst = empty(shape_, dtype, device_);
+    cuda::convert_on_device(raw_data(), dtype_, dst.raw_data(), dtype, numel_);
+    return dst;
+  }
+#endif
   Tensor src = to(Device::kCPU);
   Tensor dst = empty(shape_, dtype, Device::kCPU);
   visit_dtype(dtype_, [&](auto s) {
