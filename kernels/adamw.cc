@@ -25,8 +25,8 @@ void adamw_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const
     check_dtype(grad, param.dtype(), "adamw_update: grad");
     check_dtype(m, param.dtype(), "adamw_update: m");
     check_dtype(v, param.dtype(), "adamw_update: v");
-    cpu::adamw_update<T>(param.data<T>(), grad.data<T>(), m.data<T>(), v.data<T>(),
-                         param.numel(), h);
+    cpu::adamw_update<T>(param.data<T>(), grad.data<T>(), m.data<T>(), v.data<T>(), param.numel(),
+                         h);
   });
 }
 

@@ -1,8 +1,6 @@
 // Device dispatch for kernels/attention.h.
 #include "kernels/attention.h"
 
-#include <utility>
-
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/dtype_dispatch.h"
 
@@ -18,10 +16,10 @@ cpu::AttentionDims check_attention_args(const Tensor& q, const Tensor& k, const 
   MSA_CHECK(dims.groups > 0 && dims.heads % dims.groups == 0,
             "%s: H = %d query heads is not a multiple of G = %d KV heads", op, dims.heads,
             dims.groups);
-  check_shape(k, {dims.batch, dims.seq, dims.groups, dims.dim}, "k");
-  check_shape(v, k.shape(), "v");
-  check_shape(out, q.shape(), "out");
-  check_shape(lse, {dims.batch, dims.heads, dims.seq}, "lse");
+  check_shape(k, {dims.batch, dims.seq, dims.groups, dims.dim}, "attention: k");
+  check_shape(v, k.shape(), "attention: v");
+  check_shape(out, q.shape(), "attention: out");
+  check_shape(lse, {dims.batch, dims.heads, dims.seq}, "attention: lse");
   check_same_device(q, k, "q", "k");
   check_same_device(q, v, "q", "v");
   check_same_device(q, out, "q", "out");
@@ -31,8 +29,8 @@ cpu::AttentionDims check_attention_args(const Tensor& q, const Tensor& k, const 
 
 }  // namespace
 
-void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, double scale,
-                       Tensor& out, Tensor& lse) {
+void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, double scale, Tensor& out,
+                       Tensor& lse) {
   const cpu::AttentionDims dims = check_attention_args(q, k, v, out, lse, "attention_forward");
   if (q.is_cuda()) {
     // ---- CUDA: not built yet (kernels/cuda/ will take over here) ----
@@ -51,13 +49,13 @@ void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, double
 }
 
 void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
-                        const Tensor& out, const Tensor& lse, double scale, Tensor& dq,
-                        Tensor& dk, Tensor& dv) {
+                        const Tensor& out, const Tensor& lse, double scale, Tensor& dq, Tensor& dk,
+                        Tensor& dv) {
   const cpu::AttentionDims dims = check_attention_args(q, k, v, out, lse, "attention_backward");
-  check_shape(dout, q.shape(), "dout");
-  check_shape(dq, q.shape(), "dq");
-  check_shape(dk, k.shape(), "dk");
-  check_shape(dv, v.shape(), "dv");
+  check_shape(dout, q.shape(), "attention_backward: dout");
+  check_shape(dq, q.shape(), "attention_backward: dq");
+  check_shape(dk, k.shape(), "attention_backward: dk");
+  check_shape(dv, v.shape(), "attention_backward: dv");
   check_same_device(q, dout, "q", "dout");
   check_same_device(q, dq, "q", "dq");
   check_same_device(q, dk, "q", "dk");
@@ -69,14 +67,17 @@ void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, co
   }
   cpu::dispatch_floating(q.dtype(), "attention_backward", [&](auto zero) {
     using T = decltype(zero);
-    for (const auto& [t, name] : {std::pair<const Tensor*, const char*>{&dout, "dout"},
-                                  {&k, "k"}, {&v, "v"}, {&out, "out"}, {&lse, "lse"},
-                                  {&dq, "dq"}, {&dk, "dk"}, {&dv, "dv"}}) {
-      check_dtype(*t, q.dtype(), name);
-    }
-    cpu::attention_backward<T>(dout.data<T>(), q.data<T>(), k.data<T>(), v.data<T>(),
-                               out.data<T>(), lse.data<T>(), scale, dq.data<T>(), dk.data<T>(),
-                               dv.data<T>(), dims);
+    check_dtype(dout, q.dtype(), "attention_backward: dout");
+    check_dtype(k, q.dtype(), "attention_backward: k");
+    check_dtype(v, q.dtype(), "attention_backward: v");
+    check_dtype(out, q.dtype(), "attention_backward: out");
+    check_dtype(lse, q.dtype(), "attention_backward: lse");
+    check_dtype(dq, q.dtype(), "attention_backward: dq");
+    check_dtype(dk, q.dtype(), "attention_backward: dk");
+    check_dtype(dv, q.dtype(), "attention_backward: dv");
+    cpu::attention_backward<T>(dout.data<T>(), q.data<T>(), k.data<T>(), v.data<T>(), out.data<T>(),
+                               lse.data<T>(), scale, dq.data<T>(), dk.data<T>(), dv.data<T>(),
+                               dims);
   });
 }
 

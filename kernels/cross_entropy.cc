@@ -8,8 +8,7 @@ namespace msa {
 
 CrossEntropyResult cross_entropy_forward(const Tensor& logits, const Tensor& targets,
                                          int ignore_index, Tensor& lse) {
-  MSA_CHECK(logits.ndim() == 2, "cross_entropy_forward: logits %s must be 2-D",
-            logits.describe());
+  MSA_CHECK(logits.ndim() == 2, "cross_entropy_forward: logits %s must be 2-D", logits.describe());
   const int64_t N = logits.size(0), V = logits.size(1);
   check_shape(targets, {N}, "cross_entropy_forward: targets");
   check_dtype(targets, DType::kI32, "cross_entropy_forward: targets");
@@ -26,8 +25,8 @@ CrossEntropyResult cross_entropy_forward(const Tensor& logits, const Tensor& tar
     using T = decltype(zero);
     check_dtype(lse, logits.dtype(), "cross_entropy_forward: lse");
     const double total =
-        cpu::cross_entropy_forward<T>(logits.data<T>(), targets.data<int32_t>(), lse.data<T>(),
-                                      N, V, ignore_index, &result.n_counted);
+        cpu::cross_entropy_forward<T>(logits.data<T>(), targets.data<int32_t>(), lse.data<T>(), N,
+                                      V, ignore_index, &result.n_counted);
     result.loss = result.n_counted > 0 ? total / static_cast<double>(result.n_counted) : 0.0;
   });
   return result;
@@ -35,8 +34,7 @@ CrossEntropyResult cross_entropy_forward(const Tensor& logits, const Tensor& tar
 
 void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse,
                             int ignore_index, int64_t n_counted, double dloss, Tensor& dlogits) {
-  MSA_CHECK(logits.ndim() == 2, "cross_entropy_backward: logits %s must be 2-D",
-            logits.describe());
+  MSA_CHECK(logits.ndim() == 2, "cross_entropy_backward: logits %s must be 2-D", logits.describe());
   const int64_t N = logits.size(0), V = logits.size(1);
   check_shape(targets, {N}, "cross_entropy_backward: targets");
   check_dtype(targets, DType::kI32, "cross_entropy_backward: targets");
@@ -55,8 +53,8 @@ void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const T
     using T = decltype(zero);
     check_dtype(lse, logits.dtype(), "cross_entropy_backward: lse");
     check_dtype(dlogits, logits.dtype(), "cross_entropy_backward: dlogits");
-    cpu::cross_entropy_backward<T>(logits.data<T>(), targets.data<int32_t>(), lse.data<T>(), N,
-                                   V, ignore_index, n_counted, dloss, dlogits.data<T>());
+    cpu::cross_entropy_backward<T>(logits.data<T>(), targets.data<int32_t>(), lse.data<T>(), N, V,
+                                   ignore_index, n_counted, dloss, dlogits.data<T>());
   });
 }
 

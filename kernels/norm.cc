@@ -61,8 +61,8 @@ void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const 
       check_dtype(dw, x.dtype(), "rmsnorm_backward: dw");
       dw_data = dw.data<T>();
     }
-    cpu::rmsnorm_backward<T>(dy.data<T>(), x.data<T>(), w.data<T>(), rstd.data<T>(),
-                             dx.data<T>(), dw_data, N, D);
+    cpu::rmsnorm_backward<T>(dy.data<T>(), x.data<T>(), w.data<T>(), rstd.data<T>(), dx.data<T>(),
+                             dw_data, N, D);
   });
 }
 

@@ -25,8 +25,8 @@ void rope_apply(const Tensor& in, double theta, Tensor& out, bool inverse, const
   cpu::dispatch_floating(in.dtype(), op, [&](auto zero) {
     using T = decltype(zero);
     check_dtype(out, in.dtype(), op);
-    cpu::rope_rotate<T>(in.data<T>(), out.data<T>(), in.size(0), in.size(1), in.size(2),
-                        in.size(3), theta, inverse);
+    cpu::rope_rotate<T>(in.data<T>(), out.data<T>(), in.size(0), in.size(1), in.size(2), in.size(3),
+                        theta, inverse);
   });
 }
 

@@ -30,8 +30,7 @@ double sum_of_squares(const T* x, int64_t n) {
   return sum;
 }
 
-template void adamw_update<float>(float*, const float*, float*, float*, int64_t,
-                                  const AdamWHyper&);
+template void adamw_update<float>(float*, const float*, float*, float*, int64_t, const AdamWHyper&);
 template void adamw_update<double>(double*, const double*, double*, double*, int64_t,
                                    const AdamWHyper&);
 template double sum_of_squares<float>(const float*, int64_t);

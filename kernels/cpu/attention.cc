@@ -108,11 +108,11 @@ void attention_backward(const T* dout, const T* q, const T* k, const T* v, const
   });
 }
 
-#define MSA_INSTANTIATE(T)                                                                      \
-  template void attention_forward<T>(const T*, const T*, const T*, double, T*, T*,              \
-                                     const AttentionDims&);                                     \
-  template void attention_backward<T>(const T*, const T*, const T*, const T*, const T*,         \
-                                      const T*, double, T*, T*, T*, const AttentionDims&);
+#define MSA_INSTANTIATE(T)                                                                        \
+  template void attention_forward<T>(const T*, const T*, const T*, double, T*, T*,                \
+                                     const AttentionDims&);                                       \
+  template void attention_backward<T>(const T*, const T*, const T*, const T*, const T*, const T*, \
+                                      double, T*, T*, T*, const AttentionDims&);
 MSA_INSTANTIATE(float)
 MSA_INSTANTIATE(double)
 #undef MSA_INSTANTIATE

@@ -18,7 +18,6 @@ void attention_forward(const T* q, const T* k, const T* v, double scale, T* out,
 // dq, dk, dv overwritten.
 template <class T>
 void attention_backward(const T* dout, const T* q, const T* k, const T* v, const T* out,
-                        const T* lse, double scale, T* dq, T* dk, T* dv,
-                        const AttentionDims& dims);
+                        const T* lse, double scale, T* dq, T* dk, T* dv, const AttentionDims& dims);
 
 }  // namespace msa::cpu

@@ -75,10 +75,10 @@ void cross_entropy_backward(const T* logits, const int32_t* targets, const T* ls
   });
 }
 
-#define MSA_INSTANTIATE(T)                                                                       \
+#define MSA_INSTANTIATE(T)                                                                      \
   template double cross_entropy_forward<T>(const T*, const int32_t*, T*, int64_t, int64_t, int, \
-                                           int64_t*);                                            \
-  template void cross_entropy_backward<T>(const T*, const int32_t*, const T*, int64_t, int64_t,  \
+                                           int64_t*);                                           \
+  template void cross_entropy_backward<T>(const T*, const int32_t*, const T*, int64_t, int64_t, \
                                           int, int64_t, double, T*);
 MSA_INSTANTIATE(float)
 MSA_INSTANTIATE(double)

@@ -92,7 +92,7 @@ void scale_inplace(T* y, T a, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] *= a;
 }
 
-#define MSA_INSTANTIATE(T)                                                                     \
+#define MSA_INSTANTIATE(T)                                                                      \
   template void matmul_accumulate<T>(T*, const T*, const T*, int64_t, int64_t, int64_t);        \
   template void linear_forward<T>(const T*, const T*, const T*, T*, int64_t, int64_t, int64_t); \
   template void linear_backward<T>(const T*, const T*, const T*, T*, T*, T*, int64_t, int64_t,  \

@@ -34,7 +34,7 @@ template void swiglu_forward<float>(const float*, const float*, float*, int64_t)
 template void swiglu_forward<double>(const double*, const double*, double*, int64_t);
 template void swiglu_backward<float>(const float*, const float*, const float*, float*, float*,
                                      int64_t);
-template void swiglu_backward<double>(const double*, const double*, const double*, double*,
-                                      double*, int64_t);
+template void swiglu_backward<double>(const double*, const double*, const double*, double*, double*,
+                                      int64_t);
 
 }  // namespace msa::cpu

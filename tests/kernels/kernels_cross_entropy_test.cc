@@ -1,9 +1,8 @@
-#include "kernels/cross_entropy.h"
-
 #include <cmath>
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "kernels/cross_entropy.h"
 #include "tests/testing/gradcheck.h"
 
 namespace msa {
@@ -19,8 +18,8 @@ TEST(KernelsCrossEntropyTest, ForwardMatchesNaiveLogSoftmax) {
   Tensor logits = random_tensor({N, V}, 1, DType::kF64, 2.0f);
   const std::vector<int32_t> targets = {3, kIgnore, 0, 10, kIgnore, 7};
   Tensor lse = Tensor::empty({N}, DType::kF64);
-  CrossEntropyResult result = cross_entropy_forward(
-      logits, Tensor::from_vector<int32_t>({N}, targets), kIgnore, lse);
+  CrossEntropyResult result =
+      cross_entropy_forward(logits, Tensor::from_vector<int32_t>({N}, targets), kIgnore, lse);
   // Naive: log(sum(exp)) without the max shift (safe for these small logits).
   const std::vector<double> l = logits.to_double_vector(), lse_v = lse.to_double_vector();
   double total = 0;

@@ -1,8 +1,7 @@
-#include "kernels/embedding.h"
-
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "kernels/embedding.h"
 #include "tests/testing/gradcheck.h"
 
 namespace msa {

@@ -1,9 +1,8 @@
-#include "kernels/matmul.h"
-
 #include <vector>
 
 #include "gtest/gtest.h"
 #include "kernels/cpu/parallel.h"
+#include "kernels/matmul.h"
 #include "tests/testing/gradcheck.h"
 
 namespace msa {

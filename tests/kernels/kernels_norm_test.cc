@@ -1,9 +1,8 @@
-#include "kernels/norm.h"
-
 #include <cmath>
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "kernels/norm.h"
 #include "tests/testing/gradcheck.h"
 
 namespace msa {
@@ -41,7 +40,7 @@ TEST(KernelsRmsNormTest, BackwardMatchesFiniteDifferences) {
     return test::weighted_sum(y, r);
   };
   loss();
-  Tensor dx = random_tensor({N, D}, 14);  // overwritten
+  Tensor dx = random_tensor({N, D}, 14);                  // overwritten
   Tensor dw0 = random_tensor({D}, 15), dw = dw0.clone();  // accumulates
   rmsnorm_backward(r, x, w, rstd, dx, dw);
   auto rx = gradcheck(x, dx, loss, 1e-7);

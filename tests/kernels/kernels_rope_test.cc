@@ -1,9 +1,8 @@
-#include "kernels/rope.h"
-
 #include <cmath>
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "kernels/rope.h"
 #include "tests/testing/gradcheck.h"
 
 namespace msa {
@@ -51,7 +50,7 @@ TEST(KernelsRopeTest, DotProductsDependOnlyOnRelativePosition) {
     return s;
   };
   EXPECT_NEAR(dot(1, 4), dot(7, 10), 1e-12);
-  EXPECT_NEAR(dot(3, 3), dot(0, 0), 1e-12);  // rotations preserve the norm
+  EXPECT_NEAR(dot(3, 3), dot(0, 0), 1e-12);          // rotations preserve the norm
   EXPECT_GT(std::abs(dot(1, 4) - dot(1, 5)), 1e-6);  // and the test is not vacuous
 }
 

@@ -1,9 +1,8 @@
-#include "kernels/swiglu.h"
-
 #include <cmath>
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "kernels/swiglu.h"
 #include "tests/testing/gradcheck.h"
 
 namespace msa {

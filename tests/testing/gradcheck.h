@@ -30,8 +30,8 @@ struct GradcheckResult {
 
 inline std::ostream& operator<<(std::ostream& os, const GradcheckResult& r) {
   return os << "max relative error " << r.max_rel_error << " at element " << r.worst_index
-            << " (analytic " << r.analytic << ", numeric " << r.numeric
-            << "; largest |gradient| " << r.max_abs_grad << ")";
+            << " (analytic " << r.analytic << ", numeric " << r.numeric << "; largest |gradient| "
+            << r.max_abs_grad << ")";
 }
 
 // Compares `analytic` (same shape as `input`) with central differences
