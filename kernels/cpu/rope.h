@@ -1,0 +1,14 @@
+// CPU reference rotary embedding (contract in kernels/rope.h). T is float or double.
+#pragma once
+
+#include <cstdint>
+
+namespace msa::cpu {
+
+// x, y [batch, seq, heads, d]; y may equal x. inverse = false applies R (forward), true applies
+// R^T (backward: dx = R^T dy).
+template <class T>
+void rope_rotate(const T* x, T* y, int64_t batch, int64_t seq, int64_t heads, int64_t d,
+                 double theta, bool inverse);
+
+}  // namespace msa::cpu

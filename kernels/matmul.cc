@@ -1,0 +1,109 @@
+// Device dispatch for kernels/matmul.h.
+#include "kernels/matmul.h"
+
+#include "kernels/cpu/dtype_dispatch.h"
+#include "kernels/cpu/matmul.h"
+
+namespace msa {
+
+void linear_forward(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y) {
+  MSA_CHECK(x.ndim() == 2 && w.ndim() == 2, "linear_forward: x %s and w %s must be 2-D",
+            x.describe(), w.describe());
+  const int64_t N = x.size(0), K = x.size(1), M = w.size(0);
+  check_shape(w, {M, K}, "linear_forward: w");
+  check_shape(y, {N, M}, "linear_forward: y");
+  check_same_device(x, w, "x", "w");
+  check_same_device(x, y, "x", "y");
+  if (bias.defined()) {
+    check_shape(bias, {M}, "linear_forward: bias");
+    check_same_device(x, bias, "x", "bias");
+  }
+  if (x.is_cuda()) {
+    // ---- CUDA: not built yet (kernels/cuda/ will take over here) ----
+    MSA_CHECK(false, "linear_forward: CUDA implementation not built yet");
+    return;
+  }
+  cpu::dispatch_floating(x.dtype(), "linear_forward", [&](auto zero) {
+    using T = decltype(zero);
+    check_dtype(w, x.dtype(), "linear_forward: w");
+    check_dtype(y, x.dtype(), "linear_forward: y");
+    const T* b = nullptr;
+    if (bias.defined()) {
+      check_dtype(bias, x.dtype(), "linear_forward: bias");
+      b = bias.data<T>();
+    }
+    cpu::linear_forward<T>(x.data<T>(), w.data<T>(), b, y.data<T>(), N, K, M);
+  });
+}
+
+void linear_backward(const Tensor& dy, const Tensor& x, const Tensor& w, Tensor& dx, Tensor& dw,
+                     Tensor& dbias) {
+  MSA_CHECK(x.ndim() == 2 && w.ndim() == 2, "linear_backward: x %s and w %s must be 2-D",
+            x.describe(), w.describe());
+  const int64_t N = x.size(0), K = x.size(1), M = w.size(0);
+  check_shape(w, {M, K}, "linear_backward: w");
+  check_shape(dy, {N, M}, "linear_backward: dy");
+  check_same_device(x, w, "x", "w");
+  check_same_device(x, dy, "x", "dy");
+  if (dx.defined()) {
+    check_shape(dx, {N, K}, "linear_backward: dx");
+    check_same_device(x, dx, "x", "dx");
+  }
+  if (dw.defined()) {
+    check_shape(dw, {M, K}, "linear_backward: dw");
+    check_same_device(x, dw, "x", "dw");
+  }
+  if (dbias.defined()) {
+    check_shape(dbias, {M}, "linear_backward: dbias");
+    check_same_device(x, dbias, "x", "dbias");
+  }
+  if (x.is_cuda()) {
+    // ---- CUDA: not built yet (kernels/cuda/ will take over here) ----
+    MSA_CHECK(false, "linear_backward: CUDA implementation not built yet");
+    return;
+  }
+  cpu::dispatch_floating(x.dtype(), "linear_backward", [&](auto zero) {
+    using T = decltype(zero);
+    check_dtype(w, x.dtype(), "linear_backward: w");
+    check_dtype(dy, x.dtype(), "linear_backward: dy");
+    // An undefined optional output becomes a null pointer: the CPU kernel skips it.
+    auto optional_out = [&](Tensor& t, const char* name) -> T* {
+      if (!t.defined()) return nullptr;
+      check_dtype(t, x.dtype(), name);
+      return t.data<T>();
+    };
+    cpu::linear_backward<T>(dy.data<T>(), x.data<T>(), w.data<T>(),
+                            optional_out(dx, "linear_backward: dx"),
+                            optional_out(dw, "linear_backward: dw"),
+                            optional_out(dbias, "linear_backward: dbias"), N, K, M);
+  });
+}
+
+void add_inplace(Tensor& y, const Tensor& x) {
+  check_shape(x, y.shape(), "add_inplace: x");
+  check_same_device(y, x, "y", "x");
+  if (y.is_cuda()) {
+    // ---- CUDA: not built yet (kernels/cuda/ will take over here) ----
+    MSA_CHECK(false, "add_inplace: CUDA implementation not built yet");
+    return;
+  }
+  cpu::dispatch_floating(y.dtype(), "add_inplace", [&](auto zero) {
+    using T = decltype(zero);
+    check_dtype(x, y.dtype(), "add_inplace: x");
+    cpu::add_inplace<T>(y.data<T>(), x.data<T>(), y.numel());
+  });
+}
+
+void scale_inplace(Tensor& y, double a) {
+  if (y.is_cuda()) {
+    // ---- CUDA: not built yet (kernels/cuda/ will take over here) ----
+    MSA_CHECK(false, "scale_inplace: CUDA implementation not built yet");
+    return;
+  }
+  cpu::dispatch_floating(y.dtype(), "scale_inplace", [&](auto zero) {
+    using T = decltype(zero);
+    cpu::scale_inplace<T>(y.data<T>(), static_cast<T>(a), y.numel());
+  });
+}
+
+}  // namespace msa

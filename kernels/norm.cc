@@ -1,0 +1,69 @@
+// Device dispatch for kernels/norm.h.
+#include "kernels/norm.h"
+
+#include "kernels/cpu/dtype_dispatch.h"
+#include "kernels/cpu/norm.h"
+
+namespace msa {
+
+void rmsnorm_forward(const Tensor& x, const Tensor& w, double eps, Tensor& y, Tensor& rstd) {
+  MSA_CHECK(x.ndim() == 2, "rmsnorm_forward: x %s must be 2-D", x.describe());
+  const int64_t N = x.size(0), D = x.size(1);
+  check_shape(w, {D}, "rmsnorm_forward: w");
+  check_shape(y, {N, D}, "rmsnorm_forward: y");
+  check_shape(rstd, {N}, "rmsnorm_forward: rstd");
+  check_same_device(x, w, "x", "w");
+  check_same_device(x, y, "x", "y");
+  check_same_device(x, rstd, "x", "rstd");
+  if (x.is_cuda()) {
+    // ---- CUDA: not built yet (kernels/cuda/ will take over here) ----
+    MSA_CHECK(false, "rmsnorm_forward: CUDA implementation not built yet");
+    return;
+  }
+  cpu::dispatch_floating(x.dtype(), "rmsnorm_forward", [&](auto zero) {
+    using T = decltype(zero);
+    check_dtype(w, x.dtype(), "rmsnorm_forward: w");
+    check_dtype(y, x.dtype(), "rmsnorm_forward: y");
+    check_dtype(rstd, x.dtype(), "rmsnorm_forward: rstd");
+    cpu::rmsnorm_forward<T>(x.data<T>(), w.data<T>(), eps, y.data<T>(), rstd.data<T>(), N, D);
+  });
+}
+
+void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd,
+                      Tensor& dx, Tensor& dw) {
+  MSA_CHECK(x.ndim() == 2, "rmsnorm_backward: x %s must be 2-D", x.describe());
+  const int64_t N = x.size(0), D = x.size(1);
+  check_shape(dy, {N, D}, "rmsnorm_backward: dy");
+  check_shape(w, {D}, "rmsnorm_backward: w");
+  check_shape(rstd, {N}, "rmsnorm_backward: rstd");
+  check_shape(dx, {N, D}, "rmsnorm_backward: dx");
+  check_same_device(x, dy, "x", "dy");
+  check_same_device(x, w, "x", "w");
+  check_same_device(x, rstd, "x", "rstd");
+  check_same_device(x, dx, "x", "dx");
+  if (dw.defined()) {
+    check_shape(dw, {D}, "rmsnorm_backward: dw");
+    check_same_device(x, dw, "x", "dw");
+  }
+  if (x.is_cuda()) {
+    // ---- CUDA: not built yet (kernels/cuda/ will take over here) ----
+    MSA_CHECK(false, "rmsnorm_backward: CUDA implementation not built yet");
+    return;
+  }
+  cpu::dispatch_floating(x.dtype(), "rmsnorm_backward", [&](auto zero) {
+    using T = decltype(zero);
+    check_dtype(dy, x.dtype(), "rmsnorm_backward: dy");
+    check_dtype(w, x.dtype(), "rmsnorm_backward: w");
+    check_dtype(rstd, x.dtype(), "rmsnorm_backward: rstd");
+    check_dtype(dx, x.dtype(), "rmsnorm_backward: dx");
+    T* dw_data = nullptr;
+    if (dw.defined()) {
+      check_dtype(dw, x.dtype(), "rmsnorm_backward: dw");
+      dw_data = dw.data<T>();
+    }
+    cpu::rmsnorm_backward<T>(dy.data<T>(), x.data<T>(), w.data<T>(), rstd.data<T>(), dx.data<T>(),
+                             dw_data, N, D);
+  });
+}
+
+}  // namespace msa
