@@ -2,17 +2,18 @@
 // configs exit non-zero with a one-line message naming the flag.
 #include <cstdio>
 #include <string>
+#include <sys/wait.h>
 
 #include "gtest/gtest.h"
 
 namespace {
 
-struct Run {
+struct CommandResult {
   int exit_code;
   std::string output;
 };
 
-Run run(const std::string& args) {
+CommandResult run_msa_train(const std::string& args) {
   std::string cmd = std::string(MSA_BINARY_DIR) + "/msa-train " + args + " 2>&1";
   FILE* pipe = popen(cmd.c_str(), "r");
   std::string out;
@@ -24,7 +25,7 @@ Run run(const std::string& args) {
 }
 
 TEST(MsaTrainCliTest, HelpListsEveryFlagWithDefault) {
-  Run r = run("--help");
+  CommandResult r = run_msa_train("--help");
   for (const char* flag :
        {"vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "ffn_dim",
         "attention", "msa_block_size", "msa_topk", "msa_index_dim", "msa_index_loss_weight",
@@ -35,25 +36,25 @@ TEST(MsaTrainCliTest, HelpListsEveryFlagWithDefault) {
 }
 
 TEST(MsaTrainCliTest, UnknownFlagFailsNamingIt) {
-  Run r = run("--no_such_flag=3");
+  CommandResult r = run_msa_train("--no_such_flag=3");
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.output.find("no_such_flag"), std::string::npos) << r.output;
 }
 
 TEST(MsaTrainCliTest, HeadsNotDivisibleByKvHeadsNamesTheFlag) {
-  Run r = run("--n_heads=6 --n_kv_heads=4 --steps=1 --device=cpu");
+  CommandResult r = run_msa_train("--n_heads=6 --n_kv_heads=4 --steps=1 --device=cpu");
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.output.find("invalid --n_kv_heads"), std::string::npos) << r.output;
 }
 
 TEST(MsaTrainCliTest, OddHeadDimNamesTheFlag) {
-  Run r = run("--head_dim=7 --steps=1 --device=cpu");
+  CommandResult r = run_msa_train("--head_dim=7 --steps=1 --device=cpu");
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.output.find("invalid --head_dim"), std::string::npos) << r.output;
 }
 
 TEST(MsaTrainCliTest, BadAttentionListNamesTheFlag) {
-  Run r = run("--attention=dense,sparse --steps=1 --device=cpu");
+  CommandResult r = run_msa_train("--attention=dense,sparse --steps=1 --device=cpu");
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.output.find("invalid --attention"), std::string::npos) << r.output;
 }
