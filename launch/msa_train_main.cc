@@ -9,6 +9,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_format.h"
+#include "launch/program_usage.h"
 #include "launch/train_program.h"
 
 // ---- model -----------------------------------------------------------------------------------
@@ -59,7 +60,7 @@ ABSL_FLAG(int, recall_every, 50, "Measure the MSA index recall every N steps (0:
 ABSL_FLAG(int64_t, recall_stride, 16, "Index recall samples every N-th query position.");
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage(
+  msa::set_program_usage(
       "Trains a decoder-only LM whose attention layers are dense GQA or MiniMax Sparse Attention.\n"
       "  msa-train --flagfile=launch/recipes/small_msa.flags\n"
       "  mpirun -np 4 msa-train --flagfile=... --tp=2\n"

@@ -18,7 +18,7 @@ ModelConfig msa_config() {
   c.ffn_dim = 24;
   c.attention = {AttentionKind::kMsa, AttentionKind::kMsa};
   c.msa.block_size = 4;
-  c.msa.topk = 2;
+  c.msa.topk = 3;  // two non-local blocks: the sparse index loss needs |S'| >= 2
   c.msa.index_dim = 4;
   return c;
 }
