@@ -101,5 +101,33 @@ TEST(ModelMsaTest, WarmupBackwardTouchesOnlyTheIndexBranch) {
   }
 }
 
+TEST(ModelMsaTest, FutureTokensDoNotChangeEarlierLogits) {
+  // Causality through the whole MSA model (pooling, top-k, sparse attention, every layer): tokens
+  // after position t change no logit at or before t.
+  ModelConfig c = msa_config();
+  Transformer model(c, DType::kF32, Device::kCPU);
+  model.params().initialize(11);
+  Tensor tokens, targets;
+  make_batch(c, tokens, targets);
+  ForwardOptions eval;
+  eval.for_backward = false;
+  model.forward(tokens, targets, eval);
+  const std::vector<double> before = model.logits().to_double_vector();
+  const int64_t T = tokens.size(1), V = c.vocab_size;
+  for (int64_t t : {3, 9, 17}) {
+    Tensor changed = tokens.clone();
+    for (int64_t b = 0; b < tokens.size(0); ++b)
+      for (int64_t s = t + 1; s < T; ++s)
+        changed.data<int32_t>()[b * T + s] = (tokens.data<int32_t>()[b * T + s] + 1 + s) % V;
+    model.forward(changed, targets, eval);
+    const std::vector<double> after = model.logits().to_double_vector();
+    for (int64_t b = 0; b < tokens.size(0); ++b)
+      for (int64_t s = 0; s <= t; ++s)
+        for (int64_t v = 0; v < V; ++v)
+          ASSERT_EQ(before[(b * T + s) * V + v], after[(b * T + s) * V + v])
+              << "logit of token " << s << " changed when tokens after " << t << " changed";
+  }
+}
+
 }  // namespace
 }  // namespace msa
