@@ -37,8 +37,9 @@ ABSL_FLAG(double, msa_index_loss_weight, 1.0, "Weight lambda_idx of the index di
 ABSL_FLAG(std::string, device, "auto", "Where to train: 'cpu', 'cuda', or 'auto' (cuda when present).");
 ABSL_FLAG(std::string, data, "synthetic:repeat",
           "Training data: 'synthetic:repeat' (a repeating sequence), 'synthetic:kv-recall' or "
-          "'synthetic:needle' (long-context retrieval tasks generated on the fly), or a glob of "
-          "token shards written by msa-data (e.g. 'data/train_*.bin').");
+          "'synthetic:needle' (long-context retrieval tasks generated on the fly, see "
+          "docs/data.md), or a glob of token shards written by msa-data (e.g. "
+          "'shards:data/train-*.tok' or just the glob).");
 ABSL_FLAG(int64_t, steps, 200, "Total optimizer steps.");
 ABSL_FLAG(int64_t, batch_size, 4, "Sequences per micro-batch per data-parallel rank.");
 ABSL_FLAG(int64_t, seq_len, 256, "Tokens per sequence.");
@@ -55,6 +56,29 @@ ABSL_FLAG(uint64_t, seed, 1234, "Seed of the run (initialization, data order, sy
 ABSL_FLAG(int64_t, index_warmup_steps, 0,
           "Index warm-up for converted dense models: for the first N steps MSA layers attend "
           "densely, the backbone is frozen and only the index branch trains (dense-target loss).");
+ABSL_FLAG(int, synthetic_pairs, 4, "Facts per sample of --data=synthetic:kv-recall (1..8).");
+ABSL_FLAG(double, val_fraction, 0.01,
+          "Token shards: fraction of the windows held out as the validation split.");
+ABSL_FLAG(int, eval_every, 0, "Validation loss and perplexity every N steps (0: never).");
+ABSL_FLAG(int, eval_batches, 8, "Validation batches per evaluation.");
+ABSL_FLAG(std::string, checkpoint_dir, "",
+          "Directory for HDF5 checkpoints ckpt-<step>.h5 (written every --checkpoint_every steps, "
+          "at the end, and on SIGTERM/SIGINT). Empty: no checkpoints.");
+ABSL_FLAG(int, checkpoint_every, 0, "Checkpoint every N steps (0: only at the end / on a signal).");
+ABSL_FLAG(int, keep_last, 0,
+          "Keep only the newest N checkpoints in --checkpoint_dir (0: keep all); older ones are "
+          "deleted only after the new one is safely on disk.");
+ABSL_FLAG(bool, resume, false,
+          "Continue from the newest valid checkpoint in --checkpoint_dir (weights, optimizer, step, "
+          "data position), bit-exactly as if the run had not stopped.");
+ABSL_FLAG(std::string, init_from, "",
+          "Start from the weights of this checkpoint (optimizer state and step start fresh), e.g. a "
+          "model converted by msa-convert.");
+ABSL_FLAG(bool, init_allow_missing_index, false,
+          "With --init_from: MSA index-branch weights absent from the file keep their fresh "
+          "initialization (a dense checkpoint turned MSA).");
+ABSL_FLAG(std::string, metrics_jsonl, "",
+          "Append one JSON line of metrics per step (full precision) to this file.");
 ABSL_FLAG(int, log_every, 10, "Print a metrics line every N steps.");
 ABSL_FLAG(int, recall_every, 50, "Measure the MSA index recall every N steps (0: never).");
 ABSL_FLAG(int64_t, recall_stride, 16, "Index recall samples every N-th query position.");
@@ -101,6 +125,17 @@ int main(int argc, char** argv) {
   o.trainer.log_every = absl::GetFlag(FLAGS_log_every);
   o.trainer.recall_every = absl::GetFlag(FLAGS_recall_every);
   o.trainer.recall_query_stride = absl::GetFlag(FLAGS_recall_stride);
+  o.synthetic_pairs = absl::GetFlag(FLAGS_synthetic_pairs);
+  o.val_fraction = absl::GetFlag(FLAGS_val_fraction);
+  o.eval_every = absl::GetFlag(FLAGS_eval_every);
+  o.eval_batches = absl::GetFlag(FLAGS_eval_batches);
+  o.checkpoint_dir = absl::GetFlag(FLAGS_checkpoint_dir);
+  o.checkpoint_every = absl::GetFlag(FLAGS_checkpoint_every);
+  o.keep_last = absl::GetFlag(FLAGS_keep_last);
+  o.resume = absl::GetFlag(FLAGS_resume);
+  o.init_from = absl::GetFlag(FLAGS_init_from);
+  o.init_allow_missing_index = absl::GetFlag(FLAGS_init_allow_missing_index);
+  o.metrics_jsonl = absl::GetFlag(FLAGS_metrics_jsonl);
   o.optimizer.weight_decay = absl::GetFlag(FLAGS_weight_decay);
   o.optimizer.beta1 = absl::GetFlag(FLAGS_beta1);
   o.optimizer.beta2 = absl::GetFlag(FLAGS_beta2);

@@ -7,6 +7,7 @@
 #include <memory>
 #include <string>
 
+#include "absl/status/statusor.h"
 #include "core/tensor.h"
 
 namespace msa {
@@ -24,6 +25,26 @@ class BatchSource {
   virtual Batch get(int64_t step, int micro) = 0;
   virtual std::string describe() const = 0;
 };
+
+// How a run's global batch is split: a source for rank `dp_rank` of `dp_size` returns that rank's
+// share, so the ranks of one step read disjoint samples.
+struct DataLayout {
+  int grad_accum = 1;
+  int dp_rank = 0;
+  int dp_size = 1;
+};
+
+// Windows of token shards (data/window_sampler.h): `glob` names the shards; `validation` selects
+// the held-out split (batch b of a validation source is always the same windows).
+absl::StatusOr<std::unique_ptr<BatchSource>> make_shard_source(
+    const std::string& glob, int64_t vocab_size, int64_t batch, int64_t seq_len,
+    double val_fraction, uint64_t seed, const DataLayout& layout, bool validation);
+
+// A synthetic retrieval task (data/synthetic.h), generated on the fly: sample n of the run is
+// make_synthetic_sample(config, n). The validation source draws from a disjoint seed.
+absl::StatusOr<std::unique_ptr<BatchSource>> make_synthetic_source(
+    const std::string& task, int64_t vocab_size, int64_t batch, int64_t seq_len, int pairs,
+    uint64_t seed, const DataLayout& layout, bool validation);
 
 // A fixed pseudo-random sequence of `period` tokens repeated over the context: a model that learns
 // it predicts every token after the first period exactly (the foundation's learning test).
