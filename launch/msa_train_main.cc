@@ -77,6 +77,9 @@ ABSL_FLAG(std::string, init_from, "",
 ABSL_FLAG(bool, init_allow_missing_index, false,
           "With --init_from: MSA index-branch weights absent from the file keep their fresh "
           "initialization (a dense checkpoint turned MSA).");
+ABSL_FLAG(int64_t, exit_after_step, 0,
+          "Stop after this step and write a checkpoint, as if the job were preempted (the LR "
+          "schedule still spans --steps; continue later with --resume). 0: run to --steps.");
 ABSL_FLAG(std::string, metrics_jsonl, "",
           "Append one JSON line of metrics per step (full precision) to this file.");
 ABSL_FLAG(int, log_every, 10, "Print a metrics line every N steps.");
@@ -136,6 +139,7 @@ int main(int argc, char** argv) {
   o.init_from = absl::GetFlag(FLAGS_init_from);
   o.init_allow_missing_index = absl::GetFlag(FLAGS_init_allow_missing_index);
   o.metrics_jsonl = absl::GetFlag(FLAGS_metrics_jsonl);
+  o.exit_after_step = absl::GetFlag(FLAGS_exit_after_step);
   o.optimizer.weight_decay = absl::GetFlag(FLAGS_weight_decay);
   o.optimizer.beta1 = absl::GetFlag(FLAGS_beta1);
   o.optimizer.beta2 = absl::GetFlag(FLAGS_beta2);

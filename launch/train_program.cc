@@ -269,6 +269,11 @@ absl::Status run_train_program(TrainProgramOptions o) {
       failure = writer.save(m.step, tokens_seen);
       if (!failure.ok()) return false;
     }
+    if (o.exit_after_step > 0 && m.step >= o.exit_after_step) {
+      std::printf("msa-train: exiting after step %lld as asked (--exit_after_step)\n",
+                  static_cast<long long>(m.step));
+      return false;
+    }
     return !stop_requested();
   }));
   MSA_RETURN_IF_ERROR(failure);

@@ -29,6 +29,7 @@ struct TrainProgramOptions {
   bool resume = false;            // continue from the newest valid checkpoint in checkpoint_dir
   std::string init_from;          // load weights only from this checkpoint
   bool init_allow_missing_index = false;  // init_from: index branch absent in the file is fresh
+  int64_t exit_after_step = 0;    // stop (with a checkpoint) after this step, as if preempted
   std::string metrics_jsonl;      // append one JSON line per step (full precision) to this file
   TrainerConfig trainer;
   OptimizerConfig optimizer;
