@@ -1,4 +1,5 @@
-// Token shards (DESIGN.md section 7): a 32-byte little-endian header, then the tokens.
+// Token shards (DESIGN.md section 7): a 32-byte little-endian header, then the
+// tokens.
 //
 //   offset  size  field
 //   0       8     magic "MSATOKEN"
@@ -8,7 +9,8 @@
 //   24      8     reserved (0)
 //   32      N*w   tokens
 //
-// Documents are concatenated with an EOS id between them (the tokenizer chooses the id).
+// Documents are concatenated with an EOS id between them (the tokenizer chooses
+// the id).
 #pragma once
 
 #include <cstdint>
@@ -30,38 +32,43 @@ enum class TokenWidth : uint32_t { kU16 = 2, kU32 = 4 };
 // The narrowest width that holds every id below `vocab_size`.
 TokenWidth token_width_for_vocab(int64_t vocab_size);
 
-// Writes `tokens` as a shard at `path` (through a temporary file renamed into place). Fails if a
-// token does not fit `width`.
-absl::Status write_shard(const std::string& path, absl::Span<const uint32_t> tokens,
-                         TokenWidth width);
+// Writes `tokens` as a shard at `path` (through a temporary file renamed into
+// place). Fails if a token does not fit `width`.
+absl::Status write_shard(const std::string &path,
+                         absl::Span<const uint32_t> tokens, TokenWidth width);
 
-// A read-only, memory-mapped shard. The header and the file size are validated on open.
+// A read-only, memory-mapped shard. The header and the file size are validated
+// on open.
 class ShardReader {
- public:
-  static absl::StatusOr<std::unique_ptr<ShardReader>> open(const std::string& path);
+public:
+  static absl::StatusOr<std::unique_ptr<ShardReader>>
+  open(const std::string &path);
   ~ShardReader();
-  ShardReader(const ShardReader&) = delete;
-  ShardReader& operator=(const ShardReader&) = delete;
+  ShardReader(const ShardReader &) = delete;
+  ShardReader &operator=(const ShardReader &) = delete;
 
-  const std::string& path() const { return path_; }
+  const std::string &path() const { return path_; }
   int64_t size() const { return count_; }
   TokenWidth width() const { return width_; }
   uint32_t token(int64_t i) const;
-  // Copies tokens [begin, begin + n) into out; the range must lie inside the shard.
-  void read(int64_t begin, int64_t n, int32_t* out) const;
-  // Fails naming the file, the position and the id of the first token >= vocab_size.
+  // Copies tokens [begin, begin + n) into out; the range must lie inside the
+  // shard.
+  void read(int64_t begin, int64_t n, int32_t *out) const;
+  // Fails naming the file, the position and the id of the first token >=
+  // vocab_size.
   absl::Status check_vocab(int64_t vocab_size) const;
 
- private:
+private:
   ShardReader() = default;
   std::string path_;
-  const uint8_t* map_ = nullptr;
+  const uint8_t *map_ = nullptr;
   size_t map_bytes_ = 0;
   int64_t count_ = 0;
   TokenWidth width_ = TokenWidth::kU16;
 };
 
-// The files matching a shell glob, sorted; an error naming the pattern when nothing matches.
-absl::StatusOr<std::vector<std::string>> glob_files(const std::string& pattern);
+// The files matching a shell glob, sorted; an error naming the pattern when
+// nothing matches.
+absl::StatusOr<std::vector<std::string>> glob_files(const std::string &pattern);
 
-}  // namespace msa
+} // namespace msa

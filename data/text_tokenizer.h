@@ -1,5 +1,5 @@
-// Byte-level tokenization for msa-data: byte b is token b, and token 256 (kByteEos) separates
-// documents. Models trained on it need vocab_size >= 257.
+// Byte-level tokenization for msa-data: byte b is token b, and token 256
+// (kByteEos) separates documents. Models trained on it need vocab_size >= 257.
 #pragma once
 
 #include <cstdint>
@@ -15,10 +15,12 @@ inline constexpr uint32_t kByteEos = 256;
 inline constexpr int64_t kByteVocab = 257;
 
 struct TextShardingOptions {
-  std::vector<std::string> inputs;  // one document per file
+  std::vector<std::string> inputs; // one document per file
   std::string output_dir;
-  std::string prefix = "train";     // shards are <output_dir>/<prefix>-<5 digits>.tok
-  int64_t shard_tokens = 1 << 24;   // tokens per shard (the last one may be shorter)
+  std::string prefix =
+      "train"; // shards are <output_dir>/<prefix>-<5 digits>.tok
+  int64_t shard_tokens =
+      1 << 24; // tokens per shard (the last one may be shorter)
 };
 
 struct TextShardingResult {
@@ -26,10 +28,11 @@ struct TextShardingResult {
   int64_t tokens = 0, documents = 0;
 };
 
-// Tokenizes the inputs in order (EOS after each document) into shards. `progress` (optional) is
-// called with (bytes done, bytes total) as input is consumed.
+// Tokenizes the inputs in order (EOS after each document) into shards.
+// `progress` (optional) is called with (bytes done, bytes total) as input is
+// consumed.
 absl::StatusOr<TextShardingResult> write_text_shards(
-    const TextShardingOptions& options,
-    const std::function<void(int64_t, int64_t)>& progress = nullptr);
+    const TextShardingOptions &options,
+    const std::function<void(int64_t, int64_t)> &progress = nullptr);
 
-}  // namespace msa
+} // namespace msa

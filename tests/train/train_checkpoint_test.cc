@@ -1,0 +1,279 @@
+// HDF5 checkpoints: exact resume, and every kind of bad file rejected with a
+// message naming the file and the dataset, without harming the good checkpoints
+// beside it.
+#include <hdf5.h>
+#include <sys/stat.h>
+
+#include <cstdio>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "launch/train_program.h"
+#include "train/checkpoint.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace msa {
+namespace {
+
+using ::testing::HasSubstr;
+
+std::string fresh_dir(const std::string &name) {
+  const std::string dir = std::string(::testing::TempDir()) + "/" + name;
+  std::system(("rm -rf '" + dir + "'").c_str());
+  ::mkdir(dir.c_str(), 0755);
+  return dir;
+}
+
+TrainProgramOptions tiny_run(const std::string &dir, int64_t steps) {
+  TrainProgramOptions o;
+  o.model.vocab_size = 96;
+  o.model.d_model = 32;
+  o.model.n_layers = 2;
+  o.model.n_heads = 4;
+  o.model.n_kv_heads = 2;
+  o.model.head_dim = 8;
+  o.model.ffn_dim = 64;
+  o.model.msa.block_size = 8;
+  o.model.msa.topk = 3;
+  o.model.msa.index_dim = 8;
+  o.attention_spec = "msa,dense";
+  o.device = "cpu";
+  o.data = "synthetic:kv-recall";
+  o.batch_size = 2;
+  o.seq_len = 48;
+  o.trainer.steps = steps;
+  o.trainer.lr.max_lr = 3e-3;
+  o.trainer.lr.min_lr = 3e-4;
+  o.trainer.lr.warmup_steps = 5;
+  o.trainer.lr.total_steps = steps;
+  o.trainer.quiet = true;
+  o.trainer.recall_every = 7;
+  o.checkpoint_dir = dir;
+  o.metrics_jsonl = dir + "/metrics.jsonl";
+  return o;
+}
+
+std::vector<std::string> lines(const std::string &path) {
+  std::ifstream f(path);
+  std::vector<std::string> out;
+  for (std::string l; std::getline(f, l);)
+    out.push_back(l);
+  return out;
+}
+
+void expect_identical(const std::map<std::string, Tensor> &a,
+                      const std::map<std::string, Tensor> &b,
+                      const char *what) {
+  ASSERT_EQ(a.size(), b.size()) << what;
+  for (const auto &[name, t] : a) {
+    ASSERT_TRUE(b.count(name)) << what << " " << name;
+    EXPECT_EQ(t.to_double_vector(), b.at(name).to_double_vector())
+        << what << " " << name;
+  }
+}
+
+TEST(TrainCheckpointTest, ResumedRunIsBitIdenticalToAStraightRun) {
+  const std::string straight = fresh_dir("straight"),
+                    resumed = fresh_dir("resumed");
+  ASSERT_TRUE(run_train_program(tiny_run(straight, 40)).ok());
+  TrainProgramOptions first = tiny_run(resumed, 40);
+  first.exit_after_step = 20;
+  ASSERT_TRUE(run_train_program(first).ok());
+  EXPECT_EQ(list_checkpoint_steps(resumed), std::vector<int64_t>{20});
+  TrainProgramOptions second = tiny_run(resumed, 40);
+  second.resume = true;
+  ASSERT_TRUE(run_train_program(second).ok());
+
+  const auto a = lines(straight + "/metrics.jsonl"),
+             b = lines(resumed + "/metrics.jsonl");
+  ASSERT_EQ(a.size(), 40u);
+  ASSERT_EQ(b.size(), 40u);
+  for (size_t i = 20; i < 40; ++i)
+    EXPECT_EQ(a[i], b[i]) << "step " << i + 1;
+
+  auto ca = load_checkpoint(checkpoint_path(straight, 40));
+  auto cb = load_checkpoint(checkpoint_path(resumed, 40));
+  ASSERT_TRUE(ca.ok()) << ca.status();
+  ASSERT_TRUE(cb.ok()) << cb.status();
+  expect_identical(ca->params, cb->params, "params");
+  expect_identical(ca->m, cb->m, "first moments");
+  expect_identical(ca->v, cb->v, "second moments");
+  EXPECT_EQ(ca->state.step, 40);
+  EXPECT_EQ(cb->state.tokens_seen, ca->state.tokens_seen);
+  EXPECT_EQ(ca->state.tokens_seen, 40 * 2 * 48);
+}
+
+TEST(TrainCheckpointTest, KeepLastPrunesOnlyOlderCheckpoints) {
+  const std::string dir = fresh_dir("keep_last");
+  TrainProgramOptions o = tiny_run(dir, 9);
+  o.checkpoint_every = 2;
+  o.keep_last = 2;
+  ASSERT_TRUE(run_train_program(o).ok());
+  EXPECT_EQ(list_checkpoint_steps(dir), (std::vector<int64_t>{9, 8}));
+}
+
+TEST(TrainCheckpointTest, InitFromLoadsWeightsOnly) {
+  const std::string dir = fresh_dir("init_from_src"),
+                    dst = fresh_dir("init_from_dst");
+  ASSERT_TRUE(run_train_program(tiny_run(dir, 3)).ok());
+  TrainProgramOptions o = tiny_run(dst, 1);
+  o.init_from = checkpoint_path(dir, 3);
+  o.trainer.lr.max_lr = 1e-30; // one step that changes (almost) nothing
+  o.trainer.lr.min_lr = 1e-30;
+  o.optimizer.weight_decay = 0;
+  ASSERT_TRUE(run_train_program(o).ok());
+  auto src = load_checkpoint(checkpoint_path(dir, 3));
+  auto out = load_checkpoint(checkpoint_path(dst, 1));
+  ASSERT_TRUE(src.ok() && out.ok());
+  EXPECT_EQ(out->state.step, 1); // a fresh run, not a resume
+  for (const auto &[name, t] : src->params) {
+    const auto x = t.to_double_vector(),
+               y = out->params.at(name).to_double_vector();
+    for (size_t i = 0; i < x.size(); ++i)
+      ASSERT_NEAR(x[i], y[i], 1e-6) << name;
+  }
+}
+
+// ---- bad files
+// -----------------------------------------------------------------------------
+
+// A directory with good checkpoints at steps 2 and 4; returns the path of
+// step 4.
+std::string good_checkpoints(const std::string &name) {
+  const std::string dir = fresh_dir(name);
+  TrainProgramOptions o = tiny_run(dir, 4);
+  o.checkpoint_every = 2;
+  EXPECT_TRUE(run_train_program(o).ok());
+  return checkpoint_path(dir, 4);
+}
+
+std::string copy_as_step(const std::string &good, int64_t step) {
+  const std::string dir = good.substr(0, good.rfind('/'));
+  const std::string bad = checkpoint_path(dir, step);
+  std::ifstream in(good, std::ios::binary);
+  std::ofstream out(bad, std::ios::binary);
+  out << in.rdbuf();
+  return bad;
+}
+
+// The bad file is reported with the expected message, the good ones stay valid,
+// and resume falls back to the newest good checkpoint (step 4).
+void expect_rejected(const std::string &good, const std::string &bad,
+                     const std::string &message) {
+  auto r = load_checkpoint(bad);
+  ASSERT_FALSE(r.ok()) << "the corrupt checkpoint loaded";
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr(bad));
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr(message));
+  const std::string dir = good.substr(0, good.rfind('/'));
+  auto latest = load_latest_checkpoint(dir);
+  ASSERT_TRUE(latest.ok()) << latest.status();
+  EXPECT_EQ(latest->path, good);
+  EXPECT_TRUE(load_checkpoint(checkpoint_path(dir, 2)).ok());
+  // And the program resumes from it.
+  TrainProgramOptions o = tiny_run(dir, 5);
+  o.resume = true;
+  ASSERT_TRUE(run_train_program(o).ok());
+  EXPECT_TRUE(load_checkpoint(checkpoint_path(dir, 5)).ok());
+  EXPECT_TRUE(load_checkpoint(good).ok()) << "the good checkpoint was harmed";
+}
+
+TEST(TrainCheckpointTest, TruncatedFileIsRejected) {
+  const std::string good = good_checkpoints("bad_truncated");
+  const std::string bad = copy_as_step(good, 10);
+  struct stat st;
+  ASSERT_EQ(::stat(bad.c_str(), &st), 0);
+  ASSERT_EQ(::truncate(bad.c_str(), st.st_size / 2), 0);
+  expect_rejected(good, bad, "truncated or corrupt");
+}
+
+// Offset in the file of the raw data of `dataset` (contiguous layout).
+haddr_t dataset_offset(const std::string &path, const std::string &dataset) {
+  hid_t f = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+  hid_t d = H5Dopen2(f, dataset.c_str(), H5P_DEFAULT);
+  const haddr_t off = H5Dget_offset(d);
+  H5Dclose(d);
+  H5Fclose(f);
+  return off;
+}
+
+TEST(TrainCheckpointTest, FlippedByteInAParameterFailsTheChecksum) {
+  const std::string good = good_checkpoints("bad_flip");
+  const std::string bad = copy_as_step(good, 10);
+  const haddr_t off = dataset_offset(bad, "/params/layers.1.mlp.w_up.weight");
+  ASSERT_NE(off, HADDR_UNDEF);
+  std::fstream f(bad, std::ios::in | std::ios::out | std::ios::binary);
+  f.seekg(static_cast<std::streamoff>(off + 37));
+  char c;
+  f.read(&c, 1);
+  c ^= 0x10;
+  f.seekp(static_cast<std::streamoff>(off + 37));
+  f.write(&c, 1);
+  f.close();
+  expect_rejected(
+      good, bad,
+      "checksum mismatch in dataset /params/layers.1.mlp.w_up.weight");
+}
+
+TEST(TrainCheckpointTest, MissingDatasetIsRejected) {
+  const std::string good = good_checkpoints("bad_missing");
+  const std::string bad = copy_as_step(good, 10);
+  hid_t f = H5Fopen(bad.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+  ASSERT_GE(
+      H5Ldelete(f, "/optimizer/layers.0.attn.index_wq.weight/v", H5P_DEFAULT),
+      0);
+  H5Fclose(f);
+  expect_rejected(good, bad,
+                  "missing dataset /optimizer/layers.0.attn.index_wq.weight/v");
+}
+
+TEST(TrainCheckpointTest, ConfigDisagreeingWithTheTensorsIsRejected) {
+  const std::string good = good_checkpoints("bad_config");
+  const std::string bad = copy_as_step(good, 10);
+  auto ckpt = load_checkpoint(bad);
+  ASSERT_TRUE(ckpt.ok());
+  ModelConfig wrong = ckpt->config;
+  wrong.ffn_dim = 48; // the stored MLP weights are [64, 32]
+  const std::string json = wrong.to_json();
+  hid_t f = H5Fopen(bad.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+  hid_t g = H5Gopen2(f, "/config", H5P_DEFAULT);
+  ASSERT_GE(H5Adelete(g, "model"), 0);
+  hid_t type = H5Tcopy(H5T_C_S1);
+  H5Tset_size(type, json.size());
+  hid_t space = H5Screate(H5S_SCALAR);
+  hid_t a = H5Acreate2(g, "model", type, space, H5P_DEFAULT, H5P_DEFAULT);
+  ASSERT_GE(H5Awrite(a, type, json.data()), 0);
+  H5Aclose(a);
+  H5Sclose(space);
+  H5Tclose(type);
+  H5Gclose(g);
+  H5Fclose(f);
+  expect_rejected(good, bad,
+                  "dataset /params/layers.0.mlp.w_gate.weight has shape [64, "
+                  "32] but the config in the file needs [48, 32]");
+}
+
+TEST(TrainCheckpointTest, ResumeWithDifferentModelFlagsNamesTheField) {
+  const std::string good = good_checkpoints("bad_flags");
+  const std::string dir = good.substr(0, good.rfind('/'));
+  TrainProgramOptions o = tiny_run(dir, 6);
+  o.model.d_model = 48;
+  o.resume = true;
+  absl::Status s = run_train_program(o);
+  ASSERT_FALSE(s.ok());
+  EXPECT_THAT(std::string(s.message()),
+              HasSubstr("d_model: 32 in the checkpoint vs 48"));
+  EXPECT_TRUE(load_checkpoint(good).ok());
+}
+
+TEST(TrainCheckpointTest, ResumeWithoutCheckpointsIsAClearError) {
+  TrainProgramOptions o = tiny_run(fresh_dir("empty"), 3);
+  o.resume = true;
+  absl::Status s = run_train_program(o);
+  ASSERT_FALSE(s.ok());
+  EXPECT_THAT(std::string(s.message()), HasSubstr("no valid checkpoint in"));
+}
+
+} // namespace
+} // namespace msa
