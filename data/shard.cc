@@ -17,73 +17,61 @@
 namespace msa {
 namespace {
 
-void put_u32(uint8_t *p, uint32_t v) {
-  for (int i = 0; i < 4; ++i)
-    p[i] = static_cast<uint8_t>(v >> (8 * i));
+void put_u32(uint8_t* p, uint32_t v) {
+  for (int i = 0; i < 4; ++i) p[i] = static_cast<uint8_t>(v >> (8 * i));
 }
-void put_u64(uint8_t *p, uint64_t v) {
-  for (int i = 0; i < 8; ++i)
-    p[i] = static_cast<uint8_t>(v >> (8 * i));
+void put_u64(uint8_t* p, uint64_t v) {
+  for (int i = 0; i < 8; ++i) p[i] = static_cast<uint8_t>(v >> (8 * i));
 }
-uint32_t get_u32(const uint8_t *p) {
+uint32_t get_u32(const uint8_t* p) {
   uint32_t v = 0;
-  for (int i = 0; i < 4; ++i)
-    v |= static_cast<uint32_t>(p[i]) << (8 * i);
+  for (int i = 0; i < 4; ++i) v |= static_cast<uint32_t>(p[i]) << (8 * i);
   return v;
 }
-uint64_t get_u64(const uint8_t *p) {
+uint64_t get_u64(const uint8_t* p) {
   uint64_t v = 0;
-  for (int i = 0; i < 8; ++i)
-    v |= static_cast<uint64_t>(p[i]) << (8 * i);
+  for (int i = 0; i < 8; ++i) v |= static_cast<uint64_t>(p[i]) << (8 * i);
   return v;
 }
 
-absl::Status io_error(const std::string &path, const char *what) {
-  return absl::InternalError(
-      absl::StrFormat("%s: %s: %s", path, what, std::strerror(errno)));
+absl::Status io_error(const std::string& path, const char* what) {
+  return absl::InternalError(absl::StrFormat("%s: %s: %s", path, what, std::strerror(errno)));
 }
 
-} // namespace
+}  // namespace
 
 TokenWidth token_width_for_vocab(int64_t vocab_size) {
   return vocab_size <= 65536 ? TokenWidth::kU16 : TokenWidth::kU32;
 }
 
-absl::Status write_shard(const std::string &path,
-                         absl::Span<const uint32_t> tokens, TokenWidth width) {
+absl::Status write_shard(const std::string& path, absl::Span<const uint32_t> tokens,
+                         TokenWidth width) {
   const int w = static_cast<int>(width);
   std::vector<uint8_t> bytes(kShardHeaderBytes + tokens.size() * w, 0);
   std::memcpy(bytes.data(), kShardMagic, 8);
   put_u32(bytes.data() + 8, kShardVersion);
   put_u32(bytes.data() + 12, static_cast<uint32_t>(w));
   put_u64(bytes.data() + 16, tokens.size());
-  uint8_t *p = bytes.data() + kShardHeaderBytes;
+  uint8_t* p = bytes.data() + kShardHeaderBytes;
   for (size_t i = 0; i < tokens.size(); ++i) {
     if (width == TokenWidth::kU16 && tokens[i] > 0xFFFF) {
       return absl::InvalidArgumentError(absl::StrFormat(
-          "%s: token %d at position %d does not fit a uint16 shard", path,
-          tokens[i], i));
+          "%s: token %d at position %d does not fit a uint16 shard", path, tokens[i], i));
     }
-    for (int b = 0; b < w; ++b)
-      p[i * w + b] = static_cast<uint8_t>(tokens[i] >> (8 * b));
+    for (int b = 0; b < w; ++b) p[i * w + b] = static_cast<uint8_t>(tokens[i] >> (8 * b));
   }
   const std::string tmp = path + ".tmp";
-  FILE *f = std::fopen(tmp.c_str(), "wb");
-  if (f == nullptr)
-    return io_error(tmp, "cannot create");
+  FILE* f = std::fopen(tmp.c_str(), "wb");
+  if (f == nullptr) return io_error(tmp, "cannot create");
   const bool ok = std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size();
-  if (std::fclose(f) != 0 || !ok)
-    return io_error(tmp, "write failed");
-  if (std::rename(tmp.c_str(), path.c_str()) != 0)
-    return io_error(path, "rename failed");
+  if (std::fclose(f) != 0 || !ok) return io_error(tmp, "write failed");
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) return io_error(path, "rename failed");
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::unique_ptr<ShardReader>>
-ShardReader::open(const std::string &path) {
+absl::StatusOr<std::unique_ptr<ShardReader>> ShardReader::open(const std::string& path) {
   const int fd = ::open(path.c_str(), O_RDONLY);
-  if (fd < 0)
-    return io_error(path, "cannot open token shard");
+  if (fd < 0) return io_error(path, "cannot open token shard");
   struct stat st;
   if (fstat(fd, &st) != 0) {
     ::close(fd);
@@ -92,28 +80,26 @@ ShardReader::open(const std::string &path) {
   const uint64_t file_bytes = static_cast<uint64_t>(st.st_size);
   if (file_bytes < kShardHeaderBytes) {
     ::close(fd);
-    return absl::DataLossError(absl::StrFormat(
-        "%s: not a token shard: %d bytes is shorter than the %d-byte header",
-        path, file_bytes, kShardHeaderBytes));
+    return absl::DataLossError(
+        absl::StrFormat("%s: not a token shard: %d bytes is shorter than the %d-byte header", path,
+                        file_bytes, kShardHeaderBytes));
   }
-  void *map = mmap(nullptr, file_bytes, PROT_READ, MAP_PRIVATE, fd, 0);
+  void* map = mmap(nullptr, file_bytes, PROT_READ, MAP_PRIVATE, fd, 0);
   ::close(fd);
-  if (map == MAP_FAILED)
-    return io_error(path, "mmap failed");
+  if (map == MAP_FAILED) return io_error(path, "mmap failed");
   std::unique_ptr<ShardReader> r(new ShardReader());
   r->path_ = path;
-  r->map_ = static_cast<const uint8_t *>(map);
+  r->map_ = static_cast<const uint8_t*>(map);
   r->map_bytes_ = file_bytes;
-  const uint8_t *h = r->map_;
+  const uint8_t* h = r->map_;
   if (std::memcmp(h, kShardMagic, 8) != 0) {
-    return absl::DataLossError(absl::StrFormat(
-        "%s: not a token shard: wrong magic (expected \"MSATOKEN\")", path));
+    return absl::DataLossError(
+        absl::StrFormat("%s: not a token shard: wrong magic (expected \"MSATOKEN\")", path));
   }
   const uint32_t version = get_u32(h + 8);
   if (version != kShardVersion) {
-    return absl::DataLossError(
-        absl::StrFormat("%s: unsupported shard version %d (expected %d)", path,
-                        version, kShardVersion));
+    return absl::DataLossError(absl::StrFormat("%s: unsupported shard version %d (expected %d)",
+                                               path, version, kShardVersion));
   }
   const uint32_t w = get_u32(h + 12);
   if (w != 2 && w != 4) {
@@ -137,48 +123,40 @@ ShardReader::open(const std::string &path) {
 }
 
 ShardReader::~ShardReader() {
-  if (map_ != nullptr)
-    munmap(const_cast<uint8_t *>(map_), map_bytes_);
+  if (map_ != nullptr) munmap(const_cast<uint8_t*>(map_), map_bytes_);
 }
 
 uint32_t ShardReader::token(int64_t i) const {
-  MSA_CHECK(i >= 0 && i < count_, "%s: token %d out of range [0, %d)", path_, i,
-            count_);
-  const uint8_t *p =
-      map_ + kShardHeaderBytes + i * static_cast<int64_t>(width_);
-  return width_ == TokenWidth::kU16 ? static_cast<uint32_t>(p[0] | (p[1] << 8))
-                                    : get_u32(p);
+  MSA_CHECK(i >= 0 && i < count_, "%s: token %d out of range [0, %d)", path_, i, count_);
+  const uint8_t* p = map_ + kShardHeaderBytes + i * static_cast<int64_t>(width_);
+  return width_ == TokenWidth::kU16 ? static_cast<uint32_t>(p[0] | (p[1] << 8)) : get_u32(p);
 }
 
-void ShardReader::read(int64_t begin, int64_t n, int32_t *out) const {
-  MSA_CHECK(begin >= 0 && n >= 0 && begin + n <= count_,
-            "%s: read [%d, %d) outside [0, %d)", path_, begin, begin + n,
-            count_);
-  for (int64_t i = 0; i < n; ++i)
-    out[i] = static_cast<int32_t>(token(begin + i));
+void ShardReader::read(int64_t begin, int64_t n, int32_t* out) const {
+  MSA_CHECK(begin >= 0 && n >= 0 && begin + n <= count_, "%s: read [%d, %d) outside [0, %d)", path_,
+            begin, begin + n, count_);
+  for (int64_t i = 0; i < n; ++i) out[i] = static_cast<int32_t>(token(begin + i));
 }
 
 absl::Status ShardReader::check_vocab(int64_t vocab_size) const {
   for (int64_t i = 0; i < count_; ++i) {
     const uint32_t t = token(i);
     if (static_cast<int64_t>(t) >= vocab_size) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "%s: token id %d at position %d is >= the model's vocab_size %d",
-          path_, t, i, vocab_size));
+      return absl::InvalidArgumentError(
+          absl::StrFormat("%s: token id %d at position %d is >= the model's vocab_size %d", path_,
+                          t, i, vocab_size));
     }
   }
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::vector<std::string>>
-glob_files(const std::string &pattern) {
+absl::StatusOr<std::vector<std::string>> glob_files(const std::string& pattern) {
   glob_t g;
   std::memset(&g, 0, sizeof(g));
   const int rc = ::glob(pattern.c_str(), 0, nullptr, &g);
   std::vector<std::string> files;
   if (rc == 0) {
-    for (size_t i = 0; i < g.gl_pathc; ++i)
-      files.emplace_back(g.gl_pathv[i]);
+    for (size_t i = 0; i < g.gl_pathc; ++i) files.emplace_back(g.gl_pathv[i]);
   }
   globfree(&g);
   if (files.empty()) {
@@ -188,4 +166,4 @@ glob_files(const std::string &pattern) {
   return files;
 }
 
-} // namespace msa
+}  // namespace msa

@@ -34,34 +34,33 @@ TokenWidth token_width_for_vocab(int64_t vocab_size);
 
 // Writes `tokens` as a shard at `path` (through a temporary file renamed into
 // place). Fails if a token does not fit `width`.
-absl::Status write_shard(const std::string &path,
-                         absl::Span<const uint32_t> tokens, TokenWidth width);
+absl::Status write_shard(const std::string& path, absl::Span<const uint32_t> tokens,
+                         TokenWidth width);
 
 // A read-only, memory-mapped shard. The header and the file size are validated
 // on open.
 class ShardReader {
-public:
-  static absl::StatusOr<std::unique_ptr<ShardReader>>
-  open(const std::string &path);
+ public:
+  static absl::StatusOr<std::unique_ptr<ShardReader>> open(const std::string& path);
   ~ShardReader();
-  ShardReader(const ShardReader &) = delete;
-  ShardReader &operator=(const ShardReader &) = delete;
+  ShardReader(const ShardReader&) = delete;
+  ShardReader& operator=(const ShardReader&) = delete;
 
-  const std::string &path() const { return path_; }
+  const std::string& path() const { return path_; }
   int64_t size() const { return count_; }
   TokenWidth width() const { return width_; }
   uint32_t token(int64_t i) const;
   // Copies tokens [begin, begin + n) into out; the range must lie inside the
   // shard.
-  void read(int64_t begin, int64_t n, int32_t *out) const;
+  void read(int64_t begin, int64_t n, int32_t* out) const;
   // Fails naming the file, the position and the id of the first token >=
   // vocab_size.
   absl::Status check_vocab(int64_t vocab_size) const;
 
-private:
+ private:
   ShardReader() = default;
   std::string path_;
-  const uint8_t *map_ = nullptr;
+  const uint8_t* map_ = nullptr;
   size_t map_bytes_ = 0;
   int64_t count_ = 0;
   TokenWidth width_ = TokenWidth::kU16;
@@ -69,6 +68,6 @@ private:
 
 // The files matching a shell glob, sorted; an error naming the pattern when
 // nothing matches.
-absl::StatusOr<std::vector<std::string>> glob_files(const std::string &pattern);
+absl::StatusOr<std::vector<std::string>> glob_files(const std::string& pattern);
 
-} // namespace msa
+}  // namespace msa

@@ -34,36 +34,33 @@ namespace msa {
 enum class SyntheticTask { kKvRecall, kNeedle };
 
 inline constexpr int64_t kSyntheticVocab = 96;
-inline constexpr int kSyntheticFiller = 16, kSyntheticKeys = 8,
-                     kSyntheticValues = 8;
-inline constexpr int kSyntheticFactBase = 16, kSyntheticQueryBase = 80,
-                     kSyntheticAnswerBase = 88;
+inline constexpr int kSyntheticFiller = 16, kSyntheticKeys = 8, kSyntheticValues = 8;
+inline constexpr int kSyntheticFactBase = 16, kSyntheticQueryBase = 80, kSyntheticAnswerBase = 88;
 
-absl::StatusOr<SyntheticTask> parse_synthetic_task(const std::string &name);
-const char *synthetic_task_name(SyntheticTask task);
+absl::StatusOr<SyntheticTask> parse_synthetic_task(const std::string& name);
+const char* synthetic_task_name(SyntheticTask task);
 
 struct SyntheticConfig {
   SyntheticTask task = SyntheticTask::kKvRecall;
   int64_t seq_len = 256;
-  int pairs = 4;     // kv-recall facts (needle: always 1)
-  double depth = -1; // fractional depth of the facts in [0, 1]; < 0: uniform
-                     // random per sample
+  int pairs = 4;      // kv-recall facts (needle: always 1)
+  double depth = -1;  // fractional depth of the facts in [0, 1]; < 0: uniform
+                      // random per sample
   uint64_t seed = 0;
 };
 
 // Checks sizes (seq_len long enough for the facts and queries, 1 <= pairs <=
 // 8).
-absl::Status validate(const SyntheticConfig &config);
+absl::Status validate(const SyntheticConfig& config);
 
 struct SyntheticSample {
-  std::vector<int32_t> tokens;  // seq_len
-  std::vector<int32_t> targets; // seq_len, -100 except at the answer positions
-  std::vector<int64_t> answer_positions; // where targets hold answers
-  std::vector<int64_t> fact_positions;   // where the facts are
+  std::vector<int32_t> tokens;            // seq_len
+  std::vector<int32_t> targets;           // seq_len, -100 except at the answer positions
+  std::vector<int64_t> answer_positions;  // where targets hold answers
+  std::vector<int64_t> fact_positions;    // where the facts are
 };
 
 // Sample number `index` of the task: a pure function of (config, index).
-SyntheticSample make_synthetic_sample(const SyntheticConfig &config,
-                                      uint64_t index);
+SyntheticSample make_synthetic_sample(const SyntheticConfig& config, uint64_t index);
 
-} // namespace msa
+}  // namespace msa

@@ -10,35 +10,29 @@
 
 namespace msa {
 
-absl::StatusOr<TextShardingResult>
-write_text_shards(const TextShardingOptions &o,
-                  const std::function<void(int64_t, int64_t)> &progress) {
-  if (o.inputs.empty())
-    return absl::InvalidArgumentError("invalid --input: no input files");
+absl::StatusOr<TextShardingResult> write_text_shards(
+    const TextShardingOptions& o, const std::function<void(int64_t, int64_t)>& progress) {
+  if (o.inputs.empty()) return absl::InvalidArgumentError("invalid --input: no input files");
   if (o.shard_tokens < 2)
-    return absl::InvalidArgumentError(
-        "invalid --shard_tokens: must be at least 2");
+    return absl::InvalidArgumentError("invalid --shard_tokens: must be at least 2");
   int64_t total = 0;
-  for (const std::string &f : o.inputs) {
+  for (const std::string& f : o.inputs) {
     struct stat st;
     if (::stat(f.c_str(), &st) != 0)
-      return absl::NotFoundError(
-          absl::StrFormat("invalid --input: cannot read '%s'", f));
+      return absl::NotFoundError(absl::StrFormat("invalid --input: cannot read '%s'", f));
     total += st.st_size;
   }
   if (::mkdir(o.output_dir.c_str(), 0755) != 0 && errno != EEXIST)
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "invalid --output: cannot create directory '%s'", o.output_dir));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("invalid --output: cannot create directory '%s'", o.output_dir));
 
   TextShardingResult result;
   std::vector<uint32_t> shard;
-  shard.reserve(
-      static_cast<size_t>(std::min<int64_t>(o.shard_tokens, 1 << 26)));
+  shard.reserve(static_cast<size_t>(std::min<int64_t>(o.shard_tokens, 1 << 26)));
   auto flush = [&]() -> absl::Status {
-    if (shard.empty())
-      return absl::OkStatus();
-    const std::string path = absl::StrFormat("%s/%s-%05d.tok", o.output_dir,
-                                             o.prefix, result.shards.size());
+    if (shard.empty()) return absl::OkStatus();
+    const std::string path =
+        absl::StrFormat("%s/%s-%05d.tok", o.output_dir, o.prefix, result.shards.size());
     MSA_RETURN_IF_ERROR(write_shard(path, shard, TokenWidth::kU16));
     result.shards.push_back(path);
     shard.clear();
@@ -47,17 +41,15 @@ write_text_shards(const TextShardingOptions &o,
   auto push = [&](uint32_t token) -> absl::Status {
     shard.push_back(token);
     ++result.tokens;
-    if (static_cast<int64_t>(shard.size()) == o.shard_tokens)
-      return flush();
+    if (static_cast<int64_t>(shard.size()) == o.shard_tokens) return flush();
     return absl::OkStatus();
   };
   int64_t done = 0;
   std::vector<unsigned char> buf(1 << 20);
-  for (const std::string &f : o.inputs) {
-    FILE *in = std::fopen(f.c_str(), "rb");
+  for (const std::string& f : o.inputs) {
+    FILE* in = std::fopen(f.c_str(), "rb");
     if (in == nullptr)
-      return absl::NotFoundError(
-          absl::StrFormat("invalid --input: cannot open '%s'", f));
+      return absl::NotFoundError(absl::StrFormat("invalid --input: cannot open '%s'", f));
     size_t n;
     while ((n = std::fread(buf.data(), 1, buf.size(), in)) > 0) {
       for (size_t i = 0; i < n; ++i) {
@@ -68,8 +60,7 @@ write_text_shards(const TextShardingOptions &o,
         }
       }
       done += static_cast<int64_t>(n);
-      if (progress)
-        progress(done, total);
+      if (progress) progress(done, total);
     }
     std::fclose(in);
     MSA_RETURN_IF_ERROR(push(kByteEos));
@@ -79,4 +70,4 @@ write_text_shards(const TextShardingOptions &o,
   return result;
 }
 
-} // namespace msa
+}  // namespace msa

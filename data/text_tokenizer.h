@@ -15,12 +15,10 @@ inline constexpr uint32_t kByteEos = 256;
 inline constexpr int64_t kByteVocab = 257;
 
 struct TextShardingOptions {
-  std::vector<std::string> inputs; // one document per file
+  std::vector<std::string> inputs;  // one document per file
   std::string output_dir;
-  std::string prefix =
-      "train"; // shards are <output_dir>/<prefix>-<5 digits>.tok
-  int64_t shard_tokens =
-      1 << 24; // tokens per shard (the last one may be shorter)
+  std::string prefix = "train";    // shards are <output_dir>/<prefix>-<5 digits>.tok
+  int64_t shard_tokens = 1 << 24;  // tokens per shard (the last one may be shorter)
 };
 
 struct TextShardingResult {
@@ -32,7 +30,7 @@ struct TextShardingResult {
 // `progress` (optional) is called with (bytes done, bytes total) as input is
 // consumed.
 absl::StatusOr<TextShardingResult> write_text_shards(
-    const TextShardingOptions &options,
-    const std::function<void(int64_t, int64_t)> &progress = nullptr);
+    const TextShardingOptions& options,
+    const std::function<void(int64_t, int64_t)>& progress = nullptr);
 
-} // namespace msa
+}  // namespace msa

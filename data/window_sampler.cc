@@ -10,24 +10,21 @@
 
 namespace msa {
 
-int64_t sample_number(int64_t step, int micro, int grad_accum, int dp_rank,
-                      int dp_size, int64_t batch, int64_t i) {
+int64_t sample_number(int64_t step, int micro, int grad_accum, int dp_rank, int dp_size,
+                      int64_t batch, int64_t i) {
   return (((step - 1) * grad_accum + micro) * dp_size + dp_rank) * batch + i;
 }
 
-IndexPermutation::IndexPermutation(int64_t n, uint64_t seed)
-    : n_(n), seed_(seed) {
+IndexPermutation::IndexPermutation(int64_t n, uint64_t seed) : n_(n), seed_(seed) {
   MSA_CHECK(n > 0, "IndexPermutation: empty range");
   int bits = 2;
-  while ((int64_t{1} << bits) < n)
-    ++bits;
+  while ((int64_t{1} << bits) < n) ++bits;
   half_bits_ = (bits + 1) / 2;
 }
 
 uint64_t IndexPermutation::round(int r, uint64_t half) const {
   const Philox4 x = philox4x32(seed_ ^ (0x9E3779B97F4A7C15ULL * (r + 1)), half);
-  return (static_cast<uint64_t>(x.v[1]) << 32 | x.v[0]) &
-         ((uint64_t{1} << half_bits_) - 1);
+  return (static_cast<uint64_t>(x.v[1]) << 32 | x.v[0]) & ((uint64_t{1} << half_bits_) - 1);
 }
 
 int64_t IndexPermutation::operator()(int64_t i) const {
@@ -49,20 +46,20 @@ int64_t IndexPermutation::operator()(int64_t i) const {
   return static_cast<int64_t>(x);
 }
 
-absl::StatusOr<std::unique_ptr<WindowSampler>>
-WindowSampler::open(const std::string &glob, int64_t seq_len,
-                    int64_t vocab_size, double val_fraction, uint64_t seed) {
-  if (seq_len <= 0)
-    return absl::InvalidArgumentError("invalid --seq_len: must be positive");
+absl::StatusOr<std::unique_ptr<WindowSampler>> WindowSampler::open(const std::string& glob,
+                                                                   int64_t seq_len,
+                                                                   int64_t vocab_size,
+                                                                   double val_fraction,
+                                                                   uint64_t seed) {
+  if (seq_len <= 0) return absl::InvalidArgumentError("invalid --seq_len: must be positive");
   if (!(val_fraction >= 0 && val_fraction < 1)) {
-    return absl::InvalidArgumentError(
-        "invalid --val_fraction: must be in [0, 1)");
+    return absl::InvalidArgumentError("invalid --val_fraction: must be in [0, 1)");
   }
   MSA_ASSIGN_OR_RETURN(std::vector<std::string> files, glob_files(glob));
   std::unique_ptr<WindowSampler> s(new WindowSampler());
   s->seq_len_ = seq_len;
   s->seed_ = seed;
-  for (const std::string &f : files) {
+  for (const std::string& f : files) {
     MSA_ASSIGN_OR_RETURN(std::unique_ptr<ShardReader> r, ShardReader::open(f));
     MSA_RETURN_IF_ERROR(r->check_vocab(vocab_size));
     s->first_window_.push_back(s->total_windows_);
@@ -71,16 +68,15 @@ WindowSampler::open(const std::string &glob, int64_t seq_len,
   }
   s->first_window_.push_back(s->total_windows_);
   if (val_fraction > 0) {
-    s->num_val_ = std::max<int64_t>(
-        1, static_cast<int64_t>(std::ceil(val_fraction * s->total_windows_)));
+    s->num_val_ =
+        std::max<int64_t>(1, static_cast<int64_t>(std::ceil(val_fraction * s->total_windows_)));
   }
   if (s->num_train_windows() < 1) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("'%s': %d tokens in %d shard(s) give %d windows of %d "
-                        "+ 1 tokens, %d of them held out "
-                        "for validation: too little data for --seq_len=%d",
-                        glob, s->total_tokens(), files.size(),
-                        s->total_windows_, seq_len, s->num_val_, seq_len));
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "'%s': %d tokens in %d shard(s) give %d windows of %d "
+        "+ 1 tokens, %d of them held out "
+        "for validation: too little data for --seq_len=%d",
+        glob, s->total_tokens(), files.size(), s->total_windows_, seq_len, s->num_val_, seq_len));
   }
   return s;
 }
@@ -88,16 +84,13 @@ WindowSampler::open(const std::string &glob, int64_t seq_len,
 int64_t WindowSampler::train_window(int64_t n) const {
   const int64_t W = num_train_windows();
   const int64_t epoch = n / W;
-  const IndexPermutation perm(W, seed_ * 0x100000001B3ULL +
-                                     static_cast<uint64_t>(epoch));
+  const IndexPermutation perm(W, seed_ * 0x100000001B3ULL + static_cast<uint64_t>(epoch));
   return perm(n % W);
 }
 
-void WindowSampler::read_window(int64_t w, int32_t *out) const {
-  MSA_CHECK(w >= 0 && w < total_windows_, "window %d outside [0, %d)", w,
-            total_windows_);
-  const auto it =
-      std::upper_bound(first_window_.begin(), first_window_.end(), w);
+void WindowSampler::read_window(int64_t w, int32_t* out) const {
+  MSA_CHECK(w >= 0 && w < total_windows_, "window %d outside [0, %d)", w, total_windows_);
+  const auto it = std::upper_bound(first_window_.begin(), first_window_.end(), w);
   const size_t shard = static_cast<size_t>(it - first_window_.begin()) - 1;
   const int64_t local = w - first_window_[shard];
   shards_[shard]->read(local * seq_len_, seq_len_ + 1, out);
@@ -105,15 +98,13 @@ void WindowSampler::read_window(int64_t w, int32_t *out) const {
 
 int64_t WindowSampler::total_tokens() const {
   int64_t tokens = 0;
-  for (const auto &s : shards_)
-    tokens += s->size();
+  for (const auto& s : shards_) tokens += s->size();
   return tokens;
 }
 
 std::string WindowSampler::describe() const {
-  return absl::StrFormat(
-      "%d shard(s), %d tokens, %d training + %d validation windows of %d",
-      shards_.size(), total_tokens(), num_train_windows(), num_val_, seq_len_);
+  return absl::StrFormat("%d shard(s), %d tokens, %d training + %d validation windows of %d",
+                         shards_.size(), total_tokens(), num_train_windows(), num_val_, seq_len_);
 }
 
-} // namespace msa
+}  // namespace msa

@@ -32,16 +32,16 @@ namespace msa {
 // Sample number of sequence `i` of micro-batch `micro` of 1-based `step` on
 // data-parallel rank `dp_rank`: every (step, micro, rank, i) gets its own
 // number, consecutive over the global batch.
-int64_t sample_number(int64_t step, int micro, int grad_accum, int dp_rank,
-                      int dp_size, int64_t batch, int64_t i);
+int64_t sample_number(int64_t step, int micro, int grad_accum, int dp_rank, int dp_size,
+                      int64_t batch, int64_t i);
 
 // A seeded pseudo-random permutation of [0, n).
 class IndexPermutation {
-public:
+ public:
   IndexPermutation(int64_t n, uint64_t seed);
   int64_t operator()(int64_t i) const;
 
-private:
+ private:
   uint64_t round(int r, uint64_t half) const;
   int64_t n_;
   uint64_t seed_;
@@ -49,38 +49,34 @@ private:
 };
 
 class WindowSampler {
-public:
+ public:
   // Opens every shard matching `glob` and checks its tokens against
   // `vocab_size`.
-  static absl::StatusOr<std::unique_ptr<WindowSampler>>
-  open(const std::string &glob, int64_t seq_len, int64_t vocab_size,
-       double val_fraction, uint64_t seed);
+  static absl::StatusOr<std::unique_ptr<WindowSampler>> open(const std::string& glob,
+                                                             int64_t seq_len, int64_t vocab_size,
+                                                             double val_fraction, uint64_t seed);
   int64_t seq_len() const { return seq_len_; }
   int64_t num_windows() const { return total_windows_; }
   int64_t num_train_windows() const { return total_windows_ - num_val_; }
   int64_t num_val_windows() const { return num_val_; }
-  const std::vector<std::unique_ptr<ShardReader>> &shards() const {
-    return shards_;
-  }
+  const std::vector<std::unique_ptr<ShardReader>>& shards() const { return shards_; }
 
   // The training window read by sample number n, and the i-th validation
   // window.
   int64_t train_window(int64_t n) const;
-  int64_t val_window(int64_t i) const {
-    return num_train_windows() + i % num_val_;
-  }
+  int64_t val_window(int64_t i) const { return num_train_windows() + i % num_val_; }
   // Copies the seq_len + 1 tokens of window `w` into out.
-  void read_window(int64_t w, int32_t *out) const;
+  void read_window(int64_t w, int32_t* out) const;
   int64_t total_tokens() const;
   std::string describe() const;
 
-private:
+ private:
   WindowSampler() = default;
   int64_t seq_len_ = 0;
   uint64_t seed_ = 0;
   std::vector<std::unique_ptr<ShardReader>> shards_;
-  std::vector<int64_t> first_window_; // per shard, then the total
+  std::vector<int64_t> first_window_;  // per shard, then the total
   int64_t total_windows_ = 0, num_val_ = 0;
 };
 
-} // namespace msa
+}  // namespace msa

@@ -16,22 +16,17 @@
 #include "data/text_tokenizer.h"
 #include "launch/program_usage.h"
 
-ABSL_FLAG(std::string, input, "",
-          "text: comma-separated input files, one document each.");
-ABSL_FLAG(std::string, output, "",
-          "Output directory for the shards (created if missing).");
+ABSL_FLAG(std::string, input, "", "text: comma-separated input files, one document each.");
+ABSL_FLAG(std::string, output, "", "Output directory for the shards (created if missing).");
 ABSL_FLAG(std::string, prefix, "",
           "Shard file prefix (default: 'train' for text, the task name "
           "for synthetic).");
 ABSL_FLAG(int64_t, shard_tokens, 1 << 24, "text: tokens per shard.");
-ABSL_FLAG(std::string, task, "kv-recall",
-          "synthetic: 'kv-recall' or 'needle' (docs/data.md).");
+ABSL_FLAG(std::string, task, "kv-recall", "synthetic: 'kv-recall' or 'needle' (docs/data.md).");
 ABSL_FLAG(int64_t, seq_len, 4096, "synthetic: tokens per sample.");
-ABSL_FLAG(int64_t, samples, 1000,
-          "synthetic: number of samples (one shard, samples x seq_len).");
+ABSL_FLAG(int64_t, samples, 1000, "synthetic: number of samples (one shard, samples x seq_len).");
 ABSL_FLAG(int, pairs, 4, "synthetic kv-recall: facts per sample (1..8).");
-ABSL_FLAG(double, depth, -1,
-          "synthetic: fractional depth of the facts (< 0: random).");
+ABSL_FLAG(double, depth, -1, "synthetic: fractional depth of the facts (< 0: random).");
 ABSL_FLAG(uint64_t, seed, 1, "synthetic: seed.");
 
 namespace {
@@ -40,58 +35,46 @@ void progress_bar(int64_t done, int64_t total) {
   const int width = 40;
   const double frac = total > 0 ? static_cast<double>(done) / total : 1.0;
   const int filled = static_cast<int>(frac * width);
-  std::fprintf(stderr, "\r[%s%s] %5.1f%% %lld / %lld bytes",
-               std::string(filled, '#').c_str(),
-               std::string(width - filled, '.').c_str(), 100 * frac,
-               static_cast<long long>(done), static_cast<long long>(total));
-  if (done >= total)
-    std::fprintf(stderr, "\n");
+  std::fprintf(stderr, "\r[%s%s] %5.1f%% %lld / %lld bytes", std::string(filled, '#').c_str(),
+               std::string(width - filled, '.').c_str(), 100 * frac, static_cast<long long>(done),
+               static_cast<long long>(total));
+  if (done >= total) std::fprintf(stderr, "\n");
 }
 
 absl::Status run_text() {
   msa::TextShardingOptions o;
-  for (absl::string_view f :
-       absl::StrSplit(absl::GetFlag(FLAGS_input), ',', absl::SkipEmpty()))
+  for (absl::string_view f : absl::StrSplit(absl::GetFlag(FLAGS_input), ',', absl::SkipEmpty()))
     o.inputs.emplace_back(f);
   o.output_dir = absl::GetFlag(FLAGS_output);
-  if (o.output_dir.empty())
-    return absl::InvalidArgumentError("invalid --output: required");
-  if (!absl::GetFlag(FLAGS_prefix).empty())
-    o.prefix = absl::GetFlag(FLAGS_prefix);
+  if (o.output_dir.empty()) return absl::InvalidArgumentError("invalid --output: required");
+  if (!absl::GetFlag(FLAGS_prefix).empty()) o.prefix = absl::GetFlag(FLAGS_prefix);
   o.shard_tokens = absl::GetFlag(FLAGS_shard_tokens);
-  MSA_ASSIGN_OR_RETURN(msa::TextShardingResult r,
-                       msa::write_text_shards(o, progress_bar));
-  std::printf("msa-data: %lld documents, %lld tokens (byte-level, EOS = %u, "
-              "vocab %lld) in %zu "
-              "shard(s) under %s\n",
-              static_cast<long long>(r.documents),
-              static_cast<long long>(r.tokens), msa::kByteEos,
-              static_cast<long long>(msa::kByteVocab), r.shards.size(),
-              o.output_dir.c_str());
+  MSA_ASSIGN_OR_RETURN(msa::TextShardingResult r, msa::write_text_shards(o, progress_bar));
+  std::printf(
+      "msa-data: %lld documents, %lld tokens (byte-level, EOS = %u, "
+      "vocab %lld) in %zu "
+      "shard(s) under %s\n",
+      static_cast<long long>(r.documents), static_cast<long long>(r.tokens), msa::kByteEos,
+      static_cast<long long>(msa::kByteVocab), r.shards.size(), o.output_dir.c_str());
   return absl::OkStatus();
 }
 
 absl::Status run_synthetic() {
   msa::SyntheticConfig c;
-  MSA_ASSIGN_OR_RETURN(c.task,
-                       msa::parse_synthetic_task(absl::GetFlag(FLAGS_task)));
+  MSA_ASSIGN_OR_RETURN(c.task, msa::parse_synthetic_task(absl::GetFlag(FLAGS_task)));
   c.seq_len = absl::GetFlag(FLAGS_seq_len);
   c.pairs = absl::GetFlag(FLAGS_pairs);
   c.depth = absl::GetFlag(FLAGS_depth);
   c.seed = absl::GetFlag(FLAGS_seed);
   MSA_RETURN_IF_ERROR(msa::validate(c));
   const std::string dir = absl::GetFlag(FLAGS_output);
-  if (dir.empty())
-    return absl::InvalidArgumentError("invalid --output: required");
+  if (dir.empty()) return absl::InvalidArgumentError("invalid --output: required");
   const int64_t samples = absl::GetFlag(FLAGS_samples);
-  if (samples < 1)
-    return absl::InvalidArgumentError("invalid --samples: must be >= 1");
+  if (samples < 1) return absl::InvalidArgumentError("invalid --samples: must be >= 1");
   std::string prefix = absl::GetFlag(FLAGS_prefix);
-  if (prefix.empty())
-    prefix = msa::synthetic_task_name(c.task);
+  if (prefix.empty()) prefix = msa::synthetic_task_name(c.task);
   if (std::system(("mkdir -p '" + dir + "'").c_str()) != 0)
-    return absl::InvalidArgumentError(
-        absl::StrFormat("invalid --output: cannot create '%s'", dir));
+    return absl::InvalidArgumentError(absl::StrFormat("invalid --output: cannot create '%s'", dir));
   // Samples are stored back to back, each followed by one filler token, so that
   // msa-train with
   // --seq_len=N reads exactly one sample per window (windows advance by N and
@@ -99,8 +82,7 @@ absl::Status run_synthetic() {
   std::vector<uint32_t> tokens;
   tokens.reserve(samples * c.seq_len + 1);
   for (int64_t i = 0; i < samples; ++i) {
-    const msa::SyntheticSample s =
-        msa::make_synthetic_sample(c, static_cast<uint64_t>(i));
+    const msa::SyntheticSample s = msa::make_synthetic_sample(c, static_cast<uint64_t>(i));
     tokens.insert(tokens.end(), s.tokens.begin(), s.tokens.end());
     progress_bar((i + 1) * c.seq_len, samples * c.seq_len);
   }
@@ -114,9 +96,9 @@ absl::Status run_synthetic() {
   return absl::OkStatus();
 }
 
-} // namespace
+}  // namespace
 
-int main(int argc, char **argv) {
+int main(int argc, char** argv) {
   msa::set_program_usage(
       "Writes token shards for msa-train.\n"
       "  msa-data text --input=a.txt,b.txt --output=DIR [--shard_tokens=N]\n"
@@ -129,11 +111,9 @@ int main(int argc, char **argv) {
       "      msa-train --data='DIR/*.tok' --seq_len=N, or generate on the fly "
       "with\n"
       "      msa-train --data=synthetic:kv-recall");
-  std::vector<char *> rest = absl::ParseCommandLine(argc, argv);
+  std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
   if (rest.size() != 2) {
-    std::fprintf(
-        stderr,
-        "msa-data: expected one command, 'text' or 'synthetic' (see --help)\n");
+    std::fprintf(stderr, "msa-data: expected one command, 'text' or 'synthetic' (see --help)\n");
     return 1;
   }
   const std::string command = rest[1];
@@ -143,10 +123,8 @@ int main(int argc, char **argv) {
   } else if (command == "synthetic") {
     s = run_synthetic();
   } else {
-    std::fprintf(
-        stderr,
-        "msa-data: unknown command '%s' (expected 'text' or 'synthetic')\n",
-        command.c_str());
+    std::fprintf(stderr, "msa-data: unknown command '%s' (expected 'text' or 'synthetic')\n",
+                 command.c_str());
     return 1;
   }
   if (!s.ok()) {

@@ -57,6 +57,8 @@ ABSL_FLAG(int64_t, index_warmup_steps, 0,
           "Index warm-up for converted dense models: for the first N steps MSA layers attend "
           "densely, the backbone is frozen and only the index branch trains (dense-target loss).");
 ABSL_FLAG(int, synthetic_pairs, 4, "Facts per sample of --data=synthetic:kv-recall (1..8).");
+ABSL_FLAG(double, synthetic_depth, -1,
+          "Fractional depth (0..1) of the facts of the synthetic tasks; < 0: random per sample.");
 ABSL_FLAG(double, val_fraction, 0.01,
           "Token shards: fraction of the windows held out as the validation split.");
 ABSL_FLAG(int, eval_every, 0, "Validation loss and perplexity every N steps (0: never).");
@@ -129,6 +131,7 @@ int main(int argc, char** argv) {
   o.trainer.recall_every = absl::GetFlag(FLAGS_recall_every);
   o.trainer.recall_query_stride = absl::GetFlag(FLAGS_recall_stride);
   o.synthetic_pairs = absl::GetFlag(FLAGS_synthetic_pairs);
+  o.synthetic_depth = absl::GetFlag(FLAGS_synthetic_depth);
   o.val_fraction = absl::GetFlag(FLAGS_val_fraction);
   o.eval_every = absl::GetFlag(FLAGS_eval_every);
   o.eval_batches = absl::GetFlag(FLAGS_eval_batches);

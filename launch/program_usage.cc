@@ -6,7 +6,7 @@
 
 namespace msa {
 
-void set_program_usage(const char *usage) {
+void set_program_usage(const char* usage) {
   absl::SetProgramUsageMessage(usage);
   absl::FlagsUsageConfig config;
   config.contains_help_flags = [](absl::string_view file) {
@@ -16,4 +16,4 @@ void set_program_usage(const char *usage) {
   absl::SetFlagsUsageConfig(config);
 }
 
-} // namespace msa
+}  // namespace msa

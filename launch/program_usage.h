@@ -7,6 +7,6 @@ namespace msa {
 // launch/ (Abseil's default only lists flags from a file named after the
 // program, which `msa-train` vs `msa_train_main.cc` never matches). Call before
 // absl::ParseCommandLine.
-void set_program_usage(const char *usage);
+void set_program_usage(const char* usage);
 
-} // namespace msa
+}  // namespace msa

@@ -19,9 +19,8 @@
 namespace msa {
 namespace {
 
-absl::StatusOr<Device> choose_device(const std::string &flag) {
-  if (flag == "cpu")
-    return Device::kCPU;
+absl::StatusOr<Device> choose_device(const std::string& flag) {
+  if (flag == "cpu") return Device::kCPU;
   if (flag == "cuda") {
     if (!cuda_available())
       return absl::InvalidArgumentError(
@@ -29,80 +28,60 @@ absl::StatusOr<Device> choose_device(const std::string &flag) {
           "this build/machine");
     return Device::kCUDA;
   }
-  if (flag == "auto")
-    return cuda_available() ? Device::kCUDA : Device::kCPU;
+  if (flag == "auto") return cuda_available() ? Device::kCUDA : Device::kCPU;
   return absl::InvalidArgumentError(
       absl::StrFormat("invalid --device: '%s' (use cpu, cuda or auto)", flag));
 }
 
-absl::Status validate_run(const TrainProgramOptions &o) {
-  auto bad = [](const char *flag, const std::string &why) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("invalid --%s: %s", flag, why));
+absl::Status validate_run(const TrainProgramOptions& o) {
+  auto bad = [](const char* flag, const std::string& why) {
+    return absl::InvalidArgumentError(absl::StrFormat("invalid --%s: %s", flag, why));
   };
-  if (o.batch_size < 1)
-    return bad("batch_size", absl::StrFormat("%d is < 1", o.batch_size));
-  if (o.seq_len < 2)
-    return bad("seq_len", absl::StrFormat("%d is < 2", o.seq_len));
-  if (o.trainer.steps < 0)
-    return bad("steps", absl::StrFormat("%d is < 0", o.trainer.steps));
+  if (o.batch_size < 1) return bad("batch_size", absl::StrFormat("%d is < 1", o.batch_size));
+  if (o.seq_len < 2) return bad("seq_len", absl::StrFormat("%d is < 2", o.seq_len));
+  if (o.trainer.steps < 0) return bad("steps", absl::StrFormat("%d is < 0", o.trainer.steps));
   if (o.trainer.grad_accum < 1)
-    return bad("grad_accum",
-               absl::StrFormat("%d is < 1", o.trainer.grad_accum));
+    return bad("grad_accum", absl::StrFormat("%d is < 1", o.trainer.grad_accum));
   if (!(o.trainer.lr.max_lr > 0))
     return bad("lr", absl::StrFormat("%g must be > 0", o.trainer.lr.max_lr));
   if (o.trainer.log_every < 1)
     return bad("log_every", absl::StrFormat("%d is < 1", o.trainer.log_every));
   if (o.trainer.index_warmup_steps > 0 && !o.model.any_msa())
-    return bad("index_warmup_steps",
-               "needs at least one MSA layer (--attention)");
-  if (o.eval_every < 0)
-    return bad("eval_every", "must be >= 0");
-  if (o.eval_batches < 1)
-    return bad("eval_batches", "must be >= 1");
-  if (o.checkpoint_every < 0)
-    return bad("checkpoint_every", "must be >= 0");
-  if (o.keep_last < 0)
-    return bad("keep_last", "must be >= 0");
-  if ((o.resume || o.checkpoint_every > 0 || o.keep_last > 0) &&
-      o.checkpoint_dir.empty())
-    return bad(
-        o.resume ? "resume"
-                 : (o.checkpoint_every > 0 ? "checkpoint_every" : "keep_last"),
-        "needs --checkpoint_dir");
+    return bad("index_warmup_steps", "needs at least one MSA layer (--attention)");
+  if (o.eval_every < 0) return bad("eval_every", "must be >= 0");
+  if (o.eval_batches < 1) return bad("eval_batches", "must be >= 1");
+  if (o.checkpoint_every < 0) return bad("checkpoint_every", "must be >= 0");
+  if (o.keep_last < 0) return bad("keep_last", "must be >= 0");
+  if ((o.resume || o.checkpoint_every > 0 || o.keep_last > 0) && o.checkpoint_dir.empty())
+    return bad(o.resume ? "resume" : (o.checkpoint_every > 0 ? "checkpoint_every" : "keep_last"),
+               "needs --checkpoint_dir");
   if (o.resume && !o.init_from.empty())
-    return bad("init_from",
-               "cannot be combined with --resume (resume restores everything)");
+    return bad("init_from", "cannot be combined with --resume (resume restores everything)");
   return absl::OkStatus();
 }
 
 // Training (validation = false) or validation batches for --data.
-absl::StatusOr<std::unique_ptr<BatchSource>>
-make_source(const TrainProgramOptions &o, bool validation) {
+absl::StatusOr<std::unique_ptr<BatchSource>> make_source(const TrainProgramOptions& o,
+                                                         bool validation) {
   const DataLayout layout{o.trainer.grad_accum, 0, 1};
   if (o.data == "synthetic:repeat") {
-    return make_repeating_source(o.model.vocab_size, o.batch_size, o.seq_len,
-                                 61, o.seed);
+    return make_repeating_source(o.model.vocab_size, o.batch_size, o.seq_len, 61, o.seed);
   }
   if (absl::StartsWith(o.data, "synthetic:")) {
-    auto source = make_synthetic_source(
-        o.data.substr(10), o.model.vocab_size, o.batch_size, o.seq_len,
-        o.synthetic_pairs, o.seed, layout, validation);
-    if (!source.ok())
-      return annotate(source.status(), "invalid --data");
+    auto source =
+        make_synthetic_source(o.data.substr(10), o.model.vocab_size, o.batch_size, o.seq_len,
+                              o.synthetic_pairs, o.synthetic_depth, o.seed, layout, validation);
+    if (!source.ok()) return annotate(source.status(), "invalid --data");
     return source;
   }
-  const std::string glob =
-      absl::StartsWith(o.data, "shards:") ? o.data.substr(7) : o.data;
-  auto source =
-      make_shard_source(glob, o.model.vocab_size, o.batch_size, o.seq_len,
-                        o.val_fraction, o.seed, layout, validation);
-  if (!source.ok())
-    return annotate(source.status(), "invalid --data");
+  const std::string glob = absl::StartsWith(o.data, "shards:") ? o.data.substr(7) : o.data;
+  auto source = make_shard_source(glob, o.model.vocab_size, o.batch_size, o.seq_len, o.val_fraction,
+                                  o.seed, layout, validation);
+  if (!source.ok()) return annotate(source.status(), "invalid --data");
   return source;
 }
 
-std::string run_json(const TrainProgramOptions &o) {
+std::string run_json(const TrainProgramOptions& o) {
   nlohmann::json j;
   j["attention"] = o.attention_spec;
   j["data"] = o.data;
@@ -124,28 +103,25 @@ std::string run_json(const TrainProgramOptions &o) {
 }
 
 // The first field where two model configs differ, as "name: a vs b".
-std::string config_difference(const ModelConfig &a, const ModelConfig &b) {
+std::string config_difference(const ModelConfig& a, const ModelConfig& b) {
   const nlohmann::json ja = nlohmann::json::parse(a.to_json()),
                        jb = nlohmann::json::parse(b.to_json());
   for (auto it = ja.begin(); it != ja.end(); ++it) {
     if (!jb.contains(it.key()) || jb[it.key()] != it.value())
-      return absl::StrFormat("%s: %s in the checkpoint vs %s from the flags",
-                             it.key(), it.value().dump(),
-                             jb.contains(it.key()) ? jb[it.key()].dump()
-                                                   : "absent");
+      return absl::StrFormat("%s: %s in the checkpoint vs %s from the flags", it.key(),
+                             it.value().dump(),
+                             jb.contains(it.key()) ? jb[it.key()].dump() : "absent");
   }
   return "";
 }
 
 class CheckpointWriter {
-public:
-  CheckpointWriter(const TrainProgramOptions &o, const ModelConfig &config,
-                   AdamW &optimizer)
+ public:
+  CheckpointWriter(const TrainProgramOptions& o, const ModelConfig& config, AdamW& optimizer)
       : o_(o), config_(config), optimizer_(optimizer) {}
 
   absl::Status save(int64_t step, int64_t tokens_seen) {
-    if (o_.checkpoint_dir.empty())
-      return absl::OkStatus();
+    if (o_.checkpoint_dir.empty()) return absl::OkStatus();
     Checkpoint ckpt;
     ckpt.config = config_;
     ckpt.run_json = run_json(o_);
@@ -167,14 +143,14 @@ public:
   }
   int64_t last_saved() const { return last_saved_; }
 
-private:
-  const TrainProgramOptions &o_;
-  const ModelConfig &config_;
-  AdamW &optimizer_;
+ private:
+  const TrainProgramOptions& o_;
+  const ModelConfig& config_;
+  AdamW& optimizer_;
   int64_t last_saved_ = -1;
 };
 
-absl::Status ensure_dir(const std::string &dir) {
+absl::Status ensure_dir(const std::string& dir) {
   if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST)
     return absl::InvalidArgumentError(
         absl::StrFormat("invalid --checkpoint_dir: cannot create '%s'", dir));
@@ -182,39 +158,34 @@ absl::Status ensure_dir(const std::string &dir) {
 }
 
 // Copies checkpoint weights into the model (and optimizer masters).
-absl::Status load_weights(const Checkpoint &ckpt, const std::string &path,
-                          Transformer &model, AdamW &optimizer,
-                          bool allow_missing_index) {
-  for (Parameter &p : model.params().all()) {
+absl::Status load_weights(const Checkpoint& ckpt, const std::string& path, Transformer& model,
+                          AdamW& optimizer, bool allow_missing_index) {
+  for (Parameter& p : model.params().all()) {
     auto it = ckpt.params.find(p.spec.name);
     if (it == ckpt.params.end()) {
-      if (p.spec.index_branch && allow_missing_index)
-        continue; // keeps its fresh init
-      return absl::FailedPreconditionError(absl::StrFormat(
-          "%s: has no parameter %s that the model needs", path, p.spec.name));
+      if (p.spec.index_branch && allow_missing_index) continue;  // keeps its fresh init
+      return absl::FailedPreconditionError(
+          absl::StrFormat("%s: has no parameter %s that the model needs", path, p.spec.name));
     }
     if (it->second.shape() != p.value.shape())
       return absl::FailedPreconditionError(
-          absl::StrFormat("%s: parameter %s has shape %s, the model needs %s",
-                          path, p.spec.name, shape_string(it->second.shape()),
-                          shape_string(p.value.shape())));
+          absl::StrFormat("%s: parameter %s has shape %s, the model needs %s", path, p.spec.name,
+                          shape_string(it->second.shape()), shape_string(p.value.shape())));
     p.value.copy_from(it->second.to(p.value.dtype()).to(p.value.device()));
   }
   optimizer.sync_masters_from_params();
   return absl::OkStatus();
 }
 
-} // namespace
+}  // namespace
 
 absl::Status run_train_program(TrainProgramOptions o) {
-  MSA_ASSIGN_OR_RETURN(
-      o.model.attention,
-      parse_attention_kinds(o.attention_spec, o.model.n_layers));
+  MSA_ASSIGN_OR_RETURN(o.model.attention,
+                       parse_attention_kinds(o.attention_spec, o.model.n_layers));
   MSA_RETURN_IF_ERROR(o.model.validate());
   MSA_RETURN_IF_ERROR(validate_run(o));
   MSA_ASSIGN_OR_RETURN(Device device, choose_device(o.device));
-  MSA_ASSIGN_OR_RETURN(std::unique_ptr<BatchSource> data,
-                       make_source(o, false));
+  MSA_ASSIGN_OR_RETURN(std::unique_ptr<BatchSource> data, make_source(o, false));
   std::unique_ptr<BatchSource> validation;
   if (o.eval_every > 0) {
     MSA_ASSIGN_OR_RETURN(validation, make_source(o, true));
@@ -226,65 +197,57 @@ absl::Status run_train_program(TrainProgramOptions o) {
   AdamW optimizer(model.params(), o.optimizer);
 
   int64_t first_step = 1, tokens_seen = 0;
-  if (!o.checkpoint_dir.empty())
-    MSA_RETURN_IF_ERROR(ensure_dir(o.checkpoint_dir));
+  if (!o.checkpoint_dir.empty()) MSA_RETURN_IF_ERROR(ensure_dir(o.checkpoint_dir));
   if (o.resume) {
     auto latest = load_latest_checkpoint(o.checkpoint_dir);
-    if (!latest.ok())
-      return annotate(latest.status(), "--resume");
-    const Checkpoint &ckpt = latest->checkpoint;
+    if (!latest.ok()) return annotate(latest.status(), "--resume");
+    const Checkpoint& ckpt = latest->checkpoint;
     const std::string diff = config_difference(ckpt.config, o.model);
     if (!diff.empty())
-      return absl::FailedPreconditionError(
-          absl::StrFormat("--resume: %s was written for a different model (%s)",
-                          latest->path, diff));
-    MSA_RETURN_IF_ERROR(
-        load_weights(ckpt, latest->path, model, optimizer, false));
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "--resume: %s was written for a different model (%s)", latest->path, diff));
+    MSA_RETURN_IF_ERROR(load_weights(ckpt, latest->path, model, optimizer, false));
     optimizer.load_state(ckpt.params, ckpt.m, ckpt.v);
     first_step = ckpt.state.step + 1;
     tokens_seen = ckpt.state.tokens_seen;
-    std::printf("msa-train: resumed from %s (step %lld, %lld tokens seen)\n",
-                latest->path.c_str(), static_cast<long long>(ckpt.state.step),
-                static_cast<long long>(tokens_seen));
+    std::printf("msa-train: resumed from %s (step %lld, %lld tokens seen)\n", latest->path.c_str(),
+                static_cast<long long>(ckpt.state.step), static_cast<long long>(tokens_seen));
   } else if (!o.init_from.empty()) {
     auto ckpt = load_checkpoint(o.init_from, /*weights_only=*/true);
-    if (!ckpt.ok())
-      return annotate(ckpt.status(), "--init_from");
-    MSA_RETURN_IF_ERROR(load_weights(*ckpt, o.init_from, model, optimizer,
-                                     o.init_allow_missing_index));
-    std::printf("msa-train: initialized weights from %s\n",
-                o.init_from.c_str());
+    if (!ckpt.ok()) return annotate(ckpt.status(), "--init_from");
+    MSA_RETURN_IF_ERROR(
+        load_weights(*ckpt, o.init_from, model, optimizer, o.init_allow_missing_index));
+    std::printf("msa-train: initialized weights from %s\n", o.init_from.c_str());
   }
 
-  std::printf("msa-train: %d layers (%s), d_model %d, %d heads / %d kv heads, "
-              "%.2fM parameters, "
-              "%s %s\n",
-              o.model.n_layers, o.attention_spec.c_str(),
-              static_cast<int>(o.model.d_model), o.model.n_heads,
-              o.model.n_kv_heads, model.params().numel() / 1e6,
-              device_name(device), dtype_name(dtype));
+  std::printf(
+      "msa-train: %d layers (%s), d_model %d, %d heads / %d kv heads, "
+      "%.2fM parameters, "
+      "%s %s\n",
+      o.model.n_layers, o.attention_spec.c_str(), static_cast<int>(o.model.d_model),
+      o.model.n_heads, o.model.n_kv_heads, model.params().numel() / 1e6, device_name(device),
+      dtype_name(dtype));
   std::printf("msa-train: data %s, batch %d x %d tokens, steps %lld..%lld\n",
-              data->describe().c_str(), static_cast<int>(o.batch_size),
-              static_cast<int>(o.seq_len), static_cast<long long>(first_step),
-              static_cast<long long>(o.trainer.steps));
+              data->describe().c_str(), static_cast<int>(o.batch_size), static_cast<int>(o.seq_len),
+              static_cast<long long>(first_step), static_cast<long long>(o.trainer.steps));
   std::fflush(stdout);
 
-  FILE *metrics = nullptr;
+  FILE* metrics = nullptr;
   if (!o.metrics_jsonl.empty()) {
     metrics = std::fopen(o.metrics_jsonl.c_str(), "a");
     if (metrics == nullptr)
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "invalid --metrics_jsonl: cannot open '%s'", o.metrics_jsonl));
+      return absl::InvalidArgumentError(
+          absl::StrFormat("invalid --metrics_jsonl: cannot open '%s'", o.metrics_jsonl));
   }
-  std::unique_ptr<FILE, int (*)(FILE *)> metrics_closer(
-      metrics, [](FILE *f) { return f ? std::fclose(f) : 0; });
+  std::unique_ptr<FILE, int (*)(FILE*)> metrics_closer(
+      metrics, [](FILE* f) { return f ? std::fclose(f) : 0; });
 
   install_stop_signal_handlers();
   CheckpointWriter writer(o, o.model, optimizer);
   Trainer trainer(model, optimizer, *data, o.trainer);
   absl::Status failure;
   int64_t last_step = first_step - 1;
-  MSA_RETURN_IF_ERROR(trainer.run(first_step, [&](const StepMetrics &m) {
+  MSA_RETURN_IF_ERROR(trainer.run(first_step, [&](const StepMetrics& m) {
     last_step = m.step;
     tokens_seen += m.tokens;
     if (metrics != nullptr) {
@@ -296,19 +259,15 @@ absl::Status run_train_program(TrainProgramOptions o) {
       j["grad_norm"] = m.grad_norm;
       j["lr"] = m.lr;
       j["tokens"] = m.tokens;
-      if (!m.index_recall.empty())
-        j["index_recall"] = m.index_recall;
-      std::fprintf(
-          metrics, "%s\n",
-          j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)
-              .c_str());
+      if (!m.index_recall.empty()) j["index_recall"] = m.index_recall;
+      std::fprintf(metrics, "%s\n",
+                   j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
       std::fflush(metrics);
     }
     if (validation && m.step % o.eval_every == 0) {
-      const EvalResult r = evaluate(model, *validation, o.eval_batches,
-                                    m.step <= o.trainer.index_warmup_steps
-                                        ? MsaMode::kDenseWarmup
-                                        : MsaMode::kSparse);
+      const EvalResult r = evaluate(
+          model, *validation, o.eval_batches,
+          m.step <= o.trainer.index_warmup_steps ? MsaMode::kDenseWarmup : MsaMode::kSparse);
       std::printf("eval  %6lld | val_loss %.4f | val_ppl %.2f | %lld tokens\n",
                   static_cast<long long>(m.step), r.loss, r.perplexity,
                   static_cast<long long>(r.tokens));
@@ -316,13 +275,11 @@ absl::Status run_train_program(TrainProgramOptions o) {
     }
     if (o.checkpoint_every > 0 && m.step % o.checkpoint_every == 0) {
       failure = writer.save(m.step, tokens_seen);
-      if (!failure.ok())
-        return false;
+      if (!failure.ok()) return false;
     }
     if (o.exit_after_step > 0 && m.step >= o.exit_after_step) {
-      std::printf(
-          "msa-train: exiting after step %lld as asked (--exit_after_step)\n",
-          static_cast<long long>(m.step));
+      std::printf("msa-train: exiting after step %lld as asked (--exit_after_step)\n",
+                  static_cast<long long>(m.step));
       return false;
     }
     return !stop_requested();
@@ -342,4 +299,4 @@ absl::Status run_train_program(TrainProgramOptions o) {
   return absl::OkStatus();
 }
 
-} // namespace msa
+}  // namespace msa

@@ -20,6 +20,7 @@ struct TrainProgramOptions {
   int64_t seq_len = 256;
   uint64_t seed = 1234;
   int synthetic_pairs = 4;        // facts per sample of synthetic:kv-recall
+  double synthetic_depth = -1;    // depth of the facts (< 0: random per sample)
   double val_fraction = 0.01;     // shards: fraction of windows held out for validation
   int eval_every = 0;             // validation loss / perplexity every N steps (0: off)
   int eval_batches = 8;

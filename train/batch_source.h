@@ -44,7 +44,7 @@ absl::StatusOr<std::unique_ptr<BatchSource>> make_shard_source(
 // make_synthetic_sample(config, n). The validation source draws from a disjoint seed.
 absl::StatusOr<std::unique_ptr<BatchSource>> make_synthetic_source(
     const std::string& task, int64_t vocab_size, int64_t batch, int64_t seq_len, int pairs,
-    uint64_t seed, const DataLayout& layout, bool validation);
+    double depth, uint64_t seed, const DataLayout& layout, bool validation);
 
 // A fixed pseudo-random sequence of `period` tokens repeated over the context: a model that learns
 // it predicts every token after the first period exactly (the foundation's learning test).

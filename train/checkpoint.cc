@@ -21,11 +21,10 @@ namespace {
 
 constexpr int64_t kFormatVersion = 1;
 constexpr char kChecksumAttr[] = "fnv1a64";
-const char *const kStateFields[] = {"step", "tokens_seen", "seed",
-                                    "sample_cursor", "lr_step"};
+const char* const kStateFields[] = {"step", "tokens_seen", "seed", "sample_cursor", "lr_step"};
 
-uint64_t fnv1a_bytes(const void *data, size_t n) {
-  const auto *p = static_cast<const uint8_t *>(data);
+uint64_t fnv1a_bytes(const void* data, size_t n) {
+  const auto* p = static_cast<const uint8_t*>(data);
   uint64_t h = 0xcbf29ce484222325ULL;
   for (size_t i = 0; i < n; ++i) {
     h ^= p[i];
@@ -36,18 +35,17 @@ uint64_t fnv1a_bytes(const void *data, size_t n) {
 
 // Closes an HDF5 handle on scope exit.
 class H5Handle {
-public:
+ public:
   H5Handle(hid_t id, herr_t (*close)(hid_t)) : id_(id), close_(close) {}
   ~H5Handle() {
-    if (id_ >= 0)
-      close_(id_);
+    if (id_ >= 0) close_(id_);
   }
-  H5Handle(const H5Handle &) = delete;
-  H5Handle &operator=(const H5Handle &) = delete;
+  H5Handle(const H5Handle&) = delete;
+  H5Handle& operator=(const H5Handle&) = delete;
   hid_t get() const { return id_; }
   bool ok() const { return id_ >= 0; }
 
-private:
+ private:
   hid_t id_;
   herr_t (*close_)(hid_t);
 };
@@ -61,108 +59,91 @@ void silence_hdf5() {
   (void)once;
 }
 
-absl::Status write_error(const std::string &path, const std::string &what) {
-  return absl::InternalError(
-      absl::StrFormat("%s: cannot write %s", path, what));
+absl::Status write_error(const std::string& path, const std::string& what) {
+  return absl::InternalError(absl::StrFormat("%s: cannot write %s", path, what));
 }
 
 absl::Status write_checksum(hid_t dataset, uint64_t sum) {
   H5Handle space(H5Screate(H5S_SCALAR), H5Sclose);
-  H5Handle attr(H5Acreate2(dataset, kChecksumAttr, H5T_STD_U64LE, space.get(),
-                           H5P_DEFAULT, H5P_DEFAULT),
-                H5Aclose);
+  H5Handle attr(
+      H5Acreate2(dataset, kChecksumAttr, H5T_STD_U64LE, space.get(), H5P_DEFAULT, H5P_DEFAULT),
+      H5Aclose);
   if (!attr.ok() || H5Awrite(attr.get(), H5T_NATIVE_UINT64, &sum) < 0)
     return absl::InternalError("cannot write checksum attribute");
   return absl::OkStatus();
 }
 
-absl::Status write_f32(const std::string &path, hid_t loc,
-                       const std::string &name, const Tensor &t) {
-  const Tensor host =
-      t.is_cpu() && t.dtype() == DType::kF32
-          ? t
-          : (t.is_cpu() ? t : t.to(Device::kCPU)).to(DType::kF32);
+absl::Status write_f32(const std::string& path, hid_t loc, const std::string& name,
+                       const Tensor& t) {
+  const Tensor host = t.is_cpu() && t.dtype() == DType::kF32
+                          ? t
+                          : (t.is_cpu() ? t : t.to(Device::kCPU)).to(DType::kF32);
   std::vector<hsize_t> dims(host.shape().begin(), host.shape().end());
-  H5Handle space(
-      H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr),
-      H5Sclose);
-  H5Handle ds(H5Dcreate2(loc, name.c_str(), H5T_IEEE_F32LE, space.get(),
-                         H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT),
+  H5Handle space(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr), H5Sclose);
+  H5Handle ds(H5Dcreate2(loc, name.c_str(), H5T_IEEE_F32LE, space.get(), H5P_DEFAULT, H5P_DEFAULT,
+                         H5P_DEFAULT),
               H5Dclose);
-  if (!ds.ok() || H5Dwrite(ds.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL,
-                           H5P_DEFAULT, host.data<float>()) < 0)
+  if (!ds.ok() ||
+      H5Dwrite(ds.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, host.data<float>()) < 0)
     return write_error(path, "dataset " + name);
   // Checksum of the little-endian bytes as stored (x86 and the GPU hosts are
   // little-endian).
-  return annotate(
-      write_checksum(ds.get(), fnv1a_bytes(host.data<float>(), host.nbytes())),
-      path + ": " + name);
+  return annotate(write_checksum(ds.get(), fnv1a_bytes(host.data<float>(), host.nbytes())),
+                  path + ": " + name);
 }
 
-absl::Status write_i64(const std::string &path, hid_t loc, const char *name,
-                       int64_t value) {
+absl::Status write_i64(const std::string& path, hid_t loc, const char* name, int64_t value) {
   H5Handle space(H5Screate(H5S_SCALAR), H5Sclose);
-  H5Handle ds(H5Dcreate2(loc, name, H5T_STD_I64LE, space.get(), H5P_DEFAULT,
-                         H5P_DEFAULT, H5P_DEFAULT),
-              H5Dclose);
-  if (!ds.ok() || H5Dwrite(ds.get(), H5T_NATIVE_INT64, H5S_ALL, H5S_ALL,
-                           H5P_DEFAULT, &value) < 0)
+  H5Handle ds(
+      H5Dcreate2(loc, name, H5T_STD_I64LE, space.get(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT),
+      H5Dclose);
+  if (!ds.ok() || H5Dwrite(ds.get(), H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, &value) < 0)
     return write_error(path, std::string("/state/") + name);
   return write_checksum(ds.get(), fnv1a_bytes(&value, sizeof(value)));
 }
 
-absl::Status write_string_attr(const std::string &path, hid_t loc,
-                               const char *name, const std::string &value) {
+absl::Status write_string_attr(const std::string& path, hid_t loc, const char* name,
+                               const std::string& value) {
   H5Handle type(H5Tcopy(H5T_C_S1), H5Tclose);
   H5Tset_size(type.get(), std::max<size_t>(1, value.size()));
   H5Tset_strpad(type.get(), H5T_STR_NULLPAD);
   H5Handle space(H5Screate(H5S_SCALAR), H5Sclose);
-  H5Handle attr(
-      H5Acreate2(loc, name, type.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT),
-      H5Aclose);
+  H5Handle attr(H5Acreate2(loc, name, type.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
   std::string padded = value.empty() ? std::string(1, '\0') : value;
   if (!attr.ok() || H5Awrite(attr.get(), type.get(), padded.data()) < 0)
     return write_error(path, std::string("/config attribute ") + name);
   return absl::OkStatus();
 }
 
-hid_t make_group(hid_t loc, const std::string &name) {
+hid_t make_group(hid_t loc, const std::string& name) {
   return H5Gcreate2(loc, name.c_str(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
 }
 
-absl::Status fsync_path(const std::string &path) {
+absl::Status fsync_path(const std::string& path) {
   const int fd = ::open(path.c_str(), O_RDONLY);
-  if (fd < 0)
-    return absl::InternalError(
-        absl::StrFormat("%s: cannot open to sync", path));
+  if (fd < 0) return absl::InternalError(absl::StrFormat("%s: cannot open to sync", path));
   const int rc = ::fsync(fd);
   ::close(fd);
-  if (rc != 0)
-    return absl::InternalError(absl::StrFormat("%s: fsync failed", path));
+  if (rc != 0) return absl::InternalError(absl::StrFormat("%s: fsync failed", path));
   return absl::OkStatus();
 }
 
-std::string parent_dir(const std::string &path) {
+std::string parent_dir(const std::string& path) {
   const size_t slash = path.rfind('/');
-  return slash == std::string::npos
-             ? "."
-             : path.substr(0, std::max<size_t>(1, slash));
+  return slash == std::string::npos ? "." : path.substr(0, std::max<size_t>(1, slash));
 }
 
 // ---- reading
 // -------------------------------------------------------------------------------
 
-absl::StatusOr<std::string> read_string_attr(const std::string &path, hid_t loc,
-                                             const char *name) {
+absl::StatusOr<std::string> read_string_attr(const std::string& path, hid_t loc, const char* name) {
   if (H5Aexists(loc, name) <= 0)
-    return absl::DataLossError(
-        absl::StrFormat("%s: missing /config attribute '%s'", path, name));
+    return absl::DataLossError(absl::StrFormat("%s: missing /config attribute '%s'", path, name));
   H5Handle attr(H5Aopen(loc, name, H5P_DEFAULT), H5Aclose);
   H5Handle type(H5Aget_type(attr.get()), H5Tclose);
-  if (!attr.ok() || H5Tget_class(type.get()) != H5T_STRING ||
-      H5Tis_variable_str(type.get()) > 0)
-    return absl::DataLossError(absl::StrFormat(
-        "%s: /config attribute '%s' is not a fixed-length string", path, name));
+  if (!attr.ok() || H5Tget_class(type.get()) != H5T_STRING || H5Tis_variable_str(type.get()) > 0)
+    return absl::DataLossError(
+        absl::StrFormat("%s: /config attribute '%s' is not a fixed-length string", path, name));
   std::string value(H5Tget_size(type.get()), '\0');
   if (H5Aread(attr.get(), type.get(), value.data()) < 0)
     return absl::DataLossError(
@@ -171,49 +152,40 @@ absl::StatusOr<std::string> read_string_attr(const std::string &path, hid_t loc,
   return value;
 }
 
-absl::StatusOr<uint64_t> read_checksum(const std::string &path, hid_t ds,
-                                       const std::string &name) {
+absl::StatusOr<uint64_t> read_checksum(const std::string& path, hid_t ds, const std::string& name) {
   if (H5Aexists(ds, kChecksumAttr) <= 0)
-    return absl::DataLossError(
-        absl::StrFormat("%s: dataset %s has no '%s' checksum attribute", path,
-                        name, kChecksumAttr));
+    return absl::DataLossError(absl::StrFormat("%s: dataset %s has no '%s' checksum attribute",
+                                               path, name, kChecksumAttr));
   H5Handle attr(H5Aopen(ds, kChecksumAttr, H5P_DEFAULT), H5Aclose);
   uint64_t sum = 0;
   if (!attr.ok() || H5Aread(attr.get(), H5T_NATIVE_UINT64, &sum) < 0)
-    return absl::DataLossError(
-        absl::StrFormat("%s: cannot read the checksum of %s", path, name));
+    return absl::DataLossError(absl::StrFormat("%s: cannot read the checksum of %s", path, name));
   return sum;
 }
 
-absl::StatusOr<Tensor> read_f32(const std::string &path, hid_t file,
-                                const std::string &name,
-                                const Shape &expected) {
+absl::StatusOr<Tensor> read_f32(const std::string& path, hid_t file, const std::string& name,
+                                const Shape& expected) {
   if (H5Lexists(file, name.c_str(), H5P_DEFAULT) <= 0)
-    return absl::DataLossError(
-        absl::StrFormat("%s: missing dataset %s", path, name));
+    return absl::DataLossError(absl::StrFormat("%s: missing dataset %s", path, name));
   H5Handle ds(H5Dopen2(file, name.c_str(), H5P_DEFAULT), H5Dclose);
   if (!ds.ok())
-    return absl::DataLossError(
-        absl::StrFormat("%s: cannot open dataset %s", path, name));
+    return absl::DataLossError(absl::StrFormat("%s: cannot open dataset %s", path, name));
   H5Handle type(H5Dget_type(ds.get()), H5Tclose);
   if (H5Tget_class(type.get()) != H5T_FLOAT || H5Tget_size(type.get()) != 4)
-    return absl::DataLossError(
-        absl::StrFormat("%s: dataset %s is not float32", path, name));
+    return absl::DataLossError(absl::StrFormat("%s: dataset %s is not float32", path, name));
   H5Handle space(H5Dget_space(ds.get()), H5Sclose);
   const int rank = H5Sget_simple_extent_ndims(space.get());
   std::vector<hsize_t> dims(std::max(rank, 0));
-  if (rank > 0)
-    H5Sget_simple_extent_dims(space.get(), dims.data(), nullptr);
+  if (rank > 0) H5Sget_simple_extent_dims(space.get(), dims.data(), nullptr);
   const Shape shape(dims.begin(), dims.end());
   if (shape != expected)
-    return absl::FailedPreconditionError(absl::StrFormat(
-        "%s: dataset %s has shape %s but the config in the file needs %s", path,
-        name, shape_string(shape), shape_string(expected)));
+    return absl::FailedPreconditionError(
+        absl::StrFormat("%s: dataset %s has shape %s but the config in the file needs %s", path,
+                        name, shape_string(shape), shape_string(expected)));
   Tensor t = Tensor::empty(shape, DType::kF32);
-  if (H5Dread(ds.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT,
-              t.data<float>()) < 0)
-    return absl::DataLossError(absl::StrFormat(
-        "%s: cannot read dataset %s (truncated file?)", path, name));
+  if (H5Dread(ds.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, t.data<float>()) < 0)
+    return absl::DataLossError(
+        absl::StrFormat("%s: cannot read dataset %s (truncated file?)", path, name));
   MSA_ASSIGN_OR_RETURN(uint64_t stored, read_checksum(path, ds.get(), name));
   const uint64_t actual = fnv1a_bytes(t.data<float>(), t.nbytes());
   if (stored != actual)
@@ -224,66 +196,54 @@ absl::StatusOr<Tensor> read_f32(const std::string &path, hid_t file,
   return t;
 }
 
-absl::StatusOr<int64_t> read_i64(const std::string &path, hid_t file,
-                                 const std::string &name) {
+absl::StatusOr<int64_t> read_i64(const std::string& path, hid_t file, const std::string& name) {
   if (H5Lexists(file, name.c_str(), H5P_DEFAULT) <= 0)
-    return absl::DataLossError(
-        absl::StrFormat("%s: missing dataset %s", path, name));
+    return absl::DataLossError(absl::StrFormat("%s: missing dataset %s", path, name));
   H5Handle ds(H5Dopen2(file, name.c_str(), H5P_DEFAULT), H5Dclose);
   int64_t value = 0;
-  if (!ds.ok() || H5Dread(ds.get(), H5T_NATIVE_INT64, H5S_ALL, H5S_ALL,
-                          H5P_DEFAULT, &value) < 0)
-    return absl::DataLossError(
-        absl::StrFormat("%s: cannot read dataset %s", path, name));
+  if (!ds.ok() || H5Dread(ds.get(), H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, &value) < 0)
+    return absl::DataLossError(absl::StrFormat("%s: cannot read dataset %s", path, name));
   MSA_ASSIGN_OR_RETURN(uint64_t stored, read_checksum(path, ds.get(), name));
   if (stored != fnv1a_bytes(&value, sizeof(value)))
-    return absl::DataLossError(
-        absl::StrFormat("%s: checksum mismatch in dataset %s", path, name));
+    return absl::DataLossError(absl::StrFormat("%s: checksum mismatch in dataset %s", path, name));
   return value;
 }
 
-} // namespace
+}  // namespace
 
-std::string checkpoint_path(const std::string &dir, int64_t step) {
+std::string checkpoint_path(const std::string& dir, int64_t step) {
   return absl::StrFormat("%s/ckpt-%08d.h5", dir, step);
 }
 
-absl::Status save_checkpoint(const std::string &path, const Checkpoint &ckpt) {
+absl::Status save_checkpoint(const std::string& path, const Checkpoint& ckpt) {
   silence_hdf5();
   const std::string tmp = path + ".tmp";
   const std::vector<ParamSpec> specs = model_param_specs(ckpt.config);
   const bool with_optimizer = !ckpt.m.empty() || !ckpt.v.empty();
-  for (const ParamSpec &s : specs) {
+  for (const ParamSpec& s : specs) {
     if (!ckpt.params.count(s.name) ||
         (with_optimizer && (!ckpt.m.count(s.name) || !ckpt.v.count(s.name))))
       return absl::InvalidArgumentError(
           absl::StrFormat("%s: no tensor for parameter %s", path, s.name));
   }
   {
-    H5Handle file(
-        H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT),
-        H5Fclose);
-    if (!file.ok())
-      return absl::InternalError(
-          absl::StrFormat("%s: cannot create file", tmp));
+    H5Handle file(H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), H5Fclose);
+    if (!file.ok()) return absl::InternalError(absl::StrFormat("%s: cannot create file", tmp));
     {
       H5Handle config(make_group(file.get(), "/config"), H5Gclose);
+      MSA_RETURN_IF_ERROR(write_string_attr(tmp, config.get(), "model", ckpt.config.to_json()));
+      MSA_RETURN_IF_ERROR(write_string_attr(tmp, config.get(), "run", ckpt.run_json));
       MSA_RETURN_IF_ERROR(
-          write_string_attr(tmp, config.get(), "model", ckpt.config.to_json()));
-      MSA_RETURN_IF_ERROR(
-          write_string_attr(tmp, config.get(), "run", ckpt.run_json));
-      MSA_RETURN_IF_ERROR(write_string_attr(tmp, config.get(), "format_version",
-                                            std::to_string(kFormatVersion)));
+          write_string_attr(tmp, config.get(), "format_version", std::to_string(kFormatVersion)));
     }
     {
       H5Handle params(make_group(file.get(), "/params"), H5Gclose);
-      for (const ParamSpec &s : specs)
-        MSA_RETURN_IF_ERROR(
-            write_f32(tmp, params.get(), s.name, ckpt.params.at(s.name)));
+      for (const ParamSpec& s : specs)
+        MSA_RETURN_IF_ERROR(write_f32(tmp, params.get(), s.name, ckpt.params.at(s.name)));
     }
     if (with_optimizer) {
       H5Handle opt(make_group(file.get(), "/optimizer"), H5Gclose);
-      for (const ParamSpec &s : specs) {
+      for (const ParamSpec& s : specs) {
         H5Handle g(make_group(opt.get(), s.name), H5Gclose);
         MSA_RETURN_IF_ERROR(write_f32(tmp, g.get(), "m", ckpt.m.at(s.name)));
         MSA_RETURN_IF_ERROR(write_f32(tmp, g.get(), "v", ckpt.v.at(s.name)));
@@ -291,90 +251,71 @@ absl::Status save_checkpoint(const std::string &path, const Checkpoint &ckpt) {
     }
     {
       H5Handle state(make_group(file.get(), "/state"), H5Gclose);
-      const TrainState &st = ckpt.state;
-      const int64_t values[] = {st.step, st.tokens_seen, st.seed,
-                                st.sample_cursor, st.lr_step};
+      const TrainState& st = ckpt.state;
+      const int64_t values[] = {st.step, st.tokens_seen, st.seed, st.sample_cursor, st.lr_step};
       for (int i = 0; i < 5; ++i)
-        MSA_RETURN_IF_ERROR(
-            write_i64(tmp, state.get(), kStateFields[i], values[i]));
+        MSA_RETURN_IF_ERROR(write_i64(tmp, state.get(), kStateFields[i], values[i]));
     }
     if (H5Fflush(file.get(), H5F_SCOPE_GLOBAL) < 0)
       return absl::InternalError(absl::StrFormat("%s: flush failed", tmp));
   }
   MSA_RETURN_IF_ERROR(fsync_path(tmp));
-  if (std::getenv(kCrashBeforeRenameEnv) != nullptr)
-    std::raise(SIGKILL);
+  if (std::getenv(kCrashBeforeRenameEnv) != nullptr) std::raise(SIGKILL);
   if (std::rename(tmp.c_str(), path.c_str()) != 0)
-    return absl::InternalError(
-        absl::StrFormat("%s: rename to %s failed", tmp, path));
+    return absl::InternalError(absl::StrFormat("%s: rename to %s failed", tmp, path));
   return fsync_path(parent_dir(path));
 }
 
-absl::StatusOr<Checkpoint> load_checkpoint(const std::string &path,
-                                           bool weights_only) {
+absl::StatusOr<Checkpoint> load_checkpoint(const std::string& path, bool weights_only) {
   silence_hdf5();
   if (::access(path.c_str(), R_OK) != 0)
-    return absl::NotFoundError(
-        absl::StrFormat("%s: no such checkpoint file", path));
+    return absl::NotFoundError(absl::StrFormat("%s: no such checkpoint file", path));
   if (H5Fis_hdf5(path.c_str()) <= 0)
-    return absl::DataLossError(absl::StrFormat(
-        "%s: not a readable HDF5 file (truncated or corrupt)", path));
+    return absl::DataLossError(
+        absl::StrFormat("%s: not a readable HDF5 file (truncated or corrupt)", path));
   H5Handle file(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
   if (!file.ok())
-    return absl::DataLossError(absl::StrFormat(
-        "%s: cannot open as HDF5 (truncated or corrupt)", path));
+    return absl::DataLossError(
+        absl::StrFormat("%s: cannot open as HDF5 (truncated or corrupt)", path));
   Checkpoint ckpt;
   if (H5Lexists(file.get(), "/config", H5P_DEFAULT) <= 0)
-    return absl::DataLossError(
-        absl::StrFormat("%s: missing group /config", path));
+    return absl::DataLossError(absl::StrFormat("%s: missing group /config", path));
   {
     H5Handle config(H5Gopen2(file.get(), "/config", H5P_DEFAULT), H5Gclose);
-    MSA_ASSIGN_OR_RETURN(
-        std::string version,
-        read_string_attr(path, config.get(), "format_version"));
+    MSA_ASSIGN_OR_RETURN(std::string version,
+                         read_string_attr(path, config.get(), "format_version"));
     if (version != std::to_string(kFormatVersion))
       return absl::FailedPreconditionError(absl::StrFormat(
-          "%s: checkpoint format version %s, this build reads %d", path,
-          version, kFormatVersion));
-    MSA_ASSIGN_OR_RETURN(std::string model_json,
-                         read_string_attr(path, config.get(), "model"));
+          "%s: checkpoint format version %s, this build reads %d", path, version, kFormatVersion));
+    MSA_ASSIGN_OR_RETURN(std::string model_json, read_string_attr(path, config.get(), "model"));
     auto config_or = ModelConfig::from_json(model_json);
-    if (!config_or.ok())
-      return annotate(config_or.status(), path + ": /config model");
+    if (!config_or.ok()) return annotate(config_or.status(), path + ": /config model");
     ckpt.config = *config_or;
-    MSA_ASSIGN_OR_RETURN(ckpt.run_json,
-                         read_string_attr(path, config.get(), "run"));
+    MSA_ASSIGN_OR_RETURN(ckpt.run_json, read_string_attr(path, config.get(), "run"));
   }
-  for (const ParamSpec &s : model_param_specs(ckpt.config)) {
-    MSA_ASSIGN_OR_RETURN(
-        ckpt.params[s.name],
-        read_f32(path, file.get(), "/params/" + s.name, s.shape));
-    if (weights_only)
-      continue;
-    MSA_ASSIGN_OR_RETURN(
-        ckpt.m[s.name],
-        read_f32(path, file.get(), "/optimizer/" + s.name + "/m", s.shape));
-    MSA_ASSIGN_OR_RETURN(
-        ckpt.v[s.name],
-        read_f32(path, file.get(), "/optimizer/" + s.name + "/v", s.shape));
+  for (const ParamSpec& s : model_param_specs(ckpt.config)) {
+    MSA_ASSIGN_OR_RETURN(ckpt.params[s.name],
+                         read_f32(path, file.get(), "/params/" + s.name, s.shape));
+    if (weights_only) continue;
+    MSA_ASSIGN_OR_RETURN(ckpt.m[s.name],
+                         read_f32(path, file.get(), "/optimizer/" + s.name + "/m", s.shape));
+    MSA_ASSIGN_OR_RETURN(ckpt.v[s.name],
+                         read_f32(path, file.get(), "/optimizer/" + s.name + "/v", s.shape));
   }
-  int64_t *fields[] = {&ckpt.state.step, &ckpt.state.tokens_seen,
-                       &ckpt.state.seed, &ckpt.state.sample_cursor,
-                       &ckpt.state.lr_step};
+  int64_t* fields[] = {&ckpt.state.step, &ckpt.state.tokens_seen, &ckpt.state.seed,
+                       &ckpt.state.sample_cursor, &ckpt.state.lr_step};
   for (int i = 0; i < 5; ++i) {
-    MSA_ASSIGN_OR_RETURN(
-        *fields[i],
-        read_i64(path, file.get(), std::string("/state/") + kStateFields[i]));
+    MSA_ASSIGN_OR_RETURN(*fields[i],
+                         read_i64(path, file.get(), std::string("/state/") + kStateFields[i]));
   }
   return ckpt;
 }
 
-std::vector<int64_t> list_checkpoint_steps(const std::string &dir) {
+std::vector<int64_t> list_checkpoint_steps(const std::string& dir) {
   std::vector<int64_t> steps;
-  DIR *d = ::opendir(dir.c_str());
-  if (d == nullptr)
-    return steps;
-  while (dirent *e = ::readdir(d)) {
+  DIR* d = ::opendir(dir.c_str());
+  if (d == nullptr) return steps;
+  while (dirent* e = ::readdir(d)) {
     long long step = 0;
     int consumed = 0;
     const std::string name = e->d_name;
@@ -387,30 +328,26 @@ std::vector<int64_t> list_checkpoint_steps(const std::string &dir) {
   return steps;
 }
 
-absl::StatusOr<LatestCheckpoint>
-load_latest_checkpoint(const std::string &dir) {
+absl::StatusOr<LatestCheckpoint> load_latest_checkpoint(const std::string& dir) {
   for (int64_t step : list_checkpoint_steps(dir)) {
     const std::string path = checkpoint_path(dir, step);
     auto ckpt = load_checkpoint(path);
-    if (ckpt.ok())
-      return LatestCheckpoint{path, *std::move(ckpt)};
+    if (ckpt.ok()) return LatestCheckpoint{path, *std::move(ckpt)};
     std::fprintf(stderr, "msa-train: skipping invalid checkpoint: %s\n",
                  std::string(ckpt.status().message()).c_str());
   }
   return absl::NotFoundError(absl::StrFormat("no valid checkpoint in %s", dir));
 }
 
-absl::Status prune_checkpoints(const std::string &dir, int keep_last) {
-  if (keep_last <= 0)
-    return absl::OkStatus();
+absl::Status prune_checkpoints(const std::string& dir, int keep_last) {
+  if (keep_last <= 0) return absl::OkStatus();
   const std::vector<int64_t> steps = list_checkpoint_steps(dir);
   for (size_t i = keep_last; i < steps.size(); ++i) {
     const std::string path = checkpoint_path(dir, steps[i]);
     if (std::remove(path.c_str()) != 0)
-      return absl::InternalError(
-          absl::StrFormat("%s: cannot delete old checkpoint", path));
+      return absl::InternalError(absl::StrFormat("%s: cannot delete old checkpoint", path));
   }
   return absl::OkStatus();
 }
 
-} // namespace msa
+}  // namespace msa

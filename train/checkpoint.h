@@ -30,37 +30,34 @@
 namespace msa {
 
 struct TrainState {
-  int64_t step = 0;        // optimizer steps completed
-  int64_t tokens_seen = 0; // training tokens consumed (all ranks)
-  int64_t seed =
-      0; // the run's seed (every RNG stream derives from it and a counter)
-  int64_t sample_cursor =
-      0;               // the next data sample number (data/window_sampler.h)
-  int64_t lr_step = 0; // position in the LR schedule
+  int64_t step = 0;           // optimizer steps completed
+  int64_t tokens_seen = 0;    // training tokens consumed (all ranks)
+  int64_t seed = 0;           // the run's seed (every RNG stream derives from it and a counter)
+  int64_t sample_cursor = 0;  // the next data sample number (data/window_sampler.h)
+  int64_t lr_step = 0;        // position in the LR schedule
 };
 
 struct Checkpoint {
   ModelConfig config;
-  std::string run_json; // the training options that wrote it (informational)
-  std::map<std::string, Tensor> params; // f32 CPU
-  std::map<std::string, Tensor> m, v; // f32 CPU; empty when loaded weights-only
+  std::string run_json;                  // the training options that wrote it (informational)
+  std::map<std::string, Tensor> params;  // f32 CPU
+  std::map<std::string, Tensor> m, v;    // f32 CPU; empty when loaded weights-only
   TrainState state;
 };
 
 // Writes `ckpt` to `path` (via `path`.tmp + rename). Every parameter of
 // ckpt.config must be in params (and in m, v unless both are empty).
-absl::Status save_checkpoint(const std::string &path, const Checkpoint &ckpt);
+absl::Status save_checkpoint(const std::string& path, const Checkpoint& ckpt);
 
 // Reads and validates a checkpoint; with weights_only the optimizer group is
 // not read.
-absl::StatusOr<Checkpoint> load_checkpoint(const std::string &path,
-                                           bool weights_only = false);
+absl::StatusOr<Checkpoint> load_checkpoint(const std::string& path, bool weights_only = false);
 
 // <dir>/ckpt-<step, 8 digits>.h5
-std::string checkpoint_path(const std::string &dir, int64_t step);
+std::string checkpoint_path(const std::string& dir, int64_t step);
 
 // The steps of the ckpt-<step>.h5 files in `dir` (not *.tmp), newest first.
-std::vector<int64_t> list_checkpoint_steps(const std::string &dir);
+std::vector<int64_t> list_checkpoint_steps(const std::string& dir);
 
 struct LatestCheckpoint {
   std::string path;
@@ -68,15 +65,15 @@ struct LatestCheckpoint {
 };
 // The newest checkpoint in `dir` that loads and validates; invalid ones are
 // skipped with a warning on stderr. NotFound when there is none.
-absl::StatusOr<LatestCheckpoint> load_latest_checkpoint(const std::string &dir);
+absl::StatusOr<LatestCheckpoint> load_latest_checkpoint(const std::string& dir);
 
 // Deletes all but the newest `keep_last` checkpoints of `dir` (keep_last <= 0:
 // keep all).
-absl::Status prune_checkpoints(const std::string &dir, int keep_last);
+absl::Status prune_checkpoints(const std::string& dir, int keep_last);
 
 // Test hook: when the environment variable MSA_TEST_CRASH_BEFORE_RENAME is set,
 // save_checkpoint kills its own process (SIGKILL) after the temporary file is
 // complete, before the rename.
 inline constexpr char kCrashBeforeRenameEnv[] = "MSA_TEST_CRASH_BEFORE_RENAME";
 
-} // namespace msa
+}  // namespace msa

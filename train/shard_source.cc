@@ -11,28 +11,24 @@ namespace msa {
 namespace {
 
 class ShardSource : public BatchSource {
-public:
-  ShardSource(std::unique_ptr<WindowSampler> sampler, int64_t batch,
-              const DataLayout &layout, bool validation)
-      : sampler_(std::move(sampler)), batch_(batch), layout_(layout),
-        validation_(validation) {}
+ public:
+  ShardSource(std::unique_ptr<WindowSampler> sampler, int64_t batch, const DataLayout& layout,
+              bool validation)
+      : sampler_(std::move(sampler)), batch_(batch), layout_(layout), validation_(validation) {}
 
   Batch get(int64_t step, int micro) override {
     const int64_t T = sampler_->seq_len();
-    Batch b{Tensor::empty({batch_, T}, DType::kI32),
-            Tensor::empty({batch_, T}, DType::kI32)};
+    Batch b{Tensor::empty({batch_, T}, DType::kI32), Tensor::empty({batch_, T}, DType::kI32)};
     std::vector<int32_t> window(T + 1);
     for (int64_t i = 0; i < batch_; ++i) {
-      const int64_t w = validation_
-                            ? sampler_->val_window((step - 1) * batch_ + i)
-                            : sampler_->train_window(sample_number(
-                                  step, micro, layout_.grad_accum,
-                                  layout_.dp_rank, layout_.dp_size, batch_, i));
+      const int64_t w =
+          validation_
+              ? sampler_->val_window((step - 1) * batch_ + i)
+              : sampler_->train_window(sample_number(step, micro, layout_.grad_accum,
+                                                     layout_.dp_rank, layout_.dp_size, batch_, i));
       sampler_->read_window(w, window.data());
-      std::copy(window.begin(), window.end() - 1,
-                b.tokens.data<int32_t>() + i * T);
-      std::copy(window.begin() + 1, window.end(),
-                b.targets.data<int32_t>() + i * T);
+      std::copy(window.begin(), window.end() - 1, b.tokens.data<int32_t>() + i * T);
+      std::copy(window.begin() + 1, window.end(), b.targets.data<int32_t>() + i * T);
     }
     return b;
   }
@@ -42,29 +38,26 @@ public:
                            validation_ ? "validation" : "training");
   }
 
-private:
+ private:
   std::unique_ptr<WindowSampler> sampler_;
   int64_t batch_;
   DataLayout layout_;
   bool validation_;
 };
 
-} // namespace
+}  // namespace
 
-absl::StatusOr<std::unique_ptr<BatchSource>>
-make_shard_source(const std::string &glob, int64_t vocab_size, int64_t batch,
-                  int64_t seq_len, double val_fraction, uint64_t seed,
-                  const DataLayout &layout, bool validation) {
-  MSA_ASSIGN_OR_RETURN(
-      std::unique_ptr<WindowSampler> sampler,
-      WindowSampler::open(glob, seq_len, vocab_size, val_fraction, seed));
+absl::StatusOr<std::unique_ptr<BatchSource>> make_shard_source(
+    const std::string& glob, int64_t vocab_size, int64_t batch, int64_t seq_len,
+    double val_fraction, uint64_t seed, const DataLayout& layout, bool validation) {
+  MSA_ASSIGN_OR_RETURN(std::unique_ptr<WindowSampler> sampler,
+                       WindowSampler::open(glob, seq_len, vocab_size, val_fraction, seed));
   if (validation && sampler->num_val_windows() == 0) {
     return absl::InvalidArgumentError(absl::StrFormat(
-        "'%s': no validation windows (set --val_fraction > 0 to hold some out)",
-        glob));
+        "'%s': no validation windows (set --val_fraction > 0 to hold some out)", glob));
   }
   return std::unique_ptr<BatchSource>(
       new ShardSource(std::move(sampler), batch, layout, validation));
 }
 
-} // namespace msa
+}  // namespace msa

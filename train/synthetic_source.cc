@@ -13,66 +13,57 @@ namespace {
 constexpr uint64_t kValidationSeedSalt = 0x76616C6964ULL;
 
 class SyntheticSource : public BatchSource {
-public:
-  SyntheticSource(const SyntheticConfig &config, int64_t batch,
-                  const DataLayout &layout, bool validation)
-      : config_(config), batch_(batch), layout_(layout),
-        validation_(validation) {}
+ public:
+  SyntheticSource(const SyntheticConfig& config, int64_t batch, const DataLayout& layout,
+                  bool validation)
+      : config_(config), batch_(batch), layout_(layout), validation_(validation) {}
 
   Batch get(int64_t step, int micro) override {
     const int64_t T = config_.seq_len;
-    Batch b{Tensor::empty({batch_, T}, DType::kI32),
-            Tensor::empty({batch_, T}, DType::kI32)};
+    Batch b{Tensor::empty({batch_, T}, DType::kI32), Tensor::empty({batch_, T}, DType::kI32)};
     for (int64_t i = 0; i < batch_; ++i) {
-      const int64_t n =
-          validation_
-              ? (step - 1) * batch_ + i
-              : sample_number(step, micro, layout_.grad_accum, layout_.dp_rank,
-                              layout_.dp_size, batch_, i);
-      const SyntheticSample s =
-          make_synthetic_sample(config_, static_cast<uint64_t>(n));
-      std::copy(s.tokens.begin(), s.tokens.end(),
-                b.tokens.data<int32_t>() + i * T);
-      std::copy(s.targets.begin(), s.targets.end(),
-                b.targets.data<int32_t>() + i * T);
+      const int64_t n = validation_ ? (step - 1) * batch_ + i
+                                    : sample_number(step, micro, layout_.grad_accum,
+                                                    layout_.dp_rank, layout_.dp_size, batch_, i);
+      const SyntheticSample s = make_synthetic_sample(config_, static_cast<uint64_t>(n));
+      std::copy(s.tokens.begin(), s.tokens.end(), b.tokens.data<int32_t>() + i * T);
+      std::copy(s.targets.begin(), s.targets.end(), b.targets.data<int32_t>() + i * T);
     }
     return b;
   }
 
   std::string describe() const override {
-    return absl::StrFormat(
-        "synthetic %s (%d facts, random depth%s)",
-        synthetic_task_name(config_.task),
-        config_.task == SyntheticTask::kNeedle ? 1 : config_.pairs,
-        validation_ ? ", validation stream" : "");
+    return absl::StrFormat("synthetic %s (%d facts, random depth%s)",
+                           synthetic_task_name(config_.task),
+                           config_.task == SyntheticTask::kNeedle ? 1 : config_.pairs,
+                           validation_ ? ", validation stream" : "");
   }
 
-private:
+ private:
   SyntheticConfig config_;
   int64_t batch_;
   DataLayout layout_;
   bool validation_;
 };
 
-} // namespace
+}  // namespace
 
-absl::StatusOr<std::unique_ptr<BatchSource>>
-make_synthetic_source(const std::string &task, int64_t vocab_size,
-                      int64_t batch, int64_t seq_len, int pairs, uint64_t seed,
-                      const DataLayout &layout, bool validation) {
+absl::StatusOr<std::unique_ptr<BatchSource>> make_synthetic_source(
+    const std::string& task, int64_t vocab_size, int64_t batch, int64_t seq_len, int pairs,
+    double depth, uint64_t seed, const DataLayout& layout, bool validation) {
   SyntheticConfig config;
   MSA_ASSIGN_OR_RETURN(config.task, parse_synthetic_task(task));
   config.seq_len = seq_len;
   config.pairs = pairs;
+  config.depth = depth;
   config.seed = validation ? seed ^ kValidationSeedSalt : seed;
   MSA_RETURN_IF_ERROR(validate(config));
   if (vocab_size < kSyntheticVocab) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "invalid --vocab_size=%d: the synthetic tasks use ids up to %d",
-        vocab_size, kSyntheticVocab - 1));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("invalid --vocab_size=%d: the synthetic tasks use ids up to %d", vocab_size,
+                        kSyntheticVocab - 1));
   }
-  return std::unique_ptr<BatchSource>(
-      new SyntheticSource(config, batch, layout, validation));
+  return std::unique_ptr<BatchSource>(new SyntheticSource(config, batch, layout, validation));
 }
 
-} // namespace msa
+}  // namespace msa

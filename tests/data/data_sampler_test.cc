@@ -16,18 +16,15 @@ namespace {
 
 // Three shards whose token i encodes (shard, position): 1000 * shard +
 // position.
-std::string make_corpus(const std::vector<int> &sizes) {
+std::string make_corpus(const std::vector<int>& sizes) {
   const std::string dir = std::string(::testing::TempDir()) + "/corpus_" +
-                          std::to_string(sizes.size()) + "_" +
-                          std::to_string(sizes[0]);
+                          std::to_string(sizes.size()) + "_" + std::to_string(sizes[0]);
   std::system(("rm -rf '" + dir + "' && mkdir -p '" + dir + "'").c_str());
   for (size_t s = 0; s < sizes.size(); ++s) {
     std::vector<uint32_t> tokens;
-    for (int i = 0; i < sizes[s]; ++i)
-      tokens.push_back(1000 * s + i);
-    EXPECT_TRUE(write_shard(dir + "/part-" + std::to_string(s) + ".tok", tokens,
-                            TokenWidth::kU16)
-                    .ok());
+    for (int i = 0; i < sizes[s]; ++i) tokens.push_back(1000 * s + i);
+    EXPECT_TRUE(
+        write_shard(dir + "/part-" + std::to_string(s) + ".tok", tokens, TokenWidth::kU16).ok());
   }
   return dir + "/part-*.tok";
 }
@@ -36,8 +33,7 @@ TEST(DataSamplerTest, PermutationIsABijection) {
   for (int64_t n : {1, 2, 3, 17, 64, 1000}) {
     IndexPermutation p(n, 42);
     std::set<int64_t> seen;
-    for (int64_t i = 0; i < n; ++i)
-      seen.insert(p(i));
+    for (int64_t i = 0; i < n; ++i) seen.insert(p(i));
     EXPECT_EQ(static_cast<int64_t>(seen.size()), n);
     EXPECT_EQ(*seen.begin(), 0);
     EXPECT_EQ(*seen.rbegin(), n - 1);
@@ -55,8 +51,7 @@ TEST(DataSamplerTest, WindowsStayInsideTheirShardAndMatchTheTokens) {
     (*s)->read_window(i, w.data());
     const int shard = w[0] / 1000;
     for (int j = 0; j < 9; ++j) {
-      EXPECT_EQ(w[j] / 1000, shard)
-          << "window " << i << " crosses a shard boundary";
+      EXPECT_EQ(w[j] / 1000, shard) << "window " << i << " crosses a shard boundary";
       EXPECT_EQ(w[j], w[0] + j) << "window " << i << " is not contiguous";
     }
     EXPECT_EQ((w[0] % 1000) % 8, 0);
@@ -70,10 +65,8 @@ TEST(DataSamplerTest, EachEpochCoversEveryTrainingWindowOnce) {
   ASSERT_EQ((*s)->num_windows(), 25 + 19);
   ASSERT_EQ((*s)->num_val_windows(), 5);
   std::vector<int64_t> epoch0, epoch1;
-  for (int64_t n = 0; n < W; ++n)
-    epoch0.push_back((*s)->train_window(n));
-  for (int64_t n = W; n < 2 * W; ++n)
-    epoch1.push_back((*s)->train_window(n));
+  for (int64_t n = 0; n < W; ++n) epoch0.push_back((*s)->train_window(n));
+  for (int64_t n = W; n < 2 * W; ++n) epoch1.push_back((*s)->train_window(n));
   std::vector<int64_t> sorted0 = epoch0, sorted1 = epoch1;
   std::sort(sorted0.begin(), sorted0.end());
   std::sort(sorted1.begin(), sorted1.end());
@@ -83,8 +76,7 @@ TEST(DataSamplerTest, EachEpochCoversEveryTrainingWindowOnce) {
   }
   EXPECT_NE(epoch0, epoch1) << "epochs should be shuffled differently";
   // Validation windows are the held-out tail, never trained on.
-  for (int64_t i = 0; i < 5; ++i)
-    EXPECT_GE((*s)->val_window(i), W);
+  for (int64_t i = 0; i < 5; ++i) EXPECT_GE((*s)->val_window(i), W);
 }
 
 TEST(DataSamplerTest, DataParallelRanksReadDisjointSamples) {
@@ -97,8 +89,7 @@ TEST(DataSamplerTest, DataParallelRanksReadDisjointSamples) {
           for (int64_t i = 0; i < 3; ++i, ++count)
             numbers.insert(sample_number(step, micro, 2, rank, dp, 3, i));
     EXPECT_EQ(static_cast<int64_t>(numbers.size()), count);
-    EXPECT_EQ(*numbers.rbegin(), count - 1)
-        << "numbers are consecutive over the global batch";
+    EXPECT_EQ(*numbers.rbegin(), count - 1) << "numbers are consecutive over the global batch";
   }
 }
 
@@ -121,25 +112,21 @@ TEST(DataSamplerTest, SamplingIsAPureFunctionOfSeedAndSampleNumber) {
 TEST(DataSamplerTest, TooLittleDataAndBadVocabAreClearErrors) {
   auto s = WindowSampler::open(make_corpus({5}), 8, 10000, 0.0, 1);
   ASSERT_FALSE(s.ok());
-  EXPECT_NE(
-      std::string(s.status().message()).find("too little data for --seq_len=8"),
-      std::string::npos)
+  EXPECT_NE(std::string(s.status().message()).find("too little data for --seq_len=8"),
+            std::string::npos)
       << s.status();
   s = WindowSampler::open(make_corpus({300}), 8, 100, 0.0, 1);
   ASSERT_FALSE(s.ok());
-  EXPECT_NE(std::string(s.status().message())
-                .find("is >= the model's vocab_size 100"),
+  EXPECT_NE(std::string(s.status().message()).find("is >= the model's vocab_size 100"),
             std::string::npos)
       << s.status();
   s = WindowSampler::open("/nonexistent/*.tok", 8, 100, 0.0, 1);
   ASSERT_FALSE(s.ok());
-  EXPECT_NE(std::string(s.status().message()).find("no files match"),
-            std::string::npos);
+  EXPECT_NE(std::string(s.status().message()).find("no files match"), std::string::npos);
 }
 
 TEST(DataSyntheticTest, AnswersAreTheValuesOfTheQueriedFacts) {
-  for (SyntheticTask task :
-       {SyntheticTask::kKvRecall, SyntheticTask::kNeedle}) {
+  for (SyntheticTask task : {SyntheticTask::kKvRecall, SyntheticTask::kNeedle}) {
     SyntheticConfig c;
     c.task = task;
     c.seq_len = 200;
@@ -153,8 +140,7 @@ TEST(DataSyntheticTest, AnswersAreTheValuesOfTheQueriedFacts) {
       ASSERT_EQ(s.fact_positions.size(), pairs);
       int counted = 0;
       for (int64_t t = 0; t < c.seq_len; ++t) {
-        if (s.targets[t] == -100)
-          continue;
+        if (s.targets[t] == -100) continue;
         ++counted;
         const int key = s.tokens[t] - kSyntheticQueryBase;
         ASSERT_GE(key, 0);
@@ -163,18 +149,15 @@ TEST(DataSyntheticTest, AnswersAreTheValuesOfTheQueriedFacts) {
         int found = 0;
         for (int64_t p = 0; p < t; ++p) {
           const int f = s.tokens[p] - kSyntheticFactBase;
-          if (f >= 0 && f < kSyntheticKeys * kSyntheticValues &&
-              f / kSyntheticValues == key) {
+          if (f >= 0 && f < kSyntheticKeys * kSyntheticValues && f / kSyntheticValues == key) {
             ++found;
-            EXPECT_EQ(s.targets[t],
-                      kSyntheticAnswerBase + f % kSyntheticValues);
+            EXPECT_EQ(s.targets[t], kSyntheticAnswerBase + f % kSyntheticValues);
           }
         }
         EXPECT_EQ(found, 1);
       }
       EXPECT_EQ(counted, static_cast<int>(pairs));
-      EXPECT_EQ(make_synthetic_sample(c, i).tokens, s.tokens)
-          << "not deterministic";
+      EXPECT_EQ(make_synthetic_sample(c, i).tokens, s.tokens) << "not deterministic";
     }
   }
 }
@@ -193,5 +176,5 @@ TEST(DataSyntheticTest, DepthPlacesTheNeedle) {
   EXPECT_FALSE(validate(c).ok());
 }
 
-} // namespace
-} // namespace msa
+}  // namespace
+}  // namespace msa

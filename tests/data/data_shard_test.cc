@@ -15,16 +15,16 @@ namespace {
 
 using ::testing::HasSubstr;
 
-std::string temp_path(const std::string &name) {
+std::string temp_path(const std::string& name) {
   return std::string(::testing::TempDir()) + "/" + name;
 }
 
-std::vector<char> read_bytes(const std::string &path) {
+std::vector<char> read_bytes(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
   return std::vector<char>(std::istreambuf_iterator<char>(f), {});
 }
 
-void write_bytes(const std::string &path, const std::vector<char> &bytes) {
+void write_bytes(const std::string& path, const std::vector<char>& bytes) {
   std::ofstream f(path, std::ios::binary | std::ios::trunc);
   f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
 }
@@ -33,16 +33,14 @@ TEST(DataShardTest, RoundTripsUint16AndUint32) {
   for (TokenWidth w : {TokenWidth::kU16, TokenWidth::kU32}) {
     std::vector<uint32_t> tokens;
     for (uint32_t i = 0; i < 1000; ++i)
-      tokens.push_back((i * 7919u) %
-                       (w == TokenWidth::kU16 ? 65536u : 200000u));
+      tokens.push_back((i * 7919u) % (w == TokenWidth::kU16 ? 65536u : 200000u));
     const std::string path = temp_path("roundtrip.tok");
     ASSERT_TRUE(write_shard(path, tokens, w).ok());
     auto r = ShardReader::open(path);
     ASSERT_TRUE(r.ok()) << r.status();
     ASSERT_EQ((*r)->size(), 1000);
     EXPECT_EQ((*r)->width(), w);
-    for (int64_t i = 0; i < 1000; ++i)
-      ASSERT_EQ((*r)->token(i), tokens[i]);
+    for (int64_t i = 0; i < 1000; ++i) ASSERT_EQ((*r)->token(i), tokens[i]);
     std::vector<int32_t> out(10);
     (*r)->read(990, 10, out.data());
     EXPECT_EQ(static_cast<uint32_t>(out[9]), tokens[999]);
@@ -64,16 +62,14 @@ TEST(DataShardTest, WrongMagicIsRejected) {
 
 TEST(DataShardTest, TokenCountPastEndOfFileIsRejected) {
   const std::string path = temp_path("truncated.tok");
-  ASSERT_TRUE(
-      write_shard(path, std::vector<uint32_t>(100, 5), TokenWidth::kU16).ok());
+  ASSERT_TRUE(write_shard(path, std::vector<uint32_t>(100, 5), TokenWidth::kU16).ok());
   auto bytes = read_bytes(path);
-  bytes.resize(bytes.size() - 3); // the header still says 100 tokens
+  bytes.resize(bytes.size() - 3);  // the header still says 100 tokens
   write_bytes(path, bytes);
   auto r = ShardReader::open(path);
   ASSERT_FALSE(r.ok());
   EXPECT_THAT(std::string(r.status().message()), HasSubstr(path));
-  EXPECT_THAT(std::string(r.status().message()),
-              HasSubstr("header says 100 tokens"));
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("header says 100 tokens"));
 }
 
 TEST(DataShardTest, TruncatedHeaderAndBadWidthAreRejected) {
@@ -81,17 +77,15 @@ TEST(DataShardTest, TruncatedHeaderAndBadWidthAreRejected) {
   write_bytes(path, {'M', 'S', 'A'});
   auto r = ShardReader::open(path);
   ASSERT_FALSE(r.ok());
-  EXPECT_THAT(std::string(r.status().message()),
-              HasSubstr("shorter than the 32-byte header"));
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("shorter than the 32-byte header"));
 
   ASSERT_TRUE(write_shard(path, {1, 2}, TokenWidth::kU16).ok());
   auto bytes = read_bytes(path);
-  bytes[12] = 3; // 3-byte tokens do not exist
+  bytes[12] = 3;  // 3-byte tokens do not exist
   write_bytes(path, bytes);
   r = ShardReader::open(path);
   ASSERT_FALSE(r.ok());
-  EXPECT_THAT(std::string(r.status().message()),
-              HasSubstr("unsupported token width 3"));
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("unsupported token width 3"));
 }
 
 TEST(DataShardTest, TokenIdBeyondVocabIsRejectedWithItsPosition) {
@@ -103,8 +97,7 @@ TEST(DataShardTest, TokenIdBeyondVocabIsRejectedWithItsPosition) {
   absl::Status s = (*r)->check_vocab(257);
   ASSERT_FALSE(s.ok());
   EXPECT_THAT(std::string(s.message()), HasSubstr(path));
-  EXPECT_THAT(std::string(s.message()),
-              HasSubstr("token id 300 at position 2"));
+  EXPECT_THAT(std::string(s.message()), HasSubstr("token id 300 at position 2"));
   EXPECT_THAT(std::string(s.message()), HasSubstr("vocab_size 257"));
 }
 
@@ -122,15 +115,13 @@ TEST(DataShardTest, ByteTokenizerWritesDocumentsSeparatedByEos) {
   EXPECT_EQ(r->documents, 2);
   ASSERT_EQ(r->shards.size(), 2u);
   std::vector<uint32_t> all;
-  for (const std::string &s : r->shards) {
+  for (const std::string& s : r->shards) {
     auto reader = ShardReader::open(s);
     ASSERT_TRUE(reader.ok());
-    for (int64_t i = 0; i < (*reader)->size(); ++i)
-      all.push_back((*reader)->token(i));
+    for (int64_t i = 0; i < (*reader)->size(); ++i) all.push_back((*reader)->token(i));
   }
-  EXPECT_EQ(all, (std::vector<uint32_t>{'h', 'i', kByteEos, 'y', 'o', '!',
-                                        kByteEos}));
+  EXPECT_EQ(all, (std::vector<uint32_t>{'h', 'i', kByteEos, 'y', 'o', '!', kByteEos}));
 }
 
-} // namespace
-} // namespace msa
+}  // namespace
+}  // namespace msa

@@ -7,10 +7,10 @@
 #include <vector>
 
 #include "core/rng.h"
+#include "gtest/gtest.h"
 #include "kernels/attention.h"
 #include "kernels/msa.h"
 #include "tests/testing/gradcheck.h"
-#include "gtest/gtest.h"
 
 namespace msa {
 namespace {
@@ -24,7 +24,7 @@ struct Case {
   int block_size, topk;
 };
 
-int64_t blocks(const Case &c) { return msa_num_blocks(c.T, c.block_size); }
+int64_t blocks(const Case& c) { return msa_num_blocks(c.T, c.block_size); }
 
 // Index tensors and selection from random iq, ik.
 struct Index {
@@ -32,14 +32,13 @@ struct Index {
   BlockSelection sel;
 };
 
-Index make_index(const Case &c, uint64_t seed, DType dtype) {
+Index make_index(const Case& c, uint64_t seed, DType dtype) {
   Index x;
   x.iq = random_tensor({c.batch, c.T, c.G, c.dI}, seed, dtype);
   x.ik = random_tensor({c.batch, c.T, c.G, c.dI}, seed + 1, dtype);
   x.kbar = Tensor::empty({c.batch, blocks(c), c.G, c.dI}, dtype);
   msa_block_pool_forward(x.ik, c.block_size, x.kbar);
-  x.sel = BlockSelection::allocate(c.batch, c.T, c.G, c.block_size, c.topk,
-                                   Device::kCPU);
+  x.sel = BlockSelection::allocate(c.batch, c.T, c.G, c.block_size, c.topk, Device::kCPU);
   msa_index_topk(x.iq, x.kbar, x.sel);
   return x;
 }
@@ -54,9 +53,8 @@ TEST(KernelsMsaTest, AllBlocksSelectedEqualsDenseAttention) {
                                    {2, 19, 3, 3, 6, 4, 5, 7},
                                    {1, 23, 4, 1, 8, 2, 6, 4}};
   uint64_t seed = 100;
-  for (const Case &c : cases) {
-    SCOPED_TRACE(testing::Message()
-                 << "T=" << c.T << " H=" << c.H << " G=" << c.G);
+  for (const Case& c : cases) {
+    SCOPED_TRACE(testing::Message() << "T=" << c.T << " H=" << c.H << " G=" << c.G);
     ASSERT_GE(c.topk, blocks(c));
     Index x = make_index(c, seed, DType::kF32);
     Tensor q = random_tensor({c.batch, c.T, c.H, c.d}, seed + 2, DType::kF32);
@@ -77,14 +75,12 @@ TEST(KernelsMsaTest, AllBlocksSelectedEqualsDenseAttention) {
     Tensor dq_d = Tensor::empty(q.shape(), DType::kF32),
            dk_d = Tensor::empty(k.shape(), DType::kF32),
            dv_d = Tensor::empty(v.shape(), DType::kF32);
-    msa_sparse_attention_backward(dout, q, k, v, out_s, lse_s, x.sel, scale,
-                                  dq_s, dk_s, dv_s);
+    msa_sparse_attention_backward(dout, q, k, v, out_s, lse_s, x.sel, scale, dq_s, dk_s, dv_s);
     attention_backward(dout, q, k, v, out_d, lse_d, scale, dq_d, dk_d, dv_d);
-    auto max_abs_diff = [](const Tensor &a, const Tensor &b) {
+    auto max_abs_diff = [](const Tensor& a, const Tensor& b) {
       const auto x = a.to_double_vector(), y = b.to_double_vector();
       double m = 0;
-      for (size_t i = 0; i < x.size(); ++i)
-        m = std::max(m, std::abs(x[i] - y[i]));
+      for (size_t i = 0; i < x.size(); ++i) m = std::max(m, std::abs(x[i] - y[i]));
       return m;
     };
     EXPECT_LT(max_abs_diff(out_s, out_d), 1e-5);
@@ -99,39 +95,36 @@ TEST(KernelsMsaTest, AllBlocksSelectedEqualsDenseAttention) {
 // ---------------------------------------------------
 
 // Small integers make many exact ties among the dot products.
-Tensor integer_tensor(const Shape &shape, uint64_t seed, int levels) {
+Tensor integer_tensor(const Shape& shape, uint64_t seed, int levels) {
   Tensor t = Tensor::empty(shape, DType::kF32);
-  float *p = t.data<float>();
+  float* p = t.data<float>();
   for (int64_t i = 0; i < t.numel(); ++i)
-    p[i] = static_cast<float>(
-        static_cast<int>(philox4x32(seed, i).v[0] % levels) - levels / 2);
+    p[i] = static_cast<float>(static_cast<int>(philox4x32(seed, i).v[0] % levels) - levels / 2);
   return t;
 }
 
-void expect_topk_matches_brute_force(const Case &c, uint64_t seed, int levels) {
-  SCOPED_TRACE(testing::Message() << "T=" << c.T << " B=" << c.block_size
-                                  << " k=" << c.topk << " levels=" << levels);
+void expect_topk_matches_brute_force(const Case& c, uint64_t seed, int levels) {
+  SCOPED_TRACE(testing::Message() << "T=" << c.T << " B=" << c.block_size << " k=" << c.topk
+                                  << " levels=" << levels);
   const int64_t nb = blocks(c);
   Tensor iq = integer_tensor({c.batch, c.T, c.G, c.dI}, seed, levels);
   Tensor kbar = integer_tensor({c.batch, nb, c.G, c.dI}, seed + 1, levels);
-  BlockSelection sel = BlockSelection::allocate(c.batch, c.T, c.G, c.block_size,
-                                                c.topk, Device::kCPU);
+  BlockSelection sel =
+      BlockSelection::allocate(c.batch, c.T, c.G, c.block_size, c.topk, Device::kCPU);
   msa_index_topk(iq, kbar, sel);
-  const float *q = iq.data<float>();
-  const float *kb = kbar.data<float>();
+  const float* q = iq.data<float>();
+  const float* kb = kbar.data<float>();
   int ties_seen = 0;
   for (int64_t b = 0; b < c.batch; ++b) {
     for (int64_t t = 0; t < c.T; ++t) {
       for (int64_t g = 0; g < c.G; ++g) {
         const int64_t row = (b * c.T + t) * c.G + g;
         const int64_t cb = t / c.block_size;
-        std::vector<std::pair<double, int64_t>>
-            ranked; // (-score, j): ascending = best first
+        std::vector<std::pair<double, int64_t>> ranked;  // (-score, j): ascending = best first
         for (int64_t j = 0; j < cb; ++j) {
           double s = 0;
           for (int64_t i = 0; i < c.dI; ++i)
-            s += double(q[row * c.dI + i]) *
-                 double(kb[((b * nb + j) * c.G + g) * c.dI + i]);
+            s += double(q[row * c.dI + i]) * double(kb[((b * nb + j) * c.G + g) * c.dI + i]);
           ranked.push_back({-s, j});
         }
         std::sort(ranked.begin(), ranked.end());
@@ -142,12 +135,10 @@ void expect_topk_matches_brute_force(const Case &c, uint64_t seed, int levels) {
           expected.push_back(static_cast<int32_t>(ranked[i].second));
         expected.push_back(static_cast<int32_t>(cb));
         std::sort(expected.begin(), expected.end());
-        ASSERT_EQ(sel.counts.data<int32_t>()[row],
-                  static_cast<int32_t>(expected.size()))
+        ASSERT_EQ(sel.counts.data<int32_t>()[row], static_cast<int32_t>(expected.size()))
             << "row b=" << b << " t=" << t << " g=" << g;
         for (int64_t i = 0; i < c.topk; ++i) {
-          const int32_t want =
-              i < static_cast<int64_t>(expected.size()) ? expected[i] : -1;
+          const int32_t want = i < static_cast<int64_t>(expected.size()) ? expected[i] : -1;
           ASSERT_EQ(sel.indices.data<int32_t>()[row * c.topk + i], want)
               << "row b=" << b << " t=" << t << " g=" << g << " slot " << i;
         }
@@ -161,20 +152,20 @@ void expect_topk_matches_brute_force(const Case &c, uint64_t seed, int levels) {
 
 TEST(KernelsMsaTest, TopkMatchesBruteForceSortWithTies) {
   expect_topk_matches_brute_force({2, 70, 4, 2, 4, 3, 4, 5}, 1,
-                                  3); // many ties, T % B != 0
+                                  3);  // many ties, T % B != 0
   expect_topk_matches_brute_force({1, 64, 4, 2, 4, 2, 8, 3}, 2,
-                                  3); // T an exact multiple of B
-  expect_topk_matches_brute_force({2, 50, 4, 2, 4, 4, 3, 6}, 3, 41); // few ties
+                                  3);                                 // T an exact multiple of B
+  expect_topk_matches_brute_force({2, 50, 4, 2, 4, 4, 3, 6}, 3, 41);  // few ties
 }
 
 TEST(KernelsMsaTest, TopkShortSequencesAndRowsWithFewEligibleBlocks) {
   expect_topk_matches_brute_force({2, 5, 4, 2, 4, 3, 8, 4}, 4,
-                                  3); // T < B: local block only
-  expect_topk_matches_brute_force({1, 8, 4, 2, 4, 3, 8, 4}, 5, 3); // T = B
+                                  3);                               // T < B: local block only
+  expect_topk_matches_brute_force({1, 8, 4, 2, 4, 3, 8, 4}, 5, 3);  // T = B
   expect_topk_matches_brute_force({1, 30, 4, 1, 4, 3, 4, 16}, 6,
-                                  5); // k > n_b everywhere
+                                  5);  // k > n_b everywhere
   expect_topk_matches_brute_force({1, 30, 4, 1, 4, 3, 4, 1}, 7,
-                                  5); // k = 1: local block only
+                                  5);  // k = 1: local block only
 }
 
 // ---- 3. finite differences (float64)
@@ -196,11 +187,9 @@ TEST(KernelsMsaTest, BlockPoolBackwardMatchesFiniteDifferences) {
 }
 
 TEST(KernelsMsaTest, SparseAttentionBackwardMatchesFiniteDifferences) {
-  for (const Case &c :
-       {Case{2, 19, 4, 2, 4, 3, 4, 3}, Case{1, 17, 6, 2, 3, 2, 3, 2}}) {
-    SCOPED_TRACE(testing::Message()
-                 << "T=" << c.T << " H=" << c.H << " G=" << c.G);
-    Index x = make_index(c, 31, DType::kF64); // the selection is held fixed
+  for (const Case& c : {Case{2, 19, 4, 2, 4, 3, 4, 3}, Case{1, 17, 6, 2, 3, 2, 3, 2}}) {
+    SCOPED_TRACE(testing::Message() << "T=" << c.T << " H=" << c.H << " G=" << c.G);
+    Index x = make_index(c, 31, DType::kF64);  // the selection is held fixed
     Tensor q = random_tensor({c.batch, c.T, c.H, c.d}, 32);
     Tensor k = random_tensor({c.batch, c.T, c.G, c.d}, 33);
     Tensor v = random_tensor({c.batch, c.T, c.G, c.d}, 34);
@@ -213,11 +202,9 @@ TEST(KernelsMsaTest, SparseAttentionBackwardMatchesFiniteDifferences) {
       return weighted_sum(out, w);
     };
     loss();
-    Tensor dq = Tensor::empty(q.shape(), DType::kF64),
-           dk = Tensor::empty(k.shape(), DType::kF64),
+    Tensor dq = Tensor::empty(q.shape(), DType::kF64), dk = Tensor::empty(k.shape(), DType::kF64),
            dv = Tensor::empty(v.shape(), DType::kF64);
-    msa_sparse_attention_backward(w, q, k, v, out, lse, x.sel, scale, dq, dk,
-                                  dv);
+    msa_sparse_attention_backward(w, q, k, v, out, lse, x.sel, scale, dq, dk, dv);
     auto rq = gradcheck(q, dq, loss);
     auto rk = gradcheck(k, dk, loss);
     auto rv = gradcheck(v, dv, loss);
@@ -228,7 +215,7 @@ TEST(KernelsMsaTest, SparseAttentionBackwardMatchesFiniteDifferences) {
 }
 
 void check_index_loss_gradients(IndexLossMode mode) {
-  const Case c{2, 21, 4, 2, 4, 3, 3, 4}; // 7 blocks, 3 non-local selected
+  const Case c{2, 21, 4, 2, 4, 3, 3, 4};  // 7 blocks, 3 non-local selected
   Index x = make_index(c, 41, DType::kF64);
   Tensor q = random_tensor({c.batch, c.T, c.H, c.d}, 42);
   Tensor k = random_tensor({c.batch, c.T, c.G, c.d}, 43);
@@ -245,12 +232,12 @@ void check_index_loss_gradients(IndexLossMode mode) {
          dkbar = Tensor::empty(x.kbar.shape(), DType::kF64);
   Tensor scratch_q = diq.clone(), scratch_k = dkbar.clone();
   auto loss = [&]() {
-    return weight * msa_index_loss(mode, q, k, lse, x.sel, x.iq, x.kbar, scale,
-                                   c.block_size, 1.0, scratch_q, scratch_k)
+    return weight * msa_index_loss(mode, q, k, lse, x.sel, x.iq, x.kbar, scale, c.block_size, 1.0,
+                                   scratch_q, scratch_k)
                         .loss;
   };
-  IndexLossResult r = msa_index_loss(mode, q, k, lse, x.sel, x.iq, x.kbar,
-                                     scale, c.block_size, weight, diq, dkbar);
+  IndexLossResult r =
+      msa_index_loss(mode, q, k, lse, x.sel, x.iq, x.kbar, scale, c.block_size, weight, diq, dkbar);
   ASSERT_GT(r.n_rows, 0);
   ASSERT_GT(r.loss, 0.0);
   auto rq = gradcheck(x.iq, diq, loss);
@@ -281,15 +268,13 @@ TEST(KernelsMsaTest, DenseTargetIndexLossEqualsExplicitKl) {
   attention_forward(q, k, v, 1.0, out, lse);
   Tensor diq = Tensor::empty(x.iq.shape(), DType::kF64),
          dkbar = Tensor::empty(x.kbar.shape(), DType::kF64);
-  IndexLossResult r =
-      msa_index_loss(IndexLossMode::kDenseTarget, q, k, lse, BlockSelection{},
-                     x.iq, x.kbar, 1.0, c.block_size, 1.0, diq, dkbar);
+  IndexLossResult r = msa_index_loss(IndexLossMode::kDenseTarget, q, k, lse, BlockSelection{}, x.iq,
+                                     x.kbar, 1.0, c.block_size, 1.0, diq, dkbar);
   // Rows with c(t) >= 2: t in [8, 12) (block 2), 4 rows.
   ASSERT_EQ(r.n_rows, 4);
   // Explicit: P over blocks {0, 1} from dense attention, Q = softmax of index
   // scores.
-  const auto qv = q.to_double_vector(), kv = k.to_double_vector(),
-             lv = lse.to_double_vector();
+  const auto qv = q.to_double_vector(), kv = k.to_double_vector(), lv = lse.to_double_vector();
   const auto iqv = x.iq.to_double_vector(), kbv = x.kbar.to_double_vector();
   double kl_sum = 0;
   for (int64_t t = 8; t < 12; ++t) {
@@ -298,23 +283,19 @@ TEST(KernelsMsaTest, DenseTargetIndexLossEqualsExplicitKl) {
       double m[2] = {0, 0};
       for (int64_t s = 0; s < 8; ++s) {
         double z = 0;
-        for (int64_t i = 0; i < c.d; ++i)
-          z += qv[(t * c.H + h) * c.d + i] * kv[s * c.d + i];
+        for (int64_t i = 0; i < c.d; ++i) z += qv[(t * c.H + h) * c.d + i] * kv[s * c.d + i];
         m[s / 4] += std::exp(z - lv[h * c.T + t]);
       }
-      for (int j = 0; j < 2; ++j)
-        P[j] += m[j] / (m[0] + m[1]) / c.H;
+      for (int j = 0; j < 2; ++j) P[j] += m[j] / (m[0] + m[1]) / c.H;
     }
     double sc[2];
     for (int j = 0; j < 2; ++j) {
       sc[j] = 0;
-      for (int64_t i = 0; i < c.dI; ++i)
-        sc[j] += iqv[t * c.dI + i] * kbv[j * c.dI + i];
+      for (int64_t i = 0; i < c.dI; ++i) sc[j] += iqv[t * c.dI + i] * kbv[j * c.dI + i];
       sc[j] /= std::sqrt(static_cast<double>(c.dI));
     }
     const double lz = std::log(std::exp(sc[0]) + std::exp(sc[1]));
-    for (int j = 0; j < 2; ++j)
-      kl_sum += P[j] * (std::log(P[j]) - (sc[j] - lz));
+    for (int j = 0; j < 2; ++j) kl_sum += P[j] * (std::log(P[j]) - (sc[j] - lz));
   }
   EXPECT_NEAR(r.loss, kl_sum / 4, 1e-12);
   EXPECT_GT(r.loss, 0.0);
@@ -325,7 +306,7 @@ TEST(KernelsMsaTest, DenseTargetIndexLossEqualsExplicitKl) {
 
 TEST(KernelsMsaTest, RecallIsOneWithEveryBlockAndBelowOneWhenSparse) {
   const Case full{1, 40, 4, 2, 4, 3, 8, 5}, sparse{1, 40, 4, 2, 4, 3, 4, 2};
-  for (const Case &c : {full, sparse}) {
+  for (const Case& c : {full, sparse}) {
     Index x = make_index(c, 61, DType::kF32);
     Tensor q = random_tensor({c.batch, c.T, c.H, c.d}, 62, DType::kF32, 2.0f);
     Tensor k = random_tensor({c.batch, c.T, c.G, c.d}, 63, DType::kF32, 2.0f);
@@ -350,11 +331,10 @@ TEST(KernelsMsaTest, FutureTokensChangeNeitherSelectionNorOutput) {
   Tensor v = random_tensor({c.batch, c.T, c.G, c.d}, 73, DType::kF32);
   Tensor iq = random_tensor({c.batch, c.T, c.G, c.dI}, 74, DType::kF32);
   Tensor ik = random_tensor({c.batch, c.T, c.G, c.dI}, 75, DType::kF32);
-  auto run = [&](BlockSelection &sel, Tensor &out) {
+  auto run = [&](BlockSelection& sel, Tensor& out) {
     Tensor kbar = Tensor::empty({c.batch, blocks(c), c.G, c.dI}, DType::kF32);
     msa_block_pool_forward(ik, c.block_size, kbar);
-    sel = BlockSelection::allocate(c.batch, c.T, c.G, c.block_size, c.topk,
-                                   Device::kCPU);
+    sel = BlockSelection::allocate(c.batch, c.T, c.G, c.block_size, c.topk, Device::kCPU);
     msa_index_topk(iq, kbar, sel);
     out = Tensor::empty(q.shape(), DType::kF32);
     Tensor lse = Tensor::empty({c.batch, c.H, c.T}, DType::kF32);
@@ -366,7 +346,7 @@ TEST(KernelsMsaTest, FutureTokensChangeNeitherSelectionNorOutput) {
   for (int64_t t : {0, 13, 30, 44}) {
     // Replace everything after position t (every input of the layer) by fresh
     // random values.
-    for (Tensor *x : {&q, &k, &v, &iq, &ik}) {
+    for (Tensor* x : {&q, &k, &v, &iq, &ik}) {
       const int64_t row = x->numel() / c.T;
       Tensor noise = random_tensor(x->shape(), 1000 + t, DType::kF32, 3.0f);
       for (int64_t i = (t + 1) * row; i < x->numel(); ++i)
@@ -378,24 +358,20 @@ TEST(KernelsMsaTest, FutureTokensChangeNeitherSelectionNorOutput) {
     for (int64_t s = 0; s <= t; ++s) {
       for (int64_t g = 0; g < c.G; ++g) {
         const int64_t row = s * c.G + g;
-        ASSERT_EQ(sel0.counts.data<int32_t>()[row],
-                  sel1.counts.data<int32_t>()[row]);
+        ASSERT_EQ(sel0.counts.data<int32_t>()[row], sel1.counts.data<int32_t>()[row]);
         for (int i = 0; i < c.topk; ++i)
           ASSERT_EQ(sel0.indices.data<int32_t>()[row * c.topk + i],
                     sel1.indices.data<int32_t>()[row * c.topk + i])
-              << "selection of token " << s << " changed when tokens after "
-              << t << " changed";
+              << "selection of token " << s << " changed when tokens after " << t << " changed";
       }
       for (int64_t i = 0; i < c.H * c.d; ++i)
-        ASSERT_EQ(out0.data<float>()[s * c.H * c.d + i],
-                  out1.data<float>()[s * c.H * c.d + i])
-            << "output of token " << s << " changed when tokens after " << t
-            << " changed";
+        ASSERT_EQ(out0.data<float>()[s * c.H * c.d + i], out1.data<float>()[s * c.H * c.d + i])
+            << "output of token " << s << " changed when tokens after " << t << " changed";
     }
     sel0 = sel1;
     out0 = out1;
   }
 }
 
-} // namespace
-} // namespace msa
+}  // namespace
+}  // namespace msa

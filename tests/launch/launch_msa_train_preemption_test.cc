@@ -15,30 +15,28 @@ namespace {
 using ::testing::HasSubstr;
 
 struct CommandResult {
-  int exit_code; // -signal when killed by a signal
+  int exit_code;  // -signal when killed by a signal
   std::string output;
 };
 
-CommandResult run(const std::string &command) {
-  FILE *pipe = popen((command + " 2>&1").c_str(), "r");
+CommandResult run(const std::string& command) {
+  FILE* pipe = popen((command + " 2>&1").c_str(), "r");
   std::string out;
   char buf[4096];
   size_t n;
-  while ((n = fread(buf, 1, sizeof(buf), pipe)) > 0)
-    out.append(buf, n);
+  while ((n = fread(buf, 1, sizeof(buf), pipe)) > 0) out.append(buf, n);
   const int status = pclose(pipe);
-  if (WIFEXITED(status))
-    return {WEXITSTATUS(status), out};
+  if (WIFEXITED(status)) return {WEXITSTATUS(status), out};
   return {-1, out};
 }
 
-std::string fresh_dir(const std::string &name) {
+std::string fresh_dir(const std::string& name) {
   const std::string dir = std::string(::testing::TempDir()) + "/" + name;
   std::system(("rm -rf '" + dir + "' && mkdir -p '" + dir + "'").c_str());
   return dir;
 }
 
-bool exists(const std::string &path) {
+bool exists(const std::string& path) {
   struct stat st;
   return ::stat(path.c_str(), &st) == 0;
 }
@@ -54,50 +52,41 @@ const std::string kTiny =
 
 TEST(MsaTrainPreemptionTest, CrashBeforeRenameKeepsThePreviousCheckpoint) {
   const std::string dir = fresh_dir("crash");
-  CommandResult a = run(
-      kTiny +
-      " --steps=8 --exit_after_step=4 --checkpoint_every=2 --checkpoint_dir=" +
-      dir);
+  CommandResult a =
+      run(kTiny + " --steps=8 --exit_after_step=4 --checkpoint_every=2 --checkpoint_dir=" + dir);
   ASSERT_EQ(a.exit_code, 0) << a.output;
   ASSERT_TRUE(exists(dir + "/ckpt-00000004.h5"));
   // The resumed run is killed (SIGKILL) after writing ckpt-6's temporary file,
   // before the rename.
-  CommandResult b =
-      run("MSA_TEST_CRASH_BEFORE_RENAME=1 " + kTiny +
-          " --steps=8 --checkpoint_every=2 --resume --checkpoint_dir=" + dir);
+  CommandResult b = run("MSA_TEST_CRASH_BEFORE_RENAME=1 " + kTiny +
+                        " --steps=8 --checkpoint_every=2 --resume --checkpoint_dir=" + dir);
   EXPECT_NE(b.exit_code, 0) << b.output;
   EXPECT_THAT(b.output, HasSubstr("step     6/8"));
   EXPECT_TRUE(exists(dir + "/ckpt-00000006.h5.tmp"));
   EXPECT_FALSE(exists(dir + "/ckpt-00000006.h5"));
-  CommandResult c =
-      run(kTiny +
-          " --steps=8 --checkpoint_every=2 --resume --checkpoint_dir=" + dir);
+  CommandResult c = run(kTiny + " --steps=8 --checkpoint_every=2 --resume --checkpoint_dir=" + dir);
   ASSERT_EQ(c.exit_code, 0) << c.output;
-  EXPECT_THAT(c.output,
-              HasSubstr("resumed from " + dir + "/ckpt-00000004.h5 (step 4"));
+  EXPECT_THAT(c.output, HasSubstr("resumed from " + dir + "/ckpt-00000004.h5 (step 4"));
   EXPECT_TRUE(exists(dir + "/ckpt-00000008.h5"));
 }
 
-TEST(MsaTrainPreemptionTest,
-     SigtermFinishesTheStepWritesACheckpointAndExitsZero) {
+TEST(MsaTrainPreemptionTest, SigtermFinishesTheStepWritesACheckpointAndExitsZero) {
   const std::string dir = fresh_dir("sigterm");
   // A run far too long to finish; SIGTERM arrives once it has started stepping.
-  const std::string cmd =
-      kTiny + " --steps=1000000 --checkpoint_dir=" + dir + " > " + dir +
-      "/log 2>&1 & pid=$!; "
-      "for i in $(seq 1 300); do grep -q 'step ' " +
-      dir +
-      "/log && break; sleep 0.1; done; kill -TERM $pid; wait $pid; "
-      "echo exit=$?; cat " +
-      dir + "/log";
+  const std::string cmd = kTiny + " --steps=1000000 --checkpoint_dir=" + dir + " > " + dir +
+                          "/log 2>&1 & pid=$!; "
+                          "for i in $(seq 1 300); do grep -q 'step ' " +
+                          dir +
+                          "/log && break; sleep 0.1; done; kill -TERM $pid; wait $pid; "
+                          "echo exit=$?; cat " +
+                          dir + "/log";
   CommandResult r = run(cmd);
   EXPECT_THAT(r.output, HasSubstr("exit=0"));
   EXPECT_THAT(r.output, HasSubstr("stopped by signal 15"));
   EXPECT_THAT(r.output, HasSubstr("saved checkpoint " + dir + "/ckpt-"));
-  CommandResult again = run(
-      kTiny +
-      " --steps=1000000 --exit_after_step=1 --resume --checkpoint_dir=" + dir);
+  CommandResult again =
+      run(kTiny + " --steps=1000000 --exit_after_step=1 --resume --checkpoint_dir=" + dir);
   EXPECT_THAT(again.output, HasSubstr("resumed from " + dir + "/ckpt-"));
 }
 
-} // namespace
+}  // namespace

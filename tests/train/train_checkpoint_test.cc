@@ -9,24 +9,24 @@
 #include <string>
 #include <vector>
 
-#include "launch/train_program.h"
-#include "train/checkpoint.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "launch/train_program.h"
+#include "train/checkpoint.h"
 
 namespace msa {
 namespace {
 
 using ::testing::HasSubstr;
 
-std::string fresh_dir(const std::string &name) {
+std::string fresh_dir(const std::string& name) {
   const std::string dir = std::string(::testing::TempDir()) + "/" + name;
   std::system(("rm -rf '" + dir + "'").c_str());
   ::mkdir(dir.c_str(), 0755);
   return dir;
 }
 
-TrainProgramOptions tiny_run(const std::string &dir, int64_t steps) {
+TrainProgramOptions tiny_run(const std::string& dir, int64_t steps) {
   TrainProgramOptions o;
   o.model.vocab_size = 96;
   o.model.d_model = 32;
@@ -55,28 +55,24 @@ TrainProgramOptions tiny_run(const std::string &dir, int64_t steps) {
   return o;
 }
 
-std::vector<std::string> lines(const std::string &path) {
+std::vector<std::string> lines(const std::string& path) {
   std::ifstream f(path);
   std::vector<std::string> out;
-  for (std::string l; std::getline(f, l);)
-    out.push_back(l);
+  for (std::string l; std::getline(f, l);) out.push_back(l);
   return out;
 }
 
-void expect_identical(const std::map<std::string, Tensor> &a,
-                      const std::map<std::string, Tensor> &b,
-                      const char *what) {
+void expect_identical(const std::map<std::string, Tensor>& a,
+                      const std::map<std::string, Tensor>& b, const char* what) {
   ASSERT_EQ(a.size(), b.size()) << what;
-  for (const auto &[name, t] : a) {
+  for (const auto& [name, t] : a) {
     ASSERT_TRUE(b.count(name)) << what << " " << name;
-    EXPECT_EQ(t.to_double_vector(), b.at(name).to_double_vector())
-        << what << " " << name;
+    EXPECT_EQ(t.to_double_vector(), b.at(name).to_double_vector()) << what << " " << name;
   }
 }
 
 TEST(TrainCheckpointTest, ResumedRunIsBitIdenticalToAStraightRun) {
-  const std::string straight = fresh_dir("straight"),
-                    resumed = fresh_dir("resumed");
+  const std::string straight = fresh_dir("straight"), resumed = fresh_dir("resumed");
   ASSERT_TRUE(run_train_program(tiny_run(straight, 40)).ok());
   TrainProgramOptions first = tiny_run(resumed, 40);
   first.exit_after_step = 20;
@@ -86,12 +82,10 @@ TEST(TrainCheckpointTest, ResumedRunIsBitIdenticalToAStraightRun) {
   second.resume = true;
   ASSERT_TRUE(run_train_program(second).ok());
 
-  const auto a = lines(straight + "/metrics.jsonl"),
-             b = lines(resumed + "/metrics.jsonl");
+  const auto a = lines(straight + "/metrics.jsonl"), b = lines(resumed + "/metrics.jsonl");
   ASSERT_EQ(a.size(), 40u);
   ASSERT_EQ(b.size(), 40u);
-  for (size_t i = 20; i < 40; ++i)
-    EXPECT_EQ(a[i], b[i]) << "step " << i + 1;
+  for (size_t i = 20; i < 40; ++i) EXPECT_EQ(a[i], b[i]) << "step " << i + 1;
 
   auto ca = load_checkpoint(checkpoint_path(straight, 40));
   auto cb = load_checkpoint(checkpoint_path(resumed, 40));
@@ -115,24 +109,21 @@ TEST(TrainCheckpointTest, KeepLastPrunesOnlyOlderCheckpoints) {
 }
 
 TEST(TrainCheckpointTest, InitFromLoadsWeightsOnly) {
-  const std::string dir = fresh_dir("init_from_src"),
-                    dst = fresh_dir("init_from_dst");
+  const std::string dir = fresh_dir("init_from_src"), dst = fresh_dir("init_from_dst");
   ASSERT_TRUE(run_train_program(tiny_run(dir, 3)).ok());
   TrainProgramOptions o = tiny_run(dst, 1);
   o.init_from = checkpoint_path(dir, 3);
-  o.trainer.lr.max_lr = 1e-30; // one step that changes (almost) nothing
+  o.trainer.lr.max_lr = 1e-30;  // one step that changes (almost) nothing
   o.trainer.lr.min_lr = 1e-30;
   o.optimizer.weight_decay = 0;
   ASSERT_TRUE(run_train_program(o).ok());
   auto src = load_checkpoint(checkpoint_path(dir, 3));
   auto out = load_checkpoint(checkpoint_path(dst, 1));
   ASSERT_TRUE(src.ok() && out.ok());
-  EXPECT_EQ(out->state.step, 1); // a fresh run, not a resume
-  for (const auto &[name, t] : src->params) {
-    const auto x = t.to_double_vector(),
-               y = out->params.at(name).to_double_vector();
-    for (size_t i = 0; i < x.size(); ++i)
-      ASSERT_NEAR(x[i], y[i], 1e-6) << name;
+  EXPECT_EQ(out->state.step, 1);  // a fresh run, not a resume
+  for (const auto& [name, t] : src->params) {
+    const auto x = t.to_double_vector(), y = out->params.at(name).to_double_vector();
+    for (size_t i = 0; i < x.size(); ++i) ASSERT_NEAR(x[i], y[i], 1e-6) << name;
   }
 }
 
@@ -141,7 +132,7 @@ TEST(TrainCheckpointTest, InitFromLoadsWeightsOnly) {
 
 // A directory with good checkpoints at steps 2 and 4; returns the path of
 // step 4.
-std::string good_checkpoints(const std::string &name) {
+std::string good_checkpoints(const std::string& name) {
   const std::string dir = fresh_dir(name);
   TrainProgramOptions o = tiny_run(dir, 4);
   o.checkpoint_every = 2;
@@ -149,7 +140,7 @@ std::string good_checkpoints(const std::string &name) {
   return checkpoint_path(dir, 4);
 }
 
-std::string copy_as_step(const std::string &good, int64_t step) {
+std::string copy_as_step(const std::string& good, int64_t step) {
   const std::string dir = good.substr(0, good.rfind('/'));
   const std::string bad = checkpoint_path(dir, step);
   std::ifstream in(good, std::ios::binary);
@@ -160,8 +151,7 @@ std::string copy_as_step(const std::string &good, int64_t step) {
 
 // The bad file is reported with the expected message, the good ones stay valid,
 // and resume falls back to the newest good checkpoint (step 4).
-void expect_rejected(const std::string &good, const std::string &bad,
-                     const std::string &message) {
+void expect_rejected(const std::string& good, const std::string& bad, const std::string& message) {
   auto r = load_checkpoint(bad);
   ASSERT_FALSE(r.ok()) << "the corrupt checkpoint loaded";
   EXPECT_THAT(std::string(r.status().message()), HasSubstr(bad));
@@ -189,7 +179,7 @@ TEST(TrainCheckpointTest, TruncatedFileIsRejected) {
 }
 
 // Offset in the file of the raw data of `dataset` (contiguous layout).
-haddr_t dataset_offset(const std::string &path, const std::string &dataset) {
+haddr_t dataset_offset(const std::string& path, const std::string& dataset) {
   hid_t f = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
   hid_t d = H5Dopen2(f, dataset.c_str(), H5P_DEFAULT);
   const haddr_t off = H5Dget_offset(d);
@@ -211,21 +201,16 @@ TEST(TrainCheckpointTest, FlippedByteInAParameterFailsTheChecksum) {
   f.seekp(static_cast<std::streamoff>(off + 37));
   f.write(&c, 1);
   f.close();
-  expect_rejected(
-      good, bad,
-      "checksum mismatch in dataset /params/layers.1.mlp.w_up.weight");
+  expect_rejected(good, bad, "checksum mismatch in dataset /params/layers.1.mlp.w_up.weight");
 }
 
 TEST(TrainCheckpointTest, MissingDatasetIsRejected) {
   const std::string good = good_checkpoints("bad_missing");
   const std::string bad = copy_as_step(good, 10);
   hid_t f = H5Fopen(bad.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
-  ASSERT_GE(
-      H5Ldelete(f, "/optimizer/layers.0.attn.index_wq.weight/v", H5P_DEFAULT),
-      0);
+  ASSERT_GE(H5Ldelete(f, "/optimizer/layers.0.attn.index_wq.weight/v", H5P_DEFAULT), 0);
   H5Fclose(f);
-  expect_rejected(good, bad,
-                  "missing dataset /optimizer/layers.0.attn.index_wq.weight/v");
+  expect_rejected(good, bad, "missing dataset /optimizer/layers.0.attn.index_wq.weight/v");
 }
 
 TEST(TrainCheckpointTest, ConfigDisagreeingWithTheTensorsIsRejected) {
@@ -234,7 +219,7 @@ TEST(TrainCheckpointTest, ConfigDisagreeingWithTheTensorsIsRejected) {
   auto ckpt = load_checkpoint(bad);
   ASSERT_TRUE(ckpt.ok());
   ModelConfig wrong = ckpt->config;
-  wrong.ffn_dim = 48; // the stored MLP weights are [64, 32]
+  wrong.ffn_dim = 48;  // the stored MLP weights are [64, 32]
   const std::string json = wrong.to_json();
   hid_t f = H5Fopen(bad.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
   hid_t g = H5Gopen2(f, "/config", H5P_DEFAULT);
@@ -262,8 +247,7 @@ TEST(TrainCheckpointTest, ResumeWithDifferentModelFlagsNamesTheField) {
   o.resume = true;
   absl::Status s = run_train_program(o);
   ASSERT_FALSE(s.ok());
-  EXPECT_THAT(std::string(s.message()),
-              HasSubstr("d_model: 32 in the checkpoint vs 48"));
+  EXPECT_THAT(std::string(s.message()), HasSubstr("d_model: 32 in the checkpoint vs 48"));
   EXPECT_TRUE(load_checkpoint(good).ok());
 }
 
@@ -275,5 +259,5 @@ TEST(TrainCheckpointTest, ResumeWithoutCheckpointsIsAClearError) {
   EXPECT_THAT(std::string(s.message()), HasSubstr("no valid checkpoint in"));
 }
 
-} // namespace
-} // namespace msa
+}  // namespace
+}  // namespace msa

@@ -1,0 +1,55 @@
+#include "train/retrieval_eval.h"
+
+#include <algorithm>
+
+namespace msa {
+
+RetrievalResult evaluate_retrieval(Transformer& model, const SyntheticConfig& task, int64_t samples,
+                                   int64_t batch, MsaMode mode, int64_t recall_stride,
+                                   uint64_t first_sample) {
+  const int64_t T = task.seq_len, V = model.config().vocab_size;
+  RetrievalResult r;
+  int64_t correct = 0, recall_batches = 0;
+  double loss_sum = 0;
+  ForwardOptions options;
+  options.msa_mode = mode;
+  options.for_backward = false;
+  options.recall_query_stride = recall_stride;
+  for (int64_t start = 0; start < samples; start += batch) {
+    const int64_t n = std::min(batch, samples - start);
+    Tensor tokens = Tensor::empty({n, T}, DType::kI32),
+           targets = Tensor::empty({n, T}, DType::kI32);
+    for (int64_t i = 0; i < n; ++i) {
+      const SyntheticSample s = make_synthetic_sample(task, first_sample + start + i);
+      std::copy(s.tokens.begin(), s.tokens.end(), tokens.data<int32_t>() + i * T);
+      std::copy(s.targets.begin(), s.targets.end(), targets.data<int32_t>() + i * T);
+    }
+    const ForwardResult f =
+        model.forward(tokens.to(model.device()), targets.to(model.device()), options);
+    // Only answer positions carry targets, so the LM loss is the answer loss.
+    loss_sum += f.lm_loss * f.n_targets;
+    if (!f.index_recall.empty()) {
+      r.index_recall.resize(f.index_recall.size(), 0.0);
+      for (size_t l = 0; l < f.index_recall.size(); ++l) r.index_recall[l] += f.index_recall[l];
+      ++recall_batches;
+    }
+    Tensor logits = model.logits();
+    if (logits.is_cuda()) logits = logits.to(Device::kCPU);
+    if (logits.dtype() != DType::kF32) logits = logits.to(DType::kF32);
+    const float* L = logits.data<float>();
+    const int32_t* y = targets.data<int32_t>();
+    for (int64_t row = 0; row < n * T; ++row) {
+      if (y[row] == kIgnoreIndex) continue;
+      const float* l = L + row * V;
+      const int64_t best = std::max_element(l, l + V) - l;
+      correct += best == y[row];
+      ++r.answers;
+    }
+  }
+  for (double& x : r.index_recall) x /= static_cast<double>(recall_batches);
+  r.accuracy = r.answers > 0 ? static_cast<double>(correct) / r.answers : 0.0;
+  r.answer_loss = r.answers > 0 ? loss_sum / r.answers : 0.0;
+  return r;
+}
+
+}  // namespace msa
