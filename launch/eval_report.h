@@ -1,0 +1,38 @@
+// The quality report of msa-eval: retrieval accuracy by context length and depth, index recall
+// per MSA layer, printed as a table and written as CSV and Markdown.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+
+namespace msa {
+
+struct EvalCell {
+  int64_t length = 0;
+  double depth = 0;
+  double accuracy = 0;
+  int64_t answers = 0;
+  std::vector<double> index_recall;  // per MSA layer
+};
+
+struct EvalReport {
+  std::string title;  // e.g. the checkpoint and task
+  std::vector<int64_t> lengths;
+  std::vector<double> depths;
+  std::vector<EvalCell> cells;  // lengths x depths, row-major
+  std::vector<int> msa_layers;  // layer index of each recall column
+  double val_loss = -1;         // < 0: not measured
+};
+
+// The accuracy table (rows: lengths, columns: depths, then the mean recall per MSA layer).
+std::string format_report_table(const EvalReport& report);
+std::string format_report_markdown(const EvalReport& report);
+std::string format_report_csv(const EvalReport& report);
+// Writes <dir>/<stem>.csv and <dir>/<stem>.md.
+absl::Status write_report(const EvalReport& report, const std::string& dir,
+                          const std::string& stem);
+
+}  // namespace msa
