@@ -1,0 +1,161 @@
+// msa-convert: dense GQA checkpoints (Hugging Face or ours) -> msa-train MSA checkpoints, and
+// back to Hugging Face safetensors.
+#include <cstdio>
+#include <string>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "core/status.h"
+#include "launch/hf_convert.h"
+#include "launch/program_usage.h"
+#include "model/parameters.h"
+#include "nlohmann/json.hpp"
+#include "train/checkpoint.h"
+
+ABSL_FLAG(std::string, hf_dir, "",
+          "Input: a Hugging Face model directory (config.json + model.safetensors or "
+          "model.safetensors.index.json shards).");
+ABSL_FLAG(std::string, checkpoint, "",
+          "Input: one of our HDF5 checkpoints (a dense one to convert, or any to --export_hf).");
+ABSL_FLAG(std::string, output, "", "Output: the converted msa-train HDF5 checkpoint.");
+ABSL_FLAG(std::string, msa_layers, "all",
+          "Which layers become MSA: 'all', 'none', or a comma-separated list of layer indices.");
+ABSL_FLAG(int, msa_block_size, 128, "MSA block size B.");
+ABSL_FLAG(int, msa_topk, 16, "MSA blocks per query and KV group, the local one included.");
+ABSL_FLAG(int, msa_index_dim, 64, "MSA index dimension d_I.");
+ABSL_FLAG(double, msa_index_loss_weight, 1.0, "Weight of the index distillation loss.");
+ABSL_FLAG(uint64_t, seed, 1234, "Seed of the index-branch initialization.");
+ABSL_FLAG(std::string, export_hf, "",
+          "Instead of converting: write the dense weights of --checkpoint to this directory as "
+          "Hugging Face safetensors + config.json.");
+ABSL_FLAG(std::string, export_dtype, "auto",
+          "--export_hf tensor dtype: bf16, f16, f32, or auto (the dtype the model was converted "
+          "from; bf16 if unknown).");
+
+namespace {
+
+absl::StatusOr<std::vector<msa::AttentionKind>> parse_msa_layers(const std::string& spec, int n) {
+  std::vector<msa::AttentionKind> kinds(n, msa::AttentionKind::kDense);
+  if (spec == "all") return std::vector<msa::AttentionKind>(n, msa::AttentionKind::kMsa);
+  if (spec == "none") return kinds;
+  for (absl::string_view part : absl::StrSplit(spec, ',', absl::SkipEmpty())) {
+    int l;
+    if (!absl::SimpleAtoi(part, &l) || l < 0 || l >= n)
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "invalid --msa_layers: '%s' is not a layer index in [0, %d)", std::string(part), n));
+    kinds[l] = msa::AttentionKind::kMsa;
+  }
+  return kinds;
+}
+
+absl::Status export_hf() {
+  const std::string input = absl::GetFlag(FLAGS_checkpoint);
+  if (input.empty()) return absl::InvalidArgumentError("invalid --export_hf: needs --checkpoint");
+  MSA_ASSIGN_OR_RETURN(msa::Checkpoint ckpt, msa::load_checkpoint(input, /*weights_only=*/true));
+  nlohmann::json run =
+      nlohmann::json::parse(ckpt.run_json.empty() ? "{}" : ckpt.run_json, nullptr, false);
+  std::string arch = ckpt.config.qk_norm    ? "Qwen3ForCausalLM"
+                     : ckpt.config.qkv_bias ? "Qwen2ForCausalLM"
+                                            : "LlamaForCausalLM";
+  std::string source_dtype = "BF16";
+  if (run.is_object()) {
+    arch = run.value("hf_architecture", arch);
+    source_dtype = run.value("hf_dtype", source_dtype);
+  }
+  std::string flag = absl::GetFlag(FLAGS_export_dtype);
+  if (flag == "auto") flag = source_dtype == "F32" ? "f32" : source_dtype == "F16" ? "f16" : "bf16";
+  msa::StDtype dtype;
+  if (flag == "bf16") {
+    dtype = msa::StDtype::kBF16;
+  } else if (flag == "f16") {
+    dtype = msa::StDtype::kF16;
+  } else if (flag == "f32") {
+    dtype = msa::StDtype::kF32;
+  } else {
+    return absl::InvalidArgumentError("invalid --export_dtype: use bf16, f16, f32 or auto");
+  }
+  const std::string dir = absl::GetFlag(FLAGS_export_hf);
+  MSA_RETURN_IF_ERROR(msa::write_hf_checkpoint(dir, arch, ckpt.config, ckpt.params, dtype));
+  std::printf(
+      "msa-convert: wrote %s/config.json and model.safetensors (%s, %s; MSA index weights "
+      "left out)\n",
+      dir.c_str(), arch.c_str(), flag.c_str());
+  return absl::OkStatus();
+}
+
+absl::Status convert() {
+  const std::string hf_dir = absl::GetFlag(FLAGS_hf_dir), input = absl::GetFlag(FLAGS_checkpoint);
+  const std::string output = absl::GetFlag(FLAGS_output);
+  if (hf_dir.empty() == input.empty())
+    return absl::InvalidArgumentError("give exactly one input: --hf_dir or --checkpoint");
+  if (output.empty()) return absl::InvalidArgumentError("invalid --output: required");
+  msa::Checkpoint out;
+  nlohmann::json run;
+  if (!hf_dir.empty()) {
+    std::fprintf(stderr, "msa-convert: reading %s\n", hf_dir.c_str());
+    MSA_ASSIGN_OR_RETURN(msa::HfCheckpoint hf, msa::read_hf_checkpoint(hf_dir));
+    out.config = hf.config;
+    out.params = std::move(hf.params);
+    run["converted_from"] = hf_dir;
+    run["hf_architecture"] = hf.architecture;
+    run["hf_dtype"] = msa::st_dtype_name(hf.dtype);
+  } else {
+    MSA_ASSIGN_OR_RETURN(msa::Checkpoint in, msa::load_checkpoint(input, /*weights_only=*/true));
+    if (in.config.any_msa())
+      return absl::InvalidArgumentError(
+          absl::StrFormat("%s: already has MSA layers; convert a dense checkpoint", input));
+    out.config = in.config;
+    out.params = std::move(in.params);
+    run["converted_from"] = input;
+  }
+  MSA_ASSIGN_OR_RETURN(out.config.attention,
+                       parse_msa_layers(absl::GetFlag(FLAGS_msa_layers), out.config.n_layers));
+  out.config.msa.block_size = absl::GetFlag(FLAGS_msa_block_size);
+  out.config.msa.topk = absl::GetFlag(FLAGS_msa_topk);
+  out.config.msa.index_dim = absl::GetFlag(FLAGS_msa_index_dim);
+  out.config.msa.index_loss_weight = absl::GetFlag(FLAGS_msa_index_loss_weight);
+  MSA_RETURN_IF_ERROR(out.config.validate());
+  // The index branch (W_IQ, W_IK of each MSA layer) starts from the model's own random
+  // initialization; the index warm-up (msa-train --index_warmup_steps) trains it against the
+  // frozen dense attention before sparse training begins.
+  const std::vector<msa::ParamSpec> specs = msa::model_param_specs(out.config);
+  msa::ParameterSet fresh = msa::ParameterSet::allocate(specs, msa::DType::kF32, msa::Device::kCPU);
+  fresh.initialize(absl::GetFlag(FLAGS_seed));
+  int n_index = 0;
+  for (const msa::ParamSpec& s : specs) {
+    if (!s.index_branch) continue;
+    out.params[s.name] = fresh.at(s.name).value;
+    ++n_index;
+  }
+  out.run_json = run.dump();
+  MSA_RETURN_IF_ERROR(msa::save_checkpoint(output, out));
+  int n_msa = 0;
+  for (auto k : out.config.attention) n_msa += k == msa::AttentionKind::kMsa;
+  std::printf(
+      "msa-convert: wrote %s: %d layers (%d MSA, B=%d, k=%d, d_I=%d), %zu dense tensors "
+      "copied, %d index tensors initialized\n",
+      output.c_str(), out.config.n_layers, n_msa, out.config.msa.block_size, out.config.msa.topk,
+      out.config.msa.index_dim, out.params.size() - n_index, n_index);
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  msa::set_program_usage(
+      "Converts a dense GQA checkpoint into an MSA model for msa-train, or exports ours back.\n"
+      "  msa-convert --hf_dir=Llama-3.2-1B --output=llama_msa.h5 [--msa_layers=all]\n"
+      "  msa-convert --checkpoint=dense.h5 --output=msa.h5\n"
+      "  msa-convert --checkpoint=msa.h5 --export_hf=out_dir\n"
+      "Then: msa-train --init_from=llama_msa.h5 --flagfile=launch/recipes/convert_continue.flags");
+  absl::ParseCommandLine(argc, argv);
+  const absl::Status s = absl::GetFlag(FLAGS_export_hf).empty() ? convert() : export_hf();
+  if (!s.ok()) {
+    std::fprintf(stderr, "msa-convert: %s\n", std::string(s.message()).c_str());
+    return 1;
+  }
+  return 0;
+}

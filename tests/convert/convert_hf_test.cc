@@ -1,0 +1,427 @@
+// Hugging Face -> MSA conversion: tiny Llama / Qwen2 / Qwen3 checkpoints written with real HF
+// names are converted by the msa-convert program; the converted model (attention forced dense)
+// reproduces our dense model built from the same weights bit for bit; --export_hf gives back the
+// same bytes; the index warm-up leaves the model's outputs unchanged while the index recall rises.
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "core/rng.h"
+#include "data/safetensors.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "launch/hf_convert.h"
+#include "model/transformer.h"
+#include "train/batch_source.h"
+#include "train/checkpoint.h"
+#include "train/optimizer.h"
+#include "train/trainer.h"
+
+namespace msa {
+namespace {
+
+using ::testing::HasSubstr;
+
+struct Hf {
+  std::string arch;
+  bool bias = false, qk_norm = false, tied = false;
+};
+
+std::string fresh_dir(const std::string& name) {
+  const std::string dir = std::string(::testing::TempDir()) + "/" + name;
+  std::system(("rm -rf '" + dir + "' && mkdir -p '" + dir + "'").c_str());
+  return dir;
+}
+
+std::pair<int, std::string> run(const std::string& args) {
+  FILE* pipe = popen((std::string(MSA_BINARY_DIR) + "/msa-convert " + args + " 2>&1").c_str(), "r");
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), pipe)) > 0) out.append(buf, n);
+  const int status = pclose(pipe);
+  return {WEXITSTATUS(status), out};
+}
+
+constexpr int kLayers = 2, kD = 32, kH = 4, kG = 2, kHd = 8, kF = 48, kV = 97;
+
+// Writes a tiny HF checkpoint (bf16, random weights) and returns its tensors by HF name, as the
+// f32 values the bf16 encodes.
+std::map<std::string, Tensor> write_hf(const std::string& dir, const Hf& hf, uint64_t seed) {
+  std::vector<std::pair<std::string, Shape>> shapes = {{"model.embed_tokens.weight", {kV, kD}},
+                                                       {"model.norm.weight", {kD}}};
+  if (!hf.tied) shapes.push_back({"lm_head.weight", {kV, kD}});
+  for (int l = 0; l < kLayers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    shapes.push_back({p + "input_layernorm.weight", {kD}});
+    shapes.push_back({p + "post_attention_layernorm.weight", {kD}});
+    shapes.push_back({p + "self_attn.q_proj.weight", {kH * kHd, kD}});
+    shapes.push_back({p + "self_attn.k_proj.weight", {kG * kHd, kD}});
+    shapes.push_back({p + "self_attn.v_proj.weight", {kG * kHd, kD}});
+    shapes.push_back({p + "self_attn.o_proj.weight", {kD, kH * kHd}});
+    if (hf.bias) {
+      shapes.push_back({p + "self_attn.q_proj.bias", {kH * kHd}});
+      shapes.push_back({p + "self_attn.k_proj.bias", {kG * kHd}});
+      shapes.push_back({p + "self_attn.v_proj.bias", {kG * kHd}});
+    }
+    if (hf.qk_norm) {
+      shapes.push_back({p + "self_attn.q_norm.weight", {kHd}});
+      shapes.push_back({p + "self_attn.k_norm.weight", {kHd}});
+    }
+    shapes.push_back({p + "mlp.gate_proj.weight", {kF, kD}});
+    shapes.push_back({p + "mlp.up_proj.weight", {kF, kD}});
+    shapes.push_back({p + "mlp.down_proj.weight", {kD, kF}});
+  }
+  std::map<std::string, Tensor> values;
+  std::vector<StTensorOut> out;
+  int i = 0;
+  for (const auto& [name, shape] : shapes) {
+    Tensor t = Tensor::empty(shape, DType::kF32);
+    const bool is_norm = name.find("norm") != std::string::npos;
+    fill_normal(t, seed + i++, is_norm ? 1.0f : 0.0f, is_norm ? 0.2f : 0.3f);
+    StTensorOut o{name, StDtype::kBF16, shape, encode_f32(t, StDtype::kBF16)};
+    // The reference values are what the bf16 bytes hold.
+    for (int64_t j = 0; j < t.numel(); ++j)
+      t.data<float>()[j] =
+          bf16_to_float(bf16{static_cast<uint16_t>(o.bytes[2 * j] | (o.bytes[2 * j + 1] << 8))});
+    values[name] = t;
+    out.push_back(std::move(o));
+  }
+  // Two shards plus an index, as large models are stored.
+  std::vector<StTensorOut> a(out.begin(), out.begin() + out.size() / 2),
+      b(out.begin() + out.size() / 2, out.end());
+  EXPECT_TRUE(write_safetensors(dir + "/model-00001-of-00002.safetensors", a).ok());
+  EXPECT_TRUE(write_safetensors(dir + "/model-00002-of-00002.safetensors", b).ok());
+  std::ofstream index(dir + "/model.safetensors.index.json");
+  index << "{\"metadata\": {}, \"weight_map\": {";
+  for (size_t j = 0; j < out.size(); ++j)
+    index << (j ? "," : "") << "\"" << out[j].name << "\": \"model-0000" << (j < a.size() ? 1 : 2)
+          << "-of-00002.safetensors\"";
+  index << "}}";
+  std::ofstream config(dir + "/config.json");
+  config << "{\"architectures\": [\"" << hf.arch << "\"], \"vocab_size\": " << kV
+         << ", \"hidden_size\": " << kD << ", \"num_hidden_layers\": " << kLayers
+         << ", \"num_attention_heads\": " << kH << ", \"num_key_value_heads\": " << kG
+         << ", \"head_dim\": " << kHd << ", \"intermediate_size\": " << kF
+         << ", \"rope_theta\": 500000.0, \"rms_norm_eps\": 1e-05, \"hidden_act\": \"silu\", "
+         << "\"tie_word_embeddings\": " << (hf.tied ? "true" : "false")
+         << ", \"rope_scaling\": null, \"torch_dtype\": \"bfloat16\"}";
+  return values;
+}
+
+// Our dense model filled from the HF tensors through this test's own name list.
+Transformer reference_dense_model(const Hf& hf, const std::map<std::string, Tensor>& w) {
+  ModelConfig c;
+  c.vocab_size = kV;
+  c.d_model = kD;
+  c.n_layers = kLayers;
+  c.n_heads = kH;
+  c.n_kv_heads = kG;
+  c.head_dim = kHd;
+  c.ffn_dim = kF;
+  c.rope_theta = 500000.0;
+  c.norm_eps = 1e-5;
+  c.tied_embeddings = hf.tied;
+  c.qkv_bias = hf.bias;
+  c.qk_norm = hf.qk_norm;
+  Transformer model(c, DType::kF32, Device::kCPU);
+  auto set = [&](const std::string& ours, const std::string& theirs) {
+    model.params().at(ours).value.copy_from(w.at(theirs));
+  };
+  set("embed.weight", "model.embed_tokens.weight");
+  set("final_norm.weight", "model.norm.weight");
+  if (!hf.tied) set("lm_head.weight", "lm_head.weight");
+  for (int l = 0; l < kLayers; ++l) {
+    const std::string o = "layers." + std::to_string(l) + ".",
+                      t = "model.layers." + std::to_string(l) + ".";
+    set(o + "attn_norm.weight", t + "input_layernorm.weight");
+    set(o + "mlp_norm.weight", t + "post_attention_layernorm.weight");
+    for (const char* x : {"q", "k", "v"}) {
+      set(o + "attn.w" + x + ".weight", t + "self_attn." + x + "_proj.weight");
+      if (hf.bias) set(o + "attn.w" + x + ".bias", t + "self_attn." + x + "_proj.bias");
+    }
+    if (hf.qk_norm) {
+      set(o + "attn.q_norm.weight", t + "self_attn.q_norm.weight");
+      set(o + "attn.k_norm.weight", t + "self_attn.k_norm.weight");
+    }
+    set(o + "attn.wo.weight", t + "self_attn.o_proj.weight");
+    set(o + "mlp.w_gate.weight", t + "mlp.gate_proj.weight");
+    set(o + "mlp.w_up.weight", t + "mlp.up_proj.weight");
+    set(o + "mlp.w_down.weight", t + "mlp.down_proj.weight");
+  }
+  return model;
+}
+
+Transformer load_model(const Checkpoint& ckpt) {
+  Transformer model(ckpt.config, DType::kF32, Device::kCPU);
+  for (Parameter& p : model.params().all()) p.value.copy_from(ckpt.params.at(p.spec.name));
+  return model;
+}
+
+void tokens_for(Tensor& tokens, Tensor& targets, int64_t batch, int64_t T, uint64_t seed) {
+  tokens = Tensor::empty({batch, T}, DType::kI32);
+  targets = Tensor::empty({batch, T}, DType::kI32);
+  for (int64_t i = 0; i < batch * T; ++i) {
+    tokens.data<int32_t>()[i] = static_cast<int32_t>(philox4x32(seed, i).v[0] % kV);
+    targets.data<int32_t>()[i] = static_cast<int32_t>(philox4x32(seed, i).v[1] % kV);
+  }
+}
+
+void check_conversion(const Hf& hf, const std::string& name) {
+  const std::string dir = fresh_dir(name);
+  const std::map<std::string, Tensor> w = write_hf(dir, hf, 100);
+  const std::string out = dir + "/msa.h5";
+  auto [rc, log] = run("--hf_dir=" + dir + " --output=" + out +
+                       " --msa_block_size=4 --msa_topk=2 --msa_index_dim=4");
+  ASSERT_EQ(rc, 0) << log;
+  auto ckpt = load_checkpoint(out, /*weights_only=*/true);
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+  EXPECT_TRUE(ckpt->config.any_msa());
+  EXPECT_EQ(ckpt->config.layer_kind(1), AttentionKind::kMsa);
+
+  Transformer converted = load_model(*ckpt);
+  Transformer dense = reference_dense_model(hf, w);
+  Tensor tokens, targets;
+  tokens_for(tokens, targets, 2, 19, 5);
+  ForwardOptions forced_dense;
+  forced_dense.msa_mode = MsaMode::kDenseWarmup;
+  forced_dense.for_backward = false;
+  ForwardOptions plain;
+  plain.for_backward = false;
+  const ForwardResult a = converted.forward(tokens, targets, forced_dense);
+  const ForwardResult b = dense.forward(tokens, targets, plain);
+  EXPECT_EQ(a.lm_loss, b.lm_loss);
+  EXPECT_EQ(converted.logits().to_double_vector(), dense.logits().to_double_vector())
+      << "converted model (attention forced dense) differs from the dense reference";
+
+  // Round trip: the exported safetensors hold exactly the source's bytes.
+  const std::string back = dir + "/exported";
+  auto [rc2, log2] = run("--checkpoint=" + out + " --export_hf=" + back);
+  ASSERT_EQ(rc2, 0) << log2;
+  auto exported = SafetensorsFile::open(back + "/model.safetensors");
+  ASSERT_TRUE(exported.ok()) << exported.status();
+  EXPECT_EQ((*exported)->tensors().size(), w.size());
+  for (const char* shard :
+       {"/model-00001-of-00002.safetensors", "/model-00002-of-00002.safetensors"}) {
+    auto src = SafetensorsFile::open(dir + shard);
+    ASSERT_TRUE(src.ok());
+    for (const auto& [tname, info] : (*src)->tensors()) {
+      ASSERT_TRUE((*exported)->tensors().count(tname)) << tname;
+      const StTensorInfo& e = (*exported)->tensors().at(tname);
+      EXPECT_EQ(e.dtype, info.dtype) << tname;
+      ASSERT_EQ(e.end - e.begin, info.end - info.begin) << tname;
+      EXPECT_EQ(0,
+                std::memcmp((*exported)->bytes(tname), (*src)->bytes(tname), info.end - info.begin))
+          << tname << " is not byte-identical after the round trip";
+    }
+  }
+  auto reread = read_hf_checkpoint(back);
+  ASSERT_TRUE(reread.ok()) << reread.status();
+  EXPECT_EQ(reread->architecture, hf.arch);
+}
+
+TEST(ConvertHfTest, LlamaConvertsExactlyAndRoundTrips) {
+  check_conversion({"LlamaForCausalLM"}, "llama");
+}
+
+TEST(ConvertHfTest, Qwen2WithQkvBiasAndTiedEmbeddings) {
+  check_conversion({"Qwen2ForCausalLM", true, false, true}, "qwen2");
+}
+
+TEST(ConvertHfTest, Qwen3WithQkNorm) {
+  check_conversion({"Qwen3ForCausalLM", false, true}, "qwen3");
+}
+
+TEST(ConvertHfTest, IndexWarmupKeepsOutputsBitIdenticalAndRaisesRecall) {
+  const std::string dir = fresh_dir("warmup");
+  const std::map<std::string, Tensor> w = write_hf(dir, {"LlamaForCausalLM"}, 200);
+  auto [rc, log] = run("--hf_dir=" + dir + " --output=" + dir +
+                       "/msa.h5 --msa_block_size=4 --msa_topk=3 --msa_index_dim=8");
+  ASSERT_EQ(rc, 0) << log;
+  auto ckpt = load_checkpoint(dir + "/msa.h5", true);
+  ASSERT_TRUE(ckpt.ok());
+  Transformer model = load_model(*ckpt);
+  Transformer dense = reference_dense_model({"LlamaForCausalLM"}, w);
+  AdamW optimizer(model.params(), OptimizerConfig{});
+  auto data = make_repeating_source(kV, 4, 64, 29, 3);
+  TrainerConfig tc;
+  tc.steps = 60;
+  tc.index_warmup_steps = 60;
+  tc.lr.max_lr = 1e-2;
+  tc.lr.min_lr = 1e-3;
+  tc.lr.warmup_steps = 5;
+  tc.lr.total_steps = 60;
+  tc.recall_every = 1;
+  tc.recall_query_stride = 1;
+  tc.quiet = true;
+  Trainer trainer(model, optimizer, *data, tc);
+  std::vector<double> recall;
+  for (int64_t step = 1; step <= 60; ++step) {
+    const StepMetrics m = trainer.train_step(step);
+    Batch b = data->get(step, 0);
+    ForwardOptions plain;
+    plain.for_backward = false;
+    const ForwardResult ref = dense.forward(b.tokens, b.targets, plain);
+    ASSERT_EQ(m.lm_loss, ref.lm_loss) << "step " << step << ": the warm-up changed the LM loss";
+    ASSERT_EQ(m.index_recall.size(), 2u);
+    recall.push_back((m.index_recall[0] + m.index_recall[1]) / 2);
+  }
+  for (const auto& [name, t] : ckpt->params) {
+    if (name.find("index_w") != std::string::npos) continue;
+    ASSERT_EQ(model.params().at(name).value.to_double_vector(), t.to_double_vector())
+        << name << " changed during the warm-up";
+  }
+  const double first = (recall[0] + recall[1] + recall[2]) / 3,
+               last = (recall[57] + recall[58] + recall[59]) / 3;
+  std::printf("index recall during warm-up: %.3f (steps 1-3) -> %.3f (steps 58-60)\n", first, last);
+  EXPECT_GT(last, first + 0.02);
+}
+
+// ---- malformed input -----------------------------------------------------------------------
+
+TEST(ConvertHfTest, RefusesUnsupportedConfigsNamingTheField) {
+  const std::string dir = fresh_dir("bad_config");
+  write_hf(dir, {"LlamaForCausalLM"}, 1);
+  auto with_config = [&](const std::string& from, const std::string& to) {
+    std::ifstream in(dir + "/config.json");
+    std::string text((std::istreambuf_iterator<char>(in)), {});
+    const size_t at = text.find(from);
+    EXPECT_NE(at, std::string::npos);
+    text.replace(at, from.size(), to);
+    std::ofstream(dir + "/config.json") << text;
+    auto r = read_hf_checkpoint(dir);
+    std::ofstream(dir + "/config.json") << std::string(text).replace(at, to.size(), from);
+    return r.ok() ? std::string("ok") : std::string(r.status().message());
+  };
+  EXPECT_THAT(with_config("LlamaForCausalLM", "GPT2LMHeadModel"),
+              HasSubstr("unsupported architecture 'GPT2LMHeadModel'"));
+  EXPECT_THAT(
+      with_config("\"rope_scaling\": null", "\"rope_scaling\": {\"rope_type\": \"llama3\"}"),
+      HasSubstr("field 'rope_scaling' has rope_type 'llama3'"));
+  EXPECT_THAT(with_config("\"intermediate_size\": 48", "\"intermediate_size\": 64"),
+              HasSubstr("tensor 'model.layers.0.mlp.gate_proj.weight' has shape [48, 32] but "
+                        "config.json implies [64, 32]"));
+  EXPECT_THAT(with_config("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 3"),
+              HasSubstr("missing tensor 'model.layers.2.input_layernorm.weight'"));
+  EXPECT_THAT(with_config("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 1"),
+              HasSubstr("tensor 'model.layers.1."));
+  EXPECT_THAT(with_config("\"hidden_act\": \"silu\"", "\"hidden_act\": \"gelu\""),
+              HasSubstr("field 'hidden_act'"));
+}
+
+TEST(ConvertHfTest, RefusesUnmappedTensors) {
+  const std::string dir = fresh_dir("unmapped");
+  Tensor t = Tensor::zeros({4}, DType::kF32);
+  ASSERT_TRUE(
+      write_safetensors(dir + "/model.safetensors", {{"model.layers.0.self_attn.rotary_proj.weight",
+                                                      StDtype::kF32,
+                                                      {4},
+                                                      encode_f32(t, StDtype::kF32)}})
+          .ok());
+  std::ofstream(dir + "/config.json")
+      << "{\"architectures\": [\"LlamaForCausalLM\"], \"vocab_size\": 97, \"hidden_size\": 32, "
+         "\"num_hidden_layers\": 1, \"num_attention_heads\": 4, \"num_key_value_heads\": 2, "
+         "\"intermediate_size\": 48}";
+  auto r = read_hf_checkpoint(dir);
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(std::string(r.status().message()),
+              HasSubstr("tensor 'model.layers.0.self_attn.rotary_proj.weight' has no counterpart"));
+}
+
+// Writes raw bytes: an 8-byte header length, then the header text, then `data` bytes.
+std::string raw_file(const std::string& name, uint64_t header_len, const std::string& header,
+                     size_t data) {
+  const std::string path = std::string(::testing::TempDir()) + "/" + name;
+  std::ofstream f(path, std::ios::binary);
+  for (int i = 0; i < 8; ++i) f.put(static_cast<char>(header_len >> (8 * i)));
+  f << header << std::string(data, '\0');
+  return path;
+}
+
+std::string open_error(const std::string& path) {
+  auto r = SafetensorsFile::open(path);
+  return r.ok() ? "ok" : std::string(r.status().message());
+}
+
+TEST(SafetensorsTest, MalformedFilesAreRejectedWithAClearMessage) {
+  const std::string good = R"({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}})";
+  EXPECT_EQ(open_error(raw_file("good.st", good.size(), good, 8)), "ok");
+  EXPECT_THAT(open_error(raw_file("len.st", 1000, good, 8)),
+              HasSubstr("header length 1000 exceeds the file"));
+  EXPECT_THAT(open_error(raw_file("json.st", 5, "{abc}", 8)),
+              HasSubstr("header is not valid JSON"));
+  const std::string i64 = R"({"a": {"dtype": "I64", "shape": [1], "data_offsets": [0, 8]}})";
+  EXPECT_THAT(open_error(raw_file("dtype.st", i64.size(), i64, 8)),
+              HasSubstr("tensor 'a' has dtype 'I64'"));
+  const std::string range = R"({"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}})";
+  EXPECT_THAT(open_error(raw_file("range.st", range.size(), range, 8)),
+              HasSubstr("outside the 8-byte data section"));
+  const std::string size = R"({"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}})";
+  EXPECT_THAT(open_error(raw_file("size.st", size.size(), size, 8)),
+              HasSubstr("8 bytes for shape [3] of F32 (expected 12)"));
+  const std::string overlap =
+      R"({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}})";
+  EXPECT_THAT(open_error(raw_file("overlap.st", overlap.size(), overlap, 12)),
+              HasSubstr("byte ranges overlap at offset 4"));
+  const std::string neg = R"({"a": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}})";
+  EXPECT_THAT(open_error(raw_file("neg.st", neg.size(), neg, 8)), HasSubstr("negative"));
+  std::ofstream(std::string(::testing::TempDir()) + "/tiny.st") << "abc";
+  EXPECT_THAT(open_error(std::string(::testing::TempDir()) + "/tiny.st"), HasSubstr("too short"));
+}
+
+TEST(SafetensorsTest, RandomCorruptionNeverCrashes) {
+  // A valid file with three tensors; then many corrupted copies (flipped header bytes, rewritten
+  // lengths, truncations): each must open cleanly or fail with a message, and every tensor of a
+  // file that opens must be readable inside the file.
+  Tensor t = Tensor::empty({3, 5}, DType::kF32);
+  fill_normal(t, 1, 0.0f, 1.0f);
+  const std::string path = std::string(::testing::TempDir()) + "/fuzz_src.st";
+  ASSERT_TRUE(write_safetensors(path, {{"x", StDtype::kF32, {3, 5}, encode_f32(t, StDtype::kF32)},
+                                       {"y", StDtype::kBF16, {3, 5}, encode_f32(t, StDtype::kBF16)},
+                                       {"z", StDtype::kF16, {15}, encode_f32(t, StDtype::kF16)}})
+                  .ok());
+  std::ifstream in(path, std::ios::binary);
+  const std::string src((std::istreambuf_iterator<char>(in)), {});
+  int opened = 0, rejected = 0;
+  for (uint64_t seed = 0; seed < 2000; ++seed) {
+    std::string bytes = src;
+    const Philox4 r = philox4x32(77, seed);
+    switch (r.v[0] % 4) {
+      case 0:  // flip a byte in the length or header
+        bytes[r.v[1] % std::min<size_t>(bytes.size(), 200)] ^= static_cast<char>(1 + r.v[2] % 255);
+        break;
+      case 1:  // truncate
+        bytes.resize(r.v[1] % bytes.size());
+        break;
+      case 2:  // replace a digit in the header
+        for (size_t i = 8 + r.v[1] % 100; i < bytes.size(); ++i)
+          if (bytes[i] >= '0' && bytes[i] <= '9') {
+            bytes[i] = static_cast<char>('0' + r.v[2] % 10);
+            break;
+          }
+        break;
+      default:  // garbage length
+        for (int i = 0; i < 8; ++i) bytes[i] = static_cast<char>(r.v[1 + i % 3] >> (8 * (i % 4)));
+    }
+    const std::string p = std::string(::testing::TempDir()) + "/fuzz.st";
+    std::ofstream(p, std::ios::binary | std::ios::trunc) << bytes;
+    auto f = SafetensorsFile::open(p);
+    if (!f.ok()) {
+      ++rejected;
+      EXPECT_THAT(std::string(f.status().message()), HasSubstr(p));
+      continue;
+    }
+    ++opened;
+    for (const auto& [name, info] : (*f)->tensors()) ASSERT_TRUE((*f)->read_f32(name).ok());
+  }
+  EXPECT_GT(rejected, 1000);
+  std::printf("random corruption: %d files opened (still consistent), %d rejected\n", opened,
+              rejected);
+}
+
+}  // namespace
+}  // namespace msa
