@@ -39,10 +39,11 @@ ABSL_FLAG(uint64_t, seed, 20261123, "Seed of the evaluation samples (disjoint fr
 ABSL_FLAG(std::string, out_dir, "", "Write <out_dir>/<name>.csv and .md (empty: print only).");
 ABSL_FLAG(std::string, name, "quality", "File stem of the report.");
 ABSL_FLAG(std::string, device, "auto", "'cpu', 'cuda' or 'auto'.");
-ABSL_FLAG(std::string, dump_logits_tokens, "",
-          "Instead of the report: run one sequence of these comma-separated token ids and write its "
-          "logits ([T, vocab] float32, little-endian) to --dump_logits (for comparisons with other "
-          "frameworks, e.g. tests/convert/hf_reference_check.py).");
+ABSL_FLAG(
+    std::string, dump_logits_tokens, "",
+    "Instead of the report: run one sequence of these comma-separated token ids and write its "
+    "logits ([T, vocab] float32, little-endian) to --dump_logits (for comparisons with other "
+    "frameworks, e.g. tests/convert/hf_reference_check.py).");
 ABSL_FLAG(std::string, dump_logits, "logits.f32", "Output file of --dump_logits_tokens.");
 
 namespace {
@@ -91,14 +92,15 @@ absl::Status run() {
 
   const std::string dump_tokens = absl::GetFlag(FLAGS_dump_logits_tokens);
   if (!dump_tokens.empty()) {
-    MSA_ASSIGN_OR_RETURN(std::vector<int64_t> ids, parse_list<int64_t>("dump_logits_tokens", dump_tokens));
+    MSA_ASSIGN_OR_RETURN(std::vector<int64_t> ids,
+                         parse_list<int64_t>("dump_logits_tokens", dump_tokens));
     const int64_t T = static_cast<int64_t>(ids.size());
     msa::Tensor tokens = msa::Tensor::empty({1, T}, msa::DType::kI32);
     msa::Tensor targets = msa::Tensor::empty({1, T}, msa::DType::kI32);
     for (int64_t t = 0; t < T; ++t) {
       if (ids[t] < 0 || ids[t] >= ckpt.config.vocab_size)
-        return absl::InvalidArgumentError(absl::StrFormat(
-            "invalid --dump_logits_tokens: id %d outside the vocabulary", ids[t]));
+        return absl::InvalidArgumentError(
+            absl::StrFormat("invalid --dump_logits_tokens: id %d outside the vocabulary", ids[t]));
       tokens.data<int32_t>()[t] = static_cast<int32_t>(ids[t]);
       targets.data<int32_t>()[t] = static_cast<int32_t>(ids[(t + 1) % T]);
     }
@@ -109,7 +111,8 @@ absl::Status run() {
     msa::Tensor logits = model.logits().to(msa::Device::kCPU).to(msa::DType::kF32);
     const std::string out = absl::GetFlag(FLAGS_dump_logits);
     FILE* f = std::fopen(out.c_str(), "wb");
-    if (f == nullptr) return absl::InvalidArgumentError("invalid --dump_logits: cannot write " + out);
+    if (f == nullptr)
+      return absl::InvalidArgumentError("invalid --dump_logits: cannot write " + out);
     std::fwrite(logits.data<float>(), sizeof(float), logits.numel(), f);
     std::fclose(f);
     std::printf("msa-eval: wrote logits [%lld, %lld] to %s\n", static_cast<long long>(T),

@@ -1,5 +1,7 @@
 // msa-train: trains a dense / MSA decoder from scratch, from a converted checkpoint, or resumes.
 //   mpirun -np N msa-train --flagfile=launch/recipes/small_msa.flags
+#include <mpi.h>
+
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -29,12 +31,14 @@ ABSL_FLAG(std::string, attention, "msa",
           "Attention kind of every layer: 'dense', 'msa', or a comma-separated per-layer list "
           "such as 'dense,msa,msa'.");
 ABSL_FLAG(int, msa_block_size, 128, "MSA block size B (tokens per KV block).");
-ABSL_FLAG(int, msa_topk, 16, "MSA blocks attended per query and KV group, the local block included.");
+ABSL_FLAG(int, msa_topk, 16,
+          "MSA blocks attended per query and KV group, the local block included.");
 ABSL_FLAG(int, msa_index_dim, 64, "MSA index branch dimension d_I.");
 ABSL_FLAG(double, msa_index_loss_weight, 1.0, "Weight lambda_idx of the index distillation loss.");
 
 // ---- run -------------------------------------------------------------------------------------
-ABSL_FLAG(std::string, device, "auto", "Where to train: 'cpu', 'cuda', or 'auto' (cuda when present).");
+ABSL_FLAG(std::string, device, "auto",
+          "Where to train: 'cpu', 'cuda', or 'auto' (cuda when present).");
 ABSL_FLAG(std::string, data, "synthetic:repeat",
           "Training data: 'synthetic:repeat' (a repeating sequence), 'synthetic:kv-recall' or "
           "'synthetic:needle' (long-context retrieval tasks generated on the fly, see "
@@ -70,12 +74,14 @@ ABSL_FLAG(int, checkpoint_every, 0, "Checkpoint every N steps (0: only at the en
 ABSL_FLAG(int, keep_last, 0,
           "Keep only the newest N checkpoints in --checkpoint_dir (0: keep all); older ones are "
           "deleted only after the new one is safely on disk.");
-ABSL_FLAG(bool, resume, false,
-          "Continue from the newest valid checkpoint in --checkpoint_dir (weights, optimizer, step, "
-          "data position), bit-exactly as if the run had not stopped.");
-ABSL_FLAG(std::string, init_from, "",
-          "Start from the weights of this checkpoint (optimizer state and step start fresh), e.g. a "
-          "model converted by msa-convert.");
+ABSL_FLAG(
+    bool, resume, false,
+    "Continue from the newest valid checkpoint in --checkpoint_dir (weights, optimizer, step, "
+    "data position), bit-exactly as if the run had not stopped.");
+ABSL_FLAG(
+    std::string, init_from, "",
+    "Start from the weights of this checkpoint (optimizer state and step start fresh), e.g. a "
+    "model converted by msa-convert.");
 ABSL_FLAG(bool, init_allow_missing_index, false,
           "With --init_from: MSA index-branch weights absent from the file keep their fresh "
           "initialization (a dense checkpoint turned MSA).");
@@ -84,6 +90,18 @@ ABSL_FLAG(int64_t, exit_after_step, 0,
           "schedule still spans --steps; continue later with --resume). 0: run to --steps.");
 ABSL_FLAG(std::string, metrics_jsonl, "",
           "Append one JSON line of metrics per step (full precision) to this file.");
+ABSL_FLAG(
+    int, tp, 1,
+    "Tensor-parallel size: world = dp x tp with tp innermost (mpirun -np N gives dp = N / tp). "
+    "Only 1 is implemented yet.");
+ABSL_FLAG(bool, zero1, false,
+          "Shard the fp32 master weights and AdamW moments over the data-parallel ranks (ZeRO-1: "
+          "gradients reduce-scattered, parameters all-gathered).");
+ABSL_FLAG(int64_t, bucket_mb, 25, "Data-parallel gradient all-reduce bucket size in MB.");
+ABSL_FLAG(int64_t, dense_attention_steps, 0,
+          "After any index warm-up: N steps where MSA layers attend densely while the whole model "
+          "trains (LM loss + dense-target index loss), before sparse training; helps models "
+          "trained from scratch at long context (docs/quality.md).");
 ABSL_FLAG(int, log_every, 10, "Print a metrics line every N steps.");
 ABSL_FLAG(int, recall_every, 50, "Measure the MSA index recall every N steps (0: never).");
 ABSL_FLAG(int64_t, recall_stride, 16, "Index recall samples every N-th query position.");
@@ -143,16 +161,27 @@ int main(int argc, char** argv) {
   o.init_allow_missing_index = absl::GetFlag(FLAGS_init_allow_missing_index);
   o.metrics_jsonl = absl::GetFlag(FLAGS_metrics_jsonl);
   o.exit_after_step = absl::GetFlag(FLAGS_exit_after_step);
+  o.tp = absl::GetFlag(FLAGS_tp);
+  o.zero1 = absl::GetFlag(FLAGS_zero1);
+  o.bucket_mb = absl::GetFlag(FLAGS_bucket_mb);
+  o.trainer.dense_attention_steps = absl::GetFlag(FLAGS_dense_attention_steps);
   o.optimizer.weight_decay = absl::GetFlag(FLAGS_weight_decay);
   o.optimizer.beta1 = absl::GetFlag(FLAGS_beta1);
   o.optimizer.beta2 = absl::GetFlag(FLAGS_beta2);
   o.optimizer.eps = absl::GetFlag(FLAGS_adam_eps);
   o.optimizer.grad_clip = absl::GetFlag(FLAGS_grad_clip);
 
+  MPI_Init(&argc, &argv);
   absl::Status status = msa::run_train_program(o);
   if (!status.ok()) {
-    std::fprintf(stderr, "msa-train: %s\n", std::string(status.message()).c_str());
+    int rank = 0;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    if (rank == 0) std::fprintf(stderr, "msa-train: %s\n", std::string(status.message()).c_str());
+    // Errors are detected on every rank alike (validation happens before any collective that
+    // could diverge), so all ranks leave together.
+    MPI_Finalize();
     return 1;
   }
+  MPI_Finalize();
   return 0;
 }

@@ -8,7 +8,9 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_format.h"
+#include "core/communicator.h"
 #include "core/status.h"
+#include "model/parameters.h"
 #include "model/transformer.h"
 #include "nlohmann/json.hpp"
 #include "train/batch_source.h"
@@ -62,9 +64,11 @@ absl::Status validate_run(const TrainProgramOptions& o) {
 
 // Training (validation = false) or validation batches for --data.
 absl::StatusOr<std::unique_ptr<BatchSource>> make_source(const TrainProgramOptions& o,
+                                                         const ProcessGroups& groups,
                                                          bool validation) {
-  const DataLayout layout{o.trainer.grad_accum, 0, 1};
+  const DataLayout layout{o.trainer.grad_accum, groups.dp_rank, groups.dp_size};
   if (o.data == "synthetic:repeat") {
+    // The same sequence on every rank and step: layout-independent by construction.
     return make_repeating_source(o.model.vocab_size, o.batch_size, o.seq_len, 61, o.seed);
   }
   if (absl::StartsWith(o.data, "synthetic:")) {
@@ -117,9 +121,11 @@ std::string config_difference(const ModelConfig& a, const ModelConfig& b) {
 
 class CheckpointWriter {
  public:
-  CheckpointWriter(const TrainProgramOptions& o, const ModelConfig& config, AdamW& optimizer)
-      : o_(o), config_(config), optimizer_(optimizer) {}
+  CheckpointWriter(const TrainProgramOptions& o, const ModelConfig& config, AdamW& optimizer,
+                   const ProcessGroups& groups)
+      : o_(o), config_(config), optimizer_(optimizer), groups_(groups) {}
 
+  // Collective: every rank gathers the full state (checkpoints are unsharded), rank 0 writes.
   absl::Status save(int64_t step, int64_t tokens_seen) {
     if (o_.checkpoint_dir.empty()) return absl::OkStatus();
     Checkpoint ckpt;
@@ -131,15 +137,24 @@ class CheckpointWriter {
     ckpt.state.step = step;
     ckpt.state.tokens_seen = tokens_seen;
     ckpt.state.seed = static_cast<int64_t>(o_.seed);
-    ckpt.state.sample_cursor = step * o_.trainer.grad_accum * o_.batch_size;
+    ckpt.state.sample_cursor = step * o_.trainer.grad_accum * o_.batch_size * groups_.dp_size;
     ckpt.state.lr_step = step;
     const std::string path = checkpoint_path(o_.checkpoint_dir, step);
-    MSA_RETURN_IF_ERROR(save_checkpoint(path, ckpt));
-    MSA_RETURN_IF_ERROR(prune_checkpoints(o_.checkpoint_dir, o_.keep_last));
-    std::printf("msa-train: saved checkpoint %s\n", path.c_str());
-    std::fflush(stdout);
-    last_saved_ = step;
-    return absl::OkStatus();
+    absl::Status status;
+    if (groups_.world_rank == 0) {
+      status = save_checkpoint(path, ckpt);
+      if (status.ok()) status = prune_checkpoints(o_.checkpoint_dir, o_.keep_last);
+      if (status.ok()) {
+        std::printf("msa-train: saved checkpoint %s\n", path.c_str());
+        std::fflush(stdout);
+      }
+    }
+    // Every rank learns whether the write succeeded (and none runs ahead of it).
+    const int64_t failed = groups_.world->all_reduce_sum(static_cast<int64_t>(status.ok() ? 0 : 1));
+    if (failed && status.ok())
+      status = absl::InternalError(absl::StrFormat("%s: rank 0 failed to write it", path));
+    if (status.ok()) last_saved_ = step;
+    return status;
   }
   int64_t last_saved() const { return last_saved_; }
 
@@ -147,6 +162,7 @@ class CheckpointWriter {
   const TrainProgramOptions& o_;
   const ModelConfig& config_;
   AdamW& optimizer_;
+  const ProcessGroups& groups_;
   int64_t last_saved_ = -1;
 };
 
@@ -184,12 +200,33 @@ absl::Status run_train_program(TrainProgramOptions o) {
                        parse_attention_kinds(o.attention_spec, o.model.n_layers));
   MSA_RETURN_IF_ERROR(o.model.validate());
   MSA_RETURN_IF_ERROR(validate_run(o));
+  MSA_ASSIGN_OR_RETURN(ProcessGroups groups, make_process_groups(o.tp));
+  if (groups.tp_size > 1)
+    return absl::UnimplementedError(
+        "invalid --tp: tensor parallelism is not implemented yet (use --tp=1; data parallelism "
+        "over all ranks works)");
+  // Every rank must run the same model and schedule: compare a hash of the options.
+  const uint64_t config_hash = fnv1a64(o.model.to_json() + run_json(o));
+  if (groups.world->all_reduce_sum(
+          static_cast<int64_t>(groups.world->broadcast(config_hash, 0) != config_hash)) != 0)
+    return absl::InvalidArgumentError(
+        "the ranks were started with different model or training flags (config hash mismatch)");
   MSA_ASSIGN_OR_RETURN(Device device, choose_device(o.device));
-  MSA_ASSIGN_OR_RETURN(std::unique_ptr<BatchSource> data, make_source(o, false));
+  if (device == Device::kCUDA && groups.world_size > 1)
+    return absl::UnimplementedError(
+        "invalid --device: multi-rank training on CUDA needs the NCCL backend, not built yet "
+        "(use --device=cpu)");
+  MSA_ASSIGN_OR_RETURN(std::unique_ptr<BatchSource> data, make_source(o, groups, false));
   std::unique_ptr<BatchSource> validation;
   if (o.eval_every > 0) {
-    MSA_ASSIGN_OR_RETURN(validation, make_source(o, true));
+    MSA_ASSIGN_OR_RETURN(validation, make_source(o, groups, true));
   }
+  const bool leader = groups.world_rank == 0;
+  if (!leader) o.trainer.quiet = true;
+  o.trainer.dp = groups.dp.get();
+  o.optimizer.dp = groups.dp.get();
+  o.optimizer.zero1 = o.zero1;
+  o.optimizer.bucket_bytes = o.bucket_mb << 20;
 
   const DType dtype = device == Device::kCUDA ? DType::kBF16 : DType::kF32;
   Transformer model(o.model, dtype, device);
@@ -210,30 +247,38 @@ absl::Status run_train_program(TrainProgramOptions o) {
     optimizer.load_state(ckpt.params, ckpt.m, ckpt.v);
     first_step = ckpt.state.step + 1;
     tokens_seen = ckpt.state.tokens_seen;
-    std::printf("msa-train: resumed from %s (step %lld, %lld tokens seen)\n", latest->path.c_str(),
-                static_cast<long long>(ckpt.state.step), static_cast<long long>(tokens_seen));
+    if (leader)
+      std::printf("msa-train: resumed from %s (step %lld, %lld tokens seen)\n",
+                  latest->path.c_str(), static_cast<long long>(ckpt.state.step),
+                  static_cast<long long>(tokens_seen));
   } else if (!o.init_from.empty()) {
     auto ckpt = load_checkpoint(o.init_from, /*weights_only=*/true);
     if (!ckpt.ok()) return annotate(ckpt.status(), "--init_from");
     MSA_RETURN_IF_ERROR(
         load_weights(*ckpt, o.init_from, model, optimizer, o.init_allow_missing_index));
-    std::printf("msa-train: initialized weights from %s\n", o.init_from.c_str());
+    if (leader) std::printf("msa-train: initialized weights from %s\n", o.init_from.c_str());
   }
 
-  std::printf(
-      "msa-train: %d layers (%s), d_model %d, %d heads / %d kv heads, "
-      "%.2fM parameters, "
-      "%s %s\n",
-      o.model.n_layers, o.attention_spec.c_str(), static_cast<int>(o.model.d_model),
-      o.model.n_heads, o.model.n_kv_heads, model.params().numel() / 1e6, device_name(device),
-      dtype_name(dtype));
-  std::printf("msa-train: data %s, batch %d x %d tokens, steps %lld..%lld\n",
-              data->describe().c_str(), static_cast<int>(o.batch_size), static_cast<int>(o.seq_len),
-              static_cast<long long>(first_step), static_cast<long long>(o.trainer.steps));
+  if (leader)
+    std::printf("msa-train: %s%s, %s\n", groups.describe().c_str(),
+                o.zero1 ? " (ZeRO-1 optimizer sharding)" : "", device_name(device));
+  if (leader)
+    std::printf(
+        "msa-train: %d layers (%s), d_model %d, %d heads / %d kv heads, "
+        "%.2fM parameters, "
+        "%s %s\n",
+        o.model.n_layers, o.attention_spec.c_str(), static_cast<int>(o.model.d_model),
+        o.model.n_heads, o.model.n_kv_heads, model.params().numel() / 1e6, device_name(device),
+        dtype_name(dtype));
+  if (leader)
+    std::printf("msa-train: data %s, batch %d x %d tokens per rank, steps %lld..%lld\n",
+                data->describe().c_str(), static_cast<int>(o.batch_size),
+                static_cast<int>(o.seq_len), static_cast<long long>(first_step),
+                static_cast<long long>(o.trainer.steps));
   std::fflush(stdout);
 
   FILE* metrics = nullptr;
-  if (!o.metrics_jsonl.empty()) {
+  if (!o.metrics_jsonl.empty() && leader) {
     metrics = std::fopen(o.metrics_jsonl.c_str(), "a");
     if (metrics == nullptr)
       return absl::InvalidArgumentError(
@@ -243,7 +288,7 @@ absl::Status run_train_program(TrainProgramOptions o) {
       metrics, [](FILE* f) { return f ? std::fclose(f) : 0; });
 
   install_stop_signal_handlers();
-  CheckpointWriter writer(o, o.model, optimizer);
+  CheckpointWriter writer(o, o.model, optimizer, groups);
   Trainer trainer(model, optimizer, *data, o.trainer);
   absl::Status failure;
   int64_t last_step = first_step - 1;
@@ -278,17 +323,19 @@ absl::Status run_train_program(TrainProgramOptions o) {
       if (!failure.ok()) return false;
     }
     if (o.exit_after_step > 0 && m.step >= o.exit_after_step) {
-      std::printf("msa-train: exiting after step %lld as asked (--exit_after_step)\n",
-                  static_cast<long long>(m.step));
+      if (leader)
+        std::printf("msa-train: exiting after step %lld as asked (--exit_after_step)\n",
+                    static_cast<long long>(m.step));
       return false;
     }
-    return !stop_requested();
+    // A signal may reach only some ranks: stop when any rank saw one.
+    return groups.world->all_reduce_sum(static_cast<int64_t>(stop_requested() ? 1 : 0)) == 0;
   }));
   MSA_RETURN_IF_ERROR(failure);
   if (writer.last_saved() != last_step && last_step >= first_step) {
     MSA_RETURN_IF_ERROR(writer.save(last_step, tokens_seen));
   }
-  if (stop_requested()) {
+  if (stop_requested() && leader) {
     std::printf(
         "msa-train: stopped by signal %d after step %lld; resume with --resume "
         "--checkpoint_dir=%s\n",

@@ -19,24 +19,28 @@ struct TrainProgramOptions {
   int64_t batch_size = 4;
   int64_t seq_len = 256;
   uint64_t seed = 1234;
-  int synthetic_pairs = 4;        // facts per sample of synthetic:kv-recall
-  double synthetic_depth = -1;    // depth of the facts (< 0: random per sample)
-  double val_fraction = 0.01;     // shards: fraction of windows held out for validation
-  int eval_every = 0;             // validation loss / perplexity every N steps (0: off)
+  int synthetic_pairs = 4;      // facts per sample of synthetic:kv-recall
+  double synthetic_depth = -1;  // depth of the facts (< 0: random per sample)
+  double val_fraction = 0.01;   // shards: fraction of windows held out for validation
+  int eval_every = 0;           // validation loss / perplexity every N steps (0: off)
   int eval_batches = 8;
-  std::string checkpoint_dir;     // where ckpt-<step>.h5 files go ("" = no checkpoints)
-  int checkpoint_every = 0;       // also at the end and on SIGTERM/SIGINT
-  int keep_last = 0;              // prune to the newest N checkpoints (0: keep all)
-  bool resume = false;            // continue from the newest valid checkpoint in checkpoint_dir
-  std::string init_from;          // load weights only from this checkpoint
+  std::string checkpoint_dir;  // where ckpt-<step>.h5 files go ("" = no checkpoints)
+  int checkpoint_every = 0;    // also at the end and on SIGTERM/SIGINT
+  int keep_last = 0;           // prune to the newest N checkpoints (0: keep all)
+  bool resume = false;         // continue from the newest valid checkpoint in checkpoint_dir
+  std::string init_from;       // load weights only from this checkpoint
   bool init_allow_missing_index = false;  // init_from: index branch absent in the file is fresh
-  int64_t exit_after_step = 0;    // stop (with a checkpoint) after this step, as if preempted
-  std::string metrics_jsonl;      // append one JSON line per step (full precision) to this file
+  int64_t exit_after_step = 0;  // stop (with a checkpoint) after this step, as if preempted
+  std::string metrics_jsonl;    // append one JSON line per step (full precision) to this file
+  int tp = 1;                   // tensor-parallel size (world = dp x tp)
+  bool zero1 = false;           // shard AdamW state over the data-parallel group
+  int64_t bucket_mb = 25;       // data-parallel gradient all-reduce bucket size
   TrainerConfig trainer;
   OptimizerConfig optimizer;
 };
 
 // Validates the options (errors name the flag), builds the model, data and optimizer, trains.
+// Runs on every rank of MPI_COMM_WORLD (MPI must be initialized): world = dp x tp.
 absl::Status run_train_program(TrainProgramOptions options);
 
 }  // namespace msa

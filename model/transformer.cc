@@ -16,8 +16,8 @@ Transformer::Transformer(const ModelConfig& config, DType dtype, Device device)
 
 ForwardResult Transformer::forward(const Tensor& tokens, const Tensor& targets,
                                    const ForwardOptions& options) {
-  MSA_CHECK(tokens.ndim() == 2 && tokens.dtype() == DType::kI32, "tokens must be i32 [batch, T], got %s",
-            tokens.describe());
+  MSA_CHECK(tokens.ndim() == 2 && tokens.dtype() == DType::kI32,
+            "tokens must be i32 [batch, T], got %s", tokens.describe());
   check_shape(targets, tokens.shape(), "targets");
   batch_ = tokens.size(0);
   T_ = tokens.size(1);
@@ -62,8 +62,8 @@ ForwardResult Transformer::forward(const Tensor& tokens, const Tensor& targets,
   rmsnorm_forward(x, params_.at("final_norm.weight").value, config_.norm_eps, xn_final_,
                   rstd_final_);
   logits_ = Tensor::empty({N, V}, dtype_, device_);
-  const Parameter& head = config_.tied_embeddings ? params_.at("embed.weight")
-                                                  : params_.at("lm_head.weight");
+  const Parameter& head =
+      config_.tied_embeddings ? params_.at("embed.weight") : params_.at("lm_head.weight");
   linear_forward(xn_final_, head.value, Tensor(), logits_);
   lse_ = Tensor::empty({N}, st, device_);
   CrossEntropyResult ce = cross_entropy_forward(logits_, targets_, kIgnoreIndex, lse_);
@@ -81,18 +81,22 @@ ForwardResult Transformer::forward(const Tensor& tokens, const Tensor& targets,
 }
 
 void Transformer::backward(double loss_scale, bool backbone) {
+  backward(loss_scale, loss_scale, backbone);
+}
+
+void Transformer::backward(double loss_scale, double index_scale, bool backbone) {
   MSA_CHECK(!attn_.empty(), "backward() without a forward(for_backward = true)");
   const int64_t N = batch_ * T_, D = config_.d_model;
   const int L = config_.n_layers;
   const double index_weight =
-      n_msa_layers_ > 0 ? loss_scale * config_.msa.index_loss_weight / n_msa_layers_ : 0.0;
+      n_msa_layers_ > 0 ? index_scale * config_.msa.index_loss_weight / n_msa_layers_ : 0.0;
 
   if (!backbone) {
     // Index warm-up: only the index branches learn; nothing flows through the backbone.
     for (int l = 0; l < L; ++l) {
       Tensor none;
-      attention_block_backward(config_, l, params_, residual_in_[l], Tensor(), batch_, T_,
-                               attn_[l], /*backbone=*/false, index_weight, none);
+      attention_block_backward(config_, l, params_, residual_in_[l], Tensor(), batch_, T_, attn_[l],
+                               /*backbone=*/false, index_weight, none);
     }
     return;
   }
@@ -100,8 +104,8 @@ void Transformer::backward(double loss_scale, bool backbone) {
   Tensor none;
   Tensor& dlogits = logits_;  // in place: the [N, V] buffer is the largest activation
   cross_entropy_backward(logits_, targets_, lse_, kIgnoreIndex, n_targets_, loss_scale, dlogits);
-  Parameter& head = config_.tied_embeddings ? params_.at("embed.weight")
-                                            : params_.at("lm_head.weight");
+  Parameter& head =
+      config_.tied_embeddings ? params_.at("embed.weight") : params_.at("lm_head.weight");
   Tensor dxn = Tensor::empty({N, D}, dtype_, device_);
   linear_backward(dlogits, xn_final_, head.value, dxn, head.grad, none);
   Tensor dx = Tensor::empty({N, D}, dtype_, device_);

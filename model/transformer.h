@@ -18,15 +18,15 @@ namespace msa {
 
 struct ForwardOptions {
   MsaMode msa_mode = MsaMode::kSparse;
-  bool for_backward = true;          // keep what backward needs (index gradients included)
-  int64_t recall_query_stride = 0;   // > 0: measure each MSA layer's index recall
+  bool for_backward = true;         // keep what backward needs (index gradients included)
+  int64_t recall_query_stride = 0;  // > 0: measure each MSA layer's index recall
 };
 
 struct ForwardResult {
-  double lm_loss = 0;            // mean cross entropy over counted targets
-  int64_t n_targets = 0;         // targets != ignore_index
-  double index_loss = 0;         // mean over MSA layers (0 without MSA layers)
-  double total_loss = 0;         // lm_loss + lambda_idx * index_loss
+  double lm_loss = 0;                // mean cross entropy over counted targets
+  int64_t n_targets = 0;             // targets != ignore_index
+  double index_loss = 0;             // mean over MSA layers (0 without MSA layers)
+  double total_loss = 0;             // lm_loss + lambda_idx * index_loss
   std::vector<double> index_recall;  // per MSA layer, when measured
 };
 
@@ -50,6 +50,9 @@ class Transformer {
   // must have had for_backward). backbone = false (index warm-up) computes only the index
   // branch's gradients. The logits buffer is reused for its gradient.
   void backward(double loss_scale, bool backbone = true);
+  // As above with separate scales for the LM loss and the index loss (data parallelism weights
+  // the LM loss by target tokens and the index loss by sequences).
+  void backward(double lm_scale, double index_scale, bool backbone);
 
   // The last forward's logits [batch * T, V]; valid until backward().
   const Tensor& logits() const { return logits_; }

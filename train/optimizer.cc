@@ -1,22 +1,105 @@
 #include "train/optimizer.h"
 
+#include <algorithm>
 #include <cmath>
 
 namespace msa {
 
 AdamW::AdamW(ParameterSet& params, const OptimizerConfig& config)
     : params_(params), config_(config) {
+  const bool sharded = config_.zero1 && config_.dp != nullptr;
   for (Parameter& p : params_.all()) {
     Slot s;
     s.param = &p;
     s.master = p.value.dtype() == DType::kF32 ? p.value : p.value.to(DType::kF32);
-    s.m = Tensor::zeros(p.value.shape(), DType::kF32, p.value.device());
-    s.v = Tensor::zeros(p.value.shape(), DType::kF32, p.value.device());
+    if (!sharded) {
+      s.m = Tensor::zeros(p.value.shape(), DType::kF32, p.value.device());
+      s.v = Tensor::zeros(p.value.shape(), DType::kF32, p.value.device());
+    }
     slots_.push_back(s);
+  }
+  if (sharded) init_zero1();
+}
+
+void AdamW::init_zero1() {
+  MSA_CHECK(params_.all().empty() || params_.all()[0].value.is_cpu(),
+            "ZeRO-1 runs on CPU parameters with the MPI backend only");
+  int64_t offset = 0;
+  for (Slot& s : slots_) {
+    segments_.push_back({&s, offset});
+    offset += s.param->value.numel();
+  }
+  const int n = config_.dp->size();
+  shard_size_ = (offset + n - 1) / n;
+  padded_ = shard_size_ * n;
+  shard_begin_ = shard_size_ * config_.dp->rank();
+  const Tensor flat = flat_from_params(/*grads=*/false);
+  master_shard_ = flat.slice0(shard_begin_, shard_begin_ + shard_size_).clone();
+  m_shard_ = Tensor::zeros({shard_size_}, DType::kF32);
+  v_shard_ = Tensor::zeros({shard_size_}, DType::kF32);
+  grad_shard_ = Tensor::zeros({shard_size_}, DType::kF32);
+}
+
+Tensor AdamW::flat_from_params(bool grads) const {
+  Tensor flat = Tensor::zeros({padded_}, DType::kF32);
+  for (const Segment& seg : segments_) {
+    const Tensor& src = grads ? seg.slot->param->grad : seg.slot->master;
+    const int64_t n = src.numel();
+    flat.slice0(seg.flat_offset, seg.flat_offset + n).copy_from(src.to(DType::kF32).view({n}));
+  }
+  return flat;
+}
+
+void AdamW::reduce_gradients() {
+  Communicator* dp = config_.dp;
+  if (dp == nullptr || dp->size() == 1) {
+    if (!segments_.empty()) grad_shard_.copy_from(flat_from_params(true).slice0(0, shard_size_));
+    return;
+  }
+  if (!segments_.empty()) {
+    dp->reduce_scatter_sum(flat_from_params(/*grads=*/true), grad_shard_);
+    return;
+  }
+  // Buckets of consecutive gradients, packed into one buffer per all-reduce.
+  const int64_t bucket_elems = std::max<int64_t>(1, config_.bucket_bytes / 4);
+  size_t first = 0;
+  while (first < slots_.size()) {
+    const DType dt = slots_[first].param->grad.dtype();
+    size_t last = first;
+    int64_t elems = 0;
+    while (last < slots_.size() && slots_[last].param->grad.dtype() == dt &&
+           (elems == 0 || elems + slots_[last].param->grad.numel() <= bucket_elems))
+      elems += slots_[last++].param->grad.numel();
+    Tensor bucket = Tensor::empty({elems}, dt);
+    int64_t off = 0;
+    for (size_t i = first; i < last; ++i) {
+      Tensor& g = slots_[i].param->grad;
+      bucket.slice0(off, off + g.numel()).copy_from(g.to(Device::kCPU).view({g.numel()}));
+      off += g.numel();
+    }
+    dp->all_reduce_sum(bucket);
+    off = 0;
+    for (size_t i = first; i < last; ++i) {
+      Tensor& g = slots_[i].param->grad;
+      g.copy_from(bucket.slice0(off, off + g.numel()).view(g.shape()).to(g.device()));
+      off += g.numel();
+    }
+    first = last;
   }
 }
 
 double AdamW::grad_norm(const Filter& filter) const {
+  if (!segments_.empty()) {
+    double sum = 0;
+    for (const Segment& seg : segments_) {
+      if (filter && !filter(seg.slot->param->spec)) continue;
+      const int64_t n = seg.slot->param->value.numel();
+      const int64_t b = std::max(seg.flat_offset, shard_begin_);
+      const int64_t e = std::min(seg.flat_offset + n, shard_begin_ + shard_size_);
+      if (b < e) sum += sum_of_squares(grad_shard_.slice0(b - shard_begin_, e - shard_begin_));
+    }
+    return std::sqrt(config_.dp->all_reduce_sum(sum));
+  }
   double sum = 0;
   for (const Slot& s : slots_)
     if (!filter || filter(s.param->spec)) sum += sum_of_squares(s.param->grad);
@@ -27,6 +110,38 @@ void AdamW::step(int64_t step, double lr, double grad_norm, const Filter& filter
   double clip_scale = 1.0;
   if (config_.grad_clip > 0 && grad_norm > config_.grad_clip)
     clip_scale = config_.grad_clip / (grad_norm + 1e-6);
+  if (!segments_.empty()) {
+    for (const Segment& seg : segments_) {
+      Slot& s = *seg.slot;
+      if (filter && !filter(s.param->spec)) continue;
+      const int64_t n = s.param->value.numel();
+      const int64_t b = std::max(seg.flat_offset, shard_begin_);
+      const int64_t e = std::min(seg.flat_offset + n, shard_begin_ + shard_size_);
+      if (b >= e) continue;
+      AdamWHyper h;
+      h.lr = lr;
+      h.beta1 = config_.beta1;
+      h.beta2 = config_.beta2;
+      h.eps = config_.eps;
+      h.weight_decay = s.param->spec.weight_decay ? config_.weight_decay : 0.0;
+      h.grad_scale = clip_scale;
+      h.step = step;
+      const int64_t lo = b - shard_begin_, hi = e - shard_begin_;
+      Tensor master = master_shard_.slice0(lo, hi), m = m_shard_.slice0(lo, hi),
+             v = v_shard_.slice0(lo, hi);
+      adamw_update(master, grad_shard_.slice0(lo, hi), m, v, h);
+    }
+    Tensor flat = Tensor::empty({padded_}, DType::kF32);
+    config_.dp->all_gather(master_shard_, flat);
+    for (const Segment& seg : segments_) {
+      Slot& s = *seg.slot;
+      const int64_t n = s.param->value.numel();
+      s.master.copy_from(flat.slice0(seg.flat_offset, seg.flat_offset + n).view(s.master.shape()));
+      if (s.master.raw_data() != s.param->value.raw_data())
+        s.param->value.copy_from(s.master.to(s.param->value.dtype()));
+    }
+    return;
+  }
   for (Slot& s : slots_) {
     if (filter && !filter(s.param->spec)) continue;
     AdamWHyper h;
@@ -37,8 +152,8 @@ void AdamW::step(int64_t step, double lr, double grad_norm, const Filter& filter
     h.weight_decay = s.param->spec.weight_decay ? config_.weight_decay : 0.0;
     h.grad_scale = clip_scale;
     h.step = step;
-    Tensor grad = s.param->grad.dtype() == DType::kF32 ? s.param->grad
-                                                        : s.param->grad.to(DType::kF32);
+    Tensor grad =
+        s.param->grad.dtype() == DType::kF32 ? s.param->grad : s.param->grad.to(DType::kF32);
     adamw_update(s.master, grad, s.m, s.v, h);
     if (s.master.raw_data() != s.param->value.raw_data())
       s.param->value.copy_from(s.master.to(s.param->value.dtype()));
@@ -58,21 +173,45 @@ std::map<std::string, Tensor> collect(const std::vector<Parameter*>& params,
 std::map<std::string, Tensor> AdamW::master_weights() const {
   std::vector<Parameter*> ps;
   std::vector<Tensor> ts;
-  for (const Slot& s : slots_) { ps.push_back(s.param); ts.push_back(s.master); }
+  for (const Slot& s : slots_) {
+    ps.push_back(s.param);
+    ts.push_back(s.master);
+  }
   return collect(ps, ts);
 }
 
+std::map<std::string, Tensor> AdamW::gather_shard(const Tensor& shard) const {
+  Tensor flat = Tensor::empty({padded_}, DType::kF32);
+  config_.dp->all_gather(shard, flat);
+  std::map<std::string, Tensor> out;
+  for (const Segment& seg : segments_) {
+    const Parameter& p = *seg.slot->param;
+    out[p.spec.name] = flat.slice0(seg.flat_offset, seg.flat_offset + p.value.numel())
+                           .view(p.value.shape())
+                           .clone();
+  }
+  return out;
+}
+
 std::map<std::string, Tensor> AdamW::first_moments() const {
+  if (!segments_.empty()) return gather_shard(m_shard_);
   std::vector<Parameter*> ps;
   std::vector<Tensor> ts;
-  for (const Slot& s : slots_) { ps.push_back(s.param); ts.push_back(s.m); }
+  for (const Slot& s : slots_) {
+    ps.push_back(s.param);
+    ts.push_back(s.m);
+  }
   return collect(ps, ts);
 }
 
 std::map<std::string, Tensor> AdamW::second_moments() const {
+  if (!segments_.empty()) return gather_shard(v_shard_);
   std::vector<Parameter*> ps;
   std::vector<Tensor> ts;
-  for (const Slot& s : slots_) { ps.push_back(s.param); ts.push_back(s.v); }
+  for (const Slot& s : slots_) {
+    ps.push_back(s.param);
+    ts.push_back(s.v);
+  }
   return collect(ps, ts);
 }
 
@@ -87,10 +226,27 @@ void AdamW::load_state(const std::map<std::string, Tensor>& masters,
       dst.copy_from(it->second.to(DType::kF32).to(dst.device()));
     };
     put(masters, s.master);
-    if (!m.empty()) put(m, s.m);
-    if (!v.empty()) put(v, s.v);
+    if (segments_.empty()) {
+      if (!m.empty()) put(m, s.m);
+      if (!v.empty()) put(v, s.v);
+    }
     if (s.master.raw_data() != s.param->value.raw_data())
       s.param->value.copy_from(s.master.to(s.param->value.dtype()));
+  }
+  if (!segments_.empty()) {
+    // This rank's shard of the full masters and moments.
+    auto shard_of = [&](const std::map<std::string, Tensor>& full, Tensor& shard) {
+      Tensor flat = Tensor::zeros({padded_}, DType::kF32);
+      for (const Segment& seg : segments_) {
+        const Parameter& p = *seg.slot->param;
+        flat.slice0(seg.flat_offset, seg.flat_offset + p.value.numel())
+            .copy_from(full.at(p.spec.name).to(DType::kF32).view({p.value.numel()}));
+      }
+      shard.copy_from(flat.slice0(shard_begin_, shard_begin_ + shard_size_));
+    };
+    shard_of(masters, master_shard_);
+    if (!m.empty()) shard_of(m, m_shard_);
+    if (!v.empty()) shard_of(v, v_shard_);
   }
 }
 
@@ -98,6 +254,9 @@ void AdamW::sync_masters_from_params() {
   for (Slot& s : slots_)
     if (s.master.raw_data() != s.param->value.raw_data())
       s.master.copy_from(s.param->value.to(DType::kF32));
+  if (!segments_.empty())
+    master_shard_.copy_from(
+        flat_from_params(false).slice0(shard_begin_, shard_begin_ + shard_size_));
 }
 
 }  // namespace msa

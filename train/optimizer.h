@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "core/communicator.h"
 #include "kernels/adamw.h"
 #include "model/parameters.h"
 
@@ -18,6 +19,12 @@ struct OptimizerConfig {
   double eps = 1e-8;
   double weight_decay = 0.1;
   double grad_clip = 1.0;  // max global gradient norm; <= 0 disables clipping
+  // Data parallelism (nullptr: one replica). Gradients are summed over the group in buckets of
+  // bucket_bytes; with zero1 the group shards the fp32 masters and moments instead (ZeRO stage
+  // 1): gradients are reduce-scattered, each rank updates its shard, parameters are all-gathered.
+  Communicator* dp = nullptr;
+  bool zero1 = false;
+  int64_t bucket_bytes = 25 << 20;
 };
 
 class AdamW {
@@ -29,14 +36,18 @@ class AdamW {
   // Which parameters train (e.g. only the index branch during warm-up). Default: all.
   using Filter = std::function<bool(const ParamSpec&)>;
 
-  // Global L2 norm of the gradients of the parameters selected by `filter`.
+  // Sums the gradients over the data-parallel group (a no-op without one). Collective.
+  void reduce_gradients();
+
+  // Global L2 norm of the (reduced) gradients of the parameters selected by `filter`.
   double grad_norm(const Filter& filter = nullptr) const;
 
   // One update at 1-based `step` with learning rate `lr`, clipping by the given global norm.
   // Parameters rejected by `filter` are left untouched (their moments too).
   void step(int64_t step, double lr, double grad_norm, const Filter& filter = nullptr);
 
-  // fp32 CPU copies of the master weights / first / second moments, by parameter name.
+  // fp32 CPU copies of the master weights / first / second moments, by parameter name (full
+  // tensors; with zero1 they are gathered from the shards: collective).
   std::map<std::string, Tensor> master_weights() const;
   std::map<std::string, Tensor> first_moments() const;
   std::map<std::string, Tensor> second_moments() const;
@@ -54,9 +65,22 @@ class AdamW {
     Tensor master;  // f32; shares storage with param->value when that is f32
     Tensor m, v;
   };
+  // ZeRO-1: every parameter's elements in one flat index space [0, padded_), split into
+  // dp->size() equal shards; this rank owns [shard_begin_, shard_begin_ + shard_size_).
+  struct Segment {
+    Slot* slot;
+    int64_t flat_offset;  // where the parameter starts in the flat space
+  };
+  void init_zero1();
+  Tensor flat_from_params(bool grads) const;  // [padded_] f32 on the CPU
+  std::map<std::string, Tensor> gather_shard(const Tensor& shard) const;
+
   ParameterSet& params_;
   OptimizerConfig config_;
   std::vector<Slot> slots_;
+  std::vector<Segment> segments_;
+  int64_t padded_ = 0, shard_begin_ = 0, shard_size_ = 0;
+  Tensor master_shard_, m_shard_, v_shard_, grad_shard_;
 };
 
 }  // namespace msa

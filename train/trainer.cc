@@ -1,6 +1,7 @@
 #include "train/trainer.h"
 
 #include <cstdio>
+#include <vector>
 
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -17,24 +18,53 @@ StepMetrics Trainer::train_step(int64_t step) {
   StepMetrics m;
   m.step = step;
   m.warmup = step <= config_.index_warmup_steps;
+  const bool dense_phase = step <= config_.index_warmup_steps + config_.dense_attention_steps;
   ForwardOptions options;
-  options.msa_mode = m.warmup ? MsaMode::kDenseWarmup : MsaMode::kSparse;
+  options.msa_mode = dense_phase ? MsaMode::kDenseWarmup : MsaMode::kSparse;
   options.for_backward = true;
   const bool measure_recall = config_.recall_every > 0 && step % config_.recall_every == 0;
 
-  model_.params().zero_grads();
+  // The step's loss is the mean over every target token of the global batch (all micro-batches
+  // of all data-parallel ranks), and the index loss the mean over its sequences: each
+  // micro-batch's gradient is scaled by its share, so summing over ranks gives the global mean.
+  std::vector<Batch> batches;
+  int64_t local_targets = 0, local_sequences = 0;
   for (int micro = 0; micro < config_.grad_accum; ++micro) {
-    Batch b = data_.get(step, micro);
+    batches.push_back(data_.get(step, micro));
+    const Batch& b = batches.back();
+    const int32_t* y = b.targets.data<int32_t>();
+    for (int64_t i = 0; i < b.targets.numel(); ++i) local_targets += y[i] != kIgnoreIndex;
+    local_sequences += b.tokens.size(0);
+  }
+  Communicator* dp = config_.dp;
+  const int64_t global_targets = dp ? dp->all_reduce_sum(local_targets) : local_targets;
+  const int64_t global_sequences = dp ? dp->all_reduce_sum(local_sequences) : local_sequences;
+
+  model_.params().zero_grads();
+  double lm_sum = 0, index_sum = 0;
+  for (int micro = 0; micro < config_.grad_accum; ++micro) {
+    const Batch& b = batches[micro];
     options.recall_query_stride = measure_recall && micro == 0 ? config_.recall_query_stride : 0;
-    ForwardResult r = model_.forward(b.tokens.to(model_.device()), b.targets.to(model_.device()),
-                                     options);
-    model_.backward(1.0 / config_.grad_accum, /*backbone=*/!m.warmup);
-    m.loss += r.total_loss / config_.grad_accum;
-    m.lm_loss += r.lm_loss / config_.grad_accum;
-    m.index_loss += r.index_loss / config_.grad_accum;
+    ForwardResult r =
+        model_.forward(b.tokens.to(model_.device()), b.targets.to(model_.device()), options);
+    const double lm_share =
+        global_targets > 0 ? static_cast<double>(r.n_targets) / global_targets : 0.0;
+    const double index_share = static_cast<double>(b.tokens.size(0)) / global_sequences;
+    model_.backward(lm_share, index_share, /*backbone=*/!m.warmup);
+    lm_sum += r.lm_loss * lm_share;
+    index_sum += r.index_loss * index_share;
     if (!r.index_recall.empty()) m.index_recall = r.index_recall;
     m.tokens += b.tokens.numel();
   }
+  if (dp) {
+    lm_sum = dp->all_reduce_sum(lm_sum);
+    index_sum = dp->all_reduce_sum(index_sum);
+    m.tokens = dp->all_reduce_sum(m.tokens);
+  }
+  m.lm_loss = lm_sum;
+  m.index_loss = index_sum;
+  m.loss = lm_sum + model_.config().msa.index_loss_weight * index_sum;
+  optimizer_.reduce_gradients();
 
   AdamW::Filter filter;
   if (m.warmup) filter = [](const ParamSpec& s) { return s.index_branch; };

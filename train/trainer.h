@@ -20,11 +20,18 @@ struct TrainerConfig {
   int64_t steps = 100;             // total optimizer steps (the run ends after this step)
   int grad_accum = 1;              // micro-batches per step
   int64_t index_warmup_steps = 0;  // first steps: MSA layers dense, only the index branch trains
+  // Then: MSA layers still attend densely but everything trains (LM loss through dense attention,
+  // index branch on the dense-target loss), before sparse training. Lets a model trained from
+  // scratch learn where to look before the selector decides what it may see.
+  int64_t dense_attention_steps = 0;
   LrSchedule lr;
   int log_every = 10;
-  int recall_every = 0;            // measure index recall every N steps (0: never)
+  int recall_every = 0;  // measure index recall every N steps (0: never)
   int64_t recall_query_stride = 16;
-  bool quiet = false;              // no log lines (tests)
+  bool quiet = false;  // no log lines (tests)
+  // Data parallelism: the group whose ranks each train on their share of the global batch
+  // (nullptr: one replica). The loss is the mean over all target tokens of the global batch.
+  Communicator* dp = nullptr;
 };
 
 struct StepMetrics {

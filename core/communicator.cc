@@ -1,0 +1,121 @@
+#include "core/communicator.h"
+
+#include "absl/strings/str_format.h"
+#include "core/check.h"
+
+namespace msa {
+namespace {
+
+MPI_Datatype mpi_type(const Tensor& t, const char* op) {
+  MSA_CHECK(t.is_cpu(), "%s: the MPI backend takes CPU tensors, got %s", op, t.describe());
+  switch (t.dtype()) {
+    case DType::kF32:
+      return MPI_FLOAT;
+    case DType::kF64:
+      return MPI_DOUBLE;
+    case DType::kI32:
+      return MPI_INT;
+    case DType::kBF16:
+      return MPI_UINT16_T;  // gather / broadcast only
+  }
+  return MPI_BYTE;
+}
+
+class MpiCommunicator : public Communicator {
+ public:
+  explicit MpiCommunicator(MPI_Comm comm) : comm_(comm) {
+    MPI_Comm_rank(comm_, &rank_);
+    MPI_Comm_size(comm_, &size_);
+  }
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+
+  void all_reduce_sum(Tensor& t) override {
+    MSA_CHECK(t.dtype() != DType::kBF16, "all_reduce_sum: bf16 sums are not supported on MPI");
+    if (size_ == 1) return;
+    MPI_Allreduce(MPI_IN_PLACE, t.raw_data(), static_cast<int>(t.numel()),
+                  mpi_type(t, "all_reduce_sum"), MPI_SUM, comm_);
+  }
+  void reduce_scatter_sum(const Tensor& in, Tensor& out) override {
+    MSA_CHECK(in.numel() == out.numel() * size_ && in.dtype() == out.dtype(),
+              "reduce_scatter_sum: in %s must hold size() = %d chunks of out %s", in.describe(),
+              size_, out.describe());
+    if (size_ == 1) {
+      out.copy_from(in.view(out.shape()));
+      return;
+    }
+    MPI_Reduce_scatter_block(in.raw_data(), out.raw_data(), static_cast<int>(out.numel()),
+                             mpi_type(in, "reduce_scatter_sum"), MPI_SUM, comm_);
+  }
+  void all_gather(const Tensor& in, Tensor& out) override {
+    MSA_CHECK(out.numel() == in.numel() * size_ && in.dtype() == out.dtype(),
+              "all_gather: out %s must hold size() = %d copies of in %s", out.describe(), size_,
+              in.describe());
+    if (size_ == 1) {
+      out.copy_from(in.view(out.shape()));
+      return;
+    }
+    MPI_Allgather(in.raw_data(), static_cast<int>(in.numel()), mpi_type(in, "all_gather"),
+                  out.raw_data(), static_cast<int>(in.numel()), mpi_type(out, "all_gather"), comm_);
+  }
+  void broadcast(Tensor& t, int root) override {
+    if (size_ == 1) return;
+    MPI_Bcast(t.raw_data(), static_cast<int>(t.numel()), mpi_type(t, "broadcast"), root, comm_);
+  }
+  void barrier() override { MPI_Barrier(comm_); }
+  double all_reduce_sum(double x) override {
+    double y = x;
+    if (size_ > 1) MPI_Allreduce(&x, &y, 1, MPI_DOUBLE, MPI_SUM, comm_);
+    return y;
+  }
+  int64_t all_reduce_sum(int64_t x) override {
+    int64_t y = x;
+    if (size_ > 1) MPI_Allreduce(&x, &y, 1, MPI_INT64_T, MPI_SUM, comm_);
+    return y;
+  }
+  uint64_t broadcast(uint64_t x, int root) override {
+    if (size_ > 1) MPI_Bcast(&x, 1, MPI_UINT64_T, root, comm_);
+    return x;
+  }
+
+ private:
+  MPI_Comm comm_;
+  int rank_ = 0, size_ = 1;
+};
+
+}  // namespace
+
+std::unique_ptr<Communicator> make_mpi_communicator(MPI_Comm comm) {
+  return std::make_unique<MpiCommunicator>(comm);
+}
+
+std::string ProcessGroups::describe() const {
+  return absl::StrFormat("world %d = dp %d x tp %d; rank %d is dp %d, tp %d", world_size, dp_size,
+                         tp_size, world_rank, dp_rank, tp_rank);
+}
+
+absl::StatusOr<ProcessGroups> make_process_groups(int tp) {
+  int initialized = 0;
+  MPI_Initialized(&initialized);
+  MSA_CHECK(initialized, "make_process_groups: MPI is not initialized");
+  ProcessGroups g;
+  MPI_Comm_rank(MPI_COMM_WORLD, &g.world_rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &g.world_size);
+  if (tp < 1 || g.world_size % tp != 0)
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "invalid --tp: %d does not divide the world size %d (mpirun -np)", tp, g.world_size));
+  g.tp_size = tp;
+  g.dp_size = g.world_size / tp;
+  g.tp_rank = g.world_rank % tp;
+  g.dp_rank = g.world_rank / tp;
+  // The split communicators live as long as the process (freed by MPI_Finalize).
+  MPI_Comm dp_comm, tp_comm;
+  MPI_Comm_split(MPI_COMM_WORLD, g.tp_rank, g.dp_rank, &dp_comm);
+  MPI_Comm_split(MPI_COMM_WORLD, g.dp_rank, g.tp_rank, &tp_comm);
+  g.world = make_mpi_communicator(MPI_COMM_WORLD);
+  g.dp = make_mpi_communicator(dp_comm);
+  g.tp = make_mpi_communicator(tp_comm);
+  return g;
+}
+
+}  // namespace msa

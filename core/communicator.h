@@ -1,0 +1,53 @@
+// Collectives over a group of ranks (DESIGN.md section 5): one interface, an MPI backend for CPU
+// tensors. Every call is collective: all ranks of the group call it in the same order.
+//
+// Process groups: world = dp x tp with tp innermost, so world rank w is (dp = w / tp, tp = w % tp)
+// and the tp ranks of one dp replica are neighbours (one node).
+#pragma once
+
+#include <mpi.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "core/tensor.h"
+
+namespace msa {
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  // In place: t = sum over ranks of t.
+  virtual void all_reduce_sum(Tensor& t) = 0;
+  // in: size() * n elements; out: n elements = sum over ranks of in's chunk rank().
+  virtual void reduce_scatter_sum(const Tensor& in, Tensor& out) = 0;
+  // in: n elements; out: size() * n elements, rank r's in at chunk r.
+  virtual void all_gather(const Tensor& in, Tensor& out) = 0;
+  virtual void broadcast(Tensor& t, int root) = 0;
+  virtual void barrier() = 0;
+  // Scalar helpers.
+  virtual double all_reduce_sum(double x) = 0;
+  virtual int64_t all_reduce_sum(int64_t x) = 0;
+  virtual uint64_t broadcast(uint64_t x, int root) = 0;
+};
+
+// A communicator over `comm` (not freed; MPI_COMM_WORLD or a split of it).
+std::unique_ptr<Communicator> make_mpi_communicator(MPI_Comm comm);
+
+struct ProcessGroups {
+  int world_rank = 0, world_size = 1;
+  int dp_rank = 0, dp_size = 1;
+  int tp_rank = 0, tp_size = 1;
+  std::unique_ptr<Communicator> world, dp, tp;
+  std::string describe() const;  // "world 4 = dp 2 x tp 2; rank 3 is dp 1, tp 1"
+};
+
+// Splits MPI_COMM_WORLD into data- and tensor-parallel groups. Fails (naming --tp) when tp does
+// not divide the world size. Requires MPI to be initialized.
+absl::StatusOr<ProcessGroups> make_process_groups(int tp);
+
+}  // namespace msa
