@@ -6,6 +6,9 @@
 
 #include "kernels/cpu/dtype_dispatch.h"
 #include "kernels/cpu/msa.h"
+#if MSA_HAS_CUDA
+#include "kernels/cuda/msa_cuda.h"
+#endif
 
 namespace msa {
 namespace {
@@ -82,7 +85,13 @@ void msa_block_pool_forward(const Tensor& ik, int block_size, Tensor& kbar) {
   check_shape(kbar, {dims.batch, dims.num_blocks(), dims.groups, dims.index_dim},
               "msa_block_pool_forward: kbar");
   check_same_device(ik, kbar, "ik", "kbar");
-  if (ik.is_cuda()) cuda_not_built("msa_block_pool_forward");
+  if (ik.is_cuda()) {
+#if MSA_HAS_CUDA
+    check_dtype(kbar, ik.dtype(), "msa_block_pool_forward: kbar");
+    return cuda::msa_block_pool_forward(ik, kbar, dims);
+#endif
+    cuda_not_built("msa_block_pool_forward");
+  }
   cpu::dispatch_floating(ik.dtype(), "msa_block_pool_forward", [&](auto zero) {
     using T = decltype(zero);
     check_dtype(kbar, ik.dtype(), "msa_block_pool_forward: kbar");
@@ -95,7 +104,13 @@ void msa_block_pool_backward(const Tensor& dkbar, int block_size, Tensor& dik) {
   check_shape(dkbar, {dims.batch, dims.num_blocks(), dims.groups, dims.index_dim},
               "msa_block_pool_backward: dkbar");
   check_same_device(dik, dkbar, "dik", "dkbar");
-  if (dik.is_cuda()) cuda_not_built("msa_block_pool_backward");
+  if (dik.is_cuda()) {
+#if MSA_HAS_CUDA
+    check_dtype(dkbar, dik.dtype(), "msa_block_pool_backward: dkbar");
+    return cuda::msa_block_pool_backward(dkbar, dik, dims);
+#endif
+    cuda_not_built("msa_block_pool_backward");
+  }
   cpu::dispatch_floating(dik.dtype(), "msa_block_pool_backward", [&](auto zero) {
     using T = decltype(zero);
     check_dtype(dkbar, dik.dtype(), "msa_block_pool_backward: dkbar");
@@ -110,7 +125,13 @@ void msa_index_topk(const Tensor& iq, const Tensor& kbar, BlockSelection& sel) {
   check_selection(sel, dims.batch, dims.seq, dims.groups, "msa_index_topk");
   check_same_device(iq, kbar, "iq", "kbar");
   check_same_device(iq, sel.indices, "iq", "selection.indices");
-  if (iq.is_cuda()) cuda_not_built("msa_index_topk");
+  if (iq.is_cuda()) {
+#if MSA_HAS_CUDA
+    check_dtype(kbar, iq.dtype(), "msa_index_topk: kbar");
+    return cuda::msa_index_topk(iq, kbar, sel.indices, sel.counts, dims);
+#endif
+    cuda_not_built("msa_index_topk");
+  }
   cpu::dispatch_floating(iq.dtype(), "msa_index_topk", [&](auto zero) {
     using T = decltype(zero);
     check_dtype(kbar, iq.dtype(), "msa_index_topk: kbar");
@@ -130,7 +151,16 @@ void msa_sparse_attention_forward(const Tensor& q, const Tensor& k, const Tensor
   check_same_device(q, v, "q", "v");
   check_same_device(q, out, "q", "out");
   check_same_device(q, lse, "q", "lse");
-  if (q.is_cuda()) cuda_not_built(op);
+  if (q.is_cuda()) {
+#if MSA_HAS_CUDA
+    check_dtype(k, q.dtype(), "msa_sparse_attention_forward: k");
+    check_dtype(v, q.dtype(), "msa_sparse_attention_forward: v");
+    check_dtype(out, q.dtype(), "msa_sparse_attention_forward: out");
+    return cuda::msa_sparse_attention_forward(q, k, v, sel.indices, sel.counts, scale, out, lse,
+                                              dims);
+#endif
+    cuda_not_built(op);
+  }
   cpu::dispatch_floating(q.dtype(), op, [&](auto zero) {
     using T = decltype(zero);
     check_dtype(k, q.dtype(), "msa_sparse_attention_forward: k");
@@ -158,7 +188,15 @@ void msa_sparse_attention_backward(const Tensor& dout, const Tensor& q, const Te
   check_shape(dv, k.shape(), "msa_sparse_attention_backward: dv");
   for (const Tensor* t : std::initializer_list<const Tensor*>{&v, &out, &dout, &lse, &dq, &dk, &dv})
     check_same_device(q, *t, "q", "msa_sparse_attention_backward argument");
-  if (q.is_cuda()) cuda_not_built(op);
+  if (q.is_cuda()) {
+#if MSA_HAS_CUDA
+    for (const Tensor* t : std::initializer_list<const Tensor*>{&k, &v, &out, &dout, &dq, &dk, &dv})
+      check_dtype(*t, q.dtype(), "msa_sparse_attention_backward argument");
+    return cuda::msa_sparse_attention_backward(dout, q, k, v, out, lse, sel.indices, sel.counts,
+                                               scale, dq, dk, dv, dims);
+#endif
+    cuda_not_built(op);
+  }
   cpu::dispatch_floating(q.dtype(), op, [&](auto zero) {
     using T = decltype(zero);
     for (const Tensor* t :
@@ -198,7 +236,25 @@ IndexLossResult msa_index_loss(IndexLossMode mode, const Tensor& q, const Tensor
   }
   for (const Tensor* t : std::initializer_list<const Tensor*>{&q, &k, &lse, &kbar, &diq, &dkbar})
     check_same_device(iq, *t, "iq", "msa_index_loss argument");
-  if (iq.is_cuda()) cuda_not_built(op);
+  if (iq.is_cuda()) {
+    // Not yet a GPU kernel: computed by the CPU reference on f32 host copies (the issue's
+    // sparse-mode GPU loss from the forward's statistics is still to be written).
+    auto host = [](const Tensor& t) { return t.to(Device::kCPU).to(DType::kF32); };
+    BlockSelection hsel;
+    if (!dense_target) {
+      hsel.block_size = sel.block_size;
+      hsel.topk = sel.topk;
+      hsel.indices = sel.indices.to(Device::kCPU);
+      hsel.counts = sel.counts.to(Device::kCPU);
+    }
+    Tensor hdiq = Tensor::empty(diq.shape(), DType::kF32),
+           hdkbar = Tensor::empty(dkbar.shape(), DType::kF32);
+    const IndexLossResult r = msa_index_loss(mode, host(q), host(k), host(lse), hsel, host(iq),
+                                             host(kbar), scale, block_size, weight, hdiq, hdkbar);
+    diq.copy_from(hdiq.to(diq.dtype()).to(Device::kCUDA));
+    dkbar.copy_from(hdkbar.to(dkbar.dtype()).to(Device::kCUDA));
+    return r;
+  }
   IndexLossResult result;
   cpu::dispatch_floating(iq.dtype(), op, [&](auto zero) {
     using T = decltype(zero);

@@ -1,0 +1,24 @@
+// CUDA MSA kernels (contract in kernels/msa.h, sizes in kernels/cpu/msa.h's MsaDims). Activations
+// are bf16 or f32 (template-dispatched by dtype), statistics (lse) f32, indices int32.
+#pragma once
+
+#include <cstdint>
+
+#include "core/tensor.h"
+#include "kernels/cpu/msa.h"
+
+namespace msa::cuda {
+
+void msa_block_pool_forward(const Tensor& ik, Tensor& kbar, const cpu::MsaDims& dims);
+void msa_block_pool_backward(const Tensor& dkbar, Tensor& dik, const cpu::MsaDims& dims);
+void msa_index_topk(const Tensor& iq, const Tensor& kbar, Tensor& indices, Tensor& counts,
+                    const cpu::MsaDims& dims);
+void msa_sparse_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,
+                                  const Tensor& indices, const Tensor& counts, double scale,
+                                  Tensor& out, Tensor& lse, const cpu::MsaDims& dims);
+void msa_sparse_attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k,
+                                   const Tensor& v, const Tensor& out, const Tensor& lse,
+                                   const Tensor& indices, const Tensor& counts, double scale,
+                                   Tensor& dq, Tensor& dk, Tensor& dv, const cpu::MsaDims& dims);
+
+}  // namespace msa::cuda

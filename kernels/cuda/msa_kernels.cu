@@ -1,0 +1,461 @@
+// CUDA MSA kernels: block pooling, fused index scoring + exp-free top-k, block-sparse attention
+// forward and backward (DESIGN.md section 4, "GPU execution").
+//
+// This is the first, correctness-first generation (CUDA cores, f32 accumulation, no tensor cores):
+// - Top-k is fused as specified: one warp per (sequence, query, group) row scores the eligible
+//   blocks and keeps a per-lane top list in registers, merged across the warp by shuffles; the
+//   T x n_b score matrix never touches global memory. Scores use round-to-nearest multiply/add in
+//   index order (no FMA contraction), exactly the CPU reference's arithmetic, so f32 inputs give
+//   the CPU's selection bit for bit, ties included.
+// - The forward is query-outer: one warp per (query, head); 32 keys at a time, one per lane, with
+//   an online-softmax merge; each lane owns d/32 output dimensions.
+// - The backward computes dQ per query (warp per (query, head)) and dK/dV per key with no atomics:
+//   the warp that owns key s scans the later queries of its group in order, keeps those whose
+//   selection holds s's block, and accumulates in registers; results are deterministic.
+// The KV-outer tensor-core forward (wgmma, queries of a group stacked as rows) replaces the
+// attention kernels next; these stay as the reference the fast kernels are tested against.
+#include <cfloat>
+#include <cstdint>
+
+#include "core/bf16.h"
+#include "core/cuda/cuda_check.h"
+#include "kernels/cuda/msa_cuda.h"
+
+namespace msa::cuda {
+namespace {
+
+constexpr int kWarp = 32;
+constexpr int kMaxTopk = 32;
+constexpr int kMaxDimPerLane = 8;  // head_dim <= 256
+
+__device__ __forceinline__ float to_f(float x) { return x; }
+__device__ __forceinline__ float to_f(bf16 x) { return bf16_to_float(x); }
+template <class T>
+__device__ __forceinline__ T from_f(float x);
+template <>
+__device__ __forceinline__ float from_f<float>(float x) {
+  return x;
+}
+template <>
+__device__ __forceinline__ bf16 from_f<bf16>(float x) {
+  return float_to_bf16(x);
+}
+
+__device__ __forceinline__ float warp_sum(float x) {
+  for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+  return x;
+}
+__device__ __forceinline__ float warp_max(float x) {
+  for (int o = 16; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
+  return x;
+}
+
+// ---- pooling -------------------------------------------------------------------------------
+
+template <class T>
+__global__ void pool_forward_kernel(const T* ik, T* kbar, int64_t S, int64_t GdI, int64_t B,
+                                    int64_t nb) {
+  const int64_t j = blockIdx.x, b = blockIdx.y;
+  const int64_t s0 = j * B, s1 = min(S, s0 + B);
+  const float inv_len = 1.0f / static_cast<float>(s1 - s0);
+  for (int64_t i = threadIdx.x; i < GdI; i += blockDim.x) {
+    float sum = 0;
+    for (int64_t s = s0; s < s1; ++s) sum = __fadd_rn(sum, to_f(ik[(b * S + s) * GdI + i]));
+    kbar[(b * nb + j) * GdI + i] = from_f<T>(__fmul_rn(sum, inv_len));
+  }
+}
+
+template <class T>
+__global__ void pool_backward_kernel(const T* dkbar, T* dik, int64_t S, int64_t GdI, int64_t B,
+                                     int64_t nb) {
+  const int64_t s = blockIdx.x, b = blockIdx.y, j = s / B;
+  const int64_t len = min(S, (j + 1) * B) - j * B;
+  const float inv_len = 1.0f / static_cast<float>(len);
+  for (int64_t i = threadIdx.x; i < GdI; i += blockDim.x)
+    dik[(b * S + s) * GdI + i] = from_f<T>(to_f(dkbar[(b * nb + j) * GdI + i]) * inv_len);
+}
+
+// ---- top-k ---------------------------------------------------------------------------------
+
+// a ranks before b: higher score, ties to the lower block.
+__device__ __forceinline__ bool better(float sa, int ia, float sb, int ib) {
+  return sa > sb || (sa == sb && ia < ib);
+}
+
+template <class T>
+__global__ void topk_kernel(const T* iq, const T* kbar, int32_t* indices, int32_t* counts,
+                            int64_t rows, int64_t S, int64_t G, int64_t dI, int64_t B, int K,
+                            int64_t nb) {
+  const int64_t row = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kWarp;
+  const int lane = threadIdx.x % kWarp;
+  if (row >= rows) return;
+  const int64_t g = row % G, t = (row / G) % S, b = row / (G * S);
+  const int64_t c = t / B;
+  const int want = static_cast<int>(min(static_cast<int64_t>(K - 1), c));
+  const T* q = iq + row * dI;
+
+  // Each lane keeps the best `want` of its blocks (j = lane, lane + 32, ...), best first.
+  float top_s[kMaxTopk];
+  int top_i[kMaxTopk];
+  int n = 0;
+  for (int64_t j = lane; j < c; j += kWarp) {
+    const T* kb = kbar + ((b * nb + j) * G + g) * dI;
+    float s = 0;
+    for (int64_t e = 0; e < dI; ++e) s = __fadd_rn(s, __fmul_rn(to_f(q[e]), to_f(kb[e])));
+    const int ji = static_cast<int>(j);
+    if (n < want) {
+      int p = n++;
+      while (p > 0 && better(s, ji, top_s[p - 1], top_i[p - 1])) {
+        top_s[p] = top_s[p - 1];
+        top_i[p] = top_i[p - 1];
+        --p;
+      }
+      top_s[p] = s;
+      top_i[p] = ji;
+    } else if (want > 0 && better(s, ji, top_s[want - 1], top_i[want - 1])) {
+      int p = want - 1;
+      while (p > 0 && better(s, ji, top_s[p - 1], top_i[p - 1])) {
+        top_s[p] = top_s[p - 1];
+        top_i[p] = top_i[p - 1];
+        --p;
+      }
+      top_s[p] = s;
+      top_i[p] = ji;
+    }
+  }
+  // Merge: `want` rounds of a warp-wide argmax over the lanes' heads.
+  int head = 0;
+  int chosen[kMaxTopk];
+  for (int r = 0; r < want; ++r) {
+    float s = head < n ? top_s[head] : -FLT_MAX;
+    int i = head < n ? top_i[head] : INT32_MAX;
+    float bs = s;
+    int bi = i;
+    for (int o = 16; o > 0; o >>= 1) {
+      const float os = __shfl_xor_sync(0xffffffffu, bs, o);
+      const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+      if (better(os, oi, bs, bi)) {
+        bs = os;
+        bi = oi;
+      }
+    }
+    if (head < n && i == bi) ++head;  // block indices are unique: exactly one lane pops
+    chosen[r] = bi;
+  }
+  if (lane == 0) {
+    for (int a = 1; a < want; ++a) {  // ascending block order
+      const int x = chosen[a];
+      int p = a;
+      while (p > 0 && chosen[p - 1] > x) {
+        chosen[p] = chosen[p - 1];
+        --p;
+      }
+      chosen[p] = x;
+    }
+    int32_t* out = indices + row * K;
+    for (int a = 0; a < want; ++a) out[a] = chosen[a];
+    out[want] = static_cast<int32_t>(c);
+    for (int a = want + 1; a < K; ++a) out[a] = -1;
+    counts[row] = want + 1;
+  }
+}
+
+// ---- sparse attention ----------------------------------------------------------------------
+
+struct AttnDims {
+  int64_t S, H, G, d, B, K;
+};
+
+// Calls fn(s0, n_valid) for each chunk of up to 32 consecutive keys query t attends to.
+template <class Fn>
+__device__ __forceinline__ void for_each_key_chunk(const int32_t* idx, int count, int64_t t,
+                                                   int64_t B, Fn&& fn) {
+  for (int i = 0; i < count; ++i) {
+    const int64_t j = idx[i];
+    const int64_t end = min((j + 1) * B, t + 1);
+    for (int64_t s0 = j * B; s0 < end; s0 += kWarp) fn(s0, static_cast<int>(min(static_cast<int64_t>(kWarp), end - s0)));
+  }
+}
+
+template <class T>
+__global__ void attention_forward_kernel(const T* q, const T* k, const T* v, const int32_t* indices,
+                                         const int32_t* counts, float scale, T* out, float* lse,
+                                         int64_t rows, AttnDims a) {
+  extern __shared__ float smem[];
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * (blockDim.x / kWarp) + warp;
+  if (row >= rows) return;
+  const int64_t h = row % a.H, t = (row / a.H) % a.S, b = row / (a.H * a.S);
+  const int64_t g = h / (a.H / a.G);
+  const int64_t sel = (b * a.S + t) * a.G + g;
+  float* qs = smem + warp * a.d;
+  const T* qrow = q + ((b * a.S + t) * a.H + h) * a.d;
+  for (int64_t e = lane; e < a.d; e += kWarp) qs[e] = to_f(qrow[e]);
+  __syncwarp();
+  const int per_lane = static_cast<int>((a.d + kWarp - 1) / kWarp);
+  float acc[kMaxDimPerLane] = {0};
+  float m = -FLT_MAX, l = 0;
+  for_each_key_chunk(indices + sel * a.K, counts[sel], t, a.B, [&](int64_t s0, int n) {
+    float z = -FLT_MAX;
+    if (lane < n) {
+      const T* krow = k + ((b * a.S + s0 + lane) * a.G + g) * a.d;
+      float dot = 0;
+      for (int64_t e = 0; e < a.d; ++e) dot += qs[e] * to_f(krow[e]);
+      z = dot * scale;
+    }
+    const float m_new = fmaxf(m, warp_max(z));
+    const float corr = __expf(m - m_new);
+    const float p = lane < n ? __expf(z - m_new) : 0.0f;
+    l = l * corr + warp_sum(p);
+    for (int e = 0; e < per_lane; ++e) acc[e] *= corr;
+    for (int key = 0; key < n; ++key) {
+      const float pk = __shfl_sync(0xffffffffu, p, key);
+      const T* vrow = v + ((b * a.S + s0 + key) * a.G + g) * a.d;
+      for (int e = 0; e < per_lane; ++e) {
+        const int64_t dim = lane + e * kWarp;
+        if (dim < a.d) acc[e] += pk * to_f(vrow[dim]);
+      }
+    }
+    m = m_new;
+  });
+  T* orow = out + ((b * a.S + t) * a.H + h) * a.d;
+  for (int e = 0; e < per_lane; ++e) {
+    const int64_t dim = lane + e * kWarp;
+    if (dim < a.d) orow[dim] = from_f<T>(acc[e] / l);
+  }
+  if (lane == 0) lse[(b * a.H + h) * a.S + t] = m + logf(l);
+}
+
+// D[b, h, t] = dout . out (the softmax backward's row term).
+template <class T>
+__global__ void row_dot_kernel(const T* dout, const T* out, float* D, int64_t rows, AttnDims a) {
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * (blockDim.x / kWarp) + warp;
+  if (row >= rows) return;
+  const int64_t h = row % a.H, t = (row / a.H) % a.S, b = row / (a.H * a.S);
+  const int64_t off = ((b * a.S + t) * a.H + h) * a.d;
+  float s = 0;
+  for (int64_t e = lane; e < a.d; e += kWarp) s += to_f(dout[off + e]) * to_f(out[off + e]);
+  s = warp_sum(s);
+  if (lane == 0) D[(b * a.H + h) * a.S + t] = s;
+}
+
+template <class T>
+__global__ void attention_backward_dq_kernel(const T* dout, const T* q, const T* k, const T* v,
+                                             const float* lse, const float* D,
+                                             const int32_t* indices, const int32_t* counts,
+                                             float scale, T* dq, int64_t rows, AttnDims a) {
+  extern __shared__ float smem[];
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * (blockDim.x / kWarp) + warp;
+  if (row >= rows) return;
+  const int64_t h = row % a.H, t = (row / a.H) % a.S, b = row / (a.H * a.S);
+  const int64_t g = h / (a.H / a.G);
+  const int64_t sel = (b * a.S + t) * a.G + g;
+  float* qs = smem + warp * 2 * a.d;
+  float* dos = qs + a.d;
+  const int64_t off = ((b * a.S + t) * a.H + h) * a.d;
+  for (int64_t e = lane; e < a.d; e += kWarp) {
+    qs[e] = to_f(q[off + e]);
+    dos[e] = to_f(dout[off + e]);
+  }
+  __syncwarp();
+  const float lse_t = lse[(b * a.H + h) * a.S + t], D_t = D[(b * a.H + h) * a.S + t];
+  const int per_lane = static_cast<int>((a.d + kWarp - 1) / kWarp);
+  float acc[kMaxDimPerLane] = {0};
+  for_each_key_chunk(indices + sel * a.K, counts[sel], t, a.B, [&](int64_t s0, int n) {
+    float ds = 0;
+    if (lane < n) {
+      const int64_t kv = ((b * a.S + s0 + lane) * a.G + g) * a.d;
+      float qk = 0, dv = 0;
+      for (int64_t e = 0; e < a.d; ++e) {
+        qk += qs[e] * to_f(k[kv + e]);
+        dv += dos[e] * to_f(v[kv + e]);
+      }
+      const float p = __expf(qk * scale - lse_t);
+      ds = p * (dv - D_t);
+    }
+    for (int key = 0; key < n; ++key) {
+      const float dsk = __shfl_sync(0xffffffffu, ds, key);
+      const T* krow = k + ((b * a.S + s0 + key) * a.G + g) * a.d;
+      for (int e = 0; e < per_lane; ++e) {
+        const int64_t dim = lane + e * kWarp;
+        if (dim < a.d) acc[e] += dsk * to_f(krow[dim]);
+      }
+    }
+  });
+  for (int e = 0; e < per_lane; ++e) {
+    const int64_t dim = lane + e * kWarp;
+    if (dim < a.d) dq[off + dim] = from_f<T>(acc[e] * scale);
+  }
+}
+
+// One warp per key s of group g: dk_s = scale sum ds q, dv_s = sum p dout over the (query, head)
+// pairs whose selection holds block(s) and t >= s; queries are visited in order (deterministic).
+template <class T>
+__global__ void attention_backward_dkdv_kernel(const T* dout, const T* q, const T* k, const T* v,
+                                               const float* lse, const float* D,
+                                               const int32_t* indices, const int32_t* counts,
+                                               float scale, T* dk, T* dv, int64_t keys, AttnDims a) {
+  extern __shared__ float smem[];
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  const int64_t key = static_cast<int64_t>(blockIdx.x) * (blockDim.x / kWarp) + warp;
+  if (key >= keys) return;
+  const int64_t g = key % a.G, s = (key / a.G) % a.S, b = key / (a.G * a.S);
+  const int64_t j = s / a.B, r = a.H / a.G;
+  float* ks = smem + warp * 2 * a.d;
+  float* vs = ks + a.d;
+  const int64_t kv = ((b * a.S + s) * a.G + g) * a.d;
+  for (int64_t e = lane; e < a.d; e += kWarp) {
+    ks[e] = to_f(k[kv + e]);
+    vs[e] = to_f(v[kv + e]);
+  }
+  __syncwarp();
+  const int per_lane = static_cast<int>((a.d + kWarp - 1) / kWarp);
+  float dk_acc[kMaxDimPerLane] = {0}, dv_acc[kMaxDimPerLane] = {0};
+  for (int64_t t0 = s; t0 < a.S; t0 += kWarp) {
+    // Which of the next 32 queries selected block j (the local block always does)?
+    const int64_t t = t0 + lane;
+    bool hit = false;
+    if (t < a.S) {
+      const int64_t sel = (b * a.S + t) * a.G + g;
+      const int32_t* idx = indices + sel * a.K;
+      for (int i = 0; i < counts[sel]; ++i) hit |= idx[i] == j;
+    }
+    unsigned mask = __ballot_sync(0xffffffffu, hit);
+    while (mask) {
+      const int src = __ffs(mask) - 1;
+      mask &= mask - 1;
+      const int64_t tq = t0 + src;
+      for (int64_t h = g * r; h < (g + 1) * r; ++h) {
+        const int64_t off = ((b * a.S + tq) * a.H + h) * a.d;
+        float qk = 0, dov = 0;
+        for (int64_t e = lane; e < a.d; e += kWarp) {
+          qk += to_f(q[off + e]) * ks[e];
+          dov += to_f(dout[off + e]) * vs[e];
+        }
+        qk = warp_sum(qk);
+        dov = warp_sum(dov);
+        const float p = __expf(qk * scale - lse[(b * a.H + h) * a.S + tq]);
+        const float ds = p * (dov - D[(b * a.H + h) * a.S + tq]);
+        for (int e = 0; e < per_lane; ++e) {
+          const int64_t dim = lane + e * kWarp;
+          if (dim < a.d) {
+            dk_acc[e] += ds * scale * to_f(q[off + dim]);
+            dv_acc[e] += p * to_f(dout[off + dim]);
+          }
+        }
+      }
+    }
+  }
+  for (int e = 0; e < per_lane; ++e) {
+    const int64_t dim = lane + e * kWarp;
+    if (dim < a.d) {
+      dk[kv + dim] = from_f<T>(dk_acc[e]);
+      dv[kv + dim] = from_f<T>(dv_acc[e]);
+    }
+  }
+}
+
+template <class Fn>
+void dispatch(DType dtype, const char* op, Fn&& fn) {
+  if (dtype == DType::kBF16) {
+    fn(bf16{});
+  } else {
+    MSA_CHECK(dtype == DType::kF32, "%s: CUDA MSA kernels take bf16 or f32 tensors, got %s", op,
+              dtype_name(dtype));
+    fn(float{});
+  }
+}
+
+constexpr int kThreads = 128, kWarpsPerBlock = kThreads / kWarp;
+
+unsigned blocks_for(int64_t warps) {
+  return static_cast<unsigned>((warps + kWarpsPerBlock - 1) / kWarpsPerBlock);
+}
+
+}  // namespace
+
+void msa_block_pool_forward(const Tensor& ik, Tensor& kbar, const cpu::MsaDims& d) {
+  dispatch(ik.dtype(), "msa_block_pool_forward", [&](auto zero) {
+    using T = decltype(zero);
+    const dim3 grid(static_cast<unsigned>(d.num_blocks()), static_cast<unsigned>(d.batch));
+    pool_forward_kernel<T><<<grid, 128>>>(ik.data<T>(), kbar.data<T>(), d.seq,
+                                          d.groups * d.index_dim, d.block_size, d.num_blocks());
+    MSA_CUDA_CHECK_LAUNCH("pool_forward_kernel");
+  });
+}
+
+void msa_block_pool_backward(const Tensor& dkbar, Tensor& dik, const cpu::MsaDims& d) {
+  dispatch(dik.dtype(), "msa_block_pool_backward", [&](auto zero) {
+    using T = decltype(zero);
+    const dim3 grid(static_cast<unsigned>(d.seq), static_cast<unsigned>(d.batch));
+    pool_backward_kernel<T><<<grid, 128>>>(dkbar.data<T>(), dik.data<T>(), d.seq,
+                                           d.groups * d.index_dim, d.block_size, d.num_blocks());
+    MSA_CUDA_CHECK_LAUNCH("pool_backward_kernel");
+  });
+}
+
+void msa_index_topk(const Tensor& iq, const Tensor& kbar, Tensor& indices, Tensor& counts,
+                    const cpu::MsaDims& d) {
+  MSA_CHECK(d.topk >= 1 && d.topk <= kMaxTopk, "msa_index_topk (CUDA): topk %d outside [1, %d]",
+            d.topk, kMaxTopk);
+  dispatch(iq.dtype(), "msa_index_topk", [&](auto zero) {
+    using T = decltype(zero);
+    const int64_t rows = d.batch * d.seq * d.groups;
+    topk_kernel<T><<<blocks_for(rows), kThreads>>>(
+        iq.data<T>(), kbar.data<T>(), indices.data<int32_t>(), counts.data<int32_t>(), rows, d.seq,
+        d.groups, d.index_dim, d.block_size, static_cast<int>(d.topk), d.num_blocks());
+    MSA_CUDA_CHECK_LAUNCH("topk_kernel");
+  });
+}
+
+void msa_sparse_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,
+                                  const Tensor& indices, const Tensor& counts, double scale,
+                                  Tensor& out, Tensor& lse, const cpu::MsaDims& d) {
+  MSA_CHECK(d.dim <= kWarp * kMaxDimPerLane, "CUDA MSA attention: head_dim %d > %d", d.dim,
+            kWarp * kMaxDimPerLane);
+  check_dtype(lse, DType::kF32, "msa_sparse_attention_forward (CUDA): lse");
+  const AttnDims a{d.seq, d.heads, d.groups, d.dim, d.block_size, d.topk};
+  dispatch(q.dtype(), "msa_sparse_attention_forward", [&](auto zero) {
+    using T = decltype(zero);
+    const int64_t rows = d.batch * d.seq * d.heads;
+    const size_t smem = kWarpsPerBlock * d.dim * sizeof(float);
+    attention_forward_kernel<T><<<blocks_for(rows), kThreads, smem>>>(
+        q.data<T>(), k.data<T>(), v.data<T>(), indices.data<int32_t>(), counts.data<int32_t>(),
+        static_cast<float>(scale), out.data<T>(), lse.data<float>(), rows, a);
+    MSA_CUDA_CHECK_LAUNCH("attention_forward_kernel");
+  });
+}
+
+void msa_sparse_attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k,
+                                   const Tensor& v, const Tensor& out, const Tensor& lse,
+                                   const Tensor& indices, const Tensor& counts, double scale,
+                                   Tensor& dq, Tensor& dk, Tensor& dv, const cpu::MsaDims& d) {
+  MSA_CHECK(d.dim <= kWarp * kMaxDimPerLane, "CUDA MSA attention: head_dim %d > %d", d.dim,
+            kWarp * kMaxDimPerLane);
+  check_dtype(lse, DType::kF32, "msa_sparse_attention_backward (CUDA): lse");
+  const AttnDims a{d.seq, d.heads, d.groups, d.dim, d.block_size, d.topk};
+  Tensor D = Tensor::empty({d.batch, d.heads, d.seq}, DType::kF32, Device::kCUDA);
+  dispatch(q.dtype(), "msa_sparse_attention_backward", [&](auto zero) {
+    using T = decltype(zero);
+    const int64_t rows = d.batch * d.seq * d.heads;
+    row_dot_kernel<T><<<blocks_for(rows), kThreads>>>(dout.data<T>(), out.data<T>(),
+                                                     D.data<float>(), rows, a);
+    MSA_CUDA_CHECK_LAUNCH("row_dot_kernel");
+    const size_t smem = kWarpsPerBlock * 2 * d.dim * sizeof(float);
+    attention_backward_dq_kernel<T><<<blocks_for(rows), kThreads, smem>>>(
+        dout.data<T>(), q.data<T>(), k.data<T>(), v.data<T>(), lse.data<float>(), D.data<float>(),
+        indices.data<int32_t>(), counts.data<int32_t>(), static_cast<float>(scale), dq.data<T>(),
+        rows, a);
+    MSA_CUDA_CHECK_LAUNCH("attention_backward_dq_kernel");
+    const int64_t keys = d.batch * d.seq * d.groups;
+    attention_backward_dkdv_kernel<T><<<blocks_for(keys), kThreads, smem>>>(
+        dout.data<T>(), q.data<T>(), k.data<T>(), v.data<T>(), lse.data<float>(), D.data<float>(),
+        indices.data<int32_t>(), counts.data<int32_t>(), static_cast<float>(scale), dk.data<T>(),
+        dv.data<T>(), keys, a);
+    MSA_CUDA_CHECK_LAUNCH("attention_backward_dkdv_kernel");
+  });
+}
+
+}  // namespace msa::cuda

@@ -1,0 +1,190 @@
+// The CUDA MSA kernels against the CPU reference on random inputs (fresh seeds each case, never
+// zeros): block pooling, top-k selection (identical for f32 inputs, ties included), sparse
+// attention forward and backward in f32 (1e-4) and bf16 (bf16 tolerance), the k >= n_b identity
+// with dense attention, and the index loss on device tensors. Skips without a CUDA device.
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "core/rng.h"
+#include "gtest/gtest.h"
+#include "kernels/attention.h"
+#include "kernels/msa.h"
+#include "tests/testing/gradcheck.h"
+
+namespace msa {
+namespace {
+
+using test::max_scaled_diff;
+using test::random_tensor;
+
+#define SKIP_WITHOUT_GPU() \
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA device"
+
+struct Case {
+  int64_t batch, T, H, G, d, dI;
+  int B, K;
+};
+
+const std::vector<Case> kCases = {{1, 300, 8, 2, 64, 32, 16, 4},
+                                  {2, 257, 4, 4, 128, 64, 32, 3},
+                                  {1, 200, 6, 2, 32, 16, 8, 30}};  // k >= n_b
+
+Tensor dev(const Tensor& t, DType dtype) { return t.to(dtype).to(Device::kCUDA); }
+Tensor host(const Tensor& t) { return t.to(Device::kCPU).to(DType::kF32); }
+// Rounds to bf16 and back, so the CPU reference sees exactly the GPU's inputs.
+Tensor bf16_rounded(const Tensor& t) { return t.to(DType::kBF16).to(DType::kF32); }
+
+TEST(GpuMsaTest, BlockPoolingMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  for (const Case& c : kCases) {
+    const int64_t nb = msa_num_blocks(c.T, c.B);
+    Tensor ik = random_tensor({c.batch, c.T, c.G, c.dI}, 1000 + c.T, DType::kF32);
+    Tensor kbar = Tensor::empty({c.batch, nb, c.G, c.dI}, DType::kF32);
+    msa_block_pool_forward(ik, c.B, kbar);
+    Tensor kbar_gpu = Tensor::empty(kbar.shape(), DType::kF32, Device::kCUDA);
+    msa_block_pool_forward(dev(ik, DType::kF32), c.B, kbar_gpu);
+    EXPECT_EQ(host(kbar_gpu).to_double_vector(), kbar.to_double_vector());
+    Tensor dkbar = random_tensor(kbar.shape(), 1100 + c.T, DType::kF32);
+    Tensor dik = Tensor::empty(ik.shape(), DType::kF32);
+    msa_block_pool_backward(dkbar, c.B, dik);
+    Tensor dik_gpu = Tensor::empty(ik.shape(), DType::kF32, Device::kCUDA);
+    msa_block_pool_backward(dev(dkbar, DType::kF32), c.B, dik_gpu);
+    EXPECT_LT(max_scaled_diff(host(dik_gpu), dik), 1e-6);
+  }
+}
+
+void expect_same_selection(const Tensor& iq, const Tensor& kbar, const Case& c) {
+  BlockSelection cpu = BlockSelection::allocate(c.batch, c.T, c.G, c.B, c.K, Device::kCPU);
+  msa_index_topk(iq, kbar, cpu);
+  BlockSelection gpu = BlockSelection::allocate(c.batch, c.T, c.G, c.B, c.K, Device::kCUDA);
+  msa_index_topk(dev(iq, DType::kF32), dev(kbar, DType::kF32), gpu);
+  const std::vector<double> a = cpu.indices.to_double_vector(),
+                            b = gpu.indices.to(Device::kCPU).to_double_vector();
+  int64_t mismatches = 0;
+  for (size_t i = 0; i < a.size(); ++i) mismatches += a[i] != b[i];
+  EXPECT_EQ(mismatches, 0) << "of " << a.size() << " selection entries";
+  EXPECT_EQ(gpu.counts.to(Device::kCPU).to_double_vector(), cpu.counts.to_double_vector());
+}
+
+TEST(GpuMsaTest, TopkSelectionIdenticalToCpuForF32) {
+  SKIP_WITHOUT_GPU();
+  uint64_t seed = 2000;
+  for (const Case& c : kCases) {
+    const int64_t nb = msa_num_blocks(c.T, c.B);
+    const Tensor iq = random_tensor({c.batch, c.T, c.G, c.dI}, seed++, DType::kF32);
+    const Tensor kbar = random_tensor({c.batch, nb, c.G, c.dI}, seed++, DType::kF32);
+    expect_same_selection(iq, kbar, c);
+    // Small integers: many exact ties, which must go to the lower block on both.
+    auto ints = [&](const Shape& s) {
+      Tensor t = Tensor::empty(s, DType::kF32);
+      for (int64_t i = 0; i < t.numel(); ++i)
+        t.data<float>()[i] = static_cast<float>(static_cast<int>(philox4x32(seed, i).v[0] % 3) - 1);
+      ++seed;
+      return t;
+    };
+    expect_same_selection(ints({c.batch, c.T, c.G, c.dI}), ints({c.batch, nb, c.G, c.dI}), c);
+  }
+}
+
+struct AttnResult {
+  Tensor out, lse, dq, dk, dv;
+};
+
+AttnResult run_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& dout,
+                         const BlockSelection& sel, double scale) {
+  const Device device = q.device();
+  const DType stat = device == Device::kCUDA ? DType::kF32 : q.dtype();
+  AttnResult r;
+  r.out = Tensor::empty(q.shape(), q.dtype(), device);
+  r.lse = Tensor::empty({q.size(0), q.size(2), q.size(1)}, stat, device);
+  msa_sparse_attention_forward(q, k, v, sel, scale, r.out, r.lse);
+  r.dq = Tensor::empty(q.shape(), q.dtype(), device);
+  r.dk = Tensor::empty(k.shape(), k.dtype(), device);
+  r.dv = Tensor::empty(v.shape(), v.dtype(), device);
+  msa_sparse_attention_backward(dout, q, k, v, r.out, r.lse, sel, scale, r.dq, r.dk, r.dv);
+  return r;
+}
+
+void check_attention(DType dtype, double tol) {
+  uint64_t seed = dtype == DType::kF32 ? 3000 : 4000;
+  for (const Case& c : kCases) {
+    SCOPED_TRACE(testing::Message() << "T=" << c.T << " H=" << c.H << " G=" << c.G << " d=" << c.d
+                                    << " k=" << c.K << " " << dtype_name(dtype));
+    const int64_t nb = msa_num_blocks(c.T, c.B);
+    Tensor iq = random_tensor({c.batch, c.T, c.G, c.dI}, seed++, DType::kF32);
+    Tensor kbar = random_tensor({c.batch, nb, c.G, c.dI}, seed++, DType::kF32);
+    BlockSelection sel = BlockSelection::allocate(c.batch, c.T, c.G, c.B, c.K, Device::kCPU);
+    msa_index_topk(iq, kbar, sel);
+    BlockSelection gsel = sel;
+    gsel.indices = sel.indices.to(Device::kCUDA);
+    gsel.counts = sel.counts.to(Device::kCUDA);
+    auto input = [&](const Shape& s) {
+      Tensor t = random_tensor(s, seed++, DType::kF32);
+      return dtype == DType::kBF16 ? bf16_rounded(t) : t;
+    };
+    Tensor q = input({c.batch, c.T, c.H, c.d}), k = input({c.batch, c.T, c.G, c.d}),
+           v = input({c.batch, c.T, c.G, c.d}), dout = input({c.batch, c.T, c.H, c.d});
+    const double scale = 1.0 / std::sqrt(static_cast<double>(c.d));
+    AttnResult ref = run_attention(q, k, v, dout, sel, scale);
+    AttnResult gpu =
+        run_attention(dev(q, dtype), dev(k, dtype), dev(v, dtype), dev(dout, dtype), gsel, scale);
+    EXPECT_LT(max_scaled_diff(host(gpu.out), ref.out), tol) << "out";
+    EXPECT_LT(max_scaled_diff(host(gpu.lse), ref.lse), tol) << "lse";
+    EXPECT_LT(max_scaled_diff(host(gpu.dq), ref.dq), tol) << "dq";
+    EXPECT_LT(max_scaled_diff(host(gpu.dk), ref.dk), tol) << "dk";
+    EXPECT_LT(max_scaled_diff(host(gpu.dv), ref.dv), tol) << "dv";
+    if (c.K >= nb) {  // every block selected: dense attention
+      Tensor out = Tensor::empty(q.shape(), DType::kF32),
+             lse = Tensor::empty(ref.lse.shape(), DType::kF32);
+      attention_forward(q, k, v, scale, out, lse);
+      EXPECT_LT(max_scaled_diff(host(gpu.out), out), tol) << "identity with dense attention";
+    }
+  }
+}
+
+TEST(GpuMsaTest, SparseAttentionF32MatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  check_attention(DType::kF32, 1e-4);
+}
+
+TEST(GpuMsaTest, SparseAttentionBf16WithinBf16Tolerance) {
+  SKIP_WITHOUT_GPU();
+  // Inputs are bf16-exact; the outputs are rounded to bf16 (relative step 2^-8 = 3.9e-3).
+  check_attention(DType::kBF16, 1e-2);
+}
+
+TEST(GpuMsaTest, IndexLossOnDeviceTensorsMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  const Case c = kCases[0];
+  const int64_t nb = msa_num_blocks(c.T, c.B);
+  Tensor iq = random_tensor({c.batch, c.T, c.G, c.dI}, 5001, DType::kF32);
+  Tensor kbar = random_tensor({c.batch, nb, c.G, c.dI}, 5002, DType::kF32);
+  Tensor q = random_tensor({c.batch, c.T, c.H, c.d}, 5003, DType::kF32);
+  Tensor k = random_tensor({c.batch, c.T, c.G, c.d}, 5004, DType::kF32);
+  Tensor v = random_tensor({c.batch, c.T, c.G, c.d}, 5005, DType::kF32);
+  BlockSelection sel = BlockSelection::allocate(c.batch, c.T, c.G, c.B, c.K, Device::kCPU);
+  msa_index_topk(iq, kbar, sel);
+  Tensor out = Tensor::empty(q.shape(), DType::kF32),
+         lse = Tensor::empty({c.batch, c.H, c.T}, DType::kF32);
+  msa_sparse_attention_forward(q, k, v, sel, 0.125, out, lse);
+  Tensor diq = Tensor::empty(iq.shape(), DType::kF32),
+         dkbar = Tensor::empty(kbar.shape(), DType::kF32);
+  const IndexLossResult ref =
+      msa_index_loss(IndexLossMode::kSparse, q, k, lse, sel, iq, kbar, 0.125, c.B, 1.0, diq, dkbar);
+  BlockSelection gsel = sel;
+  gsel.indices = sel.indices.to(Device::kCUDA);
+  gsel.counts = sel.counts.to(Device::kCUDA);
+  Tensor gdiq = Tensor::empty(iq.shape(), DType::kF32, Device::kCUDA);
+  Tensor gdkbar = Tensor::empty(kbar.shape(), DType::kF32, Device::kCUDA);
+  const IndexLossResult got = msa_index_loss(
+      IndexLossMode::kSparse, dev(q, DType::kF32), dev(k, DType::kF32), dev(lse, DType::kF32), gsel,
+      dev(iq, DType::kF32), dev(kbar, DType::kF32), 0.125, c.B, 1.0, gdiq, gdkbar);
+  EXPECT_EQ(got.n_rows, ref.n_rows);
+  EXPECT_NEAR(got.loss, ref.loss, 1e-6 * std::max(1.0, ref.loss));
+  EXPECT_LT(max_scaled_diff(host(gdiq), diq), 1e-6);
+  EXPECT_LT(max_scaled_diff(host(gdkbar), dkbar), 1e-6);
+}
+
+}  // namespace
+}  // namespace msa
