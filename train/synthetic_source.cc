@@ -33,9 +33,10 @@ class SyntheticSource : public BatchSource {
   }
 
   std::string describe() const override {
-    return absl::StrFormat("synthetic %s (%d facts, random depth%s)",
-                           synthetic_task_name(config_.task),
-                           config_.task == SyntheticTask::kNeedle ? 1 : config_.pairs,
+    const std::string depth = config_.depth < 0 ? std::string("random depth")
+                                                : absl::StrFormat("depth %g", config_.depth);
+    return absl::StrFormat("synthetic %s (%d facts, %s%s)", synthetic_task_name(config_.task),
+                           config_.task == SyntheticTask::kNeedle ? 1 : config_.pairs, depth,
                            validation_ ? ", validation stream" : "");
   }
 
