@@ -4,6 +4,7 @@
 
 #include <cerrno>
 #include <cstdio>
+#include <filesystem>
 #include <memory>
 
 #include "absl/strings/match.h"
@@ -174,9 +175,11 @@ class CheckpointWriter {
 };
 
 absl::Status ensure_dir(const std::string& dir) {
-  if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST)
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec || !std::filesystem::is_directory(dir))
     return absl::InvalidArgumentError(
-        absl::StrFormat("invalid --checkpoint_dir: cannot create '%s'", dir));
+        absl::StrFormat("invalid --checkpoint_dir: cannot create '%s' (%s)", dir, ec.message()));
   return absl::OkStatus();
 }
 
