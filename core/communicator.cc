@@ -21,6 +21,19 @@ MPI_Datatype mpi_type(const Tensor& t, const char* op) {
   return MPI_BYTE;
 }
 
+class MpiWork : public CommWork {
+ public:
+  MpiWork() = default;
+  ~MpiWork() override { wait(); }
+  void wait() override {
+    if (request_ != MPI_REQUEST_NULL) MPI_Wait(&request_, MPI_STATUS_IGNORE);
+  }
+  MPI_Request* request() { return &request_; }
+
+ private:
+  MPI_Request request_ = MPI_REQUEST_NULL;
+};
+
 class MpiCommunicator : public Communicator {
  public:
   explicit MpiCommunicator(MPI_Comm comm) : comm_(comm) {
@@ -35,6 +48,14 @@ class MpiCommunicator : public Communicator {
     if (size_ == 1) return;
     MPI_Allreduce(MPI_IN_PLACE, t.raw_data(), static_cast<int>(t.numel()),
                   mpi_type(t, "all_reduce_sum"), MPI_SUM, comm_);
+  }
+  std::unique_ptr<CommWork> all_reduce_sum_async(Tensor& t) override {
+    MSA_CHECK(t.dtype() != DType::kBF16, "all_reduce_sum_async: bf16 sums are not supported on MPI");
+    auto work = std::make_unique<MpiWork>();
+    if (size_ > 1)
+      MPI_Iallreduce(MPI_IN_PLACE, t.raw_data(), static_cast<int>(t.numel()),
+                     mpi_type(t, "all_reduce_sum_async"), MPI_SUM, comm_, work->request());
+    return work;
   }
   void reduce_scatter_sum(const Tensor& in, Tensor& out) override {
     MSA_CHECK(in.numel() == out.numel() * size_ && in.dtype() == out.dtype(),

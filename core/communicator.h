@@ -16,6 +16,15 @@
 
 namespace msa {
 
+// A collective in flight (see Communicator::all_reduce_sum_async).
+class CommWork {
+ public:
+  virtual ~CommWork() = default;
+  // Blocks until the result is in the tensor (NCCL: until later work on the tensor's stream is
+  // ordered after it; the host does not wait).
+  virtual void wait() = 0;
+};
+
 class Communicator {
  public:
   virtual ~Communicator() = default;
@@ -23,6 +32,9 @@ class Communicator {
   virtual int size() const = 0;
   // In place: t = sum over ranks of t.
   virtual void all_reduce_sum(Tensor& t) = 0;
+  // Starts t = sum over ranks of t and returns at once; t must not be touched until wait().
+  // Ranks must start their async collectives in the same order.
+  virtual std::unique_ptr<CommWork> all_reduce_sum_async(Tensor& t) = 0;
   // in: size() * n elements; out: n elements = sum over ranks of in's chunk rank().
   virtual void reduce_scatter_sum(const Tensor& in, Tensor& out) = 0;
   // in: n elements; out: size() * n elements, rank r's in at chunk r.
