@@ -50,8 +50,14 @@ class Communicator {
 // A communicator over `comm` (not freed; MPI_COMM_WORLD or a split of it).
 std::unique_ptr<Communicator> make_mpi_communicator(MPI_Comm comm);
 
+// With CUDA builds: a communicator over `comm` whose CUDA tensors go through NCCL (one ncclComm,
+// created here from an MPI broadcast of rank 0's unique id, on the current CUDA device) and whose
+// CPU tensors and scalars go through MPI. Collective over `comm`. Defined in core/cuda/.
+std::unique_ptr<Communicator> make_nccl_communicator(MPI_Comm comm);
+
 struct ProcessGroups {
   int world_rank = 0, world_size = 1;
+  int local_rank = 0;  // rank among the processes of this node (picks the GPU)
   int dp_rank = 0, dp_size = 1;
   int tp_rank = 0, tp_size = 1;
   std::unique_ptr<Communicator> world, dp, tp;
@@ -59,7 +65,11 @@ struct ProcessGroups {
 };
 
 // Splits MPI_COMM_WORLD into data- and tensor-parallel groups. Fails (naming --tp) when tp does
-// not divide the world size. Requires MPI to be initialized.
-absl::StatusOr<ProcessGroups> make_process_groups(int tp);
+// not divide the world size. Requires MPI to be initialized. With `nccl` (CUDA builds; the CUDA
+// device must already be selected) every group also gets its NCCL communicator, once.
+absl::StatusOr<ProcessGroups> make_process_groups(int tp, bool nccl = false);
+
+// This process's rank among the processes on its node (MPI_COMM_TYPE_SHARED).
+int node_local_rank();
 
 }  // namespace msa

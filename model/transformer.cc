@@ -38,21 +38,38 @@ void Transformer::tp_all_reduce(Tensor& t) {
   if (tp_.enabled()) tp_.comm->all_reduce_sum(t);
 }
 
-void Transformer::tp_reduce_replicated_grads(const std::vector<Parameter*>& params) {
+std::vector<Tensor> Transformer::snapshot_grads(const std::vector<Parameter*>& params) const {
+  std::vector<Tensor> out;
+  if (!tp_.enabled()) return out;
+  for (const Parameter* p : params) out.push_back(p->grad.clone());
+  return out;
+}
+
+void Transformer::tp_reduce_replicated_grads(const std::vector<Parameter*>& params,
+                                             const std::vector<Tensor>& before) {
   if (!tp_.enabled() || params.empty()) return;
-  // One all-reduce for the layer's few small vectors.
+  // Only this backward's contribution is partial (what the grads held before is already whole,
+  // e.g. from earlier micro-batches): sum the differences, in one all-reduce for the layer's few
+  // small vectors.
   int64_t n = 0;
   for (const Parameter* p : params) n += p->grad.numel();
   Tensor flat = Tensor::empty({n}, params[0]->grad.dtype(), params[0]->grad.device());
   int64_t off = 0;
-  for (const Parameter* p : params) {
-    flat.slice0(off, off + p->grad.numel()).copy_from(p->grad.view({p->grad.numel()}));
-    off += p->grad.numel();
+  for (size_t i = 0; i < params.size(); ++i) {
+    const Tensor& g = params[i]->grad;
+    Tensor part = flat.slice0(off, off + g.numel());
+    part.copy_from(g.view({g.numel()}));
+    Tensor negated = before[i].clone();
+    scale_inplace(negated, -1.0);
+    add_inplace(part, negated.view({g.numel()}));
+    off += g.numel();
   }
   tp_.comm->all_reduce_sum(flat);
   off = 0;
-  for (Parameter* p : params) {
-    p->grad.copy_from(flat.slice0(off, off + p->grad.numel()).view(p->grad.shape()));
+  for (size_t i = 0; i < params.size(); ++i) {
+    Parameter* p = params[i];
+    p->grad.copy_from(before[i]);
+    add_inplace(p->grad, flat.slice0(off, off + p->grad.numel()).view(p->grad.shape()));
     off += p->grad.numel();
   }
 }
@@ -210,6 +227,7 @@ void Transformer::backward(double loss_scale, double index_scale, bool backbone,
 
   for (int l = L - 1; l >= 0; --l) {
     // x_out = mid + mlp(mid): d mid = dx + mlp'(dx).
+    const std::vector<Tensor> before = snapshot_grads(layer_replicated_[l]);
     Tensor dmid;
     mlp_block_backward(block_config_, l, params_, residual_mid_[l], dx, mlp_[l], dmid);
     tp_all_reduce(dmid);  // f: the FFN columns' partial input gradients
@@ -222,7 +240,7 @@ void Transformer::backward(double loss_scale, double index_scale, bool backbone,
     tp_all_reduce(dx_in);  // f: the heads' partial input gradients
     add_inplace(dx_in, dmid);
     dx = dx_in;
-    tp_reduce_replicated_grads(layer_replicated_[l]);
+    tp_reduce_replicated_grads(layer_replicated_[l], before);
     ready(layer_params_[l]);
   }
   if (tp_.enabled())

@@ -72,8 +72,11 @@ class Transformer {
  private:
   // Tensor parallelism: the all-reduces of the residual stream (Megatron's f and g operators).
   void tp_all_reduce(Tensor& t);
-  // Sums the gradients of replicated parameters that this rank's blocks only partly computed.
-  void tp_reduce_replicated_grads(const std::vector<Parameter*>& params);
+  // Sums over tp what this backward added to the gradients of replicated parameters that this
+  // rank's blocks only partly computed (`before`: their gradients before it, snapshot_grads).
+  std::vector<Tensor> snapshot_grads(const std::vector<Parameter*>& params) const;
+  void tp_reduce_replicated_grads(const std::vector<Parameter*>& params,
+                                  const std::vector<Tensor>& before);
 
   ModelConfig config_;
   ModelConfig block_config_;  // what one rank's blocks compute (heads, kv heads, ffn / tp)
