@@ -345,16 +345,21 @@ absl::Status run_train_program(TrainProgramOptions o) {
       }
     }
   }
+  int64_t full_param_count = 0;
+  for (const ParamSpec& spec : model_param_specs(o.model)) full_param_count += shape_numel(spec.shape);
   if (leader)
     std::printf(
         "msa-train: %d layers (%s), d_model %d, %d heads / %d kv heads, "
-        "%.2fM parameters, "
+        "%.2fM parameters%s, "
         "%s %s\n",
         o.model.n_layers, o.attention_spec.c_str(), static_cast<int>(o.model.d_model),
-        o.model.n_heads, o.model.n_kv_heads, model.params().numel() / 1e6, device_name(device),
-        dtype_name(dtype));
+        o.model.n_heads, o.model.n_kv_heads, full_param_count / 1e6,
+        groups.tp_size > 1
+            ? absl::StrFormat(" (%.2fM on each tp rank)", model.params().numel() / 1e6).c_str()
+            : "",
+        device_name(device), dtype_name(dtype));
   if (leader)
-    std::printf("msa-train: data %s, batch %d x %d tokens per rank, steps %lld..%lld\n",
+    std::printf("msa-train: data %s, batch %d x %d tokens per data-parallel rank, steps %lld..%lld\n",
                 data->describe().c_str(), static_cast<int>(o.batch_size),
                 static_cast<int>(o.seq_len), static_cast<long long>(first_step),
                 static_cast<long long>(o.trainer.steps));
