@@ -72,7 +72,7 @@ struct RunResult {
 // Trains `steps` steps with `batch` sequences per data-parallel rank. groups == nullptr: this
 // rank alone.
 RunResult train(const ModelConfig& c, const ProcessGroups* groups, bool zero1, int64_t batch,
-                int steps, int grad_accum = 1) {
+                int steps, int grad_accum = 1, int64_t index_warmup = 0, int64_t dense_steps = 0) {
   const TensorParallel tp = tensor_parallel_of(groups ? groups->tp.get() : nullptr);
   Communicator* dp = groups ? groups->dp.get() : nullptr;
   Transformer model(c, DType::kF32, Device::kCPU, tp);
@@ -95,6 +95,8 @@ RunResult train(const ModelConfig& c, const ProcessGroups* groups, bool zero1, i
   tc.lr.total_steps = steps;
   tc.quiet = true;
   tc.dp = dp;
+  tc.index_warmup_steps = index_warmup;
+  tc.dense_attention_steps = dense_steps;
   Trainer trainer(model, optimizer, **data, tc);
   RunResult r;
   EXPECT_TRUE(trainer
@@ -190,11 +192,12 @@ TEST(MpiTensorParallelTest, ForwardLogitsAndIndexLossMatchOneRank) {
   EXPECT_LT(worst, 1e-5);
 }
 
+// All three phases: index warm-up (only the index branches train), dense attention, sparse.
 TEST(MpiTensorParallelTest, TwentyStepsReproduceTheSingleRankLossCurve) {
   const ProcessGroups groups = groups_or_die(kTp);
   const ModelConfig c = tiny(Variant::kMsa);
-  const RunResult single = train(c, nullptr, false, 2 * groups.dp_size, 20, 2);
-  const RunResult parallel = train(c, &groups, /*zero1=*/groups.dp_size > 1, 2, 20, 2);
+  const RunResult single = train(c, nullptr, false, 2 * groups.dp_size, 20, 2, 3, 3);
+  const RunResult parallel = train(c, &groups, /*zero1=*/groups.dp_size > 1, 2, 20, 2, 3, 3);
   ASSERT_EQ(parallel.losses.size(), 20u);
   for (int s = 0; s < 20; ++s)
     EXPECT_NEAR(parallel.losses[s], single.losses[s], 1e-4 * std::abs(single.losses[s]))
