@@ -21,6 +21,19 @@ MPI_Datatype mpi_type(const Tensor& t, const char* op) {
   return MPI_BYTE;
 }
 
+class MpiWork : public CommWork {
+ public:
+  MpiWork() = default;
+  ~MpiWork() override { wait(); }
+  void wait() override {
+    if (request_ != MPI_REQUEST_NULL) MPI_Wait(&request_, MPI_STATUS_IGNORE);
+  }
+  MPI_Request* request() { return &request_; }
+
+ private:
+  MPI_Request request_ = MPI_REQUEST_NULL;
+};
+
 class MpiCommunicator : public Communicator {
  public:
   explicit MpiCommunicator(MPI_Comm comm) : comm_(comm) {
@@ -35,6 +48,14 @@ class MpiCommunicator : public Communicator {
     if (size_ == 1) return;
     MPI_Allreduce(MPI_IN_PLACE, t.raw_data(), static_cast<int>(t.numel()),
                   mpi_type(t, "all_reduce_sum"), MPI_SUM, comm_);
+  }
+  std::unique_ptr<CommWork> all_reduce_sum_async(Tensor& t) override {
+    MSA_CHECK(t.dtype() != DType::kBF16, "all_reduce_sum_async: bf16 sums are not supported on MPI");
+    auto work = std::make_unique<MpiWork>();
+    if (size_ > 1)
+      MPI_Iallreduce(MPI_IN_PLACE, t.raw_data(), static_cast<int>(t.numel()),
+                     mpi_type(t, "all_reduce_sum_async"), MPI_SUM, comm_, work->request());
+    return work;
   }
   void reduce_scatter_sum(const Tensor& in, Tensor& out) override {
     MSA_CHECK(in.numel() == out.numel() * size_ && in.dtype() == out.dtype(),
@@ -94,13 +115,30 @@ std::string ProcessGroups::describe() const {
                          tp_size, world_rank, dp_rank, tp_rank);
 }
 
-absl::StatusOr<ProcessGroups> make_process_groups(int tp) {
+int node_local_rank() {
+  MPI_Comm node;
+  MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
+  int r = 0;
+  MPI_Comm_rank(node, &r);
+  MPI_Comm_free(&node);
+  return r;
+}
+
+#if !MSA_HAS_CUDA
+std::unique_ptr<Communicator> make_nccl_communicator(MPI_Comm) {
+  MSA_CHECK(false, "make_nccl_communicator: this build has no CUDA (configure with MSA_CUDA=ON)");
+  return nullptr;
+}
+#endif
+
+absl::StatusOr<ProcessGroups> make_process_groups(int tp, bool nccl) {
   int initialized = 0;
   MPI_Initialized(&initialized);
   MSA_CHECK(initialized, "make_process_groups: MPI is not initialized");
   ProcessGroups g;
   MPI_Comm_rank(MPI_COMM_WORLD, &g.world_rank);
   MPI_Comm_size(MPI_COMM_WORLD, &g.world_size);
+  g.local_rank = node_local_rank();
   if (tp < 1 || g.world_size % tp != 0)
     return absl::InvalidArgumentError(absl::StrFormat(
         "invalid --tp: %d does not divide the world size %d (mpirun -np)", tp, g.world_size));
@@ -112,9 +150,10 @@ absl::StatusOr<ProcessGroups> make_process_groups(int tp) {
   MPI_Comm dp_comm, tp_comm;
   MPI_Comm_split(MPI_COMM_WORLD, g.tp_rank, g.dp_rank, &dp_comm);
   MPI_Comm_split(MPI_COMM_WORLD, g.dp_rank, g.tp_rank, &tp_comm);
-  g.world = make_mpi_communicator(MPI_COMM_WORLD);
-  g.dp = make_mpi_communicator(dp_comm);
-  g.tp = make_mpi_communicator(tp_comm);
+  auto make = nccl ? make_nccl_communicator : make_mpi_communicator;
+  g.world = make(MPI_COMM_WORLD);
+  g.dp = make(dp_comm);
+  g.tp = make(tp_comm);
   return g;
 }
 

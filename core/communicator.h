@@ -16,6 +16,15 @@
 
 namespace msa {
 
+// A collective in flight (see Communicator::all_reduce_sum_async).
+class CommWork {
+ public:
+  virtual ~CommWork() = default;
+  // Blocks until the result is in the tensor (NCCL: until later work on the tensor's stream is
+  // ordered after it; the host does not wait).
+  virtual void wait() = 0;
+};
+
 class Communicator {
  public:
   virtual ~Communicator() = default;
@@ -23,6 +32,9 @@ class Communicator {
   virtual int size() const = 0;
   // In place: t = sum over ranks of t.
   virtual void all_reduce_sum(Tensor& t) = 0;
+  // Starts t = sum over ranks of t and returns at once; t must not be touched until wait().
+  // Ranks must start their async collectives in the same order.
+  virtual std::unique_ptr<CommWork> all_reduce_sum_async(Tensor& t) = 0;
   // in: size() * n elements; out: n elements = sum over ranks of in's chunk rank().
   virtual void reduce_scatter_sum(const Tensor& in, Tensor& out) = 0;
   // in: n elements; out: size() * n elements, rank r's in at chunk r.
@@ -38,8 +50,14 @@ class Communicator {
 // A communicator over `comm` (not freed; MPI_COMM_WORLD or a split of it).
 std::unique_ptr<Communicator> make_mpi_communicator(MPI_Comm comm);
 
+// With CUDA builds: a communicator over `comm` whose CUDA tensors go through NCCL (one ncclComm,
+// created here from an MPI broadcast of rank 0's unique id, on the current CUDA device) and whose
+// CPU tensors and scalars go through MPI. Collective over `comm`. Defined in core/cuda/.
+std::unique_ptr<Communicator> make_nccl_communicator(MPI_Comm comm);
+
 struct ProcessGroups {
   int world_rank = 0, world_size = 1;
+  int local_rank = 0;  // rank among the processes of this node (picks the GPU)
   int dp_rank = 0, dp_size = 1;
   int tp_rank = 0, tp_size = 1;
   std::unique_ptr<Communicator> world, dp, tp;
@@ -47,7 +65,11 @@ struct ProcessGroups {
 };
 
 // Splits MPI_COMM_WORLD into data- and tensor-parallel groups. Fails (naming --tp) when tp does
-// not divide the world size. Requires MPI to be initialized.
-absl::StatusOr<ProcessGroups> make_process_groups(int tp);
+// not divide the world size. Requires MPI to be initialized. With `nccl` (CUDA builds; the CUDA
+// device must already be selected) every group also gets its NCCL communicator, once.
+absl::StatusOr<ProcessGroups> make_process_groups(int tp, bool nccl = false);
+
+// This process's rank among the processes on its node (MPI_COMM_TYPE_SHARED).
+int node_local_rank();
 
 }  // namespace msa

@@ -93,7 +93,9 @@ ABSL_FLAG(std::string, metrics_jsonl, "",
 ABSL_FLAG(
     int, tp, 1,
     "Tensor-parallel size: world = dp x tp with tp innermost (mpirun -np N gives dp = N / tp). "
-    "Only 1 is implemented yet.");
+    "Must divide --n_kv_heads, --ffn_dim and --vocab_size.");
+ABSL_FLAG(int, gpu, -1,
+          "CUDA device of this rank (-1: node-local rank % number of devices).");
 ABSL_FLAG(bool, zero1, false,
           "Shard the fp32 master weights and AdamW moments over the data-parallel ranks (ZeRO-1: "
           "gradients reduce-scattered, parameters all-gathered).");
@@ -163,6 +165,7 @@ int main(int argc, char** argv) {
   o.exit_after_step = absl::GetFlag(FLAGS_exit_after_step);
   o.tp = absl::GetFlag(FLAGS_tp);
   o.zero1 = absl::GetFlag(FLAGS_zero1);
+  o.gpu = absl::GetFlag(FLAGS_gpu);
   o.bucket_mb = absl::GetFlag(FLAGS_bucket_mb);
   o.trainer.dense_attention_steps = absl::GetFlag(FLAGS_dense_attention_steps);
   o.optimizer.weight_decay = absl::GetFlag(FLAGS_weight_decay);

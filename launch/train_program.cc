@@ -10,8 +10,10 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_format.h"
 #include "core/communicator.h"
+#include "core/cuda_device.h"
 #include "core/status.h"
 #include "model/parameters.h"
+#include "model/tensor_parallel.h"
 #include "model/transformer.h"
 #include "nlohmann/json.hpp"
 #include "train/batch_source.h"
@@ -114,6 +116,44 @@ std::string run_json(const TrainProgramOptions& o) {
   return j.dump();
 }
 
+// What must agree on every rank beyond the model and the schedule.
+std::string layout_json(const TrainProgramOptions& o) {
+  nlohmann::json j;
+  j["tp"] = o.tp;
+  j["zero1"] = o.zero1;
+  j["bucket_mb"] = o.bucket_mb;
+  j["device"] = o.device;
+  j["checkpoint_dir"] = o.checkpoint_dir;
+  j["checkpoint_every"] = o.checkpoint_every;
+  j["resume"] = o.resume;
+  j["init_from"] = o.init_from;
+  j["exit_after_step"] = o.exit_after_step;
+  j["eval_every"] = o.eval_every;
+  j["synthetic_pairs"] = o.synthetic_pairs;
+  j["synthetic_depth"] = o.synthetic_depth;
+  j["model"] = nlohmann::json::parse(o.model.to_json());
+  return j.dump();
+}
+
+// Full (checkpoint) tensors -> this rank's parts, for the parameters of `params`.
+std::map<std::string, Tensor> local_parts(const std::map<std::string, Tensor>& full,
+                                          const ParameterSet& params, const TensorParallel& tp) {
+  if (!tp.enabled() || full.empty()) return full;
+  std::map<std::string, Tensor> out;
+  for (const auto& [name, t] : full) {
+    auto* p = const_cast<ParameterSet&>(params).find(name);
+    out[name] = p ? tp_slice(t, p->spec.tp_split, tp.rank, tp.size) : t;
+  }
+  return out;
+}
+
+// This rank's parts -> full tensors (collective over tp: every rank calls it for the same names).
+void gather_full(std::map<std::string, Tensor>& parts, const ParameterSet& params,
+                 const TensorParallel& tp) {
+  if (!tp.enabled()) return;
+  for (auto& [name, t] : parts) t = tp_gather(t, params.at(name).spec.tp_split, tp.comm);
+}
+
 // The first field where two model configs differ, as "name: a vs b".
 std::string config_difference(const ModelConfig& a, const ModelConfig& b) {
   const nlohmann::json ja = nlohmann::json::parse(a.to_json()),
@@ -130,8 +170,8 @@ std::string config_difference(const ModelConfig& a, const ModelConfig& b) {
 class CheckpointWriter {
  public:
   CheckpointWriter(const TrainProgramOptions& o, const ModelConfig& config, AdamW& optimizer,
-                   const ProcessGroups& groups)
-      : o_(o), config_(config), optimizer_(optimizer), groups_(groups) {}
+                   const Transformer& model, const ProcessGroups& groups)
+      : o_(o), config_(config), optimizer_(optimizer), model_(model), groups_(groups) {}
 
   // Collective: every rank gathers the full state (checkpoints are unsharded), rank 0 writes.
   absl::Status save(int64_t step, int64_t tokens_seen) {
@@ -142,6 +182,10 @@ class CheckpointWriter {
     ckpt.params = optimizer_.master_weights();
     ckpt.m = optimizer_.first_moments();
     ckpt.v = optimizer_.second_moments();
+    // Tensor parallelism: the tp ranks' parts make the full tensors (unsharded checkpoints).
+    gather_full(ckpt.params, model_.params(), model_.tensor_parallel());
+    gather_full(ckpt.m, model_.params(), model_.tensor_parallel());
+    gather_full(ckpt.v, model_.params(), model_.tensor_parallel());
     ckpt.state.step = step;
     ckpt.state.tokens_seen = tokens_seen;
     ckpt.state.seed = static_cast<int64_t>(o_.seed);
@@ -170,6 +214,7 @@ class CheckpointWriter {
   const TrainProgramOptions& o_;
   const ModelConfig& config_;
   AdamW& optimizer_;
+  const Transformer& model_;
   const ProcessGroups& groups_;
   int64_t last_saved_ = -1;
 };
@@ -183,9 +228,11 @@ absl::Status ensure_dir(const std::string& dir) {
   return absl::OkStatus();
 }
 
-// Copies checkpoint weights into the model (and optimizer masters).
+// Copies checkpoint weights (full tensors) into the model (this rank's parts) and optimizer
+// masters.
 absl::Status load_weights(const Checkpoint& ckpt, const std::string& path, Transformer& model,
                           AdamW& optimizer, bool allow_missing_index) {
+  const TensorParallel& tp = model.tensor_parallel();
   for (Parameter& p : model.params().all()) {
     auto it = ckpt.params.find(p.spec.name);
     if (it == ckpt.params.end()) {
@@ -193,11 +240,14 @@ absl::Status load_weights(const Checkpoint& ckpt, const std::string& path, Trans
       return absl::FailedPreconditionError(
           absl::StrFormat("%s: has no parameter %s that the model needs", path, p.spec.name));
     }
-    if (it->second.shape() != p.value.shape())
+    const Shape full = full_shape(p.value.shape(), p.spec.tp_split, tp.size);
+    if (it->second.shape() != full)
       return absl::FailedPreconditionError(
           absl::StrFormat("%s: parameter %s has shape %s, the model needs %s", path, p.spec.name,
-                          shape_string(it->second.shape()), shape_string(p.value.shape())));
-    p.value.copy_from(it->second.to(p.value.dtype()).to(p.value.device()));
+                          shape_string(it->second.shape()), shape_string(full)));
+    p.value.copy_from(tp_slice(it->second, p.spec.tp_split, tp.rank, tp.size)
+                          .to(p.value.dtype())
+                          .to(p.value.device()));
   }
   optimizer.sync_masters_from_params();
   return absl::OkStatus();
@@ -206,26 +256,31 @@ absl::Status load_weights(const Checkpoint& ckpt, const std::string& path, Trans
 }  // namespace
 
 absl::Status run_train_program(TrainProgramOptions o) {
+  {
+    // Every rank must run the same model, schedule and layout: compare a hash of the options
+    // before anything else, so no rank fails a check that the others pass.
+    auto world = make_mpi_communicator(MPI_COMM_WORLD);
+    const uint64_t config_hash = fnv1a64(layout_json(o) + run_json(o));
+    if (world->all_reduce_sum(
+            static_cast<int64_t>(world->broadcast(config_hash, 0) != config_hash)) != 0)
+      return absl::InvalidArgumentError(
+          "the ranks were started with different model or training flags (config hash "
+          "mismatch: start every rank with the same flags)");
+  }
   MSA_ASSIGN_OR_RETURN(o.model.attention,
                        parse_attention_kinds(o.attention_spec, o.model.n_layers));
   MSA_RETURN_IF_ERROR(o.model.validate());
   MSA_RETURN_IF_ERROR(validate_run(o));
-  MSA_ASSIGN_OR_RETURN(ProcessGroups groups, make_process_groups(o.tp));
-  if (groups.tp_size > 1)
-    return absl::UnimplementedError(
-        "invalid --tp: tensor parallelism is not implemented yet (use --tp=1; data parallelism "
-        "over all ranks works)");
-  // Every rank must run the same model and schedule: compare a hash of the options.
-  const uint64_t config_hash = fnv1a64(o.model.to_json() + run_json(o));
-  if (groups.world->all_reduce_sum(
-          static_cast<int64_t>(groups.world->broadcast(config_hash, 0) != config_hash)) != 0)
-    return absl::InvalidArgumentError(
-        "the ranks were started with different model or training flags (config hash mismatch)");
+  MSA_RETURN_IF_ERROR(check_tensor_parallel(o.model, o.tp));
   MSA_ASSIGN_OR_RETURN(Device device, choose_device(o.device));
-  if (device == Device::kCUDA && groups.world_size > 1)
-    return absl::UnimplementedError(
-        "invalid --device: multi-rank training on CUDA needs the NCCL backend, not built yet "
-        "(use --device=cpu)");
+  int gpu = -1;
+  if (device == Device::kCUDA) {
+    MSA_ASSIGN_OR_RETURN(gpu, select_cuda_device(node_local_rank(), o.gpu));
+  }
+  int world_size = 1;
+  MPI_Comm_size(MPI_COMM_WORLD, &world_size);
+  MSA_ASSIGN_OR_RETURN(ProcessGroups groups,
+                       make_process_groups(o.tp, device == Device::kCUDA && world_size > 1));
   MSA_ASSIGN_OR_RETURN(std::unique_ptr<BatchSource> data, make_source(o, groups, false));
   std::unique_ptr<BatchSource> validation;
   if (o.eval_every > 0) {
@@ -237,10 +292,11 @@ absl::Status run_train_program(TrainProgramOptions o) {
   o.optimizer.dp = groups.dp.get();
   o.optimizer.zero1 = o.zero1;
   o.optimizer.bucket_bytes = o.bucket_mb << 20;
+  o.optimizer.tp = groups.tp_size > 1 ? groups.tp.get() : nullptr;
 
   const DType dtype = device == Device::kCUDA ? DType::kBF16 : DType::kF32;
-  Transformer model(o.model, dtype, device);
-  model.params().initialize(o.seed);
+  Transformer model(o.model, dtype, device, tensor_parallel_of(groups.tp.get()));
+  model.params().initialize(o.seed, groups.tp_rank, groups.tp_size);
   AdamW optimizer(model.params(), o.optimizer);
 
   int64_t first_step = 1, tokens_seen = 0;
@@ -254,7 +310,9 @@ absl::Status run_train_program(TrainProgramOptions o) {
       return absl::FailedPreconditionError(absl::StrFormat(
           "--resume: %s was written for a different model (%s)", latest->path, diff));
     MSA_RETURN_IF_ERROR(load_weights(ckpt, latest->path, model, optimizer, false));
-    optimizer.load_state(ckpt.params, ckpt.m, ckpt.v);
+    optimizer.load_state(local_parts(ckpt.params, model.params(), model.tensor_parallel()),
+                         local_parts(ckpt.m, model.params(), model.tensor_parallel()),
+                         local_parts(ckpt.v, model.params(), model.tensor_parallel()));
     first_step = ckpt.state.step + 1;
     tokens_seen = ckpt.state.tokens_seen;
     if (leader)
@@ -269,19 +327,39 @@ absl::Status run_train_program(TrainProgramOptions o) {
     if (leader) std::printf("msa-train: initialized weights from %s\n", o.init_from.c_str());
   }
 
-  if (leader)
-    std::printf("msa-train: %s%s, %s\n", groups.describe().c_str(),
-                o.zero1 ? " (ZeRO-1 optimizer sharding)" : "", device_name(device));
+  {
+    // The layout: every rank's (dp, tp) coordinates and device, printed by rank 0.
+    Tensor mine = Tensor::from_vector<int32_t>({1}, {gpu});
+    Tensor all = Tensor::empty({groups.world_size}, DType::kI32);
+    groups.world->all_gather(mine, all);
+    if (leader) {
+      std::printf("msa-train: world %d = dp %d x tp %d (tp innermost)%s, %s%s\n", groups.world_size,
+                  groups.dp_size, groups.tp_size, o.zero1 ? ", ZeRO-1 optimizer sharding" : "",
+                  device_name(device),
+                  device == Device::kCUDA && groups.world_size > 1 ? " (NCCL)" : "");
+      for (int r = 0; r < groups.world_size; ++r) {
+        const int g = all.data<int32_t>()[r];
+        std::printf("msa-train:   rank %d: dp %d, tp %d, %s\n", r, r / groups.tp_size,
+                    r % groups.tp_size,
+                    g >= 0 ? absl::StrFormat("cuda:%d", g).c_str() : "cpu");
+      }
+    }
+  }
+  int64_t full_param_count = 0;
+  for (const ParamSpec& spec : model_param_specs(o.model)) full_param_count += shape_numel(spec.shape);
   if (leader)
     std::printf(
         "msa-train: %d layers (%s), d_model %d, %d heads / %d kv heads, "
-        "%.2fM parameters, "
+        "%.2fM parameters%s, "
         "%s %s\n",
         o.model.n_layers, o.attention_spec.c_str(), static_cast<int>(o.model.d_model),
-        o.model.n_heads, o.model.n_kv_heads, model.params().numel() / 1e6, device_name(device),
-        dtype_name(dtype));
+        o.model.n_heads, o.model.n_kv_heads, full_param_count / 1e6,
+        groups.tp_size > 1
+            ? absl::StrFormat(" (%.2fM on each tp rank)", model.params().numel() / 1e6).c_str()
+            : "",
+        device_name(device), dtype_name(dtype));
   if (leader)
-    std::printf("msa-train: data %s, batch %d x %d tokens per rank, steps %lld..%lld\n",
+    std::printf("msa-train: data %s, batch %d x %d tokens per data-parallel rank, steps %lld..%lld\n",
                 data->describe().c_str(), static_cast<int>(o.batch_size),
                 static_cast<int>(o.seq_len), static_cast<long long>(first_step),
                 static_cast<long long>(o.trainer.steps));
@@ -298,7 +376,7 @@ absl::Status run_train_program(TrainProgramOptions o) {
       metrics, [](FILE* f) { return f ? std::fclose(f) : 0; });
 
   install_stop_signal_handlers();
-  CheckpointWriter writer(o, o.model, optimizer, groups);
+  CheckpointWriter writer(o, o.model, optimizer, model, groups);
   Trainer trainer(model, optimizer, *data, o.trainer);
   absl::Status failure;
   int64_t last_step = first_step - 1;
@@ -323,10 +401,12 @@ absl::Status run_train_program(TrainProgramOptions o) {
       const EvalResult r = evaluate(
           model, *validation, o.eval_batches,
           m.step <= o.trainer.index_warmup_steps ? MsaMode::kDenseWarmup : MsaMode::kSparse);
-      std::printf("eval  %6lld | val_loss %.4f | val_ppl %.2f | %lld tokens\n",
-                  static_cast<long long>(m.step), r.loss, r.perplexity,
-                  static_cast<long long>(r.tokens));
-      std::fflush(stdout);
+      if (leader) {
+        std::printf("eval  %6lld | val_loss %.4f | val_ppl %.2f | %lld tokens\n",
+                    static_cast<long long>(m.step), r.loss, r.perplexity,
+                    static_cast<long long>(r.tokens));
+        std::fflush(stdout);
+      }
     }
     if (o.checkpoint_every > 0 && m.step % o.checkpoint_every == 0) {
       failure = writer.save(m.step, tokens_seen);

@@ -35,6 +35,7 @@ struct TrainProgramOptions {
   int tp = 1;                   // tensor-parallel size (world = dp x tp)
   bool zero1 = false;           // shard AdamW state over the data-parallel group
   int64_t bucket_mb = 25;       // data-parallel gradient all-reduce bucket size
+  int gpu = -1;                 // CUDA device of this rank (< 0: node-local rank % device count)
   TrainerConfig trainer;
   OptimizerConfig optimizer;
 };

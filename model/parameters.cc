@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_format.h"
 #include "core/rng.h"
+#include "model/tensor_parallel.h"
 
 namespace msa {
 
@@ -75,10 +76,20 @@ ParameterSet ParameterSet::allocate(const std::vector<ParamSpec>& specs, DType d
   return set;
 }
 
-void ParameterSet::initialize(uint64_t seed) {
+void ParameterSet::initialize(uint64_t seed, int tp_rank, int tp_size) {
   for (Parameter& p : params_) {
     switch (p.spec.init) {
       case ParamInit::kNormal:
+        if (tp_size > 1 && p.spec.tp_split != TpSplit::kReplicated) {
+          Tensor full =
+              Tensor::empty(full_shape(p.value.shape(), p.spec.tp_split, tp_size), DType::kF32);
+          fill_normal(full, rng_substream(seed, fnv1a64(p.spec.name)), 0.0f,
+                      static_cast<float>(p.spec.init_std));
+          p.value.copy_from(tp_slice(full, p.spec.tp_split, tp_rank, tp_size)
+                                .to(p.value.dtype())
+                                .to(p.value.device()));
+          break;
+        }
         fill_normal(p.value, rng_substream(seed, fnv1a64(p.spec.name)), 0.0f,
                     static_cast<float>(p.spec.init_std));
         break;

@@ -61,7 +61,9 @@ class ParameterSet {
 
   // Initializes every parameter from the counter-based RNG: parameter `name` draws from stream
   // rng_substream(seed, fnv1a(name)), so adding or removing a parameter does not change others.
-  void initialize(uint64_t seed);
+  // With tensor parallelism (tp_size > 1) every rank draws the full tensor and keeps its part, so
+  // the model is the same at any tp.
+  void initialize(uint64_t seed, int tp_rank = 0, int tp_size = 1);
 
   Parameter& at(const std::string& name);
   const Parameter& at(const std::string& name) const;

@@ -1,5 +1,7 @@
 #include "model/transformer.h"
 
+#include "absl/strings/match.h"
+#include "absl/strings/str_format.h"
 #include "kernels/cross_entropy.h"
 #include "kernels/embedding.h"
 #include "kernels/matmul.h"
@@ -7,11 +9,69 @@
 
 namespace msa {
 
-Transformer::Transformer(const ModelConfig& config, DType dtype, Device device)
-    : config_(config), dtype_(dtype), device_(device) {
-  params_ = ParameterSet::allocate(model_param_specs(config_), dtype, device);
+Transformer::Transformer(const ModelConfig& config, DType dtype, Device device, TensorParallel tp)
+    : config_(config), tp_(tp), dtype_(dtype), device_(device) {
+  MSA_CHECK(!tp_.enabled() || tp_.comm != nullptr, "tensor parallelism needs a communicator");
+  block_config_ = local_block_config(config_, tp_.size);
+  vocab_begin_ = tp_.rank * (config_.vocab_size / tp_.size);
+  params_ = ParameterSet::allocate(local_param_specs(config_, tp_.size), dtype, device);
   for (int l = 0; l < config_.n_layers; ++l)
     if (config_.layer_kind(l) == AttentionKind::kMsa) ++n_msa_layers_;
+  index_row_share_.assign(config_.n_layers, 1.0);
+  layer_params_.resize(config_.n_layers);
+  layer_replicated_.resize(config_.n_layers);
+  for (Parameter& p : params_.all()) {
+    const std::string& name = p.spec.name;
+    if (name == "embed.weight") {
+      embed_params_.push_back(&p);  // tied or not, its last use is the first layer
+    } else if (absl::StartsWith(name, "layers.")) {
+      const int l = std::stoi(name.substr(7));
+      layer_params_[l].push_back(&p);
+      if (p.spec.tp_split == TpSplit::kReplicated) layer_replicated_[l].push_back(&p);
+    } else {
+      head_params_.push_back(&p);  // final_norm, lm_head
+    }
+  }
+}
+
+void Transformer::tp_all_reduce(Tensor& t) {
+  if (tp_.enabled()) tp_.comm->all_reduce_sum(t);
+}
+
+std::vector<Tensor> Transformer::snapshot_grads(const std::vector<Parameter*>& params) const {
+  std::vector<Tensor> out;
+  if (!tp_.enabled()) return out;
+  for (const Parameter* p : params) out.push_back(p->grad.clone());
+  return out;
+}
+
+void Transformer::tp_reduce_replicated_grads(const std::vector<Parameter*>& params,
+                                             const std::vector<Tensor>& before) {
+  if (!tp_.enabled() || params.empty()) return;
+  // Only this backward's contribution is partial (what the grads held before is already whole,
+  // e.g. from earlier micro-batches): sum the differences, in one all-reduce for the layer's few
+  // small vectors.
+  int64_t n = 0;
+  for (const Parameter* p : params) n += p->grad.numel();
+  Tensor flat = Tensor::empty({n}, params[0]->grad.dtype(), params[0]->grad.device());
+  int64_t off = 0;
+  for (size_t i = 0; i < params.size(); ++i) {
+    const Tensor& g = params[i]->grad;
+    Tensor part = flat.slice0(off, off + g.numel());
+    part.copy_from(g.view({g.numel()}));
+    Tensor negated = before[i].clone();
+    scale_inplace(negated, -1.0);
+    add_inplace(part, negated.view({g.numel()}));
+    off += g.numel();
+  }
+  tp_.comm->all_reduce_sum(flat);
+  off = 0;
+  for (size_t i = 0; i < params.size(); ++i) {
+    Parameter* p = params[i];
+    p->grad.copy_from(before[i]);
+    add_inplace(p->grad, flat.slice0(off, off + p->grad.numel()).view(p->grad.shape()));
+    off += p->grad.numel();
+  }
 }
 
 ForwardResult Transformer::forward(const Tensor& tokens, const Tensor& targets,
@@ -33,7 +93,12 @@ ForwardResult Transformer::forward(const Tensor& tokens, const Tensor& targets,
   mlp_.assign(L, MlpActivations());
 
   Tensor x = Tensor::empty({N, D}, dtype_, device_);
-  embedding_forward(tokens_, params_.at("embed.weight").value, x);
+  if (tp_.enabled()) {
+    vocab_parallel_embedding_forward(tokens_, params_.at("embed.weight").value, vocab_begin_, x);
+    tp_all_reduce(x);
+  } else {
+    embedding_forward(tokens_, params_.at("embed.weight").value, x);
+  }
 
   AttentionBlockOptions attn_options;
   attn_options.msa_mode = options.msa_mode;
@@ -44,13 +109,39 @@ ForwardResult Transformer::forward(const Tensor& tokens, const Tensor& targets,
   for (int l = 0; l < L; ++l) {
     residual_in_[l] = x;
     Tensor y = Tensor::empty({N, D}, dtype_, device_);
-    attention_block_forward(config_, l, params_, x, batch_, T_, attn_options, attn_[l], y);
+    attention_block_forward(block_config_, l, params_, x, batch_, T_, attn_options, attn_[l], y);
+    tp_all_reduce(y);  // g: the heads' partial outputs
     Tensor mid = x.clone();
     add_inplace(mid, y);
     residual_mid_[l] = mid;
-    mlp_block_forward(config_, l, params_, mid, mlp_[l], y);
+    mlp_block_forward(block_config_, l, params_, mid, mlp_[l], y);
+    tp_all_reduce(y);  // g: the FFN columns' partial outputs
     x = mid.clone();
     add_inplace(x, y);
+  }
+  if (tp_.enabled() && n_msa_layers_ > 0) {
+    // Each rank's index loss is the mean over its KV groups' rows: the layer's loss is the
+    // row-weighted mean over ranks, and its gradient on this rank scales by its share of rows.
+    // Recall is the mean over ranks (each measures its groups).
+    const int L3 = 3 * config_.n_layers;
+    Tensor sums = Tensor::zeros({L3}, DType::kF64);
+    double* v = sums.data<double>();
+    for (int l = 0; l < L; ++l) {
+      if (config_.layer_kind(l) != AttentionKind::kMsa) continue;
+      v[3 * l] = attn_[l].index_loss * attn_[l].index_rows;
+      v[3 * l + 1] = static_cast<double>(attn_[l].index_rows);
+      v[3 * l + 2] = attn_[l].index_recall;
+    }
+    tp_.comm->all_reduce_sum(sums);
+    for (int l = 0; l < L; ++l) {
+      if (config_.layer_kind(l) != AttentionKind::kMsa) continue;
+      const double rows = v[3 * l + 1];
+      index_row_share_[l] = rows > 0 ? attn_[l].index_rows / rows : 0.0;
+      attn_[l].index_loss = rows > 0 ? v[3 * l] / rows : 0.0;
+      if (attn_[l].index_recall >= 0) attn_[l].index_recall = v[3 * l + 2] / tp_.size;
+    }
+  }
+  for (int l = 0; l < L; ++l) {
     if (config_.layer_kind(l) == AttentionKind::kMsa) {
       result.index_loss += attn_[l].index_loss / n_msa_layers_;
       if (attn_[l].index_recall >= 0) result.index_recall.push_back(attn_[l].index_recall);
@@ -61,12 +152,20 @@ ForwardResult Transformer::forward(const Tensor& tokens, const Tensor& targets,
   rstd_final_ = Tensor::empty({N}, st, device_);
   rmsnorm_forward(x, params_.at("final_norm.weight").value, config_.norm_eps, xn_final_,
                   rstd_final_);
-  logits_ = Tensor::empty({N, V}, dtype_, device_);
+  logits_ = Tensor::empty({N, V / tp_.size}, dtype_, device_);
   const Parameter& head =
       config_.tied_embeddings ? params_.at("embed.weight") : params_.at("lm_head.weight");
   linear_forward(xn_final_, head.value, Tensor(), logits_);
   lse_ = Tensor::empty({N}, st, device_);
-  CrossEntropyResult ce = cross_entropy_forward(logits_, targets_, kIgnoreIndex, lse_);
+  CrossEntropyResult ce;
+  if (tp_.enabled()) {
+    const VocabParallelCrossEntropy vp = vocab_parallel_cross_entropy_forward(
+        logits_, targets_, vocab_begin_, kIgnoreIndex, lse_, tp_.comm);
+    ce.loss = vp.loss;
+    ce.n_counted = vp.n_counted;
+  } else {
+    ce = cross_entropy_forward(logits_, targets_, kIgnoreIndex, lse_);
+  }
   n_targets_ = ce.n_counted;
   result.lm_loss = ce.loss;
   result.n_targets = ce.n_counted;
@@ -84,47 +183,71 @@ void Transformer::backward(double loss_scale, bool backbone) {
   backward(loss_scale, loss_scale, backbone);
 }
 
-void Transformer::backward(double loss_scale, double index_scale, bool backbone) {
+void Transformer::backward(double loss_scale, double index_scale, bool backbone,
+                           const GradsReadyFn& grads_ready) {
   MSA_CHECK(!attn_.empty(), "backward() without a forward(for_backward = true)");
   const int64_t N = batch_ * T_, D = config_.d_model;
   const int L = config_.n_layers;
   const double index_weight =
       n_msa_layers_ > 0 ? index_scale * config_.msa.index_loss_weight / n_msa_layers_ : 0.0;
+  auto ready = [&](const std::vector<Parameter*>& ps) {
+    if (grads_ready && !ps.empty()) grads_ready(ps);
+  };
 
   if (!backbone) {
     // Index warm-up: only the index branches learn; nothing flows through the backbone.
-    for (int l = 0; l < L; ++l) {
+    ready(head_params_);
+    for (int l = L - 1; l >= 0; --l) {
       Tensor none;
-      attention_block_backward(config_, l, params_, residual_in_[l], Tensor(), batch_, T_, attn_[l],
-                               /*backbone=*/false, index_weight, none);
+      attention_block_backward(block_config_, l, params_, residual_in_[l], Tensor(), batch_, T_,
+                               attn_[l], /*backbone=*/false, index_weight * index_row_share_[l],
+                               none);
+      ready(layer_params_[l]);
     }
+    ready(embed_params_);
     return;
   }
 
   Tensor none;
   Tensor& dlogits = logits_;  // in place: the [N, V] buffer is the largest activation
-  cross_entropy_backward(logits_, targets_, lse_, kIgnoreIndex, n_targets_, loss_scale, dlogits);
+  if (tp_.enabled())
+    vocab_parallel_cross_entropy_backward(logits_, targets_, lse_, vocab_begin_, kIgnoreIndex,
+                                          n_targets_, loss_scale, dlogits);
+  else
+    cross_entropy_backward(logits_, targets_, lse_, kIgnoreIndex, n_targets_, loss_scale, dlogits);
   Parameter& head =
       config_.tied_embeddings ? params_.at("embed.weight") : params_.at("lm_head.weight");
   Tensor dxn = Tensor::empty({N, D}, dtype_, device_);
   linear_backward(dlogits, xn_final_, head.value, dxn, head.grad, none);
+  tp_all_reduce(dxn);  // f: each rank's vocabulary columns contribute part of dxn
   Tensor dx = Tensor::empty({N, D}, dtype_, device_);
   Parameter& final_norm = params_.at("final_norm.weight");
   rmsnorm_backward(dxn, x_final_, final_norm.value, rstd_final_, dx, final_norm.grad);
+  ready(head_params_);
 
   for (int l = L - 1; l >= 0; --l) {
     // x_out = mid + mlp(mid): d mid = dx + mlp'(dx).
+    const std::vector<Tensor> before = snapshot_grads(layer_replicated_[l]);
     Tensor dmid;
-    mlp_block_backward(config_, l, params_, residual_mid_[l], dx, mlp_[l], dmid);
+    mlp_block_backward(block_config_, l, params_, residual_mid_[l], dx, mlp_[l], dmid);
+    tp_all_reduce(dmid);  // f: the FFN columns' partial input gradients
     add_inplace(dmid, dx);
     // mid = x_in + attn(x_in).
     Tensor dx_in;
-    attention_block_backward(config_, l, params_, residual_in_[l], dmid, batch_, T_, attn_[l],
-                             /*backbone=*/true, index_weight, dx_in);
+    attention_block_backward(block_config_, l, params_, residual_in_[l], dmid, batch_, T_,
+                             attn_[l], /*backbone=*/true, index_weight * index_row_share_[l],
+                             dx_in);
+    tp_all_reduce(dx_in);  // f: the heads' partial input gradients
     add_inplace(dx_in, dmid);
     dx = dx_in;
+    tp_reduce_replicated_grads(layer_replicated_[l], before);
+    ready(layer_params_[l]);
   }
-  embedding_backward(dx, tokens_, params_.at("embed.weight").grad);
+  if (tp_.enabled())
+    vocab_parallel_embedding_backward(dx, tokens_, vocab_begin_, params_.at("embed.weight").grad);
+  else
+    embedding_backward(dx, tokens_, params_.at("embed.weight").grad);
+  ready(embed_params_);
 }
 
 }  // namespace msa

@@ -6,6 +6,7 @@
 // index distillation loss (so lambda_idx means the same at any depth).
 #pragma once
 
+#include <functional>
 #include <vector>
 
 #include "core/tensor.h"
@@ -13,6 +14,7 @@
 #include "model/mlp_block.h"
 #include "model/model_config.h"
 #include "model/parameters.h"
+#include "model/tensor_parallel.h"
 
 namespace msa {
 
@@ -32,16 +34,24 @@ struct ForwardResult {
 
 inline constexpr int kIgnoreIndex = -100;
 
+// Called during backward with parameters whose gradients are final for this backward: every
+// parameter exactly once, in backward order (head and final norm, layers L-1..0, embedding), so
+// data parallelism can start reducing them while the backward goes on.
+using GradsReadyFn = std::function<void(const std::vector<Parameter*>&)>;
+
 class Transformer {
  public:
-  // dtype: f32 or f64 on the CPU (f64 for gradient checks), bf16 on CUDA.
-  Transformer(const ModelConfig& config, DType dtype, Device device);
+  // dtype: f32 or f64 on the CPU (f64 for gradient checks), bf16 on CUDA. With tensor
+  // parallelism (tp.size > 1) this rank holds its part of every split parameter (same names,
+  // local shapes; see model/tensor_parallel.h) and forward/backward are collective over tp.
+  Transformer(const ModelConfig& config, DType dtype, Device device, TensorParallel tp = {});
 
   const ModelConfig& config() const { return config_; }
   ParameterSet& params() { return params_; }
   const ParameterSet& params() const { return params_; }
   DType dtype() const { return dtype_; }
   Device device() const { return device_; }
+  const TensorParallel& tensor_parallel() const { return tp_; }
 
   // tokens, targets: i32 [batch, T] on the model's device (targets may hold kIgnoreIndex).
   ForwardResult forward(const Tensor& tokens, const Tensor& targets, const ForwardOptions& options);
@@ -52,13 +62,31 @@ class Transformer {
   void backward(double loss_scale, bool backbone = true);
   // As above with separate scales for the LM loss and the index loss (data parallelism weights
   // the LM loss by target tokens and the index loss by sequences).
-  void backward(double lm_scale, double index_scale, bool backbone);
+  void backward(double lm_scale, double index_scale, bool backbone,
+                const GradsReadyFn& grads_ready = nullptr);
 
-  // The last forward's logits [batch * T, V]; valid until backward().
+  // The last forward's logits [batch * T, V] (with tensor parallelism this rank's vocabulary
+  // columns [batch * T, V / tp]); valid until backward().
   const Tensor& logits() const { return logits_; }
 
  private:
+  // Tensor parallelism: the all-reduces of the residual stream (Megatron's f and g operators).
+  void tp_all_reduce(Tensor& t);
+  // Sums over tp what this backward added to the gradients of replicated parameters that this
+  // rank's blocks only partly computed (`before`: their gradients before it, snapshot_grads).
+  std::vector<Tensor> snapshot_grads(const std::vector<Parameter*>& params) const;
+  void tp_reduce_replicated_grads(const std::vector<Parameter*>& params,
+                                  const std::vector<Tensor>& before);
+
   ModelConfig config_;
+  ModelConfig block_config_;  // what one rank's blocks compute (heads, kv heads, ffn / tp)
+  TensorParallel tp_;
+  int64_t vocab_begin_ = 0;   // first vocabulary row this rank holds
+  // Parameters in the order backward finishes them (see GradsReadyFn), and per layer the
+  // replicated ones whose gradients the tp ranks each compute in part.
+  std::vector<Parameter*> head_params_, embed_params_;
+  std::vector<std::vector<Parameter*>> layer_params_, layer_replicated_;
+  std::vector<double> index_row_share_;  // per layer: this rank's share of the index-loss rows
   DType dtype_;
   Device device_;
   ParameterSet params_;

@@ -18,7 +18,65 @@ AdamW::AdamW(ParameterSet& params, const OptimizerConfig& config)
     }
     slots_.push_back(s);
   }
-  if (sharded) init_zero1();
+  if (sharded)
+    init_zero1();
+  else if (config_.dp != nullptr && config_.dp->size() > 1)
+    init_buckets();
+}
+
+void AdamW::init_buckets() {
+  const int64_t limit = std::max<int64_t>(1, config_.bucket_bytes);
+  for (auto it = params_.all().rbegin(); it != params_.all().rend(); ++it) {
+    Parameter& p = *it;
+    const int64_t bytes = static_cast<int64_t>(p.grad.nbytes());
+    bool fits = !buckets_.empty();
+    if (fits) {
+      const Bucket& b = buckets_.back();
+      const Tensor& g0 = b.params[0]->grad;
+      int64_t used = 0;
+      for (const Parameter* q : b.params) used += static_cast<int64_t>(q->grad.nbytes());
+      fits = g0.dtype() == p.grad.dtype() && g0.device() == p.grad.device() && used + bytes <= limit;
+    }
+    if (!fits) buckets_.emplace_back();
+    buckets_.back().params.push_back(&p);
+    bucket_of_[&p] = buckets_.size() - 1;
+  }
+  for (Bucket& b : buckets_) {
+    int64_t n = 0;
+    for (const Parameter* p : b.params) n += p->grad.numel();
+    b.buffer = Tensor::empty({n}, b.params[0]->grad.dtype(), b.params[0]->grad.device());
+  }
+}
+
+void AdamW::launch_bucket(Bucket& b) {
+  int64_t off = 0;
+  for (const Parameter* p : b.params) {
+    const int64_t n = p->grad.numel();
+    b.buffer.slice0(off, off + n).copy_from(p->grad.view({n}));
+    off += n;
+  }
+  b.work = config_.dp->all_reduce_sum_async(b.buffer);
+}
+
+void AdamW::begin_reduction() {
+  if (buckets_.empty()) return;
+  for (Bucket& b : buckets_) {
+    MSA_CHECK(b.work == nullptr, "begin_reduction: the previous step's reduction is unfinished");
+    b.pending = static_cast<int>(b.params.size());
+  }
+  reduction_armed_ = true;
+}
+
+void AdamW::grads_ready(const std::vector<Parameter*>& params) {
+  if (!reduction_armed_) return;
+  for (const Parameter* p : params) {
+    auto it = bucket_of_.find(p);
+    MSA_CHECK(it != bucket_of_.end(), "grads_ready: %s is not a parameter of this optimizer",
+              p->spec.name);
+    Bucket& b = buckets_[it->second];
+    MSA_CHECK(b.pending > 0, "grads_ready: %s reported twice", p->spec.name);
+    if (--b.pending == 0) launch_bucket(b);
+  }
 }
 
 void AdamW::init_zero1() {
@@ -60,50 +118,46 @@ void AdamW::reduce_gradients() {
     dp->reduce_scatter_sum(flat_from_params(/*grads=*/true), grad_shard_);
     return;
   }
-  // Buckets of consecutive gradients, packed into one buffer per all-reduce.
-  const int64_t bucket_elems = std::max<int64_t>(1, config_.bucket_bytes / 4);
-  size_t first = 0;
-  while (first < slots_.size()) {
-    const DType dt = slots_[first].param->grad.dtype();
-    size_t last = first;
-    int64_t elems = 0;
-    while (last < slots_.size() && slots_[last].param->grad.dtype() == dt &&
-           (elems == 0 || elems + slots_[last].param->grad.numel() <= bucket_elems))
-      elems += slots_[last++].param->grad.numel();
-    Tensor bucket = Tensor::empty({elems}, dt);
+  // Buckets the backward did not start (all of them without begin_reduction), in order.
+  for (Bucket& b : buckets_)
+    if (b.work == nullptr && (!reduction_armed_ || b.pending > 0)) launch_bucket(b);
+  reduction_armed_ = false;
+  for (Bucket& b : buckets_) {
+    b.work->wait();
+    b.work.reset();
     int64_t off = 0;
-    for (size_t i = first; i < last; ++i) {
-      Tensor& g = slots_[i].param->grad;
-      bucket.slice0(off, off + g.numel()).copy_from(g.to(Device::kCPU).view({g.numel()}));
-      off += g.numel();
+    for (Parameter* p : b.params) {
+      const int64_t n = p->grad.numel();
+      p->grad.copy_from(b.buffer.slice0(off, off + n).view(p->grad.shape()));
+      off += n;
     }
-    dp->all_reduce_sum(bucket);
-    off = 0;
-    for (size_t i = first; i < last; ++i) {
-      Tensor& g = slots_[i].param->grad;
-      g.copy_from(bucket.slice0(off, off + g.numel()).view(g.shape()).to(g.device()));
-      off += g.numel();
-    }
-    first = last;
   }
 }
 
 double AdamW::grad_norm(const Filter& filter) const {
+  // Squares of replicated parameters (whole on every tp rank) and of split ones (a piece each).
+  double replicated = 0, split = 0;
   if (!segments_.empty()) {
-    double sum = 0;
     for (const Segment& seg : segments_) {
       if (filter && !filter(seg.slot->param->spec)) continue;
       const int64_t n = seg.slot->param->value.numel();
       const int64_t b = std::max(seg.flat_offset, shard_begin_);
       const int64_t e = std::min(seg.flat_offset + n, shard_begin_ + shard_size_);
-      if (b < e) sum += sum_of_squares(grad_shard_.slice0(b - shard_begin_, e - shard_begin_));
+      if (b >= e) continue;
+      const double sq = sum_of_squares(grad_shard_.slice0(b - shard_begin_, e - shard_begin_));
+      (seg.slot->param->spec.tp_split == TpSplit::kReplicated ? replicated : split) += sq;
     }
-    return std::sqrt(config_.dp->all_reduce_sum(sum));
+    replicated = config_.dp->all_reduce_sum(replicated);
+    split = config_.dp->all_reduce_sum(split);
+  } else {
+    for (const Slot& s : slots_) {
+      if (filter && !filter(s.param->spec)) continue;
+      const double sq = sum_of_squares(s.param->grad);
+      (s.param->spec.tp_split == TpSplit::kReplicated ? replicated : split) += sq;
+    }
   }
-  double sum = 0;
-  for (const Slot& s : slots_)
-    if (!filter || filter(s.param->spec)) sum += sum_of_squares(s.param->grad);
-  return std::sqrt(sum);
+  if (config_.tp != nullptr) split = config_.tp->all_reduce_sum(split);
+  return std::sqrt(replicated + split);
 }
 
 AdamWHyper AdamW::hyper(const ParamSpec& spec, int64_t step, double lr, double clip_scale) const {

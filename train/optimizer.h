@@ -4,6 +4,7 @@
 
 #include <functional>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -25,6 +26,9 @@ struct OptimizerConfig {
   Communicator* dp = nullptr;
   bool zero1 = false;
   int64_t bucket_bytes = 25 << 20;
+  // Tensor parallelism: the group over which split parameters' pieces make up the whole (the
+  // gradient norm sums their squares over it; replicated parameters count once).
+  Communicator* tp = nullptr;
 };
 
 class AdamW {
@@ -36,7 +40,16 @@ class AdamW {
   // Which parameters train (e.g. only the index branch during warm-up). Default: all.
   using Filter = std::function<bool(const ParamSpec&)>;
 
-  // Sums the gradients over the data-parallel group (a no-op without one). Collective.
+  // Data-parallel gradient reduction overlapped with the backward: begin_reduction() before the
+  // backward that completes the step's gradients; grads_ready() (the model's GradsReadyFn) with
+  // each parameter once as its gradient is final: every bucket whose parameters are all ready
+  // starts its all-reduce at once. Without these calls reduce_gradients() does all the work.
+  void begin_reduction();
+  void grads_ready(const std::vector<Parameter*>& params);
+
+  // Sums the gradients over the data-parallel group (a no-op without one): starts the buckets
+  // not yet started and waits for all. With zero1: reduce-scatters into this rank's shard.
+  // Collective.
   void reduce_gradients();
 
   // Global L2 norm of the (reduced) gradients of the parameters selected by `filter`.
@@ -72,6 +85,16 @@ class AdamW {
     int64_t flat_offset;  // where the parameter starts in the flat space
   };
   AdamWHyper hyper(const ParamSpec& spec, int64_t step, double lr, double clip_scale) const;
+  // Gradients packed for one all-reduce: consecutive parameters in backward order (the reverse of
+  // registration), one dtype and device, at most bucket_bytes (or one larger parameter).
+  struct Bucket {
+    std::vector<Parameter*> params;
+    Tensor buffer;
+    int pending = 0;  // parameters not yet ready this step
+    std::unique_ptr<CommWork> work;
+  };
+  void init_buckets();
+  void launch_bucket(Bucket& b);
   void init_zero1();
   Tensor flat_from_params(bool grads) const;  // [padded_] f32 on the CPU
   std::map<std::string, Tensor> gather_shard(const Tensor& shard) const;
@@ -80,6 +103,9 @@ class AdamW {
   OptimizerConfig config_;
   std::vector<Slot> slots_;
   std::vector<Segment> segments_;
+  std::vector<Bucket> buckets_;
+  std::map<const Parameter*, size_t> bucket_of_;
+  bool reduction_armed_ = false;
   int64_t padded_ = 0, shard_begin_ = 0, shard_size_ = 0;
   Tensor master_shard_, m_shard_, v_shard_, grad_shard_;
 };

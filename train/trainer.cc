@@ -50,7 +50,14 @@ StepMetrics Trainer::train_step(int64_t step) {
     const double lm_share =
         global_targets > 0 ? static_cast<double>(r.n_targets) / global_targets : 0.0;
     const double index_share = static_cast<double>(b.tokens.size(0)) / global_sequences;
-    model_.backward(lm_share, index_share, /*backbone=*/!m.warmup);
+    // The last micro-batch's backward completes the gradients: its buckets start reducing over
+    // the data-parallel group as soon as their layers are done.
+    GradsReadyFn ready;
+    if (micro == config_.grad_accum - 1) {
+      optimizer_.begin_reduction();
+      ready = [this](const std::vector<Parameter*>& ps) { optimizer_.grads_ready(ps); };
+    }
+    model_.backward(lm_share, index_share, /*backbone=*/!m.warmup, ready);
     lm_sum += r.lm_loss * lm_share;
     index_sum += r.index_loss * index_share;
     if (!r.index_recall.empty()) m.index_recall = r.index_recall;

@@ -1,0 +1,296 @@
+// Tensor parallelism (and tensor x data parallelism) over MPI, run under mpirun -np 2 and -np 4:
+// every layout that the world size allows (np 2: tp 2; np 4: dp 2 x tp 2) trains exactly like one
+// rank with the same global batch, with and without ZeRO-1, for a dense and an MSA model;
+// checkpoints move between tp sizes; bad layouts and mismatched flags fail with clear errors.
+#include <mpi.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "core/communicator.h"
+#include "gtest/gtest.h"
+#include "launch/train_program.h"
+#include "model/tensor_parallel.h"
+#include "model/transformer.h"
+#include "train/batch_source.h"
+#include "train/checkpoint.h"
+#include "train/optimizer.h"
+#include "train/trainer.h"
+
+namespace msa {
+namespace {
+
+int world_rank() {
+  int r;
+  MPI_Comm_rank(MPI_COMM_WORLD, &r);
+  return r;
+}
+int world_size() {
+  int n;
+  MPI_Comm_size(MPI_COMM_WORLD, &n);
+  return n;
+}
+
+// The tensor-parallel size used at this world size: 2 (np 2: dp 1 x tp 2; np 4: dp 2 x tp 2).
+constexpr int kTp = 2;
+
+enum class Variant { kDense, kMsa, kDenseQwenStyle };
+
+ModelConfig tiny(Variant v) {
+  ModelConfig c;
+  c.vocab_size = 96;
+  c.d_model = 32;
+  c.n_layers = 2;
+  c.n_heads = 4;
+  c.n_kv_heads = 2;
+  c.head_dim = 8;
+  c.ffn_dim = 64;
+  c.attention = {AttentionKind::kDense, AttentionKind::kDense};
+  if (v == Variant::kMsa) c.attention = {AttentionKind::kMsa, AttentionKind::kMsa};
+  if (v == Variant::kDenseQwenStyle) {
+    // Split biases, per-head q/k norms whose gradients every tp rank computes in part, and a head
+    // tied to the vocab-parallel embedding.
+    c.qkv_bias = true;
+    c.qk_norm = true;
+    c.tied_embeddings = true;
+  }
+  c.msa.block_size = 8;
+  c.msa.topk = 3;
+  c.msa.index_dim = 8;
+  return c;
+}
+
+struct RunResult {
+  std::vector<double> losses;
+  std::map<std::string, Tensor> params;  // full tensors
+};
+
+// Trains `steps` steps with `batch` sequences per data-parallel rank. groups == nullptr: this
+// rank alone.
+RunResult train(const ModelConfig& c, const ProcessGroups* groups, bool zero1, int64_t batch,
+                int steps, int grad_accum = 1, int64_t index_warmup = 0, int64_t dense_steps = 0) {
+  const TensorParallel tp = tensor_parallel_of(groups ? groups->tp.get() : nullptr);
+  Communicator* dp = groups ? groups->dp.get() : nullptr;
+  Transformer model(c, DType::kF32, Device::kCPU, tp);
+  model.params().initialize(3, tp.rank, tp.size);
+  OptimizerConfig oc;
+  oc.dp = dp;
+  oc.tp = tp.enabled() ? tp.comm : nullptr;
+  oc.zero1 = zero1;
+  oc.bucket_bytes = 4096;  // several buckets even for a tiny model
+  AdamW optimizer(model.params(), oc);
+  DataLayout layout{grad_accum, dp ? dp->rank() : 0, dp ? dp->size() : 1};
+  auto data = make_synthetic_source("kv-recall", c.vocab_size, batch, 48, 3, -1, 11, layout, false);
+  EXPECT_TRUE(data.ok());
+  TrainerConfig tc;
+  tc.steps = steps;
+  tc.grad_accum = grad_accum;
+  tc.lr.max_lr = 3e-3;
+  tc.lr.min_lr = 3e-4;
+  tc.lr.warmup_steps = 3;
+  tc.lr.total_steps = steps;
+  tc.quiet = true;
+  tc.dp = dp;
+  tc.index_warmup_steps = index_warmup;
+  tc.dense_attention_steps = dense_steps;
+  Trainer trainer(model, optimizer, **data, tc);
+  RunResult r;
+  EXPECT_TRUE(trainer
+                  .run(1,
+                       [&](const StepMetrics& m) {
+                         r.losses.push_back(m.loss);
+                         return true;
+                       })
+                  .ok());
+  r.params = optimizer.master_weights();
+  if (tp.enabled())
+    for (auto& [name, t] : r.params)
+      t = tp_gather(t, model.params().at(name).spec.tp_split, tp.comm);
+  return r;
+}
+
+// Largest over tensors of ||a - b|| / ||b|| (L2), as in mpi_data_parallel_test.cc.
+double max_rel_diff(const std::map<std::string, Tensor>& a,
+                    const std::map<std::string, Tensor>& b) {
+  double worst = 0;
+  EXPECT_EQ(a.size(), b.size());
+  for (const auto& [name, t] : a) {
+    EXPECT_TRUE(b.count(name)) << name;
+    if (!b.count(name)) continue;
+    const auto x = t.to_double_vector(), y = b.at(name).to_double_vector();
+    EXPECT_EQ(x.size(), y.size()) << name;
+    double diff = 0, norm = 0;
+    for (size_t i = 0; i < std::min(x.size(), y.size()); ++i) {
+      diff += (x[i] - y[i]) * (x[i] - y[i]);
+      norm += y[i] * y[i];
+    }
+    worst = std::max(worst, std::sqrt(diff) / std::max(std::sqrt(norm), 1e-12));
+  }
+  return worst;
+}
+
+ProcessGroups groups_or_die(int tp) {
+  auto g = make_process_groups(tp);
+  EXPECT_TRUE(g.ok()) << g.status();
+  return std::move(*g);
+}
+
+void check_one_step(Variant v, bool zero1) {
+  const ProcessGroups groups = groups_or_die(kTp);
+  const ModelConfig c = tiny(v);
+  const RunResult single = train(c, nullptr, false, 2 * groups.dp_size, 1);  // the global batch
+  const RunResult parallel = train(c, &groups, zero1, 2, 1);
+  EXPECT_NEAR(parallel.losses[0], single.losses[0], 1e-5 * std::abs(single.losses[0]))
+      << groups.describe();
+  EXPECT_LT(max_rel_diff(parallel.params, single.params), 1e-5) << groups.describe();
+}
+
+TEST(MpiTensorParallelTest, DenseOneStepMatchesOneRank) { check_one_step(Variant::kDense, false); }
+TEST(MpiTensorParallelTest, MsaOneStepMatchesOneRank) { check_one_step(Variant::kMsa, false); }
+TEST(MpiTensorParallelTest, DenseOneStepMatchesOneRankWithZero1) {
+  check_one_step(Variant::kDense, true);
+}
+TEST(MpiTensorParallelTest, MsaOneStepMatchesOneRankWithZero1) {
+  check_one_step(Variant::kMsa, true);
+}
+TEST(MpiTensorParallelTest, BiasQkNormTiedOneStepMatchesOneRank) {
+  check_one_step(Variant::kDenseQwenStyle, false);
+}
+
+// The forward alone: the loss and the full logits (gathered from the vocabulary columns) equal
+// one rank's, and the index loss of the MSA layers (a mean over KV groups split across ranks).
+TEST(MpiTensorParallelTest, ForwardLogitsAndIndexLossMatchOneRank) {
+  const ProcessGroups groups = groups_or_die(kTp);
+  const ModelConfig c = tiny(Variant::kMsa);
+  auto data = make_synthetic_source("kv-recall", c.vocab_size, 2, 48, 3, -1, 7, DataLayout{}, false);
+  ASSERT_TRUE(data.ok());
+  const Batch b = (*data)->get(1, 0);
+  Transformer one(c, DType::kF32, Device::kCPU);
+  one.params().initialize(9);
+  const ForwardResult r1 = one.forward(b.tokens, b.targets, ForwardOptions{});
+  const TensorParallel tp = tensor_parallel_of(groups.tp.get());
+  Transformer split(c, DType::kF32, Device::kCPU, tp);
+  split.params().initialize(9, tp.rank, tp.size);
+  ForwardOptions options;
+  options.recall_query_stride = 4;
+  const ForwardResult r2 = split.forward(b.tokens, b.targets, options);
+  EXPECT_NEAR(r2.lm_loss, r1.lm_loss, 1e-6 * r1.lm_loss);
+  EXPECT_NEAR(r2.index_loss, r1.index_loss, 1e-5 * r1.index_loss);
+  EXPECT_GT(r1.index_loss, 0);
+  EXPECT_EQ(r2.n_targets, r1.n_targets);
+  ASSERT_EQ(r2.index_recall.size(), 2u);
+  const Tensor logits = tp_gather(split.logits().view({-1, c.vocab_size / tp.size}).clone(),
+                                  TpSplit::kCols, tp.comm);
+  const auto x = logits.to_double_vector(), y = one.logits().to_double_vector();
+  ASSERT_EQ(x.size(), y.size());
+  double worst = 0;
+  for (size_t i = 0; i < x.size(); ++i) worst = std::max(worst, std::abs(x[i] - y[i]));
+  EXPECT_LT(worst, 1e-5);
+}
+
+// All three phases: index warm-up (only the index branches train), dense attention, sparse.
+TEST(MpiTensorParallelTest, TwentyStepsReproduceTheSingleRankLossCurve) {
+  const ProcessGroups groups = groups_or_die(kTp);
+  const ModelConfig c = tiny(Variant::kMsa);
+  const RunResult single = train(c, nullptr, false, 2 * groups.dp_size, 20, 2, 3, 3);
+  const RunResult parallel = train(c, &groups, /*zero1=*/groups.dp_size > 1, 2, 20, 2, 3, 3);
+  ASSERT_EQ(parallel.losses.size(), 20u);
+  for (int s = 0; s < 20; ++s)
+    EXPECT_NEAR(parallel.losses[s], single.losses[s], 1e-4 * std::abs(single.losses[s]))
+        << "step " << s + 1 << ", " << groups.describe();
+  EXPECT_LT(max_rel_diff(parallel.params, single.params), 1e-4);
+}
+
+TrainProgramOptions program(const std::string& dir, int tp, int64_t batch, int steps,
+                            bool zero1) {
+  TrainProgramOptions o;
+  o.model = tiny(Variant::kMsa);
+  o.attention_spec = "msa,msa";
+  o.device = "cpu";
+  o.data = "synthetic:kv-recall";
+  o.synthetic_pairs = 3;
+  o.batch_size = batch;
+  o.seq_len = 48;
+  o.seed = 5;
+  o.trainer.steps = steps;
+  o.trainer.lr.max_lr = 3e-3;
+  o.trainer.lr.min_lr = 3e-4;
+  o.trainer.lr.warmup_steps = 2;
+  o.trainer.lr.total_steps = steps;
+  o.trainer.quiet = true;
+  o.checkpoint_dir = dir;
+  o.tp = tp;
+  o.zero1 = zero1;
+  return o;
+}
+
+// Straight 6 steps at one layout vs 3 steps at it and 3 resumed at the other; the global batch
+// stays 2 * world / 2 sequences (2 per rank at tp 2, 1 per rank at tp 1).
+void check_resume_across_tp(const std::string& base, int tp_from, int tp_to, bool zero1) {
+  auto batch_at = [](int tp) { return tp == kTp ? 2 : 1; };
+  ASSERT_TRUE(
+      run_train_program(program(base + "/straight", tp_from, batch_at(tp_from), 6, zero1)).ok());
+  TrainProgramOptions first = program(base + "/split", tp_from, batch_at(tp_from), 6, zero1);
+  first.exit_after_step = 3;
+  ASSERT_TRUE(run_train_program(first).ok());
+  TrainProgramOptions second = program(base + "/split", tp_to, batch_at(tp_to), 6, zero1);
+  second.resume = true;
+  const absl::Status s = run_train_program(second);
+  ASSERT_TRUE(s.ok()) << s;
+  if (world_rank() == 0) {
+    auto a = load_checkpoint(checkpoint_path(base + "/straight", 6));
+    auto b = load_checkpoint(checkpoint_path(base + "/split", 6));
+    ASSERT_TRUE(a.ok() && b.ok());
+    EXPECT_LT(max_rel_diff(b->params, a->params), 1e-5) << tp_from << " -> " << tp_to;
+    EXPECT_LT(max_rel_diff(b->m, a->m), 1e-4) << tp_from << " -> " << tp_to;
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+}
+
+TEST(MpiTensorParallelTest, CheckpointsMoveBetweenTensorParallelSizes) {
+  const int n = world_size();
+  const std::string base = std::string(::testing::TempDir()) + "/mpi_tp_ckpt_np" + std::to_string(n);
+  if (world_rank() == 0) std::system(("rm -rf '" + base + "' && mkdir -p '" + base + "'").c_str());
+  MPI_Barrier(MPI_COMM_WORLD);
+  check_resume_across_tp(base + "/tp2_to_tp1", kTp, 1, /*zero1=*/false);
+  check_resume_across_tp(base + "/tp1_to_tp2", 1, kTp, /*zero1=*/true);
+}
+
+void expect_error(const TrainProgramOptions& o, const std::string& needle) {
+  const absl::Status s = run_train_program(o);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(std::string(s.message()).find(needle), std::string::npos) << s;
+}
+
+TEST(MpiTensorParallelTest, LayoutsThatDoNotFitFailNamingTheFlag) {
+  TrainProgramOptions o = program("", kTp, 2, 1, false);
+  o.model.n_kv_heads = 1;
+  expect_error(o, "invalid --tp: 2 does not divide n_kv_heads");
+  o = program("", kTp, 2, 1, false);
+  o.model.ffn_dim = 65;
+  expect_error(o, "invalid --tp: 2 does not divide ffn_dim");
+  o = program("", kTp, 2, 1, false);
+  o.model.vocab_size = 97;
+  expect_error(o, "invalid --tp: 2 does not divide vocab_size");
+  o = program("", 3, 2, 1, false);
+  o.model.n_kv_heads = 3;
+  o.model.n_heads = 3;
+  o.model.ffn_dim = 63;
+  expect_error(o, "invalid --tp: 3 does not divide the world size");
+}
+
+TEST(MpiTensorParallelTest, MismatchedFlagsAcrossRanksFail) {
+  TrainProgramOptions o = program("", kTp, 2, 1, false);
+  if (world_rank() == world_size() - 1) o.trainer.lr.max_lr = 1e-3;
+  expect_error(o, "config hash mismatch");
+  o = program("", kTp, 2, 1, false);
+  if (world_rank() == 1) o.tp = 1;
+  expect_error(o, "config hash mismatch");
+}
+
+}  // namespace
+}  // namespace msa
