@@ -160,6 +160,18 @@ double AdamW::grad_norm(const Filter& filter) const {
   return std::sqrt(replicated + split);
 }
 
+AdamWHyper AdamW::hyper(const ParamSpec& spec, int64_t step, double lr, double clip_scale) const {
+  AdamWHyper h;
+  h.lr = lr;
+  h.beta1 = config_.beta1;
+  h.beta2 = config_.beta2;
+  h.eps = config_.eps;
+  h.weight_decay = spec.weight_decay ? config_.weight_decay : 0.0;
+  h.grad_scale = clip_scale;
+  h.step = step;
+  return h;
+}
+
 void AdamW::step(int64_t step, double lr, double grad_norm, const Filter& filter) {
   double clip_scale = 1.0;
   if (config_.grad_clip > 0 && grad_norm > config_.grad_clip)
@@ -172,14 +184,7 @@ void AdamW::step(int64_t step, double lr, double grad_norm, const Filter& filter
       const int64_t b = std::max(seg.flat_offset, shard_begin_);
       const int64_t e = std::min(seg.flat_offset + n, shard_begin_ + shard_size_);
       if (b >= e) continue;
-      AdamWHyper h;
-      h.lr = lr;
-      h.beta1 = config_.beta1;
-      h.beta2 = config_.beta2;
-      h.eps = config_.eps;
-      h.weight_decay = s.param->spec.weight_decay ? config_.weight_decay : 0.0;
-      h.grad_scale = clip_scale;
-      h.step = step;
+      const AdamWHyper h = hyper(s.param->spec, step, lr, clip_scale);
       const int64_t lo = b - shard_begin_, hi = e - shard_begin_;
       Tensor master = master_shard_.slice0(lo, hi), m = m_shard_.slice0(lo, hi),
              v = v_shard_.slice0(lo, hi);
@@ -198,14 +203,7 @@ void AdamW::step(int64_t step, double lr, double grad_norm, const Filter& filter
   }
   for (Slot& s : slots_) {
     if (filter && !filter(s.param->spec)) continue;
-    AdamWHyper h;
-    h.lr = lr;
-    h.beta1 = config_.beta1;
-    h.beta2 = config_.beta2;
-    h.eps = config_.eps;
-    h.weight_decay = s.param->spec.weight_decay ? config_.weight_decay : 0.0;
-    h.grad_scale = clip_scale;
-    h.step = step;
+    const AdamWHyper h = hyper(s.param->spec, step, lr, clip_scale);
     Tensor grad =
         s.param->grad.dtype() == DType::kF32 ? s.param->grad : s.param->grad.to(DType::kF32);
     adamw_update(s.master, grad, s.m, s.v, h);

@@ -16,24 +16,9 @@
 #include <vector>
 
 #include "kernels/cpu/parallel.h"
+#include "kernels/cpu/vector_ops.h"
 
 namespace msa::cpu {
-namespace {
-
-template <class T>
-T dot(const T* a, const T* b, int64_t n) {
-  T sum = 0;
-  for (int64_t i = 0; i < n; ++i) sum += a[i] * b[i];
-  return sum;
-}
-
-// y += a x
-template <class T>
-void axpy(T a, const T* x, T* y, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
-}
-
-}  // namespace
 
 template <class T>
 void attention_forward(const T* q, const T* k, const T* v, double scale, T* out, T* lse,

@@ -19,16 +19,11 @@
 
 #include "kernels/cpu/msa.h"
 #include "kernels/cpu/parallel.h"
+#include "kernels/cpu/vector_ops.h"
 
 namespace msa::cpu {
 namespace {
 
-template <class T>
-T dot(const T* a, const T* b, int64_t n) {
-  T sum = 0;
-  for (int64_t i = 0; i < n; ++i) sum += a[i] * b[i];
-  return sum;
-}
 
 // The row's block list J; returns false when the row does not count (|J| < 2).
 bool row_blocks(bool dense_target, const int32_t* idx, int32_t count, int64_t c,

@@ -14,21 +14,12 @@
 
 #include "kernels/cpu/msa.h"
 #include "kernels/cpu/parallel.h"
+#include "kernels/cpu/vector_ops.h"
 
 namespace msa::cpu {
 namespace {
 
-template <class T>
-T dot(const T* a, const T* b, int64_t n) {
-  T sum = 0;
-  for (int64_t i = 0; i < n; ++i) sum += a[i] * b[i];
-  return sum;
-}
 
-template <class T>
-void axpy(T a, const T* x, T* y, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
-}
 
 // Calls fn(s) for every key token s that query t of row (b, t, g) attends to,
 // in ascending order.
