@@ -26,8 +26,8 @@ absl::StatusOr<int> select_cuda_device(int local_rank, int requested) {
   if (n == 0)
     return absl::FailedPreconditionError("invalid --gpu: no CUDA device in this build/machine");
   if (requested >= n)
-    return absl::InvalidArgumentError(
-        absl::StrFormat("invalid --gpu: device %d requested but only %d are present", requested, n));
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "invalid --gpu: device %d requested but only %d are present", requested, n));
   const int device = requested >= 0 ? requested : local_rank % n;
 #if MSA_HAS_CUDA
   if (cudaSetDevice(device) != cudaSuccess)

@@ -31,8 +31,8 @@ ABSL_FLAG(std::string, dtype, "f32", "Element type: f32 or bf16 (bf16: CUDA only
 namespace {
 
 using msa::Communicator;
-using msa::DType;
 using msa::Device;
+using msa::DType;
 using msa::Tensor;
 
 double wall() { return MPI_Wtime(); }
@@ -84,8 +84,8 @@ int main(int argc, char** argv) {
     }
     gpu = *g;
   }
-  std::unique_ptr<Communicator> comm =
-      cuda ? msa::make_nccl_communicator(MPI_COMM_WORLD) : msa::make_mpi_communicator(MPI_COMM_WORLD);
+  std::unique_ptr<Communicator> comm = cuda ? msa::make_nccl_communicator(MPI_COMM_WORLD)
+                                            : msa::make_mpi_communicator(MPI_COMM_WORLD);
   const int64_t bytes = absl::GetFlag(FLAGS_mb) << 20;
   const int64_t numel = bytes / static_cast<int64_t>(msa::dtype_size(dtype));
   const Device device = cuda ? Device::kCUDA : Device::kCPU;
@@ -99,7 +99,8 @@ int main(int argc, char** argv) {
   };
   auto busbw = [&](double s) { return bytes * 2.0 * (n - 1) / n / s / 1e9; };
 
-  const double ours = median_seconds(iters, [&] { comm->all_reduce_sum(buf); }, sync);
+  const double ours = median_seconds(
+      iters, [&] { comm->all_reduce_sum(buf); }, sync);
   const double ours_async = median_seconds(
       iters, [&] { comm->all_reduce_sum_async(buf)->wait(); }, sync);
   double raw = 0;

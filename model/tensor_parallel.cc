@@ -133,8 +133,8 @@ TensorParallel tensor_parallel_of(Communicator* comm) {
 absl::Status check_tensor_parallel(const ModelConfig& c, int tp) {
   auto bad = [&](const char* what, int64_t n) {
     return absl::InvalidArgumentError(absl::StrFormat(
-        "invalid --tp: %d does not divide %s = %d (tensor parallelism splits it evenly)", tp,
-        what, n));
+        "invalid --tp: %d does not divide %s = %d (tensor parallelism splits it evenly)", tp, what,
+        n));
   };
   if (tp < 1) return absl::InvalidArgumentError(absl::StrFormat("invalid --tp: %d is < 1", tp));
   if (c.n_kv_heads % tp != 0) return bad("n_kv_heads (--n_kv_heads)", c.n_kv_heads);
@@ -199,8 +199,8 @@ Tensor tp_gather(const Tensor& local, TpSplit split, Communicator* tp) {
   Tensor out_rows = out.view({R * n, c});
   for (int k = 0; k < n; ++k)
     for (int64_t i = 0; i < R; ++i)
-      out_rows.slice0(i * n + k, i * n + k + 1).copy_from(parts.view({n * R, c}).slice0(
-          k * R + i, k * R + i + 1));
+      out_rows.slice0(i * n + k, i * n + k + 1)
+          .copy_from(parts.view({n * R, c}).slice0(k * R + i, k * R + i + 1));
   return out;
 }
 
@@ -245,9 +245,8 @@ VocabParallelCrossEntropy vocab_parallel_cross_entropy_forward(const Tensor& log
 }
 
 void vocab_parallel_cross_entropy_backward(const Tensor& logits, const Tensor& targets,
-                                           const Tensor& lse, int64_t vocab_begin,
-                                           int ignore_index, int64_t n_counted, double dloss,
-                                           Tensor& dlogits) {
+                                           const Tensor& lse, int64_t vocab_begin, int ignore_index,
+                                           int64_t n_counted, double dloss, Tensor& dlogits) {
   const Tensor tgt = targets.to(Device::kCPU);
   const Tensor x = host_compute_copy(logits);
   const Tensor l = host_compute_copy(lse);

@@ -69,8 +69,7 @@ VocabParallelCrossEntropy vocab_parallel_cross_entropy_forward(const Tensor& log
 // dlogits [N, V/tp] = dloss * (softmax(logits) - onehot(target)) / n_counted on this rank's
 // columns; may alias logits. No communication.
 void vocab_parallel_cross_entropy_backward(const Tensor& logits, const Tensor& targets,
-                                           const Tensor& lse, int64_t vocab_begin,
-                                           int ignore_index, int64_t n_counted, double dloss,
-                                           Tensor& dlogits);
+                                           const Tensor& lse, int64_t vocab_begin, int ignore_index,
+                                           int64_t n_counted, double dloss, Tensor& dlogits);
 
 }  // namespace msa

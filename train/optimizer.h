@@ -84,7 +84,6 @@ class AdamW {
     Slot* slot;
     int64_t flat_offset;  // where the parameter starts in the flat space
   };
-  AdamWHyper hyper(const ParamSpec& spec, int64_t step, double lr, double clip_scale) const;
   // Gradients packed for one all-reduce: consecutive parameters in backward order (the reverse of
   // registration), one dtype and device, at most bucket_bytes (or one larger parameter).
   struct Bucket {
@@ -95,6 +94,7 @@ class AdamW {
   };
   void init_buckets();
   void launch_bucket(Bucket& b);
+  AdamWHyper hyper(const ParamSpec& spec, int64_t step, double lr, double clip_scale) const;
   void init_zero1();
   Tensor flat_from_params(bool grads) const;  // [padded_] f32 on the CPU
   std::map<std::string, Tensor> gather_shard(const Tensor& shard) const;

@@ -17,10 +17,14 @@ namespace {
 
 ncclDataType_t nccl_type(DType dtype) {
   switch (dtype) {
-    case DType::kF32: return ncclFloat32;
-    case DType::kF64: return ncclFloat64;
-    case DType::kBF16: return ncclBfloat16;
-    case DType::kI32: return ncclInt32;
+    case DType::kF32:
+      return ncclFloat32;
+    case DType::kF64:
+      return ncclFloat64;
+    case DType::kBF16:
+      return ncclBfloat16;
+    case DType::kI32:
+      return ncclInt32;
   }
   return ncclFloat32;
 }
@@ -96,13 +100,13 @@ class NcclCommunicator : public Communicator {
                   in.dtype() == out.dtype(),
               "all_gather: out %s must hold size() = %d copies of in %s (both on CUDA)",
               out.describe(), size(), in.describe());
-    MSA_NCCL_CHECK(ncclAllGather(in.raw_data(), out.raw_data(), in.numel(), nccl_type(in.dtype()),
-                                 nccl_, 0));
+    MSA_NCCL_CHECK(
+        ncclAllGather(in.raw_data(), out.raw_data(), in.numel(), nccl_type(in.dtype()), nccl_, 0));
   }
   void broadcast(Tensor& t, int root) override {
     if (t.is_cpu()) return mpi_->broadcast(t, root);
-    MSA_NCCL_CHECK(ncclBroadcast(t.raw_data(), t.raw_data(), t.numel(), nccl_type(t.dtype()), root,
-                                 nccl_, 0));
+    MSA_NCCL_CHECK(
+        ncclBroadcast(t.raw_data(), t.raw_data(), t.numel(), nccl_type(t.dtype()), root, nccl_, 0));
   }
   void barrier() override {
     MSA_CUDA_CHECK(cudaStreamSynchronize(0));

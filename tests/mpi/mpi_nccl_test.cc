@@ -135,8 +135,8 @@ TEST_F(MpiNcclTest, VocabParallelCrossEntropyInBf16) {
   t[3] = kIgnoreIndex;
   const Tensor targets = Tensor::from_vector<int32_t>({N}, t);
   Tensor lse_ref = Tensor::empty({N}, DType::kF32);
-  const VocabParallelCrossEntropy ref = vocab_parallel_cross_entropy_forward(
-      full, targets, 0, kIgnoreIndex, lse_ref, nullptr);
+  const VocabParallelCrossEntropy ref =
+      vocab_parallel_cross_entropy_forward(full, targets, 0, kIgnoreIndex, lse_ref, nullptr);
   const Tensor mine = tp_slice(full, TpSplit::kCols, rank_, size_);
   Tensor logits = mine.to(DType::kBF16).to(Device::kCUDA);
   Tensor lse = Tensor::empty({N}, DType::kF32, Device::kCUDA);

@@ -166,7 +166,8 @@ TEST(MpiTensorParallelTest, BiasQkNormTiedOneStepMatchesOneRank) {
 TEST(MpiTensorParallelTest, ForwardLogitsAndIndexLossMatchOneRank) {
   const ProcessGroups groups = groups_or_die(kTp);
   const ModelConfig c = tiny(Variant::kMsa);
-  auto data = make_synthetic_source("kv-recall", c.vocab_size, 2, 48, 3, -1, 7, DataLayout{}, false);
+  auto data =
+      make_synthetic_source("kv-recall", c.vocab_size, 2, 48, 3, -1, 7, DataLayout{}, false);
   ASSERT_TRUE(data.ok());
   const Batch b = (*data)->get(1, 0);
   Transformer one(c, DType::kF32, Device::kCPU);
@@ -183,8 +184,8 @@ TEST(MpiTensorParallelTest, ForwardLogitsAndIndexLossMatchOneRank) {
   EXPECT_GT(r1.index_loss, 0);
   EXPECT_EQ(r2.n_targets, r1.n_targets);
   ASSERT_EQ(r2.index_recall.size(), 2u);
-  const Tensor logits = tp_gather(split.logits().view({-1, c.vocab_size / tp.size}).clone(),
-                                  TpSplit::kCols, tp.comm);
+  const Tensor logits =
+      tp_gather(split.logits().view({-1, c.vocab_size / tp.size}).clone(), TpSplit::kCols, tp.comm);
   const auto x = logits.to_double_vector(), y = one.logits().to_double_vector();
   ASSERT_EQ(x.size(), y.size());
   double worst = 0;
@@ -205,8 +206,7 @@ TEST(MpiTensorParallelTest, TwentyStepsReproduceTheSingleRankLossCurve) {
   EXPECT_LT(max_rel_diff(parallel.params, single.params), 1e-4);
 }
 
-TrainProgramOptions program(const std::string& dir, int tp, int64_t batch, int steps,
-                            bool zero1) {
+TrainProgramOptions program(const std::string& dir, int tp, int64_t batch, int steps, bool zero1) {
   TrainProgramOptions o;
   o.model = tiny(Variant::kMsa);
   o.attention_spec = "msa,msa";
@@ -253,7 +253,8 @@ void check_resume_across_tp(const std::string& base, int tp_from, int tp_to, boo
 
 TEST(MpiTensorParallelTest, CheckpointsMoveBetweenTensorParallelSizes) {
   const int n = world_size();
-  const std::string base = std::string(::testing::TempDir()) + "/mpi_tp_ckpt_np" + std::to_string(n);
+  const std::string base =
+      std::string(::testing::TempDir()) + "/mpi_tp_ckpt_np" + std::to_string(n);
   if (world_rank() == 0) std::system(("rm -rf '" + base + "' && mkdir -p '" + base + "'").c_str());
   MPI_Barrier(MPI_COMM_WORLD);
   check_resume_across_tp(base + "/tp2_to_tp1", kTp, 1, /*zero1=*/false);
