@@ -12,6 +12,7 @@
 #include "gtest/gtest.h"
 #include "launch/train_program.h"
 #include "model/transformer.h"
+#include "tests/testing/parallel_training.h"
 #include "train/batch_source.h"
 #include "train/checkpoint.h"
 #include "train/optimizer.h"
@@ -48,62 +49,16 @@ ModelConfig tiny(bool msa) {
   return c;
 }
 
-struct RunResult {
-  std::vector<double> losses;
-  std::map<std::string, Tensor> params;
-};
+using test::max_rel_diff;
+using test::RunResult;
 
-// Trains `steps` steps with `batch` sequences per rank on `dp` (nullptr: this rank alone).
+// Trains on `dp` (nullptr: this rank alone) with data parallelism only.
 RunResult train(const ModelConfig& c, Communicator* dp, bool zero1, int64_t batch, int steps,
                 int grad_accum = 1) {
-  Transformer model(c, DType::kF32, Device::kCPU);
-  model.params().initialize(3);
-  OptimizerConfig oc;
-  oc.dp = dp;
-  oc.zero1 = zero1;
-  oc.bucket_bytes = 4096;  // several buckets even for a tiny model
-  AdamW optimizer(model.params(), oc);
-  DataLayout layout{grad_accum, dp ? dp->rank() : 0, dp ? dp->size() : 1};
-  auto data = make_synthetic_source("kv-recall", c.vocab_size, batch, 48, 3, -1, 11, layout, false);
-  EXPECT_TRUE(data.ok());
-  TrainerConfig tc;
-  tc.steps = steps;
-  tc.grad_accum = grad_accum;
-  tc.lr.max_lr = 3e-3;
-  tc.lr.min_lr = 3e-4;
-  tc.lr.warmup_steps = 3;
-  tc.lr.total_steps = steps;
-  tc.quiet = true;
-  tc.dp = dp;
-  Trainer trainer(model, optimizer, **data, tc);
-  RunResult r;
-  EXPECT_TRUE(trainer
-                  .run(1,
-                       [&](const StepMetrics& m) {
-                         r.losses.push_back(m.loss);
-                         return true;
-                       })
-                  .ok());
-  r.params = optimizer.master_weights();
-  return r;
-}
-
-// Largest over tensors of ||a - b|| / ||b|| (L2): the relative difference of each tensor.
-// (Element-wise ratios are ill-posed for Adam's first steps, whose update is lr * g / |g| and so
-// flips with the last bit of a near-zero gradient's reduction order.)
-double max_rel_diff(const std::map<std::string, Tensor>& a,
-                    const std::map<std::string, Tensor>& b) {
-  double worst = 0;
-  for (const auto& [name, t] : a) {
-    const auto x = t.to_double_vector(), y = b.at(name).to_double_vector();
-    double diff = 0, norm = 0;
-    for (size_t i = 0; i < x.size(); ++i) {
-      diff += (x[i] - y[i]) * (x[i] - y[i]);
-      norm += y[i] * y[i];
-    }
-    worst = std::max(worst, std::sqrt(diff) / std::max(std::sqrt(norm), 1e-12));
-  }
-  return worst;
+  if (dp == nullptr) return test::train(c, nullptr, zero1, batch, steps, grad_accum);
+  auto groups = make_process_groups(1);
+  EXPECT_TRUE(groups.ok());
+  return test::train(c, &*groups, zero1, batch, steps, grad_accum);
 }
 
 void check_one_step(bool msa, bool zero1) {

@@ -16,6 +16,7 @@
 #include "launch/train_program.h"
 #include "model/tensor_parallel.h"
 #include "model/transformer.h"
+#include "tests/testing/parallel_training.h"
 #include "train/batch_source.h"
 #include "train/checkpoint.h"
 #include "train/optimizer.h"
@@ -64,74 +65,9 @@ ModelConfig tiny(Variant v) {
   return c;
 }
 
-struct RunResult {
-  std::vector<double> losses;
-  std::map<std::string, Tensor> params;  // full tensors
-};
-
-// Trains `steps` steps with `batch` sequences per data-parallel rank. groups == nullptr: this
-// rank alone.
-RunResult train(const ModelConfig& c, const ProcessGroups* groups, bool zero1, int64_t batch,
-                int steps, int grad_accum = 1, int64_t index_warmup = 0, int64_t dense_steps = 0) {
-  const TensorParallel tp = tensor_parallel_of(groups ? groups->tp.get() : nullptr);
-  Communicator* dp = groups ? groups->dp.get() : nullptr;
-  Transformer model(c, DType::kF32, Device::kCPU, tp);
-  model.params().initialize(3, tp.rank, tp.size);
-  OptimizerConfig oc;
-  oc.dp = dp;
-  oc.tp = tp.enabled() ? tp.comm : nullptr;
-  oc.zero1 = zero1;
-  oc.bucket_bytes = 4096;  // several buckets even for a tiny model
-  AdamW optimizer(model.params(), oc);
-  DataLayout layout{grad_accum, dp ? dp->rank() : 0, dp ? dp->size() : 1};
-  auto data = make_synthetic_source("kv-recall", c.vocab_size, batch, 48, 3, -1, 11, layout, false);
-  EXPECT_TRUE(data.ok());
-  TrainerConfig tc;
-  tc.steps = steps;
-  tc.grad_accum = grad_accum;
-  tc.lr.max_lr = 3e-3;
-  tc.lr.min_lr = 3e-4;
-  tc.lr.warmup_steps = 3;
-  tc.lr.total_steps = steps;
-  tc.quiet = true;
-  tc.dp = dp;
-  tc.index_warmup_steps = index_warmup;
-  tc.dense_attention_steps = dense_steps;
-  Trainer trainer(model, optimizer, **data, tc);
-  RunResult r;
-  EXPECT_TRUE(trainer
-                  .run(1,
-                       [&](const StepMetrics& m) {
-                         r.losses.push_back(m.loss);
-                         return true;
-                       })
-                  .ok());
-  r.params = optimizer.master_weights();
-  if (tp.enabled())
-    for (auto& [name, t] : r.params)
-      t = tp_gather(t, model.params().at(name).spec.tp_split, tp.comm);
-  return r;
-}
-
-// Largest over tensors of ||a - b|| / ||b|| (L2), as in mpi_data_parallel_test.cc.
-double max_rel_diff(const std::map<std::string, Tensor>& a,
-                    const std::map<std::string, Tensor>& b) {
-  double worst = 0;
-  EXPECT_EQ(a.size(), b.size());
-  for (const auto& [name, t] : a) {
-    EXPECT_TRUE(b.count(name)) << name;
-    if (!b.count(name)) continue;
-    const auto x = t.to_double_vector(), y = b.at(name).to_double_vector();
-    EXPECT_EQ(x.size(), y.size()) << name;
-    double diff = 0, norm = 0;
-    for (size_t i = 0; i < std::min(x.size(), y.size()); ++i) {
-      diff += (x[i] - y[i]) * (x[i] - y[i]);
-      norm += y[i] * y[i];
-    }
-    worst = std::max(worst, std::sqrt(diff) / std::max(std::sqrt(norm), 1e-12));
-  }
-  return worst;
-}
+using test::max_rel_diff;
+using test::RunResult;
+using test::train;
 
 ProcessGroups groups_or_die(int tp) {
   auto g = make_process_groups(tp);
