@@ -1,5 +1,6 @@
 #include "core/tensor.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 
@@ -44,6 +45,8 @@ class CudaCachingAllocator {
     n = round(n);
     {
       std::lock_guard<std::mutex> lock(mu_);
+      in_use_ += n;
+      peak_ = std::max(peak_, in_use_);
       auto it = free_.find(n);
       if (it != free_.end()) {
         void* p = it->second;
@@ -62,7 +65,16 @@ class CudaCachingAllocator {
   }
   void free(void* p, size_t n) {
     std::lock_guard<std::mutex> lock(mu_);
+    in_use_ -= round(n);
     free_.emplace(round(n), p);
+  }
+  CudaMemoryStats stats() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return {in_use_, peak_};
+  }
+  void reset_peak() {
+    std::lock_guard<std::mutex> lock(mu_);
+    peak_ = in_use_;
   }
   void release_cached() {
     std::lock_guard<std::mutex> lock(mu_);
@@ -74,9 +86,24 @@ class CudaCachingAllocator {
  private:
   std::mutex mu_;
   std::multimap<size_t, void*> free_;
+  size_t in_use_ = 0, peak_ = 0;  // bytes handed out to tensors (rounded sizes)
 };
 }  // namespace
 #endif
+
+CudaMemoryStats cuda_memory_stats() {
+#if MSA_HAS_CUDA
+  return CudaCachingAllocator::instance().stats();
+#else
+  return {};
+#endif
+}
+
+void reset_cuda_peak_memory() {
+#if MSA_HAS_CUDA
+  CudaCachingAllocator::instance().reset_peak();
+#endif
+}
 
 size_t dtype_size(DType dtype) {
   switch (dtype) {

@@ -125,4 +125,14 @@ void fill_uniform(Tensor& t, uint64_t seed, float lo, float hi);
 
 bool cuda_available();  // true when built with CUDA and a device is present
 
+// Device memory held by tensors (the caching allocator's view: bytes in use now and the most in
+// use at once since the start or the last reset). Library workspaces (cuBLASLt, cuDNN) are not
+// tensors and not counted. Zero without CUDA.
+struct CudaMemoryStats {
+  size_t in_use_bytes = 0;
+  size_t peak_bytes = 0;
+};
+CudaMemoryStats cuda_memory_stats();
+void reset_cuda_peak_memory();
+
 }  // namespace msa

@@ -1,8 +1,13 @@
 // Device dispatch for kernels/adamw.h.
 #include "kernels/adamw.h"
 
+#include <cmath>
+
 #include "kernels/cpu/adamw.h"
 #include "kernels/cpu/dtype_dispatch.h"
+#if MSA_HAS_CUDA
+#include "kernels/cuda/dense_cuda.h"
+#endif
 
 namespace msa {
 
@@ -15,8 +20,15 @@ void adamw_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const
   check_same_device(param, v, "param", "v");
   MSA_CHECK(h.step >= 1, "adamw_update: step %d must be >= 1 (1-based)", h.step);
   if (param.is_cuda()) {
-    // ---- CUDA: not built yet (kernels/cuda/ will take over here) ----
-    MSA_CHECK(false, "adamw_update: CUDA implementation not built yet");
+#if MSA_HAS_CUDA
+    const double step = static_cast<double>(h.step);
+    const cuda::AdamWStep s{static_cast<float>(h.lr), static_cast<float>(h.beta1),
+                            static_cast<float>(h.beta2), static_cast<float>(h.eps),
+                            static_cast<float>(h.weight_decay), static_cast<float>(h.grad_scale),
+                            static_cast<float>(1.0 - std::pow(h.beta1, step)),
+                            static_cast<float>(1.0 - std::pow(h.beta2, step))};
+    cuda::adamw_update(param, grad, m, v, s);
+#endif
     return;
   }
   // fp32 is the contract; the CPU also takes f64 for gradient checks and exact comparisons.
@@ -32,9 +44,9 @@ void adamw_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const
 
 double sum_of_squares(const Tensor& t) {
   if (t.is_cuda()) {
-    // ---- CUDA: not built yet (kernels/cuda/ will take over here) ----
-    MSA_CHECK(false, "sum_of_squares: CUDA implementation not built yet");
-    return 0;
+#if MSA_HAS_CUDA
+    return cuda::sum_of_squares(t);
+#endif
   }
   double result = 0;
   cpu::dispatch_floating(t.dtype(), "sum_of_squares", [&](auto zero) {

@@ -3,6 +3,9 @@
 
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/dtype_dispatch.h"
+#if MSA_HAS_CUDA
+#include "kernels/cuda/attention_cuda.h"
+#endif
 
 namespace msa {
 namespace {
@@ -33,8 +36,13 @@ void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, double
                        Tensor& lse) {
   const cpu::AttentionDims dims = check_attention_args(q, k, v, out, lse, "attention_forward");
   if (q.is_cuda()) {
-    // ---- CUDA: not built yet (kernels/cuda/ will take over here) ----
-    MSA_CHECK(false, "attention_forward: CUDA implementation not built yet");
+#if MSA_HAS_CUDA
+    // cuDNN's fused flash attention takes bf16; f32 (tests) and refused shapes use the fallback.
+    if (q.dtype() == DType::kBF16 && !cuda::attention_fallback_forced() &&
+        cuda::cudnn_attention_forward(q, k, v, scale, out, lse, dims))
+      return;
+    cuda::fallback_attention_forward(q, k, v, scale, out, lse, dims);
+#endif
     return;
   }
   cpu::dispatch_floating(q.dtype(), "attention_forward", [&](auto zero) {
@@ -61,8 +69,12 @@ void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, co
   check_same_device(q, dk, "q", "dk");
   check_same_device(q, dv, "q", "dv");
   if (q.is_cuda()) {
-    // ---- CUDA: not built yet (kernels/cuda/ will take over here) ----
-    MSA_CHECK(false, "attention_backward: CUDA implementation not built yet");
+#if MSA_HAS_CUDA
+    if (q.dtype() == DType::kBF16 && !cuda::attention_fallback_forced() &&
+        cuda::cudnn_attention_backward(dout, q, k, v, out, lse, scale, dq, dk, dv, dims))
+      return;
+    cuda::fallback_attention_backward(dout, q, k, v, out, lse, scale, dq, dk, dv, dims);
+#endif
     return;
   }
   cpu::dispatch_floating(q.dtype(), "attention_backward", [&](auto zero) {

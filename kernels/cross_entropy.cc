@@ -3,6 +3,9 @@
 
 #include "kernels/cpu/cross_entropy.h"
 #include "kernels/cpu/dtype_dispatch.h"
+#if MSA_HAS_CUDA
+#include "kernels/cuda/dense_cuda.h"
+#endif
 
 namespace msa {
 
@@ -17,8 +20,11 @@ CrossEntropyResult cross_entropy_forward(const Tensor& logits, const Tensor& tar
   check_same_device(logits, lse, "logits", "lse");
   CrossEntropyResult result;
   if (logits.is_cuda()) {
-    // ---- CUDA: not built yet (kernels/cuda/ will take over here) ----
-    MSA_CHECK(false, "cross_entropy_forward: CUDA implementation not built yet");
+#if MSA_HAS_CUDA
+    const double total =
+        cuda::cross_entropy_forward(logits, targets, ignore_index, lse, &result.n_counted);
+    result.loss = result.n_counted > 0 ? total / static_cast<double>(result.n_counted) : 0.0;
+#endif
     return result;
   }
   cpu::dispatch_floating(logits.dtype(), "cross_entropy_forward", [&](auto zero) {
@@ -45,8 +51,9 @@ void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const T
   check_same_device(logits, dlogits, "logits", "dlogits");
   MSA_CHECK(n_counted >= 0, "cross_entropy_backward: n_counted %d < 0", n_counted);
   if (logits.is_cuda()) {
-    // ---- CUDA: not built yet (kernels/cuda/ will take over here) ----
-    MSA_CHECK(false, "cross_entropy_backward: CUDA implementation not built yet");
+#if MSA_HAS_CUDA
+    cuda::cross_entropy_backward(logits, targets, lse, ignore_index, n_counted, dloss, dlogits);
+#endif
     return;
   }
   cpu::dispatch_floating(logits.dtype(), "cross_entropy_backward", [&](auto zero) {

@@ -3,6 +3,9 @@
 
 #include "kernels/cpu/dtype_dispatch.h"
 #include "kernels/cpu/embedding.h"
+#if MSA_HAS_CUDA
+#include "kernels/cuda/dense_cuda.h"
+#endif
 
 namespace msa {
 
@@ -15,8 +18,9 @@ void embedding_forward(const Tensor& tokens, const Tensor& table, Tensor& out) {
   check_same_device(table, tokens, "table", "tokens");
   check_same_device(table, out, "table", "out");
   if (table.is_cuda()) {
-    // ---- CUDA: not built yet (kernels/cuda/ will take over here) ----
-    MSA_CHECK(false, "embedding_forward: CUDA implementation not built yet");
+#if MSA_HAS_CUDA
+    cuda::embedding_forward(tokens, table, /*vocab_begin=*/0, out);
+#endif
     return;
   }
   cpu::dispatch_floating(table.dtype(), "embedding_forward", [&](auto zero) {
@@ -35,8 +39,9 @@ void embedding_backward(const Tensor& dout, const Tensor& tokens, Tensor& dtable
   check_same_device(dtable, tokens, "dtable", "tokens");
   check_same_device(dtable, dout, "dtable", "dout");
   if (dtable.is_cuda()) {
-    // ---- CUDA: not built yet (kernels/cuda/ will take over here) ----
-    MSA_CHECK(false, "embedding_backward: CUDA implementation not built yet");
+#if MSA_HAS_CUDA
+    cuda::embedding_backward(dout, tokens, /*vocab_begin=*/0, dtable);
+#endif
     return;
   }
   cpu::dispatch_floating(dtable.dtype(), "embedding_backward", [&](auto zero) {

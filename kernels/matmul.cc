@@ -3,6 +3,9 @@
 
 #include "kernels/cpu/dtype_dispatch.h"
 #include "kernels/cpu/matmul.h"
+#if MSA_HAS_CUDA
+#include "kernels/cuda/dense_cuda.h"
+#endif
 
 namespace msa {
 
@@ -19,8 +22,9 @@ void linear_forward(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor
     check_same_device(x, bias, "x", "bias");
   }
   if (x.is_cuda()) {
-    // ---- CUDA: not built yet (kernels/cuda/ will take over here) ----
-    MSA_CHECK(false, "linear_forward: CUDA implementation not built yet");
+#if MSA_HAS_CUDA
+    cuda::linear_forward(x, w, bias, y);
+#endif
     return;
   }
   cpu::dispatch_floating(x.dtype(), "linear_forward", [&](auto zero) {
@@ -58,8 +62,9 @@ void linear_backward(const Tensor& dy, const Tensor& x, const Tensor& w, Tensor&
     check_same_device(x, dbias, "x", "dbias");
   }
   if (x.is_cuda()) {
-    // ---- CUDA: not built yet (kernels/cuda/ will take over here) ----
-    MSA_CHECK(false, "linear_backward: CUDA implementation not built yet");
+#if MSA_HAS_CUDA
+    cuda::linear_backward(dy, x, w, dx, dw, dbias);
+#endif
     return;
   }
   cpu::dispatch_floating(x.dtype(), "linear_backward", [&](auto zero) {
@@ -83,8 +88,9 @@ void add_inplace(Tensor& y, const Tensor& x) {
   check_shape(x, y.shape(), "add_inplace: x");
   check_same_device(y, x, "y", "x");
   if (y.is_cuda()) {
-    // ---- CUDA: not built yet (kernels/cuda/ will take over here) ----
-    MSA_CHECK(false, "add_inplace: CUDA implementation not built yet");
+#if MSA_HAS_CUDA
+    cuda::add_inplace(y, x);
+#endif
     return;
   }
   cpu::dispatch_floating(y.dtype(), "add_inplace", [&](auto zero) {
@@ -96,8 +102,9 @@ void add_inplace(Tensor& y, const Tensor& x) {
 
 void scale_inplace(Tensor& y, double a) {
   if (y.is_cuda()) {
-    // ---- CUDA: not built yet (kernels/cuda/ will take over here) ----
-    MSA_CHECK(false, "scale_inplace: CUDA implementation not built yet");
+#if MSA_HAS_CUDA
+    cuda::scale_inplace(y, a);
+#endif
     return;
   }
   cpu::dispatch_floating(y.dtype(), "scale_inplace", [&](auto zero) {

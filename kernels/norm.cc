@@ -3,6 +3,9 @@
 
 #include "kernels/cpu/dtype_dispatch.h"
 #include "kernels/cpu/norm.h"
+#if MSA_HAS_CUDA
+#include "kernels/cuda/dense_cuda.h"
+#endif
 
 namespace msa {
 
@@ -16,8 +19,9 @@ void rmsnorm_forward(const Tensor& x, const Tensor& w, double eps, Tensor& y, Te
   check_same_device(x, y, "x", "y");
   check_same_device(x, rstd, "x", "rstd");
   if (x.is_cuda()) {
-    // ---- CUDA: not built yet (kernels/cuda/ will take over here) ----
-    MSA_CHECK(false, "rmsnorm_forward: CUDA implementation not built yet");
+#if MSA_HAS_CUDA
+    cuda::rmsnorm_forward(x, w, eps, y, rstd);
+#endif
     return;
   }
   cpu::dispatch_floating(x.dtype(), "rmsnorm_forward", [&](auto zero) {
@@ -46,8 +50,9 @@ void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const 
     check_same_device(x, dw, "x", "dw");
   }
   if (x.is_cuda()) {
-    // ---- CUDA: not built yet (kernels/cuda/ will take over here) ----
-    MSA_CHECK(false, "rmsnorm_backward: CUDA implementation not built yet");
+#if MSA_HAS_CUDA
+    cuda::rmsnorm_backward(dy, x, w, rstd, dx, dw);
+#endif
     return;
   }
   cpu::dispatch_floating(x.dtype(), "rmsnorm_backward", [&](auto zero) {

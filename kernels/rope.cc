@@ -3,6 +3,9 @@
 
 #include "kernels/cpu/dtype_dispatch.h"
 #include "kernels/cpu/rope.h"
+#if MSA_HAS_CUDA
+#include "kernels/cuda/dense_cuda.h"
+#endif
 
 namespace msa {
 namespace {
@@ -18,8 +21,11 @@ void check_rope_args(const Tensor& in, const Tensor& out, const char* op) {
 void rope_apply(const Tensor& in, double theta, Tensor& out, bool inverse, const char* op) {
   check_rope_args(in, out, op);
   if (in.is_cuda()) {
-    // ---- CUDA: not built yet (kernels/cuda/ will take over here) ----
-    MSA_CHECK(false, "%s: CUDA implementation not built yet", op);
+#if MSA_HAS_CUDA
+    check_dtype(in, DType::kBF16, op);
+    check_dtype(out, DType::kBF16, op);
+    cuda::rope_rotate(in, theta, inverse, out);
+#endif
     return;
   }
   cpu::dispatch_floating(in.dtype(), op, [&](auto zero) {

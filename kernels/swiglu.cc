@@ -3,6 +3,9 @@
 
 #include "kernels/cpu/dtype_dispatch.h"
 #include "kernels/cpu/swiglu.h"
+#if MSA_HAS_CUDA
+#include "kernels/cuda/dense_cuda.h"
+#endif
 
 namespace msa {
 
@@ -13,8 +16,9 @@ void swiglu_forward(const Tensor& gate, const Tensor& up, Tensor& out) {
   check_same_device(gate, up, "gate", "up");
   check_same_device(gate, out, "gate", "out");
   if (gate.is_cuda()) {
-    // ---- CUDA: not built yet (kernels/cuda/ will take over here) ----
-    MSA_CHECK(false, "swiglu_forward: CUDA implementation not built yet");
+#if MSA_HAS_CUDA
+    cuda::swiglu_forward(gate, up, out);
+#endif
     return;
   }
   cpu::dispatch_floating(gate.dtype(), "swiglu_forward", [&](auto zero) {
@@ -37,8 +41,9 @@ void swiglu_backward(const Tensor& dout, const Tensor& gate, const Tensor& up, T
   check_same_device(gate, dgate, "gate", "dgate");
   check_same_device(gate, dup, "gate", "dup");
   if (gate.is_cuda()) {
-    // ---- CUDA: not built yet (kernels/cuda/ will take over here) ----
-    MSA_CHECK(false, "swiglu_backward: CUDA implementation not built yet");
+#if MSA_HAS_CUDA
+    cuda::swiglu_backward(dout, gate, up, dgate, dup);
+#endif
     return;
   }
   cpu::dispatch_floating(gate.dtype(), "swiglu_backward", [&](auto zero) {

@@ -99,6 +99,10 @@ ABSL_FLAG(int, gpu, -1,
 ABSL_FLAG(bool, zero1, false,
           "Shard the fp32 master weights and AdamW moments over the data-parallel ranks (ZeRO-1: "
           "gradients reduce-scattered, parameters all-gathered).");
+ABSL_FLAG(std::string, recompute, "none",
+          "Activation recomputation: 'none' (keep all activations), 'attention' (recompute each "
+          "attention block in the backward) or 'full' (keep only each layer's input and recompute "
+          "the layer). Same results, less memory: for long sequences.");
 ABSL_FLAG(int64_t, bucket_mb, 25, "Data-parallel gradient all-reduce bucket size in MB.");
 ABSL_FLAG(int64_t, dense_attention_steps, 0,
           "After any index warm-up: N steps where MSA layers attend densely while the whole model "
@@ -167,6 +171,7 @@ int main(int argc, char** argv) {
   o.zero1 = absl::GetFlag(FLAGS_zero1);
   o.gpu = absl::GetFlag(FLAGS_gpu);
   o.bucket_mb = absl::GetFlag(FLAGS_bucket_mb);
+  o.recompute = absl::GetFlag(FLAGS_recompute);
   o.trainer.dense_attention_steps = absl::GetFlag(FLAGS_dense_attention_steps);
   o.optimizer.weight_decay = absl::GetFlag(FLAGS_weight_decay);
   o.optimizer.beta1 = absl::GetFlag(FLAGS_beta1);

@@ -24,23 +24,15 @@
 namespace msa {
 namespace {
 
-// The dense ops (matmul, norms, RoPE, ...) have no CUDA kernels yet (kernels/cuda holds the MSA
-// kernels only), so the whole model cannot train on a GPU: 'auto' stays on the CPU until they do.
-constexpr bool kModelRunsOnCuda = false;
-
 absl::StatusOr<Device> choose_device(const std::string& flag) {
   if (flag == "cpu") return Device::kCPU;
   if (flag == "cuda") {
     if (!cuda_available())
       return absl::InvalidArgumentError(
           "invalid --device: cuda requested but no CUDA device is available in this build/machine");
-    if (!kModelRunsOnCuda)
-      return absl::UnimplementedError(
-          "invalid --device: cuda: the dense layers' CUDA kernels are not built yet (only the MSA "
-          "kernels are); train with --device=cpu");
     return Device::kCUDA;
   }
-  if (flag == "auto") return cuda_available() && kModelRunsOnCuda ? Device::kCUDA : Device::kCPU;
+  if (flag == "auto") return cuda_available() ? Device::kCUDA : Device::kCPU;
   return absl::InvalidArgumentError(
       absl::StrFormat("invalid --device: '%s' (use cpu, cuda or auto)", flag));
 }
@@ -123,6 +115,7 @@ std::string layout_json(const TrainProgramOptions& o) {
   j["zero1"] = o.zero1;
   j["bucket_mb"] = o.bucket_mb;
   j["device"] = o.device;
+  j["recompute"] = o.recompute;
   j["checkpoint_dir"] = o.checkpoint_dir;
   j["checkpoint_every"] = o.checkpoint_every;
   j["resume"] = o.resume;
@@ -271,6 +264,7 @@ absl::Status run_train_program(TrainProgramOptions o) {
                        parse_attention_kinds(o.attention_spec, o.model.n_layers));
   MSA_RETURN_IF_ERROR(o.model.validate());
   MSA_RETURN_IF_ERROR(validate_run(o));
+  MSA_ASSIGN_OR_RETURN(const Recompute recompute, parse_recompute(o.recompute));
   MSA_RETURN_IF_ERROR(check_tensor_parallel(o.model, o.tp));
   MSA_ASSIGN_OR_RETURN(Device device, choose_device(o.device));
   int gpu = -1;
@@ -296,6 +290,7 @@ absl::Status run_train_program(TrainProgramOptions o) {
 
   const DType dtype = device == Device::kCUDA ? DType::kBF16 : DType::kF32;
   Transformer model(o.model, dtype, device, tensor_parallel_of(groups.tp.get()));
+  model.set_recompute(recompute);
   model.params().initialize(o.seed, groups.tp_rank, groups.tp_size);
   AdamW optimizer(model.params(), o.optimizer);
 
@@ -351,13 +346,14 @@ absl::Status run_train_program(TrainProgramOptions o) {
     std::printf(
         "msa-train: %d layers (%s), d_model %d, %d heads / %d kv heads, "
         "%.2fM parameters%s, "
-        "%s %s\n",
+        "%s %s%s\n",
         o.model.n_layers, o.attention_spec.c_str(), static_cast<int>(o.model.d_model),
         o.model.n_heads, o.model.n_kv_heads, full_param_count / 1e6,
         groups.tp_size > 1
             ? absl::StrFormat(" (%.2fM on each tp rank)", model.params().numel() / 1e6).c_str()
             : "",
-        device_name(device), dtype_name(dtype));
+        device_name(device), dtype_name(dtype),
+        recompute == Recompute::kNone ? "" : absl::StrFormat(", recompute %s", recompute_name(recompute)).c_str());
   if (leader)
     std::printf("msa-train: data %s, batch %d x %d tokens per data-parallel rank, steps %lld..%lld\n",
                 data->describe().c_str(), static_cast<int>(o.batch_size),
@@ -425,6 +421,9 @@ absl::Status run_train_program(TrainProgramOptions o) {
   if (writer.last_saved() != last_step && last_step >= first_step) {
     MSA_RETURN_IF_ERROR(writer.save(last_step, tokens_seen));
   }
+  if (device == Device::kCUDA && leader)
+    std::printf("msa-train: peak GPU memory in tensors %.2f GiB (rank 0)\n",
+                cuda_memory_stats().peak_bytes / 1073741824.0);
   if (stop_requested() && leader) {
     std::printf(
         "msa-train: stopped by signal %d after step %lld; resume with --resume "

@@ -36,6 +36,7 @@ struct TrainProgramOptions {
   bool zero1 = false;           // shard AdamW state over the data-parallel group
   int64_t bucket_mb = 25;       // data-parallel gradient all-reduce bucket size
   int gpu = -1;                 // CUDA device of this rank (< 0: node-local rank % device count)
+  std::string recompute = "none";  // activation recomputation: none, attention or full
   TrainerConfig trainer;
   OptimizerConfig optimizer;
 };

@@ -34,6 +34,53 @@ Transformer::Transformer(const ModelConfig& config, DType dtype, Device device, 
   }
 }
 
+absl::StatusOr<Recompute> parse_recompute(const std::string& name) {
+  if (name == "none") return Recompute::kNone;
+  if (name == "attention") return Recompute::kAttention;
+  if (name == "full") return Recompute::kFull;
+  return absl::InvalidArgumentError(
+      absl::StrFormat("invalid --recompute: '%s' (use none, attention or full)", name));
+}
+
+const char* recompute_name(Recompute r) {
+  switch (r) {
+    case Recompute::kNone: return "none";
+    case Recompute::kAttention: return "attention";
+    case Recompute::kFull: return "full";
+  }
+  return "?";
+}
+
+namespace {
+
+// Drops the tensors of a layer's attention activations, keeping its scalars (losses, recall).
+void drop_tensors(AttentionActivations& act) {
+  AttentionActivations kept;
+  kept.index_loss = act.index_loss;
+  kept.index_rows = act.index_rows;
+  kept.index_recall = act.index_recall;
+  act = std::move(kept);
+}
+
+}  // namespace
+
+void Transformer::recompute_layer(int l, bool with_mlp) {
+  const int64_t N = batch_ * T_, D = config_.d_model;
+  AttentionBlockOptions options = attn_options_;
+  options.recall_query_stride = 0;  // measured in the forward already
+  const AttentionActivations kept = attn_[l];
+  Tensor y = Tensor::empty({N, D}, dtype_, device_);
+  attention_block_forward(block_config_, l, params_, residual_in_[l], batch_, T_, options, attn_[l],
+                          y);
+  attn_[l].index_recall = kept.index_recall;
+  if (!with_mlp) return;
+  tp_all_reduce(y);
+  Tensor mid = residual_in_[l].clone();
+  add_inplace(mid, y);
+  residual_mid_[l] = mid;
+  mlp_block_forward(block_config_, l, params_, mid, mlp_[l], y);
+}
+
 void Transformer::tp_all_reduce(Tensor& t) {
   if (tp_.enabled()) tp_.comm->all_reduce_sum(t);
 }
@@ -104,6 +151,8 @@ ForwardResult Transformer::forward(const Tensor& tokens, const Tensor& targets,
   attn_options.msa_mode = options.msa_mode;
   attn_options.compute_index_grads = options.for_backward;
   attn_options.recall_query_stride = options.recall_query_stride;
+  attn_options_ = attn_options;
+  const bool drop = options.for_backward && recompute_ != Recompute::kNone;
 
   ForwardResult result;
   for (int l = 0; l < L; ++l) {
@@ -111,11 +160,16 @@ ForwardResult Transformer::forward(const Tensor& tokens, const Tensor& targets,
     Tensor y = Tensor::empty({N, D}, dtype_, device_);
     attention_block_forward(block_config_, l, params_, x, batch_, T_, attn_options, attn_[l], y);
     tp_all_reduce(y);  // g: the heads' partial outputs
+    if (drop) drop_tensors(attn_[l]);
     Tensor mid = x.clone();
     add_inplace(mid, y);
     residual_mid_[l] = mid;
     mlp_block_forward(block_config_, l, params_, mid, mlp_[l], y);
     tp_all_reduce(y);  // g: the FFN columns' partial outputs
+    if (drop && recompute_ == Recompute::kFull) {
+      mlp_[l] = MlpActivations();
+      residual_mid_[l] = Tensor();
+    }
     x = mid.clone();
     add_inplace(x, y);
   }
@@ -199,9 +253,11 @@ void Transformer::backward(double loss_scale, double index_scale, bool backbone,
     ready(head_params_);
     for (int l = L - 1; l >= 0; --l) {
       Tensor none;
+      if (recompute_ != Recompute::kNone) recompute_layer(l, /*with_mlp=*/false);
       attention_block_backward(block_config_, l, params_, residual_in_[l], Tensor(), batch_, T_,
                                attn_[l], /*backbone=*/false, index_weight * index_row_share_[l],
                                none);
+      if (recompute_ != Recompute::kNone) drop_tensors(attn_[l]);
       ready(layer_params_[l]);
     }
     ready(embed_params_);
@@ -228,6 +284,7 @@ void Transformer::backward(double loss_scale, double index_scale, bool backbone,
   for (int l = L - 1; l >= 0; --l) {
     // x_out = mid + mlp(mid): d mid = dx + mlp'(dx).
     const std::vector<Tensor> before = snapshot_grads(layer_replicated_[l]);
+    if (recompute_ != Recompute::kNone) recompute_layer(l, recompute_ == Recompute::kFull);
     Tensor dmid;
     mlp_block_backward(block_config_, l, params_, residual_mid_[l], dx, mlp_[l], dmid);
     tp_all_reduce(dmid);  // f: the FFN columns' partial input gradients
@@ -240,6 +297,13 @@ void Transformer::backward(double loss_scale, double index_scale, bool backbone,
     tp_all_reduce(dx_in);  // f: the heads' partial input gradients
     add_inplace(dx_in, dmid);
     dx = dx_in;
+    if (recompute_ != Recompute::kNone) {  // free this layer's recomputed activations now
+      drop_tensors(attn_[l]);
+      if (recompute_ == Recompute::kFull) {
+        mlp_[l] = MlpActivations();
+        residual_mid_[l] = Tensor();
+      }
+    }
     tp_reduce_replicated_grads(layer_replicated_[l], before);
     ready(layer_params_[l]);
   }

@@ -7,8 +7,10 @@
 #pragma once
 
 #include <functional>
+#include <string>
 #include <vector>
 
+#include "absl/status/statusor.h"
 #include "core/tensor.h"
 #include "model/attention_block.h"
 #include "model/mlp_block.h"
@@ -34,6 +36,17 @@ struct ForwardResult {
 
 inline constexpr int kIgnoreIndex = -100;
 
+// Activation recomputation (what the forward drops and the backward computes again, layer by
+// layer, so long sequences fit):
+//   kNone       keep every activation;
+//   kAttention  keep each layer's input and MLP activations, recompute the attention block
+//               (its projections, q/k norm, RoPE, attention output and MSA index branch);
+//   kFull       keep only each layer's input, recompute the whole layer.
+// Results are identical to kNone: every kernel is deterministic for the same inputs.
+enum class Recompute { kNone, kAttention, kFull };
+absl::StatusOr<Recompute> parse_recompute(const std::string& name);
+const char* recompute_name(Recompute r);
+
 // Called during backward with parameters whose gradients are final for this backward: every
 // parameter exactly once, in backward order (head and final norm, layers L-1..0, embedding), so
 // data parallelism can start reducing them while the backward goes on.
@@ -52,6 +65,8 @@ class Transformer {
   DType dtype() const { return dtype_; }
   Device device() const { return device_; }
   const TensorParallel& tensor_parallel() const { return tp_; }
+  void set_recompute(Recompute r) { recompute_ = r; }
+  Recompute recompute() const { return recompute_; }
 
   // tokens, targets: i32 [batch, T] on the model's device (targets may hold kIgnoreIndex).
   ForwardResult forward(const Tensor& tokens, const Tensor& targets, const ForwardOptions& options);
@@ -72,6 +87,9 @@ class Transformer {
  private:
   // Tensor parallelism: the all-reduces of the residual stream (Megatron's f and g operators).
   void tp_all_reduce(Tensor& t);
+  // Recomputation: runs layer l's attention block forward again from residual_in_[l] (and, with
+  // with_mlp, the residual add and the MLP block) to refill the activations the forward dropped.
+  void recompute_layer(int l, bool with_mlp);
   // Sums over tp what this backward added to the gradients of replicated parameters that this
   // rank's blocks only partly computed (`before`: their gradients before it, snapshot_grads).
   std::vector<Tensor> snapshot_grads(const std::vector<Parameter*>& params) const;
@@ -101,6 +119,8 @@ class Transformer {
   Tensor x_final_, xn_final_, rstd_final_, logits_, lse_;
   int64_t n_targets_ = 0;
   int n_msa_layers_ = 0;
+  Recompute recompute_ = Recompute::kNone;
+  AttentionBlockOptions attn_options_;  // of the last forward (recomputation repeats them)
 };
 
 }  // namespace msa

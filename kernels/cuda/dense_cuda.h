@@ -1,0 +1,54 @@
+// CUDA implementations of the dense operations (contracts in kernels/*.h; the dispatchers there
+// check shapes and devices before calling these). Activations and compute weights are bf16;
+// parameter gradients, master weights, optimizer moments and statistics (rstd, lse) are f32.
+// Everything is stream-ordered on the default stream.
+#pragma once
+
+#include <cstdint>
+
+#include "core/tensor.h"
+
+namespace msa::cuda {
+
+// cuBLASLt, bf16 inputs, f32 accumulation. y [N, M] bf16 = x W^T (+ bias through the epilogue).
+void linear_forward(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y);
+// dx bf16 overwritten; dw, dbias f32 accumulate (beta = 1 straight into the f32 gradient).
+void linear_backward(const Tensor& dy, const Tensor& x, const Tensor& w, Tensor& dx, Tensor& dw,
+                     Tensor& dbias);
+// Plain GEMM used by benchmarks: c[M, N] (bf16) = a[M, K] b[N, K]^T, row-major.
+void gemm_bf16_nt(const Tensor& a, const Tensor& b, Tensor& c);
+
+void add_inplace(Tensor& y, const Tensor& x);  // bf16 or f32
+void scale_inplace(Tensor& y, double a);       // bf16 or f32
+
+void rmsnorm_forward(const Tensor& x, const Tensor& w, double eps, Tensor& y, Tensor& rstd);
+void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd,
+                      Tensor& dx, Tensor& dw);
+
+// x, y [batch, T, heads, d]; inverse = true rotates by -angle (the backward).
+void rope_rotate(const Tensor& x, double theta, bool inverse, Tensor& y);
+
+void swiglu_forward(const Tensor& gate, const Tensor& up, Tensor& out);
+void swiglu_backward(const Tensor& dout, const Tensor& gate, const Tensor& up, Tensor& dgate,
+                     Tensor& dup);
+
+// table bf16 [V, D]; dtable f32 [V, D] accumulates. vocab_begin: the first row this table holds
+// (tensor parallelism); tokens outside [vocab_begin, vocab_begin + V) give zero rows / nothing.
+void embedding_forward(const Tensor& tokens, const Tensor& table, int64_t vocab_begin, Tensor& out);
+void embedding_backward(const Tensor& dout, const Tensor& tokens, int64_t vocab_begin,
+                        Tensor& dtable);
+
+// Sum of the counted rows' losses (lse - logit[target]) and their count; lse f32 [N].
+double cross_entropy_forward(const Tensor& logits, const Tensor& targets, int ignore_index,
+                             Tensor& lse, int64_t* n_counted);
+void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse,
+                            int ignore_index, int64_t n_counted, double dloss, Tensor& dlogits);
+
+struct AdamWStep {
+  float lr, beta1, beta2, eps, weight_decay, grad_scale;
+  float bias1, bias2;  // 1 - beta^step, computed in double on the host
+};
+void adamw_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamWStep& h);
+double sum_of_squares(const Tensor& t);  // f32 or bf16
+
+}  // namespace msa::cuda

@@ -1,0 +1,58 @@
+// Small device helpers shared by the dense CUDA kernels: bf16/f32 loads and stores, warp and
+// block reductions, grid sizing.
+#pragma once
+
+#include <cstdint>
+
+#include "core/bf16.h"
+#include "core/cuda/cuda_check.h"
+
+namespace msa::cuda {
+
+__device__ __forceinline__ float load_f(const float* p, int64_t i) { return p[i]; }
+__device__ __forceinline__ float load_f(const bf16* p, int64_t i) { return bf16_to_float(p[i]); }
+__device__ __forceinline__ void store_f(float* p, int64_t i, float x) { p[i] = x; }
+__device__ __forceinline__ void store_f(bf16* p, int64_t i, float x) { p[i] = float_to_bf16(x); }
+
+template <class T>
+__device__ __forceinline__ T warp_reduce_sum(T x) {
+  for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+  return x;
+}
+__device__ __forceinline__ float warp_reduce_max(float x) {
+  for (int o = 16; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
+  return x;
+}
+
+// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the result.
+template <class T>
+__device__ __forceinline__ T block_reduce_sum(T x) {
+  __shared__ T partial[32];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, n_warps = blockDim.x / 32;
+  x = warp_reduce_sum(x);
+  __syncthreads();  // partial may still be read by a previous call
+  if (lane == 0) partial[warp] = x;
+  __syncthreads();
+  x = lane < n_warps ? partial[lane] : T(0);
+  return warp_reduce_sum(x);
+}
+__device__ __forceinline__ float block_reduce_max(float x) {
+  __shared__ float partial[32];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, n_warps = blockDim.x / 32;
+  x = warp_reduce_max(x);
+  __syncthreads();
+  if (lane == 0) partial[warp] = x;
+  __syncthreads();
+  x = lane < n_warps ? partial[lane] : -INFINITY;
+  return warp_reduce_max(x);
+}
+
+// Blocks for a grid-stride loop over n elements with `threads` per block.
+inline int grid_blocks(int64_t n, int threads = 256) {
+  int64_t blocks = (n + threads - 1) / threads;
+  if (blocks < 1) blocks = 1;
+  if (blocks > 132 * 32) blocks = 132 * 32;  // enough to fill an H100 many times over
+  return static_cast<int>(blocks);
+}
+
+}  // namespace msa::cuda

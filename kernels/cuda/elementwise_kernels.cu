@@ -1,0 +1,186 @@
+// Memory-bound elementwise kernels: residual adds and scaling, SwiGLU, embedding, RoPE and the
+// bias-gradient column sums. All arithmetic is f32; bf16 is only the storage format. Each
+// kernel is a grid-stride loop, so any size launches the same way.
+#include <cmath>
+
+#include "kernels/cuda/dense_cuda.h"
+#include "kernels/cuda/device_math.cuh"
+
+namespace msa::cuda {
+
+#define MSA_GRID_STRIDE(i, n)                                                      \
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < (n); \
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+
+namespace {
+
+template <class T>
+__global__ void add_kernel(T* y, const T* x, int64_t n) {
+  MSA_GRID_STRIDE(i, n) store_f(y, i, load_f(y, i) + load_f(x, i));
+}
+
+template <class T>
+__global__ void scale_kernel(T* y, float a, int64_t n) {
+  MSA_GRID_STRIDE(i, n) store_f(y, i, a * load_f(y, i));
+}
+
+__device__ __forceinline__ float sigmoid(float z) { return 1.0f / (1.0f + __expf(-z)); }
+
+__global__ void swiglu_forward_kernel(const bf16* gate, const bf16* up, bf16* out, int64_t n) {
+  MSA_GRID_STRIDE(i, n) {
+    const float g = load_f(gate, i);
+    store_f(out, i, g * sigmoid(g) * load_f(up, i));
+  }
+}
+
+// d/dg [g s(g)] = s(g) (1 + g (1 - s(g))).
+__global__ void swiglu_backward_kernel(const bf16* dout, const bf16* gate, const bf16* up,
+                                       bf16* dgate, bf16* dup, int64_t n) {
+  MSA_GRID_STRIDE(i, n) {
+    const float g = load_f(gate, i), u = load_f(up, i), d = load_f(dout, i);
+    const float s = sigmoid(g);
+    store_f(dgate, i, d * u * s * (1.0f + g * (1.0f - s)));
+    store_f(dup, i, d * g * s);
+  }
+}
+
+// One thread per output element; consecutive threads read consecutive columns of a row.
+__global__ void embedding_forward_kernel(const int32_t* tokens, const bf16* table, bf16* out,
+                                         int64_t N, int64_t D, int64_t v0, int64_t V) {
+  MSA_GRID_STRIDE(i, N * D) {
+    const int64_t n = i / D, c = i % D;
+    const int64_t row = static_cast<int64_t>(tokens[n]) - v0;
+    out[i] = (row >= 0 && row < V) ? table[row * D + c] : bf16{0};
+  }
+}
+
+// Atomics: the same token can occur many times in a batch. f32 atomics make the sum's order
+// (and its last bits) vary from run to run; the CPU path is the bit-exact one.
+__global__ void embedding_backward_kernel(const bf16* dout, const int32_t* tokens, float* dtable,
+                                          int64_t N, int64_t D, int64_t v0, int64_t V) {
+  MSA_GRID_STRIDE(i, N * D) {
+    const int64_t n = i / D, c = i % D;
+    const int64_t row = static_cast<int64_t>(tokens[n]) - v0;
+    if (row >= 0 && row < V) atomicAdd(dtable + row * D + c, load_f(dout, i));
+  }
+}
+
+// One thread per (row, pair). The angle p f_i is formed in double (as the CPU reference does):
+// at p ~ 10^5 a float angle has lost the phase.
+__global__ void rope_kernel(const bf16* x, bf16* y, int64_t rows, int64_t T, int64_t heads,
+                            int64_t half, double log_theta, bool inverse) {
+  MSA_GRID_STRIDE(i, rows * half) {
+    const int64_t row = i / half, j = i % half;
+    const int64_t p = (row / heads) % T;
+    const double freq = exp(-2.0 * static_cast<double>(j) / static_cast<double>(2 * half) * log_theta);
+    double s, c;
+    sincos(static_cast<double>(p) * freq, &s, &c);
+    const float cf = static_cast<float>(c), sf = static_cast<float>(inverse ? -s : s);
+    const int64_t base = row * 2 * half;
+    const float x1 = load_f(x, base + j), x2 = load_f(x, base + j + half);
+    store_f(y, base + j, x1 * cf - x2 * sf);
+    store_f(y, base + j + half, x2 * cf + x1 * sf);
+  }
+}
+
+// dbias[c] += sum_n dy[n, c]: a block of 32 x 8 threads owns 32 columns; its 8 rows of threads
+// stride down the rows and meet in shared memory. Deterministic (no atomics).
+__global__ void column_sum_kernel(const bf16* dy, float* dbias, int64_t N, int64_t M) {
+  __shared__ float part[8][33];
+  const int64_t c = blockIdx.x * 32 + threadIdx.x;
+  float s = 0;
+  if (c < M)
+    for (int64_t n = threadIdx.y; n < N; n += 8) s += load_f(dy, n * M + c);
+  part[threadIdx.y][threadIdx.x] = s;
+  __syncthreads();
+  if (threadIdx.y == 0 && c < M) {
+    float t = 0;
+    for (int r = 0; r < 8; ++r) t += part[r][threadIdx.x];
+    dbias[c] += t;
+  }
+}
+
+}  // namespace
+
+void add_inplace(Tensor& y, const Tensor& x) {
+  const int64_t n = y.numel();
+  if (n == 0) return;
+  if (y.dtype() == DType::kBF16) {
+    check_dtype(x, DType::kBF16, "add_inplace (CUDA): x");
+    add_kernel<<<grid_blocks(n), 256>>>(y.data<bf16>(), x.data<bf16>(), n);
+  } else {
+    check_dtype(y, DType::kF32, "add_inplace (CUDA): y");
+    check_dtype(x, DType::kF32, "add_inplace (CUDA): x");
+    add_kernel<<<grid_blocks(n), 256>>>(y.data<float>(), x.data<float>(), n);
+  }
+  MSA_CUDA_CHECK_LAUNCH("add_kernel");
+}
+
+void scale_inplace(Tensor& y, double a) {
+  const int64_t n = y.numel();
+  if (n == 0) return;
+  if (y.dtype() == DType::kBF16) {
+    scale_kernel<<<grid_blocks(n), 256>>>(y.data<bf16>(), static_cast<float>(a), n);
+  } else {
+    check_dtype(y, DType::kF32, "scale_inplace (CUDA): y");
+    scale_kernel<<<grid_blocks(n), 256>>>(y.data<float>(), static_cast<float>(a), n);
+  }
+  MSA_CUDA_CHECK_LAUNCH("scale_kernel");
+}
+
+void swiglu_forward(const Tensor& gate, const Tensor& up, Tensor& out) {
+  const int64_t n = gate.numel();
+  if (n == 0) return;
+  swiglu_forward_kernel<<<grid_blocks(n), 256>>>(gate.data<bf16>(), up.data<bf16>(),
+                                                 out.data<bf16>(), n);
+  MSA_CUDA_CHECK_LAUNCH("swiglu_forward_kernel");
+}
+
+void swiglu_backward(const Tensor& dout, const Tensor& gate, const Tensor& up, Tensor& dgate,
+                     Tensor& dup) {
+  const int64_t n = gate.numel();
+  if (n == 0) return;
+  swiglu_backward_kernel<<<grid_blocks(n), 256>>>(dout.data<bf16>(), gate.data<bf16>(),
+                                                  up.data<bf16>(), dgate.data<bf16>(),
+                                                  dup.data<bf16>(), n);
+  MSA_CUDA_CHECK_LAUNCH("swiglu_backward_kernel");
+}
+
+void embedding_forward(const Tensor& tokens, const Tensor& table, int64_t vocab_begin,
+                       Tensor& out) {
+  const int64_t N = tokens.numel(), D = table.size(1), V = table.size(0);
+  if (N == 0) return;
+  embedding_forward_kernel<<<grid_blocks(N * D), 256>>>(tokens.data<int32_t>(), table.data<bf16>(),
+                                                        out.data<bf16>(), N, D, vocab_begin, V);
+  MSA_CUDA_CHECK_LAUNCH("embedding_forward_kernel");
+}
+
+void embedding_backward(const Tensor& dout, const Tensor& tokens, int64_t vocab_begin,
+                        Tensor& dtable) {
+  const int64_t N = tokens.numel(), D = dtable.size(1), V = dtable.size(0);
+  if (N == 0) return;
+  check_dtype(dtable, DType::kF32, "embedding_backward (CUDA): dtable");
+  embedding_backward_kernel<<<grid_blocks(N * D), 256>>>(
+      dout.data<bf16>(), tokens.data<int32_t>(), dtable.data<float>(), N, D, vocab_begin, V);
+  MSA_CUDA_CHECK_LAUNCH("embedding_backward_kernel");
+}
+
+void rope_rotate(const Tensor& x, double theta, bool inverse, Tensor& y) {
+  const int64_t batch = x.size(0), T = x.size(1), heads = x.size(2), d = x.size(3);
+  const int64_t rows = batch * T * heads, half = d / 2;
+  if (rows * half == 0) return;
+  rope_kernel<<<grid_blocks(rows * half), 256>>>(x.data<bf16>(), y.data<bf16>(), rows, T, heads,
+                                                 half, std::log(theta), inverse);
+  MSA_CUDA_CHECK_LAUNCH("rope_kernel");
+}
+
+void bias_grad_accumulate(const Tensor& dy, Tensor& dbias) {
+  const int64_t N = dy.size(0), M = dy.size(1);
+  if (M == 0) return;
+  const dim3 block(32, 8);
+  column_sum_kernel<<<static_cast<unsigned>((M + 31) / 32), block>>>(dy.data<bf16>(),
+                                                                     dbias.data<float>(), N, M);
+  MSA_CUDA_CHECK_LAUNCH("column_sum_kernel");
+}
+
+}  // namespace msa::cuda
