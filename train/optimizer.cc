@@ -150,11 +150,16 @@ double AdamW::grad_norm(const Filter& filter) const {
     replicated = config_.dp->all_reduce_sum(replicated);
     split = config_.dp->all_reduce_sum(split);
   } else {
+    std::vector<Tensor> grads;
+    std::vector<const Slot*> counted;
     for (const Slot& s : slots_) {
       if (filter && !filter(s.param->spec)) continue;
-      const double sq = sum_of_squares(s.param->grad);
-      (s.param->spec.tp_split == TpSplit::kReplicated ? replicated : split) += sq;
+      grads.push_back(s.param->grad);
+      counted.push_back(&s);
     }
+    const std::vector<double> sq = sums_of_squares(grads);  // one device sync for all
+    for (size_t i = 0; i < sq.size(); ++i)
+      (counted[i]->param->spec.tp_split == TpSplit::kReplicated ? replicated : split) += sq[i];
   }
   if (config_.tp != nullptr) split = config_.tp->all_reduce_sum(split);
   return std::sqrt(replicated + split);
@@ -206,9 +211,10 @@ void AdamW::step(int64_t step, double lr, double grad_norm, const Filter& filter
     const AdamWHyper h = hyper(s.param->spec, step, lr, clip_scale);
     Tensor grad =
         s.param->grad.dtype() == DType::kF32 ? s.param->grad : s.param->grad.to(DType::kF32);
-    adamw_update(s.master, grad, s.m, s.v, h);
     if (s.master.raw_data() != s.param->value.raw_data())
-      s.param->value.copy_from(s.master.to(s.param->value.dtype()));
+      adamw_update(s.master, grad, s.m, s.v, h, s.param->value);  // + the compute copy
+    else
+      adamw_update(s.master, grad, s.m, s.v, h);
   }
 }
 

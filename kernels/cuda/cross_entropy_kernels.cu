@@ -11,16 +11,36 @@ namespace {
 
 constexpr int kThreads = 512;
 
+// kVec: rows are read eight bf16 at a time (V % 8 == 0, aligned).
+template <bool kVec>
 __global__ void cross_entropy_forward_kernel(const bf16* logits, const int32_t* targets,
                                              float* lse, float* row_loss, int64_t V,
                                              int ignore_index) {
   const int64_t n = blockIdx.x;
   const bf16* row = logits + n * V;
   float mx = -INFINITY;
-  for (int64_t v = threadIdx.x; v < V; v += blockDim.x) mx = fmaxf(mx, load_f(row, v));
+  if (kVec) {
+    for (int64_t v = 8 * threadIdx.x; v < V; v += 8 * blockDim.x) {
+      float f[8];
+      load8(row + v, f);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) mx = fmaxf(mx, f[j]);
+    }
+  } else {
+    for (int64_t v = threadIdx.x; v < V; v += blockDim.x) mx = fmaxf(mx, load_f(row, v));
+  }
   mx = block_reduce_max(mx);
   float sum = 0;
-  for (int64_t v = threadIdx.x; v < V; v += blockDim.x) sum += __expf(load_f(row, v) - mx);
+  if (kVec) {
+    for (int64_t v = 8 * threadIdx.x; v < V; v += 8 * blockDim.x) {
+      float f[8];
+      load8(row + v, f);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) sum += __expf(f[j] - mx);
+    }
+  } else {
+    for (int64_t v = threadIdx.x; v < V; v += blockDim.x) sum += __expf(load_f(row, v) - mx);
+  }
   sum = block_reduce_sum(sum);
   if (threadIdx.x == 0) {
     const float row_lse = mx + logf(sum);
@@ -55,6 +75,7 @@ __global__ void sum_rows_kernel(const float* row_loss, const int32_t* targets, i
   }
 }
 
+template <bool kVec>
 __global__ void cross_entropy_backward_kernel(const bf16* logits, const int32_t* targets,
                                               const float* lse, bf16* dlogits, int64_t V,
                                               int ignore_index, float row_scale) {
@@ -68,9 +89,19 @@ __global__ void cross_entropy_backward_kernel(const bf16* logits, const int32_t*
   }
   const float l = lse[n];
   // Elementwise read-then-write by the same thread: safe when dlogits aliases logits.
-  for (int64_t v = threadIdx.x; v < V; v += blockDim.x) {
-    const float p = __expf(load_f(row, v) - l);
-    store_f(drow, v, row_scale * (p - (v == t ? 1.0f : 0.0f)));
+  if (kVec) {
+    for (int64_t v = 8 * threadIdx.x; v < V; v += 8 * blockDim.x) {
+      float f[8];
+      load8(row + v, f);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) f[j] = row_scale * (__expf(f[j] - l) - (v + j == t ? 1.0f : 0.0f));
+      store8(drow + v, f);
+    }
+  } else {
+    for (int64_t v = threadIdx.x; v < V; v += blockDim.x) {
+      const float p = __expf(load_f(row, v) - l);
+      store_f(drow, v, row_scale * (p - (v == t ? 1.0f : 0.0f)));
+    }
   }
 }
 
@@ -85,9 +116,14 @@ double cross_entropy_forward(const Tensor& logits, const Tensor& targets, int ig
   if (N == 0) return 0.0;
   Tensor row_loss = Tensor::empty({N}, DType::kF32, Device::kCUDA);
   Tensor sums = Tensor::empty({3}, DType::kF64, Device::kCUDA);
-  cross_entropy_forward_kernel<<<static_cast<unsigned>(N), kThreads>>>(
-      logits.data<bf16>(), targets.data<int32_t>(), lse.data<float>(), row_loss.data<float>(), V,
-      ignore_index);
+  if (vec8_ok(V, {logits.raw_data()}))
+    cross_entropy_forward_kernel<true><<<static_cast<unsigned>(N), kThreads>>>(
+        logits.data<bf16>(), targets.data<int32_t>(), lse.data<float>(), row_loss.data<float>(),
+        V, ignore_index);
+  else
+    cross_entropy_forward_kernel<false><<<static_cast<unsigned>(N), kThreads>>>(
+        logits.data<bf16>(), targets.data<int32_t>(), lse.data<float>(), row_loss.data<float>(),
+        V, ignore_index);
   MSA_CUDA_CHECK_LAUNCH("cross_entropy_forward_kernel");
   sum_rows_kernel<<<1, 1024>>>(row_loss.data<float>(), targets.data<int32_t>(), N, V,
                                ignore_index, sums.data<double>());
@@ -105,9 +141,14 @@ void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const T
   const int64_t N = logits.size(0), V = logits.size(1);
   if (N == 0) return;
   const double row_scale = n_counted > 0 ? dloss / static_cast<double>(n_counted) : 0.0;
-  cross_entropy_backward_kernel<<<static_cast<unsigned>(N), kThreads>>>(
-      logits.data<bf16>(), targets.data<int32_t>(), lse.data<float>(), dlogits.data<bf16>(), V,
-      ignore_index, static_cast<float>(row_scale));
+  if (vec8_ok(V, {logits.raw_data(), dlogits.raw_data()}))
+    cross_entropy_backward_kernel<true><<<static_cast<unsigned>(N), kThreads>>>(
+        logits.data<bf16>(), targets.data<int32_t>(), lse.data<float>(), dlogits.data<bf16>(), V,
+        ignore_index, static_cast<float>(row_scale));
+  else
+    cross_entropy_backward_kernel<false><<<static_cast<unsigned>(N), kThreads>>>(
+        logits.data<bf16>(), targets.data<int32_t>(), lse.data<float>(), dlogits.data<bf16>(), V,
+        ignore_index, static_cast<float>(row_scale));
   MSA_CUDA_CHECK_LAUNCH("cross_entropy_backward_kernel");
 }
 

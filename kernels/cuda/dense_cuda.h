@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "core/tensor.h"
 
@@ -48,7 +49,10 @@ struct AdamWStep {
   float lr, beta1, beta2, eps, weight_decay, grad_scale;
   float bias1, bias2;  // 1 - beta^step, computed in double on the host
 };
-void adamw_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamWStep& h);
+// compute_copy (bf16, may be null) receives the updated parameter in the same pass.
+void adamw_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamWStep& h,
+                  Tensor* compute_copy);
 double sum_of_squares(const Tensor& t);  // f32 or bf16
+std::vector<double> sums_of_squares(const std::vector<Tensor>& tensors);  // one host sync
 
 }  // namespace msa::cuda

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <initializer_list>
 
 #include "core/bf16.h"
 #include "core/cuda/cuda_check.h"
@@ -45,6 +46,34 @@ __device__ __forceinline__ float block_reduce_max(float x) {
   __syncthreads();
   x = lane < n_warps ? partial[lane] : -INFINITY;
   return warp_reduce_max(x);
+}
+
+// Eight bf16 values moved as one 16-byte access (memory-bound kernels reach full bandwidth only
+// with wide accesses). The caller guarantees 16-byte alignment.
+__device__ __forceinline__ void load8(const bf16* p, float (&f)[8]) {
+  const uint4 u = *reinterpret_cast<const uint4*>(p);
+  const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    f[2 * i] = __uint_as_float(w[i] << 16);
+    f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+  }
+}
+__device__ __forceinline__ void store8(bf16* p, const float (&f)[8]) {
+  uint32_t w[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+    w[i] = static_cast<uint32_t>(float_to_bf16(f[2 * i]).bits) |
+           (static_cast<uint32_t>(float_to_bf16(f[2 * i + 1]).bits) << 16);
+  *reinterpret_cast<uint4*>(p) = make_uint4(w[0], w[1], w[2], w[3]);
+}
+
+// True when every pointer is 16-byte aligned and n is a multiple of 8 (the vector paths).
+inline bool vec8_ok(int64_t n, std::initializer_list<const void*> ptrs) {
+  if (n % 8 != 0) return false;
+  for (const void* p : ptrs)
+    if (reinterpret_cast<uintptr_t>(p) % 16 != 0) return false;
+  return true;
 }
 
 // Blocks for a grid-stride loop over n elements with `threads` per block.

@@ -24,7 +24,59 @@ __global__ void scale_kernel(T* y, float a, int64_t n) {
   MSA_GRID_STRIDE(i, n) store_f(y, i, a * load_f(y, i));
 }
 
+// Vector versions: n8 = n / 8 groups of eight bf16.
+__global__ void add_vec8_kernel(bf16* y, const bf16* x, int64_t n8) {
+  MSA_GRID_STRIDE(i, n8) {
+    float a[8], b[8];
+    load8(y + 8 * i, a);
+    load8(x + 8 * i, b);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) a[j] += b[j];
+    store8(y + 8 * i, a);
+  }
+}
+
+__global__ void scale_vec8_kernel(bf16* y, float s, int64_t n8) {
+  MSA_GRID_STRIDE(i, n8) {
+    float a[8];
+    load8(y + 8 * i, a);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) a[j] *= s;
+    store8(y + 8 * i, a);
+  }
+}
+
 __device__ __forceinline__ float sigmoid(float z) { return 1.0f / (1.0f + __expf(-z)); }
+
+__global__ void swiglu_forward_vec8_kernel(const bf16* gate, const bf16* up, bf16* out,
+                                           int64_t n8) {
+  MSA_GRID_STRIDE(i, n8) {
+    float g[8], u[8];
+    load8(gate + 8 * i, g);
+    load8(up + 8 * i, u);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) g[j] = g[j] * sigmoid(g[j]) * u[j];
+    store8(out + 8 * i, g);
+  }
+}
+
+__global__ void swiglu_backward_vec8_kernel(const bf16* dout, const bf16* gate, const bf16* up,
+                                            bf16* dgate, bf16* dup, int64_t n8) {
+  MSA_GRID_STRIDE(i, n8) {
+    float g[8], u[8], d[8], dg[8], du[8];
+    load8(gate + 8 * i, g);
+    load8(up + 8 * i, u);
+    load8(dout + 8 * i, d);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const float s = sigmoid(g[j]);
+      dg[j] = d[j] * u[j] * s * (1.0f + g[j] * (1.0f - s));
+      du[j] = d[j] * g[j] * s;
+    }
+    store8(dgate + 8 * i, dg);
+    store8(dup + 8 * i, du);
+  }
+}
 
 __global__ void swiglu_forward_kernel(const bf16* gate, const bf16* up, bf16* out, int64_t n) {
   MSA_GRID_STRIDE(i, n) {
@@ -107,7 +159,10 @@ void add_inplace(Tensor& y, const Tensor& x) {
   if (n == 0) return;
   if (y.dtype() == DType::kBF16) {
     check_dtype(x, DType::kBF16, "add_inplace (CUDA): x");
-    add_kernel<<<grid_blocks(n), 256>>>(y.data<bf16>(), x.data<bf16>(), n);
+    if (vec8_ok(n, {y.raw_data(), x.raw_data()}))
+      add_vec8_kernel<<<grid_blocks(n / 8), 256>>>(y.data<bf16>(), x.data<bf16>(), n / 8);
+    else
+      add_kernel<<<grid_blocks(n), 256>>>(y.data<bf16>(), x.data<bf16>(), n);
   } else {
     check_dtype(y, DType::kF32, "add_inplace (CUDA): y");
     check_dtype(x, DType::kF32, "add_inplace (CUDA): x");
@@ -120,7 +175,10 @@ void scale_inplace(Tensor& y, double a) {
   const int64_t n = y.numel();
   if (n == 0) return;
   if (y.dtype() == DType::kBF16) {
-    scale_kernel<<<grid_blocks(n), 256>>>(y.data<bf16>(), static_cast<float>(a), n);
+    if (vec8_ok(n, {y.raw_data()}))
+      scale_vec8_kernel<<<grid_blocks(n / 8), 256>>>(y.data<bf16>(), static_cast<float>(a), n / 8);
+    else
+      scale_kernel<<<grid_blocks(n), 256>>>(y.data<bf16>(), static_cast<float>(a), n);
   } else {
     check_dtype(y, DType::kF32, "scale_inplace (CUDA): y");
     scale_kernel<<<grid_blocks(n), 256>>>(y.data<float>(), static_cast<float>(a), n);
@@ -131,8 +189,12 @@ void scale_inplace(Tensor& y, double a) {
 void swiglu_forward(const Tensor& gate, const Tensor& up, Tensor& out) {
   const int64_t n = gate.numel();
   if (n == 0) return;
-  swiglu_forward_kernel<<<grid_blocks(n), 256>>>(gate.data<bf16>(), up.data<bf16>(),
-                                                 out.data<bf16>(), n);
+  if (vec8_ok(n, {gate.raw_data(), up.raw_data(), out.raw_data()}))
+    swiglu_forward_vec8_kernel<<<grid_blocks(n / 8), 256>>>(gate.data<bf16>(), up.data<bf16>(),
+                                                            out.data<bf16>(), n / 8);
+  else
+    swiglu_forward_kernel<<<grid_blocks(n), 256>>>(gate.data<bf16>(), up.data<bf16>(),
+                                                   out.data<bf16>(), n);
   MSA_CUDA_CHECK_LAUNCH("swiglu_forward_kernel");
 }
 
@@ -140,9 +202,15 @@ void swiglu_backward(const Tensor& dout, const Tensor& gate, const Tensor& up, T
                      Tensor& dup) {
   const int64_t n = gate.numel();
   if (n == 0) return;
-  swiglu_backward_kernel<<<grid_blocks(n), 256>>>(dout.data<bf16>(), gate.data<bf16>(),
-                                                  up.data<bf16>(), dgate.data<bf16>(),
-                                                  dup.data<bf16>(), n);
+  if (vec8_ok(n, {dout.raw_data(), gate.raw_data(), up.raw_data(), dgate.raw_data(),
+                  dup.raw_data()}))
+    swiglu_backward_vec8_kernel<<<grid_blocks(n / 8), 256>>>(
+        dout.data<bf16>(), gate.data<bf16>(), up.data<bf16>(), dgate.data<bf16>(),
+        dup.data<bf16>(), n / 8);
+  else
+    swiglu_backward_kernel<<<grid_blocks(n), 256>>>(dout.data<bf16>(), gate.data<bf16>(),
+                                                    up.data<bf16>(), dgate.data<bf16>(),
+                                                    dup.data<bf16>(), n);
   MSA_CUDA_CHECK_LAUNCH("swiglu_backward_kernel");
 }
 

@@ -45,6 +45,65 @@ __global__ void rmsnorm_backward_dx_kernel(const bf16* dy, const bf16* x, const 
     store_f(dxr, i, r * load_f(w, i) * load_f(dyr, i) - coef * load_f(xr, i));
 }
 
+// Vector versions (D % 8 == 0, aligned rows): lane l handles groups of eight l, l + 32, ...
+__global__ void rmsnorm_forward_vec8_kernel(const bf16* x, const bf16* w, float eps, bf16* y,
+                                            float* rstd, int64_t N, int64_t D) {
+  const int64_t row = blockIdx.x * static_cast<int64_t>(kRowsPerBlock) + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (row >= N) return;
+  const bf16* xr = x + row * D;
+  float ss = 0;
+  for (int64_t i = 8 * lane; i < D; i += 256) {
+    float v[8];
+    load8(xr + i, v);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) ss += v[j] * v[j];
+  }
+  ss = warp_reduce_sum(ss);
+  const float r = rsqrtf(ss / static_cast<float>(D) + eps);
+  bf16* yr = y + row * D;
+  for (int64_t i = 8 * lane; i < D; i += 256) {
+    float v[8], g[8];
+    load8(xr + i, v);
+    load8(w + i, g);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) v[j] = v[j] * r * g[j];
+    store8(yr + i, v);
+  }
+  if (lane == 0) rstd[row] = r;
+}
+
+__global__ void rmsnorm_backward_dx_vec8_kernel(const bf16* dy, const bf16* x, const bf16* w,
+                                                const float* rstd, bf16* dx, int64_t N,
+                                                int64_t D) {
+  const int64_t row = blockIdx.x * static_cast<int64_t>(kRowsPerBlock) + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (row >= N) return;
+  const bf16 *dyr = dy + row * D, *xr = x + row * D;
+  float dot = 0;
+  for (int64_t i = 8 * lane; i < D; i += 256) {
+    float a[8], b[8], g[8];
+    load8(dyr + i, a);
+    load8(xr + i, b);
+    load8(w + i, g);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) dot += g[j] * a[j] * b[j];
+  }
+  dot = warp_reduce_sum(dot);
+  const float r = rstd[row];
+  const float coef = r * r * r * dot / static_cast<float>(D);
+  bf16* dxr = dx + row * D;
+  for (int64_t i = 8 * lane; i < D; i += 256) {
+    float a[8], b[8], g[8];
+    load8(dyr + i, a);
+    load8(xr + i, b);
+    load8(w + i, g);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) a[j] = r * g[j] * a[j] - coef * b[j];
+    store8(dxr + i, a);
+  }
+}
+
 // partial[chunk, c] = sum over the chunk's rows n of dy[n, c] x[n, c] rstd[n]. Block: 32 columns
 // x 8 thread rows.
 __global__ void rmsnorm_dw_partial_kernel(const bf16* dy, const bf16* x, const float* rstd,
@@ -82,9 +141,14 @@ void rmsnorm_forward(const Tensor& x, const Tensor& w, double eps, Tensor& y, Te
   check_dtype(rstd, DType::kF32, "rmsnorm_forward (CUDA): rstd");
   if (N == 0) return;
   const unsigned blocks = static_cast<unsigned>((N + kRowsPerBlock - 1) / kRowsPerBlock);
-  rmsnorm_forward_kernel<<<blocks, 32 * kRowsPerBlock>>>(x.data<bf16>(), w.data<bf16>(),
-                                                         static_cast<float>(eps), y.data<bf16>(),
-                                                         rstd.data<float>(), N, D);
+  if (vec8_ok(D, {x.raw_data(), w.raw_data(), y.raw_data()}))
+    rmsnorm_forward_vec8_kernel<<<blocks, 32 * kRowsPerBlock>>>(
+        x.data<bf16>(), w.data<bf16>(), static_cast<float>(eps), y.data<bf16>(),
+        rstd.data<float>(), N, D);
+  else
+    rmsnorm_forward_kernel<<<blocks, 32 * kRowsPerBlock>>>(x.data<bf16>(), w.data<bf16>(),
+                                                           static_cast<float>(eps), y.data<bf16>(),
+                                                           rstd.data<float>(), N, D);
   MSA_CUDA_CHECK_LAUNCH("rmsnorm_forward_kernel");
 }
 
@@ -95,8 +159,14 @@ void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const 
   check_dtype(dx, DType::kBF16, "rmsnorm_backward (CUDA): dx");
   if (N == 0) return;
   const unsigned blocks = static_cast<unsigned>((N + kRowsPerBlock - 1) / kRowsPerBlock);
-  rmsnorm_backward_dx_kernel<<<blocks, 32 * kRowsPerBlock>>>(
-      dy.data<bf16>(), x.data<bf16>(), w.data<bf16>(), rstd.data<float>(), dx.data<bf16>(), N, D);
+  if (vec8_ok(D, {dy.raw_data(), x.raw_data(), w.raw_data(), dx.raw_data()}))
+    rmsnorm_backward_dx_vec8_kernel<<<blocks, 32 * kRowsPerBlock>>>(
+        dy.data<bf16>(), x.data<bf16>(), w.data<bf16>(), rstd.data<float>(), dx.data<bf16>(), N,
+        D);
+  else
+    rmsnorm_backward_dx_kernel<<<blocks, 32 * kRowsPerBlock>>>(
+        dy.data<bf16>(), x.data<bf16>(), w.data<bf16>(), rstd.data<float>(), dx.data<bf16>(), N,
+        D);
   MSA_CUDA_CHECK_LAUNCH("rmsnorm_backward_dx_kernel");
   if (!dw.defined()) return;
   check_dtype(dw, DType::kF32, "rmsnorm_backward (CUDA): dw");

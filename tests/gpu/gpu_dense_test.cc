@@ -355,32 +355,49 @@ TEST(GpuTrainingTest, FiftyStepsFollowTheCpuLossCurve) {
   share_weights(cpu, gpu);
   OptimizerConfig oc;
   AdamW opt_cpu(cpu.params(), oc), opt_gpu(gpu.params(), oc);
-  // A learnable stream: a fixed random sequence repeated, so the loss falls far in 50 steps.
-  Tensor tokens, targets;
-  make_batch(c, 2, 128, 5, tokens, targets);
-  const Tensor gtokens = tokens.to(Device::kCUDA), gtargets = targets.to(Device::kCUDA);
   double worst = 0, first = 0, last_cpu = 0, last_gpu = 0;
   for (int step = 1; step <= 50; ++step) {
+    // A fresh batch each step from a noisy bigram process: the next token is (5 t + 3) mod V
+    // with probability 0.7, else uniform. The loss falls from ln V towards ~2.5 nats and never
+    // near zero, so relative differences stay meaningful.
+    std::vector<int32_t> tok(2 * 128);
+    uint64_t s = 0x9e3779b97f4a7c15ull * step;
+    auto next_u = [&] {
+      s = s * 6364136223846793005ull + 1442695040888963407ull;
+      return s >> 33;
+    };
+    for (size_t i = 0; i < tok.size(); ++i)
+      tok[i] = (i % 128 == 0 || next_u() % 10 >= 7)
+                   ? static_cast<int32_t>(next_u() % c.vocab_size)
+                   : static_cast<int32_t>((5 * tok[i - 1] + 3) % c.vocab_size);
+    std::vector<int32_t> tgt(tok.size());
+    for (size_t i = 0; i < tok.size(); ++i)
+      tgt[i] = i % 128 == 127 ? kIgnoreIndex : tok[i + 1];
+    const Tensor tokens = Tensor::from_vector<int32_t>({2, 128}, tok);
+    const Tensor targets = Tensor::from_vector<int32_t>({2, 128}, tgt);
+    const Tensor gtokens = tokens.to(Device::kCUDA), gtargets = targets.to(Device::kCUDA);
     cpu.params().zero_grads();
     gpu.params().zero_grads();
     const ForwardResult rc = cpu.forward(tokens, targets, ForwardOptions{});
     const ForwardResult rg = gpu.forward(gtokens, gtargets, ForwardOptions{});
     cpu.backward(1.0);
     gpu.backward(1.0);
-    const double lr = 3e-3;
+    const double lr = 1e-3;
     opt_cpu.step(step, lr, opt_cpu.grad_norm());
     opt_gpu.step(step, lr, opt_gpu.grad_norm());
-    // Relative to the loss, with losses under 1 nat judged absolutely: once the model has
-    // memorized the batch the loss is ~0.01 and bf16 rounding alone moves it by tens of percent.
-    worst = std::max(worst, std::abs(rg.total_loss - rc.total_loss) / std::max(rc.total_loss, 1.0));
+    const double gap = std::abs(rg.total_loss - rc.total_loss) / rc.total_loss;
+    worst = std::max(worst, gap);
+    if (step % 10 == 0 || gap > 2e-2)
+      std::printf("step %2d: cpu %.4f gpu %.4f (gap %.4f)\n", step, rc.total_loss, rg.total_loss,
+                  gap);
     if (step == 1) first = rc.total_loss;
     last_cpu = rc.total_loss;
     last_gpu = rg.total_loss;
   }
   std::printf("50 steps: cpu loss %.4f -> %.4f, gpu %.4f; worst relative gap %.4f\n", first,
               last_cpu, last_gpu, worst);
-  EXPECT_LT(last_cpu, 0.5 * first) << "the run must learn for the comparison to mean anything";
-  EXPECT_LT(worst, 3e-2);
+  EXPECT_LT(last_cpu, 0.75 * first) << "the run must learn for the comparison to mean anything";
+  EXPECT_LT(worst, 2e-2);
 }
 
 }  // namespace

@@ -16,6 +16,7 @@
 #include "model/parameters.h"
 #include "model/tensor_parallel.h"
 #include "model/transformer.h"
+#include "tests/testing/parallel_training.h"
 #include "train/optimizer.h"
 
 namespace msa {
@@ -145,6 +146,62 @@ TEST_F(MpiNcclTest, VocabParallelCrossEntropyInBf16) {
   EXPECT_EQ(got.n_counted, ref.n_counted);
   EXPECT_NEAR(got.loss, ref.loss, 2e-2 * ref.loss);
   EXPECT_LT(max_abs_diff(lse, lse_ref), 5e-2);
+}
+
+// Issue 5's GPU equivalence: bf16 training over NCCL at dp = world, at tp = 2 (and dp x tp when
+// the world allows) follows the one-GPU bf16 run with the same global batch: every step's loss
+// within 2% and the final master weights within 1% (relative L2 per tensor). The parallel runs
+// reduce in other orders and, with tp, all-reduce bf16 partial sums, so they are not bit-equal.
+void expect_bf16_training_matches_one_gpu(const ModelConfig& c, int tp, const char* what) {
+  auto made = make_process_groups(tp, /*use_nccl=*/true);
+  ASSERT_TRUE(made.ok()) << made.status();
+  const ProcessGroups& groups = *made;
+  const int steps = 10;
+  const test::RunResult single =
+      test::train(c, nullptr, false, 2 * groups.dp_size, steps, 1, 0, 0, Device::kCUDA);
+  const test::RunResult parallel =
+      test::train(c, &groups, false, 2, steps, 1, 0, 0, Device::kCUDA);
+  ASSERT_EQ(parallel.losses.size(), single.losses.size());
+  double worst = 0;
+  for (size_t s = 0; s < single.losses.size(); ++s)
+    worst = std::max(worst, std::abs(parallel.losses[s] - single.losses[s]) / single.losses[s]);
+  const double params = test::max_rel_diff(parallel.params, single.params);
+  int rank = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  if (rank == 0)
+    std::printf("%s, %s: loss %.4f -> %.4f (one GPU %.4f -> %.4f); worst step loss gap %.2e, "
+                "final weights rel. L2 gap %.2e\n",
+                what, groups.describe().c_str(), parallel.losses.front(), parallel.losses.back(),
+                single.losses.front(), single.losses.back(), worst, params);
+  EXPECT_LT(worst, 2e-2) << groups.describe();
+  EXPECT_LT(params, 1e-2) << groups.describe();
+}
+
+ModelConfig gpu_tiny(bool msa_layers) {
+  ModelConfig c;
+  c.vocab_size = 64;
+  c.d_model = 64;
+  c.n_layers = 2;
+  c.n_heads = 4;
+  c.n_kv_heads = 2;
+  c.head_dim = 16;
+  c.ffn_dim = 128;
+  if (msa_layers) c.attention = {AttentionKind::kMsa, AttentionKind::kMsa};
+  c.msa.block_size = 8;
+  c.msa.topk = 3;
+  c.msa.index_dim = 8;
+  return c;
+}
+
+TEST_F(MpiNcclTest, Bf16DataParallelTrainingMatchesOneGpu) {
+  expect_bf16_training_matches_one_gpu(gpu_tiny(false), 1, "dense");
+  expect_bf16_training_matches_one_gpu(gpu_tiny(true), 1, "msa");
+}
+
+TEST_F(MpiNcclTest, Bf16TensorParallelTrainingMatchesOneGpu) {
+  if (size_ % 2 != 0) GTEST_SKIP() << "needs an even number of ranks";
+  expect_bf16_training_matches_one_gpu(gpu_tiny(false), 2, "dense");
+  expect_bf16_training_matches_one_gpu(gpu_tiny(true), 2, "msa");
 }
 
 }  // namespace

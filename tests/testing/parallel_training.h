@@ -24,13 +24,13 @@ struct RunResult {
 };
 
 // Trains `steps` steps with `batch` sequences per data-parallel rank. groups == nullptr: this
-// rank alone.
+// rank alone. On Device::kCUDA the model computes in bf16 (f32 masters), as msa-train does.
 inline RunResult train(const ModelConfig& c, const ProcessGroups* groups, bool zero1, int64_t batch,
                        int steps, int grad_accum = 1, int64_t index_warmup = 0,
-                       int64_t dense_steps = 0) {
+                       int64_t dense_steps = 0, Device device = Device::kCPU) {
   const TensorParallel tp = tensor_parallel_of(groups ? groups->tp.get() : nullptr);
   Communicator* dp = groups ? groups->dp.get() : nullptr;
-  Transformer model(c, DType::kF32, Device::kCPU, tp);
+  Transformer model(c, device == Device::kCUDA ? DType::kBF16 : DType::kF32, device, tp);
   model.params().initialize(3, tp.rank, tp.size);
   OptimizerConfig oc;
   oc.dp = dp;

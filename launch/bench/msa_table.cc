@@ -1,0 +1,115 @@
+// msa-bench msa: the MSA kernels (block pooling, index top-k, sparse attention forward and
+// backward) against cuDNN's dense causal flash attention on the same Q/K/V, measured side by side
+// in one run. Effective TFLOP/s count only the keys of the selected blocks (causal part of the
+// local block included) for MSA, and the causal half of the T x T scores for cuDNN; the backward
+// counts 2.5x the forward (five matrix products instead of two).
+#if MSA_HAS_CUDA
+#include <cmath>
+#include <cstdio>
+#include <string>
+
+#include "absl/flags/flag.h"
+#include "core/tensor.h"
+#include "kernels/attention.h"
+#include "kernels/msa.h"
+#include "launch/bench/bench.h"
+#include "launch/bench/flags.h"
+#include "launch/bench/timing.h"
+
+namespace msa::bench {
+namespace {
+
+Tensor random_device(const Shape& s, uint64_t seed) {
+  Tensor t = Tensor::empty(s, DType::kBF16, Device::kCUDA);
+  fill_normal(t, seed, 0.0f, 1.0f);
+  return t;
+}
+
+// Keys attended by all (query, group) rows of the selection: sum over selected blocks of the
+// keys of the block at or before the query.
+double selected_keys(const BlockSelection& sel, int64_t T, int64_t G, int B, int K) {
+  const Tensor idx = sel.indices.to(Device::kCPU), cnt = sel.counts.to(Device::kCPU);
+  const int32_t* ip = idx.data<int32_t>();
+  const int32_t* cp = cnt.data<int32_t>();
+  double keys = 0;
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t g = 0; g < G; ++g) {
+      const int64_t row = t * G + g;
+      for (int i = 0; i < cp[row]; ++i) {
+        const int64_t j = ip[row * K + i];
+        keys += static_cast<double>(std::min<int64_t>((j + 1) * B, t + 1) - j * B);
+      }
+    }
+  return keys;
+}
+
+}  // namespace
+
+int bench_msa() {
+  const int H = absl::GetFlag(FLAGS_heads), G = absl::GetFlag(FLAGS_groups),
+            d = absl::GetFlag(FLAGS_head_dim), B = absl::GetFlag(FLAGS_block_size),
+            K = absl::GetFlag(FLAGS_topk), dI = absl::GetFlag(FLAGS_index_dim),
+            iters = absl::GetFlag(FLAGS_iters);
+  const bool with_cudnn = absl::GetFlag(FLAGS_cudnn);
+  std::vector<std::pair<int64_t, bool>> runs;  // (T, with backward)
+  for (int64_t T : parse_lengths(absl::GetFlag(FLAGS_seqs), "seqs")) runs.push_back({T, true});
+  for (int64_t T : parse_lengths(absl::GetFlag(FLAGS_fwd_only_seqs), "fwd_only_seqs"))
+    runs.push_back({T, false});
+  std::printf(
+      "MSA vs cuDNN dense causal flash attention: H=%d G=%d d=%d B=%d k=%d d_I=%d, bf16, batch 1; "
+      "times in ms (median of %d after a warm-up)\n",
+      H, G, d, B, K, dI, iters);
+  std::printf("%8s | %7s %7s %8s %8s | %9s %9s | %9s %9s | %7s %7s | %8s %8s\n", "seq", "pool",
+              "top-k", "attn-f", "attn-b", "MSA fwd", "MSA f+b", "cuDNN f", "cuDNN f+b", "x fwd",
+              "x f+b", "MSA TF/s", "cuDNN TF/s");
+  for (const auto& [T, with_bwd] : runs) {
+    const int64_t nb = msa_num_blocks(T, B);
+    Tensor q = random_device({1, T, H, d}, 1), k = random_device({1, T, G, d}, 2),
+           v = random_device({1, T, G, d}, 3);
+    Tensor iq = random_device({1, T, G, dI}, 4), ik = random_device({1, T, G, dI}, 5);
+    Tensor kbar = Tensor::empty({1, nb, G, dI}, DType::kBF16, Device::kCUDA);
+    BlockSelection sel = BlockSelection::allocate(1, T, G, B, K, Device::kCUDA);
+    Tensor out = Tensor::empty(q.shape(), DType::kBF16, Device::kCUDA);
+    Tensor lse = Tensor::empty({1, H, T}, DType::kF32, Device::kCUDA);
+    const double scale = 1.0 / std::sqrt(static_cast<double>(d));
+    const double pool = median_ms(iters, [&] { msa_block_pool_forward(ik, B, kbar); });
+    const double topk = median_ms(iters, [&] { msa_index_topk(iq, kbar, sel); });
+    const double fwd =
+        median_ms(iters, [&] { msa_sparse_attention_forward(q, k, v, sel, scale, out, lse); });
+    double bwd = NAN, cudnn_fwd = NAN, cudnn_bwd = NAN;
+    Tensor dout, dq, dk, dv;
+    if (with_bwd) {
+      dout = random_device({1, T, H, d}, 6);
+      dq = Tensor::empty(q.shape(), DType::kBF16, Device::kCUDA);
+      dk = Tensor::empty(k.shape(), DType::kBF16, Device::kCUDA);
+      dv = Tensor::empty(v.shape(), DType::kBF16, Device::kCUDA);
+      bwd = median_ms(iters, [&] {
+        msa_sparse_attention_backward(dout, q, k, v, out, lse, sel, scale, dq, dk, dv);
+      });
+    }
+    const double keys = selected_keys(sel, T, G, B, K);
+    const double msa_flops = 4.0 * d * keys * (H / G);
+    const double dense_flops = 4.0 * d * H * (static_cast<double>(T) * (T + 1) / 2);
+    if (with_cudnn) {
+      cudnn_fwd = median_ms(iters, [&] { attention_forward(q, k, v, scale, out, lse); });
+      if (with_bwd)
+        cudnn_bwd = median_ms(
+            iters, [&] { attention_backward(dout, q, k, v, out, lse, scale, dq, dk, dv); });
+    }
+    const double msa_f = pool + topk + fwd, msa_fb = msa_f + bwd;
+    const double cudnn_fb = cudnn_fwd + cudnn_bwd;
+    std::printf(
+        "%8lld | %7.2f %7.2f %8.2f %8.2f | %9.2f %9.2f | %9.2f %9.2f | %7.2f %7.2f | %8.1f %8.1f\n",
+        static_cast<long long>(T), pool, topk, fwd, bwd, msa_f, msa_fb, cudnn_fwd, cudnn_fb,
+        cudnn_fwd / msa_f, cudnn_fb / msa_fb, msa_flops / (fwd * 1e-3) / 1e12,
+        dense_flops / (cudnn_fwd * 1e-3) / 1e12);
+    std::fflush(stdout);
+  }
+  std::printf(
+      "x fwd / x f+b: cuDNN time over MSA time (MSA = pool + top-k + sparse attention). TF/s: "
+      "forward, MSA counting selected keys only, cuDNN the causal half.\n");
+  return 0;
+}
+
+}  // namespace msa::bench
+#endif  // MSA_HAS_CUDA

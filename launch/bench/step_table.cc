@@ -1,0 +1,132 @@
+// msa-bench step: whole training steps of a model on one GPU, exactly the calls msa-train makes
+// (zero grads, forward, backward, global gradient norm, AdamW with f32 masters), timed with the
+// host clock around synchronized steps. Prints tokens/s and MFU = model FLOPs per second (see
+// model_preset.h: 6N per token plus attention, recomputation not counted) over --peak_tflops.
+#if MSA_HAS_CUDA
+#include <chrono>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include <cuda_runtime.h>
+
+#include "absl/flags/flag.h"
+#include "core/rng.h"
+#include "core/tensor.h"
+#include "launch/bench/bench.h"
+#include "launch/bench/flags.h"
+#include "launch/bench/model_preset.h"
+#include "model/transformer.h"
+#include "train/optimizer.h"
+
+namespace msa::bench {
+namespace {
+
+double now_ms() {
+  return std::chrono::duration<double, std::milli>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+void sync() { MSA_CHECK(cudaDeviceSynchronize() == cudaSuccess, "step bench: CUDA error"); }
+
+struct StepTimes {
+  double fwd = 0, bwd = 0, opt = 0, total = 0;
+  double loss = 0;
+};
+
+}  // namespace
+
+int bench_step() {
+  const std::string attention = absl::GetFlag(FLAGS_attention);
+  std::vector<bool> kinds;  // all-MSA or not
+  if (attention == "dense" || attention == "both") kinds.push_back(false);
+  if (attention == "msa" || attention == "both") kinds.push_back(true);
+  if (kinds.empty()) {
+    std::fprintf(stderr, "msa-bench: invalid --attention '%s' (dense, msa or both)\n",
+                 attention.c_str());
+    return 1;
+  }
+  const auto recompute = parse_recompute(absl::GetFlag(FLAGS_recompute));
+  if (!recompute.ok()) {
+    std::fprintf(stderr, "msa-bench: %s\n", std::string(recompute.status().message()).c_str());
+    return 1;
+  }
+  const int64_t batch = absl::GetFlag(FLAGS_batch);
+  const int steps = std::max(absl::GetFlag(FLAGS_steps), 1);
+  const double peak = absl::GetFlag(FLAGS_peak_tflops);
+  std::printf("Training step (bf16 compute, f32 master weights and AdamW), model %s, batch %lld, "
+              "recompute %s; ms are medians over %d steps after 2 warm-up steps\n",
+              absl::GetFlag(FLAGS_model).c_str(), static_cast<long long>(batch),
+              recompute_name(*recompute), steps);
+  std::printf("%-6s | %7s | %8s | %8s %8s %7s %8s | %9s | %7s | %6s | %8s | %6s\n", "attn",
+              "seq", "params", "fwd ms", "bwd ms", "opt ms", "step ms", "tokens/s", "TFLOP/s",
+              "MFU", "peak GiB", "loss");
+  for (int64_t T : parse_lengths(absl::GetFlag(FLAGS_model_seqs), "model_seqs")) {
+    for (bool all_msa : kinds) {
+      const ModelConfig c = preset_model(absl::GetFlag(FLAGS_model), all_msa);
+      reset_cuda_peak_memory();
+      std::vector<StepTimes> times;
+      int64_t n_params = 0;
+      {
+        Transformer model(c, DType::kBF16, Device::kCUDA);
+        model.set_recompute(*recompute);
+        model.params().initialize(1);
+        n_params = model.params().numel();
+        AdamW opt(model.params(), OptimizerConfig{});
+        std::vector<int32_t> tok(batch * T), tgt(batch * T);
+        for (int64_t i = 0; i < batch * T; ++i)
+          tok[i] = static_cast<int32_t>(philox4x32(9, i).v[0] % c.vocab_size);
+        for (int64_t i = 0; i < batch * T; ++i) tgt[i] = tok[(i + 1) % (batch * T)];
+        const Tensor tokens = Tensor::from_vector<int32_t>({batch, T}, tok).to(Device::kCUDA);
+        const Tensor targets = Tensor::from_vector<int32_t>({batch, T}, tgt).to(Device::kCUDA);
+        ForwardOptions fo;
+        fo.msa_mode = MsaMode::kSparse;
+        for (int s = 1; s <= steps + 2; ++s) {
+          StepTimes t;
+          sync();
+          const double t0 = now_ms();
+          model.params().zero_grads();
+          t.loss = model.forward(tokens, targets, fo).total_loss;
+          sync();
+          const double t1 = now_ms();
+          model.backward(1.0);
+          sync();
+          const double t2 = now_ms();
+          opt.step(s, 1e-4, opt.grad_norm());
+          sync();
+          const double t3 = now_ms();
+          t.fwd = t1 - t0;
+          t.bwd = t2 - t1;
+          t.opt = t3 - t2;
+          t.total = t3 - t0;
+          if (s > 2) times.push_back(t);
+        }
+      }
+      auto median = [&](double StepTimes::*field) {
+        std::vector<double> v;
+        for (const StepTimes& t : times) v.push_back(t.*field);
+        std::sort(v.begin(), v.end());
+        return v[v.size() / 2];
+      };
+      const double step_ms = median(&StepTimes::total);
+      const double tokens_per_s = batch * T / (step_ms * 1e-3);
+      const double tflops = train_flops_per_token(c, T) * tokens_per_s / 1e12;
+      std::printf(
+          "%-6s | %7lld | %7.2fB | %8.1f %8.1f %7.1f %8.1f | %9.0f | %7.1f | %5.1f%% | %8.2f | "
+          "%6.3f\n",
+          all_msa ? "msa" : "dense", static_cast<long long>(T), n_params / 1e9,
+          median(&StepTimes::fwd), median(&StepTimes::bwd), median(&StepTimes::opt), step_ms,
+          tokens_per_s, tflops, 100 * tflops / peak,
+          cuda_memory_stats().peak_bytes / 1073741824.0, times.back().loss);
+      std::fflush(stdout);
+    }
+  }
+  std::printf("MFU counts 6N FLOPs per token (N = %s) plus causal attention (6 H d per key and "
+              "layer; MSA layers at most k*B keys), over a %.1f TFLOP/s peak.\n",
+              "projection and LM-head weights", peak);
+  return 0;
+}
+
+}  // namespace msa::bench
+#endif  // MSA_HAS_CUDA
