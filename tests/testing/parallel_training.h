@@ -27,7 +27,8 @@ struct RunResult {
 // rank alone. On Device::kCUDA the model computes in bf16 (f32 masters), as msa-train does.
 inline RunResult train(const ModelConfig& c, const ProcessGroups* groups, bool zero1, int64_t batch,
                        int steps, int grad_accum = 1, int64_t index_warmup = 0,
-                       int64_t dense_steps = 0, Device device = Device::kCPU) {
+                       int64_t dense_steps = 0, Device device = Device::kCPU,
+                       double max_lr = 3e-3) {
   const TensorParallel tp = tensor_parallel_of(groups ? groups->tp.get() : nullptr);
   Communicator* dp = groups ? groups->dp.get() : nullptr;
   Transformer model(c, device == Device::kCUDA ? DType::kBF16 : DType::kF32, device, tp);
@@ -44,8 +45,8 @@ inline RunResult train(const ModelConfig& c, const ProcessGroups* groups, bool z
   TrainerConfig tc;
   tc.steps = steps;
   tc.grad_accum = grad_accum;
-  tc.lr.max_lr = 3e-3;
-  tc.lr.min_lr = 3e-4;
+  tc.lr.max_lr = max_lr;
+  tc.lr.min_lr = max_lr / 10;
   tc.lr.warmup_steps = 3;
   tc.lr.total_steps = steps;
   tc.quiet = true;
@@ -72,7 +73,8 @@ inline RunResult train(const ModelConfig& c, const ProcessGroups* groups, bool z
 // (Element-wise ratios are ill-posed for Adam's first steps, whose update is lr * g / |g| and so
 // flips with the last bit of a near-zero gradient's reduction order.)
 inline double max_rel_diff(const std::map<std::string, Tensor>& a,
-                           const std::map<std::string, Tensor>& b) {
+                           const std::map<std::string, Tensor>& b,
+                           std::string* worst_name = nullptr) {
   double worst = 0;
   EXPECT_EQ(a.size(), b.size());
   for (const auto& [name, t] : a) {
@@ -85,7 +87,9 @@ inline double max_rel_diff(const std::map<std::string, Tensor>& a,
       diff += (x[i] - y[i]) * (x[i] - y[i]);
       norm += y[i] * y[i];
     }
-    worst = std::max(worst, std::sqrt(diff) / std::max(std::sqrt(norm), 1e-12));
+    const double rel = std::sqrt(diff) / std::max(std::sqrt(norm), 1e-12);
+    if (rel > worst && worst_name != nullptr) *worst_name = name;
+    worst = std::max(worst, rel);
   }
   return worst;
 }
