@@ -157,7 +157,7 @@ void msa_sparse_attention_forward(const Tensor& q, const Tensor& k, const Tensor
     check_dtype(v, q.dtype(), "msa_sparse_attention_forward: v");
     check_dtype(out, q.dtype(), "msa_sparse_attention_forward: out");
     return cuda::msa_sparse_attention_forward(q, k, v, sel.indices, sel.counts, scale, out, lse,
-                                              dims);
+                                              nullptr, dims);
 #endif
     cuda_not_built(op);
   }
@@ -171,6 +171,61 @@ void msa_sparse_attention_forward(const Tensor& q, const Tensor& k, const Tensor
                                          sel.indices.data<int32_t>(), sel.counts.data<int32_t>(),
                                          scale, out.data<T>(), lse.data<T>(), dims);
   });
+}
+
+void msa_sparse_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,
+                                  const BlockSelection& sel, double scale, Tensor& out, Tensor& lse,
+                                  Tensor& block_mass) {
+  const char* op = "msa_sparse_attention_forward";
+  const cpu::MsaDims dims = attention_dims(q, k, sel, op);
+  check_shape(v, k.shape(), "msa_sparse_attention_forward: v");
+  check_shape(out, q.shape(), "msa_sparse_attention_forward: out");
+  check_shape(lse, {dims.batch, dims.heads, dims.seq}, "msa_sparse_attention_forward: lse");
+  check_shape(block_mass, {dims.batch, dims.seq, dims.heads, dims.topk},
+              "msa_sparse_attention_forward: block_mass");
+  for (const Tensor* t : std::initializer_list<const Tensor*>{&v, &out, &lse, &block_mass})
+    check_same_device(q, *t, "q", "msa_sparse_attention_forward argument");
+  MSA_CHECK(q.is_cuda(), "%s with block masses: CUDA tensors only", op);
+#if MSA_HAS_CUDA
+  check_dtype(k, q.dtype(), "msa_sparse_attention_forward: k");
+  check_dtype(v, q.dtype(), "msa_sparse_attention_forward: v");
+  check_dtype(out, q.dtype(), "msa_sparse_attention_forward: out");
+  cuda::msa_sparse_attention_forward(q, k, v, sel.indices, sel.counts, scale, out, lse,
+                                     &block_mass, dims);
+#endif
+}
+
+IndexLossResult msa_index_loss_from_mass(const Tensor& block_mass, const BlockSelection& sel,
+                                         const Tensor& iq, const Tensor& kbar, int block_size,
+                                         double weight, Tensor& diq, Tensor& dkbar) {
+  const char* op = "msa_index_loss_from_mass";
+  cpu::MsaDims dims = index_dims(iq, block_size, sel.topk, op);
+  MSA_CHECK(block_mass.ndim() == 4, "%s: block_mass %s must be [batch, T, H, topk]", op,
+            block_mass.describe());
+  dims.heads = block_mass.size(2);
+  MSA_CHECK(dims.heads % dims.groups == 0, "%s: H = %d is not a multiple of G = %d", op,
+            dims.heads, dims.groups);
+  check_shape(block_mass, {dims.batch, dims.seq, dims.heads, dims.topk},
+              "msa_index_loss_from_mass: block_mass");
+  check_shape(kbar, {dims.batch, dims.num_blocks(), dims.groups, dims.index_dim},
+              "msa_index_loss_from_mass: kbar");
+  check_shape(diq, iq.shape(), "msa_index_loss_from_mass: diq");
+  check_shape(dkbar, kbar.shape(), "msa_index_loss_from_mass: dkbar");
+  MSA_CHECK(sel.block_size == block_size, "%s: selection block size %d != block_size %d", op,
+            sel.block_size, block_size);
+  check_selection(sel, dims.batch, dims.seq, dims.groups, op);
+  for (const Tensor* t :
+       std::initializer_list<const Tensor*>{&block_mass, &kbar, &diq, &dkbar, &sel.indices})
+    check_same_device(iq, *t, "iq", "msa_index_loss_from_mass argument");
+  MSA_CHECK(iq.is_cuda(), "%s: CUDA tensors only (the CPU uses msa_index_loss)", op);
+  IndexLossResult result;
+#if MSA_HAS_CUDA
+  const cpu::IndexLossSums sums = cuda::msa_index_loss_from_mass(
+      block_mass, sel.indices, sel.counts, iq, kbar, weight, diq, dkbar, dims);
+  result.n_rows = sums.n_rows;
+  result.loss = sums.n_rows > 0 ? sums.kl_sum / static_cast<double>(sums.n_rows) : 0.0;
+#endif
+  return result;
 }
 
 void msa_sparse_attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k,

@@ -46,6 +46,12 @@ void msa_index_topk(const Tensor& iq, const Tensor& kbar, BlockSelection& sel);
 // mask inside the local block), scale `scale`. Shapes as in kernels/attention.h.
 void msa_sparse_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,
                                   const BlockSelection& sel, double scale, Tensor& out, Tensor& lse);
+// As above, also writing the forward's per-block attention mass for the sparse index loss:
+// block_mass f32 [batch, T, H, topk], slot i of (t, h) = sum over the attended keys s of the i-th
+// selected block of exp(scale q_{t,h}.k_s - lse_{t,h}) (0 past the row's count). CUDA only.
+void msa_sparse_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,
+                                  const BlockSelection& sel, double scale, Tensor& out, Tensor& lse,
+                                  Tensor& block_mass);
 // dq, dk, dv overwritten. The selection is treated as a constant.
 void msa_sparse_attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k,
                                    const Tensor& v, const Tensor& out, const Tensor& lse,
@@ -74,6 +80,12 @@ IndexLossResult msa_index_loss(IndexLossMode mode, const Tensor& q, const Tensor
                                const Tensor& lse, const BlockSelection& sel, const Tensor& iq,
                                const Tensor& kbar, double scale, int block_size, double weight,
                                Tensor& diq, Tensor& dkbar);
+
+// The kSparse loss above computed from the forward's block masses (no second pass over q and k;
+// the same function up to rounding). CUDA only; diq, dkbar f32.
+IndexLossResult msa_index_loss_from_mass(const Tensor& block_mass, const BlockSelection& sel,
+                                         const Tensor& iq, const Tensor& kbar, int block_size,
+                                         double weight, Tensor& diq, Tensor& dkbar);
 
 // Index recall: mean over sampled queries t (t = 0, stride, 2*stride, ...; every batch row) and
 // heads h of the dense causal attention mass that falls inside the blocks selected for (t, g(h)).

@@ -97,21 +97,29 @@ void attention_block_forward(const ModelConfig& c, int layer, ParameterSet& para
     act.selection = BlockSelection::allocate(batch, T, G, B, c.msa.topk, dev);
     msa_index_topk(act.iq, act.kbar, *act.selection);
 
-    IndexLossMode loss_mode;
-    if (options.msa_mode == MsaMode::kSparse) {
-      msa_sparse_attention_forward(act.q_rope, act.k_rope, v4, *act.selection, scale, act.att,
-                                   act.lse);
-      act.sparse_attention = true;
-      loss_mode = IndexLossMode::kSparse;
-    } else {
-      attention_forward(act.q_rope, act.k_rope, v4, scale, act.att, act.lse);
-      loss_mode = IndexLossMode::kDenseTarget;
-    }
     act.diq = Tensor::empty(act.iq.shape(), dt == DType::kBF16 ? DType::kF32 : dt, dev);
     act.dkbar = Tensor::empty(act.kbar.shape(), act.diq.dtype(), dev);
-    IndexLossResult r = msa_index_loss(loss_mode, act.q_rope, act.k_rope, act.lse,
-                                       *act.selection, act.iq, act.kbar, scale, B, 1.0, act.diq,
-                                       act.dkbar);
+    IndexLossResult r;
+    if (options.msa_mode == MsaMode::kSparse) {
+      act.sparse_attention = true;
+      if (dev == Device::kCUDA) {
+        // The loss's per-block attention mass comes out of the sparse forward itself.
+        Tensor mass = Tensor::empty({batch, T, H, c.msa.topk}, DType::kF32, dev);
+        msa_sparse_attention_forward(act.q_rope, act.k_rope, v4, *act.selection, scale, act.att,
+                                     act.lse, mass);
+        r = msa_index_loss_from_mass(mass, *act.selection, act.iq, act.kbar, B, 1.0, act.diq,
+                                     act.dkbar);
+      } else {
+        msa_sparse_attention_forward(act.q_rope, act.k_rope, v4, *act.selection, scale, act.att,
+                                     act.lse);
+        r = msa_index_loss(IndexLossMode::kSparse, act.q_rope, act.k_rope, act.lse,
+                           *act.selection, act.iq, act.kbar, scale, B, 1.0, act.diq, act.dkbar);
+      }
+    } else {
+      attention_forward(act.q_rope, act.k_rope, v4, scale, act.att, act.lse);
+      r = msa_index_loss(IndexLossMode::kDenseTarget, act.q_rope, act.k_rope, act.lse,
+                         *act.selection, act.iq, act.kbar, scale, B, 1.0, act.diq, act.dkbar);
+    }
     act.index_loss = r.loss;
     act.index_rows = r.n_rows;
     if (!options.compute_index_grads) {

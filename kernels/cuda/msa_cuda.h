@@ -13,12 +13,22 @@ void msa_block_pool_forward(const Tensor& ik, Tensor& kbar, const cpu::MsaDims& 
 void msa_block_pool_backward(const Tensor& dkbar, Tensor& dik, const cpu::MsaDims& dims);
 void msa_index_topk(const Tensor& iq, const Tensor& kbar, Tensor& indices, Tensor& counts,
                     const cpu::MsaDims& dims);
+// block_mass: nullable, f32 [batch, T, H, topk] (see kernels/msa.h).
 void msa_sparse_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,
                                   const Tensor& indices, const Tensor& counts, double scale,
-                                  Tensor& out, Tensor& lse, const cpu::MsaDims& dims);
+                                  Tensor& out, Tensor& lse, Tensor* block_mass,
+                                  const cpu::MsaDims& dims);
 void msa_sparse_attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k,
                                    const Tensor& v, const Tensor& out, const Tensor& lse,
                                    const Tensor& indices, const Tensor& counts, double scale,
                                    Tensor& dq, Tensor& dk, Tensor& dv, const cpu::MsaDims& dims);
+
+// Sparse-mode index distillation loss from the forward's block masses (msa_index_loss_cuda.cu):
+// returns the KL sum and the counted rows; diq [batch, T, G, d_I] and dkbar [batch, n_b, G, d_I]
+// (f32) receive the gradient of weight * mean KL.
+cpu::IndexLossSums msa_index_loss_from_mass(const Tensor& block_mass, const Tensor& indices,
+                                            const Tensor& counts, const Tensor& iq,
+                                            const Tensor& kbar, double weight, Tensor& diq,
+                                            Tensor& dkbar, const cpu::MsaDims& dims);
 
 }  // namespace msa::cuda

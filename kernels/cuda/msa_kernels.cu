@@ -10,8 +10,10 @@
 // - The forward is query-outer: one warp per (query, head); 32 keys at a time, one per lane, with
 //   an online-softmax merge; each lane owns d/32 output dimensions.
 // - The backward computes dQ per query (warp per (query, head)) and dK/dV per key with no atomics:
-//   the warp that owns key s scans the later queries of its group in order, keeps those whose
-//   selection holds s's block, and accumulates in registers; results are deterministic.
+//   an inverted selection (one bit per (query, key block) pair, built with atomicOr) lists the
+//   queries that selected the key's block; the key's warp visits them in ascending order and
+//   accumulates in registers; results are deterministic.
+// - The forward also emits each selected block's attention mass (for the sparse index loss).
 // The KV-outer tensor-core forward (wgmma, queries of a group stacked as rows) replaces the
 // attention kernels next; these stay as the reference the fast kernels are tested against.
 #include <cfloat>
@@ -177,10 +179,13 @@ __device__ __forceinline__ void for_each_key_chunk(const int32_t* idx, int count
   }
 }
 
+// block_mass (nullable) [batch, S, H, K]: for each selection slot, the attention mass of the
+// block's attended keys, sum_s exp(z_s - lse); the slot's running max and partial sum are kept
+// when the block ends and rescaled by the final lse (no second pass over K).
 template <class T>
 __global__ void attention_forward_kernel(const T* q, const T* k, const T* v, const int32_t* indices,
                                          const int32_t* counts, float scale, T* out, float* lse,
-                                         int64_t rows, AttnDims a) {
+                                         float* block_mass, int64_t rows, AttnDims a) {
   extern __shared__ float smem[];
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * (blockDim.x / kWarp) + warp;
@@ -195,35 +200,55 @@ __global__ void attention_forward_kernel(const T* q, const T* k, const T* v, con
   const int per_lane = static_cast<int>((a.d + kWarp - 1) / kWarp);
   float acc[kMaxDimPerLane] = {0};
   float m = -FLT_MAX, l = 0;
-  for_each_key_chunk(indices + sel * a.K, counts[sel], t, a.B, [&](int64_t s0, int n) {
-    float z = -FLT_MAX;
-    if (lane < n) {
-      const T* krow = k + ((b * a.S + s0 + lane) * a.G + g) * a.d;
-      float dot = 0;
-      for (int64_t e = 0; e < a.d; ++e) dot += qs[e] * to_f(krow[e]);
-      z = dot * scale;
-    }
-    const float m_new = fmaxf(m, warp_max(z));
-    const float corr = __expf(m - m_new);
-    const float p = lane < n ? __expf(z - m_new) : 0.0f;
-    l = l * corr + warp_sum(p);
-    for (int e = 0; e < per_lane; ++e) acc[e] *= corr;
-    for (int key = 0; key < n; ++key) {
-      const float pk = __shfl_sync(0xffffffffu, p, key);
-      const T* vrow = v + ((b * a.S + s0 + key) * a.G + g) * a.d;
-      for (int e = 0; e < per_lane; ++e) {
-        const int64_t dim = lane + e * kWarp;
-        if (dim < a.d) acc[e] += pk * to_f(vrow[dim]);
+  // Lane i keeps slot i's (max at the block's end, block sum relative to it).
+  float slot_m = -FLT_MAX, slot_l = 0;
+  const int32_t* idx = indices + sel * a.K;
+  const int count = counts[sel];
+  for (int i = 0; i < count; ++i) {
+    const int64_t j = idx[i];
+    const int64_t end = min((j + 1) * a.B, t + 1);
+    float lb = 0;
+    for (int64_t s0 = j * a.B; s0 < end; s0 += kWarp) {
+      const int n = static_cast<int>(min(static_cast<int64_t>(kWarp), end - s0));
+      float z = -FLT_MAX;
+      if (lane < n) {
+        const T* krow = k + ((b * a.S + s0 + lane) * a.G + g) * a.d;
+        float dot = 0;
+        for (int64_t e = 0; e < a.d; ++e) dot += qs[e] * to_f(krow[e]);
+        z = dot * scale;
       }
+      const float m_new = fmaxf(m, warp_max(z));
+      const float corr = __expf(m - m_new);
+      const float p = lane < n ? __expf(z - m_new) : 0.0f;
+      const float psum = warp_sum(p);
+      l = l * corr + psum;
+      lb = lb * corr + psum;
+      for (int e = 0; e < per_lane; ++e) acc[e] *= corr;
+      for (int key = 0; key < n; ++key) {
+        const float pk = __shfl_sync(0xffffffffu, p, key);
+        const T* vrow = v + ((b * a.S + s0 + key) * a.G + g) * a.d;
+        for (int e = 0; e < per_lane; ++e) {
+          const int64_t dim = lane + e * kWarp;
+          if (dim < a.d) acc[e] += pk * to_f(vrow[dim]);
+        }
+      }
+      m = m_new;
     }
-    m = m_new;
-  });
+    if (lane == i) {
+      slot_m = m;
+      slot_l = lb;
+    }
+  }
   T* orow = out + ((b * a.S + t) * a.H + h) * a.d;
   for (int e = 0; e < per_lane; ++e) {
     const int64_t dim = lane + e * kWarp;
     if (dim < a.d) orow[dim] = from_f<T>(acc[e] / l);
   }
-  if (lane == 0) lse[(b * a.H + h) * a.S + t] = m + logf(l);
+  const float row_lse = m + logf(l);
+  if (lane == 0) lse[(b * a.H + h) * a.S + t] = row_lse;
+  if (block_mass != nullptr && lane < a.K)
+    block_mass[((b * a.S + t) * a.H + h) * a.K + lane] =
+        lane < count ? slot_l * __expf(slot_m - row_lse) : 0.0f;
 }
 
 // D[b, h, t] = dout . out (the softmax backward's row term).
@@ -290,13 +315,32 @@ __global__ void attention_backward_dq_kernel(const T* dout, const T* q, const T*
   }
 }
 
+// Inverted selection: mask[b, g, c, j] holds one bit per query of query block c, set when that
+// query selected key block j (words = ceil(B / 32) per (c, j)). Built with atomicOr, so the
+// result does not depend on the order rows are processed in.
+__global__ void selection_mask_kernel(const int32_t* indices, const int32_t* counts,
+                                      uint32_t* mask, int64_t rows, int64_t S, int64_t G,
+                                      int64_t B, int64_t K, int64_t nb, int64_t words) {
+  const int64_t row = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (row >= rows) return;
+  const int64_t g = row % G, t = (row / G) % S, b = row / (G * S);
+  const int64_t c = t / B, bit = t % B;
+  for (int i = 0; i < counts[row]; ++i) {
+    const int64_t j = indices[row * K + i];
+    atomicOr(mask + (((b * G + g) * nb + c) * nb + j) * words + bit / 32, 1u << (bit % 32));
+  }
+}
+
 // One warp per key s of group g: dk_s = scale sum ds q, dv_s = sum p dout over the (query, head)
-// pairs whose selection holds block(s) and t >= s; queries are visited in order (deterministic).
+// pairs that selected block(s) with t >= s, found through the inverted mask and visited in
+// ascending t (deterministic, no atomics): O(selected pairs + n_b) per key instead of a scan of
+// every later query.
 template <class T>
-__global__ void attention_backward_dkdv_kernel(const T* dout, const T* q, const T* k, const T* v,
-                                               const float* lse, const float* D,
-                                               const int32_t* indices, const int32_t* counts,
-                                               float scale, T* dk, T* dv, int64_t keys, AttnDims a) {
+__global__ void attention_backward_dkdv_masked_kernel(const T* dout, const T* q, const T* k,
+                                                      const T* v, const float* lse,
+                                                      const float* D, const uint32_t* mask,
+                                                      float scale, T* dk, T* dv, int64_t keys,
+                                                      int64_t nb, int64_t words, AttnDims a) {
   extern __shared__ float smem[];
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
   const int64_t key = static_cast<int64_t>(blockIdx.x) * (blockDim.x / kWarp) + warp;
@@ -313,36 +357,32 @@ __global__ void attention_backward_dkdv_kernel(const T* dout, const T* q, const 
   __syncwarp();
   const int per_lane = static_cast<int>((a.d + kWarp - 1) / kWarp);
   float dk_acc[kMaxDimPerLane] = {0}, dv_acc[kMaxDimPerLane] = {0};
-  for (int64_t t0 = s; t0 < a.S; t0 += kWarp) {
-    // Which of the next 32 queries selected block j (the local block always does)?
-    const int64_t t = t0 + lane;
-    bool hit = false;
-    if (t < a.S) {
-      const int64_t sel = (b * a.S + t) * a.G + g;
-      const int32_t* idx = indices + sel * a.K;
-      for (int i = 0; i < counts[sel]; ++i) hit |= idx[i] == j;
-    }
-    unsigned mask = __ballot_sync(0xffffffffu, hit);
-    while (mask) {
-      const int src = __ffs(mask) - 1;
-      mask &= mask - 1;
-      const int64_t tq = t0 + src;
-      for (int64_t h = g * r; h < (g + 1) * r; ++h) {
-        const int64_t off = ((b * a.S + tq) * a.H + h) * a.d;
-        float qk = 0, dov = 0;
-        for (int64_t e = lane; e < a.d; e += kWarp) {
-          qk += to_f(q[off + e]) * ks[e];
-          dov += to_f(dout[off + e]) * vs[e];
-        }
-        qk = warp_sum(qk);
-        dov = warp_sum(dov);
-        const float p = __expf(qk * scale - lse[(b * a.H + h) * a.S + tq]);
-        const float ds = p * (dov - D[(b * a.H + h) * a.S + tq]);
-        for (int e = 0; e < per_lane; ++e) {
-          const int64_t dim = lane + e * kWarp;
-          if (dim < a.d) {
-            dk_acc[e] += ds * scale * to_f(q[off + dim]);
-            dv_acc[e] += p * to_f(dout[off + dim]);
+  for (int64_t c = j; c < nb; ++c) {
+    const uint32_t* m = mask + (((b * a.G + g) * nb + c) * nb + j) * words;
+    for (int64_t w = 0; w < words; ++w) {
+      uint32_t bits = m[w];
+      while (bits) {
+        const int bit = __ffs(bits) - 1;
+        bits &= bits - 1;
+        const int64_t tq = c * a.B + w * 32 + bit;
+        if (tq < s) continue;  // causal: only the key's own and later queries
+        for (int64_t h = g * r; h < (g + 1) * r; ++h) {
+          const int64_t off = ((b * a.S + tq) * a.H + h) * a.d;
+          float qk = 0, dov = 0;
+          for (int64_t e = lane; e < a.d; e += kWarp) {
+            qk += to_f(q[off + e]) * ks[e];
+            dov += to_f(dout[off + e]) * vs[e];
+          }
+          qk = warp_sum(qk);
+          dov = warp_sum(dov);
+          const float p = __expf(qk * scale - lse[(b * a.H + h) * a.S + tq]);
+          const float ds = p * (dov - D[(b * a.H + h) * a.S + tq]);
+          for (int e = 0; e < per_lane; ++e) {
+            const int64_t dim = lane + e * kWarp;
+            if (dim < a.d) {
+              dk_acc[e] += ds * scale * to_f(q[off + dim]);
+              dv_acc[e] += p * to_f(dout[off + dim]);
+            }
           }
         }
       }
@@ -412,7 +452,11 @@ void msa_index_topk(const Tensor& iq, const Tensor& kbar, Tensor& indices, Tenso
 
 void msa_sparse_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,
                                   const Tensor& indices, const Tensor& counts, double scale,
-                                  Tensor& out, Tensor& lse, const cpu::MsaDims& d) {
+                                  Tensor& out, Tensor& lse, Tensor* block_mass,
+                                  const cpu::MsaDims& d) {
+  MSA_CHECK(d.topk <= kMaxTopk, "CUDA MSA attention: topk %d > %d", d.topk, kMaxTopk);
+  if (block_mass != nullptr)
+    check_dtype(*block_mass, DType::kF32, "msa_sparse_attention_forward (CUDA): block_mass");
   MSA_CHECK(d.dim <= kWarp * kMaxDimPerLane, "CUDA MSA attention: head_dim %d > %d", d.dim,
             kWarp * kMaxDimPerLane);
   check_dtype(lse, DType::kF32, "msa_sparse_attention_forward (CUDA): lse");
@@ -423,7 +467,8 @@ void msa_sparse_attention_forward(const Tensor& q, const Tensor& k, const Tensor
     const size_t smem = kWarpsPerBlock * d.dim * sizeof(float);
     attention_forward_kernel<T><<<blocks_for(rows), kThreads, smem>>>(
         q.data<T>(), k.data<T>(), v.data<T>(), indices.data<int32_t>(), counts.data<int32_t>(),
-        static_cast<float>(scale), out.data<T>(), lse.data<float>(), rows, a);
+        static_cast<float>(scale), out.data<T>(), lse.data<float>(),
+        block_mass != nullptr ? block_mass->data<float>() : nullptr, rows, a);
     MSA_CUDA_CHECK_LAUNCH("attention_forward_kernel");
   });
 }
@@ -437,6 +482,20 @@ void msa_sparse_attention_backward(const Tensor& dout, const Tensor& q, const Te
   check_dtype(lse, DType::kF32, "msa_sparse_attention_backward (CUDA): lse");
   const AttnDims a{d.seq, d.heads, d.groups, d.dim, d.block_size, d.topk};
   Tensor D = Tensor::empty({d.batch, d.heads, d.seq}, DType::kF32, Device::kCUDA);
+  // The inverted selection for dK/dV: [batch, G, n_b, n_b, words] bits (n_b^2 B / 8 bytes per
+  // sequence and group: 67 MB per group at 128K tokens with B = 128).
+  const int64_t nb = d.num_blocks(), words = (d.block_size + 31) / 32;
+  Tensor mask = Tensor::zeros({d.batch * d.groups * nb * nb * words}, DType::kI32, Device::kCUDA);
+  {
+    const int64_t rows = d.batch * d.seq * d.groups;
+    if (rows > 0) {
+      selection_mask_kernel<<<static_cast<unsigned>((rows + 255) / 256), 256>>>(
+          indices.data<int32_t>(), counts.data<int32_t>(),
+          reinterpret_cast<uint32_t*>(mask.raw_data()), rows, d.seq, d.groups, d.block_size,
+          d.topk, nb, words);
+      MSA_CUDA_CHECK_LAUNCH("selection_mask_kernel");
+    }
+  }
   dispatch(q.dtype(), "msa_sparse_attention_backward", [&](auto zero) {
     using T = decltype(zero);
     const int64_t rows = d.batch * d.seq * d.heads;
@@ -450,11 +509,11 @@ void msa_sparse_attention_backward(const Tensor& dout, const Tensor& q, const Te
         rows, a);
     MSA_CUDA_CHECK_LAUNCH("attention_backward_dq_kernel");
     const int64_t keys = d.batch * d.seq * d.groups;
-    attention_backward_dkdv_kernel<T><<<blocks_for(keys), kThreads, smem>>>(
+    attention_backward_dkdv_masked_kernel<T><<<blocks_for(keys), kThreads, smem>>>(
         dout.data<T>(), q.data<T>(), k.data<T>(), v.data<T>(), lse.data<float>(), D.data<float>(),
-        indices.data<int32_t>(), counts.data<int32_t>(), static_cast<float>(scale), dk.data<T>(),
-        dv.data<T>(), keys, a);
-    MSA_CUDA_CHECK_LAUNCH("attention_backward_dkdv_kernel");
+        reinterpret_cast<const uint32_t*>(mask.raw_data()),
+        static_cast<float>(scale), dk.data<T>(), dv.data<T>(), keys, nb, words, a);
+    MSA_CUDA_CHECK_LAUNCH("attention_backward_dkdv_masked_kernel");
   });
 }
 

@@ -186,5 +186,86 @@ TEST(GpuMsaTest, IndexLossOnDeviceTensorsMatchesCpu) {
   EXPECT_LT(max_scaled_diff(host(gdkbar), dkbar), 1e-6);
 }
 
+// The GPU training path's index loss: the sparse forward's block masses (checked against a
+// direct sum over each block's attended keys) feed msa_index_loss_from_mass, which must equal the
+// CPU reference msa_index_loss(kSparse) in f32, and stay within bf16 tolerance for bf16 inputs.
+TEST(GpuMsaTest, IndexLossFromForwardBlockMassMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  uint64_t seed = 7001;
+  for (const Case& c : kCases) {
+    for (DType dt : {DType::kF32, DType::kBF16}) {
+      const int64_t nb = msa_num_blocks(c.T, c.B);
+      // Inputs rounded to dt, so both sides see the same values.
+      auto rnd = [&](const Shape& s) {
+        return random_tensor(s, seed++, DType::kF32).to(dt).to(DType::kF32);
+      };
+      Tensor iq = rnd({c.batch, c.T, c.G, c.dI}), kbar = rnd({c.batch, nb, c.G, c.dI});
+      Tensor q = rnd({c.batch, c.T, c.H, c.d}), k = rnd({c.batch, c.T, c.G, c.d});
+      Tensor v = rnd({c.batch, c.T, c.G, c.d});
+      const double scale = 1.0 / std::sqrt(static_cast<double>(c.d));
+      BlockSelection sel = BlockSelection::allocate(c.batch, c.T, c.G, c.B, c.K, Device::kCPU);
+      msa_index_topk(iq, kbar, sel);
+      Tensor out = Tensor::empty(q.shape(), DType::kF32),
+             lse = Tensor::empty({c.batch, c.H, c.T}, DType::kF32);
+      msa_sparse_attention_forward(q, k, v, sel, scale, out, lse);
+      Tensor diq = Tensor::empty(iq.shape(), DType::kF32),
+             dkbar = Tensor::empty(kbar.shape(), DType::kF32);
+      const IndexLossResult ref = msa_index_loss(IndexLossMode::kSparse, q, k, lse, sel, iq, kbar,
+                                                 scale, c.B, 1.7, diq, dkbar);
+
+      BlockSelection gsel = sel;
+      gsel.indices = sel.indices.to(Device::kCUDA);
+      gsel.counts = sel.counts.to(Device::kCUDA);
+      Tensor gout = Tensor::empty(q.shape(), dt, Device::kCUDA);
+      Tensor glse = Tensor::empty(lse.shape(), DType::kF32, Device::kCUDA);
+      Tensor mass = Tensor::empty({c.batch, c.T, c.H, c.K}, DType::kF32, Device::kCUDA);
+      mass.fill_(std::nan(""));
+      msa_sparse_attention_forward(dev(q, dt), dev(k, dt), dev(v, dt), gsel, scale, gout, glse,
+                                   mass);
+      // The masses against a direct evaluation from the CPU's lse.
+      const Tensor hm = host(mass);
+      const float* qp = q.data<float>();
+      const float* kp = k.data<float>();
+      const int32_t* ip = sel.indices.data<int32_t>();
+      const int32_t* cp = sel.counts.data<int32_t>();
+      double worst = 0;
+      const int64_t r = c.H / c.G;
+      for (int64_t b = 0; b < c.batch; ++b)
+        for (int64_t t = 0; t < c.T; t += 7)
+          for (int64_t h = 0; h < c.H; ++h) {
+            const int64_t g = h / r, row = (b * c.T + t) * c.G + g;
+            const double L = lse.data<float>()[(b * c.H + h) * c.T + t];
+            for (int i = 0; i < c.K; ++i) {
+              double want = 0;
+              if (i < cp[row]) {
+                const int64_t j = ip[row * c.K + i];
+                for (int64_t s = j * c.B; s < std::min<int64_t>((j + 1) * c.B, t + 1); ++s) {
+                  double dot = 0;
+                  for (int64_t e = 0; e < c.d; ++e)
+                    dot += static_cast<double>(qp[((b * c.T + t) * c.H + h) * c.d + e]) *
+                           kp[((b * c.T + s) * c.G + g) * c.d + e];
+                  want += std::exp(scale * dot - L);
+                }
+              }
+              const double got = hm.data<float>()[((b * c.T + t) * c.H + h) * c.K + i];
+              worst = std::max(worst, std::abs(got - want));
+            }
+          }
+      const double tol = dt == DType::kF32 ? 1e-4 : 2e-2;
+      EXPECT_LT(worst, tol) << "block mass, " << dtype_name(dt);
+
+      Tensor gdiq = Tensor::empty(iq.shape(), DType::kF32, Device::kCUDA);
+      Tensor gdkbar = Tensor::empty(kbar.shape(), DType::kF32, Device::kCUDA);
+      gdiq.fill_(std::nan(""));
+      const IndexLossResult got = msa_index_loss_from_mass(mass, gsel, dev(iq, dt), dev(kbar, dt),
+                                                           c.B, 1.7, gdiq, gdkbar);
+      EXPECT_EQ(got.n_rows, ref.n_rows);
+      EXPECT_NEAR(got.loss, ref.loss, tol * std::max(1.0, ref.loss)) << dtype_name(dt);
+      EXPECT_LT(max_scaled_diff(host(gdiq), diq), tol) << "diq " << dtype_name(dt);
+      EXPECT_LT(max_scaled_diff(host(gdkbar), dkbar), tol) << "dkbar " << dtype_name(dt);
+    }
+  }
+}
+
 }  // namespace
 }  // namespace msa
