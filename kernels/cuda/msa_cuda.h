@@ -23,6 +23,15 @@ void msa_sparse_attention_backward(const Tensor& dout, const Tensor& q, const Te
                                    const Tensor& indices, const Tensor& counts, double scale,
                                    Tensor& dq, Tensor& dk, Tensor& dv, const cpu::MsaDims& dims);
 
+// The tensor-core KV-outer forward (msa_attention_kv_outer.cu): bf16, head_dim 64/128, block
+// size 64/128, H / G dividing 16, topk <= 32. MSA_SPARSE_ATTENTION=reference forces the
+// first-generation kernel (tests compare the two).
+bool kv_outer_attention_supported(const Tensor& q, const cpu::MsaDims& dims);
+void kv_outer_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,
+                                const Tensor& indices, const Tensor& counts, double scale,
+                                Tensor& out, Tensor& lse, Tensor* block_mass,
+                                const cpu::MsaDims& dims);
+
 // Sparse-mode index distillation loss from the forward's block masses (msa_index_loss_cuda.cu):
 // returns the KL sum and the counted rows; diq [batch, T, G, d_I] and dkbar [batch, n_b, G, d_I]
 // (f32) receive the gradient of weight * mean KL.

@@ -48,7 +48,7 @@ __global__ void index_loss_rows_kernel(const float* mass, const int32_t* indices
   float* diq_row = diq + row * a.dI;
   if (n < 2) {
     for (int64_t e = lane; e < a.dI; e += kWarp) diq_row[e] = 0.0f;
-    if (lane == 0) row_kl[row] = -1.0f;  // not counted
+    if (lane == 0) row_kl[row] = -INFINITY;  // not counted (a KL can round to slightly < 0)
     return;
   }
   const bool mine = lane < n;
@@ -103,7 +103,7 @@ __global__ void sum_kl_kernel(const float* row_kl, int64_t rows, double* out) {
   double s = 0, c = 0;
   for (int64_t i = threadIdx.x; i < rows; i += blockDim.x) {
     const float v = row_kl[i];
-    if (v < 0.0f) continue;
+    if (isinf(v)) continue;
     s += v;
     c += 1;
   }

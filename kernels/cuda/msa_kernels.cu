@@ -18,6 +18,7 @@
 // attention kernels next; these stay as the reference the fast kernels are tested against.
 #include <cfloat>
 #include <cstdint>
+#include <type_traits>
 
 #include "core/bf16.h"
 #include "core/cuda/cuda_check.h"
@@ -146,6 +147,115 @@ __global__ void topk_kernel(const T* iq, const T* kbar, int32_t* indices, int32_
   }
   if (lane == 0) {
     for (int a = 1; a < want; ++a) {  // ascending block order
+      const int x = chosen[a];
+      int p = a;
+      while (p > 0 && chosen[p - 1] > x) {
+        chosen[p] = chosen[p - 1];
+        --p;
+      }
+      chosen[p] = x;
+    }
+    int32_t* out = indices + row * K;
+    for (int a = 0; a < want; ++a) out[a] = chosen[a];
+    out[want] = static_cast<int32_t>(c);
+    for (int a = want + 1; a < K; ++a) out[a] = -1;
+    counts[row] = want + 1;
+  }
+}
+
+// The same selection, tiled for long sequences: a CTA of kTopkWarps warps owns kTopkWarps
+// consecutive queries of one (sequence, group), one per warp, and walks the block keys in chunks
+// of kTopkChunk staged in shared memory (transposed, so lane j reads block j's dimension e
+// without bank conflicts); the query's index vector sits in registers (d_I a template constant).
+// Every block key is read from global memory once per CTA instead of once per query, and the
+// score arithmetic is unchanged (round-to-nearest multiply and add in index order), so the
+// selection is bit-identical to the CPU's for f32 inputs.
+constexpr int kTopkWarps = 16;
+// Blocks per staged chunk: 32 KB of f32 block keys in shared memory.
+template <int DI>
+constexpr int topk_chunk() {
+  return DI <= 64 ? 128 : 64;
+}
+
+template <class T, int DI>
+__global__ void __launch_bounds__(kTopkWarps * 32)
+    topk_tiled_kernel(const T* iq, const T* kbar, int32_t* indices, int32_t* counts, int64_t S,
+                      int64_t G, int64_t B, int K, int64_t nb) {
+  constexpr int kTopkChunk = topk_chunk<DI>();
+  __shared__ float kb_s[DI][kTopkChunk + 1];
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  const int64_t g = blockIdx.y, b = blockIdx.z;
+  const int64_t t = static_cast<int64_t>(blockIdx.x) * kTopkWarps + warp;
+  const bool active = t < S;
+  const int64_t row = (b * S + (active ? t : 0)) * G + g;
+  const int64_t c = active ? t / B : 0;
+  const int want = static_cast<int>(min(static_cast<int64_t>(K - 1), c));
+  float q[DI];
+#pragma unroll
+  for (int e = 0; e < DI; ++e) q[e] = active ? to_f(iq[row * DI + e]) : 0.0f;
+  const int64_t t_last = min(S - 1, static_cast<int64_t>(blockIdx.x + 1) * kTopkWarps - 1);
+  const int64_t c_max = t_last / B;  // blocks any query of this CTA can select: j < c_max
+
+  float top_s[kMaxTopk];
+  int top_i[kMaxTopk];
+  int n = 0;
+  for (int64_t j0 = 0; j0 < c_max; j0 += kTopkChunk) {
+    __syncthreads();
+    for (int i = threadIdx.x; i < kTopkChunk * DI; i += blockDim.x) {
+      const int e = i % DI, jj = i / DI;
+      const int64_t j = j0 + jj;
+      kb_s[e][jj] = j < nb ? to_f(kbar[((b * nb + j) * G + g) * DI + e]) : 0.0f;
+    }
+    __syncthreads();
+    for (int jj = lane; jj < kTopkChunk; jj += kWarp) {
+      const int64_t j = j0 + jj;
+      if (j >= c) break;
+      float sc = 0;
+#pragma unroll
+      for (int e = 0; e < DI; ++e) sc = __fadd_rn(sc, __fmul_rn(q[e], kb_s[e][jj]));
+      const int ji = static_cast<int>(j);
+      if (n < want) {
+        int p = n++;
+        while (p > 0 && better(sc, ji, top_s[p - 1], top_i[p - 1])) {
+          top_s[p] = top_s[p - 1];
+          top_i[p] = top_i[p - 1];
+          --p;
+        }
+        top_s[p] = sc;
+        top_i[p] = ji;
+      } else if (want > 0 && better(sc, ji, top_s[want - 1], top_i[want - 1])) {
+        int p = want - 1;
+        while (p > 0 && better(sc, ji, top_s[p - 1], top_i[p - 1])) {
+          top_s[p] = top_s[p - 1];
+          top_i[p] = top_i[p - 1];
+          --p;
+        }
+        top_s[p] = sc;
+        top_i[p] = ji;
+      }
+    }
+  }
+  if (!active) return;
+  int head = 0;
+  int chosen[kMaxTopk];
+  for (int r = 0; r < want; ++r) {
+    float sv = head < n ? top_s[head] : -FLT_MAX;
+    int iv = head < n ? top_i[head] : INT32_MAX;
+    float bs = sv;
+    int bi = iv;
+    for (int o = 16; o > 0; o >>= 1) {
+      const float os = __shfl_xor_sync(0xffffffffu, bs, o);
+      const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+      if (better(os, oi, bs, bi)) {
+        bs = os;
+        bi = oi;
+      }
+    }
+    if (head < n && iv == bi) ++head;
+    chosen[r] = bi;
+  }
+  if (lane == 0) {
+    for (int a = 1; a < want; ++a) {
       const int x = chosen[a];
       int p = a;
       while (p > 0 && chosen[p - 1] > x) {
@@ -443,6 +553,19 @@ void msa_index_topk(const Tensor& iq, const Tensor& kbar, Tensor& indices, Tenso
   dispatch(iq.dtype(), "msa_index_topk", [&](auto zero) {
     using T = decltype(zero);
     const int64_t rows = d.batch * d.seq * d.groups;
+    const dim3 grid(static_cast<unsigned>((d.seq + kTopkWarps - 1) / kTopkWarps),
+                    static_cast<unsigned>(d.groups), static_cast<unsigned>(d.batch));
+    auto tiled = [&](auto di) {
+      constexpr int DI = decltype(di)::value;
+      topk_tiled_kernel<T, DI><<<grid, kTopkWarps * kWarp>>>(
+          iq.data<T>(), kbar.data<T>(), indices.data<int32_t>(), counts.data<int32_t>(), d.seq,
+          d.groups, d.block_size, static_cast<int>(d.topk), d.num_blocks());
+      MSA_CUDA_CHECK_LAUNCH("topk_tiled_kernel");
+    };
+    if (d.index_dim == 16) return tiled(std::integral_constant<int, 16>{});
+    if (d.index_dim == 32) return tiled(std::integral_constant<int, 32>{});
+    if (d.index_dim == 64) return tiled(std::integral_constant<int, 64>{});
+    if (d.index_dim == 128) return tiled(std::integral_constant<int, 128>{});
     topk_kernel<T><<<blocks_for(rows), kThreads>>>(
         iq.data<T>(), kbar.data<T>(), indices.data<int32_t>(), counts.data<int32_t>(), rows, d.seq,
         d.groups, d.index_dim, d.block_size, static_cast<int>(d.topk), d.num_blocks());
@@ -457,6 +580,11 @@ void msa_sparse_attention_forward(const Tensor& q, const Tensor& k, const Tensor
   MSA_CHECK(d.topk <= kMaxTopk, "CUDA MSA attention: topk %d > %d", d.topk, kMaxTopk);
   if (block_mass != nullptr)
     check_dtype(*block_mass, DType::kF32, "msa_sparse_attention_forward (CUDA): block_mass");
+  if (kv_outer_attention_supported(q, d)) {
+    check_dtype(lse, DType::kF32, "msa_sparse_attention_forward (CUDA): lse");
+    kv_outer_attention_forward(q, k, v, indices, counts, scale, out, lse, block_mass, d);
+    return;
+  }
   MSA_CHECK(d.dim <= kWarp * kMaxDimPerLane, "CUDA MSA attention: head_dim %d > %d", d.dim,
             kWarp * kMaxDimPerLane);
   check_dtype(lse, DType::kF32, "msa_sparse_attention_forward (CUDA): lse");

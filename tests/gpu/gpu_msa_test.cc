@@ -4,6 +4,8 @@
 // with dense attention, and the index loss on device tensors. Skips without a CUDA device.
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <string>
 #include <vector>
 
 #include "core/rng.h"
@@ -263,6 +265,73 @@ TEST(GpuMsaTest, IndexLossFromForwardBlockMassMatchesCpu) {
       EXPECT_NEAR(got.loss, ref.loss, tol * std::max(1.0, ref.loss)) << dtype_name(dt);
       EXPECT_LT(max_scaled_diff(host(gdiq), diq), tol) << "diq " << dtype_name(dt);
       EXPECT_LT(max_scaled_diff(host(gdkbar), dkbar), tol) << "dkbar " << dtype_name(dt);
+    }
+  }
+}
+
+// The tensor-core KV-outer forward (bf16; head_dim 64/128, B 64/128, r = 1..8) against the CPU
+// reference: output, LSE and the per-block masses, with one and several query chunks, and
+// against the first-generation CUDA kernel on the same inputs.
+TEST(GpuMsaTest, KvOuterTensorCoreForwardMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  const std::vector<Case> cases = {{2, 700, 8, 2, 128, 32, 64, 4},
+                                   {1, 1000, 8, 8, 64, 32, 128, 3},
+                                   {1, 777, 16, 2, 128, 16, 128, 5},
+                                   {1, 640, 4, 2, 64, 16, 64, 16}};  // k >= n_b: dense
+  uint64_t seed = 9100;
+  for (const Case& c : cases) {
+    for (const char* chunk : {"", "128"}) {
+      if (*chunk) setenv("MSA_KV_OUTER_CHUNK", chunk, 1);
+      auto rnd = [&](const Shape& s) {
+        return random_tensor(s, seed++, DType::kF32).to(DType::kBF16).to(DType::kF32);
+      };
+      const int64_t nb = msa_num_blocks(c.T, c.B);
+      Tensor q = rnd({c.batch, c.T, c.H, c.d}), k = rnd({c.batch, c.T, c.G, c.d});
+      Tensor v = rnd({c.batch, c.T, c.G, c.d});
+      Tensor iq = random_tensor({c.batch, c.T, c.G, c.dI}, seed++, DType::kF32);
+      Tensor kbar = random_tensor({c.batch, nb, c.G, c.dI}, seed++, DType::kF32);
+      const double scale = 1.0 / std::sqrt(static_cast<double>(c.d));
+      BlockSelection sel = BlockSelection::allocate(c.batch, c.T, c.G, c.B, c.K, Device::kCPU);
+      msa_index_topk(iq, kbar, sel);
+      Tensor out = Tensor::empty(q.shape(), DType::kF32),
+             lse = Tensor::empty({c.batch, c.H, c.T}, DType::kF32);
+      msa_sparse_attention_forward(q, k, v, sel, scale, out, lse);
+      BlockSelection gsel = sel;
+      gsel.indices = sel.indices.to(Device::kCUDA);
+      gsel.counts = sel.counts.to(Device::kCUDA);
+      Tensor gout = Tensor::empty(q.shape(), DType::kBF16, Device::kCUDA);
+      Tensor glse = Tensor::empty(lse.shape(), DType::kF32, Device::kCUDA);
+      Tensor mass = Tensor::empty({c.batch, c.T, c.H, c.K}, DType::kF32, Device::kCUDA);
+      gout.fill_(std::nan(""));
+      glse.fill_(std::nan(""));
+      mass.fill_(std::nan(""));
+      const Tensor gq = dev(q, DType::kBF16), gk = dev(k, DType::kBF16),
+                   gv = dev(v, DType::kBF16);
+      msa_sparse_attention_forward(gq, gk, gv, gsel, scale, gout, glse, mass);
+      const std::string what = "T=" + std::to_string(c.T) + " H=" + std::to_string(c.H) +
+                               " G=" + std::to_string(c.G) + " d=" + std::to_string(c.d) +
+                               " B=" + std::to_string(c.B) + " chunk=" + chunk;
+      EXPECT_LT(max_scaled_diff(host(gout), out), 2e-2) << "out " << what;
+      EXPECT_LT(max_scaled_diff(host(glse), lse), 1e-3) << "lse " << what;
+      // Masses of each row sum to 1 over its slots (every attended key lies in one slot).
+      const Tensor hm = host(mass);
+      double worst_sum = 0;
+      for (int64_t row = 0; row < c.batch * c.T * c.H; ++row) {
+        double total = 0;
+        for (int i = 0; i < c.K; ++i) total += hm.data<float>()[row * c.K + i];
+        worst_sum = std::max(worst_sum, std::abs(total - 1.0));
+      }
+      EXPECT_LT(worst_sum, 1e-3) << "mass sums " << what;
+      // Same inputs through the first-generation kernel.
+      setenv("MSA_SPARSE_ATTENTION", "reference", 1);
+      Tensor rout = Tensor::empty(q.shape(), DType::kBF16, Device::kCUDA);
+      Tensor rlse = Tensor::empty(lse.shape(), DType::kF32, Device::kCUDA);
+      Tensor rmass = Tensor::empty(mass.shape(), DType::kF32, Device::kCUDA);
+      msa_sparse_attention_forward(gq, gk, gv, gsel, scale, rout, rlse, rmass);
+      unsetenv("MSA_SPARSE_ATTENTION");
+      EXPECT_LT(max_scaled_diff(host(gout), host(rout)), 2e-2) << "vs reference kernel " << what;
+      EXPECT_LT(max_scaled_diff(hm, host(rmass)), 1e-2) << "mass vs reference kernel " << what;
+      unsetenv("MSA_KV_OUTER_CHUNK");
     }
   }
 }
