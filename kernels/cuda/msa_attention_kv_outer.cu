@@ -367,6 +367,348 @@ void run_kv_outer(const Tensor& q, const Tensor& k, const Tensor& v, const Tenso
   }
 }
 
+// ---- backward ----------------------------------------------------------------------------
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
+  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+
+// One CTA per (key block j, group) list, BK / 16 warps, warp w owning keys w*16 .. w*16+15 of
+// the block: for each tile of 16 query rows (16 / r queries x r heads) that selected j, with
+// P = exp(scale QK^T - lse) from the forward's final lse and D = rowsum(dO * O):
+//   S^T = K_w Q^T, dP^T = V_w dO^T, dS^T = P^T (dP^T - D)            (keys as mma rows)
+//   dV_w += P^T dO, dK_w += dS^T Q                                   (registers, whole list)
+//   dQ_tile = dS K_j, dS staged in shared memory, warp w computing D / warps of the dims
+// The next tile's rows are loaded into registers while the current one computes (the loads'
+// latency, not the math, bounds a 16-row tile).
+// dK and dV of a key are owned by the one CTA of its block: no global atomics. dQ of a (query,
+// slot) goes to its own partial row, summed over slots by dq_combine_kernel. dK/dV accumulate in
+// f32 across query chunks (dk_acc, dv_acc).
+template <int D, int BK>
+struct BwdSmem {
+  static constexpr int kLd = D + 8;
+  static constexpr size_t kBytes = size_t(2) * BK * kLd * sizeof(bf16)     // K, V
+                                   + size_t(2) * 16 * kLd * sizeof(bf16)   // Q, dO tiles
+                                   + size_t(16) * (BK + 8) * sizeof(bf16)  // dS tile
+                                   + size_t(3) * 16 * sizeof(float)        // lse, Dsum, t
+                                   ;
+};
+
+template <int D, int BK>
+__global__ void __launch_bounds__(BK / 16 * 32)
+    kv_outer_backward_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k,
+                             const bf16* __restrict__ v, const bf16* __restrict__ dout,
+                             const float* __restrict__ lse, const float* __restrict__ dsum,
+                             const int32_t* __restrict__ list_start,
+                             const int32_t* __restrict__ entries, float scale,
+                             bf16* __restrict__ dq_part, float* __restrict__ dk_acc,
+                             float* __restrict__ dv_acc, KvDims a) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  constexpr int kLd = BwdSmem<D, BK>::kLd;
+  bf16* ks = reinterpret_cast<bf16*>(smem_raw);
+  bf16* vs = ks + BK * kLd;
+  bf16* qs = vs + BK * kLd;
+  bf16* dos = qs + 16 * kLd;
+  constexpr int kLdS = BK + 8;
+  bf16* ds_s = dos + 16 * kLd;  // dS [tile row][key]
+  float* lse_s = reinterpret_cast<float*>(ds_s + 16 * kLdS);  // lse * log2(e) per tile row
+  float* dsum_s = lse_s + 16;
+  int* t_s = reinterpret_cast<int*>(dsum_s + 16);
+  const float scale_log2 = scale * 1.4426950408889634f;
+
+  // Heavy lists first: blockIdx.x enumerates j slowest.
+  const int64_t g = blockIdx.x % a.G, j = blockIdx.x / a.G;
+  const int64_t list = g * a.nb + j;
+  const int32_t begin = list_start[list], end = list_start[list + 1];
+  const int r = static_cast<int>(a.r), rows_q = 16 / r;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int grp = lane >> 2, tig = lane & 3;
+  const int l16 = lane % 16;
+  constexpr int kWarpsBwd = BK / 16;
+
+  constexpr int kChunks = D / 8;
+  for (int c = threadIdx.x; c < BK * kChunks; c += blockDim.x) {
+    const int row = c / kChunks, col = (c % kChunks) * 8;
+    const int64_t s = j * BK + row;
+    uint4 kval = make_uint4(0, 0, 0, 0), vval = make_uint4(0, 0, 0, 0);
+    if (s < a.S) {
+      const int64_t off = (s * a.G + g) * D + col;
+      kval = *reinterpret_cast<const uint4*>(k + off);
+      vval = *reinterpret_cast<const uint4*>(v + off);
+    }
+    *reinterpret_cast<uint4*>(ks + row * kLd + col) = kval;
+    *reinterpret_cast<uint4*>(vs + row * kLd + col) = vval;
+  }
+
+  float dk_c[D / 8][4], dv_c[D / 8][4];
+#pragma unroll
+  for (int nt = 0; nt < D / 8; ++nt)
+#pragma unroll
+    for (int c = 0; c < 4; ++c) dk_c[nt][c] = dv_c[nt][c] = 0.0f;
+
+  // Register prefetch of a tile: this thread's 16-byte pieces of Q and dO, and (threads < 16)
+  // one row's lse, D and t.
+  constexpr int kPieces = (16 * kChunks + kWarpsBwd * 32 - 1) / (kWarpsBwd * 32);
+  uint4 pq[kPieces], pdo[kPieces];
+  float p_lse = INFINITY, p_dsum = 0.0f;
+  int p_t = -1;
+  auto prefetch = [&](int tile) {
+    const int e0 = begin + tile * rows_q;
+#pragma unroll
+    for (int i = 0; i < kPieces; ++i) {
+      const int c = threadIdx.x + i * kWarpsBwd * 32;
+      pq[i] = pdo[i] = make_uint4(0, 0, 0, 0);
+      if (c >= 16 * kChunks) continue;
+      const int R = c / kChunks, col = (c % kChunks) * 8;
+      const int e = e0 + R / r;
+      if (e < end) {
+        const int64_t t = entries[e] >> 5;
+        const int64_t off = (t * a.H + g * r + R % r) * D + col;
+        pq[i] = *reinterpret_cast<const uint4*>(q + off);
+        pdo[i] = *reinterpret_cast<const uint4*>(dout + off);
+      }
+    }
+    if (threadIdx.x < 16) {
+      const int R = threadIdx.x, e = e0 + R / r;
+      if (e < end) {
+        const int64_t t = entries[e] >> 5, h = g * r + R % r;
+        p_lse = lse[h * a.S + t] * 1.4426950408889634f;
+        p_dsum = dsum[h * a.S + t];
+        p_t = static_cast<int>(t);
+      } else {
+        p_lse = INFINITY;  // exp2(x - inf) = 0: padding rows contribute nothing
+        p_dsum = 0.0f;
+        p_t = -1;
+      }
+    }
+  };
+
+  const int n_tiles = (end - begin + rows_q - 1) / rows_q;
+  if (n_tiles > 0) prefetch(0);
+  for (int tile = 0; tile < n_tiles; ++tile) {
+    __syncthreads();  // the previous tile is done with qs, dos, ds_s and the row data
+#pragma unroll
+    for (int i = 0; i < kPieces; ++i) {
+      const int c = threadIdx.x + i * kWarpsBwd * 32;
+      if (c >= 16 * kChunks) continue;
+      const int R = c / kChunks, col = (c % kChunks) * 8;
+      *reinterpret_cast<uint4*>(qs + R * kLd + col) = pq[i];
+      *reinterpret_cast<uint4*>(dos + R * kLd + col) = pdo[i];
+    }
+    if (threadIdx.x < 16) {
+      lse_s[threadIdx.x] = p_lse;
+      dsum_s[threadIdx.x] = p_dsum;
+      t_s[threadIdx.x] = p_t;
+    }
+    __syncthreads();
+    if (tile + 1 < n_tiles) prefetch(tile + 1);
+    const int e0 = begin + tile * rows_q;
+
+    // S^T and dP^T for this warp's 16 keys x the tile's 16 rows.
+    float st[2][4], dpt[2][4];
+#pragma unroll
+    for (int nq = 0; nq < 2; ++nq)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) st[nq][c] = dpt[nq][c] = 0.0f;
+#pragma unroll
+    for (int kstep = 0; kstep < D / 16; ++kstep) {
+      uint32_t ka[4], va[4];
+      const int arow = warp * 16 + (lane % 8) + 8 * ((lane / 8) % 2),
+                acol = kstep * 16 + 8 * (lane / 16);
+      ldmatrix_x4(ka, ks + arow * kLd + acol);
+      ldmatrix_x4(va, vs + arow * kLd + acol);
+#pragma unroll
+      for (int nq = 0; nq < 2; ++nq) {
+        uint32_t b0, b1;
+        ldmatrix_x2(b0, b1, qs + (nq * 8 + l16 % 8) * kLd + kstep * 16 + (l16 / 8) * 8);
+        mma_bf16(st[nq], ka, b0, b1);
+        ldmatrix_x2(b0, b1, dos + (nq * 8 + l16 % 8) * kLd + kstep * 16 + (l16 / 8) * 8);
+        mma_bf16(dpt[nq], va, b0, b1);
+      }
+    }
+    // P^T and dS^T (C layout: row = key grp / grp+8, column = tile row nq*8 + 2 tig + {0,1}).
+    float pt[2][4], dst[2][4];
+#pragma unroll
+    for (int nq = 0; nq < 2; ++nq)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        const int R = nq * 8 + 2 * tig + (c & 1);
+        const int key = warp * 16 + grp + 8 * (c / 2);
+        const int64_t s = j * BK + key;
+        const bool keep = t_s[R] >= 0 && s <= t_s[R] && s < a.S;
+        const float p = keep ? exp2f(st[nq][c] * scale_log2 - lse_s[R]) : 0.0f;
+        pt[nq][c] = p;
+        dst[nq][c] = p * (dpt[nq][c] - dsum_s[R]);
+        ds_s[R * kLdS + key] = float_to_bf16(dst[nq][c]);
+      }
+    // dV_w += P^T dO, dK_w += dS^T Q (A = the keys x rows tiles as they are).
+    uint32_t pa[4], da[4];
+    pa[0] = pack_bf16(pt[0][0], pt[0][1]);
+    pa[1] = pack_bf16(pt[0][2], pt[0][3]);
+    pa[2] = pack_bf16(pt[1][0], pt[1][1]);
+    pa[3] = pack_bf16(pt[1][2], pt[1][3]);
+    da[0] = pack_bf16(dst[0][0], dst[0][1]);
+    da[1] = pack_bf16(dst[0][2], dst[0][3]);
+    da[2] = pack_bf16(dst[1][0], dst[1][1]);
+    da[3] = pack_bf16(dst[1][2], dst[1][3]);
+#pragma unroll
+    for (int nt = 0; nt < D / 8; ++nt) {
+      uint32_t b0, b1;
+      ldmatrix_x2_trans(b0, b1, dos + l16 * kLd + nt * 8);
+      mma_bf16(dv_c[nt], pa, b0, b1);
+      ldmatrix_x2_trans(b0, b1, qs + l16 * kLd + nt * 8);
+      mma_bf16(dk_c[nt], da, b0, b1);
+    }
+    __syncthreads();  // dS complete
+    // dQ_tile = dS K_j: warp w computes dims [w D / warps, (w + 1) D / warps).
+    constexpr int kDimsPerWarp = D / kWarpsBwd, kNt = kDimsPerWarp / 8;
+    float qc[kNt][4];
+#pragma unroll
+    for (int nt = 0; nt < kNt; ++nt) qc[nt][0] = qc[nt][1] = qc[nt][2] = qc[nt][3] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < BK / 16; ++kk) {
+      uint32_t a4[4];
+      ldmatrix_x4(a4, ds_s + ((lane % 8) + 8 * ((lane / 8) % 2)) * kLdS + kk * 16 + 8 * (lane / 16));
+#pragma unroll
+      for (int nt = 0; nt < kNt; ++nt) {
+        uint32_t b0, b1;
+        ldmatrix_x2_trans(b0, b1, ks + (kk * 16 + l16) * kLd + warp * kDimsPerWarp + nt * 8);
+        mma_bf16(qc[nt], a4, b0, b1);
+      }
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int R = grp + 8 * h;
+      const int e = e0 + R / r;
+      if (e >= end) continue;
+      const int32_t entry = entries[e];
+      const int64_t t = entry >> 5, slot = entry & 31;
+      const int64_t prow = (((t - a.t0) * a.G + g) * a.K + slot) * a.r + R % r;
+#pragma unroll
+      for (int nt = 0; nt < kNt; ++nt)
+        *reinterpret_cast<uint32_t*>(dq_part + prow * D + warp * kDimsPerWarp + nt * 8 + 2 * tig) =
+            pack_bf16(qc[nt][2 * h] * scale, qc[nt][2 * h + 1] * scale);
+    }
+  }
+  // This warp's 16 keys: add into the f32 accumulators (this CTA is their only writer).
+#pragma unroll
+  for (int nt = 0; nt < D / 8; ++nt)
+#pragma unroll
+    for (int c = 0; c < 4; ++c) {
+      const int64_t s = j * BK + warp * 16 + grp + 8 * (c / 2);
+      if (s >= a.S) continue;
+      const int64_t off = (s * a.G + g) * D + nt * 8 + 2 * tig + (c & 1);
+      dk_acc[off] += dk_c[nt][c] * scale;
+      dv_acc[off] += dv_c[nt][c];
+    }
+}
+
+// dq[t, h] = sum over the query's slots of its partial rows (one warp per (t, h)).
+template <int D>
+__global__ void dq_combine_kernel(const bf16* __restrict__ part, const int32_t* __restrict__ counts,
+                                  bf16* __restrict__ dq, KvDims a) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t n = (a.t1 - a.t0) * a.H;
+  const int64_t w = blockIdx.x * static_cast<int64_t>(blockDim.x / 32) + warp;
+  if (w >= n) return;
+  const int64_t h = w % a.H, tt = w / a.H, t = a.t0 + tt, g = h / a.r, hh = h % a.r;
+  const int count = counts[t * a.G + g];
+  constexpr int kPer = D / 32;
+  float acc[kPer] = {0};
+  for (int s = 0; s < count; ++s) {
+    const bf16* p = part + (((tt * a.G + g) * a.K + s) * a.r + hh) * D + lane * kPer;
+#pragma unroll
+    for (int e = 0; e < kPer; ++e) acc[e] += bf16_to_float(p[e]);
+  }
+  bf16* o = dq + (t * a.H + h) * D + lane * kPer;
+#pragma unroll
+  for (int e = 0; e < kPer; ++e) o[e] = float_to_bf16(acc[e]);
+}
+
+__global__ void f32_to_bf16_kernel(const float* src, bf16* dst, int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    dst[i] = float_to_bf16(src[i]);
+}
+
+template <int D, int BK>
+void run_kv_outer_backward(const Tensor& dout, const Tensor& q, const Tensor& k,
+                           const Tensor& v, const Tensor& dsum_all, const Tensor& lse,
+                           const Tensor& indices, const Tensor& counts, double scale, Tensor& dq,
+                           Tensor& dk, Tensor& dv, const cpu::MsaDims& d) {
+  const int64_t r = d.heads / d.groups, nb = d.num_blocks();
+  const size_t smem = BwdSmem<D, BK>::kBytes;
+  static bool configured = false;
+  if (!configured) {
+    MSA_CUDA_CHECK(cudaFuncSetAttribute(kv_outer_backward_kernel<D, BK>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(smem)));
+    configured = true;
+  }
+  const size_t per_query = static_cast<size_t>(d.groups * d.topk * r * D * sizeof(bf16));
+  int64_t chunk = std::max<int64_t>(BK, static_cast<int64_t>(kPartialBudgetBytes / per_query));
+  if (const char* c = std::getenv("MSA_KV_OUTER_CHUNK")) chunk = std::max<int64_t>(BK, std::atoll(c));
+  chunk = std::min<int64_t>(chunk / BK * BK, d.seq);
+  const int64_t lists = d.groups * nb;
+  Tensor part = Tensor::empty({chunk * d.groups * d.topk * r * D}, DType::kBF16, Device::kCUDA);
+  Tensor len = Tensor::empty({lists + 1}, DType::kI32, Device::kCUDA);
+  Tensor start = Tensor::empty({lists + 1}, DType::kI32, Device::kCUDA);
+  Tensor cursor = Tensor::empty({lists}, DType::kI32, Device::kCUDA);
+  Tensor entries = Tensor::empty({chunk * d.groups * d.topk}, DType::kI32, Device::kCUDA);
+  Tensor dk_acc = Tensor::empty({d.seq * d.groups * D}, DType::kF32, Device::kCUDA);
+  Tensor dv_acc = Tensor::empty({d.seq * d.groups * D}, DType::kF32, Device::kCUDA);
+  size_t scan_bytes = 0;
+  MSA_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(nullptr, scan_bytes, len.data<int32_t>(),
+                                               start.data<int32_t>(), static_cast<int>(lists + 1)));
+  Tensor scan_tmp = Tensor::empty({static_cast<int64_t>(scan_bytes) + 1}, DType::kI32,
+                                  Device::kCUDA);
+  for (int64_t b = 0; b < d.batch; ++b) {
+    const int32_t* idx = indices.data<int32_t>() + b * d.seq * d.groups * d.topk;
+    const int32_t* cnt = counts.data<int32_t>() + b * d.seq * d.groups;
+    const bf16* qb = q.data<bf16>() + b * d.seq * d.heads * D;
+    const bf16* dob = dout.data<bf16>() + b * d.seq * d.heads * D;
+    const bf16* kb = k.data<bf16>() + b * d.seq * d.groups * D;
+    const bf16* vb = v.data<bf16>() + b * d.seq * d.groups * D;
+    const float* lb = lse.data<float>() + b * d.heads * d.seq;
+    const float* db = dsum_all.data<float>() + b * d.heads * d.seq;
+    dk_acc.zero_();
+    dv_acc.zero_();
+    for (int64_t t0 = 0; t0 < d.seq; t0 += chunk) {
+      const KvDims a{d.seq, d.heads, d.groups, d.topk, r, nb, t0, std::min(d.seq, t0 + chunk)};
+      const int64_t rows = (a.t1 - a.t0) * d.groups;
+      MSA_CUDA_CHECK(cudaMemsetAsync(len.raw_data(), 0, (lists + 1) * sizeof(int32_t), nullptr));
+      MSA_CUDA_CHECK(cudaMemsetAsync(cursor.raw_data(), 0, lists * sizeof(int32_t), nullptr));
+      const unsigned grid_rows = static_cast<unsigned>((rows + 255) / 256);
+      list_count_kernel<<<grid_rows, 256>>>(idx, cnt, len.data<int32_t>(), 1, a);
+      MSA_CUDA_CHECK_LAUNCH("list_count_kernel");
+      MSA_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(scan_tmp.raw_data(), scan_bytes,
+                                                   len.data<int32_t>(), start.data<int32_t>(),
+                                                   static_cast<int>(lists + 1)));
+      list_fill_kernel<<<grid_rows, 256>>>(idx, cnt, start.data<int32_t>(),
+                                           cursor.data<int32_t>(), entries.data<int32_t>(), 1, a);
+      MSA_CUDA_CHECK_LAUNCH("list_fill_kernel");
+      kv_outer_backward_kernel<D, BK><<<static_cast<unsigned>(lists), BK / 16 * 32, smem>>>(
+          qb, kb, vb, dob, lb, db, start.data<int32_t>(), entries.data<int32_t>(),
+          static_cast<float>(scale), part.data<bf16>(), dk_acc.data<float>(),
+          dv_acc.data<float>(), a);
+      MSA_CUDA_CHECK_LAUNCH("kv_outer_backward_kernel");
+      const int64_t warps = (a.t1 - a.t0) * d.heads;
+      dq_combine_kernel<D><<<static_cast<unsigned>((warps + 7) / 8), 256>>>(
+          part.data<bf16>(), cnt, dq.data<bf16>() + b * d.seq * d.heads * D, a);
+      MSA_CUDA_CHECK_LAUNCH("dq_combine_kernel");
+    }
+    const int64_t n = d.seq * d.groups * D;
+    const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 4096));
+    f32_to_bf16_kernel<<<blocks, 256>>>(dk_acc.data<float>(), dk.data<bf16>() + b * n, n);
+    MSA_CUDA_CHECK_LAUNCH("f32_to_bf16_kernel");
+    f32_to_bf16_kernel<<<blocks, 256>>>(dv_acc.data<float>(), dv.data<bf16>() + b * n, n);
+    MSA_CUDA_CHECK_LAUNCH("f32_to_bf16_kernel");
+  }
+}
+
 }  // namespace
 
 bool kv_outer_attention_supported(const Tensor& q, const cpu::MsaDims& d) {
@@ -390,6 +732,24 @@ void kv_outer_attention_forward(const Tensor& q, const Tensor& k, const Tensor& 
     run_kv_outer<64, 128>(q, k, v, indices, counts, scale, out, lse, block_mass, d);
   else
     run_kv_outer<64, 64>(q, k, v, indices, counts, scale, out, lse, block_mass, d);
+}
+
+}  // namespace msa::cuda
+
+namespace msa::cuda {
+
+void kv_outer_attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k,
+                                 const Tensor& v, const Tensor& dsum, const Tensor& lse,
+                                 const Tensor& indices, const Tensor& counts, double scale,
+                                 Tensor& dq, Tensor& dk, Tensor& dv, const cpu::MsaDims& d) {
+  if (d.dim == 128 && d.block_size == 128)
+    run_kv_outer_backward<128, 128>(dout, q, k, v, dsum, lse, indices, counts, scale, dq, dk, dv, d);
+  else if (d.dim == 128)
+    run_kv_outer_backward<128, 64>(dout, q, k, v, dsum, lse, indices, counts, scale, dq, dk, dv, d);
+  else if (d.block_size == 128)
+    run_kv_outer_backward<64, 128>(dout, q, k, v, dsum, lse, indices, counts, scale, dq, dk, dv, d);
+  else
+    run_kv_outer_backward<64, 64>(dout, q, k, v, dsum, lse, indices, counts, scale, dq, dk, dv, d);
 }
 
 }  // namespace msa::cuda

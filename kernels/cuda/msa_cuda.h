@@ -32,6 +32,12 @@ void kv_outer_attention_forward(const Tensor& q, const Tensor& k, const Tensor& 
                                 Tensor& out, Tensor& lse, Tensor* block_mass,
                                 const cpu::MsaDims& dims);
 
+// Its backward: dsum [batch, H, T] = rowsum(dout * out) (f32), lse from the forward.
+void kv_outer_attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k,
+                                 const Tensor& v, const Tensor& dsum, const Tensor& lse,
+                                 const Tensor& indices, const Tensor& counts, double scale,
+                                 Tensor& dq, Tensor& dk, Tensor& dv, const cpu::MsaDims& dims);
+
 // Sparse-mode index distillation loss from the forward's block masses (msa_index_loss_cuda.cu):
 // returns the KL sum and the counted rows; diq [batch, T, G, d_I] and dkbar [batch, n_b, G, d_I]
 // (f32) receive the gradient of weight * mean KL.

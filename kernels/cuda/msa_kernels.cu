@@ -610,6 +610,14 @@ void msa_sparse_attention_backward(const Tensor& dout, const Tensor& q, const Te
   check_dtype(lse, DType::kF32, "msa_sparse_attention_backward (CUDA): lse");
   const AttnDims a{d.seq, d.heads, d.groups, d.dim, d.block_size, d.topk};
   Tensor D = Tensor::empty({d.batch, d.heads, d.seq}, DType::kF32, Device::kCUDA);
+  if (kv_outer_attention_supported(q, d)) {
+    const int64_t rows = d.batch * d.seq * d.heads;
+    row_dot_kernel<bf16><<<blocks_for(rows), kThreads>>>(dout.data<bf16>(), out.data<bf16>(),
+                                                         D.data<float>(), rows, a);
+    MSA_CUDA_CHECK_LAUNCH("row_dot_kernel");
+    kv_outer_attention_backward(dout, q, k, v, D, lse, indices, counts, scale, dq, dk, dv, d);
+    return;
+  }
   // The inverted selection for dK/dV: [batch, G, n_b, n_b, words] bits (n_b^2 B / 8 bytes per
   // sequence and group: 67 MB per group at 128K tokens with B = 128).
   const int64_t nb = d.num_blocks(), words = (d.block_size + 31) / 32;

@@ -269,9 +269,9 @@ TEST(GpuMsaTest, IndexLossFromForwardBlockMassMatchesCpu) {
   }
 }
 
-// The tensor-core KV-outer forward (bf16; head_dim 64/128, B 64/128, r = 1..8) against the CPU
-// reference: output, LSE and the per-block masses, with one and several query chunks, and
-// against the first-generation CUDA kernel on the same inputs.
+// The tensor-core KV-outer forward and backward (bf16; head_dim 64/128, B 64/128, r = 1..8)
+// against the CPU reference: output, LSE, the per-block masses and dQ/dK/dV, with one and several
+// query chunks, and against the first-generation CUDA kernels on the same inputs.
 TEST(GpuMsaTest, KvOuterTensorCoreForwardMatchesCpu) {
   SKIP_WITHOUT_GPU();
   const std::vector<Case> cases = {{2, 700, 8, 2, 128, 32, 64, 4},
@@ -331,6 +331,33 @@ TEST(GpuMsaTest, KvOuterTensorCoreForwardMatchesCpu) {
       unsetenv("MSA_SPARSE_ATTENTION");
       EXPECT_LT(max_scaled_diff(host(gout), host(rout)), 2e-2) << "vs reference kernel " << what;
       EXPECT_LT(max_scaled_diff(hm, host(rmass)), 1e-2) << "mass vs reference kernel " << what;
+
+      // Backward: dQ, dK, dV against the CPU (the CPU's own forward output and lse) and against
+      // the first-generation kernel.
+      const Tensor dout = rnd(q.shape());
+      Tensor dq = Tensor::empty(q.shape(), DType::kF32), dk = Tensor::empty(k.shape(), DType::kF32),
+             dv = Tensor::empty(v.shape(), DType::kF32);
+      msa_sparse_attention_backward(dout, q, k, v, out, lse, sel, scale, dq, dk, dv);
+      const Tensor gdout = dev(dout, DType::kBF16);
+      auto gpu_grads = [&](bool reference) {
+        if (reference) setenv("MSA_SPARSE_ATTENTION", "reference", 1);
+        std::vector<Tensor> g = {Tensor::empty(q.shape(), DType::kBF16, Device::kCUDA),
+                                 Tensor::empty(k.shape(), DType::kBF16, Device::kCUDA),
+                                 Tensor::empty(v.shape(), DType::kBF16, Device::kCUDA)};
+        for (Tensor& x : g) x.fill_(std::nan(""));
+        msa_sparse_attention_backward(gdout, gq, gk, gv, gout, glse, gsel, scale, g[0], g[1],
+                                      g[2]);
+        unsetenv("MSA_SPARSE_ATTENTION");
+        return g;
+      };
+      const std::vector<Tensor> fast = gpu_grads(false), slow = gpu_grads(true);
+      const Tensor* ref[3] = {&dq, &dk, &dv};
+      const char* names[3] = {"dq", "dk", "dv"};
+      for (int i = 0; i < 3; ++i) {
+        EXPECT_LT(max_scaled_diff(host(fast[i]), *ref[i]), 3e-2) << names[i] << " " << what;
+        EXPECT_LT(max_scaled_diff(host(fast[i]), host(slow[i])), 3e-2)
+            << names[i] << " vs reference kernel " << what;
+      }
       unsetenv("MSA_KV_OUTER_CHUNK");
     }
   }
