@@ -29,6 +29,7 @@
 
 #include "core/bf16.h"
 #include "core/cuda/cuda_check.h"
+#include "kernels/cuda/mma_sm80.cuh"
 #include "kernels/cuda/msa_cuda.h"
 
 namespace msa::cuda {
@@ -39,42 +40,15 @@ constexpr int kWarps = 4;
 // consecutive tiles so the K/V load into shared memory is amortized; long lists (the early
 // blocks, selected by many queries) spread over more CTAs.
 constexpr int kSplits = 64;
-constexpr int kMinTilesPerCta = 4;
+constexpr int kMinTilesPerCta = 16;
 constexpr size_t kPartialBudgetBytes = size_t(4) << 30;
 
 struct KvDims {
   int64_t S, H, G, K, r;
   int64_t nb;
   int64_t t0, t1;  // query chunk
+  int min_tiles = kMinTilesPerCta;
 };
-
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-  return static_cast<uint32_t>(float_to_bf16(lo).bits) |
-         (static_cast<uint32_t>(float_to_bf16(hi).bits) << 16);
-}
-
-__device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
-                                         uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-      "{%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ void ldmatrix_x2(uint32_t& r0, uint32_t& r1, const void* p) {
-  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(p));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n"
-               : "=r"(r0), "=r"(r1)
-               : "r"(addr));
-}
-
-__device__ __forceinline__ void ldmatrix_x2_trans(uint32_t& r0, uint32_t& r1, const void* p) {
-  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(p));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n"
-               : "=r"(r0), "=r"(r1)
-               : "r"(addr));
-}
 
 // ---- work lists ------------------------------------------------------------------------------
 
@@ -108,14 +82,28 @@ __global__ void list_fill_kernel(const int32_t* indices, const int32_t* counts,
 
 // ---- the attention kernel --------------------------------------------------------------------
 
+// Shared memory: K_j and V_j (BK x D each) for the whole CTA, and per warp two 16-row Q tiles
+// (cp.async double buffer: the next tile's rows load while the current one computes). Rows are
+// padded by 16 bytes so ldmatrix is conflict-free.
 template <int D, int BK>
 struct Smem {
-  static constexpr int kLd = D + 8;  // padded row (elements): conflict-free ldmatrix
-  static constexpr size_t kBytes = size_t(2) * BK * kLd * sizeof(bf16);
+  static constexpr int kLd = D + 8;
+  static constexpr size_t kKvElems = size_t(2) * BK * kLd;
+  static constexpr size_t kQElems = size_t(2) * 16 * kLd;  // per warp
+  static constexpr size_t kBytes = (kKvElems + kWarps * kQElems) * sizeof(bf16);
 };
 
+// Partial rows are stored in mma fragment order, so each thread writes its part of a row as one
+// contiguous run with 16-byte stores: element p = tig * (D / 4) + 2 nt + e holds dimension
+// 8 nt + 2 tig + e.
+template <int D>
+__device__ __forceinline__ int fragment_order_dim(int p) {
+  const int tig = p / (D / 4), w = p % (D / 4);
+  return (w / 2) * 8 + 2 * tig + (w & 1);
+}
+
 // grid.x = batch * G * nb lists, grid.y = kSplits. Partial layout: [chunk rows (t - t0), G, K, r,
-// D] bf16 and lse_part [chunk rows, G, K, r] f32.
+// D (fragment order)] bf16 and lse_part [chunk rows, G, K, r] f32.
 template <int D, int BK>
 __global__ void __launch_bounds__(kWarps * 32)
     kv_outer_forward_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k,
@@ -124,102 +112,125 @@ __global__ void __launch_bounds__(kWarps * 32)
                             bf16* __restrict__ part, float* __restrict__ lse_part, KvDims a) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   constexpr int kLd = Smem<D, BK>::kLd;
+  constexpr int kChunks = D / 8;  // 16-byte pieces per row
   bf16* ks = reinterpret_cast<bf16*>(smem_raw);
   bf16* vs = ks + BK * kLd;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int grp = lane >> 2, tig = lane & 3;
+  bf16* qs = vs + BK * kLd + warp * Smem<D, BK>::kQElems;
   const int64_t list = blockIdx.x;
   const int64_t j = list % a.nb, g = (list / a.nb) % a.G, b = list / (a.nb * a.G);
   const int32_t begin = list_start[list], end = list_start[list + 1];
-  const int rows_q = 16 / static_cast<int>(a.r);  // queries per warp tile
+  const int r = static_cast<int>(a.r);
+  const int rows_q = 16 / r;  // queries per warp tile
   const int per_cta = kWarps * rows_q;
   const int n_tiles = (end - begin + per_cta - 1) / per_cta;
-  const int per_split = max(kMinTilesPerCta, (n_tiles + kSplits - 1) / kSplits);
+  const int per_split = max(a.min_tiles, (n_tiles + kSplits - 1) / kSplits);
   const int tile_begin = blockIdx.y * per_split, tile_end = min(n_tiles, tile_begin + per_split);
   if (tile_begin >= tile_end) return;
 
-  // K_j and V_j into shared memory (zeros past the sequence end).
-  constexpr int kChunks = D / 8;  // 16-byte chunks per row
+  // K_j and V_j (zeros past the sequence end), then this warp's first Q tile.
   for (int c = threadIdx.x; c < BK * kChunks; c += blockDim.x) {
     const int row = c / kChunks, col = (c % kChunks) * 8;
     const int64_t s = j * BK + row;
-    uint4 kval = make_uint4(0, 0, 0, 0), vval = make_uint4(0, 0, 0, 0);
-    if (s < a.S) {
-      const int64_t off = ((b * a.S + s) * a.G + g) * D + col;
-      kval = *reinterpret_cast<const uint4*>(k + off);
-      vval = *reinterpret_cast<const uint4*>(v + off);
-    }
-    *reinterpret_cast<uint4*>(ks + row * kLd + col) = kval;
-    *reinterpret_cast<uint4*>(vs + row * kLd + col) = vval;
+    const int64_t off = ((b * a.S + (s < a.S ? s : 0)) * a.G + g) * D + col;
+    cp_async_16(ks + row * kLd + col, k + off, s < a.S);
+    cp_async_16(vs + row * kLd + col, v + off, s < a.S);
   }
-  __syncthreads();
-
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int grp = lane >> 2, tig = lane & 3;
-  for (int tile = tile_begin; tile < tile_end; ++tile) {
+  cp_async_commit();
+  auto load_q = [&](int tile, int buf) {
     const int e0 = begin + tile * per_cta + warp * rows_q;
-    // This thread's two rows R0 = grp, R1 = grp + 8: entry, query, slot, head.
+    for (int i = lane; i < 16 * kChunks; i += 32) {
+      const int R = i / kChunks, col = (i % kChunks) * 8;
+      const int e = e0 + R / r;
+      const bool valid = e < end;
+      const int64_t t = valid ? (entries[e] >> 5) : 0;
+      cp_async_16(qs + (buf * 16 + R) * kLd + col,
+                  q + ((b * a.S + t) * a.H + g * r + R % r) * static_cast<int64_t>(D) + col, valid);
+    }
+    cp_async_commit();
+  };
+  load_q(tile_begin, 0);
+
+  for (int tile = tile_begin; tile < tile_end; ++tile) {
+    const int buf = (tile - tile_begin) & 1;
+    if (tile + 1 < tile_end) {
+      load_q(tile + 1, buf ^ 1);
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    if (tile == tile_begin)
+      __syncthreads();  // K and V from every thread
+    else
+      __syncwarp();
+    const bf16* qt = qs + buf * 16 * kLd;
+    const int e0 = begin + tile * per_cta + warp * rows_q;
+    // This thread's two rows R0 = grp, R1 = grp + 8: query, slot, head.
     int64_t t_row[2];
     int slot_row[2], head_row[2];
     bool valid_row[2];
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int R = grp + 8 * h;
-      const int e = e0 + R / static_cast<int>(a.r);
+      const int e = e0 + R / r;
       valid_row[h] = e < end;
       const int32_t entry = valid_row[h] ? entries[e] : 0;
       t_row[h] = entry >> 5;
       slot_row[h] = entry & 31;
-      head_row[h] = R % static_cast<int>(a.r);
+      head_row[h] = R % r;
     }
-    // Q fragments (A operand), straight from global: 16 rows x D.
-    uint32_t qa[D / 16][4];
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const bf16* qrow =
-          q + ((b * a.S + t_row[h]) * a.H + g * a.r + head_row[h]) * static_cast<int64_t>(D);
-#pragma unroll
-      for (int kstep = 0; kstep < D / 16; ++kstep) {
-        const int col = kstep * 16 + 2 * tig;
-        qa[kstep][h] = valid_row[h] ? *reinterpret_cast<const uint32_t*>(qrow + col) : 0u;
-        qa[kstep][2 + h] = valid_row[h] ? *reinterpret_cast<const uint32_t*>(qrow + col + 8) : 0u;
-      }
-    }
-    // S = Q K_j^T: 16 rows x BK keys.
+    // S = Q K_j^T: 16 rows x BK keys; A fragments by ldmatrix from the staged tile, B fragments
+    // of two key tiles per ldmatrix.x4.
     float sc[BK / 8][4];
 #pragma unroll
-    for (int nt = 0; nt < BK / 8; ++nt) {
-      sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.0f;
+    for (int nt = 0; nt < BK / 8; ++nt) sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.0f;
 #pragma unroll
-      for (int kstep = 0; kstep < D / 16; ++kstep) {
-        const int l = lane % 16;
-        uint32_t b0, b1;
-        ldmatrix_x2(b0, b1, ks + (nt * 8 + l % 8) * kLd + kstep * 16 + (l / 8) * 8);
-        mma_bf16(sc[nt], qa[kstep], b0, b1);
+    for (int kstep = 0; kstep < D / 16; ++kstep) {
+      uint32_t qa[4];
+      ldmatrix_x4(qa, qt + ((lane % 8) + 8 * ((lane / 8) % 2)) * kLd + kstep * 16 + 8 * (lane / 16));
+#pragma unroll
+      for (int nt = 0; nt < BK / 8; nt += 2) {
+        uint32_t b4[4];
+        ldmatrix_x4(b4, ks + ((nt + lane / 16) * 8 + lane % 8) * kLd + kstep * 16 +
+                            ((lane / 8) % 2) * 8);
+        mma_bf16(sc[nt], qa, b4[0], b4[1]);
+        mma_bf16(sc[nt + 1], qa, b4[2], b4[3]);
       }
     }
-    // Mask (causal inside the query's own block, and the sequence end), row max and sum.
+    // Mask only where some row of the tile needs it (its own block: causal; or the sequence
+    // end): most lists are earlier blocks, attended in full.
+    int lim[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+      lim[h] = static_cast<int>(min(t_row[h], a.S - 1) - j * BK);  // last attended key
+    if (__any_sync(0xffffffffu, lim[0] < BK - 1 || lim[1] < BK - 1)) {
+#pragma unroll
+      for (int nt = 0; nt < BK / 8; ++nt)
+#pragma unroll
+        for (int c = 0; c < 4; ++c)
+          if (nt * 8 + 2 * tig + (c & 1) > lim[c / 2]) sc[nt][c] = -INFINITY;
+    }
     float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-    for (int nt = 0; nt < BK / 8; ++nt)
-#pragma unroll
-      for (int c = 0; c < 4; ++c) {
-        const int h = c / 2;
-        const int64_t s = j * BK + nt * 8 + 2 * tig + (c & 1);
-        if (s > t_row[h] || s >= a.S) sc[nt][c] = -INFINITY;
-        mx[h] = fmaxf(mx[h], sc[nt][c]);
-      }
-    float sum[2] = {0.0f, 0.0f};
+    for (int nt = 0; nt < BK / 8; ++nt) {
+      mx[0] = fmaxf(mx[0], fmaxf(sc[nt][0], sc[nt][1]));
+      mx[1] = fmaxf(mx[1], fmaxf(sc[nt][2], sc[nt][3]));
+    }
+    float sum[2] = {0.0f, 0.0f}, mxs[2];
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
       mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
       if (mx[h] == -INFINITY) mx[h] = 0.0f;  // padding rows: keep NaNs out
+      mxs[h] = mx[h] * scale_log2;
     }
 #pragma unroll
     for (int nt = 0; nt < BK / 8; ++nt)
 #pragma unroll
       for (int c = 0; c < 4; ++c) {
         const int h = c / 2;
-        sc[nt][c] = exp2f((sc[nt][c] - mx[h]) * scale_log2);
+        sc[nt][c] = exp2f(fmaf(sc[nt][c], scale_log2, -mxs[h]));
         sum[h] += sc[nt][c];
       }
 #pragma unroll
@@ -239,32 +250,37 @@ __global__ void __launch_bounds__(kWarps * 32)
       pa[2] = pack_bf16(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
       pa[3] = pack_bf16(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
 #pragma unroll
-      for (int nt = 0; nt < D / 8; ++nt) {
-        const int l = lane % 16;
-        uint32_t b0, b1;
-        ldmatrix_x2_trans(b0, b1, vs + (kk * 16 + l) * kLd + nt * 8);
-        mma_bf16(oc[nt], pa, b0, b1);
+      for (int nt = 0; nt < D / 8; nt += 2) {
+        uint32_t b4[4];
+        ldmatrix_x4_trans(b4, vs + (kk * 16 + (lane % 16)) * kLd + (nt + lane / 16) * 8);
+        mma_bf16(oc[nt], pa, b4[0], b4[1]);
+        mma_bf16(oc[nt + 1], pa, b4[2], b4[3]);
       }
     }
-    // Block-normalized partial output and the block's log-sum-exp.
+    // Block-normalized partial output (fragment order, 16-byte stores) and the block's
+    // log-sum-exp.
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       if (!valid_row[h]) continue;
       const int64_t prow =
           (((t_row[h] - a.t0) * a.G + g) * a.K + slot_row[h]) * a.r + head_row[h];
       const float inv = 1.0f / sum[h];
-      bf16* dst = part + prow * D;
+      bf16* dst = part + prow * D + tig * (D / 4);
 #pragma unroll
-      for (int nt = 0; nt < D / 8; ++nt)
-        *reinterpret_cast<uint32_t*>(dst + nt * 8 + 2 * tig) =
-            pack_bf16(oc[nt][2 * h] * inv, oc[nt][2 * h + 1] * inv);
-      if (tig == 0) lse_part[prow] = (mx[h] * scale_log2 + log2f(sum[h])) * 0.69314718056f;
+      for (int nt = 0; nt < D / 8; nt += 4)
+        *reinterpret_cast<uint4*>(dst + 2 * nt) =
+            make_uint4(pack_bf16(oc[nt][2 * h] * inv, oc[nt][2 * h + 1] * inv),
+                       pack_bf16(oc[nt + 1][2 * h] * inv, oc[nt + 1][2 * h + 1] * inv),
+                       pack_bf16(oc[nt + 2][2 * h] * inv, oc[nt + 2][2 * h + 1] * inv),
+                       pack_bf16(oc[nt + 3][2 * h] * inv, oc[nt + 3][2 * h + 1] * inv));
+      if (tig == 0) lse_part[prow] = (mxs[h] + log2f(sum[h])) * 0.69314718056f;
     }
   }
 }
 
 // One warp per (sequence, query, head): merges the query's slots into out and lse, and writes
-// each slot's attention mass exp(lse_j - lse) when asked.
+// each slot's attention mass exp(lse_j - lse) when asked. Lane l reads elements
+// [l D/32, (l+1) D/32) of each partial row (fragment order) and writes their dimensions.
 template <int D>
 __global__ void combine_kernel(const bf16* __restrict__ part, const float* __restrict__ lse_part,
                                const int32_t* __restrict__ counts, bf16* __restrict__ out,
@@ -279,26 +295,34 @@ __global__ void combine_kernel(const bf16* __restrict__ part, const float* __res
   const int count = counts[(b * a.S + t) * a.G + g];
   // Partials are indexed by chunk row (b folded in: chunks run per sequence).
   const int64_t base = (tt * a.G + g) * a.K;
-  float m = -INFINITY;
-  for (int s = 0; s < count; ++s) m = fmaxf(m, lse_part[(base + s) * a.r + hh]);
-  float z = 0;
-  for (int s = 0; s < count; ++s) z += __expf(lse_part[(base + s) * a.r + hh] - m);
+  const float my_lse = lane < count ? lse_part[(base + lane) * a.r + hh] : -INFINITY;
+  float m = my_lse;
+  for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+  float z = lane < count ? __expf(my_lse - m) : 0.0f;
+  for (int o = 16; o > 0; o >>= 1) z += __shfl_xor_sync(0xffffffffu, z, o);
   const float row_lse = m + logf(z);
+  const float my_w = lane < count ? __expf(my_lse - row_lse) : 0.0f;
   constexpr int kPer = D / 32;
   float acc[kPer] = {0};
   for (int s = 0; s < count; ++s) {
-    const float wgt = __expf(lse_part[(base + s) * a.r + hh] - row_lse);
+    const float wgt = __shfl_sync(0xffffffffu, my_w, s);
     const bf16* p = part + ((base + s) * a.r + hh) * D + lane * kPer;
+    bf16 x[kPer];
+    if constexpr (kPer == 4)
+      *reinterpret_cast<uint2*>(x) = *reinterpret_cast<const uint2*>(p);
+    else
+      *reinterpret_cast<uint32_t*>(x) = *reinterpret_cast<const uint32_t*>(p);
 #pragma unroll
-    for (int e = 0; e < kPer; ++e) acc[e] += wgt * bf16_to_float(p[e]);
+    for (int e = 0; e < kPer; ++e) acc[e] += wgt * bf16_to_float(x[e]);
   }
-  bf16* o = out + ((b * a.S + t) * a.H + h) * D + lane * kPer;
+  bf16* o = out + ((b * a.S + t) * a.H + h) * D;
 #pragma unroll
-  for (int e = 0; e < kPer; ++e) o[e] = float_to_bf16(acc[e]);
+  for (int e = 0; e < kPer; e += 2)
+    *reinterpret_cast<uint32_t*>(o + fragment_order_dim<D>(lane * kPer + e)) =
+        pack_bf16(acc[e], acc[e + 1]);
   if (lane == 0) lse[(b * a.H + h) * a.S + t] = row_lse;
   if (block_mass != nullptr && lane < a.K)
-    block_mass[((b * a.S + t) * a.H + h) * a.K + lane] =
-        lane < count ? __expf(lse_part[(base + lane) * a.r + hh] - row_lse) : 0.0f;
+    block_mass[((b * a.S + t) * a.H + h) * a.K + lane] = my_w;
 }
 
 template <int D, int BK>
@@ -335,7 +359,8 @@ void run_kv_outer(const Tensor& q, const Tensor& k, const Tensor& v, const Tenso
   for (int64_t b = 0; b < d.batch; ++b) {
     const Tensor qb = q.slice0(b, b + 1), kb = k.slice0(b, b + 1), vb = v.slice0(b, b + 1);
     for (int64_t t0 = 0; t0 < d.seq; t0 += chunk) {
-      const KvDims a{d.seq, d.heads, d.groups, d.topk, r, nb, t0, std::min(d.seq, t0 + chunk)};
+      KvDims a{d.seq, d.heads, d.groups, d.topk, r, nb, t0, std::min(d.seq, t0 + chunk)};
+      if (const char* m = std::getenv("MSA_FWD_MIN_TILES")) a.min_tiles = std::atoi(m);
       const int64_t rows = (a.t1 - a.t0) * d.groups;
       const int32_t* idx = indices.data<int32_t>() + b * d.seq * d.groups * d.topk;
       const int32_t* cnt = counts.data<int32_t>() + b * d.seq * d.groups;
@@ -359,6 +384,7 @@ void run_kv_outer(const Tensor& q, const Tensor& k, const Tensor& v, const Tenso
       Tensor ob = out.slice0(b, b + 1), lb = lse.slice0(b, b + 1);
       float* mass = block_mass != nullptr ? block_mass->slice0(b, b + 1).data<float>() : nullptr;
       const int64_t warps = (a.t1 - a.t0) * d.heads;
+      if (std::getenv("MSA_FWD_SKIP_COMBINE")) continue;
       combine_kernel<D><<<static_cast<unsigned>((warps + 7) / 8), 256>>>(
           part.data<bf16>(), lse_part.data<float>(), cnt, ob.data<bf16>(), lb.data<float>(),
           mass, 1, a);
@@ -369,32 +395,28 @@ void run_kv_outer(const Tensor& q, const Tensor& k, const Tensor& v, const Tenso
 
 // ---- backward ----------------------------------------------------------------------------
 
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
-  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(p));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-
 // One CTA per (key block j, group) list, BK / 16 warps, warp w owning keys w*16 .. w*16+15 of
-// the block: for each tile of 16 query rows (16 / r queries x r heads) that selected j, with
+// the block: for each tile of 32 query rows (32 / r queries x r heads) that selected j, with
 // P = exp(scale QK^T - lse) from the forward's final lse and D = rowsum(dO * O):
 //   S^T = K_w Q^T, dP^T = V_w dO^T, dS^T = P^T (dP^T - D)            (keys as mma rows)
 //   dV_w += P^T dO, dK_w += dS^T Q                                   (registers, whole list)
 //   dQ_tile = dS K_j, dS staged in shared memory, warp w computing D / warps of the dims
-// The next tile's rows are loaded into registers while the current one computes (the loads'
-// latency, not the math, bounds a 16-row tile).
+// Tiles of 32 rows (not 16) let each K/V fragment serve four mma n-tiles and halve the barriers
+// per row; the next tile's Q, dO, lse and D rows are copied into a second shared buffer by
+// cp.async while the current tile computes (no prefetch registers: dK/dV already hold 128).
 // dK and dV of a key are owned by the one CTA of its block: no global atomics. dQ of a (query,
 // slot) goes to its own partial row, summed over slots by dq_combine_kernel. dK/dV accumulate in
 // f32 across query chunks (dk_acc, dv_acc).
+constexpr int kBwdRows = 32;
+
 template <int D, int BK>
 struct BwdSmem {
   static constexpr int kLd = D + 8;
-  static constexpr size_t kBytes = size_t(2) * BK * kLd * sizeof(bf16)     // K, V
-                                   + size_t(2) * 16 * kLd * sizeof(bf16)   // Q, dO tiles
-                                   + size_t(16) * (BK + 8) * sizeof(bf16)  // dS tile
-                                   + size_t(3) * 16 * sizeof(float)        // lse, Dsum, t
-                                   ;
+  static constexpr int kLdS = BK + 8;
+  static constexpr size_t kKvElems = size_t(2) * BK * kLd;
+  static constexpr size_t kTileElems = size_t(2) * kBwdRows * kLd;  // Q and dO of one tile
+  static constexpr size_t kBytes = (kKvElems + 2 * kTileElems + kBwdRows * kLdS) * sizeof(bf16) +
+                                   size_t(2) * 3 * kBwdRows * sizeof(float);  // lse, D, limit
 };
 
 template <int D, int BK>
@@ -407,41 +429,60 @@ __global__ void __launch_bounds__(BK / 16 * 32)
                              bf16* __restrict__ dq_part, float* __restrict__ dk_acc,
                              float* __restrict__ dv_acc, KvDims a) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  constexpr int kLd = BwdSmem<D, BK>::kLd;
+  using Sm = BwdSmem<D, BK>;
+  constexpr int kLd = Sm::kLd, kLdS = Sm::kLdS;
+  constexpr int kWarpsBwd = BK / 16, kThreads = kWarpsBwd * 32;
+  constexpr int kChunks = D / 8;
   bf16* ks = reinterpret_cast<bf16*>(smem_raw);
   bf16* vs = ks + BK * kLd;
-  bf16* qs = vs + BK * kLd;
-  bf16* dos = qs + 16 * kLd;
-  constexpr int kLdS = BK + 8;
-  bf16* ds_s = dos + 16 * kLd;  // dS [tile row][key]
-  float* lse_s = reinterpret_cast<float*>(ds_s + 16 * kLdS);  // lse * log2(e) per tile row
-  float* dsum_s = lse_s + 16;
-  int* t_s = reinterpret_cast<int*>(dsum_s + 16);
+  bf16* tiles = vs + BK * kLd;                       // [2 buffers][Q rows, dO rows]
+  bf16* ds_s = tiles + 2 * Sm::kTileElems;          // dS [tile row][key]
+  float* lse_s = reinterpret_cast<float*>(ds_s + kBwdRows * kLdS);  // [2][rows]
+  float* dsum_s = lse_s + 2 * kBwdRows;                              // [2][rows]
+  int* lim_s = reinterpret_cast<int*>(dsum_s + 2 * kBwdRows);        // [2][rows]
   const float scale_log2 = scale * 1.4426950408889634f;
 
   // Heavy lists first: blockIdx.x enumerates j slowest.
   const int64_t g = blockIdx.x % a.G, j = blockIdx.x / a.G;
   const int64_t list = g * a.nb + j;
   const int32_t begin = list_start[list], end = list_start[list + 1];
-  const int r = static_cast<int>(a.r), rows_q = 16 / r;
+  const int r = static_cast<int>(a.r), rows_q = kBwdRows / r;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int grp = lane >> 2, tig = lane & 3;
   const int l16 = lane % 16;
-  constexpr int kWarpsBwd = BK / 16;
 
-  constexpr int kChunks = D / 8;
-  for (int c = threadIdx.x; c < BK * kChunks; c += blockDim.x) {
+  for (int c = threadIdx.x; c < BK * kChunks; c += kThreads) {
     const int row = c / kChunks, col = (c % kChunks) * 8;
     const int64_t s = j * BK + row;
-    uint4 kval = make_uint4(0, 0, 0, 0), vval = make_uint4(0, 0, 0, 0);
-    if (s < a.S) {
-      const int64_t off = (s * a.G + g) * D + col;
-      kval = *reinterpret_cast<const uint4*>(k + off);
-      vval = *reinterpret_cast<const uint4*>(v + off);
-    }
-    *reinterpret_cast<uint4*>(ks + row * kLd + col) = kval;
-    *reinterpret_cast<uint4*>(vs + row * kLd + col) = vval;
+    const int64_t off = ((s < a.S ? s : 0) * a.G + g) * D + col;
+    cp_async_16(ks + row * kLd + col, k + off, s < a.S);
+    cp_async_16(vs + row * kLd + col, v + off, s < a.S);
   }
+  // A tile's rows: Q and dO (16-byte pieces), lse and D (4 bytes), and the last key of this
+  // block each row attends (-1 for padding rows: nothing).
+  auto load_tile = [&](int tile, int buf) {
+    const int e0 = begin + tile * rows_q;
+    bf16* qs = tiles + buf * Sm::kTileElems;
+    bf16* dos = qs + kBwdRows * kLd;
+    for (int c = threadIdx.x; c < kBwdRows * kChunks; c += kThreads) {
+      const int R = c / kChunks, col = (c % kChunks) * 8;
+      const int e = e0 + R / r;
+      const bool valid = e < end;
+      const int64_t t = valid ? (entries[e] >> 5) : 0;
+      const int64_t off = (t * a.H + g * r + R % r) * D + col;
+      cp_async_16(qs + R * kLd + col, q + off, valid);
+      cp_async_16(dos + R * kLd + col, dout + off, valid);
+    }
+    if (threadIdx.x < kBwdRows) {
+      const int R = threadIdx.x, e = e0 + R / r;
+      const bool valid = e < end;
+      const int64_t t = valid ? (entries[e] >> 5) : 0, h = g * r + R % r;
+      cp_async_4(lse_s + buf * kBwdRows + R, lse + h * a.S + t, valid);
+      cp_async_4(dsum_s + buf * kBwdRows + R, dsum + h * a.S + t, valid);
+      lim_s[buf * kBwdRows + R] = valid ? static_cast<int>(min(t, a.S - 1) - j * BK) : -1;
+    }
+    cp_async_commit();
+  };
 
   float dk_c[D / 8][4], dv_c[D / 8][4];
 #pragma unroll
@@ -449,68 +490,27 @@ __global__ void __launch_bounds__(BK / 16 * 32)
 #pragma unroll
     for (int c = 0; c < 4; ++c) dk_c[nt][c] = dv_c[nt][c] = 0.0f;
 
-  // Register prefetch of a tile: this thread's 16-byte pieces of Q and dO, and (threads < 16)
-  // one row's lse, D and t.
-  constexpr int kPieces = (16 * kChunks + kWarpsBwd * 32 - 1) / (kWarpsBwd * 32);
-  uint4 pq[kPieces], pdo[kPieces];
-  float p_lse = INFINITY, p_dsum = 0.0f;
-  int p_t = -1;
-  auto prefetch = [&](int tile) {
-    const int e0 = begin + tile * rows_q;
-#pragma unroll
-    for (int i = 0; i < kPieces; ++i) {
-      const int c = threadIdx.x + i * kWarpsBwd * 32;
-      pq[i] = pdo[i] = make_uint4(0, 0, 0, 0);
-      if (c >= 16 * kChunks) continue;
-      const int R = c / kChunks, col = (c % kChunks) * 8;
-      const int e = e0 + R / r;
-      if (e < end) {
-        const int64_t t = entries[e] >> 5;
-        const int64_t off = (t * a.H + g * r + R % r) * D + col;
-        pq[i] = *reinterpret_cast<const uint4*>(q + off);
-        pdo[i] = *reinterpret_cast<const uint4*>(dout + off);
-      }
-    }
-    if (threadIdx.x < 16) {
-      const int R = threadIdx.x, e = e0 + R / r;
-      if (e < end) {
-        const int64_t t = entries[e] >> 5, h = g * r + R % r;
-        p_lse = lse[h * a.S + t] * 1.4426950408889634f;
-        p_dsum = dsum[h * a.S + t];
-        p_t = static_cast<int>(t);
-      } else {
-        p_lse = INFINITY;  // exp2(x - inf) = 0: padding rows contribute nothing
-        p_dsum = 0.0f;
-        p_t = -1;
-      }
-    }
-  };
-
   const int n_tiles = (end - begin + rows_q - 1) / rows_q;
-  if (n_tiles > 0) prefetch(0);
+  if (n_tiles > 0) load_tile(0, 0);  // committed with K and V
   for (int tile = 0; tile < n_tiles; ++tile) {
-    __syncthreads();  // the previous tile is done with qs, dos, ds_s and the row data
-#pragma unroll
-    for (int i = 0; i < kPieces; ++i) {
-      const int c = threadIdx.x + i * kWarpsBwd * 32;
-      if (c >= 16 * kChunks) continue;
-      const int R = c / kChunks, col = (c % kChunks) * 8;
-      *reinterpret_cast<uint4*>(qs + R * kLd + col) = pq[i];
-      *reinterpret_cast<uint4*>(dos + R * kLd + col) = pdo[i];
+    const int buf = tile & 1;
+    if (tile + 1 < n_tiles) {
+      load_tile(tile + 1, buf ^ 1);
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
     }
-    if (threadIdx.x < 16) {
-      lse_s[threadIdx.x] = p_lse;
-      dsum_s[threadIdx.x] = p_dsum;
-      t_s[threadIdx.x] = p_t;
-    }
-    __syncthreads();
-    if (tile + 1 < n_tiles) prefetch(tile + 1);
-    const int e0 = begin + tile * rows_q;
+    __syncthreads();  // this tile's rows from every thread; the previous dS fully read
+    const bf16* qs = tiles + buf * Sm::kTileElems;
+    const bf16* dos = qs + kBwdRows * kLd;
+    const float* lse_t = lse_s + buf * kBwdRows;
+    const float* dsum_t = dsum_s + buf * kBwdRows;
+    const int* lim_t = lim_s + buf * kBwdRows;
 
-    // S^T and dP^T for this warp's 16 keys x the tile's 16 rows.
-    float st[2][4], dpt[2][4];
+    // S^T and dP^T for this warp's 16 keys x the tile's 32 rows.
+    float st[4][4], dpt[4][4];
 #pragma unroll
-    for (int nq = 0; nq < 2; ++nq)
+    for (int nq = 0; nq < 4; ++nq)
 #pragma unroll
       for (int c = 0; c < 4; ++c) st[nq][c] = dpt[nq][c] = 0.0f;
 #pragma unroll
@@ -521,77 +521,96 @@ __global__ void __launch_bounds__(BK / 16 * 32)
       ldmatrix_x4(ka, ks + arow * kLd + acol);
       ldmatrix_x4(va, vs + arow * kLd + acol);
 #pragma unroll
-      for (int nq = 0; nq < 2; ++nq) {
-        uint32_t b0, b1;
-        ldmatrix_x2(b0, b1, qs + (nq * 8 + l16 % 8) * kLd + kstep * 16 + (l16 / 8) * 8);
-        mma_bf16(st[nq], ka, b0, b1);
-        ldmatrix_x2(b0, b1, dos + (nq * 8 + l16 % 8) * kLd + kstep * 16 + (l16 / 8) * 8);
-        mma_bf16(dpt[nq], va, b0, b1);
+      for (int nq = 0; nq < 4; nq += 2) {
+        const int brow = (nq + lane / 16) * 8 + lane % 8, bcol = kstep * 16 + ((lane / 8) % 2) * 8;
+        uint32_t b4[4];
+        ldmatrix_x4(b4, qs + brow * kLd + bcol);
+        mma_bf16(st[nq], ka, b4[0], b4[1]);
+        mma_bf16(st[nq + 1], ka, b4[2], b4[3]);
+        ldmatrix_x4(b4, dos + brow * kLd + bcol);
+        mma_bf16(dpt[nq], va, b4[0], b4[1]);
+        mma_bf16(dpt[nq + 1], va, b4[2], b4[3]);
       }
     }
     // P^T and dS^T (C layout: row = key grp / grp+8, column = tile row nq*8 + 2 tig + {0,1}).
-    float pt[2][4], dst[2][4];
 #pragma unroll
-    for (int nq = 0; nq < 2; ++nq)
+    for (int nq = 0; nq < 4; ++nq)
 #pragma unroll
       for (int c = 0; c < 4; ++c) {
         const int R = nq * 8 + 2 * tig + (c & 1);
         const int key = warp * 16 + grp + 8 * (c / 2);
-        const int64_t s = j * BK + key;
-        const bool keep = t_s[R] >= 0 && s <= t_s[R] && s < a.S;
-        const float p = keep ? exp2f(st[nq][c] * scale_log2 - lse_s[R]) : 0.0f;
-        pt[nq][c] = p;
-        dst[nq][c] = p * (dpt[nq][c] - dsum_s[R]);
-        ds_s[R * kLdS + key] = float_to_bf16(dst[nq][c]);
+        const float p = key <= lim_t[R]
+                            ? exp2f(fmaf(st[nq][c], scale_log2, -lse_t[R] * 1.4426950408889634f))
+                            : 0.0f;
+        st[nq][c] = p;
+        dpt[nq][c] = p * (dpt[nq][c] - dsum_t[R]);
+        ds_s[R * kLdS + key] = float_to_bf16(dpt[nq][c]);
       }
-    // dV_w += P^T dO, dK_w += dS^T Q (A = the keys x rows tiles as they are).
-    uint32_t pa[4], da[4];
-    pa[0] = pack_bf16(pt[0][0], pt[0][1]);
-    pa[1] = pack_bf16(pt[0][2], pt[0][3]);
-    pa[2] = pack_bf16(pt[1][0], pt[1][1]);
-    pa[3] = pack_bf16(pt[1][2], pt[1][3]);
-    da[0] = pack_bf16(dst[0][0], dst[0][1]);
-    da[1] = pack_bf16(dst[0][2], dst[0][3]);
-    da[2] = pack_bf16(dst[1][0], dst[1][1]);
-    da[3] = pack_bf16(dst[1][2], dst[1][3]);
+    // dV_w += P^T dO, dK_w += dS^T Q (A = the keys x rows tiles as they are, 16 rows per k-step).
 #pragma unroll
-    for (int nt = 0; nt < D / 8; ++nt) {
-      uint32_t b0, b1;
-      ldmatrix_x2_trans(b0, b1, dos + l16 * kLd + nt * 8);
-      mma_bf16(dv_c[nt], pa, b0, b1);
-      ldmatrix_x2_trans(b0, b1, qs + l16 * kLd + nt * 8);
-      mma_bf16(dk_c[nt], da, b0, b1);
+    for (int ks2 = 0; ks2 < 2; ++ks2) {
+      uint32_t pa[4], da[4];
+      pa[0] = pack_bf16(st[2 * ks2][0], st[2 * ks2][1]);
+      pa[1] = pack_bf16(st[2 * ks2][2], st[2 * ks2][3]);
+      pa[2] = pack_bf16(st[2 * ks2 + 1][0], st[2 * ks2 + 1][1]);
+      pa[3] = pack_bf16(st[2 * ks2 + 1][2], st[2 * ks2 + 1][3]);
+      da[0] = pack_bf16(dpt[2 * ks2][0], dpt[2 * ks2][1]);
+      da[1] = pack_bf16(dpt[2 * ks2][2], dpt[2 * ks2][3]);
+      da[2] = pack_bf16(dpt[2 * ks2 + 1][0], dpt[2 * ks2 + 1][1]);
+      da[3] = pack_bf16(dpt[2 * ks2 + 1][2], dpt[2 * ks2 + 1][3]);
+#pragma unroll
+      for (int nt = 0; nt < D / 8; nt += 2) {
+        const int trow = ks2 * 16 + l16, tcol = (nt + lane / 16) * 8;
+        uint32_t b4[4];
+        ldmatrix_x4_trans(b4, dos + trow * kLd + tcol);
+        mma_bf16(dv_c[nt], pa, b4[0], b4[1]);
+        mma_bf16(dv_c[nt + 1], pa, b4[2], b4[3]);
+        ldmatrix_x4_trans(b4, qs + trow * kLd + tcol);
+        mma_bf16(dk_c[nt], da, b4[0], b4[1]);
+        mma_bf16(dk_c[nt + 1], da, b4[2], b4[3]);
+      }
     }
     __syncthreads();  // dS complete
-    // dQ_tile = dS K_j: warp w computes dims [w D / warps, (w + 1) D / warps).
+    // dQ_tile = dS K_j: warp w computes dims [w D / warps, (w + 1) D / warps) of all 32 rows.
     constexpr int kDimsPerWarp = D / kWarpsBwd, kNt = kDimsPerWarp / 8;
-    float qc[kNt][4];
+    float qc[2][kNt][4];
 #pragma unroll
-    for (int nt = 0; nt < kNt; ++nt) qc[nt][0] = qc[nt][1] = qc[nt][2] = qc[nt][3] = 0.0f;
+    for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < kNt; ++nt) qc[mt][nt][0] = qc[mt][nt][1] = qc[mt][nt][2] = qc[mt][nt][3] = 0.0f;
 #pragma unroll
     for (int kk = 0; kk < BK / 16; ++kk) {
-      uint32_t a4[4];
-      ldmatrix_x4(a4, ds_s + ((lane % 8) + 8 * ((lane / 8) % 2)) * kLdS + kk * 16 + 8 * (lane / 16));
-#pragma unroll
-      for (int nt = 0; nt < kNt; ++nt) {
-        uint32_t b0, b1;
-        ldmatrix_x2_trans(b0, b1, ks + (kk * 16 + l16) * kLd + warp * kDimsPerWarp + nt * 8);
-        mma_bf16(qc[nt], a4, b0, b1);
-      }
-    }
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int R = grp + 8 * h;
-      const int e = e0 + R / r;
-      if (e >= end) continue;
-      const int32_t entry = entries[e];
-      const int64_t t = entry >> 5, slot = entry & 31;
-      const int64_t prow = (((t - a.t0) * a.G + g) * a.K + slot) * a.r + R % r;
+      uint32_t kb[kNt][2];
 #pragma unroll
       for (int nt = 0; nt < kNt; ++nt)
-        *reinterpret_cast<uint32_t*>(dq_part + prow * D + warp * kDimsPerWarp + nt * 8 + 2 * tig) =
-            pack_bf16(qc[nt][2 * h] * scale, qc[nt][2 * h + 1] * scale);
+        ldmatrix_x2_trans(kb[nt][0], kb[nt][1],
+                          ks + (kk * 16 + l16) * kLd + warp * kDimsPerWarp + nt * 8);
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt) {
+        uint32_t a4[4];
+        ldmatrix_x4(a4, ds_s + (mt * 16 + (lane % 8) + 8 * ((lane / 8) % 2)) * kLdS + kk * 16 +
+                            8 * (lane / 16));
+#pragma unroll
+        for (int nt = 0; nt < kNt; ++nt) mma_bf16(qc[mt][nt], a4, kb[nt][0], kb[nt][1]);
+      }
     }
+    const int e0 = begin + tile * rows_q;
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int R = mt * 16 + grp + 8 * h;
+        const int e = e0 + R / r;
+        if (e >= end) continue;
+        const int32_t entry = entries[e];
+        const int64_t t = entry >> 5, slot = entry & 31;
+        const int64_t prow = (((t - a.t0) * a.G + g) * a.K + slot) * a.r + R % r;
+#pragma unroll
+        for (int nt = 0; nt < kNt; ++nt)
+          *reinterpret_cast<uint32_t*>(dq_part + prow * D + warp * kDimsPerWarp + nt * 8 +
+                                       2 * tig) =
+              pack_bf16(qc[mt][nt][2 * h] * scale, qc[mt][nt][2 * h + 1] * scale);
+      }
   }
   // This warp's 16 keys: add into the f32 accumulators (this CTA is their only writer).
 #pragma unroll

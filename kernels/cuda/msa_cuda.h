@@ -13,6 +13,11 @@ void msa_block_pool_forward(const Tensor& ik, Tensor& kbar, const cpu::MsaDims& 
 void msa_block_pool_backward(const Tensor& dkbar, Tensor& dik, const cpu::MsaDims& dims);
 void msa_index_topk(const Tensor& iq, const Tensor& kbar, Tensor& indices, Tensor& counts,
                     const cpu::MsaDims& dims);
+// The tensor-core top-k (msa_topk_mma.cu) for bf16 index vectors, d_I 16/32/64/128, topk <= 32;
+// MSA_TOPK=reference forces the CUDA-core kernel (the CPU's arithmetic).
+bool topk_mma_supported(const Tensor& iq, const cpu::MsaDims& dims);
+void topk_mma(const Tensor& iq, const Tensor& kbar, Tensor& indices, Tensor& counts,
+              const cpu::MsaDims& dims);
 // block_mass: nullable, f32 [batch, T, H, topk] (see kernels/msa.h).
 void msa_sparse_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,
                                   const Tensor& indices, const Tensor& counts, double scale,

@@ -550,6 +550,7 @@ void msa_index_topk(const Tensor& iq, const Tensor& kbar, Tensor& indices, Tenso
                     const cpu::MsaDims& d) {
   MSA_CHECK(d.topk >= 1 && d.topk <= kMaxTopk, "msa_index_topk (CUDA): topk %d outside [1, %d]",
             d.topk, kMaxTopk);
+  if (topk_mma_supported(iq, d)) return topk_mma(iq, kbar, indices, counts, d);
   dispatch(iq.dtype(), "msa_index_topk", [&](auto zero) {
     using T = decltype(zero);
     const int64_t rows = d.batch * d.seq * d.groups;

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "absl/flags/flag.h"
+#include "core/cuda/random_fill.h"
 #include "core/tensor.h"
 #include "kernels/attention.h"
 #include "kernels/msa.h"
@@ -21,7 +22,9 @@ namespace {
 
 Tensor random_device(const Shape& s, uint64_t seed) {
   Tensor t = Tensor::empty(s, DType::kBF16, Device::kCUDA);
-  fill_normal(t, seed, 0.0f, 1.0f);
+  // Drawn on the device: at 1M tokens the inputs are billions of elements.
+  cuda::random_fill_on_device(t.raw_data(), t.dtype(), t.numel(), cuda::RandomKind::kNormal, seed,
+                              0.0f, 1.0f);
   return t;
 }
 

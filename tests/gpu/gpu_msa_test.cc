@@ -89,6 +89,86 @@ TEST(GpuMsaTest, TopkSelectionIdenticalToCpuForF32) {
   }
 }
 
+// The tensor-core top-k (bf16 index vectors, as the model runs on the GPU), with several
+// shared-memory stages of block keys and both list lengths (topk <= 16 and <= 32): with
+// integer-valued inputs every score is exact, so the selection must equal the CPU's bit for bit,
+// ties included; with random inputs the scores of the selected blocks must equal the CPU's up to
+// f32 summation order (near-ties may swap).
+TEST(GpuMsaTest, TopkTensorCoreBf16MatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  const std::vector<Case> cases = {{1, 20000, 4, 2, 64, 64, 16, 16},
+                                   {2, 3000, 4, 2, 64, 32, 16, 20},
+                                   {1, 4500, 2, 1, 64, 128, 32, 7},
+                                   {1, 777, 2, 2, 64, 16, 8, 1}};
+  uint64_t seed = 9900;
+  for (const Case& c : cases) {
+    const int64_t nb = msa_num_blocks(c.T, c.B);
+    const std::string what = "T=" + std::to_string(c.T) + " dI=" + std::to_string(c.dI) +
+                             " B=" + std::to_string(c.B) + " k=" + std::to_string(c.K);
+    auto ints = [&](const Shape& s) {
+      Tensor t = Tensor::empty(s, DType::kF32);
+      for (int64_t i = 0; i < t.numel(); ++i)
+        t.data<float>()[i] = static_cast<float>(static_cast<int>(philox4x32(seed, i).v[0] % 5) - 2);
+      ++seed;
+      return t;
+    };
+    for (bool integer : {true, false}) {
+      const Tensor iq = integer ? ints({c.batch, c.T, c.G, c.dI})
+                                : bf16_rounded(random_tensor({c.batch, c.T, c.G, c.dI}, seed++,
+                                                             DType::kF32));
+      const Tensor kbar = integer ? ints({c.batch, nb, c.G, c.dI})
+                                  : bf16_rounded(random_tensor({c.batch, nb, c.G, c.dI}, seed++,
+                                                               DType::kF32));
+      BlockSelection cpu = BlockSelection::allocate(c.batch, c.T, c.G, c.B, c.K, Device::kCPU);
+      msa_index_topk(iq, kbar, cpu);
+      BlockSelection gpu = BlockSelection::allocate(c.batch, c.T, c.G, c.B, c.K, Device::kCUDA);
+      gpu.indices.fill_(7.0);  // poison: every entry must be written
+      gpu.counts.fill_(0.0);
+      msa_index_topk(dev(iq, DType::kBF16), dev(kbar, DType::kBF16), gpu);
+      const Tensor gi = gpu.indices.to(Device::kCPU), gc = gpu.counts.to(Device::kCPU);
+      EXPECT_EQ(gc.to_double_vector(), cpu.counts.to_double_vector()) << what;
+      const int32_t* a = cpu.indices.data<int32_t>();
+      const int32_t* g = gi.data<int32_t>();
+      if (integer) {
+        int64_t mismatches = 0;
+        for (int64_t i = 0; i < gi.numel(); ++i) mismatches += a[i] != g[i];
+        EXPECT_EQ(mismatches, 0) << "integer inputs " << what;
+        continue;
+      }
+      // Random inputs: compare the sorted scores of the two selections row by row.
+      const float* q = iq.data<float>();
+      const float* kb = kbar.data<float>();
+      int64_t bad = 0, differing = 0;
+      for (int64_t row = 0; row < c.batch * c.T * c.G; ++row) {
+        const int64_t g_ = row % c.G, b_ = row / (c.T * c.G);
+        auto score = [&](int32_t j) {
+          double s = 0;
+          for (int e = 0; e < c.dI; ++e)
+            s += double(q[row * c.dI + e]) * kb[((b_ * nb + j) * c.G + g_) * c.dI + e];
+          return s;
+        };
+        std::vector<double> sa, sg;
+        bool same = true;
+        for (int i = 0; i < c.K; ++i) {
+          same = same && a[row * c.K + i] == g[row * c.K + i];
+          if (a[row * c.K + i] >= 0) sa.push_back(score(a[row * c.K + i]));
+          if (g[row * c.K + i] >= 0) sg.push_back(score(g[row * c.K + i]));
+        }
+        differing += !same;
+        std::sort(sa.begin(), sa.end());
+        std::sort(sg.begin(), sg.end());
+        if (sa.size() != sg.size()) {
+          ++bad;
+          continue;
+        }
+        for (size_t i = 0; i < sa.size(); ++i) bad += std::abs(sa[i] - sg[i]) > 1e-4;
+      }
+      EXPECT_EQ(bad, 0) << "rows whose selected scores differ beyond rounding, " << what;
+      EXPECT_LT(differing, c.batch * c.T * c.G / 100) << "rows differing at all, " << what;
+    }
+  }
+}
+
 struct AttnResult {
   Tensor out, lse, dq, dk, dv;
 };

@@ -1,0 +1,18 @@
+// Device-side random fills for CUDA tensors (fill_normal / fill_uniform): the same counter-based
+// values as the host path (core/rng.h), drawn where the tensor lives, so benchmark inputs of
+// billions of elements take milliseconds instead of minutes on the host.
+#pragma once
+
+#include <cstdint>
+
+#include "core/tensor.h"
+
+namespace msa::cuda {
+
+enum class RandomKind { kNormal, kUniform };
+bool can_fill_on_device(DType dtype);
+// Element i = mean + std * rng_normal(seed, i), or lo + (hi - lo) * (1 - rng_uniform(seed, i)).
+void random_fill_on_device(void* data, DType dtype, int64_t n, RandomKind kind, uint64_t seed,
+                           float a, float b);
+
+}  // namespace msa::cuda

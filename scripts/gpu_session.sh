@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# One GPU-machine sitting (../shared/device/README.md): run from the repository root after
+# `source .device/env.sh`. Steps are named on the command line so one call can do several:
+#   tests    the GPU tests (gpu_dense_test, gpu_msa_test)
+#   sanitize compute-sanitizer memcheck + racecheck on the MSA kernel tests
+#   msa      msa-bench msa: 8K/32K/128K fwd+bwd and 512K/1M fwd vs cuDNN
+#   step     msa-bench step: the ~1B model at 32K, dense vs all-MSA
+# Logs go to $OUT (when set) as <step>.log.
+set -uo pipefail
+out=${OUT:-/tmp/gpu_session}
+mkdir -p "$out"
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader
+status=0
+for step in "$@"; do
+  echo "=== $step"
+  case $step in
+    tests) { gpu_dense_test --gtest_brief=1 && gpu_msa_test --gtest_brief=1; } 2>&1 | tee "$out/tests.log" ;;
+    sanitize)
+      for tool in memcheck racecheck; do
+        compute-sanitizer --tool $tool --error-exitcode 1 gpu_msa_test --gtest_brief=1 \
+          --gtest_filter='*Topk*:*KvOuter*:*BlockMass*' 2>&1 | tail -4
+      done | tee "$out/sanitize.log" ;;
+    msa) msa-bench msa --seqs=8192,32768,131072 --fwd_only_seqs=524288,1048576 --iters=5 2>&1 |
+           tee "$out/msa.log" ;;
+    step) msa-bench step --model=1b --model_seqs=32768 --attention=both --recompute=full \
+            --steps=3 2>&1 | tee "$out/step.log" ;;
+    *) echo "unknown step $step"; status=2 ;;
+  esac
+  [[ ${PIPESTATUS[0]} -eq 0 ]] || status=1
+done
+exit $status
