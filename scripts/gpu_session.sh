@@ -18,12 +18,13 @@ for step in "$@"; do
     sanitize)
       for tool in memcheck racecheck; do
         compute-sanitizer --tool $tool --error-exitcode 1 gpu_msa_test --gtest_brief=1 \
-          --gtest_filter='*Topk*:*KvOuter*:*BlockMass*' 2>&1 | tail -4
+          --gtest_filter="${SANITIZE_FILTER:-*Topk*:*KvOuter*:*BlockMass*}" 2>&1 | tail -4
       done | tee "$out/sanitize.log" ;;
-    msa) msa-bench msa --seqs=8192,32768,131072 --fwd_only_seqs=524288,1048576 --iters=5 2>&1 |
+    msa) msa-bench msa --seqs=8192,32768,131072 --fwd_only_seqs=524288,1048576 --iters=3 2>&1 |
            tee "$out/msa.log" ;;
-    step) msa-bench step --model=1b --model_seqs=32768 --attention=both --recompute=full \
-            --steps=3 2>&1 | tee "$out/step.log" ;;
+    step) for rc in none full; do
+            msa-bench step --model=1b --model_seqs=32768 --attention=both --recompute=$rc --steps=3
+          done 2>&1 | tee "$out/step.log" ;;
     *) echo "unknown step $step"; status=2 ;;
   esac
   [[ ${PIPESTATUS[0]} -eq 0 ]] || status=1

@@ -11,9 +11,25 @@
 
 namespace msa::cuda {
 
+// Two floats -> packed bf16x2 (lo in the low half), round to nearest even: one cvt instruction
+// (core/bf16.h's portable float_to_bf16 costs ~6 integer instructions per value, which made the
+// integer pipe the busiest one in the attention kernels).
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-  return static_cast<uint32_t>(float_to_bf16(lo).bits) |
-         (static_cast<uint32_t>(float_to_bf16(hi).bits) << 16);
+  uint32_t r;
+  asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
+  return r;
+}
+__device__ __forceinline__ bf16 to_bf16_rn(float x) {
+  uint16_t r;
+  asm("cvt.rn.bf16.f32 %0, %1;\n" : "=h"(r) : "f"(x));
+  return bf16{r};
+}
+
+// 2^x with one MUFU instruction (denormal results flush to zero: harmless for softmax weights).
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
 }
 
 __device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,

@@ -38,8 +38,8 @@ namespace {
 constexpr int kWarps = 4;
 // A list's query tiles are shared by up to kSplits CTAs, each taking at least kMinTilesPerCta
 // consecutive tiles so the K/V load into shared memory is amortized; long lists (the early
-// blocks, selected by many queries) spread over more CTAs.
-constexpr int kSplits = 64;
+// blocks, selected by many queries) spread over more CTAs (docs/perf.md has the measurements).
+constexpr int kSplits = 16;
 constexpr int kMinTilesPerCta = 16;
 constexpr size_t kPartialBudgetBytes = size_t(4) << 30;
 
@@ -80,6 +80,26 @@ __global__ void list_fill_kernel(const int32_t* indices, const int32_t* counts,
   }
 }
 
+// Work items of the forward: a list's query tiles are cut into pieces of per_split tiles (at
+// least kMinTilesPerCta, so one K/V load serves many queries; at most kSplits pieces, so the
+// heavy early blocks spread over several CTAs). item_len[list] = its number of pieces.
+__device__ __forceinline__ int forward_per_split(int n_tiles, int min_tiles) {
+  return max(min_tiles, (n_tiles + kSplits - 1) / kSplits);
+}
+
+__global__ void item_count_kernel(const int32_t* list_start, int32_t* item_len, int64_t lists,
+                                  int per_cta, int min_tiles) {
+  const int64_t l = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (l > lists) return;
+  if (l == lists) {  // the scan's last input: the total comes out at item_start[lists]
+    item_len[l] = 0;
+    return;
+  }
+  const int n_tiles = (list_start[l + 1] - list_start[l] + per_cta - 1) / per_cta;
+  const int per_split = forward_per_split(n_tiles, min_tiles);
+  item_len[l] = (n_tiles + per_split - 1) / per_split;
+}
+
 // ---- the attention kernel --------------------------------------------------------------------
 
 // Shared memory: K_j and V_j (BK x D each) for the whole CTA, and per warp two 16-row Q tiles
@@ -102,12 +122,14 @@ __device__ __forceinline__ int fragment_order_dim(int p) {
   return (w / 2) * 8 + 2 * tig + (w & 1);
 }
 
-// grid.x = batch * G * nb lists, grid.y = kSplits. Partial layout: [chunk rows (t - t0), G, K, r,
+// grid.x >= the number of work items (item_start[lists]); CTA i finds its list by binary search
+// over item_start. Partial layout: [chunk rows (t - t0), G, K, r,
 // D (fragment order)] bf16 and lse_part [chunk rows, G, K, r] f32.
 template <int D, int BK>
 __global__ void __launch_bounds__(kWarps * 32)
     kv_outer_forward_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k,
                             const bf16* __restrict__ v, const int32_t* __restrict__ list_start,
+                            const int32_t* __restrict__ item_start, int64_t lists,
                             const int32_t* __restrict__ entries, float scale_log2,
                             bf16* __restrict__ part, float* __restrict__ lse_part, KvDims a) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -118,16 +140,23 @@ __global__ void __launch_bounds__(kWarps * 32)
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int grp = lane >> 2, tig = lane & 3;
   bf16* qs = vs + BK * kLd + warp * Smem<D, BK>::kQElems;
-  const int64_t list = blockIdx.x;
+  const int32_t item = static_cast<int32_t>(blockIdx.x);
+  if (item >= item_start[lists]) return;
+  int64_t lo = 0, hi = lists;  // the last list whose first item is <= item
+  while (hi - lo > 1) {
+    const int64_t mid = (lo + hi) / 2;
+    if (item_start[mid] <= item) lo = mid; else hi = mid;
+  }
+  const int64_t list = lo;
   const int64_t j = list % a.nb, g = (list / a.nb) % a.G, b = list / (a.nb * a.G);
   const int32_t begin = list_start[list], end = list_start[list + 1];
   const int r = static_cast<int>(a.r);
   const int rows_q = 16 / r;  // queries per warp tile
   const int per_cta = kWarps * rows_q;
   const int n_tiles = (end - begin + per_cta - 1) / per_cta;
-  const int per_split = max(a.min_tiles, (n_tiles + kSplits - 1) / kSplits);
-  const int tile_begin = blockIdx.y * per_split, tile_end = min(n_tiles, tile_begin + per_split);
-  if (tile_begin >= tile_end) return;
+  const int per_split = forward_per_split(n_tiles, a.min_tiles);
+  const int split = item - item_start[list];
+  const int tile_begin = split * per_split, tile_end = min(n_tiles, tile_begin + per_split);
 
   // K_j and V_j (zeros past the sequence end), then this warp's first Q tile.
   for (int c = threadIdx.x; c < BK * kChunks; c += blockDim.x) {
@@ -155,6 +184,7 @@ __global__ void __launch_bounds__(kWarps * 32)
   for (int tile = tile_begin; tile < tile_end; ++tile) {
     const int buf = (tile - tile_begin) & 1;
     if (tile + 1 < tile_end) {
+      __syncwarp();  // every lane is done reading buf ^ 1 (the previous tile)
       load_q(tile + 1, buf ^ 1);
       cp_async_wait<1>();
     } else {
@@ -230,7 +260,7 @@ __global__ void __launch_bounds__(kWarps * 32)
 #pragma unroll
       for (int c = 0; c < 4; ++c) {
         const int h = c / 2;
-        sc[nt][c] = exp2f(fmaf(sc[nt][c], scale_log2, -mxs[h]));
+        sc[nt][c] = fast_exp2(fmaf(sc[nt][c], scale_log2, -mxs[h]));
         sum[h] += sc[nt][c];
       }
 #pragma unroll
@@ -350,6 +380,7 @@ void run_kv_outer(const Tensor& q, const Tensor& k, const Tensor& v, const Tenso
   Tensor start = Tensor::empty({lists + 1}, DType::kI32, Device::kCUDA);
   Tensor cursor = Tensor::empty({lists}, DType::kI32, Device::kCUDA);
   Tensor entries = Tensor::empty({chunk * d.groups * d.topk}, DType::kI32, Device::kCUDA);
+  Tensor items = Tensor::empty({lists + 1}, DType::kI32, Device::kCUDA);
   size_t scan_bytes = 0;
   MSA_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(nullptr, scan_bytes, len.data<int32_t>(),
                                                start.data<int32_t>(), static_cast<int>(lists + 1)));
@@ -359,8 +390,7 @@ void run_kv_outer(const Tensor& q, const Tensor& k, const Tensor& v, const Tenso
   for (int64_t b = 0; b < d.batch; ++b) {
     const Tensor qb = q.slice0(b, b + 1), kb = k.slice0(b, b + 1), vb = v.slice0(b, b + 1);
     for (int64_t t0 = 0; t0 < d.seq; t0 += chunk) {
-      KvDims a{d.seq, d.heads, d.groups, d.topk, r, nb, t0, std::min(d.seq, t0 + chunk)};
-      if (const char* m = std::getenv("MSA_FWD_MIN_TILES")) a.min_tiles = std::atoi(m);
+      const KvDims a{d.seq, d.heads, d.groups, d.topk, r, nb, t0, std::min(d.seq, t0 + chunk)};
       const int64_t rows = (a.t1 - a.t0) * d.groups;
       const int32_t* idx = indices.data<int32_t>() + b * d.seq * d.groups * d.topk;
       const int32_t* cnt = counts.data<int32_t>() + b * d.seq * d.groups;
@@ -376,15 +406,24 @@ void run_kv_outer(const Tensor& q, const Tensor& k, const Tensor& v, const Tenso
       list_fill_kernel<<<grid_rows, 256>>>(idx, cnt, start.data<int32_t>(),
                                            cursor.data<int32_t>(), entries.data<int32_t>(), 1, a);
       MSA_CUDA_CHECK_LAUNCH("list_fill_kernel");
-      const dim3 grid(static_cast<unsigned>(lists), kSplits);
-      kv_outer_forward_kernel<D, BK><<<grid, kWarps * 32, smem>>>(
+      const int per_cta = kWarps * static_cast<int>(16 / r);
+      item_count_kernel<<<static_cast<unsigned>((lists + 256) / 256), 256>>>(
+          start.data<int32_t>(), len.data<int32_t>(), lists, per_cta, a.min_tiles);
+      MSA_CUDA_CHECK_LAUNCH("item_count_kernel");
+      MSA_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(scan_tmp.raw_data(), scan_bytes,
+                                                   len.data<int32_t>(), items.data<int32_t>(),
+                                                   static_cast<int>(lists + 1)));
+      // Items: each list has at most n_tiles / min_tiles + 1 of them and n_tiles <= entries /
+      // per_cta + 1, so this bounds their total without reading it back.
+      const int64_t max_items = (rows * d.topk / per_cta + lists) / a.min_tiles + lists + 2;
+      kv_outer_forward_kernel<D, BK><<<static_cast<unsigned>(max_items), kWarps * 32, smem>>>(
           qb.data<bf16>(), kb.data<bf16>(), vb.data<bf16>(), start.data<int32_t>(),
-          entries.data<int32_t>(), scale_log2, part.data<bf16>(), lse_part.data<float>(), a);
+          items.data<int32_t>(), lists, entries.data<int32_t>(), scale_log2, part.data<bf16>(),
+          lse_part.data<float>(), a);
       MSA_CUDA_CHECK_LAUNCH("kv_outer_forward_kernel");
       Tensor ob = out.slice0(b, b + 1), lb = lse.slice0(b, b + 1);
       float* mass = block_mass != nullptr ? block_mass->slice0(b, b + 1).data<float>() : nullptr;
       const int64_t warps = (a.t1 - a.t0) * d.heads;
-      if (std::getenv("MSA_FWD_SKIP_COMBINE")) continue;
       combine_kernel<D><<<static_cast<unsigned>((warps + 7) / 8), 256>>>(
           part.data<bf16>(), lse_part.data<float>(), cnt, ob.data<bf16>(), lb.data<float>(),
           mass, 1, a);
@@ -540,11 +579,11 @@ __global__ void __launch_bounds__(BK / 16 * 32)
         const int R = nq * 8 + 2 * tig + (c & 1);
         const int key = warp * 16 + grp + 8 * (c / 2);
         const float p = key <= lim_t[R]
-                            ? exp2f(fmaf(st[nq][c], scale_log2, -lse_t[R] * 1.4426950408889634f))
+                            ? fast_exp2(fmaf(st[nq][c], scale_log2, -lse_t[R] * 1.4426950408889634f))
                             : 0.0f;
         st[nq][c] = p;
         dpt[nq][c] = p * (dpt[nq][c] - dsum_t[R]);
-        ds_s[R * kLdS + key] = float_to_bf16(dpt[nq][c]);
+        ds_s[R * kLdS + key] = to_bf16_rn(dpt[nq][c]);
       }
     // dV_w += P^T dO, dK_w += dS^T Q (A = the keys x rows tiles as they are, 16 rows per k-step).
 #pragma unroll
