@@ -292,8 +292,19 @@ IndexLossResult msa_index_loss(IndexLossMode mode, const Tensor& q, const Tensor
   for (const Tensor* t : std::initializer_list<const Tensor*>{&q, &k, &lse, &kbar, &diq, &dkbar})
     check_same_device(iq, *t, "iq", "msa_index_loss argument");
   if (iq.is_cuda()) {
-    // Not yet a GPU kernel: computed by the CPU reference on f32 host copies (the issue's
-    // sparse-mode GPU loss from the forward's statistics is still to be written).
+#if MSA_HAS_CUDA
+    if (dense_target && cuda::dense_target_loss_supported(q, dims) &&
+        diq.dtype() == DType::kF32 && dkbar.dtype() == DType::kF32) {
+      const cpu::IndexLossSums sums = cuda::msa_index_loss_dense_target(
+          q, k, lse, iq, kbar, scale, weight, diq, dkbar, dims);
+      IndexLossResult result;
+      result.n_rows = sums.n_rows;
+      result.loss = sums.n_rows > 0 ? sums.kl_sum / static_cast<double>(sums.n_rows) : 0.0;
+      return result;
+    }
+#endif
+    // Other CUDA cases (f32 q/k, unusual shapes; the sparse mode from q and k instead of the
+    // forward's block masses) run the CPU reference on f32 host copies.
     auto host = [](const Tensor& t) { return t.to(Device::kCPU).to(DType::kF32); };
     BlockSelection hsel;
     if (!dense_target) {

@@ -51,4 +51,13 @@ cpu::IndexLossSums msa_index_loss_from_mass(const Tensor& block_mass, const Tens
                                             const Tensor& kbar, double weight, Tensor& diq,
                                             Tensor& dkbar, const cpu::MsaDims& dims);
 
+// The dense-target loss (P over every block j < c(t) of the dense attention: q, k and the dense
+// lse) with a tensor-core pass for the block masses: bf16 q/k, head_dim 16..128 and block size
+// 16..128 (powers of two), H / G dividing 16. diq, dkbar f32.
+bool dense_target_loss_supported(const Tensor& q, const cpu::MsaDims& dims);
+cpu::IndexLossSums msa_index_loss_dense_target(const Tensor& q, const Tensor& k, const Tensor& lse,
+                                               const Tensor& iq, const Tensor& kbar, double scale,
+                                               double weight, Tensor& diq, Tensor& dkbar,
+                                               const cpu::MsaDims& dims);
+
 }  // namespace msa::cuda

@@ -268,6 +268,49 @@ TEST(GpuMsaTest, IndexLossOnDeviceTensorsMatchesCpu) {
   EXPECT_LT(max_scaled_diff(host(gdkbar), dkbar), 1e-6);
 }
 
+// The dense-target loss (index warm-up, dense-attention phase) on the GPU: block masses from the
+// tensor-core dense pass, then P, Q, KL and the gradients, against the CPU reference on the same
+// bf16-valued inputs and the same dense lse; r = 4, 1 and 8, several head dims and block sizes.
+TEST(GpuMsaTest, DenseTargetIndexLossOnTensorCoresMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  const std::vector<Case> cases = {{2, 700, 8, 2, 32, 32, 64, 4},
+                                   {1, 1000, 8, 8, 64, 16, 16, 4},
+                                   {1, 600, 16, 2, 128, 64, 32, 4}};
+  uint64_t seed = 9700;
+  for (const Case& c : cases) {
+    const std::string what = "T=" + std::to_string(c.T) + " H=" + std::to_string(c.H) + " G=" +
+                             std::to_string(c.G) + " d=" + std::to_string(c.d) +
+                             " B=" + std::to_string(c.B);
+    const int64_t nb = msa_num_blocks(c.T, c.B);
+    auto rnd = [&](const Shape& s) { return bf16_rounded(random_tensor(s, seed++, DType::kF32)); };
+    const Tensor q = rnd({c.batch, c.T, c.H, c.d}), k = rnd({c.batch, c.T, c.G, c.d}),
+                 v = rnd({c.batch, c.T, c.G, c.d});
+    const Tensor iq = rnd({c.batch, c.T, c.G, c.dI}), kbar = rnd({c.batch, nb, c.G, c.dI});
+    const double scale = 1.0 / std::sqrt(static_cast<double>(c.d));
+    Tensor out = Tensor::empty(q.shape(), DType::kF32),
+           lse = Tensor::empty({c.batch, c.H, c.T}, DType::kF32);
+    attention_forward(q, k, v, scale, out, lse);
+    Tensor diq = Tensor::empty(iq.shape(), DType::kF32),
+           dkbar = Tensor::empty(kbar.shape(), DType::kF32);
+    const IndexLossResult ref = msa_index_loss(IndexLossMode::kDenseTarget, q, k, lse,
+                                               BlockSelection(), iq, kbar, scale, c.B, 0.7, diq,
+                                               dkbar);
+    Tensor gdiq = Tensor::empty(iq.shape(), DType::kF32, Device::kCUDA);
+    Tensor gdkbar = Tensor::empty(kbar.shape(), DType::kF32, Device::kCUDA);
+    gdiq.fill_(std::nan(""));
+    gdkbar.fill_(std::nan(""));
+    const IndexLossResult got = msa_index_loss(
+        IndexLossMode::kDenseTarget, dev(q, DType::kBF16), dev(k, DType::kBF16),
+        dev(lse, DType::kF32), BlockSelection(), dev(iq, DType::kBF16), dev(kbar, DType::kBF16),
+        scale, c.B, 0.7, gdiq, gdkbar);
+    EXPECT_EQ(got.n_rows, ref.n_rows) << what;
+    EXPECT_GT(ref.loss, 0.01) << what;  // a real distribution gap, not a vacuous zero
+    EXPECT_NEAR(got.loss, ref.loss, 1e-3 * std::max(1.0, ref.loss)) << what;
+    EXPECT_LT(max_scaled_diff(host(gdiq), diq), 1e-3) << "diq " << what;
+    EXPECT_LT(max_scaled_diff(host(gdkbar), dkbar), 1e-3) << "dkbar " << what;
+  }
+}
+
 // The GPU training path's index loss: the sparse forward's block masses (checked against a
 // direct sum over each block's attended keys) feed msa_index_loss_from_mass, which must equal the
 // CPU reference msa_index_loss(kSparse) in f32, and stay within bf16 tolerance for bf16 inputs.
