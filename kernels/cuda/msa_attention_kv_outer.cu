@@ -275,10 +275,7 @@ __global__ void __launch_bounds__(kWarps * 32)
 #pragma unroll
     for (int kk = 0; kk < BK / 16; ++kk) {
       uint32_t pa[4];
-      pa[0] = pack_bf16(sc[2 * kk][0], sc[2 * kk][1]);
-      pa[1] = pack_bf16(sc[2 * kk][2], sc[2 * kk][3]);
-      pa[2] = pack_bf16(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
-      pa[3] = pack_bf16(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
+      c_to_a_fragment(pa, sc[2 * kk], sc[2 * kk + 1]);
 #pragma unroll
       for (int nt = 0; nt < D / 8; nt += 2) {
         uint32_t b4[4];
@@ -589,14 +586,8 @@ __global__ void __launch_bounds__(BK / 16 * 32)
 #pragma unroll
     for (int ks2 = 0; ks2 < 2; ++ks2) {
       uint32_t pa[4], da[4];
-      pa[0] = pack_bf16(st[2 * ks2][0], st[2 * ks2][1]);
-      pa[1] = pack_bf16(st[2 * ks2][2], st[2 * ks2][3]);
-      pa[2] = pack_bf16(st[2 * ks2 + 1][0], st[2 * ks2 + 1][1]);
-      pa[3] = pack_bf16(st[2 * ks2 + 1][2], st[2 * ks2 + 1][3]);
-      da[0] = pack_bf16(dpt[2 * ks2][0], dpt[2 * ks2][1]);
-      da[1] = pack_bf16(dpt[2 * ks2][2], dpt[2 * ks2][3]);
-      da[2] = pack_bf16(dpt[2 * ks2 + 1][0], dpt[2 * ks2 + 1][1]);
-      da[3] = pack_bf16(dpt[2 * ks2 + 1][2], dpt[2 * ks2 + 1][3]);
+      c_to_a_fragment(pa, st[2 * ks2], st[2 * ks2 + 1]);
+      c_to_a_fragment(da, dpt[2 * ks2], dpt[2 * ks2 + 1]);
 #pragma unroll
       for (int nt = 0; nt < D / 8; nt += 2) {
         const int trow = ks2 * 16 + l16, tcol = (nt + lane / 16) * 8;

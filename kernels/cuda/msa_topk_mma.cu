@@ -40,6 +40,19 @@ __device__ __forceinline__ bool better(float sa, int ia, float sb, int ib) {
   return sa > sb || (sa == sb && ia < ib);
 }
 
+// The best (worst = false) or the worst (worst = true) (score, index) pair of a quad's 4 threads.
+__device__ __forceinline__ void quad_pick(float& s, int& i, bool worst) {
+#pragma unroll
+  for (int o = 1; o <= 2; o <<= 1) {
+    const float os = __shfl_xor_sync(0xffffffffu, s, o);
+    const int oi = __shfl_xor_sync(0xffffffffu, i, o);
+    if (worst ? better(s, i, os, oi) : better(os, oi, s, i)) {
+      s = os;
+      i = oi;
+    }
+  }
+}
+
 // Puts (s, j) into the sorted list in place of its last entry, then bubbles it up.
 template <int KL>
 __device__ __forceinline__ void list_insert(float (&ls)[KL], int (&li)[KL], float s, int j) {
@@ -136,15 +149,7 @@ __global__ void __launch_bounds__(kTopkMmaWarps * 32)
     for (int h = 0; h < 2; ++h) {
       float ws = ls[h][kQuadDepth - 1];
       int wi = li[h][kQuadDepth - 1];
-#pragma unroll
-      for (int o = 1; o <= 2; o <<= 1) {
-        const float os = __shfl_xor_sync(0xffffffffu, ws, o);
-        const int oi = __shfl_xor_sync(0xffffffffu, wi, o);
-        if (better(ws, wi, os, oi)) {
-          ws = os;
-          wi = oi;
-        }
-      }
+      quad_pick(ws, wi, /*worst=*/true);
       quad_s[h] = ws;
       quad_i[h] = wi;
       const bool quad_tighter = better(ws, wi, ls[h][KL - 1], li[h][KL - 1]);
@@ -191,15 +196,7 @@ __global__ void __launch_bounds__(kTopkMmaWarps * 32)
     for (int rnd = 0; rnd < KL; ++rnd) {
       float bs = ls[h][0];
       int bi = li[h][0];
-#pragma unroll
-      for (int o = 1; o <= 2; o <<= 1) {
-        const float os = __shfl_xor_sync(0xffffffffu, bs, o);
-        const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-        if (better(os, oi, bs, bi)) {
-          bs = os;
-          bi = oi;
-        }
-      }
+      quad_pick(bs, bi, /*worst=*/false);
       chosen[rnd] = bi;
       if (bi != INT_MAX && li[h][0] == bi) {  // block indices are unique: one thread pops
 #pragma unroll
