@@ -486,6 +486,9 @@ __global__ void __launch_bounds__(BK / 16 * 32)
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int grp = lane >> 2, tig = lane & 3;
   const int l16 = lane % 16;
+  // A block no query of this chunk selected: nothing to add to its dK/dV.
+  const int n_tiles = (end - begin + rows_q - 1) / rows_q;
+  if (n_tiles == 0) return;
 
   for (int c = threadIdx.x; c < BK * kChunks; c += kThreads) {
     const int row = c / kChunks, col = (c % kChunks) * 8;
@@ -526,8 +529,7 @@ __global__ void __launch_bounds__(BK / 16 * 32)
 #pragma unroll
     for (int c = 0; c < 4; ++c) dk_c[nt][c] = dv_c[nt][c] = 0.0f;
 
-  const int n_tiles = (end - begin + rows_q - 1) / rows_q;
-  if (n_tiles > 0) load_tile(0, 0);  // committed with K and V
+  load_tile(0, 0);  // committed with K and V
   for (int tile = 0; tile < n_tiles; ++tile) {
     const int buf = tile & 1;
     if (tile + 1 < n_tiles) {
