@@ -192,6 +192,8 @@ void msa_sparse_attention_forward(const Tensor& q, const Tensor& k, const Tensor
   check_dtype(out, q.dtype(), "msa_sparse_attention_forward: out");
   cuda::msa_sparse_attention_forward(q, k, v, sel.indices, sel.counts, scale, out, lse,
                                      &block_mass, dims);
+#else
+  (void)scale;  // unreachable: the check above refuses CPU tensors
 #endif
 }
 
@@ -224,6 +226,8 @@ IndexLossResult msa_index_loss_from_mass(const Tensor& block_mass, const BlockSe
       block_mass, sel.indices, sel.counts, iq, kbar, weight, diq, dkbar, dims);
   result.n_rows = sums.n_rows;
   result.loss = sums.n_rows > 0 ? sums.kl_sum / static_cast<double>(sums.n_rows) : 0.0;
+#else
+  (void)weight;  // unreachable: the check above refuses CPU tensors
 #endif
   return result;
 }
