@@ -1,6 +1,7 @@
-// Device-side random fills for CUDA tensors (fill_normal / fill_uniform): the same counter-based
-// values as the host path (core/rng.h), drawn where the tensor lives, so benchmark inputs of
-// billions of elements take milliseconds instead of minutes on the host.
+// Device-side random fills for benchmark inputs: the counter-based draws of core/rng.h computed
+// where the tensor lives, so billions of elements take milliseconds instead of minutes on the
+// host. Not bit-identical to fill_normal / fill_uniform (device logf / cosf), which is why those
+// keep drawing on the host.
 #pragma once
 
 #include <cstdint>

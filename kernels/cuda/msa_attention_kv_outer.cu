@@ -47,7 +47,6 @@ struct KvDims {
   int64_t S, H, G, K, r;
   int64_t nb;
   int64_t t0, t1;  // query chunk
-  int min_tiles = kMinTilesPerCta;
 };
 
 // ---- work lists ------------------------------------------------------------------------------
@@ -83,12 +82,12 @@ __global__ void list_fill_kernel(const int32_t* indices, const int32_t* counts,
 // Work items of the forward: a list's query tiles are cut into pieces of per_split tiles (at
 // least kMinTilesPerCta, so one K/V load serves many queries; at most kSplits pieces, so the
 // heavy early blocks spread over several CTAs). item_len[list] = its number of pieces.
-__device__ __forceinline__ int forward_per_split(int n_tiles, int min_tiles) {
-  return max(min_tiles, (n_tiles + kSplits - 1) / kSplits);
+__device__ __forceinline__ int forward_per_split(int n_tiles) {
+  return max(kMinTilesPerCta, (n_tiles + kSplits - 1) / kSplits);
 }
 
 __global__ void item_count_kernel(const int32_t* list_start, int32_t* item_len, int64_t lists,
-                                  int per_cta, int min_tiles) {
+                                  int per_cta) {
   const int64_t l = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (l > lists) return;
   if (l == lists) {  // the scan's last input: the total comes out at item_start[lists]
@@ -96,7 +95,7 @@ __global__ void item_count_kernel(const int32_t* list_start, int32_t* item_len, 
     return;
   }
   const int n_tiles = (list_start[l + 1] - list_start[l] + per_cta - 1) / per_cta;
-  const int per_split = forward_per_split(n_tiles, min_tiles);
+  const int per_split = forward_per_split(n_tiles);
   item_len[l] = (n_tiles + per_split - 1) / per_split;
 }
 
@@ -154,7 +153,7 @@ __global__ void __launch_bounds__(kWarps * 32)
   const int rows_q = 16 / r;  // queries per warp tile
   const int per_cta = kWarps * rows_q;
   const int n_tiles = (end - begin + per_cta - 1) / per_cta;
-  const int per_split = forward_per_split(n_tiles, a.min_tiles);
+  const int per_split = forward_per_split(n_tiles);
   const int split = item - item_start[list];
   const int tile_begin = split * per_split, tile_end = min(n_tiles, tile_begin + per_split);
 
@@ -405,14 +404,14 @@ void run_kv_outer(const Tensor& q, const Tensor& k, const Tensor& v, const Tenso
       MSA_CUDA_CHECK_LAUNCH("list_fill_kernel");
       const int per_cta = kWarps * static_cast<int>(16 / r);
       item_count_kernel<<<static_cast<unsigned>((lists + 256) / 256), 256>>>(
-          start.data<int32_t>(), len.data<int32_t>(), lists, per_cta, a.min_tiles);
+          start.data<int32_t>(), len.data<int32_t>(), lists, per_cta);
       MSA_CUDA_CHECK_LAUNCH("item_count_kernel");
       MSA_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(scan_tmp.raw_data(), scan_bytes,
                                                    len.data<int32_t>(), items.data<int32_t>(),
                                                    static_cast<int>(lists + 1)));
       // Items: each list has at most n_tiles / min_tiles + 1 of them and n_tiles <= entries /
       // per_cta + 1, so this bounds their total without reading it back.
-      const int64_t max_items = (rows * d.topk / per_cta + lists) / a.min_tiles + lists + 2;
+      const int64_t max_items = (rows * d.topk / per_cta + lists) / kMinTilesPerCta + lists + 2;
       kv_outer_forward_kernel<D, BK><<<static_cast<unsigned>(max_items), kWarps * 32, smem>>>(
           qb.data<bf16>(), kb.data<bf16>(), vb.data<bf16>(), start.data<int32_t>(),
           items.data<int32_t>(), lists, entries.data<int32_t>(), scale_log2, part.data<bf16>(),
