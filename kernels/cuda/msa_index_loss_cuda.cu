@@ -124,7 +124,6 @@ __global__ void sum_kl_kernel(const float* row_kl, int64_t rows, double* out) {
   }
 }
 
-
 // ---- dense-target mode ---------------------------------------------------------------------
 
 constexpr int kMassWarps = 4;

@@ -9,25 +9,17 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
-#include "core/cuda/random_fill.h"
 #include "core/tensor.h"
 #include "kernels/attention.h"
 #include "kernels/matmul.h"
 #include "launch/bench/bench.h"
+#include "launch/bench/device_inputs.h"
 #include "launch/bench/flags.h"
 #include "launch/bench/model_preset.h"
 #include "launch/bench/timing.h"
 
 namespace msa::bench {
 namespace {
-
-Tensor random_device(const Shape& s, uint64_t seed, DType dt = DType::kBF16) {
-  Tensor t = Tensor::empty(s, dt, Device::kCUDA);
-  // Drawn on the device: at 1M tokens the inputs are billions of elements.
-  cuda::random_fill_on_device(t.raw_data(), t.dtype(), t.numel(), cuda::RandomKind::kNormal, seed,
-                              0.0f, 1.0f);
-  return t;
-}
 
 }  // namespace
 

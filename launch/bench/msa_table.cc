@@ -9,24 +9,16 @@
 #include <string>
 
 #include "absl/flags/flag.h"
-#include "core/cuda/random_fill.h"
 #include "core/tensor.h"
 #include "kernels/attention.h"
 #include "kernels/msa.h"
 #include "launch/bench/bench.h"
+#include "launch/bench/device_inputs.h"
 #include "launch/bench/flags.h"
 #include "launch/bench/timing.h"
 
 namespace msa::bench {
 namespace {
-
-Tensor random_device(const Shape& s, uint64_t seed) {
-  Tensor t = Tensor::empty(s, DType::kBF16, Device::kCUDA);
-  // Drawn on the device: at 1M tokens the inputs are billions of elements.
-  cuda::random_fill_on_device(t.raw_data(), t.dtype(), t.numel(), cuda::RandomKind::kNormal, seed,
-                              0.0f, 1.0f);
-  return t;
-}
 
 // Keys attended by all (query, group) rows of the selection: sum over selected blocks of the
 // keys of the block at or before the query.

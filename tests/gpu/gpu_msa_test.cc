@@ -37,6 +37,16 @@ Tensor host(const Tensor& t) { return t.to(Device::kCPU).to(DType::kF32); }
 // Rounds to bf16 and back, so the CPU reference sees exactly the GPU's inputs.
 Tensor bf16_rounded(const Tensor& t) { return t.to(DType::kBF16).to(DType::kF32); }
 
+// Integers in [-spread, spread] (f32): index scores of such vectors are exact in any summation
+// order, so selections must agree bit for bit, ties included.
+Tensor small_integers(const Shape& s, uint64_t seed, int spread) {
+  Tensor t = Tensor::empty(s, DType::kF32);
+  for (int64_t i = 0; i < t.numel(); ++i)
+    t.data<float>()[i] = static_cast<float>(
+        static_cast<int>(philox4x32(seed, i).v[0] % (2 * spread + 1)) - spread);
+  return t;
+}
+
 TEST(GpuMsaTest, BlockPoolingMatchesCpu) {
   SKIP_WITHOUT_GPU();
   for (const Case& c : kCases) {
@@ -78,14 +88,9 @@ TEST(GpuMsaTest, TopkSelectionIdenticalToCpuForF32) {
     const Tensor kbar = random_tensor({c.batch, nb, c.G, c.dI}, seed++, DType::kF32);
     expect_same_selection(iq, kbar, c);
     // Small integers: many exact ties, which must go to the lower block on both.
-    auto ints = [&](const Shape& s) {
-      Tensor t = Tensor::empty(s, DType::kF32);
-      for (int64_t i = 0; i < t.numel(); ++i)
-        t.data<float>()[i] = static_cast<float>(static_cast<int>(philox4x32(seed, i).v[0] % 3) - 1);
-      ++seed;
-      return t;
-    };
-    expect_same_selection(ints({c.batch, c.T, c.G, c.dI}), ints({c.batch, nb, c.G, c.dI}), c);
+    const Tensor int_iq = small_integers({c.batch, c.T, c.G, c.dI}, seed++, 1);
+    const Tensor int_kbar = small_integers({c.batch, nb, c.G, c.dI}, seed++, 1);
+    expect_same_selection(int_iq, int_kbar, c);
   }
 }
 
@@ -105,18 +110,11 @@ TEST(GpuMsaTest, TopkTensorCoreBf16MatchesCpu) {
     const int64_t nb = msa_num_blocks(c.T, c.B);
     const std::string what = "T=" + std::to_string(c.T) + " dI=" + std::to_string(c.dI) +
                              " B=" + std::to_string(c.B) + " k=" + std::to_string(c.K);
-    auto ints = [&](const Shape& s) {
-      Tensor t = Tensor::empty(s, DType::kF32);
-      for (int64_t i = 0; i < t.numel(); ++i)
-        t.data<float>()[i] = static_cast<float>(static_cast<int>(philox4x32(seed, i).v[0] % 5) - 2);
-      ++seed;
-      return t;
-    };
     for (bool integer : {true, false}) {
-      const Tensor iq = integer ? ints({c.batch, c.T, c.G, c.dI})
+      const Tensor iq = integer ? small_integers({c.batch, c.T, c.G, c.dI}, seed++, 2)
                                 : bf16_rounded(random_tensor({c.batch, c.T, c.G, c.dI}, seed++,
                                                              DType::kF32));
-      const Tensor kbar = integer ? ints({c.batch, nb, c.G, c.dI})
+      const Tensor kbar = integer ? small_integers({c.batch, nb, c.G, c.dI}, seed++, 2)
                                   : bf16_rounded(random_tensor({c.batch, nb, c.G, c.dI}, seed++,
                                                                DType::kF32));
       BlockSelection cpu = BlockSelection::allocate(c.batch, c.T, c.G, c.B, c.K, Device::kCPU);
