@@ -19,8 +19,9 @@
 // Work lists: for each (sequence, group, key block), the queries that selected the block and the
 // slot they selected it in, built by a count / exclusive scan (CUB) / fill pass. Order inside a
 // list does not matter (each (query, slot) owns its partial), so the result is deterministic.
-// No wgmma / TMA yet: mma.sync reaches ~2/3 of Hopper's dense peak and needs no warpgroup
-// choreography; shared memory rows are padded by 16 bytes so ldmatrix is conflict-free.
+// This file's forward uses mma.sync (any sm_80+ GPU, head_dim 64/128, block 64/128; shared memory
+// rows padded by 16 bytes so ldmatrix is conflict-free); on Hopper at head_dim 128 / block 128 the
+// wgmma kernel of msa_attention_fwd_wgmma.cu replaces it (same lists, partials and combine).
 #include <cub/cub.cuh>
 
 #include <algorithm>
@@ -29,6 +30,7 @@
 
 #include "core/bf16.h"
 #include "core/cuda/cuda_check.h"
+#include "kernels/cuda/kv_outer_common.cuh"
 #include "kernels/cuda/mma_sm80.cuh"
 #include "kernels/cuda/msa_cuda.h"
 
@@ -36,18 +38,11 @@ namespace msa::cuda {
 namespace {
 
 constexpr int kWarps = 4;
-// A list's query tiles are shared by up to kSplits CTAs, each taking at least kMinTilesPerCta
-// consecutive tiles so the K/V load into shared memory is amortized; long lists (the early
-// blocks, selected by many queries) spread over more CTAs (docs/perf.md has the measurements).
-constexpr int kSplits = 16;
-constexpr int kMinTilesPerCta = 16;
+constexpr int kMinTilesPerCta = 16;  // of the mma.sync forward
 constexpr size_t kPartialBudgetBytes = size_t(4) << 30;
-
-struct KvDims {
-  int64_t S, H, G, K, r;
-  int64_t nb;
-  int64_t t0, t1;  // query chunk
-};
+using kv_outer::forward_per_split;
+using kv_outer::fragment_order_dim;
+using kv_outer::KvDims;
 
 // ---- work lists ------------------------------------------------------------------------------
 
@@ -80,14 +75,10 @@ __global__ void list_fill_kernel(const int32_t* indices, const int32_t* counts,
 }
 
 // Work items of the forward: a list's query tiles are cut into pieces of per_split tiles (at
-// least kMinTilesPerCta, so one K/V load serves many queries; at most kSplits pieces, so the
-// heavy early blocks spread over several CTAs). item_len[list] = its number of pieces.
-__device__ __forceinline__ int forward_per_split(int n_tiles) {
-  return max(kMinTilesPerCta, (n_tiles + kSplits - 1) / kSplits);
-}
-
+// least min_tiles, so one K/V load serves many queries; at most kSplits pieces, so the heavy
+// early blocks spread over several CTAs). item_len[list] = its number of pieces.
 __global__ void item_count_kernel(const int32_t* list_start, int32_t* item_len, int64_t lists,
-                                  int per_cta) {
+                                  int per_cta, int min_tiles) {
   const int64_t l = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (l > lists) return;
   if (l == lists) {  // the scan's last input: the total comes out at item_start[lists]
@@ -95,7 +86,7 @@ __global__ void item_count_kernel(const int32_t* list_start, int32_t* item_len, 
     return;
   }
   const int n_tiles = (list_start[l + 1] - list_start[l] + per_cta - 1) / per_cta;
-  const int per_split = forward_per_split(n_tiles);
+  const int per_split = forward_per_split(n_tiles, min_tiles);
   item_len[l] = (n_tiles + per_split - 1) / per_split;
 }
 
@@ -111,15 +102,6 @@ struct Smem {
   static constexpr size_t kQElems = size_t(2) * 16 * kLd;  // per warp
   static constexpr size_t kBytes = (kKvElems + kWarps * kQElems) * sizeof(bf16);
 };
-
-// Partial rows are stored in mma fragment order, so each thread writes its part of a row as one
-// contiguous run with 16-byte stores: element p = tig * (D / 4) + 2 nt + e holds dimension
-// 8 nt + 2 tig + e.
-template <int D>
-__device__ __forceinline__ int fragment_order_dim(int p) {
-  const int tig = p / (D / 4), w = p % (D / 4);
-  return (w / 2) * 8 + 2 * tig + (w & 1);
-}
 
 // grid.x >= the number of work items (item_start[lists]); CTA i finds its list by binary search
 // over item_start. Partial layout: [chunk rows (t - t0), G, K, r,
@@ -153,7 +135,7 @@ __global__ void __launch_bounds__(kWarps * 32)
   const int rows_q = 16 / r;  // queries per warp tile
   const int per_cta = kWarps * rows_q;
   const int n_tiles = (end - begin + per_cta - 1) / per_cta;
-  const int per_split = forward_per_split(n_tiles);
+  const int per_split = forward_per_split(n_tiles, kMinTilesPerCta);
   const int split = item - item_start[list];
   const int tile_begin = split * per_split, tile_end = min(n_tiles, tile_begin + per_split);
 
@@ -383,6 +365,8 @@ void run_kv_outer(const Tensor& q, const Tensor& k, const Tensor& v, const Tenso
   Tensor scan_tmp = Tensor::empty({static_cast<int64_t>(scan_bytes) + 1}, DType::kI32,
                                   Device::kCUDA);
   const float scale_log2 = static_cast<float>(scale * 1.4426950408889634);
+  // Head dim 128 and block size 128 on Hopper: the wgmma kernel (msa_attention_fwd_wgmma.cu).
+  const bool wgmma = D == 128 && BK == 128 && kv_outer::wgmma_available();
   for (int64_t b = 0; b < d.batch; ++b) {
     const Tensor qb = q.slice0(b, b + 1), kb = k.slice0(b, b + 1), vb = v.slice0(b, b + 1);
     for (int64_t t0 = 0; t0 < d.seq; t0 += chunk) {
@@ -402,21 +386,30 @@ void run_kv_outer(const Tensor& q, const Tensor& k, const Tensor& v, const Tenso
       list_fill_kernel<<<grid_rows, 256>>>(idx, cnt, start.data<int32_t>(),
                                            cursor.data<int32_t>(), entries.data<int32_t>(), 1, a);
       MSA_CUDA_CHECK_LAUNCH("list_fill_kernel");
-      const int per_cta = kWarps * static_cast<int>(16 / r);
+      const int per_cta =
+          wgmma ? kv_outer::wgmma_forward_queries_per_tile(r) : kWarps * static_cast<int>(16 / r);
+      const int min_tiles = wgmma ? kv_outer::kWgmmaMinTilesPerCta : kMinTilesPerCta;
       item_count_kernel<<<static_cast<unsigned>((lists + 256) / 256), 256>>>(
-          start.data<int32_t>(), len.data<int32_t>(), lists, per_cta);
+          start.data<int32_t>(), len.data<int32_t>(), lists, per_cta, min_tiles);
       MSA_CUDA_CHECK_LAUNCH("item_count_kernel");
       MSA_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(scan_tmp.raw_data(), scan_bytes,
                                                    len.data<int32_t>(), items.data<int32_t>(),
                                                    static_cast<int>(lists + 1)));
       // Items: each list has at most n_tiles / min_tiles + 1 of them and n_tiles <= entries /
       // per_cta + 1, so this bounds their total without reading it back.
-      const int64_t max_items = (rows * d.topk / per_cta + lists) / kMinTilesPerCta + lists + 2;
-      kv_outer_forward_kernel<D, BK><<<static_cast<unsigned>(max_items), kWarps * 32, smem>>>(
-          qb.data<bf16>(), kb.data<bf16>(), vb.data<bf16>(), start.data<int32_t>(),
-          items.data<int32_t>(), lists, entries.data<int32_t>(), scale_log2, part.data<bf16>(),
-          lse_part.data<float>(), a);
-      MSA_CUDA_CHECK_LAUNCH("kv_outer_forward_kernel");
+      const int64_t max_items = (rows * d.topk / per_cta + lists) / min_tiles + lists + 2;
+      if (wgmma) {
+        kv_outer::launch_wgmma_forward(qb.data<bf16>(), kb.data<bf16>(), vb.data<bf16>(),
+                                       start.data<int32_t>(), items.data<int32_t>(), lists,
+                                       entries.data<int32_t>(), scale_log2, part.data<bf16>(),
+                                       lse_part.data<float>(), a, max_items);
+      } else {
+        kv_outer_forward_kernel<D, BK><<<static_cast<unsigned>(max_items), kWarps * 32, smem>>>(
+            qb.data<bf16>(), kb.data<bf16>(), vb.data<bf16>(), start.data<int32_t>(),
+            items.data<int32_t>(), lists, entries.data<int32_t>(), scale_log2, part.data<bf16>(),
+            lse_part.data<float>(), a);
+        MSA_CUDA_CHECK_LAUNCH("kv_outer_forward_kernel");
+      }
       Tensor ob = out.slice0(b, b + 1), lb = lse.slice0(b, b + 1);
       float* mass = block_mass != nullptr ? block_mass->slice0(b, b + 1).data<float>() : nullptr;
       const int64_t warps = (a.t1 - a.t0) * d.heads;
@@ -715,6 +708,8 @@ void run_kv_outer_backward(const Tensor& dout, const Tensor& q, const Tensor& k,
                                                start.data<int32_t>(), static_cast<int>(lists + 1)));
   Tensor scan_tmp = Tensor::empty({static_cast<int64_t>(scan_bytes) + 1}, DType::kI32,
                                   Device::kCUDA);
+  // Head dim 128 and block size 128 on Hopper: the wgmma kernel (msa_attention_bwd_wgmma.cu).
+  const bool wgmma = D == 128 && BK == 128 && kv_outer::wgmma_available();
   for (int64_t b = 0; b < d.batch; ++b) {
     const int32_t* idx = indices.data<int32_t>() + b * d.seq * d.groups * d.topk;
     const int32_t* cnt = counts.data<int32_t>() + b * d.seq * d.groups;
@@ -740,11 +735,18 @@ void run_kv_outer_backward(const Tensor& dout, const Tensor& q, const Tensor& k,
       list_fill_kernel<<<grid_rows, 256>>>(idx, cnt, start.data<int32_t>(),
                                            cursor.data<int32_t>(), entries.data<int32_t>(), 1, a);
       MSA_CUDA_CHECK_LAUNCH("list_fill_kernel");
-      kv_outer_backward_kernel<D, BK><<<static_cast<unsigned>(lists), BK / 16 * 32, smem>>>(
-          qb, kb, vb, dob, lb, db, start.data<int32_t>(), entries.data<int32_t>(),
-          static_cast<float>(scale), part.data<bf16>(), dk_acc.data<float>(),
-          dv_acc.data<float>(), a);
-      MSA_CUDA_CHECK_LAUNCH("kv_outer_backward_kernel");
+      if (wgmma) {
+        kv_outer::launch_wgmma_backward(qb, kb, vb, dob, lb, db, start.data<int32_t>(),
+                                        entries.data<int32_t>(), static_cast<float>(scale),
+                                        part.data<bf16>(), dk_acc.data<float>(),
+                                        dv_acc.data<float>(), a, lists);
+      } else {
+        kv_outer_backward_kernel<D, BK><<<static_cast<unsigned>(lists), BK / 16 * 32, smem>>>(
+            qb, kb, vb, dob, lb, db, start.data<int32_t>(), entries.data<int32_t>(),
+            static_cast<float>(scale), part.data<bf16>(), dk_acc.data<float>(),
+            dv_acc.data<float>(), a);
+        MSA_CUDA_CHECK_LAUNCH("kv_outer_backward_kernel");
+      }
       const int64_t warps = (a.t1 - a.t0) * d.heads;
       dq_combine_kernel<D><<<static_cast<unsigned>((warps + 7) / 8), 256>>>(
           part.data<bf16>(), cnt, dq.data<bf16>() + b * d.seq * d.heads * D, a);

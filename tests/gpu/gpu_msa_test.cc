@@ -398,7 +398,9 @@ TEST(GpuMsaTest, KvOuterTensorCoreForwardMatchesCpu) {
   const std::vector<Case> cases = {{2, 700, 8, 2, 128, 32, 64, 4},
                                    {1, 1000, 8, 8, 64, 32, 128, 3},
                                    {1, 777, 16, 2, 128, 16, 128, 5},
-                                   {1, 640, 4, 2, 64, 16, 64, 16}};  // k >= n_b: dense
+                                   {1, 640, 4, 2, 64, 16, 64, 16},  // k >= n_b: dense
+                                   // head_dim 128, B 128, r = 4: the wgmma forward on Hopper
+                                   {1, 2100, 16, 4, 128, 32, 128, 8}};
   uint64_t seed = 9100;
   for (const Case& c : cases) {
     for (const char* chunk : {"", "128"}) {
@@ -452,6 +454,14 @@ TEST(GpuMsaTest, KvOuterTensorCoreForwardMatchesCpu) {
       unsetenv("MSA_SPARSE_ATTENTION");
       EXPECT_LT(max_scaled_diff(host(gout), host(rout)), 2e-2) << "vs reference kernel " << what;
       EXPECT_LT(max_scaled_diff(hm, host(rmass)), 1e-2) << "mass vs reference kernel " << what;
+      // And through the mma.sync KV-outer forward (on Hopper, d 128 / B 128 run wgmma above).
+      setenv("MSA_KV_OUTER_WGMMA", "0", 1);
+      Tensor sout = Tensor::empty(q.shape(), DType::kBF16, Device::kCUDA);
+      Tensor slse = Tensor::empty(lse.shape(), DType::kF32, Device::kCUDA);
+      msa_sparse_attention_forward(gq, gk, gv, gsel, scale, sout, slse);
+      unsetenv("MSA_KV_OUTER_WGMMA");
+      EXPECT_LT(max_scaled_diff(host(gout), host(sout)), 2e-2) << "vs mma.sync kernel " << what;
+      EXPECT_LT(max_scaled_diff(host(glse), host(slse)), 1e-4) << "lse vs mma.sync " << what;
 
       // Backward: dQ, dK, dV against the CPU (the CPU's own forward output and lse) and against
       // the first-generation kernel.

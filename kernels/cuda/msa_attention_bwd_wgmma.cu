@@ -1,0 +1,239 @@
+// Block-sparse attention backward, KV-outer, on Hopper warpgroup MMAs (wgmma, sm_90a), for
+// head_dim 128 and block size 128: the same work lists, dQ partial rows and dq_combine as the
+// mma.sync kernel in msa_attention_kv_outer.cu (its comment above kv_outer_backward_kernel gives
+// the math).
+//
+// Why: the mma.sync backward runs one CTA of 8 warps per SM at 255 registers, re-reading K_j, V_j
+// and every tile operand through ldmatrix for each 16-key warp slice; ncu showed the shared-memory
+// pipe, not the tensor cores, as its limit (~120 TFLOP/s). Here each warpgroup's MMAs read shared
+// memory once per 64 x N tile.
+//
+// Layout: CTA = 2 warpgroups; warpgroup w owns keys 64 w .. 64 w + 63 of block j (the M rows of
+// its MMAs) and keeps dK_w, dV_w (64 keys x 128 dims, f32) in registers for the whole list. For
+// each tile of 64 query rows (64 / r queries x r heads; Q, dO, lse, D double-buffered by cp.async):
+//   S^T_w  = K_w Q^T      wgmma m64n64k16   A = K_w, B = Q        (shared, K-major)
+//   dP^T_w = V_w dO^T     wgmma m64n64k16   A = V_w, B = dO       (shared, K-major)
+//   P^T = exp(scale S^T - lse), dS^T = P^T (dP^T - D)            (registers)
+//   dV_w  += P^T dO       wgmma m64n128k16  A = P^T (registers), B = dO (shared, MN-major)
+//   dK_w  += dS^T Q       wgmma m64n128k16  A = dS^T (registers), B = Q (shared, MN-major)
+//   dS^T -> shared memory as dS [rows][keys] (stmatrix .trans), then both warpgroups:
+//   dQ[:, 64 w ..] = dS K_j   wgmma m64n64k16  A = dS, B = K_j (shared, MN-major)
+// Every operand sits in shared memory in the one 128-byte-swizzled tile layout of wgmma_sm90.cuh;
+// the MN-major reads need no transposed copies. dK/dV of a key have one writer (this CTA): no
+// global atomics; a (query, slot)'s dQ goes to its own partial row.
+#include <cuda_runtime.h>
+
+#include "core/cuda/cuda_check.h"
+#include "kernels/cuda/kv_outer_common.cuh"
+#include "kernels/cuda/mma_sm80.cuh"
+#include "kernels/cuda/wgmma_sm90.cuh"
+
+namespace msa::cuda::kv_outer {
+namespace {
+
+constexpr int kD = 128, kBK = 128, kRows = 64;
+constexpr int kThreads = 256;  // two warpgroups
+constexpr uint32_t kKvBytes = kBK * kD * 2;      // K_j or V_j: 32 KB
+constexpr uint32_t kTileBytes = kRows * kD * 2;  // Q or dO of one tile: 16 KB
+constexpr uint32_t kDsBytes = kRows * kBK * 2;   // dS: 16 KB
+// K, V | 2 x (Q, dO) | dS | 2 x (lse, D, last key) per row
+constexpr uint32_t kStatsOffset = 2 * kKvBytes + 4 * kTileBytes + kDsBytes;
+constexpr size_t kSmemBytes = kStatsOffset + 2 * 3 * kRows * 4 + 1024;
+
+__global__ void __launch_bounds__(kThreads, 1)
+    wgmma_backward_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k,
+                          const bf16* __restrict__ v, const bf16* __restrict__ dout,
+                          const float* __restrict__ lse, const float* __restrict__ dsum,
+                          const int32_t* __restrict__ list_start,
+                          const int32_t* __restrict__ entries, float scale,
+                          bf16* __restrict__ dq_part, float* __restrict__ dk_acc,
+                          float* __restrict__ dv_acc, KvDims a) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  extern __shared__ unsigned char smem_raw[];
+  unsigned char* smem = reinterpret_cast<unsigned char*>(
+      (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  unsigned char* ks = smem;
+  unsigned char* vs = smem + kKvBytes;
+  unsigned char* tiles = smem + 2 * kKvBytes;  // [buf][Q, dO]
+  unsigned char* ds_s = tiles + 4 * kTileBytes;
+  float* stats = reinterpret_cast<float*>(smem + kStatsOffset);  // [buf][lse, D, limit][row]
+  const float scale_log2 = scale * 1.4426950408889634f;
+
+  // Heavy lists first: blockIdx.x enumerates j slowest.
+  const int64_t g = blockIdx.x % a.G, j = blockIdx.x / a.G;
+  const int64_t list = g * a.nb + j;
+  const int32_t begin = list_start[list], end = list_start[list + 1];
+  const int r = static_cast<int>(a.r), rows_q = kRows / r;
+  const int n_tiles = (end - begin + rows_q - 1) / rows_q;
+  if (n_tiles == 0) return;  // no query of this chunk selected block j
+  const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
+  const int grp = lane >> 2, tig = lane & 3;
+
+  for (int c = threadIdx.x; c < kBK * (kD / 8); c += kThreads) {
+    const int row = c / (kD / 8), col = (c % (kD / 8)) * 8;
+    const int64_t s = j * kBK + row;
+    const int64_t off = ((s < a.S ? s : 0) * a.G + g) * kD + col;
+    cp_async_16(ks + sw128_offset(kBK, row, col), k + off, s < a.S);
+    cp_async_16(vs + sw128_offset(kBK, row, col), v + off, s < a.S);
+  }
+  auto load_tile = [&](int tile, int buf) {
+    const int e0 = begin + tile * rows_q;
+    unsigned char* qs = tiles + buf * 2 * kTileBytes;
+    unsigned char* dos = qs + kTileBytes;
+    for (int c = threadIdx.x; c < kRows * (kD / 8); c += kThreads) {
+      const int R = c / (kD / 8), col = (c % (kD / 8)) * 8;
+      const int e = e0 + R / r;
+      const bool valid = e < end;
+      const int64_t t = valid ? (entries[e] >> 5) : 0;
+      const int64_t off = (t * a.H + g * r + R % r) * kD + col;
+      cp_async_16(qs + sw128_offset(kRows, R, col), q + off, valid);
+      cp_async_16(dos + sw128_offset(kRows, R, col), dout + off, valid);
+    }
+    if (threadIdx.x < kRows) {
+      const int R = threadIdx.x, e = e0 + R / r;
+      const bool valid = e < end;
+      const int64_t t = valid ? (entries[e] >> 5) : 0, h = g * r + R % r;
+      float* st = stats + buf * 3 * kRows;
+      cp_async_4(st + R, lse + h * a.S + t, valid);
+      cp_async_4(st + kRows + R, dsum + h * a.S + t, valid);
+      reinterpret_cast<int*>(st + 2 * kRows)[R] =
+          valid ? static_cast<int>(min(t, a.S - 1) - j * kBK) : -1;
+    }
+    cp_async_commit();
+  };
+
+  float dk_c[64], dv_c[64];
+#pragma unroll
+  for (int i = 0; i < 64; ++i) dk_c[i] = dv_c[i] = 0.0f;
+  const uint32_t kw_off = wg * 64 * 128;  // this warpgroup's 64 keys inside K_j / V_j tiles
+  load_tile(0, 0);  // committed with K and V
+  for (int tile = 0; tile < n_tiles; ++tile) {
+    const int buf = tile & 1;
+    cp_async_wait<0>();
+    fence_proxy_async();
+    __syncthreads();  // this tile from every thread; the previous tile's MMAs all complete
+    if (tile + 1 < n_tiles) load_tile(tile + 1, buf ^ 1);
+    unsigned char* qs = tiles + buf * 2 * kTileBytes;
+    unsigned char* dos = qs + kTileBytes;
+    const float* st = stats + buf * 3 * kRows;
+
+    // S^T_w and dP^T_w: 64 keys x 64 rows each.
+    float sc[32], dp[32];
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < kD / 16; ++kk) {
+      const uint32_t kv_step = (kk / 4) * kBK * 128 + (kk % 4) * 32 + kw_off;
+      const uint32_t t_step = (kk / 4) * kRows * 128 + (kk % 4) * 32;
+      wgmma_m64n64k16_ss<0>(sc, sw128_desc(ks + kv_step), sw128_desc(qs + t_step), kk > 0);
+      wgmma_m64n64k16_ss<0>(dp, sw128_desc(vs + kv_step), sw128_desc(dos + t_step), kk > 0);
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_operands(sc);
+    fence_operands(dp);
+
+    // P^T and dS^T. Accumulator element i: key 64 wg + 16 warp + grp + 8 ((i / 2) & 1), tile row
+    // 8 (i / 4) + 2 tig + (i & 1).
+    const int key0 = 64 * wg + 16 * warp + grp;
+#pragma unroll
+    for (int i = 0; i < 32; ++i) {
+      const int R = 8 * (i / 4) + 2 * tig + (i & 1);
+      const int key = key0 + 8 * ((i / 2) & 1);
+      const float p = key <= reinterpret_cast<const int*>(st + 2 * kRows)[R]
+                          ? fast_exp2(fmaf(sc[i], scale_log2, -st[R] * 1.4426950408889634f))
+                          : 0.0f;
+      sc[i] = p;
+      dp[i] = p * (dp[i] - st[kRows + R]);
+    }
+    uint32_t pa[4][4], da[4][4];
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      const float(&p_lo)[4] = *reinterpret_cast<const float(*)[4]>(sc + 8 * kk);
+      const float(&p_hi)[4] = *reinterpret_cast<const float(*)[4]>(sc + 8 * kk + 4);
+      const float(&d_lo)[4] = *reinterpret_cast<const float(*)[4]>(dp + 8 * kk);
+      const float(&d_hi)[4] = *reinterpret_cast<const float(*)[4]>(dp + 8 * kk + 4);
+      c_to_a_fragment(pa[kk], p_lo, p_hi);
+      c_to_a_fragment(da[kk], d_lo, d_hi);
+    }
+    // dS [rows][keys] for dQ: matrix m of stmatrix k-step kk is tile rows 8 (2 kk + m / 2) ..,
+    // keys 64 wg + 16 warp + 8 (m % 2) ..; lane l addresses row l % 8 of matrix l / 8.
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      const int m = lane / 8;
+      const int R = 8 * (2 * kk + m / 2) + lane % 8;
+      stmatrix_x4_trans(ds_s + sw128_offset(kRows, R, 64 * wg + 16 * warp + 8 * (m % 2)), da[kk]);
+    }
+    // dV_w += P^T dO, dK_w += dS^T Q: B = the tile read MN-major (k-step = 16 rows = 2048 bytes,
+    // 64-dim tiles 64 x 128 bytes apart).
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      wgmma_m64n128k16_rs<1>(dv_c, pa[kk], sw128_desc(dos + kk * 2048, kRows * 128), 1);
+      wgmma_m64n128k16_rs<1>(dk_c, da[kk], sw128_desc(qs + kk * 2048, kRows * 128), 1);
+    }
+    wgmma_commit();
+    fence_proxy_async();
+    __syncthreads();  // dS from both warpgroups
+    // dQ[:, 64 wg .. 64 wg + 63] = dS K_j: A = dS (K-major), B = K_j's dims 64 wg .. read
+    // MN-major (k-step = 16 keys = 2048 bytes).
+    float qc[32];
+#pragma unroll
+    for (int kk = 0; kk < kBK / 16; ++kk)
+      wgmma_m64n64k16_ss<1>(qc, sw128_desc(ds_s + (kk / 4) * kRows * 128 + (kk % 4) * 32),
+                            sw128_desc(ks + wg * kBK * 128 + kk * 2048, kBK * 128), kk > 0);
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_operands(qc);
+    fence_operands(dv_c);
+    fence_operands(dk_c);
+    fence_operands(pa);
+    fence_operands(da);
+
+    // dQ rows: tile row 16 warp + grp + 8 h, dims 64 wg + 8 (i / 4) + 2 tig (+1).
+    const int e0 = begin + tile * rows_q;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int R = 16 * warp + grp + 8 * h;
+      const int e = e0 + R / r;
+      if (e >= end) continue;
+      const int32_t entry = entries[e];
+      const int64_t t = entry >> 5, slot = entry & 31;
+      const int64_t prow = (((t - a.t0) * a.G + g) * a.K + slot) * a.r + R % r;
+      bf16* dst = dq_part + prow * kD + 64 * wg + 2 * tig;
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt)
+        *reinterpret_cast<uint32_t*>(dst + 8 * nt) =
+            pack_bf16(qc[4 * nt + 2 * h] * scale, qc[4 * nt + 2 * h + 1] * scale);
+    }
+  }
+  // This warpgroup's 64 keys: add into the f32 accumulators (this CTA is their only writer).
+#pragma unroll
+  for (int i = 0; i < 64; ++i) {
+    const int64_t s = j * kBK + 64 * wg + 16 * warp + grp + 8 * ((i / 2) & 1);
+    if (s >= a.S) continue;
+    const int64_t off = (s * a.G + g) * kD + 8 * (i / 4) + 2 * tig + (i & 1);
+    dk_acc[off] += dk_c[i] * scale;
+    dv_acc[off] += dv_c[i];
+  }
+#endif
+}
+
+}  // namespace
+
+void launch_wgmma_backward(const bf16* q, const bf16* k, const bf16* v, const bf16* dout,
+                           const float* lse, const float* dsum, const int32_t* list_start,
+                           const int32_t* entries, float scale, bf16* dq_part, float* dk_acc,
+                           float* dv_acc, const KvDims& a, int64_t lists) {
+  static bool configured = false;
+  if (!configured) {
+    MSA_CUDA_CHECK(cudaFuncSetAttribute(wgmma_backward_kernel,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(kSmemBytes)));
+    configured = true;
+  }
+  wgmma_backward_kernel<<<static_cast<unsigned>(lists), kThreads, kSmemBytes>>>(
+      q, k, v, dout, lse, dsum, list_start, entries, scale, dq_part, dk_acc, dv_acc, a);
+  MSA_CUDA_CHECK_LAUNCH("wgmma_backward_kernel");
+}
+
+}  // namespace msa::cuda::kv_outer
