@@ -41,8 +41,9 @@ bool wgmma_available();
 // minimum tiles per CTA.
 int wgmma_forward_queries_per_tile(int64_t r);
 constexpr int kWgmmaMinTilesPerCta = 16;
+// item_list[i]: the list of work item i (item_start: each list's first item).
 void launch_wgmma_forward(const bf16* q, const bf16* k, const bf16* v, const int32_t* list_start,
-                          const int32_t* item_start, int64_t lists, const int32_t* entries,
+                          const int32_t* item_start, const int32_t* item_list, int64_t lists, const int32_t* entries,
                           float scale_log2, bf16* part, float* lse_part, const KvDims& a,
                           int64_t max_items);
 // One CTA per list (lists = G x n_b); dk_acc/dv_acc f32 [S, G, 128] accumulate across chunks.

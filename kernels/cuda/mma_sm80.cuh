@@ -90,6 +90,14 @@ __device__ __forceinline__ void cp_async_4(void* dst, const void* src, bool vali
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
                "r"(valid ? 4 : 0));
 }
+// A 4-byte global load issued exactly here (volatile asm keeps the compiler from sinking it to its
+// use): for values read a tile ahead, so their latency hides behind that tile's work.
+__device__ __forceinline__ int32_t ldg_issue_here(const int32_t* p) {
+  int32_t v;
+  asm volatile("ld.global.nc.b32 %0, [%1];\n" : "=r"(v) : "l"(p));
+  return v;
+}
+
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n"); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {

@@ -10,7 +10,7 @@
 //
 // Layout: CTA = 2 warpgroups; warpgroup w owns keys 64 w .. 64 w + 63 of block j (the M rows of
 // its MMAs) and keeps dK_w, dV_w (64 keys x 128 dims, f32) in registers for the whole list. For
-// each tile of 64 query rows (64 / r queries x r heads; Q, dO, lse, D double-buffered by cp.async):
+// each tile of 64 query rows (64 / r queries x r heads; Q, dO, lse, D in a 3-stage cp.async ring):
 //   S^T_w  = K_w Q^T      wgmma m64n64k16   A = K_w, B = Q        (shared, K-major)
 //   dP^T_w = V_w dO^T     wgmma m64n64k16   A = V_w, B = dO       (shared, K-major)
 //   P^T = exp(scale S^T - lse), dS^T = P^T (dP^T - D)            (registers)
@@ -36,9 +36,12 @@ constexpr int kThreads = 256;  // two warpgroups
 constexpr uint32_t kKvBytes = kBK * kD * 2;      // K_j or V_j: 32 KB
 constexpr uint32_t kTileBytes = kRows * kD * 2;  // Q or dO of one tile: 16 KB
 constexpr uint32_t kDsBytes = kRows * kBK * 2;   // dS: 16 KB
-// K, V | 2 x (Q, dO) | dS | 2 x (lse, D, last key) per row
-constexpr uint32_t kStatsOffset = 2 * kKvBytes + 4 * kTileBytes + kDsBytes;
-constexpr size_t kSmemBytes = kStatsOffset + 2 * 3 * kRows * 4 + 1024;
+// Tiles in flight: tile u + 2 loads while u computes (two were not enough: the tile-start wait
+// for cp.async data was the second-largest stall).
+constexpr int kStages = 3;
+// K, V | kStages x (Q, dO) | dS | kStages x (lse, D, last key) per row
+constexpr uint32_t kStatsOffset = 2 * kKvBytes + kStages * 2 * kTileBytes + kDsBytes;
+constexpr size_t kSmemBytes = kStatsOffset + kStages * 3 * kRows * 4 + 1024;
 
 __global__ void __launch_bounds__(kThreads, 1)
     wgmma_backward_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k,
@@ -54,8 +57,8 @@ __global__ void __launch_bounds__(kThreads, 1)
       (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
   unsigned char* ks = smem;
   unsigned char* vs = smem + kKvBytes;
-  unsigned char* tiles = smem + 2 * kKvBytes;  // [buf][Q, dO]
-  unsigned char* ds_s = tiles + 4 * kTileBytes;
+  unsigned char* tiles = smem + 2 * kKvBytes;  // [stage][Q, dO]
+  unsigned char* ds_s = tiles + kStages * 2 * kTileBytes;
   float* stats = reinterpret_cast<float*>(smem + kStatsOffset);  // [buf][lse, D, limit][row]
   const float scale_log2 = scale * 1.4426950408889634f;
 
@@ -76,43 +79,58 @@ __global__ void __launch_bounds__(kThreads, 1)
     cp_async_16(ks + sw128_offset(kBK, row, col), k + off, s < a.S);
     cp_async_16(vs + sw128_offset(kBK, row, col), v + off, s < a.S);
   }
-  auto load_tile = [&](int tile, int buf) {
-    const int e0 = begin + tile * rows_q;
+  // Threads 4 R .. 4 R + 3 copy tile row R (Q and dO, alternate 16-byte pieces; the first of them
+  // also lse, D and the row's last attended key of this block, -1 for padding rows), so a thread
+  // needs one work-list entry per tile, read a tile ahead of its use (ncu: global-load latency,
+  // long scoreboard, was the largest stall).
+  const int my_row = threadIdx.x / 4;
+  auto row_entry = [&](int tile) -> int32_t {
+    const int e = begin + tile * rows_q + my_row / r;
+    return tile < n_tiles && e < end ? ldg_issue_here(entries + e) : -1;
+  };
+  auto load_tile = [&](int32_t entry, int buf) {
     unsigned char* qs = tiles + buf * 2 * kTileBytes;
     unsigned char* dos = qs + kTileBytes;
-    for (int c = threadIdx.x; c < kRows * (kD / 8); c += kThreads) {
-      const int R = c / (kD / 8), col = (c % (kD / 8)) * 8;
-      const int e = e0 + R / r;
-      const bool valid = e < end;
-      const int64_t t = valid ? (entries[e] >> 5) : 0;
-      const int64_t off = (t * a.H + g * r + R % r) * kD + col;
-      cp_async_16(qs + sw128_offset(kRows, R, col), q + off, valid);
-      cp_async_16(dos + sw128_offset(kRows, R, col), dout + off, valid);
+    const bool valid = entry >= 0;
+    const int64_t t = valid ? entry >> 5 : 0, h = g * r + my_row % r;
+    const int64_t off = (t * a.H + h) * kD;
+#pragma unroll
+    for (int it = 0; it < kD / 32; ++it) {
+      const int col = ((threadIdx.x & 3) + 4 * it) * 8;
+      cp_async_16(qs + sw128_offset(kRows, my_row, col), q + off + col, valid);
+      cp_async_16(dos + sw128_offset(kRows, my_row, col), dout + off + col, valid);
     }
-    if (threadIdx.x < kRows) {
-      const int R = threadIdx.x, e = e0 + R / r;
-      const bool valid = e < end;
-      const int64_t t = valid ? (entries[e] >> 5) : 0, h = g * r + R % r;
+    if ((threadIdx.x & 3) == 0) {
       float* st = stats + buf * 3 * kRows;
-      cp_async_4(st + R, lse + h * a.S + t, valid);
-      cp_async_4(st + kRows + R, dsum + h * a.S + t, valid);
-      reinterpret_cast<int*>(st + 2 * kRows)[R] =
+      cp_async_4(st + my_row, lse + h * a.S + t, valid);
+      cp_async_4(st + kRows + my_row, dsum + h * a.S + t, valid);
+      reinterpret_cast<int*>(st + 2 * kRows)[my_row] =
           valid ? static_cast<int>(min(t, a.S - 1) - j * kBK) : -1;
     }
     cp_async_commit();
+  };
+  // This thread's dQ rows 16 warp + grp and + 8: their entries, read at the tile's start.
+  auto dq_entry = [&](int tile, int h) -> int32_t {
+    const int e = begin + tile * rows_q + (16 * warp + grp + 8 * h) / r;
+    return e < end ? ldg_issue_here(entries + e) : -1;
   };
 
   float dk_c[64], dv_c[64];
 #pragma unroll
   for (int i = 0; i < 64; ++i) dk_c[i] = dv_c[i] = 0.0f;
   const uint32_t kw_off = wg * 64 * 128;  // this warpgroup's 64 keys inside K_j / V_j tiles
-  load_tile(0, 0);  // committed with K and V
+  load_tile(row_entry(0), 0);  // committed with K and V
+  if (n_tiles > 1) load_tile(row_entry(1), 1); else cp_async_commit();
+  int32_t entry_next = row_entry(2);
   for (int tile = 0; tile < n_tiles; ++tile) {
-    const int buf = tile & 1;
-    cp_async_wait<0>();
+    const int buf = tile % kStages;
+    cp_async_wait<1>();  // this tile's group (tile + 1's may still be in flight)
     fence_proxy_async();
     __syncthreads();  // this tile from every thread; the previous tile's MMAs all complete
-    if (tile + 1 < n_tiles) load_tile(tile + 1, buf ^ 1);
+    if (tile + 2 < n_tiles) load_tile(entry_next, (tile + 2) % kStages);
+    else cp_async_commit();  // an empty group keeps the wait count uniform
+    entry_next = row_entry(tile + 3);
+    const int32_t dq_rows[2] = {dq_entry(tile, 0), dq_entry(tile, 1)};
     unsigned char* qs = tiles + buf * 2 * kTileBytes;
     unsigned char* dos = qs + kTileBytes;
     const float* st = stats + buf * 3 * kRows;
@@ -190,14 +208,11 @@ __global__ void __launch_bounds__(kThreads, 1)
     fence_operands(da);
 
     // dQ rows: tile row 16 warp + grp + 8 h, dims 64 wg + 8 (i / 4) + 2 tig (+1).
-    const int e0 = begin + tile * rows_q;
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int R = 16 * warp + grp + 8 * h;
-      const int e = e0 + R / r;
-      if (e >= end) continue;
-      const int32_t entry = entries[e];
-      const int64_t t = entry >> 5, slot = entry & 31;
+      if (dq_rows[h] < 0) continue;
+      const int64_t t = dq_rows[h] >> 5, slot = dq_rows[h] & 31;
       const int64_t prow = (((t - a.t0) * a.G + g) * a.K + slot) * a.r + R % r;
       bf16* dst = dq_part + prow * kD + 64 * wg + 2 * tig;
 #pragma unroll
@@ -206,14 +221,24 @@ __global__ void __launch_bounds__(kThreads, 1)
             pack_bf16(qc[4 * nt + 2 * h] * scale, qc[4 * nt + 2 * h + 1] * scale);
     }
   }
-  // This warpgroup's 64 keys: add into the f32 accumulators (this CTA is their only writer).
+  // This warpgroup's 64 keys into the f32 accumulators (this CTA is their only writer in this
+  // chunk; the first chunk stores, later ones add), two adjacent dims per 8-byte access.
+  const bool first_chunk = a.t0 == 0;
 #pragma unroll
-  for (int i = 0; i < 64; ++i) {
+  for (int i = 0; i < 64; i += 2) {
     const int64_t s = j * kBK + 64 * wg + 16 * warp + grp + 8 * ((i / 2) & 1);
     if (s >= a.S) continue;
-    const int64_t off = (s * a.G + g) * kD + 8 * (i / 4) + 2 * tig + (i & 1);
-    dk_acc[off] += dk_c[i] * scale;
-    dv_acc[off] += dv_c[i];
+    const int64_t off = (s * a.G + g) * kD + 8 * (i / 4) + 2 * tig;
+    float2 dkv = make_float2(dk_c[i] * scale, dk_c[i + 1] * scale);
+    float2 dvv = make_float2(dv_c[i], dv_c[i + 1]);
+    float2* dkp = reinterpret_cast<float2*>(dk_acc + off);
+    float2* dvp = reinterpret_cast<float2*>(dv_acc + off);
+    if (!first_chunk) {
+      const float2 k0 = *dkp, v0 = *dvp;
+      dkv.x += k0.x, dkv.y += k0.y, dvv.x += v0.x, dvv.y += v0.y;
+    }
+    *dkp = dkv;
+    *dvp = dvv;
   }
 #endif
 }

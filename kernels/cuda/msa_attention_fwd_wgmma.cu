@@ -46,7 +46,8 @@ constexpr size_t kSmemBytes = 2 * kKvTileBytes + 2 * kQTileBytes + 1024;
 __global__ void __launch_bounds__(kThreads, 2)
     wgmma_forward_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k,
                          const bf16* __restrict__ v, const int32_t* __restrict__ list_start,
-                         const int32_t* __restrict__ item_start, int64_t lists,
+                         const int32_t* __restrict__ item_start,
+                         const int32_t* __restrict__ item_list, int64_t lists,
                          const int32_t* __restrict__ entries, float scale_log2,
                          bf16* __restrict__ part, float* __restrict__ lse_part, KvDims a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -62,12 +63,7 @@ __global__ void __launch_bounds__(kThreads, 2)
 
   const int32_t item = static_cast<int32_t>(blockIdx.x);
   if (item >= item_start[lists]) return;
-  int64_t lo = 0, hi = lists;  // the last list whose first item is <= item
-  while (hi - lo > 1) {
-    const int64_t mid = (lo + hi) / 2;
-    if (item_start[mid] <= item) lo = mid; else hi = mid;
-  }
-  const int64_t list = lo;
+  const int64_t list = item_list[item];
   const int64_t j = list % a.nb, g = (list / a.nb) % a.G, b = list / (a.nb * a.G);
   const int32_t begin = list_start[list], end = list_start[list + 1];
   const int r = static_cast<int>(a.r);
@@ -115,21 +111,36 @@ __global__ void __launch_bounds__(kThreads, 2)
     }
   }
 
-  auto load_q = [&](int u, int buf) {
-    const int e0 = begin + u * rows_q;
+  // Thread pair (2 R, 2 R + 1) copies tile row R, alternate 16-byte pieces (each pair reads whole
+  // 32-byte sectors), so a thread needs one work-list entry per tile. Entries are read a tile
+  // ahead of their use: a global load's latency otherwise stalls every tile twice (ncu: long
+  // scoreboard was the largest stall).
+  const int my_row = threadIdx.x / 2;
+  auto row_entry = [&](int u) -> int32_t {
+    const int e = begin + u * rows_q + my_row / r;
+    return u < u_end && e < end ? ldg_issue_here(entries + e) : -1;
+  };
+  auto load_q = [&](int32_t entry, int buf) {
+    const bool valid = entry >= 0;
+    const bf16* src = q + ((b * a.S + (valid ? entry >> 5 : 0)) * a.H + g * r + my_row % r) *
+                              static_cast<int64_t>(kD);
     unsigned char* dst = qs + buf * kQTileBytes;
-    for (int i = threadIdx.x; i < kTileRows * (kD / 8); i += kThreads) {
-      const int R = i / (kD / 8), col = (i % (kD / 8)) * 8;
-      const int e = e0 + R / r;
-      const bool valid = e < end;
-      const int64_t t = valid ? (entries[e] >> 5) : 0;
-      cp_async_16(dst + sw128_offset(kTileRows, R, col),
-                  q + ((b * a.S + t) * a.H + g * r + R % r) * static_cast<int64_t>(kD) + col,
-                  valid);
+#pragma unroll
+    for (int it = 0; it < kD / 16; ++it) {
+      const int col = ((threadIdx.x & 1) + 2 * it) * 8;
+      cp_async_16(dst + sw128_offset(kTileRows, my_row, col), src + col, valid);
     }
     cp_async_commit();
   };
-  if (u_begin < u_end) load_q(u_begin, 0);
+  int32_t q_entry = row_entry(u_begin);  // my_row's entry in the tile being loaded
+  if (u_begin < u_end) load_q(q_entry, 0);
+  int32_t q_entry_next = row_entry(u_begin + 1);
+  // This thread's accumulator rows R0 = 16 warp + grp and R0 + 8: their entries, a tile ahead.
+  auto info_entry = [&](int u, int h) -> int32_t {
+    const int e = begin + u * rows_q + (16 * warp + grp + 8 * h) / r;
+    return u < u_end && e < end ? ldg_issue_here(entries + e) : -1;
+  };
+  int32_t info_next[2] = {info_entry(u_begin, 0), info_entry(u_begin, 1)};
   cp_async_wait<0>();
   fence_proxy_async();
   __syncthreads();  // K_j, V_j^T from every thread
@@ -145,7 +156,13 @@ __global__ void __launch_bounds__(kThreads, 2)
       fence_proxy_async();
       __syncthreads();  // this tile's rows from every thread; the previous tile done
     }
-    if (u + 1 < u_end) load_q(u + 1, buf ^ 1);
+    const int32_t my_entry = q_entry;  // this tile's, for the partial-row stores
+    if (u + 1 < u_end) load_q(q_entry_next, buf ^ 1);
+    q_entry = q_entry_next;
+    q_entry_next = row_entry(u + 2);
+    const int32_t info[2] = {info_next[0], info_next[1]};
+    info_next[0] = info_entry(u + 1, 0);
+    info_next[1] = info_entry(u + 1, 1);
 
     // S = Q K_j^T.
     const uint64_t q_desc = sw128_desc(qs + buf * kQTileBytes);
@@ -162,19 +179,16 @@ __global__ void __launch_bounds__(kThreads, 2)
     fence_operands(sc);
 
     // This thread's rows R0 = 16 warp + grp, R1 = R0 + 8: query, slot, head.
-    const int e0 = begin + u * rows_q;
     int64_t t_row[2];
     int slot_row[2], head_row[2];
     bool valid_row[2];
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      const int R = 16 * warp + grp + 8 * h;
-      const int e = e0 + R / r;
-      valid_row[h] = e < end;
-      const int32_t entry = valid_row[h] ? entries[e] : 0;
+      valid_row[h] = info[h] >= 0;
+      const int32_t entry = valid_row[h] ? info[h] : 0;
       t_row[h] = entry >> 5;
       slot_row[h] = entry & 31;
-      head_row[h] = R % r;
+      head_row[h] = (16 * warp + grp + 8 * h) % r;
     }
     // Causal mask and sequence end: only where some row of the warp needs it.
     int lim[2];
@@ -228,23 +242,41 @@ __global__ void __launch_bounds__(kThreads, 2)
     fence_operands(oc);
     fence_operands(pa);
 
-    // Block-normalized partial output (fragment order, 16-byte stores) and the block's
-    // log-sum-exp.
+    // Block-normalized partial rows (fragment order: this thread's 32 values of row R are its
+    // contiguous elements tig * 32 ..), staged in this tile's Q buffer, free once S is done, so the
+    // global stores below cover whole 32-byte sectors (direct 16-byte stores from the fragments
+    // half-filled 32 sectors per instruction and were the kernel's largest stall). Chunk c of
+    // staged row R sits at c ^ (R % 8): conflict-free both ways.
+    unsigned char* stage = qs + buf * kQTileBytes;
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      if (!valid_row[h]) continue;
-      const int64_t prow =
-          (((t_row[h] - a.t0) * a.G + g) * a.K + slot_row[h]) * a.r + head_row[h];
+      const int R = 16 * warp + grp + 8 * h;
       const float inv = 1.0f / sum[h];
-      bf16* dst = part + prow * kD + tig * (kD / 4);
 #pragma unroll
       for (int nt = 0; nt < kD / 8; nt += 4) {
         const float* o = oc + 4 * nt + 2 * h;
-        *reinterpret_cast<uint4*>(dst + 2 * nt) =
+        const int c = tig * 4 + nt / 4;
+        *reinterpret_cast<uint4*>(stage + R * 256 + ((c ^ (R & 7)) << 4)) =
             make_uint4(pack_bf16(o[0] * inv, o[1] * inv), pack_bf16(o[4] * inv, o[5] * inv),
                        pack_bf16(o[8] * inv, o[9] * inv), pack_bf16(o[12] * inv, o[13] * inv));
       }
-      if (tig == 0) lse_part[prow] = (mxs[h] + log2f(sum[h])) * 0.69314718056f;
+      if (tig == 0 && valid_row[h]) {
+        const int64_t prow =
+            (((t_row[h] - a.t0) * a.G + g) * a.K + slot_row[h]) * a.r + head_row[h];
+        lse_part[prow] = (mxs[h] + __log2f(sum[h])) * 0.69314718056f;
+      }
+    }
+    __syncthreads();
+    if (my_entry >= 0) {
+      const int64_t prow = (((static_cast<int64_t>(my_entry >> 5) - a.t0) * a.G + g) * a.K +
+                            (my_entry & 31)) * a.r + my_row % r;
+      bf16* dst = part + prow * kD;
+#pragma unroll
+      for (int it = 0; it < kD / 16; ++it) {
+        const int c = (threadIdx.x & 1) + 2 * it;
+        *reinterpret_cast<uint4*>(dst + c * 8) =
+            *reinterpret_cast<const uint4*>(stage + my_row * 256 + ((c ^ (my_row & 7)) << 4));
+      }
     }
   }
 #endif
@@ -272,7 +304,7 @@ bool wgmma_available() {
 int wgmma_forward_queries_per_tile(int64_t r) { return static_cast<int>(kTileRows / r); }
 
 void launch_wgmma_forward(const bf16* q, const bf16* k, const bf16* v, const int32_t* list_start,
-                          const int32_t* item_start, int64_t lists, const int32_t* entries,
+                          const int32_t* item_start, const int32_t* item_list, int64_t lists, const int32_t* entries,
                           float scale_log2, bf16* part, float* lse_part, const KvDims& a,
                           int64_t max_items) {
   static bool configured = false;
@@ -283,7 +315,7 @@ void launch_wgmma_forward(const bf16* q, const bf16* k, const bf16* v, const int
     configured = true;
   }
   wgmma_forward_kernel<<<static_cast<unsigned>(max_items), kThreads, kSmemBytes>>>(
-      q, k, v, list_start, item_start, lists, entries, scale_log2, part, lse_part, a);
+      q, k, v, list_start, item_start, item_list, lists, entries, scale_log2, part, lse_part, a);
   MSA_CUDA_CHECK_LAUNCH("wgmma_forward_kernel");
 }
 

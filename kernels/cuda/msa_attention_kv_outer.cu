@@ -90,6 +90,14 @@ __global__ void item_count_kernel(const int32_t* list_start, int32_t* item_len, 
   item_len[l] = (n_tiles + per_split - 1) / per_split;
 }
 
+// item_list[i] = the list of work item i, so a CTA finds its list with one load (a binary search
+// over item_start cost ~15 dependent global loads per CTA).
+__global__ void item_list_kernel(const int32_t* item_start, int32_t* item_list, int64_t lists) {
+  const int64_t l = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (l >= lists) return;
+  for (int32_t i = item_start[l]; i < item_start[l + 1]; ++i) item_list[i] = static_cast<int32_t>(l);
+}
+
 // ---- the attention kernel --------------------------------------------------------------------
 
 // Shared memory: K_j and V_j (BK x D each) for the whole CTA, and per warp two 16-row Q tiles
@@ -103,14 +111,15 @@ struct Smem {
   static constexpr size_t kBytes = (kKvElems + kWarps * kQElems) * sizeof(bf16);
 };
 
-// grid.x >= the number of work items (item_start[lists]); CTA i finds its list by binary search
-// over item_start. Partial layout: [chunk rows (t - t0), G, K, r,
+// grid.x >= the number of work items (item_start[lists]); CTA i works on list item_list[i].
+// Partial layout: [chunk rows (t - t0), G, K, r,
 // D (fragment order)] bf16 and lse_part [chunk rows, G, K, r] f32.
 template <int D, int BK>
 __global__ void __launch_bounds__(kWarps * 32)
     kv_outer_forward_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k,
                             const bf16* __restrict__ v, const int32_t* __restrict__ list_start,
-                            const int32_t* __restrict__ item_start, int64_t lists,
+                            const int32_t* __restrict__ item_start,
+                            const int32_t* __restrict__ item_list, int64_t lists,
                             const int32_t* __restrict__ entries, float scale_log2,
                             bf16* __restrict__ part, float* __restrict__ lse_part, KvDims a) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -123,12 +132,7 @@ __global__ void __launch_bounds__(kWarps * 32)
   bf16* qs = vs + BK * kLd + warp * Smem<D, BK>::kQElems;
   const int32_t item = static_cast<int32_t>(blockIdx.x);
   if (item >= item_start[lists]) return;
-  int64_t lo = 0, hi = lists;  // the last list whose first item is <= item
-  while (hi - lo > 1) {
-    const int64_t mid = (lo + hi) / 2;
-    if (item_start[mid] <= item) lo = mid; else hi = mid;
-  }
-  const int64_t list = lo;
+  const int64_t list = item_list[item];
   const int64_t j = list % a.nb, g = (list / a.nb) % a.G, b = list / (a.nb * a.G);
   const int32_t begin = list_start[list], end = list_start[list + 1];
   const int r = static_cast<int>(a.r);
@@ -367,6 +371,15 @@ void run_kv_outer(const Tensor& q, const Tensor& k, const Tensor& v, const Tenso
   const float scale_log2 = static_cast<float>(scale * 1.4426950408889634);
   // Head dim 128 and block size 128 on Hopper: the wgmma kernel (msa_attention_fwd_wgmma.cu).
   const bool wgmma = D == 128 && BK == 128 && kv_outer::wgmma_available();
+  const int per_cta =
+      wgmma ? kv_outer::wgmma_forward_queries_per_tile(r) : kWarps * static_cast<int>(16 / r);
+  const int min_tiles = wgmma ? kv_outer::kWgmmaMinTilesPerCta : kMinTilesPerCta;
+  // Items: each list has at most n_tiles / min_tiles + 1 of them and n_tiles <= entries /
+  // per_cta + 1, so this bounds their total without reading it back.
+  auto items_bound = [&](int64_t rows) -> int64_t {
+    return (rows * d.topk / per_cta + lists) / min_tiles + lists + 2;
+  };
+  Tensor item_list = Tensor::empty(Shape{items_bound(chunk * d.groups)}, DType::kI32, Device::kCUDA);
   for (int64_t b = 0; b < d.batch; ++b) {
     const Tensor qb = q.slice0(b, b + 1), kb = k.slice0(b, b + 1), vb = v.slice0(b, b + 1);
     for (int64_t t0 = 0; t0 < d.seq; t0 += chunk) {
@@ -386,27 +399,27 @@ void run_kv_outer(const Tensor& q, const Tensor& k, const Tensor& v, const Tenso
       list_fill_kernel<<<grid_rows, 256>>>(idx, cnt, start.data<int32_t>(),
                                            cursor.data<int32_t>(), entries.data<int32_t>(), 1, a);
       MSA_CUDA_CHECK_LAUNCH("list_fill_kernel");
-      const int per_cta =
-          wgmma ? kv_outer::wgmma_forward_queries_per_tile(r) : kWarps * static_cast<int>(16 / r);
-      const int min_tiles = wgmma ? kv_outer::kWgmmaMinTilesPerCta : kMinTilesPerCta;
       item_count_kernel<<<static_cast<unsigned>((lists + 256) / 256), 256>>>(
           start.data<int32_t>(), len.data<int32_t>(), lists, per_cta, min_tiles);
       MSA_CUDA_CHECK_LAUNCH("item_count_kernel");
       MSA_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(scan_tmp.raw_data(), scan_bytes,
                                                    len.data<int32_t>(), items.data<int32_t>(),
                                                    static_cast<int>(lists + 1)));
-      // Items: each list has at most n_tiles / min_tiles + 1 of them and n_tiles <= entries /
-      // per_cta + 1, so this bounds their total without reading it back.
-      const int64_t max_items = (rows * d.topk / per_cta + lists) / min_tiles + lists + 2;
+      const int64_t max_items = items_bound(rows);
+      item_list_kernel<<<static_cast<unsigned>((lists + 255) / 256), 256>>>(
+          items.data<int32_t>(), item_list.data<int32_t>(), lists);
+      MSA_CUDA_CHECK_LAUNCH("item_list_kernel");
       if (wgmma) {
         kv_outer::launch_wgmma_forward(qb.data<bf16>(), kb.data<bf16>(), vb.data<bf16>(),
-                                       start.data<int32_t>(), items.data<int32_t>(), lists,
+                                       start.data<int32_t>(), items.data<int32_t>(),
+                                       item_list.data<int32_t>(), lists,
                                        entries.data<int32_t>(), scale_log2, part.data<bf16>(),
                                        lse_part.data<float>(), a, max_items);
       } else {
         kv_outer_forward_kernel<D, BK><<<static_cast<unsigned>(max_items), kWarps * 32, smem>>>(
             qb.data<bf16>(), kb.data<bf16>(), vb.data<bf16>(), start.data<int32_t>(),
-            items.data<int32_t>(), lists, entries.data<int32_t>(), scale_log2, part.data<bf16>(),
+            items.data<int32_t>(), item_list.data<int32_t>(), lists, entries.data<int32_t>(),
+            scale_log2, part.data<bf16>(),
             lse_part.data<float>(), a);
         MSA_CUDA_CHECK_LAUNCH("kv_outer_forward_kernel");
       }
