@@ -49,7 +49,8 @@ __global__ void __launch_bounds__(kThreads, 2)
                          const int32_t* __restrict__ item_start,
                          const int32_t* __restrict__ item_list, int64_t lists,
                          const int32_t* __restrict__ entries, float scale_log2,
-                         bf16* __restrict__ part, float* __restrict__ lse_part, KvDims a) {
+                         bf16* __restrict__ part, float* __restrict__ lse_part, KvDims a,
+                         int min_tiles) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   extern __shared__ unsigned char smem_raw[];
   // sw128 tiles must start 1024-byte aligned.
@@ -69,7 +70,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   const int r = static_cast<int>(a.r);
   const int rows_q = kTileRows / r;  // queries per tile
   const int n_tiles = (end - begin + rows_q - 1) / rows_q;
-  const int per_split = forward_per_split(n_tiles, kWgmmaMinTilesPerCta);
+  const int per_split = forward_per_split(n_tiles, min_tiles);
   const int split = item - item_start[list];
   const int u_begin = split * per_split, u_end = min(n_tiles, u_begin + per_split);
 
@@ -132,9 +133,10 @@ __global__ void __launch_bounds__(kThreads, 2)
     }
     cp_async_commit();
   };
-  int32_t q_entry = row_entry(u_begin);  // my_row's entry in the tile being loaded
-  if (u_begin < u_end) load_q(q_entry, 0);
-  int32_t q_entry_next = row_entry(u_begin + 1);
+  // my_row's entries of tiles u, u + 1 (loaded or loading) and u + 2 (read a tile ahead).
+  int32_t entry_u = row_entry(u_begin);
+  if (u_begin < u_end) load_q(entry_u, 0);
+  int32_t entry_u1 = row_entry(u_begin + 1), entry_u2 = row_entry(u_begin + 2);
   // This thread's accumulator rows R0 = 16 warp + grp and R0 + 8: their entries, a tile ahead.
   auto info_entry = [&](int u, int h) -> int32_t {
     const int e = begin + u * rows_q + (16 * warp + grp + 8 * h) / r;
@@ -143,29 +145,15 @@ __global__ void __launch_bounds__(kThreads, 2)
   int32_t info_next[2] = {info_entry(u_begin, 0), info_entry(u_begin, 1)};
   cp_async_wait<0>();
   fence_proxy_async();
-  __syncthreads();  // K_j, V_j^T from every thread
+  __syncthreads();  // K_j, V_j^T and the first Q tile from every thread
+  if (u_begin + 1 < u_end) load_q(entry_u1, 1);
 
   const uint64_t k_desc = sw128_desc(ks), vt_desc = sw128_desc(vts);
-  float sc[64], oc[64];
-#pragma unroll
-  for (int i = 0; i < 64; ++i) sc[i] = oc[i] = 0.0f;
-  int buf = 0;
-  for (int u = u_begin; u < u_end; ++u, buf ^= 1) {
-    if (u != u_begin) {
-      cp_async_wait<0>();
-      fence_proxy_async();
-      __syncthreads();  // this tile's rows from every thread; the previous tile done
-    }
-    const int32_t my_entry = q_entry;  // this tile's, for the partial-row stores
-    if (u + 1 < u_end) load_q(q_entry_next, buf ^ 1);
-    q_entry = q_entry_next;
-    q_entry_next = row_entry(u + 2);
-    const int32_t info[2] = {info_next[0], info_next[1]};
-    info_next[0] = info_entry(u + 1, 0);
-    info_next[1] = info_entry(u + 1, 1);
-
-    // S = Q K_j^T.
-    const uint64_t q_desc = sw128_desc(qs + buf * kQTileBytes);
+  // S = Q K_j^T of the tile in buffer qbuf. Each tile's S runs on the tensor cores while the
+  // previous tile's partial rows are copied out; issue and wait stay in one loop iteration, no
+  // branch between them (else ptxas inserts a wait right after the issue: warning C7517).
+  auto issue_s = [&](float (&sc)[64], int qbuf) {
+    const uint64_t q_desc = sw128_desc(qs + qbuf * kQTileBytes);
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < kD / 16; ++kk) {
@@ -175,8 +163,20 @@ __global__ void __launch_bounds__(kThreads, 2)
       wgmma_m64n128k16_ss<0>(sc, q_desc + step, k_desc + kstep, kk > 0);
     }
     wgmma_commit();
-    wgmma_wait<0>();
-    fence_operands(sc);
+  };
+  float sc[64], oc[64];
+#pragma unroll
+  for (int i = 0; i < 64; ++i) sc[i] = oc[i] = 0.0f;
+  issue_s(sc, 0);  // a work item has at least one tile
+  wgmma_wait<0>();
+  fence_operands(sc);
+  int buf = 0;
+  for (int u = u_begin; u < u_end; ++u, buf ^= 1) {
+    const int32_t my_entry = entry_u;  // this tile's, for the partial-row stores
+    const int32_t entry_u3 = row_entry(u + 3);
+    const int32_t info[2] = {info_next[0], info_next[1]};
+    info_next[0] = info_entry(u + 1, 0);
+    info_next[1] = info_entry(u + 1, 1);
 
     // This thread's rows R0 = 16 warp + grp, R1 = R0 + 8: query, slot, head.
     int64_t t_row[2];
@@ -266,7 +266,11 @@ __global__ void __launch_bounds__(kThreads, 2)
         lse_part[prow] = (mxs[h] + __log2f(sum[h])) * 0.69314718056f;
       }
     }
-    __syncthreads();
+    cp_async_wait<0>();
+    fence_proxy_async();
+    __syncthreads();  // staged rows complete; tile u + 1's Q rows from every thread
+    // The next tile's S (after the last tile: a harmless product of the idle buffer, never read).
+    issue_s(sc, buf ^ 1);
     if (my_entry >= 0) {
       const int64_t prow = (((static_cast<int64_t>(my_entry >> 5) - a.t0) * a.G + g) * a.K +
                             (my_entry & 31)) * a.r + my_row % r;
@@ -278,6 +282,13 @@ __global__ void __launch_bounds__(kThreads, 2)
             *reinterpret_cast<const uint4*>(stage + my_row * 256 + ((c ^ (my_row & 7)) << 4));
       }
     }
+    __syncthreads();  // every thread done with this buffer: tile u + 2 loads into it
+    if (u + 2 < u_end) load_q(entry_u2, buf);
+    entry_u = entry_u1;
+    entry_u1 = entry_u2;
+    entry_u2 = entry_u3;
+    wgmma_wait<0>();
+    fence_operands(sc);
   }
 #endif
 }
@@ -306,7 +317,7 @@ int wgmma_forward_queries_per_tile(int64_t r) { return static_cast<int>(kTileRow
 void launch_wgmma_forward(const bf16* q, const bf16* k, const bf16* v, const int32_t* list_start,
                           const int32_t* item_start, const int32_t* item_list, int64_t lists, const int32_t* entries,
                           float scale_log2, bf16* part, float* lse_part, const KvDims& a,
-                          int64_t max_items) {
+                          int64_t max_items, int min_tiles) {
   static bool configured = false;
   if (!configured) {
     MSA_CUDA_CHECK(cudaFuncSetAttribute(wgmma_forward_kernel,
@@ -315,7 +326,8 @@ void launch_wgmma_forward(const bf16* q, const bf16* k, const bf16* v, const int
     configured = true;
   }
   wgmma_forward_kernel<<<static_cast<unsigned>(max_items), kThreads, kSmemBytes>>>(
-      q, k, v, list_start, item_start, item_list, lists, entries, scale_log2, part, lse_part, a);
+      q, k, v, list_start, item_start, item_list, lists, entries, scale_log2, part, lse_part, a,
+      min_tiles);
   MSA_CUDA_CHECK_LAUNCH("wgmma_forward_kernel");
 }
 
