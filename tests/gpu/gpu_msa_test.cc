@@ -494,5 +494,43 @@ TEST(GpuMsaTest, KvOuterTensorCoreForwardMatchesCpu) {
   }
 }
 
+// The Hopper wgmma kernels (head_dim 128, block 128) against the mma.sync KV-outer kernels on
+// the same device inputs, forward and backward, at a size small enough for compute-sanitizer's
+// racecheck (scripts/gpu_session.sh sanitize). On other GPUs both runs take the mma.sync path.
+TEST(GpuMsaTest, WgmmaKernelsMatchMmaSync) {
+  SKIP_WITHOUT_GPU();
+  const int64_t T = 600, H = 8, G = 2, d = 128, dI = 32;
+  const int B = 128, K = 3;
+  const int64_t nb = msa_num_blocks(T, B);
+  uint64_t seed = 9400;
+  auto rnd = [&](const Shape& s) { return random_tensor(s, seed++, DType::kF32); };
+  const Tensor gq = dev(rnd({1, T, H, d}), DType::kBF16), gk = dev(rnd({1, T, G, d}), DType::kBF16),
+               gv = dev(rnd({1, T, G, d}), DType::kBF16), gdout = dev(rnd({1, T, H, d}), DType::kBF16);
+  Tensor iq = rnd({1, T, G, dI}), kbar = rnd({1, nb, G, dI});
+  BlockSelection sel = BlockSelection::allocate(1, T, G, B, K, Device::kCPU);
+  msa_index_topk(iq, kbar, sel);
+  sel.indices = sel.indices.to(Device::kCUDA);
+  sel.counts = sel.counts.to(Device::kCUDA);
+  const double scale = 1.0 / std::sqrt(static_cast<double>(d));
+  auto run = [&](bool wgmma) {
+    if (!wgmma) setenv("MSA_KV_OUTER_WGMMA", "0", 1);
+    std::vector<Tensor> r = {Tensor::empty(gq.shape(), DType::kBF16, Device::kCUDA),
+                             Tensor::empty({1, H, T}, DType::kF32, Device::kCUDA),
+                             Tensor::empty(gq.shape(), DType::kBF16, Device::kCUDA),
+                             Tensor::empty(gk.shape(), DType::kBF16, Device::kCUDA),
+                             Tensor::empty(gv.shape(), DType::kBF16, Device::kCUDA)};
+    for (Tensor& x : r) x.fill_(std::nan(""));
+    msa_sparse_attention_forward(gq, gk, gv, sel, scale, r[0], r[1]);
+    msa_sparse_attention_backward(gdout, gq, gk, gv, r[0], r[1], sel, scale, r[2], r[3], r[4]);
+    unsetenv("MSA_KV_OUTER_WGMMA");
+    return r;
+  };
+  const std::vector<Tensor> fast = run(true), ref = run(false);
+  const char* names[5] = {"out", "lse", "dq", "dk", "dv"};
+  const double tol[5] = {2e-2, 1e-4, 3e-2, 3e-2, 3e-2};
+  for (int i = 0; i < 5; ++i)
+    EXPECT_LT(max_scaled_diff(host(fast[i]), host(ref[i])), tol[i]) << names[i];
+}
+
 }  // namespace
 }  // namespace msa
