@@ -53,8 +53,7 @@ __global__ void __launch_bounds__(kThreads, 1)
                           float* __restrict__ dv_acc, KvDims a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   extern __shared__ unsigned char smem_raw[];
-  unsigned char* smem = reinterpret_cast<unsigned char*>(
-      (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  unsigned char* smem = sw128_align(smem_raw);
   unsigned char* ks = smem;
   unsigned char* vs = smem + kKvBytes;
   unsigned char* tiles = smem + 2 * kKvBytes;  // [stage][Q, dO]

@@ -53,9 +53,7 @@ __global__ void __launch_bounds__(kThreads, 2)
                          int min_tiles) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   extern __shared__ unsigned char smem_raw[];
-  // sw128 tiles must start 1024-byte aligned.
-  unsigned char* smem = reinterpret_cast<unsigned char*>(
-      (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  unsigned char* smem = sw128_align(smem_raw);
   unsigned char* ks = smem;
   unsigned char* vts = smem + kKvTileBytes;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;

@@ -25,6 +25,14 @@ __device__ __forceinline__ uint32_t sw128_offset(int rows, int row, int col) {
                                (col & 7) * 2);
 }
 
+// The first 1024-byte-aligned address of a shared-memory buffer (sw128 tiles must start there).
+// Offsetting the __shared__ pointer itself keeps the compiler's knowledge that it is shared memory:
+// a round trip through an integer made every access through it a generic load or store (ncu:
+// LD.E.128 with long-scoreboard stalls where LDS.128 was meant).
+__device__ __forceinline__ unsigned char* sw128_align(unsigned char* smem) {
+  return smem + ((1024 - (smem_addr(smem) & 1023)) & 1023);
+}
+
 // Descriptor of a sw128 operand starting at p: start address, leading byte offset, stride byte
 // offset 1024 (between 8-row groups), swizzle mode 1 (128 bytes). K-major operands (rows along
 // M/N, 64-column tiles along K) ignore the leading offset. MN-major operands (the same tiles read
