@@ -38,7 +38,7 @@ namespace {
 constexpr int kTopkMmaWarps = 8;
 constexpr int kQueriesPerCta = kTopkMmaWarps * 16;
 constexpr int kChunkBlocks = 64;  // block keys per shared-memory stage
-constexpr int kQueue = 6;         // queued candidates per thread and row
+constexpr int kQueue = 12;        // queued candidates per thread and row (6: ~3% slower)
 
 __device__ __forceinline__ bool better(float sa, int ia, float sb, int ib) {
   return sa > sb || (sa == sb && ia < ib);
