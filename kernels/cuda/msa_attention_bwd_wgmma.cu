@@ -198,6 +198,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     // dQ[:, 64 wg .. 64 wg + 63] = dS K_j: A = dS (K-major), B = K_j's dims 64 wg .. read
     // MN-major (k-step = 16 keys = 2048 bytes).
     float qc[32];
+    wgmma_fence();  // qc's registers: last read by the previous tile's stores
 #pragma unroll
     for (int kk = 0; kk < kBK / 16; ++kk)
       wgmma_m64n64k16_ss<1>(qc, sw128_desc(ds_s + (kk / 4) * kRows * 128 + (kk % 4) * 32),
@@ -225,7 +226,9 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
   }
   // This warpgroup's 64 keys into the f32 accumulators (this CTA is their only writer in this
-  // chunk; the first chunk stores, later ones add), two adjacent dims per 8-byte access.
+  // chunk; the first chunk stores, later ones add), two adjacent dims per 8-byte access. Blocks no
+  // query of the first chunk selected return early and store nothing: the host's zeroing of
+  // dk_acc/dv_acc before the chunks is what makes them start at 0.
   const bool first_chunk = a.t0 == 0;
 #pragma unroll
   for (int i = 0; i < 64; i += 2) {
@@ -243,6 +246,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     *dkp = dkv;
     *dvp = dvv;
   }
+#else
+  __trap();  // never chosen without sm_90a code (wgmma_available)
 #endif
 }
 
@@ -252,13 +257,9 @@ void launch_wgmma_backward(const bf16* q, const bf16* k, const bf16* v, const bf
                            const float* lse, const float* dsum, const int32_t* list_start,
                            const int32_t* entries, float scale, bf16* dq_part, float* dk_acc,
                            float* dv_acc, const KvDims& a, int64_t lists) {
-  static bool configured = false;
-  if (!configured) {
-    MSA_CUDA_CHECK(cudaFuncSetAttribute(wgmma_backward_kernel,
-                                        cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        static_cast<int>(kSmemBytes)));
-    configured = true;
-  }
+  MSA_CUDA_CHECK(cudaFuncSetAttribute(wgmma_backward_kernel,
+                                      cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      static_cast<int>(kSmemBytes)));
   wgmma_backward_kernel<<<static_cast<unsigned>(lists), kThreads, kSmemBytes>>>(
       q, k, v, dout, lse, dsum, list_start, entries, scale, dq_part, dk_acc, dv_acc, a);
   MSA_CUDA_CHECK_LAUNCH("wgmma_backward_kernel");

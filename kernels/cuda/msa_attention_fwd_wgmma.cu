@@ -288,26 +288,46 @@ __global__ void __launch_bounds__(kThreads, 2)
     wgmma_wait<0>();
     fence_operands(sc);
   }
+#else
+  __trap();  // never chosen without sm_90a code (wgmma_available)
 #endif
 }
 
 }  // namespace
 
+// Writes 1 only where this binary's code for the device carries the sm_90a features: an sm_90
+// (no "a") or a JIT-compiled PTX build reports the same binaryVersion, 90, but compiles the wgmma
+// kernels to their trapping #else branch.
+__global__ void wgmma_probe_kernel(int* flag) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  *flag = 1;
+#else
+  *flag = 0;
+#endif
+}
+
 bool wgmma_available() {
   const char* env = std::getenv("MSA_KV_OUTER_WGMMA");
   if (env != nullptr && std::strcmp(env, "0") == 0) return false;
-  static const bool available = [] {
-    int dev = 0, major = 0, minor = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess) return false;
-    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
-    cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
-    cudaFuncAttributes attr{};
-    // binaryVersion 90: the kernel was compiled for sm_90(a) (an sm_80-only build runs it as an
-    // empty body, so never choose it there).
-    if (cudaFuncGetAttributes(&attr, wgmma_forward_kernel) != cudaSuccess) return false;
-    return major == 9 && minor == 0 && attr.binaryVersion == 90;
-  }();
-  return available;
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return false;
+  constexpr int kMaxDevices = 64;
+  static int known[kMaxDevices] = {};  // per device: 0 not probed, 1 available, 2 not
+  if (dev < kMaxDevices && known[dev] != 0) return known[dev] == 1;
+  int major = 0;
+  MSA_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+  int result = 0;
+  if (major == 9) {
+    int* flag = nullptr;
+    MSA_CUDA_CHECK(cudaMalloc(&flag, sizeof(int)));
+    MSA_CUDA_CHECK(cudaMemset(flag, 0, sizeof(int)));
+    wgmma_probe_kernel<<<1, 1>>>(flag);
+    MSA_CUDA_CHECK_LAUNCH("wgmma_probe_kernel");
+    MSA_CUDA_CHECK(cudaMemcpy(&result, flag, sizeof(int), cudaMemcpyDeviceToHost));
+    MSA_CUDA_CHECK(cudaFree(flag));
+  }
+  if (dev < kMaxDevices) known[dev] = result == 1 ? 1 : 2;
+  return result == 1;
 }
 
 int wgmma_forward_queries_per_tile(int64_t r) { return static_cast<int>(kTileRows / r); }
@@ -316,13 +336,10 @@ void launch_wgmma_forward(const bf16* q, const bf16* k, const bf16* v, const int
                           const int32_t* item_start, const int32_t* item_list, int64_t lists, const int32_t* entries,
                           float scale_log2, bf16* part, float* lse_part, const KvDims& a,
                           int64_t max_items, int min_tiles) {
-  static bool configured = false;
-  if (!configured) {
-    MSA_CUDA_CHECK(cudaFuncSetAttribute(wgmma_forward_kernel,
-                                        cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        static_cast<int>(kSmemBytes)));
-    configured = true;
-  }
+  // Per call: the attribute belongs to the current device (a host call of microseconds).
+  MSA_CUDA_CHECK(cudaFuncSetAttribute(wgmma_forward_kernel,
+                                      cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      static_cast<int>(kSmemBytes)));
   wgmma_forward_kernel<<<static_cast<unsigned>(max_items), kThreads, kSmemBytes>>>(
       q, k, v, list_start, item_start, item_list, lists, entries, scale_log2, part, lse_part, a,
       min_tiles);

@@ -353,13 +353,10 @@ void run_kv_outer(const Tensor& q, const Tensor& k, const Tensor& v, const Tenso
                   Tensor* block_mass, const cpu::MsaDims& d) {
   const int64_t r = d.heads / d.groups, nb = d.num_blocks();
   const size_t smem = Smem<D, BK>::kBytes;
-  static bool configured = false;
-  if (!configured) {
-    MSA_CUDA_CHECK(cudaFuncSetAttribute(kv_outer_forward_kernel<D, BK>,
-                                        cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        static_cast<int>(smem)));
-    configured = true;
-  }
+  // Per call: the attribute belongs to the current device (a host call of microseconds).
+  MSA_CUDA_CHECK(cudaFuncSetAttribute(kv_outer_forward_kernel<D, BK>,
+                                      cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      static_cast<int>(smem)));
   // Query chunks: the partial buffer holds (chunk rows x G x K x r x D) bf16.
   const size_t per_query = static_cast<size_t>(d.groups * d.topk * r * D * sizeof(bf16));
   int64_t chunk = std::max<int64_t>(BK, static_cast<int64_t>(kPartialBudgetBytes / per_query));
@@ -722,13 +719,10 @@ void run_kv_outer_backward(const Tensor& dout, const Tensor& q, const Tensor& k,
                            Tensor& dk, Tensor& dv, const cpu::MsaDims& d) {
   const int64_t r = d.heads / d.groups, nb = d.num_blocks();
   const size_t smem = BwdSmem<D, BK>::kBytes;
-  static bool configured = false;
-  if (!configured) {
-    MSA_CUDA_CHECK(cudaFuncSetAttribute(kv_outer_backward_kernel<D, BK>,
-                                        cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        static_cast<int>(smem)));
-    configured = true;
-  }
+  // Per call: the attribute belongs to the current device (a host call of microseconds).
+  MSA_CUDA_CHECK(cudaFuncSetAttribute(kv_outer_backward_kernel<D, BK>,
+                                      cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      static_cast<int>(smem)));
   const size_t per_query = static_cast<size_t>(d.groups * d.topk * r * D * sizeof(bf16));
   int64_t chunk = std::max<int64_t>(BK, static_cast<int64_t>(kPartialBudgetBytes / per_query));
   if (const char* c = std::getenv("MSA_KV_OUTER_CHUNK")) chunk = std::max<int64_t>(BK, std::atoll(c));

@@ -21,7 +21,7 @@
 // of a quad-wide argmax. Ties go to the lower block index at every step (`better`), so the result
 // is the exact top-(k-1) under (score descending, index ascending), as specified; with
 // integer-valued inputs the scores are exact and the selection equals the CPU's bit for bit.
-#include <cfloat>
+#include <cmath>
 #include <climits>
 #include <cstdint>
 #include <cstdlib>
@@ -121,7 +121,7 @@ __global__ void __launch_bounds__(kTopkMmaWarps * 32)
   for (int h = 0; h < 2; ++h)
 #pragma unroll
     for (int p = 0; p < KL; ++p) {
-      ls[h][p] = -FLT_MAX;
+      ls[h][p] = -INFINITY;
       li[h][p] = INT_MAX;
     }
 
@@ -142,9 +142,9 @@ __global__ void __launch_bounds__(kTopkMmaWarps * 32)
   // 4 * kQuadDepth >= KL + 1 entries of the row already lie, so nothing there can be selected.
   // It rises about 4x faster than a thread's own last entry: fewer (divergent) insertions.
   constexpr int kQuadDepth = (KL + 1 + 3) / 4;
-  float thr_s[2] = {-FLT_MAX, -FLT_MAX};
+  float thr_s[2] = {-INFINITY, -INFINITY};
   int thr_i[2] = {INT_MAX, INT_MAX};
-  float quad_s[2] = {-FLT_MAX, -FLT_MAX};
+  float quad_s[2] = {-INFINITY, -INFINITY};
   int quad_i[2] = {INT_MAX, INT_MAX};
 
   // Raises row h's bar to the tighter of its own last entry and the quad bound.
@@ -208,8 +208,12 @@ __global__ void __launch_bounds__(kTopkMmaWarps * 32)
       for (int c = 0; c < 4; ++c) {
         const int h = c / 2;
         const int j = static_cast<int>(jt) + 2 * tig + (c & 1);
-        if (j < c_row[h] && better(sc[c], j, thr_s[h], thr_i[h])) {
-          queue_s[h][queued[h]][threadIdx.x] = make_float2(sc[c], __int_as_float(j));
+        // Empty list slots hold (-inf, INT_MAX), which every real block beats, -inf scores
+        // included; NaN scores count as -inf. So each eligible block can be chosen and no
+        // sentinel index ever reaches the output, whatever the index branch produced.
+        const float score = sc[c] != sc[c] ? -INFINITY : sc[c];
+        if (j < c_row[h] && better(score, j, thr_s[h], thr_i[h])) {
+          queue_s[h][queued[h]][threadIdx.x] = make_float2(score, __int_as_float(j));
           ++queued[h];
         }
       }
@@ -238,7 +242,7 @@ __global__ void __launch_bounds__(kTopkMmaWarps * 32)
           ls[h][p] = ls[h][p + 1];
           li[h][p] = li[h][p + 1];
         }
-        ls[h][KL - 1] = -FLT_MAX;
+        ls[h][KL - 1] = -INFINITY;
         li[h][KL - 1] = INT_MAX;
       }
     }

@@ -399,6 +399,34 @@ TEST(GpuMsaTest, IndexLossFromForwardBlockMassMatchesCpu) {
   }
 }
 
+// A non-finite index branch (a diverging run: NaN or -inf scores) must still give a valid
+// selection: block indices in range, distinct, ascending, the local block last; never a sentinel
+// index that would send the attention's work lists out of bounds.
+TEST(GpuMsaTest, TopkTensorCoreWithNonFiniteScoresStaysInRange) {
+  SKIP_WITHOUT_GPU();
+  const int64_t T = 3000, G = 2, dI = 64;
+  const int B = 64, K = 16;
+  const int64_t nb = msa_num_blocks(T, B);
+  Tensor iq = random_tensor({1, T, G, dI}, 9950, DType::kF32);
+  const Tensor kbar = random_tensor({1, nb, G, dI}, 9951, DType::kF32);
+  float* x = iq.data<float>();
+  for (int64_t t = 0; t < T; t += 7) x[(t * G) * dI] = std::nan("");   // NaN rows (group 0)
+  for (int64_t t = 3; t < T; t += 7) x[(t * G + 1) * dI] = -INFINITY;  // -inf/NaN mixes (group 1)
+  BlockSelection gpu = BlockSelection::allocate(1, T, G, B, K, Device::kCUDA);
+  msa_index_topk(dev(iq, DType::kBF16), dev(kbar, DType::kBF16), gpu);
+  const Tensor gi = gpu.indices.to(Device::kCPU), gc = gpu.counts.to(Device::kCPU);
+  int64_t bad = 0;
+  for (int64_t row = 0; row < T * G; ++row) {
+    const int64_t t = row / G, c = t / B;
+    const int count = gc.data<int32_t>()[row];
+    const int32_t* ix = gi.data<int32_t>() + row * K;
+    bool ok = count == std::min<int64_t>(K - 1, c) + 1 && ix[count - 1] == c;
+    for (int i = 0; i + 1 < count; ++i) ok = ok && ix[i] >= 0 && ix[i] < ix[i + 1];
+    bad += ok ? 0 : 1;
+  }
+  EXPECT_EQ(bad, 0) << "rows with an invalid selection";
+}
+
 // The tensor-core KV-outer forward and backward (bf16; head_dim 64/128, B 64/128, r = 1..8)
 // against the CPU reference: output, LSE, the per-block masses and dQ/dK/dV, with one and several
 // query chunks, and against the first-generation CUDA kernels on the same inputs.
@@ -410,7 +438,11 @@ TEST(GpuMsaTest, KvOuterTensorCoreForwardMatchesCpu) {
                                    {1, 640, 4, 2, 64, 16, 64, 16},  // k >= n_b: dense
                                    // head_dim 128, B 128, r = 4: the wgmma forward on Hopper
                                    {1, 2100, 16, 4, 128, 32, 128, 8},
-                                   {2, 384, 8, 2, 128, 32, 128, 2}};
+                                   {2, 384, 8, 2, 128, 32, 128, 2},
+                                   // the wgmma kernels at r = 1, 2 and 16, k up to 32
+                                   {1, 1000, 4, 4, 128, 32, 128, 32},
+                                   {1, 900, 4, 2, 128, 32, 128, 5},
+                                   {1, 1300, 32, 2, 128, 32, 128, 6}};
   uint64_t seed = 9100;
   for (const Case& c : cases) {
     for (const char* chunk : {"", "128"}) {
