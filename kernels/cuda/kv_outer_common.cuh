@@ -1,10 +1,11 @@
 // Pieces shared by the KV-outer sparse-attention kernels (msa_attention_kv_outer.cu: work lists,
-// the mma.sync forward, combine, backward; msa_attention_fwd_wgmma.cu: the sm_90a forward).
+// the mma.sync forward, combine, backward; msa_attention_fwd_wgmma.cu / _bwd_wgmma.cu: sm_90a).
 #pragma once
 
 #include <cstdint>
 
 #include "core/bf16.h"
+#include "kernels/cuda/mma_sm80.cuh"
 
 namespace msa::cuda::kv_outer {
 
@@ -22,6 +23,76 @@ constexpr int kSplits = 16;
 __host__ __device__ __forceinline__ int forward_per_split(int n_tiles, int min_tiles) {
   const int even = (n_tiles + kSplits - 1) / kSplits;
   return even > min_tiles ? even : min_tiles;
+}
+
+// A forward work item: a piece of one list (key block j of group g, sequence b; its entries
+// [begin, end)), covering tiles [tile_begin, tile_end) of tile_queries queries each.
+struct WorkItem {
+  int64_t j, g, b;
+  int32_t begin, end;
+  int tile_begin, tile_end;
+};
+
+// CTA `item`'s work (item_list maps items to lists, item_start gives each list's first item, as
+// item_count_kernel counted them with the same tile_queries and min_tiles); false past the last
+// item (grids are sized by a bound, not the count).
+__device__ __forceinline__ bool find_work_item(int32_t item, const int32_t* item_start,
+                                               const int32_t* item_list,
+                                               const int32_t* list_start, int64_t lists,
+                                               const KvDims& a, int tile_queries, int min_tiles,
+                                               WorkItem& w) {
+  if (item >= item_start[lists]) return false;
+  const int64_t list = item_list[item];
+  w.j = list % a.nb;
+  w.g = (list / a.nb) % a.G;
+  w.b = list / (a.nb * a.G);
+  w.begin = list_start[list];
+  w.end = list_start[list + 1];
+  const int n_tiles = (w.end - w.begin + tile_queries - 1) / tile_queries;
+  const int per_split = forward_per_split(n_tiles, min_tiles);
+  w.tile_begin = (item - item_start[list]) * per_split;
+  w.tile_end = min(n_tiles, w.tile_begin + per_split);
+  return true;
+}
+
+// The softmax of one key block for a warp's two accumulator rows (C-fragment order, the same for
+// mma.sync and wgmma: element i of the N = BK / 2 per thread is row grp + 8 ((i / 2) & 1), key
+// 8 (i / 4) + 2 tig + (i & 1)). Keys past lim[h] (the row's last attended key: causal, sequence
+// end) are masked first, only where some row of the warp needs it. On return s holds
+// exp2(s scale_log2 - mxs[h]) and sum[h] its row sum over the quad; rows with nothing to attend
+// (padding) get mxs 0, keeping NaNs out.
+template <int N>
+__device__ __forceinline__ void masked_block_softmax(float (&s)[N], const int (&lim)[2], int tig,
+                                                     float scale_log2, float (&mxs)[2],
+                                                     float (&sum)[2]) {
+  constexpr int kKeys = 2 * N;
+  if (__any_sync(0xffffffffu, lim[0] < kKeys - 1 || lim[1] < kKeys - 1)) {
+#pragma unroll
+    for (int i = 0; i < N; ++i)
+      if ((i / 4) * 8 + 2 * tig + (i & 1) > lim[(i / 2) & 1]) s[i] = -INFINITY;
+  }
+  float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+  for (int i = 0; i < N; ++i) mx[(i / 2) & 1] = fmaxf(mx[(i / 2) & 1], s[i]);
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
+    mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
+    if (mx[h] == -INFINITY) mx[h] = 0.0f;
+    mxs[h] = mx[h] * scale_log2;
+    sum[h] = 0.0f;
+  }
+#pragma unroll
+  for (int i = 0; i < N; ++i) {
+    const int h = (i / 2) & 1;
+    s[i] = fast_exp2(fmaf(s[i], scale_log2, -mxs[h]));
+    sum[h] += s[i];
+  }
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    sum[h] += __shfl_xor_sync(0xffffffffu, sum[h], 1);
+    sum[h] += __shfl_xor_sync(0xffffffffu, sum[h], 2);
+  }
 }
 
 // Partial rows are stored in mma fragment order, so each thread writes its part of a row as one

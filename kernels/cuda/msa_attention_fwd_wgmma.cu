@@ -60,17 +60,15 @@ __global__ void __launch_bounds__(kThreads, 2)
   const int grp = lane >> 2, tig = lane & 3;
   unsigned char* qs = smem + 2 * kKvTileBytes;
 
-  const int32_t item = static_cast<int32_t>(blockIdx.x);
-  if (item >= item_start[lists]) return;
-  const int64_t list = item_list[item];
-  const int64_t j = list % a.nb, g = (list / a.nb) % a.G, b = list / (a.nb * a.G);
-  const int32_t begin = list_start[list], end = list_start[list + 1];
   const int r = static_cast<int>(a.r);
   const int rows_q = kTileRows / r;  // queries per tile
-  const int n_tiles = (end - begin + rows_q - 1) / rows_q;
-  const int per_split = forward_per_split(n_tiles, min_tiles);
-  const int split = item - item_start[list];
-  const int u_begin = split * per_split, u_end = min(n_tiles, u_begin + per_split);
+  WorkItem w;
+  if (!find_work_item(static_cast<int32_t>(blockIdx.x), item_start, item_list, list_start, lists,
+                      a, rows_q, min_tiles, w))
+    return;
+  const int64_t j = w.j, g = w.g, b = w.b;
+  const int32_t begin = w.begin, end = w.end;
+  const int u_begin = w.tile_begin, u_end = w.tile_end;
 
   // K_j by cp.async into its swizzled tile; V_j through registers, key pairs packed so V_j^T's
   // rows (head dims) hold keys contiguously. Keys past the sequence end are zeros.
@@ -188,38 +186,11 @@ __global__ void __launch_bounds__(kThreads, 2)
       slot_row[h] = entry & 31;
       head_row[h] = (16 * warp + grp + 8 * h) % r;
     }
-    // Causal mask and sequence end: only where some row of the warp needs it.
-    int lim[2];
+    int lim[2];  // each row's last attended key of this block
 #pragma unroll
-    for (int h = 0; h < 2; ++h)
-      lim[h] = static_cast<int>(min(t_row[h], a.S - 1) - j * kBK);  // last attended key
-    if (__any_sync(0xffffffffu, lim[0] < kBK - 1 || lim[1] < kBK - 1)) {
-#pragma unroll
-      for (int i = 0; i < 64; ++i)
-        if ((i / 4) * 8 + 2 * tig + (i & 1) > lim[(i / 2) & 1]) sc[i] = -INFINITY;
-    }
-    float mx[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-    for (int i = 0; i < 64; ++i) mx[(i / 2) & 1] = fmaxf(mx[(i / 2) & 1], sc[i]);
-    float sum[2] = {0.0f, 0.0f}, mxs[2];
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
-      mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
-      if (mx[h] == -INFINITY) mx[h] = 0.0f;  // padding rows: keep NaNs out
-      mxs[h] = mx[h] * scale_log2;
-    }
-#pragma unroll
-    for (int i = 0; i < 64; ++i) {
-      const int h = (i / 2) & 1;
-      sc[i] = fast_exp2(fmaf(sc[i], scale_log2, -mxs[h]));
-      sum[h] += sc[i];
-    }
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      sum[h] += __shfl_xor_sync(0xffffffffu, sum[h], 1);
-      sum[h] += __shfl_xor_sync(0xffffffffu, sum[h], 2);
-    }
+    for (int h = 0; h < 2; ++h) lim[h] = static_cast<int>(min(t_row[h], a.S - 1) - j * kBK);
+    float mxs[2], sum[2];
+    masked_block_softmax(sc, lim, tig, scale_log2, mxs, sum);
 
     // O = P V_j: P's k-slice kk is the C fragments of key tiles 2 kk and 2 kk + 1.
     uint32_t pa[kBK / 16][4];

@@ -43,6 +43,9 @@ constexpr size_t kPartialBudgetBytes = size_t(4) << 30;
 using kv_outer::forward_per_split;
 using kv_outer::fragment_order_dim;
 using kv_outer::KvDims;
+using kv_outer::masked_block_softmax;
+using kv_outer::find_work_item;
+using kv_outer::WorkItem;
 
 // ---- work lists ------------------------------------------------------------------------------
 
@@ -130,18 +133,16 @@ __global__ void __launch_bounds__(kWarps * 32)
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int grp = lane >> 2, tig = lane & 3;
   bf16* qs = vs + BK * kLd + warp * Smem<D, BK>::kQElems;
-  const int32_t item = static_cast<int32_t>(blockIdx.x);
-  if (item >= item_start[lists]) return;
-  const int64_t list = item_list[item];
-  const int64_t j = list % a.nb, g = (list / a.nb) % a.G, b = list / (a.nb * a.G);
-  const int32_t begin = list_start[list], end = list_start[list + 1];
   const int r = static_cast<int>(a.r);
   const int rows_q = 16 / r;  // queries per warp tile
   const int per_cta = kWarps * rows_q;
-  const int n_tiles = (end - begin + per_cta - 1) / per_cta;
-  const int per_split = forward_per_split(n_tiles, kMinTilesPerCta);
-  const int split = item - item_start[list];
-  const int tile_begin = split * per_split, tile_end = min(n_tiles, tile_begin + per_split);
+  WorkItem w;
+  if (!find_work_item(static_cast<int32_t>(blockIdx.x), item_start, item_list, list_start, lists,
+                      a, per_cta, kMinTilesPerCta, w))
+    return;
+  const int64_t j = w.j, g = w.g, b = w.b;
+  const int32_t begin = w.begin, end = w.end;
+  const int tile_begin = w.tile_begin, tile_end = w.tile_end;
 
   // K_j and V_j (zeros past the sequence end), then this warp's first Q tile.
   for (int c = threadIdx.x; c < BK * kChunks; c += blockDim.x) {
@@ -213,46 +214,11 @@ __global__ void __launch_bounds__(kWarps * 32)
         mma_bf16(sc[nt + 1], qa, b4[2], b4[3]);
       }
     }
-    // Mask only where some row of the tile needs it (its own block: causal; or the sequence
-    // end): most lists are earlier blocks, attended in full.
-    int lim[2];
+    int lim[2];  // each row's last attended key of this block
 #pragma unroll
-    for (int h = 0; h < 2; ++h)
-      lim[h] = static_cast<int>(min(t_row[h], a.S - 1) - j * BK);  // last attended key
-    if (__any_sync(0xffffffffu, lim[0] < BK - 1 || lim[1] < BK - 1)) {
-#pragma unroll
-      for (int nt = 0; nt < BK / 8; ++nt)
-#pragma unroll
-        for (int c = 0; c < 4; ++c)
-          if (nt * 8 + 2 * tig + (c & 1) > lim[c / 2]) sc[nt][c] = -INFINITY;
-    }
-    float mx[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-    for (int nt = 0; nt < BK / 8; ++nt) {
-      mx[0] = fmaxf(mx[0], fmaxf(sc[nt][0], sc[nt][1]));
-      mx[1] = fmaxf(mx[1], fmaxf(sc[nt][2], sc[nt][3]));
-    }
-    float sum[2] = {0.0f, 0.0f}, mxs[2];
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
-      mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
-      if (mx[h] == -INFINITY) mx[h] = 0.0f;  // padding rows: keep NaNs out
-      mxs[h] = mx[h] * scale_log2;
-    }
-#pragma unroll
-    for (int nt = 0; nt < BK / 8; ++nt)
-#pragma unroll
-      for (int c = 0; c < 4; ++c) {
-        const int h = c / 2;
-        sc[nt][c] = fast_exp2(fmaf(sc[nt][c], scale_log2, -mxs[h]));
-        sum[h] += sc[nt][c];
-      }
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      sum[h] += __shfl_xor_sync(0xffffffffu, sum[h], 1);
-      sum[h] += __shfl_xor_sync(0xffffffffu, sum[h], 2);
-    }
+    for (int h = 0; h < 2; ++h) lim[h] = static_cast<int>(min(t_row[h], a.S - 1) - j * BK);
+    float mxs[2], sum[2];
+    masked_block_softmax(reinterpret_cast<float(&)[BK / 2]>(sc), lim, tig, scale_log2, mxs, sum);
     // O = P V_j, P taken from the S accumulators as A fragments (two key tiles per k-step).
     float oc[D / 8][4];
 #pragma unroll
