@@ -1,6 +1,6 @@
 // CPU reference MSA kernels (contract in kernels/msa.h). T is float or double;
-// block indices and counts are int32. Layouts: iq, ik [batch, seq, G, dI]; kbar
-// [batch, n_b, G, dI]; q [batch, seq, H, d]; k, v [batch, seq, G, d]; lse
+// block indices and counts are int32. Layouts: iq [batch, seq, G, dI]; ik [batch, seq, dI] (one
+// shared index key head); q [batch, seq, H, d]; k, v [batch, seq, G, d]; lse
 // [batch, H, seq]; indices [batch, seq, G, topk]; counts [batch, seq, G].
 #pragma once
 
@@ -15,13 +15,9 @@ struct MsaDims {
   int64_t num_blocks() const { return (seq + block_size - 1) / block_size; }
 };
 
+// Max-pooled token scores, exp-free top-k (kernels/msa.h).
 template <class T>
-void msa_block_pool_forward(const T* ik, T* kbar, const MsaDims& dims);
-template <class T>
-void msa_block_pool_backward(const T* dkbar, T* dik, const MsaDims& dims);
-
-template <class T>
-void msa_index_topk(const T* iq, const T* kbar, int32_t* indices, int32_t* counts,
+void msa_index_topk(const T* iq, const T* ik, int32_t* indices, int32_t* counts,
                     const MsaDims& dims);
 
 template <class T>
@@ -34,17 +30,17 @@ void msa_sparse_attention_backward(const T* dout, const T* q, const T* k, const 
                                    double scale, T* dq, T* dk, T* dv, const MsaDims& dims);
 
 struct IndexLossSums {
-  double kl_sum = 0;   // sum of KL(P || Q) over counted rows
-  int64_t n_rows = 0;  // counted rows
+  double kl_sum = 0;   // sum of KL(P || Q) over the rows
+  int64_t n_rows = 0;  // rows: batch * seq * groups
 };
 
-// dense_target: P and Q over all eligible blocks j < c(t) (indices/counts
-// unused); else over the selected non-local blocks. diq, dkbar get the gradient
-// of weight * mean KL (overwritten).
+// Token-level distillation loss (kernels/msa.h). dense_target: U = all s <= t (indices/counts
+// unused); else U = the tokens s <= t of the selected blocks. diq [batch, seq, G, dI] and dik
+// [batch, seq, dI] get the gradient of weight * (kl_sum / n_rows) (overwritten).
 template <class T>
 IndexLossSums msa_index_loss(bool dense_target, const T* q, const T* k, const T* lse,
                              const int32_t* indices, const int32_t* counts, const T* iq,
-                             const T* kbar, double scale, double weight, T* diq, T* dkbar,
+                             const T* ik, double scale, double weight, T* diq, T* dik,
                              const MsaDims& dims);
 
 // Sum over sampled (b, t, h) of the dense attention mass inside the selected
@@ -52,6 +48,13 @@ IndexLossSums msa_index_loss(bool dense_target, const T* q, const T* k, const T*
 template <class T>
 double msa_index_recall_sum(const T* q, const T* k, const int32_t* indices, const int32_t* counts,
                             double scale, int64_t query_stride, int64_t* n_terms,
+                            const MsaDims& dims);
+
+// Sum over the same sampled (b, t, g) rows of the block recall (kernels/msa.h), and the number of
+// rows.
+template <class T>
+double msa_block_recall_sum(const T* q, const T* k, const int32_t* indices, const int32_t* counts,
+                            double scale, int64_t query_stride, int64_t* n_rows,
                             const MsaDims& dims);
 
 }  // namespace msa::cpu

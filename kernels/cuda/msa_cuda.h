@@ -9,16 +9,14 @@
 
 namespace msa::cuda {
 
-void msa_block_pool_forward(const Tensor& ik, Tensor& kbar, const cpu::MsaDims& dims);
-void msa_block_pool_backward(const Tensor& dkbar, Tensor& dik, const cpu::MsaDims& dims);
-void msa_index_topk(const Tensor& iq, const Tensor& kbar, Tensor& indices, Tensor& counts,
+// Max-pooled token scores with exp-free top-k (kernels/msa.h): iq [batch, T, G, d_I], ik [batch,
+// T, d_I]. bf16 inputs run the tensor-core indexer (msa_indexer_topk.cu: q^I k^I tiles reduced to
+// block maxima and fed straight into the top-k; no T x n_b scores in memory); f32 inputs a
+// CUDA-core kernel with the CPU reference's arithmetic.
+void msa_index_topk(const Tensor& iq, const Tensor& ik, Tensor& indices, Tensor& counts,
                     const cpu::MsaDims& dims);
-// The tensor-core top-k (msa_topk_mma.cu) for bf16 index vectors, d_I 16/32/64/128, topk <= 32;
-// MSA_TOPK=reference forces the CUDA-core kernel (the CPU's arithmetic).
-bool topk_mma_supported(const Tensor& iq, const cpu::MsaDims& dims);
-void topk_mma(const Tensor& iq, const Tensor& kbar, Tensor& indices, Tensor& counts,
-              const cpu::MsaDims& dims);
-// block_mass: nullable, f32 [batch, T, H, topk] (see kernels/msa.h).
+// block_mass: nullable, f32 [batch, T, H, topk]: slot i of (t, h) = the attention mass of the
+// i-th selected block (a by-product of the combine; no caller needs it any more).
 void msa_sparse_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,
                                   const Tensor& indices, const Tensor& counts, double scale,
                                   Tensor& out, Tensor& lse, Tensor* block_mass,
@@ -43,21 +41,23 @@ void kv_outer_attention_backward(const Tensor& dout, const Tensor& q, const Tens
                                  const Tensor& indices, const Tensor& counts, double scale,
                                  Tensor& dq, Tensor& dk, Tensor& dv, const cpu::MsaDims& dims);
 
-// Sparse-mode index distillation loss from the forward's block masses (msa_index_loss_cuda.cu):
-// returns the KL sum and the counted rows; diq [batch, T, G, d_I] and dkbar [batch, n_b, G, d_I]
-// (f32) receive the gradient of weight * mean KL.
-cpu::IndexLossSums msa_index_loss_from_mass(const Tensor& block_mass, const Tensor& indices,
-                                            const Tensor& counts, const Tensor& iq,
-                                            const Tensor& kbar, double weight, Tensor& diq,
-                                            Tensor& dkbar, const cpu::MsaDims& dims);
-
-// The dense-target loss (P over every block j < c(t) of the dense attention: q, k and the dense
-// lse) with a tensor-core pass for the block masses: bf16 q/k, head_dim 16..128 and block size
-// 16..128 (powers of two), H / G dividing 16. diq, dkbar f32.
-bool dense_target_loss_supported(const Tensor& q, const cpu::MsaDims& dims);
-cpu::IndexLossSums msa_index_loss_dense_target(const Tensor& q, const Tensor& k, const Tensor& lse,
-                                               const Tensor& iq, const Tensor& kbar, double scale,
-                                               double weight, Tensor& diq, Tensor& dkbar,
-                                               const cpu::MsaDims& dims);
+// Token-level index distillation loss (kernels/msa.h) on the GPU: q, k, iq, ik bf16; lse, diq
+// [batch, T, G, d_I] and dik [batch, T, d_I] f32 (overwritten with the gradient of
+// weight * kl_sum / n_rows). Implemented in msa_index_loss_cuda.cu.
+// Sizes the GPU kernels take (bf16 q/k/iq/ik; the head dims, index dim, block size and r they were
+// written for); kernels/msa.cc runs the CPU reference on host copies otherwise.
+bool index_loss_cuda_supported(const Tensor& q, const Tensor& iq, const cpu::MsaDims& dims);
+// Sparse mode: U = the selected blocks' tokens s <= t.
+cpu::IndexLossSums msa_index_loss_sparse(const Tensor& q, const Tensor& k, const Tensor& lse,
+                                         const Tensor& indices, const Tensor& counts,
+                                         const Tensor& iq, const Tensor& ik, double scale,
+                                         double weight, Tensor& diq, Tensor& dik,
+                                         const cpu::MsaDims& dims);
+// Warm-up mode: U = all s <= t, flash-style (online log-sum-exp,
+// recomputation; no T x T buffers).
+cpu::IndexLossSums msa_index_loss_dense(const Tensor& q, const Tensor& k, const Tensor& lse,
+                                        const Tensor& iq, const Tensor& ik, double scale,
+                                        double weight, Tensor& diq, Tensor& dik,
+                                        const cpu::MsaDims& dims);
 
 }  // namespace msa::cuda
