@@ -18,12 +18,12 @@ ABSL_FLAG(std::string, seqs, "8192,32768,131072",
 ABSL_FLAG(std::string, model_seqs, "4096", "dense/step: sequence lengths.");
 ABSL_FLAG(std::string, fwd_only_seqs, "",
           "msa: further sequence lengths timed forward only (e.g. 524288,1048576).");
-ABSL_FLAG(int, heads, 32, "msa: query heads H.");
-ABSL_FLAG(int, groups, 8, "msa: KV groups G.");
+ABSL_FLAG(int, heads, 64, "msa: query heads H (the paper's shape: 64).");
+ABSL_FLAG(int, groups, 4, "msa: KV groups G (the paper's shape: 4).");
 ABSL_FLAG(int, head_dim, 128, "msa: head dimension d.");
 ABSL_FLAG(int, block_size, 128, "MSA block size B.");
 ABSL_FLAG(int, topk, 16, "MSA top-k (blocks per query and group, local included).");
-ABSL_FLAG(int, index_dim, 64, "MSA index dimension d_I.");
+ABSL_FLAG(int, index_dim, 128, "MSA index dimension d_I.");
 ABSL_FLAG(int, iters, 3, "Timed runs per measurement (median reported; one warm-up run first).");
 ABSL_FLAG(bool, cudnn, true, "msa: also time cuDNN dense causal flash attention on the same Q/K/V.");
 ABSL_FLAG(std::string, model, "1b",
@@ -43,10 +43,11 @@ ABSL_FLAG(double, peak_tflops, 989.4,
 int main(int argc, char** argv) {
   msa::set_program_usage(
       "Benchmarks the GPU kernels and training steps and prints tables.\n"
-      "  msa-bench msa    MSA kernels (pool, top-k, sparse attention fwd/bwd) vs cuDNN dense\n"
-      "                   causal flash attention on the same inputs: times, speed-ups, TFLOP/s\n"
-      "                   [--seqs=8192,32768,131072 --fwd_only_seqs=524288,1048576 --heads=32\n"
-      "                    --groups=8 --head_dim=128 --block_size=128 --topk=16]\n"
+      "  msa-bench msa    MSA kernels (indexer, sparse attention fwd/bwd, index loss) vs cuDNN\n"
+      "                   dense causal flash attention on the same inputs: times, speed-ups,\n"
+      "                   TFLOP/s [--seqs=8192,32768,131072 --fwd_only_seqs=524288,1048576\n"
+      "                    --heads=64 --groups=4 --head_dim=128 --index_dim=128 --block_size=128\n"
+      "                    --topk=16]\n"
       "  msa-bench dense  bf16 GEMMs (cuBLASLt) at the model's shapes and cuDNN attention\n"
       "                   fwd/bwd TFLOP/s [--model=1b --model_seqs=4096 --batch=1]\n"
       "  msa-bench step   whole training steps (forward, backward, AdamW): tokens/s and MFU\n"

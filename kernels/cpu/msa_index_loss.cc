@@ -1,20 +1,20 @@
-// Index distillation loss (DESIGN.md section 4) and index recall.
+// Token-level index distillation loss (DESIGN.md section 4), index recall and block recall.
 //
-// For a counted row (b, t, g) with block list J (sparse: the selected blocks
-// minus the local one; dense-target: every block j < c(t)):
-//   m_{h,j} = sum_{s in block j} exp(scale q_{t,h}.k_s - lse_{t,h})   (blocks
-//   of J lie wholly
-//             before t, so no causal cut is needed),
-//   P_j = (1/r) sum_h m_{h,j} / sum_{j' in J} m_{h,j'},   Q = softmax_j(iq_t .
-//   kbar_j / sqrt(dI)), KL = sum_j P_j (log P_j - log Q_j),  dKL/dscore_j = Q_j
-//   - P_j.
-// A head whose mass over J underflows to zero has no distribution to give and
-// is left out of P's mean (P is uniform if every head underflows); with real
-// data this does not happen. One task per (b, g) owns diq of its rows and dkbar
-// of its blocks and adds in a fixed order.
+// Row (b, t, g) with support U (sparse: the tokens s <= t of the selected blocks; dense target:
+// every s <= t):
+//   P_s = (1/r) sum_{h in g} exp(scale q_{t,h}.k_s - lse_{t,h})      (teacher, a constant)
+//   S_s = iq_{t,g}.ik_s / sqrt(dI),  log Q_s = S_s - logsumexp_U(S)  (student)
+//   KL = sum_{s in U, P_s > 0} P_s (log P_s - log Q_s)                (0 log 0 = 0)
+//   dS_s = weight (Q_s - P_s) / n_rows,  diq_t += dS_s ik_s / sqrt(dI),  dik_s += dS_s iq_t /
+//   sqrt(dI).
+// Every row counts (n_rows = batch T G): a row with |U| = 1 (t = 0) has P = Q = 1 and KL = 0.
+// Determinism: one task per (b, g) owns diq of its rows and writes its dik contributions into its
+// own scratch slice [T, dI]; a second pass sums the G slices of each (b, s) in group order. Both
+// passes add in a fixed order, so the result is bit-identical under any thread count.
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <numeric>
 #include <vector>
 
 #include "kernels/cpu/msa.h"
@@ -24,18 +24,19 @@
 namespace msa::cpu {
 namespace {
 
-
-// The row's block list J; returns false when the row does not count (|J| < 2).
-bool row_blocks(bool dense_target, const int32_t* idx, int32_t count, int64_t c,
-                std::vector<int64_t>& J) {
-  J.clear();
+// The support U of row (t, selection idx[0..count)) in ascending order; dense: 0..t.
+void row_support(bool dense_target, const int32_t* idx, int32_t count, int64_t t, int64_t B,
+                 std::vector<int64_t>& U) {
+  U.clear();
   if (dense_target) {
-    for (int64_t j = 0; j < c; ++j) J.push_back(j);
-  } else {
-    for (int32_t i = 0; i < count; ++i)
-      if (idx[i] != c) J.push_back(idx[i]);
+    for (int64_t s = 0; s <= t; ++s) U.push_back(s);
+    return;
   }
-  return J.size() >= 2;
+  for (int32_t i = 0; i < count; ++i) {
+    const int64_t j = idx[i];
+    const int64_t s1 = std::min((j + 1) * B, t + 1);
+    for (int64_t s = j * B; s < s1; ++s) U.push_back(s);
+  }
 }
 
 }  // namespace
@@ -43,97 +44,81 @@ bool row_blocks(bool dense_target, const int32_t* idx, int32_t count, int64_t c,
 template <class T>
 IndexLossSums msa_index_loss(bool dense_target, const T* q, const T* k, const T* lse,
                              const int32_t* indices, const int32_t* counts, const T* iq,
-                             const T* kbar, double scale, double weight, T* diq, T* dkbar,
+                             const T* ik, double scale, double weight, T* diq, T* dik,
                              const MsaDims& dims) {
   const int64_t S = dims.seq, H = dims.heads, G = dims.groups, d = dims.dim;
   const int64_t dI = dims.index_dim, B = dims.block_size, K = dims.topk, r = H / G;
-  const int64_t nb = dims.num_blocks();
   const T sc = static_cast<T>(scale);
   const T inv_sqrt_dI = T(1) / std::sqrt(static_cast<T>(dI));
+  const T inv_r = T(1) / static_cast<T>(r);
 
-  // Counted rows first: the mean's denominator scales every gradient.
   IndexLossSums sums;
-  {
-    std::vector<int64_t> J;
-    for (int64_t row = 0; row < dims.batch * S * G; ++row) {
-      const int64_t t = (row / G) % S;
-      const int32_t* idx = dense_target ? nullptr : indices + row * K;
-      if (row_blocks(dense_target, idx, dense_target ? 0 : counts[row], t / B, J)) ++sums.n_rows;
-    }
-  }
+  sums.n_rows = dims.batch * S * G;
   const T grad_scale = sums.n_rows > 0 ? static_cast<T>(weight / sums.n_rows) : T(0);
 
+  // scratch[(b G + g) S + s] = row s of dik from the rows of group g (then summed over g).
+  std::vector<T> scratch(static_cast<size_t>(dims.batch * G * S * dI), T(0));
   std::vector<double> kl_per_task(dims.batch * G, 0.0);
-  parallel_for(
-      dims.batch * G, r * S * S * d / std::max<int64_t>(1, G), [&](int64_t begin, int64_t end) {
-        std::vector<int64_t> J;
-        std::vector<T> mass, P, Q;
-        for (int64_t bg = begin; bg < end; ++bg) {
-          const int64_t b = bg / G, g = bg % G;
-          for (int64_t j = 0; j < nb; ++j) {
-            T* dkb = dkbar + ((b * nb + j) * G + g) * dI;
-            std::fill(dkb, dkb + dI, T(0));
-          }
-          double kl_sum = 0;
-          for (int64_t t = 0; t < S; ++t) {
-            const int64_t row = (b * S + t) * G + g;
-            T* diq_t = diq + row * dI;
-            std::fill(diq_t, diq_t + dI, T(0));
-            const int32_t* idx = dense_target ? nullptr : indices + row * K;
-            if (!row_blocks(dense_target, idx, dense_target ? 0 : counts[row], t / B, J)) continue;
-            const int64_t n = static_cast<int64_t>(J.size());
-            P.assign(n, T(0));
-            mass.assign(n, T(0));
-            int64_t contributing = 0;
-            for (int64_t h = g * r; h < (g + 1) * r; ++h) {
-              const T* q_t = q + ((b * S + t) * H + h) * d;
-              const T lse_t = lse[(b * H + h) * S + t];
-              T total = 0;
-              for (int64_t i = 0; i < n; ++i) {
-                T m = 0;
-                for (int64_t s = J[i] * B; s < (J[i] + 1) * B; ++s)
-                  m += std::exp(sc * dot(q_t, k + ((b * S + s) * G + g) * d, d) - lse_t);
-                mass[i] = m;
-                total += m;
-              }
-              if (!(total > T(0))) continue;
-              ++contributing;
-              for (int64_t i = 0; i < n; ++i) P[i] += mass[i] / total;
-            }
-            for (int64_t i = 0; i < n; ++i)
-              P[i] =
-                  contributing > 0 ? P[i] / static_cast<T>(contributing) : T(1) / static_cast<T>(n);
-
-            const T* iq_t = iq + row * dI;
-            Q.resize(n);
-            T max = -std::numeric_limits<T>::infinity();
-            for (int64_t i = 0; i < n; ++i) {
-              Q[i] = dot(iq_t, kbar + ((b * nb + J[i]) * G + g) * dI, dI) * inv_sqrt_dI;
-              max = std::max(max, Q[i]);
-            }
-            T z = 0;
-            for (int64_t i = 0; i < n; ++i) z += std::exp(Q[i] - max);
-            const T log_z = max + std::log(z);
-            T kl = 0;
-            for (int64_t i = 0; i < n; ++i) {
-              const T log_q = Q[i] - log_z;
-              if (P[i] > T(0)) kl += P[i] * (std::log(P[i]) - log_q);
-              Q[i] = std::exp(log_q);
-            }
-            kl_sum += static_cast<double>(kl);
-            for (int64_t i = 0; i < n; ++i) {
-              const T dscore = grad_scale * (Q[i] - P[i]) * inv_sqrt_dI;
-              const T* kb = kbar + ((b * nb + J[i]) * G + g) * dI;
-              T* dkb = dkbar + ((b * nb + J[i]) * G + g) * dI;
-              for (int64_t e = 0; e < dI; ++e) {
-                diq_t[e] += dscore * kb[e];
-                dkb[e] += dscore * iq_t[e];
-              }
-            }
-          }
-          kl_per_task[bg] = kl_sum;
+  const int64_t support = dense_target ? S / 2 + 1 : std::min<int64_t>(S, K * B);
+  parallel_for(dims.batch * G, S * support * (r * d + 2 * dI), [&](int64_t begin, int64_t end) {
+    std::vector<int64_t> U;
+    std::vector<T> P, Sc;
+    for (int64_t bg = begin; bg < end; ++bg) {
+      const int64_t b = bg / G, g = bg % G;
+      T* dik_g = scratch.data() + bg * S * dI;
+      double kl_sum = 0;
+      for (int64_t t = 0; t < S; ++t) {
+        const int64_t row = (b * S + t) * G + g;
+        T* diq_t = diq + row * dI;
+        std::fill(diq_t, diq_t + dI, T(0));
+        row_support(dense_target, dense_target ? nullptr : indices + row * K,
+                    dense_target ? 0 : counts[row], t, B, U);
+        const int64_t n = static_cast<int64_t>(U.size());
+        // Student: log Q = S - logsumexp(S).
+        const T* iq_t = iq + row * dI;
+        Sc.resize(n);
+        T max = -std::numeric_limits<T>::infinity();
+        for (int64_t i = 0; i < n; ++i) {
+          Sc[i] = dot(iq_t, ik + (b * S + U[i]) * dI, dI) * inv_sqrt_dI;
+          max = std::max(max, Sc[i]);
         }
-      });
+        T z = 0;
+        for (int64_t i = 0; i < n; ++i) z += std::exp(Sc[i] - max);
+        const T log_z = max + std::log(z);
+        // Teacher: the group's heads' probabilities, averaged.
+        P.assign(n, T(0));
+        for (int64_t h = g * r; h < (g + 1) * r; ++h) {
+          const T* q_t = q + ((b * S + t) * H + h) * d;
+          const T lse_t = lse[(b * H + h) * S + t];
+          for (int64_t i = 0; i < n; ++i)
+            P[i] += std::exp(sc * dot(q_t, k + ((b * S + U[i]) * G + g) * d, d) - lse_t);
+        }
+        T kl = 0;
+        for (int64_t i = 0; i < n; ++i) {
+          P[i] *= inv_r;
+          const T log_q = Sc[i] - log_z;
+          if (P[i] > T(0)) kl += P[i] * (std::log(P[i]) - log_q);
+          const T ds = grad_scale * (std::exp(log_q) - P[i]) * inv_sqrt_dI;
+          axpy(ds, ik + (b * S + U[i]) * dI, diq_t, dI);
+          axpy(ds, iq_t, dik_g + U[i] * dI, dI);
+        }
+        kl_sum += static_cast<double>(kl);
+      }
+      kl_per_task[bg] = kl_sum;
+    }
+  });
+  // dik[b, s] = sum over g (in order) of the groups' slices.
+  parallel_for(dims.batch * S, G * dI, [&](int64_t begin, int64_t end) {
+    for (int64_t bs = begin; bs < end; ++bs) {
+      const int64_t b = bs / S, s = bs % S;
+      T* out = dik + bs * dI;
+      std::fill(out, out + dI, T(0));
+      for (int64_t g = 0; g < G; ++g) {
+        const T* src = scratch.data() + ((b * G + g) * S + s) * dI;
+        for (int64_t e = 0; e < dI; ++e) out[e] += src[e];
+      }
+    }
+  });
   for (double kl : kl_per_task) sums.kl_sum += kl;
   return sums;
 }
@@ -181,11 +166,77 @@ double msa_index_recall_sum(const T* q, const T* k, const int32_t* indices, cons
   return sum;
 }
 
+template <class T>
+double msa_block_recall_sum(const T* q, const T* k, const int32_t* indices, const int32_t* counts,
+                            double scale, int64_t query_stride, int64_t* n_rows,
+                            const MsaDims& dims) {
+  const int64_t S = dims.seq, H = dims.heads, G = dims.groups, d = dims.dim;
+  const int64_t B = dims.block_size, K = dims.topk, r = H / G;
+  const T sc = static_cast<T>(scale);
+  const int64_t stride = std::max<int64_t>(1, query_stride);
+  const int64_t n_t = (S + stride - 1) / stride;
+  std::vector<double> per_task(dims.batch * G, 0.0);
+  parallel_for(dims.batch * G, n_t * r * S * d, [&](int64_t begin, int64_t end) {
+    std::vector<T> z(S);
+    std::vector<double> mass;
+    std::vector<int32_t> order;
+    std::vector<char> oracle;
+    for (int64_t bg = begin; bg < end; ++bg) {
+      const int64_t b = bg / G, g = bg % G;
+      double acc = 0;
+      for (int64_t t = 0; t < S; t += stride) {
+        const int64_t row = (b * S + t) * G + g;
+        const int64_t c = t / B;
+        // mass[j] = the group's mean dense attention probability inside block j <= c.
+        mass.assign(c + 1, 0.0);
+        for (int64_t h = g * r; h < (g + 1) * r; ++h) {
+          const T* q_t = q + ((b * S + t) * H + h) * d;
+          T max = -std::numeric_limits<T>::infinity();
+          for (int64_t s = 0; s <= t; ++s) {
+            z[s] = sc * dot(q_t, k + ((b * S + s) * G + g) * d, d);
+            max = std::max(max, z[s]);
+          }
+          T total = 0;
+          for (int64_t s = 0; s <= t; ++s) {
+            z[s] = std::exp(z[s] - max);
+            total += z[s];
+          }
+          for (int64_t s = 0; s <= t; ++s) mass[s / B] += static_cast<double>(z[s] / total) / r;
+        }
+        // Oracle: c plus the top-(K - 1) earlier blocks by mass, ties to the lower index.
+        const int64_t want = std::min<int64_t>(K - 1, c);
+        order.resize(c);
+        std::iota(order.begin(), order.end(), 0);
+        std::partial_sort(order.begin(), order.begin() + want, order.end(),
+                          [&](int32_t a, int32_t bb) {
+                            return mass[a] > mass[bb] || (mass[a] == mass[bb] && a < bb);
+                          });
+        oracle.assign(c + 1, 0);
+        oracle[c] = 1;
+        for (int64_t i = 0; i < want; ++i) oracle[order[i]] = 1;
+        int64_t hits = 0;
+        for (int32_t i = 0; i < counts[row]; ++i) {
+          const int32_t j = indices[row * K + i];
+          if (j >= 0 && j <= c && oracle[j]) ++hits;
+        }
+        acc += static_cast<double>(hits) / static_cast<double>(want + 1);
+      }
+      per_task[bg] = acc;
+    }
+  });
+  double sum = 0;
+  for (double x : per_task) sum += x;
+  *n_rows = dims.batch * G * n_t;
+  return sum;
+}
+
 #define MSA_INSTANTIATE(T)                                                                         \
   template IndexLossSums msa_index_loss<T>(bool, const T*, const T*, const T*, const int32_t*,     \
                                            const int32_t*, const T*, const T*, double, double, T*, \
                                            T*, const MsaDims&);                                    \
   template double msa_index_recall_sum<T>(const T*, const T*, const int32_t*, const int32_t*,      \
+                                          double, int64_t, int64_t*, const MsaDims&);              \
+  template double msa_block_recall_sum<T>(const T*, const T*, const int32_t*, const int32_t*,      \
                                           double, int64_t, int64_t*, const MsaDims&);
 MSA_INSTANTIATE(float)
 MSA_INSTANTIATE(double)

@@ -1,8 +1,10 @@
-// msa-bench msa: the MSA kernels (block pooling, index top-k, sparse attention forward and
-// backward) against cuDNN's dense causal flash attention on the same Q/K/V, measured side by side
-// in one run. Effective TFLOP/s count only the keys of the selected blocks (causal part of the
-// local block included) for MSA, and the causal half of the T x T scores for cuDNN; the backward
-// counts 2.5x the forward (five matrix products instead of two).
+// msa-bench msa: the MSA kernels (the indexer: q^I k^I token scores max-pooled per block with the
+// exp-free top-k; sparse attention forward and backward; the token-level index distillation loss
+// with its gradients) against cuDNN's dense causal flash attention on the same Q/K/V, measured
+// side by side in one run. Effective TFLOP/s count only the keys of the selected blocks (causal
+// part of the local block included) for MSA, the causal half of the T x T scores for cuDNN, and
+// for the indexer its q^I k^I products over the blocks before each query's own (G d_I 2 per
+// query and key); the backward counts 2.5x the forward (five matrix products instead of two).
 #if MSA_HAS_CUDA
 #include <cmath>
 #include <cstdio>
@@ -54,26 +56,29 @@ int bench_msa() {
       "MSA vs cuDNN dense causal flash attention: H=%d G=%d d=%d B=%d k=%d d_I=%d, bf16, batch 1; "
       "times in ms (median of %d after a warm-up)\n",
       H, G, d, B, K, dI, iters);
-  std::printf("%8s | %7s %7s %8s %8s | %9s %9s | %9s %9s | %7s %7s | %8s %8s\n", "seq", "pool",
-              "top-k", "attn-f", "attn-b", "MSA fwd", "MSA f+b", "cuDNN f", "cuDNN f+b", "x fwd",
-              "x f+b", "MSA TF/s", "cuDNN TF/s");
+  std::printf("%8s | %8s %8s %8s %8s | %9s %9s | %9s %9s | %7s %7s | %8s %8s %8s\n", "seq",
+              "indexer", "attn-f", "KL", "attn-b", "MSA fwd", "MSA f+b", "cuDNN f", "cuDNN f+b",
+              "x fwd", "x f+b", "idx TF/s", "MSA TF/s", "cuDNN TF/s");
   for (const auto& [T, with_bwd] : runs) {
-    const int64_t nb = msa_num_blocks(T, B);
     Tensor q = random_device({1, T, H, d}, 1), k = random_device({1, T, G, d}, 2),
            v = random_device({1, T, G, d}, 3);
-    Tensor iq = random_device({1, T, G, dI}, 4), ik = random_device({1, T, G, dI}, 5);
-    Tensor kbar = Tensor::empty({1, nb, G, dI}, DType::kBF16, Device::kCUDA);
+    Tensor iq = random_device({1, T, G, dI}, 4), ik = random_device({1, T, dI}, 5);
     BlockSelection sel = BlockSelection::allocate(1, T, G, B, K, Device::kCUDA);
     Tensor out = Tensor::empty(q.shape(), DType::kBF16, Device::kCUDA);
     Tensor lse = Tensor::empty({1, H, T}, DType::kF32, Device::kCUDA);
     const double scale = 1.0 / std::sqrt(static_cast<double>(d));
-    const double pool = median_ms(iters, [&] { msa_block_pool_forward(ik, B, kbar); });
-    const double topk = median_ms(iters, [&] { msa_index_topk(iq, kbar, sel); });
+    const double indexer = median_ms(iters, [&] { msa_index_topk(iq, ik, sel); });
     const double fwd =
         median_ms(iters, [&] { msa_sparse_attention_forward(q, k, v, sel, scale, out, lse); });
-    double bwd = NAN, cudnn_fwd = NAN, cudnn_bwd = NAN;
+    double bwd = NAN, kl = NAN, cudnn_fwd = NAN, cudnn_bwd = NAN;
     Tensor dout, dq, dk, dv;
     if (with_bwd) {
+      // The training forward's index loss (KL value and the gradients for W_IQ / W_IK).
+      Tensor diq = Tensor::empty(iq.shape(), DType::kF32, Device::kCUDA);
+      Tensor dik = Tensor::empty(ik.shape(), DType::kF32, Device::kCUDA);
+      kl = median_ms(iters, [&] {
+        msa_index_loss(IndexLossMode::kSparse, q, k, lse, sel, iq, ik, scale, 1.0, diq, dik);
+      });
       dout = random_device({1, T, H, d}, 6);
       dq = Tensor::empty(q.shape(), DType::kBF16, Device::kCUDA);
       dk = Tensor::empty(k.shape(), DType::kBF16, Device::kCUDA);
@@ -91,18 +96,24 @@ int bench_msa() {
         cudnn_bwd = median_ms(
             iters, [&] { attention_backward(dout, q, k, v, out, lse, scale, dq, dk, dv); });
     }
-    const double msa_f = pool + topk + fwd, msa_fb = msa_f + bwd;
+    // The indexer scores every key of the blocks before the query's own: sum over t of B c(t).
+    double index_keys = 0;
+    for (int64_t t = 0; t < T; ++t) index_keys += static_cast<double>((t / B) * B);
+    const double index_flops = 2.0 * G * dI * index_keys;
+    const double msa_f = indexer + fwd, msa_fb = msa_f + kl + bwd;
     const double cudnn_fb = cudnn_fwd + cudnn_bwd;
     std::printf(
-        "%8lld | %7.2f %7.2f %8.2f %8.2f | %9.2f %9.2f | %9.2f %9.2f | %7.2f %7.2f | %8.1f %8.1f\n",
-        static_cast<long long>(T), pool, topk, fwd, bwd, msa_f, msa_fb, cudnn_fwd, cudnn_fb,
-        cudnn_fwd / msa_f, cudnn_fb / msa_fb, msa_flops / (fwd * 1e-3) / 1e12,
-        dense_flops / (cudnn_fwd * 1e-3) / 1e12);
+        "%8lld | %8.2f %8.2f %8.2f %8.2f | %9.2f %9.2f | %9.2f %9.2f | %7.2f %7.2f | %8.1f %8.1f "
+        "%8.1f\n",
+        static_cast<long long>(T), indexer, fwd, kl, bwd, msa_f, msa_fb, cudnn_fwd, cudnn_fb,
+        cudnn_fwd / msa_f, cudnn_fb / msa_fb, index_flops / (indexer * 1e-3) / 1e12,
+        msa_flops / (fwd * 1e-3) / 1e12, dense_flops / (cudnn_fwd * 1e-3) / 1e12);
     std::fflush(stdout);
   }
   std::printf(
-      "x fwd / x f+b: cuDNN time over MSA time (MSA = pool + top-k + sparse attention). TF/s: "
-      "forward, MSA counting selected keys only, cuDNN the causal half.\n");
+      "MSA fwd = indexer + attn-f; MSA f+b = indexer + attn-f + KL (index loss and its gradients) "
+      "+ attn-b. x fwd / x f+b: cuDNN time over MSA time. TF/s: forward; idx = the indexer's "
+      "q^I k^I products, MSA the selected keys only, cuDNN the causal half.\n");
   return 0;
 }
 

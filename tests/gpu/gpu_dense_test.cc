@@ -281,18 +281,15 @@ ModelConfig small_config(const std::string& kind) {
     c.msa.index_dim = 32;
   }
   if (kind == "dense128") c.head_dim = 128;  // msa128's dense twin: cuDNN at the same shape
-  // The product's shape: head_dim 128, block 128 (the wgmma kernels on Hopper). Every block is
-  // selected (k = n_b = 3 at T = 384): with k = 2, layer 1's top-1 choice between two blocks of
-  // near-equal index score follows the rounding of layer 0's output, and a flipped choice moves
-  // whole rows: 0.043 worst gradient error with the tensor-core kernels, 0.009 with the
-  // first-generation ones (whose rounding kept the CPU's choices), 0.043 again with the f32
-  // top-k. With k = 3: 0.009 for both, as cuDNN's dense128. Selection is tested in gpu_msa_test.
+  // The product's shape: head_dim 128, block 128, d_I 128 (the wgmma kernels on Hopper), with
+  // k < n_b: 8 blocks at T = 1024, top-3 + local, so the sparse kernels, the indexer and the
+  // sparse index loss all run truly sparse.
   if (kind == "msa128") {
     c.head_dim = 128;
     c.attention = {AttentionKind::kMsa, AttentionKind::kMsa};
     c.msa.block_size = 128;
-    c.msa.topk = 3;
-    c.msa.index_dim = 32;
+    c.msa.topk = 4;
+    c.msa.index_dim = 128;
   }
   if (kind == "qwen") {
     c.qkv_bias = true;
@@ -335,8 +332,8 @@ TEST_P(GpuModelTest, LossAndGradientsMatchCpu) {
   cpu.params().initialize(7);
   share_weights(cpu, gpu);
   Tensor tokens, targets;
-  // The 128 configs: 3 blocks of 128, so msa128's top-1 + local selection is sparse.
-  make_batch(c, 2, c.head_dim == 128 ? 384 : 96, 3, tokens, targets);
+  // The 128 configs: 8 blocks of 128, so msa128's top-3 + local selection is sparse.
+  make_batch(c, 2, c.head_dim == 128 ? 1024 : 96, 3, tokens, targets);
   ForwardOptions opt;
   const ForwardResult rc = cpu.forward(tokens, targets, opt);
   const ForwardResult rg = gpu.forward(tokens.to(Device::kCUDA), targets.to(Device::kCUDA), opt);

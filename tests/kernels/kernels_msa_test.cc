@@ -1,21 +1,28 @@
-// CPU reference MSA kernels (kernels/msa.h): the k >= n_b identity with dense
-// attention, exp-free top-k against a brute-force sort, finite-difference
-// checks of every backward, causality.
+// CPU reference MSA kernels (kernels/msa.h) against the independent plain-loop reference
+// (tests/testing/msa_reference.h): max-pooled exp-free top-k (random inputs, exact ties, a
+// one-token spike), block-sparse attention at k < n_b, the k >= n_b identity with dense
+// attention, the token-level index loss in both modes (values and gradients), finite-difference
+// checks of every backward, determinism under any thread count, recall, causality.
 #include <algorithm>
 #include <cmath>
-#include <utility>
+#include <cstdio>
+#include <limits>
 #include <vector>
 
 #include "core/rng.h"
 #include "gtest/gtest.h"
 #include "kernels/attention.h"
+#include "kernels/cpu/parallel.h"
 #include "kernels/msa.h"
 #include "tests/testing/gradcheck.h"
+#include "tests/testing/msa_reference.h"
 
 namespace msa {
 namespace {
 
+using test::bitwise_equal;
 using test::gradcheck;
+using test::max_scaled_diff;
 using test::random_tensor;
 using test::weighted_sum;
 
@@ -26,224 +33,393 @@ struct Case {
 
 int64_t blocks(const Case& c) { return msa_num_blocks(c.T, c.block_size); }
 
-// Index tensors and selection from random iq, ik.
-struct Index {
-  Tensor iq, ik, kbar;
+test::ref::Sizes sizes(const Case& c) {
+  test::ref::Sizes z;
+  z.batch = c.batch;
+  z.T = c.T;
+  z.H = c.H;
+  z.G = c.G;
+  z.d = c.d;
+  z.dI = c.dI;
+  z.block_size = c.block_size;
+  z.topk = c.topk;
+  return z;
+}
+
+// Random inputs of one MSA layer; sel from the kernel's top-k on iq, ik.
+struct Inputs {
+  Tensor q, k, v, iq, ik;
   BlockSelection sel;
 };
 
-Index make_index(const Case& c, uint64_t seed, DType dtype) {
-  Index x;
-  x.iq = random_tensor({c.batch, c.T, c.G, c.dI}, seed, dtype);
-  x.ik = random_tensor({c.batch, c.T, c.G, c.dI}, seed + 1, dtype);
-  x.kbar = Tensor::empty({c.batch, blocks(c), c.G, c.dI}, dtype);
-  msa_block_pool_forward(x.ik, c.block_size, x.kbar);
+Inputs make_inputs(const Case& c, uint64_t seed, DType dtype = DType::kF64) {
+  Inputs x;
+  x.q = random_tensor({c.batch, c.T, c.H, c.d}, seed, dtype);
+  x.k = random_tensor({c.batch, c.T, c.G, c.d}, seed + 1, dtype);
+  x.v = random_tensor({c.batch, c.T, c.G, c.d}, seed + 2, dtype);
+  x.iq = random_tensor({c.batch, c.T, c.G, c.dI}, seed + 3, dtype);
+  x.ik = random_tensor({c.batch, c.T, c.dI}, seed + 4, dtype);
   x.sel = BlockSelection::allocate(c.batch, c.T, c.G, c.block_size, c.topk, Device::kCPU);
-  msa_index_topk(x.iq, x.kbar, x.sel);
+  msa_index_topk(x.iq, x.ik, x.sel);
   return x;
 }
 
-// ---- 1. identity: every block selected == dense attention
-// ----------------------------------
+Tensor f64_from(const std::vector<double>& values, const Shape& shape) {
+  return Tensor::from_vector<double>(shape, values);
+}
 
-TEST(KernelsMsaTest, AllBlocksSelectedEqualsDenseAttention) {
-  // T not a multiple of B; G:H ratios 1:1, 1:2, 1:3, 1:4 (MQA).
-  const std::vector<Case> cases = {{2, 37, 4, 2, 8, 4, 8, 5},
-                                   {1, 29, 6, 2, 4, 3, 4, 8},
-                                   {2, 19, 3, 3, 6, 4, 5, 7},
-                                   {1, 23, 4, 1, 8, 2, 6, 4}};
-  uint64_t seed = 100;
-  for (const Case& c : cases) {
-    SCOPED_TRACE(testing::Message() << "T=" << c.T << " H=" << c.H << " G=" << c.G);
-    ASSERT_GE(c.topk, blocks(c));
-    Index x = make_index(c, seed, DType::kF32);
-    Tensor q = random_tensor({c.batch, c.T, c.H, c.d}, seed + 2, DType::kF32);
-    Tensor k = random_tensor({c.batch, c.T, c.G, c.d}, seed + 3, DType::kF32);
-    Tensor v = random_tensor({c.batch, c.T, c.G, c.d}, seed + 4, DType::kF32);
-    Tensor dout = random_tensor(q.shape(), seed + 5, DType::kF32);
-    seed += 10;
-    const double scale = 1.0 / std::sqrt(static_cast<double>(c.d));
-    Tensor out_s = Tensor::empty(q.shape(), DType::kF32),
-           lse_s = Tensor::empty({c.batch, c.H, c.T}, DType::kF32);
-    Tensor out_d = Tensor::empty(q.shape(), DType::kF32),
-           lse_d = Tensor::empty({c.batch, c.H, c.T}, DType::kF32);
-    msa_sparse_attention_forward(q, k, v, x.sel, scale, out_s, lse_s);
-    attention_forward(q, k, v, scale, out_d, lse_d);
-    Tensor dq_s = Tensor::empty(q.shape(), DType::kF32),
-           dk_s = Tensor::empty(k.shape(), DType::kF32),
-           dv_s = Tensor::empty(v.shape(), DType::kF32);
-    Tensor dq_d = Tensor::empty(q.shape(), DType::kF32),
-           dk_d = Tensor::empty(k.shape(), DType::kF32),
-           dv_d = Tensor::empty(v.shape(), DType::kF32);
-    msa_sparse_attention_backward(dout, q, k, v, out_s, lse_s, x.sel, scale, dq_s, dk_s, dv_s);
-    attention_backward(dout, q, k, v, out_d, lse_d, scale, dq_d, dk_d, dv_d);
-    auto max_abs_diff = [](const Tensor& a, const Tensor& b) {
-      const auto x = a.to_double_vector(), y = b.to_double_vector();
-      double m = 0;
-      for (size_t i = 0; i < x.size(); ++i) m = std::max(m, std::abs(x[i] - y[i]));
-      return m;
-    };
-    EXPECT_LT(max_abs_diff(out_s, out_d), 1e-5);
-    EXPECT_LT(max_abs_diff(lse_s, lse_d), 1e-5);
-    EXPECT_LT(max_abs_diff(dq_s, dq_d), 1e-5);
-    EXPECT_LT(max_abs_diff(dk_s, dk_d), 1e-5);
-    EXPECT_LT(max_abs_diff(dv_s, dv_d), 1e-5);
+// max_i |a_i - b_i| / max_i |b_i|: the error relative to the reference's largest entry (the index
+// gradients are O(1 / n_rows), far below max_scaled_diff's floor of 1). +infinity on NaN/inf.
+double max_rel_diff(const Tensor& a, const std::vector<double>& b) {
+  const std::vector<double> x = a.to_double_vector();
+  EXPECT_EQ(x.size(), b.size());
+  double diff = 0, scale = 0;
+  for (size_t i = 0; i < x.size() && i < b.size(); ++i) {
+    if (!std::isfinite(x[i]) || !std::isfinite(b[i]))
+      return std::numeric_limits<double>::infinity();
+    diff = std::max(diff, std::abs(x[i] - b[i]));
+    scale = std::max(scale, std::abs(b[i]));
   }
+  return scale > 0 ? diff / scale : diff;
 }
 
-// ---- 2. top-k against a brute-force sort
-// ---------------------------------------------------
+// ---- 1. selection -------------------------------------------------------------------------
 
-// Small integers make many exact ties among the dot products.
-Tensor integer_tensor(const Shape& shape, uint64_t seed, int levels) {
-  Tensor t = Tensor::empty(shape, DType::kF32);
-  float* p = t.data<float>();
-  for (int64_t i = 0; i < t.numel(); ++i)
-    p[i] = static_cast<float>(static_cast<int>(philox4x32(seed, i).v[0] % levels) - levels / 2);
-  return t;
-}
-
-void expect_topk_matches_brute_force(const Case& c, uint64_t seed, int levels) {
-  SCOPED_TRACE(testing::Message() << "T=" << c.T << " B=" << c.block_size << " k=" << c.topk
-                                  << " levels=" << levels);
-  const int64_t nb = blocks(c);
-  Tensor iq = integer_tensor({c.batch, c.T, c.G, c.dI}, seed, levels);
-  Tensor kbar = integer_tensor({c.batch, nb, c.G, c.dI}, seed + 1, levels);
-  BlockSelection sel =
-      BlockSelection::allocate(c.batch, c.T, c.G, c.block_size, c.topk, Device::kCPU);
-  msa_index_topk(iq, kbar, sel);
-  const float* q = iq.data<float>();
-  const float* kb = kbar.data<float>();
-  int ties_seen = 0;
-  for (int64_t b = 0; b < c.batch; ++b) {
-    for (int64_t t = 0; t < c.T; ++t) {
-      for (int64_t g = 0; g < c.G; ++g) {
-        const int64_t row = (b * c.T + t) * c.G + g;
-        const int64_t cb = t / c.block_size;
-        std::vector<std::pair<double, int64_t>> ranked;  // (-score, j): ascending = best first
-        for (int64_t j = 0; j < cb; ++j) {
-          double s = 0;
-          for (int64_t i = 0; i < c.dI; ++i)
-            s += double(q[row * c.dI + i]) * double(kb[((b * nb + j) * c.G + g) * c.dI + i]);
-          ranked.push_back({-s, j});
-        }
-        std::sort(ranked.begin(), ranked.end());
-        for (size_t i = 1; i < ranked.size(); ++i)
-          ties_seen += ranked[i].first == ranked[i - 1].first;
-        std::vector<int32_t> expected;
-        for (int64_t i = 0; i < std::min<int64_t>(c.topk - 1, cb); ++i)
-          expected.push_back(static_cast<int32_t>(ranked[i].second));
-        expected.push_back(static_cast<int32_t>(cb));
-        std::sort(expected.begin(), expected.end());
-        ASSERT_EQ(sel.counts.data<int32_t>()[row], static_cast<int32_t>(expected.size()))
-            << "row b=" << b << " t=" << t << " g=" << g;
-        for (int64_t i = 0; i < c.topk; ++i) {
-          const int32_t want = i < static_cast<int64_t>(expected.size()) ? expected[i] : -1;
-          ASSERT_EQ(sel.indices.data<int32_t>()[row * c.topk + i], want)
-              << "row b=" << b << " t=" << t << " g=" << g << " slot " << i;
-        }
-      }
+// Asserts the kernel's selection equals the reference's, row by row and slot by slot (-1 padding
+// included).
+void expect_selection_equals(const BlockSelection& sel, const test::ref::Selection& want,
+                             const Case& c) {
+  const int32_t* idx = sel.indices.data<int32_t>();
+  const int32_t* cnt = sel.counts.data<int32_t>();
+  for (int64_t row = 0; row < c.batch * c.T * c.G; ++row) {
+    const int64_t t = (row / c.G) % c.T;
+    ASSERT_EQ(cnt[row], static_cast<int32_t>(want[row].size())) << "row " << row << " t=" << t;
+    ASSERT_EQ(cnt[row], std::min<int64_t>(c.topk, t / c.block_size + 1)) << "row " << row;
+    for (int64_t i = 0; i < c.topk; ++i) {
+      const int32_t expected =
+          i < static_cast<int64_t>(want[row].size()) ? static_cast<int32_t>(want[row][i]) : -1;
+      ASSERT_EQ(idx[row * c.topk + i], expected) << "row " << row << " t=" << t << " slot " << i;
     }
   }
-  if (levels <= 3 && c.T > 2 * c.block_size) {
-    EXPECT_GT(ties_seen, 0) << "the case had no ties";
+}
+
+TEST(KernelsMsaTest, TopkMatchesReferenceOnRandomInputs) {
+  const std::vector<Case> cases = {{2, 150, 4, 2, 4, 16, 16, 4},   // T % B != 0
+                                   {1, 128, 4, 2, 4, 8, 8, 3},     // T % B == 0
+                                   {2, 100, 4, 2, 4, 12, 12, 2}};  // one non-local block
+  uint64_t seed = 10;
+  for (const Case& c : cases) {
+    SCOPED_TRACE(testing::Message() << "T=" << c.T << " B=" << c.block_size << " k=" << c.topk);
+    for (DType dtype : {DType::kF64, DType::kF32}) {
+      const Inputs x = make_inputs(c, seed, dtype);
+      const auto iq = test::ref::values(x.iq), ik = test::ref::values(x.ik);
+      const test::ref::Selection got = test::ref::selection_of(x.sel);
+      if (dtype == DType::kF64) {
+        // Random f64 scores have no near-ties: the selection is exactly the reference's.
+        EXPECT_EQ(test::ref::selection_violation(got, iq, ik, sizes(c)), 0.0);
+        expect_selection_equals(x.sel, test::ref::select_blocks(iq, ik, sizes(c)), c);
+      } else {
+        // f32 dots may order blocks whose exact scores are within rounding either way.
+        EXPECT_LT(test::ref::selection_violation(got, iq, ik, sizes(c)), 1e-5);
+      }
+    }
+    seed += 10;
   }
 }
 
-TEST(KernelsMsaTest, TopkMatchesBruteForceSortWithTies) {
-  expect_topk_matches_brute_force({2, 70, 4, 2, 4, 3, 4, 5}, 1,
-                                  3);  // many ties, T % B != 0
-  expect_topk_matches_brute_force({1, 64, 4, 2, 4, 2, 8, 3}, 2,
-                                  3);                                 // T an exact multiple of B
-  expect_topk_matches_brute_force({2, 50, 4, 2, 4, 4, 3, 6}, 3, 41);  // few ties
+// Small integers make the dot products exact in f32 and f64, with many exact ties.
+Tensor integer_tensor(const Shape& shape, uint64_t seed, int levels, DType dtype) {
+  std::vector<double> v(shape_numel(shape));
+  for (size_t i = 0; i < v.size(); ++i)
+    v[i] = static_cast<double>(static_cast<int>(philox4x32(seed, i).v[0] % levels) - levels / 2);
+  return Tensor::from_vector<double>(shape, v).to(dtype);
+}
+
+void expect_integer_topk_matches_reference(const Case& c, uint64_t seed, int levels) {
+  SCOPED_TRACE(testing::Message() << "T=" << c.T << " B=" << c.block_size << " k=" << c.topk
+                                  << " levels=" << levels);
+  for (DType dtype : {DType::kF32, DType::kF64}) {
+    Tensor iq = integer_tensor({c.batch, c.T, c.G, c.dI}, seed, levels, dtype);
+    Tensor ik = integer_tensor({c.batch, c.T, c.dI}, seed + 1, levels, dtype);
+    BlockSelection sel =
+        BlockSelection::allocate(c.batch, c.T, c.G, c.block_size, c.topk, Device::kCPU);
+    msa_index_topk(iq, ik, sel);
+    const auto iqv = test::ref::values(iq), ikv = test::ref::values(ik);
+    expect_selection_equals(sel, test::ref::select_blocks(iqv, ikv, sizes(c)), c);
+    if (levels <= 3 && c.T > 3 * c.block_size) {
+      // The case is meant to exercise ties: count rows whose eligible block maxima repeat.
+      int64_t rows_with_ties = 0;
+      for (int64_t t = 0; t < c.T; ++t) {
+        std::vector<double> M = test::ref::block_scores(iqv, ikv, sizes(c), 0, t, 0);
+        M.pop_back();  // the local block is not ranked
+        std::sort(M.begin(), M.end());
+        rows_with_ties += std::adjacent_find(M.begin(), M.end()) != M.end();
+      }
+      EXPECT_GT(rows_with_ties, 0) << "the case had no ties";
+    }
+  }
+}
+
+TEST(KernelsMsaTest, TopkMatchesReferenceExactlyWithTies) {
+  expect_integer_topk_matches_reference({2, 70, 4, 2, 4, 3, 4, 5}, 1, 3);   // T % B != 0
+  expect_integer_topk_matches_reference({1, 64, 4, 2, 4, 2, 8, 3}, 2, 3);   // T % B == 0
+  expect_integer_topk_matches_reference({2, 90, 4, 2, 4, 8, 8, 4}, 3, 2);   // ties everywhere
+  expect_integer_topk_matches_reference({2, 50, 4, 2, 4, 4, 3, 6}, 4, 41);  // few ties
 }
 
 TEST(KernelsMsaTest, TopkShortSequencesAndRowsWithFewEligibleBlocks) {
-  expect_topk_matches_brute_force({2, 5, 4, 2, 4, 3, 8, 4}, 4,
-                                  3);                               // T < B: local block only
-  expect_topk_matches_brute_force({1, 8, 4, 2, 4, 3, 8, 4}, 5, 3);  // T = B
-  expect_topk_matches_brute_force({1, 30, 4, 1, 4, 3, 4, 16}, 6,
-                                  5);  // k > n_b everywhere
-  expect_topk_matches_brute_force({1, 30, 4, 1, 4, 3, 4, 1}, 7,
-                                  5);  // k = 1: local block only
+  expect_integer_topk_matches_reference({2, 5, 4, 2, 4, 3, 8, 4}, 5, 3);    // T < B
+  expect_integer_topk_matches_reference({1, 8, 4, 2, 4, 3, 8, 4}, 6, 3);    // T = B
+  expect_integer_topk_matches_reference({1, 30, 4, 2, 4, 3, 4, 16}, 7, 5);  // k > n_b
+  expect_integer_topk_matches_reference({1, 30, 4, 2, 4, 3, 4, 1}, 8, 5);   // k = 1
 }
 
-// ---- 3. finite differences (float64)
-// -------------------------------------------------------
+// The point of max pooling: one token that matches the query makes its block win, even when the
+// rest of the block (and so its mean-pooled key) scores lowest of all.
+TEST(KernelsMsaTest, TopkOneTokenSpikeSelectsItsBlock) {
+  const Case c{1, 96, 2, 1, 2, 8, 8, 2};  // 12 blocks, one non-local slot
+  const int64_t spike_block = 3, spike_token = spike_block * c.block_size + 5;
+  std::vector<double> e(c.dI);
+  for (int64_t i = 0; i < c.dI; ++i) e[i] = (i % 2 ? 1.0 : -1.0) * (1.0 + 0.1 * i);
+  std::vector<double> iq(c.T * c.dI), ik(c.T * c.dI);
+  std::vector<double> factor(c.T);
+  for (int64_t s = 0; s < c.T; ++s) {
+    const int64_t j = s / c.block_size;
+    // Every block scores iq.ik = factor |e|^2 with factor 0.5 + 0.01 j, except the spike block:
+    // -1 everywhere but one token at +3.
+    factor[s] = j == spike_block ? (s == spike_token ? 3.0 : -1.0) : 0.5 + 0.01 * j;
+    for (int64_t i = 0; i < c.dI; ++i) {
+      iq[s * c.dI + i] = e[i];
+      ik[s * c.dI + i] = factor[s] * e[i];
+    }
+  }
+  // Mean pooling would rank the spike block last of all.
+  double spike_mean = 0;
+  for (int64_t s = spike_block * c.block_size; s < (spike_block + 1) * c.block_size; ++s)
+    spike_mean += factor[s] / c.block_size;
+  ASSERT_LT(spike_mean, 0.5);
+  for (DType dtype : {DType::kF32, DType::kF64}) {
+    Tensor tiq = f64_from(iq, {1, c.T, 1, c.dI}).to(dtype);
+    Tensor tik = f64_from(ik, {1, c.T, c.dI}).to(dtype);
+    BlockSelection sel = BlockSelection::allocate(1, c.T, 1, c.block_size, c.topk, Device::kCPU);
+    msa_index_topk(tiq, tik, sel);
+    for (int64_t t = (spike_block + 1) * c.block_size; t < c.T; ++t) {
+      ASSERT_EQ(sel.counts.data<int32_t>()[t], 2) << "t=" << t;
+      EXPECT_EQ(sel.indices.data<int32_t>()[t * 2], spike_block) << "t=" << t;
+      EXPECT_EQ(sel.indices.data<int32_t>()[t * 2 + 1], t / c.block_size) << "t=" << t;
+    }
+    // Before the spike block is complete, the best earlier block is the highest-factor one.
+    const int64_t t = spike_block * c.block_size + 2;  // c(t) = 3, spike at offset 5 > 2
+    EXPECT_EQ(sel.indices.data<int32_t>()[t * 2], spike_block - 1);
+  }
+}
 
-TEST(KernelsMsaTest, BlockPoolBackwardMatchesFiniteDifferences) {
-  const Case c{2, 11, 4, 2, 4, 3, 4, 3};
-  Tensor ik = random_tensor({c.batch, c.T, c.G, c.dI}, 21);
-  Tensor w = random_tensor({c.batch, blocks(c), c.G, c.dI}, 22);
-  Tensor kbar = Tensor::empty(w.shape(), DType::kF64);
-  auto loss = [&]() {
-    msa_block_pool_forward(ik, c.block_size, kbar);
-    return weighted_sum(kbar, w);
-  };
-  Tensor dik = Tensor::empty(ik.shape(), DType::kF64);
-  msa_block_pool_backward(w, c.block_size, dik);
-  auto r = gradcheck(ik, dik, loss);
-  EXPECT_LT(r.max_rel_error, 1e-6) << r;
+// A NaN score never wins a block's max (a NaN-only block scores -inf): the selection stays a
+// valid top-k of the finite scores.
+TEST(KernelsMsaTest, TopkNaNScoresNeverWin) {
+  const Case c{1, 64, 2, 2, 2, 8, 8, 3};
+  Inputs x = make_inputs(c, 90);
+  double* ik = x.ik.data<double>();
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  // Every token of block 1, and one token of block 5.
+  for (int64_t s = 8; s < 16; ++s) ik[s * c.dI] = nan;
+  ik[40 * c.dI + 2] = nan;
+  msa_index_topk(x.iq, x.ik, x.sel);
+  expect_selection_equals(
+      x.sel, test::ref::select_blocks(test::ref::values(x.iq), test::ref::values(x.ik), sizes(c)),
+      c);
+  // Block 1 (all NaN) is chosen only when fewer than k - 1 finite blocks exist, i.e. never here
+  // once c(t) >= 3.
+  for (int64_t row = 0; row < c.T * c.G; ++row) {
+    const int64_t t = row / c.G;
+    if (t / c.block_size < 3) continue;
+    for (int i = 0; i < x.sel.counts.data<int32_t>()[row]; ++i)
+      EXPECT_NE(x.sel.indices.data<int32_t>()[row * c.topk + i], 1) << "t=" << t;
+  }
+}
+
+// ---- 2. block-sparse attention -----------------------------------------------------------
+
+TEST(KernelsMsaTest, SparseAttentionMatchesIndependentReference) {
+  const Case c{2, 160, 4, 2, 8, 8, 16, 3};  // 10 blocks, 3 selected
+  ASSERT_LT(c.topk, blocks(c));
+  const Inputs x = make_inputs(c, 100);
+  const test::ref::Sizes z = sizes(c);
+  const test::ref::Selection want =
+      test::ref::select_blocks(test::ref::values(x.iq), test::ref::values(x.ik), z);
+  expect_selection_equals(x.sel, want, c);
+  const double scale = 1.0 / std::sqrt(static_cast<double>(c.d));
+  Tensor out = Tensor::empty(x.q.shape(), DType::kF64),
+         lse = Tensor::empty({c.batch, c.H, c.T}, DType::kF64);
+  msa_sparse_attention_forward(x.q, x.k, x.v, x.sel, scale, out, lse);
+  const auto q = test::ref::values(x.q), k = test::ref::values(x.k), v = test::ref::values(x.v);
+  const test::ref::Attention ref =
+      test::ref::attention(q, k, v, test::ref::sparse_token_sets(want, z), z, scale);
+  const double out_err = max_scaled_diff(out, f64_from(ref.out, x.q.shape()));
+  const double lse_err = max_scaled_diff(lse, f64_from(ref.lse, lse.shape()));
+  EXPECT_LT(out_err, 1e-12);
+  EXPECT_LT(lse_err, 1e-12);
+  // The sparse result is not the dense one (the test would be vacuous otherwise).
+  const test::ref::Attention dense =
+      test::ref::attention(q, k, v, test::ref::dense_token_sets(z), z, scale);
+  const double sparse_vs_dense = max_scaled_diff(out, f64_from(dense.out, x.q.shape()));
+  EXPECT_GT(sparse_vs_dense, 1e-3);
+  std::printf(
+      "sparse attention (T=%lld, k=%d of %lld blocks): out err %.3g, lse err %.3g; "
+      "lse[0,0,T-1] kernel %.15f reference %.15f; |sparse - dense| %.3g\n",
+      static_cast<long long>(c.T), c.topk, static_cast<long long>(blocks(c)), out_err, lse_err,
+      lse.data<double>()[c.T - 1], ref.lse[c.T - 1], sparse_vs_dense);
+}
+
+TEST(KernelsMsaTest, AllBlocksSelectedEqualsDenseAttention) {
+  // T not a multiple of B; H:G = 1:1, 2:1, 3:1, 4:1 (MQA).
+  const std::vector<Case> cases = {{2, 70, 4, 2, 8, 8, 16, 5},
+                                   {1, 64, 4, 4, 4, 8, 8, 8},
+                                   {2, 45, 6, 2, 6, 8, 8, 6},
+                                   {1, 50, 4, 1, 8, 8, 10, 9}};
+  uint64_t seed = 200;
+  for (const Case& c : cases) {
+    SCOPED_TRACE(testing::Message() << "T=" << c.T << " H=" << c.H << " G=" << c.G);
+    ASSERT_GE(c.topk, blocks(c));
+    const Inputs x = make_inputs(c, seed);
+    Tensor dout = random_tensor(x.q.shape(), seed + 9);
+    seed += 10;
+    const double scale = 1.0 / std::sqrt(static_cast<double>(c.d));
+    Tensor out_s = Tensor::empty(x.q.shape(), DType::kF64),
+           lse_s = Tensor::empty({c.batch, c.H, c.T}, DType::kF64);
+    Tensor out_d = out_s.clone(), lse_d = lse_s.clone();
+    msa_sparse_attention_forward(x.q, x.k, x.v, x.sel, scale, out_s, lse_s);
+    attention_forward(x.q, x.k, x.v, scale, out_d, lse_d);
+    Tensor dq_s = Tensor::empty(x.q.shape(), DType::kF64),
+           dk_s = Tensor::empty(x.k.shape(), DType::kF64),
+           dv_s = Tensor::empty(x.v.shape(), DType::kF64);
+    Tensor dq_d = dq_s.clone(), dk_d = dk_s.clone(), dv_d = dv_s.clone();
+    msa_sparse_attention_backward(dout, x.q, x.k, x.v, out_s, lse_s, x.sel, scale, dq_s, dk_s,
+                                  dv_s);
+    attention_backward(dout, x.q, x.k, x.v, out_d, lse_d, scale, dq_d, dk_d, dv_d);
+    EXPECT_LT(max_scaled_diff(out_s, out_d), 1e-12);
+    EXPECT_LT(max_scaled_diff(lse_s, lse_d), 1e-12);
+    EXPECT_LT(max_scaled_diff(dq_s, dq_d), 1e-12);
+    EXPECT_LT(max_scaled_diff(dk_s, dk_d), 1e-12);
+    EXPECT_LT(max_scaled_diff(dv_s, dv_d), 1e-12);
+  }
 }
 
 TEST(KernelsMsaTest, SparseAttentionBackwardMatchesFiniteDifferences) {
-  for (const Case& c : {Case{2, 19, 4, 2, 4, 3, 4, 3}, Case{1, 17, 6, 2, 3, 2, 3, 2}}) {
+  for (const Case& c : {Case{2, 40, 4, 2, 4, 8, 8, 3}, Case{1, 33, 6, 2, 3, 8, 5, 2}}) {
     SCOPED_TRACE(testing::Message() << "T=" << c.T << " H=" << c.H << " G=" << c.G);
-    Index x = make_index(c, 31, DType::kF64);  // the selection is held fixed
-    Tensor q = random_tensor({c.batch, c.T, c.H, c.d}, 32);
-    Tensor k = random_tensor({c.batch, c.T, c.G, c.d}, 33);
-    Tensor v = random_tensor({c.batch, c.T, c.G, c.d}, 34);
-    Tensor w = random_tensor(q.shape(), 35);
+    Inputs x = make_inputs(c, 300);  // the selection is held fixed
+    Tensor w = random_tensor(x.q.shape(), 305);
     const double scale = 0.7;
-    Tensor out = Tensor::empty(q.shape(), DType::kF64),
+    Tensor out = Tensor::empty(x.q.shape(), DType::kF64),
            lse = Tensor::empty({c.batch, c.H, c.T}, DType::kF64);
     auto loss = [&]() {
-      msa_sparse_attention_forward(q, k, v, x.sel, scale, out, lse);
+      msa_sparse_attention_forward(x.q, x.k, x.v, x.sel, scale, out, lse);
       return weighted_sum(out, w);
     };
     loss();
-    Tensor dq = Tensor::empty(q.shape(), DType::kF64), dk = Tensor::empty(k.shape(), DType::kF64),
-           dv = Tensor::empty(v.shape(), DType::kF64);
-    msa_sparse_attention_backward(w, q, k, v, out, lse, x.sel, scale, dq, dk, dv);
-    auto rq = gradcheck(q, dq, loss);
-    auto rk = gradcheck(k, dk, loss);
-    auto rv = gradcheck(v, dv, loss);
+    Tensor dq = Tensor::empty(x.q.shape(), DType::kF64),
+           dk = Tensor::empty(x.k.shape(), DType::kF64),
+           dv = Tensor::empty(x.v.shape(), DType::kF64);
+    msa_sparse_attention_backward(w, x.q, x.k, x.v, out, lse, x.sel, scale, dq, dk, dv);
+    auto rq = gradcheck(x.q, dq, loss);
+    auto rk = gradcheck(x.k, dk, loss);
+    auto rv = gradcheck(x.v, dv, loss);
     EXPECT_LT(rq.max_rel_error, 1e-6) << "dq: " << rq;
     EXPECT_LT(rk.max_rel_error, 1e-6) << "dk: " << rk;
     EXPECT_LT(rv.max_rel_error, 1e-6) << "dv: " << rv;
   }
 }
 
-void check_index_loss_gradients(IndexLossMode mode) {
-  const Case c{2, 21, 4, 2, 4, 3, 3, 4};  // 7 blocks, 3 non-local selected
-  Index x = make_index(c, 41, DType::kF64);
-  Tensor q = random_tensor({c.batch, c.T, c.H, c.d}, 42);
-  Tensor k = random_tensor({c.batch, c.T, c.G, c.d}, 43);
-  Tensor v = random_tensor({c.batch, c.T, c.G, c.d}, 44);
-  const double scale = 0.5, weight = 0.7;
-  Tensor out = Tensor::empty(q.shape(), DType::kF64),
-         lse = Tensor::empty({c.batch, c.H, c.T}, DType::kF64);
+// ---- 3. index distillation loss ----------------------------------------------------------
+
+// The main branch's lse for the mode: sparse attention over sel, or dense attention.
+Tensor main_branch_lse(IndexLossMode mode, const Inputs& x, double scale) {
+  Tensor out = Tensor::empty(x.q.shape(), x.q.dtype()),
+         lse = Tensor::empty({x.q.size(0), x.q.size(2), x.q.size(1)}, x.q.dtype());
   if (mode == IndexLossMode::kSparse) {
-    msa_sparse_attention_forward(q, k, v, x.sel, scale, out, lse);
+    msa_sparse_attention_forward(x.q, x.k, x.v, x.sel, scale, out, lse);
   } else {
-    attention_forward(q, k, v, scale, out, lse);
+    attention_forward(x.q, x.k, x.v, scale, out, lse);
   }
+  return lse;
+}
+
+const char* mode_name(IndexLossMode mode) {
+  return mode == IndexLossMode::kSparse ? "sparse" : "dense-target";
+}
+
+TEST(KernelsMsaTest, IndexLossMatchesIndependentReference) {
+  const Case c{2, 128, 4, 2, 8, 16, 16, 3};  // 8 blocks, 3 selected
+  ASSERT_LT(c.topk, blocks(c));
+  const test::ref::Sizes z = sizes(c);
+  const double scale = 1.0 / std::sqrt(static_cast<double>(c.d)), weight = 0.7;
+  for (IndexLossMode mode : {IndexLossMode::kSparse, IndexLossMode::kDenseTarget}) {
+    SCOPED_TRACE(mode_name(mode));
+    const Inputs x = make_inputs(c, 400);
+    const Tensor lse = main_branch_lse(mode, x, scale);
+    Tensor diq = Tensor::empty(x.iq.shape(), DType::kF64),
+           dik = Tensor::empty(x.ik.shape(), DType::kF64);
+    const IndexLossResult got =
+        msa_index_loss(mode, x.q, x.k, lse, x.sel, x.iq, x.ik, scale, weight, diq, dik);
+    const test::ref::TokenSets U =
+        mode == IndexLossMode::kSparse
+            ? test::ref::sparse_token_sets(
+                  test::ref::select_blocks(test::ref::values(x.iq), test::ref::values(x.ik), z), z)
+            : test::ref::dense_token_sets(z);
+    const test::ref::IndexLoss want = test::ref::index_loss(
+        test::ref::values(x.q), test::ref::values(x.k), test::ref::values(lse),
+        test::ref::values(x.iq), test::ref::values(x.ik), U, z, scale, weight);
+    EXPECT_EQ(got.n_rows, c.batch * c.T * c.G);
+    EXPECT_NEAR(got.loss, want.loss, 1e-12 * std::max(1.0, want.loss));
+    EXPECT_GT(want.loss, 0.01);  // random indexers disagree with the teacher
+    const double diq_err = max_rel_diff(diq, want.diq);
+    const double dik_err = max_rel_diff(dik, want.dik);
+    EXPECT_LT(diq_err, 1e-12);
+    EXPECT_LT(dik_err, 1e-12);
+    std::printf(
+        "index loss (%s, T=%lld, k=%d of %lld blocks, weight %.1f): kernel %.15f "
+        "reference %.15f; diq err %.3g, dik err %.3g\n",
+        mode_name(mode), static_cast<long long>(c.T), c.topk, static_cast<long long>(blocks(c)),
+        weight, got.loss, want.loss, diq_err, dik_err);
+
+    // The f32 kernel on the same (f32-rounded) inputs, against the f64 reference of those inputs.
+    Inputs x32{x.q.to(DType::kF32),  x.k.to(DType::kF32),  x.v.to(DType::kF32),
+               x.iq.to(DType::kF32), x.ik.to(DType::kF32), x.sel};
+    const Tensor lse32 = lse.to(DType::kF32);
+    Tensor diq32 = Tensor::empty(x.iq.shape(), DType::kF32),
+           dik32 = Tensor::empty(x.ik.shape(), DType::kF32);
+    const IndexLossResult got32 = msa_index_loss(mode, x32.q, x32.k, lse32, x.sel, x32.iq, x32.ik,
+                                                 scale, weight, diq32, dik32);
+    const test::ref::IndexLoss want32 = test::ref::index_loss(
+        test::ref::values(x32.q), test::ref::values(x32.k), test::ref::values(lse32),
+        test::ref::values(x32.iq), test::ref::values(x32.ik), U, z, scale, weight);
+    EXPECT_NEAR(got32.loss, want32.loss, 1e-5 * std::max(1.0, want32.loss));
+    EXPECT_LT(max_rel_diff(diq32, want32.diq), 1e-4);
+    EXPECT_LT(max_rel_diff(dik32, want32.dik), 1e-4);
+  }
+}
+
+void check_index_loss_gradients(IndexLossMode mode) {
+  const Case c{2, 40, 4, 2, 4, 8, 8, 3};  // 5 blocks, 3 selected; the selection is held fixed
+  Inputs x = make_inputs(c, 500);
+  const double scale = 0.5, weight = 0.7;
+  const Tensor lse = main_branch_lse(mode, x, scale);
   Tensor diq = Tensor::empty(x.iq.shape(), DType::kF64),
-         dkbar = Tensor::empty(x.kbar.shape(), DType::kF64);
-  Tensor scratch_q = diq.clone(), scratch_k = dkbar.clone();
+         dik = Tensor::empty(x.ik.shape(), DType::kF64);
+  Tensor scratch_q = diq.clone(), scratch_k = dik.clone();
   auto loss = [&]() {
-    return weight * msa_index_loss(mode, q, k, lse, x.sel, x.iq, x.kbar, scale, c.block_size, 1.0,
-                                   scratch_q, scratch_k)
-                        .loss;
+    return weight *
+           msa_index_loss(mode, x.q, x.k, lse, x.sel, x.iq, x.ik, scale, 1.0, scratch_q, scratch_k)
+               .loss;
   };
-  IndexLossResult r =
-      msa_index_loss(mode, q, k, lse, x.sel, x.iq, x.kbar, scale, c.block_size, weight, diq, dkbar);
-  ASSERT_GT(r.n_rows, 0);
+  const IndexLossResult r =
+      msa_index_loss(mode, x.q, x.k, lse, x.sel, x.iq, x.ik, scale, weight, diq, dik);
   ASSERT_GT(r.loss, 0.0);
   auto rq = gradcheck(x.iq, diq, loss);
-  auto rk = gradcheck(x.kbar, dkbar, loss);
+  auto rk = gradcheck(x.ik, dik, loss);
   EXPECT_LT(rq.max_rel_error, 1e-6) << "diq: " << rq;
-  EXPECT_LT(rk.max_rel_error, 1e-6) << "dkbar: " << rk;
+  EXPECT_LT(rk.max_rel_error, 1e-6) << "dik: " << rk;
   EXPECT_GT(rq.max_abs_grad, 1e-6);
   EXPECT_GT(rk.max_abs_grad, 1e-6);
 }
@@ -256,72 +432,151 @@ TEST(KernelsMsaTest, DenseTargetIndexLossGradientMatchesFiniteDifferences) {
   check_index_loss_gradients(IndexLossMode::kDenseTarget);
 }
 
-TEST(KernelsMsaTest, DenseTargetIndexLossEqualsExplicitKl) {
-  // The loss against an explicit KL(P || Q) written out for a 3-block sequence.
-  const Case c{1, 12, 2, 1, 4, 2, 4, 3};
-  Index x = make_index(c, 51, DType::kF64);
-  Tensor q = random_tensor({c.batch, c.T, c.H, c.d}, 52);
-  Tensor k = random_tensor({c.batch, c.T, c.G, c.d}, 53);
-  Tensor v = random_tensor({c.batch, c.T, c.G, c.d}, 54);
-  Tensor out = Tensor::empty(q.shape(), DType::kF64),
-         lse = Tensor::empty({1, c.H, c.T}, DType::kF64);
-  attention_forward(q, k, v, 1.0, out, lse);
-  Tensor diq = Tensor::empty(x.iq.shape(), DType::kF64),
-         dkbar = Tensor::empty(x.kbar.shape(), DType::kF64);
-  IndexLossResult r = msa_index_loss(IndexLossMode::kDenseTarget, q, k, lse, BlockSelection{}, x.iq,
-                                     x.kbar, 1.0, c.block_size, 1.0, diq, dkbar);
-  // Rows with c(t) >= 2: t in [8, 12) (block 2), 4 rows.
-  ASSERT_EQ(r.n_rows, 4);
-  // Explicit: P over blocks {0, 1} from dense attention, Q = softmax of index
-  // scores.
-  const auto qv = q.to_double_vector(), kv = k.to_double_vector(), lv = lse.to_double_vector();
-  const auto iqv = x.iq.to_double_vector(), kbv = x.kbar.to_double_vector();
-  double kl_sum = 0;
-  for (int64_t t = 8; t < 12; ++t) {
-    double P[2] = {0, 0};
-    for (int64_t h = 0; h < c.H; ++h) {
-      double m[2] = {0, 0};
-      for (int64_t s = 0; s < 8; ++s) {
-        double z = 0;
-        for (int64_t i = 0; i < c.d; ++i) z += qv[(t * c.H + h) * c.d + i] * kv[s * c.d + i];
-        m[s / 4] += std::exp(z - lv[h * c.T + t]);
-      }
-      for (int j = 0; j < 2; ++j) P[j] += m[j] / (m[0] + m[1]) / c.H;
-    }
-    double sc[2];
-    for (int j = 0; j < 2; ++j) {
-      sc[j] = 0;
-      for (int64_t i = 0; i < c.dI; ++i) sc[j] += iqv[t * c.dI + i] * kbv[j * c.dI + i];
-      sc[j] /= std::sqrt(static_cast<double>(c.dI));
-    }
-    const double lz = std::log(std::exp(sc[0]) + std::exp(sc[1]));
-    for (int j = 0; j < 2; ++j) kl_sum += P[j] * (std::log(P[j]) - (sc[j] - lz));
-  }
-  EXPECT_NEAR(r.loss, kl_sum / 4, 1e-12);
-  EXPECT_GT(r.loss, 0.0);
+// With every block selected the sparse support is the dense one: both modes agree given the same
+// (dense) lse.
+TEST(KernelsMsaTest, DenseTargetLossEqualsSparseLossWhenEveryBlockIsSelected) {
+  const Case c{2, 60, 4, 2, 8, 8, 8, 8};
+  ASSERT_GE(c.topk, blocks(c));
+  const Inputs x = make_inputs(c, 600);
+  const double scale = 0.4;
+  const Tensor lse = main_branch_lse(IndexLossMode::kDenseTarget, x, scale);
+  Tensor diq_s = Tensor::empty(x.iq.shape(), DType::kF64),
+         dik_s = Tensor::empty(x.ik.shape(), DType::kF64);
+  Tensor diq_d = diq_s.clone(), dik_d = dik_s.clone();
+  const IndexLossResult s = msa_index_loss(IndexLossMode::kSparse, x.q, x.k, lse, x.sel, x.iq, x.ik,
+                                           scale, 1.0, diq_s, dik_s);
+  const IndexLossResult d = msa_index_loss(IndexLossMode::kDenseTarget, x.q, x.k, lse,
+                                           BlockSelection{}, x.iq, x.ik, scale, 1.0, diq_d, dik_d);
+  EXPECT_GT(d.loss, 0.0);
+  EXPECT_NEAR(s.loss, d.loss, 1e-12 * d.loss);
+  EXPECT_EQ(s.n_rows, d.n_rows);
+  EXPECT_LT(max_rel_diff(diq_s, diq_d.to_double_vector()), 1e-12);
+  EXPECT_LT(max_rel_diff(dik_s, dik_d.to_double_vector()), 1e-12);
 }
 
-// ---- recall
-// --------------------------------------------------------------------------------
+// KL(P || Q) >= 0 on every row; = 0 (with zero gradient) when the student's scores are the
+// teacher's logits: iq_{t,g} = sqrt(dI) scale q_{t,h}, ik_s = k_s (dI = d, both heads of a group
+// sharing q, every group sharing k, so that P is one softmax and Q the same one).
+TEST(KernelsMsaTest, IndexLossIsNonNegativeAndZeroWhenStudentEqualsTeacher) {
+  const Case c{2, 64, 4, 2, 8, 8, 8, 3};
+  const double scale = 0.6;
+  for (IndexLossMode mode : {IndexLossMode::kSparse, IndexLossMode::kDenseTarget}) {
+    SCOPED_TRACE(mode_name(mode));
+    Inputs x = make_inputs(c, 700);
+    // Random inputs: every row's KL >= 0 (reference), the mean > 0 (kernel).
+    {
+      const Tensor lse = main_branch_lse(mode, x, scale);
+      Tensor diq = Tensor::empty(x.iq.shape(), DType::kF64),
+             dik = Tensor::empty(x.ik.shape(), DType::kF64);
+      const IndexLossResult r =
+          msa_index_loss(mode, x.q, x.k, lse, x.sel, x.iq, x.ik, scale, 1.0, diq, dik);
+      EXPECT_GT(r.loss, 0.0);
+      const test::ref::Sizes z = sizes(c);
+      const test::ref::TokenSets U =
+          mode == IndexLossMode::kSparse
+              ? test::ref::sparse_token_sets(test::ref::selection_of(x.sel), z)
+              : test::ref::dense_token_sets(z);
+      const test::ref::IndexLoss want = test::ref::index_loss(
+          test::ref::values(x.q), test::ref::values(x.k), test::ref::values(lse),
+          test::ref::values(x.iq), test::ref::values(x.ik), U, z, scale, 1.0);
+      for (double kl : want.row_kl) ASSERT_GE(kl, -1e-15);
+    }
+    // Student == teacher.
+    double* q = x.q.data<double>();
+    double* k = x.k.data<double>();
+    double* iq = x.iq.data<double>();
+    double* ik = x.ik.data<double>();
+    const int64_t r = c.H / c.G;
+    for (int64_t bt = 0; bt < c.batch * c.T; ++bt) {
+      for (int64_t h = 0; h < c.H; ++h)
+        for (int64_t e = 0; e < c.d; ++e)
+          q[(bt * c.H + h) * c.d + e] = q[(bt * c.H + (h / r) * r) * c.d + e];
+      for (int64_t g = 0; g < c.G; ++g)
+        for (int64_t e = 0; e < c.d; ++e) {
+          k[(bt * c.G + g) * c.d + e] = k[bt * c.G * c.d + e];
+          iq[(bt * c.G + g) * c.dI + e] =
+              std::sqrt(static_cast<double>(c.dI)) * scale * q[(bt * c.H + g * r) * c.d + e];
+        }
+      for (int64_t e = 0; e < c.dI; ++e) ik[bt * c.dI + e] = k[bt * c.G * c.d + e];
+    }
+    const Tensor lse = main_branch_lse(mode, x, scale);
+    Tensor diq = Tensor::empty(x.iq.shape(), DType::kF64),
+           dik = Tensor::empty(x.ik.shape(), DType::kF64);
+    const IndexLossResult res =
+        msa_index_loss(mode, x.q, x.k, lse, x.sel, x.iq, x.ik, scale, 1.0, diq, dik);
+    EXPECT_NEAR(res.loss, 0.0, 1e-13);
+    EXPECT_LT(max_scaled_diff(diq, Tensor::zeros(diq.shape(), DType::kF64)), 1e-13);
+    EXPECT_LT(max_scaled_diff(dik, Tensor::zeros(dik.shape(), DType::kF64)), 1e-13);
+  }
+}
 
-TEST(KernelsMsaTest, RecallIsOneWithEveryBlockAndBelowOneWhenSparse) {
-  const Case full{1, 40, 4, 2, 4, 3, 8, 5}, sparse{1, 40, 4, 2, 4, 3, 4, 2};
+// One task per (b, g) and a fixed-order sum over the groups: bit-identical for any thread count.
+TEST(KernelsMsaTest, SelectionAndIndexLossAreDeterministicUnderAnyThreadCount) {
+  const Case c{3, 96, 4, 2, 8, 8, 8, 4};
+  const double scale = 0.5;
+  for (IndexLossMode mode : {IndexLossMode::kSparse, IndexLossMode::kDenseTarget}) {
+    SCOPED_TRACE(mode_name(mode));
+    Tensor ref_idx, ref_diq, ref_dik;
+    double ref_loss = 0;
+    for (int threads : {1, 2, 3, 5}) {
+      cpu::set_num_threads(threads);
+      const Inputs x = make_inputs(c, 800, DType::kF32);
+      const Tensor lse = main_branch_lse(mode, x, scale);
+      Tensor diq = Tensor::empty(x.iq.shape(), DType::kF32),
+             dik = Tensor::empty(x.ik.shape(), DType::kF32);
+      const IndexLossResult r =
+          msa_index_loss(mode, x.q, x.k, lse, x.sel, x.iq, x.ik, scale, 1.0, diq, dik);
+      if (threads == 1) {
+        ref_idx = x.sel.indices;
+        ref_diq = diq;
+        ref_dik = dik;
+        ref_loss = r.loss;
+      } else {
+        EXPECT_TRUE(bitwise_equal(x.sel.indices, ref_idx)) << threads << " threads";
+        EXPECT_TRUE(bitwise_equal(diq, ref_diq)) << threads << " threads";
+        EXPECT_TRUE(bitwise_equal(dik, ref_dik)) << threads << " threads";
+        EXPECT_EQ(r.loss, ref_loss) << threads << " threads";
+      }
+    }
+    cpu::set_num_threads(0);
+  }
+}
+
+// ---- 4. recall ---------------------------------------------------------------------------
+
+TEST(KernelsMsaTest, RecallIsOneWithEveryBlockAndMatchesReferenceWhenSparse) {
+  const Case full{1, 40, 4, 2, 4, 8, 8, 5}, sparse{2, 96, 4, 2, 4, 8, 8, 3};
   for (const Case& c : {full, sparse}) {
-    Index x = make_index(c, 61, DType::kF32);
-    Tensor q = random_tensor({c.batch, c.T, c.H, c.d}, 62, DType::kF32, 2.0f);
-    Tensor k = random_tensor({c.batch, c.T, c.G, c.d}, 63, DType::kF32, 2.0f);
-    const double recall = msa_index_recall(q, k, x.sel, 0.5, 3);
+    SCOPED_TRACE(testing::Message() << "k=" << c.topk << " n_b=" << blocks(c));
+    const Inputs x = make_inputs(c, 900, DType::kF32);
+    const Tensor q = random_tensor(x.q.shape(), 901, DType::kF32, 2.0f);
+    const Tensor k = random_tensor(x.k.shape(), 902, DType::kF32, 2.0f);
+    const double scale = 0.5;
+    const int64_t stride = 3;
+    const double recall = msa_index_recall(q, k, x.sel, scale, stride);
+    const double block_recall = msa_block_recall(q, k, x.sel, scale, stride);
+    const test::ref::Sizes z = sizes(c);
+    const auto qv = test::ref::values(q), kv = test::ref::values(k);
     if (c.topk >= blocks(c)) {
       EXPECT_NEAR(recall, 1.0, 1e-12);
+      EXPECT_EQ(block_recall, 1.0);
     } else {
       EXPECT_GT(recall, 0.0);
       EXPECT_LT(recall, 1.0);
+      EXPECT_GT(block_recall, 0.0);
+      EXPECT_LT(block_recall, 1.0);
+      EXPECT_NEAR(block_recall,
+                  test::ref::block_recall(test::ref::selection_of(x.sel), qv, kv, z, scale, stride),
+                  1e-12);
+      // The oracle selection itself has block recall 1.
+      const BlockSelection oracle =
+          test::ref::to_block_selection(test::ref::attention_oracle(qv, kv, z, scale), z);
+      EXPECT_EQ(msa_block_recall(q, k, oracle, scale, stride), 1.0);
     }
   }
 }
 
-// ---- 4. causality
-// --------------------------------------------------------------------------
+// ---- 5. causality ------------------------------------------------------------------------
 
 TEST(KernelsMsaTest, FutureTokensChangeNeitherSelectionNorOutput) {
   const Case c{1, 45, 4, 2, 4, 3, 4, 3};
@@ -330,12 +585,10 @@ TEST(KernelsMsaTest, FutureTokensChangeNeitherSelectionNorOutput) {
   Tensor k = random_tensor({c.batch, c.T, c.G, c.d}, 72, DType::kF32);
   Tensor v = random_tensor({c.batch, c.T, c.G, c.d}, 73, DType::kF32);
   Tensor iq = random_tensor({c.batch, c.T, c.G, c.dI}, 74, DType::kF32);
-  Tensor ik = random_tensor({c.batch, c.T, c.G, c.dI}, 75, DType::kF32);
+  Tensor ik = random_tensor({c.batch, c.T, c.dI}, 75, DType::kF32);
   auto run = [&](BlockSelection& sel, Tensor& out) {
-    Tensor kbar = Tensor::empty({c.batch, blocks(c), c.G, c.dI}, DType::kF32);
-    msa_block_pool_forward(ik, c.block_size, kbar);
     sel = BlockSelection::allocate(c.batch, c.T, c.G, c.block_size, c.topk, Device::kCPU);
-    msa_index_topk(iq, kbar, sel);
+    msa_index_topk(iq, ik, sel);
     out = Tensor::empty(q.shape(), DType::kF32);
     Tensor lse = Tensor::empty({c.batch, c.H, c.T}, DType::kF32);
     msa_sparse_attention_forward(q, k, v, sel, scale, out, lse);
@@ -344,8 +597,7 @@ TEST(KernelsMsaTest, FutureTokensChangeNeitherSelectionNorOutput) {
   Tensor out0;
   run(sel0, out0);
   for (int64_t t : {0, 13, 30, 44}) {
-    // Replace everything after position t (every input of the layer) by fresh
-    // random values.
+    // Replace everything after position t (every input of the layer) by fresh random values.
     for (Tensor* x : {&q, &k, &v, &iq, &ik}) {
       const int64_t row = x->numel() / c.T;
       Tensor noise = random_tensor(x->shape(), 1000 + t, DType::kF32, 3.0f);

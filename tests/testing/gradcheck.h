@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <ostream>
 #include <vector>
 
@@ -36,7 +37,8 @@ inline std::ostream& operator<<(std::ostream& os, const GradcheckResult& r) {
 
 // Compares `analytic` (same shape as `input`) with central differences
 // (loss(x + h e_i) - loss(x - h e_i)) / 2h of `loss`, which must read `input` (a CPU f64 tensor)
-// each time it runs. `input` is perturbed in place and restored exactly.
+// each time it runs. `input` is perturbed in place and restored exactly. A non-finite analytic or
+// numeric entry gives max_rel_error = +infinity (at that element).
 inline GradcheckResult gradcheck(Tensor& input, const Tensor& analytic,
                                  const std::function<double()>& loss, double h = 1e-5,
                                  double floor_fraction = 1e-2) {
@@ -57,6 +59,15 @@ inline GradcheckResult gradcheck(Tensor& input, const Tensor& analytic,
   }
   GradcheckResult r;
   for (int64_t i = 0; i < input.numel(); ++i) {
+    if (!std::isfinite(grad[i]) || !std::isfinite(numeric[i])) {
+      // A NaN or inf gradient (or loss) fails any EXPECT_LT on max_rel_error.
+      r.max_rel_error = std::numeric_limits<double>::infinity();
+      r.worst_index = i;
+      r.analytic = grad[i];
+      r.numeric = numeric[i];
+      r.max_abs_grad = std::numeric_limits<double>::infinity();
+      return r;
+    }
     r.max_abs_grad = std::max({r.max_abs_grad, std::abs(grad[i]), std::abs(numeric[i])});
   }
   const double floor = std::max(floor_fraction * r.max_abs_grad, 1e-12);
@@ -100,11 +111,15 @@ inline Tensor difference(const Tensor& a, const Tensor& b) {
 }
 
 // max_i |a_i - b_i| / max(1, max_i |b_i|): the error of `a` on the scale of the reference `b`.
+// +infinity when either tensor holds a NaN or an infinity, so that EXPECT_LT(..., tol) fails
+// (std::max would otherwise drop a NaN difference silently).
 inline double max_scaled_diff(const Tensor& a, const Tensor& b) {
   check_shape(a, b.shape(), "max_scaled_diff: a");
   const std::vector<double> x = a.to_double_vector(), y = b.to_double_vector();
   double diff = 0, scale = 1;
   for (size_t i = 0; i < x.size(); ++i) {
+    if (!std::isfinite(x[i]) || !std::isfinite(y[i]))
+      return std::numeric_limits<double>::infinity();
     diff = std::max(diff, std::abs(x[i] - y[i]));
     scale = std::max(scale, std::abs(y[i]));
   }
