@@ -1,24 +1,27 @@
-// CUDA MSA kernels: block pooling, fused index scoring + exp-free top-k, block-sparse attention
-// forward and backward (DESIGN.md section 4, "GPU execution").
+// CUDA MSA kernels: the CUDA-core index top-k and block-sparse attention forward and backward
+// (DESIGN.md section 4, "GPU execution").
 //
 // This is the first, correctness-first generation (CUDA cores, f32 accumulation, no tensor cores):
-// - Top-k is fused as specified: one warp per (sequence, query, group) row scores the eligible
-//   blocks and keeps a per-lane top list in registers, merged across the warp by shuffles; the
-//   T x n_b score matrix never touches global memory. Scores use round-to-nearest multiply/add in
-//   index order (no FMA contraction), exactly the CPU reference's arithmetic, so f32 inputs give
-//   the CPU's selection bit for bit, ties included.
+// - The index top-k for f32 inputs (and for bf16 with MSA_TOPK=reference or sizes the tensor-core
+//   indexer of msa_indexer_topk.cu does not take): one warp per (sequence, query, group) row; lane
+//   l scores the eligible blocks j = l, l + 32, ... (each the max over its B tokens of the raw dot
+//   iq . ik_s) and keeps its best in a sorted list, merged across the warp by shuffles; the
+//   T x n_b scores never touch global memory. Dots use round-to-nearest multiplies and adds in
+//   index order (no FMA contraction) and the block max skips NaN dots, exactly the CPU reference's
+//   arithmetic, so f32 inputs give the CPU's selection bit for bit, ties included.
 // - The forward is query-outer: one warp per (query, head); 32 keys at a time, one per lane, with
 //   an online-softmax merge; each lane owns d/32 output dimensions.
 // - The backward computes dQ per query (warp per (query, head)) and dK/dV per key with no atomics:
 //   an inverted selection (one bit per (query, key block) pair, built with atomicOr) lists the
 //   queries that selected the key's block; the key's warp visits them in ascending order and
 //   accumulates in registers; results are deterministic.
-// - The forward also emits each selected block's attention mass (for the sparse index loss).
-// The KV-outer tensor-core forward (wgmma, queries of a group stacked as rows) replaces the
-// attention kernels next; these stay as the reference the fast kernels are tested against.
+// - The forward also emits each selected block's attention mass (nullable block_mass).
+// The KV-outer tensor-core kernels (msa_attention_kv_outer.cu, *_wgmma.cu) run the attention for
+// the sizes they take; these stay as the reference the fast kernels are tested against.
 #include <cfloat>
+#include <climits>
+#include <cmath>
 #include <cstdint>
-#include <type_traits>
 
 #include "core/bf16.h"
 #include "core/cuda/cuda_check.h"
@@ -53,85 +56,71 @@ __device__ __forceinline__ float warp_max(float x) {
   return x;
 }
 
-// ---- pooling -------------------------------------------------------------------------------
-
-template <class T>
-__global__ void pool_forward_kernel(const T* ik, T* kbar, int64_t S, int64_t GdI, int64_t B,
-                                    int64_t nb) {
-  const int64_t j = blockIdx.x, b = blockIdx.y;
-  const int64_t s0 = j * B, s1 = min(S, s0 + B);
-  const float inv_len = 1.0f / static_cast<float>(s1 - s0);
-  for (int64_t i = threadIdx.x; i < GdI; i += blockDim.x) {
-    float sum = 0;
-    for (int64_t s = s0; s < s1; ++s) sum = __fadd_rn(sum, to_f(ik[(b * S + s) * GdI + i]));
-    kbar[(b * nb + j) * GdI + i] = from_f<T>(__fmul_rn(sum, inv_len));
-  }
-}
-
-template <class T>
-__global__ void pool_backward_kernel(const T* dkbar, T* dik, int64_t S, int64_t GdI, int64_t B,
-                                     int64_t nb) {
-  const int64_t s = blockIdx.x, b = blockIdx.y, j = s / B;
-  const int64_t len = min(S, (j + 1) * B) - j * B;
-  const float inv_len = 1.0f / static_cast<float>(len);
-  for (int64_t i = threadIdx.x; i < GdI; i += blockDim.x)
-    dik[(b * S + s) * GdI + i] = from_f<T>(to_f(dkbar[(b * nb + j) * GdI + i]) * inv_len);
-}
-
-// ---- top-k ---------------------------------------------------------------------------------
+// ---- index top-k ---------------------------------------------------------------------------
 
 // a ranks before b: higher score, ties to the lower block.
 __device__ __forceinline__ bool better(float sa, int ia, float sb, int ib) {
   return sa > sb || (sa == sb && ia < ib);
 }
 
+// Puts (s, j) into lane list (top_s, top_i) of n entries, best first, keeping at most `want`.
+__device__ __forceinline__ void lane_list_add(float* top_s, int* top_i, int& n, int want, float s,
+                                              int j) {
+  int p;
+  if (n < want) {
+    p = n++;
+  } else if (want > 0 && better(s, j, top_s[want - 1], top_i[want - 1])) {
+    p = want - 1;
+  } else {
+    return;
+  }
+  while (p > 0 && better(s, j, top_s[p - 1], top_i[p - 1])) {
+    top_s[p] = top_s[p - 1];
+    top_i[p] = top_i[p - 1];
+    --p;
+  }
+  top_s[p] = s;
+  top_i[p] = j;
+}
+
+// One warp per row (b, t, g) of iq [batch, S, G, dI] (ik [batch, S, dI]), the latest rows first
+// (they have the most blocks); the row's index vector is staged in shared memory (f32).
 template <class T>
-__global__ void topk_kernel(const T* iq, const T* kbar, int32_t* indices, int32_t* counts,
-                            int64_t rows, int64_t S, int64_t G, int64_t dI, int64_t B, int K,
-                            int64_t nb) {
-  const int64_t row = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kWarp;
-  const int lane = threadIdx.x % kWarp;
-  if (row >= rows) return;
-  const int64_t g = row % G, t = (row / G) % S, b = row / (G * S);
+__global__ void index_topk_reference_kernel(const T* iq, const T* ik, int32_t* indices,
+                                            int32_t* counts, int64_t rows, int64_t S, int64_t G,
+                                            int64_t dI, int64_t B, int K) {
+  extern __shared__ float q_smem[];
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  const int64_t w = static_cast<int64_t>(blockIdx.x) * (blockDim.x / kWarp) + warp;
+  if (w >= rows) return;
+  const int64_t row = rows - 1 - w;
+  const int64_t t = (row / G) % S, b = row / (G * S);
   const int64_t c = t / B;
   const int want = static_cast<int>(min(static_cast<int64_t>(K - 1), c));
-  const T* q = iq + row * dI;
+  float* q = q_smem + warp * dI;
+  for (int64_t e = lane; e < dI; e += kWarp) q[e] = to_f(iq[row * dI + e]);
+  __syncwarp();
 
-  // Each lane keeps the best `want` of its blocks (j = lane, lane + 32, ...), best first.
   float top_s[kMaxTopk];
   int top_i[kMaxTopk];
   int n = 0;
-  for (int64_t j = lane; j < c; j += kWarp) {
-    const T* kb = kbar + ((b * nb + j) * G + g) * dI;
-    float s = 0;
-    for (int64_t e = 0; e < dI; ++e) s = __fadd_rn(s, __fmul_rn(to_f(q[e]), to_f(kb[e])));
-    const int ji = static_cast<int>(j);
-    if (n < want) {
-      int p = n++;
-      while (p > 0 && better(s, ji, top_s[p - 1], top_i[p - 1])) {
-        top_s[p] = top_s[p - 1];
-        top_i[p] = top_i[p - 1];
-        --p;
-      }
-      top_s[p] = s;
-      top_i[p] = ji;
-    } else if (want > 0 && better(s, ji, top_s[want - 1], top_i[want - 1])) {
-      int p = want - 1;
-      while (p > 0 && better(s, ji, top_s[p - 1], top_i[p - 1])) {
-        top_s[p] = top_s[p - 1];
-        top_i[p] = top_i[p - 1];
-        --p;
-      }
-      top_s[p] = s;
-      top_i[p] = ji;
+  for (int64_t j = lane; j < c && want > 0; j += kWarp) {
+    float best = -INFINITY;  // a NaN-only block stays -inf, as on the CPU
+    for (int64_t s = j * B; s < (j + 1) * B; ++s) {
+      const T* k = ik + (b * S + s) * dI;
+      float x = 0;
+      for (int64_t e = 0; e < dI; ++e) x = __fadd_rn(x, __fmul_rn(q[e], to_f(k[e])));
+      if (x > best) best = x;  // false for NaN: a NaN dot never wins
     }
+    lane_list_add(top_s, top_i, n, want, best, static_cast<int>(j));
   }
-  // Merge: `want` rounds of a warp-wide argmax over the lanes' heads.
+  // Merge: `want` rounds of a warp-wide argmax over the lanes' heads. Exhausted lanes offer
+  // (-inf, INT_MAX), which every real block beats (-inf scores included).
   int head = 0;
   int chosen[kMaxTopk];
   for (int r = 0; r < want; ++r) {
-    float s = head < n ? top_s[head] : -FLT_MAX;
-    int i = head < n ? top_i[head] : INT32_MAX;
+    const float s = head < n ? top_s[head] : -INFINITY;
+    const int i = head < n ? top_i[head] : INT_MAX;
     float bs = s;
     int bi = i;
     for (int o = 16; o > 0; o >>= 1) {
@@ -147,115 +136,6 @@ __global__ void topk_kernel(const T* iq, const T* kbar, int32_t* indices, int32_
   }
   if (lane == 0) {
     for (int a = 1; a < want; ++a) {  // ascending block order
-      const int x = chosen[a];
-      int p = a;
-      while (p > 0 && chosen[p - 1] > x) {
-        chosen[p] = chosen[p - 1];
-        --p;
-      }
-      chosen[p] = x;
-    }
-    int32_t* out = indices + row * K;
-    for (int a = 0; a < want; ++a) out[a] = chosen[a];
-    out[want] = static_cast<int32_t>(c);
-    for (int a = want + 1; a < K; ++a) out[a] = -1;
-    counts[row] = want + 1;
-  }
-}
-
-// The same selection, tiled for long sequences: a CTA of kTopkWarps warps owns kTopkWarps
-// consecutive queries of one (sequence, group), one per warp, and walks the block keys in chunks
-// of kTopkChunk staged in shared memory (transposed, so lane j reads block j's dimension e
-// without bank conflicts); the query's index vector sits in registers (d_I a template constant).
-// Every block key is read from global memory once per CTA instead of once per query, and the
-// score arithmetic is unchanged (round-to-nearest multiply and add in index order), so the
-// selection is bit-identical to the CPU's for f32 inputs.
-constexpr int kTopkWarps = 16;
-// Blocks per staged chunk: 32 KB of f32 block keys in shared memory.
-template <int DI>
-constexpr int topk_chunk() {
-  return DI <= 64 ? 128 : 64;
-}
-
-template <class T, int DI>
-__global__ void __launch_bounds__(kTopkWarps * 32)
-    topk_tiled_kernel(const T* iq, const T* kbar, int32_t* indices, int32_t* counts, int64_t S,
-                      int64_t G, int64_t B, int K, int64_t nb) {
-  constexpr int kTopkChunk = topk_chunk<DI>();
-  __shared__ float kb_s[DI][kTopkChunk + 1];
-  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
-  const int64_t g = blockIdx.y, b = blockIdx.z;
-  const int64_t t = static_cast<int64_t>(blockIdx.x) * kTopkWarps + warp;
-  const bool active = t < S;
-  const int64_t row = (b * S + (active ? t : 0)) * G + g;
-  const int64_t c = active ? t / B : 0;
-  const int want = static_cast<int>(min(static_cast<int64_t>(K - 1), c));
-  float q[DI];
-#pragma unroll
-  for (int e = 0; e < DI; ++e) q[e] = active ? to_f(iq[row * DI + e]) : 0.0f;
-  const int64_t t_last = min(S - 1, static_cast<int64_t>(blockIdx.x + 1) * kTopkWarps - 1);
-  const int64_t c_max = t_last / B;  // blocks any query of this CTA can select: j < c_max
-
-  float top_s[kMaxTopk];
-  int top_i[kMaxTopk];
-  int n = 0;
-  for (int64_t j0 = 0; j0 < c_max; j0 += kTopkChunk) {
-    __syncthreads();
-    for (int i = threadIdx.x; i < kTopkChunk * DI; i += blockDim.x) {
-      const int e = i % DI, jj = i / DI;
-      const int64_t j = j0 + jj;
-      kb_s[e][jj] = j < nb ? to_f(kbar[((b * nb + j) * G + g) * DI + e]) : 0.0f;
-    }
-    __syncthreads();
-    for (int jj = lane; jj < kTopkChunk; jj += kWarp) {
-      const int64_t j = j0 + jj;
-      if (j >= c) break;
-      float sc = 0;
-#pragma unroll
-      for (int e = 0; e < DI; ++e) sc = __fadd_rn(sc, __fmul_rn(q[e], kb_s[e][jj]));
-      const int ji = static_cast<int>(j);
-      if (n < want) {
-        int p = n++;
-        while (p > 0 && better(sc, ji, top_s[p - 1], top_i[p - 1])) {
-          top_s[p] = top_s[p - 1];
-          top_i[p] = top_i[p - 1];
-          --p;
-        }
-        top_s[p] = sc;
-        top_i[p] = ji;
-      } else if (want > 0 && better(sc, ji, top_s[want - 1], top_i[want - 1])) {
-        int p = want - 1;
-        while (p > 0 && better(sc, ji, top_s[p - 1], top_i[p - 1])) {
-          top_s[p] = top_s[p - 1];
-          top_i[p] = top_i[p - 1];
-          --p;
-        }
-        top_s[p] = sc;
-        top_i[p] = ji;
-      }
-    }
-  }
-  if (!active) return;
-  int head = 0;
-  int chosen[kMaxTopk];
-  for (int r = 0; r < want; ++r) {
-    float sv = head < n ? top_s[head] : -FLT_MAX;
-    int iv = head < n ? top_i[head] : INT32_MAX;
-    float bs = sv;
-    int bi = iv;
-    for (int o = 16; o > 0; o >>= 1) {
-      const float os = __shfl_xor_sync(0xffffffffu, bs, o);
-      const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-      if (better(os, oi, bs, bi)) {
-        bs = os;
-        bi = oi;
-      }
-    }
-    if (head < n && iv == bi) ++head;
-    chosen[r] = bi;
-  }
-  if (lane == 0) {
-    for (int a = 1; a < want; ++a) {
       const int x = chosen[a];
       int p = a;
       while (p > 0 && chosen[p - 1] > x) {
@@ -526,51 +406,27 @@ unsigned blocks_for(int64_t warps) {
 
 }  // namespace
 
-void msa_block_pool_forward(const Tensor& ik, Tensor& kbar, const cpu::MsaDims& d) {
-  dispatch(ik.dtype(), "msa_block_pool_forward", [&](auto zero) {
-    using T = decltype(zero);
-    const dim3 grid(static_cast<unsigned>(d.num_blocks()), static_cast<unsigned>(d.batch));
-    pool_forward_kernel<T><<<grid, 128>>>(ik.data<T>(), kbar.data<T>(), d.seq,
-                                          d.groups * d.index_dim, d.block_size, d.num_blocks());
-    MSA_CUDA_CHECK_LAUNCH("pool_forward_kernel");
-  });
-}
+// The tensor-core indexer (msa_indexer_topk.cu): bf16, d_I and block size 16/32/64/128, topk <=
+// 32; MSA_TOPK=reference turns it off (tests compare the two).
+bool indexer_topk_mma_supported(const Tensor& iq, const Tensor& ik, const cpu::MsaDims& dims);
+void indexer_topk_mma(const Tensor& iq, const Tensor& ik, Tensor& indices, Tensor& counts,
+                      const cpu::MsaDims& dims);
 
-void msa_block_pool_backward(const Tensor& dkbar, Tensor& dik, const cpu::MsaDims& d) {
-  dispatch(dik.dtype(), "msa_block_pool_backward", [&](auto zero) {
-    using T = decltype(zero);
-    const dim3 grid(static_cast<unsigned>(d.seq), static_cast<unsigned>(d.batch));
-    pool_backward_kernel<T><<<grid, 128>>>(dkbar.data<T>(), dik.data<T>(), d.seq,
-                                           d.groups * d.index_dim, d.block_size, d.num_blocks());
-    MSA_CUDA_CHECK_LAUNCH("pool_backward_kernel");
-  });
-}
-
-void msa_index_topk(const Tensor& iq, const Tensor& kbar, Tensor& indices, Tensor& counts,
+void msa_index_topk(const Tensor& iq, const Tensor& ik, Tensor& indices, Tensor& counts,
                     const cpu::MsaDims& d) {
   MSA_CHECK(d.topk >= 1 && d.topk <= kMaxTopk, "msa_index_topk (CUDA): topk %d outside [1, %d]",
             d.topk, kMaxTopk);
-  if (topk_mma_supported(iq, d)) return topk_mma(iq, kbar, indices, counts, d);
+  if (indexer_topk_mma_supported(iq, ik, d)) return indexer_topk_mma(iq, ik, indices, counts, d);
+  const int64_t rows = d.batch * d.seq * d.groups;
+  if (rows == 0) return;
+  const size_t smem = kWarpsPerBlock * d.index_dim * sizeof(float);
+  MSA_CHECK(smem <= 48 * 1024, "msa_index_topk (CUDA): index dim %d too large", d.index_dim);
   dispatch(iq.dtype(), "msa_index_topk", [&](auto zero) {
     using T = decltype(zero);
-    const int64_t rows = d.batch * d.seq * d.groups;
-    const dim3 grid(static_cast<unsigned>((d.seq + kTopkWarps - 1) / kTopkWarps),
-                    static_cast<unsigned>(d.groups), static_cast<unsigned>(d.batch));
-    auto tiled = [&](auto di) {
-      constexpr int DI = decltype(di)::value;
-      topk_tiled_kernel<T, DI><<<grid, kTopkWarps * kWarp>>>(
-          iq.data<T>(), kbar.data<T>(), indices.data<int32_t>(), counts.data<int32_t>(), d.seq,
-          d.groups, d.block_size, static_cast<int>(d.topk), d.num_blocks());
-      MSA_CUDA_CHECK_LAUNCH("topk_tiled_kernel");
-    };
-    if (d.index_dim == 16) return tiled(std::integral_constant<int, 16>{});
-    if (d.index_dim == 32) return tiled(std::integral_constant<int, 32>{});
-    if (d.index_dim == 64) return tiled(std::integral_constant<int, 64>{});
-    if (d.index_dim == 128) return tiled(std::integral_constant<int, 128>{});
-    topk_kernel<T><<<blocks_for(rows), kThreads>>>(
-        iq.data<T>(), kbar.data<T>(), indices.data<int32_t>(), counts.data<int32_t>(), rows, d.seq,
-        d.groups, d.index_dim, d.block_size, static_cast<int>(d.topk), d.num_blocks());
-    MSA_CUDA_CHECK_LAUNCH("topk_kernel");
+    index_topk_reference_kernel<T><<<blocks_for(rows), kThreads, smem>>>(
+        iq.data<T>(), ik.data<T>(), indices.data<int32_t>(), counts.data<int32_t>(), rows, d.seq,
+        d.groups, d.index_dim, d.block_size, static_cast<int>(d.topk));
+    MSA_CUDA_CHECK_LAUNCH("index_topk_reference_kernel");
   });
 }
 
