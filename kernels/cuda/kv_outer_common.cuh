@@ -2,6 +2,7 @@
 // the mma.sync forward, combine, backward; msa_attention_fwd_wgmma.cu / _bwd_wgmma.cu: sm_90a).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 #include "core/bf16.h"
@@ -103,6 +104,21 @@ __device__ __forceinline__ int fragment_order_dim(int p) {
   const int tig = p / (D / 4), w = p % (D / 4);
   return (w / 2) * 8 + 2 * tig + (w & 1);
 }
+
+// Work lists of one query chunk [a.t0, a.t1) of one sequence (indices and counts already offset to
+// it), as the attention kernels build them (msa_attention_kv_outer.cu): list (g, j) = g * nb + j
+// holds entries (t << 5) | slot in list_start[list] .. list_start[list + 1]. len (lists + 1) and
+// cursor (lists) are scratch, lists = G * nb; scan_tmp holds work_list_scan_bytes(lists) bytes.
+size_t work_list_scan_bytes(int64_t lists);
+void build_work_lists(const int32_t* indices, const int32_t* counts, const KvDims& a,
+                      int32_t* len, int32_t* cursor, int32_t* list_start, int32_t* entries,
+                      void* scan_tmp, size_t scan_bytes);
+// The work items find_work_item reads (tiles of tile_queries entries, at least min_tiles per item):
+// item_start (lists + 1; the total at item_start[lists]) and item_list (at least
+// (entries / tile_queries + lists) / min_tiles + lists + 2 long); item_len (lists + 1) is scratch.
+void build_work_items(const int32_t* list_start, int64_t lists, int tile_queries, int min_tiles,
+                      int32_t* item_len, int32_t* item_start, int32_t* item_list,
+                      void* scan_tmp, size_t scan_bytes);
 
 // The sm_90a kernels (msa_attention_fwd_wgmma.cu, msa_attention_bwd_wgmma.cu), head_dim 128 and
 // block size 128: true when this device is a Hopper and the binary carries sm_90a code

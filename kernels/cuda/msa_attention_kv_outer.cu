@@ -803,3 +803,50 @@ void kv_outer_attention_backward(const Tensor& dout, const Tensor& q, const Tens
 }
 
 }  // namespace msa::cuda
+
+// ---- work lists for other KV-outer kernels (the index distillation loss) ---------------------
+
+namespace msa::cuda::kv_outer {
+
+size_t work_list_scan_bytes(int64_t lists) {
+  size_t bytes = 0;
+  MSA_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(nullptr, bytes, static_cast<const int32_t*>(nullptr),
+                                               static_cast<int32_t*>(nullptr),
+                                               static_cast<int>(lists + 1)));
+  return bytes;
+}
+
+void build_work_lists(const int32_t* indices, const int32_t* counts, const KvDims& a, int32_t* len,
+                      int32_t* cursor, int32_t* list_start, int32_t* entries, void* scan_tmp,
+                      size_t scan_bytes) {
+  const int64_t lists = a.G * a.nb;
+  const int64_t rows = (a.t1 - a.t0) * a.G;
+  MSA_CUDA_CHECK(cudaMemsetAsync(len, 0, (lists + 1) * sizeof(int32_t), nullptr));
+  MSA_CUDA_CHECK(cudaMemsetAsync(cursor, 0, lists * sizeof(int32_t), nullptr));
+  if (rows == 0) {
+    MSA_CUDA_CHECK(cudaMemsetAsync(list_start, 0, (lists + 1) * sizeof(int32_t), nullptr));
+    return;
+  }
+  const unsigned grid_rows = static_cast<unsigned>((rows + 255) / 256);
+  list_count_kernel<<<grid_rows, 256>>>(indices, counts, len, 1, a);
+  MSA_CUDA_CHECK_LAUNCH("list_count_kernel");
+  MSA_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(scan_tmp, scan_bytes, len, list_start,
+                                               static_cast<int>(lists + 1)));
+  list_fill_kernel<<<grid_rows, 256>>>(indices, counts, list_start, cursor, entries, 1, a);
+  MSA_CUDA_CHECK_LAUNCH("list_fill_kernel");
+}
+
+void build_work_items(const int32_t* list_start, int64_t lists, int tile_queries, int min_tiles,
+                      int32_t* item_len, int32_t* item_start, int32_t* item_list, void* scan_tmp,
+                      size_t scan_bytes) {
+  item_count_kernel<<<static_cast<unsigned>((lists + 256) / 256), 256>>>(
+      list_start, item_len, lists, tile_queries, min_tiles);
+  MSA_CUDA_CHECK_LAUNCH("item_count_kernel");
+  MSA_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(scan_tmp, scan_bytes, item_len, item_start,
+                                               static_cast<int>(lists + 1)));
+  item_list_kernel<<<static_cast<unsigned>((lists + 255) / 256), 256>>>(item_start, item_list,
+                                                                        lists);
+  MSA_CUDA_CHECK_LAUNCH("item_list_kernel");
+}
+
+}  // namespace msa::cuda::kv_outer

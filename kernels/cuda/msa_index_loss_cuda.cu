@@ -1,392 +1,1019 @@
-// The sparse-mode index distillation loss on the GPU (math in kernels/cpu/msa_index_loss.cc),
-// fed by the block masses the sparse attention forward already computed: no second pass over
-// q and k. One warp per (sequence, query, group) row: lane i owns the row's i-th non-local
-// selected block (|S'| <= topk - 1 <= 31), so P, the index scores, the softmax Q and the KL are
-// warp reductions; diq is written per row; dkbar gathers from every row that selected a block,
-// through f32 atomics (the one nondeterministic sum of the MSA path: its order varies, its value
-// only in the last bits). Gradients are produced for the unnormalized sum and scaled by
-// weight / n_rows once the counted rows are known.
+// Token-level index distillation loss on the GPU (contract in kernels/msa.h, math in
+// kernels/cpu/msa_index_loss.cc), both modes, on tensor cores (bf16 mma.sync m16n8k16, f32
+// accumulation). Row (b, t, g), support U (sparse: the tokens s <= t of the selected blocks;
+// dense target: every s <= t):
+//   P_s = (1/r) sum_h exp(scale q_{t,h}.k_s - lse_{t,h}) (teacher), S_s = iq_{t,g}.ik_s / sqrt(dI),
+//   lseQ = logsumexp_U S, Q_s = exp(S_s - lseQ),
+//   KL = sum_U P' log P' - sum_U P' S + lseQ with P' = P / sum_U P (sum_U P = 1 up to rounding
+//   when lse is the main branch's over the same support; dividing keeps KL >= 0 regardless),
+//   dS_s = weight (Q_s - P_s) / n_rows (P as given), diq += dS ik / sqrt(dI), dik += dS iq /
+//   sqrt(dI).
 //
-// The dense-target mode (index warm-up, --dense_attention_steps) takes P over every eligible
-// block j < c(t) of the dense attention, so its block masses need a pass over q and k (the
-// design allows it: the mode is for warm-up at moderate lengths). dense_block_mass_kernel does
-// it on tensor cores, KV-outer like the sparse forward: a CTA holds key block j of one group and
-// serves a range of later queries, the r heads of a query stacked as mma rows; each row's
-// sum over the block of exp(scale q.k - lse) lands in mass [b, t, h, n_b]. Then one warp per
-// row forms P, Q, the KL and the gradients (dense_target_rows_kernel).
+// The teacher (r heads of q.k, r d multiply-adds per (t, s)) dominates: 16x the student's at
+// H 64, G 4, d = dI = 128. So it runs exactly once, in a pass that already knows lseQ and can
+// form Q and the gradients on the spot:
+//
+//   pass A (student only, cheap): lseQ per row.
+//     sparse: KV-outer over the attention's work lists (kv_outer::build_work_lists: per (group g,
+//       key block j) the query tokens that selected j, entry (t << 5) | slot).
+//       student_lse_sparse_kernel: a CTA holds ik_j (BK x dI) in shared memory and streams the
+//       list's iq rows, 4 warps x 16 tokens per tile (tokens as mma rows, all BK keys per warp:
+//       S = iq ik_j^T in registers), and writes per (t, g, slot) the masked max and sum of 2^S
+//       (log2 units); lse_combine_kernel merges a row's slots into lseQ.
+//     dense: student_lse_dense_kernel, query-outer flash style: rows (t, g) stacked (iq is
+//       contiguous in them and ik is shared by the groups), 4 warps x 16 rows, key tiles of 64
+//       double-buffered in shared memory, online max / sum; no T x T or T x n_b buffer.
+//
+//   pass B (loss_grad_kernel, teacher + student + gradients), KV-outer, keys as mma rows (the
+//     attention backward's shape): a CTA owns key block j of group g, BK / 16 warps, warp w
+//     holding keys 16w .. 16w + 15; K_j (BK x d) and ik_j (BK x dI) stay in shared memory for the
+//     whole work item. Its tokens come in tiles of 32 (sparse: a piece of j's work list, cut by
+//     find_work_item; dense: the implicit list t >= jB, 256 tokens per CTA). Per tile:
+//       for each head h of the group (q_h of the tile's 32 tokens cp.async double-buffered, one
+//       __syncthreads per head): Z^T = K_w q_h^T (16 keys x 32 tokens), P^T += 2^(Z scale log2e -
+//       lse_h log2e) in registers -- any r works, the heads add elementwise;
+//       S^T = ik_w iq^T, masks (key <= t - jB), Q, dS = Q - P; per token the sums of P log P,
+//       P S and P (cross-warp through shared memory; sparse: one partial per (t, g, slot),
+//       dense: f32 atomics per row);
+//       dik_w += dS^T iq (registers for the whole work item: 16 keys x dI per warp);
+//       dS -> shared memory, then diq_tile = dS ik_j (warps split 16 x 16 output pieces) added to
+//       diq with f32 atomics (a (t, g) row gets one add per selected block, sparse; one per key
+//       block s <= t, dense: the flash-attention-2 dQ scheme).
+//     At the end dik_w goes to dik with f32 atomics (the work items of a list and the G groups
+//     share ik). dS enters both gradient mmas split into bf16 hi + lo parts (two mmas each), so
+//     the gradients carry ~16 mantissa bits (f32-like) instead of bf16's 8, for 2 x 4 dI
+//     multiply-adds per (t, s) against the teacher's r d.
+//   kl_combine_kernel: per row KL from the partial sums and lseQ; reduce_rows_kernel +
+//   reduce_final_kernel: the sum over rows in double, a fixed tree (deterministic).
+//
+// Determinism: lseQ, the sparse KL and the sum are deterministic; diq, dik and the dense mode's
+// per-row sums are f32 atomics (the order varies: last-bit differences between runs).
+// Queries run in chunks (sparse; the work lists and partials are per chunk) sized by a memory
+// budget; MSA_INDEX_LOSS_CHUNK=N forces N-token chunks (tests). MSA_INDEX_LOSS=reference makes
+// index_loss_cuda_supported false (the CPU reference runs on host copies).
 #include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "core/bf16.h"
 #include "core/cuda/cuda_check.h"
-#include "kernels/cuda/dense_cuda.h"
 #include "kernels/cuda/device_math.cuh"
+#include "kernels/cuda/kv_outer_common.cuh"
 #include "kernels/cuda/mma_sm80.cuh"
 #include "kernels/cuda/msa_cuda.h"
 
 namespace msa::cuda {
 namespace {
 
-constexpr int kWarp = 32;
-constexpr int kWarpsPerBlock = 4;
+using kv_outer::find_work_item;
+using kv_outer::KvDims;
+using kv_outer::WorkItem;
 
-struct LossDims {
-  int64_t S, H, G, dI, B, K, nb;
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+// ---- pass A, sparse: student lse partials ---------------------------------------------------
+
+constexpr int kWarpsA = 4;
+constexpr int kTokensA = kWarpsA * 16;  // tokens per CTA tile
+constexpr int kMinTilesA = 8;           // tiles per ik_j load (at least)
+
+template <int DI, int BK>
+struct SmemA {
+  static constexpr int kLd = DI + 8;  // 16-byte row padding: conflict-free ldmatrix
+  static constexpr size_t kBytes =
+      (size_t(BK) * kLd + size_t(kWarpsA) * 2 * 16 * kLd) * sizeof(bf16);
 };
 
-template <class T>
-__global__ void index_loss_rows_kernel(const float* mass, const int32_t* indices,
-                                       const int32_t* counts, const T* iq, const T* kbar,
-                                       float* diq, float* dkbar, float* row_kl, int64_t rows,
-                                       LossDims a) {
-  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + warp;
-  if (row >= rows) return;
-  const int64_t g = row % a.G, t = (row / a.G) % a.S, b = row / (a.G * a.S);
-  const int64_t c = t / a.B, r = a.H / a.G;
-  const int32_t* idx = indices + row * a.K;
-  const int count = counts[row];
-  // Compact the non-local slots: lane i gets the i-th (ascending order kept).
-  int slot = -1;
-  int n = 0;
-  for (int i = 0; i < count; ++i) {
-    if (idx[i] == c) continue;
-    if (lane == n) slot = i;
-    ++n;
-  }
-  float* diq_row = diq + row * a.dI;
-  if (n < 2) {
-    for (int64_t e = lane; e < a.dI; e += kWarp) diq_row[e] = 0.0f;
-    if (lane == 0) row_kl[row] = -INFINITY;  // not counted (a KL can round to slightly < 0)
+// grid.x >= the work items; part[((t - t0) G + g) K + slot] = (max of S log2e, sum of 2^(S log2e -
+// max)) over the row's tokens s <= t of block j (s_log2 = log2e / sqrt(dI)).
+template <int DI, int BK>
+__global__ void __launch_bounds__(kWarpsA * 32)
+    student_lse_sparse_kernel(const bf16* __restrict__ iq, const bf16* __restrict__ ik,
+                              const int32_t* __restrict__ list_start,
+                              const int32_t* __restrict__ item_start,
+                              const int32_t* __restrict__ item_list, int64_t lists,
+                              const int32_t* __restrict__ entries, float s_log2,
+                              float2* __restrict__ part, KvDims a) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  constexpr int kLd = SmemA<DI, BK>::kLd, kChunks = DI / 8;
+  bf16* iks = reinterpret_cast<bf16*>(smem_raw);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int grp = lane >> 2, tig = lane & 3;
+  bf16* qs = iks + BK * kLd + warp * 2 * 16 * kLd;
+  WorkItem w;
+  if (!find_work_item(static_cast<int32_t>(blockIdx.x), item_start, item_list, list_start, lists, a,
+                      kTokensA, kMinTilesA, w))
     return;
-  }
-  const bool mine = lane < n;
-  const int64_t j = mine ? idx[slot] : 0;
-  // P: per head, the masses over S' renormalized; heads whose mass underflows are left out.
-  float P = 0;
-  int contributing = 0;
-  for (int64_t h = g * r; h < (g + 1) * r; ++h) {
-    const float mh = mine ? mass[((b * a.S + t) * a.H + h) * a.K + slot] : 0.0f;
-    const float total = warp_reduce_sum(mh);
-    if (!(total > 0.0f)) continue;
-    ++contributing;
-    P += mh / total;
-  }
-  P = contributing > 0 ? P / static_cast<float>(contributing) : 1.0f / static_cast<float>(n);
-  // Index scores of the row's blocks, softmax Q, KL(P || Q).
-  const T* iq_row = iq + row * a.dI;
-  const T* kb = kbar + ((b * a.nb + j) * a.G + g) * a.dI;
-  const float inv_sqrt_dI = rsqrtf(static_cast<float>(a.dI));
-  float score = -INFINITY;
-  if (mine) {
-    float dot = 0;
-    for (int64_t e = 0; e < a.dI; ++e) dot += load_f(iq_row, e) * load_f(kb, e);
-    score = dot * inv_sqrt_dI;
-  }
-  const float mx = warp_reduce_max(score);
-  const float z = warp_reduce_sum(mine ? __expf(score - mx) : 0.0f);
-  const float log_q = score - mx - logf(z);
-  const float kl = warp_reduce_sum(mine && P > 0.0f ? P * (logf(P) - log_q) : 0.0f);
-  const float dscore = mine ? (__expf(log_q) - P) * inv_sqrt_dI : 0.0f;
-  // diq = sum_i dscore_i kbar_{j_i}; dkbar_{j_i} += dscore_i iq (lanes own dimensions here).
-  for (int64_t e0 = 0; e0 < a.dI; e0 += kWarp) {  // every lane takes part in the shuffles
-    const int64_t e = e0 + lane;
-    const bool in = e < a.dI;
-    const float q_e = in ? load_f(iq_row, e) : 0.0f;
-    float acc = 0;
-    for (int i = 0; i < n; ++i) {
-      const float ds = __shfl_sync(0xffffffffu, dscore, i);
-      const int64_t ji = __shfl_sync(0xffffffffu, j, i);
-      if (!in) continue;
-      const int64_t off = ((b * a.nb + ji) * a.G + g) * a.dI + e;
-      acc += ds * load_f(kbar, off);
-      atomicAdd(dkbar + off, ds * q_e);
-    }
-    if (in) diq_row[e] = acc;
-  }
-  if (lane == 0) row_kl[row] = kl;
-}
-
-// out[0] = sum of the counted rows' KL, out[1] = counted rows.
-__global__ void sum_kl_kernel(const float* row_kl, int64_t rows, double* out) {
-  double s = 0, c = 0;
-  for (int64_t i = threadIdx.x; i < rows; i += blockDim.x) {
-    const float v = row_kl[i];
-    if (isinf(v)) continue;
-    s += v;
-    c += 1;
-  }
-  s = block_reduce_sum(s);
-  c = block_reduce_sum(c);
-  if (threadIdx.x == 0) {
-    out[0] = s;
-    out[1] = c;
-  }
-}
-
-// ---- dense-target mode ---------------------------------------------------------------------
-
-constexpr int kMassWarps = 4;
-constexpr int kMassQueries = 64;  // queries per CTA
-
-// grid.x = batch * G * n_b (b, g, j), grid.y = query chunks of kMassQueries.
-template <int D, int BK>
-__global__ void __launch_bounds__(kMassWarps * 32)
-    dense_block_mass_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k,
-                            const float* __restrict__ lse, float scale_log2,
-                            float* __restrict__ mass, LossDims a) {
-  constexpr int kLd = D + 8;
-  __shared__ __align__(16) bf16 ks[BK * kLd];
-  const int64_t j = blockIdx.x % a.nb, g = (blockIdx.x / a.nb) % a.G, b = blockIdx.x / (a.nb * a.G);
-  const int64_t t_first = max((j + 1) * BK, static_cast<int64_t>(blockIdx.y) * kMassQueries);
-  const int64_t t_end = min(a.S, static_cast<int64_t>(blockIdx.y + 1) * kMassQueries);
-  if (t_first >= t_end) return;  // no query here has block j among its eligible blocks
-  const int r = static_cast<int>(a.H / a.G);
-  // Block j lies wholly before t_first (<= S): no padding or causal cut.
-  constexpr int kChunks = D / 8;
+  const int64_t j = w.j, g = w.g;
   for (int c = threadIdx.x; c < BK * kChunks; c += blockDim.x) {
     const int row = c / kChunks, col = (c % kChunks) * 8;
-    *reinterpret_cast<uint4*>(ks + row * kLd + col) = *reinterpret_cast<const uint4*>(
-        k + ((b * a.S + j * BK + row) * a.G + g) * D + col);
+    const int64_t s = j * BK + row;
+    cp_async_16(iks + row * kLd + col, ik + (s < a.S ? s : 0) * DI + col, s < a.S);
   }
-  __syncthreads();
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, grp = lane >> 2, tig = lane & 3;
-  const int rows = static_cast<int>(t_end - t_first) * r;
-  constexpr float kLog2e = 1.4426950408889634f;
-  for (int tile = warp; tile * 16 < rows; tile += kMassWarps) {
-    int64_t t_row[2], h_row[2];
-    bool valid[2];
-    uint32_t qa[D / 16][4];
-#pragma unroll
-    for (int hf = 0; hf < 2; ++hf) {
-      const int R = tile * 16 + grp + 8 * hf;
-      valid[hf] = R < rows;
-      t_row[hf] = t_first + (valid[hf] ? R / r : 0);
-      h_row[hf] = g * r + (valid[hf] ? R % r : 0);
-      const bf16* qrow = q + ((b * a.S + t_row[hf]) * a.H + h_row[hf]) * D;
-#pragma unroll
-      for (int ks2 = 0; ks2 < D / 16; ++ks2) {
-        qa[ks2][hf] = valid[hf] ? *reinterpret_cast<const uint32_t*>(qrow + ks2 * 16 + 2 * tig) : 0u;
-        qa[ks2][2 + hf] =
-            valid[hf] ? *reinterpret_cast<const uint32_t*>(qrow + ks2 * 16 + 8 + 2 * tig) : 0u;
-      }
+  cp_async_commit();
+  auto load = [&](int tile, int buf) {
+    const int e0 = w.begin + tile * kTokensA + warp * 16;
+    for (int i = lane; i < 16 * kChunks; i += 32) {
+      const int R = i / kChunks, col = (i % kChunks) * 8;
+      const int e = e0 + R;
+      const bool valid = e < w.end;
+      const int64_t t = valid ? (entries[e] >> 5) : 0;
+      cp_async_16(qs + (buf * 16 + R) * kLd + col, iq + (t * a.G + g) * DI + col, valid);
     }
-    float lse2[2];
-#pragma unroll
-    for (int hf = 0; hf < 2; ++hf)
-      lse2[hf] = valid[hf] ? lse[(b * a.H + h_row[hf]) * a.S + t_row[hf]] * kLog2e : INFINITY;
-    float sum[2] = {0.0f, 0.0f};
-#pragma unroll
-    for (int nt = 0; nt < BK / 8; ++nt) {
-      float sc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-#pragma unroll
-      for (int ks2 = 0; ks2 < D / 16; ++ks2) {
-        const int l = lane % 16;
-        uint32_t b0, b1;
-        ldmatrix_x2(b0, b1, ks + (nt * 8 + l % 8) * kLd + ks2 * 16 + (l / 8) * 8);
-        mma_bf16(sc, qa[ks2], b0, b1);
-      }
-#pragma unroll
-      for (int c = 0; c < 4; ++c) sum[c / 2] += fast_exp2(fmaf(sc[c], scale_log2, -lse2[c / 2]));
-    }
-#pragma unroll
-    for (int hf = 0; hf < 2; ++hf) {
-      sum[hf] += __shfl_xor_sync(0xffffffffu, sum[hf], 1);
-      sum[hf] += __shfl_xor_sync(0xffffffffu, sum[hf], 2);
-      if (valid[hf] && tig == 0) mass[((b * a.S + t_row[hf]) * a.H + h_row[hf]) * a.nb + j] = sum[hf];
-    }
-  }
-}
-
-// One warp per (b, t, g) row; rows with c(t) < 2 do not count. Per-warp shared scratch: the
-// row's index scores (then d score) and P for its c(t) blocks, and the r head totals.
-template <class T>
-__global__ void dense_target_rows_kernel(const float* __restrict__ mass, const T* __restrict__ iq,
-                                         const T* __restrict__ kbar, float grad_scale,
-                                         float* __restrict__ diq, float* __restrict__ dkbar,
-                                         float* __restrict__ row_kl, int64_t rows, LossDims a) {
-  extern __shared__ float scratch[];
-  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
-  float* sc_s = scratch + warp * (2 * a.nb + 16);
-  float* p_s = sc_s + a.nb;
-  float* tot_s = p_s + a.nb;
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + warp;
-  if (row >= rows) return;
-  const int64_t g = row % a.G, t = (row / a.G) % a.S, b = row / (a.G * a.S);
-  const int64_t c = t / a.B, r = a.H / a.G;
-  float* diq_row = diq + row * a.dI;
-  if (c < 2) {
-    for (int64_t e = lane; e < a.dI; e += kWarp) diq_row[e] = 0.0f;
-    if (lane == 0) row_kl[row] = -INFINITY;  // not counted
-    return;
-  }
-  const float* m_row = mass + (b * a.S + t) * a.H * a.nb;  // [h][j]
-  int contributing = 0;
-  for (int64_t hh = 0; hh < r; ++hh) {
-    float part = 0;
-    for (int64_t j = lane; j < c; j += kWarp) part += m_row[(g * r + hh) * a.nb + j];
-    const float total = warp_reduce_sum(part);
-    contributing += total > 0.0f;
-    if (lane == 0) tot_s[hh] = total > 0.0f ? 1.0f / total : 0.0f;
-  }
-  __syncwarp();
-  const T* iq_row = iq + row * a.dI;
-  const float inv_sqrt_dI = rsqrtf(static_cast<float>(a.dI));
-  float mx = -INFINITY;
-  for (int64_t j = lane; j < c; j += kWarp) {
-    float P = 0;
-    for (int64_t hh = 0; hh < r; ++hh) P += m_row[(g * r + hh) * a.nb + j] * tot_s[hh];
-    p_s[j] = contributing > 0 ? P / static_cast<float>(contributing) : 1.0f / static_cast<float>(c);
-    const T* kb = kbar + ((b * a.nb + j) * a.G + g) * a.dI;
-    float dot = 0;
-    for (int64_t e = 0; e < a.dI; ++e) dot += load_f(iq_row, e) * load_f(kb, e);
-    sc_s[j] = dot * inv_sqrt_dI;
-    mx = fmaxf(mx, sc_s[j]);
-  }
-  mx = warp_reduce_max(mx);
-  float z = 0;
-  for (int64_t j = lane; j < c; j += kWarp) z += __expf(sc_s[j] - mx);
-  const float log_z = mx + logf(warp_reduce_sum(z));
-  float kl = 0;
-  for (int64_t j = lane; j < c; j += kWarp) {
-    const float log_q = sc_s[j] - log_z, P = p_s[j];
-    if (P > 0.0f) kl += P * (logf(P) - log_q);
-    sc_s[j] = grad_scale * (__expf(log_q) - P) * inv_sqrt_dI;  // d score
-  }
-  kl = warp_reduce_sum(kl);
-  __syncwarp();
-  for (int64_t e = lane; e < a.dI; e += kWarp) {
-    const float q_e = load_f(iq_row, e);
-    float acc = 0;
-    for (int64_t j = 0; j < c; ++j) {
-      const int64_t off = ((b * a.nb + j) * a.G + g) * a.dI + e;
-      acc += sc_s[j] * load_f(kbar, off);
-      atomicAdd(dkbar + off, sc_s[j] * q_e);
-    }
-    diq_row[e] = acc;
-  }
-  if (lane == 0) row_kl[row] = kl;
-}
-
-template <int D>
-void launch_dense_block_mass(const Tensor& q, const Tensor& k, const Tensor& lse, float scale_log2,
-                             Tensor& mass, const LossDims& a, int64_t batch) {
-  const dim3 grid(static_cast<unsigned>(batch * a.G * a.nb),
-                  static_cast<unsigned>((a.S + kMassQueries - 1) / kMassQueries));
-  auto go = [&](auto kernel) {
-    kernel<<<grid, kMassWarps * 32>>>(q.data<bf16>(), k.data<bf16>(), lse.data<float>(),
-                                      scale_log2, mass.data<float>(), a);
-    MSA_CUDA_CHECK_LAUNCH("dense_block_mass_kernel");
+    cp_async_commit();
   };
-  switch (a.B) {
-    case 16: return go(dense_block_mass_kernel<D, 16>);
-    case 32: return go(dense_block_mass_kernel<D, 32>);
-    case 64: return go(dense_block_mass_kernel<D, 64>);
-    default: return go(dense_block_mass_kernel<D, 128>);
+  load(w.tile_begin, 0);
+  for (int tile = w.tile_begin; tile < w.tile_end; ++tile) {
+    const int buf = (tile - w.tile_begin) & 1;
+    if (tile + 1 < w.tile_end) {
+      __syncwarp();  // every lane is done reading buf ^ 1
+      load(tile + 1, buf ^ 1);
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    if (tile == w.tile_begin)
+      __syncthreads();  // ik_j from every thread
+    else
+      __syncwarp();
+    const bf16* qt = qs + buf * 16 * kLd;
+    const int e0 = w.begin + tile * kTokensA + warp * 16;
+    int64_t t_row[2];
+    int slot_row[2], lim[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int e = e0 + grp + 8 * h;
+      const bool valid = e < w.end;
+      const int32_t entry = valid ? entries[e] : 0;
+      t_row[h] = entry >> 5;
+      slot_row[h] = entry & 31;
+      lim[h] = valid ? static_cast<int>(t_row[h] - j * BK) : -1;  // last key of the block
+    }
+    float sc[BK / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < BK / 8; ++nt) sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.0f;
+#pragma unroll
+    for (int kstep = 0; kstep < DI / 16; ++kstep) {
+      uint32_t qa[4];
+      ldmatrix_x4(qa,
+                  qt + ((lane % 8) + 8 * ((lane / 8) % 2)) * kLd + kstep * 16 + 8 * (lane / 16));
+#pragma unroll
+      for (int nt = 0; nt < BK / 8; nt += 2) {
+        uint32_t b4[4];
+        ldmatrix_x4(
+            b4, iks + ((nt + lane / 16) * 8 + lane % 8) * kLd + kstep * 16 + ((lane / 8) % 2) * 8);
+        mma_bf16(sc[nt], qa, b4[0], b4[1]);
+        mma_bf16(sc[nt + 1], qa, b4[2], b4[3]);
+      }
+    }
+    float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int nt = 0; nt < BK / 8; ++nt)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        const int key = nt * 8 + 2 * tig + (c & 1);
+        const float x = key <= lim[c / 2] ? sc[nt][c] * s_log2 : -INFINITY;
+        sc[nt][c] = x;
+        mx[c / 2] = fmaxf(mx[c / 2], x);
+      }
+    float l[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
+      mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
+      if (mx[h] == -INFINITY) mx[h] = 0.0f;  // padding row: keeps NaNs out
+      l[h] = 0.0f;
+    }
+#pragma unroll
+    for (int nt = 0; nt < BK / 8; ++nt)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) l[c / 2] += fast_exp2(sc[nt][c] - mx[c / 2]);
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      l[h] += __shfl_xor_sync(0xffffffffu, l[h], 1);
+      l[h] += __shfl_xor_sync(0xffffffffu, l[h], 2);
+      if (tig == 0 && lim[h] >= 0)
+        part[((t_row[h] - a.t0) * a.G + g) * a.K + slot_row[h]] = make_float2(mx[h], l[h]);
+    }
   }
+}
+
+// One thread per row (t, g) of the chunk: lseq[t G + g] = logsumexp over the row's slots.
+__global__ void lse_combine_kernel(const float2* __restrict__ part,
+                                   const int32_t* __restrict__ counts, float* __restrict__ lseq,
+                                   KvDims a) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= (a.t1 - a.t0) * a.G) return;
+  const int64_t row = a.t0 * a.G + i;  // (t, g) of this sequence
+  const int count = counts[row];
+  const float2* p = part + i * a.K;
+  float m = -INFINITY;
+  for (int s = 0; s < count; ++s) m = fmaxf(m, p[s].x);
+  float l = 0.0f;
+  for (int s = 0; s < count; ++s) l += p[s].y * exp2f(p[s].x - m);
+  lseq[row] = (m + log2f(l)) * kLn2;
+}
+
+// ---- pass A, dense: query-outer online lse ---------------------------------------------------
+
+constexpr int kRowsD = 64;  // (t, g) rows per CTA (4 warps x 16)
+constexpr int kKeysD = 64;  // keys per tile
+
+template <int DI>
+struct SmemD {
+  static constexpr int kLd = DI + 8;
+  static constexpr size_t kBytes = size_t(kRowsD + 2 * kKeysD) * kLd * sizeof(bf16);
+};
+
+// Rows (t, g) of one sequence flattened (row = t G + g, iq's own order); heavy CTAs (late rows)
+// first. lseq[row] = logsumexp over s <= t of S.
+template <int DI>
+__global__ void __launch_bounds__(128)
+    student_lse_dense_kernel(const bf16* __restrict__ iq, const bf16* __restrict__ ik,
+                             float* __restrict__ lseq, int64_t T, int64_t G, float s_log2) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  constexpr int kLd = SmemD<DI>::kLd, kChunks = DI / 8;
+  bf16* iqs = reinterpret_cast<bf16*>(smem_raw);
+  bf16* ikt = iqs + kRowsD * kLd;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int grp = lane >> 2, tig = lane & 3;
+  const int64_t rows = T * G;
+  const int64_t r0 = (static_cast<int64_t>(gridDim.x) - 1 - blockIdx.x) * kRowsD;
+  for (int c = threadIdx.x; c < kRowsD * kChunks; c += blockDim.x) {
+    const int R = c / kChunks, col = (c % kChunks) * 8;
+    const bool valid = r0 + R < rows;
+    cp_async_16(iqs + R * kLd + col, iq + (valid ? r0 + R : 0) * DI + col, valid);
+  }
+  const int64_t t_max = (min(r0 + kRowsD, rows) - 1) / G;
+  const int n_kt = static_cast<int>(t_max / kKeysD) + 1;
+  auto issue = [&](int kt) {
+    bf16* dst = ikt + (kt & 1) * kKeysD * kLd;
+    for (int c = threadIdx.x; c < kKeysD * kChunks; c += blockDim.x) {
+      const int R = c / kChunks, col = (c % kChunks) * 8;
+      const int64_t s = static_cast<int64_t>(kt) * kKeysD + R;
+      cp_async_16(dst + R * kLd + col, ik + (s < T ? s : 0) * DI + col, s < T);
+    }
+    cp_async_commit();
+  };
+  issue(0);  // with the iq rows
+  const int64_t wr0 = r0 + warp * 16;
+  const int64_t w_tmin = wr0 / G;
+  const int64_t w_tmax = wr0 < rows ? (min(wr0 + 16, rows) - 1) / G : -1;
+  int64_t t_row[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int64_t row = wr0 + grp + 8 * h;
+    t_row[h] = row < rows ? row / G : -1;
+  }
+  uint32_t qa[DI / 16][4];
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+  for (int kt = 0; kt < n_kt; ++kt) {
+    cp_async_wait<0>();
+    __syncthreads();  // tile kt visible; every warp is done with tile kt - 1's buffer
+    if (kt + 1 < n_kt) issue(kt + 1);
+    if (kt == 0) {
+#pragma unroll
+      for (int ks = 0; ks < DI / 16; ++ks)
+        ldmatrix_x4(qa[ks], iqs + (warp * 16 + (lane % 8) + 8 * ((lane / 8) % 2)) * kLd + ks * 16 +
+                                8 * (lane / 16));
+    }
+    const int64_t s0 = static_cast<int64_t>(kt) * kKeysD;
+    if (s0 > w_tmax) continue;  // warp-uniform: no row of this warp reaches the tile
+    const bf16* kb = ikt + (kt & 1) * kKeysD * kLd;
+    float sc[kKeysD / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < kKeysD / 8; ++nt) sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.0f;
+#pragma unroll
+    for (int ks = 0; ks < DI / 16; ++ks)
+#pragma unroll
+      for (int nt = 0; nt < kKeysD / 8; nt += 2) {
+        uint32_t b4[4];
+        ldmatrix_x4(b4,
+                    kb + ((nt + lane / 16) * 8 + lane % 8) * kLd + ks * 16 + ((lane / 8) % 2) * 8);
+        mma_bf16(sc[nt], qa[ks], b4[0], b4[1]);
+        mma_bf16(sc[nt + 1], qa[ks], b4[2], b4[3]);
+      }
+    const bool mask = s0 + kKeysD - 1 > w_tmin;
+    float tmx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int nt = 0; nt < kKeysD / 8; ++nt)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        const int64_t s = s0 + nt * 8 + 2 * tig + (c & 1);
+        const float x = (!mask || s <= t_row[c / 2]) ? sc[nt][c] * s_log2 : -INFINITY;
+        sc[nt][c] = x;
+        tmx[c / 2] = fmaxf(tmx[c / 2], x);
+      }
+    float mn[2], alpha[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      tmx[h] = fmaxf(tmx[h], __shfl_xor_sync(0xffffffffu, tmx[h], 1));
+      tmx[h] = fmaxf(tmx[h], __shfl_xor_sync(0xffffffffu, tmx[h], 2));
+      mn[h] = fmaxf(m[h], tmx[h]);
+      const float base = mn[h] == -INFINITY ? 0.0f : mn[h];  // nothing yet: keep NaNs out
+      alpha[h] = fast_exp2(m[h] - base);                     // m = -inf: 0
+      l[h] *= alpha[h];
+      mn[h] = base;
+    }
+#pragma unroll
+    for (int nt = 0; nt < kKeysD / 8; ++nt)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) l[c / 2] += fast_exp2(sc[nt][c] - mn[c / 2]);
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+      if (m[h] != -INFINITY || tmx[h] != -INFINITY) m[h] = mn[h];
+  }
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    l[h] += __shfl_xor_sync(0xffffffffu, l[h], 1);
+    l[h] += __shfl_xor_sync(0xffffffffu, l[h], 2);
+    if (tig == 0 && t_row[h] >= 0) lseq[wr0 + grp + 8 * h] = (m[h] + log2f(l[h])) * kLn2;
+  }
+}
+
+// ---- pass B: teacher, student, KL sums and gradients (KV-outer, keys as mma rows) -----------
+
+constexpr int kTileB = 32;         // tokens per tile
+constexpr int kMinTilesB = 8;      // sparse: tiles per K_j / ik_j load (at least)
+constexpr int kDenseTokens = 256;  // dense: tokens per CTA
+constexpr int kMaxThreadsB = 256;  // BK = 128: 8 warps
+
+struct GradArgs {
+  int64_t T, H, G, r, K, t0;
+  int BK;
+  float scale_log2;  // teacher scale * log2e
+  float s_scale;     // 1 / sqrt(dI)
+  float factor;      // weight / (n_rows sqrt(dI)), applied to both gradients
+};
+
+// Shared-memory carve-up of loss_grad_kernel (byte offsets; every piece a multiple of 16 bytes).
+struct GradSmem {
+  size_t ks, iks, qst, iqt, dsh, dsl, lse, lseq, red, tok, slot, lim, bytes;
+  __host__ __device__ static size_t take(size_t& o, size_t n) {
+    const size_t at = o;
+    o += (n + 15) / 16 * 16;
+    return at;
+  }
+  __host__ __device__ GradSmem(int D, int DI, int BK, int r) {
+    const size_t M = kTileB, nW = BK / 16;
+    size_t o = 0;
+    ks = take(o, size_t(BK) * (D + 8) * 2);
+    iks = take(o, size_t(BK) * (DI + 8) * 2);
+    qst = take(o, 2 * M * (D + 8) * 2);
+    iqt = take(o, 2 * M * (DI + 8) * 2);
+    dsh = take(o, M * (BK + 8) * 2);
+    dsl = take(o, M * (BK + 8) * 2);
+    lse = take(o, 2 * size_t(r) * M * 4);
+    lseq = take(o, 2 * M * 4);
+    red = take(o, nW * M * 3 * 4);
+    tok = take(o, 2 * M * 4);
+    slot = take(o, 2 * M * 4);
+    lim = take(o, 2 * M * 4);
+    bytes = o;
+  }
+};
+
+// C fragments of two adjacent 8-column tiles as the A fragments of bf16 hi and lo parts
+// (x = hi + lo to ~16 mantissa bits).
+__device__ __forceinline__ void split_c_to_a(uint32_t (&hi)[4], uint32_t (&lo)[4],
+                                             const float (&c0)[4], const float (&c1)[4]) {
+  const float v[8] = {c0[0], c0[1], c0[2], c0[3], c1[0], c1[1], c1[2], c1[3]};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    hi[i] = pack_bf16(v[2 * i], v[2 * i + 1]);
+    const float h0 = __uint_as_float(hi[i] << 16), h1 = __uint_as_float(hi[i] & 0xffff0000u);
+    lo[i] = pack_bf16(v[2 * i] - h0, v[2 * i + 1] - h1);
+  }
+}
+
+// Two adjacent floats (8-byte aligned) added atomically: one vector red on sm_90, two scalar
+// ones before it.
+__device__ __forceinline__ void atomic_add2(float* p, float x, float y) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" ::"l"(p), "f"(x), "f"(y) : "memory");
+#else
+  atomicAdd(p, x);
+  atomicAdd(p + 1, y);
+#endif
+}
+
+// Pointers are offset to one sequence: q [T, H, D], k [T, G, D], lse [H, T], iq [T, G, DI],
+// ik [T, DI], lseq [T, G], diq [T, G, DI], dik [T, DI].
+// Sparse (kDense false): grid.x >= the work items (tiles of kTileB, kMinTilesB), kl_out =
+//   partials [(t - t0) G + g][slot][3]. Dense: grid (ceil(T / kDenseTokens), nb, G), CTA (c, j,
+//   g) takes tokens [max(jB, c kDenseTokens), min(T, (c + 1) kDenseTokens)); kl_out = per-row
+//   sums [t G + g][3] (zeroed by the caller, f32 atomics).
+// kl sums per token: [0] sum P log P, [1] sum P S, [2] sum P.
+template <int D, int DI, bool kDense>
+__global__ void __launch_bounds__(kMaxThreadsB)
+    loss_grad_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k,
+                     const float* __restrict__ lse, const bf16* __restrict__ iq,
+                     const bf16* __restrict__ ik, const float* __restrict__ lseq,
+                     const int32_t* __restrict__ list_start, const int32_t* __restrict__ item_start,
+                     const int32_t* __restrict__ item_list, int64_t lists,
+                     const int32_t* __restrict__ entries, KvDims kd, float* __restrict__ kl_out,
+                     float* __restrict__ diq, float* __restrict__ dik, GradArgs a) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  constexpr int M = kTileB, kLd = D + 8, kLdI = DI + 8;
+  const int BK = a.BK, nW = BK / 16, kLdS = BK + 8, nthreads = nW * 32;
+  const int r = static_cast<int>(a.r);
+  const GradSmem L(D, DI, BK, r);
+  bf16* ks = reinterpret_cast<bf16*>(smem_raw + L.ks);
+  bf16* iks = reinterpret_cast<bf16*>(smem_raw + L.iks);
+  bf16* qst = reinterpret_cast<bf16*>(smem_raw + L.qst);
+  bf16* iqt = reinterpret_cast<bf16*>(smem_raw + L.iqt);
+  bf16* dsh = reinterpret_cast<bf16*>(smem_raw + L.dsh);
+  bf16* dsl = reinterpret_cast<bf16*>(smem_raw + L.dsl);
+  float* lse_s = reinterpret_cast<float*>(smem_raw + L.lse);
+  float* lseq_s = reinterpret_cast<float*>(smem_raw + L.lseq);
+  float* red = reinterpret_cast<float*>(smem_raw + L.red);
+  int* tok_s = reinterpret_cast<int*>(smem_raw + L.tok);
+  int* slot_s = reinterpret_cast<int*>(smem_raw + L.slot);
+  int* lim_s = reinterpret_cast<int*>(smem_raw + L.lim);
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int grp = lane >> 2, tig = lane & 3, l16 = lane % 16;
+
+  int64_t j, g, tok0 = 0;
+  int32_t begin, end;
+  int tile_begin, tile_end;
+  if constexpr (kDense) {
+    j = blockIdx.y;
+    g = blockIdx.z;
+    const int64_t lo = max(j * BK, static_cast<int64_t>(blockIdx.x) * kDenseTokens);
+    const int64_t hi = min(a.T, static_cast<int64_t>(blockIdx.x + 1) * kDenseTokens);
+    if (lo >= hi) return;  // every token of this range precedes block j
+    tok0 = lo;
+    begin = 0;
+    end = static_cast<int32_t>(hi - lo);
+    tile_begin = 0;
+    tile_end = (end + M - 1) / M;
+  } else {
+    WorkItem w;
+    if (!find_work_item(static_cast<int32_t>(blockIdx.x), item_start, item_list, list_start, lists,
+                        kd, M, kMinTilesB, w))
+      return;
+    j = w.j;
+    g = w.g;
+    begin = w.begin;
+    end = w.end;
+    tile_begin = w.tile_begin;
+    tile_end = w.tile_end;
+  }
+  // Token and slot of list entry e (valid entries only).
+  auto token_of = [&](int32_t e, int& slot) -> int64_t {
+    if constexpr (kDense) {
+      slot = 0;
+      return tok0 + e;
+    } else {
+      const int32_t entry = entries[e];
+      slot = entry & 31;
+      return entry >> 5;
+    }
+  };
+
+  // K_j and ik_j (zeros past the sequence end), committed with stage 0.
+  for (int c = tid; c < BK * (D / 8); c += nthreads) {
+    const int row = c / (D / 8), col = (c % (D / 8)) * 8;
+    const int64_t s = j * BK + row;
+    cp_async_16(ks + row * kLd + col, k + ((s < a.T ? s : 0) * a.G + g) * D + col, s < a.T);
+  }
+  for (int c = tid; c < BK * (DI / 8); c += nthreads) {
+    const int row = c / (DI / 8), col = (c % (DI / 8)) * 8;
+    const int64_t s = j * BK + row;
+    cp_async_16(iks + row * kLdI + col, ik + (s < a.T ? s : 0) * DI + col, s < a.T);
+  }
+
+  // Stage sg = (tile tr = sg / r, head h = sg % r): q_h of the tile's tokens into qst[sg & 1];
+  // at h = 0 also the tile's token data into buffer tr & 1: token, slot, last key (-1: padding),
+  // lseQ, lse of every head, the iq rows.
+  const int n_stages = (tile_end - tile_begin) * r;
+  auto issue = [&](int sg) {
+    const int tr = sg / r, h = sg % r, tb = tr & 1, qb = sg & 1;
+    const int32_t e0 = begin + (tile_begin + tr) * M;
+    if (h == 0) {
+      if (tid < M) {
+        const int i = tid;
+        const int32_t e = e0 + i;
+        const bool valid = e < end;
+        int slot = 0;
+        const int64_t t = valid ? token_of(e, slot) : 0;
+        tok_s[tb * M + i] = static_cast<int>(t);
+        slot_s[tb * M + i] = slot;
+        lim_s[tb * M + i] = valid ? static_cast<int>(t - j * BK) : -1;
+        cp_async_4(lseq_s + tb * M + i, lseq + t * a.G + g, valid);
+      }
+      for (int c = tid; c < M * r; c += nthreads) {
+        const int i = c % M, hh = c / M;
+        const int32_t e = e0 + i;
+        const bool valid = e < end;
+        int slot;
+        const int64_t t = valid ? token_of(e, slot) : 0;
+        cp_async_4(lse_s + (tb * r + hh) * M + i, lse + (g * a.r + hh) * a.T + t, valid);
+      }
+      for (int c = tid; c < M * (DI / 8); c += nthreads) {
+        const int i = c / (DI / 8), col = (c % (DI / 8)) * 8;
+        const int32_t e = e0 + i;
+        const bool valid = e < end;
+        int slot;
+        const int64_t t = valid ? token_of(e, slot) : 0;
+        cp_async_16(iqt + (tb * M + i) * kLdI + col, iq + (t * a.G + g) * DI + col, valid);
+      }
+    }
+    for (int c = tid; c < M * (D / 8); c += nthreads) {
+      const int i = c / (D / 8), col = (c % (D / 8)) * 8;
+      bool valid;
+      int64_t t;
+      if (h == 0) {
+        const int32_t e = e0 + i;
+        valid = e < end;
+        int slot;
+        t = valid ? token_of(e, slot) : 0;
+      } else {  // written at h = 0, visible since the barrier of stage sg - 1
+        valid = lim_s[tb * M + i] >= 0;
+        t = valid ? tok_s[tb * M + i] : 0;
+      }
+      cp_async_16(qst + (qb * M + i) * kLd + col, q + (t * a.H + g * a.r + h) * D + col, valid);
+    }
+    cp_async_commit();
+  };
+
+  float P[M / 8][4];    // teacher, summed over heads: key rows x token columns
+  float dk[DI / 8][4];  // this warp's 16 keys of dik, over the whole work item
+#pragma unroll
+  for (int nt = 0; nt < DI / 8; ++nt) dk[nt][0] = dk[nt][1] = dk[nt][2] = dk[nt][3] = 0.0f;
+  const int arow = warp * 16 + (lane % 8) + 8 * ((lane / 8) % 2), acol = 8 * (lane / 16);
+  const int brow = (lane / 16) * 8 + lane % 8, bcol = ((lane / 8) % 2) * 8;
+  const float inv_r = 1.0f / static_cast<float>(r);
+
+  issue(0);
+  for (int sg = 0; sg < n_stages; ++sg) {
+    cp_async_wait<0>();
+    __syncthreads();  // stage sg visible to all; every warp is done with stage sg - 1
+    if (sg + 1 < n_stages) issue(sg + 1);
+    const int tr = sg / r, h = sg % r, tb = tr & 1, qb = sg & 1;
+    if (h == 0) {
+#pragma unroll
+      for (int nq = 0; nq < M / 8; ++nq) P[nq][0] = P[nq][1] = P[nq][2] = P[nq][3] = 0.0f;
+    }
+    // Teacher scores of head h: Z^T = K_w q_h^T (16 keys x M tokens).
+    float sc[M / 8][4];
+#pragma unroll
+    for (int nq = 0; nq < M / 8; ++nq) sc[nq][0] = sc[nq][1] = sc[nq][2] = sc[nq][3] = 0.0f;
+    {
+      const bf16* qb_s = qst + qb * M * kLd;
+#pragma unroll
+      for (int kstep = 0; kstep < D / 16; ++kstep) {
+        uint32_t ka[4];
+        ldmatrix_x4(ka, ks + arow * kLd + kstep * 16 + acol);
+#pragma unroll
+        for (int nq = 0; nq < M / 8; nq += 2) {
+          uint32_t b4[4];
+          ldmatrix_x4(b4, qb_s + (nq * 8 + brow) * kLd + kstep * 16 + bcol);
+          mma_bf16(sc[nq], ka, b4[0], b4[1]);
+          mma_bf16(sc[nq + 1], ka, b4[2], b4[3]);
+        }
+      }
+    }
+    {
+      const float* lse_h = lse_s + (tb * r + h) * M;
+#pragma unroll
+      for (int nq = 0; nq < M / 8; ++nq)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+          const int col = nq * 8 + 2 * tig + (c & 1);
+          P[nq][c] += fast_exp2(fmaf(sc[nq][c], a.scale_log2, -lse_h[col] * kLog2e));
+        }
+    }
+    if (h != r - 1) continue;
+
+    // ---- end of tile tr: student, Q, dS, KL sums, gradients ----
+    const bf16* iqb = iqt + tb * M * kLdI;
+    const int* lim_t = lim_s + tb * M;
+    const float* lq = lseq_s + tb * M;
+#pragma unroll
+    for (int nq = 0; nq < M / 8; ++nq) sc[nq][0] = sc[nq][1] = sc[nq][2] = sc[nq][3] = 0.0f;
+#pragma unroll
+    for (int kstep = 0; kstep < DI / 16; ++kstep) {
+      uint32_t ka[4];
+      ldmatrix_x4(ka, iks + arow * kLdI + kstep * 16 + acol);
+#pragma unroll
+      for (int nq = 0; nq < M / 8; nq += 2) {
+        uint32_t b4[4];
+        ldmatrix_x4(b4, iqb + (nq * 8 + brow) * kLdI + kstep * 16 + bcol);
+        mma_bf16(sc[nq], ka, b4[0], b4[1]);
+        mma_bf16(sc[nq + 1], ka, b4[2], b4[3]);
+      }
+    }
+    float sums[M / 8][2][3];
+#pragma unroll
+    for (int nq = 0; nq < M / 8; ++nq)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) sums[nq][e][0] = sums[nq][e][1] = sums[nq][e][2] = 0.0f;
+#pragma unroll
+    for (int nq = 0; nq < M / 8; ++nq)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        const int col = nq * 8 + 2 * tig + (c & 1);
+        const int key = warp * 16 + grp + 8 * (c / 2);
+        const bool valid = key <= lim_t[col];
+        const float p = valid ? P[nq][c] * inv_r : 0.0f;
+        const float s = sc[nq][c] * a.s_scale;
+        const float qv = valid ? fast_exp2((s - lq[col]) * kLog2e) : 0.0f;
+        sums[nq][c & 1][0] += p > 0.0f ? p * __logf(p) : 0.0f;
+        sums[nq][c & 1][1] += p * s;
+        sums[nq][c & 1][2] += p;
+        const float ds = qv - p;
+        sc[nq][c] = ds;
+        const bf16 hi = to_bf16_rn(ds);
+        dsh[col * kLdS + key] = hi;
+        dsl[col * kLdS + key] = to_bf16_rn(ds - bf16_to_float(hi));
+      }
+      // Per token: sum over this warp's 16 keys (rows grp, grp + 8 and the 8 grp lanes).
+#pragma unroll
+    for (int nq = 0; nq < M / 8; ++nq)
+#pragma unroll
+      for (int e = 0; e < 2; ++e)
+#pragma unroll
+        for (int v = 0; v < 3; ++v) {
+          float x = sums[nq][e][v];
+          x += __shfl_xor_sync(0xffffffffu, x, 4);
+          x += __shfl_xor_sync(0xffffffffu, x, 8);
+          x += __shfl_xor_sync(0xffffffffu, x, 16);
+          if (grp == 0) red[(warp * M + nq * 8 + 2 * tig + e) * 3 + v] = x;
+        }
+        // dik_w += dS^T iq: dS^T (keys x tokens) as A fragments, tokens the k dimension.
+#pragma unroll
+    for (int kk = 0; kk < M / 16; ++kk) {
+      uint32_t ah[4], al[4];
+      split_c_to_a(ah, al, sc[2 * kk], sc[2 * kk + 1]);
+#pragma unroll
+      for (int nt = 0; nt < DI / 8; nt += 2) {
+        uint32_t b4[4];
+        ldmatrix_x4_trans(b4, iqb + (kk * 16 + l16) * kLdI + (nt + lane / 16) * 8);
+        mma_bf16(dk[nt], ah, b4[0], b4[1]);
+        mma_bf16(dk[nt + 1], ah, b4[2], b4[3]);
+        mma_bf16(dk[nt], al, b4[0], b4[1]);
+        mma_bf16(dk[nt + 1], al, b4[2], b4[3]);
+      }
+    }
+    __syncthreads();  // dS and the per-warp sums complete
+    // diq of the tile = dS ik_j: pieces of 16 tokens x 16 dims over the warps.
+    const int* tok_t = tok_s + tb * M;
+    for (int u = warp; u < (M / 16) * (DI / 16); u += nW) {
+      const int mt = u / (DI / 16), np = u % (DI / 16);
+      float acc[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
+      for (int kk = 0; kk < nW; ++kk) {
+        uint32_t ah[4], al[4], b4[4];
+        const int off =
+            (mt * 16 + (lane % 8) + 8 * ((lane / 8) % 2)) * kLdS + kk * 16 + 8 * (lane / 16);
+        ldmatrix_x4(ah, dsh + off);
+        ldmatrix_x4(al, dsl + off);
+        ldmatrix_x4_trans(b4, iks + (kk * 16 + l16) * kLdI + (2 * np + lane / 16) * 8);
+        mma_bf16(acc[0], ah, b4[0], b4[1]);
+        mma_bf16(acc[1], ah, b4[2], b4[3]);
+        mma_bf16(acc[0], al, b4[0], b4[1]);
+        mma_bf16(acc[1], al, b4[2], b4[3]);
+      }
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        const int i = mt * 16 + grp + 8 * hf;
+        if (lim_t[i] < 0) continue;
+        float* dst = diq + (static_cast<int64_t>(tok_t[i]) * a.G + g) * DI + np * 16 + 2 * tig;
+#pragma unroll
+        for (int n2 = 0; n2 < 2; ++n2)
+          atomic_add2(dst + n2 * 8, acc[n2][2 * hf] * a.factor, acc[n2][2 * hf + 1] * a.factor);
+      }
+    }
+    // The tile's KL sums, per token over the warps in order.
+    if (tid < M && lim_t[tid] >= 0) {
+      float v[3] = {0.0f, 0.0f, 0.0f};
+      for (int w = 0; w < nW; ++w)
+#pragma unroll
+        for (int x = 0; x < 3; ++x) v[x] += red[(w * M + tid) * 3 + x];
+      const int64_t t = tok_t[tid];
+      if constexpr (kDense) {
+        float* o = kl_out + (t * a.G + g) * 3;
+#pragma unroll
+        for (int x = 0; x < 3; ++x) atomicAdd(o + x, v[x]);
+      } else {
+        float* o = kl_out + (((t - a.t0) * a.G + g) * a.K + slot_s[tb * M + tid]) * 3;
+#pragma unroll
+        for (int x = 0; x < 3; ++x) o[x] = v[x];
+      }
+    }
+  }
+  // This warp's keys of dik.
+#pragma unroll
+  for (int nt = 0; nt < DI / 8; ++nt)
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      const int64_t s = j * BK + warp * 16 + grp + 8 * hf;
+      if (s < a.T)
+        atomic_add2(dik + s * DI + nt * 8 + 2 * tig, dk[nt][2 * hf] * a.factor,
+                    dk[nt][2 * hf + 1] * a.factor);
+    }
+}
+
+// Row KL from the sums: sparse, the row's slot partials [(t - t0) G + g][slot][3]; dense, the
+// per-row sums [t G + g][3]. row_kl, lseq and counts are offset to the sequence.
+template <bool kDense>
+__global__ void kl_combine_kernel(const float* __restrict__ sums,
+                                  const int32_t* __restrict__ counts,
+                                  const float* __restrict__ lseq, float* __restrict__ row_kl,
+                                  KvDims a) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= (a.t1 - a.t0) * a.G) return;
+  const int64_t row = a.t0 * a.G + i;
+  double A = 0, C = 0, Pt = 0;
+  if constexpr (kDense) {
+    A = sums[row * 3];
+    C = sums[row * 3 + 1];
+    Pt = sums[row * 3 + 2];
+  } else {
+    const int count = counts[row];
+    for (int s = 0; s < count; ++s) {
+      const float* p = sums + (i * a.K + s) * 3;
+      A += p[0];
+      C += p[1];
+      Pt += p[2];
+    }
+  }
+  // KL(P' || Q), P' = P / Pt: sum P' log P' - sum P' S + lseQ.
+  row_kl[row] =
+      Pt > 0 ? static_cast<float>((A - C) / Pt - log(Pt) + static_cast<double>(lseq[row])) : 0.0f;
+}
+
+constexpr int kReduceBlocks = 128;
+constexpr int kReduceThreads = 256;
+
+// Fixed grid, fixed tree: the same sum on every run.
+__global__ void reduce_rows_kernel(const float* __restrict__ x, int64_t n,
+                                   double* __restrict__ block_sums) {
+  const int64_t per = (n + gridDim.x - 1) / gridDim.x;
+  const int64_t lo = blockIdx.x * per, hi = min(n, lo + per);
+  double s = 0;
+  for (int64_t i = lo + threadIdx.x; i < hi; i += blockDim.x) s += x[i];
+  s = block_reduce_sum(s);
+  if (threadIdx.x == 0) block_sums[blockIdx.x] = s;
+}
+
+__global__ void reduce_final_kernel(const double* __restrict__ block_sums, int n,
+                                    double* __restrict__ out) {
+  double s = 0;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) s += block_sums[i];
+  s = block_reduce_sum(s);
+  if (threadIdx.x == 0) out[0] = s;
+}
+
+double sum_rows(const Tensor& row_kl, int64_t n) {
+  Tensor partial = Tensor::empty({kReduceBlocks + 1}, DType::kF64, Device::kCUDA);
+  reduce_rows_kernel<<<kReduceBlocks, kReduceThreads>>>(row_kl.data<float>(), n,
+                                                        partial.data<double>());
+  MSA_CUDA_CHECK_LAUNCH("reduce_rows_kernel");
+  reduce_final_kernel<<<1, kReduceThreads>>>(partial.data<double>(), kReduceBlocks,
+                                             partial.data<double>() + kReduceBlocks);
+  MSA_CUDA_CHECK_LAUNCH("reduce_final_kernel");
+  return partial.slice0(kReduceBlocks, kReduceBlocks + 1).to_double_vector()[0];
+}
+
+// ---- dispatch ---------------------------------------------------------------------------------
+
+bool pow2_16_128(int64_t x) { return x == 16 || x == 32 || x == 64 || x == 128; }
+
+template <class F>
+void with_pow2(int64_t x, F&& f) {
+  switch (x) {
+    case 16:
+      return f(std::integral_constant<int, 16>{});
+    case 32:
+      return f(std::integral_constant<int, 32>{});
+    case 64:
+      return f(std::integral_constant<int, 64>{});
+    default:
+      return f(std::integral_constant<int, 128>{});
+  }
+}
+
+template <class Kernel>
+void set_smem(Kernel kernel, size_t bytes) {
+  // Per call: the attribute belongs to the current device (a host call of microseconds).
+  MSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      static_cast<int>(bytes)));
+}
+
+void check_inputs(const Tensor& q, const Tensor& k, const Tensor& lse, const Tensor& iq,
+                  const Tensor& ik, const Tensor& diq, const Tensor& dik, const cpu::MsaDims& d,
+                  const char* op) {
+  check_dtype(q, DType::kBF16, op);
+  check_dtype(k, DType::kBF16, op);
+  check_dtype(iq, DType::kBF16, op);
+  check_dtype(ik, DType::kBF16, op);
+  check_dtype(lse, DType::kF32, op);
+  check_dtype(diq, DType::kF32, op);
+  check_dtype(dik, DType::kF32, op);
+  MSA_CHECK(index_loss_cuda_supported(q, iq, d), "%s: sizes not supported by the GPU kernels", op);
+}
+
+GradArgs grad_args(const cpu::MsaDims& d, double scale, double weight, int64_t t0) {
+  GradArgs a;
+  a.T = d.seq;
+  a.H = d.heads;
+  a.G = d.groups;
+  a.r = d.heads / d.groups;
+  a.K = d.topk;
+  a.t0 = t0;
+  a.BK = static_cast<int>(d.block_size);
+  a.scale_log2 = static_cast<float>(scale * 1.4426950408889634);
+  a.s_scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d.index_dim)));
+  const double n_rows = static_cast<double>(d.batch * d.seq * d.groups);
+  a.factor = static_cast<float>(weight / (n_rows * std::sqrt(static_cast<double>(d.index_dim))));
+  return a;
 }
 
 }  // namespace
 
-cpu::IndexLossSums msa_index_loss_from_mass(const Tensor& block_mass, const Tensor& indices,
-                                            const Tensor& counts, const Tensor& iq,
-                                            const Tensor& kbar, double weight, Tensor& diq,
-                                            Tensor& dkbar, const cpu::MsaDims& d) {
-  check_dtype(block_mass, DType::kF32, "msa_index_loss_from_mass: block_mass");
-  check_dtype(diq, DType::kF32, "msa_index_loss_from_mass: diq");
-  check_dtype(dkbar, DType::kF32, "msa_index_loss_from_mass: dkbar");
-  MSA_CHECK(d.topk <= kWarp + 1, "msa_index_loss_from_mass: topk %d > %d", d.topk, kWarp + 1);
-  const int64_t rows = d.batch * d.seq * d.groups;
-  const LossDims a{d.seq, d.heads, d.groups, d.index_dim, d.block_size, d.topk, d.num_blocks()};
-  dkbar.zero_();
-  Tensor row_kl = Tensor::empty({std::max<int64_t>(rows, 1)}, DType::kF32, Device::kCUDA);
-  Tensor sums = Tensor::empty({2}, DType::kF64, Device::kCUDA);
-  const unsigned blocks = static_cast<unsigned>((rows + kWarpsPerBlock - 1) / kWarpsPerBlock);
-  auto launch = [&](auto zero) {
-    using T = decltype(zero);
-    index_loss_rows_kernel<T><<<blocks, kWarp * kWarpsPerBlock>>>(
-        block_mass.data<float>(), indices.data<int32_t>(), counts.data<int32_t>(), iq.data<T>(),
-        kbar.data<T>(), diq.data<float>(), dkbar.data<float>(), row_kl.data<float>(), rows, a);
-  };
-  if (rows > 0) {
-    if (iq.dtype() == DType::kBF16) {
-      check_dtype(kbar, DType::kBF16, "msa_index_loss_from_mass: kbar");
-      launch(bf16{});
-    } else {
-      check_dtype(iq, DType::kF32, "msa_index_loss_from_mass: iq");
-      check_dtype(kbar, DType::kF32, "msa_index_loss_from_mass: kbar");
-      launch(float{});
-    }
-    MSA_CUDA_CHECK_LAUNCH("index_loss_rows_kernel");
-  }
-  sum_kl_kernel<<<1, 1024>>>(row_kl.data<float>(), rows, sums.data<double>());
-  MSA_CUDA_CHECK_LAUNCH("sum_kl_kernel");
-  const std::vector<double> host = sums.to_double_vector();
+bool index_loss_cuda_supported(const Tensor& q, const Tensor& iq, const cpu::MsaDims& d) {
+  const char* force = std::getenv("MSA_INDEX_LOSS");
+  if (force != nullptr && std::strcmp(force, "reference") == 0) return false;
+  if (q.dtype() != DType::kBF16 || iq.dtype() != DType::kBF16) return false;
+  if (d.groups < 1 || d.heads % d.groups != 0) return false;
+  const int64_t r = d.heads / d.groups;
+  return pow2_16_128(d.dim) && pow2_16_128(d.index_dim) && pow2_16_128(d.block_size) && r >= 1 &&
+         r <= 16 && d.topk >= 1 && d.topk <= 32 && d.seq < (int64_t(1) << 26) &&
+         d.num_blocks() <= 65535 && d.groups <= 65535;
+}
+
+cpu::IndexLossSums msa_index_loss_sparse(const Tensor& q, const Tensor& k, const Tensor& lse,
+                                         const Tensor& indices, const Tensor& counts,
+                                         const Tensor& iq, const Tensor& ik, double scale,
+                                         double weight, Tensor& diq, Tensor& dik,
+                                         const cpu::MsaDims& d) {
+  const char* op = "msa_index_loss_sparse (CUDA)";
+  check_inputs(q, k, lse, iq, ik, diq, dik, d, op);
+  check_dtype(indices, DType::kI32, op);
+  check_dtype(counts, DType::kI32, op);
   cpu::IndexLossSums result;
-  result.kl_sum = host[0];
-  result.n_rows = static_cast<int64_t>(host[1]);
-  const double grad_scale = result.n_rows > 0 ? weight / static_cast<double>(result.n_rows) : 0.0;
-  scale_inplace(diq, grad_scale);
-  scale_inplace(dkbar, grad_scale);
+  result.n_rows = d.batch * d.seq * d.groups;
+  diq.zero_();
+  dik.zero_();
+  if (result.n_rows == 0) return result;
+  const int64_t T = d.seq, G = d.groups, K = d.topk, H = d.heads, r = H / G;
+  const int64_t D = d.dim, DI = d.index_dim, nb = d.num_blocks(), lists = G * nb;
+  const int BK = static_cast<int>(d.block_size);
+  // Chunk: per token, entries (4 bytes) and the two passes' partials (2 + 3 floats) per (g, slot).
+  const int64_t per_token = G * K * 24;
+  int64_t chunk = std::max<int64_t>(64, (int64_t(1) << 30) / per_token);
+  if (const char* c = std::getenv("MSA_INDEX_LOSS_CHUNK"))
+    chunk = std::max<int64_t>(1, std::atoll(c));
+  chunk = std::min(chunk, T);
+  auto items_bound = [&](int64_t rows, int per_cta, int min_tiles) -> int64_t {
+    return (rows * K / per_cta + lists) / min_tiles + lists + 2;
+  };
+  auto i32 = [](int64_t n) {
+    return Tensor::empty({std::max<int64_t>(n, 1)}, DType::kI32, Device::kCUDA);
+  };
+  Tensor len = i32(lists + 1), cursor = i32(lists), start = i32(lists + 1);
+  Tensor entries = i32(chunk * G * K), item_len = i32(lists + 1);
+  Tensor items_a = i32(lists + 1), items_b = i32(lists + 1);
+  const int64_t bound_a = items_bound(chunk * G, kTokensA, kMinTilesA);
+  const int64_t bound_b = items_bound(chunk * G, kTileB, kMinTilesB);
+  Tensor item_list_a = i32(bound_a), item_list_b = i32(bound_b);
+  const size_t scan_bytes = kv_outer::work_list_scan_bytes(lists);
+  Tensor scan_tmp = i32(static_cast<int64_t>(scan_bytes / 4) + 1);
+  Tensor part_a = Tensor::empty({chunk * G * K * 2}, DType::kF32, Device::kCUDA);
+  Tensor part_b = Tensor::empty({chunk * G * K * 3}, DType::kF32, Device::kCUDA);
+  Tensor lseq = Tensor::empty({T * G}, DType::kF32, Device::kCUDA);
+  Tensor row_kl = Tensor::empty({result.n_rows}, DType::kF32, Device::kCUDA);
+  const float s_log2 = static_cast<float>(1.4426950408889634 / std::sqrt(static_cast<double>(DI)));
+  const GradSmem smem_b(static_cast<int>(D), static_cast<int>(DI), BK, static_cast<int>(r));
+
+  for (int64_t b = 0; b < d.batch; ++b) {
+    const bf16* qb = q.data<bf16>() + b * T * H * D;
+    const bf16* kb = k.data<bf16>() + b * T * G * D;
+    const float* lb = lse.data<float>() + b * H * T;
+    const bf16* iqb = iq.data<bf16>() + b * T * G * DI;
+    const bf16* ikb = ik.data<bf16>() + b * T * DI;
+    const int32_t* idx = indices.data<int32_t>() + b * T * G * K;
+    const int32_t* cnt = counts.data<int32_t>() + b * T * G;
+    float* diqb = diq.data<float>() + b * T * G * DI;
+    float* dikb = dik.data<float>() + b * T * DI;
+    float* klb = row_kl.data<float>() + b * T * G;
+    for (int64_t t0 = 0; t0 < T; t0 += chunk) {
+      const KvDims kd{T, H, G, K, r, nb, t0, std::min(T, t0 + chunk)};
+      const int64_t rows = (kd.t1 - kd.t0) * G;
+      const unsigned row_grid = static_cast<unsigned>((rows + 255) / 256);
+      kv_outer::build_work_lists(idx, cnt, kd, len.data<int32_t>(), cursor.data<int32_t>(),
+                                 start.data<int32_t>(), entries.data<int32_t>(),
+                                 scan_tmp.raw_data(), scan_bytes);
+      // Pass A: lseQ of the chunk's rows.
+      kv_outer::build_work_items(start.data<int32_t>(), lists, kTokensA, kMinTilesA,
+                                 item_len.data<int32_t>(), items_a.data<int32_t>(),
+                                 item_list_a.data<int32_t>(), scan_tmp.raw_data(), scan_bytes);
+      with_pow2(DI, [&](auto di) {
+        with_pow2(BK, [&](auto bk) {
+          constexpr int kDI = decltype(di)::value, kBK = decltype(bk)::value;
+          auto kernel = student_lse_sparse_kernel<kDI, kBK>;
+          set_smem(kernel, SmemA<kDI, kBK>::kBytes);
+          kernel<<<static_cast<unsigned>(items_bound(rows, kTokensA, kMinTilesA)), kWarpsA * 32,
+                   SmemA<kDI, kBK>::kBytes>>>(iqb, ikb, start.data<int32_t>(),
+                                              items_a.data<int32_t>(), item_list_a.data<int32_t>(),
+                                              lists, entries.data<int32_t>(), s_log2,
+                                              reinterpret_cast<float2*>(part_a.data<float>()), kd);
+          MSA_CUDA_CHECK_LAUNCH("student_lse_sparse_kernel");
+        });
+      });
+      lse_combine_kernel<<<row_grid, 256>>>(reinterpret_cast<const float2*>(part_a.data<float>()),
+                                            cnt, lseq.data<float>(), kd);
+      MSA_CUDA_CHECK_LAUNCH("lse_combine_kernel");
+      // Pass B: teacher, KL partials, gradients.
+      kv_outer::build_work_items(start.data<int32_t>(), lists, kTileB, kMinTilesB,
+                                 item_len.data<int32_t>(), items_b.data<int32_t>(),
+                                 item_list_b.data<int32_t>(), scan_tmp.raw_data(), scan_bytes);
+      const GradArgs ga = grad_args(d, scale, weight, t0);
+      with_pow2(D, [&](auto dd) {
+        with_pow2(DI, [&](auto di) {
+          constexpr int kD = decltype(dd)::value, kDI = decltype(di)::value;
+          auto kernel = loss_grad_kernel<kD, kDI, false>;
+          set_smem(kernel, smem_b.bytes);
+          kernel<<<static_cast<unsigned>(items_bound(rows, kTileB, kMinTilesB)), BK / 16 * 32,
+                   smem_b.bytes>>>(qb, kb, lb, iqb, ikb, lseq.data<float>(), start.data<int32_t>(),
+                                   items_b.data<int32_t>(), item_list_b.data<int32_t>(), lists,
+                                   entries.data<int32_t>(), kd, part_b.data<float>(), diqb, dikb,
+                                   ga);
+          MSA_CUDA_CHECK_LAUNCH("loss_grad_kernel (sparse)");
+        });
+      });
+      kl_combine_kernel<false>
+          <<<row_grid, 256>>>(part_b.data<float>(), cnt, lseq.data<float>(), klb, kd);
+      MSA_CUDA_CHECK_LAUNCH("kl_combine_kernel");
+    }
+  }
+  result.kl_sum = sum_rows(row_kl, result.n_rows);
   return result;
 }
 
-bool dense_target_loss_supported(const Tensor& q, const cpu::MsaDims& d) {
-  const int64_t r = d.groups > 0 ? d.heads / d.groups : 0;
-  const size_t scratch = size_t(kWarpsPerBlock) * (2 * d.num_blocks() + 16) * sizeof(float);
-  return q.dtype() == DType::kBF16 && (d.dim == 16 || d.dim == 32 || d.dim == 64 || d.dim == 128) &&
-         (d.block_size == 16 || d.block_size == 32 || d.block_size == 64 ||
-          d.block_size == 128) &&
-         r >= 1 && r <= 16 && 16 % r == 0 && scratch <= 48 * 1024;
-}
-
-cpu::IndexLossSums msa_index_loss_dense_target(const Tensor& q, const Tensor& k, const Tensor& lse,
-                                               const Tensor& iq, const Tensor& kbar, double scale,
-                                               double weight, Tensor& diq, Tensor& dkbar,
-                                               const cpu::MsaDims& d) {
-  check_dtype(k, DType::kBF16, "msa_index_loss (dense target, CUDA): k");
-  check_dtype(lse, DType::kF32, "msa_index_loss (dense target, CUDA): lse");
-  check_dtype(diq, DType::kF32, "msa_index_loss (dense target, CUDA): diq");
-  check_dtype(dkbar, DType::kF32, "msa_index_loss (dense target, CUDA): dkbar");
-  const int64_t rows = d.batch * d.seq * d.groups;
-  const LossDims a{d.seq, d.heads, d.groups, d.index_dim, d.block_size, 1, d.num_blocks()};
-  // Rows with c(t) >= 2 count: known without looking at the data.
+cpu::IndexLossSums msa_index_loss_dense(const Tensor& q, const Tensor& k, const Tensor& lse,
+                                        const Tensor& iq, const Tensor& ik, double scale,
+                                        double weight, Tensor& diq, Tensor& dik,
+                                        const cpu::MsaDims& d) {
+  const char* op = "msa_index_loss_dense (CUDA)";
+  check_inputs(q, k, lse, iq, ik, diq, dik, d, op);
   cpu::IndexLossSums result;
-  result.n_rows = d.batch * d.groups * std::max<int64_t>(0, d.seq - 2 * d.block_size);
-  const float grad_scale =
-      result.n_rows > 0 ? static_cast<float>(weight / static_cast<double>(result.n_rows)) : 0.0f;
-  dkbar.zero_();
-  if (rows == 0) return result;
-  Tensor mass = Tensor::empty({d.batch * d.seq * d.heads * a.nb}, DType::kF32, Device::kCUDA);
-  const float scale_log2 = static_cast<float>(scale * 1.4426950408889634);
-  switch (d.dim) {
-    case 16: launch_dense_block_mass<16>(q, k, lse, scale_log2, mass, a, d.batch); break;
-    case 32: launch_dense_block_mass<32>(q, k, lse, scale_log2, mass, a, d.batch); break;
-    case 64: launch_dense_block_mass<64>(q, k, lse, scale_log2, mass, a, d.batch); break;
-    default: launch_dense_block_mass<128>(q, k, lse, scale_log2, mass, a, d.batch); break;
+  result.n_rows = d.batch * d.seq * d.groups;
+  diq.zero_();
+  dik.zero_();
+  if (result.n_rows == 0) return result;
+  const int64_t T = d.seq, G = d.groups, H = d.heads, r = H / G;
+  const int64_t D = d.dim, DI = d.index_dim, nb = d.num_blocks();
+  const int BK = static_cast<int>(d.block_size);
+  Tensor lseq = Tensor::empty({T * G}, DType::kF32, Device::kCUDA);
+  Tensor row_sums = Tensor::empty({T * G * 3}, DType::kF32, Device::kCUDA);
+  Tensor row_kl = Tensor::empty({result.n_rows}, DType::kF32, Device::kCUDA);
+  const float s_log2 = static_cast<float>(1.4426950408889634 / std::sqrt(static_cast<double>(DI)));
+  const GradSmem smem_b(static_cast<int>(D), static_cast<int>(DI), BK, static_cast<int>(r));
+  const KvDims kd{T, H, G, 1, r, nb, 0, T};
+  const GradArgs ga = grad_args(d, scale, weight, 0);
+  const unsigned row_grid = static_cast<unsigned>((T * G + 255) / 256);
+  for (int64_t b = 0; b < d.batch; ++b) {
+    const bf16* qb = q.data<bf16>() + b * T * H * D;
+    const bf16* kb = k.data<bf16>() + b * T * G * D;
+    const float* lb = lse.data<float>() + b * H * T;
+    const bf16* iqb = iq.data<bf16>() + b * T * G * DI;
+    const bf16* ikb = ik.data<bf16>() + b * T * DI;
+    float* diqb = diq.data<float>() + b * T * G * DI;
+    float* dikb = dik.data<float>() + b * T * DI;
+    float* klb = row_kl.data<float>() + b * T * G;
+    with_pow2(DI, [&](auto di) {
+      constexpr int kDI = decltype(di)::value;
+      auto kernel = student_lse_dense_kernel<kDI>;
+      set_smem(kernel, SmemD<kDI>::kBytes);
+      kernel<<<static_cast<unsigned>((T * G + kRowsD - 1) / kRowsD), 128, SmemD<kDI>::kBytes>>>(
+          iqb, ikb, lseq.data<float>(), T, G, s_log2);
+      MSA_CUDA_CHECK_LAUNCH("student_lse_dense_kernel");
+    });
+    row_sums.zero_();
+    const dim3 grid(static_cast<unsigned>((T + kDenseTokens - 1) / kDenseTokens),
+                    static_cast<unsigned>(nb), static_cast<unsigned>(G));
+    with_pow2(D, [&](auto dd) {
+      with_pow2(DI, [&](auto di) {
+        constexpr int kD = decltype(dd)::value, kDI = decltype(di)::value;
+        auto kernel = loss_grad_kernel<kD, kDI, true>;
+        set_smem(kernel, smem_b.bytes);
+        kernel<<<grid, BK / 16 * 32, smem_b.bytes>>>(qb, kb, lb, iqb, ikb, lseq.data<float>(),
+                                                     nullptr, nullptr, nullptr, 0, nullptr, kd,
+                                                     row_sums.data<float>(), diqb, dikb, ga);
+        MSA_CUDA_CHECK_LAUNCH("loss_grad_kernel (dense)");
+      });
+    });
+    kl_combine_kernel<true>
+        <<<row_grid, 256>>>(row_sums.data<float>(), nullptr, lseq.data<float>(), klb, kd);
+    MSA_CUDA_CHECK_LAUNCH("kl_combine_kernel");
   }
-  Tensor row_kl = Tensor::empty({rows}, DType::kF32, Device::kCUDA);
-  Tensor sums = Tensor::empty({2}, DType::kF64, Device::kCUDA);
-  const unsigned blocks = static_cast<unsigned>((rows + kWarpsPerBlock - 1) / kWarpsPerBlock);
-  const size_t scratch = size_t(kWarpsPerBlock) * (2 * a.nb + 16) * sizeof(float);
-  auto launch = [&](auto zero) {
-    using T = decltype(zero);
-    dense_target_rows_kernel<T><<<blocks, kWarp * kWarpsPerBlock, scratch>>>(
-        mass.data<float>(), iq.data<T>(), kbar.data<T>(), grad_scale, diq.data<float>(),
-        dkbar.data<float>(), row_kl.data<float>(), rows, a);
-  };
-  if (iq.dtype() == DType::kBF16) {
-    check_dtype(kbar, DType::kBF16, "msa_index_loss (dense target, CUDA): kbar");
-    launch(bf16{});
-  } else {
-    check_dtype(iq, DType::kF32, "msa_index_loss (dense target, CUDA): iq");
-    check_dtype(kbar, DType::kF32, "msa_index_loss (dense target, CUDA): kbar");
-    launch(float{});
-  }
-  MSA_CUDA_CHECK_LAUNCH("dense_target_rows_kernel");
-  sum_kl_kernel<<<1, 1024>>>(row_kl.data<float>(), rows, sums.data<double>());
-  MSA_CUDA_CHECK_LAUNCH("sum_kl_kernel");
-  result.kl_sum = sums.to_double_vector()[0];
+  result.kl_sum = sum_rows(row_kl, result.n_rows);
   return result;
 }
 

@@ -1,0 +1,404 @@
+// The GPU token-level index distillation loss (kernels/cuda/msa_index_loss_cuda.cu) against the
+// CPU reference (kernels/cpu/msa_index_loss.cc, f32) on the same bf16-rounded inputs and the same
+// lse, both modes: random inputs (fresh seeds per case, never zeros), random valid selections with
+// k < n_b (so the sparse support differs from the dense one), partial last blocks, batch 2, the
+// small recipe (H 4, G 2, d = dI = 16, B 16, k 4), odd r and mixed head dims, and product shapes
+// (d = dI = 128, B 128, H 32/64, G 4/8). Also: k >= n_b makes the sparse mode equal the dense
+// one, forced query chunks change nothing, and the sparse loss is deterministic. Skips without a
+// GPU.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/attention.h"
+#include "kernels/cpu/msa.h"
+#include "kernels/cpu/parallel.h"
+#include "kernels/cuda/msa_cuda.h"
+#include "kernels/msa.h"
+#include "tests/testing/gradcheck.h"
+
+namespace msa {
+namespace {
+
+using test::random_tensor;
+
+#define SKIP_WITHOUT_GPU() \
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA device"
+
+struct Case {
+  int64_t batch, T, H, G, d, dI;
+  int B, K;
+};
+
+std::ostream& operator<<(std::ostream& os, const Case& c) {
+  return os << "batch=" << c.batch << " T=" << c.T << " H=" << c.H << " G=" << c.G << " d=" << c.d
+            << " dI=" << c.dI << " B=" << c.B << " k=" << c.K;
+}
+
+cpu::MsaDims dims_of(const Case& c) {
+  return cpu::MsaDims{c.batch, c.T, c.H, c.G, c.d, c.dI, c.B, c.K};
+}
+
+// Random valid selection: per row c(t) plus min(k - 1, c(t)) distinct earlier blocks, ascending,
+// the local block last; -1 past the count.
+BlockSelection random_selection(const Case& c, uint64_t seed) {
+  BlockSelection sel = BlockSelection::allocate(c.batch, c.T, c.G, c.B, c.K, Device::kCPU);
+  std::mt19937_64 rng(seed);
+  int32_t* idx = sel.indices.data<int32_t>();
+  int32_t* cnt = sel.counts.data<int32_t>();
+  std::vector<int32_t> pool;
+  for (int64_t row = 0; row < c.batch * c.T * c.G; ++row) {
+    const int64_t t = (row / c.G) % c.T, cb = t / c.B;
+    const int64_t n = std::min<int64_t>(c.K - 1, cb);
+    pool.resize(cb);
+    for (int64_t j = 0; j < cb; ++j) pool[j] = static_cast<int32_t>(j);
+    for (int64_t i = 0; i < n; ++i) {  // partial Fisher-Yates: the first n are a random subset
+      std::uniform_int_distribution<int64_t> pick(i, cb - 1);
+      std::swap(pool[i], pool[pick(rng)]);
+    }
+    std::sort(pool.begin(), pool.begin() + n);
+    int32_t* r = idx + row * c.K;
+    for (int64_t i = 0; i < c.K; ++i) r[i] = -1;
+    for (int64_t i = 0; i < n; ++i) r[i] = pool[i];
+    r[n] = static_cast<int32_t>(cb);
+    cnt[row] = static_cast<int32_t>(n + 1);
+  }
+  return sel;
+}
+
+// The main branch's lse over the row's support (the selected blocks' tokens s <= t, or every
+// s <= t when sel is null), in double from the f32 copies: f32 [batch, H, T].
+Tensor support_lse(const Case& c, const Tensor& q, const Tensor& k, const BlockSelection* sel,
+                   double scale) {
+  Tensor lse = Tensor::empty({c.batch, c.H, c.T}, DType::kF32);
+  const float* qp = q.data<float>();
+  const float* kp = k.data<float>();
+  float* out = lse.data<float>();
+  const int64_t r = c.H / c.G;
+  cpu::parallel_for(c.batch * c.H, c.T * c.T * c.d, [&](int64_t begin, int64_t end) {
+    std::vector<double> z;
+    for (int64_t bh = begin; bh < end; ++bh) {
+      const int64_t b = bh / c.H, h = bh % c.H, g = h / r;
+      for (int64_t t = 0; t < c.T; ++t) {
+        z.clear();
+        const float* qt = qp + ((b * c.T + t) * c.H + h) * c.d;
+        auto add_block = [&](int64_t j) {
+          for (int64_t s = j * c.B; s <= std::min<int64_t>(t, (j + 1) * c.B - 1); ++s) {
+            const float* ks = kp + ((b * c.T + s) * c.G + g) * c.d;
+            double acc[4] = {0, 0, 0, 0};  // d % 4 == 0; bf16 x bf16 products are exact floats
+            for (int64_t e = 0; e < c.d; e += 4)
+              for (int u = 0; u < 4; ++u) acc[u] += static_cast<double>(qt[e + u] * ks[e + u]);
+            z.push_back((acc[0] + acc[1] + acc[2] + acc[3]) * scale);
+          }
+        };
+        if (sel == nullptr) {
+          for (int64_t j = 0; j <= t / c.B; ++j) add_block(j);
+        } else {
+          const int64_t row = (b * c.T + t) * c.G + g;
+          const int32_t n = sel->counts.data<int32_t>()[row];
+          for (int32_t i = 0; i < n; ++i) add_block(sel->indices.data<int32_t>()[row * c.K + i]);
+        }
+        const double mx = *std::max_element(z.begin(), z.end());
+        double sum = 0;
+        for (double x : z) sum += std::exp(x - mx);
+        out[(b * c.H + h) * c.T + t] = static_cast<float>(mx + std::log(sum));
+      }
+    }
+  });
+  return lse;
+}
+
+// max |a - b| / max |b| (the gradients are O(weight / n_rows): no floor of 1); +infinity on any
+// non-finite value of either.
+double scaled_max_diff(const Tensor& a, const Tensor& b) {
+  const std::vector<double> x = a.to_double_vector(), y = b.to_double_vector();
+  EXPECT_EQ(x.size(), y.size());
+  double diff = 0, scale = 0;
+  for (size_t i = 0; i < x.size(); ++i) {
+    if (!std::isfinite(x[i]) || !std::isfinite(y[i]))
+      return std::numeric_limits<double>::infinity();
+    diff = std::max(diff, std::abs(x[i] - y[i]));
+    scale = std::max(scale, std::abs(y[i]));
+  }
+  return scale > 0 ? diff / scale : diff;
+}
+
+double rel_l2(const Tensor& a, const Tensor& b) {
+  const std::vector<double> x = a.to_double_vector(), y = b.to_double_vector();
+  double num = 0, den = 0;
+  for (size_t i = 0; i < x.size(); ++i) {
+    if (!std::isfinite(x[i]) || !std::isfinite(y[i]))
+      return std::numeric_limits<double>::infinity();
+    num += (x[i] - y[i]) * (x[i] - y[i]);
+    den += y[i] * y[i];
+  }
+  return std::sqrt(num / std::max(den, 1e-300));
+}
+
+int64_t count_nonfinite(const Tensor& t) {
+  int64_t n = 0;
+  for (double x : t.to_double_vector()) n += std::isfinite(x) ? 0 : 1;
+  return n;
+}
+
+struct Inputs {
+  Tensor q, k, iq, ik;       // f32 CPU, bf16-exact
+  Tensor gq, gk, giq, gik;   // bf16 CUDA, the same values
+  BlockSelection sel, gsel;  // CPU / CUDA
+  double scale = 0;
+};
+
+Inputs make_inputs(const Case& c, uint64_t seed) {
+  Inputs in;
+  auto make = [&](const Shape& s, float std, Tensor& host, Tensor& dev) {
+    const Tensor x = random_tensor(s, seed++, DType::kF32, std).to(DType::kBF16);
+    host = x.to(DType::kF32);
+    dev = x.to(Device::kCUDA);
+  };
+  // A teacher sharper than uniform (scores ~ N(0, 4)), a student ~ N(0, 1).
+  make({c.batch, c.T, c.H, c.d}, 2.0f, in.q, in.gq);
+  make({c.batch, c.T, c.G, c.d}, 1.0f, in.k, in.gk);
+  make({c.batch, c.T, c.G, c.dI}, 1.0f, in.iq, in.giq);
+  make({c.batch, c.T, c.dI}, 1.0f, in.ik, in.gik);
+  in.sel = random_selection(c, seed++);
+  in.gsel.block_size = c.B;
+  in.gsel.topk = c.K;
+  in.gsel.indices = in.sel.indices.to(Device::kCUDA);
+  in.gsel.counts = in.sel.counts.to(Device::kCUDA);
+  in.scale = 1.0 / std::sqrt(static_cast<double>(c.d));
+  return in;
+}
+
+struct LossOut {
+  IndexLossResult res;
+  Tensor diq, dik;  // f32 on the CPU
+};
+
+LossOut run_cpu(IndexLossMode mode, const Inputs& in, const Tensor& lse, double weight) {
+  LossOut o;
+  o.diq = Tensor::empty(in.iq.shape(), DType::kF32);
+  o.dik = Tensor::empty(in.ik.shape(), DType::kF32);
+  o.res =
+      msa_index_loss(mode, in.q, in.k, lse, in.sel, in.iq, in.ik, in.scale, weight, o.diq, o.dik);
+  return o;
+}
+
+LossOut run_gpu(IndexLossMode mode, const Inputs& in, const Tensor& glse, double weight) {
+  Tensor diq = Tensor::empty(in.giq.shape(), DType::kF32, Device::kCUDA);
+  Tensor dik = Tensor::empty(in.gik.shape(), DType::kF32, Device::kCUDA);
+  diq.fill_(std::nan(""));  // poison: every element must be written
+  dik.fill_(std::nan(""));
+  LossOut o;
+  o.res =
+      msa_index_loss(mode, in.gq, in.gk, glse, in.gsel, in.giq, in.gik, in.scale, weight, diq, dik);
+  o.diq = diq.to(Device::kCPU);
+  o.dik = dik.to(Device::kCPU);
+  return o;
+}
+
+// Gradients: f32 math on both sides (dS enters the GPU's mmas as bf16 hi + lo parts).
+constexpr double kGradTol = 2e-3;
+constexpr double kLossRelTol = 1e-3;
+constexpr double kWeight = 0.7;
+
+void expect_match(const LossOut& gpu, const LossOut& ref) {
+  EXPECT_EQ(gpu.res.n_rows, ref.res.n_rows);
+  ASSERT_TRUE(std::isfinite(gpu.res.loss)) << gpu.res.loss;
+  ASSERT_TRUE(std::isfinite(ref.res.loss)) << ref.res.loss;
+  EXPECT_GT(ref.res.loss, 1e-3) << "reference loss too small to compare";
+  EXPECT_NEAR(gpu.res.loss, ref.res.loss, kLossRelTol * std::abs(ref.res.loss) + 1e-7)
+      << "loss gpu " << gpu.res.loss << " cpu " << ref.res.loss;
+  EXPECT_EQ(count_nonfinite(gpu.diq), 0) << "diq";
+  EXPECT_EQ(count_nonfinite(gpu.dik), 0) << "dik";
+  EXPECT_LT(scaled_max_diff(gpu.diq, ref.diq), kGradTol) << "diq";
+  EXPECT_LT(scaled_max_diff(gpu.dik, ref.dik), kGradTol) << "dik";
+  EXPECT_LT(rel_l2(gpu.diq, ref.diq), kGradTol) << "diq (relative L2)";
+  EXPECT_LT(rel_l2(gpu.dik, ref.dik), kGradTol) << "dik (relative L2)";
+}
+
+void check_case(const Case& c, IndexLossMode mode, uint64_t seed) {
+  SCOPED_TRACE(testing::Message() << c << (mode == IndexLossMode::kSparse ? " sparse" : " dense"));
+  ASSERT_LT(c.K, msa_num_blocks(c.T, c.B)) << "the case must have k < n_b";
+  const Inputs in = make_inputs(c, seed);
+  ASSERT_TRUE(cuda::index_loss_cuda_supported(in.gq, in.giq, dims_of(c)))
+      << "the case must run the GPU kernels, not the CPU fallback";
+  const bool sparse = mode == IndexLossMode::kSparse;
+  const Tensor lse = support_lse(c, in.q, in.k, sparse ? &in.sel : nullptr, in.scale);
+  const LossOut ref = run_cpu(mode, in, lse, kWeight);
+  const LossOut gpu = run_gpu(mode, in, lse.to(Device::kCUDA), kWeight);
+  expect_match(gpu, ref);
+}
+
+// The small recipe (H 4, G 2, d = dI = 16, B 16, k 4) at T 256, and with a partial last block.
+const std::vector<Case> kSmall = {{2, 256, 4, 2, 16, 16, 16, 4}, {2, 250, 4, 2, 16, 16, 16, 4}};
+// Odd r (3), r = 16 with G = 1, d != dI, every block size and head dim, partial last blocks.
+const std::vector<Case> kMixed = {{2, 300, 6, 2, 32, 64, 32, 3},
+                                  {1, 200, 16, 1, 64, 32, 64, 2},
+                                  {2, 333, 8, 4, 128, 16, 16, 5},
+                                  {1, 520, 2, 2, 16, 128, 128, 2},
+                                  {2, 190, 5, 1, 64, 64, 16, 7}};
+// Product shapes: d = dI = 128, B 128.
+const std::vector<Case> kProduct = {{2, 1100, 32, 4, 128, 128, 128, 4},
+                                    {2, 2048, 64, 4, 128, 128, 128, 12},
+                                    {1, 4096, 32, 8, 128, 128, 128, 8}};
+
+TEST(GpuMsaIndexLossTest, SmallRecipeSparse) {
+  SKIP_WITHOUT_GPU();
+  uint64_t seed = 7100;
+  for (const Case& c : kSmall) check_case(c, IndexLossMode::kSparse, seed += 10);
+}
+
+TEST(GpuMsaIndexLossTest, SmallRecipeDense) {
+  SKIP_WITHOUT_GPU();
+  uint64_t seed = 7200;
+  for (const Case& c : kSmall) check_case(c, IndexLossMode::kDenseTarget, seed += 10);
+}
+
+TEST(GpuMsaIndexLossTest, MixedShapesSparse) {
+  SKIP_WITHOUT_GPU();
+  uint64_t seed = 7300;
+  for (const Case& c : kMixed) check_case(c, IndexLossMode::kSparse, seed += 10);
+}
+
+TEST(GpuMsaIndexLossTest, MixedShapesDense) {
+  SKIP_WITHOUT_GPU();
+  uint64_t seed = 7400;
+  for (const Case& c : kMixed) check_case(c, IndexLossMode::kDenseTarget, seed += 10);
+}
+
+TEST(GpuMsaIndexLossTest, ProductShapesSparse) {
+  SKIP_WITHOUT_GPU();
+  uint64_t seed = 7500;
+  for (const Case& c : kProduct) check_case(c, IndexLossMode::kSparse, seed += 10);
+}
+
+TEST(GpuMsaIndexLossTest, ProductShapesDense) {
+  SKIP_WITHOUT_GPU();
+  uint64_t seed = 7600;
+  // The dense CPU reference costs T^2: the two smaller product shapes.
+  for (size_t i = 0; i + 1 < kProduct.size(); ++i)
+    check_case(kProduct[i], IndexLossMode::kDenseTarget, seed += 10);
+}
+
+// With every block selected (k >= n_b) the sparse support is the dense one: the two GPU paths
+// (KV-outer work lists vs the query-outer lse and implicit lists) must agree.
+TEST(GpuMsaIndexLossTest, SparseWithAllBlocksEqualsDense) {
+  SKIP_WITHOUT_GPU();
+  uint64_t seed = 7700;
+  for (const Case& c0 :
+       {Case{2, 200, 4, 2, 16, 16, 16, 13}, Case{1, 300, 8, 2, 128, 128, 128, 3}}) {
+    Case c = c0;
+    SCOPED_TRACE(testing::Message() << c);
+    ASSERT_GE(c.K, msa_num_blocks(c.T, c.B));
+    const Inputs in = make_inputs(c, seed += 10);
+    const Tensor glse = support_lse(c, in.q, in.k, nullptr, in.scale).to(Device::kCUDA);
+    const LossOut sparse = run_gpu(IndexLossMode::kSparse, in, glse, kWeight);
+    const LossOut dense = run_gpu(IndexLossMode::kDenseTarget, in, glse, kWeight);
+    ASSERT_TRUE(std::isfinite(sparse.res.loss));
+    EXPECT_NEAR(sparse.res.loss, dense.res.loss, 1e-5 * std::abs(dense.res.loss));
+    EXPECT_LT(scaled_max_diff(sparse.diq, dense.diq), 1e-4) << "diq";
+    EXPECT_LT(scaled_max_diff(sparse.dik, dense.dik), 1e-4) << "dik";
+  }
+}
+
+// Forcing small query chunks (work lists and partials per chunk) gives the same loss and
+// gradients; the sparse loss is the same on every run (no atomics in its sums).
+TEST(GpuMsaIndexLossTest, ChunkedAndRepeatedRunsAgree) {
+  SKIP_WITHOUT_GPU();
+  const Case c{2, 700, 8, 2, 64, 64, 64, 4};
+  const Inputs in = make_inputs(c, 7800);
+  const Tensor glse = support_lse(c, in.q, in.k, &in.sel, in.scale).to(Device::kCUDA);
+  const LossOut a = run_gpu(IndexLossMode::kSparse, in, glse, kWeight);
+  const LossOut b = run_gpu(IndexLossMode::kSparse, in, glse, kWeight);
+  EXPECT_EQ(a.res.loss, b.res.loss) << "sparse loss must be deterministic";
+  setenv("MSA_INDEX_LOSS_CHUNK", "100", 1);
+  const LossOut chunked = run_gpu(IndexLossMode::kSparse, in, glse, kWeight);
+  unsetenv("MSA_INDEX_LOSS_CHUNK");
+  ASSERT_TRUE(std::isfinite(chunked.res.loss));
+  EXPECT_NEAR(chunked.res.loss, a.res.loss, 1e-9 * std::abs(a.res.loss));
+  EXPECT_LT(scaled_max_diff(chunked.diq, a.diq), 1e-5) << "diq";
+  EXPECT_LT(scaled_max_diff(chunked.dik, a.dik), 1e-5) << "dik";
+}
+
+// weight scales the gradients only; the loss does not depend on it.
+TEST(GpuMsaIndexLossTest, WeightScalesGradientsOnly) {
+  SKIP_WITHOUT_GPU();
+  const Case c{1, 256, 4, 2, 16, 16, 16, 4};
+  const Inputs in = make_inputs(c, 7900);
+  const Tensor glse = support_lse(c, in.q, in.k, &in.sel, in.scale).to(Device::kCUDA);
+  const LossOut one = run_gpu(IndexLossMode::kSparse, in, glse, 1.0);
+  const LossOut three = run_gpu(IndexLossMode::kSparse, in, glse, 3.0);
+  EXPECT_EQ(one.res.loss, three.res.loss);
+  std::vector<double> x = one.diq.to_double_vector();
+  for (double& v : x) v *= 3.0;
+  EXPECT_LT(scaled_max_diff(three.diq, Tensor::from_vector<double>(one.diq.shape(), x)), 1e-5);
+}
+
+// Timing, not a check (run with --gtest_also_run_disabled_tests): the product shape at 32K tokens,
+// the loss against the main branch's forward that produced its lse (sparse: the KV-outer sparse
+// attention; dense: attention_forward). Median of 5 after one warm-up, host clock around a
+// synchronizing read.
+TEST(GpuMsaIndexLossTest, DISABLED_ProductShapeTiming) {
+  SKIP_WITHOUT_GPU();
+  const int64_t T = std::getenv("MSA_TIMING_T") ? std::atoll(std::getenv("MSA_TIMING_T")) : 32768;
+  const Case c{1, T, 64, 4, 128, 128, 128, 16};
+  auto dev = [&](const Shape& s, uint64_t seed) {
+    return random_tensor(s, seed, DType::kF32).to(DType::kBF16).to(Device::kCUDA);
+  };
+  const Tensor q = dev({c.batch, c.T, c.H, c.d}, 1), k = dev({c.batch, c.T, c.G, c.d}, 2),
+               v = dev({c.batch, c.T, c.G, c.d}, 3), iq = dev({c.batch, c.T, c.G, c.dI}, 4),
+               ik = dev({c.batch, c.T, c.dI}, 5);
+  const double scale = 1.0 / std::sqrt(static_cast<double>(c.d));
+  BlockSelection sel = BlockSelection::allocate(c.batch, c.T, c.G, c.B, c.K, Device::kCUDA);
+  msa_index_topk(iq, ik, sel);
+  Tensor out = Tensor::empty(q.shape(), DType::kBF16, Device::kCUDA);
+  Tensor lse = Tensor::empty({c.batch, c.H, c.T}, DType::kF32, Device::kCUDA);
+  Tensor diq = Tensor::empty(iq.shape(), DType::kF32, Device::kCUDA);
+  Tensor dik = Tensor::empty(ik.shape(), DType::kF32, Device::kCUDA);
+  auto sync = [&] { (void)lse.slice0(0, 1).view({-1}).slice0(0, 1).to_double_vector(); };
+  auto median_ms = [&](const std::function<void()>& f) {
+    f();
+    sync();
+    std::vector<double> ms;
+    for (int i = 0; i < 5; ++i) {
+      const auto t0 = std::chrono::steady_clock::now();
+      f();
+      sync();
+      ms.push_back(
+          std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+    }
+    std::sort(ms.begin(), ms.end());
+    return ms[2];
+  };
+  for (const IndexLossMode mode : {IndexLossMode::kSparse, IndexLossMode::kDenseTarget}) {
+    const bool sparse = mode == IndexLossMode::kSparse;
+    const double fwd = median_ms([&] {
+      if (sparse)
+        msa_sparse_attention_forward(q, k, v, sel, scale, out, lse);
+      else
+        attention_forward(q, k, v, scale, out, lse);
+    });
+    IndexLossResult res;
+    const double loss = median_ms(
+        [&] { res = msa_index_loss(mode, q, k, lse, sel, iq, ik, scale, 1.0, diq, dik); });
+    // Teacher q.k multiply-adds over the support (the dominant term).
+    const double support = sparse ? std::min<double>(c.K * c.B, c.T) : c.T / 2.0;
+    const double tflops = 2.0 * c.T * c.H * support * c.d / (loss * 1e-3) / 1e12;
+    std::printf(
+        "%s T=%lld: main-branch forward %.2f ms, index loss %.2f ms (teacher %.0f TFLOP/s), "
+        "loss %.5f\n",
+        sparse ? "sparse" : "dense", static_cast<long long>(c.T), fwd, loss, tflops, res.loss);
+    EXPECT_TRUE(std::isfinite(res.loss));
+  }
+}
+
+}  // namespace
+}  // namespace msa
