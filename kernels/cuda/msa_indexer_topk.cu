@@ -283,9 +283,17 @@ bool indexer_topk_mma_supported(const Tensor& iq, const Tensor& ik, const cpu::M
          d.topk <= 32 && pow2_in(d.index_dim, 16, 128) && pow2_in(d.block_size, 16, 128);
 }
 
+// The Hopper version for d_I 128 / B 128 (msa_indexer_topk_wgmma.cu): same contract and output;
+// taken when the device runs sm_90a code, unless MSA_INDEXER_WGMMA=0.
+bool indexer_topk_wgmma_supported(const Tensor& iq, const Tensor& ik, const cpu::MsaDims& d);
+void indexer_topk_wgmma(const Tensor& iq, const Tensor& ik, Tensor& indices, Tensor& counts,
+                        const cpu::MsaDims& d);
+
 void indexer_topk_mma(const Tensor& iq, const Tensor& ik, Tensor& indices, Tensor& counts,
                       const cpu::MsaDims& d) {
   if (d.batch == 0 || d.seq == 0 || d.groups == 0) return;
+  if (indexer_topk_wgmma_supported(iq, ik, d))
+    return indexer_topk_wgmma(iq, ik, indices, counts, d);
   switch (d.index_dim) {
     case 16:
       return launch_indexer<16>(iq, ik, indices, counts, d);

@@ -346,5 +346,87 @@ TEST(GpuMsaIndexerTest, NonFiniteScoresGiveWellFormedSelections) {
   }
 }
 
+// The Hopper kernel (msa_indexer_topk_wgmma.cu) takes bf16, d_I 128, B 128, k <= 32 on a device
+// running sm_90a code; MSA_INDEXER_WGMMA=0 sends the same sizes to the mma.sync kernel. Both must
+// give the CPU's selection bit for bit on integer inputs (planted ties and spikes included) and
+// agree with it up to near-ties on random ones. Elsewhere (not a Hopper, or a build without
+// sm_90a) both runs take mma.sync and the comparison between them holds trivially.
+HostSelection gpu_select_mma_sync(const Inputs& in, const IndexCase& c) {
+  setenv("MSA_INDEXER_WGMMA", "0", 1);
+  HostSelection s = gpu_select(in, c, DType::kBF16);
+  unsetenv("MSA_INDEXER_WGMMA");
+  return s;
+}
+
+void expect_wgmma_equals_mma_sync_and_cpu(const std::vector<IndexCase>& cases, uint64_t seed) {
+  for (const IndexCase& c : cases) {
+    {
+      const std::string what = describe(c) + " integer";
+      const Inputs in = planted_integers(c, seed += 10);
+      const HostSelection cpu = cpu_select(in, c);
+      const HostSelection wgmma = gpu_select(in, c, DType::kBF16);
+      const HostSelection mma_sync = gpu_select_mma_sync(in, c);
+      EXPECT_EQ(malformed_rows(wgmma, c), 0) << what;
+      expect_identical(wgmma, cpu, "wgmma vs CPU, " + what);
+      expect_identical(mma_sync, cpu, "mma.sync vs CPU, " + what);
+      expect_identical(wgmma, mma_sync, "wgmma vs mma.sync, " + what);
+      EXPECT_EQ(missed_spikes(wgmma, in, c), 0) << what;
+    }
+    {
+      const std::string what = describe(c) + " random";
+      const Inputs in = random_inputs(c, seed += 10, /*round_to_bf16=*/true);
+      const HostSelection cpu = cpu_select(in, c);
+      const HostSelection wgmma = gpu_select(in, c, DType::kBF16);
+      const HostSelection mma_sync = gpu_select_mma_sync(in, c);
+      EXPECT_EQ(malformed_rows(wgmma, c), 0) << what;
+      expect_near_tie_differences(wgmma, cpu, in, c, "wgmma vs CPU, " + what);
+      expect_near_tie_differences(wgmma, mma_sync, in, c, "wgmma vs mma.sync, " + what);
+    }
+  }
+}
+
+TEST(GpuMsaIndexerTest, WgmmaIndexerEqualsMmaSyncAndCpu) {
+  SKIP_WITHOUT_GPU();
+  expect_wgmma_equals_mma_sync_and_cpu(
+      {
+          {1, 4096, 4, 128, 128, 16},  // the product shape
+          {1, 4096, 4, 128, 128, 32},  // k 32 (31-entry lists)
+          {2, 5000, 8, 128, 128, 16},  // G 8, batch 2, partial last block
+          {2, 5000, 8, 128, 128, 32},
+          {1, 3000, 3, 128, 128, 8},  // odd G: warpgroups straddle tokens; 7-entry lists
+          {1, 2000, 1, 128, 128, 4},  // G 1 (a CTA spans two blocks); 3-entry lists
+          {1, 1000, 2, 128, 128, 1},  // k 1: the local block only, nothing scanned
+      },
+      56000);
+}
+
+// Small enough for compute-sanitizer racecheck (scripts/gpu_session.sh runs *Small*): 6 CTAs whose
+// 4-slot key ring wraps (5 blocks), k > n_b, a partial last block, k 4.
+TEST(GpuMsaIndexerTest, WgmmaIndexerSmallEqualsMmaSyncAndCpu) {
+  SKIP_WITHOUT_GPU();
+  expect_wgmma_equals_mma_sync_and_cpu({{1, 700, 2, 128, 128, 4}, {2, 700, 2, 128, 128, 16}},
+                                       57000);
+}
+
+// inf and NaN scores on the Hopper kernel: well-formed selections (NaN block maxima rank as -inf,
+// no placeholder index reaches the output).
+TEST(GpuMsaIndexerTest, WgmmaIndexerNonFiniteScoresGiveWellFormedSelections) {
+  SKIP_WITHOUT_GPU();
+  for (const IndexCase& c :
+       {IndexCase{1, 2000, 4, 128, 128, 16}, IndexCase{2, 1500, 3, 128, 128, 32}}) {
+    Inputs in = random_inputs(c, 58000 + c.T, /*round_to_bf16=*/true);
+    float* q = in.iq.data<float>();
+    float* k = in.ik.data<float>();
+    for (int64_t r = 0; r < c.batch * c.T * c.G; r += 7) q[r * c.dI + r % c.dI] = INFINITY;
+    for (int64_t r = 3; r < c.batch * c.T * c.G; r += 11) q[r * c.dI] = -INFINITY;
+    for (int64_t s = 0; s < c.batch * c.T; s += 5) k[s * c.dI + s % c.dI] = NAN;
+    for (int64_t b = 0; b < c.batch; ++b)  // whole NaN blocks
+      for (int64_t j = 1; j * c.B < c.T; j += 3)
+        std::fill(k + (b * c.T + j * c.B) * c.dI,
+                  k + (b * c.T + std::min<int64_t>((j + 1) * c.B, c.T)) * c.dI, NAN);
+    EXPECT_EQ(malformed_rows(gpu_select(in, c, DType::kBF16), c), 0) << describe(c);
+  }
+}
+
 }  // namespace
 }  // namespace msa
