@@ -38,9 +38,9 @@
 // scan the most blocks). All buffers are O(tile): nothing grows with n_b.
 //
 // Resources (ptxas, sm_90a): 178 registers at dI 128 / topk 16, 210 at topk 32, 80-150 for smaller
-// sizes, no spills; one 256-thread CTA per SM at dI 128. mma.sync runs on sm_80 and later; a wgmma
-// version (64-row warpgroup tiles, keys read by the tensor cores from shared memory) is the next
-// step for Hopper, with the same block-max reduction and lists.
+// sizes, no spills; one 256-thread CTA per SM at dI 128. mma.sync runs on sm_80 and later; on
+// Hopper, d_I 128 / B 128 go to the warpgroup-MMA kernel of msa_indexer_topk_wgmma.cu (same
+// block-max reduction and lists).
 #include <climits>
 #include <cmath>
 #include <cstdint>

@@ -350,8 +350,14 @@ TEST_P(GpuModelTest, LossAndGradientsMatchCpu) {
       worst_name = p.spec.name;
     }
   }
-  // bf16 activations through two layers: a few percent of the gradient's norm at most.
-  EXPECT_LT(worst, 5e-2) << "worst gradient: " << worst_name;
+  // bf16 activations through two layers: a few percent of the gradient's norm at most. msa128
+  // selects 4 of 8 blocks by max-pooled index scores; block maxima lie close together (extremes
+  // of 128 token scores each), so a few rows of layer 1, whose input carries layer 0's bf16
+  // rounding, pick a different near-tied block than the CPU and attend to other keys: measured
+  // 0.072 on an H200 (layers.1.attn.wk.weight), against 0.009 with every block selected. A wrong
+  // kernel moves gradients by O(1), far past either bound.
+  const double tol = GetParam() == "msa128" ? 1e-1 : 5e-2;
+  EXPECT_LT(worst, tol) << "worst gradient: " << worst_name;
   std::printf("%s: loss cpu %.6f gpu %.6f; worst gradient rel. L2 error %.4f (%s)\n",
               GetParam().c_str(), rc.lm_loss, rg.lm_loss, worst, worst_name.c_str());
 }
