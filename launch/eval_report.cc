@@ -14,10 +14,15 @@ const EvalCell& cell(const EvalReport& r, size_t li, size_t di) {
   return r.cells[li * r.depths.size() + di];
 }
 
-// Mean recall of MSA layer `l` over the depths of length row `li`.
-double row_recall(const EvalReport& r, size_t li, size_t l) {
+// Mean index recall (block = false) or block recall of MSA layer `l` over the depths of length
+// row `li`.
+double row_recall(const EvalReport& r, size_t li, size_t l, bool block = false) {
   double sum = 0;
-  for (size_t di = 0; di < r.depths.size(); ++di) sum += cell(r, li, di).index_recall[l];
+  for (size_t di = 0; di < r.depths.size(); ++di) {
+    const EvalCell& c = cell(r, li, di);
+    const std::vector<double>& v = block ? c.block_recall : c.index_recall;
+    sum += l < v.size() ? v[l] : 0.0;
+  }
   return sum / static_cast<double>(r.depths.size());
 }
 
@@ -37,7 +42,7 @@ std::string format_report_table(const EvalReport& r) {
   out += absl::StrFormat("%8s", "length");
   for (double d : r.depths) out += absl::StrFormat(" | depth %4.2f", d);
   out += " |  all ";
-  for (int l : r.msa_layers) out += absl::StrFormat(" | recall L%d", l);
+  for (int l : r.msa_layers) out += absl::StrFormat(" | recall L%d | block L%d", l, l);
   out += "\n";
   for (size_t li = 0; li < r.lengths.size(); ++li) {
     out += absl::StrFormat("%8d", r.lengths[li]);
@@ -45,7 +50,7 @@ std::string format_report_table(const EvalReport& r) {
       out += absl::StrFormat(" | %9.1f%%", 100 * cell(r, li, di).accuracy);
     out += absl::StrFormat(" | %5.1f%%", 100 * row_accuracy(r, li));
     for (size_t l = 0; l < r.msa_layers.size(); ++l)
-      out += absl::StrFormat(" | %9.3f", row_recall(r, li, l));
+      out += absl::StrFormat(" | %9.3f | %8.3f", row_recall(r, li, l), row_recall(r, li, l, true));
     out += "\n";
   }
   if (r.val_loss >= 0) out += absl::StrFormat("validation loss %.4f\n", r.val_loss);
@@ -56,13 +61,17 @@ std::string format_report_markdown(const EvalReport& r) {
   std::string out =
       "### " + r.title +
       "\n\nRetrieval accuracy by context length (rows) and depth of the facts (columns)";
-  if (!r.msa_layers.empty()) out += ", and index recall per MSA layer (mean over depths)";
+  if (!r.msa_layers.empty())
+    out +=
+        ", and per MSA layer (means over depths) the index recall (the share of the dense "
+        "attention mass inside the selected blocks) and the block recall (the share of the "
+        "attention's own top-k blocks that the selector picked)";
   out += ".\n\n| length |";
   for (double d : r.depths) out += absl::StrFormat(" depth %.2f |", d);
   out += " all |";
-  for (int l : r.msa_layers) out += absl::StrFormat(" recall L%d |", l);
+  for (int l : r.msa_layers) out += absl::StrFormat(" recall L%d | block L%d |", l, l);
   out += "\n|---|";
-  for (size_t i = 0; i < r.depths.size() + 1 + r.msa_layers.size(); ++i) out += "---|";
+  for (size_t i = 0; i < r.depths.size() + 1 + 2 * r.msa_layers.size(); ++i) out += "---|";
   out += "\n";
   for (size_t li = 0; li < r.lengths.size(); ++li) {
     out += absl::StrFormat("| %d |", r.lengths[li]);
@@ -70,7 +79,7 @@ std::string format_report_markdown(const EvalReport& r) {
       out += absl::StrFormat(" %.1f%% |", 100 * cell(r, li, di).accuracy);
     out += absl::StrFormat(" %.1f%% |", 100 * row_accuracy(r, li));
     for (size_t l = 0; l < r.msa_layers.size(); ++l)
-      out += absl::StrFormat(" %.3f |", row_recall(r, li, l));
+      out += absl::StrFormat(" %.3f | %.3f |", row_recall(r, li, l), row_recall(r, li, l, true));
     out += "\n";
   }
   if (r.val_loss >= 0) out += absl::StrFormat("\nValidation loss: %.4f\n", r.val_loss);
@@ -79,11 +88,13 @@ std::string format_report_markdown(const EvalReport& r) {
 
 std::string format_report_csv(const EvalReport& r) {
   std::string out = "length,depth,accuracy,answers";
-  for (int l : r.msa_layers) out += absl::StrFormat(",recall_layer%d", l);
+  for (int l : r.msa_layers) out += absl::StrFormat(",recall_layer%d,block_recall_layer%d", l, l);
   out += "\n";
   for (const EvalCell& c : r.cells) {
     out += absl::StrFormat("%d,%g,%.6f,%d", c.length, c.depth, c.accuracy, c.answers);
-    for (double x : c.index_recall) out += absl::StrFormat(",%.6f", x);
+    for (size_t l = 0; l < r.msa_layers.size(); ++l)
+      out += absl::StrFormat(",%.6f,%.6f", l < c.index_recall.size() ? c.index_recall[l] : 0.0,
+                             l < c.block_recall.size() ? c.block_recall[l] : 0.0);
     out += "\n";
   }
   return out;

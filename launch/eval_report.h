@@ -1,5 +1,6 @@
 // The quality report of msa-eval: retrieval accuracy by context length and depth, index recall
-// per MSA layer, printed as a table and written as CSV and Markdown.
+// (the attention mass the selection keeps, the headline) and block recall (the paper's metric) per
+// MSA layer, printed as a table and written as CSV and Markdown.
 #pragma once
 
 #include <cstdint>
@@ -16,6 +17,7 @@ struct EvalCell {
   double accuracy = 0;
   int64_t answers = 0;
   std::vector<double> index_recall;  // per MSA layer
+  std::vector<double> block_recall;  // per MSA layer
 };
 
 struct EvalReport {
@@ -27,7 +29,8 @@ struct EvalReport {
   double val_loss = -1;         // < 0: not measured
 };
 
-// The accuracy table (rows: lengths, columns: depths, then the mean recall per MSA layer).
+// The accuracy table (rows: lengths, columns: depths, then per MSA layer the mean index recall
+// and the mean block recall over the depths).
 std::string format_report_table(const EvalReport& report);
 std::string format_report_markdown(const EvalReport& report);
 std::string format_report_csv(const EvalReport& report);

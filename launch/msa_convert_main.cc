@@ -25,7 +25,9 @@ ABSL_FLAG(std::string, msa_layers, "all",
           "Which layers become MSA: 'all', 'none', or a comma-separated list of layer indices.");
 ABSL_FLAG(int, msa_block_size, 128, "MSA block size B.");
 ABSL_FLAG(int, msa_topk, 16, "MSA blocks per query and KV group, the local one included.");
-ABSL_FLAG(int, msa_index_dim, 64, "MSA index dimension d_I.");
+ABSL_FLAG(int, msa_index_dim, 128,
+          "MSA index dimension d_I (W_IQ: [G * d_I, D], one index query head per KV group; "
+          "W_IK: [d_I, D], one index key head shared by the groups).");
 ABSL_FLAG(double, msa_index_loss_weight, 1.0, "Weight of the index distillation loss.");
 ABSL_FLAG(uint64_t, seed, 1234, "Seed of the index-branch initialization.");
 ABSL_FLAG(std::string, export_hf, "",
@@ -118,9 +120,10 @@ absl::Status convert() {
   out.config.msa.index_dim = absl::GetFlag(FLAGS_msa_index_dim);
   out.config.msa.index_loss_weight = absl::GetFlag(FLAGS_msa_index_loss_weight);
   MSA_RETURN_IF_ERROR(out.config.validate());
-  // The index branch (W_IQ, W_IK of each MSA layer) starts from the model's own random
-  // initialization; the index warm-up (msa-train --index_warmup_steps) trains it against the
-  // frozen dense attention before sparse training begins.
+  // The index branch of each MSA layer (W_IQ [G * d_I, D], W_IK [d_I, D]) starts from the
+  // model's own random initialization; the index warm-up (dense attention, msa-train's
+  // --dense_attention_steps, or --index_warmup_steps with the backbone frozen) fits it to the
+  // model's attention before sparse training begins.
   const std::vector<msa::ParamSpec> specs = msa::model_param_specs(out.config);
   msa::ParameterSet fresh = msa::ParameterSet::allocate(specs, msa::DType::kF32, msa::Device::kCPU);
   fresh.initialize(absl::GetFlag(FLAGS_seed));

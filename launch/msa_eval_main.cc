@@ -1,5 +1,5 @@
 // msa-eval: long-context quality of a checkpoint: retrieval accuracy by context length and depth
-// of the facts, index recall per MSA layer, validation loss.
+// of the facts, index recall and block recall per MSA layer, validation loss.
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -30,7 +30,9 @@ ABSL_FLAG(int64_t, batch_size, 8, "Sequences per forward pass.");
 ABSL_FLAG(std::string, attention_mode, "sparse",
           "'sparse' (MSA layers use their top-k selection) or 'dense' (MSA layers attend densely: "
           "the converted model's dense baseline).");
-ABSL_FLAG(int64_t, recall_stride, 8, "Index recall samples every N-th query position (0: off).");
+ABSL_FLAG(int64_t, recall_stride, 8,
+          "Index recall and block recall sample every N-th query position (0: off). Measured on "
+          "the selector's choice in either --attention_mode.");
 ABSL_FLAG(std::string, data, "", "Optional token-shard glob: also report the validation loss.");
 ABSL_FLAG(int64_t, seq_len, 1024, "With --data: validation sequence length.");
 ABSL_FLAG(double, val_fraction, 0.01, "With --data: the held-out fraction (as in training).");
@@ -137,8 +139,8 @@ absl::Status run() {
   MSA_ASSIGN_OR_RETURN(report.depths, parse_list<double>("depths", absl::GetFlag(FLAGS_depths)));
   for (int l = 0; l < ckpt.config.n_layers; ++l)
     if (ckpt.config.layer_kind(l) == msa::AttentionKind::kMsa) report.msa_layers.push_back(l);
-  const int64_t recall_stride =
-      mode == msa::MsaMode::kSparse ? absl::GetFlag(FLAGS_recall_stride) : 0;
+  const int64_t recall_stride = absl::GetFlag(FLAGS_recall_stride);
+  if (recall_stride < 0) return absl::InvalidArgumentError("invalid --recall_stride: must be >= 0");
   for (int64_t length : report.lengths) {
     for (double depth : report.depths) {
       task.seq_len = length;
@@ -147,8 +149,9 @@ absl::Status run() {
       const msa::RetrievalResult r =
           msa::evaluate_retrieval(model, task, absl::GetFlag(FLAGS_samples),
                                   absl::GetFlag(FLAGS_batch_size), mode, recall_stride);
-      msa::EvalCell c{length, depth, r.accuracy, r.answers, r.index_recall};
+      msa::EvalCell c{length, depth, r.accuracy, r.answers, r.index_recall, r.block_recall};
       c.index_recall.resize(report.msa_layers.size(), 0.0);
+      c.block_recall.resize(report.msa_layers.size(), 0.0);
       report.cells.push_back(c);
       std::fprintf(stderr, "msa-eval: length %lld depth %.2f: accuracy %.1f%%\n",
                    static_cast<long long>(length), depth, 100 * r.accuracy);
@@ -178,7 +181,8 @@ absl::Status run() {
 int main(int argc, char** argv) {
   msa::set_program_usage(
       "Evaluates a checkpoint's long-context quality: retrieval accuracy by context length and\n"
-      "depth, index recall per MSA layer, and (with --data) validation loss.\n"
+      "depth, index recall (attention mass kept) and block recall (the paper's selector metric)\n"
+      "per MSA layer, and (with --data) validation loss.\n"
       "  msa-eval --checkpoint=ckpt/ckpt-00000400.h5 --lengths=256,512,1024 --out_dir=report");
   absl::ParseCommandLine(argc, argv);
   const absl::Status s = run();

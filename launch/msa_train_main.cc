@@ -33,8 +33,12 @@ ABSL_FLAG(std::string, attention, "msa",
 ABSL_FLAG(int, msa_block_size, 128, "MSA block size B (tokens per KV block).");
 ABSL_FLAG(int, msa_topk, 16,
           "MSA blocks attended per query and KV group, the local block included.");
-ABSL_FLAG(int, msa_index_dim, 64, "MSA index branch dimension d_I.");
-ABSL_FLAG(double, msa_index_loss_weight, 1.0, "Weight lambda_idx of the index distillation loss.");
+ABSL_FLAG(int, msa_index_dim, 128,
+          "MSA index dimension d_I: each KV group's index query head and the one index key head "
+          "shared by the groups.");
+ABSL_FLAG(double, msa_index_loss_weight, 1.0,
+          "Weight lambda of the index distillation loss: L = L_LM + lambda * (sum over MSA layers "
+          "of each layer's KL).");
 
 // ---- run -------------------------------------------------------------------------------------
 ABSL_FLAG(std::string, device, "auto",
@@ -58,8 +62,10 @@ ABSL_FLAG(double, adam_eps, 1e-8, "AdamW epsilon.");
 ABSL_FLAG(double, grad_clip, 1.0, "Clip the global gradient norm to this value (0: off).");
 ABSL_FLAG(uint64_t, seed, 1234, "Seed of the run (initialization, data order, synthetic data).");
 ABSL_FLAG(int64_t, index_warmup_steps, 0,
-          "Index warm-up for converted dense models: for the first N steps MSA layers attend "
-          "densely, the backbone is frozen and only the index branch trains (dense-target loss).");
+          "Optional index warm-up with the backbone frozen (e.g. for a converted dense model whose "
+          "outputs must stay unchanged): for the first N steps MSA layers attend densely and only "
+          "the index branch trains (KL over every causal token). Runs before the dense-attention "
+          "warm-up (--dense_attention_fraction / --dense_attention_steps).");
 ABSL_FLAG(int, synthetic_pairs, 4, "Facts per sample of --data=synthetic:kv-recall (1..8).");
 ABSL_FLAG(double, synthetic_depth, -1,
           "Fractional depth (0..1) of the facts of the synthetic tasks; < 0: random per sample.");
@@ -94,8 +100,7 @@ ABSL_FLAG(
     int, tp, 1,
     "Tensor-parallel size: world = dp x tp with tp innermost (mpirun -np N gives dp = N / tp). "
     "Must divide --n_kv_heads, --ffn_dim and --vocab_size.");
-ABSL_FLAG(int, gpu, -1,
-          "CUDA device of this rank (-1: node-local rank % number of devices).");
+ABSL_FLAG(int, gpu, -1, "CUDA device of this rank (-1: node-local rank % number of devices).");
 ABSL_FLAG(bool, zero1, false,
           "Shard the fp32 master weights and AdamW moments over the data-parallel ranks (ZeRO-1: "
           "gradients reduce-scattered, parameters all-gathered).");
@@ -104,13 +109,21 @@ ABSL_FLAG(std::string, recompute, "none",
           "attention block in the backward) or 'full' (keep only each layer's input and recompute "
           "the layer). Same results, less memory: for long sequences.");
 ABSL_FLAG(int64_t, bucket_mb, 25, "Data-parallel gradient all-reduce bucket size in MB.");
-ABSL_FLAG(int64_t, dense_attention_steps, 0,
-          "After any index warm-up: N steps where MSA layers attend densely while the whole model "
-          "trains (LM loss + dense-target index loss), before sparse training; helps models "
-          "trained from scratch at long context (docs/quality.md).");
+ABSL_FLAG(double, dense_attention_fraction, 0.02,
+          "Index warm-up, on by default: for the first ceil(F * --steps) steps (after any "
+          "--index_warmup_steps) MSA layers attend densely while everything trains on L_LM + "
+          "lambda * KL over every causal token, so the selector learns where attention looks "
+          "before it decides what attention may see; then sparse training. The paper spends ~1.3% "
+          "of the token budget; 0 starts sparse. Ignored without MSA layers.");
+ABSL_FLAG(int64_t, dense_attention_steps, -1,
+          "The index warm-up of --dense_attention_fraction as a step count instead (>= 0 "
+          "overrides the fraction; -1: use the fraction).");
 ABSL_FLAG(int, log_every, 10, "Print a metrics line every N steps.");
-ABSL_FLAG(int, recall_every, 50, "Measure the MSA index recall every N steps (0: never).");
-ABSL_FLAG(int64_t, recall_stride, 16, "Index recall samples every N-th query position.");
+ABSL_FLAG(int, recall_every, 50,
+          "Every N steps log each MSA layer's index recall (the share of the dense attention "
+          "mass inside the selected blocks) and block recall (the share of the attention's own "
+          "top-k blocks that the selector picked, the paper's metric); 0: never.");
+ABSL_FLAG(int64_t, recall_stride, 16, "Recall samples every N-th query position.");
 
 int main(int argc, char** argv) {
   msa::set_program_usage(
@@ -172,7 +185,8 @@ int main(int argc, char** argv) {
   o.gpu = absl::GetFlag(FLAGS_gpu);
   o.bucket_mb = absl::GetFlag(FLAGS_bucket_mb);
   o.recompute = absl::GetFlag(FLAGS_recompute);
-  o.trainer.dense_attention_steps = absl::GetFlag(FLAGS_dense_attention_steps);
+  o.dense_attention_steps = absl::GetFlag(FLAGS_dense_attention_steps);
+  o.dense_attention_fraction = absl::GetFlag(FLAGS_dense_attention_fraction);
   o.optimizer.weight_decay = absl::GetFlag(FLAGS_weight_decay);
   o.optimizer.beta1 = absl::GetFlag(FLAGS_beta1);
   o.optimizer.beta2 = absl::GetFlag(FLAGS_beta2);

@@ -2,13 +2,16 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <memory>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "core/communicator.h"
 #include "core/cuda_device.h"
 #include "core/status.h"
@@ -50,8 +53,17 @@ absl::Status validate_run(const TrainProgramOptions& o) {
     return bad("lr", absl::StrFormat("%g must be > 0", o.trainer.lr.max_lr));
   if (o.trainer.log_every < 1)
     return bad("log_every", absl::StrFormat("%d is < 1", o.trainer.log_every));
+  if (o.trainer.index_warmup_steps < 0)
+    return bad("index_warmup_steps", absl::StrFormat("%d is < 0", o.trainer.index_warmup_steps));
   if (o.trainer.index_warmup_steps > 0 && !o.model.any_msa())
     return bad("index_warmup_steps", "needs at least one MSA layer (--attention)");
+  if (o.dense_attention_steps < -1)
+    return bad("dense_attention_steps",
+               absl::StrFormat("%d is < -1 (-1: use --dense_attention_fraction)",
+                               o.dense_attention_steps));
+  if (!(o.dense_attention_fraction >= 0 && o.dense_attention_fraction <= 1))
+    return bad("dense_attention_fraction",
+               absl::StrFormat("%g is not in [0, 1]", o.dense_attention_fraction));
   if (o.eval_every < 0) return bad("eval_every", "must be >= 0");
   if (o.eval_batches < 1) return bad("eval_batches", "must be >= 1");
   if (o.checkpoint_every < 0) return bad("checkpoint_every", "must be >= 0");
@@ -62,6 +74,30 @@ absl::Status validate_run(const TrainProgramOptions& o) {
   if (o.resume && !o.init_from.empty())
     return bad("init_from", "cannot be combined with --resume (resume restores everything)");
   return absl::OkStatus();
+}
+
+// The steps of the index warm-up with dense attention (see TrainProgramOptions).
+int64_t resolve_dense_attention_steps(const TrainProgramOptions& o) {
+  if (!o.model.any_msa()) return 0;
+  if (o.dense_attention_steps >= 0) return o.dense_attention_steps;
+  return static_cast<int64_t>(
+      std::ceil(o.dense_attention_fraction * static_cast<double>(o.trainer.steps) - 1e-9));
+}
+
+// One line on what MSA layers do when: the warm-up phases, then sparse training.
+std::string describe_phases(const TrainerConfig& t) {
+  std::vector<std::string> parts;
+  int64_t next = 1;
+  auto phase = [&](int64_t n, const char* what) {
+    const int64_t last = std::min(next + n - 1, t.steps);
+    if (n <= 0 || next > last) return;
+    parts.push_back(absl::StrFormat("steps %d..%d %s", next, last, what));
+    next = last + 1;
+  };
+  phase(t.index_warmup_steps, "index warm-up with the backbone frozen (dense attention)");
+  phase(t.dense_attention_steps, "index warm-up (dense attention, everything trains)");
+  phase(t.steps, "sparse attention");
+  return absl::StrJoin(parts, ", ");
 }
 
 // Training (validation = false) or validation batches for --data.
@@ -97,6 +133,8 @@ std::string run_json(const TrainProgramOptions& o) {
   j["steps"] = o.trainer.steps;
   j["grad_accum"] = o.trainer.grad_accum;
   j["index_warmup_steps"] = o.trainer.index_warmup_steps;
+  j["dense_attention_steps"] = o.dense_attention_steps;
+  j["dense_attention_fraction"] = o.dense_attention_fraction;
   j["lr"] = o.trainer.lr.max_lr;
   j["min_lr"] = o.trainer.lr.min_lr;
   j["warmup_steps"] = o.trainer.lr.warmup_steps;
@@ -264,6 +302,7 @@ absl::Status run_train_program(TrainProgramOptions o) {
                        parse_attention_kinds(o.attention_spec, o.model.n_layers));
   MSA_RETURN_IF_ERROR(o.model.validate());
   MSA_RETURN_IF_ERROR(validate_run(o));
+  o.trainer.dense_attention_steps = resolve_dense_attention_steps(o);
   MSA_ASSIGN_OR_RETURN(const Recompute recompute, parse_recompute(o.recompute));
   MSA_RETURN_IF_ERROR(check_tensor_parallel(o.model, o.tp));
   MSA_ASSIGN_OR_RETURN(Device device, choose_device(o.device));
@@ -339,13 +378,13 @@ absl::Status run_train_program(TrainProgramOptions o) {
       for (int r = 0; r < groups.world_size; ++r) {
         const int g = all.data<int32_t>()[r];
         std::printf("msa-train:   rank %d: dp %d, tp %d, %s\n", r, r / groups.tp_size,
-                    r % groups.tp_size,
-                    g >= 0 ? absl::StrFormat("cuda:%d", g).c_str() : "cpu");
+                    r % groups.tp_size, g >= 0 ? absl::StrFormat("cuda:%d", g).c_str() : "cpu");
       }
     }
   }
   int64_t full_param_count = 0;
-  for (const ParamSpec& spec : model_param_specs(o.model)) full_param_count += shape_numel(spec.shape);
+  for (const ParamSpec& spec : model_param_specs(o.model))
+    full_param_count += shape_numel(spec.shape);
   if (leader)
     std::printf(
         "msa-train: %d layers (%s), d_model %d, %d heads / %d kv heads, "
@@ -357,12 +396,16 @@ absl::Status run_train_program(TrainProgramOptions o) {
             ? absl::StrFormat(" (%.2fM on each tp rank)", model.params().numel() / 1e6).c_str()
             : "",
         device_name(device), dtype_name(dtype),
-        recompute == Recompute::kNone ? "" : absl::StrFormat(", recompute %s", recompute_name(recompute)).c_str());
+        recompute == Recompute::kNone
+            ? ""
+            : absl::StrFormat(", recompute %s", recompute_name(recompute)).c_str());
   if (leader)
-    std::printf("msa-train: data %s, batch %d x %d tokens per data-parallel rank, steps %lld..%lld\n",
-                data->describe().c_str(), static_cast<int>(o.batch_size),
-                static_cast<int>(o.seq_len), static_cast<long long>(first_step),
-                static_cast<long long>(o.trainer.steps));
+    std::printf(
+        "msa-train: data %s, batch %d x %d tokens per data-parallel rank, steps %lld..%lld\n",
+        data->describe().c_str(), static_cast<int>(o.batch_size), static_cast<int>(o.seq_len),
+        static_cast<long long>(first_step), static_cast<long long>(o.trainer.steps));
+  if (leader && o.model.any_msa())
+    std::printf("msa-train: MSA layers: %s\n", describe_phases(o.trainer).c_str());
   std::fflush(stdout);
 
   FILE* metrics = nullptr;
@@ -393,14 +436,14 @@ absl::Status run_train_program(TrainProgramOptions o) {
       j["lr"] = m.lr;
       j["tokens"] = m.tokens;
       if (!m.index_recall.empty()) j["index_recall"] = m.index_recall;
+      if (!m.block_recall.empty()) j["block_recall"] = m.block_recall;
       std::fprintf(metrics, "%s\n",
                    j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
       std::fflush(metrics);
     }
     if (validation && m.step % o.eval_every == 0) {
-      const EvalResult r = evaluate(
-          model, *validation, o.eval_batches,
-          m.step <= o.trainer.index_warmup_steps ? MsaMode::kDenseWarmup : MsaMode::kSparse);
+      const EvalResult r =
+          evaluate(model, *validation, o.eval_batches, msa_mode_at(o.trainer, m.step));
       if (leader) {
         std::printf("eval  %6lld | val_loss %.4f | val_ppl %.2f | %lld tokens\n",
                     static_cast<long long>(m.step), r.loss, r.perplexity,

@@ -30,13 +30,19 @@ struct TrainProgramOptions {
   bool resume = false;         // continue from the newest valid checkpoint in checkpoint_dir
   std::string init_from;       // load weights only from this checkpoint
   bool init_allow_missing_index = false;  // init_from: index branch absent in the file is fresh
-  int64_t exit_after_step = 0;  // stop (with a checkpoint) after this step, as if preempted
-  std::string metrics_jsonl;    // append one JSON line per step (full precision) to this file
-  int tp = 1;                   // tensor-parallel size (world = dp x tp)
-  bool zero1 = false;           // shard AdamW state over the data-parallel group
-  int64_t bucket_mb = 25;       // data-parallel gradient all-reduce bucket size
-  int gpu = -1;                 // CUDA device of this rank (< 0: node-local rank % device count)
+  int64_t exit_after_step = 0;     // stop (with a checkpoint) after this step, as if preempted
+  std::string metrics_jsonl;       // append one JSON line per step (full precision) to this file
+  int tp = 1;                      // tensor-parallel size (world = dp x tp)
+  bool zero1 = false;              // shard AdamW state over the data-parallel group
+  int64_t bucket_mb = 25;          // data-parallel gradient all-reduce bucket size
+  int gpu = -1;                    // CUDA device of this rank (< 0: node-local rank % device count)
   std::string recompute = "none";  // activation recomputation: none, attention or full
+  // The index warm-up with dense attention (everything trains; DESIGN.md section 4, "Recipes"):
+  // dense_attention_steps steps when >= 0, else ceil(dense_attention_fraction * steps). Runs after
+  // trainer.index_warmup_steps (the frozen-backbone warm-up); models without MSA layers skip it.
+  // Whatever trainer.dense_attention_steps holds is replaced by the resolved count.
+  int64_t dense_attention_steps = -1;
+  double dense_attention_fraction = 0.02;
   TrainerConfig trainer;
   OptimizerConfig optimizer;
 };

@@ -16,9 +16,7 @@ std::string pname(int layer, const char* suffix) {
 }
 
 // Statistics (rstd, lse) are f32 on CUDA and the compute dtype on the CPU.
-DType stats_dtype(const Tensor& like) {
-  return like.is_cuda() ? DType::kF32 : like.dtype();
-}
+DType stats_dtype(const Tensor& like) { return like.is_cuda() ? DType::kF32 : like.dtype(); }
 
 Tensor bias_or_undefined(ParameterSet& params, const std::string& name) {
   Parameter* p = params.find(name);
@@ -32,10 +30,9 @@ Tensor grad_or_undefined(ParameterSet& params, const std::string& name) {
 
 }  // namespace
 
-void attention_block_forward(const ModelConfig& c, int layer, ParameterSet& params,
-                             const Tensor& x, int64_t batch, int64_t T,
-                             const AttentionBlockOptions& options, AttentionActivations& act,
-                             Tensor& y) {
+void attention_block_forward(const ModelConfig& c, int layer, ParameterSet& params, const Tensor& x,
+                             int64_t batch, int64_t T, const AttentionBlockOptions& options,
+                             AttentionActivations& act, Tensor& y) {
   const int64_t N = batch * T, D = c.d_model, H = c.n_heads, G = c.n_kv_heads, d = c.head_dim;
   const DType dt = x.dtype(), st = stats_dtype(x);
   const Device dev = x.device();
@@ -80,54 +77,56 @@ void attention_block_forward(const ModelConfig& c, int layer, ParameterSet& para
   act.selection.reset();
   act.sparse_attention = false;
   act.index_recall = -1;
+  act.block_recall = -1;
 
   if (c.layer_kind(layer) == AttentionKind::kDense) {
     attention_forward(act.q_rope, act.k_rope, v4, scale, act.att, act.lse);
   } else {
-    const int dI = c.msa.index_dim, B = c.msa.block_size;
-    const int64_t nb = msa_num_blocks(T, B);
+    const int dI = c.msa.index_dim;
     act.iq = Tensor::empty({batch, T, G, dI}, dt, dev);
-    act.ik = Tensor::empty({batch, T, G, dI}, dt, dev);
-    act.kbar = Tensor::empty({batch, nb, G, dI}, dt, dev);
+    act.ik = Tensor::empty({batch, T, dI}, dt, dev);
     // The index branch reads xn as a constant: nothing here records a path back into it.
-    Tensor iq2 = act.iq.view({N, G * dI}), ik2 = act.ik.view({N, G * dI});
+    Tensor iq2 = act.iq.view({N, G * dI}), ik2 = act.ik.view({N, dI});
     linear_forward(act.xn, params.at(pname(layer, "attn.index_wq.weight")).value, Tensor(), iq2);
     linear_forward(act.xn, params.at(pname(layer, "attn.index_wk.weight")).value, Tensor(), ik2);
-    msa_block_pool_forward(act.ik, B, act.kbar);
-    act.selection = BlockSelection::allocate(batch, T, G, B, c.msa.topk, dev);
-    msa_index_topk(act.iq, act.kbar, *act.selection);
+    const bool sparse = options.msa_mode == MsaMode::kSparse;
+    const bool measure_recall = options.recall_query_stride > 0;
+    if (sparse || measure_recall) {
+      act.selection = BlockSelection::allocate(batch, T, G, c.msa.block_size, c.msa.topk, dev);
+      msa_index_topk(act.iq, act.ik, *act.selection);
+    }
 
-    act.diq = Tensor::empty(act.iq.shape(), dt == DType::kBF16 ? DType::kF32 : dt, dev);
-    act.dkbar = Tensor::empty(act.kbar.shape(), act.diq.dtype(), dev);
+    // Gradients of the index loss: f32 on CUDA (bf16 activations), the compute dtype on the CPU.
+    const DType gt = dt == DType::kBF16 ? DType::kF32 : dt;
+    act.diq = Tensor::empty(act.iq.shape(), gt, dev);
+    act.dik = Tensor::empty(act.ik.shape(), gt, dev);
     IndexLossResult r;
-    if (options.msa_mode == MsaMode::kSparse) {
+    if (sparse) {
+      // Teacher: the sparse main branch's own probabilities over the selected tokens (its lse).
       act.sparse_attention = true;
-      if (dev == Device::kCUDA) {
-        // The loss's per-block attention mass comes out of the sparse forward itself.
-        Tensor mass = Tensor::empty({batch, T, H, c.msa.topk}, DType::kF32, dev);
-        msa_sparse_attention_forward(act.q_rope, act.k_rope, v4, *act.selection, scale, act.att,
-                                     act.lse, mass);
-        r = msa_index_loss_from_mass(mass, *act.selection, act.iq, act.kbar, B, 1.0, act.diq,
-                                     act.dkbar);
-      } else {
-        msa_sparse_attention_forward(act.q_rope, act.k_rope, v4, *act.selection, scale, act.att,
-                                     act.lse);
-        r = msa_index_loss(IndexLossMode::kSparse, act.q_rope, act.k_rope, act.lse,
-                           *act.selection, act.iq, act.kbar, scale, B, 1.0, act.diq, act.dkbar);
-      }
+      msa_sparse_attention_forward(act.q_rope, act.k_rope, v4, *act.selection, scale, act.att,
+                                   act.lse);
+      r = msa_index_loss(IndexLossMode::kSparse, act.q_rope, act.k_rope, act.lse, *act.selection,
+                         act.iq, act.ik, scale, 1.0, act.diq, act.dik);
     } else {
+      // Warm-up: dense attention, teacher over every causal token (the selection is not used).
       attention_forward(act.q_rope, act.k_rope, v4, scale, act.att, act.lse);
-      r = msa_index_loss(IndexLossMode::kDenseTarget, act.q_rope, act.k_rope, act.lse,
-                         *act.selection, act.iq, act.kbar, scale, B, 1.0, act.diq, act.dkbar);
+      BlockSelection unused;  // sizes only
+      unused.block_size = c.msa.block_size;
+      unused.topk = c.msa.topk;
+      r = msa_index_loss(IndexLossMode::kDenseTarget, act.q_rope, act.k_rope, act.lse, unused,
+                         act.iq, act.ik, scale, 1.0, act.diq, act.dik);
     }
     act.index_loss = r.loss;
     act.index_rows = r.n_rows;
     if (!options.compute_index_grads) {
       act.diq = Tensor();
-      act.dkbar = Tensor();
+      act.dik = Tensor();
     }
-    if (options.recall_query_stride > 0) {
+    if (measure_recall) {
       act.index_recall = msa_index_recall(act.q_rope, act.k_rope, *act.selection, scale,
+                                          options.recall_query_stride);
+      act.block_recall = msa_block_recall(act.q_rope, act.k_rope, *act.selection, scale,
                                           options.recall_query_stride);
     }
   }
@@ -148,20 +147,23 @@ void attention_block_backward(const ModelConfig& c, int layer, ParameterSet& par
   // Index branch: its own gradients only (the input xn is detached: no dx contribution).
   if (c.layer_kind(layer) == AttentionKind::kMsa && act.diq.defined() && index_weight != 0) {
     const int dI = c.msa.index_dim;
-    Tensor diq = act.diq, dkbar = act.dkbar;
+    // Consumed here (scaled in place on the CPU): a second backward needs a new forward.
+    Tensor diq = std::move(act.diq), dik = std::move(act.dik);
+    act.diq = Tensor();
+    act.dik = Tensor();
+    scale_inplace(diq, index_weight);
+    scale_inplace(dik, index_weight);
     if (diq.dtype() != dt) {  // CUDA: f32 gradients, bf16 matmul inputs
       diq = diq.to(dt);
-      dkbar = dkbar.to(dt);
+      dik = dik.to(dt);
     }
-    scale_inplace(diq, index_weight);
-    scale_inplace(dkbar, index_weight);
-    Tensor dik = Tensor::empty(act.ik.shape(), dt, dev);
-    msa_block_pool_backward(dkbar, c.msa.block_size, dik);
     Tensor none;
     linear_backward(diq.view({N, G * dI}), act.xn,
                     params.at(pname(layer, "attn.index_wq.weight")).value, none,
                     params.at(pname(layer, "attn.index_wq.weight")).grad, none);
-    linear_backward(dik.view({N, G * dI}), act.xn,
+    // W_IK [d_I, D] is shared by the groups: with tensor parallelism this is this rank's groups'
+    // part of its gradient (the transformer sums it over tp).
+    linear_backward(dik.view({N, dI}), act.xn,
                     params.at(pname(layer, "attn.index_wk.weight")).value, none,
                     params.at(pname(layer, "attn.index_wk.weight")).grad, none);
   }
@@ -184,8 +186,8 @@ void attention_block_backward(const ModelConfig& c, int layer, ParameterSet& par
     msa_sparse_attention_backward(datt4, act.q_rope, act.k_rope, v4, act.att, act.lse,
                                   *act.selection, scale, dq_rope, dk_rope, dv);
   } else {
-    attention_backward(datt4, act.q_rope, act.k_rope, v4, act.att, act.lse, scale, dq_rope,
-                       dk_rope, dv);
+    attention_backward(datt4, act.q_rope, act.k_rope, v4, act.att, act.lse, scale, dq_rope, dk_rope,
+                       dv);
   }
 
   // RoPE backward in place, then the q/k norm.

@@ -2,10 +2,12 @@
 // explicitly (llm.c style): RMSNorm -> q/k/v projections (+bias) -> q/k RMSNorm -> RoPE ->
 // attention -> output projection. The residual add is the caller's.
 //
-// For an MSA layer the index branch runs on the *detached* normalized input: it computes the
-// selection, and the index distillation loss (and its gradients for W_IQ, W_IK) in the forward;
-// no gradient from it reaches the backbone, and the LM loss reaches the index branch through no
-// path (top-k is not differentiable).
+// For an MSA layer (DESIGN.md section 4) the index branch runs on the *detached* normalized input:
+// iq = xn W_IQ^T (one index query head per KV group), ik = xn W_IK^T (one index key head shared by
+// the groups), the selection (max-pooled token scores, exp-free top-k), and the token-level index
+// distillation loss with its gradients for iq, ik, all in the forward. No gradient from it
+// reaches the backbone, and the LM loss reaches the index branch through no path (top-k is not
+// differentiable).
 #pragma once
 
 #include <optional>
@@ -19,31 +21,35 @@ namespace msa {
 
 // How an MSA layer runs this step.
 enum class MsaMode {
-  kSparse,       // block-sparse attention, sparse index loss (training from scratch / continued)
-  kDenseWarmup,  // dense attention (outputs identical to a dense layer), dense-target index loss
+  kSparse,       // block-sparse attention over the selected blocks, KL over their tokens
+  kDenseWarmup,  // index warm-up: dense attention (outputs identical to a dense layer), KL over
+                 // every causal token (the dense-target loss)
 };
 
 // Everything the backward needs, named after what it holds. N = batch * T.
 struct AttentionActivations {
-  Tensor xn, rstd;        // normalized input [N, D], its 1/rms [N]
-  Tensor q, k, v;         // projections [N, H*d], [N, G*d], [N, G*d] (q, k before q/k norm)
+  Tensor xn, rstd;                // normalized input [N, D], its 1/rms [N]
+  Tensor q, k, v;                 // projections [N, H*d], [N, G*d], [N, G*d] (q, k before q/k norm)
   Tensor qn, kn, rstd_q, rstd_k;  // after q/k RMSNorm (qk_norm only), [N*H, d] / [N*G, d]
-  Tensor q_rope, k_rope;  // [batch, T, H, d], [batch, T, G, d]
-  Tensor att, lse;        // attention output [batch, T, H, d], log-sum-exp [batch, H, T]
+  Tensor q_rope, k_rope;          // [batch, T, H, d], [batch, T, G, d]
+  Tensor att, lse;                // attention output [batch, T, H, d], log-sum-exp [batch, H, T]
   // MSA only.
-  Tensor iq, ik, kbar;    // index queries/keys [batch, T, G, d_I], block keys [batch, n_b, G, d_I]
+  Tensor iq, ik;  // index queries [batch, T, G, d_I], shared index keys [batch, T, d_I]
+  // The selection (sparse mode always; warm-up mode only when recall is measured).
   std::optional<BlockSelection> selection;
   bool sparse_attention = false;  // att came from the block-sparse kernel (else dense)
-  Tensor diq, dkbar;      // gradient of the (unweighted) index loss, from the forward
-  double index_loss = 0;
+  Tensor diq, dik;                // gradient of the (unweighted) index loss, from the forward
+  double index_loss = 0;          // L_KL: mean KL(P || Q) over this rank's batch * T * G rows
   int64_t index_rows = 0;
-  double index_recall = -1;  // < 0 when not computed
+  double index_recall = -1;  // < 0 when not computed (msa_index_recall)
+  double block_recall = -1;  // < 0 when not computed (msa_block_recall)
 };
 
 struct AttentionBlockOptions {
   MsaMode msa_mode = MsaMode::kSparse;
   bool compute_index_grads = true;
-  int64_t recall_query_stride = 0;  // > 0: measure the index recall on every stride-th query
+  // > 0: measure the index recall and the block recall on every stride-th query.
+  int64_t recall_query_stride = 0;
 };
 
 // x [N, D] (the residual stream). Writes the attention's contribution y [N, D] (before the
@@ -55,8 +61,8 @@ void attention_block_forward(const ModelConfig& config, int layer, ParameterSet&
 
 // dy [N, D]: gradient w.r.t. y. Writes dx [N, D] (gradient w.r.t. x through this block only;
 // the caller adds the residual path). Backbone parameter gradients accumulate when `backbone`;
-// index-branch gradients accumulate index_weight * d(index loss) for MSA layers. dx is
-// left undefined when !backbone.
+// index-branch gradients (W_IQ, W_IK) accumulate index_weight * d(index loss) for MSA layers,
+// from act.diq / act.dik, which this consumes. dx is left undefined when !backbone.
 void attention_block_backward(const ModelConfig& config, int layer, ParameterSet& params,
                               const Tensor& x, const Tensor& dy, int64_t batch, int64_t T,
                               AttentionActivations& act, bool backbone, double index_weight,

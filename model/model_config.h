@@ -14,11 +14,12 @@ enum class AttentionKind { kDense, kMsa };
 
 const char* attention_kind_name(AttentionKind kind);
 
+// Defaults are the paper's (DESIGN.md section 4): B 128, k 16 (a 2,048-token budget), d_I 128.
 struct MsaConfig {
   int block_size = 128;            // B
   int topk = 16;                   // k, including the local block
-  int index_dim = 64;              // d_I
-  double index_loss_weight = 1.0;  // lambda_idx
+  int index_dim = 128;             // d_I (each index query head and the one shared index key head)
+  double index_loss_weight = 1.0;  // lambda: L = L_LM + lambda * sum over MSA layers of L_KL
 };
 
 struct ModelConfig {

@@ -24,10 +24,12 @@ std::vector<ParamSpec> model_param_specs(const ModelConfig& c) {
   // grow with depth (GPT-2 / Megatron convention).
   const double out_std = 0.02 / std::sqrt(2.0 * c.n_layers);
   auto norm = [&](std::string name, int64_t n) {
-    specs.push_back({std::move(name), {n}, ParamInit::kOnes, 0, false, false, TpSplit::kReplicated});
+    specs.push_back(
+        {std::move(name), {n}, ParamInit::kOnes, 0, false, false, TpSplit::kReplicated});
   };
   auto weight = [&](std::string name, Shape shape, double std, TpSplit split, bool index = false) {
-    specs.push_back({std::move(name), std::move(shape), ParamInit::kNormal, std, true, index, split});
+    specs.push_back(
+        {std::move(name), std::move(shape), ParamInit::kNormal, std, true, index, split});
   };
   auto bias = [&](std::string name, int64_t n, TpSplit split) {
     specs.push_back({std::move(name), {n}, ParamInit::kZeros, 0, false, false, split});
@@ -48,9 +50,12 @@ std::vector<ParamSpec> model_param_specs(const ModelConfig& c) {
     }
     if (c.layer_kind(l) == AttentionKind::kMsa) {
       // Index projections: unit-variance scores at init (std 1/sqrt(D) for unit-variance inputs).
+      // One index query head per KV group (split with its group), one index key head shared by
+      // all groups (replicated: every tp rank selects for its groups without communication).
       const double index_std = 1.0 / std::sqrt(static_cast<double>(D));
       weight(p + "attn.index_wq.weight", {G * c.msa.index_dim, D}, index_std, TpSplit::kRows, true);
-      weight(p + "attn.index_wk.weight", {G * c.msa.index_dim, D}, index_std, TpSplit::kRows, true);
+      weight(p + "attn.index_wk.weight", {c.msa.index_dim, D}, index_std, TpSplit::kReplicated,
+             true);
     }
     weight(p + "attn.wo.weight", {D, H * d}, out_std, TpSplit::kCols);
     norm(p + "mlp_norm.weight", D);
@@ -93,8 +98,12 @@ void ParameterSet::initialize(uint64_t seed, int tp_rank, int tp_size) {
         fill_normal(p.value, rng_substream(seed, fnv1a64(p.spec.name)), 0.0f,
                     static_cast<float>(p.spec.init_std));
         break;
-      case ParamInit::kOnes: p.value.fill_(1.0); break;
-      case ParamInit::kZeros: p.value.zero_(); break;
+      case ParamInit::kOnes:
+        p.value.fill_(1.0);
+        break;
+      case ParamInit::kZeros:
+        p.value.zero_();
+        break;
     }
   }
 }

@@ -10,7 +10,8 @@
 //   layers.<l>.attn.wv.weight [G*d, D]          (.bias [G*d] with qkv_bias)
 //   layers.<l>.attn.wo.weight [D, H*d]
 //   layers.<l>.attn.q_norm.weight [d], layers.<l>.attn.k_norm.weight [d]   (qk_norm only)
-//   layers.<l>.attn.index_wq.weight [G*d_I, D], layers.<l>.attn.index_wk.weight [G*d_I, D] (MSA)
+//   layers.<l>.attn.index_wq.weight [G*d_I, D]  one index query head per KV group    (MSA only)
+//   layers.<l>.attn.index_wk.weight [d_I, D]    one index key head shared by the groups (MSA)
 //   layers.<l>.mlp.w_gate.weight [F, D], layers.<l>.mlp.w_up.weight [F, D],
 //   layers.<l>.mlp.w_down.weight [D, F]
 #pragma once
@@ -29,7 +30,7 @@ enum class ParamInit { kNormal, kOnes, kZeros };
 
 // How tensor parallelism splits a parameter (Megatron style).
 enum class TpSplit {
-  kReplicated,  // every rank holds all of it (norms, row-parallel biases)
+  kReplicated,  // every rank holds all of it (norms, row-parallel biases, the index key W_IK)
   kRows,        // split along dim 0 (column-parallel weights and their biases, vocab rows)
   kCols,        // split along dim 1 (row-parallel weights)
 };
@@ -39,8 +40,8 @@ struct ParamSpec {
   Shape shape;
   ParamInit init = ParamInit::kNormal;
   double init_std = 0.02;
-  bool weight_decay = true;    // false for norms and biases
-  bool index_branch = false;   // W_IQ / W_IK: trained only by the index distillation loss
+  bool weight_decay = true;   // false for norms and biases
+  bool index_branch = false;  // W_IQ / W_IK: trained only by the index distillation loss
   TpSplit tp_split = TpSplit::kReplicated;
 };
 

@@ -2,9 +2,12 @@
 // of one data-parallel replica, and the vocab-parallel embedding and cross entropy.
 //
 // Rank t of tp owns, in every layer, KV groups [t G/tp, (t+1) G/tp) with their query heads and
-// their MSA index branch (so selection needs no communication), FFN columns [t F/tp, (t+1) F/tp)
-// and vocabulary rows [t V/tp, (t+1) V/tp). Every split is a contiguous range of dim 0 (TpSplit
-// kRows) or dim 1 (kCols) of the full tensor; kReplicated tensors are whole on every rank.
+// their MSA index query heads (rows of W_IQ), FFN columns [t F/tp, (t+1) F/tp) and vocabulary rows
+// [t V/tp, (t+1) V/tp). The MSA index key head W_IK is shared by all groups, so every rank holds
+// it whole and computes the same index keys: selection needs no communication, and its gradient
+// (each rank's groups' part) is summed over tp like the norms'. Every split is a contiguous range
+// of dim 0 (TpSplit kRows) or dim 1 (kCols) of the full tensor; kReplicated tensors are whole on
+// every rank.
 #pragma once
 
 #include <cstdint>

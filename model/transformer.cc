@@ -20,6 +20,7 @@ Transformer::Transformer(const ModelConfig& config, DType dtype, Device device, 
   index_row_share_.assign(config_.n_layers, 1.0);
   layer_params_.resize(config_.n_layers);
   layer_replicated_.resize(config_.n_layers);
+  layer_index_replicated_.resize(config_.n_layers);
   for (Parameter& p : params_.all()) {
     const std::string& name = p.spec.name;
     if (name == "embed.weight") {
@@ -27,7 +28,10 @@ Transformer::Transformer(const ModelConfig& config, DType dtype, Device device, 
     } else if (absl::StartsWith(name, "layers.")) {
       const int l = std::stoi(name.substr(7));
       layer_params_[l].push_back(&p);
-      if (p.spec.tp_split == TpSplit::kReplicated) layer_replicated_[l].push_back(&p);
+      if (p.spec.tp_split == TpSplit::kReplicated) {
+        layer_replicated_[l].push_back(&p);
+        if (p.spec.index_branch) layer_index_replicated_[l].push_back(&p);
+      }
     } else {
       head_params_.push_back(&p);  // final_norm, lm_head
     }
@@ -44,9 +48,12 @@ absl::StatusOr<Recompute> parse_recompute(const std::string& name) {
 
 const char* recompute_name(Recompute r) {
   switch (r) {
-    case Recompute::kNone: return "none";
-    case Recompute::kAttention: return "attention";
-    case Recompute::kFull: return "full";
+    case Recompute::kNone:
+      return "none";
+    case Recompute::kAttention:
+      return "attention";
+    case Recompute::kFull:
+      return "full";
   }
   return "?";
 }
@@ -59,6 +66,7 @@ void drop_tensors(AttentionActivations& act) {
   kept.index_loss = act.index_loss;
   kept.index_rows = act.index_rows;
   kept.index_recall = act.index_recall;
+  kept.block_recall = act.block_recall;
   act = std::move(kept);
 }
 
@@ -73,6 +81,7 @@ void Transformer::recompute_layer(int l, bool with_mlp) {
   attention_block_forward(block_config_, l, params_, residual_in_[l], batch_, T_, options, attn_[l],
                           y);
   attn_[l].index_recall = kept.index_recall;
+  attn_[l].block_recall = kept.block_recall;
   if (!with_mlp) return;
   tp_all_reduce(y);
   Tensor mid = residual_in_[l].clone();
@@ -176,30 +185,34 @@ ForwardResult Transformer::forward(const Tensor& tokens, const Tensor& targets,
   if (tp_.enabled() && n_msa_layers_ > 0) {
     // Each rank's index loss is the mean over its KV groups' rows: the layer's loss is the
     // row-weighted mean over ranks, and its gradient on this rank scales by its share of rows.
-    // Recall is the mean over ranks (each measures its groups).
-    const int L3 = 3 * config_.n_layers;
-    Tensor sums = Tensor::zeros({L3}, DType::kF64);
+    // Recalls are means over ranks (each measures its groups; every rank has as many).
+    constexpr int kSlots = 4;
+    Tensor sums = Tensor::zeros({kSlots * L}, DType::kF64);
     double* v = sums.data<double>();
     for (int l = 0; l < L; ++l) {
       if (config_.layer_kind(l) != AttentionKind::kMsa) continue;
-      v[3 * l] = attn_[l].index_loss * attn_[l].index_rows;
-      v[3 * l + 1] = static_cast<double>(attn_[l].index_rows);
-      v[3 * l + 2] = attn_[l].index_recall;
+      v[kSlots * l] = attn_[l].index_loss * attn_[l].index_rows;
+      v[kSlots * l + 1] = static_cast<double>(attn_[l].index_rows);
+      v[kSlots * l + 2] = attn_[l].index_recall;
+      v[kSlots * l + 3] = attn_[l].block_recall;
     }
     tp_.comm->all_reduce_sum(sums);
     for (int l = 0; l < L; ++l) {
       if (config_.layer_kind(l) != AttentionKind::kMsa) continue;
-      const double rows = v[3 * l + 1];
+      const double rows = v[kSlots * l + 1];
       index_row_share_[l] = rows > 0 ? attn_[l].index_rows / rows : 0.0;
-      attn_[l].index_loss = rows > 0 ? v[3 * l] / rows : 0.0;
-      if (attn_[l].index_recall >= 0) attn_[l].index_recall = v[3 * l + 2] / tp_.size;
+      attn_[l].index_loss = rows > 0 ? v[kSlots * l] / rows : 0.0;
+      if (attn_[l].index_recall >= 0) attn_[l].index_recall = v[kSlots * l + 2] / tp_.size;
+      if (attn_[l].block_recall >= 0) attn_[l].block_recall = v[kSlots * l + 3] / tp_.size;
     }
   }
   for (int l = 0; l < L; ++l) {
-    if (config_.layer_kind(l) == AttentionKind::kMsa) {
-      result.index_loss += attn_[l].index_loss / n_msa_layers_;
-      if (attn_[l].index_recall >= 0) result.index_recall.push_back(attn_[l].index_recall);
-    }
+    if (config_.layer_kind(l) != AttentionKind::kMsa) continue;
+    // The spec's sum over MSA layers (not a mean): lambda weighs every layer's KL fully.
+    result.index_loss += attn_[l].index_loss;
+    result.layer_index_loss.push_back(attn_[l].index_loss);
+    if (attn_[l].index_recall >= 0) result.index_recall.push_back(attn_[l].index_recall);
+    if (attn_[l].block_recall >= 0) result.block_recall.push_back(attn_[l].block_recall);
   }
   x_final_ = x;
   xn_final_ = Tensor::empty({N, D}, dtype_, device_);
@@ -242,22 +255,25 @@ void Transformer::backward(double loss_scale, double index_scale, bool backbone,
   MSA_CHECK(!attn_.empty(), "backward() without a forward(for_backward = true)");
   const int64_t N = batch_ * T_, D = config_.d_model;
   const int L = config_.n_layers;
-  const double index_weight =
-      n_msa_layers_ > 0 ? index_scale * config_.msa.index_loss_weight / n_msa_layers_ : 0.0;
+  // d L / d L_KL(layer) = lambda for every MSA layer (L sums the layers' losses).
+  const double index_weight = index_scale * config_.msa.index_loss_weight;
   auto ready = [&](const std::vector<Parameter*>& ps) {
     if (grads_ready && !ps.empty()) grads_ready(ps);
   };
 
   if (!backbone) {
-    // Index warm-up: only the index branches learn; nothing flows through the backbone.
+    // Index warm-up with a frozen backbone: only the index branches learn; nothing flows
+    // through the backbone. The shared index key W_IK still needs its sum over tp.
     ready(head_params_);
     for (int l = L - 1; l >= 0; --l) {
       Tensor none;
+      const std::vector<Tensor> before = snapshot_grads(layer_index_replicated_[l]);
       if (recompute_ != Recompute::kNone) recompute_layer(l, /*with_mlp=*/false);
       attention_block_backward(block_config_, l, params_, residual_in_[l], Tensor(), batch_, T_,
                                attn_[l], /*backbone=*/false, index_weight * index_row_share_[l],
                                none);
       if (recompute_ != Recompute::kNone) drop_tensors(attn_[l]);
+      tp_reduce_replicated_grads(layer_index_replicated_[l], before);
       ready(layer_params_[l]);
     }
     ready(embed_params_);
@@ -291,9 +307,8 @@ void Transformer::backward(double loss_scale, double index_scale, bool backbone,
     add_inplace(dmid, dx);
     // mid = x_in + attn(x_in).
     Tensor dx_in;
-    attention_block_backward(block_config_, l, params_, residual_in_[l], dmid, batch_, T_,
-                             attn_[l], /*backbone=*/true, index_weight * index_row_share_[l],
-                             dx_in);
+    attention_block_backward(block_config_, l, params_, residual_in_[l], dmid, batch_, T_, attn_[l],
+                             /*backbone=*/true, index_weight * index_row_share_[l], dx_in);
     tp_all_reduce(dx_in);  // f: the heads' partial input gradients
     add_inplace(dx_in, dmid);
     dx = dx_in;

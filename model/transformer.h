@@ -2,8 +2,8 @@
 // -> final RMSNorm -> LM head (tied or not) -> cross entropy. Forward and backward are written out
 // in the order they run; activations are kept between them.
 //
-// Loss: L = L_lm + lambda_idx * L_idx, where L_idx is the mean over MSA layers of each layer's
-// index distillation loss (so lambda_idx means the same at any depth).
+// Loss (DESIGN.md section 4): L = L_LM + lambda * sum over MSA layers of L_KL, where each layer's
+// L_KL is its index distillation loss, the mean KL over the batch * T * G (query, group) rows.
 #pragma once
 
 #include <functional>
@@ -23,15 +23,17 @@ namespace msa {
 struct ForwardOptions {
   MsaMode msa_mode = MsaMode::kSparse;
   bool for_backward = true;         // keep what backward needs (index gradients included)
-  int64_t recall_query_stride = 0;  // > 0: measure each MSA layer's index recall
+  int64_t recall_query_stride = 0;  // > 0: measure each MSA layer's index and block recall
 };
 
 struct ForwardResult {
-  double lm_loss = 0;                // mean cross entropy over counted targets
-  int64_t n_targets = 0;             // targets != ignore_index
-  double index_loss = 0;             // mean over MSA layers (0 without MSA layers)
-  double total_loss = 0;             // lm_loss + lambda_idx * index_loss
-  std::vector<double> index_recall;  // per MSA layer, when measured
+  double lm_loss = 0;                    // mean cross entropy over counted targets
+  int64_t n_targets = 0;                 // targets != ignore_index
+  double index_loss = 0;                 // sum over MSA layers of L_KL (0 without MSA layers)
+  double total_loss = 0;                 // lm_loss + lambda * index_loss
+  std::vector<double> layer_index_loss;  // L_KL per MSA layer, in layer order
+  std::vector<double> index_recall;      // per MSA layer, when measured: attention mass kept
+  std::vector<double> block_recall;      // per MSA layer, when measured: the paper's block recall
 };
 
 inline constexpr int kIgnoreIndex = -100;
@@ -99,11 +101,13 @@ class Transformer {
   ModelConfig config_;
   ModelConfig block_config_;  // what one rank's blocks compute (heads, kv heads, ffn / tp)
   TensorParallel tp_;
-  int64_t vocab_begin_ = 0;   // first vocabulary row this rank holds
+  int64_t vocab_begin_ = 0;  // first vocabulary row this rank holds
   // Parameters in the order backward finishes them (see GradsReadyFn), and per layer the
   // replicated ones whose gradients the tp ranks each compute in part.
   std::vector<Parameter*> head_params_, embed_params_;
-  std::vector<std::vector<Parameter*>> layer_params_, layer_replicated_;
+  // layer_index_replicated_: the replicated ones of the index branch (W_IK), the only ones an
+  // index-only (backbone = false) backward touches.
+  std::vector<std::vector<Parameter*>> layer_params_, layer_replicated_, layer_index_replicated_;
   std::vector<double> index_row_share_;  // per layer: this rank's share of the index-loss rows
   DType dtype_;
   Device device_;

@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -163,6 +164,41 @@ absl::StatusOr<uint64_t> read_checksum(const std::string& path, hid_t ds, const 
   return sum;
 }
 
+// The shape of dataset `name`, or nullopt when it is absent or unreadable (read_f32 reports why).
+std::optional<Shape> dataset_shape(hid_t file, const std::string& name) {
+  if (H5Lexists(file, name.c_str(), H5P_DEFAULT) <= 0) return std::nullopt;
+  H5Handle ds(H5Dopen2(file, name.c_str(), H5P_DEFAULT), H5Dclose);
+  if (!ds.ok()) return std::nullopt;
+  H5Handle space(H5Dget_space(ds.get()), H5Sclose);
+  const int rank = H5Sget_simple_extent_ndims(space.get());
+  if (rank < 0) return std::nullopt;
+  std::vector<hsize_t> dims(rank);
+  if (rank > 0) H5Sget_simple_extent_dims(space.get(), dims.data(), nullptr);
+  return Shape(dims.begin(), dims.end());
+}
+
+// Checkpoints written before the MSA selector became the paper's hold one index key head per KV
+// group (W_IK [G * d_I, D], selection by mean-pooled block keys); this build has one shared head
+// (W_IK [d_I, D], max-pooled token scores). With G > 1 the shapes tell them apart: refuse such a
+// file with the reason instead of a bare shape mismatch. (With G = 1 the shapes coincide.)
+absl::Status check_index_key_format(const std::string& path, hid_t file, const ModelConfig& c) {
+  if (c.n_kv_heads <= 1) return absl::OkStatus();
+  const int64_t G = c.n_kv_heads, dI = c.msa.index_dim, D = c.d_model;
+  for (int l = 0; l < c.n_layers; ++l) {
+    if (c.layer_kind(l) != AttentionKind::kMsa) continue;
+    const std::string name = absl::StrFormat("/params/layers.%d.attn.index_wk.weight", l);
+    const std::optional<Shape> shape = dataset_shape(file, name);
+    if (shape && *shape == Shape{G * dI, D})
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "%s: dataset %s has shape %s, one index key head per KV group (G * d_I = %d * %d rows): "
+          "the file was written before the MSA selector changed to the paper's single index key "
+          "head shared by the groups (%s); it cannot be loaded. Convert the dense model again with "
+          "msa-convert, or re-train (docs/checkpoint.md)",
+          path, name, shape_string(*shape), G, dI, shape_string(Shape{dI, D})));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<Tensor> read_f32(const std::string& path, hid_t file, const std::string& name,
                                 const Shape& expected) {
   if (H5Lexists(file, name.c_str(), H5P_DEFAULT) <= 0)
@@ -293,6 +329,7 @@ absl::StatusOr<Checkpoint> load_checkpoint(const std::string& path, bool weights
     ckpt.config = *config_or;
     MSA_ASSIGN_OR_RETURN(ckpt.run_json, read_string_attr(path, config.get(), "run"));
   }
+  MSA_RETURN_IF_ERROR(check_index_key_format(path, file.get(), ckpt.config));
   for (const ParamSpec& s : model_param_specs(ckpt.config)) {
     MSA_ASSIGN_OR_RETURN(ckpt.params[s.name],
                          read_f32(path, file.get(), "/params/" + s.name, s.shape));
@@ -329,13 +366,18 @@ std::vector<int64_t> list_checkpoint_steps(const std::string& dir) {
 }
 
 absl::StatusOr<LatestCheckpoint> load_latest_checkpoint(const std::string& dir) {
+  std::string newest_error;
   for (int64_t step : list_checkpoint_steps(dir)) {
     const std::string path = checkpoint_path(dir, step);
     auto ckpt = load_checkpoint(path);
     if (ckpt.ok()) return LatestCheckpoint{path, *std::move(ckpt)};
     std::fprintf(stderr, "msa-train: skipping invalid checkpoint: %s\n",
                  std::string(ckpt.status().message()).c_str());
+    if (newest_error.empty()) newest_error = std::string(ckpt.status().message());
   }
+  if (!newest_error.empty())
+    return absl::NotFoundError(
+        absl::StrFormat("no valid checkpoint in %s (the newest: %s)", dir, newest_error));
   return absl::NotFoundError(absl::StrFormat("no valid checkpoint in %s", dir));
 }
 

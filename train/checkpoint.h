@@ -50,7 +50,9 @@ struct Checkpoint {
 absl::Status save_checkpoint(const std::string& path, const Checkpoint& ckpt);
 
 // Reads and validates a checkpoint; with weights_only the optimizer group is
-// not read.
+// not read. A file from before the paper's shared index key head (an MSA layer's
+// index_wk of [G * d_I, D] with G > 1) is refused as FailedPrecondition, saying
+// why and naming the file and dataset.
 absl::StatusOr<Checkpoint> load_checkpoint(const std::string& path, bool weights_only = false);
 
 // <dir>/ckpt-<step, 8 digits>.h5

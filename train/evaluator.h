@@ -11,7 +11,7 @@ namespace msa {
 struct EvalResult {
   double loss = 0;        // mean cross entropy per counted target token
   double perplexity = 0;  // exp(loss)
-  double index_loss = 0;  // mean over batches (MSA models)
+  double index_loss = 0;  // mean over batches of the sum over MSA layers of L_KL
   int64_t tokens = 0;     // counted targets
 };
 

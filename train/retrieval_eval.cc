@@ -30,7 +30,9 @@ RetrievalResult evaluate_retrieval(Transformer& model, const SyntheticConfig& ta
     loss_sum += f.lm_loss * f.n_targets;
     if (!f.index_recall.empty()) {
       r.index_recall.resize(f.index_recall.size(), 0.0);
+      r.block_recall.resize(f.block_recall.size(), 0.0);
       for (size_t l = 0; l < f.index_recall.size(); ++l) r.index_recall[l] += f.index_recall[l];
+      for (size_t l = 0; l < f.block_recall.size(); ++l) r.block_recall[l] += f.block_recall[l];
       ++recall_batches;
     }
     Tensor logits = model.logits();
@@ -47,6 +49,7 @@ RetrievalResult evaluate_retrieval(Transformer& model, const SyntheticConfig& ta
     }
   }
   for (double& x : r.index_recall) x /= static_cast<double>(recall_batches);
+  for (double& x : r.block_recall) x /= static_cast<double>(recall_batches);
   r.accuracy = r.answers > 0 ? static_cast<double>(correct) / r.answers : 0.0;
   r.answer_loss = r.answers > 0 ? loss_sum / r.answers : 0.0;
   return r;

@@ -1,6 +1,6 @@
 // Retrieval accuracy on the synthetic long-context tasks (data/synthetic.h): the fraction of
 // answer positions whose argmax prediction is the right answer token, with each MSA layer's index
-// recall on the same sequences.
+// recall and block recall on the same sequences.
 #pragma once
 
 #include <cstdint>
@@ -15,11 +15,13 @@ struct RetrievalResult {
   double accuracy = 0;  // correct answers / answers
   int64_t answers = 0;
   double answer_loss = 0;            // mean cross entropy at the answer positions
-  std::vector<double> index_recall;  // per MSA layer (empty for dense models)
+  std::vector<double> index_recall;  // per MSA layer (empty for dense models): mass kept
+  std::vector<double> block_recall;  // per MSA layer (empty for dense models): the paper's metric
 };
 
 // Samples first_sample .. first_sample + samples - 1 of `task`, in batches of `batch`.
-// recall_stride > 0 also measures index recall (every recall_stride-th query position).
+// recall_stride > 0 also measures index and block recall (every recall_stride-th query
+// position); they are measured on the selection in either mode.
 RetrievalResult evaluate_retrieval(Transformer& model, const SyntheticConfig& task, int64_t samples,
                                    int64_t batch, MsaMode mode, int64_t recall_stride,
                                    uint64_t first_sample = 0);

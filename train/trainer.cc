@@ -9,6 +9,11 @@
 
 namespace msa {
 
+MsaMode msa_mode_at(const TrainerConfig& config, int64_t step) {
+  return step <= config.index_warmup_steps + config.dense_attention_steps ? MsaMode::kDenseWarmup
+                                                                          : MsaMode::kSparse;
+}
+
 Trainer::Trainer(Transformer& model, AdamW& optimizer, BatchSource& data,
                  const TrainerConfig& config)
     : model_(model), optimizer_(optimizer), data_(data), config_(config) {}
@@ -18,15 +23,16 @@ StepMetrics Trainer::train_step(int64_t step) {
   StepMetrics m;
   m.step = step;
   m.warmup = step <= config_.index_warmup_steps;
-  const bool dense_phase = step <= config_.index_warmup_steps + config_.dense_attention_steps;
   ForwardOptions options;
-  options.msa_mode = dense_phase ? MsaMode::kDenseWarmup : MsaMode::kSparse;
+  options.msa_mode = msa_mode_at(config_, step);
+  m.dense_attention = options.msa_mode == MsaMode::kDenseWarmup;
   options.for_backward = true;
   const bool measure_recall = config_.recall_every > 0 && step % config_.recall_every == 0;
 
   // The step's loss is the mean over every target token of the global batch (all micro-batches
-  // of all data-parallel ranks), and the index loss the mean over its sequences: each
-  // micro-batch's gradient is scaled by its share, so summing over ranks gives the global mean.
+  // of all data-parallel ranks), and each layer's index loss the mean over its rows, i.e. over
+  // its sequences (every sequence has T * G rows): each micro-batch's gradient is scaled by its
+  // share, so summing over ranks gives the global mean.
   std::vector<Batch> batches;
   int64_t local_targets = 0, local_sequences = 0;
   for (int micro = 0; micro < config_.grad_accum; ++micro) {
@@ -61,6 +67,7 @@ StepMetrics Trainer::train_step(int64_t step) {
     lm_sum += r.lm_loss * lm_share;
     index_sum += r.index_loss * index_share;
     if (!r.index_recall.empty()) m.index_recall = r.index_recall;
+    if (!r.block_recall.empty()) m.block_recall = r.block_recall;
     m.tokens += b.tokens.numel();
   }
   if (dp) {
@@ -86,14 +93,20 @@ std::string Trainer::format_metrics(const StepMetrics& m) const {
   std::string s = absl::StrFormat("step %*d/%d | loss %.4f", 5, m.step, config_.steps, m.loss);
   if (model_.config().any_msa())
     s += absl::StrFormat(" (lm %.4f, index %.4f)", m.lm_loss, m.index_loss);
-  if (!m.index_recall.empty()) {
-    s += " | recall " + absl::StrJoin(m.index_recall, ",", [](std::string* out, double r) {
-           absl::StrAppend(out, absl::StrFormat("%.3f", r));
-         });
-  }
+  auto per_layer = [](const std::vector<double>& v) {
+    return absl::StrJoin(v, ",", [](std::string* out, double r) {
+      absl::StrAppend(out, absl::StrFormat("%.3f", r));
+    });
+  };
+  // Index recall (attention mass kept, the headline) and the paper's block recall, per layer.
+  if (!m.index_recall.empty()) s += " | recall " + per_layer(m.index_recall);
+  if (!m.block_recall.empty()) s += " | block recall " + per_layer(m.block_recall);
   s += absl::StrFormat(" | grad_norm %.3f | lr %.3g | %.0f tok/s", m.grad_norm, m.lr,
                        m.seconds > 0 ? m.tokens / m.seconds : 0.0);
-  if (m.warmup) s += " | index warm-up";
+  if (m.warmup)
+    s += " | index warm-up (dense attention, backbone frozen)";
+  else if (m.dense_attention && model_.config().any_msa())
+    s += " | index warm-up (dense attention)";
   return s;
 }
 

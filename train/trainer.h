@@ -1,6 +1,13 @@
-// The training loop: micro-batches with gradient accumulation, the index warm-up phase, AdamW
-// with clipping and the LR schedule, periodic logging of step, losses, index recall, grad norm,
-// lr and tokens/s.
+// The training loop: micro-batches with gradient accumulation, the index warm-up phases, AdamW
+// with clipping and the LR schedule, periodic logging of step, losses, index and block recall,
+// grad norm, lr and tokens/s.
+//
+// Phases of a run with MSA layers (DESIGN.md section 4, "Recipes"), by 1-based step:
+//   1 .. index_warmup_steps                      dense attention, backbone frozen, only W_IQ /
+//                                                W_IK train (KL over every causal token)
+//   .. + dense_attention_steps                   dense attention, everything trains (L_LM +
+//                                                lambda * full-support KL): the paper's warm-up
+//   the rest                                     sparse attention, L_LM + lambda * sparse KL
 #pragma once
 
 #include <cstdint>
@@ -17,16 +24,18 @@
 namespace msa {
 
 struct TrainerConfig {
-  int64_t steps = 100;             // total optimizer steps (the run ends after this step)
-  int grad_accum = 1;              // micro-batches per step
-  int64_t index_warmup_steps = 0;  // first steps: MSA layers dense, only the index branch trains
-  // Then: MSA layers still attend densely but everything trains (LM loss through dense attention,
-  // index branch on the dense-target loss), before sparse training. Lets a model trained from
-  // scratch learn where to look before the selector decides what it may see.
+  int64_t steps = 100;  // total optimizer steps (the run ends after this step)
+  int grad_accum = 1;   // micro-batches per step
+  // First steps: MSA layers attend densely, the backbone is frozen and only the index branch
+  // trains (an option for converted dense models: their outputs stay bit-identical).
+  int64_t index_warmup_steps = 0;
+  // Then: MSA layers still attend densely and everything trains (LM loss through dense attention,
+  // index branch on the full-support KL), before sparse training: the selector learns where the
+  // attention looks before it decides what the attention may see.
   int64_t dense_attention_steps = 0;
   LrSchedule lr;
   int log_every = 10;
-  int recall_every = 0;  // measure index recall every N steps (0: never)
+  int recall_every = 0;  // measure index and block recall every N steps (0: never)
   int64_t recall_query_stride = 16;
   bool quiet = false;  // no log lines (tests)
   // Data parallelism: the group whose ranks each train on their share of the global batch
@@ -38,11 +47,16 @@ struct StepMetrics {
   int64_t step = 0;
   double loss = 0, lm_loss = 0, index_loss = 0;
   std::vector<double> index_recall;  // per MSA layer, on steps where it was measured
+  std::vector<double> block_recall;  // per MSA layer, on the same steps
   double grad_norm = 0, lr = 0;
   int64_t tokens = 0;
   double seconds = 0;
-  bool warmup = false;
+  bool warmup = false;           // index warm-up with the backbone frozen
+  bool dense_attention = false;  // MSA layers attended densely (either warm-up phase)
 };
+
+// How MSA layers run at 1-based `step` (dense in both warm-up phases, then sparse).
+MsaMode msa_mode_at(const TrainerConfig& config, int64_t step);
 
 class Trainer {
  public:

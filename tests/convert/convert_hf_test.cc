@@ -1,7 +1,9 @@
 // Hugging Face -> MSA conversion: tiny Llama / Qwen2 / Qwen3 checkpoints written with real HF
 // names are converted by the msa-convert program; the converted model (attention forced dense)
 // reproduces our dense model built from the same weights bit for bit; --export_hf gives back the
-// same bytes; the index warm-up leaves the model's outputs unchanged while the index recall rises.
+// same bytes; the converted model gets random W_IQ [G d_I, D] and W_IK [d_I, D]; the index warm-up
+// (dense attention, the backbone training as the dense model would; or with the backbone frozen,
+// outputs unchanged) raises the index recall.
 #include <sys/wait.h>
 
 #include <cstdio>
@@ -182,6 +184,15 @@ void check_conversion(const Hf& hf, const std::string& name) {
   ASSERT_TRUE(ckpt.ok()) << ckpt.status();
   EXPECT_TRUE(ckpt->config.any_msa());
   EXPECT_EQ(ckpt->config.layer_kind(1), AttentionKind::kMsa);
+  // One index query head per KV group, one index key head shared by the groups; random.
+  for (int l = 0; l < kLayers; ++l) {
+    const std::string p = "layers." + std::to_string(l) + ".attn.";
+    EXPECT_EQ(ckpt->params.at(p + "index_wq.weight").shape(), (Shape{kG * 4, kD}));
+    EXPECT_EQ(ckpt->params.at(p + "index_wk.weight").shape(), (Shape{4, kD}));
+    double sq = 0;
+    for (double x : ckpt->params.at(p + "index_wk.weight").to_double_vector()) sq += x * x;
+    EXPECT_NEAR(sq / (4 * kD), 1.0 / kD, 0.5 / kD) << "W_IK is not N(0, 1/D)";
+  }
 
   Transformer converted = load_model(*ckpt);
   Transformer dense = reference_dense_model(hf, w);
@@ -236,28 +247,108 @@ TEST(ConvertHfTest, Qwen3WithQkNorm) {
   check_conversion({"Qwen3ForCausalLM", false, true}, "qwen3");
 }
 
-TEST(ConvertHfTest, IndexWarmupKeepsOutputsBitIdenticalAndRaisesRecall) {
-  const std::string dir = fresh_dir("warmup");
-  const std::map<std::string, Tensor> w = write_hf(dir, {"LlamaForCausalLM"}, 200);
-  auto [rc, log] = run("--hf_dir=" + dir + " --output=" + dir +
-                       "/msa.h5 --msa_block_size=4 --msa_topk=3 --msa_index_dim=8");
+TEST(ConvertHfTest, DefaultIndexDimIsThePapers) {
+  const std::string dir = fresh_dir("default_dim");
+  write_hf(dir, {"LlamaForCausalLM"}, 300);
+  auto [rc, log] = run("--hf_dir=" + dir + " --output=" + dir + "/msa.h5");
   ASSERT_EQ(rc, 0) << log;
   auto ckpt = load_checkpoint(dir + "/msa.h5", true);
-  ASSERT_TRUE(ckpt.ok());
-  Transformer model = load_model(*ckpt);
-  Transformer dense = reference_dense_model({"LlamaForCausalLM"}, w);
-  AdamW optimizer(model.params(), OptimizerConfig{});
-  auto data = make_repeating_source(kV, 4, 64, 29, 3);
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+  EXPECT_EQ(ckpt->config.msa.index_dim, 128);
+  EXPECT_EQ(ckpt->config.msa.block_size, 128);
+  EXPECT_EQ(ckpt->config.msa.topk, 16);
+  EXPECT_EQ(ckpt->params.at("layers.0.attn.index_wq.weight").shape(), (Shape{kG * 128, kD}));
+  EXPECT_EQ(ckpt->params.at("layers.0.attn.index_wk.weight").shape(), (Shape{128, kD}));
+}
+
+// A tiny Llama (HF tensors `hf`) converted by msa-convert to MSA with B 4, k 3, d_I 8 (`ckpt`).
+struct ConvertedLlama {
+  std::map<std::string, Tensor> hf;
+  Checkpoint ckpt;
+};
+ConvertedLlama convert_tiny_llama(const std::string& name) {
+  const std::string dir = fresh_dir(name);
+  ConvertedLlama c;
+  c.hf = write_hf(dir, {"LlamaForCausalLM"}, 200);
+  auto [rc, log] = run("--hf_dir=" + dir + " --output=" + dir +
+                       "/msa.h5 --msa_block_size=4 --msa_topk=3 --msa_index_dim=8");
+  EXPECT_EQ(rc, 0) << log;
+  auto ckpt = load_checkpoint(dir + "/msa.h5", true);
+  EXPECT_TRUE(ckpt.ok()) << ckpt.status();
+  if (ckpt.ok()) c.ckpt = *std::move(ckpt);
+  return c;
+}
+
+// The warm-up tests' schedule: `steps` steps from max_lr (5 warm-up steps) down to max_lr / 10,
+// recall measured at every step and query.
+TrainerConfig warmup_schedule(int64_t steps, double max_lr) {
   TrainerConfig tc;
-  tc.steps = 60;
-  tc.index_warmup_steps = 60;
-  tc.lr.max_lr = 1e-2;
-  tc.lr.min_lr = 1e-3;
+  tc.steps = steps;
+  tc.lr.max_lr = max_lr;
+  tc.lr.min_lr = max_lr / 10;
   tc.lr.warmup_steps = 5;
-  tc.lr.total_steps = 60;
+  tc.lr.total_steps = steps;
   tc.recall_every = 1;
   tc.recall_query_stride = 1;
   tc.quiet = true;
+  return tc;
+}
+
+// Mean index recall of the MSA layers in `m` (which must have measured it).
+double mean_recall(const StepMetrics& m) {
+  EXPECT_EQ(m.index_recall.size(), 2u);
+  EXPECT_EQ(m.block_recall.size(), 2u);
+  return (m.index_recall[0] + m.index_recall[1]) / 2;
+}
+
+// The convert recipe's default warm-up: attention stays dense and the backbone trains on L_LM
+// exactly as the dense model would (the KL's gradient reaches only W_IQ / W_IK), while the index
+// learns the model's attention.
+TEST(ConvertHfTest, DenseAttentionWarmupTrainsTheBackboneAsDenseAndRaisesRecall) {
+  const ConvertedLlama c = convert_tiny_llama("dense_warmup");
+  ASSERT_FALSE(c.ckpt.params.empty());
+  Transformer model = load_model(c.ckpt);
+  Transformer dense = reference_dense_model({"LlamaForCausalLM"}, c.hf);
+  OptimizerConfig oc;
+  oc.grad_clip = 0;  // clipping by the global norm would couple the backbone to W_IQ / W_IK
+  AdamW optimizer(model.params(), oc), dense_optimizer(dense.params(), oc);
+  auto data = make_repeating_source(kV, 4, 64, 29, 3);
+  TrainerConfig tc = warmup_schedule(40, 3e-3);
+  tc.dense_attention_steps = 40;
+  TrainerConfig dense_tc = tc;
+  dense_tc.recall_every = 0;
+  Trainer trainer(model, optimizer, *data, tc),
+      dense_trainer(dense, dense_optimizer, *data, dense_tc);
+  std::vector<double> recall;
+  for (int64_t step = 1; step <= 40; ++step) {
+    const StepMetrics m = trainer.train_step(step);
+    const StepMetrics ref = dense_trainer.train_step(step);
+    ASSERT_TRUE(m.dense_attention);
+    ASSERT_EQ(m.lm_loss, ref.lm_loss) << "step " << step;
+    EXPECT_GT(m.index_loss, 0.0);
+    recall.push_back(mean_recall(m));
+  }
+  for (const Parameter& p : dense.params().all())
+    ASSERT_EQ(model.params().at(p.spec.name).value.to_double_vector(), p.value.to_double_vector())
+        << p.spec.name << " trained differently from the dense model";
+  const double first = (recall[0] + recall[1] + recall[2]) / 3,
+               last = (recall[37] + recall[38] + recall[39]) / 3;
+  std::printf(
+      "index recall during the dense-attention warm-up: %.3f (steps 1-3) -> %.3f "
+      "(steps 38-40)\n",
+      first, last);
+  EXPECT_GT(last, first + 0.02);
+}
+
+TEST(ConvertHfTest, IndexWarmupKeepsOutputsBitIdenticalAndRaisesRecall) {
+  const ConvertedLlama c = convert_tiny_llama("warmup");
+  ASSERT_FALSE(c.ckpt.params.empty());
+  Transformer model = load_model(c.ckpt);
+  Transformer dense = reference_dense_model({"LlamaForCausalLM"}, c.hf);
+  AdamW optimizer(model.params(), OptimizerConfig{});
+  auto data = make_repeating_source(kV, 4, 64, 29, 3);
+  TrainerConfig tc = warmup_schedule(60, 1e-2);
+  tc.index_warmup_steps = 60;
   Trainer trainer(model, optimizer, *data, tc);
   std::vector<double> recall;
   for (int64_t step = 1; step <= 60; ++step) {
@@ -267,10 +358,9 @@ TEST(ConvertHfTest, IndexWarmupKeepsOutputsBitIdenticalAndRaisesRecall) {
     plain.for_backward = false;
     const ForwardResult ref = dense.forward(b.tokens, b.targets, plain);
     ASSERT_EQ(m.lm_loss, ref.lm_loss) << "step " << step << ": the warm-up changed the LM loss";
-    ASSERT_EQ(m.index_recall.size(), 2u);
-    recall.push_back((m.index_recall[0] + m.index_recall[1]) / 2);
+    recall.push_back(mean_recall(m));
   }
-  for (const auto& [name, t] : ckpt->params) {
+  for (const auto& [name, t] : c.ckpt.params) {
     if (name.find("index_w") != std::string::npos) continue;
     ASSERT_EQ(model.params().at(name).value.to_double_vector(), t.to_double_vector())
         << name << " changed during the warm-up";

@@ -1,8 +1,9 @@
 // msa-train's command line: --help documents every flag with its default, and bad flags or
 // configs exit non-zero with a one-line message naming the flag.
+#include <sys/wait.h>
+
 #include <cstdio>
 #include <string>
-#include <sys/wait.h>
 
 #include "gtest/gtest.h"
 
@@ -26,13 +27,67 @@ CommandResult run_msa_train(const std::string& args) {
 
 TEST(MsaTrainCliTest, HelpListsEveryFlagWithDefault) {
   CommandResult r = run_msa_train("--help");
-  for (const char* flag :
-       {"vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "ffn_dim",
-        "attention", "msa_block_size", "msa_topk", "msa_index_dim", "msa_index_loss_weight",
-        "steps", "batch_size", "seq_len", "lr", "seed", "device", "data", "index_warmup_steps"}) {
+  for (const char* flag : {"vocab_size",
+                           "d_model",
+                           "n_layers",
+                           "n_heads",
+                           "n_kv_heads",
+                           "head_dim",
+                           "ffn_dim",
+                           "attention",
+                           "msa_block_size",
+                           "msa_topk",
+                           "msa_index_dim",
+                           "msa_index_loss_weight",
+                           "steps",
+                           "batch_size",
+                           "seq_len",
+                           "lr",
+                           "seed",
+                           "device",
+                           "data",
+                           "index_warmup_steps",
+                           "dense_attention_fraction",
+                           "dense_attention_steps",
+                           "recall_every"}) {
     EXPECT_NE(r.output.find(std::string("-") + flag + " ("), std::string::npos) << flag;
   }
   EXPECT_NE(r.output.find("default: \"msa\""), std::string::npos);
+  // The index warm-up is on by default, as a fraction of --steps, and --help says so.
+  EXPECT_NE(r.output.find("Index warm-up, on by default"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("default: 0.02"), std::string::npos);
+}
+
+TEST(MsaTrainCliTest, DefaultRunWarmsTheIndexUpWithDenseAttentionThenGoesSparse) {
+  // 10 steps * 0.2 = steps 1..2 dense attention (the index warm-up), then sparse; the recall line
+  // carries the index recall and the block recall of the MSA layer.
+  CommandResult r = run_msa_train(
+      "--device=cpu --vocab_size=96 --d_model=32 --n_layers=2 --n_heads=4 --n_kv_heads=2 "
+      "--head_dim=8 --ffn_dim=64 --attention=msa,dense --msa_block_size=8 --msa_topk=2 "
+      "--msa_index_dim=8 --seq_len=48 --batch_size=2 --data=synthetic:kv-recall --steps=10 "
+      "--dense_attention_fraction=0.2 --log_every=1 --recall_every=2 --recall_stride=4");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("steps 1..2 index warm-up (dense attention, everything trains), "
+                          "steps 3..10 sparse attention"),
+            std::string::npos)
+      << r.output;
+  auto line_of = [&](int step) {
+    const size_t at = r.output.find("step " + std::string(step < 10 ? "    " : "   ") +
+                                    std::to_string(step) + "/10");
+    EXPECT_NE(at, std::string::npos) << step << "\n" << r.output;
+    return at == std::string::npos ? std::string()
+                                   : r.output.substr(at, r.output.find('\n', at) - at);
+  };
+  EXPECT_NE(line_of(2).find("index warm-up (dense attention)"), std::string::npos) << line_of(2);
+  EXPECT_EQ(line_of(3).find("warm-up"), std::string::npos) << line_of(3);
+  EXPECT_NE(line_of(4).find("| recall "), std::string::npos) << line_of(4);
+  EXPECT_NE(line_of(4).find("| block recall "), std::string::npos) << line_of(4);
+}
+
+TEST(MsaTrainCliTest, BadWarmupFractionNamesTheFlag) {
+  CommandResult r = run_msa_train("--dense_attention_fraction=1.5 --steps=1 --device=cpu");
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.output.find("invalid --dense_attention_fraction"), std::string::npos) << r.output;
 }
 
 TEST(MsaTrainCliTest, UnknownFlagFailsNamingIt) {

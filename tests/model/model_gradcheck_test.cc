@@ -1,5 +1,6 @@
 // Whole-model backward against central finite differences in float64, on tiny configs, for a
-// sample of the entries of every parameter.
+// sample of the entries of every parameter; for MSA layers through the index branch too (W_IQ
+// [G d_I, D], the shared W_IK [d_I, D], token-level KL in sparse and warm-up modes).
 #include <algorithm>
 #include <cmath>
 #include <functional>
@@ -137,6 +138,36 @@ TEST(ModelGradcheckTest, MsaIndexBranchGradientIsWeightedIndexLossGradient) {
   random_batch(c, 2, 11, 10, tokens, targets);
   check_all_params(model, tokens, targets, ForwardOptions{}, /*lm_only=*/false, 6,
                    [](const ParamSpec& s) { return s.index_branch; });
+}
+
+TEST(ModelGradcheckTest, TwoMsaLayersIndexGradientIsLambdaTimesTheSumOfLayerLosses) {
+  // Both layers MSA: total_loss = lm + lambda * (KL_0 + KL_1); W_IQ / W_IK of each layer (the
+  // shared index key head included) get exactly their layer's lambda * d KL_l.
+  ModelConfig c = tiny_msa_config();
+  c.attention = {AttentionKind::kMsa, AttentionKind::kMsa};
+  c.msa.index_loss_weight = 1.3;
+  Transformer model(c, DType::kF64, Device::kCPU);
+  randomize(model, 6);
+  Tensor tokens, targets;
+  random_batch(c, 2, 9, 12, tokens, targets);
+  for (MsaMode mode : {MsaMode::kSparse, MsaMode::kDenseWarmup}) {
+    ForwardOptions options;
+    options.msa_mode = mode;
+    check_all_params(model, tokens, targets, options, /*lm_only=*/false, 6,
+                     [](const ParamSpec& s) { return s.index_branch; });
+  }
+}
+
+TEST(ModelGradcheckTest, WarmupBackboneGradientIsLmLossGradientThroughDenseAttention) {
+  ModelConfig c = tiny_msa_config();
+  Transformer model(c, DType::kF64, Device::kCPU);
+  randomize(model, 7);
+  Tensor tokens, targets;
+  random_batch(c, 2, 9, 13, tokens, targets);
+  ForwardOptions options;
+  options.msa_mode = MsaMode::kDenseWarmup;
+  check_all_params(model, tokens, targets, options, /*lm_only=*/true, 3,
+                   [](const ParamSpec& s) { return !s.index_branch; });
 }
 
 TEST(ModelGradcheckTest, IndexWarmupTrainsIndexBranchOnDenseTargetLoss) {

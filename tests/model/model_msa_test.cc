@@ -1,5 +1,8 @@
-// How the MSA index branch is wired into the model: gradients reach only where they should, and
-// the index warm-up leaves the model's outputs unchanged.
+// How the MSA index branch is wired into the model (DESIGN.md section 4): its parameters' shapes,
+// gradients reach only where they should, the loss sums the layers' KL, and the index warm-up
+// leaves the model's outputs unchanged.
+#include <cmath>
+
 #include "core/rng.h"
 #include "gtest/gtest.h"
 #include "model/transformer.h"
@@ -18,7 +21,7 @@ ModelConfig msa_config() {
   c.ffn_dim = 24;
   c.attention = {AttentionKind::kMsa, AttentionKind::kMsa};
   c.msa.block_size = 4;
-  c.msa.topk = 3;  // two non-local blocks: the sparse index loss needs |S'| >= 2
+  c.msa.topk = 3;  // 24 tokens = 6 blocks: queries past block 2 attend to 3 of them
   c.msa.index_dim = 4;
   return c;
 }
@@ -45,6 +48,123 @@ std::vector<std::vector<double>> grads_after_step(const ModelConfig& c, bool bac
   std::vector<std::vector<double>> grads;
   for (const Parameter& p : model.params().all()) grads.push_back(p.grad.to_double_vector());
   return grads;
+}
+
+TEST(ModelMsaTest, IndexQueryHeadPerGroupAndOneSharedIndexKeyHead) {
+  const ModelConfig c = msa_config();
+  int found = 0;
+  for (const ParamSpec& s : model_param_specs(c)) {
+    if (s.name.find("index_wq") != std::string::npos) {
+      EXPECT_EQ(s.shape, (Shape{c.n_kv_heads * c.msa.index_dim, c.d_model})) << s.name;
+      EXPECT_EQ(s.tp_split, TpSplit::kRows) << s.name;  // each tp rank: its groups' heads
+      EXPECT_TRUE(s.index_branch);
+      ++found;
+    }
+    if (s.name.find("index_wk") != std::string::npos) {
+      EXPECT_EQ(s.shape, (Shape{c.msa.index_dim, c.d_model})) << s.name;
+      EXPECT_EQ(s.tp_split, TpSplit::kReplicated) << s.name;  // shared by every group
+      EXPECT_TRUE(s.index_branch);
+      ++found;
+    }
+  }
+  EXPECT_EQ(found, 4);
+}
+
+TEST(ModelMsaTest, DefaultIndexDimIsThePapers) { EXPECT_EQ(MsaConfig{}.index_dim, 128); }
+
+TEST(ModelMsaTest, LossIsLmPlusLambdaTimesTheSumOfTheLayersKl) {
+  ModelConfig c = msa_config();
+  c.msa.index_loss_weight = 0.3;
+  Transformer model(c, DType::kF64, Device::kCPU);
+  model.params().initialize(8);
+  Tensor tokens, targets;
+  make_batch(c, tokens, targets);
+  for (MsaMode mode : {MsaMode::kSparse, MsaMode::kDenseWarmup}) {
+    ForwardOptions options;
+    options.msa_mode = mode;
+    const ForwardResult r = model.forward(tokens, targets, options);
+    ASSERT_EQ(r.layer_index_loss.size(), 2u);
+    EXPECT_GT(r.layer_index_loss[0], 0.0);
+    EXPECT_GT(r.layer_index_loss[1], 0.0);
+    EXPECT_NE(r.layer_index_loss[0], r.layer_index_loss[1]);
+    EXPECT_DOUBLE_EQ(r.index_loss, r.layer_index_loss[0] + r.layer_index_loss[1]);
+    EXPECT_DOUBLE_EQ(r.total_loss, r.lm_loss + 0.3 * r.index_loss);
+  }
+}
+
+TEST(ModelMsaTest, IndexBranchGradientScalesWithLambdaNotWithTheLayerCount) {
+  // d L / d W_IQ of layer 0 is lambda * d L_KL(0) / d W_IQ: the same whether the model has one or
+  // two MSA layers (a mean over layers would halve it).
+  ModelConfig one = msa_config(), two = msa_config();
+  one.attention = {AttentionKind::kMsa, AttentionKind::kDense};
+  Transformer a(one, DType::kF64, Device::kCPU), b(two, DType::kF64, Device::kCPU);
+  a.params().initialize(6);
+  b.params().initialize(6);
+  Tensor tokens, targets;
+  make_batch(one, tokens, targets);
+  a.forward(tokens, targets, ForwardOptions{});
+  a.backward(1.0);
+  b.forward(tokens, targets, ForwardOptions{});
+  b.backward(1.0);
+  for (const char* name : {"layers.0.attn.index_wq.weight", "layers.0.attn.index_wk.weight"}) {
+    const auto x = a.params().at(name).grad.to_double_vector();
+    const auto y = b.params().at(name).grad.to_double_vector();
+    double nx = 0, diff = 0;
+    for (size_t i = 0; i < x.size(); ++i) {
+      nx += x[i] * x[i];
+      diff += (x[i] - y[i]) * (x[i] - y[i]);
+    }
+    EXPECT_GT(nx, 0.0) << name;
+    EXPECT_LT(std::sqrt(diff), 1e-12 * std::sqrt(nx)) << name;
+  }
+}
+
+TEST(ModelMsaTest, WithEveryBlockSelectedSparseEqualsDenseWarmup) {
+  // k >= n_b: the selection is every causal block, so sparse attention is dense attention and the
+  // sparse KL (over the selected tokens) is the dense-target KL (over every causal token).
+  ModelConfig c = msa_config();
+  c.msa.topk = 6;  // 24 tokens / B 4
+  Transformer model(c, DType::kF64, Device::kCPU);
+  model.params().initialize(12);
+  Tensor tokens, targets;
+  make_batch(c, tokens, targets);
+  ForwardOptions sparse, warm;
+  warm.msa_mode = MsaMode::kDenseWarmup;
+  const ForwardResult s = model.forward(tokens, targets, sparse);
+  const ForwardResult w = model.forward(tokens, targets, warm);
+  EXPECT_NEAR(s.lm_loss, w.lm_loss, 1e-12 * w.lm_loss);
+  ASSERT_EQ(s.layer_index_loss.size(), 2u);
+  for (int l = 0; l < 2; ++l)
+    EXPECT_NEAR(s.layer_index_loss[l], w.layer_index_loss[l], 1e-10 * w.layer_index_loss[l]);
+}
+
+TEST(ModelMsaTest, RecallsAreMeasuredPerLayerInBothModes) {
+  const ModelConfig c = msa_config();
+  Transformer model(c, DType::kF32, Device::kCPU);
+  model.params().initialize(13);
+  Tensor tokens, targets;
+  make_batch(c, tokens, targets);
+  for (MsaMode mode : {MsaMode::kSparse, MsaMode::kDenseWarmup}) {
+    ForwardOptions options;
+    options.msa_mode = mode;
+    options.for_backward = false;
+    options.recall_query_stride = 1;
+    const ForwardResult r = model.forward(tokens, targets, options);
+    ASSERT_EQ(r.index_recall.size(), 2u);
+    ASSERT_EQ(r.block_recall.size(), 2u);
+    for (int l = 0; l < 2; ++l) {
+      // Queries in the first k blocks see everything: both recalls are well above 0, at most 1.
+      EXPECT_GT(r.index_recall[l], 0.3) << l;
+      EXPECT_LE(r.index_recall[l], 1.0 + 1e-6) << l;
+      EXPECT_GT(r.block_recall[l], 0.3) << l;
+      EXPECT_LE(r.block_recall[l], 1.0 + 1e-12) << l;
+    }
+  }
+  ForwardOptions plain;
+  plain.for_backward = false;
+  const ForwardResult none = model.forward(tokens, targets, plain);
+  EXPECT_TRUE(none.index_recall.empty());
+  EXPECT_TRUE(none.block_recall.empty());
 }
 
 TEST(ModelMsaTest, IndexLossDoesNotChangeBackboneGradients) {
@@ -78,7 +198,8 @@ TEST(ModelMsaTest, IndexWarmupKeepsDenseOutputsBitForBit) {
   msa_model.params().initialize(5);
   dense_model.params().initialize(5);  // per-name RNG streams: the shared weights are identical
   for (Parameter& p : dense_model.params().all())
-    ASSERT_EQ(p.value.to_double_vector(), msa_model.params().at(p.spec.name).value.to_double_vector());
+    ASSERT_EQ(p.value.to_double_vector(),
+              msa_model.params().at(p.spec.name).value.to_double_vector());
   Tensor tokens, targets;
   make_batch(msa, tokens, targets);
   ForwardOptions warm;
@@ -96,14 +217,16 @@ TEST(ModelMsaTest, WarmupBackwardTouchesOnlyTheIndexBranch) {
   for (size_t i = 0; i < specs.size(); ++i) {
     double norm = 0;
     for (double x : g[i]) norm += x * x;
-    if (specs[i].index_branch) EXPECT_GT(norm, 0.0) << specs[i].name;
-    else EXPECT_EQ(norm, 0.0) << specs[i].name;
+    if (specs[i].index_branch)
+      EXPECT_GT(norm, 0.0) << specs[i].name;
+    else
+      EXPECT_EQ(norm, 0.0) << specs[i].name;
   }
 }
 
 TEST(ModelMsaTest, FutureTokensDoNotChangeEarlierLogits) {
-  // Causality through the whole MSA model (pooling, top-k, sparse attention, every layer): tokens
-  // after position t change no logit at or before t.
+  // Causality through the whole MSA model (max-pooled scores, top-k, sparse attention, every
+  // layer): tokens after position t change no logit at or before t.
   ModelConfig c = msa_config();
   Transformer model(c, DType::kF32, Device::kCPU);
   model.params().initialize(11);

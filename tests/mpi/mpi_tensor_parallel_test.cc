@@ -1,6 +1,7 @@
 // Tensor parallelism (and tensor x data parallelism) over MPI, run under mpirun -np 2 and -np 4:
 // every layout that the world size allows (np 2: tp 2; np 4: dp 2 x tp 2) trains exactly like one
-// rank with the same global batch, with and without ZeRO-1, for a dense and an MSA model;
+// rank with the same global batch, with and without ZeRO-1, for a dense and an MSA model (whose
+// gradients, the replicated shared index key W_IK's included, match one rank's in every phase);
 // checkpoints move between tp sizes; bad layouts and mismatched flags fail with clear errors.
 #include <mpi.h>
 
@@ -127,6 +128,82 @@ TEST(MpiTensorParallelTest, ForwardLogitsAndIndexLossMatchOneRank) {
   double worst = 0;
   for (size_t i = 0; i < x.size(); ++i) worst = std::max(worst, std::abs(x[i] - y[i]));
   EXPECT_LT(worst, 1e-5);
+}
+
+// The gradients themselves (Adam's first step is nearly sign(g), so matching parameters would not
+// catch a gradient off by a constant factor): in every phase each tensor's full gradient, the
+// shared index key head W_IK (replicated, its gradient summed over tp) included, equals one rank's
+// with the global batch, and the step's losses and gradient norm too.
+TEST(MpiTensorParallelTest, GradientsMatchOneRankInEveryPhaseIncludingTheSharedIndexKey) {
+  const ProcessGroups groups = groups_or_die(kTp);
+  const ModelConfig c = tiny(Variant::kMsa);
+  for (test::Phase phase :
+       {test::Phase::kSparse, test::Phase::kDenseAttention, test::Phase::kFrozenBackboneWarmup}) {
+    const test::StepGradients single = test::step_gradients(c, nullptr, 2 * groups.dp_size, phase);
+    const test::StepGradients parallel = test::step_gradients(c, &groups, 2, phase);
+    const char* what = test::phase_name(phase);
+    std::string worst;
+    EXPECT_LT(max_rel_diff(parallel.grads, single.grads, &worst), 1e-5)
+        << what << ": worst " << worst << ", " << groups.describe();
+    for (int l = 0; l < c.n_layers; ++l) {
+      for (const char* p : {"index_wq", "index_wk"}) {
+        const std::string name = "layers." + std::to_string(l) + ".attn." + p + ".weight";
+        const std::map<std::string, Tensor> a{{name, parallel.grads.at(name)}},
+            b{{name, single.grads.at(name)}};
+        double norm = 0;
+        for (double g : single.grads.at(name).to_double_vector()) norm += g * g;
+        EXPECT_GT(norm, 0.0) << name << " (" << what << ")";
+        EXPECT_LT(max_rel_diff(a, b), 1e-5) << name << " (" << what << ")";
+      }
+    }
+    EXPECT_NEAR(parallel.metrics.loss, single.metrics.loss, 1e-5 * single.metrics.loss) << what;
+    EXPECT_NEAR(parallel.metrics.index_loss, single.metrics.index_loss,
+                1e-5 * single.metrics.index_loss)
+        << what;
+    EXPECT_NEAR(parallel.metrics.grad_norm, single.metrics.grad_norm,
+                1e-5 * single.metrics.grad_norm)
+        << what;
+  }
+}
+
+// Replicated parameters (norms, W_IK) get the same summed gradient and the same update on every
+// tp rank, so they stay bit-identical across the ranks of a replica for a whole run.
+TEST(MpiTensorParallelTest, ReplicatedParametersStayIdenticalAcrossTensorParallelRanks) {
+  const ProcessGroups groups = groups_or_die(kTp);
+  const ModelConfig c = tiny(Variant::kMsa);
+  const TensorParallel tp = tensor_parallel_of(groups.tp.get());
+  Transformer model(c, DType::kF32, Device::kCPU, tp);
+  model.params().initialize(3, tp.rank, tp.size);
+  OptimizerConfig oc;
+  oc.dp = groups.dp.get();
+  oc.tp = groups.tp.get();
+  AdamW optimizer(model.params(), oc);
+  auto data = make_synthetic_source("kv-recall", c.vocab_size, 2, 48, 3, -1, 11,
+                                    DataLayout{1, groups.dp_rank, groups.dp_size}, false);
+  ASSERT_TRUE(data.ok());
+  TrainerConfig tc;
+  tc.steps = 8;
+  tc.lr.max_lr = 3e-3;
+  tc.lr.total_steps = 8;
+  tc.quiet = true;
+  tc.dp = groups.dp.get();
+  tc.index_warmup_steps = 2;
+  tc.dense_attention_steps = 2;
+  Trainer trainer(model, optimizer, **data, tc);
+  ASSERT_TRUE(trainer.run(1).ok());
+  int checked = 0;
+  for (const Parameter& p : model.params().all()) {
+    if (p.spec.tp_split != TpSplit::kReplicated) continue;
+    const int64_t n = p.value.numel();
+    Tensor all = Tensor::empty({tp.size * n}, p.value.dtype());
+    groups.tp->all_gather(p.value.view({n}).clone(), all);
+    const std::vector<double> v = all.to_double_vector();
+    for (int r = 1; r < tp.size; ++r)
+      for (int64_t i = 0; i < n; ++i)
+        ASSERT_EQ(v[r * n + i], v[i]) << p.spec.name << "[" << i << "] differs on tp rank " << r;
+    checked += p.spec.name.find("index_wk") != std::string::npos;
+  }
+  EXPECT_EQ(checked, 2);
 }
 
 // All three phases: index warm-up (only the index branches train), dense attention, sparse.

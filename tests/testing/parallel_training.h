@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -23,37 +24,67 @@ struct RunResult {
   std::map<std::string, Tensor> params;  // full tensors
 };
 
-// Trains `steps` steps with `batch` sequences per data-parallel rank. groups == nullptr: this
-// rank alone. On Device::kCUDA the model computes in bf16 (f32 masters), as msa-train does.
+// A tiny model, its AdamW and its kv-recall data (48 tokens, 3 facts) on a data x tensor-parallel
+// layout: `batch` sequences per data-parallel rank; groups == nullptr: this rank alone. On
+// Device::kCUDA the model computes in bf16 (f32 masters), as msa-train does.
+struct ParallelSetup {
+  ParallelSetup(const ModelConfig& c, const ProcessGroups* groups, bool zero1, int64_t batch,
+                int steps, int grad_accum, int64_t index_warmup, int64_t dense_steps, Device device,
+                double max_lr)
+      : tp(tensor_parallel_of(groups ? groups->tp.get() : nullptr)),
+        dp(groups ? groups->dp.get() : nullptr),
+        model(c, device == Device::kCUDA ? DType::kBF16 : DType::kF32, device, tp) {
+    model.params().initialize(3, tp.rank, tp.size);
+    optimizer = std::make_unique<AdamW>(model.params(), optimizer_config(zero1));
+    DataLayout layout{grad_accum, dp ? dp->rank() : 0, dp ? dp->size() : 1};
+    auto made =
+        make_synthetic_source("kv-recall", c.vocab_size, batch, 48, 3, -1, 11, layout, false);
+    EXPECT_TRUE(made.ok());
+    data = std::move(*made);
+    config.steps = steps;
+    config.grad_accum = grad_accum;
+    config.lr.max_lr = max_lr;
+    config.lr.min_lr = max_lr / 10;
+    config.lr.warmup_steps = 3;
+    config.lr.total_steps = steps;
+    config.quiet = true;
+    config.dp = dp;
+    config.index_warmup_steps = index_warmup;
+    config.dense_attention_steps = dense_steps;
+  }
+  OptimizerConfig optimizer_config(bool zero1) const {
+    OptimizerConfig oc;
+    oc.dp = dp;
+    oc.tp = tp.enabled() ? tp.comm : nullptr;
+    oc.zero1 = zero1;
+    oc.bucket_bytes = 4096;  // several buckets even for a tiny model
+    return oc;
+  }
+  // This rank's parts of parameter-shaped tensors (by parameter name) as full CPU tensors
+  // (collective over tp).
+  std::map<std::string, Tensor> full(std::map<std::string, Tensor> parts) const {
+    for (auto& [name, t] : parts)
+      t = tp.enabled() ? tp_gather(t, model.params().at(name).spec.tp_split, tp.comm)
+                       : t.to(Device::kCPU);
+    return parts;
+  }
+
+  TensorParallel tp;
+  Communicator* dp;
+  Transformer model;
+  std::unique_ptr<AdamW> optimizer;  // made after the model is initialized (it copies masters)
+  std::unique_ptr<BatchSource> data;
+  TrainerConfig config;
+};
+
+// Trains `steps` steps with `batch` sequences per data-parallel rank (ParallelSetup).
 inline RunResult train(const ModelConfig& c, const ProcessGroups* groups, bool zero1, int64_t batch,
                        int steps, int grad_accum = 1, int64_t index_warmup = 0,
                        int64_t dense_steps = 0, Device device = Device::kCPU,
                        double max_lr = 3e-3) {
-  const TensorParallel tp = tensor_parallel_of(groups ? groups->tp.get() : nullptr);
-  Communicator* dp = groups ? groups->dp.get() : nullptr;
-  Transformer model(c, device == Device::kCUDA ? DType::kBF16 : DType::kF32, device, tp);
-  model.params().initialize(3, tp.rank, tp.size);
-  OptimizerConfig oc;
-  oc.dp = dp;
-  oc.tp = tp.enabled() ? tp.comm : nullptr;
-  oc.zero1 = zero1;
-  oc.bucket_bytes = 4096;  // several buckets even for a tiny model
-  AdamW optimizer(model.params(), oc);
-  DataLayout layout{grad_accum, dp ? dp->rank() : 0, dp ? dp->size() : 1};
-  auto data = make_synthetic_source("kv-recall", c.vocab_size, batch, 48, 3, -1, 11, layout, false);
-  EXPECT_TRUE(data.ok());
-  TrainerConfig tc;
-  tc.steps = steps;
-  tc.grad_accum = grad_accum;
-  tc.lr.max_lr = max_lr;
-  tc.lr.min_lr = max_lr / 10;
-  tc.lr.warmup_steps = 3;
-  tc.lr.total_steps = steps;
-  tc.quiet = true;
-  tc.dp = dp;
-  tc.index_warmup_steps = index_warmup;
-  tc.dense_attention_steps = dense_steps;
-  Trainer trainer(model, optimizer, **data, tc);
+  ParallelSetup setup(c, groups, zero1, batch, steps, grad_accum, index_warmup, dense_steps, device,
+                      max_lr);
+  Trainer trainer(setup.model, *setup.optimizer, *setup.data, setup.config);
   RunResult r;
   EXPECT_TRUE(trainer
                   .run(1,
@@ -62,10 +93,44 @@ inline RunResult train(const ModelConfig& c, const ProcessGroups* groups, bool z
                          return true;
                        })
                   .ok());
-  r.params = optimizer.master_weights();
-  if (tp.enabled())
-    for (auto& [name, t] : r.params)
-      t = tp_gather(t, model.params().at(name).spec.tp_split, tp.comm);
+  r.params = setup.full(setup.optimizer->master_weights());
+  return r;
+}
+
+// The phase of a training step for the MSA layers (train/trainer.h).
+enum class Phase { kSparse, kDenseAttention, kFrozenBackboneWarmup };
+
+inline const char* phase_name(Phase p) {
+  switch (p) {
+    case Phase::kSparse:
+      return "sparse";
+    case Phase::kDenseAttention:
+      return "index warm-up, dense attention";
+    case Phase::kFrozenBackboneWarmup:
+      return "index warm-up, backbone frozen";
+  }
+  return "?";
+}
+
+// The gradients of one training step (step 1, in `phase`, lr 1e-3) with `batch` sequences per
+// data-parallel rank, as full CPU tensors after the data-parallel reduction (the trainer's loss
+// scaling included), and the step's metrics (ParallelSetup).
+struct StepGradients {
+  std::map<std::string, Tensor> grads;  // full tensors (gathered over tp)
+  StepMetrics metrics;
+};
+inline StepGradients step_gradients(const ModelConfig& c, const ProcessGroups* groups,
+                                    int64_t batch, Phase phase, int grad_accum = 1,
+                                    Device device = Device::kCPU) {
+  ParallelSetup setup(c, groups, /*zero1=*/false, batch, 1, grad_accum,
+                      phase == Phase::kFrozenBackboneWarmup ? 1 : 0,
+                      phase == Phase::kDenseAttention ? 1 : 0, device, 1e-3);
+  Trainer trainer(setup.model, *setup.optimizer, *setup.data, setup.config);
+  StepGradients r;
+  r.metrics = trainer.train_step(1);
+  std::map<std::string, Tensor> grads;
+  for (Parameter& p : setup.model.params().all()) grads[p.spec.name] = p.grad.clone();
+  r.grads = setup.full(std::move(grads));
   return r;
 }
 

@@ -6,12 +6,14 @@
 
 #include <cstdio>
 #include <fstream>
+#include <iterator>
 #include <string>
 #include <vector>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "launch/train_program.h"
+#include "model/parameters.h"
 #include "train/checkpoint.h"
 
 namespace msa {
@@ -71,21 +73,35 @@ void expect_identical(const std::map<std::string, Tensor>& a,
   }
 }
 
+// Every MSA phase: steps 1-5 index warm-up with the backbone frozen, 6-17 index warm-up with dense
+// attention (0.3 * 40 steps), 18-40 sparse; the run stops inside the dense-attention phase.
+TrainProgramOptions phased_run(const std::string& dir) {
+  TrainProgramOptions o = tiny_run(dir, 40);
+  o.trainer.index_warmup_steps = 5;
+  o.dense_attention_fraction = 0.3;
+  return o;
+}
+
 TEST(TrainCheckpointTest, ResumedRunIsBitIdenticalToAStraightRun) {
   const std::string straight = fresh_dir("straight"), resumed = fresh_dir("resumed");
-  ASSERT_TRUE(run_train_program(tiny_run(straight, 40)).ok());
-  TrainProgramOptions first = tiny_run(resumed, 40);
-  first.exit_after_step = 20;
+  ASSERT_TRUE(run_train_program(phased_run(straight)).ok());
+  TrainProgramOptions first = phased_run(resumed);
+  first.exit_after_step = 10;
   ASSERT_TRUE(run_train_program(first).ok());
-  EXPECT_EQ(list_checkpoint_steps(resumed), std::vector<int64_t>{20});
-  TrainProgramOptions second = tiny_run(resumed, 40);
+  EXPECT_EQ(list_checkpoint_steps(resumed), std::vector<int64_t>{10});
+  TrainProgramOptions second = phased_run(resumed);
   second.resume = true;
   ASSERT_TRUE(run_train_program(second).ok());
 
   const auto a = lines(straight + "/metrics.jsonl"), b = lines(resumed + "/metrics.jsonl");
   ASSERT_EQ(a.size(), 40u);
   ASSERT_EQ(b.size(), 40u);
-  for (size_t i = 20; i < 40; ++i) EXPECT_EQ(a[i], b[i]) << "step " << i + 1;
+  for (size_t i = 0; i < 40; ++i) EXPECT_EQ(a[i], b[i]) << "step " << i + 1;
+  // Recall was logged (steps 7, 14, ...: in the dense-attention and the sparse phase), with the
+  // block recall beside the index recall.
+  EXPECT_THAT(a[6], HasSubstr("\"index_recall\""));
+  EXPECT_THAT(a[6], HasSubstr("\"block_recall\""));
+  EXPECT_THAT(a[27], HasSubstr("\"block_recall\""));
 
   auto ca = load_checkpoint(checkpoint_path(straight, 40));
   auto cb = load_checkpoint(checkpoint_path(resumed, 40));
@@ -237,6 +253,78 @@ TEST(TrainCheckpointTest, ConfigDisagreeingWithTheTensorsIsRejected) {
   expect_rejected(good, bad,
                   "dataset /params/layers.0.mlp.w_gate.weight has shape [64, "
                   "32] but the config in the file needs [48, 32]");
+}
+
+// Replaces float32 dataset `name` of `path` by a well-formed one of `shape` (valid checksum).
+void replace_dataset(const std::string& path, const std::string& name, const Shape& shape) {
+  hid_t f = H5Fopen(path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+  ASSERT_GE(f, 0);
+  ASSERT_GE(H5Ldelete(f, name.c_str(), H5P_DEFAULT), 0);
+  std::vector<hsize_t> dims(shape.begin(), shape.end());
+  std::vector<float> data(shape_numel(shape));
+  for (size_t i = 0; i < data.size(); ++i) data[i] = 0.01f * static_cast<float>(i % 17);
+  hid_t space = H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr);
+  hid_t ds =
+      H5Dcreate2(f, name.c_str(), H5T_IEEE_F32LE, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+  ASSERT_GE(H5Dwrite(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, data.data()), 0);
+  // The checksum the reader recomputes: FNV-1a-64 of the stored little-endian bytes.
+  const uint64_t sum =
+      fnv1a64(std::string(reinterpret_cast<const char*>(data.data()), data.size() * sizeof(float)));
+  hid_t scalar = H5Screate(H5S_SCALAR);
+  hid_t attr = H5Acreate2(ds, "fnv1a64", H5T_STD_U64LE, scalar, H5P_DEFAULT, H5P_DEFAULT);
+  ASSERT_GE(H5Awrite(attr, H5T_NATIVE_UINT64, &sum), 0);
+  H5Aclose(attr);
+  H5Sclose(scalar);
+  H5Dclose(ds);
+  H5Sclose(space);
+  H5Fclose(f);
+}
+
+std::string file_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+// A checkpoint from before the paper's shared index key head: index_wk of an MSA layer holds one
+// key head per KV group, [G * d_I, D] = [2 * 8, 32] (the model's G = 2, d_I = 8, D = 32).
+TEST(TrainCheckpointTest, OldPerGroupIndexKeyCheckpointIsRefusedSayingWhy) {
+  const std::string dir = fresh_dir("old_index_key"), other = fresh_dir("old_index_key_init");
+  ASSERT_TRUE(run_train_program(tiny_run(dir, 2)).ok());
+  const std::string path = checkpoint_path(dir, 2);
+  const std::string name = "layers.0.attn.index_wk.weight";
+  for (const std::string& ds :
+       {"/params/" + name, "/optimizer/" + name + "/m", "/optimizer/" + name + "/v"})
+    replace_dataset(path, ds, {16, 32});
+  const std::string before = file_bytes(path);
+
+  for (bool weights_only : {false, true}) {
+    auto r = load_checkpoint(path, weights_only);
+    ASSERT_FALSE(r.ok());
+    const std::string m(r.status().message());
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition) << m;
+    EXPECT_THAT(m, HasSubstr(path));
+    EXPECT_THAT(m, HasSubstr("dataset /params/" + name + " has shape [16, 32]"));
+    EXPECT_THAT(m, HasSubstr("one index key head per KV group"));
+    EXPECT_THAT(m, HasSubstr("single index key head shared by the groups ([8, 32])"));
+    EXPECT_THAT(m, HasSubstr("msa-convert"));
+    EXPECT_THAT(m, HasSubstr("re-train"));
+  }
+  // Resume and --init_from fail with the reason, before any training (no new checkpoint), and
+  // the file is left as it was.
+  TrainProgramOptions resume = tiny_run(dir, 4);
+  resume.resume = true;
+  absl::Status s = run_train_program(resume);
+  ASSERT_FALSE(s.ok());
+  EXPECT_THAT(std::string(s.message()), HasSubstr("one index key head per KV group"));
+  TrainProgramOptions init = tiny_run(other, 1);
+  init.init_from = path;
+  s = run_train_program(init);
+  ASSERT_FALSE(s.ok());
+  EXPECT_THAT(std::string(s.message()), HasSubstr("--init_from"));
+  EXPECT_THAT(std::string(s.message()), HasSubstr("one index key head per KV group"));
+  EXPECT_EQ(list_checkpoint_steps(dir), std::vector<int64_t>{2});
+  EXPECT_TRUE(list_checkpoint_steps(other).empty());
+  EXPECT_TRUE(file_bytes(path) == before) << "the refused file was modified";
 }
 
 TEST(TrainCheckpointTest, ResumeWithDifferentModelFlagsNamesTheField) {

@@ -1,36 +1,29 @@
 // A real learning test of MSA: a tiny model (block size 16, top-4 blocks, 256 tokens = 16
-// blocks, so each query sees at most a quarter of its context) trained from scratch on
-// key-value retrieval (facts at the start of the sequence, asked at the end) learns the task,
-// and its selector learns to keep more of the attention: answer loss falls, retrieval accuracy
-// and index recall rise, all measured on held-out samples. Fixed seeds; about 1.5 minutes on two
-// cores. Measured: answer loss 4.560 -> 0.448, accuracy 2.7% -> 86.7%, index recall 0.544 ->
-// 0.680 (layer 0) and 0.544 -> 0.581 (layer 1).
-#include <cstdio>
-
+// blocks, so each query sees at most a quarter of its context) trained from scratch with
+// msa-train's default recipe (8 index warm-up steps with dense attention, then sparse) on
+// key-value retrieval (facts at the start of the sequence, asked at the end) learns the task, and
+// its selector learns to pick what the attention uses: answer loss falls, retrieval accuracy and
+// the block recall rise, all measured on held-out samples. Fixed seeds; about 75 s on two idle
+// cores. Measured: answer loss 4.560 -> 0.029, accuracy 2.7% -> 99.6%, block recall 0.653 ->
+// 0.693 (layer 0) and 0.647 -> 0.713 (layer 1), index recall 0.544 -> 0.567 and 0.544 -> 0.622.
+// (The index recall averages over every sampled query, most of them filler tokens whose
+// untrained attention is diffuse; the block recall tracks the selector more closely.)
 #include "tests/testing/retrieval_training.h"
 
 namespace msa {
 namespace {
 
 TEST(TrainMsaRetrievalTest, TinyMsaModelLearnsKeyValueRetrieval) {
-  Transformer model(test::tiny_retrieval_model(AttentionKind::kMsa), DType::kF32, Device::kCPU);
-  model.params().initialize(1);
-  const SyntheticConfig held_out = test::held_out_task(256);
-  const RetrievalResult before =
-      evaluate_retrieval(model, held_out, 64, 16, MsaMode::kSparse, /*recall_stride=*/8);
-  test::train_retrieval(model, test::RetrievalRun{});
-  const RetrievalResult after =
-      evaluate_retrieval(model, held_out, 64, 16, MsaMode::kSparse, /*recall_stride=*/8);
-  std::printf("held-out: answer loss %.3f -> %.3f, accuracy %.1f%% -> %.1f%%, index recall "
-              "L0 %.3f -> %.3f, L1 %.3f -> %.3f\n",
-              before.answer_loss, after.answer_loss, 100 * before.accuracy, 100 * after.accuracy,
-              before.index_recall[0], after.index_recall[0], before.index_recall[1],
-              after.index_recall[1]);
-  EXPECT_LT(after.answer_loss, 0.5 * before.answer_loss);
-  EXPECT_GT(after.accuracy, 0.5) << "chance is 1/8";
-  ASSERT_EQ(after.index_recall.size(), 2u);
-  for (int l = 0; l < 2; ++l)
-    EXPECT_GT(after.index_recall[l], before.index_recall[l] + 0.03) << "layer " << l;
+  const test::RetrievalOutcome o = test::train_and_evaluate_msa(
+      test::tiny_retrieval_model(AttentionKind::kMsa), test::RetrievalRun{});
+  ASSERT_EQ(o.after.index_recall.size(), 2u);
+  ASSERT_EQ(o.after.block_recall.size(), 2u);
+  EXPECT_LT(o.after.answer_loss, 0.2 * o.before.answer_loss);
+  EXPECT_GT(o.after.accuracy, 0.8) << "chance is 1/8";
+  for (int l = 0; l < 2; ++l) {
+    EXPECT_GT(o.after.block_recall[l], o.before.block_recall[l] + 0.02) << "layer " << l;
+    EXPECT_GT(o.after.index_recall[l], o.before.index_recall[l] + 0.01) << "layer " << l;
+  }
 }
 
 }  // namespace

@@ -1,38 +1,30 @@
-// Long-context quality, CPU-sized: the same tiny model trained on key-value retrieval at 512
-// tokens = 8x the MSA budget k * B = 4 * 16, with dense attention and with MSA (after a
-// dense-attention phase, see docs/quality.md), evaluated on held-out samples. Measured with these
-// seeds: dense 74.6%, MSA 66.8% (chance 12.5%): the 5-point target is not met yet; the test pins
-// what holds (both learn far above chance, MSA within 15 points) and prints the numbers. About
-// 8 minutes on two cores.
-#include <cstdio>
-
+// Long-context quality, CI-sized: the tiny MSA model with top-2 blocks of 16 tokens (a 32-token
+// budget: the local block and ONE selected block) trained from scratch with msa-train's default
+// recipe (8 index warm-up steps with dense attention, then sparse) on key-value retrieval at 256
+// tokens = 8x the budget, evaluated on held-out samples with sparse attention. To answer, the
+// selector must pick the one block that holds the facts: the model must retrieve far above chance
+// (1/8) while the index and block recall rise. About 65 s on two idle cores. Measured: answer
+// loss 4.561 -> 0.340, accuracy 2.7% -> 87.5%, index recall 0.301 -> 0.351 / 0.362, block recall
+// 0.637 -> 0.676 / 0.633 -> 0.674 (layers 0 / 1).
+// The warm-up matters: in 250 steps, without it accuracy reached 29%, with 25 warm-up steps 63%.
+// The long comparison with a dense model and other recipes, at 4x..16x the budget, is
+// scripts/quality_experiment.sh (numbers in docs/quality.md).
 #include "tests/testing/retrieval_training.h"
 
 namespace msa {
 namespace {
 
-RetrievalResult train_and_evaluate(AttentionKind kind, int64_t dense_attention_steps) {
-  Transformer model(test::tiny_retrieval_model(kind), DType::kF32, Device::kCPU);
-  model.params().initialize(1);
-  test::RetrievalRun run;
-  run.seq_len = 512;
-  run.batch = 8;
-  run.steps = 800;
-  run.dense_attention_steps = dense_attention_steps;
-  test::train_retrieval(model, run);
-  return evaluate_retrieval(model, test::held_out_task(512), 64, 16, MsaMode::kSparse,
-                            kind == AttentionKind::kMsa ? 8 : 0);
-}
-
-TEST(TrainQualityTest, MsaRetrievalAtEightTimesTheBudgetComparedWithDense) {
-  const RetrievalResult dense = train_and_evaluate(AttentionKind::kDense, 0);
-  const RetrievalResult msa = train_and_evaluate(AttentionKind::kMsa, 500);
-  std::printf("retrieval accuracy at 512 tokens (8x the budget): dense %.1f%%, MSA %.1f%% "
-              "(index recall L0 %.3f, L1 %.3f)\n",
-              100 * dense.accuracy, 100 * msa.accuracy, msa.index_recall[0], msa.index_recall[1]);
-  EXPECT_GT(dense.accuracy, 0.5);
-  EXPECT_GT(msa.accuracy, 0.5);
-  EXPECT_GT(msa.accuracy, dense.accuracy - 0.15);
+TEST(TrainQualityTest, MsaWithIndexWarmupRetrievesAtEightTimesTheBudget) {
+  const test::RetrievalOutcome o = test::train_and_evaluate_msa(
+      test::tiny_retrieval_model(AttentionKind::kMsa, /*topk=*/2), test::RetrievalRun{});
+  ASSERT_EQ(o.after.index_recall.size(), 2u);
+  ASSERT_EQ(o.after.block_recall.size(), 2u);
+  EXPECT_GT(o.after.accuracy, 0.7) << "chance is 1/8";
+  EXPECT_LT(o.after.answer_loss, 0.2 * o.before.answer_loss);
+  for (int l = 0; l < 2; ++l) {
+    EXPECT_GT(o.after.index_recall[l], o.before.index_recall[l] + 0.03) << "layer " << l;
+    EXPECT_GT(o.after.block_recall[l], o.before.block_recall[l] + 0.02) << "layer " << l;
+  }
 }
 
 }  // namespace
