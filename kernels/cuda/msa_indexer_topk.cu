@@ -49,6 +49,7 @@
 
 #include "core/bf16.h"
 #include "core/cuda/cuda_check.h"
+#include "kernels/cuda/indexer_output.cuh"
 #include "kernels/cuda/mma_sm80.cuh"
 #include "kernels/cuda/msa_cuda.h"
 
@@ -224,20 +225,7 @@ __global__ void __launch_bounds__(kWarps * 32, 1)
 
   if (!my_valid) return;
   const int64_t row = b * rows + my_r;
-  const int want = min(K - 1, c_row);
-  int32_t* out = indices + row * K;
-  // The list is best first; the output ascending by block: entry a goes to its rank by index.
-#pragma unroll
-  for (int a = 0; a < KL; ++a) {
-    if (a >= want) continue;
-    int rank = 0;
-#pragma unroll
-    for (int o = 0; o < KL; ++o) rank += (o < want && li[o] < li[a]) ? 1 : 0;
-    out[rank] = li[a];
-  }
-  out[want] = c_row;
-  for (int a = want + 1; a < K; ++a) out[a] = -1;
-  counts[row] = want + 1;
+  write_selection_row<KL>(li, min(K - 1, c_row), c_row, K, indices + row * K, counts + row);
 }
 
 template <int DI>
