@@ -74,32 +74,51 @@ void attention_block_forward(const ModelConfig& c, int layer, ParameterSet& para
 
   act.att = Tensor::empty({batch, T, H, d}, dt, dev);
   act.lse = Tensor::empty({batch, H, T}, st, dev);
-  act.selection.reset();
+  const bool reuse = options.reuse_index && c.layer_kind(layer) == AttentionKind::kMsa;
+  if (!reuse) {
+    act.selection.reset();
+    act.dwiq = Tensor();
+    act.dwik = Tensor();
+  }
   act.sparse_attention = false;
   act.index_recall = -1;
   act.block_recall = -1;
 
   if (c.layer_kind(layer) == AttentionKind::kDense) {
     attention_forward(act.q_rope, act.k_rope, v4, scale, act.att, act.lse);
+  } else if (reuse) {
+    // Recomputation: the selection and the index branch's gradients are this step's already.
+    const bool sparse = options.msa_mode == MsaMode::kSparse;
+    if (sparse) {
+      MSA_CHECK(act.selection.has_value(), "layer %d: recomputation without the forward's selection",
+                layer);
+      act.sparse_attention = true;
+      msa_sparse_attention_forward(act.q_rope, act.k_rope, v4, *act.selection, scale, act.att,
+                                   act.lse);
+    } else {
+      attention_forward(act.q_rope, act.k_rope, v4, scale, act.att, act.lse);
+    }
   } else {
     const int dI = c.msa.index_dim;
-    act.iq = Tensor::empty({batch, T, G, dI}, dt, dev);
-    act.ik = Tensor::empty({batch, T, dI}, dt, dev);
+    Tensor iq = Tensor::empty({batch, T, G, dI}, dt, dev);
+    Tensor ik = Tensor::empty({batch, T, dI}, dt, dev);
     // The index branch reads xn as a constant: nothing here records a path back into it.
-    Tensor iq2 = act.iq.view({N, G * dI}), ik2 = act.ik.view({N, dI});
-    linear_forward(act.xn, params.at(pname(layer, "attn.index_wq.weight")).value, Tensor(), iq2);
-    linear_forward(act.xn, params.at(pname(layer, "attn.index_wk.weight")).value, Tensor(), ik2);
+    Tensor iq2 = iq.view({N, G * dI}), ik2 = ik.view({N, dI});
+    Parameter& wiq = params.at(pname(layer, "attn.index_wq.weight"));
+    Parameter& wik = params.at(pname(layer, "attn.index_wk.weight"));
+    linear_forward(act.xn, wiq.value, Tensor(), iq2);
+    linear_forward(act.xn, wik.value, Tensor(), ik2);
     const bool sparse = options.msa_mode == MsaMode::kSparse;
     const bool measure_recall = options.recall_query_stride > 0;
     if (sparse || measure_recall) {
       act.selection = BlockSelection::allocate(batch, T, G, c.msa.block_size, c.msa.topk, dev);
-      msa_index_topk(act.iq, act.ik, *act.selection);
+      msa_index_topk(iq, ik, *act.selection);
     }
 
     // Gradients of the index loss: f32 on CUDA (bf16 activations), the compute dtype on the CPU.
     const DType gt = dt == DType::kBF16 ? DType::kF32 : dt;
-    act.diq = Tensor::empty(act.iq.shape(), gt, dev);
-    act.dik = Tensor::empty(act.ik.shape(), gt, dev);
+    Tensor diq = Tensor::empty(iq.shape(), gt, dev);
+    Tensor dik = Tensor::empty(ik.shape(), gt, dev);
     IndexLossResult r;
     if (sparse) {
       // Teacher: the sparse main branch's own probabilities over the selected tokens (its lse).
@@ -107,7 +126,7 @@ void attention_block_forward(const ModelConfig& c, int layer, ParameterSet& para
       msa_sparse_attention_forward(act.q_rope, act.k_rope, v4, *act.selection, scale, act.att,
                                    act.lse);
       r = msa_index_loss(IndexLossMode::kSparse, act.q_rope, act.k_rope, act.lse, *act.selection,
-                         act.iq, act.ik, scale, 1.0, act.diq, act.dik);
+                         iq, ik, scale, 1.0, diq, dik);
     } else {
       // Warm-up: dense attention, teacher over every causal token (the selection is not used).
       attention_forward(act.q_rope, act.k_rope, v4, scale, act.att, act.lse);
@@ -115,13 +134,23 @@ void attention_block_forward(const ModelConfig& c, int layer, ParameterSet& para
       unused.block_size = c.msa.block_size;
       unused.topk = c.msa.topk;
       r = msa_index_loss(IndexLossMode::kDenseTarget, act.q_rope, act.k_rope, act.lse, unused,
-                         act.iq, act.ik, scale, 1.0, act.diq, act.dik);
+                         iq, ik, scale, 1.0, diq, dik);
     }
     act.index_loss = r.loss;
     act.index_rows = r.n_rows;
-    if (!options.compute_index_grads) {
-      act.diq = Tensor();
-      act.dik = Tensor();
+    if (options.compute_index_grads) {
+      // The weight gradients now, while xn is here: the backward only scales and adds them.
+      if (diq.dtype() != dt) {  // CUDA: f32 gradients, bf16 matmul inputs
+        diq = diq.to(dt);
+        dik = dik.to(dt);
+      }
+      Tensor none;
+      act.dwiq = Tensor::zeros(wiq.grad.shape(), wiq.grad.dtype(), dev);
+      act.dwik = Tensor::zeros(wik.grad.shape(), wik.grad.dtype(), dev);
+      linear_backward(diq.view({N, G * dI}), act.xn, wiq.value, none, act.dwiq, none);
+      // W_IK [d_I, D] is shared by the groups: with tensor parallelism this is this rank's
+      // groups' part of its gradient (the transformer sums it over tp).
+      linear_backward(dik.view({N, dI}), act.xn, wik.value, none, act.dwik, none);
     }
     if (measure_recall) {
       act.index_recall = msa_index_recall(act.q_rope, act.k_rope, *act.selection, scale,
@@ -145,27 +174,15 @@ void attention_block_backward(const ModelConfig& c, int layer, ParameterSet& par
   const double scale = 1.0 / std::sqrt(static_cast<double>(d));
 
   // Index branch: its own gradients only (the input xn is detached: no dx contribution).
-  if (c.layer_kind(layer) == AttentionKind::kMsa && act.diq.defined() && index_weight != 0) {
-    const int dI = c.msa.index_dim;
-    // Consumed here (scaled in place on the CPU): a second backward needs a new forward.
-    Tensor diq = std::move(act.diq), dik = std::move(act.dik);
-    act.diq = Tensor();
-    act.dik = Tensor();
-    scale_inplace(diq, index_weight);
-    scale_inplace(dik, index_weight);
-    if (diq.dtype() != dt) {  // CUDA: f32 gradients, bf16 matmul inputs
-      diq = diq.to(dt);
-      dik = dik.to(dt);
-    }
-    Tensor none;
-    linear_backward(diq.view({N, G * dI}), act.xn,
-                    params.at(pname(layer, "attn.index_wq.weight")).value, none,
-                    params.at(pname(layer, "attn.index_wq.weight")).grad, none);
-    // W_IK [d_I, D] is shared by the groups: with tensor parallelism this is this rank's groups'
-    // part of its gradient (the transformer sums it over tp).
-    linear_backward(dik.view({N, dI}), act.xn,
-                    params.at(pname(layer, "attn.index_wk.weight")).value, none,
-                    params.at(pname(layer, "attn.index_wk.weight")).grad, none);
+  if (c.layer_kind(layer) == AttentionKind::kMsa && act.dwiq.defined() && index_weight != 0) {
+    // Consumed here (scaled in place): a second backward needs a new forward.
+    Tensor dwiq = std::move(act.dwiq), dwik = std::move(act.dwik);
+    act.dwiq = Tensor();
+    act.dwik = Tensor();
+    scale_inplace(dwiq, index_weight);
+    scale_inplace(dwik, index_weight);
+    add_inplace(params.at(pname(layer, "attn.index_wq.weight")).grad, dwiq);
+    add_inplace(params.at(pname(layer, "attn.index_wk.weight")).grad, dwik);
   }
   if (!backbone) {
     dx = Tensor();

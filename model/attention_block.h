@@ -33,12 +33,16 @@ struct AttentionActivations {
   Tensor qn, kn, rstd_q, rstd_k;  // after q/k RMSNorm (qk_norm only), [N*H, d] / [N*G, d]
   Tensor q_rope, k_rope;          // [batch, T, H, d], [batch, T, G, d]
   Tensor att, lse;                // attention output [batch, T, H, d], log-sum-exp [batch, H, T]
-  // MSA only.
-  Tensor iq, ik;  // index queries [batch, T, G, d_I], shared index keys [batch, T, d_I]
+  // MSA only (the index queries iq [batch, T, G, d_I] and shared keys ik [batch, T, d_I] live
+  // only inside the forward).
   // The selection (sparse mode always; warm-up mode only when recall is measured).
   std::optional<BlockSelection> selection;
   bool sparse_attention = false;  // att came from the block-sparse kernel (else dense)
-  Tensor diq, dik;                // gradient of the (unweighted) index loss, from the forward
+  // Gradients of the (unweighted) index loss w.r.t. W_IQ and W_IK, computed in the forward (the
+  // branch is detached: its gradient is complete there). Small ((G + 1) d_I D), so they and the
+  // selection outlive recomputation's dropped activations: the backward's recomputation runs
+  // neither the indexer nor the index loss again.
+  Tensor dwiq, dwik;
   double index_loss = 0;          // L_KL: mean KL(P || Q) over this rank's batch * T * G rows
   int64_t index_rows = 0;
   double index_recall = -1;  // < 0 when not computed (msa_index_recall)
@@ -50,6 +54,9 @@ struct AttentionBlockOptions {
   bool compute_index_grads = true;
   // > 0: measure the index recall and the block recall on every stride-th query.
   int64_t recall_query_stride = 0;
+  // Recomputation in the backward: `act` still holds this step's selection, index loss and
+  // dwiq / dwik from the forward; keep them instead of running the indexer and the loss again.
+  bool reuse_index = false;
 };
 
 // x [N, D] (the residual stream). Writes the attention's contribution y [N, D] (before the
@@ -62,7 +69,7 @@ void attention_block_forward(const ModelConfig& config, int layer, ParameterSet&
 // dy [N, D]: gradient w.r.t. y. Writes dx [N, D] (gradient w.r.t. x through this block only;
 // the caller adds the residual path). Backbone parameter gradients accumulate when `backbone`;
 // index-branch gradients (W_IQ, W_IK) accumulate index_weight * d(index loss) for MSA layers,
-// from act.diq / act.dik, which this consumes. dx is left undefined when !backbone.
+// from act.dwiq / act.dwik, which this consumes. dx is left undefined when !backbone.
 void attention_block_backward(const ModelConfig& config, int layer, ParameterSet& params,
                               const Tensor& x, const Tensor& dy, int64_t batch, int64_t T,
                               AttentionActivations& act, bool backbone, double index_weight,

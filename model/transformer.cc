@@ -60,9 +60,13 @@ const char* recompute_name(Recompute r) {
 
 namespace {
 
-// Drops the tensors of a layer's attention activations, keeping its scalars (losses, recall).
+// Drops the tensors of a layer's attention activations, keeping its scalars (losses, recall) and
+// what the index branch computed once per step: the selection and the weight gradients (small).
 void drop_tensors(AttentionActivations& act) {
   AttentionActivations kept;
+  kept.selection = std::move(act.selection);
+  kept.dwiq = std::move(act.dwiq);
+  kept.dwik = std::move(act.dwik);
   kept.index_loss = act.index_loss;
   kept.index_rows = act.index_rows;
   kept.index_recall = act.index_recall;
@@ -76,6 +80,7 @@ void Transformer::recompute_layer(int l, bool with_mlp) {
   const int64_t N = batch_ * T_, D = config_.d_model;
   AttentionBlockOptions options = attn_options_;
   options.recall_query_stride = 0;  // measured in the forward already
+  options.reuse_index = true;       // selection, index loss and its gradients: from the forward
   const AttentionActivations kept = attn_[l];
   Tensor y = Tensor::empty({N, D}, dtype_, device_);
   attention_block_forward(block_config_, l, params_, residual_in_[l], batch_, T_, options, attn_[l],
@@ -268,11 +273,12 @@ void Transformer::backward(double loss_scale, double index_scale, bool backbone,
     for (int l = L - 1; l >= 0; --l) {
       Tensor none;
       const std::vector<Tensor> before = snapshot_grads(layer_index_replicated_[l]);
-      if (recompute_ != Recompute::kNone) recompute_layer(l, /*with_mlp=*/false);
+      // No recomputation: the index branch's gradients came out of the forward.
       attention_block_backward(block_config_, l, params_, residual_in_[l], Tensor(), batch_, T_,
                                attn_[l], /*backbone=*/false, index_weight * index_row_share_[l],
                                none);
       if (recompute_ != Recompute::kNone) drop_tensors(attn_[l]);
+      attn_[l].selection.reset();  // this step's selection is used up
       tp_reduce_replicated_grads(layer_index_replicated_[l], before);
       ready(layer_params_[l]);
     }
@@ -314,6 +320,7 @@ void Transformer::backward(double loss_scale, double index_scale, bool backbone,
     dx = dx_in;
     if (recompute_ != Recompute::kNone) {  // free this layer's recomputed activations now
       drop_tensors(attn_[l]);
+      attn_[l].selection.reset();  // this step's selection is used up
       if (recompute_ == Recompute::kFull) {
         mlp_[l] = MlpActivations();
         residual_mid_[l] = Tensor();
