@@ -1,5 +1,6 @@
 #include "data/shard.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <glob.h>
 #include <sys/mman.h>
@@ -76,6 +77,16 @@ absl::StatusOr<std::unique_ptr<ShardReader>> ShardReader::open(const std::string
   if (fstat(fd, &st) != 0) {
     ::close(fd);
     return io_error(path, "cannot stat");
+  }
+  if (S_ISDIR(st.st_mode)) {
+    ::close(fd);
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "%s: is a directory, not a token shard (give its shards, e.g. '%s/*.tok')", path, path));
+  }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    return absl::InvalidArgumentError(
+        absl::StrFormat("%s: not a regular file, so not a token shard", path));
   }
   const uint64_t file_bytes = static_cast<uint64_t>(st.st_size);
   if (file_bytes < kShardHeaderBytes) {
@@ -164,6 +175,43 @@ absl::StatusOr<std::vector<std::string>> glob_files(const std::string& pattern) 
   }
   std::sort(files.begin(), files.end());
   return files;
+}
+
+absl::Status prepare_shard_dir(const std::string& dir, bool overwrite) {
+  struct stat st;
+  if (::stat(dir.c_str(), &st) != 0) {
+    if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST)
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "invalid --output: cannot create directory '%s': %s", dir, std::strerror(errno)));
+    return absl::OkStatus();
+  }
+  if (!S_ISDIR(st.st_mode))
+    return absl::InvalidArgumentError(
+        absl::StrFormat("invalid --output: '%s' exists and is not a directory", dir));
+  DIR* d = ::opendir(dir.c_str());
+  if (d == nullptr)
+    return absl::InvalidArgumentError(
+        absl::StrFormat("invalid --output: cannot list '%s': %s", dir, std::strerror(errno)));
+  std::vector<std::string> shards;
+  while (const dirent* e = ::readdir(d)) {
+    const std::string name = e->d_name;
+    auto ends_with = [&](const std::string& suffix) {
+      return name.size() > suffix.size() &&
+             name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+    };
+    if (ends_with(".tok") || ends_with(".tok.tmp")) shards.push_back(dir + "/" + name);
+  }
+  ::closedir(d);
+  if (shards.empty()) return absl::OkStatus();
+  std::sort(shards.begin(), shards.end());
+  if (!overwrite)
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "invalid --output: '%s' already holds %d token shard(s) (e.g. '%s'), which a glob would "
+        "mix with the new ones; give --overwrite to delete them first, or another --output",
+        dir, shards.size(), shards.front()));
+  for (const std::string& f : shards)
+    if (std::remove(f.c_str()) != 0) return io_error(f, "cannot delete old shard");
+  return absl::OkStatus();
 }
 
 }  // namespace msa

@@ -70,4 +70,10 @@ class ShardReader {
 // nothing matches.
 absl::StatusOr<std::vector<std::string>> glob_files(const std::string& pattern);
 
+// Makes `dir` ready for new shards: creates it if missing (one level), refuses a path that is not
+// a directory, and refuses a directory already holding shards (*.tok, *.tok.tmp) unless
+// `overwrite`, which deletes them first (so that no stale shard of an earlier run is read with
+// the new ones). Errors name the directory (as msa-data's --output).
+absl::Status prepare_shard_dir(const std::string& dir, bool overwrite);
+
 }  // namespace msa

@@ -1,6 +1,9 @@
 #include "data/synthetic.h"
 
 #include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
 #include <numeric>
 
 #include "absl/strings/str_format.h"
@@ -46,7 +49,12 @@ absl::Status validate(const SyntheticConfig& c) {
         absl::StrFormat("invalid --seq_len=%d: the %s task needs at least %d tokens", c.seq_len,
                         synthetic_task_name(c.task), span + pairs + 1));
   }
-  if (c.depth > 1) return absl::InvalidArgumentError("invalid --depth: must be <= 1");
+  if (c.seq_len > std::numeric_limits<int32_t>::max())
+    return absl::InvalidArgumentError(
+        absl::StrFormat("invalid --seq_len=%d: must be < 2^31", c.seq_len));
+  if (!std::isfinite(c.depth) || c.depth > 1)
+    return absl::InvalidArgumentError(
+        absl::StrFormat("invalid --depth=%g: must be finite and <= 1 (< 0: random)", c.depth));
   return absl::OkStatus();
 }
 

@@ -20,11 +20,12 @@ absl::StatusOr<TextShardingResult> write_text_shards(
     struct stat st;
     if (::stat(f.c_str(), &st) != 0)
       return absl::NotFoundError(absl::StrFormat("invalid --input: cannot read '%s'", f));
+    if (S_ISDIR(st.st_mode))
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "invalid --input: '%s' is a directory (give its text files, one document each)", f));
     total += st.st_size;
   }
-  if (::mkdir(o.output_dir.c_str(), 0755) != 0 && errno != EEXIST)
-    return absl::InvalidArgumentError(
-        absl::StrFormat("invalid --output: cannot create directory '%s'", o.output_dir));
+  MSA_RETURN_IF_ERROR(prepare_shard_dir(o.output_dir, o.overwrite));
 
   TextShardingResult result;
   std::vector<uint32_t> shard;

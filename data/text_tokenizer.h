@@ -19,6 +19,7 @@ struct TextShardingOptions {
   std::string output_dir;
   std::string prefix = "train";    // shards are <output_dir>/<prefix>-<5 digits>.tok
   int64_t shard_tokens = 1 << 24;  // tokens per shard (the last one may be shorter)
+  bool overwrite = false;          // delete shards already in output_dir (else: refuse)
 };
 
 struct TextShardingResult {

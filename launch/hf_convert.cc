@@ -3,7 +3,10 @@
 #include <sys/stat.h>
 
 #include <cerrno>
+#include <cmath>
+#include <cstdint>
 #include <fstream>
+#include <limits>
 #include <set>
 #include <sstream>
 
@@ -35,7 +38,9 @@ int match_layer(const std::string& pattern, const std::string& name) {
     return -1;
   const std::string digits =
       name.substr(prefix.size(), name.size() - prefix.size() - suffix.size());
-  if (digits.empty() || digits.find_first_not_of("0123456789") != std::string::npos) return -1;
+  if (digits.empty() || digits.size() > 9 ||
+      digits.find_first_not_of("0123456789") != std::string::npos)
+    return -1;
   return std::stoi(digits);
 }
 
@@ -85,19 +90,88 @@ std::string our_to_hf_name(const std::string& our_name) {
 }
 
 absl::StatusOr<HfCheckpoint> parse_hf_config(const std::string& text, const std::string& path) {
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(text);
-  } catch (const nlohmann::json::exception& e) {
-    return absl::InvalidArgumentError(absl::StrFormat("%s: not valid JSON (%s)", path, e.what()));
-  }
+  // Every value is checked for its JSON type and its range before it is used: a bad config.json
+  // is an error naming the file and the field, never a signal, an exception or a silent wrap.
+  nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded())
+    return absl::InvalidArgumentError(absl::StrFormat("%s: not valid JSON", path));
+  if (!j.is_object())
+    return absl::InvalidArgumentError(
+        absl::StrFormat("%s: not a JSON object (it is %s)", path, j.type_name()));
   auto field_error = [&](const std::string& field, const std::string& why) {
     return absl::InvalidArgumentError(absl::StrFormat("%s: field '%s' %s", path, field, why));
   };
+  // The field's value, or nullptr when it is absent or null (then the default applies).
+  auto find = [&](const nlohmann::json& obj, const char* name) -> const nlohmann::json* {
+    auto it = obj.find(name);
+    return it == obj.end() || it->is_null() ? nullptr : &*it;
+  };
+  auto describe = [](const nlohmann::json& v) {
+    std::string d = v.dump();
+    if (d.size() > 40) d = d.substr(0, 37) + "...";
+    return absl::StrFormat("%s (%s)", d, v.type_name());
+  };
+  // An integer in [lo, hi]; floats, strings, booleans, arrays and objects are refused.
+  auto get_int = [&](const char* name, int64_t lo, int64_t hi, bool required,
+                     int64_t& out) -> absl::Status {
+    const nlohmann::json* v = find(j, name);
+    if (v == nullptr) return required ? field_error(name, "is missing") : absl::OkStatus();
+    if (!v->is_number_integer())
+      return field_error(name, "is " + describe(*v) + ", not an integer");
+    bool in_range;
+    int64_t value = 0;
+    if (v->is_number_unsigned()) {
+      const uint64_t u = v->get<uint64_t>();
+      in_range = u <= static_cast<uint64_t>(hi);
+      if (in_range) value = static_cast<int64_t>(u);
+    } else {
+      value = v->get<int64_t>();
+      in_range = value <= hi;
+    }
+    if (!in_range || value < lo)
+      return field_error(name, absl::StrFormat("is %s, outside [%d, %d]", v->dump(), lo, hi));
+    out = value;
+    return absl::OkStatus();
+  };
+  // A finite number > 0 (integers are accepted).
+  auto get_positive = [&](const char* name, double fallback, double& out) -> absl::Status {
+    const nlohmann::json* v = find(j, name);
+    if (v == nullptr) {
+      out = fallback;
+      return absl::OkStatus();
+    }
+    if (!v->is_number()) return field_error(name, "is " + describe(*v) + ", not a number");
+    out = v->get<double>();
+    if (!std::isfinite(out) || !(out > 0))
+      return field_error(name, absl::StrFormat("is %g, must be finite and > 0", out));
+    return absl::OkStatus();
+  };
+  auto get_bool = [&](const nlohmann::json& obj, const char* name, bool fallback,
+                      bool& out) -> absl::Status {
+    const nlohmann::json* v = find(obj, name);
+    out = fallback;
+    if (v == nullptr) return absl::OkStatus();
+    if (!v->is_boolean()) return field_error(name, "is " + describe(*v) + ", not true or false");
+    out = v->get<bool>();
+    return absl::OkStatus();
+  };
+  // `label`: the name in messages (a nested field is named with its parent).
+  auto get_string = [&](const nlohmann::json& obj, const char* name, const std::string& fallback,
+                        std::string& out, const std::string& label = "") -> absl::Status {
+    const nlohmann::json* v = find(obj, name);
+    out = fallback;
+    if (v == nullptr) return absl::OkStatus();
+    if (!v->is_string())
+      return field_error(label.empty() ? name : label, "is " + describe(*v) + ", not a string");
+    out = v->get<std::string>();
+    return absl::OkStatus();
+  };
+
   HfCheckpoint ck;
-  if (!j.contains("architectures") || !j["architectures"].is_array() || j["architectures"].empty())
-    return field_error("architectures", "is missing");
-  ck.architecture = j["architectures"][0].get<std::string>();
+  const nlohmann::json* archs = find(j, "architectures");
+  if (archs == nullptr || !archs->is_array() || archs->empty() || !(*archs)[0].is_string())
+    return field_error("architectures", "is missing or not a list of names");
+  ck.architecture = (*archs)[0].get<std::string>();
   static const std::set<std::string> kSupported = {"LlamaForCausalLM", "MistralForCausalLM",
                                                    "Qwen2ForCausalLM", "Qwen3ForCausalLM"};
   if (!kSupported.count(ck.architecture))
@@ -105,59 +179,92 @@ absl::StatusOr<HfCheckpoint> parse_hf_config(const std::string& text, const std:
         "%s: unsupported architecture '%s' (supported: LlamaForCausalLM, MistralForCausalLM, "
         "Qwen2ForCausalLM, Qwen3ForCausalLM)",
         path, ck.architecture));
-  auto get_int = [&](const char* name, int64_t& out) -> absl::Status {
-    if (!j.contains(name) || !j[name].is_number_integer())
-      return field_error(name, "is missing or not an integer");
-    out = j[name].get<int64_t>();
-    return absl::OkStatus();
-  };
+
+  // Ranges: token ids are int32; the other limits lie far above any published model and keep
+  // every product below (products of the int fields, the parameter count) checkable.
+  constexpr int64_t kMaxInt32 = std::numeric_limits<int32_t>::max();
   ModelConfig& c = ck.config;
-  int64_t v = 0;
-  MSA_RETURN_IF_ERROR(get_int("vocab_size", c.vocab_size));
-  MSA_RETURN_IF_ERROR(get_int("hidden_size", c.d_model));
-  MSA_RETURN_IF_ERROR(get_int("num_hidden_layers", v));
-  c.n_layers = static_cast<int>(v);
-  MSA_RETURN_IF_ERROR(get_int("num_attention_heads", v));
-  c.n_heads = static_cast<int>(v);
-  c.n_kv_heads = c.n_heads;
-  if (j.contains("num_key_value_heads") && !j["num_key_value_heads"].is_null()) {
-    MSA_RETURN_IF_ERROR(get_int("num_key_value_heads", v));
-    c.n_kv_heads = static_cast<int>(v);
-  }
-  MSA_RETURN_IF_ERROR(get_int("intermediate_size", c.ffn_dim));
-  c.head_dim = static_cast<int>(c.d_model / c.n_heads);
-  if (j.contains("head_dim") && !j["head_dim"].is_null()) {
-    MSA_RETURN_IF_ERROR(get_int("head_dim", v));
-    c.head_dim = static_cast<int>(v);
-  }
-  c.rope_theta = j.value("rope_theta", 10000.0);
-  c.norm_eps = j.value("rms_norm_eps", 1e-6);
-  c.tied_embeddings = j.value("tie_word_embeddings", false);
+  int64_t layers = 0, heads = 0, kv_heads = 0, head_dim = 0;
+  MSA_RETURN_IF_ERROR(get_int("vocab_size", 2, kMaxInt32, true, c.vocab_size));
+  MSA_RETURN_IF_ERROR(get_int("hidden_size", 1, int64_t{1} << 20, true, c.d_model));
+  MSA_RETURN_IF_ERROR(get_int("num_hidden_layers", 1, int64_t{1} << 14, true, layers));
+  MSA_RETURN_IF_ERROR(get_int("num_attention_heads", 1, int64_t{1} << 16, true, heads));
+  kv_heads = heads;
+  MSA_RETURN_IF_ERROR(get_int("num_key_value_heads", 1, int64_t{1} << 16, false, kv_heads));
+  MSA_RETURN_IF_ERROR(get_int("intermediate_size", 1, int64_t{1} << 22, true, c.ffn_dim));
+  head_dim = c.d_model / heads;  // heads >= 1 here
+  MSA_RETURN_IF_ERROR(get_int("head_dim", 1, int64_t{1} << 16, false, head_dim));
+  if (heads % kv_heads != 0)
+    return field_error(
+        "num_key_value_heads",
+        absl::StrFormat("is %d, which does not divide num_attention_heads (%d)", kv_heads, heads));
+  if (head_dim < 2 || head_dim % 2 != 0)
+    return field_error(find(j, "head_dim") != nullptr ? "head_dim" : "num_attention_heads",
+                       absl::StrFormat("gives head_dim %d (hidden_size %d / %d heads), which "
+                                       "must be even and >= 2 (RoPE rotates pairs)",
+                                       head_dim, c.d_model, heads));
+  if (heads * head_dim > kMaxInt32)
+    return field_error(
+        "num_attention_heads",
+        absl::StrFormat("times head_dim (%d x %d) exceeds 2^31 - 1", heads, head_dim));
+  c.n_layers = static_cast<int>(layers);
+  c.n_heads = static_cast<int>(heads);
+  c.n_kv_heads = static_cast<int>(kv_heads);
+  c.head_dim = static_cast<int>(head_dim);
+  MSA_RETURN_IF_ERROR(get_positive("rope_theta", 10000.0, c.rope_theta));
+  MSA_RETURN_IF_ERROR(get_positive("rms_norm_eps", 1e-6, c.norm_eps));
+  MSA_RETURN_IF_ERROR(get_bool(j, "tie_word_embeddings", false, c.tied_embeddings));
   c.qkv_bias = ck.architecture == "Qwen2ForCausalLM";
   c.qk_norm = ck.architecture == "Qwen3ForCausalLM";
-  const std::string act = j.value("hidden_act", std::string("silu"));
+  std::string act;
+  MSA_RETURN_IF_ERROR(get_string(j, "hidden_act", "silu", act));
   if (act != "silu")
     return field_error("hidden_act", "is '" + act + "' (only silu / SwiGLU is supported)");
-  if (j.value("attention_bias", false))
-    return field_error("attention_bias", "is true (an o_proj bias is not supported)");
-  if (j.value("mlp_bias", false))
-    return field_error("mlp_bias", "is true (MLP biases are not supported)");
-  if (j.contains("rope_scaling") && !j["rope_scaling"].is_null()) {
-    const auto& rs = j["rope_scaling"];
-    const std::string type = rs.value("rope_type", rs.value("type", std::string("?")));
+  bool flag = false;
+  MSA_RETURN_IF_ERROR(get_bool(j, "attention_bias", false, flag));
+  if (flag) return field_error("attention_bias", "is true (an o_proj bias is not supported)");
+  MSA_RETURN_IF_ERROR(get_bool(j, "mlp_bias", false, flag));
+  if (flag) return field_error("mlp_bias", "is true (MLP biases are not supported)");
+  if (const nlohmann::json* rs = find(j, "rope_scaling")) {
+    if (!rs->is_object())
+      return field_error("rope_scaling", "is " + describe(*rs) + ", not an object or null");
+    std::string type;
+    MSA_RETURN_IF_ERROR(get_string(*rs, "type", "?", type, "rope_scaling.type"));
+    MSA_RETURN_IF_ERROR(get_string(*rs, "rope_type", type, type, "rope_scaling.rope_type"));
     if (type != "default")
       return field_error("rope_scaling", "has rope_type '" + type +
                                              "' (only unscaled RoPE, 'default', is supported)");
   }
-  if (j.contains("sliding_window") && !j["sliding_window"].is_null() &&
-      j.value("use_sliding_window", ck.architecture == "MistralForCausalLM"))
+  bool sliding = false;
+  MSA_RETURN_IF_ERROR(
+      get_bool(j, "use_sliding_window", ck.architecture == "MistralForCausalLM", sliding));
+  if (find(j, "sliding_window") != nullptr && sliding)
     return field_error("sliding_window", "is set (sliding-window attention is not supported)");
-  const std::string dtype = j.value("torch_dtype", std::string("bfloat16"));
+  std::string dtype;
+  MSA_RETURN_IF_ERROR(get_string(j, "torch_dtype", "bfloat16", dtype));
   ck.dtype = dtype == "float32"   ? StDtype::kF32
              : dtype == "float16" ? StDtype::kF16
                                   : StDtype::kBF16;
   absl::Status valid = c.validate();
   if (!valid.ok()) return annotate(valid, path);
+  // The parameter count, every product checked: a config whose tensors cannot be addressed is an
+  // error here, not an overflow later.
+  int64_t total = 0;
+  for (const ParamSpec& s : model_param_specs(c)) {
+    int64_t numel = 1;
+    for (int64_t dim : s.shape)
+      if (__builtin_mul_overflow(numel, dim, &numel))
+        return absl::InvalidArgumentError(absl::StrFormat(
+            "%s: the sizes give tensor %s a shape %s whose element count overflows 64 bits", path,
+            our_to_hf_name(s.name), shape_string(s.shape)));
+    int64_t bytes = 0;
+    if (__builtin_add_overflow(total, numel, &total) ||
+        __builtin_mul_overflow(total, int64_t{4}, &bytes))
+      return absl::InvalidArgumentError(
+          absl::StrFormat("%s: the sizes (vocab_size %d, hidden_size %d, num_hidden_layers %d, "
+                          "intermediate_size %d) give a parameter count that overflows 64 bits",
+                          path, c.vocab_size, c.d_model, c.n_layers, c.ffn_dim));
+  }
   return ck;
 }
 

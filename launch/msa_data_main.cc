@@ -18,6 +18,9 @@
 
 ABSL_FLAG(std::string, input, "", "text: comma-separated input files, one document each.");
 ABSL_FLAG(std::string, output, "", "Output directory for the shards (created if missing).");
+ABSL_FLAG(bool, overwrite, false,
+          "Delete the shards (*.tok) already in --output first; without it, msa-data refuses an "
+          "--output that holds shards (a glob would mix stale shards with the new ones).");
 ABSL_FLAG(std::string, prefix, "",
           "Shard file prefix (default: 'train' for text, the task name "
           "for synthetic).");
@@ -49,6 +52,7 @@ absl::Status run_text() {
   if (o.output_dir.empty()) return absl::InvalidArgumentError("invalid --output: required");
   if (!absl::GetFlag(FLAGS_prefix).empty()) o.prefix = absl::GetFlag(FLAGS_prefix);
   o.shard_tokens = absl::GetFlag(FLAGS_shard_tokens);
+  o.overwrite = absl::GetFlag(FLAGS_overwrite);
   MSA_ASSIGN_OR_RETURN(msa::TextShardingResult r, msa::write_text_shards(o, progress_bar));
   std::printf(
       "msa-data: %lld documents, %lld tokens (byte-level, EOS = %u, "
@@ -71,10 +75,13 @@ absl::Status run_synthetic() {
   if (dir.empty()) return absl::InvalidArgumentError("invalid --output: required");
   const int64_t samples = absl::GetFlag(FLAGS_samples);
   if (samples < 1) return absl::InvalidArgumentError("invalid --samples: must be >= 1");
+  // One shard of samples x seq_len tokens (+1) in memory: refuse products past 2^40 tokens.
+  if (samples > (int64_t{1} << 40) / c.seq_len)
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "invalid --samples: %d samples of %d tokens is more than 2^40 tokens", samples, c.seq_len));
   std::string prefix = absl::GetFlag(FLAGS_prefix);
   if (prefix.empty()) prefix = msa::synthetic_task_name(c.task);
-  if (std::system(("mkdir -p '" + dir + "'").c_str()) != 0)
-    return absl::InvalidArgumentError(absl::StrFormat("invalid --output: cannot create '%s'", dir));
+  MSA_RETURN_IF_ERROR(msa::prepare_shard_dir(dir, absl::GetFlag(FLAGS_overwrite)));
   // Samples are stored back to back, each followed by one filler token, so that
   // msa-train with
   // --seq_len=N reads exactly one sample per window (windows advance by N and
@@ -101,7 +108,7 @@ absl::Status run_synthetic() {
 int main(int argc, char** argv) {
   msa::set_program_usage(
       "Writes token shards for msa-train.\n"
-      "  msa-data text --input=a.txt,b.txt --output=DIR [--shard_tokens=N]\n"
+      "  msa-data text --input=a.txt,b.txt --output=DIR [--shard_tokens=N] [--overwrite]\n"
       "      byte-level tokens (byte b -> id b), EOS id 256 after each "
       "document (vocab 257)\n"
       "  msa-data synthetic --task=kv-recall|needle --seq_len=N --samples=N "

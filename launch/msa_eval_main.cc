@@ -1,6 +1,11 @@
 // msa-eval: long-context quality of a checkpoint: retrieval accuracy by context length and depth
 // of the facts, index recall and block recall per MSA layer, validation loss.
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -70,9 +75,75 @@ absl::StatusOr<std::vector<T>> parse_list(const std::string& flag, const std::st
   return out;
 }
 
+// Refuses a path that is a directory (a glob is expanded later; a plain directory would read as
+// an empty or unreadable file and give an obscure error).
+absl::Status refuse_directory(const char* flag, const std::string& path, const char* hint) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode))
+    return absl::InvalidArgumentError(
+        absl::StrFormat("invalid --%s: '%s' is a directory (%s)", flag, path, hint));
+  return absl::OkStatus();
+}
+
+// Every count and fraction flag, checked before anything is loaded: each error names its flag.
+absl::Status validate_flags(const std::vector<int64_t>& lengths,
+                            const std::vector<double>& depths) {
+  auto bad = [](const char* flag, const std::string& why) {
+    return absl::InvalidArgumentError(absl::StrFormat("invalid --%s: %s", flag, why));
+  };
+  constexpr int64_t kMaxTokens = std::numeric_limits<int32_t>::max();
+  const int64_t samples = absl::GetFlag(FLAGS_samples);
+  if (samples < 1 || samples > kMaxTokens)
+    return bad("samples", absl::StrFormat("%d is outside [1, %d] (0 samples measure nothing)",
+                                          samples, kMaxTokens));
+  const int64_t batch = absl::GetFlag(FLAGS_batch_size);
+  if (batch < 1 || batch > kMaxTokens)
+    return bad("batch_size", absl::StrFormat("%d is outside [1, %d]", batch, kMaxTokens));
+  if (absl::GetFlag(FLAGS_pairs) < 1)
+    return bad("pairs", absl::StrFormat("%d is < 1", absl::GetFlag(FLAGS_pairs)));
+  if (absl::GetFlag(FLAGS_recall_stride) < 0)
+    return bad("recall_stride", absl::StrFormat("%d is < 0", absl::GetFlag(FLAGS_recall_stride)));
+  for (int64_t length : lengths) {
+    if (length < 1 || length > kMaxTokens)
+      return bad("lengths", absl::StrFormat("%d is outside [1, %d]", length, kMaxTokens));
+    if (std::min(batch, samples) > kMaxTokens / length)
+      return bad("batch_size", absl::StrFormat("%d sequences of length %d exceed 2^31 tokens "
+                                               "per forward pass",
+                                               std::min(batch, samples), length));
+  }
+  for (double depth : depths)
+    if (!std::isfinite(depth) || depth > 1)
+      return bad("depths", absl::StrFormat("%g must be finite and <= 1 (< 0: random)", depth));
+  if (!absl::GetFlag(FLAGS_data).empty()) {
+    const int64_t seq_len = absl::GetFlag(FLAGS_seq_len);
+    if (seq_len < 1 || seq_len > kMaxTokens)
+      return bad("seq_len", absl::StrFormat("%d is outside [1, %d]", seq_len, kMaxTokens));
+    if (batch > kMaxTokens / seq_len)
+      return bad("batch_size", absl::StrFormat("%d sequences of --seq_len %d exceed 2^31 tokens",
+                                               batch, seq_len));
+    const double f = absl::GetFlag(FLAGS_val_fraction);
+    if (!(f > 0 && f < 1)) return bad("val_fraction", absl::StrFormat("%g is outside (0, 1)", f));
+    if (absl::GetFlag(FLAGS_eval_batches) < 1)
+      return bad("eval_batches", absl::StrFormat("%d is < 1", absl::GetFlag(FLAGS_eval_batches)));
+    MSA_RETURN_IF_ERROR(refuse_directory("data", absl::GetFlag(FLAGS_data),
+                                         "give a glob of its shards, e.g. 'DIR/*.tok'"));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status run() {
   const std::string path = absl::GetFlag(FLAGS_checkpoint);
   if (path.empty()) return absl::InvalidArgumentError("invalid --checkpoint: required");
+  MSA_RETURN_IF_ERROR(
+      refuse_directory("checkpoint", path, "give one checkpoint file, e.g. 'DIR/ckpt-*.h5'"));
+  const bool dumping = !absl::GetFlag(FLAGS_dump_logits_tokens).empty();
+  std::vector<int64_t> lengths;
+  std::vector<double> depths;
+  if (!dumping) {
+    MSA_ASSIGN_OR_RETURN(lengths, parse_list<int64_t>("lengths", absl::GetFlag(FLAGS_lengths)));
+    MSA_ASSIGN_OR_RETURN(depths, parse_list<double>("depths", absl::GetFlag(FLAGS_depths)));
+    MSA_RETURN_IF_ERROR(validate_flags(lengths, depths));
+  }
   MSA_ASSIGN_OR_RETURN(msa::Checkpoint ckpt, msa::load_checkpoint(path, /*weights_only=*/true));
   const std::string device_flag = absl::GetFlag(FLAGS_device);
   msa::Device device = msa::Device::kCPU;
@@ -134,13 +205,11 @@ absl::Status run() {
   msa::EvalReport report;
   report.title =
       absl::StrFormat("%s: %s, %s attention", path, msa::synthetic_task_name(task.task), mode_flag);
-  MSA_ASSIGN_OR_RETURN(report.lengths,
-                       parse_list<int64_t>("lengths", absl::GetFlag(FLAGS_lengths)));
-  MSA_ASSIGN_OR_RETURN(report.depths, parse_list<double>("depths", absl::GetFlag(FLAGS_depths)));
+  report.lengths = lengths;
+  report.depths = depths;
   for (int l = 0; l < ckpt.config.n_layers; ++l)
     if (ckpt.config.layer_kind(l) == msa::AttentionKind::kMsa) report.msa_layers.push_back(l);
   const int64_t recall_stride = absl::GetFlag(FLAGS_recall_stride);
-  if (recall_stride < 0) return absl::InvalidArgumentError("invalid --recall_stride: must be >= 0");
   for (int64_t length : report.lengths) {
     for (double depth : report.depths) {
       task.seq_len = length;

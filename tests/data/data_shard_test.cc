@@ -1,11 +1,14 @@
 // Token shards: round trip, and every malformed file rejected with a message
 // naming the file and the problem.
+#include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <string>
 #include <vector>
 
 #include "data/shard.h"
+#include "data/synthetic.h"
 #include "data/text_tokenizer.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -109,6 +112,7 @@ TEST(DataShardTest, ByteTokenizerWritesDocumentsSeparatedByEos) {
   o.inputs = {a, b};
   o.output_dir = temp_path("text_shards");
   o.shard_tokens = 4;
+  o.overwrite = true;  // a rerun finds the shards of the last one
   auto r = write_text_shards(o);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->tokens, 7);
@@ -121,6 +125,80 @@ TEST(DataShardTest, ByteTokenizerWritesDocumentsSeparatedByEos) {
     for (int64_t i = 0; i < (*reader)->size(); ++i) all.push_back((*reader)->token(i));
   }
   EXPECT_EQ(all, (std::vector<uint32_t>{'h', 'i', kByteEos, 'y', 'o', '!', kByteEos}));
+}
+
+std::string fresh_dir(const std::string& name) {
+  const std::string dir = temp_path(name);
+  std::system(("rm -rf '" + dir + "' && mkdir -p '" + dir + "'").c_str());
+  return dir;
+}
+
+// A directory given as a shard is refused by name ("is a directory"), not "mmap failed: No such
+// device".
+TEST(DataShardTest, DirectoryIsRefusedByName) {
+  const std::string dir = fresh_dir("shard_dir_given");
+  auto r = ShardReader::open(dir);
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr(dir + ": is a directory"));
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("*.tok"));
+}
+
+// A directory given as a text input was one empty document; now it is an error naming it.
+TEST(DataShardTest, TextInputDirectoryIsRefusedByName) {
+  const std::string dir = fresh_dir("text_input_dir");
+  const std::string a = dir + "/a.txt";
+  write_bytes(a, {'h', 'i'});
+  TextShardingOptions o;
+  o.inputs = {a, dir};
+  o.output_dir = dir + "/out";
+  auto r = write_text_shards(o);
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("invalid --input: '" + dir + "'"));
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("is a directory"));
+}
+
+// Shards of an earlier run in the output directory are refused (a glob would mix them with the
+// new ones) unless overwrite is set, which deletes them first.
+TEST(DataShardTest, OutputHoldingShardsIsRefusedUnlessOverwrite) {
+  const std::string dir = fresh_dir("text_stale_shards");
+  const std::string a = dir + "/a.txt";
+  write_bytes(a, std::vector<char>(10, 'x'));
+  TextShardingOptions o;
+  o.inputs = {a};
+  o.output_dir = dir + "/out";
+  o.shard_tokens = 2;  // 11 tokens: 6 shards
+  auto first = write_text_shards(o);
+  ASSERT_TRUE(first.ok()) << first.status();
+  ASSERT_EQ(first->shards.size(), 6u);
+  write_bytes(a, {'y'});
+  o.shard_tokens = 4;  // 2 tokens: 1 shard
+  auto refused = write_text_shards(o);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_THAT(std::string(refused.status().message()), HasSubstr(o.output_dir));
+  EXPECT_THAT(std::string(refused.status().message()), HasSubstr("already holds 6 token shard"));
+  EXPECT_THAT(std::string(refused.status().message()), HasSubstr("--overwrite"));
+  o.overwrite = true;
+  auto second = write_text_shards(o);
+  ASSERT_TRUE(second.ok()) << second.status();
+  auto files = glob_files(o.output_dir + "/*.tok");
+  ASSERT_TRUE(files.ok());
+  EXPECT_EQ(*files, second->shards);  // the 5 stale shards are gone
+  // An output path that is a file is refused by name.
+  o.output_dir = a;
+  auto not_dir = write_text_shards(o);
+  ASSERT_FALSE(not_dir.ok());
+  EXPECT_THAT(std::string(not_dir.status().message()), HasSubstr("'" + a + "' exists and is not"));
+}
+
+TEST(DataShardTest, SyntheticDepthAndLengthAreRangeChecked) {
+  SyntheticConfig c;
+  c.seq_len = 256;
+  c.depth = std::nan("");
+  EXPECT_THAT(std::string(validate(c).message()), HasSubstr("invalid --depth"));
+  c.depth = 0.5;
+  EXPECT_TRUE(validate(c).ok());
+  c.seq_len = int64_t{1} << 40;
+  EXPECT_THAT(std::string(validate(c).message()), HasSubstr("invalid --seq_len"));
 }
 
 }  // namespace

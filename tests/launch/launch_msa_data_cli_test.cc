@@ -83,4 +83,51 @@ TEST(MsaDataCliTest, ShardsThatDoNotFitTheModelAreOneLineErrors) {
   EXPECT_THAT(bad.output, HasSubstr("unknown command 'frobnicate'"));
 }
 
+// A directory where a file belongs is refused by name: as msa-data's text input (it was one empty
+// document) and as msa-train's --data (it was "mmap failed: No such device").
+TEST(MsaDataCliTest, DirectoriesAreRefusedByName) {
+  const std::string dir = fresh_dir("dir_inputs");
+  std::system(("mkdir -p '" + dir + "/docs'").c_str());
+  { std::ofstream(dir + "/a.txt") << "some text\n"; }
+  CommandResult data =
+      run("msa-data", "text --input=" + dir + "/a.txt," + dir + "/docs --output=" + dir + "/out");
+  EXPECT_EQ(data.exit_code, 1) << data.output;
+  EXPECT_THAT(data.output, HasSubstr("invalid --input: '" + dir + "/docs' is a directory"));
+  CommandResult train =
+      run("msa-train", std::string(kModel) + "--vocab_size=257 --steps=1 --data=" + dir + "/docs");
+  EXPECT_NE(train.exit_code, 0) << train.output;
+  EXPECT_THAT(train.output, HasSubstr(dir + "/docs: is a directory"));
+  EXPECT_THAT(train.output, ::testing::Not(HasSubstr("mmap failed")));
+}
+
+// Shards of an earlier run in --output are refused (a glob would mix them with the new ones);
+// --overwrite deletes them first.
+TEST(MsaDataCliTest, StaleShardsAreRefusedUnlessOverwrite) {
+  const std::string dir = fresh_dir("stale_shards");
+  {
+    std::ofstream f(dir + "/a.txt");
+    for (int j = 0; j < 100; ++j) f << "line " << j << "\n";
+  }
+  const std::string text = "text --input=" + dir + "/a.txt --output=" + dir + "/out";
+  ASSERT_EQ(run("msa-data", text + " --shard_tokens=100").exit_code, 0);
+  CommandResult again = run("msa-data", text + " --shard_tokens=100000");
+  EXPECT_EQ(again.exit_code, 1) << again.output;
+  EXPECT_THAT(again.output, HasSubstr("invalid --output: '" + dir + "/out' already holds"));
+  EXPECT_THAT(again.output, HasSubstr("--overwrite"));
+  CommandResult overwrite = run("msa-data", text + " --shard_tokens=100000 --overwrite");
+  ASSERT_EQ(overwrite.exit_code, 0) << overwrite.output;
+  EXPECT_THAT(overwrite.output, HasSubstr("in 1 shard(s)"));
+  FILE* p = popen(("ls '" + dir + "/out' | wc -l").c_str(), "r");
+  int files = -1;
+  ASSERT_EQ(fscanf(p, "%d", &files), 1);
+  pclose(p);
+  EXPECT_EQ(files, 1);
+  // The synthetic command refuses and overwrites the same way.
+  const std::string synth = "synthetic --seq_len=64 --samples=2 --output=" + dir + "/out";
+  CommandResult synth_refused = run("msa-data", synth);
+  EXPECT_EQ(synth_refused.exit_code, 1) << synth_refused.output;
+  EXPECT_THAT(synth_refused.output, HasSubstr("already holds 1 token shard"));
+  EXPECT_EQ(run("msa-data", synth + " --overwrite").exit_code, 0);
+}
+
 }  // namespace

@@ -1,0 +1,120 @@
+// msa-eval refuses flag values that cannot be measured (--batch_size=0 hung, --samples=0 reported
+// 0.0% as if measured) and directories where a file belongs, each with a one-line error naming
+// the flag and a non-zero exit, before it loads anything; a valid run still reports.
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace {
+
+using ::testing::HasSubstr;
+
+struct CommandResult {
+  int exit_code;
+  std::string output;
+};
+
+CommandResult run(const std::string& program, const std::string& args) {
+  // `timeout` turns a hang (the old --batch_size=0) into a failure instead of a stuck test.
+  FILE* pipe = popen(
+      ("timeout 120 " + std::string(MSA_BINARY_DIR) + "/" + program + " " + args + " 2>&1").c_str(),
+      "r");
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), pipe)) > 0) out.append(buf, n);
+  return {WEXITSTATUS(pclose(pipe)), out};
+}
+
+std::string fresh_dir(const std::string& name) {
+  const std::string dir = std::string(::testing::TempDir()) + "/" + name;
+  std::system(("rm -rf '" + dir + "' && mkdir -p '" + dir + "'").c_str());
+  return dir;
+}
+
+// A tiny MSA checkpoint, trained for one step (written once per test binary).
+const std::string& tiny_checkpoint() {
+  static const std::string path = [] {
+    const std::string dir = fresh_dir("eval_cli_ckpt");
+    CommandResult r =
+        run("msa-train",
+            "--device=cpu --vocab_size=96 --d_model=32 --n_layers=2 --n_heads=4 --n_kv_heads=2 "
+            "--head_dim=8 --ffn_dim=64 --attention=msa,dense --msa_block_size=8 --msa_topk=2 "
+            "--msa_index_dim=8 --seq_len=64 --batch_size=2 --steps=1 --data=synthetic:kv-recall "
+            "--checkpoint_dir=" +
+                dir);
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    FILE* p = popen(("ls " + dir + "/*.h5 | tail -1").c_str(), "r");
+    char buf[4096] = {0};
+    if (fgets(buf, sizeof(buf), p) == nullptr) buf[0] = 0;
+    pclose(p);
+    std::string file = buf;
+    while (!file.empty() && file.back() == '\n') file.pop_back();
+    return file;
+  }();
+  return path;
+}
+
+const char kCell[] = " --device=cpu --lengths=64 --depths=0.5 --recall_stride=0";
+
+TEST(MsaEvalCliTest, CountFlagsAreValidatedByName) {
+  const std::string ckpt = tiny_checkpoint();
+  ASSERT_FALSE(ckpt.empty());
+  const std::pair<const char*, const char*> cases[] = {
+      {"batch_size", "0"},
+      {"batch_size", "-4"},
+      {"samples", "0"},
+      {"samples", "-1"},
+      {"pairs", "0"},
+      {"recall_stride", "-1"},
+      {"lengths", "0"},
+      {"lengths", "-64"},
+      {"depths", "nan"},
+      {"depths", "inf"},
+      {"samples", "4294967297"},
+      {"batch_size", "9223372036854775807"},
+  };
+  for (const auto& [flag, value] : cases) {
+    const std::string arg = std::string(" --") + flag + "=" + value;
+    CommandResult r = run("msa-eval", "--checkpoint=" + ckpt + kCell + arg);
+    EXPECT_EQ(r.exit_code, 1) << arg << "\n" << r.output;
+    EXPECT_THAT(r.output, HasSubstr(std::string("invalid --") + flag + ":")) << arg;
+    EXPECT_THAT(r.output, ::testing::Not(HasSubstr("accuracy"))) << arg;
+  }
+  // With --data, its own count flags too.
+  const std::pair<const char*, const char*> data_cases[] = {
+      {"seq_len", "0"}, {"eval_batches", "0"}, {"val_fraction", "0"}, {"val_fraction", "1"}};
+  for (const auto& [flag, value] : data_cases) {
+    const std::string arg = std::string(" --data='/nonexistent/*.tok' --") + flag + "=" + value;
+    CommandResult r = run("msa-eval", "--checkpoint=" + ckpt + kCell + arg);
+    EXPECT_EQ(r.exit_code, 1) << arg << "\n" << r.output;
+    EXPECT_THAT(r.output, HasSubstr(std::string("invalid --") + flag + ":")) << arg;
+  }
+}
+
+TEST(MsaEvalCliTest, DirectoriesAreRefusedByName) {
+  const std::string ckpt = tiny_checkpoint();
+  ASSERT_FALSE(ckpt.empty());
+  const std::string dir = fresh_dir("eval_cli_dir");
+  CommandResult data = run("msa-eval", "--checkpoint=" + ckpt + kCell + " --data=" + dir);
+  EXPECT_EQ(data.exit_code, 1) << data.output;
+  EXPECT_THAT(data.output, HasSubstr("invalid --data: '" + dir + "' is a directory"));
+  CommandResult checkpoint = run("msa-eval", "--checkpoint=" + dir + kCell);
+  EXPECT_EQ(checkpoint.exit_code, 1) << checkpoint.output;
+  EXPECT_THAT(checkpoint.output, HasSubstr("invalid --checkpoint: '" + dir + "' is a directory"));
+}
+
+TEST(MsaEvalCliTest, ValidFlagsStillMeasure) {
+  const std::string ckpt = tiny_checkpoint();
+  ASSERT_FALSE(ckpt.empty());
+  CommandResult r = run("msa-eval", "--checkpoint=" + ckpt + kCell + " --samples=2 --batch_size=1");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("length 64 depth 0.50: accuracy"));
+}
+
+}  // namespace
