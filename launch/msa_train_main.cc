@@ -78,8 +78,14 @@ ABSL_FLAG(std::string, checkpoint_dir, "",
           "at the end, and on SIGTERM/SIGINT). Empty: no checkpoints.");
 ABSL_FLAG(int, checkpoint_every, 0, "Checkpoint every N steps (0: only at the end / on a signal).");
 ABSL_FLAG(int, keep_last, 0,
-          "Keep only the newest N checkpoints in --checkpoint_dir (0: keep all); older ones are "
-          "deleted only after the new one is safely on disk.");
+          "Keep only the newest N valid checkpoints in --checkpoint_dir (0: keep all). Older ones "
+          "are deleted only after the new one is on disk and read back valid; files newer than "
+          "it (another run's, or corrupt ones) and files that do not validate are never deleted "
+          "(docs/checkpoint.md).");
+ABSL_FLAG(int, max_nonfinite_steps, 3,
+          "A step whose loss or gradient norm is NaN or infinite is not applied (weights and "
+          "optimizer state unchanged); after this many such steps in a row msa-train stops with "
+          "an error (exit 1) and writes no checkpoint from them.");
 ABSL_FLAG(
     bool, resume, false,
     "Continue from the newest valid checkpoint in --checkpoint_dir (weights, optimizer, step, "
@@ -165,6 +171,7 @@ int main(int argc, char** argv) {
   o.trainer.lr.warmup_steps = absl::GetFlag(FLAGS_warmup_steps);
   o.trainer.lr.total_steps = o.trainer.steps;
   o.trainer.log_every = absl::GetFlag(FLAGS_log_every);
+  o.trainer.max_nonfinite_steps = absl::GetFlag(FLAGS_max_nonfinite_steps);
   o.trainer.recall_every = absl::GetFlag(FLAGS_recall_every);
   o.trainer.recall_query_stride = absl::GetFlag(FLAGS_recall_stride);
   o.synthetic_pairs = absl::GetFlag(FLAGS_synthetic_pairs);

@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <memory>
+#include <set>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_format.h"
@@ -49,8 +50,38 @@ absl::Status validate_run(const TrainProgramOptions& o) {
   if (o.trainer.steps < 0) return bad("steps", absl::StrFormat("%d is < 0", o.trainer.steps));
   if (o.trainer.grad_accum < 1)
     return bad("grad_accum", absl::StrFormat("%d is < 1", o.trainer.grad_accum));
-  if (!(o.trainer.lr.max_lr > 0))
-    return bad("lr", absl::StrFormat("%g must be > 0", o.trainer.lr.max_lr));
+  // Hyperparameters that cannot be right (non-finite or out of range) are refused here, before a
+  // run could turn them into NaN weights.
+  auto finite = [](double x) { return std::isfinite(x); };
+  if (!(finite(o.trainer.lr.max_lr) && o.trainer.lr.max_lr > 0))
+    return bad("lr", absl::StrFormat("%g must be finite and > 0", o.trainer.lr.max_lr));
+  if (!(finite(o.trainer.lr.min_lr) && o.trainer.lr.min_lr >= 0))
+    return bad("min_lr", absl::StrFormat("%g must be finite and >= 0", o.trainer.lr.min_lr));
+  if (o.trainer.lr.warmup_steps < 0)
+    return bad("warmup_steps", absl::StrFormat("%d is < 0", o.trainer.lr.warmup_steps));
+  if (!(o.optimizer.beta1 >= 0 && o.optimizer.beta1 < 1))
+    return bad("beta1", absl::StrFormat("%g is not in [0, 1)", o.optimizer.beta1));
+  if (!(o.optimizer.beta2 >= 0 && o.optimizer.beta2 < 1))
+    return bad("beta2", absl::StrFormat("%g is not in [0, 1)", o.optimizer.beta2));
+  if (!(finite(o.optimizer.eps) && o.optimizer.eps > 0))
+    return bad("adam_eps", absl::StrFormat("%g must be finite and > 0", o.optimizer.eps));
+  if (!(finite(o.optimizer.weight_decay) && o.optimizer.weight_decay >= 0))
+    return bad("weight_decay",
+               absl::StrFormat("%g must be finite and >= 0", o.optimizer.weight_decay));
+  if (!(finite(o.optimizer.grad_clip) && o.optimizer.grad_clip >= 0))
+    return bad("grad_clip", absl::StrFormat("%g must be finite and >= 0 (0: no clipping)",
+                                            o.optimizer.grad_clip));
+  if (!(finite(o.model.msa.index_loss_weight) && o.model.msa.index_loss_weight >= 0))
+    return bad("msa_index_loss_weight",
+               absl::StrFormat("%g must be finite and >= 0", o.model.msa.index_loss_weight));
+  if (!(finite(o.model.rope_theta) && o.model.rope_theta > 0))
+    return bad("rope_theta", absl::StrFormat("%g must be finite and > 0", o.model.rope_theta));
+  if (!(finite(o.model.norm_eps) && o.model.norm_eps > 0))
+    return bad("norm_eps", absl::StrFormat("%g must be finite and > 0", o.model.norm_eps));
+  if (!(o.val_fraction >= 0 && o.val_fraction < 1))
+    return bad("val_fraction", absl::StrFormat("%g is not in [0, 1)", o.val_fraction));
+  if (o.trainer.max_nonfinite_steps < 1)
+    return bad("max_nonfinite_steps", absl::StrFormat("%d is < 1", o.trainer.max_nonfinite_steps));
   if (o.trainer.log_every < 1)
     return bad("log_every", absl::StrFormat("%d is < 1", o.trainer.log_every));
   if (o.trainer.index_warmup_steps < 0)
@@ -159,6 +190,7 @@ std::string layout_json(const TrainProgramOptions& o) {
   j["resume"] = o.resume;
   j["init_from"] = o.init_from;
   j["exit_after_step"] = o.exit_after_step;
+  j["max_nonfinite_steps"] = o.trainer.max_nonfinite_steps;
   j["eval_every"] = o.eval_every;
   j["synthetic_pairs"] = o.synthetic_pairs;
   j["synthetic_depth"] = o.synthetic_depth;
@@ -226,7 +258,20 @@ class CheckpointWriter {
     absl::Status status;
     if (groups_.world_rank == 0) {
       status = save_checkpoint(path, ckpt);
-      if (status.ok()) status = prune_checkpoints(o_.checkpoint_dir, o_.keep_last);
+      if (status.ok() && o_.keep_last > 0) {
+        // Retention deletes only what the file just written (read back and validated)
+        // supersedes: never anything newer, never the last valid checkpoint.
+        auto check = load_checkpoint(path);
+        if (!check.ok())
+          status = absl::DataLossError(
+              absl::StrFormat("the checkpoint just written does not validate, --keep_last "
+                              "deletes nothing: %s",
+                              check.status().message()));
+        else
+          valid_steps_.insert(step);
+        if (status.ok())
+          status = prune_checkpoints(o_.checkpoint_dir, o_.keep_last, step, &valid_steps_);
+      }
       if (status.ok()) {
         std::printf("msa-train: saved checkpoint %s\n", path.c_str());
         std::fflush(stdout);
@@ -240,6 +285,8 @@ class CheckpointWriter {
     return status;
   }
   int64_t last_saved() const { return last_saved_; }
+  // A checkpoint of this directory known to validate (the one resumed from).
+  void mark_valid(int64_t step) { valid_steps_.insert(step); }
 
  private:
   const TrainProgramOptions& o_;
@@ -248,6 +295,7 @@ class CheckpointWriter {
   const Transformer& model_;
   const ProcessGroups& groups_;
   int64_t last_saved_ = -1;
+  std::set<int64_t> valid_steps_;  // rank 0: steps of checkpoint_dir known to validate
 };
 
 absl::Status ensure_dir(const std::string& dir) {
@@ -338,6 +386,7 @@ absl::Status run_train_program(TrainProgramOptions o) {
   AdamW optimizer(model.params(), o.optimizer);
 
   int64_t first_step = 1, tokens_seen = 0;
+  std::string resumed_from;
   if (!o.checkpoint_dir.empty()) MSA_RETURN_IF_ERROR(ensure_dir(o.checkpoint_dir));
   if (o.resume) {
     auto latest = load_latest_checkpoint(o.checkpoint_dir);
@@ -352,6 +401,7 @@ absl::Status run_train_program(TrainProgramOptions o) {
                          local_parts(ckpt.m, model.params(), model.tensor_parallel()),
                          local_parts(ckpt.v, model.params(), model.tensor_parallel()));
     first_step = ckpt.state.step + 1;
+    resumed_from = latest->path;
     tokens_seen = ckpt.state.tokens_seen;
     if (leader)
       std::printf("msa-train: resumed from %s (step %lld, %lld tokens seen)\n",
@@ -420,6 +470,8 @@ absl::Status run_train_program(TrainProgramOptions o) {
 
   install_stop_signal_handlers();
   CheckpointWriter writer(o, o.model, optimizer, model, groups);
+  if (o.resume && resumed_from == checkpoint_path(o.checkpoint_dir, first_step - 1))
+    writer.mark_valid(first_step - 1);
   Trainer trainer(model, optimizer, *data, o.trainer);
   absl::Status failure;
   int64_t last_step = first_step - 1;
@@ -435,6 +487,7 @@ absl::Status run_train_program(TrainProgramOptions o) {
       j["grad_norm"] = m.grad_norm;
       j["lr"] = m.lr;
       j["tokens"] = m.tokens;
+      if (m.skipped) j["skipped"] = true;  // not finite: not applied
       if (!m.index_recall.empty()) j["index_recall"] = m.index_recall;
       if (!m.block_recall.empty()) j["block_recall"] = m.block_recall;
       std::fprintf(metrics, "%s\n",

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -134,6 +135,26 @@ std::string parent_dir(const std::string& path) {
   return slash == std::string::npos ? "." : path.substr(0, std::max<size_t>(1, slash));
 }
 
+// The index of the first non-finite value of `t` (any device / dtype), or -1.
+int64_t first_non_finite(const Tensor& t) {
+  const Tensor host = t.is_cpu() && t.dtype() == DType::kF32
+                          ? t
+                          : (t.is_cpu() ? t : t.to(Device::kCPU)).to(DType::kF32);
+  const float* p = host.data<float>();
+  const int64_t n = host.numel();
+  for (int64_t i = 0; i < n; ++i)
+    if (!std::isfinite(p[i])) return i;
+  return -1;
+}
+
+std::string non_finite_what(const Tensor& t, int64_t at) {
+  const Tensor host = t.is_cpu() && t.dtype() == DType::kF32
+                          ? t
+                          : (t.is_cpu() ? t : t.to(Device::kCPU)).to(DType::kF32);
+  return absl::StrFormat("holds a non-finite value (%g at element %d of %d)",
+                         host.data<float>()[at], at, host.numel());
+}
+
 // ---- reading
 // -------------------------------------------------------------------------------
 
@@ -229,6 +250,11 @@ absl::StatusOr<Tensor> read_f32(const std::string& path, hid_t file, const std::
         absl::StrFormat("%s: checksum mismatch in dataset %s (stored %016x, "
                         "computed %016x): the data is corrupt",
                         path, name, stored, actual));
+  if (const int64_t at = first_non_finite(t); at >= 0)
+    return absl::DataLossError(absl::StrFormat(
+        "%s: dataset %s %s: the run that wrote it had diverged (NaN/inf weights or moments); "
+        "resume from an earlier checkpoint with a lower --lr (docs/checkpoint.md)",
+        path, name, non_finite_what(t, at)));
   return t;
 }
 
@@ -261,6 +287,14 @@ absl::Status save_checkpoint(const std::string& path, const Checkpoint& ckpt) {
         (with_optimizer && (!ckpt.m.count(s.name) || !ckpt.v.count(s.name))))
       return absl::InvalidArgumentError(
           absl::StrFormat("%s: no tensor for parameter %s", path, s.name));
+  }
+  {
+    absl::Status finite = check_finite(ckpt.params, "/params/");
+    if (finite.ok() && with_optimizer) finite = check_finite(ckpt.m, "/optimizer/", "/m");
+    if (finite.ok() && with_optimizer) finite = check_finite(ckpt.v, "/optimizer/", "/v");
+    if (!finite.ok())
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "%s: refusing to write a checkpoint from non-finite state: %s", path, finite.message()));
   }
   {
     H5Handle file(H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), H5Fclose);
@@ -381,13 +415,42 @@ absl::StatusOr<LatestCheckpoint> load_latest_checkpoint(const std::string& dir) 
   return absl::NotFoundError(absl::StrFormat("no valid checkpoint in %s", dir));
 }
 
-absl::Status prune_checkpoints(const std::string& dir, int keep_last) {
+absl::Status check_finite(const std::map<std::string, Tensor>& tensors, const std::string& prefix,
+                          const std::string& suffix) {
+  for (const auto& [name, t] : tensors) {
+    if (const int64_t at = first_non_finite(t); at >= 0)
+      return absl::FailedPreconditionError(
+          absl::StrFormat("%s%s%s %s", prefix, name, suffix, non_finite_what(t, at)));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status prune_checkpoints(const std::string& dir, int keep_last, int64_t newest_valid,
+                               std::set<int64_t>* known_valid) {
   if (keep_last <= 0) return absl::OkStatus();
-  const std::vector<int64_t> steps = list_checkpoint_steps(dir);
-  for (size_t i = keep_last; i < steps.size(); ++i) {
-    const std::string path = checkpoint_path(dir, steps[i]);
+  std::set<int64_t> local;
+  std::set<int64_t>& valid = known_valid ? *known_valid : local;
+  auto is_valid = [&](int64_t step) {
+    if (valid.count(step)) return true;
+    if (!load_checkpoint(checkpoint_path(dir, step)).ok()) return false;
+    valid.insert(step);
+    return true;
+  };
+  if (!is_valid(newest_valid))
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "%s does not validate: --keep_last deletes nothing", checkpoint_path(dir, newest_valid)));
+  int kept = 0;
+  for (int64_t step : list_checkpoint_steps(dir)) {  // newest first
+    if (step > newest_valid) continue;               // never newer than what this run validated
+    if (!is_valid(step)) continue;                   // neither counted nor deleted
+    if (kept < keep_last) {
+      ++kept;
+      continue;
+    }
+    const std::string path = checkpoint_path(dir, step);
     if (std::remove(path.c_str()) != 0)
       return absl::InternalError(absl::StrFormat("%s: cannot delete old checkpoint", path));
+    valid.erase(step);
   }
   return absl::OkStatus();
 }

@@ -20,6 +20,7 @@
 
 #include <cstdint>
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -46,11 +47,13 @@ struct Checkpoint {
 };
 
 // Writes `ckpt` to `path` (via `path`.tmp + rename). Every parameter of
-// ckpt.config must be in params (and in m, v unless both are empty).
+// ckpt.config must be in params (and in m, v unless both are empty). A tensor holding a NaN or an
+// infinity is refused (FailedPrecondition, naming it) before anything is written.
 absl::Status save_checkpoint(const std::string& path, const Checkpoint& ckpt);
 
 // Reads and validates a checkpoint; with weights_only the optimizer group is
-// not read. A file from before the paper's shared index key head (an MSA layer's
+// not read. A parameter or moment holding a NaN or an infinity is refused (DataLoss, naming the
+// file and the dataset). A file from before the paper's shared index key head (an MSA layer's
 // index_wk of [G * d_I, D] with G > 1) is refused as FailedPrecondition, saying
 // why and naming the file and dataset.
 absl::StatusOr<Checkpoint> load_checkpoint(const std::string& path, bool weights_only = false);
@@ -69,9 +72,23 @@ struct LatestCheckpoint {
 // skipped with a warning on stderr. NotFound when there is none.
 absl::StatusOr<LatestCheckpoint> load_latest_checkpoint(const std::string& dir);
 
-// Deletes all but the newest `keep_last` checkpoints of `dir` (keep_last <= 0:
-// keep all).
-absl::Status prune_checkpoints(const std::string& dir, int keep_last);
+// --keep_last retention: deletes only what is provably superseded. `newest_valid` is the step of
+// the newest checkpoint this run wrote and validated (its file must load). Then:
+//  - a file with a step above newest_valid is never deleted (whatever it holds: a corrupt file or
+//    an older, longer run's checkpoint is never the reason this run's files go);
+//  - of the files at or below newest_valid, newest first, the first `keep_last` that load and
+//    validate are kept (newest_valid itself is always one of them), the valid ones after those are
+//    deleted, and a file that does not validate is neither counted nor deleted.
+// `known_valid` (optional) caches the steps known to validate: they are not read again, and steps
+// found valid are added. keep_last <= 0: keeps all. Refuses (deleting nothing) when the file at
+// newest_valid does not validate.
+absl::Status prune_checkpoints(const std::string& dir, int keep_last, int64_t newest_valid,
+                               std::set<int64_t>* known_valid = nullptr);
+
+// OK when every value of every tensor is finite; otherwise an error naming the first tensor that
+// holds a NaN or an infinity, as prefix + name + suffix (e.g. "/optimizer/" + name + "/m").
+absl::Status check_finite(const std::map<std::string, Tensor>& tensors, const std::string& prefix,
+                          const std::string& suffix = "");
 
 // Test hook: when the environment variable MSA_TEST_CRASH_BEFORE_RENAME is set,
 // save_checkpoint kills its own process (SIGKILL) after the temporary file is

@@ -1,5 +1,6 @@
 #include "train/trainer.h"
 
+#include <cmath>
 #include <cstdio>
 #include <vector>
 
@@ -84,7 +85,10 @@ StepMetrics Trainer::train_step(int64_t step) {
   if (m.warmup) filter = [](const ParamSpec& s) { return s.index_branch; };
   m.grad_norm = optimizer_.grad_norm(filter);
   m.lr = config_.lr.at(step);
-  optimizer_.step(step, m.lr, m.grad_norm, filter);
+  // The non-finite guard. The loss is reduced over the data-parallel group and the norm over every
+  // group, so all ranks take the same decision.
+  m.skipped = !std::isfinite(m.loss) || !std::isfinite(m.grad_norm);
+  if (!m.skipped) optimizer_.step(step, m.lr, m.grad_norm, filter);
   m.seconds = timer.seconds();
   return m;
 }
@@ -103,6 +107,7 @@ std::string Trainer::format_metrics(const StepMetrics& m) const {
   if (!m.block_recall.empty()) s += " | block recall " + per_layer(m.block_recall);
   s += absl::StrFormat(" | grad_norm %.3f | lr %.3g | %.0f tok/s", m.grad_norm, m.lr,
                        m.seconds > 0 ? m.tokens / m.seconds : 0.0);
+  if (m.skipped) s += " | NOT FINITE: step skipped";
   if (m.warmup)
     s += " | index warm-up (dense attention, backbone frozen)";
   else if (m.dense_attention && model_.config().any_msa())
@@ -112,8 +117,27 @@ std::string Trainer::format_metrics(const StepMetrics& m) const {
 
 absl::Status Trainer::run(int64_t first_step,
                           const std::function<bool(const StepMetrics&)>& after_step) {
+  int nonfinite_in_a_row = 0;
   for (int64_t step = first_step; step <= config_.steps; ++step) {
     StepMetrics m = train_step(step);
+    nonfinite_in_a_row = m.skipped ? nonfinite_in_a_row + 1 : 0;
+    if (m.skipped && !config_.quiet) {
+      std::fprintf(stderr,
+                   "msa-train: step %lld: loss %g, gradient norm %g: not finite; the step was not "
+                   "applied (weights and optimizer state unchanged), %d of %d in a row\n",
+                   static_cast<long long>(step), m.loss, m.grad_norm, nonfinite_in_a_row,
+                   config_.max_nonfinite_steps);
+      std::fflush(stderr);
+    }
+    if (m.skipped && nonfinite_in_a_row >= config_.max_nonfinite_steps)
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "training diverged: the loss or the gradient norm was not finite for %d steps in a row "
+          "(steps %d..%d; at step %d loss %g, gradient norm %g), --max_nonfinite_steps=%d. None "
+          "of them was applied (the weights and optimizer state are those after step %d) and no "
+          "checkpoint holds non-finite values; resume from the last checkpoint with a lower --lr "
+          "(or a smaller --grad_clip)",
+          nonfinite_in_a_row, step - nonfinite_in_a_row + 1, step, step, m.loss, m.grad_norm,
+          config_.max_nonfinite_steps, step - nonfinite_in_a_row));
     if (!config_.quiet && (step % config_.log_every == 0 || step == first_step ||
                            step == config_.steps || !m.index_recall.empty())) {
       std::printf("%s\n", format_metrics(m).c_str());

@@ -37,6 +37,10 @@ struct TrainerConfig {
   int log_every = 10;
   int recall_every = 0;  // measure index and block recall every N steps (0: never)
   int64_t recall_query_stride = 16;
+  // The non-finite guard: a step whose loss or global gradient norm is NaN or infinite is not
+  // applied (weights and optimizer moments stay as they were; the step's data is consumed and the
+  // step counts). After this many such steps in a row run() stops with an error.
+  int max_nonfinite_steps = 3;
   bool quiet = false;  // no log lines (tests)
   // Data parallelism: the group whose ranks each train on their share of the global batch
   // (nullptr: one replica). The loss is the mean over all target tokens of the global batch.
@@ -53,6 +57,7 @@ struct StepMetrics {
   double seconds = 0;
   bool warmup = false;           // index warm-up with the backbone frozen
   bool dense_attention = false;  // MSA layers attended densely (either warm-up phase)
+  bool skipped = false;          // the loss or the gradient norm was not finite: not applied
 };
 
 // How MSA layers run at 1-based `step` (dense in both warm-up phases, then sparse).
@@ -66,7 +71,8 @@ class Trainer {
   StepMetrics train_step(int64_t step);
 
   // Runs steps first_step..config.steps; calls `after_step` after each (checkpoints, eval; it may
-  // return false to stop early). Logs every log_every steps.
+  // return false to stop early). Logs every log_every steps. Fails (FailedPrecondition, without
+  // calling after_step for that step) once max_nonfinite_steps steps in a row were skipped.
   absl::Status run(int64_t first_step,
                    const std::function<bool(const StepMetrics&)>& after_step = nullptr);
 

@@ -4,6 +4,7 @@
 
 #include <cstdio>
 #include <string>
+#include <utility>
 
 #include "gtest/gtest.h"
 
@@ -112,6 +113,59 @@ TEST(MsaTrainCliTest, BadAttentionListNamesTheFlag) {
   CommandResult r = run_msa_train("--attention=dense,sparse --steps=1 --device=cpu");
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.output.find("invalid --attention"), std::string::npos) << r.output;
+}
+
+// Hyperparameters that cannot be right are refused at startup, naming the flag, before any step
+// (these were all accepted and trained on, into NaN weights, before issue 18).
+TEST(MsaTrainCliTest, HyperparametersThatCannotBeRightAreRefusedNamingTheFlag) {
+  const std::pair<const char*, const char*> cases[] = {
+      {"lr", "inf"},
+      {"lr", "nan"},
+      {"lr", "0"},
+      {"min_lr", "-1e-4"},
+      {"min_lr", "inf"},
+      {"adam_eps", "0"},
+      {"adam_eps", "nan"},
+      {"weight_decay", "nan"},
+      {"weight_decay", "-0.1"},
+      {"beta1", "1"},
+      {"beta1", "-0.5"},
+      {"beta2", "1.5"},
+      {"beta2", "nan"},
+      {"grad_clip", "-1"},
+      {"grad_clip", "inf"},
+      {"warmup_steps", "-3"},
+      {"max_nonfinite_steps", "0"},
+      {"msa_index_loss_weight", "inf"},
+  };
+  for (const auto& [flag, value] : cases) {
+    const std::string arg = std::string("--") + flag + "=" + value;
+    CommandResult r = run_msa_train(
+        arg + " --steps=1 --device=cpu --checkpoint_dir=" + ::testing::TempDir() + "/cli_refused");
+    EXPECT_EQ(r.exit_code, 1) << arg << "\n" << r.output;
+    EXPECT_NE(r.output.find(std::string("invalid --") + flag + ":"), std::string::npos)
+        << arg << "\n"
+        << r.output;
+    EXPECT_EQ(r.output.find("step "), std::string::npos) << arg << " trained:\n" << r.output;
+  }
+}
+
+// A run whose loss turns non-finite stops with a non-zero exit and says why, instead of training
+// on and exiting 0.
+TEST(MsaTrainCliTest, DivergingRunStopsWithANonZeroExit) {
+  CommandResult r = run_msa_train(
+      "--device=cpu --vocab_size=96 --d_model=32 --n_layers=2 --n_heads=4 --n_kv_heads=2 "
+      "--head_dim=8 --ffn_dim=64 --attention=msa,dense --msa_block_size=8 --msa_topk=2 "
+      "--msa_index_dim=8 --seq_len=48 --batch_size=2 --data=synthetic:kv-recall --steps=30 "
+      "--lr=1e37 --min_lr=1e37 --warmup_steps=0 --log_every=1 --recall_every=0 "
+      "--max_nonfinite_steps=2");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(r.output.find("not finite; the step was not applied"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("msa-train: training diverged: the loss or the gradient norm was not "
+                          "finite for 2 steps in a row"),
+            std::string::npos)
+      << r.output;
+  EXPECT_EQ(r.output.find("step    30/30"), std::string::npos) << r.output;
 }
 
 }  // namespace

@@ -4,6 +4,7 @@
 #include <hdf5.h>
 #include <sys/stat.h>
 
+#include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <iterator>
@@ -345,6 +346,175 @@ TEST(TrainCheckpointTest, ResumeWithoutCheckpointsIsAClearError) {
   absl::Status s = run_train_program(o);
   ASSERT_FALSE(s.ok());
   EXPECT_THAT(std::string(s.message()), HasSubstr("no valid checkpoint in"));
+}
+
+// ---- what can and cannot be lost (issue 18)
+// --------------------------------------------------------------------------
+
+// The issue's case: the directory holds an older, longer run's checkpoints (steps 2, 4, 6) and a
+// corrupt file from the future (step 100). A new run with --keep_last=1 must keep what it wrote,
+// not prune its own files because higher step numbers exist.
+TEST(TrainCheckpointTest, KeepLastNeverDeletesThisRunsCheckpointsForNewerOrCorruptFiles) {
+  const std::string dir = fresh_dir("keep_last_foreign");
+  TrainProgramOptions old_run = tiny_run(dir, 6);
+  old_run.checkpoint_every = 2;
+  ASSERT_TRUE(run_train_program(old_run).ok());
+  {
+    std::ofstream corrupt(checkpoint_path(dir, 100), std::ios::binary);
+    corrupt << "not a checkpoint";
+  }
+  TrainProgramOptions o = tiny_run(dir, 3);
+  o.seed = 99;
+  o.checkpoint_every = 1;
+  o.keep_last = 1;
+  ASSERT_TRUE(run_train_program(o).ok());
+  // This run's newest checkpoint survives and validates; its step-1 file is superseded by it;
+  // its step 2 replaced the old run's step 2 and is superseded too. Everything newer stays.
+  auto mine = load_checkpoint(checkpoint_path(dir, 3));
+  ASSERT_TRUE(mine.ok()) << mine.status();
+  EXPECT_EQ(mine->state.seed, 99);
+  EXPECT_EQ(list_checkpoint_steps(dir), (std::vector<int64_t>{100, 6, 4, 3}));
+  EXPECT_TRUE(load_checkpoint(checkpoint_path(dir, 6)).ok());
+}
+
+// A file that does not validate is neither counted as one of the --keep_last checkpoints nor
+// deleted: with keep_last=2 and a corrupt step 5 between this run's 4 and 6, both 4 and 6 stay.
+TEST(TrainCheckpointTest, KeepLastCountsOnlyCheckpointsThatValidate) {
+  const std::string dir = fresh_dir("keep_last_corrupt_between");
+  {
+    std::ofstream corrupt(checkpoint_path(dir, 5), std::ios::binary);
+    corrupt << "truncated";
+  }
+  TrainProgramOptions o = tiny_run(dir, 6);
+  o.checkpoint_every = 2;
+  o.keep_last = 2;
+  ASSERT_TRUE(run_train_program(o).ok());
+  EXPECT_EQ(list_checkpoint_steps(dir), (std::vector<int64_t>{6, 5, 4}));
+  EXPECT_TRUE(load_checkpoint(checkpoint_path(dir, 6)).ok());
+  EXPECT_TRUE(load_checkpoint(checkpoint_path(dir, 4)).ok());
+}
+
+// prune_checkpoints itself: nothing above newest_valid goes, and it refuses to act on a
+// newest_valid that does not validate.
+TEST(TrainCheckpointTest, PruneNeverDeletesAboveTheNewestValidatedStep) {
+  const std::string good = good_checkpoints("prune_direct");  // steps 2 and 4
+  const std::string dir = good.substr(0, good.rfind('/'));
+  copy_as_step(good, 3);
+  copy_as_step(good, 9);
+  ASSERT_TRUE(prune_checkpoints(dir, 1, 3).ok());
+  EXPECT_EQ(list_checkpoint_steps(dir), (std::vector<int64_t>{9, 4, 3}));
+  {
+    std::ofstream corrupt(checkpoint_path(dir, 7), std::ios::binary);
+    corrupt << "x";
+  }
+  EXPECT_FALSE(prune_checkpoints(dir, 1, 7).ok());
+  EXPECT_EQ(list_checkpoint_steps(dir), (std::vector<int64_t>{9, 7, 4, 3}));
+  ASSERT_TRUE(prune_checkpoints(dir, 1, 9).ok());
+  EXPECT_EQ(list_checkpoint_steps(dir), (std::vector<int64_t>{9, 7}));  // 7 does not validate
+}
+
+// Writes `value` into element 5 of float32 dataset `name` of `path` and re-signs the checksum, so
+// only the finiteness check can tell.
+void poison_dataset(const std::string& path, const std::string& name, float value) {
+  hid_t f = H5Fopen(path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+  ASSERT_GE(f, 0);
+  hid_t ds = H5Dopen2(f, name.c_str(), H5P_DEFAULT);
+  ASSERT_GE(ds, 0);
+  hid_t space = H5Dget_space(ds);
+  std::vector<float> data(H5Sget_simple_extent_npoints(space));
+  ASSERT_GT(data.size(), 5u);
+  ASSERT_GE(H5Dread(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, data.data()), 0);
+  data[5] = value;
+  ASSERT_GE(H5Dwrite(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, data.data()), 0);
+  const uint64_t sum =
+      fnv1a64(std::string(reinterpret_cast<const char*>(data.data()), data.size() * sizeof(float)));
+  hid_t attr = H5Aopen(ds, "fnv1a64", H5P_DEFAULT);
+  ASSERT_GE(H5Awrite(attr, H5T_NATIVE_UINT64, &sum), 0);
+  H5Aclose(attr);
+  H5Sclose(space);
+  H5Dclose(ds);
+  H5Fclose(f);
+}
+
+TEST(TrainCheckpointTest, NonFiniteMomentIsRejectedNamingTheDataset) {
+  const std::string good = good_checkpoints("bad_nan_moment");
+  const std::string bad = copy_as_step(good, 10);
+  poison_dataset(bad, "/optimizer/layers.1.mlp.w_up.weight/v", std::nanf(""));
+  expect_rejected(good, bad,
+                  "dataset /optimizer/layers.1.mlp.w_up.weight/v holds a non-finite value");
+}
+
+TEST(TrainCheckpointTest, InfiniteParameterIsRejectedEvenWeightsOnly) {
+  const std::string good = good_checkpoints("bad_inf_param");
+  const std::string bad = copy_as_step(good, 10);
+  poison_dataset(bad, "/params/embed.weight", INFINITY);
+  auto r = load_checkpoint(bad, /*weights_only=*/true);
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr(bad));
+  EXPECT_THAT(std::string(r.status().message()),
+              HasSubstr("dataset /params/embed.weight holds a non-finite value (inf"));
+}
+
+TEST(TrainCheckpointTest, SaveRefusesNonFiniteState) {
+  const std::string good = good_checkpoints("save_nan");
+  const std::string dir = good.substr(0, good.rfind('/'));
+  auto ckpt = load_checkpoint(good);
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+  Checkpoint nan_weights = *ckpt;
+  nan_weights.params.at("final_norm.weight").data<float>()[1] = std::nanf("");
+  absl::Status s = save_checkpoint(checkpoint_path(dir, 7), nan_weights);
+  ASSERT_FALSE(s.ok());
+  EXPECT_THAT(std::string(s.message()), HasSubstr("/params/final_norm.weight"));
+  EXPECT_THAT(std::string(s.message()), HasSubstr("non-finite"));
+  auto nan_moment = load_checkpoint(good);  // (tensor copies share storage: a fresh load)
+  ASSERT_TRUE(nan_moment.ok()) << nan_moment.status();
+  nan_moment->m.at("embed.weight").data<float>()[0] = -INFINITY;
+  s = save_checkpoint(checkpoint_path(dir, 7), *nan_moment);
+  ASSERT_FALSE(s.ok());
+  EXPECT_THAT(std::string(s.message()), HasSubstr("/optimizer/embed.weight/m"));
+  EXPECT_EQ(list_checkpoint_steps(dir), (std::vector<int64_t>{4, 2}));  // nothing written
+  struct stat st;
+  EXPECT_NE(::stat((checkpoint_path(dir, 7) + ".tmp").c_str(), &st), 0);
+}
+
+// A learning rate that is finite but absurd makes the weights blow up after the first step: the
+// following steps have a non-finite loss; they are not applied (the checkpoints written after
+// them hold exactly the weights and moments of step 1), and after --max_nonfinite_steps of them
+// in a row the run fails, naming the flag, with no checkpoint from the failing steps.
+TEST(TrainCheckpointTest, NonFiniteStepsAreSkippedThenTheRunStops) {
+  const std::string dir = fresh_dir("diverge");
+  TrainProgramOptions o = tiny_run(dir, 20);
+  o.trainer.lr.max_lr = 1e37;
+  o.trainer.lr.min_lr = 1e37;
+  o.trainer.lr.warmup_steps = 0;
+  o.checkpoint_every = 1;
+  o.trainer.max_nonfinite_steps = 3;
+  absl::Status s = run_train_program(o);
+  ASSERT_FALSE(s.ok()) << "a diverged run ended successfully";
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+  EXPECT_THAT(std::string(s.message()), HasSubstr("not finite for 3 steps in a row"));
+  EXPECT_THAT(std::string(s.message()), HasSubstr("--max_nonfinite_steps=3"));
+  const std::vector<std::string> log = lines(dir + "/metrics.jsonl");
+  ASSERT_GE(log.size(), 3u);
+  // log[i] is step i + 1. The first skipped step and the next are logged (and checkpointed); the
+  // third in a row ends the run before anything is logged or written for it.
+  size_t first = 0;
+  while (first < log.size() && log[first].find("\"skipped\":true") == std::string::npos) ++first;
+  ASSERT_LT(first, log.size()) << "no step was skipped";
+  ASSERT_GE(first, 1u);
+  ASSERT_EQ(log.size(), first + 2);
+  EXPECT_THAT(log[first + 1], HasSubstr("\"skipped\":true"));
+  const int64_t last_applied = static_cast<int64_t>(first);  // the step of log[first - 1]
+  const std::vector<int64_t> steps = list_checkpoint_steps(dir);
+  ASSERT_FALSE(steps.empty());
+  EXPECT_EQ(steps.front(), last_applied + 2) << "a checkpoint of the failing step was written";
+  auto applied = load_checkpoint(checkpoint_path(dir, last_applied));
+  auto after = load_checkpoint(checkpoint_path(dir, last_applied + 2));
+  ASSERT_TRUE(applied.ok()) << applied.status();
+  ASSERT_TRUE(after.ok()) << after.status();
+  expect_identical(applied->params, after->params, "params after skipped steps");
+  expect_identical(applied->m, after->m, "first moments after skipped steps");
+  expect_identical(applied->v, after->v, "second moments after skipped steps");
 }
 
 }  // namespace
