@@ -11,8 +11,9 @@
 namespace msa {
 
 int64_t sample_number(int64_t step, int micro, int grad_accum, int dp_rank, int dp_size,
-                      int64_t batch, int64_t i) {
-  return (((step - 1) * grad_accum + micro) * dp_size + dp_rank) * batch + i;
+                      int64_t batch, int64_t i, int64_t base_step, int64_t base_sample) {
+  return base_sample + (((step - 1 - base_step) * grad_accum + micro) * dp_size + dp_rank) * batch +
+         i;
 }
 
 IndexPermutation::IndexPermutation(int64_t n, uint64_t seed) : n_(n), seed_(seed) {

@@ -13,9 +13,8 @@
 // no table, O(1) memory). So:
 //  - an epoch visits every training window exactly once;
 //  - the sample a rank reads is a pure function of (seed, n): a resumed run
-//  needs no cursor
-//    beyond the step it resumes at, and the layout of the run (dp size) only
-//    changes which rank reads which n;
+//    continues from its checkpoint's sample cursor, and the layout of the run
+//    (dp size, batch) only changes which rank reads which n;
 //  - ranks read disjoint sample numbers (see sample_number()).
 #pragma once
 
@@ -31,9 +30,13 @@ namespace msa {
 
 // Sample number of sequence `i` of micro-batch `micro` of 1-based `step` on
 // data-parallel rank `dp_rank`: every (step, micro, rank, i) gets its own
-// number, consecutive over the global batch.
+// number, consecutive over the global batch. The steps after `base_step`
+// continue from sample `base_sample` (a resumed run passes its checkpoint's step
+// and sample cursor, so resuming with another global batch, e.g. other dp or
+// --batch_size, neither repeats nor skips samples; with the same global batch
+// the numbers are those of the uninterrupted run).
 int64_t sample_number(int64_t step, int micro, int grad_accum, int dp_rank, int dp_size,
-                      int64_t batch, int64_t i);
+                      int64_t batch, int64_t i, int64_t base_step = 0, int64_t base_sample = 0);
 
 // A seeded pseudo-random permutation of [0, n).
 class IndexPermutation {

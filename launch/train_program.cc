@@ -132,10 +132,13 @@ std::string describe_phases(const TrainerConfig& t) {
 }
 
 // Training (validation = false) or validation batches for --data.
+// A resumed run passes its checkpoint's step and sample cursor (base_step, base_sample).
 absl::StatusOr<std::unique_ptr<BatchSource>> make_source(const TrainProgramOptions& o,
                                                          const ProcessGroups& groups,
-                                                         bool validation) {
-  const DataLayout layout{o.trainer.grad_accum, groups.dp_rank, groups.dp_size};
+                                                         bool validation, int64_t base_step = 0,
+                                                         int64_t base_sample = 0) {
+  const DataLayout layout{o.trainer.grad_accum, groups.dp_rank, groups.dp_size, base_step,
+                          base_sample};
   if (o.data == "synthetic:repeat") {
     // The same sequence on every rank and step: layout-independent by construction.
     return make_repeating_source(o.model.vocab_size, o.batch_size, o.seq_len, 61, o.seed);
@@ -232,9 +235,18 @@ std::string config_difference(const ModelConfig& a, const ModelConfig& b) {
 
 class CheckpointWriter {
  public:
+  // base_step / base_sample: where this run's sample numbers start (a resumed run: its
+  // checkpoint's step and cursor).
   CheckpointWriter(const TrainProgramOptions& o, const ModelConfig& config, AdamW& optimizer,
-                   const Transformer& model, const ProcessGroups& groups)
-      : o_(o), config_(config), optimizer_(optimizer), model_(model), groups_(groups) {}
+                   const Transformer& model, const ProcessGroups& groups, int64_t base_step,
+                   int64_t base_sample)
+      : o_(o),
+        config_(config),
+        optimizer_(optimizer),
+        model_(model),
+        groups_(groups),
+        base_step_(base_step),
+        base_sample_(base_sample) {}
 
   // Collective: every rank gathers the full state (checkpoints are unsharded), rank 0 writes.
   absl::Status save(int64_t step, int64_t tokens_seen) {
@@ -252,7 +264,9 @@ class CheckpointWriter {
     ckpt.state.step = step;
     ckpt.state.tokens_seen = tokens_seen;
     ckpt.state.seed = static_cast<int64_t>(o_.seed);
-    ckpt.state.sample_cursor = step * o_.trainer.grad_accum * o_.batch_size * groups_.dp_size;
+    // Samples continue from the cursor this run started at (data/window_sampler.h).
+    ckpt.state.sample_cursor =
+        base_sample_ + (step - base_step_) * o_.trainer.grad_accum * o_.batch_size * groups_.dp_size;
     ckpt.state.lr_step = step;
     const std::string path = checkpoint_path(o_.checkpoint_dir, step);
     absl::Status status;
@@ -294,6 +308,7 @@ class CheckpointWriter {
   AdamW& optimizer_;
   const Transformer& model_;
   const ProcessGroups& groups_;
+  const int64_t base_step_, base_sample_;
   int64_t last_saved_ = -1;
   std::set<int64_t> valid_steps_;  // rank 0: steps of checkpoint_dir known to validate
 };
@@ -385,7 +400,7 @@ absl::Status run_train_program(TrainProgramOptions o) {
   model.params().initialize(o.seed, groups.tp_rank, groups.tp_size);
   AdamW optimizer(model.params(), o.optimizer);
 
-  int64_t first_step = 1, tokens_seen = 0;
+  int64_t first_step = 1, tokens_seen = 0, sample_cursor = 0;
   std::string resumed_from;
   if (!o.checkpoint_dir.empty()) MSA_RETURN_IF_ERROR(ensure_dir(o.checkpoint_dir));
   if (o.resume) {
@@ -401,8 +416,12 @@ absl::Status run_train_program(TrainProgramOptions o) {
                          local_parts(ckpt.m, model.params(), model.tensor_parallel()),
                          local_parts(ckpt.v, model.params(), model.tensor_parallel()));
     first_step = ckpt.state.step + 1;
+    sample_cursor = ckpt.state.sample_cursor;
     resumed_from = latest->path;
     tokens_seen = ckpt.state.tokens_seen;
+    // Samples continue from the checkpoint's cursor: at another global batch (dp size,
+    // --batch_size, --grad_accum) no sample is drawn twice and none is skipped.
+    MSA_ASSIGN_OR_RETURN(data, make_source(o, groups, false, ckpt.state.step, sample_cursor));
     if (leader)
       std::printf("msa-train: resumed from %s (step %lld, %lld tokens seen)\n",
                   latest->path.c_str(), static_cast<long long>(ckpt.state.step),
@@ -469,7 +488,7 @@ absl::Status run_train_program(TrainProgramOptions o) {
       metrics, [](FILE* f) { return f ? std::fclose(f) : 0; });
 
   install_stop_signal_handlers();
-  CheckpointWriter writer(o, o.model, optimizer, model, groups);
+  CheckpointWriter writer(o, o.model, optimizer, model, groups, first_step - 1, sample_cursor);
   if (o.resume && resumed_from == checkpoint_path(o.checkpoint_dir, first_step - 1))
     writer.mark_valid(first_step - 1);
   Trainer trainer(model, optimizer, *data, o.trainer);

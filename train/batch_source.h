@@ -32,6 +32,10 @@ struct DataLayout {
   int grad_accum = 1;
   int dp_rank = 0;
   int dp_size = 1;
+  // A resumed run: the steps after base_step draw samples from base_sample on (the checkpoint's
+  // cursor), whatever the global batch was before (data/window_sampler.h, sample_number).
+  int64_t base_step = 0;
+  int64_t base_sample = 0;
 };
 
 // Windows of token shards (data/window_sampler.h): `glob` names the shards; `validation` selects

@@ -24,8 +24,7 @@ class ShardSource : public BatchSource {
       const int64_t w =
           validation_
               ? sampler_->val_window((step - 1) * batch_ + i)
-              : sampler_->train_window(sample_number(step, micro, layout_.grad_accum,
-                                                     layout_.dp_rank, layout_.dp_size, batch_, i));
+              : sampler_->train_window(sample_number(step, micro, layout_.grad_accum, layout_.dp_rank, layout_.dp_size, batch_, i, layout_.base_step, layout_.base_sample));
       sampler_->read_window(w, window.data());
       std::copy(window.begin(), window.end() - 1, b.tokens.data<int32_t>() + i * T);
       std::copy(window.begin() + 1, window.end(), b.targets.data<int32_t>() + i * T);

@@ -93,6 +93,30 @@ TEST(DataSamplerTest, DataParallelRanksReadDisjointSamples) {
   }
 }
 
+// A run of 3 steps x 2 ranks x batch 4 (samples 0..23) resumed on 1 rank with batch 3 and 2
+// micro-batches: the resumed steps read 24, 25, ... consecutively, none of 0..23 again.
+TEST(DataSamplerTest, ResumeAtAnotherGlobalBatchContinuesFromTheCursor) {
+  std::set<int64_t> before, after;
+  for (int64_t step = 1; step <= 3; ++step)
+    for (int rank = 0; rank < 2; ++rank)
+      for (int64_t i = 0; i < 4; ++i) before.insert(sample_number(step, 0, 1, rank, 2, 4, i));
+  ASSERT_EQ(static_cast<int64_t>(before.size()), 24);
+  const int64_t cursor = *before.rbegin() + 1;
+  for (int64_t step = 4; step <= 6; ++step)
+    for (int micro = 0; micro < 2; ++micro)
+      for (int64_t i = 0; i < 3; ++i)
+        after.insert(sample_number(step, micro, 2, 0, 1, 3, i, /*base_step=*/3, cursor));
+  EXPECT_EQ(static_cast<int64_t>(after.size()), 18);
+  EXPECT_EQ(*after.begin(), 24) << "the first resumed sample is the cursor";
+  EXPECT_EQ(*after.rbegin(), 24 + 18 - 1) << "consecutive, nothing skipped";
+  // Without the base (the old rule: step x global batch) step 4 would restart at sample 18.
+  EXPECT_EQ(sample_number(4, 0, 2, 0, 1, 3, 0), 18);
+  // The same global batch: identical to the uninterrupted run's numbers.
+  for (int rank = 0; rank < 2; ++rank)
+    for (int64_t i = 0; i < 4; ++i)
+      EXPECT_EQ(sample_number(4, 0, 1, rank, 2, 4, i, 3, cursor), sample_number(4, 0, 1, rank, 2, 4, i));
+}
+
 TEST(DataSamplerTest, SamplingIsAPureFunctionOfSeedAndSampleNumber) {
   const std::string glob = make_corpus({200});
   auto a = WindowSampler::open(glob, 4, 10000, 0.0, 3);

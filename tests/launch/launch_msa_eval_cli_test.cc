@@ -2,6 +2,7 @@
 // 0.0% as if measured) and directories where a file belongs, each with a one-line error naming
 // the flag and a non-zero exit, before it loads anything; a valid run still reports.
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <cstdlib>
@@ -31,8 +32,10 @@ CommandResult run(const std::string& program, const std::string& args) {
   return {WEXITSTATUS(pclose(pipe)), out};
 }
 
+// Per process: ctest runs this binary's tests as concurrent processes.
 std::string fresh_dir(const std::string& name) {
-  const std::string dir = std::string(::testing::TempDir()) + "/" + name;
+  const std::string dir =
+      std::string(::testing::TempDir()) + "/" + name + "_" + std::to_string(getpid());
   std::system(("rm -rf '" + dir + "' && mkdir -p '" + dir + "'").c_str());
   return dir;
 }

@@ -116,6 +116,30 @@ TEST(TrainCheckpointTest, ResumedRunIsBitIdenticalToAStraightRun) {
   EXPECT_EQ(ca->state.tokens_seen, 40 * 2 * 48);
 }
 
+// Resuming with another global batch (here --batch_size 2 -> 3; dp size changes the same product)
+// continues from the checkpoint's sample cursor: the cursor grows by the new global batch per
+// step, so no sample of the first part is drawn again (the old rule, step x global batch, would
+// have put step 5's cursor at 15 and re-read samples 8..14).
+TEST(TrainCheckpointTest, ResumeAtAnotherGlobalBatchContinuesFromTheCursor) {
+  const std::string dir = fresh_dir("rebatch");
+  TrainProgramOptions first = tiny_run(dir, 4);
+  first.checkpoint_every = 4;
+  ASSERT_TRUE(run_train_program(first).ok());
+  auto c4 = load_checkpoint(checkpoint_path(dir, 4));
+  ASSERT_TRUE(c4.ok()) << c4.status();
+  EXPECT_EQ(c4->state.sample_cursor, 8);
+  TrainProgramOptions second = tiny_run(dir, 6);
+  second.batch_size = 3;
+  second.checkpoint_every = 1;
+  second.resume = true;
+  ASSERT_TRUE(run_train_program(second).ok());
+  auto c5 = load_checkpoint(checkpoint_path(dir, 5));
+  auto c6 = load_checkpoint(checkpoint_path(dir, 6));
+  ASSERT_TRUE(c5.ok() && c6.ok());
+  EXPECT_EQ(c5->state.sample_cursor, 11);
+  EXPECT_EQ(c6->state.sample_cursor, 14);
+}
+
 TEST(TrainCheckpointTest, KeepLastPrunesOnlyOlderCheckpoints) {
   const std::string dir = fresh_dir("keep_last");
   TrainProgramOptions o = tiny_run(dir, 9);
