@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The long-context quality experiment of docs/quality.md (CPU-sized): the same small model trained
-# on synthetic key-value retrieval (a) with dense attention, (b) with MSA from scratch, (c) with
-# MSA after a dense-attention phase, and (d) dense (a) converted to MSA with the index warm-up
-# recipe, then evaluated by msa-eval at 256..1024 tokens (4x..16x the MSA budget k*B = 64).
+# on synthetic key-value retrieval (a) with dense attention, (b) with MSA from scratch (the default
+# recipe: index warm-up for 2% of the steps, then sparse), (c) with MSA after a long dense-attention
+# phase, and (d) dense (a) converted to MSA with the convert recipe (dense attention while the index
+# warms up, the backbone training, then sparse), then evaluated by msa-eval at 256..1024 tokens
+# (4x..16x the MSA budget k*B = 64).
 # Usage: scripts/quality_experiment.sh [OUT_DIR]   (build first: scripts/build.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,7 +26,7 @@ $bin/msa-train $model $train --attention=msa --dense_attention_steps=500 --check
 $bin/msa-convert --checkpoint="$out/dense/ckpt-00000800.h5" --output="$out/converted.h5" \
   --msa_block_size=16 --msa_topk=4 --msa_index_dim=16
 $bin/msa-train $model ${train/--steps=800/--steps=400} --attention=msa --init_from="$out/converted.h5" \
-  --index_warmup_steps=100 --lr=1e-3 --min_lr=1e-4 --checkpoint_dir="$out/converted" | tee "$out/converted.log"
+  --dense_attention_steps=100 --lr=1e-3 --min_lr=1e-4 --checkpoint_dir="$out/converted" | tee "$out/converted.log"
 for run in dense msa msa_dense_first; do
   $bin/msa-eval --checkpoint="$out/$run/ckpt-00000800.h5" --name="$run" $evalflags
 done
