@@ -264,28 +264,33 @@ Tensor host(const Tensor& t) { return t.is_cuda() ? t.to(Device::kCPU) : t; }
 
 }  // namespace
 
-double msa_index_recall(const Tensor& q, const Tensor& k, const BlockSelection& sel, double scale,
-                        int64_t query_stride) {
-  const cpu::MsaDims dims = attention_dims(q, k, sel, "msa_index_recall");
+namespace {
+
+// The two sampled recalls: the same host copies, the same mean over the sampled terms.
+template <class SumFn>
+double sampled_recall(const Tensor& q, const Tensor& k, const BlockSelection& sel, double scale,
+                      int64_t query_stride, const char* op, SumFn sum_fn) {
+  const cpu::MsaDims dims = attention_dims(q, k, sel, op);
   const Tensor qh = host_f64(q), kh = host_f64(k);
   const Tensor idx = host(sel.indices), cnt = host(sel.counts);
   int64_t n_terms = 0;
-  const double sum =
-      cpu::msa_index_recall_sum<double>(qh.data<double>(), kh.data<double>(), idx.data<int32_t>(),
-                                        cnt.data<int32_t>(), scale, query_stride, &n_terms, dims);
+  const double sum = sum_fn(qh.data<double>(), kh.data<double>(), idx.data<int32_t>(),
+                            cnt.data<int32_t>(), scale, query_stride, &n_terms, dims);
   return n_terms > 0 ? sum / static_cast<double>(n_terms) : 1.0;
+}
+
+}  // namespace
+
+double msa_index_recall(const Tensor& q, const Tensor& k, const BlockSelection& sel, double scale,
+                        int64_t query_stride) {
+  return sampled_recall(q, k, sel, scale, query_stride, "msa_index_recall",
+                        cpu::msa_index_recall_sum<double>);
 }
 
 double msa_block_recall(const Tensor& q, const Tensor& k, const BlockSelection& sel, double scale,
                         int64_t query_stride) {
-  const cpu::MsaDims dims = attention_dims(q, k, sel, "msa_block_recall");
-  const Tensor qh = host_f64(q), kh = host_f64(k);
-  const Tensor idx = host(sel.indices), cnt = host(sel.counts);
-  int64_t n_rows = 0;
-  const double sum =
-      cpu::msa_block_recall_sum<double>(qh.data<double>(), kh.data<double>(), idx.data<int32_t>(),
-                                        cnt.data<int32_t>(), scale, query_stride, &n_rows, dims);
-  return n_rows > 0 ? sum / static_cast<double>(n_rows) : 1.0;
+  return sampled_recall(q, k, sel, scale, query_stride, "msa_block_recall",
+                        cpu::msa_block_recall_sum<double>);
 }
 
 }  // namespace msa
