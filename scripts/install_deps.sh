@@ -4,7 +4,7 @@
 set -euo pipefail
 packages=(build-essential cmake ninja-build pkg-config
           libopenmpi-dev openmpi-bin libhdf5-dev hdf5-tools libabsl-dev libgtest-dev libgmock-dev
-          nlohmann-json3-dev)
+          nlohmann-json3-dev libpng-dev libpcre2-dev libutf8proc-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,0 +1,27 @@
+// Normalizers of tokenizer.json: NFC, NFD, NFKC, NFKD, Prepend, Replace (String or Regex pattern),
+// Strip and Sequence, as the `tokenizers` library applies them. Any other type (Lowercase,
+// BertNormalizer, Precompiled, StripAccents, Nmt, ByteLevel, ...) changes ids in ways not
+// reproduced here and is refused by name.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "absl/status/statusor.h"
+#include "nlohmann/json_fwd.hpp"
+
+namespace msa::tok {
+
+class Normalizer {
+ public:
+  virtual ~Normalizer() = default;
+  // `text` is valid UTF-8; so is the result. Fails only when a Replace regex exhausts its stack.
+  virtual absl::StatusOr<std::string> normalize(std::string_view text) const = 0;
+};
+
+// Parses tokenizer.json's "normalizer" value `j` (not null); `where` names it in errors.
+absl::StatusOr<std::unique_ptr<Normalizer>> parse_normalizer(const nlohmann::json& j,
+                                                             const std::string& where);
+
+}  // namespace msa::tok

@@ -1,0 +1,318 @@
+// Hugging Face tokenizer.json encoding (data/hf_tokenizer.h) on small hand-made files under
+// tests/data/tokenizers/, whose expected ids are worked out from their merges below (and agree with
+// the `tokenizers` library: tests/data/tokenizer_reference_check.py checks the same encoder against
+// it on large trained vocabularies). Also: errors that name the file and field, invalid UTF-8,
+// concurrent encoding, and the two BPE merge strategies agreeing.
+#include <algorithm>
+#include <fstream>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "data/hf_tokenizer.h"
+#include "data/tokenizer_bpe.h"
+#include "data/tokenizer_regex.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace msa {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+
+std::string tokenizer_path(const std::string& name) {
+  return std::string(MSA_SOURCE_DIR) + "/tests/data/tokenizers/" + name;
+}
+
+std::unique_ptr<HfTokenizer> load_or_die(const std::string& name) {
+  auto t = HfTokenizer::load(tokenizer_path(name));
+  EXPECT_TRUE(t.ok()) << t.status();
+  return t.ok() ? *std::move(t) : nullptr;
+}
+
+std::vector<uint32_t> ids(const HfTokenizer& t, std::string_view text) {
+  auto r = t.encode(text);
+  EXPECT_TRUE(r.ok()) << r.status();
+  return r.ok() ? *r : std::vector<uint32_t>{};
+}
+
+std::string write_temp(const std::string& name, const std::string& content) {
+  const std::string path = std::string(::testing::TempDir()) + "/" + name;
+  std::ofstream(path, std::ios::binary | std::ios::trunc) << content;
+  return path;
+}
+
+// tiny_bytelevel.json: GPT-2 layout. Byte b has id b (the vocab lists the byte alphabet in byte
+// order: ' ' is "Ġ" = 32). Merges, rank: id
+//   0 Ġ w: 256, 1 o r: 257, 2 Ġw or: 258, 3 l d: 259, 4 h e: 260, 5 l l: 261, 6 he ll: 262,
+//   7 hell o: 263, 8 Ġwor ld: 264, 9 ' s: 265, 10 Ġ Ġ: 266; added <|endoftext|>: 267.
+TEST(HfTokenizerTest, ByteLevelBpeMergesByRank) {
+  auto t = load_or_die("tiny_bytelevel.json");
+  ASSERT_NE(t, nullptr);
+  // The regex cuts "hello" and " world". hello: h e l l o -> he (4) -> ll (5) -> hell (6) ->
+  // hello (7). " world": Ġw (0) -> or (1) -> Ġwor (2) -> ld (3) -> Ġworld (8).
+  EXPECT_THAT(ids(*t, "hello world"), ElementsAre(263, 264));
+  // No merge covers "x": bytes.
+  EXPECT_THAT(ids(*t, "hex"), ElementsAre(260, 'x'));
+  EXPECT_EQ(t->vocab_size(), 268);
+}
+
+TEST(HfTokenizerTest, ByteLevelRegexKeepsTheSpaceBeforeAWord) {
+  auto t = load_or_die("tiny_bytelevel.json");
+  ASSERT_NE(t, nullptr);
+  // \s+(?!\S) takes the first of two spaces, " ?\p{L}+" the second with "b": "a", " ", " b". The
+  // two spaces are in different pieces, so the Ġ Ġ merge cannot join them.
+  EXPECT_THAT(ids(*t, "a  b"), ElementsAre('a', 32, 32, 'b'));
+  // Trailing spaces are one piece "   "; Ġ Ġ merges leftmost first: ĠĠ Ġ.
+  EXPECT_THAT(ids(*t, "a   "), ElementsAre('a', 266, 32));
+  // Contractions are their own pieces.
+  EXPECT_THAT(ids(*t, "world's"), ElementsAre('w', 257, 259, 265));
+}
+
+TEST(HfTokenizerTest, SpecialTokensInTextAreOneId) {
+  auto t = load_or_die("tiny_bytelevel.json");
+  ASSERT_NE(t, nullptr);
+  EXPECT_THAT(ids(*t, "hello<|endoftext|> world's"), ElementsAre(263, 267, 264, 265));
+  // A partial special token is ordinary text.
+  EXPECT_THAT(ids(*t, "<|endoftext"),
+              ElementsAre('<', '|', 'e', 'n', 'd', 'o', 'f', 't', 'e', 'x', 't'));
+}
+
+TEST(HfTokenizerTest, MultibyteCharactersAreBytes) {
+  auto t = load_or_die("tiny_bytelevel.json");
+  ASSERT_NE(t, nullptr);
+  // "é" is C3 A9; in the byte alphabet those are characters of their own, ids 0xC3 and 0xA9.
+  EXPECT_THAT(ids(*t, "é"), ElementsAre(0xC3, 0xA9));
+  EXPECT_THAT(ids(*t, ""), ElementsAre());
+}
+
+// llama3/: Split with the Llama 3 regex, then ByteLevel without regex; ignore_merges. Bytes are
+// ids 0-255; merges he 256, ll 257, hell 258, hello 259, Ġt 260; "Ġhello" = 261 is in the vocab
+// without a merge that makes it. Added: <|begin_of_text|> 262, <|end_of_text|> 263, <|eot_id|> 264.
+TEST(HfTokenizerTest, IgnoreMergesTakesWholeWordsFromTheVocabulary) {
+  auto t = load_or_die("llama3");
+  ASSERT_NE(t, nullptr);
+  // "hello" by merges (259); " hello" is in the vocabulary as it is (261), no merge reaches it.
+  EXPECT_THAT(ids(*t, "hello hello"), ElementsAre(259, 261));
+}
+
+TEST(HfTokenizerTest, Llama3RegexSplitsDigitsInThreesAndContractionsCaseInsensitively) {
+  auto t = load_or_die("llama3");
+  ASSERT_NE(t, nullptr);
+  // Pieces: "IT", "'S" ((?i:'s)), " " ... "123", "45": no merges apply, so bytes.
+  EXPECT_THAT(ids(*t, "IT'S 12345"),
+              ElementsAre('I', 'T', '\'', 'S', ' ', '1', '2', '3', '4', '5'));
+  // \s*[\r\n]+ keeps "\r\n\n" together; "  x": "\s+(?!\S)" gives " ", then " x" is not one piece
+  // (the letter branch takes [^\r\n\p{L}\p{N}]?\p{L}+ = " x").
+  EXPECT_THAT(ids(*t, " hello\r\n\n  x"), ElementsAre(261, '\r', '\n', '\n', ' ', ' ', 'x'));
+}
+
+TEST(HfTokenizerTest, Llama3SpecialTokensAndDelimiters) {
+  auto t = load_or_die("llama3");
+  ASSERT_NE(t, nullptr);
+  EXPECT_THAT(ids(*t, "<|begin_of_text|>hi<|eot_id|>"), ElementsAre(262, 'h', 'i', 264));
+  EXPECT_EQ(t->vocab_size(), 265);
+  // The template puts <|begin_of_text|> first; tokenizer_config.json names <|eot_id|> as EOS.
+  EXPECT_EQ(t->bos_id(), 262u);
+  EXPECT_TRUE(t->adds_bos());
+  EXPECT_EQ(t->eos_id(), 264u);
+  EXPECT_FALSE(t->adds_eos());
+  EXPECT_THAT(t->describe(), HasSubstr("byte-level"));
+}
+
+// tiny_sentencepiece.json: Llama 2 layout. Normalizer Prepend("▁") + Replace(" ", "▁"), no
+// pre-tokenizer, byte_fallback with <0x00>..<0xEF> (ids 3 + byte), <unk> 0 fused. Vocab ▁ 243,
+// h 244, i 245, t 246, e 247, r 248; merges ▁ h: 249, ▁h i: 250, ▁ t: 251, h e: 252, ▁t he: 253.
+TEST(HfTokenizerTest, SentencePieceBpeWithPrependAndReplace) {
+  auto t = load_or_die("tiny_sentencepiece.json");
+  ASSERT_NE(t, nullptr);
+  // "▁hi▁there": ▁h (0) -> ▁hi (1) -> ▁t (2) -> he (3) -> ▁the (4); "r", "e" stay.
+  EXPECT_THAT(ids(*t, "hi there"), ElementsAre(250, 253, 248, 247));
+  // "é" is not in the vocabulary: its bytes C3 A9 fall back to <0xC3> <0xA9>.
+  EXPECT_THAT(ids(*t, "hi é"), ElementsAre(250, 243, 3 + 0xC3, 3 + 0xA9));
+  // Emoji start with F0, which has no byte token: <unk>, and two in a row fuse into one.
+  EXPECT_THAT(ids(*t, "😀😀"), ElementsAre(243, 0));
+  // Special tokens are cut out before normalizing, so each remaining piece gets its own "▁".
+  EXPECT_THAT(ids(*t, "<s>hi"), ElementsAre(1, 250));
+  EXPECT_THAT(ids(*t, "hi<s> there</s>"), ElementsAre(250, 1, 243, 253, 248, 247, 2));
+  EXPECT_EQ(t->bos_id(), 1u);
+  EXPECT_TRUE(t->adds_bos());
+  EXPECT_FALSE(t->eos_id().has_value());
+}
+
+// tiny_metaspace.json: the same model with Metaspace(prepend_scheme "first", split false) instead
+// of the normalizers: only a piece at the very start of the text gets "▁".
+TEST(HfTokenizerTest, MetaspacePrependsOnlyAtTheStartOfTheText) {
+  auto t = load_or_die("tiny_metaspace.json");
+  ASSERT_NE(t, nullptr);
+  EXPECT_THAT(ids(*t, "hi there"), ElementsAre(250, 253, 248, 247));
+  EXPECT_THAT(ids(*t, "<s>hi"), ElementsAre(1, 244, 245));
+  EXPECT_THAT(ids(*t, "hi<s> there</s>"), ElementsAre(250, 1, 253, 248, 247, 2));
+}
+
+TEST(HfTokenizerTest, MergesAsStringsAndAsPairsGiveTheSameIds) {
+  // llama3/tokenizer.json writes merges as ["a", "b"] pairs, tiny_bytelevel.json as "a b".
+  auto pairs = load_or_die("llama3");
+  auto strings = load_or_die("tiny_bytelevel.json");
+  ASSERT_NE(pairs, nullptr);
+  ASSERT_NE(strings, nullptr);
+  EXPECT_THAT(ids(*pairs, "hello"), ElementsAre(259));
+  EXPECT_THAT(ids(*strings, "hello"), ElementsAre(263));
+}
+
+TEST(HfTokenizerTest, InvalidUtf8IsAnErrorWithItsByteOffset) {
+  auto t = load_or_die("tiny_bytelevel.json");
+  ASSERT_NE(t, nullptr);
+  for (const std::string& bad :
+       {std::string("ab\xff"
+                    "cd"),
+        std::string("ab\xc3"), std::string("ab\xed\xa0\x80"), std::string("ab\xc0\xaf")}) {
+    auto r = t->encode(bad);
+    ASSERT_FALSE(r.ok());
+    EXPECT_THAT(r.status().message(), HasSubstr("invalid UTF-8 at byte offset 2"));
+  }
+}
+
+TEST(HfTokenizerTest, UnknownModelTypeIsRefusedNamingFileAndField) {
+  const std::string path = write_temp(
+      "unigram.json", R"({"model": {"type": "Unigram", "unk_id": 0, "vocab": [["a", 0.0]]}})");
+  auto t = HfTokenizer::load(path);
+  ASSERT_FALSE(t.ok());
+  EXPECT_THAT(t.status().message(), HasSubstr(path));
+  EXPECT_THAT(t.status().message(), HasSubstr("model.type"));
+  EXPECT_THAT(t.status().message(), HasSubstr("Unigram"));
+}
+
+TEST(HfTokenizerTest, BadFilesAreRefusedNamingTheField) {
+  struct Case {
+    const char* json;
+    const char* field;
+  };
+  const Case cases[] = {
+      {R"({"model": {"type": "BPE", "merges": []}})", "model.vocab"},
+      {R"({"model": {"type": "BPE", "vocab": {"a": 0}}})", "model.merges"},
+      {R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": ["a b"]}})", "model.merges[0]"},
+      {R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": ["a a a"]}})", "model.merges[0]"},
+      {R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": [], "unk_token": "<unk>"}})",
+       "model.unk_token"},
+      {R"({"pre_tokenizer": {"type": "Whitespace"},
+           "model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}})",
+       "pre_tokenizer.type"},
+      {R"({"pre_tokenizer": {"type": "Sequence", "pretokenizers": [{"type": "ByteLevel"},
+           {"type": "Digits"}]}, "model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}})",
+       "pre_tokenizer.pretokenizers[1]"},
+      {R"({"normalizer": {"type": "Sequence", "normalizers": [{"type": "Lowercase"}]},
+           "model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}})",
+       "normalizer.normalizers[0].type"},
+      {R"({"pre_tokenizer": {"type": "Split", "pattern": {"Regex": "^a"}, "behavior": "Isolated",
+           "invert": false}, "model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}})",
+       "pre_tokenizer.pattern.Regex"},
+      {R"({"model": {"type": "BPE", "dropout": 0.1, "vocab": {"a": 0}, "merges": []}})",
+       "model.dropout"},
+      {R"({"model": {"type": "BPE", "vocab": {"a": -1}, "merges": []}})", "model.vocab"},
+      {R"({"model": 3})", "model"},
+      {R"(not json)", "not valid JSON"},
+  };
+  int k = 0;
+  for (const Case& c : cases) {
+    const std::string path = write_temp("bad" + std::to_string(k++) + ".json", c.json);
+    auto t = HfTokenizer::load(path);
+    ASSERT_FALSE(t.ok()) << c.json;
+    EXPECT_THAT(t.status().message(), HasSubstr(path)) << c.json;
+    EXPECT_THAT(t.status().message(), HasSubstr(c.field)) << c.json;
+  }
+  EXPECT_FALSE(HfTokenizer::load(tokenizer_path("no_such_file.json")).ok());
+}
+
+TEST(HfTokenizerTest, ConcurrentEncodesAgreeWithOneThread) {
+  auto t = load_or_die("llama3");
+  ASSERT_NE(t, nullptr);
+  std::mt19937 rng(7);
+  const std::vector<std::string> words = {"hello", " hello",     "IT'S",   " 12345", "\n\n", "  ",
+                                          "é",     "<|eot_id|>", "日本語", " x",     "!!",   "\t"};
+  std::string text;
+  for (int i = 0; i < 20000; ++i) text += words[rng() % words.size()];
+  const std::vector<uint32_t> expected = ids(*t, text);
+  ASSERT_GT(expected.size(), 10000u);
+  std::vector<std::vector<uint32_t>> got(4);
+  std::vector<std::thread> threads;
+  for (int w = 0; w < 4; ++w)
+    threads.emplace_back([&, w] {
+      for (int rep = 0; rep < 3; ++rep) {
+        auto r = t->encode(text);
+        if (r.ok()) got[w] = *r;
+      }
+    });
+  for (auto& th : threads) th.join();
+  for (const auto& g : got) EXPECT_EQ(g, expected);
+}
+
+TEST(HfTokenizerTest, LongWhitespaceRunsDoNotExhaustTheRegexStack) {
+  auto t = load_or_die("tiny_bytelevel.json");
+  ASSERT_NE(t, nullptr);
+  // One piece of 300000 spaces before "x": \s+(?!\S) backtracks over all of them.
+  const std::string text = std::string(300000, ' ') + "x";
+  auto r = t->encode(text);
+  ASSERT_TRUE(r.ok()) << r.status();
+  // 299999 spaces merge pairwise into ĠĠ (266), leaving one Ġ; then " x" is Ġ x.
+  ASSERT_EQ(r->size(), 149999u + 1 + 2);
+  EXPECT_EQ((*r)[0], 266u);
+  EXPECT_EQ(r->back(), uint32_t{'x'});
+}
+
+TEST(BpeMergeTest, LinearScanAndPriorityQueueAgree) {
+  // A random vocabulary over "abcd" whose merges join random earlier tokens.
+  std::mt19937 rng(3);
+  std::vector<std::string> tokens = {"a", "b", "c", "d"};
+  std::vector<std::pair<std::string, std::string>> merges;
+  while (merges.size() < 60) {
+    const std::string& x = tokens[rng() % tokens.size()];
+    const std::string& y = tokens[rng() % tokens.size()];
+    if (std::find(tokens.begin(), tokens.end(), x + y) != tokens.end()) continue;
+    merges.emplace_back(x, y);
+    tokens.push_back(x + y);
+  }
+  std::vector<std::pair<std::string, uint32_t>> vocab;
+  for (size_t i = 0; i < tokens.size(); ++i)
+    vocab.emplace_back(tokens[i], static_cast<uint32_t>(i));
+  auto model = tok::BpeModel::create(vocab, merges, tok::BpeConfig{});
+  ASSERT_TRUE(model.ok()) << model.status();
+  for (int trial = 0; trial < 2000; ++trial) {
+    std::vector<uint32_t> symbols(2 + rng() % 120);
+    for (uint32_t& s : symbols) s = rng() % 4;
+    std::vector<uint32_t> linear = symbols, heap = symbols;
+    tok::bpe_merge_linear(**model, linear);
+    tok::bpe_merge_heap(**model, heap);
+    ASSERT_EQ(linear, heap) << "trial " << trial;
+  }
+}
+
+TEST(RegexTest, WhitespaceIsUnicodeWhiteSpaceAsInOniguruma) {
+  auto re = tok::Regex::from_onig(R"(\s+)");
+  ASSERT_TRUE(re.ok()) << re.status();
+  std::vector<tok::ByteRange> m;
+  // U+3000 (ideographic space) is White_Space; U+180E (Mongolian vowel separator) no longer is,
+  // though PCRE2's own \s still counts it.
+  ASSERT_TRUE((*re)->find_all("a\u3000b\u180Ec", m).ok());
+  ASSERT_EQ(m.size(), 1u);
+  EXPECT_EQ(m[0].begin, 1u);
+  EXPECT_EQ(m[0].end, 4u);
+}
+
+TEST(RegexTest, EmptyMatchesAreSkippedWhereTheLastMatchEnded) {
+  auto re = tok::Regex::from_onig("a*");
+  ASSERT_TRUE(re.ok()) << re.status();
+  std::vector<tok::ByteRange> m;
+  ASSERT_TRUE((*re)->find_all("baa", m).ok());
+  // Oniguruma's iterator: "" at 0, "aa" at 1..3; the "" at 3 right after it is skipped.
+  ASSERT_EQ(m.size(), 2u);
+  EXPECT_EQ(m[0].begin, 0u);
+  EXPECT_EQ(m[0].end, 0u);
+  EXPECT_EQ(m[1].begin, 1u);
+  EXPECT_EQ(m[1].end, 3u);
+}
+
+}  // namespace
+}  // namespace msa
