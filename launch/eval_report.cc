@@ -53,7 +53,6 @@ std::string format_report_table(const EvalReport& r) {
       out += absl::StrFormat(" | %9.3f | %8.3f", row_recall(r, li, l), row_recall(r, li, l, true));
     out += "\n";
   }
-  if (r.val_loss >= 0) out += absl::StrFormat("validation loss %.4f\n", r.val_loss);
   return out;
 }
 
@@ -82,7 +81,6 @@ std::string format_report_markdown(const EvalReport& r) {
       out += absl::StrFormat(" %.3f | %.3f |", row_recall(r, li, l), row_recall(r, li, l, true));
     out += "\n";
   }
-  if (r.val_loss >= 0) out += absl::StrFormat("\nValidation loss: %.4f\n", r.val_loss);
   return out;
 }
 

@@ -26,7 +26,6 @@ struct EvalReport {
   std::vector<double> depths;
   std::vector<EvalCell> cells;  // lengths x depths, row-major
   std::vector<int> msa_layers;  // layer index of each recall column
-  double val_loss = -1;         // < 0: not measured
 };
 
 // The accuracy table (rows: lengths, columns: depths, then per MSA layer the mean index recall

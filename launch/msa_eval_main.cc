@@ -1,8 +1,10 @@
 // msa-eval: long-context quality of a checkpoint: retrieval accuracy by context length and depth
-// of the facts, index recall and block recall per MSA layer, validation loss.
+// of the facts, index recall and block recall per MSA layer; or (--data) the validation loss and
+// perplexity by position in the window, for one or several checkpoints side by side.
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <limits>
@@ -15,15 +17,24 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "core/status.h"
+#include "core/timer.h"
+#include "data/synthetic.h"
+#include "launch/eval_perplexity.h"
+#include "launch/eval_position_report.h"
 #include "launch/eval_report.h"
+#include "launch/png_plot.h"
 #include "launch/program_usage.h"
 #include "model/transformer.h"
-#include "train/batch_source.h"
+#include "nlohmann/json.hpp"
 #include "train/checkpoint.h"
-#include "train/evaluator.h"
 #include "train/retrieval_eval.h"
 
-ABSL_FLAG(std::string, checkpoint, "", "The checkpoint to evaluate (an msa-train HDF5 file).");
+ABSL_FLAG(std::string, checkpoint, "",
+          "The checkpoint to evaluate (an msa-train HDF5 file). With --data: a comma-separated "
+          "list, compared side by side.");
+ABSL_FLAG(std::string, labels, "",
+          "With --data: comma-separated names of the checkpoints in the table, CSV and plot "
+          "(default: their paths).");
 ABSL_FLAG(std::string, task, "kv-recall",
           "Retrieval task: 'kv-recall' or 'needle' (docs/data.md).");
 ABSL_FLAG(std::string, lengths, "256,512,1024", "Comma-separated context lengths.");
@@ -34,15 +45,29 @@ ABSL_FLAG(int64_t, samples, 64, "Samples per (length, depth) cell.");
 ABSL_FLAG(int64_t, batch_size, 8, "Sequences per forward pass.");
 ABSL_FLAG(std::string, attention_mode, "sparse",
           "'sparse' (MSA layers use their top-k selection) or 'dense' (MSA layers attend densely: "
-          "the converted model's dense baseline).");
+          "the converted model's dense baseline). With --data: one mode for every checkpoint or "
+          "a comma-separated mode per checkpoint (e.g. --checkpoint=a.h5,a.h5 "
+          "--attention_mode=sparse,dense).");
 ABSL_FLAG(int64_t, recall_stride, 8,
           "Index recall and block recall sample every N-th query position (0: off). Measured on "
           "the selector's choice in either --attention_mode.");
-ABSL_FLAG(std::string, data, "", "Optional token-shard glob: also report the validation loss.");
-ABSL_FLAG(int64_t, seq_len, 1024, "With --data: validation sequence length.");
-ABSL_FLAG(double, val_fraction, 0.01, "With --data: the held-out fraction (as in training).");
-ABSL_FLAG(int, eval_batches, 8, "With --data: validation batches.");
-ABSL_FLAG(uint64_t, seed, 20261123, "Seed of the evaluation samples (disjoint from training's).");
+ABSL_FLAG(std::string, data, "",
+          "Token shards (a glob or a comma-separated list of globs, as msa-data writes them): "
+          "instead of the retrieval tasks, report the validation loss and perplexity by position "
+          "in the window. Every window of the shards may be drawn: give held-out shards.");
+ABSL_FLAG(int64_t, seq_len, 0,
+          "With --data: window length (0: the first checkpoint's training --seq_len).");
+ABSL_FLAG(int64_t, eval_windows, 16,
+          "With --data: windows evaluated (one forward pass each), evenly spread over the shards.");
+ABSL_FLAG(std::string, position_buckets, "",
+          "With --data: comma-separated starts of the position buckets, from 0, increasing, below "
+          "--seq_len (default: 0 and doubling from 1024, e.g. 0,1024,2048,4096,...).");
+ABSL_FLAG(std::string, csv, "", "With --data: also write the table as CSV to this file.");
+ABSL_FLAG(std::string, plot, "",
+          "With --data: also draw loss against position (log2 axis) to this PNG file.");
+ABSL_FLAG(std::string, plot_size, "800x500", "With --plot: WIDTHxHEIGHT in pixels.");
+ABSL_FLAG(uint64_t, seed, 20261123,
+          "Seed of the evaluation samples (disjoint from training's) and of the --data windows.");
 ABSL_FLAG(std::string, out_dir, "", "Write <out_dir>/<name>.csv and .md (empty: print only).");
 ABSL_FLAG(std::string, name, "quality", "File stem of the report.");
 ABSL_FLAG(std::string, device, "auto", "'cpu', 'cuda' or 'auto'.");
@@ -85,9 +110,10 @@ absl::Status refuse_directory(const char* flag, const std::string& path, const c
   return absl::OkStatus();
 }
 
-// Every count and fraction flag, checked before anything is loaded: each error names its flag.
-absl::Status validate_flags(const std::vector<int64_t>& lengths,
-                            const std::vector<double>& depths) {
+// Every count and fraction flag of the retrieval report, checked before anything is loaded: each
+// error names its flag.
+absl::Status validate_retrieval_flags(const std::vector<int64_t>& lengths,
+                                      const std::vector<double>& depths) {
   auto bad = [](const char* flag, const std::string& why) {
     return absl::InvalidArgumentError(absl::StrFormat("invalid --%s: %s", flag, why));
   };
@@ -114,85 +140,72 @@ absl::Status validate_flags(const std::vector<int64_t>& lengths,
   for (double depth : depths)
     if (!std::isfinite(depth) || depth > 1)
       return bad("depths", absl::StrFormat("%g must be finite and <= 1 (< 0: random)", depth));
-  if (!absl::GetFlag(FLAGS_data).empty()) {
-    const int64_t seq_len = absl::GetFlag(FLAGS_seq_len);
-    if (seq_len < 1 || seq_len > kMaxTokens)
-      return bad("seq_len", absl::StrFormat("%d is outside [1, %d]", seq_len, kMaxTokens));
-    if (batch > kMaxTokens / seq_len)
-      return bad("batch_size", absl::StrFormat("%d sequences of --seq_len %d exceed 2^31 tokens",
-                                               batch, seq_len));
-    const double f = absl::GetFlag(FLAGS_val_fraction);
-    if (!(f > 0 && f < 1)) return bad("val_fraction", absl::StrFormat("%g is outside (0, 1)", f));
-    if (absl::GetFlag(FLAGS_eval_batches) < 1)
-      return bad("eval_batches", absl::StrFormat("%d is < 1", absl::GetFlag(FLAGS_eval_batches)));
-    MSA_RETURN_IF_ERROR(refuse_directory("data", absl::GetFlag(FLAGS_data),
-                                         "give a glob of its shards, e.g. 'DIR/*.tok'"));
-  }
   return absl::OkStatus();
 }
 
-absl::Status run() {
-  const std::string path = absl::GetFlag(FLAGS_checkpoint);
-  if (path.empty()) return absl::InvalidArgumentError("invalid --checkpoint: required");
-  MSA_RETURN_IF_ERROR(
-      refuse_directory("checkpoint", path, "give one checkpoint file, e.g. 'DIR/ckpt-*.h5'"));
-  const bool dumping = !absl::GetFlag(FLAGS_dump_logits_tokens).empty();
-  std::vector<int64_t> lengths;
-  std::vector<double> depths;
-  if (!dumping) {
-    MSA_ASSIGN_OR_RETURN(lengths, parse_list<int64_t>("lengths", absl::GetFlag(FLAGS_lengths)));
-    MSA_ASSIGN_OR_RETURN(depths, parse_list<double>("depths", absl::GetFlag(FLAGS_depths)));
-    MSA_RETURN_IF_ERROR(validate_flags(lengths, depths));
+absl::StatusOr<msa::Device> choose_device() {
+  const std::string flag = absl::GetFlag(FLAGS_device);
+  if (flag == "cpu") return msa::Device::kCPU;
+  if (flag == "auto") return msa::cuda_available() ? msa::Device::kCUDA : msa::Device::kCPU;
+  if (flag == "cuda") {
+    if (!msa::cuda_available())
+      return absl::InvalidArgumentError(
+          "invalid --device: cuda requested but no CUDA device is available in this build/machine");
+    return msa::Device::kCUDA;
   }
-  MSA_ASSIGN_OR_RETURN(msa::Checkpoint ckpt, msa::load_checkpoint(path, /*weights_only=*/true));
-  const std::string device_flag = absl::GetFlag(FLAGS_device);
-  msa::Device device = msa::Device::kCPU;
-  if (device_flag == "cuda" || (device_flag == "auto" && msa::cuda_available())) {
-    device = msa::Device::kCUDA;
-  } else if (device_flag != "cpu" && device_flag != "auto") {
-    return absl::InvalidArgumentError("invalid --device: use cpu, cuda or auto");
-  }
-  msa::Transformer model(
+  return absl::InvalidArgumentError(
+      absl::StrFormat("invalid --device: '%s' (use cpu, cuda or auto)", flag));
+}
+
+absl::StatusOr<msa::MsaMode> parse_mode(absl::string_view mode) {
+  if (mode == "sparse") return msa::MsaMode::kSparse;
+  if (mode == "dense") return msa::MsaMode::kDenseWarmup;
+  return absl::InvalidArgumentError(
+      absl::StrFormat("invalid --attention_mode: '%s' (use sparse or dense)", std::string(mode)));
+}
+
+// The checkpoint's weights in a model on `device` (bf16 on CUDA, f32 on the CPU).
+std::unique_ptr<msa::Transformer> build_model(const msa::Checkpoint& ckpt, msa::Device device) {
+  auto model = std::make_unique<msa::Transformer>(
       ckpt.config, device == msa::Device::kCUDA ? msa::DType::kBF16 : msa::DType::kF32, device);
-  for (msa::Parameter& p : model.params().all())
+  for (msa::Parameter& p : model->params().all())
     p.value.copy_from(ckpt.params.at(p.spec.name).to(p.value.dtype()).to(device));
+  return model;
+}
 
-  const std::string mode_flag = absl::GetFlag(FLAGS_attention_mode);
-  if (mode_flag != "sparse" && mode_flag != "dense")
-    return absl::InvalidArgumentError("invalid --attention_mode: use sparse or dense");
-  const msa::MsaMode mode =
-      mode_flag == "sparse" ? msa::MsaMode::kSparse : msa::MsaMode::kDenseWarmup;
-
-  const std::string dump_tokens = absl::GetFlag(FLAGS_dump_logits_tokens);
-  if (!dump_tokens.empty()) {
-    MSA_ASSIGN_OR_RETURN(std::vector<int64_t> ids,
-                         parse_list<int64_t>("dump_logits_tokens", dump_tokens));
-    const int64_t T = static_cast<int64_t>(ids.size());
-    msa::Tensor tokens = msa::Tensor::empty({1, T}, msa::DType::kI32);
-    msa::Tensor targets = msa::Tensor::empty({1, T}, msa::DType::kI32);
-    for (int64_t t = 0; t < T; ++t) {
-      if (ids[t] < 0 || ids[t] >= ckpt.config.vocab_size)
-        return absl::InvalidArgumentError(
-            absl::StrFormat("invalid --dump_logits_tokens: id %d outside the vocabulary", ids[t]));
-      tokens.data<int32_t>()[t] = static_cast<int32_t>(ids[t]);
-      targets.data<int32_t>()[t] = static_cast<int32_t>(ids[(t + 1) % T]);
-    }
-    msa::ForwardOptions options;
-    options.msa_mode = mode;
-    options.for_backward = false;
-    model.forward(tokens.to(device), targets.to(device), options);
-    msa::Tensor logits = model.logits().to(msa::Device::kCPU).to(msa::DType::kF32);
-    const std::string out = absl::GetFlag(FLAGS_dump_logits);
-    FILE* f = std::fopen(out.c_str(), "wb");
-    if (f == nullptr)
-      return absl::InvalidArgumentError("invalid --dump_logits: cannot write " + out);
-    std::fwrite(logits.data<float>(), sizeof(float), logits.numel(), f);
-    std::fclose(f);
-    std::printf("msa-eval: wrote logits [%lld, %lld] to %s\n", static_cast<long long>(T),
-                static_cast<long long>(ckpt.config.vocab_size), out.c_str());
-    return absl::OkStatus();
+absl::Status run_dump_logits(msa::Transformer& model, msa::MsaMode mode) {
+  MSA_ASSIGN_OR_RETURN(
+      std::vector<int64_t> ids,
+      parse_list<int64_t>("dump_logits_tokens", absl::GetFlag(FLAGS_dump_logits_tokens)));
+  const int64_t T = static_cast<int64_t>(ids.size());
+  const int64_t vocab = model.config().vocab_size;
+  msa::Tensor tokens = msa::Tensor::empty({1, T}, msa::DType::kI32);
+  msa::Tensor targets = msa::Tensor::empty({1, T}, msa::DType::kI32);
+  for (int64_t t = 0; t < T; ++t) {
+    if (ids[t] < 0 || ids[t] >= vocab)
+      return absl::InvalidArgumentError(
+          absl::StrFormat("invalid --dump_logits_tokens: id %d outside the vocabulary", ids[t]));
+    tokens.data<int32_t>()[t] = static_cast<int32_t>(ids[t]);
+    targets.data<int32_t>()[t] = static_cast<int32_t>(ids[(t + 1) % T]);
   }
+  msa::ForwardOptions options;
+  options.msa_mode = mode;
+  options.for_backward = false;
+  model.forward(tokens.to(model.device()), targets.to(model.device()), options);
+  msa::Tensor logits = model.logits().to(msa::Device::kCPU).to(msa::DType::kF32);
+  const std::string out = absl::GetFlag(FLAGS_dump_logits);
+  FILE* f = std::fopen(out.c_str(), "wb");
+  if (f == nullptr) return absl::InvalidArgumentError("invalid --dump_logits: cannot write " + out);
+  std::fwrite(logits.data<float>(), sizeof(float), logits.numel(), f);
+  std::fclose(f);
+  std::printf("msa-eval: wrote logits [%lld, %lld] to %s\n", static_cast<long long>(T),
+              static_cast<long long>(vocab), out.c_str());
+  return absl::OkStatus();
+}
 
+absl::Status run_retrieval(const std::string& path, const msa::Checkpoint& ckpt,
+                           msa::Transformer& model, msa::MsaMode mode,
+                           const std::vector<int64_t>& lengths, const std::vector<double>& depths) {
   msa::SyntheticConfig task;
   MSA_ASSIGN_OR_RETURN(task.task, msa::parse_synthetic_task(absl::GetFlag(FLAGS_task)));
   task.pairs = absl::GetFlag(FLAGS_pairs);
@@ -203,8 +216,8 @@ absl::Status run() {
                         path, ckpt.config.vocab_size, msa::kSyntheticVocab - 1));
 
   msa::EvalReport report;
-  report.title =
-      absl::StrFormat("%s: %s, %s attention", path, msa::synthetic_task_name(task.task), mode_flag);
+  report.title = absl::StrFormat("%s: %s, %s attention", path, msa::synthetic_task_name(task.task),
+                                 absl::GetFlag(FLAGS_attention_mode));
   report.lengths = lengths;
   report.depths = depths;
   for (int l = 0; l < ckpt.config.n_layers; ++l)
@@ -226,15 +239,6 @@ absl::Status run() {
                    static_cast<long long>(length), depth, 100 * r.accuracy);
     }
   }
-  const std::string data = absl::GetFlag(FLAGS_data);
-  if (!data.empty()) {
-    MSA_ASSIGN_OR_RETURN(
-        std::unique_ptr<msa::BatchSource> val,
-        msa::make_shard_source(data, ckpt.config.vocab_size, absl::GetFlag(FLAGS_batch_size),
-                               absl::GetFlag(FLAGS_seq_len), absl::GetFlag(FLAGS_val_fraction),
-                               absl::GetFlag(FLAGS_seed), msa::DataLayout{}, /*validation=*/true));
-    report.val_loss = msa::evaluate(model, *val, absl::GetFlag(FLAGS_eval_batches), mode).loss;
-  }
   std::printf("%s", msa::format_report_table(report).c_str());
   const std::string out_dir = absl::GetFlag(FLAGS_out_dir);
   if (!out_dir.empty()) {
@@ -245,14 +249,180 @@ absl::Status run() {
   return absl::OkStatus();
 }
 
+// What --data needs beyond the checkpoints, checked before anything is loaded.
+struct PerplexityPlan {
+  std::vector<std::string> labels;
+  std::vector<std::string> mode_names;  // per checkpoint
+  int plot_width = 0, plot_height = 0;
+};
+
+absl::StatusOr<PerplexityPlan> plan_perplexity(const std::vector<std::string>& paths) {
+  auto bad = [](const char* flag, const std::string& why) {
+    return absl::InvalidArgumentError(absl::StrFormat("invalid --%s: %s", flag, why));
+  };
+  const size_t n = paths.size();
+  PerplexityPlan plan;
+  const std::vector<std::string> labels =
+      absl::StrSplit(absl::GetFlag(FLAGS_labels), ',', absl::SkipEmpty());
+  plan.labels = labels.empty() ? paths : labels;
+  if (plan.labels.size() != n)
+    return bad("labels", absl::StrFormat("%d labels for %d checkpoints", plan.labels.size(), n));
+  const std::vector<std::string> modes = absl::StrSplit(absl::GetFlag(FLAGS_attention_mode), ',');
+  plan.mode_names = modes;
+  if (plan.mode_names.size() == 1) plan.mode_names.resize(n, plan.mode_names[0]);
+  if (plan.mode_names.size() != n)
+    return bad("attention_mode",
+               absl::StrFormat("%d modes for %d checkpoints (give one, or one per checkpoint)",
+                               plan.mode_names.size(), n));
+  for (const std::string& m : plan.mode_names) MSA_RETURN_IF_ERROR(parse_mode(m).status());
+  // Default labels of one checkpoint evaluated in several modes must differ.
+  const bool mixed_modes = std::count(plan.mode_names.begin(), plan.mode_names.end(),
+                                      plan.mode_names[0]) != static_cast<std::ptrdiff_t>(n);
+  if (labels.empty() && mixed_modes)
+    for (size_t i = 0; i < n; ++i) plan.labels[i] = paths[i] + " " + plan.mode_names[i];
+  const int64_t seq_len = absl::GetFlag(FLAGS_seq_len);
+  constexpr int64_t kMaxTokens = std::numeric_limits<int32_t>::max();
+  if (seq_len < 0 || seq_len > kMaxTokens)
+    return bad("seq_len",
+               absl::StrFormat("%d is outside [0, %d] (0: the checkpoint's)", seq_len, kMaxTokens));
+  if (absl::GetFlag(FLAGS_eval_windows) < 1)
+    return bad("eval_windows", absl::StrFormat("%d is < 1", absl::GetFlag(FLAGS_eval_windows)));
+  // The starts' syntax and order now; whether they lie below --seq_len once it is known.
+  MSA_RETURN_IF_ERROR(
+      msa::parse_position_buckets(absl::GetFlag(FLAGS_position_buckets), kMaxTokens + 1).status());
+  const std::string size = absl::GetFlag(FLAGS_plot_size);
+  const std::vector<std::string> wh = absl::StrSplit(size, 'x');
+  if (wh.size() != 2 || !absl::SimpleAtoi(wh[0], &plan.plot_width) ||
+      !absl::SimpleAtoi(wh[1], &plan.plot_height) || plan.plot_width < 200 ||
+      plan.plot_height < 150 || plan.plot_width > 10000 || plan.plot_height > 10000)
+    return bad("plot_size",
+               absl::StrFormat("'%s' is not WIDTHxHEIGHT within 200x150..10000x10000", size));
+  for (absl::string_view glob : absl::StrSplit(absl::GetFlag(FLAGS_data), ',', absl::SkipEmpty()))
+    MSA_RETURN_IF_ERROR(
+        refuse_directory("data", std::string(glob), "give a glob of its shards, e.g. 'DIR/*.tok'"));
+  return plan;
+}
+
+// The training --seq_len recorded in a checkpoint's run options (msa-train writes it).
+absl::StatusOr<int64_t> training_seq_len(const std::string& path, const msa::Checkpoint& ckpt) {
+  const nlohmann::json run = nlohmann::json::parse(ckpt.run_json, nullptr, false);
+  if (run.is_object() && run.contains("seq_len") && run["seq_len"].is_number_integer())
+    return run["seq_len"].get<int64_t>();
+  return absl::InvalidArgumentError(absl::StrFormat(
+      "invalid --seq_len: 0 takes the training --seq_len, which %s does not record; give "
+      "--seq_len",
+      path));
+}
+
+absl::Status run_perplexity(const std::vector<std::string>& paths) {
+  MSA_ASSIGN_OR_RETURN(const PerplexityPlan plan, plan_perplexity(paths));
+  MSA_ASSIGN_OR_RETURN(const msa::Device device, choose_device());
+  const std::string data = absl::GetFlag(FLAGS_data);
+  msa::PositionReport report;
+  report.labels = plan.labels;
+  std::unique_ptr<msa::EvalShards> shards;
+  std::vector<int64_t> windows;
+  for (size_t m = 0; m < paths.size(); ++m) {
+    // One checkpoint in memory at a time.
+    MSA_ASSIGN_OR_RETURN(msa::Checkpoint ckpt,
+                         msa::load_checkpoint(paths[m], /*weights_only=*/true));
+    if (m == 0) {
+      report.seq_len = absl::GetFlag(FLAGS_seq_len);
+      if (report.seq_len == 0) {
+        MSA_ASSIGN_OR_RETURN(report.seq_len, training_seq_len(paths[m], ckpt));
+      }
+      MSA_ASSIGN_OR_RETURN(
+          report.starts,
+          msa::parse_position_buckets(absl::GetFlag(FLAGS_position_buckets), report.seq_len));
+      MSA_ASSIGN_OR_RETURN(shards,
+                           msa::EvalShards::open(data, report.seq_len, ckpt.config.vocab_size));
+      MSA_ASSIGN_OR_RETURN(windows, msa::select_eval_windows(shards->num_windows(),
+                                                             absl::GetFlag(FLAGS_eval_windows),
+                                                             absl::GetFlag(FLAGS_seed)));
+      report.title = absl::StrFormat("Loss by position: %d windows of %d tokens", windows.size(),
+                                     report.seq_len);
+      absl::FPrintF(stderr, "msa-eval: %d of the %d windows of %d tokens in '%s'\n", windows.size(),
+                    shards->num_windows(), report.seq_len, data);
+    } else {
+      MSA_RETURN_IF_ERROR(shards->check_vocab(ckpt.config.vocab_size, paths[m]));
+    }
+    MSA_ASSIGN_OR_RETURN(const msa::MsaMode mode, parse_mode(plan.mode_names[m]));
+    std::unique_ptr<msa::Transformer> model = build_model(ckpt, device);
+    ckpt.params.clear();
+    msa::Timer timer;
+    report.losses.push_back(msa::evaluate_loss_by_position(
+        *model, *shards, windows, report.starts, mode, [&](size_t i, int64_t w, double loss) {
+          absl::FPrintF(stderr, "msa-eval: %s: window %d/%d (%s): loss %.4f, %.1f s\n",
+                        plan.labels[m], i + 1, windows.size(), shards->describe_window(w), loss,
+                        timer.seconds());
+          timer.reset();
+        }));
+  }
+  const std::string markdown = msa::format_position_markdown(report);
+  std::printf("%s", markdown.c_str());
+  const std::string csv = msa::format_position_csv(report);
+  if (!absl::GetFlag(FLAGS_csv).empty())
+    MSA_RETURN_IF_ERROR(msa::write_text_file(absl::GetFlag(FLAGS_csv), csv, "csv"));
+  if (!absl::GetFlag(FLAGS_plot).empty()) {
+    const msa::Raster png =
+        msa::render_line_plot(msa::position_loss_plot(report), plan.plot_width, plan.plot_height);
+    const absl::Status s = msa::write_png(png, absl::GetFlag(FLAGS_plot));
+    if (!s.ok()) return msa::annotate(s, "invalid --plot");
+  }
+  const std::string out_dir = absl::GetFlag(FLAGS_out_dir);
+  if (!out_dir.empty()) {
+    if (::mkdir(out_dir.c_str(), 0755) != 0 && errno != EEXIST)
+      return absl::InvalidArgumentError(
+          absl::StrFormat("invalid --out_dir: cannot create '%s'", out_dir));
+    const std::string stem = out_dir + "/" + absl::GetFlag(FLAGS_name);
+    MSA_RETURN_IF_ERROR(msa::write_text_file(stem + ".md", markdown, "out_dir"));
+    MSA_RETURN_IF_ERROR(msa::write_text_file(stem + ".csv", csv, "out_dir"));
+    std::printf("msa-eval: wrote %s.csv and .md\n", stem.c_str());
+  }
+  return absl::OkStatus();
+}
+
+absl::Status run() {
+  const std::string checkpoint_flag = absl::GetFlag(FLAGS_checkpoint);
+  const std::vector<std::string> paths = absl::StrSplit(checkpoint_flag, ',', absl::SkipEmpty());
+  if (paths.empty()) return absl::InvalidArgumentError("invalid --checkpoint: required");
+  for (const std::string& path : paths)
+    MSA_RETURN_IF_ERROR(
+        refuse_directory("checkpoint", path, "give one checkpoint file, e.g. 'DIR/ckpt-*.h5'"));
+  if (!absl::GetFlag(FLAGS_data).empty()) return run_perplexity(paths);
+  if (paths.size() > 1)
+    return absl::InvalidArgumentError(
+        "invalid --checkpoint: several checkpoints are compared with --data (loss by position); "
+        "run the retrieval report once per checkpoint");
+
+  const std::string& path = paths[0];
+  const bool dumping = !absl::GetFlag(FLAGS_dump_logits_tokens).empty();
+  std::vector<int64_t> lengths;
+  std::vector<double> depths;
+  if (!dumping) {
+    MSA_ASSIGN_OR_RETURN(lengths, parse_list<int64_t>("lengths", absl::GetFlag(FLAGS_lengths)));
+    MSA_ASSIGN_OR_RETURN(depths, parse_list<double>("depths", absl::GetFlag(FLAGS_depths)));
+    MSA_RETURN_IF_ERROR(validate_retrieval_flags(lengths, depths));
+  }
+  MSA_ASSIGN_OR_RETURN(const msa::MsaMode mode, parse_mode(absl::GetFlag(FLAGS_attention_mode)));
+  MSA_ASSIGN_OR_RETURN(const msa::Device device, choose_device());
+  MSA_ASSIGN_OR_RETURN(msa::Checkpoint ckpt, msa::load_checkpoint(path, /*weights_only=*/true));
+  std::unique_ptr<msa::Transformer> model = build_model(ckpt, device);
+  if (dumping) return run_dump_logits(*model, mode);
+  return run_retrieval(path, ckpt, *model, mode, lengths, depths);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   msa::set_program_usage(
       "Evaluates a checkpoint's long-context quality: retrieval accuracy by context length and\n"
       "depth, index recall (attention mass kept) and block recall (the paper's selector metric)\n"
-      "per MSA layer, and (with --data) validation loss.\n"
-      "  msa-eval --checkpoint=ckpt/ckpt-00000400.h5 --lengths=256,512,1024 --out_dir=report");
+      "per MSA layer; or, with --data, the validation loss and perplexity by position in the\n"
+      "window for one or several checkpoints side by side (docs/quality.md).\n"
+      "  msa-eval --checkpoint=ckpt/ckpt-00000400.h5 --lengths=256,512,1024 --out_dir=report\n"
+      "  msa-eval --checkpoint=dense.h5,msa.h5 --labels=dense,msa --data='val/*.tok' \\\n"
+      "      --seq_len=8192 --eval_windows=8 --csv=ppl.csv --plot=ppl.png");
   absl::ParseCommandLine(argc, argv);
   const absl::Status s = run();
   if (!s.ok()) {

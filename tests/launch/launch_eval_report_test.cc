@@ -1,9 +1,13 @@
-// msa-eval's report: per MSA layer the index recall (the headline) and the block recall (the
-// paper's metric) sit side by side in the table, the Markdown and the CSV.
+// msa-eval's reports. Retrieval: per MSA layer the index recall (the headline) and the block
+// recall (the paper's metric) sit side by side in the table, the Markdown and the CSV. Loss by
+// position (--data): bucket parsing and defaults, the window spread, the table and the CSV.
+#include <cmath>
 #include <string>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "launch/eval_perplexity.h"
+#include "launch/eval_position_report.h"
 #include "launch/eval_report.h"
 
 namespace msa {
@@ -40,6 +44,81 @@ TEST(EvalReportTest, MarkdownAndCsvCarryBothRecalls) {
   EXPECT_THAT(csv, HasSubstr("length,depth,accuracy,answers,recall_layer0,block_recall_layer0,"
                              "recall_layer2,block_recall_layer2\n"));
   EXPECT_THAT(csv, HasSubstr("256,0,0.500000,8,0.900000,0.800000,0.700000,0.600000\n"));
+}
+
+TEST(EvalPositionTest, DefaultBucketsDoubleFrom1KOrAQuarterOfShortWindows) {
+  EXPECT_EQ(*parse_position_buckets("", 8192), (std::vector<int64_t>{0, 1024, 2048, 4096}));
+  EXPECT_EQ(*parse_position_buckets("", 10000), (std::vector<int64_t>{0, 1024, 2048, 4096, 8192}));
+  EXPECT_EQ(*parse_position_buckets("", 2048), (std::vector<int64_t>{0, 512, 1024}));
+  EXPECT_EQ(*parse_position_buckets("", 64), (std::vector<int64_t>{0, 16, 32}));
+  EXPECT_EQ(*parse_position_buckets("", 1), (std::vector<int64_t>{0}));
+  EXPECT_EQ(*parse_position_buckets("0,1024,4096,16384", 32768),
+            (std::vector<int64_t>{0, 1024, 4096, 16384}));
+}
+
+TEST(EvalPositionTest, BadBucketsNameTheFlag) {
+  for (const char* text : {"0,0", "0,10,5", "5,10", "0,100", "0,,8", "0,a", "-1,0"}) {
+    const auto r = parse_position_buckets(text, 100);
+    ASSERT_FALSE(r.ok()) << text;
+    EXPECT_THAT(std::string(r.status().message()), HasSubstr("invalid --position_buckets: "))
+        << text;
+  }
+}
+
+TEST(EvalPositionTest, WindowsAreDistinctEvenlySpreadAndSeeded) {
+  const std::vector<int64_t> w = *select_eval_windows(100, 10, 7);
+  ASSERT_EQ(w.size(), 10u);
+  for (size_t i = 1; i < w.size(); ++i) EXPECT_EQ(w[i] - w[i - 1], 10) << i;
+  EXPECT_LT(w[0], 10);
+  EXPECT_EQ(*select_eval_windows(5, 5, 7), (std::vector<int64_t>{0, 1, 2, 3, 4}));
+  const std::vector<int64_t> odd = *select_eval_windows(7, 3, 1);
+  EXPECT_TRUE(odd[0] < odd[1] && odd[1] < odd[2] && odd[2] < 7);
+  bool moved = false;  // another seed shifts the grid (for some seed of a few)
+  for (uint64_t seed = 1; seed < 6; ++seed) moved |= *select_eval_windows(100, 10, seed) != w;
+  EXPECT_TRUE(moved);
+  for (int64_t bad : {0, 6}) {
+    const auto r = select_eval_windows(5, bad, 7);
+    ASSERT_FALSE(r.ok());
+    EXPECT_THAT(std::string(r.status().message()), HasSubstr("invalid --eval_windows"));
+  }
+}
+
+PositionReport two_model_report() {
+  PositionReport r;
+  r.title = "Loss by position: 2 windows of 3072 tokens";
+  r.seq_len = 3072;
+  r.starts = {0, 1024, 1536};
+  r.labels = {"dense", "msa"};
+  r.losses = {{{2048.0, 1024.0, 3072.0}, {2048, 1024, 3072}},
+              {{1024.0, 512.0, 1536.0}, {2048, 1024, 3072}}};
+  return r;
+}
+
+TEST(EvalPositionTest, MarkdownHasOneRowPerBucketAndAnAllRow) {
+  const std::string md = format_position_markdown(two_model_report());
+  EXPECT_THAT(md, HasSubstr("| position | tokens | dense loss | dense ppl | msa loss | msa ppl |"));
+  EXPECT_THAT(md, HasSubstr("| 0-1K | 2048 | 1.0000 | 2.718 | 0.5000 | 1.649 |"));
+  EXPECT_THAT(md, HasSubstr("| 1K-1536 | 1024 | 1.0000 | 2.718 | 0.5000 | 1.649 |"));
+  EXPECT_THAT(md, HasSubstr("| 1536-3K | 3072 |"));
+  EXPECT_THAT(md, HasSubstr("| all | 6144 | 1.0000 | 2.718 | 0.5000 | 1.649 |"));
+  EXPECT_EQ(position_range_label(0, 1 << 20), "0-1M");
+}
+
+TEST(EvalPositionTest, CsvHasARowPerModelAndBucket) {
+  const std::string csv = format_position_csv(two_model_report());
+  EXPECT_THAT(csv, HasSubstr("model,bucket,position_begin,position_end,tokens,mean_loss,"
+                             "perplexity\ndense,0-1K,0,1024,2048,1,2.71828183\n"));
+  EXPECT_THAT(csv, HasSubstr("msa,1536-3K,1536,3072,3072,0.5,1.64872127\n"));
+  EXPECT_THAT(csv, HasSubstr("msa,all,0,3072,6144,0.5,1.64872127\n"));
+}
+
+TEST(EvalPositionTest, PlotHasALinePerModelAtBucketMiddles) {
+  const LinePlot plot = position_loss_plot(two_model_report());
+  ASSERT_EQ(plot.series.size(), 2u);
+  EXPECT_TRUE(plot.log2_x);
+  EXPECT_EQ(plot.series[1].label, "msa");
+  EXPECT_EQ(plot.series[0].x, (std::vector<double>{512, 1280, 2304}));
+  EXPECT_EQ(plot.series[1].y, (std::vector<double>{0.5, 0.5, 0.5}));
 }
 
 }  // namespace

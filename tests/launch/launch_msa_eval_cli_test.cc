@@ -91,7 +91,7 @@ TEST(MsaEvalCliTest, CountFlagsAreValidatedByName) {
   }
   // With --data, its own count flags too.
   const std::pair<const char*, const char*> data_cases[] = {
-      {"seq_len", "0"}, {"eval_batches", "0"}, {"val_fraction", "0"}, {"val_fraction", "1"}};
+      {"seq_len", "-1"}, {"eval_windows", "0"}, {"position_buckets", "0,0"}, {"plot_size", "1x1"}};
   for (const auto& [flag, value] : data_cases) {
     const std::string arg = std::string(" --data='/nonexistent/*.tok' --") + flag + "=" + value;
     CommandResult r = run("msa-eval", "--checkpoint=" + ckpt + kCell + arg);
