@@ -4,6 +4,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -17,10 +18,10 @@
 // ---- model -----------------------------------------------------------------------------------
 ABSL_FLAG(int64_t, vocab_size, 257, "Vocabulary size (257 = byte-level tokens + EOS).");
 ABSL_FLAG(int64_t, d_model, 128, "Model width D.");
-ABSL_FLAG(int, n_layers, 2, "Number of decoder layers.");
-ABSL_FLAG(int, n_heads, 4, "Query heads H.");
-ABSL_FLAG(int, n_kv_heads, 2, "KV heads / groups G (H must be divisible by G).");
-ABSL_FLAG(int, head_dim, 32, "Head dimension d (even: RoPE rotates pairs).");
+ABSL_FLAG(int64_t, n_layers, 2, "Number of decoder layers.");
+ABSL_FLAG(int64_t, n_heads, 4, "Query heads H.");
+ABSL_FLAG(int64_t, n_kv_heads, 2, "KV heads / groups G (H must be divisible by G).");
+ABSL_FLAG(int64_t, head_dim, 32, "Head dimension d (even: RoPE rotates pairs).");
 ABSL_FLAG(int64_t, ffn_dim, 384, "SwiGLU hidden size F.");
 ABSL_FLAG(double, rope_theta, 10000.0, "RoPE base theta.");
 ABSL_FLAG(double, norm_eps, 1e-5, "RMSNorm epsilon.");
@@ -30,10 +31,10 @@ ABSL_FLAG(bool, qk_norm, false, "RMSNorm on q and k per head before RoPE (Qwen3 
 ABSL_FLAG(std::string, attention, "msa",
           "Attention kind of every layer: 'dense', 'msa', or a comma-separated per-layer list "
           "such as 'dense,msa,msa'.");
-ABSL_FLAG(int, msa_block_size, 128, "MSA block size B (tokens per KV block).");
-ABSL_FLAG(int, msa_topk, 16,
+ABSL_FLAG(int64_t, msa_block_size, 128, "MSA block size B (tokens per KV block).");
+ABSL_FLAG(int64_t, msa_topk, 16,
           "MSA blocks attended per query and KV group, the local block included.");
-ABSL_FLAG(int, msa_index_dim, 128,
+ABSL_FLAG(int64_t, msa_index_dim, 128,
           "MSA index dimension d_I: each KV group's index query head and the one index key head "
           "shared by the groups.");
 ABSL_FLAG(double, msa_index_loss_weight, 1.0,
@@ -51,7 +52,7 @@ ABSL_FLAG(std::string, data, "synthetic:repeat",
 ABSL_FLAG(int64_t, steps, 200, "Total optimizer steps.");
 ABSL_FLAG(int64_t, batch_size, 4, "Sequences per micro-batch per data-parallel rank.");
 ABSL_FLAG(int64_t, seq_len, 256, "Tokens per sequence.");
-ABSL_FLAG(int, grad_accum, 1, "Micro-batches per optimizer step.");
+ABSL_FLAG(int64_t, grad_accum, 1, "Micro-batches per optimizer step.");
 ABSL_FLAG(double, lr, 1e-3, "Peak learning rate.");
 ABSL_FLAG(double, min_lr, 1e-4, "Final learning rate of the cosine schedule.");
 ABSL_FLAG(int64_t, warmup_steps, 20, "Linear learning-rate warm-up steps.");
@@ -60,29 +61,38 @@ ABSL_FLAG(double, beta1, 0.9, "AdamW beta1.");
 ABSL_FLAG(double, beta2, 0.95, "AdamW beta2.");
 ABSL_FLAG(double, adam_eps, 1e-8, "AdamW epsilon.");
 ABSL_FLAG(double, grad_clip, 1.0, "Clip the global gradient norm to this value (0: off).");
-ABSL_FLAG(uint64_t, seed, 1234, "Seed of the run (initialization, data order, synthetic data).");
+// Optional, so that --resume can tell "no --seed" (keep the checkpoint's) from an explicit one.
+ABSL_FLAG(std::optional<uint64_t>, seed, std::nullopt,
+          "Seed of the run (initialization, data order, synthetic data); 1234 when not given. "
+          "With --resume the checkpoint's seed is used; an explicit --seed that differs from it "
+          "is refused unless --reseed.");
+ABSL_FLAG(bool, reseed, false,
+          "With --resume and an explicit --seed that differs from the checkpoint's: continue "
+          "with the new seed (samples from the resumed step on follow it; within the current "
+          "epoch some may repeat ones already trained on).");
 ABSL_FLAG(int64_t, index_warmup_steps, 0,
           "Optional index warm-up with the backbone frozen (e.g. for a converted dense model whose "
           "outputs must stay unchanged): for the first N steps MSA layers attend densely and only "
           "the index branch trains (KL over every causal token). Runs before the dense-attention "
           "warm-up (--dense_attention_fraction / --dense_attention_steps).");
-ABSL_FLAG(int, synthetic_pairs, 4, "Facts per sample of --data=synthetic:kv-recall (1..8).");
+ABSL_FLAG(int64_t, synthetic_pairs, 4, "Facts per sample of --data=synthetic:kv-recall (1..8).");
 ABSL_FLAG(double, synthetic_depth, -1,
           "Fractional depth (0..1) of the facts of the synthetic tasks; < 0: random per sample.");
 ABSL_FLAG(double, val_fraction, 0.01,
           "Token shards: fraction of the windows held out as the validation split.");
-ABSL_FLAG(int, eval_every, 0, "Validation loss and perplexity every N steps (0: never).");
-ABSL_FLAG(int, eval_batches, 8, "Validation batches per evaluation.");
+ABSL_FLAG(int64_t, eval_every, 0, "Validation loss and perplexity every N steps (0: never).");
+ABSL_FLAG(int64_t, eval_batches, 8, "Validation batches per evaluation.");
 ABSL_FLAG(std::string, checkpoint_dir, "",
           "Directory for HDF5 checkpoints ckpt-<step>.h5 (written every --checkpoint_every steps, "
           "at the end, and on SIGTERM/SIGINT). Empty: no checkpoints.");
-ABSL_FLAG(int, checkpoint_every, 0, "Checkpoint every N steps (0: only at the end / on a signal).");
-ABSL_FLAG(int, keep_last, 0,
+ABSL_FLAG(int64_t, checkpoint_every, 0,
+          "Checkpoint every N steps (0: only at the end / on a signal).");
+ABSL_FLAG(int64_t, keep_last, 0,
           "Keep only the newest N valid checkpoints in --checkpoint_dir (0: keep all). Older ones "
           "are deleted only after the new one is on disk and read back valid; files newer than "
           "it (another run's, or corrupt ones) and files that do not validate are never deleted "
           "(docs/checkpoint.md).");
-ABSL_FLAG(int, max_nonfinite_steps, 3,
+ABSL_FLAG(int64_t, max_nonfinite_steps, 3,
           "A step whose loss or gradient norm is NaN or infinite is not applied (weights and "
           "optimizer state unchanged); after this many such steps in a row msa-train stops with "
           "an error (exit 1) and writes no checkpoint from them.");
@@ -103,10 +113,10 @@ ABSL_FLAG(int64_t, exit_after_step, 0,
 ABSL_FLAG(std::string, metrics_jsonl, "",
           "Append one JSON line of metrics per step (full precision) to this file.");
 ABSL_FLAG(
-    int, tp, 1,
+    int64_t, tp, 1,
     "Tensor-parallel size: world = dp x tp with tp innermost (mpirun -np N gives dp = N / tp). "
     "Must divide --n_kv_heads, --ffn_dim and --vocab_size.");
-ABSL_FLAG(int, gpu, -1, "CUDA device of this rank (-1: node-local rank % number of devices).");
+ABSL_FLAG(int64_t, gpu, -1, "CUDA device of this rank (-1: node-local rank % number of devices).");
 ABSL_FLAG(bool, zero1, false,
           "Shard the fp32 master weights and AdamW moments over the data-parallel ranks (ZeRO-1: "
           "gradients reduce-scattered, parameters all-gathered).");
@@ -114,6 +124,10 @@ ABSL_FLAG(std::string, recompute, "none",
           "Activation recomputation: 'none' (keep all activations), 'attention' (recompute each "
           "attention block in the backward) or 'full' (keep only each layer's input and recompute "
           "the layer). Same results, less memory: for long sequences.");
+ABSL_FLAG(bool, skip_memory_check, false,
+          "Start even when the memory estimate (logged at startup: parameters, gradients, AdamW "
+          "state, activations per --recompute) exceeds the free memory of the GPU (CUDA) or the "
+          "node (CPU MemAvailable); without it such a run is refused before allocating.");
 ABSL_FLAG(int64_t, bucket_mb, 25, "Data-parallel gradient all-reduce bucket size in MB.");
 ABSL_FLAG(double, dense_attention_fraction, 0.02,
           "Index warm-up, on by default: for the first ceil(F * --steps) steps (after any "
@@ -124,8 +138,8 @@ ABSL_FLAG(double, dense_attention_fraction, 0.02,
 ABSL_FLAG(int64_t, dense_attention_steps, -1,
           "The index warm-up of --dense_attention_fraction as a step count instead (>= 0 "
           "overrides the fraction; -1: use the fraction).");
-ABSL_FLAG(int, log_every, 10, "Print a metrics line every N steps.");
-ABSL_FLAG(int, recall_every, 50,
+ABSL_FLAG(int64_t, log_every, 10, "Print a metrics line every N steps.");
+ABSL_FLAG(int64_t, recall_every, 50,
           "Every N steps log each MSA layer's index recall (the share of the dense attention "
           "mass inside the selected blocks) and block recall (the share of the attention's own "
           "top-k blocks that the selector picked, the paper's metric); 0: never.");
@@ -139,13 +153,24 @@ int main(int argc, char** argv) {
       "Every flag is listed below with its default; --flagfile=FILE reads flags from a file.");
   absl::ParseCommandLine(argc, argv);
 
+  // Every integer flag parses as 64 bits; the ones stored in int fields are narrowed here, so a
+  // value past 2^31 is refused naming its flag instead of wrapping.
+  absl::Status flags_status;
+  auto to_int = [&](const char* flag, int64_t value, int& field) {
+    if (!flags_status.ok()) return;
+    absl::StatusOr<int> v = msa::int_flag_value(flag, value);
+    if (v.ok())
+      field = *v;
+    else
+      flags_status = v.status();
+  };
   msa::TrainProgramOptions o;
   o.model.vocab_size = absl::GetFlag(FLAGS_vocab_size);
   o.model.d_model = absl::GetFlag(FLAGS_d_model);
-  o.model.n_layers = absl::GetFlag(FLAGS_n_layers);
-  o.model.n_heads = absl::GetFlag(FLAGS_n_heads);
-  o.model.n_kv_heads = absl::GetFlag(FLAGS_n_kv_heads);
-  o.model.head_dim = absl::GetFlag(FLAGS_head_dim);
+  to_int("n_layers", absl::GetFlag(FLAGS_n_layers), o.model.n_layers);
+  to_int("n_heads", absl::GetFlag(FLAGS_n_heads), o.model.n_heads);
+  to_int("n_kv_heads", absl::GetFlag(FLAGS_n_kv_heads), o.model.n_kv_heads);
+  to_int("head_dim", absl::GetFlag(FLAGS_head_dim), o.model.head_dim);
   o.model.ffn_dim = absl::GetFlag(FLAGS_ffn_dim);
   o.model.rope_theta = absl::GetFlag(FLAGS_rope_theta);
   o.model.norm_eps = absl::GetFlag(FLAGS_norm_eps);
@@ -153,28 +178,32 @@ int main(int argc, char** argv) {
   o.model.qkv_bias = absl::GetFlag(FLAGS_qkv_bias);
   o.model.qk_norm = absl::GetFlag(FLAGS_qk_norm);
   o.attention_spec = absl::GetFlag(FLAGS_attention);
-  o.model.msa.block_size = absl::GetFlag(FLAGS_msa_block_size);
-  o.model.msa.topk = absl::GetFlag(FLAGS_msa_topk);
-  o.model.msa.index_dim = absl::GetFlag(FLAGS_msa_index_dim);
+  to_int("msa_block_size", absl::GetFlag(FLAGS_msa_block_size), o.model.msa.block_size);
+  to_int("msa_topk", absl::GetFlag(FLAGS_msa_topk), o.model.msa.topk);
+  to_int("msa_index_dim", absl::GetFlag(FLAGS_msa_index_dim), o.model.msa.index_dim);
   o.model.msa.index_loss_weight = absl::GetFlag(FLAGS_msa_index_loss_weight);
 
   o.device = absl::GetFlag(FLAGS_device);
   o.data = absl::GetFlag(FLAGS_data);
   o.batch_size = absl::GetFlag(FLAGS_batch_size);
   o.seq_len = absl::GetFlag(FLAGS_seq_len);
-  o.seed = absl::GetFlag(FLAGS_seed);
+  const std::optional<uint64_t> seed = absl::GetFlag(FLAGS_seed);
+  o.seed = seed.value_or(o.seed);
+  o.explicit_seed = seed.has_value();
+  o.reseed = absl::GetFlag(FLAGS_reseed);
   o.trainer.steps = absl::GetFlag(FLAGS_steps);
-  o.trainer.grad_accum = absl::GetFlag(FLAGS_grad_accum);
+  to_int("grad_accum", absl::GetFlag(FLAGS_grad_accum), o.trainer.grad_accum);
   o.trainer.index_warmup_steps = absl::GetFlag(FLAGS_index_warmup_steps);
   o.trainer.lr.max_lr = absl::GetFlag(FLAGS_lr);
   o.trainer.lr.min_lr = absl::GetFlag(FLAGS_min_lr);
   o.trainer.lr.warmup_steps = absl::GetFlag(FLAGS_warmup_steps);
   o.trainer.lr.total_steps = o.trainer.steps;
-  o.trainer.log_every = absl::GetFlag(FLAGS_log_every);
-  o.trainer.max_nonfinite_steps = absl::GetFlag(FLAGS_max_nonfinite_steps);
-  o.trainer.recall_every = absl::GetFlag(FLAGS_recall_every);
+  to_int("log_every", absl::GetFlag(FLAGS_log_every), o.trainer.log_every);
+  to_int("max_nonfinite_steps", absl::GetFlag(FLAGS_max_nonfinite_steps),
+         o.trainer.max_nonfinite_steps);
+  to_int("recall_every", absl::GetFlag(FLAGS_recall_every), o.trainer.recall_every);
   o.trainer.recall_query_stride = absl::GetFlag(FLAGS_recall_stride);
-  o.synthetic_pairs = absl::GetFlag(FLAGS_synthetic_pairs);
+  to_int("synthetic_pairs", absl::GetFlag(FLAGS_synthetic_pairs), o.synthetic_pairs);
   o.synthetic_depth = absl::GetFlag(FLAGS_synthetic_depth);
   o.val_fraction = absl::GetFlag(FLAGS_val_fraction);
   o.eval_every = absl::GetFlag(FLAGS_eval_every);
@@ -187,11 +216,12 @@ int main(int argc, char** argv) {
   o.init_allow_missing_index = absl::GetFlag(FLAGS_init_allow_missing_index);
   o.metrics_jsonl = absl::GetFlag(FLAGS_metrics_jsonl);
   o.exit_after_step = absl::GetFlag(FLAGS_exit_after_step);
-  o.tp = absl::GetFlag(FLAGS_tp);
+  to_int("tp", absl::GetFlag(FLAGS_tp), o.tp);
   o.zero1 = absl::GetFlag(FLAGS_zero1);
-  o.gpu = absl::GetFlag(FLAGS_gpu);
+  to_int("gpu", absl::GetFlag(FLAGS_gpu), o.gpu);
   o.bucket_mb = absl::GetFlag(FLAGS_bucket_mb);
   o.recompute = absl::GetFlag(FLAGS_recompute);
+  o.memory_check = !absl::GetFlag(FLAGS_skip_memory_check);
   o.dense_attention_steps = absl::GetFlag(FLAGS_dense_attention_steps);
   o.dense_attention_fraction = absl::GetFlag(FLAGS_dense_attention_fraction);
   o.optimizer.weight_decay = absl::GetFlag(FLAGS_weight_decay);
@@ -201,7 +231,8 @@ int main(int argc, char** argv) {
   o.optimizer.grad_clip = absl::GetFlag(FLAGS_grad_clip);
 
   MPI_Init(&argc, &argv);
-  absl::Status status = msa::run_train_program(o);
+  // Every rank parsed the same flags, so a bad value fails on all of them alike.
+  absl::Status status = flags_status.ok() ? msa::run_train_program(o) : flags_status;
   if (!status.ok()) {
     int rank = 0;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);

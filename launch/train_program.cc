@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <limits>
 #include <memory>
 #include <set>
 
@@ -16,6 +17,8 @@
 #include "core/communicator.h"
 #include "core/cuda_device.h"
 #include "core/status.h"
+#include "launch/available_memory.h"
+#include "launch/hf_rope_config.h"
 #include "model/parameters.h"
 #include "model/tensor_parallel.h"
 #include "model/transformer.h"
@@ -23,6 +26,7 @@
 #include "train/batch_source.h"
 #include "train/checkpoint.h"
 #include "train/evaluator.h"
+#include "train/memory_estimate.h"
 #include "train/stop_signal.h"
 
 namespace msa {
@@ -82,6 +86,10 @@ absl::Status validate_run(const TrainProgramOptions& o) {
     return bad("val_fraction", absl::StrFormat("%g is not in [0, 1)", o.val_fraction));
   if (o.trainer.max_nonfinite_steps < 1)
     return bad("max_nonfinite_steps", absl::StrFormat("%d is < 1", o.trainer.max_nonfinite_steps));
+  if (o.trainer.recall_every < 0)
+    return bad("recall_every", absl::StrFormat("%d must be >= 0", o.trainer.recall_every));
+  if (o.trainer.recall_every > 0 && o.trainer.recall_query_stride < 1)
+    return bad("recall_stride", absl::StrFormat("%d is < 1", o.trainer.recall_query_stride));
   if (o.trainer.log_every < 1)
     return bad("log_every", absl::StrFormat("%d is < 1", o.trainer.log_every));
   if (o.trainer.index_warmup_steps < 0)
@@ -95,15 +103,108 @@ absl::Status validate_run(const TrainProgramOptions& o) {
   if (!(o.dense_attention_fraction >= 0 && o.dense_attention_fraction <= 1))
     return bad("dense_attention_fraction",
                absl::StrFormat("%g is not in [0, 1]", o.dense_attention_fraction));
-  if (o.eval_every < 0) return bad("eval_every", "must be >= 0");
-  if (o.eval_batches < 1) return bad("eval_batches", "must be >= 1");
-  if (o.checkpoint_every < 0) return bad("checkpoint_every", "must be >= 0");
-  if (o.keep_last < 0) return bad("keep_last", "must be >= 0");
+  if (o.eval_every < 0) return bad("eval_every", absl::StrFormat("%d must be >= 0", o.eval_every));
+  if (o.eval_batches < 1 || o.eval_batches > std::numeric_limits<int>::max())
+    return bad("eval_batches", absl::StrFormat("%d is not in [1, %d]", o.eval_batches,
+                                               std::numeric_limits<int>::max()));
+  if (o.checkpoint_every < 0)
+    return bad("checkpoint_every", absl::StrFormat("%d must be >= 0", o.checkpoint_every));
+  if (o.keep_last < 0) return bad("keep_last", absl::StrFormat("%d must be >= 0", o.keep_last));
+  if (o.exit_after_step < 0)
+    return bad("exit_after_step", absl::StrFormat("%d must be >= 0", o.exit_after_step));
   if ((o.resume || o.checkpoint_every > 0 || o.keep_last > 0) && o.checkpoint_dir.empty())
     return bad(o.resume ? "resume" : (o.checkpoint_every > 0 ? "checkpoint_every" : "keep_last"),
                "needs --checkpoint_dir");
   if (o.resume && !o.init_from.empty())
     return bad("init_from", "cannot be combined with --resume (resume restores everything)");
+  if (o.reseed && !o.resume)
+    return bad("reseed", "only with --resume (a fresh run simply uses --seed)");
+  if (o.reseed && !o.explicit_seed) return bad("reseed", "needs the new --seed to continue with");
+  if (o.bucket_mb < 1 || o.bucket_mb > (int64_t{1} << 40))
+    return bad("bucket_mb", absl::StrFormat("%d is not in [1, 2^40]", o.bucket_mb));
+  // Products of counts must not wrap: a micro-batch's tokens index tensors (int64).
+  int64_t tokens = 0;
+  if (__builtin_mul_overflow(o.batch_size, o.seq_len, &tokens) ||
+      __builtin_mul_overflow(tokens, static_cast<int64_t>(o.trainer.grad_accum), &tokens))
+    return bad("batch_size",
+               absl::StrFormat("--batch_size x --seq_len x --grad_accum = %d x %d x %d overflows "
+                               "a 64-bit count",
+                               o.batch_size, o.seq_len, o.trainer.grad_accum));
+  return absl::OkStatus();
+}
+
+// The run's totals must fit the 64-bit counters of the checkpoint (samples drawn, tokens seen):
+// checked once the data-parallel size is known.
+absl::Status validate_totals(const TrainProgramOptions& o, int dp_size) {
+  int64_t samples_per_step = 0, samples = 0, tokens = 0;
+  if (__builtin_mul_overflow(o.batch_size * o.trainer.grad_accum, static_cast<int64_t>(dp_size),
+                             &samples_per_step) ||
+      __builtin_mul_overflow(samples_per_step, o.trainer.steps, &samples) ||
+      __builtin_mul_overflow(samples, o.seq_len, &tokens))
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "invalid --steps: %d steps of --batch_size %d x --grad_accum %d x %d data-parallel ranks "
+        "sequences of --seq_len %d tokens overflow the 64-bit sample and token counts",
+        o.trainer.steps, o.batch_size, o.trainer.grad_accum, dp_size, o.seq_len));
+  return absl::OkStatus();
+}
+
+// Estimates this rank's memory before anything large is allocated, logs it (rank 0), and refuses
+// a run that cannot fit (every rank checks its own device; all leave together).
+absl::Status check_memory(const TrainProgramOptions& o, const ProcessGroups& groups,
+                          Recompute recompute, Device device, int gpu) {
+  MemoryEstimateOptions m;
+  m.model = o.model;
+  m.batch_size = o.batch_size;
+  m.seq_len = o.seq_len;
+  m.tp = groups.tp_size;
+  m.dp = groups.dp_size;
+  m.zero1 = o.zero1;
+  m.cuda = device == Device::kCUDA;
+  m.recompute = recompute;
+  const MemoryEstimate estimate = estimate_training_memory(m);
+  // Past this no tensor size is representable (int64 element counts): refused even unchecked.
+  if (!(estimate.total() < 0x1p62))
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "invalid --batch_size / --seq_len / model sizes: the run would need ~%s per rank, "
+        "beyond any addressable memory",
+        memory_string(estimate.total())));
+  std::optional<double> available;
+  std::string where;
+  int sharing = 1;
+  if (device == Device::kCUDA) {
+    available = cuda_free_bytes();
+    where = absl::StrFormat("cuda:%d", gpu);
+  } else {
+    available = host_available_bytes();
+    where = "this node's CPU memory (MemAvailable)";
+    // The ranks of one node share its memory.
+    MPI_Comm node;
+    MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
+    MPI_Comm_size(node, &sharing);
+    MPI_Comm_free(&node);
+  }
+  if (groups.world_rank == 0) {
+    std::printf("msa-train: memory estimate per rank ~%s; %s: %s\n", estimate.describe().c_str(),
+                where.c_str(),
+                available ? absl::StrFormat("%s free", memory_string(*available)).c_str()
+                          : "free memory unknown");
+    std::fflush(stdout);
+  }
+  absl::Status status;
+  if (o.memory_check && available)
+    status = check_memory_fits(estimate, m, *available, sharing, where);
+  const int64_t failed = groups.world->all_reduce_sum(static_cast<int64_t>(status.ok() ? 0 : 1));
+  if (!status.ok()) {
+    if (groups.world_rank != 0)  // rank 0 prints its own error; others would go unseen
+      std::fprintf(stderr, "msa-train: rank %d: %s\n", groups.world_rank,
+                   std::string(status.message()).c_str());
+    return status;
+  }
+  if (failed > 0)
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "not enough memory on %d rank(s) (their messages are above); try --recompute=full / a "
+        "smaller --batch_size / a larger --tp, or --skip_memory_check",
+        failed));
   return absl::OkStatus();
 }
 
@@ -284,7 +385,10 @@ class CheckpointWriter {
         else
           valid_steps_.insert(step);
         if (status.ok())
-          status = prune_checkpoints(o_.checkpoint_dir, o_.keep_last, step, &valid_steps_);
+          status = prune_checkpoints(
+              o_.checkpoint_dir,
+              static_cast<int>(std::min<int64_t>(o_.keep_last, std::numeric_limits<int>::max())),
+              step, &valid_steps_);
       }
       if (status.ok()) {
         std::printf("msa-train: saved checkpoint %s\n", path.c_str());
@@ -349,6 +453,14 @@ absl::Status load_weights(const Checkpoint& ckpt, const std::string& path, Trans
 
 }  // namespace
 
+absl::StatusOr<int> int_flag_value(const char* flag, int64_t value) {
+  if (value < std::numeric_limits<int>::min() || value > std::numeric_limits<int>::max())
+    return absl::InvalidArgumentError(
+        absl::StrFormat("invalid --%s: %d is out of range (this count is at most %d)", flag, value,
+                        std::numeric_limits<int>::max()));
+  return static_cast<int>(value);
+}
+
 absl::Status run_train_program(TrainProgramOptions o) {
   {
     // Every rank must run the same model, schedule and layout: compare a hash of the options
@@ -381,6 +493,8 @@ absl::Status run_train_program(TrainProgramOptions o) {
   MPI_Comm_size(MPI_COMM_WORLD, &world_size);
   MSA_ASSIGN_OR_RETURN(ProcessGroups groups,
                        make_process_groups(o.tp, device == Device::kCUDA && world_size > 1));
+  MSA_RETURN_IF_ERROR(validate_totals(o, groups.dp_size));
+  MSA_RETURN_IF_ERROR(check_memory(o, groups, recompute, device, gpu));
   MSA_ASSIGN_OR_RETURN(std::unique_ptr<BatchSource> data, make_source(o, groups, false));
   std::unique_ptr<BatchSource> validation;
   if (o.eval_every > 0) {
@@ -411,6 +525,30 @@ absl::Status run_train_program(TrainProgramOptions o) {
     if (!diff.empty())
       return absl::FailedPreconditionError(absl::StrFormat(
           "--resume: %s was written for a different model (%s)", latest->path, diff));
+    // The seed decides the data order and the synthetic samples: a resumed run keeps the
+    // checkpoint's unless told otherwise, and a different one given explicitly must be meant.
+    const uint64_t stored_seed = static_cast<uint64_t>(ckpt.state.seed);
+    if (o.explicit_seed && o.seed != stored_seed && !o.reseed)
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "--resume: %s was written by a run with --seed=%d, but --seed=%d was given. The seed "
+          "decides the data order (and the synthetic samples), so the run would not continue as "
+          "it began. Drop --seed (or pass --seed=%d) to continue it exactly; add --reseed to "
+          "continue with seed %d: the samples from step %d on follow the new seed, and within "
+          "the current epoch some may repeat ones already trained on",
+          latest->path, stored_seed, o.seed, stored_seed, o.seed, ckpt.state.step + 1));
+    if (o.seed != stored_seed) {
+      const std::string note =
+          o.reseed ? absl::StrFormat(
+                         "--reseed: the checkpoint's seed was %d; samples from step "
+                         "%d on follow seed %d",
+                         stored_seed, ckpt.state.step + 1, o.seed)
+                   : absl::StrFormat("continuing with the checkpoint's seed %d", stored_seed);
+      if (leader) std::printf("msa-train: %s\n", note.c_str());
+      if (!o.reseed) o.seed = stored_seed;
+      if (validation) {
+        MSA_ASSIGN_OR_RETURN(validation, make_source(o, groups, true));
+      }
+    }
     MSA_RETURN_IF_ERROR(load_weights(ckpt, latest->path, model, optimizer, false));
     optimizer.load_state(local_parts(ckpt.params, model.params(), model.tensor_parallel()),
                          local_parts(ckpt.m, model.params(), model.tensor_parallel()),
@@ -429,6 +567,15 @@ absl::Status run_train_program(TrainProgramOptions o) {
   } else if (!o.init_from.empty()) {
     auto ckpt = load_checkpoint(o.init_from, /*weights_only=*/true);
     if (!ckpt.ok()) return annotate(ckpt.status(), "--init_from");
+    // The weights were trained with their RoPE: another one would silently train another model.
+    const RopeConfig want = ckpt->config.rope(), have = o.model.rope();
+    if (want.theta != have.theta || !(want.scaling == have.scaling) ||
+        rope_rotary_dim(want, o.model.head_dim) != rope_rotary_dim(have, o.model.head_dim))
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "--init_from: %s has RoPE %s, but the flags give %s (set --rope_theta; msa-train has "
+          "no flags for RoPE scaling or partial rotary yet)",
+          o.init_from, describe_rope(want, o.model.head_dim),
+          describe_rope(have, o.model.head_dim)));
     MSA_RETURN_IF_ERROR(
         load_weights(*ckpt, o.init_from, model, optimizer, o.init_allow_missing_index));
     if (leader) std::printf("msa-train: initialized weights from %s\n", o.init_from.c_str());
@@ -470,9 +617,10 @@ absl::Status run_train_program(TrainProgramOptions o) {
             : absl::StrFormat(", recompute %s", recompute_name(recompute)).c_str());
   if (leader)
     std::printf(
-        "msa-train: data %s, batch %d x %d tokens per data-parallel rank, steps %lld..%lld\n",
-        data->describe().c_str(), static_cast<int>(o.batch_size), static_cast<int>(o.seq_len),
-        static_cast<long long>(first_step), static_cast<long long>(o.trainer.steps));
+        "msa-train: data %s, batch %lld x %lld tokens per data-parallel rank, steps %lld..%lld\n",
+        data->describe().c_str(), static_cast<long long>(o.batch_size),
+        static_cast<long long>(o.seq_len), static_cast<long long>(first_step),
+        static_cast<long long>(o.trainer.steps));
   if (leader && o.model.any_msa())
     std::printf("msa-train: MSA layers: %s\n", describe_phases(o.trainer).c_str());
   std::fflush(stdout);
@@ -514,8 +662,8 @@ absl::Status run_train_program(TrainProgramOptions o) {
       std::fflush(metrics);
     }
     if (validation && m.step % o.eval_every == 0) {
-      const EvalResult r =
-          evaluate(model, *validation, o.eval_batches, msa_mode_at(o.trainer, m.step));
+      const EvalResult r = evaluate(model, *validation, static_cast<int>(o.eval_batches),
+                                    msa_mode_at(o.trainer, m.step));
       if (leader) {
         std::printf("eval  %6lld | val_loss %.4f | val_ppl %.2f | %lld tokens\n",
                     static_cast<long long>(m.step), r.loss, r.perplexity,

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "model/model_config.h"
 #include "train/optimizer.h"
 #include "train/trainer.h"
@@ -19,16 +20,20 @@ struct TrainProgramOptions {
   int64_t batch_size = 4;
   int64_t seq_len = 256;
   uint64_t seed = 1234;
+  // --seed was given explicitly. On --resume the checkpoint's seed is used when it was not; when
+  // it was and differs from the checkpoint's, the run is refused unless `reseed`.
+  bool explicit_seed = false;
+  bool reseed = false;          // --resume with another --seed: samples from here on follow it
   int synthetic_pairs = 4;      // facts per sample of synthetic:kv-recall
   double synthetic_depth = -1;  // depth of the facts (< 0: random per sample)
   double val_fraction = 0.01;   // shards: fraction of windows held out for validation
-  int eval_every = 0;           // validation loss / perplexity every N steps (0: off)
-  int eval_batches = 8;
-  std::string checkpoint_dir;  // where ckpt-<step>.h5 files go ("" = no checkpoints)
-  int checkpoint_every = 0;    // also at the end and on SIGTERM/SIGINT
-  int keep_last = 0;           // prune to the newest N checkpoints (0: keep all)
-  bool resume = false;         // continue from the newest valid checkpoint in checkpoint_dir
-  std::string init_from;       // load weights only from this checkpoint
+  int64_t eval_every = 0;       // validation loss / perplexity every N steps (0: off)
+  int64_t eval_batches = 8;
+  std::string checkpoint_dir;    // where ckpt-<step>.h5 files go ("" = no checkpoints)
+  int64_t checkpoint_every = 0;  // also at the end and on SIGTERM/SIGINT
+  int64_t keep_last = 0;         // prune to the newest N checkpoints (0: keep all)
+  bool resume = false;           // continue from the newest valid checkpoint in checkpoint_dir
+  std::string init_from;         // load weights only from this checkpoint
   bool init_allow_missing_index = false;  // init_from: index branch absent in the file is fresh
   int64_t exit_after_step = 0;     // stop (with a checkpoint) after this step, as if preempted
   std::string metrics_jsonl;       // append one JSON line per step (full precision) to this file
@@ -37,6 +42,9 @@ struct TrainProgramOptions {
   int64_t bucket_mb = 25;          // data-parallel gradient all-reduce bucket size
   int gpu = -1;                    // CUDA device of this rank (< 0: node-local rank % device count)
   std::string recompute = "none";  // activation recomputation: none, attention or full
+  // Refuse to start when the memory estimate (train/memory_estimate.h) exceeds the free memory
+  // of the device (CUDA) or the node (CPU); false skips the check (the estimate is still logged).
+  bool memory_check = true;
   // The index warm-up with dense attention (everything trains; DESIGN.md section 4, "Recipes"):
   // dense_attention_steps steps when >= 0, else ceil(dense_attention_fraction * steps). Runs after
   // trainer.index_warmup_steps (the frozen-backbone warm-up); models without MSA layers skip it.
@@ -47,8 +55,13 @@ struct TrainProgramOptions {
   OptimizerConfig optimizer;
 };
 
-// Validates the options (errors name the flag), builds the model, data and optimizer, trains.
-// Runs on every rank of MPI_COMM_WORLD (MPI must be initialized): world = dp x tp.
+// Validates the options (errors name the flag), checks that the run fits in memory, builds the
+// model, data and optimizer, trains. Runs on every rank of MPI_COMM_WORLD (MPI must be
+// initialized): world = dp x tp.
 absl::Status run_train_program(TrainProgramOptions options);
+
+// A 64-bit flag value for an int field: the value, or InvalidArgument "invalid --<flag>: <v> is
+// out of range (...)" when it does not fit, so values past 2^31 are refused, never wrapped.
+absl::StatusOr<int> int_flag_value(const char* flag, int64_t value);
 
 }  // namespace msa

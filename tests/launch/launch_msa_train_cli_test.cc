@@ -168,4 +168,88 @@ TEST(MsaTrainCliTest, DivergingRunStopsWithANonZeroExit) {
   EXPECT_EQ(r.output.find("step    30/30"), std::string::npos) << r.output;
 }
 
+// ---- 64-bit integer flags and the memory check (issue 18)
+// --------------------------------------------------------------------------
+
+const std::string kTinyModel =
+    "--device=cpu --vocab_size=96 --d_model=32 --n_layers=2 --n_heads=4 --n_kv_heads=2 "
+    "--head_dim=8 --ffn_dim=64 --attention=msa,dense --msa_block_size=8 --msa_topk=2 "
+    "--msa_index_dim=8 --data=synthetic:kv-recall --recall_every=0 ";
+
+// Integer flags parse as 64 bits: a value past 2^31 for a count held in 32 bits is refused
+// naming the flag and the value, never wrapped (4294967297 used to become 1).
+TEST(MsaTrainCliTest, IntegerFlagsPastTwoToThe31AreRefusedNotWrapped) {
+  for (const char* flag : {"n_layers", "n_heads", "n_kv_heads", "head_dim", "msa_block_size",
+                           "msa_topk", "msa_index_dim", "grad_accum", "log_every", "recall_every",
+                           "max_nonfinite_steps", "synthetic_pairs", "tp", "gpu"}) {
+    const std::string arg = std::string("--") + flag + "=4294967297";
+    CommandResult r = run_msa_train(kTinyModel + arg + " --steps=1 --seq_len=48 --batch_size=2");
+    EXPECT_EQ(r.exit_code, 1) << arg << "\n" << r.output;
+    EXPECT_NE(r.output.find(std::string("invalid --") + flag +
+                            ": 4294967297 is out of range (this count is at most 2147483647)"),
+              std::string::npos)
+        << arg << "\n"
+        << r.output;
+    EXPECT_EQ(r.output.find("step "), std::string::npos) << arg << " trained:\n" << r.output;
+  }
+}
+
+// Counts a run may legitimately make large are 64-bit all the way: --steps=2^32 + 1 is accepted
+// and printed as given (the run stops after step 1 here).
+TEST(MsaTrainCliTest, StepsPastTwoToThe31AreAccepted) {
+  CommandResult r = run_msa_train(kTinyModel +
+                                  "--steps=4294967297 --exit_after_step=1 --seq_len=48 "
+                                  "--batch_size=2 --dense_attention_steps=0 --log_every=1");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("steps 1..4294967297"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("/4294967297"), std::string::npos) << r.output;
+}
+
+TEST(MsaTrainCliTest, NegativeAndOverflowingCountsNameTheFlag) {
+  const std::pair<const char*, const char*> cases[] = {
+      {"--batch_size=-4294967296", "invalid --batch_size: -4294967296 is < 1"},
+      {"--seq_len=-4294967296", "invalid --seq_len: -4294967296 is < 2"},
+      {"--steps=-1", "invalid --steps: -1 is < 0"},
+      {"--keep_last=-4294967296 --checkpoint_dir=/tmp/unused", "invalid --keep_last"},
+      {"--eval_batches=4294967297", "invalid --eval_batches: 4294967297 is not in [1, 2147483647]"},
+      {"--batch_size=4294967296 --seq_len=4294967296",
+       "invalid --batch_size: --batch_size x --seq_len x --grad_accum = 4294967296 x 4294967296"},
+      {"--steps=9223372036854775807 --batch_size=2 --seq_len=48",
+       "invalid --steps: 9223372036854775807 steps"},
+  };
+  for (const auto& [args, expected] : cases) {
+    CommandResult r = run_msa_train(kTinyModel + args);
+    EXPECT_EQ(r.exit_code, 1) << args << "\n" << r.output;
+    EXPECT_NE(r.output.find(expected), std::string::npos) << args << "\n" << r.output;
+  }
+}
+
+// Before allocating, msa-train logs its memory estimate and refuses a run that cannot fit, with
+// the numbers and what to try, instead of dying in an allocation.
+TEST(MsaTrainCliTest, MemoryEstimateIsLoggedAndARunThatCannotFitIsRefused) {
+  CommandResult ok = run_msa_train(kTinyModel + "--steps=1 --seq_len=48 --batch_size=2");
+  ASSERT_EQ(ok.exit_code, 0) << ok.output;
+  EXPECT_NE(ok.output.find("msa-train: memory estimate per rank ~"), std::string::npos)
+      << ok.output;
+  EXPECT_NE(ok.output.find("GiB free"), std::string::npos) << ok.output;
+
+  // 2^32 tokens per sequence: terabytes of activations.
+  CommandResult big = run_msa_train(kTinyModel + "--steps=1 --seq_len=4294967296 --batch_size=2");
+  EXPECT_EQ(big.exit_code, 1) << big.output;
+  EXPECT_NE(big.output.find("msa-train: not enough memory: the run needs ~"), std::string::npos)
+      << big.output;
+  EXPECT_NE(big.output.find("on this node's CPU memory (MemAvailable)"), std::string::npos)
+      << big.output;
+  EXPECT_NE(big.output.find("--recompute=full"), std::string::npos) << big.output;
+  EXPECT_NE(big.output.find("--skip_memory_check"), std::string::npos) << big.output;
+  EXPECT_EQ(big.output.find("step "), std::string::npos) << big.output;
+
+  // Beyond any addressable size the run is refused even with --skip_memory_check.
+  CommandResult absurd = run_msa_train(
+      kTinyModel + "--steps=1 --seq_len=1099511627776 --batch_size=1048576 --skip_memory_check");
+  EXPECT_EQ(absurd.exit_code, 1) << absurd.output;
+  EXPECT_NE(absurd.output.find("beyond any addressable memory"), std::string::npos)
+      << absurd.output;
+}
+
 }  // namespace

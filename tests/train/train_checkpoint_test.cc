@@ -541,5 +541,84 @@ TEST(TrainCheckpointTest, NonFiniteStepsAreSkippedThenTheRunStops) {
   expect_identical(applied->v, after->v, "second moments after skipped steps");
 }
 
+// ---- the seed on resume
+// --------------------------------------------------------------------------
+
+// A run started with --seed=7 and resumed without --seed continues with seed 7 (the checkpoint's),
+// bit for bit; before, the default seed silently replaced it and the data changed mid-run.
+TEST(TrainCheckpointTest, ResumeWithoutSeedKeepsTheCheckpointsSeed) {
+  const std::string straight = fresh_dir("seed_straight"), split = fresh_dir("seed_split");
+  TrainProgramOptions a = tiny_run(straight, 6);
+  a.seed = 7;
+  a.explicit_seed = true;
+  ASSERT_TRUE(run_train_program(a).ok());
+  TrainProgramOptions first = tiny_run(split, 6);
+  first.seed = 7;
+  first.explicit_seed = true;
+  first.exit_after_step = 3;
+  ASSERT_TRUE(run_train_program(first).ok());
+  TrainProgramOptions second = tiny_run(split, 6);  // seed: the default, not given
+  second.resume = true;
+  ASSERT_TRUE(run_train_program(second).ok());
+  EXPECT_EQ(lines(straight + "/metrics.jsonl"), lines(split + "/metrics.jsonl"));
+  auto c = load_checkpoint(checkpoint_path(split, 6));
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->state.seed, 7);
+}
+
+TEST(TrainCheckpointTest, ResumeWithAnotherExplicitSeedIsRefusedNamingBoth) {
+  const std::string dir = fresh_dir("seed_refused");
+  TrainProgramOptions first = tiny_run(dir, 4);
+  first.seed = 7;
+  first.exit_after_step = 2;
+  ASSERT_TRUE(run_train_program(first).ok());
+  TrainProgramOptions second = tiny_run(dir, 4);
+  second.seed = 8;
+  second.explicit_seed = true;
+  second.resume = true;
+  const absl::Status s = run_train_program(second);
+  ASSERT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+  EXPECT_THAT(std::string(s.message()), HasSubstr("written by a run with --seed=7, but --seed=8"));
+  EXPECT_THAT(std::string(s.message()), HasSubstr("--reseed"));
+  EXPECT_EQ(list_checkpoint_steps(dir), std::vector<int64_t>{2}) << "the refused run trained";
+  // The same seed given explicitly is no change.
+  second.seed = 7;
+  EXPECT_TRUE(run_train_program(second).ok());
+}
+
+// --reseed continues the weights and optimizer with the new seed's samples from the next step on,
+// and the checkpoints it writes carry the new seed.
+TEST(TrainCheckpointTest, ReseedContinuesWithTheNewSeed) {
+  const std::string straight = fresh_dir("reseed_straight"), dir = fresh_dir("reseed");
+  TrainProgramOptions a = tiny_run(straight, 4);
+  a.seed = 7;
+  ASSERT_TRUE(run_train_program(a).ok());
+  TrainProgramOptions first = tiny_run(dir, 4);
+  first.seed = 7;
+  first.exit_after_step = 2;
+  ASSERT_TRUE(run_train_program(first).ok());
+  TrainProgramOptions second = tiny_run(dir, 4);
+  second.seed = 8;
+  second.explicit_seed = true;
+  second.reseed = true;
+  second.resume = true;
+  ASSERT_TRUE(run_train_program(second).ok());
+  auto c = load_checkpoint(checkpoint_path(dir, 4));
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->state.seed, 8);
+  EXPECT_EQ(c->state.sample_cursor, 8);  // the cursor goes on; only the samples change
+  const auto x = lines(straight + "/metrics.jsonl"), y = lines(dir + "/metrics.jsonl");
+  ASSERT_EQ(x.size(), 4u);
+  ASSERT_EQ(y.size(), 4u);
+  EXPECT_EQ(x[1], y[1]);  // before the resume: the same run
+  EXPECT_NE(x[2], y[2]);  // after it: other samples
+  // --reseed means nothing without --resume and a new --seed.
+  TrainProgramOptions fresh = tiny_run(fresh_dir("reseed_fresh"), 1);
+  fresh.reseed = true;
+  fresh.seed = 8;
+  fresh.explicit_seed = true;
+  EXPECT_THAT(std::string(run_train_program(fresh).message()), HasSubstr("invalid --reseed"));
+}
+
 }  // namespace
 }  // namespace msa

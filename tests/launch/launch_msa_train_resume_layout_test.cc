@@ -1,0 +1,169 @@
+// Resume at another data-parallel layout, through the msa-train binary under its own mpirun: a run
+// checkpointed at dp = 2 continues at dp = 1 (and 1 -> 2) with the same global batch, and ends
+// where the uninterrupted run ends.
+//
+// What is exact and what is not: within one layout a resumed run is bit-identical to the
+// uninterrupted one (docs/checkpoint.md, checked here for dp 2 -> 2 too). Across layouts the
+// samples are the same (the sample cursor is global) but the gradient of the global batch is summed
+// in another order: at dp = 2 each rank sums its half and the halves are all-reduced, at dp = 1 one
+// rank sums all of it. Float addition is not associative, so the weights after the first resumed
+// step differ in the last bits, and the difference grows a little with each step (more where
+// MSA's top-k, a discrete choice, flips for a block whose scores tie within rounding; see
+// tests/mpi/mpi_data_parallel_test.cc). Measured after 4 resumed steps (printed by each run): loss
+// 6e-10..5e-9 relative, weights 2.3e-8 and moments 3.4e-7 relative (L2 per tensor). The
+// tolerances, 1e-6 on each step's loss and 1e-5 on the final weights and moments, leave a
+// margin of 30x for a flipped selection, and still catch a wrong sample (a repeated or skipped
+// batch changes the loss by ~1e-2 relative) or a lost moment.
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "tests/testing/parallel_training.h"
+#include "train/checkpoint.h"
+
+namespace msa {
+namespace {
+
+struct CommandResult {
+  int exit_code;
+  std::string output;
+};
+
+CommandResult run(const std::string& command) {
+  FILE* pipe = popen((command + " 2>&1").c_str(), "r");
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), pipe)) > 0) out.append(buf, n);
+  const int status = pclose(pipe);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+std::string fresh_dir(const std::string& name) {
+  const std::string dir = std::string(::testing::TempDir()) + "/resume_layout_" + name;
+  std::system(("rm -rf '" + dir + "' && mkdir -p '" + dir + "'").c_str());
+  return dir;
+}
+
+constexpr int kSteps = 8, kStop = 4, kGlobalBatch = 4;
+
+// This test process is an MPI singleton (tests/test_main.cc): its OMPI_* / PMIX_* / ORTE_*
+// variables would make the mpirun launched below think it runs inside that job, and fail.
+void forget_own_mpi_job() {
+  std::vector<std::string> names;
+  for (char** e = environ; *e != nullptr; ++e) {
+    const std::string var(*e);
+    const std::string name = var.substr(0, var.find('='));
+    for (const char* prefix : {"OMPI_", "PMIX_", "ORTE_"})
+      if (name.rfind(prefix, 0) == 0) names.push_back(name);
+  }
+  for (const std::string& name : names) ::unsetenv(name.c_str());
+}
+
+// msa-train on `ranks` processes (each with 1/ranks of the global batch) into `dir`.
+CommandResult train(int ranks, const std::string& dir, const std::string& extra) {
+  forget_own_mpi_job();
+  const std::string cmd =
+      "OMPI_MCA_rmaps_base_oversubscribe=1 mpirun --oversubscribe --allow-run-as-root -np " +
+      std::to_string(ranks) + " " + MSA_BINARY_DIR +
+      "/msa-train --device=cpu --vocab_size=96 --d_model=32 --n_layers=2 --n_heads=4 "
+      "--n_kv_heads=2 --head_dim=8 --ffn_dim=64 --attention=msa,dense --msa_block_size=8 "
+      "--msa_topk=2 --msa_index_dim=8 --seq_len=48 --data=synthetic:kv-recall --seed=11 "
+      "--lr=3e-3 --min_lr=3e-4 --warmup_steps=2 --dense_attention_steps=2 --recall_every=0 "
+      "--log_every=1 --steps=" +
+      std::to_string(kSteps) + " --batch_size=" + std::to_string(kGlobalBatch / ranks) +
+      " --checkpoint_dir=" + dir + " --metrics_jsonl=" + dir + "/metrics.jsonl " + extra;
+  return run(cmd);
+}
+
+std::vector<nlohmann::json> metrics(const std::string& dir) {
+  std::ifstream f(dir + "/metrics.jsonl");
+  std::vector<nlohmann::json> out;
+  for (std::string line; std::getline(f, line);) out.push_back(nlohmann::json::parse(line));
+  return out;
+}
+
+// Interrupted at kStop on `first_ranks`, resumed on `second_ranks`: compared with the
+// uninterrupted run on `straight_ranks`.
+void check_resume(int straight_ranks, int first_ranks, int second_ranks, bool bit_exact) {
+  const std::string name = std::to_string(first_ranks) + "_to_" + std::to_string(second_ranks);
+  const std::string straight = fresh_dir(name + "_straight"), split = fresh_dir(name + "_split");
+  CommandResult a = train(straight_ranks, straight, "");
+  ASSERT_EQ(a.exit_code, 0) << a.output;
+  CommandResult b = train(first_ranks, split, "--exit_after_step=" + std::to_string(kStop));
+  ASSERT_EQ(b.exit_code, 0) << b.output;
+  CommandResult c = train(second_ranks, split, "--resume");
+  ASSERT_EQ(c.exit_code, 0) << c.output;
+  EXPECT_NE(c.output.find("resumed from " + checkpoint_path(split, kStop)), std::string::npos)
+      << c.output;
+  EXPECT_NE(c.output.find("world " + std::to_string(second_ranks) + " = dp " +
+                          std::to_string(second_ranks)),
+            std::string::npos)
+      << c.output;
+
+  const auto x = metrics(straight), y = metrics(split);
+  ASSERT_EQ(x.size(), static_cast<size_t>(kSteps));
+  ASSERT_EQ(y.size(), static_cast<size_t>(kSteps));
+  double worst_loss = 0;
+  for (int s = 0; s < kSteps; ++s) {
+    ASSERT_TRUE(std::isfinite(x[s]["loss"].get<double>())) << "step " << s + 1;
+    worst_loss =
+        std::max(worst_loss, std::abs(y[s]["loss"].get<double>() / x[s]["loss"].get<double>() - 1));
+    EXPECT_EQ(x[s]["tokens"], y[s]["tokens"]) << "step " << s + 1;
+    if (bit_exact || (s < kStop && first_ranks == straight_ranks)) {
+      EXPECT_EQ(x[s].dump(), y[s].dump()) << "step " << s + 1;
+    } else {
+      const double lx = x[s]["loss"].get<double>(), ly = y[s]["loss"].get<double>();
+      EXPECT_NEAR(ly, lx, 1e-6 * std::abs(lx)) << "step " << s + 1;
+    }
+  }
+
+  auto end_a = load_checkpoint(checkpoint_path(straight, kSteps));
+  auto end_b = load_checkpoint(checkpoint_path(split, kSteps));
+  ASSERT_TRUE(end_a.ok()) << end_a.status();
+  ASSERT_TRUE(end_b.ok()) << end_b.status();
+  // The same samples were read: the global cursor and token count agree exactly.
+  EXPECT_EQ(end_b->state.sample_cursor, int64_t{kSteps} * kGlobalBatch);
+  EXPECT_EQ(end_b->state.sample_cursor, end_a->state.sample_cursor);
+  EXPECT_EQ(end_b->state.tokens_seen, end_a->state.tokens_seen);
+  EXPECT_EQ(end_b->state.seed, 11);
+  if (bit_exact) {
+    EXPECT_EQ(test::max_rel_diff(end_a->params, end_b->params), 0.0);
+    EXPECT_EQ(test::max_rel_diff(end_a->m, end_b->m), 0.0);
+    EXPECT_EQ(test::max_rel_diff(end_a->v, end_b->v), 0.0);
+  } else {
+    std::string worst;
+    // Measured, for the tolerances' sake (printed by every run).
+    std::printf("dp %d -> %d vs dp %d: loss rel diff %.3g, params %.3g, m %.3g, v %.3g\n",
+                first_ranks, second_ranks, straight_ranks, worst_loss,
+                test::max_rel_diff(end_a->params, end_b->params),
+                test::max_rel_diff(end_a->m, end_b->m), test::max_rel_diff(end_a->v, end_b->v));
+    EXPECT_LT(test::max_rel_diff(end_a->params, end_b->params, &worst), 1e-5) << worst;
+    EXPECT_LT(test::max_rel_diff(end_a->m, end_b->m, &worst), 1e-5) << worst;
+    EXPECT_LT(test::max_rel_diff(end_a->v, end_b->v, &worst), 1e-5) << worst;
+  }
+}
+
+TEST(MsaTrainResumeLayoutTest, TwoRanksResumedOnOneMatchTheTwoRankRun) {
+  check_resume(/*straight=*/2, /*first=*/2, /*second=*/1, /*bit_exact=*/false);
+}
+
+TEST(MsaTrainResumeLayoutTest, OneRankResumedOnTwoMatchesTheOneRankRun) {
+  check_resume(/*straight=*/1, /*first=*/1, /*second=*/2, /*bit_exact=*/false);
+}
+
+TEST(MsaTrainResumeLayoutTest, TwoRanksResumedOnTwoAreBitExact) {
+  check_resume(/*straight=*/2, /*first=*/2, /*second=*/2, /*bit_exact=*/true);
+}
+
+}  // namespace
+}  // namespace msa
