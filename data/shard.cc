@@ -177,13 +177,13 @@ absl::StatusOr<std::vector<std::string>> glob_files(const std::string& pattern) 
   return files;
 }
 
-absl::Status prepare_shard_dir(const std::string& dir, bool overwrite) {
+absl::StatusOr<std::vector<std::string>> check_shard_dir(const std::string& dir, bool overwrite) {
   struct stat st;
   if (::stat(dir.c_str(), &st) != 0) {
     if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST)
       return absl::InvalidArgumentError(absl::StrFormat(
           "invalid --output: cannot create directory '%s': %s", dir, std::strerror(errno)));
-    return absl::OkStatus();
+    return std::vector<std::string>{};
   }
   if (!S_ISDIR(st.st_mode))
     return absl::InvalidArgumentError(
@@ -202,14 +202,33 @@ absl::Status prepare_shard_dir(const std::string& dir, bool overwrite) {
     if (ends_with(".tok") || ends_with(".tok.tmp")) shards.push_back(dir + "/" + name);
   }
   ::closedir(d);
-  if (shards.empty()) return absl::OkStatus();
   std::sort(shards.begin(), shards.end());
-  if (!overwrite)
+  if (!shards.empty() && !overwrite)
     return absl::FailedPreconditionError(absl::StrFormat(
         "invalid --output: '%s' already holds %d token shard(s) (e.g. '%s'), which a glob would "
-        "mix with the new ones; give --overwrite to delete them first, or another --output",
+        "mix with the new ones; give --overwrite to replace them, or another --output",
         dir, shards.size(), shards.front()));
-  for (const std::string& f : shards)
+  // msa-data text's metadata file <prefix>.json describes the shards <prefix>-NNNNN.tok: it goes
+  // with them.
+  std::vector<std::string> files = shards;
+  for (const std::string& s : shards) {
+    const size_t dash = s.rfind('-');
+    if (dash == std::string::npos || s.size() != dash + 10 || s.compare(dash + 6, 4, ".tok") != 0 ||
+        !std::all_of(s.begin() + dash + 1, s.begin() + dash + 6,
+                     [](char c) { return c >= '0' && c <= '9'; }))
+      continue;
+    const std::string metadata = s.substr(0, dash) + ".json";
+    if (::access(metadata.c_str(), F_OK) == 0 &&
+        std::find(files.begin(), files.end(), metadata) == files.end())
+      files.push_back(metadata);
+  }
+  return files;
+}
+
+absl::Status prepare_shard_dir(const std::string& dir, bool overwrite) {
+  absl::StatusOr<std::vector<std::string>> files = check_shard_dir(dir, overwrite);
+  if (!files.ok()) return files.status();
+  for (const std::string& f : *files)
     if (std::remove(f.c_str()) != 0) return io_error(f, "cannot delete old shard");
   return absl::OkStatus();
 }

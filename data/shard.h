@@ -70,10 +70,15 @@ class ShardReader {
 // nothing matches.
 absl::StatusOr<std::vector<std::string>> glob_files(const std::string& pattern);
 
-// Makes `dir` ready for new shards: creates it if missing (one level), refuses a path that is not
-// a directory, and refuses a directory already holding shards (*.tok, *.tok.tmp) unless
-// `overwrite`, which deletes them first (so that no stale shard of an earlier run is read with
-// the new ones). Errors name the directory (as msa-data's --output).
+// Checks `dir` as the home of new shards: creates it if missing (one level), refuses a path that
+// is not a directory, and returns the files of earlier runs in it: the shards (*.tok, and *.tok.tmp
+// left by an interrupted write), sorted, then the metadata file <prefix>.json of each set of
+// <prefix>-NNNNN.tok shards. Refuses a directory holding shards unless `overwrite`. Deletes
+// nothing. Errors name the directory (as msa-data's --output).
+absl::StatusOr<std::vector<std::string>> check_shard_dir(const std::string& dir, bool overwrite);
+
+// check_shard_dir, then deletes what it found (so that no stale shard of an earlier run is read
+// with the new ones).
 absl::Status prepare_shard_dir(const std::string& dir, bool overwrite);
 
 }  // namespace msa

@@ -1,8 +1,10 @@
 // msa-data: writes token shards for msa-train.
-//   msa-data text --input=a.txt,b.txt --output=DIR [--shard_tokens=N]
+//   msa-data text --input=a.txt,b.jsonl --output=DIR [--tokenizer=PATH] [--shard_tokens=N]
 //   msa-data synthetic --task=kv-recall|needle --seq_len=N --samples=N
 //   --output=DIR [--depth=D]
+#include <chrono>
 #include <cstdio>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -11,12 +13,25 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "core/status.h"
+#include "data/hf_tokenizer.h"
 #include "data/shard.h"
 #include "data/synthetic.h"
+#include "data/text_documents.h"
 #include "data/text_tokenizer.h"
 #include "launch/program_usage.h"
 
-ABSL_FLAG(std::string, input, "", "text: comma-separated input files, one document each.");
+ABSL_FLAG(std::string, input, "",
+          "text: comma-separated input files: plain text (one document each) or JSONL (one "
+          "document per line).");
+ABSL_FLAG(std::string, format, "auto",
+          "text: 'text', 'jsonl', or 'auto' (JSONL for names ending in .jsonl or .ndjson).");
+ABSL_FLAG(std::string, text_field, "text", "text: the JSONL string field holding the document.");
+ABSL_FLAG(std::string, tokenizer, "",
+          "text: a Hugging Face tokenizer.json, or a model directory holding one; default: "
+          "byte-level (vocab 257, EOS 256).");
+ABSL_FLAG(int64_t, eos_id, -1,
+          "text: the id that ends each document (default: the tokenizer's EOS).");
+ABSL_FLAG(int, threads, 0, "text: tokenizing threads (0: one per hardware thread).");
 ABSL_FLAG(std::string, output, "", "Output directory for the shards (created if missing).");
 ABSL_FLAG(bool, overwrite, false,
           "Delete the shards (*.tok) already in --output first; without it, msa-data refuses an "
@@ -36,13 +51,39 @@ namespace {
 
 void progress_bar(int64_t done, int64_t total) {
   const int width = 40;
-  const double frac = total > 0 ? static_cast<double>(done) / total : 1.0;
+  const double frac = total > 0 ? std::min(1.0, static_cast<double>(done) / total) : 1.0;
   const int filled = static_cast<int>(frac * width);
   std::fprintf(stderr, "\r[%s%s] %5.1f%% %lld / %lld bytes", std::string(filled, '#').c_str(),
                std::string(width - filled, '.').c_str(), 100 * frac, static_cast<long long>(done),
                static_cast<long long>(total));
   if (done >= total) std::fprintf(stderr, "\n");
 }
+
+// "[####....]  45.2% 123.4 / 273.0 MB, 12.3 MB/s, 31234567 tokens", redrawn in place.
+class TextProgressBar {
+ public:
+  void operator()(const msa::TextShardingProgress& p) {
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+    const int width = 40;
+    const double frac =
+        p.bytes_total > 0 ? std::min(1.0, static_cast<double>(p.bytes_done) / p.bytes_total) : 1.0;
+    const int filled = static_cast<int>(frac * width);
+    std::fprintf(stderr, "\r[%s%s] %5.1f%% %.1f / %.1f MB, %.1f MB/s, %lld tokens",
+                 std::string(filled, '#').c_str(), std::string(width - filled, '.').c_str(),
+                 100 * frac, p.bytes_done / 1e6, p.bytes_total / 1e6,
+                 seconds > 0 ? p.bytes_done / 1e6 / seconds : 0.0,
+                 static_cast<long long>(p.tokens));
+    drawn_ = true;
+  }
+  void finish() {
+    if (drawn_) std::fprintf(stderr, "\n");
+  }
+
+ private:
+  std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
+  bool drawn_ = false;
+};
 
 absl::Status run_text() {
   msa::TextShardingOptions o;
@@ -53,13 +94,37 @@ absl::Status run_text() {
   if (!absl::GetFlag(FLAGS_prefix).empty()) o.prefix = absl::GetFlag(FLAGS_prefix);
   o.shard_tokens = absl::GetFlag(FLAGS_shard_tokens);
   o.overwrite = absl::GetFlag(FLAGS_overwrite);
-  MSA_ASSIGN_OR_RETURN(msa::TextShardingResult r, msa::write_text_shards(o, progress_bar));
+  MSA_ASSIGN_OR_RETURN(o.format, msa::parse_text_format(absl::GetFlag(FLAGS_format)));
+  o.text_field = absl::GetFlag(FLAGS_text_field);
+  o.threads = absl::GetFlag(FLAGS_threads);
+  const int64_t eos_id = absl::GetFlag(FLAGS_eos_id);
+  if (eos_id < -1 || eos_id > 0xFFFFFFFFLL)
+    return absl::InvalidArgumentError("invalid --eos_id: must be a token id, or -1");
+  if (eos_id >= 0) o.eos_id = static_cast<uint32_t>(eos_id);
+  std::unique_ptr<msa::HfTokenizer> tokenizer;
+  o.tokenizer_path = absl::GetFlag(FLAGS_tokenizer);
+  if (!o.tokenizer_path.empty()) {
+    absl::StatusOr<std::unique_ptr<msa::HfTokenizer>> loaded =
+        msa::HfTokenizer::load(o.tokenizer_path);
+    if (!loaded.ok()) return msa::annotate(loaded.status(), "invalid --tokenizer");
+    tokenizer = std::move(*loaded);
+    o.tokenizer = tokenizer.get();
+  }
+  TextProgressBar bar;
+  absl::StatusOr<msa::TextShardingResult> result =
+      msa::write_text_shards(o, [&bar](const msa::TextShardingProgress& p) { bar(p); });
+  bar.finish();
+  if (!result.ok()) return result.status();
+  const msa::TextShardingResult& r = *result;
+  std::string ids;
+  if (r.bos_id) ids += absl::StrFormat(", BOS %d", *r.bos_id);
+  if (r.eos_id) ids += absl::StrFormat(", EOS %d", *r.eos_id);
   std::printf(
-      "msa-data: %lld documents, %lld tokens (byte-level, EOS = %u, "
-      "vocab %lld) in %zu "
-      "shard(s) under %s\n",
-      static_cast<long long>(r.documents), static_cast<long long>(r.tokens), msa::kByteEos,
-      static_cast<long long>(msa::kByteVocab), r.shards.size(), o.output_dir.c_str());
+      "msa-data: %lld documents, %lld tokens (%s; vocab %lld%s; uint%d) in %zu shard(s) "
+      "under %s (metadata %s)\n",
+      static_cast<long long>(r.documents), static_cast<long long>(r.tokens), r.tokenizer.c_str(),
+      static_cast<long long>(r.vocab_size), ids.c_str(), 8 * static_cast<int>(r.width),
+      r.shards.size(), o.output_dir.c_str(), r.metadata.c_str());
   return absl::OkStatus();
 }
 
@@ -108,9 +173,11 @@ absl::Status run_synthetic() {
 int main(int argc, char** argv) {
   msa::set_program_usage(
       "Writes token shards for msa-train.\n"
-      "  msa-data text --input=a.txt,b.txt --output=DIR [--shard_tokens=N] [--overwrite]\n"
-      "      byte-level tokens (byte b -> id b), EOS id 256 after each "
-      "document (vocab 257)\n"
+      "  msa-data text --input=a.txt,b.jsonl --output=DIR [--tokenizer=PATH] [--shard_tokens=N]\n"
+      "      [--format=auto|text|jsonl] [--text_field=text] [--threads=N] [--overwrite]\n"
+      "      each text file / JSONL line is a document: [BOS] ids EOS; without --tokenizer,\n"
+      "      byte-level tokens (byte b -> id b, EOS 256, vocab 257); writes DIR/train-NNNNN.tok\n"
+      "      (uint16, uint32 past 65536 ids) and DIR/train.json describing them\n"
       "  msa-data synthetic --task=kv-recall|needle --seq_len=N --samples=N "
       "--output=DIR\n"
       "      long-context retrieval samples (docs/data.md); train on them "

@@ -1,11 +1,13 @@
-// msa-data and msa-train on token shards, end to end: text -> shards -> training with validation;
-// bad commands and shards that do not fit the model are one-line errors naming the problem.
+// msa-data and msa-train on token shards, end to end: text and JSONL -> shards -> training with
+// validation; bad commands, bad input lines and shards that do not fit the model are one-line
+// errors naming the problem.
 #include <sys/wait.h>
 
 #include <cstdio>
 #include <fstream>
 #include <string>
 
+#include "absl/strings/str_format.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -121,13 +123,130 @@ TEST(MsaDataCliTest, StaleShardsAreRefusedUnlessOverwrite) {
   int files = -1;
   ASSERT_EQ(fscanf(p, "%d", &files), 1);
   pclose(p);
-  EXPECT_EQ(files, 1);
+  EXPECT_EQ(files, 2);  // the shard and train.json
   // The synthetic command refuses and overwrites the same way.
   const std::string synth = "synthetic --seq_len=64 --samples=2 --output=" + dir + "/out";
   CommandResult synth_refused = run("msa-data", synth);
   EXPECT_EQ(synth_refused.exit_code, 1) << synth_refused.output;
   EXPECT_THAT(synth_refused.output, HasSubstr("already holds 1 token shard"));
   EXPECT_EQ(run("msa-data", synth + " --overwrite").exit_code, 0);
+  // The text shards' metadata went with them.
+  EXPECT_FALSE(std::ifstream(dir + "/out/train.json").good());
+  EXPECT_TRUE(std::ifstream(dir + "/out/kv-recall-00000.tok").good());
+}
+
+std::string slurp(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(f), {});
+}
+
+// JSONL lines are documents (escapes decoded), the summary names tokenizer, width and metadata,
+// and the shards train.
+TEST(MsaDataCliTest, JsonlDocumentsThroughTheBinary) {
+  const std::string dir = fresh_dir("jsonl");
+  {
+    std::ofstream f(dir + "/docs.jsonl");
+    for (int i = 0; i < 300; ++i)
+      f << "{\"id\": " << i << ", \"text\": \"line " << i << "\\tq\\u00e9\"}\n";
+  }
+  CommandResult data = run(
+      "msa-data", "text --input=" + dir + "/docs.jsonl --output=" + dir + "/shards --threads=3");
+  ASSERT_EQ(data.exit_code, 0) << data.output;
+  EXPECT_THAT(data.output, HasSubstr("300 documents"));
+  EXPECT_THAT(data.output, HasSubstr("byte-level"));
+  EXPECT_THAT(data.output, HasSubstr("uint16"));
+  EXPECT_THAT(data.output, HasSubstr("in 1 shard(s)"));
+  EXPECT_THAT(data.output, HasSubstr(dir + "/shards/train.json"));
+  // "line N", tab, "q", e-acute (2 bytes) and EOS per document.
+  int64_t tokens = 0;
+  for (int i = 0; i < 300; ++i) tokens += 5 + std::to_string(i).size() + 1 + 1 + 2 + 1;
+  EXPECT_THAT(data.output, HasSubstr(absl::StrFormat(" %d tokens", tokens)));
+  EXPECT_THAT(slurp(dir + "/shards/train.json"), HasSubstr("\"format\": \"jsonl\""));
+  CommandResult train =
+      run("msa-train",
+          std::string(kModel) + "--vocab_size=257 --steps=2 --data='" + dir + "/shards/*.tok'");
+  EXPECT_EQ(train.exit_code, 0) << train.output;
+}
+
+TEST(MsaDataCliTest, TextFieldChoosesTheJsonlField) {
+  const std::string dir = fresh_dir("text_field");
+  { std::ofstream(dir + "/a.jsonl") << "{\"body\": \"hello\"}\n{\"body\": \"world\"}\n"; }
+  const std::string text = "text --input=" + dir + "/a.jsonl --output=" + dir + "/out";
+  CommandResult missing = run("msa-data", text);
+  EXPECT_EQ(missing.exit_code, 1) << missing.output;
+  EXPECT_THAT(missing.output, HasSubstr("msa-data: invalid --input: '" + dir +
+                                        "/a.jsonl' line 1: no field \"text\" (the object has "
+                                        "\"body\"; choose one with --text_field)"));
+  CommandResult body = run("msa-data", text + " --text_field=body");
+  ASSERT_EQ(body.exit_code, 0) << body.output;
+  EXPECT_THAT(body.output, HasSubstr("2 documents, 12 tokens"));
+}
+
+// A malformed line stops the run with the file and line, and leaves no shards behind.
+TEST(MsaDataCliTest, MalformedJsonlLineIsAnErrorNamingFileAndLine) {
+  const std::string dir = fresh_dir("malformed");
+  {
+    std::ofstream f(dir + "/a.jsonl");
+    f << "{\"text\": \"fine\"}\n{\"text\": \"fine\"}\n{\"text\": \"broken}\n";
+  }
+  CommandResult r =
+      run("msa-data", "text --input=" + dir + "/a.jsonl --output=" + dir + "/out --shard_tokens=4");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output,
+              HasSubstr("msa-data: invalid --input: '" + dir + "/a.jsonl' line 3, column"));
+  EXPECT_THAT(r.output, HasSubstr("not valid JSON"));
+  FILE* p = popen(("ls -A '" + dir + "' | wc -l").c_str(), "r");
+  int entries = -1;
+  ASSERT_EQ(fscanf(p, "%d", &entries), 1);
+  pclose(p);
+  EXPECT_EQ(entries, 1) << "only a.jsonl: no output directory, shards or staging left";
+  CommandResult format =
+      run("msa-data", "text --input=" + dir + "/a.jsonl --output=" + dir + "/out --format=xml");
+  EXPECT_EQ(format.exit_code, 1);
+  EXPECT_THAT(format.output, HasSubstr("invalid --format: 'xml'"));
+  CommandResult tokenizer = run("msa-data", "text --input=" + dir + "/a.jsonl --output=" + dir +
+                                                "/out --tokenizer=" + dir + "/no_such_model");
+  EXPECT_EQ(tokenizer.exit_code, 1);
+  EXPECT_THAT(tokenizer.output, HasSubstr("invalid --tokenizer"));
+  EXPECT_THAT(tokenizer.output, HasSubstr(dir + "/no_such_model"));
+}
+
+// A Hugging Face tokenizer (the Llama 3 style test tokenizer: BOS 262 added, EOS 264) frames every
+// document; one without EOS or BOS needs --eos_id.
+TEST(MsaDataCliTest, HfTokenizerFramesDocuments) {
+  const std::string dir = fresh_dir("hf_tokenizer");
+  { std::ofstream(dir + "/a.jsonl") << "{\"text\": \"hello world\"}\n{\"text\": \"again\"}\n"; }
+  const std::string tokenizers = std::string(MSA_SOURCE_DIR) + "/tests/data/tokenizers";
+  const std::string text = "text --input=" + dir + "/a.jsonl --output=" + dir + "/out";
+  CommandResult r = run("msa-data", text + " --tokenizer=" + tokenizers + "/llama3");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("2 documents"));
+  EXPECT_THAT(r.output, HasSubstr("BOS 262, EOS 264; uint16) in 1 shard(s)"));
+  const std::string shard = slurp(dir + "/out/train-00000.tok");
+  ASSERT_GT(shard.size(), 36u);
+  auto token = [&](size_t i) {
+    return static_cast<int>(static_cast<unsigned char>(shard[32 + 2 * i]) |
+                            static_cast<unsigned char>(shard[33 + 2 * i]) << 8);
+  };
+  const size_t n = (shard.size() - 32) / 2;
+  EXPECT_EQ(token(0), 262);
+  EXPECT_EQ(token(n - 1), 264);
+  int bos = 0, eos = 0;
+  for (size_t i = 0; i < n; ++i) {
+    bos += token(i) == 262;
+    eos += token(i) == 264;
+  }
+  EXPECT_EQ(bos, 2);
+  EXPECT_EQ(eos, 2);
+  EXPECT_THAT(slurp(dir + "/out/train.json"), HasSubstr("\"tokenizer_path\": \"" + tokenizers));
+
+  const std::string plain = text + "2 --tokenizer=" + tokenizers + "/tiny_bytelevel.json";
+  CommandResult no_eos = run("msa-data", plain);
+  EXPECT_EQ(no_eos.exit_code, 1) << no_eos.output;
+  EXPECT_THAT(no_eos.output, HasSubstr("defines no EOS token and adds no BOS"));
+  CommandResult with_eos = run("msa-data", plain + " --eos_id=0");
+  EXPECT_EQ(with_eos.exit_code, 0) << with_eos.output;
+  EXPECT_THAT(with_eos.output, HasSubstr("EOS 0; uint16"));
 }
 
 }  // namespace

@@ -1,0 +1,251 @@
+#include "data/text_documents.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <utility>
+
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "core/status.h"
+#include "nlohmann/json.hpp"
+
+namespace msa {
+namespace {
+
+bool ends_with(const std::string& s, std::string_view suffix) {
+  return s.size() >= suffix.size() &&
+         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+int64_t count_newlines(std::string_view s) {
+  return static_cast<int64_t>(std::count(s.begin(), s.end(), '\n'));
+}
+
+absl::Status input_error(const std::string& file, int64_t line, std::string_view what) {
+  return absl::InvalidArgumentError(
+      absl::StrFormat("invalid --input: '%s' line %d: %s", file, line, what));
+}
+
+absl::Status input_error(const std::string& file, int64_t line, int64_t column,
+                         std::string_view what) {
+  return absl::InvalidArgumentError(
+      absl::StrFormat("invalid --input: '%s' line %d, column %d: %s", file, line, column, what));
+}
+
+// The part of a nlohmann parse error after "parse error at line 1, column N: ".
+std::string json_reason(const nlohmann::json::parse_error& e) {
+  const std::string what = e.what();
+  const size_t column = what.find("column ");
+  const size_t colon = column == std::string::npos ? column : what.find(": ", column);
+  return colon == std::string::npos ? what : what.substr(colon + 2);
+}
+
+}  // namespace
+
+absl::StatusOr<TextFormat> parse_text_format(std::string_view name) {
+  if (name == "auto") return TextFormat::kAuto;
+  if (name == "text") return TextFormat::kText;
+  if (name == "jsonl") return TextFormat::kJsonl;
+  return absl::InvalidArgumentError(
+      absl::StrFormat("invalid --format: '%s' (expected auto, text or jsonl)", name));
+}
+
+const char* text_format_name(TextFormat format) {
+  switch (format) {
+    case TextFormat::kAuto:
+      return "auto";
+    case TextFormat::kText:
+      return "text";
+    case TextFormat::kJsonl:
+      return "jsonl";
+  }
+  return "?";
+}
+
+TextFormat resolve_text_format(TextFormat format, const std::string& path) {
+  if (format != TextFormat::kAuto) return format;
+  return ends_with(path, ".jsonl") || ends_with(path, ".ndjson") ? TextFormat::kJsonl
+                                                                 : TextFormat::kText;
+}
+
+TextPieceReader::TextPieceReader(std::vector<std::string> inputs, std::vector<TextFormat> formats,
+                                 int64_t piece_bytes, bool split_text)
+    : inputs_(std::move(inputs)),
+      formats_(std::move(formats)),
+      piece_bytes_(std::max<int64_t>(1, piece_bytes)),
+      split_text_(split_text) {}
+
+TextPieceReader::~TextPieceReader() {
+  if (in_ != nullptr) std::fclose(in_);
+}
+
+absl::Status TextPieceReader::read_block(std::string* out, int64_t n, bool* eof) {
+  const size_t old = out->size();
+  out->resize(old + static_cast<size_t>(n));
+  const size_t got = std::fread(out->data() + old, 1, static_cast<size_t>(n), in_);
+  out->resize(old + got);
+  if (std::ferror(in_))
+    return absl::InternalError(absl::StrFormat("invalid --input: '%s': read failed: %s",
+                                               inputs_[file_], std::strerror(errno)));
+  *eof = got < static_cast<size_t>(n);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::optional<TextPiece>> TextPieceReader::next() {
+  while (file_ < inputs_.size()) {
+    if (in_ == nullptr) {
+      in_ = std::fopen(inputs_[file_].c_str(), "rb");
+      if (in_ == nullptr)
+        return absl::NotFoundError(absl::StrFormat("invalid --input: cannot open '%s': %s",
+                                                   inputs_[file_], std::strerror(errno)));
+      line_ = 1;
+      started_ = false;
+      carry_.clear();
+    }
+    TextPiece piece;
+    piece.input = file_;
+    piece.format = formats_[file_];
+    piece.first_line = line_;
+    piece.document_start = !started_;
+    bool eof = false;
+    if (piece.format == TextFormat::kText) {
+      if (split_text_) {
+        MSA_RETURN_IF_ERROR(read_block(&piece.bytes, piece_bytes_, &eof));
+        if (!eof) {  // a piece that ends exactly at the end of the file must say so
+          const int c = std::fgetc(in_);
+          if (c == EOF) {
+            eof = true;
+          } else {
+            std::ungetc(c, in_);
+          }
+        }
+      } else {
+        while (!eof) MSA_RETURN_IF_ERROR(read_block(&piece.bytes, int64_t{1} << 24, &eof));
+      }
+      piece.document_end = eof;
+    } else {
+      // Whole lines: read until the piece is full and holds a line end, keep the rest for later.
+      std::string bytes = std::move(carry_);
+      carry_.clear();
+      size_t cut = bytes.rfind('\n');
+      while (!eof &&
+             !(static_cast<int64_t>(bytes.size()) >= piece_bytes_ && cut != std::string::npos)) {
+        const size_t old = bytes.size();
+        MSA_RETURN_IF_ERROR(read_block(&bytes, piece_bytes_, &eof));
+        const size_t k = std::string_view(bytes).substr(old).rfind('\n');
+        if (k != std::string_view::npos) cut = old + k;
+      }
+      if (!eof) {
+        carry_.assign(bytes, cut + 1);
+        bytes.resize(cut + 1);
+      }
+      piece.bytes = std::move(bytes);
+    }
+    line_ += count_newlines(piece.bytes);
+    started_ = true;
+    if (eof) {
+      std::fclose(in_);
+      in_ = nullptr;
+      ++file_;
+    }
+    if (piece.format == TextFormat::kJsonl && piece.bytes.empty()) continue;
+    return piece;
+  }
+  return std::nullopt;
+}
+
+absl::Status check_utf8(std::string_view bytes, int64_t first_line, const std::string& file) {
+  const auto* p = reinterpret_cast<const unsigned char*>(bytes.data());
+  const size_t n = bytes.size();
+  size_t i = 0;
+  while (i < n) {
+    const unsigned char c = p[i];
+    if (c < 0x80) {
+      ++i;
+      continue;
+    }
+    // Lead byte: sequence length and the allowed range of the second byte (RFC 3629 table).
+    int len = 0;
+    unsigned char lo = 0x80, hi = 0xBF;
+    if (c >= 0xC2 && c <= 0xDF) {
+      len = 2;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+      len = 3;
+      if (c == 0xE0) lo = 0xA0;  // overlong
+      if (c == 0xED) hi = 0x9F;  // surrogates
+    } else if (c >= 0xF0 && c <= 0xF4) {
+      len = 4;
+      if (c == 0xF0) lo = 0x90;  // overlong
+      if (c == 0xF4) hi = 0x8F;  // past U+10FFFF
+    }
+    bool ok = len > 0 && i + static_cast<size_t>(len) <= n;
+    for (int k = 1; ok && k < len; ++k) {
+      const unsigned char b = p[i + k];
+      ok = k == 1 ? (b >= lo && b <= hi) : (b >= 0x80 && b <= 0xBF);
+    }
+    if (!ok) {
+      const std::string_view before = bytes.substr(0, i);
+      const size_t line_start = before.rfind('\n');
+      const int64_t column =
+          static_cast<int64_t>(line_start == std::string_view::npos ? i + 1 : i - line_start);
+      const bool truncated = len > 0 && i + static_cast<size_t>(len) > n;
+      return input_error(file, first_line + count_newlines(before), column,
+                         absl::StrFormat("invalid UTF-8 (byte 0x%02x%s)", static_cast<unsigned>(c),
+                                         truncated ? ", truncated sequence" : ""));
+    }
+    i += static_cast<size_t>(len);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status parse_jsonl(std::string_view bytes, int64_t first_line, const std::string& file,
+                         const std::string& field, std::vector<JsonlDocument>* out) {
+  if (absl::Status s = check_utf8(bytes, first_line, file); !s.ok()) return s;
+  int64_t line = first_line;
+  size_t begin = 0;
+  while (begin < bytes.size()) {
+    size_t end = bytes.find('\n', begin);
+    if (end == std::string_view::npos) end = bytes.size();
+    std::string_view text = bytes.substr(begin, end - begin);
+    begin = end + 1;
+    const int64_t this_line = line++;
+    if (!text.empty() && text.back() == '\r') text.remove_suffix(1);
+    if (text.find_first_not_of(" \t\r") == std::string_view::npos) continue;  // blank line
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(text.begin(), text.end());
+    } catch (const nlohmann::json::parse_error& e) {
+      return input_error(file, this_line, static_cast<int64_t>(e.byte),
+                         "not valid JSON: " + json_reason(e));
+    }
+    if (!j.is_object())
+      return input_error(file, this_line,
+                         absl::StrFormat("expected a JSON object with a string field \"%s\", got "
+                                         "a JSON %s",
+                                         field, j.type_name()));
+    const auto it = j.find(field);
+    if (it == j.end()) {
+      std::vector<std::string> keys;
+      for (const auto& [key, value] : j.items()) {
+        if (keys.size() == 8) {
+          keys.push_back("...");
+          break;
+        }
+        keys.push_back("\"" + key + "\"");
+      }
+      return input_error(
+          file, this_line,
+          absl::StrFormat("no field \"%s\" (the object has %s; choose one with --text_field)",
+                          field, keys.empty() ? "no fields" : absl::StrJoin(keys, ", ")));
+    }
+    if (!it->is_string())
+      return input_error(
+          file, this_line,
+          absl::StrFormat("field \"%s\" is a JSON %s, not a string", field, it->type_name()));
+    out->push_back({this_line, it->get<std::string>()});
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace msa
