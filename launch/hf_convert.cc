@@ -13,6 +13,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_replace.h"
 #include "core/status.h"
+#include "launch/hf_rope_config.h"
 #include "model/parameters.h"
 #include "nlohmann/json.hpp"
 
@@ -211,7 +212,13 @@ absl::StatusOr<HfCheckpoint> parse_hf_config(const std::string& text, const std:
   c.n_heads = static_cast<int>(heads);
   c.n_kv_heads = static_cast<int>(kv_heads);
   c.head_dim = static_cast<int>(head_dim);
-  MSA_RETURN_IF_ERROR(get_positive("rope_theta", 10000.0, c.rope_theta));
+  // None of the supported architectures' transformers implementations applies
+  // partial_rotary_factor (they rotate the whole head), so it is refused for all of them.
+  MSA_ASSIGN_OR_RETURN(const RopeConfig rope,
+                       parse_hf_rope(j, head_dim, /*partial_rotary=*/false, path));
+  c.rope_theta = rope.theta;
+  c.rope_scaling = rope.scaling;
+  c.rotary_dim = static_cast<int>(rope.rotary_dim);
   MSA_RETURN_IF_ERROR(get_positive("rms_norm_eps", 1e-6, c.norm_eps));
   MSA_RETURN_IF_ERROR(get_bool(j, "tie_word_embeddings", false, c.tied_embeddings));
   c.qkv_bias = ck.architecture == "Qwen2ForCausalLM";
@@ -225,21 +232,20 @@ absl::StatusOr<HfCheckpoint> parse_hf_config(const std::string& text, const std:
   if (flag) return field_error("attention_bias", "is true (an o_proj bias is not supported)");
   MSA_RETURN_IF_ERROR(get_bool(j, "mlp_bias", false, flag));
   if (flag) return field_error("mlp_bias", "is true (MLP biases are not supported)");
-  if (const nlohmann::json* rs = find(j, "rope_scaling")) {
-    if (!rs->is_object())
-      return field_error("rope_scaling", "is " + describe(*rs) + ", not an object or null");
-    std::string type;
-    MSA_RETURN_IF_ERROR(get_string(*rs, "type", "?", type, "rope_scaling.type"));
-    MSA_RETURN_IF_ERROR(get_string(*rs, "rope_type", type, type, "rope_scaling.rope_type"));
-    if (type != "default")
-      return field_error("rope_scaling", "has rope_type '" + type +
-                                             "' (only unscaled RoPE, 'default', is supported)");
-  }
   bool sliding = false;
   MSA_RETURN_IF_ERROR(
       get_bool(j, "use_sliding_window", ck.architecture == "MistralForCausalLM", sliding));
   if (find(j, "sliding_window") != nullptr && sliding)
     return field_error("sliding_window", "is set (sliding-window attention is not supported)");
+  // transformers 5 lists each layer's attention; sliding layers are not supported.
+  if (const nlohmann::json* types = find(j, "layer_types")) {
+    if (!types->is_array())
+      return field_error("layer_types", "is " + describe(*types) + ", not a list");
+    for (const nlohmann::json& t : *types)
+      if (!t.is_string() || t.get<std::string>() != "full_attention")
+        return field_error("layer_types",
+                           "has " + describe(t) + " (only full_attention layers are supported)");
+  }
   std::string dtype;
   MSA_RETURN_IF_ERROR(get_string(j, "torch_dtype", "bfloat16", dtype));
   ck.dtype = dtype == "float32"   ? StDtype::kF32
@@ -332,19 +338,6 @@ absl::StatusOr<HfCheckpoint> read_hf_checkpoint(const std::string& dir) {
 absl::Status write_hf_checkpoint(const std::string& dir, const std::string& architecture,
                                  const ModelConfig& c, const std::map<std::string, Tensor>& params,
                                  StDtype dtype) {
-  if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST)
-    return absl::InvalidArgumentError(
-        absl::StrFormat("invalid --export_hf: cannot create '%s'", dir));
-  ModelConfig dense = c;
-  dense.attention.clear();
-  std::vector<StTensorOut> tensors;
-  for (const ParamSpec& s : model_param_specs(dense)) {
-    auto it = params.find(s.name);
-    if (it == params.end())
-      return absl::InvalidArgumentError(absl::StrFormat("export: no parameter %s", s.name));
-    tensors.push_back({our_to_hf_name(s.name), dtype, s.shape, encode_f32(it->second, dtype)});
-  }
-  MSA_RETURN_IF_ERROR(write_safetensors(dir + "/model.safetensors", tensors, {{"format", "pt"}}));
   nlohmann::ordered_json j;
   j["architectures"] = {architecture};
   j["model_type"] = architecture == "Qwen2ForCausalLM"     ? "qwen2"
@@ -358,14 +351,27 @@ absl::Status write_hf_checkpoint(const std::string& dir, const std::string& arch
   j["num_key_value_heads"] = c.n_kv_heads;
   j["head_dim"] = c.head_dim;
   j["intermediate_size"] = c.ffn_dim;
-  j["rope_theta"] = c.rope_theta;
   j["rms_norm_eps"] = c.norm_eps;
   j["tie_word_embeddings"] = c.tied_embeddings;
   j["hidden_act"] = "silu";
   j["attention_bias"] = false;
+  MSA_RETURN_IF_ERROR(write_hf_rope(c.rope(), c.head_dim, /*partial_rotary=*/false, j));
   j["torch_dtype"] = dtype == StDtype::kF32   ? "float32"
                      : dtype == StDtype::kF16 ? "float16"
                                               : "bfloat16";
+  if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST)
+    return absl::InvalidArgumentError(
+        absl::StrFormat("invalid --export_hf: cannot create '%s'", dir));
+  ModelConfig dense = c;
+  dense.attention.clear();
+  std::vector<StTensorOut> tensors;
+  for (const ParamSpec& s : model_param_specs(dense)) {
+    auto it = params.find(s.name);
+    if (it == params.end())
+      return absl::InvalidArgumentError(absl::StrFormat("export: no parameter %s", s.name));
+    tensors.push_back({our_to_hf_name(s.name), dtype, s.shape, encode_f32(it->second, dtype)});
+  }
+  MSA_RETURN_IF_ERROR(write_safetensors(dir + "/model.safetensors", tensors, {{"format", "pt"}}));
   std::ofstream f(dir + "/config.json");
   f << j.dump(2) << "\n";
   if (!f) return absl::InternalError(absl::StrFormat("%s/config.json: write failed", dir));

@@ -2,7 +2,8 @@
 //
 // Supported architectures: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM (q/k/v bias),
 // Qwen3ForCausalLM (q/k RMSNorm). Hugging Face stores q_proj / k_proj in the rotate-half RoPE
-// layout that kernels/rope.h uses, so every weight is copied as is (no permutation).
+// layout that kernels/rope.h uses, so every weight is copied as is (no permutation). The RoPE
+// fields (both of transformers' spellings) are read and written by launch/hf_rope_config.h.
 #pragma once
 
 #include <map>

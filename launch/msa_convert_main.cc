@@ -10,6 +10,7 @@
 #include "absl/strings/str_split.h"
 #include "core/status.h"
 #include "launch/hf_convert.h"
+#include "launch/hf_rope_config.h"
 #include "launch/program_usage.h"
 #include "model/parameters.h"
 #include "nlohmann/json.hpp"
@@ -99,6 +100,8 @@ absl::Status convert() {
   if (!hf_dir.empty()) {
     std::fprintf(stderr, "msa-convert: reading %s\n", hf_dir.c_str());
     MSA_ASSIGN_OR_RETURN(msa::HfCheckpoint hf, msa::read_hf_checkpoint(hf_dir));
+    std::fprintf(stderr, "msa-convert: %s, RoPE %s\n", hf.architecture.c_str(),
+                 msa::describe_rope(hf.config.rope(), hf.config.head_dim).c_str());
     out.config = hf.config;
     out.params = std::move(hf.params);
     run["converted_from"] = hf_dir;

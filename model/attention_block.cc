@@ -68,8 +68,8 @@ void attention_block_forward(const ModelConfig& c, int layer, ParameterSet& para
   }
   act.q_rope = Tensor::empty({batch, T, H, d}, dt, dev);
   act.k_rope = Tensor::empty({batch, T, G, d}, dt, dev);
-  rope_forward(q_pre.view({batch, T, H, d}), c.rope_theta, act.q_rope);
-  rope_forward(k_pre.view({batch, T, G, d}), c.rope_theta, act.k_rope);
+  rope_forward(q_pre.view({batch, T, H, d}), c.rope(), act.q_rope);
+  rope_forward(k_pre.view({batch, T, G, d}), c.rope(), act.k_rope);
   const Tensor v4 = act.v.view({batch, T, G, d});
 
   act.att = Tensor::empty({batch, T, H, d}, dt, dev);
@@ -208,8 +208,8 @@ void attention_block_backward(const ModelConfig& c, int layer, ParameterSet& par
   }
 
   // RoPE backward in place, then the q/k norm.
-  rope_backward(dq_rope, c.rope_theta, dq_rope);
-  rope_backward(dk_rope, c.rope_theta, dk_rope);
+  rope_backward(dq_rope, c.rope(), dq_rope);
+  rope_backward(dk_rope, c.rope(), dk_rope);
   Tensor dq = dq_rope.view({N, H * d}), dk = dk_rope.view({N, G * d});
   if (c.qk_norm) {
     Tensor dq_pre = Tensor::empty({N * H, d}, dt, dev);

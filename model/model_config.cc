@@ -33,6 +33,8 @@ absl::Status ModelConfig::validate() const {
     return bad("head_dim", absl::StrFormat("%d must be even and >= 2 (RoPE rotates pairs)", head_dim));
   if (ffn_dim < 1) return bad("ffn_dim", absl::StrFormat("%d is < 1", ffn_dim));
   if (!(rope_theta > 0)) return bad("rope_theta", absl::StrFormat("%g must be > 0", rope_theta));
+  if (absl::Status s = validate_rope(rope(), head_dim); !s.ok())
+    return absl::InvalidArgumentError("invalid --" + std::string(s.message()));
   if (!(norm_eps > 0)) return bad("norm_eps", absl::StrFormat("%g must be > 0", norm_eps));
   if (!attention.empty() && static_cast<int>(attention.size()) != n_layers)
     return bad("attention", absl::StrFormat("lists %d layers but n_layers is %d", attention.size(),
@@ -57,6 +59,18 @@ std::string ModelConfig::to_json() const {
   j["head_dim"] = head_dim;
   j["ffn_dim"] = ffn_dim;
   j["rope_theta"] = rope_theta;
+  // Written only when they differ from plain RoPE, so such configs read as before everywhere.
+  if (rope_scaling.type != RopeScalingType::kNone) {
+    nlohmann::json rs = {{"type", rope_scaling_type_name(rope_scaling.type)},
+                         {"factor", rope_scaling.factor}};
+    if (rope_scaling.type == RopeScalingType::kLlama3) {
+      rs["low_freq_factor"] = rope_scaling.low_freq_factor;
+      rs["high_freq_factor"] = rope_scaling.high_freq_factor;
+      rs["original_max_position"] = rope_scaling.original_max_position;
+    }
+    j["rope_scaling"] = rs;
+  }
+  if (rotary_dim != 0) j["rotary_dim"] = rotary_dim;
   j["norm_eps"] = norm_eps;
   j["tied_embeddings"] = tied_embeddings;
   j["qkv_bias"] = qkv_bias;
@@ -85,6 +99,25 @@ absl::StatusOr<ModelConfig> ModelConfig::from_json(const std::string& json_text)
     c.head_dim = j.at("head_dim").get<int>();
     c.ffn_dim = j.at("ffn_dim").get<int64_t>();
     c.rope_theta = j.at("rope_theta").get<double>();
+    // Absent in checkpoints written before the scaled / partial variants: plain RoPE, whole head.
+    if (j.contains("rope_scaling")) {
+      const auto& rs = j.at("rope_scaling");
+      const std::string type = rs.at("type").get<std::string>();
+      if (type == "linear") {
+        c.rope_scaling.type = RopeScalingType::kLinear;
+      } else if (type == "llama3") {
+        c.rope_scaling.type = RopeScalingType::kLlama3;
+        c.rope_scaling.low_freq_factor = rs.at("low_freq_factor").get<double>();
+        c.rope_scaling.high_freq_factor = rs.at("high_freq_factor").get<double>();
+        c.rope_scaling.original_max_position = rs.at("original_max_position").get<double>();
+      } else if (type != "default") {
+        return absl::InvalidArgumentError("model config: rope_scaling: unknown type '" + type +
+                                          "'");
+      }
+      if (c.rope_scaling.type != RopeScalingType::kNone)
+        c.rope_scaling.factor = rs.at("factor").get<double>();
+    }
+    if (j.contains("rotary_dim")) c.rotary_dim = j.at("rotary_dim").get<int>();
     c.norm_eps = j.at("norm_eps").get<double>();
     c.tied_embeddings = j.at("tied_embeddings").get<bool>();
     c.qkv_bias = j.at("qkv_bias").get<bool>();

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "kernels/rope.h"
 
 namespace msa {
 
@@ -31,6 +32,8 @@ struct ModelConfig {
   int head_dim = 128;
   int64_t ffn_dim = 5632;
   double rope_theta = 10000.0;
+  RopeScaling rope_scaling;  // frequency scaling (Llama 3.1's llama3, linear); none by default
+  int rotary_dim = 0;        // partial rotary: the leading dims of each head that rotate; 0: all
   double norm_eps = 1e-5;
   bool tied_embeddings = false;
   bool qkv_bias = false;  // Qwen2
@@ -44,6 +47,12 @@ struct ModelConfig {
   }
   bool any_msa() const;
   int group_size() const { return n_heads / n_kv_heads; }  // r
+  RopeConfig rope() const { return RopeConfig(rope_theta, rope_scaling, rotary_dim); }
+  // Plain RoPE over the whole head (what checkpoints written before the scaled variants hold).
+  bool plain_rope() const {
+    return rope_scaling.type == RopeScalingType::kNone &&
+           (rotary_dim == 0 || rotary_dim == head_dim);
+  }
 
   // Checks every field; the message names the offending field (as its msa-train flag name).
   absl::Status validate() const;

@@ -48,6 +48,9 @@ Tensor tp_slice(const Tensor& full, TpSplit split, int rank, int tp);
 // The full tensor from every rank's part (collective over tp; CPU tensors in and out).
 Tensor tp_gather(const Tensor& local, TpSplit split, Communicator* tp);
 
+// The vocab-parallel ops run on the tensors' device (kernels/embedding.h, kernels/cross_entropy.h;
+// CUDA: bf16 table and logits, f32 dtable and lse); nothing is staged through the host.
+//
 // Vocab-parallel embedding: out[i] = table[tokens[i] - vocab_begin] for the tokens this rank's
 // rows hold, 0 for the others (the caller sums over tp). tokens i32 [N] hold global ids.
 void vocab_parallel_embedding_forward(const Tensor& tokens, const Tensor& table,
@@ -62,8 +65,12 @@ struct VocabParallelCrossEntropy {
 };
 
 // logits [N, V/tp]: this rank's vocabulary columns [vocab_begin, vocab_begin + V/tp). Writes the
-// full-vocabulary log-sum-exp of each row into lse [N]. Collective over tp (an all-gather of the
-// per-rank log-sum-exps and an all-reduce of the target logits).
+// full-vocabulary log-sum-exp of each row into lse [N]. Collective over tp: an all-gather of the
+// per-rank log-sum-exps and an all-reduce of the target logits, both [N] in lse's dtype and on
+// its device (NCCL for CUDA tensors). The loss and the count are the only values read back by
+// the host. Targets must be ignore_index or in [0, V) (checked), V = tp * V/tp. tp = nullptr: the
+// cross entropy of this slice alone (a target outside it has target logit 0), targets below
+// vocab_begin + V/tp.
 VocabParallelCrossEntropy vocab_parallel_cross_entropy_forward(const Tensor& logits,
                                                                const Tensor& targets,
                                                                int64_t vocab_begin,

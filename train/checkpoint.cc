@@ -21,7 +21,11 @@
 namespace msa {
 namespace {
 
-constexpr int64_t kFormatVersion = 1;
+// Version 2 adds the RoPE variants to the config JSON (rope_scaling, rotary_dim). A checkpoint
+// that uses one is written as version 2, so that builds reading only version 1 refuse it instead of
+// running it with plain RoPE; every other checkpoint stays version 1.
+constexpr int64_t kFormatVersion = 2;
+int64_t format_version_for(const ModelConfig& c) { return c.plain_rope() ? 1 : kFormatVersion; }
 constexpr char kChecksumAttr[] = "fnv1a64";
 const char* const kStateFields[] = {"step", "tokens_seen", "seed", "sample_cursor", "lr_step"};
 
@@ -303,8 +307,8 @@ absl::Status save_checkpoint(const std::string& path, const Checkpoint& ckpt) {
       H5Handle config(make_group(file.get(), "/config"), H5Gclose);
       MSA_RETURN_IF_ERROR(write_string_attr(tmp, config.get(), "model", ckpt.config.to_json()));
       MSA_RETURN_IF_ERROR(write_string_attr(tmp, config.get(), "run", ckpt.run_json));
-      MSA_RETURN_IF_ERROR(
-          write_string_attr(tmp, config.get(), "format_version", std::to_string(kFormatVersion)));
+      MSA_RETURN_IF_ERROR(write_string_attr(tmp, config.get(), "format_version",
+                                            std::to_string(format_version_for(ckpt.config))));
     }
     {
       H5Handle params(make_group(file.get(), "/params"), H5Gclose);
@@ -354,13 +358,18 @@ absl::StatusOr<Checkpoint> load_checkpoint(const std::string& path, bool weights
     H5Handle config(H5Gopen2(file.get(), "/config", H5P_DEFAULT), H5Gclose);
     MSA_ASSIGN_OR_RETURN(std::string version,
                          read_string_attr(path, config.get(), "format_version"));
-    if (version != std::to_string(kFormatVersion))
-      return absl::FailedPreconditionError(absl::StrFormat(
-          "%s: checkpoint format version %s, this build reads %d", path, version, kFormatVersion));
+    if (version != "1" && version != std::to_string(kFormatVersion))
+      return absl::FailedPreconditionError(
+          absl::StrFormat("%s: checkpoint format version %s, this build reads 1 to %d", path,
+                          version, kFormatVersion));
     MSA_ASSIGN_OR_RETURN(std::string model_json, read_string_attr(path, config.get(), "model"));
     auto config_or = ModelConfig::from_json(model_json);
     if (!config_or.ok()) return annotate(config_or.status(), path + ": /config model");
     ckpt.config = *config_or;
+    if (version != std::to_string(format_version_for(ckpt.config)))
+      return absl::DataLossError(absl::StrFormat(
+          "%s: format version %s does not match its config (RoPE variants need version %d)", path,
+          version, kFormatVersion));
     MSA_ASSIGN_OR_RETURN(ckpt.run_json, read_string_attr(path, config.get(), "run"));
   }
   MSA_RETURN_IF_ERROR(check_index_key_format(path, file.get(), ckpt.config));

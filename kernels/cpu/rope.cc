@@ -1,4 +1,4 @@
-// RoPE rotates each pair (x[i], x[i + d/2]) by the angle p f_i. The backward is the rotation by
+// RoPE rotates each pair (x[i], x[i + r/2]) by the angle p f_i. The backward is the rotation by
 // -p f_i (R is orthogonal), so one routine serves both. Angles, cosines and sines are computed in
 // double whatever T is: at long positions p f_i is large and float angles lose the phase.
 #include "kernels/cpu/rope.h"
@@ -10,14 +10,13 @@ namespace msa::cpu {
 
 template <class T>
 void rope_rotate(const T* x, T* y, int64_t batch, int64_t seq, int64_t heads, int64_t d,
-                 double theta, bool inverse) {
-  const int64_t half = d / 2;
+                 const double* inv_freq, int64_t n_pairs, bool inverse) {
+  const int64_t half = n_pairs;
   // cos / sin of p f_i for every position p and pair i, shared by all sequences and heads.
   std::vector<T> cos_table(seq * half), sin_table(seq * half);
   for (int64_t i = 0; i < half; ++i) {
-    const double freq = std::pow(theta, -2.0 * static_cast<double>(i) / static_cast<double>(d));
     for (int64_t p = 0; p < seq; ++p) {
-      const double angle = static_cast<double>(p) * freq;
+      const double angle = static_cast<double>(p) * inv_freq[i];
       cos_table[p * half + i] = static_cast<T>(std::cos(angle));
       sin_table[p * half + i] = static_cast<T>((inverse ? -1.0 : 1.0) * std::sin(angle));
     }
@@ -36,14 +35,16 @@ void rope_rotate(const T* x, T* y, int64_t batch, int64_t seq, int64_t heads, in
           y_head[i] = x1 * c[i] - x2 * s[i];
           y_head[i + half] = x2 * c[i] + x1 * s[i];
         }
+        if (y_head != x_head)
+          for (int64_t j = 2 * half; j < d; ++j) y_head[j] = x_head[j];
       }
     }
   }
 }
 
-template void rope_rotate<float>(const float*, float*, int64_t, int64_t, int64_t, int64_t, double,
-                                 bool);
+template void rope_rotate<float>(const float*, float*, int64_t, int64_t, int64_t, int64_t,
+                                 const double*, int64_t, bool);
 template void rope_rotate<double>(const double*, double*, int64_t, int64_t, int64_t, int64_t,
-                                  double, bool);
+                                  const double*, int64_t, bool);
 
 }  // namespace msa::cpu

@@ -5,10 +5,11 @@
 
 namespace msa::cpu {
 
-// x, y [batch, seq, heads, d]; y may equal x. inverse = false applies R (forward), true applies
-// R^T (backward: dx = R^T dy).
+// x, y [batch, seq, heads, d]; y may equal x. inv_freq: the n_pairs frequencies of
+// rope_inv_freq; dims [0, 2 n_pairs) of each head rotate (pairs i, i + n_pairs), the rest pass
+// through. inverse = false applies R (forward), true applies R^T (backward: dx = R^T dy).
 template <class T>
 void rope_rotate(const T* x, T* y, int64_t batch, int64_t seq, int64_t heads, int64_t d,
-                 double theta, bool inverse);
+                 const double* inv_freq, int64_t n_pairs, bool inverse);
 
 }  // namespace msa::cpu

@@ -26,8 +26,9 @@ void rmsnorm_forward(const Tensor& x, const Tensor& w, double eps, Tensor& y, Te
 void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd,
                       Tensor& dx, Tensor& dw);
 
-// x, y [batch, T, heads, d]; inverse = true rotates by -angle (the backward).
-void rope_rotate(const Tensor& x, double theta, bool inverse, Tensor& y);
+// x, y [batch, T, heads, d]; inv_freq: rope_inv_freq's table (at most 256 pairs; dims past
+// 2 * pairs pass through); inverse = true rotates by -angle (the backward). rope_kernels.cu.
+void rope_rotate(const Tensor& x, const std::vector<double>& inv_freq, bool inverse, Tensor& y);
 
 void swiglu_forward(const Tensor& gate, const Tensor& up, Tensor& out);
 void swiglu_backward(const Tensor& dout, const Tensor& gate, const Tensor& up, Tensor& dgate,
@@ -42,8 +43,16 @@ void embedding_backward(const Tensor& dout, const Tensor& tokens, int64_t vocab_
 // Sum of the counted rows' losses (lse - logit[target]) and their count; lse f32 [N].
 double cross_entropy_forward(const Tensor& logits, const Tensor& targets, int ignore_index,
                              Tensor& lse, int64_t* n_counted);
+// Vocabulary slices (kernels/cross_entropy.h); slice_lse, target_logit, all_lse and lse are f32.
+void cross_entropy_slice_forward(const Tensor& logits, const Tensor& targets, int64_t vocab_begin,
+                                 Tensor& slice_lse, Tensor& target_logit);
+double cross_entropy_combine(const Tensor& all_lse, const Tensor& target_logit,
+                             const Tensor& targets, int64_t vocab_size, int ignore_index,
+                             Tensor& lse, int64_t* n_counted);
+// logits hold the columns [vocab_begin, vocab_begin + V) (0 without tensor parallelism).
 void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse,
-                            int ignore_index, int64_t n_counted, double dloss, Tensor& dlogits);
+                            int64_t vocab_begin, int ignore_index, int64_t n_counted, double dloss,
+                            Tensor& dlogits);
 
 struct AdamWStep {
   float lr, beta1, beta2, eps, weight_decay, grad_scale;

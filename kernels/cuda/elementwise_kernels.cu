@@ -1,4 +1,4 @@
-// Memory-bound elementwise kernels: residual adds and scaling, SwiGLU, embedding, RoPE and the
+// Memory-bound elementwise kernels: residual adds and scaling, SwiGLU, embedding and the
 // bias-gradient column sums. All arithmetic is f32; bf16 is only the storage format. Each
 // kernel is a grid-stride loop, so any size launches the same way.
 #include <cmath>
@@ -117,24 +117,6 @@ __global__ void embedding_backward_kernel(const bf16* dout, const int32_t* token
   }
 }
 
-// One thread per (row, pair). The angle p f_i is formed in double (as the CPU reference does):
-// at p ~ 10^5 a float angle has lost the phase.
-__global__ void rope_kernel(const bf16* x, bf16* y, int64_t rows, int64_t T, int64_t heads,
-                            int64_t half, double log_theta, bool inverse) {
-  MSA_GRID_STRIDE(i, rows * half) {
-    const int64_t row = i / half, j = i % half;
-    const int64_t p = (row / heads) % T;
-    const double freq = exp(-2.0 * static_cast<double>(j) / static_cast<double>(2 * half) * log_theta);
-    double s, c;
-    sincos(static_cast<double>(p) * freq, &s, &c);
-    const float cf = static_cast<float>(c), sf = static_cast<float>(inverse ? -s : s);
-    const int64_t base = row * 2 * half;
-    const float x1 = load_f(x, base + j), x2 = load_f(x, base + j + half);
-    store_f(y, base + j, x1 * cf - x2 * sf);
-    store_f(y, base + j + half, x2 * cf + x1 * sf);
-  }
-}
-
 // dbias[c] += sum_n dy[n, c]: a block of 32 x 8 threads owns 32 columns; its 8 rows of threads
 // stride down the rows and meet in shared memory. Deterministic (no atomics).
 __global__ void column_sum_kernel(const bf16* dy, float* dbias, int64_t N, int64_t M) {
@@ -231,15 +213,6 @@ void embedding_backward(const Tensor& dout, const Tensor& tokens, int64_t vocab_
   embedding_backward_kernel<<<grid_blocks(N * D), 256>>>(
       dout.data<bf16>(), tokens.data<int32_t>(), dtable.data<float>(), N, D, vocab_begin, V);
   MSA_CUDA_CHECK_LAUNCH("embedding_backward_kernel");
-}
-
-void rope_rotate(const Tensor& x, double theta, bool inverse, Tensor& y) {
-  const int64_t batch = x.size(0), T = x.size(1), heads = x.size(2), d = x.size(3);
-  const int64_t rows = batch * T * heads, half = d / 2;
-  if (rows * half == 0) return;
-  rope_kernel<<<grid_blocks(rows * half), 256>>>(x.data<bf16>(), y.data<bf16>(), rows, T, heads,
-                                                 half, std::log(theta), inverse);
-  MSA_CUDA_CHECK_LAUNCH("rope_kernel");
 }
 
 void bias_grad_accumulate(const Tensor& dy, Tensor& dbias) {

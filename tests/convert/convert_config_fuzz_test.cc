@@ -46,7 +46,16 @@ std::vector<std::pair<std::string, std::string>> valid_fields() {
           {"tie_word_embeddings", "false"},
           {"attention_bias", "false"},
           {"mlp_bias", "false"},
-          {"rope_scaling", "null"},
+          // Llama 3.1's RoPE in both spellings at once (they must agree).
+          {"rope_scaling",
+           "{\"rope_type\": \"llama3\", \"factor\": 8.0, \"low_freq_factor\": 1.0, "
+           "\"high_freq_factor\": 4.0, \"original_max_position_embeddings\": 8192}"},
+          {"rope_parameters",
+           "{\"rope_theta\": 500000.0, \"rope_type\": \"llama3\", \"factor\": 8.0, "
+           "\"low_freq_factor\": 1.0, \"high_freq_factor\": 4.0, "
+           "\"original_max_position_embeddings\": 8192}"},
+          {"partial_rotary_factor", "1.0"},
+          {"layer_types", "[\"full_attention\", \"full_attention\"]"},
           {"sliding_window", "null"},
           {"use_sliding_window", "false"},
           {"torch_dtype", "\"bfloat16\""}};
@@ -91,6 +100,9 @@ TEST(ConvertConfigTest, ValidConfigConverts) {
   ASSERT_TRUE(ck.ok()) << ck.status();
   EXPECT_EQ(ck->config.n_layers, 2);
   EXPECT_EQ(ck->params.size(), model_param_specs(ck->config).size());
+  EXPECT_EQ(ck->config.rope_theta, 500000.0);
+  EXPECT_EQ(ck->config.rope_scaling.type, RopeScalingType::kLlama3);
+  EXPECT_EQ(ck->config.rope_scaling.factor, 8.0);
 }
 
 // The three failures of issue 18, each an error naming the file and the field.
@@ -207,7 +219,13 @@ TEST(ConvertConfigTest, FuzzedConfigsNeverCrash) {
                                               "{\"rope_type\": \"default\"}",
                                               "{\"rope_type\": 1}",
                                               "{\"type\": null}",
-                                              "{\"a\": [1, {\"b\": null}]}"};
+                                              "{\"a\": [1, {\"b\": null}]}",
+                                              "0.5",
+                                              "{\"rope_type\": \"yarn\", \"factor\": 4.0}",
+                                              "{\"rope_type\": \"llama3\"}",
+                                              "{\"type\": \"linear\", \"factor\": 2}",
+                                              "{\"full_attention\": {\"rope_theta\": 1e4}}",
+                                              "[\"sliding_attention\"]"};
   std::mt19937_64 rng(20261129);
   const auto start = std::chrono::steady_clock::now();
   int runs = 0, converted = 0;

@@ -6,6 +6,8 @@
 // outputs unchanged) raises the index recall.
 #include <sys/wait.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <map>
@@ -31,6 +33,9 @@ using ::testing::HasSubstr;
 struct Hf {
   std::string arch;
   bool bias = false, qk_norm = false, tied = false;
+  // The config.json RoPE members, and what they mean.
+  std::string rope_json = "\"rope_theta\": 500000.0, \"rope_scaling\": null";
+  RopeConfig rope{500000.0};
 };
 
 std::string fresh_dir(const std::string& name) {
@@ -109,9 +114,9 @@ std::map<std::string, Tensor> write_hf(const std::string& dir, const Hf& hf, uin
          << ", \"hidden_size\": " << kD << ", \"num_hidden_layers\": " << kLayers
          << ", \"num_attention_heads\": " << kH << ", \"num_key_value_heads\": " << kG
          << ", \"head_dim\": " << kHd << ", \"intermediate_size\": " << kF
-         << ", \"rope_theta\": 500000.0, \"rms_norm_eps\": 1e-05, \"hidden_act\": \"silu\", "
-         << "\"tie_word_embeddings\": " << (hf.tied ? "true" : "false")
-         << ", \"rope_scaling\": null, \"torch_dtype\": \"bfloat16\"}";
+         << ", \"rms_norm_eps\": 1e-05, \"hidden_act\": \"silu\", "
+         << "\"tie_word_embeddings\": " << (hf.tied ? "true" : "false") << ", " << hf.rope_json
+         << ", \"torch_dtype\": \"bfloat16\"}";
   return values;
 }
 
@@ -125,7 +130,9 @@ Transformer reference_dense_model(const Hf& hf, const std::map<std::string, Tens
   c.n_kv_heads = kG;
   c.head_dim = kHd;
   c.ffn_dim = kF;
-  c.rope_theta = 500000.0;
+  c.rope_theta = hf.rope.theta;
+  c.rope_scaling = hf.rope.scaling;
+  c.rotary_dim = static_cast<int>(hf.rope.rotary_dim);
   c.norm_eps = 1e-5;
   c.tied_embeddings = hf.tied;
   c.qkv_bias = hf.bias;
@@ -233,6 +240,8 @@ void check_conversion(const Hf& hf, const std::string& name) {
   auto reread = read_hf_checkpoint(back);
   ASSERT_TRUE(reread.ok()) << reread.status();
   EXPECT_EQ(reread->architecture, hf.arch);
+  EXPECT_EQ(ckpt->config.rope(), hf.rope);
+  EXPECT_EQ(reread->config.rope(), hf.rope) << "the exported config.json reads back differently";
 }
 
 TEST(ConvertHfTest, LlamaConvertsExactlyAndRoundTrips) {
@@ -245,6 +254,87 @@ TEST(ConvertHfTest, Qwen2WithQkvBiasAndTiedEmbeddings) {
 
 TEST(ConvertHfTest, Qwen3WithQkNorm) {
   check_conversion({"Qwen3ForCausalLM", false, true}, "qwen3");
+}
+
+// RoPE variants in both config.json spellings. The converted model must reproduce the dense
+// reference built with the intended RoPE. With head_dim 8, theta 500000 and
+// original_max_position_embeddings 512, llama3 keeps pair 0 (wavelength 6.3 < 128), interpolates
+// pair 1 (167) and divides pairs 2 and 3 (4.4e3, 1.2e5 > 512).
+Hf with_rope(Hf hf, const std::string& rope_json, const RopeConfig& rope) {
+  hf.rope_json = rope_json;
+  hf.rope = rope;
+  return hf;
+}
+
+RopeConfig llama3_rope(double theta) {
+  RopeConfig r{theta};
+  r.scaling = {RopeScalingType::kLlama3, 8.0, 1.0, 4.0, 512.0};
+  return r;
+}
+
+TEST(ConvertHfTest, LlamaWithLlama3ScalingInTransformers5Spelling) {
+  check_conversion(
+      with_rope({"LlamaForCausalLM"},
+                "\"rope_parameters\": {\"rope_theta\": 500000.0, \"rope_type\": \"llama3\", "
+                "\"factor\": 8.0, \"low_freq_factor\": 1.0, \"high_freq_factor\": 4.0, "
+                "\"original_max_position_embeddings\": 512}",
+                llama3_rope(500000.0)),
+      "llama3_v5");
+}
+
+TEST(ConvertHfTest, LlamaWithLlama3ScalingInTransformers4Spelling) {
+  check_conversion(
+      with_rope({"LlamaForCausalLM"},
+                "\"rope_theta\": 500000.0, \"rope_scaling\": {\"type\": \"llama3\", "
+                "\"factor\": 8.0, \"low_freq_factor\": 1.0, \"high_freq_factor\": 4.0, "
+                "\"original_max_position_embeddings\": 512}",
+                llama3_rope(500000.0)),
+      "llama3_v4");
+}
+
+TEST(ConvertHfTest, Qwen2WithThetaOnlyInRopeParameters) {
+  Hf hf{"Qwen2ForCausalLM", true, false, true};
+  check_conversion(
+      with_rope(hf, "\"rope_parameters\": {\"rope_theta\": 1000000.0, \"rope_type\": \"default\"}",
+                RopeConfig{1e6}),
+      "qwen2_theta_v5");
+}
+
+TEST(ConvertHfTest, MistralWithLinearScaling) {
+  RopeConfig linear{1e6};
+  linear.scaling.type = RopeScalingType::kLinear;
+  linear.scaling.factor = 4.0;
+  check_conversion(with_rope({"MistralForCausalLM"},
+                             "\"sliding_window\": null, \"rope_theta\": 1000000.0, "
+                             "\"rope_scaling\": {\"rope_type\": \"linear\", \"factor\": 4.0}",
+                             linear),
+                   "mistral_linear");
+}
+
+// The converted model's logits depend on the RoPE read: theta 10000 (what a transformers 5 config
+// gave before rope_parameters was read) is visibly another model.
+TEST(ConvertHfTest, ThetaChangesTheLogits) {
+  const std::string dir = fresh_dir("theta_matters");
+  const Hf hf = with_rope({"LlamaForCausalLM"}, "\"rope_parameters\": {\"rope_theta\": 500000.0}",
+                          RopeConfig{500000.0});
+  const std::map<std::string, Tensor> w = write_hf(dir, hf, 100);
+  auto ck = read_hf_checkpoint(dir);
+  ASSERT_TRUE(ck.ok()) << ck.status();
+  EXPECT_EQ(ck->config.rope_theta, 500000.0);
+  Transformer right = reference_dense_model(hf, w);
+  Transformer wrong = reference_dense_model(with_rope(hf, "", RopeConfig{10000.0}), w);
+  Tensor tokens, targets;
+  tokens_for(tokens, targets, 1, 19, 5);
+  ForwardOptions plain;
+  plain.for_backward = false;
+  right.forward(tokens, targets, plain);
+  wrong.forward(tokens, targets, plain);
+  const std::vector<double> a = right.logits().to_double_vector(),
+                            b = wrong.logits().to_double_vector();
+  double diff = 0, scale = 0;
+  for (size_t i = 0; i < a.size(); ++i) diff = std::max(diff, std::abs(a[i] - b[i]));
+  for (double x : a) scale = std::max(scale, std::abs(x));
+  EXPECT_GT(diff / scale, 1e-3);
 }
 
 TEST(ConvertHfTest, DefaultIndexDimIsThePapers) {
@@ -389,9 +479,15 @@ TEST(ConvertHfTest, RefusesUnsupportedConfigsNamingTheField) {
   };
   EXPECT_THAT(with_config("LlamaForCausalLM", "GPT2LMHeadModel"),
               HasSubstr("unsupported architecture 'GPT2LMHeadModel'"));
-  EXPECT_THAT(
-      with_config("\"rope_scaling\": null", "\"rope_scaling\": {\"rope_type\": \"llama3\"}"),
-      HasSubstr("field 'rope_scaling' has rope_type 'llama3'"));
+  EXPECT_THAT(with_config("\"rope_scaling\": null", "\"rope_scaling\": {\"rope_type\": \"yarn\"}"),
+              HasSubstr("field 'rope_scaling.rope_type' is 'yarn'"));
+  EXPECT_THAT(with_config("\"rope_scaling\": null",
+                          "\"rope_scaling\": null, \"rope_parameters\": {\"rope_theta\": 1e4}"),
+              HasSubstr("field 'rope_theta' is 500000, but field 'rope_parameters.rope_theta' is "
+                        "10000"));
+  EXPECT_THAT(with_config("\"rope_scaling\": null",
+                          "\"rope_scaling\": null, \"partial_rotary_factor\": 0.5"),
+              HasSubstr("field 'partial_rotary_factor' is 0.5"));
   EXPECT_THAT(with_config("\"intermediate_size\": 48", "\"intermediate_size\": 64"),
               HasSubstr("tensor 'model.layers.0.mlp.gate_proj.weight' has shape [48, 32] but "
                         "config.json implies [64, 32]"));

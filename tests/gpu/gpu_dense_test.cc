@@ -127,11 +127,12 @@ TEST(GpuDenseTest, RopeForwardBackwardAtLongPositions) {
   const Tensor x = rnd({1, 5000, 3, 64}, 40), dy = rnd({1, 5000, 3, 64}, 41);
   for (double theta : {10000.0, 1e6}) {
     Tensor y = Tensor::empty(x.shape(), DType::kF32), dx = Tensor::empty(x.shape(), DType::kF32);
-    rope_forward(x, theta, y);
-    rope_backward(dy, theta, dx);
+    const RopeConfig rope{theta};
+    rope_forward(x, rope, y);
+    rope_backward(dy, rope, dx);
     Tensor gy = gpu_empty(x.shape()), gdx = gpu_bf16(dy);
-    rope_forward(gpu_bf16(x), theta, gy);
-    rope_backward(gdx, theta, gdx);  // in place, as the attention block does
+    rope_forward(gpu_bf16(x), rope, gy);
+    rope_backward(gdx, rope, gdx);  // in place, as the attention block does
     EXPECT_LT(max_scaled_diff(host(gy), y), kBf16Tol) << "theta " << theta;
     EXPECT_LT(max_scaled_diff(host(gdx), dx), kBf16Tol) << "theta " << theta;
   }
