@@ -23,7 +23,11 @@ ABSL_FLAG(int64_t, n_heads, 4, "Query heads H.");
 ABSL_FLAG(int64_t, n_kv_heads, 2, "KV heads / groups G (H must be divisible by G).");
 ABSL_FLAG(int64_t, head_dim, 32, "Head dimension d (even: RoPE rotates pairs).");
 ABSL_FLAG(int64_t, ffn_dim, 384, "SwiGLU hidden size F.");
-ABSL_FLAG(double, rope_theta, 10000.0, "RoPE base theta.");
+// Optional, so that --init_from / --resume can tell "no --rope_theta" (the checkpoint's RoPE).
+ABSL_FLAG(std::optional<double>, rope_theta, std::nullopt,
+          "RoPE base theta (10000 when not given). With --init_from or --resume the checkpoint's "
+          "RoPE is used (theta, llama3 / linear scaling, rotary dims); a different explicit value "
+          "is refused.");
 ABSL_FLAG(double, norm_eps, 1e-5, "RMSNorm epsilon.");
 ABSL_FLAG(bool, tied_embeddings, false, "Share the embedding and LM head weights.");
 ABSL_FLAG(bool, qkv_bias, false, "Biases on the q/k/v projections (Qwen2 style).");
@@ -172,7 +176,9 @@ int main(int argc, char** argv) {
   to_int("n_kv_heads", absl::GetFlag(FLAGS_n_kv_heads), o.model.n_kv_heads);
   to_int("head_dim", absl::GetFlag(FLAGS_head_dim), o.model.head_dim);
   o.model.ffn_dim = absl::GetFlag(FLAGS_ffn_dim);
-  o.model.rope_theta = absl::GetFlag(FLAGS_rope_theta);
+  const std::optional<double> rope_theta = absl::GetFlag(FLAGS_rope_theta);
+  o.model.rope_theta = rope_theta.value_or(10000.0);
+  o.explicit_rope_theta = rope_theta.has_value();
   o.model.norm_eps = absl::GetFlag(FLAGS_norm_eps);
   o.model.tied_embeddings = absl::GetFlag(FLAGS_tied_embeddings);
   o.model.qkv_bias = absl::GetFlag(FLAGS_qkv_bias);

@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <set>
 
 #include "absl/strings/match.h"
@@ -451,6 +452,28 @@ absl::Status load_weights(const Checkpoint& ckpt, const std::string& path, Trans
   return absl::OkStatus();
 }
 
+// RoPE belongs to the weights: a run that continues (--resume) or starts from (--init_from) a
+// checkpoint takes the checkpoint's theta, scaling and rotary dimension (msa-train has flags only
+// for theta: a converted Llama 3.1 carries llama3 scaling). An explicit --rope_theta that differs
+// from the checkpoint's is refused: it would silently train another model.
+absl::Status adopt_checkpoint_rope(const ModelConfig& stored, const char* flag,
+                                   const std::string& path, bool leader, TrainProgramOptions& o) {
+  if (o.explicit_rope_theta && o.model.rope_theta != stored.rope_theta)
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "%s: %s was trained with RoPE %s, but --rope_theta=%g was given (leave it out to use the "
+        "checkpoint's)",
+        flag, path, describe_rope(stored.rope(), stored.head_dim), o.model.rope_theta));
+  if (o.model.rope_theta != stored.rope_theta || !stored.plain_rope()) {
+    if (leader)
+      std::printf("msa-train: RoPE from %s: %s\n", path.c_str(),
+                  describe_rope(stored.rope(), stored.head_dim).c_str());
+  }
+  o.model.rope_theta = stored.rope_theta;
+  o.model.rope_scaling = stored.rope_scaling;
+  o.model.rotary_dim = stored.rotary_dim;
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<int> int_flag_value(const char* flag, int64_t value) {
@@ -508,6 +531,23 @@ absl::Status run_train_program(TrainProgramOptions o) {
   o.optimizer.bucket_bytes = o.bucket_mb << 20;
   o.optimizer.tp = groups.tp_size > 1 ? groups.tp.get() : nullptr;
 
+  // The checkpoint a run continues or starts from is read before the model is built: its RoPE
+  // decides the model's (below).
+  std::optional<LatestCheckpoint> latest;
+  std::optional<Checkpoint> init;
+  if (!o.checkpoint_dir.empty()) MSA_RETURN_IF_ERROR(ensure_dir(o.checkpoint_dir));
+  if (o.resume) {
+    auto l = load_latest_checkpoint(o.checkpoint_dir);
+    if (!l.ok()) return annotate(l.status(), "--resume");
+    MSA_RETURN_IF_ERROR(adopt_checkpoint_rope(l->checkpoint.config, "--resume", l->path, leader, o));
+    latest = std::move(*l);
+  } else if (!o.init_from.empty()) {
+    auto c = load_checkpoint(o.init_from, /*weights_only=*/true);
+    if (!c.ok()) return annotate(c.status(), "--init_from");
+    MSA_RETURN_IF_ERROR(adopt_checkpoint_rope(c->config, "--init_from", o.init_from, leader, o));
+    init = std::move(*c);
+  }
+
   const DType dtype = device == Device::kCUDA ? DType::kBF16 : DType::kF32;
   Transformer model(o.model, dtype, device, tensor_parallel_of(groups.tp.get()));
   model.set_recompute(recompute);
@@ -516,10 +556,7 @@ absl::Status run_train_program(TrainProgramOptions o) {
 
   int64_t first_step = 1, tokens_seen = 0, sample_cursor = 0;
   std::string resumed_from;
-  if (!o.checkpoint_dir.empty()) MSA_RETURN_IF_ERROR(ensure_dir(o.checkpoint_dir));
-  if (o.resume) {
-    auto latest = load_latest_checkpoint(o.checkpoint_dir);
-    if (!latest.ok()) return annotate(latest.status(), "--resume");
+  if (latest) {
     const Checkpoint& ckpt = latest->checkpoint;
     const std::string diff = config_difference(ckpt.config, o.model);
     if (!diff.empty())
@@ -564,20 +601,9 @@ absl::Status run_train_program(TrainProgramOptions o) {
       std::printf("msa-train: resumed from %s (step %lld, %lld tokens seen)\n",
                   latest->path.c_str(), static_cast<long long>(ckpt.state.step),
                   static_cast<long long>(tokens_seen));
-  } else if (!o.init_from.empty()) {
-    auto ckpt = load_checkpoint(o.init_from, /*weights_only=*/true);
-    if (!ckpt.ok()) return annotate(ckpt.status(), "--init_from");
-    // The weights were trained with their RoPE: another one would silently train another model.
-    const RopeConfig want = ckpt->config.rope(), have = o.model.rope();
-    if (want.theta != have.theta || !(want.scaling == have.scaling) ||
-        rope_rotary_dim(want, o.model.head_dim) != rope_rotary_dim(have, o.model.head_dim))
-      return absl::FailedPreconditionError(absl::StrFormat(
-          "--init_from: %s has RoPE %s, but the flags give %s (set --rope_theta; msa-train has "
-          "no flags for RoPE scaling or partial rotary yet)",
-          o.init_from, describe_rope(want, o.model.head_dim),
-          describe_rope(have, o.model.head_dim)));
+  } else if (init) {
     MSA_RETURN_IF_ERROR(
-        load_weights(*ckpt, o.init_from, model, optimizer, o.init_allow_missing_index));
+        load_weights(*init, o.init_from, model, optimizer, o.init_allow_missing_index));
     if (leader) std::printf("msa-train: initialized weights from %s\n", o.init_from.c_str());
   }
 

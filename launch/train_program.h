@@ -23,6 +23,7 @@ struct TrainProgramOptions {
   // --seed was given explicitly. On --resume the checkpoint's seed is used when it was not; when
   // it was and differs from the checkpoint's, the run is refused unless `reseed`.
   bool explicit_seed = false;
+  bool explicit_rope_theta = false;  // --rope_theta given: must equal a loaded checkpoint's
   bool reseed = false;          // --resume with another --seed: samples from here on follow it
   int synthetic_pairs = 4;      // facts per sample of synthetic:kv-recall
   double synthetic_depth = -1;  // depth of the facts (< 0: random per sample)

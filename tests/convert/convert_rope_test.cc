@@ -389,10 +389,10 @@ TEST(ConvertRopeTest, CheckpointsWithVariantsAreVersionTwoAndPlainOnesStayVersio
               HasSubstr("checkpoint format version 3, this build reads 1 to 2"));
 }
 
-// msa-train --init_from builds its model from the flags, which cannot express RoPE scaling: a
-// converted Llama 3.1 would have trained with plain RoPE. The RoPE must match, or the run is
-// refused before training.
-TEST(ConvertRopeTest, InitFromRefusesACheckpointWithAnotherRope) {
+// RoPE belongs to the weights: msa-train --init_from (and --resume) takes the checkpoint's theta,
+// scaling and rotary dims, so a converted Llama 3.1 trains with its llama3 RoPE although
+// msa-train has no scaling flags; an explicit --rope_theta that differs is refused before training.
+TEST(ConvertRopeTest, InitFromTakesTheCheckpointsRope) {
   const std::string dir = std::string(::testing::TempDir()) + "/rope_init_from";
   std::system(("rm -rf '" + dir + "' && mkdir -p '" + dir + "'").c_str());
   TrainProgramOptions o;
@@ -406,23 +406,34 @@ TEST(ConvertRopeTest, InitFromRefusesACheckpointWithAnotherRope) {
   o.trainer.steps = 1;
   o.trainer.lr.total_steps = 1;
   o.trainer.quiet = true;
+  o.checkpoint_dir = dir + "/run";
   ModelConfig scaled = o.model;
   scaled.rope_theta = 500000.0;
   scaled.rope_scaling = llama3_32().scaling;
   o.init_from = dir + "/llama3.h5";
   ASSERT_TRUE(save_checkpoint(o.init_from, checkpoint_of(scaled)).ok());
-  absl::Status s = run_train_program(o);
+  // An explicit, different theta: refused, naming both.
+  TrainProgramOptions explicit_theta = o;
+  explicit_theta.explicit_rope_theta = true;
+  absl::Status s = run_train_program(explicit_theta);
   ASSERT_FALSE(s.ok());
   EXPECT_THAT(std::string(s.message()),
-              AllOf(HasSubstr("--init_from: " + o.init_from + " has RoPE theta 500000, llama3"),
-                    HasSubstr("but the flags give theta 10000, default")));
-  o.model.rope_theta = 500000.0;  // the theta alone is not enough
-  EXPECT_THAT(std::string(run_train_program(o).message()), HasSubstr("llama3 (factor 32"));
-  // The same RoPE trains.
-  ModelConfig plain = o.model;
-  o.init_from = dir + "/plain.h5";
-  ASSERT_TRUE(save_checkpoint(o.init_from, checkpoint_of(plain)).ok());
-  EXPECT_TRUE(run_train_program(o).ok());
+              AllOf(HasSubstr("--init_from: " + o.init_from + " was trained with RoPE theta 500000, "
+                              "llama3"),
+                    HasSubstr("--rope_theta=10000 was given")));
+  // Without --rope_theta the run trains with the checkpoint's RoPE, and its checkpoint keeps it
+  // (so --resume continues with it too).
+  ASSERT_TRUE(run_train_program(o).ok());
+  auto written = load_checkpoint(o.checkpoint_dir + "/ckpt-00000001.h5", true);
+  ASSERT_TRUE(written.ok()) << written.status();
+  EXPECT_EQ(written->config.rope_theta, 500000.0);
+  EXPECT_TRUE(written->config.rope_scaling == scaled.rope_scaling);
+  TrainProgramOptions resumed = o;
+  resumed.init_from.clear();
+  resumed.resume = true;
+  resumed.trainer.steps = 2;
+  resumed.trainer.lr.total_steps = 2;
+  EXPECT_TRUE(run_train_program(resumed).ok());
 }
 
 }  // namespace

@@ -146,10 +146,14 @@ def main():
             for dtype in dtypes:
                 n += 1
                 model = make_model(family, theta, rope, dtype)
-                with torch.no_grad():
-                    ref = model.float()(torch.tensor([tokens])).logits[0].numpy()
                 v5_dir = os.path.join(work, f"m{n}_v5")
                 model.to(dtype).save_pretrained(v5_dir)
+                # The reference is the saved model as transformers loads it in fp32, not the model
+                # in memory: .to(bfloat16) also rounds the rotary inv_freq buffer (7e-5 of the
+                # logits at theta 500000), which from_pretrained recomputes in fp32.
+                model = type(model).from_pretrained(v5_dir, dtype=torch.float32).eval()
+                with torch.no_grad():
+                    ref = model(torch.tensor([tokens])).logits[0].numpy()
                 saved = json.load(open(os.path.join(v5_dir, "config.json")))
                 spellings = [("saved (" + ("rope_parameters" if "rope_parameters" in saved
                                             else "rope_theta/rope_scaling") + ")", v5_dir)]

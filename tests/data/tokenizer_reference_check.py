@@ -213,10 +213,10 @@ def build_tokenizers(train_lines, work):
         if normalizer is not None:
             t.normalizer = normalizer
         t.pre_tokenizer = pre
+        extra = {} if limit_alphabet is None else {"limit_alphabet": limit_alphabet}
         trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2,
                                       special_tokens=list(specials), show_progress=False,
-                                      initial_alphabet=list(initial_alphabet),
-                                      limit_alphabet=limit_alphabet)
+                                      initial_alphabet=list(initial_alphabet), **extra)
         t.train_from_iterator(train_lines, trainer=trainer)
         return json.loads(t.to_str())
 
