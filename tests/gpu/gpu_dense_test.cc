@@ -20,43 +20,16 @@
 #include "kernels/swiglu.h"
 #include "model/transformer.h"
 #include "tests/testing/gradcheck.h"
+#include "tests/testing/gpu.h"
 #include "train/optimizer.h"
 
 namespace msa {
 namespace {
 
+using namespace test;  // tests/testing/gpu.h and gradcheck.h
+
 using test::max_scaled_diff;
 using test::random_tensor;
-
-#define SKIP_WITHOUT_GPU() \
-  if (!cuda_available()) GTEST_SKIP() << "no CUDA device"
-
-constexpr double kBf16Tol = 1e-2;
-
-// A random f32 CPU tensor already rounded to bf16, so CPU and GPU see identical inputs.
-Tensor rnd(const Shape& s, uint64_t seed, float std = 1.0f) {
-  return random_tensor(s, seed, DType::kF32, std).to(DType::kBF16).to(DType::kF32);
-}
-Tensor gpu_bf16(const Tensor& t) { return t.to(DType::kBF16).to(Device::kCUDA); }
-Tensor gpu_f32(const Tensor& t) { return t.to(DType::kF32).to(Device::kCUDA); }
-Tensor host(const Tensor& t) { return t.to(Device::kCPU).to(DType::kF32); }
-Tensor gpu_empty(const Shape& s, DType dt = DType::kBF16) {
-  Tensor t = Tensor::empty(s, dt, Device::kCUDA);
-  t.fill_(std::nan(""));  // poison: every element must be written
-  return t;
-}
-
-// ||a - b|| / ||b||: the norm-relative error METHOD.md uses for bf16 comparisons.
-double rel_l2(const Tensor& a, const Tensor& b) {
-  const std::vector<double> x = a.to_double_vector(), y = b.to_double_vector();
-  double num = 0, den = 0;
-  for (size_t i = 0; i < x.size(); ++i) {
-    if (std::isnan(x[i])) return INFINITY;
-    num += (x[i] - y[i]) * (x[i] - y[i]);
-    den += y[i] * y[i];
-  }
-  return std::sqrt(num / std::max(den, 1e-30));
-}
 
 TEST(GpuDenseTest, LinearForwardBackwardWithBias) {
   SKIP_WITHOUT_GPU();
@@ -67,7 +40,7 @@ TEST(GpuDenseTest, LinearForwardBackwardWithBias) {
     const Tensor b = rnd({s.M}, seed++), dy = rnd({s.N, s.M}, seed++);
     Tensor y = Tensor::empty({s.N, s.M}, DType::kF32);
     linear_forward(x, w, b, y);
-    Tensor gy = gpu_empty({s.N, s.M});
+    Tensor gy = gpu_nan({s.N, s.M});
     linear_forward(gpu_bf16(x), gpu_bf16(w), gpu_bf16(b), gy);
     EXPECT_LT(max_scaled_diff(host(gy), y), kBf16Tol) << "y, N=" << s.N;
 
@@ -76,7 +49,7 @@ TEST(GpuDenseTest, LinearForwardBackwardWithBias) {
     const Tensor db0 = random_tensor({s.M}, seed++, DType::kF32);
     Tensor dx = Tensor::empty({s.N, s.K}, DType::kF32), dw = dw0.clone(), db = db0.clone();
     linear_backward(dy, x, w, dx, dw, db);
-    Tensor gdx = gpu_empty({s.N, s.K}), gdw = gpu_f32(dw0), gdb = gpu_f32(db0);
+    Tensor gdx = gpu_nan({s.N, s.K}), gdw = gpu_f32(dw0), gdb = gpu_f32(db0);
     linear_backward(gpu_bf16(dy), gpu_bf16(x), gpu_bf16(w), gdx, gdw, gdb);
     EXPECT_LT(max_scaled_diff(host(gdx), dx), kBf16Tol) << "dx";
     // dW is an f32 output of bf16 products with f32 accumulation: only the inputs were rounded.
@@ -107,14 +80,14 @@ TEST(GpuDenseTest, RmsNormForwardBackward) {
     const Tensor x = rnd({N, D}, seed++, 2.0f), w = rnd({D}, seed++), dy = rnd({N, D}, seed++);
     Tensor y = Tensor::empty({N, D}, DType::kF32), rstd = Tensor::empty({N}, DType::kF32);
     rmsnorm_forward(x, w, 1e-5, y, rstd);
-    Tensor gy = gpu_empty({N, D}), grstd = gpu_empty({N}, DType::kF32);
+    Tensor gy = gpu_nan({N, D}), grstd = gpu_nan({N}, DType::kF32);
     rmsnorm_forward(gpu_bf16(x), gpu_bf16(w), 1e-5, gy, grstd);
     EXPECT_LT(max_scaled_diff(host(gy), y), kBf16Tol) << "y, D=" << D;
     EXPECT_LT(rel_l2(host(grstd), rstd), 1e-5) << "rstd";
     const Tensor dw0 = random_tensor({D}, seed++, DType::kF32);
     Tensor dx = Tensor::empty({N, D}, DType::kF32), dw = dw0.clone();
     rmsnorm_backward(dy, x, w, rstd, dx, dw);
-    Tensor gdx = gpu_empty({N, D}), gdw = gpu_f32(dw0);
+    Tensor gdx = gpu_nan({N, D}), gdw = gpu_f32(dw0);
     rmsnorm_backward(gpu_bf16(dy), gpu_bf16(x), gpu_bf16(w), grstd, gdx, gdw);
     EXPECT_LT(max_scaled_diff(host(gdx), dx), kBf16Tol) << "dx";
     EXPECT_LT(rel_l2(host(gdw), dw), 1e-4) << "dw";
@@ -130,7 +103,7 @@ TEST(GpuDenseTest, RopeForwardBackwardAtLongPositions) {
     const RopeConfig rope{theta};
     rope_forward(x, rope, y);
     rope_backward(dy, rope, dx);
-    Tensor gy = gpu_empty(x.shape()), gdx = gpu_bf16(dy);
+    Tensor gy = gpu_nan(x.shape()), gdx = gpu_bf16(dy);
     rope_forward(gpu_bf16(x), rope, gy);
     rope_backward(gdx, rope, gdx);  // in place, as the attention block does
     EXPECT_LT(max_scaled_diff(host(gy), y), kBf16Tol) << "theta " << theta;
@@ -144,7 +117,7 @@ TEST(GpuDenseTest, SwigluForwardBackward) {
   Tensor out = Tensor::empty(g.shape(), DType::kF32), dg = out.clone(), du = out.clone();
   swiglu_forward(g, u, out);
   swiglu_backward(d, g, u, dg, du);
-  Tensor gout = gpu_empty(g.shape()), gdg = gpu_empty(g.shape()), gdu = gpu_empty(g.shape());
+  Tensor gout = gpu_nan(g.shape()), gdg = gpu_nan(g.shape()), gdu = gpu_nan(g.shape());
   swiglu_forward(gpu_bf16(g), gpu_bf16(u), gout);
   swiglu_backward(gpu_bf16(d), gpu_bf16(g), gpu_bf16(u), gdg, gdu);
   EXPECT_LT(max_scaled_diff(host(gout), out), kBf16Tol);
@@ -161,7 +134,7 @@ TEST(GpuDenseTest, EmbeddingForwardBackwardWithRepeatedTokens) {
   const Tensor table = rnd({V, D}, 60), dout = rnd({N, D}, 61);
   Tensor out = Tensor::empty({N, D}, DType::kF32);
   embedding_forward(tokens, table, out);
-  Tensor gout = gpu_empty({N, D});
+  Tensor gout = gpu_nan({N, D});
   embedding_forward(tokens.to(Device::kCUDA), gpu_bf16(table), gout);
   EXPECT_EQ(host(gout).to_double_vector(), out.to_double_vector());  // a copy: exact
   const Tensor dt0 = random_tensor({V, D}, 62, DType::kF32);
@@ -182,7 +155,7 @@ TEST(GpuDenseTest, CrossEntropyForwardBackward) {
     const Tensor targets = Tensor::from_vector<int32_t>({N}, t);
     Tensor lse = Tensor::empty({N}, DType::kF32);
     const CrossEntropyResult ref = cross_entropy_forward(logits, targets, kIgnoreIndex, lse);
-    Tensor glogits = gpu_bf16(logits), glse = gpu_empty({N}, DType::kF32);
+    Tensor glogits = gpu_bf16(logits), glse = gpu_nan({N}, DType::kF32);
     const CrossEntropyResult got =
         cross_entropy_forward(glogits, targets.to(Device::kCUDA), kIgnoreIndex, glse);
     EXPECT_EQ(got.n_counted, ref.n_counted);
@@ -244,10 +217,10 @@ TEST(GpuDenseTest, DenseAttentionCudnnAndFallbackMatchCpu) {
         if (std::string(path) == "cudnn" && dt == DType::kF32) continue;  // cuDNN: bf16 only
         setenv("MSA_ATTENTION", path, 1);
         auto g = [&](const Tensor& t) { return t.to(dt).to(Device::kCUDA); };
-        Tensor gout = gpu_empty(q.shape(), dt), glse = gpu_empty(lse.shape(), DType::kF32);
+        Tensor gout = gpu_nan(q.shape(), dt), glse = gpu_nan(lse.shape(), DType::kF32);
         attention_forward(g(q), g(k), g(v), scale, gout, glse);
-        Tensor gdq = gpu_empty(q.shape(), dt), gdk = gpu_empty(k.shape(), dt),
-               gdv = gpu_empty(v.shape(), dt);
+        Tensor gdq = gpu_nan(q.shape(), dt), gdk = gpu_nan(k.shape(), dt),
+               gdv = gpu_nan(v.shape(), dt);
         attention_backward(g(dout), g(q), g(k), g(v), gout, glse, scale, gdq, gdk, gdv);
         const double tol = dt == DType::kF32 ? 1e-4 : kBf16Tol;
         const std::string what = std::string(path) + (dt == DType::kF32 ? " f32" : " bf16") +

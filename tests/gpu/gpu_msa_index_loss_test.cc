@@ -24,14 +24,14 @@
 #include "kernels/cuda/msa_cuda.h"
 #include "kernels/msa.h"
 #include "tests/testing/gradcheck.h"
+#include "tests/testing/gpu.h"
 
 namespace msa {
 namespace {
 
-using test::random_tensor;
+using namespace test;  // tests/testing/gpu.h and gradcheck.h
 
-#define SKIP_WITHOUT_GPU() \
-  if (!cuda_available()) GTEST_SKIP() << "no CUDA device"
+using test::random_tensor;
 
 struct Case {
   int64_t batch, T, H, G, d, dI;
@@ -129,18 +129,6 @@ double scaled_max_diff(const Tensor& a, const Tensor& b) {
     scale = std::max(scale, std::abs(y[i]));
   }
   return scale > 0 ? diff / scale : diff;
-}
-
-double rel_l2(const Tensor& a, const Tensor& b) {
-  const std::vector<double> x = a.to_double_vector(), y = b.to_double_vector();
-  double num = 0, den = 0;
-  for (size_t i = 0; i < x.size(); ++i) {
-    if (!std::isfinite(x[i]) || !std::isfinite(y[i]))
-      return std::numeric_limits<double>::infinity();
-    num += (x[i] - y[i]) * (x[i] - y[i]);
-    den += y[i] * y[i];
-  }
-  return std::sqrt(num / std::max(den, 1e-300));
 }
 
 int64_t count_nonfinite(const Tensor& t) {

@@ -19,14 +19,14 @@
 #include "gtest/gtest.h"
 #include "kernels/msa.h"
 #include "tests/testing/gradcheck.h"
+#include "tests/testing/gpu.h"
 
 namespace msa {
 namespace {
 
-using test::random_tensor;
+using namespace test;  // tests/testing/gpu.h and gradcheck.h
 
-#define SKIP_WITHOUT_GPU() \
-  if (!cuda_available()) GTEST_SKIP() << "no CUDA device"
+using test::random_tensor;
 
 struct IndexCase {
   int64_t batch, T, G, dI;

@@ -14,15 +14,15 @@
 #include "kernels/attention.h"
 #include "kernels/msa.h"
 #include "tests/testing/gradcheck.h"
+#include "tests/testing/gpu.h"
 
 namespace msa {
 namespace {
 
+using namespace test;  // tests/testing/gpu.h and gradcheck.h
+
 using test::max_scaled_diff;
 using test::random_tensor;
-
-#define SKIP_WITHOUT_GPU() \
-  if (!cuda_available()) GTEST_SKIP() << "no CUDA device"
 
 struct Case {
   int64_t batch, T, H, G, d, dI;
@@ -43,7 +43,6 @@ double rel_l2_f32(const Tensor& a, const Tensor& b) {
   }
   return std::sqrt(num / std::max(den, 1e-30));
 }
-Tensor host(const Tensor& t) { return t.to(Device::kCPU).to(DType::kF32); }
 // Rounds to bf16 and back, so the CPU reference sees exactly the GPU's inputs.
 Tensor bf16_rounded(const Tensor& t) { return t.to(DType::kBF16).to(DType::kF32); }
 

@@ -12,23 +12,16 @@
 #include "kernels/rope.h"
 #include "model/transformer.h"
 #include "tests/testing/gradcheck.h"
+#include "tests/testing/gpu.h"
 
 namespace msa {
 namespace {
 
+using namespace test;  // tests/testing/gpu.h and gradcheck.h
+
 using test::max_scaled_diff;
 using test::random_tensor;
 
-#define SKIP_WITHOUT_GPU() \
-  if (!cuda_available()) GTEST_SKIP() << "no CUDA device"
-
-constexpr double kBf16Tol = 1e-2;
-
-Tensor rnd(const Shape& s, uint64_t seed) {
-  return random_tensor(s, seed, DType::kF32, 1.0f).to(DType::kBF16).to(DType::kF32);
-}
-Tensor gpu_bf16(const Tensor& t) { return t.to(DType::kBF16).to(Device::kCUDA); }
-Tensor host(const Tensor& t) { return t.to(Device::kCPU).to(DType::kF32); }
 
 RopeConfig llama3(int64_t rotary_dim) {
   RopeConfig r;

@@ -15,30 +15,16 @@
 #include "model/tensor_parallel.h"
 #include "model/transformer.h"
 #include "tests/testing/gradcheck.h"
+#include "tests/testing/gpu.h"
 
 namespace msa {
 namespace {
 
+using namespace test;  // tests/testing/gpu.h and gradcheck.h
+
 using test::max_scaled_diff;
 using test::random_tensor;
 
-#define SKIP_WITHOUT_GPU() \
-  if (!cuda_available()) GTEST_SKIP() << "no CUDA device"
-
-constexpr double kBf16Tol = 1e-2;
-
-// A random f32 CPU tensor already rounded to bf16, so CPU and GPU see identical inputs.
-Tensor rnd(const Shape& s, uint64_t seed, float std = 1.0f) {
-  return random_tensor(s, seed, DType::kF32, std).to(DType::kBF16).to(DType::kF32);
-}
-Tensor gpu_bf16(const Tensor& t) { return t.to(DType::kBF16).to(Device::kCUDA); }
-Tensor gpu_f32(const Tensor& t) { return t.to(DType::kF32).to(Device::kCUDA); }
-Tensor host(const Tensor& t) { return t.to(Device::kCPU).to(DType::kF32); }
-Tensor gpu_nan(const Shape& s, DType dt) {
-  Tensor t = Tensor::empty(s, dt, Device::kCUDA);
-  t.fill_(std::nan(""));
-  return t;
-}
 
 // a * t as an f64 CPU tensor.
 Tensor scaled(const Tensor& t, double a) {
