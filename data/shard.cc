@@ -192,17 +192,42 @@ absl::StatusOr<std::vector<std::string>> check_shard_dir(const std::string& dir,
   if (d == nullptr)
     return absl::InvalidArgumentError(
         absl::StrFormat("invalid --output: cannot list '%s': %s", dir, std::strerror(errno)));
-  std::vector<std::string> shards;
+  std::vector<std::string> shards, staging;
   while (const dirent* e = ::readdir(d)) {
     const std::string name = e->d_name;
     auto ends_with = [&](const std::string& suffix) {
       return name.size() > suffix.size() &&
              name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
     };
-    if (ends_with(".tok") || ends_with(".tok.tmp")) shards.push_back(dir + "/" + name);
+    struct stat entry;
+    if (::lstat((dir + "/" + name).c_str(), &entry) != 0) continue;
+    // Only regular files are shards: a directory named x.tok is not ours to delete.
+    if (S_ISREG(entry.st_mode) && (ends_with(".tok") || ends_with(".tok.tmp")))
+      shards.push_back(dir + "/" + name);
+    // The staging directory of an msa-data text run that was killed before it committed.
+    if (S_ISDIR(entry.st_mode) && name.rfind(".msa-data-", 0) == 0)
+      staging.push_back(dir + "/" + name);
   }
   ::closedir(d);
   std::sort(shards.begin(), shards.end());
+  std::sort(staging.begin(), staging.end());
+  for (const std::string& s : staging) {
+    if (!overwrite) {
+      std::fprintf(stderr,
+                   "msa-data: warning: '%s' holds the partial shards of an interrupted run; "
+                   "--overwrite removes it (or delete it by hand)\n",
+                   s.c_str());
+      continue;
+    }
+    if (DIR* sd = ::opendir(s.c_str())) {
+      while (const dirent* e = ::readdir(sd)) {
+        const std::string name = e->d_name;
+        if (name != "." && name != "..") std::remove((s + "/" + name).c_str());
+      }
+      ::closedir(sd);
+    }
+    ::rmdir(s.c_str());
+  }
   if (!shards.empty() && !overwrite)
     return absl::FailedPreconditionError(absl::StrFormat(
         "invalid --output: '%s' already holds %d token shard(s) (e.g. '%s'), which a glob would "

@@ -200,17 +200,23 @@ class StagingDir {
   }
   const std::string& path() const { return path_; }
 
-  // Moves `names` (in order) from the staging directory to `dir`, after deleting `stale` (the
-  // old shards and metadata), then removes the staging directory.
+  // Moves `names` (in order) from the staging directory to `dir`, then deletes the files of
+  // `stale` (the old shards and metadata) that the new ones did not replace, then removes the
+  // staging directory. The new files go in first (rename replaces a same-named old one
+  // atomically), so that a failure part-way never leaves the directory without a complete set.
   absl::Status commit(const std::string& dir, const std::vector<std::string>& stale,
                       const std::vector<std::string>& names) {
-    for (const std::string& f : stale)
-      if (std::remove(f.c_str()) != 0 && errno != ENOENT)
-        return io_error(f, "cannot delete old shard");
     for (const std::string& name : names) {
       const std::string from = path_ + "/" + name, to = dir + "/" + name;
       if (std::rename(from.c_str(), to.c_str()) != 0)
         return io_error(to, "cannot move the new shard into place");
+    }
+    for (const std::string& f : stale) {
+      const bool replaced = std::any_of(names.begin(), names.end(), [&](const std::string& n) {
+        return f == dir + "/" + n;
+      });
+      if (!replaced && std::remove(f.c_str()) != 0 && errno != ENOENT)
+        return io_error(f, "cannot delete old shard");
     }
     if (::rmdir(path_.c_str()) != 0) return io_error(path_, "cannot remove staging directory");
     path_.clear();
@@ -322,6 +328,19 @@ absl::StatusOr<TextShardingResult> write_text_shards(
   const bool created_output = ::stat(o.output_dir.c_str(), &out_st) != 0;
   MSA_ASSIGN_OR_RETURN(const std::vector<std::string> old_shards,
                        check_shard_dir(o.output_dir, o.overwrite));
+  // <prefix>.json is replaced by the new metadata: only when it is msa-data's own (or told to),
+  // never a file of someone else's that happens to have the name (--prefix=tokenizer in a model
+  // directory).
+  if (const std::string metadata = o.output_dir + "/" + o.prefix + ".json";
+      !o.overwrite && ::access(metadata.c_str(), F_OK) == 0) {
+    std::ifstream in(metadata);
+    const nlohmann::json j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+    if (!j.is_object() || j.value("written_by", std::string()) != "msa-data text")
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "invalid --output: '%s' exists and is not msa-data's metadata; give --overwrite to "
+          "replace it, or another --prefix / --output",
+          metadata));
+  }
   absl::StatusOr<TextShardingResult> result = [&]() -> absl::StatusOr<TextShardingResult> {
     MSA_ASSIGN_OR_RETURN(std::unique_ptr<StagingDir> staging, StagingDir::create(o.output_dir));
     TextShardingResult r;
@@ -374,7 +393,6 @@ absl::StatusOr<TextShardingResult> write_text_shards(
         write_metadata(staging->path() + "/" + metadata_name, o, formats, sizes, r, sink.names()));
     // The metadata file moves last: shards without it are from an interrupted commit.
     std::vector<std::string> stale = old_shards;
-    stale.push_back(r.metadata);
     std::vector<std::string> names = sink.names();
     names.push_back(metadata_name);
     MSA_RETURN_IF_ERROR(staging->commit(o.output_dir, stale, names));

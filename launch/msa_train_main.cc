@@ -26,8 +26,8 @@ ABSL_FLAG(int64_t, ffn_dim, 384, "SwiGLU hidden size F.");
 // Optional, so that --init_from / --resume can tell "no --rope_theta" (the checkpoint's RoPE).
 ABSL_FLAG(std::optional<double>, rope_theta, std::nullopt,
           "RoPE base theta (10000 when not given). With --init_from or --resume the checkpoint's "
-          "RoPE is used (theta, llama3 / linear scaling, rotary dims); a different explicit value "
-          "is refused.");
+          "RoPE is used (theta, llama3 / linear scaling, rotary dims); an explicit value replaces "
+          "the theta on --init_from (context extension) and is refused on --resume.");
 ABSL_FLAG(double, norm_eps, 1e-5, "RMSNorm epsilon.");
 ABSL_FLAG(bool, tied_embeddings, false, "Share the embedding and LM head weights.");
 ABSL_FLAG(bool, qkv_bias, false, "Biases on the q/k/v projections (Qwen2 style).");

@@ -455,14 +455,27 @@ absl::Status load_weights(const Checkpoint& ckpt, const std::string& path, Trans
 // RoPE belongs to the weights: a run that continues (--resume) or starts from (--init_from) a
 // checkpoint takes the checkpoint's theta, scaling and rotary dimension (msa-train has flags only
 // for theta: a converted Llama 3.1 carries llama3 scaling). An explicit --rope_theta that differs
-// from the checkpoint's is refused: it would silently train another model.
+// from the checkpoint's replaces its theta on --init_from (context extension) and is refused on
+// --resume.
 absl::Status adopt_checkpoint_rope(const ModelConfig& stored, const char* flag,
                                    const std::string& path, bool leader, TrainProgramOptions& o) {
-  if (o.explicit_rope_theta && o.model.rope_theta != stored.rope_theta)
-    return absl::FailedPreconditionError(absl::StrFormat(
-        "%s: %s was trained with RoPE %s, but --rope_theta=%g was given (leave it out to use the "
-        "checkpoint's)",
-        flag, path, describe_rope(stored.rope(), stored.head_dim), o.model.rope_theta));
+  const bool resume = std::string(flag) == "--resume";
+  if (o.explicit_rope_theta && o.model.rope_theta != stored.rope_theta) {
+    // A new theta on --init_from is continued pretraining that extends the context (raising
+    // theta is the usual recipe); on --resume it would change the model mid-run.
+    if (resume)
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "%s: %s was trained with RoPE %s, but --rope_theta=%g was given (leave it out to use "
+          "the checkpoint's)",
+          flag, path, describe_rope(stored.rope(), stored.head_dim), o.model.rope_theta));
+    if (leader)
+      std::printf("msa-train: --rope_theta=%g replaces the theta of %s (RoPE %s)\n",
+                  o.model.rope_theta, path.c_str(),
+                  describe_rope(stored.rope(), stored.head_dim).c_str());
+    o.model.rope_scaling = stored.rope_scaling;
+    o.model.rotary_dim = stored.rotary_dim;
+    return absl::OkStatus();
+  }
   if (o.model.rope_theta != stored.rope_theta || !stored.plain_rope()) {
     if (leader)
       std::printf("msa-train: RoPE from %s: %s\n", path.c_str(),
@@ -606,6 +619,10 @@ absl::Status run_train_program(TrainProgramOptions o) {
         load_weights(*init, o.init_from, model, optimizer, o.init_allow_missing_index));
     if (leader) std::printf("msa-train: initialized weights from %s\n", o.init_from.c_str());
   }
+  // The host copies of the loaded tensors (12 bytes per parameter after --resume) are not needed
+  // once the model and optimizer hold them.
+  latest.reset();
+  init.reset();
 
   {
     // The layout: every rank's (dp, tp) coordinates and device, printed by rank 0.

@@ -412,14 +412,28 @@ TEST(ConvertRopeTest, InitFromTakesTheCheckpointsRope) {
   scaled.rope_scaling = llama3_32().scaling;
   o.init_from = dir + "/llama3.h5";
   ASSERT_TRUE(save_checkpoint(o.init_from, checkpoint_of(scaled)).ok());
-  // An explicit, different theta: refused, naming both.
+  // An explicit, different theta on --init_from replaces the checkpoint's (context extension)
+  // and keeps its scaling.
   TrainProgramOptions explicit_theta = o;
   explicit_theta.explicit_rope_theta = true;
-  absl::Status s = run_train_program(explicit_theta);
+  explicit_theta.model.rope_theta = 8e6;
+  explicit_theta.checkpoint_dir = dir + "/extended";
+  ASSERT_TRUE(run_train_program(explicit_theta).ok());
+  auto extended = load_checkpoint(explicit_theta.checkpoint_dir + "/ckpt-00000001.h5", true);
+  ASSERT_TRUE(extended.ok()) << extended.status();
+  EXPECT_EQ(extended->config.rope_theta, 8e6);
+  EXPECT_TRUE(extended->config.rope_scaling == scaled.rope_scaling);
+  // On --resume a different explicit theta is refused, naming both.
+  TrainProgramOptions resume_other = explicit_theta;
+  resume_other.init_from.clear();
+  resume_other.resume = true;
+  resume_other.model.rope_theta = 1e4;
+  resume_other.trainer.steps = 2;
+  resume_other.trainer.lr.total_steps = 2;
+  absl::Status s = run_train_program(resume_other);
   ASSERT_FALSE(s.ok());
   EXPECT_THAT(std::string(s.message()),
-              AllOf(HasSubstr("--init_from: " + o.init_from + " was trained with RoPE theta 500000, "
-                              "llama3"),
+              AllOf(HasSubstr("--resume: "), HasSubstr("was trained with RoPE theta 8e+06"),
                     HasSubstr("--rope_theta=10000 was given")));
   // Without --rope_theta the run trains with the checkpoint's RoPE, and its checkpoint keeps it
   // (so --resume continues with it too).

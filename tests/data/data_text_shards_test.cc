@@ -387,6 +387,37 @@ TEST(TextShardsTest, OverwriteRemovesTheOldSetWithItsMetadata) {
             (std::set<std::string>{"new-00000.tok", "new-00001.tok", "new-00002.tok", "new.json"}));
 }
 
+// What is not ours is never deleted or replaced: a directory named like a shard, a foreign file
+// named <prefix>.json (refused without --overwrite); an interrupted run's staging directory is
+// left with a warning, and removed by --overwrite.
+TEST(TextShardsTest, OnlyOurOwnFilesAreReplaced) {
+  const std::string dir = fresh_dir("not_ours");
+  write_file(dir + "/a.txt", "some text");
+  TextShardingOptions o = options(dir, {dir + "/a.txt"}, nullptr);
+  std::system(("mkdir -p '" + o.output_dir + "/zz.tok' '" + o.output_dir + "/.msa-data-abc123'")
+                  .c_str());
+  write_file(o.output_dir + "/zz.tok/keep", "x");
+  write_file(o.output_dir + "/.msa-data-abc123/train-00000.tok", "partial");
+  write_file(o.output_dir + "/train.json", "{\"model_type\": \"llama\"}");
+  // A foreign train.json: refused, untouched.
+  absl::Status s = run_error(o);
+  EXPECT_THAT(std::string(s.message()),
+              AllOf(HasSubstr(o.output_dir + "/train.json"), HasSubstr("not msa-data's metadata")));
+  EXPECT_EQ(read_file(o.output_dir + "/train.json"), "{\"model_type\": \"llama\"}");
+  // Another prefix: written; the directory zz.tok and the staging leftover stay.
+  o.prefix = "new";
+  ASSERT_TRUE(write_text_shards(o).ok());
+  EXPECT_EQ(read_file(o.output_dir + "/zz.tok/keep"), "x");
+  EXPECT_EQ(access((o.output_dir + "/.msa-data-abc123").c_str(), F_OK), 0);
+  // --overwrite replaces our set and removes the interrupted run's staging directory, but not a
+  // directory that only looks like a shard.
+  o.overwrite = true;
+  ASSERT_TRUE(write_text_shards(o).ok());
+  EXPECT_NE(access((o.output_dir + "/.msa-data-abc123").c_str(), F_OK), 0);
+  EXPECT_EQ(read_file(o.output_dir + "/zz.tok/keep"), "x");
+  EXPECT_EQ(read_tokens({o.output_dir + "/new-00000.tok"}).size(), 10u);  // 9 bytes + EOS
+}
+
 // Identical shard files for every thread count and work-unit size (byte-level text documents are
 // split into pieces; JSONL pieces hold whole lines).
 TEST(TextShardsTest, ShardsDoNotDependOnThreadsOrPieces) {
