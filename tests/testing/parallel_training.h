@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
+#include <limits>
 #include <map>
 #include <memory>
 #include <string>
@@ -114,29 +116,40 @@ inline const char* phase_name(Phase p) {
 
 // The gradients of one training step (step 1, in `phase`, lr 1e-3) with `batch` sequences per
 // data-parallel rank, as full CPU tensors after the data-parallel reduction (the trainer's loss
-// scaling included), and the step's metrics (ParallelSetup).
+// scaling included), and the step's metrics (ParallelSetup). Split parameters are gathered over
+// tp; a replicated one is this rank's own copy, so that each tp rank's is checked. With zero1
+// the reduced gradients live in the optimizer's shards: grads is left empty and only
+// metrics.grad_norm (the norm the clipping uses) tells.
 struct StepGradients {
-  std::map<std::string, Tensor> grads;  // full tensors (gathered over tp)
+  std::map<std::string, Tensor> grads;  // full tensors
   StepMetrics metrics;
 };
 inline StepGradients step_gradients(const ModelConfig& c, const ProcessGroups* groups,
                                     int64_t batch, Phase phase, int grad_accum = 1,
-                                    Device device = Device::kCPU) {
-  ParallelSetup setup(c, groups, /*zero1=*/false, batch, 1, grad_accum,
+                                    Device device = Device::kCPU, bool zero1 = false) {
+  ParallelSetup setup(c, groups, zero1, batch, 1, grad_accum,
                       phase == Phase::kFrozenBackboneWarmup ? 1 : 0,
                       phase == Phase::kDenseAttention ? 1 : 0, device, 1e-3);
   Trainer trainer(setup.model, *setup.optimizer, *setup.data, setup.config);
   StepGradients r;
   r.metrics = trainer.train_step(1);
+  if (zero1) return r;
   std::map<std::string, Tensor> grads;
   for (Parameter& p : setup.model.params().all()) grads[p.spec.name] = p.grad.clone();
   r.grads = setup.full(std::move(grads));
   return r;
 }
 
-// Largest over tensors of ||a - b|| / ||b|| (L2): the relative difference of each tensor.
-// (Element-wise ratios are ill-posed for Adam's first steps, whose update is lr * g / |g| and so
-// flips with the last bit of a near-zero gradient's reduction order.)
+// |a - b| / |b|; +infinity when either is not finite (a NaN would pass EXPECT_LT otherwise).
+inline double rel_diff(double a, double b) {
+  if (!std::isfinite(a) || !std::isfinite(b)) return std::numeric_limits<double>::infinity();
+  return std::abs(a - b) / std::max(std::abs(b), 1e-300);
+}
+
+// Largest over tensors of ||a - b|| / ||b|| (L2): the relative difference of each tensor;
+// +infinity (naming that tensor) when either holds a NaN or an infinity. (Element-wise ratios
+// are ill-posed for Adam's first steps, whose update is lr * g / |g| and so flips with the last
+// bit of a near-zero gradient's reduction order.)
 inline double max_rel_diff(const std::map<std::string, Tensor>& a,
                            const std::map<std::string, Tensor>& b,
                            std::string* worst_name = nullptr) {
@@ -152,11 +165,26 @@ inline double max_rel_diff(const std::map<std::string, Tensor>& a,
       diff += (x[i] - y[i]) * (x[i] - y[i]);
       norm += y[i] * y[i];
     }
-    const double rel = std::sqrt(diff) / std::max(std::sqrt(norm), 1e-12);
+    // std::max and > both drop a NaN: test it (a NaN anywhere makes diff NaN, an inf makes it
+    // inf or NaN).
+    const double rel = std::isfinite(diff) && std::isfinite(norm)
+                           ? std::sqrt(diff) / std::max(std::sqrt(norm), 1e-12)
+                           : std::numeric_limits<double>::infinity();
     if (rel > worst && worst_name != nullptr) *worst_name = name;
     worst = std::max(worst, rel);
   }
   return worst;
+}
+
+// sqrt(sum of squares) over the tensors whose names `keep` accepts (all when null), in double.
+inline double l2_norm(const std::map<std::string, Tensor>& tensors,
+                      const std::function<bool(const std::string&)>& keep = nullptr) {
+  double sq = 0;
+  for (const auto& [name, t] : tensors) {
+    if (keep && !keep(name)) continue;
+    for (double v : t.to_double_vector()) sq += v * v;
+  }
+  return std::sqrt(sq);
 }
 
 }  // namespace msa::test
