@@ -219,14 +219,7 @@ absl::StatusOr<std::vector<std::string>> check_shard_dir(const std::string& dir,
                    s.c_str());
       continue;
     }
-    if (DIR* sd = ::opendir(s.c_str())) {
-      while (const dirent* e = ::readdir(sd)) {
-        const std::string name = e->d_name;
-        if (name != "." && name != "..") std::remove((s + "/" + name).c_str());
-      }
-      ::closedir(sd);
-    }
-    ::rmdir(s.c_str());
+    remove_flat_dir(s);
   }
   if (!shards.empty() && !overwrite)
     return absl::FailedPreconditionError(absl::StrFormat(
@@ -248,6 +241,17 @@ absl::StatusOr<std::vector<std::string>> check_shard_dir(const std::string& dir,
       files.push_back(metadata);
   }
   return files;
+}
+
+void remove_flat_dir(const std::string& dir) {
+  if (DIR* d = ::opendir(dir.c_str())) {
+    while (const dirent* e = ::readdir(d)) {
+      const std::string name = e->d_name;
+      if (name != "." && name != "..") std::remove((dir + "/" + name).c_str());
+    }
+    ::closedir(d);
+  }
+  ::rmdir(dir.c_str());
 }
 
 absl::Status prepare_shard_dir(const std::string& dir, bool overwrite) {

@@ -81,4 +81,8 @@ absl::StatusOr<std::vector<std::string>> check_shard_dir(const std::string& dir,
 // with the new ones).
 absl::Status prepare_shard_dir(const std::string& dir, bool overwrite);
 
+// Removes `dir` and the files directly inside it (a staging directory: flat, ours). Best effort:
+// what cannot be removed stays.
+void remove_flat_dir(const std::string& dir);
+
 }  // namespace msa

@@ -1,6 +1,5 @@
 #include "data/text_tokenizer.h"
 
-#include <dirent.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -188,15 +187,7 @@ class StagingDir {
     return std::unique_ptr<StagingDir>(new StagingDir(templ));
   }
   ~StagingDir() {
-    if (path_.empty()) return;
-    if (DIR* d = ::opendir(path_.c_str())) {
-      while (const dirent* e = ::readdir(d)) {
-        const std::string name = e->d_name;
-        if (name != "." && name != "..") std::remove((path_ + "/" + name).c_str());
-      }
-      ::closedir(d);
-    }
-    ::rmdir(path_.c_str());
+    if (!path_.empty()) remove_flat_dir(path_);
   }
   const std::string& path() const { return path_; }
 
