@@ -5,6 +5,7 @@
 #include <mpi.h>
 
 #include <cmath>
+#include <limits>
 #include <map>
 #include <string>
 #include <vector>
@@ -150,8 +151,11 @@ TEST_F(MpiNcclTest, VocabParallelCrossEntropyInBf16) {
 
 // Issue 5's GPU equivalence: bf16 training over NCCL at dp = world, at tp = 2 (and dp x tp when
 // the world allows) follows the one-GPU bf16 run with the same global batch: every step's loss
-// within 2% and the final master weights within 1% (relative L2 per tensor). The parallel runs
-// reduce in other orders and, with tp, all-reduce bf16 partial sums, so they are not bit-equal.
+// within 2%, and each tensor's update over the run (final minus initial master weights) within
+// 25% (relative L2) of the one-GPU run's update. Comparing updates, not weights: 10 AdamW steps
+// at lr 3e-4 move a weight by ~1e-3 relative, so a weight tolerance of 1% would also pass a
+// parallel run that did not train at all (its update gap is 1). The parallel runs reduce in
+// other orders and, with tp, all-reduce bf16 partial sums, so they are not bit-equal.
 void expect_bf16_training_matches_one_gpu(const ModelConfig& c, int tp, const char* what) {
   auto made = make_process_groups(tp, /*use_nccl=*/true);
   ASSERT_TRUE(made.ok()) << made.status();
@@ -163,20 +167,33 @@ void expect_bf16_training_matches_one_gpu(const ModelConfig& c, int tp, const ch
       test::train(c, &groups, false, 2, steps, 1, 0, 0, Device::kCUDA, 3e-4);
   ASSERT_EQ(parallel.losses.size(), single.losses.size());
   double worst = 0;
-  for (size_t s = 0; s < single.losses.size(); ++s)
-    worst = std::max(worst, std::abs(parallel.losses[s] - single.losses[s]) / single.losses[s]);
-  std::string worst_tensor;
-  const double params = test::max_rel_diff(parallel.params, single.params, &worst_tensor);
+  for (size_t s = 0; s < single.losses.size(); ++s) {
+    const double gap = std::abs(parallel.losses[s] - single.losses[s]) / single.losses[s];
+    worst = std::isfinite(gap) ? std::max(worst, gap) : std::numeric_limits<double>::infinity();
+  }
+  std::string worst_tensor, moved_tensor;
+  const double update_gap = test::max_rel_update_diff(parallel.params, single.params,
+                                                      single.initial_params, &worst_tensor);
+  // How far one GPU's run moved its weights (relative L2, the smallest over tensors): the scale
+  // the update gap is measured against.
+  double moved = std::numeric_limits<double>::infinity();
+  for (const auto& [name, t] : single.params) {
+    const double m = test::max_rel_diff({{name, t}}, {{name, single.initial_params.at(name)}});
+    if (m < moved) moved_tensor = name;
+    moved = std::min(moved, m);
+  }
   int rank = 0;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   if (rank == 0)
     std::printf(
         "%s, %s: loss %.4f -> %.4f (one GPU %.4f -> %.4f); worst step loss gap %.2e, "
-        "final weights rel. L2 gap %.2e (%s)\n",
+        "update gap %.2e (%s); smallest update %.2e of the weights (%s)\n",
         what, groups.describe().c_str(), parallel.losses.front(), parallel.losses.back(),
-        single.losses.front(), single.losses.back(), worst, params, worst_tensor.c_str());
+        single.losses.front(), single.losses.back(), worst, update_gap, worst_tensor.c_str(),
+        moved, moved_tensor.c_str());
+  EXPECT_GT(moved, 0.0) << "the one-GPU run did not change " << moved_tensor;
   EXPECT_LT(worst, 2e-2) << groups.describe();
-  EXPECT_LT(params, 1e-2) << groups.describe();
+  EXPECT_LT(update_gap, 0.25) << groups.describe() << ", worst " << worst_tensor;
 }
 
 ModelConfig gpu_tiny(bool msa_layers) {

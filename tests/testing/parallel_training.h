@@ -23,7 +23,8 @@ namespace msa::test {
 
 struct RunResult {
   std::vector<double> losses;
-  std::map<std::string, Tensor> params;  // full tensors
+  std::map<std::string, Tensor> params;          // full tensors, after training
+  std::map<std::string, Tensor> initial_params;  // full tensors, before the first step
 };
 
 // A tiny model, its AdamW and its kv-recall data (48 tokens, 3 facts) on a data x tensor-parallel
@@ -88,6 +89,7 @@ inline RunResult train(const ModelConfig& c, const ProcessGroups* groups, bool z
                       max_lr);
   Trainer trainer(setup.model, *setup.optimizer, *setup.data, setup.config);
   RunResult r;
+  r.initial_params = setup.full(setup.optimizer->master_weights());
   EXPECT_TRUE(trainer
                   .run(1,
                        [&](const StepMetrics& m) {
@@ -169,6 +171,37 @@ inline double max_rel_diff(const std::map<std::string, Tensor>& a,
     // inf or NaN).
     const double rel = std::isfinite(diff) && std::isfinite(norm)
                            ? std::sqrt(diff) / std::max(std::sqrt(norm), 1e-12)
+                           : std::numeric_limits<double>::infinity();
+    if (rel > worst && worst_name != nullptr) *worst_name = name;
+    worst = std::max(worst, rel);
+  }
+  return worst;
+}
+
+// The largest relative L2 difference, over tensors, between two runs' updates (final minus
+// initial weights): |(a - init) - (b - init)| / |b - init|. Unlike max_rel_diff of the weights,
+// a run that barely moved its weights cannot pass by being close to the initialization: a run
+// that changed nothing scores 1. NaN or inf scores inf.
+inline double max_rel_update_diff(const std::map<std::string, Tensor>& a,
+                                  const std::map<std::string, Tensor>& b,
+                                  const std::map<std::string, Tensor>& init,
+                                  std::string* worst_name = nullptr) {
+  double worst = 0;
+  EXPECT_EQ(a.size(), b.size());
+  for (const auto& [name, t] : b) {
+    EXPECT_TRUE(a.count(name) && init.count(name)) << name;
+    if (!a.count(name) || !init.count(name)) continue;
+    const auto x = a.at(name).to_double_vector(), y = t.to_double_vector();
+    const auto x0 = init.at(name).to_double_vector();
+    EXPECT_EQ(x.size(), y.size()) << name;
+    EXPECT_EQ(x0.size(), y.size()) << name;
+    double diff = 0, norm = 0;
+    for (size_t i = 0; i < std::min({x.size(), y.size(), x0.size()}); ++i) {
+      diff += (x[i] - y[i]) * (x[i] - y[i]);
+      norm += (y[i] - x0[i]) * (y[i] - x0[i]);
+    }
+    const double rel = std::isfinite(diff) && std::isfinite(norm)
+                           ? std::sqrt(diff) / std::max(std::sqrt(norm), 1e-30)
                            : std::numeric_limits<double>::infinity();
     if (rel > worst && worst_name != nullptr) *worst_name = name;
     worst = std::max(worst, rel);
