@@ -517,10 +517,6 @@ absl::Status run_train_program(TrainProgramOptions o) {
   MSA_ASSIGN_OR_RETURN(const Recompute recompute, parse_recompute(o.recompute));
   MSA_RETURN_IF_ERROR(check_tensor_parallel(o.model, o.tp));
   MSA_ASSIGN_OR_RETURN(Device device, choose_device(o.device));
-  if (device == Device::kCUDA && o.zero1)
-    return absl::InvalidArgumentError(
-        "invalid --zero1: ZeRO-1 sharding keeps its flat f32 shards in host memory and runs on "
-        "the CPU (MPI) only; on GPUs use plain data parallelism (drop --zero1) or --device=cpu");
   int gpu = -1;
   if (device == Device::kCUDA) {
     MSA_ASSIGN_OR_RETURN(gpu, select_cuda_device(node_local_rank(), o.gpu));

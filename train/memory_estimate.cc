@@ -149,7 +149,7 @@ absl::Status check_memory_fits(const MemoryEstimate& e, const MemoryEstimateOpti
   if (o.batch_size > 1) tries.push_back("a smaller --batch_size (with --grad_accum)");
   tries.push_back("a shorter --seq_len");
   tries.push_back("a larger --tp (more ranks share the weights)");
-  if (!o.cuda && o.dp > 1 && !o.zero1) tries.push_back("--zero1");
+  if (o.dp > 1 && !o.zero1) tries.push_back("--zero1");
   return absl::ResourceExhaustedError(absl::StrFormat(
       "not enough memory: the run needs ~%s per rank%s on %s, %s free; try %s; or "
       "--skip_memory_check to start anyway (the estimate: %s)",

@@ -11,7 +11,12 @@ AdamW::AdamW(ParameterSet& params, const OptimizerConfig& config)
   for (Parameter& p : params_.all()) {
     Slot s;
     s.param = &p;
-    s.master = p.value.dtype() == DType::kF32 ? p.value : p.value.to(DType::kF32);
+    // ZeRO-1 keeps f32 masters only for this rank's shard (master_shard_): a full f32 copy of
+    // bf16 weights would cost every rank 4 bytes per parameter, what sharding is meant to save.
+    if (p.value.dtype() == DType::kF32)
+      s.master = p.value;
+    else if (!sharded)
+      s.master = p.value.to(DType::kF32);
     if (!sharded) {
       s.m = Tensor::zeros(p.value.shape(), DType::kF32, p.value.device());
       s.v = Tensor::zeros(p.value.shape(), DType::kF32, p.value.device());
@@ -80,8 +85,11 @@ void AdamW::grads_ready(const std::vector<Parameter*>& params) {
 }
 
 void AdamW::init_zero1() {
-  MSA_CHECK(params_.all().empty() || params_.all()[0].value.is_cpu(),
-            "ZeRO-1 runs on CPU parameters with the MPI backend only");
+  // The shards live where the parameters do: host memory through MPI, GPU memory through NCCL.
+  device_ = params_.all().empty() ? Device::kCPU : params_.all()[0].value.device();
+  for (const Parameter& p : params_.all())
+    MSA_CHECK(p.value.device() == device_, "ZeRO-1: %s is on another device than %s",
+              p.spec.name, params_.all()[0].spec.name);
   int64_t offset = 0;
   for (Slot& s : slots_) {
     segments_.push_back({&s, offset});
@@ -93,15 +101,20 @@ void AdamW::init_zero1() {
   shard_begin_ = shard_size_ * config_.dp->rank();
   const Tensor flat = flat_from_params(/*grads=*/false);
   master_shard_ = flat.slice0(shard_begin_, shard_begin_ + shard_size_).clone();
-  m_shard_ = Tensor::zeros({shard_size_}, DType::kF32);
-  v_shard_ = Tensor::zeros({shard_size_}, DType::kF32);
-  grad_shard_ = Tensor::zeros({shard_size_}, DType::kF32);
+  m_shard_ = Tensor::zeros({shard_size_}, DType::kF32, device_);
+  v_shard_ = Tensor::zeros({shard_size_}, DType::kF32, device_);
+  grad_shard_ = Tensor::zeros({shard_size_}, DType::kF32, device_);
+  // The compute weights are all-gathered in their own dtype (bf16 on the GPU: half the bytes of
+  // the f32 masters) when they share one; f32 otherwise.
+  gather_dtype_ = params_.all().empty() ? DType::kF32 : params_.all()[0].value.dtype();
+  for (const Parameter& p : params_.all())
+    if (p.value.dtype() != gather_dtype_) gather_dtype_ = DType::kF32;
 }
 
 Tensor AdamW::flat_from_params(bool grads) const {
-  Tensor flat = Tensor::zeros({padded_}, DType::kF32);
+  Tensor flat = Tensor::zeros({padded_}, DType::kF32, device_);
   for (const Segment& seg : segments_) {
-    const Tensor& src = grads ? seg.slot->param->grad : seg.slot->master;
+    const Tensor& src = grads ? seg.slot->param->grad : seg.slot->param->value;
     const int64_t n = src.numel();
     flat.slice0(seg.flat_offset, seg.flat_offset + n).copy_from(src.to(DType::kF32).view({n}));
   }
@@ -138,15 +151,19 @@ double AdamW::grad_norm(const Filter& filter) const {
   // Squares of replicated parameters (whole on every tp rank) and of split ones (a piece each).
   double replicated = 0, split = 0;
   if (!segments_.empty()) {
+    std::vector<Tensor> pieces;
+    std::vector<bool> piece_replicated;
     for (const Segment& seg : segments_) {
       if (filter && !filter(seg.slot->param->spec)) continue;
       const int64_t n = seg.slot->param->value.numel();
       const int64_t b = std::max(seg.flat_offset, shard_begin_);
       const int64_t e = std::min(seg.flat_offset + n, shard_begin_ + shard_size_);
       if (b >= e) continue;
-      const double sq = sum_of_squares(grad_shard_.slice0(b - shard_begin_, e - shard_begin_));
-      (seg.slot->param->spec.tp_split == TpSplit::kReplicated ? replicated : split) += sq;
+      pieces.push_back(grad_shard_.slice0(b - shard_begin_, e - shard_begin_));
+      piece_replicated.push_back(seg.slot->param->spec.tp_split == TpSplit::kReplicated);
     }
+    const std::vector<double> sq = sums_of_squares(pieces);  // one device sync for all
+    for (size_t i = 0; i < sq.size(); ++i) (piece_replicated[i] ? replicated : split) += sq[i];
     replicated = config_.dp->all_reduce_sum(replicated);
     split = config_.dp->all_reduce_sum(split);
   } else {
@@ -195,14 +212,17 @@ void AdamW::step(int64_t step, double lr, double grad_norm, const Filter& filter
              v = v_shard_.slice0(lo, hi);
       adamw_update(master, grad_shard_.slice0(lo, hi), m, v, h);
     }
-    Tensor flat = Tensor::empty({padded_}, DType::kF32);
-    config_.dp->all_gather(master_shard_, flat);
+    // Every rank's updated shard, in the compute weights' dtype, into every rank's weights (f32
+    // parameters are their own masters).
+    const Tensor shard =
+        gather_dtype_ == DType::kF32 ? master_shard_ : master_shard_.to(gather_dtype_);
+    Tensor flat = Tensor::empty({padded_}, gather_dtype_, device_);
+    config_.dp->all_gather(shard, flat);
     for (const Segment& seg : segments_) {
-      Slot& s = *seg.slot;
-      const int64_t n = s.param->value.numel();
-      s.master.copy_from(flat.slice0(seg.flat_offset, seg.flat_offset + n).view(s.master.shape()));
-      if (s.master.raw_data() != s.param->value.raw_data())
-        s.param->value.copy_from(s.master.to(s.param->value.dtype()));
+      Parameter& p = *seg.slot->param;
+      const int64_t n = p.value.numel();
+      const Tensor piece = flat.slice0(seg.flat_offset, seg.flat_offset + n).view(p.value.shape());
+      p.value.copy_from(piece.dtype() == p.value.dtype() ? piece : piece.to(p.value.dtype()));
     }
     return;
   }
@@ -229,6 +249,7 @@ std::map<std::string, Tensor> collect(const std::vector<Parameter*>& params,
 }  // namespace
 
 std::map<std::string, Tensor> AdamW::master_weights() const {
+  if (!segments_.empty()) return gather_shard(master_shard_);
   std::vector<Parameter*> ps;
   std::vector<Tensor> ts;
   for (const Slot& s : slots_) {
@@ -239,13 +260,17 @@ std::map<std::string, Tensor> AdamW::master_weights() const {
 }
 
 std::map<std::string, Tensor> AdamW::gather_shard(const Tensor& shard) const {
-  Tensor flat = Tensor::empty({padded_}, DType::kF32);
-  config_.dp->all_gather(shard, flat);
+  Tensor flat = Tensor::empty({padded_}, DType::kF32, device_);
+  if (config_.dp != nullptr)
+    config_.dp->all_gather(shard, flat);
+  else
+    flat.copy_from(shard);
   std::map<std::string, Tensor> out;
   for (const Segment& seg : segments_) {
     const Parameter& p = *seg.slot->param;
     out[p.spec.name] = flat.slice0(seg.flat_offset, seg.flat_offset + p.value.numel())
                            .view(p.value.shape())
+                           .to(Device::kCPU)
                            .clone();
   }
   return out;
@@ -283,13 +308,20 @@ void AdamW::load_state(const std::map<std::string, Tensor>& masters,
       MSA_CHECK(it != from.end(), "optimizer state lacks %s", name);
       dst.copy_from(it->second.to(DType::kF32).to(dst.device()));
     };
-    put(masters, s.master);
+    if (s.master.defined()) {
+      put(masters, s.master);
+      if (s.master.raw_data() != s.param->value.raw_data())
+        s.param->value.copy_from(s.master.to(s.param->value.dtype()));
+    } else {  // ZeRO-1 without full masters: the compute weights from the given masters
+      auto it = masters.find(name);
+      MSA_CHECK(it != masters.end(), "optimizer state lacks %s", name);
+      s.param->value.copy_from(
+          it->second.to(DType::kF32).to(s.param->value.dtype()).to(s.param->value.device()));
+    }
     if (segments_.empty()) {
       if (!m.empty()) put(m, s.m);
       if (!v.empty()) put(v, s.v);
     }
-    if (s.master.raw_data() != s.param->value.raw_data())
-      s.param->value.copy_from(s.master.to(s.param->value.dtype()));
   }
   if (!segments_.empty()) {
     // This rank's shard of the full masters and moments.
@@ -300,7 +332,7 @@ void AdamW::load_state(const std::map<std::string, Tensor>& masters,
         flat.slice0(seg.flat_offset, seg.flat_offset + p.value.numel())
             .copy_from(full.at(p.spec.name).to(DType::kF32).view({p.value.numel()}));
       }
-      shard.copy_from(flat.slice0(shard_begin_, shard_begin_ + shard_size_));
+      shard.copy_from(flat.slice0(shard_begin_, shard_begin_ + shard_size_).to(device_));
     };
     shard_of(masters, master_shard_);
     if (!m.empty()) shard_of(m, m_shard_);
@@ -310,7 +342,7 @@ void AdamW::load_state(const std::map<std::string, Tensor>& masters,
 
 void AdamW::sync_masters_from_params() {
   for (Slot& s : slots_)
-    if (s.master.raw_data() != s.param->value.raw_data())
+    if (s.master.defined() && s.master.raw_data() != s.param->value.raw_data())
       s.master.copy_from(s.param->value.to(DType::kF32));
   if (!segments_.empty())
     master_shard_.copy_from(

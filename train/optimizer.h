@@ -22,7 +22,8 @@ struct OptimizerConfig {
   double grad_clip = 1.0;  // max global gradient norm; <= 0 disables clipping
   // Data parallelism (nullptr: one replica). Gradients are summed over the group in buckets of
   // bucket_bytes; with zero1 the group shards the fp32 masters and moments instead (ZeRO stage
-  // 1): gradients are reduce-scattered, each rank updates its shard, parameters are all-gathered.
+  // 1): gradients are reduce-scattered, each rank updates its shard, parameters are all-gathered
+  // (in the compute dtype: bf16 on the GPU). CPU parameters go through MPI, CUDA ones NCCL.
   Communicator* dp = nullptr;
   bool zero1 = false;
   int64_t bucket_bytes = 25 << 20;
@@ -75,7 +76,8 @@ class AdamW {
  private:
   struct Slot {
     Parameter* param;
-    Tensor master;  // f32; shares storage with param->value when that is f32
+    Tensor master;  // f32; shares storage with param->value when that is f32; undefined for
+                    // other dtypes under ZeRO-1 (the masters live in master_shard_ only)
     Tensor m, v;
   };
   // ZeRO-1: every parameter's elements in one flat index space [0, padded_), split into
@@ -107,6 +109,8 @@ class AdamW {
   std::map<const Parameter*, size_t> bucket_of_;
   bool reduction_armed_ = false;
   int64_t padded_ = 0, shard_begin_ = 0, shard_size_ = 0;
+  Device device_ = Device::kCPU;       // of the shards (the parameters' device)
+  DType gather_dtype_ = DType::kF32;  // of the weights' all-gather after each step
   Tensor master_shard_, m_shard_, v_shard_, grad_shard_;
 };
 
