@@ -230,17 +230,24 @@ absl::StatusOr<std::vector<std::string>> check_shard_dir(const std::string& dir,
   // with them.
   std::vector<std::string> files = shards;
   for (const std::string& s : shards) {
-    const size_t dash = s.rfind('-');
-    if (dash == std::string::npos || s.size() != dash + 10 || s.compare(dash + 6, 4, ".tok") != 0 ||
-        !std::all_of(s.begin() + dash + 1, s.begin() + dash + 6,
-                     [](char c) { return c >= '0' && c <= '9'; }))
-      continue;
-    const std::string metadata = s.substr(0, dash) + ".json";
+    const std::optional<std::string> path = shard_metadata_path(s);
+    if (!path) continue;
+    const std::string& metadata = *path;
     if (::access(metadata.c_str(), F_OK) == 0 &&
         std::find(files.begin(), files.end(), metadata) == files.end())
       files.push_back(metadata);
   }
   return files;
+}
+
+std::optional<std::string> shard_metadata_path(const std::string& shard) {
+  const size_t dash = shard.rfind('-');
+  if (dash == std::string::npos || shard.size() != dash + 10 ||
+      shard.compare(dash + 6, 4, ".tok") != 0 ||
+      !std::all_of(shard.begin() + dash + 1, shard.begin() + dash + 6,
+                   [](char c) { return c >= '0' && c <= '9'; }))
+    return std::nullopt;
+  return shard.substr(0, dash) + ".json";
 }
 
 void remove_flat_dir(const std::string& dir) {

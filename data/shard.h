@@ -15,6 +15,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -80,6 +81,10 @@ absl::StatusOr<std::vector<std::string>> check_shard_dir(const std::string& dir,
 // check_shard_dir, then deletes what it found (so that no stale shard of an earlier run is read
 // with the new ones).
 absl::Status prepare_shard_dir(const std::string& dir, bool overwrite);
+
+// The metadata file msa-data writes with the shard <dir>/<prefix>-NNNNN.tok: <dir>/<prefix>.json
+// (nullopt for a file not named so).
+std::optional<std::string> shard_metadata_path(const std::string& shard);
 
 // Removes `dir` and the files directly inside it (a staging directory: flat, ours). Best effort:
 // what cannot be removed stays.

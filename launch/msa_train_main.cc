@@ -84,6 +84,12 @@ ABSL_FLAG(double, synthetic_depth, -1,
           "Fractional depth (0..1) of the facts of the synthetic tasks; < 0: random per sample.");
 ABSL_FLAG(double, val_fraction, 0.01,
           "Token shards: fraction of the windows held out as the validation split.");
+ABSL_FLAG(bool, pack_documents, false,
+          "Token shards: treat the documents inside each training window as separate sequences "
+          "(attention, MSA block selection and index loss never cross a document start; RoPE "
+          "positions restart at each document). A document starts at the window's first token "
+          "and after every EOS; the EOS id comes from the shards' msa-data metadata file "
+          "<prefix>.json (refused without one). See docs/data.md.");
 ABSL_FLAG(int64_t, eval_every, 0, "Validation loss and perplexity every N steps (0: never).");
 ABSL_FLAG(int64_t, eval_batches, 8, "Validation batches per evaluation.");
 ABSL_FLAG(std::string, checkpoint_dir, "",
@@ -212,6 +218,7 @@ int main(int argc, char** argv) {
   to_int("synthetic_pairs", absl::GetFlag(FLAGS_synthetic_pairs), o.synthetic_pairs);
   o.synthetic_depth = absl::GetFlag(FLAGS_synthetic_depth);
   o.val_fraction = absl::GetFlag(FLAGS_val_fraction);
+  o.pack_documents = absl::GetFlag(FLAGS_pack_documents);
   o.eval_every = absl::GetFlag(FLAGS_eval_every);
   o.eval_batches = absl::GetFlag(FLAGS_eval_batches);
   o.checkpoint_dir = absl::GetFlag(FLAGS_checkpoint_dir);

@@ -83,6 +83,11 @@ absl::Status validate_run(const TrainProgramOptions& o) {
     return bad("rope_theta", absl::StrFormat("%g must be finite and > 0", o.model.rope_theta));
   if (!(finite(o.model.norm_eps) && o.model.norm_eps > 0))
     return bad("norm_eps", absl::StrFormat("%g must be finite and > 0", o.model.norm_eps));
+  if (o.pack_documents && absl::StartsWith(o.data, "synthetic:"))
+    return bad("pack_documents",
+               absl::StrFormat("needs token shards written by msa-data (their metadata names the "
+                               "EOS id that ends each document); --data=%s has no documents",
+                               o.data));
   if (!(o.val_fraction >= 0 && o.val_fraction < 1))
     return bad("val_fraction", absl::StrFormat("%g is not in [0, 1)", o.val_fraction));
   if (o.trainer.max_nonfinite_steps < 1)
@@ -254,7 +259,7 @@ absl::StatusOr<std::unique_ptr<BatchSource>> make_source(const TrainProgramOptio
   }
   const std::string glob = absl::StartsWith(o.data, "shards:") ? o.data.substr(7) : o.data;
   auto source = make_shard_source(glob, o.model.vocab_size, o.batch_size, o.seq_len, o.val_fraction,
-                                  o.seed, layout, validation);
+                                  o.seed, layout, validation, o.pack_documents);
   if (!source.ok()) return annotate(source.status(), "invalid --data");
   return source;
 }
@@ -265,6 +270,7 @@ std::string run_json(const TrainProgramOptions& o) {
   j["data"] = o.data;
   j["batch_size"] = o.batch_size;
   j["seq_len"] = o.seq_len;
+  j["pack_documents"] = o.pack_documents;
   j["seed"] = o.seed;
   j["steps"] = o.trainer.steps;
   j["grad_accum"] = o.trainer.grad_accum;

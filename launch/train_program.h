@@ -28,6 +28,9 @@ struct TrainProgramOptions {
   int synthetic_pairs = 4;      // facts per sample of synthetic:kv-recall
   double synthetic_depth = -1;  // depth of the facts (< 0: random per sample)
   double val_fraction = 0.01;   // shards: fraction of windows held out for validation
+  // Shards: each window's documents (split at the EOS id of the shards' metadata) are separate
+  // sequences to attention, MSA selection, index loss and RoPE (model/document_segments.h).
+  bool pack_documents = false;
   int64_t eval_every = 0;       // validation loss / perplexity every N steps (0: off)
   int64_t eval_batches = 8;
   std::string checkpoint_dir;    // where ckpt-<step>.h5 files go ("" = no checkpoints)

@@ -7,6 +7,7 @@
 #include "kernels/matmul.h"
 #include "kernels/norm.h"
 #include "kernels/rope.h"
+#include "model/segmented_kernels.h"
 
 namespace msa {
 namespace {
@@ -37,6 +38,8 @@ void attention_block_forward(const ModelConfig& c, int layer, ParameterSet& para
   const DType dt = x.dtype(), st = stats_dtype(x);
   const Device dev = x.device();
   const double scale = 1.0 / std::sqrt(static_cast<double>(d));
+  act.documents = options.documents;
+  const DocumentSegments* docs = act.documents.get();
 
   act.xn = Tensor::empty({N, D}, dt, dev);
   act.rstd = Tensor::empty({N}, st, dev);
@@ -68,12 +71,12 @@ void attention_block_forward(const ModelConfig& c, int layer, ParameterSet& para
   }
   act.q_rope = Tensor::empty({batch, T, H, d}, dt, dev);
   act.k_rope = Tensor::empty({batch, T, G, d}, dt, dev);
-  rope_forward(q_pre.view({batch, T, H, d}), c.rope(), act.q_rope);
-  rope_forward(k_pre.view({batch, T, G, d}), c.rope(), act.k_rope);
+  segmented_rope_forward(docs, q_pre.view({batch, T, H, d}), c.rope(), act.q_rope);
+  segmented_rope_forward(docs, k_pre.view({batch, T, G, d}), c.rope(), act.k_rope);
   const Tensor v4 = act.v.view({batch, T, G, d});
 
   act.att = Tensor::empty({batch, T, H, d}, dt, dev);
-  act.lse = Tensor::empty({batch, H, T}, st, dev);
+  act.lse = segmented_lse_empty(docs, batch, H, T, st, dev);
   const bool reuse = options.reuse_index && c.layer_kind(layer) == AttentionKind::kMsa;
   if (!reuse) {
     act.selection.reset();
@@ -85,7 +88,7 @@ void attention_block_forward(const ModelConfig& c, int layer, ParameterSet& para
   act.block_recall = -1;
 
   if (c.layer_kind(layer) == AttentionKind::kDense) {
-    attention_forward(act.q_rope, act.k_rope, v4, scale, act.att, act.lse);
+    segmented_attention_forward(docs, act.q_rope, act.k_rope, v4, scale, act.att, act.lse);
   } else if (reuse) {
     // Recomputation: the selection and the index branch's gradients are this step's already.
     const bool sparse = options.msa_mode == MsaMode::kSparse;
@@ -93,10 +96,10 @@ void attention_block_forward(const ModelConfig& c, int layer, ParameterSet& para
       MSA_CHECK(act.selection.has_value(), "layer %d: recomputation without the forward's selection",
                 layer);
       act.sparse_attention = true;
-      msa_sparse_attention_forward(act.q_rope, act.k_rope, v4, *act.selection, scale, act.att,
-                                   act.lse);
+      segmented_msa_sparse_attention_forward(docs, act.q_rope, act.k_rope, v4, *act.selection,
+                                             scale, act.att, act.lse);
     } else {
-      attention_forward(act.q_rope, act.k_rope, v4, scale, act.att, act.lse);
+      segmented_attention_forward(docs, act.q_rope, act.k_rope, v4, scale, act.att, act.lse);
     }
   } else {
     const int dI = c.msa.index_dim;
@@ -112,7 +115,7 @@ void attention_block_forward(const ModelConfig& c, int layer, ParameterSet& para
     const bool measure_recall = options.recall_query_stride > 0;
     if (sparse || measure_recall) {
       act.selection = BlockSelection::allocate(batch, T, G, c.msa.block_size, c.msa.topk, dev);
-      msa_index_topk(iq, ik, *act.selection);
+      segmented_msa_index_topk(docs, iq, ik, *act.selection);
     }
 
     // Gradients of the index loss: f32 on CUDA (bf16 activations), the compute dtype on the CPU.
@@ -123,18 +126,18 @@ void attention_block_forward(const ModelConfig& c, int layer, ParameterSet& para
     if (sparse) {
       // Teacher: the sparse main branch's own probabilities over the selected tokens (its lse).
       act.sparse_attention = true;
-      msa_sparse_attention_forward(act.q_rope, act.k_rope, v4, *act.selection, scale, act.att,
-                                   act.lse);
-      r = msa_index_loss(IndexLossMode::kSparse, act.q_rope, act.k_rope, act.lse, *act.selection,
-                         iq, ik, scale, 1.0, diq, dik);
+      segmented_msa_sparse_attention_forward(docs, act.q_rope, act.k_rope, v4, *act.selection,
+                                             scale, act.att, act.lse);
+      r = segmented_msa_index_loss(docs, IndexLossMode::kSparse, act.q_rope, act.k_rope, act.lse,
+                                   *act.selection, iq, ik, scale, 1.0, diq, dik);
     } else {
       // Warm-up: dense attention, teacher over every causal token (the selection is not used).
-      attention_forward(act.q_rope, act.k_rope, v4, scale, act.att, act.lse);
+      segmented_attention_forward(docs, act.q_rope, act.k_rope, v4, scale, act.att, act.lse);
       BlockSelection unused;  // sizes only
       unused.block_size = c.msa.block_size;
       unused.topk = c.msa.topk;
-      r = msa_index_loss(IndexLossMode::kDenseTarget, act.q_rope, act.k_rope, act.lse, unused,
-                         iq, ik, scale, 1.0, diq, dik);
+      r = segmented_msa_index_loss(docs, IndexLossMode::kDenseTarget, act.q_rope, act.k_rope,
+                                   act.lse, unused, iq, ik, scale, 1.0, diq, dik);
     }
     act.index_loss = r.loss;
     act.index_rows = r.n_rows;
@@ -153,10 +156,10 @@ void attention_block_forward(const ModelConfig& c, int layer, ParameterSet& para
       linear_backward(dik.view({N, dI}), act.xn, wik.value, none, act.dwik, none);
     }
     if (measure_recall) {
-      act.index_recall = msa_index_recall(act.q_rope, act.k_rope, *act.selection, scale,
-                                          options.recall_query_stride);
-      act.block_recall = msa_block_recall(act.q_rope, act.k_rope, *act.selection, scale,
-                                          options.recall_query_stride);
+      act.index_recall = segmented_msa_index_recall(docs, act.q_rope, act.k_rope, *act.selection,
+                                                    scale, options.recall_query_stride);
+      act.block_recall = segmented_msa_block_recall(docs, act.q_rope, act.k_rope, *act.selection,
+                                                    scale, options.recall_query_stride);
     }
   }
 
@@ -199,17 +202,18 @@ void attention_block_backward(const ModelConfig& c, int layer, ParameterSet& par
   Tensor dv = Tensor::empty({batch, T, G, d}, dt, dev);
   const Tensor v4 = act.v.view({batch, T, G, d});
   const Tensor datt4 = datt.view({batch, T, H, d});
+  const DocumentSegments* docs = act.documents.get();
   if (act.sparse_attention) {
-    msa_sparse_attention_backward(datt4, act.q_rope, act.k_rope, v4, act.att, act.lse,
-                                  *act.selection, scale, dq_rope, dk_rope, dv);
+    segmented_msa_sparse_attention_backward(docs, datt4, act.q_rope, act.k_rope, v4, act.att,
+                                            act.lse, *act.selection, scale, dq_rope, dk_rope, dv);
   } else {
-    attention_backward(datt4, act.q_rope, act.k_rope, v4, act.att, act.lse, scale, dq_rope, dk_rope,
-                       dv);
+    segmented_attention_backward(docs, datt4, act.q_rope, act.k_rope, v4, act.att, act.lse, scale,
+                                 dq_rope, dk_rope, dv);
   }
 
   // RoPE backward in place, then the q/k norm.
-  rope_backward(dq_rope, c.rope(), dq_rope);
-  rope_backward(dk_rope, c.rope(), dk_rope);
+  segmented_rope_backward(docs, dq_rope, c.rope(), dq_rope);
+  segmented_rope_backward(docs, dk_rope, c.rope(), dk_rope);
   Tensor dq = dq_rope.view({N, H * d}), dk = dk_rope.view({N, G * d});
   if (c.qk_norm) {
     Tensor dq_pre = Tensor::empty({N * H, d}, dt, dev);

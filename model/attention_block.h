@@ -10,10 +10,12 @@
 // differentiable).
 #pragma once
 
+#include <memory>
 #include <optional>
 
 #include "core/tensor.h"
 #include "kernels/msa.h"
+#include "model/document_segments.h"
 #include "model/model_config.h"
 #include "model/parameters.h"
 
@@ -33,6 +35,9 @@ struct AttentionActivations {
   Tensor qn, kn, rstd_q, rstd_k;  // after q/k RMSNorm (qk_norm only), [N*H, d] / [N*G, d]
   Tensor q_rope, k_rope;          // [batch, T, H, d], [batch, T, G, d]
   Tensor att, lse;                // attention output [batch, T, H, d], log-sum-exp [batch, H, T]
+                                  // (packed documents: model/segmented_kernels.h's layout)
+  // The documents of a packed batch (null: each row is one sequence), from the forward's options.
+  std::shared_ptr<const DocumentSegments> documents;
   // MSA only (the index queries iq [batch, T, G, d_I] and shared keys ik [batch, T, d_I] live
   // only inside the forward).
   // The selection (sparse mode always; warm-up mode only when recall is measured).
@@ -57,6 +62,10 @@ struct AttentionBlockOptions {
   // Recomputation in the backward: `act` still holds this step's selection, index loss and
   // dwiq / dwik from the forward; keep them instead of running the indexer and the loss again.
   bool reuse_index = false;
+  // Packed documents (msa-train --pack_documents): attention, RoPE positions, the MSA selection
+  // and the index loss stay inside each document (model/segmented_kernels.h). Null: each row is
+  // one sequence.
+  std::shared_ptr<const DocumentSegments> documents;
 };
 
 // x [N, D] (the residual stream). Writes the attention's contribution y [N, D] (before the

@@ -65,6 +65,7 @@ namespace {
 void drop_tensors(AttentionActivations& act) {
   AttentionActivations kept;
   kept.selection = std::move(act.selection);
+  kept.documents = std::move(act.documents);
   kept.dwiq = std::move(act.dwiq);
   kept.dwik = std::move(act.dwik);
   kept.index_loss = act.index_loss;
@@ -165,6 +166,11 @@ ForwardResult Transformer::forward(const Tensor& tokens, const Tensor& targets,
   attn_options.msa_mode = options.msa_mode;
   attn_options.compute_index_grads = options.for_backward;
   attn_options.recall_query_stride = options.recall_query_stride;
+  MSA_CHECK(!options.documents ||
+                (options.documents->batch() == batch_ && options.documents->seq_len() == T_),
+            "document segments for [%d, %d] given with tokens %s", options.documents->batch(),
+            options.documents->seq_len(), tokens.describe());
+  attn_options.documents = options.documents;
   attn_options_ = attn_options;
   const bool drop = options.for_backward && recompute_ != Recompute::kNone;
 

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -24,6 +25,9 @@ struct ForwardOptions {
   MsaMode msa_mode = MsaMode::kSparse;
   bool for_backward = true;         // keep what backward needs (index gradients included)
   int64_t recall_query_stride = 0;  // > 0: measure each MSA layer's index and block recall
+  // Packed documents (model/document_segments.h) for this batch: each document attends, ranks
+  // blocks and counts RoPE positions on its own. Null: each row is one sequence.
+  std::shared_ptr<const DocumentSegments> documents;
 };
 
 struct ForwardResult {

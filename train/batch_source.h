@@ -6,16 +6,28 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "core/tensor.h"
+#include "model/document_segments.h"
 
 namespace msa {
 
 struct Batch {
   Tensor tokens;   // i32 [batch, T] on the CPU
   Tensor targets;  // i32 [batch, T] on the CPU; -100 = ignored
+  // Packed documents (--pack_documents): per row, the positions where a document starts (0 first,
+  // ascending; data/document_starts.h). Empty: each row is one sequence.
+  std::vector<std::vector<int64_t>> doc_starts;
 };
+
+// The batch's documents for ForwardOptions::documents (null when it carries no document starts).
+inline std::shared_ptr<const DocumentSegments> batch_documents(const Batch& b) {
+  if (b.doc_starts.empty()) return nullptr;
+  return std::make_shared<const DocumentSegments>(
+      DocumentSegments::from_starts(b.tokens.size(0), b.tokens.size(1), b.doc_starts));
+}
 
 class BatchSource {
  public:
@@ -40,9 +52,13 @@ struct DataLayout {
 
 // Windows of token shards (data/window_sampler.h): `glob` names the shards; `validation` selects
 // the held-out split (batch b of a validation source is always the same windows).
+// pack_documents: batches carry each row's document starts, found from the EOS id of the shards'
+// msa-data metadata (data/document_starts.h; fails naming --pack_documents without one). Targets
+// are the same either way: the target of a document's EOS is the next document's first token.
 absl::StatusOr<std::unique_ptr<BatchSource>> make_shard_source(
     const std::string& glob, int64_t vocab_size, int64_t batch, int64_t seq_len,
-    double val_fraction, uint64_t seed, const DataLayout& layout, bool validation);
+    double val_fraction, uint64_t seed, const DataLayout& layout, bool validation,
+    bool pack_documents = false);
 
 // A synthetic retrieval task (data/synthetic.h), generated on the fly: sample n of the run is
 // make_synthetic_sample(config, n). The validation source draws from a disjoint seed.

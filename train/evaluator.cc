@@ -12,6 +12,7 @@ EvalResult evaluate(Transformer& model, BatchSource& source, int n_batches, MsaM
   options.for_backward = false;
   for (int i = 0; i < n_batches; ++i) {
     Batch b = source.get(i + 1, 0);
+    options.documents = batch_documents(b);
     ForwardResult f = model.forward(b.tokens.to(model.device()), b.targets.to(model.device()), options);
     weighted += f.lm_loss * f.n_targets;
     r.tokens += f.n_targets;

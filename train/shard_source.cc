@@ -1,9 +1,11 @@
 // BatchSource over token shards: each sequence is one window of the
 // WindowSampler.
+#include <optional>
 #include <utility>
 
 #include "absl/strings/str_format.h"
 #include "core/status.h"
+#include "data/document_starts.h"
 #include "data/window_sampler.h"
 #include "train/batch_source.h"
 
@@ -13,12 +15,16 @@ namespace {
 class ShardSource : public BatchSource {
  public:
   ShardSource(std::unique_ptr<WindowSampler> sampler, int64_t batch, const DataLayout& layout,
-              bool validation)
-      : sampler_(std::move(sampler)), batch_(batch), layout_(layout), validation_(validation) {}
+              bool validation, std::optional<int32_t> eos_id)
+      : sampler_(std::move(sampler)),
+        batch_(batch),
+        layout_(layout),
+        validation_(validation),
+        eos_id_(eos_id) {}
 
   Batch get(int64_t step, int micro) override {
     const int64_t T = sampler_->seq_len();
-    Batch b{Tensor::empty({batch_, T}, DType::kI32), Tensor::empty({batch_, T}, DType::kI32)};
+    Batch b{Tensor::empty({batch_, T}, DType::kI32), Tensor::empty({batch_, T}, DType::kI32), {}};
     std::vector<int32_t> window(T + 1);
     for (int64_t i = 0; i < batch_; ++i) {
       const int64_t w =
@@ -28,13 +34,20 @@ class ShardSource : public BatchSource {
       sampler_->read_window(w, window.data());
       std::copy(window.begin(), window.end() - 1, b.tokens.data<int32_t>() + i * T);
       std::copy(window.begin() + 1, window.end(), b.targets.data<int32_t>() + i * T);
+      // The target of a document's last token (its EOS) is the next document's first token. It
+      // stays a target, as in Megatron-LM (eod_mask_loss off): the EOS position sees only its own
+      // document, so it learns which tokens start a document (there is no BOS to condition on),
+      // and packed and unpacked runs count the same targets.
+      if (eos_id_)
+        b.doc_starts.push_back(document_starts(absl::MakeConstSpan(window.data(), T), *eos_id_));
     }
     return b;
   }
 
   std::string describe() const override {
-    return absl::StrFormat("%s (%s split)", sampler_->describe(),
-                           validation_ ? "validation" : "training");
+    return absl::StrFormat("%s (%s split%s)", sampler_->describe(),
+                           validation_ ? "validation" : "training",
+                           eos_id_ ? absl::StrFormat(", documents packed: EOS %d", *eos_id_) : "");
   }
 
  private:
@@ -42,21 +55,29 @@ class ShardSource : public BatchSource {
   int64_t batch_;
   DataLayout layout_;
   bool validation_;
+  std::optional<int32_t> eos_id_;  // packing documents: the id that ends each one
 };
 
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<BatchSource>> make_shard_source(
     const std::string& glob, int64_t vocab_size, int64_t batch, int64_t seq_len,
-    double val_fraction, uint64_t seed, const DataLayout& layout, bool validation) {
+    double val_fraction, uint64_t seed, const DataLayout& layout, bool validation,
+    bool pack_documents) {
   MSA_ASSIGN_OR_RETURN(std::unique_ptr<WindowSampler> sampler,
                        WindowSampler::open(glob, seq_len, vocab_size, val_fraction, seed));
+  std::optional<int32_t> eos_id;
+  if (pack_documents) {
+    std::vector<std::string> paths;
+    for (const auto& shard : sampler->shards()) paths.push_back(shard->path());
+    MSA_ASSIGN_OR_RETURN(eos_id, shards_eos_id(paths));
+  }
   if (validation && sampler->num_val_windows() == 0) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "'%s': no validation windows (set --val_fraction > 0 to hold some out)", glob));
   }
   return std::unique_ptr<BatchSource>(
-      new ShardSource(std::move(sampler), batch, layout, validation));
+      new ShardSource(std::move(sampler), batch, layout, validation, eos_id));
 }
 
 }  // namespace msa

@@ -52,6 +52,7 @@ StepMetrics Trainer::train_step(int64_t step) {
   for (int micro = 0; micro < config_.grad_accum; ++micro) {
     const Batch& b = batches[micro];
     options.recall_query_stride = measure_recall && micro == 0 ? config_.recall_query_stride : 0;
+    options.documents = batch_documents(b);
     ForwardResult r =
         model_.forward(b.tokens.to(model_.device()), b.targets.to(model_.device()), options);
     const double lm_share =

@@ -227,6 +227,37 @@ TEST(MpiGradientsTest, EveryParametersFullGradientMatchesOneRank) {
                 worst_where.c_str());
 }
 
+// Packed documents (--pack_documents) on every layout: each document of a row attends, selects
+// blocks and runs the index loss on its own on every tp rank's heads, and the index loss keeps its
+// mean over all rows. Documents of 5 (shorter than a block of 8), 8, 27 (4 blocks, top-3: sparse)
+// and 8 tokens in each 48-token row.
+TEST(MpiGradientsTest, PackedDocumentsGradientsMatchOneRank) {
+  const std::vector<int64_t> starts = {0, 5, 13, 40};
+  for (int tp : tp_sizes()) {
+    const ProcessGroups groups = groups_or_die(tp);
+    for (Stack stack : {Stack::kMsa, Stack::kHybridQwenStyle})
+      for (test::Phase phase : {test::Phase::kSparse, test::Phase::kDenseAttention}) {
+        const Case k{&groups, stack, phase, 1};
+        const ModelConfig c = tiny(stack);
+        const test::StepGradients one = test::step_gradients(c, nullptr, 2 * groups.dp_size, phase,
+                                                             1, Device::kCPU, false, starts);
+        const test::StepGradients many =
+            test::step_gradients(c, &groups, 2, phase, 1, Device::kCPU, false, starts);
+        for (const auto& [name, rel] : rel_diffs_over_ranks(many.grads, one.grads))
+          EXPECT_LT(rel, kTol) << name << "; " << k.describe() << "; documents packed";
+        EXPECT_LT(max_over_ranks(test::rel_diff(many.metrics.index_loss, one.metrics.index_loss)),
+                  kTol)
+            << k.describe() << "; documents packed";
+        // Not vacuous: the documents change the gradients.
+        const test::StepGradients unpacked = single_rank(k);
+        double moved = 0;
+        for (const auto& [name, rel] : rel_diffs_over_ranks(unpacked.grads, one.grads))
+          moved = std::max(moved, rel);
+        EXPECT_GT(moved, 1e-2) << k.describe();
+      }
+  }
+}
+
 // Norm weights, the q/k norms and the shared index key W_IK are whole on every tp rank; each
 // rank's backward computes a part of their gradient (its heads', its FFN columns', its KV
 // groups'), which must be summed over tp exactly once. Checked on each tp rank's own copy.

@@ -80,6 +80,24 @@ struct ParallelSetup {
   TrainerConfig config;
 };
 
+// Packed documents (--pack_documents) for the harness: every row of `inner`'s batches gets the
+// same document starts, so a batch's documents do not depend on how it is split over ranks.
+class FixedDocumentsSource : public BatchSource {
+ public:
+  FixedDocumentsSource(std::unique_ptr<BatchSource> inner, std::vector<int64_t> starts)
+      : inner_(std::move(inner)), starts_(std::move(starts)) {}
+  Batch get(int64_t step, int micro) override {
+    Batch b = inner_->get(step, micro);
+    b.doc_starts.assign(b.tokens.size(0), starts_);
+    return b;
+  }
+  std::string describe() const override { return inner_->describe() + ", documents packed"; }
+
+ private:
+  std::unique_ptr<BatchSource> inner_;
+  std::vector<int64_t> starts_;
+};
+
 // Trains `steps` steps with `batch` sequences per data-parallel rank (ParallelSetup).
 inline RunResult train(const ModelConfig& c, const ProcessGroups* groups, bool zero1, int64_t batch,
                        int steps, int grad_accum = 1, int64_t index_warmup = 0,
@@ -121,17 +139,21 @@ inline const char* phase_name(Phase p) {
 // scaling included), and the step's metrics (ParallelSetup). Split parameters are gathered over
 // tp; a replicated one is this rank's own copy, so that each tp rank's is checked. With zero1
 // the reduced gradients live in the optimizer's shards: grads is left empty and only
-// metrics.grad_norm (the norm the clipping uses) tells.
+// metrics.grad_norm (the norm the clipping uses) tells. doc_starts non-empty: every row holds
+// documents starting there (FixedDocumentsSource).
 struct StepGradients {
   std::map<std::string, Tensor> grads;  // full tensors
   StepMetrics metrics;
 };
 inline StepGradients step_gradients(const ModelConfig& c, const ProcessGroups* groups,
                                     int64_t batch, Phase phase, int grad_accum = 1,
-                                    Device device = Device::kCPU, bool zero1 = false) {
+                                    Device device = Device::kCPU, bool zero1 = false,
+                                    const std::vector<int64_t>& doc_starts = {}) {
   ParallelSetup setup(c, groups, zero1, batch, 1, grad_accum,
                       phase == Phase::kFrozenBackboneWarmup ? 1 : 0,
                       phase == Phase::kDenseAttention ? 1 : 0, device, 1e-3);
+  if (!doc_starts.empty())
+    setup.data = std::make_unique<FixedDocumentsSource>(std::move(setup.data), doc_starts);
   Trainer trainer(setup.model, *setup.optimizer, *setup.data, setup.config);
   StepGradients r;
   r.metrics = trainer.train_step(1);
