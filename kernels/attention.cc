@@ -1,6 +1,7 @@
 // Device dispatch for kernels/attention.h.
 #include "kernels/attention.h"
 
+#include "core/deterministic.h"
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/dtype_dispatch.h"
 #if MSA_HAS_CUDA
@@ -70,7 +71,9 @@ void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, co
   check_same_device(q, dv, "q", "dv");
   if (q.is_cuda()) {
 #if MSA_HAS_CUDA
-    if (q.dtype() == DType::kBF16 && !cuda::attention_fallback_forced() &&
+    // cuDNN's fused backward accumulates dQ with f32 atomics (run-to-run last-bit differences);
+    // deterministic mode takes the fallback's backward, which sums in a fixed order (slower).
+    if (q.dtype() == DType::kBF16 && !cuda::attention_fallback_forced() && !deterministic() &&
         cuda::cudnn_attention_backward(dout, q, k, v, out, lse, scale, dq, dk, dv, dims))
       return;
     cuda::fallback_attention_backward(dout, q, k, v, out, lse, scale, dq, dk, dv, dims);

@@ -138,6 +138,11 @@ ABSL_FLAG(bool, skip_memory_check, false,
           "Start even when the memory estimate (logged at startup: parameters, gradients, AdamW "
           "state, activations per --recompute) exceeds the free memory of the GPU (CUDA) or the "
           "node (CPU MemAvailable); without it such a run is refused before allocating.");
+ABSL_FLAG(bool, deterministic, false,
+          "Bit-reproducible runs: two GPU runs with the same flags give bit-identical losses and "
+          "weights (same GPU model, software and layout), at a speed cost: fixed-order kernel "
+          "variants instead of f32 atomics, and the slower fallback kernel for the dense attention "
+          "backward instead of cuDNN's. On the CPU everything is deterministic already (no-op).");
 ABSL_FLAG(int64_t, bucket_mb, 25, "Data-parallel gradient all-reduce bucket size in MB.");
 ABSL_FLAG(double, dense_attention_fraction, 0.02,
           "Index warm-up, on by default: for the first ceil(F * --steps) steps (after any "
@@ -234,6 +239,7 @@ int main(int argc, char** argv) {
   to_int("gpu", absl::GetFlag(FLAGS_gpu), o.gpu);
   o.bucket_mb = absl::GetFlag(FLAGS_bucket_mb);
   o.recompute = absl::GetFlag(FLAGS_recompute);
+  o.deterministic = absl::GetFlag(FLAGS_deterministic);
   o.memory_check = !absl::GetFlag(FLAGS_skip_memory_check);
   o.dense_attention_steps = absl::GetFlag(FLAGS_dense_attention_steps);
   o.dense_attention_fraction = absl::GetFlag(FLAGS_dense_attention_fraction);

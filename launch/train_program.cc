@@ -17,6 +17,7 @@
 #include "absl/strings/str_join.h"
 #include "core/communicator.h"
 #include "core/cuda_device.h"
+#include "core/deterministic.h"
 #include "core/status.h"
 #include "launch/available_memory.h"
 #include "launch/hf_rope_config.h"
@@ -296,6 +297,7 @@ std::string layout_json(const TrainProgramOptions& o) {
   j["bucket_mb"] = o.bucket_mb;
   j["device"] = o.device;
   j["recompute"] = o.recompute;
+  j["deterministic"] = o.deterministic;
   j["checkpoint_dir"] = o.checkpoint_dir;
   j["checkpoint_every"] = o.checkpoint_every;
   j["resume"] = o.resume;
@@ -527,6 +529,8 @@ absl::Status run_train_program(TrainProgramOptions o) {
   if (device == Device::kCUDA) {
     MSA_ASSIGN_OR_RETURN(gpu, select_cuda_device(node_local_rank(), o.gpu));
   }
+  // Process-wide: read by the kernels at each call (in-process tests restore it on return).
+  const ScopedDeterministic deterministic_mode(o.deterministic);
   int world_size = 1;
   MPI_Comm_size(MPI_COMM_WORLD, &world_size);
   MSA_ASSIGN_OR_RETURN(ProcessGroups groups,
@@ -660,6 +664,12 @@ absl::Status run_train_program(TrainProgramOptions o) {
         recompute == Recompute::kNone
             ? ""
             : absl::StrFormat(", recompute %s", recompute_name(recompute)).c_str());
+  if (leader && o.deterministic)
+    std::printf("msa-train: deterministic: %s\n",
+                device == Device::kCUDA
+                    ? "fixed-order GPU kernels (sorted work lists, no f32 atomics, the fallback "
+                      "dense attention backward instead of cuDNN's); slower"
+                    : "the CPU kernels are deterministic anyway (nothing changes)");
   if (leader)
     std::printf(
         "msa-train: data %s, batch %lld x %lld tokens per data-parallel rank, steps %lld..%lld\n",

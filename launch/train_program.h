@@ -46,6 +46,9 @@ struct TrainProgramOptions {
   int64_t bucket_mb = 25;          // data-parallel gradient all-reduce bucket size
   int gpu = -1;                    // CUDA device of this rank (< 0: node-local rank % device count)
   std::string recompute = "none";  // activation recomputation: none, attention or full
+  // Bit-reproducible GPU runs (core/deterministic.h): fixed-order variants of the kernels that
+  // otherwise sum in a run-dependent order; slower. CPU runs are deterministic either way.
+  bool deterministic = false;
   // Refuse to start when the memory estimate (train/memory_estimate.h) exceeds the free memory
   // of the device (CUDA) or the node (CPU); false skips the check (the estimate is still logged).
   bool memory_check = true;

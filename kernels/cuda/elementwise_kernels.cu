@@ -1,8 +1,11 @@
 // Memory-bound elementwise kernels: residual adds and scaling, SwiGLU, embedding and the
 // bias-gradient column sums. All arithmetic is f32; bf16 is only the storage format. Each
 // kernel is a grid-stride loop, so any size launches the same way.
+#include <cub/cub.cuh>
+
 #include <cmath>
 
+#include "core/deterministic.h"
 #include "kernels/cuda/dense_cuda.h"
 #include "kernels/cuda/device_math.cuh"
 
@@ -107,7 +110,7 @@ __global__ void embedding_forward_kernel(const int32_t* tokens, const bf16* tabl
 }
 
 // Atomics: the same token can occur many times in a batch. f32 atomics make the sum's order
-// (and its last bits) vary from run to run; the CPU path is the bit-exact one.
+// (and its last bits) vary from run to run; deterministic mode takes the sorted kernel below.
 __global__ void embedding_backward_kernel(const bf16* dout, const int32_t* tokens, float* dtable,
                                           int64_t N, int64_t D, int64_t v0, int64_t V) {
   MSA_GRID_STRIDE(i, N * D) {
@@ -115,6 +118,30 @@ __global__ void embedding_backward_kernel(const bf16* dout, const int32_t* token
     const int64_t row = static_cast<int64_t>(tokens[n]) - v0;
     if (row >= 0 && row < V) atomicAdd(dtable + row * D + c, load_f(dout, i));
   }
+}
+
+// Deterministic embedding backward (core/deterministic.h): the tokens sorted stably with their
+// positions (equal tokens keep ascending n), then the thread of (run start i, column c) adds the
+// run's rows in that order. One run per distinct token: a frequent token is a long serial loop,
+// but each step of it reads D consecutive values across the run's threads.
+__global__ void embedding_backward_sorted_kernel(const bf16* dout, const int32_t* sorted_tokens,
+                                                 const int32_t* sorted_pos, float* dtable,
+                                                 int64_t N, int64_t D, int64_t v0, int64_t V) {
+  MSA_GRID_STRIDE(i, N * D) {
+    const int64_t n = i / D, c = i % D;
+    const int32_t tok = sorted_tokens[n];
+    if (n > 0 && sorted_tokens[n - 1] == tok) continue;  // not the start of a run
+    const int64_t row = static_cast<int64_t>(tok) - v0;
+    if (row < 0 || row >= V) continue;
+    float acc = dtable[row * D + c];
+    for (int64_t m = n; m < N && sorted_tokens[m] == tok; ++m)
+      acc += load_f(dout, static_cast<int64_t>(sorted_pos[m]) * D + c);
+    dtable[row * D + c] = acc;
+  }
+}
+
+__global__ void iota_kernel(int32_t* x, int64_t n) {
+  MSA_GRID_STRIDE(i, n) x[i] = static_cast<int32_t>(i);
 }
 
 // dbias[c] += sum_n dy[n, c]: a block of 32 x 8 threads owns 32 columns; its 8 rows of threads
@@ -210,6 +237,30 @@ void embedding_backward(const Tensor& dout, const Tensor& tokens, int64_t vocab_
   const int64_t N = tokens.numel(), D = dtable.size(1), V = dtable.size(0);
   if (N == 0) return;
   check_dtype(dtable, DType::kF32, "embedding_backward (CUDA): dtable");
+  if (deterministic()) {
+    MSA_CHECK(N < (int64_t(1) << 31), "embedding_backward (CUDA): %lld tokens (> 2^31)",
+              static_cast<long long>(N));
+    const int n = static_cast<int>(N);
+    Tensor pos = Tensor::empty({N}, DType::kI32, Device::kCUDA);
+    Tensor sorted_tokens = Tensor::empty({N}, DType::kI32, Device::kCUDA);
+    Tensor sorted_pos = Tensor::empty({N}, DType::kI32, Device::kCUDA);
+    iota_kernel<<<grid_blocks(N), 256>>>(pos.data<int32_t>(), N);
+    MSA_CUDA_CHECK_LAUNCH("iota_kernel");
+    size_t bytes = 0;
+    MSA_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(
+        nullptr, bytes, tokens.data<int32_t>(), sorted_tokens.data<int32_t>(), pos.data<int32_t>(),
+        sorted_pos.data<int32_t>(), n));
+    Tensor tmp = Tensor::empty({static_cast<int64_t>(bytes / 4) + 1}, DType::kI32, Device::kCUDA);
+    // Radix sort is stable: equal tokens keep ascending positions, so the sum order is fixed.
+    MSA_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(
+        tmp.raw_data(), bytes, tokens.data<int32_t>(), sorted_tokens.data<int32_t>(),
+        pos.data<int32_t>(), sorted_pos.data<int32_t>(), n));
+    embedding_backward_sorted_kernel<<<grid_blocks(N * D), 256>>>(
+        dout.data<bf16>(), sorted_tokens.data<int32_t>(), sorted_pos.data<int32_t>(),
+        dtable.data<float>(), N, D, vocab_begin, V);
+    MSA_CUDA_CHECK_LAUNCH("embedding_backward_sorted_kernel");
+    return;
+  }
   embedding_backward_kernel<<<grid_blocks(N * D), 256>>>(
       dout.data<bf16>(), tokens.data<int32_t>(), dtable.data<float>(), N, D, vocab_begin, V);
   MSA_CUDA_CHECK_LAUNCH("embedding_backward_kernel");

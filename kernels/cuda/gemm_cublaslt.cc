@@ -11,12 +11,20 @@
 // value per output feature). Algorithms come from cuBLASLt's heuristic once per (shape, layout,
 // types, alignment) and are cached with their descriptors: the heuristic costs tens of
 // microseconds, more than a small GEMM.
+//
+// Determinism: cuBLAS(Lt) documents bit-wise identical results run to run for one algorithm on
+// the same GPU model and toolkit (its split-K in-place reduction orders the parts with counters),
+// and the cached choice is a function of the key alone. Deterministic mode (core/deterministic.h)
+// caps the key's alignments at 16 bytes (the most any algorithm needs), so the choice depends on
+// shapes and slice offsets only, never on where the allocator placed a buffer.
+#include <algorithm>
 #include <cstdint>
 #include <map>
 #include <mutex>
 #include <tuple>
 
 #include "core/cuda/cuda_check.h"
+#include "core/deterministic.h"
 #include "kernels/cuda/cuda_context.h"
 #include "kernels/cuda/dense_cuda.h"
 
@@ -31,9 +39,10 @@ struct GemmKey {
   cudaDataType_t c_type;
   bool bias, accumulate;
   int align_a, align_b, align_c;
+  bool deterministic;
   auto tie() const {
     return std::tie(m, n, k, lda, ldb, ldc, trans_a, trans_b, c_type, bias, accumulate, align_a,
-                    align_b, align_c);
+                    align_b, align_c, deterministic);
   }
   bool operator<(const GemmKey& o) const { return tie() < o.tie(); }
 };
@@ -114,10 +123,13 @@ void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const voi
     MSA_CHECK(accumulate, "gemm: k = 0 without accumulation is not supported");
     return;
   }
-  const GemmKey key{m,       n,           k,       lda,
-                    ldb,     ldc,         trans_a, trans_b,
-                    c_type,  bias != nullptr,      accumulate,
-                    pointer_alignment(a), pointer_alignment(b), pointer_alignment(c)};
+  const bool det = deterministic();
+  auto align = [&](const void* p) {
+    return det ? std::min(pointer_alignment(p), 16) : pointer_alignment(p);
+  };
+  const GemmKey key{m,        n,        k,        lda,     ldb,        ldc,
+                    trans_a,  trans_b,  c_type,   bias != nullptr,     accumulate,
+                    align(a), align(b), align(c), det};
   const GemmPlan& p = plan_for(key);
   if (bias != nullptr)
     MSA_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER,

@@ -18,7 +18,10 @@
 //
 // Work lists: for each (sequence, group, key block), the queries that selected the block and the
 // slot they selected it in, built by a count / exclusive scan (CUB) / fill pass. Order inside a
-// list does not matter (each (query, slot) owns its partial), so the result is deterministic.
+// list does not matter to the forward (each (query, slot) owns its partial), so its result is
+// deterministic; the backward sums dK/dV over a list in list order, which the atomic cursors of
+// list_fill_kernel vary from run to run, so deterministic mode (core/deterministic.h) sorts each
+// list (sort_work_lists) before the backward.
 // This file's forward uses mma.sync (any sm_80+ GPU, head_dim 64/128, block 64/128; shared memory
 // rows padded by 16 bytes so ldmatrix is conflict-free); on Hopper at head_dim 128 / block 128 the
 // wgmma kernel of msa_attention_fwd_wgmma.cu replaces it (same lists, partials and combine).
@@ -30,6 +33,7 @@
 
 #include "core/bf16.h"
 #include "core/cuda/cuda_check.h"
+#include "core/deterministic.h"
 #include "kernels/cuda/kv_outer_common.cuh"
 #include "kernels/cuda/mma_sm80.cuh"
 #include "kernels/cuda/msa_cuda.h"
@@ -752,6 +756,10 @@ void run_kv_outer_backward(const Tensor& dout, const Tensor& q, const Tensor& k,
       list_fill_kernel<<<grid_rows, 256>>>(idx, cnt, start.data<int32_t>(),
                                            cursor.data<int32_t>(), entries.data<int32_t>(), 1, a);
       MSA_CUDA_CHECK_LAUNCH("list_fill_kernel");
+      // dK/dV sum a list's rows in list order: fix it (ascending entry) in deterministic mode.
+      if (deterministic())
+        kv_outer::sort_work_lists(entries.data<int32_t>(), rows * d.topk, start.data<int32_t>(),
+                                  lists);
       if (wgmma) {
         kv_outer::launch_wgmma_backward(qb, kb, vb, dob, lb, db, start.data<int32_t>(),
                                         entries.data<int32_t>(), static_cast<float>(scale),
@@ -852,6 +860,26 @@ void build_work_lists(const int32_t* indices, const int32_t* counts, const KvDim
                                                static_cast<int>(lists + 1)));
   list_fill_kernel<<<grid_rows, 256>>>(indices, counts, list_start, cursor, entries, 1, a);
   MSA_CUDA_CHECK_LAUNCH("list_fill_kernel");
+  if (deterministic()) sort_work_lists(entries, rows * a.K, list_start, lists);
+}
+
+void sort_work_lists(int32_t* entries, int64_t capacity, const int32_t* list_start,
+                     int64_t lists) {
+  if (capacity == 0 || lists == 0) return;
+  const int n = static_cast<int>(capacity), segments = static_cast<int>(lists);
+  size_t bytes = 0;
+  MSA_CUDA_CHECK(cub::DeviceSegmentedSort::SortKeys(nullptr, bytes, entries,
+                                                    static_cast<int32_t*>(nullptr), n, segments,
+                                                    list_start, list_start + 1));
+  // Temporaries, like the other buffers of this file (deterministic mode only).
+  Tensor sorted = Tensor::empty({capacity}, DType::kI32, Device::kCUDA);
+  Tensor tmp = Tensor::empty({static_cast<int64_t>(bytes / 4) + 1}, DType::kI32, Device::kCUDA);
+  MSA_CUDA_CHECK(cub::DeviceSegmentedSort::SortKeys(tmp.raw_data(), bytes, entries,
+                                                    sorted.data<int32_t>(), n, segments,
+                                                    list_start, list_start + 1));
+  // Entries outside every list are never read; copying them along is harmless.
+  MSA_CUDA_CHECK(cudaMemcpyAsync(entries, sorted.raw_data(), capacity * sizeof(int32_t),
+                                 cudaMemcpyDeviceToDevice, nullptr));
 }
 
 void build_work_items(const int32_t* list_start, int64_t lists, int tile_queries, int min_tiles,

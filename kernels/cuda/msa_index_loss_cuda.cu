@@ -47,9 +47,15 @@
 //   reduce_final_kernel: the sum over rows in double, a fixed tree (deterministic).
 //
 // Determinism: lseQ, the sparse KL and the sum are deterministic; diq, dik and the dense mode's
-// per-row sums are f32 atomics (the order varies: last-bit differences between runs).
+// per-row sums are f32 atomics (the order varies: last-bit differences between runs). In
+// deterministic mode (core/deterministic.h) each contribution goes to its own slot instead --
+// sparse: diq per (t, g, slot), dik per (work item, key); dense: per key block j (launches of a
+// few blocks at a time) for diq and the row sums, per CTA (c, j, g) for dik -- and small kernels
+// add the slots in a fixed order (GradArgs). The work lists are sorted too (build_work_lists), so
+// the tiles, and with them the in-CTA sums, are the same on every run.
 // Queries run in chunks (sparse; the work lists and partials are per chunk) sized by a memory
-// budget; MSA_INDEX_LOSS_CHUNK=N forces N-token chunks (tests). MSA_INDEX_LOSS=reference makes
+// budget; MSA_INDEX_LOSS_CHUNK=N forces N-token chunks (tests), and MSA_INDEX_LOSS_DET_BLOCKS=N
+// N key blocks per dense launch in deterministic mode (tests). MSA_INDEX_LOSS=reference makes
 // index_loss_cuda_supported false (the CPU reference runs on host copies).
 #include <algorithm>
 #include <cmath>
@@ -60,6 +66,7 @@
 
 #include "core/bf16.h"
 #include "core/cuda/cuda_check.h"
+#include "core/deterministic.h"
 #include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/kv_outer_common.cuh"
 #include "kernels/cuda/mma_sm80.cuh"
@@ -348,6 +355,15 @@ struct GradArgs {
   float scale_log2;  // teacher scale * log2e
   float s_scale;     // 1 / sqrt(dI)
   float factor;      // weight / (n_rows sqrt(dI)), applied to both gradients
+  // Deterministic mode (core/deterministic.h, the kernel's kDet): instead of f32 atomics, every
+  // contribution is stored to its own partial slot and fixed-order kernels add the slots.
+  //   sparse: diq_part [(t - t0) G + g][slot][DI], dik_part [work item][BK][DI].
+  //   dense, key blocks [j0, j0 + grid.y): diq_part [j - j0][t G + g][DI],
+  //     sums_part [j - j0][t G + g][3], dik_part [j - j0][g][c][BK][DI] (c = blockIdx.x).
+  float* diq_part = nullptr;
+  float* dik_part = nullptr;
+  float* sums_part = nullptr;
+  int64_t j0 = 0;  // dense: the first key block of this launch (blockIdx.y = j - j0)
 };
 
 // Shared-memory carve-up of loss_grad_kernel (byte offsets; every piece a multiple of 16 bytes).
@@ -408,7 +424,9 @@ __device__ __forceinline__ void atomic_add2(float* p, float x, float y) {
 //   g) takes tokens [max(jB, c kDenseTokens), min(T, (c + 1) kDenseTokens)); kl_out = per-row
 //   sums [t G + g][3] (zeroed by the caller, f32 atomics).
 // kl sums per token: [0] sum P log P, [1] sum P S, [2] sum P.
-template <int D, int DI, bool kDense>
+// kDet: deterministic mode (the slots of GradArgs), a separate instantiation so that the
+// default kernel stays as it was.
+template <int D, int DI, bool kDense, bool kDet>
 __global__ void __launch_bounds__(kMaxThreadsB)
     loss_grad_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k,
                      const float* __restrict__ lse, const bf16* __restrict__ iq,
@@ -441,7 +459,7 @@ __global__ void __launch_bounds__(kMaxThreadsB)
   int32_t begin, end;
   int tile_begin, tile_end;
   if constexpr (kDense) {
-    j = blockIdx.y;
+    j = a.j0 + blockIdx.y;
     g = blockIdx.z;
     const int64_t lo = max(j * BK, static_cast<int64_t>(blockIdx.x) * kDenseTokens);
     const int64_t hi = min(a.T, static_cast<int64_t>(blockIdx.x + 1) * kDenseTokens);
@@ -682,10 +700,21 @@ __global__ void __launch_bounds__(kMaxThreadsB)
       for (int hf = 0; hf < 2; ++hf) {
         const int i = mt * 16 + grp + 8 * hf;
         if (lim_t[i] < 0) continue;
-        float* dst = diq + (static_cast<int64_t>(tok_t[i]) * a.G + g) * DI + np * 16 + 2 * tig;
+        const int64_t row = static_cast<int64_t>(tok_t[i]) * a.G + g;
+        if constexpr (kDet) {  // deterministic: this (row, slot or block)'s own slot
+          const int64_t prow = kDense ? (j - a.j0) * a.T * a.G + row
+                                      : ((row - a.t0 * a.G) * a.K + slot_s[tb * M + i]);
+          float* dst = a.diq_part + prow * DI + np * 16 + 2 * tig;
 #pragma unroll
-        for (int n2 = 0; n2 < 2; ++n2)
-          atomic_add2(dst + n2 * 8, acc[n2][2 * hf] * a.factor, acc[n2][2 * hf + 1] * a.factor);
+          for (int n2 = 0; n2 < 2; ++n2)
+            *reinterpret_cast<float2*>(dst + n2 * 8) =
+                make_float2(acc[n2][2 * hf] * a.factor, acc[n2][2 * hf + 1] * a.factor);
+        } else {
+          float* dst = diq + row * DI + np * 16 + 2 * tig;
+#pragma unroll
+          for (int n2 = 0; n2 < 2; ++n2)
+            atomic_add2(dst + n2 * 8, acc[n2][2 * hf] * a.factor, acc[n2][2 * hf + 1] * a.factor);
+        }
       }
     }
     // The tile's KL sums, per token over the warps in order.
@@ -696,9 +725,15 @@ __global__ void __launch_bounds__(kMaxThreadsB)
         for (int x = 0; x < 3; ++x) v[x] += red[(w * M + tid) * 3 + x];
       const int64_t t = tok_t[tid];
       if constexpr (kDense) {
-        float* o = kl_out + (t * a.G + g) * 3;
+        if constexpr (kDet) {  // deterministic: block j's own slot of the row
+          float* o = a.sums_part + ((j - a.j0) * a.T * a.G + t * a.G + g) * 3;
 #pragma unroll
-        for (int x = 0; x < 3; ++x) atomicAdd(o + x, v[x]);
+          for (int x = 0; x < 3; ++x) o[x] = v[x];
+        } else {
+          float* o = kl_out + (t * a.G + g) * 3;
+#pragma unroll
+          for (int x = 0; x < 3; ++x) atomicAdd(o + x, v[x]);
+        }
       } else {
         float* o = kl_out + (((t - a.t0) * a.G + g) * a.K + slot_s[tb * M + tid]) * 3;
 #pragma unroll
@@ -706,16 +741,29 @@ __global__ void __launch_bounds__(kMaxThreadsB)
       }
     }
   }
-  // This warp's keys of dik.
+  // This warp's keys of dik (deterministic: this CTA's own [BK][DI] slot, all keys written).
+  if constexpr (kDet) {
+    const int64_t slot = kDense ? (((j - a.j0) * a.G + g) * gridDim.x + blockIdx.x)
+                                : static_cast<int64_t>(blockIdx.x);
 #pragma unroll
-  for (int nt = 0; nt < DI / 8; ++nt)
+    for (int nt = 0; nt < DI / 8; ++nt)
 #pragma unroll
-    for (int hf = 0; hf < 2; ++hf) {
-      const int64_t s = j * BK + warp * 16 + grp + 8 * hf;
-      if (s < a.T)
-        atomic_add2(dik + s * DI + nt * 8 + 2 * tig, dk[nt][2 * hf] * a.factor,
-                    dk[nt][2 * hf + 1] * a.factor);
-    }
+      for (int hf = 0; hf < 2; ++hf) {
+        const int key = warp * 16 + grp + 8 * hf;
+        *reinterpret_cast<float2*>(a.dik_part + (slot * BK + key) * DI + nt * 8 + 2 * tig) =
+            make_float2(dk[nt][2 * hf] * a.factor, dk[nt][2 * hf + 1] * a.factor);
+      }
+  } else {
+#pragma unroll
+    for (int nt = 0; nt < DI / 8; ++nt)
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        const int64_t s = j * BK + warp * 16 + grp + 8 * hf;
+        if (s < a.T)
+          atomic_add2(dik + s * DI + nt * 8 + 2 * tig, dk[nt][2 * hf] * a.factor,
+                      dk[nt][2 * hf + 1] * a.factor);
+      }
+  }
 }
 
 // Row KL from the sums: sparse, the row's slot partials [(t - t0) G + g][slot][3]; dense, the
@@ -745,6 +793,84 @@ __global__ void kl_combine_kernel(const float* __restrict__ sums,
   // KL(P' || Q), P' = P / Pt: sum P' log P' - sum P' S + lseQ.
   row_kl[row] =
       Pt > 0 ? static_cast<float>((A - C) / Pt - log(Pt) + static_cast<double>(lseq[row])) : 0.0f;
+}
+
+// ---- deterministic mode: fixed-order sums of the partial slots (GradArgs) ----------------------
+
+// Sparse: diq[row] += the row's slots in slot order (rows of chunk [t0, t1); counts and diq
+// offset to the sequence).
+__global__ void diq_slots_kernel(const float* __restrict__ part, const int32_t* __restrict__ counts,
+                                 float* __restrict__ diq, KvDims a, int64_t DI) {
+  const int64_t n = (a.t1 - a.t0) * a.G * DI;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t row = i / DI, dim = i % DI, grow = a.t0 * a.G + row;
+    const int count = counts[grow];
+    float acc = diq[grow * DI + dim];
+    for (int s = 0; s < count; ++s) acc += part[(row * a.K + s) * DI + dim];
+    diq[grow * DI + dim] = acc;
+  }
+}
+
+// Sparse: dik[s] += the slots of the work items of s's block, groups in order, each list's items
+// in order (item_start: pass B's items of this chunk).
+__global__ void dik_items_kernel(const float* __restrict__ part,
+                                 const int32_t* __restrict__ item_start, float* __restrict__ dik,
+                                 int64_t T, int64_t G, int64_t nb, int BK, int64_t DI) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < T * DI;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t s = i / DI, dim = i % DI, j = s / BK, key = s % BK;
+    float acc = dik[i];
+    for (int64_t g = 0; g < G; ++g) {
+      const int64_t list = g * nb + j;
+      for (int32_t it = item_start[list]; it < item_start[list + 1]; ++it)
+        acc += part[(static_cast<int64_t>(it) * BK + key) * DI + dim];
+    }
+    dik[i] = acc;
+  }
+}
+
+// Dense, key blocks [j0, j1): diq[row] and row_sums[row] += blocks j0 .. min(j1, t / BK + 1) - 1
+// in order (block j reaches the tokens t >= jB only).
+__global__ void dense_rows_kernel(const float* __restrict__ diq_part,
+                                  const float* __restrict__ sums_part, float* __restrict__ diq,
+                                  float* __restrict__ row_sums, int64_t T, int64_t G, int64_t DI,
+                                  int BK, int64_t j0, int64_t j1) {
+  // Rows of tokens t < j0 B get nothing from these blocks: start at token j0 B.
+  const int64_t rows = T * G, r0 = min(rows, j0 * BK * G), n = (rows - r0) * (DI + 3);
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const bool is_diq = i < (rows - r0) * DI;
+    const int64_t width = is_diq ? DI : 3, k = is_diq ? i : i - (rows - r0) * DI;
+    const int64_t row = r0 + k / width, col = k % width, t = row / G;
+    const float* part = is_diq ? diq_part : sums_part;
+    float* out = is_diq ? diq : row_sums;
+    const int64_t jend = min(j1, t / BK + 1);
+    float acc = out[row * width + col];
+    for (int64_t j = j0; j < jend; ++j) acc += part[((j - j0) * rows + row) * width + col];
+    out[row * width + col] = acc;
+  }
+}
+
+// Dense, key blocks [j0, j1): dik[s] += the slots of the CTAs (c, j, g) of s's block, groups
+// then token ranges c in order; CTAs with c < jB / kDenseTokens had no tokens and wrote nothing.
+__global__ void dense_dik_kernel(const float* __restrict__ part, float* __restrict__ dik, int64_t T,
+                                 int64_t G, int64_t DI, int BK, int64_t j0, int64_t j1,
+                                 int64_t nc) {
+  const int64_t s0 = j0 * BK, n = (min(T, j1 * BK) - s0) * DI;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t s = s0 + i / DI, dim = i % DI, j = s / BK, key = s % BK;
+    float acc = dik[s * DI + dim];
+    for (int64_t g = 0; g < G; ++g)
+      for (int64_t c = j * BK / kDenseTokens; c < nc; ++c)
+        acc += part[((((j - j0) * G + g) * nc + c) * BK + key) * DI + dim];
+    dik[s * DI + dim] = acc;
+  }
+}
+
+unsigned reduce_grid(int64_t n) {
+  return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>((n + 255) / 256, 8192)));
 }
 
 constexpr int kReduceBlocks = 128;
@@ -864,8 +990,10 @@ cpu::IndexLossSums msa_index_loss_sparse(const Tensor& q, const Tensor& k, const
   const int64_t T = d.seq, G = d.groups, K = d.topk, H = d.heads, r = H / G;
   const int64_t D = d.dim, DI = d.index_dim, nb = d.num_blocks(), lists = G * nb;
   const int BK = static_cast<int>(d.block_size);
-  // Chunk: per token, entries (4 bytes) and the two passes' partials (2 + 3 floats) per (g, slot).
-  const int64_t per_token = G * K * 24;
+  // Chunk: per token, entries (4 bytes) and the two passes' partials (2 + 3 floats) per (g, slot);
+  // deterministic mode adds diq's slots (DI floats per (g, slot)).
+  const bool det = deterministic();
+  const int64_t per_token = G * K * (24 + (det ? DI * 4 : 0));
   int64_t chunk = std::max<int64_t>(64, (int64_t(1) << 30) / per_token);
   if (const char* c = std::getenv("MSA_INDEX_LOSS_CHUNK"))
     chunk = std::max<int64_t>(1, std::atoll(c));
@@ -890,6 +1018,11 @@ cpu::IndexLossSums msa_index_loss_sparse(const Tensor& q, const Tensor& k, const
   Tensor row_kl = Tensor::empty({result.n_rows}, DType::kF32, Device::kCUDA);
   const float s_log2 = static_cast<float>(1.4426950408889634 / std::sqrt(static_cast<double>(DI)));
   const GradSmem smem_b(static_cast<int>(D), static_cast<int>(DI), BK, static_cast<int>(r));
+  Tensor diq_part, dik_part;  // deterministic mode: GradArgs' partial slots
+  if (det) {
+    diq_part = Tensor::empty({chunk * G * K * DI}, DType::kF32, Device::kCUDA);
+    dik_part = Tensor::empty({bound_b * BK * DI}, DType::kF32, Device::kCUDA);
+  }
 
   for (int64_t b = 0; b < d.batch; ++b) {
     const bf16* qb = q.data<bf16>() + b * T * H * D;
@@ -933,11 +1066,16 @@ cpu::IndexLossSums msa_index_loss_sparse(const Tensor& q, const Tensor& k, const
       kv_outer::build_work_items(start.data<int32_t>(), lists, kTileB, kMinTilesB,
                                  item_len.data<int32_t>(), items_b.data<int32_t>(),
                                  item_list_b.data<int32_t>(), scan_tmp.raw_data(), scan_bytes);
-      const GradArgs ga = grad_args(d, scale, weight, t0);
+      GradArgs ga = grad_args(d, scale, weight, t0);
+      if (det) {
+        ga.diq_part = diq_part.data<float>();
+        ga.dik_part = dik_part.data<float>();
+      }
       with_pow2(D, [&](auto dd) {
         with_pow2(DI, [&](auto di) {
           constexpr int kD = decltype(dd)::value, kDI = decltype(di)::value;
-          auto kernel = loss_grad_kernel<kD, kDI, false>;
+          auto kernel = det ? loss_grad_kernel<kD, kDI, false, true>
+                            : loss_grad_kernel<kD, kDI, false, false>;
           set_smem(kernel, smem_b.bytes);
           kernel<<<static_cast<unsigned>(items_bound(rows, kTileB, kMinTilesB)), BK / 16 * 32,
                    smem_b.bytes>>>(qb, kb, lb, iqb, ikb, lseq.data<float>(), start.data<int32_t>(),
@@ -947,6 +1085,14 @@ cpu::IndexLossSums msa_index_loss_sparse(const Tensor& q, const Tensor& k, const
           MSA_CUDA_CHECK_LAUNCH("loss_grad_kernel (sparse)");
         });
       });
+      if (det) {
+        diq_slots_kernel<<<reduce_grid(rows * DI), 256>>>(diq_part.data<float>(), cnt, diqb, kd,
+                                                          DI);
+        MSA_CUDA_CHECK_LAUNCH("diq_slots_kernel");
+        dik_items_kernel<<<reduce_grid(T * DI), 256>>>(
+            dik_part.data<float>(), items_b.data<int32_t>(), dikb, T, G, nb, BK, DI);
+        MSA_CUDA_CHECK_LAUNCH("dik_items_kernel");
+      }
       kl_combine_kernel<false>
           <<<row_grid, 256>>>(part_b.data<float>(), cnt, lseq.data<float>(), klb, kd);
       MSA_CUDA_CHECK_LAUNCH("kl_combine_kernel");
@@ -977,6 +1123,21 @@ cpu::IndexLossSums msa_index_loss_dense(const Tensor& q, const Tensor& k, const 
   const GradSmem smem_b(static_cast<int>(D), static_cast<int>(DI), BK, static_cast<int>(r));
   const KvDims kd{T, H, G, 1, r, nb, 0, T};
   const GradArgs ga = grad_args(d, scale, weight, 0);
+  // Deterministic mode: key blocks in launches of jb blocks, each CTA's contributions in its own
+  // slots (GradArgs), added in a fixed order after each launch; jb keeps the slots under ~1 GB.
+  const bool det = deterministic();
+  const int64_t nc = (T + kDenseTokens - 1) / kDenseTokens;
+  const int64_t per_block = (T * G * (DI + 3) + G * nc * BK * DI) * 4;
+  int64_t jb =
+      det ? std::max<int64_t>(1, std::min<int64_t>(nb, (int64_t(1) << 30) / per_block)) : nb;
+  if (const char* e = std::getenv("MSA_INDEX_LOSS_DET_BLOCKS"); det && e != nullptr)
+    jb = std::clamp<int64_t>(std::atoll(e), 1, nb);  // tests: several launches at small T
+  Tensor diq_part, sums_part, dik_part;
+  if (det) {
+    diq_part = Tensor::empty({jb * T * G * DI}, DType::kF32, Device::kCUDA);
+    sums_part = Tensor::empty({jb * T * G * 3}, DType::kF32, Device::kCUDA);
+    dik_part = Tensor::empty({jb * G * nc * BK * DI}, DType::kF32, Device::kCUDA);
+  }
   const unsigned row_grid = static_cast<unsigned>((T * G + 255) / 256);
   for (int64_t b = 0; b < d.batch; ++b) {
     const bf16* qb = q.data<bf16>() + b * T * H * D;
@@ -996,19 +1157,39 @@ cpu::IndexLossSums msa_index_loss_dense(const Tensor& q, const Tensor& k, const 
       MSA_CUDA_CHECK_LAUNCH("student_lse_dense_kernel");
     });
     row_sums.zero_();
-    const dim3 grid(static_cast<unsigned>((T + kDenseTokens - 1) / kDenseTokens),
-                    static_cast<unsigned>(nb), static_cast<unsigned>(G));
-    with_pow2(D, [&](auto dd) {
-      with_pow2(DI, [&](auto di) {
-        constexpr int kD = decltype(dd)::value, kDI = decltype(di)::value;
-        auto kernel = loss_grad_kernel<kD, kDI, true>;
-        set_smem(kernel, smem_b.bytes);
-        kernel<<<grid, BK / 16 * 32, smem_b.bytes>>>(qb, kb, lb, iqb, ikb, lseq.data<float>(),
-                                                     nullptr, nullptr, nullptr, 0, nullptr, kd,
-                                                     row_sums.data<float>(), diqb, dikb, ga);
-        MSA_CUDA_CHECK_LAUNCH("loss_grad_kernel (dense)");
+    for (int64_t j0 = 0; j0 < nb; j0 += jb) {
+      const int64_t j1 = std::min(nb, j0 + jb);
+      GradArgs gj = ga;
+      if (det) {
+        gj.j0 = j0;
+        gj.diq_part = diq_part.data<float>();
+        gj.sums_part = sums_part.data<float>();
+        gj.dik_part = dik_part.data<float>();
+      }
+      const dim3 grid(static_cast<unsigned>(nc), static_cast<unsigned>(j1 - j0),
+                      static_cast<unsigned>(G));
+      with_pow2(D, [&](auto dd) {
+        with_pow2(DI, [&](auto di) {
+          constexpr int kD = decltype(dd)::value, kDI = decltype(di)::value;
+          auto kernel =
+              det ? loss_grad_kernel<kD, kDI, true, true> : loss_grad_kernel<kD, kDI, true, false>;
+          set_smem(kernel, smem_b.bytes);
+          kernel<<<grid, BK / 16 * 32, smem_b.bytes>>>(qb, kb, lb, iqb, ikb, lseq.data<float>(),
+                                                       nullptr, nullptr, nullptr, 0, nullptr, kd,
+                                                       row_sums.data<float>(), diqb, dikb, gj);
+          MSA_CUDA_CHECK_LAUNCH("loss_grad_kernel (dense)");
+        });
       });
-    });
+      if (det) {
+        dense_rows_kernel<<<reduce_grid((T - std::min(T, j0 * BK)) * G * (DI + 3)), 256>>>(
+            diq_part.data<float>(), sums_part.data<float>(), diqb, row_sums.data<float>(), T, G, DI,
+            BK, j0, j1);
+        MSA_CUDA_CHECK_LAUNCH("dense_rows_kernel");
+        dense_dik_kernel<<<reduce_grid((std::min(T, j1 * BK) - j0 * BK) * DI), 256>>>(
+            dik_part.data<float>(), dikb, T, G, DI, BK, j0, j1, nc);
+        MSA_CUDA_CHECK_LAUNCH("dense_dik_kernel");
+      }
+    }
     kl_combine_kernel<true>
         <<<row_grid, 256>>>(row_sums.data<float>(), nullptr, lseq.data<float>(), klb, kd);
     MSA_CUDA_CHECK_LAUNCH("kl_combine_kernel");

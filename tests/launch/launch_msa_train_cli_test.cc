@@ -50,7 +50,8 @@ TEST(MsaTrainCliTest, HelpListsEveryFlagWithDefault) {
                            "index_warmup_steps",
                            "dense_attention_fraction",
                            "dense_attention_steps",
-                           "recall_every"}) {
+                           "recall_every",
+                           "deterministic"}) {
     EXPECT_NE(r.output.find(std::string("-") + flag + " ("), std::string::npos) << flag;
   }
   EXPECT_NE(r.output.find("default: \"msa\""), std::string::npos);
@@ -83,6 +84,34 @@ TEST(MsaTrainCliTest, DefaultRunWarmsTheIndexUpWithDenseAttentionThenGoesSparse)
   EXPECT_EQ(line_of(3).find("warm-up"), std::string::npos) << line_of(3);
   EXPECT_NE(line_of(4).find("| recall "), std::string::npos) << line_of(4);
   EXPECT_NE(line_of(4).find("| block recall "), std::string::npos) << line_of(4);
+}
+
+// On the CPU --deterministic changes nothing (every CPU kernel is deterministic already): it is
+// accepted, says so, and two runs write identical metrics (full-precision losses and norms).
+TEST(MsaTrainCliTest, DeterministicOnTheCpuIsAcceptedAndRepeatsBitForBit) {
+  std::string metrics[2];
+  for (int run = 0; run < 2; ++run) {
+    const std::string path =
+        ::testing::TempDir() + "/deterministic_cpu_" + std::to_string(run) + ".jsonl";
+    std::remove(path.c_str());
+    CommandResult r = run_msa_train(
+        "--device=cpu --deterministic --vocab_size=96 --d_model=32 --n_layers=2 --n_heads=4 "
+        "--n_kv_heads=2 --head_dim=8 --ffn_dim=64 --attention=msa,dense --msa_block_size=8 "
+        "--msa_topk=2 --msa_index_dim=8 --seq_len=48 --batch_size=2 --data=synthetic:kv-recall "
+        "--steps=4 --dense_attention_steps=2 --recall_every=0 --metrics_jsonl=" + path);
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    EXPECT_NE(r.output.find("deterministic: the CPU kernels are deterministic anyway"),
+              std::string::npos)
+        << r.output;
+    FILE* f = std::fopen(path.c_str(), "r");
+    ASSERT_NE(f, nullptr) << path;
+    char buf[4096];
+    size_t n;
+    while ((n = std::fread(buf, 1, sizeof(buf), f)) > 0) metrics[run].append(buf, n);
+    std::fclose(f);
+  }
+  EXPECT_NE(metrics[0].find("\"step\":4"), std::string::npos) << metrics[0];
+  EXPECT_EQ(metrics[0], metrics[1]);
 }
 
 TEST(MsaTrainCliTest, BadWarmupFractionNamesTheFlag) {
