@@ -111,8 +111,12 @@ std::unique_ptr<Communicator> make_mpi_communicator(MPI_Comm comm) {
 }
 
 std::string ProcessGroups::describe() const {
-  return absl::StrFormat("world %d = dp %d x tp %d; rank %d is dp %d, tp %d", world_size, dp_size,
-                         tp_size, world_rank, dp_rank, tp_rank);
+  if (cp_size == 1)
+    return absl::StrFormat("world %d = dp %d x tp %d; rank %d is dp %d, tp %d", world_size, dp_size,
+                           tp_size, world_rank, dp_rank, tp_rank);
+  return absl::StrFormat("world %d = dp %d x cp %d x tp %d; rank %d is dp %d, cp %d, tp %d",
+                         world_size, dp_size, cp_size, tp_size, world_rank, dp_rank, cp_rank,
+                         tp_rank);
 }
 
 int node_local_rank() {
@@ -131,7 +135,7 @@ std::unique_ptr<Communicator> make_nccl_communicator(MPI_Comm) {
 }
 #endif
 
-absl::StatusOr<ProcessGroups> make_process_groups(int tp, bool nccl) {
+absl::StatusOr<ProcessGroups> make_process_groups(int tp, int cp, bool nccl) {
   int initialized = 0;
   MPI_Initialized(&initialized);
   MSA_CHECK(initialized, "make_process_groups: MPI is not initialized");
@@ -142,18 +146,33 @@ absl::StatusOr<ProcessGroups> make_process_groups(int tp, bool nccl) {
   if (tp < 1 || g.world_size % tp != 0)
     return absl::InvalidArgumentError(absl::StrFormat(
         "invalid --tp: %d does not divide the world size %d (mpirun -np)", tp, g.world_size));
+  if (cp < 1 || g.world_size % (tp * cp) != 0)
+    return absl::InvalidArgumentError(
+        absl::StrFormat("invalid --cp: --tp %d x --cp %d does not divide the world size %d "
+                        "(mpirun -np)",
+                        tp, cp, g.world_size));
   g.tp_size = tp;
-  g.dp_size = g.world_size / tp;
+  g.cp_size = cp;
+  g.dp_size = g.world_size / (tp * cp);
   g.tp_rank = g.world_rank % tp;
-  g.dp_rank = g.world_rank / tp;
-  // The split communicators live as long as the process (freed by MPI_Finalize).
-  MPI_Comm dp_comm, tp_comm;
-  MPI_Comm_split(MPI_COMM_WORLD, g.tp_rank, g.dp_rank, &dp_comm);
-  MPI_Comm_split(MPI_COMM_WORLD, g.dp_rank, g.tp_rank, &tp_comm);
+  g.cp_rank = (g.world_rank / tp) % cp;
+  g.dp_rank = g.world_rank / (tp * cp);
+  // The split communicators live as long as the process (freed by MPI_Finalize). Colours name
+  // what the members share; keys order them by the remaining coordinate.
+  MPI_Comm dp_comm, cp_comm, tp_comm;
+  MPI_Comm_split(MPI_COMM_WORLD, g.cp_rank * tp + g.tp_rank, g.dp_rank, &dp_comm);
+  MPI_Comm_split(MPI_COMM_WORLD, g.dp_rank * tp + g.tp_rank, g.cp_rank, &cp_comm);
+  MPI_Comm_split(MPI_COMM_WORLD, g.dp_rank * cp + g.cp_rank, g.tp_rank, &tp_comm);
   auto make = nccl ? make_nccl_communicator : make_mpi_communicator;
   g.world = make(MPI_COMM_WORLD);
   g.dp = make(dp_comm);
+  g.cp = make(cp_comm);
   g.tp = make(tp_comm);
+  if (cp > 1) {
+    MPI_Comm dp_cp_comm;
+    MPI_Comm_split(MPI_COMM_WORLD, g.tp_rank, g.dp_rank * cp + g.cp_rank, &dp_cp_comm);
+    g.dp_cp = make(dp_cp_comm);
+  }
   return g;
 }
 

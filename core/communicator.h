@@ -1,8 +1,9 @@
 // Collectives over a group of ranks (DESIGN.md section 5): one interface, an MPI backend for CPU
 // tensors. Every call is collective: all ranks of the group call it in the same order.
 //
-// Process groups: world = dp x tp with tp innermost, so world rank w is (dp = w / tp, tp = w % tp)
-// and the tp ranks of one dp replica are neighbours (one node).
+// Process groups: world = dp x cp x tp with tp innermost, then cp, so world rank w is
+// (dp = w / (tp cp), cp = (w / tp) % cp, tp = w % tp): the tp ranks of one context shard are
+// neighbours (one node), then the cp ranks of one dp replica.
 #pragma once
 
 #include <mpi.h>
@@ -59,15 +60,22 @@ struct ProcessGroups {
   int world_rank = 0, world_size = 1;
   int local_rank = 0;  // rank among the processes of this node (picks the GPU)
   int dp_rank = 0, dp_size = 1;
+  int cp_rank = 0, cp_size = 1;
   int tp_rank = 0, tp_size = 1;
-  std::unique_ptr<Communicator> world, dp, tp;
-  std::string describe() const;  // "world 4 = dp 2 x tp 2; rank 3 is dp 1, tp 1"
+  // dp: same (cp, tp) ranks; cp: same (dp, tp); tp: same (dp, cp). dp_cp: same tp rank, the
+  // dp x cp ranks that hold the same parameters and sum their gradients (set only when cp > 1).
+  std::unique_ptr<Communicator> world, dp, cp, tp, dp_cp;
+  // The group over which parameter gradients are summed (and ZeRO-1 shards the optimizer): dp x
+  // cp, which is dp itself without context parallelism.
+  Communicator* gradient_group() const { return dp_cp ? dp_cp.get() : dp.get(); }
+  std::string describe() const;  // "world 8 = dp 2 x cp 2 x tp 2; rank 3 is dp 0, cp 1, tp 1"
 };
 
-// Splits MPI_COMM_WORLD into data- and tensor-parallel groups. Fails (naming --tp) when tp does
-// not divide the world size. Requires MPI to be initialized. With `nccl` (CUDA builds; the CUDA
-// device must already be selected) every group also gets its NCCL communicator, once.
-absl::StatusOr<ProcessGroups> make_process_groups(int tp, bool nccl = false);
+// Splits MPI_COMM_WORLD into data-, context- and tensor-parallel groups. Fails (naming --tp or
+// --cp) when tp * cp does not divide the world size. Requires MPI to be initialized. With `nccl`
+// (CUDA builds; the CUDA device must already be selected) every group also gets its NCCL
+// communicator, once.
+absl::StatusOr<ProcessGroups> make_process_groups(int tp, int cp, bool nccl);
 
 // This process's rank among the processes on its node (MPI_COMM_TYPE_SHARED).
 int node_local_rank();

@@ -16,11 +16,18 @@ cpu::AttentionDims check_attention_args(const Tensor& q, const Tensor& k, const 
                                         const Tensor& out, const Tensor& lse, const char* op) {
   MSA_CHECK(q.ndim() == 4 && k.ndim() == 4, "%s: q %s and k %s must be 4-D", op, q.describe(),
             k.describe());
-  const cpu::AttentionDims dims{q.size(0), q.size(1), q.size(2), k.size(2), q.size(3)};
+  cpu::AttentionDims dims{q.size(0), q.size(1), q.size(2), k.size(2), q.size(3)};
+  dims.kv_seq = k.size(1);
   MSA_CHECK(dims.groups > 0 && dims.heads % dims.groups == 0,
             "%s: H = %d query heads is not a multiple of G = %d KV heads", op, dims.heads,
             dims.groups);
-  check_shape(k, {dims.batch, dims.seq, dims.groups, dims.dim}, "attention: k");
+  MSA_CHECK(dims.kv_seq >= dims.seq, "%s: q %s has more tokens than k %s", op, q.describe(),
+            k.describe());
+  // The CUDA kernels align queries and keys top-left (no query offset) so far.
+  MSA_CHECK(!q.is_cuda() || dims.kv_seq == dims.seq,
+            "%s: fewer queries (q %s) than keys (k %s) run on the CPU only so far", op,
+            q.describe(), k.describe());
+  check_shape(k, {dims.batch, dims.kv_seq, dims.groups, dims.dim}, "attention: k");
   check_shape(v, k.shape(), "attention: v");
   check_shape(out, q.shape(), "attention: out");
   check_shape(lse, {dims.batch, dims.heads, dims.seq}, "attention: lse");

@@ -13,7 +13,17 @@
 namespace msa {
 namespace {
 
-// Index-branch sizes from iq [batch, T, G, dI] and ik [batch, T, dI].
+// The CUDA kernels align queries and keys top-left (no query offset) so far.
+void check_no_query_offset(const Tensor& queries, const Tensor& keys, const cpu::MsaDims& dims,
+                           const char* op) {
+  MSA_CHECK(dims.keys() >= dims.seq, "%s: %s has more query tokens than the keys %s", op,
+            queries.describe(), keys.describe());
+  MSA_CHECK(!queries.is_cuda() || dims.keys() == dims.seq,
+            "%s: fewer queries (%s) than keys (%s) run on the CPU only so far", op,
+            queries.describe(), keys.describe());
+}
+
+// Index-branch sizes from iq [batch, Tq, G, dI] and ik [batch, Tk, dI] (Tq <= Tk).
 cpu::MsaDims index_dims(const Tensor& iq, const Tensor& ik, int block_size, int topk,
                         const char* op) {
   MSA_CHECK(iq.ndim() == 4, "%s: iq %s must be [batch, T, G, dI]", op, iq.describe());
@@ -25,10 +35,11 @@ cpu::MsaDims index_dims(const Tensor& iq, const Tensor& ik, int block_size, int 
   dims.index_dim = iq.size(3);
   dims.block_size = block_size;
   dims.topk = topk;
-  MSA_CHECK(ik.ndim() == 3 && ik.size(0) == dims.batch && ik.size(1) == dims.seq &&
-                ik.size(2) == dims.index_dim,
-            "%s: ik %s must be [batch, T, dI] = [%d, %d, %d] (iq %s)", op, ik.describe(),
-            dims.batch, dims.seq, dims.index_dim, iq.describe());
+  MSA_CHECK(ik.ndim() == 3 && ik.size(0) == dims.batch && ik.size(2) == dims.index_dim,
+            "%s: ik %s must be [batch, Tk, dI] = [%d, Tk, %d] (iq %s)", op, ik.describe(),
+            dims.batch, dims.index_dim, iq.describe());
+  dims.kv_seq = ik.size(1);
+  check_no_query_offset(iq, ik, dims, op);
   check_same_device(iq, ik, "iq", "ik");
   return dims;
 }
@@ -42,7 +53,7 @@ void check_selection(const BlockSelection& sel, int64_t batch, int64_t T, int64_
   check_dtype(sel.counts, DType::kI32, "msa: selection.counts");
 }
 
-// Main-branch sizes from q [batch, T, H, d], k [batch, T, G, d] and the
+// Main-branch sizes from q [batch, Tq, H, d], k [batch, Tk, G, d] (Tq <= Tk) and the
 // selection.
 cpu::MsaDims attention_dims(const Tensor& q, const Tensor& k, const BlockSelection& sel,
                             const char* op) {
@@ -56,10 +67,12 @@ cpu::MsaDims attention_dims(const Tensor& q, const Tensor& k, const BlockSelecti
   dims.dim = q.size(3);
   dims.block_size = sel.block_size;
   dims.topk = sel.topk;
+  dims.kv_seq = k.size(1);
   MSA_CHECK(dims.groups > 0 && dims.heads % dims.groups == 0,
             "%s: H = %d query heads is not a multiple of G = %d KV heads", op, dims.heads,
             dims.groups);
-  check_shape(k, {dims.batch, dims.seq, dims.groups, dims.dim}, "msa: k");
+  check_no_query_offset(q, k, dims, op);
+  check_shape(k, {dims.batch, dims.kv_seq, dims.groups, dims.dim}, "msa: k");
   check_selection(sel, dims.batch, dims.seq, dims.groups, op);
   check_same_device(q, k, "q", "k");
   check_same_device(q, sel.indices, "q", "selection.indices");
@@ -187,7 +200,7 @@ IndexLossResult msa_index_loss(IndexLossMode mode, const Tensor& q, const Tensor
   MSA_CHECK(dims.heads % dims.groups == 0, "%s: H = %d query heads is not a multiple of G = %d", op,
             dims.heads, dims.groups);
   check_shape(q, {dims.batch, dims.seq, dims.heads, dims.dim}, "msa_index_loss: q");
-  check_shape(k, {dims.batch, dims.seq, dims.groups, dims.dim}, "msa_index_loss: k");
+  check_shape(k, {dims.batch, dims.kv_seq, dims.groups, dims.dim}, "msa_index_loss: k");
   check_shape(lse, {dims.batch, dims.heads, dims.seq}, "msa_index_loss: lse");
   check_shape(diq, iq.shape(), "msa_index_loss: diq");
   check_shape(dik, ik.shape(), "msa_index_loss: dik");

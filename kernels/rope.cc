@@ -110,10 +110,13 @@ void check_rope_args(const Tensor& in, const Tensor& out, const RopeConfig& rope
 }
 
 void rope_apply(const Tensor& in, const RopeConfig& rope, Tensor& out, bool inverse,
-                const char* op) {
+                int64_t position_offset, const char* op) {
   check_rope_args(in, out, rope, op);
+  MSA_CHECK(position_offset >= 0, "%s: position offset %d must be >= 0", op, position_offset);
   const std::vector<double> inv_freq = rope_inv_freq(rope, in.size(3));
   if (in.is_cuda()) {
+    MSA_CHECK(position_offset == 0, "%s: a position offset (%d) runs on the CPU only so far", op,
+              position_offset);
 #if MSA_HAS_CUDA
     check_dtype(in, DType::kBF16, op);
     check_dtype(out, DType::kBF16, op);
@@ -128,18 +131,19 @@ void rope_apply(const Tensor& in, const RopeConfig& rope, Tensor& out, bool inve
     using T = decltype(zero);
     check_dtype(out, in.dtype(), op);
     cpu::rope_rotate<T>(in.data<T>(), out.data<T>(), in.size(0), in.size(1), in.size(2), in.size(3),
-                        inv_freq.data(), static_cast<int64_t>(inv_freq.size()), inverse);
+                        inv_freq.data(), static_cast<int64_t>(inv_freq.size()), inverse,
+                        position_offset);
   });
 }
 
 }  // namespace
 
-void rope_forward(const Tensor& x, const RopeConfig& rope, Tensor& y) {
-  rope_apply(x, rope, y, /*inverse=*/false, "rope_forward");
+void rope_forward(const Tensor& x, const RopeConfig& rope, Tensor& y, int64_t position_offset) {
+  rope_apply(x, rope, y, /*inverse=*/false, position_offset, "rope_forward");
 }
 
-void rope_backward(const Tensor& dy, const RopeConfig& rope, Tensor& dx) {
-  rope_apply(dy, rope, dx, /*inverse=*/true, "rope_backward");
+void rope_backward(const Tensor& dy, const RopeConfig& rope, Tensor& dx, int64_t position_offset) {
+  rope_apply(dy, rope, dx, /*inverse=*/true, position_offset, "rope_backward");
 }
 
 }  // namespace msa

@@ -60,11 +60,13 @@ absl::Status validate_rope(const RopeConfig& rope, int64_t head_dim);
 std::vector<double> rope_inv_freq(const RopeConfig& rope, int64_t head_dim);
 
 // x, y [batch, T, n_heads, d], d even. y may alias x (in place). The CUDA path (bf16) takes
-// rotary_dim / 2 <= kRopeMaxCudaPairs.
-void rope_forward(const Tensor& x, const RopeConfig& rope, Tensor& y);
+// rotary_dim / 2 <= kRopeMaxCudaPairs. Token i of each sequence is at position
+// position_offset + i (> 0: a context-parallel shard of a longer sequence; CPU only so far).
+void rope_forward(const Tensor& x, const RopeConfig& rope, Tensor& y, int64_t position_offset = 0);
 
 // dx = R^T dy; dx may alias dy.
-void rope_backward(const Tensor& dy, const RopeConfig& rope, Tensor& dx);
+void rope_backward(const Tensor& dy, const RopeConfig& rope, Tensor& dx,
+                   int64_t position_offset = 0);
 
 inline constexpr int64_t kRopeMaxCudaPairs = 256;
 

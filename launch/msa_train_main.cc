@@ -126,6 +126,12 @@ ABSL_FLAG(
     int64_t, tp, 1,
     "Tensor-parallel size: world = dp x tp with tp innermost (mpirun -np N gives dp = N / tp). "
     "Must divide --n_kv_heads, --ffn_dim and --vocab_size.");
+ABSL_FLAG(
+    int64_t, cp, 1,
+    "Context-parallel size: world = dp x cp x tp with tp innermost, then cp (mpirun -np N gives "
+    "dp = N / (cp * tp)). The cp ranks of one data-parallel replica split every sequence into cp "
+    "contiguous shards of --seq_len / cp tokens (for MSA layers a multiple of --msa_block_size) "
+    "and all-gather the keys before each attention. CPU (--device=cpu) only so far.");
 ABSL_FLAG(int64_t, gpu, -1, "CUDA device of this rank (-1: node-local rank % number of devices).");
 ABSL_FLAG(bool, zero1, false,
           "Shard the fp32 master weights and AdamW moments over the data-parallel ranks (ZeRO-1: "
@@ -165,6 +171,7 @@ int main(int argc, char** argv) {
       "Trains a decoder-only LM whose attention layers are dense GQA or MiniMax Sparse Attention.\n"
       "  msa-train --flagfile=launch/recipes/small_msa.flags\n"
       "  mpirun -np 4 msa-train --flagfile=... --tp=2\n"
+      "  mpirun -np 4 msa-train --flagfile=... --cp=2 --device=cpu   (context parallelism)\n"
       "Every flag is listed below with its default; --flagfile=FILE reads flags from a file.");
   absl::ParseCommandLine(argc, argv);
 
@@ -235,6 +242,7 @@ int main(int argc, char** argv) {
   o.metrics_jsonl = absl::GetFlag(FLAGS_metrics_jsonl);
   o.exit_after_step = absl::GetFlag(FLAGS_exit_after_step);
   to_int("tp", absl::GetFlag(FLAGS_tp), o.tp);
+  to_int("cp", absl::GetFlag(FLAGS_cp), o.cp);
   o.zero1 = absl::GetFlag(FLAGS_zero1);
   to_int("gpu", absl::GetFlag(FLAGS_gpu), o.gpu);
   o.bucket_mb = absl::GetFlag(FLAGS_bucket_mb);

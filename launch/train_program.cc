@@ -21,6 +21,7 @@
 #include "core/status.h"
 #include "launch/available_memory.h"
 #include "launch/hf_rope_config.h"
+#include "model/context_parallel.h"
 #include "model/parameters.h"
 #include "model/tensor_parallel.h"
 #include "model/transformer.h"
@@ -89,6 +90,11 @@ absl::Status validate_run(const TrainProgramOptions& o) {
                absl::StrFormat("needs token shards written by msa-data (their metadata names the "
                                "EOS id that ends each document); --data=%s has no documents",
                                o.data));
+  if (o.pack_documents && o.cp > 1)
+    return bad("pack_documents",
+               absl::StrFormat("is not supported with context parallelism yet (--cp=%d): a "
+                               "document would span the cp ranks' shards; use --cp=1",
+                               o.cp));
   if (!(o.val_fraction >= 0 && o.val_fraction < 1))
     return bad("val_fraction", absl::StrFormat("%g is not in [0, 1)", o.val_fraction));
   if (o.trainer.max_nonfinite_steps < 1)
@@ -162,9 +168,9 @@ absl::Status check_memory(const TrainProgramOptions& o, const ProcessGroups& gro
   MemoryEstimateOptions m;
   m.model = o.model;
   m.batch_size = o.batch_size;
-  m.seq_len = o.seq_len;
+  m.seq_len = o.seq_len / groups.cp_size;  // a cp rank's activations hold its shard
   m.tp = groups.tp_size;
-  m.dp = groups.dp_size;
+  m.dp = groups.dp_size * groups.cp_size;  // ZeRO-1 shards over dp x cp
   m.zero1 = o.zero1;
   m.cuda = device == Device::kCUDA;
   m.recompute = recompute;
@@ -245,24 +251,28 @@ absl::StatusOr<std::unique_ptr<BatchSource>> make_source(const TrainProgramOptio
                                                          const ProcessGroups& groups,
                                                          bool validation, int64_t base_step = 0,
                                                          int64_t base_sample = 0) {
+  // Every cp rank of a data-parallel replica reads the replica's windows and keeps its shard.
   const DataLayout layout{o.trainer.grad_accum, groups.dp_rank, groups.dp_size, base_step,
                           base_sample};
+  auto shard = [&](std::unique_ptr<BatchSource> s) {
+    return make_context_shard_source(std::move(s), groups.cp_rank, groups.cp_size);
+  };
   if (o.data == "synthetic:repeat") {
     // The same sequence on every rank and step: layout-independent by construction.
-    return make_repeating_source(o.model.vocab_size, o.batch_size, o.seq_len, 61, o.seed);
+    return shard(make_repeating_source(o.model.vocab_size, o.batch_size, o.seq_len, 61, o.seed));
   }
   if (absl::StartsWith(o.data, "synthetic:")) {
     auto source =
         make_synthetic_source(o.data.substr(10), o.model.vocab_size, o.batch_size, o.seq_len,
                               o.synthetic_pairs, o.synthetic_depth, o.seed, layout, validation);
     if (!source.ok()) return annotate(source.status(), "invalid --data");
-    return source;
+    return shard(std::move(*source));
   }
   const std::string glob = absl::StartsWith(o.data, "shards:") ? o.data.substr(7) : o.data;
   auto source = make_shard_source(glob, o.model.vocab_size, o.batch_size, o.seq_len, o.val_fraction,
                                   o.seed, layout, validation, o.pack_documents);
   if (!source.ok()) return annotate(source.status(), "invalid --data");
-  return source;
+  return shard(std::move(*source));
 }
 
 std::string run_json(const TrainProgramOptions& o) {
@@ -293,6 +303,7 @@ std::string run_json(const TrainProgramOptions& o) {
 std::string layout_json(const TrainProgramOptions& o) {
   nlohmann::json j;
   j["tp"] = o.tp;
+  j["cp"] = o.cp;
   j["zero1"] = o.zero1;
   j["bucket_mb"] = o.bucket_mb;
   j["device"] = o.device;
@@ -524,7 +535,15 @@ absl::Status run_train_program(TrainProgramOptions o) {
   o.trainer.dense_attention_steps = resolve_dense_attention_steps(o);
   MSA_ASSIGN_OR_RETURN(const Recompute recompute, parse_recompute(o.recompute));
   MSA_RETURN_IF_ERROR(check_tensor_parallel(o.model, o.tp));
+  MSA_RETURN_IF_ERROR(check_context_parallel(o.model, o.cp, o.seq_len));
+  const auto refuse_cuda_cp = [] {
+    return absl::InvalidArgumentError(
+        "invalid --cp: context parallelism runs on the CPU only so far; the CUDA kernels need a "
+        "query offset (use --device=cpu or --cp=1)");
+  };
+  if (o.cp > 1 && o.device == "cuda") return refuse_cuda_cp();
   MSA_ASSIGN_OR_RETURN(Device device, choose_device(o.device));
+  if (device == Device::kCUDA && o.cp > 1) return refuse_cuda_cp();
   int gpu = -1;
   if (device == Device::kCUDA) {
     MSA_ASSIGN_OR_RETURN(gpu, select_cuda_device(node_local_rank(), o.gpu));
@@ -534,7 +553,7 @@ absl::Status run_train_program(TrainProgramOptions o) {
   int world_size = 1;
   MPI_Comm_size(MPI_COMM_WORLD, &world_size);
   MSA_ASSIGN_OR_RETURN(ProcessGroups groups,
-                       make_process_groups(o.tp, device == Device::kCUDA && world_size > 1));
+                       make_process_groups(o.tp, o.cp, device == Device::kCUDA && world_size > 1));
   MSA_RETURN_IF_ERROR(validate_totals(o, groups.dp_size));
   MSA_RETURN_IF_ERROR(check_memory(o, groups, recompute, device, gpu));
   MSA_ASSIGN_OR_RETURN(std::unique_ptr<BatchSource> data, make_source(o, groups, false));
@@ -544,8 +563,9 @@ absl::Status run_train_program(TrainProgramOptions o) {
   }
   const bool leader = groups.world_rank == 0;
   if (!leader) o.trainer.quiet = true;
-  o.trainer.dp = groups.dp.get();
-  o.optimizer.dp = groups.dp.get();
+  // Parameters are replicated over dp x cp: their gradients are summed over both.
+  o.trainer.dp = groups.gradient_group();
+  o.optimizer.dp = groups.gradient_group();
   o.optimizer.zero1 = o.zero1;
   o.optimizer.bucket_bytes = o.bucket_mb << 20;
   o.optimizer.tp = groups.tp_size > 1 ? groups.tp.get() : nullptr;
@@ -568,7 +588,8 @@ absl::Status run_train_program(TrainProgramOptions o) {
   }
 
   const DType dtype = device == Device::kCUDA ? DType::kBF16 : DType::kF32;
-  Transformer model(o.model, dtype, device, tensor_parallel_of(groups.tp.get()));
+  Transformer model(o.model, dtype, device, tensor_parallel_of(groups.tp.get()),
+                    context_parallel_of(groups.cp_size > 1 ? groups.cp.get() : nullptr));
   model.set_recompute(recompute);
   model.params().initialize(o.seed, groups.tp_rank, groups.tp_size);
   AdamW optimizer(model.params(), o.optimizer);
@@ -636,14 +657,19 @@ absl::Status run_train_program(TrainProgramOptions o) {
     Tensor all = Tensor::empty({groups.world_size}, DType::kI32);
     groups.world->all_gather(mine, all);
     if (leader) {
-      std::printf("msa-train: world %d = dp %d x tp %d (tp innermost)%s, %s%s\n", groups.world_size,
-                  groups.dp_size, groups.tp_size, o.zero1 ? ", ZeRO-1 optimizer sharding" : "",
-                  device_name(device),
+      const std::string cp =
+          groups.cp_size > 1 ? absl::StrFormat(" x cp %d", groups.cp_size) : std::string();
+      std::printf("msa-train: world %d = dp %d%s x tp %d (tp innermost)%s, %s%s\n",
+                  groups.world_size, groups.dp_size, cp.c_str(), groups.tp_size,
+                  o.zero1 ? ", ZeRO-1 optimizer sharding" : "", device_name(device),
                   device == Device::kCUDA && groups.world_size > 1 ? " (NCCL)" : "");
+      const int tp = groups.tp_size, cps = groups.cp_size;
       for (int r = 0; r < groups.world_size; ++r) {
         const int g = all.data<int32_t>()[r];
-        std::printf("msa-train:   rank %d: dp %d, tp %d, %s\n", r, r / groups.tp_size,
-                    r % groups.tp_size, g >= 0 ? absl::StrFormat("cuda:%d", g).c_str() : "cpu");
+        const std::string cp_of =
+            cps > 1 ? absl::StrFormat(", cp %d", (r / tp) % cps) : std::string();
+        std::printf("msa-train:   rank %d: dp %d%s, tp %d, %s\n", r, r / (tp * cps), cp_of.c_str(),
+                    r % tp, g >= 0 ? absl::StrFormat("cuda:%d", g).c_str() : "cpu");
       }
     }
   }

@@ -41,7 +41,8 @@ struct TrainProgramOptions {
   bool init_allow_missing_index = false;  // init_from: index branch absent in the file is fresh
   int64_t exit_after_step = 0;     // stop (with a checkpoint) after this step, as if preempted
   std::string metrics_jsonl;       // append one JSON line per step (full precision) to this file
-  int tp = 1;                      // tensor-parallel size (world = dp x tp)
+  int tp = 1;                      // tensor-parallel size (world = dp x cp x tp)
+  int cp = 1;                      // context-parallel size: each rank holds seq_len / cp tokens
   bool zero1 = false;              // shard AdamW state over the data-parallel group
   int64_t bucket_mb = 25;          // data-parallel gradient all-reduce bucket size
   int gpu = -1;                    // CUDA device of this rank (< 0: node-local rank % device count)
@@ -64,7 +65,7 @@ struct TrainProgramOptions {
 
 // Validates the options (errors name the flag), checks that the run fits in memory, builds the
 // model, data and optimizer, trains. Runs on every rank of MPI_COMM_WORLD (MPI must be
-// initialized): world = dp x tp.
+// initialized): world = dp x cp x tp.
 absl::Status run_train_program(TrainProgramOptions options);
 
 // A 64-bit flag value for an int field: the value, or InvalidArgument "invalid --<flag>: <v> is

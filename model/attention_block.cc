@@ -69,11 +69,23 @@ void attention_block_forward(const ModelConfig& c, int layer, ParameterSet& para
     q_pre = act.qn;
     k_pre = act.kn;
   }
+  const ContextParallel& cp = options.cp;
+  MSA_CHECK(docs == nullptr || !cp.enabled(),
+            "attention_block_forward: packed documents with context parallelism are not supported");
+  const int64_t p0 = cp.position_offset(T);  // position of this rank's first token
   act.q_rope = Tensor::empty({batch, T, H, d}, dt, dev);
   act.k_rope = Tensor::empty({batch, T, G, d}, dt, dev);
-  segmented_rope_forward(docs, q_pre.view({batch, T, H, d}), c.rope(), act.q_rope);
-  segmented_rope_forward(docs, k_pre.view({batch, T, G, d}), c.rope(), act.k_rope);
-  const Tensor v4 = act.v.view({batch, T, G, d});
+  if (docs != nullptr) {  // packed documents (cp = 1: refused together): positions per document
+    segmented_rope_forward(docs, q_pre.view({batch, T, H, d}), c.rope(), act.q_rope);
+    segmented_rope_forward(docs, k_pre.view({batch, T, G, d}), c.rope(), act.k_rope);
+  } else {
+    rope_forward(q_pre.view({batch, T, H, d}), c.rope(), act.q_rope, p0);
+    rope_forward(k_pre.view({batch, T, G, d}), c.rope(), act.k_rope, p0);
+  }
+  act.k_ctx = cp_gather_keys(cp, act.k_rope);
+  act.v_ctx = cp_gather_keys(cp, act.v.view({batch, T, G, d}));
+  const Tensor& k4 = act.k_ctx;
+  const Tensor& v4 = act.v_ctx;
 
   act.att = Tensor::empty({batch, T, H, d}, dt, dev);
   act.lse = segmented_lse_empty(docs, batch, H, T, st, dev);
@@ -88,7 +100,7 @@ void attention_block_forward(const ModelConfig& c, int layer, ParameterSet& para
   act.block_recall = -1;
 
   if (c.layer_kind(layer) == AttentionKind::kDense) {
-    segmented_attention_forward(docs, act.q_rope, act.k_rope, v4, scale, act.att, act.lse);
+    segmented_attention_forward(docs, act.q_rope, k4, v4, scale, act.att, act.lse);
   } else if (reuse) {
     // Recomputation: the selection and the index branch's gradients are this step's already.
     const bool sparse = options.msa_mode == MsaMode::kSparse;
@@ -96,10 +108,10 @@ void attention_block_forward(const ModelConfig& c, int layer, ParameterSet& para
       MSA_CHECK(act.selection.has_value(), "layer %d: recomputation without the forward's selection",
                 layer);
       act.sparse_attention = true;
-      segmented_msa_sparse_attention_forward(docs, act.q_rope, act.k_rope, v4, *act.selection,
-                                             scale, act.att, act.lse);
+      segmented_msa_sparse_attention_forward(docs, act.q_rope, k4, v4, *act.selection, scale,
+                                             act.att, act.lse);
     } else {
-      segmented_attention_forward(docs, act.q_rope, act.k_rope, v4, scale, act.att, act.lse);
+      segmented_attention_forward(docs, act.q_rope, k4, v4, scale, act.att, act.lse);
     }
   } else {
     const int dI = c.msa.index_dim;
@@ -111,37 +123,41 @@ void attention_block_forward(const ModelConfig& c, int layer, ParameterSet& para
     Parameter& wik = params.at(pname(layer, "attn.index_wk.weight"));
     linear_forward(act.xn, wiq.value, Tensor(), iq2);
     linear_forward(act.xn, wik.value, Tensor(), ik2);
+    // Context parallelism: the shared index keys of every shard up to this rank's end.
+    const Tensor ik_ctx = cp_gather_keys(cp, ik);
     const bool sparse = options.msa_mode == MsaMode::kSparse;
     const bool measure_recall = options.recall_query_stride > 0;
     if (sparse || measure_recall) {
       act.selection = BlockSelection::allocate(batch, T, G, c.msa.block_size, c.msa.topk, dev);
-      segmented_msa_index_topk(docs, iq, ik, *act.selection);
+      segmented_msa_index_topk(docs, iq, ik_ctx, *act.selection);
     }
 
     // Gradients of the index loss: f32 on CUDA (bf16 activations), the compute dtype on the CPU.
     const DType gt = dt == DType::kBF16 ? DType::kF32 : dt;
     Tensor diq = Tensor::empty(iq.shape(), gt, dev);
-    Tensor dik = Tensor::empty(ik.shape(), gt, dev);
+    Tensor dik = Tensor::empty(ik_ctx.shape(), gt, dev);
     IndexLossResult r;
     if (sparse) {
       // Teacher: the sparse main branch's own probabilities over the selected tokens (its lse).
       act.sparse_attention = true;
-      segmented_msa_sparse_attention_forward(docs, act.q_rope, act.k_rope, v4, *act.selection,
-                                             scale, act.att, act.lse);
-      r = segmented_msa_index_loss(docs, IndexLossMode::kSparse, act.q_rope, act.k_rope, act.lse,
-                                   *act.selection, iq, ik, scale, 1.0, diq, dik);
+      segmented_msa_sparse_attention_forward(docs, act.q_rope, k4, v4, *act.selection, scale,
+                                             act.att, act.lse);
+      r = segmented_msa_index_loss(docs, IndexLossMode::kSparse, act.q_rope, k4, act.lse,
+                                   *act.selection, iq, ik_ctx, scale, 1.0, diq, dik);
     } else {
       // Warm-up: dense attention, teacher over every causal token (the selection is not used).
-      segmented_attention_forward(docs, act.q_rope, act.k_rope, v4, scale, act.att, act.lse);
+      segmented_attention_forward(docs, act.q_rope, k4, v4, scale, act.att, act.lse);
       BlockSelection unused;  // sizes only
       unused.block_size = c.msa.block_size;
       unused.topk = c.msa.topk;
-      r = segmented_msa_index_loss(docs, IndexLossMode::kDenseTarget, act.q_rope, act.k_rope,
-                                   act.lse, unused, iq, ik, scale, 1.0, diq, dik);
+      r = segmented_msa_index_loss(docs, IndexLossMode::kDenseTarget, act.q_rope, k4, act.lse,
+                                   unused, iq, ik_ctx, scale, 1.0, diq, dik);
     }
     act.index_loss = r.loss;
     act.index_rows = r.n_rows;
     if (options.compute_index_grads) {
+      // Context parallelism: every rank's queries' gradient for this rank's index keys.
+      dik = cp_reduce_scatter_keys(cp, dik);
       // The weight gradients now, while xn is here: the backward only scales and adds them.
       if (diq.dtype() != dt) {  // CUDA: f32 gradients, bf16 matmul inputs
         diq = diq.to(dt);
@@ -156,10 +172,10 @@ void attention_block_forward(const ModelConfig& c, int layer, ParameterSet& para
       linear_backward(dik.view({N, dI}), act.xn, wik.value, none, act.dwik, none);
     }
     if (measure_recall) {
-      act.index_recall = segmented_msa_index_recall(docs, act.q_rope, act.k_rope, *act.selection,
-                                                    scale, options.recall_query_stride);
-      act.block_recall = segmented_msa_block_recall(docs, act.q_rope, act.k_rope, *act.selection,
-                                                    scale, options.recall_query_stride);
+      act.index_recall = segmented_msa_index_recall(docs, act.q_rope, k4, *act.selection, scale,
+                                                    options.recall_query_stride);
+      act.block_recall = segmented_msa_block_recall(docs, act.q_rope, k4, *act.selection, scale,
+                                                    options.recall_query_stride);
     }
   }
 
@@ -170,7 +186,7 @@ void attention_block_forward(const ModelConfig& c, int layer, ParameterSet& para
 void attention_block_backward(const ModelConfig& c, int layer, ParameterSet& params,
                               const Tensor& x, const Tensor& dy, int64_t batch, int64_t T,
                               AttentionActivations& act, bool backbone, double index_weight,
-                              Tensor& dx) {
+                              Tensor& dx, const ContextParallel& cp) {
   const int64_t N = batch * T, D = c.d_model, H = c.n_heads, G = c.n_kv_heads, d = c.head_dim;
   const DType dt = x.dtype();
   const Device dev = x.device();
@@ -198,22 +214,31 @@ void attention_block_backward(const ModelConfig& c, int layer, ParameterSet& par
                   datt, params.at(pname(layer, "attn.wo.weight")).grad, none);
 
   Tensor dq_rope = Tensor::empty({batch, T, H, d}, dt, dev);
-  Tensor dk_rope = Tensor::empty({batch, T, G, d}, dt, dev);
-  Tensor dv = Tensor::empty({batch, T, G, d}, dt, dev);
-  const Tensor v4 = act.v.view({batch, T, G, d});
+  Tensor dk_ctx = Tensor::empty(act.k_ctx.shape(), dt, dev);
+  Tensor dv_ctx = Tensor::empty(act.v_ctx.shape(), dt, dev);
   const Tensor datt4 = datt.view({batch, T, H, d});
   const DocumentSegments* docs = act.documents.get();
   if (act.sparse_attention) {
-    segmented_msa_sparse_attention_backward(docs, datt4, act.q_rope, act.k_rope, v4, act.att,
-                                            act.lse, *act.selection, scale, dq_rope, dk_rope, dv);
+    segmented_msa_sparse_attention_backward(docs, datt4, act.q_rope, act.k_ctx, act.v_ctx,
+                                            act.att, act.lse, *act.selection, scale, dq_rope,
+                                            dk_ctx, dv_ctx);
   } else {
-    segmented_attention_backward(docs, datt4, act.q_rope, act.k_rope, v4, act.att, act.lse, scale,
-                                 dq_rope, dk_rope, dv);
+    segmented_attention_backward(docs, datt4, act.q_rope, act.k_ctx, act.v_ctx, act.att, act.lse,
+                                 scale, dq_rope, dk_ctx, dv_ctx);
   }
+  // Context parallelism: every rank's queries' gradients for this rank's keys and values.
+  Tensor dk_rope = cp_reduce_scatter_keys(cp, dk_ctx);
+  const Tensor dv = cp_reduce_scatter_keys(cp, dv_ctx);
 
   // RoPE backward in place, then the q/k norm.
-  segmented_rope_backward(docs, dq_rope, c.rope(), dq_rope);
-  segmented_rope_backward(docs, dk_rope, c.rope(), dk_rope);
+  if (docs != nullptr) {
+    segmented_rope_backward(docs, dq_rope, c.rope(), dq_rope);
+    segmented_rope_backward(docs, dk_rope, c.rope(), dk_rope);
+  } else {
+    const int64_t p0 = cp.position_offset(T);
+    rope_backward(dq_rope, c.rope(), dq_rope, p0);
+    rope_backward(dk_rope, c.rope(), dk_rope, p0);
+  }
   Tensor dq = dq_rope.view({N, H * d}), dk = dk_rope.view({N, G * d});
   if (c.qk_norm) {
     Tensor dq_pre = Tensor::empty({N * H, d}, dt, dev);

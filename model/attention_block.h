@@ -15,6 +15,7 @@
 
 #include "core/tensor.h"
 #include "kernels/msa.h"
+#include "model/context_parallel.h"
 #include "model/document_segments.h"
 #include "model/model_config.h"
 #include "model/parameters.h"
@@ -34,6 +35,9 @@ struct AttentionActivations {
   Tensor q, k, v;                 // projections [N, H*d], [N, G*d], [N, G*d] (q, k before q/k norm)
   Tensor qn, kn, rstd_q, rstd_k;  // after q/k RMSNorm (qk_norm only), [N*H, d] / [N*G, d]
   Tensor q_rope, k_rope;          // [batch, T, H, d], [batch, T, G, d]
+  // The keys and values attention reads, [batch, Tk, G, d]: k_rope and v themselves (Tk = T), or
+  // with context parallelism every shard's up to the end of this rank's (Tk = (cp rank + 1) T).
+  Tensor k_ctx, v_ctx;
   Tensor att, lse;                // attention output [batch, T, H, d], log-sum-exp [batch, H, T]
                                   // (packed documents: model/segmented_kernels.h's layout)
   // The documents of a packed batch (null: each row is one sequence), from the forward's options.
@@ -64,8 +68,11 @@ struct AttentionBlockOptions {
   bool reuse_index = false;
   // Packed documents (msa-train --pack_documents): attention, RoPE positions, the MSA selection
   // and the index loss stay inside each document (model/segmented_kernels.h). Null: each row is
-  // one sequence.
+  // one sequence. Not combined with context parallelism (refused by msa-train).
   std::shared_ptr<const DocumentSegments> documents;
+  // Context parallelism: x holds this rank's shard of every sequence (T tokens of cp.size * T);
+  // the keys, values and index keys are gathered over cp (model/context_parallel.h).
+  ContextParallel cp;
 };
 
 // x [N, D] (the residual stream). Writes the attention's contribution y [N, D] (before the
@@ -78,10 +85,11 @@ void attention_block_forward(const ModelConfig& config, int layer, ParameterSet&
 // dy [N, D]: gradient w.r.t. y. Writes dx [N, D] (gradient w.r.t. x through this block only;
 // the caller adds the residual path). Backbone parameter gradients accumulate when `backbone`;
 // index-branch gradients (W_IQ, W_IK) accumulate index_weight * d(index loss) for MSA layers,
-// from act.dwiq / act.dwik, which this consumes. dx is left undefined when !backbone.
+// from act.dwiq / act.dwik, which this consumes. dx is left undefined when !backbone. `cp`: the
+// forward's options.cp (the key and value gradients are reduce-scattered over it).
 void attention_block_backward(const ModelConfig& config, int layer, ParameterSet& params,
                               const Tensor& x, const Tensor& dy, int64_t batch, int64_t T,
                               AttentionActivations& act, bool backbone, double index_weight,
-                              Tensor& dx);
+                              Tensor& dx, const ContextParallel& cp = {});
 
 }  // namespace msa

@@ -9,9 +9,14 @@
 
 namespace msa {
 
-Transformer::Transformer(const ModelConfig& config, DType dtype, Device device, TensorParallel tp)
-    : config_(config), tp_(tp), dtype_(dtype), device_(device) {
+Transformer::Transformer(const ModelConfig& config, DType dtype, Device device, TensorParallel tp,
+                         ContextParallel cp)
+    : config_(config), tp_(tp), cp_(cp), dtype_(dtype), device_(device) {
   MSA_CHECK(!tp_.enabled() || tp_.comm != nullptr, "tensor parallelism needs a communicator");
+  MSA_CHECK(!cp_.enabled() || cp_.comm != nullptr, "context parallelism needs a communicator");
+  MSA_CHECK(!cp_.enabled() || device == Device::kCPU,
+            "context parallelism runs on the CPU only so far; the CUDA kernels need a query "
+            "offset");
   block_config_ = local_block_config(config_, tp_.size);
   vocab_begin_ = tp_.rank * (config_.vocab_size / tp_.size);
   params_ = ParameterSet::allocate(local_param_specs(config_, tp_.size), dtype, device);
@@ -171,6 +176,7 @@ ForwardResult Transformer::forward(const Tensor& tokens, const Tensor& targets,
             "document segments for [%d, %d] given with tokens %s", options.documents->batch(),
             options.documents->seq_len(), tokens.describe());
   attn_options.documents = options.documents;
+  attn_options.cp = cp_;
   attn_options_ = attn_options;
   const bool drop = options.for_backward && recompute_ != Recompute::kNone;
 
@@ -215,6 +221,22 @@ ForwardResult Transformer::forward(const Tensor& tokens, const Tensor& targets,
       attn_[l].index_loss = rows > 0 ? v[kSlots * l] / rows : 0.0;
       if (attn_[l].index_recall >= 0) attn_[l].index_recall = v[kSlots * l + 2] / tp_.size;
       if (attn_[l].block_recall >= 0) attn_[l].block_recall = v[kSlots * l + 3] / tp_.size;
+    }
+  }
+  if (cp_.enabled() && options.recall_query_stride > 0 && n_msa_layers_ > 0) {
+    // Each cp rank measured the recalls of its own queries (as many as every other rank's): the
+    // sequence's are the means over cp. (The index losses are combined by the caller, which
+    // weighs every rank's rows.)
+    Tensor sums = Tensor::zeros({2 * L}, DType::kF64);
+    double* v = sums.data<double>();
+    for (int l = 0; l < L; ++l) {
+      v[2 * l] = attn_[l].index_recall;
+      v[2 * l + 1] = attn_[l].block_recall;
+    }
+    cp_.comm->all_reduce_sum(sums);
+    for (int l = 0; l < L; ++l) {
+      if (attn_[l].index_recall >= 0) attn_[l].index_recall = v[2 * l] / cp_.size;
+      if (attn_[l].block_recall >= 0) attn_[l].block_recall = v[2 * l + 1] / cp_.size;
     }
   }
   for (int l = 0; l < L; ++l) {
@@ -282,7 +304,7 @@ void Transformer::backward(double loss_scale, double index_scale, bool backbone,
       // No recomputation: the index branch's gradients came out of the forward.
       attention_block_backward(block_config_, l, params_, residual_in_[l], Tensor(), batch_, T_,
                                attn_[l], /*backbone=*/false, index_weight * index_row_share_[l],
-                               none);
+                               none, cp_);
       if (recompute_ != Recompute::kNone) drop_tensors(attn_[l]);
       attn_[l].selection.reset();  // this step's selection is used up
       tp_reduce_replicated_grads(layer_index_replicated_[l], before);
@@ -320,7 +342,7 @@ void Transformer::backward(double loss_scale, double index_scale, bool backbone,
     // mid = x_in + attn(x_in).
     Tensor dx_in;
     attention_block_backward(block_config_, l, params_, residual_in_[l], dmid, batch_, T_, attn_[l],
-                             /*backbone=*/true, index_weight * index_row_share_[l], dx_in);
+                             /*backbone=*/true, index_weight * index_row_share_[l], dx_in, cp_);
     tp_all_reduce(dx_in);  // f: the heads' partial input gradients
     add_inplace(dx_in, dmid);
     dx = dx_in;

@@ -14,6 +14,7 @@
 #include "absl/status/statusor.h"
 #include "core/tensor.h"
 #include "model/attention_block.h"
+#include "model/context_parallel.h"
 #include "model/mlp_block.h"
 #include "model/model_config.h"
 #include "model/parameters.h"
@@ -63,7 +64,12 @@ class Transformer {
   // dtype: f32 or f64 on the CPU (f64 for gradient checks), bf16 on CUDA. With tensor
   // parallelism (tp.size > 1) this rank holds its part of every split parameter (same names,
   // local shapes; see model/tensor_parallel.h) and forward/backward are collective over tp.
-  Transformer(const ModelConfig& config, DType dtype, Device device, TensorParallel tp = {});
+  // With context parallelism (cp.size > 1; CPU only) forward takes this rank's shard of every
+  // sequence and forward/backward are collective over cp (model/context_parallel.h); the
+  // parameters are whole on every cp rank and their gradients are this shard's part (the caller
+  // sums them over dp x cp).
+  Transformer(const ModelConfig& config, DType dtype, Device device, TensorParallel tp = {},
+              ContextParallel cp = {});
 
   const ModelConfig& config() const { return config_; }
   ParameterSet& params() { return params_; }
@@ -71,10 +77,12 @@ class Transformer {
   DType dtype() const { return dtype_; }
   Device device() const { return device_; }
   const TensorParallel& tensor_parallel() const { return tp_; }
+  const ContextParallel& context_parallel() const { return cp_; }
   void set_recompute(Recompute r) { recompute_ = r; }
   Recompute recompute() const { return recompute_; }
 
-  // tokens, targets: i32 [batch, T] on the model's device (targets may hold kIgnoreIndex).
+  // tokens, targets: i32 [batch, T] on the model's device (targets may hold kIgnoreIndex); with
+  // context parallelism this rank's shard, positions [cp.rank T, (cp.rank + 1) T).
   ForwardResult forward(const Tensor& tokens, const Tensor& targets, const ForwardOptions& options);
 
   // Accumulates loss_scale * dL/dparam into the parameters' grads for the last forward (which
@@ -105,6 +113,7 @@ class Transformer {
   ModelConfig config_;
   ModelConfig block_config_;  // what one rank's blocks compute (heads, kv heads, ffn / tp)
   TensorParallel tp_;
+  ContextParallel cp_;
   int64_t vocab_begin_ = 0;  // first vocabulary row this rank holds
   // Parameters in the order backward finishes them (see GradsReadyFn), and per layer the
   // replicated ones whose gradients the tp ranks each compute in part.

@@ -66,6 +66,13 @@ absl::StatusOr<std::unique_ptr<BatchSource>> make_synthetic_source(
     const std::string& task, int64_t vocab_size, int64_t batch, int64_t seq_len, int pairs,
     double depth, uint64_t seed, const DataLayout& layout, bool validation);
 
+// Context parallelism: `inner`'s batches [batch, T] cut to this cp rank's shard of every sequence,
+// tokens and targets [cp_rank T/cp, (cp_rank + 1) T/cp) (model/context_parallel.h). The cp ranks
+// of one data-parallel replica pass the same inner source, so they cut the same windows. get()
+// fails (MSA_CHECK) when T is not a multiple of cp_size. cp_size 1: `inner` itself.
+std::unique_ptr<BatchSource> make_context_shard_source(std::unique_ptr<BatchSource> inner,
+                                                       int cp_rank, int cp_size);
+
 // A fixed pseudo-random sequence of `period` tokens repeated over the context: a model that learns
 // it predicts every token after the first period exactly (the foundation's learning test).
 std::unique_ptr<BatchSource> make_repeating_source(int64_t vocab_size, int64_t batch,

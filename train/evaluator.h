@@ -17,6 +17,8 @@ struct EvalResult {
 
 // Runs `n_batches` forward passes (no gradients) on batches 1..n_batches of `source` (a
 // validation source: always the same batches, so evaluations are comparable over a run).
+// With context parallelism (the model's cp group) each rank reads its shard of the batches and
+// the results are combined over cp (collective): every rank returns the whole sequences' values.
 EvalResult evaluate(Transformer& model, BatchSource& source, int n_batches, MsaMode mode);
 
 }  // namespace msa

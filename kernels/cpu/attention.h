@@ -1,6 +1,6 @@
 // CPU reference dense causal GQA attention (contract in kernels/attention.h). T is float or
-// double. q, out, dout, dq [batch, seq, H, d]; k, v, dk, dv [batch, seq, G, d];
-// lse [batch, H, seq].
+// double. q, out, dout, dq [batch, seq, H, d]; k, v, dk, dv [batch, keys(), G, d];
+// lse [batch, H, seq]. Query i sits at position keys() - seq + i (bottom-right causal alignment).
 #pragma once
 
 #include <cstdint>
@@ -8,7 +8,10 @@
 namespace msa::cpu {
 
 struct AttentionDims {
-  int64_t batch, seq, heads, groups, dim;  // heads % groups == 0
+  int64_t batch, seq, heads, groups, dim;  // heads % groups == 0; seq = query tokens
+  int64_t kv_seq = 0;                      // key tokens (>= seq); 0: as many as queries
+  int64_t keys() const { return kv_seq > 0 ? kv_seq : seq; }
+  int64_t query_offset() const { return keys() - seq; }  // position of query 0
 };
 
 template <class T>

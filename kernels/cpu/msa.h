@@ -1,7 +1,8 @@
 // CPU reference MSA kernels (contract in kernels/msa.h). T is float or double;
-// block indices and counts are int32. Layouts: iq [batch, seq, G, dI]; ik [batch, seq, dI] (one
-// shared index key head); q [batch, seq, H, d]; k, v [batch, seq, G, d]; lse
-// [batch, H, seq]; indices [batch, seq, G, topk]; counts [batch, seq, G].
+// block indices and counts are int32. Layouts: iq [batch, seq, G, dI]; ik [batch, keys(), dI]
+// (one shared index key head); q [batch, seq, H, d]; k, v [batch, keys(), G, d]; lse
+// [batch, H, seq]; indices [batch, seq, G, topk]; counts [batch, seq, G]. Query t sits at
+// position query_offset() + t; blocks are counted over the keys' positions from 0.
 #pragma once
 
 #include <cstdint>
@@ -12,7 +13,10 @@ struct MsaDims {
   int64_t batch, seq, heads, groups, dim;  // main branch (heads % groups == 0)
   int64_t index_dim;                       // dI
   int64_t block_size, topk;
-  int64_t num_blocks() const { return (seq + block_size - 1) / block_size; }
+  int64_t kv_seq = 0;  // key tokens (>= seq); 0: as many as queries
+  int64_t keys() const { return kv_seq > 0 ? kv_seq : seq; }
+  int64_t query_offset() const { return keys() - seq; }  // position of query 0
+  int64_t num_blocks() const { return (keys() + block_size - 1) / block_size; }
 };
 
 // Max-pooled token scores, exp-free top-k (kernels/msa.h).

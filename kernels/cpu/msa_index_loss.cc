@@ -11,6 +11,8 @@
 // Determinism: one task per (b, g) owns diq of its rows and writes its dik contributions into its
 // own scratch slice [T, dI]; a second pass sums the G slices of each (b, s) in group order. Both
 // passes add in a fixed order, so the result is bit-identical under any thread count.
+// With fewer queries than keys (a context-parallel shard), query t sits at position
+// query_offset() + t; k, ik and dik span the keys, and n_rows counts this call's rows only.
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -48,6 +50,7 @@ IndexLossSums msa_index_loss(bool dense_target, const T* q, const T* k, const T*
                              const MsaDims& dims) {
   const int64_t S = dims.seq, H = dims.heads, G = dims.groups, d = dims.dim;
   const int64_t dI = dims.index_dim, B = dims.block_size, K = dims.topk, r = H / G;
+  const int64_t Sk = dims.keys(), off = dims.query_offset();
   const T sc = static_cast<T>(scale);
   const T inv_sqrt_dI = T(1) / std::sqrt(static_cast<T>(dI));
   const T inv_r = T(1) / static_cast<T>(r);
@@ -56,30 +59,30 @@ IndexLossSums msa_index_loss(bool dense_target, const T* q, const T* k, const T*
   sums.n_rows = dims.batch * S * G;
   const T grad_scale = sums.n_rows > 0 ? static_cast<T>(weight / sums.n_rows) : T(0);
 
-  // scratch[(b G + g) S + s] = row s of dik from the rows of group g (then summed over g).
-  std::vector<T> scratch(static_cast<size_t>(dims.batch * G * S * dI), T(0));
+  // scratch[(b G + g) Sk + s] = row s of dik from the rows of group g (then summed over g).
+  std::vector<T> scratch(static_cast<size_t>(dims.batch * G * Sk * dI), T(0));
   std::vector<double> kl_per_task(dims.batch * G, 0.0);
-  const int64_t support = dense_target ? S / 2 + 1 : std::min<int64_t>(S, K * B);
+  const int64_t support = dense_target ? off + S / 2 + 1 : std::min<int64_t>(Sk, K * B);
   parallel_for(dims.batch * G, S * support * (r * d + 2 * dI), [&](int64_t begin, int64_t end) {
     std::vector<int64_t> U;
     std::vector<T> P, Sc;
     for (int64_t bg = begin; bg < end; ++bg) {
       const int64_t b = bg / G, g = bg % G;
-      T* dik_g = scratch.data() + bg * S * dI;
+      T* dik_g = scratch.data() + bg * Sk * dI;
       double kl_sum = 0;
       for (int64_t t = 0; t < S; ++t) {
         const int64_t row = (b * S + t) * G + g;
         T* diq_t = diq + row * dI;
         std::fill(diq_t, diq_t + dI, T(0));
         row_support(dense_target, dense_target ? nullptr : indices + row * K,
-                    dense_target ? 0 : counts[row], t, B, U);
+                    dense_target ? 0 : counts[row], off + t, B, U);
         const int64_t n = static_cast<int64_t>(U.size());
         // Student: log Q = S - logsumexp(S).
         const T* iq_t = iq + row * dI;
         Sc.resize(n);
         T max = -std::numeric_limits<T>::infinity();
         for (int64_t i = 0; i < n; ++i) {
-          Sc[i] = dot(iq_t, ik + (b * S + U[i]) * dI, dI) * inv_sqrt_dI;
+          Sc[i] = dot(iq_t, ik + (b * Sk + U[i]) * dI, dI) * inv_sqrt_dI;
           max = std::max(max, Sc[i]);
         }
         T z = 0;
@@ -91,7 +94,7 @@ IndexLossSums msa_index_loss(bool dense_target, const T* q, const T* k, const T*
           const T* q_t = q + ((b * S + t) * H + h) * d;
           const T lse_t = lse[(b * H + h) * S + t];
           for (int64_t i = 0; i < n; ++i)
-            P[i] += std::exp(sc * dot(q_t, k + ((b * S + U[i]) * G + g) * d, d) - lse_t);
+            P[i] += std::exp(sc * dot(q_t, k + ((b * Sk + U[i]) * G + g) * d, d) - lse_t);
         }
         T kl = 0;
         for (int64_t i = 0; i < n; ++i) {
@@ -99,7 +102,7 @@ IndexLossSums msa_index_loss(bool dense_target, const T* q, const T* k, const T*
           const T log_q = Sc[i] - log_z;
           if (P[i] > T(0)) kl += P[i] * (std::log(P[i]) - log_q);
           const T ds = grad_scale * (std::exp(log_q) - P[i]) * inv_sqrt_dI;
-          axpy(ds, ik + (b * S + U[i]) * dI, diq_t, dI);
+          axpy(ds, ik + (b * Sk + U[i]) * dI, diq_t, dI);
           axpy(ds, iq_t, dik_g + U[i] * dI, dI);
         }
         kl_sum += static_cast<double>(kl);
@@ -108,13 +111,13 @@ IndexLossSums msa_index_loss(bool dense_target, const T* q, const T* k, const T*
     }
   });
   // dik[b, s] = sum over g (in order) of the groups' slices.
-  parallel_for(dims.batch * S, G * dI, [&](int64_t begin, int64_t end) {
+  parallel_for(dims.batch * Sk, G * dI, [&](int64_t begin, int64_t end) {
     for (int64_t bs = begin; bs < end; ++bs) {
-      const int64_t b = bs / S, s = bs % S;
+      const int64_t b = bs / Sk, s = bs % Sk;
       T* out = dik + bs * dI;
       std::fill(out, out + dI, T(0));
       for (int64_t g = 0; g < G; ++g) {
-        const T* src = scratch.data() + ((b * G + g) * S + s) * dI;
+        const T* src = scratch.data() + ((b * G + g) * Sk + s) * dI;
         for (int64_t e = 0; e < dI; ++e) out[e] += src[e];
       }
     }
@@ -129,24 +132,25 @@ double msa_index_recall_sum(const T* q, const T* k, const int32_t* indices, cons
                             const MsaDims& dims) {
   const int64_t S = dims.seq, H = dims.heads, G = dims.groups, d = dims.dim;
   const int64_t B = dims.block_size, K = dims.topk, r = H / G;
+  const int64_t Sk = dims.keys(), off = dims.query_offset();
   const T sc = static_cast<T>(scale);
   const int64_t stride = std::max<int64_t>(1, query_stride);
   const int64_t n_t = (S + stride - 1) / stride;
   std::vector<double> per_task(dims.batch * H, 0.0);
-  parallel_for(dims.batch * H, n_t * S * d, [&](int64_t begin, int64_t end) {
-    std::vector<T> z(S);
+  parallel_for(dims.batch * H, n_t * Sk * d, [&](int64_t begin, int64_t end) {
+    std::vector<T> z(Sk);
     std::vector<char> selected;
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t b = bh / H, h = bh % H, g = h / r;
       double acc = 0;
-      for (int64_t t = 0; t < S; t += stride) {
-        const int64_t row = (b * S + t) * G + g;
+      for (int64_t i = 0; i < S; i += stride) {
+        const int64_t row = (b * S + i) * G + g, t = off + i;  // t: the query's position
         selected.assign(t / B + 1, 0);
-        for (int32_t i = 0; i < counts[row]; ++i) selected[indices[row * K + i]] = 1;
-        const T* q_t = q + ((b * S + t) * H + h) * d;
+        for (int32_t e = 0; e < counts[row]; ++e) selected[indices[row * K + e]] = 1;
+        const T* q_t = q + ((b * S + i) * H + h) * d;
         T max = -std::numeric_limits<T>::infinity();
         for (int64_t s = 0; s <= t; ++s) {
-          z[s] = sc * dot(q_t, k + ((b * S + s) * G + g) * d, d);
+          z[s] = sc * dot(q_t, k + ((b * Sk + s) * G + g) * d, d);
           max = std::max(max, z[s]);
         }
         T total = 0, inside = 0;
@@ -172,28 +176,29 @@ double msa_block_recall_sum(const T* q, const T* k, const int32_t* indices, cons
                             const MsaDims& dims) {
   const int64_t S = dims.seq, H = dims.heads, G = dims.groups, d = dims.dim;
   const int64_t B = dims.block_size, K = dims.topk, r = H / G;
+  const int64_t Sk = dims.keys(), off = dims.query_offset();
   const T sc = static_cast<T>(scale);
   const int64_t stride = std::max<int64_t>(1, query_stride);
   const int64_t n_t = (S + stride - 1) / stride;
   std::vector<double> per_task(dims.batch * G, 0.0);
-  parallel_for(dims.batch * G, n_t * r * S * d, [&](int64_t begin, int64_t end) {
-    std::vector<T> z(S);
+  parallel_for(dims.batch * G, n_t * r * Sk * d, [&](int64_t begin, int64_t end) {
+    std::vector<T> z(Sk);
     std::vector<double> mass;
     std::vector<int32_t> order;
     std::vector<char> oracle;
     for (int64_t bg = begin; bg < end; ++bg) {
       const int64_t b = bg / G, g = bg % G;
       double acc = 0;
-      for (int64_t t = 0; t < S; t += stride) {
-        const int64_t row = (b * S + t) * G + g;
+      for (int64_t i = 0; i < S; i += stride) {
+        const int64_t row = (b * S + i) * G + g, t = off + i;  // t: the query's position
         const int64_t c = t / B;
         // mass[j] = the group's mean dense attention probability inside block j <= c.
         mass.assign(c + 1, 0.0);
         for (int64_t h = g * r; h < (g + 1) * r; ++h) {
-          const T* q_t = q + ((b * S + t) * H + h) * d;
+          const T* q_t = q + ((b * S + i) * H + h) * d;
           T max = -std::numeric_limits<T>::infinity();
           for (int64_t s = 0; s <= t; ++s) {
-            z[s] = sc * dot(q_t, k + ((b * S + s) * G + g) * d, d);
+            z[s] = sc * dot(q_t, k + ((b * Sk + s) * G + g) * d, d);
             max = std::max(max, z[s]);
           }
           T total = 0;
@@ -213,10 +218,10 @@ double msa_block_recall_sum(const T* q, const T* k, const int32_t* indices, cons
                           });
         oracle.assign(c + 1, 0);
         oracle[c] = 1;
-        for (int64_t i = 0; i < want; ++i) oracle[order[i]] = 1;
+        for (int64_t e = 0; e < want; ++e) oracle[order[e]] = 1;
         int64_t hits = 0;
-        for (int32_t i = 0; i < counts[row]; ++i) {
-          const int32_t j = indices[row * K + i];
+        for (int32_t e = 0; e < counts[row]; ++e) {
+          const int32_t j = indices[row * K + e];
           if (j >= 0 && j <= c && oracle[j]) ++hits;
         }
         acc += static_cast<double>(hits) / static_cast<double>(want + 1);

@@ -8,7 +8,8 @@
 // ranking stays a strict order and every eligible block can still be chosen, as on the GPU.
 // Ties go to the lower block index. The local block c(t) is always selected; the output is sorted
 // ascending, so c(t) is the last valid entry. Each row costs t * dI multiply-adds and keeps only
-// its n_b block maxima (no T x n_b buffer).
+// its n_b block maxima (no T x n_b buffer). With fewer queries than keys, query t sits at
+// position query_offset() + t and the block grid is the keys' (global) one.
 #include <algorithm>
 #include <limits>
 #include <numeric>
@@ -25,18 +26,19 @@ void msa_index_topk(const T* iq, const T* ik, int32_t* indices, int32_t* counts,
                     const MsaDims& dims) {
   const int64_t S = dims.seq, G = dims.groups, dI = dims.index_dim, B = dims.block_size;
   const int64_t K = dims.topk, nb = dims.num_blocks();
+  const int64_t Sk = dims.keys(), off = dims.query_offset();
   const int64_t rows = dims.batch * S * G;
-  parallel_for(rows, (S / 2 + 1) * dI, [&](int64_t begin, int64_t end) {
+  parallel_for(rows, (off + S / 2 + 1) * dI, [&](int64_t begin, int64_t end) {
     std::vector<T> score(nb);
     std::vector<int32_t> order(nb);
     for (int64_t row = begin; row < end; ++row) {
-      const int64_t t = (row / G) % S, b = row / (G * S);
+      const int64_t t = off + (row / G) % S, b = row / (G * S);  // t: the query's position
       const int64_t c = t / B;
       const T* q = iq + row * dI;
       for (int64_t j = 0; j < c; ++j) {
         T best = -std::numeric_limits<T>::infinity();
         for (int64_t s = j * B; s < (j + 1) * B; ++s) {
-          const T x = dot(q, ik + (b * S + s) * dI, dI);
+          const T x = dot(q, ik + (b * Sk + s) * dI, dI);
           if (x > best) best = x;  // false for NaN: a NaN dot never wins
         }
         score[j] = best;

@@ -7,6 +7,8 @@
 //   += p_s dout_t.
 // The backward runs one task per (b, g) that owns dk, dv of the group and dq of
 // its heads, and adds in a fixed order: deterministic under any thread count.
+// With fewer queries than keys, query t sits at position query_offset() + t; k, v, dk, dv span
+// the keys.
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -18,8 +20,6 @@
 
 namespace msa::cpu {
 namespace {
-
-
 
 // Calls fn(s) for every key token s that query t of row (b, t, g) attends to,
 // in ascending order.
@@ -40,6 +40,7 @@ void msa_sparse_attention_forward(const T* q, const T* k, const T* v, const int3
                                   const MsaDims& dims) {
   const int64_t S = dims.seq, H = dims.heads, G = dims.groups, d = dims.dim;
   const int64_t B = dims.block_size, K = dims.topk, r = H / G;
+  const int64_t Sk = dims.keys(), off = dims.query_offset();
   const T sc = static_cast<T>(scale);
   parallel_for(dims.batch * H, S * K * B * d, [&](int64_t begin, int64_t end) {
     std::vector<T> p(K * B);
@@ -51,9 +52,9 @@ void msa_sparse_attention_forward(const T* q, const T* k, const T* v, const int3
         const T* q_t = q + ((b * S + t) * H + h) * d;
         int64_t n = 0;
         T max = -std::numeric_limits<T>::infinity();
-        for_each_selected_key(indices + row * K, counts[row], t, B, [&](int64_t s) {
+        for_each_selected_key(indices + row * K, counts[row], off + t, B, [&](int64_t s) {
           keys[n] = s;
-          p[n] = sc * dot(q_t, k + ((b * S + s) * G + g) * d, d);
+          p[n] = sc * dot(q_t, k + ((b * Sk + s) * G + g) * d, d);
           max = std::max(max, p[n]);
           ++n;
         });
@@ -66,7 +67,7 @@ void msa_sparse_attention_forward(const T* q, const T* k, const T* v, const int3
         T* out_t = out + ((b * S + t) * H + h) * d;
         std::fill(out_t, out_t + d, T(0));
         for (int64_t i = 0; i < n; ++i)
-          axpy(p[i] * inv_sum, v + ((b * S + keys[i]) * G + g) * d, out_t, d);
+          axpy(p[i] * inv_sum, v + ((b * Sk + keys[i]) * G + g) * d, out_t, d);
         lse[(b * H + h) * S + t] = max + std::log(sum);
       }
     }
@@ -79,12 +80,13 @@ void msa_sparse_attention_backward(const T* dout, const T* q, const T* k, const 
                                    double scale, T* dq, T* dk, T* dv, const MsaDims& dims) {
   const int64_t S = dims.seq, H = dims.heads, G = dims.groups, d = dims.dim;
   const int64_t B = dims.block_size, K = dims.topk, r = H / G;
+  const int64_t Sk = dims.keys(), off = dims.query_offset();
   const T sc = static_cast<T>(scale);
   parallel_for(dims.batch * G, r * S * K * B * d, [&](int64_t begin, int64_t end) {
     for (int64_t bg = begin; bg < end; ++bg) {
       const int64_t b = bg / G, g = bg % G;
-      auto kv_offset = [&](int64_t s) { return ((b * S + s) * G + g) * d; };
-      for (int64_t s = 0; s < S; ++s) {
+      auto kv_offset = [&](int64_t s) { return ((b * Sk + s) * G + g) * d; };
+      for (int64_t s = 0; s < Sk; ++s) {
         std::fill(dk + kv_offset(s), dk + kv_offset(s) + d, T(0));
         std::fill(dv + kv_offset(s), dv + kv_offset(s) + d, T(0));
       }
@@ -98,7 +100,7 @@ void msa_sparse_attention_backward(const T* dout, const T* q, const T* k, const 
           std::fill(dq_t, dq_t + d, T(0));
           const T lse_t = lse[(b * H + h) * S + t];
           const T D_t = dot(dout_t, out + q_offset, d);
-          for_each_selected_key(indices + row * K, counts[row], t, B, [&](int64_t s) {
+          for_each_selected_key(indices + row * K, counts[row], off + t, B, [&](int64_t s) {
             const T* k_s = k + kv_offset(s);
             const T p = std::exp(sc * dot(q_t, k_s, d) - lse_t);
             const T ds = p * (dot(dout_t, v + kv_offset(s), d) - D_t);

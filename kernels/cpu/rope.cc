@@ -10,13 +10,13 @@ namespace msa::cpu {
 
 template <class T>
 void rope_rotate(const T* x, T* y, int64_t batch, int64_t seq, int64_t heads, int64_t d,
-                 const double* inv_freq, int64_t n_pairs, bool inverse) {
+                 const double* inv_freq, int64_t n_pairs, bool inverse, int64_t position_offset) {
   const int64_t half = n_pairs;
   // cos / sin of p f_i for every position p and pair i, shared by all sequences and heads.
   std::vector<T> cos_table(seq * half), sin_table(seq * half);
   for (int64_t i = 0; i < half; ++i) {
     for (int64_t p = 0; p < seq; ++p) {
-      const double angle = static_cast<double>(p) * inv_freq[i];
+      const double angle = static_cast<double>(position_offset + p) * inv_freq[i];
       cos_table[p * half + i] = static_cast<T>(std::cos(angle));
       sin_table[p * half + i] = static_cast<T>((inverse ? -1.0 : 1.0) * std::sin(angle));
     }
@@ -43,8 +43,8 @@ void rope_rotate(const T* x, T* y, int64_t batch, int64_t seq, int64_t heads, in
 }
 
 template void rope_rotate<float>(const float*, float*, int64_t, int64_t, int64_t, int64_t,
-                                 const double*, int64_t, bool);
+                                 const double*, int64_t, bool, int64_t);
 template void rope_rotate<double>(const double*, double*, int64_t, int64_t, int64_t, int64_t,
-                                  const double*, int64_t, bool);
+                                  const double*, int64_t, bool, int64_t);
 
 }  // namespace msa::cpu

@@ -51,7 +51,9 @@ TEST(MsaTrainCliTest, HelpListsEveryFlagWithDefault) {
                            "dense_attention_fraction",
                            "dense_attention_steps",
                            "recall_every",
-                           "deterministic"}) {
+                           "deterministic",
+                           "tp",
+                           "cp"}) {
     EXPECT_NE(r.output.find(std::string("-") + flag + " ("), std::string::npos) << flag;
   }
   EXPECT_NE(r.output.find("default: \"msa\""), std::string::npos);
@@ -112,6 +114,32 @@ TEST(MsaTrainCliTest, DeterministicOnTheCpuIsAcceptedAndRepeatsBitForBit) {
   }
   EXPECT_NE(metrics[0].find("\"step\":4"), std::string::npos) << metrics[0];
   EXPECT_EQ(metrics[0], metrics[1]);
+}
+
+// Context parallelism: shards that are not whole blocks, a layout the world does not allow and
+// CUDA are refused at start, naming the flags.
+TEST(MsaTrainCliTest, ContextParallelLayoutsThatCannotRunAreRefusedNamingTheFlags) {
+  const struct {
+    const char* args;
+    const char* message;
+  } cases[] = {
+      {"--cp=2 --device=cuda --seq_len=256 --msa_block_size=64",
+       "invalid --cp: context parallelism runs on the CPU only so far; the CUDA kernels need a "
+       "query offset"},
+      {"--cp=3 --device=cpu --seq_len=256",
+       "invalid --cp: --seq_len 256 is not a multiple of --cp 3"},
+      {"--cp=4 --device=cpu --seq_len=128 --msa_block_size=64",
+       "invalid --cp: --seq_len / --cp = 128 / 4 = 32 tokens per rank is not a multiple of the MSA "
+       "block size 64"},
+      // One process: cp 2 does not divide the world.
+      {"--cp=2 --device=cpu --seq_len=256 --msa_block_size=64",
+       "invalid --cp: --tp 1 x --cp 2 does not divide the world size 1"},
+  };
+  for (const auto& c : cases) {
+    const CommandResult r = run_msa_train(std::string(c.args) + " --steps=1");
+    EXPECT_NE(r.exit_code, 0) << c.args;
+    EXPECT_NE(r.output.find(c.message), std::string::npos) << c.args << "\n" << r.output;
+  }
 }
 
 TEST(MsaTrainCliTest, BadWarmupFractionNamesTheFlag) {

@@ -1,6 +1,8 @@
-// Resume at another data-parallel layout, through the msa-train binary under its own mpirun: a run
-// checkpointed at dp = 2 continues at dp = 1 (and 1 -> 2) with the same global batch, and ends
-// where the uninterrupted run ends.
+// Resume at another data- or context-parallel layout, through the msa-train binary under its own
+// mpirun: a run checkpointed at dp = 2 continues at dp = 1 (and 1 -> 2), one checkpointed at
+// cp = 2 continues at cp = 1, with the same global batch, and ends where the uninterrupted run
+// ends. (Context parallelism orders the sums differently too: each cp rank's share of the key
+// gradients is reduce-scattered; the tolerances below cover it with the same margin.)
 //
 // What is exact and what is not: within one layout a resumed run is bit-identical to the
 // uninterrupted one (docs/checkpoint.md, checked here for dp 2 -> 2 too). Across layouts the
@@ -25,6 +27,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_format.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "tests/testing/parallel_training.h"
@@ -69,9 +72,21 @@ void forget_own_mpi_job() {
   for (const std::string& name : names) ::unsetenv(name.c_str());
 }
 
-// msa-train on `ranks` processes (each with 1/ranks of the global batch) into `dir`.
-CommandResult train(int ranks, const std::string& dir, const std::string& extra) {
+// A layout: `ranks` processes, `cp` of them per data-parallel replica.
+struct Layout {
+  Layout(int ranks, int cp = 1) : ranks(ranks), cp(cp) {}  // NOLINT: an int is a dp layout
+  int ranks, cp;
+  int dp() const { return ranks / cp; }
+  std::string name() const {
+    return cp == 1 ? absl::StrFormat("dp %d", dp()) : absl::StrFormat("dp %d x cp %d", dp(), cp);
+  }
+};
+
+// msa-train on `l.ranks` processes (each data-parallel replica with 1/dp of the global batch)
+// into `dir`.
+CommandResult train(const Layout& l, const std::string& dir, const std::string& extra) {
   forget_own_mpi_job();
+  const int ranks = l.ranks;
   const std::string cmd =
       "OMPI_MCA_rmaps_base_oversubscribe=1 mpirun --oversubscribe --allow-run-as-root -np " +
       std::to_string(ranks) + " " + MSA_BINARY_DIR +
@@ -80,8 +95,9 @@ CommandResult train(int ranks, const std::string& dir, const std::string& extra)
       "--msa_topk=2 --msa_index_dim=8 --seq_len=48 --data=synthetic:kv-recall --seed=11 "
       "--lr=3e-3 --min_lr=3e-4 --warmup_steps=2 --dense_attention_steps=2 --recall_every=0 "
       "--log_every=1 --steps=" +
-      std::to_string(kSteps) + " --batch_size=" + std::to_string(kGlobalBatch / ranks) +
-      " --checkpoint_dir=" + dir + " --metrics_jsonl=" + dir + "/metrics.jsonl " + extra;
+      std::to_string(kSteps) + " --batch_size=" + std::to_string(kGlobalBatch / l.dp()) +
+      " --cp=" + std::to_string(l.cp) + " --checkpoint_dir=" + dir + " --metrics_jsonl=" + dir +
+      "/metrics.jsonl " + extra;
   return run(cmd);
 }
 
@@ -94,8 +110,10 @@ std::vector<nlohmann::json> metrics(const std::string& dir) {
 
 // Interrupted at kStop on `first_ranks`, resumed on `second_ranks`: compared with the
 // uninterrupted run on `straight_ranks`.
-void check_resume(int straight_ranks, int first_ranks, int second_ranks, bool bit_exact) {
-  const std::string name = std::to_string(first_ranks) + "_to_" + std::to_string(second_ranks);
+void check_resume(const Layout& straight_ranks, const Layout& first_ranks,
+                  const Layout& second_ranks, bool bit_exact) {
+  const std::string name = absl::StrFormat("%d_%d_to_%d_%d", first_ranks.ranks, first_ranks.cp,
+                                           second_ranks.ranks, second_ranks.cp);
   const std::string straight = fresh_dir(name + "_straight"), split = fresh_dir(name + "_split");
   CommandResult a = train(straight_ranks, straight, "");
   ASSERT_EQ(a.exit_code, 0) << a.output;
@@ -105,8 +123,8 @@ void check_resume(int straight_ranks, int first_ranks, int second_ranks, bool bi
   ASSERT_EQ(c.exit_code, 0) << c.output;
   EXPECT_NE(c.output.find("resumed from " + checkpoint_path(split, kStop)), std::string::npos)
       << c.output;
-  EXPECT_NE(c.output.find("world " + std::to_string(second_ranks) + " = dp " +
-                          std::to_string(second_ranks)),
+  EXPECT_NE(c.output.find(
+                absl::StrFormat("world %d = %s x tp 1", second_ranks.ranks, second_ranks.name())),
             std::string::npos)
       << c.output;
 
@@ -119,7 +137,9 @@ void check_resume(int straight_ranks, int first_ranks, int second_ranks, bool bi
     worst_loss =
         std::max(worst_loss, std::abs(y[s]["loss"].get<double>() / x[s]["loss"].get<double>() - 1));
     EXPECT_EQ(x[s]["tokens"], y[s]["tokens"]) << "step " << s + 1;
-    if (bit_exact || (s < kStop && first_ranks == straight_ranks)) {
+    const bool same_first =
+        first_ranks.ranks == straight_ranks.ranks && first_ranks.cp == straight_ranks.cp;
+    if (bit_exact || (s < kStop && same_first)) {
       EXPECT_EQ(x[s].dump(), y[s].dump()) << "step " << s + 1;
     } else {
       const double lx = x[s]["loss"].get<double>(), ly = y[s]["loss"].get<double>();
@@ -143,8 +163,9 @@ void check_resume(int straight_ranks, int first_ranks, int second_ranks, bool bi
   } else {
     std::string worst;
     // Measured, for the tolerances' sake (printed by every run).
-    std::printf("dp %d -> %d vs dp %d: loss rel diff %.3g, params %.3g, m %.3g, v %.3g\n",
-                first_ranks, second_ranks, straight_ranks, worst_loss,
+    std::printf("%s -> %s vs %s: loss rel diff %.3g, params %.3g, m %.3g, v %.3g\n",
+                first_ranks.name().c_str(), second_ranks.name().c_str(),
+                straight_ranks.name().c_str(), worst_loss,
                 test::max_rel_diff(end_a->params, end_b->params),
                 test::max_rel_diff(end_a->m, end_b->m), test::max_rel_diff(end_a->v, end_b->v));
     EXPECT_LT(test::max_rel_diff(end_a->params, end_b->params, &worst), 1e-5) << worst;
@@ -159,6 +180,12 @@ TEST(MsaTrainResumeLayoutTest, TwoRanksResumedOnOneMatchTheTwoRankRun) {
 
 TEST(MsaTrainResumeLayoutTest, OneRankResumedOnTwoMatchesTheOneRankRun) {
   check_resume(/*straight=*/1, /*first=*/1, /*second=*/2, /*bit_exact=*/false);
+}
+
+// Checkpoints hold full tensors whatever the layout: a context-parallel run continues on one rank.
+TEST(MsaTrainResumeLayoutTest, ContextParallelRunResumedOnOneRankMatchesTheContextParallelRun) {
+  check_resume(/*straight=*/Layout(2, 2), /*first=*/Layout(2, 2), /*second=*/1,
+               /*bit_exact=*/false);
 }
 
 TEST(MsaTrainResumeLayoutTest, TwoRanksResumedOnTwoAreBitExact) {

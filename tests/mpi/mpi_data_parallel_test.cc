@@ -57,7 +57,7 @@ using test::RunResult;
 RunResult train(const ModelConfig& c, Communicator* dp, bool zero1, int64_t batch, int steps,
                 int grad_accum = 1) {
   if (dp == nullptr) return test::train(c, nullptr, zero1, batch, steps, grad_accum);
-  auto groups = make_process_groups(1);
+  auto groups = make_process_groups(1, 1, false);
   EXPECT_TRUE(groups.ok());
   return test::train(c, &*groups, zero1, batch, steps, grad_accum);
 }

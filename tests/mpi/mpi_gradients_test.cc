@@ -26,86 +26,28 @@
 #include "core/communicator.h"
 #include "gtest/gtest.h"
 #include "model/parameters.h"
+#include "tests/testing/mpi_stacks.h"
 #include "tests/testing/parallel_training.h"
 
 namespace msa {
 namespace {
+
+using test::kStacks;
+using test::max_over_ranks;
+using test::phases_of;
+using test::rel_diffs_over_ranks;
+using test::Stack;
+using test::stack_name;
+using test::tiny;
+using test::trains_in;
+using test::world_rank;
+using test::world_size;
 
 constexpr double kTol = 1e-5;
 // The norm is dominated by the largest gradients, whose rounding is relatively the smallest
 // (measured: at most 6.5e-8); it must resolve a replicated tensor counted twice or not summed over
 // dp, whose share of the squares is only 1.6e-4 in the dense stack (moving the norm by 8e-5).
 constexpr double kNormTol = 1e-6;
-
-int world_size() {
-  int n;
-  MPI_Comm_size(MPI_COMM_WORLD, &n);
-  return n;
-}
-int world_rank() {
-  int r;
-  MPI_Comm_rank(MPI_COMM_WORLD, &r);
-  return r;
-}
-
-enum class Stack { kDense, kMsa, kHybrid, kHybridQwenStyle };
-
-const char* stack_name(Stack s) {
-  switch (s) {
-    case Stack::kDense:
-      return "dense";
-    case Stack::kMsa:
-      return "msa";
-    case Stack::kHybrid:
-      return "hybrid dense,msa";
-    case Stack::kHybridQwenStyle:
-      return "hybrid msa,dense with qkv bias, q/k norms, tied embeddings";
-  }
-  return "?";
-}
-
-// 4 KV groups so that tp = 4 fits (np 4); GQA with 2 query heads per group.
-ModelConfig tiny(Stack s) {
-  ModelConfig c;
-  c.vocab_size = 96;
-  c.d_model = 32;
-  c.n_layers = 2;
-  c.n_heads = 8;
-  c.n_kv_heads = 4;
-  c.head_dim = 4;
-  c.ffn_dim = 64;
-  const AttentionKind dense = AttentionKind::kDense, msa = AttentionKind::kMsa;
-  switch (s) {
-    case Stack::kDense:
-      c.attention = {dense, dense};
-      break;
-    case Stack::kMsa:
-      c.attention = {msa, msa};
-      break;
-    case Stack::kHybrid:
-      c.attention = {dense, msa};
-      break;
-    case Stack::kHybridQwenStyle:
-      // Replicated q/k norms whose gradients every tp rank computes in part, split biases, and a
-      // head tied to the vocab-parallel embedding (two contributions to one gradient).
-      c.attention = {msa, dense};
-      c.qkv_bias = true;
-      c.qk_norm = true;
-      c.tied_embeddings = true;
-      break;
-  }
-  c.msa.block_size = 8;
-  c.msa.topk = 3;
-  c.msa.index_dim = 8;
-  return c;
-}
-
-constexpr Stack kStacks[] = {Stack::kDense, Stack::kMsa, Stack::kHybrid, Stack::kHybridQwenStyle};
-
-std::vector<test::Phase> phases_of(const ModelConfig& c) {
-  if (!c.any_msa()) return {test::Phase::kSparse};  // the phases differ only in MSA layers
-  return {test::Phase::kSparse, test::Phase::kDenseAttention, test::Phase::kFrozenBackboneWarmup};
-}
 
 // The tensor-parallel sizes this world allows for tiny(): tp divides the world and n_kv_heads.
 std::vector<int> tp_sizes() {
@@ -116,7 +58,7 @@ std::vector<int> tp_sizes() {
 }
 
 ProcessGroups groups_or_die(int tp) {
-  auto g = make_process_groups(tp);
+  auto g = make_process_groups(tp, 1, false);
   EXPECT_TRUE(g.ok()) << g.status();
   return std::move(*g);
 }
@@ -126,34 +68,6 @@ std::map<std::string, ParamSpec> specs_by_name(const ModelConfig& c) {
   std::map<std::string, ParamSpec> out;
   for (const ParamSpec& s : model_param_specs(c)) out[s.name] = s;
   return out;
-}
-bool trains_in(const ParamSpec& s, test::Phase phase) {
-  return phase != test::Phase::kFrozenBackboneWarmup || s.index_branch;
-}
-
-// Each tensor's ||a - b|| / ||b||, the largest over all ranks (ranks other than 0 print nothing,
-// and replicated tensors are each rank's own copy). +infinity for a NaN or an infinity.
-std::map<std::string, double> rel_diffs_over_ranks(const std::map<std::string, Tensor>& a,
-                                                   const std::map<std::string, Tensor>& b) {
-  EXPECT_EQ(a.size(), b.size());
-  std::vector<double> rel;
-  for (const auto& [name, t] : b) {
-    const auto it = a.find(name);
-    rel.push_back(it == a.end() ? std::numeric_limits<double>::infinity()
-                                : test::max_rel_diff({{name, it->second}}, {{name, t}}));
-  }
-  MPI_Allreduce(MPI_IN_PLACE, rel.data(), static_cast<int>(rel.size()), MPI_DOUBLE, MPI_MAX,
-                MPI_COMM_WORLD);
-  std::map<std::string, double> out;
-  size_t i = 0;
-  for (const auto& [name, t] : b) out[name] = rel[i++];
-  return out;
-}
-
-double max_over_ranks(double x) {
-  if (!std::isfinite(x)) x = std::numeric_limits<double>::infinity();
-  MPI_Allreduce(MPI_IN_PLACE, &x, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
-  return x;
 }
 
 // One case of the matrix: a layout, a stack, a phase and a number of micro-batches.
@@ -190,41 +104,14 @@ test::StepGradients parallel(const Case& k, bool zero1 = false) {
 }
 
 TEST(MpiGradientsTest, EveryParametersFullGradientMatchesOneRank) {
-  double worst_seen = 0;
-  std::string worst_where;
+  test::Worst worst;
   for_every_case(false, [&](const Case& k) {
-    const auto specs = specs_by_name(tiny(k.stack));
-    const test::StepGradients one = single_rank(k);
-    const test::StepGradients many = parallel(k);
-    ASSERT_EQ(many.grads.size(), specs.size()) << k.describe();
-    // The reference is not vacuous: every tensor that trains has a nonzero, finite gradient.
-    for (const auto& [name, g] : one.grads) {
-      const double norm = test::l2_norm({{name, g}});
-      if (trains_in(specs.at(name), k.phase)) {
-        EXPECT_TRUE(std::isfinite(norm) && norm > 0) << name << " " << norm << "; " << k.describe();
-      }
-    }
-    for (const auto& [name, rel] : rel_diffs_over_ranks(many.grads, one.grads)) {
-      EXPECT_LT(rel, kTol) << name << "; " << k.describe();
-      if (rel > worst_seen || !std::isfinite(rel)) {
-        worst_seen = rel;
-        worst_where = name + "; " + k.describe();
-      }
-    }
-    // The losses the gradients are of: the LM loss a mean over the global batch's targets, each
-    // MSA layer's index loss a mean over its rows.
-    EXPECT_LT(max_over_ranks(test::rel_diff(many.metrics.lm_loss, one.metrics.lm_loss)), kTol)
-        << many.metrics.lm_loss << " vs " << one.metrics.lm_loss << "; " << k.describe();
-    if (tiny(k.stack).any_msa()) {
-      EXPECT_GT(one.metrics.index_loss, 0) << k.describe();
-      EXPECT_LT(max_over_ranks(test::rel_diff(many.metrics.index_loss, one.metrics.index_loss)),
-                kTol)
-          << many.metrics.index_loss << " vs " << one.metrics.index_loss << "; " << k.describe();
-    }
+    test::expect_same_step(parallel(k), single_rank(k), tiny(k.stack), k.phase, kTol, k.describe(),
+                           worst);
   });
   if (world_rank() == 0)
-    std::printf("worst gradient relative L2 difference %.3g (%s)\n", worst_seen,
-                worst_where.c_str());
+    std::printf("worst gradient relative L2 difference %.3g (%s)\n", worst.rel,
+                worst.where.c_str());
 }
 
 // Packed documents (--pack_documents) on every layout: each document of a row attends, selects

@@ -157,7 +157,7 @@ TEST_F(MpiNcclTest, VocabParallelCrossEntropyInBf16) {
 // parallel run that did not train at all (its update gap is 1). The parallel runs reduce in
 // other orders and, with tp, all-reduce bf16 partial sums, so they are not bit-equal.
 void expect_bf16_training_matches_one_gpu(const ModelConfig& c, int tp, const char* what) {
-  auto made = make_process_groups(tp, /*use_nccl=*/true);
+  auto made = make_process_groups(tp, /*cp=*/1, /*nccl=*/true);
   ASSERT_TRUE(made.ok()) << made.status();
   const ProcessGroups& groups = *made;
   const int steps = 10;
@@ -229,7 +229,7 @@ TEST_F(MpiNcclTest, Bf16TensorParallelTrainingMatchesOneGpu) {
 // a W_IK gradient missing its sum over tp would be off by ~50%).
 TEST_F(MpiNcclTest, Bf16GradientsMatchOneGpuInEveryPhase) {
   const int tp = size_ % 2 == 0 ? 2 : 1;
-  auto made = make_process_groups(tp, /*use_nccl=*/true);
+  auto made = make_process_groups(tp, /*cp=*/1, /*nccl=*/true);
   ASSERT_TRUE(made.ok()) << made.status();
   const ProcessGroups& groups = *made;
   const ModelConfig c = gpu_tiny(true);

@@ -72,7 +72,7 @@ using test::RunResult;
 using test::train;
 
 ProcessGroups groups_or_die(int tp) {
-  auto g = make_process_groups(tp);
+  auto g = make_process_groups(tp, 1, false);
   EXPECT_TRUE(g.ok()) << g.status();
   return std::move(*g);
 }

@@ -1,5 +1,6 @@
 // Training harness shared by the multi-rank tests: a tiny model trained on synthetic kv-recall
-// on a data x tensor-parallel layout (or on one rank), and a per-tensor relative difference.
+// on a data x context x tensor-parallel layout (or on one rank), and a per-tensor relative
+// difference.
 #pragma once
 
 #include <algorithm>
@@ -27,23 +28,26 @@ struct RunResult {
   std::map<std::string, Tensor> initial_params;  // full tensors, before the first step
 };
 
-// A tiny model, its AdamW and its kv-recall data (48 tokens, 3 facts) on a data x tensor-parallel
-// layout: `batch` sequences per data-parallel rank; groups == nullptr: this rank alone. On
-// Device::kCUDA the model computes in bf16 (f32 masters), as msa-train does.
+// A tiny model, its AdamW and its kv-recall data (seq_len tokens, 3 facts) on a data x context x
+// tensor-parallel layout as msa-train builds it: `batch` sequences per data-parallel rank, each
+// cp rank its shard of them, gradients summed over dp x cp; groups == nullptr: this rank alone.
+// On Device::kCUDA the model computes in bf16 (f32 masters), as msa-train does.
 struct ParallelSetup {
   ParallelSetup(const ModelConfig& c, const ProcessGroups* groups, bool zero1, int64_t batch,
                 int steps, int grad_accum, int64_t index_warmup, int64_t dense_steps, Device device,
-                double max_lr)
+                double max_lr, int64_t seq_len = 48)
       : tp(tensor_parallel_of(groups ? groups->tp.get() : nullptr)),
-        dp(groups ? groups->dp.get() : nullptr),
-        model(c, device == Device::kCUDA ? DType::kBF16 : DType::kF32, device, tp) {
+        dp(groups ? groups->gradient_group() : nullptr),
+        model(c, device == Device::kCUDA ? DType::kBF16 : DType::kF32, device, tp,
+              context_parallel_of(groups && groups->cp_size > 1 ? groups->cp.get() : nullptr)) {
     model.params().initialize(3, tp.rank, tp.size);
     optimizer = std::make_unique<AdamW>(model.params(), optimizer_config(zero1));
-    DataLayout layout{grad_accum, dp ? dp->rank() : 0, dp ? dp->size() : 1};
+    DataLayout layout{grad_accum, groups ? groups->dp_rank : 0, groups ? groups->dp_size : 1};
     auto made =
-        make_synthetic_source("kv-recall", c.vocab_size, batch, 48, 3, -1, 11, layout, false);
+        make_synthetic_source("kv-recall", c.vocab_size, batch, seq_len, 3, -1, 11, layout, false);
     EXPECT_TRUE(made.ok());
-    data = std::move(*made);
+    data = make_context_shard_source(std::move(*made), groups ? groups->cp_rank : 0,
+                                     groups ? groups->cp_size : 1);
     config.steps = steps;
     config.grad_accum = grad_accum;
     config.lr.max_lr = max_lr;
@@ -73,7 +77,7 @@ struct ParallelSetup {
   }
 
   TensorParallel tp;
-  Communicator* dp;
+  Communicator* dp;  // the gradient group: dp x cp
   Transformer model;
   std::unique_ptr<AdamW> optimizer;  // made after the model is initialized (it copies masters)
   std::unique_ptr<BatchSource> data;
@@ -146,12 +150,12 @@ struct StepGradients {
   StepMetrics metrics;
 };
 inline StepGradients step_gradients(const ModelConfig& c, const ProcessGroups* groups,
-                                    int64_t batch, Phase phase, int grad_accum = 1,
-                                    Device device = Device::kCPU, bool zero1 = false,
-                                    const std::vector<int64_t>& doc_starts = {}) {
+                                    int64_t batch, Phase phase, int grad_accum, Device device,
+                                    bool zero1, int64_t seq_len,
+                                    const std::vector<int64_t>& doc_starts) {
   ParallelSetup setup(c, groups, zero1, batch, 1, grad_accum,
                       phase == Phase::kFrozenBackboneWarmup ? 1 : 0,
-                      phase == Phase::kDenseAttention ? 1 : 0, device, 1e-3);
+                      phase == Phase::kDenseAttention ? 1 : 0, device, 1e-3, seq_len);
   if (!doc_starts.empty())
     setup.data = std::make_unique<FixedDocumentsSource>(std::move(setup.data), doc_starts);
   Trainer trainer(setup.model, *setup.optimizer, *setup.data, setup.config);
@@ -162,6 +166,17 @@ inline StepGradients step_gradients(const ModelConfig& c, const ProcessGroups* g
   for (Parameter& p : setup.model.params().all()) grads[p.spec.name] = p.grad.clone();
   r.grads = setup.full(std::move(grads));
   return r;
+}
+inline StepGradients step_gradients(const ModelConfig& c, const ProcessGroups* groups,
+                                    int64_t batch, Phase phase, int grad_accum = 1,
+                                    Device device = Device::kCPU, bool zero1 = false,
+                                    int64_t seq_len = 48) {
+  return step_gradients(c, groups, batch, phase, grad_accum, device, zero1, seq_len, {});
+}
+inline StepGradients step_gradients(const ModelConfig& c, const ProcessGroups* groups,
+                                    int64_t batch, Phase phase, int grad_accum, Device device,
+                                    bool zero1, const std::vector<int64_t>& doc_starts) {
+  return step_gradients(c, groups, batch, phase, grad_accum, device, zero1, 48, doc_starts);
 }
 
 // |a - b| / |b|; +infinity when either is not finite (a NaN would pass EXPECT_LT otherwise).

@@ -1,0 +1,189 @@
+// Context parallelism (model/context_parallel.h): one training step on every layout with cp > 1
+// that the world allows (run under mpirun -np 2: cp 2; -np 4: cp 4, dp 2 x cp 2, cp 2 x tp 2)
+// equals one rank's on the same global batch: the LM and index losses, every parameter's full
+// gradient (after the dp x cp reduction, the trainer's loss scaling included) and the global
+// gradient norm with and without ZeRO-1, for dense, MSA and hybrid stacks, in every MSA phase
+// (sparse, dense-attention warm-up, frozen-backbone warm-up).
+//
+// Tolerances as in mpi_gradients_test.cc (1e-5 relative L2 per tensor, 1e-6 on the norm, f32): a
+// layout changes only the order of additions (the reduce-scatter of the key gradients, the dp x cp
+// all-reduce). The bugs this is for are O(1): a key gradient not returned to its owner, a
+// position offset missing from RoPE or the causal mask, a loss normalized per shard instead of
+// over the global batch, a gradient not summed over cp.
+#include <mpi.h>
+
+#include <cmath>
+#include <cstdio>
+#include <limits>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_format.h"
+#include "core/communicator.h"
+#include "gtest/gtest.h"
+#include "model/context_parallel.h"
+#include "model/parameters.h"
+#include "tests/testing/mpi_stacks.h"
+#include "tests/testing/parallel_training.h"
+
+namespace msa {
+namespace {
+
+using test::kStacks;
+using test::max_over_ranks;
+using test::phases_of;
+using test::rel_diffs_over_ranks;
+using test::Stack;
+using test::stack_name;
+using test::tiny;
+using test::world_rank;
+using test::world_size;
+
+constexpr double kTol = 1e-5;
+constexpr double kNormTol = 1e-6;
+// 64 tokens: cp 4 gives shards of 16 tokens, two MSA blocks of 8 (of 8 blocks, 3 selected).
+constexpr int64_t kSeqLen = 64;
+
+struct Layout {
+  int tp, cp;
+};
+// The layouts with cp > 1 this world allows (dp = world / (cp tp)).
+std::vector<Layout> layouts() {
+  if (world_size() == 2) return {{1, 2}};
+  if (world_size() == 4) return {{1, 4}, {1, 2}, {2, 2}};
+  return {};
+}
+
+TEST(MpiContextParallelTest, ProcessGroupsPlaceCpBetweenTpAndDp) {
+  for (const Layout& l : layouts()) {
+    auto made = make_process_groups(l.tp, l.cp, false);
+    ASSERT_TRUE(made.ok()) << made.status();
+    const ProcessGroups& g = *made;
+    const int w = g.world_rank;
+    EXPECT_EQ(g.tp_rank, w % l.tp);
+    EXPECT_EQ(g.cp_rank, (w / l.tp) % l.cp);
+    EXPECT_EQ(g.dp_rank, w / (l.tp * l.cp));
+    EXPECT_EQ(g.cp->size(), l.cp);
+    EXPECT_EQ(g.cp->rank(), g.cp_rank);
+    EXPECT_EQ(g.dp->size(), g.dp_size);
+    EXPECT_EQ(g.tp->rank(), g.tp_rank);
+    EXPECT_EQ(g.gradient_group()->size(), g.dp_size * l.cp);
+    // The cp group's members: the same dp and tp ranks, in cp order.
+    Tensor mine = Tensor::from_vector<int32_t>({1}, {w});
+    Tensor all = Tensor::empty({l.cp}, DType::kI32);
+    g.cp->all_gather(mine, all);
+    for (int c = 0; c < l.cp; ++c)
+      EXPECT_EQ(all.data<int32_t>()[c], g.dp_rank * l.tp * l.cp + c * l.tp + g.tp_rank);
+    EXPECT_NE(g.describe().find(absl::StrFormat("cp %d", l.cp)), std::string::npos) << g.describe();
+  }
+  EXPECT_FALSE(make_process_groups(1, 3, false).ok());  // 3 divides neither 2 nor 4
+}
+
+TEST(MpiContextParallelTest, ShardsMustHoldWholeBlocks) {
+  const ModelConfig msa = tiny(Stack::kMsa), dense = tiny(Stack::kDense);
+  EXPECT_TRUE(check_context_parallel(msa, 4, 64).ok());
+  const absl::Status not_blocks = check_context_parallel(msa, 4, 48);  // 12 tokens, blocks of 8
+  EXPECT_FALSE(not_blocks.ok());
+  EXPECT_NE(not_blocks.message().find("--cp"), std::string::npos) << not_blocks;
+  EXPECT_NE(not_blocks.message().find("--seq_len"), std::string::npos) << not_blocks;
+  EXPECT_TRUE(check_context_parallel(dense, 4, 48).ok());  // dense layers have no blocks
+  EXPECT_FALSE(check_context_parallel(dense, 5, 48).ok());
+}
+
+// One case: a layout, a stack, a phase.
+struct Case {
+  const ProcessGroups* groups;
+  Stack stack;
+  test::Phase phase;
+  std::string describe() const {
+    return absl::StrFormat("%s; %s; phase %s", groups->describe(), stack_name(stack),
+                           test::phase_name(phase));
+  }
+};
+
+template <typename Check>
+void for_every_case(Check check) {
+  for (const Layout& l : layouts()) {
+    auto made = make_process_groups(l.tp, l.cp, false);
+    ASSERT_TRUE(made.ok()) << made.status();
+    const ProcessGroups groups = std::move(*made);
+    for (Stack stack : kStacks)
+      for (test::Phase phase : phases_of(tiny(stack))) check(Case{&groups, stack, phase});
+  }
+}
+
+// The reference: this rank alone with the whole global batch (2 sequences per dp rank).
+test::StepGradients single_rank(const Case& k) {
+  return test::step_gradients(tiny(k.stack), nullptr, 2 * k.groups->dp_size, k.phase, 1,
+                              Device::kCPU, false, kSeqLen);
+}
+test::StepGradients parallel(const Case& k, bool zero1 = false) {
+  return test::step_gradients(tiny(k.stack), k.groups, 2, k.phase, 1, Device::kCPU, zero1, kSeqLen);
+}
+
+TEST(MpiContextParallelTest, LossesAndEveryParametersFullGradientMatchOneRank) {
+  test::Worst worst;
+  int cases = 0;
+  for_every_case([&](const Case& k) {
+    ++cases;
+    const test::StepGradients one = single_rank(k), many = parallel(k);
+    test::expect_same_step(many, one, tiny(k.stack), k.phase, kTol, k.describe(), worst);
+    EXPECT_EQ(many.metrics.tokens, one.metrics.tokens) << k.describe();
+  });
+  EXPECT_GT(cases, 0);
+  if (world_rank() == 0)
+    std::printf("%d cases; worst gradient relative L2 difference %.3g (%s)\n", cases, worst.rel,
+                worst.where.c_str());
+}
+
+// Recomputation gathers the keys again in the backward (and reuses the forward's selection): the
+// gradients are those of the run that keeps its activations.
+TEST(MpiContextParallelTest, RecomputationGivesTheSameGradients) {
+  const Layout l = layouts().front();
+  auto made = make_process_groups(l.tp, l.cp, false);
+  ASSERT_TRUE(made.ok()) << made.status();
+  const ProcessGroups& groups = *made;
+  for (Stack stack : {Stack::kMsa, Stack::kHybridQwenStyle}) {
+    const Case k{&groups, stack, test::Phase::kSparse};
+    const test::StepGradients one = single_rank(k);
+    for (Recompute r : {Recompute::kAttention, Recompute::kFull}) {
+      test::ParallelSetup setup(tiny(stack), &groups, false, 2, 1, 1, 0, 0, Device::kCPU, 1e-3,
+                                kSeqLen);
+      setup.model.set_recompute(r);
+      Trainer trainer(setup.model, *setup.optimizer, *setup.data, setup.config);
+      const StepMetrics m = trainer.train_step(1);
+      std::map<std::string, Tensor> grads;
+      for (Parameter& p : setup.model.params().all()) grads[p.spec.name] = p.grad.clone();
+      grads = setup.full(std::move(grads));
+      for (const auto& [name, rel] : rel_diffs_over_ranks(grads, one.grads))
+        EXPECT_LT(rel, kTol) << name << "; recompute " << recompute_name(r) << "; " << k.describe();
+      EXPECT_LT(max_over_ranks(test::rel_diff(m.loss, one.metrics.loss)), kTol) << k.describe();
+    }
+  }
+}
+
+TEST(MpiContextParallelTest, GlobalGradientNormMatchesOneRankWithAndWithoutZero1) {
+  double worst_seen = 0;
+  std::string worst_where;
+  for_every_case([&](const Case& k) {
+    const test::StepGradients one = single_rank(k);
+    for (bool zero1 : {false, true}) {
+      const test::StepGradients many = parallel(k, zero1);
+      const double rel =
+          max_over_ranks(test::rel_diff(many.metrics.grad_norm, one.metrics.grad_norm));
+      EXPECT_LT(rel, kNormTol) << many.metrics.grad_norm << " vs " << one.metrics.grad_norm
+                               << (zero1 ? "; zero1" : "") << "; " << k.describe();
+      if (rel > worst_seen || !std::isfinite(rel)) {
+        worst_seen = rel;
+        worst_where = k.describe() + (zero1 ? "; zero1" : "");
+      }
+    }
+  });
+  if (world_rank() == 0)
+    std::printf("worst gradient norm relative difference %.3g (%s)\n", worst_seen,
+                worst_where.c_str());
+}
+
+}  // namespace
+}  // namespace msa
