@@ -1,8 +1,10 @@
 // Device dispatch and argument checks for kernels/msa.h.
 #include "kernels/msa.h"
 
+#include <algorithm>
 #include <cmath>
 #include <initializer_list>
+#include <vector>
 
 #include "kernels/cpu/dtype_dispatch.h"
 #include "kernels/cpu/msa.h"
@@ -277,33 +279,71 @@ Tensor host(const Tensor& t) { return t.is_cuda() ? t.to(Device::kCPU) : t; }
 
 }  // namespace
 
+std::vector<RecallQuery> strided_recall_queries(int64_t batch, int64_t T, int64_t query_stride) {
+  const int64_t stride = std::max<int64_t>(1, query_stride);
+  std::vector<RecallQuery> out;
+  out.reserve(batch * ((T + stride - 1) / stride));
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t t = 0; t < T; t += stride) out.push_back({b, t});
+  return out;
+}
+
 namespace {
 
-// The two sampled recalls: the same host copies, the same mean over the sampled terms.
+// The two recalls: the same host copies, the same mean over the terms of the given queries
+// (grouped by batch row, each row's queries in the given order, so the strided queries sum in the
+// order the stride loop did).
 template <class SumFn>
-double sampled_recall(const Tensor& q, const Tensor& k, const BlockSelection& sel, double scale,
-                      int64_t query_stride, const char* op, SumFn sum_fn) {
+double query_recall(const Tensor& q, const Tensor& k, const BlockSelection& sel, double scale,
+                    const std::vector<RecallQuery>& queries, const char* op, SumFn sum_fn) {
   const cpu::MsaDims dims = attention_dims(q, k, sel, op);
+  MSA_CHECK(!queries.empty(), "%s: no queries to measure", op);
+  std::vector<int64_t> begin(dims.batch + 1, 0), ts(queries.size());
+  for (const RecallQuery& x : queries) {
+    MSA_CHECK(x.batch >= 0 && x.batch < dims.batch && x.t >= 0 && x.t < dims.seq,
+              "%s: query (batch %lld, t %lld) outside [0, %lld) x [0, %lld)", op,
+              static_cast<long long>(x.batch), static_cast<long long>(x.t),
+              static_cast<long long>(dims.batch), static_cast<long long>(dims.seq));
+    ++begin[x.batch + 1];
+  }
+  for (int64_t b = 0; b < dims.batch; ++b) begin[b + 1] += begin[b];
+  std::vector<int64_t> fill(begin.begin(), begin.end() - 1);
+  for (const RecallQuery& x : queries) ts[fill[x.batch]++] = x.t;
   const Tensor qh = host_f64(q), kh = host_f64(k);
   const Tensor idx = host(sel.indices), cnt = host(sel.counts);
   int64_t n_terms = 0;
-  const double sum = sum_fn(qh.data<double>(), kh.data<double>(), idx.data<int32_t>(),
-                            cnt.data<int32_t>(), scale, query_stride, &n_terms, dims);
+  const double sum =
+      sum_fn(qh.data<double>(), kh.data<double>(), idx.data<int32_t>(), cnt.data<int32_t>(), scale,
+             cpu::RecallQueries{begin.data(), ts.data()}, &n_terms, dims);
   return n_terms > 0 ? sum / static_cast<double>(n_terms) : 1.0;
 }
 
 }  // namespace
 
 double msa_index_recall(const Tensor& q, const Tensor& k, const BlockSelection& sel, double scale,
+                        const std::vector<RecallQuery>& queries) {
+  return query_recall(q, k, sel, scale, queries, "msa_index_recall",
+                      cpu::msa_index_recall_sum<double>);
+}
+
+double msa_block_recall(const Tensor& q, const Tensor& k, const BlockSelection& sel, double scale,
+                        const std::vector<RecallQuery>& queries) {
+  return query_recall(q, k, sel, scale, queries, "msa_block_recall",
+                      cpu::msa_block_recall_sum<double>);
+}
+
+double msa_index_recall(const Tensor& q, const Tensor& k, const BlockSelection& sel, double scale,
                         int64_t query_stride) {
-  return sampled_recall(q, k, sel, scale, query_stride, "msa_index_recall",
-                        cpu::msa_index_recall_sum<double>);
+  const std::vector<RecallQuery> queries =
+      strided_recall_queries(q.size(0), q.size(1), query_stride);
+  return queries.empty() ? 1.0 : msa_index_recall(q, k, sel, scale, queries);
 }
 
 double msa_block_recall(const Tensor& q, const Tensor& k, const BlockSelection& sel, double scale,
                         int64_t query_stride) {
-  return sampled_recall(q, k, sel, scale, query_stride, "msa_block_recall",
-                        cpu::msa_block_recall_sum<double>);
+  const std::vector<RecallQuery> queries =
+      strided_recall_queries(q.size(0), q.size(1), query_stride);
+  return queries.empty() ? 1.0 : msa_block_recall(q, k, sel, scale, queries);
 }
 
 }  // namespace msa

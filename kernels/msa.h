@@ -17,6 +17,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "core/tensor.h"
 
@@ -86,11 +87,26 @@ IndexLossResult msa_index_loss(IndexLossMode mode, const Tensor& q, const Tensor
                                const Tensor& ik, double scale, double weight, Tensor& diq,
                                Tensor& dik);
 
+// The query tokens a recall is measured at: (batch row, position t) pairs. Any order; a pair
+// given twice counts twice.
+struct RecallQuery {
+  int64_t batch = 0;
+  int64_t t = 0;
+};
+
+// Every stride-th query of every batch row: (b, 0), (b, stride), (b, 2 stride), ... for each b.
+std::vector<RecallQuery> strided_recall_queries(int64_t batch, int64_t T, int64_t query_stride);
+
 // Index recall: mean over sampled queries t (t = 0, stride, 2*stride, ...; every batch row) and
 // heads h of the dense causal attention mass that falls inside the blocks selected for (t, g(h)).
 // 1.0 means the selector keeps all the attention. Any device (computed on the CPU).
 double msa_index_recall(const Tensor& q, const Tensor& k, const BlockSelection& sel, double scale,
                         int64_t query_stride);
+// The same mean over the given queries (and every head) instead of a stride: e.g. the answer
+// positions of a retrieval task, whose attention decides the answer. queries must be non-empty,
+// each inside [0, batch) x [0, T).
+double msa_index_recall(const Tensor& q, const Tensor& k, const BlockSelection& sel, double scale,
+                        const std::vector<RecallQuery>& queries);
 
 // Block recall (the paper's selector metric): for the same sampled (t, g) rows, the main branch's
 // own top-k blocks are c(t) plus the top-(topk - 1) earlier blocks by the dense attention mass
@@ -99,5 +115,8 @@ double msa_index_recall(const Tensor& q, const Tensor& k, const BlockSelection& 
 // would. Any device (computed on the CPU).
 double msa_block_recall(const Tensor& q, const Tensor& k, const BlockSelection& sel, double scale,
                         int64_t query_stride);
+// The same mean over the rows (b, t, g) of the given queries (every group), as above.
+double msa_block_recall(const Tensor& q, const Tensor& k, const BlockSelection& sel, double scale,
+                        const std::vector<RecallQuery>& queries);
 
 }  // namespace msa

@@ -18,6 +18,9 @@ struct EvalCell {
   int64_t answers = 0;
   std::vector<double> index_recall;  // per MSA layer
   std::vector<double> block_recall;  // per MSA layer
+  // Per MSA layer, with EvalReport::answer_recall: both recalls at the answer positions only.
+  std::vector<double> answer_index_recall;
+  std::vector<double> answer_block_recall;
 };
 
 struct EvalReport {
@@ -26,10 +29,12 @@ struct EvalReport {
   std::vector<double> depths;
   std::vector<EvalCell> cells;  // lengths x depths, row-major
   std::vector<int> msa_layers;  // layer index of each recall column
+  bool answer_recall = false;   // cells hold the answer-position recalls: print their columns
 };
 
 // The accuracy table (rows: lengths, columns: depths, then per MSA layer the mean index recall
-// and the mean block recall over the depths).
+// and the mean block recall over the depths, and with answer_recall the same two measured at the
+// answer positions).
 std::string format_report_table(const EvalReport& report);
 std::string format_report_markdown(const EvalReport& report);
 std::string format_report_csv(const EvalReport& report);

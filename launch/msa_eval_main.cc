@@ -1,5 +1,6 @@
 // msa-eval: long-context quality of a checkpoint: retrieval accuracy by context length and depth
-// of the facts, index recall and block recall per MSA layer; or (--data) the validation loss and
+// of the facts, index recall and block recall per MSA layer (over sampled queries and at the
+// answer positions); or (--data) the validation loss and
 // perplexity by position in the window, for one or several checkpoints side by side.
 #include <sys/stat.h>
 
@@ -51,6 +52,10 @@ ABSL_FLAG(std::string, attention_mode, "sparse",
 ABSL_FLAG(int64_t, recall_stride, 8,
           "Index recall and block recall sample every N-th query position (0: off). Measured on "
           "the selector's choice in either --attention_mode.");
+ABSL_FLAG(bool, answer_recall, true,
+          "Also measure index recall and block recall at the answer positions only (the queries "
+          "whose attention decides the task; --recall_stride's average is mostly filler tokens): "
+          "the 'answer' and 'ans.block' columns per MSA layer.");
 ABSL_FLAG(std::string, data, "",
           "Token shards (a glob or a comma-separated list of globs, as msa-data writes them): "
           "instead of the retrieval tasks, report the validation loss and perplexity by position "
@@ -223,17 +228,23 @@ absl::Status run_retrieval(const std::string& path, const msa::Checkpoint& ckpt,
   for (int l = 0; l < ckpt.config.n_layers; ++l)
     if (ckpt.config.layer_kind(l) == msa::AttentionKind::kMsa) report.msa_layers.push_back(l);
   const int64_t recall_stride = absl::GetFlag(FLAGS_recall_stride);
+  const bool answer_recall = absl::GetFlag(FLAGS_answer_recall);
+  report.answer_recall = answer_recall && !report.msa_layers.empty();
   for (int64_t length : report.lengths) {
     for (double depth : report.depths) {
       task.seq_len = length;
       task.depth = depth;
       MSA_RETURN_IF_ERROR(msa::validate(task));
-      const msa::RetrievalResult r =
-          msa::evaluate_retrieval(model, task, absl::GetFlag(FLAGS_samples),
-                                  absl::GetFlag(FLAGS_batch_size), mode, recall_stride);
+      const msa::RetrievalResult r = msa::evaluate_retrieval(
+          model, task, absl::GetFlag(FLAGS_samples), absl::GetFlag(FLAGS_batch_size), mode,
+          recall_stride, report.answer_recall);
       msa::EvalCell c{length, depth, r.accuracy, r.answers, r.index_recall, r.block_recall};
+      c.answer_index_recall = r.answer_index_recall;
+      c.answer_block_recall = r.answer_block_recall;
       c.index_recall.resize(report.msa_layers.size(), 0.0);
       c.block_recall.resize(report.msa_layers.size(), 0.0);
+      c.answer_index_recall.resize(report.msa_layers.size(), 0.0);
+      c.answer_block_recall.resize(report.msa_layers.size(), 0.0);
       report.cells.push_back(c);
       std::fprintf(stderr, "msa-eval: length %lld depth %.2f: accuracy %.1f%%\n",
                    static_cast<long long>(length), depth, 100 * r.accuracy);
@@ -418,8 +429,9 @@ int main(int argc, char** argv) {
   msa::set_program_usage(
       "Evaluates a checkpoint's long-context quality: retrieval accuracy by context length and\n"
       "depth, index recall (attention mass kept) and block recall (the paper's selector metric)\n"
-      "per MSA layer; or, with --data, the validation loss and perplexity by position in the\n"
-      "window for one or several checkpoints side by side (docs/quality.md).\n"
+      "per MSA layer, over every --recall_stride-th query and at the answer positions\n"
+      "(--answer_recall); or, with --data, the validation loss and perplexity by position in\n"
+      "the window for one or several checkpoints side by side (docs/quality.md).\n"
       "  msa-eval --checkpoint=ckpt/ckpt-00000400.h5 --lengths=256,512,1024 --out_dir=report\n"
       "  msa-eval --checkpoint=dense.h5,msa.h5 --labels=dense,msa --data='val/*.tok' \\\n"
       "      --seq_len=8192 --eval_windows=8 --csv=ppl.csv --plot=ppl.png");

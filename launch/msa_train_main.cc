@@ -90,7 +90,9 @@ ABSL_FLAG(bool, pack_documents, false,
           "positions restart at each document). A document starts at the window's first token "
           "and after every EOS; the EOS id comes from the shards' msa-data metadata file "
           "<prefix>.json (refused without one). See docs/data.md.");
-ABSL_FLAG(int64_t, eval_every, 0, "Validation loss and perplexity every N steps (0: never).");
+ABSL_FLAG(int64_t, eval_every, 0,
+          "Validation loss and perplexity every N steps (0: never); on synthetic:kv-recall and "
+          "synthetic:needle also each MSA layer's index and block recall at the answer positions.");
 ABSL_FLAG(int64_t, eval_batches, 8, "Validation batches per evaluation.");
 ABSL_FLAG(std::string, checkpoint_dir, "",
           "Directory for HDF5 checkpoints ckpt-<step>.h5 (written every --checkpoint_every steps, "

@@ -98,6 +98,8 @@ void attention_block_forward(const ModelConfig& c, int layer, ParameterSet& para
   act.sparse_attention = false;
   act.index_recall = -1;
   act.block_recall = -1;
+  act.answer_index_recall = -1;
+  act.answer_block_recall = -1;
 
   if (c.layer_kind(layer) == AttentionKind::kDense) {
     segmented_attention_forward(docs, act.q_rope, k4, v4, scale, act.att, act.lse);
@@ -127,7 +129,8 @@ void attention_block_forward(const ModelConfig& c, int layer, ParameterSet& para
     const Tensor ik_ctx = cp_gather_keys(cp, ik);
     const bool sparse = options.msa_mode == MsaMode::kSparse;
     const bool measure_recall = options.recall_query_stride > 0;
-    if (sparse || measure_recall) {
+    const bool measure_answers = !options.answer_positions.empty();
+    if (sparse || measure_recall || measure_answers) {
       act.selection = BlockSelection::allocate(batch, T, G, c.msa.block_size, c.msa.topk, dev);
       segmented_msa_index_topk(docs, iq, ik_ctx, *act.selection);
     }
@@ -176,6 +179,15 @@ void attention_block_forward(const ModelConfig& c, int layer, ParameterSet& para
                                                     options.recall_query_stride);
       act.block_recall = segmented_msa_block_recall(docs, act.q_rope, k4, *act.selection, scale,
                                                     options.recall_query_stride);
+    }
+    if (measure_answers) {
+      // Whole rows: the callers (retrieval evaluation) run neither packed documents nor cp.
+      MSA_CHECK(!runs_per_document(docs) && !cp.enabled(),
+                "answer-position recall with packed documents or context parallelism");
+      act.answer_index_recall =
+          msa_index_recall(act.q_rope, k4, *act.selection, scale, options.answer_positions);
+      act.answer_block_recall =
+          msa_block_recall(act.q_rope, k4, *act.selection, scale, options.answer_positions);
     }
   }
 

@@ -12,6 +12,7 @@
 
 #include <memory>
 #include <optional>
+#include <vector>
 
 #include "core/tensor.h"
 #include "kernels/msa.h"
@@ -56,6 +57,9 @@ struct AttentionActivations {
   int64_t index_rows = 0;
   double index_recall = -1;  // < 0 when not computed (msa_index_recall)
   double block_recall = -1;  // < 0 when not computed (msa_block_recall)
+  // The same two measured at AttentionBlockOptions::answer_positions only (< 0: not computed).
+  double answer_index_recall = -1;
+  double answer_block_recall = -1;
 };
 
 struct AttentionBlockOptions {
@@ -63,6 +67,9 @@ struct AttentionBlockOptions {
   bool compute_index_grads = true;
   // > 0: measure the index recall and the block recall on every stride-th query.
   int64_t recall_query_stride = 0;
+  // Non-empty: also measure both recalls at these queries only (e.g. a retrieval task's answer
+  // positions, whose attention decides the answer), independently of the stride.
+  std::vector<RecallQuery> answer_positions;
   // Recomputation in the backward: `act` still holds this step's selection, index loss and
   // dwiq / dwik from the forward; keep them instead of running the indexer and the loss again.
   bool reuse_index = false;

@@ -205,12 +205,20 @@ double segmented_recall(const DocumentSegments* docs, const Tensor& q, const Ten
 
 double segmented_msa_index_recall(const DocumentSegments* docs, const Tensor& q, const Tensor& k,
                                   const BlockSelection& sel, double scale, int64_t query_stride) {
-  return segmented_recall(docs, q, k, sel, scale, query_stride, msa_index_recall);
+  return segmented_recall(docs, q, k, sel, scale, query_stride,
+                          [](const Tensor& qq, const Tensor& kk, const BlockSelection& ss,
+                             double sc, int64_t stride) {
+                            return msa_index_recall(qq, kk, ss, sc, stride);
+                          });
 }
 
 double segmented_msa_block_recall(const DocumentSegments* docs, const Tensor& q, const Tensor& k,
                                   const BlockSelection& sel, double scale, int64_t query_stride) {
-  return segmented_recall(docs, q, k, sel, scale, query_stride, msa_block_recall);
+  return segmented_recall(docs, q, k, sel, scale, query_stride,
+                          [](const Tensor& qq, const Tensor& kk, const BlockSelection& ss,
+                             double sc, int64_t stride) {
+                            return msa_block_recall(qq, kk, ss, sc, stride);
+                          });
 }
 
 }  // namespace msa

@@ -77,6 +77,8 @@ void drop_tensors(AttentionActivations& act) {
   kept.index_rows = act.index_rows;
   kept.index_recall = act.index_recall;
   kept.block_recall = act.block_recall;
+  kept.answer_index_recall = act.answer_index_recall;
+  kept.answer_block_recall = act.answer_block_recall;
   act = std::move(kept);
 }
 
@@ -87,12 +89,15 @@ void Transformer::recompute_layer(int l, bool with_mlp) {
   AttentionBlockOptions options = attn_options_;
   options.recall_query_stride = 0;  // measured in the forward already
   options.reuse_index = true;       // selection, index loss and its gradients: from the forward
+  options.answer_positions.clear();
   const AttentionActivations kept = attn_[l];
   Tensor y = Tensor::empty({N, D}, dtype_, device_);
   attention_block_forward(block_config_, l, params_, residual_in_[l], batch_, T_, options, attn_[l],
                           y);
   attn_[l].index_recall = kept.index_recall;
   attn_[l].block_recall = kept.block_recall;
+  attn_[l].answer_index_recall = kept.answer_index_recall;
+  attn_[l].answer_block_recall = kept.answer_block_recall;
   if (!with_mlp) return;
   tp_all_reduce(y);
   Tensor mid = residual_in_[l].clone();
@@ -177,6 +182,7 @@ ForwardResult Transformer::forward(const Tensor& tokens, const Tensor& targets,
             options.documents->seq_len(), tokens.describe());
   attn_options.documents = options.documents;
   attn_options.cp = cp_;
+  attn_options.answer_positions = options.answer_positions;
   attn_options_ = attn_options;
   const bool drop = options.for_backward && recompute_ != Recompute::kNone;
 
@@ -203,7 +209,7 @@ ForwardResult Transformer::forward(const Tensor& tokens, const Tensor& targets,
     // Each rank's index loss is the mean over its KV groups' rows: the layer's loss is the
     // row-weighted mean over ranks, and its gradient on this rank scales by its share of rows.
     // Recalls are means over ranks (each measures its groups; every rank has as many).
-    constexpr int kSlots = 4;
+    constexpr int kSlots = 6;
     Tensor sums = Tensor::zeros({kSlots * L}, DType::kF64);
     double* v = sums.data<double>();
     for (int l = 0; l < L; ++l) {
@@ -212,6 +218,8 @@ ForwardResult Transformer::forward(const Tensor& tokens, const Tensor& targets,
       v[kSlots * l + 1] = static_cast<double>(attn_[l].index_rows);
       v[kSlots * l + 2] = attn_[l].index_recall;
       v[kSlots * l + 3] = attn_[l].block_recall;
+      v[kSlots * l + 4] = attn_[l].answer_index_recall;
+      v[kSlots * l + 5] = attn_[l].answer_block_recall;
     }
     tp_.comm->all_reduce_sum(sums);
     for (int l = 0; l < L; ++l) {
@@ -221,6 +229,10 @@ ForwardResult Transformer::forward(const Tensor& tokens, const Tensor& targets,
       attn_[l].index_loss = rows > 0 ? v[kSlots * l] / rows : 0.0;
       if (attn_[l].index_recall >= 0) attn_[l].index_recall = v[kSlots * l + 2] / tp_.size;
       if (attn_[l].block_recall >= 0) attn_[l].block_recall = v[kSlots * l + 3] / tp_.size;
+      if (attn_[l].answer_index_recall >= 0)
+        attn_[l].answer_index_recall = v[kSlots * l + 4] / tp_.size;
+      if (attn_[l].answer_block_recall >= 0)
+        attn_[l].answer_block_recall = v[kSlots * l + 5] / tp_.size;
     }
   }
   if (cp_.enabled() && options.recall_query_stride > 0 && n_msa_layers_ > 0) {
@@ -246,6 +258,10 @@ ForwardResult Transformer::forward(const Tensor& tokens, const Tensor& targets,
     result.layer_index_loss.push_back(attn_[l].index_loss);
     if (attn_[l].index_recall >= 0) result.index_recall.push_back(attn_[l].index_recall);
     if (attn_[l].block_recall >= 0) result.block_recall.push_back(attn_[l].block_recall);
+    if (attn_[l].answer_index_recall >= 0)
+      result.answer_index_recall.push_back(attn_[l].answer_index_recall);
+    if (attn_[l].answer_block_recall >= 0)
+      result.answer_block_recall.push_back(attn_[l].answer_block_recall);
   }
   x_final_ = x;
   xn_final_ = Tensor::empty({N, D}, dtype_, device_);

@@ -29,6 +29,9 @@ struct ForwardOptions {
   // Packed documents (model/document_segments.h) for this batch: each document attends, ranks
   // blocks and counts RoPE positions on its own. Null: each row is one sequence.
   std::shared_ptr<const DocumentSegments> documents;
+  // Non-empty: also measure both at these (batch row, t) queries only, e.g. the answer positions
+  // of a retrieval task (kernels/msa.h, RecallQuery).
+  std::vector<RecallQuery> answer_positions;
 };
 
 struct ForwardResult {
@@ -39,6 +42,8 @@ struct ForwardResult {
   std::vector<double> layer_index_loss;  // L_KL per MSA layer, in layer order
   std::vector<double> index_recall;      // per MSA layer, when measured: attention mass kept
   std::vector<double> block_recall;      // per MSA layer, when measured: the paper's block recall
+  std::vector<double> answer_index_recall;  // per MSA layer, at ForwardOptions::answer_positions
+  std::vector<double> answer_block_recall;  // per MSA layer, at the same queries
 };
 
 inline constexpr int kIgnoreIndex = -100;

@@ -4,16 +4,40 @@
 
 namespace msa {
 
-EvalResult evaluate(Transformer& model, BatchSource& source, int n_batches, MsaMode mode) {
+EvalResult evaluate(Transformer& model, BatchSource& source, int n_batches, MsaMode mode,
+                    bool answer_recall) {
+  // Answer recall is measured per rank on its own rows; with context parallelism a shard may hold
+  // no answers, and combining the shards' means is not done yet: not measured there.
+  answer_recall = answer_recall && !model.context_parallel().enabled();
   EvalResult r;
   double weighted = 0;
+  int64_t answers = 0;
   ForwardOptions options;
   options.msa_mode = mode;
   options.for_backward = false;
   for (int i = 0; i < n_batches; ++i) {
     Batch b = source.get(i + 1, 0);
     options.documents = batch_documents(b);
-    ForwardResult f = model.forward(b.tokens.to(model.device()), b.targets.to(model.device()), options);
+    options.answer_positions.clear();
+    if (answer_recall) {
+      const int64_t T = b.targets.size(1);
+      const int32_t* y = b.targets.data<int32_t>();  // on the CPU (train/batch_source.h)
+      for (int64_t row = 0; row < b.targets.numel(); ++row)
+        if (y[row] != kIgnoreIndex) options.answer_positions.push_back({row / T, row % T});
+    }
+    ForwardResult f =
+        model.forward(b.tokens.to(model.device()), b.targets.to(model.device()), options);
+    // Weighted by the batch's answers: a mean over every answer (and head or group).
+    if (!f.answer_index_recall.empty()) {
+      const double w = static_cast<double>(options.answer_positions.size());
+      r.answer_index_recall.resize(f.answer_index_recall.size(), 0.0);
+      r.answer_block_recall.resize(f.answer_block_recall.size(), 0.0);
+      for (size_t l = 0; l < f.answer_index_recall.size(); ++l)
+        r.answer_index_recall[l] += w * f.answer_index_recall[l];
+      for (size_t l = 0; l < f.answer_block_recall.size(); ++l)
+        r.answer_block_recall[l] += w * f.answer_block_recall[l];
+      answers += static_cast<int64_t>(options.answer_positions.size());
+    }
     weighted += f.lm_loss * f.n_targets;
     r.tokens += f.n_targets;
     r.index_loss += f.index_loss / n_batches;
@@ -28,6 +52,8 @@ EvalResult evaluate(Transformer& model, BatchSource& source, int n_batches, MsaM
   }
   r.loss = r.tokens > 0 ? weighted / r.tokens : 0.0;
   r.perplexity = std::exp(r.loss);
+  for (double& x : r.answer_index_recall) x /= static_cast<double>(answers);
+  for (double& x : r.answer_block_recall) x /= static_cast<double>(answers);
   return r;
 }
 

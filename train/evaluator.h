@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "model/transformer.h"
 #include "train/batch_source.h"
@@ -13,12 +14,20 @@ struct EvalResult {
   double perplexity = 0;  // exp(loss)
   double index_loss = 0;  // mean over batches of the sum over MSA layers of L_KL
   int64_t tokens = 0;     // counted targets
+  // With answer_recall, per MSA layer: the index recall and block recall (kernels/msa.h) at the
+  // positions whose targets are counted, a mean over all of them (empty when not measured).
+  std::vector<double> answer_index_recall;
+  std::vector<double> answer_block_recall;
 };
 
 // Runs `n_batches` forward passes (no gradients) on batches 1..n_batches of `source` (a
 // validation source: always the same batches, so evaluations are comparable over a run).
 // With context parallelism (the model's cp group) each rank reads its shard of the batches and
 // the results are combined over cp (collective): every rank returns the whole sequences' values.
-EvalResult evaluate(Transformer& model, BatchSource& source, int n_batches, MsaMode mode);
+// answer_recall: also measure each MSA layer's recalls at the counted targets' positions. On the
+// synthetic retrieval tasks those are exactly the answer positions (every other target is
+// ignored); on text every position counts, so leave it off there.
+EvalResult evaluate(Transformer& model, BatchSource& source, int n_batches, MsaMode mode,
+                    bool answer_recall = false);
 
 }  // namespace msa

@@ -6,10 +6,10 @@ namespace msa {
 
 RetrievalResult evaluate_retrieval(Transformer& model, const SyntheticConfig& task, int64_t samples,
                                    int64_t batch, MsaMode mode, int64_t recall_stride,
-                                   uint64_t first_sample) {
+                                   bool answer_recall, uint64_t first_sample) {
   const int64_t T = task.seq_len, V = model.config().vocab_size;
   RetrievalResult r;
-  int64_t correct = 0, recall_batches = 0;
+  int64_t correct = 0, recall_batches = 0, answer_queries = 0;
   double loss_sum = 0;
   ForwardOptions options;
   options.msa_mode = mode;
@@ -19,10 +19,13 @@ RetrievalResult evaluate_retrieval(Transformer& model, const SyntheticConfig& ta
     const int64_t n = std::min(batch, samples - start);
     Tensor tokens = Tensor::empty({n, T}, DType::kI32),
            targets = Tensor::empty({n, T}, DType::kI32);
+    options.answer_positions.clear();
     for (int64_t i = 0; i < n; ++i) {
       const SyntheticSample s = make_synthetic_sample(task, first_sample + start + i);
       std::copy(s.tokens.begin(), s.tokens.end(), tokens.data<int32_t>() + i * T);
       std::copy(s.targets.begin(), s.targets.end(), targets.data<int32_t>() + i * T);
+      if (answer_recall)
+        for (int64_t t : s.answer_positions) options.answer_positions.push_back({i, t});
     }
     const ForwardResult f =
         model.forward(tokens.to(model.device()), targets.to(model.device()), options);
@@ -34,6 +37,17 @@ RetrievalResult evaluate_retrieval(Transformer& model, const SyntheticConfig& ta
       for (size_t l = 0; l < f.index_recall.size(); ++l) r.index_recall[l] += f.index_recall[l];
       for (size_t l = 0; l < f.block_recall.size(); ++l) r.block_recall[l] += f.block_recall[l];
       ++recall_batches;
+    }
+    // Weighted by the batch's answers: a mean over every answer (and head or group).
+    if (!f.answer_index_recall.empty()) {
+      const double w = static_cast<double>(options.answer_positions.size());
+      r.answer_index_recall.resize(f.answer_index_recall.size(), 0.0);
+      r.answer_block_recall.resize(f.answer_block_recall.size(), 0.0);
+      for (size_t l = 0; l < f.answer_index_recall.size(); ++l)
+        r.answer_index_recall[l] += w * f.answer_index_recall[l];
+      for (size_t l = 0; l < f.answer_block_recall.size(); ++l)
+        r.answer_block_recall[l] += w * f.answer_block_recall[l];
+      answer_queries += static_cast<int64_t>(options.answer_positions.size());
     }
     Tensor logits = model.logits();
     if (logits.is_cuda()) logits = logits.to(Device::kCPU);
@@ -50,6 +64,8 @@ RetrievalResult evaluate_retrieval(Transformer& model, const SyntheticConfig& ta
   }
   for (double& x : r.index_recall) x /= static_cast<double>(recall_batches);
   for (double& x : r.block_recall) x /= static_cast<double>(recall_batches);
+  for (double& x : r.answer_index_recall) x /= static_cast<double>(answer_queries);
+  for (double& x : r.answer_block_recall) x /= static_cast<double>(answer_queries);
   r.accuracy = r.answers > 0 ? static_cast<double>(correct) / r.answers : 0.0;
   r.answer_loss = r.answers > 0 ? loss_sum / r.answers : 0.0;
   return r;

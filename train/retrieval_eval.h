@@ -17,13 +17,18 @@ struct RetrievalResult {
   double answer_loss = 0;            // mean cross entropy at the answer positions
   std::vector<double> index_recall;  // per MSA layer (empty for dense models): mass kept
   std::vector<double> block_recall;  // per MSA layer (empty for dense models): the paper's metric
+  // The same two measured at the answer positions only (the queries whose attention decides the
+  // task), a mean over every answer of the samples: per MSA layer, empty when not measured.
+  std::vector<double> answer_index_recall;
+  std::vector<double> answer_block_recall;
 };
 
 // Samples first_sample .. first_sample + samples - 1 of `task`, in batches of `batch`.
 // recall_stride > 0 also measures index and block recall (every recall_stride-th query
-// position); they are measured on the selection in either mode.
+// position); answer_recall measures both at the answer positions. They are measured on the
+// selection in either mode.
 RetrievalResult evaluate_retrieval(Transformer& model, const SyntheticConfig& task, int64_t samples,
                                    int64_t batch, MsaMode mode, int64_t recall_stride,
-                                   uint64_t first_sample = 0);
+                                   bool answer_recall, uint64_t first_sample = 0);
 
 }  // namespace msa

@@ -47,18 +47,25 @@ IndexLossSums msa_index_loss(bool dense_target, const T* q, const T* k, const T*
                              const T* ik, double scale, double weight, T* diq, T* dik,
                              const MsaDims& dims);
 
-// Sum over sampled (b, t, h) of the dense attention mass inside the selected
-// blocks, and the number of terms.
+// The queries of a recall, grouped by batch row: row b's positions are
+// t[begin[b]] .. t[begin[b + 1] - 1] (begin has batch + 1 entries), each in [0, seq).
+struct RecallQueries {
+  const int64_t* begin;
+  const int64_t* t;
+};
+
+// Sum over the queries' (b, t, h) of the dense attention mass inside the selected blocks, and the
+// number of terms (queries * heads).
 template <class T>
 double msa_index_recall_sum(const T* q, const T* k, const int32_t* indices, const int32_t* counts,
-                            double scale, int64_t query_stride, int64_t* n_terms,
+                            double scale, const RecallQueries& queries, int64_t* n_terms,
                             const MsaDims& dims);
 
-// Sum over the same sampled (b, t, g) rows of the block recall (kernels/msa.h), and the number of
-// rows.
+// Sum over the queries' (b, t, g) rows of the block recall (kernels/msa.h), and the number of
+// rows (queries * groups).
 template <class T>
 double msa_block_recall_sum(const T* q, const T* k, const int32_t* indices, const int32_t* counts,
-                            double scale, int64_t query_stride, int64_t* n_rows,
+                            double scale, const RecallQueries& queries, int64_t* n_rows,
                             const MsaDims& dims);
 
 }  // namespace msa::cpu

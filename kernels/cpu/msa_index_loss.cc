@@ -128,23 +128,24 @@ IndexLossSums msa_index_loss(bool dense_target, const T* q, const T* k, const T*
 
 template <class T>
 double msa_index_recall_sum(const T* q, const T* k, const int32_t* indices, const int32_t* counts,
-                            double scale, int64_t query_stride, int64_t* n_terms,
+                            double scale, const RecallQueries& queries, int64_t* n_terms,
                             const MsaDims& dims) {
   const int64_t S = dims.seq, H = dims.heads, G = dims.groups, d = dims.dim;
   const int64_t B = dims.block_size, K = dims.topk, r = H / G;
   const int64_t Sk = dims.keys(), off = dims.query_offset();
   const T sc = static_cast<T>(scale);
-  const int64_t stride = std::max<int64_t>(1, query_stride);
-  const int64_t n_t = (S + stride - 1) / stride;
+  const int64_t n_queries = queries.begin[dims.batch];
+  const int64_t per_row = (n_queries + dims.batch - 1) / std::max<int64_t>(1, dims.batch);
   std::vector<double> per_task(dims.batch * H, 0.0);
-  parallel_for(dims.batch * H, n_t * Sk * d, [&](int64_t begin, int64_t end) {
+  parallel_for(dims.batch * H, per_row * Sk * d, [&](int64_t begin, int64_t end) {
     std::vector<T> z(Sk);
     std::vector<char> selected;
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t b = bh / H, h = bh % H, g = h / r;
       double acc = 0;
-      for (int64_t i = 0; i < S; i += stride) {
-        const int64_t row = (b * S + i) * G + g, t = off + i;  // t: the query's position
+      for (int64_t n = queries.begin[b]; n < queries.begin[b + 1]; ++n) {
+        const int64_t i = queries.t[n];                        // the query's row
+        const int64_t row = (b * S + i) * G + g, t = off + i;  // t: its position
         selected.assign(t / B + 1, 0);
         for (int32_t e = 0; e < counts[row]; ++e) selected[indices[row * K + e]] = 1;
         const T* q_t = q + ((b * S + i) * H + h) * d;
@@ -166,22 +167,22 @@ double msa_index_recall_sum(const T* q, const T* k, const int32_t* indices, cons
   });
   double sum = 0;
   for (double x : per_task) sum += x;
-  *n_terms = dims.batch * H * n_t;
+  *n_terms = n_queries * H;
   return sum;
 }
 
 template <class T>
 double msa_block_recall_sum(const T* q, const T* k, const int32_t* indices, const int32_t* counts,
-                            double scale, int64_t query_stride, int64_t* n_rows,
+                            double scale, const RecallQueries& queries, int64_t* n_rows,
                             const MsaDims& dims) {
   const int64_t S = dims.seq, H = dims.heads, G = dims.groups, d = dims.dim;
   const int64_t B = dims.block_size, K = dims.topk, r = H / G;
   const int64_t Sk = dims.keys(), off = dims.query_offset();
   const T sc = static_cast<T>(scale);
-  const int64_t stride = std::max<int64_t>(1, query_stride);
-  const int64_t n_t = (S + stride - 1) / stride;
+  const int64_t n_queries = queries.begin[dims.batch];
+  const int64_t per_row = (n_queries + dims.batch - 1) / std::max<int64_t>(1, dims.batch);
   std::vector<double> per_task(dims.batch * G, 0.0);
-  parallel_for(dims.batch * G, n_t * r * Sk * d, [&](int64_t begin, int64_t end) {
+  parallel_for(dims.batch * G, per_row * r * Sk * d, [&](int64_t begin, int64_t end) {
     std::vector<T> z(Sk);
     std::vector<double> mass;
     std::vector<int32_t> order;
@@ -189,8 +190,9 @@ double msa_block_recall_sum(const T* q, const T* k, const int32_t* indices, cons
     for (int64_t bg = begin; bg < end; ++bg) {
       const int64_t b = bg / G, g = bg % G;
       double acc = 0;
-      for (int64_t i = 0; i < S; i += stride) {
-        const int64_t row = (b * S + i) * G + g, t = off + i;  // t: the query's position
+      for (int64_t n = queries.begin[b]; n < queries.begin[b + 1]; ++n) {
+        const int64_t i = queries.t[n];                        // the query's row
+        const int64_t row = (b * S + i) * G + g, t = off + i;  // t: its position
         const int64_t c = t / B;
         // mass[j] = the group's mean dense attention probability inside block j <= c.
         mass.assign(c + 1, 0.0);
@@ -231,7 +233,7 @@ double msa_block_recall_sum(const T* q, const T* k, const int32_t* indices, cons
   });
   double sum = 0;
   for (double x : per_task) sum += x;
-  *n_rows = dims.batch * G * n_t;
+  *n_rows = n_queries * G;
   return sum;
 }
 
@@ -240,9 +242,9 @@ double msa_block_recall_sum(const T* q, const T* k, const int32_t* indices, cons
                                            const int32_t*, const T*, const T*, double, double, T*, \
                                            T*, const MsaDims&);                                    \
   template double msa_index_recall_sum<T>(const T*, const T*, const int32_t*, const int32_t*,      \
-                                          double, int64_t, int64_t*, const MsaDims&);              \
+                                          double, const RecallQueries&, int64_t*, const MsaDims&); \
   template double msa_block_recall_sum<T>(const T*, const T*, const int32_t*, const int32_t*,      \
-                                          double, int64_t, int64_t*, const MsaDims&);
+                                          double, const RecallQueries&, int64_t*, const MsaDims&);
 MSA_INSTANTIATE(float)
 MSA_INSTANTIATE(double)
 #undef MSA_INSTANTIATE

@@ -576,6 +576,104 @@ TEST(KernelsMsaTest, RecallIsOneWithEveryBlockAndMatchesReferenceWhenSparse) {
   }
 }
 
+// The recalls over an explicit set of queries (e.g. a task's answer positions) against the
+// plain-loop reference, on random inputs: several batch rows, queries out of order and one twice,
+// f32 and f64 inputs, every head of a group averaged.
+TEST(KernelsMsaTest, RecallAtGivenQueriesMatchesReference) {
+  const Case c{3, 70, 4, 2, 3, 6, 8, 3};  // 9 blocks, k 3: most rows miss some blocks
+  const test::ref::Sizes z = sizes(c);
+  const std::vector<RecallQuery> queries = {{2, 69}, {0, 45}, {1, 0}, {0, 9}, {2, 33}, {0, 45}};
+  test::ref::Queries ref_queries;
+  for (const RecallQuery& x : queries) ref_queries.emplace_back(x.batch, x.t);
+  for (DType dtype : {DType::kF64, DType::kF32}) {
+    SCOPED_TRACE(dtype_name(dtype));
+    const Inputs x = make_inputs(c, 910, dtype);
+    const Tensor q = random_tensor(x.q.shape(), 911, dtype, 2.0f);
+    const Tensor k = random_tensor(x.k.shape(), 912, dtype, 2.0f);
+    const double scale = 0.5;
+    const auto qv = test::ref::values(q), kv = test::ref::values(k);
+    const test::ref::Selection sel = test::ref::selection_of(x.sel);
+    const double index = msa_index_recall(q, k, x.sel, scale, queries);
+    const double block = msa_block_recall(q, k, x.sel, scale, queries);
+    const double want_index = test::ref::index_recall(sel, qv, kv, z, scale, ref_queries);
+    const double want_block = test::ref::block_recall(sel, qv, kv, z, scale, ref_queries);
+    // f32 inputs are widened to f64 exactly: both sides compute in double.
+    EXPECT_LT(test::scaled_diff(index, want_index), 1e-12) << index << " vs " << want_index;
+    EXPECT_LT(test::scaled_diff(block, want_block), 1e-12) << block << " vs " << want_block;
+    // Not trivially 0 or 1 (the comparison above would then prove little).
+    EXPECT_GT(want_index, 0.05);
+    EXPECT_LT(want_index, 0.95);
+    EXPECT_GT(want_block, 0.05);
+    EXPECT_LT(want_block, 0.95);
+    // A different set of queries measures something else.
+    const std::vector<RecallQuery> others = {{0, 60}, {1, 50}};
+    EXPECT_NE(msa_index_recall(q, k, x.sel, scale, others), index);
+    // The strided recall is the recall at the strided queries, to the bit, and matches the
+    // reference's strided mean.
+    for (int64_t stride : {1, 4, 7}) {
+      const std::vector<RecallQuery> strided = strided_recall_queries(c.batch, c.T, stride);
+      ASSERT_EQ(strided.size(), static_cast<size_t>(c.batch * ((c.T + stride - 1) / stride)));
+      EXPECT_EQ(msa_index_recall(q, k, x.sel, scale, stride),
+                msa_index_recall(q, k, x.sel, scale, strided));
+      EXPECT_EQ(msa_block_recall(q, k, x.sel, scale, stride),
+                msa_block_recall(q, k, x.sel, scale, strided));
+      const test::ref::Queries ref_strided = test::ref::strided_queries(z, stride);
+      EXPECT_LT(test::scaled_diff(msa_index_recall(q, k, x.sel, scale, stride),
+                                  test::ref::index_recall(sel, qv, kv, z, scale, ref_strided)),
+                1e-12);
+    }
+  }
+}
+
+// A case small enough to work out by hand. T 6, B 2 (blocks {0,1} {2,3} {4,5}), k 2, one head,
+// d 1, q = 1, scale 1, k_s = log w_s: the dense attention of query t is w_s / sum_{s' <= t} w_s'.
+//   row 0: w = 1 1 4 2 1 1. t = 5: block masses 2, 6, 2 of 10; selected {0, 2}: index recall
+//          4/10; the attention's own top-2 is {1, 2}: block recall 1/2. t = 4: masses 2, 6, 1 of
+//          9; selected {1, 2}: 7/9, block recall 1.
+//   row 1: w = 1 everywhere. t = 5: masses 2, 2, 2 of 6; selected {1, 2}: 4/6; the tie goes to
+//          the lower block, top-2 = {0, 2}: block recall 1/2.
+TEST(KernelsMsaTest, RecallAtGivenQueriesByHand) {
+  const int64_t batch = 2, T = 6;
+  const std::vector<double> w = {1, 1, 4, 2, 1, 1, /*row 1*/ 1, 1, 1, 1, 1, 1};
+  std::vector<double> kv(w.size());
+  for (size_t i = 0; i < w.size(); ++i) kv[i] = std::log(w[i]);
+  const Tensor q = Tensor::from_vector<double>({batch, T, 1, 1}, std::vector<double>(12, 1.0));
+  const Tensor k = Tensor::from_vector<double>({batch, T, 1, 1}, kv);
+  // Every row selects its local block and the one before it, except the three rows above.
+  test::ref::Selection chosen(batch * T);
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t t = 0; t < T; ++t) {
+      const int64_t c = t / 2;
+      chosen[b * T + t] = c == 0 ? std::vector<int64_t>{0} : std::vector<int64_t>{c - 1, c};
+    }
+  chosen[0 * T + 5] = {0, 2};
+  chosen[0 * T + 4] = {1, 2};
+  chosen[1 * T + 5] = {1, 2};
+  test::ref::Sizes z;
+  z.batch = batch;
+  z.T = T;
+  z.block_size = 2;
+  z.topk = 2;
+  const BlockSelection sel = test::ref::to_block_selection(chosen, z);
+  auto near = [](double got, double want) { return test::scaled_diff(got, want) < 1e-12; };
+  EXPECT_PRED2(near, msa_index_recall(q, k, sel, 1.0, {{0, 5}}), 0.4);
+  EXPECT_PRED2(near, msa_block_recall(q, k, sel, 1.0, {{0, 5}}), 0.5);
+  EXPECT_PRED2(near, msa_index_recall(q, k, sel, 1.0, {{0, 4}}), 7.0 / 9.0);
+  EXPECT_PRED2(near, msa_block_recall(q, k, sel, 1.0, {{0, 4}}), 1.0);
+  EXPECT_PRED2(near, msa_index_recall(q, k, sel, 1.0, {{1, 5}}), 4.0 / 6.0);
+  EXPECT_PRED2(near, msa_block_recall(q, k, sel, 1.0, {{1, 5}}), 0.5);
+  // The mean over a set: (4/10 + 7/9 + 4/6) / 3 and (1/2 + 1 + 1/2) / 3, in any order.
+  const std::vector<RecallQuery> three = {{1, 5}, {0, 4}, {0, 5}};
+  EXPECT_PRED2(near, msa_index_recall(q, k, sel, 1.0, three), (0.4 + 7.0 / 9.0 + 4.0 / 6.0) / 3);
+  EXPECT_PRED2(near, msa_block_recall(q, k, sel, 1.0, three), 2.0 / 3.0);
+  // The plain-loop reference agrees with the hand values.
+  const test::ref::Queries ref_three = {{1, 5}, {0, 4}, {0, 5}};
+  EXPECT_PRED2(near, test::ref::index_recall(chosen, test::ref::values(q), kv, z, 1.0, ref_three),
+               (0.4 + 7.0 / 9.0 + 4.0 / 6.0) / 3);
+  EXPECT_PRED2(near, test::ref::block_recall(chosen, test::ref::values(q), kv, z, 1.0, ref_three),
+               2.0 / 3.0);
+}
+
 // ---- 5. causality ------------------------------------------------------------------------
 
 TEST(KernelsMsaTest, FutureTokensChangeNeitherSelectionNorOutput) {

@@ -35,6 +35,23 @@ TEST(TestingHelpersTest, MaxScaledDiffFailsWhenEitherTensorIsNotFinite) {
   EXPECT_DOUBLE_EQ(max_scaled_diff(off, finite), 0.1);  // 0.4 / max |b| = 4
 }
 
+TEST(TestingHelpersTest, ScalarAndVectorDiffsFailWhenNotFinite) {
+  using test::scaled_diff;
+  EXPECT_FALSE(scaled_diff(kNaN, 0.5) < 1e3);
+  EXPECT_FALSE(scaled_diff(0.5, kNaN) < 1e3);
+  EXPECT_FALSE(scaled_diff(kInf, kInf) < 1e3);
+  EXPECT_EQ(scaled_diff(0.25, 0.25), 0.0);
+  EXPECT_DOUBLE_EQ(scaled_diff(0.5, 0.25), 0.25);  // scale floor 1
+  EXPECT_DOUBLE_EQ(scaled_diff(3.0, 4.0), 0.25);   // relative above 1
+  const std::vector<double> finite = {0.5, 0.75, 2.0};
+  EXPECT_FALSE(max_scaled_diff(std::vector<double>{0.5, kNaN, 2.0}, finite) < 1e3);
+  EXPECT_FALSE(max_scaled_diff(finite, std::vector<double>{0.5, 0.75, kInf}) < 1e3);
+  EXPECT_FALSE(max_scaled_diff(std::vector<double>{0.5, 0.75}, finite) < 1e3);  // sizes differ
+  EXPECT_FALSE(max_scaled_diff(std::vector<double>{}, finite) < 1e3);
+  EXPECT_EQ(max_scaled_diff(finite, finite), 0.0);
+  EXPECT_DOUBLE_EQ(max_scaled_diff(std::vector<double>{0.5, 0.75, 2.5}, finite), 0.25);
+}
+
 TEST(TestingHelpersTest, GradcheckFailsOnNonFiniteGradientOrLoss) {
   Tensor x = Tensor::from_vector<double>({3}, {0.5, -1.0, 2.0});
   auto square_sum = [&]() {

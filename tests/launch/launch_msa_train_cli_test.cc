@@ -64,12 +64,14 @@ TEST(MsaTrainCliTest, HelpListsEveryFlagWithDefault) {
 
 TEST(MsaTrainCliTest, DefaultRunWarmsTheIndexUpWithDenseAttentionThenGoesSparse) {
   // 10 steps * 0.2 = steps 1..2 dense attention (the index warm-up), then sparse; the recall line
-  // carries the index recall and the block recall of the MSA layer.
+  // carries the index recall and the block recall of the MSA layer, the validation line the same
+  // two at the answer positions.
   CommandResult r = run_msa_train(
       "--device=cpu --vocab_size=96 --d_model=32 --n_layers=2 --n_heads=4 --n_kv_heads=2 "
       "--head_dim=8 --ffn_dim=64 --attention=msa,dense --msa_block_size=8 --msa_topk=2 "
       "--msa_index_dim=8 --seq_len=48 --batch_size=2 --data=synthetic:kv-recall --steps=10 "
-      "--dense_attention_fraction=0.2 --log_every=1 --recall_every=2 --recall_stride=4");
+      "--dense_attention_fraction=0.2 --log_every=1 --recall_every=2 --recall_stride=4 "
+      "--eval_every=5 --eval_batches=1");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("steps 1..2 index warm-up (dense attention, everything trains), "
                           "steps 3..10 sparse attention"),
@@ -86,6 +88,13 @@ TEST(MsaTrainCliTest, DefaultRunWarmsTheIndexUpWithDenseAttentionThenGoesSparse)
   EXPECT_EQ(line_of(3).find("warm-up"), std::string::npos) << line_of(3);
   EXPECT_NE(line_of(4).find("| recall "), std::string::npos) << line_of(4);
   EXPECT_NE(line_of(4).find("| block recall "), std::string::npos) << line_of(4);
+  // The validation of a retrieval task adds the recalls at the answer positions (one MSA layer).
+  const size_t eval = r.output.find("eval       5 | val_loss ");
+  ASSERT_NE(eval, std::string::npos) << r.output;
+  const std::string eval_line = r.output.substr(eval, r.output.find('\n', eval) - eval);
+  EXPECT_NE(eval_line.find(" | answer recall 0."), std::string::npos) << eval_line;
+  EXPECT_NE(eval_line.find(" | answer block recall "), std::string::npos) << eval_line;
+  EXPECT_EQ(eval_line.find("nan"), std::string::npos) << eval_line;
 }
 
 // On the CPU --deterministic changes nothing (every CPU kernel is deterministic already): it is

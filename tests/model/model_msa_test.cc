@@ -167,6 +167,55 @@ TEST(ModelMsaTest, RecallsAreMeasuredPerLayerInBothModes) {
   EXPECT_TRUE(none.block_recall.empty());
 }
 
+// The answer-position recalls are the kernels' recalls at the given queries, per MSA layer, in
+// both modes and under recomputation (which drops and recomputes the attention activations): at
+// the strided queries they equal the strided recalls to the bit; at two answer-like positions they
+// are measured without any stride and differ from the strided mean.
+TEST(ModelMsaTest, AnswerRecallsAreTheRecallsAtTheGivenQueries) {
+  const ModelConfig c = msa_config();
+  Transformer model(c, DType::kF32, Device::kCPU);
+  model.params().initialize(14);
+  Tensor tokens, targets;
+  make_batch(c, tokens, targets);
+  for (Recompute recompute : {Recompute::kNone, Recompute::kFull}) {
+    model.set_recompute(recompute);
+    for (MsaMode mode : {MsaMode::kSparse, MsaMode::kDenseWarmup}) {
+      SCOPED_TRACE(testing::Message() << recompute_name(recompute) << " "
+                                      << (mode == MsaMode::kSparse ? "sparse" : "warm-up"));
+      ForwardOptions options;
+      options.msa_mode = mode;
+      options.recall_query_stride = 5;
+      options.answer_positions = strided_recall_queries(2, 24, 5);
+      const ForwardResult same = model.forward(tokens, targets, options);
+      ASSERT_EQ(same.index_recall.size(), 2u);
+      EXPECT_EQ(same.answer_index_recall, same.index_recall);
+      EXPECT_EQ(same.answer_block_recall, same.block_recall);
+      model.backward(1.0);  // recomputation must not measure again or lose the values
+
+      options.recall_query_stride = 0;
+      options.answer_positions = {{0, 23}, {1, 22}};
+      const ForwardResult answers = model.forward(tokens, targets, options);
+      EXPECT_TRUE(answers.index_recall.empty());
+      EXPECT_TRUE(answers.block_recall.empty());
+      ASSERT_EQ(answers.answer_index_recall.size(), 2u);
+      ASSERT_EQ(answers.answer_block_recall.size(), 2u);
+      for (int l = 0; l < 2; ++l) {
+        // Queries in the last block attend to 3 of 6 blocks: neither 0 nor 1 (nor NaN).
+        EXPECT_GT(answers.answer_index_recall[l], 0.05) << l;
+        EXPECT_LT(answers.answer_index_recall[l], 0.999) << l;
+        EXPECT_GE(answers.answer_block_recall[l], 1.0 / 3.0) << l;  // the local block is shared
+        EXPECT_LE(answers.answer_block_recall[l], 1.0) << l;
+        EXPECT_NE(answers.answer_index_recall[l], same.index_recall[l]) << l;
+      }
+    }
+  }
+  ForwardOptions plain;
+  plain.for_backward = false;
+  const ForwardResult none = model.forward(tokens, targets, plain);
+  EXPECT_TRUE(none.answer_index_recall.empty());
+  EXPECT_TRUE(none.answer_block_recall.empty());
+}
+
 TEST(ModelMsaTest, IndexLossDoesNotChangeBackboneGradients) {
   ModelConfig c0 = msa_config(), c1 = msa_config();
   c0.msa.index_loss_weight = 0.0;

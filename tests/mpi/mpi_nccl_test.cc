@@ -196,31 +196,15 @@ void expect_bf16_training_matches_one_gpu(const ModelConfig& c, int tp, const ch
   EXPECT_LT(update_gap, 0.25) << groups.describe() << ", worst " << worst_tensor;
 }
 
-ModelConfig gpu_tiny(bool msa_layers) {
-  ModelConfig c;
-  c.vocab_size = 96;  // the synthetic tasks use ids up to 96
-  c.d_model = 64;
-  c.n_layers = 2;
-  c.n_heads = 4;
-  c.n_kv_heads = 2;
-  c.head_dim = 16;
-  c.ffn_dim = 128;
-  if (msa_layers) c.attention = {AttentionKind::kMsa, AttentionKind::kMsa};
-  c.msa.block_size = 8;
-  c.msa.topk = 3;
-  c.msa.index_dim = 8;
-  return c;
-}
-
 TEST_F(MpiNcclTest, Bf16DataParallelTrainingMatchesOneGpu) {
-  expect_bf16_training_matches_one_gpu(gpu_tiny(false), 1, "dense");
-  expect_bf16_training_matches_one_gpu(gpu_tiny(true), 1, "msa");
+  expect_bf16_training_matches_one_gpu(test::tiny_gpu_model(false), 1, "dense");
+  expect_bf16_training_matches_one_gpu(test::tiny_gpu_model(true), 1, "msa");
 }
 
 TEST_F(MpiNcclTest, Bf16TensorParallelTrainingMatchesOneGpu) {
   if (size_ % 2 != 0) GTEST_SKIP() << "needs an even number of ranks";
-  expect_bf16_training_matches_one_gpu(gpu_tiny(false), 2, "dense");
-  expect_bf16_training_matches_one_gpu(gpu_tiny(true), 2, "msa");
+  expect_bf16_training_matches_one_gpu(test::tiny_gpu_model(false), 2, "dense");
+  expect_bf16_training_matches_one_gpu(test::tiny_gpu_model(true), 2, "msa");
 }
 
 // The gradients of one bf16 step over NCCL (dp = world / 2 x tp 2, or dp = world) in every MSA
@@ -232,7 +216,7 @@ TEST_F(MpiNcclTest, Bf16GradientsMatchOneGpuInEveryPhase) {
   auto made = make_process_groups(tp, /*cp=*/1, /*nccl=*/true);
   ASSERT_TRUE(made.ok()) << made.status();
   const ProcessGroups& groups = *made;
-  const ModelConfig c = gpu_tiny(true);
+  const ModelConfig c = test::tiny_gpu_model(true);
   for (test::Phase phase :
        {test::Phase::kSparse, test::Phase::kDenseAttention, test::Phase::kFrozenBackboneWarmup}) {
     const test::StepGradients single =

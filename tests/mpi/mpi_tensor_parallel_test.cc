@@ -18,6 +18,7 @@
 #include "launch/train_program.h"
 #include "model/tensor_parallel.h"
 #include "model/transformer.h"
+#include "tests/testing/gradcheck.h"
 #include "tests/testing/parallel_training.h"
 #include "train/batch_source.h"
 #include "train/checkpoint.h"
@@ -100,7 +101,8 @@ TEST(MpiTensorParallelTest, BiasQkNormTiedOneStepMatchesOneRank) {
 }
 
 // The forward alone: the loss and the full logits (gathered from the vocabulary columns) equal
-// one rank's, and the index loss of the MSA layers (a mean over KV groups split across ranks).
+// one rank's, and the index loss of the MSA layers (a mean over KV groups split across ranks) and
+// their recalls.
 TEST(MpiTensorParallelTest, ForwardLogitsAndIndexLossMatchOneRank) {
   const ProcessGroups groups = groups_or_die(kTp);
   const ModelConfig c = tiny(Variant::kMsa);
@@ -108,20 +110,30 @@ TEST(MpiTensorParallelTest, ForwardLogitsAndIndexLossMatchOneRank) {
       make_synthetic_source("kv-recall", c.vocab_size, 2, 48, 3, -1, 7, DataLayout{}, false);
   ASSERT_TRUE(data.ok());
   const Batch b = (*data)->get(1, 0);
+  // Recalls over every 4th query and at the answers (the counted targets): each rank measures its
+  // KV groups, the transformer averages over the ranks.
+  ForwardOptions options;
+  options.recall_query_stride = 4;
+  const int32_t* labels = b.targets.data<int32_t>();
+  for (int64_t i = 0; i < b.targets.numel(); ++i)
+    if (labels[i] != kIgnoreIndex) options.answer_positions.push_back({i / 48, i % 48});
   Transformer one(c, DType::kF32, Device::kCPU);
   one.params().initialize(9);
-  const ForwardResult r1 = one.forward(b.tokens, b.targets, ForwardOptions{});
+  const ForwardResult r1 = one.forward(b.tokens, b.targets, options);
   const TensorParallel tp = tensor_parallel_of(groups.tp.get());
   Transformer split(c, DType::kF32, Device::kCPU, tp);
   split.params().initialize(9, tp.rank, tp.size);
-  ForwardOptions options;
-  options.recall_query_stride = 4;
   const ForwardResult r2 = split.forward(b.tokens, b.targets, options);
   EXPECT_NEAR(r2.lm_loss, r1.lm_loss, 1e-6 * r1.lm_loss);
   EXPECT_NEAR(r2.index_loss, r1.index_loss, 1e-5 * r1.index_loss);
   EXPECT_GT(r1.index_loss, 0);
   EXPECT_EQ(r2.n_targets, r1.n_targets);
   ASSERT_EQ(r2.index_recall.size(), 2u);
+  ASSERT_EQ(r2.answer_index_recall.size(), 2u);
+  EXPECT_LT(test::max_scaled_diff(r2.index_recall, r1.index_recall), 1e-6);
+  EXPECT_LT(test::max_scaled_diff(r2.block_recall, r1.block_recall), 1e-6);
+  EXPECT_LT(test::max_scaled_diff(r2.answer_index_recall, r1.answer_index_recall), 1e-6);
+  EXPECT_LT(test::max_scaled_diff(r2.answer_block_recall, r1.answer_block_recall), 1e-6);
   const Tensor logits =
       tp_gather(split.logits().view({-1, c.vocab_size / tp.size}).clone(), TpSplit::kCols, tp.comm);
   const auto x = logits.to_double_vector(), y = one.logits().to_double_vector();

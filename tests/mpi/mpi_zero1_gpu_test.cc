@@ -81,22 +81,6 @@ ProcessGroups staged_data_parallel() {
   return g;
 }
 
-ModelConfig tiny(bool msa_layers) {
-  ModelConfig c;
-  c.vocab_size = 96;  // the synthetic tasks use ids up to 96
-  c.d_model = 64;
-  c.n_layers = 2;
-  c.n_heads = 4;
-  c.n_kv_heads = 2;
-  c.head_dim = 16;
-  c.ffn_dim = 128;
-  if (msa_layers) c.attention = {AttentionKind::kMsa, AttentionKind::kMsa};
-  c.msa.block_size = 8;
-  c.msa.topk = 3;
-  c.msa.index_dim = 8;
-  return c;
-}
-
 class MpiZero1GpuTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -115,7 +99,7 @@ class MpiZero1GpuTest : public ::testing::Test {
 TEST_F(MpiZero1GpuTest, TrainingMatchesPlainDataParallel) {
   const ProcessGroups groups = staged_data_parallel();
   for (bool msa_layers : {false, true}) {
-    const ModelConfig c = tiny(msa_layers);
+    const ModelConfig c = test::tiny_gpu_model(msa_layers);
     const int steps = 8;
     const test::RunResult plain =
         test::train(c, &groups, /*zero1=*/false, 2, steps, 1, 0, 0, Device::kCUDA, 1e-3);
@@ -148,7 +132,7 @@ TEST_F(MpiZero1GpuTest, TrainingMatchesPlainDataParallel) {
 // moments and reduced gradients (16 bytes per parameter / dp, plus padding).
 TEST_F(MpiZero1GpuTest, OptimizerMemoryPerRankFallsWithDp) {
   const ProcessGroups groups = staged_data_parallel();
-  Transformer model(tiny(true), DType::kBF16, Device::kCUDA);
+  Transformer model(test::tiny_gpu_model(true), DType::kBF16, Device::kCUDA);
   model.params().initialize(3, 0, 1);
   int64_t count = 0;
   for (const Parameter& p : model.params().all()) count += p.value.numel();

@@ -126,6 +126,27 @@ inline double max_scaled_diff(const Tensor& a, const Tensor& b) {
   return diff / scale;
 }
 
+// |a - b| / max(1, |b|) for scalars (e.g. a recall against its reference): +infinity when either
+// is NaN or infinite, so that EXPECT_LT(..., tol) fails.
+inline double scaled_diff(double a, double b) {
+  if (!std::isfinite(a) || !std::isfinite(b)) return std::numeric_limits<double>::infinity();
+  return std::abs(a - b) / std::max(1.0, std::abs(b));
+}
+
+// max_scaled_diff for vectors of scalars (e.g. per-layer metrics): +infinity when the sizes differ
+// or either holds a NaN or an infinity.
+inline double max_scaled_diff(const std::vector<double>& a, const std::vector<double>& b) {
+  if (a.size() != b.size()) return std::numeric_limits<double>::infinity();
+  double diff = 0, scale = 1;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (!std::isfinite(a[i]) || !std::isfinite(b[i]))
+      return std::numeric_limits<double>::infinity();
+    diff = std::max(diff, std::abs(a[i] - b[i]));
+    scale = std::max(scale, std::abs(b[i]));
+  }
+  return diff / scale;
+}
+
 // True when the two tensors hold bit-identical values.
 inline bool bitwise_equal(const Tensor& a, const Tensor& b) {
   return a.shape() == b.shape() && a.dtype() == b.dtype() &&

@@ -317,24 +317,71 @@ inline Selection attention_oracle(const std::vector<double>& q, const std::vecto
   return out;
 }
 
-// Block recall (kernels/msa.h): mean over rows (b, t, g), t = 0, stride, ..., of |selected ∩
-// oracle| / |oracle|.
+// The query positions of a recall: (batch row, t) pairs.
+using Queries = std::vector<std::pair<int64_t, int64_t>>;
+
+// (b, 0), (b, stride), ... for every batch row b: the sampling of the strided recalls.
+inline Queries strided_queries(const Sizes& z, int64_t stride) {
+  Queries out;
+  for (int64_t b = 0; b < z.batch; ++b)
+    for (int64_t t = 0; t < z.T; t += stride) out.emplace_back(b, t);
+  return out;
+}
+
+// Block recall (kernels/msa.h): mean over rows (b, t, g) of the queries (every g) of
+// |selected ∩ oracle| / |oracle|.
 inline double block_recall(const Selection& selection, const std::vector<double>& q,
                            const std::vector<double>& k, const Sizes& z, double scale,
-                           int64_t stride) {
+                           const Queries& queries) {
   const Selection oracle = attention_oracle(q, k, z, scale);
   double sum = 0;
   int64_t n = 0;
-  for (int64_t b = 0; b < z.batch; ++b)
-    for (int64_t t = 0; t < z.T; t += stride)
-      for (int64_t g = 0; g < z.G; ++g) {
-        const int64_t row = z.row(b, t, g);
-        int64_t hits = 0;
-        for (int64_t j : selection[row])
-          hits += std::count(oracle[row].begin(), oracle[row].end(), j);
-        sum += static_cast<double>(hits) / static_cast<double>(oracle[row].size());
-        ++n;
+  for (const auto& [b, t] : queries)
+    for (int64_t g = 0; g < z.G; ++g) {
+      const int64_t row = z.row(b, t, g);
+      int64_t hits = 0;
+      for (int64_t j : selection[row])
+        hits += std::count(oracle[row].begin(), oracle[row].end(), j);
+      sum += static_cast<double>(hits) / static_cast<double>(oracle[row].size());
+      ++n;
+    }
+  return n > 0 ? sum / static_cast<double>(n) : 1.0;
+}
+
+// The same over every stride-th query t = 0, stride, ... of every batch row.
+inline double block_recall(const Selection& selection, const std::vector<double>& q,
+                           const std::vector<double>& k, const Sizes& z, double scale,
+                           int64_t stride) {
+  return block_recall(selection, q, k, z, scale, strided_queries(z, stride));
+}
+
+// Index recall (kernels/msa.h): mean over the queries (b, t) and every head h of the dense causal
+// attention probability, softmax over s <= t of scale q_{t,h}.k_s, that falls on tokens of the
+// blocks selected for row (b, t, g(h)).
+inline double index_recall(const Selection& selection, const std::vector<double>& q,
+                           const std::vector<double>& k, const Sizes& z, double scale,
+                           const Queries& queries) {
+  double sum = 0;
+  int64_t n = 0;
+  for (const auto& [b, t] : queries)
+    for (int64_t h = 0; h < z.H; ++h) {
+      const int64_t g = h / z.r();
+      const std::vector<int64_t>& blocks = selection[z.row(b, t, g)];
+      std::vector<double> score(t + 1);
+      double max = -std::numeric_limits<double>::infinity();
+      for (int64_t s = 0; s <= t; ++s) {
+        score[s] = scale * qk(q, k, z, b, t, h, s);
+        max = std::max(max, score[s]);
       }
+      double total = 0, inside = 0;
+      for (int64_t s = 0; s <= t; ++s) {
+        const double p = std::exp(score[s] - max);
+        total += p;
+        if (std::count(blocks.begin(), blocks.end(), s / z.block_size) > 0) inside += p;
+      }
+      sum += inside / total;
+      ++n;
+    }
   return n > 0 ? sum / static_cast<double>(n) : 1.0;
 }
 

@@ -102,6 +102,24 @@ class FixedDocumentsSource : public BatchSource {
   std::vector<int64_t> starts_;
 };
 
+// The tiny model of the GPU layout tests (kv-recall ids < 96; head dim 16, B 8, top-3): dense, or
+// MSA in both layers.
+inline ModelConfig tiny_gpu_model(bool msa_layers) {
+  ModelConfig c;
+  c.vocab_size = 96;  // the synthetic tasks use ids up to 96
+  c.d_model = 64;
+  c.n_layers = 2;
+  c.n_heads = 4;
+  c.n_kv_heads = 2;
+  c.head_dim = 16;
+  c.ffn_dim = 128;
+  if (msa_layers) c.attention = {AttentionKind::kMsa, AttentionKind::kMsa};
+  c.msa.block_size = 8;
+  c.msa.topk = 3;
+  c.msa.index_dim = 8;
+  return c;
+}
+
 // Trains `steps` steps with `batch` sequences per data-parallel rank (ParallelSetup).
 inline RunResult train(const ModelConfig& c, const ProcessGroups* groups, bool zero1, int64_t batch,
                        int steps, int grad_accum = 1, int64_t index_warmup = 0,

@@ -65,7 +65,8 @@ inline void train_retrieval(Transformer& model, const RetrievalRun& run) {
 }
 
 // A fresh MSA model (seed 1) evaluated on 64 held-out samples at run.seq_len with sparse attention
-// and recall every 8th query, trained with `run`, evaluated again; the outcome is printed.
+// and recall every 8th query and at the answer positions, trained with `run`, evaluated again;
+// the outcome is printed.
 struct RetrievalOutcome {
   RetrievalResult before, after;
 };
@@ -74,9 +75,11 @@ inline RetrievalOutcome train_and_evaluate_msa(const ModelConfig& config, const 
   model.params().initialize(1);
   const SyntheticConfig held_out = held_out_task(run.seq_len);
   RetrievalOutcome o;
-  o.before = evaluate_retrieval(model, held_out, 64, 16, MsaMode::kSparse, /*recall_stride=*/8);
+  o.before = evaluate_retrieval(model, held_out, 64, 16, MsaMode::kSparse, /*recall_stride=*/8,
+                                /*answer_recall=*/true);
   train_retrieval(model, run);
-  o.after = evaluate_retrieval(model, held_out, 64, 16, MsaMode::kSparse, /*recall_stride=*/8);
+  o.after = evaluate_retrieval(model, held_out, 64, 16, MsaMode::kSparse, /*recall_stride=*/8,
+                               /*answer_recall=*/true);
   EXPECT_EQ(o.after.index_recall.size(), 2u);
   EXPECT_EQ(o.after.block_recall.size(), 2u);
   if (o.after.index_recall.size() == 2 && o.after.block_recall.size() == 2)
@@ -89,6 +92,17 @@ inline RetrievalOutcome train_and_evaluate_msa(const ModelConfig& config, const 
         o.before.index_recall[0], o.after.index_recall[0], o.before.index_recall[1],
         o.after.index_recall[1], o.before.block_recall[0], o.after.block_recall[0],
         o.before.block_recall[1], o.after.block_recall[1]);
+  EXPECT_EQ(o.after.answer_index_recall.size(), 2u);
+  EXPECT_EQ(o.after.answer_block_recall.size(), 2u);
+  if (o.after.answer_index_recall.size() == 2 && o.after.answer_block_recall.size() == 2 &&
+      o.before.answer_index_recall.size() == 2 && o.before.answer_block_recall.size() == 2)
+    std::printf(
+        "  at the answer positions: index recall L0 %.3f -> %.3f, L1 %.3f -> %.3f, block recall "
+        "L0 %.3f -> %.3f, L1 %.3f -> %.3f\n",
+        o.before.answer_index_recall[0], o.after.answer_index_recall[0],
+        o.before.answer_index_recall[1], o.after.answer_index_recall[1],
+        o.before.answer_block_recall[0], o.after.answer_block_recall[0],
+        o.before.answer_block_recall[1], o.after.answer_block_recall[1]);
   return o;
 }
 

@@ -7,7 +7,9 @@
 // cores. Measured: answer loss 4.560 -> 0.029, accuracy 2.7% -> 99.6%, block recall 0.653 ->
 // 0.693 (layer 0) and 0.647 -> 0.713 (layer 1), index recall 0.544 -> 0.567 and 0.544 -> 0.622.
 // (The index recall averages over every sampled query, most of them filler tokens whose
-// untrained attention is diffuse; the block recall tracks the selector more closely.)
+// untrained attention is diffuse; the block recall tracks the selector more closely.) At the
+// answer positions (printed, not asserted): index recall 0.246 -> 0.669 / 0.246 -> 0.333, block
+// recall 0.432 -> 0.652 / 0.400 -> 0.455 (layers 0 / 1).
 #include "tests/testing/retrieval_training.h"
 
 namespace msa {
