@@ -346,4 +346,35 @@ double msa_block_recall(const Tensor& q, const Tensor& k, const BlockSelection& 
   return queries.empty() ? 1.0 : msa_block_recall(q, k, sel, scale, queries);
 }
 
+double msa_selected_key_fraction(const BlockSelection& sel,
+                                 const std::vector<RecallQuery>& queries,
+                                 const std::vector<int64_t>& key_positions) {
+  MSA_CHECK(!queries.empty() && queries.size() == key_positions.size(),
+            "msa_selected_key_fraction: %d queries and %d key positions (want the same, > 0)",
+            queries.size(), key_positions.size());
+  const Tensor indices = sel.indices.to(Device::kCPU), counts = sel.counts.to(Device::kCPU);
+  const int64_t batch = indices.size(0), T = indices.size(1), G = indices.size(2);
+  const int64_t K = indices.size(3);
+  const int32_t* idx = indices.data<int32_t>();
+  const int32_t* cnt = counts.data<int32_t>();
+  int64_t hits = 0;
+  for (size_t i = 0; i < queries.size(); ++i) {
+    const RecallQuery& q = queries[i];
+    const int64_t key = key_positions[i];
+    MSA_CHECK(q.batch >= 0 && q.batch < batch && q.t >= 0 && q.t < T && key >= 0 && key <= q.t,
+              "msa_selected_key_fraction: query (%d, %d) with key %d outside [%d, %d] or after it",
+              q.batch, q.t, key, batch, T);
+    const int32_t block = static_cast<int32_t>(key / sel.block_size);
+    for (int64_t g = 0; g < G; ++g) {
+      const int64_t row = (q.batch * T + q.t) * G + g;
+      for (int32_t e = 0; e < cnt[row]; ++e)
+        if (idx[row * K + e] == block) {
+          ++hits;
+          break;
+        }
+    }
+  }
+  return static_cast<double>(hits) / static_cast<double>(queries.size() * G);
+}
+
 }  // namespace msa

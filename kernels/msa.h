@@ -119,4 +119,13 @@ double msa_block_recall(const Tensor& q, const Tensor& k, const BlockSelection& 
 double msa_block_recall(const Tensor& q, const Tensor& k, const BlockSelection& sel, double scale,
                         const std::vector<RecallQuery>& queries);
 
+// Key-block hit rate: the fraction of rows (queries[i], g), over every group g, whose selected
+// blocks include the block of key_positions[i] (a position on the same sequence, <= the query's;
+// e.g. the fact an answer position of a retrieval task asks about). 1.0 = the selector always
+// picks the block that holds what the query needs. queries and key_positions have the same,
+// non-zero length. Any device (computed on the CPU).
+double msa_selected_key_fraction(const BlockSelection& sel,
+                                 const std::vector<RecallQuery>& queries,
+                                 const std::vector<int64_t>& key_positions);
+
 }  // namespace msa

@@ -246,8 +246,13 @@ absl::Status run_retrieval(const std::string& path, const msa::Checkpoint& ckpt,
       c.answer_index_recall.resize(report.msa_layers.size(), 0.0);
       c.answer_block_recall.resize(report.msa_layers.size(), 0.0);
       report.cells.push_back(c);
-      std::fprintf(stderr, "msa-eval: length %lld depth %.2f: accuracy %.1f%%\n",
-                   static_cast<long long>(length), depth, 100 * r.accuracy);
+      // The fact's block selected at the answers, per MSA layer: whether the selector finds what
+      // the task needs (1.0 = always).
+      std::string fact;
+      for (double x : r.answer_fact_selected) fact += absl::StrFormat("%s%.3f", fact.empty() ? "" : ",", x);
+      std::fprintf(stderr, "msa-eval: length %lld depth %.2f: accuracy %.1f%%%s\n",
+                   static_cast<long long>(length), depth, 100 * r.accuracy,
+                   fact.empty() ? "" : (" | fact block selected " + fact).c_str());
     }
   }
   std::printf("%s", msa::format_report_table(report).c_str());

@@ -100,6 +100,7 @@ void attention_block_forward(const ModelConfig& c, int layer, ParameterSet& para
   act.block_recall = -1;
   act.answer_index_recall = -1;
   act.answer_block_recall = -1;
+  act.answer_key_selected = -1;
 
   if (c.layer_kind(layer) == AttentionKind::kDense) {
     segmented_attention_forward(docs, act.q_rope, k4, v4, scale, act.att, act.lse);
@@ -188,6 +189,9 @@ void attention_block_forward(const ModelConfig& c, int layer, ParameterSet& para
           msa_index_recall(act.q_rope, k4, *act.selection, scale, options.answer_positions);
       act.answer_block_recall =
           msa_block_recall(act.q_rope, k4, *act.selection, scale, options.answer_positions);
+      if (!options.answer_key_positions.empty())
+        act.answer_key_selected = msa_selected_key_fraction(
+            *act.selection, options.answer_positions, options.answer_key_positions);
     }
   }
 

@@ -60,6 +60,9 @@ struct AttentionActivations {
   // The same two measured at AttentionBlockOptions::answer_positions only (< 0: not computed).
   double answer_index_recall = -1;
   double answer_block_recall = -1;
+  // With AttentionBlockOptions::answer_key_positions: the fraction of (answer, group) rows whose
+  // selection holds the block of the answer's key position (< 0: not computed).
+  double answer_key_selected = -1;
 };
 
 struct AttentionBlockOptions {
@@ -70,6 +73,9 @@ struct AttentionBlockOptions {
   // Non-empty: also measure both recalls at these queries only (e.g. a retrieval task's answer
   // positions, whose attention decides the answer), independently of the stride.
   std::vector<RecallQuery> answer_positions;
+  // Optional, one per answer position: the position of what it needs (a retrieval task's fact);
+  // measures msa_selected_key_fraction there.
+  std::vector<int64_t> answer_key_positions;
   // Recomputation in the backward: `act` still holds this step's selection, index loss and
   // dwiq / dwik from the forward; keep them instead of running the indexer and the loss again.
   bool reuse_index = false;

@@ -79,6 +79,7 @@ void drop_tensors(AttentionActivations& act) {
   kept.block_recall = act.block_recall;
   kept.answer_index_recall = act.answer_index_recall;
   kept.answer_block_recall = act.answer_block_recall;
+  kept.answer_key_selected = act.answer_key_selected;
   act = std::move(kept);
 }
 
@@ -90,6 +91,7 @@ void Transformer::recompute_layer(int l, bool with_mlp) {
   options.recall_query_stride = 0;  // measured in the forward already
   options.reuse_index = true;       // selection, index loss and its gradients: from the forward
   options.answer_positions.clear();
+  options.answer_key_positions.clear();
   const AttentionActivations kept = attn_[l];
   Tensor y = Tensor::empty({N, D}, dtype_, device_);
   attention_block_forward(block_config_, l, params_, residual_in_[l], batch_, T_, options, attn_[l],
@@ -98,6 +100,7 @@ void Transformer::recompute_layer(int l, bool with_mlp) {
   attn_[l].block_recall = kept.block_recall;
   attn_[l].answer_index_recall = kept.answer_index_recall;
   attn_[l].answer_block_recall = kept.answer_block_recall;
+  attn_[l].answer_key_selected = kept.answer_key_selected;
   if (!with_mlp) return;
   tp_all_reduce(y);
   Tensor mid = residual_in_[l].clone();
@@ -183,6 +186,7 @@ ForwardResult Transformer::forward(const Tensor& tokens, const Tensor& targets,
   attn_options.documents = options.documents;
   attn_options.cp = cp_;
   attn_options.answer_positions = options.answer_positions;
+  attn_options.answer_key_positions = options.answer_key_positions;
   attn_options_ = attn_options;
   const bool drop = options.for_backward && recompute_ != Recompute::kNone;
 
@@ -209,7 +213,7 @@ ForwardResult Transformer::forward(const Tensor& tokens, const Tensor& targets,
     // Each rank's index loss is the mean over its KV groups' rows: the layer's loss is the
     // row-weighted mean over ranks, and its gradient on this rank scales by its share of rows.
     // Recalls are means over ranks (each measures its groups; every rank has as many).
-    constexpr int kSlots = 6;
+    constexpr int kSlots = 7;
     Tensor sums = Tensor::zeros({kSlots * L}, DType::kF64);
     double* v = sums.data<double>();
     for (int l = 0; l < L; ++l) {
@@ -220,6 +224,7 @@ ForwardResult Transformer::forward(const Tensor& tokens, const Tensor& targets,
       v[kSlots * l + 3] = attn_[l].block_recall;
       v[kSlots * l + 4] = attn_[l].answer_index_recall;
       v[kSlots * l + 5] = attn_[l].answer_block_recall;
+      v[kSlots * l + 6] = attn_[l].answer_key_selected;
     }
     tp_.comm->all_reduce_sum(sums);
     for (int l = 0; l < L; ++l) {
@@ -233,6 +238,8 @@ ForwardResult Transformer::forward(const Tensor& tokens, const Tensor& targets,
         attn_[l].answer_index_recall = v[kSlots * l + 4] / tp_.size;
       if (attn_[l].answer_block_recall >= 0)
         attn_[l].answer_block_recall = v[kSlots * l + 5] / tp_.size;
+      if (attn_[l].answer_key_selected >= 0)
+        attn_[l].answer_key_selected = v[kSlots * l + 6] / tp_.size;
     }
   }
   if (cp_.enabled() && options.recall_query_stride > 0 && n_msa_layers_ > 0) {
@@ -262,6 +269,8 @@ ForwardResult Transformer::forward(const Tensor& tokens, const Tensor& targets,
       result.answer_index_recall.push_back(attn_[l].answer_index_recall);
     if (attn_[l].answer_block_recall >= 0)
       result.answer_block_recall.push_back(attn_[l].answer_block_recall);
+    if (attn_[l].answer_key_selected >= 0)
+      result.answer_key_selected.push_back(attn_[l].answer_key_selected);
   }
   x_final_ = x;
   xn_final_ = Tensor::empty({N, D}, dtype_, device_);

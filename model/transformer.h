@@ -32,6 +32,9 @@ struct ForwardOptions {
   // Non-empty: also measure both at these (batch row, t) queries only, e.g. the answer positions
   // of a retrieval task (kernels/msa.h, RecallQuery).
   std::vector<RecallQuery> answer_positions;
+  // Optional, one per answer position: what it needs (e.g. the fact's position); measures the
+  // fraction of answer rows whose selection holds that position's block.
+  std::vector<int64_t> answer_key_positions;
 };
 
 struct ForwardResult {
@@ -44,6 +47,7 @@ struct ForwardResult {
   std::vector<double> block_recall;      // per MSA layer, when measured: the paper's block recall
   std::vector<double> answer_index_recall;  // per MSA layer, at ForwardOptions::answer_positions
   std::vector<double> answer_block_recall;  // per MSA layer, at the same queries
+  std::vector<double> answer_key_selected;  // per MSA layer, with answer_key_positions
 };
 
 inline constexpr int kIgnoreIndex = -100;

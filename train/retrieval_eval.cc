@@ -3,6 +3,20 @@
 #include <algorithm>
 
 namespace msa {
+namespace {
+
+// The position of the fact that the query token at answer position t asks about: the query
+// Q(k) there, the fact F(k, v) whose key is k (data/synthetic.h).
+int64_t fact_position_for(const SyntheticSample& s, int64_t t) {
+  const int32_t key = s.tokens[t] - kSyntheticQueryBase;
+  for (int64_t f : s.fact_positions)
+    if ((s.tokens[f] - kSyntheticFactBase) / kSyntheticValues == key) return f;
+  MSA_CHECK(false, "synthetic sample: no fact for the query token %d at position %d",
+            s.tokens[t], t);
+  return 0;
+}
+
+}  // namespace
 
 RetrievalResult evaluate_retrieval(Transformer& model, const SyntheticConfig& task, int64_t samples,
                                    int64_t batch, MsaMode mode, int64_t recall_stride,
@@ -20,12 +34,16 @@ RetrievalResult evaluate_retrieval(Transformer& model, const SyntheticConfig& ta
     Tensor tokens = Tensor::empty({n, T}, DType::kI32),
            targets = Tensor::empty({n, T}, DType::kI32);
     options.answer_positions.clear();
+    options.answer_key_positions.clear();
     for (int64_t i = 0; i < n; ++i) {
       const SyntheticSample s = make_synthetic_sample(task, first_sample + start + i);
       std::copy(s.tokens.begin(), s.tokens.end(), tokens.data<int32_t>() + i * T);
       std::copy(s.targets.begin(), s.targets.end(), targets.data<int32_t>() + i * T);
       if (answer_recall)
-        for (int64_t t : s.answer_positions) options.answer_positions.push_back({i, t});
+        for (int64_t t : s.answer_positions) {
+          options.answer_positions.push_back({i, t});
+          options.answer_key_positions.push_back(fact_position_for(s, t));
+        }
     }
     const ForwardResult f =
         model.forward(tokens.to(model.device()), targets.to(model.device()), options);
@@ -47,6 +65,9 @@ RetrievalResult evaluate_retrieval(Transformer& model, const SyntheticConfig& ta
         r.answer_index_recall[l] += w * f.answer_index_recall[l];
       for (size_t l = 0; l < f.answer_block_recall.size(); ++l)
         r.answer_block_recall[l] += w * f.answer_block_recall[l];
+      r.answer_fact_selected.resize(f.answer_key_selected.size(), 0.0);
+      for (size_t l = 0; l < f.answer_key_selected.size(); ++l)
+        r.answer_fact_selected[l] += w * f.answer_key_selected[l];
       answer_queries += static_cast<int64_t>(options.answer_positions.size());
     }
     Tensor logits = model.logits();
@@ -66,6 +87,7 @@ RetrievalResult evaluate_retrieval(Transformer& model, const SyntheticConfig& ta
   for (double& x : r.block_recall) x /= static_cast<double>(recall_batches);
   for (double& x : r.answer_index_recall) x /= static_cast<double>(answer_queries);
   for (double& x : r.answer_block_recall) x /= static_cast<double>(answer_queries);
+  for (double& x : r.answer_fact_selected) x /= static_cast<double>(answer_queries);
   r.accuracy = r.answers > 0 ? static_cast<double>(correct) / r.answers : 0.0;
   r.answer_loss = r.answers > 0 ? loss_sum / r.answers : 0.0;
   return r;

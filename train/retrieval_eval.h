@@ -21,6 +21,10 @@ struct RetrievalResult {
   // task), a mean over every answer of the samples: per MSA layer, empty when not measured.
   std::vector<double> answer_index_recall;
   std::vector<double> answer_block_recall;
+  // Fact-block hit rate at the answer positions: the fraction of (answer, KV group) rows whose
+  // selection holds the block of the fact the answer asks about (per MSA layer; with
+  // answer_recall). 1.0: the selector always picks the block the task needs.
+  std::vector<double> answer_fact_selected;
 };
 
 // Samples first_sample .. first_sample + samples - 1 of `task`, in batches of `batch`.

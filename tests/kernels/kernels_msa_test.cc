@@ -723,5 +723,37 @@ TEST(KernelsMsaTest, FutureTokensChangeNeitherSelectionNorOutput) {
   }
 }
 
+// The key-block hit rate on a selection written by hand: batch 2, T 8, 2 groups, B 2, top-2.
+// Rows (b, t, g) and their selected blocks:
+//   (0, 5, 0): {0, 2}   (0, 5, 1): {1, 2}   key 1 (block 0): hit, miss
+//   (1, 7, 0): {3}      (1, 7, 1): {2, 3}   key 4 (block 2): miss, hit
+//   (1, 3, 0): {0, 1}   (1, 3, 1): {1}      key 3 (block 1): hit, hit
+// -> 4 hits of 6 rows.
+TEST(KernelsMsaTest, SelectedKeyFractionByHand) {
+  BlockSelection sel = BlockSelection::allocate(2, 8, 2, 2, 2, Device::kCPU);
+  sel.indices.fill_(-1);
+  sel.counts.fill_(1);
+  int32_t* idx = sel.indices.data<int32_t>();
+  int32_t* cnt = sel.counts.data<int32_t>();
+  auto set = [&](int64_t b, int64_t t, int64_t g, std::vector<int32_t> blocks) {
+    const int64_t row = (b * 8 + t) * 2 + g;
+    cnt[row] = static_cast<int32_t>(blocks.size());
+    for (size_t e = 0; e < blocks.size(); ++e) idx[row * 2 + e] = blocks[e];
+  };
+  set(0, 5, 0, {0, 2});
+  set(0, 5, 1, {1, 2});
+  set(1, 7, 0, {3});
+  set(1, 7, 1, {2, 3});
+  set(1, 3, 0, {0, 1});
+  set(1, 3, 1, {1});
+  const std::vector<RecallQuery> queries = {{0, 5}, {1, 7}, {1, 3}};
+  EXPECT_DOUBLE_EQ(msa_selected_key_fraction(sel, queries, {1, 4, 3}), 4.0 / 6.0);
+  EXPECT_DOUBLE_EQ(msa_selected_key_fraction(sel, {{1, 3}}, {3}), 1.0);
+  EXPECT_DOUBLE_EQ(msa_selected_key_fraction(sel, {{0, 5}}, {5}), 1.0);  // block 2: both
+  EXPECT_DOUBLE_EQ(msa_selected_key_fraction(sel, {{0, 5}}, {0}), 0.5);  // block 0: group 0
+  EXPECT_DEATH(msa_selected_key_fraction(sel, queries, {1, 4}), "key positions");
+  EXPECT_DEATH(msa_selected_key_fraction(sel, {{0, 5}}, {6}), "after it");
+}
+
 }  // namespace
 }  // namespace msa

@@ -103,6 +103,11 @@ inline RetrievalOutcome train_and_evaluate_msa(const ModelConfig& config, const 
         o.before.answer_index_recall[1], o.after.answer_index_recall[1],
         o.before.answer_block_recall[0], o.after.answer_block_recall[0],
         o.before.answer_block_recall[1], o.after.answer_block_recall[1]);
+  EXPECT_EQ(o.after.answer_fact_selected.size(), 2u);
+  if (o.after.answer_fact_selected.size() == 2 && o.before.answer_fact_selected.size() == 2)
+    std::printf("  fact's block selected at the answer positions: L0 %.3f -> %.3f, L1 %.3f -> %.3f\n",
+                o.before.answer_fact_selected[0], o.after.answer_fact_selected[0],
+                o.before.answer_fact_selected[1], o.after.answer_fact_selected[1]);
   return o;
 }
 
