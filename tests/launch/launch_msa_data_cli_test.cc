@@ -10,31 +10,14 @@
 #include "absl/strings/str_format.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/testing/command.h"
 
 namespace {
 
+using msa::test::CommandResult;
+using msa::test::fresh_dir;
+using msa::test::run_program;
 using ::testing::HasSubstr;
-
-struct CommandResult {
-  int exit_code;
-  std::string output;
-};
-
-CommandResult run(const std::string& program, const std::string& args) {
-  FILE* pipe =
-      popen((std::string(MSA_BINARY_DIR) + "/" + program + " " + args + " 2>&1").c_str(), "r");
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof(buf), pipe)) > 0) out.append(buf, n);
-  return {WEXITSTATUS(pclose(pipe)), out};
-}
-
-std::string fresh_dir(const std::string& name) {
-  const std::string dir = std::string(::testing::TempDir()) + "/" + name;
-  std::system(("rm -rf '" + dir + "' && mkdir -p '" + dir + "'").c_str());
-  return dir;
-}
 
 const char kModel[] =
     "--attention=msa --d_model=32 --n_heads=4 --n_kv_heads=2 --head_dim=8 --ffn_dim=64 "
@@ -48,15 +31,15 @@ TEST(MsaDataCliTest, TextShardsTrainWithValidation) {
       f << "document " << i << " line " << j << ": the quick brown fox\n";
   }
   CommandResult data =
-      run("msa-data", "text --input=" + dir + "/doc0.txt," + dir + "/doc1.txt," + dir +
-                          "/doc2.txt --output=" + dir + "/shards --shard_tokens=20000");
+      run_program("msa-data", "text --input=" + dir + "/doc0.txt," + dir + "/doc1.txt," + dir +
+                                  "/doc2.txt --output=" + dir + "/shards --shard_tokens=20000");
   ASSERT_EQ(data.exit_code, 0) << data.output;
   EXPECT_THAT(data.output, HasSubstr("3 documents"));
   CommandResult train =
-      run("msa-train", std::string(kModel) +
-                           "--vocab_size=257 --steps=6 --log_every=3 "
-                           "--eval_every=3 --eval_batches=2 --val_fraction=0.05 --data='" +
-                           dir + "/shards/*.tok'");
+      run_program("msa-train", std::string(kModel) +
+                                   "--vocab_size=257 --steps=6 --log_every=3 "
+                                   "--eval_every=3 --eval_batches=2 --val_fraction=0.05 --data='" +
+                                   dir + "/shards/*.tok'");
   ASSERT_EQ(train.exit_code, 0) << train.output;
   EXPECT_THAT(train.output, HasSubstr("validation windows"));
   EXPECT_THAT(train.output, HasSubstr("val_loss"));
@@ -68,19 +51,21 @@ TEST(MsaDataCliTest, ShardsThatDoNotFitTheModelAreOneLineErrors) {
     std::ofstream f(dir + "/a.txt");
     for (int j = 0; j < 200; ++j) f << "some text " << j << "\n";
   }
-  ASSERT_EQ(run("msa-data", "text --input=" + dir + "/a.txt --output=" + dir + "/shards").exit_code,
+  ASSERT_EQ(run_program("msa-data", "text --input=" + dir + "/a.txt --output=" + dir + "/shards")
+                .exit_code,
             0);
   // Bytes and EOS need vocab 257; a 128-token model cannot read them.
-  CommandResult r = run("msa-train", std::string(kModel) + "--vocab_size=128 --steps=1 --data='" +
-                                         dir + "/shards/*.tok'");
+  CommandResult r =
+      run_program("msa-train", std::string(kModel) + "--vocab_size=128 --steps=1 --data='" + dir +
+                                   "/shards/*.tok'");
   EXPECT_NE(r.exit_code, 0);
   EXPECT_THAT(r.output, HasSubstr("invalid --data"));
   EXPECT_THAT(r.output, HasSubstr("is >= the model's vocab_size 128"));
-  CommandResult none =
-      run("msa-train", std::string(kModel) + "--steps=1 --data='" + dir + "/nothing/*.tok'");
+  CommandResult none = run_program(
+      "msa-train", std::string(kModel) + "--steps=1 --data='" + dir + "/nothing/*.tok'");
   EXPECT_NE(none.exit_code, 0);
   EXPECT_THAT(none.output, HasSubstr("no files match"));
-  CommandResult bad = run("msa-data", "frobnicate");
+  CommandResult bad = run_program("msa-data", "frobnicate");
   EXPECT_NE(bad.exit_code, 0);
   EXPECT_THAT(bad.output, HasSubstr("unknown command 'frobnicate'"));
 }
@@ -91,12 +76,12 @@ TEST(MsaDataCliTest, DirectoriesAreRefusedByName) {
   const std::string dir = fresh_dir("dir_inputs");
   std::system(("mkdir -p '" + dir + "/docs'").c_str());
   { std::ofstream(dir + "/a.txt") << "some text\n"; }
-  CommandResult data =
-      run("msa-data", "text --input=" + dir + "/a.txt," + dir + "/docs --output=" + dir + "/out");
+  CommandResult data = run_program(
+      "msa-data", "text --input=" + dir + "/a.txt," + dir + "/docs --output=" + dir + "/out");
   EXPECT_EQ(data.exit_code, 1) << data.output;
   EXPECT_THAT(data.output, HasSubstr("invalid --input: '" + dir + "/docs' is a directory"));
-  CommandResult train =
-      run("msa-train", std::string(kModel) + "--vocab_size=257 --steps=1 --data=" + dir + "/docs");
+  CommandResult train = run_program(
+      "msa-train", std::string(kModel) + "--vocab_size=257 --steps=1 --data=" + dir + "/docs");
   EXPECT_NE(train.exit_code, 0) << train.output;
   EXPECT_THAT(train.output, HasSubstr(dir + "/docs: is a directory"));
   EXPECT_THAT(train.output, ::testing::Not(HasSubstr("mmap failed")));
@@ -111,12 +96,12 @@ TEST(MsaDataCliTest, StaleShardsAreRefusedUnlessOverwrite) {
     for (int j = 0; j < 100; ++j) f << "line " << j << "\n";
   }
   const std::string text = "text --input=" + dir + "/a.txt --output=" + dir + "/out";
-  ASSERT_EQ(run("msa-data", text + " --shard_tokens=100").exit_code, 0);
-  CommandResult again = run("msa-data", text + " --shard_tokens=100000");
+  ASSERT_EQ(run_program("msa-data", text + " --shard_tokens=100").exit_code, 0);
+  CommandResult again = run_program("msa-data", text + " --shard_tokens=100000");
   EXPECT_EQ(again.exit_code, 1) << again.output;
   EXPECT_THAT(again.output, HasSubstr("invalid --output: '" + dir + "/out' already holds"));
   EXPECT_THAT(again.output, HasSubstr("--overwrite"));
-  CommandResult overwrite = run("msa-data", text + " --shard_tokens=100000 --overwrite");
+  CommandResult overwrite = run_program("msa-data", text + " --shard_tokens=100000 --overwrite");
   ASSERT_EQ(overwrite.exit_code, 0) << overwrite.output;
   EXPECT_THAT(overwrite.output, HasSubstr("in 1 shard(s)"));
   FILE* p = popen(("ls '" + dir + "/out' | wc -l").c_str(), "r");
@@ -126,10 +111,10 @@ TEST(MsaDataCliTest, StaleShardsAreRefusedUnlessOverwrite) {
   EXPECT_EQ(files, 2);  // the shard and train.json
   // The synthetic command refuses and overwrites the same way.
   const std::string synth = "synthetic --seq_len=64 --samples=2 --output=" + dir + "/out";
-  CommandResult synth_refused = run("msa-data", synth);
+  CommandResult synth_refused = run_program("msa-data", synth);
   EXPECT_EQ(synth_refused.exit_code, 1) << synth_refused.output;
   EXPECT_THAT(synth_refused.output, HasSubstr("already holds 1 token shard"));
-  EXPECT_EQ(run("msa-data", synth + " --overwrite").exit_code, 0);
+  EXPECT_EQ(run_program("msa-data", synth + " --overwrite").exit_code, 0);
   // The text shards' metadata went with them.
   EXPECT_FALSE(std::ifstream(dir + "/out/train.json").good());
   EXPECT_TRUE(std::ifstream(dir + "/out/kv-recall-00000.tok").good());
@@ -149,7 +134,7 @@ TEST(MsaDataCliTest, JsonlDocumentsThroughTheBinary) {
     for (int i = 0; i < 300; ++i)
       f << "{\"id\": " << i << ", \"text\": \"line " << i << "\\tq\\u00e9\"}\n";
   }
-  CommandResult data = run(
+  CommandResult data = run_program(
       "msa-data", "text --input=" + dir + "/docs.jsonl --output=" + dir + "/shards --threads=3");
   ASSERT_EQ(data.exit_code, 0) << data.output;
   EXPECT_THAT(data.output, HasSubstr("300 documents"));
@@ -163,8 +148,8 @@ TEST(MsaDataCliTest, JsonlDocumentsThroughTheBinary) {
   EXPECT_THAT(data.output, HasSubstr(absl::StrFormat(" %d tokens", tokens)));
   EXPECT_THAT(slurp(dir + "/shards/train.json"), HasSubstr("\"format\": \"jsonl\""));
   CommandResult train =
-      run("msa-train",
-          std::string(kModel) + "--vocab_size=257 --steps=2 --data='" + dir + "/shards/*.tok'");
+      run_program("msa-train", std::string(kModel) + "--vocab_size=257 --steps=2 --data='" + dir +
+                                   "/shards/*.tok'");
   EXPECT_EQ(train.exit_code, 0) << train.output;
 }
 
@@ -172,12 +157,12 @@ TEST(MsaDataCliTest, TextFieldChoosesTheJsonlField) {
   const std::string dir = fresh_dir("text_field");
   { std::ofstream(dir + "/a.jsonl") << "{\"body\": \"hello\"}\n{\"body\": \"world\"}\n"; }
   const std::string text = "text --input=" + dir + "/a.jsonl --output=" + dir + "/out";
-  CommandResult missing = run("msa-data", text);
+  CommandResult missing = run_program("msa-data", text);
   EXPECT_EQ(missing.exit_code, 1) << missing.output;
   EXPECT_THAT(missing.output, HasSubstr("msa-data: invalid --input: '" + dir +
                                         "/a.jsonl' line 1: no field \"text\" (the object has "
                                         "\"body\"; choose one with --text_field)"));
-  CommandResult body = run("msa-data", text + " --text_field=body");
+  CommandResult body = run_program("msa-data", text + " --text_field=body");
   ASSERT_EQ(body.exit_code, 0) << body.output;
   EXPECT_THAT(body.output, HasSubstr("2 documents, 12 tokens"));
 }
@@ -189,8 +174,8 @@ TEST(MsaDataCliTest, MalformedJsonlLineIsAnErrorNamingFileAndLine) {
     std::ofstream f(dir + "/a.jsonl");
     f << "{\"text\": \"fine\"}\n{\"text\": \"fine\"}\n{\"text\": \"broken}\n";
   }
-  CommandResult r =
-      run("msa-data", "text --input=" + dir + "/a.jsonl --output=" + dir + "/out --shard_tokens=4");
+  CommandResult r = run_program(
+      "msa-data", "text --input=" + dir + "/a.jsonl --output=" + dir + "/out --shard_tokens=4");
   EXPECT_EQ(r.exit_code, 1) << r.output;
   EXPECT_THAT(r.output,
               HasSubstr("msa-data: invalid --input: '" + dir + "/a.jsonl' line 3, column"));
@@ -200,12 +185,13 @@ TEST(MsaDataCliTest, MalformedJsonlLineIsAnErrorNamingFileAndLine) {
   ASSERT_EQ(fscanf(p, "%d", &entries), 1);
   pclose(p);
   EXPECT_EQ(entries, 1) << "only a.jsonl: no output directory, shards or staging left";
-  CommandResult format =
-      run("msa-data", "text --input=" + dir + "/a.jsonl --output=" + dir + "/out --format=xml");
+  CommandResult format = run_program(
+      "msa-data", "text --input=" + dir + "/a.jsonl --output=" + dir + "/out --format=xml");
   EXPECT_EQ(format.exit_code, 1);
   EXPECT_THAT(format.output, HasSubstr("invalid --format: 'xml'"));
-  CommandResult tokenizer = run("msa-data", "text --input=" + dir + "/a.jsonl --output=" + dir +
-                                                "/out --tokenizer=" + dir + "/no_such_model");
+  CommandResult tokenizer =
+      run_program("msa-data", "text --input=" + dir + "/a.jsonl --output=" + dir +
+                                  "/out --tokenizer=" + dir + "/no_such_model");
   EXPECT_EQ(tokenizer.exit_code, 1);
   EXPECT_THAT(tokenizer.output, HasSubstr("invalid --tokenizer"));
   EXPECT_THAT(tokenizer.output, HasSubstr(dir + "/no_such_model"));
@@ -218,7 +204,7 @@ TEST(MsaDataCliTest, HfTokenizerFramesDocuments) {
   { std::ofstream(dir + "/a.jsonl") << "{\"text\": \"hello world\"}\n{\"text\": \"again\"}\n"; }
   const std::string tokenizers = std::string(MSA_SOURCE_DIR) + "/tests/data/tokenizers";
   const std::string text = "text --input=" + dir + "/a.jsonl --output=" + dir + "/out";
-  CommandResult r = run("msa-data", text + " --tokenizer=" + tokenizers + "/llama3");
+  CommandResult r = run_program("msa-data", text + " --tokenizer=" + tokenizers + "/llama3");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_THAT(r.output, HasSubstr("2 documents"));
   EXPECT_THAT(r.output, HasSubstr("BOS 262, EOS 264; uint16) in 1 shard(s)"));
@@ -241,10 +227,10 @@ TEST(MsaDataCliTest, HfTokenizerFramesDocuments) {
   EXPECT_THAT(slurp(dir + "/out/train.json"), HasSubstr("\"tokenizer_path\": \"" + tokenizers));
 
   const std::string plain = text + "2 --tokenizer=" + tokenizers + "/tiny_bytelevel.json";
-  CommandResult no_eos = run("msa-data", plain);
+  CommandResult no_eos = run_program("msa-data", plain);
   EXPECT_EQ(no_eos.exit_code, 1) << no_eos.output;
   EXPECT_THAT(no_eos.output, HasSubstr("defines no EOS token and adds no BOS"));
-  CommandResult with_eos = run("msa-data", plain + " --eos_id=0");
+  CommandResult with_eos = run_program("msa-data", plain + " --eos_id=0");
   EXPECT_EQ(with_eos.exit_code, 0) << with_eos.output;
   EXPECT_THAT(with_eos.output, HasSubstr("EOS 0; uint16"));
 }

@@ -13,31 +13,14 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/testing/command.h"
 
 namespace {
 
+using msa::test::CommandResult;
+using msa::test::fresh_dir;
+using msa::test::run_program;
 using ::testing::HasSubstr;
-
-struct CommandResult {
-  int exit_code;
-  std::string output;
-};
-
-CommandResult run(const std::string& program, const std::string& args) {
-  FILE* pipe =
-      popen((std::string(MSA_BINARY_DIR) + "/" + program + " " + args + " 2>&1").c_str(), "r");
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof(buf), pipe)) > 0) out.append(buf, n);
-  return {WEXITSTATUS(pclose(pipe)), out};
-}
-
-std::string fresh_dir(const std::string& name) {
-  const std::string dir = std::string(::testing::TempDir()) + "/" + name;
-  std::system(("rm -rf '" + dir + "' && mkdir -p '" + dir + "'").c_str());
-  return dir;
-}
 
 // Byte-level shards of 300 JSONL documents of 10..60 bytes: a 64-token window holds several.
 std::string make_shards(const std::string& name) {
@@ -50,7 +33,7 @@ std::string make_shards(const std::string& name) {
         << "\n";
   }
   const CommandResult data =
-      run("msa-data", "text --input=" + dir + "/docs.jsonl --output=" + dir + "/shards");
+      run_program("msa-data", "text --input=" + dir + "/docs.jsonl --output=" + dir + "/shards");
   EXPECT_EQ(data.exit_code, 0) << data.output;
   return dir + "/shards";
 }
@@ -72,14 +55,14 @@ TEST(MsaTrainPackedTest, TrainsOnMsaDataShardsWithDocumentsKeptApart) {
   const std::string shards = make_shards("packed_train");
   const std::string dir = fresh_dir("packed_train_runs");
   const CommandResult packed =
-      run("msa-train", std::string(kRun) + "--pack_documents --data='" + shards +
-                           "/*.tok' --metrics_jsonl=" + dir + "/packed.jsonl");
+      run_program("msa-train", std::string(kRun) + "--pack_documents --data='" + shards +
+                                   "/*.tok' --metrics_jsonl=" + dir + "/packed.jsonl");
   ASSERT_EQ(packed.exit_code, 0) << packed.output;
   EXPECT_THAT(packed.output, HasSubstr("documents packed: EOS 256"));
   EXPECT_THAT(packed.output, HasSubstr("val_loss"));
   const CommandResult plain =
-      run("msa-train", std::string(kRun) + "--data='" + shards + "/*.tok' --metrics_jsonl=" + dir +
-                           "/plain.jsonl");
+      run_program("msa-train", std::string(kRun) + "--data='" + shards +
+                                   "/*.tok' --metrics_jsonl=" + dir + "/plain.jsonl");
   ASSERT_EQ(plain.exit_code, 0) << plain.output;
   EXPECT_THAT(plain.output, ::testing::Not(HasSubstr("documents packed")));
   const std::vector<nlohmann::json> p = metrics(dir + "/packed.jsonl"),
@@ -95,21 +78,21 @@ TEST(MsaTrainPackedTest, TrainsOnMsaDataShardsWithDocumentsKeptApart) {
 
 TEST(MsaTrainPackedTest, RefusedWithoutAnEosIdNamingTheFlag) {
   const CommandResult synthetic =
-      run("msa-train", std::string(kRun) + "--pack_documents --data=synthetic:kv-recall");
+      run_program("msa-train", std::string(kRun) + "--pack_documents --data=synthetic:kv-recall");
   EXPECT_EQ(synthetic.exit_code, 1) << synthetic.output;
   EXPECT_THAT(synthetic.output, HasSubstr("--pack_documents"));
 
   const std::string shards = make_shards("packed_no_metadata");
   std::remove((shards + "/train.json").c_str());
-  const CommandResult no_metadata =
-      run("msa-train", std::string(kRun) + "--pack_documents --data='" + shards + "/*.tok'");
+  const CommandResult no_metadata = run_program(
+      "msa-train", std::string(kRun) + "--pack_documents --data='" + shards + "/*.tok'");
   EXPECT_EQ(no_metadata.exit_code, 1) << no_metadata.output;
   EXPECT_THAT(no_metadata.output, HasSubstr("--pack_documents"));
   EXPECT_THAT(no_metadata.output, HasSubstr(shards + "/train.json"));
 }
 
 TEST(MsaTrainPackedTest, HelpDocumentsTheFlag) {
-  const CommandResult r = run("msa-train", "--help");
+  const CommandResult r = run_program("msa-train", "--help");
   EXPECT_THAT(r.output, HasSubstr("-pack_documents ("));
   EXPECT_THAT(r.output, HasSubstr("msa-data metadata file"));
 }
