@@ -23,10 +23,6 @@ cpu::AttentionDims check_attention_args(const Tensor& q, const Tensor& k, const 
             dims.groups);
   MSA_CHECK(dims.kv_seq >= dims.seq, "%s: q %s has more tokens than k %s", op, q.describe(),
             k.describe());
-  // The CUDA kernels align queries and keys top-left (no query offset) so far.
-  MSA_CHECK(!q.is_cuda() || dims.kv_seq == dims.seq,
-            "%s: fewer queries (q %s) than keys (k %s) run on the CPU only so far", op,
-            q.describe(), k.describe());
   check_shape(k, {dims.batch, dims.kv_seq, dims.groups, dims.dim}, "attention: k");
   check_shape(v, k.shape(), "attention: v");
   check_shape(out, q.shape(), "attention: out");

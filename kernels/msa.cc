@@ -15,13 +15,10 @@
 namespace msa {
 namespace {
 
-// The CUDA kernels align queries and keys top-left (no query offset) so far.
-void check_no_query_offset(const Tensor& queries, const Tensor& keys, const cpu::MsaDims& dims,
-                           const char* op) {
+// Queries sit bottom-right of the keys (query t at position keys - seq + t), on either device.
+void check_query_offset(const Tensor& queries, const Tensor& keys, const cpu::MsaDims& dims,
+                        const char* op) {
   MSA_CHECK(dims.keys() >= dims.seq, "%s: %s has more query tokens than the keys %s", op,
-            queries.describe(), keys.describe());
-  MSA_CHECK(!queries.is_cuda() || dims.keys() == dims.seq,
-            "%s: fewer queries (%s) than keys (%s) run on the CPU only so far", op,
             queries.describe(), keys.describe());
 }
 
@@ -41,7 +38,7 @@ cpu::MsaDims index_dims(const Tensor& iq, const Tensor& ik, int block_size, int 
             "%s: ik %s must be [batch, Tk, dI] = [%d, Tk, %d] (iq %s)", op, ik.describe(),
             dims.batch, dims.index_dim, iq.describe());
   dims.kv_seq = ik.size(1);
-  check_no_query_offset(iq, ik, dims, op);
+  check_query_offset(iq, ik, dims, op);
   check_same_device(iq, ik, "iq", "ik");
   return dims;
 }
@@ -73,7 +70,7 @@ cpu::MsaDims attention_dims(const Tensor& q, const Tensor& k, const BlockSelecti
   MSA_CHECK(dims.groups > 0 && dims.heads % dims.groups == 0,
             "%s: H = %d query heads is not a multiple of G = %d KV heads", op, dims.heads,
             dims.groups);
-  check_no_query_offset(q, k, dims, op);
+  check_query_offset(q, k, dims, op);
   check_shape(k, {dims.batch, dims.kv_seq, dims.groups, dims.dim}, "msa: k");
   check_selection(sel, dims.batch, dims.seq, dims.groups, op);
   check_same_device(q, k, "q", "k");
