@@ -136,6 +136,13 @@ std::unique_ptr<Communicator> make_nccl_communicator(MPI_Comm) {
 #endif
 
 absl::StatusOr<ProcessGroups> make_process_groups(int tp, int cp, bool nccl) {
+  return make_process_groups_with(tp, cp,
+                                  nccl ? CommunicatorFactory(make_nccl_communicator)
+                                       : CommunicatorFactory(make_mpi_communicator));
+}
+
+absl::StatusOr<ProcessGroups> make_process_groups_with(int tp, int cp,
+                                                       const CommunicatorFactory& make) {
   int initialized = 0;
   MPI_Initialized(&initialized);
   MSA_CHECK(initialized, "make_process_groups: MPI is not initialized");
@@ -163,7 +170,6 @@ absl::StatusOr<ProcessGroups> make_process_groups(int tp, int cp, bool nccl) {
   MPI_Comm_split(MPI_COMM_WORLD, g.cp_rank * tp + g.tp_rank, g.dp_rank, &dp_comm);
   MPI_Comm_split(MPI_COMM_WORLD, g.dp_rank * tp + g.tp_rank, g.cp_rank, &cp_comm);
   MPI_Comm_split(MPI_COMM_WORLD, g.dp_rank * cp + g.cp_rank, g.tp_rank, &tp_comm);
-  auto make = nccl ? make_nccl_communicator : make_mpi_communicator;
   g.world = make(MPI_COMM_WORLD);
   g.dp = make(dp_comm);
   g.cp = make(cp_comm);

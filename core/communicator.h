@@ -9,6 +9,7 @@
 #include <mpi.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -76,6 +77,12 @@ struct ProcessGroups {
 // (CUDA builds; the CUDA device must already be selected) every group also gets its NCCL
 // communicator, once.
 absl::StatusOr<ProcessGroups> make_process_groups(int tp, int cp, bool nccl);
+
+// The same layout with each group's communicator made by `make` from its MPI communicator (tests
+// run GPU layouts on one device through a host-staging communicator this way).
+using CommunicatorFactory = std::function<std::unique_ptr<Communicator>(MPI_Comm)>;
+absl::StatusOr<ProcessGroups> make_process_groups_with(int tp, int cp,
+                                                       const CommunicatorFactory& make);
 
 // This process's rank among the processes on its node (MPI_COMM_TYPE_SHARED).
 int node_local_rank();

@@ -115,15 +115,13 @@ void rope_apply(const Tensor& in, const RopeConfig& rope, Tensor& out, bool inve
   MSA_CHECK(position_offset >= 0, "%s: position offset %d must be >= 0", op, position_offset);
   const std::vector<double> inv_freq = rope_inv_freq(rope, in.size(3));
   if (in.is_cuda()) {
-    MSA_CHECK(position_offset == 0, "%s: a position offset (%d) runs on the CPU only so far", op,
-              position_offset);
 #if MSA_HAS_CUDA
     check_dtype(in, DType::kBF16, op);
     check_dtype(out, DType::kBF16, op);
     MSA_CHECK(static_cast<int64_t>(inv_freq.size()) <= kRopeMaxCudaPairs,
               "%s: rotary_dim %d exceeds the CUDA kernel's %d", op, 2 * inv_freq.size(),
               2 * kRopeMaxCudaPairs);
-    cuda::rope_rotate(in, inv_freq, inverse, out);
+    cuda::rope_rotate(in, inv_freq, inverse, position_offset, out);
 #endif
     return;
   }

@@ -8,7 +8,8 @@
 // its owner: a reduce-scatter (sum) of dK, dV and the index-key gradient. Parameters are
 // replicated over cp: their gradients are summed over dp x cp (ProcessGroups::gradient_group).
 //
-// CPU tensors only so far (the CUDA kernels take no query offset).
+// Either device: on CUDA the collectives are NCCL's (bf16 key gradients are reduce-scattered in
+// f32) and the kernels take the query offset (kernels/msa.h, kernels/attention.h).
 #pragma once
 
 #include <cstdint>
@@ -43,7 +44,8 @@ Tensor cp_gather_keys(const ContextParallel& cp, const Tensor& local);
 
 // The adjoint of cp_gather_keys: grad [batch, (rank + 1) T/cp, ...] (this rank's queries'
 // gradient for the keys it gathered) -> [batch, T/cp, ...], the sum over ranks of the gradients
-// for this rank's tokens. Collective over cp (a reduce-scatter); f32 or f64. Without cp: `grad`.
+// for this rank's tokens. Collective over cp (a reduce-scatter); f32 or f64, or bf16 (summed in
+// f32). Without cp: `grad`.
 Tensor cp_reduce_scatter_keys(const ContextParallel& cp, const Tensor& grad);
 
 }  // namespace msa

@@ -27,8 +27,10 @@ void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const 
                       Tensor& dx, Tensor& dw);
 
 // x, y [batch, T, heads, d]; inv_freq: rope_inv_freq's table (at most 256 pairs; dims past
-// 2 * pairs pass through); inverse = true rotates by -angle (the backward). rope_kernels.cu.
-void rope_rotate(const Tensor& x, const std::vector<double>& inv_freq, bool inverse, Tensor& y);
+// 2 * pairs pass through); inverse = true rotates by -angle (the backward); token t sits at
+// position position_offset + t (context parallelism). rope_kernels.cu.
+void rope_rotate(const Tensor& x, const std::vector<double>& inv_freq, bool inverse,
+                 int64_t position_offset, Tensor& y);
 
 void swiglu_forward(const Tensor& gate, const Tensor& up, Tensor& out);
 void swiglu_backward(const Tensor& dout, const Tensor& gate, const Tensor& up, Tensor& dgate,

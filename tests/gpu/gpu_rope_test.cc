@@ -62,6 +62,47 @@ TEST(GpuRopeTest, ScaledAndPartialVariantsMatchCpu) {
   }
 }
 
+// Context parallelism rotates a shard whose first token sits at position p0 > 0: the rotation of
+// tokens [p0, p0 + n) of a sequence equals rotating the shard alone with position_offset p0, on
+// the GPU as on the CPU (which is checked against the whole sequence first, so the offset cannot
+// be ignored by both sides alike).
+TEST(GpuRopeTest, PositionOffsetMatchesCpuAndTheWholeSequence) {
+  SKIP_WITHOUT_GPU();
+  const int64_t T = 1024, p0 = 768, n = T - p0;
+  const Tensor x = rnd({2, T, 3, 64}, 52);
+  for (const RopeConfig& rope : {llama3(0), RopeConfig(10000.0, {}, 32)}) {
+    Tensor whole = Tensor::empty(x.shape(), DType::kF32);
+    rope_forward(x, rope, whole);
+    // The shard's tokens of both batch rows: [2, n, 3, 64].
+    Tensor shard = Tensor::empty({2, n, 3, 64}, DType::kF32);
+    Tensor want = Tensor::empty({2, n, 3, 64}, DType::kF32);
+    for (int64_t b = 0; b < 2; ++b) {
+      shard.slice0(b, b + 1).copy_from(x.slice0(b, b + 1).view({T, 3, 64}).slice0(p0, T).view(
+          {1, n, 3, 64}));
+      want.slice0(b, b + 1).copy_from(whole.slice0(b, b + 1).view({T, 3, 64}).slice0(p0, T).view(
+          {1, n, 3, 64}));
+    }
+    Tensor y = Tensor::empty(shard.shape(), DType::kF32), back = Tensor::empty(shard.shape(), DType::kF32);
+    rope_forward(shard, rope, y, p0);
+    EXPECT_LT(max_scaled_diff(y, want), 1e-6);
+    rope_backward(y, rope, back, p0);  // the inverse rotation at the same positions
+    EXPECT_LT(max_scaled_diff(back, shard), 1e-5);
+
+    Tensor gy = gpu_nan(shard.shape());
+    rope_forward(gpu_bf16(shard), rope, gy, p0);
+    EXPECT_LT(max_scaled_diff(host(gy), y), kBf16Tol);
+    Tensor gdx = gpu_bf16(shard);
+    rope_backward(gdx, rope, gdx, p0);
+    Tensor dx = Tensor::empty(shard.shape(), DType::kF32);
+    rope_backward(shard, rope, dx, p0);
+    EXPECT_LT(max_scaled_diff(host(gdx), dx), kBf16Tol);
+    // And not the rotation at position 0.
+    Tensor y0 = Tensor::empty(shard.shape(), DType::kF32);
+    rope_forward(shard, rope, y0);
+    EXPECT_GT(max_scaled_diff(host(gy), y0), 0.1);
+  }
+}
+
 TEST(GpuRopeTest, ModelWithLlama3AndPartialRotaryMatchesCpu) {
   SKIP_WITHOUT_GPU();
   ModelConfig c;

@@ -2,11 +2,10 @@
 // masters and AdamW moments sharded over the data-parallel ranks on the device follows plain data
 // parallelism on the GPU step by step, and the optimizer's device memory per rank falls with dp.
 //
-// The ranks may share one GPU (NCCL refuses two ranks on one device), so the collectives here go
-// through a communicator that stages CUDA tensors through host memory and MPI: what this tests is
-// the optimizer's sharding on the device (reduce-scatter into device shards, AdamW on them, the
-// bf16 all-gather into the weights, checkpoint gathers). The NCCL collectives themselves are
-// checked against MPI by mpi_nccl_test on as many GPUs as ranks.
+// The ranks may share one GPU: the collectives stage through the host
+// (tests/testing/host_staging_communicator.h). What this tests is the optimizer's sharding on the
+// device (reduce-scatter into device shards, AdamW on them, the bf16 all-gather into the weights,
+// checkpoint gathers).
 #include <mpi.h>
 
 #include <cmath>
@@ -20,65 +19,18 @@
 #include "core/cuda_device.h"
 #include "gtest/gtest.h"
 #include "model/transformer.h"
+#include "tests/testing/host_staging_communicator.h"
 #include "tests/testing/parallel_training.h"
 #include "train/optimizer.h"
 
 namespace msa {
 namespace {
 
-// CUDA tensors copied to the host, reduced by MPI, copied back; CPU tensors and scalars as MPI.
-class HostStagingCommunicator : public Communicator {
- public:
-  explicit HostStagingCommunicator(MPI_Comm comm) : mpi_(make_mpi_communicator(comm)) {}
-  int rank() const override { return mpi_->rank(); }
-  int size() const override { return mpi_->size(); }
-  void all_reduce_sum(Tensor& t) override {
-    Tensor h = t.to(Device::kCPU);
-    mpi_->all_reduce_sum(h);
-    t.copy_from(h);
-  }
-  std::unique_ptr<CommWork> all_reduce_sum_async(Tensor& t) override {
-    all_reduce_sum(t);
-    return std::make_unique<Done>();
-  }
-  void reduce_scatter_sum(const Tensor& in, Tensor& out) override {
-    Tensor h = out.to(Device::kCPU);
-    mpi_->reduce_scatter_sum(in.to(Device::kCPU), h);
-    out.copy_from(h);
-  }
-  void all_gather(const Tensor& in, Tensor& out) override {
-    Tensor h = out.to(Device::kCPU);
-    mpi_->all_gather(in.to(Device::kCPU), h);
-    out.copy_from(h);
-  }
-  void broadcast(Tensor& t, int root) override {
-    Tensor h = t.to(Device::kCPU);
-    mpi_->broadcast(h, root);
-    t.copy_from(h);
-  }
-  void barrier() override { mpi_->barrier(); }
-  double all_reduce_sum(double x) override { return mpi_->all_reduce_sum(x); }
-  int64_t all_reduce_sum(int64_t x) override { return mpi_->all_reduce_sum(x); }
-  uint64_t broadcast(uint64_t x, int root) override { return mpi_->broadcast(x, root); }
-
- private:
-  struct Done : CommWork {
-    void wait() override {}
-  };
-  std::unique_ptr<Communicator> mpi_;
-};
-
 // dp = world, tp = 1, collectives staged through the host.
 ProcessGroups staged_data_parallel() {
-  ProcessGroups g;
-  MPI_Comm_rank(MPI_COMM_WORLD, &g.world_rank);
-  MPI_Comm_size(MPI_COMM_WORLD, &g.world_size);
-  g.dp_rank = g.world_rank;
-  g.dp_size = g.world_size;
-  g.world = std::make_unique<HostStagingCommunicator>(MPI_COMM_WORLD);
-  g.dp = std::make_unique<HostStagingCommunicator>(MPI_COMM_WORLD);
-  g.tp = make_mpi_communicator(MPI_COMM_SELF);
-  return g;
+  auto made = test::host_staged_process_groups(1, 1);
+  MSA_CHECK(made.ok(), "%s", std::string(made.status().message()));
+  return std::move(*made);
 }
 
 class MpiZero1GpuTest : public ::testing::Test {
