@@ -70,12 +70,10 @@ void attention_block_forward(const ModelConfig& c, int layer, ParameterSet& para
     k_pre = act.kn;
   }
   const ContextParallel& cp = options.cp;
-  MSA_CHECK(docs == nullptr || !cp.enabled(),
-            "attention_block_forward: packed documents with context parallelism are not supported");
   const int64_t p0 = cp.position_offset(T);  // position of this rank's first token
   act.q_rope = Tensor::empty({batch, T, H, d}, dt, dev);
   act.k_rope = Tensor::empty({batch, T, G, d}, dt, dev);
-  if (docs != nullptr) {  // packed documents (cp = 1: refused together): positions per document
+  if (docs != nullptr) {  // packed documents: positions count from each document's start
     segmented_rope_forward(docs, q_pre.view({batch, T, H, d}), c.rope(), act.q_rope);
     segmented_rope_forward(docs, k_pre.view({batch, T, G, d}), c.rope(), act.k_rope);
   } else {
@@ -139,7 +137,10 @@ void attention_block_forward(const ModelConfig& c, int layer, ParameterSet& para
     // Gradients of the index loss: f32 on CUDA (bf16 activations), the compute dtype on the CPU.
     const DType gt = dt == DType::kBF16 ? DType::kF32 : dt;
     Tensor diq = Tensor::empty(iq.shape(), gt, dev);
-    Tensor dik = Tensor::empty(ik_ctx.shape(), gt, dev);
+    // Packed documents under cp: keys of documents that end before this shard get no gradient
+    // from its queries (no kernel writes them).
+    Tensor dik = docs != nullptr && cp.enabled() ? Tensor::zeros(ik_ctx.shape(), gt, dev)
+                                                 : Tensor::empty(ik_ctx.shape(), gt, dev);
     IndexLossResult r;
     if (sparse) {
       // Teacher: the sparse main branch's own probabilities over the selected tokens (its lse).
@@ -230,10 +231,14 @@ void attention_block_backward(const ModelConfig& c, int layer, ParameterSet& par
                   datt, params.at(pname(layer, "attn.wo.weight")).grad, none);
 
   Tensor dq_rope = Tensor::empty({batch, T, H, d}, dt, dev);
-  Tensor dk_ctx = Tensor::empty(act.k_ctx.shape(), dt, dev);
-  Tensor dv_ctx = Tensor::empty(act.v_ctx.shape(), dt, dev);
-  const Tensor datt4 = datt.view({batch, T, H, d});
   const DocumentSegments* docs = act.documents.get();
+  // Packed documents under cp: keys of documents that end before this shard are no kernel's.
+  const bool zero_keys = docs != nullptr && cp.enabled();
+  Tensor dk_ctx = zero_keys ? Tensor::zeros(act.k_ctx.shape(), dt, dev)
+                            : Tensor::empty(act.k_ctx.shape(), dt, dev);
+  Tensor dv_ctx = zero_keys ? Tensor::zeros(act.v_ctx.shape(), dt, dev)
+                            : Tensor::empty(act.v_ctx.shape(), dt, dev);
+  const Tensor datt4 = datt.view({batch, T, H, d});
   if (act.sparse_attention) {
     segmented_msa_sparse_attention_backward(docs, datt4, act.q_rope, act.k_ctx, act.v_ctx,
                                             act.att, act.lse, *act.selection, scale, dq_rope,

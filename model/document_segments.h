@@ -14,32 +14,45 @@
 
 namespace msa {
 
-// One document of a packed batch: tokens [begin, end) of batch row `row`.
+// One document of a packed batch, as far as this rank's queries see it: its queries are tokens
+// [begin, end) of batch row `row` (local indices); its keys start at position key_begin (the
+// document's start) and end with the queries. Without context parallelism key_begin == begin.
 struct DocumentSegment {
   int64_t row = 0;
   int64_t begin = 0;
   int64_t end = 0;
+  int64_t key_begin = 0;
   int64_t length() const { return end - begin; }
-  // The first token's index in the flattened [batch * T] token order.
+  // The first query's index in the flattened [batch * T] token order.
   int64_t first_token(int64_t T) const { return row * T + begin; }
 };
 
 class DocumentSegments {
  public:
   // From each row's document starts: starts.size() == batch; each row's list is strictly
-  // increasing, begins with 0 and stays below T (aborts otherwise: the data source builds them).
+  // increasing and begins with 0 (aborts otherwise: the data source builds them). The starts are
+  // positions in the whole sequence; this rank holds its tokens [position_offset, position_offset
+  // + T) (context parallelism: the cp shard; 0 otherwise) and its keys are the positions
+  // [0, position_offset + T) (the gathered keys).
   static DocumentSegments from_starts(int64_t batch, int64_t T,
-                                      const std::vector<std::vector<int64_t>>& starts);
+                                      const std::vector<std::vector<int64_t>>& starts,
+                                      int64_t position_offset = 0);
 
   int64_t batch() const { return batch_; }
-  int64_t seq_len() const { return T_; }
-  // In row order, then position order.
+  int64_t seq_len() const { return T_; }  // this rank's tokens per row
+  int64_t position_offset() const { return p0_; }
+  int64_t key_len() const { return p0_ + T_; }  // keys per row
+  // The RoPE position of segment s's first query (its distance from the document's start).
+  int64_t rope_offset(const DocumentSegment& s) const { return p0_ + s.begin - s.key_begin; }
+  // In row order, then position order: the documents that hold at least one of this rank's tokens.
   const std::vector<DocumentSegment>& segments() const { return segments_; }
-  // True when some row holds more than one document (else every kernel can run on whole rows).
-  bool any_split() const { return static_cast<int64_t>(segments_.size()) > batch_; }
+  // True when some row's queries or keys are not one whole document (else every kernel can run on
+  // whole rows).
+  bool any_split() const { return any_split_; }
 
  private:
-  int64_t batch_ = 0, T_ = 0;
+  int64_t batch_ = 0, T_ = 0, p0_ = 0;
+  bool any_split_ = false;
   std::vector<DocumentSegment> segments_;
 };
 

@@ -18,6 +18,22 @@ Tensor document_view(const Tensor& t, const DocumentSegments& docs, const Docume
   return t.view({docs.batch() * T, inner}).slice0(first, first + s.length()).view(shape);
 }
 
+// The keys of segment s in a [batch, key_len, ...] tensor (the gathered keys under context
+// parallelism, the tokens themselves otherwise): positions [key_begin, p0 + end) of its row, as
+// [1, n, ...]; its queries sit bottom-right of them (kernels/msa.h, kernels/attention.h).
+Tensor key_view(const Tensor& t, const DocumentSegments& docs, const DocumentSegment& s) {
+  const int64_t L = docs.key_len();
+  MSA_CHECK(t.ndim() >= 2 && t.size(0) == docs.batch() && t.size(1) == L,
+            "document key view: %s is not [batch %d, keys %d, ...]", t.describe(), docs.batch(), L);
+  Shape shape = t.shape();
+  const int64_t inner = t.numel() / (docs.batch() * L);
+  const int64_t first = s.row * L + s.key_begin;
+  const int64_t n = docs.position_offset() + s.end - s.key_begin;
+  shape[0] = 1;
+  shape[1] = n;
+  return t.view({docs.batch() * L, inner}).slice0(first, first + n).view(shape);
+}
+
 // 16 bytes of f32 (and 32 of f64): every document's lse block starts aligned.
 constexpr int64_t kLseAlign = 4;
 
@@ -78,19 +94,21 @@ Tensor segmented_lse_empty(const DocumentSegments* docs, int64_t batch, int64_t 
 
 void segmented_rope_forward(const DocumentSegments* docs, const Tensor& x, const RopeConfig& rope,
                             Tensor& y) {
-  if (!runs_per_document(docs)) return rope_forward(x, rope, y);
+  if (!runs_per_document(docs))
+    return rope_forward(x, rope, y, docs != nullptr ? docs->position_offset() : 0);
   for (const DocumentSegment& s : docs->segments()) {
     Tensor ys = document_view(y, *docs, s);
-    rope_forward(document_view(x, *docs, s), rope, ys);
+    rope_forward(document_view(x, *docs, s), rope, ys, docs->rope_offset(s));
   }
 }
 
 void segmented_rope_backward(const DocumentSegments* docs, const Tensor& dy, const RopeConfig& rope,
                              Tensor& dx) {
-  if (!runs_per_document(docs)) return rope_backward(dy, rope, dx);
+  if (!runs_per_document(docs))
+    return rope_backward(dy, rope, dx, docs != nullptr ? docs->position_offset() : 0);
   for (const DocumentSegment& s : docs->segments()) {
     Tensor dxs = document_view(dx, *docs, s);
-    rope_backward(document_view(dy, *docs, s), rope, dxs);
+    rope_backward(document_view(dy, *docs, s), rope, dxs, docs->rope_offset(s));
   }
 }
 
@@ -99,8 +117,8 @@ void segmented_attention_forward(const DocumentSegments* docs, const Tensor& q, 
   if (!runs_per_document(docs)) return attention_forward(q, k, v, scale, out, lse);
   for_each_document(*docs, q, lse, [&](const DocumentSegment& s, Tensor& lse_s) {
     Tensor out_s = document_view(out, *docs, s);
-    attention_forward(document_view(q, *docs, s), document_view(k, *docs, s),
-                      document_view(v, *docs, s), scale, out_s, lse_s);
+    attention_forward(document_view(q, *docs, s), key_view(k, *docs, s),
+                      key_view(v, *docs, s), scale, out_s, lse_s);
   });
 }
 
@@ -111,10 +129,10 @@ void segmented_attention_backward(const DocumentSegments* docs, const Tensor& do
   if (!runs_per_document(docs))
     return attention_backward(dout, q, k, v, out, lse, scale, dq, dk, dv);
   for_each_document(*docs, q, lse, [&](const DocumentSegment& s, Tensor& lse_s) {
-    Tensor dq_s = document_view(dq, *docs, s), dk_s = document_view(dk, *docs, s),
-           dv_s = document_view(dv, *docs, s);
+    Tensor dq_s = document_view(dq, *docs, s), dk_s = key_view(dk, *docs, s),
+           dv_s = key_view(dv, *docs, s);
     attention_backward(document_view(dout, *docs, s), document_view(q, *docs, s),
-                       document_view(k, *docs, s), document_view(v, *docs, s),
+                       key_view(k, *docs, s), key_view(v, *docs, s),
                        document_view(out, *docs, s), lse_s, scale, dq_s, dk_s, dv_s);
   });
 }
@@ -124,7 +142,7 @@ void segmented_msa_index_topk(const DocumentSegments* docs, const Tensor& iq, co
   if (!runs_per_document(docs)) return msa_index_topk(iq, ik, sel);
   for (const DocumentSegment& s : docs->segments()) {
     BlockSelection sel_s = selection_view(sel, *docs, s);
-    msa_index_topk(document_view(iq, *docs, s), document_view(ik, *docs, s), sel_s);
+    msa_index_topk(document_view(iq, *docs, s), key_view(ik, *docs, s), sel_s);
   }
 }
 
@@ -135,8 +153,8 @@ void segmented_msa_sparse_attention_forward(const DocumentSegments* docs, const 
   if (!runs_per_document(docs)) return msa_sparse_attention_forward(q, k, v, sel, scale, out, lse);
   for_each_document(*docs, q, lse, [&](const DocumentSegment& s, Tensor& lse_s) {
     Tensor out_s = document_view(out, *docs, s);
-    msa_sparse_attention_forward(document_view(q, *docs, s), document_view(k, *docs, s),
-                                 document_view(v, *docs, s), selection_view(sel, *docs, s), scale,
+    msa_sparse_attention_forward(document_view(q, *docs, s), key_view(k, *docs, s),
+                                 key_view(v, *docs, s), selection_view(sel, *docs, s), scale,
                                  out_s, lse_s);
   });
 }
@@ -149,10 +167,10 @@ void segmented_msa_sparse_attention_backward(const DocumentSegments* docs, const
   if (!runs_per_document(docs))
     return msa_sparse_attention_backward(dout, q, k, v, out, lse, sel, scale, dq, dk, dv);
   for_each_document(*docs, q, lse, [&](const DocumentSegment& s, Tensor& lse_s) {
-    Tensor dq_s = document_view(dq, *docs, s), dk_s = document_view(dk, *docs, s),
-           dv_s = document_view(dv, *docs, s);
+    Tensor dq_s = document_view(dq, *docs, s), dk_s = key_view(dk, *docs, s),
+           dv_s = key_view(dv, *docs, s);
     msa_sparse_attention_backward(document_view(dout, *docs, s), document_view(q, *docs, s),
-                                  document_view(k, *docs, s), document_view(v, *docs, s),
+                                  key_view(k, *docs, s), key_view(v, *docs, s),
                                   document_view(out, *docs, s), lse_s,
                                   selection_view(sel, *docs, s), scale, dq_s, dk_s, dv_s);
   });
@@ -171,11 +189,11 @@ IndexLossResult segmented_msa_index_loss(const DocumentSegments* docs, IndexLoss
   double kl_mean = 0;
   for_each_document(*docs, q, lse, [&](const DocumentSegment& s, Tensor& lse_s) {
     const double share = static_cast<double>(s.length()) / all_tokens;
-    Tensor diq_s = document_view(diq, *docs, s), dik_s = document_view(dik, *docs, s);
+    Tensor diq_s = document_view(diq, *docs, s), dik_s = key_view(dik, *docs, s);
     const IndexLossResult r =
-        msa_index_loss(mode, document_view(q, *docs, s), document_view(k, *docs, s), lse_s,
+        msa_index_loss(mode, document_view(q, *docs, s), key_view(k, *docs, s), lse_s,
                        selection_view(sel, *docs, s), document_view(iq, *docs, s),
-                       document_view(ik, *docs, s), scale, weight * share, diq_s, dik_s);
+                       key_view(ik, *docs, s), scale, weight * share, diq_s, dik_s);
     kl_mean += r.loss * share;
     total.n_rows += r.n_rows;
   });
@@ -194,7 +212,7 @@ double segmented_recall(const DocumentSegments* docs, const Tensor& q, const Ten
   int64_t sampled = 0;
   for (const DocumentSegment& s : docs->segments()) {
     const int64_t n = (s.length() + query_stride - 1) / query_stride;  // queries 0, stride, ...
-    sum += n * recall(document_view(q, *docs, s), document_view(k, *docs, s),
+    sum += n * recall(document_view(q, *docs, s), key_view(k, *docs, s),
                       selection_view(sel, *docs, s), scale, query_stride);
     sampled += n;
   }

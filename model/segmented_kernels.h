@@ -5,6 +5,12 @@
 // selection (blocks counted from the document's start) and the index loss inside the document,
 // on the CPU and CUDA alike, without a kernel that knows about documents.
 //
+// Under context parallelism a rank holds the tokens [p0, p0 + T) of each row and the gathered
+// keys [0, p0 + T): a document's queries are the part of it in the shard, its keys run from the
+// document's start to the end of those queries (key-shaped tensors k, v, ik and their gradients
+// are [batch, p0 + T, ...]), and the kernels take the queries bottom-right of the keys (their
+// query offset, any value), with RoPE positions counted from the document's start.
+//
 // `docs` null (or every row one document) runs each kernel once on the whole tensors, exactly as
 // before. Otherwise every kernel runs once per document: many short documents mean many small
 // launches on the GPU (and, for cuDNN's dense attention, one cached plan per distinct document

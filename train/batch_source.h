@@ -20,13 +20,17 @@ struct Batch {
   // Packed documents (--pack_documents): per row, the positions where a document starts (0 first,
   // ascending; data/document_starts.h). Empty: each row is one sequence.
   std::vector<std::vector<int64_t>> doc_starts;
+  // Context parallelism: the position of token 0 in its sequence (the cp shard's start; the
+  // document starts above are positions in the whole sequence).
+  int64_t position_offset = 0;
 };
 
 // The batch's documents for ForwardOptions::documents (null when it carries no document starts).
 inline std::shared_ptr<const DocumentSegments> batch_documents(const Batch& b) {
   if (b.doc_starts.empty()) return nullptr;
   return std::make_shared<const DocumentSegments>(
-      DocumentSegments::from_starts(b.tokens.size(0), b.tokens.size(1), b.doc_starts));
+      DocumentSegments::from_starts(b.tokens.size(0), b.tokens.size(1), b.doc_starts,
+                                    b.position_offset));
 }
 
 class BatchSource {

@@ -1,5 +1,6 @@
 // make_context_shard_source (train/batch_source.h): each cp rank keeps its contiguous shard of the
-// tokens and targets of every sequence its data-parallel replica reads.
+// tokens and targets of every sequence its data-parallel replica reads (and, for packed documents,
+// the sequence's document starts with the shard's position).
 #include <cstring>
 
 #include "absl/strings/str_format.h"
@@ -15,8 +16,12 @@ class ContextShardSource : public BatchSource {
       : inner_(std::move(inner)), rank_(cp_rank), size_(cp_size) {}
 
   Batch get(int64_t step, int micro) override {
-    const Batch full = inner_->get(step, micro);
-    return Batch{shard(full.tokens), shard(full.targets)};
+    Batch full = inner_->get(step, micro);
+    Batch b{shard(full.tokens), shard(full.targets)};
+    // Packed documents: the whole sequence's starts, and where this shard begins in it.
+    b.doc_starts = std::move(full.doc_starts);
+    b.position_offset = full.position_offset + rank_ * b.tokens.size(1);
+    return b;
   }
   std::string describe() const override {
     return absl::StrFormat("%s, context shard %d of %d", inner_->describe(), rank_, size_);

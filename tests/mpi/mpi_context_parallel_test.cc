@@ -3,7 +3,7 @@
 // equals one rank's on the same global batch: the LM and index losses, every parameter's full
 // gradient (after the dp x cp reduction, the trainer's loss scaling included) and the global
 // gradient norm with and without ZeRO-1, for dense, MSA and hybrid stacks, in every MSA phase
-// (sparse, dense-attention warm-up, frozen-backbone warm-up).
+// (sparse, dense-attention warm-up, frozen-backbone warm-up), with and without packed documents.
 //
 // Tolerances as in mpi_gradients_test.cc (1e-5 relative L2 per tensor, 1e-6 on the norm, f32): a
 // layout changes only the order of additions (the reduce-scatter of the key gradients, the dp x cp
@@ -122,6 +122,11 @@ test::StepGradients parallel(const Case& k, bool zero1 = false) {
   return test::step_gradients(tiny(k.stack), k.groups, 2, k.phase, 1, Device::kCPU, zero1, kSeqLen);
 }
 
+// Packed documents whose boundaries fall inside shards and whose documents span shards (cp 4:
+// shards [0, 16), [16, 32), [32, 48), [48, 64); [5, 23) and [23, 40) span two, [41, 64) two,
+// [40, 41) is one token), none on a block boundary (blocks of 8).
+const std::vector<int64_t> kDocStarts = {0, 5, 23, 40, 41};
+
 TEST(MpiContextParallelTest, LossesAndEveryParametersFullGradientMatchOneRank) {
   test::Worst worst;
   int cases = 0;
@@ -135,6 +140,31 @@ TEST(MpiContextParallelTest, LossesAndEveryParametersFullGradientMatchOneRank) {
   if (world_rank() == 0)
     std::printf("%d cases; worst gradient relative L2 difference %.3g (%s)\n", cases, worst.rel,
                 worst.where.c_str());
+}
+
+// Packed documents under cp: each rank runs its part of every document over the document's keys
+// gathered from the ranks before it (queries bottom-right of them, any offset), RoPE positions
+// from the document's start; keys of documents that end before a shard get no gradient there.
+TEST(MpiContextParallelTest, PackedDocumentsMatchOneRank) {
+  test::Worst worst;
+  int cases = 0;
+  for_every_case([&](const Case& k) {
+    ++cases;
+    const test::StepGradients one = test::step_gradients(
+        tiny(k.stack), nullptr, 2 * k.groups->dp_size, k.phase, 1, Device::kCPU, false, kSeqLen,
+        kDocStarts);
+    const test::StepGradients many = test::step_gradients(
+        tiny(k.stack), k.groups, 2, k.phase, 1, Device::kCPU, false, kSeqLen, kDocStarts);
+    test::expect_same_step(many, one, tiny(k.stack), k.phase, kTol,
+                           k.describe() + "; packed documents", worst);
+    // Not the unpacked step: the documents change the losses.
+    const test::StepGradients unpacked = single_rank(k);
+    EXPECT_GT(test::rel_diff(one.metrics.lm_loss, unpacked.metrics.lm_loss), 1e-4) << k.describe();
+  });
+  EXPECT_GT(cases, 0);
+  if (world_rank() == 0)
+    std::printf("%d packed cases; worst gradient relative L2 difference %.3g (%s)\n", cases,
+                worst.rel, worst.where.c_str());
 }
 
 // Recomputation gathers the keys again in the backward (and reuses the forward's selection): the

@@ -28,14 +28,35 @@ struct RunResult {
   std::map<std::string, Tensor> initial_params;  // full tensors, before the first step
 };
 
+// Packed documents (--pack_documents) for the harness: every row of `inner`'s batches gets the
+// same document starts (positions in the whole sequence), so a batch's documents do not depend on
+// how it is split over ranks.
+class FixedDocumentsSource : public BatchSource {
+ public:
+  FixedDocumentsSource(std::unique_ptr<BatchSource> inner, std::vector<int64_t> starts)
+      : inner_(std::move(inner)), starts_(std::move(starts)) {}
+  Batch get(int64_t step, int micro) override {
+    Batch b = inner_->get(step, micro);
+    b.doc_starts.assign(b.tokens.size(0), starts_);
+    return b;
+  }
+  std::string describe() const override { return inner_->describe() + ", documents packed"; }
+
+ private:
+  std::unique_ptr<BatchSource> inner_;
+  std::vector<int64_t> starts_;
+};
+
 // A tiny model, its AdamW and its kv-recall data (seq_len tokens, 3 facts) on a data x context x
 // tensor-parallel layout as msa-train builds it: `batch` sequences per data-parallel rank, each
 // cp rank its shard of them, gradients summed over dp x cp; groups == nullptr: this rank alone.
+// doc_starts non-empty: every row packs documents starting there (FixedDocumentsSource).
 // On Device::kCUDA the model computes in bf16 (f32 masters), as msa-train does.
 struct ParallelSetup {
   ParallelSetup(const ModelConfig& c, const ProcessGroups* groups, bool zero1, int64_t batch,
                 int steps, int grad_accum, int64_t index_warmup, int64_t dense_steps, Device device,
-                double max_lr, int64_t seq_len = 48)
+                double max_lr, int64_t seq_len = 48,
+                const std::vector<int64_t>& doc_starts = {})
       : tp(tensor_parallel_of(groups ? groups->tp.get() : nullptr)),
         dp(groups ? groups->gradient_group() : nullptr),
         model(c, device == Device::kCUDA ? DType::kBF16 : DType::kF32, device, tp,
@@ -46,7 +67,10 @@ struct ParallelSetup {
     auto made =
         make_synthetic_source("kv-recall", c.vocab_size, batch, seq_len, 3, -1, 11, layout, false);
     EXPECT_TRUE(made.ok());
-    data = make_context_shard_source(std::move(*made), groups ? groups->cp_rank : 0,
+    std::unique_ptr<BatchSource> source = std::move(*made);
+    if (!doc_starts.empty())
+      source = std::make_unique<FixedDocumentsSource>(std::move(source), doc_starts);
+    data = make_context_shard_source(std::move(source), groups ? groups->cp_rank : 0,
                                      groups ? groups->cp_size : 1);
     config.steps = steps;
     config.grad_accum = grad_accum;
@@ -82,24 +106,6 @@ struct ParallelSetup {
   std::unique_ptr<AdamW> optimizer;  // made after the model is initialized (it copies masters)
   std::unique_ptr<BatchSource> data;
   TrainerConfig config;
-};
-
-// Packed documents (--pack_documents) for the harness: every row of `inner`'s batches gets the
-// same document starts, so a batch's documents do not depend on how it is split over ranks.
-class FixedDocumentsSource : public BatchSource {
- public:
-  FixedDocumentsSource(std::unique_ptr<BatchSource> inner, std::vector<int64_t> starts)
-      : inner_(std::move(inner)), starts_(std::move(starts)) {}
-  Batch get(int64_t step, int micro) override {
-    Batch b = inner_->get(step, micro);
-    b.doc_starts.assign(b.tokens.size(0), starts_);
-    return b;
-  }
-  std::string describe() const override { return inner_->describe() + ", documents packed"; }
-
- private:
-  std::unique_ptr<BatchSource> inner_;
-  std::vector<int64_t> starts_;
 };
 
 // The tiny model of the GPU layout tests (kv-recall ids < 96; head dim 16, B 8, top-3): dense, or
@@ -173,9 +179,7 @@ inline StepGradients step_gradients(const ModelConfig& c, const ProcessGroups* g
                                     const std::vector<int64_t>& doc_starts) {
   ParallelSetup setup(c, groups, zero1, batch, 1, grad_accum,
                       phase == Phase::kFrozenBackboneWarmup ? 1 : 0,
-                      phase == Phase::kDenseAttention ? 1 : 0, device, 1e-3, seq_len);
-  if (!doc_starts.empty())
-    setup.data = std::make_unique<FixedDocumentsSource>(std::move(setup.data), doc_starts);
+                      phase == Phase::kDenseAttention ? 1 : 0, device, 1e-3, seq_len, doc_starts);
   Trainer trainer(setup.model, *setup.optimizer, *setup.data, setup.config);
   StepGradients r;
   r.metrics = trainer.train_step(1);
