@@ -9,7 +9,7 @@ namespace msa {
 // q [batch, T, H, d], k, v [batch, T, G, d] (H % G == 0), out [batch, T, H, d],
 // lse [batch, H, T] = log sum_s exp(scale * q.k_s).
 //
-// Fewer queries than keys (CPU only; context parallelism): q, out [batch, Tq, H, d], lse
+// Fewer queries than keys (CPU and CUDA; context parallelism): q, out [batch, Tq, H, d], lse
 // [batch, H, Tq] with k, v [batch, Tk, G, d], Tq <= Tk: query i sits at position Tk - Tq + i and
 // attends to the keys s <= Tk - Tq + i (bottom-right causal alignment, as FlashAttention and cuDNN
 // align seqlen_q < seqlen_kv). Its rows equal rows Tk - Tq .. Tk - 1 of the full computation.

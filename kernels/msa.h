@@ -7,13 +7,14 @@
 // dim. Index tensors: iq [batch, T, G, d_I] (one index query head per KV group), ik [batch, T,
 // d_I] (one index key head shared by all groups).
 //
-// Fewer queries than keys (CPU only; context parallelism): every function below also takes query
-// tensors (q, iq, out, lse, the selection, diq) of Tq tokens with key tensors (k, v, ik, dk, dv,
-// dik) of Tk >= Tq tokens. Query i then sits at position t = Tk - Tq + i (bottom-right causal
-// alignment) and is computed exactly as row t of the full computation: keys s <= t, local block
-// c(t) = t / B, blocks counted over the key positions from 0. Key gradients (dk, dv, dik) then
-// hold these queries' contributions only; summed over the query shards of a sequence they are the
-// full gradients. The index loss counts this call's Tq rows (n_rows = batch Tq G).
+// Fewer queries than keys (CPU and CUDA; context parallelism, and packed documents under it):
+// every function below also takes query tensors (q, iq, out, lse, the selection, diq) of Tq tokens
+// with key tensors (k, v, ik, dk, dv, dik) of Tk >= Tq tokens (any offset Tk - Tq). Query i then
+// sits at position t = Tk - Tq + i (bottom-right causal alignment) and is computed exactly as row
+// t of the full computation: keys s <= t, local block c(t) = t / B, blocks counted over the key
+// positions from 0. Key gradients (dk, dv, dik) then hold these queries' contributions only;
+// summed over the query shards of a sequence they are the full gradients. The index loss counts
+// this call's Tq rows (n_rows = batch Tq G).
 #pragma once
 
 #include <cstdint>

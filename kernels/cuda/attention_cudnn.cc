@@ -2,7 +2,7 @@
 // backend (graph) C API: the cudnn_frontend header library is not installed here, and we vendor
 // no third-party code. The backend recognizes scaled-dot-product attention as a graph of
 // primitive operations (the same graph the frontend's sdpa nodes lower to):
-//   forward:  S = Q K^T; S *= scale; causal select (row >= col, else -FLT_MAX);
+//   forward:  S = Q K^T; S *= scale; causal select (row + Tk - Tq >= col, else -FLT_MAX);
 //             M = rowmax S; E = exp(S - M); Z = rowsum E; lse = M + log Z; P = E / Z; O = P V
 //   backward: Dsum = rowsum(dO * O); S as above; P = exp(S - lse); dV = P^T dO;
 //             dS = P * (dO V^T - Dsum) * scale; dK = dS^T Q; dQ = dS K (through an f32
@@ -13,11 +13,19 @@
 // Layouts are BSHD through strides: q [b, T, H, d] is the tensor (b, H, T, d) with strides
 // (T*H*d, d, H*d, 1); lse [b, H, T] is (b, H, T, 1). Built plans are cached per shape.
 //
+// Fewer queries than keys (Tq < Tk, context parallelism): Q, O, dO, dQ and lse have Tq rows, K, V,
+// dK and dV Tk, and the causal mask is bottom-right aligned: query row t sits at position
+// Tk - Tq + t. The mask then compares (row + Tk) - Tq >= col, the two int32 pass-by-value scalars
+// added to the GEN_INDEX row index exactly as cudnn-frontend lowers its causal_mask_bottom_right
+// (diagonal alignment BOTTOM_RIGHT, right bound 0) for cuDNN before 9.21; cuDNN 9.6 and later take
+// any Tq <= Tk for it. With Tq == Tk the graph is the plain top-left one (no extra operations).
+//
 // Shapes cuDNN refuses: on Hopper with cuDNN 9 the fused engine takes bf16 with head_dim a
 // multiple of 8 up to 128 (256 forward on newer 9.x) and any T; when no engine accepts a graph
 // (an older library, an odd head_dim, an unsupported GPU) the build returns false and the caller
 // runs the hand-written kernels of attention_fallback.cu instead (once-per-shape message on
 // stderr naming cuDNN's reason).
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <limits>
@@ -301,7 +309,7 @@ bool Desc::finalize(const char* what) {
 namespace {
 
 enum Uid : int64_t {
-  kQ = 1, kK, kV, kO, kStats, kdO, kdQ, kdK, kdV, kScale, kOne, kLowest, kdQAccum,
+  kQ = 1, kK, kV, kO, kStats, kdO, kdQ, kdK, kdV, kScale, kOne, kLowest, kdQAccum, kSeqKv, kSeqQ
 };
 
 struct Plan {
@@ -312,10 +320,12 @@ struct Plan {
   int64_t dq_accum_bytes = 0;  // backward: f32 dQ accumulator placed after the plan's workspace
 };
 
+// Tq query tokens, Tk key tokens (Tq <= Tk; query t at position Tk - Tq + t).
 struct Shape4 {
-  int64_t b, T, H, G, d;
+  int64_t b, Tq, Tk, H, G, d;
+  bool bottom_right() const { return Tq != Tk; }
   bool operator<(const Shape4& o) const {
-    return std::tie(b, T, H, G, d) < std::tie(o.b, o.T, o.H, o.G, o.d);
+    return std::tie(b, Tq, Tk, H, G, d) < std::tie(o.b, o.Tq, o.Tk, o.H, o.G, o.d);
   }
 };
 
@@ -323,19 +333,35 @@ std::vector<int64_t> bhsd_strides(int64_t T, int64_t heads, int64_t d) {
   return {T * heads * d, d, heads * d, 1};  // (b, h, t, i) of a [b, T, heads, d] tensor
 }
 
-// Q [b,H,T,d], K^T [b,G,d,T], V [b,G,T,d]: the shared score chain S = mask(scale * Q K^T).
+// Score-shaped [b, H, Tq, Tk] dims and packed strides.
+std::vector<int64_t> score_dims(const Shape4& s) { return {s.b, s.H, s.Tq, s.Tk}; }
+std::vector<int64_t> score_strides(const Shape4& s) {
+  return {s.H * s.Tq * s.Tk, s.Tq * s.Tk, s.Tk, 1};
+}
+
+// Q [b,H,Tq,d], K^T [b,G,d,Tk], V [b,G,Tk,d]: the shared score chain S = mask(scale * Q K^T).
 Desc& build_scores(Builder& g, const Shape4& s, const Desc& q, const Desc& kt, const Desc& scale) {
-  const std::vector<int64_t> sdims{s.b, s.H, s.T, s.T}, sstr{s.H * s.T * s.T, s.T * s.T, s.T, 1};
+  const std::vector<int64_t> sdims = score_dims(s), sstr = score_strides(s);
   Desc& qk = g.virt(sdims, sstr);
   g.matmul(q, kt, qk);
   Desc& scaled = g.virt(sdims, sstr);
   g.pointwise(CUDNN_POINTWISE_MUL, qk, &scale, nullptr, scaled);
-  Desc& row = g.virt(sdims, sstr, CUDNN_DATA_INT32);
-  g.pointwise(CUDNN_POINTWISE_GEN_INDEX, scaled, nullptr, nullptr, row, CUDNN_DATA_INT32, 2);
+  Desc* row = &g.virt(sdims, sstr, CUDNN_DATA_INT32);
+  g.pointwise(CUDNN_POINTWISE_GEN_INDEX, scaled, nullptr, nullptr, *row, CUDNN_DATA_INT32, 2);
+  if (s.bottom_right()) {
+    // row + Tk - Tq: the query's position (cudnn-frontend's bottom-right diagonal alignment).
+    Desc& seq_kv = g.scalar(kSeqKv, CUDNN_DATA_INT32);
+    Desc& row_kv = g.virt(sdims, sstr, CUDNN_DATA_INT32);
+    g.pointwise(CUDNN_POINTWISE_ADD, *row, &seq_kv, nullptr, row_kv, CUDNN_DATA_INT32);
+    Desc& seq_q = g.scalar(kSeqQ, CUDNN_DATA_INT32);
+    Desc& pos = g.virt(sdims, sstr, CUDNN_DATA_INT32);
+    g.pointwise(CUDNN_POINTWISE_SUB, row_kv, &seq_q, nullptr, pos, CUDNN_DATA_INT32);
+    row = &pos;
+  }
   Desc& col = g.virt(sdims, sstr, CUDNN_DATA_INT32);
   g.pointwise(CUDNN_POINTWISE_GEN_INDEX, scaled, nullptr, nullptr, col, CUDNN_DATA_INT32, 3);
   Desc& keep = g.virt(sdims, sstr, CUDNN_DATA_BOOLEAN);
-  g.pointwise(CUDNN_POINTWISE_CMP_GE, row, &col, nullptr, keep, CUDNN_DATA_BOOLEAN);
+  g.pointwise(CUDNN_POINTWISE_CMP_GE, *row, &col, nullptr, keep, CUDNN_DATA_BOOLEAN);
   Desc& lowest = g.scalar(kLowest);
   Desc& masked = g.virt(sdims, sstr);
   g.pointwise(CUDNN_POINTWISE_BINARY_SELECT, scaled, &lowest, &keep, masked);
@@ -346,21 +372,21 @@ std::unique_ptr<Plan> build_forward(const Shape4& s) {
   auto p = std::make_unique<Plan>();
   p->builder = std::make_unique<Builder>();
   Builder& g = *p->builder;
-  Desc& q = g.tensor(kQ, CUDNN_DATA_BFLOAT16, {s.b, s.H, s.T, s.d}, bhsd_strides(s.T, s.H, s.d),
-                     false);
-  // K^T: (b, g, i, t) of k [b, T, G, d].
-  Desc& kt = g.tensor(kK, CUDNN_DATA_BFLOAT16, {s.b, s.G, s.d, s.T},
-                      {s.T * s.G * s.d, s.d, 1, s.G * s.d}, false);
-  Desc& v = g.tensor(kV, CUDNN_DATA_BFLOAT16, {s.b, s.G, s.T, s.d}, bhsd_strides(s.T, s.G, s.d),
-                     false);
-  Desc& o = g.tensor(kO, CUDNN_DATA_BFLOAT16, {s.b, s.H, s.T, s.d}, bhsd_strides(s.T, s.H, s.d),
-                     false);
-  const std::vector<int64_t> rdims{s.b, s.H, s.T, 1}, rstr{s.H * s.T, s.T, 1, 1};
+  Desc& q =
+      g.tensor(kQ, CUDNN_DATA_BFLOAT16, {s.b, s.H, s.Tq, s.d}, bhsd_strides(s.Tq, s.H, s.d), false);
+  // K^T: (b, g, i, t) of k [b, Tk, G, d].
+  Desc& kt = g.tensor(kK, CUDNN_DATA_BFLOAT16, {s.b, s.G, s.d, s.Tk},
+                      {s.Tk * s.G * s.d, s.d, 1, s.G * s.d}, false);
+  Desc& v =
+      g.tensor(kV, CUDNN_DATA_BFLOAT16, {s.b, s.G, s.Tk, s.d}, bhsd_strides(s.Tk, s.G, s.d), false);
+  Desc& o =
+      g.tensor(kO, CUDNN_DATA_BFLOAT16, {s.b, s.H, s.Tq, s.d}, bhsd_strides(s.Tq, s.H, s.d), false);
+  const std::vector<int64_t> rdims{s.b, s.H, s.Tq, 1}, rstr{s.H * s.Tq, s.Tq, 1, 1};
   Desc& stats = g.tensor(kStats, CUDNN_DATA_FLOAT, rdims, rstr, false);
   Desc& scale = g.scalar(kScale);
 
   Desc& masked = build_scores(g, s, q, kt, scale);
-  const std::vector<int64_t> sdims{s.b, s.H, s.T, s.T}, sstr{s.H * s.T * s.T, s.T * s.T, s.T, 1};
+  const std::vector<int64_t> sdims = score_dims(s), sstr = score_strides(s);
   Desc& mx = g.virt(rdims, rstr);
   g.reduction(CUDNN_REDUCE_TENSOR_MAX, masked, mx);
   Desc& sub = g.virt(sdims, sstr);
@@ -386,27 +412,28 @@ std::unique_ptr<Plan> build_backward(const Shape4& s) {
   auto p = std::make_unique<Plan>();
   p->builder = std::make_unique<Builder>();
   Builder& g = *p->builder;
-  const auto qs = bhsd_strides(s.T, s.H, s.d), ks = bhsd_strides(s.T, s.G, s.d);
-  Desc& q = g.tensor(kQ, CUDNN_DATA_BFLOAT16, {s.b, s.H, s.T, s.d}, qs, false);
-  Desc& kt = g.tensor(kK, CUDNN_DATA_BFLOAT16, {s.b, s.G, s.d, s.T},
-                      {s.T * s.G * s.d, s.d, 1, s.G * s.d}, false);
-  Desc& vt = g.tensor(kV, CUDNN_DATA_BFLOAT16, {s.b, s.G, s.d, s.T},
-                      {s.T * s.G * s.d, s.d, 1, s.G * s.d}, false);
-  Desc& o = g.tensor(kO, CUDNN_DATA_BFLOAT16, {s.b, s.H, s.T, s.d}, qs, false);
-  Desc& dout = g.tensor(kdO, CUDNN_DATA_BFLOAT16, {s.b, s.H, s.T, s.d}, qs, false);
-  const std::vector<int64_t> rdims{s.b, s.H, s.T, 1}, rstr{s.H * s.T, s.T, 1, 1};
+  const auto qs = bhsd_strides(s.Tq, s.H, s.d), ks = bhsd_strides(s.Tk, s.G, s.d);
+  Desc& q = g.tensor(kQ, CUDNN_DATA_BFLOAT16, {s.b, s.H, s.Tq, s.d}, qs, false);
+  Desc& kt = g.tensor(kK, CUDNN_DATA_BFLOAT16, {s.b, s.G, s.d, s.Tk},
+                      {s.Tk * s.G * s.d, s.d, 1, s.G * s.d}, false);
+  Desc& vt = g.tensor(kV, CUDNN_DATA_BFLOAT16, {s.b, s.G, s.d, s.Tk},
+                      {s.Tk * s.G * s.d, s.d, 1, s.G * s.d}, false);
+  Desc& o = g.tensor(kO, CUDNN_DATA_BFLOAT16, {s.b, s.H, s.Tq, s.d}, qs, false);
+  Desc& dout = g.tensor(kdO, CUDNN_DATA_BFLOAT16, {s.b, s.H, s.Tq, s.d}, qs, false);
+  const std::vector<int64_t> rdims{s.b, s.H, s.Tq, 1}, rstr{s.H * s.Tq, s.Tq, 1, 1};
   Desc& stats = g.tensor(kStats, CUDNN_DATA_FLOAT, rdims, rstr, false);
-  Desc& dq = g.tensor(kdQ, CUDNN_DATA_BFLOAT16, {s.b, s.H, s.T, s.d}, qs, false);
-  Desc& dk = g.tensor(kdK, CUDNN_DATA_BFLOAT16, {s.b, s.G, s.T, s.d}, ks, false);
-  Desc& dv = g.tensor(kdV, CUDNN_DATA_BFLOAT16, {s.b, s.G, s.T, s.d}, ks, false);
+  Desc& dq = g.tensor(kdQ, CUDNN_DATA_BFLOAT16, {s.b, s.H, s.Tq, s.d}, qs, false);
+  Desc& dk = g.tensor(kdK, CUDNN_DATA_BFLOAT16, {s.b, s.G, s.Tk, s.d}, ks, false);
+  Desc& dv = g.tensor(kdV, CUDNN_DATA_BFLOAT16, {s.b, s.G, s.Tk, s.d}, ks, false);
   Desc& scale = g.scalar(kScale);
   Desc& one = g.scalar(kOne);
-  const std::vector<int64_t> sdims{s.b, s.H, s.T, s.T}, sstr{s.H * s.T * s.T, s.T * s.T, s.T, 1};
-  // Transposed [b, H, T_kv, T_q] view of a score-shaped intermediate.
-  const std::vector<int64_t> tdims{s.b, s.H, s.T, s.T}, tstr{s.H * s.T * s.T, s.T * s.T, 1, s.T};
+  const std::vector<int64_t> sdims = score_dims(s), sstr = score_strides(s);
+  // Transposed [b, H, Tk, Tq] view of a score-shaped intermediate.
+  const std::vector<int64_t> tdims{s.b, s.H, s.Tk, s.Tq},
+      tstr{s.H * s.Tq * s.Tk, s.Tq * s.Tk, 1, s.Tk};
 
   // Dsum = rowsum(dO * O).
-  Desc& dOO = g.virt({s.b, s.H, s.T, s.d}, {s.H * s.T * s.d, s.T * s.d, s.H * s.d, 1});
+  Desc& dOO = g.virt({s.b, s.H, s.Tq, s.d}, {s.H * s.Tq * s.d, s.Tq * s.d, s.H * s.d, 1});
   g.pointwise(CUDNN_POINTWISE_MUL, dout, &o, nullptr, dOO);
   Desc& dsum0 = g.virt(rdims, rstr);
   g.reduction(CUDNN_REDUCE_TENSOR_ADD, dOO, dsum0);
@@ -427,8 +454,8 @@ std::unique_ptr<Plan> build_backward(const Shape4& s) {
   if (!gqa) {
     g.matmul(probT, dout, dv);
   } else {
-    Desc& dv_h = g.virt({s.b, s.H, s.T, s.d}, {s.H * s.T * s.d, s.T * s.d, s.d, 1},
-                        CUDNN_DATA_BFLOAT16);
+    Desc& dv_h =
+        g.virt({s.b, s.H, s.Tk, s.d}, {s.H * s.Tk * s.d, s.Tk * s.d, s.d, 1}, CUDNN_DATA_BFLOAT16);
     g.matmul(probT, dout, dv_h);
     g.reduction(CUDNN_REDUCE_TENSOR_ADD, dv_h, dv);
   }
@@ -451,22 +478,22 @@ std::unique_ptr<Plan> build_backward(const Shape4& s) {
   if (!gqa) {
     g.matmul(dsT, q, dk);
   } else {
-    Desc& dk_h = g.virt({s.b, s.H, s.T, s.d}, {s.H * s.T * s.d, s.T * s.d, s.d, 1},
-                        CUDNN_DATA_BFLOAT16);
+    Desc& dk_h =
+        g.virt({s.b, s.H, s.Tk, s.d}, {s.H * s.Tk * s.d, s.Tk * s.d, s.d, 1}, CUDNN_DATA_BFLOAT16);
     g.matmul(dsT, q, dk_h);
     g.reduction(CUDNN_REDUCE_TENSOR_ADD, dk_h, dk);
   }
 
   // dQ = dS K, accumulated in f32 (zeroed workspace) and then converted.
-  Desc& kk = g.virt({s.b, s.G, s.T, s.d}, ks, CUDNN_DATA_BFLOAT16);
+  Desc& kk = g.virt({s.b, s.G, s.Tk, s.d}, ks, CUDNN_DATA_BFLOAT16);
   g.reshape(kt, kk);
-  Desc& dq_acc = g.tensor(kdQAccum, CUDNN_DATA_FLOAT, {s.b, s.H, s.T, s.d},
-                          {s.H * s.T * s.d, s.T * s.d, s.d, 1}, false, false,
+  Desc& dq_acc = g.tensor(kdQAccum, CUDNN_DATA_FLOAT, {s.b, s.H, s.Tq, s.d},
+                          {s.H * s.Tq * s.d, s.Tq * s.d, s.d, 1}, false, false,
                           /*reorder_f16x16=*/true);
   g.matmul(ds, kk, dq_acc);
   g.pointwise(CUDNN_POINTWISE_IDENTITY, dq_acc, nullptr, nullptr, dq);
 
-  p->dq_accum_bytes = s.b * s.H * s.T * s.d * static_cast<int64_t>(sizeof(float));
+  p->dq_accum_bytes = s.b * s.H * s.Tq * s.d * static_cast<int64_t>(sizeof(float));
   p->plan = std::make_unique<Desc>();
   g.build_plan(*p->plan, &p->workspace);
   return p;
@@ -491,18 +518,34 @@ Plan* get_plan(bool backward, const Shape4& s) {
     std::unique_ptr<Plan> p = backward ? build_backward(s) : build_forward(s);
     if (!p->builder->ok()) {
       std::fprintf(stderr,
-                   "msa: cuDNN %s attention refused b=%lld T=%lld H=%lld G=%lld d=%lld (cuDNN %zu):"
-                   " %s; using the fallback kernels\n",
+                   "msa: cuDNN %s attention refused b=%lld Tq=%lld Tk=%lld H=%lld G=%lld d=%lld "
+                   "(cuDNN %zu): %s; using the fallback kernels\n",
                    backward ? "backward" : "forward", static_cast<long long>(s.b),
-                   static_cast<long long>(s.T), static_cast<long long>(s.H),
-                   static_cast<long long>(s.G), static_cast<long long>(s.d), cudnnGetVersion(),
-                   p->builder->error().c_str());
+                   static_cast<long long>(s.Tq), static_cast<long long>(s.Tk),
+                   static_cast<long long>(s.H), static_cast<long long>(s.G),
+                   static_cast<long long>(s.d), cudnnGetVersion(), p->builder->error().c_str());
       p.reset();
     }
     it = map.emplace(s, std::move(p)).first;
   }
   return it->second.get();
 }
+
+// The bottom-right mask's pass-by-value sequence lengths (int32, as the graph declares them); only
+// a bottom-right graph has them in its variant pack.
+struct SeqLens {
+  explicit SeqLens(const Shape4& s)
+      : used(s.bottom_right()), kv(static_cast<int32_t>(s.Tk)), q(static_cast<int32_t>(s.Tq)) {}
+  void add_to(std::vector<int64_t>& uids, std::vector<void*>& ptrs) {
+    if (!used) return;
+    uids.push_back(kSeqKv);
+    ptrs.push_back(&kv);
+    uids.push_back(kSeqQ);
+    ptrs.push_back(&q);
+  }
+  bool used;
+  int32_t kv, q;
+};
 
 void execute(Plan& p, const std::vector<int64_t>& uids, std::vector<void*> ptrs, void* ws) {
   Builder vb;
@@ -521,15 +564,17 @@ void execute(Plan& p, const std::vector<int64_t>& uids, std::vector<void*> ptrs,
 
 bool cudnn_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, double scale,
                              Tensor& out, Tensor& lse, const cpu::AttentionDims& dims) {
-  const Shape4 s{dims.batch, dims.seq, dims.heads, dims.groups, dims.dim};
+  const Shape4 s{dims.batch, dims.seq, dims.keys(), dims.heads, dims.groups, dims.dim};
   Plan* p = get_plan(false, s);
   if (p == nullptr) return false;
   float scale_f = static_cast<float>(scale), lowest = std::numeric_limits<float>::lowest();
   void* ws = p->workspace > 0 ? workspace(static_cast<size_t>(p->workspace)) : nullptr;
-  execute(*p, {kQ, kK, kV, kO, kStats, kScale, kLowest},
-          {q.raw_data(), k.raw_data(), v.raw_data(), out.raw_data(), lse.raw_data(), &scale_f,
-           &lowest},
-          ws);
+  std::vector<int64_t> uids{kQ, kK, kV, kO, kStats, kScale, kLowest};
+  std::vector<void*> ptrs{q.raw_data(),   k.raw_data(), v.raw_data(), out.raw_data(),
+                          lse.raw_data(), &scale_f,     &lowest};
+  SeqLens lens(s);
+  lens.add_to(uids, ptrs);
+  execute(*p, uids, std::move(ptrs), ws);
   return true;
 }
 
@@ -537,7 +582,7 @@ bool cudnn_attention_backward(const Tensor& dout, const Tensor& q, const Tensor&
                               const Tensor& v, const Tensor& out, const Tensor& lse, double scale,
                               Tensor& dq, Tensor& dk, Tensor& dv,
                               const cpu::AttentionDims& dims) {
-  const Shape4 s{dims.batch, dims.seq, dims.heads, dims.groups, dims.dim};
+  const Shape4 s{dims.batch, dims.seq, dims.keys(), dims.heads, dims.groups, dims.dim};
   Plan* p = get_plan(true, s);
   if (p == nullptr) return false;
   float scale_f = static_cast<float>(scale), lowest = std::numeric_limits<float>::lowest(),
@@ -546,11 +591,15 @@ bool cudnn_attention_backward(const Tensor& dout, const Tensor& q, const Tensor&
   char* ws = static_cast<char*>(workspace(static_cast<size_t>(plan_ws + p->dq_accum_bytes)));
   void* dq_acc = ws + plan_ws;
   MSA_CUDA_CHECK(cudaMemsetAsync(dq_acc, 0, static_cast<size_t>(p->dq_accum_bytes), nullptr));
-  execute(*p, {kQ, kK, kV, kO, kdO, kStats, kdQ, kdK, kdV, kScale, kOne, kLowest, kdQAccum},
-          {q.raw_data(), k.raw_data(), v.raw_data(), out.raw_data(), dout.raw_data(),
-           lse.raw_data(), dq.raw_data(), dk.raw_data(), dv.raw_data(), &scale_f, &one, &lowest,
-           dq_acc},
-          ws);
+  std::vector<int64_t> uids{kQ,  kK,  kV,     kO,   kdO,     kStats,  kdQ,
+                            kdK, kdV, kScale, kOne, kLowest, kdQAccum};
+  std::vector<void*> ptrs{q.raw_data(),    k.raw_data(),   v.raw_data(),  out.raw_data(),
+                          dout.raw_data(), lse.raw_data(), dq.raw_data(), dk.raw_data(),
+                          dv.raw_data(),   &scale_f,       &one,          &lowest,
+                          dq_acc};
+  SeqLens lens(s);
+  lens.add_to(uids, ptrs);
+  execute(*p, uids, std::move(ptrs), ws);
   return true;
 }
 

@@ -1,7 +1,9 @@
 // Hand-written dense causal GQA attention for shapes cuDNN refuses (and as an independent check
 // of the cuDNN path in the GPU tests). Simple on purpose: one warp owns one row and walks the
 // keys (or queries) in order with an online softmax; lane l owns dimensions l, l+32, ... (d <=
-// 256); all arithmetic is f32. No tensor cores, so it is far slower than cuDNN.
+// 256); all arithmetic is f32. No tensor cores, so it is far slower than cuDNN. With fewer queries
+// than keys (S < Sk: context parallelism), query t sits at position off + t (off = Sk - S) and
+// attends the keys s <= off + t; the dK, dV warps cover all Sk keys.
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -35,8 +37,9 @@ __device__ __forceinline__ float warp_sum(float x) {
   return x;
 }
 
+// S query tokens, Sk key tokens, query t at position off + t (off = Sk - S).
 struct Dims {
-  int64_t B, S, H, G, d;
+  int64_t B, S, H, G, d, Sk, off;
 };
 
 template <class T>
@@ -72,8 +75,8 @@ __global__ void forward_kernel(const T* q, const T* k, const T* v, T* out, float
 #pragma unroll
   for (int j = 0; j < kMaxPerLane; ++j) acc[j] = 0;
   float m = -INFINITY, l = 0;
-  for (int64_t s = 0; s <= t; ++s) {
-    const int64_t kv = ((b * n.S + s) * n.G + g) * n.d;
+  for (int64_t s = 0; s <= n.off + t; ++s) {
+    const int64_t kv = ((b * n.Sk + s) * n.G + g) * n.d;
     const float z = scale * dot_row(qr, k + kv, n.d, lane);
     const float m_new = fmaxf(m, z);
     const float corr = expf(m - m_new), p = expf(z - m_new);
@@ -120,8 +123,8 @@ __global__ void dq_kernel(const T* dout, const T* q, const T* k, const T* v, con
 #pragma unroll
   for (int j = 0; j < kMaxPerLane; ++j) acc[j] = 0;
   const float L = lse[(b * n.H + h) * n.S + t], D = delta[(b * n.H + h) * n.S + t];
-  for (int64_t s = 0; s <= t; ++s) {
-    const int64_t kv = ((b * n.S + s) * n.G + g) * n.d;
+  for (int64_t s = 0; s <= n.off + t; ++s) {
+    const int64_t kv = ((b * n.Sk + s) * n.G + g) * n.d;
     const float p = expf(scale * dot_row(qr, k + kv, n.d, lane) - L);
     const float ds = p * (dot_row(dor, v + kv, n.d, lane) - D);
 #pragma unroll
@@ -137,14 +140,15 @@ __global__ void dq_kernel(const T* dout, const T* q, const T* k, const T* v, con
   }
 }
 
-// One warp per (b, s, g): sums over the group's heads and the queries t >= s.
+// One warp per (b, s, g) of the Sk keys: sums over the group's heads and the queries at positions
+// off + t >= s.
 template <class T>
 __global__ void dkdv_kernel(const T* dout, const T* q, const T* k, const T* v, const float* lse,
                             const float* delta, T* dk, T* dv, Dims n, float scale) {
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
   const int lane = threadIdx.x % kWarp;
-  if (row >= n.B * n.S * n.G) return;
-  const int64_t g = row % n.G, s = (row / n.G) % n.S, b = row / (n.G * n.S);
+  if (row >= n.B * n.Sk * n.G) return;
+  const int64_t g = row % n.G, s = (row / n.G) % n.Sk, b = row / (n.G * n.Sk);
   const int64_t r = n.H / n.G;
   float kr[kMaxPerLane], vr[kMaxPerLane], dka[kMaxPerLane], dva[kMaxPerLane];
   load_row(k + row * n.d, n.d, lane, kr);
@@ -152,7 +156,7 @@ __global__ void dkdv_kernel(const T* dout, const T* q, const T* k, const T* v, c
 #pragma unroll
   for (int j = 0; j < kMaxPerLane; ++j) dka[j] = dva[j] = 0;
   for (int64_t h = g * r; h < (g + 1) * r; ++h) {
-    for (int64_t t = s; t < n.S; ++t) {
+    for (int64_t t = s > n.off ? s - n.off : 0; t < n.S; ++t) {
       const int64_t qrow = ((b * n.S + t) * n.H + h) * n.d;
       const float L = lse[(b * n.H + h) * n.S + t], D = delta[(b * n.H + h) * n.S + t];
       const float p = expf(scale * dot_row(kr, q + qrow, n.d, lane) - L);
@@ -181,7 +185,9 @@ unsigned blocks_for(int64_t rows) {
   return static_cast<unsigned>((rows + kWarpsPerBlock - 1) / kWarpsPerBlock);
 }
 
-Dims to_dims(const cpu::AttentionDims& a) { return {a.batch, a.seq, a.heads, a.groups, a.dim}; }
+Dims to_dims(const cpu::AttentionDims& a) {
+  return {a.batch, a.seq, a.heads, a.groups, a.dim, a.keys(), a.query_offset()};
+}
 
 template <class Fn>
 void dispatch(DType dt, const char* op, Fn&& fn) {
@@ -237,7 +243,7 @@ void fallback_attention_backward(const Tensor& dout, const Tensor& q, const Tens
         dout.data<T>(), q.data<T>(), k.data<T>(), v.data<T>(), lse.data<float>(),
         delta.data<float>(), dq.data<T>(), n, sc);
     MSA_CUDA_CHECK_LAUNCH("attention dq_kernel");
-    const int64_t kv_rows = n.B * n.S * n.G;
+    const int64_t kv_rows = n.B * n.Sk * n.G;
     dkdv_kernel<T><<<blocks_for(kv_rows), kWarpsPerBlock * kWarp>>>(
         dout.data<T>(), q.data<T>(), k.data<T>(), v.data<T>(), lse.data<float>(),
         delta.data<float>(), dk.data<T>(), dv.data<T>(), n, sc);

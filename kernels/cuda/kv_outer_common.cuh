@@ -10,10 +10,17 @@
 
 namespace msa::cuda::kv_outer {
 
+// S counts queries (the rows of q, the selection, lse, the work-list entries' t); Sk counts keys
+// (the rows of k, v, dk, dv; nb = ceil(Sk / B)). Query t sits at key position t + q_off
+// (bottom-right aligned, q_off = Sk - S): causal masks compare key positions with t + q_off.
+// The work-list builders read neither Sk nor q_off (the index loss's initializers in
+// msa_index_loss_cuda.cu leave them 0); the attention kernels set and read both.
 struct KvDims {
   int64_t S, H, G, K, r;
   int64_t nb;
   int64_t t0, t1;  // query chunk
+  int64_t Sk = 0;  // key tokens (>= S)
+  int64_t q_off = 0;  // position of query 0: Sk - S
 };
 
 // A list's query tiles are shared by up to kSplits CTAs, each taking at least min_tiles
@@ -139,7 +146,7 @@ void launch_wgmma_forward(const bf16* q, const bf16* k, const bf16* v, const int
                           const int32_t* item_start, const int32_t* item_list, int64_t lists, const int32_t* entries,
                           float scale_log2, bf16* part, float* lse_part, const KvDims& a,
                           int64_t max_items, int min_tiles);
-// One CTA per list (lists = G x n_b); dk_acc/dv_acc f32 [S, G, 128] accumulate across chunks.
+// One CTA per list (lists = G x n_b); dk_acc/dv_acc f32 [Sk, G, 128] accumulate across chunks.
 void launch_wgmma_backward(const bf16* q, const bf16* k, const bf16* v, const bf16* dout,
                            const float* lse, const float* dsum, const int32_t* list_start,
                            const int32_t* entries, float scale, bf16* dq_part, float* dk_acc,

@@ -68,15 +68,19 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int r = static_cast<int>(a.r), rows_q = kRows / r;
   const int n_tiles = (end - begin + rows_q - 1) / rows_q;
   if (n_tiles == 0) return;  // no query of this chunk selected block j
+  // Query t attends this block's keys up to min(t + q_off, Sk - 1) - j kBK (32-bit: as few
+  // registers as the Tq == Tk code).
+  const int lim_shift = static_cast<int>(a.q_off - j * kBK);
+  const int lim_max = static_cast<int>(a.Sk - 1 - j * kBK);
   const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
   const int grp = lane >> 2, tig = lane & 3;
 
   for (int c = threadIdx.x; c < kBK * (kD / 8); c += kThreads) {
     const int row = c / (kD / 8), col = (c % (kD / 8)) * 8;
     const int64_t s = j * kBK + row;
-    const int64_t off = ((s < a.S ? s : 0) * a.G + g) * kD + col;
-    cp_async_16(ks + sw128_offset(kBK, row, col), k + off, s < a.S);
-    cp_async_16(vs + sw128_offset(kBK, row, col), v + off, s < a.S);
+    const int64_t off = ((s < a.Sk ? s : 0) * a.G + g) * kD + col;
+    cp_async_16(ks + sw128_offset(kBK, row, col), k + off, s < a.Sk);
+    cp_async_16(vs + sw128_offset(kBK, row, col), v + off, s < a.Sk);
   }
   // Threads 4 R .. 4 R + 3 copy tile row R (Q and dO, alternate 16-byte pieces; the first of them
   // also lse, D and the row's last attended key of this block, -1 for padding rows), so a thread
@@ -104,7 +108,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       cp_async_4(st + my_row, lse + h * a.S + t, valid);
       cp_async_4(st + kRows + my_row, dsum + h * a.S + t, valid);
       reinterpret_cast<int*>(st + 2 * kRows)[my_row] =
-          valid ? static_cast<int>(min(t, a.S - 1) - j * kBK) : -1;
+          valid ? min(static_cast<int>(t) + lim_shift, lim_max) : -1;
     }
     cp_async_commit();
   };
@@ -233,7 +237,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
   for (int i = 0; i < 64; i += 2) {
     const int64_t s = j * kBK + 64 * wg + 16 * warp + grp + 8 * ((i / 2) & 1);
-    if (s >= a.S) continue;
+    if (s >= a.Sk) continue;
     const int64_t off = (s * a.G + g) * kD + 8 * (i / 4) + 2 * tig;
     float2 dkv = make_float2(dk_c[i] * scale, dk_c[i + 1] * scale);
     float2 dvv = make_float2(dv_c[i], dv_c[i + 1]);

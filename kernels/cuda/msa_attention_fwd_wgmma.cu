@@ -69,14 +69,18 @@ __global__ void __launch_bounds__(kThreads, 2)
   const int64_t j = w.j, g = w.g, b = w.b;
   const int32_t begin = w.begin, end = w.end;
   const int u_begin = w.tile_begin, u_end = w.tile_end;
+  // Query t attends this block's keys up to min(t + q_off, Sk - 1) - j kBK (32-bit: as few
+  // registers as the Tq == Tk code).
+  const int lim_shift = static_cast<int>(a.q_off - j * kBK);
+  const int lim_max = static_cast<int>(a.Sk - 1 - j * kBK);
 
   // K_j by cp.async into its swizzled tile; V_j through registers, key pairs packed so V_j^T's
-  // rows (head dims) hold keys contiguously. Keys past the sequence end are zeros.
+  // rows (head dims) hold keys contiguously. Keys past the last one (Sk) are zeros.
   for (int c = threadIdx.x; c < kBK * (kD / 8); c += kThreads) {
     const int row = c / (kD / 8), col = (c % (kD / 8)) * 8;
     const int64_t s = j * kBK + row;
-    const int64_t off = ((b * a.S + (s < a.S ? s : 0)) * a.G + g) * kD + col;
-    cp_async_16(ks + sw128_offset(kBK, row, col), k + off, s < a.S);
+    const int64_t off = ((b * a.Sk + (s < a.Sk ? s : 0)) * a.G + g) * kD + col;
+    cp_async_16(ks + sw128_offset(kBK, row, col), k + off, s < a.Sk);
   }
   cp_async_commit();
   // All of a thread's V loads are issued before its stores (one memory round trip, not eight).
@@ -88,9 +92,10 @@ __global__ void __launch_bounds__(kThreads, 2)
     const int pair = c % (kBK / 2), col = (c / (kBK / 2)) * 8;  // lanes: consecutive key pairs
     const int64_t s = j * kBK + 2 * pair;
     x0[it] = x1[it] = make_uint4(0, 0, 0, 0);
-    if (s < a.S) x0[it] = *reinterpret_cast<const uint4*>(v + ((b * a.S + s) * a.G + g) * kD + col);
-    if (s + 1 < a.S)
-      x1[it] = *reinterpret_cast<const uint4*>(v + ((b * a.S + s + 1) * a.G + g) * kD + col);
+    if (s < a.Sk)
+      x0[it] = *reinterpret_cast<const uint4*>(v + ((b * a.Sk + s) * a.G + g) * kD + col);
+    if (s + 1 < a.Sk)
+      x1[it] = *reinterpret_cast<const uint4*>(v + ((b * a.Sk + s + 1) * a.G + g) * kD + col);
   }
 #pragma unroll
   for (int it = 0; it < kVIters; ++it) {
@@ -188,7 +193,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     }
     int lim[2];  // each row's last attended key of this block
 #pragma unroll
-    for (int h = 0; h < 2; ++h) lim[h] = static_cast<int>(min(t_row[h], a.S - 1) - j * kBK);
+    for (int h = 0; h < 2; ++h) lim[h] = min(static_cast<int>(t_row[h]) + lim_shift, lim_max);
     float mxs[2], sum[2];
     masked_block_softmax(sc, lim, tig, scale_log2, mxs, sum);
 

@@ -22,6 +22,9 @@
 // deterministic; the backward sums dK/dV over a list in list order, which the atomic cursors of
 // list_fill_kernel vary from run to run, so deterministic mode (core/deterministic.h) sorts each
 // list (sort_work_lists) before the backward.
+// Fewer queries than keys (context parallelism, KvDims): the lists, partials, lse and dQ are
+// indexed by query t; K/V/dK/dV rows, the key blocks (nb over the Sk keys) and the causal limit
+// by key position, query t sitting at t + q_off. Any offset works (no block alignment needed).
 // This file's forward uses mma.sync (any sm_80+ GPU, head_dim 64/128, block 64/128; shared memory
 // rows padded by 16 bytes so ldmatrix is conflict-free); on Hopper at head_dim 128 / block 128 the
 // wgmma kernel of msa_attention_fwd_wgmma.cu replaces it (same lists, partials and combine).
@@ -147,14 +150,18 @@ __global__ void __launch_bounds__(kWarps * 32)
   const int64_t j = w.j, g = w.g, b = w.b;
   const int32_t begin = w.begin, end = w.end;
   const int tile_begin = w.tile_begin, tile_end = w.tile_end;
+  // Query t attends this block's keys up to min(t + q_off, Sk - 1) - j BK (32-bit: as few
+  // registers as the Tq == Tk code).
+  const int lim_shift = static_cast<int>(a.q_off - j * BK);
+  const int lim_max = static_cast<int>(a.Sk - 1 - j * BK);
 
-  // K_j and V_j (zeros past the sequence end), then this warp's first Q tile.
+  // K_j and V_j (zeros past the last key), then this warp's first Q tile.
   for (int c = threadIdx.x; c < BK * kChunks; c += blockDim.x) {
     const int row = c / kChunks, col = (c % kChunks) * 8;
     const int64_t s = j * BK + row;
-    const int64_t off = ((b * a.S + (s < a.S ? s : 0)) * a.G + g) * D + col;
-    cp_async_16(ks + row * kLd + col, k + off, s < a.S);
-    cp_async_16(vs + row * kLd + col, v + off, s < a.S);
+    const int64_t off = ((b * a.Sk + (s < a.Sk ? s : 0)) * a.G + g) * D + col;
+    cp_async_16(ks + row * kLd + col, k + off, s < a.Sk);
+    cp_async_16(vs + row * kLd + col, v + off, s < a.Sk);
   }
   cp_async_commit();
   auto load_q = [&](int tile, int buf) {
@@ -220,7 +227,7 @@ __global__ void __launch_bounds__(kWarps * 32)
     }
     int lim[2];  // each row's last attended key of this block
 #pragma unroll
-    for (int h = 0; h < 2; ++h) lim[h] = static_cast<int>(min(t_row[h], a.S - 1) - j * BK);
+    for (int h = 0; h < 2; ++h) lim[h] = min(static_cast<int>(t_row[h]) + lim_shift, lim_max);
     float mxs[2], sum[2];
     masked_block_softmax(reinterpret_cast<float(&)[BK / 2]>(sc), lim, tig, scale_log2, mxs, sum);
     // O = P V_j, P taken from the S accumulators as A fragments (two key tiles per k-step).
@@ -377,7 +384,8 @@ void run_kv_outer(const Tensor& q, const Tensor& k, const Tensor& v, const Tenso
   for (int64_t b = 0; b < d.batch; ++b) {
     const Tensor qb = q.slice0(b, b + 1), kb = k.slice0(b, b + 1), vb = v.slice0(b, b + 1);
     for (int64_t t0 = 0; t0 < d.seq; t0 += chunk) {
-      const KvDims a{d.seq, d.heads, d.groups, d.topk, r, nb, t0, std::min(d.seq, t0 + chunk)};
+      const int64_t t1 = std::min(d.seq, t0 + chunk);
+      const KvDims a{d.seq, d.heads, d.groups, d.topk, r, nb, t0, t1, d.keys(), d.query_offset()};
       const int64_t rows = (a.t1 - a.t0) * d.groups;
       const int32_t* idx = indices.data<int32_t>() + b * d.seq * d.groups * d.topk;
       const int32_t* cnt = counts.data<int32_t>() + b * d.seq * d.groups;
@@ -491,9 +499,9 @@ __global__ void __launch_bounds__(BK / 16 * 32)
   for (int c = threadIdx.x; c < BK * kChunks; c += kThreads) {
     const int row = c / kChunks, col = (c % kChunks) * 8;
     const int64_t s = j * BK + row;
-    const int64_t off = ((s < a.S ? s : 0) * a.G + g) * D + col;
-    cp_async_16(ks + row * kLd + col, k + off, s < a.S);
-    cp_async_16(vs + row * kLd + col, v + off, s < a.S);
+    const int64_t off = ((s < a.Sk ? s : 0) * a.G + g) * D + col;
+    cp_async_16(ks + row * kLd + col, k + off, s < a.Sk);
+    cp_async_16(vs + row * kLd + col, v + off, s < a.Sk);
   }
   // A tile's rows: Q and dO (16-byte pieces), lse and D (4 bytes), and the last key of this
   // block each row attends (-1 for padding rows: nothing).
@@ -516,7 +524,8 @@ __global__ void __launch_bounds__(BK / 16 * 32)
       const int64_t t = valid ? (entries[e] >> 5) : 0, h = g * r + R % r;
       cp_async_4(lse_s + buf * kBwdRows + R, lse + h * a.S + t, valid);
       cp_async_4(dsum_s + buf * kBwdRows + R, dsum + h * a.S + t, valid);
-      lim_s[buf * kBwdRows + R] = valid ? static_cast<int>(min(t, a.S - 1) - j * BK) : -1;
+      lim_s[buf * kBwdRows + R] =
+          valid ? static_cast<int>(min(t + a.q_off, a.Sk - 1) - j * BK) : -1;
     }
     cp_async_commit();
   };
@@ -648,7 +657,7 @@ __global__ void __launch_bounds__(BK / 16 * 32)
 #pragma unroll
     for (int c = 0; c < 4; ++c) {
       const int64_t s = j * BK + warp * 16 + grp + 8 * (c / 2);
-      if (s >= a.S) continue;
+      if (s >= a.Sk) continue;
       const int64_t off = (s * a.G + g) * D + nt * 8 + 2 * tig + (c & 1);
       dk_acc[off] += dk_c[nt][c] * scale;
       dv_acc[off] += dv_c[nt][c];
@@ -722,8 +731,10 @@ void run_kv_outer_backward(const Tensor& dout, const Tensor& q, const Tensor& k,
   Tensor start = Tensor::empty({lists + 1}, DType::kI32, Device::kCUDA);
   Tensor cursor = Tensor::empty({lists}, DType::kI32, Device::kCUDA);
   Tensor entries = Tensor::empty({chunk * d.groups * d.topk}, DType::kI32, Device::kCUDA);
-  Tensor dk_acc = Tensor::empty({d.seq * d.groups * D}, DType::kF32, Device::kCUDA);
-  Tensor dv_acc = Tensor::empty({d.seq * d.groups * D}, DType::kF32, Device::kCUDA);
+  // Every key's gradient (zero where no query selected its block) spans the Tk keys.
+  const int64_t Sk = d.keys();
+  Tensor dk_acc = Tensor::empty({Sk * d.groups * D}, DType::kF32, Device::kCUDA);
+  Tensor dv_acc = Tensor::empty({Sk * d.groups * D}, DType::kF32, Device::kCUDA);
   size_t scan_bytes = 0;
   MSA_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(nullptr, scan_bytes, len.data<int32_t>(),
                                                start.data<int32_t>(), static_cast<int>(lists + 1)));
@@ -736,14 +747,15 @@ void run_kv_outer_backward(const Tensor& dout, const Tensor& q, const Tensor& k,
     const int32_t* cnt = counts.data<int32_t>() + b * d.seq * d.groups;
     const bf16* qb = q.data<bf16>() + b * d.seq * d.heads * D;
     const bf16* dob = dout.data<bf16>() + b * d.seq * d.heads * D;
-    const bf16* kb = k.data<bf16>() + b * d.seq * d.groups * D;
-    const bf16* vb = v.data<bf16>() + b * d.seq * d.groups * D;
+    const bf16* kb = k.data<bf16>() + b * Sk * d.groups * D;
+    const bf16* vb = v.data<bf16>() + b * Sk * d.groups * D;
     const float* lb = lse.data<float>() + b * d.heads * d.seq;
     const float* db = dsum_all.data<float>() + b * d.heads * d.seq;
     dk_acc.zero_();
     dv_acc.zero_();
     for (int64_t t0 = 0; t0 < d.seq; t0 += chunk) {
-      const KvDims a{d.seq, d.heads, d.groups, d.topk, r, nb, t0, std::min(d.seq, t0 + chunk)};
+      const int64_t t1 = std::min(d.seq, t0 + chunk);
+      const KvDims a{d.seq, d.heads, d.groups, d.topk, r, nb, t0, t1, d.keys(), d.query_offset()};
       const int64_t rows = (a.t1 - a.t0) * d.groups;
       MSA_CUDA_CHECK(cudaMemsetAsync(len.raw_data(), 0, (lists + 1) * sizeof(int32_t), nullptr));
       MSA_CUDA_CHECK(cudaMemsetAsync(cursor.raw_data(), 0, lists * sizeof(int32_t), nullptr));
@@ -776,7 +788,7 @@ void run_kv_outer_backward(const Tensor& dout, const Tensor& q, const Tensor& k,
           part.data<bf16>(), cnt, dq.data<bf16>() + b * d.seq * d.heads * D, a);
       MSA_CUDA_CHECK_LAUNCH("dq_combine_kernel");
     }
-    const int64_t n = d.seq * d.groups * D;
+    const int64_t n = Sk * d.groups * D;
     const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 4096));
     f32_to_bf16_kernel<<<blocks, 256>>>(dk_acc.data<float>(), dk.data<bf16>() + b * n, n);
     MSA_CUDA_CHECK_LAUNCH("f32_to_bf16_kernel");

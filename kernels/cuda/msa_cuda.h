@@ -9,10 +9,11 @@
 
 namespace msa::cuda {
 
-// Max-pooled token scores with exp-free top-k (kernels/msa.h): iq [batch, T, G, d_I], ik [batch,
-// T, d_I]. bf16 inputs run the tensor-core indexer (msa_indexer_topk.cu: q^I k^I tiles reduced to
-// block maxima and fed straight into the top-k; no T x n_b scores in memory); f32 inputs a
-// CUDA-core kernel with the CPU reference's arithmetic.
+// Max-pooled token scores with exp-free top-k (kernels/msa.h): iq [batch, Tq, G, d_I], ik [batch,
+// Tk, d_I] (Tk = dims.keys() >= Tq: query t at position dims.query_offset() + t, any offset).
+// bf16 inputs run the tensor-core indexer (msa_indexer_topk.cu: q^I k^I tiles reduced to block
+// maxima and fed straight into the top-k; no T x n_b scores in memory); f32 inputs a CUDA-core
+// kernel with the CPU reference's arithmetic.
 void msa_index_topk(const Tensor& iq, const Tensor& ik, Tensor& indices, Tensor& counts,
                     const cpu::MsaDims& dims);
 // block_mass: nullable, f32 [batch, T, H, topk]: slot i of (t, h) = the attention mass of the
@@ -42,18 +43,19 @@ void kv_outer_attention_backward(const Tensor& dout, const Tensor& q, const Tens
                                  Tensor& dq, Tensor& dk, Tensor& dv, const cpu::MsaDims& dims);
 
 // Token-level index distillation loss (kernels/msa.h) on the GPU: q, k, iq, ik bf16; lse, diq
-// [batch, T, G, d_I] and dik [batch, T, d_I] f32 (overwritten with the gradient of
-// weight * kl_sum / n_rows). Implemented in msa_index_loss_cuda.cu.
+// [batch, Tq, G, d_I] and dik [batch, Tk, d_I] f32 (overwritten with the gradient of
+// weight * kl_sum / n_rows; every key row of dik written). Queries sit at positions
+// dims.query_offset() + t (any offset). Implemented in msa_index_loss_cuda.cu.
 // Sizes the GPU kernels take (bf16 q/k/iq/ik; the head dims, index dim, block size and r they were
 // written for); kernels/msa.cc runs the CPU reference on host copies otherwise.
 bool index_loss_cuda_supported(const Tensor& q, const Tensor& iq, const cpu::MsaDims& dims);
-// Sparse mode: U = the selected blocks' tokens s <= t.
+// Sparse mode: U = the selected blocks' tokens s <= p (p = query_offset + t).
 cpu::IndexLossSums msa_index_loss_sparse(const Tensor& q, const Tensor& k, const Tensor& lse,
                                          const Tensor& indices, const Tensor& counts,
                                          const Tensor& iq, const Tensor& ik, double scale,
                                          double weight, Tensor& diq, Tensor& dik,
                                          const cpu::MsaDims& dims);
-// Warm-up mode: U = all s <= t, flash-style (online log-sum-exp,
+// Warm-up mode: U = all s <= p, flash-style (online log-sum-exp,
 // recomputation; no T x T buffers).
 cpu::IndexLossSums msa_index_loss_dense(const Tensor& q, const Tensor& k, const Tensor& lse,
                                         const Tensor& iq, const Tensor& ik, double scale,

@@ -1,7 +1,7 @@
 // Token-level index distillation loss on the GPU (contract in kernels/msa.h, math in
 // kernels/cpu/msa_index_loss.cc), both modes, on tensor cores (bf16 mma.sync m16n8k16, f32
-// accumulation). Row (b, t, g), support U (sparse: the tokens s <= t of the selected blocks;
-// dense target: every s <= t):
+// accumulation). Row (b, t, g), support U (sparse: the tokens s <= p of the selected blocks;
+// dense target: every s <= p), p = query_offset + t the query's position:
 //   P_s = (1/r) sum_h exp(scale q_{t,h}.k_s - lse_{t,h}) (teacher), S_s = iq_{t,g}.ik_s / sqrt(dI),
 //   lseQ = logsumexp_U S, Q_s = exp(S_s - lseQ),
 //   KL = sum_U P' log P' - sum_U P' S + lseQ with P' = P / sum_U P (sum_U P = 1 up to rounding
@@ -28,17 +28,17 @@
 //     attention backward's shape): a CTA owns key block j of group g, BK / 16 warps, warp w
 //     holding keys 16w .. 16w + 15; K_j (BK x d) and ik_j (BK x dI) stay in shared memory for the
 //     whole work item. Its tokens come in tiles of 32 (sparse: a piece of j's work list, cut by
-//     find_work_item; dense: the implicit list t >= jB, 256 tokens per CTA). Per tile:
+//     find_work_item; dense: the implicit list of positions >= jB, 256 tokens per CTA). Per tile:
 //       for each head h of the group (q_h of the tile's 32 tokens cp.async double-buffered, one
 //       __syncthreads per head): Z^T = K_w q_h^T (16 keys x 32 tokens), P^T += 2^(Z scale log2e -
 //       lse_h log2e) in registers -- any r works, the heads add elementwise;
-//       S^T = ik_w iq^T, masks (key <= t - jB), Q, dS = Q - P; per token the sums of P log P,
+//       S^T = ik_w iq^T, masks (key <= off + t - jB), Q, dS = Q - P; per token the sums of P log P,
 //       P S and P (cross-warp through shared memory; sparse: one partial per (t, g, slot),
 //       dense: f32 atomics per row);
 //       dik_w += dS^T iq (registers for the whole work item: 16 keys x dI per warp);
 //       dS -> shared memory, then diq_tile = dS ik_j (warps split 16 x 16 output pieces) added to
 //       diq with f32 atomics (a (t, g) row gets one add per selected block, sparse; one per key
-//       block s <= t, dense: the flash-attention-2 dQ scheme).
+//       block s <= off + t, dense: the flash-attention-2 dQ scheme).
 //     At the end dik_w goes to dik with f32 atomics (the work items of a list and the G groups
 //     share ik). dS enters both gradient mmas split into bf16 hi + lo parts (two mmas each), so
 //     the gradients carry ~16 mantissa bits (f32-like) instead of bf16's 8, for 2 x 4 dI
@@ -57,6 +57,11 @@
 // budget; MSA_INDEX_LOSS_CHUNK=N forces N-token chunks (tests), and MSA_INDEX_LOSS_DET_BLOCKS=N
 // N key blocks per dense launch in deterministic mode (tests). MSA_INDEX_LOSS=reference makes
 // index_loss_cuda_supported false (the CPU reference runs on host copies).
+// Fewer queries than keys (context parallelism): Tq query rows (q, lse, iq, diq, the selection) at
+// positions off + t, off = Tk - Tq, against Tk keys (k, ik, dik): queries, their rows and work-list
+// entries are local (t), every causal or block bound compares the position off + t with the key
+// s, blocks are counted over the keys. Any offset works (no multiple of B needed); off = 0 is the
+// Tq == Tk path unchanged.
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -96,7 +101,7 @@ struct SmemA {
 };
 
 // grid.x >= the work items; part[((t - t0) G + g) K + slot] = (max of S log2e, sum of 2^(S log2e -
-// max)) over the row's tokens s <= t of block j (s_log2 = log2e / sqrt(dI)).
+// max)) over the row's tokens s <= off + t of block j (s_log2 = log2e / sqrt(dI)); ik has Tk rows.
 template <int DI, int BK>
 __global__ void __launch_bounds__(kWarpsA * 32)
     student_lse_sparse_kernel(const bf16* __restrict__ iq, const bf16* __restrict__ ik,
@@ -104,7 +109,7 @@ __global__ void __launch_bounds__(kWarpsA * 32)
                               const int32_t* __restrict__ item_start,
                               const int32_t* __restrict__ item_list, int64_t lists,
                               const int32_t* __restrict__ entries, float s_log2,
-                              float2* __restrict__ part, KvDims a) {
+                              float2* __restrict__ part, KvDims a, int64_t Tk, int64_t off) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   constexpr int kLd = SmemA<DI, BK>::kLd, kChunks = DI / 8;
   bf16* iks = reinterpret_cast<bf16*>(smem_raw);
@@ -119,7 +124,7 @@ __global__ void __launch_bounds__(kWarpsA * 32)
   for (int c = threadIdx.x; c < BK * kChunks; c += blockDim.x) {
     const int row = c / kChunks, col = (c % kChunks) * 8;
     const int64_t s = j * BK + row;
-    cp_async_16(iks + row * kLd + col, ik + (s < a.S ? s : 0) * DI + col, s < a.S);
+    cp_async_16(iks + row * kLd + col, ik + (s < Tk ? s : 0) * DI + col, s < Tk);
   }
   cp_async_commit();
   auto load = [&](int tile, int buf) {
@@ -158,7 +163,7 @@ __global__ void __launch_bounds__(kWarpsA * 32)
       const int32_t entry = valid ? entries[e] : 0;
       t_row[h] = entry >> 5;
       slot_row[h] = entry & 31;
-      lim[h] = valid ? static_cast<int>(t_row[h] - j * BK) : -1;  // last key of the block
+      lim[h] = valid ? static_cast<int>(t_row[h] + off - j * BK) : -1;  // last key of the block
     }
     float sc[BK / 8][4];
 #pragma unroll
@@ -236,45 +241,47 @@ struct SmemD {
   static constexpr size_t kBytes = size_t(kRowsD + 2 * kKeysD) * kLd * sizeof(bf16);
 };
 
-// Rows (t, g) of one sequence flattened (row = t G + g, iq's own order); heavy CTAs (late rows)
-// first. lseq[row] = logsumexp over s <= t of S.
+// Rows (t, g) of one sequence flattened (row = t G + g, iq's own order, Tq tokens); heavy CTAs
+// (late rows) first. lseq[row] = logsumexp over s <= off + t of S (ik: Tk rows).
 template <int DI>
 __global__ void __launch_bounds__(128)
     student_lse_dense_kernel(const bf16* __restrict__ iq, const bf16* __restrict__ ik,
-                             float* __restrict__ lseq, int64_t T, int64_t G, float s_log2) {
+                             float* __restrict__ lseq, int64_t Tq, int64_t Tk, int64_t off,
+                             int64_t G, float s_log2) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   constexpr int kLd = SmemD<DI>::kLd, kChunks = DI / 8;
   bf16* iqs = reinterpret_cast<bf16*>(smem_raw);
   bf16* ikt = iqs + kRowsD * kLd;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int grp = lane >> 2, tig = lane & 3;
-  const int64_t rows = T * G;
+  const int64_t rows = Tq * G;
   const int64_t r0 = (static_cast<int64_t>(gridDim.x) - 1 - blockIdx.x) * kRowsD;
   for (int c = threadIdx.x; c < kRowsD * kChunks; c += blockDim.x) {
     const int R = c / kChunks, col = (c % kChunks) * 8;
     const bool valid = r0 + R < rows;
     cp_async_16(iqs + R * kLd + col, iq + (valid ? r0 + R : 0) * DI + col, valid);
   }
-  const int64_t t_max = (min(r0 + kRowsD, rows) - 1) / G;
+  const int64_t t_max = (min(r0 + kRowsD, rows) - 1) / G + off;  // the CTA's last position
   const int n_kt = static_cast<int>(t_max / kKeysD) + 1;
   auto issue = [&](int kt) {
     bf16* dst = ikt + (kt & 1) * kKeysD * kLd;
     for (int c = threadIdx.x; c < kKeysD * kChunks; c += blockDim.x) {
       const int R = c / kChunks, col = (c % kChunks) * 8;
       const int64_t s = static_cast<int64_t>(kt) * kKeysD + R;
-      cp_async_16(dst + R * kLd + col, ik + (s < T ? s : 0) * DI + col, s < T);
+      cp_async_16(dst + R * kLd + col, ik + (s < Tk ? s : 0) * DI + col, s < Tk);
     }
     cp_async_commit();
   };
   issue(0);  // with the iq rows
   const int64_t wr0 = r0 + warp * 16;
-  const int64_t w_tmin = wr0 / G;
-  const int64_t w_tmax = wr0 < rows ? (min(wr0 + 16, rows) - 1) / G : -1;
+  // Positions (off + t): the warp's first and last, each accumulator row's (-1: padding).
+  const int64_t w_tmin = wr0 / G + off;
+  const int64_t w_tmax = wr0 < rows ? (min(wr0 + 16, rows) - 1) / G + off : -1;
   int64_t t_row[2];
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const int64_t row = wr0 + grp + 8 * h;
-    t_row[h] = row < rows ? row / G : -1;
+    t_row[h] = row < rows ? row / G + off : -1;
   }
   uint32_t qa[DI / 16][4];
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
@@ -350,7 +357,8 @@ constexpr int kDenseTokens = 256;  // dense: tokens per CTA
 constexpr int kMaxThreadsB = 256;  // BK = 128: 8 warps
 
 struct GradArgs {
-  int64_t T, H, G, r, K, t0;
+  int64_t T, H, G, r, K, t0;  // T: query tokens (Tq)
+  int64_t Tk, off;            // key tokens; query t sits at position off + t (off = Tk - Tq)
   int BK;
   float scale_log2;  // teacher scale * log2e
   float s_scale;     // 1 / sqrt(dI)
@@ -358,7 +366,7 @@ struct GradArgs {
   // Deterministic mode (core/deterministic.h, the kernel's kDet): instead of f32 atomics, every
   // contribution is stored to its own partial slot and fixed-order kernels add the slots.
   //   sparse: diq_part [(t - t0) G + g][slot][DI], dik_part [work item][BK][DI].
-  //   dense, key blocks [j0, j0 + grid.y): diq_part [j - j0][t G + g][DI],
+  //   dense, key blocks [j0, j0 + grid.y): diq_part [j - j0][t G + g][DI] (t < Tq),
   //     sums_part [j - j0][t G + g][3], dik_part [j - j0][g][c][BK][DI] (c = blockIdx.x).
   float* diq_part = nullptr;
   float* dik_part = nullptr;
@@ -417,12 +425,13 @@ __device__ __forceinline__ void atomic_add2(float* p, float x, float y) {
 #endif
 }
 
-// Pointers are offset to one sequence: q [T, H, D], k [T, G, D], lse [H, T], iq [T, G, DI],
-// ik [T, DI], lseq [T, G], diq [T, G, DI], dik [T, DI].
+// Pointers are offset to one sequence: q [Tq, H, D], k [Tk, G, D], lse [H, Tq], iq [Tq, G, DI],
+// ik [Tk, DI], lseq [Tq, G], diq [Tq, G, DI], dik [Tk, DI] (a.T = Tq, a.Tk; token t at position
+// a.off + t).
 // Sparse (kDense false): grid.x >= the work items (tiles of kTileB, kMinTilesB), kl_out =
-//   partials [(t - t0) G + g][slot][3]. Dense: grid (ceil(T / kDenseTokens), nb, G), CTA (c, j,
-//   g) takes tokens [max(jB, c kDenseTokens), min(T, (c + 1) kDenseTokens)); kl_out = per-row
-//   sums [t G + g][3] (zeroed by the caller, f32 atomics).
+//   partials [(t - t0) G + g][slot][3]. Dense: grid (ceil(Tq / kDenseTokens), nb, G), CTA (c, j,
+//   g) takes the tokens [max(jB - off, c kDenseTokens), min(Tq, (c + 1) kDenseTokens)) (those
+//   at positions >= jB); kl_out = per-row sums [t G + g][3] (zeroed by the caller, f32 atomics).
 // kl sums per token: [0] sum P log P, [1] sum P S, [2] sum P.
 // kDet: deterministic mode (the slots of GradArgs), a separate instantiation so that the
 // default kernel stays as it was.
@@ -461,7 +470,7 @@ __global__ void __launch_bounds__(kMaxThreadsB)
   if constexpr (kDense) {
     j = a.j0 + blockIdx.y;
     g = blockIdx.z;
-    const int64_t lo = max(j * BK, static_cast<int64_t>(blockIdx.x) * kDenseTokens);
+    const int64_t lo = max(j * BK - a.off, static_cast<int64_t>(blockIdx.x) * kDenseTokens);
     const int64_t hi = min(a.T, static_cast<int64_t>(blockIdx.x + 1) * kDenseTokens);
     if (lo >= hi) return;  // every token of this range precedes block j
     tok0 = lo;
@@ -493,20 +502,21 @@ __global__ void __launch_bounds__(kMaxThreadsB)
     }
   };
 
-  // K_j and ik_j (zeros past the sequence end), committed with stage 0.
+  // K_j and ik_j (zeros past the last key), committed with stage 0.
   for (int c = tid; c < BK * (D / 8); c += nthreads) {
     const int row = c / (D / 8), col = (c % (D / 8)) * 8;
     const int64_t s = j * BK + row;
-    cp_async_16(ks + row * kLd + col, k + ((s < a.T ? s : 0) * a.G + g) * D + col, s < a.T);
+    cp_async_16(ks + row * kLd + col, k + ((s < a.Tk ? s : 0) * a.G + g) * D + col, s < a.Tk);
   }
   for (int c = tid; c < BK * (DI / 8); c += nthreads) {
     const int row = c / (DI / 8), col = (c % (DI / 8)) * 8;
     const int64_t s = j * BK + row;
-    cp_async_16(iks + row * kLdI + col, ik + (s < a.T ? s : 0) * DI + col, s < a.T);
+    cp_async_16(iks + row * kLdI + col, ik + (s < a.Tk ? s : 0) * DI + col, s < a.Tk);
   }
 
   // Stage sg = (tile tr = sg / r, head h = sg % r): q_h of the tile's tokens into qst[sg & 1];
-  // at h = 0 also the tile's token data into buffer tr & 1: token, slot, last key (-1: padding),
+  // at h = 0 also the tile's token data into buffer tr & 1: token, slot, last key of block j
+  // (position off + t - jB; -1: padding),
   // lseQ, lse of every head, the iq rows.
   const int n_stages = (tile_end - tile_begin) * r;
   auto issue = [&](int sg) {
@@ -521,7 +531,9 @@ __global__ void __launch_bounds__(kMaxThreadsB)
         const int64_t t = valid ? token_of(e, slot) : 0;
         tok_s[tb * M + i] = static_cast<int>(t);
         slot_s[tb * M + i] = slot;
-        lim_s[tb * M + i] = valid ? static_cast<int>(t - j * BK) : -1;
+        // int arithmetic (Tk <= 65535 blocks x 128): keeps the sparse kernels' registers as
+        // they were without the offset.
+        lim_s[tb * M + i] = valid ? static_cast<int>(t - j * BK) + static_cast<int>(a.off) : -1;
         cp_async_4(lseq_s + tb * M + i, lseq + t * a.G + g, valid);
       }
       for (int c = tid; c < M * r; c += nthreads) {
@@ -759,7 +771,7 @@ __global__ void __launch_bounds__(kMaxThreadsB)
 #pragma unroll
       for (int hf = 0; hf < 2; ++hf) {
         const int64_t s = j * BK + warp * 16 + grp + 8 * hf;
-        if (s < a.T)
+        if (s < a.Tk)
           atomic_add2(dik + s * DI + nt * 8 + 2 * tig, dk[nt][2 * hf] * a.factor,
                       dk[nt][2 * hf + 1] * a.factor);
       }
@@ -812,12 +824,12 @@ __global__ void diq_slots_kernel(const float* __restrict__ part, const int32_t* 
   }
 }
 
-// Sparse: dik[s] += the slots of the work items of s's block, groups in order, each list's items
-// in order (item_start: pass B's items of this chunk).
+// Sparse: dik[s] (s < Tk, every key) += the slots of the work items of s's block, groups in order,
+// each list's items in order (item_start: pass B's items of this chunk).
 __global__ void dik_items_kernel(const float* __restrict__ part,
                                  const int32_t* __restrict__ item_start, float* __restrict__ dik,
-                                 int64_t T, int64_t G, int64_t nb, int BK, int64_t DI) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < T * DI;
+                                 int64_t Tk, int64_t G, int64_t nb, int BK, int64_t DI) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < Tk * DI;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t s = i / DI, dim = i % DI, j = s / BK, key = s % BK;
     float acc = dik[i];
@@ -830,14 +842,15 @@ __global__ void dik_items_kernel(const float* __restrict__ part,
   }
 }
 
-// Dense, key blocks [j0, j1): diq[row] and row_sums[row] += blocks j0 .. min(j1, t / BK + 1) - 1
-// in order (block j reaches the tokens t >= jB only).
+// Dense, key blocks [j0, j1): diq[row] and row_sums[row] += blocks j0 .. min(j1, p / BK + 1) - 1
+// in order, p = off + t the row's position (block j reaches the positions p >= jB only).
 __global__ void dense_rows_kernel(const float* __restrict__ diq_part,
                                   const float* __restrict__ sums_part, float* __restrict__ diq,
-                                  float* __restrict__ row_sums, int64_t T, int64_t G, int64_t DI,
-                                  int BK, int64_t j0, int64_t j1) {
-  // Rows of tokens t < j0 B get nothing from these blocks: start at token j0 B.
-  const int64_t rows = T * G, r0 = min(rows, j0 * BK * G), n = (rows - r0) * (DI + 3);
+                                  float* __restrict__ row_sums, int64_t Tq, int64_t off, int64_t G,
+                                  int64_t DI, int BK, int64_t j0, int64_t j1) {
+  // Rows at positions < j0 B get nothing from these blocks: start at the token at position j0 B.
+  const int64_t rows = Tq * G, r0 = min(rows, max(int64_t(0), j0 * BK - off) * G),
+                n = (rows - r0) * (DI + 3);
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const bool is_diq = i < (rows - r0) * DI;
@@ -845,25 +858,26 @@ __global__ void dense_rows_kernel(const float* __restrict__ diq_part,
     const int64_t row = r0 + k / width, col = k % width, t = row / G;
     const float* part = is_diq ? diq_part : sums_part;
     float* out = is_diq ? diq : row_sums;
-    const int64_t jend = min(j1, t / BK + 1);
+    const int64_t jend = min(j1, (t + off) / BK + 1);
     float acc = out[row * width + col];
     for (int64_t j = j0; j < jend; ++j) acc += part[((j - j0) * rows + row) * width + col];
     out[row * width + col] = acc;
   }
 }
 
-// Dense, key blocks [j0, j1): dik[s] += the slots of the CTAs (c, j, g) of s's block, groups
-// then token ranges c in order; CTAs with c < jB / kDenseTokens had no tokens and wrote nothing.
-__global__ void dense_dik_kernel(const float* __restrict__ part, float* __restrict__ dik, int64_t T,
-                                 int64_t G, int64_t DI, int BK, int64_t j0, int64_t j1,
-                                 int64_t nc) {
-  const int64_t s0 = j0 * BK, n = (min(T, j1 * BK) - s0) * DI;
+// Dense, key blocks [j0, j1): dik[s] (s < Tk) += the slots of the CTAs (c, j, g) of s's block,
+// groups then token ranges c in order; CTAs with c < max(0, jB - off) / kDenseTokens had no tokens
+// (all at positions < jB) and wrote nothing.
+__global__ void dense_dik_kernel(const float* __restrict__ part, float* __restrict__ dik,
+                                 int64_t Tk, int64_t off, int64_t G, int64_t DI, int BK, int64_t j0,
+                                 int64_t j1, int64_t nc) {
+  const int64_t s0 = j0 * BK, n = (min(Tk, j1 * BK) - s0) * DI;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t s = s0 + i / DI, dim = i % DI, j = s / BK, key = s % BK;
     float acc = dik[s * DI + dim];
     for (int64_t g = 0; g < G; ++g)
-      for (int64_t c = j * BK / kDenseTokens; c < nc; ++c)
+      for (int64_t c = max(int64_t(0), j * BK - off) / kDenseTokens; c < nc; ++c)
         acc += part[((((j - j0) * G + g) * nc + c) * BK + key) * DI + dim];
     dik[s * DI + dim] = acc;
   }
@@ -947,6 +961,8 @@ void check_inputs(const Tensor& q, const Tensor& k, const Tensor& lse, const Ten
 GradArgs grad_args(const cpu::MsaDims& d, double scale, double weight, int64_t t0) {
   GradArgs a;
   a.T = d.seq;
+  a.Tk = d.keys();
+  a.off = d.query_offset();
   a.H = d.heads;
   a.G = d.groups;
   a.r = d.heads / d.groups;
@@ -987,7 +1003,9 @@ cpu::IndexLossSums msa_index_loss_sparse(const Tensor& q, const Tensor& k, const
   diq.zero_();
   dik.zero_();
   if (result.n_rows == 0) return result;
-  const int64_t T = d.seq, G = d.groups, K = d.topk, H = d.heads, r = H / G;
+  // T query tokens at positions off + t, Tk keys; the work lists hold local tokens t.
+  const int64_t T = d.seq, Tk = d.keys(), off = d.query_offset();
+  const int64_t G = d.groups, K = d.topk, H = d.heads, r = H / G;
   const int64_t D = d.dim, DI = d.index_dim, nb = d.num_blocks(), lists = G * nb;
   const int BK = static_cast<int>(d.block_size);
   // Chunk: per token, entries (4 bytes) and the two passes' partials (2 + 3 floats) per (g, slot);
@@ -1026,14 +1044,14 @@ cpu::IndexLossSums msa_index_loss_sparse(const Tensor& q, const Tensor& k, const
 
   for (int64_t b = 0; b < d.batch; ++b) {
     const bf16* qb = q.data<bf16>() + b * T * H * D;
-    const bf16* kb = k.data<bf16>() + b * T * G * D;
+    const bf16* kb = k.data<bf16>() + b * Tk * G * D;
     const float* lb = lse.data<float>() + b * H * T;
     const bf16* iqb = iq.data<bf16>() + b * T * G * DI;
-    const bf16* ikb = ik.data<bf16>() + b * T * DI;
+    const bf16* ikb = ik.data<bf16>() + b * Tk * DI;
     const int32_t* idx = indices.data<int32_t>() + b * T * G * K;
     const int32_t* cnt = counts.data<int32_t>() + b * T * G;
     float* diqb = diq.data<float>() + b * T * G * DI;
-    float* dikb = dik.data<float>() + b * T * DI;
+    float* dikb = dik.data<float>() + b * Tk * DI;
     float* klb = row_kl.data<float>() + b * T * G;
     for (int64_t t0 = 0; t0 < T; t0 += chunk) {
       const KvDims kd{T, H, G, K, r, nb, t0, std::min(T, t0 + chunk)};
@@ -1052,10 +1070,10 @@ cpu::IndexLossSums msa_index_loss_sparse(const Tensor& q, const Tensor& k, const
           auto kernel = student_lse_sparse_kernel<kDI, kBK>;
           set_smem(kernel, SmemA<kDI, kBK>::kBytes);
           kernel<<<static_cast<unsigned>(items_bound(rows, kTokensA, kMinTilesA)), kWarpsA * 32,
-                   SmemA<kDI, kBK>::kBytes>>>(iqb, ikb, start.data<int32_t>(),
-                                              items_a.data<int32_t>(), item_list_a.data<int32_t>(),
-                                              lists, entries.data<int32_t>(), s_log2,
-                                              reinterpret_cast<float2*>(part_a.data<float>()), kd);
+                   SmemA<kDI, kBK>::kBytes>>>(
+              iqb, ikb, start.data<int32_t>(), items_a.data<int32_t>(), item_list_a.data<int32_t>(),
+              lists, entries.data<int32_t>(), s_log2,
+              reinterpret_cast<float2*>(part_a.data<float>()), kd, Tk, off);
           MSA_CUDA_CHECK_LAUNCH("student_lse_sparse_kernel");
         });
       });
@@ -1089,8 +1107,8 @@ cpu::IndexLossSums msa_index_loss_sparse(const Tensor& q, const Tensor& k, const
         diq_slots_kernel<<<reduce_grid(rows * DI), 256>>>(diq_part.data<float>(), cnt, diqb, kd,
                                                           DI);
         MSA_CUDA_CHECK_LAUNCH("diq_slots_kernel");
-        dik_items_kernel<<<reduce_grid(T * DI), 256>>>(
-            dik_part.data<float>(), items_b.data<int32_t>(), dikb, T, G, nb, BK, DI);
+        dik_items_kernel<<<reduce_grid(Tk * DI), 256>>>(
+            dik_part.data<float>(), items_b.data<int32_t>(), dikb, Tk, G, nb, BK, DI);
         MSA_CUDA_CHECK_LAUNCH("dik_items_kernel");
       }
       kl_combine_kernel<false>
@@ -1113,7 +1131,9 @@ cpu::IndexLossSums msa_index_loss_dense(const Tensor& q, const Tensor& k, const 
   diq.zero_();
   dik.zero_();
   if (result.n_rows == 0) return result;
-  const int64_t T = d.seq, G = d.groups, H = d.heads, r = H / G;
+  // T query tokens at positions off + t, Tk keys.
+  const int64_t T = d.seq, Tk = d.keys(), off = d.query_offset();
+  const int64_t G = d.groups, H = d.heads, r = H / G;
   const int64_t D = d.dim, DI = d.index_dim, nb = d.num_blocks();
   const int BK = static_cast<int>(d.block_size);
   Tensor lseq = Tensor::empty({T * G}, DType::kF32, Device::kCUDA);
@@ -1141,19 +1161,19 @@ cpu::IndexLossSums msa_index_loss_dense(const Tensor& q, const Tensor& k, const 
   const unsigned row_grid = static_cast<unsigned>((T * G + 255) / 256);
   for (int64_t b = 0; b < d.batch; ++b) {
     const bf16* qb = q.data<bf16>() + b * T * H * D;
-    const bf16* kb = k.data<bf16>() + b * T * G * D;
+    const bf16* kb = k.data<bf16>() + b * Tk * G * D;
     const float* lb = lse.data<float>() + b * H * T;
     const bf16* iqb = iq.data<bf16>() + b * T * G * DI;
-    const bf16* ikb = ik.data<bf16>() + b * T * DI;
+    const bf16* ikb = ik.data<bf16>() + b * Tk * DI;
     float* diqb = diq.data<float>() + b * T * G * DI;
-    float* dikb = dik.data<float>() + b * T * DI;
+    float* dikb = dik.data<float>() + b * Tk * DI;
     float* klb = row_kl.data<float>() + b * T * G;
     with_pow2(DI, [&](auto di) {
       constexpr int kDI = decltype(di)::value;
       auto kernel = student_lse_dense_kernel<kDI>;
       set_smem(kernel, SmemD<kDI>::kBytes);
       kernel<<<static_cast<unsigned>((T * G + kRowsD - 1) / kRowsD), 128, SmemD<kDI>::kBytes>>>(
-          iqb, ikb, lseq.data<float>(), T, G, s_log2);
+          iqb, ikb, lseq.data<float>(), T, Tk, off, G, s_log2);
       MSA_CUDA_CHECK_LAUNCH("student_lse_dense_kernel");
     });
     row_sums.zero_();
@@ -1181,12 +1201,13 @@ cpu::IndexLossSums msa_index_loss_dense(const Tensor& q, const Tensor& k, const 
         });
       });
       if (det) {
-        dense_rows_kernel<<<reduce_grid((T - std::min(T, j0 * BK)) * G * (DI + 3)), 256>>>(
-            diq_part.data<float>(), sums_part.data<float>(), diqb, row_sums.data<float>(), T, G, DI,
-            BK, j0, j1);
+        const int64_t t_first = std::min(T, std::max<int64_t>(0, j0 * BK - off));
+        dense_rows_kernel<<<reduce_grid((T - t_first) * G * (DI + 3)), 256>>>(
+            diq_part.data<float>(), sums_part.data<float>(), diqb, row_sums.data<float>(), T, off,
+            G, DI, BK, j0, j1);
         MSA_CUDA_CHECK_LAUNCH("dense_rows_kernel");
-        dense_dik_kernel<<<reduce_grid((std::min(T, j1 * BK) - j0 * BK) * DI), 256>>>(
-            dik_part.data<float>(), dikb, T, G, DI, BK, j0, j1, nc);
+        dense_dik_kernel<<<reduce_grid((std::min(Tk, j1 * BK) - j0 * BK) * DI), 256>>>(
+            dik_part.data<float>(), dikb, Tk, off, G, DI, BK, j0, j1, nc);
         MSA_CUDA_CHECK_LAUNCH("dense_dik_kernel");
       }
     }

@@ -4,12 +4,14 @@
 // scores (and the T x T token scores) never reach memory. f32 inputs, other sizes and
 // MSA_TOPK=reference take the CUDA-core kernel of msa_kernels.cu (the CPU's arithmetic).
 //
-// Rows. iq [batch, T, G, dI] is, per sequence, a [T * G, dI] matrix whose row r = t * G + g is one
-// (query token, group) pair, and ik [batch, T, dI] is shared by every group. So a CTA owns 256
-// consecutive rows of that matrix (all G groups of 256 / G consecutive tokens) and every key tile
-// it stages serves all of them: putting the groups of a token in one CTA is what lets the single
-// index key head be loaded once per 256 rows, whatever G is, and it keeps a CTA's tokens close
-// together (256 / G of them), so the causal bound of the CTA (below) wastes little.
+// Rows. iq [batch, Tq, G, dI] is, per sequence, a [Tq * G, dI] matrix whose row r = t * G + g is
+// one (query token, group) pair, and ik [batch, Tk, dI] is shared by every group. With fewer
+// queries than keys (context parallelism), query t sits at position p = offset + t (offset =
+// Tk - Tq) and every causal quantity (c = p / B, the bounds below) is formed from p. So a CTA owns
+// 256 consecutive rows of that matrix (all G groups of 256 / G consecutive tokens) and every key
+// tile it stages serves all of them: putting the groups of a token in one CTA is what lets the
+// single index key head be loaded once per 256 rows, whatever G is, and it keeps a CTA's tokens
+// close together (256 / G of them), so the causal bound of the CTA (below) wastes little.
 //
 // Tiles. 8 warps x 32 rows: a warp holds two m16 tiles of rows, whose A fragments (iq, bf16) sit
 // in registers for the whole scan (2 x dI / 16 x 4 registers). Key tokens are staged in shared
@@ -37,7 +39,7 @@
 // CTA stages only the blocks its last row can use, and CTAs are launched latest rows first (they
 // scan the most blocks). All buffers are O(tile): nothing grows with n_b.
 //
-// Resources (ptxas, sm_90a): 178 registers at dI 128 / topk 16, 210 at topk 32, 80-150 for smaller
+// Resources (ptxas, sm_90a): 176 registers at dI 128 / topk 16, 208 at topk 32, 80-150 for smaller
 // sizes, no spills; one 256-thread CTA per SM at dI 128. mma.sync runs on sm_80 and later; on
 // Hopper, d_I 128 / B 128 go to the warpgroup-MMA kernel of msa_indexer_topk_wgmma.cu (same
 // block-max reduction and lists).
@@ -92,24 +94,25 @@ __device__ __forceinline__ void list_insert(float (&ls)[KL], int (&li)[KL], floa
   }
 }
 
-// rows = T * G (rows of one sequence), B the block size (16, 32, 64 or 128), K = topk.
+// rows = Tq * G (rows of one sequence), Tk keys per sequence (>= Tq), query t at position
+// offset + t (offset = Tk - Tq), B the block size (16, 32, 64 or 128), K = topk.
 template <int DI, int KL>
 __global__ void __launch_bounds__(kWarps * 32, 1)
     indexer_topk_kernel(const bf16* __restrict__ iq, const bf16* __restrict__ ik,
-                        int32_t* __restrict__ indices, int32_t* __restrict__ counts, int64_t T,
-                        int64_t G, int B, int K) {
+                        int32_t* __restrict__ indices, int32_t* __restrict__ counts, int64_t Tq,
+                        int64_t Tk, int64_t offset, int64_t G, int B, int K) {
   using Tile = IndexerTile<DI>;
   constexpr int kLd = Tile::kLd, kStageKeys = Tile::kStageKeys, kKSteps = DI / 16;
   extern __shared__ __align__(16) unsigned char indexer_smem[];
   bf16* keys_s = reinterpret_cast<bf16*>(indexer_smem);
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, grp = lane >> 2, tig = lane & 3;
-  const int64_t b = blockIdx.y, rows = T * G;
+  const int64_t b = blockIdx.y, rows = Tq * G;
   // Latest rows first: they scan the most blocks.
   const int64_t r_cta = (gridDim.x - 1 - static_cast<int64_t>(blockIdx.x)) * kRowsPerCta;
   const int64_t r_warp = r_cta + warp * kRowsPerWarp;
   const bf16* iq_b = iq + b * rows * DI;
-  const bf16* ik_b = ik + b * T * DI;
+  const bf16* ik_b = ik + b * Tk * DI;
 
   // A fragments of the warp's two m tiles: rows r_warp + 16 m + grp (+ 8).
   uint32_t qa[2][kKSteps][4];
@@ -132,14 +135,15 @@ __global__ void __launch_bounds__(kWarps * 32, 1)
   // rows past the end.
   const int64_t my_r = r_warp + 16 * (tig >> 1) + 8 * (tig & 1) + grp;
   const bool my_valid = my_r < rows;
-  const int c_row = my_valid ? static_cast<int>(my_r / G / B) : 0;
-  // Blocks any row of the warp (CTA) can select: j < c of its last row. K == 1 selects only c(t).
+  const int c_row = my_valid ? static_cast<int>((offset + my_r / G) / B) : 0;
+  // Blocks any row of the warp (CTA) can select: j < c of its last row (at position offset + its
+  // token). K == 1 selects only c(t).
   auto c_of_last = [&](int64_t r_first, int n) -> int64_t {
     if (K <= 1 || r_first >= rows) return 0;
-    return min(rows - 1, r_first + n - 1) / G / B;
+    return (offset + min(rows - 1, r_first + n - 1) / G) / B;
   };
   const int64_t c_warp = c_of_last(r_warp, kRowsPerWarp);
-  const int64_t key_end = c_of_last(r_cta, kRowsPerCta) * B;  // keys the CTA stages
+  const int64_t key_end = c_of_last(r_cta, kRowsPerCta) * B;  // keys the CTA stages (<= Tk)
   const int64_t n_stages = (key_end + kStageKeys - 1) / kStageKeys;
 
   float ls[KL];
@@ -240,8 +244,9 @@ void launch_indexer(const Tensor& iq, const Tensor& ik, Tensor& indices, Tensor&
     MSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         static_cast<int>(smem)));
     kernel<<<grid, kWarps * 32, smem>>>(iq.data<bf16>(), ik.data<bf16>(), indices.data<int32_t>(),
-                                        counts.data<int32_t>(), d.seq, d.groups,
-                                        static_cast<int>(d.block_size), static_cast<int>(d.topk));
+                                        counts.data<int32_t>(), d.seq, d.keys(), d.query_offset(),
+                                        d.groups, static_cast<int>(d.block_size),
+                                        static_cast<int>(d.topk));
     MSA_CUDA_CHECK_LAUNCH("indexer_topk_kernel");
   };
   // The list holds the best KL >= topk - 1 blocks (a few lengths, to keep the insertion chain

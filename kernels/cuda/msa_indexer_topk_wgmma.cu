@@ -10,7 +10,9 @@
 // shared memory itself, 64 rows at a time, 16 times the work per instruction, so the issue slots
 // are left to the row maxima and the top-k lists.
 //
-// Rows and CTA. Rows r = t * G + g of one sequence, 256 consecutive rows per CTA (all groups of
+// Rows and CTA. Rows r = t * G + g of one sequence (Tq queries; with Tk > Tq keys query t sits at
+// position offset + t, offset = Tk - Tq, and c(t), the CTA's bound, come from that position; ik
+// holds Tk keys per sequence), 256 consecutive rows per CTA (all groups of
 // 256 / G consecutive tokens share every staged key tile, as in msa_indexer_topk.cu). The CTA is
 // two consumer warpgroups (256 threads, no producer warp); warpgroup w owns rows 128 w .. 128 w +
 // 127 as two m64 tiles (m = 0, 1). CTAs run latest rows first (they scan the most blocks); the
@@ -131,12 +133,14 @@ __device__ __forceinline__ void row_max(const float (&acc)[64], float (&mx)[2]) 
   }
 }
 
-// rows = T * G; grid = n_ctas x batch CTAs, CTA-major. KL = list length >= K - 1.
+// rows = Tq * G; Tk keys per sequence; query t at position offset + t (offset = Tk - Tq); grid =
+// n_ctas x batch CTAs, CTA-major. KL = list length >= K - 1.
 template <int KL>
 __global__ void __launch_bounds__(kThreads, 1)
     indexer_topk_wgmma_kernel(const bf16* __restrict__ iq, const bf16* __restrict__ ik,
                               int32_t* __restrict__ indices, int32_t* __restrict__ counts,
-                              int64_t T, int64_t G, int K, int n_ctas) {
+                              int64_t Tq, int64_t Tk, int64_t offset, int64_t G, int K,
+                              int n_ctas) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   extern __shared__ unsigned char smem_raw[];
   unsigned char* smem = sw128_align(smem_raw);
@@ -149,17 +153,18 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int64_t b = blockIdx.x % batch;
   const int64_t r_cta = static_cast<int64_t>(n_ctas - 1 - static_cast<int>(blockIdx.x) / batch) *
                         kRowsPerCta;  // latest rows first
-  const int64_t rows = T * G;
+  const int64_t rows = Tq * G;
   const bf16* iq_b = iq + b * rows * kDI;
-  const bf16* ik_b = ik + b * T * kDI;
+  const bf16* ik_b = ik + b * Tk * kDI;
 
   // This thread's row (see the top comment); c_row = 0 (nothing to select) past the end.
   const int64_t my_r = r_cta + kRowsPerWg * wg + 64 * (tig >> 1) + 16 * warp + 8 * (tig & 1) + grp;
   const bool my_valid = my_r < rows;
-  const int c_row = my_valid ? static_cast<int>(my_r / G / kB) : 0;
-  // Blocks the CTA scans: j < c of its last row (K == 1 selects only c(t)).
+  const int c_row = my_valid ? static_cast<int>((offset + my_r / G) / kB) : 0;
+  // Blocks the CTA scans: j < c of its last row, at position offset + its token (K == 1 selects
+  // only c(t)).
   const int n_blocks =
-      K <= 1 ? 0 : static_cast<int>(min(rows - 1, r_cta + kRowsPerCta - 1) / G / kB);
+      K <= 1 ? 0 : static_cast<int>((offset + min(rows - 1, r_cta + kRowsPerCta - 1) / G) / kB);
 
   // Copy pieces of 16 bytes: piece p = threadIdx.x + kThreads it is row p / 16, column 8 (p % 16).
   // A thread's rows are threadIdx.x / 16 + 16 it: one swizzle phase (row % 8), 2 KB apart.
@@ -323,7 +328,7 @@ void indexer_topk_wgmma(const Tensor& iq, const Tensor& ik, Tensor& indices, Ten
                                         static_cast<int>(kSmemBytes)));
     kernel<<<grid, kThreads, kSmemBytes>>>(
         iq.data<bf16>(), ik.data<bf16>(), indices.data<int32_t>(), counts.data<int32_t>(), d.seq,
-        d.groups, static_cast<int>(d.topk), static_cast<int>(n_ctas));
+        d.keys(), d.query_offset(), d.groups, static_cast<int>(d.topk), static_cast<int>(n_ctas));
     MSA_CUDA_CHECK_LAUNCH("indexer_topk_wgmma_kernel");
   };
   // The list holds the best KL >= topk - 1 blocks (the mma.sync kernel's lengths).

@@ -16,6 +16,8 @@
 //   queries that selected the key's block; the key's warp visits them in ascending order and
 //   accumulates in registers; results are deterministic.
 // - The forward also emits each selected block's attention mass (nullable block_mass).
+// - Fewer queries than keys (context parallelism): query t sits at key position t + off, off =
+//   Tk - Tq (AttnDims); k, v, dk, dv have Tk rows, blocks and causal limits are key positions.
 // The KV-outer tensor-core kernels (msa_attention_kv_outer.cu, *_wgmma.cu) run the attention for
 // the sizes they take; these stay as the reference the fast kernels are tested against.
 #include <cfloat>
@@ -83,18 +85,20 @@ __device__ __forceinline__ void lane_list_add(float* top_s, int* top_i, int& n, 
   top_i[p] = j;
 }
 
-// One warp per row (b, t, g) of iq [batch, S, G, dI] (ik [batch, S, dI]), the latest rows first
-// (they have the most blocks); the row's index vector is staged in shared memory (f32).
+// One warp per row (b, t, g) of iq [batch, S, G, dI] (ik [batch, Sk, dI], Sk >= S keys; query t
+// sits at position offset + t, offset = Sk - S), the latest rows first (they have the most
+// blocks); the row's index vector is staged in shared memory (f32).
 template <class T>
 __global__ void index_topk_reference_kernel(const T* iq, const T* ik, int32_t* indices,
-                                            int32_t* counts, int64_t rows, int64_t S, int64_t G,
-                                            int64_t dI, int64_t B, int K) {
+                                            int32_t* counts, int64_t rows, int64_t S, int64_t Sk,
+                                            int64_t offset, int64_t G, int64_t dI, int64_t B,
+                                            int K) {
   extern __shared__ float q_smem[];
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
   const int64_t w = static_cast<int64_t>(blockIdx.x) * (blockDim.x / kWarp) + warp;
   if (w >= rows) return;
   const int64_t row = rows - 1 - w;
-  const int64_t t = (row / G) % S, b = row / (G * S);
+  const int64_t t = offset + (row / G) % S, b = row / (G * S);  // t: the query's position
   const int64_t c = t / B;
   const int want = static_cast<int>(min(static_cast<int64_t>(K - 1), c));
   float* q = q_smem + warp * dI;
@@ -107,7 +111,7 @@ __global__ void index_topk_reference_kernel(const T* iq, const T* ik, int32_t* i
   for (int64_t j = lane; j < c && want > 0; j += kWarp) {
     float best = -INFINITY;  // a NaN-only block stays -inf, as on the CPU
     for (int64_t s = j * B; s < (j + 1) * B; ++s) {
-      const T* k = ik + (b * S + s) * dI;
+      const T* k = ik + (b * Sk + s) * dI;
       float x = 0;
       for (int64_t e = 0; e < dI; ++e) x = __fadd_rn(x, __fmul_rn(q[e], to_f(k[e])));
       if (x > best) best = x;  // false for NaN: a NaN dot never wins
@@ -154,17 +158,21 @@ __global__ void index_topk_reference_kernel(const T* iq, const T* ik, int32_t* i
 
 // ---- sparse attention ----------------------------------------------------------------------
 
+// S queries, Sk keys (the rows of k, v, dk, dv); query t sits at key position t + off
+// (off = Sk - S, bottom-right aligned): blocks and causal limits are in key positions.
 struct AttnDims {
   int64_t S, H, G, d, B, K;
+  int64_t Sk, off;
 };
 
-// Calls fn(s0, n_valid) for each chunk of up to 32 consecutive keys query t attends to.
+// Calls fn(s0, n_valid) for each chunk of up to 32 consecutive keys the query at key position p
+// attends to.
 template <class Fn>
-__device__ __forceinline__ void for_each_key_chunk(const int32_t* idx, int count, int64_t t,
+__device__ __forceinline__ void for_each_key_chunk(const int32_t* idx, int count, int64_t p,
                                                    int64_t B, Fn&& fn) {
   for (int i = 0; i < count; ++i) {
     const int64_t j = idx[i];
-    const int64_t end = min((j + 1) * B, t + 1);
+    const int64_t end = min((j + 1) * B, p + 1);
     for (int64_t s0 = j * B; s0 < end; s0 += kWarp) fn(s0, static_cast<int>(min(static_cast<int64_t>(kWarp), end - s0)));
   }
 }
@@ -194,15 +202,16 @@ __global__ void attention_forward_kernel(const T* q, const T* k, const T* v, con
   float slot_m = -FLT_MAX, slot_l = 0;
   const int32_t* idx = indices + sel * a.K;
   const int count = counts[sel];
+  const int64_t p_t = t + a.off;  // the query's key position
   for (int i = 0; i < count; ++i) {
     const int64_t j = idx[i];
-    const int64_t end = min((j + 1) * a.B, t + 1);
+    const int64_t end = min((j + 1) * a.B, p_t + 1);
     float lb = 0;
     for (int64_t s0 = j * a.B; s0 < end; s0 += kWarp) {
       const int n = static_cast<int>(min(static_cast<int64_t>(kWarp), end - s0));
       float z = -FLT_MAX;
       if (lane < n) {
-        const T* krow = k + ((b * a.S + s0 + lane) * a.G + g) * a.d;
+        const T* krow = k + ((b * a.Sk + s0 + lane) * a.G + g) * a.d;
         float dot = 0;
         for (int64_t e = 0; e < a.d; ++e) dot += qs[e] * to_f(krow[e]);
         z = dot * scale;
@@ -216,7 +225,7 @@ __global__ void attention_forward_kernel(const T* q, const T* k, const T* v, con
       for (int e = 0; e < per_lane; ++e) acc[e] *= corr;
       for (int key = 0; key < n; ++key) {
         const float pk = __shfl_sync(0xffffffffu, p, key);
-        const T* vrow = v + ((b * a.S + s0 + key) * a.G + g) * a.d;
+        const T* vrow = v + ((b * a.Sk + s0 + key) * a.G + g) * a.d;
         for (int e = 0; e < per_lane; ++e) {
           const int64_t dim = lane + e * kWarp;
           if (dim < a.d) acc[e] += pk * to_f(vrow[dim]);
@@ -278,10 +287,10 @@ __global__ void attention_backward_dq_kernel(const T* dout, const T* q, const T*
   const float lse_t = lse[(b * a.H + h) * a.S + t], D_t = D[(b * a.H + h) * a.S + t];
   const int per_lane = static_cast<int>((a.d + kWarp - 1) / kWarp);
   float acc[kMaxDimPerLane] = {0};
-  for_each_key_chunk(indices + sel * a.K, counts[sel], t, a.B, [&](int64_t s0, int n) {
+  for_each_key_chunk(indices + sel * a.K, counts[sel], t + a.off, a.B, [&](int64_t s0, int n) {
     float ds = 0;
     if (lane < n) {
-      const int64_t kv = ((b * a.S + s0 + lane) * a.G + g) * a.d;
+      const int64_t kv = ((b * a.Sk + s0 + lane) * a.G + g) * a.d;
       float qk = 0, dv = 0;
       for (int64_t e = 0; e < a.d; ++e) {
         qk += qs[e] * to_f(k[kv + e]);
@@ -292,7 +301,7 @@ __global__ void attention_backward_dq_kernel(const T* dout, const T* q, const T*
     }
     for (int key = 0; key < n; ++key) {
       const float dsk = __shfl_sync(0xffffffffu, ds, key);
-      const T* krow = k + ((b * a.S + s0 + key) * a.G + g) * a.d;
+      const T* krow = k + ((b * a.Sk + s0 + key) * a.G + g) * a.d;
       for (int e = 0; e < per_lane; ++e) {
         const int64_t dim = lane + e * kWarp;
         if (dim < a.d) acc[e] += dsk * to_f(krow[dim]);
@@ -305,26 +314,27 @@ __global__ void attention_backward_dq_kernel(const T* dout, const T* q, const T*
   }
 }
 
-// Inverted selection: mask[b, g, c, j] holds one bit per query of query block c, set when that
-// query selected key block j (words = ceil(B / 32) per (c, j)). Built with atomicOr, so the
-// result does not depend on the order rows are processed in.
-__global__ void selection_mask_kernel(const int32_t* indices, const int32_t* counts,
-                                      uint32_t* mask, int64_t rows, int64_t S, int64_t G,
-                                      int64_t B, int64_t K, int64_t nb, int64_t words) {
+// Inverted selection: mask[b, g, c, j] holds one bit per key position of block c, set when the
+// query at that position (query t at t + off) selected key block j (words = ceil(B / 32) per
+// (c, j)). Built with atomicOr, so the result does not depend on the order rows are processed in.
+__global__ void selection_mask_kernel(const int32_t* indices, const int32_t* counts, uint32_t* mask,
+                                      int64_t rows, int64_t S, int64_t off, int64_t G, int64_t B,
+                                      int64_t K, int64_t nb, int64_t words) {
   const int64_t row = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (row >= rows) return;
   const int64_t g = row % G, t = (row / G) % S, b = row / (G * S);
-  const int64_t c = t / B, bit = t % B;
+  const int64_t p = t + off, c = p / B, bit = p % B;
   for (int i = 0; i < counts[row]; ++i) {
     const int64_t j = indices[row * K + i];
     atomicOr(mask + (((b * G + g) * nb + c) * nb + j) * words + bit / 32, 1u << (bit % 32));
   }
 }
 
-// One warp per key s of group g: dk_s = scale sum ds q, dv_s = sum p dout over the (query, head)
-// pairs that selected block(s) with t >= s, found through the inverted mask and visited in
-// ascending t (deterministic, no atomics): O(selected pairs + n_b) per key instead of a scan of
-// every later query.
+// One warp per key s of group g (every one of the Sk keys: zeros where no query selected its
+// block): dk_s = scale sum ds q, dv_s = sum p dout over the (query, head) pairs that selected
+// block(s) at positions >= s, found through the inverted mask and visited in ascending position
+// (deterministic, no atomics): O(selected pairs + n_b) per key instead of a scan of every later
+// query.
 template <class T>
 __global__ void attention_backward_dkdv_masked_kernel(const T* dout, const T* q, const T* k,
                                                       const T* v, const float* lse,
@@ -335,11 +345,11 @@ __global__ void attention_backward_dkdv_masked_kernel(const T* dout, const T* q,
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
   const int64_t key = static_cast<int64_t>(blockIdx.x) * (blockDim.x / kWarp) + warp;
   if (key >= keys) return;
-  const int64_t g = key % a.G, s = (key / a.G) % a.S, b = key / (a.G * a.S);
+  const int64_t g = key % a.G, s = (key / a.G) % a.Sk, b = key / (a.G * a.Sk);
   const int64_t j = s / a.B, r = a.H / a.G;
   float* ks = smem + warp * 2 * a.d;
   float* vs = ks + a.d;
-  const int64_t kv = ((b * a.S + s) * a.G + g) * a.d;
+  const int64_t kv = ((b * a.Sk + s) * a.G + g) * a.d;
   for (int64_t e = lane; e < a.d; e += kWarp) {
     ks[e] = to_f(k[kv + e]);
     vs[e] = to_f(v[kv + e]);
@@ -347,15 +357,19 @@ __global__ void attention_backward_dkdv_masked_kernel(const T* dout, const T* q,
   __syncwarp();
   const int per_lane = static_cast<int>((a.d + kWarp - 1) / kWarp);
   float dk_acc[kMaxDimPerLane] = {0}, dv_acc[kMaxDimPerLane] = {0};
-  for (int64_t c = j; c < nb; ++c) {
+  // Query blocks from the key's own; none before the first query's (position a.off).
+  for (int64_t c = max(j, a.off / a.B); c < nb; ++c) {
     const uint32_t* m = mask + (((b * a.G + g) * nb + c) * nb + j) * words;
     for (int64_t w = 0; w < words; ++w) {
       uint32_t bits = m[w];
       while (bits) {
         const int bit = __ffs(bits) - 1;
         bits &= bits - 1;
-        const int64_t tq = c * a.B + w * 32 + bit;
-        if (tq < s) continue;  // causal: only the key's own and later queries
+        // The query's key position (>= a.off) and index; causal: only the key's own and later
+        // queries.
+        const int64_t pq = c * a.B + w * 32 + bit;
+        if (pq < s) continue;
+        const int64_t tq = pq - a.off;
         for (int64_t h = g * r; h < (g + 1) * r; ++h) {
           const int64_t off = ((b * a.S + tq) * a.H + h) * a.d;
           float qk = 0, dov = 0;
@@ -425,7 +439,7 @@ void msa_index_topk(const Tensor& iq, const Tensor& ik, Tensor& indices, Tensor&
     using T = decltype(zero);
     index_topk_reference_kernel<T><<<blocks_for(rows), kThreads, smem>>>(
         iq.data<T>(), ik.data<T>(), indices.data<int32_t>(), counts.data<int32_t>(), rows, d.seq,
-        d.groups, d.index_dim, d.block_size, static_cast<int>(d.topk));
+        d.keys(), d.query_offset(), d.groups, d.index_dim, d.block_size, static_cast<int>(d.topk));
     MSA_CUDA_CHECK_LAUNCH("index_topk_reference_kernel");
   });
 }
@@ -445,7 +459,8 @@ void msa_sparse_attention_forward(const Tensor& q, const Tensor& k, const Tensor
   MSA_CHECK(d.dim <= kWarp * kMaxDimPerLane, "CUDA MSA attention: head_dim %d > %d", d.dim,
             kWarp * kMaxDimPerLane);
   check_dtype(lse, DType::kF32, "msa_sparse_attention_forward (CUDA): lse");
-  const AttnDims a{d.seq, d.heads, d.groups, d.dim, d.block_size, d.topk};
+  const AttnDims a{d.seq,        d.heads, d.groups, d.dim,
+                   d.block_size, d.topk,  d.keys(), d.query_offset()};
   dispatch(q.dtype(), "msa_sparse_attention_forward", [&](auto zero) {
     using T = decltype(zero);
     const int64_t rows = d.batch * d.seq * d.heads;
@@ -465,7 +480,8 @@ void msa_sparse_attention_backward(const Tensor& dout, const Tensor& q, const Te
   MSA_CHECK(d.dim <= kWarp * kMaxDimPerLane, "CUDA MSA attention: head_dim %d > %d", d.dim,
             kWarp * kMaxDimPerLane);
   check_dtype(lse, DType::kF32, "msa_sparse_attention_backward (CUDA): lse");
-  const AttnDims a{d.seq, d.heads, d.groups, d.dim, d.block_size, d.topk};
+  const AttnDims a{d.seq,        d.heads, d.groups, d.dim,
+                   d.block_size, d.topk,  d.keys(), d.query_offset()};
   Tensor D = Tensor::empty({d.batch, d.heads, d.seq}, DType::kF32, Device::kCUDA);
   if (kv_outer_attention_supported(q, d)) {
     const int64_t rows = d.batch * d.seq * d.heads;
@@ -484,8 +500,8 @@ void msa_sparse_attention_backward(const Tensor& dout, const Tensor& q, const Te
     if (rows > 0) {
       selection_mask_kernel<<<static_cast<unsigned>((rows + 255) / 256), 256>>>(
           indices.data<int32_t>(), counts.data<int32_t>(),
-          reinterpret_cast<uint32_t*>(mask.raw_data()), rows, d.seq, d.groups, d.block_size,
-          d.topk, nb, words);
+          reinterpret_cast<uint32_t*>(mask.raw_data()), rows, d.seq, d.query_offset(), d.groups,
+          d.block_size, d.topk, nb, words);
       MSA_CUDA_CHECK_LAUNCH("selection_mask_kernel");
     }
   }
@@ -501,7 +517,7 @@ void msa_sparse_attention_backward(const Tensor& dout, const Tensor& q, const Te
         indices.data<int32_t>(), counts.data<int32_t>(), static_cast<float>(scale), dq.data<T>(),
         rows, a);
     MSA_CUDA_CHECK_LAUNCH("attention_backward_dq_kernel");
-    const int64_t keys = d.batch * d.seq * d.groups;
+    const int64_t keys = d.batch * d.keys() * d.groups;
     attention_backward_dkdv_masked_kernel<T><<<blocks_for(keys), kThreads, smem>>>(
         dout.data<T>(), q.data<T>(), k.data<T>(), v.data<T>(), lse.data<float>(), D.data<float>(),
         reinterpret_cast<const uint32_t*>(mask.raw_data()),

@@ -1,9 +1,10 @@
 // The CUDA dense backend against the CPU reference on random inputs (never zeros; each case its
 // own seeds): every op forward and backward (bf16 inputs rounded identically for both sides, bf16
 // tolerance 1e-2 of the reference's scale; f32 paths 1e-5), cuDNN flash attention against the CPU
-// and against the hand-written fallback, the whole model's loss and every parameter gradient
-// against the CPU model (dense, MSA and Qwen-style configs), and a 50-step training run against
-// the CPU's loss curve. Skips without a CUDA device.
+// and against the hand-written fallback (also with fewer queries than keys, bottom-right causal),
+// the whole model's loss and every parameter gradient against the CPU model (dense, MSA and
+// Qwen-style configs), and a 50-step training run against the CPU's loss curve. Skips without a
+// CUDA device.
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -13,6 +14,7 @@
 #include "kernels/adamw.h"
 #include "kernels/attention.h"
 #include "kernels/cross_entropy.h"
+#include "kernels/cuda/attention_cuda.h"
 #include "kernels/embedding.h"
 #include "kernels/matmul.h"
 #include "kernels/norm.h"
@@ -196,6 +198,8 @@ TEST(GpuDenseTest, AdamWAndSumOfSquaresF32) {
 
 struct AttnCase {
   int64_t batch, T, H, G, d;
+  int64_t Tk = 0;  // key tokens (0: T); query t sits at position Tk - T + t
+  int64_t keys() const { return Tk > 0 ? Tk : T; }
 };
 
 // cuDNN flash attention (bf16) and the fallback kernel (f32 and bf16) against the CPU reference.
@@ -234,6 +238,73 @@ TEST(GpuDenseTest, DenseAttentionCudnnAndFallbackMatchCpu) {
       }
     }
     unsetenv("MSA_ATTENTION");
+  }
+}
+
+// Fewer queries than keys (context parallelism: T queries at positions Tk - T .. Tk - 1 attend
+// keys s <= Tk - T + t, bottom-right causal), forward and backward, every output (dK, dV for all
+// Tk keys), against the CPU reference: cuDNN's graph with the shifted row index (called directly,
+// so a refused graph fails here instead of silently taking the fallback) and the fallback kernels
+// forced through the dispatcher (MSA_ATTENTION=fallback), bf16 and f32.
+TEST(GpuDenseTest, DenseAttentionWithFewerQueriesThanKeysMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  uint64_t seed = 190;
+  for (const AttnCase& c : std::vector<AttnCase>{
+           {1, 512, 16, 4, 128, 1024},  // the product's heads, Tk = 2 T
+           {1, 512, 16, 4, 128, 2048},  // Tk = 4 T
+           {2, 96, 4, 2, 64, 192},      // small, batch 2 (k/v batch stride Tk), Tk = 2 T
+           {1, 77, 6, 3, 64, 308},      // small, odd lengths, Tk = 4 T
+       }) {
+    const int64_t Tk = c.keys();
+    const Tensor q = rnd({c.batch, c.T, c.H, c.d}, seed++),
+                 k = rnd({c.batch, Tk, c.G, c.d}, seed++);
+    const Tensor v = rnd({c.batch, Tk, c.G, c.d}, seed++), dout = rnd(q.shape(), seed++);
+    const double scale = 1.0 / std::sqrt(static_cast<double>(c.d));
+    Tensor out = Tensor::empty(q.shape(), DType::kF32),
+           lse = Tensor::empty({c.batch, c.H, c.T}, DType::kF32);
+    attention_forward(q, k, v, scale, out, lse);
+    Tensor dq = Tensor::empty(q.shape(), DType::kF32), dk = Tensor::empty(k.shape(), DType::kF32),
+           dv = Tensor::empty(v.shape(), DType::kF32);
+    attention_backward(dout, q, k, v, out, lse, scale, dq, dk, dv);
+    cpu::AttentionDims dims{c.batch, c.T, c.H, c.G, c.d};
+    dims.kv_seq = Tk;
+    for (const char* path : {"cudnn", "fallback"}) {
+      for (DType dt : {DType::kBF16, DType::kF32}) {
+        const bool cudnn = std::string(path) == "cudnn";
+        if (cudnn && dt == DType::kF32) continue;  // cuDNN: bf16 only
+        const std::string what = std::string(path) + (dt == DType::kF32 ? " f32" : " bf16") +
+                                 " T=" + std::to_string(c.T) + " Tk=" + std::to_string(Tk) +
+                                 " H=" + std::to_string(c.H) + " G=" + std::to_string(c.G) +
+                                 " d=" + std::to_string(c.d) + " batch=" + std::to_string(c.batch);
+        auto g = [&](const Tensor& t) { return t.to(dt).to(Device::kCUDA); };
+        const Tensor gq = g(q), gk = g(k), gv = g(v), gdo = g(dout);
+        Tensor gout = gpu_nan(q.shape(), dt), glse = gpu_nan(lse.shape(), DType::kF32);
+        Tensor gdq = gpu_nan(q.shape(), dt), gdk = gpu_nan(k.shape(), dt),
+               gdv = gpu_nan(v.shape(), dt);
+        if (cudnn) {
+          if (!cuda::cudnn_attention_forward(gq, gk, gv, scale, gout, glse, dims)) {
+            ADD_FAILURE() << "cuDNN refused the forward graph (reason on stderr), " << what;
+            continue;
+          }
+          if (!cuda::cudnn_attention_backward(gdo, gq, gk, gv, gout, glse, scale, gdq, gdk, gdv,
+                                              dims)) {
+            ADD_FAILURE() << "cuDNN refused the backward graph (reason on stderr), " << what;
+            continue;
+          }
+        } else {
+          setenv("MSA_ATTENTION", "fallback", 1);
+          attention_forward(gq, gk, gv, scale, gout, glse);
+          attention_backward(gdo, gq, gk, gv, gout, glse, scale, gdq, gdk, gdv);
+          unsetenv("MSA_ATTENTION");
+        }
+        const double tol = dt == DType::kF32 ? 1e-4 : kBf16Tol;
+        EXPECT_LT(rel_l2(host(gout), out), tol) << "out " << what;
+        EXPECT_LT(max_scaled_diff(host(glse), lse), 1e-3) << "lse " << what;
+        EXPECT_LT(rel_l2(host(gdq), dq), 2 * tol) << "dq " << what;
+        EXPECT_LT(rel_l2(host(gdk), dk), 2 * tol) << "dk " << what;
+        EXPECT_LT(rel_l2(host(gdv), dv), 2 * tol) << "dv " << what;
+      }
+    }
   }
 }
 

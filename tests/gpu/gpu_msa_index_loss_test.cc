@@ -4,8 +4,12 @@
 // k < n_b (so the sparse support differs from the dense one), partial last blocks, batch 2, the
 // small recipe (H 4, G 2, d = dI = 16, B 16, k 4), odd r and mixed head dims, and product shapes
 // (d = dI = 128, B 128, H 32/64, G 4/8). Also: k >= n_b makes the sparse mode equal the dense
-// one, forced query chunks change nothing, and the sparse loss is deterministic. Skips without a
-// GPU.
+// one, forced query chunks change nothing, and the sparse loss is deterministic. Fewer queries
+// than keys (a context-parallel shard, query t at position Tk - Tq + t): small and product shapes,
+// offsets that are multiples of Tq and B (the cp case) and ones that are not multiples of B,
+// selections from the CPU msa_index_topk, diq and dik (all Tk keys) against the CPU reference, in
+// the default and the deterministic mode, with one and several query chunks / dense launches.
+// Skips without a GPU.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -17,14 +21,15 @@
 #include <random>
 #include <vector>
 
+#include "core/deterministic.h"
 #include "gtest/gtest.h"
 #include "kernels/attention.h"
 #include "kernels/cpu/msa.h"
 #include "kernels/cpu/parallel.h"
 #include "kernels/cuda/msa_cuda.h"
 #include "kernels/msa.h"
-#include "tests/testing/gradcheck.h"
 #include "tests/testing/gpu.h"
+#include "tests/testing/gradcheck.h"
 
 namespace msa {
 namespace {
@@ -33,22 +38,30 @@ using namespace test;  // tests/testing/gpu.h and gradcheck.h
 
 using test::random_tensor;
 
+// T query tokens; Tk key tokens (0: as many as queries), query t then at position Tk - T + t.
 struct Case {
   int64_t batch, T, H, G, d, dI;
   int B, K;
+  int64_t Tk = 0;
+  int64_t keys() const { return Tk > 0 ? Tk : T; }
+  int64_t offset() const { return keys() - T; }
 };
 
 std::ostream& operator<<(std::ostream& os, const Case& c) {
-  return os << "batch=" << c.batch << " T=" << c.T << " H=" << c.H << " G=" << c.G << " d=" << c.d
-            << " dI=" << c.dI << " B=" << c.B << " k=" << c.K;
+  os << "batch=" << c.batch << " T=" << c.T << " H=" << c.H << " G=" << c.G << " d=" << c.d
+     << " dI=" << c.dI << " B=" << c.B << " k=" << c.K;
+  if (c.offset() > 0) os << " Tk=" << c.keys() << " offset=" << c.offset();
+  return os;
 }
 
 cpu::MsaDims dims_of(const Case& c) {
-  return cpu::MsaDims{c.batch, c.T, c.H, c.G, c.d, c.dI, c.B, c.K};
+  cpu::MsaDims d{c.batch, c.T, c.H, c.G, c.d, c.dI, c.B, c.K};
+  d.kv_seq = c.keys();
+  return d;
 }
 
-// Random valid selection: per row c(t) plus min(k - 1, c(t)) distinct earlier blocks, ascending,
-// the local block last; -1 past the count.
+// Random valid selection: per row c(p) (p = offset + t) plus min(k - 1, c(p)) distinct earlier
+// blocks, ascending, the local block last; -1 past the count.
 BlockSelection random_selection(const Case& c, uint64_t seed) {
   BlockSelection sel = BlockSelection::allocate(c.batch, c.T, c.G, c.B, c.K, Device::kCPU);
   std::mt19937_64 rng(seed);
@@ -56,7 +69,7 @@ BlockSelection random_selection(const Case& c, uint64_t seed) {
   int32_t* cnt = sel.counts.data<int32_t>();
   std::vector<int32_t> pool;
   for (int64_t row = 0; row < c.batch * c.T * c.G; ++row) {
-    const int64_t t = (row / c.G) % c.T, cb = t / c.B;
+    const int64_t t = (row / c.G) % c.T, cb = (c.offset() + t) / c.B;
     const int64_t n = std::min<int64_t>(c.K - 1, cb);
     pool.resize(cb);
     for (int64_t j = 0; j < cb; ++j) pool[j] = static_cast<int32_t>(j);
@@ -74,25 +87,26 @@ BlockSelection random_selection(const Case& c, uint64_t seed) {
   return sel;
 }
 
-// The main branch's lse over the row's support (the selected blocks' tokens s <= t, or every
-// s <= t when sel is null), in double from the f32 copies: f32 [batch, H, T].
+// The main branch's lse over the row's support (the selected blocks' tokens s <= p, or every
+// s <= p when sel is null; p = offset + t), in double from the f32 copies: f32 [batch, H, T].
 Tensor support_lse(const Case& c, const Tensor& q, const Tensor& k, const BlockSelection* sel,
                    double scale) {
   Tensor lse = Tensor::empty({c.batch, c.H, c.T}, DType::kF32);
   const float* qp = q.data<float>();
   const float* kp = k.data<float>();
   float* out = lse.data<float>();
-  const int64_t r = c.H / c.G;
-  cpu::parallel_for(c.batch * c.H, c.T * c.T * c.d, [&](int64_t begin, int64_t end) {
+  const int64_t r = c.H / c.G, Tk = c.keys();
+  cpu::parallel_for(c.batch * c.H, c.T * Tk * c.d, [&](int64_t begin, int64_t end) {
     std::vector<double> z;
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t b = bh / c.H, h = bh % c.H, g = h / r;
       for (int64_t t = 0; t < c.T; ++t) {
         z.clear();
+        const int64_t p = c.offset() + t;  // the query's position
         const float* qt = qp + ((b * c.T + t) * c.H + h) * c.d;
         auto add_block = [&](int64_t j) {
-          for (int64_t s = j * c.B; s <= std::min<int64_t>(t, (j + 1) * c.B - 1); ++s) {
-            const float* ks = kp + ((b * c.T + s) * c.G + g) * c.d;
+          for (int64_t s = j * c.B; s <= std::min<int64_t>(p, (j + 1) * c.B - 1); ++s) {
+            const float* ks = kp + ((b * Tk + s) * c.G + g) * c.d;
             double acc[4] = {0, 0, 0, 0};  // d % 4 == 0; bf16 x bf16 products are exact floats
             for (int64_t e = 0; e < c.d; e += 4)
               for (int u = 0; u < 4; ++u) acc[u] += static_cast<double>(qt[e + u] * ks[e + u]);
@@ -100,7 +114,7 @@ Tensor support_lse(const Case& c, const Tensor& q, const Tensor& k, const BlockS
           }
         };
         if (sel == nullptr) {
-          for (int64_t j = 0; j <= t / c.B; ++j) add_block(j);
+          for (int64_t j = 0; j <= p / c.B; ++j) add_block(j);
         } else {
           const int64_t row = (b * c.T + t) * c.G + g;
           const int32_t n = sel->counts.data<int32_t>()[row];
@@ -153,10 +167,15 @@ Inputs make_inputs(const Case& c, uint64_t seed) {
   };
   // A teacher sharper than uniform (scores ~ N(0, 4)), a student ~ N(0, 1).
   make({c.batch, c.T, c.H, c.d}, 2.0f, in.q, in.gq);
-  make({c.batch, c.T, c.G, c.d}, 1.0f, in.k, in.gk);
+  make({c.batch, c.keys(), c.G, c.d}, 1.0f, in.k, in.gk);
   make({c.batch, c.T, c.G, c.dI}, 1.0f, in.iq, in.giq);
-  make({c.batch, c.T, c.dI}, 1.0f, in.ik, in.gik);
-  in.sel = random_selection(c, seed++);
+  make({c.batch, c.keys(), c.dI}, 1.0f, in.ik, in.gik);
+  if (c.offset() > 0) {  // a shard's rows: the CPU exp-free top-k on these very inputs
+    in.sel = BlockSelection::allocate(c.batch, c.T, c.G, c.B, c.K, Device::kCPU);
+    msa_index_topk(in.iq, in.ik, in.sel);
+  } else {
+    in.sel = random_selection(c, seed++);
+  }
   in.gsel.block_size = c.B;
   in.gsel.topk = c.K;
   in.gsel.indices = in.sel.indices.to(Device::kCUDA);
@@ -214,7 +233,7 @@ void expect_match(const LossOut& gpu, const LossOut& ref) {
 
 void check_case(const Case& c, IndexLossMode mode, uint64_t seed) {
   SCOPED_TRACE(testing::Message() << c << (mode == IndexLossMode::kSparse ? " sparse" : " dense"));
-  ASSERT_LT(c.K, msa_num_blocks(c.T, c.B)) << "the case must have k < n_b";
+  ASSERT_LT(c.K, msa_num_blocks(c.keys(), c.B)) << "the case must have k < n_b";
   const Inputs in = make_inputs(c, seed);
   ASSERT_TRUE(cuda::index_loss_cuda_supported(in.gq, in.giq, dims_of(c)))
       << "the case must run the GPU kernels, not the CPU fallback";
@@ -276,16 +295,108 @@ TEST(GpuMsaIndexLossTest, ProductShapesDense) {
     check_case(kProduct[i], IndexLossMode::kDenseTarget, seed += 10);
 }
 
+// Fewer queries than keys (Tk = the Case's last field): query t at position Tk - T + t, the
+// selection from the CPU msa_index_topk on the same inputs. Small shapes: Tk = 4 Tq and 2 Tq (the
+// context-parallel case, offset a multiple of Tq and B), offsets that are not multiples of B with
+// partial last blocks, a single query, odd r, d != dI, B 32 / 128.
+const std::vector<Case> kOffsetSmall = {
+    {2, 64, 4, 2, 16, 16, 16, 4, 256},  {2, 128, 4, 2, 16, 16, 16, 4, 256},
+    {2, 100, 4, 2, 16, 16, 16, 4, 250}, {1, 1, 4, 2, 16, 16, 16, 4, 300},
+    {2, 90, 6, 2, 32, 64, 32, 3, 333},  {1, 130, 2, 2, 16, 128, 128, 2, 520}};
+// Product shapes (bf16, d = dI = 128, B 128, r = 16, k 16 < n_b): the cp shard Tk = 4 Tq = 4096,
+// batch 2 at Tk = 4 Tq = 3072, and an offset of 2000 (not a multiple of B) with a partial last
+// block.
+const std::vector<Case> kOffsetProduct = {{1, 1024, 64, 4, 128, 128, 128, 16, 4096},
+                                          {2, 768, 32, 2, 128, 128, 128, 16, 3072},
+                                          {1, 1000, 32, 2, 128, 128, 128, 16, 3000}};
+
+TEST(GpuMsaIndexLossTest, QueryOffsetSmallSparse) {
+  SKIP_WITHOUT_GPU();
+  uint64_t seed = 8100;
+  for (const Case& c : kOffsetSmall) check_case(c, IndexLossMode::kSparse, seed += 10);
+}
+
+TEST(GpuMsaIndexLossTest, QueryOffsetSmallDense) {
+  SKIP_WITHOUT_GPU();
+  uint64_t seed = 8200;
+  for (const Case& c : kOffsetSmall) check_case(c, IndexLossMode::kDenseTarget, seed += 10);
+}
+
+TEST(GpuMsaIndexLossTest, QueryOffsetProductShapesSparse) {
+  SKIP_WITHOUT_GPU();
+  uint64_t seed = 8300;
+  for (const Case& c : kOffsetProduct) check_case(c, IndexLossMode::kSparse, seed += 10);
+}
+
+TEST(GpuMsaIndexLossTest, QueryOffsetProductShapesDense) {
+  SKIP_WITHOUT_GPU();
+  uint64_t seed = 8400;
+  for (const Case& c : kOffsetProduct) check_case(c, IndexLossMode::kDenseTarget, seed += 10);
+}
+
+// True when a and b hold the same values bit for bit (f32 values are exact in double).
+::testing::AssertionResult same_values(const Tensor& a, const Tensor& b) {
+  const std::vector<double> x = a.to_double_vector(), y = b.to_double_vector();
+  if (x.size() != y.size()) return ::testing::AssertionFailure() << "sizes differ";
+  for (size_t i = 0; i < x.size(); ++i)
+    if (!(x[i] == y[i]))
+      return ::testing::AssertionFailure()
+             << "first difference at element " << i << ": " << x[i] << " vs " << y[i];
+  return ::testing::AssertionSuccess();
+}
+
+// With a query offset, several query chunks (sparse: MSA_INDEX_LOSS_CHUNK) and the deterministic
+// mode (core/deterministic.h: per-slot partials added in a fixed order; dense: one key block per
+// launch with MSA_INDEX_LOSS_DET_BLOCKS=1) still match the CPU reference; the deterministic mode
+// repeats bit for bit.
+TEST(GpuMsaIndexLossTest, QueryOffsetChunkedAndDeterministic) {
+  SKIP_WITHOUT_GPU();
+  uint64_t seed = 8500;
+  for (const Case& c : {kOffsetSmall[0], kOffsetSmall[2], kOffsetSmall[4], kOffsetProduct[0]}) {
+    const Inputs in = make_inputs(c, seed += 10);
+    for (const IndexLossMode mode : {IndexLossMode::kSparse, IndexLossMode::kDenseTarget}) {
+      const bool sparse = mode == IndexLossMode::kSparse;
+      const Tensor lse = support_lse(c, in.q, in.k, sparse ? &in.sel : nullptr, in.scale);
+      const Tensor glse = lse.to(Device::kCUDA);
+      const LossOut ref = run_cpu(mode, in, lse, kWeight);
+      for (const bool det : {false, true}) {
+        for (const bool split : {false, true}) {
+          if (split && !det && !sparse) continue;  // the default dense mode has one launch
+          SCOPED_TRACE(testing::Message()
+                       << c << (sparse ? " sparse" : " dense") << (det ? " deterministic" : "")
+                       << (split ? " split" : ""));
+          if (split) {
+            setenv("MSA_INDEX_LOSS_CHUNK", "40", 1);
+            setenv("MSA_INDEX_LOSS_DET_BLOCKS", "1", 1);
+          }
+          const ScopedDeterministic scoped(det);
+          const LossOut a = run_gpu(mode, in, glse, kWeight);
+          const LossOut b = det ? run_gpu(mode, in, glse, kWeight) : LossOut{};
+          unsetenv("MSA_INDEX_LOSS_CHUNK");
+          unsetenv("MSA_INDEX_LOSS_DET_BLOCKS");
+          expect_match(a, ref);
+          if (det) {
+            EXPECT_EQ(a.res.loss, b.res.loss);
+            EXPECT_TRUE(same_values(a.diq, b.diq)) << "diq";
+            EXPECT_TRUE(same_values(a.dik, b.dik)) << "dik";
+          }
+        }
+      }
+    }
+  }
+}
+
 // With every block selected (k >= n_b) the sparse support is the dense one: the two GPU paths
 // (KV-outer work lists vs the query-outer lse and implicit lists) must agree.
 TEST(GpuMsaIndexLossTest, SparseWithAllBlocksEqualsDense) {
   SKIP_WITHOUT_GPU();
   uint64_t seed = 7700;
   for (const Case& c0 :
-       {Case{2, 200, 4, 2, 16, 16, 16, 13}, Case{1, 300, 8, 2, 128, 128, 128, 3}}) {
+       {Case{2, 200, 4, 2, 16, 16, 16, 13}, Case{1, 300, 8, 2, 128, 128, 128, 3},
+        Case{2, 70, 4, 2, 16, 16, 16, 13, 200}, Case{1, 100, 8, 2, 128, 128, 128, 3, 300}}) {
     Case c = c0;
     SCOPED_TRACE(testing::Message() << c);
-    ASSERT_GE(c.K, msa_num_blocks(c.T, c.B));
+    ASSERT_GE(c.K, msa_num_blocks(c.keys(), c.B));
     const Inputs in = make_inputs(c, seed += 10);
     const Tensor glse = support_lse(c, in.q, in.k, nullptr, in.scale).to(Device::kCUDA);
     const LossOut sparse = run_gpu(IndexLossMode::kSparse, in, glse, kWeight);

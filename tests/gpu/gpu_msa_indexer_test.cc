@@ -6,7 +6,8 @@
 // beats every other token's for every row: max pooling must find it wherever it sits in its block).
 // Random bf16 inputs may differ from the CPU's f32 sums in the last bits, so only near-ties may
 // swap. Every GPU selection is also checked against the specification directly (counts, ascending
-// order, local block last, -1 padding). Skips without a CUDA device.
+// order, local block last, -1 padding). Cases with fewer queries than keys (Tq < Tk: context
+// parallelism) put query t at position Tk - Tq + t, on every kernel. Skips without a CUDA device.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -28,15 +29,19 @@ using namespace test;  // tests/testing/gpu.h and gradcheck.h
 
 using test::random_tensor;
 
+// T query tokens; Tk key tokens (0: as many as queries), query t at position Tk - T + t.
 struct IndexCase {
   int64_t batch, T, G, dI;
   int B, K;
+  int64_t Tk = 0;
+  int64_t keys() const { return Tk > 0 ? Tk : T; }
+  int64_t offset() const { return keys() - T; }
 };
 
 std::string describe(const IndexCase& c) {
   return "batch=" + std::to_string(c.batch) + " T=" + std::to_string(c.T) +
-         " G=" + std::to_string(c.G) + " dI=" + std::to_string(c.dI) + " B=" + std::to_string(c.B) +
-         " k=" + std::to_string(c.K);
+         (c.Tk > 0 ? " Tk=" + std::to_string(c.Tk) : std::string()) + " G=" + std::to_string(c.G) +
+         " dI=" + std::to_string(c.dI) + " B=" + std::to_string(c.B) + " k=" + std::to_string(c.K);
 }
 
 // Sizes the tensor-core kernel takes (B, dI in {16, 32, 64, 128}, k <= 32).
@@ -80,16 +85,17 @@ struct Inputs {
 // position; every row after them must select them.
 Inputs planted_integers(const IndexCase& c, uint64_t seed) {
   Inputs in;
+  const int64_t Tk = c.keys();
   in.iq = small_integers({c.batch, c.T, c.G, c.dI}, seed, 2);
-  in.ik = small_integers({c.batch, c.T, c.dI}, seed + 1, 2);
+  in.ik = small_integers({c.batch, Tk, c.dI}, seed + 1, 2);
   float* q = in.iq.data<float>();
   float* k = in.ik.data<float>();
   for (int64_t r = 0; r < c.batch * c.T * c.G; ++r) q[r * c.dI] = 1.0f;
-  const int64_t full_blocks = c.T / c.B;
+  const int64_t full_blocks = Tk / c.B;
   auto copy_block = [&](int64_t b, int64_t from, int64_t to) {
     if (to >= full_blocks) return;
-    std::copy(k + (b * c.T + from * c.B) * c.dI, k + (b * c.T + (from + 1) * c.B) * c.dI,
-              k + (b * c.T + to * c.B) * c.dI);
+    std::copy(k + (b * Tk + from * c.B) * c.dI, k + (b * Tk + (from + 1) * c.B) * c.dI,
+              k + (b * Tk + to * c.B) * c.dI);
   };
   const std::set<int64_t> tie_blocks = {1, 2, 4, 6};
   in.spikes.resize(c.batch);
@@ -106,8 +112,8 @@ Inputs planted_integers(const IndexCase& c, uint64_t seed) {
       const int64_t j = candidates[at];
       candidates.erase(candidates.begin() + at);
       const int64_t s = j * c.B + pick.v[1] % c.B;
-      std::fill(k + (b * c.T + s) * c.dI, k + (b * c.T + s + 1) * c.dI, 0.0f);
-      k[(b * c.T + s) * c.dI] = 1024.0f;
+      std::fill(k + (b * Tk + s) * c.dI, k + (b * Tk + s + 1) * c.dI, 0.0f);
+      k[(b * Tk + s) * c.dI] = 1024.0f;
       in.spikes[b].push_back(j);
     }
   }
@@ -117,7 +123,7 @@ Inputs planted_integers(const IndexCase& c, uint64_t seed) {
 Inputs random_inputs(const IndexCase& c, uint64_t seed, bool round_to_bf16) {
   Inputs in;
   in.iq = random_tensor({c.batch, c.T, c.G, c.dI}, seed, DType::kF32);
-  in.ik = random_tensor({c.batch, c.T, c.dI}, seed + 1, DType::kF32);
+  in.ik = random_tensor({c.batch, c.keys(), c.dI}, seed + 1, DType::kF32);
   if (round_to_bf16) {
     in.iq = bf16_rounded(in.iq);
     in.ik = bf16_rounded(in.ik);
@@ -151,11 +157,11 @@ HostSelection gpu_select(const Inputs& in, const IndexCase& c, DType dtype) {
 }
 
 // Rows violating the specification's shape of a selection: counts = min(k, c(t) + 1), entries
-// strictly ascending in [0, c(t)], the last one c(t), then -1.
+// strictly ascending in [0, c(t)], the last one c(t), then -1 (c(t) of the query's position).
 int64_t malformed_rows(const HostSelection& s, const IndexCase& c) {
   int64_t bad = 0;
   for (int64_t row = 0; row < c.batch * c.T * c.G; ++row) {
-    const int64_t t = (row / c.G) % c.T, ct = t / c.B;
+    const int64_t t = c.offset() + (row / c.G) % c.T, ct = t / c.B;
     const int32_t* idx = s.indices.data() + row * c.K;
     const int64_t n = s.counts[row];
     bool ok = n == std::min<int64_t>(c.K, ct + 1) && idx[n - 1] == ct;
@@ -179,7 +185,7 @@ void expect_identical(const HostSelection& gpu, const HostSelection& cpu, const 
 int64_t missed_spikes(const HostSelection& s, const Inputs& in, const IndexCase& c) {
   int64_t missed = 0;
   for (int64_t row = 0; row < c.batch * c.T * c.G; ++row) {
-    const int64_t b = row / (c.T * c.G), t = (row / c.G) % c.T;
+    const int64_t b = row / (c.T * c.G), t = c.offset() + (row / c.G) % c.T;
     const int32_t* idx = s.indices.data() + row * c.K;
     for (int64_t j : in.spikes[b])
       if (j < t / c.B) missed += std::find(idx, idx + c.K, j) == idx + c.K;
@@ -214,7 +220,7 @@ void expect_near_tie_differences(const HostSelection& gpu, const HostSelection& 
       double best = -INFINITY;
       for (int64_t s = j * c.B; s < (j + 1) * c.B; ++s) {
         double x = 0;
-        for (int64_t e = 0; e < c.dI; ++e) x += double(qr[e]) * k[(b * c.T + s) * c.dI + e];
+        for (int64_t e = 0; e < c.dI; ++e) x += double(qr[e]) * k[(b * c.keys() + s) * c.dI + e];
         best = std::max(best, x);
       }
       return best;
@@ -426,6 +432,94 @@ TEST(GpuMsaIndexerTest, WgmmaIndexerNonFiniteScoresGiveWellFormedSelections) {
                   k + (b * c.T + std::min<int64_t>((j + 1) * c.B, c.T)) * c.dI, NAN);
     EXPECT_EQ(malformed_rows(gpu_select(in, c, DType::kBF16), c), 0) << describe(c);
   }
+}
+
+// Fewer queries than keys (context parallelism: Tq query tokens at positions Tk - Tq .. Tk - 1,
+// all Tk index keys), on every CUDA path: the default bf16 route (the wgmma kernel for d_I 128 /
+// B 128 on Hopper, else mma.sync where it takes the sizes), mma.sync forced (MSA_INDEXER_WGMMA=0),
+// the CUDA-core kernel on bf16 (MSA_TOPK=reference) and on f32. Integer inputs: the CPU's
+// selection bit for bit (planted ties and spikes included); random bf16-exact inputs: bit for bit
+// on the CUDA-core kernel, up to near-ties on the tensor cores.
+struct GpuPath {
+  const char* name;
+  const char* env;  // nullptr: none set
+  const char* value;
+  DType dtype;
+  bool cpu_arithmetic;  // the CUDA-core kernel: equal to the CPU on any input
+};
+
+const std::vector<GpuPath> kEveryPath = {
+    {"bf16 default", nullptr, nullptr, DType::kBF16, false},
+    {"bf16 mma.sync (MSA_INDEXER_WGMMA=0)", "MSA_INDEXER_WGMMA", "0", DType::kBF16, false},
+    {"bf16 MSA_TOPK=reference", "MSA_TOPK", "reference", DType::kBF16, true},
+    {"f32", nullptr, nullptr, DType::kF32, true},
+};
+
+HostSelection gpu_select_on(const GpuPath& path, const Inputs& in, const IndexCase& c) {
+  if (path.env != nullptr) setenv(path.env, path.value, 1);
+  HostSelection s = gpu_select(in, c, path.dtype);
+  if (path.env != nullptr) unsetenv(path.env);
+  return s;
+}
+
+void expect_query_offset_equals_cpu(const std::vector<IndexCase>& cases, uint64_t seed) {
+  for (const IndexCase& c : cases) {
+    ASSERT_LT(c.T, c.keys()) << describe(c);
+    const std::string shape =
+        describe(c) + " offset=" + std::to_string(c.offset()) +
+        (c.offset() % c.B == 0 ? " (a multiple of B)" : " (not a multiple of B)");
+    const Inputs in = planted_integers(c, seed += 10);
+    const HostSelection cpu = cpu_select(in, c);
+    EXPECT_EQ(malformed_rows(cpu, c), 0) << "CPU reference, " << shape;
+    EXPECT_EQ(missed_spikes(cpu, in, c), 0) << "CPU reference, " << shape;
+    const Inputs rnd = random_inputs(c, seed += 10, /*round_to_bf16=*/true);
+    const HostSelection cpu_rnd = cpu_select(rnd, c);
+    for (const GpuPath& path : kEveryPath) {
+      const std::string what = shape + ", " + path.name;
+      const HostSelection gpu = gpu_select_on(path, in, c);
+      EXPECT_EQ(malformed_rows(gpu, c), 0) << "integer, " << what;
+      expect_identical(gpu, cpu, "integer, " + what);
+      EXPECT_EQ(missed_spikes(gpu, in, c), 0) << "integer, " << what;
+      const HostSelection gpu_rnd = gpu_select_on(path, rnd, c);
+      EXPECT_EQ(malformed_rows(gpu_rnd, c), 0) << "random, " << what;
+      if (path.cpu_arithmetic)
+        expect_identical(gpu_rnd, cpu_rnd, "random, " + what);
+      else
+        expect_near_tie_differences(gpu_rnd, cpu_rnd, rnd, c, "random, " + what);
+    }
+  }
+}
+
+// Small enough for compute-sanitizer racecheck (scripts/gpu_session.sh runs *Small*).
+TEST(GpuMsaIndexerTest, QueryOffsetSmallShapesEqualCpuOnEveryKernel) {
+  SKIP_WITHOUT_GPU();
+  expect_query_offset_equals_cpu(
+      {
+          {2, 256, 2, 16, 16, 4, 1024},    // the small recipe, Tk = 4 Tq, offset 48 B
+          {1, 100, 3, 32, 16, 6, 1100},    // offset 1000 = 62.5 B; the key ring wraps
+          {2, 200, 3, 32, 32, 12, 230},    // offset 30 < B, k > n_b
+          {1, 256, 2, 128, 128, 4, 768},   // wgmma sizes, Tk = 3 Tq, offset 4 B
+          {2, 300, 2, 128, 128, 16, 700},  // wgmma sizes, offset 400 = 3.125 B, partial block
+      },
+      59000);
+}
+
+TEST(GpuMsaIndexerTest, QueryOffsetEqualsCpuOnEveryKernel) {
+  SKIP_WITHOUT_GPU();
+  expect_query_offset_equals_cpu(
+      {
+          {1, 1024, 4, 128, 128, 16, 4096},  // the product shape, Tk = 4 Tq (cp 4, last rank)
+          {2, 1024, 4, 128, 128, 16, 2048},  // Tk = 2 Tq, batch 2 (ik's batch stride is Tk)
+          {1, 1024, 4, 128, 128, 32, 4096},  // k 32
+          {1, 1000, 8, 128, 128, 16, 4173},  // offset 3173 = 24.8 B, partial last block, G 8
+          {1, 700, 3, 128, 128, 8, 3000},    // odd G: warpgroups straddle tokens
+          {2, 700, 3, 64, 64, 32, 3000},     // mma.sync, offset 2300 = 35.9 B, odd G
+          {1, 2048, 2, 16, 16, 16, 20000},   // mma.sync, 1250 blocks, many key stages
+          {1, 250, 2, 64, 16, 1, 500},       // k 1: the local block only
+          {1, 300, 2, 24, 48, 5, 700},       // CUDA-core only (dI 24, B 48), offset 8.3 B
+          {2, 128, 3, 16, 8, 6, 512},        // CUDA-core only (B 8), offset 48 B
+      },
+      60000);
 }
 
 }  // namespace

@@ -1,11 +1,13 @@
 // The CUDA MSA kernels against the CPU reference on random inputs (fresh seeds each case, never
 // zeros): sparse attention forward and backward in f32 (1e-4) and bf16 (bf16 tolerance), the
 // k >= n_b identity with dense attention, the KV-outer and wgmma kernels, and a selection that
-// stays valid under non-finite index scores. The indexer's own tests are in
+// stays valid under non-finite index scores; every path with fewer queries than keys (the query
+// offset of context parallelism). The indexer's own tests are in
 // gpu_msa_indexer_test.cc, the index loss's in gpu_msa_index_loss_test.cc. Skips without a GPU.
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -13,8 +15,8 @@
 #include "gtest/gtest.h"
 #include "kernels/attention.h"
 #include "kernels/msa.h"
-#include "tests/testing/gradcheck.h"
 #include "tests/testing/gpu.h"
+#include "tests/testing/gradcheck.h"
 
 namespace msa {
 namespace {
@@ -278,6 +280,199 @@ TEST(GpuMsaTest, WgmmaKernelsMatchMmaSync) {
   const double tol[5] = {2e-2, 1e-4, 3e-2, 3e-2, 3e-2};
   for (int i = 0; i < 5; ++i)
     EXPECT_LT(max_scaled_diff(host(fast[i]), host(ref[i])), tol[i]) << names[i];
+}
+
+// ---- fewer queries than keys (context parallelism) -------------------------------------------
+// Tq queries at key positions Tk - Tq .. Tk - 1 (bottom-right aligned), Tk keys: every kernel
+// path against the CPU reference on the same Tq < Tk inputs, out and lse, dq, and dk, dv over all
+// Tk keys (NaN-poisoned, so a key left unwritten fails).
+
+struct OffsetCase {
+  const char* what;
+  int64_t batch, Tq, Tk, H, G, d;
+  int B, K;
+  DType dtype;
+  // Random valid selections that never pick the blocks j % 3 == 1 below every query's local
+  // block (their keys get zero gradients) instead of the CPU indexer's selection.
+  bool random_selection;
+};
+
+// Sets an environment variable (a kernel-path switch) for a scope; null or "" leaves it unset.
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const char* value) : name_(name) {
+    if (value != nullptr && *value != 0) setenv(name, value, 1);
+  }
+  ~ScopedEnv() { unsetenv(name_); }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  const char* name_;
+};
+
+// The selection of the case's Tq queries (CPU, blocks counted over the Tk keys): the CPU indexer
+// on random index inputs with the same offset, or random rows (distinct earlier blocks outside
+// j % 3 == 1 while enough of them exist, ascending, then the local block; min(K, c + 1) of them).
+BlockSelection offset_selection(const OffsetCase& c, uint64_t seed) {
+  BlockSelection sel = BlockSelection::allocate(c.batch, c.Tq, c.G, c.B, c.K, Device::kCPU);
+  if (!c.random_selection) {
+    const int64_t dI = 32;
+    msa_index_topk(random_tensor({c.batch, c.Tq, c.G, dI}, seed, DType::kF32),
+                   random_tensor({c.batch, c.Tk, dI}, seed + 1, DType::kF32), sel);
+    return sel;
+  }
+  std::mt19937_64 gen(seed);
+  int32_t* idx = sel.indices.data<int32_t>();
+  int32_t* cnt = sel.counts.data<int32_t>();
+  const int64_t off = c.Tk - c.Tq;
+  for (int64_t row = 0; row < c.batch * c.Tq * c.G; ++row) {
+    const int64_t t = (row / c.G) % c.Tq;
+    const int32_t local = static_cast<int32_t>((off + t) / c.B);
+    const size_t want = static_cast<size_t>(std::min<int64_t>(c.K - 1, local));
+    std::vector<int32_t> blocks;
+    for (int32_t j = 0; j < local; ++j)
+      if (j % 3 != 1) blocks.push_back(j);
+    if (blocks.size() < want) {
+      blocks.clear();
+      for (int32_t j = 0; j < local; ++j) blocks.push_back(j);
+    }
+    std::shuffle(blocks.begin(), blocks.end(), gen);
+    blocks.resize(want);
+    std::sort(blocks.begin(), blocks.end());
+    blocks.push_back(local);
+    for (int i = 0; i < c.K; ++i)
+      idx[row * c.K + i] = i < static_cast<int>(blocks.size()) ? blocks[i] : -1;
+    cnt[row] = static_cast<int32_t>(blocks.size());
+  }
+  return sel;
+}
+
+// A kernel path: the environment switches that select it.
+struct AttentionPath {
+  const char* name;
+  const char* sparse_attention;  // MSA_SPARSE_ATTENTION
+  const char* wgmma;             // MSA_KV_OUTER_WGMMA
+  const char* chunk;             // MSA_KV_OUTER_CHUNK
+};
+
+void check_query_offset_case(const OffsetCase& c, uint64_t seed) {
+  SCOPED_TRACE(testing::Message() << c.what << ": batch " << c.batch << " Tq " << c.Tq << " Tk "
+                                  << c.Tk << " H " << c.H << " G " << c.G << " d " << c.d << " B "
+                                  << c.B << " k " << c.K << " " << dtype_name(c.dtype));
+  ASSERT_LT(c.Tq, c.Tk);
+  ASSERT_LT(c.K, msa_num_blocks(c.Tk, c.B)) << "k < n_b: a real selection";
+  const BlockSelection sel = offset_selection(c, seed);
+  const Tensor q = test::rnd({c.batch, c.Tq, c.H, c.d}, seed + 2),
+               k = test::rnd({c.batch, c.Tk, c.G, c.d}, seed + 3),
+               v = test::rnd({c.batch, c.Tk, c.G, c.d}, seed + 4),
+               dout = test::rnd({c.batch, c.Tq, c.H, c.d}, seed + 5);
+  const double scale = 1.0 / std::sqrt(static_cast<double>(c.d));
+  // The CPU reference (f32) on the same inputs.
+  Tensor out = Tensor::empty(q.shape(), DType::kF32),
+         lse = Tensor::empty({c.batch, c.H, c.Tq}, DType::kF32);
+  msa_sparse_attention_forward(q, k, v, sel, scale, out, lse);
+  Tensor dq = Tensor::empty(q.shape(), DType::kF32), dk = Tensor::empty(k.shape(), DType::kF32),
+         dv = Tensor::empty(v.shape(), DType::kF32);
+  msa_sparse_attention_backward(dout, q, k, v, out, lse, sel, scale, dq, dk, dv);
+  if (c.random_selection) {  // not vacuous: whole keys with no gradient, which the GPU must zero
+    int64_t zero_keys = 0;
+    const float* x = dk.data<float>();
+    for (int64_t key = 0; key < c.batch * c.Tk * c.G; ++key)
+      zero_keys += std::all_of(x + key * c.d, x + (key + 1) * c.d, [](float e) { return e == 0; });
+    EXPECT_GT(zero_keys, 0) << "keys no query selected";
+  }
+
+  BlockSelection gsel = sel;
+  gsel.indices = sel.indices.to(Device::kCUDA);
+  gsel.counts = sel.counts.to(Device::kCUDA);
+  const Tensor gq = dev(q, c.dtype), gk = dev(k, c.dtype), gv = dev(v, c.dtype),
+               gdout = dev(dout, c.dtype);
+  // f32 always runs the first-generation kernels; bf16 the KV-outer ones (wgmma on Hopper at
+  // d 128 / B 128), with one and several query chunks, then the mma.sync and first-generation
+  // kernels forced.
+  std::vector<AttentionPath> paths;
+  if (c.dtype == DType::kF32) {
+    paths = {{"first-generation (f32)", nullptr, nullptr, nullptr}};
+  } else {
+    paths = {{"kv-outer", nullptr, nullptr, nullptr},
+             {"kv-outer, 128-query chunks", nullptr, nullptr, "128"}};
+    if (c.d == 128 && c.B == 128)
+      paths.push_back({"kv-outer mma.sync (MSA_KV_OUTER_WGMMA=0)", nullptr, "0", nullptr});
+    paths.push_back(
+        {"first-generation (MSA_SPARSE_ATTENTION=reference)", "reference", nullptr, nullptr});
+  }
+  const bool f32 = c.dtype == DType::kF32;
+  const double tol_out = f32 ? 1e-4 : 2e-2, tol_lse = f32 ? 1e-4 : 1e-3,
+               tol_grad = f32 ? 1e-4 : 3e-2;
+  for (const AttentionPath& path : paths) {
+    SCOPED_TRACE(path.name);
+    const ScopedEnv sparse("MSA_SPARSE_ATTENTION", path.sparse_attention),
+        wgmma("MSA_KV_OUTER_WGMMA", path.wgmma), chunk("MSA_KV_OUTER_CHUNK", path.chunk);
+    Tensor gout = gpu_nan(q.shape(), c.dtype), glse = gpu_nan(lse.shape(), DType::kF32);
+    msa_sparse_attention_forward(gq, gk, gv, gsel, scale, gout, glse);
+    Tensor gdq = gpu_nan(q.shape(), c.dtype), gdk = gpu_nan(k.shape(), c.dtype),
+           gdv = gpu_nan(v.shape(), c.dtype);
+    msa_sparse_attention_backward(gdout, gq, gk, gv, gout, glse, gsel, scale, gdq, gdk, gdv);
+    const double e_out = max_scaled_diff(host(gout), out), e_lse = max_scaled_diff(host(glse), lse),
+                 e_dq = max_scaled_diff(host(gdq), dq), e_dk = max_scaled_diff(host(gdk), dk),
+                 e_dv = max_scaled_diff(host(gdv), dv);
+    EXPECT_LT(e_out, tol_out) << "out";
+    EXPECT_LT(e_lse, tol_lse) << "lse";
+    EXPECT_LT(e_dq, tol_grad) << "dq";
+    EXPECT_LT(e_dk, tol_grad) << "dk (all Tk keys)";
+    EXPECT_LT(e_dv, tol_grad) << "dv (all Tk keys)";
+    std::printf("%s, %s: scaled max error vs CPU out %.4f lse %.5f dq %.4f dk %.4f dv %.4f\n",
+                c.what, path.name, e_out, e_lse, e_dq, e_dk, e_dv);
+  }
+}
+
+// The product shape (bf16, d 128, B 128, topk 16, r = H / G = 16) with the context-parallel
+// offsets (multiples of Tq and of B), n_b > k: the wgmma kernels on Hopper.
+TEST(GpuMsaTest, QueryOffsetProductShapeMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  const std::vector<OffsetCase> cases = {
+      // Tk = 4 Tq: offset 3072 = 24 blocks, n_b 32.
+      {"product, Tk = 4 Tq", 2, 1024, 4096, 16, 1, 128, 128, 16, DType::kBF16, false},
+      // Tk = 3 Tq with two groups: offset 1536 = 12 blocks, n_b 18.
+      {"product G 2, Tk = 3 Tq", 1, 768, 2304, 32, 2, 128, 128, 16, DType::kBF16, false}};
+  uint64_t seed = 9600;
+  for (const OffsetCase& c : cases) check_query_offset_case(c, seed += 10);
+}
+
+// Other head dims, block sizes and group sizes (every mma.sync instantiation), offsets that are
+// and are not multiples of B, query counts that are not, a partial last key block.
+TEST(GpuMsaTest, QueryOffsetSmallShapesMatchCpu) {
+  SKIP_WITHOUT_GPU();
+  const std::vector<OffsetCase> cases = {
+      {"d 64 B 64, Tk = 2 Tq", 2, 320, 640, 8, 2, 64, 64, 4, DType::kBF16, false},
+      {"d 64 B 64, offset 477", 2, 300, 777, 4, 2, 64, 64, 5, DType::kBF16, false},
+      {"d 128 B 128, offset 1200", 2, 700, 1900, 8, 2, 128, 128, 6, DType::kBF16, false},
+      {"d 128 B 64, offset 512", 1, 256, 768, 8, 4, 128, 64, 4, DType::kBF16, false},
+      {"d 64 B 128, offset 1000", 1, 300, 1300, 16, 2, 64, 128, 3, DType::kBF16, false}};
+  uint64_t seed = 9700;
+  for (const OffsetCase& c : cases) check_query_offset_case(c, seed += 10);
+}
+
+// Key blocks that no query selected: their dk and dv must come out as zeros on every path.
+TEST(GpuMsaTest, QueryOffsetUnselectedKeysGetZeroGradients) {
+  SKIP_WITHOUT_GPU();
+  const std::vector<OffsetCase> cases = {
+      {"unselected blocks, d 64 B 64", 2, 256, 1024, 8, 2, 64, 64, 4, DType::kBF16, true},
+      {"unselected blocks, d 128 B 128", 1, 256, 2048, 16, 1, 128, 128, 4, DType::kBF16, true},
+      {"unselected blocks, f32", 1, 128, 512, 4, 2, 64, 32, 4, DType::kF32, true}};
+  uint64_t seed = 9800;
+  for (const OffsetCase& c : cases) check_query_offset_case(c, seed += 10);
+}
+
+// f32 inputs run the first-generation kernels: the CPU's result to f32 rounding.
+TEST(GpuMsaTest, QueryOffsetF32FirstGenerationKernelsMatchCpu) {
+  SKIP_WITHOUT_GPU();
+  const std::vector<OffsetCase> cases = {
+      {"f32, offset 333", 2, 200, 533, 6, 2, 32, 16, 5, DType::kF32, false},
+      {"f32, Tk = 4 Tq", 1, 256, 1024, 8, 2, 64, 64, 4, DType::kF32, false}};
+  uint64_t seed = 9900;
+  for (const OffsetCase& c : cases) check_query_offset_case(c, seed += 10);
 }
 
 }  // namespace
