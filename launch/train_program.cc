@@ -91,11 +91,6 @@ absl::Status validate_run(const TrainProgramOptions& o) {
                absl::StrFormat("needs token shards written by msa-data (their metadata names the "
                                "EOS id that ends each document); --data=%s has no documents",
                                o.data));
-  if (o.pack_documents && o.cp > 1)
-    return bad("pack_documents",
-               absl::StrFormat("is not supported with context parallelism yet (--cp=%d): a "
-                               "document would span the cp ranks' shards; use --cp=1",
-                               o.cp));
   if (!(o.val_fraction >= 0 && o.val_fraction < 1))
     return bad("val_fraction", absl::StrFormat("%g is not in [0, 1)", o.val_fraction));
   if (o.trainer.max_nonfinite_steps < 1)
@@ -555,14 +550,7 @@ absl::Status run_train_program(TrainProgramOptions o) {
   MSA_ASSIGN_OR_RETURN(const Recompute recompute, parse_recompute(o.recompute));
   MSA_RETURN_IF_ERROR(check_tensor_parallel(o.model, o.tp));
   MSA_RETURN_IF_ERROR(check_context_parallel(o.model, o.cp, o.seq_len));
-  const auto refuse_cuda_cp = [] {
-    return absl::InvalidArgumentError(
-        "invalid --cp: context parallelism runs on the CPU only so far; the CUDA kernels need a "
-        "query offset (use --device=cpu or --cp=1)");
-  };
-  if (o.cp > 1 && o.device == "cuda") return refuse_cuda_cp();
   MSA_ASSIGN_OR_RETURN(Device device, choose_device(o.device));
-  if (device == Device::kCUDA && o.cp > 1) return refuse_cuda_cp();
   int gpu = -1;
   if (device == Device::kCUDA) {
     MSA_ASSIGN_OR_RETURN(gpu, select_cuda_device(node_local_rank(), o.gpu));

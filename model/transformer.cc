@@ -14,9 +14,6 @@ Transformer::Transformer(const ModelConfig& config, DType dtype, Device device, 
     : config_(config), tp_(tp), cp_(cp), dtype_(dtype), device_(device) {
   MSA_CHECK(!tp_.enabled() || tp_.comm != nullptr, "tensor parallelism needs a communicator");
   MSA_CHECK(!cp_.enabled() || cp_.comm != nullptr, "context parallelism needs a communicator");
-  MSA_CHECK(!cp_.enabled() || device == Device::kCPU,
-            "context parallelism runs on the CPU only so far; the CUDA kernels need a query "
-            "offset");
   block_config_ = local_block_config(config_, tp_.size);
   vocab_begin_ = tp_.rank * (config_.vocab_size / tp_.size);
   params_ = ParameterSet::allocate(local_param_specs(config_, tp_.size), dtype, device);

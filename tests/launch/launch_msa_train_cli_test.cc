@@ -125,16 +125,13 @@ TEST(MsaTrainCliTest, DeterministicOnTheCpuIsAcceptedAndRepeatsBitForBit) {
   EXPECT_EQ(metrics[0], metrics[1]);
 }
 
-// Context parallelism: shards that are not whole blocks, a layout the world does not allow and
-// CUDA are refused at start, naming the flags.
+// Context parallelism: shards that are not whole blocks and a layout the world does not allow are
+// refused at start, naming the flags.
 TEST(MsaTrainCliTest, ContextParallelLayoutsThatCannotRunAreRefusedNamingTheFlags) {
   const struct {
     const char* args;
     const char* message;
   } cases[] = {
-      {"--cp=2 --device=cuda --seq_len=256 --msa_block_size=64",
-       "invalid --cp: context parallelism runs on the CPU only so far; the CUDA kernels need a "
-       "query offset"},
       {"--cp=3 --device=cpu --seq_len=256",
        "invalid --cp: --seq_len 256 is not a multiple of --cp 3"},
       {"--cp=4 --device=cpu --seq_len=128 --msa_block_size=64",

@@ -1,7 +1,8 @@
 // msa-train --pack_documents end to end: msa-data writes byte-level shards of many short JSONL
 // documents (EOS 256 in the metadata), msa-train trains on them with the documents of each window
 // kept apart (training and validation), which changes the loss from the first step; runs without
-// an EOS id (synthetic data, shards without metadata) are refused naming the flag.
+// an EOS id (synthetic data, shards without metadata) are refused naming the flag; under --cp=2
+// the packed run matches one rank's.
 #include <sys/wait.h>
 
 #include <cmath>
@@ -19,6 +20,7 @@ namespace {
 
 using msa::test::CommandResult;
 using msa::test::fresh_dir;
+using msa::test::mpirun_program;
 using msa::test::run_program;
 using ::testing::HasSubstr;
 
@@ -74,6 +76,32 @@ TEST(MsaTrainPackedTest, TrainsOnMsaDataShardsWithDocumentsKeptApart) {
   EXPECT_GT(std::abs(p[0]["loss"].get<double>() - u[0]["loss"].get<double>()), 1e-6)
       << p[0].dump() << "\n"
       << u[0].dump();
+}
+
+// Under context parallelism (mpirun -np 2 --cp=2: each rank 32 of the 64 tokens, documents
+// spanning the two shards) the packed run is the one-rank packed run: the same samples and
+// documents, gradients summed in another order, so every step's loss agrees to f32 rounding
+// (1e-5 relative; a document boundary or a RoPE position lost at the shard edge moves it by
+// >1e-3).
+TEST(MsaTrainPackedTest, ContextParallelPackedRunMatchesOneRank) {
+  const std::string shards = make_shards("packed_cp");
+  const std::string dir = fresh_dir("packed_cp_runs");
+  const std::string run = std::string(kRun) + "--pack_documents --eval_every=0 --data='" + shards +
+                          "/*.tok' --metrics_jsonl=" + dir;
+  const CommandResult one = run_program("msa-train", run + "/one.jsonl");
+  ASSERT_EQ(one.exit_code, 0) << one.output;
+  const CommandResult cp = mpirun_program(2, "msa-train", run + "/cp.jsonl --cp=2");
+  ASSERT_EQ(cp.exit_code, 0) << cp.output;
+  EXPECT_THAT(cp.output, HasSubstr("cp 2"));
+  const std::vector<nlohmann::json> a = metrics(dir + "/one.jsonl"), b = metrics(dir + "/cp.jsonl");
+  ASSERT_EQ(a.size(), 4u);
+  ASSERT_EQ(b.size(), 4u);
+  for (int s = 0; s < 4; ++s) {
+    const double la = a[s]["loss"].get<double>(), lb = b[s]["loss"].get<double>();
+    EXPECT_LT(std::abs(lb - la) / la, 1e-5) << "step " << s + 1 << ": " << lb << " vs " << la;
+    const double ia = a[s]["index_loss"].get<double>(), ib = b[s]["index_loss"].get<double>();
+    EXPECT_LT(std::abs(ib - ia) / ia, 1e-5) << "step " << s + 1 << ": " << ib << " vs " << ia;
+  }
 }
 
 TEST(MsaTrainPackedTest, RefusedWithoutAnEosIdNamingTheFlag) {

@@ -16,9 +16,6 @@
 // tolerances, 1e-6 on each step's loss and 1e-5 on the final weights and moments, leave a
 // margin of 30x for a flipped selection, and still catch a wrong sample (a repeated or skipped
 // batch changes the loss by ~1e-2 relative) or a lost moment.
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -30,47 +27,18 @@
 #include "absl/strings/str_format.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/testing/command.h"
 #include "tests/testing/parallel_training.h"
 #include "train/checkpoint.h"
 
 namespace msa {
 namespace {
 
-struct CommandResult {
-  int exit_code;
-  std::string output;
-};
+using test::CommandResult;
 
-CommandResult run(const std::string& command) {
-  FILE* pipe = popen((command + " 2>&1").c_str(), "r");
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof(buf), pipe)) > 0) out.append(buf, n);
-  const int status = pclose(pipe);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
-}
-
-std::string fresh_dir(const std::string& name) {
-  const std::string dir = std::string(::testing::TempDir()) + "/resume_layout_" + name;
-  std::system(("rm -rf '" + dir + "' && mkdir -p '" + dir + "'").c_str());
-  return dir;
-}
+std::string fresh_dir(const std::string& name) { return test::fresh_dir("resume_layout_" + name); }
 
 constexpr int kSteps = 8, kStop = 4, kGlobalBatch = 4;
-
-// This test process is an MPI singleton (tests/test_main.cc): its OMPI_* / PMIX_* / ORTE_*
-// variables would make the mpirun launched below think it runs inside that job, and fail.
-void forget_own_mpi_job() {
-  std::vector<std::string> names;
-  for (char** e = environ; *e != nullptr; ++e) {
-    const std::string var(*e);
-    const std::string name = var.substr(0, var.find('='));
-    for (const char* prefix : {"OMPI_", "PMIX_", "ORTE_"})
-      if (name.rfind(prefix, 0) == 0) names.push_back(name);
-  }
-  for (const std::string& name : names) ::unsetenv(name.c_str());
-}
 
 // A layout: `ranks` processes, `cp` of them per data-parallel replica.
 struct Layout {
@@ -85,12 +53,8 @@ struct Layout {
 // msa-train on `l.ranks` processes (each data-parallel replica with 1/dp of the global batch)
 // into `dir`.
 CommandResult train(const Layout& l, const std::string& dir, const std::string& extra) {
-  forget_own_mpi_job();
-  const int ranks = l.ranks;
-  const std::string cmd =
-      "OMPI_MCA_rmaps_base_oversubscribe=1 mpirun --oversubscribe --allow-run-as-root -np " +
-      std::to_string(ranks) + " " + MSA_BINARY_DIR +
-      "/msa-train --device=cpu --vocab_size=96 --d_model=32 --n_layers=2 --n_heads=4 "
+  const std::string args =
+      "--device=cpu --vocab_size=96 --d_model=32 --n_layers=2 --n_heads=4 "
       "--n_kv_heads=2 --head_dim=8 --ffn_dim=64 --attention=msa,dense --msa_block_size=8 "
       "--msa_topk=2 --msa_index_dim=8 --seq_len=48 --data=synthetic:kv-recall --seed=11 "
       "--lr=3e-3 --min_lr=3e-4 --warmup_steps=2 --dense_attention_steps=2 --recall_every=0 "
@@ -98,7 +62,7 @@ CommandResult train(const Layout& l, const std::string& dir, const std::string& 
       std::to_string(kSteps) + " --batch_size=" + std::to_string(kGlobalBatch / l.dp()) +
       " --cp=" + std::to_string(l.cp) + " --checkpoint_dir=" + dir + " --metrics_jsonl=" + dir +
       "/metrics.jsonl " + extra;
-  return run(cmd);
+  return test::mpirun_program(l.ranks, "msa-train", args);
 }
 
 std::vector<nlohmann::json> metrics(const std::string& dir) {

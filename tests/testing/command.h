@@ -3,10 +3,12 @@
 #pragma once
 
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <vector>
 
 #include "gtest/gtest.h"
 
@@ -17,15 +19,42 @@ struct CommandResult {
   std::string output;
 };
 
-// Runs MSA_BINARY_DIR/program with `args` (shell syntax) and waits for it.
-inline CommandResult run_program(const std::string& program, const std::string& args) {
-  FILE* pipe =
-      popen((std::string(MSA_BINARY_DIR) + "/" + program + " " + args + " 2>&1").c_str(), "r");
+// Runs a shell command line and waits for it (exit code -1 when it did not exit normally).
+inline CommandResult run_command(const std::string& command) {
+  FILE* pipe = popen((command + " 2>&1").c_str(), "r");
   std::string out;
   char buf[4096];
   size_t n;
   while ((n = fread(buf, 1, sizeof(buf), pipe)) > 0) out.append(buf, n);
-  return {WEXITSTATUS(pclose(pipe)), out};
+  const int status = pclose(pipe);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+// Runs MSA_BINARY_DIR/program with `args` (shell syntax) and waits for it.
+inline CommandResult run_program(const std::string& program, const std::string& args) {
+  return run_command(std::string(MSA_BINARY_DIR) + "/" + program + " " + args);
+}
+
+// This test process is an MPI singleton (tests/test_main.cc): its OMPI_* / PMIX_* / ORTE_*
+// variables would make an mpirun launched from it think it runs inside that job, and fail.
+inline void forget_own_mpi_job() {
+  std::vector<std::string> names;
+  for (char** e = environ; *e != nullptr; ++e) {
+    const std::string var(*e);
+    const std::string name = var.substr(0, var.find('='));
+    for (const char* prefix : {"OMPI_", "PMIX_", "ORTE_"})
+      if (name.rfind(prefix, 0) == 0) names.push_back(name);
+  }
+  for (const std::string& name : names) ::unsetenv(name.c_str());
+}
+
+// MSA_BINARY_DIR/program on `ranks` processes under mpirun (oversubscribed: CI has 2 cores).
+inline CommandResult mpirun_program(int ranks, const std::string& program,
+                                    const std::string& args) {
+  forget_own_mpi_job();
+  return run_command(
+      "OMPI_MCA_rmaps_base_oversubscribe=1 mpirun --oversubscribe --allow-run-as-root -np " +
+      std::to_string(ranks) + " " + MSA_BINARY_DIR + "/" + program + " " + args);
 }
 
 // An empty directory `name` under the test's temporary directory (emptied if it exists).

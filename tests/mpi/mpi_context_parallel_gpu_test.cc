@@ -1,0 +1,124 @@
+// Context parallelism on the GPU (run under mpirun; skips without CUDA): one bf16 training step
+// on every layout with cp > 1 that the world allows (-np 2: cp 2; -np 4: cp 4, dp 2 x cp 2,
+// cp 2 x tp 2) equals one rank's on the same global batch on the same GPU: the LM and index
+// losses and every parameter's full gradient, for dense, MSA and hybrid stacks, in the sparse and
+// the dense-attention warm-up phases, with and without packed documents (spanning shards: the
+// kernels then take query offsets that are not multiples of the block size). Two model sizes: head
+// dim 4 / d_I 8 / B 8 (the CUDA-core kernels: cuDNN and the tensor-core MSA kernels take no such
+// sizes) and head dim 64 / d_I 64 / B 64 (cuDNN, the mma.sync indexer, the KV-outer sparse
+// attention and the index loss kernels), both with k < n_b. So every CUDA kernel's query offset
+// (queries bottom-right of the gathered keys) is exercised, with the all-gather of K, V and the
+// index keys and the reduce-scatter of their gradients on device tensors.
+//
+// The ranks share one GPU: collectives stage through the host (host_staging_communicator.h).
+// Tolerances: bf16 compute, so a layout changes rounding (GEMMs over T / cp rows, the key
+// gradients summed in f32 over ranks after each was rounded to bf16): 1e-2 relative on the
+// losses, 5e-2 relative L2 on each gradient. The bugs this is for are O(1): a kernel that ignores
+// the query offset (a query masked as if at position t instead of p0 + t, keys strided by the
+// query count), a key gradient not returned to its owner.
+#include <mpi.h>
+
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_format.h"
+#include "core/cuda_device.h"
+#include "gtest/gtest.h"
+#include "model/context_parallel.h"
+#include "tests/testing/host_staging_communicator.h"
+#include "tests/testing/mpi_stacks.h"
+#include "tests/testing/parallel_training.h"
+
+namespace msa {
+namespace {
+
+using test::Stack;
+
+constexpr double kGradTol = 5e-2;
+
+struct Layout {
+  int tp, cp;
+};
+std::vector<Layout> layouts() {
+  if (test::world_size() == 2) return {{1, 2}};
+  if (test::world_size() == 4) return {{1, 4}, {1, 2}, {2, 2}};
+  return {};
+}
+
+// The kernels' two size classes (see the top): `fast` = head dim 64, d_I 64, B 64 (512 tokens:
+// 8 blocks, 2 per rank at cp 4; top-3).
+struct Size {
+  const char* name;
+  int64_t seq_len;
+  std::vector<int64_t> doc_starts;  // packed documents (spanning shards, off block boundaries)
+};
+const Size kSizes[] = {{"small (CUDA-core kernels)", 64, {0, 5, 23, 40, 41}},
+                       {"fast (tensor-core kernels)", 512, {0, 100, 230, 300, 301}}};
+
+ModelConfig config(const Size& size, Stack stack) {
+  ModelConfig c = test::tiny(stack);
+  if (size.seq_len == 512) {
+    c.d_model = 128;
+    c.n_heads = 8;
+    c.n_kv_heads = 2;
+    c.head_dim = 64;
+    c.ffn_dim = 256;
+    c.msa.block_size = 64;
+    c.msa.index_dim = 64;
+    c.msa.topk = 3;
+  }
+  return c;
+}
+
+class MpiContextParallelGpuTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!MSA_HAS_CUDA || !cuda_available()) GTEST_SKIP() << "no CUDA device";
+    ASSERT_TRUE(select_cuda_device(node_local_rank(), -1).ok());
+  }
+};
+
+TEST_F(MpiContextParallelGpuTest, LossesAndEveryParametersFullGradientMatchOneRank) {
+  test::Worst worst;
+  int cases = 0;
+  for (const Layout& l : layouts()) {
+    auto made = test::host_staged_process_groups(l.tp, l.cp);
+    ASSERT_TRUE(made.ok()) << made.status();
+    const ProcessGroups groups = std::move(*made);
+    for (const Size& size : kSizes)
+      for (Stack stack : {Stack::kDense, Stack::kMsa, Stack::kHybrid}) {
+        const ModelConfig c = config(size, stack);
+        for (test::Phase phase : test::phases_of(c))
+          for (bool packed : {false, true}) {
+            if (phase == test::Phase::kFrozenBackboneWarmup) continue;  // the CPU test has it
+            ++cases;
+            const std::string where = absl::StrFormat(
+                "%s; %s; %s; phase %s%s", groups.describe(), size.name, test::stack_name(stack),
+                test::phase_name(phase), packed ? "; packed documents" : "");
+            const std::vector<int64_t> starts = packed ? size.doc_starts : std::vector<int64_t>{};
+            // One rank with the whole global batch (2 sequences per dp rank), then the layout.
+            const test::StepGradients one =
+                test::step_gradients(c, nullptr, 2 * groups.dp_size, phase, 1, Device::kCUDA, false,
+                                     size.seq_len, starts);
+            const test::StepGradients many = test::step_gradients(
+                c, &groups, 2, phase, 1, Device::kCUDA, false, size.seq_len, starts);
+            // Gradients within kGradTol, losses within 1e-2 (expect_same_step's one tolerance is
+            // the gradients'; the losses are checked tighter here).
+            test::expect_same_step(many, one, c, phase, kGradTol, where, worst);
+            EXPECT_LT(
+                test::max_over_ranks(test::rel_diff(many.metrics.lm_loss, one.metrics.lm_loss)),
+                1e-2)
+                << where;
+            EXPECT_EQ(many.metrics.tokens, one.metrics.tokens) << where;
+          }
+      }
+  }
+  EXPECT_GT(cases, 0);
+  if (test::world_rank() == 0)
+    std::printf("%d cases on the GPU; worst gradient relative L2 difference %.3g (%s)\n", cases,
+                worst.rel, worst.where.c_str());
+}
+
+}  // namespace
+}  // namespace msa
