@@ -37,6 +37,9 @@ ABSL_FLAG(std::string, attention, "dense",
           "'both' (dense and MSA side by side).");
 ABSL_FLAG(std::string, recompute, "none", "step: activation recomputation: none, attention, full.");
 ABSL_FLAG(int, steps, 5, "step: timed training steps (after 2 warm-up steps).");
+ABSL_FLAG(int, cp_shards, 0,
+          "msa: also time each context-parallel rank's share of every --seqs length split into this "
+          "many shards (its queries over the keys up to its shard's end; 0: off).");
 ABSL_FLAG(double, peak_tflops, 989.4,
           "Peak dense bf16 TFLOP/s that MFU is relative to (H100 SXM: 989.4).");
 
@@ -47,7 +50,7 @@ int main(int argc, char** argv) {
       "                   dense causal flash attention on the same inputs: times, speed-ups,\n"
       "                   TFLOP/s [--seqs=8192,32768,131072 --fwd_only_seqs=524288,1048576\n"
       "                    --heads=64 --groups=4 --head_dim=128 --index_dim=128 --block_size=128\n"
-      "                    --topk=16]\n"
+      "                    --topk=16 --cp_shards=C: each context-parallel rank's share]\n"
       "  msa-bench dense  bf16 GEMMs (cuBLASLt) at the model's shapes and cuDNN attention\n"
       "                   fwd/bwd TFLOP/s [--model=1b --model_seqs=4096 --batch=1]\n"
       "  msa-bench step   whole training steps (forward, backward, AdamW): tokens/s and MFU\n"

@@ -6,6 +6,7 @@
 // for the indexer its q^I k^I products over the blocks before each query's own (G d_I 2 per
 // query and key); the backward counts 2.5x the forward (five matrix products instead of two).
 #if MSA_HAS_CUDA
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <string>
@@ -38,6 +39,72 @@ double selected_keys(const BlockSelection& sel, int64_t T, int64_t G, int B, int
       }
     }
   return keys;
+}
+
+// Rows [begin, end) of a [1, T, ...] tensor as [1, end - begin, ...].
+Tensor token_rows(const Tensor& t, int64_t begin, int64_t end) {
+  Shape shape = t.shape();
+  const int64_t inner = t.numel() / t.size(1);
+  shape[1] = end - begin;
+  return t.view({t.size(1), inner}).slice0(begin, end).view(shape);
+}
+
+// Context parallelism's compute per rank: rank c of C runs the MSA layer (indexer, attention
+// forward, index loss, attention backward) and cuDNN's dense attention (forward + backward) for
+// its T / C queries over the keys [0, (c + 1) T / C). MSA's attention costs the same per query
+// wherever it sits (k blocks); its indexer and dense attention grow with the position, so the
+// last rank is the slowest: the compute bound on cp's scaling efficiency is the whole sequence's
+// time / C over the slowest rank's.
+void print_cp_shards(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& iq,
+                     const Tensor& ik, const Tensor& dout, int C, int B, int K, int iters,
+                     bool with_cudnn, double whole_msa, double whole_cudnn) {
+  const int64_t T = q.size(1), n = T / C, H = q.size(2), G = k.size(2);
+  const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(3)));
+  double slowest_msa = 0, slowest_cudnn = 0;
+  for (int c = 0; c < C; ++c) {
+    const int64_t end = (c + 1) * n;
+    const Tensor qs = token_rows(q, c * n, end), iqs = token_rows(iq, c * n, end),
+                 douts = token_rows(dout, c * n, end);
+    const Tensor ks = token_rows(k, 0, end), vs = token_rows(v, 0, end),
+                 iks = token_rows(ik, 0, end);
+    BlockSelection sel = BlockSelection::allocate(1, n, G, B, K, Device::kCUDA);
+    Tensor out = Tensor::empty(qs.shape(), DType::kBF16, Device::kCUDA);
+    Tensor lse = Tensor::empty({1, H, n}, DType::kF32, Device::kCUDA);
+    Tensor diq = Tensor::empty(iqs.shape(), DType::kF32, Device::kCUDA);
+    Tensor dik = Tensor::empty(iks.shape(), DType::kF32, Device::kCUDA);
+    Tensor dq = Tensor::empty(qs.shape(), DType::kBF16, Device::kCUDA);
+    Tensor dk = Tensor::empty(ks.shape(), DType::kBF16, Device::kCUDA);
+    Tensor dv = Tensor::empty(vs.shape(), DType::kBF16, Device::kCUDA);
+    const double indexer = median_ms(iters, [&] { msa_index_topk(iqs, iks, sel); });
+    const double fwd =
+        median_ms(iters, [&] { msa_sparse_attention_forward(qs, ks, vs, sel, scale, out, lse); });
+    const double kl = median_ms(iters, [&] {
+      msa_index_loss(IndexLossMode::kSparse, qs, ks, lse, sel, iqs, iks, scale, 1.0, diq, dik);
+    });
+    const double bwd = median_ms(iters, [&] {
+      msa_sparse_attention_backward(douts, qs, ks, vs, out, lse, sel, scale, dq, dk, dv);
+    });
+    double cudnn = NAN;
+    if (with_cudnn) {
+      cudnn = median_ms(iters, [&] { attention_forward(qs, ks, vs, scale, out, lse); }) +
+              median_ms(iters, [&] {
+                attention_backward(douts, qs, ks, vs, out, lse, scale, dq, dk, dv);
+              });
+    }
+    const double msa = indexer + fwd + kl + bwd;
+    slowest_msa = std::max(slowest_msa, msa);
+    slowest_cudnn = std::max(slowest_cudnn, cudnn);
+    std::printf("  cp rank %d/%d: queries [%lld, %lld) | %8.2f %8.2f %8.2f %8.2f | MSA f+b %9.2f | "
+                "cuDNN f+b %9.2f\n",
+                c, C, static_cast<long long>(c * n), static_cast<long long>(end), indexer, fwd, kl,
+                bwd, msa, cudnn);
+  }
+  std::printf("  cp %d at %lld: slowest rank MSA %.2f ms (whole / %d = %.2f: compute-bound "
+              "efficiency %.0f%%), cuDNN %.2f ms (whole / %d = %.2f: %.0f%%)\n",
+              C, static_cast<long long>(T), slowest_msa, C, whole_msa / C,
+              100.0 * whole_msa / C / slowest_msa, slowest_cudnn, C, whole_cudnn / C,
+              100.0 * whole_cudnn / C / slowest_cudnn);
+  std::fflush(stdout);
 }
 
 }  // namespace
@@ -109,6 +176,9 @@ int bench_msa() {
         cudnn_fwd / msa_f, cudnn_fb / msa_fb, index_flops / (indexer * 1e-3) / 1e12,
         msa_flops / (fwd * 1e-3) / 1e12, dense_flops / (cudnn_fwd * 1e-3) / 1e12);
     std::fflush(stdout);
+    const int C = absl::GetFlag(FLAGS_cp_shards);
+    if (with_bwd && C > 1 && T % (static_cast<int64_t>(C) * B) == 0)
+      print_cp_shards(q, k, v, iq, ik, dout, C, B, K, iters, with_cudnn, msa_fb, cudnn_fb);
   }
   std::printf(
       "MSA fwd = indexer + attn-f; MSA f+b = indexer + attn-f + KL (index loss and its gradients) "
