@@ -15,24 +15,25 @@
 namespace msa::test {
 
 // CUDA tensors copied to the host, reduced by MPI, copied back; CPU tensors and scalars as MPI.
+// bf16 sums (NCCL's, which MPI lacks: tensor parallelism's activation all-reduces) go through f32.
 class HostStagingCommunicator : public Communicator {
  public:
   explicit HostStagingCommunicator(MPI_Comm comm) : mpi_(make_mpi_communicator(comm)) {}
   int rank() const override { return mpi_->rank(); }
   int size() const override { return mpi_->size(); }
   void all_reduce_sum(Tensor& t) override {
-    Tensor h = t.to(Device::kCPU);
+    Tensor h = summable(t);
     mpi_->all_reduce_sum(h);
-    t.copy_from(h);
+    t.copy_from(h.to(t.dtype()));
   }
   std::unique_ptr<CommWork> all_reduce_sum_async(Tensor& t) override {
     all_reduce_sum(t);
     return std::make_unique<Done>();
   }
   void reduce_scatter_sum(const Tensor& in, Tensor& out) override {
-    Tensor h = out.to(Device::kCPU);
-    mpi_->reduce_scatter_sum(in.to(Device::kCPU), h);
-    out.copy_from(h);
+    Tensor h = summable(out);
+    mpi_->reduce_scatter_sum(summable(in), h);
+    out.copy_from(h.to(out.dtype()));
   }
   void all_gather(const Tensor& in, Tensor& out) override {
     Tensor h = out.to(Device::kCPU);
@@ -50,6 +51,11 @@ class HostStagingCommunicator : public Communicator {
   uint64_t broadcast(uint64_t x, int root) override { return mpi_->broadcast(x, root); }
 
  private:
+  // A host copy MPI can sum: bf16 as f32.
+  static Tensor summable(const Tensor& t) {
+    Tensor h = t.to(Device::kCPU);
+    return h.dtype() == DType::kBF16 ? h.to(DType::kF32) : h;
+  }
   struct Done : CommWork {
     void wait() override {}
   };
