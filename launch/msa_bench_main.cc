@@ -39,7 +39,8 @@ ABSL_FLAG(std::string, recompute, "none", "step: activation recomputation: none,
 ABSL_FLAG(int, steps, 5, "step: timed training steps (after 2 warm-up steps).");
 ABSL_FLAG(int, cp_shards, 0,
           "msa: also time each context-parallel rank's share of every --seqs length split into this "
-          "many shards (its queries over the keys up to its shard's end; 0: off).");
+          "many shards (its queries over the keys up to its shard's end), contiguous and zig-zag "
+          "(0: off).");
 ABSL_FLAG(double, peak_tflops, 989.4,
           "Peak dense bf16 TFLOP/s that MFU is relative to (H100 SXM: 989.4).");
 

@@ -132,8 +132,13 @@ ABSL_FLAG(
     int64_t, cp, 1,
     "Context-parallel size: world = dp x cp x tp with tp innermost, then cp (mpirun -np N gives "
     "dp = N / (cp * tp)). The cp ranks of one data-parallel replica split every sequence into cp "
-    "contiguous shards of --seq_len / cp tokens (for MSA layers a multiple of --msa_block_size) "
-    "and all-gather the keys before each attention. CPU (--device=cpu) only so far.");
+    "shards of --seq_len / cp tokens (for MSA layers a multiple of --msa_block_size; see "
+    "--cp_layout) and all-gather the keys before each attention. CPU (MPI) and CUDA (NCCL).");
+ABSL_FLAG(std::string, cp_layout, "contiguous",
+          "With --cp > 1: 'contiguous' (rank c holds tokens [c T/cp, (c+1) T/cp)) or 'zigzag' "
+          "(the sequence cut into 2 cp chunks, rank c holds chunks c and 2 cp - 1 - c: every rank "
+          "gets as much of the work that grows with the position, the MSA indexer and dense "
+          "attention; each chunk a multiple of --msa_block_size).");
 ABSL_FLAG(int64_t, gpu, -1, "CUDA device of this rank (-1: node-local rank % number of devices).");
 ABSL_FLAG(bool, zero1, false,
           "Shard the fp32 master weights and AdamW moments over the data-parallel ranks (ZeRO-1: "
@@ -245,6 +250,7 @@ int main(int argc, char** argv) {
   o.exit_after_step = absl::GetFlag(FLAGS_exit_after_step);
   to_int("tp", absl::GetFlag(FLAGS_tp), o.tp);
   to_int("cp", absl::GetFlag(FLAGS_cp), o.cp);
+  o.cp_layout = absl::GetFlag(FLAGS_cp_layout);
   o.zero1 = absl::GetFlag(FLAGS_zero1);
   to_int("gpu", absl::GetFlag(FLAGS_gpu), o.gpu);
   o.bucket_mb = absl::GetFlag(FLAGS_bucket_mb);

@@ -251,7 +251,8 @@ absl::StatusOr<std::unique_ptr<BatchSource>> make_source(const TrainProgramOptio
   const DataLayout layout{o.trainer.grad_accum, groups.dp_rank, groups.dp_size, base_step,
                           base_sample};
   auto shard = [&](std::unique_ptr<BatchSource> s) {
-    return make_context_shard_source(std::move(s), groups.cp_rank, groups.cp_size);
+    return make_context_shard_source(std::move(s), groups.cp_rank, groups.cp_size,
+                                     o.cp_layout == "zigzag");
   };
   if (o.data == "synthetic:repeat") {
     // The same sequence on every rank and step: layout-independent by construction.
@@ -300,6 +301,7 @@ std::string layout_json(const TrainProgramOptions& o) {
   nlohmann::json j;
   j["tp"] = o.tp;
   j["cp"] = o.cp;
+  j["cp_layout"] = o.cp_layout;
   j["zero1"] = o.zero1;
   j["bucket_mb"] = o.bucket_mb;
   j["device"] = o.device;
@@ -382,8 +384,8 @@ class CheckpointWriter {
     ckpt.state.tokens_seen = tokens_seen;
     ckpt.state.seed = static_cast<int64_t>(o_.seed);
     // Samples continue from the cursor this run started at (data/window_sampler.h).
-    ckpt.state.sample_cursor =
-        base_sample_ + (step - base_step_) * o_.trainer.grad_accum * o_.batch_size * groups_.dp_size;
+    ckpt.state.sample_cursor = base_sample_ + (step - base_step_) * o_.trainer.grad_accum *
+                                                  o_.batch_size * groups_.dp_size;
     ckpt.state.lr_step = step;
     const std::string path = checkpoint_path(o_.checkpoint_dir, step);
     absl::Status status;
@@ -549,7 +551,11 @@ absl::Status run_train_program(TrainProgramOptions o) {
   o.trainer.dense_attention_steps = resolve_dense_attention_steps(o);
   MSA_ASSIGN_OR_RETURN(const Recompute recompute, parse_recompute(o.recompute));
   MSA_RETURN_IF_ERROR(check_tensor_parallel(o.model, o.tp));
-  MSA_RETURN_IF_ERROR(check_context_parallel(o.model, o.cp, o.seq_len));
+  if (o.cp_layout != "contiguous" && o.cp_layout != "zigzag")
+    return absl::InvalidArgumentError(
+        absl::StrFormat("invalid --cp_layout: '%s' (use contiguous or zigzag)", o.cp_layout));
+  const bool zigzag = o.cp_layout == "zigzag";
+  MSA_RETURN_IF_ERROR(check_context_parallel(o.model, o.cp, o.seq_len, zigzag));
   MSA_ASSIGN_OR_RETURN(Device device, choose_device(o.device));
   int gpu = -1;
   if (device == Device::kCUDA) {
@@ -585,7 +591,8 @@ absl::Status run_train_program(TrainProgramOptions o) {
   if (o.resume) {
     auto l = load_latest_checkpoint(o.checkpoint_dir);
     if (!l.ok()) return annotate(l.status(), "--resume");
-    MSA_RETURN_IF_ERROR(adopt_checkpoint_rope(l->checkpoint.config, "--resume", l->path, leader, o));
+    MSA_RETURN_IF_ERROR(
+        adopt_checkpoint_rope(l->checkpoint.config, "--resume", l->path, leader, o));
     latest = std::move(*l);
   } else if (!o.init_from.empty()) {
     auto c = load_checkpoint(o.init_from, /*weights_only=*/true);
@@ -596,7 +603,7 @@ absl::Status run_train_program(TrainProgramOptions o) {
 
   const DType dtype = device == Device::kCUDA ? DType::kBF16 : DType::kF32;
   Transformer model(o.model, dtype, device, tensor_parallel_of(groups.tp.get()),
-                    context_parallel_of(groups.cp_size > 1 ? groups.cp.get() : nullptr));
+                    context_parallel_of(groups.cp_size > 1 ? groups.cp.get() : nullptr, zigzag));
   model.set_recompute(recompute);
   model.params().initialize(o.seed, groups.tp_rank, groups.tp_size);
   AdamW optimizer(model.params(), o.optimizer);
@@ -664,8 +671,9 @@ absl::Status run_train_program(TrainProgramOptions o) {
     Tensor all = Tensor::empty({groups.world_size}, DType::kI32);
     groups.world->all_gather(mine, all);
     if (leader) {
-      const std::string cp =
-          groups.cp_size > 1 ? absl::StrFormat(" x cp %d", groups.cp_size) : std::string();
+      const std::string cp = groups.cp_size > 1
+                                 ? absl::StrFormat(" x cp %d (%s)", groups.cp_size, o.cp_layout)
+                                 : std::string();
       std::printf("msa-train: world %d = dp %d%s x tp %d (tp innermost)%s, %s%s\n",
                   groups.world_size, groups.dp_size, cp.c_str(), groups.tp_size,
                   o.zero1 ? ", ZeRO-1 optimizer sharding" : "", device_name(device),

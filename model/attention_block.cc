@@ -137,8 +137,9 @@ void attention_block_forward(const ModelConfig& c, int layer, ParameterSet& para
     // Gradients of the index loss: f32 on CUDA (bf16 activations), the compute dtype on the CPU.
     const DType gt = dt == DType::kBF16 ? DType::kF32 : dt;
     Tensor diq = Tensor::empty(iq.shape(), gt, dev);
-    // Packed documents under cp: keys of documents that end before this shard get no gradient
-    // from its queries (no kernel writes them).
+    // Per-document segments under cp (packed documents, the zig-zag layout): keys of documents
+    // that end before this shard get no gradient from its queries (no kernel writes them), and a
+    // document's second segment adds to its first's.
     Tensor dik = docs != nullptr && cp.enabled() ? Tensor::zeros(ik_ctx.shape(), gt, dev)
                                                  : Tensor::empty(ik_ctx.shape(), gt, dev);
     IndexLossResult r;
@@ -232,7 +233,8 @@ void attention_block_backward(const ModelConfig& c, int layer, ParameterSet& par
 
   Tensor dq_rope = Tensor::empty({batch, T, H, d}, dt, dev);
   const DocumentSegments* docs = act.documents.get();
-  // Packed documents under cp: keys of documents that end before this shard are no kernel's.
+  // Per-document segments under cp (packed documents, zig-zag): keys no kernel writes, and key
+  // gradients that a document's second segment adds to.
   const bool zero_keys = docs != nullptr && cp.enabled();
   Tensor dk_ctx = zero_keys ? Tensor::zeros(act.k_ctx.shape(), dt, dev)
                             : Tensor::empty(act.k_ctx.shape(), dt, dev);

@@ -16,36 +16,41 @@ TokenLayout token_layout(const Tensor& t, const char* op) {
   return {batch, n, batch * n > 0 ? t.numel() / (batch * n) : 0};
 }
 
-// Copies chunk `from` of src [chunks, size] into chunk `to` of dst [chunks, size] (either device:
-// stream-ordered device copies on CUDA).
-void copy_chunk(const Tensor& src, int64_t from, Tensor& dst, int64_t to) {
-  Tensor d = dst.slice0(to, to + 1);
-  d.copy_from(src.slice0(from, from + 1));
-}
-
 }  // namespace
 
-ContextParallel context_parallel_of(Communicator* comm) {
+std::vector<TokenChunk> cp_token_chunks(int rank, int size, bool zigzag, int64_t local_T) {
+  if (!zigzag || size <= 1) return {{rank * local_T, local_T}};
+  const int64_t h = local_T / 2;
+  MSA_CHECK(2 * h == local_T, "zig-zag context parallelism: %d tokens per rank is odd", local_T);
+  return {{rank * h, h}, {(2 * size - 1 - rank) * h, h}};
+}
+
+ContextParallel context_parallel_of(Communicator* comm, bool zigzag) {
   ContextParallel cp;
   if (comm == nullptr) return cp;
   cp.comm = comm;
   cp.rank = comm->rank();
   cp.size = comm->size();
+  cp.zigzag = zigzag;
   return cp;
 }
 
-absl::Status check_context_parallel(const ModelConfig& config, int cp, int64_t seq_len) {
+absl::Status check_context_parallel(const ModelConfig& config, int cp, int64_t seq_len,
+                                    bool zigzag) {
   if (cp < 1) return absl::InvalidArgumentError(absl::StrFormat("invalid --cp: %d < 1", cp));
-  if (seq_len % cp != 0)
+  const int parts = zigzag && cp > 1 ? 2 * cp : cp;
+  const char* what = zigzag && cp > 1 ? "2 x --cp" : "--cp";
+  if (seq_len % parts != 0)
     return absl::InvalidArgumentError(absl::StrFormat(
-        "invalid --cp: --seq_len %d is not a multiple of --cp %d (each rank holds seq_len / cp "
+        "invalid --cp: --seq_len %d is not a multiple of %s = %d (each rank holds seq_len / %s "
         "tokens)",
-        seq_len, cp));
-  if (config.any_msa() && (seq_len / cp) % config.msa.block_size != 0)
+        seq_len, what, parts, what));
+  if (config.any_msa() && (seq_len / parts) % config.msa.block_size != 0)
     return absl::InvalidArgumentError(absl::StrFormat(
-        "invalid --cp: --seq_len / --cp = %d / %d = %d tokens per rank is not a multiple of the "
-        "MSA block size %d (a shard must hold whole blocks)",
-        seq_len, cp, seq_len / cp, config.msa.block_size));
+        "invalid --cp: --seq_len / %s = %d / %d = %d tokens per %s is not a multiple of the MSA "
+        "block size %d (a shard must hold whole blocks)",
+        what, seq_len, parts, seq_len / parts, zigzag && cp > 1 ? "half-shard" : "rank",
+        config.msa.block_size));
   return absl::OkStatus();
 }
 
@@ -55,42 +60,67 @@ Tensor cp_gather_keys(const ContextParallel& cp, const Tensor& local) {
   const Device dev = local.device();
   Tensor all = Tensor::empty({cp.size * local.numel()}, local.dtype(), dev);
   cp.comm->all_gather(local.view({local.numel()}), all);
-  // all: [cp, batch, n, row] (rank-major) -> out: [batch, (rank + 1) n, row].
+  // all: [cp, batch, n, row] (rank-major) -> out: [batch, key_len, row] in position order.
+  const int64_t key_len = cp.key_len(l.n);
   Shape shape = local.shape();
-  shape[1] = (cp.rank + 1) * l.n;
-  // One sequence (the long-context case): the first rank + 1 shards are the output already.
-  if (l.batch == 1) return all.slice0(0, (cp.rank + 1) * local.numel()).view(shape);
+  shape[1] = key_len;
+  // Contiguous shards of one sequence (the long-context case): the first rank + 1 shards are the
+  // output already.
+  if (l.batch == 1 && !cp.zigzag) return all.slice0(0, key_len * l.row).view(shape);
   Tensor out = Tensor::empty(shape, local.dtype(), dev);
-  const Tensor src = all.view({cp.size * l.batch, l.n * l.row});
-  Tensor dst = out.view({l.batch * (cp.rank + 1), l.n * l.row});
-  for (int64_t b = 0; b < l.batch; ++b)
-    for (int c = 0; c <= cp.rank; ++c) copy_chunk(src, c * l.batch + b, dst, b * (cp.rank + 1) + c);
+  const Tensor src = all.view({cp.size * l.batch * l.n, l.row});
+  Tensor dst = out.view({l.batch * key_len, l.row});
+  for (int r = 0; r < cp.size; ++r) {
+    int64_t first = 0;  // the chunk's first local token on rank r
+    for (const TokenChunk& c : cp_token_chunks(r, cp.size, cp.zigzag, l.n)) {
+      if (c.end() <= key_len)  // (chunks tile the sequence: wholly inside or outside)
+        for (int64_t b = 0; b < l.batch; ++b) {
+          Tensor to = dst.slice0(b * key_len + c.position, b * key_len + c.end());
+          const int64_t from = (r * l.batch + b) * l.n + first;
+          to.copy_from(src.slice0(from, from + c.length));
+        }
+      first += c.length;
+    }
+  }
   return out;
 }
 
 Tensor cp_reduce_scatter_keys(const ContextParallel& cp, const Tensor& grad) {
   if (!cp.enabled()) return grad;
   const TokenLayout l = token_layout(grad, "cp_reduce_scatter_keys");
-  MSA_CHECK(l.n % (cp.rank + 1) == 0, "cp_reduce_scatter_keys: %s is not (rank + 1) = %d shards",
-            grad.describe(), cp.rank + 1);
-  const int64_t n = l.n / (cp.rank + 1);
+  // The local tokens per row whose key_len is grad's: key_len = (rank + 1) n contiguous,
+  // (2 size - rank) n / 2 zig-zag.
+  const int64_t parts = cp.zigzag ? 2 * cp.size - cp.rank : cp.rank + 1;
+  const int64_t n = (cp.zigzag ? 2 : 1) * (l.n / parts);
+  MSA_CHECK(n > 0 && cp.key_len(n) == l.n,
+            "cp_reduce_scatter_keys: %s is not the keys of cp rank %d of %d", grad.describe(),
+            cp.rank, cp.size);
   const Device dev = grad.device();
   // bf16 gradients (CUDA) are summed in f32: each rank's part was rounded once already.
   const DType sum_dtype = grad.dtype() == DType::kBF16 ? DType::kF32 : grad.dtype();
   const Tensor g = grad.dtype() == sum_dtype ? grad : grad.to(sum_dtype);
-  // grad: [batch, (rank + 1) n, row] -> send: [cp, batch, n, row], zero for ranks after this one
-  // (its queries see none of their keys).
+  // grad: [batch, key_len, row] -> send: [cp, batch, n, row], rank r's chunks where they lie in
+  // the keys, zero past them (this rank's queries see none of those keys).
   const int64_t local_numel = l.batch * n * l.row;
   Tensor send = Tensor::zeros({cp.size * local_numel}, sum_dtype, dev);
-  if (l.batch == 1) {
-    Tensor head = send.slice0(0, (cp.rank + 1) * local_numel);
-    head.copy_from(g.view({(cp.rank + 1) * local_numel}));
+  if (l.batch == 1 && !cp.zigzag) {
+    Tensor head = send.slice0(0, l.n * l.row);
+    head.copy_from(g.view({l.n * l.row}));
   } else {
-    const Tensor src = g.view({l.batch * (cp.rank + 1), n * l.row});
-    Tensor dst = send.view({cp.size * l.batch, n * l.row});
-    for (int64_t b = 0; b < l.batch; ++b)
-      for (int c = 0; c <= cp.rank; ++c)
-        copy_chunk(src, b * (cp.rank + 1) + c, dst, c * l.batch + b);
+    const Tensor src = g.view({l.batch * l.n, l.row});
+    Tensor dst = send.view({cp.size * l.batch * n, l.row});
+    for (int r = 0; r < cp.size; ++r) {
+      int64_t first = 0;
+      for (const TokenChunk& c : cp_token_chunks(r, cp.size, cp.zigzag, n)) {
+        if (c.end() <= l.n)
+          for (int64_t b = 0; b < l.batch; ++b) {
+            const int64_t to = (r * l.batch + b) * n + first;
+            Tensor piece = dst.slice0(to, to + c.length);
+            piece.copy_from(src.slice0(b * l.n + c.position, b * l.n + c.end()));
+          }
+        first += c.length;
+      }
+    }
   }
   Shape shape = grad.shape();
   shape[1] = n;

@@ -14,14 +14,28 @@
 
 namespace msa {
 
+// A run of a row's local tokens that are consecutive in the sequence: `length` tokens from
+// `position` on. A rank's tokens are one chunk per row ([0, T) without context parallelism, the
+// shard [p0, p0 + T) with contiguous cp) or two (the zig-zag cp layout), in local order.
+struct TokenChunk {
+  int64_t position = 0;
+  int64_t length = 0;
+  int64_t end() const { return position + length; }
+};
+
 // One document of a packed batch, as far as this rank's queries see it: its queries are tokens
-// [begin, end) of batch row `row` (local indices); its keys start at position key_begin (the
-// document's start) and end with the queries. Without context parallelism key_begin == begin.
+// [begin, end) of batch row `row` (local indices), the first at sequence position `position`;
+// its keys start at position key_begin (the document's start) and end with the queries. Without
+// context parallelism key_begin == begin == position.
 struct DocumentSegment {
   int64_t row = 0;
   int64_t begin = 0;
   int64_t end = 0;
   int64_t key_begin = 0;
+  int64_t position = 0;
+  // An earlier segment of this row is the same document (zig-zag cp: its early and late chunk):
+  // their keys overlap, so key gradients must be added, not written.
+  bool repeat = false;
   int64_t length() const { return end - begin; }
   // The first query's index in the flattened [batch * T] token order.
   int64_t first_token(int64_t T) const { return row * T + begin; }
@@ -31,19 +45,20 @@ class DocumentSegments {
  public:
   // From each row's document starts: starts.size() == batch; each row's list is strictly
   // increasing and begins with 0 (aborts otherwise: the data source builds them). The starts are
-  // positions in the whole sequence; this rank holds its tokens [position_offset, position_offset
-  // + T) (context parallelism: the cp shard; 0 otherwise) and its keys are the positions
-  // [0, position_offset + T) (the gathered keys).
+  // positions in the whole sequence; this rank's T tokens of a row are `chunks` (lengths summing
+  // to T; empty: {0, T}) and its keys are the positions [0, the last chunk end) (context
+  // parallelism: the gathered keys).
   static DocumentSegments from_starts(int64_t batch, int64_t T,
                                       const std::vector<std::vector<int64_t>>& starts,
-                                      int64_t position_offset = 0);
+                                      const std::vector<TokenChunk>& chunks = {});
 
   int64_t batch() const { return batch_; }
   int64_t seq_len() const { return T_; }  // this rank's tokens per row
+  // The position of local token 0 (context parallelism: where the shard starts).
   int64_t position_offset() const { return p0_; }
-  int64_t key_len() const { return p0_ + T_; }  // keys per row
+  int64_t key_len() const { return key_len_; }  // keys per row
   // The RoPE position of segment s's first query (its distance from the document's start).
-  int64_t rope_offset(const DocumentSegment& s) const { return p0_ + s.begin - s.key_begin; }
+  int64_t rope_offset(const DocumentSegment& s) const { return s.position - s.key_begin; }
   // In row order, then position order: the documents that hold at least one of this rank's tokens.
   const std::vector<DocumentSegment>& segments() const { return segments_; }
   // True when some row's queries or keys are not one whole document (else every kernel can run on
@@ -51,7 +66,7 @@ class DocumentSegments {
   bool any_split() const { return any_split_; }
 
  private:
-  int64_t batch_ = 0, T_ = 0, p0_ = 0;
+  int64_t batch_ = 0, T_ = 0, p0_ = 0, key_len_ = 0;
   bool any_split_ = false;
   std::vector<DocumentSegment> segments_;
 };

@@ -1,6 +1,7 @@
 #include "model/segmented_kernels.h"
 
 #include "kernels/attention.h"
+#include "kernels/matmul.h"
 
 namespace msa {
 namespace {
@@ -19,8 +20,9 @@ Tensor document_view(const Tensor& t, const DocumentSegments& docs, const Docume
 }
 
 // The keys of segment s in a [batch, key_len, ...] tensor (the gathered keys under context
-// parallelism, the tokens themselves otherwise): positions [key_begin, p0 + end) of its row, as
-// [1, n, ...]; its queries sit bottom-right of them (kernels/msa.h, kernels/attention.h).
+// parallelism, the tokens themselves otherwise): positions [key_begin, its last query's + 1) of
+// its row, as [1, n, ...]; its queries sit bottom-right of them (kernels/msa.h,
+// kernels/attention.h).
 Tensor key_view(const Tensor& t, const DocumentSegments& docs, const DocumentSegment& s) {
   const int64_t L = docs.key_len();
   MSA_CHECK(t.ndim() >= 2 && t.size(0) == docs.batch() && t.size(1) == L,
@@ -28,10 +30,21 @@ Tensor key_view(const Tensor& t, const DocumentSegments& docs, const DocumentSeg
   Shape shape = t.shape();
   const int64_t inner = t.numel() / (docs.batch() * L);
   const int64_t first = s.row * L + s.key_begin;
-  const int64_t n = docs.position_offset() + s.end - s.key_begin;
+  const int64_t n = s.position + s.length() - s.key_begin;
   shape[0] = 1;
   shape[1] = n;
   return t.view({docs.batch() * L, inner}).slice0(first, first + n).view(shape);
+}
+
+// Runs fn(out) on a key-gradient view: written in place, or, for a repeated document (whose keys an
+// earlier segment of the row wrote already; the buffer is zero past them, attention_block.cc),
+// into a temporary added to it.
+template <class Fn>
+void key_gradient(Tensor& view, bool repeat, Fn fn) {
+  if (!repeat) return fn(view);
+  Tensor part = Tensor::empty(view.shape(), view.dtype(), view.device());
+  fn(part);
+  add_inplace(view, part);
 }
 
 // 16 bytes of f32 (and 32 of f64): every document's lse block starts aligned.
@@ -117,8 +130,8 @@ void segmented_attention_forward(const DocumentSegments* docs, const Tensor& q, 
   if (!runs_per_document(docs)) return attention_forward(q, k, v, scale, out, lse);
   for_each_document(*docs, q, lse, [&](const DocumentSegment& s, Tensor& lse_s) {
     Tensor out_s = document_view(out, *docs, s);
-    attention_forward(document_view(q, *docs, s), key_view(k, *docs, s),
-                      key_view(v, *docs, s), scale, out_s, lse_s);
+    attention_forward(document_view(q, *docs, s), key_view(k, *docs, s), key_view(v, *docs, s),
+                      scale, out_s, lse_s);
   });
 }
 
@@ -131,9 +144,13 @@ void segmented_attention_backward(const DocumentSegments* docs, const Tensor& do
   for_each_document(*docs, q, lse, [&](const DocumentSegment& s, Tensor& lse_s) {
     Tensor dq_s = document_view(dq, *docs, s), dk_s = key_view(dk, *docs, s),
            dv_s = key_view(dv, *docs, s);
-    attention_backward(document_view(dout, *docs, s), document_view(q, *docs, s),
-                       key_view(k, *docs, s), key_view(v, *docs, s),
-                       document_view(out, *docs, s), lse_s, scale, dq_s, dk_s, dv_s);
+    key_gradient(dk_s, s.repeat, [&](Tensor& dk_out) {
+      key_gradient(dv_s, s.repeat, [&](Tensor& dv_out) {
+        attention_backward(document_view(dout, *docs, s), document_view(q, *docs, s),
+                           key_view(k, *docs, s), key_view(v, *docs, s),
+                           document_view(out, *docs, s), lse_s, scale, dq_s, dk_out, dv_out);
+      });
+    });
   });
 }
 
@@ -154,8 +171,8 @@ void segmented_msa_sparse_attention_forward(const DocumentSegments* docs, const 
   for_each_document(*docs, q, lse, [&](const DocumentSegment& s, Tensor& lse_s) {
     Tensor out_s = document_view(out, *docs, s);
     msa_sparse_attention_forward(document_view(q, *docs, s), key_view(k, *docs, s),
-                                 key_view(v, *docs, s), selection_view(sel, *docs, s), scale,
-                                 out_s, lse_s);
+                                 key_view(v, *docs, s), selection_view(sel, *docs, s), scale, out_s,
+                                 lse_s);
   });
 }
 
@@ -169,10 +186,14 @@ void segmented_msa_sparse_attention_backward(const DocumentSegments* docs, const
   for_each_document(*docs, q, lse, [&](const DocumentSegment& s, Tensor& lse_s) {
     Tensor dq_s = document_view(dq, *docs, s), dk_s = key_view(dk, *docs, s),
            dv_s = key_view(dv, *docs, s);
-    msa_sparse_attention_backward(document_view(dout, *docs, s), document_view(q, *docs, s),
-                                  key_view(k, *docs, s), key_view(v, *docs, s),
-                                  document_view(out, *docs, s), lse_s,
-                                  selection_view(sel, *docs, s), scale, dq_s, dk_s, dv_s);
+    key_gradient(dk_s, s.repeat, [&](Tensor& dk_out) {
+      key_gradient(dv_s, s.repeat, [&](Tensor& dv_out) {
+        msa_sparse_attention_backward(document_view(dout, *docs, s), document_view(q, *docs, s),
+                                      key_view(k, *docs, s), key_view(v, *docs, s),
+                                      document_view(out, *docs, s), lse_s,
+                                      selection_view(sel, *docs, s), scale, dq_s, dk_out, dv_out);
+      });
+    });
   });
 }
 
@@ -190,10 +211,12 @@ IndexLossResult segmented_msa_index_loss(const DocumentSegments* docs, IndexLoss
   for_each_document(*docs, q, lse, [&](const DocumentSegment& s, Tensor& lse_s) {
     const double share = static_cast<double>(s.length()) / all_tokens;
     Tensor diq_s = document_view(diq, *docs, s), dik_s = key_view(dik, *docs, s);
-    const IndexLossResult r =
-        msa_index_loss(mode, document_view(q, *docs, s), key_view(k, *docs, s), lse_s,
-                       selection_view(sel, *docs, s), document_view(iq, *docs, s),
-                       key_view(ik, *docs, s), scale, weight * share, diq_s, dik_s);
+    IndexLossResult r;
+    key_gradient(dik_s, s.repeat, [&](Tensor& dik_out) {
+      r = msa_index_loss(mode, document_view(q, *docs, s), key_view(k, *docs, s), lse_s,
+                         selection_view(sel, *docs, s), document_view(iq, *docs, s),
+                         key_view(ik, *docs, s), scale, weight * share, diq_s, dik_out);
+    });
     kl_mean += r.loss * share;
     total.n_rows += r.n_rows;
   });
@@ -223,20 +246,20 @@ double segmented_recall(const DocumentSegments* docs, const Tensor& q, const Ten
 
 double segmented_msa_index_recall(const DocumentSegments* docs, const Tensor& q, const Tensor& k,
                                   const BlockSelection& sel, double scale, int64_t query_stride) {
-  return segmented_recall(docs, q, k, sel, scale, query_stride,
-                          [](const Tensor& qq, const Tensor& kk, const BlockSelection& ss,
-                             double sc, int64_t stride) {
-                            return msa_index_recall(qq, kk, ss, sc, stride);
-                          });
+  return segmented_recall(
+      docs, q, k, sel, scale, query_stride,
+      [](const Tensor& qq, const Tensor& kk, const BlockSelection& ss, double sc, int64_t stride) {
+        return msa_index_recall(qq, kk, ss, sc, stride);
+      });
 }
 
 double segmented_msa_block_recall(const DocumentSegments* docs, const Tensor& q, const Tensor& k,
                                   const BlockSelection& sel, double scale, int64_t query_stride) {
-  return segmented_recall(docs, q, k, sel, scale, query_stride,
-                          [](const Tensor& qq, const Tensor& kk, const BlockSelection& ss,
-                             double sc, int64_t stride) {
-                            return msa_block_recall(qq, kk, ss, sc, stride);
-                          });
+  return segmented_recall(
+      docs, q, k, sel, scale, query_stride,
+      [](const Tensor& qq, const Tensor& kk, const BlockSelection& ss, double sc, int64_t stride) {
+        return msa_block_recall(qq, kk, ss, sc, stride);
+      });
 }
 
 }  // namespace msa

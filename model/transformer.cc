@@ -181,6 +181,11 @@ ForwardResult Transformer::forward(const Tensor& tokens, const Tensor& targets,
             "document segments for [%d, %d] given with tokens %s", options.documents->batch(),
             options.documents->seq_len(), tokens.describe());
   attn_options.documents = options.documents;
+  if (!attn_options.documents && cp_.enabled() && cp_.zigzag) {
+    // Zig-zag cp: a rank's two chunks run as two segments of one document per row.
+    attn_options.documents = std::make_shared<const DocumentSegments>(DocumentSegments::from_starts(
+        batch_, T_, std::vector<std::vector<int64_t>>(batch_, {0}), cp_.chunks(T_)));
+  }
   attn_options.cp = cp_;
   attn_options.answer_positions = options.answer_positions;
   attn_options.answer_key_positions = options.answer_key_positions;

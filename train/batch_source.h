@@ -20,17 +20,17 @@ struct Batch {
   // Packed documents (--pack_documents): per row, the positions where a document starts (0 first,
   // ascending; data/document_starts.h). Empty: each row is one sequence.
   std::vector<std::vector<int64_t>> doc_starts;
-  // Context parallelism: the position of token 0 in its sequence (the cp shard's start; the
-  // document starts above are positions in the whole sequence).
-  int64_t position_offset = 0;
+  // Context parallelism: where each row's tokens sit in the sequence (the cp shard: one chunk, or
+  // two in the zig-zag layout; the document starts above are positions in the whole sequence).
+  // Empty: the tokens are the whole sequence.
+  std::vector<TokenChunk> chunks;
 };
 
 // The batch's documents for ForwardOptions::documents (null when it carries no document starts).
 inline std::shared_ptr<const DocumentSegments> batch_documents(const Batch& b) {
   if (b.doc_starts.empty()) return nullptr;
   return std::make_shared<const DocumentSegments>(
-      DocumentSegments::from_starts(b.tokens.size(0), b.tokens.size(1), b.doc_starts,
-                                    b.position_offset));
+      DocumentSegments::from_starts(b.tokens.size(0), b.tokens.size(1), b.doc_starts, b.chunks));
 }
 
 class BatchSource {
@@ -71,11 +71,15 @@ absl::StatusOr<std::unique_ptr<BatchSource>> make_synthetic_source(
     double depth, uint64_t seed, const DataLayout& layout, bool validation);
 
 // Context parallelism: `inner`'s batches [batch, T] cut to this cp rank's shard of every sequence,
-// tokens and targets [cp_rank T/cp, (cp_rank + 1) T/cp) (model/context_parallel.h). The cp ranks
-// of one data-parallel replica pass the same inner source, so they cut the same windows. get()
-// fails (MSA_CHECK) when T is not a multiple of cp_size. cp_size 1: `inner` itself.
+// tokens and targets at the positions of cp_token_chunks (model/context_parallel.h: contiguous
+// [cp_rank T/cp, (cp_rank + 1) T/cp), or the zig-zag pair of half-shards), with Batch::chunks
+// saying where. The cp ranks of one data-parallel replica pass the same inner source, so they cut
+// the same windows. get() fails (MSA_CHECK) when T is not a multiple of cp_size (2 cp_size
+// with zig-zag). cp_size 1:
+// `inner` itself.
 std::unique_ptr<BatchSource> make_context_shard_source(std::unique_ptr<BatchSource> inner,
-                                                       int cp_rank, int cp_size);
+                                                       int cp_rank, int cp_size,
+                                                       bool zigzag = false);
 
 // A fixed pseudo-random sequence of `period` tokens repeated over the context: a model that learns
 // it predicts every token after the first period exactly (the foundation's learning test).

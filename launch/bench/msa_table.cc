@@ -12,6 +12,7 @@
 #include <string>
 
 #include "absl/flags/flag.h"
+#include "absl/strings/str_format.h"
 #include "core/tensor.h"
 #include "kernels/attention.h"
 #include "kernels/msa.h"
@@ -19,6 +20,7 @@
 #include "launch/bench/device_inputs.h"
 #include "launch/bench/flags.h"
 #include "launch/bench/timing.h"
+#include "model/context_parallel.h"
 
 namespace msa::bench {
 namespace {
@@ -54,56 +56,64 @@ Tensor token_rows(const Tensor& t, int64_t begin, int64_t end) {
 // its T / C queries over the keys [0, (c + 1) T / C). MSA's attention costs the same per query
 // wherever it sits (k blocks); its indexer and dense attention grow with the position, so the
 // last rank is the slowest: the compute bound on cp's scaling efficiency is the whole sequence's
-// time / C over the slowest rank's.
+// time / C over the slowest rank's. The zig-zag layout gives each rank an early and a late chunk.
 void print_cp_shards(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& iq,
-                     const Tensor& ik, const Tensor& dout, int C, int B, int K, int iters,
-                     bool with_cudnn, double whole_msa, double whole_cudnn) {
+                     const Tensor& ik, const Tensor& dout, int C, bool zigzag, int B, int K,
+                     int iters, bool with_cudnn, double whole_msa, double whole_cudnn) {
   const int64_t T = q.size(1), n = T / C, H = q.size(2), G = k.size(2);
   const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(3)));
   double slowest_msa = 0, slowest_cudnn = 0;
   for (int c = 0; c < C; ++c) {
-    const int64_t end = (c + 1) * n;
-    const Tensor qs = token_rows(q, c * n, end), iqs = token_rows(iq, c * n, end),
-                 douts = token_rows(dout, c * n, end);
-    const Tensor ks = token_rows(k, 0, end), vs = token_rows(v, 0, end),
-                 iks = token_rows(ik, 0, end);
-    BlockSelection sel = BlockSelection::allocate(1, n, G, B, K, Device::kCUDA);
-    Tensor out = Tensor::empty(qs.shape(), DType::kBF16, Device::kCUDA);
-    Tensor lse = Tensor::empty({1, H, n}, DType::kF32, Device::kCUDA);
-    Tensor diq = Tensor::empty(iqs.shape(), DType::kF32, Device::kCUDA);
-    Tensor dik = Tensor::empty(iks.shape(), DType::kF32, Device::kCUDA);
-    Tensor dq = Tensor::empty(qs.shape(), DType::kBF16, Device::kCUDA);
-    Tensor dk = Tensor::empty(ks.shape(), DType::kBF16, Device::kCUDA);
-    Tensor dv = Tensor::empty(vs.shape(), DType::kBF16, Device::kCUDA);
-    const double indexer = median_ms(iters, [&] { msa_index_topk(iqs, iks, sel); });
-    const double fwd =
-        median_ms(iters, [&] { msa_sparse_attention_forward(qs, ks, vs, sel, scale, out, lse); });
-    const double kl = median_ms(iters, [&] {
-      msa_index_loss(IndexLossMode::kSparse, qs, ks, lse, sel, iqs, iks, scale, 1.0, diq, dik);
-    });
-    const double bwd = median_ms(iters, [&] {
-      msa_sparse_attention_backward(douts, qs, ks, vs, out, lse, sel, scale, dq, dk, dv);
-    });
-    double cudnn = NAN;
-    if (with_cudnn) {
-      cudnn = median_ms(iters, [&] { attention_forward(qs, ks, vs, scale, out, lse); }) +
-              median_ms(iters, [&] {
-                attention_backward(douts, qs, ks, vs, out, lse, scale, dq, dk, dv);
-              });
+    // A rank's chunks (two with zig-zag) each run over the keys up to their end.
+    double indexer = 0, fwd = 0, kl = 0, bwd = 0, cudnn = with_cudnn ? 0 : NAN;
+    std::string where;
+    for (const TokenChunk& chunk : cp_token_chunks(c, C, zigzag, n)) {
+      const int64_t m = chunk.length, end = chunk.end();
+      where += absl::StrFormat(" [%lld, %lld)", static_cast<long long>(chunk.position),
+                               static_cast<long long>(end));
+      const Tensor qs = token_rows(q, chunk.position, end),
+                   iqs = token_rows(iq, chunk.position, end),
+                   douts = token_rows(dout, chunk.position, end);
+      const Tensor ks = token_rows(k, 0, end), vs = token_rows(v, 0, end),
+                   iks = token_rows(ik, 0, end);
+      BlockSelection sel = BlockSelection::allocate(1, m, G, B, K, Device::kCUDA);
+      Tensor out = Tensor::empty(qs.shape(), DType::kBF16, Device::kCUDA);
+      Tensor lse = Tensor::empty({1, H, m}, DType::kF32, Device::kCUDA);
+      Tensor diq = Tensor::empty(iqs.shape(), DType::kF32, Device::kCUDA);
+      Tensor dik = Tensor::empty(iks.shape(), DType::kF32, Device::kCUDA);
+      Tensor dq = Tensor::empty(qs.shape(), DType::kBF16, Device::kCUDA);
+      Tensor dk = Tensor::empty(ks.shape(), DType::kBF16, Device::kCUDA);
+      Tensor dv = Tensor::empty(vs.shape(), DType::kBF16, Device::kCUDA);
+      indexer += median_ms(iters, [&] { msa_index_topk(iqs, iks, sel); });
+      fwd +=
+          median_ms(iters, [&] { msa_sparse_attention_forward(qs, ks, vs, sel, scale, out, lse); });
+      kl += median_ms(iters, [&] {
+        msa_index_loss(IndexLossMode::kSparse, qs, ks, lse, sel, iqs, iks, scale, 1.0, diq, dik);
+      });
+      bwd += median_ms(iters, [&] {
+        msa_sparse_attention_backward(douts, qs, ks, vs, out, lse, sel, scale, dq, dk, dv);
+      });
+      if (with_cudnn) {
+        cudnn += median_ms(iters, [&] { attention_forward(qs, ks, vs, scale, out, lse); }) +
+                 median_ms(iters, [&] {
+                   attention_backward(douts, qs, ks, vs, out, lse, scale, dq, dk, dv);
+                 });
+      }
     }
     const double msa = indexer + fwd + kl + bwd;
     slowest_msa = std::max(slowest_msa, msa);
     slowest_cudnn = std::max(slowest_cudnn, cudnn);
-    std::printf("  cp rank %d/%d: queries [%lld, %lld) | %8.2f %8.2f %8.2f %8.2f | MSA f+b %9.2f | "
-                "cuDNN f+b %9.2f\n",
-                c, C, static_cast<long long>(c * n), static_cast<long long>(end), indexer, fwd, kl,
-                bwd, msa, cudnn);
+    std::printf(
+        "  cp rank %d/%d%s: queries%s | %8.2f %8.2f %8.2f %8.2f | MSA f+b %9.2f | "
+        "cuDNN f+b %9.2f\n",
+        c, C, zigzag ? " zig-zag" : "", where.c_str(), indexer, fwd, kl, bwd, msa, cudnn);
   }
-  std::printf("  cp %d at %lld: slowest rank MSA %.2f ms (whole / %d = %.2f: compute-bound "
-              "efficiency %.0f%%), cuDNN %.2f ms (whole / %d = %.2f: %.0f%%)\n",
-              C, static_cast<long long>(T), slowest_msa, C, whole_msa / C,
-              100.0 * whole_msa / C / slowest_msa, slowest_cudnn, C, whole_cudnn / C,
-              100.0 * whole_cudnn / C / slowest_cudnn);
+  std::printf(
+      "  cp %d%s at %lld: slowest rank MSA %.2f ms (whole / %d = %.2f: compute-bound "
+      "efficiency %.0f%%), cuDNN %.2f ms (whole / %d = %.2f: %.0f%%)\n",
+      C, zigzag ? " zig-zag" : "", static_cast<long long>(T), slowest_msa, C, whole_msa / C,
+      100.0 * whole_msa / C / slowest_msa, slowest_cudnn, C, whole_cudnn / C,
+      100.0 * whole_cudnn / C / slowest_cudnn);
   std::fflush(stdout);
 }
 
@@ -177,8 +187,10 @@ int bench_msa() {
         msa_flops / (fwd * 1e-3) / 1e12, dense_flops / (cudnn_fwd * 1e-3) / 1e12);
     std::fflush(stdout);
     const int C = absl::GetFlag(FLAGS_cp_shards);
-    if (with_bwd && C > 1 && T % (static_cast<int64_t>(C) * B) == 0)
-      print_cp_shards(q, k, v, iq, ik, dout, C, B, K, iters, with_cudnn, msa_fb, cudnn_fb);
+    if (with_bwd && C > 1 && T % (2 * static_cast<int64_t>(C) * B) == 0)
+      for (bool zigzag : {false, true})
+        print_cp_shards(q, k, v, iq, ik, dout, C, zigzag, B, K, iters, with_cudnn, msa_fb,
+                        cudnn_fb);
   }
   std::printf(
       "MSA fwd = indexer + attn-f; MSA f+b = indexer + attn-f + KL (index loss and its gradients) "

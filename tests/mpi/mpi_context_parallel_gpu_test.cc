@@ -3,7 +3,8 @@
 // cp 2 x tp 2) equals one rank's on the same global batch on the same GPU: the LM and index
 // losses and every parameter's full gradient, for dense, MSA and hybrid stacks, in the sparse and
 // the dense-attention warm-up phases, with and without packed documents (spanning shards: the
-// kernels then take query offsets that are not multiples of the block size). Two model sizes: head
+// kernels then take query offsets that are not multiples of the block size), in the contiguous
+// and (packed) the zig-zag layout. Two model sizes: head
 // dim 4 / d_I 8 / B 8 (the CUDA-core kernels: cuDNN and the tensor-core MSA kernels take no such
 // sizes) and head dim 64 / d_I 64 / B 64 (cuDNN, the mma.sync indexer, the KV-outer sparse
 // attention and the index loss kernels), both with k < n_b. So every CUDA kernel's query offset
@@ -90,19 +91,21 @@ TEST_F(MpiContextParallelGpuTest, LossesAndEveryParametersFullGradientMatchOneRa
       for (Stack stack : {Stack::kDense, Stack::kMsa, Stack::kHybrid}) {
         const ModelConfig c = config(size, stack);
         for (test::Phase phase : test::phases_of(c))
-          for (bool packed : {false, true}) {
+          for (int variant = 0; variant < 3; ++variant) {  // plain, packed, zig-zag and packed
+            const bool packed = variant > 0, zigzag = variant == 2;
             if (phase == test::Phase::kFrozenBackboneWarmup) continue;  // the CPU test has it
             ++cases;
-            const std::string where = absl::StrFormat(
-                "%s; %s; %s; phase %s%s", groups.describe(), size.name, test::stack_name(stack),
-                test::phase_name(phase), packed ? "; packed documents" : "");
+            const std::string where =
+                absl::StrFormat("%s; %s; %s; phase %s%s%s", groups.describe(), size.name,
+                                test::stack_name(stack), test::phase_name(phase),
+                                packed ? "; packed documents" : "", zigzag ? "; zig-zag" : "");
             const std::vector<int64_t> starts = packed ? size.doc_starts : std::vector<int64_t>{};
             // One rank with the whole global batch (2 sequences per dp rank), then the layout.
             const test::StepGradients one =
                 test::step_gradients(c, nullptr, 2 * groups.dp_size, phase, 1, Device::kCUDA, false,
                                      size.seq_len, starts);
             const test::StepGradients many = test::step_gradients(
-                c, &groups, 2, phase, 1, Device::kCUDA, false, size.seq_len, starts);
+                c, &groups, 2, phase, 1, Device::kCUDA, false, size.seq_len, starts, zigzag);
             // Gradients within kGradTol, losses within 1e-2 (expect_same_step's one tolerance is
             // the gradients'; the losses are checked tighter here).
             test::expect_same_step(many, one, c, phase, kGradTol, where, worst);

@@ -150,11 +150,11 @@ TEST(MpiContextParallelTest, PackedDocumentsMatchOneRank) {
   int cases = 0;
   for_every_case([&](const Case& k) {
     ++cases;
-    const test::StepGradients one = test::step_gradients(
-        tiny(k.stack), nullptr, 2 * k.groups->dp_size, k.phase, 1, Device::kCPU, false, kSeqLen,
-        kDocStarts);
-    const test::StepGradients many = test::step_gradients(
-        tiny(k.stack), k.groups, 2, k.phase, 1, Device::kCPU, false, kSeqLen, kDocStarts);
+    const test::StepGradients one =
+        test::step_gradients(tiny(k.stack), nullptr, 2 * k.groups->dp_size, k.phase, 1,
+                             Device::kCPU, false, kSeqLen, kDocStarts);
+    const test::StepGradients many = test::step_gradients(tiny(k.stack), k.groups, 2, k.phase, 1,
+                                                          Device::kCPU, false, kSeqLen, kDocStarts);
     test::expect_same_step(many, one, tiny(k.stack), k.phase, kTol,
                            k.describe() + "; packed documents", worst);
     // Not the unpacked step: the documents change the losses.
@@ -164,6 +164,34 @@ TEST(MpiContextParallelTest, PackedDocumentsMatchOneRank) {
   EXPECT_GT(cases, 0);
   if (world_rank() == 0)
     std::printf("%d packed cases; worst gradient relative L2 difference %.3g (%s)\n", cases,
+                worst.rel, worst.where.c_str());
+}
+
+// The zig-zag layout (rank c holds chunks c and 2 cp - 1 - c of 2 cp; cp 4: chunks of 8 tokens,
+// one MSA block): a rank's two chunks are two query segments over the gathered keys, whose key
+// gradients overlap and are added; with packed documents too (a document may then have a
+// segment in each chunk of a rank).
+TEST(MpiContextParallelTest, ZigzagLayoutMatchesOneRank) {
+  test::Worst worst;
+  int cases = 0;
+  for_every_case([&](const Case& k) {
+    for (bool packed : {false, true}) {
+      ++cases;
+      const std::vector<int64_t> starts = packed ? kDocStarts : std::vector<int64_t>{};
+      const test::StepGradients one =
+          test::step_gradients(tiny(k.stack), nullptr, 2 * k.groups->dp_size, k.phase, 1,
+                               Device::kCPU, false, kSeqLen, starts);
+      const test::StepGradients many =
+          test::step_gradients(tiny(k.stack), k.groups, 2, k.phase, 1, Device::kCPU, false, kSeqLen,
+                               starts, /*cp_zigzag=*/true);
+      test::expect_same_step(many, one, tiny(k.stack), k.phase, kTol,
+                             k.describe() + "; zig-zag" + (packed ? "; packed documents" : ""),
+                             worst);
+    }
+  });
+  EXPECT_GT(cases, 0);
+  if (world_rank() == 0)
+    std::printf("%d zig-zag cases; worst gradient relative L2 difference %.3g (%s)\n", cases,
                 worst.rel, worst.where.c_str());
 }
 

@@ -50,17 +50,19 @@ class FixedDocumentsSource : public BatchSource {
 // A tiny model, its AdamW and its kv-recall data (seq_len tokens, 3 facts) on a data x context x
 // tensor-parallel layout as msa-train builds it: `batch` sequences per data-parallel rank, each
 // cp rank its shard of them, gradients summed over dp x cp; groups == nullptr: this rank alone.
-// doc_starts non-empty: every row packs documents starting there (FixedDocumentsSource).
+// doc_starts non-empty: every row packs documents starting there (FixedDocumentsSource);
+// cp_zigzag: the zig-zag cp layout (model/context_parallel.h).
 // On Device::kCUDA the model computes in bf16 (f32 masters), as msa-train does.
 struct ParallelSetup {
   ParallelSetup(const ModelConfig& c, const ProcessGroups* groups, bool zero1, int64_t batch,
                 int steps, int grad_accum, int64_t index_warmup, int64_t dense_steps, Device device,
-                double max_lr, int64_t seq_len = 48,
-                const std::vector<int64_t>& doc_starts = {})
+                double max_lr, int64_t seq_len = 48, const std::vector<int64_t>& doc_starts = {},
+                bool cp_zigzag = false)
       : tp(tensor_parallel_of(groups ? groups->tp.get() : nullptr)),
         dp(groups ? groups->gradient_group() : nullptr),
         model(c, device == Device::kCUDA ? DType::kBF16 : DType::kF32, device, tp,
-              context_parallel_of(groups && groups->cp_size > 1 ? groups->cp.get() : nullptr)) {
+              context_parallel_of(groups && groups->cp_size > 1 ? groups->cp.get() : nullptr,
+                                  cp_zigzag)) {
     model.params().initialize(3, tp.rank, tp.size);
     optimizer = std::make_unique<AdamW>(model.params(), optimizer_config(zero1));
     DataLayout layout{grad_accum, groups ? groups->dp_rank : 0, groups ? groups->dp_size : 1};
@@ -71,7 +73,7 @@ struct ParallelSetup {
     if (!doc_starts.empty())
       source = std::make_unique<FixedDocumentsSource>(std::move(source), doc_starts);
     data = make_context_shard_source(std::move(source), groups ? groups->cp_rank : 0,
-                                     groups ? groups->cp_size : 1);
+                                     groups ? groups->cp_size : 1, cp_zigzag);
     config.steps = steps;
     config.grad_accum = grad_accum;
     config.lr.max_lr = max_lr;
@@ -176,10 +178,11 @@ struct StepGradients {
 inline StepGradients step_gradients(const ModelConfig& c, const ProcessGroups* groups,
                                     int64_t batch, Phase phase, int grad_accum, Device device,
                                     bool zero1, int64_t seq_len,
-                                    const std::vector<int64_t>& doc_starts) {
-  ParallelSetup setup(c, groups, zero1, batch, 1, grad_accum,
-                      phase == Phase::kFrozenBackboneWarmup ? 1 : 0,
-                      phase == Phase::kDenseAttention ? 1 : 0, device, 1e-3, seq_len, doc_starts);
+                                    const std::vector<int64_t>& doc_starts,
+                                    bool cp_zigzag = false) {
+  ParallelSetup setup(
+      c, groups, zero1, batch, 1, grad_accum, phase == Phase::kFrozenBackboneWarmup ? 1 : 0,
+      phase == Phase::kDenseAttention ? 1 : 0, device, 1e-3, seq_len, doc_starts, cp_zigzag);
   Trainer trainer(setup.model, *setup.optimizer, *setup.data, setup.config);
   StepGradients r;
   r.metrics = trainer.train_step(1);
