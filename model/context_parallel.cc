@@ -39,12 +39,17 @@ absl::Status check_context_parallel(const ModelConfig& config, int cp, int64_t s
                                     bool zigzag) {
   if (cp < 1) return absl::InvalidArgumentError(absl::StrFormat("invalid --cp: %d < 1", cp));
   const int parts = zigzag && cp > 1 ? 2 * cp : cp;
-  const char* what = zigzag && cp > 1 ? "2 x --cp" : "--cp";
+  const char* what = zigzag && cp > 1 ? "(2 x --cp)" : "--cp";
   if (seq_len % parts != 0)
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "invalid --cp: --seq_len %d is not a multiple of %s = %d (each rank holds seq_len / %s "
-        "tokens)",
-        seq_len, what, parts, what));
+    return absl::InvalidArgumentError(
+        zigzag && cp > 1
+            ? absl::StrFormat("invalid --cp: --seq_len %d is not a multiple of 2 x --cp = %d "
+                              "(--cp_layout=zigzag: each rank holds two chunks of seq_len / 2 cp "
+                              "tokens)",
+                              seq_len, parts)
+            : absl::StrFormat("invalid --cp: --seq_len %d is not a multiple of --cp %d (each rank "
+                              "holds seq_len / cp tokens)",
+                              seq_len, cp));
   if (config.any_msa() && (seq_len / parts) % config.msa.block_size != 0)
     return absl::InvalidArgumentError(absl::StrFormat(
         "invalid --cp: --seq_len / %s = %d / %d = %d tokens per %s is not a multiple of the MSA "

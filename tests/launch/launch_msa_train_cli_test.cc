@@ -137,6 +137,11 @@ TEST(MsaTrainCliTest, ContextParallelLayoutsThatCannotRunAreRefusedNamingTheFlag
       {"--cp=4 --device=cpu --seq_len=128 --msa_block_size=64",
        "invalid --cp: --seq_len / --cp = 128 / 4 = 32 tokens per rank is not a multiple of the MSA "
        "block size 64"},
+      {"--cp=2 --cp_layout=zigzag --device=cpu --seq_len=384 --msa_block_size=64",
+       "invalid --cp: --seq_len / (2 x --cp) = 384 / 4 = 96 tokens per half-shard is not a multiple "
+       "of the MSA block size 64"},
+      {"--cp=2 --cp_layout=spiral --device=cpu --seq_len=256",
+       "invalid --cp_layout: 'spiral' (use contiguous or zigzag)"},
       // One process: cp 2 does not divide the world.
       {"--cp=2 --device=cpu --seq_len=256 --msa_block_size=64",
        "invalid --cp: --tp 1 x --cp 2 does not divide the world size 1"},

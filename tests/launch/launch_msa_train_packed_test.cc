@@ -79,10 +79,10 @@ TEST(MsaTrainPackedTest, TrainsOnMsaDataShardsWithDocumentsKeptApart) {
 }
 
 // Under context parallelism (mpirun -np 2 --cp=2: each rank 32 of the 64 tokens, documents
-// spanning the two shards) the packed run is the one-rank packed run: the same samples and
-// documents, gradients summed in another order, so every step's loss agrees to f32 rounding
-// (1e-5 relative; a document boundary or a RoPE position lost at the shard edge moves it by
-// >1e-3).
+// spanning the shards; contiguous and zig-zag) the packed run is the one-rank packed run: the same
+// samples and documents, gradients summed in another order, so every step's loss agrees to f32
+// rounding (1e-5 relative; a document boundary or a RoPE position lost at the shard edge moves it
+// by >1e-3).
 TEST(MsaTrainPackedTest, ContextParallelPackedRunMatchesOneRank) {
   const std::string shards = make_shards("packed_cp");
   const std::string dir = fresh_dir("packed_cp_runs");
@@ -90,17 +90,23 @@ TEST(MsaTrainPackedTest, ContextParallelPackedRunMatchesOneRank) {
                           "/*.tok' --metrics_jsonl=" + dir;
   const CommandResult one = run_program("msa-train", run + "/one.jsonl");
   ASSERT_EQ(one.exit_code, 0) << one.output;
-  const CommandResult cp = mpirun_program(2, "msa-train", run + "/cp.jsonl --cp=2");
-  ASSERT_EQ(cp.exit_code, 0) << cp.output;
-  EXPECT_THAT(cp.output, HasSubstr("cp 2"));
-  const std::vector<nlohmann::json> a = metrics(dir + "/one.jsonl"), b = metrics(dir + "/cp.jsonl");
-  ASSERT_EQ(a.size(), 4u);
-  ASSERT_EQ(b.size(), 4u);
-  for (int s = 0; s < 4; ++s) {
-    const double la = a[s]["loss"].get<double>(), lb = b[s]["loss"].get<double>();
-    EXPECT_LT(std::abs(lb - la) / la, 1e-5) << "step " << s + 1 << ": " << lb << " vs " << la;
-    const double ia = a[s]["index_loss"].get<double>(), ib = b[s]["index_loss"].get<double>();
-    EXPECT_LT(std::abs(ib - ia) / ia, 1e-5) << "step " << s + 1 << ": " << ib << " vs " << ia;
+  for (const char* layout : {"contiguous", "zigzag"}) {
+    const std::string name = std::string("/cp_") + layout + ".jsonl";
+    const CommandResult cp =
+        mpirun_program(2, "msa-train", run + name + " --cp=2 --cp_layout=" + std::string(layout));
+    ASSERT_EQ(cp.exit_code, 0) << cp.output;
+    EXPECT_THAT(cp.output, HasSubstr(std::string("cp 2 (") + layout + ")"));
+    const std::vector<nlohmann::json> a = metrics(dir + "/one.jsonl"), b = metrics(dir + name);
+    ASSERT_EQ(a.size(), 4u);
+    ASSERT_EQ(b.size(), 4u);
+    for (int s = 0; s < 4; ++s) {
+      const double la = a[s]["loss"].get<double>(), lb = b[s]["loss"].get<double>();
+      EXPECT_LT(std::abs(lb - la) / la, 1e-5)
+          << layout << " step " << s + 1 << ": " << lb << " vs " << la;
+      const double ia = a[s]["index_loss"].get<double>(), ib = b[s]["index_loss"].get<double>();
+      EXPECT_LT(std::abs(ib - ia) / ia, 1e-5)
+          << layout << " step " << s + 1 << ": " << ib << " vs " << ia;
+    }
   }
 }
 
