@@ -11,7 +11,8 @@
 // (queries bottom-right of the gathered keys) is exercised, with the all-gather of K, V and the
 // index keys and the reduce-scatter of their gradients on device tensors.
 //
-// The ranks share one GPU: collectives stage through the host (host_staging_communicator.h).
+// With a GPU per rank the collectives are NCCL's; when the ranks share one GPU (NCCL refuses two
+// ranks on one device) they stage through the host (host_staging_communicator.h).
 // Tolerances: bf16 compute, so a layout changes rounding (GEMMs over T / cp rows, the key
 // gradients summed in f32 over ranks after each was rounded to bf16): 1e-2 relative on the
 // losses, 5e-2 relative L2 on each gradient. The bugs this is for are O(1): a kernel that ignores
@@ -72,6 +73,21 @@ ModelConfig config(const Size& size, Stack stack) {
   return c;
 }
 
+// NCCL groups when every rank of this node has its own GPU (the acceptance run on 2-8 GPUs);
+// otherwise the ranks share one and the collectives stage through the host.
+bool one_gpu_per_rank() {
+  int local_ranks = 0;
+  MPI_Comm node;
+  MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
+  MPI_Comm_size(node, &local_ranks);
+  MPI_Comm_free(&node);
+  return cuda_device_count() >= local_ranks;
+}
+absl::StatusOr<ProcessGroups> groups_for(const Layout& l) {
+  return one_gpu_per_rank() ? make_process_groups(l.tp, l.cp, /*nccl=*/true)
+                            : test::host_staged_process_groups(l.tp, l.cp);
+}
+
 class MpiContextParallelGpuTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -84,7 +100,7 @@ TEST_F(MpiContextParallelGpuTest, LossesAndEveryParametersFullGradientMatchOneRa
   test::Worst worst;
   int cases = 0;
   for (const Layout& l : layouts()) {
-    auto made = test::host_staged_process_groups(l.tp, l.cp);
+    auto made = groups_for(l);
     ASSERT_TRUE(made.ok()) << made.status();
     const ProcessGroups groups = std::move(*made);
     for (const Size& size : kSizes)
@@ -119,8 +135,9 @@ TEST_F(MpiContextParallelGpuTest, LossesAndEveryParametersFullGradientMatchOneRa
   }
   EXPECT_GT(cases, 0);
   if (test::world_rank() == 0)
-    std::printf("%d cases on the GPU; worst gradient relative L2 difference %.3g (%s)\n", cases,
-                worst.rel, worst.where.c_str());
+    std::printf("%d cases on the GPU (%s); worst gradient relative L2 difference %.3g (%s)\n",
+                cases, one_gpu_per_rank() ? "NCCL" : "one GPU, host-staged collectives", worst.rel,
+                worst.where.c_str());
 }
 
 }  // namespace
