@@ -257,34 +257,35 @@ const std::vector<Case> kProduct = {{2, 1100, 32, 4, 128, 128, 128, 4},
                                     {2, 2048, 64, 4, 128, 128, 128, 12},
                                     {1, 4096, 32, 8, 128, 128, 128, 8}};
 
+// check_case on each case, seeds first + 10, first + 20, ...
+void check_cases(const std::vector<Case>& cases, IndexLossMode mode, uint64_t first_seed) {
+  uint64_t seed = first_seed;
+  for (const Case& c : cases) check_case(c, mode, seed += 10);
+}
+
 TEST(GpuMsaIndexLossTest, SmallRecipeSparse) {
   SKIP_WITHOUT_GPU();
-  uint64_t seed = 7100;
-  for (const Case& c : kSmall) check_case(c, IndexLossMode::kSparse, seed += 10);
+  check_cases(kSmall, IndexLossMode::kSparse, 7100);
 }
 
 TEST(GpuMsaIndexLossTest, SmallRecipeDense) {
   SKIP_WITHOUT_GPU();
-  uint64_t seed = 7200;
-  for (const Case& c : kSmall) check_case(c, IndexLossMode::kDenseTarget, seed += 10);
+  check_cases(kSmall, IndexLossMode::kDenseTarget, 7200);
 }
 
 TEST(GpuMsaIndexLossTest, MixedShapesSparse) {
   SKIP_WITHOUT_GPU();
-  uint64_t seed = 7300;
-  for (const Case& c : kMixed) check_case(c, IndexLossMode::kSparse, seed += 10);
+  check_cases(kMixed, IndexLossMode::kSparse, 7300);
 }
 
 TEST(GpuMsaIndexLossTest, MixedShapesDense) {
   SKIP_WITHOUT_GPU();
-  uint64_t seed = 7400;
-  for (const Case& c : kMixed) check_case(c, IndexLossMode::kDenseTarget, seed += 10);
+  check_cases(kMixed, IndexLossMode::kDenseTarget, 7400);
 }
 
 TEST(GpuMsaIndexLossTest, ProductShapesSparse) {
   SKIP_WITHOUT_GPU();
-  uint64_t seed = 7500;
-  for (const Case& c : kProduct) check_case(c, IndexLossMode::kSparse, seed += 10);
+  check_cases(kProduct, IndexLossMode::kSparse, 7500);
 }
 
 TEST(GpuMsaIndexLossTest, ProductShapesDense) {
@@ -312,26 +313,22 @@ const std::vector<Case> kOffsetProduct = {{1, 1024, 64, 4, 128, 128, 128, 16, 40
 
 TEST(GpuMsaIndexLossTest, QueryOffsetSmallSparse) {
   SKIP_WITHOUT_GPU();
-  uint64_t seed = 8100;
-  for (const Case& c : kOffsetSmall) check_case(c, IndexLossMode::kSparse, seed += 10);
+  check_cases(kOffsetSmall, IndexLossMode::kSparse, 8100);
 }
 
 TEST(GpuMsaIndexLossTest, QueryOffsetSmallDense) {
   SKIP_WITHOUT_GPU();
-  uint64_t seed = 8200;
-  for (const Case& c : kOffsetSmall) check_case(c, IndexLossMode::kDenseTarget, seed += 10);
+  check_cases(kOffsetSmall, IndexLossMode::kDenseTarget, 8200);
 }
 
 TEST(GpuMsaIndexLossTest, QueryOffsetProductShapesSparse) {
   SKIP_WITHOUT_GPU();
-  uint64_t seed = 8300;
-  for (const Case& c : kOffsetProduct) check_case(c, IndexLossMode::kSparse, seed += 10);
+  check_cases(kOffsetProduct, IndexLossMode::kSparse, 8300);
 }
 
 TEST(GpuMsaIndexLossTest, QueryOffsetProductShapesDense) {
   SKIP_WITHOUT_GPU();
-  uint64_t seed = 8400;
-  for (const Case& c : kOffsetProduct) check_case(c, IndexLossMode::kDenseTarget, seed += 10);
+  check_cases(kOffsetProduct, IndexLossMode::kDenseTarget, 8400);
 }
 
 // True when a and b hold the same values bit for bit (f32 values are exact in double).
