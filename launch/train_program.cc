@@ -384,8 +384,8 @@ class CheckpointWriter {
     ckpt.state.tokens_seen = tokens_seen;
     ckpt.state.seed = static_cast<int64_t>(o_.seed);
     // Samples continue from the cursor this run started at (data/window_sampler.h).
-    ckpt.state.sample_cursor = base_sample_ + (step - base_step_) * o_.trainer.grad_accum *
-                                                  o_.batch_size * groups_.dp_size;
+    ckpt.state.sample_cursor =
+        base_sample_ + (step - base_step_) * o_.trainer.grad_accum * o_.batch_size * groups_.dp_size;
     ckpt.state.lr_step = step;
     const std::string path = checkpoint_path(o_.checkpoint_dir, step);
     absl::Status status;

@@ -16,6 +16,24 @@ TokenLayout token_layout(const Tensor& t, const char* op) {
   return {batch, n, batch * n > 0 ? t.numel() / (batch * n) : 0};
 }
 
+// The all-gathered layout [cp, batch, n, row] (rank-major) against the keys [batch, key_len, row]
+// in position order: fn(gathered row, key row, tokens) for each piece of each rank's chunks that
+// lies below key_len (chunks tile the sequence: each is wholly inside or outside). Rows are the
+// tokens of the two tensors flattened over batch.
+template <class Fn>
+void for_each_key_piece(const ContextParallel& cp, int64_t batch, int64_t n, int64_t key_len,
+                        Fn fn) {
+  for (int r = 0; r < cp.size; ++r) {
+    int64_t first = 0;  // the chunk's first local token on rank r
+    for (const TokenChunk& c : cp_token_chunks(r, cp.size, cp.zigzag, n)) {
+      if (c.end() <= key_len)
+        for (int64_t b = 0; b < batch; ++b)
+          fn((r * batch + b) * n + first, b * key_len + c.position, c.length);
+      first += c.length;
+    }
+  }
+}
+
 }  // namespace
 
 std::vector<TokenChunk> cp_token_chunks(int rank, int size, bool zigzag, int64_t local_T) {
@@ -75,18 +93,10 @@ Tensor cp_gather_keys(const ContextParallel& cp, const Tensor& local) {
   Tensor out = Tensor::empty(shape, local.dtype(), dev);
   const Tensor src = all.view({cp.size * l.batch * l.n, l.row});
   Tensor dst = out.view({l.batch * key_len, l.row});
-  for (int r = 0; r < cp.size; ++r) {
-    int64_t first = 0;  // the chunk's first local token on rank r
-    for (const TokenChunk& c : cp_token_chunks(r, cp.size, cp.zigzag, l.n)) {
-      if (c.end() <= key_len)  // (chunks tile the sequence: wholly inside or outside)
-        for (int64_t b = 0; b < l.batch; ++b) {
-          Tensor to = dst.slice0(b * key_len + c.position, b * key_len + c.end());
-          const int64_t from = (r * l.batch + b) * l.n + first;
-          to.copy_from(src.slice0(from, from + c.length));
-        }
-      first += c.length;
-    }
-  }
+  for_each_key_piece(cp, l.batch, l.n, key_len, [&](int64_t from, int64_t to, int64_t len) {
+    Tensor piece = dst.slice0(to, to + len);
+    piece.copy_from(src.slice0(from, from + len));
+  });
   return out;
 }
 
@@ -114,18 +124,10 @@ Tensor cp_reduce_scatter_keys(const ContextParallel& cp, const Tensor& grad) {
   } else {
     const Tensor src = g.view({l.batch * l.n, l.row});
     Tensor dst = send.view({cp.size * l.batch * n, l.row});
-    for (int r = 0; r < cp.size; ++r) {
-      int64_t first = 0;
-      for (const TokenChunk& c : cp_token_chunks(r, cp.size, cp.zigzag, n)) {
-        if (c.end() <= l.n)
-          for (int64_t b = 0; b < l.batch; ++b) {
-            const int64_t to = (r * l.batch + b) * n + first;
-            Tensor piece = dst.slice0(to, to + c.length);
-            piece.copy_from(src.slice0(b * l.n + c.position, b * l.n + c.end()));
-          }
-        first += c.length;
-      }
-    }
+    for_each_key_piece(cp, l.batch, n, l.n, [&](int64_t to, int64_t from, int64_t len) {
+      Tensor piece = dst.slice0(to, to + len);
+      piece.copy_from(src.slice0(from, from + len));
+    });
   }
   Shape shape = grad.shape();
   shape[1] = n;

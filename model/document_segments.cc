@@ -32,15 +32,20 @@ DocumentSegments DocumentSegments::from_starts(int64_t batch, int64_t T,
     MSA_CHECK(!s.empty() && s[0] == 0, "document segments: row %d does not start a document at 0",
               b);
     int64_t local = 0;  // the chunk's first local token
-    for (const TokenChunk& c : chunks) {
+    for (size_t ci = 0; ci < chunks.size(); ++ci) {
+      const TokenChunk& c = chunks[ci];
       for (size_t i = 0; i < s.size(); ++i) {
         const int64_t end = i + 1 < s.size() ? s[i + 1] : std::max(c.end(), s[i] + 1);
         MSA_CHECK(s[i] < end, "document segments: row %d: starts must increase", b);
-        if (end <= c.position || s[i] >= c.end()) continue;  // none of this chunk's tokens
+        // Whether document [s[i], end) holds tokens of chunk `k`.
+        const auto overlaps = [&](const TokenChunk& k) {
+          return end > k.position && s[i] < k.end();
+        };
+        if (!overlaps(c)) continue;
         const int64_t first = std::max(s[i], c.position), last = std::min(end, c.end());
         DocumentSegment seg{b, local + first - c.position, local + last - c.position, s[i], first};
-        for (const DocumentSegment& e : d.segments_)
-          seg.repeat = seg.repeat || (e.row == b && e.key_begin == s[i]);
+        // A repeat: the document had a segment in an earlier chunk of this row.
+        seg.repeat = std::any_of(chunks.begin(), chunks.begin() + ci, overlaps);
         d.any_split_ = d.any_split_ || seg.begin != 0 || seg.end != T || seg.key_begin != 0;
         d.segments_.push_back(seg);
       }

@@ -6,17 +6,21 @@
 namespace msa {
 namespace {
 
-// Rows [first, first + L) of a [batch, T, ...] tensor as the sequence [1, L, ...].
-Tensor document_view(const Tensor& t, const DocumentSegments& docs, const DocumentSegment& s) {
-  const int64_t T = docs.seq_len();
-  MSA_CHECK(t.ndim() >= 2 && t.size(0) == docs.batch() && t.size(1) == T,
-            "document view: %s is not [batch %d, T %d, ...]", t.describe(), docs.batch(), T);
+// n rows of row `row` of a [batch, L, ...] tensor from `first` on, as the sequence [1, n, ...].
+Tensor row_range(const Tensor& t, const DocumentSegments& docs, int64_t L, int64_t row,
+                 int64_t first, int64_t n, const char* what) {
+  MSA_CHECK(t.ndim() >= 2 && t.size(0) == docs.batch() && t.size(1) == L,
+            "document %s: %s is not [batch %d, %d, ...]", what, t.describe(), docs.batch(), L);
   Shape shape = t.shape();
-  const int64_t inner = t.numel() / (docs.batch() * T);
+  const int64_t inner = t.numel() / (docs.batch() * L);
   shape[0] = 1;
-  shape[1] = s.length();
-  const int64_t first = s.first_token(T);
-  return t.view({docs.batch() * T, inner}).slice0(first, first + s.length()).view(shape);
+  shape[1] = n;
+  return t.view({docs.batch() * L, inner}).slice0(row * L + first, row * L + first + n).view(shape);
+}
+
+// Segment s's queries in a [batch, T, ...] tensor: tokens [begin, end) of its row.
+Tensor document_view(const Tensor& t, const DocumentSegments& docs, const DocumentSegment& s) {
+  return row_range(t, docs, docs.seq_len(), s.row, s.begin, s.length(), "view");
 }
 
 // The keys of segment s in a [batch, key_len, ...] tensor (the gathered keys under context
@@ -24,16 +28,8 @@ Tensor document_view(const Tensor& t, const DocumentSegments& docs, const Docume
 // its row, as [1, n, ...]; its queries sit bottom-right of them (kernels/msa.h,
 // kernels/attention.h).
 Tensor key_view(const Tensor& t, const DocumentSegments& docs, const DocumentSegment& s) {
-  const int64_t L = docs.key_len();
-  MSA_CHECK(t.ndim() >= 2 && t.size(0) == docs.batch() && t.size(1) == L,
-            "document key view: %s is not [batch %d, keys %d, ...]", t.describe(), docs.batch(), L);
-  Shape shape = t.shape();
-  const int64_t inner = t.numel() / (docs.batch() * L);
-  const int64_t first = s.row * L + s.key_begin;
-  const int64_t n = s.position + s.length() - s.key_begin;
-  shape[0] = 1;
-  shape[1] = n;
-  return t.view({docs.batch() * L, inner}).slice0(first, first + n).view(shape);
+  return row_range(t, docs, docs.key_len(), s.row, s.key_begin,
+                   s.position + s.length() - s.key_begin, "key view");
 }
 
 // Runs fn(out) on a key-gradient view: written in place, or, for a repeated document (whose keys an
