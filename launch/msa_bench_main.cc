@@ -9,6 +9,7 @@
 #include "absl/flags/parse.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
+#include "core/deterministic.h"
 #include "core/tensor.h"
 #include "launch/bench/bench.h"
 #include "launch/program_usage.h"
@@ -41,6 +42,9 @@ ABSL_FLAG(int, cp_shards, 0,
           "msa: also time each context-parallel rank's share of every --seqs length split into this "
           "many shards (its queries over the keys up to its shard's end), contiguous and zig-zag "
           "(0: off).");
+ABSL_FLAG(bool, deterministic, false,
+          "Time the deterministic kernels (msa-train --deterministic: fixed summation order, "
+          "per-slot partials instead of f32 atomics).");
 ABSL_FLAG(double, peak_tflops, 989.4,
           "Peak dense bf16 TFLOP/s that MFU is relative to (H100 SXM: 989.4).");
 
@@ -62,6 +66,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "msa-bench: expected one benchmark name: msa, dense or step (see --help)\n");
     return 1;
   }
+  msa::set_deterministic(absl::GetFlag(FLAGS_deterministic));
 #if MSA_HAS_CUDA
   if (!msa::cuda_available()) {
     std::fprintf(stderr, "msa-bench: no CUDA device\n");
