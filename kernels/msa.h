@@ -120,6 +120,27 @@ double msa_block_recall(const Tensor& q, const Tensor& k, const BlockSelection& 
 double msa_block_recall(const Tensor& q, const Tensor& k, const BlockSelection& sel, double scale,
                         const std::vector<RecallQuery>& queries);
 
+// Index recall ceiling: for the same sampled (t, g) rows, the dense attention mass (averaged over
+// the group's heads) inside the block recall's oracle blocks, averaged over the rows. No k blocks
+// shared by a group keep more, so msa_index_recall <= this for every selection, with equality for
+// the oracle selection; it depends on q, k and sel's block size and k only (not on its blocks).
+// Any device (computed on the CPU); NaN attention gives NaN.
+double msa_index_recall_ceiling(const Tensor& q, const Tensor& k, const BlockSelection& sel,
+                                double scale, int64_t query_stride);
+double msa_index_recall_ceiling(const Tensor& q, const Tensor& k, const BlockSelection& sel,
+                                double scale, const std::vector<RecallQuery>& queries);
+
+// Both measures against the oracle blocks from one pass over the dense attention (what the model
+// logs; the two functions above each make that pass).
+struct OracleRecall {
+  double block_recall = 0;
+  double index_recall_ceiling = 0;
+};
+OracleRecall msa_oracle_recall(const Tensor& q, const Tensor& k, const BlockSelection& sel,
+                               double scale, int64_t query_stride);
+OracleRecall msa_oracle_recall(const Tensor& q, const Tensor& k, const BlockSelection& sel,
+                               double scale, const std::vector<RecallQuery>& queries);
+
 // Key-block hit rate: the fraction of rows (queries[i], g), over every group g, whose selected
 // blocks include the block of key_positions[i] (a position on the same sequence, <= the query's;
 // e.g. the fact an answer position of a retrieval task asks about). 1.0 = the selector always

@@ -14,8 +14,9 @@ const EvalCell& cell(const EvalReport& r, size_t li, size_t di) {
   return r.cells[li * r.depths.size() + di];
 }
 
-// Which recall of a cell: index or block recall, over the sampled queries or at the answers.
-enum class Recall { kIndex, kBlock, kAnswerIndex, kAnswerBlock };
+// Which recall of a cell: index recall, block recall or the index recall ceiling, over the
+// sampled queries or at the answers.
+enum class Recall { kIndex, kBlock, kCeiling, kAnswerIndex, kAnswerBlock, kAnswerCeiling };
 
 const std::vector<double>& recall_of(const EvalCell& c, Recall which) {
   switch (which) {
@@ -23,21 +24,50 @@ const std::vector<double>& recall_of(const EvalCell& c, Recall which) {
       return c.index_recall;
     case Recall::kBlock:
       return c.block_recall;
+    case Recall::kCeiling:
+      return c.index_recall_ceiling;
     case Recall::kAnswerIndex:
       return c.answer_index_recall;
     case Recall::kAnswerBlock:
+      return c.answer_block_recall;
+    case Recall::kAnswerCeiling:
       break;
   }
-  return c.answer_block_recall;
+  return c.answer_index_recall_ceiling;
 }
+
+// A recall column of each MSA layer, named "<table> L<l>" in the table, "<markdown> L<l>" in
+// Markdown and "<csv>_layer<l>" in the CSV.
+struct RecallColumn {
+  Recall which;
+  const char* table;
+  const char* markdown;
+  const char* csv;
+};
+
+// Per MSA layer, in this order: index recall, block recall, ceiling, then with answer_recall the
+// same three at the answer positions.
+std::vector<RecallColumn> recall_columns(const EvalReport& r) {
+  std::vector<RecallColumn> columns = {
+      {Recall::kIndex, "recall", "recall", "recall"},
+      {Recall::kBlock, "block", "block", "block_recall"},
+      {Recall::kCeiling, "recall ceiling", "recall ceiling", "recall_ceiling"},
+  };
+  if (r.answer_recall)
+    columns.insert(
+        columns.end(),
+        {{Recall::kAnswerIndex, "answer", "answer recall", "answer_recall"},
+         {Recall::kAnswerBlock, "ans.block", "answer block", "answer_block_recall"},
+         {Recall::kAnswerCeiling, "ans.ceiling", "answer ceiling", "answer_recall_ceiling"}});
+  return columns;
+}
+
+double at(const std::vector<double>& v, size_t l) { return l < v.size() ? v[l] : 0.0; }
 
 // Mean recall `which` of MSA layer `l` over the depths of length row `li`.
 double row_recall(const EvalReport& r, size_t li, size_t l, Recall which) {
   double sum = 0;
-  for (size_t di = 0; di < r.depths.size(); ++di) {
-    const std::vector<double>& v = recall_of(cell(r, li, di), which);
-    sum += l < v.size() ? v[l] : 0.0;
-  }
+  for (size_t di = 0; di < r.depths.size(); ++di) sum += at(recall_of(cell(r, li, di), which), l);
   return sum / static_cast<double>(r.depths.size());
 }
 
@@ -53,91 +83,82 @@ double row_accuracy(const EvalReport& r, size_t li) {
 }  // namespace
 
 std::string format_report_table(const EvalReport& r) {
+  const std::vector<RecallColumn> columns = recall_columns(r);
   std::string out = r.title + "\n";
   out += absl::StrFormat("%8s", "length");
   for (double d : r.depths) out += absl::StrFormat(" | depth %4.2f", d);
   out += " |  all ";
-  for (int l : r.msa_layers) {
-    out += absl::StrFormat(" | recall L%d | block L%d", l, l);
-    if (r.answer_recall) out += absl::StrFormat(" | answer L%d | ans.block L%d", l, l);
-  }
+  std::vector<int> widths;  // each recall column's value is as wide as its name
+  for (int l : r.msa_layers)
+    for (const RecallColumn& c : columns) {
+      const std::string name = absl::StrFormat("%s L%d", c.table, l);
+      out += " | " + name;
+      widths.push_back(static_cast<int>(name.size()));
+    }
   out += "\n";
   for (size_t li = 0; li < r.lengths.size(); ++li) {
     out += absl::StrFormat("%8d", r.lengths[li]);
     for (size_t di = 0; di < r.depths.size(); ++di)
       out += absl::StrFormat(" | %9.1f%%", 100 * cell(r, li, di).accuracy);
     out += absl::StrFormat(" | %5.1f%%", 100 * row_accuracy(r, li));
-    for (size_t l = 0; l < r.msa_layers.size(); ++l) {
-      out += absl::StrFormat(" | %9.3f | %8.3f", row_recall(r, li, l, Recall::kIndex),
-                             row_recall(r, li, l, Recall::kBlock));
-      if (r.answer_recall)
-        out += absl::StrFormat(" | %9.3f | %12.3f", row_recall(r, li, l, Recall::kAnswerIndex),
-                               row_recall(r, li, l, Recall::kAnswerBlock));
-    }
+    size_t w = 0;
+    for (size_t l = 0; l < r.msa_layers.size(); ++l)
+      for (const RecallColumn& c : columns)
+        out += absl::StrFormat(" | %*.3f", widths[w++], row_recall(r, li, l, c.which));
     out += "\n";
   }
   return out;
 }
 
 std::string format_report_markdown(const EvalReport& r) {
+  const std::vector<RecallColumn> columns = recall_columns(r);
   std::string out =
       "### " + r.title +
       "\n\nRetrieval accuracy by context length (rows) and depth of the facts (columns)";
   if (!r.msa_layers.empty())
     out +=
         ", and per MSA layer (means over depths) the index recall (the share of the dense "
-        "attention mass inside the selected blocks) and the block recall (the share of the "
-        "attention's own top-k blocks that the selector picked)";
+        "attention mass inside the selected blocks), the block recall (the share of the "
+        "attention's own top-k blocks that the selector picked) and the recall ceiling (the "
+        "share of the mass inside those top-k blocks: the most index recall any k blocks keep)";
   if (!r.msa_layers.empty() && r.answer_recall)
     out +=
-        ", both averaged over sampled query positions (mostly filler tokens), and the same two "
-        "measured at the answer positions only (the queries whose attention decides the task: "
-        "answer recall, answer block recall)";
+        ", the three averaged over sampled query positions (mostly filler tokens), and the same "
+        "three measured at the answer positions only (the queries whose attention decides the "
+        "task: answer recall, answer block recall, answer ceiling)";
   out += ".\n\n| length |";
   for (double d : r.depths) out += absl::StrFormat(" depth %.2f |", d);
   out += " all |";
-  for (int l : r.msa_layers) {
-    out += absl::StrFormat(" recall L%d | block L%d |", l, l);
-    if (r.answer_recall) out += absl::StrFormat(" answer recall L%d | answer block L%d |", l, l);
-  }
+  for (int l : r.msa_layers)
+    for (const RecallColumn& c : columns) out += absl::StrFormat(" %s L%d |", c.markdown, l);
   out += "\n|---|";
-  const size_t per_layer = r.answer_recall ? 4 : 2;
-  for (size_t i = 0; i < r.depths.size() + 1 + per_layer * r.msa_layers.size(); ++i) out += "---|";
+  for (size_t i = 0; i < r.depths.size() + 1 + columns.size() * r.msa_layers.size(); ++i)
+    out += "---|";
   out += "\n";
   for (size_t li = 0; li < r.lengths.size(); ++li) {
     out += absl::StrFormat("| %d |", r.lengths[li]);
     for (size_t di = 0; di < r.depths.size(); ++di)
       out += absl::StrFormat(" %.1f%% |", 100 * cell(r, li, di).accuracy);
     out += absl::StrFormat(" %.1f%% |", 100 * row_accuracy(r, li));
-    for (size_t l = 0; l < r.msa_layers.size(); ++l) {
-      out += absl::StrFormat(" %.3f | %.3f |", row_recall(r, li, l, Recall::kIndex),
-                             row_recall(r, li, l, Recall::kBlock));
-      if (r.answer_recall)
-        out += absl::StrFormat(" %.3f | %.3f |", row_recall(r, li, l, Recall::kAnswerIndex),
-                               row_recall(r, li, l, Recall::kAnswerBlock));
-    }
+    for (size_t l = 0; l < r.msa_layers.size(); ++l)
+      for (const RecallColumn& c : columns)
+        out += absl::StrFormat(" %.3f |", row_recall(r, li, l, c.which));
     out += "\n";
   }
   return out;
 }
 
 std::string format_report_csv(const EvalReport& r) {
+  const std::vector<RecallColumn> columns = recall_columns(r);
   std::string out = "length,depth,accuracy,answers";
-  for (int l : r.msa_layers) {
-    out += absl::StrFormat(",recall_layer%d,block_recall_layer%d", l, l);
-    if (r.answer_recall)
-      out += absl::StrFormat(",answer_recall_layer%d,answer_block_recall_layer%d", l, l);
-  }
+  for (int l : r.msa_layers)
+    for (const RecallColumn& c : columns) out += absl::StrFormat(",%s_layer%d", c.csv, l);
   out += "\n";
-  for (const EvalCell& c : r.cells) {
-    out += absl::StrFormat("%d,%g,%.6f,%d", c.length, c.depth, c.accuracy, c.answers);
-    auto at = [](const std::vector<double>& v, size_t l) { return l < v.size() ? v[l] : 0.0; };
-    for (size_t l = 0; l < r.msa_layers.size(); ++l) {
-      out += absl::StrFormat(",%.6f,%.6f", at(c.index_recall, l), at(c.block_recall, l));
-      if (r.answer_recall)
-        out += absl::StrFormat(",%.6f,%.6f", at(c.answer_index_recall, l),
-                               at(c.answer_block_recall, l));
-    }
+  for (const EvalCell& cell : r.cells) {
+    out += absl::StrFormat("%d,%g,%.6f,%d", cell.length, cell.depth, cell.accuracy, cell.answers);
+    for (size_t l = 0; l < r.msa_layers.size(); ++l)
+      for (const RecallColumn& c : columns)
+        out += absl::StrFormat(",%.6f", at(recall_of(cell, c.which), l));
     out += "\n";
   }
   return out;

@@ -1,6 +1,7 @@
 // The quality report of msa-eval: retrieval accuracy by context length and depth, index recall
-// (the attention mass the selection keeps, the headline) and block recall (the paper's metric) per
-// MSA layer, printed as a table and written as CSV and Markdown.
+// (the attention mass the selection keeps, the headline), block recall (the paper's metric) and
+// the index recall ceiling (the most any k blocks keep) per MSA layer, printed as a table and
+// written as CSV and Markdown.
 #pragma once
 
 #include <cstdint>
@@ -16,11 +17,13 @@ struct EvalCell {
   double depth = 0;
   double accuracy = 0;
   int64_t answers = 0;
-  std::vector<double> index_recall;  // per MSA layer
-  std::vector<double> block_recall;  // per MSA layer
-  // Per MSA layer, with EvalReport::answer_recall: both recalls at the answer positions only.
+  std::vector<double> index_recall;          // per MSA layer
+  std::vector<double> block_recall;          // per MSA layer
+  std::vector<double> index_recall_ceiling;  // per MSA layer
+  // Per MSA layer, with EvalReport::answer_recall: the three at the answer positions only.
   std::vector<double> answer_index_recall;
   std::vector<double> answer_block_recall;
+  std::vector<double> answer_index_recall_ceiling;
 };
 
 struct EvalReport {
@@ -32,9 +35,9 @@ struct EvalReport {
   bool answer_recall = false;   // cells hold the answer-position recalls: print their columns
 };
 
-// The accuracy table (rows: lengths, columns: depths, then per MSA layer the mean index recall
-// and the mean block recall over the depths, and with answer_recall the same two measured at the
-// answer positions).
+// The accuracy table (rows: lengths, columns: depths, then per MSA layer the means over the
+// depths of the index recall, the block recall and the index recall ceiling, and with
+// answer_recall the same three measured at the answer positions).
 std::string format_report_table(const EvalReport& report);
 std::string format_report_markdown(const EvalReport& report);
 std::string format_report_csv(const EvalReport& report);

@@ -1,6 +1,6 @@
 // msa-eval: long-context quality of a checkpoint: retrieval accuracy by context length and depth
-// of the facts, index recall and block recall per MSA layer (over sampled queries and at the
-// answer positions); or (--data) the validation loss and
+// of the facts, index recall, block recall and the index recall ceiling per MSA layer (over
+// sampled queries and at the answer positions); or (--data) the validation loss and
 // perplexity by position in the window, for one or several checkpoints side by side.
 #include <sys/stat.h>
 
@@ -50,12 +50,13 @@ ABSL_FLAG(std::string, attention_mode, "sparse",
           "a comma-separated mode per checkpoint (e.g. --checkpoint=a.h5,a.h5 "
           "--attention_mode=sparse,dense).");
 ABSL_FLAG(int64_t, recall_stride, 8,
-          "Index recall and block recall sample every N-th query position (0: off). Measured on "
-          "the selector's choice in either --attention_mode.");
+          "Index recall, block recall and the recall ceiling sample every N-th query position "
+          "(0: off). Measured on the selector's choice in either --attention_mode.");
 ABSL_FLAG(bool, answer_recall, true,
-          "Also measure index recall and block recall at the answer positions only (the queries "
-          "whose attention decides the task; --recall_stride's average is mostly filler tokens): "
-          "the 'answer' and 'ans.block' columns per MSA layer.");
+          "Also measure index recall, block recall and the recall ceiling at the answer positions "
+          "only (the queries whose attention decides the task; --recall_stride's average is "
+          "mostly filler tokens): the 'answer', 'ans.block' and 'ans.ceiling' columns per MSA "
+          "layer.");
 ABSL_FLAG(std::string, data, "",
           "Token shards (a glob or a comma-separated list of globs, as msa-data writes them): "
           "instead of the retrieval tasks, report the validation loss and perplexity by position "
@@ -238,13 +239,17 @@ absl::Status run_retrieval(const std::string& path, const msa::Checkpoint& ckpt,
       const msa::RetrievalResult r = msa::evaluate_retrieval(
           model, task, absl::GetFlag(FLAGS_samples), absl::GetFlag(FLAGS_batch_size), mode,
           recall_stride, report.answer_recall);
-      msa::EvalCell c{length, depth, r.accuracy, r.answers, r.index_recall, r.block_recall};
+      msa::EvalCell c{length, depth, r.accuracy, r.answers};
+      c.index_recall = r.index_recall;
+      c.block_recall = r.block_recall;
+      c.index_recall_ceiling = r.index_recall_ceiling;
       c.answer_index_recall = r.answer_index_recall;
       c.answer_block_recall = r.answer_block_recall;
-      c.index_recall.resize(report.msa_layers.size(), 0.0);
-      c.block_recall.resize(report.msa_layers.size(), 0.0);
-      c.answer_index_recall.resize(report.msa_layers.size(), 0.0);
-      c.answer_block_recall.resize(report.msa_layers.size(), 0.0);
+      c.answer_index_recall_ceiling = r.answer_index_recall_ceiling;
+      for (std::vector<double>* v :
+           {&c.index_recall, &c.block_recall, &c.index_recall_ceiling, &c.answer_index_recall,
+            &c.answer_block_recall, &c.answer_index_recall_ceiling})
+        v->resize(report.msa_layers.size(), 0.0);
       report.cells.push_back(c);
       // The fact's block selected at the answers, per MSA layer: whether the selector finds what
       // the task needs (1.0 = always).
@@ -433,8 +438,9 @@ absl::Status run() {
 int main(int argc, char** argv) {
   msa::set_program_usage(
       "Evaluates a checkpoint's long-context quality: retrieval accuracy by context length and\n"
-      "depth, index recall (attention mass kept) and block recall (the paper's selector metric)\n"
-      "per MSA layer, over every --recall_stride-th query and at the answer positions\n"
+      "depth, index recall (attention mass kept), block recall (the paper's selector metric) and\n"
+      "the recall ceiling (the most any k blocks keep) per MSA layer, over every\n"
+      "--recall_stride-th query and at the answer positions\n"
       "(--answer_recall); or, with --data, the validation loss and perplexity by position in\n"
       "the window for one or several checkpoints side by side (docs/quality.md).\n"
       "  msa-eval --checkpoint=ckpt/ckpt-00000400.h5 --lengths=256,512,1024 --out_dir=report\n"

@@ -510,7 +510,8 @@ bool is_retrieval_data(const std::string& data) {
   return absl::StartsWith(data, "synthetic:") && data != "synthetic:repeat";
 }
 
-// " | answer recall 0.912,0.870 | answer block recall 0.750,0.688" (per MSA layer), or "".
+// " | answer recall 0.912,0.870 | answer block recall 0.750,0.688 | answer recall ceiling
+// 0.950,0.921": per MSA layer, or "".
 std::string format_answer_recall(const EvalResult& r) {
   if (r.answer_index_recall.empty()) return "";
   auto per_layer = [](const std::vector<double>& v) {
@@ -519,7 +520,8 @@ std::string format_answer_recall(const EvalResult& r) {
     });
   };
   return " | answer recall " + per_layer(r.answer_index_recall) + " | answer block recall " +
-         per_layer(r.answer_block_recall);
+         per_layer(r.answer_block_recall) + " | answer recall ceiling " +
+         per_layer(r.answer_index_recall_ceiling);
 }
 
 }  // namespace
@@ -753,6 +755,7 @@ absl::Status run_train_program(TrainProgramOptions o) {
       if (m.skipped) j["skipped"] = true;  // not finite: not applied
       if (!m.index_recall.empty()) j["index_recall"] = m.index_recall;
       if (!m.block_recall.empty()) j["block_recall"] = m.block_recall;
+      if (!m.index_recall_ceiling.empty()) j["index_recall_ceiling"] = m.index_recall_ceiling;
       std::fprintf(metrics, "%s\n",
                    j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
       std::fflush(metrics);

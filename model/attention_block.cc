@@ -96,8 +96,10 @@ void attention_block_forward(const ModelConfig& c, int layer, ParameterSet& para
   act.sparse_attention = false;
   act.index_recall = -1;
   act.block_recall = -1;
+  act.index_recall_ceiling = -1;
   act.answer_index_recall = -1;
   act.answer_block_recall = -1;
+  act.answer_index_recall_ceiling = -1;
   act.answer_key_selected = -1;
 
   if (c.layer_kind(layer) == AttentionKind::kDense) {
@@ -180,8 +182,10 @@ void attention_block_forward(const ModelConfig& c, int layer, ParameterSet& para
     if (measure_recall) {
       act.index_recall = segmented_msa_index_recall(docs, act.q_rope, k4, *act.selection, scale,
                                                     options.recall_query_stride);
-      act.block_recall = segmented_msa_block_recall(docs, act.q_rope, k4, *act.selection, scale,
-                                                    options.recall_query_stride);
+      const OracleRecall oracle = segmented_msa_oracle_recall(docs, act.q_rope, k4, *act.selection,
+                                                              scale, options.recall_query_stride);
+      act.block_recall = oracle.block_recall;
+      act.index_recall_ceiling = oracle.index_recall_ceiling;
     }
     if (measure_answers) {
       // Whole rows: the callers (retrieval evaluation) run neither packed documents nor cp.
@@ -189,8 +193,10 @@ void attention_block_forward(const ModelConfig& c, int layer, ParameterSet& para
                 "answer-position recall with packed documents or context parallelism");
       act.answer_index_recall =
           msa_index_recall(act.q_rope, k4, *act.selection, scale, options.answer_positions);
-      act.answer_block_recall =
-          msa_block_recall(act.q_rope, k4, *act.selection, scale, options.answer_positions);
+      const OracleRecall oracle =
+          msa_oracle_recall(act.q_rope, k4, *act.selection, scale, options.answer_positions);
+      act.answer_block_recall = oracle.block_recall;
+      act.answer_index_recall_ceiling = oracle.index_recall_ceiling;
       if (!options.answer_key_positions.empty())
         act.answer_key_selected = msa_selected_key_fraction(
             *act.selection, options.answer_positions, options.answer_key_positions);

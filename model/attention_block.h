@@ -55,11 +55,13 @@ struct AttentionActivations {
   Tensor dwiq, dwik;
   double index_loss = 0;          // L_KL: mean KL(P || Q) over this rank's batch * T * G rows
   int64_t index_rows = 0;
-  double index_recall = -1;  // < 0 when not computed (msa_index_recall)
-  double block_recall = -1;  // < 0 when not computed (msa_block_recall)
-  // The same two measured at AttentionBlockOptions::answer_positions only (< 0: not computed).
+  double index_recall = -1;          // < 0 when not computed (msa_index_recall)
+  double block_recall = -1;          // < 0 when not computed (msa_block_recall)
+  double index_recall_ceiling = -1;  // < 0 when not computed (msa_index_recall_ceiling)
+  // The same three measured at AttentionBlockOptions::answer_positions only (< 0: not computed).
   double answer_index_recall = -1;
   double answer_block_recall = -1;
+  double answer_index_recall_ceiling = -1;
   // With AttentionBlockOptions::answer_key_positions: the fraction of (answer, group) rows whose
   // selection holds the block of the answer's key position (< 0: not computed).
   double answer_key_selected = -1;
@@ -68,9 +70,10 @@ struct AttentionActivations {
 struct AttentionBlockOptions {
   MsaMode msa_mode = MsaMode::kSparse;
   bool compute_index_grads = true;
-  // > 0: measure the index recall and the block recall on every stride-th query.
+  // > 0: measure the index recall, the block recall and the index recall ceiling on every
+  // stride-th query (the last two from one pass over the dense attention).
   int64_t recall_query_stride = 0;
-  // Non-empty: also measure both recalls at these queries only (e.g. a retrieval task's answer
+  // Non-empty: also measure the three at these queries only (e.g. a retrieval task's answer
   // positions, whose attention decides the answer), independently of the stride.
   std::vector<RecallQuery> answer_positions;
   // Optional, one per answer position: the position of what it needs (a retrieval task's fact);

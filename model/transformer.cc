@@ -62,6 +62,22 @@ const char* recompute_name(Recompute r) {
 
 namespace {
 
+// A layer's recall scalars (< 0: not measured), each a mean over the tp ranks' groups. The first
+// kSampledRecalls are measured at the strided queries (recall_query_stride; also means over cp
+// ranks' queries), the rest at the answer positions.
+constexpr double AttentionActivations::*kRecalls[] = {
+    &AttentionActivations::index_recall,         &AttentionActivations::block_recall,
+    &AttentionActivations::index_recall_ceiling, &AttentionActivations::answer_index_recall,
+    &AttentionActivations::answer_block_recall,  &AttentionActivations::answer_index_recall_ceiling,
+    &AttentionActivations::answer_key_selected,
+};
+constexpr int kNumRecalls = sizeof(kRecalls) / sizeof(kRecalls[0]);
+constexpr int kSampledRecalls = 3;
+
+void copy_recalls(const AttentionActivations& from, AttentionActivations& to) {
+  for (auto field : kRecalls) to.*field = from.*field;
+}
+
 // Drops the tensors of a layer's attention activations, keeping its scalars (losses, recall) and
 // what the index branch computed once per step: the selection and the weight gradients (small).
 void drop_tensors(AttentionActivations& act) {
@@ -72,11 +88,7 @@ void drop_tensors(AttentionActivations& act) {
   kept.dwik = std::move(act.dwik);
   kept.index_loss = act.index_loss;
   kept.index_rows = act.index_rows;
-  kept.index_recall = act.index_recall;
-  kept.block_recall = act.block_recall;
-  kept.answer_index_recall = act.answer_index_recall;
-  kept.answer_block_recall = act.answer_block_recall;
-  kept.answer_key_selected = act.answer_key_selected;
+  copy_recalls(act, kept);
   act = std::move(kept);
 }
 
@@ -93,11 +105,7 @@ void Transformer::recompute_layer(int l, bool with_mlp) {
   Tensor y = Tensor::empty({N, D}, dtype_, device_);
   attention_block_forward(block_config_, l, params_, residual_in_[l], batch_, T_, options, attn_[l],
                           y);
-  attn_[l].index_recall = kept.index_recall;
-  attn_[l].block_recall = kept.block_recall;
-  attn_[l].answer_index_recall = kept.answer_index_recall;
-  attn_[l].answer_block_recall = kept.answer_block_recall;
-  attn_[l].answer_key_selected = kept.answer_key_selected;
+  copy_recalls(kept, attn_[l]);
   if (!with_mlp) return;
   tp_all_reduce(y);
   Tensor mid = residual_in_[l].clone();
@@ -215,18 +223,15 @@ ForwardResult Transformer::forward(const Tensor& tokens, const Tensor& targets,
     // Each rank's index loss is the mean over its KV groups' rows: the layer's loss is the
     // row-weighted mean over ranks, and its gradient on this rank scales by its share of rows.
     // Recalls are means over ranks (each measures its groups; every rank has as many).
-    constexpr int kSlots = 7;
+    // Slots per layer: the loss times its rows, the rows, then kRecalls in order.
+    constexpr int kSlots = 2 + kNumRecalls;
     Tensor sums = Tensor::zeros({kSlots * L}, DType::kF64);
     double* v = sums.data<double>();
     for (int l = 0; l < L; ++l) {
       if (config_.layer_kind(l) != AttentionKind::kMsa) continue;
       v[kSlots * l] = attn_[l].index_loss * attn_[l].index_rows;
       v[kSlots * l + 1] = static_cast<double>(attn_[l].index_rows);
-      v[kSlots * l + 2] = attn_[l].index_recall;
-      v[kSlots * l + 3] = attn_[l].block_recall;
-      v[kSlots * l + 4] = attn_[l].answer_index_recall;
-      v[kSlots * l + 5] = attn_[l].answer_block_recall;
-      v[kSlots * l + 6] = attn_[l].answer_key_selected;
+      for (int i = 0; i < kNumRecalls; ++i) v[kSlots * l + 2 + i] = attn_[l].*kRecalls[i];
     }
     tp_.comm->all_reduce_sum(sums);
     for (int l = 0; l < L; ++l) {
@@ -234,31 +239,23 @@ ForwardResult Transformer::forward(const Tensor& tokens, const Tensor& targets,
       const double rows = v[kSlots * l + 1];
       index_row_share_[l] = rows > 0 ? attn_[l].index_rows / rows : 0.0;
       attn_[l].index_loss = rows > 0 ? v[kSlots * l] / rows : 0.0;
-      if (attn_[l].index_recall >= 0) attn_[l].index_recall = v[kSlots * l + 2] / tp_.size;
-      if (attn_[l].block_recall >= 0) attn_[l].block_recall = v[kSlots * l + 3] / tp_.size;
-      if (attn_[l].answer_index_recall >= 0)
-        attn_[l].answer_index_recall = v[kSlots * l + 4] / tp_.size;
-      if (attn_[l].answer_block_recall >= 0)
-        attn_[l].answer_block_recall = v[kSlots * l + 5] / tp_.size;
-      if (attn_[l].answer_key_selected >= 0)
-        attn_[l].answer_key_selected = v[kSlots * l + 6] / tp_.size;
+      for (int i = 0; i < kNumRecalls; ++i)
+        if (attn_[l].*kRecalls[i] >= 0) attn_[l].*kRecalls[i] = v[kSlots * l + 2 + i] / tp_.size;
     }
   }
   if (cp_.enabled() && options.recall_query_stride > 0 && n_msa_layers_ > 0) {
     // Each cp rank measured the recalls of its own queries (as many as every other rank's): the
     // sequence's are the means over cp. (The index losses are combined by the caller, which
     // weighs every rank's rows.)
-    Tensor sums = Tensor::zeros({2 * L}, DType::kF64);
+    constexpr int kSlots = kSampledRecalls;
+    Tensor sums = Tensor::zeros({kSlots * L}, DType::kF64);
     double* v = sums.data<double>();
-    for (int l = 0; l < L; ++l) {
-      v[2 * l] = attn_[l].index_recall;
-      v[2 * l + 1] = attn_[l].block_recall;
-    }
+    for (int l = 0; l < L; ++l)
+      for (int i = 0; i < kSlots; ++i) v[kSlots * l + i] = attn_[l].*kRecalls[i];
     cp_.comm->all_reduce_sum(sums);
-    for (int l = 0; l < L; ++l) {
-      if (attn_[l].index_recall >= 0) attn_[l].index_recall = v[2 * l] / cp_.size;
-      if (attn_[l].block_recall >= 0) attn_[l].block_recall = v[2 * l + 1] / cp_.size;
-    }
+    for (int l = 0; l < L; ++l)
+      for (int i = 0; i < kSlots; ++i)
+        if (attn_[l].*kRecalls[i] >= 0) attn_[l].*kRecalls[i] = v[kSlots * l + i] / cp_.size;
   }
   for (int l = 0; l < L; ++l) {
     if (config_.layer_kind(l) != AttentionKind::kMsa) continue;
@@ -267,10 +264,14 @@ ForwardResult Transformer::forward(const Tensor& tokens, const Tensor& targets,
     result.layer_index_loss.push_back(attn_[l].index_loss);
     if (attn_[l].index_recall >= 0) result.index_recall.push_back(attn_[l].index_recall);
     if (attn_[l].block_recall >= 0) result.block_recall.push_back(attn_[l].block_recall);
+    if (attn_[l].index_recall_ceiling >= 0)
+      result.index_recall_ceiling.push_back(attn_[l].index_recall_ceiling);
     if (attn_[l].answer_index_recall >= 0)
       result.answer_index_recall.push_back(attn_[l].answer_index_recall);
     if (attn_[l].answer_block_recall >= 0)
       result.answer_block_recall.push_back(attn_[l].answer_block_recall);
+    if (attn_[l].answer_index_recall_ceiling >= 0)
+      result.answer_index_recall_ceiling.push_back(attn_[l].answer_index_recall_ceiling);
     if (attn_[l].answer_key_selected >= 0)
       result.answer_key_selected.push_back(attn_[l].answer_key_selected);
   }

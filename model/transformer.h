@@ -25,7 +25,7 @@ namespace msa {
 struct ForwardOptions {
   MsaMode msa_mode = MsaMode::kSparse;
   bool for_backward = true;         // keep what backward needs (index gradients included)
-  int64_t recall_query_stride = 0;  // > 0: measure each MSA layer's index and block recall
+  int64_t recall_query_stride = 0;  // > 0: measure each MSA layer's recalls and recall ceiling
   // Packed documents (model/document_segments.h) for this batch: each document attends, ranks
   // blocks and counts RoPE positions on its own. Null: each row is one sequence.
   std::shared_ptr<const DocumentSegments> documents;
@@ -45,9 +45,11 @@ struct ForwardResult {
   std::vector<double> layer_index_loss;  // L_KL per MSA layer, in layer order
   std::vector<double> index_recall;      // per MSA layer, when measured: attention mass kept
   std::vector<double> block_recall;      // per MSA layer, when measured: the paper's block recall
-  std::vector<double> answer_index_recall;  // per MSA layer, at ForwardOptions::answer_positions
-  std::vector<double> answer_block_recall;  // per MSA layer, at the same queries
-  std::vector<double> answer_key_selected;  // per MSA layer, with answer_key_positions
+  std::vector<double> index_recall_ceiling;  // per MSA layer, when measured: the oracle's mass
+  std::vector<double> answer_index_recall;   // per MSA layer, at ForwardOptions::answer_positions
+  std::vector<double> answer_block_recall;   // per MSA layer, at the same queries
+  std::vector<double> answer_index_recall_ceiling;  // per MSA layer, at the same queries
+  std::vector<double> answer_key_selected;          // per MSA layer, with answer_key_positions
 };
 
 inline constexpr int kIgnoreIndex = -100;

@@ -32,10 +32,13 @@ EvalResult evaluate(Transformer& model, BatchSource& source, int n_batches, MsaM
       const double w = static_cast<double>(options.answer_positions.size());
       r.answer_index_recall.resize(f.answer_index_recall.size(), 0.0);
       r.answer_block_recall.resize(f.answer_block_recall.size(), 0.0);
+      r.answer_index_recall_ceiling.resize(f.answer_index_recall_ceiling.size(), 0.0);
       for (size_t l = 0; l < f.answer_index_recall.size(); ++l)
         r.answer_index_recall[l] += w * f.answer_index_recall[l];
       for (size_t l = 0; l < f.answer_block_recall.size(); ++l)
         r.answer_block_recall[l] += w * f.answer_block_recall[l];
+      for (size_t l = 0; l < f.answer_index_recall_ceiling.size(); ++l)
+        r.answer_index_recall_ceiling[l] += w * f.answer_index_recall_ceiling[l];
       answers += static_cast<int64_t>(options.answer_positions.size());
     }
     weighted += f.lm_loss * f.n_targets;
@@ -54,6 +57,7 @@ EvalResult evaluate(Transformer& model, BatchSource& source, int n_batches, MsaM
   r.perplexity = std::exp(r.loss);
   for (double& x : r.answer_index_recall) x /= static_cast<double>(answers);
   for (double& x : r.answer_block_recall) x /= static_cast<double>(answers);
+  for (double& x : r.answer_index_recall_ceiling) x /= static_cast<double>(answers);
   return r;
 }
 

@@ -14,10 +14,12 @@ struct EvalResult {
   double perplexity = 0;  // exp(loss)
   double index_loss = 0;  // mean over batches of the sum over MSA layers of L_KL
   int64_t tokens = 0;     // counted targets
-  // With answer_recall, per MSA layer: the index recall and block recall (kernels/msa.h) at the
-  // positions whose targets are counted, a mean over all of them (empty when not measured).
+  // With answer_recall, per MSA layer: the index recall, block recall and index recall ceiling
+  // (kernels/msa.h) at the positions whose targets are counted, a mean over all of them (empty
+  // when not measured).
   std::vector<double> answer_index_recall;
   std::vector<double> answer_block_recall;
+  std::vector<double> answer_index_recall_ceiling;
 };
 
 // Runs `n_batches` forward passes (no gradients) on batches 1..n_batches of `source` (a

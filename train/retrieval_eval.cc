@@ -16,6 +16,12 @@ int64_t fact_position_for(const SyntheticSample& s, int64_t t) {
   return 0;
 }
 
+// sum[l] += w * x[l] for every MSA layer l (sum takes x's size on first use).
+void add_per_layer(const std::vector<double>& x, double w, std::vector<double>& sum) {
+  sum.resize(x.size(), 0.0);
+  for (size_t l = 0; l < x.size(); ++l) sum[l] += w * x[l];
+}
+
 }  // namespace
 
 RetrievalResult evaluate_retrieval(Transformer& model, const SyntheticConfig& task, int64_t samples,
@@ -50,24 +56,18 @@ RetrievalResult evaluate_retrieval(Transformer& model, const SyntheticConfig& ta
     // Only answer positions carry targets, so the LM loss is the answer loss.
     loss_sum += f.lm_loss * f.n_targets;
     if (!f.index_recall.empty()) {
-      r.index_recall.resize(f.index_recall.size(), 0.0);
-      r.block_recall.resize(f.block_recall.size(), 0.0);
-      for (size_t l = 0; l < f.index_recall.size(); ++l) r.index_recall[l] += f.index_recall[l];
-      for (size_t l = 0; l < f.block_recall.size(); ++l) r.block_recall[l] += f.block_recall[l];
+      add_per_layer(f.index_recall, 1.0, r.index_recall);
+      add_per_layer(f.block_recall, 1.0, r.block_recall);
+      add_per_layer(f.index_recall_ceiling, 1.0, r.index_recall_ceiling);
       ++recall_batches;
     }
     // Weighted by the batch's answers: a mean over every answer (and head or group).
     if (!f.answer_index_recall.empty()) {
       const double w = static_cast<double>(options.answer_positions.size());
-      r.answer_index_recall.resize(f.answer_index_recall.size(), 0.0);
-      r.answer_block_recall.resize(f.answer_block_recall.size(), 0.0);
-      for (size_t l = 0; l < f.answer_index_recall.size(); ++l)
-        r.answer_index_recall[l] += w * f.answer_index_recall[l];
-      for (size_t l = 0; l < f.answer_block_recall.size(); ++l)
-        r.answer_block_recall[l] += w * f.answer_block_recall[l];
-      r.answer_fact_selected.resize(f.answer_key_selected.size(), 0.0);
-      for (size_t l = 0; l < f.answer_key_selected.size(); ++l)
-        r.answer_fact_selected[l] += w * f.answer_key_selected[l];
+      add_per_layer(f.answer_index_recall, w, r.answer_index_recall);
+      add_per_layer(f.answer_block_recall, w, r.answer_block_recall);
+      add_per_layer(f.answer_index_recall_ceiling, w, r.answer_index_recall_ceiling);
+      add_per_layer(f.answer_key_selected, w, r.answer_fact_selected);
       answer_queries += static_cast<int64_t>(options.answer_positions.size());
     }
     Tensor logits = model.logits();
@@ -85,8 +85,10 @@ RetrievalResult evaluate_retrieval(Transformer& model, const SyntheticConfig& ta
   }
   for (double& x : r.index_recall) x /= static_cast<double>(recall_batches);
   for (double& x : r.block_recall) x /= static_cast<double>(recall_batches);
+  for (double& x : r.index_recall_ceiling) x /= static_cast<double>(recall_batches);
   for (double& x : r.answer_index_recall) x /= static_cast<double>(answer_queries);
   for (double& x : r.answer_block_recall) x /= static_cast<double>(answer_queries);
+  for (double& x : r.answer_index_recall_ceiling) x /= static_cast<double>(answer_queries);
   for (double& x : r.answer_fact_selected) x /= static_cast<double>(answer_queries);
   r.accuracy = r.answers > 0 ? static_cast<double>(correct) / r.answers : 0.0;
   r.answer_loss = r.answers > 0 ? loss_sum / r.answers : 0.0;

@@ -1,6 +1,6 @@
 // Retrieval accuracy on the synthetic long-context tasks (data/synthetic.h): the fraction of
 // answer positions whose argmax prediction is the right answer token, with each MSA layer's index
-// recall and block recall on the same sequences.
+// recall, block recall and index recall ceiling on the same sequences.
 #pragma once
 
 #include <cstdint>
@@ -17,10 +17,13 @@ struct RetrievalResult {
   double answer_loss = 0;            // mean cross entropy at the answer positions
   std::vector<double> index_recall;  // per MSA layer (empty for dense models): mass kept
   std::vector<double> block_recall;  // per MSA layer (empty for dense models): the paper's metric
-  // The same two measured at the answer positions only (the queries whose attention decides the
-  // task), a mean over every answer of the samples: per MSA layer, empty when not measured.
+  // Per MSA layer (empty for dense models): the most index recall any k blocks could keep.
+  std::vector<double> index_recall_ceiling;
+  // The same three measured at the answer positions only (the queries whose attention decides
+  // the task), a mean over every answer of the samples: per MSA layer, empty when not measured.
   std::vector<double> answer_index_recall;
   std::vector<double> answer_block_recall;
+  std::vector<double> answer_index_recall_ceiling;
   // Fact-block hit rate at the answer positions: the fraction of (answer, KV group) rows whose
   // selection holds the block of the fact the answer asks about (per MSA layer; with
   // answer_recall). 1.0: the selector always picks the block the task needs.
@@ -28,9 +31,9 @@ struct RetrievalResult {
 };
 
 // Samples first_sample .. first_sample + samples - 1 of `task`, in batches of `batch`.
-// recall_stride > 0 also measures index and block recall (every recall_stride-th query
-// position); answer_recall measures both at the answer positions. They are measured on the
-// selection in either mode.
+// recall_stride > 0 also measures index recall, block recall and the index recall ceiling
+// (every recall_stride-th query position); answer_recall measures the three at the answer
+// positions. They are measured on the selection in either mode.
 RetrievalResult evaluate_retrieval(Transformer& model, const SyntheticConfig& task, int64_t samples,
                                    int64_t batch, MsaMode mode, int64_t recall_stride,
                                    bool answer_recall, uint64_t first_sample = 0);

@@ -70,6 +70,7 @@ StepMetrics Trainer::train_step(int64_t step) {
     index_sum += r.index_loss * index_share;
     if (!r.index_recall.empty()) m.index_recall = r.index_recall;
     if (!r.block_recall.empty()) m.block_recall = r.block_recall;
+    if (!r.index_recall_ceiling.empty()) m.index_recall_ceiling = r.index_recall_ceiling;
     m.tokens += b.tokens.numel();
   }
   if (dp) {
@@ -103,9 +104,12 @@ std::string Trainer::format_metrics(const StepMetrics& m) const {
       absl::StrAppend(out, absl::StrFormat("%.3f", r));
     });
   };
-  // Index recall (attention mass kept, the headline) and the paper's block recall, per layer.
+  // Index recall (attention mass kept, the headline), the paper's block recall and the most index
+  // recall any k blocks keep, per layer.
   if (!m.index_recall.empty()) s += " | recall " + per_layer(m.index_recall);
   if (!m.block_recall.empty()) s += " | block recall " + per_layer(m.block_recall);
+  if (!m.index_recall_ceiling.empty())
+    s += " | recall ceiling " + per_layer(m.index_recall_ceiling);
   s += absl::StrFormat(" | grad_norm %.3f | lr %.3g | %.0f tok/s", m.grad_norm, m.lr,
                        m.seconds > 0 ? m.tokens / m.seconds : 0.0);
   if (m.skipped) s += " | NOT FINITE: step skipped";

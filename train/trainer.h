@@ -35,7 +35,7 @@ struct TrainerConfig {
   int64_t dense_attention_steps = 0;
   LrSchedule lr;
   int log_every = 10;
-  int recall_every = 0;  // measure index and block recall every N steps (0: never)
+  int recall_every = 0;  // measure index and block recall and the ceiling every N steps (0: never)
   int64_t recall_query_stride = 16;
   // The non-finite guard: a step whose loss or global gradient norm is NaN or infinite is not
   // applied (weights and optimizer moments stay as they were; the step's data is consumed and the
@@ -50,8 +50,9 @@ struct TrainerConfig {
 struct StepMetrics {
   int64_t step = 0;
   double loss = 0, lm_loss = 0, index_loss = 0;
-  std::vector<double> index_recall;  // per MSA layer, on steps where it was measured
-  std::vector<double> block_recall;  // per MSA layer, on the same steps
+  std::vector<double> index_recall;          // per MSA layer, on steps where it was measured
+  std::vector<double> block_recall;          // per MSA layer, on the same steps
+  std::vector<double> index_recall_ceiling;  // per MSA layer, on the same steps
   double grad_norm = 0, lr = 0;
   int64_t tokens = 0;
   double seconds = 0;

@@ -61,11 +61,17 @@ double msa_index_recall_sum(const T* q, const T* k, const int32_t* indices, cons
                             double scale, const RecallQueries& queries, int64_t* n_terms,
                             const MsaDims& dims);
 
-// Sum over the queries' (b, t, g) rows of the block recall (kernels/msa.h), and the number of
-// rows (queries * groups).
+// Sums over the queries' (b, t, g) rows of the two measures against the oracle blocks
+// (kernels/msa.h): the block recall and the index recall ceiling, from one pass over the
+// attention; n_rows = queries * groups.
+struct OracleRecallSums {
+  double block_recall = 0;
+  double index_recall_ceiling = 0;
+  int64_t n_rows = 0;
+};
 template <class T>
-double msa_block_recall_sum(const T* q, const T* k, const int32_t* indices, const int32_t* counts,
-                            double scale, const RecallQueries& queries, int64_t* n_rows,
-                            const MsaDims& dims);
+OracleRecallSums msa_oracle_recall_sums(const T* q, const T* k, const int32_t* indices,
+                                        const int32_t* counts, double scale,
+                                        const RecallQueries& queries, const MsaDims& dims);
 
 }  // namespace msa::cpu

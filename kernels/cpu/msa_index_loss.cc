@@ -1,4 +1,5 @@
-// Token-level index distillation loss (DESIGN.md section 4), index recall and block recall.
+// Token-level index distillation loss (DESIGN.md section 4), index recall, block recall and the
+// index recall ceiling.
 //
 // Row (b, t, g) with support U (sparse: the tokens s <= t of the selected blocks; dense target:
 // every s <= t):
@@ -172,16 +173,16 @@ double msa_index_recall_sum(const T* q, const T* k, const int32_t* indices, cons
 }
 
 template <class T>
-double msa_block_recall_sum(const T* q, const T* k, const int32_t* indices, const int32_t* counts,
-                            double scale, const RecallQueries& queries, int64_t* n_rows,
-                            const MsaDims& dims) {
+OracleRecallSums msa_oracle_recall_sums(const T* q, const T* k, const int32_t* indices,
+                                        const int32_t* counts, double scale,
+                                        const RecallQueries& queries, const MsaDims& dims) {
   const int64_t S = dims.seq, H = dims.heads, G = dims.groups, d = dims.dim;
   const int64_t B = dims.block_size, K = dims.topk, r = H / G;
   const int64_t Sk = dims.keys(), off = dims.query_offset();
   const T sc = static_cast<T>(scale);
   const int64_t n_queries = queries.begin[dims.batch];
   const int64_t per_row = (n_queries + dims.batch - 1) / std::max<int64_t>(1, dims.batch);
-  std::vector<double> per_task(dims.batch * G, 0.0);
+  std::vector<double> block_per_task(dims.batch * G, 0.0), ceiling_per_task(dims.batch * G, 0.0);
   parallel_for(dims.batch * G, per_row * r * Sk * d, [&](int64_t begin, int64_t end) {
     std::vector<T> z(Sk);
     std::vector<double> mass;
@@ -189,7 +190,7 @@ double msa_block_recall_sum(const T* q, const T* k, const int32_t* indices, cons
     std::vector<char> oracle;
     for (int64_t bg = begin; bg < end; ++bg) {
       const int64_t b = bg / G, g = bg % G;
-      double acc = 0;
+      double block_acc = 0, ceiling_acc = 0;
       for (int64_t n = queries.begin[b]; n < queries.begin[b + 1]; ++n) {
         const int64_t i = queries.t[n];                        // the query's row
         const int64_t row = (b * S + i) * G + g, t = off + i;  // t: its position
@@ -226,15 +227,23 @@ double msa_block_recall_sum(const T* q, const T* k, const int32_t* indices, cons
           const int32_t j = indices[row * K + e];
           if (j >= 0 && j <= c && oracle[j]) ++hits;
         }
-        acc += static_cast<double>(hits) / static_cast<double>(want + 1);
+        block_acc += static_cast<double>(hits) / static_cast<double>(want + 1);
+        // The ceiling: the mass the oracle blocks keep, the most any k blocks shared by the
+        // group can keep (NaN attention stays NaN here, where the hit count would hide it).
+        double kept = 0;
+        for (int64_t j = 0; j <= c; ++j)
+          if (oracle[j]) kept += mass[j];
+        ceiling_acc += kept;
       }
-      per_task[bg] = acc;
+      block_per_task[bg] = block_acc;
+      ceiling_per_task[bg] = ceiling_acc;
     }
   });
-  double sum = 0;
-  for (double x : per_task) sum += x;
-  *n_rows = n_queries * G;
-  return sum;
+  OracleRecallSums sums;
+  for (double x : block_per_task) sums.block_recall += x;
+  for (double x : ceiling_per_task) sums.index_recall_ceiling += x;
+  sums.n_rows = n_queries * G;
+  return sums;
 }
 
 #define MSA_INSTANTIATE(T)                                                                         \
@@ -243,8 +252,9 @@ double msa_block_recall_sum(const T* q, const T* k, const int32_t* indices, cons
                                            T*, const MsaDims&);                                    \
   template double msa_index_recall_sum<T>(const T*, const T*, const int32_t*, const int32_t*,      \
                                           double, const RecallQueries&, int64_t*, const MsaDims&); \
-  template double msa_block_recall_sum<T>(const T*, const T*, const int32_t*, const int32_t*,      \
-                                          double, const RecallQueries&, int64_t*, const MsaDims&);
+  template OracleRecallSums msa_oracle_recall_sums<T>(const T*, const T*, const int32_t*,          \
+                                                      const int32_t*, double,                      \
+                                                      const RecallQueries&, const MsaDims&);
 MSA_INSTANTIATE(float)
 MSA_INSTANTIATE(double)
 #undef MSA_INSTANTIATE

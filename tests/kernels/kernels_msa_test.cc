@@ -2,7 +2,8 @@
 // (tests/testing/msa_reference.h): max-pooled exp-free top-k (random inputs, exact ties, a
 // one-token spike), block-sparse attention at k < n_b, the k >= n_b identity with dense
 // attention, the token-level index loss in both modes (values and gradients), finite-difference
-// checks of every backward, determinism under any thread count, recall, causality.
+// checks of every backward, determinism under any thread count, recall and its ceiling,
+// causality.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -560,6 +561,7 @@ TEST(KernelsMsaTest, RecallIsOneWithEveryBlockAndMatchesReferenceWhenSparse) {
     if (c.topk >= blocks(c)) {
       EXPECT_NEAR(recall, 1.0, 1e-12);
       EXPECT_EQ(block_recall, 1.0);
+      EXPECT_NEAR(msa_index_recall_ceiling(q, k, x.sel, scale, stride), 1.0, 1e-12);
     } else {
       EXPECT_GT(recall, 0.0);
       EXPECT_LT(recall, 1.0);
@@ -666,12 +668,112 @@ TEST(KernelsMsaTest, RecallAtGivenQueriesByHand) {
   const std::vector<RecallQuery> three = {{1, 5}, {0, 4}, {0, 5}};
   EXPECT_PRED2(near, msa_index_recall(q, k, sel, 1.0, three), (0.4 + 7.0 / 9.0 + 4.0 / 6.0) / 3);
   EXPECT_PRED2(near, msa_block_recall(q, k, sel, 1.0, three), 2.0 / 3.0);
+  // The ceiling: the oracle's mass. Row 0 t = 5: {1, 2} keep 8/10; t = 4: {1, 2} keep 7/9 (the
+  // selection there is the oracle); row 1 t = 5: {0, 2} keep 4/6.
+  EXPECT_PRED2(near, msa_index_recall_ceiling(q, k, sel, 1.0, {{0, 5}}), 0.8);
+  EXPECT_PRED2(near, msa_index_recall_ceiling(q, k, sel, 1.0, {{0, 4}}), 7.0 / 9.0);
+  EXPECT_PRED2(near, msa_index_recall_ceiling(q, k, sel, 1.0, {{1, 5}}), 4.0 / 6.0);
+  EXPECT_PRED2(near, msa_index_recall_ceiling(q, k, sel, 1.0, three),
+               (0.8 + 7.0 / 9.0 + 4.0 / 6.0) / 3);
   // The plain-loop reference agrees with the hand values.
   const test::ref::Queries ref_three = {{1, 5}, {0, 4}, {0, 5}};
   EXPECT_PRED2(near, test::ref::index_recall(chosen, test::ref::values(q), kv, z, 1.0, ref_three),
                (0.4 + 7.0 / 9.0 + 4.0 / 6.0) / 3);
   EXPECT_PRED2(near, test::ref::block_recall(chosen, test::ref::values(q), kv, z, 1.0, ref_three),
                2.0 / 3.0);
+}
+
+// The index recall ceiling (the mass inside the oracle blocks: c(t) plus the top-(k - 1) earlier
+// blocks by group-mean dense attention mass) at k < n_b, on random inputs of several shapes (r =
+// 2, 1 and 4 heads per group; T a multiple of the block size and not): no selection keeps more,
+// neither on average nor at any single query, and the oracle selection (the plain-loop
+// reference's: softmax per head, group-mean block mass, local block + top-(k - 1)) keeps exactly
+// that much. The ceiling depends on the selection's block size and k only, not on its blocks.
+TEST(KernelsMsaTest, RecallCeilingBoundsIndexRecallAndTheOracleSelectionReachesIt) {
+  const Case cases[] = {
+      {2, 96, 4, 2, 4, 8, 8, 3}, {1, 70, 4, 4, 3, 6, 8, 4}, {3, 50, 4, 1, 4, 5, 5, 2}};
+  for (const Case& c : cases) {
+    SCOPED_TRACE(testing::Message()
+                 << "T=" << c.T << " G=" << c.G << " k=" << c.topk << " n_b=" << blocks(c));
+    ASSERT_LT(c.topk, blocks(c));
+    const Inputs x = make_inputs(c, 920, DType::kF32);
+    const Tensor q = random_tensor(x.q.shape(), 921, DType::kF32, 2.0f);
+    const Tensor k = random_tensor(x.k.shape(), 922, DType::kF32, 2.0f);
+    const double scale = 0.5;
+    const int64_t stride = 3;
+    const test::ref::Sizes z = sizes(c);
+    const auto qv = test::ref::values(q), kv = test::ref::values(k);
+    const double index = msa_index_recall(q, k, x.sel, scale, stride);
+    const double ceiling = msa_index_recall_ceiling(q, k, x.sel, scale, stride);
+    EXPECT_LE(index, ceiling + 1e-12);
+    EXPECT_LT(ceiling, 1.0);
+    // Well above: random index weights rarely pick the oracle's blocks.
+    EXPECT_GT(ceiling - index, 0.01) << "index " << index << ", ceiling " << ceiling;
+    // The one-pass pair is the two functions' values, to the bit.
+    const OracleRecall pair = msa_oracle_recall(q, k, x.sel, scale, stride);
+    EXPECT_EQ(pair.index_recall_ceiling, ceiling);
+    EXPECT_EQ(pair.block_recall, msa_block_recall(q, k, x.sel, scale, stride));
+
+    const test::ref::Selection oracle_ref = test::ref::attention_oracle(qv, kv, z, scale);
+    const BlockSelection oracle = test::ref::to_block_selection(oracle_ref, z);
+    EXPECT_EQ(msa_index_recall_ceiling(q, k, oracle, scale, stride), ceiling);
+    EXPECT_LT(test::scaled_diff(msa_index_recall(q, k, oracle, scale, stride), ceiling), 1e-12);
+    // The plain-loop reference's index recall of its oracle is the ceiling too.
+    EXPECT_LT(
+        test::scaled_diff(ceiling, test::ref::index_recall(oracle_ref, qv, kv, z, scale,
+                                                           test::ref::strided_queries(z, stride))),
+        1e-12);
+
+    // Query by query (the bound holds per row, not only on average).
+    int64_t below = 0;
+    for (int64_t b = 0; b < c.batch; ++b)
+      for (int64_t t = 0; t < c.T; t += 5) {
+        const std::vector<RecallQuery> one = {{b, t}};
+        const double at_t = msa_index_recall_ceiling(q, k, x.sel, scale, one);
+        EXPECT_LE(msa_index_recall(q, k, x.sel, scale, one), at_t + 1e-12)
+            << "b " << b << " t " << t;
+        EXPECT_LT(test::scaled_diff(msa_index_recall(q, k, oracle, scale, one), at_t), 1e-12)
+            << "b " << b << " t " << t;
+        below += at_t < 1.0 - 1e-9;
+      }
+    EXPECT_GT(below, 0);  // some rows cannot keep everything with k blocks
+  }
+}
+
+// k >= n_b: the oracle holds every block, so the ceiling is 1 (the whole mass), like the recalls.
+TEST(KernelsMsaTest, RecallCeilingIsOneWithEveryBlock) {
+  for (const Case& c : {Case{1, 40, 4, 2, 4, 8, 8, 5}, Case{2, 33, 4, 1, 3, 4, 4, 9}}) {
+    SCOPED_TRACE(testing::Message() << "k=" << c.topk << " n_b=" << blocks(c));
+    ASSERT_GE(c.topk, blocks(c));
+    const Inputs x = make_inputs(c, 930, DType::kF32);
+    const Tensor q = random_tensor(x.q.shape(), 931, DType::kF32, 2.0f);
+    const Tensor k = random_tensor(x.k.shape(), 932, DType::kF32, 2.0f);
+    EXPECT_NEAR(msa_index_recall_ceiling(q, k, x.sel, 0.5, 3), 1.0, 1e-12);
+    EXPECT_NEAR(msa_index_recall_ceiling(q, k, x.sel, 0.5, {{0, c.T - 1}, {0, 7}}), 1.0, 1e-12);
+  }
+}
+
+// A NaN in the attention makes the ceiling NaN (not a finite number a comparison could accept):
+// the bound and the reference comparisons of the tests above fail on it. (Block recall counts
+// hits and stays finite.)
+TEST(KernelsMsaTest, RecallCeilingIsNaNOnNaNAttention) {
+  const Case c{1, 48, 4, 2, 4, 8, 8, 3};
+  const Inputs x = make_inputs(c, 940);
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  Tensor q = x.q.clone();
+  q.data<double>()[(0 * c.T + 30) * c.H * c.d] = nan;  // query t = 30, head 0 (group 0)
+  const double index = msa_index_recall(q, x.k, x.sel, 0.5, {{0, 30}});
+  const double ceiling = msa_index_recall_ceiling(q, x.k, x.sel, 0.5, {{0, 30}});
+  EXPECT_TRUE(std::isnan(ceiling)) << ceiling;
+  EXPECT_FALSE(index <= ceiling + 1e-12);
+  EXPECT_FALSE(test::scaled_diff(
+                   ceiling, msa_index_recall_ceiling(x.q, x.k, x.sel, 0.5, {{0, 30}})) < 1e-12);
+  // A NaN key reaches every later query's ceiling.
+  Tensor k = x.k.clone();
+  k.data<double>()[5 * c.G * c.d] = nan;  // key s = 5, group 0
+  EXPECT_TRUE(std::isnan(msa_index_recall_ceiling(q, k, x.sel, 0.5, 4)));
+  EXPECT_TRUE(std::isnan(msa_index_recall_ceiling(x.q, k, x.sel, 0.5, {{0, 47}})));
+  EXPECT_FALSE(std::isnan(msa_index_recall_ceiling(x.q, k, x.sel, 0.5, {{0, 4}})));  // s = 5 > t
 }
 
 // ---- 5. causality ------------------------------------------------------------------------

@@ -2,11 +2,11 @@
 // kernels/rope.h): a shard of Tq queries with the keys of positions [0, p0 + Tq) computes exactly
 // the rows p0 .. p0 + Tq - 1 of the full computation (the context-parallel contract). For every
 // shard of a 4-way split: RoPE at an offset, dense and block-sparse attention outputs and lse, the
-// selection, the index loss (its share of the rows' KL and the gradients), recall; the key
-// gradients (dk, dv, dik) of the shards, summed, equal the full ones. The reference is the same
-// kernel on the whole sequence, itself tested against plain loops in kernels_msa_test.cc and
-// kernels_attention_test.cc. In f64; the rows run the same arithmetic in the same order, so the
-// differences are 0 or a few ulps (sums over shards add in another order).
+// selection, the index loss (its share of the rows' KL and the gradients), recall and its
+// ceiling; the key gradients (dk, dv, dik) of the shards, summed, equal the full ones. The
+// reference is the same kernel on the whole sequence, itself tested against plain loops in
+// kernels_msa_test.cc and kernels_attention_test.cc. In f64; the rows run the same arithmetic in
+// the same order, so the differences are 0 or a few ulps (sums over shards add in another order).
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -238,17 +238,27 @@ TEST(KernelsQueryOffsetTest, RecallOfTheShardsAveragesToTheFullRecall) {
   const BlockSelection full_sel = select(x);
   const double full_recall = msa_index_recall(x.q, x.k, full_sel, kScale, stride);
   const double full_block = msa_block_recall(x.q, x.k, full_sel, kScale, stride);
-  double recall = 0, block = 0;
+  const double full_ceiling = msa_index_recall_ceiling(x.q, x.k, full_sel, kScale, stride);
+  double recall = 0, block = 0, ceiling = 0;
   for (const Shard& s : shards()) {
+    SCOPED_TRACE(testing::Message() << "shard at " << s.p0);
     const Inputs p = shard_of(x, s);
     const BlockSelection sel = select(p);
-    recall += msa_index_recall(p.q, p.k, sel, kScale, stride) / kShards;
-    block += msa_block_recall(p.q, p.k, sel, kScale, stride) / kShards;
+    const double shard_recall = msa_index_recall(p.q, p.k, sel, kScale, stride);
+    const OracleRecall shard_oracle = msa_oracle_recall(p.q, p.k, sel, kScale, stride);
+    // The ceiling bounds the shard's own recall (its queries sit at an offset into the keys).
+    EXPECT_LE(shard_recall, shard_oracle.index_recall_ceiling + kTol);
+    recall += shard_recall / kShards;
+    block += shard_oracle.block_recall / kShards;
+    ceiling += shard_oracle.index_recall_ceiling / kShards;
   }
   EXPECT_GT(full_recall, 0.0);
   EXPECT_LT(full_recall, 1.0);
+  EXPECT_LT(full_ceiling, 1.0);
+  EXPECT_GT(full_ceiling, full_recall);
   EXPECT_LT(std::abs(recall - full_recall), kTol);
   EXPECT_LT(std::abs(block - full_block), kTol);
+  EXPECT_LT(std::abs(ceiling - full_ceiling), kTol);
 }
 
 }  // namespace

@@ -88,12 +88,14 @@ TEST(MsaTrainCliTest, DefaultRunWarmsTheIndexUpWithDenseAttentionThenGoesSparse)
   EXPECT_EQ(line_of(3).find("warm-up"), std::string::npos) << line_of(3);
   EXPECT_NE(line_of(4).find("| recall "), std::string::npos) << line_of(4);
   EXPECT_NE(line_of(4).find("| block recall "), std::string::npos) << line_of(4);
+  EXPECT_NE(line_of(4).find("| recall ceiling "), std::string::npos) << line_of(4);
   // The validation of a retrieval task adds the recalls at the answer positions (one MSA layer).
   const size_t eval = r.output.find("eval       5 | val_loss ");
   ASSERT_NE(eval, std::string::npos) << r.output;
   const std::string eval_line = r.output.substr(eval, r.output.find('\n', eval) - eval);
   EXPECT_NE(eval_line.find(" | answer recall 0."), std::string::npos) << eval_line;
   EXPECT_NE(eval_line.find(" | answer block recall "), std::string::npos) << eval_line;
+  EXPECT_NE(eval_line.find(" | answer recall ceiling "), std::string::npos) << eval_line;
   EXPECT_EQ(eval_line.find("nan"), std::string::npos) << eval_line;
 }
 

@@ -152,12 +152,16 @@ TEST(ModelMsaTest, RecallsAreMeasuredPerLayerInBothModes) {
     const ForwardResult r = model.forward(tokens, targets, options);
     ASSERT_EQ(r.index_recall.size(), 2u);
     ASSERT_EQ(r.block_recall.size(), 2u);
+    ASSERT_EQ(r.index_recall_ceiling.size(), 2u);
     for (int l = 0; l < 2; ++l) {
       // Queries in the first k blocks see everything: both recalls are well above 0, at most 1.
       EXPECT_GT(r.index_recall[l], 0.3) << l;
       EXPECT_LE(r.index_recall[l], 1.0 + 1e-6) << l;
       EXPECT_GT(r.block_recall[l], 0.3) << l;
       EXPECT_LE(r.block_recall[l], 1.0 + 1e-12) << l;
+      // The ceiling: at least the index recall of the same rows, at most 1.
+      EXPECT_LE(r.index_recall[l], r.index_recall_ceiling[l] + 1e-12) << l;
+      EXPECT_LE(r.index_recall_ceiling[l], 1.0 + 1e-12) << l;
     }
   }
   ForwardOptions plain;
@@ -165,6 +169,7 @@ TEST(ModelMsaTest, RecallsAreMeasuredPerLayerInBothModes) {
   const ForwardResult none = model.forward(tokens, targets, plain);
   EXPECT_TRUE(none.index_recall.empty());
   EXPECT_TRUE(none.block_recall.empty());
+  EXPECT_TRUE(none.index_recall_ceiling.empty());
 }
 
 // The answer-position recalls are the kernels' recalls at the given queries, per MSA layer, in
@@ -190,6 +195,7 @@ TEST(ModelMsaTest, AnswerRecallsAreTheRecallsAtTheGivenQueries) {
       ASSERT_EQ(same.index_recall.size(), 2u);
       EXPECT_EQ(same.answer_index_recall, same.index_recall);
       EXPECT_EQ(same.answer_block_recall, same.block_recall);
+      EXPECT_EQ(same.answer_index_recall_ceiling, same.index_recall_ceiling);
       model.backward(1.0);  // recomputation must not measure again or lose the values
 
       options.recall_query_stride = 0;
@@ -197,8 +203,10 @@ TEST(ModelMsaTest, AnswerRecallsAreTheRecallsAtTheGivenQueries) {
       const ForwardResult answers = model.forward(tokens, targets, options);
       EXPECT_TRUE(answers.index_recall.empty());
       EXPECT_TRUE(answers.block_recall.empty());
+      EXPECT_TRUE(answers.index_recall_ceiling.empty());
       ASSERT_EQ(answers.answer_index_recall.size(), 2u);
       ASSERT_EQ(answers.answer_block_recall.size(), 2u);
+      ASSERT_EQ(answers.answer_index_recall_ceiling.size(), 2u);
       for (int l = 0; l < 2; ++l) {
         // Queries in the last block attend to 3 of 6 blocks: neither 0 nor 1 (nor NaN).
         EXPECT_GT(answers.answer_index_recall[l], 0.05) << l;
@@ -206,6 +214,9 @@ TEST(ModelMsaTest, AnswerRecallsAreTheRecallsAtTheGivenQueries) {
         EXPECT_GE(answers.answer_block_recall[l], 1.0 / 3.0) << l;  // the local block is shared
         EXPECT_LE(answers.answer_block_recall[l], 1.0) << l;
         EXPECT_NE(answers.answer_index_recall[l], same.index_recall[l]) << l;
+        EXPECT_LE(answers.answer_index_recall[l], answers.answer_index_recall_ceiling[l] + 1e-12)
+            << l;
+        EXPECT_LT(answers.answer_index_recall_ceiling[l], 0.999) << l;
       }
     }
   }
@@ -214,6 +225,7 @@ TEST(ModelMsaTest, AnswerRecallsAreTheRecallsAtTheGivenQueries) {
   const ForwardResult none = model.forward(tokens, targets, plain);
   EXPECT_TRUE(none.answer_index_recall.empty());
   EXPECT_TRUE(none.answer_block_recall.empty());
+  EXPECT_TRUE(none.answer_index_recall_ceiling.empty());
 }
 
 TEST(ModelMsaTest, IndexLossDoesNotChangeBackboneGradients) {

@@ -71,7 +71,7 @@ Rows random_rows(const ModelConfig& c) {
 
 struct Outcome {
   double lm_loss = 0, index_loss = 0;
-  std::vector<double> layer_index_loss, index_recall, block_recall;
+  std::vector<double> layer_index_loss, index_recall, block_recall, index_recall_ceiling;
   std::vector<Tensor> grads;  // every parameter's, in params().all() order
 };
 
@@ -97,8 +97,8 @@ Outcome run_packed(Transformer& model, const Rows& rows, MsaMode mode, bool pack
   const ForwardResult r = model.forward(Tensor::from_vector<int32_t>({2, kT}, rows.tokens),
                                         Tensor::from_vector<int32_t>({2, kT}, rows.targets), o);
   model.backward(1.0);
-  return {r.lm_loss,      r.index_loss,   r.layer_index_loss,
-          r.index_recall, r.block_recall, grads_of(model)};
+  return {r.lm_loss,      r.index_loss,           r.layer_index_loss, r.index_recall,
+          r.block_recall, r.index_recall_ceiling, grads_of(model)};
 }
 
 // Each document as its own [1, L] sequence; losses and gradients weighted as the packed batch
@@ -125,6 +125,7 @@ Outcome run_separately(Transformer& model, const Rows& rows, MsaMode mode) {
     out.layer_index_loss.resize(r.layer_index_loss.size());
     out.index_recall.resize(r.index_recall.size());
     out.block_recall.resize(r.block_recall.size());
+    out.index_recall_ceiling.resize(r.index_recall_ceiling.size());
     for (size_t l = 0; l < r.layer_index_loss.size(); ++l)
       out.layer_index_loss[l] += r.layer_index_loss[l] * index_share;
     // Recall over every query (stride 1): the mean over tokens.
@@ -132,6 +133,8 @@ Outcome run_separately(Transformer& model, const Rows& rows, MsaMode mode) {
       out.index_recall[l] += r.index_recall[l] * index_share;
     for (size_t l = 0; l < r.block_recall.size(); ++l)
       out.block_recall[l] += r.block_recall[l] * index_share;
+    for (size_t l = 0; l < r.index_recall_ceiling.size(); ++l)
+      out.index_recall_ceiling[l] += r.index_recall_ceiling[l] * index_share;
   }
   out.grads = grads_of(model);
   return out;
@@ -191,6 +194,8 @@ TEST_P(PackedDocumentsTest, PackedBatchEqualsDocumentsRunSeparately) {
   expect_close_vectors(packed.layer_index_loss, separate.layer_index_loss, "layer index loss");
   expect_close_vectors(packed.index_recall, separate.index_recall, "index recall");
   expect_close_vectors(packed.block_recall, separate.block_recall, "block recall");
+  expect_close_vectors(packed.index_recall_ceiling, separate.index_recall_ceiling,
+                       "index recall ceiling");
   if (c.any_msa()) {
     EXPECT_GT(packed.index_loss, 1e-3);  // the index branch is exercised
   }

@@ -15,7 +15,8 @@
 // ranks on one device) they stage through the host (host_staging_communicator.h).
 // Tolerances: bf16 compute, so a layout changes rounding (GEMMs over T / cp rows, the key
 // gradients summed in f32 over ranks after each was rounded to bf16): 1e-2 relative on the
-// losses, 5e-2 relative L2 on each gradient. The bugs this is for are O(1): a kernel that ignores
+// losses, 5e-2 relative L2 on each gradient (0.25 where near-tied blocks may be selected
+// differently, with a control at 5e-2: see the test). The bugs this is for are O(1): a kernel that ignores
 // the query offset (a query masked as if at position t instead of p0 + t, keys strided by the
 // query count), a key gradient not returned to its owner.
 #include <mpi.h>
@@ -83,9 +84,9 @@ bool one_gpu_per_rank() {
   MPI_Comm_free(&node);
   return cuda_device_count() >= local_ranks;
 }
-absl::StatusOr<ProcessGroups> groups_for(const Layout& l) {
-  return one_gpu_per_rank() ? make_process_groups(l.tp, l.cp, /*nccl=*/true)
-                            : test::host_staged_process_groups(l.tp, l.cp);
+absl::StatusOr<ProcessGroups> groups_for(const Layout& l, bool nccl) {
+  return nccl ? make_process_groups(l.tp, l.cp, /*nccl=*/true)
+              : test::host_staged_process_groups(l.tp, l.cp);
 }
 
 class MpiContextParallelGpuTest : public ::testing::Test {
@@ -97,24 +98,44 @@ class MpiContextParallelGpuTest : public ::testing::Test {
 };
 
 TEST_F(MpiContextParallelGpuTest, LossesAndEveryParametersFullGradientMatchOneRank) {
-  test::Worst worst;
+  // Collective (MPI_Comm_split_type): asked on every rank here, not inside rank 0's printout.
+  const bool nccl = one_gpu_per_rank();
+  test::Worst worst, worst_near_ties;
   int cases = 0;
   for (const Layout& l : layouts()) {
-    auto made = groups_for(l);
+    auto made = groups_for(l, nccl);
     ASSERT_TRUE(made.ok()) << made.status();
     const ProcessGroups groups = std::move(*made);
     for (const Size& size : kSizes)
       for (Stack stack : {Stack::kDense, Stack::kMsa, Stack::kHybrid}) {
-        const ModelConfig c = config(size, stack);
-        for (test::Phase phase : test::phases_of(c))
-          for (int variant = 0; variant < 3; ++variant) {  // plain, packed, zig-zag and packed
-            const bool packed = variant > 0, zigzag = variant == 2;
+        const ModelConfig base = config(size, stack);
+        const bool fast = size.seq_len == 512;
+        for (test::Phase phase : test::phases_of(base))
+          // plain, packed, zig-zag and packed; 3: plain with every block selected (the control of
+          // the near-tie tolerance below: fast size, MSA layers, sparse phase only).
+          for (int variant = 0; variant < 4; ++variant) {
+            const bool packed = variant == 1 || variant == 2, zigzag = variant == 2;
+            const bool all_blocks = variant == 3;
             if (phase == test::Phase::kFrozenBackboneWarmup) continue;  // the CPU test has it
+            const bool selects = base.any_msa() && phase == test::Phase::kSparse;
+            if (all_blocks && !(fast && selects)) continue;
+            ModelConfig c = base;
+            if (all_blocks) c.msa.topk = size.seq_len / c.msa.block_size;
+            // The fast size selects 3 of 8 blocks by max-pooled index scores, whose block maxima
+            // (extremes of 64 token scores each) lie close together; a layout's bf16 rounding
+            // (tensor parallelism's partial sums above all) makes a few rows of layer 1 pick
+            // another near-tied block than one rank does, and attend to other keys. Measured on
+            // an H100 at cp 2 x tp 2 (MSA stack, plain): 0.18 on layers.1.attn.wk.weight, the
+            // query / key projections only; with every block selected the same case is within
+            // kGradTol (variant 3 checks it). A kernel that mishandles an offset or a gathered
+            // key moves the gradients by O(1).
+            const bool near_ties = fast && selects && !all_blocks;
+            const double tol = near_ties ? 0.25 : kGradTol;
             ++cases;
-            const std::string where =
-                absl::StrFormat("%s; %s; %s; phase %s%s%s", groups.describe(), size.name,
-                                test::stack_name(stack), test::phase_name(phase),
-                                packed ? "; packed documents" : "", zigzag ? "; zig-zag" : "");
+            const std::string where = absl::StrFormat(
+                "%s; %s; %s; phase %s%s%s%s", groups.describe(), size.name, test::stack_name(stack),
+                test::phase_name(phase), packed ? "; packed documents" : "",
+                zigzag ? "; zig-zag" : "", all_blocks ? "; every block selected" : "");
             const std::vector<int64_t> starts = packed ? size.doc_starts : std::vector<int64_t>{};
             // One rank with the whole global batch (2 sequences per dp rank), then the layout.
             const test::StepGradients one =
@@ -122,9 +143,10 @@ TEST_F(MpiContextParallelGpuTest, LossesAndEveryParametersFullGradientMatchOneRa
                                      size.seq_len, starts);
             const test::StepGradients many = test::step_gradients(
                 c, &groups, 2, phase, 1, Device::kCUDA, false, size.seq_len, starts, zigzag);
-            // Gradients within kGradTol, losses within 1e-2 (expect_same_step's one tolerance is
-            // the gradients'; the losses are checked tighter here).
-            test::expect_same_step(many, one, c, phase, kGradTol, where, worst);
+            // Gradients within tol, losses within 1e-2 (expect_same_step's one tolerance is the
+            // gradients'; the losses are checked tighter here).
+            test::expect_same_step(many, one, c, phase, tol, where,
+                                   near_ties ? worst_near_ties : worst);
             EXPECT_LT(
                 test::max_over_ranks(test::rel_diff(many.metrics.lm_loss, one.metrics.lm_loss)),
                 1e-2)
@@ -135,9 +157,12 @@ TEST_F(MpiContextParallelGpuTest, LossesAndEveryParametersFullGradientMatchOneRa
   }
   EXPECT_GT(cases, 0);
   if (test::world_rank() == 0)
-    std::printf("%d cases on the GPU (%s); worst gradient relative L2 difference %.3g (%s)\n",
-                cases, one_gpu_per_rank() ? "NCCL" : "one GPU, host-staged collectives", worst.rel,
-                worst.where.c_str());
+    std::printf(
+        "%d cases on the GPU (%s); worst gradient relative L2 difference %.3g (%s); where "
+        "near-tied blocks may flip (fast size, MSA layers, sparse phase, 3 of 8 blocks) %.3g "
+        "(%s)\n",
+        cases, nccl ? "NCCL" : "one GPU, host-staged collectives", worst.rel, worst.where.c_str(),
+        worst_near_ties.rel, worst_near_ties.where.c_str());
 }
 
 }  // namespace

@@ -134,6 +134,10 @@ TEST(MpiTensorParallelTest, ForwardLogitsAndIndexLossMatchOneRank) {
   EXPECT_LT(test::max_scaled_diff(r2.block_recall, r1.block_recall), 1e-6);
   EXPECT_LT(test::max_scaled_diff(r2.answer_index_recall, r1.answer_index_recall), 1e-6);
   EXPECT_LT(test::max_scaled_diff(r2.answer_block_recall, r1.answer_block_recall), 1e-6);
+  ASSERT_EQ(r2.index_recall_ceiling.size(), 2u);
+  EXPECT_LT(test::max_scaled_diff(r2.index_recall_ceiling, r1.index_recall_ceiling), 1e-6);
+  EXPECT_LT(test::max_scaled_diff(r2.answer_index_recall_ceiling, r1.answer_index_recall_ceiling),
+            1e-6);
   const Tensor logits =
       tp_gather(split.logits().view({-1, c.vocab_size / tp.size}).clone(), TpSplit::kCols, tp.comm);
   const auto x = logits.to_double_vector(), y = one.logits().to_double_vector();

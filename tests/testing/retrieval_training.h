@@ -103,6 +103,28 @@ inline RetrievalOutcome train_and_evaluate_msa(const ModelConfig& config, const 
         o.before.answer_index_recall[1], o.after.answer_index_recall[1],
         o.before.answer_block_recall[0], o.after.answer_block_recall[0],
         o.before.answer_block_recall[1], o.after.answer_block_recall[1]);
+  // The recall ceiling (the index recall of the attention's own top-k blocks): no selector of k
+  // blocks keeps more, on the same rows.
+  for (const RetrievalResult* r : {&o.before, &o.after}) {
+    EXPECT_EQ(r->index_recall_ceiling.size(), 2u);
+    EXPECT_EQ(r->answer_index_recall_ceiling.size(), 2u);
+    for (size_t l = 0; l < r->index_recall_ceiling.size() && l < r->index_recall.size(); ++l)
+      EXPECT_LE(r->index_recall[l], r->index_recall_ceiling[l] + 1e-12) << "layer " << l;
+    for (size_t l = 0;
+         l < r->answer_index_recall_ceiling.size() && l < r->answer_index_recall.size(); ++l)
+      EXPECT_LE(r->answer_index_recall[l], r->answer_index_recall_ceiling[l] + 1e-12)
+          << "layer " << l;
+  }
+  if (o.after.index_recall_ceiling.size() == 2 && o.before.index_recall_ceiling.size() == 2 &&
+      o.after.answer_index_recall_ceiling.size() == 2 &&
+      o.before.answer_index_recall_ceiling.size() == 2)
+    std::printf(
+        "  recall ceiling L0 %.3f -> %.3f, L1 %.3f -> %.3f; at the answer positions L0 %.3f -> "
+        "%.3f, L1 %.3f -> %.3f\n",
+        o.before.index_recall_ceiling[0], o.after.index_recall_ceiling[0],
+        o.before.index_recall_ceiling[1], o.after.index_recall_ceiling[1],
+        o.before.answer_index_recall_ceiling[0], o.after.answer_index_recall_ceiling[0],
+        o.before.answer_index_recall_ceiling[1], o.after.answer_index_recall_ceiling[1]);
   EXPECT_EQ(o.after.answer_fact_selected.size(), 2u);
   if (o.after.answer_fact_selected.size() == 2 && o.before.answer_fact_selected.size() == 2)
     std::printf("  fact's block selected at the answer positions: L0 %.3f -> %.3f, L1 %.3f -> %.3f\n",

@@ -35,7 +35,8 @@ ModelConfig tiny_msa() {
   return c;
 }
 
-// The MSA layer's two recalls at the last `pairs` positions of every row of `tokens`.
+// The MSA layer's index recall, block recall and recall ceiling at the last `pairs` positions of
+// every row of `tokens`.
 std::vector<double> recalls_at_last(Transformer& model, const Tensor& tokens, const Tensor& targets,
                                     int pairs) {
   const int64_t n = tokens.size(0), T = tokens.size(1);
@@ -46,8 +47,11 @@ std::vector<double> recalls_at_last(Transformer& model, const Tensor& tokens, co
   const ForwardResult f = model.forward(tokens, targets, options);
   EXPECT_EQ(f.answer_index_recall.size(), 1u);
   EXPECT_EQ(f.answer_block_recall.size(), 1u);
-  if (f.answer_index_recall.size() != 1 || f.answer_block_recall.size() != 1) return {-1, -1};
-  return {f.answer_index_recall[0], f.answer_block_recall[0]};
+  EXPECT_EQ(f.answer_index_recall_ceiling.size(), 1u);
+  if (f.answer_index_recall.size() != 1 || f.answer_block_recall.size() != 1 ||
+      f.answer_index_recall_ceiling.size() != 1)
+    return {-1, -1, -1};
+  return {f.answer_index_recall[0], f.answer_block_recall[0], f.answer_index_recall_ceiling[0]};
 }
 
 TEST(TrainAnswerRecallTest, RetrievalEvalAveragesOverEveryAnswer) {
@@ -61,7 +65,7 @@ TEST(TrainAnswerRecallTest, RetrievalEvalAveragesOverEveryAnswer) {
   const RetrievalResult r =
       evaluate_retrieval(model, task, 5, 2, MsaMode::kSparse, /*recall_stride=*/0, true);
   EXPECT_TRUE(r.index_recall.empty());  // no stride: only the answers are measured
-  std::vector<double> want = {0, 0};
+  std::vector<double> want = {0, 0, 0};
   for (int64_t start = 0; start < 5; start += 2) {
     const int64_t n = std::min<int64_t>(2, 5 - start);
     Tensor tokens = Tensor::empty({n, 40}, DType::kI32), targets = tokens.clone();
@@ -73,17 +77,21 @@ TEST(TrainAnswerRecallTest, RetrievalEvalAveragesOverEveryAnswer) {
       }
     }
     const std::vector<double> got = recalls_at_last(model, tokens, targets, 3);
-    for (int k = 0; k < 2; ++k) want[k] += got[k] * static_cast<double>(3 * n) / 15.0;
+    for (int k = 0; k < 3; ++k) want[k] += got[k] * static_cast<double>(3 * n) / 15.0;
   }
   EXPECT_LT(max_scaled_diff(r.answer_index_recall, {want[0]}), 1e-12);
   EXPECT_LT(max_scaled_diff(r.answer_block_recall, {want[1]}), 1e-12);
+  EXPECT_LT(max_scaled_diff(r.answer_index_recall_ceiling, {want[2]}), 1e-12);
   EXPECT_GT(want[0], 0.05);
   EXPECT_LT(want[0], 0.95);
+  EXPECT_LE(want[0], want[2] + 1e-12);
+  EXPECT_LT(want[2], 0.999);
 
   const RetrievalResult off =
       evaluate_retrieval(model, task, 5, 2, MsaMode::kSparse, /*recall_stride=*/0, false);
   EXPECT_TRUE(off.answer_index_recall.empty());
   EXPECT_TRUE(off.answer_block_recall.empty());
+  EXPECT_TRUE(off.answer_index_recall_ceiling.empty());
 }
 
 TEST(TrainAnswerRecallTest, ValidationMeasuresAtTheCountedTargets) {
@@ -92,14 +100,15 @@ TEST(TrainAnswerRecallTest, ValidationMeasuresAtTheCountedTargets) {
   auto source = make_synthetic_source("kv-recall", 96, 2, 40, 3, -1, 5, DataLayout{}, true);
   ASSERT_TRUE(source.ok());
   const EvalResult r = evaluate(model, **source, 2, MsaMode::kSparse, /*answer_recall=*/true);
-  std::vector<double> want = {0, 0};
+  std::vector<double> want = {0, 0, 0};
   for (int i = 1; i <= 2; ++i) {  // evaluate() reads batches 1..n_batches, 6 answers each
     const Batch b = (*source)->get(i, 0);
     const std::vector<double> got = recalls_at_last(model, b.tokens, b.targets, 3);
-    for (int k = 0; k < 2; ++k) want[k] += got[k] / 2;
+    for (int k = 0; k < 3; ++k) want[k] += got[k] / 2;
   }
   EXPECT_LT(max_scaled_diff(r.answer_index_recall, {want[0]}), 1e-12);
   EXPECT_LT(max_scaled_diff(r.answer_block_recall, {want[1]}), 1e-12);
+  EXPECT_LT(max_scaled_diff(r.answer_index_recall_ceiling, {want[2]}), 1e-12);
   EXPECT_GT(want[0], 0.05);
   EXPECT_LT(want[0], 0.95);
   // Off by default (text: every position is a target).

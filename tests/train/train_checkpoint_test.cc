@@ -99,10 +99,12 @@ TEST(TrainCheckpointTest, ResumedRunIsBitIdenticalToAStraightRun) {
   ASSERT_EQ(b.size(), 40u);
   for (size_t i = 0; i < 40; ++i) EXPECT_EQ(a[i], b[i]) << "step " << i + 1;
   // Recall was logged (steps 7, 14, ...: in the dense-attention and the sparse phase), with the
-  // block recall beside the index recall.
+  // block recall and the recall ceiling beside the index recall.
   EXPECT_THAT(a[6], HasSubstr("\"index_recall\""));
   EXPECT_THAT(a[6], HasSubstr("\"block_recall\""));
+  EXPECT_THAT(a[6], HasSubstr("\"index_recall_ceiling\""));
   EXPECT_THAT(a[27], HasSubstr("\"block_recall\""));
+  EXPECT_THAT(a[27], HasSubstr("\"index_recall_ceiling\""));
 
   auto ca = load_checkpoint(checkpoint_path(straight, 40));
   auto cb = load_checkpoint(checkpoint_path(resumed, 40));
