@@ -134,11 +134,12 @@ ABSL_FLAG(
     "dp = N / (cp * tp)). The cp ranks of one data-parallel replica split every sequence into cp "
     "shards of --seq_len / cp tokens (for MSA layers a multiple of --msa_block_size; see "
     "--cp_layout) and all-gather the keys before each attention. CPU (MPI) and CUDA (NCCL).");
-ABSL_FLAG(std::string, cp_layout, "contiguous",
-          "With --cp > 1: 'contiguous' (rank c holds tokens [c T/cp, (c+1) T/cp)) or 'zigzag' "
-          "(the sequence cut into 2 cp chunks, rank c holds chunks c and 2 cp - 1 - c: every rank "
-          "gets as much of the work that grows with the position, the MSA indexer and dense "
-          "attention; each chunk a multiple of --msa_block_size).");
+ABSL_FLAG(std::string, cp_layout, "zigzag",
+          "With --cp > 1: 'zigzag' (the default: the sequence cut into 2 cp chunks, rank c holds "
+          "chunks c and 2 cp - 1 - c, so every rank gets as much of the work that grows with the "
+          "position, the MSA indexer and dense attention; each chunk a multiple of "
+          "--msa_block_size) or 'contiguous' (rank c holds tokens [c T/cp, (c+1) T/cp): half as "
+          "many, twice as long chunks; the last rank does the most attention work).");
 ABSL_FLAG(int64_t, gpu, -1, "CUDA device of this rank (-1: node-local rank % number of devices).");
 ABSL_FLAG(bool, zero1, false,
           "Shard the fp32 master weights and AdamW moments over the data-parallel ranks (ZeRO-1: "

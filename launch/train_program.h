@@ -43,7 +43,7 @@ struct TrainProgramOptions {
   std::string metrics_jsonl;       // append one JSON line per step (full precision) to this file
   int tp = 1;                      // tensor-parallel size (world = dp x cp x tp)
   int cp = 1;                      // context-parallel size: each rank holds seq_len / cp tokens
-  std::string cp_layout = "contiguous";  // or "zigzag" (model/context_parallel.h)
+  std::string cp_layout = "zigzag";  // or "contiguous" (model/context_parallel.h)
   bool zero1 = false;              // shard AdamW state over the data-parallel group
   int64_t bucket_mb = 25;          // data-parallel gradient all-reduce bucket size
   int gpu = -1;                    // CUDA device of this rank (< 0: node-local rank % device count)

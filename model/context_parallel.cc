@@ -62,8 +62,9 @@ absl::Status check_context_parallel(const ModelConfig& config, int cp, int64_t s
     return absl::InvalidArgumentError(
         zigzag && cp > 1
             ? absl::StrFormat("invalid --cp: --seq_len %d is not a multiple of 2 x --cp = %d "
-                              "(--cp_layout=zigzag: each rank holds two chunks of seq_len / 2 cp "
-                              "tokens)",
+                              "(--cp_layout=zigzag, the default: each rank holds two chunks of "
+                              "seq_len / 2 cp tokens; --cp_layout=contiguous needs a multiple of "
+                              "--cp only)",
                               seq_len, parts)
             : absl::StrFormat("invalid --cp: --seq_len %d is not a multiple of --cp %d (each rank "
                               "holds seq_len / cp tokens)",
@@ -71,9 +72,11 @@ absl::Status check_context_parallel(const ModelConfig& config, int cp, int64_t s
   if (config.any_msa() && (seq_len / parts) % config.msa.block_size != 0)
     return absl::InvalidArgumentError(absl::StrFormat(
         "invalid --cp: --seq_len / %s = %d / %d = %d tokens per %s is not a multiple of the MSA "
-        "block size %d (a shard must hold whole blocks)",
+        "block size %d (a shard must hold whole blocks%s)",
         what, seq_len, parts, seq_len / parts, zigzag && cp > 1 ? "half-shard" : "rank",
-        config.msa.block_size));
+        config.msa.block_size,
+        zigzag && cp > 1 ? "; --cp_layout=contiguous holds one chunk of seq_len / cp per rank"
+                         : ""));
   return absl::OkStatus();
 }
 

@@ -134,11 +134,17 @@ TEST(MsaTrainCliTest, ContextParallelLayoutsThatCannotRunAreRefusedNamingTheFlag
     const char* args;
     const char* message;
   } cases[] = {
-      {"--cp=3 --device=cpu --seq_len=256",
+      {"--cp=3 --cp_layout=contiguous --device=cpu --seq_len=256",
        "invalid --cp: --seq_len 256 is not a multiple of --cp 3"},
-      {"--cp=4 --device=cpu --seq_len=128 --msa_block_size=64",
+      {"--cp=3 --device=cpu --seq_len=256",  // zig-zag, the default
+       "invalid --cp: --seq_len 256 is not a multiple of 2 x --cp = 6 (--cp_layout=zigzag, the "
+       "default"},
+      {"--cp=4 --cp_layout=contiguous --device=cpu --seq_len=128 --msa_block_size=64",
        "invalid --cp: --seq_len / --cp = 128 / 4 = 32 tokens per rank is not a multiple of the MSA "
        "block size 64"},
+      {"--cp=4 --device=cpu --seq_len=256 --msa_block_size=64",
+       "invalid --cp: --seq_len / (2 x --cp) = 256 / 8 = 32 tokens per half-shard is not a "
+       "multiple of the MSA block size 64 (a shard must hold whole blocks; --cp_layout=contiguous"},
       {"--cp=2 --cp_layout=zigzag --device=cpu --seq_len=384 --msa_block_size=64",
        "invalid --cp: --seq_len / (2 x --cp) = 384 / 4 = 96 tokens per half-shard is not a multiple "
        "of the MSA block size 64"},

@@ -56,7 +56,7 @@ CommandResult train(const Layout& l, const std::string& dir, const std::string& 
   const std::string args =
       "--device=cpu --vocab_size=96 --d_model=32 --n_layers=2 --n_heads=4 "
       "--n_kv_heads=2 --head_dim=8 --ffn_dim=64 --attention=msa,dense --msa_block_size=8 "
-      "--msa_topk=2 --msa_index_dim=8 --seq_len=48 --data=synthetic:kv-recall --seed=11 "
+      "--msa_topk=2 --msa_index_dim=8 --seq_len=64 --data=synthetic:kv-recall --seed=11 "
       "--lr=3e-3 --min_lr=3e-4 --warmup_steps=2 --dense_attention_steps=2 --recall_every=0 "
       "--log_every=1 --steps=" +
       std::to_string(kSteps) + " --batch_size=" + std::to_string(kGlobalBatch / l.dp()) +
