@@ -94,15 +94,17 @@ inline RetrievalOutcome train_and_evaluate_msa(const ModelConfig& config, const 
         o.before.block_recall[1], o.after.block_recall[1]);
   EXPECT_EQ(o.after.answer_index_recall.size(), 2u);
   EXPECT_EQ(o.after.answer_block_recall.size(), 2u);
-  if (o.after.answer_index_recall.size() == 2 && o.after.answer_block_recall.size() == 2 &&
-      o.before.answer_index_recall.size() == 2 && o.before.answer_block_recall.size() == 2)
-    std::printf(
-        "  at the answer positions: index recall L0 %.3f -> %.3f, L1 %.3f -> %.3f, block recall "
-        "L0 %.3f -> %.3f, L1 %.3f -> %.3f\n",
-        o.before.answer_index_recall[0], o.after.answer_index_recall[0],
-        o.before.answer_index_recall[1], o.after.answer_index_recall[1],
-        o.before.answer_block_recall[0], o.after.answer_block_recall[0],
-        o.before.answer_block_recall[1], o.after.answer_block_recall[1]);
+  // "<what> L0 a -> b, L1 c -> d" for a per-layer metric before and after training.
+  auto print_layers = [](const char* what, const std::vector<double>& before,
+                         const std::vector<double>& after) {
+    if (before.size() == 2 && after.size() == 2)
+      std::printf("  %s L0 %.3f -> %.3f, L1 %.3f -> %.3f\n", what, before[0], after[0], before[1],
+                  after[1]);
+  };
+  print_layers("at the answer positions: index recall", o.before.answer_index_recall,
+               o.after.answer_index_recall);
+  print_layers("at the answer positions: block recall", o.before.answer_block_recall,
+               o.after.answer_block_recall);
   // The recall ceiling (the index recall of the attention's own top-k blocks): no selector of k
   // blocks keeps more, on the same rows.
   for (const RetrievalResult* r : {&o.before, &o.after}) {
@@ -115,21 +117,12 @@ inline RetrievalOutcome train_and_evaluate_msa(const ModelConfig& config, const 
       EXPECT_LE(r->answer_index_recall[l], r->answer_index_recall_ceiling[l] + 1e-12)
           << "layer " << l;
   }
-  if (o.after.index_recall_ceiling.size() == 2 && o.before.index_recall_ceiling.size() == 2 &&
-      o.after.answer_index_recall_ceiling.size() == 2 &&
-      o.before.answer_index_recall_ceiling.size() == 2)
-    std::printf(
-        "  recall ceiling L0 %.3f -> %.3f, L1 %.3f -> %.3f; at the answer positions L0 %.3f -> "
-        "%.3f, L1 %.3f -> %.3f\n",
-        o.before.index_recall_ceiling[0], o.after.index_recall_ceiling[0],
-        o.before.index_recall_ceiling[1], o.after.index_recall_ceiling[1],
-        o.before.answer_index_recall_ceiling[0], o.after.answer_index_recall_ceiling[0],
-        o.before.answer_index_recall_ceiling[1], o.after.answer_index_recall_ceiling[1]);
+  print_layers("recall ceiling", o.before.index_recall_ceiling, o.after.index_recall_ceiling);
+  print_layers("at the answer positions: recall ceiling", o.before.answer_index_recall_ceiling,
+               o.after.answer_index_recall_ceiling);
   EXPECT_EQ(o.after.answer_fact_selected.size(), 2u);
-  if (o.after.answer_fact_selected.size() == 2 && o.before.answer_fact_selected.size() == 2)
-    std::printf("  fact's block selected at the answer positions: L0 %.3f -> %.3f, L1 %.3f -> %.3f\n",
-                o.before.answer_fact_selected[0], o.after.answer_fact_selected[0],
-                o.before.answer_fact_selected[1], o.after.answer_fact_selected[1]);
+  print_layers("fact's block selected at the answer positions:", o.before.answer_fact_selected,
+               o.after.answer_fact_selected);
   return o;
 }
 
