@@ -132,8 +132,9 @@ ABSL_FLAG(
     int64_t, cp, 1,
     "Context-parallel size: world = dp x cp x tp with tp innermost, then cp (mpirun -np N gives "
     "dp = N / (cp * tp)). The cp ranks of one data-parallel replica split every sequence into cp "
-    "shards of --seq_len / cp tokens (for MSA layers a multiple of --msa_block_size; see "
-    "--cp_layout) and all-gather the keys before each attention. CPU (MPI) and CUDA (NCCL).");
+    "shards of --seq_len / cp tokens (two chunks of --seq_len / 2 cp each with the default "
+    "--cp_layout=zigzag; for MSA layers each chunk a multiple of --msa_block_size) and all-gather "
+    "the keys before each attention. CPU (MPI) and CUDA (NCCL).");
 ABSL_FLAG(std::string, cp_layout, "zigzag",
           "With --cp > 1: 'zigzag' (the default: the sequence cut into 2 cp chunks, rank c holds "
           "chunks c and 2 cp - 1 - c, so every rank gets as much of the work that grows with the "
@@ -171,7 +172,8 @@ ABSL_FLAG(int64_t, log_every, 10, "Print a metrics line every N steps.");
 ABSL_FLAG(int64_t, recall_every, 50,
           "Every N steps log each MSA layer's index recall (the share of the dense attention "
           "mass inside the selected blocks) and block recall (the share of the attention's own "
-          "top-k blocks that the selector picked, the paper's metric); 0: never.");
+          "top-k blocks that the selector picked, the paper's metric) and recall ceiling (the mass "
+          "inside those top-k blocks: the most index recall any k blocks keep); 0: never.");
 ABSL_FLAG(int64_t, recall_stride, 16, "Recall samples every N-th query position.");
 
 int main(int argc, char** argv) {

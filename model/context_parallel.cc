@@ -62,9 +62,8 @@ absl::Status check_context_parallel(const ModelConfig& config, int cp, int64_t s
     return absl::InvalidArgumentError(
         zigzag && cp > 1
             ? absl::StrFormat("invalid --cp: --seq_len %d is not a multiple of 2 x --cp = %d "
-                              "(--cp_layout=zigzag, the default: each rank holds two chunks of "
-                              "seq_len / 2 cp tokens; --cp_layout=contiguous needs a multiple of "
-                              "--cp only)",
+                              "(--cp_layout=zigzag: each rank holds two chunks of seq_len / 2 cp "
+                              "tokens; --cp_layout=contiguous needs a multiple of --cp only)",
                               seq_len, parts)
             : absl::StrFormat("invalid --cp: --seq_len %d is not a multiple of --cp %d (each rank "
                               "holds seq_len / cp tokens)",

@@ -73,6 +73,8 @@ constexpr double AttentionActivations::*kRecalls[] = {
 };
 constexpr int kNumRecalls = sizeof(kRecalls) / sizeof(kRecalls[0]);
 constexpr int kSampledRecalls = 3;
+static_assert(kRecalls[kSampledRecalls - 1] == &AttentionActivations::index_recall_ceiling,
+              "the strided recalls come first in kRecalls");
 
 void copy_recalls(const AttentionActivations& from, AttentionActivations& to) {
   for (auto field : kRecalls) to.*field = from.*field;

@@ -111,7 +111,8 @@ TEST(MsaTrainCliTest, DeterministicOnTheCpuIsAcceptedAndRepeatsBitForBit) {
         "--device=cpu --deterministic --vocab_size=96 --d_model=32 --n_layers=2 --n_heads=4 "
         "--n_kv_heads=2 --head_dim=8 --ffn_dim=64 --attention=msa,dense --msa_block_size=8 "
         "--msa_topk=2 --msa_index_dim=8 --seq_len=48 --batch_size=2 --data=synthetic:kv-recall "
-        "--steps=4 --dense_attention_steps=2 --recall_every=0 --metrics_jsonl=" + path);
+        "--steps=4 --dense_attention_steps=2 --recall_every=0 --metrics_jsonl=" +
+        path);
     ASSERT_EQ(r.exit_code, 0) << r.output;
     EXPECT_NE(r.output.find("deterministic: the CPU kernels are deterministic anyway"),
               std::string::npos)
@@ -137,8 +138,8 @@ TEST(MsaTrainCliTest, ContextParallelLayoutsThatCannotRunAreRefusedNamingTheFlag
       {"--cp=3 --cp_layout=contiguous --device=cpu --seq_len=256",
        "invalid --cp: --seq_len 256 is not a multiple of --cp 3"},
       {"--cp=3 --device=cpu --seq_len=256",  // zig-zag, the default
-       "invalid --cp: --seq_len 256 is not a multiple of 2 x --cp = 6 (--cp_layout=zigzag, the "
-       "default"},
+       "invalid --cp: --seq_len 256 is not a multiple of 2 x --cp = 6 (--cp_layout=zigzag: each "
+       "rank holds two chunks"},
       {"--cp=4 --cp_layout=contiguous --device=cpu --seq_len=128 --msa_block_size=64",
        "invalid --cp: --seq_len / --cp = 128 / 4 = 32 tokens per rank is not a multiple of the MSA "
        "block size 64"},
@@ -146,7 +147,8 @@ TEST(MsaTrainCliTest, ContextParallelLayoutsThatCannotRunAreRefusedNamingTheFlag
        "invalid --cp: --seq_len / (2 x --cp) = 256 / 8 = 32 tokens per half-shard is not a "
        "multiple of the MSA block size 64 (a shard must hold whole blocks; --cp_layout=contiguous"},
       {"--cp=2 --cp_layout=zigzag --device=cpu --seq_len=384 --msa_block_size=64",
-       "invalid --cp: --seq_len / (2 x --cp) = 384 / 4 = 96 tokens per half-shard is not a multiple "
+       "invalid --cp: --seq_len / (2 x --cp) = 384 / 4 = 96 tokens per half-shard is not a "
+       "multiple "
        "of the MSA block size 64"},
       {"--cp=2 --cp_layout=spiral --device=cpu --seq_len=256",
        "invalid --cp_layout: 'spiral' (use contiguous or zigzag)"},

@@ -156,5 +156,14 @@ TEST(MsaTrainResumeLayoutTest, TwoRanksResumedOnTwoAreBitExact) {
   check_resume(/*straight=*/2, /*first=*/2, /*second=*/2, /*bit_exact=*/true);
 }
 
+// Validation on retrieval data measures the answer positions' recall on one rank; under context
+// parallelism (rows split over ranks) it must validate without it, not abort.
+TEST(MsaTrainResumeLayoutTest, ContextParallelRunValidatesOnRetrievalData) {
+  const std::string dir = fresh_dir("cp_eval");
+  const CommandResult r = train(Layout(2, 2), dir, "--eval_every=2 --eval_batches=1");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("val_loss"), std::string::npos) << r.output;
+}
+
 }  // namespace
 }  // namespace msa

@@ -16,9 +16,9 @@
 // Tolerances: bf16 compute, so a layout changes rounding (GEMMs over T / cp rows, the key
 // gradients summed in f32 over ranks after each was rounded to bf16): 1e-2 relative on the
 // losses, 5e-2 relative L2 on each gradient (0.25 where near-tied blocks may be selected
-// differently, with a control at 5e-2: see the test). The bugs this is for are O(1): a kernel that ignores
-// the query offset (a query masked as if at position t instead of p0 + t, keys strided by the
-// query count), a key gradient not returned to its owner.
+// differently, with a control at 5e-2: see the test). The bugs this is for are O(1): a kernel that
+// ignores the query offset (a query masked as if at position t instead of p0 + t, keys strided by
+// the query count), a key gradient not returned to its owner.
 #include <mpi.h>
 
 #include <cstdio>
@@ -111,11 +111,12 @@ TEST_F(MpiContextParallelGpuTest, LossesAndEveryParametersFullGradientMatchOneRa
         const ModelConfig base = config(size, stack);
         const bool fast = size.seq_len == 512;
         for (test::Phase phase : test::phases_of(base))
-          // plain, packed, zig-zag and packed; 3: plain with every block selected (the control of
-          // the near-tie tolerance below: fast size, MSA layers, sparse phase only).
-          for (int variant = 0; variant < 4; ++variant) {
-            const bool packed = variant == 1 || variant == 2, zigzag = variant == 2;
-            const bool all_blocks = variant == 3;
+          // variant % 3: plain, packed, zig-zag and packed; variant >= 3: the same with every
+          // block selected (the control of the near-tie tolerance below: fast size, MSA layers,
+          // sparse phase only).
+          for (int variant = 0; variant < 6; ++variant) {
+            const bool packed = variant % 3 != 0, zigzag = variant % 3 == 2;
+            const bool all_blocks = variant >= 3;
             if (phase == test::Phase::kFrozenBackboneWarmup) continue;  // the CPU test has it
             const bool selects = base.any_msa() && phase == test::Phase::kSparse;
             if (all_blocks && !(fast && selects)) continue;
@@ -127,8 +128,8 @@ TEST_F(MpiContextParallelGpuTest, LossesAndEveryParametersFullGradientMatchOneRa
             // another near-tied block than one rank does, and attend to other keys. Measured on
             // an H100 at cp 2 x tp 2 (MSA stack, plain): 0.18 on layers.1.attn.wk.weight, the
             // query / key projections only; with every block selected the same case is within
-            // kGradTol (variant 3 checks it). A kernel that mishandles an offset or a gathered
-            // key moves the gradients by O(1).
+            // kGradTol (variants 3-5 check that for each layout). A kernel that mishandles an
+            // offset or a gathered key moves the gradients by O(1).
             const bool near_ties = fast && selects && !all_blocks;
             const double tol = near_ties ? 0.25 : kGradTol;
             ++cases;

@@ -24,6 +24,7 @@
 #include "gtest/gtest.h"
 #include "model/context_parallel.h"
 #include "model/parameters.h"
+#include "tests/testing/gradcheck.h"
 #include "tests/testing/mpi_stacks.h"
 #include "tests/testing/parallel_training.h"
 
@@ -193,6 +194,53 @@ TEST(MpiContextParallelTest, ZigzagLayoutMatchesOneRank) {
   if (world_rank() == 0)
     std::printf("%d zig-zag cases; worst gradient relative L2 difference %.3g (%s)\n", cases,
                 worst.rel, worst.where.c_str());
+}
+
+// Each cp rank measures the strided recalls on its own queries; the transformer averages them over
+// cp. With a stride that divides every chunk, the ranks' strided queries together are the whole
+// sequence's (as many on every rank), so index recall, block recall and the recall ceiling equal
+// one rank's on the whole batch, in both layouts (f32: only the order of additions differs).
+TEST(MpiContextParallelTest, StridedRecallsEqualOneRanks) {
+  const ModelConfig c = tiny(Stack::kMsa);
+  ForwardOptions options;
+  options.recall_query_stride = 4;  // divides kSeqLen / (2 cp) at cp 2 and 4
+  auto whole_source =
+      make_synthetic_source("kv-recall", c.vocab_size, 2, kSeqLen, 3, -1, 7, DataLayout{}, false);
+  ASSERT_TRUE(whole_source.ok());
+  const Batch whole = (*whole_source)->get(1, 0);
+  Transformer one(c, DType::kF32, Device::kCPU);
+  one.params().initialize(9);
+  const ForwardResult r1 = one.forward(whole.tokens, whole.targets, options);
+  ASSERT_EQ(r1.index_recall.size(), 2u);
+  ASSERT_EQ(r1.block_recall.size(), 2u);
+  ASSERT_EQ(r1.index_recall_ceiling.size(), 2u);
+  for (const Layout& l : layouts()) {
+    if (l.tp != 1 || l.cp != world_size()) continue;  // one replica of cp ranks
+    auto made = make_process_groups(l.tp, l.cp, false);
+    ASSERT_TRUE(made.ok()) << made.status();
+    const ProcessGroups groups = std::move(*made);
+    for (bool zigzag : {false, true}) {
+      auto inner = make_synthetic_source("kv-recall", c.vocab_size, 2, kSeqLen, 3, -1, 7,
+                                         DataLayout{}, false);
+      ASSERT_TRUE(inner.ok());
+      auto shards =
+          make_context_shard_source(std::move(*inner), groups.cp_rank, groups.cp_size, zigzag);
+      const Batch shard = shards->get(1, 0);
+      Transformer split(c, DType::kF32, Device::kCPU, TensorParallel{},
+                        context_parallel_of(groups.cp.get(), zigzag));
+      split.params().initialize(9);
+      const ForwardResult r2 = split.forward(shard.tokens, shard.targets, options);
+      const std::string where = groups.describe() + (zigzag ? "; zig-zag" : "; contiguous");
+      EXPECT_LT(max_over_ranks(test::max_scaled_diff(r2.index_recall, r1.index_recall)), 1e-5)
+          << where;
+      EXPECT_LT(max_over_ranks(test::max_scaled_diff(r2.block_recall, r1.block_recall)), 1e-5)
+          << where;
+      EXPECT_LT(
+          max_over_ranks(test::max_scaled_diff(r2.index_recall_ceiling, r1.index_recall_ceiling)),
+          1e-5)
+          << where;
+    }
+  }
 }
 
 // Recomputation gathers the keys again in the backward (and reuses the forward's selection): the

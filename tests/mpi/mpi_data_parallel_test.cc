@@ -138,44 +138,48 @@ TEST(MpiDataParallelTest, CheckpointsMoveBetweenDataParallelSizes) {
   TrainProgramOptions second = program(base + "/split", 2, 6, true);
   second.resume = true;
   ASSERT_TRUE(run_train_program(second).ok());
-  if (world_rank() == 0) {
-    auto a = load_checkpoint(checkpoint_path(base + "/straight", 6));
-    auto b = load_checkpoint(checkpoint_path(base + "/split", 6));
-    ASSERT_TRUE(a.ok() && b.ok());
-    EXPECT_LT(max_rel_diff(a->params, b->params), 1e-6);
-    EXPECT_LT(max_rel_diff(a->m, b->m), 1e-6);
-  }
+  // Rank 0's checks in lambdas: a failed ASSERT returns from the lambda, not past the barrier the
+  // other ranks wait in.
+  if (world_rank() == 0)
+    [&] {
+      auto a = load_checkpoint(checkpoint_path(base + "/straight", 6));
+      auto b = load_checkpoint(checkpoint_path(base + "/split", 6));
+      ASSERT_TRUE(a.ok() && b.ok());
+      EXPECT_LT(max_rel_diff(a->params, b->params), 1e-6);
+      EXPECT_LT(max_rel_diff(a->m, b->m), 1e-6);
+    }();
   MPI_Barrier(MPI_COMM_WORLD);
   // (b) dp = n -> dp = 1: rank 0 resumes the step-3 checkpoint of the n-rank run alone, with the
   // whole global batch, and reaches the n-rank run's step 6.
-  if (world_rank() == 0) {
-    auto ckpt = load_checkpoint(checkpoint_path(base + "/split", 3));
-    ASSERT_TRUE(ckpt.ok()) << ckpt.status();
-    Transformer model(ckpt->config, DType::kF32, Device::kCPU);
-    AdamW optimizer(model.params(), OptimizerConfig{});
-    optimizer.load_state(ckpt->params, ckpt->m, ckpt->v);
-    auto data = make_synthetic_source("kv-recall", 96, 2 * n, 48, 3, -1, 5, DataLayout{}, false);
-    TrainerConfig tc;
-    tc.steps = 6;
-    tc.lr.max_lr = 3e-3;
-    tc.lr.min_lr = 3e-4;
-    tc.lr.warmup_steps = 2;
-    tc.lr.total_steps = 6;
-    tc.quiet = true;
-    Trainer trainer(model, optimizer, **data, tc);
-    ASSERT_TRUE(trainer.run(4).ok());
-    auto ref = load_checkpoint(checkpoint_path(base + "/straight", 6));
-    EXPECT_LT(max_rel_diff(optimizer.master_weights(), ref->params), 1e-5);
-    // (c) dp = 1 -> dp = n: a single-rank checkpoint at step 3 for the others to resume.
-    Checkpoint single;
-    single.config = ckpt->config;
-    single.params = ckpt->params;
-    single.m = ckpt->m;
-    single.v = ckpt->v;
-    single.state = ckpt->state;
-    std::system(("mkdir -p '" + base + "/from_one'").c_str());
-    ASSERT_TRUE(save_checkpoint(checkpoint_path(base + "/from_one", 3), single).ok());
-  }
+  if (world_rank() == 0)
+    [&] {
+      auto ckpt = load_checkpoint(checkpoint_path(base + "/split", 3));
+      ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+      Transformer model(ckpt->config, DType::kF32, Device::kCPU);
+      AdamW optimizer(model.params(), OptimizerConfig{});
+      optimizer.load_state(ckpt->params, ckpt->m, ckpt->v);
+      auto data = make_synthetic_source("kv-recall", 96, 2 * n, 48, 3, -1, 5, DataLayout{}, false);
+      TrainerConfig tc;
+      tc.steps = 6;
+      tc.lr.max_lr = 3e-3;
+      tc.lr.min_lr = 3e-4;
+      tc.lr.warmup_steps = 2;
+      tc.lr.total_steps = 6;
+      tc.quiet = true;
+      Trainer trainer(model, optimizer, **data, tc);
+      ASSERT_TRUE(trainer.run(4).ok());
+      auto ref = load_checkpoint(checkpoint_path(base + "/straight", 6));
+      EXPECT_LT(max_rel_diff(optimizer.master_weights(), ref->params), 1e-5);
+      // (c) dp = 1 -> dp = n: a single-rank checkpoint at step 3 for the others to resume.
+      Checkpoint single;
+      single.config = ckpt->config;
+      single.params = ckpt->params;
+      single.m = ckpt->m;
+      single.v = ckpt->v;
+      single.state = ckpt->state;
+      std::system(("mkdir -p '" + base + "/from_one'").c_str());
+      ASSERT_TRUE(save_checkpoint(checkpoint_path(base + "/from_one", 3), single).ok());
+    }();
   MPI_Barrier(MPI_COMM_WORLD);
   TrainProgramOptions resume = program(base + "/from_one", 2, 6, false);
   resume.resume = true;

@@ -135,6 +135,7 @@ TEST(MpiTensorParallelTest, ForwardLogitsAndIndexLossMatchOneRank) {
   EXPECT_LT(test::max_scaled_diff(r2.answer_index_recall, r1.answer_index_recall), 1e-6);
   EXPECT_LT(test::max_scaled_diff(r2.answer_block_recall, r1.answer_block_recall), 1e-6);
   ASSERT_EQ(r2.index_recall_ceiling.size(), 2u);
+  ASSERT_EQ(r2.answer_index_recall_ceiling.size(), 2u);
   EXPECT_LT(test::max_scaled_diff(r2.index_recall_ceiling, r1.index_recall_ceiling), 1e-6);
   EXPECT_LT(test::max_scaled_diff(r2.answer_index_recall_ceiling, r1.answer_index_recall_ceiling),
             1e-6);
@@ -235,13 +236,16 @@ void check_resume_across_tp(const std::string& base, int tp_from, int tp_to, boo
   second.resume = true;
   const absl::Status s = run_train_program(second);
   ASSERT_TRUE(s.ok()) << s;
-  if (world_rank() == 0) {
-    auto a = load_checkpoint(checkpoint_path(base + "/straight", 6));
-    auto b = load_checkpoint(checkpoint_path(base + "/split", 6));
-    ASSERT_TRUE(a.ok() && b.ok());
-    EXPECT_LT(max_rel_diff(b->params, a->params), 1e-5) << tp_from << " -> " << tp_to;
-    EXPECT_LT(max_rel_diff(b->m, a->m), 1e-4) << tp_from << " -> " << tp_to;
-  }
+  // Rank 0's checks in a lambda: a failed ASSERT returns from it, not past the barrier the other
+  // ranks wait in.
+  if (world_rank() == 0)
+    [&] {
+      auto a = load_checkpoint(checkpoint_path(base + "/straight", 6));
+      auto b = load_checkpoint(checkpoint_path(base + "/split", 6));
+      ASSERT_TRUE(a.ok() && b.ok());
+      EXPECT_LT(max_rel_diff(b->params, a->params), 1e-5) << tp_from << " -> " << tp_to;
+      EXPECT_LT(max_rel_diff(b->m, a->m), 1e-4) << tp_from << " -> " << tp_to;
+    }();
   MPI_Barrier(MPI_COMM_WORLD);
 }
 
