@@ -287,12 +287,11 @@ std::vector<RecallQuery> strided_recall_queries(int64_t batch, int64_t T, int64_
 
 namespace {
 
-// The recalls' common part: checks the queries, groups them by batch row (each row's queries in
-// the given order, so the strided queries sum in the order the stride loop did), makes the f64
-// host copies and returns sum_fn(q, k, indices, counts, scale, queries, dims).
-template <class SumFn>
-auto sum_recall(const Tensor& q, const Tensor& k, const BlockSelection& sel, double scale,
-                const std::vector<RecallQuery>& queries, const char* op, SumFn sum_fn) {
+// The recalls' one pass: checks the queries, groups them by batch row (each row's queries in the
+// given order, so the strided queries sum in the order the stride loop did), makes the f64 host
+// copies and returns the means over the rows (1.0 for none).
+OracleRecall query_recall(const Tensor& q, const Tensor& k, const BlockSelection& sel, double scale,
+                          const std::vector<RecallQuery>& queries, const char* op) {
   const cpu::MsaDims dims = attention_dims(q, k, sel, op);
   MSA_CHECK(!queries.empty(), "%s: no queries to measure", op);
   std::vector<int64_t> begin(dims.batch + 1, 0), ts(queries.size());
@@ -308,69 +307,63 @@ auto sum_recall(const Tensor& q, const Tensor& k, const BlockSelection& sel, dou
   for (const RecallQuery& x : queries) ts[fill[x.batch]++] = x.t;
   const Tensor qh = host_f64(q), kh = host_f64(k);
   const Tensor idx = host(sel.indices), cnt = host(sel.counts);
-  return sum_fn(qh.data<double>(), kh.data<double>(), idx.data<int32_t>(), cnt.data<int32_t>(),
-                scale, cpu::RecallQueries{begin.data(), ts.data()}, dims);
+  const cpu::OracleRecallSums sums = cpu::msa_oracle_recall_sums<double>(
+      qh.data<double>(), kh.data<double>(), idx.data<int32_t>(), cnt.data<int32_t>(), scale,
+      cpu::RecallQueries{begin.data(), ts.data()}, dims);
+  auto mean = [&](double sum) {
+    return sums.n_rows > 0 ? sum / static_cast<double>(sums.n_rows) : 1.0;
+  };
+  return {mean(sums.index_recall), mean(sums.block_recall), mean(sums.index_recall_ceiling)};
 }
 
-double mean_of(double sum, int64_t n) { return n > 0 ? sum / static_cast<double>(n) : 1.0; }
+OracleRecall strided_recall(const Tensor& q, const Tensor& k, const BlockSelection& sel,
+                            double scale, int64_t query_stride, const char* op) {
+  const std::vector<RecallQuery> queries =
+      strided_recall_queries(q.size(0), q.size(1), query_stride);
+  return queries.empty() ? OracleRecall{1.0, 1.0, 1.0}
+                         : query_recall(q, k, sel, scale, queries, op);
+}
 
 }  // namespace
 
-double msa_index_recall(const Tensor& q, const Tensor& k, const BlockSelection& sel, double scale,
-                        const std::vector<RecallQuery>& queries) {
-  int64_t n_terms = 0;
-  const double sum = sum_recall(
-      q, k, sel, scale, queries, "msa_index_recall",
-      [&](const double* qd, const double* kd, const int32_t* idx, const int32_t* cnt, double sc,
-          const cpu::RecallQueries& rq, const cpu::MsaDims& dims) {
-        return cpu::msa_index_recall_sum<double>(qd, kd, idx, cnt, sc, rq, &n_terms, dims);
-      });
-  return mean_of(sum, n_terms);
-}
-
 OracleRecall msa_oracle_recall(const Tensor& q, const Tensor& k, const BlockSelection& sel,
                                double scale, const std::vector<RecallQuery>& queries) {
-  const cpu::OracleRecallSums sums = sum_recall(q, k, sel, scale, queries, "msa_oracle_recall",
-                                                cpu::msa_oracle_recall_sums<double>);
-  return {mean_of(sums.block_recall, sums.n_rows), mean_of(sums.index_recall_ceiling, sums.n_rows)};
+  return query_recall(q, k, sel, scale, queries, "msa_oracle_recall");
+}
+OracleRecall msa_oracle_recall(const Tensor& q, const Tensor& k, const BlockSelection& sel,
+                               double scale, int64_t query_stride) {
+  return strided_recall(q, k, sel, scale, query_stride, "msa_oracle_recall");
+}
+
+double msa_index_recall(const Tensor& q, const Tensor& k, const BlockSelection& sel, double scale,
+                        const std::vector<RecallQuery>& queries) {
+  return query_recall(q, k, sel, scale, queries, "msa_index_recall").index_recall;
+}
+double msa_index_recall(const Tensor& q, const Tensor& k, const BlockSelection& sel, double scale,
+                        int64_t query_stride) {
+  return strided_recall(q, k, sel, scale, query_stride, "msa_index_recall").index_recall;
 }
 
 double msa_block_recall(const Tensor& q, const Tensor& k, const BlockSelection& sel, double scale,
                         const std::vector<RecallQuery>& queries) {
-  return msa_oracle_recall(q, k, sel, scale, queries).block_recall;
+  return query_recall(q, k, sel, scale, queries, "msa_block_recall").block_recall;
+}
+double msa_block_recall(const Tensor& q, const Tensor& k, const BlockSelection& sel, double scale,
+                        int64_t query_stride) {
+  return strided_recall(q, k, sel, scale, query_stride, "msa_block_recall").block_recall;
 }
 
 double msa_index_recall_ceiling(const Tensor& q, const Tensor& k, const BlockSelection& sel,
                                 double scale, const std::vector<RecallQuery>& queries) {
-  return msa_oracle_recall(q, k, sel, scale, queries).index_recall_ceiling;
+  return query_recall(q, k, sel, scale, queries, "msa_index_recall_ceiling").index_recall_ceiling;
 }
-
-double msa_index_recall(const Tensor& q, const Tensor& k, const BlockSelection& sel, double scale,
-                        int64_t query_stride) {
-  const std::vector<RecallQuery> queries =
-      strided_recall_queries(q.size(0), q.size(1), query_stride);
-  return queries.empty() ? 1.0 : msa_index_recall(q, k, sel, scale, queries);
-}
-
-OracleRecall msa_oracle_recall(const Tensor& q, const Tensor& k, const BlockSelection& sel,
-                               double scale, int64_t query_stride) {
-  const std::vector<RecallQuery> queries =
-      strided_recall_queries(q.size(0), q.size(1), query_stride);
-  return queries.empty() ? OracleRecall{1.0, 1.0} : msa_oracle_recall(q, k, sel, scale, queries);
-}
-
-double msa_block_recall(const Tensor& q, const Tensor& k, const BlockSelection& sel, double scale,
-                        int64_t query_stride) {
-  return msa_oracle_recall(q, k, sel, scale, query_stride).block_recall;
-}
-
 double msa_index_recall_ceiling(const Tensor& q, const Tensor& k, const BlockSelection& sel,
                                 double scale, int64_t query_stride) {
-  return msa_oracle_recall(q, k, sel, scale, query_stride).index_recall_ceiling;
+  return strided_recall(q, k, sel, scale, query_stride, "msa_index_recall_ceiling")
+      .index_recall_ceiling;
 }
 
-double msa_selected_key_fraction(const BlockSelection& sel,
-                                 const std::vector<RecallQuery>& queries,
+double msa_selected_key_fraction(const BlockSelection& sel, const std::vector<RecallQuery>& queries,
                                  const std::vector<int64_t>& key_positions) {
   MSA_CHECK(!queries.empty() && queries.size() == key_positions.size(),
             "msa_selected_key_fraction: %d queries and %d key positions (want the same, > 0)",

@@ -54,7 +54,8 @@ void msa_index_topk(const Tensor& iq, const Tensor& ik, BlockSelection& sel);
 // Causal attention of every query head over the keys of its group's selected blocks only (causal
 // mask inside the local block), scale `scale`. Shapes as in kernels/attention.h.
 void msa_sparse_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,
-                                  const BlockSelection& sel, double scale, Tensor& out, Tensor& lse);
+                                  const BlockSelection& sel, double scale, Tensor& out,
+                                  Tensor& lse);
 // dq, dk, dv overwritten. The selection is treated as a constant.
 void msa_sparse_attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k,
                                    const Tensor& v, const Tensor& out, const Tensor& lse,
@@ -71,8 +72,8 @@ enum class IndexLossMode {
 };
 
 struct IndexLossResult {
-  double loss = 0;       // mean KL(P || Q) over the rows: (1 / (batch T G)) sum over (b, t, g)
-  int64_t n_rows = 0;    // rows counted: batch * T * G (every query token and group)
+  double loss = 0;     // mean KL(P || Q) over the rows: (1 / (batch T G)) sum over (b, t, g)
+  int64_t n_rows = 0;  // rows counted: batch * T * G (every query token and group)
 };
 
 // Token-level index distillation loss (DESIGN.md section 4). For each row (b, t, g):
@@ -130,9 +131,10 @@ double msa_index_recall_ceiling(const Tensor& q, const Tensor& k, const BlockSel
 double msa_index_recall_ceiling(const Tensor& q, const Tensor& k, const BlockSelection& sel,
                                 double scale, const std::vector<RecallQuery>& queries);
 
-// Both measures against the oracle blocks from one pass over the dense attention (what the model
-// logs; the two functions above each make that pass).
+// The three measures from one pass over the dense attention (what the model logs; each function
+// above makes that pass for its one measure).
 struct OracleRecall {
+  double index_recall = 0;
   double block_recall = 0;
   double index_recall_ceiling = 0;
 };
@@ -146,8 +148,7 @@ OracleRecall msa_oracle_recall(const Tensor& q, const Tensor& k, const BlockSele
 // e.g. the fact an answer position of a retrieval task asks about). 1.0 = the selector always
 // picks the block that holds what the query needs. queries and key_positions have the same,
 // non-zero length. Any device (computed on the CPU).
-double msa_selected_key_fraction(const BlockSelection& sel,
-                                 const std::vector<RecallQuery>& queries,
+double msa_selected_key_fraction(const BlockSelection& sel, const std::vector<RecallQuery>& queries,
                                  const std::vector<int64_t>& key_positions);
 
 }  // namespace msa

@@ -108,8 +108,8 @@ void attention_block_forward(const ModelConfig& c, int layer, ParameterSet& para
     // Recomputation: the selection and the index branch's gradients are this step's already.
     const bool sparse = options.msa_mode == MsaMode::kSparse;
     if (sparse) {
-      MSA_CHECK(act.selection.has_value(), "layer %d: recomputation without the forward's selection",
-                layer);
+      MSA_CHECK(act.selection.has_value(),
+                "layer %d: recomputation without the forward's selection", layer);
       act.sparse_attention = true;
       segmented_msa_sparse_attention_forward(docs, act.q_rope, k4, v4, *act.selection, scale,
                                              act.att, act.lse);
@@ -180,10 +180,9 @@ void attention_block_forward(const ModelConfig& c, int layer, ParameterSet& para
       linear_backward(dik.view({N, dI}), act.xn, wik.value, none, act.dwik, none);
     }
     if (measure_recall) {
-      act.index_recall = segmented_msa_index_recall(docs, act.q_rope, k4, *act.selection, scale,
-                                                    options.recall_query_stride);
       const OracleRecall oracle = segmented_msa_oracle_recall(docs, act.q_rope, k4, *act.selection,
                                                               scale, options.recall_query_stride);
+      act.index_recall = oracle.index_recall;
       act.block_recall = oracle.block_recall;
       act.index_recall_ceiling = oracle.index_recall_ceiling;
     }
@@ -191,10 +190,9 @@ void attention_block_forward(const ModelConfig& c, int layer, ParameterSet& para
       // Whole rows: the callers (retrieval evaluation) run neither packed documents nor cp.
       MSA_CHECK(!runs_per_document(docs) && !cp.enabled(),
                 "answer-position recall with packed documents or context parallelism");
-      act.answer_index_recall =
-          msa_index_recall(act.q_rope, k4, *act.selection, scale, options.answer_positions);
       const OracleRecall oracle =
           msa_oracle_recall(act.q_rope, k4, *act.selection, scale, options.answer_positions);
+      act.answer_index_recall = oracle.index_recall;
       act.answer_block_recall = oracle.block_recall;
       act.answer_index_recall_ceiling = oracle.index_recall_ceiling;
       if (!options.answer_key_positions.empty())
@@ -248,9 +246,9 @@ void attention_block_backward(const ModelConfig& c, int layer, ParameterSet& par
                             : Tensor::empty(act.v_ctx.shape(), dt, dev);
   const Tensor datt4 = datt.view({batch, T, H, d});
   if (act.sparse_attention) {
-    segmented_msa_sparse_attention_backward(docs, datt4, act.q_rope, act.k_ctx, act.v_ctx,
-                                            act.att, act.lse, *act.selection, scale, dq_rope,
-                                            dk_ctx, dv_ctx);
+    segmented_msa_sparse_attention_backward(docs, datt4, act.q_rope, act.k_ctx, act.v_ctx, act.att,
+                                            act.lse, *act.selection, scale, dq_rope, dk_ctx,
+                                            dv_ctx);
   } else {
     segmented_attention_backward(docs, datt4, act.q_rope, act.k_ctx, act.v_ctx, act.att, act.lse,
                                  scale, dq_rope, dk_ctx, dv_ctx);

@@ -220,60 +220,26 @@ IndexLossResult segmented_msa_index_loss(const DocumentSegments* docs, IndexLoss
   return total;
 }
 
-namespace {
-
-// acc += w * x and acc /= n, for either kind of recall.
-void add_scaled(double w, double x, double& acc) { acc += w * x; }
-void add_scaled(double w, const OracleRecall& x, OracleRecall& acc) {
-  acc.block_recall += w * x.block_recall;
-  acc.index_recall_ceiling += w * x.index_recall_ceiling;
-}
-void divide(double n, double& acc) { acc /= n; }
-void divide(double n, OracleRecall& acc) {
-  acc.block_recall /= n;
-  acc.index_recall_ceiling /= n;
-}
-
-// The documents' recalls weighted by their sampled queries; `none_sampled` when there are none.
-template <class Recall, class RecallFn>
-Recall segmented_recall(const DocumentSegments* docs, const Tensor& q, const Tensor& k,
-                        const BlockSelection& sel, double scale, int64_t query_stride,
-                        Recall none_sampled, RecallFn recall) {
-  if (!runs_per_document(docs)) return recall(q, k, sel, scale, query_stride);
-  Recall sum{};
-  int64_t sampled = 0;
-  for (const DocumentSegment& s : docs->segments()) {
-    const int64_t n = (s.length() + query_stride - 1) / query_stride;  // queries 0, stride, ...
-    add_scaled(static_cast<double>(n),
-               recall(document_view(q, *docs, s), key_view(k, *docs, s),
-                      selection_view(sel, *docs, s), scale, query_stride),
-               sum);
-    sampled += n;
-  }
-  if (sampled == 0) return none_sampled;
-  divide(static_cast<double>(sampled), sum);
-  return sum;
-}
-
-}  // namespace
-
-double segmented_msa_index_recall(const DocumentSegments* docs, const Tensor& q, const Tensor& k,
-                                  const BlockSelection& sel, double scale, int64_t query_stride) {
-  return segmented_recall(
-      docs, q, k, sel, scale, query_stride, 1.0,
-      [](const Tensor& qq, const Tensor& kk, const BlockSelection& ss, double sc, int64_t stride) {
-        return msa_index_recall(qq, kk, ss, sc, stride);
-      });
-}
-
 OracleRecall segmented_msa_oracle_recall(const DocumentSegments* docs, const Tensor& q,
                                          const Tensor& k, const BlockSelection& sel, double scale,
                                          int64_t query_stride) {
-  return segmented_recall(
-      docs, q, k, sel, scale, query_stride, OracleRecall{1.0, 1.0},
-      [](const Tensor& qq, const Tensor& kk, const BlockSelection& ss, double sc, int64_t stride) {
-        return msa_oracle_recall(qq, kk, ss, sc, stride);
-      });
+  if (!runs_per_document(docs)) return msa_oracle_recall(q, k, sel, scale, query_stride);
+  // The documents' recalls weighted by their sampled queries.
+  OracleRecall sum{};
+  int64_t sampled = 0;
+  for (const DocumentSegment& s : docs->segments()) {
+    const int64_t n = (s.length() + query_stride - 1) / query_stride;  // queries 0, stride, ...
+    const OracleRecall r = msa_oracle_recall(document_view(q, *docs, s), key_view(k, *docs, s),
+                                             selection_view(sel, *docs, s), scale, query_stride);
+    const double w = static_cast<double>(n);
+    sum.index_recall += w * r.index_recall;
+    sum.block_recall += w * r.block_recall;
+    sum.index_recall_ceiling += w * r.index_recall_ceiling;
+    sampled += n;
+  }
+  if (sampled == 0) return {1.0, 1.0, 1.0};
+  const double n = static_cast<double>(sampled);
+  return {sum.index_recall / n, sum.block_recall / n, sum.index_recall_ceiling / n};
 }
 
 }  // namespace msa

@@ -75,10 +75,8 @@ IndexLossResult segmented_msa_index_loss(const DocumentSegments* docs, IndexLoss
                                          const Tensor& ik, double scale, double weight, Tensor& diq,
                                          Tensor& dik);
 // Sampled recalls: queries 0, stride, 2 stride, ... of each document; the documents' means
-// weighted by their sampled queries (so the result is the mean over all sampled terms). The
-// oracle recall is the block recall and the index recall ceiling from one pass (kernels/msa.h).
-double segmented_msa_index_recall(const DocumentSegments* docs, const Tensor& q, const Tensor& k,
-                                  const BlockSelection& sel, double scale, int64_t query_stride);
+// weighted by their sampled queries (so the result is the mean over all sampled terms): index
+// recall, block recall and the index recall ceiling from one pass (kernels/msa.h).
 OracleRecall segmented_msa_oracle_recall(const DocumentSegments* docs, const Tensor& q,
                                          const Tensor& k, const BlockSelection& sel, double scale,
                                          int64_t query_stride);

@@ -54,17 +54,13 @@ struct RecallQueries {
   const int64_t* t;
 };
 
-// Sum over the queries' (b, t, h) of the dense attention mass inside the selected blocks, and the
-// number of terms (queries * heads).
-template <class T>
-double msa_index_recall_sum(const T* q, const T* k, const int32_t* indices, const int32_t* counts,
-                            double scale, const RecallQueries& queries, int64_t* n_terms,
-                            const MsaDims& dims);
-
-// Sums over the queries' (b, t, g) rows of the two measures against the oracle blocks
-// (kernels/msa.h): the block recall and the index recall ceiling, from one pass over the
-// attention; n_rows = queries * groups.
+// Sums over the queries' (b, t, g) rows of the selector measures (kernels/msa.h), from one pass
+// over the dense attention: the index recall (the group's mean attention mass inside the selected
+// blocks, so the sum over rows is r times less than the sum over (b, t, h) with the same mean),
+// the block recall and the index recall ceiling against the oracle blocks; n_rows = queries *
+// groups.
 struct OracleRecallSums {
+  double index_recall = 0;
   double block_recall = 0;
   double index_recall_ceiling = 0;
   int64_t n_rows = 0;

@@ -128,51 +128,6 @@ IndexLossSums msa_index_loss(bool dense_target, const T* q, const T* k, const T*
 }
 
 template <class T>
-double msa_index_recall_sum(const T* q, const T* k, const int32_t* indices, const int32_t* counts,
-                            double scale, const RecallQueries& queries, int64_t* n_terms,
-                            const MsaDims& dims) {
-  const int64_t S = dims.seq, H = dims.heads, G = dims.groups, d = dims.dim;
-  const int64_t B = dims.block_size, K = dims.topk, r = H / G;
-  const int64_t Sk = dims.keys(), off = dims.query_offset();
-  const T sc = static_cast<T>(scale);
-  const int64_t n_queries = queries.begin[dims.batch];
-  const int64_t per_row = (n_queries + dims.batch - 1) / std::max<int64_t>(1, dims.batch);
-  std::vector<double> per_task(dims.batch * H, 0.0);
-  parallel_for(dims.batch * H, per_row * Sk * d, [&](int64_t begin, int64_t end) {
-    std::vector<T> z(Sk);
-    std::vector<char> selected;
-    for (int64_t bh = begin; bh < end; ++bh) {
-      const int64_t b = bh / H, h = bh % H, g = h / r;
-      double acc = 0;
-      for (int64_t n = queries.begin[b]; n < queries.begin[b + 1]; ++n) {
-        const int64_t i = queries.t[n];                        // the query's row
-        const int64_t row = (b * S + i) * G + g, t = off + i;  // t: its position
-        selected.assign(t / B + 1, 0);
-        for (int32_t e = 0; e < counts[row]; ++e) selected[indices[row * K + e]] = 1;
-        const T* q_t = q + ((b * S + i) * H + h) * d;
-        T max = -std::numeric_limits<T>::infinity();
-        for (int64_t s = 0; s <= t; ++s) {
-          z[s] = sc * dot(q_t, k + ((b * Sk + s) * G + g) * d, d);
-          max = std::max(max, z[s]);
-        }
-        T total = 0, inside = 0;
-        for (int64_t s = 0; s <= t; ++s) {
-          const T e = std::exp(z[s] - max);
-          total += e;
-          if (selected[s / B]) inside += e;
-        }
-        acc += static_cast<double>(inside / total);
-      }
-      per_task[bh] = acc;
-    }
-  });
-  double sum = 0;
-  for (double x : per_task) sum += x;
-  *n_terms = n_queries * H;
-  return sum;
-}
-
-template <class T>
 OracleRecallSums msa_oracle_recall_sums(const T* q, const T* k, const int32_t* indices,
                                         const int32_t* counts, double scale,
                                         const RecallQueries& queries, const MsaDims& dims) {
@@ -182,15 +137,16 @@ OracleRecallSums msa_oracle_recall_sums(const T* q, const T* k, const int32_t* i
   const T sc = static_cast<T>(scale);
   const int64_t n_queries = queries.begin[dims.batch];
   const int64_t per_row = (n_queries + dims.batch - 1) / std::max<int64_t>(1, dims.batch);
-  std::vector<double> block_per_task(dims.batch * G, 0.0), ceiling_per_task(dims.batch * G, 0.0);
+  std::vector<double> index_per_task(dims.batch * G, 0.0), block_per_task(dims.batch * G, 0.0),
+      ceiling_per_task(dims.batch * G, 0.0);
   parallel_for(dims.batch * G, per_row * r * Sk * d, [&](int64_t begin, int64_t end) {
     std::vector<T> z(Sk);
     std::vector<double> mass;
     std::vector<int32_t> order;
-    std::vector<char> oracle;
+    std::vector<char> oracle, selected;
     for (int64_t bg = begin; bg < end; ++bg) {
       const int64_t b = bg / G, g = bg % G;
-      double block_acc = 0, ceiling_acc = 0;
+      double index_acc = 0, block_acc = 0, ceiling_acc = 0;
       for (int64_t n = queries.begin[b]; n < queries.begin[b + 1]; ++n) {
         const int64_t i = queries.t[n];                        // the query's row
         const int64_t row = (b * S + i) * G + g, t = off + i;  // t: its position
@@ -222,12 +178,21 @@ OracleRecallSums msa_oracle_recall_sums(const T* q, const T* k, const int32_t* i
         oracle.assign(c + 1, 0);
         oracle[c] = 1;
         for (int64_t e = 0; e < want; ++e) oracle[order[e]] = 1;
+        selected.assign(c + 1, 0);
         int64_t hits = 0;
         for (int32_t e = 0; e < counts[row]; ++e) {
           const int32_t j = indices[row * K + e];
-          if (j >= 0 && j <= c && oracle[j]) ++hits;
+          if (j < 0 || j > c) continue;
+          selected[j] = 1;
+          if (oracle[j]) ++hits;
         }
         block_acc += static_cast<double>(hits) / static_cast<double>(want + 1);
+        // Index recall: the mass the selected blocks keep (the mean over the group's heads of
+        // each head's mass inside them).
+        double inside = 0;
+        for (int64_t j = 0; j <= c; ++j)
+          if (selected[j]) inside += mass[j];
+        index_acc += inside;
         // The ceiling: the mass the oracle blocks keep, the most any k blocks shared by the
         // group can keep (NaN attention stays NaN here, where the hit count would hide it).
         double kept = 0;
@@ -235,11 +200,13 @@ OracleRecallSums msa_oracle_recall_sums(const T* q, const T* k, const int32_t* i
           if (oracle[j]) kept += mass[j];
         ceiling_acc += kept;
       }
+      index_per_task[bg] = index_acc;
       block_per_task[bg] = block_acc;
       ceiling_per_task[bg] = ceiling_acc;
     }
   });
   OracleRecallSums sums;
+  for (double x : index_per_task) sums.index_recall += x;
   for (double x : block_per_task) sums.block_recall += x;
   for (double x : ceiling_per_task) sums.index_recall_ceiling += x;
   sums.n_rows = n_queries * G;
@@ -250,8 +217,6 @@ OracleRecallSums msa_oracle_recall_sums(const T* q, const T* k, const int32_t* i
   template IndexLossSums msa_index_loss<T>(bool, const T*, const T*, const T*, const int32_t*,     \
                                            const int32_t*, const T*, const T*, double, double, T*, \
                                            T*, const MsaDims&);                                    \
-  template double msa_index_recall_sum<T>(const T*, const T*, const int32_t*, const int32_t*,      \
-                                          double, const RecallQueries&, int64_t*, const MsaDims&); \
   template OracleRecallSums msa_oracle_recall_sums<T>(const T*, const T*, const int32_t*,          \
                                                       const int32_t*, double,                      \
                                                       const RecallQueries&, const MsaDims&);
