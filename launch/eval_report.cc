@@ -14,32 +14,10 @@ const EvalCell& cell(const EvalReport& r, size_t li, size_t di) {
   return r.cells[li * r.depths.size() + di];
 }
 
-// Which recall of a cell: index recall, block recall or the index recall ceiling, over the
-// sampled queries or at the answers.
-enum class Recall { kIndex, kBlock, kCeiling, kAnswerIndex, kAnswerBlock, kAnswerCeiling };
-
-const std::vector<double>& recall_of(const EvalCell& c, Recall which) {
-  switch (which) {
-    case Recall::kIndex:
-      return c.index_recall;
-    case Recall::kBlock:
-      return c.block_recall;
-    case Recall::kCeiling:
-      return c.index_recall_ceiling;
-    case Recall::kAnswerIndex:
-      return c.answer_index_recall;
-    case Recall::kAnswerBlock:
-      return c.answer_block_recall;
-    case Recall::kAnswerCeiling:
-      break;
-  }
-  return c.answer_index_recall_ceiling;
-}
-
 // A recall column of each MSA layer, named "<table> L<l>" in the table, "<markdown> L<l>" in
 // Markdown and "<csv>_layer<l>" in the CSV.
 struct RecallColumn {
-  Recall which;
+  std::vector<double> EvalCell::*values;  // per MSA layer
   const char* table;
   const char* markdown;
   const char* csv;
@@ -49,25 +27,26 @@ struct RecallColumn {
 // same three at the answer positions.
 std::vector<RecallColumn> recall_columns(const EvalReport& r) {
   std::vector<RecallColumn> columns = {
-      {Recall::kIndex, "recall", "recall", "recall"},
-      {Recall::kBlock, "block", "block", "block_recall"},
-      {Recall::kCeiling, "recall ceiling", "recall ceiling", "recall_ceiling"},
+      {&EvalCell::index_recall, "recall", "recall", "recall"},
+      {&EvalCell::block_recall, "block", "block", "block_recall"},
+      {&EvalCell::index_recall_ceiling, "recall ceiling", "recall ceiling", "recall_ceiling"},
   };
   if (r.answer_recall)
     columns.insert(
         columns.end(),
-        {{Recall::kAnswerIndex, "answer", "answer recall", "answer_recall"},
-         {Recall::kAnswerBlock, "ans.block", "answer block", "answer_block_recall"},
-         {Recall::kAnswerCeiling, "ans.ceiling", "answer ceiling", "answer_recall_ceiling"}});
+        {{&EvalCell::answer_index_recall, "answer", "answer recall", "answer_recall"},
+         {&EvalCell::answer_block_recall, "ans.block", "answer block", "answer_block_recall"},
+         {&EvalCell::answer_index_recall_ceiling, "ans.ceiling", "answer ceiling",
+          "answer_recall_ceiling"}});
   return columns;
 }
 
 double at(const std::vector<double>& v, size_t l) { return l < v.size() ? v[l] : 0.0; }
 
-// Mean recall `which` of MSA layer `l` over the depths of length row `li`.
-double row_recall(const EvalReport& r, size_t li, size_t l, Recall which) {
+// Mean recall `values` of MSA layer `l` over the depths of length row `li`.
+double row_recall(const EvalReport& r, size_t li, size_t l, std::vector<double> EvalCell::*values) {
   double sum = 0;
-  for (size_t di = 0; di < r.depths.size(); ++di) sum += at(recall_of(cell(r, li, di), which), l);
+  for (size_t di = 0; di < r.depths.size(); ++di) sum += at(cell(r, li, di).*values, l);
   return sum / static_cast<double>(r.depths.size());
 }
 
@@ -104,7 +83,7 @@ std::string format_report_table(const EvalReport& r) {
     size_t w = 0;
     for (size_t l = 0; l < r.msa_layers.size(); ++l)
       for (const RecallColumn& c : columns)
-        out += absl::StrFormat(" | %*.3f", widths[w++], row_recall(r, li, l, c.which));
+        out += absl::StrFormat(" | %*.3f", widths[w++], row_recall(r, li, l, c.values));
     out += "\n";
   }
   return out;
@@ -142,7 +121,7 @@ std::string format_report_markdown(const EvalReport& r) {
     out += absl::StrFormat(" %.1f%% |", 100 * row_accuracy(r, li));
     for (size_t l = 0; l < r.msa_layers.size(); ++l)
       for (const RecallColumn& c : columns)
-        out += absl::StrFormat(" %.3f |", row_recall(r, li, l, c.which));
+        out += absl::StrFormat(" %.3f |", row_recall(r, li, l, c.values));
     out += "\n";
   }
   return out;
@@ -157,8 +136,7 @@ std::string format_report_csv(const EvalReport& r) {
   for (const EvalCell& cell : r.cells) {
     out += absl::StrFormat("%d,%g,%.6f,%d", cell.length, cell.depth, cell.accuracy, cell.answers);
     for (size_t l = 0; l < r.msa_layers.size(); ++l)
-      for (const RecallColumn& c : columns)
-        out += absl::StrFormat(",%.6f", at(recall_of(cell, c.which), l));
+      for (const RecallColumn& c : columns) out += absl::StrFormat(",%.6f", at(cell.*c.values, l));
     out += "\n";
   }
   return out;

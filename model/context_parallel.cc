@@ -34,6 +34,12 @@ void for_each_key_piece(const ContextParallel& cp, int64_t batch, int64_t n, int
   }
 }
 
+// Rows [from, from + len) of src into rows [to, to + len) of dst (either device).
+void copy_rows(const Tensor& src, int64_t from, Tensor& dst, int64_t to, int64_t len) {
+  Tensor piece = dst.slice0(to, to + len);
+  piece.copy_from(src.slice0(from, from + len));
+}
+
 }  // namespace
 
 std::vector<TokenChunk> cp_token_chunks(int rank, int size, bool zigzag, int64_t local_T) {
@@ -56,11 +62,12 @@ ContextParallel context_parallel_of(Communicator* comm, bool zigzag) {
 absl::Status check_context_parallel(const ModelConfig& config, int cp, int64_t seq_len,
                                     bool zigzag) {
   if (cp < 1) return absl::InvalidArgumentError(absl::StrFormat("invalid --cp: %d < 1", cp));
-  const int parts = zigzag && cp > 1 ? 2 * cp : cp;
-  const char* what = zigzag && cp > 1 ? "(2 x --cp)" : "--cp";
+  const bool halves = zigzag && cp > 1;  // each rank holds two chunks
+  const int parts = halves ? 2 * cp : cp;
+  const char* what = halves ? "(2 x --cp)" : "--cp";
   if (seq_len % parts != 0)
     return absl::InvalidArgumentError(
-        zigzag && cp > 1
+        halves
             ? absl::StrFormat("invalid --cp: --seq_len %d is not a multiple of 2 x --cp = %d "
                               "(--cp_layout=zigzag: each rank holds two chunks of seq_len / 2 cp "
                               "tokens; --cp_layout=contiguous needs a multiple of --cp only)",
@@ -72,10 +79,9 @@ absl::Status check_context_parallel(const ModelConfig& config, int cp, int64_t s
     return absl::InvalidArgumentError(absl::StrFormat(
         "invalid --cp: --seq_len / %s = %d / %d = %d tokens per %s is not a multiple of the MSA "
         "block size %d (a shard must hold whole blocks%s)",
-        what, seq_len, parts, seq_len / parts, zigzag && cp > 1 ? "half-shard" : "rank",
+        what, seq_len, parts, seq_len / parts, halves ? "half-shard" : "rank",
         config.msa.block_size,
-        zigzag && cp > 1 ? "; --cp_layout=contiguous holds one chunk of seq_len / cp per rank"
-                         : ""));
+        halves ? "; --cp_layout=contiguous holds one chunk of seq_len / cp per rank" : ""));
   return absl::OkStatus();
 }
 
@@ -96,8 +102,7 @@ Tensor cp_gather_keys(const ContextParallel& cp, const Tensor& local) {
   const Tensor src = all.view({cp.size * l.batch * l.n, l.row});
   Tensor dst = out.view({l.batch * key_len, l.row});
   for_each_key_piece(cp, l.batch, l.n, key_len, [&](int64_t from, int64_t to, int64_t len) {
-    Tensor piece = dst.slice0(to, to + len);
-    piece.copy_from(src.slice0(from, from + len));
+    copy_rows(src, from, dst, to, len);
   });
   return out;
 }
@@ -127,8 +132,7 @@ Tensor cp_reduce_scatter_keys(const ContextParallel& cp, const Tensor& grad) {
     const Tensor src = g.view({l.batch * l.n, l.row});
     Tensor dst = send.view({cp.size * l.batch * n, l.row});
     for_each_key_piece(cp, l.batch, n, l.n, [&](int64_t to, int64_t from, int64_t len) {
-      Tensor piece = dst.slice0(to, to + len);
-      piece.copy_from(src.slice0(from, from + len));
+      copy_rows(src, from, dst, to, len);
     });
   }
   Shape shape = grad.shape();

@@ -43,6 +43,14 @@ void key_gradient(Tensor& view, bool repeat, Fn fn) {
   add_inplace(view, part);
 }
 
+// key_gradient for dK and dV at once: fn(dk_out, dv_out).
+template <class Fn>
+void key_gradients(Tensor& dk, Tensor& dv, bool repeat, Fn fn) {
+  key_gradient(dk, repeat, [&](Tensor& dk_out) {
+    key_gradient(dv, repeat, [&](Tensor& dv_out) { fn(dk_out, dv_out); });
+  });
+}
+
 // 16 bytes of f32 (and 32 of f64): every document's lse block starts aligned.
 constexpr int64_t kLseAlign = 4;
 
@@ -140,12 +148,10 @@ void segmented_attention_backward(const DocumentSegments* docs, const Tensor& do
   for_each_document(*docs, q, lse, [&](const DocumentSegment& s, Tensor& lse_s) {
     Tensor dq_s = document_view(dq, *docs, s), dk_s = key_view(dk, *docs, s),
            dv_s = key_view(dv, *docs, s);
-    key_gradient(dk_s, s.repeat, [&](Tensor& dk_out) {
-      key_gradient(dv_s, s.repeat, [&](Tensor& dv_out) {
-        attention_backward(document_view(dout, *docs, s), document_view(q, *docs, s),
-                           key_view(k, *docs, s), key_view(v, *docs, s),
-                           document_view(out, *docs, s), lse_s, scale, dq_s, dk_out, dv_out);
-      });
+    key_gradients(dk_s, dv_s, s.repeat, [&](Tensor& dk_out, Tensor& dv_out) {
+      attention_backward(document_view(dout, *docs, s), document_view(q, *docs, s),
+                         key_view(k, *docs, s), key_view(v, *docs, s), document_view(out, *docs, s),
+                         lse_s, scale, dq_s, dk_out, dv_out);
     });
   });
 }
@@ -182,13 +188,11 @@ void segmented_msa_sparse_attention_backward(const DocumentSegments* docs, const
   for_each_document(*docs, q, lse, [&](const DocumentSegment& s, Tensor& lse_s) {
     Tensor dq_s = document_view(dq, *docs, s), dk_s = key_view(dk, *docs, s),
            dv_s = key_view(dv, *docs, s);
-    key_gradient(dk_s, s.repeat, [&](Tensor& dk_out) {
-      key_gradient(dv_s, s.repeat, [&](Tensor& dv_out) {
-        msa_sparse_attention_backward(document_view(dout, *docs, s), document_view(q, *docs, s),
-                                      key_view(k, *docs, s), key_view(v, *docs, s),
-                                      document_view(out, *docs, s), lse_s,
-                                      selection_view(sel, *docs, s), scale, dq_s, dk_out, dv_out);
-      });
+    key_gradients(dk_s, dv_s, s.repeat, [&](Tensor& dk_out, Tensor& dv_out) {
+      msa_sparse_attention_backward(document_view(dout, *docs, s), document_view(q, *docs, s),
+                                    key_view(k, *docs, s), key_view(v, *docs, s),
+                                    document_view(out, *docs, s), lse_s,
+                                    selection_view(sel, *docs, s), scale, dq_s, dk_out, dv_out);
     });
   });
 }

@@ -1,6 +1,6 @@
-// make_context_shard_source (train/batch_source.h): each cp rank keeps its contiguous shard of the
-// tokens and targets of every sequence its data-parallel replica reads (and, for packed documents,
-// the sequence's document starts with the shard's position).
+// make_context_shard_source (train/batch_source.h): each cp rank keeps its shard (contiguous or the
+// zig-zag pair of chunks) of the tokens and targets of every sequence its data-parallel replica
+// reads (and, for packed documents, the sequence's document starts with the shard's position).
 #include <cstring>
 
 #include "absl/strings/str_format.h"

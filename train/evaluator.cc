@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "train/per_layer_sums.h"
+
 namespace msa {
 
 EvalResult evaluate(Transformer& model, BatchSource& source, int n_batches, MsaMode mode,
@@ -30,15 +32,9 @@ EvalResult evaluate(Transformer& model, BatchSource& source, int n_batches, MsaM
     // Weighted by the batch's answers: a mean over every answer (and head or group).
     if (!f.answer_index_recall.empty()) {
       const double w = static_cast<double>(options.answer_positions.size());
-      r.answer_index_recall.resize(f.answer_index_recall.size(), 0.0);
-      r.answer_block_recall.resize(f.answer_block_recall.size(), 0.0);
-      r.answer_index_recall_ceiling.resize(f.answer_index_recall_ceiling.size(), 0.0);
-      for (size_t l = 0; l < f.answer_index_recall.size(); ++l)
-        r.answer_index_recall[l] += w * f.answer_index_recall[l];
-      for (size_t l = 0; l < f.answer_block_recall.size(); ++l)
-        r.answer_block_recall[l] += w * f.answer_block_recall[l];
-      for (size_t l = 0; l < f.answer_index_recall_ceiling.size(); ++l)
-        r.answer_index_recall_ceiling[l] += w * f.answer_index_recall_ceiling[l];
+      add_per_layer(f.answer_index_recall, w, r.answer_index_recall);
+      add_per_layer(f.answer_block_recall, w, r.answer_block_recall);
+      add_per_layer(f.answer_index_recall_ceiling, w, r.answer_index_recall_ceiling);
       answers += static_cast<int64_t>(options.answer_positions.size());
     }
     weighted += f.lm_loss * f.n_targets;

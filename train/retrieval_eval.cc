@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "train/per_layer_sums.h"
+
 namespace msa {
 namespace {
 
@@ -11,15 +13,9 @@ int64_t fact_position_for(const SyntheticSample& s, int64_t t) {
   const int32_t key = s.tokens[t] - kSyntheticQueryBase;
   for (int64_t f : s.fact_positions)
     if ((s.tokens[f] - kSyntheticFactBase) / kSyntheticValues == key) return f;
-  MSA_CHECK(false, "synthetic sample: no fact for the query token %d at position %d",
-            s.tokens[t], t);
+  MSA_CHECK(false, "synthetic sample: no fact for the query token %d at position %d", s.tokens[t],
+            t);
   return 0;
-}
-
-// sum[l] += w * x[l] for every MSA layer l (sum takes x's size on first use).
-void add_per_layer(const std::vector<double>& x, double w, std::vector<double>& sum) {
-  sum.resize(x.size(), 0.0);
-  for (size_t l = 0; l < x.size(); ++l) sum[l] += w * x[l];
 }
 
 }  // namespace
