@@ -29,8 +29,9 @@
 //     holding keys 16w .. 16w + 15; K_j (BK x d) and ik_j (BK x dI) stay in shared memory for the
 //     whole work item. Its tokens come in tiles of 32 (sparse: a piece of j's work list, cut by
 //     find_work_item; dense: the implicit list of positions >= jB, 256 tokens per CTA). Per tile:
-//       for each head h of the group (q_h of the tile's 32 tokens cp.async double-buffered, one
-//       __syncthreads per head): Z^T = K_w q_h^T (16 keys x 32 tokens), P^T += 2^(Z scale log2e -
+//       for each head h of the group (the q rows of up to 4 heads per stage, cp.async
+//       double-buffered, one __syncthreads per stage: one per tile at r <= 4):
+//       Z^T = K_w q_h^T (16 keys x 32 tokens), P^T += 2^(Z scale log2e -
 //       lse_h log2e) in registers -- any r works, the heads add elementwise;
 //       S^T = ik_w iq^T, masks (key <= off + t - jB), Q, dS = Q - P; per token the sums of P log P,
 //       P S and P (cross-warp through shared memory; sparse: one partial per (t, g, slot),
@@ -355,6 +356,7 @@ constexpr int kTileB = 32;         // tokens per tile
 constexpr int kMinTilesB = 8;      // sparse: tiles per K_j / ik_j load (at least)
 constexpr int kDenseTokens = 256;  // dense: tokens per CTA
 constexpr int kMaxThreadsB = 256;  // BK = 128: 8 warps
+constexpr int kHeadsPerStage = 4;  // heads of q per pipeline stage (smem: 2 x 4 x M rows)
 
 struct GradArgs {
   int64_t T, H, G, r, K, t0;  // T: query tokens (Tq)
@@ -387,7 +389,8 @@ struct GradSmem {
     size_t o = 0;
     ks = take(o, size_t(BK) * (D + 8) * 2);
     iks = take(o, size_t(BK) * (DI + 8) * 2);
-    qst = take(o, 2 * M * (D + 8) * 2);
+    const size_t hs = r < kHeadsPerStage ? r : kHeadsPerStage;
+    qst = take(o, 2 * hs * M * (D + 8) * 2);
     iqt = take(o, 2 * M * (DI + 8) * 2);
     dsh = take(o, M * (BK + 8) * 2);
     dsl = take(o, M * (BK + 8) * 2);
@@ -411,6 +414,19 @@ __device__ __forceinline__ void split_c_to_a(uint32_t (&hi)[4], uint32_t (&lo)[4
     hi[i] = pack_bf16(v[2 * i], v[2 * i + 1]);
     const float h0 = __uint_as_float(hi[i] << 16), h1 = __uint_as_float(hi[i] & 0xffff0000u);
     lo[i] = pack_bf16(v[2 * i] - h0, v[2 * i + 1] - h1);
+  }
+}
+
+// One step of a warp reduce-scatter: lanes that differ in `kBit` add each other's x[0 .. 2 kHalf)
+// halves, the lane with the bit set keeping the upper half (now in x[0 .. kHalf)).
+template <int kHalf, int kBit>
+__device__ __forceinline__ void reduce_scatter_step(float* x, int lane) {
+  const bool upper = (lane & kBit) != 0;
+#pragma unroll
+  for (int i = 0; i < kHalf; ++i) {
+    const float send = upper ? x[i] : x[i + kHalf];
+    const float keep = upper ? x[i + kHalf] : x[i];
+    x[i] = keep + __shfl_xor_sync(0xffffffffu, send, kBit);
   }
 }
 
@@ -514,15 +530,21 @@ __global__ void __launch_bounds__(kMaxThreadsB)
     cp_async_16(iks + row * kLdI + col, ik + (s < a.Tk ? s : 0) * DI + col, s < a.Tk);
   }
 
-  // Stage sg = (tile tr = sg / r, head h = sg % r): q_h of the tile's tokens into qst[sg & 1];
-  // at h = 0 also the tile's token data into buffer tr & 1: token, slot, last key of block j
-  // (position off + t - jB; -1: padding),
-  // lseQ, lse of every head, the iq rows.
-  const int n_stages = (tile_end - tile_begin) * r;
-  auto issue = [&](int sg) {
-    const int tr = sg / r, h = sg % r, tb = tr & 1, qb = sg & 1;
+  // Stage (tile tr, head chunk hc): the q rows of heads hc hs .. hc hs + hs - 1 (hs = min(r,
+  // kHeadsPerStage)) for the tile's tokens into qst[stage & 1]; at hc = 0 also the tile's token
+  // data into buffer tr & 1: token, slot, last key of block j (position off + t - jB; -1:
+  // padding), lseQ, lse of every head, the iq rows. Several heads per stage: one barrier per
+  // tile at r <= 4 instead of one per head (docs/perf.md).
+  const int hs = r < kHeadsPerStage ? r : kHeadsPerStage;
+  const int n_chunks = (r + hs - 1) / hs, n_tiles = tile_end - tile_begin;
+  const int n_stages = n_tiles * n_chunks;
+  // This thread's q pieces: rows qi0, qi0 + q_step, ... of a head's M x D tile, column qcol.
+  constexpr int kPieces = D / 8;
+  const int qi0 = tid / kPieces, q_step = nthreads / kPieces, qcol = (tid % kPieces) * 8;
+  auto issue = [&](int tr, int hc, int qb) {
+    const int tb = tr & 1;
     const int32_t e0 = begin + (tile_begin + tr) * M;
-    if (h == 0) {
+    if (hc == 0) {
       if (tid < M) {
         const int i = tid;
         const int32_t e = e0 + i;
@@ -553,20 +575,15 @@ __global__ void __launch_bounds__(kMaxThreadsB)
         cp_async_16(iqt + (tb * M + i) * kLdI + col, iq + (t * a.G + g) * DI + col, valid);
       }
     }
-    for (int c = tid; c < M * (D / 8); c += nthreads) {
-      const int i = c / (D / 8), col = (c % (D / 8)) * 8;
-      bool valid;
-      int64_t t;
-      if (h == 0) {
-        const int32_t e = e0 + i;
-        valid = e < end;
-        int slot;
-        t = valid ? token_of(e, slot) : 0;
-      } else {  // written at h = 0, visible since the barrier of stage sg - 1
-        valid = lim_s[tb * M + i] >= 0;
-        t = valid ? tok_s[tb * M + i] : 0;
-      }
-      cp_async_16(qst + (qb * M + i) * kLd + col, q + (t * a.H + g * a.r + h) * D + col, valid);
+    const int h0 = hc * hs, nh = r - h0 < hs ? r - h0 : hs;
+    for (int i = qi0; i < M; i += q_step) {
+      const int32_t e = e0 + i;
+      const bool valid = e < end;
+      int slot;
+      const int64_t t = valid ? token_of(e, slot) : 0;
+      const bf16* src = q + (t * a.H + g * a.r + h0) * D + qcol;
+      bf16* dst = qst + ((qb * hs) * M + i) * kLd + qcol;
+      for (int hh = 0; hh < nh; ++hh) cp_async_16(dst + hh * M * kLd, src + hh * D, valid);
     }
     cp_async_commit();
   };
@@ -578,23 +595,30 @@ __global__ void __launch_bounds__(kMaxThreadsB)
   const int arow = warp * 16 + (lane % 8) + 8 * ((lane / 8) % 2), acol = 8 * (lane / 16);
   const int brow = (lane / 16) * 8 + lane % 8, bcol = ((lane / 8) % 2) * 8;
   const float inv_r = 1.0f / static_cast<float>(r);
+  const float s_log2 = a.s_scale * kLog2e;  // student scores in log2 units
 
-  issue(0);
+  if (n_stages > 0) issue(0, 0, 0);
+  int tr = 0, hc = 0;
   for (int sg = 0; sg < n_stages; ++sg) {
     cp_async_wait<0>();
     __syncthreads();  // stage sg visible to all; every warp is done with stage sg - 1
-    if (sg + 1 < n_stages) issue(sg + 1);
-    const int tr = sg / r, h = sg % r, tb = tr & 1, qb = sg & 1;
-    if (h == 0) {
+    const int ntr = hc + 1 < n_chunks ? tr : tr + 1, nhc = hc + 1 < n_chunks ? hc + 1 : 0;
+    if (sg + 1 < n_stages) issue(ntr, nhc, (sg + 1) & 1);
+    const int tb = tr & 1, qb = sg & 1;
+    if (hc == 0) {
 #pragma unroll
       for (int nq = 0; nq < M / 8; ++nq) P[nq][0] = P[nq][1] = P[nq][2] = P[nq][3] = 0.0f;
     }
-    // Teacher scores of head h: Z^T = K_w q_h^T (16 keys x M tokens).
-    float sc[M / 8][4];
+    const int h0 = hc * hs, nh = r - h0 < hs ? r - h0 : hs;
+    const bool last_chunk = hc + 1 == n_chunks;
+    tr = ntr;
+    hc = nhc;
+    for (int hh = 0; hh < nh; ++hh) {
+      // Teacher scores of head h0 + hh: Z^T = K_w q_h^T (16 keys x M tokens).
+      float sc[M / 8][4];
 #pragma unroll
-    for (int nq = 0; nq < M / 8; ++nq) sc[nq][0] = sc[nq][1] = sc[nq][2] = sc[nq][3] = 0.0f;
-    {
-      const bf16* qb_s = qst + qb * M * kLd;
+      for (int nq = 0; nq < M / 8; ++nq) sc[nq][0] = sc[nq][1] = sc[nq][2] = sc[nq][3] = 0.0f;
+      const bf16* qb_s = qst + (qb * hs + hh) * M * kLd;
 #pragma unroll
       for (int kstep = 0; kstep < D / 16; ++kstep) {
         uint32_t ka[4];
@@ -607,9 +631,7 @@ __global__ void __launch_bounds__(kMaxThreadsB)
           mma_bf16(sc[nq + 1], ka, b4[2], b4[3]);
         }
       }
-    }
-    {
-      const float* lse_h = lse_s + (tb * r + h) * M;
+      const float* lse_h = lse_s + (tb * r + h0 + hh) * M;
 #pragma unroll
       for (int nq = 0; nq < M / 8; ++nq)
 #pragma unroll
@@ -618,7 +640,8 @@ __global__ void __launch_bounds__(kMaxThreadsB)
           P[nq][c] += fast_exp2(fmaf(sc[nq][c], a.scale_log2, -lse_h[col] * kLog2e));
         }
     }
-    if (h != r - 1) continue;
+    if (!last_chunk) continue;
+    float sc[M / 8][4];
 
     // ---- end of tile tr: student, Q, dS, KL sums, gradients ----
     const bf16* iqb = iqt + tb * M * kLdI;
@@ -651,10 +674,10 @@ __global__ void __launch_bounds__(kMaxThreadsB)
         const int key = warp * 16 + grp + 8 * (c / 2);
         const bool valid = key <= lim_t[col];
         const float p = valid ? P[nq][c] * inv_r : 0.0f;
-        const float s = sc[nq][c] * a.s_scale;
-        const float qv = valid ? fast_exp2((s - lq[col]) * kLog2e) : 0.0f;
-        sums[nq][c & 1][0] += p > 0.0f ? p * __logf(p) : 0.0f;
-        sums[nq][c & 1][1] += p * s;
+        // log2 units and raw scores here; the per-token sums take ln 2 and 1 / sqrt(dI) below.
+        const float qv = valid ? fast_exp2(fmaf(sc[nq][c], s_log2, -lq[col] * kLog2e)) : 0.0f;
+        sums[nq][c & 1][0] += p > 0.0f ? p * __log2f(p) : 0.0f;
+        sums[nq][c & 1][1] += p * sc[nq][c];
         sums[nq][c & 1][2] += p;
         const float ds = qv - p;
         sc[nq][c] = ds;
@@ -662,19 +685,27 @@ __global__ void __launch_bounds__(kMaxThreadsB)
         dsh[col * kLdS + key] = hi;
         dsl[col * kLdS + key] = to_bf16_rn(ds - bf16_to_float(hi));
       }
-      // Per token: sum over this warp's 16 keys (rows grp, grp + 8 and the 8 grp lanes).
+    // Per token: sum over this warp's 16 keys (rows grp, grp + 8 of the 8 lanes sharing tig).
+    // A reduce-scatter over lane bits 4, 3, 2 (each step sends half of what is left, 21
+    // shuffles instead of 72) leaves lane grp with the 3 sums of value 3 grp .. 3 grp + 2 of the
+    // 24 (nq, e, v), i.e. token nq * 8 + 2 tig + e with nq = grp / 2, e = grp % 2.
+    {
+      static_assert(M / 8 * 2 * 3 == 24, "the reduce-scatter below is written for 32-token tiles");
+      float x[24];
 #pragma unroll
-    for (int nq = 0; nq < M / 8; ++nq)
+      for (int nq = 0; nq < M / 8; ++nq)
 #pragma unroll
-      for (int e = 0; e < 2; ++e)
+        for (int e = 0; e < 2; ++e)
 #pragma unroll
-        for (int v = 0; v < 3; ++v) {
-          float x = sums[nq][e][v];
-          x += __shfl_xor_sync(0xffffffffu, x, 4);
-          x += __shfl_xor_sync(0xffffffffu, x, 8);
-          x += __shfl_xor_sync(0xffffffffu, x, 16);
-          if (grp == 0) red[(warp * M + nq * 8 + 2 * tig + e) * 3 + v] = x;
-        }
+          for (int v = 0; v < 3; ++v) x[nq * 6 + e * 3 + v] = sums[nq][e][v];
+      reduce_scatter_step<12, 16>(x, lane);
+      reduce_scatter_step<6, 8>(x, lane);
+      reduce_scatter_step<3, 4>(x, lane);
+      float* dst = red + (warp * M + (grp >> 1) * 8 + 2 * tig + (grp & 1)) * 3;
+      dst[0] = x[0] * kLn2;
+      dst[1] = x[1] * a.s_scale;
+      dst[2] = x[2];
+    }
         // dik_w += dS^T iq: dS^T (keys x tokens) as A fragments, tokens the k dimension.
 #pragma unroll
     for (int kk = 0; kk < M / 16; ++kk) {
