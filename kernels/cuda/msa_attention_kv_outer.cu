@@ -56,32 +56,35 @@ using kv_outer::WorkItem;
 
 // ---- work lists ------------------------------------------------------------------------------
 
+// One thread per (query row, slot) of the chunk: the selection is read coalesced (a row's k
+// slots are adjacent) and the atomics of a row issue in parallel (a thread per row looping over
+// its slots made both kernels ~2x slower: docs/perf.md).
 __global__ void list_count_kernel(const int32_t* indices, const int32_t* counts, int32_t* len,
-                                  int64_t batch, KvDims a) {
-  const int64_t n = (a.t1 - a.t0) * a.G * batch;
+                                  KvDims a) {
+  const int64_t n = (a.t1 - a.t0) * a.G * a.K;
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i >= n) return;
-  const int64_t g = i % a.G, tt = (i / a.G) % (a.t1 - a.t0), b = i / (a.G * (a.t1 - a.t0));
-  const int64_t row = (b * a.S + a.t0 + tt) * a.G + g;
-  for (int s = 0; s < counts[row]; ++s)
-    atomicAdd(len + (b * a.G + g) * a.nb + indices[row * a.K + s], 1);
+  const int s = static_cast<int>(i % a.K);
+  const int64_t rl = i / a.K, g = rl % a.G;
+  const int64_t row = a.t0 * a.G + rl;  // (t0 + tt) G + g
+  if (s >= counts[row]) return;
+  atomicAdd(len + g * a.nb + indices[row * a.K + s], 1);
 }
 
 // Entry = (t << 5) | slot.
 __global__ void list_fill_kernel(const int32_t* indices, const int32_t* counts,
                                  const int32_t* start, int32_t* cursor, int32_t* entries,
-                                 int64_t batch, KvDims a) {
-  const int64_t n = (a.t1 - a.t0) * a.G * batch;
+                                 KvDims a) {
+  const int64_t n = (a.t1 - a.t0) * a.G * a.K;
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i >= n) return;
-  const int64_t g = i % a.G, tt = (i / a.G) % (a.t1 - a.t0), b = i / (a.G * (a.t1 - a.t0));
-  const int64_t t = a.t0 + tt;
-  const int64_t row = (b * a.S + t) * a.G + g;
-  for (int s = 0; s < counts[row]; ++s) {
-    const int64_t list = (b * a.G + g) * a.nb + indices[row * a.K + s];
-    const int32_t pos = start[list] + atomicAdd(cursor + list, 1);
-    entries[pos] = static_cast<int32_t>((t << 5) | s);
-  }
+  const int s = static_cast<int>(i % a.K);
+  const int64_t rl = i / a.K, g = rl % a.G, t = a.t0 + rl / a.G;
+  const int64_t row = a.t0 * a.G + rl;
+  if (s >= counts[row]) return;
+  const int64_t list = g * a.nb + indices[row * a.K + s];
+  const int32_t pos = start[list] + atomicAdd(cursor + list, 1);
+  entries[pos] = static_cast<int32_t>((t << 5) | s);
 }
 
 // Work items of the forward: a list's query tiles are cut into pieces of per_split tiles (at
@@ -389,18 +392,10 @@ void run_kv_outer(const Tensor& q, const Tensor& k, const Tensor& v, const Tenso
       const int64_t rows = (a.t1 - a.t0) * d.groups;
       const int32_t* idx = indices.data<int32_t>() + b * d.seq * d.groups * d.topk;
       const int32_t* cnt = counts.data<int32_t>() + b * d.seq * d.groups;
-      // Work lists for this chunk (indices and counts offset to sequence b: batch = 1 below).
-      MSA_CUDA_CHECK(cudaMemsetAsync(len.raw_data(), 0, (lists + 1) * sizeof(int32_t), nullptr));
-      MSA_CUDA_CHECK(cudaMemsetAsync(cursor.raw_data(), 0, lists * sizeof(int32_t), nullptr));
-      const unsigned grid_rows = static_cast<unsigned>((rows + 255) / 256);
-      list_count_kernel<<<grid_rows, 256>>>(idx, cnt, len.data<int32_t>(), 1, a);
-      MSA_CUDA_CHECK_LAUNCH("list_count_kernel");
-      MSA_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(scan_tmp.raw_data(), scan_bytes,
-                                                   len.data<int32_t>(), start.data<int32_t>(),
-                                                   static_cast<int>(lists + 1)));
-      list_fill_kernel<<<grid_rows, 256>>>(idx, cnt, start.data<int32_t>(),
-                                           cursor.data<int32_t>(), entries.data<int32_t>(), 1, a);
-      MSA_CUDA_CHECK_LAUNCH("list_fill_kernel");
+      // Work lists for this chunk (indices and counts offset to sequence b).
+      kv_outer::build_work_lists(idx, cnt, a, len.data<int32_t>(), cursor.data<int32_t>(),
+                                 start.data<int32_t>(), entries.data<int32_t>(),
+                                 scan_tmp.raw_data(), scan_bytes);
       item_count_kernel<<<static_cast<unsigned>((lists + 256) / 256), 256>>>(
           start.data<int32_t>(), len.data<int32_t>(), lists, per_cta, min_tiles);
       MSA_CUDA_CHECK_LAUNCH("item_count_kernel");
@@ -756,22 +751,11 @@ void run_kv_outer_backward(const Tensor& dout, const Tensor& q, const Tensor& k,
     for (int64_t t0 = 0; t0 < d.seq; t0 += chunk) {
       const int64_t t1 = std::min(d.seq, t0 + chunk);
       const KvDims a{d.seq, d.heads, d.groups, d.topk, r, nb, t0, t1, d.keys(), d.query_offset()};
-      const int64_t rows = (a.t1 - a.t0) * d.groups;
-      MSA_CUDA_CHECK(cudaMemsetAsync(len.raw_data(), 0, (lists + 1) * sizeof(int32_t), nullptr));
-      MSA_CUDA_CHECK(cudaMemsetAsync(cursor.raw_data(), 0, lists * sizeof(int32_t), nullptr));
-      const unsigned grid_rows = static_cast<unsigned>((rows + 255) / 256);
-      list_count_kernel<<<grid_rows, 256>>>(idx, cnt, len.data<int32_t>(), 1, a);
-      MSA_CUDA_CHECK_LAUNCH("list_count_kernel");
-      MSA_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(scan_tmp.raw_data(), scan_bytes,
-                                                   len.data<int32_t>(), start.data<int32_t>(),
-                                                   static_cast<int>(lists + 1)));
-      list_fill_kernel<<<grid_rows, 256>>>(idx, cnt, start.data<int32_t>(),
-                                           cursor.data<int32_t>(), entries.data<int32_t>(), 1, a);
-      MSA_CUDA_CHECK_LAUNCH("list_fill_kernel");
-      // dK/dV sum a list's rows in list order: fix it (ascending entry) in deterministic mode.
-      if (deterministic())
-        kv_outer::sort_work_lists(entries.data<int32_t>(), rows * d.topk, start.data<int32_t>(),
-                                  lists);
+      // dK/dV sum a list's rows in list order: build_work_lists sorts each list (ascending
+      // entry) in deterministic mode.
+      kv_outer::build_work_lists(idx, cnt, a, len.data<int32_t>(), cursor.data<int32_t>(),
+                                 start.data<int32_t>(), entries.data<int32_t>(),
+                                 scan_tmp.raw_data(), scan_bytes);
       if (wgmma) {
         kv_outer::launch_wgmma_backward(qb, kb, vb, dob, lb, db, start.data<int32_t>(),
                                         entries.data<int32_t>(), static_cast<float>(scale),
@@ -865,12 +849,12 @@ void build_work_lists(const int32_t* indices, const int32_t* counts, const KvDim
     MSA_CUDA_CHECK(cudaMemsetAsync(list_start, 0, (lists + 1) * sizeof(int32_t), nullptr));
     return;
   }
-  const unsigned grid_rows = static_cast<unsigned>((rows + 255) / 256);
-  list_count_kernel<<<grid_rows, 256>>>(indices, counts, len, 1, a);
+  const unsigned grid = static_cast<unsigned>((rows * a.K + 255) / 256);
+  list_count_kernel<<<grid, 256>>>(indices, counts, len, a);
   MSA_CUDA_CHECK_LAUNCH("list_count_kernel");
   MSA_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(scan_tmp, scan_bytes, len, list_start,
                                                static_cast<int>(lists + 1)));
-  list_fill_kernel<<<grid_rows, 256>>>(indices, counts, list_start, cursor, entries, 1, a);
+  list_fill_kernel<<<grid, 256>>>(indices, counts, list_start, cursor, entries, a);
   MSA_CUDA_CHECK_LAUNCH("list_fill_kernel");
   if (deterministic()) sort_work_lists(entries, rows * a.K, list_start, lists);
 }
