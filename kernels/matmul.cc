@@ -41,7 +41,7 @@ void linear_forward(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor
 }
 
 void linear_backward(const Tensor& dy, const Tensor& x, const Tensor& w, Tensor& dx, Tensor& dw,
-                     Tensor& dbias) {
+                     Tensor& dbias, DxWrite dx_write) {
   MSA_CHECK(x.ndim() == 2 && w.ndim() == 2, "linear_backward: x %s and w %s must be 2-D",
             x.describe(), w.describe());
   const int64_t N = x.size(0), K = x.size(1), M = w.size(0);
@@ -63,7 +63,7 @@ void linear_backward(const Tensor& dy, const Tensor& x, const Tensor& w, Tensor&
   }
   if (x.is_cuda()) {
 #if MSA_HAS_CUDA
-    cuda::linear_backward(dy, x, w, dx, dw, dbias);
+    cuda::linear_backward(dy, x, w, dx, dw, dbias, dx_write == DxWrite::kAccumulate);
 #endif
     return;
   }
@@ -80,7 +80,8 @@ void linear_backward(const Tensor& dy, const Tensor& x, const Tensor& w, Tensor&
     cpu::linear_backward<T>(dy.data<T>(), x.data<T>(), w.data<T>(),
                             optional_out(dx, "linear_backward: dx"),
                             optional_out(dw, "linear_backward: dw"),
-                            optional_out(dbias, "linear_backward: dbias"), N, K, M);
+                            optional_out(dbias, "linear_backward: dbias"), N, K, M,
+                            dx_write == DxWrite::kAccumulate);
   });
 }
 
@@ -97,6 +98,25 @@ void add_inplace(Tensor& y, const Tensor& x) {
     using T = decltype(zero);
     check_dtype(x, y.dtype(), "add_inplace: x");
     cpu::add_inplace<T>(y.data<T>(), x.data<T>(), y.numel());
+  });
+}
+
+void add(const Tensor& a, const Tensor& b, Tensor& out) {
+  check_shape(a, out.shape(), "add: a");
+  check_shape(b, out.shape(), "add: b");
+  check_same_device(out, a, "out", "a");
+  check_same_device(out, b, "out", "b");
+  if (out.is_cuda()) {
+#if MSA_HAS_CUDA
+    cuda::add(a, b, out);
+#endif
+    return;
+  }
+  cpu::dispatch_floating(out.dtype(), "add", [&](auto zero) {
+    using T = decltype(zero);
+    check_dtype(a, out.dtype(), "add: a");
+    check_dtype(b, out.dtype(), "add: b");
+    cpu::add<T>(a.data<T>(), b.data<T>(), out.data<T>(), out.numel());
   });
 }
 

@@ -280,20 +280,17 @@ void attention_block_backward(const ModelConfig& c, int layer, ParameterSet& par
     dk = dk_pre.view({N, G * d});
   }
 
-  // Projections: dxn = dq Wq + dk Wk + dv Wv.
+  // Projections: dxn = dq Wq + dk Wk + dv Wv, the sum taken inside the GEMMs.
   Tensor dxn = Tensor::empty({N, D}, dt, dev);
-  Tensor dxn_part = Tensor::empty({N, D}, dt, dev);
   Tensor dbq = grad_or_undefined(params, pname(layer, "attn.wq.bias"));
   Tensor dbk = grad_or_undefined(params, pname(layer, "attn.wk.bias"));
   Tensor dbv = grad_or_undefined(params, pname(layer, "attn.wv.bias"));
   linear_backward(dq, act.xn, params.at(pname(layer, "attn.wq.weight")).value, dxn,
                   params.at(pname(layer, "attn.wq.weight")).grad, dbq);
-  linear_backward(dk, act.xn, params.at(pname(layer, "attn.wk.weight")).value, dxn_part,
-                  params.at(pname(layer, "attn.wk.weight")).grad, dbk);
-  add_inplace(dxn, dxn_part);
+  linear_backward(dk, act.xn, params.at(pname(layer, "attn.wk.weight")).value, dxn,
+                  params.at(pname(layer, "attn.wk.weight")).grad, dbk, DxWrite::kAccumulate);
   linear_backward(dv.view({N, G * d}), act.xn, params.at(pname(layer, "attn.wv.weight")).value,
-                  dxn_part, params.at(pname(layer, "attn.wv.weight")).grad, dbv);
-  add_inplace(dxn, dxn_part);
+                  dxn, params.at(pname(layer, "attn.wv.weight")).grad, dbv, DxWrite::kAccumulate);
 
   dx = Tensor::empty({N, D}, dt, dev);
   rmsnorm_backward(dxn, x, params.at(pname(layer, "attn_norm.weight")).value, act.rstd, dx,

@@ -42,10 +42,9 @@ void mlp_block_backward(const ModelConfig& c, int layer, ParameterSet& params, c
   linear_backward(dy, act.h, w_down.value, dh, w_down.grad, none);
   Tensor dgate = Tensor::empty({N, F}, dt, dev), dup = Tensor::empty({N, F}, dt, dev);
   swiglu_backward(dh, act.gate, act.up, dgate, dup);
-  Tensor dxn = Tensor::empty({N, D}, dt, dev), dxn_up = Tensor::empty({N, D}, dt, dev);
+  Tensor dxn = Tensor::empty({N, D}, dt, dev);
   linear_backward(dgate, act.xn, w_gate.value, dxn, w_gate.grad, none);
-  linear_backward(dup, act.xn, w_up.value, dxn_up, w_up.grad, none);
-  add_inplace(dxn, dxn_up);
+  linear_backward(dup, act.xn, w_up.value, dxn, w_up.grad, none, DxWrite::kAccumulate);
   dx = Tensor::empty({N, D}, dt, dev);
   Parameter& norm = param(params, layer, "mlp_norm.weight");
   rmsnorm_backward(dxn, x, norm.value, act.rstd, dx, norm.grad);

@@ -110,8 +110,8 @@ void Transformer::recompute_layer(int l, bool with_mlp) {
   copy_recalls(kept, attn_[l]);
   if (!with_mlp) return;
   tp_all_reduce(y);
-  Tensor mid = residual_in_[l].clone();
-  add_inplace(mid, y);
+  Tensor mid = Tensor::empty({N, D}, dtype_, device_);
+  add(residual_in_[l], y, mid);
   residual_mid_[l] = mid;
   mlp_block_forward(block_config_, l, params_, mid, mlp_[l], y);
 }
@@ -209,8 +209,9 @@ ForwardResult Transformer::forward(const Tensor& tokens, const Tensor& targets,
     attention_block_forward(block_config_, l, params_, x, batch_, T_, attn_options, attn_[l], y);
     tp_all_reduce(y);  // g: the heads' partial outputs
     if (drop) drop_tensors(attn_[l]);
-    Tensor mid = x.clone();
-    add_inplace(mid, y);
+    // Residuals out of place: one pass (read x and y, write mid) instead of a copy and an add.
+    Tensor mid = Tensor::empty({N, D}, dtype_, device_);
+    add(x, y, mid);
     residual_mid_[l] = mid;
     mlp_block_forward(block_config_, l, params_, mid, mlp_[l], y);
     tp_all_reduce(y);  // g: the FFN columns' partial outputs
@@ -218,8 +219,8 @@ ForwardResult Transformer::forward(const Tensor& tokens, const Tensor& targets,
       mlp_[l] = MlpActivations();
       residual_mid_[l] = Tensor();
     }
-    x = mid.clone();
-    add_inplace(x, y);
+    x = Tensor::empty({N, D}, dtype_, device_);
+    add(mid, y, x);
   }
   if (tp_.enabled() && n_msa_layers_ > 0) {
     // Each rank's index loss is the mean over its KV groups' rows: the layer's loss is the

@@ -66,8 +66,14 @@ void linear_forward(const T* x, const T* w, const T* bias, T* y, int64_t N, int6
 
 template <class T>
 void linear_backward(const T* dy, const T* x, const T* w, T* dx, T* dw, T* dbias, int64_t N,
-                     int64_t K, int64_t M) {
-  if (dx) {
+                     int64_t K, int64_t M, bool dx_accumulate) {
+  if (dx && dx_accumulate) {
+    // The product first, then one add per element: the same rounding as a separate
+    // linear_backward and add_inplace, so the CPU reference's results do not move.
+    std::vector<T> fresh(static_cast<size_t>(N * K), T(0));
+    matmul_accumulate(fresh.data(), dy, w, N, M, K);
+    add_inplace(dx, fresh.data(), N * K);
+  } else if (dx) {
     std::fill(dx, dx + N * K, T(0));
     matmul_accumulate(dx, dy, w, N, M, K);  // dx [N, K] = dy [N, M] w [M, K]
   }
@@ -88,6 +94,11 @@ void add_inplace(T* y, const T* x, int64_t n) {
 }
 
 template <class T>
+void add(const T* a, const T* b, T* out, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = a[i] + b[i];
+}
+
+template <class T>
 void scale_inplace(T* y, T a, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] *= a;
 }
@@ -96,8 +107,9 @@ void scale_inplace(T* y, T a, int64_t n) {
   template void matmul_accumulate<T>(T*, const T*, const T*, int64_t, int64_t, int64_t);        \
   template void linear_forward<T>(const T*, const T*, const T*, T*, int64_t, int64_t, int64_t); \
   template void linear_backward<T>(const T*, const T*, const T*, T*, T*, T*, int64_t, int64_t,  \
-                                   int64_t);                                                    \
+                                   int64_t, bool);                                              \
   template void add_inplace<T>(T*, const T*, int64_t);                                          \
+  template void add<T>(const T*, const T*, T*, int64_t);                                        \
   template void scale_inplace<T>(T*, T, int64_t);
 MSA_INSTANTIATE(float)
 MSA_INSTANTIATE(double)

@@ -15,14 +15,16 @@ void matmul_accumulate(T* c, const T* a, const T* b, int64_t I, int64_t P, int64
 template <class T>
 void linear_forward(const T* x, const T* w, const T* bias, T* y, int64_t N, int64_t K, int64_t M);
 
-// dx [N, K] = dy w (overwritten); dw [M, K] += dy^T x; dbias [M] += column sums of dy.
-// Each of dx, dw, dbias may be null (skipped).
+// dx [N, K] = dy w (overwritten; += when dx_accumulate); dw [M, K] += dy^T x; dbias [M] +=
+// column sums of dy. Each of dx, dw, dbias may be null (skipped).
 template <class T>
 void linear_backward(const T* dy, const T* x, const T* w, T* dx, T* dw, T* dbias, int64_t N,
-                     int64_t K, int64_t M);
+                     int64_t K, int64_t M, bool dx_accumulate = false);
 
 template <class T>
 void add_inplace(T* y, const T* x, int64_t n);  // y += x
+template <class T>
+void add(const T* a, const T* b, T* out, int64_t n);  // out = a + b (out may be a or b)
 template <class T>
 void scale_inplace(T* y, T a, int64_t n);  // y *= a
 

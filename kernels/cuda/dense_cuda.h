@@ -13,13 +13,15 @@ namespace msa::cuda {
 
 // cuBLASLt, bf16 inputs, f32 accumulation. y [N, M] bf16 = x W^T (+ bias through the epilogue).
 void linear_forward(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y);
-// dx bf16 overwritten; dw, dbias f32 accumulate (beta = 1 straight into the f32 gradient).
+// dx bf16 overwritten, or accumulated into when dx_accumulate (beta = 1, the sum in f32 before
+// the bf16 rounding); dw, dbias f32 accumulate (beta = 1 straight into the f32 gradient).
 void linear_backward(const Tensor& dy, const Tensor& x, const Tensor& w, Tensor& dx, Tensor& dw,
-                     Tensor& dbias);
+                     Tensor& dbias, bool dx_accumulate);
 // Plain GEMM used by benchmarks: c[M, N] (bf16) = a[M, K] b[N, K]^T, row-major.
 void gemm_bf16_nt(const Tensor& a, const Tensor& b, Tensor& c);
 
 void add_inplace(Tensor& y, const Tensor& x);  // bf16 or f32
+void add(const Tensor& a, const Tensor& b, Tensor& out);  // out = a + b, bf16 or f32
 void scale_inplace(Tensor& y, double a);       // bf16 or f32
 
 void rmsnorm_forward(const Tensor& x, const Tensor& w, double eps, Tensor& y, Tensor& rstd);

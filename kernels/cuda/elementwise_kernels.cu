@@ -18,8 +18,8 @@ namespace msa::cuda {
 namespace {
 
 template <class T>
-__global__ void add_kernel(T* y, const T* x, int64_t n) {
-  MSA_GRID_STRIDE(i, n) store_f(y, i, load_f(y, i) + load_f(x, i));
+__global__ void add_kernel(T* out, const T* y, const T* x, int64_t n) {
+  MSA_GRID_STRIDE(i, n) store_f(out, i, load_f(y, i) + load_f(x, i));
 }
 
 template <class T>
@@ -28,14 +28,14 @@ __global__ void scale_kernel(T* y, float a, int64_t n) {
 }
 
 // Vector versions: n8 = n / 8 groups of eight bf16.
-__global__ void add_vec8_kernel(bf16* y, const bf16* x, int64_t n8) {
+__global__ void add_vec8_kernel(bf16* out, const bf16* y, const bf16* x, int64_t n8) {
   MSA_GRID_STRIDE(i, n8) {
     float a[8], b[8];
     load8(y + 8 * i, a);
     load8(x + 8 * i, b);
 #pragma unroll
     for (int j = 0; j < 8; ++j) a[j] += b[j];
-    store8(y + 8 * i, a);
+    store8(out + 8 * i, a);
   }
 }
 
@@ -163,22 +163,27 @@ __global__ void column_sum_kernel(const bf16* dy, float* dbias, int64_t N, int64
 
 }  // namespace
 
-void add_inplace(Tensor& y, const Tensor& x) {
-  const int64_t n = y.numel();
+void add(const Tensor& a, const Tensor& b, Tensor& out) {
+  const int64_t n = out.numel();
   if (n == 0) return;
-  if (y.dtype() == DType::kBF16) {
-    check_dtype(x, DType::kBF16, "add_inplace (CUDA): x");
-    if (vec8_ok(n, {y.raw_data(), x.raw_data()}))
-      add_vec8_kernel<<<grid_blocks(n / 8), 256>>>(y.data<bf16>(), x.data<bf16>(), n / 8);
+  if (out.dtype() == DType::kBF16) {
+    check_dtype(a, DType::kBF16, "add (CUDA): a");
+    check_dtype(b, DType::kBF16, "add (CUDA): b");
+    if (vec8_ok(n, {out.raw_data(), a.raw_data(), b.raw_data()}))
+      add_vec8_kernel<<<grid_blocks(n / 8), 256>>>(out.data<bf16>(), a.data<bf16>(),
+                                                   b.data<bf16>(), n / 8);
     else
-      add_kernel<<<grid_blocks(n), 256>>>(y.data<bf16>(), x.data<bf16>(), n);
+      add_kernel<<<grid_blocks(n), 256>>>(out.data<bf16>(), a.data<bf16>(), b.data<bf16>(), n);
   } else {
-    check_dtype(y, DType::kF32, "add_inplace (CUDA): y");
-    check_dtype(x, DType::kF32, "add_inplace (CUDA): x");
-    add_kernel<<<grid_blocks(n), 256>>>(y.data<float>(), x.data<float>(), n);
+    check_dtype(out, DType::kF32, "add (CUDA): out");
+    check_dtype(a, DType::kF32, "add (CUDA): a");
+    check_dtype(b, DType::kF32, "add (CUDA): b");
+    add_kernel<<<grid_blocks(n), 256>>>(out.data<float>(), a.data<float>(), b.data<float>(), n);
   }
   MSA_CUDA_CHECK_LAUNCH("add_kernel");
 }
+
+void add_inplace(Tensor& y, const Tensor& x) { add(y, x, y); }
 
 void scale_inplace(Tensor& y, double a) {
   const int64_t n = y.numel();

@@ -157,7 +157,7 @@ void linear_forward(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor
 }
 
 void linear_backward(const Tensor& dy, const Tensor& x, const Tensor& w, Tensor& dx, Tensor& dw,
-                     Tensor& dbias) {
+                     Tensor& dbias, bool dx_accumulate) {
   check_dtype(x, DType::kBF16, "linear_backward (CUDA): x");
   check_dtype(w, DType::kBF16, "linear_backward (CUDA): w");
   check_dtype(dy, DType::kBF16, "linear_backward (CUDA): dy");
@@ -165,7 +165,7 @@ void linear_backward(const Tensor& dy, const Tensor& x, const Tensor& w, Tensor&
   if (dx.defined()) {
     check_dtype(dx, DType::kBF16, "linear_backward (CUDA): dx");
     gemm(false, false, K, N, M, w.raw_data(), K, dy.raw_data(), M, dx.raw_data(), K, CUDA_R_16BF,
-         false, nullptr);
+         dx_accumulate, nullptr);
   }
   if (dw.defined()) {
     check_dtype(dw, DType::kF32, "linear_backward (CUDA): dw");

@@ -37,7 +37,8 @@
 //       P S and P (cross-warp through shared memory; sparse: one partial per (t, g, slot),
 //       dense: f32 atomics per row);
 //       dik_w += dS^T iq (registers for the whole work item: 16 keys x dI per warp);
-//       dS -> shared memory, then diq_tile = dS ik_j (warps split 16 x 16 output pieces) added to
+//       dS^T -> shared memory (dik's A fragments, stored as they are), then diq_tile = dS ik_j
+//       (transposed loads of dS^T; warps split 16 x 16 output pieces) added to
 //       diq with f32 atomics (a (t, g) row gets one add per selected block, sparse; one per key
 //       block s <= off + t, dense: the flash-attention-2 dQ scheme).
 //     At the end dik_w goes to dik with f32 atomics (the work items of a list and the G groups
@@ -392,8 +393,8 @@ struct GradSmem {
     const size_t hs = r < kHeadsPerStage ? r : kHeadsPerStage;
     qst = take(o, 2 * hs * M * (D + 8) * 2);
     iqt = take(o, 2 * M * (DI + 8) * 2);
-    dsh = take(o, M * (BK + 8) * 2);
-    dsl = take(o, M * (BK + 8) * 2);
+    dsh = take(o, size_t(BK) * (M + 8) * 2);  // dS^T hi / lo parts, [key][token]
+    dsl = take(o, size_t(BK) * (M + 8) * 2);
     lse = take(o, 2 * size_t(r) * M * 4);
     lseq = take(o, 2 * M * 4);
     red = take(o, nW * M * 3 * 4);
@@ -462,7 +463,8 @@ __global__ void __launch_bounds__(kMaxThreadsB)
                      float* __restrict__ diq, float* __restrict__ dik, GradArgs a) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   constexpr int M = kTileB, kLd = D + 8, kLdI = DI + 8;
-  const int BK = a.BK, nW = BK / 16, kLdS = BK + 8, nthreads = nW * 32;
+  constexpr int kLdT = M + 8;  // dS^T rows: 80 bytes, conflict-free for ldmatrix and the stores
+  const int BK = a.BK, nW = BK / 16, nthreads = nW * 32;
   const int r = static_cast<int>(a.r);
   const GradSmem L(D, DI, BK, r);
   bf16* ks = reinterpret_cast<bf16*>(smem_raw + L.ks);
@@ -679,11 +681,7 @@ __global__ void __launch_bounds__(kMaxThreadsB)
         sums[nq][c & 1][0] += p > 0.0f ? p * __log2f(p) : 0.0f;
         sums[nq][c & 1][1] += p * sc[nq][c];
         sums[nq][c & 1][2] += p;
-        const float ds = qv - p;
-        sc[nq][c] = ds;
-        const bf16 hi = to_bf16_rn(ds);
-        dsh[col * kLdS + key] = hi;
-        dsl[col * kLdS + key] = to_bf16_rn(ds - bf16_to_float(hi));
+        sc[nq][c] = qv - p;  // dS
       }
     // Per token: sum over this warp's 16 keys (rows grp, grp + 8 of the 8 lanes sharing tig).
     // A reduce-scatter over lane bits 4, 3, 2 (each step sends half of what is left, 21
@@ -706,11 +704,19 @@ __global__ void __launch_bounds__(kMaxThreadsB)
       dst[1] = x[1] * a.s_scale;
       dst[2] = x[2];
     }
-        // dik_w += dS^T iq: dS^T (keys x tokens) as A fragments, tokens the k dimension.
+    // dik_w += dS^T iq: dS^T (keys x tokens) as A fragments, tokens the k dimension. The same
+    // hi / lo fragments go to shared memory as dS^T [key][token] (a register holds two adjacent
+    // tokens of one key: one 32-bit store) for the diq product below.
 #pragma unroll
     for (int kk = 0; kk < M / 16; ++kk) {
       uint32_t ah[4], al[4];
       split_c_to_a(ah, al, sc[2 * kk], sc[2 * kk + 1]);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int off = (warp * 16 + grp + 8 * (i & 1)) * kLdT + kk * 16 + 2 * tig + 8 * (i >> 1);
+        *reinterpret_cast<uint32_t*>(dsh + off) = ah[i];
+        *reinterpret_cast<uint32_t*>(dsl + off) = al[i];
+      }
 #pragma unroll
       for (int nt = 0; nt < DI / 8; nt += 2) {
         uint32_t b4[4];
@@ -729,10 +735,12 @@ __global__ void __launch_bounds__(kMaxThreadsB)
       float acc[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
       for (int kk = 0; kk < nW; ++kk) {
         uint32_t ah[4], al[4], b4[4];
+        // dS (tokens x keys) A fragments from dS^T: transposed 8 x 8 loads, matrix lane / 8 =
+        // (tokens + 8 ((lane / 8) % 2), keys + 8 (lane / 16)).
         const int off =
-            (mt * 16 + (lane % 8) + 8 * ((lane / 8) % 2)) * kLdS + kk * 16 + 8 * (lane / 16);
-        ldmatrix_x4(ah, dsh + off);
-        ldmatrix_x4(al, dsl + off);
+            (kk * 16 + (lane % 8) + 8 * (lane / 16)) * kLdT + mt * 16 + 8 * ((lane / 8) % 2);
+        ldmatrix_x4_trans(ah, dsh + off);
+        ldmatrix_x4_trans(al, dsl + off);
         ldmatrix_x4_trans(b4, iks + (kk * 16 + l16) * kLdI + (2 * np + lane / 16) * 8);
         mma_bf16(acc[0], ah, b4[0], b4[1]);
         mma_bf16(acc[1], ah, b4[2], b4[3]);

@@ -1,10 +1,11 @@
 // Rotary position embedding (math in kernels/cpu/rope.cc, contract in kernels/rope.h). One thread
 // per (token, k), k < d/2, the token (batch, t) at position position_offset + t: k < n_pairs
 // rotates the pair (k, k + n_pairs) of each of the token's head rows; the other threads copy two
-// pass-through dims of [2 n_pairs, d) (partial rotary), unless the rotation is in place. The inverse-frequency table (computed on the
-// host in double by rope_inv_freq) travels as a kernel argument, so there is no device buffer to
-// manage; the angle p f_k and its sine and cosine are formed in double, as the CPU reference does:
-// at p ~ 10^5 a float angle has lost the phase. bf16 in and out, f32 arithmetic otherwise.
+// pass-through dims of [2 n_pairs, d) (partial rotary), unless the rotation is in place. The
+// inverse-frequency table (computed on the host in double by rope_inv_freq) travels as a kernel
+// argument, so there is no device buffer to manage; the angle p f_k and its sine and cosine are
+// formed in double, as the CPU reference does: at p ~ 10^5 a float angle has lost the phase. bf16
+// in and out, f32 arithmetic otherwise.
 #include "kernels/cuda/dense_cuda.h"
 #include "kernels/cuda/device_math.cuh"
 

@@ -57,6 +57,15 @@ TEST(GpuDenseTest, LinearForwardBackwardWithBias) {
     // dW is an f32 output of bf16 products with f32 accumulation: only the inputs were rounded.
     EXPECT_LT(rel_l2(host(gdw), dw), 1e-5) << "dw";
     EXPECT_LT(rel_l2(host(gdb), db), 1e-5) << "db";
+
+    // dx accumulated into (beta = 1): the start plus the product, summed before the rounding.
+    const Tensor dx0 = rnd({s.N, s.K}, seed++);
+    Tensor want = dx0.clone();
+    add_inplace(want, dx);
+    Tensor gacc = gpu_bf16(dx0), none;
+    linear_backward(gpu_bf16(dy), gpu_bf16(x), gpu_bf16(w), gacc, none, none,
+                    DxWrite::kAccumulate);
+    EXPECT_LT(max_scaled_diff(host(gacc), want), kBf16Tol) << "accumulated dx";
   }
 }
 
@@ -71,6 +80,15 @@ TEST(GpuDenseTest, AddAndScaleInPlace) {
     add_inplace(g, b.to(dt).to(Device::kCUDA));
     scale_inplace(g, -0.75);
     EXPECT_LT(max_scaled_diff(host(g), ref), dt == DType::kF32 ? 1e-6 : kBf16Tol);
+    // Out of place (odd length: the scalar kernel) and through the vector kernel.
+    for (int64_t n : {int64_t(33001), int64_t(4096)}) {
+      const Tensor x = rnd({n}, 22), y = rnd({n}, 23);
+      Tensor want = x.clone();
+      add_inplace(want, y);
+      Tensor out = gpu_nan({n}, dt);
+      add(x.to(dt).to(Device::kCUDA), y.to(dt).to(Device::kCUDA), out);
+      EXPECT_LT(max_scaled_diff(host(out), want), dt == DType::kF32 ? 1e-6 : kBf16Tol) << n;
+    }
   }
 }
 

@@ -85,6 +85,34 @@ TEST(KernelsLinearTest, BackwardSkipsUndefinedOutputs) {
   EXPECT_TRUE(test::bitwise_equal(dw, dw_all));
 }
 
+// DxWrite::kAccumulate adds dy W to what dx holds: against the overwritten dx plus the start.
+TEST(KernelsLinearTest, BackwardAccumulatesDxWhenAsked) {
+  const int64_t N = 7, K = 5, M = 6;
+  Tensor x = random_tensor({N, K}, 24), w = random_tensor({M, K}, 25);
+  Tensor dy = random_tensor({N, M}, 26), dx0 = random_tensor({N, K}, 27), none;
+  Tensor fresh = Tensor::empty({N, K}, DType::kF64);
+  linear_backward(dy, x, w, fresh, none, none);
+  Tensor dx = dx0.clone();
+  linear_backward(dy, x, w, dx, none, none, DxWrite::kAccumulate);
+  const std::vector<double> got = dx.to_double_vector(), a = fresh.to_double_vector(),
+                            b = dx0.to_double_vector();
+  for (size_t i = 0; i < got.size(); ++i) {
+    ASSERT_NEAR(got[i], a[i] + b[i], 1e-12) << "element " << i;
+    ASSERT_NE(a[i], 0.0);  // the product is not trivially zero
+  }
+}
+
+TEST(KernelsLinearTest, AddOutOfPlaceAndInPlace) {
+  const Tensor a = random_tensor({3, 4}, 28), b = random_tensor({3, 4}, 29);
+  Tensor out = Tensor::empty({3, 4}, DType::kF64), into_a = a.clone();
+  add(a, b, out);
+  add(into_a, b, into_a);
+  const std::vector<double> o = out.to_double_vector(), av = a.to_double_vector(),
+                            bv = b.to_double_vector();
+  for (size_t i = 0; i < o.size(); ++i) ASSERT_EQ(o[i], av[i] + bv[i]) << "element " << i;
+  EXPECT_TRUE(test::bitwise_equal(into_a, out));
+}
+
 TEST(KernelsLinearTest, F32MatchesF64) {
   const int64_t N = 20, K = 33, M = 17;
   Tensor x = random_tensor({N, K}, 31), w = random_tensor({M, K}, 32), b = random_tensor({M}, 33);
