@@ -277,7 +277,8 @@ __global__ void __launch_bounds__(kWarps * 32)
 // a thread keeps its slots' loads in flight together. It runs at the memory's pace: 1.27 ms for a
 // 16384-query chunk at the paper's shape (4.3 GB of partials, ncu: 3.65 TB/s of DRAM), against
 // 1.32 ms for the earlier warp per (query, head) with 8-byte loads. At 128K the combines are a
-// quarter of the forward; only fewer partial bytes would make them cheaper (docs/perf.md).
+// quarter of the forward; only fewer partial bytes would make them cheaper (docs/perf.md: running
+// them on a side stream beside the next chunk's pass, two partial buffers, was slower).
 constexpr int kCombineThreads = 256;
 constexpr int kCombineBatch = 8;  // slots whose loads are issued before any is used
 
