@@ -117,13 +117,17 @@ __device__ __forceinline__ int fragment_order_dim(int p) {
 // holds entries (t << 5) | slot in list_start[list] .. list_start[list + 1]. len (lists + 1) and
 // cursor (lists) are scratch, lists = G * nb; scan_tmp holds work_list_scan_bytes(lists) bytes.
 size_t work_list_scan_bytes(int64_t lists);
+// Order: kSortWhenDeterministic for consumers that sum over a list in its order (the backward
+// kernels, the index loss), kAnyOrder for the forward (each (query, slot) owns its partial).
+enum class ListOrder { kSortWhenDeterministic, kAnyOrder };
 void build_work_lists(const int32_t* indices, const int32_t* counts, const KvDims& a,
                       int32_t* len, int32_t* cursor, int32_t* list_start, int32_t* entries,
-                      void* scan_tmp, size_t scan_bytes);
+                      void* scan_tmp, size_t scan_bytes,
+                      ListOrder order = ListOrder::kSortWhenDeterministic);
 // Deterministic mode (core/deterministic.h): build_work_lists also sorts each list ascending
-// (sort_work_lists), since list_fill_kernel's atomic cursors order a list differently from run to
-// run and the backward kernels sum over a list in its order. entries has capacity elements (at
-// least the chunk's rows x K).
+// (sort_work_lists) unless kAnyOrder, since list_fill_kernel's atomic cursors order a list
+// differently from run to run and the backward kernels sum over a list in its order. entries has
+// capacity elements (at least the chunk's rows x K).
 void sort_work_lists(int32_t* entries, int64_t capacity, const int32_t* list_start, int64_t lists);
 // The work items find_work_item reads (tiles of tile_queries entries, at least min_tiles per item):
 // item_start (lists + 1; the total at item_start[lists]) and item_list (at least

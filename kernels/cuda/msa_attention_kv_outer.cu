@@ -393,10 +393,12 @@ void run_kv_outer(const Tensor& q, const Tensor& k, const Tensor& v, const Tenso
       const int64_t rows = (a.t1 - a.t0) * d.groups;
       const int32_t* idx = indices.data<int32_t>() + b * d.seq * d.groups * d.topk;
       const int32_t* cnt = counts.data<int32_t>() + b * d.seq * d.groups;
-      // Work lists for this chunk (indices and counts offset to sequence b).
+      // Work lists for this chunk (indices and counts offset to sequence b), in any
+      // order: each (query, slot) owns its partial.
       kv_outer::build_work_lists(idx, cnt, a, len.data<int32_t>(), cursor.data<int32_t>(),
                                  start.data<int32_t>(), entries.data<int32_t>(),
-                                 scan_tmp.raw_data(), scan_bytes);
+                                 scan_tmp.raw_data(), scan_bytes,
+                                 kv_outer::ListOrder::kAnyOrder);
       item_count_kernel<<<static_cast<unsigned>((lists + 256) / 256), 256>>>(
           start.data<int32_t>(), len.data<int32_t>(), lists, per_cta, min_tiles);
       MSA_CUDA_CHECK_LAUNCH("item_count_kernel");
@@ -841,7 +843,7 @@ size_t work_list_scan_bytes(int64_t lists) {
 
 void build_work_lists(const int32_t* indices, const int32_t* counts, const KvDims& a, int32_t* len,
                       int32_t* cursor, int32_t* list_start, int32_t* entries, void* scan_tmp,
-                      size_t scan_bytes) {
+                      size_t scan_bytes, ListOrder order) {
   const int64_t lists = a.G * a.nb;
   const int64_t rows = (a.t1 - a.t0) * a.G;
   MSA_CUDA_CHECK(cudaMemsetAsync(len, 0, (lists + 1) * sizeof(int32_t), nullptr));
@@ -857,7 +859,8 @@ void build_work_lists(const int32_t* indices, const int32_t* counts, const KvDim
                                                static_cast<int>(lists + 1)));
   list_fill_kernel<<<grid, 256>>>(indices, counts, list_start, cursor, entries, a);
   MSA_CUDA_CHECK_LAUNCH("list_fill_kernel");
-  if (deterministic()) sort_work_lists(entries, rows * a.K, list_start, lists);
+  if (deterministic() && order == ListOrder::kSortWhenDeterministic)
+    sort_work_lists(entries, rows * a.K, list_start, lists);
 }
 
 void sort_work_lists(int32_t* entries, int64_t capacity, const int32_t* list_start,

@@ -30,7 +30,7 @@
 //     whole work item. Its tokens come in tiles of 32 (sparse: a piece of j's work list, cut by
 //     find_work_item; dense: the implicit list of positions >= jB, 256 tokens per CTA). Per tile:
 //       for each head h of the group (the q rows of up to 4 heads per stage, cp.async
-//       double-buffered, one __syncthreads per stage: one per tile at r <= 4):
+//       double-buffered, one __syncthreads per stage: one per tile at r <= 4, B = 128):
 //       Z^T = K_w q_h^T (16 keys x 32 tokens), P^T += 2^(Z scale log2e -
 //       lse_h log2e) in registers -- any r works, the heads add elementwise;
 //       S^T = ik_w iq^T, masks (key <= off + t - jB), Q, dS = Q - P; per token the sums of P log P,
@@ -359,6 +359,12 @@ constexpr int kDenseTokens = 256;  // dense: tokens per CTA
 constexpr int kMaxThreadsB = 256;  // BK = 128: 8 warps
 constexpr int kHeadsPerStage = 4;  // heads of q per pipeline stage (smem: 2 x 4 x M rows)
 
+// Heads of q per pipeline stage: up to kHeadsPerStage at B = 128, where one CTA per SM runs
+// either way; one at smaller blocks, where the larger stage buffer would cost the second CTA.
+__host__ __device__ inline int heads_per_stage(int BK, int r) {
+  return BK >= 128 ? (r < kHeadsPerStage ? r : kHeadsPerStage) : 1;
+}
+
 struct GradArgs {
   int64_t T, H, G, r, K, t0;  // T: query tokens (Tq)
   int64_t Tk, off;            // key tokens; query t sits at position off + t (off = Tk - Tq)
@@ -390,8 +396,7 @@ struct GradSmem {
     size_t o = 0;
     ks = take(o, size_t(BK) * (D + 8) * 2);
     iks = take(o, size_t(BK) * (DI + 8) * 2);
-    const size_t hs = r < kHeadsPerStage ? r : kHeadsPerStage;
-    qst = take(o, 2 * hs * M * (D + 8) * 2);
+    qst = take(o, 2 * size_t(heads_per_stage(BK, r)) * M * (D + 8) * 2);
     iqt = take(o, 2 * M * (DI + 8) * 2);
     dsh = take(o, size_t(BK) * (M + 8) * 2);  // dS^T hi / lo parts, [key][token]
     dsl = take(o, size_t(BK) * (M + 8) * 2);
@@ -532,12 +537,12 @@ __global__ void __launch_bounds__(kMaxThreadsB)
     cp_async_16(iks + row * kLdI + col, ik + (s < a.Tk ? s : 0) * DI + col, s < a.Tk);
   }
 
-  // Stage (tile tr, head chunk hc): the q rows of heads hc hs .. hc hs + hs - 1 (hs = min(r,
-  // kHeadsPerStage)) for the tile's tokens into qst[stage & 1]; at hc = 0 also the tile's token
+  // Stage (tile tr, head chunk hc): the q rows of heads hc hs .. hc hs + hs - 1 (hs =
+  // heads_per_stage) for the tile's tokens into qst[stage & 1]; at hc = 0 also the tile's token
   // data into buffer tr & 1: token, slot, last key of block j (position off + t - jB; -1:
   // padding), lseQ, lse of every head, the iq rows. Several heads per stage: one barrier per
-  // tile at r <= 4 instead of one per head (docs/perf.md).
-  const int hs = r < kHeadsPerStage ? r : kHeadsPerStage;
+  // tile at r <= 4 and B = 128 instead of one per head (docs/perf.md).
+  const int hs = heads_per_stage(BK, r);
   const int n_chunks = (r + hs - 1) / hs, n_tiles = tile_end - tile_begin;
   const int n_stages = n_tiles * n_chunks;
   // This thread's q pieces: rows qi0, qi0 + q_step, ... of a head's M x D tile, column qcol.
