@@ -85,21 +85,7 @@ void linear_backward(const Tensor& dy, const Tensor& x, const Tensor& w, Tensor&
   });
 }
 
-void add_inplace(Tensor& y, const Tensor& x) {
-  check_shape(x, y.shape(), "add_inplace: x");
-  check_same_device(y, x, "y", "x");
-  if (y.is_cuda()) {
-#if MSA_HAS_CUDA
-    cuda::add_inplace(y, x);
-#endif
-    return;
-  }
-  cpu::dispatch_floating(y.dtype(), "add_inplace", [&](auto zero) {
-    using T = decltype(zero);
-    check_dtype(x, y.dtype(), "add_inplace: x");
-    cpu::add_inplace<T>(y.data<T>(), x.data<T>(), y.numel());
-  });
-}
+void add_inplace(Tensor& y, const Tensor& x) { add(y, x, y); }
 
 void add(const Tensor& a, const Tensor& b, Tensor& out) {
   check_shape(a, out.shape(), "add: a");

@@ -72,7 +72,7 @@ void linear_backward(const T* dy, const T* x, const T* w, T* dx, T* dw, T* dbias
     // linear_backward and add_inplace, so the CPU reference's results do not move.
     std::vector<T> fresh(static_cast<size_t>(N * K), T(0));
     matmul_accumulate(fresh.data(), dy, w, N, M, K);
-    add_inplace(dx, fresh.data(), N * K);
+    add(dx, fresh.data(), dx, N * K);
   } else if (dx) {
     std::fill(dx, dx + N * K, T(0));
     matmul_accumulate(dx, dy, w, N, M, K);  // dx [N, K] = dy [N, M] w [M, K]
@@ -86,11 +86,6 @@ void linear_backward(const T* dy, const T* x, const T* w, T* dx, T* dw, T* dbias
       for (int64_t m = 0; m < M; ++m) dbias[m] += dy[n * M + m];
     }
   }
-}
-
-template <class T>
-void add_inplace(T* y, const T* x, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) y[i] += x[i];
 }
 
 template <class T>
@@ -108,7 +103,6 @@ void scale_inplace(T* y, T a, int64_t n) {
   template void linear_forward<T>(const T*, const T*, const T*, T*, int64_t, int64_t, int64_t); \
   template void linear_backward<T>(const T*, const T*, const T*, T*, T*, T*, int64_t, int64_t,  \
                                    int64_t, bool);                                              \
-  template void add_inplace<T>(T*, const T*, int64_t);                                          \
   template void add<T>(const T*, const T*, T*, int64_t);                                        \
   template void scale_inplace<T>(T*, T, int64_t);
 MSA_INSTANTIATE(float)

@@ -22,8 +22,6 @@ void linear_backward(const T* dy, const T* x, const T* w, T* dx, T* dw, T* dbias
                      int64_t K, int64_t M, bool dx_accumulate = false);
 
 template <class T>
-void add_inplace(T* y, const T* x, int64_t n);  // y += x
-template <class T>
 void add(const T* a, const T* b, T* out, int64_t n);  // out = a + b (out may be a or b)
 template <class T>
 void scale_inplace(T* y, T a, int64_t n);  // y *= a

@@ -20,9 +20,8 @@ void linear_backward(const Tensor& dy, const Tensor& x, const Tensor& w, Tensor&
 // Plain GEMM used by benchmarks: c[M, N] (bf16) = a[M, K] b[N, K]^T, row-major.
 void gemm_bf16_nt(const Tensor& a, const Tensor& b, Tensor& c);
 
-void add_inplace(Tensor& y, const Tensor& x);  // bf16 or f32
-void add(const Tensor& a, const Tensor& b, Tensor& out);  // out = a + b, bf16 or f32
-void scale_inplace(Tensor& y, double a);       // bf16 or f32
+void add(const Tensor& a, const Tensor& b, Tensor& out);  // out = a + b (out may be a or b)
+void scale_inplace(Tensor& y, double a);                  // bf16 or f32
 
 void rmsnorm_forward(const Tensor& x, const Tensor& w, double eps, Tensor& y, Tensor& rstd);
 void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd,

@@ -183,8 +183,6 @@ void add(const Tensor& a, const Tensor& b, Tensor& out) {
   MSA_CUDA_CHECK_LAUNCH("add_kernel");
 }
 
-void add_inplace(Tensor& y, const Tensor& x) { add(y, x, y); }
-
 void scale_inplace(Tensor& y, double a) {
   const int64_t n = y.numel();
   if (n == 0) return;
