@@ -34,7 +34,7 @@ void rmsnorm_forward(const Tensor& x, const Tensor& w, double eps, Tensor& y, Te
 }
 
 void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd,
-                      Tensor& dx, Tensor& dw) {
+                      Tensor& dx, Tensor& dw, const Tensor& residual) {
   MSA_CHECK(x.ndim() == 2, "rmsnorm_backward: x %s must be 2-D", x.describe());
   const int64_t N = x.size(0), D = x.size(1);
   check_shape(dy, {N, D}, "rmsnorm_backward: dy");
@@ -49,9 +49,13 @@ void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const 
     check_shape(dw, {D}, "rmsnorm_backward: dw");
     check_same_device(x, dw, "x", "dw");
   }
+  if (residual.defined()) {
+    check_shape(residual, {N, D}, "rmsnorm_backward: residual");
+    check_same_device(x, residual, "x", "residual");
+  }
   if (x.is_cuda()) {
 #if MSA_HAS_CUDA
-    cuda::rmsnorm_backward(dy, x, w, rstd, dx, dw);
+    cuda::rmsnorm_backward(dy, x, w, rstd, dx, dw, residual);
 #endif
     return;
   }
@@ -66,8 +70,13 @@ void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const 
       check_dtype(dw, x.dtype(), "rmsnorm_backward: dw");
       dw_data = dw.data<T>();
     }
-    cpu::rmsnorm_backward<T>(dy.data<T>(), x.data<T>(), w.data<T>(), rstd.data<T>(), dx.data<T>(),
-                             dw_data, N, D);
+    const T* residual_data = nullptr;
+    if (residual.defined()) {
+      check_dtype(residual, x.dtype(), "rmsnorm_backward: residual");
+      residual_data = residual.data<T>();
+    }
+    cpu::rmsnorm_backward<T>(dy.data<T>(), x.data<T>(), w.data<T>(), rstd.data<T>(), residual_data,
+                             dx.data<T>(), dw_data, N, D);
   });
 }
 

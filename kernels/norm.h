@@ -8,8 +8,10 @@ namespace msa {
 // x [N, D], w [D], y [N, D], rstd [N] (1 / rms, kept for backward).
 void rmsnorm_forward(const Tensor& x, const Tensor& w, double eps, Tensor& y, Tensor& rstd);
 
-// dx [N, D] overwritten; dw [D] accumulates (skipped if undefined).
+// dx [N, D] overwritten; dw [D] accumulates (skipped if undefined). `residual` [N, D], when
+// defined, is added to dx in the same pass (a skip connection's gradient; dx may be residual):
+// the result equals rmsnorm_backward without it followed by add(dx, residual, dx).
 void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd,
-                      Tensor& dx, Tensor& dw);
+                      Tensor& dx, Tensor& dw, const Tensor& residual = Tensor());
 
 }  // namespace msa

@@ -208,7 +208,7 @@ void attention_block_forward(const ModelConfig& c, int layer, ParameterSet& para
 void attention_block_backward(const ModelConfig& c, int layer, ParameterSet& params,
                               const Tensor& x, const Tensor& dy, int64_t batch, int64_t T,
                               AttentionActivations& act, bool backbone, double index_weight,
-                              Tensor& dx, const ContextParallel& cp) {
+                              Tensor& dx, const ContextParallel& cp, const Tensor& skip_grad) {
   const int64_t N = batch * T, D = c.d_model, H = c.n_heads, G = c.n_kv_heads, d = c.head_dim;
   const DType dt = x.dtype();
   const Device dev = x.device();
@@ -294,7 +294,7 @@ void attention_block_backward(const ModelConfig& c, int layer, ParameterSet& par
 
   dx = Tensor::empty({N, D}, dt, dev);
   rmsnorm_backward(dxn, x, params.at(pname(layer, "attn_norm.weight")).value, act.rstd, dx,
-                   params.at(pname(layer, "attn_norm.weight")).grad);
+                   params.at(pname(layer, "attn_norm.weight")).grad, skip_grad);
 }
 
 }  // namespace msa

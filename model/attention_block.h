@@ -102,10 +102,13 @@ void attention_block_forward(const ModelConfig& config, int layer, ParameterSet&
 // the caller adds the residual path). Backbone parameter gradients accumulate when `backbone`;
 // index-branch gradients (W_IQ, W_IK) accumulate index_weight * d(index loss) for MSA layers,
 // from act.dwiq / act.dwik, which this consumes. dx is left undefined when !backbone. `cp`: the
-// forward's options.cp (the key and value gradients are reduce-scattered over it).
+// forward's options.cp (the key and value gradients are reduce-scattered over it). `skip_grad`,
+// when defined, is added to dx in RMSNorm's backward pass (the residual path's gradient; one
+// elementwise pass fewer than a separate add).
 void attention_block_backward(const ModelConfig& config, int layer, ParameterSet& params,
                               const Tensor& x, const Tensor& dy, int64_t batch, int64_t T,
                               AttentionActivations& act, bool backbone, double index_weight,
-                              Tensor& dx, const ContextParallel& cp = {});
+                              Tensor& dx, const ContextParallel& cp = {},
+                              const Tensor& skip_grad = Tensor());
 
 }  // namespace msa

@@ -30,7 +30,8 @@ void mlp_block_forward(const ModelConfig& c, int layer, ParameterSet& params, co
 }
 
 void mlp_block_backward(const ModelConfig& c, int layer, ParameterSet& params, const Tensor& x,
-                        const Tensor& dy, MlpActivations& act, Tensor& dx) {
+                        const Tensor& dy, MlpActivations& act, Tensor& dx,
+                        const Tensor& skip_grad) {
   const int64_t N = x.size(0), D = c.d_model, F = c.ffn_dim;
   const DType dt = x.dtype();
   const Device dev = x.device();
@@ -47,7 +48,7 @@ void mlp_block_backward(const ModelConfig& c, int layer, ParameterSet& params, c
   linear_backward(dup, act.xn, w_up.value, dxn, w_up.grad, none, DxWrite::kAccumulate);
   dx = Tensor::empty({N, D}, dt, dev);
   Parameter& norm = param(params, layer, "mlp_norm.weight");
-  rmsnorm_backward(dxn, x, norm.value, act.rstd, dx, norm.grad);
+  rmsnorm_backward(dxn, x, norm.value, act.rstd, dx, norm.grad, skip_grad);
 }
 
 }  // namespace msa

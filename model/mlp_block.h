@@ -18,8 +18,10 @@ struct MlpActivations {
 void mlp_block_forward(const ModelConfig& config, int layer, ParameterSet& params, const Tensor& x,
                        MlpActivations& act, Tensor& y);
 
-// dy [N, D] -> dx [N, D] through this block only; parameter gradients accumulate.
+// dy [N, D] -> dx [N, D] through this block only, plus `skip_grad` when defined (the residual
+// path's gradient, added in RMSNorm's backward pass); parameter gradients accumulate.
 void mlp_block_backward(const ModelConfig& config, int layer, ParameterSet& params,
-                        const Tensor& x, const Tensor& dy, MlpActivations& act, Tensor& dx);
+                        const Tensor& x, const Tensor& dy, MlpActivations& act, Tensor& dx,
+                        const Tensor& skip_grad = Tensor());
 
 }  // namespace msa

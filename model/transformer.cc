@@ -366,16 +366,25 @@ void Transformer::backward(double loss_scale, double index_scale, bool backbone,
     // x_out = mid + mlp(mid): d mid = dx + mlp'(dx).
     const std::vector<Tensor> before = snapshot_grads(layer_replicated_[l]);
     if (recompute_ != Recompute::kNone) recompute_layer(l, recompute_ == Recompute::kFull);
+    // Without tp the residual path's gradient is added inside RMSNorm's backward; with tp the
+    // blocks' partial input gradients are all-reduced first, then it is added.
+    const bool fuse_skip = !tp_.enabled();
     Tensor dmid;
-    mlp_block_backward(block_config_, l, params_, residual_mid_[l], dx, mlp_[l], dmid);
-    tp_all_reduce(dmid);  // f: the FFN columns' partial input gradients
-    add_inplace(dmid, dx);
+    mlp_block_backward(block_config_, l, params_, residual_mid_[l], dx, mlp_[l], dmid,
+                       fuse_skip ? dx : none);
+    if (!fuse_skip) {
+      tp_all_reduce(dmid);  // f: the FFN columns' partial input gradients
+      add_inplace(dmid, dx);
+    }
     // mid = x_in + attn(x_in).
     Tensor dx_in;
     attention_block_backward(block_config_, l, params_, residual_in_[l], dmid, batch_, T_, attn_[l],
-                             /*backbone=*/true, index_weight * index_row_share_[l], dx_in, cp_);
-    tp_all_reduce(dx_in);  // f: the heads' partial input gradients
-    add_inplace(dx_in, dmid);
+                             /*backbone=*/true, index_weight * index_row_share_[l], dx_in, cp_,
+                             fuse_skip ? dmid : none);
+    if (!fuse_skip) {
+      tp_all_reduce(dx_in);  // f: the heads' partial input gradients
+      add_inplace(dx_in, dmid);
+    }
     dx = dx_in;
     if (recompute_ != Recompute::kNone) {  // free this layer's recomputed activations now
       drop_tensors(attn_[l]);

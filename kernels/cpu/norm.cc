@@ -20,27 +20,32 @@ void rmsnorm_forward(const T* x, const T* w, double eps, T* y, T* rstd, int64_t 
 }
 
 template <class T>
-void rmsnorm_backward(const T* dy, const T* x, const T* w, const T* rstd, T* dx, T* dw, int64_t N,
-                      int64_t D) {
+void rmsnorm_backward(const T* dy, const T* x, const T* w, const T* rstd, const T* residual, T* dx,
+                      T* dw, int64_t N, int64_t D) {
   for (int64_t n = 0; n < N; ++n) {
     const T* dy_row = dy + n * D;
     const T* x_row = x + n * D;
+    const T* residual_row = residual != nullptr ? residual + n * D : nullptr;
     T* dx_row = dx + n * D;
     const T r = rstd[n];
     T dot = 0;  // sum_j w_j dy_j x_j
     for (int64_t i = 0; i < D; ++i) dot += w[i] * dy_row[i] * x_row[i];
     const T coef = r * r * r * dot / static_cast<T>(D);
-    for (int64_t i = 0; i < D; ++i) dx_row[i] = r * w[i] * dy_row[i] - coef * x_row[i];
-    if (dw) {
+    if (dw) {  // before dx is written: dx may alias dy
       for (int64_t i = 0; i < D; ++i) dw[i] += dy_row[i] * x_row[i] * r;
+    }
+    for (int64_t i = 0; i < D; ++i) {
+      // Rounded to T before the residual is added: the same numbers as a separate add.
+      const T v = r * w[i] * dy_row[i] - coef * x_row[i];
+      dx_row[i] = residual_row != nullptr ? v + residual_row[i] : v;
     }
   }
 }
 
 #define MSA_INSTANTIATE(T)                                                                   \
   template void rmsnorm_forward<T>(const T*, const T*, double, T*, T*, int64_t, int64_t);    \
-  template void rmsnorm_backward<T>(const T*, const T*, const T*, const T*, T*, T*, int64_t, \
-                                    int64_t);
+  template void rmsnorm_backward<T>(const T*, const T*, const T*, const T*, const T*, T*, T*,  \
+                                    int64_t, int64_t);
 MSA_INSTANTIATE(float)
 MSA_INSTANTIATE(double)
 #undef MSA_INSTANTIATE

@@ -9,9 +9,10 @@ namespace msa::cpu {
 template <class T>
 void rmsnorm_forward(const T* x, const T* w, double eps, T* y, T* rstd, int64_t N, int64_t D);
 
-// dx [N, D] overwritten; dw [D] accumulates (skipped if null).
+// dx [N, D] overwritten, plus residual [N, D] when not null (dx may be residual); dw [D]
+// accumulates (skipped if null).
 template <class T>
-void rmsnorm_backward(const T* dy, const T* x, const T* w, const T* rstd, T* dx, T* dw, int64_t N,
-                      int64_t D);
+void rmsnorm_backward(const T* dy, const T* x, const T* w, const T* rstd, const T* residual, T* dx,
+                      T* dw, int64_t N, int64_t D);
 
 }  // namespace msa::cpu

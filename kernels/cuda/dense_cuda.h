@@ -25,7 +25,7 @@ void scale_inplace(Tensor& y, double a);                  // bf16 or f32
 
 void rmsnorm_forward(const Tensor& x, const Tensor& w, double eps, Tensor& y, Tensor& rstd);
 void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd,
-                      Tensor& dx, Tensor& dw);
+                      Tensor& dx, Tensor& dw, const Tensor& residual);
 
 // x, y [batch, T, heads, d]; inv_freq: rope_inv_freq's table (at most 256 pairs; dims past
 // 2 * pairs pass through); inverse = true rotates by -angle (the backward); token t sits at

@@ -30,7 +30,8 @@ __global__ void rmsnorm_forward_kernel(const bf16* x, const bf16* w, float eps, 
 }
 
 __global__ void rmsnorm_backward_dx_kernel(const bf16* dy, const bf16* x, const bf16* w,
-                                           const float* rstd, bf16* dx, int64_t N, int64_t D) {
+                                           const float* rstd, const bf16* residual, bf16* dx,
+                                           int64_t N, int64_t D) {
   const int64_t row = blockIdx.x * static_cast<int64_t>(kRowsPerBlock) + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (row >= N) return;
@@ -41,8 +42,12 @@ __global__ void rmsnorm_backward_dx_kernel(const bf16* dy, const bf16* x, const 
   const float r = rstd[row];
   const float coef = r * r * r * dot / static_cast<float>(D);
   bf16* dxr = dx + row * D;
-  for (int64_t i = lane; i < D; i += 32)
-    store_f(dxr, i, r * load_f(w, i) * load_f(dyr, i) - coef * load_f(xr, i));
+  const bf16* rr = residual != nullptr ? residual + row * D : nullptr;
+  for (int64_t i = lane; i < D; i += 32) {
+    float v = r * load_f(w, i) * load_f(dyr, i) - coef * load_f(xr, i);
+    if (rr != nullptr) v += load_f(rr, i);
+    store_f(dxr, i, v);
+  }
 }
 
 // Vector versions (D % 8 == 0, aligned rows): lane l handles groups of eight l, l + 32, ...
@@ -74,8 +79,8 @@ __global__ void rmsnorm_forward_vec8_kernel(const bf16* x, const bf16* w, float 
 }
 
 __global__ void rmsnorm_backward_dx_vec8_kernel(const bf16* dy, const bf16* x, const bf16* w,
-                                                const float* rstd, bf16* dx, int64_t N,
-                                                int64_t D) {
+                                                const float* rstd, const bf16* residual, bf16* dx,
+                                                int64_t N, int64_t D) {
   const int64_t row = blockIdx.x * static_cast<int64_t>(kRowsPerBlock) + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (row >= N) return;
@@ -93,6 +98,7 @@ __global__ void rmsnorm_backward_dx_vec8_kernel(const bf16* dy, const bf16* x, c
   const float r = rstd[row];
   const float coef = r * r * r * dot / static_cast<float>(D);
   bf16* dxr = dx + row * D;
+  const bf16* rr = residual != nullptr ? residual + row * D : nullptr;
   for (int64_t i = 8 * lane; i < D; i += 256) {
     float a[8], b[8], g[8];
     load8(dyr + i, a);
@@ -100,8 +106,93 @@ __global__ void rmsnorm_backward_dx_vec8_kernel(const bf16* dy, const bf16* x, c
     load8(w + i, g);
 #pragma unroll
     for (int j = 0; j < 8; ++j) a[j] = r * g[j] * a[j] - coef * b[j];
+    if (rr != nullptr) {
+      load8(rr + i, b);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) a[j] += b[j];
+    }
     store8(dxr + i, a);
   }
+}
+
+// dx (plus the residual) and the dw partial sums in one pass over dy and x: a block takes
+// kFusedRowsPerChunk rows, its warps one row at a time; each lane keeps the dw sums of its
+// kGroups 8-column groups (columns 8 lane + 256 g) in registers, and the warps add theirs into the
+// block's partial row in warp order (deterministic). Pass two re-reads the row from L1.
+constexpr int kFusedWarps = 8;
+constexpr int kFusedRowsPerChunk = 128;
+
+template <int kGroups>
+__global__ void __launch_bounds__(32 * kFusedWarps)
+    rmsnorm_backward_fused_kernel(const bf16* dy, const bf16* x, const bf16* w, const float* rstd,
+                                  const bf16* residual, bf16* dx, float* partial, int64_t N,
+                                  int64_t D) {
+  __shared__ float block_sum[256 * kGroups];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t n0 = blockIdx.x * static_cast<int64_t>(kFusedRowsPerChunk);
+  const int64_t n1 = min(N, n0 + kFusedRowsPerChunk);
+  float acc[kGroups][8];
+#pragma unroll
+  for (int g = 0; g < kGroups; ++g)
+#pragma unroll
+    for (int j = 0; j < 8; ++j) acc[g][j] = 0;
+  for (int64_t row = n0 + warp; row < n1; row += kFusedWarps) {
+    const bf16 *dyr = dy + row * D, *xr = x + row * D;
+    const float r = rstd[row];
+    float dot = 0;
+#pragma unroll
+    for (int g = 0; g < kGroups; ++g) {
+      const int64_t i = 8 * lane + 256 * g;
+      if (i < D) {
+        float a[8], b[8], c[8];
+        load8(dyr + i, a);
+        load8(xr + i, b);
+        load8(w + i, c);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+          const float p = a[j] * b[j];
+          dot += c[j] * p;
+          acc[g][j] += p * r;
+        }
+      }
+    }
+    dot = warp_reduce_sum(dot);
+    const float coef = r * r * r * dot / static_cast<float>(D);
+    bf16* dxr = dx + row * D;
+    const bf16* rr = residual != nullptr ? residual + row * D : nullptr;
+#pragma unroll
+    for (int g = 0; g < kGroups; ++g) {
+      const int64_t i = 8 * lane + 256 * g;
+      if (i < D) {
+        float a[8], b[8], c[8];
+        load8(dyr + i, a);
+        load8(xr + i, b);
+        load8(w + i, c);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) a[j] = r * c[j] * a[j] - coef * b[j];
+        if (rr != nullptr) {
+          load8(rr + i, b);
+#pragma unroll
+          for (int j = 0; j < 8; ++j) a[j] += b[j];
+        }
+        store8(dxr + i, a);
+      }
+    }
+  }
+  if (partial == nullptr) return;
+  for (int k = 0; k < kFusedWarps; ++k) {
+    if (warp == k) {
+#pragma unroll
+      for (int g = 0; g < kGroups; ++g) {
+        const int i = 8 * lane + 256 * g;
+        if (i < D)
+#pragma unroll
+          for (int j = 0; j < 8; ++j) block_sum[i + j] = (k == 0 ? 0.0f : block_sum[i + j]) + acc[g][j];
+      }
+    }
+    __syncthreads();
+  }
+  for (int64_t c = threadIdx.x; c < D; c += blockDim.x) partial[blockIdx.x * D + c] = block_sum[c];
 }
 
 // partial[chunk, c] = sum over the chunk's rows n of dy[n, c] x[n, c] rstd[n]. Block: 32 columns
@@ -125,12 +216,29 @@ __global__ void rmsnorm_dw_partial_kernel(const bf16* dy, const bf16* x, const f
   }
 }
 
+// dw[c] += sum over the chunks of partial[k, c]. Block: 32 columns x 8 thread rows, each thread
+// row summing every eighth chunk, then the eight sums added in a fixed order.
 __global__ void sum_chunks_kernel(const float* partial, float* dw, int64_t chunks, int64_t D) {
-  const int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (c >= D) return;
+  __shared__ float part[8][33];
+  const int64_t c = blockIdx.x * 32 + threadIdx.x;
   float t = 0;
-  for (int64_t k = 0; k < chunks; ++k) t += partial[k * D + c];
-  dw[c] += t;
+  if (c < D)
+    for (int64_t k = threadIdx.y; k < chunks; k += 8) t += partial[k * D + c];
+  part[threadIdx.y][threadIdx.x] = t;
+  __syncthreads();
+  if (threadIdx.y == 0 && c < D) {
+    float s = 0;
+    for (int r = 0; r < 8; ++r) s += part[r][threadIdx.x];
+    dw[c] += s;
+  }
+}
+
+template <int kGroups>
+void launch_fused_backward(const bf16* dy, const bf16* x, const bf16* w, const float* rstd,
+                           const bf16* residual, bf16* dx, float* partial, int64_t N, int64_t D,
+                           int64_t chunks) {
+  rmsnorm_backward_fused_kernel<kGroups><<<static_cast<unsigned>(chunks), 32 * kFusedWarps>>>(
+      dy, x, w, rstd, residual, dx, partial, N, D);
 }
 
 }  // namespace
@@ -153,31 +261,59 @@ void rmsnorm_forward(const Tensor& x, const Tensor& w, double eps, Tensor& y, Te
 }
 
 void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd,
-                      Tensor& dx, Tensor& dw) {
+                      Tensor& dx, Tensor& dw, const Tensor& residual) {
   const int64_t N = x.size(0), D = x.size(1);
   check_dtype(dy, DType::kBF16, "rmsnorm_backward (CUDA): dy");
   check_dtype(dx, DType::kBF16, "rmsnorm_backward (CUDA): dx");
+  if (residual.defined()) check_dtype(residual, DType::kBF16, "rmsnorm_backward (CUDA): residual");
+  if (dw.defined()) check_dtype(dw, DType::kF32, "rmsnorm_backward (CUDA): dw");
   if (N == 0) return;
+  const bf16* res = residual.defined() ? residual.data<bf16>() : nullptr;
+  const bool vec8 = vec8_ok(D, {dy.raw_data(), x.raw_data(), w.raw_data(), dx.raw_data(),
+                                residual.defined() ? residual.raw_data() : nullptr});
+  if (vec8 && D <= 4096) {
+    const int64_t chunks = (N + kFusedRowsPerChunk - 1) / kFusedRowsPerChunk;
+    Tensor partial;
+    if (dw.defined()) partial = Tensor::empty({chunks, D}, DType::kF32, Device::kCUDA);
+    float* p = dw.defined() ? partial.data<float>() : nullptr;
+    const bf16 *dyp = dy.data<bf16>(), *xp = x.data<bf16>(), *wp = w.data<bf16>();
+    const float* rp = rstd.data<float>();
+    bf16* dxp = dx.data<bf16>();
+    if (D <= 256)
+      launch_fused_backward<1>(dyp, xp, wp, rp, res, dxp, p, N, D, chunks);
+    else if (D <= 1024)
+      launch_fused_backward<4>(dyp, xp, wp, rp, res, dxp, p, N, D, chunks);
+    else if (D <= 2048)
+      launch_fused_backward<8>(dyp, xp, wp, rp, res, dxp, p, N, D, chunks);
+    else
+      launch_fused_backward<16>(dyp, xp, wp, rp, res, dxp, p, N, D, chunks);
+    MSA_CUDA_CHECK_LAUNCH("rmsnorm_backward_fused_kernel");
+    if (dw.defined()) {
+      sum_chunks_kernel<<<static_cast<unsigned>((D + 31) / 32), dim3(32, 8)>>>(
+          partial.data<float>(), dw.data<float>(), chunks, D);
+      MSA_CUDA_CHECK_LAUNCH("sum_chunks_kernel");
+    }
+    return;
+  }
   const unsigned blocks = static_cast<unsigned>((N + kRowsPerBlock - 1) / kRowsPerBlock);
-  if (vec8_ok(D, {dy.raw_data(), x.raw_data(), w.raw_data(), dx.raw_data()}))
+  if (vec8)
     rmsnorm_backward_dx_vec8_kernel<<<blocks, 32 * kRowsPerBlock>>>(
-        dy.data<bf16>(), x.data<bf16>(), w.data<bf16>(), rstd.data<float>(), dx.data<bf16>(), N,
-        D);
+        dy.data<bf16>(), x.data<bf16>(), w.data<bf16>(), rstd.data<float>(), res, dx.data<bf16>(),
+        N, D);
   else
-    rmsnorm_backward_dx_kernel<<<blocks, 32 * kRowsPerBlock>>>(
-        dy.data<bf16>(), x.data<bf16>(), w.data<bf16>(), rstd.data<float>(), dx.data<bf16>(), N,
-        D);
+    rmsnorm_backward_dx_kernel<<<blocks, 32 * kRowsPerBlock>>>(dy.data<bf16>(), x.data<bf16>(),
+                                                               w.data<bf16>(), rstd.data<float>(),
+                                                               res, dx.data<bf16>(), N, D);
   MSA_CUDA_CHECK_LAUNCH("rmsnorm_backward_dx_kernel");
   if (!dw.defined()) return;
-  check_dtype(dw, DType::kF32, "rmsnorm_backward (CUDA): dw");
   const int64_t chunks = (N + kRowsPerChunk - 1) / kRowsPerChunk;
   Tensor partial = Tensor::empty({chunks, D}, DType::kF32, Device::kCUDA);
   const dim3 grid(static_cast<unsigned>((D + 31) / 32), static_cast<unsigned>(chunks));
   rmsnorm_dw_partial_kernel<<<grid, dim3(32, 8)>>>(dy.data<bf16>(), x.data<bf16>(),
                                                    rstd.data<float>(), partial.data<float>(), N, D);
   MSA_CUDA_CHECK_LAUNCH("rmsnorm_dw_partial_kernel");
-  sum_chunks_kernel<<<static_cast<unsigned>((D + 255) / 256), 256>>>(partial.data<float>(),
-                                                                      dw.data<float>(), chunks, D);
+  sum_chunks_kernel<<<static_cast<unsigned>((D + 31) / 32), dim3(32, 8)>>>(
+      partial.data<float>(), dw.data<float>(), chunks, D);
   MSA_CUDA_CHECK_LAUNCH("sum_chunks_kernel");
 }
 

@@ -114,6 +114,37 @@ TEST(GpuDenseTest, RmsNormForwardBackward) {
   }
 }
 
+// The residual path's gradient added inside the backward pass (how the transformer calls it:
+// dx is the residual's own buffer), against the CPU's backward then add. The widths take every
+// path: one to sixteen 256-column groups per lane in the fused pass (1,000: a partial group), the
+// unfused vec8 pass past 4,096 and the scalar pass (not a multiple of 8); 700 rows span several
+// 128-row chunks of the fused pass, the last one partial. dw with and without.
+TEST(GpuDenseTest, RmsNormBackwardAddsResidual) {
+  SKIP_WITHOUT_GPU();
+  uint64_t seed = 60;
+  for (int64_t D : {128, 1000, 2048, 3072, 4104, 8192, 1001}) {
+    const int64_t N = 700;
+    const Tensor x = rnd({N, D}, seed++, 2.0f), w = rnd({D}, seed++), dy = rnd({N, D}, seed++);
+    const Tensor res = rnd({N, D}, seed++);
+    Tensor y = Tensor::empty({N, D}, DType::kF32), rstd = Tensor::empty({N}, DType::kF32);
+    rmsnorm_forward(x, w, 1e-5, y, rstd);
+    Tensor grstd = gpu_nan({N}, DType::kF32), gy = gpu_nan({N, D});
+    rmsnorm_forward(gpu_bf16(x), gpu_bf16(w), 1e-5, gy, grstd);
+    const Tensor dw0 = random_tensor({D}, seed++, DType::kF32);
+    Tensor dx = Tensor::empty({N, D}, DType::kF32), dw = dw0.clone();
+    rmsnorm_backward(dy, x, w, rstd, dx, dw);
+    add(dx, res, dx);
+    for (bool with_dw : {true, false}) {
+      Tensor gdx = gpu_bf16(res), gdw = with_dw ? gpu_f32(dw0) : Tensor();
+      rmsnorm_backward(gpu_bf16(dy), gpu_bf16(x), gpu_bf16(w), grstd, gdx, gdw, gdx);
+      EXPECT_LT(max_scaled_diff(host(gdx), dx), kBf16Tol) << "dx, D=" << D << " dw " << with_dw;
+      if (with_dw) {
+        EXPECT_LT(rel_l2(host(gdw), dw), 1e-4) << "dw, D=" << D;
+      }
+    }
+  }
+}
+
 TEST(GpuDenseTest, RopeForwardBackwardAtLongPositions) {
   SKIP_WITHOUT_GPU();
   // T = 5000: positions where float angles would already be visibly off.

@@ -2,6 +2,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "kernels/matmul.h"
 #include "kernels/norm.h"
 #include "tests/testing/gradcheck.h"
 
@@ -59,6 +60,35 @@ TEST(KernelsRmsNormTest, BackwardWithoutDwGivesSameDx) {
   rmsnorm_backward(dy, x, w, rstd, dx1, dw);
   rmsnorm_backward(dy, x, w, rstd, dx2, none);
   EXPECT_TRUE(test::bitwise_equal(dx1, dx2));
+}
+
+// The residual rides along in the same pass: bit for bit a separate add afterwards, also when dx
+// is the residual's own buffer (how the transformer calls it), and dw is unchanged by it.
+TEST(KernelsRmsNormTest, ResidualEqualsSeparateAdd) {
+  const int64_t N = 5, D = 24;
+  for (DType dt : {DType::kF32, DType::kF64}) {
+    Tensor x = random_tensor({N, D}, 41, dt), w = random_tensor({D}, 42, dt);
+    Tensor dy = random_tensor({N, D}, 43, dt), res = random_tensor({N, D}, 44, dt);
+    Tensor y = Tensor::empty({N, D}, dt), rstd = Tensor::empty({N}, dt);
+    rmsnorm_forward(x, w, kEps, y, rstd);
+    Tensor want = Tensor::empty({N, D}, dt), dw_want = random_tensor({D}, 45, dt);
+    Tensor dw_fused = dw_want.clone(), dw_alias = dw_want.clone();
+    rmsnorm_backward(dy, x, w, rstd, want, dw_want);
+    add(want, res, want);
+    Tensor fused = Tensor::empty({N, D}, dt);
+    rmsnorm_backward(dy, x, w, rstd, fused, dw_fused, res);
+    EXPECT_TRUE(test::bitwise_equal(fused, want));
+    EXPECT_TRUE(test::bitwise_equal(dw_fused, dw_want));
+    Tensor alias = res.clone();
+    rmsnorm_backward(dy, x, w, rstd, alias, dw_alias, alias);
+    EXPECT_TRUE(test::bitwise_equal(alias, want));
+    EXPECT_TRUE(test::bitwise_equal(dw_alias, dw_want));
+    // The residual is really added (a fused result equal to the plain one would pass the above
+    // only if res were zero).
+    Tensor plain = Tensor::empty({N, D}, dt), none;
+    rmsnorm_backward(dy, x, w, rstd, plain, none);
+    EXPECT_GT(test::max_scaled_diff(fused, plain), 0.1);
+  }
 }
 
 TEST(KernelsRmsNormTest, F32MatchesF64) {
