@@ -3,6 +3,7 @@
 
 #include "kernels/cpu/dtype_dispatch.h"
 #include "kernels/cpu/norm.h"
+#include "kernels/matmul.h"
 #if MSA_HAS_CUDA
 #include "kernels/cuda/dense_cuda.h"
 #endif
@@ -31,6 +32,30 @@ void rmsnorm_forward(const Tensor& x, const Tensor& w, double eps, Tensor& y, Te
     check_dtype(rstd, x.dtype(), "rmsnorm_forward: rstd");
     cpu::rmsnorm_forward<T>(x.data<T>(), w.data<T>(), eps, y.data<T>(), rstd.data<T>(), N, D);
   });
+}
+
+void add_rmsnorm_forward(const Tensor& a, const Tensor& b, const Tensor& w, double eps,
+                         Tensor& sum, Tensor& y, Tensor& rstd) {
+  MSA_CHECK(sum.ndim() == 2, "add_rmsnorm_forward: sum %s must be 2-D", sum.describe());
+  check_shape(a, sum.shape(), "add_rmsnorm_forward: a");
+  check_shape(b, sum.shape(), "add_rmsnorm_forward: b");
+  check_same_device(sum, a, "sum", "a");
+  check_same_device(sum, b, "sum", "b");
+  if (sum.is_cuda()) {
+#if MSA_HAS_CUDA
+    const int64_t N = sum.size(0), D = sum.size(1);
+    check_shape(w, {D}, "add_rmsnorm_forward: w");
+    check_shape(y, {N, D}, "add_rmsnorm_forward: y");
+    check_shape(rstd, {N}, "add_rmsnorm_forward: rstd");
+    check_same_device(sum, w, "sum", "w");
+    check_same_device(sum, y, "sum", "y");
+    check_same_device(sum, rstd, "sum", "rstd");
+    cuda::add_rmsnorm_forward(a, b, w, eps, sum, y, rstd);
+#endif
+    return;
+  }
+  add(a, b, sum);
+  rmsnorm_forward(sum, w, eps, y, rstd);
 }
 
 void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd,

@@ -33,7 +33,7 @@ Tensor grad_or_undefined(ParameterSet& params, const std::string& name) {
 
 void attention_block_forward(const ModelConfig& c, int layer, ParameterSet& params, const Tensor& x,
                              int64_t batch, int64_t T, const AttentionBlockOptions& options,
-                             AttentionActivations& act, Tensor& y) {
+                             AttentionActivations& act, Tensor& y, const NormedInput* normed) {
   const int64_t N = batch * T, D = c.d_model, H = c.n_heads, G = c.n_kv_heads, d = c.head_dim;
   const DType dt = x.dtype(), st = stats_dtype(x);
   const Device dev = x.device();
@@ -41,10 +41,17 @@ void attention_block_forward(const ModelConfig& c, int layer, ParameterSet& para
   act.documents = options.documents;
   const DocumentSegments* docs = act.documents.get();
 
-  act.xn = Tensor::empty({N, D}, dt, dev);
-  act.rstd = Tensor::empty({N}, st, dev);
-  rmsnorm_forward(x, params.at(pname(layer, "attn_norm.weight")).value, c.norm_eps, act.xn,
-                  act.rstd);
+  if (normed != nullptr) {
+    check_shape(normed->xn, {N, D}, "attention_block_forward: normed xn");
+    check_shape(normed->rstd, {N}, "attention_block_forward: normed rstd");
+    act.xn = normed->xn;
+    act.rstd = normed->rstd;
+  } else {
+    act.xn = Tensor::empty({N, D}, dt, dev);
+    act.rstd = Tensor::empty({N}, st, dev);
+    rmsnorm_forward(x, params.at(pname(layer, "attn_norm.weight")).value, c.norm_eps, act.xn,
+                    act.rstd);
+  }
 
   act.q = Tensor::empty({N, H * d}, dt, dev);
   act.k = Tensor::empty({N, G * d}, dt, dev);

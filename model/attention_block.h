@@ -19,6 +19,7 @@
 #include "model/context_parallel.h"
 #include "model/document_segments.h"
 #include "model/model_config.h"
+#include "model/normed_input.h"
 #include "model/parameters.h"
 
 namespace msa {
@@ -92,11 +93,12 @@ struct AttentionBlockOptions {
 };
 
 // x [N, D] (the residual stream). Writes the attention's contribution y [N, D] (before the
-// residual add) and fills `act`.
+// residual add) and fills `act`. `normed`: x's RMSNorm under attn_norm, when the caller computed
+// it (else the block does).
 void attention_block_forward(const ModelConfig& config, int layer, ParameterSet& params,
                              const Tensor& x, int64_t batch, int64_t T,
                              const AttentionBlockOptions& options, AttentionActivations& act,
-                             Tensor& y);
+                             Tensor& y, const NormedInput* normed = nullptr);
 
 // dy [N, D]: gradient w.r.t. y. Writes dx [N, D] (gradient w.r.t. x through this block only;
 // the caller adds the residual path). Backbone parameter gradients accumulate when `backbone`;

@@ -13,13 +13,21 @@ Parameter& param(ParameterSet& params, int layer, const char* suffix) {
 }  // namespace
 
 void mlp_block_forward(const ModelConfig& c, int layer, ParameterSet& params, const Tensor& x,
-                       MlpActivations& act, Tensor& y) {
+                       MlpActivations& act, Tensor& y, const NormedInput* normed) {
   const int64_t N = x.size(0), D = c.d_model, F = c.ffn_dim;
   const DType dt = x.dtype();
   const Device dev = x.device();
-  act.xn = Tensor::empty({N, D}, dt, dev);
-  act.rstd = Tensor::empty({N}, x.is_cuda() ? DType::kF32 : dt, dev);
-  rmsnorm_forward(x, param(params, layer, "mlp_norm.weight").value, c.norm_eps, act.xn, act.rstd);
+  if (normed != nullptr) {
+    check_shape(normed->xn, {N, D}, "mlp_block_forward: normed xn");
+    check_shape(normed->rstd, {N}, "mlp_block_forward: normed rstd");
+    act.xn = normed->xn;
+    act.rstd = normed->rstd;
+  } else {
+    act.xn = Tensor::empty({N, D}, dt, dev);
+    act.rstd = Tensor::empty({N}, x.is_cuda() ? DType::kF32 : dt, dev);
+    rmsnorm_forward(x, param(params, layer, "mlp_norm.weight").value, c.norm_eps, act.xn,
+                    act.rstd);
+  }
   act.gate = Tensor::empty({N, F}, dt, dev);
   act.up = Tensor::empty({N, F}, dt, dev);
   act.h = Tensor::empty({N, F}, dt, dev);

@@ -4,6 +4,7 @@
 
 #include "core/tensor.h"
 #include "model/model_config.h"
+#include "model/normed_input.h"
 #include "model/parameters.h"
 
 namespace msa {
@@ -14,9 +15,10 @@ struct MlpActivations {
   Tensor h;          // silu(gate) * up [N, F]
 };
 
-// x [N, D] -> y [N, D] (before the residual add).
+// x [N, D] -> y [N, D] (before the residual add). `normed`: x's RMSNorm under mlp_norm, when the
+// caller computed it (else the block does).
 void mlp_block_forward(const ModelConfig& config, int layer, ParameterSet& params, const Tensor& x,
-                       MlpActivations& act, Tensor& y);
+                       MlpActivations& act, Tensor& y, const NormedInput* normed = nullptr);
 
 // dy [N, D] -> dx [N, D] through this block only, plus `skip_grad` when defined (the residual
 // path's gradient, added in RMSNorm's backward pass); parameter gradients accumulate.

@@ -94,6 +94,18 @@ void drop_tensors(AttentionActivations& act) {
   act = std::move(kept);
 }
 
+// sum = a + b (a residual add) and sum's RMSNorm under `weight` for the block that reads it
+// next, in one pass on the GPU.
+NormedInput add_and_norm(const Tensor& a, const Tensor& b, const Tensor& weight, double eps,
+                         Tensor& sum) {
+  NormedInput normed;
+  normed.xn = Tensor::empty(sum.shape(), sum.dtype(), sum.device());
+  normed.rstd = Tensor::empty({sum.size(0)}, sum.is_cuda() ? DType::kF32 : sum.dtype(),
+                              sum.device());
+  add_rmsnorm_forward(a, b, weight, eps, sum, normed.xn, normed.rstd);
+  return normed;
+}
+
 }  // namespace
 
 void Transformer::recompute_layer(int l, bool with_mlp) {
@@ -111,9 +123,14 @@ void Transformer::recompute_layer(int l, bool with_mlp) {
   if (!with_mlp) return;
   tp_all_reduce(y);
   Tensor mid = Tensor::empty({N, D}, dtype_, device_);
-  add(residual_in_[l], y, mid);
+  const NormedInput mlp_in = add_and_norm(residual_in_[l], y, layer_norm_weight(l, "mlp_norm"),
+                                          config_.norm_eps, mid);
   residual_mid_[l] = mid;
-  mlp_block_forward(block_config_, l, params_, mid, mlp_[l], y);
+  mlp_block_forward(block_config_, l, params_, mid, mlp_[l], y, &mlp_in);
+}
+
+const Tensor& Transformer::layer_norm_weight(int l, const char* norm) {
+  return params_.at(absl::StrFormat("layers.%d.%s.weight", l, norm)).value;
 }
 
 void Transformer::tp_all_reduce(Tensor& t) {
@@ -203,24 +220,32 @@ ForwardResult Transformer::forward(const Tensor& tokens, const Tensor& targets,
   const bool drop = options.for_backward && recompute_ != Recompute::kNone;
 
   ForwardResult result;
+  // Each residual add is fused with the norm that reads its result next (one pass over the
+  // residual stream instead of two): layer l's attention norm comes from layer l - 1's last add,
+  // the final norm from the last layer's.
+  NormedInput attn_in;
   for (int l = 0; l < L; ++l) {
     residual_in_[l] = x;
     Tensor y = Tensor::empty({N, D}, dtype_, device_);
-    attention_block_forward(block_config_, l, params_, x, batch_, T_, attn_options, attn_[l], y);
+    attention_block_forward(block_config_, l, params_, x, batch_, T_, attn_options, attn_[l], y,
+                            l > 0 ? &attn_in : nullptr);
+    attn_in = NormedInput();
     tp_all_reduce(y);  // g: the heads' partial outputs
     if (drop) drop_tensors(attn_[l]);
-    // Residuals out of place: one pass (read x and y, write mid) instead of a copy and an add.
     Tensor mid = Tensor::empty({N, D}, dtype_, device_);
-    add(x, y, mid);
+    const NormedInput mlp_in =
+        add_and_norm(x, y, layer_norm_weight(l, "mlp_norm"), config_.norm_eps, mid);
     residual_mid_[l] = mid;
-    mlp_block_forward(block_config_, l, params_, mid, mlp_[l], y);
+    mlp_block_forward(block_config_, l, params_, mid, mlp_[l], y, &mlp_in);
     tp_all_reduce(y);  // g: the FFN columns' partial outputs
     if (drop && recompute_ == Recompute::kFull) {
       mlp_[l] = MlpActivations();
       residual_mid_[l] = Tensor();
     }
     x = Tensor::empty({N, D}, dtype_, device_);
-    add(mid, y, x);
+    const Tensor& next_norm = l + 1 < L ? layer_norm_weight(l + 1, "attn_norm")
+                                        : params_.at("final_norm.weight").value;
+    attn_in = add_and_norm(mid, y, next_norm, config_.norm_eps, x);
   }
   if (tp_.enabled() && n_msa_layers_ > 0) {
     // Each rank's index loss is the mean over its KV groups' rows: the layer's loss is the
@@ -279,10 +304,15 @@ ForwardResult Transformer::forward(const Tensor& tokens, const Tensor& targets,
       result.answer_key_selected.push_back(attn_[l].answer_key_selected);
   }
   x_final_ = x;
-  xn_final_ = Tensor::empty({N, D}, dtype_, device_);
-  rstd_final_ = Tensor::empty({N}, st, device_);
-  rmsnorm_forward(x, params_.at("final_norm.weight").value, config_.norm_eps, xn_final_,
-                  rstd_final_);
+  if (L > 0) {  // the last layer's residual add computed it
+    xn_final_ = attn_in.xn;
+    rstd_final_ = attn_in.rstd;
+  } else {
+    xn_final_ = Tensor::empty({N, D}, dtype_, device_);
+    rstd_final_ = Tensor::empty({N}, st, device_);
+    rmsnorm_forward(x, params_.at("final_norm.weight").value, config_.norm_eps, xn_final_,
+                    rstd_final_);
+  }
   logits_ = Tensor::empty({N, V / tp_.size}, dtype_, device_);
   const Parameter& head =
       config_.tied_embeddings ? params_.at("embed.weight") : params_.at("lm_head.weight");

@@ -26,6 +26,8 @@ void scale_inplace(Tensor& y, double a);                  // bf16 or f32
 void rmsnorm_forward(const Tensor& x, const Tensor& w, double eps, Tensor& y, Tensor& rstd);
 void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd,
                       Tensor& dx, Tensor& dw, const Tensor& residual);
+void add_rmsnorm_forward(const Tensor& a, const Tensor& b, const Tensor& w, double eps,
+                         Tensor& sum, Tensor& y, Tensor& rstd);
 
 // x, y [batch, T, heads, d]; inv_freq: rope_inv_freq's table (at most 256 pairs; dims past
 // 2 * pairs pass through); inverse = true rotates by -angle (the backward); token t sits at

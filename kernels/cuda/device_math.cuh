@@ -50,8 +50,7 @@ __device__ __forceinline__ float block_reduce_max(float x) {
 
 // Eight bf16 values moved as one 16-byte access (memory-bound kernels reach full bandwidth only
 // with wide accesses). The caller guarantees 16-byte alignment.
-__device__ __forceinline__ void load8(const bf16* p, float (&f)[8]) {
-  const uint4 u = *reinterpret_cast<const uint4*>(p);
+__device__ __forceinline__ void unpack8(const uint4& u, float (&f)[8]) {
   const uint32_t w[4] = {u.x, u.y, u.z, u.w};
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
@@ -59,13 +58,19 @@ __device__ __forceinline__ void load8(const bf16* p, float (&f)[8]) {
     f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
   }
 }
-__device__ __forceinline__ void store8(bf16* p, const float (&f)[8]) {
+__device__ __forceinline__ uint4 pack8(const float (&f)[8]) {
   uint32_t w[4];
 #pragma unroll
   for (int i = 0; i < 4; ++i)
     w[i] = static_cast<uint32_t>(float_to_bf16(f[2 * i]).bits) |
            (static_cast<uint32_t>(float_to_bf16(f[2 * i + 1]).bits) << 16);
-  *reinterpret_cast<uint4*>(p) = make_uint4(w[0], w[1], w[2], w[3]);
+  return make_uint4(w[0], w[1], w[2], w[3]);
+}
+__device__ __forceinline__ void load8(const bf16* p, float (&f)[8]) {
+  unpack8(*reinterpret_cast<const uint4*>(p), f);
+}
+__device__ __forceinline__ void store8(bf16* p, const float (&f)[8]) {
+  *reinterpret_cast<uint4*>(p) = pack8(f);
 }
 
 // True when every pointer is 16-byte aligned and n is a multiple of 8 (the vector paths).

@@ -2,6 +2,8 @@
 // (d_model or head_dim), a warp's shuffles reduce them without shared memory or block barriers.
 // The weight gradient is a column sum over rows, done deterministically in two passes (per-chunk
 // partial sums, then a fixed-order sum of the chunks) instead of with atomics.
+#include <type_traits>
+
 #include "kernels/cuda/dense_cuda.h"
 #include "kernels/cuda/device_math.cuh"
 
@@ -74,6 +76,51 @@ __global__ void rmsnorm_forward_vec8_kernel(const bf16* x, const bf16* w, float 
 #pragma unroll
     for (int j = 0; j < 8; ++j) v[j] = v[j] * r * g[j];
     store8(yr + i, v);
+  }
+  if (lane == 0) rstd[row] = r;
+}
+
+// mid = a + b (a residual add) and y = RMSNorm(mid) w in one pass. The sum stays in registers as
+// the bf16 it is stored as, and the sum of squares runs in rmsnorm_forward_vec8_kernel's order:
+// y and rstd are bit for bit what rmsnorm_forward of the stored mid gives.
+template <int kGroups>
+__global__ void add_rmsnorm_forward_kernel(const bf16* a, const bf16* b, const bf16* w, float eps,
+                                           bf16* sum, bf16* y, float* rstd, int64_t N, int64_t D) {
+  const int64_t row = blockIdx.x * static_cast<int64_t>(kRowsPerBlock) + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (row >= N) return;
+  const int64_t base = row * D;
+  uint4 mid[kGroups];
+  float ss = 0;
+#pragma unroll
+  for (int g = 0; g < kGroups; ++g) {
+    const int64_t i = 8 * lane + 256 * g;
+    if (i < D) {
+      float u[8], v[8];
+      load8(a + base + i, u);
+      load8(b + base + i, v);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) u[j] += v[j];
+      mid[g] = pack8(u);
+      *reinterpret_cast<uint4*>(sum + base + i) = mid[g];
+      unpack8(mid[g], u);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) ss += u[j] * u[j];
+    }
+  }
+  ss = warp_reduce_sum(ss);
+  const float r = rsqrtf(ss / static_cast<float>(D) + eps);
+#pragma unroll
+  for (int g = 0; g < kGroups; ++g) {
+    const int64_t i = 8 * lane + 256 * g;
+    if (i < D) {
+      float u[8], c[8];
+      unpack8(mid[g], u);
+      load8(w + i, c);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) u[j] = u[j] * r * c[j];
+      store8(y + base + i, u);
+    }
   }
   if (lane == 0) rstd[row] = r;
 }
@@ -258,6 +305,37 @@ void rmsnorm_forward(const Tensor& x, const Tensor& w, double eps, Tensor& y, Te
                                                            static_cast<float>(eps), y.data<bf16>(),
                                                            rstd.data<float>(), N, D);
   MSA_CUDA_CHECK_LAUNCH("rmsnorm_forward_kernel");
+}
+
+void add_rmsnorm_forward(const Tensor& a, const Tensor& b, const Tensor& w, double eps,
+                         Tensor& sum, Tensor& y, Tensor& rstd) {
+  const int64_t N = sum.size(0), D = sum.size(1);
+  check_dtype(a, DType::kBF16, "add_rmsnorm_forward (CUDA): a");
+  check_dtype(b, DType::kBF16, "add_rmsnorm_forward (CUDA): b");
+  check_dtype(sum, DType::kBF16, "add_rmsnorm_forward (CUDA): sum");
+  check_dtype(rstd, DType::kF32, "add_rmsnorm_forward (CUDA): rstd");
+  if (!vec8_ok(D, {a.raw_data(), b.raw_data(), w.raw_data(), sum.raw_data(), y.raw_data()}) ||
+      D > 4096) {
+    add(a, b, sum);
+    rmsnorm_forward(sum, w, eps, y, rstd);
+    return;
+  }
+  if (N == 0) return;
+  const unsigned blocks = static_cast<unsigned>((N + kRowsPerBlock - 1) / kRowsPerBlock);
+  auto launch = [&](auto groups) {
+    add_rmsnorm_forward_kernel<decltype(groups)::value><<<blocks, 32 * kRowsPerBlock>>>(
+        a.data<bf16>(), b.data<bf16>(), w.data<bf16>(), static_cast<float>(eps), sum.data<bf16>(),
+        y.data<bf16>(), rstd.data<float>(), N, D);
+  };
+  if (D <= 256)
+    launch(std::integral_constant<int, 1>());
+  else if (D <= 1024)
+    launch(std::integral_constant<int, 4>());
+  else if (D <= 2048)
+    launch(std::integral_constant<int, 8>());
+  else
+    launch(std::integral_constant<int, 16>());
+  MSA_CUDA_CHECK_LAUNCH("add_rmsnorm_forward_kernel");
 }
 
 void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd,

@@ -114,6 +114,33 @@ TEST(GpuDenseTest, RmsNormForwardBackward) {
   }
 }
 
+// The residual add fused with the next norm: bit for bit the GPU's add then rmsnorm_forward
+// (what the fused kernel promises), and within bf16 of the CPU's. Widths as below: one to sixteen
+// column groups per lane, then the unfused fallbacks.
+TEST(GpuDenseTest, AddRmsNormForwardEqualsAddThenNorm) {
+  SKIP_WITHOUT_GPU();
+  uint64_t seed = 80;
+  for (int64_t D : {128, 1000, 2048, 3072, 4104, 1001}) {
+    const int64_t N = 301;
+    const Tensor a = rnd({N, D}, seed++, 2.0f), b = rnd({N, D}, seed++), w = rnd({D}, seed++);
+    Tensor sum = Tensor::empty({N, D}, DType::kF32), y = Tensor::empty({N, D}, DType::kF32);
+    Tensor rstd = Tensor::empty({N}, DType::kF32);
+    add_rmsnorm_forward(a, b, w, 1e-5, sum, y, rstd);
+    const Tensor ga = gpu_bf16(a), gb = gpu_bf16(b), gw = gpu_bf16(w);
+    Tensor gsum = gpu_nan({N, D}), gy = gpu_nan({N, D}), grstd = gpu_nan({N}, DType::kF32);
+    add_rmsnorm_forward(ga, gb, gw, 1e-5, gsum, gy, grstd);
+    Tensor gsum2 = gpu_nan({N, D}), gy2 = gpu_nan({N, D}), grstd2 = gpu_nan({N}, DType::kF32);
+    add(ga, gb, gsum2);
+    rmsnorm_forward(gsum2, gw, 1e-5, gy2, grstd2);
+    EXPECT_TRUE(test::bitwise_equal(host(gsum), host(gsum2))) << "sum, D=" << D;
+    EXPECT_TRUE(test::bitwise_equal(host(gy), host(gy2))) << "y, D=" << D;
+    EXPECT_TRUE(test::bitwise_equal(host(grstd), host(grstd2))) << "rstd, D=" << D;
+    EXPECT_LT(max_scaled_diff(host(gsum), sum), kBf16Tol) << "sum vs CPU, D=" << D;
+    EXPECT_LT(max_scaled_diff(host(gy), y), kBf16Tol) << "y vs CPU, D=" << D;
+    EXPECT_LT(rel_l2(host(grstd), rstd), 1e-3) << "rstd vs CPU, D=" << D;
+  }
+}
+
 // The residual path's gradient added inside the backward pass (how the transformer calls it:
 // dx is the residual's own buffer), against the CPU's backward then add. The widths take every
 // path: one to sixteen 256-column groups per lane in the fused pass (1,000: a partial group), the
