@@ -85,6 +85,22 @@ cpu::MsaDims attention_dims(const Tensor& q, const Tensor& k, const BlockSelecti
 
 }  // namespace
 
+const std::vector<Tensor>* SelectionCache::find(const std::vector<int64_t>& key) const {
+  const auto it = entries_.find(key);
+  return it == entries_.end() ? nullptr : &it->second;
+}
+
+void SelectionCache::put(std::vector<int64_t> key, std::vector<Tensor> buffers) {
+  entries_[std::move(key)] = std::move(buffers);
+}
+
+int64_t SelectionCache::bytes() const {
+  int64_t total = 0;
+  for (const auto& [key, buffers] : entries_)
+    for (const Tensor& t : buffers) total += t.nbytes();
+  return total;
+}
+
 BlockSelection BlockSelection::allocate(int64_t batch, int64_t T, int64_t G, int block_size,
                                         int topk, Device device) {
   MSA_CHECK(block_size > 0 && topk > 0, "BlockSelection: block_size %d and topk %d must be > 0",
@@ -103,6 +119,7 @@ void msa_index_topk(const Tensor& iq, const Tensor& ik, BlockSelection& sel) {
   check_selection(sel, dims.batch, dims.seq, dims.groups, op);
   check_same_device(iq, sel.indices, "iq", "selection.indices");
   check_dtype(ik, iq.dtype(), "msa_index_topk: ik");
+  if (sel.cache) sel.cache->clear();  // indices and counts are rewritten
   if (iq.is_cuda()) {
 #if MSA_HAS_CUDA
     return cuda::msa_index_topk(iq, ik, sel.indices, sel.counts, dims);
@@ -133,7 +150,7 @@ void msa_sparse_attention_forward(const Tensor& q, const Tensor& k, const Tensor
     check_dtype(v, q.dtype(), "msa_sparse_attention_forward: v");
     check_dtype(out, q.dtype(), "msa_sparse_attention_forward: out");
     return cuda::msa_sparse_attention_forward(q, k, v, sel.indices, sel.counts, scale, out, lse,
-                                              nullptr, dims);
+                                              nullptr, dims, sel.cache.get());
 #endif
     cuda_not_built(op);
   }
@@ -169,7 +186,7 @@ void msa_sparse_attention_backward(const Tensor& dout, const Tensor& q, const Te
     for (const Tensor* t : std::initializer_list<const Tensor*>{&k, &v, &out, &dout, &dq, &dk, &dv})
       check_dtype(*t, q.dtype(), "msa_sparse_attention_backward argument");
     return cuda::msa_sparse_attention_backward(dout, q, k, v, out, lse, sel.indices, sel.counts,
-                                               scale, dq, dk, dv, dims);
+                                               scale, dq, dk, dv, dims, sel.cache.get());
 #endif
     cuda_not_built(op);
   }

@@ -18,6 +18,8 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
+#include <memory>
 #include <vector>
 
 #include "core/tensor.h"
@@ -28,6 +30,22 @@ inline int64_t msa_num_blocks(int64_t T, int64_t block_size) {
   return (T + block_size - 1) / block_size;
 }
 
+// Buffers the GPU kernels derive from a selection's indices and counts (the KV-outer work lists:
+// the selection inverted, per KV group and block, the query rows that chose it) and reuse while
+// the selection is unchanged: a step's forward, its recomputation and its backward read the same
+// lists. Keys are the deriving kernel's own (source pointers, sizes, ordering); an entry keeps
+// its source tensors alive, so a key's pointers cannot be reused for other data while it exists.
+class SelectionCache {
+ public:
+  const std::vector<Tensor>* find(const std::vector<int64_t>& key) const;
+  void put(std::vector<int64_t> key, std::vector<Tensor> buffers);
+  void clear() { entries_.clear(); }
+  int64_t bytes() const;  // device or host memory the entries hold, sources excluded
+
+ private:
+  std::map<std::vector<int64_t>, std::vector<Tensor>> entries_;
+};
+
 // The blocks each (sequence, query token, KV group) row attends to.
 struct BlockSelection {
   int block_size = 128;
@@ -37,6 +55,10 @@ struct BlockSelection {
   Tensor indices;
   // i32 [batch, T, G]: min(topk, c(t) + 1).
   Tensor counts;
+  // What the GPU kernels derived from indices and counts (null: nothing is kept). Copies share it
+  // (they share indices and counts too); msa_index_topk, which rewrites them, clears it. Code
+  // that writes indices or counts any other way must clear it too.
+  std::shared_ptr<SelectionCache> cache = std::make_shared<SelectionCache>();
 
   // Allocates indices and counts for the given sizes on `device`.
   static BlockSelection allocate(int64_t batch, int64_t T, int64_t G, int block_size, int topk,

@@ -40,6 +40,7 @@
 #include "kernels/cuda/kv_outer_common.cuh"
 #include "kernels/cuda/mma_sm80.cuh"
 #include "kernels/cuda/msa_cuda.h"
+#include "kernels/msa.h"
 
 namespace msa::cuda {
 namespace {
@@ -345,10 +346,55 @@ unsigned combine_grid(int64_t rows, int64_t heads, int head_dim) {
                                kCombineThreads);
 }
 
+// One query chunk's work lists (build_work_lists' list_start and entries): from the selection's
+// cache when there, else built into the caller's scratch buffers, or, with a cache, into new
+// buffers that stay there (a chunk's lists cost its rows x K x 4 bytes, the size of its part of
+// the selection, and save a count, a scan and a fill in the recomputed forward and the backward).
+// Built sorted in deterministic mode whenever they are cached, since the backward needs that.
+struct ChunkLists {
+  const int32_t* start;
+  const int32_t* entries;
+};
+
+ChunkLists chunk_work_lists(SelectionCache* cache, const Tensor& indices, const Tensor& counts,
+                            const int32_t* idx, const int32_t* cnt, const kv_outer::KvDims& a,
+                            kv_outer::ListOrder order, Tensor& len, Tensor& cursor, Tensor& start,
+                            Tensor& entries, Tensor& scan_tmp, size_t scan_bytes) {
+  const int64_t lists = a.G * a.nb, rows = (a.t1 - a.t0) * a.G;
+  constexpr int64_t kWorkListsTag = 0x574c;  // "WL": the key space of these entries
+  const std::vector<int64_t> key = {kWorkListsTag,
+                                    reinterpret_cast<int64_t>(idx),
+                                    reinterpret_cast<int64_t>(cnt),
+                                    a.t0,
+                                    a.t1,
+                                    a.G,
+                                    a.nb,
+                                    a.K,
+                                    deterministic() ? 1 : 0};
+  if (cache != nullptr) {
+    if (const std::vector<Tensor>* hit = cache->find(key))
+      return {(*hit)[0].data<int32_t>(), (*hit)[1].data<int32_t>()};
+    Tensor own_start = Tensor::empty({lists + 1}, DType::kI32, Device::kCUDA);
+    Tensor own_entries = Tensor::empty({std::max<int64_t>(1, rows * a.K)}, DType::kI32,
+                                       Device::kCUDA);
+    kv_outer::build_work_lists(idx, cnt, a, len.data<int32_t>(), cursor.data<int32_t>(),
+                               own_start.data<int32_t>(), own_entries.data<int32_t>(),
+                               scan_tmp.raw_data(), scan_bytes,
+                               kv_outer::ListOrder::kSortWhenDeterministic);
+    const ChunkLists out{own_start.data<int32_t>(), own_entries.data<int32_t>()};
+    cache->put(key, {own_start, own_entries, indices, counts});
+    return out;
+  }
+  kv_outer::build_work_lists(idx, cnt, a, len.data<int32_t>(), cursor.data<int32_t>(),
+                             start.data<int32_t>(), entries.data<int32_t>(), scan_tmp.raw_data(),
+                             scan_bytes, order);
+  return {start.data<int32_t>(), entries.data<int32_t>()};
+}
+
 template <int D, int BK>
 void run_kv_outer(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& indices,
                   const Tensor& counts, double scale, Tensor& out, Tensor& lse,
-                  Tensor* block_mass, const cpu::MsaDims& d) {
+                  Tensor* block_mass, const cpu::MsaDims& d, SelectionCache* cache) {
   const int64_t r = d.heads / d.groups, nb = d.num_blocks();
   const size_t smem = Smem<D, BK>::kBytes;
   // Per call: the attribute belongs to the current device (a host call of microseconds).
@@ -393,14 +439,13 @@ void run_kv_outer(const Tensor& q, const Tensor& k, const Tensor& v, const Tenso
       const int64_t rows = (a.t1 - a.t0) * d.groups;
       const int32_t* idx = indices.data<int32_t>() + b * d.seq * d.groups * d.topk;
       const int32_t* cnt = counts.data<int32_t>() + b * d.seq * d.groups;
-      // Work lists for this chunk (indices and counts offset to sequence b), in any
+      // Work lists for this chunk (indices and counts offset to sequence b); uncached, in any
       // order: each (query, slot) owns its partial.
-      kv_outer::build_work_lists(idx, cnt, a, len.data<int32_t>(), cursor.data<int32_t>(),
-                                 start.data<int32_t>(), entries.data<int32_t>(),
-                                 scan_tmp.raw_data(), scan_bytes,
-                                 kv_outer::ListOrder::kAnyOrder);
+      const ChunkLists wl = chunk_work_lists(cache, indices, counts, idx, cnt, a,
+                                             kv_outer::ListOrder::kAnyOrder, len, cursor, start,
+                                             entries, scan_tmp, scan_bytes);
       item_count_kernel<<<static_cast<unsigned>((lists + 256) / 256), 256>>>(
-          start.data<int32_t>(), len.data<int32_t>(), lists, per_cta, min_tiles);
+          wl.start, len.data<int32_t>(), lists, per_cta, min_tiles);
       MSA_CUDA_CHECK_LAUNCH("item_count_kernel");
       MSA_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(scan_tmp.raw_data(), scan_bytes,
                                                    len.data<int32_t>(), items.data<int32_t>(),
@@ -411,14 +456,14 @@ void run_kv_outer(const Tensor& q, const Tensor& k, const Tensor& v, const Tenso
       MSA_CUDA_CHECK_LAUNCH("item_list_kernel");
       if (wgmma) {
         kv_outer::launch_wgmma_forward(qb.data<bf16>(), kb.data<bf16>(), vb.data<bf16>(),
-                                       start.data<int32_t>(), items.data<int32_t>(),
+                                       wl.start, items.data<int32_t>(),
                                        item_list.data<int32_t>(), lists,
-                                       entries.data<int32_t>(), scale_log2, part.data<bf16>(),
+                                       wl.entries, scale_log2, part.data<bf16>(),
                                        lse_part.data<float>(), a, max_items, min_tiles);
       } else {
         kv_outer_forward_kernel<D, BK><<<static_cast<unsigned>(max_items), kWarps * 32, smem>>>(
-            qb.data<bf16>(), kb.data<bf16>(), vb.data<bf16>(), start.data<int32_t>(),
-            items.data<int32_t>(), item_list.data<int32_t>(), lists, entries.data<int32_t>(),
+            qb.data<bf16>(), kb.data<bf16>(), vb.data<bf16>(), wl.start,
+            items.data<int32_t>(), item_list.data<int32_t>(), lists, wl.entries,
             scale_log2, part.data<bf16>(),
             lse_part.data<float>(), a);
         MSA_CUDA_CHECK_LAUNCH("kv_outer_forward_kernel");
@@ -712,7 +757,7 @@ template <int D, int BK>
 void run_kv_outer_backward(const Tensor& dout, const Tensor& q, const Tensor& k,
                            const Tensor& v, const Tensor& dsum_all, const Tensor& lse,
                            const Tensor& indices, const Tensor& counts, double scale, Tensor& dq,
-                           Tensor& dk, Tensor& dv, const cpu::MsaDims& d) {
+                           Tensor& dk, Tensor& dv, const cpu::MsaDims& d, SelectionCache* cache) {
   const int64_t r = d.heads / d.groups, nb = d.num_blocks();
   const size_t smem = BwdSmem<D, BK>::kBytes;
   // Per call: the attribute belongs to the current device (a host call of microseconds).
@@ -756,17 +801,17 @@ void run_kv_outer_backward(const Tensor& dout, const Tensor& q, const Tensor& k,
       const KvDims a{d.seq, d.heads, d.groups, d.topk, r, nb, t0, t1, d.keys(), d.query_offset()};
       // dK/dV sum a list's rows in list order: build_work_lists sorts each list (ascending
       // entry) in deterministic mode.
-      kv_outer::build_work_lists(idx, cnt, a, len.data<int32_t>(), cursor.data<int32_t>(),
-                                 start.data<int32_t>(), entries.data<int32_t>(),
-                                 scan_tmp.raw_data(), scan_bytes);
+      const ChunkLists wl = chunk_work_lists(cache, indices, counts, idx, cnt, a,
+                                             kv_outer::ListOrder::kSortWhenDeterministic, len,
+                                             cursor, start, entries, scan_tmp, scan_bytes);
       if (wgmma) {
-        kv_outer::launch_wgmma_backward(qb, kb, vb, dob, lb, db, start.data<int32_t>(),
-                                        entries.data<int32_t>(), static_cast<float>(scale),
+        kv_outer::launch_wgmma_backward(qb, kb, vb, dob, lb, db, wl.start,
+                                        wl.entries, static_cast<float>(scale),
                                         part.data<bf16>(), dk_acc.data<float>(),
                                         dv_acc.data<float>(), a, lists);
       } else {
         kv_outer_backward_kernel<D, BK><<<static_cast<unsigned>(lists), BK / 16 * 32, smem>>>(
-            qb, kb, vb, dob, lb, db, start.data<int32_t>(), entries.data<int32_t>(),
+            qb, kb, vb, dob, lb, db, wl.start, wl.entries,
             static_cast<float>(scale), part.data<bf16>(), dk_acc.data<float>(),
             dv_acc.data<float>(), a);
         MSA_CUDA_CHECK_LAUNCH("kv_outer_backward_kernel");
@@ -798,15 +843,15 @@ bool kv_outer_attention_supported(const Tensor& q, const cpu::MsaDims& d) {
 void kv_outer_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,
                                 const Tensor& indices, const Tensor& counts, double scale,
                                 Tensor& out, Tensor& lse, Tensor* block_mass,
-                                const cpu::MsaDims& d) {
+                                const cpu::MsaDims& d, SelectionCache* cache) {
   if (d.dim == 128 && d.block_size == 128)
-    run_kv_outer<128, 128>(q, k, v, indices, counts, scale, out, lse, block_mass, d);
+    run_kv_outer<128, 128>(q, k, v, indices, counts, scale, out, lse, block_mass, d, cache);
   else if (d.dim == 128)
-    run_kv_outer<128, 64>(q, k, v, indices, counts, scale, out, lse, block_mass, d);
+    run_kv_outer<128, 64>(q, k, v, indices, counts, scale, out, lse, block_mass, d, cache);
   else if (d.block_size == 128)
-    run_kv_outer<64, 128>(q, k, v, indices, counts, scale, out, lse, block_mass, d);
+    run_kv_outer<64, 128>(q, k, v, indices, counts, scale, out, lse, block_mass, d, cache);
   else
-    run_kv_outer<64, 64>(q, k, v, indices, counts, scale, out, lse, block_mass, d);
+    run_kv_outer<64, 64>(q, k, v, indices, counts, scale, out, lse, block_mass, d, cache);
 }
 
 }  // namespace msa::cuda
@@ -816,15 +861,20 @@ namespace msa::cuda {
 void kv_outer_attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k,
                                  const Tensor& v, const Tensor& dsum, const Tensor& lse,
                                  const Tensor& indices, const Tensor& counts, double scale,
-                                 Tensor& dq, Tensor& dk, Tensor& dv, const cpu::MsaDims& d) {
+                                 Tensor& dq, Tensor& dk, Tensor& dv, const cpu::MsaDims& d,
+                                 SelectionCache* cache) {
   if (d.dim == 128 && d.block_size == 128)
-    run_kv_outer_backward<128, 128>(dout, q, k, v, dsum, lse, indices, counts, scale, dq, dk, dv, d);
+    run_kv_outer_backward<128, 128>(dout, q, k, v, dsum, lse, indices, counts, scale, dq, dk, dv, d,
+                                    cache);
   else if (d.dim == 128)
-    run_kv_outer_backward<128, 64>(dout, q, k, v, dsum, lse, indices, counts, scale, dq, dk, dv, d);
+    run_kv_outer_backward<128, 64>(dout, q, k, v, dsum, lse, indices, counts, scale, dq, dk, dv, d,
+                                   cache);
   else if (d.block_size == 128)
-    run_kv_outer_backward<64, 128>(dout, q, k, v, dsum, lse, indices, counts, scale, dq, dk, dv, d);
+    run_kv_outer_backward<64, 128>(dout, q, k, v, dsum, lse, indices, counts, scale, dq, dk, dv, d,
+                                   cache);
   else
-    run_kv_outer_backward<64, 64>(dout, q, k, v, dsum, lse, indices, counts, scale, dq, dk, dv, d);
+    run_kv_outer_backward<64, 64>(dout, q, k, v, dsum, lse, indices, counts, scale, dq, dk, dv, d,
+                                  cache);
 }
 
 }  // namespace msa::cuda

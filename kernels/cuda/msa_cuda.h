@@ -7,6 +7,10 @@
 #include "core/tensor.h"
 #include "kernels/cpu/msa.h"
 
+namespace msa {
+class SelectionCache;  // kernels/msa.h
+}  // namespace msa
+
 namespace msa::cuda {
 
 // Max-pooled token scores with exp-free top-k (kernels/msa.h): iq [batch, Tq, G, d_I], ik [batch,
@@ -18,14 +22,17 @@ void msa_index_topk(const Tensor& iq, const Tensor& ik, Tensor& indices, Tensor&
                     const cpu::MsaDims& dims);
 // block_mass: nullable, f32 [batch, T, H, topk]: slot i of (t, h) = the attention mass of the
 // i-th selected block (a by-product of the combine; no caller needs it any more).
+// cache (nullable): the selection's (BlockSelection::cache); the KV-outer kernels keep their work
+// lists there and reuse them.
 void msa_sparse_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,
                                   const Tensor& indices, const Tensor& counts, double scale,
                                   Tensor& out, Tensor& lse, Tensor* block_mass,
-                                  const cpu::MsaDims& dims);
+                                  const cpu::MsaDims& dims, SelectionCache* cache = nullptr);
 void msa_sparse_attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k,
                                    const Tensor& v, const Tensor& out, const Tensor& lse,
                                    const Tensor& indices, const Tensor& counts, double scale,
-                                   Tensor& dq, Tensor& dk, Tensor& dv, const cpu::MsaDims& dims);
+                                   Tensor& dq, Tensor& dk, Tensor& dv, const cpu::MsaDims& dims,
+                                   SelectionCache* cache = nullptr);
 
 // The tensor-core KV-outer forward (msa_attention_kv_outer.cu): bf16, head_dim 64/128, block
 // size 64/128, H / G dividing 16, topk <= 32. MSA_SPARSE_ATTENTION=reference forces the
@@ -34,13 +41,14 @@ bool kv_outer_attention_supported(const Tensor& q, const cpu::MsaDims& dims);
 void kv_outer_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,
                                 const Tensor& indices, const Tensor& counts, double scale,
                                 Tensor& out, Tensor& lse, Tensor* block_mass,
-                                const cpu::MsaDims& dims);
+                                const cpu::MsaDims& dims, SelectionCache* cache);
 
 // Its backward: dsum [batch, H, T] = rowsum(dout * out) (f32), lse from the forward.
 void kv_outer_attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k,
                                  const Tensor& v, const Tensor& dsum, const Tensor& lse,
                                  const Tensor& indices, const Tensor& counts, double scale,
-                                 Tensor& dq, Tensor& dk, Tensor& dv, const cpu::MsaDims& dims);
+                                 Tensor& dq, Tensor& dk, Tensor& dv, const cpu::MsaDims& dims,
+                                 SelectionCache* cache);
 
 // Token-level index distillation loss (kernels/msa.h) on the GPU: q, k, iq, ik bf16; lse, diq
 // [batch, Tq, G, d_I] and dik [batch, Tk, d_I] f32 (overwritten with the gradient of

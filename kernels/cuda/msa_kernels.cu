@@ -447,13 +447,13 @@ void msa_index_topk(const Tensor& iq, const Tensor& ik, Tensor& indices, Tensor&
 void msa_sparse_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,
                                   const Tensor& indices, const Tensor& counts, double scale,
                                   Tensor& out, Tensor& lse, Tensor* block_mass,
-                                  const cpu::MsaDims& d) {
+                                  const cpu::MsaDims& d, SelectionCache* cache) {
   MSA_CHECK(d.topk <= kMaxTopk, "CUDA MSA attention: topk %d > %d", d.topk, kMaxTopk);
   if (block_mass != nullptr)
     check_dtype(*block_mass, DType::kF32, "msa_sparse_attention_forward (CUDA): block_mass");
   if (kv_outer_attention_supported(q, d)) {
     check_dtype(lse, DType::kF32, "msa_sparse_attention_forward (CUDA): lse");
-    kv_outer_attention_forward(q, k, v, indices, counts, scale, out, lse, block_mass, d);
+    kv_outer_attention_forward(q, k, v, indices, counts, scale, out, lse, block_mass, d, cache);
     return;
   }
   MSA_CHECK(d.dim <= kWarp * kMaxDimPerLane, "CUDA MSA attention: head_dim %d > %d", d.dim,
@@ -476,7 +476,8 @@ void msa_sparse_attention_forward(const Tensor& q, const Tensor& k, const Tensor
 void msa_sparse_attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k,
                                    const Tensor& v, const Tensor& out, const Tensor& lse,
                                    const Tensor& indices, const Tensor& counts, double scale,
-                                   Tensor& dq, Tensor& dk, Tensor& dv, const cpu::MsaDims& d) {
+                                   Tensor& dq, Tensor& dk, Tensor& dv, const cpu::MsaDims& d,
+                                   SelectionCache* cache) {
   MSA_CHECK(d.dim <= kWarp * kMaxDimPerLane, "CUDA MSA attention: head_dim %d > %d", d.dim,
             kWarp * kMaxDimPerLane);
   check_dtype(lse, DType::kF32, "msa_sparse_attention_backward (CUDA): lse");
@@ -488,7 +489,8 @@ void msa_sparse_attention_backward(const Tensor& dout, const Tensor& q, const Te
     row_dot_kernel<bf16><<<blocks_for(rows), kThreads>>>(dout.data<bf16>(), out.data<bf16>(),
                                                          D.data<float>(), rows, a);
     MSA_CUDA_CHECK_LAUNCH("row_dot_kernel");
-    kv_outer_attention_backward(dout, q, k, v, D, lse, indices, counts, scale, dq, dk, dv, d);
+    kv_outer_attention_backward(dout, q, k, v, D, lse, indices, counts, scale, dq, dk, dv, d,
+                                cache);
     return;
   }
   // The inverted selection for dK/dV: [batch, G, n_b, n_b, words] bits (n_b^2 B / 8 bytes per

@@ -85,8 +85,12 @@ void print_cp_shards(const Tensor& q, const Tensor& k, const Tensor& v, const Te
       Tensor dk = Tensor::empty(ks.shape(), DType::kBF16, Device::kCUDA);
       Tensor dv = Tensor::empty(vs.shape(), DType::kBF16, Device::kCUDA);
       indexer += median_ms(iters, [&] { msa_index_topk(iqs, iks, sel); });
-      fwd +=
-          median_ms(iters, [&] { msa_sparse_attention_forward(qs, ks, vs, sel, scale, out, lse); });
+      // Each timed forward builds its work lists (cleared first), as a training forward does;
+      // the backward reuses the last forward's, as training's does (BlockSelection::cache).
+      fwd += median_ms(iters, [&] {
+        sel.cache->clear();
+        msa_sparse_attention_forward(qs, ks, vs, sel, scale, out, lse);
+      });
       kl += median_ms(iters, [&] {
         msa_index_loss(IndexLossMode::kSparse, qs, ks, lse, sel, iqs, iks, scale, 1.0, diq, dik);
       });
@@ -145,8 +149,12 @@ int bench_msa() {
     Tensor lse = Tensor::empty({1, H, T}, DType::kF32, Device::kCUDA);
     const double scale = 1.0 / std::sqrt(static_cast<double>(d));
     const double indexer = median_ms(iters, [&] { msa_index_topk(iq, ik, sel); });
-    const double fwd =
-        median_ms(iters, [&] { msa_sparse_attention_forward(q, k, v, sel, scale, out, lse); });
+    // Each timed forward builds its work lists (cleared first), as a training forward does; the
+    // backward reuses the last forward's, as training's does (BlockSelection::cache).
+    const double fwd = median_ms(iters, [&] {
+      sel.cache->clear();
+      msa_sparse_attention_forward(q, k, v, sel, scale, out, lse);
+    });
     double bwd = NAN, kl = NAN, cudnn_fwd = NAN, cudnn_bwd = NAN;
     Tensor dout, dq, dk, dv;
     if (with_bwd) {

@@ -135,6 +135,67 @@ TEST(GpuDeterministicTest, SparseAttentionBackwardIsBitIdenticalAndMatchesDefaul
   }
 }
 
+// The work lists the forward keeps in the selection's cache and the recomputed forward and the
+// backward reuse: the same results as lists built afresh (bit for bit where the order of the sums
+// is fixed: the forward always, the backward in deterministic mode; a few bf16 ulps otherwise),
+// in both modes, with one and several query chunks. Rewriting the selection (msa_index_topk)
+// drops them: the next forward follows the new selection, not the old lists.
+TEST(GpuDeterministicTest, CachedWorkListsGiveTheSameResults) {
+  SKIP_WITHOUT_GPU();
+  uint64_t seed = 12500;
+  for (const SparseCase& c : kSparseCases) {
+    for (const char* chunk : {"", "128"}) {
+      const ScopedEnv env("MSA_KV_OUTER_CHUNK", chunk);
+      const SparseInputs in = sparse_inputs(c, seed);
+      seed += 10;
+      for (bool det : {false, true}) {
+        const ScopedDeterministic mode(det);
+        const std::string what = describe(c) + " chunk=" + chunk + " det=" + std::to_string(det);
+        BlockSelection cached = in.sel;  // its own buffers: msa_index_topk rewrites them below
+        cached.indices = in.sel.indices.clone();
+        cached.counts = in.sel.counts.clone();
+        cached.cache = std::make_shared<SelectionCache>();
+        BlockSelection fresh = cached;
+        fresh.cache = nullptr;
+        auto forward = [&](const BlockSelection& sel) {
+          std::vector<Tensor> r = {gpu_nan(in.q.shape()), gpu_nan({c.batch, c.H, c.T}, DType::kF32)};
+          msa_sparse_attention_forward(in.q, in.k, in.v, sel, in.scale, r[0], r[1]);
+          return r;
+        };
+        auto backward = [&](const BlockSelection& sel, const std::vector<Tensor>& fwd) {
+          std::vector<Tensor> g = {gpu_nan(in.q.shape()), gpu_nan(in.k.shape()),
+                                   gpu_nan(in.v.shape())};
+          msa_sparse_attention_backward(in.dout, in.q, in.k, in.v, fwd[0], fwd[1], sel, in.scale,
+                                        g[0], g[1], g[2]);
+          return g;
+        };
+        const std::vector<Tensor> f1 = forward(cached);
+        EXPECT_GT(cached.cache->bytes(), 0) << "nothing cached, " << what;
+        const std::vector<Tensor> f2 = forward(cached), f0 = forward(fresh);
+        for (int i = 0; i < 2; ++i) {
+          EXPECT_TRUE(bit_identical(f1[i], f2[i])) << "forward again, " << what;
+          EXPECT_TRUE(bit_identical(f1[i], f0[i])) << "forward uncached, " << what;
+        }
+        const std::vector<Tensor> g1 = backward(cached, f1), g0 = backward(fresh, f0);
+        const char* names[3] = {"dq", "dk", "dv"};
+        for (int i = 0; i < 3; ++i) {
+          if (det) EXPECT_TRUE(bit_identical(g1[i], g0[i])) << names[i] << " " << what;
+          EXPECT_LT(max_scaled_diff(host(g1[i]), host(g0[i])), 1e-2) << names[i] << " " << what;
+        }
+        // A new selection in the same buffers: the cache is cleared and not used stale.
+        const Tensor iq2 = gpu_bf16(rnd({c.batch, c.T, c.G, c.dI}, seed++));
+        msa_index_topk(iq2, in.ik, cached);
+        EXPECT_EQ(cached.cache->bytes(), 0) << what;
+        BlockSelection fresh2 = cached;
+        fresh2.cache = nullptr;
+        const std::vector<Tensor> f3 = forward(cached), f4 = forward(fresh2);
+        EXPECT_TRUE(bit_identical(f3[0], f4[0])) << "forward after a new selection, " << what;
+        EXPECT_FALSE(bit_identical(f3[0], f1[0])) << "the new selection changed nothing, " << what;
+      }
+    }
+  }
+}
+
 TEST(GpuDeterministicTest, IndexLossIsBitIdenticalAndMatchesDefault) {
   SKIP_WITHOUT_GPU();
   uint64_t seed = 13000;
