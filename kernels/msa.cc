@@ -243,7 +243,7 @@ IndexLossResult msa_index_loss(IndexLossMode mode, const Tensor& q, const Tensor
           dense_target
               ? cuda::msa_index_loss_dense(q, k, lse, iq, ik, scale, weight, diq, dik, dims)
               : cuda::msa_index_loss_sparse(q, k, lse, sel.indices, sel.counts, iq, ik, scale,
-                                            weight, diq, dik, dims));
+                                            weight, diq, dik, dims, sel.cache.get()));
     }
 #endif
     // Other CUDA cases (f32 q/k, sizes the GPU kernels were not written for) run the CPU

@@ -6,7 +6,13 @@
 #include <cstdint>
 
 #include "core/bf16.h"
+#include "core/tensor.h"
+#include "kernels/cpu/msa.h"
 #include "kernels/cuda/mma_sm80.cuh"
+
+namespace msa {
+class SelectionCache;  // kernels/msa.h
+}  // namespace msa
 
 namespace msa::cuda::kv_outer {
 
@@ -124,6 +130,23 @@ void build_work_lists(const int32_t* indices, const int32_t* counts, const KvDim
                       int32_t* len, int32_t* cursor, int32_t* list_start, int32_t* entries,
                       void* scan_tmp, size_t scan_bytes,
                       ListOrder order = ListOrder::kSortWhenDeterministic);
+// The query chunk of the KV-outer attention (forward and backward; MSA_KV_OUTER_CHUNK overrides):
+// as many queries as keep its partials within budget, a multiple of the block size. The index
+// loss takes the same chunks when it can, to share the attention's cached work lists.
+int64_t query_chunk(const cpu::MsaDims& d);
+// One chunk's work lists (list_start and entries as build_work_lists writes them), from `cache`
+// (BlockSelection::cache, nullable) when there, else built: with a cache into new buffers that
+// stay there (sorted in deterministic mode, since a backward may reuse them), without one into
+// the caller's start / entries in `order`. indices / counts are the selection's whole tensors (an
+// entry keeps them alive); idx / cnt point at sequence b's rows.
+struct ChunkLists {
+  const int32_t* start;
+  const int32_t* entries;
+};
+ChunkLists chunk_work_lists(SelectionCache* cache, const Tensor& indices, const Tensor& counts,
+                            const int32_t* idx, const int32_t* cnt, const KvDims& a,
+                            ListOrder order, Tensor& len, Tensor& cursor, Tensor& start,
+                            Tensor& entries, Tensor& scan_tmp, size_t scan_bytes);
 // Deterministic mode (core/deterministic.h): build_work_lists also sorts each list ascending
 // (sort_work_lists) unless kAnyOrder, since list_fill_kernel's atomic cursors order a list
 // differently from run to run and the backward kernels sum over a list in its order. entries has

@@ -346,51 +346,6 @@ unsigned combine_grid(int64_t rows, int64_t heads, int head_dim) {
                                kCombineThreads);
 }
 
-// One query chunk's work lists (build_work_lists' list_start and entries): from the selection's
-// cache when there, else built into the caller's scratch buffers, or, with a cache, into new
-// buffers that stay there (a chunk's lists cost its rows x K x 4 bytes, the size of its part of
-// the selection, and save a count, a scan and a fill in the recomputed forward and the backward).
-// Built sorted in deterministic mode whenever they are cached, since the backward needs that.
-struct ChunkLists {
-  const int32_t* start;
-  const int32_t* entries;
-};
-
-ChunkLists chunk_work_lists(SelectionCache* cache, const Tensor& indices, const Tensor& counts,
-                            const int32_t* idx, const int32_t* cnt, const kv_outer::KvDims& a,
-                            kv_outer::ListOrder order, Tensor& len, Tensor& cursor, Tensor& start,
-                            Tensor& entries, Tensor& scan_tmp, size_t scan_bytes) {
-  const int64_t lists = a.G * a.nb, rows = (a.t1 - a.t0) * a.G;
-  constexpr int64_t kWorkListsTag = 0x574c;  // "WL": the key space of these entries
-  const std::vector<int64_t> key = {kWorkListsTag,
-                                    reinterpret_cast<int64_t>(idx),
-                                    reinterpret_cast<int64_t>(cnt),
-                                    a.t0,
-                                    a.t1,
-                                    a.G,
-                                    a.nb,
-                                    a.K,
-                                    deterministic() ? 1 : 0};
-  if (cache != nullptr) {
-    if (const std::vector<Tensor>* hit = cache->find(key))
-      return {(*hit)[0].data<int32_t>(), (*hit)[1].data<int32_t>()};
-    Tensor own_start = Tensor::empty({lists + 1}, DType::kI32, Device::kCUDA);
-    Tensor own_entries = Tensor::empty({std::max<int64_t>(1, rows * a.K)}, DType::kI32,
-                                       Device::kCUDA);
-    kv_outer::build_work_lists(idx, cnt, a, len.data<int32_t>(), cursor.data<int32_t>(),
-                               own_start.data<int32_t>(), own_entries.data<int32_t>(),
-                               scan_tmp.raw_data(), scan_bytes,
-                               kv_outer::ListOrder::kSortWhenDeterministic);
-    const ChunkLists out{own_start.data<int32_t>(), own_entries.data<int32_t>()};
-    cache->put(key, {own_start, own_entries, indices, counts});
-    return out;
-  }
-  kv_outer::build_work_lists(idx, cnt, a, len.data<int32_t>(), cursor.data<int32_t>(),
-                             start.data<int32_t>(), entries.data<int32_t>(), scan_tmp.raw_data(),
-                             scan_bytes, order);
-  return {start.data<int32_t>(), entries.data<int32_t>()};
-}
-
 template <int D, int BK>
 void run_kv_outer(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& indices,
                   const Tensor& counts, double scale, Tensor& out, Tensor& lse,
@@ -401,11 +356,7 @@ void run_kv_outer(const Tensor& q, const Tensor& k, const Tensor& v, const Tenso
   MSA_CUDA_CHECK(cudaFuncSetAttribute(kv_outer_forward_kernel<D, BK>,
                                       cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       static_cast<int>(smem)));
-  // Query chunks: the partial buffer holds (chunk rows x G x K x r x D) bf16.
-  const size_t per_query = static_cast<size_t>(d.groups * d.topk * r * D * sizeof(bf16));
-  int64_t chunk = std::max<int64_t>(BK, static_cast<int64_t>(kPartialBudgetBytes / per_query));
-  if (const char* c = std::getenv("MSA_KV_OUTER_CHUNK")) chunk = std::max<int64_t>(BK, std::atoll(c));
-  chunk = std::min<int64_t>(chunk / BK * BK, d.seq);
+  const int64_t chunk = kv_outer::query_chunk(d);
   const int64_t lists = d.groups * nb;
   Tensor part = Tensor::empty({chunk * d.groups * d.topk * r * D}, DType::kBF16, Device::kCUDA);
   Tensor lse_part = Tensor::empty({chunk * d.groups * d.topk * r}, DType::kF32, Device::kCUDA);
@@ -441,7 +392,7 @@ void run_kv_outer(const Tensor& q, const Tensor& k, const Tensor& v, const Tenso
       const int32_t* cnt = counts.data<int32_t>() + b * d.seq * d.groups;
       // Work lists for this chunk (indices and counts offset to sequence b); uncached, in any
       // order: each (query, slot) owns its partial.
-      const ChunkLists wl = chunk_work_lists(cache, indices, counts, idx, cnt, a,
+      const kv_outer::ChunkLists wl = kv_outer::chunk_work_lists(cache, indices, counts, idx, cnt, a,
                                              kv_outer::ListOrder::kAnyOrder, len, cursor, start,
                                              entries, scan_tmp, scan_bytes);
       item_count_kernel<<<static_cast<unsigned>((lists + 256) / 256), 256>>>(
@@ -764,10 +715,7 @@ void run_kv_outer_backward(const Tensor& dout, const Tensor& q, const Tensor& k,
   MSA_CUDA_CHECK(cudaFuncSetAttribute(kv_outer_backward_kernel<D, BK>,
                                       cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       static_cast<int>(smem)));
-  const size_t per_query = static_cast<size_t>(d.groups * d.topk * r * D * sizeof(bf16));
-  int64_t chunk = std::max<int64_t>(BK, static_cast<int64_t>(kPartialBudgetBytes / per_query));
-  if (const char* c = std::getenv("MSA_KV_OUTER_CHUNK")) chunk = std::max<int64_t>(BK, std::atoll(c));
-  chunk = std::min<int64_t>(chunk / BK * BK, d.seq);
+  const int64_t chunk = kv_outer::query_chunk(d);
   const int64_t lists = d.groups * nb;
   Tensor part = Tensor::empty({chunk * d.groups * d.topk * r * D}, DType::kBF16, Device::kCUDA);
   Tensor len = Tensor::empty({lists + 1}, DType::kI32, Device::kCUDA);
@@ -801,7 +749,7 @@ void run_kv_outer_backward(const Tensor& dout, const Tensor& q, const Tensor& k,
       const KvDims a{d.seq, d.heads, d.groups, d.topk, r, nb, t0, t1, d.keys(), d.query_offset()};
       // dK/dV sum a list's rows in list order: build_work_lists sorts each list (ascending
       // entry) in deterministic mode.
-      const ChunkLists wl = chunk_work_lists(cache, indices, counts, idx, cnt, a,
+      const kv_outer::ChunkLists wl = kv_outer::chunk_work_lists(cache, indices, counts, idx, cnt, a,
                                              kv_outer::ListOrder::kSortWhenDeterministic, len,
                                              cursor, start, entries, scan_tmp, scan_bytes);
       if (wgmma) {
@@ -882,6 +830,53 @@ void kv_outer_attention_backward(const Tensor& dout, const Tensor& q, const Tens
 // ---- work lists for other KV-outer kernels (the index distillation loss) ---------------------
 
 namespace msa::cuda::kv_outer {
+
+int64_t query_chunk(const cpu::MsaDims& d) {
+  // The partial buffer holds (chunk rows x G x K x r x D) bf16.
+  const int64_t r = d.heads / d.groups, BK = d.block_size;
+  const size_t per_query = static_cast<size_t>(d.groups * d.topk * r * d.dim * sizeof(bf16));
+  int64_t chunk = std::max<int64_t>(BK, static_cast<int64_t>(kPartialBudgetBytes / per_query));
+  if (const char* c = std::getenv("MSA_KV_OUTER_CHUNK")) chunk = std::max<int64_t>(BK, std::atoll(c));
+  return std::min<int64_t>(chunk / BK * BK, d.seq);
+}
+
+// A cached chunk costs its rows x K x 4 bytes (the size of its part of the selection) and saves a
+// count, a scan and a fill in each later pass over the same selection: the index loss, the
+// recomputed forward and the backward.
+ChunkLists chunk_work_lists(SelectionCache* cache, const Tensor& indices, const Tensor& counts,
+                            const int32_t* idx, const int32_t* cnt, const KvDims& a,
+                            ListOrder order, Tensor& len, Tensor& cursor, Tensor& start,
+                            Tensor& entries, Tensor& scan_tmp, size_t scan_bytes) {
+  const int64_t lists = a.G * a.nb, rows = (a.t1 - a.t0) * a.G;
+  constexpr int64_t kWorkListsTag = 0x574c;  // "WL": the key space of these entries
+  const std::vector<int64_t> key = {kWorkListsTag,
+                                    reinterpret_cast<int64_t>(idx),
+                                    reinterpret_cast<int64_t>(cnt),
+                                    a.t0,
+                                    a.t1,
+                                    a.G,
+                                    a.nb,
+                                    a.K,
+                                    deterministic() ? 1 : 0};
+  if (cache != nullptr) {
+    if (const std::vector<Tensor>* hit = cache->find(key))
+      return {(*hit)[0].data<int32_t>(), (*hit)[1].data<int32_t>()};
+    Tensor own_start = Tensor::empty({lists + 1}, DType::kI32, Device::kCUDA);
+    Tensor own_entries = Tensor::empty({std::max<int64_t>(1, rows * a.K)}, DType::kI32,
+                                       Device::kCUDA);
+    build_work_lists(idx, cnt, a, len.data<int32_t>(), cursor.data<int32_t>(),
+                               own_start.data<int32_t>(), own_entries.data<int32_t>(),
+                               scan_tmp.raw_data(), scan_bytes,
+                               ListOrder::kSortWhenDeterministic);
+    const ChunkLists out{own_start.data<int32_t>(), own_entries.data<int32_t>()};
+    cache->put(key, {own_start, own_entries, indices, counts});
+    return out;
+  }
+  build_work_lists(idx, cnt, a, len.data<int32_t>(), cursor.data<int32_t>(),
+                             start.data<int32_t>(), entries.data<int32_t>(), scan_tmp.raw_data(),
+                             scan_bytes, order);
+  return {start.data<int32_t>(), entries.data<int32_t>()};
+}
 
 size_t work_list_scan_bytes(int64_t lists) {
   size_t bytes = 0;

@@ -62,7 +62,7 @@ cpu::IndexLossSums msa_index_loss_sparse(const Tensor& q, const Tensor& k, const
                                          const Tensor& indices, const Tensor& counts,
                                          const Tensor& iq, const Tensor& ik, double scale,
                                          double weight, Tensor& diq, Tensor& dik,
-                                         const cpu::MsaDims& dims);
+                                         const cpu::MsaDims& dims, SelectionCache* cache = nullptr);
 // Warm-up mode: U = all s <= p, flash-style (online log-sum-exp,
 // recomputation; no T x T buffers).
 cpu::IndexLossSums msa_index_loss_dense(const Tensor& q, const Tensor& k, const Tensor& lse,

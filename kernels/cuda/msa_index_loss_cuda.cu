@@ -1037,7 +1037,7 @@ cpu::IndexLossSums msa_index_loss_sparse(const Tensor& q, const Tensor& k, const
                                          const Tensor& indices, const Tensor& counts,
                                          const Tensor& iq, const Tensor& ik, double scale,
                                          double weight, Tensor& diq, Tensor& dik,
-                                         const cpu::MsaDims& d) {
+                                         const cpu::MsaDims& d, SelectionCache* cache) {
   const char* op = "msa_index_loss_sparse (CUDA)";
   check_inputs(q, k, lse, iq, ik, diq, dik, d, op);
   check_dtype(indices, DType::kI32, op);
@@ -1057,6 +1057,9 @@ cpu::IndexLossSums msa_index_loss_sparse(const Tensor& q, const Tensor& k, const
   const bool det = deterministic();
   const int64_t per_token = G * K * (24 + (det ? DI * 4 : 0));
   int64_t chunk = std::max<int64_t>(64, (int64_t(1) << 30) / per_token);
+  // With a selection cache, the attention's query chunks when they fit: the forward's work lists
+  // are then already there (kv_outer::chunk_work_lists).
+  if (cache != nullptr && kv_outer::query_chunk(d) <= chunk) chunk = kv_outer::query_chunk(d);
   if (const char* c = std::getenv("MSA_INDEX_LOSS_CHUNK"))
     chunk = std::max<int64_t>(1, std::atoll(c));
   chunk = std::min(chunk, T);
@@ -1101,11 +1104,12 @@ cpu::IndexLossSums msa_index_loss_sparse(const Tensor& q, const Tensor& k, const
       const KvDims kd{T, H, G, K, r, nb, t0, std::min(T, t0 + chunk)};
       const int64_t rows = (kd.t1 - kd.t0) * G;
       const unsigned row_grid = static_cast<unsigned>((rows + 255) / 256);
-      kv_outer::build_work_lists(idx, cnt, kd, len.data<int32_t>(), cursor.data<int32_t>(),
-                                 start.data<int32_t>(), entries.data<int32_t>(),
-                                 scan_tmp.raw_data(), scan_bytes);
+      // Sorted in deterministic mode (GradArgs' slot sums follow list order).
+      const kv_outer::ChunkLists wl = kv_outer::chunk_work_lists(
+          cache, indices, counts, idx, cnt, kd, kv_outer::ListOrder::kSortWhenDeterministic, len,
+          cursor, start, entries, scan_tmp, scan_bytes);
       // Pass A: lseQ of the chunk's rows.
-      kv_outer::build_work_items(start.data<int32_t>(), lists, kTokensA, kMinTilesA,
+      kv_outer::build_work_items(wl.start, lists, kTokensA, kMinTilesA,
                                  item_len.data<int32_t>(), items_a.data<int32_t>(),
                                  item_list_a.data<int32_t>(), scan_tmp.raw_data(), scan_bytes);
       with_pow2(DI, [&](auto di) {
@@ -1115,8 +1119,8 @@ cpu::IndexLossSums msa_index_loss_sparse(const Tensor& q, const Tensor& k, const
           set_smem(kernel, SmemA<kDI, kBK>::kBytes);
           kernel<<<static_cast<unsigned>(items_bound(rows, kTokensA, kMinTilesA)), kWarpsA * 32,
                    SmemA<kDI, kBK>::kBytes>>>(
-              iqb, ikb, start.data<int32_t>(), items_a.data<int32_t>(), item_list_a.data<int32_t>(),
-              lists, entries.data<int32_t>(), s_log2,
+              iqb, ikb, wl.start, items_a.data<int32_t>(), item_list_a.data<int32_t>(),
+              lists, wl.entries, s_log2,
               reinterpret_cast<float2*>(part_a.data<float>()), kd, Tk, off);
           MSA_CUDA_CHECK_LAUNCH("student_lse_sparse_kernel");
         });
@@ -1125,7 +1129,7 @@ cpu::IndexLossSums msa_index_loss_sparse(const Tensor& q, const Tensor& k, const
                                             cnt, lseq.data<float>(), kd);
       MSA_CUDA_CHECK_LAUNCH("lse_combine_kernel");
       // Pass B: teacher, KL partials, gradients.
-      kv_outer::build_work_items(start.data<int32_t>(), lists, kTileB, kMinTilesB,
+      kv_outer::build_work_items(wl.start, lists, kTileB, kMinTilesB,
                                  item_len.data<int32_t>(), items_b.data<int32_t>(),
                                  item_list_b.data<int32_t>(), scan_tmp.raw_data(), scan_bytes);
       GradArgs ga = grad_args(d, scale, weight, t0);
@@ -1140,9 +1144,9 @@ cpu::IndexLossSums msa_index_loss_sparse(const Tensor& q, const Tensor& k, const
                             : loss_grad_kernel<kD, kDI, false, false>;
           set_smem(kernel, smem_b.bytes);
           kernel<<<static_cast<unsigned>(items_bound(rows, kTileB, kMinTilesB)), BK / 16 * 32,
-                   smem_b.bytes>>>(qb, kb, lb, iqb, ikb, lseq.data<float>(), start.data<int32_t>(),
+                   smem_b.bytes>>>(qb, kb, lb, iqb, ikb, lseq.data<float>(), wl.start,
                                    items_b.data<int32_t>(), item_list_b.data<int32_t>(), lists,
-                                   entries.data<int32_t>(), kd, part_b.data<float>(), diqb, dikb,
+                                   wl.entries, kd, part_b.data<float>(), diqb, dikb,
                                    ga);
           MSA_CUDA_CHECK_LAUNCH("loss_grad_kernel (sparse)");
         });

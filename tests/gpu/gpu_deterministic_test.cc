@@ -182,6 +182,22 @@ TEST(GpuDeterministicTest, CachedWorkListsGiveTheSameResults) {
           if (det) EXPECT_TRUE(bit_identical(g1[i], g0[i])) << names[i] << " " << what;
           EXPECT_LT(max_scaled_diff(host(g1[i]), host(g0[i])), 1e-2) << names[i] << " " << what;
         }
+        // The index loss reads the forward's lists (same query chunks): the same loss and
+        // gradients as from lists of its own.
+        auto index_loss = [&](const BlockSelection& sel, const std::vector<Tensor>& fwd) {
+          std::vector<Tensor> g = {gpu_nan(in.iq.shape(), DType::kF32),
+                                   gpu_nan(in.ik.shape(), DType::kF32)};
+          const IndexLossResult r = msa_index_loss(IndexLossMode::kSparse, in.q, in.k, fwd[1], sel,
+                                                   in.iq, in.ik, in.scale, 1.0, g[0], g[1]);
+          g.push_back(Tensor::from_vector<double>({1}, {r.loss}));
+          return g;
+        };
+        const std::vector<Tensor> l1 = index_loss(cached, f1), l0 = index_loss(fresh, f0);
+        for (int i = 0; i < 3; ++i) {
+          if (det) EXPECT_TRUE(bit_identical(l1[i], l0[i])) << "index loss " << i << " " << what;
+          EXPECT_LT(max_scaled_diff(host(l1[i]), host(l0[i])), 1e-4) << "index loss " << i << " "
+                                                                     << what;
+        }
         // A new selection in the same buffers: the cache is cleared and not used stale.
         const Tensor iq2 = gpu_bf16(rnd({c.batch, c.T, c.G, c.dI}, seed++));
         msa_index_topk(iq2, in.ik, cached);
