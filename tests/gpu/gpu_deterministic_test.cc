@@ -182,8 +182,10 @@ TEST(GpuDeterministicTest, CachedWorkListsGiveTheSameResults) {
           if (det) EXPECT_TRUE(bit_identical(g1[i], g0[i])) << names[i] << " " << what;
           EXPECT_LT(max_scaled_diff(host(g1[i]), host(g0[i])), 1e-2) << names[i] << " " << what;
         }
-        // The index loss reads the forward's lists (same query chunks): the same loss and
-        // gradients as from lists of its own.
+        // The index loss reads the forward's lists, taking the attention's query chunks: the
+        // same loss and gradients as from lists of its own (bit for bit in deterministic mode
+        // when its own chunk is the same: with MSA_KV_OUTER_CHUNK it has more chunks, whose dik
+        // sums run in another order).
         auto index_loss = [&](const BlockSelection& sel, const std::vector<Tensor>& fwd) {
           std::vector<Tensor> g = {gpu_nan(in.iq.shape(), DType::kF32),
                                    gpu_nan(in.ik.shape(), DType::kF32)};
@@ -194,7 +196,8 @@ TEST(GpuDeterministicTest, CachedWorkListsGiveTheSameResults) {
         };
         const std::vector<Tensor> l1 = index_loss(cached, f1), l0 = index_loss(fresh, f0);
         for (int i = 0; i < 3; ++i) {
-          if (det) EXPECT_TRUE(bit_identical(l1[i], l0[i])) << "index loss " << i << " " << what;
+          if (det && std::strlen(chunk) == 0)
+            EXPECT_TRUE(bit_identical(l1[i], l0[i])) << "index loss " << i << " " << what;
           EXPECT_LT(max_scaled_diff(host(l1[i]), host(l0[i])), 1e-4) << "index loss " << i << " "
                                                                      << what;
         }
