@@ -1,6 +1,8 @@
 // Device dispatch for kernels/norm.h.
 #include "kernels/norm.h"
 
+#include <string>
+
 #include "kernels/cpu/dtype_dispatch.h"
 #include "kernels/cpu/norm.h"
 #include "kernels/matmul.h"
@@ -10,15 +12,26 @@
 
 namespace msa {
 
-void rmsnorm_forward(const Tensor& x, const Tensor& w, double eps, Tensor& y, Tensor& rstd) {
-  MSA_CHECK(x.ndim() == 2, "rmsnorm_forward: x %s must be 2-D", x.describe());
+namespace {
+
+// The shapes and devices of a forward norm's operands: x [N, D], w [D], y [N, D], rstd [N].
+void check_forward_operands(const Tensor& x, const Tensor& w, const Tensor& y, const Tensor& rstd,
+                            const std::string& op) {
+  MSA_CHECK(x.ndim() == 2, "%s: input %s must be 2-D", op, x.describe());
   const int64_t N = x.size(0), D = x.size(1);
-  check_shape(w, {D}, "rmsnorm_forward: w");
-  check_shape(y, {N, D}, "rmsnorm_forward: y");
-  check_shape(rstd, {N}, "rmsnorm_forward: rstd");
+  check_shape(w, {D}, (op + ": w").c_str());
+  check_shape(y, {N, D}, (op + ": y").c_str());
+  check_shape(rstd, {N}, (op + ": rstd").c_str());
   check_same_device(x, w, "x", "w");
   check_same_device(x, y, "x", "y");
   check_same_device(x, rstd, "x", "rstd");
+}
+
+}  // namespace
+
+void rmsnorm_forward(const Tensor& x, const Tensor& w, double eps, Tensor& y, Tensor& rstd) {
+  check_forward_operands(x, w, y, rstd, "rmsnorm_forward");
+  const int64_t N = x.size(0), D = x.size(1);
   if (x.is_cuda()) {
 #if MSA_HAS_CUDA
     cuda::rmsnorm_forward(x, w, eps, y, rstd);
@@ -34,22 +47,15 @@ void rmsnorm_forward(const Tensor& x, const Tensor& w, double eps, Tensor& y, Te
   });
 }
 
-void add_rmsnorm_forward(const Tensor& a, const Tensor& b, const Tensor& w, double eps,
-                         Tensor& sum, Tensor& y, Tensor& rstd) {
-  MSA_CHECK(sum.ndim() == 2, "add_rmsnorm_forward: sum %s must be 2-D", sum.describe());
+void add_rmsnorm_forward(const Tensor& a, const Tensor& b, const Tensor& w, double eps, Tensor& sum,
+                         Tensor& y, Tensor& rstd) {
+  check_forward_operands(sum, w, y, rstd, "add_rmsnorm_forward");
   check_shape(a, sum.shape(), "add_rmsnorm_forward: a");
   check_shape(b, sum.shape(), "add_rmsnorm_forward: b");
   check_same_device(sum, a, "sum", "a");
   check_same_device(sum, b, "sum", "b");
   if (sum.is_cuda()) {
 #if MSA_HAS_CUDA
-    const int64_t N = sum.size(0), D = sum.size(1);
-    check_shape(w, {D}, "add_rmsnorm_forward: w");
-    check_shape(y, {N, D}, "add_rmsnorm_forward: y");
-    check_shape(rstd, {N}, "add_rmsnorm_forward: rstd");
-    check_same_device(sum, w, "sum", "w");
-    check_same_device(sum, y, "sum", "y");
-    check_same_device(sum, rstd, "sum", "rstd");
     cuda::add_rmsnorm_forward(a, b, w, eps, sum, y, rstd);
 #endif
     return;

@@ -41,17 +41,11 @@ void attention_block_forward(const ModelConfig& c, int layer, ParameterSet& para
   act.documents = options.documents;
   const DocumentSegments* docs = act.documents.get();
 
-  if (normed != nullptr) {
-    check_shape(normed->xn, {N, D}, "attention_block_forward: normed xn");
-    check_shape(normed->rstd, {N}, "attention_block_forward: normed rstd");
-    act.xn = normed->xn;
-    act.rstd = normed->rstd;
-  } else {
-    act.xn = Tensor::empty({N, D}, dt, dev);
-    act.rstd = Tensor::empty({N}, st, dev);
-    rmsnorm_forward(x, params.at(pname(layer, "attn_norm.weight")).value, c.norm_eps, act.xn,
-                    act.rstd);
-  }
+  check_shape(x, {N, D}, "attention_block_forward: x");
+  NormedInput in = normalize_block_input(x, params.at(pname(layer, "attn_norm.weight")).value,
+                                         c.norm_eps, normed, "attention_block_forward");
+  act.xn = std::move(in.xn);
+  act.rstd = std::move(in.rstd);
 
   act.q = Tensor::empty({N, H * d}, dt, dev);
   act.k = Tensor::empty({N, G * d}, dt, dev);
@@ -296,8 +290,8 @@ void attention_block_backward(const ModelConfig& c, int layer, ParameterSet& par
                   params.at(pname(layer, "attn.wq.weight")).grad, dbq);
   linear_backward(dk, act.xn, params.at(pname(layer, "attn.wk.weight")).value, dxn,
                   params.at(pname(layer, "attn.wk.weight")).grad, dbk, DxWrite::kAccumulate);
-  linear_backward(dv.view({N, G * d}), act.xn, params.at(pname(layer, "attn.wv.weight")).value,
-                  dxn, params.at(pname(layer, "attn.wv.weight")).grad, dbv, DxWrite::kAccumulate);
+  linear_backward(dv.view({N, G * d}), act.xn, params.at(pname(layer, "attn.wv.weight")).value, dxn,
+                  params.at(pname(layer, "attn.wv.weight")).grad, dbv, DxWrite::kAccumulate);
 
   dx = Tensor::empty({N, D}, dt, dev);
   rmsnorm_backward(dxn, x, params.at(pname(layer, "attn_norm.weight")).value, act.rstd, dx,

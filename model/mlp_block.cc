@@ -17,17 +17,11 @@ void mlp_block_forward(const ModelConfig& c, int layer, ParameterSet& params, co
   const int64_t N = x.size(0), D = c.d_model, F = c.ffn_dim;
   const DType dt = x.dtype();
   const Device dev = x.device();
-  if (normed != nullptr) {
-    check_shape(normed->xn, {N, D}, "mlp_block_forward: normed xn");
-    check_shape(normed->rstd, {N}, "mlp_block_forward: normed rstd");
-    act.xn = normed->xn;
-    act.rstd = normed->rstd;
-  } else {
-    act.xn = Tensor::empty({N, D}, dt, dev);
-    act.rstd = Tensor::empty({N}, x.is_cuda() ? DType::kF32 : dt, dev);
-    rmsnorm_forward(x, param(params, layer, "mlp_norm.weight").value, c.norm_eps, act.xn,
-                    act.rstd);
-  }
+  check_shape(x, {N, D}, "mlp_block_forward: x");
+  NormedInput in = normalize_block_input(x, param(params, layer, "mlp_norm.weight").value,
+                                         c.norm_eps, normed, "mlp_block_forward");
+  act.xn = std::move(in.xn);
+  act.rstd = std::move(in.rstd);
   act.gate = Tensor::empty({N, F}, dt, dev);
   act.up = Tensor::empty({N, F}, dt, dev);
   act.h = Tensor::empty({N, F}, dt, dev);

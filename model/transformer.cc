@@ -94,18 +94,6 @@ void drop_tensors(AttentionActivations& act) {
   act = std::move(kept);
 }
 
-// sum = a + b (a residual add) and sum's RMSNorm under `weight` for the block that reads it
-// next, in one pass on the GPU.
-NormedInput add_and_norm(const Tensor& a, const Tensor& b, const Tensor& weight, double eps,
-                         Tensor& sum) {
-  NormedInput normed;
-  normed.xn = Tensor::empty(sum.shape(), sum.dtype(), sum.device());
-  normed.rstd = Tensor::empty({sum.size(0)}, sum.is_cuda() ? DType::kF32 : sum.dtype(),
-                              sum.device());
-  add_rmsnorm_forward(a, b, weight, eps, sum, normed.xn, normed.rstd);
-  return normed;
-}
-
 }  // namespace
 
 void Transformer::recompute_layer(int l, bool with_mlp) {
@@ -123,8 +111,8 @@ void Transformer::recompute_layer(int l, bool with_mlp) {
   if (!with_mlp) return;
   tp_all_reduce(y);
   Tensor mid = Tensor::empty({N, D}, dtype_, device_);
-  const NormedInput mlp_in = add_and_norm(residual_in_[l], y, layer_norm_weight(l, "mlp_norm"),
-                                          config_.norm_eps, mid);
+  const NormedInput mlp_in = add_and_normalize(residual_in_[l], y, layer_norm_weight(l, "mlp_norm"),
+                                               config_.norm_eps, mid);
   residual_mid_[l] = mid;
   mlp_block_forward(block_config_, l, params_, mid, mlp_[l], y, &mlp_in);
 }
@@ -234,7 +222,7 @@ ForwardResult Transformer::forward(const Tensor& tokens, const Tensor& targets,
     if (drop) drop_tensors(attn_[l]);
     Tensor mid = Tensor::empty({N, D}, dtype_, device_);
     const NormedInput mlp_in =
-        add_and_norm(x, y, layer_norm_weight(l, "mlp_norm"), config_.norm_eps, mid);
+        add_and_normalize(x, y, layer_norm_weight(l, "mlp_norm"), config_.norm_eps, mid);
     residual_mid_[l] = mid;
     mlp_block_forward(block_config_, l, params_, mid, mlp_[l], y, &mlp_in);
     tp_all_reduce(y);  // g: the FFN columns' partial outputs
@@ -243,9 +231,9 @@ ForwardResult Transformer::forward(const Tensor& tokens, const Tensor& targets,
       residual_mid_[l] = Tensor();
     }
     x = Tensor::empty({N, D}, dtype_, device_);
-    const Tensor& next_norm = l + 1 < L ? layer_norm_weight(l + 1, "attn_norm")
-                                        : params_.at("final_norm.weight").value;
-    attn_in = add_and_norm(mid, y, next_norm, config_.norm_eps, x);
+    const Tensor& next_norm =
+        l + 1 < L ? layer_norm_weight(l + 1, "attn_norm") : params_.at("final_norm.weight").value;
+    attn_in = add_and_normalize(mid, y, next_norm, config_.norm_eps, x);
   }
   if (tp_.enabled() && n_msa_layers_ > 0) {
     // Each rank's index loss is the mean over its KV groups' rows: the layer's loss is the

@@ -125,6 +125,25 @@ __global__ void add_rmsnorm_forward_kernel(const bf16* a, const bf16* b, const b
   if (lane == 0) rstd[row] = r;
 }
 
+// The second half of RMSNorm's backward for columns i .. i + 7 of a row: dx = r w dy - coef x,
+// plus the residual's gradient when rr is not null.
+__device__ __forceinline__ void store_dx8(const bf16* dyr, const bf16* xr, const bf16* w,
+                                          const bf16* rr, bf16* dxr, int64_t i, float r,
+                                          float coef) {
+  float a[8], b[8], g[8];
+  load8(dyr + i, a);
+  load8(xr + i, b);
+  load8(w + i, g);
+#pragma unroll
+  for (int j = 0; j < 8; ++j) a[j] = r * g[j] * a[j] - coef * b[j];
+  if (rr != nullptr) {
+    load8(rr + i, b);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) a[j] += b[j];
+  }
+  store8(dxr + i, a);
+}
+
 __global__ void rmsnorm_backward_dx_vec8_kernel(const bf16* dy, const bf16* x, const bf16* w,
                                                 const float* rstd, const bf16* residual, bf16* dx,
                                                 int64_t N, int64_t D) {
@@ -146,20 +165,7 @@ __global__ void rmsnorm_backward_dx_vec8_kernel(const bf16* dy, const bf16* x, c
   const float coef = r * r * r * dot / static_cast<float>(D);
   bf16* dxr = dx + row * D;
   const bf16* rr = residual != nullptr ? residual + row * D : nullptr;
-  for (int64_t i = 8 * lane; i < D; i += 256) {
-    float a[8], b[8], g[8];
-    load8(dyr + i, a);
-    load8(xr + i, b);
-    load8(w + i, g);
-#pragma unroll
-    for (int j = 0; j < 8; ++j) a[j] = r * g[j] * a[j] - coef * b[j];
-    if (rr != nullptr) {
-      load8(rr + i, b);
-#pragma unroll
-      for (int j = 0; j < 8; ++j) a[j] += b[j];
-    }
-    store8(dxr + i, a);
-  }
+  for (int64_t i = 8 * lane; i < D; i += 256) store_dx8(dyr, xr, w, rr, dxr, i, r, coef);
 }
 
 // dx (plus the residual) and the dw partial sums in one pass over dy and x: a block takes
@@ -210,20 +216,7 @@ __global__ void __launch_bounds__(32 * kFusedWarps)
 #pragma unroll
     for (int g = 0; g < kGroups; ++g) {
       const int64_t i = 8 * lane + 256 * g;
-      if (i < D) {
-        float a[8], b[8], c[8];
-        load8(dyr + i, a);
-        load8(xr + i, b);
-        load8(w + i, c);
-#pragma unroll
-        for (int j = 0; j < 8; ++j) a[j] = r * c[j] * a[j] - coef * b[j];
-        if (rr != nullptr) {
-          load8(rr + i, b);
-#pragma unroll
-          for (int j = 0; j < 8; ++j) a[j] += b[j];
-        }
-        store8(dxr + i, a);
-      }
+      if (i < D) store_dx8(dyr, xr, w, rr, dxr, i, r, coef);
     }
   }
   if (partial == nullptr) return;
