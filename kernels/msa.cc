@@ -87,17 +87,18 @@ cpu::MsaDims attention_dims(const Tensor& q, const Tensor& k, const BlockSelecti
 
 const std::vector<Tensor>* SelectionCache::find(const std::vector<int64_t>& key) const {
   const auto it = entries_.find(key);
-  return it == entries_.end() ? nullptr : &it->second;
+  return it == entries_.end() ? nullptr : &it->second.buffers;
 }
 
-void SelectionCache::put(std::vector<int64_t> key, std::vector<Tensor> buffers) {
-  entries_[std::move(key)] = std::move(buffers);
+void SelectionCache::put(std::vector<int64_t> key, std::vector<Tensor> buffers,
+                         std::vector<Tensor> sources) {
+  entries_[std::move(key)] = Entry{std::move(buffers), std::move(sources)};
 }
 
 int64_t SelectionCache::bytes() const {
   int64_t total = 0;
-  for (const auto& [key, buffers] : entries_)
-    for (const Tensor& t : buffers) total += t.nbytes();
+  for (const auto& [key, entry] : entries_)
+    for (const Tensor& t : entry.buffers) total += t.nbytes();
   return total;
 }
 

@@ -37,13 +37,18 @@ inline int64_t msa_num_blocks(int64_t T, int64_t block_size) {
 // its source tensors alive, so a key's pointers cannot be reused for other data while it exists.
 class SelectionCache {
  public:
+  // The buffers stored under key, or null.
   const std::vector<Tensor>* find(const std::vector<int64_t>& key) const;
-  void put(std::vector<int64_t> key, std::vector<Tensor> buffers);
+  // `sources`: the tensors the buffers were derived from, held (not counted) while the entry lives.
+  void put(std::vector<int64_t> key, std::vector<Tensor> buffers, std::vector<Tensor> sources);
   void clear() { entries_.clear(); }
-  int64_t bytes() const;  // device or host memory the entries hold, sources excluded
+  int64_t bytes() const;  // device or host memory of the entries' buffers, sources excluded
 
  private:
-  std::map<std::vector<int64_t>, std::vector<Tensor>> entries_;
+  struct Entry {
+    std::vector<Tensor> buffers, sources;
+  };
+  std::map<std::vector<int64_t>, Entry> entries_;
 };
 
 // The blocks each (sequence, query token, KV group) row attends to.

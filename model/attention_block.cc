@@ -2,7 +2,6 @@
 
 #include <cmath>
 
-#include "absl/strings/str_format.h"
 #include "kernels/attention.h"
 #include "kernels/matmul.h"
 #include "kernels/norm.h"
@@ -11,10 +10,6 @@
 
 namespace msa {
 namespace {
-
-std::string pname(int layer, const char* suffix) {
-  return absl::StrFormat("layers.%d.%s", layer, suffix);
-}
 
 // Statistics (rstd, lse) are f32 on CUDA and the compute dtype on the CPU.
 DType stats_dtype(const Tensor& like) { return like.is_cuda() ? DType::kF32 : like.dtype(); }
@@ -42,20 +37,21 @@ void attention_block_forward(const ModelConfig& c, int layer, ParameterSet& para
   const DocumentSegments* docs = act.documents.get();
 
   check_shape(x, {N, D}, "attention_block_forward: x");
-  NormedInput in = normalize_block_input(x, params.at(pname(layer, "attn_norm.weight")).value,
-                                         c.norm_eps, normed, "attention_block_forward");
+  NormedInput in =
+      normalize_block_input(x, params.at(layer_param_name(layer, "attn_norm.weight")).value,
+                            c.norm_eps, normed, "attention_block_forward");
   act.xn = std::move(in.xn);
   act.rstd = std::move(in.rstd);
 
   act.q = Tensor::empty({N, H * d}, dt, dev);
   act.k = Tensor::empty({N, G * d}, dt, dev);
   act.v = Tensor::empty({N, G * d}, dt, dev);
-  linear_forward(act.xn, params.at(pname(layer, "attn.wq.weight")).value,
-                 bias_or_undefined(params, pname(layer, "attn.wq.bias")), act.q);
-  linear_forward(act.xn, params.at(pname(layer, "attn.wk.weight")).value,
-                 bias_or_undefined(params, pname(layer, "attn.wk.bias")), act.k);
-  linear_forward(act.xn, params.at(pname(layer, "attn.wv.weight")).value,
-                 bias_or_undefined(params, pname(layer, "attn.wv.bias")), act.v);
+  linear_forward(act.xn, params.at(layer_param_name(layer, "attn.wq.weight")).value,
+                 bias_or_undefined(params, layer_param_name(layer, "attn.wq.bias")), act.q);
+  linear_forward(act.xn, params.at(layer_param_name(layer, "attn.wk.weight")).value,
+                 bias_or_undefined(params, layer_param_name(layer, "attn.wk.bias")), act.k);
+  linear_forward(act.xn, params.at(layer_param_name(layer, "attn.wv.weight")).value,
+                 bias_or_undefined(params, layer_param_name(layer, "attn.wv.bias")), act.v);
 
   Tensor q_pre = act.q, k_pre = act.k;
   if (c.qk_norm) {
@@ -63,10 +59,12 @@ void attention_block_forward(const ModelConfig& c, int layer, ParameterSet& para
     act.kn = Tensor::empty({N * G, d}, dt, dev);
     act.rstd_q = Tensor::empty({N * H}, st, dev);
     act.rstd_k = Tensor::empty({N * G}, st, dev);
-    rmsnorm_forward(act.q.view({N * H, d}), params.at(pname(layer, "attn.q_norm.weight")).value,
-                    c.norm_eps, act.qn, act.rstd_q);
-    rmsnorm_forward(act.k.view({N * G, d}), params.at(pname(layer, "attn.k_norm.weight")).value,
-                    c.norm_eps, act.kn, act.rstd_k);
+    rmsnorm_forward(act.q.view({N * H, d}),
+                    params.at(layer_param_name(layer, "attn.q_norm.weight")).value, c.norm_eps,
+                    act.qn, act.rstd_q);
+    rmsnorm_forward(act.k.view({N * G, d}),
+                    params.at(layer_param_name(layer, "attn.k_norm.weight")).value, c.norm_eps,
+                    act.kn, act.rstd_k);
     q_pre = act.qn;
     k_pre = act.kn;
   }
@@ -123,8 +121,8 @@ void attention_block_forward(const ModelConfig& c, int layer, ParameterSet& para
     Tensor ik = Tensor::empty({batch, T, dI}, dt, dev);
     // The index branch reads xn as a constant: nothing here records a path back into it.
     Tensor iq2 = iq.view({N, G * dI}), ik2 = ik.view({N, dI});
-    Parameter& wiq = params.at(pname(layer, "attn.index_wq.weight"));
-    Parameter& wik = params.at(pname(layer, "attn.index_wk.weight"));
+    Parameter& wiq = params.at(layer_param_name(layer, "attn.index_wq.weight"));
+    Parameter& wik = params.at(layer_param_name(layer, "attn.index_wk.weight"));
     linear_forward(act.xn, wiq.value, Tensor(), iq2);
     linear_forward(act.xn, wik.value, Tensor(), ik2);
     // Context parallelism: the shared index keys of every shard up to this rank's end.
@@ -202,8 +200,8 @@ void attention_block_forward(const ModelConfig& c, int layer, ParameterSet& para
     }
   }
 
-  linear_forward(act.att.view({N, H * d}), params.at(pname(layer, "attn.wo.weight")).value,
-                 Tensor(), y);
+  linear_forward(act.att.view({N, H * d}),
+                 params.at(layer_param_name(layer, "attn.wo.weight")).value, Tensor(), y);
 }
 
 void attention_block_backward(const ModelConfig& c, int layer, ParameterSet& params,
@@ -223,8 +221,8 @@ void attention_block_backward(const ModelConfig& c, int layer, ParameterSet& par
     act.dwik = Tensor();
     scale_inplace(dwiq, index_weight);
     scale_inplace(dwik, index_weight);
-    add_inplace(params.at(pname(layer, "attn.index_wq.weight")).grad, dwiq);
-    add_inplace(params.at(pname(layer, "attn.index_wk.weight")).grad, dwik);
+    add_inplace(params.at(layer_param_name(layer, "attn.index_wq.weight")).grad, dwiq);
+    add_inplace(params.at(layer_param_name(layer, "attn.index_wk.weight")).grad, dwik);
   }
   if (!backbone) {
     dx = Tensor();
@@ -233,8 +231,9 @@ void attention_block_backward(const ModelConfig& c, int layer, ParameterSet& par
 
   Tensor none;
   Tensor datt = Tensor::empty({N, H * d}, dt, dev);
-  linear_backward(dy, act.att.view({N, H * d}), params.at(pname(layer, "attn.wo.weight")).value,
-                  datt, params.at(pname(layer, "attn.wo.weight")).grad, none);
+  linear_backward(dy, act.att.view({N, H * d}),
+                  params.at(layer_param_name(layer, "attn.wo.weight")).value, datt,
+                  params.at(layer_param_name(layer, "attn.wo.weight")).grad, none);
 
   Tensor dq_rope = Tensor::empty({batch, T, H, d}, dt, dev);
   const DocumentSegments* docs = act.documents.get();
@@ -272,30 +271,32 @@ void attention_block_backward(const ModelConfig& c, int layer, ParameterSet& par
     Tensor dq_pre = Tensor::empty({N * H, d}, dt, dev);
     Tensor dk_pre = Tensor::empty({N * G, d}, dt, dev);
     rmsnorm_backward(dq_rope.view({N * H, d}), act.q.view({N * H, d}),
-                     params.at(pname(layer, "attn.q_norm.weight")).value, act.rstd_q, dq_pre,
-                     params.at(pname(layer, "attn.q_norm.weight")).grad);
+                     params.at(layer_param_name(layer, "attn.q_norm.weight")).value, act.rstd_q,
+                     dq_pre, params.at(layer_param_name(layer, "attn.q_norm.weight")).grad);
     rmsnorm_backward(dk_rope.view({N * G, d}), act.k.view({N * G, d}),
-                     params.at(pname(layer, "attn.k_norm.weight")).value, act.rstd_k, dk_pre,
-                     params.at(pname(layer, "attn.k_norm.weight")).grad);
+                     params.at(layer_param_name(layer, "attn.k_norm.weight")).value, act.rstd_k,
+                     dk_pre, params.at(layer_param_name(layer, "attn.k_norm.weight")).grad);
     dq = dq_pre.view({N, H * d});
     dk = dk_pre.view({N, G * d});
   }
 
   // Projections: dxn = dq Wq + dk Wk + dv Wv, the sum taken inside the GEMMs.
   Tensor dxn = Tensor::empty({N, D}, dt, dev);
-  Tensor dbq = grad_or_undefined(params, pname(layer, "attn.wq.bias"));
-  Tensor dbk = grad_or_undefined(params, pname(layer, "attn.wk.bias"));
-  Tensor dbv = grad_or_undefined(params, pname(layer, "attn.wv.bias"));
-  linear_backward(dq, act.xn, params.at(pname(layer, "attn.wq.weight")).value, dxn,
-                  params.at(pname(layer, "attn.wq.weight")).grad, dbq);
-  linear_backward(dk, act.xn, params.at(pname(layer, "attn.wk.weight")).value, dxn,
-                  params.at(pname(layer, "attn.wk.weight")).grad, dbk, DxWrite::kAccumulate);
-  linear_backward(dv.view({N, G * d}), act.xn, params.at(pname(layer, "attn.wv.weight")).value, dxn,
-                  params.at(pname(layer, "attn.wv.weight")).grad, dbv, DxWrite::kAccumulate);
+  Tensor dbq = grad_or_undefined(params, layer_param_name(layer, "attn.wq.bias"));
+  Tensor dbk = grad_or_undefined(params, layer_param_name(layer, "attn.wk.bias"));
+  Tensor dbv = grad_or_undefined(params, layer_param_name(layer, "attn.wv.bias"));
+  linear_backward(dq, act.xn, params.at(layer_param_name(layer, "attn.wq.weight")).value, dxn,
+                  params.at(layer_param_name(layer, "attn.wq.weight")).grad, dbq);
+  linear_backward(dk, act.xn, params.at(layer_param_name(layer, "attn.wk.weight")).value, dxn,
+                  params.at(layer_param_name(layer, "attn.wk.weight")).grad, dbk,
+                  DxWrite::kAccumulate);
+  linear_backward(
+      dv.view({N, G * d}), act.xn, params.at(layer_param_name(layer, "attn.wv.weight")).value, dxn,
+      params.at(layer_param_name(layer, "attn.wv.weight")).grad, dbv, DxWrite::kAccumulate);
 
   dx = Tensor::empty({N, D}, dt, dev);
-  rmsnorm_backward(dxn, x, params.at(pname(layer, "attn_norm.weight")).value, act.rstd, dx,
-                   params.at(pname(layer, "attn_norm.weight")).grad, skip_grad);
+  rmsnorm_backward(dxn, x, params.at(layer_param_name(layer, "attn_norm.weight")).value, act.rstd,
+                   dx, params.at(layer_param_name(layer, "attn_norm.weight")).grad, skip_grad);
 }
 
 }  // namespace msa

@@ -1,6 +1,5 @@
 #include "model/mlp_block.h"
 
-#include "absl/strings/str_format.h"
 #include "kernels/matmul.h"
 #include "kernels/norm.h"
 #include "kernels/swiglu.h"
@@ -8,7 +7,7 @@
 namespace msa {
 namespace {
 Parameter& param(ParameterSet& params, int layer, const char* suffix) {
-  return params.at(absl::StrFormat("layers.%d.%s", layer, suffix));
+  return params.at(layer_param_name(layer, suffix));
 }
 }  // namespace
 

@@ -36,7 +36,7 @@ std::vector<ParamSpec> model_param_specs(const ModelConfig& c) {
   };
   weight("embed.weight", {c.vocab_size, D}, 0.02, TpSplit::kRows);
   for (int l = 0; l < c.n_layers; ++l) {
-    const std::string p = absl::StrFormat("layers.%d.", l);
+    const std::string p = layer_param_name(l, "");
     norm(p + "attn_norm.weight", D);
     weight(p + "attn.wq.weight", {H * d, D}, 0.02, TpSplit::kRows);
     if (c.qkv_bias) bias(p + "attn.wq.bias", H * d, TpSplit::kRows);
@@ -133,6 +133,10 @@ int64_t ParameterSet::numel() const {
 
 void ParameterSet::zero_grads() {
   for (Parameter& p : params_) p.grad.zero_();
+}
+
+std::string layer_param_name(int layer, const std::string& suffix) {
+  return absl::StrFormat("layers.%d.%s", layer, suffix);
 }
 
 }  // namespace msa

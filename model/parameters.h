@@ -81,4 +81,7 @@ class ParameterSet {
 
 uint64_t fnv1a64(const std::string& s);
 
+// "layers.<layer>.<suffix>": the name of a layer's parameter (the table at the top).
+std::string layer_param_name(int layer, const std::string& suffix);
+
 }  // namespace msa

@@ -111,14 +111,11 @@ void Transformer::recompute_layer(int l, bool with_mlp) {
   if (!with_mlp) return;
   tp_all_reduce(y);
   Tensor mid = Tensor::empty({N, D}, dtype_, device_);
-  const NormedInput mlp_in = add_and_normalize(residual_in_[l], y, layer_norm_weight(l, "mlp_norm"),
-                                               config_.norm_eps, mid);
+  const NormedInput mlp_in = add_and_normalize(
+      residual_in_[l], y, params_.at(layer_param_name(l, "mlp_norm.weight")).value,
+      config_.norm_eps, mid);
   residual_mid_[l] = mid;
   mlp_block_forward(block_config_, l, params_, mid, mlp_[l], y, &mlp_in);
-}
-
-const Tensor& Transformer::layer_norm_weight(int l, const char* norm) {
-  return params_.at(absl::StrFormat("layers.%d.%s.weight", l, norm)).value;
 }
 
 void Transformer::tp_all_reduce(Tensor& t) {
@@ -221,8 +218,8 @@ ForwardResult Transformer::forward(const Tensor& tokens, const Tensor& targets,
     tp_all_reduce(y);  // g: the heads' partial outputs
     if (drop) drop_tensors(attn_[l]);
     Tensor mid = Tensor::empty({N, D}, dtype_, device_);
-    const NormedInput mlp_in =
-        add_and_normalize(x, y, layer_norm_weight(l, "mlp_norm"), config_.norm_eps, mid);
+    const NormedInput mlp_in = add_and_normalize(
+        x, y, params_.at(layer_param_name(l, "mlp_norm.weight")).value, config_.norm_eps, mid);
     residual_mid_[l] = mid;
     mlp_block_forward(block_config_, l, params_, mid, mlp_[l], y, &mlp_in);
     tp_all_reduce(y);  // g: the FFN columns' partial outputs
@@ -231,8 +228,9 @@ ForwardResult Transformer::forward(const Tensor& tokens, const Tensor& targets,
       residual_mid_[l] = Tensor();
     }
     x = Tensor::empty({N, D}, dtype_, device_);
-    const Tensor& next_norm =
-        l + 1 < L ? layer_norm_weight(l + 1, "attn_norm") : params_.at("final_norm.weight").value;
+    const Tensor& next_norm = l + 1 < L
+                                  ? params_.at(layer_param_name(l + 1, "attn_norm.weight")).value
+                                  : params_.at("final_norm.weight").value;
     attn_in = add_and_normalize(mid, y, next_norm, config_.norm_eps, x);
   }
   if (tp_.enabled() && n_msa_layers_ > 0) {

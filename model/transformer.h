@@ -115,7 +115,6 @@ class Transformer {
   // Recomputation: runs layer l's attention block forward again from residual_in_[l] (and, with
   // with_mlp, the residual add and the MLP block) to refill the activations the forward dropped.
   void recompute_layer(int l, bool with_mlp);
-  const Tensor& layer_norm_weight(int l, const char* norm);  // layers.<l>.<norm>.weight
   // Sums over tp what this backward added to the gradients of replicated parameters that this
   // rank's blocks only partly computed (`before`: their gradients before it, snapshot_grads).
   std::vector<Tensor> snapshot_grads(const std::vector<Parameter*>& params) const;

@@ -392,9 +392,10 @@ void run_kv_outer(const Tensor& q, const Tensor& k, const Tensor& v, const Tenso
       const int32_t* cnt = counts.data<int32_t>() + b * d.seq * d.groups;
       // Work lists for this chunk (indices and counts offset to sequence b); uncached, in any
       // order: each (query, slot) owns its partial.
-      const kv_outer::ChunkLists wl = kv_outer::chunk_work_lists(cache, indices, counts, idx, cnt, a,
-                                             kv_outer::ListOrder::kAnyOrder, len, cursor, start,
-                                             entries, scan_tmp, scan_bytes);
+      const kv_outer::ChunkLists wl =
+          kv_outer::chunk_work_lists(cache, indices, counts, idx, cnt, a,
+                                     kv_outer::ListOrder::kAnyOrder, len, cursor, start, entries,
+                                     scan_tmp, scan_bytes);
       item_count_kernel<<<static_cast<unsigned>((lists + 256) / 256), 256>>>(
           wl.start, len.data<int32_t>(), lists, per_cta, min_tiles);
       MSA_CUDA_CHECK_LAUNCH("item_count_kernel");
@@ -407,15 +408,13 @@ void run_kv_outer(const Tensor& q, const Tensor& k, const Tensor& v, const Tenso
       MSA_CUDA_CHECK_LAUNCH("item_list_kernel");
       if (wgmma) {
         kv_outer::launch_wgmma_forward(qb.data<bf16>(), kb.data<bf16>(), vb.data<bf16>(),
-                                       wl.start, items.data<int32_t>(),
-                                       item_list.data<int32_t>(), lists,
-                                       wl.entries, scale_log2, part.data<bf16>(),
+                                       wl.start, items.data<int32_t>(), item_list.data<int32_t>(),
+                                       lists, wl.entries, scale_log2, part.data<bf16>(),
                                        lse_part.data<float>(), a, max_items, min_tiles);
       } else {
         kv_outer_forward_kernel<D, BK><<<static_cast<unsigned>(max_items), kWarps * 32, smem>>>(
-            qb.data<bf16>(), kb.data<bf16>(), vb.data<bf16>(), wl.start,
-            items.data<int32_t>(), item_list.data<int32_t>(), lists, wl.entries,
-            scale_log2, part.data<bf16>(),
+            qb.data<bf16>(), kb.data<bf16>(), vb.data<bf16>(), wl.start, items.data<int32_t>(),
+            item_list.data<int32_t>(), lists, wl.entries, scale_log2, part.data<bf16>(),
             lse_part.data<float>(), a);
         MSA_CUDA_CHECK_LAUNCH("kv_outer_forward_kernel");
       }
@@ -749,19 +748,18 @@ void run_kv_outer_backward(const Tensor& dout, const Tensor& q, const Tensor& k,
       const KvDims a{d.seq, d.heads, d.groups, d.topk, r, nb, t0, t1, d.keys(), d.query_offset()};
       // dK/dV sum a list's rows in list order: build_work_lists sorts each list (ascending
       // entry) in deterministic mode.
-      const kv_outer::ChunkLists wl = kv_outer::chunk_work_lists(cache, indices, counts, idx, cnt, a,
-                                             kv_outer::ListOrder::kSortWhenDeterministic, len,
-                                             cursor, start, entries, scan_tmp, scan_bytes);
+      const kv_outer::ChunkLists wl =
+          kv_outer::chunk_work_lists(cache, indices, counts, idx, cnt, a,
+                                     kv_outer::ListOrder::kSortWhenDeterministic, len, cursor,
+                                     start, entries, scan_tmp, scan_bytes);
       if (wgmma) {
-        kv_outer::launch_wgmma_backward(qb, kb, vb, dob, lb, db, wl.start,
-                                        wl.entries, static_cast<float>(scale),
-                                        part.data<bf16>(), dk_acc.data<float>(),
-                                        dv_acc.data<float>(), a, lists);
+        kv_outer::launch_wgmma_backward(qb, kb, vb, dob, lb, db, wl.start, wl.entries,
+                                        static_cast<float>(scale), part.data<bf16>(),
+                                        dk_acc.data<float>(), dv_acc.data<float>(), a, lists);
       } else {
         kv_outer_backward_kernel<D, BK><<<static_cast<unsigned>(lists), BK / 16 * 32, smem>>>(
-            qb, kb, vb, dob, lb, db, wl.start, wl.entries,
-            static_cast<float>(scale), part.data<bf16>(), dk_acc.data<float>(),
-            dv_acc.data<float>(), a);
+            qb, kb, vb, dob, lb, db, wl.start, wl.entries, static_cast<float>(scale),
+            part.data<bf16>(), dk_acc.data<float>(), dv_acc.data<float>(), a);
         MSA_CUDA_CHECK_LAUNCH("kv_outer_backward_kernel");
       }
       dq_combine_kernel<D><<<combine_grid(a.t1 - a.t0, d.heads, D), kCombineThreads>>>(
@@ -858,24 +856,19 @@ ChunkLists chunk_work_lists(SelectionCache* cache, const Tensor& indices, const 
                                     a.nb,
                                     a.K,
                                     deterministic() ? 1 : 0};
+  Tensor out_start = start, out_entries = entries;
   if (cache != nullptr) {
     if (const std::vector<Tensor>* hit = cache->find(key))
       return {(*hit)[0].data<int32_t>(), (*hit)[1].data<int32_t>()};
-    Tensor own_start = Tensor::empty({lists + 1}, DType::kI32, Device::kCUDA);
-    Tensor own_entries = Tensor::empty({std::max<int64_t>(1, rows * a.K)}, DType::kI32,
-                                       Device::kCUDA);
-    build_work_lists(idx, cnt, a, len.data<int32_t>(), cursor.data<int32_t>(),
-                               own_start.data<int32_t>(), own_entries.data<int32_t>(),
-                               scan_tmp.raw_data(), scan_bytes,
-                               ListOrder::kSortWhenDeterministic);
-    const ChunkLists out{own_start.data<int32_t>(), own_entries.data<int32_t>()};
-    cache->put(key, {own_start, own_entries, indices, counts});
-    return out;
+    out_start = Tensor::empty({lists + 1}, DType::kI32, Device::kCUDA);
+    out_entries = Tensor::empty({std::max<int64_t>(1, rows * a.K)}, DType::kI32, Device::kCUDA);
+    order = ListOrder::kSortWhenDeterministic;  // a later backward may read them
   }
   build_work_lists(idx, cnt, a, len.data<int32_t>(), cursor.data<int32_t>(),
-                             start.data<int32_t>(), entries.data<int32_t>(), scan_tmp.raw_data(),
-                             scan_bytes, order);
-  return {start.data<int32_t>(), entries.data<int32_t>()};
+                   out_start.data<int32_t>(), out_entries.data<int32_t>(), scan_tmp.raw_data(),
+                   scan_bytes, order);
+  if (cache != nullptr) cache->put(key, {out_start, out_entries}, {indices, counts});
+  return {out_start.data<int32_t>(), out_entries.data<int32_t>()};
 }
 
 size_t work_list_scan_bytes(int64_t lists) {

@@ -1057,9 +1057,9 @@ cpu::IndexLossSums msa_index_loss_sparse(const Tensor& q, const Tensor& k, const
   const bool det = deterministic();
   const int64_t per_token = G * K * (24 + (det ? DI * 4 : 0));
   int64_t chunk = std::max<int64_t>(64, (int64_t(1) << 30) / per_token);
-  // With a selection cache, the attention's query chunks when they fit: the forward's work lists
-  // are then already there (kv_outer::chunk_work_lists).
-  if (cache != nullptr && kv_outer::query_chunk(d) <= chunk) chunk = kv_outer::query_chunk(d);
+  // With a selection cache, the attention's query chunks when they fit (the forward's work lists
+  // are then already there, kv_outer::chunk_work_lists); smaller ones of its own otherwise.
+  if (cache != nullptr) chunk = std::min(chunk, kv_outer::query_chunk(d));
   if (const char* c = std::getenv("MSA_INDEX_LOSS_CHUNK"))
     chunk = std::max<int64_t>(1, std::atoll(c));
   chunk = std::min(chunk, T);
@@ -1109,9 +1109,9 @@ cpu::IndexLossSums msa_index_loss_sparse(const Tensor& q, const Tensor& k, const
           cache, indices, counts, idx, cnt, kd, kv_outer::ListOrder::kSortWhenDeterministic, len,
           cursor, start, entries, scan_tmp, scan_bytes);
       // Pass A: lseQ of the chunk's rows.
-      kv_outer::build_work_items(wl.start, lists, kTokensA, kMinTilesA,
-                                 item_len.data<int32_t>(), items_a.data<int32_t>(),
-                                 item_list_a.data<int32_t>(), scan_tmp.raw_data(), scan_bytes);
+      kv_outer::build_work_items(wl.start, lists, kTokensA, kMinTilesA, item_len.data<int32_t>(),
+                                 items_a.data<int32_t>(), item_list_a.data<int32_t>(),
+                                 scan_tmp.raw_data(), scan_bytes);
       with_pow2(DI, [&](auto di) {
         with_pow2(BK, [&](auto bk) {
           constexpr int kDI = decltype(di)::value, kBK = decltype(bk)::value;
@@ -1119,9 +1119,8 @@ cpu::IndexLossSums msa_index_loss_sparse(const Tensor& q, const Tensor& k, const
           set_smem(kernel, SmemA<kDI, kBK>::kBytes);
           kernel<<<static_cast<unsigned>(items_bound(rows, kTokensA, kMinTilesA)), kWarpsA * 32,
                    SmemA<kDI, kBK>::kBytes>>>(
-              iqb, ikb, wl.start, items_a.data<int32_t>(), item_list_a.data<int32_t>(),
-              lists, wl.entries, s_log2,
-              reinterpret_cast<float2*>(part_a.data<float>()), kd, Tk, off);
+              iqb, ikb, wl.start, items_a.data<int32_t>(), item_list_a.data<int32_t>(), lists,
+              wl.entries, s_log2, reinterpret_cast<float2*>(part_a.data<float>()), kd, Tk, off);
           MSA_CUDA_CHECK_LAUNCH("student_lse_sparse_kernel");
         });
       });
@@ -1129,9 +1128,9 @@ cpu::IndexLossSums msa_index_loss_sparse(const Tensor& q, const Tensor& k, const
                                             cnt, lseq.data<float>(), kd);
       MSA_CUDA_CHECK_LAUNCH("lse_combine_kernel");
       // Pass B: teacher, KL partials, gradients.
-      kv_outer::build_work_items(wl.start, lists, kTileB, kMinTilesB,
-                                 item_len.data<int32_t>(), items_b.data<int32_t>(),
-                                 item_list_b.data<int32_t>(), scan_tmp.raw_data(), scan_bytes);
+      kv_outer::build_work_items(wl.start, lists, kTileB, kMinTilesB, item_len.data<int32_t>(),
+                                 items_b.data<int32_t>(), item_list_b.data<int32_t>(),
+                                 scan_tmp.raw_data(), scan_bytes);
       GradArgs ga = grad_args(d, scale, weight, t0);
       if (det) {
         ga.diq_part = diq_part.data<float>();
@@ -1146,8 +1145,7 @@ cpu::IndexLossSums msa_index_loss_sparse(const Tensor& q, const Tensor& k, const
           kernel<<<static_cast<unsigned>(items_bound(rows, kTileB, kMinTilesB)), BK / 16 * 32,
                    smem_b.bytes>>>(qb, kb, lb, iqb, ikb, lseq.data<float>(), wl.start,
                                    items_b.data<int32_t>(), item_list_b.data<int32_t>(), lists,
-                                   wl.entries, kd, part_b.data<float>(), diqb, dikb,
-                                   ga);
+                                   wl.entries, kd, part_b.data<float>(), diqb, dikb, ga);
           MSA_CUDA_CHECK_LAUNCH("loss_grad_kernel (sparse)");
         });
       });

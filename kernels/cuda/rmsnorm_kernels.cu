@@ -227,7 +227,8 @@ __global__ void __launch_bounds__(32 * kFusedWarps)
         const int i = 8 * lane + 256 * g;
         if (i < D)
 #pragma unroll
-          for (int j = 0; j < 8; ++j) block_sum[i + j] = (k == 0 ? 0.0f : block_sum[i + j]) + acc[g][j];
+          for (int j = 0; j < 8; ++j)
+            block_sum[i + j] = (k == 0 ? 0.0f : block_sum[i + j]) + acc[g][j];
       }
     }
     __syncthreads();
@@ -273,12 +274,22 @@ __global__ void sum_chunks_kernel(const float* partial, float* dw, int64_t chunk
   }
 }
 
-template <int kGroups>
-void launch_fused_backward(const bf16* dy, const bf16* x, const bf16* w, const float* rstd,
-                           const bf16* residual, bf16* dx, float* partial, int64_t N, int64_t D,
-                           int64_t chunks) {
-  rmsnorm_backward_fused_kernel<kGroups><<<static_cast<unsigned>(chunks), 32 * kFusedWarps>>>(
-      dy, x, w, rstd, residual, dx, partial, N, D);
+// The fused kernels hold a row's columns in per-lane groups of eight, 256 columns per group
+// across the warp: rows of up to kMaxFusedColumns.
+constexpr int64_t kMaxFusedColumns = 4096;
+
+// Calls launch(std::integral_constant<int, G>()) with the fewest groups G of the instantiated
+// 1, 4, 8, 16 that cover D <= kMaxFusedColumns columns.
+template <class Launch>
+void with_column_groups(int64_t D, Launch&& launch) {
+  if (D <= 256)
+    launch(std::integral_constant<int, 1>());
+  else if (D <= 1024)
+    launch(std::integral_constant<int, 4>());
+  else if (D <= 2048)
+    launch(std::integral_constant<int, 8>());
+  else
+    launch(std::integral_constant<int, 16>());
 }
 
 }  // namespace
@@ -308,26 +319,18 @@ void add_rmsnorm_forward(const Tensor& a, const Tensor& b, const Tensor& w, doub
   check_dtype(sum, DType::kBF16, "add_rmsnorm_forward (CUDA): sum");
   check_dtype(rstd, DType::kF32, "add_rmsnorm_forward (CUDA): rstd");
   if (!vec8_ok(D, {a.raw_data(), b.raw_data(), w.raw_data(), sum.raw_data(), y.raw_data()}) ||
-      D > 4096) {
+      D > kMaxFusedColumns) {
     add(a, b, sum);
     rmsnorm_forward(sum, w, eps, y, rstd);
     return;
   }
   if (N == 0) return;
   const unsigned blocks = static_cast<unsigned>((N + kRowsPerBlock - 1) / kRowsPerBlock);
-  auto launch = [&](auto groups) {
+  with_column_groups(D, [&](auto groups) {
     add_rmsnorm_forward_kernel<decltype(groups)::value><<<blocks, 32 * kRowsPerBlock>>>(
         a.data<bf16>(), b.data<bf16>(), w.data<bf16>(), static_cast<float>(eps), sum.data<bf16>(),
         y.data<bf16>(), rstd.data<float>(), N, D);
-  };
-  if (D <= 256)
-    launch(std::integral_constant<int, 1>());
-  else if (D <= 1024)
-    launch(std::integral_constant<int, 4>());
-  else if (D <= 2048)
-    launch(std::integral_constant<int, 8>());
-  else
-    launch(std::integral_constant<int, 16>());
+  });
   MSA_CUDA_CHECK_LAUNCH("add_rmsnorm_forward_kernel");
 }
 
@@ -342,22 +345,16 @@ void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const 
   const bf16* res = residual.defined() ? residual.data<bf16>() : nullptr;
   const bool vec8 = vec8_ok(D, {dy.raw_data(), x.raw_data(), w.raw_data(), dx.raw_data(),
                                 residual.defined() ? residual.raw_data() : nullptr});
-  if (vec8 && D <= 4096) {
+  if (vec8 && D <= kMaxFusedColumns) {
     const int64_t chunks = (N + kFusedRowsPerChunk - 1) / kFusedRowsPerChunk;
     Tensor partial;
     if (dw.defined()) partial = Tensor::empty({chunks, D}, DType::kF32, Device::kCUDA);
-    float* p = dw.defined() ? partial.data<float>() : nullptr;
-    const bf16 *dyp = dy.data<bf16>(), *xp = x.data<bf16>(), *wp = w.data<bf16>();
-    const float* rp = rstd.data<float>();
-    bf16* dxp = dx.data<bf16>();
-    if (D <= 256)
-      launch_fused_backward<1>(dyp, xp, wp, rp, res, dxp, p, N, D, chunks);
-    else if (D <= 1024)
-      launch_fused_backward<4>(dyp, xp, wp, rp, res, dxp, p, N, D, chunks);
-    else if (D <= 2048)
-      launch_fused_backward<8>(dyp, xp, wp, rp, res, dxp, p, N, D, chunks);
-    else
-      launch_fused_backward<16>(dyp, xp, wp, rp, res, dxp, p, N, D, chunks);
+    with_column_groups(D, [&](auto groups) {
+      rmsnorm_backward_fused_kernel<decltype(groups)::value>
+          <<<static_cast<unsigned>(chunks), 32 * kFusedWarps>>>(
+              dy.data<bf16>(), x.data<bf16>(), w.data<bf16>(), rstd.data<float>(), res,
+              dx.data<bf16>(), dw.defined() ? partial.data<float>() : nullptr, N, D);
+    });
     MSA_CUDA_CHECK_LAUNCH("rmsnorm_backward_fused_kernel");
     if (dw.defined()) {
       sum_chunks_kernel<<<static_cast<unsigned>((D + 31) / 32), dim3(32, 8)>>>(

@@ -179,7 +179,9 @@ TEST(GpuDeterministicTest, CachedWorkListsGiveTheSameResults) {
         const std::vector<Tensor> g1 = backward(cached, f1), g0 = backward(fresh, f0);
         const char* names[3] = {"dq", "dk", "dv"};
         for (int i = 0; i < 3; ++i) {
-          if (det) EXPECT_TRUE(bit_identical(g1[i], g0[i])) << names[i] << " " << what;
+          if (det) {
+            EXPECT_TRUE(bit_identical(g1[i], g0[i])) << names[i] << " " << what;
+          }
           EXPECT_LT(max_scaled_diff(host(g1[i]), host(g0[i])), 1e-2) << names[i] << " " << what;
         }
         // The index loss reads the forward's lists, taking the attention's query chunks: the
@@ -196,8 +198,9 @@ TEST(GpuDeterministicTest, CachedWorkListsGiveTheSameResults) {
         };
         const std::vector<Tensor> l1 = index_loss(cached, f1), l0 = index_loss(fresh, f0);
         for (int i = 0; i < 3; ++i) {
-          if (det && std::strlen(chunk) == 0)
+          if (det && std::strlen(chunk) == 0) {
             EXPECT_TRUE(bit_identical(l1[i], l0[i])) << "index loss " << i << " " << what;
+          }
           EXPECT_LT(max_scaled_diff(host(l1[i]), host(l0[i])), 1e-4) << "index loss " << i << " "
                                                                      << what;
         }
