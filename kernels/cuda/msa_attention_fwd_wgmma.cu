@@ -17,9 +17,12 @@
 //   O = P V_j     8 x wgmma m64n128k16, A = P from registers, B = V_j^T from shared memory
 // V_j is transposed once per CTA on its way into shared memory (register shuffle of key pairs) so
 // both MMAs use the one K-major layout; a CTA serves at least kWgmmaMinTilesPerCta x 64 rows, so
-// that costs little. No TMA: query rows are gathered through the work list (TMA's tiled loads need
-// contiguous rows), and K_j/V_j are one load per CTA. Two CTAs share an SM and run out of step, so
-// one's softmax and loads overlap the other's MMAs.
+// that costs little. No TMA loads: query rows are gathered through the work list (TMA's tiled
+// loads need contiguous rows), and K_j/V_j are one load per CTA. The partial rows leave by bulk
+// copies (cp.async.bulk, shared to global): each query's r rows are one contiguous run there, so
+// a warp stages its 16 rows and one thread per run hands them to the copy engine (thread copies of
+// staged rows cost 1.3-1.9 ms more at 128K, paper shape: docs/perf.md). Two CTAs share an SM and
+// run out of step, so one's softmax and loads overlap the other's MMAs.
 #include <cuda_runtime.h>
 
 #include <cstdlib>
@@ -38,10 +41,12 @@ constexpr int kD = 128, kBK = 128;
 // overlaps the other's MMAs, which one CTA of two warpgroups per SM could not hide (measured: no
 // faster than mma.sync that way).
 constexpr int kThreads = 128;
-constexpr int kTileRows = 64;  // query rows per warpgroup tile
-constexpr uint32_t kKvTileBytes = kBK * kD * 2;        // K_j or V_j^T: 32 KB
-constexpr uint32_t kQTileBytes = kTileRows * kD * 2;   // one Q buffer: 16 KB
-constexpr size_t kSmemBytes = 2 * kKvTileBytes + 2 * kQTileBytes + 1024;
+constexpr int kTileRows = 64;                         // query rows per warpgroup tile
+constexpr uint32_t kKvTileBytes = kBK * kD * 2;       // K_j or V_j^T: 32 KB
+constexpr uint32_t kQTileBytes = kTileRows * kD * 2;  // one Q buffer: 16 KB
+// K_j, V_j^T, two Q buffers and the partial rows' staging buffer: two CTAs fill an SM's shared
+// memory exactly, 2 x (113 KB + 1 KB the driver reserves per CTA) = 228 KB.
+constexpr size_t kSmemBytes = 2 * kKvTileBytes + 3 * kQTileBytes + 1024;
 
 __global__ void __launch_bounds__(kThreads, 2)
     wgmma_forward_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k,
@@ -173,7 +178,6 @@ __global__ void __launch_bounds__(kThreads, 2)
   fence_operands(sc);
   int buf = 0;
   for (int u = u_begin; u < u_end; ++u, buf ^= 1) {
-    const int32_t my_entry = entry_u;  // this tile's, for the partial-row stores
     const int32_t entry_u3 = row_entry(u + 3);
     const int32_t info[2] = {info_next[0], info_next[1]};
     info_next[0] = info_entry(u + 1, 0);
@@ -217,53 +221,59 @@ __global__ void __launch_bounds__(kThreads, 2)
     fence_operands(pa);
 
     // Block-normalized partial rows (fragment order: this thread's 32 values of row R are its
-    // contiguous elements tig * 32 ..), staged in this tile's Q buffer, free once S is done, so the
-    // global stores below cover whole 32-byte sectors (direct 16-byte stores from the fragments
-    // half-filled 32 sectors per instruction and were the kernel's largest stall). Chunk c of
-    // staged row R sits at c ^ (R % 8): conflict-free both ways.
-    unsigned char* stage = qs + buf * kQTileBytes;
+    // contiguous elements tig * 32 ..), staged in shared memory and copied out by the bulk-copy
+    // engine (direct 16-byte stores from the fragments half-filled 32-byte sectors, and thread
+    // copies of staged rows cost issue slots and stalls). Partial row prow's 16-byte chunk c sits
+    // at chunk c ^ (prow % 8), in global memory (the combine undoes it) as in the staged tile, so
+    // a warp's staging stores spread over the banks.
+    unsigned char* stage = qs + 2 * kQTileBytes;
+    // This warp's bulk copies of the previous tile have read their rows (issued a tile ago).
+    if (tig == 0) bulk_wait_read<0>();
+    __syncwarp();
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int R = 16 * warp + grp + 8 * h;
       const float inv = 1.0f / sum[h];
+      const int64_t prow = (((t_row[h] - a.t0) * a.G + g) * a.K + slot_row[h]) * a.r + head_row[h];
+      const int key = static_cast<int>(prow & 7);
 #pragma unroll
       for (int nt = 0; nt < kD / 8; nt += 4) {
         const float* o = oc + 4 * nt + 2 * h;
         const int c = tig * 4 + nt / 4;
-        *reinterpret_cast<uint4*>(stage + R * 256 + ((c ^ (R & 7)) << 4)) =
+        *reinterpret_cast<uint4*>(stage + R * 256 + ((c ^ key) << 4)) =
             make_uint4(pack_bf16(o[0] * inv, o[1] * inv), pack_bf16(o[4] * inv, o[5] * inv),
                        pack_bf16(o[8] * inv, o[9] * inv), pack_bf16(o[12] * inv, o[13] * inv));
       }
-      if (tig == 0 && valid_row[h]) {
+      if (tig == 0 && valid_row[h]) lse_part[prow] = (mxs[h] + __log2f(sum[h])) * 0.69314718056f;
+    }
+    // A warp's 16 staged rows are runs of consecutive rows of one query (its heads), each one
+    // contiguous run of partial rows in global memory: the run's first row's thread copies it.
+    fence_proxy_async();
+    __syncwarp();
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int R = 16 * warp + grp + 8 * h;
+      if (tig == 0 && valid_row[h] && (R % r == 0 || R % 16 == 0)) {
+        const int rows = min(r - R % r, 16 - R % 16);
         const int64_t prow =
             (((t_row[h] - a.t0) * a.G + g) * a.K + slot_row[h]) * a.r + head_row[h];
-        lse_part[prow] = (mxs[h] + __log2f(sum[h])) * 0.69314718056f;
+        bulk_store_s2g(part + prow * kD, stage + R * 256, static_cast<uint32_t>(rows) * 256);
       }
     }
+    if (tig == 0) bulk_commit();
     cp_async_wait<0>();
     fence_proxy_async();
-    __syncthreads();  // staged rows complete; tile u + 1's Q rows from every thread
-    // The next tile's S (after the last tile: a harmless product of the idle buffer, never read).
+    __syncthreads();  // tile u + 1's Q rows from every thread
+    // The next tile's S (after the last tile: a harmless product of the idle buffer, never read),
+    // while the bulk copies drain; this tile's Q buffer is free (S done) for tile u + 2.
     issue_s(sc, buf ^ 1);
-    if (my_entry >= 0) {
-      const int64_t prow = (((static_cast<int64_t>(my_entry >> 5) - a.t0) * a.G + g) * a.K +
-                            (my_entry & 31)) * a.r + my_row % r;
-      bf16* dst = part + prow * kD;
-#pragma unroll
-      for (int it = 0; it < kD / 16; ++it) {
-        const int c = (threadIdx.x & 1) + 2 * it;
-        *reinterpret_cast<uint4*>(dst + c * 8) =
-            *reinterpret_cast<const uint4*>(stage + my_row * 256 + ((c ^ (my_row & 7)) << 4));
-      }
-    }
-    __syncthreads();  // every thread done with this buffer: tile u + 2 loads into it
     if (u + 2 < u_end) load_q(entry_u2, buf);
-    entry_u = entry_u1;
     entry_u1 = entry_u2;
     entry_u2 = entry_u3;
     wgmma_wait<0>();
     fence_operands(sc);
   }
+  if (tig == 0) bulk_wait_read<0>();  // shared memory outlives its bulk copies' reads
 #else
   __trap();  // never chosen without sm_90a code (wgmma_available)
 #endif

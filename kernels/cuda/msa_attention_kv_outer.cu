@@ -48,11 +48,11 @@ namespace {
 constexpr int kWarps = 4;
 constexpr int kMinTilesPerCta = 16;  // of the mma.sync forward
 constexpr size_t kPartialBudgetBytes = size_t(4) << 30;
+using kv_outer::find_work_item;
 using kv_outer::forward_per_split;
 using kv_outer::fragment_order_dim;
 using kv_outer::KvDims;
 using kv_outer::masked_block_softmax;
-using kv_outer::find_work_item;
 using kv_outer::WorkItem;
 
 // ---- work lists ------------------------------------------------------------------------------
@@ -126,8 +126,10 @@ struct Smem {
 };
 
 // grid.x >= the number of work items (item_start[lists]); CTA i works on list item_list[i].
-// Partial layout: [chunk rows (t - t0), G, K, r,
-// D (fragment order)] bf16 and lse_part [chunk rows, G, K, r] f32.
+// Partial layout: [chunk rows (t - t0), G, K, r, D] bf16, row prow's dims in fragment order
+// (fragment_order_dim) as 16-byte chunks, chunk c stored at c ^ (prow % 8) (the wgmma kernel's
+// bank-conflict-free staging, which its bulk copies carry over as is); lse_part [chunk rows, G, K,
+// r] f32.
 template <int D, int BK>
 __global__ void __launch_bounds__(kWarps * 32)
     kv_outer_forward_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k,
@@ -258,10 +260,11 @@ __global__ void __launch_bounds__(kWarps * 32)
       const int64_t prow =
           (((t_row[h] - a.t0) * a.G + g) * a.K + slot_row[h]) * a.r + head_row[h];
       const float inv = 1.0f / sum[h];
-      bf16* dst = part + prow * D + tig * (D / 4);
+      // Chunk c of the row at c ^ (prow % 8), the layout of the wgmma kernel's bulk stores.
+      const int key = static_cast<int>(prow & 7);
 #pragma unroll
       for (int nt = 0; nt < D / 8; nt += 4)
-        *reinterpret_cast<uint4*>(dst + 2 * nt) =
+        *reinterpret_cast<uint4*>(part + prow * D + ((((tig * (D / 4) + 2 * nt) / 8) ^ key) * 8)) =
             make_uint4(pack_bf16(oc[nt][2 * h] * inv, oc[nt][2 * h + 1] * inv),
                        pack_bf16(oc[nt + 1][2 * h] * inv, oc[nt + 1][2 * h + 1] * inv),
                        pack_bf16(oc[nt + 2][2 * h] * inv, oc[nt + 2][2 * h + 1] * inv),
@@ -313,7 +316,10 @@ __global__ void __launch_bounds__(kCombineThreads)
     for (int j = 0; j < kCombineBatch; ++j) {
       // Slots past count re-read the last row (no branch around the loads) and weigh 0.
       const int s = min(s0 + j, count - 1);
-      x[j] = *reinterpret_cast<const uint4*>(part + ((base + s) * a.r + hh) * D + c * 8);
+      const int64_t prow = (base + s) * a.r + hh;
+      const uint4* src =
+          reinterpret_cast<const uint4*>(part + prow * D + ((c ^ static_cast<int>(prow & 7)) * 8));
+      x[j] = *src;
     }
 #pragma unroll
     for (int j = 0; j < kCombineBatch; ++j) {
@@ -361,9 +367,11 @@ void run_kv_outer(const Tensor& q, const Tensor& k, const Tensor& v, const Tenso
   Tensor part = Tensor::empty({chunk * d.groups * d.topk * r * D}, DType::kBF16, Device::kCUDA);
   Tensor lse_part = Tensor::empty({chunk * d.groups * d.topk * r}, DType::kF32, Device::kCUDA);
   Tensor len = Tensor::empty({lists + 1}, DType::kI32, Device::kCUDA);
-  Tensor start = Tensor::empty({lists + 1}, DType::kI32, Device::kCUDA);
   Tensor cursor = Tensor::empty({lists}, DType::kI32, Device::kCUDA);
-  Tensor entries = Tensor::empty({chunk * d.groups * d.topk}, DType::kI32, Device::kCUDA);
+  // The lists' own buffers: with a cache, chunk_work_lists keeps them in new ones instead.
+  Tensor start = Tensor::empty({cache != nullptr ? 1 : lists + 1}, DType::kI32, Device::kCUDA);
+  Tensor entries =
+      Tensor::empty({cache != nullptr ? 1 : chunk * d.groups * d.topk}, DType::kI32, Device::kCUDA);
   Tensor items = Tensor::empty({lists + 1}, DType::kI32, Device::kCUDA);
   size_t scan_bytes = 0;
   MSA_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(nullptr, scan_bytes, len.data<int32_t>(),
@@ -718,9 +726,11 @@ void run_kv_outer_backward(const Tensor& dout, const Tensor& q, const Tensor& k,
   const int64_t lists = d.groups * nb;
   Tensor part = Tensor::empty({chunk * d.groups * d.topk * r * D}, DType::kBF16, Device::kCUDA);
   Tensor len = Tensor::empty({lists + 1}, DType::kI32, Device::kCUDA);
-  Tensor start = Tensor::empty({lists + 1}, DType::kI32, Device::kCUDA);
   Tensor cursor = Tensor::empty({lists}, DType::kI32, Device::kCUDA);
-  Tensor entries = Tensor::empty({chunk * d.groups * d.topk}, DType::kI32, Device::kCUDA);
+  // The lists' own buffers: with a cache, chunk_work_lists keeps them in new ones instead.
+  Tensor start = Tensor::empty({cache != nullptr ? 1 : lists + 1}, DType::kI32, Device::kCUDA);
+  Tensor entries =
+      Tensor::empty({cache != nullptr ? 1 : chunk * d.groups * d.topk}, DType::kI32, Device::kCUDA);
   // Every key's gradient (zero where no query selected its block) spans the Tk keys.
   const int64_t Sk = d.keys();
   Tensor dk_acc = Tensor::empty({Sk * d.groups * D}, DType::kF32, Device::kCUDA);

@@ -1069,8 +1069,9 @@ cpu::IndexLossSums msa_index_loss_sparse(const Tensor& q, const Tensor& k, const
   auto i32 = [](int64_t n) {
     return Tensor::empty({std::max<int64_t>(n, 1)}, DType::kI32, Device::kCUDA);
   };
-  Tensor len = i32(lists + 1), cursor = i32(lists), start = i32(lists + 1);
-  Tensor entries = i32(chunk * G * K), item_len = i32(lists + 1);
+  // start / entries: the lists' own buffers (a cache keeps its lists in new ones).
+  Tensor len = i32(lists + 1), cursor = i32(lists), start = i32(cache != nullptr ? 1 : lists + 1);
+  Tensor entries = i32(cache != nullptr ? 1 : chunk * G * K), item_len = i32(lists + 1);
   Tensor items_a = i32(lists + 1), items_b = i32(lists + 1);
   const int64_t bound_a = items_bound(chunk * G, kTokensA, kMinTilesA);
   const int64_t bound_b = items_bound(chunk * G, kTileB, kMinTilesB);
