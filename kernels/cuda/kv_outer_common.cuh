@@ -166,8 +166,10 @@ bool wgmma_available();
 // Queries per CTA tile of that kernel (its work items are counted in these tiles) and its
 // minimum tiles per CTA.
 int wgmma_forward_queries_per_tile(int64_t r);
-// 32 (2048 rows per K/V load): 8 / 16 / 32 / 64 gave 24.6 / 23.3 / 22.8 / 22.6 ms at 128K.
-constexpr int kWgmmaMinTilesPerCta = 32;
+// 64 (4096 rows per K/V load): 8 / 16 / 32 / 64 gave 24.6 / 23.3 / 22.8 / 22.6 ms at 128K (an
+// earlier kernel); with bulk stores 32 -> 64 took 40.5 -> 40.1 ms at 128K, paper shape, and
+// 12.0 -> 11.8 at the 1B shape, the same at 8K and 32K.
+constexpr int kWgmmaMinTilesPerCta = 64;
 // item_list[i]: the list of work item i (item_start: each list's first item).
 void launch_wgmma_forward(const bf16* q, const bf16* k, const bf16* v, const int32_t* list_start,
                           const int32_t* item_start, const int32_t* item_list, int64_t lists, const int32_t* entries,
