@@ -1,5 +1,5 @@
 // Small device helpers shared by the dense CUDA kernels: bf16/f32 loads and stores, warp and
-// block reductions, grid sizing.
+// block reductions, grid sizing, column sums.
 #pragma once
 
 #include <cstdint>
@@ -87,6 +87,34 @@ inline int grid_blocks(int64_t n, int threads = 256) {
   if (blocks < 1) blocks = 1;
   if (blocks > 132 * 32) blocks = 132 * 32;  // enough to fill an H100 many times over
   return static_cast<int>(blocks);
+}
+
+// out[c] += sum over the rows of x[row, c] (x [rows, cols], bf16 or f32): a block of 32 x 8 threads
+// owns 32 columns; its 8 rows of threads stride down the rows and meet in shared memory, the eight
+// sums added in a fixed order. Deterministic (no atomics).
+template <class T>
+__global__ void column_sum_kernel(const T* x, float* out, int64_t rows, int64_t cols) {
+  __shared__ float part[8][33];
+  const int64_t c = blockIdx.x * 32 + threadIdx.x;
+  float s = 0;
+  if (c < cols)
+    for (int64_t n = threadIdx.y; n < rows; n += 8) s += load_f(x, n * cols + c);
+  part[threadIdx.y][threadIdx.x] = s;
+  __syncthreads();
+  if (threadIdx.y == 0 && c < cols) {
+    float t = 0;
+    for (int r = 0; r < 8; ++r) t += part[r][threadIdx.x];
+    out[c] += t;
+  }
+}
+
+// Launches column_sum_kernel over x [rows, cols].
+template <class T>
+inline void add_column_sums(const T* x, float* out, int64_t rows, int64_t cols) {
+  if (cols == 0) return;
+  const unsigned blocks = static_cast<unsigned>((cols + 31) / 32);
+  column_sum_kernel<T><<<blocks, dim3(32, 8)>>>(x, out, rows, cols);
+  MSA_CUDA_CHECK_LAUNCH("column_sum_kernel");
 }
 
 }  // namespace msa::cuda

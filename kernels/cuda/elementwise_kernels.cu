@@ -144,23 +144,6 @@ __global__ void iota_kernel(int32_t* x, int64_t n) {
   MSA_GRID_STRIDE(i, n) x[i] = static_cast<int32_t>(i);
 }
 
-// dbias[c] += sum_n dy[n, c]: a block of 32 x 8 threads owns 32 columns; its 8 rows of threads
-// stride down the rows and meet in shared memory. Deterministic (no atomics).
-__global__ void column_sum_kernel(const bf16* dy, float* dbias, int64_t N, int64_t M) {
-  __shared__ float part[8][33];
-  const int64_t c = blockIdx.x * 32 + threadIdx.x;
-  float s = 0;
-  if (c < M)
-    for (int64_t n = threadIdx.y; n < N; n += 8) s += load_f(dy, n * M + c);
-  part[threadIdx.y][threadIdx.x] = s;
-  __syncthreads();
-  if (threadIdx.y == 0 && c < M) {
-    float t = 0;
-    for (int r = 0; r < 8; ++r) t += part[r][threadIdx.x];
-    dbias[c] += t;
-  }
-}
-
 }  // namespace
 
 void add(const Tensor& a, const Tensor& b, Tensor& out) {
@@ -270,12 +253,7 @@ void embedding_backward(const Tensor& dout, const Tensor& tokens, int64_t vocab_
 }
 
 void bias_grad_accumulate(const Tensor& dy, Tensor& dbias) {
-  const int64_t N = dy.size(0), M = dy.size(1);
-  if (M == 0) return;
-  const dim3 block(32, 8);
-  column_sum_kernel<<<static_cast<unsigned>((M + 31) / 32), block>>>(dy.data<bf16>(),
-                                                                     dbias.data<float>(), N, M);
-  MSA_CUDA_CHECK_LAUNCH("column_sum_kernel");
+  add_column_sums(dy.data<bf16>(), dbias.data<float>(), dy.size(0), dy.size(1));
 }
 
 }  // namespace msa::cuda

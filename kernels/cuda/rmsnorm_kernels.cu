@@ -257,23 +257,6 @@ __global__ void rmsnorm_dw_partial_kernel(const bf16* dy, const bf16* x, const f
   }
 }
 
-// dw[c] += sum over the chunks of partial[k, c]. Block: 32 columns x 8 thread rows, each thread
-// row summing every eighth chunk, then the eight sums added in a fixed order.
-__global__ void sum_chunks_kernel(const float* partial, float* dw, int64_t chunks, int64_t D) {
-  __shared__ float part[8][33];
-  const int64_t c = blockIdx.x * 32 + threadIdx.x;
-  float t = 0;
-  if (c < D)
-    for (int64_t k = threadIdx.y; k < chunks; k += 8) t += partial[k * D + c];
-  part[threadIdx.y][threadIdx.x] = t;
-  __syncthreads();
-  if (threadIdx.y == 0 && c < D) {
-    float s = 0;
-    for (int r = 0; r < 8; ++r) s += part[r][threadIdx.x];
-    dw[c] += s;
-  }
-}
-
 // The fused kernels hold a row's columns in per-lane groups of eight, 256 columns per group
 // across the warp: rows of up to kMaxFusedColumns.
 constexpr int64_t kMaxFusedColumns = 4096;
@@ -357,9 +340,7 @@ void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const 
     });
     MSA_CUDA_CHECK_LAUNCH("rmsnorm_backward_fused_kernel");
     if (dw.defined()) {
-      sum_chunks_kernel<<<static_cast<unsigned>((D + 31) / 32), dim3(32, 8)>>>(
-          partial.data<float>(), dw.data<float>(), chunks, D);
-      MSA_CUDA_CHECK_LAUNCH("sum_chunks_kernel");
+      add_column_sums(partial.data<float>(), dw.data<float>(), chunks, D);
     }
     return;
   }
@@ -380,9 +361,7 @@ void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const 
   rmsnorm_dw_partial_kernel<<<grid, dim3(32, 8)>>>(dy.data<bf16>(), x.data<bf16>(),
                                                    rstd.data<float>(), partial.data<float>(), N, D);
   MSA_CUDA_CHECK_LAUNCH("rmsnorm_dw_partial_kernel");
-  sum_chunks_kernel<<<static_cast<unsigned>((D + 31) / 32), dim3(32, 8)>>>(
-      partial.data<float>(), dw.data<float>(), chunks, D);
-  MSA_CUDA_CHECK_LAUNCH("sum_chunks_kernel");
+  add_column_sums(partial.data<float>(), dw.data<float>(), chunks, D);  // dw += the chunks' sums
 }
 
 }  // namespace msa::cuda
