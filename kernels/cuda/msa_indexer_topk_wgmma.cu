@@ -67,6 +67,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 
 #include "core/bf16.h"
 #include "core/check.h"
@@ -83,7 +84,8 @@ constexpr int kDI = 128, kB = 128;
 constexpr int kThreads = 256;  // two consumer warpgroups
 constexpr int kRowsPerWg = 128;
 constexpr int kRowsPerCta = 2 * kRowsPerWg;
-constexpr int kStages = 4;
+constexpr int kStages = 5;  // key tile ring
+constexpr int kAhead = 3;   // blocks loaded ahead: slot (j + 3) % 5 held block j - 2
 constexpr uint32_t kMTileBytes = 64 * kDI * 2;        // one m64 tile of iq: 16 KB
 constexpr uint32_t kIqBytes = kRowsPerCta * kDI * 2;  // 64 KB
 constexpr uint32_t kKeyTileBytes = kB * kDI * 2;      // 32 KB
@@ -223,11 +225,18 @@ __global__ void __launch_bounds__(kThreads, 1)
   const uint64_t a_desc1 = sw128_desc(iq_s + (2 * wg + 1) * kMTileBytes);
 
 #pragma unroll
-  for (int j = 0; j < kStages - 1; ++j) load_block(j);
-  for (int j = 0; j < n_blocks; ++j) {
-    cp_async_wait<kStages - 2>();  // this thread's copies of block j (and of iq) have landed
-    fence_proxy_async();           // ... visible to the tensor cores
-    __syncthreads();               // everyone's; slot (j - 1) % kStages is free (MMAs waited)
+  for (int j = 0; j < kAhead; ++j) load_block(j);
+  // Block j's tile landed and every thread passed a barrier after it (at the end of the previous
+  // iteration, or here for block 0).
+  auto tile_ready = [&]() {
+    cp_async_wait<kAhead - 1>();  // this thread's copies (and iq's) have landed
+    fence_proxy_async();          // ... visible to the tensor cores
+    __syncthreads();              // everyone's
+  };
+  // One iteration: S_0 of block j, block j - 1's S_1 row maxima and list offers (when `carried`,
+  // i.e. not for block 0) while it runs, S_1 of block j, S_0's row maxima and the barrier for
+  // block j + 1 while that runs. No MMA is in flight across the loop edge.
+  auto step = [&](int j, auto carried) {
     const uint64_t b_desc = sw128_desc(keys_s + (j % kStages) * kKeyTileBytes);
     wgmma_fence();
 #pragma unroll
@@ -238,6 +247,11 @@ __global__ void __launch_bounds__(kThreads, 1)
       wgmma_m64n128k16_ss<0>(acc0, a_desc0 + a_step, b_desc + b_step, kk > 0);
     }
     wgmma_commit();
+    if constexpr (decltype(carried)::value) {
+      row_max(acc1, pend[1]);  // S_1 of block j - 1 (waited at the end of the last iteration)
+      offer_pending();         // block j - 1
+      wgmma_fence();           // acc1 was read after the fence above
+    }
 #pragma unroll
     for (int kk = 0; kk < kDI / 16; ++kk) {
       const uint64_t a_step = ((kk / 4) * 64 * 128 + (kk % 4) * 32) >> 4;
@@ -245,16 +259,19 @@ __global__ void __launch_bounds__(kThreads, 1)
       wgmma_m64n128k16_ss<0>(acc1, a_desc1 + a_step, b_desc + b_step, kk > 0);
     }
     wgmma_commit();
-    load_block(j + kStages - 1);
-    offer_pending();  // block j - 1
+    load_block(j + kAhead);  // slot (j - 2) % kStages: every thread waited block j - 2's MMAs
     wgmma_wait<1>();
     fence_operands(acc0);
     row_max(acc0, pend[0]);
+    pend_j = j;
+    tile_ready();  // block j + 1, while S_1 runs
     wgmma_wait<0>();
     fence_operands(acc1);
-    row_max(acc1, pend[1]);
-    pend_j = j;
-  }
+  };
+  tile_ready();
+  if (n_blocks > 0) step(0, std::false_type{});
+  for (int j = 1; j < n_blocks; ++j) step(j, std::true_type{});
+  row_max(acc1, pend[1]);
   cp_async_wait<0>();  // (only zero-fill copies can be outstanding here)
   offer_pending();     // the last block
 
