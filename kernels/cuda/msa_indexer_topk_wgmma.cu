@@ -19,10 +19,10 @@
 // grid is CTA-major, batch-minor, so every sequence's heaviest CTAs start first.
 //
 // Operand homes (shared memory, all in the 128-byte-swizzled K-major layout of wgmma_sm90.cuh,
-// 1024-byte aligned; 197 KB, one CTA per SM):
+// 1024-byte aligned; 225 KB, one CTA per SM):
 //   iq   [256 rows x 128 dI]  64 KB, four m64 tiles (warpgroup w, tile m at 16 KB (2 w + m)), each
 //                            two 64-column halves; loaded once by cp.async, kept for the whole scan
-//   ik   4-stage ring of [128 keys x 128 dI] 32 KB tiles, key block j in slot j % 4, cp.async,
+//   ik   5-stage ring of [128 keys x 128 dI] 32 KB tiles, key block j in slot j % 5, cp.async,
 //        three blocks ahead (every thread copies 8 x 16 bytes of each tile)
 //   S    registers: per warpgroup and block, two f32 accumulator sets acc0/acc1 [64 rows x 128
 //        keys] (64 registers each), S_m = iq_m . ik_j^T by 8 wgmma m64n128k16, one per 16 of dI,
@@ -31,16 +31,19 @@
 //        msa_attention_fwd_wgmma.cu's S = Q K^T, with d_I in place of d.
 //
 // Loop, per key block j (CTA-uniform, j < c of the CTA's last row; a warpgroup also scores the
-// blocks its own rows cannot use, at most about one, to keep the loop free of branches):
-//   wait for tile j (cp.async.wait_group, proxy fence, __syncthreads: it also frees slot j - 1)
-//   issue S_0 (8 MMAs, commit), S_1 (8 MMAs, commit)         -- tensor cores busy from here
-//   cp.async tile j + 3 into slot (j - 1) % 4                  -- zeros past the last block
-//   block j - 1: quad reduce-scatter of its row maxima, top-k insertion  -- overlaps the MMAs
-//   wait S_0, row maxima of S_0 (each thread: 2 rows x 32 columns)       -- overlaps S_1
-//   wait S_1, row maxima of S_1
-// Every MMA is issued and waited in one iteration, with no branch between them (ptxas serializes
-// wgmma pipelines crossing branches or loop edges). Both warpgroups meet at the barrier once per
-// block; the tensor cores idle only for the last row-max pass and the barrier.
+// blocks its own rows cannot use, at most about one, to keep the loop free of branches). On entry
+// tile j has landed and every thread has passed a barrier since; acc1 holds block j - 1's S_1:
+//   issue S_0 (8 MMAs, commit)                                 -- tensor cores busy from here
+//   block j - 1: row maxima of acc1, quad reduce-scatter, top-k insertion  -- overlaps S_0
+//   issue S_1 (8 MMAs, commit); cp.async tile j + 3 into slot (j + 3) % 5, which held block
+//   j - 2 (every thread waited its MMAs before the last barrier)
+//   wait S_0, row maxima of S_0                                -- overlaps S_1
+//   wait for tile j + 1 (cp.async.wait_group, proxy fence, __syncthreads)  -- overlaps S_1
+//   wait S_1
+// So the tensor cores idle only between S_1's end and the next S_0's issue (before: for the last
+// row-max pass and the barrier too; 664 -> 750 TF/s at 128K). No MMA is in flight across the
+// loop edge or a branch (ptxas serializes wgmma pipelines there: warnings C7514 / C7518), so
+// block 0, with no block j - 1, is a peeled copy of the body.
 //
 // Selection. Accumulator element i of a thread (lane = 4 grp + tig, warp w of its warpgroup) is
 // row 16 w + grp + 8 ((i / 2) & 1) of its m tile, column 8 (i / 4) + 2 tig + (i & 1): a thread
@@ -57,8 +60,8 @@
 // selection bit for bit. Output exactly as there: ascending block indices, the local block c(t)
 // last, -1 padding, counts = min(k, c(t) + 1).
 //
-// Resources (ptxas, sm_90a, CUDA 13.0): 180 / 188 / 204 / 233 registers for lists of 3 / 7 / 15 /
-// 31 (topk <= 4 / 8 / 16 / 32), no spills, no stack; 197 KB of shared memory; no wgmma
+// Resources (ptxas, sm_90a, CUDA 13.0): 176 / 184 / 202 / 232 registers for lists of 3 / 7 / 15 /
+// 31 (topk <= 4 / 8 / 16 / 32), no spills, no stack; 225 KB of shared memory; no wgmma
 // serialization warnings.
 #include <cuda_runtime.h>
 
@@ -226,8 +229,8 @@ __global__ void __launch_bounds__(kThreads, 1)
 
 #pragma unroll
   for (int j = 0; j < kAhead; ++j) load_block(j);
-  // Block j's tile landed and every thread passed a barrier after it (at the end of the previous
-  // iteration, or here for block 0).
+  // Waits until the next block's tile (block 0's and iq first, here; then block j + 1's, in
+  // iteration j) has landed from every thread's copies.
   auto tile_ready = [&]() {
     cp_async_wait<kAhead - 1>();  // this thread's copies (and iq's) have landed
     fence_proxy_async();          // ... visible to the tensor cores
