@@ -294,13 +294,41 @@ Tensor host(const Tensor& t) { return t.is_cuda() ? t.to(Device::kCPU) : t; }
 
 }  // namespace
 
-std::vector<RecallQuery> strided_recall_queries(int64_t batch, int64_t T, int64_t query_stride) {
+int64_t strided_recall_position(int64_t window, int64_t stride) {
+  if (stride <= 1) return window;
+  // i * (golden ratio - 1) mod 1 fills [0, 1) evenly for any run of consecutive i.
+  const double x = static_cast<double>(window) * 0.6180339887498949;
+  const auto phase = static_cast<int64_t>((x - std::floor(x)) * static_cast<double>(stride));
+  return window * stride + std::min(phase, stride - 1);
+}
+
+namespace {
+
+// Calls fn(t - offset) for every sampled position t in [offset, offset + T), increasing.
+template <class Fn>
+void for_each_strided_query(int64_t T, int64_t query_stride, int64_t offset, Fn fn) {
   const int64_t stride = std::max<int64_t>(1, query_stride);
+  for (int64_t w = offset / stride; w * stride < offset + T; ++w) {
+    const int64_t p = strided_recall_position(w, stride);
+    if (p >= offset && p < offset + T) fn(p - offset);
+  }
+}
+
+}  // namespace
+
+std::vector<RecallQuery> strided_recall_queries(int64_t batch, int64_t T, int64_t query_stride,
+                                                int64_t offset) {
   std::vector<RecallQuery> out;
-  out.reserve(batch * ((T + stride - 1) / stride));
+  out.reserve(batch * strided_recall_count(T, query_stride, offset));
   for (int64_t b = 0; b < batch; ++b)
-    for (int64_t t = 0; t < T; t += stride) out.push_back({b, t});
+    for_each_strided_query(T, query_stride, offset, [&](int64_t t) { out.push_back({b, t}); });
   return out;
+}
+
+int64_t strided_recall_count(int64_t T, int64_t query_stride, int64_t offset) {
+  int64_t n = 0;
+  for_each_strided_query(T, query_stride, offset, [&](int64_t) { ++n; });
+  return n;
 }
 
 namespace {
@@ -337,7 +365,7 @@ OracleRecall query_recall(const Tensor& q, const Tensor& k, const BlockSelection
 OracleRecall strided_recall(const Tensor& q, const Tensor& k, const BlockSelection& sel,
                             double scale, int64_t query_stride, const char* op) {
   const std::vector<RecallQuery> queries =
-      strided_recall_queries(q.size(0), q.size(1), query_stride);
+      strided_recall_queries(q.size(0), q.size(1), query_stride, k.size(1) - q.size(1));
   return queries.empty() ? OracleRecall{1.0, 1.0, 1.0}
                          : query_recall(q, k, sel, scale, queries, op);
 }

@@ -123,11 +123,25 @@ struct RecallQuery {
   int64_t t = 0;
 };
 
-// Every stride-th query of every batch row: (b, 0), (b, stride), (b, 2 stride), ... for each b.
-std::vector<RecallQuery> strided_recall_queries(int64_t batch, int64_t T, int64_t query_stride);
+// The strided recalls' sample: one query per window of `stride` positions, window w's at
+// position w * stride + floor(stride * frac(w * 0.6180339887498949)), its phase moving through the
+// window by the golden ratio, so that consecutive windows sample every offset within a window (and
+// within a block) alike. A stride that is a multiple of the block size once sampled only each
+// block's first query, whose local block holds one token: it understated the recalls of layers that
+// attend to recent tokens (docs/quality.md). Positions count from the keys' first position: T
+// queries at offset `offset` into them (a context-parallel shard or a document's later chunk)
+// sample exactly the positions of the whole sequence's sample that fall among them, returned as
+// t - offset. stride <= 1 samples every query.
+int64_t strided_recall_position(int64_t window, int64_t stride);
+// (b, t) for every batch row b and every sampled t in [0, T), in increasing t.
+std::vector<RecallQuery> strided_recall_queries(int64_t batch, int64_t T, int64_t query_stride,
+                                                int64_t offset = 0);
+// How many of T queries at `offset` the sample holds (per batch row).
+int64_t strided_recall_count(int64_t T, int64_t query_stride, int64_t offset = 0);
 
-// Index recall: mean over sampled queries t (t = 0, stride, 2*stride, ...; every batch row) and
-// heads h of the dense causal attention mass that falls inside the blocks selected for (t, g(h)).
+// Index recall: mean over the sampled queries t (strided_recall_queries, at the queries' offset
+// into the keys: Tk - Tq; every batch row) and heads h of the dense causal attention mass that
+// falls inside the blocks selected for (t, g(h)).
 // 1.0 means the selector keeps all the attention. Any device (computed on the CPU).
 double msa_index_recall(const Tensor& q, const Tensor& k, const BlockSelection& sel, double scale,
                         int64_t query_stride);

@@ -50,8 +50,10 @@ ABSL_FLAG(std::string, attention_mode, "sparse",
           "a comma-separated mode per checkpoint (e.g. --checkpoint=a.h5,a.h5 "
           "--attention_mode=sparse,dense).");
 ABSL_FLAG(int64_t, recall_stride, 8,
-          "Index recall, block recall and the recall ceiling sample every N-th query position "
-          "(0: off). Measured on the selector's choice in either --attention_mode.");
+          "Index recall, block recall and the recall ceiling sample one query position in every N "
+          "(0: off), at a phase that moves through the N by the golden ratio, so every offset "
+          "within a block is sampled alike whatever N. Measured on the selector's choice in "
+          "either --attention_mode.");
 ABSL_FLAG(bool, answer_recall, true,
           "Also measure index recall, block recall and the recall ceiling at the answer positions "
           "only (the queries whose attention decides the task; --recall_stride's average is "
@@ -439,8 +441,8 @@ int main(int argc, char** argv) {
   msa::set_program_usage(
       "Evaluates a checkpoint's long-context quality: retrieval accuracy by context length and\n"
       "depth, index recall (attention mass kept), block recall (the paper's selector metric) and\n"
-      "the recall ceiling (the most any k blocks keep) per MSA layer, over every\n"
-      "--recall_stride-th query and at the answer positions\n"
+      "the recall ceiling (the most any k blocks keep) per MSA layer, over one query in every\n"
+      "--recall_stride and at the answer positions\n"
       "(--answer_recall); or, with --data, the validation loss and perplexity by position in\n"
       "the window for one or several checkpoints side by side (docs/quality.md).\n"
       "  msa-eval --checkpoint=ckpt/ckpt-00000400.h5 --lengths=256,512,1024 --out_dir=report\n"

@@ -174,7 +174,9 @@ ABSL_FLAG(int64_t, recall_every, 50,
           "mass inside the selected blocks) and block recall (the share of the attention's own "
           "top-k blocks that the selector picked, the paper's metric) and recall ceiling (the mass "
           "inside those top-k blocks: the most index recall any k blocks keep); 0: never.");
-ABSL_FLAG(int64_t, recall_stride, 16, "Recall samples every N-th query position.");
+ABSL_FLAG(int64_t, recall_stride, 16,
+          "Recall samples one query position in every N (at a phase that moves through the N, "
+          "so every offset within a block is sampled alike).");
 
 int main(int argc, char** argv) {
   msa::set_program_usage(

@@ -71,8 +71,9 @@ struct AttentionActivations {
 struct AttentionBlockOptions {
   MsaMode msa_mode = MsaMode::kSparse;
   bool compute_index_grads = true;
-  // > 0: measure the index recall, the block recall and the index recall ceiling on every
-  // stride-th query (the last two from one pass over the dense attention).
+  // > 0: measure the index recall, the block recall and the index recall ceiling on one query per
+  // window of this many (strided_recall_queries; the last two from one pass over the dense
+  // attention).
   int64_t recall_query_stride = 0;
   // Non-empty: also measure the three at these queries only (e.g. a retrieval task's answer
   // positions, whose attention decides the answer), independently of the stride.

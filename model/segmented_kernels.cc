@@ -232,7 +232,8 @@ OracleRecall segmented_msa_oracle_recall(const DocumentSegments* docs, const Ten
   OracleRecall sum{};
   int64_t sampled = 0;
   for (const DocumentSegment& s : docs->segments()) {
-    const int64_t n = (s.length() + query_stride - 1) / query_stride;  // queries 0, stride, ...
+    // The document's sample (its queries sit s.position - s.key_begin into its keys).
+    const int64_t n = strided_recall_count(s.length(), query_stride, s.position - s.key_begin);
     const OracleRecall r = msa_oracle_recall(document_view(q, *docs, s), key_view(k, *docs, s),
                                              selection_view(sel, *docs, s), scale, query_stride);
     const double w = static_cast<double>(n);

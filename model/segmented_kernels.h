@@ -74,7 +74,8 @@ IndexLossResult segmented_msa_index_loss(const DocumentSegments* docs, IndexLoss
                                          const BlockSelection& sel, const Tensor& iq,
                                          const Tensor& ik, double scale, double weight, Tensor& diq,
                                          Tensor& dik);
-// Sampled recalls: queries 0, stride, 2 stride, ... of each document; the documents' means
+// Sampled recalls: each document's strided sample (kernels/msa.h: one query per stride window,
+// positions counted from the document's start); the documents' means
 // weighted by their sampled queries (so the result is the mean over all sampled terms): index
 // recall, block recall and the index recall ceiling from one pass (kernels/msa.h).
 OracleRecall segmented_msa_oracle_recall(const DocumentSegments* docs, const Tensor& q,

@@ -32,8 +32,8 @@ struct RetrievalResult {
 
 // Samples first_sample .. first_sample + samples - 1 of `task`, in batches of `batch`.
 // recall_stride > 0 also measures index recall, block recall and the index recall ceiling
-// (every recall_stride-th query position); answer_recall measures the three at the answer
-// positions. They are measured on the selection in either mode.
+// (one query position per recall_stride: strided_recall_queries); answer_recall measures the three
+// at the answer positions. They are measured on the selection in either mode.
 RetrievalResult evaluate_retrieval(Transformer& model, const SyntheticConfig& task, int64_t samples,
                                    int64_t batch, MsaMode mode, int64_t recall_stride,
                                    bool answer_recall, uint64_t first_sample = 0);

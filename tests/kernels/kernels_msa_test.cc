@@ -614,17 +614,62 @@ TEST(KernelsMsaTest, RecallAtGivenQueriesMatchesReference) {
     // reference's strided mean.
     for (int64_t stride : {1, 4, 7}) {
       const std::vector<RecallQuery> strided = strided_recall_queries(c.batch, c.T, stride);
-      ASSERT_EQ(strided.size(), static_cast<size_t>(c.batch * ((c.T + stride - 1) / stride)));
+      const test::ref::Queries ref_strided = test::ref::strided_queries(z, stride);
+      ASSERT_EQ(strided.size(), ref_strided.size());
+      for (size_t i = 0; i < strided.size(); ++i) {
+        EXPECT_EQ(strided[i].batch, ref_strided[i].first) << i;
+        EXPECT_EQ(strided[i].t, ref_strided[i].second) << i;
+      }
+      EXPECT_EQ(strided_recall_count(c.T, stride) * c.batch, static_cast<int64_t>(strided.size()));
       EXPECT_EQ(msa_index_recall(q, k, x.sel, scale, stride),
                 msa_index_recall(q, k, x.sel, scale, strided));
       EXPECT_EQ(msa_block_recall(q, k, x.sel, scale, stride),
                 msa_block_recall(q, k, x.sel, scale, strided));
-      const test::ref::Queries ref_strided = test::ref::strided_queries(z, stride);
       EXPECT_LT(test::scaled_diff(msa_index_recall(q, k, x.sel, scale, stride),
                                   test::ref::index_recall(sel, qv, kv, z, scale, ref_strided)),
                 1e-12);
     }
   }
+}
+
+// The strided sample sees every offset within a block alike, also when the stride is a multiple
+// of the block size (the sample was once t = 0, stride, 2 stride, ...: block starts only, where the
+// local block holds one token), one query per window; and T queries at an offset into the keys
+// (a context-parallel shard) sample exactly the whole sequence's positions among them.
+TEST(KernelsMsaTest, StridedRecallSampleCoversEveryOffsetWithinABlock) {
+  const int64_t B = 64, stride = 64, T = 64 * 64;
+  const std::vector<RecallQuery> all = strided_recall_queries(1, T, stride);
+  ASSERT_EQ(all.size(), static_cast<size_t>(T / stride));
+  std::vector<int> per_eighth(8, 0);
+  double mean_offset = 0;
+  for (size_t i = 0; i < all.size(); ++i) {
+    EXPECT_EQ(all[i].t / stride, static_cast<int64_t>(i)) << "one query per window";
+    ++per_eighth[(all[i].t % B) * 8 / B];
+    mean_offset += static_cast<double>(all[i].t % B) / static_cast<double>(all.size());
+  }
+  for (int e = 0; e < 8; ++e) {
+    EXPECT_GE(per_eighth[e], 6) << "eighth " << e;
+    EXPECT_LE(per_eighth[e], 10) << "eighth " << e;
+  }
+  EXPECT_NEAR(mean_offset, (B - 1) / 2.0, 2.0);
+  // Shards at any offsets, lengths not multiples of the stride.
+  for (int64_t s : {int64_t{1}, int64_t{5}, int64_t{64}}) {
+    const int64_t len = 1000;
+    const std::vector<RecallQuery> whole = strided_recall_queries(1, len, s);
+    std::vector<int64_t> joined;
+    for (const auto& [begin, end] :
+         {std::pair<int64_t, int64_t>{0, 333}, {333, 640}, {640, 1000}}) {
+      const std::vector<RecallQuery> part = strided_recall_queries(1, end - begin, s, begin);
+      EXPECT_EQ(static_cast<int64_t>(part.size()), strided_recall_count(end - begin, s, begin));
+      for (const RecallQuery& x : part) {
+        EXPECT_LT(x.t, end - begin);
+        joined.push_back(begin + x.t);
+      }
+    }
+    ASSERT_EQ(joined.size(), whole.size()) << "stride " << s;
+    for (size_t i = 0; i < whole.size(); ++i) EXPECT_EQ(joined[i], whole[i].t) << i;
+  }
+  EXPECT_EQ(strided_recall_count(10, 1), 10);
 }
 
 // A case small enough to work out by hand. T 6, B 2 (blocks {0,1} {2,3} {4,5}), k 2, one head,

@@ -320,11 +320,18 @@ inline Selection attention_oracle(const std::vector<double>& q, const std::vecto
 // The query positions of a recall: (batch row, t) pairs.
 using Queries = std::vector<std::pair<int64_t, int64_t>>;
 
-// (b, 0), (b, stride), ... for every batch row b: the sampling of the strided recalls.
+// The sampling of the strided recalls (kernels/msa.h), for every batch row b: position t is
+// sampled when it is its window's (w = t / stride) phase, floor(stride * frac(w * 0.618...)),
+// into it.
 inline Queries strided_queries(const Sizes& z, int64_t stride) {
   Queries out;
   for (int64_t b = 0; b < z.batch; ++b)
-    for (int64_t t = 0; t < z.T; t += stride) out.emplace_back(b, t);
+    for (int64_t t = 0; t < z.T; ++t) {
+      const int64_t w = t / stride;
+      const double x = static_cast<double>(w) * 0.6180339887498949;
+      if (stride == 1 || t - w * stride == static_cast<int64_t>((x - std::floor(x)) * stride))
+        out.emplace_back(b, t);
+    }
   return out;
 }
 
@@ -348,7 +355,7 @@ inline double block_recall(const Selection& selection, const std::vector<double>
   return n > 0 ? sum / static_cast<double>(n) : 1.0;
 }
 
-// The same over every stride-th query t = 0, stride, ... of every batch row.
+// The same over the strided sample (strided_queries) of every batch row.
 inline double block_recall(const Selection& selection, const std::vector<double>& q,
                            const std::vector<double>& k, const Sizes& z, double scale,
                            int64_t stride) {
