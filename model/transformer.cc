@@ -260,8 +260,8 @@ ForwardResult Transformer::forward(const Tensor& tokens, const Tensor& targets,
   if (cp_.enabled() && options.recall_query_stride > 0 && n_msa_layers_ > 0) {
     // Each cp rank measured the recalls of its own queries, the whole sequence's sample among
     // them (as many as every other rank's where the shard length is a multiple of the stride,
-    // else within one per document): the sequence's are the means over cp. (The index losses are combined by the caller, which
-    // weighs every rank's rows.)
+    // else within one per document): the sequence's are the means over cp. (The index losses are
+    // combined by the caller, which weighs every rank's rows.)
     constexpr int kSlots = kSampledRecalls;
     Tensor sums = Tensor::zeros({kSlots * L}, DType::kF64);
     double* v = sums.data<double>();
