@@ -73,7 +73,7 @@ __device__ __forceinline__ void fence_proxy_async() {
 // the source run fence_proxy_async and synchronize with the issuer first.
 __device__ __forceinline__ void bulk_store_s2g(void* dst, const void* src, uint32_t bytes) {
   asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;\n" ::"l"(dst),
-               "r"(static_cast<uint32_t>(__cvta_generic_to_shared(src))), "r"(bytes)
+               "r"(smem_addr(src)), "r"(bytes)
                : "memory");
 }
 __device__ __forceinline__ void bulk_commit() {
