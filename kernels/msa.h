@@ -173,11 +173,16 @@ double msa_index_recall_ceiling(const Tensor& q, const Tensor& k, const BlockSel
                                 double scale, const std::vector<RecallQuery>& queries);
 
 // The three measures from one pass over the dense attention (what the model logs; each function
-// above makes that pass for its one measure).
+// above makes that pass for its one measure), and a fourth: the max-pool ceiling, the index recall
+// of the paper's selection rule (c(t) plus the top-(k - 1) earlier blocks by their largest token
+// score) fed perfect token scores, the group's mean attention log-probabilities (what the KL
+// distills the index scores towards). index recall <= ceiling always; max-pool ceiling <= ceiling
+// too, and the index recall falls below the max-pool ceiling by what the indexer has not learned.
 struct OracleRecall {
   double index_recall = 0;
   double block_recall = 0;
   double index_recall_ceiling = 0;
+  double max_pool_recall_ceiling = 0;
 };
 OracleRecall msa_oracle_recall(const Tensor& q, const Tensor& k, const BlockSelection& sel,
                                double scale, int64_t query_stride);

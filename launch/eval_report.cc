@@ -23,13 +23,15 @@ struct RecallColumn {
   const char* csv;
 };
 
-// Per MSA layer, in this order: index recall, block recall, ceiling, then with answer_recall the
-// same three at the answer positions.
+// Per MSA layer, in this order: index recall, block recall, ceiling, max-pool ceiling, then with
+// answer_recall the first three at the answer positions.
 std::vector<RecallColumn> recall_columns(const EvalReport& r) {
   std::vector<RecallColumn> columns = {
       {&EvalCell::index_recall, "recall", "recall", "recall"},
       {&EvalCell::block_recall, "block", "block", "block_recall"},
       {&EvalCell::index_recall_ceiling, "recall ceiling", "recall ceiling", "recall_ceiling"},
+      {&EvalCell::max_pool_recall_ceiling, "max-pool", "max-pool ceiling",
+       "max_pool_recall_ceiling"},
   };
   if (r.answer_recall)
     columns.insert(
@@ -98,11 +100,13 @@ std::string format_report_markdown(const EvalReport& r) {
     out +=
         ", and per MSA layer (means over depths) the index recall (the share of the dense "
         "attention mass inside the selected blocks), the block recall (the share of the "
-        "attention's own top-k blocks that the selector picked) and the recall ceiling (the "
-        "share of the mass inside those top-k blocks: the most index recall any k blocks keep)";
+        "attention's own top-k blocks that the selector picked), the recall ceiling (the "
+        "share of the mass inside those top-k blocks: the most index recall any k blocks keep) "
+        "and the max-pool ceiling (the index recall of the paper's rule, blocks ranked by their "
+        "largest token score, fed perfect scores: the attention probabilities themselves)";
   if (!r.msa_layers.empty() && r.answer_recall)
     out +=
-        ", the three averaged over sampled query positions (mostly filler tokens), and the same "
+        ", the four averaged over sampled query positions (mostly filler tokens), and the first "
         "three measured at the answer positions only (the queries whose attention decides the "
         "task: answer recall, answer block recall, answer ceiling)";
   out += ".\n\n| length |";

@@ -20,7 +20,8 @@ struct EvalCell {
   std::vector<double> index_recall;          // per MSA layer
   std::vector<double> block_recall;          // per MSA layer
   std::vector<double> index_recall_ceiling;  // per MSA layer
-  // Per MSA layer, with EvalReport::answer_recall: the three at the answer positions only.
+  std::vector<double> max_pool_recall_ceiling;  // per MSA layer
+  // Per MSA layer, with EvalReport::answer_recall: the first three at the answer positions only.
   std::vector<double> answer_index_recall;
   std::vector<double> answer_block_recall;
   std::vector<double> answer_index_recall_ceiling;

@@ -245,12 +245,13 @@ absl::Status run_retrieval(const std::string& path, const msa::Checkpoint& ckpt,
       c.index_recall = r.index_recall;
       c.block_recall = r.block_recall;
       c.index_recall_ceiling = r.index_recall_ceiling;
+      c.max_pool_recall_ceiling = r.max_pool_recall_ceiling;
       c.answer_index_recall = r.answer_index_recall;
       c.answer_block_recall = r.answer_block_recall;
       c.answer_index_recall_ceiling = r.answer_index_recall_ceiling;
       for (std::vector<double>* v :
-           {&c.index_recall, &c.block_recall, &c.index_recall_ceiling, &c.answer_index_recall,
-            &c.answer_block_recall, &c.answer_index_recall_ceiling})
+           {&c.index_recall, &c.block_recall, &c.index_recall_ceiling, &c.max_pool_recall_ceiling,
+            &c.answer_index_recall, &c.answer_block_recall, &c.answer_index_recall_ceiling})
         v->resize(report.msa_layers.size(), 0.0);
       report.cells.push_back(c);
       // The fact's block selected at the answers, per MSA layer: whether the selector finds what

@@ -756,6 +756,8 @@ absl::Status run_train_program(TrainProgramOptions o) {
       if (!m.index_recall.empty()) j["index_recall"] = m.index_recall;
       if (!m.block_recall.empty()) j["block_recall"] = m.block_recall;
       if (!m.index_recall_ceiling.empty()) j["index_recall_ceiling"] = m.index_recall_ceiling;
+      if (!m.max_pool_recall_ceiling.empty())
+        j["max_pool_recall_ceiling"] = m.max_pool_recall_ceiling;
       std::fprintf(metrics, "%s\n",
                    j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
       std::fflush(metrics);

@@ -96,6 +96,7 @@ void attention_block_forward(const ModelConfig& c, int layer, ParameterSet& para
   act.index_recall = -1;
   act.block_recall = -1;
   act.index_recall_ceiling = -1;
+  act.max_pool_recall_ceiling = -1;
   act.answer_index_recall = -1;
   act.answer_block_recall = -1;
   act.answer_index_recall_ceiling = -1;
@@ -184,6 +185,7 @@ void attention_block_forward(const ModelConfig& c, int layer, ParameterSet& para
       act.index_recall = oracle.index_recall;
       act.block_recall = oracle.block_recall;
       act.index_recall_ceiling = oracle.index_recall_ceiling;
+      act.max_pool_recall_ceiling = oracle.max_pool_recall_ceiling;
     }
     if (measure_answers) {
       // Whole rows: the callers (retrieval evaluation) run neither packed documents nor cp.

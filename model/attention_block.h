@@ -59,6 +59,7 @@ struct AttentionActivations {
   double index_recall = -1;          // < 0 when not computed (msa_index_recall)
   double block_recall = -1;          // < 0 when not computed (msa_block_recall)
   double index_recall_ceiling = -1;  // < 0 when not computed (msa_index_recall_ceiling)
+  double max_pool_recall_ceiling = -1;  // < 0 when not computed (OracleRecall)
   // The same three measured at AttentionBlockOptions::answer_positions only (< 0: not computed).
   double answer_index_recall = -1;
   double answer_block_recall = -1;

@@ -240,11 +240,13 @@ OracleRecall segmented_msa_oracle_recall(const DocumentSegments* docs, const Ten
     sum.index_recall += w * r.index_recall;
     sum.block_recall += w * r.block_recall;
     sum.index_recall_ceiling += w * r.index_recall_ceiling;
+    sum.max_pool_recall_ceiling += w * r.max_pool_recall_ceiling;
     sampled += n;
   }
-  if (sampled == 0) return {1.0, 1.0, 1.0};
+  if (sampled == 0) return {1.0, 1.0, 1.0, 1.0};
   const double n = static_cast<double>(sampled);
-  return {sum.index_recall / n, sum.block_recall / n, sum.index_recall_ceiling / n};
+  return {sum.index_recall / n, sum.block_recall / n, sum.index_recall_ceiling / n,
+          sum.max_pool_recall_ceiling / n};
 }
 
 }  // namespace msa

@@ -77,7 +77,8 @@ IndexLossResult segmented_msa_index_loss(const DocumentSegments* docs, IndexLoss
 // Sampled recalls: each document's strided sample (kernels/msa.h: one query per stride window,
 // positions counted from the document's start); the documents' means
 // weighted by their sampled queries (so the result is the mean over all sampled terms): index
-// recall, block recall and the index recall ceiling from one pass (kernels/msa.h).
+// recall, block recall, the index recall ceiling and the max-pool ceiling from one pass
+// (kernels/msa.h).
 OracleRecall segmented_msa_oracle_recall(const DocumentSegments* docs, const Tensor& q,
                                          const Tensor& k, const BlockSelection& sel, double scale,
                                          int64_t query_stride);

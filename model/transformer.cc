@@ -66,14 +66,18 @@ namespace {
 // kSampledRecalls are measured at the strided queries (recall_query_stride; also means over cp
 // ranks' queries), the rest at the answer positions.
 constexpr double AttentionActivations::*kRecalls[] = {
-    &AttentionActivations::index_recall,         &AttentionActivations::block_recall,
-    &AttentionActivations::index_recall_ceiling, &AttentionActivations::answer_index_recall,
-    &AttentionActivations::answer_block_recall,  &AttentionActivations::answer_index_recall_ceiling,
+    &AttentionActivations::index_recall,
+    &AttentionActivations::block_recall,
+    &AttentionActivations::index_recall_ceiling,
+    &AttentionActivations::max_pool_recall_ceiling,
+    &AttentionActivations::answer_index_recall,
+    &AttentionActivations::answer_block_recall,
+    &AttentionActivations::answer_index_recall_ceiling,
     &AttentionActivations::answer_key_selected,
 };
 constexpr int kNumRecalls = sizeof(kRecalls) / sizeof(kRecalls[0]);
-constexpr int kSampledRecalls = 3;
-static_assert(kRecalls[kSampledRecalls - 1] == &AttentionActivations::index_recall_ceiling,
+constexpr int kSampledRecalls = 4;
+static_assert(kRecalls[kSampledRecalls - 1] == &AttentionActivations::max_pool_recall_ceiling,
               "the strided recalls come first in kRecalls");
 
 void copy_recalls(const AttentionActivations& from, AttentionActivations& to) {
@@ -281,6 +285,8 @@ ForwardResult Transformer::forward(const Tensor& tokens, const Tensor& targets,
     if (attn_[l].block_recall >= 0) result.block_recall.push_back(attn_[l].block_recall);
     if (attn_[l].index_recall_ceiling >= 0)
       result.index_recall_ceiling.push_back(attn_[l].index_recall_ceiling);
+    if (attn_[l].max_pool_recall_ceiling >= 0)
+      result.max_pool_recall_ceiling.push_back(attn_[l].max_pool_recall_ceiling);
     if (attn_[l].answer_index_recall >= 0)
       result.answer_index_recall.push_back(attn_[l].answer_index_recall);
     if (attn_[l].answer_block_recall >= 0)

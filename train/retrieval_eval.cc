@@ -55,6 +55,7 @@ RetrievalResult evaluate_retrieval(Transformer& model, const SyntheticConfig& ta
       add_per_layer(f.index_recall, 1.0, r.index_recall);
       add_per_layer(f.block_recall, 1.0, r.block_recall);
       add_per_layer(f.index_recall_ceiling, 1.0, r.index_recall_ceiling);
+      add_per_layer(f.max_pool_recall_ceiling, 1.0, r.max_pool_recall_ceiling);
       ++recall_batches;
     }
     // Weighted by the batch's answers: a mean over every answer (and head or group).
@@ -82,6 +83,7 @@ RetrievalResult evaluate_retrieval(Transformer& model, const SyntheticConfig& ta
   for (double& x : r.index_recall) x /= static_cast<double>(recall_batches);
   for (double& x : r.block_recall) x /= static_cast<double>(recall_batches);
   for (double& x : r.index_recall_ceiling) x /= static_cast<double>(recall_batches);
+  for (double& x : r.max_pool_recall_ceiling) x /= static_cast<double>(recall_batches);
   for (double& x : r.answer_index_recall) x /= static_cast<double>(answer_queries);
   for (double& x : r.answer_block_recall) x /= static_cast<double>(answer_queries);
   for (double& x : r.answer_index_recall_ceiling) x /= static_cast<double>(answer_queries);

@@ -19,7 +19,10 @@ struct RetrievalResult {
   std::vector<double> block_recall;  // per MSA layer (empty for dense models): the paper's metric
   // Per MSA layer (empty for dense models): the most index recall any k blocks could keep.
   std::vector<double> index_recall_ceiling;
-  // The same three measured at the answer positions only (the queries whose attention decides
+  // Per MSA layer (empty for dense models): the index recall of the paper's max-pooling rule fed
+  // perfect token scores (kernels/msa.h OracleRecall); between the recall and the ceiling.
+  std::vector<double> max_pool_recall_ceiling;
+  // The first three measured at the answer positions only (the queries whose attention decides
   // the task), a mean over every answer of the samples: per MSA layer, empty when not measured.
   std::vector<double> answer_index_recall;
   std::vector<double> answer_block_recall;

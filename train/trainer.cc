@@ -71,6 +71,7 @@ StepMetrics Trainer::train_step(int64_t step) {
     if (!r.index_recall.empty()) m.index_recall = r.index_recall;
     if (!r.block_recall.empty()) m.block_recall = r.block_recall;
     if (!r.index_recall_ceiling.empty()) m.index_recall_ceiling = r.index_recall_ceiling;
+    if (!r.max_pool_recall_ceiling.empty()) m.max_pool_recall_ceiling = r.max_pool_recall_ceiling;
     m.tokens += b.tokens.numel();
   }
   if (dp) {
@@ -104,12 +105,15 @@ std::string Trainer::format_metrics(const StepMetrics& m) const {
       absl::StrAppend(out, absl::StrFormat("%.3f", r));
     });
   };
-  // Index recall (attention mass kept, the headline), the paper's block recall and the most index
-  // recall any k blocks keep, per layer.
+  // Index recall (attention mass kept, the headline), the paper's block recall, the most index
+  // recall any k blocks keep and what the paper's max-pooling rule keeps with perfect token
+  // scores, per layer.
   if (!m.index_recall.empty()) s += " | recall " + per_layer(m.index_recall);
   if (!m.block_recall.empty()) s += " | block recall " + per_layer(m.block_recall);
   if (!m.index_recall_ceiling.empty())
     s += " | recall ceiling " + per_layer(m.index_recall_ceiling);
+  if (!m.max_pool_recall_ceiling.empty())
+    s += " | max-pool ceiling " + per_layer(m.max_pool_recall_ceiling);
   s += absl::StrFormat(" | grad_norm %.3f | lr %.3g | %.0f tok/s", m.grad_norm, m.lr,
                        m.seconds > 0 ? m.tokens / m.seconds : 0.0);
   if (m.skipped) s += " | NOT FINITE: step skipped";

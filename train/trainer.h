@@ -53,6 +53,7 @@ struct StepMetrics {
   std::vector<double> index_recall;          // per MSA layer, on steps where it was measured
   std::vector<double> block_recall;          // per MSA layer, on the same steps
   std::vector<double> index_recall_ceiling;  // per MSA layer, on the same steps
+  std::vector<double> max_pool_recall_ceiling;  // per MSA layer, on the same steps
   double grad_norm = 0, lr = 0;
   int64_t tokens = 0;
   double seconds = 0;

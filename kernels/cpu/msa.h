@@ -57,12 +57,14 @@ struct RecallQueries {
 // Sums over the queries' (b, t, g) rows of the selector measures (kernels/msa.h), from one pass
 // over the dense attention: the index recall (the group's mean attention mass inside the selected
 // blocks, so the sum over rows is r times less than the sum over (b, t, h) with the same mean),
-// the block recall and the index recall ceiling against the oracle blocks; n_rows = queries *
-// groups.
+// the block recall and the index recall ceiling against the oracle blocks, and the max-pool
+// ceiling (the mass kept by the paper's selection rule fed perfect token scores); n_rows =
+// queries * groups.
 struct OracleRecallSums {
   double index_recall = 0;
   double block_recall = 0;
   double index_recall_ceiling = 0;
+  double max_pool_recall_ceiling = 0;
   int64_t n_rows = 0;
 };
 template <class T>

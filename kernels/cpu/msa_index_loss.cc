@@ -138,21 +138,22 @@ OracleRecallSums msa_oracle_recall_sums(const T* q, const T* k, const int32_t* i
   const int64_t n_queries = queries.begin[dims.batch];
   const int64_t per_row = (n_queries + dims.batch - 1) / std::max<int64_t>(1, dims.batch);
   std::vector<double> index_per_task(dims.batch * G, 0.0), block_per_task(dims.batch * G, 0.0),
-      ceiling_per_task(dims.batch * G, 0.0);
+      ceiling_per_task(dims.batch * G, 0.0), max_pool_per_task(dims.batch * G, 0.0);
   parallel_for(dims.batch * G, per_row * r * Sk * d, [&](int64_t begin, int64_t end) {
     std::vector<T> z(Sk);
-    std::vector<double> mass;
+    std::vector<double> mass, p, peak;
     std::vector<int32_t> order;
     std::vector<char> oracle, selected;
     for (int64_t bg = begin; bg < end; ++bg) {
       const int64_t b = bg / G, g = bg % G;
-      double index_acc = 0, block_acc = 0, ceiling_acc = 0;
+      double index_acc = 0, block_acc = 0, ceiling_acc = 0, max_pool_acc = 0;
       for (int64_t n = queries.begin[b]; n < queries.begin[b + 1]; ++n) {
         const int64_t i = queries.t[n];                        // the query's row
         const int64_t row = (b * S + i) * G + g, t = off + i;  // t: its position
         const int64_t c = t / B;
         // mass[j] = the group's mean dense attention probability inside block j <= c.
         mass.assign(c + 1, 0.0);
+        p.assign(t + 1, 0.0);  // p[s]: the group's mean attention probability of token s
         for (int64_t h = g * r; h < (g + 1) * r; ++h) {
           const T* q_t = q + ((b * S + i) * H + h) * d;
           T max = -std::numeric_limits<T>::infinity();
@@ -165,7 +166,11 @@ OracleRecallSums msa_oracle_recall_sums(const T* q, const T* k, const int32_t* i
             z[s] = std::exp(z[s] - max);
             total += z[s];
           }
-          for (int64_t s = 0; s <= t; ++s) mass[s / B] += static_cast<double>(z[s] / total) / r;
+          for (int64_t s = 0; s <= t; ++s) {
+            const double ps = static_cast<double>(z[s] / total) / r;
+            mass[s / B] += ps;
+            p[s] += ps;
+          }
         }
         // Oracle: c plus the top-(K - 1) earlier blocks by mass, ties to the lower index.
         const int64_t want = std::min<int64_t>(K - 1, c);
@@ -199,16 +204,32 @@ OracleRecallSums msa_oracle_recall_sums(const T* q, const T* k, const int32_t* i
         for (int64_t j = 0; j <= c; ++j)
           if (oracle[j]) kept += mass[j];
         ceiling_acc += kept;
+        // The max-pool ceiling: the paper's rule (c plus the top-(K - 1) earlier blocks by their
+        // largest token score, ties to the lower index) fed the scores the KL's optimum student
+        // has, log p (+ a constant per row), i.e. ranking blocks by their largest p. The gap to
+        // the ceiling is the rule's; the gap from the index recall down to it is the indexer's.
+        peak.assign(c, -std::numeric_limits<double>::infinity());
+        for (int64_t s = 0; s < c * B; ++s) peak[s / B] = std::max(peak[s / B], p[s]);
+        std::iota(order.begin(), order.end(), 0);
+        std::partial_sort(order.begin(), order.begin() + want, order.end(),
+                          [&](int32_t a, int32_t bb) {
+                            return peak[a] > peak[bb] || (peak[a] == peak[bb] && a < bb);
+                          });
+        double pooled = mass[c];
+        for (int64_t e = 0; e < want; ++e) pooled += mass[order[e]];
+        max_pool_acc += pooled;
       }
       index_per_task[bg] = index_acc;
       block_per_task[bg] = block_acc;
       ceiling_per_task[bg] = ceiling_acc;
+      max_pool_per_task[bg] = max_pool_acc;
     }
   });
   OracleRecallSums sums;
   for (double x : index_per_task) sums.index_recall += x;
   for (double x : block_per_task) sums.block_recall += x;
   for (double x : ceiling_per_task) sums.index_recall_ceiling += x;
+  for (double x : max_pool_per_task) sums.max_pool_recall_ceiling += x;
   sums.n_rows = n_queries * G;
   return sums;
 }

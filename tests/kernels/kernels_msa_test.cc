@@ -728,6 +728,45 @@ TEST(KernelsMsaTest, RecallAtGivenQueriesByHand) {
                2.0 / 3.0);
 }
 
+// The max-pool ceiling by hand: the paper's rule (local block plus the top-(k - 1) earlier blocks
+// by their largest token score) fed the group's mean attention probabilities as token scores.
+// T 6, B 2, k 2, one group of two heads, d 1, scale 1, k_s = log w_s with w = 3 0.5 2 2 1 1 (sum
+// 9.5); head 0 has q = 1 (p_s = w_s / 9.5), head 1 q = 0 (p_s = 1/6). At t = 5 the group's mean p
+// peaks higher in block 0 ((3 / 9.5 + 1/6) / 2) than in block 1 ((2 / 9.5 + 1/6) / 2), while
+// block 1 holds more mass ((4 / 9.5 + 2/6) / 2 against (3.5 / 9.5 + 2/6) / 2): the rule keeps
+// blocks {0, 2}, (5.5 / 9.5 + 4/6) / 2, the ceiling {1, 2}, (6 / 9.5 + 4/6) / 2.
+TEST(KernelsMsaTest, MaxPoolCeilingByHand) {
+  const int64_t T = 6;
+  const std::vector<double> w = {3, 0.5, 2, 2, 1, 1};
+  std::vector<double> kv(T), qv(2 * T);
+  for (int64_t s = 0; s < T; ++s) {
+    kv[s] = std::log(w[s]);
+    qv[2 * s] = 1.0;      // head 0
+    qv[2 * s + 1] = 0.0;  // head 1
+  }
+  const Tensor q = Tensor::from_vector<double>({1, T, 2, 1}, qv);
+  const Tensor k = Tensor::from_vector<double>({1, T, 1, 1}, kv);
+  test::ref::Selection chosen(T);
+  for (int64_t t = 0; t < T; ++t) chosen[t] = {t / 2};
+  test::ref::Sizes z;
+  z.batch = 1;
+  z.T = T;
+  z.H = 2;
+  z.G = 1;
+  z.block_size = 2;
+  z.topk = 2;
+  const BlockSelection sel = test::ref::to_block_selection(chosen, z);
+  const OracleRecall r = msa_oracle_recall(q, k, sel, 1.0, {{0, 5}});
+  auto near = [](double got, double want) { return test::scaled_diff(got, want) < 1e-12; };
+  EXPECT_PRED2(near, r.max_pool_recall_ceiling, (5.5 / 9.5 + 4.0 / 6.0) / 2);
+  EXPECT_PRED2(near, r.index_recall_ceiling, (6.0 / 9.5 + 4.0 / 6.0) / 2);
+  EXPECT_PRED2(near, r.index_recall, (2.0 / 9.5 + 2.0 / 6.0) / 2);  // the local block alone
+  // t = 1: only the local block exists; every measure keeps everything.
+  const OracleRecall first = msa_oracle_recall(q, k, sel, 1.0, {{0, 1}});
+  EXPECT_PRED2(near, first.max_pool_recall_ceiling, 1.0);
+  EXPECT_PRED2(near, first.index_recall_ceiling, 1.0);
+}
+
 // The index recall ceiling (the mass inside the oracle blocks: c(t) plus the top-(k - 1) earlier
 // blocks by group-mean dense attention mass) at k < n_b, on random inputs of several shapes (r =
 // 2, 1 and 4 heads per group; T a multiple of the block size and not): no selection keeps more,
@@ -758,6 +797,10 @@ TEST(KernelsMsaTest, RecallCeilingBoundsIndexRecallAndTheOracleSelectionReachesI
     const OracleRecall pair = msa_oracle_recall(q, k, x.sel, scale, stride);
     EXPECT_EQ(pair.index_recall_ceiling, ceiling);
     EXPECT_EQ(pair.block_recall, msa_block_recall(q, k, x.sel, scale, stride));
+    // The paper's rule fed perfect scores keeps at most the ceiling, and more than random index
+    // weights do.
+    EXPECT_LE(pair.max_pool_recall_ceiling, ceiling + 1e-12);
+    EXPECT_GT(pair.max_pool_recall_ceiling, index);
 
     const test::ref::Selection oracle_ref = test::ref::attention_oracle(qv, kv, z, scale);
     const BlockSelection oracle = test::ref::to_block_selection(oracle_ref, z);

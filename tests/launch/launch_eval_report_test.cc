@@ -1,7 +1,7 @@
 // msa-eval's reports. Retrieval: per MSA layer the index recall (the headline), the block recall
-// (the paper's metric) and the recall ceiling (the most index recall k blocks keep) sit side by
-// side in the table, the Markdown and the CSV, followed (answer_recall) by the same three at the
-// answer positions. Loss by
+// (the paper's metric), the recall ceiling (the most index recall k blocks keep) and the max-pool
+// ceiling (the paper's rule fed perfect scores) sit side by side in the table, the Markdown and
+// the CSV, followed (answer_recall) by the first three at the answer positions. Loss by
 // position (--data): bucket parsing and defaults, the window spread, the table and the CSV.
 #include <cmath>
 #include <string>
@@ -23,38 +23,42 @@ EvalReport two_layer_report() {
   r.lengths = {256};
   r.depths = {0.0, 1.0};
   r.msa_layers = {0, 2};
-  r.cells = {{256, 0.0, 0.5, 8, {0.9, 0.7}, {0.8, 0.6}, {0.95, 0.75}},
-             {256, 1.0, 0.75, 8, {0.7, 0.5}, {0.6, 0.4}, {0.85, 0.65}}};
+  r.cells = {{256, 0.0, 0.5, 8, {0.9, 0.7}, {0.8, 0.6}, {0.95, 0.75}, {0.92, 0.72}},
+             {256, 1.0, 0.75, 8, {0.7, 0.5}, {0.6, 0.4}, {0.85, 0.65}, {0.8, 0.58}}};
   return r;
 }
 
 TEST(EvalReportTest, TableShowsIndexAndBlockRecallAndCeilingPerLayer) {
   const std::string t = format_report_table(two_layer_report());
-  EXPECT_THAT(t, HasSubstr("recall L0 | block L0 | recall ceiling L0 | recall L2 | block L2 | "
-                           "recall ceiling L2\n"));
-  // Means over the depths: index recall L0 0.8, block L0 0.7, ceiling L0 0.9, index L2 0.6,
-  // block L2 0.5, ceiling L2 0.7; each value as wide as its column's name.
-  EXPECT_THAT(t, HasSubstr("62.5% |     0.800 |    0.700 |             0.900 |     0.600 |    "
-                           "0.500 |             0.700\n"));
+  EXPECT_THAT(t, HasSubstr("recall L0 | block L0 | recall ceiling L0 | max-pool L0 | recall L2 | "
+                           "block L2 | recall ceiling L2 | max-pool L2\n"));
+  // Means over the depths: index recall L0 0.8, block L0 0.7, ceiling L0 0.9, max-pool L0 0.86,
+  // index L2 0.6, block L2 0.5, ceiling L2 0.7, max-pool L2 0.65; each value as wide as its
+  // column's name.
+  EXPECT_THAT(t, HasSubstr("62.5% |     0.800 |    0.700 |             0.900 |       0.860 |     "
+                           "0.600 |    0.500 |             0.700 |       0.650\n"));
 }
 
 TEST(EvalReportTest, MarkdownAndCsvCarryBothRecallsAndTheCeiling) {
   const EvalReport r = two_layer_report();
   const std::string md = format_report_markdown(r);
-  EXPECT_THAT(md, HasSubstr("| recall L0 | block L0 | recall ceiling L0 | recall L2 | block L2 | "
-                            "recall ceiling L2 |\n|---|---|---|---|---|---|---|---|---|---|\n"));
-  EXPECT_THAT(md, HasSubstr("| 0.800 | 0.700 | 0.900 | 0.600 | 0.500 | 0.700 |"));
+  EXPECT_THAT(md, HasSubstr("| recall L0 | block L0 | recall ceiling L0 | max-pool ceiling L0 | "
+                            "recall L2 | block L2 | recall ceiling L2 | max-pool ceiling L2 |\n"
+                            "|---|---|---|---|---|---|---|---|---|---|---|---|\n"));
+  EXPECT_THAT(md, HasSubstr("| 0.800 | 0.700 | 0.900 | 0.860 | 0.600 | 0.500 | 0.700 | 0.650 |"));
   EXPECT_THAT(md, HasSubstr("block recall"));
   EXPECT_THAT(md, HasSubstr("recall ceiling (the share of the mass inside those top-k blocks"));
+  EXPECT_THAT(md, HasSubstr("max-pool ceiling (the index recall of the paper's rule"));
   const std::string csv = format_report_csv(r);
   EXPECT_THAT(csv, HasSubstr("length,depth,accuracy,answers,recall_layer0,block_recall_layer0,"
-                             "recall_ceiling_layer0,recall_layer2,block_recall_layer2,"
-                             "recall_ceiling_layer2\n"));
-  EXPECT_THAT(csv, HasSubstr("256,0,0.500000,8,0.900000,0.800000,0.950000,0.700000,0.600000,"
-                             "0.750000\n"));
+                             "recall_ceiling_layer0,max_pool_recall_ceiling_layer0,recall_layer2,"
+                             "block_recall_layer2,recall_ceiling_layer2,"
+                             "max_pool_recall_ceiling_layer2\n"));
+  EXPECT_THAT(csv, HasSubstr("256,0,0.500000,8,0.900000,0.800000,0.950000,0.920000,0.700000,"
+                             "0.600000,0.750000,0.720000\n"));
 }
 
-// With answer_recall, each MSA layer's recall columns are followed by the same three measured at
+// With answer_recall, each MSA layer's recall columns are followed by the first three measured at
 // the answer positions (means over the depths); without it the report is as before.
 TEST(EvalReportTest, AnswerRecallColumnsFollowEachLayersRecalls) {
   EvalReport r = two_layer_report();
@@ -66,31 +70,35 @@ TEST(EvalReportTest, AnswerRecallColumnsFollowEachLayersRecalls) {
   r.cells[0].answer_index_recall_ceiling = {0.97, 0.9};
   r.cells[1].answer_index_recall_ceiling = {0.93, 0.6};
   const std::string t = format_report_table(r);
-  EXPECT_THAT(t, HasSubstr("recall L0 | block L0 | recall ceiling L0 | answer L0 | ans.block L0 | "
-                           "ans.ceiling L0 | recall L2 | block L2 | recall ceiling L2 | answer L2 "
-                           "| ans.block L2 | ans.ceiling L2\n"));
+  EXPECT_THAT(t, HasSubstr("recall L0 | block L0 | recall ceiling L0 | max-pool L0 | answer L0 | "
+                           "ans.block L0 | ans.ceiling L0 | recall L2 | block L2 | recall ceiling "
+                           "L2 | max-pool L2 | answer L2 | ans.block L2 | ans.ceiling L2\n"));
   // Means over the depths: answer L0 0.9, ans.block L0 0.5, ans.ceiling L0 0.95, answer L2 0.7,
   // ans.block L2 0.55, ans.ceiling L2 0.75.
-  EXPECT_THAT(t, HasSubstr("0.800 |    0.700 |             0.900 |     0.900 |        0.500 |    "
-                           "      0.950 |     0.600 |    0.500 |             0.700 |     0.700 | "
-                           "       0.550 |          0.750\n"));
+  EXPECT_THAT(t, HasSubstr("0.800 |    0.700 |             0.900 |       0.860 |     0.900 |      "
+                           "  0.500 |          0.950 |     0.600 |    0.500 |             0.700 | "
+                           "      0.650 |     0.700 |        0.550 |          0.750\n"));
   const std::string md = format_report_markdown(r);
   EXPECT_THAT(md,
-              HasSubstr("| recall L0 | block L0 | recall ceiling L0 | answer recall L0 | "
-                        "answer block L0 | answer ceiling L0 | recall L2 | block L2 | recall "
-                        "ceiling L2 | answer recall L2 | answer block L2 | answer ceiling L2 "
-                        "|\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"));
-  EXPECT_THAT(md, HasSubstr("| 0.800 | 0.700 | 0.900 | 0.900 | 0.500 | 0.950 | 0.600 | 0.500 | "
-                            "0.700 | 0.700 | 0.550 | 0.750 |"));
+              HasSubstr("| recall L0 | block L0 | recall ceiling L0 | max-pool ceiling L0 | answer "
+                        "recall L0 | answer block L0 | answer ceiling L0 | recall L2 | block L2 | "
+                        "recall ceiling L2 | max-pool ceiling L2 | answer recall L2 | answer "
+                        "block L2 | answer ceiling L2 |\n|---|---|---|---|---|---|---|---|---|---|"
+                        "---|---|---|---|---|---|---|---|\n"));
+  EXPECT_THAT(md, HasSubstr("| 0.800 | 0.700 | 0.900 | 0.860 | 0.900 | 0.500 | 0.950 | 0.600 | "
+                            "0.500 | 0.700 | 0.650 | 0.700 | 0.550 | 0.750 |"));
   EXPECT_THAT(md, HasSubstr("at the answer positions"));
   const std::string csv = format_report_csv(r);
-  EXPECT_THAT(csv, HasSubstr("recall_layer0,block_recall_layer0,recall_ceiling_layer0,"
-                             "answer_recall_layer0,answer_block_recall_layer0,"
-                             "answer_recall_ceiling_layer0,recall_layer2,block_recall_layer2,"
-                             "recall_ceiling_layer2,answer_recall_layer2,"
-                             "answer_block_recall_layer2,answer_recall_ceiling_layer2\n"));
-  EXPECT_THAT(csv, HasSubstr("256,1,0.750000,8,0.700000,0.600000,0.850000,0.850000,0.250000,"
-                             "0.930000,0.500000,0.400000,0.650000,0.550000,0.450000,0.600000\n"));
+  EXPECT_THAT(csv,
+              HasSubstr("recall_layer0,block_recall_layer0,recall_ceiling_layer0,"
+                        "max_pool_recall_ceiling_layer0,answer_recall_layer0,"
+                        "answer_block_recall_layer0,answer_recall_ceiling_layer0,recall_layer2,"
+                        "block_recall_layer2,recall_ceiling_layer2,"
+                        "max_pool_recall_ceiling_layer2,answer_recall_layer2,"
+                        "answer_block_recall_layer2,answer_recall_ceiling_layer2\n"));
+  EXPECT_THAT(csv, HasSubstr("256,1,0.750000,8,0.700000,0.600000,0.850000,0.800000,0.850000,"
+                             "0.250000,0.930000,0.500000,0.400000,0.650000,0.580000,0.550000,"
+                             "0.450000,0.600000\n"));
   r.answer_recall = false;
   EXPECT_THAT(format_report_table(r), ::testing::Not(HasSubstr("ans.")));
   EXPECT_THAT(format_report_table(r), ::testing::Not(HasSubstr("answer")));

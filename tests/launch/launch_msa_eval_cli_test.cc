@@ -119,13 +119,13 @@ TEST(MsaEvalCliTest, ValidFlagsStillMeasure) {
   EXPECT_EQ(r.exit_code, 0) << r.output;
   EXPECT_THAT(r.output, HasSubstr("length 64 depth 0.50: accuracy"));
   // The MSA layer (layer 0; layer 1 is dense) has its recalls at the answer positions too.
-  EXPECT_THAT(r.output, HasSubstr("| recall L0 | block L0 | recall ceiling L0 | answer L0 | "
-                                  "ans.block L0 | ans.ceiling L0\n"));
+  EXPECT_THAT(r.output, HasSubstr("| recall L0 | block L0 | recall ceiling L0 | max-pool L0 | "
+                                  "answer L0 | ans.block L0 | ans.ceiling L0\n"));
   EXPECT_THAT(r.output, ::testing::Not(HasSubstr("L1")));
   CommandResult off = run("msa-eval", "--checkpoint=" + ckpt + kCell +
                                           " --samples=2 --batch_size=1 --answer_recall=false");
   EXPECT_EQ(off.exit_code, 0) << off.output;
-  EXPECT_THAT(off.output, HasSubstr("| recall L0 | block L0 | recall ceiling L0\n"));
+  EXPECT_THAT(off.output, HasSubstr("| recall L0 | block L0 | recall ceiling L0 | max-pool L0\n"));
   EXPECT_THAT(off.output, ::testing::Not(HasSubstr("answer L0")));
 }
 
