@@ -117,7 +117,16 @@ inline RetrievalOutcome train_and_evaluate_msa(const ModelConfig& config, const 
       EXPECT_LE(r->answer_index_recall[l], r->answer_index_recall_ceiling[l] + 1e-12)
           << "layer " << l;
   }
+  // The max-pool ceiling (the paper's rule fed perfect token scores) lies between them.
+  for (const RetrievalResult* r : {&o.before, &o.after}) {
+    EXPECT_EQ(r->max_pool_recall_ceiling.size(), 2u);
+    for (size_t l = 0; l < r->max_pool_recall_ceiling.size() && l < r->index_recall_ceiling.size();
+         ++l)
+      EXPECT_LE(r->max_pool_recall_ceiling[l], r->index_recall_ceiling[l] + 1e-12) << "layer " << l;
+  }
   print_layers("recall ceiling", o.before.index_recall_ceiling, o.after.index_recall_ceiling);
+  print_layers("max-pool ceiling", o.before.max_pool_recall_ceiling,
+               o.after.max_pool_recall_ceiling);
   print_layers("at the answer positions: recall ceiling", o.before.answer_index_recall_ceiling,
                o.after.answer_index_recall_ceiling);
   EXPECT_EQ(o.after.answer_fact_selected.size(), 2u);
