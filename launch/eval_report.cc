@@ -23,16 +23,18 @@ struct RecallColumn {
   const char* csv;
 };
 
-// Per MSA layer, in this order: index recall, block recall, ceiling, max-pool ceiling, then with
-// answer_recall the first three at the answer positions.
+// Per MSA layer, in this order: with strided_recall the index recall, block recall, ceiling and
+// max-pool ceiling, then with answer_recall the first three at the answer positions.
 std::vector<RecallColumn> recall_columns(const EvalReport& r) {
-  std::vector<RecallColumn> columns = {
-      {&EvalCell::index_recall, "recall", "recall", "recall"},
-      {&EvalCell::block_recall, "block", "block", "block_recall"},
-      {&EvalCell::index_recall_ceiling, "recall ceiling", "recall ceiling", "recall_ceiling"},
-      {&EvalCell::max_pool_recall_ceiling, "max-pool", "max-pool ceiling",
-       "max_pool_recall_ceiling"},
-  };
+  std::vector<RecallColumn> columns;
+  if (r.strided_recall)
+    columns = {
+        {&EvalCell::index_recall, "recall", "recall", "recall"},
+        {&EvalCell::block_recall, "block", "block", "block_recall"},
+        {&EvalCell::index_recall_ceiling, "recall ceiling", "recall ceiling", "recall_ceiling"},
+        {&EvalCell::max_pool_recall_ceiling, "max-pool", "max-pool ceiling",
+         "max_pool_recall_ceiling"},
+    };
   if (r.answer_recall)
     columns.insert(
         columns.end(),
@@ -96,7 +98,7 @@ std::string format_report_markdown(const EvalReport& r) {
   std::string out =
       "### " + r.title +
       "\n\nRetrieval accuracy by context length (rows) and depth of the facts (columns)";
-  if (!r.msa_layers.empty())
+  if (!r.msa_layers.empty() && r.strided_recall)
     out +=
         ", and per MSA layer (means over depths) the index recall (the share of the dense "
         "attention mass inside the selected blocks), the block recall (the share of the "
@@ -104,11 +106,18 @@ std::string format_report_markdown(const EvalReport& r) {
         "share of the mass inside those top-k blocks: the most index recall any k blocks keep) "
         "and the max-pool ceiling (the index recall of the paper's rule, blocks ranked by their "
         "largest token score, fed perfect scores: the attention probabilities themselves)";
-  if (!r.msa_layers.empty() && r.answer_recall)
+  if (!r.msa_layers.empty() && r.strided_recall && r.answer_recall)
     out +=
         ", the four averaged over sampled query positions (mostly filler tokens), and the first "
         "three measured at the answer positions only (the queries whose attention decides the "
         "task: answer recall, answer block recall, answer ceiling)";
+  if (!r.msa_layers.empty() && !r.strided_recall && r.answer_recall)
+    out +=
+        ", and per MSA layer (means over depths), measured at the answer positions (the queries "
+        "whose attention decides the task), the index recall (the share of the dense attention "
+        "mass inside the selected blocks), the block recall (the share of the attention's own "
+        "top-k blocks that the selector picked) and the recall ceiling (the most index recall "
+        "any k blocks keep)";
   out += ".\n\n| length |";
   for (double d : r.depths) out += absl::StrFormat(" depth %.2f |", d);
   out += " all |";

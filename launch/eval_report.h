@@ -34,11 +34,13 @@ struct EvalReport {
   std::vector<EvalCell> cells;  // lengths x depths, row-major
   std::vector<int> msa_layers;  // layer index of each recall column
   bool answer_recall = false;   // cells hold the answer-position recalls: print their columns
+  bool strided_recall = true;   // cells hold the strided recalls (false: not measured, no columns)
 };
 
 // The accuracy table (rows: lengths, columns: depths, then per MSA layer the means over the
-// depths of the index recall, the block recall and the index recall ceiling, and with
-// answer_recall the same three measured at the answer positions).
+// depths of the strided index recall, block recall, index recall ceiling and max-pool ceiling
+// (with strided_recall), and with answer_recall the first three measured at the answer
+// positions).
 std::string format_report_table(const EvalReport& report);
 std::string format_report_markdown(const EvalReport& report);
 std::string format_report_csv(const EvalReport& report);

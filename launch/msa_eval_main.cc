@@ -1,7 +1,8 @@
 // msa-eval: long-context quality of a checkpoint: retrieval accuracy by context length and depth
-// of the facts, index recall, block recall and the index recall ceiling per MSA layer (over
-// sampled queries and at the answer positions); or (--data) the validation loss and
-// perplexity by position in the window, for one or several checkpoints side by side.
+// of the facts, index recall, block recall, the index recall ceiling and the max-pool ceiling per
+// MSA layer (over sampled queries; the first three also at the answer positions); or (--data) the
+// validation loss and perplexity by position in the window, for one or several checkpoints side by
+// side.
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -50,7 +51,8 @@ ABSL_FLAG(std::string, attention_mode, "sparse",
           "a comma-separated mode per checkpoint (e.g. --checkpoint=a.h5,a.h5 "
           "--attention_mode=sparse,dense).");
 ABSL_FLAG(int64_t, recall_stride, 8,
-          "Index recall, block recall and the recall ceiling sample one query position in every N "
+          "Index recall, block recall, the recall ceiling and the max-pool ceiling sample one "
+          "query position in every N "
           "(0: off), at a phase that moves through the N by the golden ratio, so every offset "
           "within a block is sampled alike whatever N. Measured on the selector's choice in "
           "either --attention_mode.");
@@ -233,6 +235,7 @@ absl::Status run_retrieval(const std::string& path, const msa::Checkpoint& ckpt,
   const int64_t recall_stride = absl::GetFlag(FLAGS_recall_stride);
   const bool answer_recall = absl::GetFlag(FLAGS_answer_recall);
   report.answer_recall = answer_recall && !report.msa_layers.empty();
+  report.strided_recall = absl::GetFlag(FLAGS_recall_stride) > 0;  // 0: not measured
   for (int64_t length : report.lengths) {
     for (double depth : report.depths) {
       task.seq_len = length;

@@ -172,8 +172,9 @@ ABSL_FLAG(int64_t, log_every, 10, "Print a metrics line every N steps.");
 ABSL_FLAG(int64_t, recall_every, 50,
           "Every N steps log each MSA layer's index recall (the share of the dense attention "
           "mass inside the selected blocks) and block recall (the share of the attention's own "
-          "top-k blocks that the selector picked, the paper's metric) and recall ceiling (the mass "
-          "inside those top-k blocks: the most index recall any k blocks keep); 0: never.");
+          "top-k blocks that the selector picked, the paper's metric), recall ceiling (the mass "
+          "inside those top-k blocks: the most index recall any k blocks keep) and max-pool "
+          "ceiling (what the paper's rule keeps fed perfect token scores); 0: never.");
 ABSL_FLAG(int64_t, recall_stride, 16,
           "Recall samples one query position in every N (at a phase that moves through the N, "
           "so every offset within a block is sampled alike).");

@@ -105,6 +105,36 @@ TEST(EvalReportTest, AnswerRecallColumnsFollowEachLayersRecalls) {
   EXPECT_THAT(format_report_csv(r), ::testing::Not(HasSubstr("answer_recall")));
 }
 
+// Without strided recalls (msa-eval --recall_stride=0) their four columns are left out, not
+// printed as zeros; the answer-position columns stay.
+TEST(EvalReportTest, UnmeasuredStridedRecallsHaveNoColumns) {
+  EvalReport r = two_layer_report();
+  r.strided_recall = false;
+  r.answer_recall = true;
+  r.cells[0].answer_index_recall = {0.95, 0.85};
+  r.cells[0].answer_block_recall = {0.75, 0.65};
+  r.cells[0].answer_index_recall_ceiling = {0.97, 0.9};
+  r.cells[1].answer_index_recall = {0.85, 0.55};
+  r.cells[1].answer_block_recall = {0.25, 0.45};
+  r.cells[1].answer_index_recall_ceiling = {0.93, 0.6};
+  const std::string t = format_report_table(r);
+  EXPECT_THAT(t, HasSubstr("|  all  | answer L0 | ans.block L0 | ans.ceiling L0 | answer L2 | "
+                           "ans.block L2 | ans.ceiling L2\n"));
+  EXPECT_THAT(t, HasSubstr("62.5% |     0.900 |        0.500 |          0.950 |     0.700 |"));
+  for (const std::string& text : {t, format_report_markdown(r), format_report_csv(r)}) {
+    EXPECT_THAT(text, ::testing::Not(HasSubstr("| recall L0"))) << text;
+    EXPECT_THAT(text, ::testing::Not(HasSubstr("block L0 | recall ceiling"))) << text;
+    EXPECT_THAT(text, ::testing::Not(HasSubstr("max-pool"))) << text;
+    EXPECT_THAT(text, ::testing::Not(HasSubstr(",recall_layer0"))) << text;
+  }
+  EXPECT_THAT(format_report_markdown(r), HasSubstr("measured at the answer positions"));
+  EXPECT_THAT(format_report_csv(r),
+              HasSubstr("length,depth,accuracy,answers,answer_recall_layer0,"
+                        "answer_block_recall_layer0,answer_recall_ceiling_layer0,"
+                        "answer_recall_layer2,answer_block_recall_layer2,"
+                        "answer_recall_ceiling_layer2\n"));
+}
+
 TEST(EvalPositionTest, DefaultBucketsDoubleFrom1KOrAQuarterOfShortWindows) {
   EXPECT_EQ(*parse_position_buckets("", 8192), (std::vector<int64_t>{0, 1024, 2048, 4096}));
   EXPECT_EQ(*parse_position_buckets("", 10000), (std::vector<int64_t>{0, 1024, 2048, 4096, 8192}));

@@ -118,15 +118,22 @@ TEST(MsaEvalCliTest, ValidFlagsStillMeasure) {
   CommandResult r = run("msa-eval", "--checkpoint=" + ckpt + kCell + " --samples=2 --batch_size=1");
   EXPECT_EQ(r.exit_code, 0) << r.output;
   EXPECT_THAT(r.output, HasSubstr("length 64 depth 0.50: accuracy"));
-  // The MSA layer (layer 0; layer 1 is dense) has its recalls at the answer positions too.
-  EXPECT_THAT(r.output, HasSubstr("| recall L0 | block L0 | recall ceiling L0 | max-pool L0 | "
-                                  "answer L0 | ans.block L0 | ans.ceiling L0\n"));
+  // The MSA layer (layer 0; layer 1 is dense) has its recalls at the answer positions; with
+  // --recall_stride=0 (kCell) the strided ones are not measured, so they get no columns (not
+  // zeros that read as a selector keeping nothing).
+  EXPECT_THAT(r.output, HasSubstr("|  all  | answer L0 | ans.block L0 | ans.ceiling L0\n"));
+  EXPECT_THAT(r.output, ::testing::Not(HasSubstr("recall L0")));
   EXPECT_THAT(r.output, ::testing::Not(HasSubstr("L1")));
   CommandResult off = run("msa-eval", "--checkpoint=" + ckpt + kCell +
                                           " --samples=2 --batch_size=1 --answer_recall=false");
   EXPECT_EQ(off.exit_code, 0) << off.output;
-  EXPECT_THAT(off.output, HasSubstr("| recall L0 | block L0 | recall ceiling L0 | max-pool L0\n"));
   EXPECT_THAT(off.output, ::testing::Not(HasSubstr("answer L0")));
+  // A stride measures the strided four.
+  CommandResult strided = run(
+      "msa-eval", "--checkpoint=" + ckpt + kCell + " --samples=2 --batch_size=1 --recall_stride=4");
+  EXPECT_EQ(strided.exit_code, 0) << strided.output;
+  EXPECT_THAT(strided.output, HasSubstr("| recall L0 | block L0 | recall ceiling L0 | max-pool L0 "
+                                        "| answer L0 | ans.block L0 | ans.ceiling L0\n"));
 }
 
 }  // namespace
