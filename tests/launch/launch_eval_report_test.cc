@@ -28,6 +28,19 @@ EvalReport two_layer_report() {
   return r;
 }
 
+// The report with answer-position recalls in both cells: answer recall L0 0.95 / 0.85, L2 0.85 /
+// 0.55 (depth 0 / 1); answer block 0.75 / 0.25, 0.65 / 0.45; answer ceiling 0.97 / 0.93, 0.9 / 0.6.
+EvalReport with_answer_recalls(EvalReport r) {
+  r.answer_recall = true;
+  r.cells[0].answer_index_recall = {0.95, 0.85};
+  r.cells[0].answer_block_recall = {0.75, 0.65};
+  r.cells[0].answer_index_recall_ceiling = {0.97, 0.9};
+  r.cells[1].answer_index_recall = {0.85, 0.55};
+  r.cells[1].answer_block_recall = {0.25, 0.45};
+  r.cells[1].answer_index_recall_ceiling = {0.93, 0.6};
+  return r;
+}
+
 TEST(EvalReportTest, TableShowsIndexAndBlockRecallAndCeilingPerLayer) {
   const std::string t = format_report_table(two_layer_report());
   EXPECT_THAT(t, HasSubstr("recall L0 | block L0 | recall ceiling L0 | max-pool L0 | recall L2 | "
@@ -61,14 +74,7 @@ TEST(EvalReportTest, MarkdownAndCsvCarryBothRecallsAndTheCeiling) {
 // With answer_recall, each MSA layer's recall columns are followed by the first three measured at
 // the answer positions (means over the depths); without it the report is as before.
 TEST(EvalReportTest, AnswerRecallColumnsFollowEachLayersRecalls) {
-  EvalReport r = two_layer_report();
-  r.answer_recall = true;
-  r.cells[0].answer_index_recall = {0.95, 0.85};
-  r.cells[0].answer_block_recall = {0.75, 0.65};
-  r.cells[1].answer_index_recall = {0.85, 0.55};
-  r.cells[1].answer_block_recall = {0.25, 0.45};
-  r.cells[0].answer_index_recall_ceiling = {0.97, 0.9};
-  r.cells[1].answer_index_recall_ceiling = {0.93, 0.6};
+  EvalReport r = with_answer_recalls(two_layer_report());
   const std::string t = format_report_table(r);
   EXPECT_THAT(t, HasSubstr("recall L0 | block L0 | recall ceiling L0 | max-pool L0 | answer L0 | "
                            "ans.block L0 | ans.ceiling L0 | recall L2 | block L2 | recall ceiling "
@@ -108,15 +114,8 @@ TEST(EvalReportTest, AnswerRecallColumnsFollowEachLayersRecalls) {
 // Without strided recalls (msa-eval --recall_stride=0) their four columns are left out, not
 // printed as zeros; the answer-position columns stay.
 TEST(EvalReportTest, UnmeasuredStridedRecallsHaveNoColumns) {
-  EvalReport r = two_layer_report();
+  EvalReport r = with_answer_recalls(two_layer_report());
   r.strided_recall = false;
-  r.answer_recall = true;
-  r.cells[0].answer_index_recall = {0.95, 0.85};
-  r.cells[0].answer_block_recall = {0.75, 0.65};
-  r.cells[0].answer_index_recall_ceiling = {0.97, 0.9};
-  r.cells[1].answer_index_recall = {0.85, 0.55};
-  r.cells[1].answer_block_recall = {0.25, 0.45};
-  r.cells[1].answer_index_recall_ceiling = {0.93, 0.6};
   const std::string t = format_report_table(r);
   EXPECT_THAT(t, HasSubstr("|  all  | answer L0 | ans.block L0 | ans.ceiling L0 | answer L2 | "
                            "ans.block L2 | ans.ceiling L2\n"));
