@@ -4,6 +4,8 @@
 
 #include <cerrno>
 #include <cstdio>
+#include <string>
+#include <vector>
 
 #include "absl/strings/str_format.h"
 
@@ -98,14 +100,23 @@ std::string format_report_markdown(const EvalReport& r) {
   std::string out =
       "### " + r.title +
       "\n\nRetrieval accuracy by context length (rows) and depth of the facts (columns)";
+  // What each recall column measures, the strided measures first (the answer columns are the
+  // first three of them).
+  const std::vector<std::string> measures = {
+      "the index recall (the share of the dense attention mass inside the selected blocks)",
+      "the block recall (the share of the attention's own top-k blocks that the selector picked)",
+      "the recall ceiling (the share of the mass inside those top-k blocks: the most index recall "
+      "any k blocks keep)",
+      "the max-pool ceiling (the index recall of the paper's rule, blocks ranked by their largest "
+      "token score, fed perfect scores: the attention probabilities themselves)"};
+  // "a, b and c" of the first n.
+  auto listed = [&](size_t n) {
+    std::string text = measures[0];
+    for (size_t i = 1; i < n; ++i) text += (i + 1 == n ? " and " : ", ") + measures[i];
+    return text;
+  };
   if (!r.msa_layers.empty() && r.strided_recall)
-    out +=
-        ", and per MSA layer (means over depths) the index recall (the share of the dense "
-        "attention mass inside the selected blocks), the block recall (the share of the "
-        "attention's own top-k blocks that the selector picked), the recall ceiling (the "
-        "share of the mass inside those top-k blocks: the most index recall any k blocks keep) "
-        "and the max-pool ceiling (the index recall of the paper's rule, blocks ranked by their "
-        "largest token score, fed perfect scores: the attention probabilities themselves)";
+    out += ", and per MSA layer (means over depths) " + listed(4);
   if (!r.msa_layers.empty() && r.strided_recall && r.answer_recall)
     out +=
         ", the four averaged over sampled query positions (mostly filler tokens), and the first "
@@ -114,10 +125,8 @@ std::string format_report_markdown(const EvalReport& r) {
   if (!r.msa_layers.empty() && !r.strided_recall && r.answer_recall)
     out +=
         ", and per MSA layer (means over depths), measured at the answer positions (the queries "
-        "whose attention decides the task), the index recall (the share of the dense attention "
-        "mass inside the selected blocks), the block recall (the share of the attention's own "
-        "top-k blocks that the selector picked) and the recall ceiling (the most index recall "
-        "any k blocks keep)";
+        "whose attention decides the task), " +
+        listed(3);
   out += ".\n\n| length |";
   for (double d : r.depths) out += absl::StrFormat(" depth %.2f |", d);
   out += " all |";

@@ -235,7 +235,7 @@ absl::Status run_retrieval(const std::string& path, const msa::Checkpoint& ckpt,
   const int64_t recall_stride = absl::GetFlag(FLAGS_recall_stride);
   const bool answer_recall = absl::GetFlag(FLAGS_answer_recall);
   report.answer_recall = answer_recall && !report.msa_layers.empty();
-  report.strided_recall = absl::GetFlag(FLAGS_recall_stride) > 0;  // 0: not measured
+  report.strided_recall = recall_stride > 0;  // 0: not measured
   for (int64_t length : report.lengths) {
     for (double depth : report.depths) {
       task.seq_len = length;

@@ -174,12 +174,16 @@ OracleRecallSums msa_oracle_recall_sums(const T* q, const T* k, const int32_t* i
         }
         // Oracle: c plus the top-(K - 1) earlier blocks by mass, ties to the lower index.
         const int64_t want = std::min<int64_t>(K - 1, c);
-        order.resize(c);
-        std::iota(order.begin(), order.end(), 0);
-        std::partial_sort(order.begin(), order.begin() + want, order.end(),
-                          [&](int32_t a, int32_t bb) {
-                            return mass[a] > mass[bb] || (mass[a] == mass[bb] && a < bb);
-                          });
+        // order[0 .. want): the top-want earlier blocks by score, ties to the lower index.
+        auto rank_earlier_blocks = [&](const std::vector<double>& score) {
+          order.resize(c);
+          std::iota(order.begin(), order.end(), 0);
+          std::partial_sort(order.begin(), order.begin() + want, order.end(),
+                            [&](int32_t a, int32_t bb) {
+                              return score[a] > score[bb] || (score[a] == score[bb] && a < bb);
+                            });
+        };
+        rank_earlier_blocks(mass);
         oracle.assign(c + 1, 0);
         oracle[c] = 1;
         for (int64_t e = 0; e < want; ++e) oracle[order[e]] = 1;
@@ -210,11 +214,7 @@ OracleRecallSums msa_oracle_recall_sums(const T* q, const T* k, const int32_t* i
         // the ceiling is the rule's; the gap from the index recall down to it is the indexer's.
         peak.assign(c, -std::numeric_limits<double>::infinity());
         for (int64_t s = 0; s < c * B; ++s) peak[s / B] = std::max(peak[s / B], p[s]);
-        std::iota(order.begin(), order.end(), 0);
-        std::partial_sort(order.begin(), order.begin() + want, order.end(),
-                          [&](int32_t a, int32_t bb) {
-                            return peak[a] > peak[bb] || (peak[a] == peak[bb] && a < bb);
-                          });
+        rank_earlier_blocks(peak);
         double pooled = mass[c];
         for (int64_t e = 0; e < want; ++e) pooled += mass[order[e]];
         max_pool_acc += pooled;
