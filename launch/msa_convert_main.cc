@@ -29,6 +29,9 @@ ABSL_FLAG(int, msa_topk, 16, "MSA blocks per query and KV group, the local one i
 ABSL_FLAG(int, msa_index_dim, 128,
           "MSA index dimension d_I (W_IQ: [G * d_I, D], one index query head per KV group; "
           "W_IK: [d_I, D], one index key head shared by the groups).");
+ABSL_FLAG(int, msa_index_rotary_dim, 0,
+          "Not the paper's MSA: the leading dims of the index heads that rotate with the model's "
+          "RoPE frequencies (0: none, the paper's position-blind index).");
 ABSL_FLAG(double, msa_index_loss_weight, 1.0, "Weight of the index distillation loss.");
 ABSL_FLAG(uint64_t, seed, 1234, "Seed of the index-branch initialization.");
 ABSL_FLAG(std::string, export_hf, "",
@@ -121,6 +124,7 @@ absl::Status convert() {
   out.config.msa.block_size = absl::GetFlag(FLAGS_msa_block_size);
   out.config.msa.topk = absl::GetFlag(FLAGS_msa_topk);
   out.config.msa.index_dim = absl::GetFlag(FLAGS_msa_index_dim);
+  out.config.msa.index_rotary_dim = absl::GetFlag(FLAGS_msa_index_rotary_dim);
   out.config.msa.index_loss_weight = absl::GetFlag(FLAGS_msa_index_loss_weight);
   MSA_RETURN_IF_ERROR(out.config.validate());
   // The index branch of each MSA layer (W_IQ [G * d_I, D], W_IK [d_I, D]) starts from the

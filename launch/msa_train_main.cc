@@ -41,6 +41,10 @@ ABSL_FLAG(int64_t, msa_topk, 16,
 ABSL_FLAG(int64_t, msa_index_dim, 128,
           "MSA index dimension d_I: each KV group's index query head and the one index key head "
           "shared by the groups.");
+ABSL_FLAG(int64_t, msa_index_rotary_dim, 0,
+          "Not the paper's MSA (its index branch has no RoPE): rotate the leading dims of the "
+          "index query and key heads with the model's RoPE frequencies. 0: none; else even and "
+          "<= --msa_index_dim.");
 ABSL_FLAG(double, msa_index_loss_weight, 1.0,
           "Weight lambda of the index distillation loss: L = L_LM + lambda * (sum over MSA layers "
           "of each layer's KL).");
@@ -218,6 +222,8 @@ int main(int argc, char** argv) {
   to_int("msa_block_size", absl::GetFlag(FLAGS_msa_block_size), o.model.msa.block_size);
   to_int("msa_topk", absl::GetFlag(FLAGS_msa_topk), o.model.msa.topk);
   to_int("msa_index_dim", absl::GetFlag(FLAGS_msa_index_dim), o.model.msa.index_dim);
+  to_int("msa_index_rotary_dim", absl::GetFlag(FLAGS_msa_index_rotary_dim),
+         o.model.msa.index_rotary_dim);
   o.model.msa.index_loss_weight = absl::GetFlag(FLAGS_msa_index_loss_weight);
 
   o.device = absl::GetFlag(FLAGS_device);

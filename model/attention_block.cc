@@ -24,6 +24,28 @@ Tensor grad_or_undefined(ParameterSet& params, const std::string& name) {
   return p ? p->grad : Tensor();
 }
 
+// The option of an index branch with RoPE (msa.index_rotary_dim > 0, not the paper's): rotates
+// q^I [batch, T, G, d_I] and k^I [batch, T, d_I] in place by the tokens' positions (each
+// document's own with packed documents, p0 onward otherwise), or their gradients by the transpose.
+void rotate_index_branch(const DocumentSegments* docs, const RopeConfig& rope, int64_t p0,
+                         Tensor& q, Tensor& k, bool inverse) {
+  const int64_t batch = q.shape()[0], T = q.shape()[1], dI = q.shape()[3];
+  Tensor k4 = k.view({batch, T, 1, dI});
+  for (Tensor* x : {&q, &k4}) {
+    if (docs != nullptr) {
+      if (inverse)
+        segmented_rope_backward(docs, *x, rope, *x);
+      else
+        segmented_rope_forward(docs, *x, rope, *x);
+    } else {
+      if (inverse)
+        rope_backward(*x, rope, *x, p0);
+      else
+        rope_forward(*x, rope, *x, p0);
+    }
+  }
+}
+
 }  // namespace
 
 void attention_block_forward(const ModelConfig& c, int layer, ParameterSet& params, const Tensor& x,
@@ -126,6 +148,8 @@ void attention_block_forward(const ModelConfig& c, int layer, ParameterSet& para
     Parameter& wik = params.at(layer_param_name(layer, "attn.index_wk.weight"));
     linear_forward(act.xn, wiq.value, Tensor(), iq2);
     linear_forward(act.xn, wik.value, Tensor(), ik2);
+    const bool index_rope = c.msa.index_rotary_dim > 0;
+    if (index_rope) rotate_index_branch(docs, c.index_rope(), p0, iq, ik, /*inverse=*/false);
     // Context parallelism: the shared index keys of every shard up to this rank's end.
     const Tensor ik_ctx = cp_gather_keys(cp, ik);
     const bool sparse = options.msa_mode == MsaMode::kSparse;
@@ -171,6 +195,7 @@ void attention_block_forward(const ModelConfig& c, int layer, ParameterSet& para
         diq = diq.to(dt);
         dik = dik.to(dt);
       }
+      if (index_rope) rotate_index_branch(docs, c.index_rope(), p0, diq, dik, /*inverse=*/true);
       Tensor none;
       act.dwiq = Tensor::zeros(wiq.grad.shape(), wiq.grad.dtype(), dev);
       act.dwik = Tensor::zeros(wik.grad.shape(), wik.grad.dtype(), dev);

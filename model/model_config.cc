@@ -43,6 +43,12 @@ absl::Status ModelConfig::validate() const {
     if (msa.block_size < 1) return bad("msa_block_size", absl::StrFormat("%d is < 1", msa.block_size));
     if (msa.topk < 1) return bad("msa_topk", absl::StrFormat("%d is < 1 (the local block counts)", msa.topk));
     if (msa.index_dim < 1) return bad("msa_index_dim", absl::StrFormat("%d is < 1", msa.index_dim));
+    if (msa.index_rotary_dim != 0) {
+      if (absl::Status s = validate_rope(index_rope(), msa.index_dim); !s.ok())
+        return bad("msa_index_rotary_dim",
+                   absl::StrFormat("%d with msa_index_dim %d: %s", msa.index_rotary_dim,
+                                   msa.index_dim, s.message()));
+    }
     if (!(msa.index_loss_weight >= 0))
       return bad("msa_index_loss_weight", absl::StrFormat("%g must be >= 0", msa.index_loss_weight));
   }
@@ -82,6 +88,8 @@ std::string ModelConfig::to_json() const {
               {"topk", msa.topk},
               {"index_dim", msa.index_dim},
               {"index_loss_weight", msa.index_loss_weight}};
+  // Written only when used: a paper-MSA checkpoint's JSON is what it was before the option.
+  if (msa.index_rotary_dim != 0) j["msa"]["index_rotary_dim"] = msa.index_rotary_dim;
   return j.dump(2);
 }
 
@@ -134,6 +142,8 @@ absl::StatusOr<ModelConfig> ModelConfig::from_json(const std::string& json_text)
     c.msa.topk = m.at("topk").get<int>();
     c.msa.index_dim = m.at("index_dim").get<int>();
     c.msa.index_loss_weight = m.at("index_loss_weight").get<double>();
+    if (m.contains("index_rotary_dim"))
+      c.msa.index_rotary_dim = m.at("index_rotary_dim").get<int>();
   } catch (const nlohmann::json::exception& e) {
     return absl::InvalidArgumentError(std::string("model config: ") + e.what());
   }

@@ -21,6 +21,9 @@ struct MsaConfig {
   int topk = 16;                   // k, including the local block
   int index_dim = 128;             // d_I (each index query head and the one shared index key head)
   double index_loss_weight = 1.0;  // lambda: L = L_LM + lambda * sum over MSA layers of L_KL
+  // Not the paper's (its index branch has no RoPE): the leading dims of q^I and k^I that rotate
+  // with the model's RoPE frequencies (at rotary dimension index_rotary_dim); 0: none.
+  int index_rotary_dim = 0;
 };
 
 struct ModelConfig {
@@ -48,6 +51,10 @@ struct ModelConfig {
   bool any_msa() const;
   int group_size() const { return n_heads / n_kv_heads; }  // r
   RopeConfig rope() const { return RopeConfig(rope_theta, rope_scaling, rotary_dim); }
+  // The index branch's RoPE (meaningful when msa.index_rotary_dim > 0).
+  RopeConfig index_rope() const {
+    return RopeConfig(rope_theta, rope_scaling, msa.index_rotary_dim);
+  }
   // Plain RoPE over the whole head (what checkpoints written before the scaled variants hold).
   bool plain_rope() const {
     return rope_scaling.type == RopeScalingType::kNone &&

@@ -21,11 +21,15 @@
 namespace msa {
 namespace {
 
-// Version 2 adds the RoPE variants to the config JSON (rope_scaling, rotary_dim). A checkpoint
-// that uses one is written as version 2, so that builds reading only version 1 refuse it instead of
-// running it with plain RoPE; every other checkpoint stays version 1.
-constexpr int64_t kFormatVersion = 2;
-int64_t format_version_for(const ModelConfig& c) { return c.plain_rope() ? 1 : kFormatVersion; }
+// Version 2 adds the RoPE variants to the config JSON (rope_scaling, rotary_dim); version 3 the
+// index branch's RoPE (msa.index_rotary_dim). A checkpoint is written as the lowest version that
+// holds its config, so that builds reading only older versions refuse it instead of running it
+// without the variant; a checkpoint that uses none stays version 1.
+constexpr int64_t kFormatVersion = 3;
+int64_t format_version_for(const ModelConfig& c) {
+  if (c.msa.index_rotary_dim != 0) return 3;
+  return c.plain_rope() ? 1 : 2;
+}
 constexpr char kChecksumAttr[] = "fnv1a64";
 const char* const kStateFields[] = {"step", "tokens_seen", "seed", "sample_cursor", "lr_step"};
 
@@ -358,7 +362,7 @@ absl::StatusOr<Checkpoint> load_checkpoint(const std::string& path, bool weights
     H5Handle config(H5Gopen2(file.get(), "/config", H5P_DEFAULT), H5Gclose);
     MSA_ASSIGN_OR_RETURN(std::string version,
                          read_string_attr(path, config.get(), "format_version"));
-    if (version != "1" && version != std::to_string(kFormatVersion))
+    if (version != "1" && version != "2" && version != "3")
       return absl::FailedPreconditionError(
           absl::StrFormat("%s: checkpoint format version %s, this build reads 1 to %d", path,
                           version, kFormatVersion));
@@ -368,8 +372,9 @@ absl::StatusOr<Checkpoint> load_checkpoint(const std::string& path, bool weights
     ckpt.config = *config_or;
     if (version != std::to_string(format_version_for(ckpt.config)))
       return absl::DataLossError(absl::StrFormat(
-          "%s: format version %s does not match its config (RoPE variants need version %d)", path,
-          version, kFormatVersion));
+          "%s: format version %s does not match its config (version %d holds it: 2 for RoPE "
+          "variants, 3 for the index branch's RoPE)",
+          path, version, format_version_for(ckpt.config)));
     MSA_ASSIGN_OR_RETURN(ckpt.run_json, read_string_attr(path, config.get(), "run"));
   }
   MSA_RETURN_IF_ERROR(check_index_key_format(path, file.get(), ckpt.config));

@@ -384,9 +384,34 @@ TEST(ConvertRopeTest, CheckpointsWithVariantsAreVersionTwoAndPlainOnesStayVersio
   ASSERT_FALSE(bad.ok());
   EXPECT_THAT(std::string(bad.status().message()),
               HasSubstr("format version 1 does not match its config"));
-  write_version(scaled_path, "3");
+  write_version(scaled_path, "4");
   EXPECT_THAT(std::string(load_checkpoint(scaled_path, true).status().message()),
-              HasSubstr("checkpoint format version 3, this build reads 1 to 2"));
+              HasSubstr("checkpoint format version 4, this build reads 1 to 3"));
+}
+
+// The index branch's RoPE (msa.index_rotary_dim, not the paper's MSA) is version 3: a build that
+// reads only versions 1-2 would run the index position-blind. A version-2 file that claims it is
+// damaged; the field round-trips through the JSON and is absent from it when unused.
+TEST(ConvertRopeTest, IndexBranchRopeCheckpointsAreVersionThree) {
+  const std::string path = std::string(::testing::TempDir()) + "/rope_index.h5";
+  ModelConfig c = tiny();
+  c.attention = {AttentionKind::kMsa};
+  c.msa.index_dim = 8;
+  c.msa.index_rotary_dim = 4;
+  ASSERT_TRUE(save_checkpoint(path, checkpoint_of(c)).ok());
+  EXPECT_EQ(read_version(path), "3");
+  auto back = load_checkpoint(path, true);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->config.msa.index_rotary_dim, 4);
+  write_version(path, "2");
+  EXPECT_THAT(std::string(load_checkpoint(path, true).status().message()),
+              HasSubstr("format version 2 does not match its config (version 3 holds it"));
+  c.msa.index_rotary_dim = 0;
+  EXPECT_EQ(c.to_json().find("index_rotary_dim"), std::string::npos);
+  c.msa.index_rotary_dim = 3;
+  EXPECT_THAT(std::string(c.validate().message()), HasSubstr("msa_index_rotary_dim"));
+  c.msa.index_rotary_dim = 10;
+  EXPECT_THAT(std::string(c.validate().message()), HasSubstr("msa_index_rotary_dim"));
 }
 
 // RoPE belongs to the weights: msa-train --init_from (and --resume) takes the checkpoint's theta,

@@ -401,6 +401,13 @@ ModelConfig small_config(const std::string& kind) {
     c.msa.topk = 4;
     c.msa.index_dim = 32;
   }
+  if (kind == "msa_index_rope") {  // the option of RoPE on half the index dims
+    c.attention = {AttentionKind::kMsa, AttentionKind::kMsa};
+    c.msa.block_size = 16;
+    c.msa.topk = 4;
+    c.msa.index_dim = 32;
+    c.msa.index_rotary_dim = 16;
+  }
   if (kind == "dense128") c.head_dim = 128;  // msa128's dense twin: cuDNN at the same shape
   // The product's shape: head_dim 128, block 128, d_I 128 (the wgmma kernels on Hopper), with
   // k < n_b: 8 blocks at T = 1024, top-3 + local, so the sparse kernels, the indexer and the
@@ -484,7 +491,8 @@ TEST_P(GpuModelTest, LossAndGradientsMatchCpu) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Configs, GpuModelTest,
-                         ::testing::Values("dense", "msa", "dense128", "msa128", "qwen"));
+                         ::testing::Values("dense", "msa", "msa_index_rope", "dense128", "msa128",
+                                           "qwen"));
 
 // 50 AdamW steps on the GPU (bf16 compute, f32 masters) follow the CPU's (f32) loss curve.
 TEST(GpuTrainingTest, FiftyStepsFollowTheCpuLossCurve) {

@@ -182,5 +182,25 @@ TEST(ModelGradcheckTest, IndexWarmupTrainsIndexBranchOnDenseTargetLoss) {
                    [](const ParamSpec& s) { return s.index_branch; });
 }
 
+TEST(ModelGradcheckTest, RotatedIndexBranchGradientIsWeightedIndexLossGradient) {
+  // The option of RoPE on the leading index dims (not the paper's): the index weights' gradient
+  // goes back through the rotation's transpose, in both modes.
+  ModelConfig c = tiny_msa_config();
+  c.attention = {AttentionKind::kMsa, AttentionKind::kMsa};
+  c.msa.index_dim = 4;
+  c.msa.index_rotary_dim = 2;
+  c.msa.index_loss_weight = 0.9;
+  Transformer model(c, DType::kF64, Device::kCPU);
+  randomize(model, 8);
+  Tensor tokens, targets;
+  random_batch(c, 2, 9, 14, tokens, targets);
+  for (MsaMode mode : {MsaMode::kSparse, MsaMode::kDenseWarmup}) {
+    ForwardOptions options;
+    options.msa_mode = mode;
+    check_all_params(model, tokens, targets, options, /*lm_only=*/false, 6,
+                     [](const ParamSpec& s) { return s.index_branch; });
+  }
+}
+
 }  // namespace
 }  // namespace msa

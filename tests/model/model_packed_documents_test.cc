@@ -39,6 +39,10 @@ ModelConfig config(const std::string& kind) {
   c.msa.block_size = 4;
   c.msa.topk = 2;
   c.msa.index_dim = 4;
+  if (kind == "msa_index_rope") {  // the option: positions restart for the index branch too
+    c.attention = {AttentionKind::kMsa, AttentionKind::kMsa};
+    c.msa.index_rotary_dim = 2;
+  }
   c.msa.index_loss_weight = 0.7;
   return c;
 }
@@ -220,15 +224,18 @@ TEST_P(PackedDocumentsTest, IgnoringTheDocumentsDiffers) {
   EXPECT_GT(worst_gradient_error(model, unpacked, separate, &where), 1e-4);
 }
 
-INSTANTIATE_TEST_SUITE_P(Stacks, PackedDocumentsTest,
-                         ::testing::Values(Case{"dense", MsaMode::kSparse, Recompute::kNone},
-                                           Case{"msa", MsaMode::kSparse, Recompute::kNone},
-                                           Case{"msa", MsaMode::kDenseWarmup, Recompute::kNone},
-                                           Case{"hybrid", MsaMode::kSparse, Recompute::kNone},
-                                           Case{"hybrid", MsaMode::kDenseWarmup, Recompute::kNone},
-                                           Case{"msa", MsaMode::kSparse, Recompute::kAttention},
-                                           Case{"hybrid", MsaMode::kSparse, Recompute::kFull}),
-                         case_name);
+INSTANTIATE_TEST_SUITE_P(
+    Stacks, PackedDocumentsTest,
+    ::testing::Values(Case{"dense", MsaMode::kSparse, Recompute::kNone},
+                      Case{"msa", MsaMode::kSparse, Recompute::kNone},
+                      Case{"msa", MsaMode::kDenseWarmup, Recompute::kNone},
+                      Case{"hybrid", MsaMode::kSparse, Recompute::kNone},
+                      Case{"hybrid", MsaMode::kDenseWarmup, Recompute::kNone},
+                      Case{"msa", MsaMode::kSparse, Recompute::kAttention},
+                      Case{"msa_index_rope", MsaMode::kSparse, Recompute::kNone},
+                      Case{"msa_index_rope", MsaMode::kDenseWarmup, Recompute::kNone},
+                      Case{"hybrid", MsaMode::kSparse, Recompute::kFull}),
+    case_name);
 
 // RoPE positions restart at each document: each document's rotation is that of the document run
 // alone (bit for bit), forward and backward. (The losses cannot show this: RoPE scores depend

@@ -40,7 +40,7 @@ inline const char* stack_name(Stack s) {
     case Stack::kHybrid:
       return "hybrid dense,msa";
     case Stack::kHybridQwenStyle:
-      return "hybrid msa,dense with qkv bias, q/k norms, tied embeddings";
+      return "hybrid msa,dense with qkv bias, q/k norms, tied embeddings, index RoPE";
   }
   return "?";
 }
@@ -78,6 +78,8 @@ inline ModelConfig tiny(Stack s) {
   c.msa.block_size = 8;
   c.msa.topk = 3;
   c.msa.index_dim = 8;
+  // The option of RoPE on part of the index dims: cp shards rotate at their tokens' positions.
+  if (s == Stack::kHybridQwenStyle) c.msa.index_rotary_dim = 4;
   return c;
 }
 
