@@ -24,26 +24,29 @@ Tensor grad_or_undefined(ParameterSet& params, const std::string& name) {
   return p ? p->grad : Tensor();
 }
 
+// RoPE (or, inverse, its transpose: gradients) at the tokens' positions: each document's own with
+// packed documents, p0 onward otherwise (a cp shard's first position). y may alias x.
+void rope_at_positions(const DocumentSegments* docs, const Tensor& x, const RopeConfig& rope,
+                       int64_t p0, bool inverse, Tensor& y) {
+  if (docs != nullptr) {
+    if (inverse)
+      segmented_rope_backward(docs, x, rope, y);
+    else
+      segmented_rope_forward(docs, x, rope, y);
+  } else if (inverse) {
+    rope_backward(x, rope, y, p0);
+  } else {
+    rope_forward(x, rope, y, p0);
+  }
+}
+
 // The option of an index branch with RoPE (msa.index_rotary_dim > 0, not the paper's): rotates
-// q^I [batch, T, G, d_I] and k^I [batch, T, d_I] in place by the tokens' positions (each
-// document's own with packed documents, p0 onward otherwise), or their gradients by the transpose.
+// q^I [batch, T, G, d_I] and k^I [batch, T, d_I] in place, or their gradients by the transpose.
 void rotate_index_branch(const DocumentSegments* docs, const RopeConfig& rope, int64_t p0,
                          Tensor& q, Tensor& k, bool inverse) {
-  const int64_t batch = q.shape()[0], T = q.shape()[1], dI = q.shape()[3];
-  Tensor k4 = k.view({batch, T, 1, dI});
-  for (Tensor* x : {&q, &k4}) {
-    if (docs != nullptr) {
-      if (inverse)
-        segmented_rope_backward(docs, *x, rope, *x);
-      else
-        segmented_rope_forward(docs, *x, rope, *x);
-    } else {
-      if (inverse)
-        rope_backward(*x, rope, *x, p0);
-      else
-        rope_forward(*x, rope, *x, p0);
-    }
-  }
+  Tensor k4 = k.view({q.size(0), q.size(1), 1, q.size(3)});
+  rope_at_positions(docs, q, rope, p0, inverse, q);
+  rope_at_positions(docs, k4, rope, p0, inverse, k4);
 }
 
 }  // namespace
@@ -94,13 +97,8 @@ void attention_block_forward(const ModelConfig& c, int layer, ParameterSet& para
   const int64_t p0 = cp.position_offset(T);  // position of this rank's first token
   act.q_rope = Tensor::empty({batch, T, H, d}, dt, dev);
   act.k_rope = Tensor::empty({batch, T, G, d}, dt, dev);
-  if (docs != nullptr) {  // packed documents: positions count from each document's start
-    segmented_rope_forward(docs, q_pre.view({batch, T, H, d}), c.rope(), act.q_rope);
-    segmented_rope_forward(docs, k_pre.view({batch, T, G, d}), c.rope(), act.k_rope);
-  } else {
-    rope_forward(q_pre.view({batch, T, H, d}), c.rope(), act.q_rope, p0);
-    rope_forward(k_pre.view({batch, T, G, d}), c.rope(), act.k_rope, p0);
-  }
+  rope_at_positions(docs, q_pre.view({batch, T, H, d}), c.rope(), p0, false, act.q_rope);
+  rope_at_positions(docs, k_pre.view({batch, T, G, d}), c.rope(), p0, false, act.k_rope);
   act.k_ctx = cp_gather_keys(cp, act.k_rope);
   act.v_ctx = cp_gather_keys(cp, act.v.view({batch, T, G, d}));
   const Tensor& k4 = act.k_ctx;
@@ -285,14 +283,9 @@ void attention_block_backward(const ModelConfig& c, int layer, ParameterSet& par
   const Tensor dv = cp_reduce_scatter_keys(cp, dv_ctx);
 
   // RoPE backward in place, then the q/k norm.
-  if (docs != nullptr) {
-    segmented_rope_backward(docs, dq_rope, c.rope(), dq_rope);
-    segmented_rope_backward(docs, dk_rope, c.rope(), dk_rope);
-  } else {
-    const int64_t p0 = cp.position_offset(T);
-    rope_backward(dq_rope, c.rope(), dq_rope, p0);
-    rope_backward(dk_rope, c.rope(), dk_rope, p0);
-  }
+  const int64_t p0 = cp.position_offset(T);
+  rope_at_positions(docs, dq_rope, c.rope(), p0, /*inverse=*/true, dq_rope);
+  rope_at_positions(docs, dk_rope, c.rope(), p0, /*inverse=*/true, dk_rope);
   Tensor dq = dq_rope.view({N, H * d}), dk = dk_rope.view({N, G * d});
   if (c.qk_norm) {
     Tensor dq_pre = Tensor::empty({N * H, d}, dt, dev);
