@@ -26,6 +26,10 @@ ABSL_FLAG(int, block_size, 128, "MSA block size B.");
 ABSL_FLAG(int, topk, 16, "MSA top-k (blocks per query and group, local included).");
 ABSL_FLAG(int, index_dim, 128, "MSA index dimension d_I.");
 ABSL_FLAG(int, iters, 3, "Timed runs per measurement (median reported; one warm-up run first).");
+ABSL_FLAG(std::string, selection, "random",
+          "msa: the index inputs: 'random' (N(0, 1): each query selects its own blocks) or "
+          "'sink' (every query's top blocks are the first k-1, as attention sinks or facts that "
+          "every query reads make them: a few KV blocks are selected by all queries).");
 ABSL_FLAG(bool, cudnn, true, "msa: also time cuDNN dense causal flash attention on the same Q/K/V.");
 ABSL_FLAG(std::string, model, "1b",
           "dense/step: model preset: '1b' (d_model 2048, 16 layers, 16 heads, 4 KV heads, head "

@@ -121,6 +121,34 @@ void print_cp_shards(const Tensor& q, const Tensor& k, const Tensor& v, const Te
   std::fflush(stdout);
 }
 
+// --selection=sink: index dim 0 is 8 for every query and +8 for the keys of the first k-1 blocks
+// (-8 elsewhere): their token scores lead the others' by 128 (before the 1 / sqrt(d_I) scale;
+// the other d_I - 1 N(0, 1) products spread ~sqrt(d_I)), so every query selects them (plus its
+// local block): the most skewed work lists.
+void steer_to_first_blocks(Tensor& iq, Tensor& ik, int64_t first_keys) {
+  Tensor hq = iq.to(Device::kCPU).to(DType::kF32), hk = ik.to(Device::kCPU).to(DType::kF32);
+  const int64_t dI = ik.size(2), T = ik.size(1), rows = iq.numel() / dI;
+  for (int64_t i = 0; i < rows; ++i) hq.data<float>()[i * dI] = 8.0f;
+  for (int64_t s = 0; s < T; ++s) hk.data<float>()[s * dI] = s < first_keys ? 8.0f : -8.0f;
+  iq.copy_from(hq.to(DType::kBF16).to(Device::kCUDA));
+  ik.copy_from(hk.to(DType::kBF16).to(Device::kCUDA));
+}
+
+// The share of (query, group) rows past the first k-1 blocks whose selection holds all of them
+// (--selection=sink promises 1).
+double first_blocks_share(const BlockSelection& sel) {
+  const Tensor idx = sel.indices.to(Device::kCPU);
+  const int64_t K = sel.topk, T = idx.size(1), rows_per_t = idx.size(2);
+  int64_t rows = 0, hits = 0;
+  for (int64_t t = (K - 1) * sel.block_size; t < T; ++t)
+    for (int64_t g = 0; g < rows_per_t; ++g) {
+      const int32_t* row = idx.data<int32_t>() + (t * rows_per_t + g) * K;
+      ++rows;
+      hits += row[K - 2] == K - 2;  // ascending, distinct: blocks 0..K-2 then the local one
+    }
+  return rows > 0 ? static_cast<double>(hits) / rows : 1.0;
+}
+
 }  // namespace
 
 int bench_msa() {
@@ -129,14 +157,21 @@ int bench_msa() {
             K = absl::GetFlag(FLAGS_topk), dI = absl::GetFlag(FLAGS_index_dim),
             iters = absl::GetFlag(FLAGS_iters);
   const bool with_cudnn = absl::GetFlag(FLAGS_cudnn);
+  const std::string selection = absl::GetFlag(FLAGS_selection);
+  if (selection != "random" && selection != "sink") {
+    std::fprintf(stderr, "msa-bench: --selection must be 'random' or 'sink', not '%s'\n",
+                 selection.c_str());
+    return 2;
+  }
+  const bool sink = selection == "sink";
   std::vector<std::pair<int64_t, bool>> runs;  // (T, with backward)
   for (int64_t T : parse_lengths(absl::GetFlag(FLAGS_seqs), "seqs")) runs.push_back({T, true});
   for (int64_t T : parse_lengths(absl::GetFlag(FLAGS_fwd_only_seqs), "fwd_only_seqs"))
     runs.push_back({T, false});
   std::printf(
-      "MSA vs cuDNN dense causal flash attention: H=%d G=%d d=%d B=%d k=%d d_I=%d, bf16, batch 1; "
-      "times in ms (median of %d after a warm-up)\n",
-      H, G, d, B, K, dI, iters);
+      "MSA vs cuDNN dense causal flash attention: H=%d G=%d d=%d B=%d k=%d d_I=%d, bf16, batch 1, "
+      "%s selection; times in ms (median of %d after a warm-up)\n",
+      H, G, d, B, K, dI, selection.c_str(), iters);
   std::printf("%8s | %8s %8s %8s %8s | %9s %9s | %9s %9s | %7s %7s | %8s %8s %8s\n", "seq",
               "indexer", "attn-f", "KL", "attn-b", "MSA fwd", "MSA f+b", "cuDNN f", "cuDNN f+b",
               "x fwd", "x f+b", "idx TF/s", "MSA TF/s", "cuDNN TF/s");
@@ -144,6 +179,7 @@ int bench_msa() {
     Tensor q = random_device({1, T, H, d}, 1), k = random_device({1, T, G, d}, 2),
            v = random_device({1, T, G, d}, 3);
     Tensor iq = random_device({1, T, G, dI}, 4), ik = random_device({1, T, dI}, 5);
+    if (sink) steer_to_first_blocks(iq, ik, static_cast<int64_t>(K - 1) * B);
     BlockSelection sel = BlockSelection::allocate(1, T, G, B, K, Device::kCUDA);
     Tensor out = Tensor::empty(q.shape(), DType::kBF16, Device::kCUDA);
     Tensor lse = Tensor::empty({1, H, T}, DType::kF32, Device::kCUDA);
@@ -172,6 +208,9 @@ int bench_msa() {
         msa_sparse_attention_backward(dout, q, k, v, out, lse, sel, scale, dq, dk, dv);
       });
     }
+    if (sink)
+      std::printf("  (sink selection: %.4f of the rows select the first %d blocks)\n",
+                  first_blocks_share(sel), K - 1);
     const double keys = selected_keys(sel, T, G, B, K);
     const double msa_flops = 4.0 * d * keys * (H / G);
     const double dense_flops = 4.0 * d * H * (static_cast<double>(T) * (T + 1) / 2);
