@@ -140,22 +140,29 @@ TEST(ModelGradcheckTest, MsaIndexBranchGradientIsWeightedIndexLossGradient) {
                    [](const ParamSpec& s) { return s.index_branch; });
 }
 
-TEST(ModelGradcheckTest, TwoMsaLayersIndexGradientIsLambdaTimesTheSumOfLayerLosses) {
-  // Both layers MSA: total_loss = lm + lambda * (KL_0 + KL_1); W_IQ / W_IK of each layer (the
-  // shared index key head included) get exactly their layer's lambda * d KL_l.
-  ModelConfig c = tiny_msa_config();
-  c.attention = {AttentionKind::kMsa, AttentionKind::kMsa};
-  c.msa.index_loss_weight = 1.3;
+// The index branch's gradient (W_IQ, W_IK of every MSA layer) against finite differences of the
+// total loss, in the sparse and the warm-up mode.
+void check_index_gradients_in_both_modes(const ModelConfig& c, uint64_t weight_seed,
+                                         uint64_t batch_seed) {
   Transformer model(c, DType::kF64, Device::kCPU);
-  randomize(model, 6);
+  randomize(model, weight_seed);
   Tensor tokens, targets;
-  random_batch(c, 2, 9, 12, tokens, targets);
+  random_batch(c, 2, 9, batch_seed, tokens, targets);
   for (MsaMode mode : {MsaMode::kSparse, MsaMode::kDenseWarmup}) {
     ForwardOptions options;
     options.msa_mode = mode;
     check_all_params(model, tokens, targets, options, /*lm_only=*/false, 6,
                      [](const ParamSpec& s) { return s.index_branch; });
   }
+}
+
+TEST(ModelGradcheckTest, TwoMsaLayersIndexGradientIsLambdaTimesTheSumOfLayerLosses) {
+  // Both layers MSA: total_loss = lm + lambda * (KL_0 + KL_1); W_IQ / W_IK of each layer (the
+  // shared index key head included) get exactly their layer's lambda * d KL_l.
+  ModelConfig c = tiny_msa_config();
+  c.attention = {AttentionKind::kMsa, AttentionKind::kMsa};
+  c.msa.index_loss_weight = 1.3;
+  check_index_gradients_in_both_modes(c, 6, 12);
 }
 
 TEST(ModelGradcheckTest, WarmupBackboneGradientIsLmLossGradientThroughDenseAttention) {
@@ -190,16 +197,7 @@ TEST(ModelGradcheckTest, RotatedIndexBranchGradientIsWeightedIndexLossGradient) 
   c.msa.index_dim = 4;
   c.msa.index_rotary_dim = 2;
   c.msa.index_loss_weight = 0.9;
-  Transformer model(c, DType::kF64, Device::kCPU);
-  randomize(model, 8);
-  Tensor tokens, targets;
-  random_batch(c, 2, 9, 14, tokens, targets);
-  for (MsaMode mode : {MsaMode::kSparse, MsaMode::kDenseWarmup}) {
-    ForwardOptions options;
-    options.msa_mode = mode;
-    check_all_params(model, tokens, targets, options, /*lm_only=*/false, 6,
-                     [](const ParamSpec& s) { return s.index_branch; });
-  }
+  check_index_gradients_in_both_modes(c, 8, 14);
 }
 
 }  // namespace
