@@ -69,6 +69,42 @@ __device__ __forceinline__ bool find_work_item(int32_t item, const int32_t* item
   return true;
 }
 
+// A backward work item: tiles [first, first + n_tiles) of one list, as find_work_item splits it
+// (begin is the item's first entry, end the list's end). A list split over several items has
+// several writers of its keys' dK/dV (shared: they add atomically); deterministic mode keeps one
+// item per list (backward_min_tiles), so its sums keep their order.
+struct BackwardItem {
+  int64_t j, g;
+  int32_t begin, end;
+  int n_tiles;
+  bool shared;
+};
+
+__device__ __forceinline__ bool find_backward_item(int32_t item, const int32_t* item_start,
+                                                   const int32_t* item_list,
+                                                   const int32_t* list_start, int64_t lists,
+                                                   const KvDims& a, int tile_queries,
+                                                   int min_tiles, BackwardItem& w) {
+  WorkItem wi;
+  if (!find_work_item(item, item_start, item_list, list_start, lists, a, tile_queries, min_tiles,
+                      wi))
+    return false;
+  const int32_t list = item_list[item];
+  w.j = wi.j;
+  w.g = wi.g;
+  w.begin = wi.begin + wi.tile_begin * tile_queries;
+  w.end = wi.end;
+  w.n_tiles = wi.tile_end - wi.tile_begin;
+  w.shared = item_start[list + 1] - item_start[list] > 1;
+  return true;
+}
+
+// Minimum tiles per backward item: `fast` normally, one item per list (a single writer of each
+// key's dK/dV, summing in list order) in deterministic mode.
+inline int backward_min_tiles(int fast, bool deterministic_mode) {
+  return deterministic_mode ? (1 << 24) : fast;
+}
+
 // The softmax of one key block for a warp's two accumulator rows (C-fragment order, the same for
 // mma.sync and wgmma: element i of the N = BK / 2 per thread is row grp + 8 ((i / 2) & 1), key
 // 8 (i / 4) + 2 tig + (i & 1)). Keys past lim[h] (the row's last attended key: causal, sequence
@@ -175,10 +211,17 @@ void launch_wgmma_forward(const bf16* q, const bf16* k, const bf16* v, const int
                           const int32_t* item_start, const int32_t* item_list, int64_t lists, const int32_t* entries,
                           float scale_log2, bf16* part, float* lse_part, const KvDims& a,
                           int64_t max_items, int min_tiles);
-// One CTA per list (lists = G x n_b); dk_acc/dv_acc f32 [Sk, G, 128] accumulate across chunks.
+// One CTA per work item (a run of one list's tiles); dk_acc/dv_acc f32 [Sk, G, 128] (zeroed by
+// the caller) accumulate across chunks.
 void launch_wgmma_backward(const bf16* q, const bf16* k, const bf16* v, const bf16* dout,
                            const float* lse, const float* dsum, const int32_t* list_start,
+                           const int32_t* item_start, const int32_t* item_list,
                            const int32_t* entries, float scale, bf16* dq_part, float* dk_acc,
-                           float* dv_acc, const KvDims& a, int64_t lists);
+                           float* dv_acc, const KvDims& a, int64_t lists, int64_t max_items,
+                           int min_tiles);
+// Entries per tile of the wgmma backward kernel (its items are counted in these tiles), and its
+// minimum tiles per item outside deterministic mode.
+int wgmma_backward_queries_per_tile(int64_t r);
+constexpr int kWgmmaBwdMinTiles = 16;
 
 }  // namespace msa::cuda::kv_outer

@@ -8,8 +8,10 @@
 // pipe, not the tensor cores, as its limit (~120 TFLOP/s). Here each warpgroup's MMAs read shared
 // memory once per 64 x N tile.
 //
-// Layout: CTA = 2 warpgroups; warpgroup w owns keys 64 w .. 64 w + 63 of block j (the M rows of
-// its MMAs) and keeps dK_w, dV_w (64 keys x 128 dims, f32) in registers for the whole list. For
+// Layout: CTA = 2 warpgroups, one work item (a run of tiles of one list: long lists, the blocks
+// every query selects, are split over several CTAs); warpgroup w owns keys 64 w .. 64 w + 63 of
+// block j (the M rows of its MMAs) and keeps dK_w, dV_w (64 keys x 128 dims, f32) in registers
+// for the whole item. For
 // each tile of 64 query rows (64 / r queries x r heads; Q, dO, lse, D in a 3-stage cp.async ring):
 //   S^T_w  = K_w Q^T      wgmma m64n64k16   A = K_w, B = Q        (shared, K-major)
 //   dP^T_w = V_w dO^T     wgmma m64n64k16   A = V_w, B = dO       (shared, K-major)
@@ -19,8 +21,9 @@
 //   dS^T -> shared memory as dS [rows][keys] (stmatrix .trans), then both warpgroups:
 //   dQ[:, 64 w ..] = dS K_j   wgmma m64n64k16  A = dS, B = K_j (shared, MN-major)
 // Every operand sits in shared memory in the one 128-byte-swizzled tile layout of wgmma_sm90.cuh;
-// the MN-major reads need no transposed copies. dK/dV of a key have one writer (this CTA): no
-// global atomics; a (query, slot)'s dQ goes to its own partial row.
+// the MN-major reads need no transposed copies. dK/dV of a key have one writer (this CTA) unless
+// its list is split, whose items add atomically (one f32 add per key and dim per item; in
+// deterministic mode lists are not split); a (query, slot)'s dQ goes to its own partial row.
 #include <cuda_runtime.h>
 
 #include "core/cuda/cuda_check.h"
@@ -48,9 +51,11 @@ __global__ void __launch_bounds__(kThreads, 1)
                           const bf16* __restrict__ v, const bf16* __restrict__ dout,
                           const float* __restrict__ lse, const float* __restrict__ dsum,
                           const int32_t* __restrict__ list_start,
+                          const int32_t* __restrict__ item_start,
+                          const int32_t* __restrict__ item_list, int64_t lists,
                           const int32_t* __restrict__ entries, float scale,
                           bf16* __restrict__ dq_part, float* __restrict__ dk_acc,
-                          float* __restrict__ dv_acc, KvDims a) {
+                          float* __restrict__ dv_acc, KvDims a, int min_tiles) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   extern __shared__ unsigned char smem_raw[];
   unsigned char* smem = sw128_align(smem_raw);
@@ -61,13 +66,14 @@ __global__ void __launch_bounds__(kThreads, 1)
   float* stats = reinterpret_cast<float*>(smem + kStatsOffset);  // [buf][lse, D, limit][row]
   const float scale_log2 = scale * 1.4426950408889634f;
 
-  // Heavy lists first: blockIdx.x enumerates j slowest.
-  const int64_t g = blockIdx.x % a.G, j = blockIdx.x / a.G;
-  const int64_t list = g * a.nb + j;
-  const int32_t begin = list_start[list], end = list_start[list + 1];
   const int r = static_cast<int>(a.r), rows_q = kRows / r;
-  const int n_tiles = (end - begin + rows_q - 1) / rows_q;
-  if (n_tiles == 0) return;  // no query of this chunk selected block j
+  BackwardItem w;
+  if (!find_backward_item(blockIdx.x, item_start, item_list, list_start, lists, a, rows_q,
+                          min_tiles, w))
+    return;  // past the last item (the grid is a bound); empty lists have none
+  const int64_t g = w.g, j = w.j;
+  const int32_t begin = w.begin, end = w.end;
+  const int n_tiles = w.n_tiles;
   // Query t attends this block's keys up to min(t + q_off, Sk - 1) - j kBK (32-bit: as few
   // registers as the Tq == Tk code).
   const int lim_shift = static_cast<int>(a.q_off - j * kBK);
@@ -229,10 +235,11 @@ __global__ void __launch_bounds__(kThreads, 1)
             pack_bf16(qc[4 * nt + 2 * h] * scale, qc[4 * nt + 2 * h + 1] * scale);
     }
   }
-  // This warpgroup's 64 keys into the f32 accumulators (this CTA is their only writer in this
-  // chunk; the first chunk stores, later ones add), two adjacent dims per 8-byte access. Blocks no
-  // query of the first chunk selected return early and store nothing: the host's zeroing of
-  // dk_acc/dv_acc before the chunks is what makes them start at 0.
+  // This warpgroup's 64 keys into the f32 accumulators, two adjacent dims per 8-byte access. A
+  // list split over several items adds atomically; otherwise this CTA is their only writer in
+  // this chunk (the first chunk stores, later ones add). Blocks no query of the first chunk
+  // selected have no item and store nothing: the host's zeroing of dk_acc/dv_acc before the
+  // chunks is what makes them start at 0.
   const bool first_chunk = a.t0 == 0;
 #pragma unroll
   for (int i = 0; i < 64; i += 2) {
@@ -243,6 +250,11 @@ __global__ void __launch_bounds__(kThreads, 1)
     float2 dvv = make_float2(dv_c[i], dv_c[i + 1]);
     float2* dkp = reinterpret_cast<float2*>(dk_acc + off);
     float2* dvp = reinterpret_cast<float2*>(dv_acc + off);
+    if (w.shared) {
+      atomicAdd(dkp, dkv);
+      atomicAdd(dvp, dvv);
+      continue;
+    }
     if (!first_chunk) {
       const float2 k0 = *dkp, v0 = *dvp;
       dkv.x += k0.x, dkv.y += k0.y, dvv.x += v0.x, dvv.y += v0.y;
@@ -257,15 +269,20 @@ __global__ void __launch_bounds__(kThreads, 1)
 
 }  // namespace
 
+int wgmma_backward_queries_per_tile(int64_t r) { return static_cast<int>(kRows / r); }
+
 void launch_wgmma_backward(const bf16* q, const bf16* k, const bf16* v, const bf16* dout,
                            const float* lse, const float* dsum, const int32_t* list_start,
+                           const int32_t* item_start, const int32_t* item_list,
                            const int32_t* entries, float scale, bf16* dq_part, float* dk_acc,
-                           float* dv_acc, const KvDims& a, int64_t lists) {
+                           float* dv_acc, const KvDims& a, int64_t lists, int64_t max_items,
+                           int min_tiles) {
   MSA_CUDA_CHECK(cudaFuncSetAttribute(wgmma_backward_kernel,
                                       cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       static_cast<int>(kSmemBytes)));
-  wgmma_backward_kernel<<<static_cast<unsigned>(lists), kThreads, kSmemBytes>>>(
-      q, k, v, dout, lse, dsum, list_start, entries, scale, dq_part, dk_acc, dv_acc, a);
+  wgmma_backward_kernel<<<static_cast<unsigned>(max_items), kThreads, kSmemBytes>>>(
+      q, k, v, dout, lse, dsum, list_start, item_start, item_list, lists, entries, scale, dq_part,
+      dk_acc, dv_acc, a, min_tiles);
   MSA_CUDA_CHECK_LAUNCH("wgmma_backward_kernel");
 }
 

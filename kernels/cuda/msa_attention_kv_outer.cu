@@ -48,6 +48,8 @@ namespace {
 constexpr int kWarps = 4;
 constexpr int kMinTilesPerCta = 16;  // of the mma.sync forward
 constexpr size_t kPartialBudgetBytes = size_t(4) << 30;
+using kv_outer::BackwardItem;
+using kv_outer::find_backward_item;
 using kv_outer::find_work_item;
 using kv_outer::forward_per_split;
 using kv_outer::fragment_order_dim;
@@ -438,8 +440,10 @@ void run_kv_outer(const Tensor& q, const Tensor& k, const Tensor& v, const Tenso
 
 // ---- backward ----------------------------------------------------------------------------
 
-// One CTA per (key block j, group) list, BK / 16 warps, warp w owning keys w*16 .. w*16+15 of
-// the block: for each tile of 32 query rows (32 / r queries x r heads) that selected j, with
+// One CTA per work item (a run of tiles of one (key block j, group) list: long lists, the blocks
+// every query selects, are split over several CTAs), BK / 16 warps, warp w owning keys
+// w*16 .. w*16+15 of the block: for each tile of 32 query rows (32 / r queries x r heads) that
+// selected j, with
 // P = exp(scale QK^T - lse) from the forward's final lse and D = rowsum(dO * O):
 //   S^T = K_w Q^T, dP^T = V_w dO^T, dS^T = P^T (dP^T - D)            (keys as mma rows)
 //   dV_w += P^T dO, dK_w += dS^T Q                                   (registers, whole list)
@@ -447,10 +451,13 @@ void run_kv_outer(const Tensor& q, const Tensor& k, const Tensor& v, const Tenso
 // Tiles of 32 rows (not 16) let each K/V fragment serve four mma n-tiles and halve the barriers
 // per row; the next tile's Q, dO, lse and D rows are copied into a second shared buffer by
 // cp.async while the current tile computes (no prefetch registers: dK/dV already hold 128).
-// dK and dV of a key are owned by the one CTA of its block: no global atomics. dQ of a (query,
-// slot) goes to its own partial row, summed over slots by dq_combine_kernel. dK/dV accumulate in
-// f32 across query chunks (dk_acc, dv_acc).
+// dK and dV of a key are owned by the one CTA of its block, unless its list is split: then its
+// items add atomically (deterministic mode does not split). dQ of a (query, slot) goes to its own
+// partial row, summed over slots by dq_combine_kernel. dK/dV accumulate in f32 across query
+// chunks (dk_acc, dv_acc).
 constexpr int kBwdRows = 32;
+// Minimum tiles per backward item: a split costs a K/V load and BK x D x 2 f32 atomic adds.
+constexpr int kBwdMinTiles = 8;
 
 template <int D, int BK>
 struct BwdSmem {
@@ -468,9 +475,11 @@ __global__ void __launch_bounds__(BK / 16 * 32)
                              const bf16* __restrict__ v, const bf16* __restrict__ dout,
                              const float* __restrict__ lse, const float* __restrict__ dsum,
                              const int32_t* __restrict__ list_start,
+                             const int32_t* __restrict__ item_start,
+                             const int32_t* __restrict__ item_list, int64_t lists,
                              const int32_t* __restrict__ entries, float scale,
                              bf16* __restrict__ dq_part, float* __restrict__ dk_acc,
-                             float* __restrict__ dv_acc, KvDims a) {
+                             float* __restrict__ dv_acc, KvDims a, int min_tiles) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   using Sm = BwdSmem<D, BK>;
   constexpr int kLd = Sm::kLd, kLdS = Sm::kLdS;
@@ -485,17 +494,18 @@ __global__ void __launch_bounds__(BK / 16 * 32)
   int* lim_s = reinterpret_cast<int*>(dsum_s + 2 * kBwdRows);        // [2][rows]
   const float scale_log2 = scale * 1.4426950408889634f;
 
-  // Heavy lists first: blockIdx.x enumerates j slowest.
-  const int64_t g = blockIdx.x % a.G, j = blockIdx.x / a.G;
-  const int64_t list = g * a.nb + j;
-  const int32_t begin = list_start[list], end = list_start[list + 1];
   const int r = static_cast<int>(a.r), rows_q = kBwdRows / r;
+  BackwardItem w;
+  // Past the last item (the grid is a bound). A block no query of this chunk selected has none.
+  if (!find_backward_item(blockIdx.x, item_start, item_list, list_start, lists, a, rows_q,
+                          min_tiles, w))
+    return;
+  const int64_t g = w.g, j = w.j;
+  const int32_t begin = w.begin, end = w.end;
+  const int n_tiles = w.n_tiles;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int grp = lane >> 2, tig = lane & 3;
   const int l16 = lane % 16;
-  // A block no query of this chunk selected: nothing to add to its dK/dV.
-  const int n_tiles = (end - begin + rows_q - 1) / rows_q;
-  if (n_tiles == 0) return;
 
   for (int c = threadIdx.x; c < BK * kChunks; c += kThreads) {
     const int row = c / kChunks, col = (c % kChunks) * 8;
@@ -652,7 +662,8 @@ __global__ void __launch_bounds__(BK / 16 * 32)
               pack_bf16(qc[mt][nt][2 * h] * scale, qc[mt][nt][2 * h + 1] * scale);
       }
   }
-  // This warp's 16 keys: add into the f32 accumulators (this CTA is their only writer).
+  // This warp's 16 keys: add into the f32 accumulators (atomically when the list is split over
+  // several items; else this CTA is their only writer).
 #pragma unroll
   for (int nt = 0; nt < D / 8; ++nt)
 #pragma unroll
@@ -660,8 +671,13 @@ __global__ void __launch_bounds__(BK / 16 * 32)
       const int64_t s = j * BK + warp * 16 + grp + 8 * (c / 2);
       if (s >= a.Sk) continue;
       const int64_t off = (s * a.G + g) * D + nt * 8 + 2 * tig + (c & 1);
-      dk_acc[off] += dk_c[nt][c] * scale;
-      dv_acc[off] += dv_c[nt][c];
+      if (w.shared) {
+        atomicAdd(dk_acc + off, dk_c[nt][c] * scale);
+        atomicAdd(dv_acc + off, dv_c[nt][c]);
+      } else {
+        dk_acc[off] += dk_c[nt][c] * scale;
+        dv_acc[off] += dv_c[nt][c];
+      }
     }
 }
 
@@ -742,6 +758,16 @@ void run_kv_outer_backward(const Tensor& dout, const Tensor& q, const Tensor& k,
                                   Device::kCUDA);
   // Head dim 128 and block size 128 on Hopper: the wgmma kernel (msa_attention_bwd_wgmma.cu).
   const bool wgmma = D == 128 && BK == 128 && kv_outer::wgmma_available();
+  // Work items: runs of tiles of one list (find_backward_item), as the forward's.
+  const int per_tile =
+      wgmma ? kv_outer::wgmma_backward_queries_per_tile(r) : static_cast<int>(kBwdRows / r);
+  const int min_tiles = kv_outer::backward_min_tiles(
+      wgmma ? kv_outer::kWgmmaBwdMinTiles : kBwdMinTiles, deterministic());
+  auto items_bound = [&](int64_t rows) -> int64_t {
+    return (rows * d.topk / per_tile + lists) / min_tiles + lists + 2;
+  };
+  Tensor item_start = Tensor::empty({lists + 1}, DType::kI32, Device::kCUDA);
+  Tensor item_list = Tensor::empty(Shape{items_bound(chunk * d.groups)}, DType::kI32, Device::kCUDA);
   for (int64_t b = 0; b < d.batch; ++b) {
     const int32_t* idx = indices.data<int32_t>() + b * d.seq * d.groups * d.topk;
     const int32_t* cnt = counts.data<int32_t>() + b * d.seq * d.groups;
@@ -762,14 +788,22 @@ void run_kv_outer_backward(const Tensor& dout, const Tensor& q, const Tensor& k,
           kv_outer::chunk_work_lists(cache, indices, counts, idx, cnt, a,
                                      kv_outer::ListOrder::kSortWhenDeterministic, len, cursor,
                                      start, entries, scan_tmp, scan_bytes);
+      // len is scratch once the lists are built.
+      kv_outer::build_work_items(wl.start, lists, per_tile, min_tiles, len.data<int32_t>(),
+                                 item_start.data<int32_t>(), item_list.data<int32_t>(),
+                                 scan_tmp.raw_data(), scan_bytes);
+      const int64_t max_items = items_bound((t1 - t0) * d.groups);
       if (wgmma) {
-        kv_outer::launch_wgmma_backward(qb, kb, vb, dob, lb, db, wl.start, wl.entries,
-                                        static_cast<float>(scale), part.data<bf16>(),
-                                        dk_acc.data<float>(), dv_acc.data<float>(), a, lists);
+        kv_outer::launch_wgmma_backward(qb, kb, vb, dob, lb, db, wl.start,
+                                        item_start.data<int32_t>(), item_list.data<int32_t>(),
+                                        wl.entries, static_cast<float>(scale), part.data<bf16>(),
+                                        dk_acc.data<float>(), dv_acc.data<float>(), a, lists,
+                                        max_items, min_tiles);
       } else {
-        kv_outer_backward_kernel<D, BK><<<static_cast<unsigned>(lists), BK / 16 * 32, smem>>>(
-            qb, kb, vb, dob, lb, db, wl.start, wl.entries, static_cast<float>(scale),
-            part.data<bf16>(), dk_acc.data<float>(), dv_acc.data<float>(), a);
+        kv_outer_backward_kernel<D, BK><<<static_cast<unsigned>(max_items), BK / 16 * 32, smem>>>(
+            qb, kb, vb, dob, lb, db, wl.start, item_start.data<int32_t>(),
+            item_list.data<int32_t>(), lists, wl.entries, static_cast<float>(scale),
+            part.data<bf16>(), dk_acc.data<float>(), dv_acc.data<float>(), a, min_tiles);
         MSA_CUDA_CHECK_LAUNCH("kv_outer_backward_kernel");
       }
       dq_combine_kernel<D><<<combine_grid(a.t1 - a.t0, d.heads, D), kCombineThreads>>>(

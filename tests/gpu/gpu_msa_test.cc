@@ -245,6 +245,72 @@ TEST(GpuMsaTest, KvOuterTensorCoreForwardMatchesCpu) {
   }
 }
 
+// Every query selects the first k-1 blocks (index scores steered there, as attention sinks or
+// facts every query reads make a trained selector do): those lists hold every query of the
+// chunk, so the backward splits each over many CTAs that add their dK/dV atomically (the
+// mma.sync kernel at head_dim 64, the wgmma one at 128 / B 128 on Hopper, with chunks of 512
+// queries too). dQ, dK and dV against the CPU.
+TEST(GpuMsaTest, HotListsSplitOverCtasMatchCpu) {
+  SKIP_WITHOUT_GPU();
+  struct Hot {
+    int64_t T, H, G, d;
+    int B, K;
+  };
+  uint64_t seed = 9300;
+  for (const Hot& c : {Hot{3000, 8, 2, 64, 64, 4}, Hot{2600, 16, 4, 128, 128, 4}}) {
+    auto rnd = [&](const Shape& sh) {
+      return random_tensor(sh, seed++, DType::kF32).to(DType::kBF16).to(DType::kF32);
+    };
+    const Tensor q = rnd({1, c.T, c.H, c.d}), k = rnd({1, c.T, c.G, c.d}),
+                 v = rnd({1, c.T, c.G, c.d}), dout = rnd({1, c.T, c.H, c.d});
+    const int64_t dI = 16, first_keys = static_cast<int64_t>(c.K - 1) * c.B;
+    Tensor iq = random_tensor({1, c.T, c.G, dI}, seed++, DType::kF32);
+    Tensor ik = random_tensor({1, c.T, dI}, seed++, DType::kF32);
+    for (int64_t i = 0; i < c.T * c.G; ++i) iq.data<float>()[i * dI] = 8.0f;
+    for (int64_t s = 0; s < c.T; ++s) ik.data<float>()[s * dI] = s < first_keys ? 8.0f : -8.0f;
+    BlockSelection sel = BlockSelection::allocate(1, c.T, c.G, c.B, c.K, Device::kCPU);
+    msa_index_topk(iq, ik, sel);
+    // The steering worked: the last query's rows hold blocks 0 .. K-2.
+    for (int64_t g = 0; g < c.G; ++g)
+      ASSERT_EQ(sel.indices.data<int32_t>()[((c.T - 1) * c.G + g) * c.K + c.K - 2], c.K - 2);
+    const double scale = 1.0 / std::sqrt(static_cast<double>(c.d));
+    Tensor out = Tensor::empty(q.shape(), DType::kF32),
+           lse = Tensor::empty({1, c.H, c.T}, DType::kF32);
+    msa_sparse_attention_forward(q, k, v, sel, scale, out, lse);
+    Tensor dq = Tensor::empty(q.shape(), DType::kF32), dk = Tensor::empty(k.shape(), DType::kF32),
+           dv = Tensor::empty(v.shape(), DType::kF32);
+    msa_sparse_attention_backward(dout, q, k, v, out, lse, sel, scale, dq, dk, dv);
+
+    BlockSelection gsel = sel;
+    gsel.indices = sel.indices.to(Device::kCUDA);
+    gsel.counts = sel.counts.to(Device::kCUDA);
+    const Tensor gq = dev(q, DType::kBF16), gk = dev(k, DType::kBF16), gv = dev(v, DType::kBF16),
+                 gdout = dev(dout, DType::kBF16);
+    for (const char* chunk : {"", "512"}) {
+      if (*chunk) setenv("MSA_KV_OUTER_CHUNK", chunk, 1);
+      gsel.cache->clear();  // lists of this chunk size
+      Tensor gout = Tensor::empty(q.shape(), DType::kBF16, Device::kCUDA);
+      Tensor glse = Tensor::empty(lse.shape(), DType::kF32, Device::kCUDA);
+      msa_sparse_attention_forward(gq, gk, gv, gsel, scale, gout, glse);
+      std::vector<Tensor> g = {Tensor::empty(q.shape(), DType::kBF16, Device::kCUDA),
+                               Tensor::empty(k.shape(), DType::kBF16, Device::kCUDA),
+                               Tensor::empty(v.shape(), DType::kBF16, Device::kCUDA)};
+      for (Tensor& x : g) x.fill_(std::nan(""));
+      msa_sparse_attention_backward(gdout, gq, gk, gv, gout, glse, gsel, scale, g[0], g[1], g[2]);
+      unsetenv("MSA_KV_OUTER_CHUNK");
+      const Tensor* ref[3] = {&dq, &dk, &dv};
+      const char* names[3] = {"dq", "dk", "dv"};
+      const std::string what = "T=" + std::to_string(c.T) + " d=" + std::to_string(c.d) +
+                               " B=" + std::to_string(c.B) + " chunk=" + chunk;
+      for (int i = 0; i < 3; ++i) {
+        const double e = max_scaled_diff(host(g[i]), *ref[i]);
+        EXPECT_LT(e, 3e-2) << names[i] << " " << what;
+        std::printf("hot lists %s %s: scaled max error vs CPU %.4f\n", what.c_str(), names[i], e);
+      }
+    }
+  }
+}
+
 // The Hopper wgmma kernels (head_dim 128, block 128) against the mma.sync KV-outer kernels on
 // the same device inputs, forward and backward, at a size small enough for compute-sanitizer's
 // racecheck (scripts/gpu_session.sh sanitize). On other GPUs both runs take the mma.sync path.
