@@ -69,8 +69,9 @@ __device__ __forceinline__ bool find_work_item(int32_t item, const int32_t* item
   return true;
 }
 
-// A backward work item: tiles [first, first + n_tiles) of one list, as find_work_item splits it
-// (begin is the item's first entry, end the list's end). A list split over several items has
+// A backward work item: n_tiles tiles of one list from entry begin on, as find_work_item splits
+// the list (end is the list's end, which its last tile may not reach). A list split over several
+// items has
 // several writers of its keys' dK/dV (shared: they add atomically); deterministic mode keeps one
 // item per list (backward_min_tiles), so its sums keep their order.
 struct BackwardItem {
