@@ -71,9 +71,8 @@ __device__ __forceinline__ bool find_work_item(int32_t item, const int32_t* item
 
 // A backward work item: n_tiles tiles of one list from entry begin on, as find_work_item splits
 // the list (end is the list's end, which its last tile may not reach). A list split over several
-// items has
-// several writers of its keys' dK/dV (shared: they add atomically); deterministic mode keeps one
-// item per list (backward_min_tiles), so its sums keep their order.
+// items has several writers of its keys' dK/dV (shared: they add atomically); deterministic mode
+// keeps one item per list (backward_min_tiles), so its sums keep their order.
 struct BackwardItem {
   int64_t j, g;
   int32_t begin, end;
@@ -189,9 +188,16 @@ ChunkLists chunk_work_lists(SelectionCache* cache, const Tensor& indices, const 
 // differently from run to run and the backward kernels sum over a list in its order. entries has
 // capacity elements (at least the chunk's rows x K).
 void sort_work_lists(int32_t* entries, int64_t capacity, const int32_t* list_start, int64_t lists);
+// A bound on the work items of `entries` list entries in `lists` lists (tiles of tile_queries
+// entries, at least min_tiles per item): each list has at most n_tiles / min_tiles + 1 items and
+// n_tiles <= its entries / tile_queries + 1, so item_list and the grids are sized without reading
+// the total back.
+inline int64_t work_items_bound(int64_t entries, int tile_queries, int min_tiles, int64_t lists) {
+  return (entries / tile_queries + lists) / min_tiles + lists + 2;
+}
 // The work items find_work_item reads (tiles of tile_queries entries, at least min_tiles per item):
 // item_start (lists + 1; the total at item_start[lists]) and item_list (at least
-// (entries / tile_queries + lists) / min_tiles + lists + 2 long); item_len (lists + 1) is scratch.
+// work_items_bound long); item_len (lists + 1) is scratch.
 void build_work_items(const int32_t* list_start, int64_t lists, int tile_queries, int min_tiles,
                       int32_t* item_len, int32_t* item_start, int32_t* item_list,
                       void* scan_tmp, size_t scan_bytes);

@@ -386,10 +386,8 @@ void run_kv_outer(const Tensor& q, const Tensor& k, const Tensor& v, const Tenso
   const int per_cta =
       wgmma ? kv_outer::wgmma_forward_queries_per_tile(r) : kWarps * static_cast<int>(16 / r);
   const int min_tiles = wgmma ? kv_outer::kWgmmaMinTilesPerCta : kMinTilesPerCta;
-  // Items: each list has at most n_tiles / min_tiles + 1 of them and n_tiles <= entries /
-  // per_cta + 1, so this bounds their total without reading it back.
-  auto items_bound = [&](int64_t rows) -> int64_t {
-    return (rows * d.topk / per_cta + lists) / min_tiles + lists + 2;
+  auto items_bound = [&](int64_t rows) {
+    return kv_outer::work_items_bound(rows * d.topk, per_cta, min_tiles, lists);
   };
   Tensor item_list = Tensor::empty(Shape{items_bound(chunk * d.groups)}, DType::kI32, Device::kCUDA);
   for (int64_t b = 0; b < d.batch; ++b) {
@@ -763,8 +761,8 @@ void run_kv_outer_backward(const Tensor& dout, const Tensor& q, const Tensor& k,
       wgmma ? kv_outer::wgmma_backward_queries_per_tile(r) : static_cast<int>(kBwdRows / r);
   const int min_tiles = kv_outer::backward_min_tiles(
       wgmma ? kv_outer::kWgmmaBwdMinTiles : kBwdMinTiles, deterministic());
-  auto items_bound = [&](int64_t rows) -> int64_t {
-    return (rows * d.topk / per_tile + lists) / min_tiles + lists + 2;
+  auto items_bound = [&](int64_t rows) {
+    return kv_outer::work_items_bound(rows * d.topk, per_tile, min_tiles, lists);
   };
   Tensor item_start = Tensor::empty({lists + 1}, DType::kI32, Device::kCUDA);
   Tensor item_list = Tensor::empty(Shape{items_bound(chunk * d.groups)}, DType::kI32, Device::kCUDA);

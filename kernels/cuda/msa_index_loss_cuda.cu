@@ -1063,8 +1063,8 @@ cpu::IndexLossSums msa_index_loss_sparse(const Tensor& q, const Tensor& k, const
   if (const char* c = std::getenv("MSA_INDEX_LOSS_CHUNK"))
     chunk = std::max<int64_t>(1, std::atoll(c));
   chunk = std::min(chunk, T);
-  auto items_bound = [&](int64_t rows, int per_cta, int min_tiles) -> int64_t {
-    return (rows * K / per_cta + lists) / min_tiles + lists + 2;
+  auto items_bound = [&](int64_t rows, int per_cta, int min_tiles) {
+    return kv_outer::work_items_bound(rows * K, per_cta, min_tiles, lists);
   };
   auto i32 = [](int64_t n) {
     return Tensor::empty({std::max<int64_t>(n, 1)}, DType::kI32, Device::kCUDA);
