@@ -27,7 +27,7 @@ namespace {
 // without the variant; a checkpoint that uses none stays version 1.
 constexpr int64_t kFormatVersion = 3;
 int64_t format_version_for(const ModelConfig& c) {
-  if (c.msa.index_rotary_dim != 0) return 3;
+  if (c.msa.index_rotary_dim != 0) return kFormatVersion;
   return c.plain_rope() ? 1 : 2;
 }
 constexpr char kChecksumAttr[] = "fnv1a64";
@@ -362,7 +362,9 @@ absl::StatusOr<Checkpoint> load_checkpoint(const std::string& path, bool weights
     H5Handle config(H5Gopen2(file.get(), "/config", H5P_DEFAULT), H5Gclose);
     MSA_ASSIGN_OR_RETURN(std::string version,
                          read_string_attr(path, config.get(), "format_version"));
-    if (version != "1" && version != "2" && version != "3")
+    bool known = false;
+    for (int64_t v = 1; v <= kFormatVersion; ++v) known = known || version == std::to_string(v);
+    if (!known)
       return absl::FailedPreconditionError(
           absl::StrFormat("%s: checkpoint format version %s, this build reads 1 to %d", path,
                           version, kFormatVersion));
