@@ -39,7 +39,10 @@ ModelConfig config(const std::string& kind) {
   c.msa.block_size = 4;
   c.msa.topk = 2;
   c.msa.index_dim = 4;
-  if (kind == "msa_index_rope") {  // the option: positions restart for the index branch too
+  // The index-RoPE option with packed documents: losses and gradients equal the documents run
+  // alone. (RoPE scores depend only on position differences, so these cannot show where positions
+  // start; RopePositionsRestartAtEachDocument shows that for the rotation itself.)
+  if (kind == "msa_index_rope") {
     c.attention = {AttentionKind::kMsa, AttentionKind::kMsa};
     c.msa.index_rotary_dim = 2;
   }
