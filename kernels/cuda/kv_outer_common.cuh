@@ -234,8 +234,8 @@ void launch_wgmma_forward(const bf16* q, const bf16* k, const bf16* v, const int
                           const int32_t* item_start, const int32_t* item_list, int64_t lists, const int32_t* entries,
                           float scale_log2, bf16* part, float* lse_part, const KvDims& a,
                           int64_t max_items, int min_tiles);
-// One CTA per work item (a run of one list's tiles); dk_acc/dv_acc f32 [Sk, G, 128] (zeroed by
-// the caller) accumulate across chunks.
+// One CTA per work item (a run of one list's tiles); dk_acc/dv_acc f32 [a.nseq, Sk, G, 128]
+// (zeroed by the caller) accumulate across chunks.
 void launch_wgmma_backward(const bf16* q, const bf16* k, const bf16* v, const bf16* dout,
                            const float* lse, const float* dsum, const int32_t* list_start,
                            const int32_t* item_start, const int32_t* item_list,

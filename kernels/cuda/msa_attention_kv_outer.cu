@@ -13,7 +13,8 @@
 // then forms lse = logsumexp_j lse_j and O = sum_j exp(lse_j - lse) O_j (flash-decoding's
 // split-KV merge). The partials cost 2 x (T G k r d) bf16 bytes of traffic, so queries run in
 // chunks that keep the buffer under a few GB at any length (MSA_KV_OUTER_CHUNK=N forces N-query
-// chunks, for tests). The combine also yields each block's
+// chunks, for tests), and a batch of short sequences shares launches (KvDims::nseq), so that
+// they fill the GPU together. The combine also yields each block's
 // attention mass exp(lse_j - lse) for the index distillation loss, without another pass.
 //
 // Work lists: for each (sequence, group, key block), the queries that selected the block and the
@@ -850,6 +851,10 @@ void run_kv_outer_backward(const Tensor& dout, const Tensor& q, const Tensor& k,
 
 }  // namespace
 
+int64_t kv_outer_sequences_per_launch(const cpu::MsaDims& d) {
+  return kv_outer::sequences_per_launch(d);
+}
+
 bool kv_outer_attention_supported(const Tensor& q, const cpu::MsaDims& d) {
   const char* force = std::getenv("MSA_SPARSE_ATTENTION");
   if (force != nullptr && std::strcmp(force, "reference") == 0) return false;
@@ -921,10 +926,12 @@ int64_t query_chunk(const cpu::MsaDims& d) { return std::min<int64_t>(query_budg
 
 int64_t sequences_per_launch(const cpu::MsaDims& d) {
   if (d.seq == 0 || query_budget(d) < d.seq) return 1;
-  // Launches of several sequences keep their partials under kBatchedPartialBytes: enough rows to
-  // fill the GPU, without the memory of a long sequence's chunk for a batch of short ones.
-  const int64_t fit =
-      static_cast<int64_t>(kBatchedPartialBytes / (partial_bytes_per_query(d) * d.seq));
+  // Launches of several sequences keep their partials and the backward's f32 dK/dV accumulators
+  // under kBatchedPartialBytes: enough rows to fill the GPU, without the memory of a long
+  // sequence's chunk for a batch of short ones.
+  const size_t per_sequence = partial_bytes_per_query(d) * d.seq +
+                              size_t(2) * sizeof(float) * d.keys() * d.groups * d.dim;
+  const int64_t fit = static_cast<int64_t>(kBatchedPartialBytes / per_sequence);
   int64_t n = std::min<int64_t>(d.batch, fit);
   if (const char* c = std::getenv("MSA_KV_OUTER_SEQS"); c != nullptr && *c != 0)
     n = std::min<int64_t>(n, std::atoll(c));

@@ -56,7 +56,8 @@
 // add the slots in a fixed order (GradArgs). The work lists are sorted too (build_work_lists), so
 // the tiles, and with them the in-CTA sums, are the same on every run.
 // Queries run in chunks (sparse; the work lists and partials are per chunk) sized by a memory
-// budget; MSA_INDEX_LOSS_CHUNK=N forces N-token chunks (tests), and MSA_INDEX_LOSS_DET_BLOCKS=N
+// budget, whole short sequences several per launch as the attention's (sharing its work lists);
+// MSA_INDEX_LOSS_CHUNK=N forces N-token chunks (tests), and MSA_INDEX_LOSS_DET_BLOCKS=N
 // N key blocks per dense launch in deterministic mode (tests). MSA_INDEX_LOSS=reference makes
 // index_loss_cuda_supported false (the CPU reference runs on host copies).
 // Fewer queries than keys (context parallelism): Tq query rows (q, lse, iq, diq, the selection) at

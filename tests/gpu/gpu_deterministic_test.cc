@@ -18,6 +18,7 @@
 #include "core/deterministic.h"
 #include "gtest/gtest.h"
 #include "kernels/attention.h"
+#include "kernels/cuda/msa_cuda.h"
 #include "kernels/embedding.h"
 #include "kernels/msa.h"
 #include "model/transformer.h"
@@ -295,6 +296,12 @@ TEST(GpuDeterministicTest, SequencesSharingALaunchGiveBitIdenticalResults) {
       r.push_back(Tensor::from_vector(Shape{1}, std::vector<double>{loss}));
       return r;
     };
+    const cpu::MsaDims dims{c.batch, c.T, c.H, c.G, c.d, c.dI, c.B, c.K};
+    ASSERT_EQ(cuda::kv_outer_sequences_per_launch(dims), 3) << "the batch must share a launch";
+    {
+      const ScopedEnv env("MSA_KV_OUTER_SEQS", "2");
+      ASSERT_EQ(cuda::kv_outer_sequences_per_launch(dims), 2);
+    }
     const std::vector<Tensor> one = run("1");
     const char* names[8] = {"out", "lse", "dq", "dk", "dv", "diq", "dik", "index loss"};
     for (const char* seqs : {"2", ""}) {
