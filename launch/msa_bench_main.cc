@@ -36,16 +36,18 @@ ABSL_FLAG(std::string, model, "1b",
           "dim 128, ffn 5632, vocab 32000) or 'small' (d_model 512, 4 layers, 8/2 heads, ffn "
           "1408, vocab 32000).");
 ABSL_FLAG(int, layers, 0, "dense/step: override the preset's number of layers (0: keep).");
-ABSL_FLAG(int, batch, 1, "dense/step: sequences per step.");
+ABSL_FLAG(int, batch, 1,
+          "msa/dense/step: sequences per call (msa: the batch's sequences share kernel launches, "
+          "as in training).");
 ABSL_FLAG(std::string, attention, "dense",
           "step: 'dense', 'msa' (all layers MSA with --block_size/--topk/--index_dim) or "
           "'both' (dense and MSA side by side).");
 ABSL_FLAG(std::string, recompute, "none", "step: activation recomputation: none, attention, full.");
 ABSL_FLAG(int, steps, 5, "step: timed training steps (after 2 warm-up steps).");
 ABSL_FLAG(int, cp_shards, 0,
-          "msa: also time each context-parallel rank's share of every --seqs length split into this "
-          "many shards (its queries over the keys up to its shard's end), contiguous and zig-zag "
-          "(0: off).");
+          "msa, batch 1: also time each context-parallel rank's share of every --seqs length "
+          "split into this many shards (its queries over the keys up to its shard's end), "
+          "contiguous and zig-zag (0: off).");
 ABSL_FLAG(bool, deterministic, false,
           "Time the deterministic kernels (msa-train --deterministic: fixed summation order, "
           "per-slot partials instead of f32 atomics).");
@@ -59,11 +61,13 @@ int main(int argc, char** argv) {
       "                   dense causal flash attention on the same inputs: times, speed-ups,\n"
       "                   TFLOP/s [--seqs=8192,32768,131072 --fwd_only_seqs=524288,1048576\n"
       "                    --heads=64 --groups=4 --head_dim=128 --index_dim=128 --block_size=128\n"
-      "                    --topk=16 --cp_shards=C: each context-parallel rank's share]\n"
+      "                    --topk=16 --batch=1 --cp_shards=C: each context-parallel rank's\n"
+      "                    share]\n"
       "  msa-bench dense  bf16 GEMMs (cuBLASLt) at the model's shapes and cuDNN attention\n"
       "                   fwd/bwd TFLOP/s [--model=1b --model_seqs=4096 --batch=1]\n"
       "  msa-bench step   whole training steps (forward, backward, AdamW): tokens/s and MFU\n"
-      "                   [--model=1b --model_seqs=4096 --attention=dense|msa|both --recompute=none]");
+      "                   [--model=1b --model_seqs=4096 --attention=dense|msa|both "
+      "--recompute=none]");
   std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
   const std::string which = rest.size() == 2 ? rest[1] : "";
   if (which != "msa" && which != "dense" && which != "step") {

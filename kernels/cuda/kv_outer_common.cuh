@@ -21,12 +21,22 @@ namespace msa::cuda::kv_outer {
 // (bottom-right aligned, q_off = Sk - S): causal masks compare key positions with t + q_off.
 // The work-list builders read neither Sk nor q_off (the index loss's initializers in
 // msa_index_loss_cuda.cu leave them 0); the attention kernels set and read both.
+// A launch covers query chunk [t0, t1) of nseq consecutive sequences (its pointers offset to the
+// first): several sequences share one launch only when each is one whole chunk (t0 = 0, t1 = S),
+// so short sequences fill the GPU together. List (b, g, j) = (b G + g) nb + j of the launch's
+// sequence b; chunk rows (the partials') are (b, t - t0), b-major.
 struct KvDims {
   int64_t S, H, G, K, r;
   int64_t nb;
   int64_t t0, t1;  // query chunk
   int64_t Sk = 0;  // key tokens (>= S)
   int64_t q_off = 0;  // position of query 0: Sk - S
+  int64_t nseq = 1;   // sequences of this launch
+  __host__ __device__ int64_t lists() const { return nseq * G * nb; }
+  __host__ __device__ int64_t chunk_queries() const { return nseq * (t1 - t0); }
+  __host__ __device__ int64_t chunk_row(int64_t b, int64_t t) const {
+    return b * (t1 - t0) + t - t0;
+  }
 };
 
 // A list's query tiles are shared by up to kSplits CTAs, each taking at least min_tiles
@@ -74,7 +84,7 @@ __device__ __forceinline__ bool find_work_item(int32_t item, const int32_t* item
 // items has several writers of its keys' dK/dV (shared: they add atomically); deterministic mode
 // keeps one item per list (backward_min_tiles), so its sums keep their order.
 struct BackwardItem {
-  int64_t j, g;
+  int64_t j, g, b;
   int32_t begin, end;
   int n_tiles;
   bool shared;
@@ -92,6 +102,7 @@ __device__ __forceinline__ bool find_backward_item(int32_t item, const int32_t* 
   const int32_t list = item_list[item];
   w.j = wi.j;
   w.g = wi.g;
+  w.b = wi.b;
   w.begin = wi.begin + wi.tile_begin * tile_queries;
   w.end = wi.end;
   w.n_tiles = wi.tile_end - wi.tile_begin;
@@ -154,10 +165,11 @@ __device__ __forceinline__ int fragment_order_dim(int p) {
   return (w / 2) * 8 + 2 * tig + (w & 1);
 }
 
-// Work lists of one query chunk [a.t0, a.t1) of one sequence (indices and counts already offset to
-// it), as the attention kernels build them (msa_attention_kv_outer.cu): list (g, j) = g * nb + j
-// holds entries (t << 5) | slot in list_start[list] .. list_start[list + 1]. len (lists + 1) and
-// cursor (lists) are scratch, lists = G * nb; scan_tmp holds work_list_scan_bytes(lists) bytes.
+// Work lists of one launch (query chunk [a.t0, a.t1) of a.nseq sequences; indices and counts
+// already offset to the first), as the attention kernels build them (msa_attention_kv_outer.cu):
+// list (b, g, j) = (b G + g) nb + j holds entries (t << 5) | slot in list_start[list] ..
+// list_start[list + 1]. len (lists + 1) and cursor (lists) are scratch, lists = a.lists();
+// scan_tmp holds work_list_scan_bytes(lists) bytes.
 size_t work_list_scan_bytes(int64_t lists);
 // Order: kSortWhenDeterministic for consumers that sum over a list in its order (the backward
 // kernels, the index loss), kAnyOrder for the forward (each (query, slot) owns its partial).
@@ -170,11 +182,15 @@ void build_work_lists(const int32_t* indices, const int32_t* counts, const KvDim
 // as many queries as keep its partials within budget, a multiple of the block size. The index
 // loss takes the same chunks when it can, to share the attention's cached work lists.
 int64_t query_chunk(const cpu::MsaDims& d);
+// Sequences per launch: when whole sequences fit the chunk budget, as many as fit (at most the
+// batch), so short sequences share a launch instead of each filling a fraction of the GPU
+// (MSA_KV_OUTER_SEQS caps it, for tests); else 1, the sequence in chunks.
+int64_t sequences_per_launch(const cpu::MsaDims& d);
 // One chunk's work lists (list_start and entries as build_work_lists writes them), from `cache`
 // (BlockSelection::cache, nullable) when there, else built: with a cache into new buffers that
 // stay there (sorted in deterministic mode, since a backward may reuse them), without one into
 // the caller's start / entries in `order`. indices / counts are the selection's whole tensors (an
-// entry keeps them alive); idx / cnt point at sequence b's rows.
+// entry keeps them alive); idx / cnt point at the launch's first sequence's rows.
 struct ChunkLists {
   const int32_t* start;
   const int32_t* entries;
@@ -218,8 +234,8 @@ void launch_wgmma_forward(const bf16* q, const bf16* k, const bf16* v, const int
                           const int32_t* item_start, const int32_t* item_list, int64_t lists, const int32_t* entries,
                           float scale_log2, bf16* part, float* lse_part, const KvDims& a,
                           int64_t max_items, int min_tiles);
-// One CTA per work item (a run of one list's tiles); dk_acc/dv_acc f32 [Sk, G, 128] (zeroed by
-// the caller) accumulate across chunks.
+// One CTA per work item (a run of one list's tiles); dk_acc/dv_acc f32 [a.nseq, Sk, G, 128]
+// (zeroed by the caller) accumulate across chunks.
 void launch_wgmma_backward(const bf16* q, const bf16* k, const bf16* v, const bf16* dout,
                            const float* lse, const float* dsum, const int32_t* list_start,
                            const int32_t* item_start, const int32_t* item_list,

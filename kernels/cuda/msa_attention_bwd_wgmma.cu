@@ -71,9 +71,18 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (!find_backward_item(blockIdx.x, item_start, item_list, list_start, lists, a, rows_q,
                           min_tiles, w))
     return;  // past the last item (the grid is a bound); empty lists have none
-  const int64_t g = w.g, j = w.j;
+  const int64_t g = w.g, j = w.j, b = w.b;
   const int32_t begin = w.begin, end = w.end;
   const int n_tiles = w.n_tiles;
+  // Sequence b of the launch: its query rows (q, dO), lse / D rows and keys.
+  q += b * a.S * a.H * kD;
+  dout += b * a.S * a.H * kD;
+  lse += b * a.H * a.S;
+  dsum += b * a.H * a.S;
+  k += b * a.Sk * a.G * kD;
+  v += b * a.Sk * a.G * kD;
+  dk_acc += b * a.Sk * a.G * kD;
+  dv_acc += b * a.Sk * a.G * kD;
   // Query t attends this block's keys up to min(t + q_off, Sk - 1) - j kBK (32-bit: as few
   // registers as the Tq == Tk code).
   const int lim_shift = static_cast<int>(a.q_off - j * kBK);
@@ -227,7 +236,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       const int R = 16 * warp + grp + 8 * h;
       if (dq_rows[h] < 0) continue;
       const int64_t t = dq_rows[h] >> 5, slot = dq_rows[h] & 31;
-      const int64_t prow = (((t - a.t0) * a.G + g) * a.K + slot) * a.r + R % r;
+      const int64_t prow = ((a.chunk_row(b, t) * a.G + g) * a.K + slot) * a.r + R % r;
       bf16* dst = dq_part + prow * kD + 64 * wg + 2 * tig;
 #pragma unroll
       for (int nt = 0; nt < 8; ++nt)

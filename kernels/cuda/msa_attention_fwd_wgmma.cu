@@ -234,7 +234,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     for (int h = 0; h < 2; ++h) {
       const int R = 16 * warp + grp + 8 * h;
       const float inv = 1.0f / sum[h];
-      const int64_t prow = (((t_row[h] - a.t0) * a.G + g) * a.K + slot_row[h]) * a.r + head_row[h];
+      const int64_t prow = ((a.chunk_row(b, t_row[h]) * a.G + g) * a.K + slot_row[h]) * a.r + head_row[h];
       const int key = static_cast<int>(prow & 7);
 #pragma unroll
       for (int nt = 0; nt < kD / 8; nt += 4) {
@@ -256,7 +256,7 @@ __global__ void __launch_bounds__(kThreads, 2)
       if (tig == 0 && valid_row[h] && (R % r == 0 || R % 16 == 0)) {
         const int rows = min(r - R % r, 16 - R % 16);
         const int64_t prow =
-            (((t_row[h] - a.t0) * a.G + g) * a.K + slot_row[h]) * a.r + head_row[h];
+            ((a.chunk_row(b, t_row[h]) * a.G + g) * a.K + slot_row[h]) * a.r + head_row[h];
         bulk_store_s2g(part + prow * kD, stage + R * 256, static_cast<uint32_t>(rows) * 256);
       }
     }

@@ -13,7 +13,8 @@
 // then forms lse = logsumexp_j lse_j and O = sum_j exp(lse_j - lse) O_j (flash-decoding's
 // split-KV merge). The partials cost 2 x (T G k r d) bf16 bytes of traffic, so queries run in
 // chunks that keep the buffer under a few GB at any length (MSA_KV_OUTER_CHUNK=N forces N-query
-// chunks, for tests). The combine also yields each block's
+// chunks, for tests), and a batch of short sequences shares launches (KvDims::nseq), so that
+// they fill the GPU together. The combine also yields each block's
 // attention mass exp(lse_j - lse) for the index distillation loss, without another pass.
 //
 // Work lists: for each (sequence, group, key block), the queries that selected the block and the
@@ -48,6 +49,7 @@ namespace {
 constexpr int kWarps = 4;
 constexpr int kMinTilesPerCta = 16;  // of the mma.sync forward
 constexpr size_t kPartialBudgetBytes = size_t(4) << 30;
+constexpr size_t kBatchedPartialBytes = size_t(1) << 30;
 using kv_outer::BackwardItem;
 using kv_outer::find_backward_item;
 using kv_outer::find_work_item;
@@ -59,35 +61,49 @@ using kv_outer::WorkItem;
 
 // ---- work lists ------------------------------------------------------------------------------
 
-// One thread per (query row, slot) of the chunk: the selection is read coalesced (a row's k
+// Selection slot i of a launch (chunk queries x G x K, b-major): its sequence b, query t, slot s
+// and the selection row (b S + t) G + g of the launch's sequences.
+struct SlotOf {
+  int64_t b, t, row;
+  int64_t g;
+  int s;
+};
+__device__ __forceinline__ SlotOf slot_of(int64_t i, const KvDims& a) {
+  SlotOf x;
+  x.s = static_cast<int>(i % a.K);
+  const int64_t rl = i / a.K, cq = rl / a.G, rows = a.t1 - a.t0;
+  x.g = rl % a.G;
+  x.b = cq / rows;
+  x.t = a.t0 + cq % rows;
+  x.row = (x.b * a.S + x.t) * a.G + x.g;
+  return x;
+}
+
+// One thread per (query row, slot) of the launch: the selection is read coalesced (a row's k
 // slots are adjacent) and the atomics of a row issue in parallel (a thread per row looping over
 // its slots made both kernels ~2x slower: docs/perf.md).
 __global__ void list_count_kernel(const int32_t* indices, const int32_t* counts, int32_t* len,
                                   KvDims a) {
-  const int64_t n = (a.t1 - a.t0) * a.G * a.K;
+  const int64_t n = a.chunk_queries() * a.G * a.K;
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i >= n) return;
-  const int s = static_cast<int>(i % a.K);
-  const int64_t rl = i / a.K, g = rl % a.G;
-  const int64_t row = a.t0 * a.G + rl;  // (t0 + tt) G + g
-  if (s >= counts[row]) return;
-  atomicAdd(len + g * a.nb + indices[row * a.K + s], 1);
+  const SlotOf x = slot_of(i, a);
+  if (x.s >= counts[x.row]) return;
+  atomicAdd(len + (x.b * a.G + x.g) * a.nb + indices[x.row * a.K + x.s], 1);
 }
 
-// Entry = (t << 5) | slot.
+// Entry = (t << 5) | slot (the list says the sequence).
 __global__ void list_fill_kernel(const int32_t* indices, const int32_t* counts,
                                  const int32_t* start, int32_t* cursor, int32_t* entries,
                                  KvDims a) {
-  const int64_t n = (a.t1 - a.t0) * a.G * a.K;
+  const int64_t n = a.chunk_queries() * a.G * a.K;
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i >= n) return;
-  const int s = static_cast<int>(i % a.K);
-  const int64_t rl = i / a.K, g = rl % a.G, t = a.t0 + rl / a.G;
-  const int64_t row = a.t0 * a.G + rl;
-  if (s >= counts[row]) return;
-  const int64_t list = g * a.nb + indices[row * a.K + s];
+  const SlotOf x = slot_of(i, a);
+  if (x.s >= counts[x.row]) return;
+  const int64_t list = (x.b * a.G + x.g) * a.nb + indices[x.row * a.K + x.s];
   const int32_t pos = start[list] + atomicAdd(cursor + list, 1);
-  entries[pos] = static_cast<int32_t>((t << 5) | s);
+  entries[pos] = static_cast<int32_t>((x.t << 5) | x.s);
 }
 
 // Work items of the forward: a list's query tiles are cut into pieces of per_split tiles (at
@@ -128,7 +144,7 @@ struct Smem {
 };
 
 // grid.x >= the number of work items (item_start[lists]); CTA i works on list item_list[i].
-// Partial layout: [chunk rows (t - t0), G, K, r, D] bf16, row prow's dims in fragment order
+// Partial layout: [chunk rows (b, t - t0), G, K, r, D] bf16, row prow's dims in fragment order
 // (fragment_order_dim) as 16-byte chunks, chunk c stored at c ^ (prow % 8) (the wgmma kernel's
 // bank-conflict-free staging, which its bulk copies carry over as is); lse_part [chunk rows, G, K,
 // r] f32.
@@ -260,7 +276,7 @@ __global__ void __launch_bounds__(kWarps * 32)
     for (int h = 0; h < 2; ++h) {
       if (!valid_row[h]) continue;
       const int64_t prow =
-          (((t_row[h] - a.t0) * a.G + g) * a.K + slot_row[h]) * a.r + head_row[h];
+          ((a.chunk_row(b, t_row[h]) * a.G + g) * a.K + slot_row[h]) * a.r + head_row[h];
       const float inv = 1.0f / sum[h];
       // Chunk c of the row at c ^ (prow % 8), the layout of the wgmma kernel's bulk stores.
       const int key = static_cast<int>(prow & 7);
@@ -292,11 +308,10 @@ template <int D>
 __global__ void __launch_bounds__(kCombineThreads)
     combine_kernel(const bf16* __restrict__ part, const float* __restrict__ lse_part,
                    const int32_t* __restrict__ counts, bf16* __restrict__ out,
-                   float* __restrict__ lse, float* __restrict__ block_mass, int64_t batch,
-                   KvDims a) {
+                   float* __restrict__ lse, float* __restrict__ block_mass, KvDims a) {
   constexpr int kPieces = D / 8;
   const int64_t rows = a.t1 - a.t0;
-  const int64_t n = batch * rows * a.H * kPieces;
+  const int64_t n = a.nseq * rows * a.H * kPieces;
   const int64_t i = blockIdx.x * static_cast<int64_t>(kCombineThreads) + threadIdx.x;
   if (i >= n) return;
   const int c = static_cast<int>(i % kPieces);
@@ -304,8 +319,7 @@ __global__ void __launch_bounds__(kCombineThreads)
   const int64_t tt = (i / (kPieces * a.H)) % rows, b = i / (kPieces * a.H * rows);
   const int64_t t = a.t0 + tt, h = g * a.r + hh;
   const int count = counts[(b * a.S + t) * a.G + g];
-  // Partials are indexed by chunk row (b folded in: chunks run per sequence).
-  const int64_t base = (tt * a.G + g) * a.K;
+  const int64_t base = (a.chunk_row(b, t) * a.G + g) * a.K;
   float m = -INFINITY;
   for (int s = 0; s < count; ++s) m = fmaxf(m, lse_part[(base + s) * a.r + hh]);
   float z = 0.0f;
@@ -354,6 +368,32 @@ unsigned combine_grid(int64_t rows, int64_t heads, int head_dim) {
                                kCombineThreads);
 }
 
+// The list and scratch buffers of one launch's work lists and items (at most max_lists lists and
+// max_entries entries). With a cache, chunk_work_lists keeps the lists in buffers of its own,
+// so start and entries are not allocated.
+struct LaunchLists {
+  static Tensor i32(int64_t n) {
+    return Tensor::empty({std::max<int64_t>(n, 1)}, DType::kI32, Device::kCUDA);
+  }
+  LaunchLists(int64_t max_lists, int64_t max_entries, bool cached)
+      : len(i32(max_lists + 1)),
+        cursor(i32(max_lists)),
+        start(i32(cached ? 1 : max_lists + 1)),
+        entries(i32(cached ? 1 : max_entries)),
+        item_start(i32(max_lists + 1)),
+        scan_bytes(kv_outer::work_list_scan_bytes(max_lists)),
+        scan_tmp(i32(static_cast<int64_t>(scan_bytes / 4) + 1)) {}
+  kv_outer::ChunkLists lists(SelectionCache* cache, const Tensor& indices, const Tensor& counts,
+                             const int32_t* idx, const int32_t* cnt, const KvDims& a,
+                             kv_outer::ListOrder order) {
+    return kv_outer::chunk_work_lists(cache, indices, counts, idx, cnt, a, order, len, cursor,
+                                      start, entries, scan_tmp, scan_bytes);
+  }
+  Tensor len, cursor, start, entries, item_start;
+  size_t scan_bytes;
+  Tensor scan_tmp;
+};
+
 template <int D, int BK>
 void run_kv_outer(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& indices,
                   const Tensor& counts, double scale, Tensor& out, Tensor& lse,
@@ -364,73 +404,62 @@ void run_kv_outer(const Tensor& q, const Tensor& k, const Tensor& v, const Tenso
   MSA_CUDA_CHECK(cudaFuncSetAttribute(kv_outer_forward_kernel<D, BK>,
                                       cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       static_cast<int>(smem)));
-  const int64_t chunk = kv_outer::query_chunk(d);
-  const int64_t lists = d.groups * nb;
-  Tensor part = Tensor::empty({chunk * d.groups * d.topk * r * D}, DType::kBF16, Device::kCUDA);
-  Tensor lse_part = Tensor::empty({chunk * d.groups * d.topk * r}, DType::kF32, Device::kCUDA);
-  Tensor len = Tensor::empty({lists + 1}, DType::kI32, Device::kCUDA);
-  Tensor cursor = Tensor::empty({lists}, DType::kI32, Device::kCUDA);
-  // The lists' own buffers: with a cache, chunk_work_lists keeps them in new ones instead.
-  Tensor start = Tensor::empty({cache != nullptr ? 1 : lists + 1}, DType::kI32, Device::kCUDA);
-  Tensor entries =
-      Tensor::empty({cache != nullptr ? 1 : chunk * d.groups * d.topk}, DType::kI32, Device::kCUDA);
-  Tensor items = Tensor::empty({lists + 1}, DType::kI32, Device::kCUDA);
-  size_t scan_bytes = 0;
-  MSA_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(nullptr, scan_bytes, len.data<int32_t>(),
-                                               start.data<int32_t>(), static_cast<int>(lists + 1)));
-  Tensor scan_tmp = Tensor::empty({static_cast<int64_t>(scan_bytes) + 1}, DType::kI32,
-                                  Device::kCUDA);
+  const int64_t chunk = kv_outer::query_chunk(d), nseq = kv_outer::sequences_per_launch(d);
+  // The largest launch: nseq sequences (whole) or one chunk of one.
+  const int64_t launch_queries = nseq * chunk, max_lists = nseq * d.groups * nb;
+  Tensor part =
+      Tensor::empty({launch_queries * d.groups * d.topk * r * D}, DType::kBF16, Device::kCUDA);
+  Tensor lse_part =
+      Tensor::empty({launch_queries * d.groups * d.topk * r}, DType::kF32, Device::kCUDA);
+  LaunchLists ll(max_lists, launch_queries * d.groups * d.topk, cache != nullptr);
   const float scale_log2 = static_cast<float>(scale * 1.4426950408889634);
   // Head dim 128 and block size 128 on Hopper: the wgmma kernel (msa_attention_fwd_wgmma.cu).
   const bool wgmma = D == 128 && BK == 128 && kv_outer::wgmma_available();
   const int per_cta =
       wgmma ? kv_outer::wgmma_forward_queries_per_tile(r) : kWarps * static_cast<int>(16 / r);
   const int min_tiles = wgmma ? kv_outer::kWgmmaMinTilesPerCta : kMinTilesPerCta;
-  auto items_bound = [&](int64_t rows) {
-    return kv_outer::work_items_bound(rows * d.topk, per_cta, min_tiles, lists);
-  };
-  Tensor item_list = Tensor::empty(Shape{items_bound(chunk * d.groups)}, DType::kI32, Device::kCUDA);
-  for (int64_t b = 0; b < d.batch; ++b) {
-    const Tensor qb = q.slice0(b, b + 1), kb = k.slice0(b, b + 1), vb = v.slice0(b, b + 1);
+  Tensor item_list =
+      Tensor::empty(Shape{kv_outer::work_items_bound(launch_queries * d.groups * d.topk, per_cta,
+                                                     min_tiles, max_lists)},
+                    DType::kI32, Device::kCUDA);
+  for (int64_t b0 = 0; b0 < d.batch; b0 += nseq) {
+    const int64_t b1 = std::min(d.batch, b0 + nseq);
+    const Tensor qb = q.slice0(b0, b1), kb = k.slice0(b0, b1), vb = v.slice0(b0, b1);
+    const int32_t* idx = indices.data<int32_t>() + b0 * d.seq * d.groups * d.topk;
+    const int32_t* cnt = counts.data<int32_t>() + b0 * d.seq * d.groups;
     for (int64_t t0 = 0; t0 < d.seq; t0 += chunk) {
       const int64_t t1 = std::min(d.seq, t0 + chunk);
-      const KvDims a{d.seq, d.heads, d.groups, d.topk, r, nb, t0, t1, d.keys(), d.query_offset()};
-      const int64_t rows = (a.t1 - a.t0) * d.groups;
-      const int32_t* idx = indices.data<int32_t>() + b * d.seq * d.groups * d.topk;
-      const int32_t* cnt = counts.data<int32_t>() + b * d.seq * d.groups;
-      // Work lists for this chunk (indices and counts offset to sequence b); uncached, in any
-      // order: each (query, slot) owns its partial.
-      const kv_outer::ChunkLists wl =
-          kv_outer::chunk_work_lists(cache, indices, counts, idx, cnt, a,
-                                     kv_outer::ListOrder::kAnyOrder, len, cursor, start, entries,
-                                     scan_tmp, scan_bytes);
-      item_count_kernel<<<static_cast<unsigned>((lists + 256) / 256), 256>>>(
-          wl.start, len.data<int32_t>(), lists, per_cta, min_tiles);
-      MSA_CUDA_CHECK_LAUNCH("item_count_kernel");
-      MSA_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(scan_tmp.raw_data(), scan_bytes,
-                                                   len.data<int32_t>(), items.data<int32_t>(),
-                                                   static_cast<int>(lists + 1)));
-      const int64_t max_items = items_bound(rows);
-      item_list_kernel<<<static_cast<unsigned>((lists + 255) / 256), 256>>>(
-          items.data<int32_t>(), item_list.data<int32_t>(), lists);
-      MSA_CUDA_CHECK_LAUNCH("item_list_kernel");
+      const KvDims a{d.seq, d.heads, d.groups, d.topk, r, nb, t0, t1, d.keys(), d.query_offset(),
+                     b1 - b0};
+      const int64_t lists = a.lists();
+      // Work lists of this launch (indices and counts offset to sequence b0), in any order: each
+      // (query, slot) owns its partial.
+      const kv_outer::ChunkLists wl = ll.lists(cache, indices, counts, idx, cnt, a,
+                                               kv_outer::ListOrder::kAnyOrder);
+      kv_outer::build_work_items(wl.start, lists, per_cta, min_tiles, ll.len.data<int32_t>(),
+                                 ll.item_start.data<int32_t>(), item_list.data<int32_t>(),
+                                 ll.scan_tmp.raw_data(), ll.scan_bytes);
+      const int64_t max_items =
+          kv_outer::work_items_bound(a.chunk_queries() * d.groups * d.topk, per_cta, min_tiles,
+                                     lists);
       if (wgmma) {
         kv_outer::launch_wgmma_forward(qb.data<bf16>(), kb.data<bf16>(), vb.data<bf16>(),
-                                       wl.start, items.data<int32_t>(), item_list.data<int32_t>(),
-                                       lists, wl.entries, scale_log2, part.data<bf16>(),
-                                       lse_part.data<float>(), a, max_items, min_tiles);
+                                       wl.start, ll.item_start.data<int32_t>(),
+                                       item_list.data<int32_t>(), lists, wl.entries, scale_log2,
+                                       part.data<bf16>(), lse_part.data<float>(), a, max_items,
+                                       min_tiles);
       } else {
         kv_outer_forward_kernel<D, BK><<<static_cast<unsigned>(max_items), kWarps * 32, smem>>>(
-            qb.data<bf16>(), kb.data<bf16>(), vb.data<bf16>(), wl.start, items.data<int32_t>(),
-            item_list.data<int32_t>(), lists, wl.entries, scale_log2, part.data<bf16>(),
-            lse_part.data<float>(), a);
+            qb.data<bf16>(), kb.data<bf16>(), vb.data<bf16>(), wl.start,
+            ll.item_start.data<int32_t>(), item_list.data<int32_t>(), lists, wl.entries,
+            scale_log2, part.data<bf16>(), lse_part.data<float>(), a);
         MSA_CUDA_CHECK_LAUNCH("kv_outer_forward_kernel");
       }
-      Tensor ob = out.slice0(b, b + 1), lb = lse.slice0(b, b + 1);
-      float* mass = block_mass != nullptr ? block_mass->slice0(b, b + 1).data<float>() : nullptr;
-      combine_kernel<D><<<combine_grid(a.t1 - a.t0, d.heads, D), kCombineThreads>>>(
+      Tensor ob = out.slice0(b0, b1), lb = lse.slice0(b0, b1);
+      float* mass = block_mass != nullptr ? block_mass->slice0(b0, b1).data<float>() : nullptr;
+      combine_kernel<D><<<combine_grid(a.chunk_queries(), d.heads, D), kCombineThreads>>>(
           part.data<bf16>(), lse_part.data<float>(), cnt, ob.data<bf16>(), lb.data<float>(),
-          mass, 1, a);
+          mass, a);
       MSA_CUDA_CHECK_LAUNCH("combine_kernel");
     }
   }
@@ -498,12 +527,21 @@ __global__ void __launch_bounds__(BK / 16 * 32)
   if (!find_backward_item(blockIdx.x, item_start, item_list, list_start, lists, a, rows_q,
                           min_tiles, w))
     return;
-  const int64_t g = w.g, j = w.j;
+  const int64_t g = w.g, j = w.j, b = w.b;
   const int32_t begin = w.begin, end = w.end;
   const int n_tiles = w.n_tiles;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int grp = lane >> 2, tig = lane & 3;
   const int l16 = lane % 16;
+  // Sequence b of the launch: its query rows (q, dO), lse / D rows and keys.
+  q += b * a.S * a.H * D;
+  dout += b * a.S * a.H * D;
+  lse += b * a.H * a.S;
+  dsum += b * a.H * a.S;
+  k += b * a.Sk * a.G * D;
+  v += b * a.Sk * a.G * D;
+  dk_acc += b * a.Sk * a.G * D;
+  dv_acc += b * a.Sk * a.G * D;
 
   for (int c = threadIdx.x; c < BK * kChunks; c += kThreads) {
     const int row = c / kChunks, col = (c % kChunks) * 8;
@@ -652,7 +690,7 @@ __global__ void __launch_bounds__(BK / 16 * 32)
         if (e >= end) continue;
         const int32_t entry = entries[e];
         const int64_t t = entry >> 5, slot = entry & 31;
-        const int64_t prow = (((t - a.t0) * a.G + g) * a.K + slot) * a.r + R % r;
+        const int64_t prow = ((a.chunk_row(b, t) * a.G + g) * a.K + slot) * a.r + R % r;
 #pragma unroll
         for (int nt = 0; nt < kNt; ++nt)
           *reinterpret_cast<uint32_t*>(dq_part + prow * D + warp * kDimsPerWarp + nt * 8 +
@@ -687,14 +725,15 @@ __global__ void __launch_bounds__(kCombineThreads)
                       bf16* __restrict__ dq, KvDims a) {
   constexpr int kPieces = D / 8;
   const int64_t rows = a.t1 - a.t0;
-  const int64_t n = rows * a.H * kPieces;
+  const int64_t n = a.nseq * rows * a.H * kPieces;
   const int64_t i = blockIdx.x * static_cast<int64_t>(kCombineThreads) + threadIdx.x;
   if (i >= n) return;
   const int c = static_cast<int>(i % kPieces);
   const int64_t hh = (i / kPieces) % a.r, g = (i / (kPieces * a.r)) % a.G;
-  const int64_t tt = i / (kPieces * a.H), t = a.t0 + tt, h = g * a.r + hh;
-  const int count = counts[t * a.G + g];
-  const int64_t base = (tt * a.G + g) * a.K;
+  const int64_t tt = (i / (kPieces * a.H)) % rows, b = i / (kPieces * a.H * rows);
+  const int64_t t = a.t0 + tt, h = g * a.r + hh;
+  const int count = counts[(b * a.S + t) * a.G + g];
+  const int64_t base = (a.chunk_row(b, t) * a.G + g) * a.K;
   float acc[8] = {0};
   for (int s0 = 0; s0 < count; s0 += kCombineBatch) {
     uint4 x[kCombineBatch];
@@ -714,7 +753,7 @@ __global__ void __launch_bounds__(kCombineThreads)
       }
     }
   }
-  *reinterpret_cast<uint4*>(dq + (t * a.H + h) * D + c * 8) =
+  *reinterpret_cast<uint4*>(dq + ((b * a.S + t) * a.H + h) * D + c * 8) =
       make_uint4(pack_bf16(acc[0], acc[1]), pack_bf16(acc[2], acc[3]),
                  pack_bf16(acc[4], acc[5]), pack_bf16(acc[6], acc[7]));
 }
@@ -736,24 +775,16 @@ void run_kv_outer_backward(const Tensor& dout, const Tensor& q, const Tensor& k,
   MSA_CUDA_CHECK(cudaFuncSetAttribute(kv_outer_backward_kernel<D, BK>,
                                       cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       static_cast<int>(smem)));
-  const int64_t chunk = kv_outer::query_chunk(d);
-  const int64_t lists = d.groups * nb;
-  Tensor part = Tensor::empty({chunk * d.groups * d.topk * r * D}, DType::kBF16, Device::kCUDA);
-  Tensor len = Tensor::empty({lists + 1}, DType::kI32, Device::kCUDA);
-  Tensor cursor = Tensor::empty({lists}, DType::kI32, Device::kCUDA);
-  // The lists' own buffers: with a cache, chunk_work_lists keeps them in new ones instead.
-  Tensor start = Tensor::empty({cache != nullptr ? 1 : lists + 1}, DType::kI32, Device::kCUDA);
-  Tensor entries =
-      Tensor::empty({cache != nullptr ? 1 : chunk * d.groups * d.topk}, DType::kI32, Device::kCUDA);
+  const int64_t chunk = kv_outer::query_chunk(d), nseq = kv_outer::sequences_per_launch(d);
+  // The largest launch: nseq sequences (whole) or one chunk of one.
+  const int64_t launch_queries = nseq * chunk, max_lists = nseq * d.groups * nb;
+  Tensor part =
+      Tensor::empty({launch_queries * d.groups * d.topk * r * D}, DType::kBF16, Device::kCUDA);
+  LaunchLists ll(max_lists, launch_queries * d.groups * d.topk, cache != nullptr);
   // Every key's gradient (zero where no query selected its block) spans the Tk keys.
-  const int64_t Sk = d.keys();
-  Tensor dk_acc = Tensor::empty({Sk * d.groups * D}, DType::kF32, Device::kCUDA);
-  Tensor dv_acc = Tensor::empty({Sk * d.groups * D}, DType::kF32, Device::kCUDA);
-  size_t scan_bytes = 0;
-  MSA_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(nullptr, scan_bytes, len.data<int32_t>(),
-                                               start.data<int32_t>(), static_cast<int>(lists + 1)));
-  Tensor scan_tmp = Tensor::empty({static_cast<int64_t>(scan_bytes) + 1}, DType::kI32,
-                                  Device::kCUDA);
+  const int64_t Sk = d.keys(), kv_elems = Sk * d.groups * D;
+  Tensor dk_acc = Tensor::empty({nseq * kv_elems}, DType::kF32, Device::kCUDA);
+  Tensor dv_acc = Tensor::empty({nseq * kv_elems}, DType::kF32, Device::kCUDA);
   // Head dim 128 and block size 128 on Hopper: the wgmma kernel (msa_attention_bwd_wgmma.cu).
   const bool wgmma = D == 128 && BK == 128 && kv_outer::wgmma_available();
   // Work items: runs of tiles of one list (find_backward_item), as the forward's.
@@ -761,63 +792,68 @@ void run_kv_outer_backward(const Tensor& dout, const Tensor& q, const Tensor& k,
       wgmma ? kv_outer::wgmma_backward_queries_per_tile(r) : static_cast<int>(kBwdRows / r);
   const int min_tiles = kv_outer::backward_min_tiles(
       wgmma ? kv_outer::kWgmmaBwdMinTiles : kBwdMinTiles, deterministic());
-  auto items_bound = [&](int64_t rows) {
-    return kv_outer::work_items_bound(rows * d.topk, per_tile, min_tiles, lists);
-  };
-  Tensor item_start = Tensor::empty({lists + 1}, DType::kI32, Device::kCUDA);
-  Tensor item_list = Tensor::empty(Shape{items_bound(chunk * d.groups)}, DType::kI32, Device::kCUDA);
-  for (int64_t b = 0; b < d.batch; ++b) {
-    const int32_t* idx = indices.data<int32_t>() + b * d.seq * d.groups * d.topk;
-    const int32_t* cnt = counts.data<int32_t>() + b * d.seq * d.groups;
-    const bf16* qb = q.data<bf16>() + b * d.seq * d.heads * D;
-    const bf16* dob = dout.data<bf16>() + b * d.seq * d.heads * D;
-    const bf16* kb = k.data<bf16>() + b * Sk * d.groups * D;
-    const bf16* vb = v.data<bf16>() + b * Sk * d.groups * D;
-    const float* lb = lse.data<float>() + b * d.heads * d.seq;
-    const float* db = dsum_all.data<float>() + b * d.heads * d.seq;
+  Tensor item_list =
+      Tensor::empty(Shape{kv_outer::work_items_bound(launch_queries * d.groups * d.topk, per_tile,
+                                                     min_tiles, max_lists)},
+                    DType::kI32, Device::kCUDA);
+  for (int64_t b0 = 0; b0 < d.batch; b0 += nseq) {
+    const int64_t b1 = std::min(d.batch, b0 + nseq);
+    const int32_t* idx = indices.data<int32_t>() + b0 * d.seq * d.groups * d.topk;
+    const int32_t* cnt = counts.data<int32_t>() + b0 * d.seq * d.groups;
+    const bf16* qb = q.data<bf16>() + b0 * d.seq * d.heads * D;
+    const bf16* dob = dout.data<bf16>() + b0 * d.seq * d.heads * D;
+    const bf16* kb = k.data<bf16>() + b0 * kv_elems;
+    const bf16* vb = v.data<bf16>() + b0 * kv_elems;
+    const float* lb = lse.data<float>() + b0 * d.heads * d.seq;
+    const float* db = dsum_all.data<float>() + b0 * d.heads * d.seq;
     dk_acc.zero_();
     dv_acc.zero_();
     for (int64_t t0 = 0; t0 < d.seq; t0 += chunk) {
       const int64_t t1 = std::min(d.seq, t0 + chunk);
-      const KvDims a{d.seq, d.heads, d.groups, d.topk, r, nb, t0, t1, d.keys(), d.query_offset()};
+      const KvDims a{d.seq, d.heads, d.groups, d.topk, r, nb, t0, t1, d.keys(), d.query_offset(),
+                     b1 - b0};
+      const int64_t lists = a.lists();
       // dK/dV sum a list's rows in list order: build_work_lists sorts each list (ascending
       // entry) in deterministic mode.
-      const kv_outer::ChunkLists wl =
-          kv_outer::chunk_work_lists(cache, indices, counts, idx, cnt, a,
-                                     kv_outer::ListOrder::kSortWhenDeterministic, len, cursor,
-                                     start, entries, scan_tmp, scan_bytes);
+      const kv_outer::ChunkLists wl = ll.lists(cache, indices, counts, idx, cnt, a,
+                                               kv_outer::ListOrder::kSortWhenDeterministic);
       // len is scratch once the lists are built.
-      kv_outer::build_work_items(wl.start, lists, per_tile, min_tiles, len.data<int32_t>(),
-                                 item_start.data<int32_t>(), item_list.data<int32_t>(),
-                                 scan_tmp.raw_data(), scan_bytes);
-      const int64_t max_items = items_bound((t1 - t0) * d.groups);
+      kv_outer::build_work_items(wl.start, lists, per_tile, min_tiles, ll.len.data<int32_t>(),
+                                 ll.item_start.data<int32_t>(), item_list.data<int32_t>(),
+                                 ll.scan_tmp.raw_data(), ll.scan_bytes);
+      const int64_t max_items = kv_outer::work_items_bound(
+          a.chunk_queries() * d.groups * d.topk, per_tile, min_tiles, lists);
       if (wgmma) {
         kv_outer::launch_wgmma_backward(qb, kb, vb, dob, lb, db, wl.start,
-                                        item_start.data<int32_t>(), item_list.data<int32_t>(),
+                                        ll.item_start.data<int32_t>(), item_list.data<int32_t>(),
                                         wl.entries, static_cast<float>(scale), part.data<bf16>(),
                                         dk_acc.data<float>(), dv_acc.data<float>(), a, lists,
                                         max_items, min_tiles);
       } else {
         kv_outer_backward_kernel<D, BK><<<static_cast<unsigned>(max_items), BK / 16 * 32, smem>>>(
-            qb, kb, vb, dob, lb, db, wl.start, item_start.data<int32_t>(),
+            qb, kb, vb, dob, lb, db, wl.start, ll.item_start.data<int32_t>(),
             item_list.data<int32_t>(), lists, wl.entries, static_cast<float>(scale),
             part.data<bf16>(), dk_acc.data<float>(), dv_acc.data<float>(), a, min_tiles);
         MSA_CUDA_CHECK_LAUNCH("kv_outer_backward_kernel");
       }
-      dq_combine_kernel<D><<<combine_grid(a.t1 - a.t0, d.heads, D), kCombineThreads>>>(
-          part.data<bf16>(), cnt, dq.data<bf16>() + b * d.seq * d.heads * D, a);
+      dq_combine_kernel<D><<<combine_grid(a.chunk_queries(), d.heads, D), kCombineThreads>>>(
+          part.data<bf16>(), cnt, dq.data<bf16>() + b0 * d.seq * d.heads * D, a);
       MSA_CUDA_CHECK_LAUNCH("dq_combine_kernel");
     }
-    const int64_t n = Sk * d.groups * D;
+    const int64_t n = (b1 - b0) * kv_elems;
     const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 4096));
-    f32_to_bf16_kernel<<<blocks, 256>>>(dk_acc.data<float>(), dk.data<bf16>() + b * n, n);
+    f32_to_bf16_kernel<<<blocks, 256>>>(dk_acc.data<float>(), dk.data<bf16>() + b0 * kv_elems, n);
     MSA_CUDA_CHECK_LAUNCH("f32_to_bf16_kernel");
-    f32_to_bf16_kernel<<<blocks, 256>>>(dv_acc.data<float>(), dv.data<bf16>() + b * n, n);
+    f32_to_bf16_kernel<<<blocks, 256>>>(dv_acc.data<float>(), dv.data<bf16>() + b0 * kv_elems, n);
     MSA_CUDA_CHECK_LAUNCH("f32_to_bf16_kernel");
   }
 }
 
 }  // namespace
+
+int64_t kv_outer_sequences_per_launch(const cpu::MsaDims& d) {
+  return kv_outer::sequences_per_launch(d);
+}
 
 bool kv_outer_attention_supported(const Tensor& q, const cpu::MsaDims& d) {
   const char* force = std::getenv("MSA_SPARSE_ATTENTION");
@@ -871,13 +907,35 @@ void kv_outer_attention_backward(const Tensor& dout, const Tensor& q, const Tens
 
 namespace msa::cuda::kv_outer {
 
-int64_t query_chunk(const cpu::MsaDims& d) {
-  // The partial buffer holds (chunk rows x G x K x r x D) bf16.
-  const int64_t r = d.heads / d.groups, BK = d.block_size;
-  const size_t per_query = static_cast<size_t>(d.groups * d.topk * r * d.dim * sizeof(bf16));
-  int64_t chunk = std::max<int64_t>(BK, static_cast<int64_t>(kPartialBudgetBytes / per_query));
+namespace {
+// The partial buffer holds (launch rows x G x K x r x D) bf16.
+size_t partial_bytes_per_query(const cpu::MsaDims& d) {
+  return static_cast<size_t>(d.heads * d.topk * d.dim * sizeof(bf16));
+}
+// Queries whose partials fit the budget, a multiple of the block size.
+int64_t query_budget(const cpu::MsaDims& d) {
+  const int64_t BK = d.block_size;
+  int64_t chunk = std::max<int64_t>(
+      BK, static_cast<int64_t>(kPartialBudgetBytes / partial_bytes_per_query(d)));
   if (const char* c = std::getenv("MSA_KV_OUTER_CHUNK")) chunk = std::max<int64_t>(BK, std::atoll(c));
-  return std::min<int64_t>(chunk / BK * BK, d.seq);
+  return chunk / BK * BK;
+}
+}  // namespace
+
+int64_t query_chunk(const cpu::MsaDims& d) { return std::min<int64_t>(query_budget(d), d.seq); }
+
+int64_t sequences_per_launch(const cpu::MsaDims& d) {
+  if (d.seq == 0 || query_budget(d) < d.seq) return 1;
+  // Launches of several sequences keep their partials and the backward's f32 dK/dV accumulators
+  // under kBatchedPartialBytes: enough rows to fill the GPU, without the memory of a long
+  // sequence's chunk for a batch of short ones.
+  const size_t per_sequence = partial_bytes_per_query(d) * d.seq +
+                              size_t(2) * sizeof(float) * d.keys() * d.groups * d.dim;
+  const int64_t fit = static_cast<int64_t>(kBatchedPartialBytes / per_sequence);
+  int64_t n = std::min<int64_t>(d.batch, fit);
+  if (const char* c = std::getenv("MSA_KV_OUTER_SEQS"); c != nullptr && *c != 0)
+    n = std::min<int64_t>(n, std::atoll(c));
+  return std::max<int64_t>(n, 1);
 }
 
 // A cached chunk costs its rows x K x 4 bytes (the size of its part of the selection) and saves a
@@ -887,13 +945,15 @@ ChunkLists chunk_work_lists(SelectionCache* cache, const Tensor& indices, const 
                             const int32_t* idx, const int32_t* cnt, const KvDims& a,
                             ListOrder order, Tensor& len, Tensor& cursor, Tensor& start,
                             Tensor& entries, Tensor& scan_tmp, size_t scan_bytes) {
-  const int64_t lists = a.G * a.nb, rows = (a.t1 - a.t0) * a.G;
+  const int64_t lists = a.lists(), rows = a.chunk_queries() * a.G;
   constexpr int64_t kWorkListsTag = 0x574c;  // "WL": the key space of these entries
   const std::vector<int64_t> key = {kWorkListsTag,
                                     reinterpret_cast<int64_t>(idx),
                                     reinterpret_cast<int64_t>(cnt),
                                     a.t0,
                                     a.t1,
+                                    a.nseq,
+                                    a.S,
                                     a.G,
                                     a.nb,
                                     a.K,
@@ -924,8 +984,8 @@ size_t work_list_scan_bytes(int64_t lists) {
 void build_work_lists(const int32_t* indices, const int32_t* counts, const KvDims& a, int32_t* len,
                       int32_t* cursor, int32_t* list_start, int32_t* entries, void* scan_tmp,
                       size_t scan_bytes, ListOrder order) {
-  const int64_t lists = a.G * a.nb;
-  const int64_t rows = (a.t1 - a.t0) * a.G;
+  const int64_t lists = a.lists();
+  const int64_t rows = a.chunk_queries() * a.G;
   MSA_CUDA_CHECK(cudaMemsetAsync(len, 0, (lists + 1) * sizeof(int32_t), nullptr));
   MSA_CUDA_CHECK(cudaMemsetAsync(cursor, 0, lists * sizeof(int32_t), nullptr));
   if (rows == 0) {

@@ -43,6 +43,10 @@ void kv_outer_attention_forward(const Tensor& q, const Tensor& k, const Tensor& 
                                 Tensor& out, Tensor& lse, Tensor* block_mass,
                                 const cpu::MsaDims& dims, SelectionCache* cache);
 
+// Sequences of the batch that share each launch of those kernels and of the sparse index loss
+// (whole sequences whose partials fit together; MSA_KV_OUTER_SEQS caps it), for tests.
+int64_t kv_outer_sequences_per_launch(const cpu::MsaDims& dims);
+
 // Its backward: dsum [batch, H, T] = rowsum(dout * out) (f32), lse from the forward.
 void kv_outer_attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k,
                                  const Tensor& v, const Tensor& dsum, const Tensor& lse,

@@ -56,7 +56,8 @@
 // add the slots in a fixed order (GradArgs). The work lists are sorted too (build_work_lists), so
 // the tiles, and with them the in-CTA sums, are the same on every run.
 // Queries run in chunks (sparse; the work lists and partials are per chunk) sized by a memory
-// budget; MSA_INDEX_LOSS_CHUNK=N forces N-token chunks (tests), and MSA_INDEX_LOSS_DET_BLOCKS=N
+// budget, whole short sequences several per launch as the attention's (sharing its work lists);
+// MSA_INDEX_LOSS_CHUNK=N forces N-token chunks (tests), and MSA_INDEX_LOSS_DET_BLOCKS=N
 // N key blocks per dense launch in deterministic mode (tests). MSA_INDEX_LOSS=reference makes
 // index_loss_cuda_supported false (the CPU reference runs on host copies).
 // Fewer queries than keys (context parallelism): Tq query rows (q, lse, iq, diq, the selection) at
@@ -102,8 +103,9 @@ struct SmemA {
       (size_t(BK) * kLd + size_t(kWarpsA) * 2 * 16 * kLd) * sizeof(bf16);
 };
 
-// grid.x >= the work items; part[((t - t0) G + g) K + slot] = (max of S log2e, sum of 2^(S log2e -
-// max)) over the row's tokens s <= off + t of block j (s_log2 = log2e / sqrt(dI)); ik has Tk rows.
+// grid.x >= the work items; part[(chunk_row(b, t) G + g) K + slot] = (max of S log2e, sum of
+// 2^(S log2e - max)) over the row's tokens s <= off + t of block j (s_log2 = log2e / sqrt(dI));
+// iq and ik are offset to the launch's first sequence, ik has Tk rows per sequence.
 template <int DI, int BK>
 __global__ void __launch_bounds__(kWarpsA * 32)
     student_lse_sparse_kernel(const bf16* __restrict__ iq, const bf16* __restrict__ ik,
@@ -123,6 +125,8 @@ __global__ void __launch_bounds__(kWarpsA * 32)
                       kTokensA, kMinTilesA, w))
     return;
   const int64_t j = w.j, g = w.g;
+  iq += w.b * a.S * a.G * DI;
+  ik += w.b * Tk * DI;
   for (int c = threadIdx.x; c < BK * kChunks; c += blockDim.x) {
     const int row = c / kChunks, col = (c % kChunks) * 8;
     const int64_t s = j * BK + row;
@@ -211,18 +215,26 @@ __global__ void __launch_bounds__(kWarpsA * 32)
       l[h] += __shfl_xor_sync(0xffffffffu, l[h], 1);
       l[h] += __shfl_xor_sync(0xffffffffu, l[h], 2);
       if (tig == 0 && lim[h] >= 0)
-        part[((t_row[h] - a.t0) * a.G + g) * a.K + slot_row[h]] = make_float2(mx[h], l[h]);
+        part[(a.chunk_row(w.b, t_row[h]) * a.G + g) * a.K + slot_row[h]] =
+            make_float2(mx[h], l[h]);
     }
   }
 }
 
-// One thread per row (t, g) of the chunk: lseq[t G + g] = logsumexp over the row's slots.
+// Row i = chunk_row(b, t) G + g of a launch (its partials' order) as a row (b S + t) G + g of
+// the launch's sequences (counts, lseq, diq, row_kl).
+__device__ __forceinline__ int64_t sequence_row(int64_t i, const KvDims& a) {
+  const int64_t cq = i / a.G, rows = a.t1 - a.t0;
+  return ((cq / rows) * a.S + a.t0 + cq % rows) * a.G + i % a.G;
+}
+
+// One thread per row (t, g) of the launch: lseq[row] = logsumexp over the row's slots.
 __global__ void lse_combine_kernel(const float2* __restrict__ part,
                                    const int32_t* __restrict__ counts, float* __restrict__ lseq,
                                    KvDims a) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (i >= (a.t1 - a.t0) * a.G) return;
-  const int64_t row = a.t0 * a.G + i;  // (t, g) of this sequence
+  if (i >= a.chunk_queries() * a.G) return;
+  const int64_t row = sequence_row(i, a);
   const int count = counts[row];
   const float2* p = part + i * a.K;
   float m = -INFINITY;
@@ -366,7 +378,7 @@ __host__ __device__ inline int heads_per_stage(int BK, int r) {
 }
 
 struct GradArgs {
-  int64_t T, H, G, r, K, t0;  // T: query tokens (Tq)
+  int64_t T, H, G, r, K;  // T: query tokens (Tq)
   int64_t Tk, off;            // key tokens; query t sits at position off + t (off = Tk - Tq)
   int BK;
   float scale_log2;  // teacher scale * log2e
@@ -374,7 +386,7 @@ struct GradArgs {
   float factor;      // weight / (n_rows sqrt(dI)), applied to both gradients
   // Deterministic mode (core/deterministic.h, the kernel's kDet): instead of f32 atomics, every
   // contribution is stored to its own partial slot and fixed-order kernels add the slots.
-  //   sparse: diq_part [(t - t0) G + g][slot][DI], dik_part [work item][BK][DI].
+  //   sparse: diq_part [chunk_row(b, t) G + g][slot][DI], dik_part [work item][BK][DI].
   //   dense, key blocks [j0, j0 + grid.y): diq_part [j - j0][t G + g][DI] (t < Tq),
   //     sums_part [j - j0][t G + g][3], dik_part [j - j0][g][c][BK][DI] (c = blockIdx.x).
   float* diq_part = nullptr;
@@ -447,11 +459,11 @@ __device__ __forceinline__ void atomic_add2(float* p, float x, float y) {
 #endif
 }
 
-// Pointers are offset to one sequence: q [Tq, H, D], k [Tk, G, D], lse [H, Tq], iq [Tq, G, DI],
-// ik [Tk, DI], lseq [Tq, G], diq [Tq, G, DI], dik [Tk, DI] (a.T = Tq, a.Tk; token t at position
-// a.off + t).
+// Pointers are offset to one sequence (sparse: to the launch's first; a work item offsets them to
+// its own): q [Tq, H, D], k [Tk, G, D], lse [H, Tq], iq [Tq, G, DI], ik [Tk, DI], lseq [Tq, G],
+// diq [Tq, G, DI], dik [Tk, DI] (a.T = Tq, a.Tk; token t at position a.off + t).
 // Sparse (kDense false): grid.x >= the work items (tiles of kTileB, kMinTilesB), kl_out =
-//   partials [(t - t0) G + g][slot][3]. Dense: grid (ceil(Tq / kDenseTokens), nb, G), CTA (c, j,
+//   partials [chunk_row(b, t) G + g][slot][3]. Dense: grid (ceil(Tq / kDenseTokens), nb, G), CTA (c, j,
 //   g) takes the tokens [max(jB - off, c kDenseTokens), min(Tq, (c + 1) kDenseTokens)) (those
 //   at positions >= jB); kl_out = per-row sums [t G + g][3] (zeroed by the caller, f32 atomics).
 // kl sums per token: [0] sum P log P, [1] sum P S, [2] sum P.
@@ -487,7 +499,7 @@ __global__ void __launch_bounds__(kMaxThreadsB)
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int grp = lane >> 2, tig = lane & 3, l16 = lane % 16;
 
-  int64_t j, g, tok0 = 0;
+  int64_t j, g, b = 0, tok0 = 0;
   int32_t begin, end;
   int tile_begin, tile_end;
   if constexpr (kDense) {
@@ -508,10 +520,20 @@ __global__ void __launch_bounds__(kMaxThreadsB)
       return;
     j = w.j;
     g = w.g;
+    b = w.b;
     begin = w.begin;
     end = w.end;
     tile_begin = w.tile_begin;
     tile_end = w.tile_end;
+    // Sequence b of the launch.
+    q += b * a.T * a.H * D;
+    k += b * a.Tk * a.G * D;
+    lse += b * a.H * a.T;
+    iq += b * a.T * a.G * DI;
+    ik += b * a.Tk * DI;
+    lseq += b * a.T * a.G;
+    diq += b * a.T * a.G * DI;
+    dik += b * a.Tk * DI;
   }
   // Token and slot of list entry e (valid entries only).
   auto token_of = [&](int32_t e, int& slot) -> int64_t {
@@ -759,7 +781,8 @@ __global__ void __launch_bounds__(kMaxThreadsB)
         const int64_t row = static_cast<int64_t>(tok_t[i]) * a.G + g;
         if constexpr (kDet) {  // deterministic: this (row, slot or block)'s own slot
           const int64_t prow = kDense ? (j - a.j0) * a.T * a.G + row
-                                      : ((row - a.t0 * a.G) * a.K + slot_s[tb * M + i]);
+                                      : ((kd.chunk_row(b, tok_t[i]) * a.G + g) * a.K +
+                                         slot_s[tb * M + i]);
           float* dst = a.diq_part + prow * DI + np * 16 + 2 * tig;
 #pragma unroll
           for (int n2 = 0; n2 < 2; ++n2)
@@ -791,7 +814,7 @@ __global__ void __launch_bounds__(kMaxThreadsB)
           for (int x = 0; x < 3; ++x) atomicAdd(o + x, v[x]);
         }
       } else {
-        float* o = kl_out + (((t - a.t0) * a.G + g) * a.K + slot_s[tb * M + tid]) * 3;
+        float* o = kl_out + ((kd.chunk_row(b, t) * a.G + g) * a.K + slot_s[tb * M + tid]) * 3;
 #pragma unroll
         for (int x = 0; x < 3; ++x) o[x] = v[x];
       }
@@ -822,16 +845,17 @@ __global__ void __launch_bounds__(kMaxThreadsB)
   }
 }
 
-// Row KL from the sums: sparse, the row's slot partials [(t - t0) G + g][slot][3]; dense, the
-// per-row sums [t G + g][3]. row_kl, lseq and counts are offset to the sequence.
+// Row KL from the sums: sparse, the row's slot partials [chunk_row(b, t) G + g][slot][3]; dense,
+// the per-row sums [t G + g][3]. row_kl, lseq and counts are offset to the launch's first
+// sequence.
 template <bool kDense>
 __global__ void kl_combine_kernel(const float* __restrict__ sums,
                                   const int32_t* __restrict__ counts,
                                   const float* __restrict__ lseq, float* __restrict__ row_kl,
                                   KvDims a) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (i >= (a.t1 - a.t0) * a.G) return;
-  const int64_t row = a.t0 * a.G + i;
+  if (i >= a.chunk_queries() * a.G) return;
+  const int64_t row = sequence_row(i, a);
   double A = 0, C = 0, Pt = 0;
   if constexpr (kDense) {
     A = sums[row * 3];
@@ -853,14 +877,14 @@ __global__ void kl_combine_kernel(const float* __restrict__ sums,
 
 // ---- deterministic mode: fixed-order sums of the partial slots (GradArgs) ----------------------
 
-// Sparse: diq[row] += the row's slots in slot order (rows of chunk [t0, t1); counts and diq
-// offset to the sequence).
+// Sparse: diq[row] += the row's slots in slot order (the launch's rows; counts and diq offset to
+// its first sequence).
 __global__ void diq_slots_kernel(const float* __restrict__ part, const int32_t* __restrict__ counts,
                                  float* __restrict__ diq, KvDims a, int64_t DI) {
-  const int64_t n = (a.t1 - a.t0) * a.G * DI;
+  const int64_t n = a.chunk_queries() * a.G * DI;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t row = i / DI, dim = i % DI, grow = a.t0 * a.G + row;
+    const int64_t row = i / DI, dim = i % DI, grow = sequence_row(row, a);
     const int count = counts[grow];
     float acc = diq[grow * DI + dim];
     for (int s = 0; s < count; ++s) acc += part[(row * a.K + s) * DI + dim];
@@ -868,17 +892,19 @@ __global__ void diq_slots_kernel(const float* __restrict__ part, const int32_t* 
   }
 }
 
-// Sparse: dik[s] (s < Tk, every key) += the slots of the work items of s's block, groups in order,
-// each list's items in order (item_start: pass B's items of this chunk).
+// Sparse: dik[b, s] (s < Tk, every key of the launch's nseq sequences) += the slots of the work
+// items of s's block, groups in order, each list's items in order (item_start: pass B's items of
+// this launch; dik offset to its first sequence).
 __global__ void dik_items_kernel(const float* __restrict__ part,
                                  const int32_t* __restrict__ item_start, float* __restrict__ dik,
-                                 int64_t Tk, int64_t G, int64_t nb, int BK, int64_t DI) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < Tk * DI;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t s = i / DI, dim = i % DI, j = s / BK, key = s % BK;
+                                 int64_t nseq, int64_t Tk, int64_t G, int64_t nb, int BK,
+                                 int64_t DI) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+       i < nseq * Tk * DI; i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t b = i / (Tk * DI), s = (i / DI) % Tk, dim = i % DI, j = s / BK, key = s % BK;
     float acc = dik[i];
     for (int64_t g = 0; g < G; ++g) {
-      const int64_t list = g * nb + j;
+      const int64_t list = (b * G + g) * nb + j;
       for (int32_t it = item_start[list]; it < item_start[list + 1]; ++it)
         acc += part[(static_cast<int64_t>(it) * BK + key) * DI + dim];
     }
@@ -1002,7 +1028,7 @@ void check_inputs(const Tensor& q, const Tensor& k, const Tensor& lse, const Ten
   MSA_CHECK(index_loss_cuda_supported(q, iq, d), "%s: sizes not supported by the GPU kernels", op);
 }
 
-GradArgs grad_args(const cpu::MsaDims& d, double scale, double weight, int64_t t0) {
+GradArgs grad_args(const cpu::MsaDims& d, double scale, double weight) {
   GradArgs a;
   a.T = d.seq;
   a.Tk = d.keys();
@@ -1011,7 +1037,6 @@ GradArgs grad_args(const cpu::MsaDims& d, double scale, double weight, int64_t t
   a.G = d.groups;
   a.r = d.heads / d.groups;
   a.K = d.topk;
-  a.t0 = t0;
   a.BK = static_cast<int>(d.block_size);
   a.scale_log2 = static_cast<float>(scale * 1.4426950408889634);
   a.s_scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d.index_dim)));
@@ -1056,71 +1081,82 @@ cpu::IndexLossSums msa_index_loss_sparse(const Tensor& q, const Tensor& k, const
   // deterministic mode adds diq's slots (DI floats per (g, slot)).
   const bool det = deterministic();
   const int64_t per_token = G * K * (24 + (det ? DI * 4 : 0));
-  int64_t chunk = std::max<int64_t>(64, (int64_t(1) << 30) / per_token);
+  const int64_t budget_tokens = std::max<int64_t>(64, (int64_t(1) << 30) / per_token);
+  int64_t chunk = budget_tokens;
   // With a selection cache, the attention's query chunks when they fit (the forward's work lists
   // are then already there, kv_outer::chunk_work_lists); smaller ones of its own otherwise.
   if (cache != nullptr) chunk = std::min(chunk, kv_outer::query_chunk(d));
   if (const char* c = std::getenv("MSA_INDEX_LOSS_CHUNK"))
     chunk = std::max<int64_t>(1, std::atoll(c));
   chunk = std::min(chunk, T);
-  auto items_bound = [&](int64_t rows, int per_cta, int min_tiles) {
-    return kv_outer::work_items_bound(rows * K, per_cta, min_tiles, lists);
+  // Whole sequences: as many per launch as the attention takes (sharing its cached lists), within
+  // this pass's budget.
+  const int64_t nseq =
+      chunk == T ? std::clamp<int64_t>(budget_tokens / T, 1, kv_outer::sequences_per_launch(d))
+                 : 1;
+  const int64_t launch_tokens = nseq * chunk, max_lists = nseq * lists;
+  auto items_bound = [&](int64_t rows, int per_cta, int min_tiles, int64_t n_lists) {
+    return kv_outer::work_items_bound(rows * K, per_cta, min_tiles, n_lists);
   };
   auto i32 = [](int64_t n) {
     return Tensor::empty({std::max<int64_t>(n, 1)}, DType::kI32, Device::kCUDA);
   };
   // start / entries: the lists' own buffers (a cache keeps its lists in new ones).
-  Tensor len = i32(lists + 1), cursor = i32(lists), start = i32(cache != nullptr ? 1 : lists + 1);
-  Tensor entries = i32(cache != nullptr ? 1 : chunk * G * K), item_len = i32(lists + 1);
-  Tensor items_a = i32(lists + 1), items_b = i32(lists + 1);
-  const int64_t bound_a = items_bound(chunk * G, kTokensA, kMinTilesA);
-  const int64_t bound_b = items_bound(chunk * G, kTileB, kMinTilesB);
+  Tensor len = i32(max_lists + 1), cursor = i32(max_lists);
+  Tensor start = i32(cache != nullptr ? 1 : max_lists + 1);
+  Tensor entries = i32(cache != nullptr ? 1 : launch_tokens * G * K);
+  Tensor item_len = i32(max_lists + 1);
+  Tensor items_a = i32(max_lists + 1), items_b = i32(max_lists + 1);
+  const int64_t bound_a = items_bound(launch_tokens * G, kTokensA, kMinTilesA, max_lists);
+  const int64_t bound_b = items_bound(launch_tokens * G, kTileB, kMinTilesB, max_lists);
   Tensor item_list_a = i32(bound_a), item_list_b = i32(bound_b);
-  const size_t scan_bytes = kv_outer::work_list_scan_bytes(lists);
+  const size_t scan_bytes = kv_outer::work_list_scan_bytes(max_lists);
   Tensor scan_tmp = i32(static_cast<int64_t>(scan_bytes / 4) + 1);
-  Tensor part_a = Tensor::empty({chunk * G * K * 2}, DType::kF32, Device::kCUDA);
-  Tensor part_b = Tensor::empty({chunk * G * K * 3}, DType::kF32, Device::kCUDA);
-  Tensor lseq = Tensor::empty({T * G}, DType::kF32, Device::kCUDA);
+  Tensor part_a = Tensor::empty({launch_tokens * G * K * 2}, DType::kF32, Device::kCUDA);
+  Tensor part_b = Tensor::empty({launch_tokens * G * K * 3}, DType::kF32, Device::kCUDA);
+  Tensor lseq = Tensor::empty({nseq * T * G}, DType::kF32, Device::kCUDA);
   Tensor row_kl = Tensor::empty({result.n_rows}, DType::kF32, Device::kCUDA);
   const float s_log2 = static_cast<float>(1.4426950408889634 / std::sqrt(static_cast<double>(DI)));
   const GradSmem smem_b(static_cast<int>(D), static_cast<int>(DI), BK, static_cast<int>(r));
   Tensor diq_part, dik_part;  // deterministic mode: GradArgs' partial slots
   if (det) {
-    diq_part = Tensor::empty({chunk * G * K * DI}, DType::kF32, Device::kCUDA);
+    diq_part = Tensor::empty({launch_tokens * G * K * DI}, DType::kF32, Device::kCUDA);
     dik_part = Tensor::empty({bound_b * BK * DI}, DType::kF32, Device::kCUDA);
   }
 
-  for (int64_t b = 0; b < d.batch; ++b) {
-    const bf16* qb = q.data<bf16>() + b * T * H * D;
-    const bf16* kb = k.data<bf16>() + b * Tk * G * D;
-    const float* lb = lse.data<float>() + b * H * T;
-    const bf16* iqb = iq.data<bf16>() + b * T * G * DI;
-    const bf16* ikb = ik.data<bf16>() + b * Tk * DI;
-    const int32_t* idx = indices.data<int32_t>() + b * T * G * K;
-    const int32_t* cnt = counts.data<int32_t>() + b * T * G;
-    float* diqb = diq.data<float>() + b * T * G * DI;
-    float* dikb = dik.data<float>() + b * Tk * DI;
-    float* klb = row_kl.data<float>() + b * T * G;
+  for (int64_t b0 = 0; b0 < d.batch; b0 += nseq) {
+    const int64_t ns = std::min(nseq, d.batch - b0);
+    const bf16* qb = q.data<bf16>() + b0 * T * H * D;
+    const bf16* kb = k.data<bf16>() + b0 * Tk * G * D;
+    const float* lb = lse.data<float>() + b0 * H * T;
+    const bf16* iqb = iq.data<bf16>() + b0 * T * G * DI;
+    const bf16* ikb = ik.data<bf16>() + b0 * Tk * DI;
+    const int32_t* idx = indices.data<int32_t>() + b0 * T * G * K;
+    const int32_t* cnt = counts.data<int32_t>() + b0 * T * G;
+    float* diqb = diq.data<float>() + b0 * T * G * DI;
+    float* dikb = dik.data<float>() + b0 * Tk * DI;
+    float* klb = row_kl.data<float>() + b0 * T * G;
     for (int64_t t0 = 0; t0 < T; t0 += chunk) {
-      const KvDims kd{T, H, G, K, r, nb, t0, std::min(T, t0 + chunk)};
-      const int64_t rows = (kd.t1 - kd.t0) * G;
+      KvDims kd{T, H, G, K, r, nb, t0, std::min(T, t0 + chunk)};
+      kd.nseq = ns;
+      const int64_t rows = kd.chunk_queries() * G, n_lists = kd.lists();
       const unsigned row_grid = static_cast<unsigned>((rows + 255) / 256);
       // Sorted in deterministic mode (GradArgs' slot sums follow list order).
       const kv_outer::ChunkLists wl = kv_outer::chunk_work_lists(
           cache, indices, counts, idx, cnt, kd, kv_outer::ListOrder::kSortWhenDeterministic, len,
           cursor, start, entries, scan_tmp, scan_bytes);
-      // Pass A: lseQ of the chunk's rows.
-      kv_outer::build_work_items(wl.start, lists, kTokensA, kMinTilesA, item_len.data<int32_t>(),
-                                 items_a.data<int32_t>(), item_list_a.data<int32_t>(),
-                                 scan_tmp.raw_data(), scan_bytes);
+      // Pass A: lseQ of the launch's rows.
+      kv_outer::build_work_items(wl.start, n_lists, kTokensA, kMinTilesA,
+                                 item_len.data<int32_t>(), items_a.data<int32_t>(),
+                                 item_list_a.data<int32_t>(), scan_tmp.raw_data(), scan_bytes);
       with_pow2(DI, [&](auto di) {
         with_pow2(BK, [&](auto bk) {
           constexpr int kDI = decltype(di)::value, kBK = decltype(bk)::value;
           auto kernel = student_lse_sparse_kernel<kDI, kBK>;
           set_smem(kernel, SmemA<kDI, kBK>::kBytes);
-          kernel<<<static_cast<unsigned>(items_bound(rows, kTokensA, kMinTilesA)), kWarpsA * 32,
-                   SmemA<kDI, kBK>::kBytes>>>(
-              iqb, ikb, wl.start, items_a.data<int32_t>(), item_list_a.data<int32_t>(), lists,
+          kernel<<<static_cast<unsigned>(items_bound(rows, kTokensA, kMinTilesA, n_lists)),
+                   kWarpsA * 32, SmemA<kDI, kBK>::kBytes>>>(
+              iqb, ikb, wl.start, items_a.data<int32_t>(), item_list_a.data<int32_t>(), n_lists,
               wl.entries, s_log2, reinterpret_cast<float2*>(part_a.data<float>()), kd, Tk, off);
           MSA_CUDA_CHECK_LAUNCH("student_lse_sparse_kernel");
         });
@@ -1129,10 +1165,10 @@ cpu::IndexLossSums msa_index_loss_sparse(const Tensor& q, const Tensor& k, const
                                             cnt, lseq.data<float>(), kd);
       MSA_CUDA_CHECK_LAUNCH("lse_combine_kernel");
       // Pass B: teacher, KL partials, gradients.
-      kv_outer::build_work_items(wl.start, lists, kTileB, kMinTilesB, item_len.data<int32_t>(),
+      kv_outer::build_work_items(wl.start, n_lists, kTileB, kMinTilesB, item_len.data<int32_t>(),
                                  items_b.data<int32_t>(), item_list_b.data<int32_t>(),
                                  scan_tmp.raw_data(), scan_bytes);
-      GradArgs ga = grad_args(d, scale, weight, t0);
+      GradArgs ga = grad_args(d, scale, weight);
       if (det) {
         ga.diq_part = diq_part.data<float>();
         ga.dik_part = dik_part.data<float>();
@@ -1143,10 +1179,11 @@ cpu::IndexLossSums msa_index_loss_sparse(const Tensor& q, const Tensor& k, const
           auto kernel = det ? loss_grad_kernel<kD, kDI, false, true>
                             : loss_grad_kernel<kD, kDI, false, false>;
           set_smem(kernel, smem_b.bytes);
-          kernel<<<static_cast<unsigned>(items_bound(rows, kTileB, kMinTilesB)), BK / 16 * 32,
-                   smem_b.bytes>>>(qb, kb, lb, iqb, ikb, lseq.data<float>(), wl.start,
-                                   items_b.data<int32_t>(), item_list_b.data<int32_t>(), lists,
-                                   wl.entries, kd, part_b.data<float>(), diqb, dikb, ga);
+          kernel<<<static_cast<unsigned>(items_bound(rows, kTileB, kMinTilesB, n_lists)),
+                   BK / 16 * 32, smem_b.bytes>>>(qb, kb, lb, iqb, ikb, lseq.data<float>(), wl.start,
+                                                 items_b.data<int32_t>(),
+                                                 item_list_b.data<int32_t>(), n_lists, wl.entries,
+                                                 kd, part_b.data<float>(), diqb, dikb, ga);
           MSA_CUDA_CHECK_LAUNCH("loss_grad_kernel (sparse)");
         });
       });
@@ -1154,8 +1191,8 @@ cpu::IndexLossSums msa_index_loss_sparse(const Tensor& q, const Tensor& k, const
         diq_slots_kernel<<<reduce_grid(rows * DI), 256>>>(diq_part.data<float>(), cnt, diqb, kd,
                                                           DI);
         MSA_CUDA_CHECK_LAUNCH("diq_slots_kernel");
-        dik_items_kernel<<<reduce_grid(Tk * DI), 256>>>(
-            dik_part.data<float>(), items_b.data<int32_t>(), dikb, Tk, G, nb, BK, DI);
+        dik_items_kernel<<<reduce_grid(ns * Tk * DI), 256>>>(
+            dik_part.data<float>(), items_b.data<int32_t>(), dikb, ns, Tk, G, nb, BK, DI);
         MSA_CUDA_CHECK_LAUNCH("dik_items_kernel");
       }
       kl_combine_kernel<false>
@@ -1189,7 +1226,7 @@ cpu::IndexLossSums msa_index_loss_dense(const Tensor& q, const Tensor& k, const 
   const float s_log2 = static_cast<float>(1.4426950408889634 / std::sqrt(static_cast<double>(DI)));
   const GradSmem smem_b(static_cast<int>(D), static_cast<int>(DI), BK, static_cast<int>(r));
   const KvDims kd{T, H, G, 1, r, nb, 0, T};
-  const GradArgs ga = grad_args(d, scale, weight, 0);
+  const GradArgs ga = grad_args(d, scale, weight);
   // Deterministic mode: key blocks in launches of jb blocks, each CTA's contributions in its own
   // slots (GradArgs), added in a fixed order after each launch; jb keeps the slots under ~1 GB.
   const bool det = deterministic();

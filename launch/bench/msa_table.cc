@@ -25,16 +25,16 @@
 namespace msa::bench {
 namespace {
 
-// Keys attended by all (query, group) rows of the selection: sum over selected blocks of the
-// keys of the block at or before the query.
+// Keys attended by all (sequence, query, group) rows of the selection: sum over selected blocks
+// of the keys of the block at or before the query.
 double selected_keys(const BlockSelection& sel, int64_t T, int64_t G, int B, int K) {
   const Tensor idx = sel.indices.to(Device::kCPU), cnt = sel.counts.to(Device::kCPU);
   const int32_t* ip = idx.data<int32_t>();
   const int32_t* cp = cnt.data<int32_t>();
   double keys = 0;
-  for (int64_t t = 0; t < T; ++t)
+  for (int64_t bt = 0; bt < idx.size(0) * T; ++bt)
     for (int64_t g = 0; g < G; ++g) {
-      const int64_t row = t * G + g;
+      const int64_t t = bt % T, row = bt * G + g;
       for (int i = 0; i < cp[row]; ++i) {
         const int64_t j = ip[row * K + i];
         keys += static_cast<double>(std::min<int64_t>((j + 1) * B, t + 1) - j * B);
@@ -129,7 +129,8 @@ void steer_to_first_blocks(Tensor& iq, Tensor& ik, int64_t first_keys) {
   Tensor hq = iq.to(Device::kCPU).to(DType::kF32), hk = ik.to(Device::kCPU).to(DType::kF32);
   const int64_t dI = ik.size(2), T = ik.size(1), rows = iq.numel() / dI;
   for (int64_t i = 0; i < rows; ++i) hq.data<float>()[i * dI] = 8.0f;
-  for (int64_t s = 0; s < T; ++s) hk.data<float>()[s * dI] = s < first_keys ? 8.0f : -8.0f;
+  for (int64_t bs = 0; bs < ik.size(0) * T; ++bs)
+    hk.data<float>()[bs * dI] = bs % T < first_keys ? 8.0f : -8.0f;
   iq.copy_from(hq.to(DType::kBF16).to(Device::kCUDA));
   ik.copy_from(hk.to(DType::kBF16).to(Device::kCUDA));
 }
@@ -140,12 +141,13 @@ double first_blocks_share(const BlockSelection& sel) {
   const Tensor idx = sel.indices.to(Device::kCPU);
   const int64_t K = sel.topk, T = idx.size(1), rows_per_t = idx.size(2);
   int64_t rows = 0, hits = 0;
-  for (int64_t t = (K - 1) * sel.block_size; t < T; ++t)
-    for (int64_t g = 0; g < rows_per_t; ++g) {
-      const int32_t* row = idx.data<int32_t>() + (t * rows_per_t + g) * K;
-      ++rows;
-      hits += row[K - 2] == K - 2;  // ascending, distinct: blocks 0..K-2 then the local one
-    }
+  for (int64_t b = 0; b < idx.size(0); ++b)
+    for (int64_t t = (K - 1) * sel.block_size; t < T; ++t)
+      for (int64_t g = 0; g < rows_per_t; ++g) {
+        const int32_t* row = idx.data<int32_t>() + ((b * T + t) * rows_per_t + g) * K;
+        ++rows;
+        hits += row[K - 2] == K - 2;  // ascending, distinct: blocks 0..K-2 then the local one
+      }
   return rows > 0 ? static_cast<double>(hits) / rows : 1.0;
 }
 
@@ -156,6 +158,12 @@ int bench_msa() {
             d = absl::GetFlag(FLAGS_head_dim), B = absl::GetFlag(FLAGS_block_size),
             K = absl::GetFlag(FLAGS_topk), dI = absl::GetFlag(FLAGS_index_dim),
             iters = absl::GetFlag(FLAGS_iters);
+  const int64_t batch = absl::GetFlag(FLAGS_batch);
+  if (batch < 1) {
+    std::fprintf(stderr, "msa-bench: --batch must be at least 1, not %lld\n",
+                 static_cast<long long>(batch));
+    return 2;
+  }
   const bool with_cudnn = absl::GetFlag(FLAGS_cudnn);
   const std::string selection = absl::GetFlag(FLAGS_selection);
   if (selection != "random" && selection != "sink") {
@@ -169,20 +177,20 @@ int bench_msa() {
   for (int64_t T : parse_lengths(absl::GetFlag(FLAGS_fwd_only_seqs), "fwd_only_seqs"))
     runs.push_back({T, false});
   std::printf(
-      "MSA vs cuDNN dense causal flash attention: H=%d G=%d d=%d B=%d k=%d d_I=%d, bf16, batch 1, "
-      "%s selection; times in ms (median of %d after a warm-up)\n",
-      H, G, d, B, K, dI, selection.c_str(), iters);
+      "MSA vs cuDNN dense causal flash attention: H=%d G=%d d=%d B=%d k=%d d_I=%d, bf16, batch "
+      "%lld, %s selection; times in ms (median of %d after a warm-up)\n",
+      H, G, d, B, K, dI, static_cast<long long>(batch), selection.c_str(), iters);
   std::printf("%8s | %8s %8s %8s %8s | %9s %9s | %9s %9s | %7s %7s | %8s %8s %8s\n", "seq",
               "indexer", "attn-f", "KL", "attn-b", "MSA fwd", "MSA f+b", "cuDNN f", "cuDNN f+b",
               "x fwd", "x f+b", "idx TF/s", "MSA TF/s", "cuDNN TF/s");
   for (const auto& [T, with_bwd] : runs) {
-    Tensor q = random_device({1, T, H, d}, 1), k = random_device({1, T, G, d}, 2),
-           v = random_device({1, T, G, d}, 3);
-    Tensor iq = random_device({1, T, G, dI}, 4), ik = random_device({1, T, dI}, 5);
+    Tensor q = random_device({batch, T, H, d}, 1), k = random_device({batch, T, G, d}, 2),
+           v = random_device({batch, T, G, d}, 3);
+    Tensor iq = random_device({batch, T, G, dI}, 4), ik = random_device({batch, T, dI}, 5);
     if (sink) steer_to_first_blocks(iq, ik, static_cast<int64_t>(K - 1) * B);
-    BlockSelection sel = BlockSelection::allocate(1, T, G, B, K, Device::kCUDA);
+    BlockSelection sel = BlockSelection::allocate(batch, T, G, B, K, Device::kCUDA);
     Tensor out = Tensor::empty(q.shape(), DType::kBF16, Device::kCUDA);
-    Tensor lse = Tensor::empty({1, H, T}, DType::kF32, Device::kCUDA);
+    Tensor lse = Tensor::empty({batch, H, T}, DType::kF32, Device::kCUDA);
     const double scale = 1.0 / std::sqrt(static_cast<double>(d));
     const double indexer = median_ms(iters, [&] { msa_index_topk(iq, ik, sel); });
     // Each timed forward builds its work lists (cleared first), as a training forward does; the
@@ -200,7 +208,7 @@ int bench_msa() {
       kl = median_ms(iters, [&] {
         msa_index_loss(IndexLossMode::kSparse, q, k, lse, sel, iq, ik, scale, 1.0, diq, dik);
       });
-      dout = random_device({1, T, H, d}, 6);
+      dout = random_device({batch, T, H, d}, 6);
       dq = Tensor::empty(q.shape(), DType::kBF16, Device::kCUDA);
       dk = Tensor::empty(k.shape(), DType::kBF16, Device::kCUDA);
       dv = Tensor::empty(v.shape(), DType::kBF16, Device::kCUDA);
@@ -213,7 +221,7 @@ int bench_msa() {
                   first_blocks_share(sel), K - 1);
     const double keys = selected_keys(sel, T, G, B, K);
     const double msa_flops = 4.0 * d * keys * (H / G);
-    const double dense_flops = 4.0 * d * H * (static_cast<double>(T) * (T + 1) / 2);
+    const double dense_flops = 4.0 * d * H * batch * (static_cast<double>(T) * (T + 1) / 2);
     if (with_cudnn) {
       cudnn_fwd = median_ms(iters, [&] { attention_forward(q, k, v, scale, out, lse); });
       if (with_bwd)
@@ -223,7 +231,7 @@ int bench_msa() {
     // The indexer scores every key of the blocks before the query's own: sum over t of B c(t).
     double index_keys = 0;
     for (int64_t t = 0; t < T; ++t) index_keys += static_cast<double>((t / B) * B);
-    const double index_flops = 2.0 * G * dI * index_keys;
+    const double index_flops = 2.0 * G * dI * index_keys * batch;
     const double msa_f = indexer + fwd, msa_fb = msa_f + kl + bwd;
     const double cudnn_fb = cudnn_fwd + cudnn_bwd;
     std::printf(
@@ -234,7 +242,7 @@ int bench_msa() {
         msa_flops / (fwd * 1e-3) / 1e12, dense_flops / (cudnn_fwd * 1e-3) / 1e12);
     std::fflush(stdout);
     const int C = absl::GetFlag(FLAGS_cp_shards);
-    if (with_bwd && C > 1 && T % (2 * static_cast<int64_t>(C) * B) == 0)
+    if (with_bwd && C > 1 && batch == 1 && T % (2 * static_cast<int64_t>(C) * B) == 0)
       for (bool zigzag : {false, true})
         print_cp_shards(q, k, v, iq, ik, dout, C, zigzag, B, K, iters, with_cudnn, msa_fb,
                         cudnn_fb);

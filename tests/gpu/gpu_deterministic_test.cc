@@ -18,6 +18,7 @@
 #include "core/deterministic.h"
 #include "gtest/gtest.h"
 #include "kernels/attention.h"
+#include "kernels/cuda/msa_cuda.h"
 #include "kernels/embedding.h"
 #include "kernels/msa.h"
 #include "model/transformer.h"
@@ -259,6 +260,58 @@ TEST(GpuDeterministicTest, IndexLossIsBitIdenticalAndMatchesDefault) {
         }
       }
     }
+  }
+}
+
+// Sequences sharing launches (the KV-outer attention and the sparse index loss launch a batch of
+// whole sequences together; MSA_KV_OUTER_SEQS caps how many) change which CTA does what, not what
+// is summed in which order: in deterministic mode, one sequence per launch, launches of two and
+// the whole batch in one give bit-identical outputs, lse, dQ/dK/dV, index losses and diq/dik.
+TEST(GpuDeterministicTest, SequencesSharingALaunchGiveBitIdenticalResults) {
+  SKIP_WITHOUT_GPU();
+  uint64_t seed = 13500;
+  for (const SparseCase& c :
+       {SparseCase{3, 600, 8, 2, 64, 64, 64, 4}, SparseCase{3, 700, 8, 2, 128, 128, 128, 3}}) {
+    const SparseInputs in = sparse_inputs(c, seed);
+    seed += 10;
+    const ScopedDeterministic det(true);
+    // Everything one grouping produces, in a fresh selection (no lists cached by another run).
+    auto run = [&](const char* seqs) {
+      const ScopedEnv env("MSA_KV_OUTER_SEQS", seqs);
+      BlockSelection sel = in.sel;
+      sel.cache = std::make_shared<SelectionCache>();
+      std::vector<Tensor> r = {gpu_nan(in.q.shape()),
+                               gpu_nan({c.batch, c.H, c.T}, DType::kF32),
+                               gpu_nan(in.q.shape()),
+                               gpu_nan(in.k.shape()),
+                               gpu_nan(in.v.shape()),
+                               gpu_nan({c.batch, c.T, c.G, c.dI}, DType::kF32),
+                               gpu_nan({c.batch, c.T, c.dI}, DType::kF32)};
+      msa_sparse_attention_forward(in.q, in.k, in.v, sel, in.scale, r[0], r[1]);
+      msa_sparse_attention_backward(in.dout, in.q, in.k, in.v, r[0], r[1], sel, in.scale, r[2],
+                                    r[3], r[4]);
+      const double loss = msa_index_loss(IndexLossMode::kSparse, in.q, in.k, r[1], sel, in.iq,
+                                         in.ik, in.scale, 1.0, r[5], r[6])
+                              .loss;
+      r.push_back(Tensor::from_vector(Shape{1}, std::vector<double>{loss}));
+      return r;
+    };
+    const cpu::MsaDims dims{c.batch, c.T, c.H, c.G, c.d, c.dI, c.B, c.K};
+    ASSERT_EQ(cuda::kv_outer_sequences_per_launch(dims), 3) << "the batch must share a launch";
+    {
+      const ScopedEnv env("MSA_KV_OUTER_SEQS", "2");
+      ASSERT_EQ(cuda::kv_outer_sequences_per_launch(dims), 2);
+    }
+    const std::vector<Tensor> one = run("1");
+    const char* names[8] = {"out", "lse", "dq", "dk", "dv", "diq", "dik", "index loss"};
+    for (const char* seqs : {"2", ""}) {
+      const std::vector<Tensor> other = run(seqs);
+      for (int i = 0; i < 8; ++i)
+        EXPECT_TRUE(bit_identical(one[i], other[i]))
+            << names[i] << " " << describe(c) << ": 1 vs " << (*seqs ? seqs : "all")
+            << " sequences per launch";
+    }
+    ASSERT_TRUE(std::isfinite(one[7].to_double_vector()[0]));
   }
 }
 

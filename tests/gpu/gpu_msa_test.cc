@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
@@ -143,8 +144,10 @@ TEST(GpuMsaTest, TopkTensorCoreWithNonFiniteScoresStaysInRange) {
 }
 
 // The tensor-core KV-outer forward and backward (bf16; head_dim 64/128, B 64/128, r = 1..8)
-// against the CPU reference: output, LSE and dQ/dK/dV, with one and several
-// query chunks, and against the first-generation CUDA kernels on the same inputs.
+// against the CPU reference: output, LSE and dQ/dK/dV, with one and several query chunks, the
+// batch's sequences in one launch (the default at these sizes) and in launches of at most two
+// (MSA_KV_OUTER_SEQS=2: with batch 3, a launch of two and one of one), and against the
+// first-generation CUDA kernels on the same inputs.
 TEST(GpuMsaTest, KvOuterTensorCoreForwardMatchesCpu) {
   SKIP_WITHOUT_GPU();
   const std::vector<Case> cases = {{2, 700, 8, 2, 128, 32, 64, 4},
@@ -157,11 +160,20 @@ TEST(GpuMsaTest, KvOuterTensorCoreForwardMatchesCpu) {
                                    // the wgmma kernels at r = 1, 2 and 16, k up to 32
                                    {1, 1000, 4, 4, 128, 32, 128, 32},
                                    {1, 900, 4, 2, 128, 32, 128, 5},
-                                   {1, 1300, 32, 2, 128, 32, 128, 6}};
+                                   {1, 1300, 32, 2, 128, 32, 128, 6},
+                                   // batch 3: launches of several sequences
+                                   {3, 520, 8, 2, 64, 32, 64, 4},
+                                   {3, 640, 16, 4, 128, 32, 128, 4}};
   uint64_t seed = 9100;
   for (const Case& c : cases) {
-    for (const char* chunk : {"", "128"}) {
-      if (*chunk) setenv("MSA_KV_OUTER_CHUNK", chunk, 1);
+    // Environment of the run: "" (defaults), "128" (128-query chunks), "seqs2".
+    for (const char* chunk : {"", "128", "seqs2"}) {
+      if (std::strcmp(chunk, "seqs2") == 0) {
+        if (c.batch < 3) continue;
+        setenv("MSA_KV_OUTER_SEQS", "2", 1);
+      } else if (*chunk) {
+        setenv("MSA_KV_OUTER_CHUNK", chunk, 1);
+      }
       auto rnd = [&](const Shape& s) {
         return random_tensor(s, seed++, DType::kF32).to(DType::kBF16).to(DType::kF32);
       };
@@ -241,6 +253,7 @@ TEST(GpuMsaTest, KvOuterTensorCoreForwardMatchesCpu) {
                       what.c_str(), names[i], e_fast, e_slow);
       }
       unsetenv("MSA_KV_OUTER_CHUNK");
+      unsetenv("MSA_KV_OUTER_SEQS");
     }
   }
 }
