@@ -114,8 +114,11 @@ std::string Trainer::format_metrics(const StepMetrics& m) const {
     s += " | recall ceiling " + per_layer(m.index_recall_ceiling);
   if (!m.max_pool_recall_ceiling.empty())
     s += " | max-pool ceiling " + per_layer(m.max_pool_recall_ceiling);
+  // The interval's rate when run() measured one, else this step's.
+  double tokens_per_second = m.interval_tokens_per_second;
+  if (tokens_per_second <= 0 && m.seconds > 0) tokens_per_second = m.tokens / m.seconds;
   s += absl::StrFormat(" | grad_norm %.3f | lr %.3g | %.0f tok/s", m.grad_norm, m.lr,
-                       m.seconds > 0 ? m.tokens / m.seconds : 0.0);
+                       tokens_per_second);
   if (m.skipped) s += " | NOT FINITE: step skipped";
   if (m.warmup)
     s += " | index warm-up (dense attention, backbone frozen)";
@@ -127,8 +130,14 @@ std::string Trainer::format_metrics(const StepMetrics& m) const {
 absl::Status Trainer::run(int64_t first_step,
                           const std::function<bool(const StepMetrics&)>& after_step) {
   int nonfinite_in_a_row = 0;
+  // Since the previous metrics line: a logged step's own rate would hide the steps between lines
+  // or, on a recall step, show the recall measurement's cost as the training speed.
+  int64_t interval_tokens = 0;
+  double interval_seconds = 0;
   for (int64_t step = first_step; step <= config_.steps; ++step) {
     StepMetrics m = train_step(step);
+    interval_tokens += m.tokens;
+    interval_seconds += m.seconds;
     nonfinite_in_a_row = m.skipped ? nonfinite_in_a_row + 1 : 0;
     if (m.skipped && !config_.quiet) {
       std::fprintf(stderr,
@@ -149,6 +158,9 @@ absl::Status Trainer::run(int64_t first_step,
           config_.max_nonfinite_steps, step - nonfinite_in_a_row));
     if (!config_.quiet && (step % config_.log_every == 0 || step == first_step ||
                            step == config_.steps || !m.index_recall.empty())) {
+      if (interval_seconds > 0) m.interval_tokens_per_second = interval_tokens / interval_seconds;
+      interval_tokens = 0;
+      interval_seconds = 0;
       std::printf("%s\n", format_metrics(m).c_str());
       std::fflush(stdout);
     }

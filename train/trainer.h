@@ -57,6 +57,9 @@ struct StepMetrics {
   double grad_norm = 0, lr = 0;
   int64_t tokens = 0;
   double seconds = 0;
+  // Tokens per second over the steps since the previous metrics line, this one included (recall
+  // measurements and all): set by Trainer::run for the lines it prints; 0 elsewhere.
+  double interval_tokens_per_second = 0;
   bool warmup = false;           // index warm-up with the backbone frozen
   bool dense_attention = false;  // MSA layers attended densely (either warm-up phase)
   bool skipped = false;          // the loss or the gradient norm was not finite: not applied
