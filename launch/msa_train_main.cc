@@ -181,7 +181,9 @@ ABSL_FLAG(int64_t, recall_every, 50,
           "ceiling (what the paper's rule keeps fed perfect token scores); 0: never.");
 ABSL_FLAG(int64_t, recall_stride, 16,
           "Recall samples one query position in every N (at a phase that moves through the N, "
-          "so every offset within a block is sampled alike).");
+          "so every offset within a block is sampled alike); raised for long sequences so that "
+          "a measurement scores at most 2^22 (query, key) pairs per sequence and layer (it runs "
+          "on the CPU).");
 
 int main(int argc, char** argv) {
   msa::set_program_usage(

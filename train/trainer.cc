@@ -1,5 +1,6 @@
 #include "train/trainer.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <vector>
@@ -18,6 +19,11 @@ MsaMode msa_mode_at(const TrainerConfig& config, int64_t step) {
 Trainer::Trainer(Transformer& model, AdamW& optimizer, BatchSource& data,
                  const TrainerConfig& config)
     : model_(model), optimizer_(optimizer), data_(data), config_(config) {}
+
+int64_t recall_stride_for(int64_t T, int64_t requested) {
+  const int64_t needed = (T * T + kRecallPairsPerSequence - 1) / kRecallPairsPerSequence;
+  return std::max(requested, needed);
+}
 
 StepMetrics Trainer::train_step(int64_t step) {
   Timer timer;
@@ -51,7 +57,21 @@ StepMetrics Trainer::train_step(int64_t step) {
   double lm_sum = 0, index_sum = 0;
   for (int micro = 0; micro < config_.grad_accum; ++micro) {
     const Batch& b = batches[micro];
-    options.recall_query_stride = measure_recall && micro == 0 ? config_.recall_query_stride : 0;
+    int64_t stride = 0;
+    if (measure_recall && micro == 0) {
+      stride = recall_stride_for(b.tokens.size(1), config_.recall_query_stride);
+      if (stride != config_.recall_query_stride && !recall_stride_noted_ && !config_.quiet) {
+        std::fprintf(
+            stderr,
+            "msa-train: recall samples one query in every %lld of the %lld-token sequences "
+            "(--recall_stride=%lld, raised to bound its CPU cost: T^2 / stride per "
+            "sequence and layer)\n",
+            static_cast<long long>(stride), static_cast<long long>(b.tokens.size(1)),
+            static_cast<long long>(config_.recall_query_stride));
+        recall_stride_noted_ = true;
+      }
+    }
+    options.recall_query_stride = stride;
     options.documents = batch_documents(b);
     ForwardResult r =
         model_.forward(b.tokens.to(model_.device()), b.targets.to(model_.device()), options);
