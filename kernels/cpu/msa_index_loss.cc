@@ -136,100 +136,110 @@ OracleRecallSums msa_oracle_recall_sums(const T* q, const T* k, const int32_t* i
   const int64_t Sk = dims.keys(), off = dims.query_offset();
   const T sc = static_cast<T>(scale);
   const int64_t n_queries = queries.begin[dims.batch];
-  const int64_t per_row = (n_queries + dims.batch - 1) / std::max<int64_t>(1, dims.batch);
-  std::vector<double> index_per_task(dims.batch * G, 0.0), block_per_task(dims.batch * G, 0.0),
-      ceiling_per_task(dims.batch * G, 0.0), max_pool_per_task(dims.batch * G, 0.0);
-  parallel_for(dims.batch * G, per_row * r * Sk * d, [&](int64_t begin, int64_t end) {
+  // One task per (query, group) row: long sequences are measured at few queries of few
+  // sequences, where a task per (sequence, group) left most threads idle. Each row's four values
+  // land in its own slot and are summed below in the order of one loop over (b, g) then the
+  // row's queries, whatever the threads did.
+  std::vector<double> index_row(n_queries * G), block_row(n_queries * G),
+      ceiling_row(n_queries * G), max_pool_row(n_queries * G);
+  std::vector<int64_t> batch_of(n_queries);
+  for (int64_t b = 0; b < dims.batch; ++b)
+    for (int64_t n = queries.begin[b]; n < queries.begin[b + 1]; ++n) batch_of[n] = b;
+  const int64_t mean_keys = std::max<int64_t>(1, Sk / 2);
+  parallel_for(n_queries * G, r * mean_keys * d, [&](int64_t begin, int64_t end) {
     std::vector<T> z(Sk);
     std::vector<double> mass, p, peak;
     std::vector<int32_t> order;
     std::vector<char> oracle, selected;
-    for (int64_t bg = begin; bg < end; ++bg) {
-      const int64_t b = bg / G, g = bg % G;
-      double index_acc = 0, block_acc = 0, ceiling_acc = 0, max_pool_acc = 0;
-      for (int64_t n = queries.begin[b]; n < queries.begin[b + 1]; ++n) {
-        const int64_t i = queries.t[n];                        // the query's row
-        const int64_t row = (b * S + i) * G + g, t = off + i;  // t: its position
-        const int64_t c = t / B;
-        // mass[j] = the group's mean dense attention probability inside block j <= c.
-        mass.assign(c + 1, 0.0);
-        p.assign(t + 1, 0.0);  // p[s]: the group's mean attention probability of token s
-        for (int64_t h = g * r; h < (g + 1) * r; ++h) {
-          const T* q_t = q + ((b * S + i) * H + h) * d;
-          T max = -std::numeric_limits<T>::infinity();
-          for (int64_t s = 0; s <= t; ++s) {
-            z[s] = sc * dot(q_t, k + ((b * Sk + s) * G + g) * d, d);
-            max = std::max(max, z[s]);
-          }
-          T total = 0;
-          for (int64_t s = 0; s <= t; ++s) {
-            z[s] = std::exp(z[s] - max);
-            total += z[s];
-          }
-          for (int64_t s = 0; s <= t; ++s) {
-            const double ps = static_cast<double>(z[s] / total) / r;
-            mass[s / B] += ps;
-            p[s] += ps;
-          }
+    for (int64_t ng = begin; ng < end; ++ng) {
+      const int64_t n = ng / G, g = ng % G, b = batch_of[n];
+      const int64_t i = queries.t[n];                        // the query's row
+      const int64_t row = (b * S + i) * G + g, t = off + i;  // t: its position
+      const int64_t c = t / B;
+      // mass[j] = the group's mean dense attention probability inside block j <= c.
+      mass.assign(c + 1, 0.0);
+      p.assign(t + 1, 0.0);  // p[s]: the group's mean attention probability of token s
+      for (int64_t h = g * r; h < (g + 1) * r; ++h) {
+        const T* q_t = q + ((b * S + i) * H + h) * d;
+        T max = -std::numeric_limits<T>::infinity();
+        for (int64_t s = 0; s <= t; ++s) {
+          z[s] = sc * dot(q_t, k + ((b * Sk + s) * G + g) * d, d);
+          max = std::max(max, z[s]);
         }
-        // Oracle: c plus the top-(K - 1) earlier blocks by mass, ties to the lower index.
-        const int64_t want = std::min<int64_t>(K - 1, c);
-        // order[0 .. want): the top-want earlier blocks by score, ties to the lower index.
-        auto rank_earlier_blocks = [&](const std::vector<double>& score) {
-          order.resize(c);
-          std::iota(order.begin(), order.end(), 0);
-          std::partial_sort(order.begin(), order.begin() + want, order.end(),
-                            [&](int32_t a, int32_t bb) {
-                              return score[a] > score[bb] || (score[a] == score[bb] && a < bb);
-                            });
-        };
-        rank_earlier_blocks(mass);
-        oracle.assign(c + 1, 0);
-        oracle[c] = 1;
-        for (int64_t e = 0; e < want; ++e) oracle[order[e]] = 1;
-        selected.assign(c + 1, 0);
-        int64_t hits = 0;
-        for (int32_t e = 0; e < counts[row]; ++e) {
-          const int32_t j = indices[row * K + e];
-          if (j < 0 || j > c) continue;
-          selected[j] = 1;
-          if (oracle[j]) ++hits;
+        T total = 0;
+        for (int64_t s = 0; s <= t; ++s) {
+          z[s] = std::exp(z[s] - max);
+          total += z[s];
         }
-        block_acc += static_cast<double>(hits) / static_cast<double>(want + 1);
-        // Index recall: the mass the selected blocks keep (the mean over the group's heads of
-        // each head's mass inside them).
-        double inside = 0;
-        for (int64_t j = 0; j <= c; ++j)
-          if (selected[j]) inside += mass[j];
-        index_acc += inside;
-        // The ceiling: the mass the oracle blocks keep, the most any k blocks shared by the
-        // group can keep (NaN attention stays NaN here, where the hit count would hide it).
-        double kept = 0;
-        for (int64_t j = 0; j <= c; ++j)
-          if (oracle[j]) kept += mass[j];
-        ceiling_acc += kept;
-        // The max-pool ceiling: the paper's rule (c plus the top-(K - 1) earlier blocks by their
-        // largest token score, ties to the lower index) fed the scores the KL's optimum student
-        // has, log p (+ a constant per row), i.e. ranking blocks by their largest p. The gap to
-        // the ceiling is the rule's; the gap from the index recall down to it is the indexer's.
-        peak.assign(c, -std::numeric_limits<double>::infinity());
-        for (int64_t s = 0; s < c * B; ++s) peak[s / B] = std::max(peak[s / B], p[s]);
-        rank_earlier_blocks(peak);
-        double pooled = mass[c];
-        for (int64_t e = 0; e < want; ++e) pooled += mass[order[e]];
-        max_pool_acc += pooled;
+        for (int64_t s = 0; s <= t; ++s) {
+          const double ps = static_cast<double>(z[s] / total) / r;
+          mass[s / B] += ps;
+          p[s] += ps;
+        }
       }
-      index_per_task[bg] = index_acc;
-      block_per_task[bg] = block_acc;
-      ceiling_per_task[bg] = ceiling_acc;
-      max_pool_per_task[bg] = max_pool_acc;
+      // Oracle: c plus the top-(K - 1) earlier blocks by mass, ties to the lower index.
+      const int64_t want = std::min<int64_t>(K - 1, c);
+      // order[0 .. want): the top-want earlier blocks by score, ties to the lower index.
+      auto rank_earlier_blocks = [&](const std::vector<double>& score) {
+        order.resize(c);
+        std::iota(order.begin(), order.end(), 0);
+        std::partial_sort(order.begin(), order.begin() + want, order.end(),
+                          [&](int32_t a, int32_t bb) {
+                            return score[a] > score[bb] || (score[a] == score[bb] && a < bb);
+                          });
+      };
+      rank_earlier_blocks(mass);
+      oracle.assign(c + 1, 0);
+      oracle[c] = 1;
+      for (int64_t e = 0; e < want; ++e) oracle[order[e]] = 1;
+      selected.assign(c + 1, 0);
+      int64_t hits = 0;
+      for (int32_t e = 0; e < counts[row]; ++e) {
+        const int32_t j = indices[row * K + e];
+        if (j < 0 || j > c) continue;
+        selected[j] = 1;
+        if (oracle[j]) ++hits;
+      }
+      block_row[ng] = static_cast<double>(hits) / static_cast<double>(want + 1);
+      // Index recall: the mass the selected blocks keep (the mean over the group's heads of
+      // each head's mass inside them).
+      double inside = 0;
+      for (int64_t j = 0; j <= c; ++j)
+        if (selected[j]) inside += mass[j];
+      index_row[ng] = inside;
+      // The ceiling: the mass the oracle blocks keep, the most any k blocks shared by the
+      // group can keep (NaN attention stays NaN here, where the hit count would hide it).
+      double kept = 0;
+      for (int64_t j = 0; j <= c; ++j)
+        if (oracle[j]) kept += mass[j];
+      ceiling_row[ng] = kept;
+      // The max-pool ceiling: the paper's rule (c plus the top-(K - 1) earlier blocks by their
+      // largest token score, ties to the lower index) fed the scores the KL's optimum student
+      // has, log p (+ a constant per row), i.e. ranking blocks by their largest p. The gap to
+      // the ceiling is the rule's; the gap from the index recall down to it is the indexer's.
+      peak.assign(c, -std::numeric_limits<double>::infinity());
+      for (int64_t s = 0; s < c * B; ++s) peak[s / B] = std::max(peak[s / B], p[s]);
+      rank_earlier_blocks(peak);
+      double pooled = mass[c];
+      for (int64_t e = 0; e < want; ++e) pooled += mass[order[e]];
+      max_pool_row[ng] = pooled;
     }
   });
   OracleRecallSums sums;
-  for (double x : index_per_task) sums.index_recall += x;
-  for (double x : block_per_task) sums.block_recall += x;
-  for (double x : ceiling_per_task) sums.index_recall_ceiling += x;
-  for (double x : max_pool_per_task) sums.max_pool_recall_ceiling += x;
+  for (int64_t b = 0; b < dims.batch; ++b)
+    for (int64_t g = 0; g < G; ++g) {
+      double index_acc = 0, block_acc = 0, ceiling_acc = 0, max_pool_acc = 0;
+      for (int64_t n = queries.begin[b]; n < queries.begin[b + 1]; ++n) {
+        index_acc += index_row[n * G + g];
+        block_acc += block_row[n * G + g];
+        ceiling_acc += ceiling_row[n * G + g];
+        max_pool_acc += max_pool_row[n * G + g];
+      }
+      sums.index_recall += index_acc;
+      sums.block_recall += block_acc;
+      sums.index_recall_ceiling += ceiling_acc;
+      sums.max_pool_recall_ceiling += max_pool_acc;
+    }
   sums.n_rows = n_queries * G;
   return sums;
 }

@@ -632,6 +632,35 @@ TEST(KernelsMsaTest, RecallAtGivenQueriesMatchesReference) {
   }
 }
 
+// The recalls are computed one (query, group) row per task and summed in a fixed order: one
+// sequence sampled at a few queries (a long sequence's measurement) gives the same four values,
+// to the bit, on one thread and on several, and they are not trivially 0 or 1.
+TEST(KernelsMsaTest, RecallIsTheSameOnAnyNumberOfThreads) {
+  const Case c{1, 1500, 4, 2, 32, 8, 64, 4};  // 24 blocks, k 4
+  const Inputs x = make_inputs(c, 930, DType::kF64);
+  const Tensor q = random_tensor(x.q.shape(), 931, DType::kF64, 2.0f);
+  const Tensor k = random_tensor(x.k.shape(), 932, DType::kF64, 2.0f);
+  auto measure = [&](int threads) {
+    cpu::set_num_threads(threads);
+    const OracleRecall r = msa_oracle_recall(q, k, x.sel, 0.5, /*query_stride=*/50);
+    cpu::set_num_threads(0);
+    return r;
+  };
+  const OracleRecall one = measure(1);
+  for (int threads : {2, 7}) {
+    const OracleRecall many = measure(threads);
+    EXPECT_EQ(many.index_recall, one.index_recall) << threads << " threads";
+    EXPECT_EQ(many.block_recall, one.block_recall) << threads << " threads";
+    EXPECT_EQ(many.index_recall_ceiling, one.index_recall_ceiling) << threads << " threads";
+    EXPECT_EQ(many.max_pool_recall_ceiling, one.max_pool_recall_ceiling) << threads << " threads";
+  }
+  for (double v : {one.index_recall, one.block_recall, one.index_recall_ceiling,
+                   one.max_pool_recall_ceiling}) {
+    EXPECT_GT(v, 0.05);
+    EXPECT_LT(v, 0.999);
+  }
+}
+
 // The strided sample sees every offset within a block alike, also when the stride is a multiple
 // of the block size (the sample was once t = 0, stride, 2 stride, ...: block starts only, where the
 // local block holds one token), one query per window; and T queries at an offset into the keys
