@@ -325,6 +325,11 @@ std::vector<RecallQuery> strided_recall_queries(int64_t batch, int64_t T, int64_
   return out;
 }
 
+int64_t bounded_recall_stride(int64_t T, int64_t requested) {
+  const int64_t needed = (T * T + kRecallPairsPerSequence - 1) / kRecallPairsPerSequence;
+  return std::max(requested, needed);
+}
+
 int64_t strided_recall_count(int64_t T, int64_t query_stride, int64_t offset) {
   int64_t n = 0;
   for_each_strided_query(T, query_stride, offset, [&](int64_t) { ++n; });

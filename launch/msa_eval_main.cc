@@ -21,6 +21,7 @@
 #include "core/status.h"
 #include "core/timer.h"
 #include "data/synthetic.h"
+#include "kernels/msa.h"
 #include "launch/eval_perplexity.h"
 #include "launch/eval_position_report.h"
 #include "launch/eval_report.h"
@@ -55,7 +56,8 @@ ABSL_FLAG(int64_t, recall_stride, 8,
           "query position in every N "
           "(0: off), at a phase that moves through the N by the golden ratio, so every offset "
           "within a block is sampled alike whatever N. Measured on the selector's choice in "
-          "either --attention_mode.");
+          "either --attention_mode. Raised for long sequences so that a measurement scores at "
+          "most 2^22 (query, key) pairs per sequence and layer (it runs on the CPU).");
 ABSL_FLAG(bool, answer_recall, true,
           "Also measure index recall, block recall and the recall ceiling at the answer positions "
           "only (the queries whose attention decides the task; --recall_stride's average is "
@@ -240,6 +242,15 @@ absl::Status run_retrieval(const std::string& path, const msa::Checkpoint& ckpt,
     for (double depth : report.depths) {
       task.seq_len = length;
       task.depth = depth;
+      if (recall_stride > 0 && depth == report.depths.front() &&
+          msa::bounded_recall_stride(length, recall_stride) != recall_stride)
+        std::fprintf(stderr,
+                     "msa-eval: at %lld tokens the recalls sample one query in every %lld "
+                     "(--recall_stride=%lld, raised to bound their CPU cost: T^2 / stride per "
+                     "sequence and layer)\n",
+                     static_cast<long long>(length),
+                     static_cast<long long>(msa::bounded_recall_stride(length, recall_stride)),
+                     static_cast<long long>(recall_stride));
       MSA_RETURN_IF_ERROR(msa::validate(task));
       const msa::RetrievalResult r = msa::evaluate_retrieval(
           model, task, absl::GetFlag(FLAGS_samples), absl::GetFlag(FLAGS_batch_size), mode,

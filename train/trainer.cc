@@ -8,6 +8,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "core/timer.h"
+#include "kernels/msa.h"
 
 namespace msa {
 
@@ -19,11 +20,6 @@ MsaMode msa_mode_at(const TrainerConfig& config, int64_t step) {
 Trainer::Trainer(Transformer& model, AdamW& optimizer, BatchSource& data,
                  const TrainerConfig& config)
     : model_(model), optimizer_(optimizer), data_(data), config_(config) {}
-
-int64_t recall_stride_for(int64_t T, int64_t requested) {
-  const int64_t needed = (T * T + kRecallPairsPerSequence - 1) / kRecallPairsPerSequence;
-  return std::max(requested, needed);
-}
 
 StepMetrics Trainer::train_step(int64_t step) {
   Timer timer;
@@ -59,7 +55,7 @@ StepMetrics Trainer::train_step(int64_t step) {
     const Batch& b = batches[micro];
     int64_t stride = 0;
     if (measure_recall && micro == 0) {
-      stride = recall_stride_for(b.tokens.size(1), config_.recall_query_stride);
+      stride = bounded_recall_stride(b.tokens.size(1), config_.recall_query_stride);
       if (stride != config_.recall_query_stride && !recall_stride_noted_ && !config_.quiet) {
         std::fprintf(
             stderr,

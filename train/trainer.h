@@ -68,15 +68,6 @@ struct StepMetrics {
 // How MSA layers run at 1-based `step` (dense in both warm-up phases, then sparse).
 MsaMode msa_mode_at(const TrainerConfig& config, int64_t step);
 
-// The stride the periodic recall samples queries at for sequences of T tokens: `requested`,
-// raised so that a measurement scores at most kRecallPairsPerSequence (sampled query, key) pairs
-// per sequence and layer. It runs on the CPU in f64 over the dense attention of each sampled
-// query, so its cost grows as T^2 / stride: the GPU-sized model (2048 tokens, every 16th query:
-// 2^18 pairs) measures in about half a second on an H100 host, and at 128K tokens every 16th
-// query would take a ~1B model tens of minutes per measurement.
-constexpr int64_t kRecallPairsPerSequence = int64_t(1) << 22;
-int64_t recall_stride_for(int64_t T, int64_t requested);
-
 class Trainer {
  public:
   Trainer(Transformer& model, AdamW& optimizer, BatchSource& data, const TrainerConfig& config);

@@ -1,0 +1,33 @@
+// The recall measures' query stride (kernels/msa.h bounded_recall_stride, msa-train's periodic
+// recall and msa-eval): unchanged where the measurement is cheap, raised for long sequences so that
+// the sampled (query, key) pairs per sequence stay within kRecallPairsPerSequence.
+#include <cstdint>
+
+#include "gtest/gtest.h"
+#include "kernels/msa.h"
+
+namespace msa {
+namespace {
+
+TEST(KernelsRecallStrideTest, ShortSequencesKeepTheRequestedStride) {
+  EXPECT_EQ(bounded_recall_stride(512, 16), 16);   // the CPU quality setup
+  EXPECT_EQ(bounded_recall_stride(2048, 16), 16);  // the GPU-sized model: 2^18 pairs
+  EXPECT_EQ(bounded_recall_stride(2048, 64), 64);
+  EXPECT_EQ(bounded_recall_stride(8192, 1), 16);  // 2^26 / 2^22
+}
+
+TEST(KernelsRecallStrideTest, LongSequencesStayWithinThePairBudget) {
+  EXPECT_EQ(bounded_recall_stride(131072, 16), 4096);  // 2^34 / 2^22: 32 sampled queries
+  EXPECT_EQ(bounded_recall_stride(131072, 8192), 8192);
+  for (const int64_t T : {1000, 5000, 65537, 131072, 1 << 20}) {
+    const int64_t stride = bounded_recall_stride(T, 16);
+    const int64_t sampled = strided_recall_count(T, stride);
+    SCOPED_TRACE(testing::Message() << "T " << T << " stride " << stride);
+    EXPECT_GE(sampled, 1);
+    // At most ceil(T / stride) samples of at most T keys each.
+    EXPECT_LE(sampled * T, kRecallPairsPerSequence + T);
+  }
+}
+
+}  // namespace
+}  // namespace msa
