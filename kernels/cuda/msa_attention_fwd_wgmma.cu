@@ -234,7 +234,8 @@ __global__ void __launch_bounds__(kThreads, 2)
     for (int h = 0; h < 2; ++h) {
       const int R = 16 * warp + grp + 8 * h;
       const float inv = 1.0f / sum[h];
-      const int64_t prow = ((a.chunk_row(b, t_row[h]) * a.G + g) * a.K + slot_row[h]) * a.r + head_row[h];
+      const int64_t prow =
+          ((a.chunk_row(b, t_row[h]) * a.G + g) * a.K + slot_row[h]) * a.r + head_row[h];
       const int key = static_cast<int>(prow & 7);
 #pragma unroll
       for (int nt = 0; nt < kD / 8; nt += 4) {

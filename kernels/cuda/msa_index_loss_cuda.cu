@@ -463,9 +463,9 @@ __device__ __forceinline__ void atomic_add2(float* p, float x, float y) {
 // its own): q [Tq, H, D], k [Tk, G, D], lse [H, Tq], iq [Tq, G, DI], ik [Tk, DI], lseq [Tq, G],
 // diq [Tq, G, DI], dik [Tk, DI] (a.T = Tq, a.Tk; token t at position a.off + t).
 // Sparse (kDense false): grid.x >= the work items (tiles of kTileB, kMinTilesB), kl_out =
-//   partials [chunk_row(b, t) G + g][slot][3]. Dense: grid (ceil(Tq / kDenseTokens), nb, G), CTA (c, j,
-//   g) takes the tokens [max(jB - off, c kDenseTokens), min(Tq, (c + 1) kDenseTokens)) (those
-//   at positions >= jB); kl_out = per-row sums [t G + g][3] (zeroed by the caller, f32 atomics).
+//   partials [chunk_row(b, t) G + g][slot][3]. Dense: grid (ceil(Tq / kDenseTokens), nb, G), CTA
+//   (c, j, g) takes the tokens [max(jB - off, c kDenseTokens), min(Tq, (c + 1) kDenseTokens))
+//   (those at positions >= jB); kl_out = per-row sums [t G + g][3] (zeroed by the caller, f32 atomics).
 // kl sums per token: [0] sum P log P, [1] sum P S, [2] sum P.
 // kDet: deterministic mode (the slots of GradArgs), a separate instantiation so that the
 // default kernel stays as it was.
