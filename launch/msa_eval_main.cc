@@ -242,14 +242,13 @@ absl::Status run_retrieval(const std::string& path, const msa::Checkpoint& ckpt,
     for (double depth : report.depths) {
       task.seq_len = length;
       task.depth = depth;
-      if (recall_stride > 0 && depth == report.depths.front() &&
-          msa::bounded_recall_stride(length, recall_stride) != recall_stride)
+      const int64_t stride = msa::bounded_recall_stride(length, recall_stride);
+      if (recall_stride > 0 && depth == report.depths.front() && stride != recall_stride)
         std::fprintf(stderr,
                      "msa-eval: at %lld tokens the recalls sample one query in every %lld "
                      "(--recall_stride=%lld, raised to bound their CPU cost: T^2 / stride per "
                      "sequence and layer)\n",
-                     static_cast<long long>(length),
-                     static_cast<long long>(msa::bounded_recall_stride(length, recall_stride)),
+                     static_cast<long long>(length), static_cast<long long>(stride),
                      static_cast<long long>(recall_stride));
       MSA_RETURN_IF_ERROR(msa::validate(task));
       const msa::RetrievalResult r = msa::evaluate_retrieval(
