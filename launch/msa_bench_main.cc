@@ -31,6 +31,9 @@ ABSL_FLAG(std::string, selection, "random",
           "'sink' (every query's top blocks are the first k-1, as attention sinks or facts that "
           "every query reads make them: a few KV blocks are selected by all queries).");
 ABSL_FLAG(bool, cudnn, true, "msa: also time cuDNN dense causal flash attention on the same Q/K/V.");
+ABSL_FLAG(bool, warmup_kl, true,
+          "msa: also time the index warm-up's loss (dense attention's target: the KL over every "
+          "s <= t, flash style) on the same inputs, printed under each length's row.");
 ABSL_FLAG(std::string, model, "1b",
           "dense/step: model preset: '1b' (d_model 2048, 16 layers, 16 heads, 4 KV heads, head "
           "dim 128, ffn 5632, vocab 32000) or 'small' (d_model 512, 4 layers, 8/2 heads, ffn "

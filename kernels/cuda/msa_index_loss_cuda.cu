@@ -57,6 +57,7 @@
 // the tiles, and with them the in-CTA sums, are the same on every run.
 // Queries run in chunks (sparse; the work lists and partials are per chunk) sized by a memory
 // budget, whole short sequences several per launch as the attention's (sharing its work lists);
+// dense mode takes the whole batch in one launch (deterministic mode: one sequence per launch).
 // MSA_INDEX_LOSS_CHUNK=N forces N-token chunks (tests), and MSA_INDEX_LOSS_DET_BLOCKS=N
 // N key blocks per dense launch in deterministic mode (tests). MSA_INDEX_LOSS=reference makes
 // index_loss_cuda_supported false (the CPU reference runs on host copies).
@@ -256,7 +257,8 @@ struct SmemD {
 };
 
 // Rows (t, g) of one sequence flattened (row = t G + g, iq's own order, Tq tokens); heavy CTAs
-// (late rows) first. lseq[row] = logsumexp over s <= off + t of S (ik: Tk rows).
+// (late rows) first. lseq[row] = logsumexp over s <= off + t of S (ik: Tk rows). blockIdx.y: the
+// sequence of the launch (iq, ik and lseq offset to it).
 template <int DI>
 __global__ void __launch_bounds__(128)
     student_lse_dense_kernel(const bf16* __restrict__ iq, const bf16* __restrict__ ik,
@@ -269,6 +271,9 @@ __global__ void __launch_bounds__(128)
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int grp = lane >> 2, tig = lane & 3;
   const int64_t rows = Tq * G;
+  iq += blockIdx.y * rows * DI;
+  ik += blockIdx.y * Tk * DI;
+  lseq += blockIdx.y * rows;
   const int64_t r0 = (static_cast<int64_t>(gridDim.x) - 1 - blockIdx.x) * kRowsD;
   for (int c = threadIdx.x; c < kRowsD * kChunks; c += blockDim.x) {
     const int R = c / kChunks, col = (c % kChunks) * 8;
@@ -459,13 +464,15 @@ __device__ __forceinline__ void atomic_add2(float* p, float x, float y) {
 #endif
 }
 
-// Pointers are offset to one sequence (sparse: to the launch's first; a work item offsets them to
-// its own): q [Tq, H, D], k [Tk, G, D], lse [H, Tq], iq [Tq, G, DI], ik [Tk, DI], lseq [Tq, G],
+// Pointers are offset to the launch's first sequence; a CTA offsets them to its own (sparse: the
+// work item's b; dense: blockIdx.z / G): q [Tq, H, D], k [Tk, G, D], lse [H, Tq], iq [Tq, G, DI], ik [Tk, DI], lseq [Tq, G],
 // diq [Tq, G, DI], dik [Tk, DI] (a.T = Tq, a.Tk; token t at position a.off + t).
 // Sparse (kDense false): grid.x >= the work items (tiles of kTileB, kMinTilesB), kl_out =
-//   partials [chunk_row(b, t) G + g][slot][3]. Dense: grid (ceil(Tq / kDenseTokens), nb, G), CTA
-//   (c, j, g) takes the tokens [max(jB - off, c kDenseTokens), min(Tq, (c + 1) kDenseTokens))
-//   (those at positions >= jB); kl_out = per-row sums [t G + g][3] (zeroed by the caller, f32 atomics).
+//   partials [chunk_row(b, t) G + g][slot][3]. Dense: grid (ceil(Tq / kDenseTokens), nb,
+//   nseq G), CTA (c, j, b G + g) takes sequence b's tokens [max(jB - off, c kDenseTokens),
+//   min(Tq, (c + 1) kDenseTokens)) (those at positions >= jB); kl_out = per-row sums
+//   [b][t G + g][3] (zeroed by the caller, f32 atomics). Deterministic dense launches hold one
+//   sequence (its slots have no sequence index).
 // kl sums per token: [0] sum P log P, [1] sum P S, [2] sum P.
 // kDet: deterministic mode (the slots of GradArgs), a separate instantiation so that the
 // default kernel stays as it was.
@@ -504,7 +511,8 @@ __global__ void __launch_bounds__(kMaxThreadsB)
   int tile_begin, tile_end;
   if constexpr (kDense) {
     j = a.j0 + blockIdx.y;
-    g = blockIdx.z;
+    g = blockIdx.z % a.G;
+    b = blockIdx.z / a.G;
     const int64_t lo = max(j * BK - a.off, static_cast<int64_t>(blockIdx.x) * kDenseTokens);
     const int64_t hi = min(a.T, static_cast<int64_t>(blockIdx.x + 1) * kDenseTokens);
     if (lo >= hi) return;  // every token of this range precedes block j
@@ -525,16 +533,17 @@ __global__ void __launch_bounds__(kMaxThreadsB)
     end = w.end;
     tile_begin = w.tile_begin;
     tile_end = w.tile_end;
-    // Sequence b of the launch.
-    q += b * a.T * a.H * D;
-    k += b * a.Tk * a.G * D;
-    lse += b * a.H * a.T;
-    iq += b * a.T * a.G * DI;
-    ik += b * a.Tk * DI;
-    lseq += b * a.T * a.G;
-    diq += b * a.T * a.G * DI;
-    dik += b * a.Tk * DI;
   }
+  // Sequence b of the launch.
+  q += b * a.T * a.H * D;
+  k += b * a.Tk * a.G * D;
+  lse += b * a.H * a.T;
+  iq += b * a.T * a.G * DI;
+  ik += b * a.Tk * DI;
+  lseq += b * a.T * a.G;
+  diq += b * a.T * a.G * DI;
+  dik += b * a.Tk * DI;
+  if constexpr (kDense) kl_out += b * a.T * a.G * 3;  // per-row sums; sparse: launch partials
   // Token and slot of list entry e (valid entries only).
   auto token_of = [&](int32_t e, int& slot) -> int64_t {
     if constexpr (kDense) {
@@ -1220,16 +1229,23 @@ cpu::IndexLossSums msa_index_loss_dense(const Tensor& q, const Tensor& k, const 
   const int64_t G = d.groups, H = d.heads, r = H / G;
   const int64_t D = d.dim, DI = d.index_dim, nb = d.num_blocks();
   const int BK = static_cast<int>(d.block_size);
-  Tensor lseq = Tensor::empty({T * G}, DType::kF32, Device::kCUDA);
-  Tensor row_sums = Tensor::empty({T * G * 3}, DType::kF32, Device::kCUDA);
+  // Sequences per launch: the whole batch (its per-launch buffers, lseQ and the row sums, take 16
+  // bytes per (t, g) row) up to grid.z's limit, so short sequences fill the GPU together;
+  // MSA_KV_OUTER_SEQS caps it (A/B runs); deterministic mode one, as its slots have no sequence
+  // index.
+  const bool det = deterministic();
+  int64_t nseq = std::min<int64_t>(d.batch, 65535 / G);
+  if (const char* c = std::getenv("MSA_KV_OUTER_SEQS"); c != nullptr && *c != 0)
+    nseq = std::min<int64_t>(nseq, std::atoll(c));
+  nseq = det ? 1 : std::max<int64_t>(nseq, 1);
+  Tensor lseq = Tensor::empty({nseq * T * G}, DType::kF32, Device::kCUDA);
+  Tensor row_sums = Tensor::empty({nseq * T * G * 3}, DType::kF32, Device::kCUDA);
   Tensor row_kl = Tensor::empty({result.n_rows}, DType::kF32, Device::kCUDA);
   const float s_log2 = static_cast<float>(1.4426950408889634 / std::sqrt(static_cast<double>(DI)));
   const GradSmem smem_b(static_cast<int>(D), static_cast<int>(DI), BK, static_cast<int>(r));
-  const KvDims kd{T, H, G, 1, r, nb, 0, T};
   const GradArgs ga = grad_args(d, scale, weight);
   // Deterministic mode: key blocks in launches of jb blocks, each CTA's contributions in its own
   // slots (GradArgs), added in a fixed order after each launch; jb keeps the slots under ~1 GB.
-  const bool det = deterministic();
   const int64_t nc = (T + kDenseTokens - 1) / kDenseTokens;
   const int64_t per_block = (T * G * (DI + 3) + G * nc * BK * DI) * 4;
   int64_t jb =
@@ -1242,22 +1258,26 @@ cpu::IndexLossSums msa_index_loss_dense(const Tensor& q, const Tensor& k, const 
     sums_part = Tensor::empty({jb * T * G * 3}, DType::kF32, Device::kCUDA);
     dik_part = Tensor::empty({jb * G * nc * BK * DI}, DType::kF32, Device::kCUDA);
   }
-  const unsigned row_grid = static_cast<unsigned>((T * G + 255) / 256);
-  for (int64_t b = 0; b < d.batch; ++b) {
-    const bf16* qb = q.data<bf16>() + b * T * H * D;
-    const bf16* kb = k.data<bf16>() + b * Tk * G * D;
-    const float* lb = lse.data<float>() + b * H * T;
-    const bf16* iqb = iq.data<bf16>() + b * T * G * DI;
-    const bf16* ikb = ik.data<bf16>() + b * Tk * DI;
-    float* diqb = diq.data<float>() + b * T * G * DI;
-    float* dikb = dik.data<float>() + b * Tk * DI;
-    float* klb = row_kl.data<float>() + b * T * G;
+  for (int64_t b0 = 0; b0 < d.batch; b0 += nseq) {
+    const int64_t ns = std::min(nseq, d.batch - b0);
+    KvDims kd{T, H, G, 1, r, nb, 0, T};
+    kd.nseq = ns;
+    const bf16* qb = q.data<bf16>() + b0 * T * H * D;
+    const bf16* kb = k.data<bf16>() + b0 * Tk * G * D;
+    const float* lb = lse.data<float>() + b0 * H * T;
+    const bf16* iqb = iq.data<bf16>() + b0 * T * G * DI;
+    const bf16* ikb = ik.data<bf16>() + b0 * Tk * DI;
+    float* diqb = diq.data<float>() + b0 * T * G * DI;
+    float* dikb = dik.data<float>() + b0 * Tk * DI;
+    float* klb = row_kl.data<float>() + b0 * T * G;
     with_pow2(DI, [&](auto di) {
       constexpr int kDI = decltype(di)::value;
       auto kernel = student_lse_dense_kernel<kDI>;
       set_smem(kernel, SmemD<kDI>::kBytes);
-      kernel<<<static_cast<unsigned>((T * G + kRowsD - 1) / kRowsD), 128, SmemD<kDI>::kBytes>>>(
-          iqb, ikb, lseq.data<float>(), T, Tk, off, G, s_log2);
+      const dim3 grid(static_cast<unsigned>((T * G + kRowsD - 1) / kRowsD),
+                      static_cast<unsigned>(ns));
+      kernel<<<grid, 128, SmemD<kDI>::kBytes>>>(iqb, ikb, lseq.data<float>(), T, Tk, off, G,
+                                                s_log2);
       MSA_CUDA_CHECK_LAUNCH("student_lse_dense_kernel");
     });
     row_sums.zero_();
@@ -1271,7 +1291,7 @@ cpu::IndexLossSums msa_index_loss_dense(const Tensor& q, const Tensor& k, const 
         gj.dik_part = dik_part.data<float>();
       }
       const dim3 grid(static_cast<unsigned>(nc), static_cast<unsigned>(j1 - j0),
-                      static_cast<unsigned>(G));
+                      static_cast<unsigned>(ns * G));
       with_pow2(D, [&](auto dd) {
         with_pow2(DI, [&](auto di) {
           constexpr int kD = decltype(dd)::value, kDI = decltype(di)::value;
@@ -1295,8 +1315,8 @@ cpu::IndexLossSums msa_index_loss_dense(const Tensor& q, const Tensor& k, const 
         MSA_CUDA_CHECK_LAUNCH("dense_dik_kernel");
       }
     }
-    kl_combine_kernel<true>
-        <<<row_grid, 256>>>(row_sums.data<float>(), nullptr, lseq.data<float>(), klb, kd);
+    kl_combine_kernel<true><<<static_cast<unsigned>((ns * T * G + 255) / 256), 256>>>(
+        row_sums.data<float>(), nullptr, lseq.data<float>(), klb, kd);
     MSA_CUDA_CHECK_LAUNCH("kl_combine_kernel");
   }
   result.kl_sum = sum_rows(row_kl, result.n_rows);

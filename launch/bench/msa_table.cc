@@ -240,6 +240,20 @@ int bench_msa() {
         static_cast<long long>(T), indexer, fwd, kl, bwd, msa_f, msa_fb, cudnn_fwd, cudnn_fb,
         cudnn_fwd / msa_f, cudnn_fb / msa_fb, index_flops / (indexer * 1e-3) / 1e12,
         msa_flops / (fwd * 1e-3) / 1e12, dense_flops / (cudnn_fwd * 1e-3) / 1e12);
+    if (with_bwd && absl::GetFlag(FLAGS_warmup_kl)) {
+      // The warm-up's index loss: dense attention's lse (cuDNN's, as the warm-up forward
+      // computes it) as the teacher's, the KL over the whole causal support.
+      Tensor dense_lse = Tensor::empty({batch, H, T}, DType::kF32, Device::kCUDA);
+      attention_forward(q, k, v, scale, out, dense_lse);
+      Tensor diq = Tensor::empty(iq.shape(), DType::kF32, Device::kCUDA);
+      Tensor dik = Tensor::empty(ik.shape(), DType::kF32, Device::kCUDA);
+      const double warm = median_ms(iters, [&] {
+        msa_index_loss(IndexLossMode::kDenseTarget, q, k, dense_lse, sel, iq, ik, scale, 1.0, diq,
+                       dik);
+      });
+      std::printf("  warm-up index loss (dense target, gradients included) at %lld: %.2f ms\n",
+                  static_cast<long long>(T), warm);
+    }
     std::fflush(stdout);
     const int C = absl::GetFlag(FLAGS_cp_shards);
     if (with_bwd && C > 1 && batch == 1 && T % (2 * static_cast<int64_t>(C) * B) == 0)
