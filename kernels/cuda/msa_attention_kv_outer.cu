@@ -368,91 +368,122 @@ unsigned combine_grid(int64_t rows, int64_t heads, int head_dim) {
                                kCombineThreads);
 }
 
-// The list and scratch buffers of one launch's work lists and items (at most max_lists lists and
-// max_entries entries). With a cache, chunk_work_lists keeps the lists in buffers of its own,
-// so start and entries are not allocated.
-struct LaunchLists {
+// The launches of one pass (forward or backward) over a batch: nseq sequences at a time when
+// whole sequences fit the budget, else one sequence in query chunks; and, per launch, its work
+// lists (from the cache or built) and work items (runs of at least min_tiles tiles of
+// tile_queries entries), in buffers sized once for the largest launch. With a cache,
+// chunk_work_lists keeps the lists in buffers of its own, so start and entries stay unallocated.
+class LaunchWork {
+ public:
+  LaunchWork(const cpu::MsaDims& d, SelectionCache* cache, int tile_queries, int min_tiles)
+      : d_(d),
+        cache_(cache),
+        tile_queries_(tile_queries),
+        min_tiles_(min_tiles),
+        chunk_(kv_outer::query_chunk(d)),
+        nseq_(kv_outer::sequences_per_launch(d)),
+        max_lists_(nseq_ * d.groups * d.num_blocks()),
+        len_(i32(max_lists_ + 1)),
+        cursor_(i32(max_lists_)),
+        start_(i32(cache != nullptr ? 1 : max_lists_ + 1)),
+        entries_(i32(cache != nullptr ? 1 : max_entries())),
+        item_start_(i32(max_lists_ + 1)),
+        item_list_(i32(kv_outer::work_items_bound(max_entries(), tile_queries, min_tiles,
+                                                  max_lists_))),
+        scan_bytes_(kv_outer::work_list_scan_bytes(max_lists_)),
+        scan_tmp_(i32(static_cast<int64_t>(scan_bytes_ / 4) + 1)) {}
+
+  int64_t chunk() const { return chunk_; }
+  int64_t sequences_per_launch() const { return nseq_; }
+  // Queries of the largest launch (the partial buffers' rows).
+  int64_t max_queries() const { return nseq_ * chunk_; }
+
+  // Launch (sequences [b0, b1), queries [t0, t1)).
+  KvDims dims(int64_t b0, int64_t b1, int64_t t0, int64_t t1) const {
+    const int64_t r = d_.heads / d_.groups;
+    return KvDims{d_.seq, d_.heads, d_.groups, d_.topk, r, d_.num_blocks(), t0, t1, d_.keys(),
+                  d_.query_offset(), b1 - b0};
+  }
+
+  // The launch's lists (indices / counts offset to its first sequence) and items; max_items
+  // bounds the item count (the grid).
+  struct Work {
+    kv_outer::ChunkLists lists;
+    const int32_t* item_start;
+    const int32_t* item_list;
+    int64_t n_lists, max_items;
+  };
+  Work prepare(const Tensor& indices, const Tensor& counts, const int32_t* idx,
+               const int32_t* cnt, const KvDims& a, kv_outer::ListOrder order) {
+    const kv_outer::ChunkLists wl = kv_outer::chunk_work_lists(
+        cache_, indices, counts, idx, cnt, a, order, len_, cursor_, start_, entries_, scan_tmp_,
+        scan_bytes_);
+    // len is scratch once the lists are built.
+    kv_outer::build_work_items(wl.start, a.lists(), tile_queries_, min_tiles_,
+                               len_.data<int32_t>(), item_start_.data<int32_t>(),
+                               item_list_.data<int32_t>(), scan_tmp_.raw_data(), scan_bytes_);
+    return {wl, item_start_.data<int32_t>(), item_list_.data<int32_t>(), a.lists(),
+            kv_outer::work_items_bound(a.chunk_queries() * a.G * a.K, tile_queries_, min_tiles_,
+                                       a.lists())};
+  }
+
+ private:
   static Tensor i32(int64_t n) {
     return Tensor::empty({std::max<int64_t>(n, 1)}, DType::kI32, Device::kCUDA);
   }
-  LaunchLists(int64_t max_lists, int64_t max_entries, bool cached)
-      : len(i32(max_lists + 1)),
-        cursor(i32(max_lists)),
-        start(i32(cached ? 1 : max_lists + 1)),
-        entries(i32(cached ? 1 : max_entries)),
-        item_start(i32(max_lists + 1)),
-        scan_bytes(kv_outer::work_list_scan_bytes(max_lists)),
-        scan_tmp(i32(static_cast<int64_t>(scan_bytes / 4) + 1)) {}
-  kv_outer::ChunkLists lists(SelectionCache* cache, const Tensor& indices, const Tensor& counts,
-                             const int32_t* idx, const int32_t* cnt, const KvDims& a,
-                             kv_outer::ListOrder order) {
-    return kv_outer::chunk_work_lists(cache, indices, counts, idx, cnt, a, order, len, cursor,
-                                      start, entries, scan_tmp, scan_bytes);
-  }
-  Tensor len, cursor, start, entries, item_start;
-  size_t scan_bytes;
-  Tensor scan_tmp;
+  int64_t max_entries() const { return max_queries() * d_.groups * d_.topk; }
+
+  const cpu::MsaDims d_;
+  SelectionCache* cache_;
+  const int tile_queries_, min_tiles_;
+  const int64_t chunk_, nseq_, max_lists_;
+  Tensor len_, cursor_, start_, entries_, item_start_, item_list_;
+  const size_t scan_bytes_;
+  Tensor scan_tmp_;
 };
 
 template <int D, int BK>
 void run_kv_outer(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& indices,
                   const Tensor& counts, double scale, Tensor& out, Tensor& lse,
                   Tensor* block_mass, const cpu::MsaDims& d, SelectionCache* cache) {
-  const int64_t r = d.heads / d.groups, nb = d.num_blocks();
+  const int64_t r = d.heads / d.groups;
   const size_t smem = Smem<D, BK>::kBytes;
   // Per call: the attribute belongs to the current device (a host call of microseconds).
   MSA_CUDA_CHECK(cudaFuncSetAttribute(kv_outer_forward_kernel<D, BK>,
                                       cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       static_cast<int>(smem)));
-  const int64_t chunk = kv_outer::query_chunk(d), nseq = kv_outer::sequences_per_launch(d);
-  // The largest launch: nseq sequences (whole) or one chunk of one.
-  const int64_t launch_queries = nseq * chunk, max_lists = nseq * d.groups * nb;
-  Tensor part =
-      Tensor::empty({launch_queries * d.groups * d.topk * r * D}, DType::kBF16, Device::kCUDA);
-  Tensor lse_part =
-      Tensor::empty({launch_queries * d.groups * d.topk * r}, DType::kF32, Device::kCUDA);
-  LaunchLists ll(max_lists, launch_queries * d.groups * d.topk, cache != nullptr);
   const float scale_log2 = static_cast<float>(scale * 1.4426950408889634);
   // Head dim 128 and block size 128 on Hopper: the wgmma kernel (msa_attention_fwd_wgmma.cu).
   const bool wgmma = D == 128 && BK == 128 && kv_outer::wgmma_available();
   const int per_cta =
       wgmma ? kv_outer::wgmma_forward_queries_per_tile(r) : kWarps * static_cast<int>(16 / r);
   const int min_tiles = wgmma ? kv_outer::kWgmmaMinTilesPerCta : kMinTilesPerCta;
-  Tensor item_list =
-      Tensor::empty(Shape{kv_outer::work_items_bound(launch_queries * d.groups * d.topk, per_cta,
-                                                     min_tiles, max_lists)},
-                    DType::kI32, Device::kCUDA);
+  LaunchWork work(d, cache, per_cta, min_tiles);
+  const int64_t chunk = work.chunk(), nseq = work.sequences_per_launch();
+  Tensor part =
+      Tensor::empty({work.max_queries() * d.groups * d.topk * r * D}, DType::kBF16, Device::kCUDA);
+  Tensor lse_part =
+      Tensor::empty({work.max_queries() * d.groups * d.topk * r}, DType::kF32, Device::kCUDA);
   for (int64_t b0 = 0; b0 < d.batch; b0 += nseq) {
     const int64_t b1 = std::min(d.batch, b0 + nseq);
     const Tensor qb = q.slice0(b0, b1), kb = k.slice0(b0, b1), vb = v.slice0(b0, b1);
     const int32_t* idx = indices.data<int32_t>() + b0 * d.seq * d.groups * d.topk;
     const int32_t* cnt = counts.data<int32_t>() + b0 * d.seq * d.groups;
     for (int64_t t0 = 0; t0 < d.seq; t0 += chunk) {
-      const int64_t t1 = std::min(d.seq, t0 + chunk);
-      const KvDims a{d.seq, d.heads, d.groups, d.topk, r, nb, t0, t1, d.keys(), d.query_offset(),
-                     b1 - b0};
-      const int64_t lists = a.lists();
-      // Work lists of this launch (indices and counts offset to sequence b0), in any order: each
-      // (query, slot) owns its partial.
-      const kv_outer::ChunkLists wl = ll.lists(cache, indices, counts, idx, cnt, a,
-                                               kv_outer::ListOrder::kAnyOrder);
-      kv_outer::build_work_items(wl.start, lists, per_cta, min_tiles, ll.len.data<int32_t>(),
-                                 ll.item_start.data<int32_t>(), item_list.data<int32_t>(),
-                                 ll.scan_tmp.raw_data(), ll.scan_bytes);
-      const int64_t max_items =
-          kv_outer::work_items_bound(a.chunk_queries() * d.groups * d.topk, per_cta, min_tiles,
-                                     lists);
+      const KvDims a = work.dims(b0, b1, t0, std::min(d.seq, t0 + chunk));
+      // Any list order: each (query, slot) owns its partial.
+      const LaunchWork::Work w =
+          work.prepare(indices, counts, idx, cnt, a, kv_outer::ListOrder::kAnyOrder);
       if (wgmma) {
         kv_outer::launch_wgmma_forward(qb.data<bf16>(), kb.data<bf16>(), vb.data<bf16>(),
-                                       wl.start, ll.item_start.data<int32_t>(),
-                                       item_list.data<int32_t>(), lists, wl.entries, scale_log2,
-                                       part.data<bf16>(), lse_part.data<float>(), a, max_items,
-                                       min_tiles);
+                                       w.lists.start, w.item_start, w.item_list, w.n_lists,
+                                       w.lists.entries, scale_log2, part.data<bf16>(),
+                                       lse_part.data<float>(), a, w.max_items, min_tiles);
       } else {
-        kv_outer_forward_kernel<D, BK><<<static_cast<unsigned>(max_items), kWarps * 32, smem>>>(
-            qb.data<bf16>(), kb.data<bf16>(), vb.data<bf16>(), wl.start,
-            ll.item_start.data<int32_t>(), item_list.data<int32_t>(), lists, wl.entries,
-            scale_log2, part.data<bf16>(), lse_part.data<float>(), a);
+        kv_outer_forward_kernel<D, BK><<<static_cast<unsigned>(w.max_items), kWarps * 32, smem>>>(
+            qb.data<bf16>(), kb.data<bf16>(), vb.data<bf16>(), w.lists.start, w.item_start,
+            w.item_list, w.n_lists, w.lists.entries, scale_log2, part.data<bf16>(),
+            lse_part.data<float>(), a);
         MSA_CUDA_CHECK_LAUNCH("kv_outer_forward_kernel");
       }
       Tensor ob = out.slice0(b0, b1), lb = lse.slice0(b0, b1);
@@ -769,22 +800,12 @@ void run_kv_outer_backward(const Tensor& dout, const Tensor& q, const Tensor& k,
                            const Tensor& v, const Tensor& dsum_all, const Tensor& lse,
                            const Tensor& indices, const Tensor& counts, double scale, Tensor& dq,
                            Tensor& dk, Tensor& dv, const cpu::MsaDims& d, SelectionCache* cache) {
-  const int64_t r = d.heads / d.groups, nb = d.num_blocks();
+  const int64_t r = d.heads / d.groups;
   const size_t smem = BwdSmem<D, BK>::kBytes;
   // Per call: the attribute belongs to the current device (a host call of microseconds).
   MSA_CUDA_CHECK(cudaFuncSetAttribute(kv_outer_backward_kernel<D, BK>,
                                       cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       static_cast<int>(smem)));
-  const int64_t chunk = kv_outer::query_chunk(d), nseq = kv_outer::sequences_per_launch(d);
-  // The largest launch: nseq sequences (whole) or one chunk of one.
-  const int64_t launch_queries = nseq * chunk, max_lists = nseq * d.groups * nb;
-  Tensor part =
-      Tensor::empty({launch_queries * d.groups * d.topk * r * D}, DType::kBF16, Device::kCUDA);
-  LaunchLists ll(max_lists, launch_queries * d.groups * d.topk, cache != nullptr);
-  // Every key's gradient (zero where no query selected its block) spans the Tk keys.
-  const int64_t Sk = d.keys(), kv_elems = Sk * d.groups * D;
-  Tensor dk_acc = Tensor::empty({nseq * kv_elems}, DType::kF32, Device::kCUDA);
-  Tensor dv_acc = Tensor::empty({nseq * kv_elems}, DType::kF32, Device::kCUDA);
   // Head dim 128 and block size 128 on Hopper: the wgmma kernel (msa_attention_bwd_wgmma.cu).
   const bool wgmma = D == 128 && BK == 128 && kv_outer::wgmma_available();
   // Work items: runs of tiles of one list (find_backward_item), as the forward's.
@@ -792,10 +813,14 @@ void run_kv_outer_backward(const Tensor& dout, const Tensor& q, const Tensor& k,
       wgmma ? kv_outer::wgmma_backward_queries_per_tile(r) : static_cast<int>(kBwdRows / r);
   const int min_tiles = kv_outer::backward_min_tiles(
       wgmma ? kv_outer::kWgmmaBwdMinTiles : kBwdMinTiles, deterministic());
-  Tensor item_list =
-      Tensor::empty(Shape{kv_outer::work_items_bound(launch_queries * d.groups * d.topk, per_tile,
-                                                     min_tiles, max_lists)},
-                    DType::kI32, Device::kCUDA);
+  LaunchWork work(d, cache, per_tile, min_tiles);
+  const int64_t chunk = work.chunk(), nseq = work.sequences_per_launch();
+  Tensor part =
+      Tensor::empty({work.max_queries() * d.groups * d.topk * r * D}, DType::kBF16, Device::kCUDA);
+  // Every key's gradient (zero where no query selected its block) spans the Tk keys.
+  const int64_t Sk = d.keys(), kv_elems = Sk * d.groups * D;
+  Tensor dk_acc = Tensor::empty({nseq * kv_elems}, DType::kF32, Device::kCUDA);
+  Tensor dv_acc = Tensor::empty({nseq * kv_elems}, DType::kF32, Device::kCUDA);
   for (int64_t b0 = 0; b0 < d.batch; b0 += nseq) {
     const int64_t b1 = std::min(d.batch, b0 + nseq);
     const int32_t* idx = indices.data<int32_t>() + b0 * d.seq * d.groups * d.topk;
@@ -809,31 +834,23 @@ void run_kv_outer_backward(const Tensor& dout, const Tensor& q, const Tensor& k,
     dk_acc.zero_();
     dv_acc.zero_();
     for (int64_t t0 = 0; t0 < d.seq; t0 += chunk) {
-      const int64_t t1 = std::min(d.seq, t0 + chunk);
-      const KvDims a{d.seq, d.heads, d.groups, d.topk, r, nb, t0, t1, d.keys(), d.query_offset(),
-                     b1 - b0};
-      const int64_t lists = a.lists();
+      const KvDims a = work.dims(b0, b1, t0, std::min(d.seq, t0 + chunk));
       // dK/dV sum a list's rows in list order: build_work_lists sorts each list (ascending
       // entry) in deterministic mode.
-      const kv_outer::ChunkLists wl = ll.lists(cache, indices, counts, idx, cnt, a,
-                                               kv_outer::ListOrder::kSortWhenDeterministic);
-      // len is scratch once the lists are built.
-      kv_outer::build_work_items(wl.start, lists, per_tile, min_tiles, ll.len.data<int32_t>(),
-                                 ll.item_start.data<int32_t>(), item_list.data<int32_t>(),
-                                 ll.scan_tmp.raw_data(), ll.scan_bytes);
-      const int64_t max_items = kv_outer::work_items_bound(
-          a.chunk_queries() * d.groups * d.topk, per_tile, min_tiles, lists);
+      const LaunchWork::Work w = work.prepare(indices, counts, idx, cnt, a,
+                                              kv_outer::ListOrder::kSortWhenDeterministic);
       if (wgmma) {
-        kv_outer::launch_wgmma_backward(qb, kb, vb, dob, lb, db, wl.start,
-                                        ll.item_start.data<int32_t>(), item_list.data<int32_t>(),
-                                        wl.entries, static_cast<float>(scale), part.data<bf16>(),
-                                        dk_acc.data<float>(), dv_acc.data<float>(), a, lists,
-                                        max_items, min_tiles);
+        kv_outer::launch_wgmma_backward(qb, kb, vb, dob, lb, db, w.lists.start, w.item_start,
+                                        w.item_list, w.lists.entries, static_cast<float>(scale),
+                                        part.data<bf16>(), dk_acc.data<float>(),
+                                        dv_acc.data<float>(), a, w.n_lists, w.max_items,
+                                        min_tiles);
       } else {
-        kv_outer_backward_kernel<D, BK><<<static_cast<unsigned>(max_items), BK / 16 * 32, smem>>>(
-            qb, kb, vb, dob, lb, db, wl.start, ll.item_start.data<int32_t>(),
-            item_list.data<int32_t>(), lists, wl.entries, static_cast<float>(scale),
-            part.data<bf16>(), dk_acc.data<float>(), dv_acc.data<float>(), a, min_tiles);
+        kv_outer_backward_kernel<D, BK>
+            <<<static_cast<unsigned>(w.max_items), BK / 16 * 32, smem>>>(
+                qb, kb, vb, dob, lb, db, w.lists.start, w.item_start, w.item_list, w.n_lists,
+                w.lists.entries, static_cast<float>(scale), part.data<bf16>(),
+                dk_acc.data<float>(), dv_acc.data<float>(), a, min_tiles);
         MSA_CUDA_CHECK_LAUNCH("kv_outer_backward_kernel");
       }
       dq_combine_kernel<D><<<combine_grid(a.chunk_queries(), d.heads, D), kCombineThreads>>>(
