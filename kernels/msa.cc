@@ -356,11 +356,25 @@ OracleRecall query_recall(const Tensor& q, const Tensor& k, const BlockSelection
   for (int64_t b = 0; b < dims.batch; ++b) begin[b + 1] += begin[b];
   std::vector<int64_t> fill(begin.begin(), begin.end() - 1);
   for (const RecallQuery& x : queries) ts[fill[x.batch]++] = x.t;
-  const Tensor qh = host_f64(q), kh = host_f64(k);
-  const Tensor idx = host(sel.indices), cnt = host(sel.counts);
-  const cpu::OracleRecallSums sums = cpu::msa_oracle_recall_sums<double>(
-      qh.data<double>(), kh.data<double>(), idx.data<int32_t>(), cnt.data<int32_t>(), scale,
-      cpu::RecallQueries{begin.data(), ts.data()}, dims);
+  const cpu::RecallQueries rq{begin.data(), ts.data()};
+  cpu::OracleRecallSums sums;
+#if MSA_HAS_CUDA
+  const bool on_gpu = q.is_cuda() && k.is_cuda() && sel.indices.is_cuda() && sel.counts.is_cuda() &&
+                      cuda::oracle_recall_cuda_supported(q, k, dims);
+#else
+  const bool on_gpu = false;
+#endif
+  if (on_gpu) {
+#if MSA_HAS_CUDA
+    sums = cuda::oracle_recall_sums(q, k, sel.indices, sel.counts, scale, rq, dims);
+#endif
+  } else {
+    const Tensor qh = host_f64(q), kh = host_f64(k);
+    const Tensor idx = host(sel.indices), cnt = host(sel.counts);
+    sums = cpu::msa_oracle_recall_sums<double>(qh.data<double>(), kh.data<double>(),
+                                               idx.data<int32_t>(), cnt.data<int32_t>(), scale, rq,
+                                               dims);
+  }
   auto mean = [&](double sum) {
     return sums.n_rows > 0 ? sum / static_cast<double>(sums.n_rows) : 1.0;
   };

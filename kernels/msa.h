@@ -140,7 +140,8 @@ std::vector<RecallQuery> strided_recall_queries(int64_t batch, int64_t T, int64_
 int64_t strided_recall_count(int64_t T, int64_t query_stride, int64_t offset = 0);
 // The stride to sample sequences of T tokens at: `requested`, raised so that a measurement scores
 // at most kRecallPairsPerSequence (sampled query, key) pairs per sequence and layer. The measures
-// below run on the CPU in f64 over each sampled query's dense attention, a cost of T^2 / stride:
+// below cost T^2 / stride per sequence and head over each sampled query's dense attention; on the
+// CPU (f64, for host tensors and sizes the GPU kernel does not take):
 // the GPU-sized quality model (2048 tokens, every 16th query: 2^18 pairs) measures in about half a
 // second on an H100 host, while every 16th query of 128K tokens would take a ~1B model tens of
 // minutes. msa-train and msa-eval sample at this stride and say when they raised it.
@@ -150,7 +151,9 @@ int64_t bounded_recall_stride(int64_t T, int64_t requested);
 // Index recall: mean over the sampled queries t (strided_recall_queries, at the queries' offset
 // into the keys: Tk - Tq; every batch row) and heads h of the dense causal attention mass that
 // falls inside the blocks selected for (t, g(h)).
-// 1.0 means the selector keeps all the attention. Any device (computed on the CPU).
+// 1.0 means the selector keeps all the attention. Any device: device tensors (bf16 q and k) are
+// measured on the GPU in f32 (kernels/cuda/msa_recall_cuda.cu), others on the CPU in f64;
+// MSA_RECALL=reference forces the CPU. The same holds for every measure below.
 double msa_index_recall(const Tensor& q, const Tensor& k, const BlockSelection& sel, double scale,
                         int64_t query_stride);
 // The same mean over the given queries (and every head) instead of a stride: e.g. the answer
@@ -163,7 +166,7 @@ double msa_index_recall(const Tensor& q, const Tensor& k, const BlockSelection& 
 // own top-k blocks are c(t) plus the top-(topk - 1) earlier blocks by the dense attention mass
 // averaged over the group's heads (ties to the lower index); the result is the mean over rows of
 // |selected blocks ∩ those blocks| / |those blocks|. 1.0 = the selector picks what the attention
-// would. Any device (computed on the CPU).
+// would. Any device.
 double msa_block_recall(const Tensor& q, const Tensor& k, const BlockSelection& sel, double scale,
                         int64_t query_stride);
 // The same mean over the rows (b, t, g) of the given queries (every group), as above.
@@ -174,7 +177,7 @@ double msa_block_recall(const Tensor& q, const Tensor& k, const BlockSelection& 
 // the group's heads) inside the block recall's oracle blocks, averaged over the rows. No k blocks
 // shared by a group keep more, so msa_index_recall <= this for every selection, with equality for
 // the oracle selection; it depends on q, k and sel's block size and k only (not on its blocks).
-// Any device (computed on the CPU); NaN attention gives NaN.
+// Any device; NaN attention gives NaN.
 double msa_index_recall_ceiling(const Tensor& q, const Tensor& k, const BlockSelection& sel,
                                 double scale, int64_t query_stride);
 double msa_index_recall_ceiling(const Tensor& q, const Tensor& k, const BlockSelection& sel,

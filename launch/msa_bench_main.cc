@@ -31,6 +31,10 @@ ABSL_FLAG(std::string, selection, "random",
           "'sink' (every query's top blocks are the first k-1, as attention sinks or facts that "
           "every query reads make them: a few KV blocks are selected by all queries).");
 ABSL_FLAG(bool, cudnn, true, "msa: also time cuDNN dense causal flash attention on the same Q/K/V.");
+ABSL_FLAG(int, recall_stride, 16,
+          "msa: also time the selector measures (index and block recall, their ceilings: what "
+          "msa-train --recall_every logs) at every n-th query on the GPU, and the CPU's f64 "
+          "reference where it scores at most 2^26 (query, key) pairs (0: off).");
 ABSL_FLAG(bool, warmup_kl, true,
           "msa: also time the index warm-up's loss (dense attention's target: the KL over every "
           "s <= t, flash style) on the same inputs, printed under each length's row.");

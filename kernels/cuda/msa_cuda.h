@@ -74,4 +74,15 @@ cpu::IndexLossSums msa_index_loss_dense(const Tensor& q, const Tensor& k, const 
                                         double weight, Tensor& diq, Tensor& dik,
                                         const cpu::MsaDims& dims);
 
+// The selector measures' sums over the queries' (b, t, g) rows (kernels/msa.h's OracleRecall, the
+// definition in cpu::msa_oracle_recall_sums) from q [batch, Tq, H, d] and k [batch, Tk, G, d] bf16
+// and the selection on the GPU, in f32, summed in the reference's order (msa_recall_cuda.cu).
+// queries: host arrays. Supported: bf16 q and k, d 16 / 32 / 64 / 128, r <= 64, k <= 32;
+// MSA_RECALL=reference makes it false (the CPU reference runs on host copies).
+bool oracle_recall_cuda_supported(const Tensor& q, const Tensor& k, const cpu::MsaDims& dims);
+cpu::OracleRecallSums oracle_recall_sums(const Tensor& q, const Tensor& k, const Tensor& indices,
+                                         const Tensor& counts, double scale,
+                                         const cpu::RecallQueries& queries,
+                                         const cpu::MsaDims& dims);
+
 }  // namespace msa::cuda

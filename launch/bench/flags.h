@@ -22,6 +22,7 @@ ABSL_DECLARE_FLAG(int, iters);
 ABSL_DECLARE_FLAG(int, cp_shards);
 ABSL_DECLARE_FLAG(bool, cudnn);
 ABSL_DECLARE_FLAG(bool, warmup_kl);
+ABSL_DECLARE_FLAG(int, recall_stride);
 ABSL_DECLARE_FLAG(std::string, selection);
 ABSL_DECLARE_FLAG(std::string, model);
 ABSL_DECLARE_FLAG(int, layers);

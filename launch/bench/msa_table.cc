@@ -7,6 +7,7 @@
 // query and key); the backward counts 2.5x the forward (five matrix products instead of two).
 #if MSA_HAS_CUDA
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <string>
@@ -253,6 +254,32 @@ int bench_msa() {
       });
       std::printf("  warm-up index loss (dense target, gradients included) at %lld: %.2f ms\n",
                   static_cast<long long>(T), warm);
+    }
+    if (const int stride = absl::GetFlag(FLAGS_recall_stride); stride > 0) {
+      OracleRecall gpu;
+      const double gpu_ms =
+          median_ms(iters, [&] { gpu = msa_oracle_recall(q, k, sel, scale, stride); });
+      const int64_t n = batch * strided_recall_count(T, stride);
+      std::string cpu_ms = "-";
+      if (static_cast<double>(n) * T <= static_cast<double>(int64_t(1) << 26)) {
+        // The reference reads host copies (made outside the timing, as the GPU's inputs are).
+        BlockSelection hsel = sel;
+        hsel.indices = sel.indices.to(Device::kCPU);
+        hsel.counts = sel.counts.to(Device::kCPU);
+        const Tensor hq = q.to(Device::kCPU), hk = k.to(Device::kCPU);
+        OracleRecall cpu;
+        const auto t0 = std::chrono::steady_clock::now();
+        cpu = msa_oracle_recall(hq, hk, hsel, scale, stride);
+        cpu_ms = absl::StrFormat(
+            "%.1f ms (index recall %.6f vs the GPU's %.6f)",
+            std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
+                .count(),
+            cpu.index_recall, gpu.index_recall);
+      }
+      std::printf(
+          "  selector measures at every %d-th query (%lld queries x %d groups): GPU %.2f ms; CPU "
+          "f64 reference %s\n",
+          stride, static_cast<long long>(n), G, gpu_ms, cpu_ms.c_str());
     }
     std::fflush(stdout);
     const int C = absl::GetFlag(FLAGS_cp_shards);
