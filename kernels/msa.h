@@ -139,14 +139,17 @@ std::vector<RecallQuery> strided_recall_queries(int64_t batch, int64_t T, int64_
 // How many of T queries at `offset` the sample holds (per batch row).
 int64_t strided_recall_count(int64_t T, int64_t query_stride, int64_t offset = 0);
 // The stride to sample sequences of T tokens at: `requested`, raised so that a measurement scores
-// at most kRecallPairsPerSequence (sampled query, key) pairs per sequence and layer. The measures
-// below cost T^2 / stride per sequence and head over each sampled query's dense attention; on the
-// CPU (f64, for host tensors and sizes the GPU kernel does not take):
-// the GPU-sized quality model (2048 tokens, every 16th query: 2^18 pairs) measures in about half a
-// second on an H100 host, while every 16th query of 128K tokens would take a ~1B model tens of
-// minutes. msa-train and msa-eval sample at this stride and say when they raised it.
+// at most kRecallPairsPerSequence (CPU) or kGpuRecallPairsPerSequence (tensors on `device`
+// kCUDA) (sampled query, key) pairs per sequence and layer. The measures below cost T^2 / stride
+// per sequence and head over each sampled query's dense attention. On the CPU (f64: host tensors,
+// and sizes the GPU kernel does not take) the GPU-sized quality model (2048 tokens, every 16th
+// query: 2^18 pairs) measures in about half a second on an H100 host, while every 16th query of
+// 128K tokens would take a ~1B model tens of minutes; the GPU's budget (docs/perf.md) keeps every
+// 16th query up to 16K tokens. msa-train and msa-eval sample at this stride and say when they
+// raised it.
 constexpr int64_t kRecallPairsPerSequence = int64_t(1) << 22;
-int64_t bounded_recall_stride(int64_t T, int64_t requested);
+constexpr int64_t kGpuRecallPairsPerSequence = int64_t(1) << 28;
+int64_t bounded_recall_stride(int64_t T, int64_t requested, Device device = Device::kCPU);
 
 // Index recall: mean over the sampled queries t (strided_recall_queries, at the queries' offset
 // into the keys: Tk - Tq; every batch row) and heads h of the dense causal attention mass that

@@ -242,11 +242,11 @@ absl::Status run_retrieval(const std::string& path, const msa::Checkpoint& ckpt,
     for (double depth : report.depths) {
       task.seq_len = length;
       task.depth = depth;
-      const int64_t stride = msa::bounded_recall_stride(length, recall_stride);
+      const int64_t stride = msa::bounded_recall_stride(length, recall_stride, model.device());
       if (recall_stride > 0 && depth == report.depths.front() && stride != recall_stride)
         std::fprintf(stderr,
                      "msa-eval: at %lld tokens the recalls sample one query in every %lld "
-                     "(--recall_stride=%lld, raised to bound their CPU cost: T^2 / stride per "
+                     "(--recall_stride=%lld, raised to bound their cost: T^2 / stride per "
                      "sequence and layer)\n",
                      static_cast<long long>(length), static_cast<long long>(stride),
                      static_cast<long long>(recall_stride));

@@ -31,7 +31,8 @@ RetrievalResult evaluate_retrieval(Transformer& model, const SyntheticConfig& ta
   ForwardOptions options;
   options.msa_mode = mode;
   options.for_backward = false;
-  options.recall_query_stride = recall_stride > 0 ? bounded_recall_stride(T, recall_stride) : 0;
+  options.recall_query_stride =
+      recall_stride > 0 ? bounded_recall_stride(T, recall_stride, model.device()) : 0;
   for (int64_t start = 0; start < samples; start += batch) {
     const int64_t n = std::min(batch, samples - start);
     Tensor tokens = Tensor::empty({n, T}, DType::kI32),

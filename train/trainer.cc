@@ -54,12 +54,13 @@ StepMetrics Trainer::train_step(int64_t step) {
     const Batch& b = batches[micro];
     int64_t stride = 0;
     if (measure_recall && micro == 0) {
-      stride = bounded_recall_stride(b.tokens.size(1), config_.recall_query_stride);
+      stride =
+          bounded_recall_stride(b.tokens.size(1), config_.recall_query_stride, model_.device());
       if (stride != config_.recall_query_stride && !recall_stride_noted_ && !config_.quiet) {
         std::fprintf(
             stderr,
             "msa-train: recall samples one query in every %lld of the %lld-token sequences "
-            "(--recall_stride=%lld, raised to bound its CPU cost: T^2 / stride per "
+            "(--recall_stride=%lld, raised to bound its cost: T^2 / stride per "
             "sequence and layer)\n",
             static_cast<long long>(stride), static_cast<long long>(b.tokens.size(1)),
             static_cast<long long>(config_.recall_query_stride));

@@ -29,5 +29,19 @@ TEST(KernelsRecallStrideTest, LongSequencesStayWithinThePairBudget) {
   }
 }
 
+// Tensors on the GPU are measured there (msa_recall_cuda.cu), under a budget 64x the CPU's.
+TEST(KernelsRecallStrideTest, TheGpuBudgetKeepsMoreQueries) {
+  EXPECT_EQ(bounded_recall_stride(2048, 16, Device::kCUDA), 16);
+  EXPECT_EQ(bounded_recall_stride(16384, 16, Device::kCUDA), 16);   // 2^28 pairs exactly
+  EXPECT_EQ(bounded_recall_stride(131072, 16, Device::kCUDA), 64);  // 2^34 / 2^28: 2048 queries
+  EXPECT_EQ(bounded_recall_stride(131072, 16, Device::kCPU), 4096);
+  for (const int64_t T : {1000, 65537, 131072, 1 << 20}) {
+    const int64_t stride = bounded_recall_stride(T, 16, Device::kCUDA);
+    SCOPED_TRACE(testing::Message() << "T " << T << " stride " << stride);
+    EXPECT_LE(strided_recall_count(T, stride) * T, kGpuRecallPairsPerSequence + T);
+    EXPECT_LE(stride, bounded_recall_stride(T, 16, Device::kCPU));
+  }
+}
+
 }  // namespace
 }  // namespace msa
