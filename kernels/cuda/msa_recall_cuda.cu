@@ -16,7 +16,9 @@
 //     values.
 // Every sum runs in a fixed order (no atomics): the same inputs give the same values on every
 // run. f32 throughout against the reference's f64: the values agree to ~1e-5, a ranking only
-// where two blocks' masses tie to f32 rounding.
+// where two blocks' masses tie to f32 rounding (or underflow to 0 together: blocks without any
+// mass, which rank by index here). MSA_RECALL_CHUNK=N measures N queries per launch (tests; by
+// default as many as keep the mass and peak scratch within 256 MiB).
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -154,7 +156,9 @@ __global__ void __launch_bounds__(kThreads)
     float S = 0.0f;
     if (M != -INFINITY)
       for (int j = 0; j < 16; ++j) S += red_l[row * 16 + j] * exp2f(red_m[row * 16 + j] - M);
-    lse[row] = M == -INFINITY ? INFINITY : M + log2f(S);  // padding: every p = 0
+    // Padding rows: every p = 0. A real row always has key 0 (M = -inf only from -inf or NaN
+    // inputs): NaN, as the reference's -inf - -inf gives.
+    lse[row] = M != -INFINITY ? M + log2f(S) : pos[row] < 0 ? INFINITY : NAN;
   }
   __syncthreads();
 
@@ -189,11 +193,11 @@ __global__ void __launch_bounds__(kThreads)
       const int n = w / n_blk;
       const int j = j_lo + w % n_blk;
       const int lo = max(s0, j * B), hi = min(s0 + kKeys, (j + 1) * B);
-      const float* x = ps + n * r * kLdP - s0;
+      const float* x = ps + n * r * kLdP;
       float sum = 0.0f, top = 0.0f;
       for (int s = lo; s < hi; ++s) {
-        sum += x[s];
-        top = fmaxf(top, x[s]);
+        sum += x[s - s0];
+        top = fmaxf(top, x[s - s0]);
       }
       const int64_t at = ((first + n - n0) * G + g) * nb + j;
       mass[at] += sum;
@@ -229,10 +233,11 @@ __device__ float top_blocks(const float* score, const float* mass, int c, int wa
       if (ranks_before(ov, oj, best_v, best_j)) best_v = ov, best_j = oj;
     }
     if (best_j == 0x7fffffff) {  // nothing left (NaN scores rank nowhere)
-      for (; e < want; ++e) picks[e] = -1;
+      if (lane == 0)
+        for (; e < want; ++e) picks[e] = -1;
       break;
     }
-    picks[e] = best_j;
+    if (lane == 0) picks[e] = best_j;
     kept += mass[best_j];
     prev_v = best_v;
     prev_j = best_j;
@@ -310,7 +315,7 @@ bool oracle_recall_cuda_supported(const Tensor& q, const Tensor& k, const cpu::M
   const int64_t r = d.groups > 0 ? d.heads / d.groups : 0;
   return q.dtype() == DType::kBF16 && k.dtype() == DType::kBF16 &&
          (d.dim == 16 || d.dim == 32 || d.dim == 64 || d.dim == 128) && r >= 1 && r <= kRows &&
-         d.topk >= 1 && d.topk <= 32 && d.keys() < (int64_t(1) << 30);
+         d.topk >= 1 && d.topk <= 32 && d.groups <= 65535 && d.keys() < (int64_t(1) << 30);
 }
 
 cpu::OracleRecallSums oracle_recall_sums(const Tensor& q, const Tensor& k, const Tensor& indices,
@@ -333,8 +338,9 @@ cpu::OracleRecallSums oracle_recall_sums(const Tensor& q, const Tensor& k, const
   const Tensor qb_d = Tensor::from_vector(Shape{n_queries}, qb).to(Device::kCUDA);
   const Tensor qt_d = Tensor::from_vector(Shape{n_queries}, qt).to(Device::kCUDA);
   const int per_tile = static_cast<int>(kRows / r);
-  const int64_t chunk =
-      std::max<int64_t>(1, static_cast<int64_t>(kScratchBytes / (size_t(G) * nb * 8)));
+  int64_t chunk = std::max<int64_t>(1, static_cast<int64_t>(kScratchBytes / (size_t(G) * nb * 8)));
+  if (const char* e = std::getenv("MSA_RECALL_CHUNK"); e != nullptr && *e != 0)
+    chunk = std::clamp<int64_t>(std::atoll(e), 1, chunk);
   std::vector<double> rows(n_queries * G * 4);
   const float scale_log2 = static_cast<float>(scale * 1.4426950408889634);
   for (int64_t n0 = 0; n0 < n_queries; n0 += chunk) {

@@ -24,6 +24,7 @@
 #include "model/transformer.h"
 #include "tests/testing/gpu.h"
 #include "tests/testing/gradcheck.h"
+#include "tests/testing/scoped_env.h"
 #include "train/optimizer.h"
 
 namespace msa {
@@ -50,18 +51,6 @@ using test::random_tensor;
              << y.to(DType::kF32).to_double_vector()[i / es];
   return ::testing::AssertionSuccess();
 }
-
-// Sets an environment variable for a scope ("" = leave unset).
-class ScopedEnv {
- public:
-  ScopedEnv(const char* name, const std::string& value) : name_(name) {
-    if (!value.empty()) setenv(name, value.c_str(), 1);
-  }
-  ~ScopedEnv() { unsetenv(name_); }
-
- private:
-  const char* name_;
-};
 
 struct SparseCase {
   int64_t batch, T, H, G, d, dI;

@@ -18,6 +18,7 @@
 #include "kernels/msa.h"
 #include "tests/testing/gpu.h"
 #include "tests/testing/gradcheck.h"
+#include "tests/testing/scoped_env.h"
 
 namespace msa {
 namespace {
@@ -374,20 +375,6 @@ struct OffsetCase {
   // Random valid selections that never pick the blocks j % 3 == 1 below every query's local
   // block (their keys get zero gradients) instead of the CPU indexer's selection.
   bool random_selection;
-};
-
-// Sets an environment variable (a kernel-path switch) for a scope; null or "" leaves it unset.
-class ScopedEnv {
- public:
-  ScopedEnv(const char* name, const char* value) : name_(name) {
-    if (value != nullptr && *value != 0) setenv(name, value, 1);
-  }
-  ~ScopedEnv() { unsetenv(name_); }
-  ScopedEnv(const ScopedEnv&) = delete;
-  ScopedEnv& operator=(const ScopedEnv&) = delete;
-
- private:
-  const char* name_;
 };
 
 // The selection of the case's Tq queries (CPU, blocks counted over the Tk keys): the CPU indexer
