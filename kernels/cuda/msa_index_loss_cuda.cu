@@ -1056,6 +1056,26 @@ GradArgs grad_args(const cpu::MsaDims& d, double scale, double weight) {
 
 }  // namespace
 
+// The loss's tensors from sequence b0 on (a launch's first sequence): Tq query rows, Tk key rows.
+struct SequencePointers {
+  const bf16 *q, *k, *iq, *ik;
+  const float* lse;
+  float *diq, *dik, *row_kl;
+  SequencePointers(const Tensor& q_, const Tensor& k_, const Tensor& lse_, const Tensor& iq_,
+                   const Tensor& ik_, Tensor& diq_, Tensor& dik_, Tensor& row_kl_,
+                   const cpu::MsaDims& d, int64_t b0) {
+    const int64_t T = d.seq, Tk = d.keys(), G = d.groups, DI = d.index_dim;
+    q = q_.data<bf16>() + b0 * T * d.heads * d.dim;
+    k = k_.data<bf16>() + b0 * Tk * G * d.dim;
+    lse = lse_.data<float>() + b0 * d.heads * T;
+    iq = iq_.data<bf16>() + b0 * T * G * DI;
+    ik = ik_.data<bf16>() + b0 * Tk * DI;
+    diq = diq_.data<float>() + b0 * T * G * DI;
+    dik = dik_.data<float>() + b0 * Tk * DI;
+    row_kl = row_kl_.data<float>() + b0 * T * G;
+  }
+};
+
 bool index_loss_cuda_supported(const Tensor& q, const Tensor& iq, const cpu::MsaDims& d) {
   const char* force = std::getenv("MSA_INDEX_LOSS");
   if (force != nullptr && std::strcmp(force, "reference") == 0) return false;
@@ -1135,16 +1155,9 @@ cpu::IndexLossSums msa_index_loss_sparse(const Tensor& q, const Tensor& k, const
 
   for (int64_t b0 = 0; b0 < d.batch; b0 += nseq) {
     const int64_t ns = std::min(nseq, d.batch - b0);
-    const bf16* qb = q.data<bf16>() + b0 * T * H * D;
-    const bf16* kb = k.data<bf16>() + b0 * Tk * G * D;
-    const float* lb = lse.data<float>() + b0 * H * T;
-    const bf16* iqb = iq.data<bf16>() + b0 * T * G * DI;
-    const bf16* ikb = ik.data<bf16>() + b0 * Tk * DI;
+    const SequencePointers p(q, k, lse, iq, ik, diq, dik, row_kl, d, b0);
     const int32_t* idx = indices.data<int32_t>() + b0 * T * G * K;
     const int32_t* cnt = counts.data<int32_t>() + b0 * T * G;
-    float* diqb = diq.data<float>() + b0 * T * G * DI;
-    float* dikb = dik.data<float>() + b0 * Tk * DI;
-    float* klb = row_kl.data<float>() + b0 * T * G;
     for (int64_t t0 = 0; t0 < T; t0 += chunk) {
       KvDims kd{T, H, G, K, r, nb, t0, std::min(T, t0 + chunk)};
       kd.nseq = ns;
@@ -1165,7 +1178,7 @@ cpu::IndexLossSums msa_index_loss_sparse(const Tensor& q, const Tensor& k, const
           set_smem(kernel, SmemA<kDI, kBK>::kBytes);
           kernel<<<static_cast<unsigned>(items_bound(rows, kTokensA, kMinTilesA, n_lists)),
                    kWarpsA * 32, SmemA<kDI, kBK>::kBytes>>>(
-              iqb, ikb, wl.start, items_a.data<int32_t>(), item_list_a.data<int32_t>(), n_lists,
+              p.iq, p.ik, wl.start, items_a.data<int32_t>(), item_list_a.data<int32_t>(), n_lists,
               wl.entries, s_log2, reinterpret_cast<float2*>(part_a.data<float>()), kd, Tk, off);
           MSA_CUDA_CHECK_LAUNCH("student_lse_sparse_kernel");
         });
@@ -1189,23 +1202,23 @@ cpu::IndexLossSums msa_index_loss_sparse(const Tensor& q, const Tensor& k, const
                             : loss_grad_kernel<kD, kDI, false, false>;
           set_smem(kernel, smem_b.bytes);
           kernel<<<static_cast<unsigned>(items_bound(rows, kTileB, kMinTilesB, n_lists)),
-                   BK / 16 * 32, smem_b.bytes>>>(qb, kb, lb, iqb, ikb, lseq.data<float>(), wl.start,
+                   BK / 16 * 32, smem_b.bytes>>>(p.q, p.k, p.lse, p.iq, p.ik, lseq.data<float>(), wl.start,
                                                  items_b.data<int32_t>(),
                                                  item_list_b.data<int32_t>(), n_lists, wl.entries,
-                                                 kd, part_b.data<float>(), diqb, dikb, ga);
+                                                 kd, part_b.data<float>(), p.diq, p.dik, ga);
           MSA_CUDA_CHECK_LAUNCH("loss_grad_kernel (sparse)");
         });
       });
       if (det) {
-        diq_slots_kernel<<<reduce_grid(rows * DI), 256>>>(diq_part.data<float>(), cnt, diqb, kd,
+        diq_slots_kernel<<<reduce_grid(rows * DI), 256>>>(diq_part.data<float>(), cnt, p.diq, kd,
                                                           DI);
         MSA_CUDA_CHECK_LAUNCH("diq_slots_kernel");
         dik_items_kernel<<<reduce_grid(ns * Tk * DI), 256>>>(
-            dik_part.data<float>(), items_b.data<int32_t>(), dikb, ns, Tk, G, nb, BK, DI);
+            dik_part.data<float>(), items_b.data<int32_t>(), p.dik, ns, Tk, G, nb, BK, DI);
         MSA_CUDA_CHECK_LAUNCH("dik_items_kernel");
       }
       kl_combine_kernel<false>
-          <<<row_grid, 256>>>(part_b.data<float>(), cnt, lseq.data<float>(), klb, kd);
+          <<<row_grid, 256>>>(part_b.data<float>(), cnt, lseq.data<float>(), p.row_kl, kd);
       MSA_CUDA_CHECK_LAUNCH("kl_combine_kernel");
     }
   }
@@ -1262,21 +1275,14 @@ cpu::IndexLossSums msa_index_loss_dense(const Tensor& q, const Tensor& k, const 
     const int64_t ns = std::min(nseq, d.batch - b0);
     KvDims kd{T, H, G, 1, r, nb, 0, T};
     kd.nseq = ns;
-    const bf16* qb = q.data<bf16>() + b0 * T * H * D;
-    const bf16* kb = k.data<bf16>() + b0 * Tk * G * D;
-    const float* lb = lse.data<float>() + b0 * H * T;
-    const bf16* iqb = iq.data<bf16>() + b0 * T * G * DI;
-    const bf16* ikb = ik.data<bf16>() + b0 * Tk * DI;
-    float* diqb = diq.data<float>() + b0 * T * G * DI;
-    float* dikb = dik.data<float>() + b0 * Tk * DI;
-    float* klb = row_kl.data<float>() + b0 * T * G;
+    const SequencePointers p(q, k, lse, iq, ik, diq, dik, row_kl, d, b0);
     with_pow2(DI, [&](auto di) {
       constexpr int kDI = decltype(di)::value;
       auto kernel = student_lse_dense_kernel<kDI>;
       set_smem(kernel, SmemD<kDI>::kBytes);
       const dim3 grid(static_cast<unsigned>((T * G + kRowsD - 1) / kRowsD),
                       static_cast<unsigned>(ns));
-      kernel<<<grid, 128, SmemD<kDI>::kBytes>>>(iqb, ikb, lseq.data<float>(), T, Tk, off, G,
+      kernel<<<grid, 128, SmemD<kDI>::kBytes>>>(p.iq, p.ik, lseq.data<float>(), T, Tk, off, G,
                                                 s_log2);
       MSA_CUDA_CHECK_LAUNCH("student_lse_dense_kernel");
     });
@@ -1298,25 +1304,25 @@ cpu::IndexLossSums msa_index_loss_dense(const Tensor& q, const Tensor& k, const 
           auto kernel =
               det ? loss_grad_kernel<kD, kDI, true, true> : loss_grad_kernel<kD, kDI, true, false>;
           set_smem(kernel, smem_b.bytes);
-          kernel<<<grid, BK / 16 * 32, smem_b.bytes>>>(qb, kb, lb, iqb, ikb, lseq.data<float>(),
+          kernel<<<grid, BK / 16 * 32, smem_b.bytes>>>(p.q, p.k, p.lse, p.iq, p.ik, lseq.data<float>(),
                                                        nullptr, nullptr, nullptr, 0, nullptr, kd,
-                                                       row_sums.data<float>(), diqb, dikb, gj);
+                                                       row_sums.data<float>(), p.diq, p.dik, gj);
           MSA_CUDA_CHECK_LAUNCH("loss_grad_kernel (dense)");
         });
       });
       if (det) {
         const int64_t t_first = std::min(T, std::max<int64_t>(0, j0 * BK - off));
         dense_rows_kernel<<<reduce_grid((T - t_first) * G * (DI + 3)), 256>>>(
-            diq_part.data<float>(), sums_part.data<float>(), diqb, row_sums.data<float>(), T, off,
+            diq_part.data<float>(), sums_part.data<float>(), p.diq, row_sums.data<float>(), T, off,
             G, DI, BK, j0, j1);
         MSA_CUDA_CHECK_LAUNCH("dense_rows_kernel");
         dense_dik_kernel<<<reduce_grid((std::min(Tk, j1 * BK) - j0 * BK) * DI), 256>>>(
-            dik_part.data<float>(), dikb, Tk, off, G, DI, BK, j0, j1, nc);
+            dik_part.data<float>(), p.dik, Tk, off, G, DI, BK, j0, j1, nc);
         MSA_CUDA_CHECK_LAUNCH("dense_dik_kernel");
       }
     }
     kl_combine_kernel<true><<<static_cast<unsigned>((ns * T * G + 255) / 256), 256>>>(
-        row_sums.data<float>(), nullptr, lseq.data<float>(), klb, kd);
+        row_sums.data<float>(), nullptr, lseq.data<float>(), p.row_kl, kd);
     MSA_CUDA_CHECK_LAUNCH("kl_combine_kernel");
   }
   result.kl_sum = sum_rows(row_kl, result.n_rows);
