@@ -57,7 +57,8 @@ ABSL_FLAG(int64_t, recall_stride, 8,
           "(0: off), at a phase that moves through the N by the golden ratio, so every offset "
           "within a block is sampled alike whatever N. Measured on the selector's choice in "
           "either --attention_mode. Raised for long sequences so that a measurement scores at "
-          "most 2^22 (query, key) pairs per sequence and layer (it runs on the CPU).");
+          "most 2^28 (query, key) pairs per sequence and layer on the GPU (f32) or 2^22 on the "
+          "CPU (f64).");
 ABSL_FLAG(bool, answer_recall, true,
           "Also measure index recall, block recall and the recall ceiling at the answer positions "
           "only (the queries whose attention decides the task; --recall_stride's average is "

@@ -182,8 +182,8 @@ ABSL_FLAG(int64_t, recall_every, 50,
 ABSL_FLAG(int64_t, recall_stride, 16,
           "Recall samples one query position in every N (at a phase that moves through the N, "
           "so every offset within a block is sampled alike); raised for long sequences so that "
-          "a measurement scores at most 2^22 (query, key) pairs per sequence and layer (it runs "
-          "on the CPU).");
+          "a measurement scores at most 2^28 (query, key) pairs per sequence and layer on the GPU "
+          "(f32) or 2^22 on the CPU (f64).");
 
 int main(int argc, char** argv) {
   msa::set_program_usage(
