@@ -360,17 +360,15 @@ OracleRecall query_recall(const Tensor& q, const Tensor& k, const BlockSelection
   for (const RecallQuery& x : queries) ts[fill[x.batch]++] = x.t;
   const cpu::RecallQueries rq{begin.data(), ts.data()};
   cpu::OracleRecallSums sums;
+  bool measured = false;
 #if MSA_HAS_CUDA
-  const bool on_gpu = q.is_cuda() && k.is_cuda() && sel.indices.is_cuda() && sel.counts.is_cuda() &&
-                      cuda::oracle_recall_cuda_supported(q, k, dims);
-#else
-  const bool on_gpu = false;
-#endif
-  if (on_gpu) {
-#if MSA_HAS_CUDA
+  if (q.is_cuda() && k.is_cuda() && sel.indices.is_cuda() && sel.counts.is_cuda() &&
+      cuda::oracle_recall_cuda_supported(q, k, dims)) {
     sums = cuda::oracle_recall_sums(q, k, sel.indices, sel.counts, scale, rq, dims);
+    measured = true;
+  }
 #endif
-  } else {
+  if (!measured) {
     const Tensor qh = host_f64(q), kh = host_f64(k);
     const Tensor idx = host(sel.indices), cnt = host(sel.counts);
     sums = cpu::msa_oracle_recall_sums<double>(qh.data<double>(), kh.data<double>(),

@@ -186,6 +186,9 @@ int64_t query_chunk(const cpu::MsaDims& d);
 // batch), so short sequences share a launch instead of each filling a fraction of the GPU
 // (MSA_KV_OUTER_SEQS caps it, for tests); else 1, the sequence in chunks.
 int64_t sequences_per_launch(const cpu::MsaDims& d);
+// n sequences per launch, capped by MSA_KV_OUTER_SEQS (tests, A/B runs), at least 1: the cap of
+// every launch that batches sequences (the attention, both index-loss modes).
+int64_t capped_sequences_per_launch(int64_t n);
 // One chunk's work lists (list_start and entries as build_work_lists writes them), from `cache`
 // (BlockSelection::cache, nullable) when there, else built: with a cache into new buffers that
 // stay there (sorted in deterministic mode, since a backward may reuse them), without one into

@@ -388,8 +388,8 @@ class LaunchWork {
         start_(i32(cache != nullptr ? 1 : max_lists_ + 1)),
         entries_(i32(cache != nullptr ? 1 : max_entries())),
         item_start_(i32(max_lists_ + 1)),
-        item_list_(i32(kv_outer::work_items_bound(max_entries(), tile_queries, min_tiles,
-                                                  max_lists_))),
+        item_list_(
+            i32(kv_outer::work_items_bound(max_entries(), tile_queries, min_tiles, max_lists_))),
         scan_bytes_(kv_outer::work_list_scan_bytes(max_lists_)),
         scan_tmp_(i32(static_cast<int64_t>(scan_bytes_ / 4) + 1)) {}
 
@@ -401,8 +401,8 @@ class LaunchWork {
   // Launch (sequences [b0, b1), queries [t0, t1)).
   KvDims dims(int64_t b0, int64_t b1, int64_t t0, int64_t t1) const {
     const int64_t r = d_.heads / d_.groups;
-    return KvDims{d_.seq, d_.heads, d_.groups, d_.topk, r, d_.num_blocks(), t0, t1, d_.keys(),
-                  d_.query_offset(), b1 - b0};
+    return KvDims{d_.seq, d_.heads, d_.groups, d_.topk,           r,      d_.num_blocks(),
+                  t0,     t1,       d_.keys(), d_.query_offset(), b1 - b0};
   }
 
   // The launch's lists (indices / counts offset to its first sequence) and items; max_items
@@ -413,15 +413,15 @@ class LaunchWork {
     const int32_t* item_list;
     int64_t n_lists, max_items;
   };
-  Work prepare(const Tensor& indices, const Tensor& counts, const int32_t* idx,
-               const int32_t* cnt, const KvDims& a, kv_outer::ListOrder order) {
-    const kv_outer::ChunkLists wl = kv_outer::chunk_work_lists(
-        cache_, indices, counts, idx, cnt, a, order, len_, cursor_, start_, entries_, scan_tmp_,
-        scan_bytes_);
+  Work prepare(const Tensor& indices, const Tensor& counts, const int32_t* idx, const int32_t* cnt,
+               const KvDims& a, kv_outer::ListOrder order) {
+    const kv_outer::ChunkLists wl =
+        kv_outer::chunk_work_lists(cache_, indices, counts, idx, cnt, a, order, len_, cursor_,
+                                   start_, entries_, scan_tmp_, scan_bytes_);
     // len is scratch once the lists are built.
-    kv_outer::build_work_items(wl.start, a.lists(), tile_queries_, min_tiles_,
-                               len_.data<int32_t>(), item_start_.data<int32_t>(),
-                               item_list_.data<int32_t>(), scan_tmp_.raw_data(), scan_bytes_);
+    kv_outer::build_work_items(wl.start, a.lists(), tile_queries_, min_tiles_, len_.data<int32_t>(),
+                               item_start_.data<int32_t>(), item_list_.data<int32_t>(),
+                               scan_tmp_.raw_data(), scan_bytes_);
     return {wl, item_start_.data<int32_t>(), item_list_.data<int32_t>(), a.lists(),
             kv_outer::work_items_bound(a.chunk_queries() * a.G * a.K, tile_queries_, min_tiles_,
                                        a.lists())};
@@ -837,20 +837,18 @@ void run_kv_outer_backward(const Tensor& dout, const Tensor& q, const Tensor& k,
       const KvDims a = work.dims(b0, b1, t0, std::min(d.seq, t0 + chunk));
       // dK/dV sum a list's rows in list order: build_work_lists sorts each list (ascending
       // entry) in deterministic mode.
-      const LaunchWork::Work w = work.prepare(indices, counts, idx, cnt, a,
-                                              kv_outer::ListOrder::kSortWhenDeterministic);
+      const LaunchWork::Work w =
+          work.prepare(indices, counts, idx, cnt, a, kv_outer::ListOrder::kSortWhenDeterministic);
       if (wgmma) {
         kv_outer::launch_wgmma_backward(qb, kb, vb, dob, lb, db, w.lists.start, w.item_start,
                                         w.item_list, w.lists.entries, static_cast<float>(scale),
                                         part.data<bf16>(), dk_acc.data<float>(),
-                                        dv_acc.data<float>(), a, w.n_lists, w.max_items,
-                                        min_tiles);
+                                        dv_acc.data<float>(), a, w.n_lists, w.max_items, min_tiles);
       } else {
-        kv_outer_backward_kernel<D, BK>
-            <<<static_cast<unsigned>(w.max_items), BK / 16 * 32, smem>>>(
-                qb, kb, vb, dob, lb, db, w.lists.start, w.item_start, w.item_list, w.n_lists,
-                w.lists.entries, static_cast<float>(scale), part.data<bf16>(),
-                dk_acc.data<float>(), dv_acc.data<float>(), a, min_tiles);
+        kv_outer_backward_kernel<D, BK><<<static_cast<unsigned>(w.max_items), BK / 16 * 32, smem>>>(
+            qb, kb, vb, dob, lb, db, w.lists.start, w.item_start, w.item_list, w.n_lists,
+            w.lists.entries, static_cast<float>(scale), part.data<bf16>(), dk_acc.data<float>(),
+            dv_acc.data<float>(), a, min_tiles);
         MSA_CUDA_CHECK_LAUNCH("kv_outer_backward_kernel");
       }
       dq_combine_kernel<D><<<combine_grid(a.chunk_queries(), d.heads, D), kCombineThreads>>>(
@@ -946,10 +944,13 @@ int64_t sequences_per_launch(const cpu::MsaDims& d) {
   // Launches of several sequences keep their partials and the backward's f32 dK/dV accumulators
   // under kBatchedPartialBytes: enough rows to fill the GPU, without the memory of a long
   // sequence's chunk for a batch of short ones.
-  const size_t per_sequence = partial_bytes_per_query(d) * d.seq +
-                              size_t(2) * sizeof(float) * d.keys() * d.groups * d.dim;
+  const size_t per_sequence =
+      partial_bytes_per_query(d) * d.seq + size_t(2) * sizeof(float) * d.keys() * d.groups * d.dim;
   const int64_t fit = static_cast<int64_t>(kBatchedPartialBytes / per_sequence);
-  int64_t n = std::min<int64_t>(d.batch, fit);
+  return capped_sequences_per_launch(std::min<int64_t>(d.batch, fit));
+}
+
+int64_t capped_sequences_per_launch(int64_t n) {
   if (const char* c = std::getenv("MSA_KV_OUTER_SEQS"); c != nullptr && *c != 0)
     n = std::min<int64_t>(n, std::atoll(c));
   return std::max<int64_t>(n, 1);

@@ -77,6 +77,7 @@
 #include "core/cuda/cuda_check.h"
 #include "core/deterministic.h"
 #include "kernels/cuda/device_math.cuh"
+#include "kernels/cuda/kernel_dispatch.h"
 #include "kernels/cuda/kv_outer_common.cuh"
 #include "kernels/cuda/mma_sm80.cuh"
 #include "kernels/cuda/msa_cuda.h"
@@ -465,8 +466,9 @@ __device__ __forceinline__ void atomic_add2(float* p, float x, float y) {
 }
 
 // Pointers are offset to the launch's first sequence; a CTA offsets them to its own (sparse: the
-// work item's b; dense: blockIdx.z / G): q [Tq, H, D], k [Tk, G, D], lse [H, Tq], iq [Tq, G, DI], ik [Tk, DI], lseq [Tq, G],
-// diq [Tq, G, DI], dik [Tk, DI] (a.T = Tq, a.Tk; token t at position a.off + t).
+// work item's b; dense: blockIdx.z / G): q [Tq, H, D], k [Tk, G, D], lse [H, Tq], iq [Tq, G, DI],
+// ik [Tk, DI], lseq [Tq, G], diq [Tq, G, DI], dik [Tk, DI] (a.T = Tq, a.Tk; token t at position
+// a.off + t).
 // Sparse (kDense false): grid.x >= the work items (tiles of kTileB, kMinTilesB), kl_out =
 //   partials [chunk_row(b, t) G + g][slot][3]. Dense: grid (ceil(Tq / kDenseTokens), nb,
 //   nseq G), CTA (c, j, b G + g) takes sequence b's tokens [max(jB - off, c kDenseTokens),
@@ -999,31 +1001,6 @@ double sum_rows(const Tensor& row_kl, int64_t n) {
   return partial.slice0(kReduceBlocks, kReduceBlocks + 1).to_double_vector()[0];
 }
 
-// ---- dispatch ---------------------------------------------------------------------------------
-
-bool pow2_16_128(int64_t x) { return x == 16 || x == 32 || x == 64 || x == 128; }
-
-template <class F>
-void with_pow2(int64_t x, F&& f) {
-  switch (x) {
-    case 16:
-      return f(std::integral_constant<int, 16>{});
-    case 32:
-      return f(std::integral_constant<int, 32>{});
-    case 64:
-      return f(std::integral_constant<int, 64>{});
-    default:
-      return f(std::integral_constant<int, 128>{});
-  }
-}
-
-template <class Kernel>
-void set_smem(Kernel kernel, size_t bytes) {
-  // Per call: the attribute belongs to the current device (a host call of microseconds).
-  MSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      static_cast<int>(bytes)));
-}
-
 void check_inputs(const Tensor& q, const Tensor& k, const Tensor& lse, const Tensor& iq,
                   const Tensor& ik, const Tensor& diq, const Tensor& dik, const cpu::MsaDims& d,
                   const char* op) {
@@ -1202,8 +1179,8 @@ cpu::IndexLossSums msa_index_loss_sparse(const Tensor& q, const Tensor& k, const
                             : loss_grad_kernel<kD, kDI, false, false>;
           set_smem(kernel, smem_b.bytes);
           kernel<<<static_cast<unsigned>(items_bound(rows, kTileB, kMinTilesB, n_lists)),
-                   BK / 16 * 32, smem_b.bytes>>>(p.q, p.k, p.lse, p.iq, p.ik, lseq.data<float>(), wl.start,
-                                                 items_b.data<int32_t>(),
+                   BK / 16 * 32, smem_b.bytes>>>(p.q, p.k, p.lse, p.iq, p.ik, lseq.data<float>(),
+                                                 wl.start, items_b.data<int32_t>(),
                                                  item_list_b.data<int32_t>(), n_lists, wl.entries,
                                                  kd, part_b.data<float>(), p.diq, p.dik, ga);
           MSA_CUDA_CHECK_LAUNCH("loss_grad_kernel (sparse)");
@@ -1247,10 +1224,8 @@ cpu::IndexLossSums msa_index_loss_dense(const Tensor& q, const Tensor& k, const 
   // MSA_KV_OUTER_SEQS caps it (A/B runs); deterministic mode one, as its slots have no sequence
   // index.
   const bool det = deterministic();
-  int64_t nseq = std::min<int64_t>(d.batch, 65535 / G);
-  if (const char* c = std::getenv("MSA_KV_OUTER_SEQS"); c != nullptr && *c != 0)
-    nseq = std::min<int64_t>(nseq, std::atoll(c));
-  nseq = det ? 1 : std::max<int64_t>(nseq, 1);
+  const int64_t nseq =
+      det ? 1 : kv_outer::capped_sequences_per_launch(std::min<int64_t>(d.batch, 65535 / G));
   Tensor lseq = Tensor::empty({nseq * T * G}, DType::kF32, Device::kCUDA);
   Tensor row_sums = Tensor::empty({nseq * T * G * 3}, DType::kF32, Device::kCUDA);
   Tensor row_kl = Tensor::empty({result.n_rows}, DType::kF32, Device::kCUDA);
@@ -1304,9 +1279,9 @@ cpu::IndexLossSums msa_index_loss_dense(const Tensor& q, const Tensor& k, const 
           auto kernel =
               det ? loss_grad_kernel<kD, kDI, true, true> : loss_grad_kernel<kD, kDI, true, false>;
           set_smem(kernel, smem_b.bytes);
-          kernel<<<grid, BK / 16 * 32, smem_b.bytes>>>(p.q, p.k, p.lse, p.iq, p.ik, lseq.data<float>(),
-                                                       nullptr, nullptr, nullptr, 0, nullptr, kd,
-                                                       row_sums.data<float>(), p.diq, p.dik, gj);
+          kernel<<<grid, BK / 16 * 32, smem_b.bytes>>>(
+              p.q, p.k, p.lse, p.iq, p.ik, lseq.data<float>(), nullptr, nullptr, nullptr, 0,
+              nullptr, kd, row_sums.data<float>(), p.diq, p.dik, gj);
           MSA_CUDA_CHECK_LAUNCH("loss_grad_kernel (dense)");
         });
       });

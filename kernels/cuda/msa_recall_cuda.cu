@@ -27,6 +27,7 @@
 
 #include "core/bf16.h"
 #include "core/cuda/cuda_check.h"
+#include "kernels/cuda/kernel_dispatch.h"
 #include "kernels/cuda/msa_cuda.h"
 
 namespace msa::cuda {
@@ -51,11 +52,11 @@ struct MassSmem {
 template <int D>
 __global__ void __launch_bounds__(kThreads)
     recall_mass_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k,
-                       const int32_t* __restrict__ tile_first, const int32_t* __restrict__ tile_count,
-                       const int32_t* __restrict__ qbatch, const int32_t* __restrict__ qpos,
-                       int64_t n0, int64_t Tq, int64_t Tk, int64_t off, int64_t H, int64_t G,
-                       int r, float scale_log2, int B, int64_t nb, float* __restrict__ mass,
-                       float* __restrict__ peak) {
+                       const int32_t* __restrict__ tile_first,
+                       const int32_t* __restrict__ tile_count, const int32_t* __restrict__ qbatch,
+                       const int32_t* __restrict__ qpos, int64_t n0, int64_t Tq, int64_t Tk,
+                       int64_t off, int64_t H, int64_t G, int r, float scale_log2, int B,
+                       int64_t nb, float* __restrict__ mass, float* __restrict__ peak) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   using L = MassSmem<D>;
   constexpr int kLd = L::kLd, kLdP = L::kLdP;
@@ -96,7 +97,7 @@ __global__ void __launch_bounds__(kThreads)
     }
   };
   // acc[i][c]: rows 4 tr + i, keys tk + 16 c of the tile (log2 units).
-  auto scores = [&](float (&acc)[4][4]) {
+  auto scores = [&](float(&acc)[4][4]) {
 #pragma unroll
     for (int i = 0; i < 4; ++i)
 #pragma unroll
@@ -293,17 +294,6 @@ __global__ void __launch_bounds__(kRowWarps * 32)
   }
 }
 
-template <class F>
-void with_head_dim(int64_t d, F&& f) {
-  switch (d) {
-    case 16: return f(std::integral_constant<int, 16>{});
-    case 32: return f(std::integral_constant<int, 32>{});
-    case 64: return f(std::integral_constant<int, 64>{});
-    case 128: return f(std::integral_constant<int, 128>{});
-    default: MSA_CHECK(false, "oracle recall (CUDA): head dim %lld", static_cast<long long>(d));
-  }
-}
-
 // Chunks hold at most this much of mass and peak (8 bytes per (query, group, block)).
 constexpr size_t kScratchBytes = size_t(256) << 20;
 
@@ -313,15 +303,14 @@ bool oracle_recall_cuda_supported(const Tensor& q, const Tensor& k, const cpu::M
   const char* force = std::getenv("MSA_RECALL");
   if (force != nullptr && std::strcmp(force, "reference") == 0) return false;
   const int64_t r = d.groups > 0 ? d.heads / d.groups : 0;
-  return q.dtype() == DType::kBF16 && k.dtype() == DType::kBF16 &&
-         (d.dim == 16 || d.dim == 32 || d.dim == 64 || d.dim == 128) && r >= 1 && r <= kRows &&
-         d.topk >= 1 && d.topk <= 32 && d.groups <= 65535 && d.keys() < (int64_t(1) << 30);
+  return q.dtype() == DType::kBF16 && k.dtype() == DType::kBF16 && pow2_16_128(d.dim) && r >= 1 &&
+         r <= kRows && d.topk >= 1 && d.topk <= 32 && d.groups <= 65535 &&
+         d.keys() < (int64_t(1) << 30);
 }
 
 cpu::OracleRecallSums oracle_recall_sums(const Tensor& q, const Tensor& k, const Tensor& indices,
                                          const Tensor& counts, double scale,
-                                         const cpu::RecallQueries& queries,
-                                         const cpu::MsaDims& d) {
+                                         const cpu::RecallQueries& queries, const cpu::MsaDims& d) {
   const int64_t Tq = d.seq, Tk = d.keys(), off = d.query_offset(), H = d.heads, G = d.groups;
   const int64_t nb = d.num_blocks(), r = H / G;
   const int B = static_cast<int>(d.block_size), K = static_cast<int>(d.topk);
@@ -359,16 +348,15 @@ cpu::OracleRecallSums oracle_recall_sums(const Tensor& q, const Tensor& k, const
     const Tensor count_d = Tensor::from_vector(Shape{n_tiles}, count).to(Device::kCUDA);
     Tensor mass = Tensor::zeros({(n1 - n0) * G * nb}, DType::kF32, Device::kCUDA);
     Tensor peak = Tensor::zeros({(n1 - n0) * G * nb}, DType::kF32, Device::kCUDA);
-    with_head_dim(d.dim, [&](auto dd) {
+    with_pow2(d.dim, [&](auto dd) {
       constexpr int kD = decltype(dd)::value;
       auto kernel = recall_mass_kernel<kD>;
-      MSA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          static_cast<int>(MassSmem<kD>::kBytes)));
+      set_smem(kernel, MassSmem<kD>::kBytes);
       kernel<<<dim3(static_cast<unsigned>(n_tiles), static_cast<unsigned>(G)), kThreads,
                MassSmem<kD>::kBytes>>>(
           q.data<bf16>(), k.data<bf16>(), first_d.data<int32_t>(), count_d.data<int32_t>(),
-          qb_d.data<int32_t>(), qt_d.data<int32_t>(), n0, Tq, Tk, off, H, G,
-          static_cast<int>(r), scale_log2, B, nb, mass.data<float>(), peak.data<float>());
+          qb_d.data<int32_t>(), qt_d.data<int32_t>(), n0, Tq, Tk, off, H, G, static_cast<int>(r),
+          scale_log2, B, nb, mass.data<float>(), peak.data<float>());
       MSA_CUDA_CHECK_LAUNCH("recall_mass_kernel");
     });
     const int64_t chunk_rows = (n1 - n0) * G;
