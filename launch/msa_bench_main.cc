@@ -47,8 +47,10 @@ ABSL_FLAG(int, batch, 1,
           "msa/dense/step: sequences per call (msa: the batch's sequences share kernel launches, "
           "as in training).");
 ABSL_FLAG(std::string, attention, "dense",
-          "step: 'dense', 'msa' (all layers MSA with --block_size/--topk/--index_dim) or "
-          "'both' (dense and MSA side by side).");
+          "step: 'dense', 'msa' (all layers MSA with --block_size/--topk/--index_dim), 'warmup' "
+          "(the MSA model in its index warm-up: dense attention plus the KL over every causal "
+          "token, as msa-train's --dense_attention_steps and msa-convert's recipe run it), "
+          "'both' (dense and msa) or 'all' (the three side by side).");
 ABSL_FLAG(std::string, recompute, "none", "step: activation recomputation: none, attention, full.");
 ABSL_FLAG(int, steps, 5, "step: timed training steps (after 2 warm-up steps).");
 ABSL_FLAG(int, cp_shards, 0,
@@ -73,8 +75,8 @@ int main(int argc, char** argv) {
       "  msa-bench dense  bf16 GEMMs (cuBLASLt) at the model's shapes and cuDNN attention\n"
       "                   fwd/bwd TFLOP/s [--model=1b --model_seqs=4096 --batch=1]\n"
       "  msa-bench step   whole training steps (forward, backward, AdamW): tokens/s and MFU\n"
-      "                   [--model=1b --model_seqs=4096 --attention=dense|msa|both "
-      "--recompute=none]");
+      "                   [--model=1b --model_seqs=4096 --attention=dense|msa|warmup|both|all\n"
+      "                    --recompute=none]");
   std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
   const std::string which = rest.size() == 2 ? rest[1] : "";
   if (which != "msa" && which != "dense" && which != "step") {

@@ -30,6 +30,13 @@ double now_ms() {
 
 void sync() { MSA_CHECK(cudaDeviceSynchronize() == cudaSuccess, "step bench: CUDA error"); }
 
+// A row of the table: the model's layers (all dense or all MSA) and how MSA layers run.
+struct StepKind {
+  const char* name;
+  bool all_msa;
+  MsaMode mode;  // kDenseWarmup: the index warm-up's steps (dense attention + full-support KL)
+};
+
 struct StepTimes {
   double fwd = 0, bwd = 0, opt = 0, total = 0;
   double loss = 0;
@@ -39,11 +46,15 @@ struct StepTimes {
 
 int bench_step() {
   const std::string attention = absl::GetFlag(FLAGS_attention);
-  std::vector<bool> kinds;  // all-MSA or not
-  if (attention == "dense" || attention == "both") kinds.push_back(false);
-  if (attention == "msa" || attention == "both") kinds.push_back(true);
+  std::vector<StepKind> kinds;
+  if (attention == "dense" || attention == "both" || attention == "all")
+    kinds.push_back({"dense", false, MsaMode::kSparse});
+  if (attention == "msa" || attention == "both" || attention == "all")
+    kinds.push_back({"msa", true, MsaMode::kSparse});
+  if (attention == "warmup" || attention == "all")
+    kinds.push_back({"warmup", true, MsaMode::kDenseWarmup});
   if (kinds.empty()) {
-    std::fprintf(stderr, "msa-bench: invalid --attention '%s' (dense, msa or both)\n",
+    std::fprintf(stderr, "msa-bench: invalid --attention '%s' (dense, msa, warmup, both or all)\n",
                  attention.c_str());
     return 1;
   }
@@ -63,8 +74,8 @@ int bench_step() {
               "seq", "params", "fwd ms", "bwd ms", "opt ms", "step ms", "tokens/s", "TFLOP/s",
               "MFU", "peak GiB", "loss");
   for (int64_t T : parse_lengths(absl::GetFlag(FLAGS_model_seqs), "model_seqs")) {
-    for (bool all_msa : kinds) {
-      const ModelConfig c = preset_model(absl::GetFlag(FLAGS_model), all_msa);
+    for (const StepKind& kind : kinds) {
+      const ModelConfig c = preset_model(absl::GetFlag(FLAGS_model), kind.all_msa);
       reset_cuda_peak_memory();
       std::vector<StepTimes> times;
       int64_t n_params = 0;
@@ -81,7 +92,7 @@ int bench_step() {
         const Tensor tokens = Tensor::from_vector<int32_t>({batch, T}, tok).to(Device::kCUDA);
         const Tensor targets = Tensor::from_vector<int32_t>({batch, T}, tgt).to(Device::kCUDA);
         ForwardOptions fo;
-        fo.msa_mode = MsaMode::kSparse;
+        fo.msa_mode = kind.mode;
         for (int s = 1; s <= steps + 2; ++s) {
           StepTimes t;
           sync();
@@ -111,14 +122,17 @@ int bench_step() {
       };
       const double step_ms = median(&StepTimes::total);
       const double tokens_per_s = batch * T / (step_ms * 1e-3);
-      const double tflops = train_flops_per_token(c, T) * tokens_per_s / 1e12;
+      // The warm-up attends densely: its model FLOPs are the dense model's (the index loss, like
+      // recomputation, is not counted).
+      const ModelConfig flops_config =
+          kind.mode == MsaMode::kDenseWarmup ? preset_model(absl::GetFlag(FLAGS_model), false) : c;
+      const double tflops = train_flops_per_token(flops_config, T) * tokens_per_s / 1e12;
       std::printf(
           "%-6s | %7lld | %7.2fB | %8.1f %8.1f %7.1f %8.1f | %9.0f | %7.1f | %5.1f%% | %8.2f | "
           "%6.3f\n",
-          all_msa ? "msa" : "dense", static_cast<long long>(T), n_params / 1e9,
-          median(&StepTimes::fwd), median(&StepTimes::bwd), median(&StepTimes::opt), step_ms,
-          tokens_per_s, tflops, 100 * tflops / peak,
-          cuda_memory_stats().peak_bytes / 1073741824.0, times.back().loss);
+          kind.name, static_cast<long long>(T), n_params / 1e9, median(&StepTimes::fwd),
+          median(&StepTimes::bwd), median(&StepTimes::opt), step_ms, tokens_per_s, tflops,
+          100 * tflops / peak, cuda_memory_stats().peak_bytes / 1073741824.0, times.back().loss);
       std::fflush(stdout);
     }
   }
