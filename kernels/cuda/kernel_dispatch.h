@@ -39,4 +39,8 @@ void set_smem(Kernel kernel, size_t bytes) {
                                       static_cast<int>(bytes)));
 }
 
+// True when the current device is a Hopper running this binary's sm_90a code, which the wgmma
+// kernels need (sm90a_code.cu; probed once per device).
+bool sm90a_code_available();
+
 }  // namespace msa::cuda

@@ -29,6 +29,7 @@
 #include <cstring>
 
 #include "core/cuda/cuda_check.h"
+#include "kernels/cuda/kernel_dispatch.h"
 #include "kernels/cuda/kv_outer_common.cuh"
 #include "kernels/cuda/mma_sm80.cuh"
 #include "kernels/cuda/wgmma_sm90.cuh"
@@ -282,39 +283,10 @@ __global__ void __launch_bounds__(kThreads, 2)
 
 }  // namespace
 
-// Writes 1 only where this binary's code for the device carries the sm_90a features: an sm_90
-// (no "a") or a JIT-compiled PTX build reports the same binaryVersion, 90, but compiles the wgmma
-// kernels to their trapping #else branch.
-__global__ void wgmma_probe_kernel(int* flag) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  *flag = 1;
-#else
-  *flag = 0;
-#endif
-}
-
 bool wgmma_available() {
   const char* env = std::getenv("MSA_KV_OUTER_WGMMA");
   if (env != nullptr && std::strcmp(env, "0") == 0) return false;
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) return false;
-  constexpr int kMaxDevices = 64;
-  static int known[kMaxDevices] = {};  // per device: 0 not probed, 1 available, 2 not
-  if (dev < kMaxDevices && known[dev] != 0) return known[dev] == 1;
-  int major = 0;
-  MSA_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
-  int result = 0;
-  if (major == 9) {
-    int* flag = nullptr;
-    MSA_CUDA_CHECK(cudaMalloc(&flag, sizeof(int)));
-    MSA_CUDA_CHECK(cudaMemset(flag, 0, sizeof(int)));
-    wgmma_probe_kernel<<<1, 1>>>(flag);
-    MSA_CUDA_CHECK_LAUNCH("wgmma_probe_kernel");
-    MSA_CUDA_CHECK(cudaMemcpy(&result, flag, sizeof(int), cudaMemcpyDeviceToHost));
-    MSA_CUDA_CHECK(cudaFree(flag));
-  }
-  if (dev < kMaxDevices) known[dev] = result == 1 ? 1 : 2;
-  return result == 1;
+  return sm90a_code_available();
 }
 
 int wgmma_forward_queries_per_tile(int64_t r) { return static_cast<int>(kTileRows / r); }

@@ -81,6 +81,7 @@
 #include "kernels/cuda/kv_outer_common.cuh"
 #include "kernels/cuda/mma_sm80.cuh"
 #include "kernels/cuda/msa_cuda.h"
+#include "kernels/cuda/wgmma_sm90.cuh"
 
 namespace msa::cuda {
 namespace {
@@ -402,19 +403,21 @@ struct GradArgs {
 };
 
 // Shared-memory carve-up of loss_grad_kernel (byte offsets; every piece a multiple of 16 bytes).
+// The q stages come first: with the wgmma teacher (`swizzled`) they are sw128 tiles, which start
+// 1024-byte aligned, so the kernel aligns its base and `bytes` holds the 1024 bytes that may take.
 struct GradSmem {
-  size_t ks, iks, qst, iqt, dsh, dsl, lse, lseq, red, tok, slot, lim, bytes;
+  size_t qst, ks, iks, iqt, dsh, dsl, lse, lseq, red, tok, slot, lim, bytes;
   __host__ __device__ static size_t take(size_t& o, size_t n) {
     const size_t at = o;
     o += (n + 15) / 16 * 16;
     return at;
   }
-  __host__ __device__ GradSmem(int D, int DI, int BK, int r) {
+  __host__ __device__ GradSmem(int D, int DI, int BK, int r, bool swizzled) {
     const size_t M = kTileB, nW = BK / 16;
     size_t o = 0;
+    qst = take(o, 2 * size_t(heads_per_stage(BK, r)) * M * (swizzled ? D : D + 8) * 2);
     ks = take(o, size_t(BK) * (D + 8) * 2);
     iks = take(o, size_t(BK) * (DI + 8) * 2);
-    qst = take(o, 2 * size_t(heads_per_stage(BK, r)) * M * (D + 8) * 2);
     iqt = take(o, 2 * M * (DI + 8) * 2);
     dsh = take(o, size_t(BK) * (M + 8) * 2);  // dS^T hi / lo parts, [key][token]
     dsl = take(o, size_t(BK) * (M + 8) * 2);
@@ -424,7 +427,7 @@ struct GradSmem {
     tok = take(o, 2 * M * 4);
     slot = take(o, 2 * M * 4);
     lim = take(o, 2 * M * 4);
-    bytes = o;
+    bytes = o + (swizzled ? 1024 : 0);
   }
 };
 
@@ -470,15 +473,21 @@ __device__ __forceinline__ void atomic_add2(float* p, float x, float y) {
 // ik [Tk, DI], lseq [Tq, G], diq [Tq, G, DI], dik [Tk, DI] (a.T = Tq, a.Tk; token t at position
 // a.off + t).
 // Sparse (kDense false): grid.x >= the work items (tiles of kTileB, kMinTilesB), kl_out =
-//   partials [chunk_row(b, t) G + g][slot][3]. Dense: grid (ceil(Tq / kDenseTokens), nb,
-//   nseq G), CTA (c, j, b G + g) takes sequence b's tokens [max(jB - off, c kDenseTokens),
+//   partials [chunk_row(b, t) G + g][slot][3]. Dense: grid (nb, ceil(Tq / kDenseTokens),
+//   nseq G), CTA (j, c, b G + g) takes sequence b's tokens [max(jB - off, c kDenseTokens),
 //   min(Tq, (c + 1) kDenseTokens)) (those at positions >= jB); kl_out = per-row sums
 //   [b][t G + g][3] (zeroed by the caller, f32 atomics). Deterministic dense launches hold one
 //   sequence (its slots have no sequence index).
 // kl sums per token: [0] sum P log P, [1] sum P S, [2] sum P.
 // kDet: deterministic mode (the slots of GradArgs), a separate instantiation so that the
 // default kernel stays as it was.
-template <int D, int DI, bool kDense, bool kDet>
+// kWgmma (sm_90a; D 64 or 128, BK 64 or 128): the teacher's Z^T = K q_h^T on warpgroup MMAs
+// (wgmma m64n32k16, A = the warp's 16 keys of K_j in registers for the whole work item, B = the
+// head's q tile from shared memory, stored as 128-byte-swizzled tiles), two heads in flight: head
+// h + 1's MMAs run while head h's exponentials do. The mma.sync teacher re-reads its K fragments
+// and the q tile through ldmatrix for every head and warp (24 of its 128 instructions per head);
+// everything after the teacher is the same code.
+template <int D, int DI, bool kDense, bool kDet, bool kWgmma>
 __global__ void __launch_bounds__(kMaxThreadsB)
     loss_grad_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k,
                      const float* __restrict__ lse, const bf16* __restrict__ iq,
@@ -490,21 +499,24 @@ __global__ void __launch_bounds__(kMaxThreadsB)
   extern __shared__ __align__(16) unsigned char smem_raw[];
   constexpr int M = kTileB, kLd = D + 8, kLdI = DI + 8;
   constexpr int kLdT = M + 8;  // dS^T rows: 80 bytes, conflict-free for ldmatrix and the stores
+  constexpr size_t kQHeadBytes = size_t(M) * D * 2;  // wgmma: one head's swizzled q tile
   const int BK = a.BK, nW = BK / 16, nthreads = nW * 32;
   const int r = static_cast<int>(a.r);
-  const GradSmem L(D, DI, BK, r);
-  bf16* ks = reinterpret_cast<bf16*>(smem_raw + L.ks);
-  bf16* iks = reinterpret_cast<bf16*>(smem_raw + L.iks);
-  bf16* qst = reinterpret_cast<bf16*>(smem_raw + L.qst);
-  bf16* iqt = reinterpret_cast<bf16*>(smem_raw + L.iqt);
-  bf16* dsh = reinterpret_cast<bf16*>(smem_raw + L.dsh);
-  bf16* dsl = reinterpret_cast<bf16*>(smem_raw + L.dsl);
-  float* lse_s = reinterpret_cast<float*>(smem_raw + L.lse);
-  float* lseq_s = reinterpret_cast<float*>(smem_raw + L.lseq);
-  float* red = reinterpret_cast<float*>(smem_raw + L.red);
-  int* tok_s = reinterpret_cast<int*>(smem_raw + L.tok);
-  int* slot_s = reinterpret_cast<int*>(smem_raw + L.slot);
-  int* lim_s = reinterpret_cast<int*>(smem_raw + L.lim);
+  const GradSmem L(D, DI, BK, r, kWgmma);
+  unsigned char* smem = smem_raw;
+  if constexpr (kWgmma) smem = sw128_align(smem_raw);
+  bf16* ks = reinterpret_cast<bf16*>(smem + L.ks);
+  bf16* iks = reinterpret_cast<bf16*>(smem + L.iks);
+  unsigned char* qst = smem + L.qst;
+  bf16* iqt = reinterpret_cast<bf16*>(smem + L.iqt);
+  bf16* dsh = reinterpret_cast<bf16*>(smem + L.dsh);
+  bf16* dsl = reinterpret_cast<bf16*>(smem + L.dsl);
+  float* lse_s = reinterpret_cast<float*>(smem + L.lse);
+  float* lseq_s = reinterpret_cast<float*>(smem + L.lseq);
+  float* red = reinterpret_cast<float*>(smem + L.red);
+  int* tok_s = reinterpret_cast<int*>(smem + L.tok);
+  int* slot_s = reinterpret_cast<int*>(smem + L.slot);
+  int* lim_s = reinterpret_cast<int*>(smem + L.lim);
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int grp = lane >> 2, tig = lane & 3, l16 = lane % 16;
 
@@ -512,11 +524,11 @@ __global__ void __launch_bounds__(kMaxThreadsB)
   int32_t begin, end;
   int tile_begin, tile_end;
   if constexpr (kDense) {
-    j = a.j0 + blockIdx.y;
+    j = a.j0 + blockIdx.x;
     g = blockIdx.z % a.G;
     b = blockIdx.z / a.G;
-    const int64_t lo = max(j * BK - a.off, static_cast<int64_t>(blockIdx.x) * kDenseTokens);
-    const int64_t hi = min(a.T, static_cast<int64_t>(blockIdx.x + 1) * kDenseTokens);
+    const int64_t lo = max(j * BK - a.off, static_cast<int64_t>(blockIdx.y) * kDenseTokens);
+    const int64_t hi = min(a.T, static_cast<int64_t>(blockIdx.y + 1) * kDenseTokens);
     if (lo >= hi) return;  // every token of this range precedes block j
     tok0 = lo;
     begin = 0;
@@ -622,8 +634,13 @@ __global__ void __launch_bounds__(kMaxThreadsB)
       int slot;
       const int64_t t = valid ? token_of(e, slot) : 0;
       const bf16* src = q + (t * a.H + g * a.r + h0) * D + qcol;
-      bf16* dst = qst + ((qb * hs) * M + i) * kLd + qcol;
-      for (int hh = 0; hh < nh; ++hh) cp_async_16(dst + hh * M * kLd, src + hh * D, valid);
+      if constexpr (kWgmma) {
+        unsigned char* dst = qst + qb * hs * kQHeadBytes + sw128_offset(M, i, qcol);
+        for (int hh = 0; hh < nh; ++hh) cp_async_16(dst + hh * kQHeadBytes, src + hh * D, valid);
+      } else {
+        bf16* dst = reinterpret_cast<bf16*>(qst) + ((qb * hs) * M + i) * kLd + qcol;
+        for (int hh = 0; hh < nh; ++hh) cp_async_16(dst + hh * M * kLd, src + hh * D, valid);
+      }
     }
     cp_async_commit();
   };
@@ -637,11 +654,21 @@ __global__ void __launch_bounds__(kMaxThreadsB)
   const float inv_r = 1.0f / static_cast<float>(r);
   const float s_log2 = a.s_scale * kLog2e;  // student scores in log2 units
 
+  // wgmma: this warp's 16 keys of K_j as A fragments, loaded once (after the first barrier).
+  uint32_t kfrag[kWgmma ? D / 16 : 1][4];
   if (n_stages > 0) issue(0, 0, 0);
   int tr = 0, hc = 0;
   for (int sg = 0; sg < n_stages; ++sg) {
     cp_async_wait<0>();
+    if constexpr (kWgmma) fence_proxy_async();  // the q tiles, written by cp.async, for wgmma
     __syncthreads();  // stage sg visible to all; every warp is done with stage sg - 1
+    if constexpr (kWgmma) {
+      if (sg == 0) {
+#pragma unroll
+        for (int kstep = 0; kstep < D / 16; ++kstep)
+          ldmatrix_x4(kfrag[kstep], ks + arow * kLd + kstep * 16 + acol);
+      }
+    }
     const int ntr = hc + 1 < n_chunks ? tr : tr + 1, nhc = hc + 1 < n_chunks ? hc + 1 : 0;
     if (sg + 1 < n_stages) issue(ntr, nhc, (sg + 1) & 1);
     const int tb = tr & 1, qb = sg & 1;
@@ -653,12 +680,70 @@ __global__ void __launch_bounds__(kMaxThreadsB)
     const bool last_chunk = hc + 1 == n_chunks;
     tr = ntr;
     hc = nhc;
-    for (int hh = 0; hh < nh; ++hh) {
-      // Teacher scores of head h0 + hh: Z^T = K_w q_h^T (16 keys x M tokens).
-      float sc[M / 8][4];
+    if constexpr (kWgmma) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+      // Teacher scores of head h0 + hh: Z^T = K q_h^T, this warpgroup's 64 keys x M tokens, the
+      // accumulators in the mma.sync C layout (warp rows 16 w .. 16 w + 15: the same keys as
+      // below). Head hh + 1's MMAs are issued before head hh's exponentials.
+      static_assert(M == 32, "the wgmma teacher is written for 32-token tiles (m64n32k16)");
+      const unsigned char* q_stage = qst + qb * hs * kQHeadBytes;
+      auto issue_head = [&](int hh, float(&d)[16]) {
+        const unsigned char* tile = q_stage + hh * kQHeadBytes;
+        wgmma_fence();
+#pragma unroll
+        for (int kstep = 0; kstep < D / 16; ++kstep)
+          wgmma_m64n32k16_rs<0>(d, kfrag[kstep],
+                                sw128_desc(tile + (kstep / 4) * M * 128 + (kstep % 4) * 32),
+                                kstep > 0);
+        wgmma_commit();
+      };
+      // The stage's heads as a compile-time count: no MMA is in flight across a branch or a
+      // loop edge (ptxas serializes wgmma there, warning C7518).
+      auto teacher = [&](auto heads) {
+        constexpr int kNh = decltype(heads)::value;
+        float acc[2][16];
+        issue_head(0, acc[0]);
+#pragma unroll
+        for (int hh = 0; hh < kNh; ++hh) {
+          if (hh + 1 < kNh) {
+            issue_head(hh + 1, acc[(hh + 1) & 1]);
+            wgmma_wait<1>();
+          } else {
+            wgmma_wait<0>();
+          }
+          fence_operands(acc[hh & 1]);
+          const float* lse_h = lse_s + (tb * r + h0 + hh) * M;
+#pragma unroll
+          for (int i = 0; i < 16; ++i) {
+            const int nq = i / 4, c = i % 4, col = nq * 8 + 2 * tig + (c & 1);
+            P[nq][c] += fast_exp2(fmaf(acc[hh & 1][i], a.scale_log2, -lse_h[col] * kLog2e));
+          }
+        }
+      };
+      static_assert(kHeadsPerStage == 4, "the dispatch below covers 1 .. 4 heads per stage");
+      switch (nh) {
+        case 1:
+          teacher(std::integral_constant<int, 1>{});
+          break;
+        case 2:
+          teacher(std::integral_constant<int, 2>{});
+          break;
+        case 3:
+          teacher(std::integral_constant<int, 3>{});
+          break;
+        default:
+          teacher(std::integral_constant<int, 4>{});
+      }
+#else
+      __trap();  // never chosen without sm_90a code (index_loss_wgmma)
+#endif
+    } else {
+      for (int hh = 0; hh < nh; ++hh) {
+        // Teacher scores of head h0 + hh: Z^T = K_w q_h^T (16 keys x M tokens).
+        float sc[M / 8][4];
 #pragma unroll
       for (int nq = 0; nq < M / 8; ++nq) sc[nq][0] = sc[nq][1] = sc[nq][2] = sc[nq][3] = 0.0f;
-      const bf16* qb_s = qst + (qb * hs + hh) * M * kLd;
+      const bf16* qb_s = reinterpret_cast<const bf16*>(qst) + (qb * hs + hh) * M * kLd;
 #pragma unroll
       for (int kstep = 0; kstep < D / 16; ++kstep) {
         uint32_t ka[4];
@@ -679,6 +764,7 @@ __global__ void __launch_bounds__(kMaxThreadsB)
           const int col = nq * 8 + 2 * tig + (c & 1);
           P[nq][c] += fast_exp2(fmaf(sc[nq][c], a.scale_log2, -lse_h[col] * kLog2e));
         }
+    }
     }
     if (!last_chunk) continue;
     float sc[M / 8][4];
@@ -833,7 +919,7 @@ __global__ void __launch_bounds__(kMaxThreadsB)
   }
   // This warp's keys of dik (deterministic: this CTA's own [BK][DI] slot, all keys written).
   if constexpr (kDet) {
-    const int64_t slot = kDense ? (((j - a.j0) * a.G + g) * gridDim.x + blockIdx.x)
+    const int64_t slot = kDense ? (((j - a.j0) * a.G + g) * gridDim.y + blockIdx.y)
                                 : static_cast<int64_t>(blockIdx.x);
 #pragma unroll
     for (int nt = 0; nt < DI / 8; ++nt)
@@ -1014,6 +1100,27 @@ void check_inputs(const Tensor& q, const Tensor& k, const Tensor& lse, const Ten
   MSA_CHECK(index_loss_cuda_supported(q, iq, d), "%s: sizes not supported by the GPU kernels", op);
 }
 
+// loss_grad_kernel's wgmma teacher: on sm_90a code, at the sizes it is built for (D, d_I and B of
+// 64 or 128: the product's and the GPU-sized model's); MSA_INDEX_LOSS_WGMMA=0 keeps mma.sync.
+bool index_loss_wgmma(int64_t D, int64_t DI, int BK) {
+  const char* env = std::getenv("MSA_INDEX_LOSS_WGMMA");
+  if (env != nullptr && std::strcmp(env, "0") == 0) return false;
+  return (D == 64 || D == 128) && (DI == 64 || DI == 128) && (BK == 64 || BK == 128) &&
+         sm90a_code_available();
+}
+
+template <int kD, int kDI, bool kDense>
+auto loss_grad_kernel_for(bool det, bool wg) {
+  auto kernel = det ? loss_grad_kernel<kD, kDI, kDense, true, false>
+                    : loss_grad_kernel<kD, kDI, kDense, false, false>;
+  if constexpr (kD >= 64 && kDI >= 64) {
+    if (wg)
+      kernel = det ? loss_grad_kernel<kD, kDI, kDense, true, true>
+                   : loss_grad_kernel<kD, kDI, kDense, false, true>;
+  }
+  return kernel;
+}
+
 GradArgs grad_args(const cpu::MsaDims& d, double scale, double weight) {
   GradArgs a;
   a.T = d.seq;
@@ -1123,7 +1230,8 @@ cpu::IndexLossSums msa_index_loss_sparse(const Tensor& q, const Tensor& k, const
   Tensor lseq = Tensor::empty({nseq * T * G}, DType::kF32, Device::kCUDA);
   Tensor row_kl = Tensor::empty({result.n_rows}, DType::kF32, Device::kCUDA);
   const float s_log2 = static_cast<float>(1.4426950408889634 / std::sqrt(static_cast<double>(DI)));
-  const GradSmem smem_b(static_cast<int>(D), static_cast<int>(DI), BK, static_cast<int>(r));
+  const bool wg = index_loss_wgmma(D, DI, BK);
+  const GradSmem smem_b(static_cast<int>(D), static_cast<int>(DI), BK, static_cast<int>(r), wg);
   Tensor diq_part, dik_part;  // deterministic mode: GradArgs' partial slots
   if (det) {
     diq_part = Tensor::empty({launch_tokens * G * K * DI}, DType::kF32, Device::kCUDA);
@@ -1175,8 +1283,7 @@ cpu::IndexLossSums msa_index_loss_sparse(const Tensor& q, const Tensor& k, const
       with_pow2(D, [&](auto dd) {
         with_pow2(DI, [&](auto di) {
           constexpr int kD = decltype(dd)::value, kDI = decltype(di)::value;
-          auto kernel = det ? loss_grad_kernel<kD, kDI, false, true>
-                            : loss_grad_kernel<kD, kDI, false, false>;
+          auto kernel = loss_grad_kernel_for<kD, kDI, false>(det, wg);
           set_smem(kernel, smem_b.bytes);
           kernel<<<static_cast<unsigned>(items_bound(rows, kTileB, kMinTilesB, n_lists)),
                    BK / 16 * 32, smem_b.bytes>>>(p.q, p.k, p.lse, p.iq, p.ik, lseq.data<float>(),
@@ -1230,11 +1337,14 @@ cpu::IndexLossSums msa_index_loss_dense(const Tensor& q, const Tensor& k, const 
   Tensor row_sums = Tensor::empty({nseq * T * G * 3}, DType::kF32, Device::kCUDA);
   Tensor row_kl = Tensor::empty({result.n_rows}, DType::kF32, Device::kCUDA);
   const float s_log2 = static_cast<float>(1.4426950408889634 / std::sqrt(static_cast<double>(DI)));
-  const GradSmem smem_b(static_cast<int>(D), static_cast<int>(DI), BK, static_cast<int>(r));
+  const bool wg = index_loss_wgmma(D, DI, BK);
+  const GradSmem smem_b(static_cast<int>(D), static_cast<int>(DI), BK, static_cast<int>(r), wg);
   const GradArgs ga = grad_args(d, scale, weight);
   // Deterministic mode: key blocks in launches of jb blocks, each CTA's contributions in its own
   // slots (GradArgs), added in a fixed order after each launch; jb keeps the slots under ~1 GB.
   const int64_t nc = (T + kDenseTokens - 1) / kDenseTokens;
+  MSA_CHECK(nc <= 65535, "%s: %lld query tokens exceed the dense loss's grid (at most %lld)", op,
+            static_cast<long long>(T), static_cast<long long>(65535 * kDenseTokens));
   const int64_t per_block = (T * G * (DI + 3) + G * nc * BK * DI) * 4;
   int64_t jb =
       det ? std::max<int64_t>(1, std::min<int64_t>(nb, (int64_t(1) << 30) / per_block)) : nb;
@@ -1271,13 +1381,15 @@ cpu::IndexLossSums msa_index_loss_dense(const Tensor& q, const Tensor& k, const 
         gj.sums_part = sums_part.data<float>();
         gj.dik_part = dik_part.data<float>();
       }
-      const dim3 grid(static_cast<unsigned>(nc), static_cast<unsigned>(j1 - j0),
+      // Key blocks along x: the CTAs running together share one 256-token chunk, whose q rows
+      // (r heads, 1 MB at d 128, r 16) stay in L2 for all of them; with chunks along x every
+      // key block streamed all of q from memory again (T / B / 2 times on average).
+      const dim3 grid(static_cast<unsigned>(j1 - j0), static_cast<unsigned>(nc),
                       static_cast<unsigned>(ns * G));
       with_pow2(D, [&](auto dd) {
         with_pow2(DI, [&](auto di) {
           constexpr int kD = decltype(dd)::value, kDI = decltype(di)::value;
-          auto kernel =
-              det ? loss_grad_kernel<kD, kDI, true, true> : loss_grad_kernel<kD, kDI, true, false>;
+          auto kernel = loss_grad_kernel_for<kD, kDI, true>(det, wg);
           set_smem(kernel, smem_b.bytes);
           kernel<<<grid, BK / 16 * 32, smem_b.bytes>>>(
               p.q, p.k, p.lse, p.iq, p.ik, lseq.data<float>(), nullptr, nullptr, nullptr, 0,

@@ -3,7 +3,7 @@
 // msa_indexer_topk.cu (read its top comment first): token scores iq_{t,g} . ik_s, max-pooled per
 // key block, fed straight into a per-row exp-free top-k; no score reaches memory. That file's host
 // function routes these sizes here when the device runs this binary's sm_90a code (a probe,
-// indexer_wgmma_available) and MSA_INDEXER_WGMMA is not "0".
+// sm90a_code_available) and MSA_INDEXER_WGMMA is not "0".
 //
 // Why wgmma: the mma.sync kernel moves every key tile through ldmatrix into registers once per 32
 // rows and issues one mma.sync per 16 x 8 x 16 product; a wgmma m64n128k16 reads its operands from
@@ -76,6 +76,7 @@
 #include "core/check.h"
 #include "core/cuda/cuda_check.h"
 #include "kernels/cuda/indexer_output.cuh"
+#include "kernels/cuda/kernel_dispatch.h"
 #include "kernels/cuda/mma_sm80.cuh"
 #include "kernels/cuda/msa_cuda.h"
 #include "kernels/cuda/wgmma_sm90.cuh"
@@ -282,42 +283,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int64_t row = b * rows + my_r;
   write_selection_row<KL>(li, min(K - 1, c_row), c_row, K, indices + row * K, counts + row);
 #else
-  __trap();  // never chosen without sm_90a code (indexer_wgmma_available)
+  __trap();  // never chosen without sm_90a code (sm90a_code_available)
 #endif
-}
-
-// Writes 1 only where this binary's code for the device carries the sm_90a features (an sm_90 or
-// JIT-compiled PTX build reports the same compute capability but traps in the kernel above).
-__global__ void indexer_wgmma_probe_kernel(int* flag) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  *flag = 1;
-#else
-  *flag = 0;
-#endif
-}
-
-// True when the current device is a Hopper and runs this binary's sm_90a code (probed once per
-// device).
-bool indexer_wgmma_available() {
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) return false;
-  constexpr int kMaxDevices = 64;
-  static int known[kMaxDevices] = {};  // per device: 0 not probed, 1 available, 2 not
-  if (dev < kMaxDevices && known[dev] != 0) return known[dev] == 1;
-  int major = 0;
-  MSA_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
-  int result = 0;
-  if (major == 9) {
-    int* flag = nullptr;
-    MSA_CUDA_CHECK(cudaMalloc(&flag, sizeof(int)));
-    MSA_CUDA_CHECK(cudaMemset(flag, 0, sizeof(int)));
-    indexer_wgmma_probe_kernel<<<1, 1>>>(flag);
-    MSA_CUDA_CHECK_LAUNCH("indexer_wgmma_probe_kernel");
-    MSA_CUDA_CHECK(cudaMemcpy(&result, flag, sizeof(int), cudaMemcpyDeviceToHost));
-    MSA_CUDA_CHECK(cudaFree(flag));
-  }
-  if (dev < kMaxDevices) known[dev] = result == 1 ? 1 : 2;
-  return result == 1;
 }
 
 }  // namespace
@@ -331,7 +298,7 @@ bool indexer_topk_wgmma_supported(const Tensor& iq, const Tensor& ik, const cpu:
                        reinterpret_cast<uintptr_t>(iq.raw_data()) % 16 == 0;
   return iq.dtype() == DType::kBF16 && ik.dtype() == DType::kBF16 && aligned &&
          d.index_dim == kDI && d.block_size == kB && d.topk >= 1 && d.topk <= 32 &&
-         indexer_wgmma_available();
+         sm90a_code_available();
 }
 
 void indexer_topk_wgmma(const Tensor& iq, const Tensor& ik, Tensor& indices, Tensor& counts,

@@ -30,6 +30,7 @@
 #include "kernels/msa.h"
 #include "tests/testing/gpu.h"
 #include "tests/testing/gradcheck.h"
+#include "tests/testing/scoped_env.h"
 
 namespace msa {
 namespace {
@@ -257,6 +258,14 @@ const std::vector<Case> kProduct = {{2, 1100, 32, 4, 128, 128, 128, 4},
                                     {2, 2048, 64, 4, 128, 128, 128, 12},
                                     {1, 4096, 32, 8, 128, 128, 128, 8}};
 
+// The wgmma teacher's sizes (Hopper; d, dI and B of 64 or 128) at every count of heads per
+// pipeline stage: r 3 (one stage of 3), r 5 (4 + 1), r 6 (4 + 2), and B 64 (one warpgroup, one head
+// per stage), with partial last blocks.
+const std::vector<Case> kWgmmaStages = {{1, 700, 6, 2, 128, 128, 128, 3},
+                                        {2, 400, 10, 2, 128, 128, 128, 2},
+                                        {1, 500, 12, 2, 128, 64, 128, 3},
+                                        {2, 300, 4, 2, 64, 64, 64, 3}};
+
 // check_case on each case, seeds first + 10, first + 20, ...
 void check_cases(const std::vector<Case>& cases, IndexLossMode mode, uint64_t first_seed) {
   uint64_t seed = first_seed;
@@ -294,6 +303,26 @@ TEST(GpuMsaIndexLossTest, ProductShapesDense) {
   // The dense CPU reference costs T^2: the two smaller product shapes.
   for (size_t i = 0; i + 1 < kProduct.size(); ++i)
     check_case(kProduct[i], IndexLossMode::kDenseTarget, seed += 10);
+}
+
+TEST(GpuMsaIndexLossTest, WgmmaStagesSparse) {
+  SKIP_WITHOUT_GPU();
+  check_cases(kWgmmaStages, IndexLossMode::kSparse, 7700);
+}
+
+TEST(GpuMsaIndexLossTest, WgmmaStagesDense) {
+  SKIP_WITHOUT_GPU();
+  check_cases(kWgmmaStages, IndexLossMode::kDenseTarget, 7800);
+}
+
+// The mma.sync teacher at the sizes that take the wgmma one on Hopper (MSA_INDEX_LOSS_WGMMA=0),
+// so that both stay checked against the CPU on the GPU the tests run on.
+TEST(GpuMsaIndexLossTest, MmaSyncTeacherAtWgmmaSizes) {
+  SKIP_WITHOUT_GPU();
+  ScopedEnv env("MSA_INDEX_LOSS_WGMMA", "0");
+  check_case(kProduct[0], IndexLossMode::kSparse, 7910);
+  check_case(kWgmmaStages[1], IndexLossMode::kDenseTarget, 7920);
+  check_case(kWgmmaStages[3], IndexLossMode::kSparse, 7930);
 }
 
 // Fewer queries than keys (Tk = the Case's last field): query t at position Tk - T + t, the
