@@ -258,9 +258,9 @@ const std::vector<Case> kProduct = {{2, 1100, 32, 4, 128, 128, 128, 4},
                                     {2, 2048, 64, 4, 128, 128, 128, 12},
                                     {1, 4096, 32, 8, 128, 128, 128, 8}};
 
-// The wgmma teacher's sizes (Hopper; d, dI and B of 64 or 128) at every count of heads per
-// pipeline stage: r 3 (one stage of 3), r 5 (4 + 1), r 6 (4 + 2), and B 64 (one warpgroup, one head
-// per stage), with partial last blocks.
+// The wgmma teacher's sizes (Hopper, MSA_INDEX_LOSS_WGMMA=1; d, dI and B of 64 or 128) at every
+// count of heads per pipeline stage: r 3 (one stage of 3), r 5 (4 + 1), r 6 (4 + 2), and B 64 (one
+// warpgroup, one head per stage), with partial last blocks. Other GPUs run the mma.sync teacher.
 const std::vector<Case> kWgmmaStages = {{1, 700, 6, 2, 128, 128, 128, 3},
                                         {2, 400, 10, 2, 128, 128, 128, 2},
                                         {1, 500, 12, 2, 128, 64, 128, 3},
@@ -307,22 +307,24 @@ TEST(GpuMsaIndexLossTest, ProductShapesDense) {
 
 TEST(GpuMsaIndexLossTest, WgmmaStagesSparse) {
   SKIP_WITHOUT_GPU();
+  ScopedEnv env("MSA_INDEX_LOSS_WGMMA", "1");
   check_cases(kWgmmaStages, IndexLossMode::kSparse, 7700);
 }
 
 TEST(GpuMsaIndexLossTest, WgmmaStagesDense) {
   SKIP_WITHOUT_GPU();
+  ScopedEnv env("MSA_INDEX_LOSS_WGMMA", "1");
   check_cases(kWgmmaStages, IndexLossMode::kDenseTarget, 7800);
 }
 
-// The mma.sync teacher at the sizes that take the wgmma one on Hopper (MSA_INDEX_LOSS_WGMMA=0),
-// so that both stay checked against the CPU on the GPU the tests run on.
-TEST(GpuMsaIndexLossTest, MmaSyncTeacherAtWgmmaSizes) {
+// The wgmma teacher at the product's shapes, both modes (the default mma.sync teacher has them in
+// ProductShapesSparse / ProductShapesDense).
+TEST(GpuMsaIndexLossTest, WgmmaTeacherProductShapes) {
   SKIP_WITHOUT_GPU();
-  ScopedEnv env("MSA_INDEX_LOSS_WGMMA", "0");
+  ScopedEnv env("MSA_INDEX_LOSS_WGMMA", "1");
   check_case(kProduct[0], IndexLossMode::kSparse, 7910);
-  check_case(kWgmmaStages[1], IndexLossMode::kDenseTarget, 7920);
-  check_case(kWgmmaStages[3], IndexLossMode::kSparse, 7930);
+  check_case(kProduct[1], IndexLossMode::kSparse, 7920);
+  check_case(kProduct[0], IndexLossMode::kDenseTarget, 7930);
 }
 
 // Fewer queries than keys (Tk = the Case's last field): query t at position Tk - T + t, the
