@@ -52,7 +52,7 @@
 // per-row sums are f32 atomics (the order varies: last-bit differences between runs). In
 // deterministic mode (core/deterministic.h) each contribution goes to its own slot instead --
 // sparse: diq per (t, g, slot), dik per (work item, key); dense: per key block j (launches of a
-// few blocks at a time) for diq and the row sums, per CTA (c, j, g) for dik -- and small kernels
+// few blocks at a time) for diq and the row sums, per CTA (j, c, g) for dik -- and small kernels
 // add the slots in a fixed order (GradArgs). The work lists are sorted too (build_work_lists), so
 // the tiles, and with them the in-CTA sums, are the same on every run.
 // Queries run in chunks (sparse; the work lists and partials are per chunk) sized by a memory
@@ -394,12 +394,12 @@ struct GradArgs {
   // Deterministic mode (core/deterministic.h, the kernel's kDet): instead of f32 atomics, every
   // contribution is stored to its own partial slot and fixed-order kernels add the slots.
   //   sparse: diq_part [chunk_row(b, t) G + g][slot][DI], dik_part [work item][BK][DI].
-  //   dense, key blocks [j0, j0 + grid.y): diq_part [j - j0][t G + g][DI] (t < Tq),
-  //     sums_part [j - j0][t G + g][3], dik_part [j - j0][g][c][BK][DI] (c = blockIdx.x).
+  //   dense, key blocks [j0, j0 + grid.x): diq_part [j - j0][t G + g][DI] (t < Tq),
+  //     sums_part [j - j0][t G + g][3], dik_part [j - j0][g][c][BK][DI] (c = blockIdx.y).
   float* diq_part = nullptr;
   float* dik_part = nullptr;
   float* sums_part = nullptr;
-  int64_t j0 = 0;  // dense: the first key block of this launch (blockIdx.y = j - j0)
+  int64_t j0 = 0;  // dense: the first key block of this launch (blockIdx.x = j - j0)
 };
 
 // Shared-memory carve-up of loss_grad_kernel (byte offsets; every piece a multiple of 16 bytes).
@@ -660,7 +660,9 @@ __global__ void __launch_bounds__(kMaxThreadsB)
   int tr = 0, hc = 0;
   for (int sg = 0; sg < n_stages; ++sg) {
     cp_async_wait<0>();
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     if constexpr (kWgmma) fence_proxy_async();  // the q tiles, written by cp.async, for wgmma
+#endif
     __syncthreads();  // stage sg visible to all; every warp is done with stage sg - 1
     if constexpr (kWgmma) {
       if (sg == 0) {
@@ -1032,7 +1034,7 @@ __global__ void dense_rows_kernel(const float* __restrict__ diq_part,
   }
 }
 
-// Dense, key blocks [j0, j1): dik[s] (s < Tk) += the slots of the CTAs (c, j, g) of s's block,
+// Dense, key blocks [j0, j1): dik[s] (s < Tk) += the slots of the CTAs (j, c, g) of s's block,
 // groups then token ranges c in order; CTAs with c < max(0, jB - off) / kDenseTokens had no tokens
 // (all at positions < jB) and wrote nothing.
 __global__ void dense_dik_kernel(const float* __restrict__ part, float* __restrict__ dik,
@@ -1346,8 +1348,6 @@ cpu::IndexLossSums msa_index_loss_dense(const Tensor& q, const Tensor& k, const 
   // Deterministic mode: key blocks in launches of jb blocks, each CTA's contributions in its own
   // slots (GradArgs), added in a fixed order after each launch; jb keeps the slots under ~1 GB.
   const int64_t nc = (T + kDenseTokens - 1) / kDenseTokens;
-  MSA_CHECK(nc <= 65535, "%s: %lld query tokens exceed the dense loss's grid (at most %lld)", op,
-            static_cast<long long>(T), static_cast<long long>(65535 * kDenseTokens));
   const int64_t per_block = (T * G * (DI + 3) + G * nc * BK * DI) * 4;
   int64_t jb =
       det ? std::max<int64_t>(1, std::min<int64_t>(nb, (int64_t(1) << 30) / per_block)) : nb;
@@ -1386,7 +1386,8 @@ cpu::IndexLossSums msa_index_loss_dense(const Tensor& q, const Tensor& k, const 
       }
       // Key blocks along x: the CTAs running together share one 256-token chunk, whose q rows
       // (r heads, 1 MB at d 128, r 16) stay in L2 for all of them; with chunks along x every
-      // key block streamed all of q from memory again (T / B / 2 times on average).
+      // key block streamed all of q from memory again (T / B / 2 times on average). nc fits
+      // grid.y: index_loss_cuda_supported bounds T to 65535 blocks of at most 128 tokens.
       const dim3 grid(static_cast<unsigned>(j1 - j0), static_cast<unsigned>(nc),
                       static_cast<unsigned>(ns * G));
       with_pow2(D, [&](auto dd) {

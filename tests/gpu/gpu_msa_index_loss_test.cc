@@ -26,6 +26,7 @@
 #include "kernels/attention.h"
 #include "kernels/cpu/msa.h"
 #include "kernels/cpu/parallel.h"
+#include "kernels/cuda/kernel_dispatch.h"
 #include "kernels/cuda/msa_cuda.h"
 #include "kernels/msa.h"
 #include "tests/testing/gpu.h"
@@ -259,12 +260,19 @@ const std::vector<Case> kProduct = {{2, 1100, 32, 4, 128, 128, 128, 4},
                                     {1, 4096, 32, 8, 128, 128, 128, 8}};
 
 // The wgmma teacher's sizes (Hopper, MSA_INDEX_LOSS_WGMMA=1; d, dI and B of 64 or 128) at every
-// count of heads per pipeline stage: r 3 (one stage of 3), r 5 (4 + 1), r 6 (4 + 2), and B 64 (one
-// warpgroup, one head per stage), with partial last blocks. Other GPUs run the mma.sync teacher.
-const std::vector<Case> kWgmmaStages = {{1, 700, 6, 2, 128, 128, 128, 3},
-                                        {2, 400, 10, 2, 128, 128, 128, 2},
-                                        {1, 500, 12, 2, 128, 64, 128, 3},
-                                        {2, 300, 4, 2, 64, 64, 64, 3}};
+// count of heads per pipeline stage: r 3 (one stage of 3), r 5 (4 + 1), r 6 (4 + 2), r 4 at d 64
+// (one 64-column tile per q row), and B 64 (one warpgroup, one head per stage) at d 64 and 128,
+// with partial last blocks.
+const std::vector<Case> kWgmmaStages = {
+    {1, 700, 6, 2, 128, 128, 128, 3}, {2, 400, 10, 2, 128, 128, 128, 2},
+    {1, 500, 12, 2, 128, 64, 128, 3}, {1, 450, 8, 2, 64, 128, 128, 3},
+    {2, 300, 4, 2, 64, 64, 64, 3},    {1, 330, 4, 2, 128, 64, 64, 3}};
+
+// The wgmma-teacher tests: on a GPU that runs this binary's sm_90a code, with the teacher switched
+// on for the test's duration; skipped elsewhere (the mma.sync teacher would run and pass them).
+#define SKIP_WITHOUT_WGMMA()                                                        \
+  if (!cuda::sm90a_code_available()) GTEST_SKIP() << "needs a Hopper GPU (sm_90a)"; \
+  ScopedEnv wgmma_env("MSA_INDEX_LOSS_WGMMA", "1")
 
 // check_case on each case, seeds first + 10, first + 20, ...
 void check_cases(const std::vector<Case>& cases, IndexLossMode mode, uint64_t first_seed) {
@@ -307,13 +315,13 @@ TEST(GpuMsaIndexLossTest, ProductShapesDense) {
 
 TEST(GpuMsaIndexLossTest, WgmmaStagesSparse) {
   SKIP_WITHOUT_GPU();
-  ScopedEnv env("MSA_INDEX_LOSS_WGMMA", "1");
+  SKIP_WITHOUT_WGMMA();
   check_cases(kWgmmaStages, IndexLossMode::kSparse, 7700);
 }
 
 TEST(GpuMsaIndexLossTest, WgmmaStagesDense) {
   SKIP_WITHOUT_GPU();
-  ScopedEnv env("MSA_INDEX_LOSS_WGMMA", "1");
+  SKIP_WITHOUT_WGMMA();
   check_cases(kWgmmaStages, IndexLossMode::kDenseTarget, 7800);
 }
 
@@ -321,7 +329,7 @@ TEST(GpuMsaIndexLossTest, WgmmaStagesDense) {
 // ProductShapesSparse / ProductShapesDense).
 TEST(GpuMsaIndexLossTest, WgmmaTeacherProductShapes) {
   SKIP_WITHOUT_GPU();
-  ScopedEnv env("MSA_INDEX_LOSS_WGMMA", "1");
+  SKIP_WITHOUT_WGMMA();
   check_case(kProduct[0], IndexLossMode::kSparse, 7910);
   check_case(kProduct[1], IndexLossMode::kSparse, 7920);
   check_case(kProduct[0], IndexLossMode::kDenseTarget, 7930);
@@ -377,41 +385,52 @@ TEST(GpuMsaIndexLossTest, QueryOffsetProductShapesDense) {
 // mode (core/deterministic.h: per-slot partials added in a fixed order; dense: one key block per
 // launch with MSA_INDEX_LOSS_DET_BLOCKS=1) still match the CPU reference; the deterministic mode
 // repeats bit for bit.
-TEST(GpuMsaIndexLossTest, QueryOffsetChunkedAndDeterministic) {
-  SKIP_WITHOUT_GPU();
-  uint64_t seed = 8500;
-  for (const Case& c : {kOffsetSmall[0], kOffsetSmall[2], kOffsetSmall[4], kOffsetProduct[0]}) {
-    const Inputs in = make_inputs(c, seed += 10);
-    for (const IndexLossMode mode : {IndexLossMode::kSparse, IndexLossMode::kDenseTarget}) {
-      const bool sparse = mode == IndexLossMode::kSparse;
-      const Tensor lse = support_lse(c, in.q, in.k, sparse ? &in.sel : nullptr, in.scale);
-      const Tensor glse = lse.to(Device::kCUDA);
-      const LossOut ref = run_cpu(mode, in, lse, kWeight);
-      for (const bool det : {false, true}) {
-        for (const bool split : {false, true}) {
-          if (split && !det && !sparse) continue;  // the default dense mode has one launch
-          SCOPED_TRACE(testing::Message()
-                       << c << (sparse ? " sparse" : " dense") << (det ? " deterministic" : "")
-                       << (split ? " split" : ""));
-          if (split) {
-            setenv("MSA_INDEX_LOSS_CHUNK", "40", 1);
-            setenv("MSA_INDEX_LOSS_DET_BLOCKS", "1", 1);
-          }
-          const ScopedDeterministic scoped(det);
-          const LossOut a = run_gpu(mode, in, glse, kWeight);
-          const LossOut b = det ? run_gpu(mode, in, glse, kWeight) : LossOut{};
-          unsetenv("MSA_INDEX_LOSS_CHUNK");
-          unsetenv("MSA_INDEX_LOSS_DET_BLOCKS");
-          expect_match(a, ref);
-          if (det) {
-            EXPECT_EQ(a.res.loss, b.res.loss);
-            EXPECT_TRUE(same_values(a.diq, b.diq)) << "diq";
-            EXPECT_TRUE(same_values(a.dik, b.dik)) << "dik";
-          }
+void check_chunked_and_deterministic(const Case& c, uint64_t seed) {
+  const Inputs in = make_inputs(c, seed);
+  for (const IndexLossMode mode : {IndexLossMode::kSparse, IndexLossMode::kDenseTarget}) {
+    const bool sparse = mode == IndexLossMode::kSparse;
+    const Tensor lse = support_lse(c, in.q, in.k, sparse ? &in.sel : nullptr, in.scale);
+    const Tensor glse = lse.to(Device::kCUDA);
+    const LossOut ref = run_cpu(mode, in, lse, kWeight);
+    for (const bool det : {false, true}) {
+      for (const bool split : {false, true}) {
+        if (split && !det && !sparse) continue;  // the default dense mode has one launch
+        SCOPED_TRACE(testing::Message()
+                     << c << (sparse ? " sparse" : " dense") << (det ? " deterministic" : "")
+                     << (split ? " split" : ""));
+        if (split) {
+          setenv("MSA_INDEX_LOSS_CHUNK", "40", 1);
+          setenv("MSA_INDEX_LOSS_DET_BLOCKS", "1", 1);
+        }
+        const ScopedDeterministic scoped(det);
+        const LossOut a = run_gpu(mode, in, glse, kWeight);
+        const LossOut b = det ? run_gpu(mode, in, glse, kWeight) : LossOut{};
+        unsetenv("MSA_INDEX_LOSS_CHUNK");
+        unsetenv("MSA_INDEX_LOSS_DET_BLOCKS");
+        expect_match(a, ref);
+        if (det) {
+          EXPECT_EQ(a.res.loss, b.res.loss);
+          EXPECT_TRUE(same_values(a.diq, b.diq)) << "diq";
+          EXPECT_TRUE(same_values(a.dik, b.dik)) << "dik";
         }
       }
     }
   }
+}
+
+TEST(GpuMsaIndexLossTest, QueryOffsetChunkedAndDeterministic) {
+  SKIP_WITHOUT_GPU();
+  uint64_t seed = 8500;
+  for (const Case& c : {kOffsetSmall[0], kOffsetSmall[2], kOffsetSmall[4], kOffsetProduct[0]})
+    check_chunked_and_deterministic(c, seed += 10);
+}
+
+// The wgmma teacher (MSA_INDEX_LOSS_WGMMA=1) with a query offset, chunks and the deterministic
+// kernels.
+TEST(GpuMsaIndexLossTest, WgmmaTeacherOffsetChunkedAndDeterministic) {
+  SKIP_WITHOUT_GPU();
+  SKIP_WITHOUT_WGMMA();
+  check_chunked_and_deterministic(kOffsetProduct[0], 8600);
 }
 
 // With every block selected (k >= n_b) the sparse support is the dense one: the two GPU paths
