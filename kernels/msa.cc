@@ -325,10 +325,10 @@ std::vector<RecallQuery> strided_recall_queries(int64_t batch, int64_t T, int64_
   return out;
 }
 
-int64_t bounded_recall_stride(int64_t T, int64_t requested, Device device) {
+int64_t bounded_recall_stride(int64_t T, int64_t requested, Device device, int64_t keys) {
   const int64_t budget =
       device == Device::kCUDA ? kGpuRecallPairsPerSequence : kRecallPairsPerSequence;
-  const int64_t needed = (T * T + budget - 1) / budget;
+  const int64_t needed = (T * (keys < 0 ? T : keys) + budget - 1) / budget;
   return std::max(requested, needed);
 }
 

@@ -146,10 +146,13 @@ int64_t strided_recall_count(int64_t T, int64_t query_stride, int64_t offset = 0
 // query: 2^18 pairs) measures in about half a second on an H100 host, while every 16th query of
 // 128K tokens would take a ~1B model tens of minutes; the GPU's budget (docs/perf.md) keeps every
 // 16th query up to 16K tokens. msa-train and msa-eval sample at this stride and say when they
-// raised it.
+// raised it. `keys` (default T): the keys each query may see, when it exceeds the T queries (a
+// context-parallel rank's shard of T tokens sees up to cp T keys: the bound counts T keys /
+// stride).
 constexpr int64_t kRecallPairsPerSequence = int64_t(1) << 22;
 constexpr int64_t kGpuRecallPairsPerSequence = int64_t(1) << 28;
-int64_t bounded_recall_stride(int64_t T, int64_t requested, Device device = Device::kCPU);
+int64_t bounded_recall_stride(int64_t T, int64_t requested, Device device = Device::kCPU,
+                              int64_t keys = -1);
 
 // Index recall: mean over the sampled queries t (strided_recall_queries, at the queries' offset
 // into the keys: Tk - Tq; every batch row) and heads h of the dense causal attention mass that

@@ -54,15 +54,16 @@ StepMetrics Trainer::train_step(int64_t step) {
     const Batch& b = batches[micro];
     int64_t stride = 0;
     if (measure_recall && micro == 0) {
-      stride =
-          bounded_recall_stride(b.tokens.size(1), config_.recall_query_stride, model_.device());
+      // Context parallelism: a rank's T / cp queries see up to all T keys (the last shard's).
+      const int64_t local_T = b.tokens.size(1), T = local_T * model_.context_parallel().size;
+      stride = bounded_recall_stride(local_T, config_.recall_query_stride, model_.device(), T);
       if (stride != config_.recall_query_stride && !recall_stride_noted_ && !config_.quiet) {
         std::fprintf(
             stderr,
             "msa-train: recall samples one query in every %lld of the %lld-token sequences "
             "(--recall_stride=%lld, raised to bound its cost: T^2 / stride per "
             "sequence and layer)\n",
-            static_cast<long long>(stride), static_cast<long long>(b.tokens.size(1)),
+            static_cast<long long>(stride), static_cast<long long>(T),
             static_cast<long long>(config_.recall_query_stride));
         recall_stride_noted_ = true;
       }

@@ -29,6 +29,22 @@ TEST(KernelsRecallStrideTest, LongSequencesStayWithinThePairBudget) {
   }
 }
 
+// A context-parallel rank's shard: T / cp queries, each seeing up to T keys, within the same
+// budget as the whole sequence on one rank.
+TEST(KernelsRecallStrideTest, ShardQueriesCountEveryKeyTheySee) {
+  EXPECT_EQ(bounded_recall_stride(32768, 16, Device::kCPU, 131072), 1024);  // 2^32 / 2^22
+  EXPECT_EQ(bounded_recall_stride(32768, 16, Device::kCPU, 32768), 256);    // keys = T: as before
+  EXPECT_EQ(bounded_recall_stride(32768, 16, Device::kCPU), 256);
+  EXPECT_EQ(bounded_recall_stride(65536, 16, Device::kCUDA, 131072), 32);  // 2^33 / 2^28
+  for (const int cp : {2, 4, 8}) {
+    const int64_t T = 131072, local = T / cp;
+    const int64_t stride = bounded_recall_stride(local, 16, Device::kCPU, T);
+    SCOPED_TRACE(testing::Message() << "cp " << cp << " stride " << stride);
+    EXPECT_LE(strided_recall_count(local, stride) * T, kRecallPairsPerSequence + T);
+    EXPECT_GE(strided_recall_count(local, stride), 1);
+  }
+}
+
 // Tensors on the GPU are measured there (msa_recall_cuda.cu), under a budget 64x the CPU's.
 TEST(KernelsRecallStrideTest, TheGpuBudgetKeepsMoreQueries) {
   EXPECT_EQ(bounded_recall_stride(2048, 16, Device::kCUDA), 16);
