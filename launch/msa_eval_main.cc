@@ -255,7 +255,11 @@ absl::Status run_retrieval(const std::string& path, const msa::Checkpoint& ckpt,
       const msa::RetrievalResult r = msa::evaluate_retrieval(
           model, task, absl::GetFlag(FLAGS_samples), absl::GetFlag(FLAGS_batch_size), mode,
           recall_stride, report.answer_recall);
-      msa::EvalCell c{length, depth, r.accuracy, r.answers};
+      msa::EvalCell c;
+      c.length = length;
+      c.depth = depth;
+      c.accuracy = r.accuracy;
+      c.answers = r.answers;
       c.index_recall = r.index_recall;
       c.block_recall = r.block_recall;
       c.index_recall_ceiling = r.index_recall_ceiling;

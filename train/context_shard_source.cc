@@ -19,7 +19,7 @@ class ContextShardSource : public BatchSource {
   Batch get(int64_t step, int micro) override {
     Batch full = inner_->get(step, micro);
     MSA_CHECK(full.chunks.empty(), "context shard: the inner batch is sharded already");
-    Batch b{shard(full.tokens), shard(full.targets)};
+    Batch b{shard(full.tokens), shard(full.targets), {}, {}};
     // Where this shard's tokens lie, and (packed documents) the whole sequence's starts.
     b.chunks = cp_token_chunks(rank_, size_, zigzag_, b.tokens.size(1));
     b.doc_starts = std::move(full.doc_starts);

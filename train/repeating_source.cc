@@ -27,6 +27,7 @@ class RepeatingSource : public BatchSource {
   Batch get(int64_t /*step*/, int /*micro*/) override {
     Batch b{Tensor::empty({batch_, seq_len_}, DType::kI32),
             Tensor::empty({batch_, seq_len_}, DType::kI32),
+            {},
             {}};
     int32_t* tok = b.tokens.data<int32_t>();
     int32_t* tgt = b.targets.data<int32_t>();

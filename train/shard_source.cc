@@ -24,7 +24,8 @@ class ShardSource : public BatchSource {
 
   Batch get(int64_t step, int micro) override {
     const int64_t T = sampler_->seq_len();
-    Batch b{Tensor::empty({batch_, T}, DType::kI32), Tensor::empty({batch_, T}, DType::kI32), {}};
+    Batch b{
+        Tensor::empty({batch_, T}, DType::kI32), Tensor::empty({batch_, T}, DType::kI32), {}, {}};
     std::vector<int32_t> window(T + 1);
     for (int64_t i = 0; i < batch_; ++i) {
       const int64_t w =

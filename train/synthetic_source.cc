@@ -20,7 +20,8 @@ class SyntheticSource : public BatchSource {
 
   Batch get(int64_t step, int micro) override {
     const int64_t T = config_.seq_len;
-    Batch b{Tensor::empty({batch_, T}, DType::kI32), Tensor::empty({batch_, T}, DType::kI32), {}};
+    Batch b{
+        Tensor::empty({batch_, T}, DType::kI32), Tensor::empty({batch_, T}, DType::kI32), {}, {}};
     for (int64_t i = 0; i < batch_; ++i) {
       const int64_t n = validation_ ? (step - 1) * batch_ + i
                                     : sample_number(step, micro, layout_.grad_accum, layout_.dp_rank, layout_.dp_size, batch_, i, layout_.base_step, layout_.base_sample);
