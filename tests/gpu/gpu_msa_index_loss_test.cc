@@ -398,15 +398,14 @@ void check_chunked_and_deterministic(const Case& c, uint64_t seed) {
         SCOPED_TRACE(testing::Message()
                      << c << (sparse ? " sparse" : " dense") << (det ? " deterministic" : "")
                      << (split ? " split" : ""));
-        if (split) {
-          setenv("MSA_INDEX_LOSS_CHUNK", "40", 1);
-          setenv("MSA_INDEX_LOSS_DET_BLOCKS", "1", 1);
+        LossOut a, b;
+        {
+          const ScopedEnv chunk("MSA_INDEX_LOSS_CHUNK", split ? "40" : nullptr);
+          const ScopedEnv blocks("MSA_INDEX_LOSS_DET_BLOCKS", split ? "1" : nullptr);
+          const ScopedDeterministic scoped(det);
+          a = run_gpu(mode, in, glse, kWeight);
+          if (det) b = run_gpu(mode, in, glse, kWeight);
         }
-        const ScopedDeterministic scoped(det);
-        const LossOut a = run_gpu(mode, in, glse, kWeight);
-        const LossOut b = det ? run_gpu(mode, in, glse, kWeight) : LossOut{};
-        unsetenv("MSA_INDEX_LOSS_CHUNK");
-        unsetenv("MSA_INDEX_LOSS_DET_BLOCKS");
         expect_match(a, ref);
         if (det) {
           EXPECT_EQ(a.res.loss, b.res.loss);
@@ -465,9 +464,11 @@ TEST(GpuMsaIndexLossTest, ChunkedAndRepeatedRunsAgree) {
   const LossOut a = run_gpu(IndexLossMode::kSparse, in, glse, kWeight);
   const LossOut b = run_gpu(IndexLossMode::kSparse, in, glse, kWeight);
   EXPECT_EQ(a.res.loss, b.res.loss) << "sparse loss must be deterministic";
-  setenv("MSA_INDEX_LOSS_CHUNK", "100", 1);
-  const LossOut chunked = run_gpu(IndexLossMode::kSparse, in, glse, kWeight);
-  unsetenv("MSA_INDEX_LOSS_CHUNK");
+  LossOut chunked;
+  {
+    const ScopedEnv env("MSA_INDEX_LOSS_CHUNK", "100");
+    chunked = run_gpu(IndexLossMode::kSparse, in, glse, kWeight);
+  }
   ASSERT_TRUE(std::isfinite(chunked.res.loss));
   EXPECT_NEAR(chunked.res.loss, a.res.loss, 1e-9 * std::abs(a.res.loss));
   EXPECT_LT(scaled_max_diff(chunked.diq, a.diq), 1e-5) << "diq";
