@@ -2,9 +2,10 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cstdlib>
 #include <thread>
 #include <vector>
+
+#include "core/env_switch.h"
 
 namespace msa::cpu {
 namespace {
@@ -16,10 +17,7 @@ constexpr int64_t kMinWorkPerThread = 1 << 18;
 
 int default_num_threads() {
   static const int n = [] {
-    if (const char* env = std::getenv("MSA_CPU_THREADS")) {
-      int v = std::atoi(env);
-      if (v > 0) return v;
-    }
+    if (const auto v = env_int("MSA_CPU_THREADS"); v && *v > 0) return static_cast<int>(*v);
     return std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
   }();
   return n;

@@ -5,11 +5,10 @@
 // than keys (S < Sk: context parallelism), query t sits at position off + t (off = Sk - S) and
 // attends the keys s <= off + t; the dK, dV warps cover all Sk keys.
 #include <cmath>
-#include <cstdlib>
-#include <cstring>
 
 #include "core/bf16.h"
 #include "core/cuda/cuda_check.h"
+#include "core/env_switch.h"
 #include "kernels/cuda/attention_cuda.h"
 
 namespace msa::cuda {
@@ -202,10 +201,7 @@ void dispatch(DType dt, const char* op, Fn&& fn) {
 
 }  // namespace
 
-bool attention_fallback_forced() {
-  const char* e = std::getenv("MSA_ATTENTION");
-  return e != nullptr && std::strcmp(e, "fallback") == 0;
-}
+bool attention_fallback_forced() { return env_is("MSA_ATTENTION", "fallback"); }
 
 void fallback_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, double scale,
                                 Tensor& out, Tensor& lse, const cpu::AttentionDims& dims) {

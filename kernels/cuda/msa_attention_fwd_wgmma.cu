@@ -25,10 +25,8 @@
 // run out of step, so one's softmax and loads overlap the other's MMAs.
 #include <cuda_runtime.h>
 
-#include <cstdlib>
-#include <cstring>
-
 #include "core/cuda/cuda_check.h"
+#include "core/env_switch.h"
 #include "kernels/cuda/kernel_dispatch.h"
 #include "kernels/cuda/kv_outer_common.cuh"
 #include "kernels/cuda/mma_sm80.cuh"
@@ -283,11 +281,7 @@ __global__ void __launch_bounds__(kThreads, 2)
 
 }  // namespace
 
-bool wgmma_available() {
-  const char* env = std::getenv("MSA_KV_OUTER_WGMMA");
-  if (env != nullptr && std::strcmp(env, "0") == 0) return false;
-  return sm90a_code_available();
-}
+bool wgmma_available() { return !env_is("MSA_KV_OUTER_WGMMA", "0") && sm90a_code_available(); }
 
 int wgmma_forward_queries_per_tile(int64_t r) { return static_cast<int>(kTileRows / r); }
 

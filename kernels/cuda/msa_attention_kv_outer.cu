@@ -29,15 +29,13 @@
 // This file's forward uses mma.sync (any sm_80+ GPU, head_dim 64/128, block 64/128; shared memory
 // rows padded by 16 bytes so ldmatrix is conflict-free); on Hopper at head_dim 128 / block 128 the
 // wgmma kernel of msa_attention_fwd_wgmma.cu replaces it (same lists, partials and combine).
-#include <cub/cub.cuh>
-
 #include <algorithm>
-#include <cstdlib>
-#include <cstring>
+#include <cub/cub.cuh>
 
 #include "core/bf16.h"
 #include "core/cuda/cuda_check.h"
 #include "core/deterministic.h"
+#include "core/env_switch.h"
 #include "kernels/cuda/kv_outer_common.cuh"
 #include "kernels/cuda/mma_sm80.cuh"
 #include "kernels/cuda/msa_cuda.h"
@@ -871,8 +869,7 @@ int64_t kv_outer_sequences_per_launch(const cpu::MsaDims& d) {
 }
 
 bool kv_outer_attention_supported(const Tensor& q, const cpu::MsaDims& d) {
-  const char* force = std::getenv("MSA_SPARSE_ATTENTION");
-  if (force != nullptr && std::strcmp(force, "reference") == 0) return false;
+  if (env_is("MSA_SPARSE_ATTENTION", "reference")) return false;
   const int64_t r = d.groups > 0 ? d.heads / d.groups : 0;
   return q.dtype() == DType::kBF16 && (d.dim == 64 || d.dim == 128) &&
          (d.block_size == 64 || d.block_size == 128) && r >= 1 && 16 % r == 0 && d.topk <= 32 &&
@@ -932,7 +929,7 @@ int64_t query_budget(const cpu::MsaDims& d) {
   const int64_t BK = d.block_size;
   int64_t chunk = std::max<int64_t>(
       BK, static_cast<int64_t>(kPartialBudgetBytes / partial_bytes_per_query(d)));
-  if (const char* c = std::getenv("MSA_KV_OUTER_CHUNK")) chunk = std::max<int64_t>(BK, std::atoll(c));
+  if (const auto c = env_int("MSA_KV_OUTER_CHUNK")) chunk = std::max<int64_t>(BK, *c);
   return chunk / BK * BK;
 }
 }  // namespace
@@ -951,8 +948,7 @@ int64_t sequences_per_launch(const cpu::MsaDims& d) {
 }
 
 int64_t capped_sequences_per_launch(int64_t n) {
-  if (const char* c = std::getenv("MSA_KV_OUTER_SEQS"); c != nullptr && *c != 0)
-    n = std::min<int64_t>(n, std::atoll(c));
+  if (const auto c = env_int("MSA_KV_OUTER_SEQS")) n = std::min<int64_t>(n, *c);
   return std::max<int64_t>(n, 1);
 }
 

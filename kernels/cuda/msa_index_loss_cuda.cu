@@ -68,14 +68,13 @@
 // Tq == Tk path unchanged.
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
-#include <cstring>
 #include <type_traits>
 #include <vector>
 
 #include "core/bf16.h"
 #include "core/cuda/cuda_check.h"
 #include "core/deterministic.h"
+#include "core/env_switch.h"
 #include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/kernel_dispatch.h"
 #include "kernels/cuda/kv_outer_common.cuh"
@@ -1108,8 +1107,7 @@ void check_inputs(const Tensor& q, const Tensor& k, const Tensor& lse, const Ten
 // and its GPU tests are written (gpu_msa_index_loss_test's Wgmma* cases), but no GPU has run them
 // yet (docs/perf.md), so the default stays the measured mma.sync teacher.
 bool index_loss_wgmma(int64_t D, int64_t DI, int BK) {
-  const char* env = std::getenv("MSA_INDEX_LOSS_WGMMA");
-  if (env == nullptr || std::strcmp(env, "1") != 0) return false;
+  if (!env_is("MSA_INDEX_LOSS_WGMMA", "1")) return false;
   return (D == 64 || D == 128) && (DI == 64 || DI == 128) && (BK == 64 || BK == 128) &&
          sm90a_code_available();
 }
@@ -1166,8 +1164,7 @@ struct SequencePointers {
 };
 
 bool index_loss_cuda_supported(const Tensor& q, const Tensor& iq, const cpu::MsaDims& d) {
-  const char* force = std::getenv("MSA_INDEX_LOSS");
-  if (force != nullptr && std::strcmp(force, "reference") == 0) return false;
+  if (env_is("MSA_INDEX_LOSS", "reference")) return false;
   if (q.dtype() != DType::kBF16 || iq.dtype() != DType::kBF16) return false;
   if (d.groups < 1 || d.heads % d.groups != 0) return false;
   const int64_t r = d.heads / d.groups;
@@ -1204,8 +1201,7 @@ cpu::IndexLossSums msa_index_loss_sparse(const Tensor& q, const Tensor& k, const
   // With a selection cache, the attention's query chunks when they fit (the forward's work lists
   // are then already there, kv_outer::chunk_work_lists); smaller ones of its own otherwise.
   if (cache != nullptr) chunk = std::min(chunk, kv_outer::query_chunk(d));
-  if (const char* c = std::getenv("MSA_INDEX_LOSS_CHUNK"))
-    chunk = std::max<int64_t>(1, std::atoll(c));
+  if (const auto c = env_int("MSA_INDEX_LOSS_CHUNK")) chunk = std::max<int64_t>(1, *c);
   chunk = std::min(chunk, T);
   // Whole sequences: as many per launch as the attention takes (sharing its cached lists), within
   // this pass's budget.
@@ -1351,8 +1347,8 @@ cpu::IndexLossSums msa_index_loss_dense(const Tensor& q, const Tensor& k, const 
   const int64_t per_block = (T * G * (DI + 3) + G * nc * BK * DI) * 4;
   int64_t jb =
       det ? std::max<int64_t>(1, std::min<int64_t>(nb, (int64_t(1) << 30) / per_block)) : nb;
-  if (const char* e = std::getenv("MSA_INDEX_LOSS_DET_BLOCKS"); det && e != nullptr)
-    jb = std::clamp<int64_t>(std::atoll(e), 1, nb);  // tests: several launches at small T
+  if (const auto e = env_int("MSA_INDEX_LOSS_DET_BLOCKS"); det && e)
+    jb = std::clamp<int64_t>(*e, 1, nb);  // tests: several launches at small T
   Tensor diq_part, sums_part, dik_part;
   if (det) {
     diq_part = Tensor::empty({jb * T * G * DI}, DType::kF32, Device::kCUDA);

@@ -46,11 +46,10 @@
 #include <climits>
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
-#include <string_view>
 
 #include "core/bf16.h"
 #include "core/cuda/cuda_check.h"
+#include "core/env_switch.h"
 #include "kernels/cuda/indexer_output.cuh"
 #include "kernels/cuda/mma_sm80.cuh"
 #include "kernels/cuda/msa_cuda.h"
@@ -264,8 +263,7 @@ void launch_indexer(const Tensor& iq, const Tensor& ik, Tensor& indices, Tensor&
 }  // namespace
 
 bool indexer_topk_mma_supported(const Tensor& iq, const Tensor& ik, const cpu::MsaDims& d) {
-  const char* force = std::getenv("MSA_TOPK");
-  if (force != nullptr && std::string_view(force) == "reference") return false;
+  if (env_is("MSA_TOPK", "reference")) return false;
   const auto pow2_in = [](int64_t x, int64_t lo, int64_t hi) {
     return x >= lo && x <= hi && (x & (x - 1)) == 0;
   };

@@ -68,13 +68,12 @@
 #include <climits>
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
 #include <type_traits>
 
 #include "core/bf16.h"
 #include "core/check.h"
 #include "core/cuda/cuda_check.h"
+#include "core/env_switch.h"
 #include "kernels/cuda/indexer_output.cuh"
 #include "kernels/cuda/kernel_dispatch.h"
 #include "kernels/cuda/mma_sm80.cuh"
@@ -292,8 +291,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 // bf16, d_I 128, B 128, topk <= 32, 16-byte aligned iq and ik (cp.async of whole rows), on a
 // device running sm_90a code; MSA_INDEXER_WGMMA=0 turns it off (the mma.sync kernel then runs).
 bool indexer_topk_wgmma_supported(const Tensor& iq, const Tensor& ik, const cpu::MsaDims& d) {
-  const char* env = std::getenv("MSA_INDEXER_WGMMA");
-  if (env != nullptr && std::strcmp(env, "0") == 0) return false;
+  if (env_is("MSA_INDEXER_WGMMA", "0")) return false;
   const bool aligned = reinterpret_cast<uintptr_t>(ik.raw_data()) % 16 == 0 &&
                        reinterpret_cast<uintptr_t>(iq.raw_data()) % 16 == 0;
   return iq.dtype() == DType::kBF16 && ik.dtype() == DType::kBF16 && aligned &&

@@ -21,12 +21,12 @@
 // default as many as keep the mass and peak scratch within 256 MiB).
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <cstring>
 #include <vector>
 
 #include "core/bf16.h"
 #include "core/cuda/cuda_check.h"
+#include "core/env_switch.h"
 #include "kernels/cuda/kernel_dispatch.h"
 #include "kernels/cuda/msa_cuda.h"
 
@@ -300,8 +300,7 @@ constexpr size_t kScratchBytes = size_t(256) << 20;
 }  // namespace
 
 bool oracle_recall_cuda_supported(const Tensor& q, const Tensor& k, const cpu::MsaDims& d) {
-  const char* force = std::getenv("MSA_RECALL");
-  if (force != nullptr && std::strcmp(force, "reference") == 0) return false;
+  if (env_is("MSA_RECALL", "reference")) return false;
   const int64_t r = d.groups > 0 ? d.heads / d.groups : 0;
   return q.dtype() == DType::kBF16 && k.dtype() == DType::kBF16 && pow2_16_128(d.dim) && r >= 1 &&
          r <= kRows && d.topk >= 1 && d.topk <= 32 && d.groups <= 65535 &&
@@ -328,8 +327,7 @@ cpu::OracleRecallSums oracle_recall_sums(const Tensor& q, const Tensor& k, const
   const Tensor qt_d = Tensor::from_vector(Shape{n_queries}, qt).to(Device::kCUDA);
   const int per_tile = static_cast<int>(kRows / r);
   int64_t chunk = std::max<int64_t>(1, static_cast<int64_t>(kScratchBytes / (size_t(G) * nb * 8)));
-  if (const char* e = std::getenv("MSA_RECALL_CHUNK"); e != nullptr && *e != 0)
-    chunk = std::clamp<int64_t>(std::atoll(e), 1, chunk);
+  if (const auto e = env_int("MSA_RECALL_CHUNK")) chunk = std::clamp<int64_t>(*e, 1, chunk);
   std::vector<double> rows(n_queries * G * 4);
   const float scale_log2 = static_cast<float>(scale * 1.4426950408889634);
   for (int64_t n0 = 0; n0 < n_queries; n0 += chunk) {

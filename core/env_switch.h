@@ -1,0 +1,19 @@
+// The developer switches read from the environment (MSA_TOPK, MSA_KV_OUTER_CHUNK, ...: the table
+// in kernels/README.md). One reading for all of them, so that a mistyped value stops the run with
+// the variable's name instead of reading as 0 or as "unset".
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string_view>
+
+namespace msa {
+
+// True when the variable is set to exactly `value` (MSA_TOPK=reference, MSA_KV_OUTER_WGMMA=0).
+bool env_is(const char* name, std::string_view value);
+
+// The variable's integer value; nullopt when it is unset or empty. Anything else that is not a
+// base-10 integer aborts with a message naming the variable and its value.
+std::optional<int64_t> env_int(const char* name);
+
+}  // namespace msa

@@ -1,0 +1,61 @@
+#include "core/env_switch.h"
+
+#include "gtest/gtest.h"
+#include "tests/testing/scoped_env.h"
+
+namespace msa {
+namespace {
+
+using test::ScopedEnv;
+
+constexpr char kName[] = "MSA_ENV_SWITCH_TEST";
+
+TEST(EnvSwitchTest, IsMatchesTheWholeValueOnly) {
+  {
+    const ScopedEnv env(kName, nullptr);
+    EXPECT_FALSE(env_is(kName, "reference"));
+    EXPECT_FALSE(env_is(kName, ""));
+  }
+  const ScopedEnv env(kName, "reference");
+  EXPECT_TRUE(env_is(kName, "reference"));
+  EXPECT_FALSE(env_is(kName, "ref"));
+  EXPECT_FALSE(env_is(kName, "reference2"));
+  EXPECT_FALSE(env_is(kName, "0"));
+}
+
+TEST(EnvSwitchTest, IntReadsIntegersAndTreatsEmptyAsUnset) {
+  {
+    const ScopedEnv env(kName, nullptr);
+    EXPECT_FALSE(env_int(kName).has_value());
+  }
+  {
+    setenv(kName, "", 1);  // ScopedEnv leaves "" unset; the empty value must read as unset too
+    EXPECT_FALSE(env_int(kName).has_value());
+    unsetenv(kName);
+  }
+  {
+    const ScopedEnv env(kName, "40");
+    ASSERT_TRUE(env_int(kName).has_value());
+    EXPECT_EQ(*env_int(kName), 40);
+  }
+  {
+    const ScopedEnv env(kName, "-3");
+    EXPECT_EQ(env_int(kName).value_or(0), -3);
+  }
+  {
+    const ScopedEnv env(kName, "8589934592");  // past 32 bits
+    EXPECT_EQ(env_int(kName).value_or(0), int64_t(1) << 33);
+  }
+}
+
+TEST(EnvSwitchDeathTest, IntRejectsWhatIsNotAnInteger) {
+  for (const char* bad : {"abc", "12k", "1.5", "0x10"}) {
+    const ScopedEnv env(kName, bad);
+    EXPECT_DEATH(env_int(kName),
+                 "MSA_ENV_SWITCH_TEST=\"" + std::string(bad) + "\" is not an integer")
+        << bad;
+  }
+}
+
+}  // namespace
+}  // namespace msa
