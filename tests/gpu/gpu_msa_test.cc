@@ -169,12 +169,10 @@ TEST(GpuMsaTest, KvOuterTensorCoreForwardMatchesCpu) {
   for (const Case& c : cases) {
     // Environment of the run: "" (defaults), "128" (128-query chunks), "seqs2".
     for (const char* chunk : {"", "128", "seqs2"}) {
-      if (std::strcmp(chunk, "seqs2") == 0) {
-        if (c.batch < 3) continue;
-        setenv("MSA_KV_OUTER_SEQS", "2", 1);
-      } else if (*chunk) {
-        setenv("MSA_KV_OUTER_CHUNK", chunk, 1);
-      }
+      const bool seqs2 = std::strcmp(chunk, "seqs2") == 0;
+      if (seqs2 && c.batch < 3) continue;
+      const ScopedEnv seqs_env("MSA_KV_OUTER_SEQS", seqs2 ? "2" : nullptr);
+      const ScopedEnv chunk_env("MSA_KV_OUTER_CHUNK", seqs2 ? nullptr : chunk);
       auto rnd = [&](const Shape& s) {
         return random_tensor(s, seed++, DType::kF32).to(DType::kBF16).to(DType::kF32);
       };
@@ -207,18 +205,20 @@ TEST(GpuMsaTest, KvOuterTensorCoreForwardMatchesCpu) {
                     max_scaled_diff(host(gout), out), rel_l2_f32(host(gout), out));
       EXPECT_LT(max_scaled_diff(host(glse), lse), 1e-3) << "lse " << what;
       // Same inputs through the first-generation kernel.
-      setenv("MSA_SPARSE_ATTENTION", "reference", 1);
       Tensor rout = Tensor::empty(q.shape(), DType::kBF16, Device::kCUDA);
       Tensor rlse = Tensor::empty(lse.shape(), DType::kF32, Device::kCUDA);
-      msa_sparse_attention_forward(gq, gk, gv, gsel, scale, rout, rlse);
-      unsetenv("MSA_SPARSE_ATTENTION");
+      {
+        const ScopedEnv env("MSA_SPARSE_ATTENTION", "reference");
+        msa_sparse_attention_forward(gq, gk, gv, gsel, scale, rout, rlse);
+      }
       EXPECT_LT(max_scaled_diff(host(gout), host(rout)), 2e-2) << "vs reference kernel " << what;
       // And through the mma.sync KV-outer forward (on Hopper, d 128 / B 128 run wgmma above).
-      setenv("MSA_KV_OUTER_WGMMA", "0", 1);
       Tensor sout = Tensor::empty(q.shape(), DType::kBF16, Device::kCUDA);
       Tensor slse = Tensor::empty(lse.shape(), DType::kF32, Device::kCUDA);
-      msa_sparse_attention_forward(gq, gk, gv, gsel, scale, sout, slse);
-      unsetenv("MSA_KV_OUTER_WGMMA");
+      {
+        const ScopedEnv env("MSA_KV_OUTER_WGMMA", "0");
+        msa_sparse_attention_forward(gq, gk, gv, gsel, scale, sout, slse);
+      }
       EXPECT_LT(max_scaled_diff(host(gout), host(sout)), 2e-2) << "vs mma.sync kernel " << what;
       EXPECT_LT(max_scaled_diff(host(glse), host(slse)), 1e-4) << "lse vs mma.sync " << what;
 
@@ -230,14 +230,12 @@ TEST(GpuMsaTest, KvOuterTensorCoreForwardMatchesCpu) {
       msa_sparse_attention_backward(dout, q, k, v, out, lse, sel, scale, dq, dk, dv);
       const Tensor gdout = dev(dout, DType::kBF16);
       auto gpu_grads = [&](bool reference) {
-        if (reference) setenv("MSA_SPARSE_ATTENTION", "reference", 1);
+        const ScopedEnv env("MSA_SPARSE_ATTENTION", reference ? "reference" : nullptr);
         std::vector<Tensor> g = {Tensor::empty(q.shape(), DType::kBF16, Device::kCUDA),
                                  Tensor::empty(k.shape(), DType::kBF16, Device::kCUDA),
                                  Tensor::empty(v.shape(), DType::kBF16, Device::kCUDA)};
         for (Tensor& x : g) x.fill_(std::nan(""));
-        msa_sparse_attention_backward(gdout, gq, gk, gv, gout, glse, gsel, scale, g[0], g[1],
-                                      g[2]);
-        unsetenv("MSA_SPARSE_ATTENTION");
+        msa_sparse_attention_backward(gdout, gq, gk, gv, gout, glse, gsel, scale, g[0], g[1], g[2]);
         return g;
       };
       const std::vector<Tensor> fast = gpu_grads(false), slow = gpu_grads(true);
@@ -253,8 +251,6 @@ TEST(GpuMsaTest, KvOuterTensorCoreForwardMatchesCpu) {
           std::printf("%s %s: scaled max error vs CPU: tensor-core %.4f, first-generation %.4f\n",
                       what.c_str(), names[i], e_fast, e_slow);
       }
-      unsetenv("MSA_KV_OUTER_CHUNK");
-      unsetenv("MSA_KV_OUTER_SEQS");
     }
   }
 }
@@ -301,7 +297,7 @@ TEST(GpuMsaTest, HotListsSplitOverCtasMatchCpu) {
     const Tensor gq = dev(q, DType::kBF16), gk = dev(k, DType::kBF16), gv = dev(v, DType::kBF16),
                  gdout = dev(dout, DType::kBF16);
     for (const char* chunk : {"", "512"}) {
-      if (*chunk) setenv("MSA_KV_OUTER_CHUNK", chunk, 1);
+      const ScopedEnv chunk_env("MSA_KV_OUTER_CHUNK", chunk);
       gsel.cache->clear();  // lists of this chunk size
       Tensor gout = Tensor::empty(q.shape(), DType::kBF16, Device::kCUDA);
       Tensor glse = Tensor::empty(lse.shape(), DType::kF32, Device::kCUDA);
@@ -311,7 +307,6 @@ TEST(GpuMsaTest, HotListsSplitOverCtasMatchCpu) {
                                Tensor::empty(v.shape(), DType::kBF16, Device::kCUDA)};
       for (Tensor& x : g) x.fill_(std::nan(""));
       msa_sparse_attention_backward(gdout, gq, gk, gv, gout, glse, gsel, scale, g[0], g[1], g[2]);
-      unsetenv("MSA_KV_OUTER_CHUNK");
       const Tensor* ref[3] = {&dq, &dk, &dv};
       const char* names[3] = {"dq", "dk", "dv"};
       const std::string what = "T=" + std::to_string(c.T) + " d=" + std::to_string(c.d) +
@@ -343,7 +338,7 @@ TEST(GpuMsaTest, WgmmaKernelsMatchMmaSync) {
   sel.counts = sel.counts.to(Device::kCUDA);
   const double scale = 1.0 / std::sqrt(static_cast<double>(d));
   auto run = [&](bool wgmma) {
-    if (!wgmma) setenv("MSA_KV_OUTER_WGMMA", "0", 1);
+    const ScopedEnv env("MSA_KV_OUTER_WGMMA", wgmma ? nullptr : "0");
     std::vector<Tensor> r = {Tensor::empty(gq.shape(), DType::kBF16, Device::kCUDA),
                              Tensor::empty({1, H, T}, DType::kF32, Device::kCUDA),
                              Tensor::empty(gq.shape(), DType::kBF16, Device::kCUDA),
@@ -352,7 +347,6 @@ TEST(GpuMsaTest, WgmmaKernelsMatchMmaSync) {
     for (Tensor& x : r) x.fill_(std::nan(""));
     msa_sparse_attention_forward(gq, gk, gv, sel, scale, r[0], r[1]);
     msa_sparse_attention_backward(gdout, gq, gk, gv, r[0], r[1], sel, scale, r[2], r[3], r[4]);
-    unsetenv("MSA_KV_OUTER_WGMMA");
     return r;
   };
   const std::vector<Tensor> fast = run(true), ref = run(false);
