@@ -259,7 +259,7 @@ const std::vector<Case> kProduct = {{2, 1100, 32, 4, 128, 128, 128, 4},
                                     {2, 2048, 64, 4, 128, 128, 128, 12},
                                     {1, 4096, 32, 8, 128, 128, 128, 8}};
 
-// The wgmma teacher's sizes (Hopper, MSA_INDEX_LOSS_WGMMA=1; d, dI and B of 64 or 128) at every
+// The wgmma teacher's sizes (Hopper's default; d, dI and B of 64 or 128) at every
 // count of heads per pipeline stage: r 3 (one stage of 3), r 5 (4 + 1), r 6 (4 + 2), r 4 at d 64
 // (one 64-column tile per q row), and B 64 (one warpgroup, one head per stage) at d 64 and 128,
 // with partial last blocks.
@@ -268,11 +268,18 @@ const std::vector<Case> kWgmmaStages = {
     {1, 500, 12, 2, 128, 64, 128, 3}, {1, 450, 8, 2, 64, 128, 128, 3},
     {2, 300, 4, 2, 64, 64, 64, 3},    {1, 330, 4, 2, 128, 64, 64, 3}};
 
-// The wgmma-teacher tests: on a GPU that runs this binary's sm_90a code, with the teacher switched
-// on for the test's duration; skipped elsewhere (the mma.sync teacher would run and pass them).
+// On a GPU that runs this binary's sm_90a code the teacher is wgmma's (index_loss_wgmma), so every
+// test above and below at d, dI, B of 64 or 128 runs it there. The wgmma-teacher tests: skipped
+// elsewhere (the mma.sync teacher would run and pass them); the teacher pinned on for the test's
+// duration, whatever the caller's environment says.
 #define SKIP_WITHOUT_WGMMA()                                                        \
   if (!cuda::sm90a_code_available()) GTEST_SKIP() << "needs a Hopper GPU (sm_90a)"; \
   ScopedEnv wgmma_env("MSA_INDEX_LOSS_WGMMA", "1")
+// The mma.sync teacher on Hopper (MSA_INDEX_LOSS_WGMMA=0); elsewhere it is the default, which the
+// other tests run.
+#define SKIP_UNLESS_WGMMA_IS_DEFAULT()                                                       \
+  if (!cuda::sm90a_code_available()) GTEST_SKIP() << "mma.sync is the default teacher here"; \
+  ScopedEnv mma_sync_env("MSA_INDEX_LOSS_WGMMA", "0")
 
 // check_case on each case, seeds first + 10, first + 20, ...
 void check_cases(const std::vector<Case>& cases, IndexLossMode mode, uint64_t first_seed) {
@@ -325,11 +332,11 @@ TEST(GpuMsaIndexLossTest, WgmmaStagesDense) {
   check_cases(kWgmmaStages, IndexLossMode::kDenseTarget, 7800);
 }
 
-// The wgmma teacher at the product's shapes, both modes (the default mma.sync teacher has them in
-// ProductShapesSparse / ProductShapesDense).
-TEST(GpuMsaIndexLossTest, WgmmaTeacherProductShapes) {
+// The mma.sync teacher at the product's shapes on Hopper, both modes (ProductShapesSparse /
+// ProductShapesDense run the wgmma teacher there).
+TEST(GpuMsaIndexLossTest, MmaSyncTeacherProductShapes) {
   SKIP_WITHOUT_GPU();
-  SKIP_WITHOUT_WGMMA();
+  SKIP_UNLESS_WGMMA_IS_DEFAULT();
   check_case(kProduct[0], IndexLossMode::kSparse, 7910);
   check_case(kProduct[1], IndexLossMode::kSparse, 7920);
   check_case(kProduct[0], IndexLossMode::kDenseTarget, 7930);
@@ -424,11 +431,11 @@ TEST(GpuMsaIndexLossTest, QueryOffsetChunkedAndDeterministic) {
     check_chunked_and_deterministic(c, seed += 10);
 }
 
-// The wgmma teacher (MSA_INDEX_LOSS_WGMMA=1) with a query offset, chunks and the deterministic
-// kernels.
-TEST(GpuMsaIndexLossTest, WgmmaTeacherOffsetChunkedAndDeterministic) {
+// The mma.sync teacher on Hopper with a query offset, chunks and the deterministic kernels
+// (QueryOffsetChunkedAndDeterministic runs the wgmma teacher's there at its product case).
+TEST(GpuMsaIndexLossTest, MmaSyncTeacherOffsetChunkedAndDeterministic) {
   SKIP_WITHOUT_GPU();
-  SKIP_WITHOUT_WGMMA();
+  SKIP_UNLESS_WGMMA_IS_DEFAULT();
   check_chunked_and_deterministic(kOffsetProduct[0], 8600);
 }
 
