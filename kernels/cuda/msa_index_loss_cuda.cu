@@ -1346,8 +1346,9 @@ cpu::IndexLossSums msa_index_loss_dense(const Tensor& q, const Tensor& k, const 
   const int64_t per_block = (T * G * (DI + 3) + G * nc * BK * DI) * 4;
   int64_t jb =
       det ? std::max<int64_t>(1, std::min<int64_t>(nb, (int64_t(1) << 30) / per_block)) : nb;
-  if (const auto e = env_int("MSA_INDEX_LOSS_DET_BLOCKS"); det && e)
-    jb = std::clamp<int64_t>(*e, 1, nb);  // tests: several launches at small T
+  if (det)
+    if (const auto e = env_int("MSA_INDEX_LOSS_DET_BLOCKS"))
+      jb = std::clamp<int64_t>(*e, 1, nb);  // tests: several launches at small T
   Tensor diq_part, sums_part, dik_part;
   if (det) {
     diq_part = Tensor::empty({jb * T * G * DI}, DType::kF32, Device::kCUDA);

@@ -1,5 +1,8 @@
 #include "core/env_switch.h"
 
+#include <cstdlib>
+#include <string>
+
 #include "gtest/gtest.h"
 #include "tests/testing/scoped_env.h"
 
@@ -46,6 +49,25 @@ TEST(EnvSwitchTest, IntReadsIntegersAndTreatsEmptyAsUnset) {
     const ScopedEnv env(kName, "8589934592");  // past 32 bits
     EXPECT_EQ(env_int(kName).value_or(0), int64_t(1) << 33);
   }
+}
+
+// tests/testing/scoped_env.h: a scope's value, then the caller's back (a switch set for the whole
+// run, e.g. MSA_INDEX_LOSS_WGMMA=0, outlives a test that pins it for a while).
+TEST(EnvSwitchTest, ScopedEnvRestoresTheCallersValue) {
+  setenv(kName, "outer", 1);
+  {
+    const ScopedEnv env(kName, "inner");
+    EXPECT_TRUE(env_is(kName, "inner"));
+    {
+      const ScopedEnv unset(kName, nullptr);
+      EXPECT_EQ(std::getenv(kName), nullptr);
+    }
+    EXPECT_TRUE(env_is(kName, "inner"));
+  }
+  EXPECT_TRUE(env_is(kName, "outer"));
+  unsetenv(kName);
+  { const ScopedEnv env(kName, "5"); }
+  EXPECT_EQ(std::getenv(kName), nullptr);
 }
 
 TEST(EnvSwitchDeathTest, IntRejectsWhatIsNotAnInteger) {

@@ -21,8 +21,9 @@
 #include "kernels/rope.h"
 #include "kernels/swiglu.h"
 #include "model/transformer.h"
-#include "tests/testing/gradcheck.h"
 #include "tests/testing/gpu.h"
+#include "tests/testing/gradcheck.h"
+#include "tests/testing/scoped_env.h"
 #include "train/optimizer.h"
 
 namespace msa {
@@ -295,7 +296,7 @@ TEST(GpuDenseTest, DenseAttentionCudnnAndFallbackMatchCpu) {
     for (const char* path : {"cudnn", "fallback"}) {
       for (DType dt : {DType::kBF16, DType::kF32}) {
         if (std::string(path) == "cudnn" && dt == DType::kF32) continue;  // cuDNN: bf16 only
-        setenv("MSA_ATTENTION", path, 1);
+        const ScopedEnv env("MSA_ATTENTION", path);
         auto g = [&](const Tensor& t) { return t.to(dt).to(Device::kCUDA); };
         Tensor gout = gpu_nan(q.shape(), dt), glse = gpu_nan(lse.shape(), DType::kF32);
         attention_forward(g(q), g(k), g(v), scale, gout, glse);
@@ -313,7 +314,6 @@ TEST(GpuDenseTest, DenseAttentionCudnnAndFallbackMatchCpu) {
         EXPECT_LT(rel_l2(host(gdv), dv), 2 * tol) << "dv " << what;
       }
     }
-    unsetenv("MSA_ATTENTION");
   }
 }
 
@@ -368,10 +368,9 @@ TEST(GpuDenseTest, DenseAttentionWithFewerQueriesThanKeysMatchesCpu) {
             continue;
           }
         } else {
-          setenv("MSA_ATTENTION", "fallback", 1);
+          const ScopedEnv env("MSA_ATTENTION", "fallback");
           attention_forward(gq, gk, gv, scale, gout, glse);
           attention_backward(gdo, gq, gk, gv, gout, glse, scale, gdq, gdk, gdv);
-          unsetenv("MSA_ATTENTION");
         }
         const double tol = dt == DType::kF32 ? 1e-4 : kBf16Tol;
         EXPECT_LT(rel_l2(host(gout), out), tol) << "out " << what;

@@ -268,10 +268,10 @@ const std::vector<Case> kWgmmaStages = {
     {1, 500, 12, 2, 128, 64, 128, 3}, {1, 450, 8, 2, 64, 128, 128, 3},
     {2, 300, 4, 2, 64, 64, 64, 3},    {1, 330, 4, 2, 128, 64, 64, 3}};
 
-// On a GPU that runs this binary's sm_90a code the teacher is wgmma's (index_loss_wgmma), so every
-// test above and below at d, dI, B of 64 or 128 runs it there. The wgmma-teacher tests: skipped
-// elsewhere (the mma.sync teacher would run and pass them); the teacher pinned on for the test's
-// duration, whatever the caller's environment says.
+// On a GPU that runs this binary's sm_90a code the teacher is wgmma's (index_loss_wgmma), so the
+// tests at d, dI, B of 64 or 128 run it there, except the MmaSyncTeacher* ones. The wgmma-teacher
+// tests: skipped elsewhere (the mma.sync teacher would run and pass them); the teacher pinned on
+// for the test's duration, whatever the caller's environment says.
 #define SKIP_WITHOUT_WGMMA()                                                        \
   if (!cuda::sm90a_code_available()) GTEST_SKIP() << "needs a Hopper GPU (sm_90a)"; \
   ScopedEnv wgmma_env("MSA_INDEX_LOSS_WGMMA", "1")
@@ -339,6 +339,7 @@ TEST(GpuMsaIndexLossTest, MmaSyncTeacherProductShapes) {
   SKIP_UNLESS_WGMMA_IS_DEFAULT();
   check_case(kProduct[0], IndexLossMode::kSparse, 7910);
   check_case(kProduct[1], IndexLossMode::kSparse, 7920);
+  check_case(kProduct[2], IndexLossMode::kSparse, 7925);
   check_case(kProduct[0], IndexLossMode::kDenseTarget, 7930);
 }
 
@@ -432,11 +433,14 @@ TEST(GpuMsaIndexLossTest, QueryOffsetChunkedAndDeterministic) {
 }
 
 // The mma.sync teacher on Hopper with a query offset, chunks and the deterministic kernels
-// (QueryOffsetChunkedAndDeterministic runs the wgmma teacher's there at its product case).
+// (QueryOffsetChunkedAndDeterministic runs the wgmma teacher there at its product case), and at
+// an offset that is not a multiple of B with a partial last block, both modes.
 TEST(GpuMsaIndexLossTest, MmaSyncTeacherOffsetChunkedAndDeterministic) {
   SKIP_WITHOUT_GPU();
   SKIP_UNLESS_WGMMA_IS_DEFAULT();
   check_chunked_and_deterministic(kOffsetProduct[0], 8600);
+  check_case(kOffsetProduct[2], IndexLossMode::kSparse, 8610);
+  check_case(kOffsetProduct[2], IndexLossMode::kDenseTarget, 8620);
 }
 
 // With every block selected (k >= n_b) the sparse support is the dense one: the two GPU paths

@@ -19,8 +19,9 @@
 #include "core/rng.h"
 #include "gtest/gtest.h"
 #include "kernels/msa.h"
-#include "tests/testing/gradcheck.h"
 #include "tests/testing/gpu.h"
+#include "tests/testing/gradcheck.h"
+#include "tests/testing/scoped_env.h"
 
 namespace msa {
 namespace {
@@ -316,7 +317,7 @@ TEST(GpuMsaIndexerTest, ReferenceKernelOnBf16IdenticalToCpu) {
   const std::vector<IndexCase> forced = {kTensorCoreCases[0], kTensorCoreCases[3],
                                          kTensorCoreCases[6]};
   for (bool force : {true, false}) {
-    if (force) setenv("MSA_TOPK", "reference", 1);
+    const ScopedEnv env("MSA_TOPK", force ? "reference" : nullptr);
     for (const IndexCase& c : force ? forced : kReferenceOnlyCases) {
       const std::string what = describe(c) + (force ? " MSA_TOPK=reference" : "");
       const Inputs in = random_inputs(c, seed += 10, /*round_to_bf16=*/true);
@@ -324,7 +325,6 @@ TEST(GpuMsaIndexerTest, ReferenceKernelOnBf16IdenticalToCpu) {
       EXPECT_EQ(malformed_rows(gpu, c), 0) << what;
       expect_identical(gpu, cpu_select(in, c), what);
     }
-    unsetenv("MSA_TOPK");
   }
 }
 
@@ -358,10 +358,8 @@ TEST(GpuMsaIndexerTest, NonFiniteScoresGiveWellFormedSelections) {
 // agree with it up to near-ties on random ones. Elsewhere (not a Hopper, or a build without
 // sm_90a) both runs take mma.sync and the comparison between them holds trivially.
 HostSelection gpu_select_mma_sync(const Inputs& in, const IndexCase& c) {
-  setenv("MSA_INDEXER_WGMMA", "0", 1);
-  HostSelection s = gpu_select(in, c, DType::kBF16);
-  unsetenv("MSA_INDEXER_WGMMA");
-  return s;
+  const ScopedEnv env("MSA_INDEXER_WGMMA", "0");
+  return gpu_select(in, c, DType::kBF16);
 }
 
 void expect_wgmma_equals_mma_sync_and_cpu(const std::vector<IndexCase>& cases, uint64_t seed) {
@@ -456,10 +454,9 @@ const std::vector<GpuPath> kEveryPath = {
 };
 
 HostSelection gpu_select_on(const GpuPath& path, const Inputs& in, const IndexCase& c) {
-  if (path.env != nullptr) setenv(path.env, path.value, 1);
-  HostSelection s = gpu_select(in, c, path.dtype);
-  if (path.env != nullptr) unsetenv(path.env);
-  return s;
+  if (path.env == nullptr) return gpu_select(in, c, path.dtype);
+  const ScopedEnv env(path.env, path.value);
+  return gpu_select(in, c, path.dtype);
 }
 
 void expect_query_offset_equals_cpu(const std::vector<IndexCase>& cases, uint64_t seed) {
