@@ -1,15 +1,28 @@
 #include "core/env_switch.h"
 
 #include <cstdlib>
+#include <string>
 
 #include "absl/strings/numbers.h"
 #include "core/check.h"
 
 namespace msa {
 
-bool env_is(const char* name, std::string_view value) {
+bool env_is(const char* name, std::string_view value,
+            std::initializer_list<std::string_view> others) {
   const char* env = std::getenv(name);
-  return env != nullptr && value == env;
+  if (env == nullptr || *env == 0) return false;
+  if (value == env) return true;
+  // std::string arithmetic: this Abseil's StrCat takes absl::string_view, not std::string_view.
+  std::string takes = "\"" + std::string(value) + "\"";
+  for (std::string_view other : others) {
+    if (other == env) return false;
+    takes += ", \"" + std::string(other) + "\"";
+  }
+  MSA_CHECK(false,
+            "environment variable %s=\"%s\" is not one of the values it takes: %s (or unset)", name,
+            env, takes);
+  return false;
 }
 
 std::optional<int64_t> env_int(const char* name) {

@@ -201,7 +201,7 @@ void dispatch(DType dt, const char* op, Fn&& fn) {
 
 }  // namespace
 
-bool attention_fallback_forced() { return env_is("MSA_ATTENTION", "fallback"); }
+bool attention_fallback_forced() { return env_is("MSA_ATTENTION", "fallback", {"cudnn"}); }
 
 void fallback_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, double scale,
                                 Tensor& out, Tensor& lse, const cpu::AttentionDims& dims) {

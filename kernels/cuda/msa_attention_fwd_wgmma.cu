@@ -281,7 +281,9 @@ __global__ void __launch_bounds__(kThreads, 2)
 
 }  // namespace
 
-bool wgmma_available() { return !env_is("MSA_KV_OUTER_WGMMA", "0") && sm90a_code_available(); }
+bool wgmma_available() {
+  return !env_is("MSA_KV_OUTER_WGMMA", "0", {"1"}) && sm90a_code_available();
+}
 
 int wgmma_forward_queries_per_tile(int64_t r) { return static_cast<int>(kTileRows / r); }
 

@@ -1106,7 +1106,7 @@ void check_inputs(const Tensor& q, const Tensor& k, const Tensor& lse, const Ten
 // paper's shape on an H100 it takes the warm-up loss from 1,011 to 737 ms at 128K and the sparse
 // KL from 36.4 to 28.4 ms (docs/perf.md).
 bool index_loss_wgmma(int64_t D, int64_t DI, int BK) {
-  if (env_is("MSA_INDEX_LOSS_WGMMA", "0")) return false;
+  if (env_is("MSA_INDEX_LOSS_WGMMA", "0", {"1"})) return false;
   return (D == 64 || D == 128) && (DI == 64 || DI == 128) && (BK == 64 || BK == 128) &&
          sm90a_code_available();
 }

@@ -291,7 +291,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 // bf16, d_I 128, B 128, topk <= 32, 16-byte aligned iq and ik (cp.async of whole rows), on a
 // device running sm_90a code; MSA_INDEXER_WGMMA=0 turns it off (the mma.sync kernel then runs).
 bool indexer_topk_wgmma_supported(const Tensor& iq, const Tensor& ik, const cpu::MsaDims& d) {
-  if (env_is("MSA_INDEXER_WGMMA", "0")) return false;
+  if (env_is("MSA_INDEXER_WGMMA", "0", {"1"})) return false;
   const bool aligned = reinterpret_cast<uintptr_t>(ik.raw_data()) % 16 == 0 &&
                        reinterpret_cast<uintptr_t>(iq.raw_data()) % 16 == 0;
   return iq.dtype() == DType::kBF16 && ik.dtype() == DType::kBF16 && aligned &&

@@ -17,13 +17,19 @@ TEST(EnvSwitchTest, IsMatchesTheWholeValueOnly) {
   {
     const ScopedEnv env(kName, nullptr);
     EXPECT_FALSE(env_is(kName, "reference"));
-    EXPECT_FALSE(env_is(kName, ""));
   }
-  const ScopedEnv env(kName, "reference");
-  EXPECT_TRUE(env_is(kName, "reference"));
-  EXPECT_FALSE(env_is(kName, "ref"));
-  EXPECT_FALSE(env_is(kName, "reference2"));
-  EXPECT_FALSE(env_is(kName, "0"));
+  {
+    setenv(kName, "", 1);  // ScopedEnv unsets ""; the empty value must read as unset too
+    EXPECT_FALSE(env_is(kName, "reference"));
+    unsetenv(kName);
+  }
+  {
+    const ScopedEnv env(kName, "reference");
+    EXPECT_TRUE(env_is(kName, "reference"));
+  }
+  const ScopedEnv env(kName, "1");
+  EXPECT_FALSE(env_is(kName, "0", {"1"}));
+  EXPECT_TRUE(env_is(kName, "1", {"0"}));
 }
 
 TEST(EnvSwitchTest, IntReadsIntegersAndTreatsEmptyAsUnset) {
@@ -68,6 +74,17 @@ TEST(EnvSwitchTest, ScopedEnvRestoresTheCallersValue) {
   unsetenv(kName);
   { const ScopedEnv env(kName, "5"); }
   EXPECT_EQ(std::getenv(kName), nullptr);
+}
+
+TEST(EnvSwitchDeathTest, IsRejectsValuesTheSwitchDoesNotTake) {
+  for (const char* bad : {"refrence", "reference2", "ref", "0"}) {
+    const ScopedEnv env(kName, bad);
+    EXPECT_DEATH(env_is(kName, "reference"), "MSA_ENV_SWITCH_TEST=\"" + std::string(bad) +
+                                                 "\" is not one of the values it takes")
+        << bad;
+  }
+  const ScopedEnv env(kName, "false");
+  EXPECT_DEATH(env_is(kName, "0", {"1"}), "takes: \"0\", \"1\"");
 }
 
 TEST(EnvSwitchDeathTest, IntRejectsWhatIsNotAnInteger) {
