@@ -13,12 +13,12 @@ bool env_is(const char* name, std::string_view value,
   const char* env = std::getenv(name);
   if (env == nullptr || *env == 0) return false;
   if (value == env) return true;
-  // std::string arithmetic: this Abseil's StrCat takes absl::string_view, not std::string_view.
-  std::string takes = "\"" + std::string(value) + "\"";
-  for (std::string_view other : others) {
+  for (std::string_view other : others)
     if (other == env) return false;
-    takes += ", \"" + std::string(other) + "\"";
-  }
+  // The message only on the way to the abort. std::string arithmetic: this Abseil's StrCat takes
+  // absl::string_view, not std::string_view.
+  std::string takes = "\"" + std::string(value) + "\"";
+  for (std::string_view other : others) takes += ", \"" + std::string(other) + "\"";
   MSA_CHECK(false,
             "environment variable %s=\"%s\" is not one of the values it takes: %s (or unset)", name,
             env, takes);
