@@ -5,6 +5,7 @@
 #include <thread>
 #include <vector>
 
+#include "core/check.h"
 #include "core/env_switch.h"
 
 namespace msa::cpu {
@@ -14,10 +15,17 @@ std::atomic<int> g_num_threads_override{0};
 
 // Below this much work per thread, starting a thread (tens of microseconds) is not worth it.
 constexpr int64_t kMinWorkPerThread = 1 << 18;
+constexpr int64_t kMaxThreads = 4096;
 
 int default_num_threads() {
   static const int n = [] {
-    if (const auto v = env_int("MSA_CPU_THREADS"); v && *v > 0) return static_cast<int>(*v);
+    if (const auto v = env_int("MSA_CPU_THREADS")) {
+      // A bound instead of a narrowing cast: 2^32 + 4 must not run 4 threads.
+      MSA_CHECK(*v >= 1 && *v <= kMaxThreads,
+                "environment variable MSA_CPU_THREADS=%d is not a thread count in [1, %d]", *v,
+                kMaxThreads);
+      return static_cast<int>(*v);
+    }
     return std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
   }();
   return n;
