@@ -1,10 +1,10 @@
 #include "data/document_starts.h"
 
 #include <cstdint>
-#include <fstream>
 #include <optional>
 
 #include "absl/strings/str_format.h"
+#include "data/json_file.h"
 #include "data/shard.h"
 #include "nlohmann/json.hpp"
 
@@ -18,7 +18,8 @@ std::vector<int64_t> document_starts(absl::Span<const int32_t> tokens, int32_t e
   return starts;
 }
 
-absl::StatusOr<int32_t> shards_eos_id(const std::vector<std::string>& shard_paths) {
+absl::StatusOr<int32_t> shards_eos_id(const std::vector<std::string>& shard_paths,
+                                      int64_t vocab_size) {
   std::optional<int32_t> eos;
   std::string eos_file;
   for (const std::string& shard : shard_paths) {
@@ -29,13 +30,13 @@ absl::StatusOr<int32_t> shards_eos_id(const std::vector<std::string>& shard_path
           "metadata file <prefix>.json of the shards <prefix>-NNNNN.tok; '%s' is not named so",
           shard));
     if (*metadata == eos_file) continue;
-    std::ifstream in(*metadata);
-    if (!in)
+    const absl::StatusOr<nlohmann::json> read = read_json_file(*metadata);
+    if (absl::IsNotFound(read.status()))
       return absl::NotFoundError(absl::StrFormat(
           "--pack_documents needs the EOS id that separates the documents of '%s': cannot read "
-          "its metadata file '%s' (written by msa-data)",
-          shard, *metadata));
-    const nlohmann::json j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+          "its metadata file (written by msa-data): %s",
+          shard, read.status().message()));
+    const nlohmann::json j = read.ok() ? *read : nlohmann::json();
     if (!j.is_object())
       return absl::InvalidArgumentError(
           absl::StrFormat("--pack_documents: metadata file '%s' is not a JSON object", *metadata));
@@ -51,6 +52,11 @@ absl::StatusOr<int32_t> shards_eos_id(const std::vector<std::string>& shard_path
           absl::StrFormat("--pack_documents: metadata file '%s': eos_id %s is not a token id",
                           *metadata, it->dump()));
     const int32_t id = static_cast<int32_t>(it->get<uint64_t>());
+    if (vocab_size > 0 && id >= vocab_size)
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "--pack_documents: metadata file '%s': eos_id %d is not below --vocab_size=%d, so no "
+          "token of the shards can be it and no document would ever end",
+          *metadata, id, vocab_size));
     if (eos && *eos != id)
       return absl::InvalidArgumentError(absl::StrFormat(
           "--pack_documents: the shards' metadata files disagree on the EOS id: %d in '%s', %d in "

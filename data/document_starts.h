@@ -22,7 +22,9 @@ std::vector<int64_t> document_starts(absl::Span<const int32_t> tokens, int32_t e
 // The EOS id of the shards at `shard_paths` from their msa-data metadata files (<prefix>.json for
 // <dir>/<prefix>-NNNNN.tok). Fails naming --pack_documents and the file when a shard's name does
 // not tell its metadata file, the file cannot be read or parsed, its "eos_id" is missing or null
-// (no EOS separates the documents), or the metadata files disagree.
-absl::StatusOr<int32_t> shards_eos_id(const std::vector<std::string>& shard_paths);
+// (no EOS separates the documents) or, with vocab_size > 0, not below it, or the metadata files
+// disagree.
+absl::StatusOr<int32_t> shards_eos_id(const std::vector<std::string>& shard_paths,
+                                      int64_t vocab_size = 0);
 
 }  // namespace msa

@@ -7,14 +7,12 @@
 
 #include <sys/stat.h>
 
-#include <fstream>
-#include <sstream>
-
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "core/status.h"
+#include "data/json_file.h"
 #include "data/tokenizer_added.h"
 #include "data/tokenizer_bpe.h"
 #include "data/tokenizer_normalize.h"
@@ -41,17 +39,6 @@ bool is_directory(const std::string& path) {
 bool file_exists(const std::string& path) {
   struct stat st;
   return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
-}
-
-absl::StatusOr<json> read_json(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrFormat("%s: cannot open", path));
-  std::stringstream buf;
-  buf << in.rdbuf();
-  json j = json::parse(buf.str(), nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded())
-    return absl::InvalidArgumentError(absl::StrFormat("%s: not valid JSON", path));
-  return j;
 }
 
 // A post-processor's document delimiters: the special tokens a template puts before and after the
@@ -288,7 +275,7 @@ absl::Status HfTokenizerImpl::load_added_tokens(const json& list) {
 }
 
 absl::Status HfTokenizerImpl::load(const std::string& json_path, const std::string& config_path) {
-  MSA_ASSIGN_OR_RETURN(const json j, read_json(json_path));
+  MSA_ASSIGN_OR_RETURN(const json j, read_json_file(json_path));
   auto fail = [&](const absl::Status& s) { return annotate(s, json_path); };
   try {
     if (!j.is_object()) return fail(absl::InvalidArgumentError("not a JSON object"));
@@ -332,7 +319,7 @@ absl::Status HfTokenizerImpl::load(const std::string& json_path, const std::stri
     adds_eos_ = eos_id_.has_value() && t.eos.has_value();
 
     if (file_exists(config_path)) {
-      MSA_ASSIGN_OR_RETURN(const json config, read_json(config_path));
+      MSA_ASSIGN_OR_RETURN(const json config, read_json_file(config_path));
       if (!config.is_object())
         return absl::InvalidArgumentError(absl::StrFormat("%s: not a JSON object", config_path));
       for (const char* key : {"bos_token", "eos_token"}) {

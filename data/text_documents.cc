@@ -212,6 +212,11 @@ absl::Status parse_jsonl(std::string_view bytes, int64_t first_line, const std::
     const int64_t this_line = line++;
     if (!text.empty() && text.back() == '\r') text.remove_suffix(1);
     if (text.find_first_not_of(" \t\r") == std::string_view::npos) continue;  // blank line
+    // nlohmann's lexer takes a NUL byte for the end of the input: the rest of the line would be
+    // dropped unseen ({"text":"a"}\0garbage parsed as {"text":"a"}).
+    if (const size_t nul = text.find('\0'); nul != std::string_view::npos)
+      return input_error(file, this_line, static_cast<int64_t>(nul) + 1,
+                         "a NUL byte (JSON text cannot hold one outside a string's \\u0000)");
     nlohmann::json j;
     try {
       j = nlohmann::json::parse(text.begin(), text.end());

@@ -17,7 +17,9 @@
 #include <utility>
 
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "core/status.h"
+#include "data/json_file.h"
 #include "nlohmann/json.hpp"
 
 namespace msa {
@@ -324,8 +326,8 @@ absl::StatusOr<TextShardingResult> write_text_shards(
   // directory).
   if (const std::string metadata = o.output_dir + "/" + o.prefix + ".json";
       !o.overwrite && ::access(metadata.c_str(), F_OK) == 0) {
-    std::ifstream in(metadata);
-    const nlohmann::json j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+    const absl::StatusOr<nlohmann::json> read = read_json_file(metadata);
+    const nlohmann::json j = read.ok() ? *read : nlohmann::json();
     if (!j.is_object() || j.value("written_by", std::string()) != "msa-data text")
       return absl::FailedPreconditionError(absl::StrFormat(
           "invalid --output: '%s' exists and is not msa-data's metadata; give --overwrite to "
@@ -374,6 +376,13 @@ absl::StatusOr<TextShardingResult> write_text_shards(
       MSA_RETURN_IF_ERROR(read_error);
       if (progress) progress(done);
     }
+    // Nothing to train on: fail before the commit, so that --overwrite does not replace a
+    // folder's shards with none.
+    if (done.documents == 0 || done.tokens == 0)
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "invalid --input: no documents in %s (empty files, or JSONL without a non-blank "
+          "line): nothing was written and '%s' is unchanged",
+          absl::StrJoin(o.inputs, ", "), o.output_dir));
     MSA_RETURN_IF_ERROR(sink.flush());
     r.tokens = done.tokens;
     r.documents = done.documents;

@@ -121,9 +121,15 @@ absl::Status validate_run(const TrainProgramOptions& o) {
   if (o.keep_last < 0) return bad("keep_last", absl::StrFormat("%d must be >= 0", o.keep_last));
   if (o.exit_after_step < 0)
     return bad("exit_after_step", absl::StrFormat("%d must be >= 0", o.exit_after_step));
-  if ((o.resume || o.checkpoint_every > 0 || o.keep_last > 0) && o.checkpoint_dir.empty())
-    return bad(o.resume ? "resume" : (o.checkpoint_every > 0 ? "checkpoint_every" : "keep_last"),
-               "needs --checkpoint_dir");
+  if ((o.resume || o.checkpoint_every > 0 || o.keep_last > 0 || o.exit_after_step > 0) &&
+      o.checkpoint_dir.empty())
+    return bad(o.resume                 ? "resume"
+               : o.checkpoint_every > 0 ? "checkpoint_every"
+               : o.exit_after_step > 0  ? "exit_after_step"
+                                        : "keep_last",
+               o.exit_after_step > 0 && !o.resume && o.checkpoint_every == 0 && o.keep_last == 0
+                   ? "needs --checkpoint_dir (the checkpoint it writes is what --resume continues)"
+                   : "needs --checkpoint_dir");
   if (o.resume && !o.init_from.empty())
     return bad("init_from", "cannot be combined with --resume (resume restores everything)");
   if (o.reseed && !o.resume)
@@ -352,6 +358,22 @@ std::string config_difference(const ModelConfig& a, const ModelConfig& b) {
   return "";
 }
 
+// A file already at the path a save is about to take is one that did not validate (a fresh run
+// refuses a directory with checkpoints, and --resume continued from the newest valid one): it is
+// renamed to <path>.invalid (or .invalid.N), never overwritten, so that it can still be looked at.
+absl::Status move_aside_existing(const std::string& path) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) return absl::OkStatus();
+  std::string aside = path + ".invalid";
+  for (int n = 1; ::stat(aside.c_str(), &st) == 0; ++n)
+    aside = absl::StrFormat("%s.invalid.%d", path, n);
+  if (std::rename(path.c_str(), aside.c_str()) != 0)
+    return absl::InternalError(absl::StrFormat(
+        "%s: cannot move the file that did not validate aside to %s before saving", path, aside));
+  std::printf("msa-train: %s did not validate; kept as %s\n", path.c_str(), aside.c_str());
+  return absl::OkStatus();
+}
+
 class CheckpointWriter {
  public:
   // base_step / base_sample: where this run's sample numbers start (a resumed run: its
@@ -390,7 +412,8 @@ class CheckpointWriter {
     const std::string path = checkpoint_path(o_.checkpoint_dir, step);
     absl::Status status;
     if (groups_.world_rank == 0) {
-      status = save_checkpoint(path, ckpt);
+      status = move_aside_existing(path);
+      if (status.ok()) status = save_checkpoint(path, ckpt);
       if (status.ok() && o_.keep_last > 0) {
         // Retention deletes only what the file just written (read back and validated)
         // supersedes: never anything newer, never the last valid checkpoint.
@@ -590,9 +613,33 @@ absl::Status run_train_program(TrainProgramOptions o) {
   std::optional<LatestCheckpoint> latest;
   std::optional<Checkpoint> init;
   if (!o.checkpoint_dir.empty()) MSA_RETURN_IF_ERROR(ensure_dir(o.checkpoint_dir));
+  if (!o.checkpoint_dir.empty() && !o.resume) {
+    // A fresh run would write its steps over another run's files of the same numbers (and
+    // --keep_last would count them as its own).
+    const std::vector<int64_t> steps = list_checkpoint_steps(o.checkpoint_dir);
+    if (!steps.empty())
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "--checkpoint_dir=%s already holds %d checkpoint(s) (the newest %s): pass --resume to "
+          "continue that run, or give a new or empty directory to start another (a fresh run "
+          "would overwrite them)",
+          o.checkpoint_dir, steps.size(), checkpoint_path(o.checkpoint_dir, steps.front())));
+  }
   if (o.resume) {
     auto l = load_latest_checkpoint(o.checkpoint_dir);
     if (!l.ok()) return annotate(l.status(), "--resume");
+    if (l->checkpoint.state.step > o.trainer.steps)
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "--resume: %s is at step %d, past --steps=%d: raise --steps to train further (the LR "
+          "schedule spans --steps)",
+          l->path, l->checkpoint.state.step, o.trainer.steps));
+    if (l->checkpoint.state.step == o.trainer.steps) {
+      if (leader)
+        std::printf(
+            "msa-train: %s is at step %lld = --steps: the run is complete, nothing to "
+            "train (raise --steps to continue it)\n",
+            l->path.c_str(), static_cast<long long>(o.trainer.steps));
+      return absl::OkStatus();
+    }
     MSA_RETURN_IF_ERROR(
         adopt_checkpoint_rope(l->checkpoint.config, "--resume", l->path, leader, o));
     latest = std::move(*l);

@@ -125,6 +125,18 @@ absl::Status write_string_attr(const std::string& path, hid_t loc, const char* n
   return absl::OkStatus();
 }
 
+// The /config group's checksum: its three attributes, each followed by a NUL (none holds one).
+uint64_t config_checksum(const std::string& model, const std::string& run,
+                         const std::string& version) {
+  std::string bytes = model;
+  bytes += '\0';
+  bytes += run;
+  bytes += '\0';
+  bytes += version;
+  bytes += '\0';
+  return fnv1a_bytes(bytes.data(), bytes.size());
+}
+
 hid_t make_group(hid_t loc, const std::string& name) {
   return H5Gcreate2(loc, name.c_str(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
 }
@@ -182,13 +194,27 @@ absl::StatusOr<std::string> read_string_attr(const std::string& path, hid_t loc,
   return value;
 }
 
+// True when `type` is an integer type and `space` holds exactly one element: what a scalar read
+// into one int64 / uint64 may take (a corrupt file's array would overflow it).
+bool is_one_integer(hid_t type, hid_t space) {
+  return type >= 0 && space >= 0 && H5Tget_class(type) == H5T_INTEGER &&
+         H5Sget_simple_extent_npoints(space) == 1;
+}
+
 absl::StatusOr<uint64_t> read_checksum(const std::string& path, hid_t ds, const std::string& name) {
   if (H5Aexists(ds, kChecksumAttr) <= 0)
     return absl::DataLossError(absl::StrFormat("%s: dataset %s has no '%s' checksum attribute",
                                                path, name, kChecksumAttr));
   H5Handle attr(H5Aopen(ds, kChecksumAttr, H5P_DEFAULT), H5Aclose);
+  if (!attr.ok())
+    return absl::DataLossError(absl::StrFormat("%s: cannot read the checksum of %s", path, name));
+  H5Handle type(H5Aget_type(attr.get()), H5Tclose);
+  H5Handle space(H5Aget_space(attr.get()), H5Sclose);
+  if (!is_one_integer(type.get(), space.get()))
+    return absl::DataLossError(absl::StrFormat(
+        "%s: the '%s' checksum attribute of %s is not one integer", path, kChecksumAttr, name));
   uint64_t sum = 0;
-  if (!attr.ok() || H5Aread(attr.get(), H5T_NATIVE_UINT64, &sum) < 0)
+  if (H5Aread(attr.get(), H5T_NATIVE_UINT64, &sum) < 0)
     return absl::DataLossError(absl::StrFormat("%s: cannot read the checksum of %s", path, name));
   return sum;
 }
@@ -270,8 +296,15 @@ absl::StatusOr<int64_t> read_i64(const std::string& path, hid_t file, const std:
   if (H5Lexists(file, name.c_str(), H5P_DEFAULT) <= 0)
     return absl::DataLossError(absl::StrFormat("%s: missing dataset %s", path, name));
   H5Handle ds(H5Dopen2(file, name.c_str(), H5P_DEFAULT), H5Dclose);
+  if (!ds.ok())
+    return absl::DataLossError(absl::StrFormat("%s: cannot open dataset %s", path, name));
+  H5Handle type(H5Dget_type(ds.get()), H5Tclose);
+  H5Handle space(H5Dget_space(ds.get()), H5Sclose);
+  if (!is_one_integer(type.get(), space.get()))
+    return absl::DataLossError(
+        absl::StrFormat("%s: dataset %s is not one integer (a scalar int64)", path, name));
   int64_t value = 0;
-  if (!ds.ok() || H5Dread(ds.get(), H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, &value) < 0)
+  if (H5Dread(ds.get(), H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, &value) < 0)
     return absl::DataLossError(absl::StrFormat("%s: cannot read dataset %s", path, name));
   MSA_ASSIGN_OR_RETURN(uint64_t stored, read_checksum(path, ds.get(), name));
   if (stored != fnv1a_bytes(&value, sizeof(value)))
@@ -309,10 +342,14 @@ absl::Status save_checkpoint(const std::string& path, const Checkpoint& ckpt) {
     if (!file.ok()) return absl::InternalError(absl::StrFormat("%s: cannot create file", tmp));
     {
       H5Handle config(make_group(file.get(), "/config"), H5Gclose);
-      MSA_RETURN_IF_ERROR(write_string_attr(tmp, config.get(), "model", ckpt.config.to_json()));
+      const std::string model = ckpt.config.to_json();
+      const std::string version = std::to_string(format_version_for(ckpt.config));
+      MSA_RETURN_IF_ERROR(write_string_attr(tmp, config.get(), "model", model));
       MSA_RETURN_IF_ERROR(write_string_attr(tmp, config.get(), "run", ckpt.run_json));
-      MSA_RETURN_IF_ERROR(write_string_attr(tmp, config.get(), "format_version",
-                                            std::to_string(format_version_for(ckpt.config))));
+      MSA_RETURN_IF_ERROR(write_string_attr(tmp, config.get(), "format_version", version));
+      MSA_RETURN_IF_ERROR(
+          annotate(write_checksum(config.get(), config_checksum(model, ckpt.run_json, version)),
+                   tmp + ": /config"));
     }
     {
       H5Handle params(make_group(file.get(), "/params"), H5Gclose);
@@ -378,6 +415,16 @@ absl::StatusOr<Checkpoint> load_checkpoint(const std::string& path, bool weights
           "variants, 3 for the index branch's RoPE)",
           path, version, format_version_for(ckpt.config)));
     MSA_ASSIGN_OR_RETURN(ckpt.run_json, read_string_attr(path, config.get(), "run"));
+    // Files written before the group had a checksum have none; when there is one it must match
+    // (a flipped byte in the model's JSON would otherwise build another model).
+    if (H5Aexists(config.get(), kChecksumAttr) > 0) {
+      MSA_ASSIGN_OR_RETURN(uint64_t stored, read_checksum(path, config.get(), "/config"));
+      if (stored != config_checksum(model_json, ckpt.run_json, version))
+        return absl::DataLossError(absl::StrFormat(
+            "%s: checksum mismatch in the /config attributes (model, run, format_version): the "
+            "file is corrupt",
+            path));
+    }
   }
   MSA_RETURN_IF_ERROR(check_index_key_format(path, file.get(), ckpt.config));
   for (const ParamSpec& s : model_param_specs(ckpt.config)) {
@@ -398,6 +445,16 @@ absl::StatusOr<Checkpoint> load_checkpoint(const std::string& path, bool weights
   return ckpt;
 }
 
+absl::StatusOr<Checkpoint> load_checkpoint_of_step(const std::string& path, int64_t step) {
+  MSA_ASSIGN_OR_RETURN(Checkpoint ckpt, load_checkpoint(path));
+  if (ckpt.state.step != step)
+    return absl::DataLossError(absl::StrFormat(
+        "%s: holds step %d (/state/step), not the step %d its name says: a copied or renamed "
+        "file",
+        path, ckpt.state.step, step));
+  return ckpt;
+}
+
 std::vector<int64_t> list_checkpoint_steps(const std::string& dir) {
   std::vector<int64_t> steps;
   DIR* d = ::opendir(dir.c_str());
@@ -406,8 +463,11 @@ std::vector<int64_t> list_checkpoint_steps(const std::string& dir) {
     long long step = 0;
     int consumed = 0;
     const std::string name = e->d_name;
+    // Only the names checkpoint_path writes: "ckpt-6.h5" next to "ckpt-00000006.h5" would list
+    // step 6 twice, and pruning the duplicate would delete the real file.
     if (std::sscanf(name.c_str(), "ckpt-%lld.h5%n", &step, &consumed) == 1 &&
-        consumed == static_cast<int>(name.size()))
+        consumed == static_cast<int>(name.size()) && step >= 0 &&
+        name == absl::StrFormat("ckpt-%08d.h5", step))
       steps.push_back(step);
   }
   ::closedir(d);
@@ -419,7 +479,7 @@ absl::StatusOr<LatestCheckpoint> load_latest_checkpoint(const std::string& dir) 
   std::string newest_error;
   for (int64_t step : list_checkpoint_steps(dir)) {
     const std::string path = checkpoint_path(dir, step);
-    auto ckpt = load_checkpoint(path);
+    auto ckpt = load_checkpoint_of_step(path, step);
     if (ckpt.ok()) return LatestCheckpoint{path, *std::move(ckpt)};
     std::fprintf(stderr, "msa-train: skipping invalid checkpoint: %s\n",
                  std::string(ckpt.status().message()).c_str());
@@ -448,7 +508,7 @@ absl::Status prune_checkpoints(const std::string& dir, int keep_last, int64_t ne
   std::set<int64_t>& valid = known_valid ? *known_valid : local;
   auto is_valid = [&](int64_t step) {
     if (valid.count(step)) return true;
-    if (!load_checkpoint(checkpoint_path(dir, step)).ok()) return false;
+    if (!load_checkpoint_of_step(checkpoint_path(dir, step), step).ok()) return false;
     valid.insert(step);
     return true;
   };

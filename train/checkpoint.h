@@ -2,8 +2,8 @@
 // docs/checkpoint.md).
 //
 //   /config             attributes: model (ModelConfig JSON), run (training
-//   options JSON),
-//                       format_version
+//   options JSON), format_version, fnv1a64 (of the three, each followed by a NUL;
+//   absent in files of earlier builds)
 //   /params/<name>      full fp32 master weights, unsharded (any dp/tp layout
 //   can load them) /optimizer/<name>/m, /optimizer/<name>/v   AdamW moments
 //   (fp32) /state/<field>      int64 scalars: step, tokens_seen, seed,
@@ -61,15 +61,21 @@ absl::StatusOr<Checkpoint> load_checkpoint(const std::string& path, bool weights
 // <dir>/ckpt-<step, 8 digits>.h5
 std::string checkpoint_path(const std::string& dir, int64_t step);
 
-// The steps of the ckpt-<step>.h5 files in `dir` (not *.tmp), newest first.
+// load_checkpoint, and the file's /state/step must be `step` (the one its name says): a
+// checkpoint copied or renamed to another step's name is refused (DataLoss), so that resuming
+// and --keep_last never take it for that step.
+absl::StatusOr<Checkpoint> load_checkpoint_of_step(const std::string& path, int64_t step);
+
+// The steps of the files in `dir` named as checkpoint_path names them (ckpt-<8+ digits>.h5; not
+// *.tmp, not "ckpt-6.h5"), newest first.
 std::vector<int64_t> list_checkpoint_steps(const std::string& dir);
 
 struct LatestCheckpoint {
   std::string path;
   Checkpoint checkpoint;
 };
-// The newest checkpoint in `dir` that loads and validates; invalid ones are
-// skipped with a warning on stderr. NotFound when there is none.
+// The newest checkpoint in `dir` that loads and validates (load_checkpoint_of_step); invalid ones
+// are skipped with a warning on stderr. NotFound when there is none.
 absl::StatusOr<LatestCheckpoint> load_latest_checkpoint(const std::string& dir);
 
 // --keep_last retention: deletes only what is provably superseded. `newest_valid` is the step of

@@ -71,7 +71,7 @@ absl::StatusOr<std::unique_ptr<BatchSource>> make_shard_source(
   if (pack_documents) {
     std::vector<std::string> paths;
     for (const auto& shard : sampler->shards()) paths.push_back(shard->path());
-    MSA_ASSIGN_OR_RETURN(eos_id, shards_eos_id(paths));
+    MSA_ASSIGN_OR_RETURN(eos_id, shards_eos_id(paths, vocab_size));
   }
   if (validation && sampler->num_val_windows() == 0) {
     return absl::InvalidArgumentError(absl::StrFormat(

@@ -1,6 +1,8 @@
 // Document starts for --pack_documents (data/document_starts.h): a document starts at a window's
 // first token and after every EOS; the EOS id comes from msa-data's metadata file; the shard
 // source's batches carry each row's starts and the same tokens and targets as without packing.
+#include <sys/stat.h>
+
 #include <cstdlib>
 #include <fstream>
 #include <string>
@@ -80,6 +82,20 @@ TEST(DataDocumentStartsTest, RefusedWithoutAnEosId) {
   const std::string b = make_packed_corpus("meta_b", R"({"eos_id": 4})");
   s = shards_eos_id({a + "/train-00000.tok", b + "/train-00000.tok"}).status();
   EXPECT_THAT(std::string(s.message()), HasSubstr("disagree on the EOS id"));
+
+  // An eos_id no token of the vocabulary can be: no document would ever end.
+  const std::string big = make_packed_corpus("meta_big", R"({"eos_id": 99999})");
+  s = shards_eos_id({big + "/train-00000.tok"}, /*vocab_size=*/64).status();
+  EXPECT_THAT(std::string(s.message()), HasSubstr("eos_id 99999 is not below --vocab_size=64"));
+  EXPECT_TRUE(shards_eos_id({big + "/train-00000.tok"}).ok()) << "no vocabulary to check against";
+
+  // A directory where the metadata file belongs: a message naming it, not an uncaught
+  // std::ios_base::failure from the stream read.
+  const std::string as_dir = make_packed_corpus("meta_dir", "");
+  ASSERT_EQ(::mkdir((as_dir + "/train.json").c_str(), 0755), 0);
+  s = shards_eos_id({as_dir + "/train-00000.tok"}).status();
+  EXPECT_TRUE(absl::IsNotFound(s)) << s;
+  EXPECT_THAT(std::string(s.message()), HasSubstr(as_dir + "/train.json: a directory, not a file"));
 
   // Through the shard source, with the flag named.
   auto source = make_shard_source(none + "/*.tok", 64, 2, 16, 0.0, 1, DataLayout{}, false,

@@ -4,6 +4,7 @@
 #include <sys/wait.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <string>
 
@@ -195,6 +196,50 @@ TEST(MsaDataCliTest, MalformedJsonlLineIsAnErrorNamingFileAndLine) {
   EXPECT_EQ(tokenizer.exit_code, 1);
   EXPECT_THAT(tokenizer.output, HasSubstr("invalid --tokenizer"));
   EXPECT_THAT(tokenizer.output, HasSubstr(dir + "/no_such_model"));
+}
+
+// A NUL byte ends nlohmann's input: the rest of the line would be dropped unseen, so the line is
+// refused at the byte's column.
+TEST(MsaDataCliTest, NulByteInAJsonlLineIsAnErrorNamingItsColumn) {
+  const std::string dir = fresh_dir("nul_jsonl");
+  {
+    std::ofstream f(dir + "/a.jsonl", std::ios::binary);
+    f << "{\"text\": \"fine\"}\n{\"text\":\"a\"}" << '\0' << "garbage}}}\n";
+  }
+  CommandResult r =
+      run_program("msa-data", "text --input=" + dir + "/a.jsonl --output=" + dir + "/out");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("'" + dir + "/a.jsonl' line 2, column 13: a NUL byte"));
+}
+
+// Inputs without a document write nothing: with --overwrite the folder's shards stay as they
+// were (before, they were replaced by no shards and exit 0).
+TEST(MsaDataCliTest, InputsWithoutDocumentsLeaveTheOutputUnchanged) {
+  const std::string dir = fresh_dir("no_documents");
+  std::ofstream(dir + "/a.txt") << "one line\n";
+  std::ofstream(dir + "/empty.jsonl") << "\n  \n";
+  const std::string out = " --output=" + dir + "/out";
+  ASSERT_EQ(run_program("msa-data", "text --input=" + dir + "/a.txt" + out).exit_code, 0);
+  const std::string shard = slurp(dir + "/out/train-00000.tok");
+  ASSERT_FALSE(shard.empty());
+  CommandResult r =
+      run_program("msa-data", "text --input=" + dir + "/empty.jsonl --overwrite" + out);
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("invalid --input: no documents in " + dir + "/empty.jsonl"));
+  EXPECT_EQ(slurp(dir + "/out/train-00000.tok"), shard);
+  EXPECT_TRUE(std::ifstream(dir + "/out/train.json").good());
+}
+
+// A path where a metadata file belongs that is a directory is a message, not an uncaught
+// std::ios_base::failure (abort).
+TEST(MsaDataCliTest, MetadataPathThatIsADirectoryIsAMessage) {
+  const std::string dir = fresh_dir("metadata_dir");
+  std::ofstream(dir + "/a.txt") << "one line\n";
+  ASSERT_EQ(::system(("mkdir -p '" + dir + "/out/train.json'").c_str()), 0);
+  CommandResult r =
+      run_program("msa-data", "text --input=" + dir + "/a.txt --output=" + dir + "/out");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("'" + dir + "/out/train.json' exists and is not msa-data's"));
 }
 
 // A Hugging Face tokenizer (the Llama 3 style test tokenizer: BOS 262 added, EOS 264) frames every

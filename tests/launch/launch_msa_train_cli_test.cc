@@ -3,6 +3,7 @@
 #include <sys/wait.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <utility>
 
@@ -275,12 +276,26 @@ TEST(MsaTrainCliTest, IntegerFlagsPastTwoToThe31AreRefusedNotWrapped) {
 // Counts a run may legitimately make large are 64-bit all the way: --steps=2^32 + 1 is accepted
 // and printed as given (the run stops after step 1 here).
 TEST(MsaTrainCliTest, StepsPastTwoToThe31AreAccepted) {
+  const std::string dir = ::testing::TempDir() + "/cli_steps_past_2_31";
+  std::system(("rm -rf '" + dir + "'").c_str());
   CommandResult r = run_msa_train(kTinyModel +
                                   "--steps=4294967297 --exit_after_step=1 --seq_len=48 "
-                                  "--batch_size=2 --dense_attention_steps=0 --log_every=1");
+                                  "--batch_size=2 --dense_attention_steps=0 --log_every=1 "
+                                  "--checkpoint_dir=" +
+                                  dir);
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("steps 1..4294967297"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("/4294967297"), std::string::npos) << r.output;
+}
+
+// --exit_after_step stops a run so that --resume continues it: without a checkpoint to continue
+// from it would only throw the steps away.
+TEST(MsaTrainCliTest, ExitAfterStepWithoutACheckpointDirIsRefused) {
+  CommandResult r = run_msa_train(kTinyModel + "--steps=4 --exit_after_step=2 --seq_len=48");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(r.output.find("invalid --exit_after_step: needs --checkpoint_dir"), std::string::npos)
+      << r.output;
+  EXPECT_EQ(r.output.find("step "), std::string::npos) << r.output;
 }
 
 TEST(MsaTrainCliTest, NegativeAndOverflowingCountsNameTheFlag) {

@@ -3,9 +3,11 @@
 // beside it.
 #include <hdf5.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <iterator>
 #include <string>
@@ -192,6 +194,62 @@ std::string copy_as_step(const std::string& good, int64_t step) {
   return bad;
 }
 
+std::string file_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+// A /config string attribute of an open file.
+std::string config_attr(hid_t f, const char* name) {
+  hid_t g = H5Gopen2(f, "/config", H5P_DEFAULT);
+  hid_t a = H5Aopen(g, name, H5P_DEFAULT);
+  hid_t type = H5Aget_type(a);
+  std::string value(H5Tget_size(type), '\0');
+  EXPECT_GE(H5Aread(a, type, value.data()), 0);
+  value.resize(std::strlen(value.c_str()));
+  H5Tclose(type);
+  H5Aclose(a);
+  H5Gclose(g);
+  return value;
+}
+
+// Signs /config again after its attributes were rewritten, as a writer with that config would
+// have: the checksum of model, run and format_version, each followed by a NUL.
+void resign_config(const std::string& path) {
+  hid_t f = H5Fopen(path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+  ASSERT_GE(f, 0);
+  std::string bytes;
+  for (const char* name : {"model", "run", "format_version"}) {
+    bytes += config_attr(f, name);
+    bytes += '\0';
+  }
+  const uint64_t sum = fnv1a64(bytes);
+  hid_t g = H5Gopen2(f, "/config", H5P_DEFAULT);
+  hid_t attr = H5Aopen(g, "fnv1a64", H5P_DEFAULT);
+  ASSERT_GE(attr, 0) << "a checkpoint of this build signs /config";
+  ASSERT_GE(H5Awrite(attr, H5T_NATIVE_UINT64, &sum), 0);
+  H5Aclose(attr);
+  H5Gclose(g);
+  H5Fclose(f);
+}
+
+// A copy of `good` named and stamped as step `step` (/state/step rewritten and signed): a valid
+// checkpoint of that step, as a run that reached it would have written.
+std::string copy_as_valid_step(const std::string& good, int64_t step) {
+  const std::string path = copy_as_step(good, step);
+  hid_t f = H5Fopen(path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+  EXPECT_GE(f, 0);
+  hid_t ds = H5Dopen2(f, "/state/step", H5P_DEFAULT);
+  EXPECT_GE(H5Dwrite(ds, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, &step), 0);
+  const uint64_t sum = fnv1a64(std::string(reinterpret_cast<const char*>(&step), sizeof(step)));
+  hid_t attr = H5Aopen(ds, "fnv1a64", H5P_DEFAULT);
+  EXPECT_GE(H5Awrite(attr, H5T_NATIVE_UINT64, &sum), 0);
+  H5Aclose(attr);
+  H5Dclose(ds);
+  H5Fclose(f);
+  return path;
+}
+
 // The bad file is reported with the expected message, the good ones stay valid,
 // and resume falls back to the newest good checkpoint (step 4).
 void expect_rejected(const std::string& good, const std::string& bad, const std::string& message) {
@@ -277,9 +335,46 @@ TEST(TrainCheckpointTest, ConfigDisagreeingWithTheTensorsIsRejected) {
   H5Tclose(type);
   H5Gclose(g);
   H5Fclose(f);
+  resign_config(bad);  // a file written with that config, not a corrupt one
   expect_rejected(good, bad,
                   "dataset /params/layers.0.mlp.w_gate.weight has shape [64, "
                   "32] but the config in the file needs [48, 32]");
+}
+
+// A byte flipped inside the model's JSON (topk 3 -> 7: still a valid config, another model)
+// fails the /config checksum instead of building that model.
+TEST(TrainCheckpointTest, FlippedByteInTheConfigFailsItsChecksum) {
+  const std::string good = good_checkpoints("bad_config_byte");
+  const std::string bad = copy_as_step(good, 10);
+  std::string bytes = file_bytes(bad);
+  const std::string field = "\"topk\": 3";
+  const size_t at = bytes.find(field);
+  ASSERT_NE(at, std::string::npos);
+  {
+    std::fstream f(bad, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(static_cast<std::streamoff>(at + field.size() - 1));
+    f.put('7');
+  }
+  expect_rejected(good, bad, "checksum mismatch in the /config attributes");
+}
+
+// A state dataset of the wrong shape (an array where the step's scalar belongs) is refused by
+// name, not read into one integer past its end.
+TEST(TrainCheckpointTest, StateDatasetThatIsNotOneIntegerIsRejected) {
+  const std::string good = good_checkpoints("bad_state_shape");
+  const std::string bad = copy_as_step(good, 10);
+  hid_t f = H5Fopen(bad.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+  ASSERT_GE(H5Ldelete(f, "/state/step", H5P_DEFAULT), 0);
+  const hsize_t n = 100000;
+  std::vector<int64_t> big(n, 4);
+  hid_t space = H5Screate_simple(1, &n, nullptr);
+  hid_t ds =
+      H5Dcreate2(f, "/state/step", H5T_STD_I64LE, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+  ASSERT_GE(H5Dwrite(ds, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, big.data()), 0);
+  H5Dclose(ds);
+  H5Sclose(space);
+  H5Fclose(f);
+  expect_rejected(good, bad, "dataset /state/step is not one integer");
 }
 
 // Replaces float32 dataset `name` of `path` by a well-formed one of `shape` (valid checksum).
@@ -305,11 +400,6 @@ void replace_dataset(const std::string& path, const std::string& name, const Sha
   H5Dclose(ds);
   H5Sclose(space);
   H5Fclose(f);
-}
-
-std::string file_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
 }
 
 // A checkpoint from before the paper's shared index key head: index_wk of an MSA layer holds one
@@ -389,29 +479,97 @@ TEST(TrainCheckpointTest, KeepLastNeverDeletesThisRunsCheckpointsForNewerOrCorru
     std::ofstream corrupt(checkpoint_path(dir, 100), std::ios::binary);
     corrupt << "not a checkpoint";
   }
-  TrainProgramOptions o = tiny_run(dir, 3);
-  o.seed = 99;
+  const std::string old_step2 = file_bytes(checkpoint_path(dir, 2));
+  // A fresh run would write its steps 1..3 over the old run's 2: refused, nothing touched.
+  TrainProgramOptions fresh = tiny_run(dir, 3);
+  fresh.seed = 99;
+  fresh.checkpoint_every = 1;
+  fresh.keep_last = 1;
+  const absl::Status refused = run_train_program(fresh);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_THAT(std::string(refused.message()), HasSubstr("already holds 4 checkpoint(s)"));
+  EXPECT_THAT(std::string(refused.message()), HasSubstr("--resume"));
+  EXPECT_EQ(file_bytes(checkpoint_path(dir, 2)), old_step2);
+  EXPECT_EQ(list_checkpoint_steps(dir), (std::vector<int64_t>{100, 6, 4, 2}));
+  // Continuing it (the corrupt step 100 skipped) prunes only at or below its own newest step.
+  TrainProgramOptions o = tiny_run(dir, 8);
+  o.resume = true;
   o.checkpoint_every = 1;
   o.keep_last = 1;
   ASSERT_TRUE(run_train_program(o).ok());
-  // This run's newest checkpoint survives and validates; its step-1 file is superseded by it;
-  // its step 2 replaced the old run's step 2 and is superseded too. Everything newer stays.
-  auto mine = load_checkpoint(checkpoint_path(dir, 3));
-  ASSERT_TRUE(mine.ok()) << mine.status();
-  EXPECT_EQ(mine->state.seed, 99);
-  EXPECT_EQ(list_checkpoint_steps(dir), (std::vector<int64_t>{100, 6, 4, 3}));
-  EXPECT_TRUE(load_checkpoint(checkpoint_path(dir, 6)).ok());
+  EXPECT_TRUE(load_checkpoint(checkpoint_path(dir, 8)).ok());
+  EXPECT_EQ(list_checkpoint_steps(dir), (std::vector<int64_t>{100, 8}));
+}
+
+// A fresh run's save never lands on an existing file: a resumed run whose newest file did not
+// validate (it continued from the one before) keeps that file as <name>.invalid and writes its
+// own checkpoint of that step.
+TEST(TrainCheckpointTest, ResumedRunKeepsTheInvalidFileItsSaveWouldReplace) {
+  const std::string dir = fresh_dir("move_aside_invalid");
+  TrainProgramOptions first = tiny_run(dir, 4);
+  first.checkpoint_every = 2;
+  ASSERT_TRUE(run_train_program(first).ok());
+  const std::string four = checkpoint_path(dir, 4);
+  ASSERT_EQ(::truncate(four.c_str(), 1000), 0);
+  const std::string corrupt = file_bytes(four);
+  TrainProgramOptions o = tiny_run(dir, 6);
+  o.resume = true;
+  o.checkpoint_every = 2;
+  ASSERT_TRUE(run_train_program(o).ok());  // resumes from step 2
+  EXPECT_TRUE(load_checkpoint_of_step(four, 4).ok());
+  EXPECT_EQ(file_bytes(four + ".invalid"), corrupt);
+  EXPECT_EQ(list_checkpoint_steps(dir), (std::vector<int64_t>{6, 4, 2}));
+}
+
+// Only the names checkpoint_path writes are checkpoints: a "ckpt-6.h5" beside
+// "ckpt-00000006.h5" is not a second step 6 (pruning the duplicate deleted the real file, and
+// then every other one).
+TEST(TrainCheckpointTest, OnlyCanonicalNamesAreListed) {
+  const std::string dir = fresh_dir("canonical_names");
+  for (const char* name : {"ckpt-6.h5", "ckpt-000000006.h5", "ckpt--0000001.h5",
+                           "ckpt-00000002.h5.tmp", "ckpt-00000003.h5"})
+    std::ofstream(dir + "/" + name) << "x";
+  EXPECT_EQ(list_checkpoint_steps(dir), (std::vector<int64_t>{3}));
+  const std::string run_dir = fresh_dir("canonical_names_run");
+  std::ofstream(run_dir + "/ckpt-6.h5") << "x";
+  TrainProgramOptions o = tiny_run(run_dir, 6);
+  o.checkpoint_every = 3;
+  o.keep_last = 1;
+  ASSERT_TRUE(run_train_program(o).ok());
+  EXPECT_TRUE(load_checkpoint_of_step(checkpoint_path(run_dir, 6), 6).ok());
+  EXPECT_EQ(list_checkpoint_steps(run_dir), (std::vector<int64_t>{6}));
+}
+
+// A checkpoint copied to another step's name (state says 4, the name 9) is not that step: resume
+// skips it for the newest file whose name and contents agree, and --keep_last does not count it.
+TEST(TrainCheckpointTest, FileWhoseStepDisagreesWithItsNameIsSkipped) {
+  const std::string good = good_checkpoints("renamed_step");  // steps 2 and 4
+  const std::string dir = good.substr(0, good.rfind('/'));
+  const std::string renamed = copy_as_step(checkpoint_path(dir, 2), 9);
+  auto r = load_checkpoint_of_step(renamed, 9);
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(std::string(r.status().message()),
+              HasSubstr("holds step 2 (/state/step), not the step 9"));
+  auto latest = load_latest_checkpoint(dir);
+  ASSERT_TRUE(latest.ok()) << latest.status();
+  EXPECT_EQ(latest->path, good);
+  ASSERT_TRUE(prune_checkpoints(dir, 1, 4).ok());
+  EXPECT_EQ(list_checkpoint_steps(dir), (std::vector<int64_t>{9, 4}));
 }
 
 // A file that does not validate is neither counted as one of the --keep_last checkpoints nor
 // deleted: with keep_last=2 and a corrupt step 5 between this run's 4 and 6, both 4 and 6 stay.
 TEST(TrainCheckpointTest, KeepLastCountsOnlyCheckpointsThatValidate) {
   const std::string dir = fresh_dir("keep_last_corrupt_between");
+  TrainProgramOptions first = tiny_run(dir, 2);
+  first.checkpoint_every = 2;
+  ASSERT_TRUE(run_train_program(first).ok());
   {
     std::ofstream corrupt(checkpoint_path(dir, 5), std::ios::binary);
     corrupt << "truncated";
   }
   TrainProgramOptions o = tiny_run(dir, 6);
+  o.resume = true;  // from step 2: step 5 does not validate
   o.checkpoint_every = 2;
   o.keep_last = 2;
   ASSERT_TRUE(run_train_program(o).ok());
@@ -425,8 +583,8 @@ TEST(TrainCheckpointTest, KeepLastCountsOnlyCheckpointsThatValidate) {
 TEST(TrainCheckpointTest, PruneNeverDeletesAboveTheNewestValidatedStep) {
   const std::string good = good_checkpoints("prune_direct");  // steps 2 and 4
   const std::string dir = good.substr(0, good.rfind('/'));
-  copy_as_step(good, 3);
-  copy_as_step(good, 9);
+  copy_as_valid_step(good, 3);
+  copy_as_valid_step(good, 9);
   ASSERT_TRUE(prune_checkpoints(dir, 1, 3).ok());
   EXPECT_EQ(list_checkpoint_steps(dir), (std::vector<int64_t>{9, 4, 3}));
   {
