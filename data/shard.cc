@@ -96,7 +96,14 @@ absl::StatusOr<std::unique_ptr<ShardReader>> ShardReader::open(const std::string
                         file_bytes, kShardHeaderBytes));
   }
   void* map = mmap(nullptr, file_bytes, PROT_READ, MAP_PRIVATE, fd, 0);
+  const int map_errno = errno;
   ::close(fd);
+  if (map == MAP_FAILED && map_errno == ENOMEM)
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "%s: mmap failed: %s. Every shard stays mapped for the run (twice with validation), and "
+        "the kernel caps a process's mappings at vm.max_map_count (sysctl; 65530 by default): "
+        "fewer, larger shards (msa-data --shard_tokens) or a higher cap",
+        path, std::strerror(map_errno)));
   if (map == MAP_FAILED) return io_error(path, "mmap failed");
   std::unique_ptr<ShardReader> r(new ShardReader());
   r->path_ = path;
@@ -242,9 +249,10 @@ absl::StatusOr<std::vector<std::string>> check_shard_dir(const std::string& dir,
 
 std::optional<std::string> shard_metadata_path(const std::string& shard) {
   const size_t dash = shard.rfind('-');
-  if (dash == std::string::npos || shard.size() != dash + 10 ||
-      shard.compare(dash + 6, 4, ".tok") != 0 ||
-      !std::all_of(shard.begin() + dash + 1, shard.begin() + dash + 6,
+  // <prefix>-<5 or more digits>.tok: msa-data widens the names past 100000 shards.
+  if (dash == std::string::npos || shard.size() < dash + 10 ||
+      shard.compare(shard.size() - 4, 4, ".tok") != 0 ||
+      !std::all_of(shard.begin() + dash + 1, shard.end() - 4,
                    [](char c) { return c >= '0' && c <= '9'; }))
     return std::nullopt;
   return shard.substr(0, dash) + ".json";

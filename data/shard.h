@@ -82,7 +82,8 @@ absl::StatusOr<std::vector<std::string>> check_shard_dir(const std::string& dir,
 // with the new ones).
 absl::Status prepare_shard_dir(const std::string& dir, bool overwrite);
 
-// The metadata file msa-data writes with the shard <dir>/<prefix>-NNNNN.tok: <dir>/<prefix>.json
+// The metadata file msa-data writes with the shard <dir>/<prefix>-NNNNN.tok (five digits or more):
+// <dir>/<prefix>.json
 // (nullopt for a file not named so).
 std::optional<std::string> shard_metadata_path(const std::string& shard);
 

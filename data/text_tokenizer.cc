@@ -166,6 +166,24 @@ class ShardSink {
     buffer_.clear();
     return absl::OkStatus();
   }
+  // The last shard, then every name at one width: past 100000 shards "%05d" grows to six digits
+  // and a sorted glob would put train-100000 between train-10000 and train-10001, so the names are
+  // widened to the largest index's digits (a rename inside the staging directory: the new name of
+  // shard i can only equal its own old one) and sorted order stays write order.
+  absl::Status finish() {
+    MSA_RETURN_IF_ERROR(flush());
+    const int width = static_cast<int>(std::to_string(names_.size() - 1).size());
+    if (names_.empty() || width <= 5) return absl::OkStatus();
+    for (size_t i = 0; i < names_.size(); ++i) {
+      const std::string name = absl::StrFormat("%s-%0*d.tok", prefix_, width, i);
+      if (name != names_[i] &&
+          std::rename((dir_ + "/" + names_[i]).c_str(), (dir_ + "/" + name).c_str()) != 0)
+        return absl::InternalError(absl::StrFormat("cannot rename shard '%s/%s' to '%s': %s", dir_,
+                                                   names_[i], name, std::strerror(errno)));
+      names_[i] = name;
+    }
+    return absl::OkStatus();
+  }
   const std::vector<std::string>& names() const { return names_; }
 
  private:
@@ -383,7 +401,7 @@ absl::StatusOr<TextShardingResult> write_text_shards(
           "invalid --input: no documents in %s (empty files, or JSONL without a non-blank "
           "line): nothing was written and '%s' is unchanged",
           absl::StrJoin(o.inputs, ", "), o.output_dir));
-    MSA_RETURN_IF_ERROR(sink.flush());
+    MSA_RETURN_IF_ERROR(sink.finish());
     r.tokens = done.tokens;
     r.documents = done.documents;
     for (const std::string& name : sink.names()) r.shards.push_back(o.output_dir + "/" + name);

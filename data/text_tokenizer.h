@@ -37,7 +37,7 @@ struct TextShardingOptions {
   // BOS is accepted (BOS then separates documents); one with neither needs this.
   std::optional<uint32_t> eos_id;
   std::string output_dir;
-  std::string prefix = "train";    // shards are <output_dir>/<prefix>-<5 digits>.tok
+  std::string prefix = "train";    // shards are <output_dir>/<prefix>-<5+ digits>.tok
   int64_t shard_tokens = 1 << 24;  // tokens per shard (the last one may be shorter)
   bool overwrite = false;          // replace the shards already in output_dir (else: refuse)
   int threads = 0;                 // tokenizing threads; 0: hardware concurrency

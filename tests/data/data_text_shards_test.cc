@@ -228,6 +228,28 @@ TEST(TextShardsTest, MetadataFileDescribesTheShards) {
   EXPECT_EQ(j["inputs"][0]["bytes"], 14);
 }
 
+// Past 100000 shards every name gets the last index's digits: sorted names (what a glob gives
+// msa-train) stay in write order, and --pack_documents still finds the metadata file.
+TEST(TextShardsTest, ShardNamesPast99999KeepSortedOrderEqualToWriteOrder) {
+  const std::string dir = fresh_dir("many_shards");
+  write_file(dir + "/a.txt", std::string(200000, 'x'));  // + BOS + EOS: 100001 shards of 2
+  TextShardingOptions o = options(dir, {dir + "/a.txt"}, &kUnicode);
+  o.shard_tokens = 2;
+  auto r = write_text_shards(o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->shards.size(), 100001u);
+  EXPECT_EQ(r->shards.front(), o.output_dir + "/train-000000.tok");
+  EXPECT_EQ(r->shards[100000], o.output_dir + "/train-100000.tok");
+  auto sorted = glob_files(o.output_dir + "/*.tok");
+  ASSERT_TRUE(sorted.ok()) << sorted.status();
+  EXPECT_EQ(*sorted, r->shards);
+  const nlohmann::json j = nlohmann::json::parse(read_file(r->metadata));
+  EXPECT_EQ(j["shards"][100000], "train-100000.tok");
+  EXPECT_EQ(shard_metadata_path(r->shards[100000]), r->metadata);
+  EXPECT_EQ(shard_metadata_path(o.output_dir + "/train-12.tok"), std::nullopt);
+  std::system(("rm -rf '" + dir + "'").c_str());  // 100001 files: not left for the next test run
+}
+
 TEST(TextShardsTest, JsonlEscapesUnicodeCrlfAndBlankLines) {
   const std::string dir = fresh_dir("jsonl_escapes");
   write_file(dir + "/a.jsonl",
