@@ -6,6 +6,8 @@
 // Without --lines the whole file is one document. With --lines each line (without its '\n') is a
 // document, encoded separately; the ids are written back to back, and --output_lengths (if given)
 // receives the number of ids of each line as uint32.
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <atomic>
 #include <bit>
@@ -57,6 +59,11 @@ absl::Status run() {
                        msa::HfTokenizer::load(tokenizer_path));
   std::fprintf(stderr, "msa-tokenize: %s\n", tok->describe().c_str());
 
+  struct stat st;
+  const bool exists = ::stat(input.c_str(), &st) == 0;
+  if (!exists || !S_ISREG(st.st_mode))
+    return absl::NotFoundError(absl::StrFormat("invalid --input: '%s' is %s", input,
+                                               exists ? "not a file (a directory?)" : "not there"));
   std::ifstream in(input, std::ios::binary);
   if (!in) return absl::NotFoundError(absl::StrFormat("invalid --input: cannot read '%s'", input));
   std::stringstream buf;

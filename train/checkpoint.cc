@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <hdf5.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -385,6 +386,10 @@ absl::StatusOr<Checkpoint> load_checkpoint(const std::string& path, bool weights
   silence_hdf5();
   if (::access(path.c_str(), R_OK) != 0)
     return absl::NotFoundError(absl::StrFormat("%s: no such checkpoint file", path));
+  if (struct stat st; ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode))
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "%s: a directory, not a checkpoint file (its checkpoints are %s/ckpt-<step>.h5)", path,
+        path));
   if (H5Fis_hdf5(path.c_str()) <= 0)
     return absl::DataLossError(
         absl::StrFormat("%s: not a readable HDF5 file (truncated or corrupt)", path));

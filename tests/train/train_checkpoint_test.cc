@@ -270,6 +270,14 @@ void expect_rejected(const std::string& good, const std::string& bad, const std:
   EXPECT_TRUE(load_checkpoint(good).ok()) << "the good checkpoint was harmed";
 }
 
+TEST(TrainCheckpointTest, DirectoryGivenForAFileSaysSo) {
+  const std::string dir = fresh_dir("dir_as_file");
+  auto r = load_checkpoint(dir, /*weights_only=*/true);
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(std::string(r.status().message()),
+              HasSubstr(dir + ": a directory, not a checkpoint file"));
+}
+
 TEST(TrainCheckpointTest, TruncatedFileIsRejected) {
   const std::string good = good_checkpoints("bad_truncated");
   const std::string bad = copy_as_step(good, 10);
