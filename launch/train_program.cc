@@ -601,6 +601,19 @@ absl::Status run_train_program(TrainProgramOptions o) {
   }
   const bool leader = groups.world_rank == 0;
   if (!leader) o.trainer.quiet = true;
+  if (validation && validation->distinct_batches() > 0 &&
+      o.eval_batches > validation->distinct_batches()) {
+    // More batches would evaluate the same windows again and count their tokens twice.
+    if (leader)
+      std::printf(
+          "msa-train: --eval_batches=%lld but the validation split holds %lld batch(es) of "
+          "--batch_size=%lld windows: evaluating those %lld\n",
+          static_cast<long long>(o.eval_batches),
+          static_cast<long long>(validation->distinct_batches()),
+          static_cast<long long>(o.batch_size),
+          static_cast<long long>(validation->distinct_batches()));
+    o.eval_batches = validation->distinct_batches();
+  }
   // Parameters are replicated over dp x cp: their gradients are summed over both.
   o.trainer.dp = groups.gradient_group();
   o.optimizer.dp = groups.gradient_group();

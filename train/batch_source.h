@@ -40,6 +40,9 @@ class BatchSource {
   // rank: `batch` sequences of `seq_len` tokens.
   virtual Batch get(int64_t step, int micro) = 0;
   virtual std::string describe() const = 0;
+  // How many calls get(1, 0), get(2, 0), ... return distinct batches before they repeat (a held-out
+  // split's windows wrap around); 0: no limit (training sources, synthetic data).
+  virtual int64_t distinct_batches() const { return 0; }
 };
 
 // How a run's global batch is split: a source for rank `dp_rank` of `dp_size` returns that rank's

@@ -45,6 +45,10 @@ class ShardSource : public BatchSource {
     return b;
   }
 
+  int64_t distinct_batches() const override {
+    return validation_ ? (sampler_->num_val_windows() + batch_ - 1) / batch_ : 0;
+  }
+
   std::string describe() const override {
     return absl::StrFormat("%s (%s split%s)", sampler_->describe(),
                            validation_ ? "validation" : "training",

@@ -44,6 +44,16 @@ TEST(MsaDataCliTest, TextShardsTrainWithValidation) {
   ASSERT_EQ(train.exit_code, 0) << train.output;
   EXPECT_THAT(train.output, HasSubstr("validation windows"));
   EXPECT_THAT(train.output, HasSubstr("val_loss"));
+  // More batches than the held-out windows fill would evaluate windows again (and count their
+  // tokens twice): capped, and said.
+  CommandResult many = run_program(
+      "msa-train", std::string(kModel) +
+                       "--vocab_size=257 --steps=1 --eval_every=1 --eval_batches=100000 "
+                       "--val_fraction=0.05 --data='" +
+                       dir + "/shards/*.tok'");
+  ASSERT_EQ(many.exit_code, 0) << many.output;
+  EXPECT_THAT(many.output, HasSubstr("--eval_batches=100000 but the validation split holds"));
+  EXPECT_THAT(many.output, HasSubstr("val_loss"));
 }
 
 TEST(MsaDataCliTest, ShardsThatDoNotFitTheModelAreOneLineErrors) {
