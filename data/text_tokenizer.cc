@@ -343,7 +343,14 @@ absl::StatusOr<TextShardingResult> write_text_shards(
   // never a file of someone else's that happens to have the name (--prefix=tokenizer in a model
   // directory).
   if (const std::string metadata = o.output_dir + "/" + o.prefix + ".json";
-      !o.overwrite && ::access(metadata.c_str(), F_OK) == 0) {
+      ::stat(metadata.c_str(), &out_st) == 0 && !S_ISREG(out_st.st_mode)) {
+    // The commit renames the new metadata over it last: over a directory that fails after the
+    // shards moved in, leaving them without their metadata.
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "invalid --output: '%s' is a directory (or another non-file) where the metadata file "
+        "goes; remove it, or give another --prefix / --output",
+        metadata));
+  } else if (!o.overwrite && ::access(metadata.c_str(), F_OK) == 0) {
     const absl::StatusOr<nlohmann::json> read = read_json_file(metadata);
     const nlohmann::json j = read.ok() ? *read : nlohmann::json();
     if (!j.is_object() || j.value("written_by", std::string()) != "msa-data text")

@@ -249,7 +249,14 @@ TEST(MsaDataCliTest, MetadataPathThatIsADirectoryIsAMessage) {
   CommandResult r =
       run_program("msa-data", "text --input=" + dir + "/a.txt --output=" + dir + "/out");
   EXPECT_EQ(r.exit_code, 1) << r.output;
-  EXPECT_THAT(r.output, HasSubstr("'" + dir + "/out/train.json' exists and is not msa-data's"));
+  EXPECT_THAT(r.output, HasSubstr("'" + dir + "/out/train.json' is a directory"));
+  // --overwrite too: the commit would move the shards in, then fail to rename the metadata over
+  // the directory, leaving shards without their metadata.
+  CommandResult overwrite = run_program(
+      "msa-data", "text --input=" + dir + "/a.txt --output=" + dir + "/out --overwrite");
+  EXPECT_EQ(overwrite.exit_code, 1) << overwrite.output;
+  EXPECT_THAT(overwrite.output, HasSubstr("'" + dir + "/out/train.json' is a directory"));
+  EXPECT_FALSE(std::ifstream(dir + "/out/train-00000.tok").good());
 }
 
 // A Hugging Face tokenizer (the Llama 3 style test tokenizer: BOS 262 added, EOS 264) frames every
