@@ -73,6 +73,9 @@ const char* st_dtype_name(StDtype d) {
 size_t st_dtype_size(StDtype d) { return d == StDtype::kF32 ? 4 : 2; }
 
 absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::open(const std::string& path) {
+  // A FIFO would block the open below; a directory would fail to map with a vague message.
+  if (struct stat pre; ::stat(path.c_str(), &pre) == 0 && !S_ISREG(pre.st_mode))
+    return absl::NotFoundError(absl::StrFormat("%s: not a regular file", path));
   const int fd = ::open(path.c_str(), O_RDONLY);
   if (fd < 0)
     return absl::NotFoundError(absl::StrFormat("%s: cannot open: %s", path, std::strerror(errno)));

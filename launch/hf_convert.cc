@@ -5,8 +5,10 @@
 #include <cerrno>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <fstream>
 #include <limits>
+#include <map>
 #include <set>
 #include <sstream>
 
@@ -21,6 +23,12 @@ namespace msa {
 namespace {
 
 absl::StatusOr<std::string> read_text(const std::string& path) {
+  // A FIFO would block the open; a directory would read as empty.
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0)
+    return absl::NotFoundError(absl::StrFormat("%s: cannot read: no such file", path));
+  if (!S_ISREG(st.st_mode))
+    return absl::NotFoundError(absl::StrFormat("%s: cannot read: not a regular file", path));
   std::ifstream f(path);
   if (!f) return absl::NotFoundError(absl::StrFormat("%s: cannot read", path));
   std::stringstream ss;
@@ -232,11 +240,23 @@ absl::StatusOr<HfCheckpoint> parse_hf_config(const std::string& text, const std:
   if (flag) return field_error("attention_bias", "is true (an o_proj bias is not supported)");
   MSA_RETURN_IF_ERROR(get_bool(j, "mlp_bias", false, flag));
   if (flag) return field_error("mlp_bias", "is true (MLP biases are not supported)");
-  bool sliding = false;
-  MSA_RETURN_IF_ERROR(
-      get_bool(j, "use_sliding_window", ck.architecture == "MistralForCausalLM", sliding));
-  if (find(j, "sliding_window") != nullptr && sliding)
-    return field_error("sliding_window", "is set (sliding-window attention is not supported)");
+  if (ck.architecture == "MistralForCausalLM") {
+    // transformers' MistralConfig has no use_sliding_window, and an absent sliding_window is its
+    // default, 4096: only an explicit null is full attention.
+    const auto it = j.find("sliding_window");
+    if (it == j.end())
+      return field_error("sliding_window",
+                         "is absent, which transformers reads as Mistral's default 4096 "
+                         "(sliding-window attention is not supported; a model with full "
+                         "attention says \"sliding_window\": null)");
+    if (!it->is_null())
+      return field_error("sliding_window", "is set (sliding-window attention is not supported)");
+  } else {
+    bool sliding = false;
+    MSA_RETURN_IF_ERROR(get_bool(j, "use_sliding_window", false, sliding));
+    if (find(j, "sliding_window") != nullptr && sliding)
+      return field_error("sliding_window", "is set (sliding-window attention is not supported)");
+  }
   // transformers 5 lists each layer's attention; sliding layers are not supported.
   if (const nlohmann::json* types = find(j, "layer_types")) {
     if (!types->is_array())
@@ -282,31 +302,64 @@ absl::StatusOr<HfCheckpoint> read_hf_checkpoint(const std::string& dir) {
   // The shard files: model.safetensors, or those named by model.safetensors.index.json.
   std::vector<std::string> files;
   const std::string index_path = dir + "/model.safetensors.index.json";
+  const std::string single_path = dir + "/model.safetensors";
+  // The index's file for each tensor name (a sharded checkpoint); empty for a single file.
+  std::map<std::string, std::string> weight_map;
   struct stat st;
   if (::stat(index_path.c_str(), &st) == 0) {
+    // transformers takes model.safetensors when both are there; a reader that took the index
+    // would convert other weights than the ones the model runs with.
+    if (::stat(single_path.c_str(), &st) == 0)
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "%s: holds both model.safetensors and model.safetensors.index.json (a single file and "
+          "a sharded set), so which weights are the model's is ambiguous (transformers loads "
+          "model.safetensors): remove the one that is stale",
+          dir));
     MSA_ASSIGN_OR_RETURN(std::string index_text, read_text(index_path));
     try {
       const nlohmann::json index = nlohmann::json::parse(index_text);
       std::set<std::string> names;
-      for (auto it = index.at("weight_map").begin(); it != index.at("weight_map").end(); ++it)
-        names.insert(it.value().get<std::string>());
-      for (const std::string& n : names) files.push_back(dir + "/" + n);
+      for (auto it = index.at("weight_map").begin(); it != index.at("weight_map").end(); ++it) {
+        const std::string file = it.value().get<std::string>();
+        weight_map[it.key()] = file;
+        names.insert(file);
+      }
+      for (const std::string& n : names) {
+        if (::stat((dir + "/" + n).c_str(), &st) != 0)
+          return absl::NotFoundError(
+              absl::StrFormat("%s names the shard %s, which is not there", index_path, n));
+        files.push_back(dir + "/" + n);
+      }
     } catch (const nlohmann::json::exception& e) {
       return absl::InvalidArgumentError(
           absl::StrFormat("%s: malformed index (%s)", index_path, e.what()));
     }
   } else {
-    files.push_back(dir + "/model.safetensors");
+    files.push_back(single_path);
   }
 
   const std::vector<ParamSpec> specs = model_param_specs(ck.config);
   std::map<std::string, Shape> expected;
   for (const ParamSpec& s : specs) expected[s.name] = s.shape;
   bool first = true;
+  std::map<std::string, std::string> source;  // our name -> "file: tensor" it was read from
   for (const std::string& file : files) {
     MSA_ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsFile> st_file, SafetensorsFile::open(file));
+    const std::string base = file.substr(dir.size() + 1);
     for (const auto& [hf_name, info] : st_file->tensors()) {
       if (hf_name.find("rotary_emb.inv_freq") != std::string::npos) continue;  // derived buffer
+      if (!weight_map.empty()) {
+        // A shard's tensor that the index gives to another file (or to none): a malformed set
+        // whose readers may disagree on which copy is the model's.
+        const auto mapped = weight_map.find(hf_name);
+        if (mapped == weight_map.end())
+          return absl::InvalidArgumentError(absl::StrFormat(
+              "%s: tensor '%s' is not in the weight_map of %s", file, hf_name, index_path));
+        if (mapped->second != base)
+          return absl::InvalidArgumentError(
+              absl::StrFormat("%s: tensor '%s' is in this file, but %s maps it to %s", file,
+                              hf_name, index_path, mapped->second));
+      }
       const std::string ours = hf_to_our_name(hf_name);
       if (ours.empty())
         return absl::InvalidArgumentError(
@@ -323,6 +376,13 @@ absl::StatusOr<HfCheckpoint> read_hf_checkpoint(const std::string& dir) {
         return absl::InvalidArgumentError(
             absl::StrFormat("%s: tensor '%s' has shape %s but config.json implies %s", file,
                             hf_name, shape_string(info.shape), shape_string(it->second)));
+      // Two names for one parameter (model.layers.01.* and model.layers.1.*): neither may
+      // silently win.
+      if (const auto seen = source.find(ours); seen != source.end())
+        return absl::InvalidArgumentError(
+            absl::StrFormat("%s: tensor '%s' is msa-train's %s, which %s already gave", file,
+                            hf_name, ours, seen->second));
+      source[ours] = absl::StrFormat("%s (tensor '%s')", file, hf_name);
       if (first) ck.dtype = info.dtype;
       first = false;
       MSA_ASSIGN_OR_RETURN(ck.params[ours], st_file->read_f32(hf_name));
@@ -362,6 +422,14 @@ absl::Status write_hf_checkpoint(const std::string& dir, const std::string& arch
   if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST)
     return absl::InvalidArgumentError(
         absl::StrFormat("invalid --export_hf: cannot create '%s'", dir));
+  // A sharded set left there would sit beside the new single file: readers disagree on which is
+  // the model (transformers takes model.safetensors, an index-first reader the old shards).
+  if (struct stat st; ::stat((dir + "/model.safetensors.index.json").c_str(), &st) == 0)
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "invalid --export_hf: '%s' holds a sharded checkpoint (model.safetensors.index.json); "
+        "export into a new or empty directory",
+        dir));
+  if (architecture == "MistralForCausalLM") j["sliding_window"] = nullptr;  // full attention
   ModelConfig dense = c;
   dense.attention.clear();
   std::vector<StTensorOut> tensors;
@@ -372,9 +440,21 @@ absl::Status write_hf_checkpoint(const std::string& dir, const std::string& arch
     tensors.push_back({our_to_hf_name(s.name), dtype, s.shape, encode_f32(it->second, dtype)});
   }
   MSA_RETURN_IF_ERROR(write_safetensors(dir + "/model.safetensors", tensors, {{"format", "pt"}}));
-  std::ofstream f(dir + "/config.json");
-  f << j.dump(2) << "\n";
-  if (!f) return absl::InternalError(absl::StrFormat("%s/config.json: write failed", dir));
+  // Through a temporary file closed and checked before the rename: a full disk shows at close.
+  const std::string config = dir + "/config.json", tmp = config + ".tmp";
+  {
+    std::ofstream f(tmp);
+    f << j.dump(2) << "\n";
+    f.close();
+    if (!f) {
+      std::remove(tmp.c_str());
+      return absl::InternalError(absl::StrFormat("%s: write failed (disk full?)", tmp));
+    }
+  }
+  if (std::rename(tmp.c_str(), config.c_str()) != 0) {
+    std::remove(tmp.c_str());
+    return absl::InternalError(absl::StrFormat("%s: rename to %s failed", tmp, config));
+  }
   return absl::OkStatus();
 }
 

@@ -4,6 +4,7 @@
 // same bytes; the converted model gets random W_IQ [G d_I, D] and W_IK [d_I, D]; the index warm-up
 // (dense attention, the backbone training as the dense model would; or with the backbone frozen,
 // outputs unchanged) raises the index recall.
+#include <sys/stat.h>
 #include <sys/wait.h>
 
 #include <algorithm>
@@ -497,6 +498,98 @@ TEST(ConvertHfTest, RefusesUnsupportedConfigsNamingTheField) {
               HasSubstr("tensor 'model.layers.1."));
   EXPECT_THAT(with_config("\"hidden_act\": \"silu\"", "\"hidden_act\": \"gelu\""),
               HasSubstr("field 'hidden_act'"));
+}
+
+// A sharded set whose files and index disagree, or a directory that holds both a sharded set and a
+// single file, is refused: readers would disagree on which copy of a tensor is the model's (before,
+// the last file read silently won, and the index beat a newer model.safetensors).
+TEST(ConvertHfTest, RefusesShardsAndIndexThatDisagree) {
+  const std::string dir = fresh_dir("shards_disagree");
+  write_hf(dir, {"LlamaForCausalLM"}, 1);
+  ASSERT_TRUE(read_hf_checkpoint(dir).ok());
+  const std::string second = dir + "/model-00002-of-00002.safetensors";
+  auto second_file = SafetensorsFile::open(second);
+  ASSERT_TRUE(second_file.ok());
+  ASSERT_EQ(second_file.value()->tensors().count("model.embed_tokens.weight"), 0u);
+  // The second shard also holds a (zeroed) embedding that the index gives to the first.
+  std::vector<StTensorOut> tensors;
+  for (const auto& [name, info] : second_file.value()->tensors())
+    tensors.push_back({name, StDtype::kF32, info.shape,
+                       encode_f32(*second_file.value()->read_f32(name), StDtype::kF32)});
+  tensors.push_back({"model.embed_tokens.weight",
+                     StDtype::kF32,
+                     {kV, kD},
+                     encode_f32(Tensor::zeros({kV, kD}, DType::kF32), StDtype::kF32)});
+  second_file.value().reset();
+  ASSERT_TRUE(write_safetensors(second, tensors).ok());
+  auto r = read_hf_checkpoint(dir);
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(std::string(r.status().message()),
+              HasSubstr("tensor 'model.embed_tokens.weight' is in this file, but " + dir +
+                        "/model.safetensors.index.json maps it to model-00001-of-00002"));
+
+  const std::string both = fresh_dir("index_and_single");
+  write_hf(both, {"LlamaForCausalLM"}, 1);
+  std::ofstream(both + "/model.safetensors") << "x";
+  r = read_hf_checkpoint(both);
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(std::string(r.status().message()),
+              HasSubstr("holds both model.safetensors and model.safetensors.index.json"));
+
+  // Exporting into a sharded directory would leave exactly that.
+  const std::string target = fresh_dir("export_into_shards");
+  write_hf(target, {"LlamaForCausalLM"}, 1);
+  auto hf = read_hf_checkpoint(target);
+  ASSERT_TRUE(hf.ok()) << hf.status();
+  const absl::Status exported =
+      write_hf_checkpoint(target, "LlamaForCausalLM", hf->config, hf->params, StDtype::kBF16);
+  EXPECT_THAT(std::string(exported.message()), HasSubstr("holds a sharded checkpoint"));
+  EXPECT_FALSE(std::ifstream(target + "/model.safetensors").good());
+}
+
+// transformers' MistralConfig reads an absent sliding_window as 4096: only an explicit null is
+// full attention. The export writes the null.
+TEST(ConvertHfTest, MistralWithoutAnExplicitNullSlidingWindowIsRefused) {
+  const std::string dir = fresh_dir("mistral_sliding");
+  write_hf(dir, {"MistralForCausalLM"}, 1);
+  auto r = read_hf_checkpoint(dir);
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(std::string(r.status().message()),
+              HasSubstr("field 'sliding_window' is absent, which transformers reads as Mistral's "
+                        "default 4096"));
+  const std::string null_dir = fresh_dir("mistral_full");
+  write_hf(null_dir,
+           with_rope({"MistralForCausalLM"}, "\"sliding_window\": null, \"rope_theta\": 500000.0",
+                     RopeConfig{500000.0}),
+           1);
+  auto ok = read_hf_checkpoint(null_dir);
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  const std::string out = fresh_dir("mistral_export");
+  ASSERT_TRUE(
+      write_hf_checkpoint(out, "MistralForCausalLM", ok->config, ok->params, StDtype::kBF16).ok());
+  std::ifstream in(out + "/config.json");
+  const std::string text((std::istreambuf_iterator<char>(in)), {});
+  EXPECT_THAT(text, HasSubstr("\"sliding_window\": null"));
+  EXPECT_TRUE(read_hf_checkpoint(out).ok());
+}
+
+// A FIFO where a file belongs would block the open forever.
+TEST(ConvertHfTest, NonRegularFilesAreRefusedNotOpened) {
+  const std::string dir = fresh_dir("fifo");
+  write_hf(dir, {"LlamaForCausalLM"}, 1);
+  ASSERT_EQ(::mkfifo((dir + "/model-00001-of-00002.safetensors.fifo").c_str(), 0644), 0);
+  ASSERT_EQ(std::rename((dir + "/model-00001-of-00002.safetensors.fifo").c_str(),
+                        (dir + "/model-00001-of-00002.safetensors").c_str()),
+            0);
+  auto r = read_hf_checkpoint(dir);
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("not a regular file"));
+  ASSERT_EQ(std::remove((dir + "/config.json").c_str()), 0);
+  ASSERT_EQ(::mkfifo((dir + "/config.json").c_str(), 0644), 0);
+  r = read_hf_checkpoint(dir);
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(std::string(r.status().message()),
+              HasSubstr("config.json: cannot read: not a regular file"));
 }
 
 TEST(ConvertHfTest, RefusesUnmappedTensors) {
