@@ -153,7 +153,8 @@ absl::StatusOr<ProcessGroups> make_process_groups_with(int tp, int cp,
   if (tp < 1 || g.world_size % tp != 0)
     return absl::InvalidArgumentError(absl::StrFormat(
         "invalid --tp: %d does not divide the world size %d (mpirun -np)", tp, g.world_size));
-  if (cp < 1 || g.world_size % (tp * cp) != 0)
+  // cp > world / tp first: tp * cp in int would wrap (--tp=2 --cp=2^31 - 1 "divided" 2 ranks).
+  if (cp < 1 || cp > g.world_size / tp || g.world_size % (tp * cp) != 0)
     return absl::InvalidArgumentError(
         absl::StrFormat("invalid --cp: --tp %d x --cp %d does not divide the world size %d "
                         "(mpirun -np)",

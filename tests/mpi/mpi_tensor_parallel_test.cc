@@ -280,6 +280,11 @@ TEST(MpiTensorParallelTest, LayoutsThatDoNotFitFailNamingTheFlag) {
   o.model.n_heads = 3;
   o.model.ffn_dim = 63;
   expect_error(o, "invalid --tp: 3 does not divide the world size");
+  // tp x cp past int: 2 x (2^31 - 1) wrapped to -2, which "divided" the world and trained a
+  // nonsense layout (dp -1) at loss 0.
+  o = program("", kTp, 2, 1, false);
+  o.cp = 2147483647;
+  expect_error(o, "invalid --cp: --tp 2 x --cp 2147483647 does not divide the world size");
 }
 
 TEST(MpiTensorParallelTest, MismatchedFlagsAcrossRanksFail) {
