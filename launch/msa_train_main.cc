@@ -286,8 +286,9 @@ int main(int argc, char** argv) {
     int rank = 0;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     if (rank == 0) std::fprintf(stderr, "msa-train: %s\n", std::string(status.message()).c_str());
-    // Errors are detected on every rank alike (validation happens before any collective that
-    // could diverge), so all ranks leave together.
+    // Flag errors are detected on every rank alike (validation happens before any collective),
+    // and a setup step that fails on some ranks only is agreed on before the next collective
+    // (agree_across_ranks: such a rank prints its own message), so all ranks leave together.
     MPI_Finalize();
     return 1;
   }

@@ -374,6 +374,29 @@ absl::Status move_aside_existing(const std::string& path) {
   return absl::OkStatus();
 }
 
+// Setup steps that read files each rank reads on its own (data shards, checkpoints, the metrics
+// file, which only rank 0 opens) can fail on some ranks only: every rank learns whether any did
+// before the next collective, so that none waits in one the others left (mpirun then hung). A rank
+// whose failure rank 0 did not share prints its own message (rank 0 prints the error msa-train
+// returns); the others return Aborted naming how many failed.
+absl::Status agree_across_ranks(const ProcessGroups& groups, absl::Status mine) {
+  const int64_t failed = groups.world->all_reduce_sum(static_cast<int64_t>(mine.ok() ? 0 : 1));
+  if (failed == 0) return absl::OkStatus();
+  const int64_t leader_failed = groups.world->all_reduce_sum(
+      static_cast<int64_t>(groups.world_rank == 0 && !mine.ok() ? 1 : 0));
+  if (!mine.ok()) {
+    if (groups.world_rank != 0 && leader_failed == 0) {
+      std::fprintf(stderr, "msa-train (rank %d): %s\n", groups.world_rank,
+                   std::string(mine.message()).c_str());
+      std::fflush(stderr);
+    }
+    return mine;
+  }
+  return absl::AbortedError(absl::StrFormat(
+      "%d other rank(s) failed during setup (their messages above, prefixed with the rank)",
+      failed));
+}
+
 class CheckpointWriter {
  public:
   // base_step / base_sample: where this run's sample numbers start (a resumed run: its
@@ -594,11 +617,14 @@ absl::Status run_train_program(TrainProgramOptions o) {
                        make_process_groups(o.tp, o.cp, device == Device::kCUDA && world_size > 1));
   MSA_RETURN_IF_ERROR(validate_totals(o, groups.dp_size));
   MSA_RETURN_IF_ERROR(check_memory(o, groups, recompute, device, gpu));
-  MSA_ASSIGN_OR_RETURN(std::unique_ptr<BatchSource> data, make_source(o, groups, false));
-  std::unique_ptr<BatchSource> validation;
-  if (o.eval_every > 0) {
-    MSA_ASSIGN_OR_RETURN(validation, make_source(o, groups, true));
-  }
+  std::unique_ptr<BatchSource> data, validation;
+  MSA_RETURN_IF_ERROR(agree_across_ranks(groups, [&]() -> absl::Status {
+    MSA_ASSIGN_OR_RETURN(data, make_source(o, groups, false));
+    if (o.eval_every > 0) {
+      MSA_ASSIGN_OR_RETURN(validation, make_source(o, groups, true));
+    }
+    return absl::OkStatus();
+  }()));
   const bool leader = groups.world_rank == 0;
   if (!leader) o.trainer.quiet = true;
   if (validation && validation->distinct_batches() > 0 &&
@@ -625,43 +651,58 @@ absl::Status run_train_program(TrainProgramOptions o) {
   // decides the model's (below).
   std::optional<LatestCheckpoint> latest;
   std::optional<Checkpoint> init;
-  if (!o.checkpoint_dir.empty()) MSA_RETURN_IF_ERROR(ensure_dir(o.checkpoint_dir));
-  if (!o.checkpoint_dir.empty() && !o.resume) {
-    // A fresh run would write its steps over another run's files of the same numbers (and
-    // --keep_last would count them as its own).
-    const std::vector<int64_t> steps = list_checkpoint_steps(o.checkpoint_dir);
-    if (!steps.empty())
-      return absl::FailedPreconditionError(absl::StrFormat(
-          "--checkpoint_dir=%s already holds %d checkpoint(s) (the newest %s): pass --resume to "
-          "continue that run, or give a new or empty directory to start another (a fresh run "
-          "would overwrite them)",
-          o.checkpoint_dir, steps.size(), checkpoint_path(o.checkpoint_dir, steps.front())));
-  }
-  if (o.resume) {
-    auto l = load_latest_checkpoint(o.checkpoint_dir);
-    if (!l.ok()) return annotate(l.status(), "--resume");
-    if (l->checkpoint.state.step > o.trainer.steps)
-      return absl::FailedPreconditionError(absl::StrFormat(
-          "--resume: %s is at step %d, past --steps=%d: raise --steps to train further (the LR "
-          "schedule spans --steps)",
-          l->path, l->checkpoint.state.step, o.trainer.steps));
-    if (l->checkpoint.state.step == o.trainer.steps) {
-      if (leader)
-        std::printf(
-            "msa-train: %s is at step %lld = --steps: the run is complete, nothing to "
-            "train (raise --steps to continue it)\n",
-            l->path.c_str(), static_cast<long long>(o.trainer.steps));
-      return absl::OkStatus();
+  bool complete = false;  // --resume at --steps: nothing to train
+  FILE* metrics = nullptr;
+  MSA_RETURN_IF_ERROR(agree_across_ranks(groups, [&]() -> absl::Status {
+    if (!o.metrics_jsonl.empty() && leader) {
+      metrics = std::fopen(o.metrics_jsonl.c_str(), "a");
+      if (metrics == nullptr)
+        return absl::InvalidArgumentError(
+            absl::StrFormat("invalid --metrics_jsonl: cannot open '%s'", o.metrics_jsonl));
     }
-    MSA_RETURN_IF_ERROR(
-        adopt_checkpoint_rope(l->checkpoint.config, "--resume", l->path, leader, o));
-    latest = std::move(*l);
-  } else if (!o.init_from.empty()) {
-    auto c = load_checkpoint(o.init_from, /*weights_only=*/true);
-    if (!c.ok()) return annotate(c.status(), "--init_from");
-    MSA_RETURN_IF_ERROR(adopt_checkpoint_rope(c->config, "--init_from", o.init_from, leader, o));
-    init = std::move(*c);
-  }
+    if (!o.checkpoint_dir.empty()) MSA_RETURN_IF_ERROR(ensure_dir(o.checkpoint_dir));
+    if (!o.checkpoint_dir.empty() && !o.resume) {
+      // A fresh run would write its steps over another run's files of the same numbers (and
+      // --keep_last would count them as its own).
+      const std::vector<int64_t> steps = list_checkpoint_steps(o.checkpoint_dir);
+      if (!steps.empty())
+        return absl::FailedPreconditionError(absl::StrFormat(
+            "--checkpoint_dir=%s already holds %d checkpoint(s) (the newest %s): pass --resume to "
+            "continue that run, or give a new or empty directory to start another (a fresh run "
+            "would overwrite them)",
+            o.checkpoint_dir, steps.size(), checkpoint_path(o.checkpoint_dir, steps.front())));
+    }
+    if (o.resume) {
+      auto l = load_latest_checkpoint(o.checkpoint_dir);
+      if (!l.ok()) return annotate(l.status(), "--resume");
+      if (l->checkpoint.state.step > o.trainer.steps)
+        return absl::FailedPreconditionError(absl::StrFormat(
+            "--resume: %s is at step %d, past --steps=%d: raise --steps to train further (the LR "
+            "schedule spans --steps)",
+            l->path, l->checkpoint.state.step, o.trainer.steps));
+      if (l->checkpoint.state.step == o.trainer.steps) {
+        if (leader)
+          std::printf(
+              "msa-train: %s is at step %lld = --steps: the run is complete, nothing to "
+              "train (raise --steps to continue it)\n",
+              l->path.c_str(), static_cast<long long>(o.trainer.steps));
+        complete = true;
+        return absl::OkStatus();
+      }
+      MSA_RETURN_IF_ERROR(
+          adopt_checkpoint_rope(l->checkpoint.config, "--resume", l->path, leader, o));
+      latest = std::move(*l);
+    } else if (!o.init_from.empty()) {
+      auto c = load_checkpoint(o.init_from, /*weights_only=*/true);
+      if (!c.ok()) return annotate(c.status(), "--init_from");
+      MSA_RETURN_IF_ERROR(adopt_checkpoint_rope(c->config, "--init_from", o.init_from, leader, o));
+      init = std::move(*c);
+    }
+    return absl::OkStatus();
+  }()));
+  std::unique_ptr<FILE, int (*)(FILE*)> metrics_closer(
+      metrics, [](FILE* f) { return f ? std::fclose(f) : 0; });
+  if (complete) return absl::OkStatus();
 
   const DType dtype = device == Device::kCUDA ? DType::kBF16 : DType::kF32;
   Transformer model(o.model, dtype, device, tensor_parallel_of(groups.tp.get()),
@@ -782,16 +823,6 @@ absl::Status run_train_program(TrainProgramOptions o) {
   if (leader && o.model.any_msa())
     std::printf("msa-train: MSA layers: %s\n", describe_phases(o.trainer).c_str());
   std::fflush(stdout);
-
-  FILE* metrics = nullptr;
-  if (!o.metrics_jsonl.empty() && leader) {
-    metrics = std::fopen(o.metrics_jsonl.c_str(), "a");
-    if (metrics == nullptr)
-      return absl::InvalidArgumentError(
-          absl::StrFormat("invalid --metrics_jsonl: cannot open '%s'", o.metrics_jsonl));
-  }
-  std::unique_ptr<FILE, int (*)(FILE*)> metrics_closer(
-      metrics, [](FILE* f) { return f ? std::fclose(f) : 0; });
 
   install_stop_signal_handlers();
   CheckpointWriter writer(o, o.model, optimizer, model, groups, first_step - 1, sample_cursor);

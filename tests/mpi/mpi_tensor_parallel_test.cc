@@ -287,6 +287,18 @@ TEST(MpiTensorParallelTest, LayoutsThatDoNotFitFailNamingTheFlag) {
   expect_error(o, "invalid --cp: --tp 2 x --cp 2147483647 does not divide the world size");
 }
 
+// A setup step that fails on one rank only (here rank 0's metrics file, which only it opens) ends
+// the run on every rank: the others learn it before their next collective instead of waiting in
+// it for a rank that left (mpirun hung until killed).
+TEST(MpiTensorParallelTest, ASetupFailureOnOneRankStopsEveryRank) {
+  TrainProgramOptions o = program("", kTp, 2, 1, false);
+  o.metrics_jsonl = "/nonexistent-dir/metrics.jsonl";
+  if (world_rank() == 0)
+    expect_error(o, "invalid --metrics_jsonl: cannot open '/nonexistent-dir/metrics.jsonl'");
+  else
+    expect_error(o, "1 other rank(s) failed during setup");
+}
+
 TEST(MpiTensorParallelTest, MismatchedFlagsAcrossRanksFail) {
   TrainProgramOptions o = program("", kTp, 2, 1, false);
   if (world_rank() == world_size() - 1) o.trainer.lr.max_lr = 1e-3;
