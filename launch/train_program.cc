@@ -854,9 +854,9 @@ absl::Status run_train_program(TrainProgramOptions o) {
       std::fflush(metrics);
     }
     if (validation && m.step % o.eval_every == 0) {
-      const EvalResult r =
-          evaluate(model, *validation, static_cast<int>(o.eval_batches),
-                   msa_mode_at(o.trainer, m.step), o.model.any_msa() && is_retrieval_data(o.data));
+      const EvalResult r = evaluate(
+          model, *validation, static_cast<int>(o.eval_batches), msa_mode_at(o.trainer, m.step),
+          o.model.any_msa() && is_retrieval_data(o.data), groups.gradient_group());
       if (leader) {
         std::printf("eval  %6lld | val_loss %.4f | val_ppl %.2f | %lld tokens%s\n",
                     static_cast<long long>(m.step), r.loss, r.perplexity,

@@ -7,7 +7,7 @@
 namespace msa {
 
 EvalResult evaluate(Transformer& model, BatchSource& source, int n_batches, MsaMode mode,
-                    bool answer_recall) {
+                    bool answer_recall, Communicator* replicas) {
   // Answer recall is measured per rank on its own rows; with context parallelism a shard may hold
   // no answers, and combining the shards' means is not done yet: not measured there.
   answer_recall = answer_recall && !model.context_parallel().enabled();
@@ -42,15 +42,36 @@ EvalResult evaluate(Transformer& model, BatchSource& source, int n_batches, MsaM
     r.index_loss += f.index_loss / n_batches;
   }
   const ContextParallel& cp = model.context_parallel();
-  if (cp.enabled()) {
-    // The shards' target-weighted losses and counts add up; each shard's index loss is the mean
-    // over as many rows as any other's.
-    weighted = cp.comm->all_reduce_sum(weighted);
-    r.tokens = cp.comm->all_reduce_sum(r.tokens);
-    r.index_loss = cp.comm->all_reduce_sum(r.index_loss) / cp.size;
+  Communicator* group = replicas != nullptr && replicas->size() > 1 ? replicas
+                        : cp.enabled()                              ? cp.comm
+                                                                    : nullptr;
+  if (group != nullptr) {
+    // The shards' and replicas' target-weighted losses and counts add up; each rank's index loss
+    // is the mean over as many rows as any other's.
+    weighted = group->all_reduce_sum(weighted);
+    r.tokens = group->all_reduce_sum(r.tokens);
+    r.index_loss = group->all_reduce_sum(r.index_loss) / group->size();
+    if (answer_recall) {
+      // Answer-weighted sums, one per MSA layer on every rank (a rank whose batches held no
+      // answer has none: zeros, so that every rank makes the same collectives).
+      int64_t msa_layers = 0;
+      for (int l = 0; l < model.config().n_layers; ++l)
+        msa_layers += model.config().layer_kind(l) == AttentionKind::kMsa ? 1 : 0;
+      for (std::vector<double>* v :
+           {&r.answer_index_recall, &r.answer_block_recall, &r.answer_index_recall_ceiling}) {
+        v->resize(static_cast<size_t>(msa_layers), 0.0);
+        for (double& x : *v) x = group->all_reduce_sum(x);
+      }
+      answers = group->all_reduce_sum(answers);
+    }
   }
   r.loss = r.tokens > 0 ? weighted / r.tokens : 0.0;
   r.perplexity = std::exp(r.loss);
+  if (answers == 0) {
+    r.answer_index_recall.clear();
+    r.answer_block_recall.clear();
+    r.answer_index_recall_ceiling.clear();
+  }
   for (double& x : r.answer_index_recall) x /= static_cast<double>(answers);
   for (double& x : r.answer_block_recall) x /= static_cast<double>(answers);
   for (double& x : r.answer_index_recall_ceiling) x /= static_cast<double>(answers);

@@ -29,7 +29,12 @@ struct EvalResult {
 // answer_recall: also measure each MSA layer's recalls at the counted targets' positions. On the
 // synthetic retrieval tasks those are exactly the answer positions (every other target is
 // ignored); on text every position counts, so leave it off there.
+// replicas (optional, collective): the ranks that each read their own share of the batches (data
+// parallelism: a source for dp rank r of D reads its rows of the global batch; with context
+// parallelism the dp x cp group, the cp shards' sums adding up the same way); the loss, token
+// count, index loss and answer recalls are combined over it, so D ranks return what one rank with
+// D times the batch would. Without it only the model's cp group is combined.
 EvalResult evaluate(Transformer& model, BatchSource& source, int n_batches, MsaMode mode,
-                    bool answer_recall = false);
+                    bool answer_recall = false, Communicator* replicas = nullptr);
 
 }  // namespace msa

@@ -30,8 +30,11 @@ class ShardSource : public BatchSource {
     for (int64_t i = 0; i < batch_; ++i) {
       const int64_t w =
           validation_
-              ? sampler_->val_window((step - 1) * batch_ + i)
-              : sampler_->train_window(sample_number(step, micro, layout_.grad_accum, layout_.dp_rank, layout_.dp_size, batch_, i, layout_.base_step, layout_.base_sample));
+              // Each data-parallel rank its own rows of the held-out batch, as in training.
+              ? sampler_->val_window(((step - 1) * layout_.dp_size + layout_.dp_rank) * batch_ + i)
+              : sampler_->train_window(sample_number(step, micro, layout_.grad_accum,
+                                                     layout_.dp_rank, layout_.dp_size, batch_, i,
+                                                     layout_.base_step, layout_.base_sample));
       sampler_->read_window(w, window.data());
       std::copy(window.begin(), window.end() - 1, b.tokens.data<int32_t>() + i * T);
       std::copy(window.begin() + 1, window.end(), b.targets.data<int32_t>() + i * T);
@@ -46,7 +49,8 @@ class ShardSource : public BatchSource {
   }
 
   int64_t distinct_batches() const override {
-    return validation_ ? (sampler_->num_val_windows() + batch_ - 1) / batch_ : 0;
+    const int64_t global = batch_ * layout_.dp_size;
+    return validation_ ? (sampler_->num_val_windows() + global - 1) / global : 0;
   }
 
   std::string describe() const override {

@@ -23,8 +23,11 @@ class SyntheticSource : public BatchSource {
     Batch b{
         Tensor::empty({batch_, T}, DType::kI32), Tensor::empty({batch_, T}, DType::kI32), {}, {}};
     for (int64_t i = 0; i < batch_; ++i) {
-      const int64_t n = validation_ ? (step - 1) * batch_ + i
-                                    : sample_number(step, micro, layout_.grad_accum, layout_.dp_rank, layout_.dp_size, batch_, i, layout_.base_step, layout_.base_sample);
+      // Validation: each data-parallel rank its own rows of the held-out batch, as in training.
+      const int64_t n = validation_ ? ((step - 1) * layout_.dp_size + layout_.dp_rank) * batch_ + i
+                                    : sample_number(step, micro, layout_.grad_accum,
+                                                    layout_.dp_rank, layout_.dp_size, batch_, i,
+                                                    layout_.base_step, layout_.base_sample);
       const SyntheticSample s = make_synthetic_sample(config_, static_cast<uint64_t>(n));
       std::copy(s.tokens.begin(), s.tokens.end(), b.tokens.data<int32_t>() + i * T);
       std::copy(s.targets.begin(), s.targets.end(), b.targets.data<int32_t>() + i * T);

@@ -16,6 +16,7 @@
 #include "tests/testing/parallel_training.h"
 #include "train/batch_source.h"
 #include "train/checkpoint.h"
+#include "train/evaluator.h"
 #include "train/optimizer.h"
 #include "train/trainer.h"
 
@@ -189,6 +190,38 @@ TEST(MpiDataParallelTest, CheckpointsMoveBetweenDataParallelSizes) {
     auto b = load_checkpoint(checkpoint_path(base + "/from_one", 6));
     ASSERT_TRUE(a.ok() && b.ok());
     EXPECT_LT(max_rel_diff(a->params, b->params), 1e-5);
+  }
+}
+
+// Validation under data parallelism: each rank evaluates its own rows of the held-out batches and
+// the results are combined, so N ranks with batch b report what one rank with batch N b does
+// (before, every rank evaluated the same rows and rank 0 reported its share: half the tokens at
+// np 2, another loss).
+TEST(MpiDataParallelTest, ValidationMatchesOneRankWithTheWholeBatch) {
+  const int n = world_size();
+  auto dp = make_mpi_communicator(MPI_COMM_WORLD);
+  Transformer model(tiny(true), DType::kF32, Device::kCPU);
+  model.params().initialize(11);
+  DataLayout mine;
+  mine.dp_rank = world_rank();
+  mine.dp_size = n;
+  auto shared = make_synthetic_source("kv-recall", 96, 2, 40, 3, -1, 5, mine, true);
+  auto whole = make_synthetic_source("kv-recall", 96, 2 * n, 40, 3, -1, 5, DataLayout{}, true);
+  ASSERT_TRUE(shared.ok() && whole.ok());
+  const EvalResult got =
+      evaluate(model, **shared, 2, MsaMode::kSparse, /*answer_recall=*/true, dp.get());
+  const EvalResult want = evaluate(model, **whole, 2, MsaMode::kSparse, /*answer_recall=*/true);
+  EXPECT_EQ(got.tokens, want.tokens);
+  EXPECT_GT(want.tokens, 0);
+  EXPECT_LT(std::abs(got.loss - want.loss), 1e-12 * std::abs(want.loss))
+      << got.loss << " " << want.loss;
+  EXPECT_LT(std::abs(got.index_loss - want.index_loss), 1e-9 * std::abs(want.index_loss) + 1e-12)
+      << got.index_loss << " " << want.index_loss;
+  ASSERT_EQ(got.answer_index_recall.size(), want.answer_index_recall.size());
+  ASSERT_FALSE(want.answer_index_recall.empty());
+  for (size_t l = 0; l < want.answer_index_recall.size(); ++l) {
+    EXPECT_LT(std::abs(got.answer_index_recall[l] - want.answer_index_recall[l]), 1e-12) << l;
+    EXPECT_LT(std::abs(got.answer_block_recall[l] - want.answer_block_recall[l]), 1e-12) << l;
   }
 }
 
