@@ -13,10 +13,13 @@
 #include <string>
 #include <vector>
 
+#include "absl/flags/commandlineflag.h"
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "core/status.h"
 #include "core/timer.h"
@@ -156,6 +159,79 @@ absl::Status validate_retrieval_flags(const std::vector<int64_t>& lengths,
   return absl::OkStatus();
 }
 
+// Every (length, depth) cell's task, checked before the checkpoint is loaded: an error names the
+// flag (the task's own message says --seq_len, which msa-eval's retrieval report does not take).
+absl::Status validate_tasks(const std::vector<int64_t>& lengths,
+                            const std::vector<double>& depths) {
+  msa::SyntheticConfig task;
+  absl::StatusOr<msa::SyntheticTask> kind = msa::parse_synthetic_task(absl::GetFlag(FLAGS_task));
+  if (!kind.ok())
+    return absl::InvalidArgumentError(
+        absl::StrFormat("invalid --task: %s", kind.status().message()));
+  task.task = *kind;
+  task.pairs = absl::GetFlag(FLAGS_pairs);
+  task.seed = absl::GetFlag(FLAGS_seed);
+  for (int64_t length : lengths)
+    for (double depth : depths) {
+      task.seq_len = length;
+      task.depth = depth;
+      if (absl::Status s = msa::validate(task); !s.ok()) {
+        // The task names its length --seq_len, msa-train's flag.
+        std::string why(s.message());
+        if (const size_t colon = why.find(": ");
+            absl::StartsWith(why, "invalid --seq_len=") && colon != std::string::npos)
+          why = why.substr(colon + 2);
+        return absl::InvalidArgumentError(absl::StrFormat(
+            "invalid --lengths %d (--depths %g, --pairs %d): %s", length, depth, task.pairs, why));
+      }
+    }
+  const int64_t stride = absl::GetFlag(FLAGS_recall_stride);
+  for (int64_t length : lengths)
+    if (stride >= length)
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "invalid --recall_stride: %d is not below --lengths %d: it would sample one query at "
+          "most, near the start, whose attention any selection keeps (a recall of 1.0 that "
+          "measures nothing); 0 turns the strided recalls off",
+          stride, length));
+  return absl::OkStatus();
+}
+
+// The flags of the other mode, given on the command line: refused instead of silently ignored
+// (a --plot that never appears, a --csv path never checked).
+absl::Status refuse_other_mode_flags(bool perplexity) {
+  // Set to anything but its default (this Abseil keeps IsSpecifiedOnCommandLine private).
+  auto given = [](const auto& flag) {
+    const absl::CommandLineFlag& f = absl::GetFlagReflectionHandle(flag);
+    return f.CurrentValue() != f.DefaultValue();
+  };
+  std::vector<std::string> wrong;
+  if (perplexity) {
+    if (given(FLAGS_lengths)) wrong.push_back("--lengths");
+    if (given(FLAGS_depths)) wrong.push_back("--depths");
+    if (given(FLAGS_pairs)) wrong.push_back("--pairs");
+    if (given(FLAGS_samples)) wrong.push_back("--samples");
+    if (given(FLAGS_task)) wrong.push_back("--task");
+    if (given(FLAGS_recall_stride)) wrong.push_back("--recall_stride");
+    if (given(FLAGS_answer_recall)) wrong.push_back("--answer_recall");
+    if (given(FLAGS_dump_logits_tokens)) wrong.push_back("--dump_logits_tokens");
+    if (given(FLAGS_dump_logits)) wrong.push_back("--dump_logits");
+  } else {
+    if (given(FLAGS_labels)) wrong.push_back("--labels");
+    if (given(FLAGS_seq_len)) wrong.push_back("--seq_len");
+    if (given(FLAGS_eval_windows)) wrong.push_back("--eval_windows");
+    if (given(FLAGS_position_buckets)) wrong.push_back("--position_buckets");
+    if (given(FLAGS_csv)) wrong.push_back("--csv");
+    if (given(FLAGS_plot)) wrong.push_back("--plot");
+    if (given(FLAGS_plot_size)) wrong.push_back("--plot_size");
+  }
+  if (wrong.empty()) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrFormat("invalid %s: %s to the %s report, and this run is the %s report",
+                      absl::StrJoin(wrong, ", "), wrong.size() == 1 ? "it belongs" : "they belong",
+                      perplexity ? "retrieval (without --data)" : "perplexity (with --data)",
+                      perplexity ? "perplexity (with --data)" : "retrieval (without --data)"));
+}
+
 absl::StatusOr<msa::Device> choose_device() {
   const std::string flag = absl::GetFlag(FLAGS_device);
   if (flag == "cpu") return msa::Device::kCPU;
@@ -220,7 +296,7 @@ absl::Status run_retrieval(const std::string& path, const msa::Checkpoint& ckpt,
                            msa::Transformer& model, msa::MsaMode mode,
                            const std::vector<int64_t>& lengths, const std::vector<double>& depths) {
   msa::SyntheticConfig task;
-  MSA_ASSIGN_OR_RETURN(task.task, msa::parse_synthetic_task(absl::GetFlag(FLAGS_task)));
+  task.task = *msa::parse_synthetic_task(absl::GetFlag(FLAGS_task));  // validate_tasks read it
   task.pairs = absl::GetFlag(FLAGS_pairs);
   task.seed = absl::GetFlag(FLAGS_seed);
   if (ckpt.config.vocab_size < msa::kSyntheticVocab)
@@ -431,6 +507,7 @@ absl::Status run() {
   for (const std::string& path : paths)
     MSA_RETURN_IF_ERROR(
         refuse_directory("checkpoint", path, "give one checkpoint file, e.g. 'DIR/ckpt-*.h5'"));
+  MSA_RETURN_IF_ERROR(refuse_other_mode_flags(!absl::GetFlag(FLAGS_data).empty()));
   if (!absl::GetFlag(FLAGS_data).empty()) return run_perplexity(paths);
   if (paths.size() > 1)
     return absl::InvalidArgumentError(
@@ -448,6 +525,7 @@ absl::Status run() {
   }
   MSA_ASSIGN_OR_RETURN(const msa::MsaMode mode, parse_mode(absl::GetFlag(FLAGS_attention_mode)));
   MSA_ASSIGN_OR_RETURN(const msa::Device device, choose_device());
+  if (!dumping) MSA_RETURN_IF_ERROR(validate_tasks(lengths, depths));
   MSA_ASSIGN_OR_RETURN(msa::Checkpoint ckpt, msa::load_checkpoint(path, /*weights_only=*/true));
   std::unique_ptr<msa::Transformer> model = build_model(ckpt, device);
   if (dumping) return run_dump_logits(*model, mode);

@@ -94,9 +94,35 @@ TEST(MsaEvalCliTest, CountFlagsAreValidatedByName) {
       {"seq_len", "-1"}, {"eval_windows", "0"}, {"position_buckets", "0,0"}, {"plot_size", "1x1"}};
   for (const auto& [flag, value] : data_cases) {
     const std::string arg = std::string(" --data='/nonexistent/*.tok' --") + flag + "=" + value;
-    CommandResult r = run("msa-eval", "--checkpoint=" + ckpt + kCell + arg);
+    CommandResult r = run("msa-eval", "--checkpoint=" + ckpt + " --device=cpu" + arg);
     EXPECT_EQ(r.exit_code, 1) << arg << "\n" << r.output;
     EXPECT_THAT(r.output, HasSubstr(std::string("invalid --") + flag + ":")) << arg;
+  }
+}
+
+// Flags that the chosen report does not read are refused, not ignored (a --plot that never
+// appeared); a --recall_stride that samples nothing past the start (a recall of 1.0 that measures
+// nothing) and lengths the task cannot fill are refused before anything is evaluated, naming the
+// flags msa-eval takes.
+TEST(MsaEvalCliTest, FlagsTheReportDoesNotReadOrCannotUseAreRefused) {
+  const std::string ckpt = tiny_checkpoint();
+  ASSERT_FALSE(ckpt.empty());
+  const std::pair<std::string, std::string> cases[] = {
+      {kCell + std::string(" --plot=x.png --csv=x.csv"),
+       "invalid --csv, --plot: they belong to the perplexity (with --data) report"},
+      {" --device=cpu --data='/nonexistent/*.tok' --lengths=64",
+       "invalid --lengths: it belongs to the retrieval (without --data) report"},
+      {" --device=cpu --lengths=64 --depths=0 --recall_stride=64",
+       "invalid --recall_stride: 64 is not below --lengths 64"},
+      {" --device=cpu --lengths=64,8 --depths=0 --recall_stride=0",
+       "invalid --lengths 8 (--depths 0, --pairs 4): the kv-recall task needs at least"},
+      {" --device=cpu --lengths=64 --task=bogus", "invalid --task: unknown synthetic task 'bogus'"},
+  };
+  for (const auto& [args, message] : cases) {
+    CommandResult r = run("msa-eval", "--checkpoint=" + ckpt + args);
+    EXPECT_EQ(r.exit_code, 1) << args << "\n" << r.output;
+    EXPECT_THAT(r.output, HasSubstr(message)) << args;
+    EXPECT_THAT(r.output, ::testing::Not(HasSubstr("accuracy"))) << args;
   }
 }
 
@@ -104,7 +130,7 @@ TEST(MsaEvalCliTest, DirectoriesAreRefusedByName) {
   const std::string ckpt = tiny_checkpoint();
   ASSERT_FALSE(ckpt.empty());
   const std::string dir = fresh_dir("eval_cli_dir");
-  CommandResult data = run("msa-eval", "--checkpoint=" + ckpt + kCell + " --data=" + dir);
+  CommandResult data = run("msa-eval", "--checkpoint=" + ckpt + " --device=cpu --data=" + dir);
   EXPECT_EQ(data.exit_code, 1) << data.output;
   EXPECT_THAT(data.output, HasSubstr("invalid --data: '" + dir + "' is a directory"));
   CommandResult checkpoint = run("msa-eval", "--checkpoint=" + dir + kCell);
