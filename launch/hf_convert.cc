@@ -437,6 +437,17 @@ absl::Status write_hf_checkpoint(const std::string& dir, const std::string& arch
     auto it = params.find(s.name);
     if (it == params.end())
       return absl::InvalidArgumentError(absl::StrFormat("export: no parameter %s", s.name));
+    if (dtype == StDtype::kF16) {
+      // float16 tops out at 65504: a larger weight would be written as infinity.
+      const Tensor host = it->second.to(Device::kCPU).to(DType::kF32);
+      const float* x = host.data<float>();
+      for (int64_t i = 0; i < host.numel(); ++i)
+        if (std::abs(x[i]) > 65504.0f)
+          return absl::InvalidArgumentError(absl::StrFormat(
+              "export: %s holds %g (element %d), beyond float16's range (65504): export as bf16 "
+              "or f32 (--export_dtype)",
+              our_to_hf_name(s.name), x[i], i));
+    }
     tensors.push_back({our_to_hf_name(s.name), dtype, s.shape, encode_f32(it->second, dtype)});
   }
   MSA_RETURN_IF_ERROR(write_safetensors(dir + "/model.safetensors", tensors, {{"format", "pt"}}));

@@ -9,6 +9,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "core/status.h"
+#include "launch/available_memory.h"
 #include "launch/hf_convert.h"
 #include "launch/hf_rope_config.h"
 #include "launch/program_usage.h"
@@ -71,6 +72,19 @@ absl::Status export_hf() {
     arch = run.value("hf_architecture", arch);
     source_dtype = run.value("hf_dtype", source_dtype);
   }
+  // The architecture must hold what the model has: transformers drops tensors its config does
+  // not expect (q/k/v biases under Qwen3, q/k norms under Qwen2), and no supported one has both.
+  const bool wants_bias = arch == "Qwen2ForCausalLM", wants_norm = arch == "Qwen3ForCausalLM";
+  if (ckpt.config.qkv_bias != wants_bias || ckpt.config.qk_norm != wants_norm)
+    return absl::FailedPreconditionError(
+        absl::StrFormat("invalid --export_hf: %s's model has %s; %s", input,
+                        ckpt.config.qkv_bias && ckpt.config.qk_norm ? "q/k/v biases and q/k norms"
+                        : ckpt.config.qkv_bias                      ? "q/k/v biases"
+                        : ckpt.config.qk_norm                       ? "q/k norms"
+                                              : "neither q/k/v biases nor q/k norms",
+                        ckpt.config.qkv_bias && ckpt.config.qk_norm
+                            ? "no Hugging Face architecture msa-convert writes has both"
+                            : "the architecture its run recorded, " + arch + ", does not"));
   std::string flag = absl::GetFlag(FLAGS_export_dtype);
   if (flag == "auto") flag = source_dtype == "F32" ? "f32" : source_dtype == "F16" ? "f16" : "bf16";
   msa::StDtype dtype;
@@ -131,12 +145,25 @@ absl::Status convert() {
   // model's own random initialization; the index warm-up (dense attention, msa-train's
   // --dense_attention_steps, or --index_warmup_steps with the backbone frozen) fits it to the
   // model's attention before sparse training begins.
-  const std::vector<msa::ParamSpec> specs = msa::model_param_specs(out.config);
-  msa::ParameterSet fresh = msa::ParameterSet::allocate(specs, msa::DType::kF32, msa::Device::kCPU);
+  // Only the index branch is allocated (each tensor's values depend on its name and the seed
+  // alone, as msa-train's): a second copy of the whole model doubled the host memory.
+  std::vector<msa::ParamSpec> index_specs;
+  double index_bytes = 0;
+  for (const msa::ParamSpec& s : msa::model_param_specs(out.config))
+    if (s.index_branch) {
+      index_specs.push_back(s);
+      index_bytes += 4.0 * static_cast<double>(msa::shape_numel(s.shape));
+    }
+  if (const std::optional<double> free = msa::host_available_bytes(); free && index_bytes > *free)
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "invalid --msa_index_dim: %d gives index-branch weights of %.1f GiB, more than the %.1f "
+        "GiB of host memory available",
+        out.config.msa.index_dim, index_bytes / 1073741824.0, *free / 1073741824.0));
+  msa::ParameterSet fresh =
+      msa::ParameterSet::allocate(index_specs, msa::DType::kF32, msa::Device::kCPU);
   fresh.initialize(absl::GetFlag(FLAGS_seed));
   int n_index = 0;
-  for (const msa::ParamSpec& s : specs) {
-    if (!s.index_branch) continue;
+  for (const msa::ParamSpec& s : index_specs) {
     out.params[s.name] = fresh.at(s.name).value;
     ++n_index;
   }

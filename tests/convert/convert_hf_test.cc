@@ -592,6 +592,40 @@ TEST(ConvertHfTest, NonRegularFilesAreRefusedNotOpened) {
               HasSubstr("config.json: cannot read: not a regular file"));
 }
 
+// The export's architecture must hold what the model has, and its dtype the values: a model
+// with both q/k/v biases and q/k norms has no architecture (transformers would drop one of them),
+// and a weight past float16's 65504 would be written as infinity.
+TEST(ConvertHfTest, ExportRefusesWhatTheArchitectureOrDtypeCannotHold) {
+  const std::string dir = fresh_dir("export_refusals"), hf = fresh_dir("export_refusals_hf");
+  write_hf(hf, {"Qwen2ForCausalLM", true}, 1);
+  ASSERT_EQ(run("--hf_dir=" + hf + " --output=" + dir + "/q2.h5").first, 0);
+  auto ck = load_checkpoint(dir + "/q2.h5", /*weights_only=*/true);
+  ASSERT_TRUE(ck.ok()) << ck.status();
+  Checkpoint both = *ck;
+  both.config.qk_norm = true;
+  for (const ParamSpec& spec : model_param_specs(both.config))
+    if (!both.params.count(spec.name)) {  // the q/k norms
+      Tensor one = Tensor::zeros(spec.shape, DType::kF32);
+      one.fill_(1.0);
+      both.params[spec.name] = one;
+    }
+  ASSERT_TRUE(save_checkpoint(dir + "/both.h5", both).ok());
+  const auto [code, out] = run("--checkpoint=" + dir + "/both.h5 --export_hf=" + dir + "/both_hf");
+  EXPECT_EQ(code, 1) << out;
+  EXPECT_THAT(out, HasSubstr("has q/k/v biases and q/k norms; no Hugging Face architecture"));
+
+  std::map<std::string, Tensor> params = ck->params;
+  params.at("layers.0.mlp.w_up.weight").data<float>()[3] = 1e5f;
+  const absl::Status f16 =
+      write_hf_checkpoint(dir + "/f16", "Qwen2ForCausalLM", ck->config, params, StDtype::kF16);
+  EXPECT_THAT(std::string(f16.message()),
+              HasSubstr("model.layers.0.mlp.up_proj.weight holds 100000 (element 3), beyond "
+                        "float16's range"));
+  EXPECT_TRUE(
+      write_hf_checkpoint(dir + "/bf16", "Qwen2ForCausalLM", ck->config, params, StDtype::kBF16)
+          .ok());
+}
+
 TEST(ConvertHfTest, RefusesUnmappedTensors) {
   const std::string dir = fresh_dir("unmapped");
   Tensor t = Tensor::zeros({4}, DType::kF32);
