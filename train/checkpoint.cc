@@ -64,6 +64,11 @@ class H5Handle {
 // HDF5 prints its error stack to stderr by default; we report errors ourselves.
 void silence_hdf5() {
   static const bool once = [] {
+    // A file whose close failed (a full disk) stays open inside the library, and HDF5's exit
+    // handler then crashed closing it again (SIGSEGV after the error was reported). Every handle
+    // here is closed by its owner, so the handler has nothing else to do. (Effective only before
+    // the library initializes: tests that call HDF5 first keep the handler.)
+    H5dont_atexit();
     H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
     return true;
   }();
@@ -338,7 +343,8 @@ absl::Status save_checkpoint(const std::string& path, const Checkpoint& ckpt) {
       return absl::FailedPreconditionError(absl::StrFormat(
           "%s: refusing to write a checkpoint from non-finite state: %s", path, finite.message()));
   }
-  {
+  // The temporary file goes when anything fails (a full disk): only complete files are renamed.
+  absl::Status written = [&]() -> absl::Status {
     H5Handle file(H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), H5Fclose);
     if (!file.ok()) return absl::InternalError(absl::StrFormat("%s: cannot create file", tmp));
     {
@@ -373,9 +379,14 @@ absl::Status save_checkpoint(const std::string& path, const Checkpoint& ckpt) {
         MSA_RETURN_IF_ERROR(write_i64(tmp, state.get(), kStateFields[i], values[i]));
     }
     if (H5Fflush(file.get(), H5F_SCOPE_GLOBAL) < 0)
-      return absl::InternalError(absl::StrFormat("%s: flush failed", tmp));
+      return absl::InternalError(absl::StrFormat("%s: flush failed (disk full?)", tmp));
+    return absl::OkStatus();
+  }();
+  if (written.ok()) written = fsync_path(tmp);
+  if (!written.ok()) {
+    std::remove(tmp.c_str());
+    return written;
   }
-  MSA_RETURN_IF_ERROR(fsync_path(tmp));
   if (std::getenv(kCrashBeforeRenameEnv) != nullptr) std::raise(SIGKILL);
   if (std::rename(tmp.c_str(), path.c_str()) != 0)
     return absl::InternalError(absl::StrFormat("%s: rename to %s failed", tmp, path));
