@@ -17,8 +17,9 @@ absl::StatusOr<nlohmann::json> read_json_file(const std::string& path) {
     return absl::NotFoundError(absl::StrFormat(
         "%s: %s, not a file", path, S_ISDIR(st.st_mode) ? "a directory" : "a special file"));
   std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrFormat("%s: cannot read", path));
   std::stringstream bytes;
-  if (!in || !(bytes << in.rdbuf()))
+  if (st.st_size > 0 && !(bytes << in.rdbuf()))  // (an empty read sets failbit: "not valid JSON")
     return absl::NotFoundError(absl::StrFormat("%s: cannot read", path));
   nlohmann::json j = nlohmann::json::parse(bytes.str(), nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded())

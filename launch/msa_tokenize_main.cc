@@ -59,11 +59,10 @@ absl::Status run() {
                        msa::HfTokenizer::load(tokenizer_path));
   std::fprintf(stderr, "msa-tokenize: %s\n", tok->describe().c_str());
 
-  struct stat st;
-  const bool exists = ::stat(input.c_str(), &st) == 0;
-  if (!exists || !S_ISREG(st.st_mode))
-    return absl::NotFoundError(absl::StrFormat("invalid --input: '%s' is %s", input,
-                                               exists ? "not a file (a directory?)" : "not there"));
+  // A directory opens and reads as empty; a pipe (/dev/stdin) is fine.
+  if (struct stat st; ::stat(input.c_str(), &st) == 0 && S_ISDIR(st.st_mode))
+    return absl::InvalidArgumentError(
+        absl::StrFormat("invalid --input: '%s' is a directory, not a text file", input));
   std::ifstream in(input, std::ios::binary);
   if (!in) return absl::NotFoundError(absl::StrFormat("invalid --input: cannot read '%s'", input));
   std::stringstream buf;

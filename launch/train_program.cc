@@ -633,10 +633,10 @@ absl::Status run_train_program(TrainProgramOptions o) {
     if (leader)
       std::printf(
           "msa-train: --eval_batches=%lld but the validation split holds %lld batch(es) of "
-          "--batch_size=%lld windows: evaluating those %lld\n",
+          "%lld windows (--batch_size x data-parallel ranks): evaluating those %lld\n",
           static_cast<long long>(o.eval_batches),
           static_cast<long long>(validation->distinct_batches()),
-          static_cast<long long>(o.batch_size),
+          static_cast<long long>(o.batch_size * groups.dp_size),
           static_cast<long long>(validation->distinct_batches()));
     o.eval_batches = validation->distinct_batches();
   }
@@ -653,9 +653,12 @@ absl::Status run_train_program(TrainProgramOptions o) {
   std::optional<Checkpoint> init;
   bool complete = false;  // --resume at --steps: nothing to train
   FILE* metrics = nullptr;
+  std::unique_ptr<FILE, int (*)(FILE*)> metrics_closer(
+      nullptr, [](FILE* f) { return f ? std::fclose(f) : 0; });
   MSA_RETURN_IF_ERROR(agree_across_ranks(groups, [&]() -> absl::Status {
     if (!o.metrics_jsonl.empty() && leader) {
       metrics = std::fopen(o.metrics_jsonl.c_str(), "a");
+      metrics_closer.reset(metrics);
       if (metrics == nullptr)
         return absl::InvalidArgumentError(
             absl::StrFormat("invalid --metrics_jsonl: cannot open '%s'", o.metrics_jsonl));
@@ -700,8 +703,6 @@ absl::Status run_train_program(TrainProgramOptions o) {
     }
     return absl::OkStatus();
   }()));
-  std::unique_ptr<FILE, int (*)(FILE*)> metrics_closer(
-      metrics, [](FILE* f) { return f ? std::fclose(f) : 0; });
   if (complete) return absl::OkStatus();
 
   const DType dtype = device == Device::kCUDA ? DType::kBF16 : DType::kF32;

@@ -40,8 +40,9 @@ class BatchSource {
   // rank: `batch` sequences of `seq_len` tokens.
   virtual Batch get(int64_t step, int micro) = 0;
   virtual std::string describe() const = 0;
-  // How many calls get(1, 0), get(2, 0), ... return distinct batches before they repeat (a held-out
-  // split's windows wrap around); 0: no limit (training sources, synthetic data).
+  // How many calls get(1, 0), get(2, 0), ... return batches of distinct rows before rows repeat
+  // (a held-out split's windows wrap around; the data-parallel ranks' rows of one step count
+  // together; at least 1); 0: no limit (training sources, synthetic data).
   virtual int64_t distinct_batches() const { return 0; }
 };
 

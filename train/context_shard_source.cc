@@ -25,6 +25,8 @@ class ContextShardSource : public BatchSource {
     b.doc_starts = std::move(full.doc_starts);
     return b;
   }
+  int64_t distinct_batches() const override { return inner_->distinct_batches(); }
+
   std::string describe() const override {
     return absl::StrFormat("%s, context shard %d of %d%s", inner_->describe(), rank_, size_,
                            zigzag_ ? " (zig-zag)" : "");

@@ -49,8 +49,9 @@ class ShardSource : public BatchSource {
   }
 
   int64_t distinct_batches() const override {
+    // Whole batches only (at least one): a partial last one would read windows again.
     const int64_t global = batch_ * layout_.dp_size;
-    return validation_ ? (sampler_->num_val_windows() + global - 1) / global : 0;
+    return validation_ ? std::max<int64_t>(1, sampler_->num_val_windows() / global) : 0;
   }
 
   std::string describe() const override {

@@ -146,5 +146,34 @@ TEST(DataDocumentStartsTest, ShardSourceBatchesCarryEachRowsDocumentStarts) {
   EXPECT_GT(eos_targets, 0);
 }
 
+// The held-out split under data parallelism: each dp rank reads its own rows of a validation
+// batch, and distinct_batches() counts whole batches of batch x dp distinct windows (a partial
+// last one would read windows again), through the context-parallel wrapper too.
+TEST(DataDocumentStartsTest, HeldOutBatchesAreSplitOverDataParallelRanks) {
+  const std::string dir = make_packed_corpus("held_out_dp", R"({"eos_id": 3})");
+  const int64_t T = 8;
+  auto whole = make_shard_source(dir + "/*.tok", 64, 4, T, 0.5, 9, DataLayout{}, true);
+  ASSERT_TRUE(whole.ok()) << whole.status();
+  const int64_t batches = (*whole)->distinct_batches();
+  ASSERT_GT(batches, 1);
+  const Batch w = (*whole)->get(2, 0);
+  for (int rank = 0; rank < 2; ++rank) {
+    DataLayout layout;
+    layout.dp_rank = rank;
+    layout.dp_size = 2;
+    auto half = make_shard_source(dir + "/*.tok", 64, 2, T, 0.5, 9, layout, true);
+    ASSERT_TRUE(half.ok()) << half.status();
+    EXPECT_EQ((*half)->distinct_batches(), batches);
+    const Batch h = (*half)->get(2, 0);
+    const std::vector<double> all = w.tokens.to_double_vector(), mine = h.tokens.to_double_vector();
+    EXPECT_EQ(mine,
+              std::vector<double>(all.begin() + rank * 2 * T, all.begin() + (rank + 1) * 2 * T))
+        << "rank " << rank << " reads rows " << 2 * rank << ".." << 2 * rank + 1
+        << " of the one-rank batch";
+  }
+  auto cp = make_context_shard_source(*std::move(whole), 0, 2);
+  EXPECT_EQ(cp->distinct_batches(), batches);
+}
+
 }  // namespace
 }  // namespace msa
