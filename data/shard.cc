@@ -131,10 +131,10 @@ absl::StatusOr<std::unique_ptr<ShardReader>> ShardReader::open(const std::string
   const uint64_t payload = file_bytes - kShardHeaderBytes;
   if (count > payload / w) {
     return absl::DataLossError(
-        absl::StrFormat("%s: header says %d tokens (%d bytes) but the file "
+        absl::StrFormat("%s: header says %d tokens (%.0f bytes) but the file "
                         "holds only %d bytes of tokens "
                         "(truncated?)",
-                        path, count, count * w, payload));
+                        path, count, static_cast<double>(count) * w, payload));
   }
   r->count_ = static_cast<int64_t>(count);
   return r;
