@@ -100,8 +100,8 @@ absl::StatusOr<std::unique_ptr<ShardReader>> ShardReader::open(const std::string
   ::close(fd);
   if (map == MAP_FAILED && map_errno == ENOMEM)
     return absl::ResourceExhaustedError(absl::StrFormat(
-        "%s: mmap failed: %s. Every shard stays mapped for the run (twice with validation), and "
-        "the kernel caps a process's mappings at vm.max_map_count (sysctl; 65530 by default): "
+        "%s: mmap failed: %s. Every shard stays mapped for the run (once per process), and the "
+        "kernel caps a process's mappings at vm.max_map_count (sysctl; 65530 by default): "
         "fewer, larger shards (msa-data --shard_tokens) or a higher cap",
         path, std::strerror(map_errno)));
   if (map == MAP_FAILED) return io_error(path, "mmap failed");

@@ -1,7 +1,11 @@
 #include "data/window_sampler.h"
 
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <cmath>
+#include <map>
+#include <mutex>
 
 #include "absl/strings/str_format.h"
 #include "core/check.h"
@@ -47,6 +51,46 @@ int64_t IndexPermutation::operator()(int64_t i) const {
   return static_cast<int64_t>(x);
 }
 
+absl::StatusOr<std::shared_ptr<const ShardReader>> open_shared_shard(const std::string& path,
+                                                                     int64_t vocab_size) {
+  struct Identity {
+    dev_t dev;
+    ino_t ino;
+    off_t size;
+    int64_t mtime_ns;
+    bool operator==(const Identity&) const = default;
+  };
+  struct Entry {
+    Identity id;
+    std::weak_ptr<const ShardReader> reader;
+    uint32_t max_token = 0;
+  };
+  static std::mutex mu;
+  static std::map<std::string, Entry> cache;
+  struct stat st;
+  const bool known = ::stat(path.c_str(), &st) == 0;
+  const Identity id{st.st_dev, st.st_ino, st.st_size,
+                    static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec};
+  std::lock_guard<std::mutex> lock(mu);
+  if (known) {
+    if (auto it = cache.find(path); it != cache.end() && it->second.id == id) {
+      if (std::shared_ptr<const ShardReader> r = it->second.reader.lock()) {
+        if (static_cast<int64_t>(it->second.max_token) < vocab_size || r->size() == 0) return r;
+        MSA_RETURN_IF_ERROR(r->check_vocab(vocab_size));  // the message names the token
+        return r;
+      }
+    }
+  }
+  MSA_ASSIGN_OR_RETURN(std::unique_ptr<ShardReader> opened, ShardReader::open(path));
+  uint32_t max_token = 0;
+  for (int64_t t = 0; t < opened->size(); ++t) max_token = std::max(max_token, opened->token(t));
+  if (opened->size() > 0 && static_cast<int64_t>(max_token) >= vocab_size)
+    return opened->check_vocab(vocab_size);  // the message names the first such token
+  std::shared_ptr<const ShardReader> r = std::move(opened);
+  if (known) cache[path] = Entry{id, r, max_token};
+  return r;
+}
+
 absl::StatusOr<std::unique_ptr<WindowSampler>> WindowSampler::open(const std::string& glob,
                                                                    int64_t seq_len,
                                                                    int64_t vocab_size,
@@ -61,8 +105,7 @@ absl::StatusOr<std::unique_ptr<WindowSampler>> WindowSampler::open(const std::st
   s->seq_len_ = seq_len;
   s->seed_ = seed;
   for (const std::string& f : files) {
-    MSA_ASSIGN_OR_RETURN(std::unique_ptr<ShardReader> r, ShardReader::open(f));
-    MSA_RETURN_IF_ERROR(r->check_vocab(vocab_size));
+    MSA_ASSIGN_OR_RETURN(std::shared_ptr<const ShardReader> r, open_shared_shard(f, vocab_size));
     s->first_window_.push_back(s->total_windows_);
     s->total_windows_ += std::max<int64_t>(0, (r->size() - 1) / seq_len);
     s->shards_.push_back(std::move(r));

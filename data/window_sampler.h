@@ -51,9 +51,18 @@ class IndexPermutation {
   int half_bits_;
 };
 
+// The shard at `path`, mapped once per process: the training and validation samplers of a run
+// (and a resumed run's rebuilt ones) share one mapping per file instead of one each (the kernel
+// caps a process's mappings at vm.max_map_count, 65530 by default), and its largest token is
+// found in one scan, however many samplers check it. A file replaced since (another size, inode or
+// modification time) is opened anew. Fails as ShardReader::open, or as check_vocab when a token is
+// >= vocab_size.
+absl::StatusOr<std::shared_ptr<const ShardReader>> open_shared_shard(const std::string& path,
+                                                                     int64_t vocab_size);
+
 class WindowSampler {
  public:
-  // Opens every shard matching `glob` and checks its tokens against
+  // Opens every shard matching `glob` (open_shared_shard) and checks its tokens against
   // `vocab_size`.
   static absl::StatusOr<std::unique_ptr<WindowSampler>> open(const std::string& glob,
                                                              int64_t seq_len, int64_t vocab_size,
@@ -62,7 +71,8 @@ class WindowSampler {
   int64_t num_windows() const { return total_windows_; }
   int64_t num_train_windows() const { return total_windows_ - num_val_; }
   int64_t num_val_windows() const { return num_val_; }
-  const std::vector<std::unique_ptr<ShardReader>>& shards() const { return shards_; }
+  // Shared with every other sampler of the process over the same files (open_shared_shard).
+  const std::vector<std::shared_ptr<const ShardReader>>& shards() const { return shards_; }
 
   // The training window read by sample number n, and the i-th validation
   // window.
@@ -77,7 +87,7 @@ class WindowSampler {
   WindowSampler() = default;
   int64_t seq_len_ = 0;
   uint64_t seed_ = 0;
-  std::vector<std::unique_ptr<ShardReader>> shards_;
+  std::vector<std::shared_ptr<const ShardReader>> shards_;
   std::vector<int64_t> first_window_;  // per shard, then the total
   int64_t total_windows_ = 0, num_val_ = 0;
 };

@@ -65,6 +65,9 @@ absl::Status validate_run(const TrainProgramOptions& o) {
     return bad("lr", absl::StrFormat("%g must be finite and > 0", o.trainer.lr.max_lr));
   if (!(finite(o.trainer.lr.min_lr) && o.trainer.lr.min_lr >= 0))
     return bad("min_lr", absl::StrFormat("%g must be finite and >= 0", o.trainer.lr.min_lr));
+  if (o.trainer.lr.min_lr > o.trainer.lr.max_lr)  // the "decay" would raise the LR to it
+    return bad("min_lr", absl::StrFormat("%g is above --lr=%g (the cosine decays from --lr to it)",
+                                         o.trainer.lr.min_lr, o.trainer.lr.max_lr));
   if (o.trainer.lr.warmup_steps < 0)
     return bad("warmup_steps", absl::StrFormat("%d is < 0", o.trainer.lr.warmup_steps));
   if (!(o.optimizer.beta1 >= 0 && o.optimizer.beta1 < 1))
@@ -261,8 +264,9 @@ absl::StatusOr<std::unique_ptr<BatchSource>> make_source(const TrainProgramOptio
                                      o.cp_layout == "zigzag");
   };
   if (o.data == "synthetic:repeat") {
-    // The same sequence on every rank and step: layout-independent by construction.
-    return shard(make_repeating_source(o.model.vocab_size, o.batch_size, o.seq_len, 61, o.seed));
+    // The same batch every step; its rows placed by the layout, as the other sources' are.
+    return shard(
+        make_repeating_source(o.model.vocab_size, o.batch_size, o.seq_len, 61, o.seed, layout));
   }
   if (absl::StartsWith(o.data, "synthetic:")) {
     auto source =
@@ -855,10 +859,19 @@ absl::Status run_train_program(TrainProgramOptions o) {
       std::fflush(metrics);
     }
     if (validation && m.step % o.eval_every == 0) {
+      // A stop signal (any rank's) ends the evaluation at the next batch: the checkpoint must not
+      // wait for it past a scheduler's grace period.
+      auto stopping = [&] {
+        return groups.world->all_reduce_sum(static_cast<int64_t>(stop_requested() ? 1 : 0)) > 0;
+      };
       const EvalResult r = evaluate(
           model, *validation, static_cast<int>(o.eval_batches), msa_mode_at(o.trainer, m.step),
-          o.model.any_msa() && is_retrieval_data(o.data), groups.gradient_group());
-      if (leader) {
+          o.model.any_msa() && is_retrieval_data(o.data), groups.gradient_group(), stopping);
+      if (leader && r.stopped) {
+        std::printf("eval  %6lld | skipped: stopping on a signal\n",
+                    static_cast<long long>(m.step));
+        std::fflush(stdout);
+      } else if (leader) {
         std::printf("eval  %6lld | val_loss %.4f | val_ppl %.2f | %lld tokens%s\n",
                     static_cast<long long>(m.step), r.loss, r.perplexity,
                     static_cast<long long>(r.tokens), format_answer_recall(r).c_str());

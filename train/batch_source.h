@@ -86,8 +86,11 @@ std::unique_ptr<BatchSource> make_context_shard_source(std::unique_ptr<BatchSour
                                                        bool zigzag = false);
 
 // A fixed pseudo-random sequence of `period` tokens repeated over the context: a model that learns
-// it predicts every token after the first period exactly (the foundation's learning test).
+// it predicts every token after the first period exactly (the foundation's learning test). Row r
+// of the global batch (this rank's and micro-batch's rows placed by `layout`) starts at phase
+// 7 r; every step reads the same batch.
 std::unique_ptr<BatchSource> make_repeating_source(int64_t vocab_size, int64_t batch,
-                                                   int64_t seq_len, int64_t period, uint64_t seed);
+                                                   int64_t seq_len, int64_t period, uint64_t seed,
+                                                   const DataLayout& layout = {});
 
 }  // namespace msa

@@ -7,7 +7,7 @@
 namespace msa {
 
 EvalResult evaluate(Transformer& model, BatchSource& source, int n_batches, MsaMode mode,
-                    bool answer_recall, Communicator* replicas) {
+                    bool answer_recall, Communicator* replicas, const std::function<bool()>& stop) {
   // Answer recall is measured per rank on its own rows; with context parallelism a shard may hold
   // no answers, and combining the shards' means is not done yet: not measured there.
   answer_recall = answer_recall && !model.context_parallel().enabled();
@@ -18,6 +18,10 @@ EvalResult evaluate(Transformer& model, BatchSource& source, int n_batches, MsaM
   options.msa_mode = mode;
   options.for_backward = false;
   for (int i = 0; i < n_batches; ++i) {
+    if (stop && stop()) {
+      r.stopped = true;
+      break;
+    }
     Batch b = source.get(i + 1, 0);
     options.documents = batch_documents(b);
     options.answer_positions.clear();

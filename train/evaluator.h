@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "model/transformer.h"
@@ -20,6 +21,7 @@ struct EvalResult {
   std::vector<double> answer_index_recall;
   std::vector<double> answer_block_recall;
   std::vector<double> answer_index_recall_ceiling;
+  bool stopped = false;  // ended early by evaluate()'s `stop`: the values cover fewer batches
 };
 
 // Runs `n_batches` forward passes (no gradients) on batches 1..n_batches of `source` (a
@@ -34,7 +36,11 @@ struct EvalResult {
 // parallelism the dp x cp group, the cp shards' sums adding up the same way); the loss, token
 // count, index loss and answer recalls are combined over it, so D ranks return what one rank with
 // D times the batch would. Without it only the model's cp group is combined.
+// stop (optional, collective: every rank calls it between the same batches and gets the same
+// answer): polled before each batch; when it says so, the evaluation ends early with `stopped` set
+// (a SIGTERM must not wait for a long evaluation).
 EvalResult evaluate(Transformer& model, BatchSource& source, int n_batches, MsaMode mode,
-                    bool answer_recall = false, Communicator* replicas = nullptr);
+                    bool answer_recall = false, Communicator* replicas = nullptr,
+                    const std::function<bool()>& stop = nullptr);
 
 }  // namespace msa

@@ -1,4 +1,5 @@
-// Learning-rate schedule: linear warm-up from 0, then cosine decay to min_lr at total_steps
+// Learning-rate schedule: linear warm-up from 0 to max_lr at step warmup_steps, then cosine decay
+// from max_lr at the peak (step warmup_steps, or step 1 without warm-up) to min_lr at total_steps
 // (constant min_lr after). Steps are 1-based optimizer steps.
 #pragma once
 

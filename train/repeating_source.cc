@@ -11,8 +11,9 @@ namespace {
 
 class RepeatingSource : public BatchSource {
  public:
-  RepeatingSource(int64_t vocab, int64_t batch, int64_t seq_len, int64_t period, uint64_t seed)
-      : batch_(batch), seq_len_(seq_len), period_(period) {
+  RepeatingSource(int64_t vocab, int64_t batch, int64_t seq_len, int64_t period, uint64_t seed,
+                  const DataLayout& layout)
+      : batch_(batch), seq_len_(seq_len), period_(period), layout_(layout) {
     // Distinct tokens when period <= vocab (a seeded Fisher-Yates prefix), so each token
     // determines the next one.
     std::vector<int32_t> perm(vocab);
@@ -24,7 +25,7 @@ class RepeatingSource : public BatchSource {
     }
   }
 
-  Batch get(int64_t /*step*/, int /*micro*/) override {
+  Batch get(int64_t /*step*/, int micro) override {
     Batch b{Tensor::empty({batch_, seq_len_}, DType::kI32),
             Tensor::empty({batch_, seq_len_}, DType::kI32),
             {},
@@ -32,9 +33,12 @@ class RepeatingSource : public BatchSource {
     int32_t* tok = b.tokens.data<int32_t>();
     int32_t* tgt = b.targets.data<int32_t>();
     for (int64_t s = 0; s < batch_; ++s) {
-      // Each row starts at a different phase of the same period.
+      // Each row of the global batch starts at a different phase of the same period: data-parallel
+      // ranks and micro-batches read other rows, as one rank with their whole batch would.
+      const int64_t row =
+          (static_cast<int64_t>(layout_.dp_rank) * layout_.grad_accum + micro) * batch_ + s;
       for (int64_t t = 0; t <= seq_len_; ++t) {
-        int32_t v = cycle_[(t + s * 7) % period_];
+        int32_t v = cycle_[(t + row * 7) % period_];
         if (t < seq_len_) tok[s * seq_len_ + t] = v;
         if (t > 0) tgt[s * seq_len_ + t - 1] = v;
       }
@@ -48,14 +52,16 @@ class RepeatingSource : public BatchSource {
 
  private:
   int64_t batch_, seq_len_, period_;
+  DataLayout layout_;
   std::vector<int32_t> cycle_;
 };
 
 }  // namespace
 
 std::unique_ptr<BatchSource> make_repeating_source(int64_t vocab_size, int64_t batch,
-                                                   int64_t seq_len, int64_t period, uint64_t seed) {
-  return std::make_unique<RepeatingSource>(vocab_size, batch, seq_len, period, seed);
+                                                   int64_t seq_len, int64_t period, uint64_t seed,
+                                                   const DataLayout& layout) {
+  return std::make_unique<RepeatingSource>(vocab_size, batch, seq_len, period, seed, layout);
 }
 
 }  // namespace msa

@@ -149,6 +149,33 @@ TEST(DataSamplerTest, TooLittleDataAndBadVocabAreClearErrors) {
   EXPECT_NE(std::string(s.status().message()).find("no files match"), std::string::npos);
 }
 
+// Samplers over the same files share one mapping per shard (the training and validation sources
+// each kept their own, halving what vm.max_map_count allows), check the vocabulary against the
+// shard's largest token found once, and open a file replaced since anew.
+TEST(DataSamplerTest, SamplersShareEachShardsMappingUntilTheFileChanges) {
+  const std::string glob = make_corpus({300, 200});
+  auto a = WindowSampler::open(glob, 8, 10000, 0.1, 1);
+  auto b = WindowSampler::open(glob, 8, 10000, 0.1, 2);
+  ASSERT_TRUE(a.ok() && b.ok());
+  ASSERT_EQ((*a)->shards().size(), 2u);
+  for (size_t i = 0; i < 2; ++i) EXPECT_EQ((*a)->shards()[i].get(), (*b)->shards()[i].get()) << i;
+  // Shard 1 holds tokens up to 1199: a vocabulary of 1100 fits shard 0 only, by name.
+  auto small = WindowSampler::open(glob, 8, 1100, 0.1, 1);
+  ASSERT_FALSE(small.ok());
+  EXPECT_NE(std::string(small.status().message()).find("part-1.tok: token id 1100 at position 100"),
+            std::string::npos)
+      << small.status();
+  // Rewritten (another size): read anew, not from the old mapping.
+  const std::string part1 = glob.substr(0, glob.rfind('/')) + "/part-1.tok";
+  ASSERT_TRUE(write_shard(part1, std::vector<uint32_t>(100, 7), TokenWidth::kU16).ok());
+  auto c = WindowSampler::open(glob, 8, 10000, 0.1, 1);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_NE((*c)->shards()[1].get(), (*a)->shards()[1].get());
+  EXPECT_EQ((*c)->shards()[1]->size(), 100);
+  EXPECT_EQ((*c)->shards()[1]->token(5), 7u);
+  EXPECT_EQ((*c)->shards()[0].get(), (*a)->shards()[0].get());
+}
+
 TEST(DataSyntheticTest, AnswersAreTheValuesOfTheQueriedFacts) {
   for (SyntheticTask task : {SyntheticTask::kKvRecall, SyntheticTask::kNeedle}) {
     SyntheticConfig c;

@@ -203,6 +203,7 @@ TEST(MsaTrainCliTest, HyperparametersThatCannotBeRightAreRefusedNamingTheFlag) {
       {"lr", "0"},
       {"min_lr", "-1e-4"},
       {"min_lr", "inf"},
+      {"min_lr", "1"},  // above --lr: the cosine "decay" would raise the LR
       {"adam_eps", "0"},
       {"adam_eps", "nan"},
       {"weight_decay", "nan"},

@@ -89,4 +89,29 @@ TEST(MsaTrainPreemptionTest, SigtermFinishesTheStepWritesACheckpointAndExitsZero
   EXPECT_THAT(again.output, HasSubstr("resumed from " + dir + "/ckpt-"));
 }
 
+// A signal during an evaluation ends it at the next batch: the checkpoint follows at once instead
+// of after the whole evaluation (a long one outlived a scheduler's grace period). The evaluation
+// here would read 100000 batches.
+TEST(MsaTrainPreemptionTest, SigtermDuringAnEvaluationEndsIt) {
+  const std::string dir = fresh_dir("sigterm_eval");
+  const std::string cmd = kTiny +
+                          " --steps=1000000 --eval_every=2 --eval_batches=100000 "
+                          "--checkpoint_dir=" +
+                          dir + " > " + dir +
+                          "/log 2>&1 & pid=$!; "
+                          "for i in $(seq 1 300); do grep -Eq 'step +2/' " +
+                          dir +
+                          "/log && break; sleep 0.1; done; sleep 0.5; kill -TERM $pid; "
+                          "start=$(date +%s); wait $pid; echo exit=$? took=$(( $(date +%s) - start "
+                          ")); cat " +
+                          dir + "/log";
+  CommandResult r = run(cmd);
+  EXPECT_THAT(r.output, HasSubstr("exit=0"));
+  EXPECT_THAT(r.output, HasSubstr("eval       2 | skipped: stopping on a signal"));
+  EXPECT_THAT(r.output, HasSubstr("saved checkpoint " + dir + "/ckpt-00000002.h5"));
+  const size_t took = r.output.find("took=");
+  ASSERT_NE(took, std::string::npos);
+  EXPECT_LT(std::stoi(r.output.substr(took + 5)), 30) << r.output;
+}
+
 }  // namespace
