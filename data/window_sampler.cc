@@ -67,7 +67,7 @@ absl::StatusOr<std::shared_ptr<const ShardReader>> open_shared_shard(const std::
   };
   static std::mutex mu;
   static std::map<std::string, Entry> cache;
-  struct stat st;
+  struct stat st {};
   const bool known = ::stat(path.c_str(), &st) == 0;
   const Identity id{st.st_dev, st.st_ino, st.st_size,
                     static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec};
@@ -84,8 +84,13 @@ absl::StatusOr<std::shared_ptr<const ShardReader>> open_shared_shard(const std::
   MSA_ASSIGN_OR_RETURN(std::unique_ptr<ShardReader> opened, ShardReader::open(path));
   uint32_t max_token = 0;
   for (int64_t t = 0; t < opened->size(); ++t) max_token = std::max(max_token, opened->token(t));
-  if (opened->size() > 0 && static_cast<int64_t>(max_token) >= vocab_size)
-    return opened->check_vocab(vocab_size);  // the message names the first such token
+  if (opened->size() > 0 && static_cast<int64_t>(max_token) >= vocab_size) {
+    absl::Status named = opened->check_vocab(vocab_size);  // names the first such token
+    if (named.ok())  // (only if the file changed between the scans)
+      named = absl::InvalidArgumentError(absl::StrFormat(
+          "%s: token id %d is >= the model's vocab_size %d", path, max_token, vocab_size));
+    return named;
+  }
   std::shared_ptr<const ShardReader> r = std::move(opened);
   if (known) cache[path] = Entry{id, r, max_token};
   return r;

@@ -199,31 +199,29 @@ absl::Status validate_tasks(const std::vector<int64_t>& lengths,
 // The flags of the other mode, given on the command line: refused instead of silently ignored
 // (a --plot that never appears, a --csv path never checked).
 absl::Status refuse_other_mode_flags(bool perplexity) {
-  // Set to anything but its default (this Abseil keeps IsSpecifiedOnCommandLine private).
-  auto given = [](const auto& flag) {
-    const absl::CommandLineFlag& f = absl::GetFlagReflectionHandle(flag);
-    return f.CurrentValue() != f.DefaultValue();
-  };
+  using absl::GetFlagReflectionHandle;
+  const std::vector<const absl::CommandLineFlag*> retrieval_only = {
+      &GetFlagReflectionHandle(FLAGS_lengths),
+      &GetFlagReflectionHandle(FLAGS_depths),
+      &GetFlagReflectionHandle(FLAGS_pairs),
+      &GetFlagReflectionHandle(FLAGS_samples),
+      &GetFlagReflectionHandle(FLAGS_task),
+      &GetFlagReflectionHandle(FLAGS_recall_stride),
+      &GetFlagReflectionHandle(FLAGS_answer_recall),
+      &GetFlagReflectionHandle(FLAGS_dump_logits_tokens),
+      &GetFlagReflectionHandle(FLAGS_dump_logits)};
+  const std::vector<const absl::CommandLineFlag*> perplexity_only = {
+      &GetFlagReflectionHandle(FLAGS_labels),
+      &GetFlagReflectionHandle(FLAGS_seq_len),
+      &GetFlagReflectionHandle(FLAGS_eval_windows),
+      &GetFlagReflectionHandle(FLAGS_position_buckets),
+      &GetFlagReflectionHandle(FLAGS_csv),
+      &GetFlagReflectionHandle(FLAGS_plot),
+      &GetFlagReflectionHandle(FLAGS_plot_size)};
   std::vector<std::string> wrong;
-  if (perplexity) {
-    if (given(FLAGS_lengths)) wrong.push_back("--lengths");
-    if (given(FLAGS_depths)) wrong.push_back("--depths");
-    if (given(FLAGS_pairs)) wrong.push_back("--pairs");
-    if (given(FLAGS_samples)) wrong.push_back("--samples");
-    if (given(FLAGS_task)) wrong.push_back("--task");
-    if (given(FLAGS_recall_stride)) wrong.push_back("--recall_stride");
-    if (given(FLAGS_answer_recall)) wrong.push_back("--answer_recall");
-    if (given(FLAGS_dump_logits_tokens)) wrong.push_back("--dump_logits_tokens");
-    if (given(FLAGS_dump_logits)) wrong.push_back("--dump_logits");
-  } else {
-    if (given(FLAGS_labels)) wrong.push_back("--labels");
-    if (given(FLAGS_seq_len)) wrong.push_back("--seq_len");
-    if (given(FLAGS_eval_windows)) wrong.push_back("--eval_windows");
-    if (given(FLAGS_position_buckets)) wrong.push_back("--position_buckets");
-    if (given(FLAGS_csv)) wrong.push_back("--csv");
-    if (given(FLAGS_plot)) wrong.push_back("--plot");
-    if (given(FLAGS_plot_size)) wrong.push_back("--plot_size");
-  }
+  // Set to anything but its default (this Abseil keeps IsSpecifiedOnCommandLine private).
+  for (const absl::CommandLineFlag* f : perplexity ? retrieval_only : perplexity_only)
+    if (f->CurrentValue() != f->DefaultValue()) wrong.push_back("--" + std::string(f->Name()));
   if (wrong.empty()) return absl::OkStatus();
   return absl::InvalidArgumentError(
       absl::StrFormat("invalid %s: %s to the %s report, and this run is the %s report",
@@ -351,7 +349,8 @@ absl::Status run_retrieval(const std::string& path, const msa::Checkpoint& ckpt,
       // The fact's block selected at the answers, per MSA layer: whether the selector finds what
       // the task needs (1.0 = always).
       std::string fact;
-      for (double x : r.answer_fact_selected) fact += absl::StrFormat("%s%.3f", fact.empty() ? "" : ",", x);
+      for (double x : r.answer_fact_selected)
+        fact += absl::StrFormat("%s%.3f", fact.empty() ? "" : ",", x);
       std::fprintf(stderr, "msa-eval: length %lld depth %.2f: accuracy %.1f%%%s\n",
                    static_cast<long long>(length), depth, 100 * r.accuracy,
                    fact.empty() ? "" : (" | fact block selected " + fact).c_str());

@@ -1,10 +1,10 @@
-#include "core/rng.h"
-#include "train/batch_source.h"
-
 #include <utility>
 #include <vector>
 
 #include "absl/strings/str_format.h"
+#include "core/rng.h"
+#include "data/window_sampler.h"
+#include "train/batch_source.h"
 
 namespace msa {
 namespace {
@@ -35,8 +35,9 @@ class RepeatingSource : public BatchSource {
     for (int64_t s = 0; s < batch_; ++s) {
       // Each row of the global batch starts at a different phase of the same period: data-parallel
       // ranks and micro-batches read other rows, as one rank with their whole batch would.
+      // (The sample numbering of the other sources, at step 1: the batch is the same every step.)
       const int64_t row =
-          (static_cast<int64_t>(layout_.dp_rank) * layout_.grad_accum + micro) * batch_ + s;
+          sample_number(1, micro, layout_.grad_accum, layout_.dp_rank, layout_.dp_size, batch_, s);
       for (int64_t t = 0; t <= seq_len_; ++t) {
         int32_t v = cycle_[(t + row * 7) % period_];
         if (t < seq_len_) tok[s * seq_len_ + t] = v;

@@ -21,7 +21,7 @@ TEST(RepeatingSourceTest, RanksAndMicroBatchesReadTheirRowsOfTheGlobalBatch) {
       layout.dp_size = 2;
       auto part = make_repeating_source(96, 2, T, 61, 3, layout);
       const std::vector<double> mine = part->get(5, micro).tokens.to_double_vector();
-      const int64_t first = (rank * 2 + micro) * 2;
+      const int64_t first = (micro * 2 + rank) * 2;  // sample_number's order: micro-batch, rank
       EXPECT_EQ(mine, std::vector<double>(all.begin() + first * T, all.begin() + (first + 2) * T))
           << "rank " << rank << ", micro-batch " << micro;
     }
