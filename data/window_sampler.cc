@@ -72,27 +72,23 @@ absl::StatusOr<std::shared_ptr<const ShardReader>> open_shared_shard(const std::
   const Identity id{st.st_dev, st.st_ino, st.st_size,
                     static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec};
   std::lock_guard<std::mutex> lock(mu);
-  if (known) {
-    if (auto it = cache.find(path); it != cache.end() && it->second.id == id) {
-      if (std::shared_ptr<const ShardReader> r = it->second.reader.lock()) {
-        if (static_cast<int64_t>(it->second.max_token) < vocab_size || r->size() == 0) return r;
-        MSA_RETURN_IF_ERROR(r->check_vocab(vocab_size));  // the message names the token
-        return r;
-      }
-    }
-  }
-  MSA_ASSIGN_OR_RETURN(std::unique_ptr<ShardReader> opened, ShardReader::open(path));
+  std::shared_ptr<const ShardReader> r;
   uint32_t max_token = 0;
-  for (int64_t t = 0; t < opened->size(); ++t) max_token = std::max(max_token, opened->token(t));
-  if (opened->size() > 0 && static_cast<int64_t>(max_token) >= vocab_size) {
-    absl::Status named = opened->check_vocab(vocab_size);  // names the first such token
+  if (auto it = cache.find(path); known && it != cache.end() && it->second.id == id)
+    if ((r = it->second.reader.lock())) max_token = it->second.max_token;
+  if (!r) {
+    MSA_ASSIGN_OR_RETURN(std::unique_ptr<ShardReader> opened, ShardReader::open(path));
+    for (int64_t t = 0; t < opened->size(); ++t) max_token = std::max(max_token, opened->token(t));
+    r = std::move(opened);
+    if (known) cache[path] = Entry{id, r, max_token};
+  }
+  if (r->size() > 0 && static_cast<int64_t>(max_token) >= vocab_size) {
+    absl::Status named = r->check_vocab(vocab_size);  // names the first such token
     if (named.ok())  // (only if the file changed between the scans)
       named = absl::InvalidArgumentError(absl::StrFormat(
           "%s: token id %d is >= the model's vocab_size %d", path, max_token, vocab_size));
     return named;
   }
-  std::shared_ptr<const ShardReader> r = std::move(opened);
-  if (known) cache[path] = Entry{id, r, max_token};
   return r;
 }
 

@@ -437,9 +437,10 @@ absl::Status write_hf_checkpoint(const std::string& dir, const std::string& arch
     auto it = params.find(s.name);
     if (it == params.end())
       return absl::InvalidArgumentError(absl::StrFormat("export: no parameter %s", s.name));
+    // One host f32 copy for the range check and the encoding (encode_f32 takes it as it is).
+    const Tensor host = it->second.to(Device::kCPU).to(DType::kF32);
     if (dtype == StDtype::kF16) {
       // float16 tops out at 65504: a larger weight would be written as infinity.
-      const Tensor host = it->second.to(Device::kCPU).to(DType::kF32);
       const float* x = host.data<float>();
       for (int64_t i = 0; i < host.numel(); ++i)
         if (std::abs(x[i]) > 65504.0f)
@@ -448,7 +449,7 @@ absl::Status write_hf_checkpoint(const std::string& dir, const std::string& arch
               "or f32 (--export_dtype)",
               our_to_hf_name(s.name), x[i], i));
     }
-    tensors.push_back({our_to_hf_name(s.name), dtype, s.shape, encode_f32(it->second, dtype)});
+    tensors.push_back({our_to_hf_name(s.name), dtype, s.shape, encode_f32(host, dtype)});
   }
   MSA_RETURN_IF_ERROR(write_safetensors(dir + "/model.safetensors", tensors, {{"format", "pt"}}));
   // Through a temporary file closed and checked before the rename: a full disk shows at close.

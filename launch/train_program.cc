@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <functional>
 #include <limits>
 #include <memory>
 #include <optional>
@@ -836,6 +837,10 @@ absl::Status run_train_program(TrainProgramOptions o) {
   Trainer trainer(model, optimizer, *data, o.trainer);
   absl::Status failure;
   int64_t last_step = first_step - 1;
+  // Collective. A signal may reach only some ranks: stop when any rank saw one.
+  const std::function<bool()> any_rank_stopping = [&] {
+    return groups.world->all_reduce_sum(static_cast<int64_t>(stop_requested() ? 1 : 0)) > 0;
+  };
   MSA_RETURN_IF_ERROR(trainer.run(first_step, [&](const StepMetrics& m) {
     last_step = m.step;
     tokens_seen += m.tokens;
@@ -859,14 +864,12 @@ absl::Status run_train_program(TrainProgramOptions o) {
       std::fflush(metrics);
     }
     if (validation && m.step % o.eval_every == 0) {
-      // A stop signal (any rank's) ends the evaluation at the next batch: the checkpoint must not
-      // wait for it past a scheduler's grace period.
-      auto stopping = [&] {
-        return groups.world->all_reduce_sum(static_cast<int64_t>(stop_requested() ? 1 : 0)) > 0;
-      };
-      const EvalResult r = evaluate(
-          model, *validation, static_cast<int>(o.eval_batches), msa_mode_at(o.trainer, m.step),
-          o.model.any_msa() && is_retrieval_data(o.data), groups.gradient_group(), stopping);
+      // A stop signal ends the evaluation at the next batch: the checkpoint must not wait for it
+      // past a scheduler's grace period.
+      const EvalResult r =
+          evaluate(model, *validation, static_cast<int>(o.eval_batches),
+                   msa_mode_at(o.trainer, m.step), o.model.any_msa() && is_retrieval_data(o.data),
+                   groups.gradient_group(), any_rank_stopping);
       if (leader && r.stopped) {
         std::printf("eval  %6lld | skipped: stopping on a signal\n",
                     static_cast<long long>(m.step));
@@ -888,8 +891,7 @@ absl::Status run_train_program(TrainProgramOptions o) {
                     static_cast<long long>(m.step));
       return false;
     }
-    // A signal may reach only some ranks: stop when any rank saw one.
-    return groups.world->all_reduce_sum(static_cast<int64_t>(stop_requested() ? 1 : 0)) == 0;
+    return !any_rank_stopping();
   }));
   MSA_RETURN_IF_ERROR(failure);
   if (writer.last_saved() != last_step && last_step >= first_step) {
