@@ -473,7 +473,17 @@ class CheckpointWriter {
   }
   int64_t last_saved() const { return last_saved_; }
   // A checkpoint of this directory known to validate (the one resumed from).
-  void mark_valid(int64_t step) { valid_steps_.insert(step); }
+  void mark_valid(int64_t step) {
+    valid_steps_.insert(step);
+    resumed_step_ = step;
+  }
+  // The newest checkpoint this run wrote or resumed from, for messages.
+  std::string newest() const {
+    const int64_t step = std::max(last_saved_, resumed_step_);
+    if (o_.checkpoint_dir.empty()) return "none (no --checkpoint_dir was given)";
+    if (step < 0) return "none written by this run";
+    return absl::StrFormat("%s (step %d)", checkpoint_path(o_.checkpoint_dir, step), step);
+  }
 
  private:
   const TrainProgramOptions& o_;
@@ -482,7 +492,7 @@ class CheckpointWriter {
   const Transformer& model_;
   const ProcessGroups& groups_;
   const int64_t base_step_, base_sample_;
-  int64_t last_saved_ = -1;
+  int64_t last_saved_ = -1, resumed_step_ = -1;
   std::set<int64_t> valid_steps_;  // rank 0: steps of checkpoint_dir known to validate
 };
 
@@ -837,12 +847,14 @@ absl::Status run_train_program(TrainProgramOptions o) {
   Trainer trainer(model, optimizer, *data, o.trainer);
   absl::Status failure;
   int64_t last_step = first_step - 1;
+  bool last_skipped = false;  // the last step ran was not finite (not applied)
   // Collective. A signal may reach only some ranks: stop when any rank saw one.
   const std::function<bool()> any_rank_stopping = [&] {
     return groups.world->all_reduce_sum(static_cast<int64_t>(stop_requested() ? 1 : 0)) > 0;
   };
-  MSA_RETURN_IF_ERROR(trainer.run(first_step, [&](const StepMetrics& m) {
+  const absl::Status run_status = trainer.run(first_step, [&](const StepMetrics& m) {
     last_step = m.step;
+    last_skipped = m.skipped;
     tokens_seen += m.tokens;
     if (metrics != nullptr) {
       nlohmann::json j;
@@ -882,8 +894,20 @@ absl::Status run_train_program(TrainProgramOptions o) {
       }
     }
     if (o.checkpoint_every > 0 && m.step % o.checkpoint_every == 0) {
-      failure = writer.save(m.step, tokens_seen);
-      if (!failure.ok()) return false;
+      // A step that was not applied saves nothing: its checkpoint would hold the weights that
+      // just gave a non-finite loss or gradient under a newer step number, and --keep_last
+      // would delete older, better ones to make room for it.
+      if (m.skipped) {
+        if (leader)
+          std::printf(
+              "msa-train: no checkpoint at step %lld: the step was not finite (not applied); the "
+              "newest checkpoint is %s\n",
+              static_cast<long long>(m.step), writer.newest().c_str());
+        std::fflush(stdout);
+      } else {
+        failure = writer.save(m.step, tokens_seen);
+        if (!failure.ok()) return false;
+      }
     }
     if (o.exit_after_step > 0 && m.step >= o.exit_after_step) {
       if (leader)
@@ -892,9 +916,19 @@ absl::Status run_train_program(TrainProgramOptions o) {
       return false;
     }
     return !any_rank_stopping();
-  }));
+  });
+  if (!run_status.ok())  // e.g. a diverged run: say which checkpoint to go back to
+    return absl::Status(run_status.code(),
+                        absl::StrCat(run_status.message(), ". The newest checkpoint is ",
+                                     writer.newest()));
   MSA_RETURN_IF_ERROR(failure);
-  if (writer.last_saved() != last_step && last_step >= first_step) {
+  if (last_skipped) {  // the same on every rank: the guard's decision is collective
+    if (!o.checkpoint_dir.empty() && leader)
+      std::printf(
+          "msa-train: no final checkpoint: step %lld was not finite (not applied); the newest "
+          "checkpoint is %s\n",
+          static_cast<long long>(last_step), writer.newest().c_str());
+  } else if (writer.last_saved() != last_step && last_step >= first_step) {
     MSA_RETURN_IF_ERROR(writer.save(last_step, tokens_seen));
   }
   if (device == Device::kCUDA && leader)

@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "gtest/gtest.h"
 
@@ -246,6 +247,49 @@ TEST(MsaTrainCliTest, DivergingRunStopsWithANonZeroExit) {
             std::string::npos)
       << r.output;
   EXPECT_EQ(r.output.find("step    30/30"), std::string::npos) << r.output;
+}
+
+// A streak of non-finite steps writes no checkpoint: with --checkpoint_every=1 --keep_last=2 the
+// skipped steps' files used to push the good checkpoints out (and --resume took the newest, whose
+// weights had just given a NaN gradient). Every checkpoint left is of an applied step, and the
+// error names the newest one.
+TEST(MsaTrainCliTest, SkippedStepsWriteNoCheckpoint) {
+  const std::string dir = ::testing::TempDir() + "/cli_skipped_steps";
+  std::system(("rm -rf '" + dir + "'").c_str());
+  CommandResult r = run_msa_train(
+      "--device=cpu --vocab_size=64 --d_model=32 --n_layers=2 --n_heads=4 --n_kv_heads=2 "
+      "--head_dim=8 --ffn_dim=64 --seq_len=128 --batch_size=2 --msa_block_size=16 --msa_topk=4 "
+      "--msa_index_dim=8 --steps=20 --lr=1e6 --warmup_steps=0 --min_lr=0 --log_every=1 "
+      "--checkpoint_every=1 --keep_last=2 --checkpoint_dir=" +
+      dir);
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  ASSERT_NE(r.output.find("msa-train: training diverged"), std::string::npos) << r.output;
+  // Which steps ran, and which of them were skipped, from the metrics lines.
+  std::vector<int> skipped, applied;
+  for (size_t at = r.output.find("\nstep "); at != std::string::npos;
+       at = r.output.find("\nstep ", at + 1)) {
+    const size_t end = r.output.find('\n', at + 1);
+    const std::string line = r.output.substr(at + 1, end - at - 1);
+    const int step = std::atoi(line.c_str() + 5);
+    (line.find("NOT FINITE") != std::string::npos ? skipped : applied).push_back(step);
+  }
+  ASSERT_FALSE(applied.empty()) << r.output;
+  ASSERT_GE(skipped.size(), 2u) << r.output;  // the streak ran past a checkpoint step
+  const int newest = applied.back();
+  char name[64];
+  std::snprintf(name, sizeof(name), "/ckpt-%08d.h5", newest);
+  EXPECT_NE(r.output.find("The newest checkpoint is " + dir + name), std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("no checkpoint at step " + std::to_string(skipped[0])),
+            std::string::npos)
+      << r.output;
+  // The files left: the last two applied steps' (--keep_last=2), none of a skipped step.
+  for (int step : skipped) {
+    std::snprintf(name, sizeof(name), "/ckpt-%08d.h5", step);
+    EXPECT_NE(std::system(("test -e '" + dir + name + "'").c_str()), 0) << name;
+  }
+  std::snprintf(name, sizeof(name), "/ckpt-%08d.h5", newest);
+  EXPECT_EQ(std::system(("test -e '" + dir + name + "'").c_str()), 0) << name;
 }
 
 // ---- 64-bit integer flags and the memory check (issue 18)
