@@ -18,7 +18,9 @@ namespace {
 // Queries sit bottom-right of the keys (query t at position keys - seq + t), on either device.
 void check_query_offset(const Tensor& queries, const Tensor& keys, const cpu::MsaDims& dims,
                         const char* op) {
-  MSA_CHECK(dims.keys() >= dims.seq, "%s: %s has more query tokens than the keys %s", op,
+  // The key tensor's own length: dims.keys() reads kv_seq 0 as "as many as the queries", so an
+  // empty key tensor would pass it and the kernels would read past it.
+  MSA_CHECK(keys.size(1) >= dims.seq, "%s: %s has more query tokens than the keys %s", op,
             queries.describe(), keys.describe());
 }
 

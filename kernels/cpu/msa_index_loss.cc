@@ -101,7 +101,9 @@ IndexLossSums msa_index_loss(bool dense_target, const T* q, const T* k, const T*
         for (int64_t i = 0; i < n; ++i) {
           P[i] *= inv_r;
           const T log_q = Sc[i] - log_z;
-          if (P[i] > T(0)) kl += P[i] * (std::log(P[i]) - log_q);
+          // 0 log 0 = 0; a NaN teacher (a NaN key or query) makes the loss NaN, as it makes the
+          // gradients: a finite loss must not hide it.
+          if (!(P[i] <= T(0))) kl += P[i] * (std::log(P[i]) - log_q);
           const T ds = grad_scale * (std::exp(log_q) - P[i]) * inv_sqrt_dI;
           axpy(ds, ik + (b * Sk + U[i]) * dI, diq_t, dI);
           axpy(ds, iq_t, dik_g + U[i] * dI, dI);

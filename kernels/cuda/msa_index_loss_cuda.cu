@@ -969,8 +969,10 @@ __global__ void kl_combine_kernel(const float* __restrict__ sums,
     }
   }
   // KL(P' || Q), P' = P / Pt: sum P' log P' - sum P' S + lseQ.
-  row_kl[row] =
-      Pt > 0 ? static_cast<float>((A - C) / Pt - log(Pt) + static_cast<double>(lseq[row])) : 0.0f;
+  // Pt = 0 (no mass): 0. A NaN teacher (NaN key or query) gives a NaN row, not a finite 0.
+  row_kl[row] = !(Pt <= 0)
+                    ? static_cast<float>((A - C) / Pt - log(Pt) + static_cast<double>(lseq[row]))
+                    : 0.0f;
 }
 
 // ---- deterministic mode: fixed-order sums of the partial slots (GradArgs) ----------------------

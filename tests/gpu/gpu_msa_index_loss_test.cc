@@ -504,6 +504,30 @@ TEST(GpuMsaIndexLossTest, WeightScalesGradientsOnly) {
 // the loss against the main branch's forward that produced its lse (sparse: the KV-outer sparse
 // attention; dense: attention_forward). Median of 5 after one warm-up, host clock around a
 // synchronizing read.
+// A NaN key makes the loss NaN (as the CPU's), on both teachers and in both modes: a finite loss
+// beside NaN gradients hid it from every caller that checks the loss.
+TEST(GpuMsaIndexLossTest, NanKeyGivesNanLoss) {
+  SKIP_WITHOUT_GPU();
+  const Case c{1, 256, 4, 2, 64, 64, 64, 2};
+  const Inputs in = make_inputs(c, 7950);
+  for (const char* wgmma : {"1", "0"}) {
+    ScopedEnv teacher("MSA_INDEX_LOSS_WGMMA", wgmma);
+    for (IndexLossMode mode : {IndexLossMode::kSparse, IndexLossMode::kDenseTarget}) {
+      SCOPED_TRACE(std::string("MSA_INDEX_LOSS_WGMMA=") + wgmma +
+                   (mode == IndexLossMode::kSparse ? " sparse" : " dense target"));
+      const Tensor glse =
+          support_lse(c, in.q, in.k, mode == IndexLossMode::kSparse ? &in.sel : nullptr, in.scale)
+              .to(Device::kCUDA);
+      EXPECT_TRUE(std::isfinite(run_gpu(mode, in, glse, 1.0).res.loss));
+      Inputs bad = in;
+      Tensor k = in.k.clone();
+      k.data<float>()[5 * c.G * c.d] = std::nanf("");  // key s = 5, group 0
+      bad.gk = k.to(DType::kBF16).to(Device::kCUDA);
+      EXPECT_TRUE(std::isnan(run_gpu(mode, bad, glse, 1.0).res.loss));
+    }
+  }
+}
+
 TEST(GpuMsaIndexLossTest, DISABLED_ProductShapeTiming) {
   SKIP_WITHOUT_GPU();
   const int64_t T = std::getenv("MSA_TIMING_T") ? std::atoll(std::getenv("MSA_TIMING_T")) : 32768;

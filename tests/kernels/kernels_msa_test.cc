@@ -893,6 +893,45 @@ TEST(KernelsMsaTest, RecallCeilingIsNaNOnNaNAttention) {
   EXPECT_FALSE(std::isnan(msa_index_recall_ceiling(x.q, k, x.sel, 0.5, {{0, 4}})));  // s = 5 > t
 }
 
+// A NaN in the teacher's inputs makes the index loss NaN, as it makes the gradients: a finite
+// (even 0) loss next to NaN gradients hid it from every caller that checks the loss.
+TEST(KernelsMsaTest, IndexLossIsNaNOnNaNTeacher) {
+  const Case c{1, 48, 4, 2, 4, 8, 8, 3};
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  for (IndexLossMode mode : {IndexLossMode::kSparse, IndexLossMode::kDenseTarget}) {
+    SCOPED_TRACE(mode_name(mode));
+    const Inputs x = make_inputs(c, 950);
+    const Tensor lse = main_branch_lse(mode, x, 0.5);
+    Tensor diq = Tensor::empty(x.iq.shape(), DType::kF64),
+           dik = Tensor::empty(x.ik.shape(), DType::kF64);
+    EXPECT_TRUE(std::isfinite(
+        msa_index_loss(mode, x.q, x.k, lse, x.sel, x.iq, x.ik, 0.5, 1.0, diq, dik).loss));
+    Tensor k = x.k.clone();
+    k.data<double>()[5 * c.G * c.d] = nan;  // key s = 5, group 0
+    EXPECT_TRUE(
+        std::isnan(msa_index_loss(mode, x.q, k, lse, x.sel, x.iq, x.ik, 0.5, 1.0, diq, dik).loss));
+    Tensor q = x.q.clone();
+    q.data<double>()[30 * c.H * c.d] = -std::numeric_limits<double>::infinity();  // t 30, head 0
+    EXPECT_FALSE(std::isfinite(
+        msa_index_loss(mode, q, x.k, lse, x.sel, x.iq, x.ik, 0.5, 1.0, diq, dik).loss));
+  }
+}
+
+// An empty key tensor is refused (its kv length 0 once read as "as many keys as queries", so the
+// kernels selected, read and wrote past it).
+TEST(KernelsMsaTest, EmptyKeysAreRefused) {
+  const Case c{1, 5, 4, 2, 4, 8, 8, 3};
+  const Inputs x = make_inputs(c, 960);
+  const Tensor ik = Tensor::empty({1, 0, c.dI}, DType::kF64);
+  const Tensor k = Tensor::empty({1, 0, c.G, c.d}, DType::kF64);
+  BlockSelection sel = BlockSelection::allocate(1, c.T, c.G, c.block_size, c.topk, Device::kCPU);
+  EXPECT_DEATH(msa_index_topk(x.iq, ik, sel), "more query tokens than the keys");
+  Tensor out = Tensor::empty(x.q.shape(), DType::kF64);
+  Tensor lse = Tensor::empty({1, c.H, c.T}, DType::kF64);
+  EXPECT_DEATH(msa_sparse_attention_forward(x.q, k, k, x.sel, 0.5, out, lse),
+               "more query tokens than the keys");
+}
+
 // ---- 5. causality ------------------------------------------------------------------------
 
 TEST(KernelsMsaTest, FutureTokensChangeNeitherSelectionNorOutput) {

@@ -279,7 +279,7 @@ inline IndexLoss index_loss(const std::vector<double>& q, const std::vector<doub
         const RowDistributions pq = teacher_student(q, k, lse, iq, ik, u, z, scale, b, t, g);
         double kl = 0;
         for (size_t i = 0; i < u.size(); ++i)
-          if (pq.P[i] > 0) kl += pq.P[i] * (std::log(pq.P[i]) - std::log(pq.Q[i]));
+          if (!(pq.P[i] <= 0)) kl += pq.P[i] * (std::log(pq.P[i]) - std::log(pq.Q[i]));  // NaN: NaN
         L.row_kl[row] = kl;
         L.loss += kl / n_rows;
         for (size_t i = 0; i < u.size(); ++i) {
