@@ -86,6 +86,11 @@ ABSL_FLAG(int64_t, index_warmup_steps, 0,
 ABSL_FLAG(int64_t, synthetic_pairs, 4, "Facts per sample of --data=synthetic:kv-recall (1..8).");
 ABSL_FLAG(double, synthetic_depth, -1,
           "Fractional depth (0..1) of the facts of the synthetic tasks; < 0: random per sample.");
+ABSL_FLAG(bool, new_data, false,
+          "With --resume: continue on data flags (--data, --seq_len, --val_fraction, "
+          "--pack_documents) that differ from the checkpoint's run, the new data's samples from "
+          "its first (a second phase: another dataset, a longer context). Without it such a "
+          "change is refused: the checkpoint's sample cursor counts the old data's windows.");
 ABSL_FLAG(double, val_fraction, 0.01,
           "Token shards: fraction of the windows held out as the validation split.");
 ABSL_FLAG(bool, pack_documents, false,
@@ -237,6 +242,7 @@ int main(int argc, char** argv) {
   o.seed = seed.value_or(o.seed);
   o.explicit_seed = seed.has_value();
   o.reseed = absl::GetFlag(FLAGS_reseed);
+  o.new_data = absl::GetFlag(FLAGS_new_data);
   o.trainer.steps = absl::GetFlag(FLAGS_steps);
   to_int("grad_accum", absl::GetFlag(FLAGS_grad_accum), o.trainer.grad_accum);
   o.trainer.index_warmup_steps = absl::GetFlag(FLAGS_index_warmup_steps);

@@ -56,7 +56,7 @@ absl::Status validate_run(const TrainProgramOptions& o) {
   };
   if (o.batch_size < 1) return bad("batch_size", absl::StrFormat("%d is < 1", o.batch_size));
   if (o.seq_len < 2) return bad("seq_len", absl::StrFormat("%d is < 2", o.seq_len));
-  if (o.trainer.steps < 0) return bad("steps", absl::StrFormat("%d is < 0", o.trainer.steps));
+  if (o.trainer.steps < 1) return bad("steps", absl::StrFormat("%d is < 1", o.trainer.steps));
   if (o.trainer.grad_accum < 1)
     return bad("grad_accum", absl::StrFormat("%d is < 1", o.trainer.grad_accum));
   // Hyperparameters that cannot be right (non-finite or out of range) are refused here, before a
@@ -290,6 +290,7 @@ std::string run_json(const TrainProgramOptions& o) {
   j["batch_size"] = o.batch_size;
   j["seq_len"] = o.seq_len;
   j["pack_documents"] = o.pack_documents;
+  j["val_fraction"] = o.val_fraction;
   j["seed"] = o.seed;
   j["steps"] = o.trainer.steps;
   j["grad_accum"] = o.trainer.grad_accum;
@@ -305,6 +306,82 @@ std::string run_json(const TrainProgramOptions& o) {
   j["adam_eps"] = o.optimizer.eps;
   j["grad_clip"] = o.optimizer.grad_clip;
   return j.dump();
+}
+
+// --resume with flags that differ from those of the run that wrote the checkpoint (its /config
+// run attribute; older files without one are not compared). Returns whether the data restarts.
+// - The index warm-up keeps the checkpoint's length unless --dense_attention_steps or
+//   --dense_attention_fraction changes it: raising --steps to continue a run (what a finished
+//   run's message suggests) must not send its sparse steps back to dense attention.
+// - Data flags: the checkpoint's sample cursor counts the old data's windows, so a change would
+//   repeat and skip samples (and a new --val_fraction would move trained windows into the
+//   validation split): refused unless --new_data, which starts the new data from its first sample.
+// - Anything else (the schedule, the optimizer, the batch) is a deliberate change: printed.
+absl::StatusOr<bool> reconcile_resumed_run(const std::string& stored, const std::string& path,
+                                           int64_t step, bool leader, TrainProgramOptions& o) {
+  const nlohmann::json was = nlohmann::json::parse(stored, nullptr, /*allow_exceptions=*/false);
+  if (!was.is_object()) return false;
+  auto number = [&](const char* key, double* out) {
+    const auto it = was.find(key);
+    if (it == was.end() || !it->is_number()) return false;
+    *out = it->get<double>();
+    return true;
+  };
+  double was_count = 0, was_fraction = 0, was_steps = 0;
+  if (o.model.any_msa() && number("dense_attention_steps", &was_count) &&
+      number("dense_attention_fraction", &was_fraction) && number("steps", &was_steps)) {
+    const int64_t stored_warmup =
+        was_count >= 0 ? static_cast<int64_t>(was_count)
+                       : static_cast<int64_t>(std::ceil(was_fraction * was_steps - 1e-9));
+    const bool explicit_change =
+        o.dense_attention_steps >= 0 || o.dense_attention_fraction != was_fraction;
+    if (!explicit_change) {
+      o.dense_attention_steps = stored_warmup;  // and so into this run's checkpoints
+      o.trainer.dense_attention_steps = stored_warmup;
+    } else if (o.trainer.dense_attention_steps != stored_warmup && leader) {
+      std::printf(
+          "msa-train: --resume: the index warm-up (dense attention) was %lld steps and is now "
+          "%lld (--dense_attention_steps / --dense_attention_fraction)%s\n",
+          static_cast<long long>(stored_warmup),
+          static_cast<long long>(o.trainer.dense_attention_steps),
+          o.trainer.index_warmup_steps + o.trainer.dense_attention_steps > step
+              ? absl::StrFormat(": steps %d..%d attend densely", step + 1,
+                                o.trainer.index_warmup_steps + o.trainer.dense_attention_steps)
+                    .c_str()
+              : "");
+    }
+  }
+  const nlohmann::json now = nlohmann::json::parse(run_json(o));
+  auto shown = [](const nlohmann::json& v) {
+    return v.is_string() ? v.get<std::string>() : v.dump();
+  };
+  std::vector<std::string> data_changes, other_changes;
+  for (const auto& [key, value] : now.items()) {
+    const auto it = was.find(key);
+    // The seed and the warm-up: checked above.
+    if (it == was.end() || *it == value || key == "seed" || key == "dense_attention_steps" ||
+        key == "dense_attention_fraction")
+      continue;
+    const bool data_flag =
+        key == "data" || key == "seq_len" || key == "val_fraction" || key == "pack_documents";
+    (data_flag ? data_changes : other_changes)
+        .push_back(absl::StrFormat("--%s %s -> %s", key, shown(*it), shown(value)));
+  }
+  if (!data_changes.empty() && !o.new_data)
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "--resume: %s was written by a run on other data (%s). Its sample cursor counts that "
+        "data's windows, so the run would not continue as it began (samples repeated or "
+        "skipped, and a new --val_fraction moves trained windows into the validation split). "
+        "Pass the checkpoint's values to continue exactly, or add --new_data to train on the "
+        "new data from its first sample from step %d on",
+        path, absl::StrJoin(data_changes, ", "), step + 1));
+  if (leader && !data_changes.empty())
+    std::printf("msa-train: --resume --new_data: %s; samples from the new data's first on\n",
+                absl::StrJoin(data_changes, ", ").c_str());
+  if (leader && !other_changes.empty())
+    std::printf("msa-train: --resume: flags changed from the checkpoint's run: %s\n",
+                absl::StrJoin(other_changes, ", ").c_str());
+  return !data_changes.empty();
 }
 
 // What must agree on every rank beyond the model and the schedule.
@@ -707,6 +784,17 @@ absl::Status run_train_program(TrainProgramOptions o) {
         complete = true;
         return absl::OkStatus();
       }
+      if (o.exit_after_step > 0 && l->checkpoint.state.step >= o.exit_after_step) {
+        // Not one more step per call: the same preemption-test command must not creep forward.
+        if (leader)
+          std::printf(
+              "msa-train: %s is at step %lld >= --exit_after_step=%lld: nothing to train (raise "
+              "or drop --exit_after_step to continue it)\n",
+              l->path.c_str(), static_cast<long long>(l->checkpoint.state.step),
+              static_cast<long long>(o.exit_after_step));
+        complete = true;
+        return absl::OkStatus();
+      }
       MSA_RETURN_IF_ERROR(
           adopt_checkpoint_rope(l->checkpoint.config, "--resume", l->path, leader, o));
       latest = std::move(*l);
@@ -759,12 +847,14 @@ absl::Status run_train_program(TrainProgramOptions o) {
         MSA_ASSIGN_OR_RETURN(validation, make_source(o, groups, true));
       }
     }
+    MSA_ASSIGN_OR_RETURN(const bool new_data, reconcile_resumed_run(ckpt.run_json, latest->path,
+                                                                    ckpt.state.step, leader, o));
     MSA_RETURN_IF_ERROR(load_weights(ckpt, latest->path, model, optimizer, false));
     optimizer.load_state(local_parts(ckpt.params, model.params(), model.tensor_parallel()),
                          local_parts(ckpt.m, model.params(), model.tensor_parallel()),
                          local_parts(ckpt.v, model.params(), model.tensor_parallel()));
     first_step = ckpt.state.step + 1;
-    sample_cursor = ckpt.state.sample_cursor;
+    sample_cursor = new_data ? 0 : ckpt.state.sample_cursor;
     resumed_from = latest->path;
     tokens_seen = ckpt.state.tokens_seen;
     // Samples continue from the checkpoint's cursor: at another global batch (dp size,
@@ -838,6 +928,12 @@ absl::Status run_train_program(TrainProgramOptions o) {
         static_cast<long long>(o.trainer.steps));
   if (leader && o.model.any_msa())
     std::printf("msa-train: MSA layers: %s\n", describe_phases(o.trainer).c_str());
+  if (leader && o.trainer.lr.warmup_steps >= o.trainer.steps)
+    std::printf(
+        "msa-train: note: --warmup_steps=%lld >= --steps=%lld: the warm-up spans the whole run, "
+        "the learning rate never decays from --lr=%g\n",
+        static_cast<long long>(o.trainer.lr.warmup_steps), static_cast<long long>(o.trainer.steps),
+        o.trainer.lr.max_lr);
   std::fflush(stdout);
 
   install_stop_signal_handlers();

@@ -25,6 +25,9 @@ struct TrainProgramOptions {
   bool explicit_seed = false;
   bool explicit_rope_theta = false;  // --rope_theta given: must equal a loaded checkpoint's
   bool reseed = false;          // --resume with another --seed: samples from here on follow it
+  // --resume with data flags (data, seq_len, val_fraction, pack_documents) that differ from the
+  // checkpoint's run: accepted, the new data's samples from its first (else refused).
+  bool new_data = false;
   int synthetic_pairs = 4;      // facts per sample of synthetic:kv-recall
   double synthetic_depth = -1;  // depth of the facts (< 0: random per sample)
   double val_fraction = 0.01;   // shards: fraction of windows held out for validation

@@ -292,6 +292,74 @@ TEST(MsaTrainCliTest, SkippedStepsWriteNoCheckpoint) {
   EXPECT_EQ(std::system(("test -e '" + dir + name + "'").c_str()), 0) << name;
 }
 
+const std::string kResumeModel =
+    "--device=cpu --vocab_size=96 --d_model=32 --n_layers=2 --n_heads=4 --n_kv_heads=2 "
+    "--head_dim=8 --ffn_dim=64 --seq_len=64 --batch_size=2 --msa_block_size=16 --msa_topk=2 "
+    "--msa_index_dim=8 --log_every=1 --recall_every=0 ";
+
+// Raising --steps to continue a finished run (what its message suggests) keeps the checkpoint's
+// index warm-up: its sparse steps do not go back to dense attention (the warm-up was recomputed
+// from the new --steps, 2% of 6 -> 1 step became 2% of 100 -> 2).
+TEST(MsaTrainCliTest, ResumeKeepsTheCheckpointsWarmUp) {
+  const std::string dir = ::testing::TempDir() + "/cli_resume_warmup";
+  std::system(("rm -rf '" + dir + "'").c_str());
+  CommandResult first = run_msa_train(kResumeModel + "--steps=6 --checkpoint_dir=" + dir);
+  ASSERT_EQ(first.exit_code, 0) << first.output;
+  ASSERT_NE(first.output.find("steps 1..1 index warm-up"), std::string::npos) << first.output;
+  CommandResult more = run_msa_train(
+      kResumeModel + "--steps=100 --exit_after_step=8 --resume --checkpoint_dir=" + dir);
+  ASSERT_EQ(more.exit_code, 0) << more.output;
+  EXPECT_NE(more.output.find("steps 1..1 index warm-up"), std::string::npos) << more.output;
+  EXPECT_NE(more.output.find("step     7/100"), std::string::npos) << more.output;
+  EXPECT_EQ(more.output.find("(dense attention)\n"), std::string::npos)  // no warm-up step ran
+      << more.output;
+  EXPECT_NE(more.output.find("flags changed from the checkpoint's run: --steps 6 -> 100"),
+            std::string::npos)
+      << more.output;
+  // The same preemption-test command again trains nothing (it used to run one more step).
+  CommandResult again = run_msa_train(
+      kResumeModel + "--steps=100 --exit_after_step=8 --resume --checkpoint_dir=" + dir);
+  EXPECT_EQ(again.exit_code, 0) << again.output;
+  EXPECT_NE(again.output.find(">= --exit_after_step=8: nothing to train"), std::string::npos)
+      << again.output;
+  EXPECT_EQ(again.output.find("\nstep "), std::string::npos) << again.output;
+  EXPECT_NE(std::system(("test -e '" + dir + "/ckpt-00000009.h5'").c_str()), 0);
+  // An explicit change of the warm-up is a change: said, and run.
+  CommandResult longer = run_msa_train(
+      kResumeModel +
+      "--steps=100 --exit_after_step=9 --dense_attention_steps=12 --resume --checkpoint_dir=" +
+      dir);
+  EXPECT_EQ(longer.exit_code, 0) << longer.output;
+  EXPECT_NE(longer.output.find("the index warm-up (dense attention) was 1 steps and is now 12"),
+            std::string::npos)
+      << longer.output;
+  EXPECT_NE(longer.output.find("index warm-up (dense attention)\n"), std::string::npos)
+      << longer.output;
+}
+
+// A resumed run on other data flags is refused (the sample cursor counts the old data's
+// windows) unless --new_data, which starts the new data from its first sample.
+TEST(MsaTrainCliTest, ResumeOnOtherDataNeedsNewData) {
+  const std::string dir = ::testing::TempDir() + "/cli_resume_data";
+  std::system(("rm -rf '" + dir + "'").c_str());
+  ASSERT_EQ(run_msa_train(kResumeModel + "--steps=4 --checkpoint_dir=" + dir).exit_code, 0);
+  for (const char* change : {"--seq_len=32", "--data=synthetic:needle"}) {
+    CommandResult r =
+        run_msa_train(kResumeModel + "--steps=6 --resume " + change + " --checkpoint_dir=" + dir);
+    EXPECT_EQ(r.exit_code, 1) << change << "\n" << r.output;
+    EXPECT_NE(r.output.find("was written by a run on other data"), std::string::npos)
+        << change << "\n"
+        << r.output;
+    EXPECT_EQ(r.output.find("\nstep "), std::string::npos) << change << "\n" << r.output;
+  }
+  CommandResult r = run_msa_train(
+      kResumeModel + "--steps=6 --resume --seq_len=32 --new_data --checkpoint_dir=" + dir);
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("--resume --new_data: --seq_len 64 -> 32"), std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("step     6/6"), std::string::npos) << r.output;
+}
+
 // ---- 64-bit integer flags and the memory check (issue 18)
 // --------------------------------------------------------------------------
 
