@@ -42,8 +42,9 @@ class BatchSource {
   virtual std::string describe() const = 0;
   // How many calls get(1, 0), get(2, 0), ... return batches of distinct rows before rows repeat
   // (a held-out split's windows wrap around; the data-parallel ranks' rows of one step count
-  // together; at least 1); 0: no limit (training sources, synthetic data).
-  virtual int64_t distinct_batches() const { return 0; }
+  // together; 0 when the split is smaller than one global batch); -1: no limit (training sources,
+  // synthetic data).
+  virtual int64_t distinct_batches() const { return -1; }
 };
 
 // How a run's global batch is split: a source for rank `dp_rank` of `dp_size` returns that rank's

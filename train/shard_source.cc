@@ -49,9 +49,10 @@ class ShardSource : public BatchSource {
   }
 
   int64_t distinct_batches() const override {
-    // Whole batches only (at least one): a partial last one would read windows again.
+    // Whole batches only: a partial last one would read windows again (so would any batch of a
+    // split smaller than one).
     const int64_t global = batch_ * layout_.dp_size;
-    return validation_ ? std::max<int64_t>(1, sampler_->num_val_windows() / global) : 0;
+    return validation_ ? sampler_->num_val_windows() / global : -1;
   }
 
   std::string describe() const override {

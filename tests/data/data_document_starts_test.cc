@@ -173,6 +173,14 @@ TEST(DataDocumentStartsTest, HeldOutBatchesAreSplitOverDataParallelRanks) {
   }
   auto cp = make_context_shard_source(*std::move(whole), 0, 2);
   EXPECT_EQ(cp->distinct_batches(), batches);
+  // A split smaller than one global batch holds no whole batch (it used to say 1, and the
+  // evaluation counted windows twice); a training source has no limit.
+  auto huge = make_shard_source(dir + "/*.tok", 64, 4 * batches + 4, T, 0.5, 9, DataLayout{}, true);
+  ASSERT_TRUE(huge.ok()) << huge.status();
+  EXPECT_EQ((*huge)->distinct_batches(), 0);
+  auto training = make_shard_source(dir + "/*.tok", 64, 4, T, 0.5, 9, DataLayout{}, false);
+  ASSERT_TRUE(training.ok()) << training.status();
+  EXPECT_EQ((*training)->distinct_batches(), -1);
 }
 
 }  // namespace
