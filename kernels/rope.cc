@@ -37,6 +37,8 @@ absl::Status validate_rope(const RopeConfig& rope, int64_t head_dim) {
   auto positive = [](double v) { return std::isfinite(v) && v > 0; };
   if (!positive(rope.theta))
     return bad("rope_theta", absl::StrFormat("%g must be finite and > 0", rope.theta));
+  if (head_dim % 2 != 0)  // the kernels rotate pairs of a head's dimensions
+    return bad("head_dim", absl::StrFormat("%d must be even for RoPE", head_dim));
   const int64_t r = rope_rotary_dim(rope, head_dim);
   if (r < 2 || r % 2 != 0 || r > head_dim)
     return bad("rotary_dim",

@@ -75,7 +75,8 @@ absl::Status check_context_parallel(const ModelConfig& config, int cp, int64_t s
             : absl::StrFormat("invalid --cp: --seq_len %d is not a multiple of --cp %d (each rank "
                               "holds seq_len / cp tokens)",
                               seq_len, cp));
-  if (config.any_msa() && (seq_len / parts) % config.msa.block_size != 0)
+  // One rank holds the whole sequence: a partial last block is fine (n_b = ceil(T / B)).
+  if (cp > 1 && config.any_msa() && (seq_len / parts) % config.msa.block_size != 0)
     return absl::InvalidArgumentError(absl::StrFormat(
         "invalid --cp: --seq_len / %s = %d / %d = %d tokens per %s is not a multiple of the MSA "
         "block size %d (a shard must hold whole blocks%s)",

@@ -46,8 +46,8 @@ LayerBytes layer_bytes(const MemoryEstimateOptions& o, bool msa) {
   if (c.qk_norm) b.attention += N * (H + G) * (d * w + st);  // qn, kn, rstd_q, rstd_k
   b.mlp = N * (D * w + st) + 3 * N * F * w;                  // xn, rstd, gate, up, h
   if (msa) {
-    b.msa_kept = N * G * (c.msa.topk + 1) * 4    // selection indices and counts (i32)
-                 + (G + 1) * dI * D * g;         // dW_IQ, dW_IK
+    b.msa_kept = N * G * (int64_t{c.msa.topk} + 1) * 4  // selection indices and counts (i32)
+                 + (G + 1) * dI * D * g;                // dW_IQ, dW_IK
     b.msa_forward = N * (G + 1) * dI * (w + g);  // iq, ik, diq, dik
   }
   b.attention_bwd = N * (2 * H + 2 * G) * d * w           // datt, dq_rope, dk_rope, dv

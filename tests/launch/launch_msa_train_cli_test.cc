@@ -218,6 +218,8 @@ TEST(MsaTrainCliTest, HyperparametersThatCannotBeRightAreRefusedNamingTheFlag) {
       {"warmup_steps", "-3"},
       {"max_nonfinite_steps", "0"},
       {"msa_index_loss_weight", "inf"},
+      // An odd index dimension under index RoPE: accepted, then aborted in step 1's rope kernel.
+      {"msa_index_rotary_dim", "4 --msa_index_dim=5"},
   };
   for (const auto& [flag, value] : cases) {
     const std::string arg = std::string("--") + flag + "=" + value;
@@ -367,6 +369,13 @@ const std::string kTinyModel =
     "--device=cpu --vocab_size=96 --d_model=32 --n_layers=2 --n_heads=4 --n_kv_heads=2 "
     "--head_dim=8 --ffn_dim=64 --attention=msa,dense --msa_block_size=8 --msa_topk=2 "
     "--msa_index_dim=8 --data=synthetic:kv-recall --recall_every=0 ";
+
+// --steps=0 trained nothing, wrote no checkpoint and exited 0: refused.
+TEST(MsaTrainCliTest, ZeroStepsAreRefused) {
+  CommandResult r = run_msa_train(kTinyModel + "--steps=0 --seq_len=48");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(r.output.find("invalid --steps: 0 is < 1"), std::string::npos) << r.output;
+}
 
 // Integer flags parse as 64 bits: a value past 2^31 for a count held in 32 bits is refused
 // naming the flag and the value, never wrapped (4294967297 used to become 1).

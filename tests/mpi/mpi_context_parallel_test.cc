@@ -90,6 +90,10 @@ TEST(MpiContextParallelTest, ShardsMustHoldWholeBlocks) {
   EXPECT_NE(not_blocks.message().find("--seq_len"), std::string::npos) << not_blocks;
   EXPECT_TRUE(check_context_parallel(dense, 4, 48).ok());  // dense layers have no blocks
   EXPECT_FALSE(check_context_parallel(dense, 5, 48).ok());
+  // One rank (no context parallelism) holds the whole sequence: a partial last block is fine
+  // (it was refused, blaming --cp).
+  EXPECT_TRUE(check_context_parallel(msa, 1, 100, /*zigzag=*/true).ok());
+  EXPECT_TRUE(check_context_parallel(msa, 1, 100, /*zigzag=*/false).ok());
 }
 
 // One case: a layout, a stack, a phase.
