@@ -62,7 +62,7 @@ int main(int argc, char** argv) {
   msa::set_program_usage(
       "All-reduce bus bandwidth of the Communicator vs raw NCCL / MPI.\n"
       "  mpirun -np 2 msa-allreduce-bench --mb=256");
-  absl::ParseCommandLine(argc, argv);
+  if (msa::has_stray_arguments(absl::ParseCommandLine(argc, argv), 1, "msa-allreduce-bench")) return 1;
   MPI_Init(&argc, &argv);
   int rank = 0, n = 1;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);

@@ -78,6 +78,7 @@ int main(int argc, char** argv) {
       "                   [--model=1b --model_seqs=4096 --attention=dense|msa|warmup|both|all\n"
       "                    --recompute=none]");
   std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
+  if (msa::has_stray_arguments(rest, 2, "msa-bench")) return 1;
   const std::string which = rest.size() == 2 ? rest[1] : "";
   if (which != "msa" && which != "dense" && which != "step") {
     std::fprintf(stderr, "msa-bench: expected one benchmark name: msa, dense or step (see --help)\n");

@@ -188,7 +188,7 @@ int main(int argc, char** argv) {
       "  msa-convert --checkpoint=dense.h5 --output=msa.h5\n"
       "  msa-convert --checkpoint=msa.h5 --export_hf=out_dir\n"
       "Then: msa-train --init_from=llama_msa.h5 --flagfile=launch/recipes/convert_continue.flags");
-  absl::ParseCommandLine(argc, argv);
+  if (msa::has_stray_arguments(absl::ParseCommandLine(argc, argv), 1, "msa-convert")) return 1;
   const absl::Status s = absl::GetFlag(FLAGS_export_hf).empty() ? convert() : export_hf();
   if (!s.ok()) {
     std::fprintf(stderr, "msa-convert: %s\n", std::string(s.message()).c_str());

@@ -186,10 +186,11 @@ int main(int argc, char** argv) {
       "with\n"
       "      msa-train --data=synthetic:kv-recall");
   std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
-  if (rest.size() != 2) {
+  if (rest.size() < 2) {
     std::fprintf(stderr, "msa-data: expected one command, 'text' or 'synthetic' (see --help)\n");
     return 1;
   }
+  if (msa::has_stray_arguments(rest, 2, "msa-data")) return 1;
   const std::string command = rest[1];
   absl::Status s;
   if (command == "text") {

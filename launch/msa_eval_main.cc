@@ -544,7 +544,7 @@ int main(int argc, char** argv) {
       "  msa-eval --checkpoint=ckpt/ckpt-00000400.h5 --lengths=256,512,1024 --out_dir=report\n"
       "  msa-eval --checkpoint=dense.h5,msa.h5 --labels=dense,msa --data='val/*.tok' \\\n"
       "      --seq_len=8192 --eval_windows=8 --csv=ppl.csv --plot=ppl.png");
-  absl::ParseCommandLine(argc, argv);
+  if (msa::has_stray_arguments(absl::ParseCommandLine(argc, argv), 1, "msa-eval")) return 1;
   const absl::Status s = run();
   if (!s.ok()) {
     std::fprintf(stderr, "msa-eval: %s\n", std::string(s.message()).c_str());

@@ -136,7 +136,7 @@ int main(int argc, char** argv) {
       "  msa-tokenize --tokenizer=PATH --input=FILE --output=IDS [--threads=N] [--lines]\n"
       "      without --lines the whole file is one document; with --lines each line is one\n"
       "      (ids back to back; --output_lengths=FILE gets the count per line)");
-  absl::ParseCommandLine(argc, argv);
+  if (msa::has_stray_arguments(absl::ParseCommandLine(argc, argv), 1, "msa-tokenize")) return 1;
   const absl::Status s = run();
   if (!s.ok()) {
     std::fprintf(stderr, "msa-tokenize: %s\n", std::string(s.message()).c_str());

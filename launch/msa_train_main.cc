@@ -198,7 +198,7 @@ int main(int argc, char** argv) {
       "  mpirun -np 4 msa-train --flagfile=... --tp=2\n"
       "  mpirun -np 4 msa-train --flagfile=... --cp=2 --device=cpu   (context parallelism)\n"
       "Every flag is listed below with its default; --flagfile=FILE reads flags from a file.");
-  absl::ParseCommandLine(argc, argv);
+  if (msa::has_stray_arguments(absl::ParseCommandLine(argc, argv), 1, "msa-train")) return 1;
 
   // Every integer flag parses as 64 bits; the ones stored in int fields are narrowed here, so a
   // value past 2^31 is refused naming its flag instead of wrapping.

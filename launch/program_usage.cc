@@ -1,5 +1,7 @@
 #include "launch/program_usage.h"
 
+#include <cstdio>
+
 #include "absl/flags/usage.h"
 #include "absl/flags/usage_config.h"
 #include "absl/strings/match.h"
@@ -14,6 +16,16 @@ void set_program_usage(const char* usage) {
   };
   config.contains_helpshort_flags = config.contains_help_flags;
   absl::SetFlagsUsageConfig(config);
+}
+
+bool has_stray_arguments(const std::vector<char*>& rest, int expected, const char* program) {
+  if (static_cast<int>(rest.size()) <= expected) return false;
+  for (size_t i = expected; i < rest.size(); ++i)
+    std::fprintf(stderr,
+                 "%s: unexpected argument '%s' (flags take their value as --flag=value; a boolean "
+                 "flag as --flag, --noflag or --flag=false; see --help)\n",
+                 program, rest[i]);
+  return true;
 }
 
 }  // namespace msa

@@ -1,6 +1,8 @@
 // --help for the msa-* programs.
 #pragma once
 
+#include <vector>
+
 namespace msa {
 
 // Sets the usage message and makes --help list the flags defined anywhere under
@@ -8,5 +10,11 @@ namespace msa {
 // program, which `msa-train` vs `msa_train_main.cc` never matches). Call before
 // absl::ParseCommandLine.
 void set_program_usage(const char* usage);
+
+// absl::ParseCommandLine's left-over words past the program's `expected` positional ones (the
+// program name counts as one): each is named on stderr and the result is true, for the caller to
+// exit 1. Abseil leaves them to the program, and ignored, `--qk_norm false` turned qk_norm on and
+// dropped the "false".
+bool has_stray_arguments(const std::vector<char*>& rest, int expected, const char* program);
 
 }  // namespace msa

@@ -370,6 +370,15 @@ const std::string kTinyModel =
     "--head_dim=8 --ffn_dim=64 --attention=msa,dense --msa_block_size=8 --msa_topk=2 "
     "--msa_index_dim=8 --data=synthetic:kv-recall --recall_every=0 ";
 
+// A stray word is refused: `--qk_norm false` turned qk_norm on and dropped the "false".
+TEST(MsaTrainCliTest, StrayArgumentsAreRefused) {
+  CommandResult r = run_msa_train(kTinyModel + "--steps=1 --seq_len=48 --qk_norm false");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(r.output.find("msa-train: unexpected argument 'false'"), std::string::npos)
+      << r.output;
+  EXPECT_EQ(r.output.find("step "), std::string::npos) << r.output;
+}
+
 // --steps=0 trained nothing, wrote no checkpoint and exited 0: refused.
 TEST(MsaTrainCliTest, ZeroStepsAreRefused) {
   CommandResult r = run_msa_train(kTinyModel + "--steps=0 --seq_len=48");
