@@ -63,13 +63,30 @@ int main(int argc, char** argv) {
       "All-reduce bus bandwidth of the Communicator vs raw NCCL / MPI.\n"
       "  mpirun -np 2 msa-allreduce-bench --mb=256");
   if (msa::has_stray_arguments(absl::ParseCommandLine(argc, argv), 1, "msa-allreduce-bench")) return 1;
+  // Checked before MPI starts, identically on every rank (so no rank waits on one that left).
+  const std::string dev_flag = absl::GetFlag(FLAGS_device), dtype_flag = absl::GetFlag(FLAGS_dtype);
+  const int64_t mb = absl::GetFlag(FLAGS_mb);
+  const int iters = absl::GetFlag(FLAGS_iters);
+  std::string bad;
+  if (dev_flag != "cuda" && dev_flag != "cpu" && dev_flag != "auto")
+    bad = "invalid --device: '" + dev_flag + "' (use cuda, cpu or auto)";
+  else if (dtype_flag != "f32" && dtype_flag != "bf16")
+    bad = "invalid --dtype: '" + dtype_flag + "' (use f32 or bf16)";
+  // MPI_Allreduce counts elements in an int: at most 2^31 - 1 f32 elements, 8191 MiB.
+  else if (mb < 1 || mb > 8191)
+    bad = "invalid --mb: " + std::to_string(mb) + " (a buffer of 1 to 8191 MiB)";
+  else if (iters < 1)
+    bad = "invalid --iters: " + std::to_string(iters) + " (at least 1 timed all-reduce)";
+  if (!bad.empty()) {
+    std::fprintf(stderr, "msa-allreduce-bench: %s\n", bad.c_str());
+    return 1;
+  }
   MPI_Init(&argc, &argv);
   int rank = 0, n = 1;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm_size(MPI_COMM_WORLD, &n);
-  const std::string dev_flag = absl::GetFlag(FLAGS_device);
   const bool cuda = dev_flag == "cuda" || (dev_flag == "auto" && msa::cuda_available());
-  const DType dtype = absl::GetFlag(FLAGS_dtype) == "bf16" ? DType::kBF16 : DType::kF32;
+  const DType dtype = dtype_flag == "bf16" ? DType::kBF16 : DType::kF32;
   if (dtype == DType::kBF16 && !cuda) {
     if (rank == 0) std::fprintf(stderr, "msa-allreduce-bench: bf16 needs --device=cuda\n");
     MPI_Finalize();
@@ -78,20 +95,23 @@ int main(int argc, char** argv) {
   int gpu = -1;
   if (cuda) {
     auto g = msa::select_cuda_device(msa::node_local_rank(), -1);
+    // Every rank fails alike here (no GPU), so all finish instead of one aborting the job.
     if (!g.ok()) {
-      std::fprintf(stderr, "msa-allreduce-bench: %s\n", std::string(g.status().message()).c_str());
-      MPI_Abort(MPI_COMM_WORLD, 1);
+      if (rank == 0)
+        std::fprintf(stderr, "msa-allreduce-bench: --device=cuda: %s\n",
+                     std::string(g.status().message()).c_str());
+      MPI_Finalize();
+      return 1;
     }
     gpu = *g;
   }
   std::unique_ptr<Communicator> comm = cuda ? msa::make_nccl_communicator(MPI_COMM_WORLD)
                                             : msa::make_mpi_communicator(MPI_COMM_WORLD);
-  const int64_t bytes = absl::GetFlag(FLAGS_mb) << 20;
+  const int64_t bytes = mb << 20;
   const int64_t numel = bytes / static_cast<int64_t>(msa::dtype_size(dtype));
   const Device device = cuda ? Device::kCUDA : Device::kCPU;
   Tensor buf = Tensor::zeros({numel}, dtype, device);
   buf.fill_(1.0 / 1024);
-  const int iters = absl::GetFlag(FLAGS_iters);
   auto sync = [&] {
 #if MSA_HAS_CUDA
     if (cuda) cudaDeviceSynchronize();

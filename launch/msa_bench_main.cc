@@ -12,6 +12,7 @@
 #include "core/deterministic.h"
 #include "core/tensor.h"
 #include "launch/bench/bench.h"
+#include "launch/bench/flags.h"
 #include "launch/program_usage.h"
 
 ABSL_FLAG(std::string, seqs, "8192,32768,131072",
@@ -82,6 +83,10 @@ int main(int argc, char** argv) {
   const std::string which = rest.size() == 2 ? rest[1] : "";
   if (which != "msa" && which != "dense" && which != "step") {
     std::fprintf(stderr, "msa-bench: expected one benchmark name: msa, dense or step (see --help)\n");
+    return 1;
+  }
+  if (const std::string bad = msa::bench::check_flags(which); !bad.empty()) {
+    std::fprintf(stderr, "msa-bench: %s\n", bad.c_str());
     return 1;
   }
   msa::set_deterministic(absl::GetFlag(FLAGS_deterministic));

@@ -48,11 +48,18 @@ absl::StatusOr<std::vector<msa::AttentionKind>> parse_msa_layers(const std::stri
   std::vector<msa::AttentionKind> kinds(n, msa::AttentionKind::kDense);
   if (spec == "all") return std::vector<msa::AttentionKind>(n, msa::AttentionKind::kMsa);
   if (spec == "none") return kinds;
-  for (absl::string_view part : absl::StrSplit(spec, ',', absl::SkipEmpty())) {
+  // Every entry a layer index, each once: an empty list (or an empty entry) from a typo gave an
+  // all-dense "conversion".
+  for (absl::string_view part : absl::StrSplit(spec, ',')) {
     int l;
     if (!absl::SimpleAtoi(part, &l) || l < 0 || l >= n)
       return absl::InvalidArgumentError(absl::StrFormat(
-          "invalid --msa_layers: '%s' is not a layer index in [0, %d)", std::string(part), n));
+          "invalid --msa_layers: '%s' is not a layer index in [0, %d) (give 'all', 'none' or "
+          "indices such as 0,2,5)",
+          std::string(part), n));
+    if (kinds[l] == msa::AttentionKind::kMsa)
+      return absl::InvalidArgumentError(
+          absl::StrFormat("invalid --msa_layers: layer %d is listed twice", l));
     kinds[l] = msa::AttentionKind::kMsa;
   }
   return kinds;

@@ -37,4 +37,8 @@ namespace msa::bench {
 // "8192,32768" -> {8192, 32768}; exits with a message naming `flag` on a bad entry.
 std::vector<int64_t> parse_lengths(const std::string& list, const char* flag);
 
+// The flags benchmark `which` (msa, dense or step) reads, checked before any device work (and on
+// a machine without a GPU too): "" when they are usable, else a message naming the flag.
+std::string check_flags(const std::string& which);
+
 }  // namespace msa::bench

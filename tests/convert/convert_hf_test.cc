@@ -500,6 +500,24 @@ TEST(ConvertHfTest, RefusesUnsupportedConfigsNamingTheField) {
               HasSubstr("field 'hidden_act'"));
 }
 
+// --msa_layers lists layer indices, each once: an empty list or entry (a typo) gave an all-dense
+// "conversion" with exit 0, a repeated index passed without a word.
+TEST(ConvertHfTest, MsaLayersMustListEachLayerOnce) {
+  const std::string dir = fresh_dir("msa_layers");
+  write_hf(dir, {"LlamaForCausalLM"}, 1);
+  for (const std::string& spec : {"", ",", "0,,1", "0,0", "2", "x"}) {
+    auto [rc, log] = run("--hf_dir=" + dir + " --output=" + dir +
+                         "/msa.h5 --msa_block_size=4 --msa_topk=3 --msa_index_dim=8 "
+                         "--msa_layers='" +
+                         spec + "'");
+    EXPECT_EQ(rc, 1) << spec << "\n" << log;
+    EXPECT_THAT(log, HasSubstr("invalid --msa_layers")) << spec;
+  }
+  auto [rc, log] = run("--hf_dir=" + dir + " --output=" + dir +
+                       "/msa.h5 --msa_block_size=4 --msa_topk=3 --msa_index_dim=8 --msa_layers=1");
+  EXPECT_EQ(rc, 0) << log;
+}
+
 // A sharded set whose files and index disagree, or a directory that holds both a sharded set and a
 // single file, is refused: readers would disagree on which copy of a tensor is the model's (before,
 // the last file read silently won, and the index beat a newer model.safetensors).

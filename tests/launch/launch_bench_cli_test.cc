@@ -1,0 +1,63 @@
+// msa-bench and msa-allreduce-bench refuse unusable flags with a message naming the flag, before
+// any device work and on a machine without a GPU too (they crashed, hung or ran something else).
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <string>
+#include <utility>
+
+#include "gtest/gtest.h"
+
+namespace {
+
+std::pair<int, std::string> run(const std::string& program, const std::string& args) {
+  const std::string cmd = std::string(MSA_BINARY_DIR) + "/" + program + " " + args + " 2>&1";
+  FILE* pipe = popen(cmd.c_str(), "r");
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), pipe)) > 0) out.append(buf, n);
+  const int status = pclose(pipe);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), out};
+}
+
+TEST(BenchCliTest, MsaBenchRefusesUnusableFlagsNamingThem) {
+  const std::pair<const char*, const char*> cases[] = {
+      {"msa --groups=0", "invalid --groups: 0"},
+      {"msa --heads=6 --groups=4", "invalid --heads: 6 is not a multiple of --groups 4"},
+      {"msa --iters=0", "invalid --iters: 0"},
+      {"msa --selection=best", "invalid --selection: 'best'"},
+      {"msa --seqs=0", "invalid --seqs entry '0'"},
+      {"step --batch=-1", "invalid --batch: -1"},
+      {"step --attention=sparse", "invalid --attention: 'sparse'"},
+      {"step --recompute=some", "invalid --recompute"},
+      {"step --topk=0", "invalid --topk: 0"},
+      {"dense --model=huge", "unknown --model 'huge'"},
+      {"dense --layers=-1", "invalid --layers: -1"},
+      {"msa extra", "unexpected argument 'extra'"},
+      {"", "expected one benchmark name"},
+  };
+  for (const auto& [args, message] : cases) {
+    const auto [rc, out] = run("msa-bench", args);
+    EXPECT_EQ(rc, 1) << args << "\n" << out;
+    EXPECT_NE(out.find(message), std::string::npos) << args << "\n" << out;
+  }
+}
+
+TEST(BenchCliTest, AllreduceBenchRefusesUnusableFlagsNamingThem) {
+  const std::pair<const char*, const char*> cases[] = {
+      {"--iters=0", "invalid --iters: 0"},          // was a segfault (median of nothing)
+      {"--mb=-1", "invalid --mb: -1"},              // was an abort with a stack trace
+      {"--mb=17592186044416", "invalid --mb"},      // 2^44 MiB wrapped to a 0-byte buffer
+      {"--device=gpu", "invalid --device: 'gpu'"},  // ran on the CPU
+      {"--dtype=f64", "invalid --dtype: 'f64'"},    // ran as f32
+      {"--iters=2 stray", "unexpected argument 'stray'"},
+  };
+  for (const auto& [args, message] : cases) {
+    const auto [rc, out] = run("msa-allreduce-bench", args);
+    EXPECT_EQ(rc, 1) << args << "\n" << out;
+    EXPECT_NE(out.find(message), std::string::npos) << args << "\n" << out;
+  }
+}
+
+}  // namespace
