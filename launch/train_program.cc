@@ -677,6 +677,9 @@ absl::Status run_train_program(TrainProgramOptions o) {
     // Every rank must run the same model, schedule and layout: compare a hash of the options
     // before anything else, so no rank fails a check that the others pass.
     auto world = make_mpi_communicator(MPI_COMM_WORLD);
+    // The hash holds the per-layer model JSON: a depth no model has is refused first (the same
+    // on every rank or not, the message is the flag's).
+    if (o.model.n_layers > ModelConfig::kMaxLayers) MSA_RETURN_IF_ERROR(o.model.validate());
     const uint64_t config_hash = fnv1a64(layout_json(o) + run_json(o));
     if (world->all_reduce_sum(
             static_cast<int64_t>(world->broadcast(config_hash, 0) != config_hash)) != 0)

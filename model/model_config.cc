@@ -24,6 +24,10 @@ absl::Status ModelConfig::validate() const {
   if (vocab_size < 2) return bad("vocab_size", absl::StrFormat("%d is < 2", vocab_size));
   if (d_model < 1) return bad("d_model", absl::StrFormat("%d is < 1", d_model));
   if (n_layers < 1) return bad("n_layers", absl::StrFormat("%d is < 1", n_layers));
+  // Per-layer lists (the attention kinds, the config JSON, the parameter specs) are built before
+  // the memory check could refuse a model this deep: 2^31 - 1 layers hung msa-train for minutes.
+  if (n_layers > kMaxLayers)
+    return bad("n_layers", absl::StrFormat("%d is above %d", n_layers, kMaxLayers));
   if (n_heads < 1) return bad("n_heads", absl::StrFormat("%d is < 1", n_heads));
   if (n_kv_heads < 1) return bad("n_kv_heads", absl::StrFormat("%d is < 1", n_kv_heads));
   if (n_heads % n_kv_heads != 0)

@@ -63,6 +63,7 @@ struct ModelConfig {
 
   // Checks every field; the message names the offending field (as its msa-train flag name).
   absl::Status validate() const;
+  static constexpr int kMaxLayers = 65536;  // validate(): far past any model's depth
 
   std::string to_json() const;
   static absl::StatusOr<ModelConfig> from_json(const std::string& json_text);
