@@ -194,7 +194,8 @@ AdamWHyper AdamW::hyper(const ParamSpec& spec, int64_t step, double lr, double c
   return h;
 }
 
-void AdamW::step(int64_t step, double lr, double grad_norm, const Filter& filter) {
+void AdamW::step(int64_t step, double lr, double grad_norm, const Filter& filter,
+                 const StepOf& bias_step) {
   double clip_scale = 1.0;
   if (config_.grad_clip > 0 && grad_norm > config_.grad_clip)
     clip_scale = config_.grad_clip / (grad_norm + 1e-6);
@@ -206,7 +207,8 @@ void AdamW::step(int64_t step, double lr, double grad_norm, const Filter& filter
       const int64_t b = std::max(seg.flat_offset, shard_begin_);
       const int64_t e = std::min(seg.flat_offset + n, shard_begin_ + shard_size_);
       if (b >= e) continue;
-      const AdamWHyper h = hyper(s.param->spec, step, lr, clip_scale);
+      const AdamWHyper h =
+          hyper(s.param->spec, bias_step ? bias_step(s.param->spec) : step, lr, clip_scale);
       const int64_t lo = b - shard_begin_, hi = e - shard_begin_;
       Tensor master = master_shard_.slice0(lo, hi), m = m_shard_.slice0(lo, hi),
              v = v_shard_.slice0(lo, hi);
@@ -228,7 +230,8 @@ void AdamW::step(int64_t step, double lr, double grad_norm, const Filter& filter
   }
   for (Slot& s : slots_) {
     if (filter && !filter(s.param->spec)) continue;
-    const AdamWHyper h = hyper(s.param->spec, step, lr, clip_scale);
+    const AdamWHyper h =
+        hyper(s.param->spec, bias_step ? bias_step(s.param->spec) : step, lr, clip_scale);
     Tensor grad =
         s.param->grad.dtype() == DType::kF32 ? s.param->grad : s.param->grad.to(DType::kF32);
     if (s.master.raw_data() != s.param->value.raw_data())

@@ -57,8 +57,13 @@ class AdamW {
   double grad_norm(const Filter& filter = nullptr) const;
 
   // One update at 1-based `step` with learning rate `lr`, clipping by the given global norm.
-  // Parameters rejected by `filter` are left untouched (their moments too).
-  void step(int64_t step, double lr, double grad_norm, const Filter& filter = nullptr);
+  // Parameters rejected by `filter` are left untouched (their moments too). `bias_step`, when
+  // given, is a parameter's own 1-based update count for Adam's bias correction (a parameter
+  // frozen for the run's first steps has zero moments when it starts: counting from the run's
+  // step would shrink its first updates); else `step`.
+  using StepOf = std::function<int64_t(const ParamSpec&)>;
+  void step(int64_t step, double lr, double grad_norm, const Filter& filter = nullptr,
+            const StepOf& bias_step = nullptr);
 
   // fp32 CPU copies of the master weights / first / second moments, by parameter name (full
   // tensors; with zero1 they are gathered from the shards: collective).

@@ -108,7 +108,16 @@ StepMetrics Trainer::train_step(int64_t step) {
   // The non-finite guard. The loss is reduced over the data-parallel group and the norm over every
   // group, so all ranks take the same decision.
   m.skipped = !std::isfinite(m.loss) || !std::isfinite(m.grad_norm);
-  if (!m.skipped) optimizer_.step(step, m.lr, m.grad_norm, filter);
+  // After the frozen-backbone warm-up the backbone's moments start from zero at step W + 1: its
+  // bias correction counts from there (the run's step gave its first updates ~0.4x the lr).
+  AdamW::StepOf bias_step;
+  if (config_.index_warmup_steps > 0 && !m.warmup) {
+    const int64_t frozen = config_.index_warmup_steps;
+    bias_step = [step, frozen](const ParamSpec& s) {
+      return s.index_branch ? step : step - frozen;
+    };
+  }
+  if (!m.skipped) optimizer_.step(step, m.lr, m.grad_norm, filter, bias_step);
   m.seconds = timer.seconds();
   return m;
 }

@@ -462,6 +462,42 @@ TEST(ConvertHfTest, IndexWarmupKeepsOutputsBitIdenticalAndRaisesRecall) {
   EXPECT_GT(last, first + 0.02);
 }
 
+// After the frozen warm-up the backbone's moments start from zero: its first update is Adam's
+// first step, |dw| = lr wherever |g| >> eps (no weight decay, no clipping). The bias correction
+// counted the run's step instead: at step W + 1 = 4 the update was ~0.58 lr.
+TEST(ConvertHfTest, BackbonesFirstUpdateAfterTheFrozenWarmupIsAdamsFirstStep) {
+  const ConvertedLlama c = convert_tiny_llama("warmup_bias");
+  ASSERT_FALSE(c.ckpt.params.empty());
+  Transformer model = load_model(c.ckpt);
+  OptimizerConfig oc;
+  oc.weight_decay = 0;
+  oc.grad_clip = 0;
+  AdamW optimizer(model.params(), oc);
+  auto data = make_repeating_source(kV, 4, 64, 29, 3);
+  TrainerConfig tc;
+  tc.steps = 4;
+  tc.lr = LrSchedule{1e-3, 1e-3, 0, 4};  // constant
+  tc.index_warmup_steps = 3;
+  tc.quiet = true;
+  Trainer trainer(model, optimizer, *data, tc);
+  for (int64_t step = 1; step <= 3; ++step) trainer.train_step(step);
+  const std::string name = "layers.0.mlp.w_up.weight";
+  const std::vector<double> before = model.params().at(name).value.to_double_vector();
+  ASSERT_FALSE(trainer.train_step(4).skipped);
+  const std::vector<double> after = model.params().at(name).value.to_double_vector();
+  int64_t moved = 0;
+  double worst = 0;
+  for (size_t i = 0; i < before.size(); ++i) {
+    const double step_size = std::abs(after[i] - before[i]) / 1e-3;
+    if (step_size < 0.5) continue;  // |g| not >> eps (or zero)
+    ++moved;
+    worst = std::max(worst, std::abs(step_size - 1.0));
+  }
+  EXPECT_GT(moved, static_cast<int64_t>(before.size() / 2)) << name;
+  EXPECT_LT(worst, 1e-2) << name << ": the first backbone update is not lr in size";
+  // The index branch kept counting from step 1: step 4 is its fourth update (not lr in size).
+}
+
 // ---- malformed input -----------------------------------------------------------------------
 
 TEST(ConvertHfTest, RefusesUnsupportedConfigsNamingTheField) {
