@@ -433,7 +433,7 @@ TEST(MsaTrainCliTest, NegativeAndOverflowingCountsNameTheFlag) {
   const std::pair<const char*, const char*> cases[] = {
       {"--batch_size=-4294967296", "invalid --batch_size: -4294967296 is < 1"},
       {"--seq_len=-4294967296", "invalid --seq_len: -4294967296 is < 2"},
-      {"--steps=-1", "invalid --steps: -1 is < 0"},
+      {"--steps=-1", "invalid --steps: -1 is < 1"},
       {"--keep_last=-4294967296 --checkpoint_dir=/tmp/unused", "invalid --keep_last"},
       {"--eval_batches=4294967297", "invalid --eval_batches: 4294967297 is not in [1, 2147483647]"},
       {"--batch_size=4294967296 --seq_len=4294967296",

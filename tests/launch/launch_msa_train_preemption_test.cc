@@ -5,6 +5,7 @@
 #include <sys/wait.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 
 #include "gmock/gmock.h"
@@ -84,9 +85,17 @@ TEST(MsaTrainPreemptionTest, SigtermFinishesTheStepWritesACheckpointAndExitsZero
   EXPECT_THAT(r.output, HasSubstr("exit=0"));
   EXPECT_THAT(r.output, HasSubstr("stopped by signal 15"));
   EXPECT_THAT(r.output, HasSubstr("saved checkpoint " + dir + "/ckpt-"));
+  // It resumes for one more step (--exit_after_step at or below the checkpoint's step would train
+  // nothing).
+  const size_t at = r.output.find("stopped by signal 15 after step ");
+  ASSERT_NE(at, std::string::npos) << r.output;
+  const long long stopped = std::atoll(r.output.c_str() + at + 32);
+  ASSERT_GE(stopped, 1) << r.output;
   CommandResult again =
-      run(kTiny + " --steps=1000000 --exit_after_step=1 --resume --checkpoint_dir=" + dir);
+      run(kTiny + " --steps=1000000 --exit_after_step=" + std::to_string(stopped + 1) +
+          " --resume --checkpoint_dir=" + dir);
   EXPECT_THAT(again.output, HasSubstr("resumed from " + dir + "/ckpt-"));
+  EXPECT_THAT(again.output, HasSubstr("exiting after step " + std::to_string(stopped + 1)));
 }
 
 // A signal during an evaluation ends it at the next batch: the checkpoint follows at once instead
