@@ -726,8 +726,8 @@ absl::Status run_train_program(TrainProgramOptions o) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "invalid --eval_every: the validation split of --data=%s holds fewer windows than one "
         "global batch of %lld (--batch_size x data-parallel ranks), so every evaluation would "
-        "count "
-        "some windows twice; raise --val_fraction, lower --batch_size, or drop --eval_every",
+        "count some windows twice; raise --val_fraction, lower --batch_size, or drop "
+        "--eval_every",
         o.data, static_cast<long long>(o.batch_size * groups.dp_size)));
   if (validation && validation->distinct_batches() > 0 &&
       o.eval_batches > validation->distinct_batches()) {
