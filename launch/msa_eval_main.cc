@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdio>
 #include <limits>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -25,6 +26,7 @@
 #include "core/timer.h"
 #include "data/synthetic.h"
 #include "kernels/msa.h"
+#include "launch/available_memory.h"
 #include "launch/eval_perplexity.h"
 #include "launch/eval_position_report.h"
 #include "launch/eval_report.h"
@@ -33,6 +35,7 @@
 #include "model/transformer.h"
 #include "nlohmann/json.hpp"
 #include "train/checkpoint.h"
+#include "train/memory_estimate.h"
 #include "train/retrieval_eval.h"
 
 ABSL_FLAG(std::string, checkpoint, "",
@@ -251,6 +254,26 @@ absl::StatusOr<msa::MsaMode> parse_mode(absl::string_view mode) {
       absl::StrFormat("invalid --attention_mode: '%s' (use sparse or dense)", std::string(mode)));
 }
 
+// Refuses a length whose forward pass cannot fit the device's free memory (a lower-bound estimate,
+// train/memory_estimate.h), before the model is built: --lengths=2147483647 grew to 15 GB and on
+// until the OOM killer.
+absl::Status check_eval_memory(const msa::ModelConfig& config, msa::Device device, int64_t batch,
+                               int64_t length, const char* flags) {
+  msa::MemoryEstimateOptions m;
+  m.model = config;
+  m.batch_size = batch;
+  m.seq_len = length;
+  m.cuda = device == msa::Device::kCUDA;
+  const msa::MemoryEstimate e = msa::estimate_inference_memory(m);
+  const std::optional<double> free = m.cuda ? msa::cuda_free_bytes() : msa::host_available_bytes();
+  if (!free || e.total() <= *free) return absl::OkStatus();
+  return absl::ResourceExhaustedError(absl::StrFormat(
+      "not enough memory for %d sequence(s) of %d tokens (%s): the forward pass needs at least "
+      "~%s, %s has %s free",
+      batch, length, flags, msa::memory_string(e.total()),
+      m.cuda ? "the GPU" : "this node's CPU memory (MemAvailable)", msa::memory_string(*free)));
+}
+
 // The checkpoint's weights in a model on `device` (bf16 on CUDA, f32 on the CPU).
 std::unique_ptr<msa::Transformer> build_model(const msa::Checkpoint& ckpt, msa::Device device) {
   auto model = std::make_unique<msa::Transformer>(
@@ -464,6 +487,7 @@ absl::Status run_perplexity(const std::vector<std::string>& paths) {
       MSA_RETURN_IF_ERROR(shards->check_vocab(ckpt.config.vocab_size, paths[m]));
     }
     MSA_ASSIGN_OR_RETURN(const msa::MsaMode mode, parse_mode(plan.mode_names[m]));
+    MSA_RETURN_IF_ERROR(check_eval_memory(ckpt.config, device, 1, report.seq_len, "--seq_len"));
     std::unique_ptr<msa::Transformer> model = build_model(ckpt, device);
     ckpt.params.clear();
     msa::Timer timer;
@@ -526,6 +550,10 @@ absl::Status run() {
   MSA_ASSIGN_OR_RETURN(const msa::Device device, choose_device());
   if (!dumping) MSA_RETURN_IF_ERROR(validate_tasks(lengths, depths));
   MSA_ASSIGN_OR_RETURN(msa::Checkpoint ckpt, msa::load_checkpoint(path, /*weights_only=*/true));
+  if (!dumping)
+    MSA_RETURN_IF_ERROR(check_eval_memory(ckpt.config, device, absl::GetFlag(FLAGS_batch_size),
+                                          *std::max_element(lengths.begin(), lengths.end()),
+                                          "--batch_size x the longest of --lengths"));
   std::unique_ptr<msa::Transformer> model = build_model(ckpt, device);
   if (dumping) return run_dump_logits(*model, mode);
   return run_retrieval(path, ckpt, *model, mode, lengths, depths);

@@ -132,6 +132,31 @@ MemoryEstimate estimate_training_memory(const MemoryEstimateOptions& o) {
   return e;
 }
 
+MemoryEstimate estimate_inference_memory(const MemoryEstimateOptions& o) {
+  const ModelConfig& c = o.model;
+  const int tp = std::max(1, o.tp);
+  MemoryEstimate e;
+  double count = 0;
+  for (const ParamSpec& spec : local_param_specs(c, tp)) {
+    double n = 1;
+    for (int64_t dim : spec.shape) n *= static_cast<double>(dim);
+    count += n;
+  }
+  e.parameter_count =
+      count < 9e18 ? static_cast<int64_t>(count) : std::numeric_limits<int64_t>::max();
+  e.parameters = count * (o.cuda ? 2 : 4);
+  const double N = static_cast<double>(o.batch_size) * static_cast<double>(o.seq_len);
+  const double w = o.cuda ? 2 : 4;
+  const double V = static_cast<double>(c.vocab_size / tp), D = static_cast<double>(c.d_model);
+  for (int l = 0; l < c.n_layers; ++l) {
+    const LayerBytes b = layer_bytes(o, c.layer_kind(l) == AttentionKind::kMsa);
+    e.workspace = std::max(
+        e.workspace, 2 * b.residual + std::max(b.attention, b.mlp) + b.msa_kept + b.msa_forward);
+  }
+  e.activations = N * D * w + N * V * w + 2 * N * 4;  // final norm, logits, tokens and targets
+  return e;
+}
+
 absl::Status check_memory_fits(const MemoryEstimate& e, const MemoryEstimateOptions& o,
                                double available_bytes, int ranks_sharing,
                                const std::string& where) {

@@ -49,6 +49,12 @@ struct MemoryEstimate {
 // batch_size x seq_len (attention keeps no T x T matrix).
 MemoryEstimate estimate_training_memory(const MemoryEstimateOptions& options);
 
+// A forward pass without gradients (evaluation) of batch_size sequences of seq_len tokens: the
+// weights, one layer's activations at a time (the larger of its attention and MLP blocks beside
+// the residual stream and the MSA index buffers) and the head's logits; recompute, dp and zero1
+// are ignored. A lower bound of what msa-eval allocates, so a length it refuses cannot fit.
+MemoryEstimate estimate_inference_memory(const MemoryEstimateOptions& options);
+
 // OK when estimate.total() * ranks_sharing <= available_bytes (ranks_sharing: how many ranks draw
 // from the same memory, e.g. the processes of one node on the CPU). Otherwise ResourceExhausted:
 // "needs ~X GiB on <where>, Y GiB free; try ..." with what could make it fit.

@@ -162,4 +162,18 @@ TEST(MsaEvalCliTest, ValidFlagsStillMeasure) {
                                         "| answer L0 | ans.block L0 | ans.ceiling L0\n"));
 }
 
+// A length whose forward pass cannot fit is refused before the model is built (2^31 - 1 tokens
+// grew to 15 GB and on until the OOM killer), naming the flags.
+TEST(MsaEvalCliTest, LengthsBeyondMemoryAreRefused) {
+  const std::string ckpt = tiny_checkpoint();
+  ASSERT_FALSE(ckpt.empty());
+  CommandResult r = run("msa-eval", "--checkpoint=" + ckpt +
+                                        " --device=cpu --lengths=64,2147483647 --depths=0.5 "
+                                        "--recall_stride=0 --samples=1 --batch_size=1");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("not enough memory for 1 sequence(s) of 2147483647 tokens "
+                                  "(--batch_size x the longest of --lengths)"));
+  EXPECT_THAT(r.output, ::testing::Not(HasSubstr("accuracy")));
+}
+
 }  // namespace
