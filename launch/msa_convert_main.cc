@@ -1,12 +1,16 @@
 // msa-convert: dense GQA checkpoints (Hugging Face or ours) -> msa-train MSA checkpoints, and
 // back to Hugging Face safetensors.
+#include <algorithm>
 #include <cstdio>
 #include <string>
+#include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "core/status.h"
 #include "launch/available_memory.h"
@@ -63,6 +67,28 @@ absl::StatusOr<std::vector<msa::AttentionKind>> parse_msa_layers(const std::stri
     kinds[l] = msa::AttentionKind::kMsa;
   }
   return kinds;
+}
+
+// The msa-train flags that build `c` (msa-train's --init_from takes the weights, not the sizes; the
+// RoPE variant it adopts from the file).
+std::string train_model_flags(const msa::ModelConfig& c) {
+  std::vector<std::string> kinds;
+  for (int l = 0; l < c.n_layers; ++l) kinds.push_back(msa::attention_kind_name(c.layer_kind(l)));
+  const bool uniform = std::all_of(kinds.begin(), kinds.end(),
+                                   [&](const std::string& k) { return k == kinds.front(); });
+  std::string flags = absl::StrFormat(
+      "--vocab_size=%d --d_model=%d --n_layers=%d --n_heads=%d --n_kv_heads=%d --head_dim=%d "
+      "--ffn_dim=%d --norm_eps=%g --attention=%s --msa_block_size=%d --msa_topk=%d "
+      "--msa_index_dim=%d",
+      c.vocab_size, c.d_model, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, c.ffn_dim,
+      c.norm_eps, uniform ? kinds.front() : absl::StrJoin(kinds, ","), c.msa.block_size, c.msa.topk,
+      c.msa.index_dim);
+  if (c.msa.index_rotary_dim != 0)
+    absl::StrAppend(&flags, " --msa_index_rotary_dim=", c.msa.index_rotary_dim);
+  if (c.tied_embeddings) absl::StrAppend(&flags, " --tied_embeddings");
+  if (c.qkv_bias) absl::StrAppend(&flags, " --qkv_bias");
+  if (c.qk_norm) absl::StrAppend(&flags, " --qk_norm");
+  return flags;
 }
 
 absl::Status export_hf() {
@@ -183,6 +209,10 @@ absl::Status convert() {
       "copied, %d index tensors initialized\n",
       output.c_str(), out.config.n_layers, n_msa, out.config.msa.block_size, out.config.msa.topk,
       out.config.msa.index_dim, out.params.size() - n_index, n_index);
+  std::printf(
+      "msa-convert: continue with: msa-train --flagfile=launch/recipes/convert_continue.flags "
+      "--init_from=%s %s --data=...\n",
+      output.c_str(), train_model_flags(out.config).c_str());
   return absl::OkStatus();
 }
 
@@ -194,7 +224,9 @@ int main(int argc, char** argv) {
       "  msa-convert --hf_dir=Llama-3.2-1B --output=llama_msa.h5 [--msa_layers=all]\n"
       "  msa-convert --checkpoint=dense.h5 --output=msa.h5\n"
       "  msa-convert --checkpoint=msa.h5 --export_hf=out_dir\n"
-      "Then: msa-train --init_from=llama_msa.h5 --flagfile=launch/recipes/convert_continue.flags");
+      "Then: msa-train --init_from=llama_msa.h5 --flagfile=launch/recipes/convert_continue.flags\n"
+      "      with the model's sizes, which msa-convert prints when it is done (--init_from takes "
+      "the weights, not the sizes)");
   if (msa::has_stray_arguments(absl::ParseCommandLine(argc, argv), 1, "msa-convert")) return 1;
   const absl::Status s = absl::GetFlag(FLAGS_export_hf).empty() ? convert() : export_hf();
   if (!s.ok()) {

@@ -88,7 +88,8 @@ ABSL_FLAG(double, synthetic_depth, -1,
           "Fractional depth (0..1) of the facts of the synthetic tasks; < 0: random per sample.");
 ABSL_FLAG(bool, new_data, false,
           "With --resume: continue on data flags (--data, --seq_len, --val_fraction, "
-          "--pack_documents) that differ from the checkpoint's run, the new data's samples from "
+          "--pack_documents, --synthetic_*) that differ from the checkpoint's run, the new data's "
+          "samples from "
           "its first (a second phase: another dataset, a longer context). Without it such a "
           "change is refused: the checkpoint's sample cursor counts the old data's windows.");
 ABSL_FLAG(double, val_fraction, 0.01,
@@ -136,7 +137,8 @@ ABSL_FLAG(std::string, metrics_jsonl, "",
           "Append one JSON line of metrics per step (full precision) to this file.");
 ABSL_FLAG(
     int64_t, tp, 1,
-    "Tensor-parallel size: world = dp x tp with tp innermost (mpirun -np N gives dp = N / tp). "
+    "Tensor-parallel size: world = dp x cp x tp with tp innermost (mpirun -np N gives dp = N / "
+    "(cp tp)). "
     "Must divide --n_kv_heads, --ffn_dim and --vocab_size.");
 ABSL_FLAG(
     int64_t, cp, 1,

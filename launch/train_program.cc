@@ -291,6 +291,8 @@ std::string run_json(const TrainProgramOptions& o) {
   j["seq_len"] = o.seq_len;
   j["pack_documents"] = o.pack_documents;
   j["val_fraction"] = o.val_fraction;
+  j["synthetic_pairs"] = o.synthetic_pairs;
+  j["synthetic_depth"] = o.synthetic_depth;
   j["seed"] = o.seed;
   j["steps"] = o.trainer.steps;
   j["grad_accum"] = o.trainer.grad_accum;
@@ -362,8 +364,9 @@ absl::StatusOr<bool> reconcile_resumed_run(const std::string& stored, const std:
     if (it == was.end() || *it == value || key == "seed" || key == "dense_attention_steps" ||
         key == "dense_attention_fraction")
       continue;
-    const bool data_flag =
-        key == "data" || key == "seq_len" || key == "val_fraction" || key == "pack_documents";
+    const bool data_flag = key == "data" || key == "seq_len" || key == "val_fraction" ||
+                           key == "pack_documents" || key == "synthetic_pairs" ||
+                           key == "synthetic_depth";
     (data_flag ? data_changes : other_changes)
         .push_back(absl::StrFormat("--%s %s -> %s", key, shown(*it), shown(value)));
   }
