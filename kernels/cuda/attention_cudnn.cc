@@ -587,10 +587,12 @@ bool cudnn_attention_backward(const Tensor& dout, const Tensor& q, const Tensor&
   if (p == nullptr) return false;
   float scale_f = static_cast<float>(scale), lowest = std::numeric_limits<float>::lowest(),
         one = 1.0f;
-  const int64_t plan_ws = (p->workspace + 255) / 256 * 256;
-  char* ws = static_cast<char*>(workspace(static_cast<size_t>(plan_ws + p->dq_accum_bytes)));
-  void* dq_acc = ws + plan_ws;
-  MSA_CUDA_CHECK(cudaMemsetAsync(dq_acc, 0, static_cast<size_t>(p->dq_accum_bytes), nullptr));
+  void* ws = p->workspace > 0 ? workspace(static_cast<size_t>(p->workspace)) : nullptr;
+  // The f32 dQ accumulator (b H Tq d: 32 GiB at 1M tokens and 64 heads) through the caching
+  // allocator, not the grow-only workspace: counted in the memory stats, returned after the call.
+  Tensor dq_accum = Tensor::zeros({p->dq_accum_bytes / static_cast<int64_t>(sizeof(float))},
+                                  DType::kF32, Device::kCUDA);
+  void* dq_acc = dq_accum.raw_data();
   std::vector<int64_t> uids{kQ,  kK,  kV,     kO,   kdO,     kStats,  kdQ,
                             kdK, kdV, kScale, kOne, kLowest, kdQAccum};
   std::vector<void*> ptrs{q.raw_data(),    k.raw_data(),   v.raw_data(),  out.raw_data(),

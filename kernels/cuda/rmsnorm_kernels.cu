@@ -2,6 +2,7 @@
 // (d_model or head_dim), a warp's shuffles reduce them without shared memory or block barriers.
 // The weight gradient is a column sum over rows, done deterministically in two passes (per-chunk
 // partial sums, then a fixed-order sum of the chunks) instead of with atomics.
+#include <algorithm>
 #include <type_traits>
 
 #include "kernels/cuda/dense_cuda.h"
@@ -357,10 +358,16 @@ void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const 
   if (!dw.defined()) return;
   const int64_t chunks = (N + kRowsPerChunk - 1) / kRowsPerChunk;
   Tensor partial = Tensor::empty({chunks, D}, DType::kF32, Device::kCUDA);
-  const dim3 grid(static_cast<unsigned>((D + 31) / 32), static_cast<unsigned>(chunks));
-  rmsnorm_dw_partial_kernel<<<grid, dim3(32, 8)>>>(dy.data<bf16>(), x.data<bf16>(),
-                                                   rstd.data<float>(), partial.data<float>(), N, D);
-  MSA_CUDA_CHECK_LAUNCH("rmsnorm_dw_partial_kernel");
+  // grid.y is at most 65535 chunks per launch (past ~4.2M rows: more launches).
+  constexpr int64_t kMaxGridY = 65535;
+  for (int64_t c0 = 0; c0 < chunks; c0 += kMaxGridY) {
+    const int64_t n_chunks = std::min(kMaxGridY, chunks - c0), r0 = c0 * kRowsPerChunk;
+    const dim3 grid(static_cast<unsigned>((D + 31) / 32), static_cast<unsigned>(n_chunks));
+    rmsnorm_dw_partial_kernel<<<grid, dim3(32, 8)>>>(
+        dy.data<bf16>() + r0 * D, x.data<bf16>() + r0 * D, rstd.data<float>() + r0,
+        partial.data<float>() + c0 * D, std::min(N - r0, n_chunks * kRowsPerChunk), D);
+    MSA_CUDA_CHECK_LAUNCH("rmsnorm_dw_partial_kernel");
+  }
   add_column_sums(partial.data<float>(), dw.data<float>(), chunks, D);  // dw += the chunks' sums
 }
 

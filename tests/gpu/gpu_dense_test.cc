@@ -115,6 +115,24 @@ TEST(GpuDenseTest, RmsNormForwardBackward) {
   }
 }
 
+// More rows than one launch's grid.y takes in the unfused dw pass (65535 chunks of 64 rows:
+// 4,194,240): D = 6 is not a multiple of 8, so the unfused kernels run. The launch failed there.
+TEST(GpuDenseTest, RmsNormBackwardPastTheGridLimit) {
+  SKIP_WITHOUT_GPU();
+  const int64_t N = 4300000, D = 6;
+  const Tensor x = rnd({N, D}, 40, 2.0f), w = rnd({D}, 41), dy = rnd({N, D}, 42);
+  Tensor y = Tensor::empty({N, D}, DType::kF32), rstd = Tensor::empty({N}, DType::kF32);
+  rmsnorm_forward(x, w, 1e-5, y, rstd);
+  Tensor dx = Tensor::empty({N, D}, DType::kF32), dw = Tensor::zeros({D}, DType::kF32);
+  rmsnorm_backward(dy, x, w, rstd, dx, dw);
+  Tensor gy = gpu_nan({N, D}), grstd = gpu_nan({N}, DType::kF32);
+  rmsnorm_forward(gpu_bf16(x), gpu_bf16(w), 1e-5, gy, grstd);
+  Tensor gdx = gpu_nan({N, D}), gdw = gpu_f32(Tensor::zeros({D}, DType::kF32));
+  rmsnorm_backward(gpu_bf16(dy), gpu_bf16(x), gpu_bf16(w), grstd, gdx, gdw);
+  EXPECT_LT(max_scaled_diff(host(gdx), dx), kBf16Tol) << "dx";
+  EXPECT_LT(rel_l2(host(gdw), dw), 1e-3) << "dw";
+}
+
 // The residual add fused with the next norm: bit for bit the GPU's add then rmsnorm_forward
 // (what the fused kernel promises), and within bf16 of the CPU's. Widths as below: one to sixteen
 // column groups per lane, then the unfused fallbacks.
