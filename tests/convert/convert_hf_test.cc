@@ -488,6 +488,7 @@ TEST(ConvertHfTest, BackbonesFirstUpdateAfterTheFrozenWarmupIsAdamsFirstStep) {
   int64_t moved = 0;
   double worst = 0;
   for (size_t i = 0; i < before.size(); ++i) {
+    ASSERT_TRUE(std::isfinite(after[i])) << name << "[" << i << "]";
     const double step_size = std::abs(after[i] - before[i]) / 1e-3;
     if (step_size < 0.5) continue;  // |g| not >> eps (or zero)
     ++moved;

@@ -34,9 +34,11 @@ inline Tensor gpu_nan(const Shape& s, DType dt = DType::kBF16) {
   return t;
 }
 
-// ||a - b|| / ||b||; infinity when either side holds a NaN or inf.
+// ||a - b|| / ||b||; infinity when either side holds a NaN or inf, when the sizes differ, or when
+// both are empty (nothing compared proves nothing).
 inline double rel_l2(const Tensor& a, const Tensor& b) {
   const std::vector<double> x = a.to_double_vector(), y = b.to_double_vector();
+  if (x.size() != y.size() || x.empty()) return std::numeric_limits<double>::infinity();
   double num = 0, den = 0;
   for (size_t i = 0; i < x.size(); ++i) {
     if (!std::isfinite(x[i]) || !std::isfinite(y[i]))
