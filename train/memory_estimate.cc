@@ -59,6 +59,20 @@ LayerBytes layer_bytes(const MemoryEstimateOptions& o, bool msa) {
   return b;
 }
 
+// Exactly the tensors the registry allocates on this rank (doubles: exact below 2^53); sets
+// e.parameter_count.
+double count_parameters(const ModelConfig& c, int tp, MemoryEstimate& e) {
+  double count = 0;
+  for (const ParamSpec& spec : local_param_specs(c, tp)) {
+    double n = 1;
+    for (int64_t dim : spec.shape) n *= static_cast<double>(dim);
+    count += n;
+  }
+  e.parameter_count =
+      count < 9e18 ? static_cast<int64_t>(count) : std::numeric_limits<int64_t>::max();
+  return count;
+}
+
 }  // namespace
 
 std::string memory_string(double bytes) {
@@ -78,16 +92,7 @@ MemoryEstimate estimate_training_memory(const MemoryEstimateOptions& o) {
   const int tp = std::max(1, o.tp), dp = std::max(1, o.dp);
   MemoryEstimate e;
 
-  // Exactly the tensors the registry allocates on this rank (doubles: exact below 2^53).
-  double count = 0;
-  for (const ParamSpec& spec : local_param_specs(c, tp)) {
-    double n = 1;
-    for (int64_t dim : spec.shape) n *= static_cast<double>(dim);
-    count += n;
-  }
-  e.parameter_count =
-      count < 9e18 ? static_cast<int64_t>(count) : std::numeric_limits<int64_t>::max();
-  const double P = count;
+  const double P = count_parameters(c, tp, e);
   e.parameters = P * (o.cuda ? 2 : 4);
   e.gradients = P * 4;
   if (o.zero1) {
@@ -138,15 +143,7 @@ MemoryEstimate estimate_inference_memory(const MemoryEstimateOptions& o) {
   const ModelConfig& c = o.model;
   const int tp = std::max(1, o.tp);
   MemoryEstimate e;
-  double count = 0;
-  for (const ParamSpec& spec : local_param_specs(c, tp)) {
-    double n = 1;
-    for (int64_t dim : spec.shape) n *= static_cast<double>(dim);
-    count += n;
-  }
-  e.parameter_count =
-      count < 9e18 ? static_cast<int64_t>(count) : std::numeric_limits<int64_t>::max();
-  e.parameters = count * (o.cuda ? 2 : 4);
+  e.parameters = count_parameters(c, tp, e) * (o.cuda ? 2 : 4);
   const double N = static_cast<double>(o.batch_size) * static_cast<double>(o.seq_len);
   const double w = o.cuda ? 2 : 4;
   const double V = static_cast<double>(c.vocab_size / tp), D = static_cast<double>(c.d_model);
