@@ -551,9 +551,11 @@ absl::Status run() {
   if (!dumping) MSA_RETURN_IF_ERROR(validate_tasks(lengths, depths));
   MSA_ASSIGN_OR_RETURN(msa::Checkpoint ckpt, msa::load_checkpoint(path, /*weights_only=*/true));
   if (!dumping)
-    MSA_RETURN_IF_ERROR(check_eval_memory(ckpt.config, device, absl::GetFlag(FLAGS_batch_size),
-                                          *std::max_element(lengths.begin(), lengths.end()),
-                                          "--batch_size x the longest of --lengths"));
+    MSA_RETURN_IF_ERROR(
+        check_eval_memory(ckpt.config, device,
+                          std::min(absl::GetFlag(FLAGS_batch_size), absl::GetFlag(FLAGS_samples)),
+                          *std::max_element(lengths.begin(), lengths.end()),
+                          "--batch_size x the longest of --lengths"));
   std::unique_ptr<msa::Transformer> model = build_model(ckpt, device);
   if (dumping) return run_dump_logits(*model, mode);
   return run_retrieval(path, ckpt, *model, mode, lengths, depths);

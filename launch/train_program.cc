@@ -138,6 +138,8 @@ absl::Status validate_run(const TrainProgramOptions& o) {
     return bad("init_from", "cannot be combined with --resume (resume restores everything)");
   if (o.reseed && !o.resume)
     return bad("reseed", "only with --resume (a fresh run simply uses --seed)");
+  if (o.new_data && !o.resume)
+    return bad("new_data", "only with --resume (a fresh run simply reads --data)");
   if (o.reseed && !o.explicit_seed) return bad("reseed", "needs the new --seed to continue with");
   if (o.bucket_mb < 1 || o.bucket_mb > (int64_t{1} << 40))
     return bad("bucket_mb", absl::StrFormat("%d is not in [1, 2^40]", o.bucket_mb));
@@ -364,20 +366,29 @@ absl::StatusOr<bool> reconcile_resumed_run(const std::string& stored, const std:
     if (it == was.end() || *it == value || key == "seed" || key == "dense_attention_steps" ||
         key == "dense_attention_fraction")
       continue;
-    const bool data_flag = key == "data" || key == "seq_len" || key == "val_fraction" ||
-                           key == "pack_documents" || key == "synthetic_pairs" ||
-                           key == "synthetic_depth";
+    // Only the flags the data in use reads (--val_fraction and --pack_documents shards,
+    // --synthetic_* the generated tasks); the others' changes are printed like the rest.
+    const bool shards = !absl::StartsWith(o.data, "synthetic:");
+    const bool generated = absl::StartsWith(o.data, "synthetic:") && o.data != "synthetic:repeat";
+    const bool data_flag = key == "data" || key == "seq_len" ||
+                           ((key == "val_fraction" || key == "pack_documents") && shards) ||
+                           ((key == "synthetic_pairs" || key == "synthetic_depth") && generated);
     (data_flag ? data_changes : other_changes)
         .push_back(absl::StrFormat("--%s %s -> %s", key, shown(*it), shown(value)));
   }
-  if (!data_changes.empty() && !o.new_data)
+  if (!data_changes.empty() && !o.new_data) {
+    const std::string changes = absl::StrJoin(data_changes, ", ");
     return absl::FailedPreconditionError(absl::StrFormat(
         "--resume: %s was written by a run on other data (%s). Its sample cursor counts that "
-        "data's windows, so the run would not continue as it began (samples repeated or "
-        "skipped, and a new --val_fraction moves trained windows into the validation split). "
-        "Pass the checkpoint's values to continue exactly, or add --new_data to train on the "
-        "new data from its first sample from step %d on",
-        path, absl::StrJoin(data_changes, ", "), step + 1));
+        "data's samples, so the run would not continue as it began (samples repeated or "
+        "skipped%s). Pass the checkpoint's values to continue exactly, or add --new_data to "
+        "train on the new data from its first sample from step %d on",
+        path, changes,
+        absl::StrContains(changes, "--val_fraction")
+            ? ", and trained windows moved into the validation split"
+            : "",
+        step + 1));
+  }
   if (leader && !data_changes.empty())
     std::printf("msa-train: --resume --new_data: %s; samples from the new data's first on\n",
                 absl::StrJoin(data_changes, ", ").c_str());
@@ -407,7 +418,11 @@ std::string layout_json(const TrainProgramOptions& o) {
   j["eval_every"] = o.eval_every;
   j["synthetic_pairs"] = o.synthetic_pairs;
   j["synthetic_depth"] = o.synthetic_depth;
-  j["model"] = nlohmann::json::parse(o.model.to_json());
+  // The per-layer model JSON, unless the depth is past what validate() accepts (its list would take
+  // minutes to build; validate() refuses it after the ranks agree).
+  j["model"] = o.model.n_layers <= ModelConfig::kMaxLayers
+                   ? nlohmann::json::parse(o.model.to_json())
+                   : nlohmann::json(absl::StrFormat("n_layers %d", o.model.n_layers));
   return j.dump();
 }
 
@@ -680,9 +695,6 @@ absl::Status run_train_program(TrainProgramOptions o) {
     // Every rank must run the same model, schedule and layout: compare a hash of the options
     // before anything else, so no rank fails a check that the others pass.
     auto world = make_mpi_communicator(MPI_COMM_WORLD);
-    // The hash holds the per-layer model JSON: a depth no model has is refused first (the same
-    // on every rank or not, the message is the flag's).
-    if (o.model.n_layers > ModelConfig::kMaxLayers) MSA_RETURN_IF_ERROR(o.model.validate());
     const uint64_t config_hash = fnv1a64(layout_json(o) + run_json(o));
     if (world->all_reduce_sum(
             static_cast<int64_t>(world->broadcast(config_hash, 0) != config_hash)) != 0)
@@ -957,6 +969,7 @@ absl::Status run_train_program(TrainProgramOptions o) {
   absl::Status failure;
   int64_t last_step = first_step - 1;
   bool last_skipped = false;  // the last step ran was not finite (not applied)
+  int64_t last_applied = -1;  // the last step this run applied
   // Collective. A signal may reach only some ranks: stop when any rank saw one.
   const std::function<bool()> any_rank_stopping = [&] {
     return groups.world->all_reduce_sum(static_cast<int64_t>(stop_requested() ? 1 : 0)) > 0;
@@ -964,6 +977,7 @@ absl::Status run_train_program(TrainProgramOptions o) {
   const absl::Status run_status = trainer.run(first_step, [&](const StepMetrics& m) {
     last_step = m.step;
     last_skipped = m.skipped;
+    if (!m.skipped) last_applied = m.step;
     tokens_seen += m.tokens;
     if (metrics != nullptr) {
       nlohmann::json j;
@@ -1031,13 +1045,21 @@ absl::Status run_train_program(TrainProgramOptions o) {
                         absl::StrCat(run_status.message(), ". The newest checkpoint is ",
                                      writer.newest()));
   MSA_RETURN_IF_ERROR(failure);
-  if (last_skipped) {  // the same on every rank: the guard's decision is collective
+  // After a skipped last step the weights are those of the last applied one: saved (under the
+  // last step's number) only when applied steps since the newest checkpoint would be lost. The
+  // decisions are the same on every rank (the guard's is collective).
+  if (last_skipped && last_applied <= writer.last_saved()) {
     if (!o.checkpoint_dir.empty() && leader)
       std::printf(
           "msa-train: no final checkpoint: step %lld was not finite (not applied); the newest "
           "checkpoint is %s\n",
           static_cast<long long>(last_step), writer.newest().c_str());
   } else if (writer.last_saved() != last_step && last_step >= first_step) {
+    if (last_skipped && !o.checkpoint_dir.empty() && leader)
+      std::printf(
+          "msa-train: step %lld was not finite (not applied): the final checkpoint holds the "
+          "weights of step %lld, the last applied\n",
+          static_cast<long long>(last_step), static_cast<long long>(last_applied));
     MSA_RETURN_IF_ERROR(writer.save(last_step, tokens_seen));
   }
   if (device == Device::kCUDA && leader)

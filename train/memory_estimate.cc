@@ -53,8 +53,9 @@ LayerBytes layer_bytes(const MemoryEstimateOptions& o, bool msa) {
   b.attention_bwd = N * (2 * H + 2 * G) * d * w           // datt, dq_rope, dk_rope, dv
                     + 3 * N * D * w;                      // dxn, dxn_part, dx
   if (c.qk_norm) b.attention_bwd += N * (H + G) * d * w;  // dq_pre, dk_pre
-  // cuDNN's dense backward accumulates dQ in f32 (an allocator tensor during the call).
-  if (o.cuda && !msa) b.attention_bwd += N * H * d * 4;
+  // cuDNN's dense backward accumulates dQ in f32 (an allocator tensor during the call); MSA
+  // layers run it too while the index warm-up attends densely (on by default).
+  if (o.cuda) b.attention_bwd += N * H * d * 4;
   b.mlp_bwd = 3 * N * F * w + 3 * N * D * w;              // dh, dgate, dup, dxn, dxn_up, dx
   return b;
 }

@@ -317,7 +317,7 @@ struct Plan {
   std::unique_ptr<Builder> builder;
   std::unique_ptr<Desc> plan;
   int64_t workspace = 0;
-  int64_t dq_accum_bytes = 0;  // backward: f32 dQ accumulator placed after the plan's workspace
+  int64_t dq_accum_bytes = 0;  // backward: the f32 dQ accumulator (an allocator tensor per call)
 };
 
 // Tq query tokens, Tk key tokens (Tq <= Tk; query t at position Tk - Tq + t).

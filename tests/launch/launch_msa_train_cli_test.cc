@@ -299,9 +299,29 @@ const std::string kResumeModel =
     "--head_dim=8 --ffn_dim=64 --seq_len=64 --batch_size=2 --msa_block_size=16 --msa_topk=2 "
     "--msa_index_dim=8 --log_every=1 --recall_every=0 ";
 
+// A run whose last step is skipped still saves the steps it applied since its newest checkpoint
+// (here: none was written before), under the last step's number, and says so.
+TEST(MsaTrainCliTest, ASkippedLastStepKeepsTheAppliedSteps) {
+  const std::string dir = ::testing::TempDir() + "/cli_skipped_last";
+  std::system(("rm -rf '" + dir + "'").c_str());
+  CommandResult r = run_msa_train(kResumeModel +
+                                  "--steps=3 --lr=1e6 --min_lr=1e6 --warmup_steps=0 "
+                                  "--msa_block_size=16 --checkpoint_dir=" +
+                                  dir);
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  ASSERT_NE(r.output.find("step     3/3"), std::string::npos) << r.output;
+  ASSERT_NE(r.output.find("NOT FINITE"), std::string::npos) << "no step was skipped:\n" << r.output;
+  EXPECT_NE(r.output.find("step 3 was not finite (not applied): the final checkpoint holds the "
+                          "weights of step 2"),
+            std::string::npos)
+      << r.output;
+  EXPECT_EQ(std::system(("test -e '" + dir + "/ckpt-00000003.h5'").c_str()), 0) << r.output;
+}
+
 // Raising --steps to continue a finished run (what its message suggests) keeps the checkpoint's
 // index warm-up: its sparse steps do not go back to dense attention (the warm-up was recomputed
-// from the new --steps, 2% of 6 -> 1 step became 2% of 100 -> 2).
+// from the new --steps: 2% of 6 -> 1 step became 2% of 400 -> 8, and steps 7 and 8 attended
+// densely again).
 TEST(MsaTrainCliTest, ResumeKeepsTheCheckpointsWarmUp) {
   const std::string dir = ::testing::TempDir() + "/cli_resume_warmup";
   std::system(("rm -rf '" + dir + "'").c_str());
@@ -309,18 +329,18 @@ TEST(MsaTrainCliTest, ResumeKeepsTheCheckpointsWarmUp) {
   ASSERT_EQ(first.exit_code, 0) << first.output;
   ASSERT_NE(first.output.find("steps 1..1 index warm-up"), std::string::npos) << first.output;
   CommandResult more = run_msa_train(
-      kResumeModel + "--steps=100 --exit_after_step=8 --resume --checkpoint_dir=" + dir);
+      kResumeModel + "--steps=400 --exit_after_step=8 --resume --checkpoint_dir=" + dir);
   ASSERT_EQ(more.exit_code, 0) << more.output;
   EXPECT_NE(more.output.find("steps 1..1 index warm-up"), std::string::npos) << more.output;
-  EXPECT_NE(more.output.find("step     7/100"), std::string::npos) << more.output;
+  EXPECT_NE(more.output.find("step     7/400"), std::string::npos) << more.output;
   EXPECT_EQ(more.output.find("(dense attention)\n"), std::string::npos)  // no warm-up step ran
       << more.output;
-  EXPECT_NE(more.output.find("flags changed from the checkpoint's run: --steps 6 -> 100"),
+  EXPECT_NE(more.output.find("flags changed from the checkpoint's run: --steps 6 -> 400"),
             std::string::npos)
       << more.output;
   // The same preemption-test command again trains nothing (it used to run one more step).
   CommandResult again = run_msa_train(
-      kResumeModel + "--steps=100 --exit_after_step=8 --resume --checkpoint_dir=" + dir);
+      kResumeModel + "--steps=400 --exit_after_step=8 --resume --checkpoint_dir=" + dir);
   EXPECT_EQ(again.exit_code, 0) << again.output;
   EXPECT_NE(again.output.find(">= --exit_after_step=8: nothing to train"), std::string::npos)
       << again.output;
@@ -329,7 +349,7 @@ TEST(MsaTrainCliTest, ResumeKeepsTheCheckpointsWarmUp) {
   // An explicit change of the warm-up is a change: said, and run.
   CommandResult longer = run_msa_train(
       kResumeModel +
-      "--steps=100 --exit_after_step=9 --dense_attention_steps=12 --resume --checkpoint_dir=" +
+      "--steps=400 --exit_after_step=9 --dense_attention_steps=12 --resume --checkpoint_dir=" +
       dir);
   EXPECT_EQ(longer.exit_code, 0) << longer.output;
   EXPECT_NE(longer.output.find("the index warm-up (dense attention) was 1 steps and is now 12"),

@@ -112,10 +112,12 @@ inline Tensor difference(const Tensor& a, const Tensor& b) {
 
 // max_i |a_i - b_i| / max(1, max_i |b_i|): the error of `a` on the scale of the reference `b`.
 // +infinity when either tensor holds a NaN or an infinity, so that EXPECT_LT(..., tol) fails
-// (std::max would otherwise drop a NaN difference silently).
+// (std::max would otherwise drop a NaN difference silently), and when both are empty (nothing
+// compared proves nothing).
 inline double max_scaled_diff(const Tensor& a, const Tensor& b) {
   check_shape(a, b.shape(), "max_scaled_diff: a");
   const std::vector<double> x = a.to_double_vector(), y = b.to_double_vector();
+  if (x.empty()) return std::numeric_limits<double>::infinity();
   double diff = 0, scale = 1;
   for (size_t i = 0; i < x.size(); ++i) {
     if (!std::isfinite(x[i]) || !std::isfinite(y[i]))
