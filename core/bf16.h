@@ -1,6 +1,7 @@
 // bfloat16 storage type and conversions (round to nearest even), identical on host and device.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -40,5 +41,16 @@ MSA_HOST_DEVICE bf16 float_to_bf16(float f) {
 }
 
 MSA_HOST_DEVICE float bf16_to_float(bf16 h) { return bits_float(static_cast<uint32_t>(h.bits) << 16); }
+
+// Round to nearest even straight from a double. Through a float by plain rounding it rounds twice
+// (1.00390625 + 2^-40 came out 1.0, not 1.0078125); the float here is rounded to odd instead
+// (truncated, its last bit set when inexact), which makes the second rounding the correct one.
+inline bf16 double_to_bf16(double d) {
+  if (!(std::abs(d) <= 3.4028234663852886e38)) return float_to_bf16(static_cast<float>(d));
+  float f = static_cast<float>(d);
+  if (std::abs(static_cast<double>(f)) > std::abs(d)) f = std::nextafter(f, 0.0f);  // truncate
+  if (static_cast<double>(f) != d) f = bits_float(float_bits(f) | 1u);
+  return float_to_bf16(f);
+}
 
 }  // namespace msa

@@ -1,5 +1,8 @@
 #include "core/communicator.h"
 
+#include <algorithm>
+#include <limits>
+
 #include "absl/strings/str_format.h"
 #include "core/check.h"
 
@@ -19,6 +22,17 @@ MPI_Datatype mpi_type(const Tensor& t, const char* op) {
       return MPI_UINT16_T;  // gather / broadcast only
   }
   return MPI_BYTE;
+}
+
+// MPI counts elements in an int: a larger count wrapped (2^32 + 8 elements reduced 8, silently).
+// Calls that can split do so (kMpiChunk elements at a time); the others refuse, naming the op.
+constexpr int64_t kMpiChunk = int64_t(1) << 30;
+int mpi_count(int64_t n, const char* op) {
+  MSA_CHECK(n <= std::numeric_limits<int>::max(),
+            "%s: %d elements per call exceed MPI's int count (2^31 - 1); use more ranks or the "
+            "NCCL backend",
+            op, n);
+  return static_cast<int>(n);
 }
 
 class MpiWork : public CommWork {
@@ -46,14 +60,18 @@ class MpiCommunicator : public Communicator {
   void all_reduce_sum(Tensor& t) override {
     MSA_CHECK(t.dtype() != DType::kBF16, "all_reduce_sum: bf16 sums are not supported on MPI");
     if (size_ == 1) return;
-    MPI_Allreduce(MPI_IN_PLACE, t.raw_data(), static_cast<int>(t.numel()),
-                  mpi_type(t, "all_reduce_sum"), MPI_SUM, comm_);
+    const MPI_Datatype type = mpi_type(t, "all_reduce_sum");
+    char* data = static_cast<char*>(t.raw_data());
+    const int64_t es = static_cast<int64_t>(dtype_size(t.dtype()));
+    for (int64_t i = 0; i < t.numel(); i += kMpiChunk)
+      MPI_Allreduce(MPI_IN_PLACE, data + i * es,
+                    static_cast<int>(std::min(kMpiChunk, t.numel() - i)), type, MPI_SUM, comm_);
   }
   std::unique_ptr<CommWork> all_reduce_sum_async(Tensor& t) override {
     MSA_CHECK(t.dtype() != DType::kBF16, "all_reduce_sum_async: bf16 sums are not supported on MPI");
     auto work = std::make_unique<MpiWork>();
     if (size_ > 1)
-      MPI_Iallreduce(MPI_IN_PLACE, t.raw_data(), static_cast<int>(t.numel()),
+      MPI_Iallreduce(MPI_IN_PLACE, t.raw_data(), mpi_count(t.numel(), "all_reduce_sum_async"),
                      mpi_type(t, "all_reduce_sum_async"), MPI_SUM, comm_, work->request());
     return work;
   }
@@ -61,11 +79,14 @@ class MpiCommunicator : public Communicator {
     MSA_CHECK(in.numel() == out.numel() * size_ && in.dtype() == out.dtype(),
               "reduce_scatter_sum: in %s must hold size() = %d chunks of out %s", in.describe(),
               size_, out.describe());
+    // MPI_UINT16_T would add bf16 bit patterns as integers.
+    MSA_CHECK(in.dtype() != DType::kBF16, "reduce_scatter_sum: bf16 sums are not supported on MPI");
     if (size_ == 1) {
       out.copy_from(in.view(out.shape()));
       return;
     }
-    MPI_Reduce_scatter_block(in.raw_data(), out.raw_data(), static_cast<int>(out.numel()),
+    MPI_Reduce_scatter_block(in.raw_data(), out.raw_data(),
+                             mpi_count(out.numel(), "reduce_scatter_sum"),
                              mpi_type(in, "reduce_scatter_sum"), MPI_SUM, comm_);
   }
   void all_gather(const Tensor& in, Tensor& out) override {
@@ -76,12 +97,18 @@ class MpiCommunicator : public Communicator {
       out.copy_from(in.view(out.shape()));
       return;
     }
-    MPI_Allgather(in.raw_data(), static_cast<int>(in.numel()), mpi_type(in, "all_gather"),
-                  out.raw_data(), static_cast<int>(in.numel()), mpi_type(out, "all_gather"), comm_);
+    const int count = mpi_count(in.numel(), "all_gather");
+    MPI_Allgather(in.raw_data(), count, mpi_type(in, "all_gather"), out.raw_data(), count,
+                  mpi_type(out, "all_gather"), comm_);
   }
   void broadcast(Tensor& t, int root) override {
     if (size_ == 1) return;
-    MPI_Bcast(t.raw_data(), static_cast<int>(t.numel()), mpi_type(t, "broadcast"), root, comm_);
+    const MPI_Datatype type = mpi_type(t, "broadcast");
+    char* data = static_cast<char*>(t.raw_data());
+    const int64_t es = static_cast<int64_t>(dtype_size(t.dtype()));
+    for (int64_t i = 0; i < t.numel(); i += kMpiChunk)
+      MPI_Bcast(data + i * es, static_cast<int>(std::min(kMpiChunk, t.numel() - i)), type, root,
+                comm_);
   }
   void barrier() override { MPI_Barrier(comm_); }
   double all_reduce_sum(double x) override {

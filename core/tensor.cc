@@ -105,6 +105,12 @@ void reset_cuda_peak_memory() {
 #endif
 }
 
+void release_cached_cuda_memory() {
+#if MSA_HAS_CUDA
+  CudaCachingAllocator::instance().release_cached();
+#endif
+}
+
 size_t dtype_size(DType dtype) {
   switch (dtype) {
     case DType::kF32: return 4;
@@ -133,7 +139,9 @@ int64_t shape_numel(const Shape& shape) {
   int64_t n = 1;
   for (int64_t d : shape) {
     MSA_CHECK(d >= 0, "negative dimension in shape %s", shape_string(shape));
-    n *= d;
+    // A wrapped count (2^32 x 2^32 read as 0 elements) would let kernels index past the storage.
+    MSA_CHECK(!__builtin_mul_overflow(n, d, &n), "shape %s has more than 2^63 elements",
+              shape_string(shape));
   }
   return n;
 }
@@ -283,8 +291,16 @@ void convert_cpu(const Src* src, Dst* dst, int64_t n) {
     double v;
     if constexpr (std::is_same_v<Src, bf16>) v = bf16_to_float(src[i]);
     else v = static_cast<double>(src[i]);
-    if constexpr (std::is_same_v<Dst, bf16>) dst[i] = float_to_bf16(static_cast<float>(v));
-    else dst[i] = static_cast<Dst>(v);
+    if constexpr (std::is_same_v<Dst, bf16>) {
+      dst[i] = double_to_bf16(v);
+    } else if constexpr (std::is_same_v<Dst, int32_t>) {
+      // A NaN or out-of-range value has no int32 (the cast is undefined behaviour).
+      MSA_CHECK(v >= -2147483648.0 && v <= 2147483647.0,
+                "converting %g to i32: not finite or out of the int32 range", v);
+      dst[i] = static_cast<int32_t>(v);
+    } else {
+      dst[i] = static_cast<Dst>(v);
+    }
   }
 }
 
@@ -337,8 +353,15 @@ void Tensor::fill_(double value) {
     using T = decltype(x);
     T* p = static_cast<T*>(host.raw_data());
     T v;
-    if constexpr (std::is_same_v<T, bf16>) v = float_to_bf16(static_cast<float>(value));
-    else v = static_cast<T>(value);
+    if constexpr (std::is_same_v<T, bf16>) {
+      v = double_to_bf16(value);
+    } else if constexpr (std::is_same_v<T, int32_t>) {
+      MSA_CHECK(value >= -2147483648.0 && value <= 2147483647.0,
+                "fill_(%g) of an i32 tensor: not finite or out of the int32 range", value);
+      v = static_cast<T>(value);
+    } else {
+      v = static_cast<T>(value);
+    }
     for (int64_t i = 0; i < numel_; ++i) p[i] = v;
   });
   copy_from(host);

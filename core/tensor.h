@@ -134,5 +134,8 @@ struct CudaMemoryStats {
 };
 CudaMemoryStats cuda_memory_stats();
 void reset_cuda_peak_memory();
+// Returns the allocator's cached free blocks to the device (a device allocation outside tensors,
+// e.g. a library workspace, retries after it when cudaMalloc runs out). No-op without CUDA.
+void release_cached_cuda_memory();
 
 }  // namespace msa

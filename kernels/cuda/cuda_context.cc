@@ -3,6 +3,8 @@
 #include <cstdint>
 #include <mutex>
 
+#include "core/tensor.h"
+
 namespace msa::cuda {
 
 cublasLtHandle_t cublaslt_handle() {
@@ -36,7 +38,13 @@ void* workspace(size_t bytes) {
       MSA_CUDA_CHECK(cudaFree(data));
     }
     capacity = (bytes + (1u << 20) - 1) / (1u << 20) * (1u << 20);
-    MSA_CUDA_CHECK(cudaMalloc(&data, capacity));
+    // The tensors' cache may hold the memory as free blocks of other sizes: return them and retry
+    // once before failing (as a tensor allocation does).
+    if (cudaMalloc(&data, capacity) != cudaSuccess) {
+      (void)cudaGetLastError();
+      release_cached_cuda_memory();
+      MSA_CUDA_CHECK(cudaMalloc(&data, capacity));
+    }
   }
   return data;
 }

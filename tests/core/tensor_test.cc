@@ -1,5 +1,7 @@
 #include "core/tensor.h"
 
+#include <cmath>
+
 #include "core/bf16.h"
 #include "core/rng.h"
 #include "gtest/gtest.h"
@@ -30,6 +32,37 @@ TEST(Bf16Test, RoundsToNearestEven) {
   EXPECT_EQ(bf16_to_float(float_to_bf16(1.0f + 1.0f / 256)), 1.0f);
   // 1 + 3*2^-8 is halfway too and rounds up to the even 1 + 2^-6.
   EXPECT_EQ(bf16_to_float(float_to_bf16(1.0f + 3.0f / 256)), 1.0f + 1.0f / 64);
+}
+
+// From f64, bf16 is rounded once (to nearest even): through a plainly rounded float it rounded
+// twice and 1.00390625 + 2^-40 (just above the halfway point 1.00390625) came out 1.0.
+TEST(Bf16Test, FromDoubleRoundsOnce) {
+  const double above_half = 1.00390625 + std::ldexp(1.0, -40);
+  EXPECT_EQ(bf16_to_float(double_to_bf16(above_half)), 1.0078125f);
+  EXPECT_EQ(bf16_to_float(double_to_bf16(1.00390625)), 1.0f);  // exactly halfway: to even
+  EXPECT_EQ(bf16_to_float(double_to_bf16(-above_half)), -1.0078125f);
+  EXPECT_EQ(bf16_to_float(double_to_bf16(1.0 + std::ldexp(1.0, -30))), 1.0f);
+  EXPECT_TRUE(std::isinf(bf16_to_float(double_to_bf16(1e300))));
+  EXPECT_TRUE(std::isnan(bf16_to_float(double_to_bf16(std::nan("")))));
+  // Every float converts as it did (the float path rounds once already).
+  for (float f : {0.1f, -3.7f, 1e-30f, 65504.0f, 3.3e38f})
+    EXPECT_EQ(double_to_bf16(f).bits, float_to_bf16(f).bits) << f;
+  Tensor t = Tensor::from_vector<double>({1}, {above_half});
+  EXPECT_EQ(t.to(DType::kBF16).to_double_vector()[0], 1.0078125);
+  Tensor u = Tensor::empty({1}, DType::kBF16);
+  u.fill_(above_half);
+  EXPECT_EQ(u.to_double_vector()[0], 1.0078125);
+}
+
+// A shape whose element count wraps (2^32 x 2^32 read as 0) or a NaN / out-of-range value into
+// i32 (undefined behaviour) stops with a message instead.
+TEST(TensorTest, OverflowingShapesAndUnrepresentableIntsAreRefused) {
+  const int64_t big = int64_t(1) << 32;
+  EXPECT_DEATH(Tensor::empty({big, big}, DType::kF32), "more than 2\\^63 elements");
+  EXPECT_DEATH(Tensor::from_vector<double>({1}, {std::nan("")}).to(DType::kI32), "to i32");
+  EXPECT_DEATH(Tensor::from_vector<double>({1}, {3e9}).to(DType::kI32), "to i32");
+  Tensor i = Tensor::empty({2}, DType::kI32);
+  EXPECT_DEATH(i.fill_(std::nan("")), "i32 tensor");
 }
 
 TEST(RngTest, CounterBasedAndWellDistributed) {
