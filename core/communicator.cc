@@ -35,6 +35,16 @@ int mpi_count(int64_t n, const char* op) {
   return static_cast<int>(n);
 }
 
+// fn(pointer, count) over `t` in pieces of at most kMpiChunk elements (in-place element-wise
+// calls: all-reduce, broadcast).
+template <class Fn>
+void in_mpi_chunks(Tensor& t, Fn&& fn) {
+  char* data = static_cast<char*>(t.raw_data());
+  const int64_t es = static_cast<int64_t>(dtype_size(t.dtype()));
+  for (int64_t i = 0; i < t.numel(); i += kMpiChunk)
+    fn(data + i * es, static_cast<int>(std::min(kMpiChunk, t.numel() - i)));
+}
+
 class MpiWork : public CommWork {
  public:
   MpiWork() = default;
@@ -61,11 +71,8 @@ class MpiCommunicator : public Communicator {
     MSA_CHECK(t.dtype() != DType::kBF16, "all_reduce_sum: bf16 sums are not supported on MPI");
     if (size_ == 1) return;
     const MPI_Datatype type = mpi_type(t, "all_reduce_sum");
-    char* data = static_cast<char*>(t.raw_data());
-    const int64_t es = static_cast<int64_t>(dtype_size(t.dtype()));
-    for (int64_t i = 0; i < t.numel(); i += kMpiChunk)
-      MPI_Allreduce(MPI_IN_PLACE, data + i * es,
-                    static_cast<int>(std::min(kMpiChunk, t.numel() - i)), type, MPI_SUM, comm_);
+    in_mpi_chunks(t,
+                  [&](void* p, int n) { MPI_Allreduce(MPI_IN_PLACE, p, n, type, MPI_SUM, comm_); });
   }
   std::unique_ptr<CommWork> all_reduce_sum_async(Tensor& t) override {
     MSA_CHECK(t.dtype() != DType::kBF16, "all_reduce_sum_async: bf16 sums are not supported on MPI");
@@ -104,11 +111,7 @@ class MpiCommunicator : public Communicator {
   void broadcast(Tensor& t, int root) override {
     if (size_ == 1) return;
     const MPI_Datatype type = mpi_type(t, "broadcast");
-    char* data = static_cast<char*>(t.raw_data());
-    const int64_t es = static_cast<int64_t>(dtype_size(t.dtype()));
-    for (int64_t i = 0; i < t.numel(); i += kMpiChunk)
-      MPI_Bcast(data + i * es, static_cast<int>(std::min(kMpiChunk, t.numel() - i)), type, root,
-                comm_);
+    in_mpi_chunks(t, [&](void* p, int n) { MPI_Bcast(p, n, type, root, comm_); });
   }
   void barrier() override { MPI_Barrier(comm_); }
   double all_reduce_sum(double x) override {

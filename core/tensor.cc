@@ -285,22 +285,29 @@ Tensor Tensor::to(Device device) const {
 }
 
 namespace {
+// A double as element type T (bf16 rounded once, to nearest even). `what` names the operation in
+// the message when an i32 cannot hold the value.
+template <class T>
+T from_double(double v, const char* what) {
+  if constexpr (std::is_same_v<T, bf16>) {
+    return double_to_bf16(v);
+  } else if constexpr (std::is_same_v<T, int32_t>) {
+    // A NaN or out-of-range value has no int32 (the cast is undefined behaviour).
+    MSA_CHECK(v >= -2147483648.0 && v <= 2147483647.0,
+              "%s %g: not finite or out of the int32 range", what, v);
+    return static_cast<int32_t>(v);
+  } else {
+    return static_cast<T>(v);
+  }
+}
+
 template <class Src, class Dst>
 void convert_cpu(const Src* src, Dst* dst, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
     double v;
     if constexpr (std::is_same_v<Src, bf16>) v = bf16_to_float(src[i]);
     else v = static_cast<double>(src[i]);
-    if constexpr (std::is_same_v<Dst, bf16>) {
-      dst[i] = double_to_bf16(v);
-    } else if constexpr (std::is_same_v<Dst, int32_t>) {
-      // A NaN or out-of-range value has no int32 (the cast is undefined behaviour).
-      MSA_CHECK(v >= -2147483648.0 && v <= 2147483647.0,
-                "converting %g to i32: not finite or out of the int32 range", v);
-      dst[i] = static_cast<int32_t>(v);
-    } else {
-      dst[i] = static_cast<Dst>(v);
-    }
+    dst[i] = from_double<Dst>(v, "converting to i32:");
   }
 }
 
@@ -352,16 +359,7 @@ void Tensor::fill_(double value) {
   visit_dtype(dtype_, [&](auto x) {
     using T = decltype(x);
     T* p = static_cast<T*>(host.raw_data());
-    T v;
-    if constexpr (std::is_same_v<T, bf16>) {
-      v = double_to_bf16(value);
-    } else if constexpr (std::is_same_v<T, int32_t>) {
-      MSA_CHECK(value >= -2147483648.0 && value <= 2147483647.0,
-                "fill_(%g) of an i32 tensor: not finite or out of the int32 range", value);
-      v = static_cast<T>(value);
-    } else {
-      v = static_cast<T>(value);
-    }
+    const T v = from_double<T>(value, "fill_ of an i32 tensor:");
     for (int64_t i = 0; i < numel_; ++i) p[i] = v;
   });
   copy_from(host);

@@ -230,11 +230,16 @@ absl::Status check_memory(const TrainProgramOptions& o, const ProcessGroups& gro
 }
 
 // The steps of the index warm-up with dense attention (see TrainProgramOptions).
+// `count` when >= 0, else ceil(fraction * steps).
+int64_t dense_attention_steps_of(int64_t count, double fraction, int64_t steps) {
+  if (count >= 0) return count;
+  return static_cast<int64_t>(std::ceil(fraction * static_cast<double>(steps) - 1e-9));
+}
+
 int64_t resolve_dense_attention_steps(const TrainProgramOptions& o) {
   if (!o.model.any_msa()) return 0;
-  if (o.dense_attention_steps >= 0) return o.dense_attention_steps;
-  return static_cast<int64_t>(
-      std::ceil(o.dense_attention_fraction * static_cast<double>(o.trainer.steps) - 1e-9));
+  return dense_attention_steps_of(o.dense_attention_steps, o.dense_attention_fraction,
+                                  o.trainer.steps);
 }
 
 // One line on what MSA layers do when: the warm-up phases, then sparse training.
@@ -334,9 +339,8 @@ absl::StatusOr<bool> reconcile_resumed_run(const std::string& stored, const std:
   double was_count = 0, was_fraction = 0, was_steps = 0;
   if (o.model.any_msa() && number("dense_attention_steps", &was_count) &&
       number("dense_attention_fraction", &was_fraction) && number("steps", &was_steps)) {
-    const int64_t stored_warmup =
-        was_count >= 0 ? static_cast<int64_t>(was_count)
-                       : static_cast<int64_t>(std::ceil(was_fraction * was_steps - 1e-9));
+    const int64_t stored_warmup = dense_attention_steps_of(
+        static_cast<int64_t>(was_count), was_fraction, static_cast<int64_t>(was_steps));
     const bool explicit_change =
         o.dense_attention_steps >= 0 || o.dense_attention_fraction != was_fraction;
     if (!explicit_change) {
@@ -359,6 +363,11 @@ absl::StatusOr<bool> reconcile_resumed_run(const std::string& stored, const std:
   auto shown = [](const nlohmann::json& v) {
     return v.is_string() ? v.get<std::string>() : v.dump();
   };
+  // Data flags: --data, --seq_len and those the data in use reads (--val_fraction and
+  // --pack_documents shards, --synthetic_* the generated tasks); the others' changes are printed
+  // like the rest.
+  const bool shards = !absl::StartsWith(o.data, "synthetic:");
+  const bool generated = !shards && o.data != "synthetic:repeat";
   std::vector<std::string> data_changes, other_changes;
   for (const auto& [key, value] : now.items()) {
     const auto it = was.find(key);
@@ -366,18 +375,14 @@ absl::StatusOr<bool> reconcile_resumed_run(const std::string& stored, const std:
     if (it == was.end() || *it == value || key == "seed" || key == "dense_attention_steps" ||
         key == "dense_attention_fraction")
       continue;
-    // Only the flags the data in use reads (--val_fraction and --pack_documents shards,
-    // --synthetic_* the generated tasks); the others' changes are printed like the rest.
-    const bool shards = !absl::StartsWith(o.data, "synthetic:");
-    const bool generated = absl::StartsWith(o.data, "synthetic:") && o.data != "synthetic:repeat";
     const bool data_flag = key == "data" || key == "seq_len" ||
                            ((key == "val_fraction" || key == "pack_documents") && shards) ||
                            ((key == "synthetic_pairs" || key == "synthetic_depth") && generated);
     (data_flag ? data_changes : other_changes)
         .push_back(absl::StrFormat("--%s %s -> %s", key, shown(*it), shown(value)));
   }
+  const std::string changes = absl::StrJoin(data_changes, ", ");
   if (!data_changes.empty() && !o.new_data) {
-    const std::string changes = absl::StrJoin(data_changes, ", ");
     return absl::FailedPreconditionError(absl::StrFormat(
         "--resume: %s was written by a run on other data (%s). Its sample cursor counts that "
         "data's samples, so the run would not continue as it began (samples repeated or "
@@ -391,7 +396,7 @@ absl::StatusOr<bool> reconcile_resumed_run(const std::string& stored, const std:
   }
   if (leader && !data_changes.empty())
     std::printf("msa-train: --resume --new_data: %s; samples from the new data's first on\n",
-                absl::StrJoin(data_changes, ", ").c_str());
+                changes.c_str());
   if (leader && !other_changes.empty())
     std::printf("msa-train: --resume: flags changed from the checkpoint's run: %s\n",
                 absl::StrJoin(other_changes, ", ").c_str());

@@ -182,7 +182,8 @@ double AdamW::grad_norm(const Filter& filter) const {
   return std::sqrt(replicated + split);
 }
 
-AdamWHyper AdamW::hyper(const ParamSpec& spec, int64_t step, double lr, double clip_scale) const {
+AdamWHyper AdamW::hyper(const ParamSpec& spec, int64_t step, const StepOf& bias_step, double lr,
+                        double clip_scale) const {
   AdamWHyper h;
   h.lr = lr;
   h.beta1 = config_.beta1;
@@ -190,7 +191,7 @@ AdamWHyper AdamW::hyper(const ParamSpec& spec, int64_t step, double lr, double c
   h.eps = config_.eps;
   h.weight_decay = spec.weight_decay ? config_.weight_decay : 0.0;
   h.grad_scale = clip_scale;
-  h.step = step;
+  h.step = bias_step ? bias_step(spec) : step;
   return h;
 }
 
@@ -207,8 +208,7 @@ void AdamW::step(int64_t step, double lr, double grad_norm, const Filter& filter
       const int64_t b = std::max(seg.flat_offset, shard_begin_);
       const int64_t e = std::min(seg.flat_offset + n, shard_begin_ + shard_size_);
       if (b >= e) continue;
-      const AdamWHyper h =
-          hyper(s.param->spec, bias_step ? bias_step(s.param->spec) : step, lr, clip_scale);
+      const AdamWHyper h = hyper(s.param->spec, step, bias_step, lr, clip_scale);
       const int64_t lo = b - shard_begin_, hi = e - shard_begin_;
       Tensor master = master_shard_.slice0(lo, hi), m = m_shard_.slice0(lo, hi),
              v = v_shard_.slice0(lo, hi);
@@ -230,8 +230,7 @@ void AdamW::step(int64_t step, double lr, double grad_norm, const Filter& filter
   }
   for (Slot& s : slots_) {
     if (filter && !filter(s.param->spec)) continue;
-    const AdamWHyper h =
-        hyper(s.param->spec, bias_step ? bias_step(s.param->spec) : step, lr, clip_scale);
+    const AdamWHyper h = hyper(s.param->spec, step, bias_step, lr, clip_scale);
     Tensor grad =
         s.param->grad.dtype() == DType::kF32 ? s.param->grad : s.param->grad.to(DType::kF32);
     if (s.master.raw_data() != s.param->value.raw_data())

@@ -101,7 +101,9 @@ class AdamW {
   };
   void init_buckets();
   void launch_bucket(Bucket& b);
-  AdamWHyper hyper(const ParamSpec& spec, int64_t step, double lr, double clip_scale) const;
+  // bias_step (when given) says `spec`'s own step for the bias correction, else `step`.
+  AdamWHyper hyper(const ParamSpec& spec, int64_t step, const StepOf& bias_step, double lr,
+                   double clip_scale) const;
   void init_zero1();
   Tensor flat_from_params(bool grads) const;  // [padded_] f32 on the CPU
   std::map<std::string, Tensor> gather_shard(const Tensor& shard) const;

@@ -1,25 +1,14 @@
 // msa-bench and msa-allreduce-bench refuse unusable flags with a message naming the flag, before
 // any device work and on a machine without a GPU too (they crashed, hung or ran something else).
-#include <sys/wait.h>
-
-#include <cstdio>
 #include <string>
 #include <utility>
 
 #include "gtest/gtest.h"
+#include "tests/testing/command.h"
 
 namespace {
 
-std::pair<int, std::string> run(const std::string& program, const std::string& args) {
-  const std::string cmd = std::string(MSA_BINARY_DIR) + "/" + program + " " + args + " 2>&1";
-  FILE* pipe = popen(cmd.c_str(), "r");
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof(buf), pipe)) > 0) out.append(buf, n);
-  const int status = pclose(pipe);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), out};
-}
+using msa::test::run_program;
 
 TEST(BenchCliTest, MsaBenchRefusesUnusableFlagsNamingThem) {
   const std::pair<const char*, const char*> cases[] = {
@@ -38,7 +27,7 @@ TEST(BenchCliTest, MsaBenchRefusesUnusableFlagsNamingThem) {
       {"", "expected one benchmark name"},
   };
   for (const auto& [args, message] : cases) {
-    const auto [rc, out] = run("msa-bench", args);
+    const auto [rc, out] = run_program("msa-bench", args);
     EXPECT_EQ(rc, 1) << args << "\n" << out;
     EXPECT_NE(out.find(message), std::string::npos) << args << "\n" << out;
   }
@@ -54,7 +43,7 @@ TEST(BenchCliTest, AllreduceBenchRefusesUnusableFlagsNamingThem) {
       {"--iters=2 stray", "unexpected argument 'stray'"},
   };
   for (const auto& [args, message] : cases) {
-    const auto [rc, out] = run("msa-allreduce-bench", args);
+    const auto [rc, out] = run_program("msa-allreduce-bench", args);
     EXPECT_EQ(rc, 1) << args << "\n" << out;
     EXPECT_NE(out.find(message), std::string::npos) << args << "\n" << out;
   }

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "tests/testing/command.h"
 
 namespace {
 
@@ -256,8 +257,7 @@ TEST(MsaTrainCliTest, DivergingRunStopsWithANonZeroExit) {
 // weights had just given a NaN gradient). Every checkpoint left is of an applied step, and the
 // error names the newest one.
 TEST(MsaTrainCliTest, SkippedStepsWriteNoCheckpoint) {
-  const std::string dir = ::testing::TempDir() + "/cli_skipped_steps";
-  std::system(("rm -rf '" + dir + "'").c_str());
+  const std::string dir = msa::test::fresh_dir("cli_skipped_steps");
   CommandResult r = run_msa_train(
       "--device=cpu --vocab_size=64 --d_model=32 --n_layers=2 --n_heads=4 --n_kv_heads=2 "
       "--head_dim=8 --ffn_dim=64 --seq_len=128 --batch_size=2 --msa_block_size=16 --msa_topk=4 "
@@ -302,8 +302,7 @@ const std::string kResumeModel =
 // A run whose last step is skipped still saves the steps it applied since its newest checkpoint
 // (here: none was written before), under the last step's number, and says so.
 TEST(MsaTrainCliTest, ASkippedLastStepKeepsTheAppliedSteps) {
-  const std::string dir = ::testing::TempDir() + "/cli_skipped_last";
-  std::system(("rm -rf '" + dir + "'").c_str());
+  const std::string dir = msa::test::fresh_dir("cli_skipped_last");
   CommandResult r = run_msa_train(kResumeModel +
                                   "--steps=3 --lr=1e6 --min_lr=1e6 --warmup_steps=0 "
                                   "--msa_block_size=16 --checkpoint_dir=" +
@@ -323,8 +322,7 @@ TEST(MsaTrainCliTest, ASkippedLastStepKeepsTheAppliedSteps) {
 // from the new --steps: 2% of 6 -> 1 step became 2% of 400 -> 8, and steps 7 and 8 attended
 // densely again).
 TEST(MsaTrainCliTest, ResumeKeepsTheCheckpointsWarmUp) {
-  const std::string dir = ::testing::TempDir() + "/cli_resume_warmup";
-  std::system(("rm -rf '" + dir + "'").c_str());
+  const std::string dir = msa::test::fresh_dir("cli_resume_warmup");
   CommandResult first = run_msa_train(kResumeModel + "--steps=6 --checkpoint_dir=" + dir);
   ASSERT_EQ(first.exit_code, 0) << first.output;
   ASSERT_NE(first.output.find("steps 1..1 index warm-up"), std::string::npos) << first.output;
@@ -362,8 +360,7 @@ TEST(MsaTrainCliTest, ResumeKeepsTheCheckpointsWarmUp) {
 // A resumed run on other data flags is refused (the sample cursor counts the old data's
 // windows) unless --new_data, which starts the new data from its first sample.
 TEST(MsaTrainCliTest, ResumeOnOtherDataNeedsNewData) {
-  const std::string dir = ::testing::TempDir() + "/cli_resume_data";
-  std::system(("rm -rf '" + dir + "'").c_str());
+  const std::string dir = msa::test::fresh_dir("cli_resume_data");
   ASSERT_EQ(run_msa_train(kResumeModel + "--steps=4 --checkpoint_dir=" + dir).exit_code, 0);
   for (const char* change : {"--seq_len=32", "--data=synthetic:needle"}) {
     CommandResult r =
@@ -427,8 +424,7 @@ TEST(MsaTrainCliTest, IntegerFlagsPastTwoToThe31AreRefusedNotWrapped) {
 // Counts a run may legitimately make large are 64-bit all the way: --steps=2^32 + 1 is accepted
 // and printed as given (the run stops after step 1 here).
 TEST(MsaTrainCliTest, StepsPastTwoToThe31AreAccepted) {
-  const std::string dir = ::testing::TempDir() + "/cli_steps_past_2_31";
-  std::system(("rm -rf '" + dir + "'").c_str());
+  const std::string dir = msa::test::fresh_dir("cli_steps_past_2_31");
   CommandResult r = run_msa_train(kTinyModel +
                                   "--steps=4294967297 --exit_after_step=1 --seq_len=48 "
                                   "--batch_size=2 --dense_attention_steps=0 --log_every=1 "

@@ -71,17 +71,24 @@ TEST(MsaTrainPreemptionTest, CrashBeforeRenameKeepsThePreviousCheckpoint) {
   EXPECT_TRUE(exists(dir + "/ckpt-00000008.h5"));
 }
 
+// Starts msa-train with `args` in the background (its log in dir/log), waits until the log matches
+// the extended regex `started` (30 s at most), sends SIGTERM `after` seconds later and waits for
+// the process: the output is "exit=<status> took=<seconds from the signal to the exit>", then the
+// log.
+CommandResult sigterm_when(const std::string& args, const std::string& dir,
+                           const std::string& started, const std::string& after) {
+  return run(kTiny + " " + args + " --checkpoint_dir=" + dir + " > " + dir +
+             "/log 2>&1 & pid=$!; for i in $(seq 1 300); do grep -Eq '" + started + "' " + dir +
+             "/log && break; sleep 0.1; done; sleep " + after +
+             "; kill -TERM $pid; start=$(date +%s); wait $pid; "
+             "echo exit=$? took=$(( $(date +%s) - start )); cat " +
+             dir + "/log");
+}
+
 TEST(MsaTrainPreemptionTest, SigtermFinishesTheStepWritesACheckpointAndExitsZero) {
   const std::string dir = fresh_dir("sigterm");
   // A run far too long to finish; SIGTERM arrives once it has started stepping.
-  const std::string cmd = kTiny + " --steps=1000000 --checkpoint_dir=" + dir + " > " + dir +
-                          "/log 2>&1 & pid=$!; "
-                          "for i in $(seq 1 300); do grep -q 'step ' " +
-                          dir +
-                          "/log && break; sleep 0.1; done; kill -TERM $pid; wait $pid; "
-                          "echo exit=$?; cat " +
-                          dir + "/log";
-  CommandResult r = run(cmd);
+  CommandResult r = sigterm_when("--steps=1000000", dir, "step ", "0");
   EXPECT_THAT(r.output, HasSubstr("exit=0"));
   EXPECT_THAT(r.output, HasSubstr("stopped by signal 15"));
   EXPECT_THAT(r.output, HasSubstr("saved checkpoint " + dir + "/ckpt-"));
@@ -103,18 +110,8 @@ TEST(MsaTrainPreemptionTest, SigtermFinishesTheStepWritesACheckpointAndExitsZero
 // here would read 100000 batches.
 TEST(MsaTrainPreemptionTest, SigtermDuringAnEvaluationEndsIt) {
   const std::string dir = fresh_dir("sigterm_eval");
-  const std::string cmd = kTiny +
-                          " --steps=1000000 --eval_every=2 --eval_batches=100000 "
-                          "--checkpoint_dir=" +
-                          dir + " > " + dir +
-                          "/log 2>&1 & pid=$!; "
-                          "for i in $(seq 1 300); do grep -Eq 'step +2/' " +
-                          dir +
-                          "/log && break; sleep 0.1; done; sleep 0.5; kill -TERM $pid; "
-                          "start=$(date +%s); wait $pid; echo exit=$? took=$(( $(date +%s) - start "
-                          ")); cat " +
-                          dir + "/log";
-  CommandResult r = run(cmd);
+  CommandResult r =
+      sigterm_when("--steps=1000000 --eval_every=2 --eval_batches=100000", dir, "step +2/", "0.5");
   EXPECT_THAT(r.output, HasSubstr("exit=0"));
   EXPECT_THAT(r.output, HasSubstr("eval       2 | skipped: stopping on a signal"));
   EXPECT_THAT(r.output, HasSubstr("saved checkpoint " + dir + "/ckpt-00000002.h5"));
