@@ -10,6 +10,8 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <set>
+#include <string>
 
 #include "absl/strings/str_format.h"
 #include "core/bf16.h"
@@ -104,12 +106,24 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::open(const std
   f->data_start_ = 8 + n;
   const uint64_t data_bytes = size - f->data_start_;
   nlohmann::json header;
+  // A name listed twice is refused as the reference reader refuses it (a JSON parser keeps one
+  // of the two, and readers differ on which).
+  std::set<std::string> names;
+  std::string duplicate;
+  const nlohmann::json::parser_callback_t note_keys =
+      [&](int depth, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
+        if (event == nlohmann::json::parse_event_t::key && depth == 1 && parsed.is_string() &&
+            !names.insert(parsed.get<std::string>()).second && duplicate.empty())
+          duplicate = parsed.get<std::string>();
+        return true;
+      };
   try {
-    header = nlohmann::json::parse(f->map_ + 8, f->map_ + 8 + n);
+    header = nlohmann::json::parse(f->map_ + 8, f->map_ + 8 + n, note_keys);
   } catch (const nlohmann::json::exception& e) {
     return bad(path, absl::StrFormat("header is not valid JSON (%s)", e.what()));
   }
   if (!header.is_object()) return bad(path, "header is not a JSON object");
+  if (!duplicate.empty()) return bad(path, absl::StrFormat("header lists '%s' twice", duplicate));
 
   std::vector<std::pair<uint64_t, uint64_t>> ranges;
   for (auto it = header.begin(); it != header.end(); ++it) {
@@ -145,8 +159,12 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::open(const std
       if (!d.is_number_unsigned())
         return bad(path,
                    absl::StrFormat("tensor '%s': shape has a non-integer or negative entry", name));
+      // Every dimension and the element count at most 2^60: the byte count (x 4) and the int64
+      // shape stay exact (2^62 elements of F32 wrapped to 0 bytes, a dimension past 2^63 to a
+      // negative one).
+      constexpr uint64_t kMaxElements = uint64_t{1} << 60;
       const uint64_t dim = d.get<uint64_t>();
-      if (dim != 0 && numel > (uint64_t{1} << 62) / dim)
+      if (dim > kMaxElements || (dim != 0 && numel > kMaxElements / dim))
         return bad(path, absl::StrFormat("tensor '%s': shape overflows", name));
       numel *= dim;
       info.shape.push_back(static_cast<int64_t>(dim));
@@ -168,10 +186,22 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::open(const std
     ranges.push_back({info.begin, info.end});
     f->tensors_[name] = info;
   }
+  // The tensors tile the data section from its first byte to its last, as the format requires
+  // (the reference reader refuses holes and trailing bytes): bytes no tensor owns are a sign of a
+  // file written wrongly or appended to.
   std::sort(ranges.begin(), ranges.end());
-  for (size_t i = 1; i < ranges.size(); ++i)
-    if (ranges[i].first < ranges[i - 1].second)
-      return bad(path, absl::StrFormat("tensor byte ranges overlap at offset %d", ranges[i].first));
+  uint64_t covered = 0;
+  for (const auto& [begin, end] : ranges) {
+    if (begin < covered)
+      return bad(path, absl::StrFormat("tensor byte ranges overlap at offset %d", begin));
+    if (begin > covered)
+      return bad(path, absl::StrFormat("data bytes [%d, %d) belong to no tensor", covered, begin));
+    covered = end;
+  }
+  if (covered != data_bytes)
+    return bad(path, absl::StrFormat("%d trailing bytes after the last tensor (the data section "
+                                     "has %d bytes, the tensors %d)",
+                                     data_bytes - covered, data_bytes, covered));
   return f;
 }
 

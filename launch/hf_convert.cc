@@ -12,6 +12,7 @@
 #include <set>
 #include <sstream>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_replace.h"
 #include "core/status.h"
@@ -198,15 +199,24 @@ absl::StatusOr<HfCheckpoint> parse_hf_config(const std::string& text, const std:
   MSA_RETURN_IF_ERROR(get_int("hidden_size", 1, int64_t{1} << 20, true, c.d_model));
   MSA_RETURN_IF_ERROR(get_int("num_hidden_layers", 1, int64_t{1} << 14, true, layers));
   MSA_RETURN_IF_ERROR(get_int("num_attention_heads", 1, int64_t{1} << 16, true, heads));
-  kv_heads = heads;
+  // Absent fields take the defaults of the architecture's transformers config class: Llama's
+  // key/value heads are its query heads, Mistral's 8, Qwen2's and Qwen3's 32; Qwen3's head_dim
+  // is 128, the others' hidden_size / heads.
+  const bool is_qwen =
+      ck.architecture == "Qwen2ForCausalLM" || ck.architecture == "Qwen3ForCausalLM";
+  kv_heads = ck.architecture == "MistralForCausalLM" ? 8 : is_qwen ? 32 : heads;
+  const bool kv_heads_given = find(j, "num_key_value_heads") != nullptr;
   MSA_RETURN_IF_ERROR(get_int("num_key_value_heads", 1, int64_t{1} << 16, false, kv_heads));
   MSA_RETURN_IF_ERROR(get_int("intermediate_size", 1, int64_t{1} << 22, true, c.ffn_dim));
-  head_dim = c.d_model / heads;  // heads >= 1 here
+  head_dim = ck.architecture == "Qwen3ForCausalLM" ? 128 : c.d_model / heads;  // heads >= 1
   MSA_RETURN_IF_ERROR(get_int("head_dim", 1, int64_t{1} << 16, false, head_dim));
   if (heads % kv_heads != 0)
-    return field_error(
-        "num_key_value_heads",
-        absl::StrFormat("is %d, which does not divide num_attention_heads (%d)", kv_heads, heads));
+    return field_error("num_key_value_heads",
+                       absl::StrFormat("is %s, which does not divide num_attention_heads (%d)",
+                                       kv_heads_given ? absl::StrCat(kv_heads)
+                                                      : absl::StrFormat("absent (%s's default: %d)",
+                                                                        ck.architecture, kv_heads),
+                                       heads));
   if (head_dim < 2 || head_dim % 2 != 0)
     return field_error(find(j, "head_dim") != nullptr ? "head_dim" : "num_attention_heads",
                        absl::StrFormat("gives head_dim %d (hidden_size %d / %d heads), which "
@@ -252,10 +262,25 @@ absl::StatusOr<HfCheckpoint> parse_hf_config(const std::string& text, const std:
     if (!it->is_null())
       return field_error("sliding_window", "is set (sliding-window attention is not supported)");
   } else {
+    // Qwen2 / Qwen3: with use_sliding_window, the layers from max_window_layers on (28 when
+    // absent) attend within sliding_window (4096 when absent, transformers' default); only an
+    // explicit null window, or no layer at or past max_window_layers, is full attention.
     bool sliding = false;
     MSA_RETURN_IF_ERROR(get_bool(j, "use_sliding_window", false, sliding));
-    if (find(j, "sliding_window") != nullptr && sliding)
-      return field_error("sliding_window", "is set (sliding-window attention is not supported)");
+    const auto window = j.find("sliding_window");
+    if (sliding && !(window != j.end() && window->is_null())) {
+      int64_t full_layers = 28;
+      MSA_RETURN_IF_ERROR(get_int("max_window_layers", 0, int64_t{1} << 14, false, full_layers));
+      if (full_layers < layers)
+        return field_error(
+            "use_sliding_window",
+            absl::StrFormat(
+                "is true: layers %d.. attend within a sliding window (sliding_window "
+                "%s, max_window_layers %d; sliding-window attention is not supported)",
+                full_layers,
+                window == j.end() ? "absent, transformers' default 4096" : window->dump(),
+                full_layers));
+    }
   }
   // transformers 5 lists each layer's attention; sliding layers are not supported.
   if (const nlohmann::json* types = find(j, "layer_types")) {
@@ -385,7 +410,15 @@ absl::StatusOr<HfCheckpoint> read_hf_checkpoint(const std::string& dir) {
       source[ours] = absl::StrFormat("%s (tensor '%s')", file, hf_name);
       if (first) ck.dtype = info.dtype;
       first = false;
-      MSA_ASSIGN_OR_RETURN(ck.params[ours], st_file->read_f32(hf_name));
+      MSA_ASSIGN_OR_RETURN(Tensor values, st_file->read_f32(hf_name));
+      const float* x = values.data<float>();
+      for (int64_t i = 0; i < values.numel(); ++i)
+        if (!std::isfinite(x[i]))
+          return absl::InvalidArgumentError(absl::StrFormat(
+              "%s: tensor '%s' holds %g at element %d: a model with non-finite weights cannot be "
+              "converted",
+              file, hf_name, x[i], i));
+      ck.params[ours] = std::move(values);
     }
   }
   for (const ParamSpec& s : specs)
@@ -422,13 +455,15 @@ absl::Status write_hf_checkpoint(const std::string& dir, const std::string& arch
   if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST)
     return absl::InvalidArgumentError(
         absl::StrFormat("invalid --export_hf: cannot create '%s'", dir));
-  // A sharded set left there would sit beside the new single file: readers disagree on which is
-  // the model (transformers takes model.safetensors, an index-first reader the old shards).
-  if (struct stat st; ::stat((dir + "/model.safetensors.index.json").c_str(), &st) == 0)
-    return absl::FailedPreconditionError(absl::StrFormat(
-        "invalid --export_hf: '%s' holds a sharded checkpoint (model.safetensors.index.json); "
-        "export into a new or empty directory",
-        dir));
+  // An export never replaces a model (the one it was converted from, say), and a sharded set
+  // left there would sit beside the new single file, where readers disagree on which is the
+  // model (transformers takes model.safetensors, an index-first reader the old shards).
+  for (const char* name : {"config.json", "model.safetensors", "model.safetensors.index.json"})
+    if (struct stat st; ::stat((dir + "/" + name).c_str(), &st) == 0)
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "invalid --export_hf: '%s' already holds %s (a model is never overwritten); export "
+          "into a new or empty directory",
+          dir, name));
   if (architecture == "MistralForCausalLM") j["sliding_window"] = nullptr;  // full attention
   ModelConfig dense = c;
   dense.attention.clear();

@@ -1,10 +1,13 @@
 // msa-convert: dense GQA checkpoints (Hugging Face or ours) -> msa-train MSA checkpoints, and
 // back to Hugging Face safetensors.
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <string>
 #include <vector>
 
+#include "absl/flags/commandlineflag.h"
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/strings/numbers.h"
@@ -88,12 +91,31 @@ std::string train_model_flags(const msa::ModelConfig& c) {
   if (c.tied_embeddings) absl::StrAppend(&flags, " --tied_embeddings");
   if (c.qkv_bias) absl::StrAppend(&flags, " --qkv_bias");
   if (c.qk_norm) absl::StrAppend(&flags, " --qk_norm");
+  if (c.msa.index_loss_weight != 1.0)
+    absl::StrAppend(&flags, " --msa_index_loss_weight=", c.msa.index_loss_weight);
   return flags;
 }
 
 absl::Status export_hf() {
   const std::string input = absl::GetFlag(FLAGS_checkpoint);
   if (input.empty()) return absl::InvalidArgumentError("invalid --export_hf: needs --checkpoint");
+  // The conversion's flags do nothing in an export: given, they were meant for a conversion.
+  std::vector<std::string> stray;
+  for (const absl::CommandLineFlag* f :
+       {&absl::GetFlagReflectionHandle(FLAGS_hf_dir), &absl::GetFlagReflectionHandle(FLAGS_output),
+        &absl::GetFlagReflectionHandle(FLAGS_msa_layers),
+        &absl::GetFlagReflectionHandle(FLAGS_msa_block_size),
+        &absl::GetFlagReflectionHandle(FLAGS_msa_topk),
+        &absl::GetFlagReflectionHandle(FLAGS_msa_index_dim),
+        &absl::GetFlagReflectionHandle(FLAGS_msa_index_rotary_dim),
+        &absl::GetFlagReflectionHandle(FLAGS_msa_index_loss_weight),
+        &absl::GetFlagReflectionHandle(FLAGS_seed)})
+    if (f->CurrentValue() != f->DefaultValue()) stray.push_back("--" + std::string(f->Name()));
+  if (!stray.empty())
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "invalid %s: %s a conversion, and --export_hf only writes --checkpoint's dense weights "
+        "(run the conversion and the export as two commands)",
+        absl::StrJoin(stray, ", "), stray.size() == 1 ? "it belongs to" : "they belong to"));
   MSA_ASSIGN_OR_RETURN(msa::Checkpoint ckpt, msa::load_checkpoint(input, /*weights_only=*/true));
   nlohmann::json run =
       nlohmann::json::parse(ckpt.run_json.empty() ? "{}" : ckpt.run_json, nullptr, false);
@@ -119,7 +141,14 @@ absl::Status export_hf() {
                             ? "no Hugging Face architecture msa-convert writes has both"
                             : "the architecture its run recorded, " + arch + ", does not"));
   std::string flag = absl::GetFlag(FLAGS_export_dtype);
-  if (flag == "auto") flag = source_dtype == "F32" ? "f32" : source_dtype == "F16" ? "f16" : "bf16";
+  if (flag == "auto") {
+    if (!run.is_object() || !run.contains("hf_dtype"))
+      std::fprintf(stderr,
+                   "msa-convert: %s records no Hugging Face source dtype: --export_dtype=auto "
+                   "writes bf16 (give --export_dtype=f32 or f16 to choose)\n",
+                   input.c_str());
+    flag = source_dtype == "F32" ? "f32" : source_dtype == "F16" ? "f16" : "bf16";
+  }
   msa::StDtype dtype;
   if (flag == "bf16") {
     dtype = msa::StDtype::kBF16;
@@ -145,6 +174,13 @@ absl::Status convert() {
   if (hf_dir.empty() == input.empty())
     return absl::InvalidArgumentError("give exactly one input: --hf_dir or --checkpoint");
   if (output.empty()) return absl::InvalidArgumentError("invalid --output: required");
+  // A conversion never replaces a file: the output path may be its own input or a run's
+  // checkpoint (the rename at the end of the save would have taken its place silently).
+  if (struct stat st; ::stat(output.c_str(), &st) == 0)
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "invalid --output: '%s' already exists (msa-convert never overwrites a file: remove it or "
+        "choose another path)",
+        output));
   msa::Checkpoint out;
   nlohmann::json run;
   if (!hf_dir.empty()) {
@@ -165,6 +201,12 @@ absl::Status convert() {
     out.config = in.config;
     out.params = std::move(in.params);
     run["converted_from"] = input;
+    // The Hugging Face source, when the dense checkpoint came from one (msa-convert --hf_dir,
+    // then msa-train): an export keeps its architecture and dtype.
+    const nlohmann::json in_run = nlohmann::json::parse(in.run_json, nullptr, false);
+    if (in_run.is_object())
+      for (const char* key : {"hf_architecture", "hf_dtype"})
+        if (in_run.contains(key) && in_run[key].is_string()) run[key] = in_run[key];
   }
   MSA_ASSIGN_OR_RETURN(out.config.attention,
                        parse_msa_layers(absl::GetFlag(FLAGS_msa_layers), out.config.n_layers));

@@ -314,6 +314,7 @@ std::string run_json(const TrainProgramOptions& o) {
   j["beta2"] = o.optimizer.beta2;
   j["adam_eps"] = o.optimizer.eps;
   j["grad_clip"] = o.optimizer.grad_clip;
+  for (const auto& [key, value] : o.source_model) j[key] = value;
   return j.dump();
 }
 
@@ -626,8 +627,52 @@ absl::Status load_weights(const Checkpoint& ckpt, const std::string& path, Trans
                           .to(p.value.dtype())
                           .to(p.value.device()));
   }
+  // A tensor the model has no place for is a weight the flags would silently drop (a bias, a
+  // norm, an untied LM head, an MSA layer's index branch under --attention=dense).
+  for (const auto& [name, value] : ckpt.params)
+    if (model.params().find(name) == nullptr)
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "%s: holds parameter %s, which the model the flags build does not have (its weights "
+          "would be dropped: give the flags of the checkpoint's model)",
+          path, name));
   optimizer.sync_masters_from_params();
   return absl::OkStatus();
+}
+
+// --init_from takes the weights; the sizes come from the flags and are checked by the shapes. The
+// fields that change what the same weights compute (no shape tells them) must agree as well.
+absl::Status check_init_architecture(const ModelConfig& stored, const ModelConfig& flags,
+                                     const std::string& path) {
+  std::vector<std::string> wrong;
+  if (stored.norm_eps != flags.norm_eps)
+    wrong.push_back(absl::StrFormat("--norm_eps=%g (not %g)", stored.norm_eps, flags.norm_eps));
+  auto flag_of = [](const char* name, bool on) {
+    return absl::StrFormat("--%s%s", on ? "" : "no", name);
+  };
+  if (stored.qkv_bias != flags.qkv_bias) wrong.push_back(flag_of("qkv_bias", stored.qkv_bias));
+  if (stored.qk_norm != flags.qk_norm) wrong.push_back(flag_of("qk_norm", stored.qk_norm));
+  if (stored.tied_embeddings != flags.tied_embeddings)
+    wrong.push_back(flag_of("tied_embeddings", stored.tied_embeddings));
+  // The index branch's weights, where they are loaded, rotate (or not) as they were trained.
+  if (stored.any_msa() && flags.any_msa() &&
+      stored.msa.index_rotary_dim != flags.msa.index_rotary_dim)
+    wrong.push_back(absl::StrFormat("--msa_index_rotary_dim=%d", stored.msa.index_rotary_dim));
+  if (wrong.empty()) return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrFormat(
+      "--init_from: %s was written for a model the flags do not build: pass %s (msa-convert prints "
+      "the msa-train flags of the model it writes)",
+      path, absl::StrJoin(wrong, " ")));
+}
+
+// The Hugging Face model a checkpoint came from (msa-convert records its architecture and dtype),
+// carried into the run's own checkpoints so that an export of the trained model writes what the
+// source had (before, it fell back to Llama in bf16 after one msa-train run).
+void adopt_source_model(const std::string& stored_run_json, TrainProgramOptions& o) {
+  const nlohmann::json run = nlohmann::json::parse(stored_run_json, nullptr, false);
+  if (!run.is_object()) return;
+  for (const char* key : {"hf_architecture", "hf_dtype"})
+    if (run.contains(key) && run[key].is_string())
+      o.source_model[key] = run[key].get<std::string>();
 }
 
 // RoPE belongs to the weights: a run that continues (--resume) or starts from (--init_from) a
@@ -831,7 +876,9 @@ absl::Status run_train_program(TrainProgramOptions o) {
     } else if (!o.init_from.empty()) {
       auto c = load_checkpoint(o.init_from, /*weights_only=*/true);
       if (!c.ok()) return annotate(c.status(), "--init_from");
+      MSA_RETURN_IF_ERROR(check_init_architecture(c->config, o.model, o.init_from));
       MSA_RETURN_IF_ERROR(adopt_checkpoint_rope(c->config, "--init_from", o.init_from, leader, o));
+      adopt_source_model(c->run_json, o);
       init = std::move(*c);
     }
     return absl::OkStatus();
@@ -877,6 +924,7 @@ absl::Status run_train_program(TrainProgramOptions o) {
         MSA_ASSIGN_OR_RETURN(validation, make_source(o, groups, true));
       }
     }
+    adopt_source_model(ckpt.run_json, o);
     MSA_ASSIGN_OR_RETURN(const bool new_data, reconcile_resumed_run(ckpt.run_json, latest->path,
                                                                     ckpt.state.step, leader, o));
     MSA_RETURN_IF_ERROR(load_weights(ckpt, latest->path, model, optimizer, false));

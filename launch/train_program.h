@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 
 #include "absl/status/status.h"
@@ -42,6 +43,9 @@ struct TrainProgramOptions {
   bool resume = false;           // continue from the newest valid checkpoint in checkpoint_dir
   std::string init_from;         // load weights only from this checkpoint
   bool init_allow_missing_index = false;  // init_from: index branch absent in the file is fresh
+  // The Hugging Face source of the weights (hf_architecture, hf_dtype), from the checkpoint
+  // loaded; recorded in the run's checkpoints for msa-convert --export_hf.
+  std::map<std::string, std::string> source_model;
   int64_t exit_after_step = 0;     // stop (with a checkpoint) after this step, as if preempted
   std::string metrics_jsonl;       // append one JSON line per step (full precision) to this file
   int tp = 1;                      // tensor-parallel size (world = dp x cp x tp)

@@ -4,6 +4,7 @@
 // silent wrap. The conversion runs in this process: a crash fails the test binary.
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -12,6 +13,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/str_format.h"
 #include "core/rng.h"
 #include "data/safetensors.h"
 #include "gmock/gmock.h"
@@ -142,6 +144,94 @@ TEST(ConvertConfigTest, ZeroHeadsWrappedLayersAndStringsAreErrorsNamingTheField)
     EXPECT_THAT(std::string(ck.status().message()), HasSubstr(dir + "/config.json")) << k.field;
     EXPECT_THAT(std::string(ck.status().message()), HasSubstr(k.field)) << ck.status();
   }
+}
+
+// Fields set or replaced in the valid config; a value "" removes the field.
+std::string config_with(std::vector<std::pair<std::string, std::string>> changes) {
+  auto fields = valid_fields();
+  for (const auto& [field, value] : changes) {
+    auto it =
+        std::find_if(fields.begin(), fields.end(), [&](const auto& f) { return f.first == field; });
+    if (value.empty()) {
+      if (it != fields.end()) fields.erase(it);
+    } else if (it != fields.end()) {
+      it->second = value;
+    } else {
+      fields.push_back({field, value});
+    }
+  }
+  return render(fields);
+}
+
+// Qwen2 / Qwen3 with use_sliding_window: the layers from max_window_layers (28 when absent) on
+// attend within sliding_window (transformers' 4096 when absent). Refused unless the window is an
+// explicit null or no layer reaches max_window_layers (the absent window was accepted before).
+TEST(ConvertConfigTest, QwenSlidingWindowIsRefusedWhereALayerUsesIt) {
+  struct Case {
+    std::string window, max_window_layers;
+    bool refused;
+  };
+  const Case cases[] = {
+      {"", "", false},       // 2 layers, all below the default 28
+      {"", "0", true},       // the absent window: transformers' 4096 from layer 0 on
+      {"", "1", true},       // layer 1 slides
+      {"", "2", false},      // no layer reaches it
+      {"4096", "0", true},   // an explicit window
+      {"null", "0", false},  // an explicit null: full attention
+  };
+  for (const char* arch : {"Qwen2ForCausalLM", "Qwen3ForCausalLM"})
+    for (const Case& k : cases) {
+      const std::string config = config_with({{"architectures", absl::StrFormat("[\"%s\"]", arch)},
+                                              {"use_sliding_window", "true"},
+                                              {"sliding_window", k.window},
+                                              {"max_window_layers", k.max_window_layers}});
+      absl::StatusOr<HfCheckpoint> ck = parse_hf_config(config, "cfg.json");
+      const std::string what = absl::StrFormat("%s window '%s' max_window_layers '%s'", arch,
+                                               k.window, k.max_window_layers);
+      if (k.refused) {
+        ASSERT_FALSE(ck.ok()) << what;
+        EXPECT_THAT(std::string(ck.status().message()),
+                    HasSubstr("cfg.json: field 'use_sliding_window' is true: layers " +
+                              (k.max_window_layers.empty() ? "28" : k.max_window_layers)))
+            << what;
+      } else {
+        EXPECT_TRUE(ck.ok()) << what << ": " << ck.status();
+      }
+    }
+}
+
+// Absent num_key_value_heads / head_dim take the architecture's transformers defaults (they were
+// the query heads and hidden / heads for every architecture).
+TEST(ConvertConfigTest, AbsentHeadFieldsTakeTheArchitecturesDefaults) {
+  struct Case {
+    std::string arch;
+    int kv_heads, head_dim;
+  };
+  // 64 query heads of hidden 512: Llama's key/value heads default to the query heads.
+  const Case cases[] = {{"LlamaForCausalLM", 64, 8},
+                        {"MistralForCausalLM", 8, 8},
+                        {"Qwen2ForCausalLM", 32, 8},
+                        {"Qwen3ForCausalLM", 32, 128}};
+  for (const Case& k : cases) {
+    absl::StatusOr<HfCheckpoint> ck =
+        parse_hf_config(config_with({{"architectures", absl::StrFormat("[\"%s\"]", k.arch)},
+                                     {"hidden_size", "512"},
+                                     {"num_attention_heads", "64"},
+                                     {"num_key_value_heads", ""},
+                                     {"head_dim", ""}}),
+                        "cfg.json");
+    ASSERT_TRUE(ck.ok()) << k.arch << ": " << ck.status();
+    EXPECT_EQ(ck->config.n_kv_heads, k.kv_heads) << k.arch;
+    EXPECT_EQ(ck->config.head_dim, k.head_dim) << k.arch;
+  }
+  // A default that does not divide the heads is named as the default.
+  absl::StatusOr<HfCheckpoint> ck = parse_hf_config(
+      config_with({{"architectures", "[\"MistralForCausalLM\"]"}, {"num_key_value_heads", ""}}),
+      "cfg.json");
+  ASSERT_FALSE(ck.ok());
+  EXPECT_THAT(std::string(ck.status().message()),
+              HasSubstr("field 'num_key_value_heads' is absent (MistralForCausalLM's default: 8), "
+                        "which does not divide num_attention_heads (4)"));
 }
 
 // The program: a bad value is a one-line error and exit 1 (it was SIGFPE / abort).

@@ -12,7 +12,9 @@
 #include <cstdio>
 #include <fstream>
 #include <map>
+#include <sstream>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "core/rng.h"
@@ -43,6 +45,13 @@ std::string fresh_dir(const std::string& name) {
   const std::string dir = std::string(::testing::TempDir()) + "/" + name;
   std::system(("rm -rf '" + dir + "' && mkdir -p '" + dir + "'").c_str());
   return dir;
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  std::stringstream text;
+  text << f.rdbuf();
+  return text.str();
 }
 
 std::pair<int, std::string> run(const std::string& args) {
@@ -352,6 +361,70 @@ TEST(ConvertHfTest, DefaultIndexDimIsThePapers) {
   EXPECT_EQ(ckpt->params.at("layers.0.attn.index_wk.weight").shape(), (Shape{128, kD}));
 }
 
+// msa-convert never replaces a file: an existing --output (its own input, a run's checkpoint) is
+// refused and keeps its bytes (the save's rename took its place before). The conversion's flags
+// given to an export are refused (they did nothing), and a conversion of our checkpoint keeps the
+// Hugging Face source the dense one recorded, so that an export writes the source's dtype.
+TEST(ConvertHfTest, NeverOverwritesAndKeepsTheSourceThroughCheckpoints) {
+  const std::string dir = fresh_dir("no_overwrite");
+  Hf f32_llama{"LlamaForCausalLM"};
+  write_hf(dir, f32_llama, 5);
+  auto [rc, log] = run("--hf_dir=" + dir + " --output=" + dir + "/dense.h5 --msa_layers=none");
+  ASSERT_EQ(rc, 0) << log;
+  const std::string dense = read_file(dir + "/dense.h5");
+  std::tie(rc, log) = run("--checkpoint=" + dir + "/dense.h5 --output=" + dir +
+                          "/dense.h5 --msa_block_size=4 --msa_topk=3 --msa_index_dim=8");
+  EXPECT_EQ(rc, 1) << log;
+  EXPECT_THAT(log, HasSubstr("invalid --output: '" + dir + "/dense.h5' already exists"));
+  EXPECT_EQ(read_file(dir + "/dense.h5"), dense);
+
+  std::tie(rc, log) = run("--checkpoint=" + dir + "/dense.h5 --output=" + dir +
+                          "/msa.h5 --msa_block_size=4 --msa_topk=3 --msa_index_dim=8 "
+                          "--msa_index_loss_weight=0.5");
+  ASSERT_EQ(rc, 0) << log;
+  EXPECT_THAT(log, HasSubstr("--msa_index_loss_weight=0.5"));  // the msa-train flags it prints
+  auto msa = load_checkpoint(dir + "/msa.h5", true);
+  ASSERT_TRUE(msa.ok()) << msa.status();
+  EXPECT_THAT(msa->run_json, HasSubstr("\"hf_architecture\":\"LlamaForCausalLM\""));
+  EXPECT_THAT(msa->run_json, HasSubstr("\"hf_dtype\":\"BF16\""));
+
+  std::tie(rc, log) =
+      run("--checkpoint=" + dir + "/msa.h5 --export_hf=" + dir + "/back --output=x.h5 --seed=5");
+  EXPECT_EQ(rc, 1) << log;
+  EXPECT_THAT(log, HasSubstr("invalid --output, --seed: they belong to a conversion"));
+  EXPECT_FALSE(std::ifstream(dir + "/back/config.json").good());
+  std::tie(rc, log) = run("--checkpoint=" + dir + "/msa.h5 --export_hf=" + dir + "/back");
+  ASSERT_EQ(rc, 0) << log;
+  EXPECT_THAT(log, HasSubstr("LlamaForCausalLM, bf16"));
+  std::tie(rc, log) = run("--checkpoint=" + dir + "/msa.h5 --export_hf=" + dir + "/back");
+  EXPECT_EQ(rc, 1) << log;
+  EXPECT_THAT(log, HasSubstr("already holds config.json"));
+}
+
+// A non-finite weight is refused where it is read, naming the Hugging Face file and tensor (it
+// was named only as our parameter in the output file's save).
+TEST(ConvertHfTest, NonFiniteWeightIsRefusedNamingTheSourceTensor) {
+  const std::string dir = fresh_dir("nan_weight");
+  write_hf(dir, {"LlamaForCausalLM"}, 1);
+  const std::string second = dir + "/model-00002-of-00002.safetensors";
+  std::vector<StTensorOut> tensors;
+  {
+    auto file = SafetensorsFile::open(second);
+    ASSERT_TRUE(file.ok());
+    for (const auto& [name, info] : (*file)->tensors()) {
+      Tensor t = *(*file)->read_f32(name);
+      if (name == "model.layers.1.mlp.up_proj.weight") t.data<float>()[7] = std::nanf("");
+      tensors.push_back({name, StDtype::kF32, info.shape, encode_f32(t, StDtype::kF32)});
+    }
+  }
+  ASSERT_TRUE(write_safetensors(second, tensors).ok());
+  auto r = read_hf_checkpoint(dir);
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(std::string(r.status().message()),
+              HasSubstr(second + ": tensor 'model.layers.1.mlp.up_proj.weight' holds nan at "
+                                 "element 7"));
+}
+
 // A tiny Llama (HF tensors `hf`) converted by msa-convert to MSA with B 4, k 3, d_I 8 (`ckpt`).
 struct ConvertedLlama {
   std::map<std::string, Tensor> hf;
@@ -591,14 +664,31 @@ TEST(ConvertHfTest, RefusesShardsAndIndexThatDisagree) {
   EXPECT_THAT(std::string(r.status().message()),
               HasSubstr("holds both model.safetensors and model.safetensors.index.json"));
 
-  // Exporting into a sharded directory would leave exactly that.
+  // Exporting into a sharded directory would leave exactly that; an export never replaces a
+  // model either (each of its files alone is refused: the index, a single model.safetensors, a
+  // config.json), and the files there keep their bytes.
   const std::string target = fresh_dir("export_into_shards");
   write_hf(target, {"LlamaForCausalLM"}, 1);
   auto hf = read_hf_checkpoint(target);
   ASSERT_TRUE(hf.ok()) << hf.status();
+  const std::string config_before = read_file(target + "/config.json");
+  ASSERT_FALSE(config_before.empty());
+  for (const char* only : {"model.safetensors.index.json", "model.safetensors", "config.json"}) {
+    const std::string into = fresh_dir(std::string("export_over_") + only);
+    std::ofstream(into + "/" + only) << "kept";
+    const absl::Status exported =
+        write_hf_checkpoint(into, "LlamaForCausalLM", hf->config, hf->params, StDtype::kBF16);
+    EXPECT_THAT(std::string(exported.message()), HasSubstr("'" + into + "' already holds " + only +
+                                                           " (a model is never overwritten)"));
+    EXPECT_EQ(read_file(into + "/" + only), "kept") << only;
+    for (const char* other : {"model.safetensors", "config.json"})
+      if (std::string(other) != only)
+        EXPECT_FALSE(std::ifstream(into + "/" + other).good()) << only << " / " << other;
+  }
   const absl::Status exported =
       write_hf_checkpoint(target, "LlamaForCausalLM", hf->config, hf->params, StDtype::kBF16);
-  EXPECT_THAT(std::string(exported.message()), HasSubstr("holds a sharded checkpoint"));
+  EXPECT_THAT(std::string(exported.message()), HasSubstr("already holds config.json"));
+  EXPECT_EQ(read_file(target + "/config.json"), config_before);
   EXPECT_FALSE(std::ifstream(target + "/model.safetensors").good());
 }
 
@@ -735,6 +825,26 @@ TEST(SafetensorsTest, MalformedFilesAreRejectedWithAClearMessage) {
       R"({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}})";
   EXPECT_THAT(open_error(raw_file("overlap.st", overlap.size(), overlap, 12)),
               HasSubstr("byte ranges overlap at offset 4"));
+  // The reference reader's rules: each name once, the tensors tiling the data section.
+  const std::string twice =
+      R"({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, "a": {"dtype": "F32", "shape": [2], "data_offsets": [8, 16]}})";
+  EXPECT_THAT(open_error(raw_file("twice.st", twice.size(), twice, 16)),
+              HasSubstr("header lists 'a' twice"));
+  const std::string hole =
+      R"({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}, "b": {"dtype": "F32", "shape": [1], "data_offsets": [8, 12]}})";
+  EXPECT_THAT(open_error(raw_file("hole.st", hole.size(), hole, 12)),
+              HasSubstr("data bytes [4, 8) belong to no tensor"));
+  EXPECT_THAT(open_error(raw_file("trailing.st", good.size(), good, 4008)),
+              HasSubstr("4000 trailing bytes after the last tensor"));
+  // Element counts whose byte count wrapped (2^62 x 4 bytes = 0) or dimensions past int64.
+  for (const char* shape :
+       {"[4611686018427387904]", "[2147483648, 2147483648]", "[0, 9223372036854775808]"}) {
+    const std::string huge = std::string(R"({"a": {"dtype": "F32", "shape": )") + shape +
+                             R"(, "data_offsets": [0, 0]}})";
+    EXPECT_THAT(open_error(raw_file("huge.st", huge.size(), huge, 0)),
+                HasSubstr("tensor 'a': shape overflows"))
+        << shape;
+  }
   const std::string neg = R"({"a": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}})";
   EXPECT_THAT(open_error(raw_file("neg.st", neg.size(), neg, 8)), HasSubstr("negative"));
   std::ofstream(std::string(::testing::TempDir()) + "/tiny.st") << "abc";

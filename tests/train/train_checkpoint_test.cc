@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <iterator>
 #include <string>
 #include <vector>
@@ -170,6 +171,72 @@ TEST(TrainCheckpointTest, InitFromLoadsWeightsOnly) {
     const auto x = t.to_double_vector(), y = out->params.at(name).to_double_vector();
     for (size_t i = 0; i < x.size(); ++i) ASSERT_NEAR(x[i], y[i], 1e-6) << name;
   }
+}
+
+// --init_from takes the weights and checks the sizes by their shapes; what no shape shows (the
+// norm epsilon, biases, q/k norms, tied embeddings) must agree too, and a tensor the model has no
+// place for is refused, not dropped (all of them loaded silently into another model before).
+TEST(TrainCheckpointTest, InitFromRefusesAModelTheFlagsDoNotBuild) {
+  const std::string dir = fresh_dir("init_arch_src");
+  TrainProgramOptions src = tiny_run(dir, 1);
+  src.model.norm_eps = 1e-6;
+  src.model.qkv_bias = true;
+  src.model.qk_norm = true;
+  src.model.n_layers = 3;
+  src.attention_spec = "msa,dense,msa";
+  src.source_model = {{"hf_architecture", "Qwen3ForCausalLM"}, {"hf_dtype", "F32"}};
+  ASSERT_TRUE(run_train_program(src).ok());
+  const std::string path = checkpoint_path(dir, 1);
+  struct Case {
+    const char* what;
+    std::function<void(TrainProgramOptions&)> change;
+    std::string message;
+  };
+  const std::vector<Case> cases = {
+      {"eps", [](TrainProgramOptions& o) { o.model.norm_eps = 1e-5; },
+       "pass --norm_eps=1e-06 (not 1e-05)"},
+      {"bias", [](TrainProgramOptions& o) { o.model.qkv_bias = false; }, "pass --qkv_bias"},
+      {"qk norm", [](TrainProgramOptions& o) { o.model.qk_norm = false; }, "pass --qk_norm"},
+      {"tied", [](TrainProgramOptions& o) { o.model.tied_embeddings = true; },
+       "pass --notied_embeddings"},
+      {"index rope", [](TrainProgramOptions& o) { o.model.msa.index_rotary_dim = 4; },
+       "pass --msa_index_rotary_dim=0"},
+      {"fewer layers",
+       [](TrainProgramOptions& o) {
+         o.model.n_layers = 2;
+         o.attention_spec = "msa,dense";
+       },
+       "holds parameter layers.2."},
+      {"dense layer 2", [](TrainProgramOptions& o) { o.attention_spec = "msa,dense,dense"; },
+       "holds parameter layers.2.attn.index_"},
+  };
+  for (const Case& c : cases) {
+    const std::string dst = fresh_dir(std::string("init_arch_dst_") + c.what);
+    TrainProgramOptions o = src;
+    o.source_model.clear();
+    o.checkpoint_dir = dst;
+    o.metrics_jsonl = dst + "/metrics.jsonl";
+    o.init_from = path;
+    c.change(o);
+    const absl::Status s = run_train_program(o);
+    ASSERT_FALSE(s.ok()) << c.what;
+    EXPECT_THAT(std::string(s.message()), HasSubstr(path)) << c.what;
+    EXPECT_THAT(std::string(s.message()), HasSubstr(c.message)) << c.what << ": " << s;
+    EXPECT_TRUE(list_checkpoint_steps(dst).empty()) << c.what;
+  }
+  // The same flags load it, and the run's checkpoint keeps the Hugging Face source (an export of
+  // the trained model writes its architecture and dtype).
+  const std::string dst = fresh_dir("init_arch_dst_same");
+  TrainProgramOptions o = src;
+  o.source_model.clear();
+  o.checkpoint_dir = dst;
+  o.metrics_jsonl = dst + "/metrics.jsonl";
+  o.init_from = path;
+  ASSERT_TRUE(run_train_program(o).ok());
+  auto out = load_checkpoint(checkpoint_path(dst, 1), /*weights_only=*/true);
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_THAT(out->run_json, HasSubstr("\"hf_architecture\":\"Qwen3ForCausalLM\""));
+  EXPECT_THAT(out->run_json, HasSubstr("\"hf_dtype\":\"F32\""));
 }
 
 // ---- bad files
