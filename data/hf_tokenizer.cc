@@ -167,9 +167,9 @@ absl::StatusOr<std::unique_ptr<BpeModel>> parse_model(const json& j, bool byte_l
   tok::BpeConfig config;
   if (j.contains("unk_token") && j["unk_token"].is_string())
     config.unk_token = j["unk_token"].get<std::string>();
-  config.fuse_unk = j.value("fuse_unk", false);
-  config.byte_fallback = j.value("byte_fallback", false);
-  config.ignore_merges = j.value("ignore_merges", false);
+  MSA_ASSIGN_OR_RETURN(config.fuse_unk, optional_bool(j, "fuse_unk", false, "model"));
+  MSA_ASSIGN_OR_RETURN(config.byte_fallback, optional_bool(j, "byte_fallback", false, "model"));
+  MSA_ASSIGN_OR_RETURN(config.ignore_merges, optional_bool(j, "ignore_merges", false, "model"));
   config.byte_level = byte_level;
 
   const auto vocab_it = j.find("vocab");
@@ -225,11 +225,11 @@ absl::Status HfTokenizerImpl::load_added_tokens(const json& list) {
       return absl::InvalidArgumentError(where + ".content: missing");
     AddedToken t;
     t.content = e["content"].get<std::string>();
-    t.single_word = e.value("single_word", false);
-    t.lstrip = e.value("lstrip", false);
-    t.rstrip = e.value("rstrip", false);
-    t.special = e.value("special", false);
-    t.normalized = e.value("normalized", !t.special);
+    MSA_ASSIGN_OR_RETURN(t.single_word, optional_bool(e, "single_word", false, where));
+    MSA_ASSIGN_OR_RETURN(t.lstrip, optional_bool(e, "lstrip", false, where));
+    MSA_ASSIGN_OR_RETURN(t.rstrip, optional_bool(e, "rstrip", false, where));
+    MSA_ASSIGN_OR_RETURN(t.special, optional_bool(e, "special", false, where));
+    MSA_ASSIGN_OR_RETURN(t.normalized, optional_bool(e, "normalized", !t.special, where));
     if (t.content.empty()) continue;
     if (tok::find_invalid_utf8(t.content) != std::string_view::npos)
       return absl::InvalidArgumentError(where + ".content: invalid UTF-8");

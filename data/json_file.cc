@@ -27,4 +27,14 @@ absl::StatusOr<nlohmann::json> read_json_file(const std::string& path) {
   return j;
 }
 
+absl::StatusOr<bool> optional_bool(const nlohmann::json& j, const char* key, bool fallback,
+                                   const std::string& where) {
+  const auto it = j.find(key);
+  if (it == j.end() || it->is_null()) return fallback;
+  if (!it->is_boolean())
+    return absl::InvalidArgumentError(
+        absl::StrFormat("%s.%s: expected true or false, not %s", where, key, it->dump()));
+  return it->get<bool>();
+}
+
 }  // namespace msa

@@ -15,4 +15,9 @@ namespace msa {
 // InvalidArgument: its bytes are not one JSON value. Messages start with the path.
 absl::StatusOr<nlohmann::json> read_json_file(const std::string& path);
 
+// Member `key` of object `j` as a bool: `fallback` when absent or null (the tokenizers library
+// reads its flags as optional), else it must be true or false; the error names `where`.`key`.
+absl::StatusOr<bool> optional_bool(const nlohmann::json& j, const char* key, bool fallback,
+                                   const std::string& where);
+
 }  // namespace msa

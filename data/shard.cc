@@ -136,6 +136,20 @@ absl::StatusOr<std::unique_ptr<ShardReader>> ShardReader::open(const std::string
                         "(truncated?)",
                         path, count, static_cast<double>(count) * w, payload));
   }
+  // A shard is exactly its header and its tokens (write_shard writes nothing else): bytes past
+  // the count, or a reserved field that is not 0, mean a file damaged or written by something
+  // else, whose tokens would be read short without a word.
+  if (payload != count * w) {
+    return absl::DataLossError(absl::StrFormat(
+        "%s: header says %d tokens (%d bytes) but the file holds %d bytes of tokens (%d bytes "
+        "too many: a damaged header or an appended file)",
+        path, count, count * w, payload, payload - count * w));
+  }
+  if (const uint64_t reserved = get_u64(h + 24); reserved != 0) {
+    return absl::DataLossError(absl::StrFormat(
+        "%s: header field 'reserved' (bytes 24-31) is %d, not 0: not a shard this version wrote",
+        path, reserved));
+  }
   r->count_ = static_cast<int64_t>(count);
   return r;
 }

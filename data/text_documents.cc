@@ -150,6 +150,11 @@ absl::StatusOr<std::optional<TextPiece>> TextPieceReader::next() {
       ++file_;
     }
     if (piece.format == TextFormat::kJsonl && piece.bytes.empty()) continue;
+    // An empty text file is no document (it became one of just the EOS, so an input of empty
+    // files passed the "no documents" check and --overwrite replaced a dataset with it).
+    if (piece.format == TextFormat::kText && piece.document_start && piece.document_end &&
+        piece.bytes.empty())
+      continue;
     return piece;
   }
   return std::nullopt;

@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_format.h"
 #include "core/status.h"
+#include "data/json_file.h"
 #include "data/tokenizer_regex.h"
 #include "data/tokenizer_unicode.h"
 #include "nlohmann/json.hpp"
@@ -163,7 +164,8 @@ absl::StatusOr<std::unique_ptr<Normalizer>> parse_normalizer(const nlohmann::jso
                                       ".pattern: expected {\"String\": ...} or {\"Regex\": ...}");
   }
   if (type == "Strip") {
-    const bool left = j.value("strip_left", true), right = j.value("strip_right", true);
+    MSA_ASSIGN_OR_RETURN(const bool left, optional_bool(j, "strip_left", true, where));
+    MSA_ASSIGN_OR_RETURN(const bool right, optional_bool(j, "strip_right", true, where));
     return std::unique_ptr<Normalizer>(new Strip(left, right));
   }
   if (type == "Sequence") {

@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "core/status.h"
+#include "data/json_file.h"
 #include "data/tokenizer_unicode.h"
 #include "nlohmann/json.hpp"
 
@@ -257,15 +258,6 @@ class SequencePre final : public PreTokenizer {
  private:
   std::vector<std::unique_ptr<PreTokenizer>> steps_;
 };
-
-absl::StatusOr<bool> optional_bool(const nlohmann::json& j, const char* key, bool fallback,
-                                   const std::string& where) {
-  auto it = j.find(key);
-  if (it == j.end() || it->is_null()) return fallback;
-  if (!it->is_boolean())
-    return absl::InvalidArgumentError(absl::StrFormat("%s.%s: expected true or false", where, key));
-  return it->get<bool>();
-}
 
 }  // namespace
 

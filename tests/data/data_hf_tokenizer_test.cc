@@ -214,6 +214,16 @@ TEST(HfTokenizerTest, BadFilesAreRefusedNamingTheField) {
       {R"({"model": {"type": "BPE", "vocab": {"a": -1}, "merges": []}})", "model.vocab"},
       {R"({"model": 3})", "model"},
       {R"(not json)", "not valid JSON"},
+      // Flags of the wrong type are named (they were "unexpected JSON value: type must be
+      // boolean").
+      {R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": [], "fuse_unk": "yes"}})",
+       "model.fuse_unk: expected true or false, not \"yes\""},
+      {R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []},
+           "added_tokens": [{"content": "<s>", "special": "yes"}]})",
+       "added_tokens[0].special: expected true or false"},
+      {R"({"normalizer": {"type": "Strip", "strip_left": 1},
+           "model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}})",
+       "normalizer.strip_left: expected true or false, not 1"},
   };
   int k = 0;
   for (const Case& c : cases) {
@@ -224,6 +234,21 @@ TEST(HfTokenizerTest, BadFilesAreRefusedNamingTheField) {
     EXPECT_THAT(t.status().message(), HasSubstr(c.field)) << c.json;
   }
   EXPECT_FALSE(HfTokenizer::load(tokenizer_path("no_such_file.json")).ok());
+}
+
+// The tokenizers library reads the BPE and added-token flags as optional: null is the default
+// (it was refused as "type must be boolean, but is null").
+TEST(HfTokenizerTest, NullFlagsTakeTheirDefaults) {
+  const std::string path =
+      write_temp("null_flags.json",
+                 R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "ab": 2}, "merges": ["a b"],
+          "fuse_unk": null, "byte_fallback": null, "ignore_merges": null, "dropout": null},
+          "normalizer": {"type": "Strip", "strip_left": null, "strip_right": null},
+          "added_tokens": [{"content": "<s>", "id": 3, "special": null, "lstrip": null,
+                            "rstrip": null, "single_word": null, "normalized": null}]})");
+  auto t = HfTokenizer::load(path);
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_EQ(ids(**t, " ab<s>b "), (std::vector<uint32_t>{2, 3, 1}));
 }
 
 TEST(HfTokenizerTest, ConcurrentEncodesAgreeWithOneThread) {

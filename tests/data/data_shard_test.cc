@@ -75,6 +75,38 @@ TEST(DataShardTest, TokenCountPastEndOfFileIsRejected) {
   EXPECT_THAT(std::string(r.status().message()), HasSubstr("header says 100 tokens"));
 }
 
+// Bytes past the header's count (a smaller count than the data: the rest was read as nothing)
+// and a non-zero reserved field are refused, naming what is wrong.
+TEST(DataShardTest, ExtraBytesAndReservedFieldAreRejected) {
+  const std::string path = temp_path("extra.tok");
+  ASSERT_TRUE(write_shard(path, std::vector<uint32_t>(10, 5), TokenWidth::kU16).ok());
+  const auto good = read_bytes(path);
+  auto bytes = good;
+  bytes[16] = 2;  // the header says 2 tokens, the file holds 10
+  write_bytes(path, bytes);
+  auto r = ShardReader::open(path);
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(std::string(r.status().message()),
+              HasSubstr(path + ": header says 2 tokens (4 bytes) but the file holds 20 bytes of "
+                               "tokens (16 bytes too many"));
+  bytes = good;
+  bytes.push_back(0);  // one odd byte
+  write_bytes(path, bytes);
+  r = ShardReader::open(path);
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("(1 bytes too many"));
+  bytes = good;
+  bytes[24] = static_cast<char>(0xef);
+  write_bytes(path, bytes);
+  r = ShardReader::open(path);
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("header field 'reserved'"));
+  write_bytes(path, good);
+  r = ShardReader::open(path);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ((*r)->size(), 10);
+}
+
 TEST(DataShardTest, TruncatedHeaderAndBadWidthAreRejected) {
   const std::string path = temp_path("short.tok");
   write_bytes(path, {'M', 'S', 'A'});

@@ -238,6 +238,13 @@ TEST(MsaDataCliTest, InputsWithoutDocumentsLeaveTheOutputUnchanged) {
   EXPECT_THAT(r.output, HasSubstr("invalid --input: no documents in " + dir + "/empty.jsonl"));
   EXPECT_EQ(slurp(dir + "/out/train-00000.tok"), shard);
   EXPECT_TRUE(std::ifstream(dir + "/out/train.json").good());
+  // An empty plain-text file is no document either (it was one of just the EOS, and replaced the
+  // shards with that).
+  std::ofstream(dir + "/empty.txt").flush();
+  r = run_program("msa-data", "text --input=" + dir + "/empty.txt --overwrite" + out);
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("invalid --input: no documents in " + dir + "/empty.txt"));
+  EXPECT_EQ(slurp(dir + "/out/train-00000.tok"), shard);
 }
 
 // A path where a metadata file belongs that is a directory is a message, not an uncaught
