@@ -381,14 +381,14 @@ OracleRecall query_recall(const Tensor& q, const Tensor& k, const BlockSelection
     return sums.n_rows > 0 ? sum / static_cast<double>(sums.n_rows) : 1.0;
   };
   return {mean(sums.index_recall), mean(sums.block_recall), mean(sums.index_recall_ceiling),
-          mean(sums.max_pool_recall_ceiling)};
+          mean(sums.max_pool_recall_ceiling), sums.n_rows};
 }
 
 OracleRecall strided_recall(const Tensor& q, const Tensor& k, const BlockSelection& sel,
                             double scale, int64_t query_stride, const char* op) {
   const std::vector<RecallQuery> queries =
       strided_recall_queries(q.size(0), q.size(1), query_stride, k.size(1) - q.size(1));
-  return queries.empty() ? OracleRecall{1.0, 1.0, 1.0, 1.0}
+  return queries.empty() ? OracleRecall{1.0, 1.0, 1.0, 1.0, 0}
                          : query_recall(q, k, sel, scale, queries, op);
 }
 

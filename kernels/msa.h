@@ -200,6 +200,10 @@ struct OracleRecall {
   double block_recall = 0;
   double index_recall_ceiling = 0;
   double max_pool_recall_ceiling = 0;
+  // The (query, group) rows the means are over: the weight that combines recalls measured apart
+  // (documents, context-parallel shards, data-parallel ranks). 0 when nothing was sampled (the
+  // recalls are then 1.0 and weigh nothing).
+  int64_t rows = 0;
 };
 OracleRecall msa_oracle_recall(const Tensor& q, const Tensor& k, const BlockSelection& sel,
                                double scale, int64_t query_stride);

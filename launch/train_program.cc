@@ -177,6 +177,7 @@ absl::Status check_memory(const TrainProgramOptions& o, const ProcessGroups& gro
   m.model = o.model;
   m.batch_size = o.batch_size;
   m.seq_len = o.seq_len / groups.cp_size;  // a cp rank's activations hold its shard
+  m.cp = groups.cp_size;
   m.tp = groups.tp_size;
   m.dp = groups.dp_size * groups.cp_size;  // ZeRO-1 shards over dp x cp
   m.zero1 = o.zero1;

@@ -209,6 +209,7 @@ void attention_block_forward(const ModelConfig& c, int layer, ParameterSet& para
       act.block_recall = oracle.block_recall;
       act.index_recall_ceiling = oracle.index_recall_ceiling;
       act.max_pool_recall_ceiling = oracle.max_pool_recall_ceiling;
+      act.recall_rows = static_cast<double>(oracle.rows);
     }
     if (measure_answers) {
       // Whole rows: the callers (retrieval evaluation) run neither packed documents nor cp.

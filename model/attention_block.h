@@ -60,6 +60,7 @@ struct AttentionActivations {
   double block_recall = -1;          // < 0 when not computed (msa_block_recall)
   double index_recall_ceiling = -1;  // < 0 when not computed (msa_index_recall_ceiling)
   double max_pool_recall_ceiling = -1;  // < 0 when not computed (OracleRecall)
+  double recall_rows = 0;               // the rows the four above average over (OracleRecall::rows)
   // The same three measured at AttentionBlockOptions::answer_positions only (< 0: not computed).
   double answer_index_recall = -1;
   double answer_block_recall = -1;

@@ -228,25 +228,23 @@ OracleRecall segmented_msa_oracle_recall(const DocumentSegments* docs, const Ten
                                          const Tensor& k, const BlockSelection& sel, double scale,
                                          int64_t query_stride) {
   if (!runs_per_document(docs)) return msa_oracle_recall(q, k, sel, scale, query_stride);
-  // The documents' recalls weighted by their sampled queries.
+  // The documents' recalls weighted by their sampled rows (the documents' sampled queries).
   OracleRecall sum{};
-  int64_t sampled = 0;
   for (const DocumentSegment& s : docs->segments()) {
     // The document's sample (its queries sit s.position - s.key_begin into its keys).
-    const int64_t n = strided_recall_count(s.length(), query_stride, s.position - s.key_begin);
     const OracleRecall r = msa_oracle_recall(document_view(q, *docs, s), key_view(k, *docs, s),
                                              selection_view(sel, *docs, s), scale, query_stride);
-    const double w = static_cast<double>(n);
+    const double w = static_cast<double>(r.rows);
     sum.index_recall += w * r.index_recall;
     sum.block_recall += w * r.block_recall;
     sum.index_recall_ceiling += w * r.index_recall_ceiling;
     sum.max_pool_recall_ceiling += w * r.max_pool_recall_ceiling;
-    sampled += n;
+    sum.rows += r.rows;
   }
-  if (sampled == 0) return {1.0, 1.0, 1.0, 1.0};
-  const double n = static_cast<double>(sampled);
+  if (sum.rows == 0) return {1.0, 1.0, 1.0, 1.0, 0};
+  const double n = static_cast<double>(sum.rows);
   return {sum.index_recall / n, sum.block_recall / n, sum.index_recall_ceiling / n,
-          sum.max_pool_recall_ceiling / n};
+          sum.max_pool_recall_ceiling / n, sum.rows};
 }
 
 }  // namespace msa

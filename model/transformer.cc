@@ -82,6 +82,7 @@ static_assert(kRecalls[kSampledRecalls - 1] == &AttentionActivations::max_pool_r
 
 void copy_recalls(const AttentionActivations& from, AttentionActivations& to) {
   for (auto field : kRecalls) to.*field = from.*field;
+  to.recall_rows = from.recall_rows;
 }
 
 // Drops the tensors of a layer's attention activations, keeping its scalars (losses, recall) and
@@ -206,7 +207,12 @@ ForwardResult Transformer::forward(const Tensor& tokens, const Tensor& targets,
   attn_options.answer_positions = options.answer_positions;
   attn_options.answer_key_positions = options.answer_key_positions;
   attn_options_ = attn_options;
-  const bool drop = options.for_backward && recompute_ != Recompute::kNone;
+  // A forward without a backward keeps no layer's activations past the layer (evaluation held
+  // every layer's whatever --recompute said: a run that fits only with --recompute=full reached
+  // no-recompute memory at its first evaluation). With a backward, --recompute decides.
+  const bool inference = !options.for_backward;
+  const bool drop = inference || recompute_ != Recompute::kNone;
+  const bool drop_mlp = inference || (drop && recompute_ == Recompute::kFull);
 
   ForwardResult result;
   // Each residual add is fused with the norm that reads its result next (one pass over the
@@ -227,10 +233,11 @@ ForwardResult Transformer::forward(const Tensor& tokens, const Tensor& targets,
     residual_mid_[l] = mid;
     mlp_block_forward(block_config_, l, params_, mid, mlp_[l], y, &mlp_in);
     tp_all_reduce(y);  // g: the FFN columns' partial outputs
-    if (drop && recompute_ == Recompute::kFull) {
+    if (drop_mlp) {
       mlp_[l] = MlpActivations();
       residual_mid_[l] = Tensor();
     }
+    if (inference) residual_in_[l] = Tensor();
     x = Tensor::empty({N, D}, dtype_, device_);
     const Tensor& next_norm = l + 1 < L
                                   ? params_.at(layer_param_name(l + 1, "attn_norm.weight")).value
@@ -263,18 +270,26 @@ ForwardResult Transformer::forward(const Tensor& tokens, const Tensor& targets,
   }
   if (cp_.enabled() && options.recall_query_stride > 0 && n_msa_layers_ > 0) {
     // Each cp rank measured the recalls of its own queries, the whole sequence's sample among
-    // them (as many as every other rank's where the shard length is a multiple of the stride,
-    // else within one per document): the sequence's are the means over cp. (The index losses are
-    // combined by the caller, which weighs every rank's rows.)
-    constexpr int kSlots = kSampledRecalls;
+    // them: the sequence's are the means over all of them, each rank weighed by its sampled rows
+    // (a plain mean over ranks counted a rank that sampled nothing as recall 1.0, and ranks with
+    // more of the sample as much as those with less). (The index losses are combined by the
+    // caller, which weighs every rank's rows.) Slots per layer: the rows, then the recalls x rows.
+    constexpr int kSlots = 1 + kSampledRecalls;
     Tensor sums = Tensor::zeros({kSlots * L}, DType::kF64);
     double* v = sums.data<double>();
-    for (int l = 0; l < L; ++l)
-      for (int i = 0; i < kSlots; ++i) v[kSlots * l + i] = attn_[l].*kRecalls[i];
+    for (int l = 0; l < L; ++l) {
+      v[kSlots * l] = attn_[l].recall_rows;
+      for (int i = 0; i < kSampledRecalls; ++i)
+        v[kSlots * l + 1 + i] = attn_[l].recall_rows * attn_[l].*kRecalls[i];
+    }
     cp_.comm->all_reduce_sum(sums);
-    for (int l = 0; l < L; ++l)
-      for (int i = 0; i < kSlots; ++i)
-        if (attn_[l].*kRecalls[i] >= 0) attn_[l].*kRecalls[i] = v[kSlots * l + i] / cp_.size;
+    for (int l = 0; l < L; ++l) {
+      const double rows = v[kSlots * l];
+      for (int i = 0; i < kSampledRecalls; ++i)
+        if (attn_[l].*kRecalls[i] >= 0)
+          attn_[l].*kRecalls[i] = rows > 0 ? v[kSlots * l + 1 + i] / rows : 1.0;
+      attn_[l].recall_rows = rows;
+    }
   }
   for (int l = 0; l < L; ++l) {
     if (config_.layer_kind(l) != AttentionKind::kMsa) continue;
@@ -287,6 +302,7 @@ ForwardResult Transformer::forward(const Tensor& tokens, const Tensor& targets,
       result.index_recall_ceiling.push_back(attn_[l].index_recall_ceiling);
     if (attn_[l].max_pool_recall_ceiling >= 0)
       result.max_pool_recall_ceiling.push_back(attn_[l].max_pool_recall_ceiling);
+    if (attn_[l].index_recall >= 0) result.recall_rows = attn_[l].recall_rows;
     if (attn_[l].answer_index_recall >= 0)
       result.answer_index_recall.push_back(attn_[l].answer_index_recall);
     if (attn_[l].answer_block_recall >= 0)

@@ -47,6 +47,7 @@ struct ForwardResult {
   std::vector<double> block_recall;      // per MSA layer, when measured: the paper's block recall
   std::vector<double> index_recall_ceiling;  // per MSA layer, when measured: the oracle's mass
   std::vector<double> max_pool_recall_ceiling;  // per MSA layer, when measured (OracleRecall)
+  double recall_rows = 0;  // the rows the four strided recalls average over (all cp ranks')
   std::vector<double> answer_index_recall;   // per MSA layer, at ForwardOptions::answer_positions
   std::vector<double> answer_block_recall;   // per MSA layer, at the same queries
   std::vector<double> answer_index_recall_ceiling;  // per MSA layer, at the same queries

@@ -57,6 +57,17 @@ LayerBytes layer_bytes(const MemoryEstimateOptions& o, bool msa) {
   // layers run it too while the index warm-up attends densely (on by default).
   if (o.cuda) b.attention_bwd += N * H * d * 4;
   b.mlp_bwd = 3 * N * F * w + 3 * N * D * w;              // dh, dgate, dup, dxn, dxn_up, dx
+  if (o.cp > 1) {
+    // model/context_parallel.cc: k_ctx and v_ctx, the whole sequence's keys, are kept per layer
+    // (the last contiguous shard and zig-zag's rank 0 attend to all of them; one-sequence
+    // contiguous batches keep a view of the whole gathered buffer on every rank); the backward
+    // sums their gradients at key length in f32 and reduce-scatters them through f32 send
+    // buffers of the same size; MSA layers gather the index keys too.
+    const double Nk = N * o.cp;
+    b.attention += 2 * Nk * G * d * w;
+    b.attention_bwd += 2 * 2 * Nk * G * d * 4;
+    if (msa) b.msa_forward += Nk * dI * (w + g);
+  }
   return b;
 }
 

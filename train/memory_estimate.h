@@ -24,6 +24,9 @@ struct MemoryEstimateOptions {
   int64_t seq_len = 1;
   int tp = 1;  // tensor-parallel size: heads, kv heads, ffn and vocabulary split tp ways
   int dp = 1;  // data-parallel size (matters only with zero1)
+  // Context-parallel size: seq_len is then a rank's shard, and each attention layer also holds the
+  // keys and values gathered from the whole sequence (the worst rank's: all of them).
+  int cp = 1;
   bool zero1 = false;
   // CUDA: bf16 weights and activations, f32 gradients, f32 masters. CPU: f32 throughout, and the
   // weights are their own masters.

@@ -49,7 +49,7 @@ StepMetrics Trainer::train_step(int64_t step) {
   const int64_t global_sequences = dp ? dp->all_reduce_sum(local_sequences) : local_sequences;
 
   model_.params().zero_grads();
-  double lm_sum = 0, index_sum = 0;
+  double lm_sum = 0, index_sum = 0, recall_rows = 0;
   for (int micro = 0; micro < config_.grad_accum; ++micro) {
     const Batch& b = batches[micro];
     int64_t stride = 0;
@@ -89,12 +89,22 @@ StepMetrics Trainer::train_step(int64_t step) {
     if (!r.block_recall.empty()) m.block_recall = r.block_recall;
     if (!r.index_recall_ceiling.empty()) m.index_recall_ceiling = r.index_recall_ceiling;
     if (!r.max_pool_recall_ceiling.empty()) m.max_pool_recall_ceiling = r.max_pool_recall_ceiling;
+    if (!r.index_recall.empty()) recall_rows = r.recall_rows;
     m.tokens += b.tokens.numel();
   }
   if (dp) {
     lm_sum = dp->all_reduce_sum(lm_sum);
     index_sum = dp->all_reduce_sum(index_sum);
     m.tokens = dp->all_reduce_sum(m.tokens);
+    // The recalls of the global batch's first micro-batches, each rank's weighed by its sampled
+    // rows (only rank 0's own were logged before). Every rank measured at this step, the same
+    // layers.
+    if (measure_recall && !m.index_recall.empty()) {
+      const double rows = dp->all_reduce_sum(recall_rows);
+      for (std::vector<double>* v :
+           {&m.index_recall, &m.block_recall, &m.index_recall_ceiling, &m.max_pool_recall_ceiling})
+        for (double& x : *v) x = rows > 0 ? dp->all_reduce_sum(x * recall_rows) / rows : 1.0;
+    }
   }
   m.lm_loss = lm_sum;
   m.index_loss = index_sum;

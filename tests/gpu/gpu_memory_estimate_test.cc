@@ -80,5 +80,47 @@ TEST(GpuMemoryEstimateTest, EstimateIsBelowButNearTheMeasuredPeak) {
   }
 }
 
+// Peak tensor bytes of one forward without a backward (evaluation, msa-eval).
+double measured_inference_peak(const ModelConfig& c, int64_t batch, int64_t T) {
+  Transformer model(c, DType::kBF16, Device::kCUDA);
+  model.set_recompute(Recompute::kNone);  // inference keeps no layer whatever recompute says
+  model.params().initialize(1);
+  std::vector<int32_t> tok(batch * T);
+  for (int64_t i = 0; i < batch * T; ++i)
+    tok[i] = static_cast<int32_t>(philox4x32(9, i).v[0] % c.vocab_size);
+  const Tensor tokens = Tensor::from_vector<int32_t>({batch, T}, tok).to(Device::kCUDA);
+  ForwardOptions fo;
+  fo.msa_mode = MsaMode::kSparse;
+  fo.for_backward = false;
+  reset_cuda_peak_memory();
+  const size_t before = cuda_memory_stats().in_use_bytes;
+  model.forward(tokens, tokens, fo);
+  return static_cast<double>(cuda_memory_stats().peak_bytes - before);
+}
+
+// msa-eval's check: one layer's activations at a time. Evaluation held every layer's before (the
+// peak grew with the depth, 8 layers here, far past the estimate).
+TEST(GpuMemoryEstimateTest, InferenceEstimateIsBelowButNearTheMeasuredPeak) {
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
+  for (bool msa : {false, true}) {
+    MemoryEstimateOptions o;
+    o.model = config(msa);
+    o.model.n_layers = 8;
+    o.model.attention.assign(8, msa ? AttentionKind::kMsa : AttentionKind::kDense);
+    o.batch_size = 2;
+    o.seq_len = 2048;
+    o.cuda = true;
+    MemoryEstimate e = estimate_inference_memory(o);
+    // The parameters were allocated before the measurement began.
+    const double estimate = e.total() - e.parameters;
+    const double peak = measured_inference_peak(o.model, o.batch_size, o.seq_len);
+    std::printf("%s inference: estimate %s (without parameters), measured peak %s (ratio %.3f)\n",
+                msa ? "msa" : "dense", memory_string(estimate).c_str(), memory_string(peak).c_str(),
+                estimate / peak);
+    EXPECT_LE(estimate, 1.3 * peak) << (msa ? "msa" : "dense");
+    EXPECT_GE(estimate, 0.6 * peak) << (msa ? "msa" : "dense");
+  }
+}
+
 }  // namespace
 }  // namespace msa

@@ -200,49 +200,56 @@ TEST(MpiContextParallelTest, ZigzagLayoutMatchesOneRank) {
                 worst.rel, worst.where.c_str());
 }
 
-// Each cp rank measures the strided recalls on its own queries; the transformer averages them over
-// cp. With a stride that divides every chunk, the ranks' strided queries together are the whole
-// sequence's (as many on every rank), so index recall, block recall and the recall ceiling equal
-// one rank's on the whole batch, in both layouts (f32: only the order of additions differs).
+// Each cp rank measures the strided recalls on its own queries; the transformer combines them over
+// cp, weighing each rank by its sampled rows. The ranks' strided queries together are the whole
+// sequence's, so index recall, block recall and the recall ceiling equal one rank's on the whole
+// batch, in both layouts (f32: only the order of additions differs), also with strides that
+// sample the ranks unevenly or not at all (24, 48: a plain mean over ranks counted a rank without
+// a sample as recall 1.0).
 TEST(MpiContextParallelTest, StridedRecallsEqualOneRanks) {
   const ModelConfig c = tiny(Stack::kMsa);
-  ForwardOptions options;
-  options.recall_query_stride = 4;  // divides kSeqLen / (2 cp) at cp 2 and 4
-  auto whole_source =
-      make_synthetic_source("kv-recall", c.vocab_size, 2, kSeqLen, 3, -1, 7, DataLayout{}, false);
-  ASSERT_TRUE(whole_source.ok());
-  const Batch whole = (*whole_source)->get(1, 0);
-  Transformer one(c, DType::kF32, Device::kCPU);
-  one.params().initialize(9);
-  const ForwardResult r1 = one.forward(whole.tokens, whole.targets, options);
-  ASSERT_EQ(r1.index_recall.size(), 2u);
-  ASSERT_EQ(r1.block_recall.size(), 2u);
-  ASSERT_EQ(r1.index_recall_ceiling.size(), 2u);
-  for (const Layout& l : layouts()) {
-    if (l.tp != 1 || l.cp != world_size()) continue;  // one replica of cp ranks
-    auto made = make_process_groups(l.tp, l.cp, false);
-    ASSERT_TRUE(made.ok()) << made.status();
-    const ProcessGroups groups = std::move(*made);
-    for (bool zigzag : {false, true}) {
-      auto inner = make_synthetic_source("kv-recall", c.vocab_size, 2, kSeqLen, 3, -1, 7,
-                                         DataLayout{}, false);
-      ASSERT_TRUE(inner.ok());
-      auto shards =
-          make_context_shard_source(std::move(*inner), groups.cp_rank, groups.cp_size, zigzag);
-      const Batch shard = shards->get(1, 0);
-      Transformer split(c, DType::kF32, Device::kCPU, TensorParallel{},
-                        context_parallel_of(groups.cp.get(), zigzag));
-      split.params().initialize(9);
-      const ForwardResult r2 = split.forward(shard.tokens, shard.targets, options);
-      const std::string where = groups.describe() + (zigzag ? "; zig-zag" : "; contiguous");
-      EXPECT_LT(max_over_ranks(test::max_scaled_diff(r2.index_recall, r1.index_recall)), 1e-5)
-          << where;
-      EXPECT_LT(max_over_ranks(test::max_scaled_diff(r2.block_recall, r1.block_recall)), 1e-5)
-          << where;
-      EXPECT_LT(
-          max_over_ranks(test::max_scaled_diff(r2.index_recall_ceiling, r1.index_recall_ceiling)),
-          1e-5)
-          << where;
+  for (int64_t stride : {4, 24, 48}) {
+    ForwardOptions options;
+    options.recall_query_stride = stride;
+    auto whole_source =
+        make_synthetic_source("kv-recall", c.vocab_size, 2, kSeqLen, 3, -1, 7, DataLayout{}, false);
+    ASSERT_TRUE(whole_source.ok());
+    const Batch whole = (*whole_source)->get(1, 0);
+    Transformer one(c, DType::kF32, Device::kCPU);
+    one.params().initialize(9);
+    const ForwardResult r1 = one.forward(whole.tokens, whole.targets, options);
+    ASSERT_EQ(r1.index_recall.size(), 2u);
+    ASSERT_EQ(r1.block_recall.size(), 2u);
+    ASSERT_EQ(r1.index_recall_ceiling.size(), 2u);
+    ASSERT_GT(r1.recall_rows, 0) << stride;
+    for (const Layout& l : layouts()) {
+      if (l.tp != 1 || l.cp != world_size()) continue;  // one replica of cp ranks
+      auto made = make_process_groups(l.tp, l.cp, false);
+      ASSERT_TRUE(made.ok()) << made.status();
+      const ProcessGroups groups = std::move(*made);
+      for (bool zigzag : {false, true}) {
+        auto inner = make_synthetic_source("kv-recall", c.vocab_size, 2, kSeqLen, 3, -1, 7,
+                                           DataLayout{}, false);
+        ASSERT_TRUE(inner.ok());
+        auto shards =
+            make_context_shard_source(std::move(*inner), groups.cp_rank, groups.cp_size, zigzag);
+        const Batch shard = shards->get(1, 0);
+        Transformer split(c, DType::kF32, Device::kCPU, TensorParallel{},
+                          context_parallel_of(groups.cp.get(), zigzag));
+        split.params().initialize(9);
+        const ForwardResult r2 = split.forward(shard.tokens, shard.targets, options);
+        const std::string where = absl::StrFormat("%s; %s; stride %d", groups.describe(),
+                                                  zigzag ? "zig-zag" : "contiguous", stride);
+        EXPECT_EQ(r2.recall_rows, r1.recall_rows) << where;
+        EXPECT_LT(max_over_ranks(test::max_scaled_diff(r2.index_recall, r1.index_recall)), 1e-5)
+            << where;
+        EXPECT_LT(max_over_ranks(test::max_scaled_diff(r2.block_recall, r1.block_recall)), 1e-5)
+            << where;
+        EXPECT_LT(
+            max_over_ranks(test::max_scaled_diff(r2.index_recall_ceiling, r1.index_recall_ceiling)),
+            1e-5)
+            << where;
+      }
     }
   }
 }

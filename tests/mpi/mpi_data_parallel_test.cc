@@ -7,12 +7,14 @@
 #include <algorithm>
 #include <cmath>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "core/communicator.h"
 #include "gtest/gtest.h"
 #include "launch/train_program.h"
 #include "model/transformer.h"
+#include "tests/testing/gradcheck.h"
 #include "tests/testing/parallel_training.h"
 #include "train/batch_source.h"
 #include "train/checkpoint.h"
@@ -83,6 +85,32 @@ TEST(MpiDataParallelTest, DenseOneStepMatchesOneRank) { check_one_step(false, fa
 TEST(MpiDataParallelTest, MsaOneStepMatchesOneRank) { check_one_step(true, false); }
 TEST(MpiDataParallelTest, DenseOneStepMatchesOneRankWithZero1) { check_one_step(false, true); }
 TEST(MpiDataParallelTest, MsaOneStepMatchesOneRankWithZero1) { check_one_step(true, true); }
+
+// The logged recalls are the global batch's: every rank's rows, weighed by their sampled rows
+// (only rank 0's own rows were logged before), as one rank with the whole batch measures them.
+TEST(MpiDataParallelTest, LoggedRecallsAreTheGlobalBatchs) {
+  const int n = world_size();
+  auto groups = make_process_groups(1, 1, false);
+  ASSERT_TRUE(groups.ok()) << groups.status();
+  const ModelConfig c = tiny(true);
+  auto measure = [&](const ProcessGroups* g, int64_t batch) {
+    test::ParallelSetup setup(c, g, false, batch, 1, 1, 0, 0, Device::kCPU, 3e-3);
+    setup.config.recall_every = 1;
+    setup.config.recall_query_stride = 4;
+    Trainer trainer(setup.model, *setup.optimizer, *setup.data, setup.config);
+    return trainer.train_step(1);
+  };
+  const StepMetrics single = measure(nullptr, 2 * n);
+  const StepMetrics parallel = measure(&*groups, 2);
+  ASSERT_EQ(single.index_recall.size(), 2u);
+  for (const auto& [name, got, want] :
+       {std::tuple{"index recall", parallel.index_recall, single.index_recall},
+        std::tuple{"block recall", parallel.block_recall, single.block_recall},
+        std::tuple{"recall ceiling", parallel.index_recall_ceiling, single.index_recall_ceiling},
+        std::tuple{"max-pool ceiling", parallel.max_pool_recall_ceiling,
+                   single.max_pool_recall_ceiling}})
+    EXPECT_LT(test::max_scaled_diff(got, want), 1e-6) << name << " on rank " << world_rank();
+}
 
 TEST(MpiDataParallelTest, TwentyStepsReproduceTheSingleRankLossCurve) {
   const int n = world_size();

@@ -100,6 +100,21 @@ TEST(MemoryEstimateTest, ActivationsGrowLinearlyInTheTokensOfAMicroBatch) {
   }
 }
 
+// A context-parallel rank keeps, per layer, the keys and values of the whole sequence (k_ctx,
+// v_ctx: [batch, seq_len x cp, G, d]) besides its shard's activations, and its backward sums
+// their gradients at that length: both were left out, so a run at long contexts passed the check
+// with ~a quarter of its activations uncounted.
+TEST(MemoryEstimateTest, ContextParallelCountsTheGatheredKeys) {
+  MemoryEstimateOptions one = options(2, 64), four = options(2, 64);  // 64 tokens per rank
+  four.cp = 4;
+  const MemoryEstimate e1 = estimate_training_memory(one), e4 = estimate_training_memory(four);
+  const ModelConfig& c = one.model;
+  const double gathered = 2.0 * (2 * 64 * 4) * c.n_kv_heads * c.head_dim * 4;  // k_ctx + v_ctx
+  EXPECT_DOUBLE_EQ(e4.activations - e1.activations, c.n_layers * gathered);
+  EXPECT_GT(e4.workspace, e1.workspace);
+  EXPECT_EQ(e4.parameters, e1.parameters);
+}
+
 TEST(MemoryEstimateTest, RecomputationKeepsLessThanNone) {
   MemoryEstimateOptions o = options(2, 1024);
   const double none = estimate_training_memory(o).activations;
