@@ -113,10 +113,11 @@ absl::StatusOr<std::unique_ptr<WindowSampler>> WindowSampler::open(const std::st
   }
   s->first_window_.push_back(s->total_windows_);
   if (val_fraction > 0) {
-    // ceil of the product less its rounding error: 0.07 x 100 is 7.000000000000001 in doubles,
-    // which held out 8 windows, not 7.
-    const double held_out = val_fraction * static_cast<double>(s->total_windows_);
-    s->num_val_ = std::max<int64_t>(1, static_cast<int64_t>(std::ceil(held_out * (1 - 1e-12))));
+    // The ceiling of the double product (0.07 x 100 = 7.000000000000001 holds out 8 windows, not
+    // 7), kept as it is: a run resumed after a change of rule would move windows between the
+    // splits, and one it trained on would become validation.
+    s->num_val_ =
+        std::max<int64_t>(1, static_cast<int64_t>(std::ceil(val_fraction * s->total_windows_)));
   }
   if (s->num_train_windows() < 1) {
     return absl::InvalidArgumentError(absl::StrFormat(

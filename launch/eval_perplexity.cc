@@ -9,7 +9,9 @@
 #include "absl/strings/str_split.h"
 #include "core/rng.h"
 #include "core/status.h"
+#include "data/document_starts.h"
 #include "kernels/cross_entropy.h"
+#include "model/document_segments.h"
 
 namespace msa {
 
@@ -142,10 +144,17 @@ double PositionLoss::overall_mean() const {
   return n > 0 ? sum / static_cast<double>(n) : 0.0;
 }
 
+absl::StatusOr<int32_t> EvalShards::eos_id(int64_t vocab_size) const {
+  std::vector<std::string> paths;
+  for (const auto& shard : shards_) paths.push_back(shard->path());
+  return shards_eos_id(paths, vocab_size);
+}
+
 PositionLoss evaluate_loss_by_position(Transformer& model, const EvalShards& shards,
                                        const std::vector<int64_t>& windows,
                                        const std::vector<int64_t>& starts, MsaMode mode,
-                                       const WindowProgressFn& progress) {
+                                       const WindowProgressFn& progress,
+                                       std::optional<int32_t> documents_eos) {
   const int64_t T = shards.seq_len();
   PositionLoss r;
   r.loss_sum.assign(starts.size(), 0.0);
@@ -160,6 +169,10 @@ PositionLoss evaluate_loss_by_position(Transformer& model, const EvalShards& sha
     shards.read_window(windows[i], window.data());
     std::copy(window.begin(), window.end() - 1, tokens.data<int32_t>());
     std::copy(window.begin() + 1, window.end(), targets.data<int32_t>());
+    options.documents = nullptr;
+    if (documents_eos)
+      options.documents = std::make_shared<const DocumentSegments>(DocumentSegments::from_starts(
+          1, T, {document_starts(absl::MakeConstSpan(tokens.data<int32_t>(), T), *documents_eos)}));
     const Tensor device_targets = targets.to(model.device()).view({T});
     const ForwardResult f =
         model.forward(tokens.to(model.device()), device_targets.view({1, T}), options);

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -39,6 +40,9 @@ class EvalShards {
   absl::Status check_vocab(int64_t vocab_size, const std::string& checkpoint) const;
   // "shard.tok tokens [a, b)": where window `w` lies.
   std::string describe_window(int64_t w) const;
+  // The EOS id that separates the shards' documents (their msa-data metadata: shards_eos_id,
+  // its errors naming --pack_documents), for evaluating a model trained on packed documents.
+  absl::StatusOr<int32_t> eos_id(int64_t vocab_size) const;
 
  private:
   EvalShards() = default;
@@ -77,10 +81,12 @@ using WindowProgressFn = std::function<void(size_t i, int64_t window, double los
 // forward pass) and sums the loss of the target of input position t into the bucket holding t,
 // using the model's own cross-entropy kernel on the rows of its logits. `starts` as returned by
 // parse_position_buckets for shards.seq_len(). Windows are read on the CPU and moved to the
-// model's device.
+// model's device. With `documents_eos`, each window's documents (starting after every EOS, as
+// msa-train --pack_documents trains them) attend and take RoPE positions on their own.
 PositionLoss evaluate_loss_by_position(Transformer& model, const EvalShards& shards,
                                        const std::vector<int64_t>& windows,
                                        const std::vector<int64_t>& starts, MsaMode mode,
-                                       const WindowProgressFn& progress = nullptr);
+                                       const WindowProgressFn& progress = nullptr,
+                                       std::optional<int32_t> documents_eos = std::nullopt);
 
 }  // namespace msa

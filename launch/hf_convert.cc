@@ -201,14 +201,22 @@ absl::StatusOr<HfCheckpoint> parse_hf_config(const std::string& text, const std:
   MSA_RETURN_IF_ERROR(get_int("num_attention_heads", 1, int64_t{1} << 16, true, heads));
   // Absent fields take the defaults of the architecture's transformers config class: Llama's
   // key/value heads are its query heads, Mistral's 8, Qwen2's and Qwen3's 32; Qwen3's head_dim
-  // is 128, the others' hidden_size / heads.
+  // is 128, the others' hidden_size / heads (heads >= 1 here).
   const bool is_qwen =
       ck.architecture == "Qwen2ForCausalLM" || ck.architecture == "Qwen3ForCausalLM";
-  kv_heads = ck.architecture == "MistralForCausalLM" ? 8 : is_qwen ? 32 : heads;
-  const bool kv_heads_given = find(j, "num_key_value_heads") != nullptr;
+  // An explicit null is transformers' None, which every one of these classes reads as the query
+  // heads (and head_dim as hidden_size / heads).
+  const bool kv_heads_null =
+      j.contains("num_key_value_heads") && j["num_key_value_heads"].is_null();
+  kv_heads = kv_heads_null                             ? heads
+             : ck.architecture == "MistralForCausalLM" ? 8
+             : is_qwen                                 ? 32
+                                                       : heads;
+  const bool kv_heads_given = find(j, "num_key_value_heads") != nullptr || kv_heads_null;
   MSA_RETURN_IF_ERROR(get_int("num_key_value_heads", 1, int64_t{1} << 16, false, kv_heads));
   MSA_RETURN_IF_ERROR(get_int("intermediate_size", 1, int64_t{1} << 22, true, c.ffn_dim));
-  head_dim = ck.architecture == "Qwen3ForCausalLM" ? 128 : c.d_model / heads;  // heads >= 1
+  const bool head_dim_null = j.contains("head_dim") && j["head_dim"].is_null();
+  head_dim = ck.architecture == "Qwen3ForCausalLM" && !head_dim_null ? 128 : c.d_model / heads;
   MSA_RETURN_IF_ERROR(get_int("head_dim", 1, int64_t{1} << 16, false, head_dim));
   if (heads % kv_heads != 0)
     return field_error("num_key_value_heads",

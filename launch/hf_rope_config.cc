@@ -8,21 +8,14 @@
 #include <vector>
 
 #include "absl/strings/str_format.h"
+#include "core/number_text.h"
 #include "core/status.h"
 
 namespace msa {
 namespace {
 
-// The shortest text that reads back as v ("500000", "0.1", "1e-300"): values that differ never
-// print alike in an error message.
-std::string num(double v) {
-  char buf[64];
-  const double a = std::abs(v);
-  const bool fixed = a == 0 || (a >= 1e-5 && a < 1e16);
-  const auto r = std::to_chars(buf, buf + sizeof(buf), v,
-                               fixed ? std::chars_format::fixed : std::chars_format::general);
-  return std::string(buf, r.ptr);
-}
+// Values that differ never print alike in an error message.
+std::string num(double v) { return shortest_text(v); }
 
 // A value and the config.json field it came from ("rope_theta", "rope_parameters.factor", ...).
 template <class V>

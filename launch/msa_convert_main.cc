@@ -15,6 +15,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "core/number_text.h"
 #include "core/status.h"
 #include "launch/available_memory.h"
 #include "launch/hf_convert.h"
@@ -81,18 +82,19 @@ std::string train_model_flags(const msa::ModelConfig& c) {
                                    [&](const std::string& k) { return k == kinds.front(); });
   std::string flags = absl::StrFormat(
       "--vocab_size=%d --d_model=%d --n_layers=%d --n_heads=%d --n_kv_heads=%d --head_dim=%d "
-      "--ffn_dim=%d --norm_eps=%g --attention=%s --msa_block_size=%d --msa_topk=%d "
+      "--ffn_dim=%d --norm_eps=%s --attention=%s --msa_block_size=%d --msa_topk=%d "
       "--msa_index_dim=%d",
       c.vocab_size, c.d_model, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, c.ffn_dim,
-      c.norm_eps, uniform ? kinds.front() : absl::StrJoin(kinds, ","), c.msa.block_size, c.msa.topk,
-      c.msa.index_dim);
+      msa::shortest_text(c.norm_eps), uniform ? kinds.front() : absl::StrJoin(kinds, ","),
+      c.msa.block_size, c.msa.topk, c.msa.index_dim);
   if (c.msa.index_rotary_dim != 0)
     absl::StrAppend(&flags, " --msa_index_rotary_dim=", c.msa.index_rotary_dim);
   if (c.tied_embeddings) absl::StrAppend(&flags, " --tied_embeddings");
   if (c.qkv_bias) absl::StrAppend(&flags, " --qkv_bias");
   if (c.qk_norm) absl::StrAppend(&flags, " --qk_norm");
   if (c.msa.index_loss_weight != 1.0)
-    absl::StrAppend(&flags, " --msa_index_loss_weight=", c.msa.index_loss_weight);
+    absl::StrAppend(&flags,
+                    " --msa_index_loss_weight=", msa::shortest_text(c.msa.index_loss_weight));
   return flags;
 }
 

@@ -20,6 +20,7 @@
 #include "core/communicator.h"
 #include "core/cuda_device.h"
 #include "core/deterministic.h"
+#include "core/number_text.h"
 #include "core/status.h"
 #include "launch/available_memory.h"
 #include "launch/hf_rope_config.h"
@@ -634,7 +635,8 @@ absl::Status load_weights(const Checkpoint& ckpt, const std::string& path, Trans
     if (model.params().find(name) == nullptr)
       return absl::FailedPreconditionError(absl::StrFormat(
           "%s: holds parameter %s, which the model the flags build does not have (its weights "
-          "would be dropped: give the flags of the checkpoint's model)",
+          "would be dropped: give the flags of the checkpoint's model, --n_layers and --attention "
+          "among them)",
           path, name));
   optimizer.sync_masters_from_params();
   return absl::OkStatus();
@@ -646,7 +648,8 @@ absl::Status check_init_architecture(const ModelConfig& stored, const ModelConfi
                                      const std::string& path) {
   std::vector<std::string> wrong;
   if (stored.norm_eps != flags.norm_eps)
-    wrong.push_back(absl::StrFormat("--norm_eps=%g (not %g)", stored.norm_eps, flags.norm_eps));
+    wrong.push_back(absl::StrFormat("--norm_eps=%s (not %s)", shortest_text(stored.norm_eps),
+                                    shortest_text(flags.norm_eps)));
   auto flag_of = [](const char* name, bool on) {
     return absl::StrFormat("--%s%s", on ? "" : "no", name);
   };

@@ -25,7 +25,7 @@ steps=${STEPS:-1200}
 mkdir -p "$out"
 # The runs' checkpoint folders are this script's own: a rerun starts them afresh (msa-train refuses
 # a --checkpoint_dir that holds checkpoints without --resume).
-rm -rf "$out/dense" "$out/msa" "$out/converted"
+rm -rf "$out/dense" "$out/msa" "$out/converted" "$out/converted.h5"
 
 mapfile -t files < <(find "$corpus" -type f -size +0 | LC_ALL=C sort)
 train_docs=() val_docs=()

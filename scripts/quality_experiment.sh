@@ -12,7 +12,7 @@ out=${1:-out/quality}
 mkdir -p "$out"
 # The runs' checkpoint folders are this script's own: a rerun starts them afresh (msa-train refuses
 # a --checkpoint_dir that holds checkpoints without --resume).
-rm -rf "$out/dense" "$out/msa" "$out/msa_dense_first" "$out/converted"
+rm -rf "$out/dense" "$out/msa" "$out/msa_dense_first" "$out/converted" "$out/converted.h5"
 bin=build
 model="--vocab_size=96 --d_model=64 --n_layers=2 --n_heads=4 --n_kv_heads=2 --head_dim=16
        --ffn_dim=128 --msa_block_size=16 --msa_topk=4 --msa_index_dim=16"

@@ -13,7 +13,7 @@ bin=${BIN:-build}
 mkdir -p "$out"
 # The runs' checkpoint folders are this script's own: a rerun starts them afresh (msa-train refuses
 # a --checkpoint_dir that holds checkpoints without --resume).
-rm -rf "$out/dense" "$out/msa" "$out/converted"
+rm -rf "$out/dense" "$out/msa" "$out/converted" "$out/converted.h5"
 model="--vocab_size=96 --d_model=256 --n_layers=4 --n_heads=8 --n_kv_heads=2 --head_dim=64
        --ffn_dim=1024 --msa_block_size=64 --msa_topk=4 --msa_index_dim=64"
 train="--device=cuda --data=synthetic:kv-recall --synthetic_pairs=8 --synthetic_depth=-1

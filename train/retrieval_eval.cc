@@ -26,7 +26,8 @@ RetrievalResult evaluate_retrieval(Transformer& model, const SyntheticConfig& ta
                                    bool answer_recall, uint64_t first_sample) {
   const int64_t T = task.seq_len, V = model.config().vocab_size;
   RetrievalResult r;
-  int64_t correct = 0, recall_batches = 0, answer_queries = 0;
+  int64_t correct = 0, answer_queries = 0;
+  double recall_rows = 0;
   double loss_sum = 0;
   ForwardOptions options;
   options.msa_mode = mode;
@@ -53,12 +54,14 @@ RetrievalResult evaluate_retrieval(Transformer& model, const SyntheticConfig& ta
         model.forward(tokens.to(model.device()), targets.to(model.device()), options);
     // Only answer positions carry targets, so the LM loss is the answer loss.
     loss_sum += f.lm_loss * f.n_targets;
+    // Weighted by the batch's sampled rows (a partial last batch counted as much as a full one).
     if (!f.index_recall.empty()) {
-      add_per_layer(f.index_recall, 1.0, r.index_recall);
-      add_per_layer(f.block_recall, 1.0, r.block_recall);
-      add_per_layer(f.index_recall_ceiling, 1.0, r.index_recall_ceiling);
-      add_per_layer(f.max_pool_recall_ceiling, 1.0, r.max_pool_recall_ceiling);
-      ++recall_batches;
+      const double w = f.recall_rows;
+      add_per_layer(f.index_recall, w, r.index_recall);
+      add_per_layer(f.block_recall, w, r.block_recall);
+      add_per_layer(f.index_recall_ceiling, w, r.index_recall_ceiling);
+      add_per_layer(f.max_pool_recall_ceiling, w, r.max_pool_recall_ceiling);
+      recall_rows += w;
     }
     // Weighted by the batch's answers: a mean over every answer (and head or group).
     if (!f.answer_index_recall.empty()) {
@@ -82,10 +85,10 @@ RetrievalResult evaluate_retrieval(Transformer& model, const SyntheticConfig& ta
       ++r.answers;
     }
   }
-  for (double& x : r.index_recall) x /= static_cast<double>(recall_batches);
-  for (double& x : r.block_recall) x /= static_cast<double>(recall_batches);
-  for (double& x : r.index_recall_ceiling) x /= static_cast<double>(recall_batches);
-  for (double& x : r.max_pool_recall_ceiling) x /= static_cast<double>(recall_batches);
+  for (double& x : r.index_recall) x = recall_rows > 0 ? x / recall_rows : 1.0;
+  for (double& x : r.block_recall) x = recall_rows > 0 ? x / recall_rows : 1.0;
+  for (double& x : r.index_recall_ceiling) x = recall_rows > 0 ? x / recall_rows : 1.0;
+  for (double& x : r.max_pool_recall_ceiling) x = recall_rows > 0 ? x / recall_rows : 1.0;
   for (double& x : r.answer_index_recall) x /= static_cast<double>(answer_queries);
   for (double& x : r.answer_block_recall) x /= static_cast<double>(answer_queries);
   for (double& x : r.answer_index_recall_ceiling) x /= static_cast<double>(answer_queries);

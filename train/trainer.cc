@@ -99,11 +99,21 @@ StepMetrics Trainer::train_step(int64_t step) {
     // The recalls of the global batch's first micro-batches, each rank's weighed by its sampled
     // rows (only rank 0's own were logged before). Every rank measured at this step, the same
     // layers.
+    // One all-reduce: the rows, then every recall times them.
     if (measure_recall && !m.index_recall.empty()) {
-      const double rows = dp->all_reduce_sum(recall_rows);
-      for (std::vector<double>* v :
-           {&m.index_recall, &m.block_recall, &m.index_recall_ceiling, &m.max_pool_recall_ceiling})
-        for (double& x : *v) x = rows > 0 ? dp->all_reduce_sum(x * recall_rows) / rows : 1.0;
+      const std::vector<double*> recalls = [&] {
+        std::vector<double*> out;
+        for (std::vector<double>* v : {&m.index_recall, &m.block_recall, &m.index_recall_ceiling,
+                                       &m.max_pool_recall_ceiling})
+          for (double& x : *v) out.push_back(&x);
+        return out;
+      }();
+      Tensor sums = Tensor::zeros({static_cast<int64_t>(recalls.size()) + 1}, DType::kF64);
+      double* s = sums.data<double>();
+      s[0] = recall_rows;
+      for (size_t i = 0; i < recalls.size(); ++i) s[i + 1] = *recalls[i] * recall_rows;
+      dp->all_reduce_sum(sums);
+      for (size_t i = 0; i < recalls.size(); ++i) *recalls[i] = s[0] > 0 ? s[i + 1] / s[0] : 1.0;
     }
   }
   m.lm_loss = lm_sum;

@@ -223,6 +223,16 @@ TEST(ConvertConfigTest, AbsentHeadFieldsTakeTheArchitecturesDefaults) {
     ASSERT_TRUE(ck.ok()) << k.arch << ": " << ck.status();
     EXPECT_EQ(ck->config.n_kv_heads, k.kv_heads) << k.arch;
     EXPECT_EQ(ck->config.head_dim, k.head_dim) << k.arch;
+    // An explicit null is transformers' None: the query heads, and hidden_size / heads.
+    ck = parse_hf_config(config_with({{"architectures", absl::StrFormat("[\"%s\"]", k.arch)},
+                                      {"hidden_size", "512"},
+                                      {"num_attention_heads", "64"},
+                                      {"num_key_value_heads", "null"},
+                                      {"head_dim", "null"}}),
+                         "cfg.json");
+    ASSERT_TRUE(ck.ok()) << k.arch << ": " << ck.status();
+    EXPECT_EQ(ck->config.n_kv_heads, 64) << k.arch;
+    EXPECT_EQ(ck->config.head_dim, 8) << k.arch;
   }
   // A default that does not divide the heads is named as the default.
   absl::StatusOr<HfCheckpoint> ck = parse_hf_config(

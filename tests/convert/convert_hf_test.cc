@@ -367,8 +367,21 @@ TEST(ConvertHfTest, DefaultIndexDimIsThePapers) {
 // Hugging Face source the dense one recorded, so that an export writes the source's dtype.
 TEST(ConvertHfTest, NeverOverwritesAndKeepsTheSourceThroughCheckpoints) {
   const std::string dir = fresh_dir("no_overwrite");
-  Hf f32_llama{"LlamaForCausalLM"};
-  write_hf(dir, f32_llama, 5);
+  write_hf(dir, {"Qwen2ForCausalLM", /*bias=*/true}, 5);
+  // Both shards rewritten in F32 (write_hf writes BF16, the export's fallback): an export that
+  // lost the source would write bf16 Llama.
+  for (const char* shard :
+       {"/model-00001-of-00002.safetensors", "/model-00002-of-00002.safetensors"}) {
+    std::vector<StTensorOut> tensors;
+    {
+      auto file = SafetensorsFile::open(dir + shard);
+      ASSERT_TRUE(file.ok());
+      for (const auto& [name, info] : (*file)->tensors())
+        tensors.push_back(
+            {name, StDtype::kF32, info.shape, encode_f32(*(*file)->read_f32(name), StDtype::kF32)});
+    }
+    ASSERT_TRUE(write_safetensors(dir + shard, tensors).ok());
+  }
   auto [rc, log] = run("--hf_dir=" + dir + " --output=" + dir + "/dense.h5 --msa_layers=none");
   ASSERT_EQ(rc, 0) << log;
   const std::string dense = read_file(dir + "/dense.h5");
@@ -385,8 +398,8 @@ TEST(ConvertHfTest, NeverOverwritesAndKeepsTheSourceThroughCheckpoints) {
   EXPECT_THAT(log, HasSubstr("--msa_index_loss_weight=0.5"));  // the msa-train flags it prints
   auto msa = load_checkpoint(dir + "/msa.h5", true);
   ASSERT_TRUE(msa.ok()) << msa.status();
-  EXPECT_THAT(msa->run_json, HasSubstr("\"hf_architecture\":\"LlamaForCausalLM\""));
-  EXPECT_THAT(msa->run_json, HasSubstr("\"hf_dtype\":\"BF16\""));
+  EXPECT_THAT(msa->run_json, HasSubstr("\"hf_architecture\":\"Qwen2ForCausalLM\""));
+  EXPECT_THAT(msa->run_json, HasSubstr("\"hf_dtype\":\"F32\""));
 
   std::tie(rc, log) =
       run("--checkpoint=" + dir + "/msa.h5 --export_hf=" + dir + "/back --output=x.h5 --seed=5");
@@ -395,7 +408,7 @@ TEST(ConvertHfTest, NeverOverwritesAndKeepsTheSourceThroughCheckpoints) {
   EXPECT_FALSE(std::ifstream(dir + "/back/config.json").good());
   std::tie(rc, log) = run("--checkpoint=" + dir + "/msa.h5 --export_hf=" + dir + "/back");
   ASSERT_EQ(rc, 0) << log;
-  EXPECT_THAT(log, HasSubstr("LlamaForCausalLM, bf16"));
+  EXPECT_THAT(log, HasSubstr("Qwen2ForCausalLM, f32"));
   std::tie(rc, log) = run("--checkpoint=" + dir + "/msa.h5 --export_hf=" + dir + "/back");
   EXPECT_EQ(rc, 1) << log;
   EXPECT_THAT(log, HasSubstr("already holds config.json"));

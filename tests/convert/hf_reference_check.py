@@ -105,6 +105,8 @@ def edit_config(src, dst, edit):
 
 
 def convert(bin_dir, hf_dir, ckpt):
+    if os.path.exists(ckpt):  # a rerun into the same WORK_DIR (msa-convert never overwrites)
+        os.remove(ckpt)
     return subprocess.run([f"{bin_dir}/msa-convert", f"--hf_dir={hf_dir}", f"--output={ckpt}",
                            "--msa_block_size=16", "--msa_topk=2", "--msa_index_dim=16"],
                           capture_output=True, text=True)

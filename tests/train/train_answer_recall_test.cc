@@ -94,6 +94,31 @@ TEST(TrainAnswerRecallTest, RetrievalEvalAveragesOverEveryAnswer) {
   EXPECT_TRUE(off.answer_index_recall_ceiling.empty());
 }
 
+// The strided recalls are means over every sampled query of every sample, whatever the batch:
+// 5 samples in batches of 4 gave the lone fifth sample half the weight (a mean over batches).
+TEST(TrainAnswerRecallTest, StridedRecallsDoNotDependOnTheBatch) {
+  Transformer model(tiny_msa(), DType::kF32, Device::kCPU);
+  model.params().initialize(3);
+  SyntheticConfig task;
+  task.seq_len = 40;
+  task.pairs = 3;
+  task.seed = 77;
+  const RetrievalResult one =
+      evaluate_retrieval(model, task, 5, 1, MsaMode::kSparse, /*recall_stride=*/4, false);
+  ASSERT_EQ(one.index_recall.size(), 1u);
+  for (int64_t batch : {2, 4, 5}) {
+    const RetrievalResult r =
+        evaluate_retrieval(model, task, 5, batch, MsaMode::kSparse, /*recall_stride=*/4, false);
+    EXPECT_LT(max_scaled_diff(r.index_recall, one.index_recall), 1e-12) << batch;
+    EXPECT_LT(max_scaled_diff(r.block_recall, one.block_recall), 1e-12) << batch;
+    EXPECT_LT(max_scaled_diff(r.index_recall_ceiling, one.index_recall_ceiling), 1e-12) << batch;
+    EXPECT_LT(max_scaled_diff(r.max_pool_recall_ceiling, one.max_pool_recall_ceiling), 1e-12)
+        << batch;
+  }
+  EXPECT_GT(one.index_recall[0], 0.05);
+  EXPECT_LT(one.index_recall[0], 0.999);
+}
+
 TEST(TrainAnswerRecallTest, ValidationMeasuresAtTheCountedTargets) {
   Transformer model(tiny_msa(), DType::kF32, Device::kCPU);
   model.params().initialize(4);

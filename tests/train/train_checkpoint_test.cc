@@ -194,7 +194,7 @@ TEST(TrainCheckpointTest, InitFromRefusesAModelTheFlagsDoNotBuild) {
   };
   const std::vector<Case> cases = {
       {"eps", [](TrainProgramOptions& o) { o.model.norm_eps = 1e-5; },
-       "pass --norm_eps=1e-06 (not 1e-05)"},
+       "pass --norm_eps=1e-06 (not 0.00001)"},
       {"bias", [](TrainProgramOptions& o) { o.model.qkv_bias = false; }, "pass --qkv_bias"},
       {"qk norm", [](TrainProgramOptions& o) { o.model.qk_norm = false; }, "pass --qk_norm"},
       {"tied", [](TrainProgramOptions& o) { o.model.tied_embeddings = true; },
