@@ -8,6 +8,8 @@
 #include <vector>
 
 #include "absl/strings/str_format.h"
+#include "core/status.h"
+#include "launch/eval_position_report.h"
 
 namespace msa {
 namespace {
@@ -172,11 +174,8 @@ absl::Status write_report(const EvalReport& report, const std::string& dir,
   for (const auto& [ext, text] :
        {std::pair<std::string, std::string>{"csv", format_report_csv(report)},
         {"md", format_report_markdown(report)}}) {
-    const std::string path = dir + "/" + stem + "." + ext;
-    FILE* f = std::fopen(path.c_str(), "w");
-    if (f == nullptr) return absl::InternalError(absl::StrFormat("%s: cannot write", path));
-    std::fputs(text.c_str(), f);
-    std::fclose(f);
+    // Checked to the close: a full disk was "wrote ..." and exit 0.
+    MSA_RETURN_IF_ERROR(write_text_file(dir + "/" + stem + "." + ext, text, "out_dir"));
   }
   return absl::OkStatus();
 }

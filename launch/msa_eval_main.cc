@@ -4,11 +4,13 @@
 // validation loss and perplexity by position in the window, for one or several checkpoints side by
 // side.
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <limits>
 #include <optional>
 #include <string>
@@ -312,8 +314,10 @@ absl::Status run_dump_logits(msa::Transformer& model, msa::MsaMode mode) {
   const std::string out = absl::GetFlag(FLAGS_dump_logits);
   FILE* f = std::fopen(out.c_str(), "wb");
   if (f == nullptr) return absl::InvalidArgumentError("invalid --dump_logits: cannot write " + out);
-  std::fwrite(logits.data<float>(), sizeof(float), logits.numel(), f);
-  std::fclose(f);
+  const bool written = std::fwrite(logits.data<float>(), sizeof(float), logits.numel(), f) ==
+                       static_cast<size_t>(logits.numel());
+  if (std::fclose(f) != 0 || !written)
+    return absl::InternalError(absl::StrFormat("--dump_logits: writing '%s' failed", out));
   std::printf("msa-eval: wrote logits [%lld, %lld] to %s\n", static_cast<long long>(T),
               static_cast<long long>(vocab), out.c_str());
   return absl::OkStatus();
@@ -547,6 +551,72 @@ absl::Status run_perplexity(const std::vector<std::string>& paths) {
   return absl::OkStatus();
 }
 
+// The dump runs one sequence and writes nothing else: the report's flags given beside it were
+// silently ignored (--lengths, --out_dir never created).
+absl::Status refuse_report_flags_when_dumping() {
+  using absl::GetFlagReflectionHandle;
+  std::vector<std::string> wrong;
+  for (const absl::CommandLineFlag* f :
+       {&GetFlagReflectionHandle(FLAGS_lengths), &GetFlagReflectionHandle(FLAGS_depths),
+        &GetFlagReflectionHandle(FLAGS_pairs), &GetFlagReflectionHandle(FLAGS_samples),
+        &GetFlagReflectionHandle(FLAGS_task), &GetFlagReflectionHandle(FLAGS_batch_size),
+        &GetFlagReflectionHandle(FLAGS_recall_stride),
+        &GetFlagReflectionHandle(FLAGS_answer_recall), &GetFlagReflectionHandle(FLAGS_out_dir),
+        &GetFlagReflectionHandle(FLAGS_name)})
+    if (f->CurrentValue() != f->DefaultValue()) wrong.push_back("--" + std::string(f->Name()));
+  if (wrong.empty()) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrFormat(
+      "invalid %s: %s to the retrieval report, and --dump_logits_tokens writes only the logits",
+      absl::StrJoin(wrong, ", "), wrong.size() == 1 ? "it belongs" : "they belong"));
+}
+
+// The files this run will write, checked before any evaluation (a bad path failed after all of
+// it): each in a directory that exists (--out_dir's parent, for --out_dir) and is writable, no
+// two the same (--csv=x --plot=x left only the PNG).
+absl::Status check_output_paths(bool perplexity, bool dumping) {
+  std::vector<std::pair<std::string, std::string>> outputs;  // flag, path
+  const std::string out_dir = absl::GetFlag(FLAGS_out_dir);
+  if (dumping) {
+    outputs.push_back({"dump_logits", absl::GetFlag(FLAGS_dump_logits)});
+  } else {
+    if (!out_dir.empty()) {
+      const std::string stem = out_dir + "/" + absl::GetFlag(FLAGS_name);
+      outputs.push_back({"out_dir", stem + ".csv"});
+      outputs.push_back({"out_dir", stem + ".md"});
+    }
+    if (perplexity && !absl::GetFlag(FLAGS_csv).empty())
+      outputs.push_back({"csv", absl::GetFlag(FLAGS_csv)});
+    if (perplexity && !absl::GetFlag(FLAGS_plot).empty())
+      outputs.push_back({"plot", absl::GetFlag(FLAGS_plot)});
+  }
+  auto parent_of = [](const std::string& path) {
+    const size_t slash = path.rfind('/');
+    return slash == std::string::npos ? std::string(".")
+           : slash == 0               ? std::string("/")
+                                      : path.substr(0, slash);
+  };
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    const auto& [flag, path] = outputs[i];
+    for (size_t k = 0; k < i; ++k)
+      if (std::filesystem::path(outputs[k].second).lexically_normal() ==
+          std::filesystem::path(path).lexically_normal())
+        return absl::InvalidArgumentError(
+            absl::StrFormat("invalid --%s: '%s' is also --%s's file (one would replace the other)",
+                            flag, path, outputs[k].first));
+    // --out_dir is created by the run: its parent must be there.
+    const std::string dir = flag == "out_dir" ? parent_of(out_dir) : parent_of(path);
+    struct stat st;
+    if (::stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
+      return absl::InvalidArgumentError(
+          absl::StrFormat("invalid --%s: '%s' is not a directory, so '%s' cannot be written", flag,
+                          dir, flag == "out_dir" ? out_dir : path));
+    if (::access(dir.c_str(), W_OK) != 0)
+      return absl::InvalidArgumentError(
+          absl::StrFormat("invalid --%s: cannot write in '%s'", flag, dir));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status run() {
   const std::string checkpoint_flag = absl::GetFlag(FLAGS_checkpoint);
   const std::vector<std::string> paths = absl::StrSplit(checkpoint_flag, ',', absl::SkipEmpty());
@@ -555,6 +625,9 @@ absl::Status run() {
     MSA_RETURN_IF_ERROR(
         refuse_directory("checkpoint", path, "give one checkpoint file, e.g. 'DIR/ckpt-*.h5'"));
   MSA_RETURN_IF_ERROR(refuse_other_mode_flags(!absl::GetFlag(FLAGS_data).empty()));
+  const bool dumping_logits = !absl::GetFlag(FLAGS_dump_logits_tokens).empty();
+  if (dumping_logits) MSA_RETURN_IF_ERROR(refuse_report_flags_when_dumping());
+  MSA_RETURN_IF_ERROR(check_output_paths(!absl::GetFlag(FLAGS_data).empty(), dumping_logits));
   if (!absl::GetFlag(FLAGS_data).empty()) return run_perplexity(paths);
   if (paths.size() > 1)
     return absl::InvalidArgumentError(

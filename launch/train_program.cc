@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <functional>
 #include <limits>
@@ -826,6 +827,21 @@ absl::Status run_train_program(TrainProgramOptions o) {
   FILE* metrics = nullptr;
   std::unique_ptr<FILE, int (*)(FILE*)> metrics_closer(
       nullptr, [](FILE* f) { return f ? std::fclose(f) : 0; });
+  // One JSON line (rank 0); a failed write is said once on stderr (lines were lost without a
+  // word: a full disk, /dev/full) and training goes on.
+  bool metrics_failed = false;
+  auto write_metrics_line = [&](const nlohmann::json& j) {
+    std::fprintf(metrics, "%s\n",
+                 j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
+    if ((std::fflush(metrics) != 0 || std::ferror(metrics)) && !metrics_failed) {
+      metrics_failed = true;
+      std::fprintf(stderr,
+                   "msa-train: writing --metrics_jsonl '%s' failed (%s): its lines from step %lld "
+                   "on are lost; training goes on\n",
+                   o.metrics_jsonl.c_str(), std::strerror(errno),
+                   static_cast<long long>(j.value("step", int64_t{0})));
+    }
+  };
   MSA_RETURN_IF_ERROR(agree_across_ranks(groups, [&]() -> absl::Status {
     if (!o.metrics_jsonl.empty() && leader) {
       metrics = std::fopen(o.metrics_jsonl.c_str(), "a");
@@ -1051,9 +1067,7 @@ absl::Status run_train_program(TrainProgramOptions o) {
       if (!m.index_recall_ceiling.empty()) j["index_recall_ceiling"] = m.index_recall_ceiling;
       if (!m.max_pool_recall_ceiling.empty())
         j["max_pool_recall_ceiling"] = m.max_pool_recall_ceiling;
-      std::fprintf(metrics, "%s\n",
-                   j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
-      std::fflush(metrics);
+      write_metrics_line(j);
     }
     if (validation && m.step % o.eval_every == 0) {
       // A stop signal ends the evaluation at the next batch: the checkpoint must not wait for it
@@ -1071,6 +1085,19 @@ absl::Status run_train_program(TrainProgramOptions o) {
                     static_cast<long long>(m.step), r.loss, r.perplexity,
                     static_cast<long long>(r.tokens), format_answer_recall(r).c_str());
         std::fflush(stdout);
+        if (metrics) {
+          // The validation record at full precision beside the step's (it reached stdout only).
+          nlohmann::json j;
+          j["step"] = m.step;
+          j["val_loss"] = r.loss;
+          j["val_ppl"] = r.perplexity;
+          j["val_tokens"] = r.tokens;
+          if (!r.answer_index_recall.empty()) j["val_answer_index_recall"] = r.answer_index_recall;
+          if (!r.answer_block_recall.empty()) j["val_answer_block_recall"] = r.answer_block_recall;
+          if (!r.answer_index_recall_ceiling.empty())
+            j["val_answer_index_recall_ceiling"] = r.answer_index_recall_ceiling;
+          write_metrics_line(j);
+        }
       }
     }
     if (o.checkpoint_every > 0 && m.step % o.checkpoint_every == 0) {

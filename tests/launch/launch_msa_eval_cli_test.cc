@@ -117,6 +117,20 @@ TEST(MsaEvalCliTest, FlagsTheReportDoesNotReadOrCannotUseAreRefused) {
       {" --device=cpu --lengths=64,8 --depths=0 --recall_stride=0",
        "invalid --lengths 8 (--depths 0, --pairs 4): the kv-recall task needs at least"},
       {" --device=cpu --lengths=64 --task=bogus", "invalid --task: unknown synthetic task 'bogus'"},
+      // Outputs are checked before the evaluation (a bad path failed after all of it), and two
+      // outputs on one file are refused (one replaced the other).
+      {kCell + std::string(" --out_dir=/nonexistent/report"),
+       "invalid --out_dir: '/nonexistent' is not a directory, so '/nonexistent/report' cannot be "
+       "written"},
+      {" --device=cpu --data='/nonexistent/*.tok' --csv=same.out --plot=same.out",
+       "invalid --plot: 'same.out' is also --csv's file"},
+      {" --device=cpu --data='/nonexistent/*.tok' --plot=/nonexistent/p.png",
+       "invalid --plot: '/nonexistent' is not a directory"},
+      // The logits dump writes nothing else: the report's flags beside it were ignored.
+      {" --device=cpu --dump_logits_tokens=1,2,3 --lengths=128 --out_dir=r",
+       "invalid --lengths, --out_dir: they belong to the retrieval report"},
+      {" --device=cpu --data='/nonexistent/*.tok' --batch_size=4",
+       "invalid --batch_size: it belongs to the retrieval (without --data) report"},
   };
   for (const auto& [args, message] : cases) {
     CommandResult r = run("msa-eval", "--checkpoint=" + ckpt + args);

@@ -4,11 +4,13 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
 #include "tests/testing/command.h"
 
 namespace {
@@ -386,6 +388,42 @@ const std::string kTinyModel =
     "--device=cpu --vocab_size=96 --d_model=32 --n_layers=2 --n_heads=4 --n_kv_heads=2 "
     "--head_dim=8 --ffn_dim=64 --attention=msa,dense --msa_block_size=8 --msa_topk=2 "
     "--msa_index_dim=8 --data=synthetic:kv-recall --recall_every=0 ";
+
+// --metrics_jsonl carries the validation at full precision beside the steps (it reached stdout
+// only), and a file that cannot be written is said once on stderr (the lines were lost without a
+// word) while training goes on.
+TEST(MsaTrainCliTest, MetricsCarryTheValidationAndWriteFailuresAreSaid) {
+  const std::string path = ::testing::TempDir() + "/metrics_with_eval.jsonl";
+  std::remove(path.c_str());
+  CommandResult r = run_msa_train(kTinyModel +
+                                  "--steps=4 --seq_len=48 --batch_size=2 --eval_every=2 "
+                                  "--eval_batches=1 --metrics_jsonl=" +
+                                  path);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  std::ifstream in(path);
+  int steps = 0, evals = 0;
+  for (std::string line; std::getline(in, line);) {
+    const nlohmann::json j = nlohmann::json::parse(line);
+    if (j.contains("val_loss")) {
+      ++evals;
+      EXPECT_TRUE(j["val_loss"].is_number_float()) << line;
+      EXPECT_GT(j["val_tokens"].get<int64_t>(), 0) << line;
+      EXPECT_TRUE(j.contains("val_answer_index_recall")) << line;  // kv-recall with an MSA layer
+      EXPECT_EQ(j["step"].get<int64_t>() % 2, 0) << line;
+    } else {
+      ++steps;
+      EXPECT_TRUE(j.contains("loss")) << line;
+    }
+  }
+  EXPECT_EQ(steps, 4);
+  EXPECT_EQ(evals, 2);
+  r = run_msa_train(kTinyModel + "--steps=2 --seq_len=48 --batch_size=2 --metrics_jsonl=/dev/full");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("msa-train: writing --metrics_jsonl '/dev/full' failed"),
+            std::string::npos)
+      << r.output;
+  EXPECT_EQ(r.output.find("failed", r.output.find("failed") + 1), std::string::npos) << r.output;
+}
 
 // A stray word is refused: `--qk_norm false` turned qk_norm on and dropped the "false".
 TEST(MsaTrainCliTest, StrayArgumentsAreRefused) {
