@@ -134,7 +134,8 @@ ABSL_FLAG(int64_t, exit_after_step, 0,
           "Stop after this step and write a checkpoint, as if the job were preempted (the LR "
           "schedule still spans --steps; continue later with --resume). 0: run to --steps.");
 ABSL_FLAG(std::string, metrics_jsonl, "",
-          "Append one JSON line of metrics per step (full precision) to this file.");
+          "Append one JSON line of metrics per step (full precision) to this file, and one per "
+          "--eval_every validation (val_loss, val_ppl, val_tokens).");
 ABSL_FLAG(
     int64_t, tp, 1,
     "Tensor-parallel size: world = dp x cp x tp with tp innermost (mpirun -np N gives dp = N / "
