@@ -1,8 +1,13 @@
 #include "launch/bench/flags.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <string>
+#include <utility>
+#include <vector>
 
+#include "absl/flags/commandlineflag.h"
 #include "absl/flags/flag.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
@@ -26,12 +31,53 @@ std::vector<int64_t> parse_lengths(const std::string& list, const char* flag) {
   return out;
 }
 
+namespace {
+
+// A flag the chosen benchmark does not read, given anyway, was meant for another one
+// (`msa-bench step --seqs=16384` ran step's --model_seqs): refused, naming the benchmarks that
+// read it.
+std::string refuse_other_benchmarks_flags(const std::string& which) {
+  using absl::GetFlagReflectionHandle;
+  const std::vector<std::pair<const absl::CommandLineFlag*, const char*>> owned = {
+      {&GetFlagReflectionHandle(FLAGS_seqs), "msa"},
+      {&GetFlagReflectionHandle(FLAGS_fwd_only_seqs), "msa"},
+      {&GetFlagReflectionHandle(FLAGS_heads), "msa"},
+      {&GetFlagReflectionHandle(FLAGS_groups), "msa"},
+      {&GetFlagReflectionHandle(FLAGS_head_dim), "msa"},
+      {&GetFlagReflectionHandle(FLAGS_selection), "msa"},
+      {&GetFlagReflectionHandle(FLAGS_cudnn), "msa"},
+      {&GetFlagReflectionHandle(FLAGS_recall_stride), "msa"},
+      {&GetFlagReflectionHandle(FLAGS_warmup_kl), "msa"},
+      {&GetFlagReflectionHandle(FLAGS_cp_shards), "msa"},
+      {&GetFlagReflectionHandle(FLAGS_model_seqs), "dense and step"},
+      {&GetFlagReflectionHandle(FLAGS_model), "dense and step"},
+      {&GetFlagReflectionHandle(FLAGS_layers), "dense and step"},
+      {&GetFlagReflectionHandle(FLAGS_block_size), "msa and step"},
+      {&GetFlagReflectionHandle(FLAGS_topk), "msa and step"},
+      {&GetFlagReflectionHandle(FLAGS_index_dim), "msa and step"},
+      {&GetFlagReflectionHandle(FLAGS_attention), "step"},
+      {&GetFlagReflectionHandle(FLAGS_recompute), "step"},
+      {&GetFlagReflectionHandle(FLAGS_steps), "step"},
+      {&GetFlagReflectionHandle(FLAGS_peak_tflops), "step"}};
+  for (const auto& [flag, readers] : owned) {
+    const std::vector<std::string> who = absl::StrSplit(readers, " and ");
+    if (std::find(who.begin(), who.end(), which) == who.end() &&
+        flag->CurrentValue() != flag->DefaultValue())
+      return absl::StrFormat("invalid --%s: only the %s benchmark%s read%s it, not %s",
+                             flag->Name(), readers, who.size() > 1 ? "s" : "",
+                             who.size() > 1 ? "" : "s", which);
+  }
+  return "";
+}
+
+}  // namespace
+
 std::string check_flags(const std::string& which) {
   auto at_least = [](const char* flag, int64_t value, int64_t low) {
     return value >= low ? std::string()
                         : absl::StrFormat("invalid --%s: %d (at least %d)", flag, value, low);
   };
-  std::string bad;
+  std::string bad = refuse_other_benchmarks_flags(which);
   auto check = [&](std::string why) {
     if (bad.empty()) bad = std::move(why);
   };
@@ -49,6 +95,10 @@ std::string check_flags(const std::string& which) {
     check(at_least("head_dim", absl::GetFlag(FLAGS_head_dim), 1));
     check(at_least("recall_stride", absl::GetFlag(FLAGS_recall_stride), 0));
     check(at_least("cp_shards", absl::GetFlag(FLAGS_cp_shards), 0));
+    if (absl::GetFlag(FLAGS_cp_shards) == 1)
+      check(
+          "invalid --cp_shards: 1 (one shard is the whole sequence; 0 turns the table off, 2 "
+          "or more split it)");
     const std::string selection = absl::GetFlag(FLAGS_selection);
     if (selection != "random" && selection != "sink")
       check("invalid --selection: '" + selection + "' (random or sink)");

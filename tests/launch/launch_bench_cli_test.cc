@@ -24,6 +24,12 @@ TEST(BenchCliTest, MsaBenchRefusesUnusableFlagsNamingThem) {
       {"dense --model=huge", "unknown --model 'huge'"},
       {"dense --layers=-1", "invalid --layers: -1"},
       {"msa extra", "unexpected argument 'extra'"},
+      // Another benchmark's flags (step --seqs ran step's --model_seqs without a word).
+      {"step --seqs=16384", "invalid --seqs: only the msa benchmark reads it, not step"},
+      {"msa --model_seqs=8192",
+       "invalid --model_seqs: only the dense and step benchmarks read it, not msa"},
+      {"dense --topk=8", "invalid --topk: only the msa and step benchmarks read it, not dense"},
+      {"msa --cp_shards=1", "invalid --cp_shards: 1"},
       {"", "expected one benchmark name"},
   };
   for (const auto& [args, message] : cases) {
