@@ -49,7 +49,10 @@ const char kRun[] =
 std::vector<nlohmann::json> metrics(const std::string& path) {
   std::vector<nlohmann::json> out;
   std::ifstream in(path);
-  for (std::string line; std::getline(in, line);) out.push_back(nlohmann::json::parse(line));
+  for (std::string line; std::getline(in, line);) {
+    nlohmann::json j = nlohmann::json::parse(line);
+    if (!j.contains("val_loss")) out.push_back(std::move(j));  // the steps' lines
+  }
   return out;
 }
 
