@@ -454,8 +454,8 @@ absl::StatusOr<PerplexityPlan> plan_perplexity(const std::vector<std::string>& p
 }
 
 // The training --seq_len recorded in a checkpoint's run options (msa-train writes it).
-absl::StatusOr<int64_t> training_seq_len(const std::string& path, const msa::Checkpoint& ckpt) {
-  const nlohmann::json run = nlohmann::json::parse(ckpt.run_json, nullptr, false);
+absl::StatusOr<int64_t> training_seq_len(const std::string& path, const std::string& run_json) {
+  const nlohmann::json run = nlohmann::json::parse(run_json, nullptr, false);
   if (run.is_object() && run.contains("seq_len") && run["seq_len"].is_number_integer())
     return run["seq_len"].get<int64_t>();
   return absl::InvalidArgumentError(absl::StrFormat(
@@ -465,8 +465,8 @@ absl::StatusOr<int64_t> training_seq_len(const std::string& path, const msa::Che
 }
 
 // Whether the run that wrote a checkpoint trained on packed documents (its run options).
-bool trained_packed(const msa::Checkpoint& ckpt) {
-  const nlohmann::json run = nlohmann::json::parse(ckpt.run_json, nullptr, false);
+bool trained_packed(const std::string& run_json) {
+  const nlohmann::json run = nlohmann::json::parse(run_json, nullptr, false);
   return run.is_object() && run.contains("pack_documents") && run["pack_documents"].is_boolean() &&
          run["pack_documents"].get<bool>();
 }
@@ -477,43 +477,59 @@ absl::Status run_perplexity(const std::vector<std::string>& paths) {
   const std::string data = absl::GetFlag(FLAGS_data);
   msa::PositionReport report;
   report.labels = plan.labels;
-  std::unique_ptr<msa::EvalShards> shards;
-  std::vector<int64_t> windows;
+  // Everything that can refuse the run is settled from the checkpoints' headers before any
+  // weights are read: the windows, each checkpoint's vocabulary, memory, attention mode and
+  // documents (a packed second checkpoint failed after the first one's every window).
+  std::vector<msa::CheckpointHeader> headers;
+  for (const std::string& path : paths) {
+    MSA_ASSIGN_OR_RETURN(msa::CheckpointHeader h, msa::read_checkpoint_header(path));
+    headers.push_back(std::move(h));
+  }
+  report.seq_len = absl::GetFlag(FLAGS_seq_len);
+  if (report.seq_len == 0) {
+    MSA_ASSIGN_OR_RETURN(report.seq_len, training_seq_len(paths[0], headers[0].run_json));
+  }
+  MSA_ASSIGN_OR_RETURN(report.starts, msa::parse_position_buckets(
+                                          absl::GetFlag(FLAGS_position_buckets), report.seq_len));
+  MSA_ASSIGN_OR_RETURN(std::unique_ptr<msa::EvalShards> shards,
+                       msa::EvalShards::open(data, report.seq_len, headers[0].config.vocab_size));
+  MSA_ASSIGN_OR_RETURN(
+      const std::vector<int64_t> windows,
+      msa::select_eval_windows(shards->num_windows(), absl::GetFlag(FLAGS_eval_windows),
+                               absl::GetFlag(FLAGS_seed)));
+  report.title =
+      absl::StrFormat("Loss by position: %d windows of %d tokens", windows.size(), report.seq_len);
+  absl::FPrintF(stderr, "msa-eval: %d of the %d windows of %d tokens in '%s'\n", windows.size(),
+                shards->num_windows(), report.seq_len, data);
+  std::vector<msa::MsaMode> modes;
+  // A model trained on packed documents is evaluated on them (its attention never crossed a
+  // document boundary, its positions restarted at each); --pack_documents overrides.
+  std::vector<std::optional<int32_t>> eos(paths.size());
+  for (size_t m = 0; m < paths.size(); ++m) {
+    const msa::ModelConfig& config = headers[m].config;
+    if (m > 0) MSA_RETURN_IF_ERROR(shards->check_vocab(config.vocab_size, paths[m]));
+    MSA_ASSIGN_OR_RETURN(const msa::MsaMode mode, parse_mode(plan.mode_names[m]));
+    modes.push_back(mode);
+    MSA_RETURN_IF_ERROR(check_eval_memory(config, device, 1, report.seq_len, "--seq_len"));
+    const std::optional<bool> flag = absl::GetFlag(FLAGS_pack_documents);
+    if (!flag.value_or(trained_packed(headers[m].run_json))) continue;
+    absl::StatusOr<int32_t> id = shards->eos_id(config.vocab_size);
+    if (!id.ok() && !flag)
+      return msa::annotate(id.status(),
+                           absl::StrFormat("%s was trained with --pack_documents, so its windows' "
+                                           "documents are needed (or give --pack_documents=false)",
+                                           paths[m]));
+    if (!id.ok()) return id.status();
+    eos[m] = *id;
+    absl::FPrintF(stderr, "msa-eval: %s: packed documents (EOS id %d)%s\n", plan.labels[m], *id,
+                  flag ? "" : ", as the checkpoint was trained");
+  }
+  headers.clear();
   for (size_t m = 0; m < paths.size(); ++m) {
     // One checkpoint in memory at a time.
     MSA_ASSIGN_OR_RETURN(msa::Checkpoint ckpt,
                          msa::load_checkpoint(paths[m], /*weights_only=*/true));
-    if (m == 0) {
-      report.seq_len = absl::GetFlag(FLAGS_seq_len);
-      if (report.seq_len == 0) {
-        MSA_ASSIGN_OR_RETURN(report.seq_len, training_seq_len(paths[m], ckpt));
-      }
-      MSA_ASSIGN_OR_RETURN(
-          report.starts,
-          msa::parse_position_buckets(absl::GetFlag(FLAGS_position_buckets), report.seq_len));
-      MSA_ASSIGN_OR_RETURN(shards,
-                           msa::EvalShards::open(data, report.seq_len, ckpt.config.vocab_size));
-      MSA_ASSIGN_OR_RETURN(windows, msa::select_eval_windows(shards->num_windows(),
-                                                             absl::GetFlag(FLAGS_eval_windows),
-                                                             absl::GetFlag(FLAGS_seed)));
-      report.title = absl::StrFormat("Loss by position: %d windows of %d tokens", windows.size(),
-                                     report.seq_len);
-      absl::FPrintF(stderr, "msa-eval: %d of the %d windows of %d tokens in '%s'\n", windows.size(),
-                    shards->num_windows(), report.seq_len, data);
-    } else {
-      MSA_RETURN_IF_ERROR(shards->check_vocab(ckpt.config.vocab_size, paths[m]));
-    }
-    MSA_ASSIGN_OR_RETURN(const msa::MsaMode mode, parse_mode(plan.mode_names[m]));
-    MSA_RETURN_IF_ERROR(check_eval_memory(ckpt.config, device, 1, report.seq_len, "--seq_len"));
-    // A model trained on packed documents is evaluated on them (its attention never crossed a
-    // document boundary, its positions restarted at each): it scored 0.91 for 0.35 otherwise.
-    std::optional<int32_t> eos;
-    if (absl::GetFlag(FLAGS_pack_documents).value_or(trained_packed(ckpt))) {
-      MSA_ASSIGN_OR_RETURN(eos, shards->eos_id(ckpt.config.vocab_size));
-      if (m == 0)
-        absl::FPrintF(stderr, "msa-eval: packed documents (EOS id %d)%s\n", *eos,
-                      absl::GetFlag(FLAGS_pack_documents) ? "" : ", as the checkpoint was trained");
-    }
+    const msa::MsaMode mode = modes[m];
     std::unique_ptr<msa::Transformer> model = build_model(ckpt, device);
     ckpt.params.clear();
     msa::Timer timer;
@@ -525,7 +541,7 @@ absl::Status run_perplexity(const std::vector<std::string>& paths) {
                         timer.seconds());
           timer.reset();
         },
-        eos));
+        eos[m]));
   }
   const std::string markdown = msa::format_position_markdown(report);
   std::printf("%s", markdown.c_str());
@@ -571,48 +587,69 @@ absl::Status refuse_report_flags_when_dumping() {
 }
 
 // The files this run will write, checked before any evaluation (a bad path failed after all of
-// it): each in a directory that exists (--out_dir's parent, for --out_dir) and is writable, no
-// two the same (--csv=x --plot=x left only the PNG).
+// it): each writable where it is (or, new, in a writable directory that exists), none a
+// directory, no two the same file (--csv=x --plot=x left only the PNG). --out_dir is created by
+// the run: it must be a writable directory or new in one.
 absl::Status check_output_paths(bool perplexity, bool dumping) {
-  std::vector<std::pair<std::string, std::string>> outputs;  // flag, path
+  namespace fs = std::filesystem;
+  // "r/" and "./r" are "r"; the comparisons are of absolute, resolved paths.
+  auto plain = [](const std::string& text) {
+    fs::path p = fs::path(text).lexically_normal();
+    if (!p.has_filename() && p.has_relative_path()) p = p.parent_path();
+    return p;
+  };
+  auto resolved = [&](const std::string& text) {
+    std::error_code ec;
+    const fs::path p = fs::weakly_canonical(fs::absolute(plain(text)), ec);
+    return ec ? fs::absolute(plain(text)).lexically_normal() : p;
+  };
+  // Writable in place, or creatable: "" when fine, else why not.
+  auto unwritable = [&](const fs::path& p, bool directory) -> std::string {
+    std::error_code ec;
+    if (fs::exists(p, ec)) {
+      if (fs::is_directory(p, ec) != directory)
+        return directory ? "is not a directory" : "is a directory";
+      return ::access(p.c_str(), W_OK) == 0 ? "" : "is not writable";
+    }
+    const fs::path parent = p.has_parent_path() ? p.parent_path() : fs::path(".");
+    if (!fs::is_directory(parent, ec))
+      return absl::StrFormat("cannot be created: '%s' is not a directory", parent.string());
+    return ::access(parent.c_str(), W_OK) == 0
+               ? ""
+               : absl::StrFormat("cannot be created: '%s' is not writable", parent.string());
+  };
+  std::vector<std::pair<std::string, std::string>> files;  // flag, path
   const std::string out_dir = absl::GetFlag(FLAGS_out_dir);
   if (dumping) {
-    outputs.push_back({"dump_logits", absl::GetFlag(FLAGS_dump_logits)});
+    files.push_back({"dump_logits", absl::GetFlag(FLAGS_dump_logits)});
   } else {
-    if (!out_dir.empty()) {
-      const std::string stem = out_dir + "/" + absl::GetFlag(FLAGS_name);
-      outputs.push_back({"out_dir", stem + ".csv"});
-      outputs.push_back({"out_dir", stem + ".md"});
-    }
     if (perplexity && !absl::GetFlag(FLAGS_csv).empty())
-      outputs.push_back({"csv", absl::GetFlag(FLAGS_csv)});
+      files.push_back({"csv", absl::GetFlag(FLAGS_csv)});
     if (perplexity && !absl::GetFlag(FLAGS_plot).empty())
-      outputs.push_back({"plot", absl::GetFlag(FLAGS_plot)});
+      files.push_back({"plot", absl::GetFlag(FLAGS_plot)});
+    if (!out_dir.empty()) {
+      if (const std::string why = unwritable(plain(out_dir), true); !why.empty())
+        return absl::InvalidArgumentError(
+            absl::StrFormat("invalid --out_dir: '%s' %s", out_dir, why));
+      const std::string stem = (plain(out_dir) / absl::GetFlag(FLAGS_name)).string();
+      for (const std::string& p : {stem + ".csv", stem + ".md"}) {
+        for (const auto& [flag, path] : files)
+          if (resolved(path) == resolved(p) || resolved(path) == resolved(out_dir))
+            return absl::InvalidArgumentError(absl::StrFormat(
+                "invalid --%s: '%s' is also --out_dir's (one would replace the other)", flag,
+                path));
+      }
+    }
   }
-  auto parent_of = [](const std::string& path) {
-    const size_t slash = path.rfind('/');
-    return slash == std::string::npos ? std::string(".")
-           : slash == 0               ? std::string("/")
-                                      : path.substr(0, slash);
-  };
-  for (size_t i = 0; i < outputs.size(); ++i) {
-    const auto& [flag, path] = outputs[i];
+  for (size_t i = 0; i < files.size(); ++i) {
+    const auto& [flag, path] = files[i];
     for (size_t k = 0; k < i; ++k)
-      if (std::filesystem::path(outputs[k].second).lexically_normal() ==
-          std::filesystem::path(path).lexically_normal())
+      if (resolved(files[k].second) == resolved(path))
         return absl::InvalidArgumentError(
             absl::StrFormat("invalid --%s: '%s' is also --%s's file (one would replace the other)",
-                            flag, path, outputs[k].first));
-    // --out_dir is created by the run: its parent must be there.
-    const std::string dir = flag == "out_dir" ? parent_of(out_dir) : parent_of(path);
-    struct stat st;
-    if (::stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
-      return absl::InvalidArgumentError(
-          absl::StrFormat("invalid --%s: '%s' is not a directory, so '%s' cannot be written", flag,
-                          dir, flag == "out_dir" ? out_dir : path));
-    if (::access(dir.c_str(), W_OK) != 0)
-      return absl::InvalidArgumentError(
-          absl::StrFormat("invalid --%s: cannot write in '%s'", flag, dir));
+                            flag, path, files[k].first));
+    if (const std::string why = unwritable(plain(path), false); !why.empty())
+      return absl::InvalidArgumentError(absl::StrFormat("invalid --%s: '%s' %s", flag, path, why));
   }
   return absl::OkStatus();
 }

@@ -1088,6 +1088,7 @@ absl::Status run_train_program(TrainProgramOptions o) {
         if (metrics) {
           // The validation record at full precision beside the step's (it reached stdout only).
           nlohmann::json j;
+          j["kind"] = "validation";  // the steps' lines have no "kind"
           j["step"] = m.step;
           j["val_loss"] = r.loss;
           j["val_ppl"] = r.perplexity;

@@ -53,6 +53,7 @@ class H5Handle {
   }
   H5Handle(const H5Handle&) = delete;
   H5Handle& operator=(const H5Handle&) = delete;
+  H5Handle(H5Handle&& other) noexcept : id_(other.id_), close_(other.close_) { other.id_ = -1; }
   hid_t get() const { return id_; }
   bool ok() const { return id_ >= 0; }
 
@@ -393,7 +394,10 @@ absl::Status save_checkpoint(const std::string& path, const Checkpoint& ckpt) {
   return fsync_path(parent_dir(path));
 }
 
-absl::StatusOr<Checkpoint> load_checkpoint(const std::string& path, bool weights_only) {
+namespace {
+
+// Opens `path` and reads its validated /config (the model and the run options) into `ckpt`.
+absl::StatusOr<H5Handle> open_and_read_config(const std::string& path, Checkpoint& ckpt) {
   silence_hdf5();
   if (::access(path.c_str(), R_OK) != 0)
     return absl::NotFoundError(absl::StrFormat("%s: no such checkpoint file", path));
@@ -408,7 +412,6 @@ absl::StatusOr<Checkpoint> load_checkpoint(const std::string& path, bool weights
   if (!file.ok())
     return absl::DataLossError(
         absl::StrFormat("%s: cannot open as HDF5 (truncated or corrupt)", path));
-  Checkpoint ckpt;
   if (H5Lexists(file.get(), "/config", H5P_DEFAULT) <= 0)
     return absl::DataLossError(absl::StrFormat("%s: missing group /config", path));
   {
@@ -442,6 +445,20 @@ absl::StatusOr<Checkpoint> load_checkpoint(const std::string& path, bool weights
             path));
     }
   }
+  return file;
+}
+
+}  // namespace
+
+absl::StatusOr<CheckpointHeader> read_checkpoint_header(const std::string& path) {
+  Checkpoint ckpt;
+  MSA_ASSIGN_OR_RETURN(H5Handle file, open_and_read_config(path, ckpt));
+  return CheckpointHeader{ckpt.config, ckpt.run_json};
+}
+
+absl::StatusOr<Checkpoint> load_checkpoint(const std::string& path, bool weights_only) {
+  Checkpoint ckpt;
+  MSA_ASSIGN_OR_RETURN(H5Handle file, open_and_read_config(path, ckpt));
   MSA_RETURN_IF_ERROR(check_index_key_format(path, file.get(), ckpt.config));
   for (const ParamSpec& s : model_param_specs(ckpt.config)) {
     MSA_ASSIGN_OR_RETURN(ckpt.params[s.name],

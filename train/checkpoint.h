@@ -58,6 +58,15 @@ absl::Status save_checkpoint(const std::string& path, const Checkpoint& ckpt);
 // why and naming the file and dataset.
 absl::StatusOr<Checkpoint> load_checkpoint(const std::string& path, bool weights_only = false);
 
+// What a checkpoint is without its tensors: its model and the options of the run that wrote it
+// (the /config group, validated as load_checkpoint validates it), for choices made before the
+// weights are read.
+struct CheckpointHeader {
+  ModelConfig config;
+  std::string run_json;
+};
+absl::StatusOr<CheckpointHeader> read_checkpoint_header(const std::string& path);
+
 // <dir>/ckpt-<step, 8 digits>.h5
 std::string checkpoint_path(const std::string& dir, int64_t step);
 

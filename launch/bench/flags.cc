@@ -39,6 +39,7 @@ namespace {
 std::string refuse_other_benchmarks_flags(const std::string& which) {
   using absl::GetFlagReflectionHandle;
   const std::vector<std::pair<const absl::CommandLineFlag*, const char*>> owned = {
+      {&GetFlagReflectionHandle(FLAGS_iters), "msa and dense"},
       {&GetFlagReflectionHandle(FLAGS_seqs), "msa"},
       {&GetFlagReflectionHandle(FLAGS_fwd_only_seqs), "msa"},
       {&GetFlagReflectionHandle(FLAGS_heads), "msa"},

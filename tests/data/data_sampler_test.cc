@@ -58,6 +58,20 @@ TEST(DataSamplerTest, WindowsStayInsideTheirShardAndMatchTheTokens) {
   }
 }
 
+// The held-out count is the ceiling of the double product val_fraction x windows, kept as it is
+// (0.07 x 100 = 7.000000000000001 holds out 8, not 7): a resumed run's split must not move under
+// a change of rule, or a window it trained on would become validation.
+TEST(DataSamplerTest, ValidationCountIsTheCeilingOfTheDoubleProduct) {
+  const std::string corpus = make_corpus({401});  // 100 windows of 4 + 1 tokens
+  for (const auto& [fraction, expected] :
+       std::vector<std::pair<double, int64_t>>{{0.07, 8}, {0.14, 15}, {0.071, 8}, {0.05, 5}}) {
+    auto s = WindowSampler::open(corpus, 4, 10000, fraction, 7);
+    ASSERT_TRUE(s.ok()) << s.status();
+    ASSERT_EQ((*s)->num_windows(), 100);
+    EXPECT_EQ((*s)->num_val_windows(), expected) << fraction;
+  }
+}
+
 TEST(DataSamplerTest, EachEpochCoversEveryTrainingWindowOnce) {
   auto s = WindowSampler::open(make_corpus({101, 77}), 4, 10000, 0.1, 7);
   ASSERT_TRUE(s.ok()) << s.status();

@@ -30,6 +30,7 @@ TEST(BenchCliTest, MsaBenchRefusesUnusableFlagsNamingThem) {
        "invalid --model_seqs: only the dense and step benchmarks read it, not msa"},
       {"dense --topk=8", "invalid --topk: only the msa and step benchmarks read it, not dense"},
       {"msa --cp_shards=1", "invalid --cp_shards: 1"},
+      {"step --iters=9", "invalid --iters: only the msa and dense benchmarks read it, not step"},
       {"", "expected one benchmark name"},
   };
   for (const auto& [args, message] : cases) {

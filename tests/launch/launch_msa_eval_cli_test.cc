@@ -6,6 +6,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
 #include <string>
 
 #include "gmock/gmock.h"
@@ -120,12 +121,20 @@ TEST(MsaEvalCliTest, FlagsTheReportDoesNotReadOrCannotUseAreRefused) {
       // Outputs are checked before the evaluation (a bad path failed after all of it), and two
       // outputs on one file are refused (one replaced the other).
       {kCell + std::string(" --out_dir=/nonexistent/report"),
-       "invalid --out_dir: '/nonexistent' is not a directory, so '/nonexistent/report' cannot be "
-       "written"},
+       "invalid --out_dir: '/nonexistent/report' cannot be created: '/nonexistent' is not a "
+       "directory"},
+      {kCell + std::string(" --out_dir=/etc/hostname"),
+       "invalid --out_dir: '/etc/hostname' is not a directory"},
       {" --device=cpu --data='/nonexistent/*.tok' --csv=same.out --plot=same.out",
        "invalid --plot: 'same.out' is also --csv's file"},
       {" --device=cpu --data='/nonexistent/*.tok' --plot=/nonexistent/p.png",
-       "invalid --plot: '/nonexistent' is not a directory"},
+       "invalid --plot: '/nonexistent/p.png' cannot be created: '/nonexistent' is not a directory"},
+      {" --device=cpu --data='/nonexistent/*.tok' --csv=/tmp",
+       "invalid --csv: '/tmp' is a directory"},
+      {" --device=cpu --data='/nonexistent/*.tok' --csv=/tmp/../tmp/x.csv --plot=/tmp/x.csv",
+       "invalid --plot: '/tmp/x.csv' is also --csv's file"},
+      {" --device=cpu --data='/nonexistent/*.tok' --csv=/tmp/r/quality.md --out_dir=/tmp/r/",
+       "invalid --csv: '/tmp/r/quality.md' is also --out_dir's"},
       // The logits dump writes nothing else: the report's flags beside it were ignored.
       {" --device=cpu --dump_logits_tokens=1,2,3 --lengths=128 --out_dir=r",
        "invalid --lengths, --out_dir: they belong to the retrieval report"},
@@ -174,6 +183,12 @@ TEST(MsaEvalCliTest, ValidFlagsStillMeasure) {
   EXPECT_EQ(strided.exit_code, 0) << strided.output;
   EXPECT_THAT(strided.output, HasSubstr("| recall L0 | block L0 | recall ceiling L0 | max-pool L0 "
                                         "| answer L0 | ans.block L0 | ans.ceiling L0\n"));
+  // An --out_dir with a trailing slash, created by the run (the early path check refused it).
+  const std::string out = fresh_dir("eval_cli_out") + "/report/";
+  CommandResult written = run(
+      "msa-eval", "--checkpoint=" + ckpt + kCell + " --samples=2 --batch_size=1 --out_dir=" + out);
+  EXPECT_EQ(written.exit_code, 0) << written.output;
+  EXPECT_TRUE(std::ifstream(out + "quality.md").good()) << written.output;
 }
 
 // A length whose forward pass cannot fit is refused before the model is built (2^31 - 1 tokens

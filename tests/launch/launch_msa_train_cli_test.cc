@@ -406,6 +406,7 @@ TEST(MsaTrainCliTest, MetricsCarryTheValidationAndWriteFailuresAreSaid) {
     const nlohmann::json j = nlohmann::json::parse(line);
     if (j.contains("val_loss")) {
       ++evals;
+      EXPECT_EQ(j["kind"], "validation") << line;
       EXPECT_TRUE(j["val_loss"].is_number_float()) << line;
       EXPECT_GT(j["val_tokens"].get<int64_t>(), 0) << line;
       EXPECT_TRUE(j.contains("val_answer_index_recall")) << line;  // kv-recall with an MSA layer
