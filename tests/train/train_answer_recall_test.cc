@@ -54,13 +54,19 @@ std::vector<double> recalls_at_last(Transformer& model, const Tensor& tokens, co
   return {f.answer_index_recall[0], f.answer_block_recall[0], f.answer_index_recall_ceiling[0]};
 }
 
-TEST(TrainAnswerRecallTest, RetrievalEvalAveragesOverEveryAnswer) {
-  Transformer model(tiny_msa(), DType::kF32, Device::kCPU);
-  model.params().initialize(3);
+// kv-recall, 40 tokens, 3 facts.
+SyntheticConfig kv_recall_40() {
   SyntheticConfig task;
   task.seq_len = 40;
   task.pairs = 3;
   task.seed = 77;
+  return task;
+}
+
+TEST(TrainAnswerRecallTest, RetrievalEvalAveragesOverEveryAnswer) {
+  Transformer model(tiny_msa(), DType::kF32, Device::kCPU);
+  model.params().initialize(3);
+  const SyntheticConfig task = kv_recall_40();
   // 5 samples in batches of 2: 6, 6 and 3 answers.
   const RetrievalResult r =
       evaluate_retrieval(model, task, 5, 2, MsaMode::kSparse, /*recall_stride=*/0, true);
@@ -99,10 +105,7 @@ TEST(TrainAnswerRecallTest, RetrievalEvalAveragesOverEveryAnswer) {
 TEST(TrainAnswerRecallTest, StridedRecallsDoNotDependOnTheBatch) {
   Transformer model(tiny_msa(), DType::kF32, Device::kCPU);
   model.params().initialize(3);
-  SyntheticConfig task;
-  task.seq_len = 40;
-  task.pairs = 3;
-  task.seed = 77;
+  const SyntheticConfig task = kv_recall_40();
   const RetrievalResult one =
       evaluate_retrieval(model, task, 5, 1, MsaMode::kSparse, /*recall_stride=*/4, false);
   ASSERT_EQ(one.index_recall.size(), 1u);
