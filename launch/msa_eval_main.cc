@@ -390,6 +390,7 @@ absl::Status run_retrieval(const std::string& path, const msa::Checkpoint& ckpt,
     }
   }
   std::printf("%s", msa::format_report_table(report).c_str());
+  std::fflush(stdout);  // before any file is written (an output may be a pipe beside it)
   const std::string out_dir = absl::GetFlag(FLAGS_out_dir);
   if (!out_dir.empty()) {
     MSA_RETURN_IF_ERROR(msa::write_report(report, out_dir, absl::GetFlag(FLAGS_name)));
@@ -545,6 +546,7 @@ absl::Status run_perplexity(const std::vector<std::string>& paths) {
   }
   const std::string markdown = msa::format_position_markdown(report);
   std::printf("%s", markdown.c_str());
+  std::fflush(stdout);  // before any file is written (an output may be a pipe beside it)
   const std::string csv = msa::format_position_csv(report);
   if (!absl::GetFlag(FLAGS_csv).empty())
     MSA_RETURN_IF_ERROR(msa::write_text_file(absl::GetFlag(FLAGS_csv), csv, "csv"));
@@ -559,7 +561,8 @@ absl::Status run_perplexity(const std::vector<std::string>& paths) {
     if (::mkdir(out_dir.c_str(), 0755) != 0 && errno != EEXIST)
       return absl::InvalidArgumentError(
           absl::StrFormat("invalid --out_dir: cannot create '%s'", out_dir));
-    const std::string stem = out_dir + "/" + absl::GetFlag(FLAGS_name);
+    const std::string stem =
+        (std::filesystem::path(out_dir) / absl::GetFlag(FLAGS_name)).lexically_normal().string();
     MSA_RETURN_IF_ERROR(msa::write_text_file(stem + ".md", markdown, "out_dir"));
     MSA_RETURN_IF_ERROR(msa::write_text_file(stem + ".csv", csv, "out_dir"));
     std::printf("msa-eval: wrote %s.csv and .md\n", stem.c_str());
@@ -592,7 +595,7 @@ absl::Status refuse_report_flags_when_dumping() {
 // the run: it must be a writable directory or new in one.
 absl::Status check_output_paths(bool perplexity, bool dumping) {
   namespace fs = std::filesystem;
-  // "r/" and "./r" are "r"; the comparisons are of absolute, resolved paths.
+  // "r/" and "./r" are the directory "r"; comparisons are of absolute, resolved paths.
   auto plain = [](const std::string& text) {
     fs::path p = fs::path(text).lexically_normal();
     if (!p.has_filename() && p.has_relative_path()) p = p.parent_path();
@@ -612,14 +615,17 @@ absl::Status check_output_paths(bool perplexity, bool dumping) {
       return ::access(p.c_str(), W_OK) == 0 ? "" : "is not writable";
     }
     const fs::path parent = p.has_parent_path() ? p.parent_path() : fs::path(".");
+    if (!fs::exists(parent, ec))
+      return absl::StrFormat("cannot be created: '%s' does not exist", parent.string());
     if (!fs::is_directory(parent, ec))
       return absl::StrFormat("cannot be created: '%s' is not a directory", parent.string());
     return ::access(parent.c_str(), W_OK) == 0
                ? ""
                : absl::StrFormat("cannot be created: '%s' is not writable", parent.string());
   };
-  std::vector<std::pair<std::string, std::string>> files;  // flag, path
-  const std::string out_dir = absl::GetFlag(FLAGS_out_dir);
+  // The files: the flags' own, then --out_dir's report (flag "out_dir").
+  std::vector<std::pair<std::string, std::string>> files;
+  const std::string out_dir = absl::GetFlag(FLAGS_out_dir), name = absl::GetFlag(FLAGS_name);
   if (dumping) {
     files.push_back({"dump_logits", absl::GetFlag(FLAGS_dump_logits)});
   } else {
@@ -628,28 +634,45 @@ absl::Status check_output_paths(bool perplexity, bool dumping) {
     if (perplexity && !absl::GetFlag(FLAGS_plot).empty())
       files.push_back({"plot", absl::GetFlag(FLAGS_plot)});
     if (!out_dir.empty()) {
+      if (name.empty() || name.find('/') != std::string::npos)
+        return absl::InvalidArgumentError(absl::StrFormat(
+            "invalid --name: '%s' (a file stem inside --out_dir, without '/')", name));
       if (const std::string why = unwritable(plain(out_dir), true); !why.empty())
         return absl::InvalidArgumentError(
             absl::StrFormat("invalid --out_dir: '%s' %s", out_dir, why));
-      const std::string stem = (plain(out_dir) / absl::GetFlag(FLAGS_name)).string();
-      for (const std::string& p : {stem + ".csv", stem + ".md"}) {
-        for (const auto& [flag, path] : files)
-          if (resolved(path) == resolved(p) || resolved(path) == resolved(out_dir))
-            return absl::InvalidArgumentError(absl::StrFormat(
-                "invalid --%s: '%s' is also --out_dir's (one would replace the other)", flag,
-                path));
-      }
+      for (const auto& [flag, path] : files)
+        if (resolved(path) == resolved(out_dir))
+          return absl::InvalidArgumentError(
+              absl::StrFormat("invalid --%s: '%s' is --out_dir itself", flag, path));
+      const std::string stem = (plain(out_dir) / name).string();
+      files.push_back({"out_dir", stem + ".csv"});
+      files.push_back({"out_dir", stem + ".md"});
     }
   }
   for (size_t i = 0; i < files.size(); ++i) {
     const auto& [flag, path] = files[i];
-    for (size_t k = 0; k < i; ++k)
+    // A file named with a trailing slash names a directory (it failed after the evaluation).
+    if (!fs::path(path).has_filename())
+      return absl::InvalidArgumentError(
+          absl::StrFormat("invalid --%s: '%s' names a directory, not a file", flag, path));
+    std::error_code ec;
+    for (size_t k = 0; k < i && !fs::is_character_file(resolved(path), ec); ++k)
       if (resolved(files[k].second) == resolved(path))
         return absl::InvalidArgumentError(
             absl::StrFormat("invalid --%s: '%s' is also --%s's file (one would replace the other)",
                             flag, path, files[k].first));
+    // --out_dir's files are checked where the directory exists already (else it is new).
+    if (flag == "out_dir" && !fs::is_directory(plain(out_dir))) continue;
     if (const std::string why = unwritable(plain(path), false); !why.empty())
       return absl::InvalidArgumentError(absl::StrFormat("invalid --%s: '%s' %s", flag, path, why));
+    // This run's stdout as an output file: opening it for writing truncates what the report
+    // printed there (and the two interleave).
+    struct stat out, target;
+    if (::fstat(STDOUT_FILENO, &out) == 0 && S_ISREG(out.st_mode) &&
+        ::stat(path.c_str(), &target) == 0 && out.st_dev == target.st_dev &&
+        out.st_ino == target.st_ino)
+      return absl::InvalidArgumentError(
+          absl::StrFormat("invalid --%s: '%s' is this run's standard output", flag, path));
   }
   return absl::OkStatus();
 }

@@ -121,20 +121,21 @@ TEST(MsaEvalCliTest, FlagsTheReportDoesNotReadOrCannotUseAreRefused) {
       // Outputs are checked before the evaluation (a bad path failed after all of it), and two
       // outputs on one file are refused (one replaced the other).
       {kCell + std::string(" --out_dir=/nonexistent/report"),
-       "invalid --out_dir: '/nonexistent/report' cannot be created: '/nonexistent' is not a "
-       "directory"},
+       "invalid --out_dir: '/nonexistent/report' cannot be created: '/nonexistent' does not "
+       "exist"},
       {kCell + std::string(" --out_dir=/etc/hostname"),
        "invalid --out_dir: '/etc/hostname' is not a directory"},
+      {kCell + std::string(" --out_dir=r --name=a/b"), "invalid --name: 'a/b'"},
       {" --device=cpu --data='/nonexistent/*.tok' --csv=same.out --plot=same.out",
        "invalid --plot: 'same.out' is also --csv's file"},
       {" --device=cpu --data='/nonexistent/*.tok' --plot=/nonexistent/p.png",
-       "invalid --plot: '/nonexistent/p.png' cannot be created: '/nonexistent' is not a directory"},
+       "invalid --plot: '/nonexistent/p.png' cannot be created: '/nonexistent' does not exist"},
+      {" --device=cpu --data='/nonexistent/*.tok' --csv=/etc/hostname/x.csv",
+       "cannot be created: '/etc/hostname' is not a directory"},
       {" --device=cpu --data='/nonexistent/*.tok' --csv=/tmp",
        "invalid --csv: '/tmp' is a directory"},
-      {" --device=cpu --data='/nonexistent/*.tok' --csv=/tmp/../tmp/x.csv --plot=/tmp/x.csv",
-       "invalid --plot: '/tmp/x.csv' is also --csv's file"},
-      {" --device=cpu --data='/nonexistent/*.tok' --csv=/tmp/r/quality.md --out_dir=/tmp/r/",
-       "invalid --csv: '/tmp/r/quality.md' is also --out_dir's"},
+      {" --device=cpu --data='/nonexistent/*.tok' --csv=x.csv/",
+       "invalid --csv: 'x.csv/' names a directory, not a file"},
       // The logits dump writes nothing else: the report's flags beside it were ignored.
       {" --device=cpu --dump_logits_tokens=1,2,3 --lengths=128 --out_dir=r",
        "invalid --lengths, --out_dir: they belong to the retrieval report"},
@@ -146,6 +147,23 @@ TEST(MsaEvalCliTest, FlagsTheReportDoesNotReadOrCannotUseAreRefused) {
     EXPECT_EQ(r.exit_code, 1) << args << "\n" << r.output;
     EXPECT_THAT(r.output, HasSubstr(message)) << args;
     EXPECT_THAT(r.output, ::testing::Not(HasSubstr("accuracy"))) << args;
+  }
+  // Two outputs on one file, however spelled (through '..', with a trailing slash), and a file
+  // in --out_dir's place.
+  const std::string dir = fresh_dir("eval_cli_collide");
+  const std::string base = dir.substr(dir.rfind('/') + 1);
+  const std::pair<std::string, std::string> collisions[] = {
+      {" --csv=" + dir + "/../" + base + "/x.csv --plot=" + dir + "/x.csv",
+       "invalid --plot: '" + dir + "/x.csv' is also --csv's file"},
+      {" --csv=" + dir + "/r/quality.md --out_dir=" + dir + "/r/", "is also --csv's file"},
+      {" --csv=" + dir + "/r --out_dir=" + dir + "/r", "is --out_dir itself"},
+  };
+  std::system(("mkdir -p '" + dir + "/r'").c_str());
+  for (const auto& [args, message] : collisions) {
+    CommandResult r = run(
+        "msa-eval", "--checkpoint=" + ckpt + " --device=cpu --data='/nonexistent/*.tok'" + args);
+    EXPECT_EQ(r.exit_code, 1) << args << "\n" << r.output;
+    EXPECT_THAT(r.output, HasSubstr(message)) << args;
   }
 }
 
