@@ -436,6 +436,15 @@ absl::StatusOr<HfCheckpoint> read_hf_checkpoint(const std::string& dir) {
   return ck;
 }
 
+std::map<std::string, std::string> hf_source_of(const std::string& run_json) {
+  std::map<std::string, std::string> source;
+  const nlohmann::json run = nlohmann::json::parse(run_json, nullptr, false);
+  if (!run.is_object()) return source;
+  for (const char* key : {"hf_architecture", "hf_dtype"})
+    if (run.contains(key) && run[key].is_string()) source[key] = run[key].get<std::string>();
+  return source;
+}
+
 absl::Status write_hf_checkpoint(const std::string& dir, const std::string& architecture,
                                  const ModelConfig& c, const std::map<std::string, Tensor>& params,
                                  StDtype dtype) {

@@ -42,6 +42,11 @@ absl::StatusOr<HfCheckpoint> parse_hf_config(const std::string& config_json_text
 // Reads <dir>/config.json and model.safetensors or the shards of model.safetensors.index.json.
 absl::StatusOr<HfCheckpoint> read_hf_checkpoint(const std::string& dir);
 
+// The Hugging Face source a checkpoint's run options record ("hf_architecture", "hf_dtype", as
+// msa-convert --hf_dir writes them; absent ones left out): carried into what is made from the
+// checkpoint (a conversion of it, a run started from it) so that an export keeps them.
+std::map<std::string, std::string> hf_source_of(const std::string& run_json);
+
 // Writes <dir>/config.json and <dir>/model.safetensors with the dense weights of `params` in
 // `dtype` (MSA index weights are not part of the dense model and are left out).
 absl::Status write_hf_checkpoint(const std::string& dir, const std::string& architecture,

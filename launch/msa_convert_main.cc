@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -102,33 +103,30 @@ absl::Status export_hf() {
   const std::string input = absl::GetFlag(FLAGS_checkpoint);
   if (input.empty()) return absl::InvalidArgumentError("invalid --export_hf: needs --checkpoint");
   // The conversion's flags do nothing in an export: given, they were meant for a conversion.
-  std::vector<std::string> stray;
-  for (const absl::CommandLineFlag* f :
-       {&absl::GetFlagReflectionHandle(FLAGS_hf_dir), &absl::GetFlagReflectionHandle(FLAGS_output),
-        &absl::GetFlagReflectionHandle(FLAGS_msa_layers),
-        &absl::GetFlagReflectionHandle(FLAGS_msa_block_size),
-        &absl::GetFlagReflectionHandle(FLAGS_msa_topk),
-        &absl::GetFlagReflectionHandle(FLAGS_msa_index_dim),
-        &absl::GetFlagReflectionHandle(FLAGS_msa_index_rotary_dim),
-        &absl::GetFlagReflectionHandle(FLAGS_msa_index_loss_weight),
-        &absl::GetFlagReflectionHandle(FLAGS_seed)})
-    if (f->CurrentValue() != f->DefaultValue()) stray.push_back("--" + std::string(f->Name()));
+  const std::vector<std::string> stray = msa::flags_set(
+      {&absl::GetFlagReflectionHandle(FLAGS_hf_dir), &absl::GetFlagReflectionHandle(FLAGS_output),
+       &absl::GetFlagReflectionHandle(FLAGS_msa_layers),
+       &absl::GetFlagReflectionHandle(FLAGS_msa_block_size),
+       &absl::GetFlagReflectionHandle(FLAGS_msa_topk),
+       &absl::GetFlagReflectionHandle(FLAGS_msa_index_dim),
+       &absl::GetFlagReflectionHandle(FLAGS_msa_index_rotary_dim),
+       &absl::GetFlagReflectionHandle(FLAGS_msa_index_loss_weight),
+       &absl::GetFlagReflectionHandle(FLAGS_seed)});
   if (!stray.empty())
     return absl::InvalidArgumentError(absl::StrFormat(
         "invalid %s: %s a conversion, and --export_hf only writes --checkpoint's dense weights "
         "(run the conversion and the export as two commands)",
         absl::StrJoin(stray, ", "), stray.size() == 1 ? "it belongs to" : "they belong to"));
   MSA_ASSIGN_OR_RETURN(msa::Checkpoint ckpt, msa::load_checkpoint(input, /*weights_only=*/true));
-  nlohmann::json run =
-      nlohmann::json::parse(ckpt.run_json.empty() ? "{}" : ckpt.run_json, nullptr, false);
-  std::string arch = ckpt.config.qk_norm    ? "Qwen3ForCausalLM"
-                     : ckpt.config.qkv_bias ? "Qwen2ForCausalLM"
-                                            : "LlamaForCausalLM";
-  std::string source_dtype = "BF16";
-  if (run.is_object()) {
-    arch = run.value("hf_architecture", arch);
-    source_dtype = run.value("hf_dtype", source_dtype);
-  }
+  const std::map<std::string, std::string> source = msa::hf_source_of(ckpt.run_json);
+  const auto recorded = [&](const char* key, const char* fallback) {
+    const auto it = source.find(key);
+    return it != source.end() ? it->second : std::string(fallback);
+  };
+  const std::string arch = recorded("hf_architecture", ckpt.config.qk_norm    ? "Qwen3ForCausalLM"
+                                                       : ckpt.config.qkv_bias ? "Qwen2ForCausalLM"
+                                                                              : "LlamaForCausalLM");
+  const std::string source_dtype = recorded("hf_dtype", "BF16");
   // The architecture must hold what the model has: transformers drops tensors its config does
   // not expect (q/k/v biases under Qwen3, q/k norms under Qwen2), and no supported one has both.
   const bool wants_bias = arch == "Qwen2ForCausalLM", wants_norm = arch == "Qwen3ForCausalLM";
@@ -144,7 +142,7 @@ absl::Status export_hf() {
                             : "the architecture its run recorded, " + arch + ", does not"));
   std::string flag = absl::GetFlag(FLAGS_export_dtype);
   if (flag == "auto") {
-    if (!run.is_object() || !run.contains("hf_dtype"))
+    if (!source.count("hf_dtype"))
       std::fprintf(stderr,
                    "msa-convert: %s records no Hugging Face source dtype: --export_dtype=auto "
                    "writes bf16 (give --export_dtype=f32 or f16 to choose)\n",
@@ -205,10 +203,7 @@ absl::Status convert() {
     run["converted_from"] = input;
     // The Hugging Face source, when the dense checkpoint came from one (msa-convert --hf_dir,
     // then msa-train): an export keeps its architecture and dtype.
-    const nlohmann::json in_run = nlohmann::json::parse(in.run_json, nullptr, false);
-    if (in_run.is_object())
-      for (const char* key : {"hf_architecture", "hf_dtype"})
-        if (in_run.contains(key) && in_run[key].is_string()) run[key] = in_run[key];
+    for (const auto& [key, value] : msa::hf_source_of(in.run_json)) run[key] = value;
   }
   MSA_ASSIGN_OR_RETURN(out.config.attention,
                        parse_msa_layers(absl::GetFlag(FLAGS_msa_layers), out.config.n_layers));

@@ -229,10 +229,8 @@ absl::Status refuse_other_mode_flags(bool perplexity) {
       &GetFlagReflectionHandle(FLAGS_plot),
       &GetFlagReflectionHandle(FLAGS_plot_size),
       &GetFlagReflectionHandle(FLAGS_pack_documents)};
-  std::vector<std::string> wrong;
-  // Set to anything but its default (this Abseil keeps IsSpecifiedOnCommandLine private).
-  for (const absl::CommandLineFlag* f : perplexity ? retrieval_only : perplexity_only)
-    if (f->CurrentValue() != f->DefaultValue()) wrong.push_back("--" + std::string(f->Name()));
+  const std::vector<std::string> wrong =
+      msa::flags_set(perplexity ? retrieval_only : perplexity_only);
   if (wrong.empty()) return absl::OkStatus();
   return absl::InvalidArgumentError(
       absl::StrFormat("invalid %s: %s to the %s report, and this run is the %s report",
@@ -574,15 +572,12 @@ absl::Status run_perplexity(const std::vector<std::string>& paths) {
 // silently ignored (--lengths, --out_dir never created).
 absl::Status refuse_report_flags_when_dumping() {
   using absl::GetFlagReflectionHandle;
-  std::vector<std::string> wrong;
-  for (const absl::CommandLineFlag* f :
-       {&GetFlagReflectionHandle(FLAGS_lengths), &GetFlagReflectionHandle(FLAGS_depths),
-        &GetFlagReflectionHandle(FLAGS_pairs), &GetFlagReflectionHandle(FLAGS_samples),
-        &GetFlagReflectionHandle(FLAGS_task), &GetFlagReflectionHandle(FLAGS_batch_size),
-        &GetFlagReflectionHandle(FLAGS_recall_stride),
-        &GetFlagReflectionHandle(FLAGS_answer_recall), &GetFlagReflectionHandle(FLAGS_out_dir),
-        &GetFlagReflectionHandle(FLAGS_name)})
-    if (f->CurrentValue() != f->DefaultValue()) wrong.push_back("--" + std::string(f->Name()));
+  const std::vector<std::string> wrong = msa::flags_set(
+      {&GetFlagReflectionHandle(FLAGS_lengths), &GetFlagReflectionHandle(FLAGS_depths),
+       &GetFlagReflectionHandle(FLAGS_pairs), &GetFlagReflectionHandle(FLAGS_samples),
+       &GetFlagReflectionHandle(FLAGS_task), &GetFlagReflectionHandle(FLAGS_batch_size),
+       &GetFlagReflectionHandle(FLAGS_recall_stride), &GetFlagReflectionHandle(FLAGS_answer_recall),
+       &GetFlagReflectionHandle(FLAGS_out_dir), &GetFlagReflectionHandle(FLAGS_name)});
   if (wrong.empty()) return absl::OkStatus();
   return absl::InvalidArgumentError(absl::StrFormat(
       "invalid %s: %s to the retrieval report, and --dump_logits_tokens writes only the logits",

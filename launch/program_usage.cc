@@ -28,4 +28,15 @@ bool has_stray_arguments(const std::vector<char*>& rest, int expected, const cha
   return true;
 }
 
+bool flag_set(const absl::CommandLineFlag& flag) {
+  return flag.CurrentValue() != flag.DefaultValue();
+}
+
+std::vector<std::string> flags_set(absl::Span<const absl::CommandLineFlag* const> flags) {
+  std::vector<std::string> out;
+  for (const absl::CommandLineFlag* f : flags)
+    if (flag_set(*f)) out.push_back("--" + std::string(f->Name()));
+  return out;
+}
+
 }  // namespace msa

@@ -24,6 +24,7 @@
 #include "core/number_text.h"
 #include "core/status.h"
 #include "launch/available_memory.h"
+#include "launch/hf_convert.h"
 #include "launch/hf_rope_config.h"
 #include "model/context_parallel.h"
 #include "model/parameters.h"
@@ -669,17 +670,6 @@ absl::Status check_init_architecture(const ModelConfig& stored, const ModelConfi
       path, absl::StrJoin(wrong, " ")));
 }
 
-// The Hugging Face model a checkpoint came from (msa-convert records its architecture and dtype),
-// carried into the run's own checkpoints so that an export of the trained model writes what the
-// source had (before, it fell back to Llama in bf16 after one msa-train run).
-void adopt_source_model(const std::string& stored_run_json, TrainProgramOptions& o) {
-  const nlohmann::json run = nlohmann::json::parse(stored_run_json, nullptr, false);
-  if (!run.is_object()) return;
-  for (const char* key : {"hf_architecture", "hf_dtype"})
-    if (run.contains(key) && run[key].is_string())
-      o.source_model[key] = run[key].get<std::string>();
-}
-
 // RoPE belongs to the weights: a run that continues (--resume) or starts from (--init_from) a
 // checkpoint takes the checkpoint's theta, scaling and rotary dimension (msa-train has flags only
 // for theta: a converted Llama 3.1 carries llama3 scaling). An explicit --rope_theta that differs
@@ -898,7 +888,9 @@ absl::Status run_train_program(TrainProgramOptions o) {
       if (!c.ok()) return annotate(c.status(), "--init_from");
       MSA_RETURN_IF_ERROR(check_init_architecture(c->config, o.model, o.init_from));
       MSA_RETURN_IF_ERROR(adopt_checkpoint_rope(c->config, "--init_from", o.init_from, leader, o));
-      adopt_source_model(c->run_json, o);
+      // The Hugging Face source travels into the run's own checkpoints (an export of the
+      // trained model fell back to Llama in bf16).
+      o.source_model = hf_source_of(c->run_json);
       init = std::move(*c);
     }
     return absl::OkStatus();
@@ -944,7 +936,7 @@ absl::Status run_train_program(TrainProgramOptions o) {
         MSA_ASSIGN_OR_RETURN(validation, make_source(o, groups, true));
       }
     }
-    adopt_source_model(ckpt.run_json, o);
+    o.source_model = hf_source_of(ckpt.run_json);
     MSA_ASSIGN_OR_RETURN(const bool new_data, reconcile_resumed_run(ckpt.run_json, latest->path,
                                                                     ckpt.state.step, leader, o));
     MSA_RETURN_IF_ERROR(load_weights(ckpt, latest->path, model, optimizer, false));

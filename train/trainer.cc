@@ -98,8 +98,7 @@ StepMetrics Trainer::train_step(int64_t step) {
     m.tokens = dp->all_reduce_sum(m.tokens);
     // The recalls of the global batch's first micro-batches, each rank's weighed by its sampled
     // rows (only rank 0's own were logged before). Every rank measured at this step, the same
-    // layers.
-    // One all-reduce: the rows, then every recall times them.
+    // layers. One all-reduce: the rows, then every recall times them.
     if (measure_recall && !m.index_recall.empty()) {
       const std::vector<double*> recalls = [&] {
         std::vector<double*> out;

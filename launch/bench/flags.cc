@@ -13,6 +13,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "launch/bench/model_preset.h"
+#include "launch/program_usage.h"
 #include "model/transformer.h"
 
 namespace msa::bench {
@@ -62,8 +63,7 @@ std::string refuse_other_benchmarks_flags(const std::string& which) {
       {&GetFlagReflectionHandle(FLAGS_peak_tflops), "step"}};
   for (const auto& [flag, readers] : owned) {
     const std::vector<std::string> who = absl::StrSplit(readers, " and ");
-    if (std::find(who.begin(), who.end(), which) == who.end() &&
-        flag->CurrentValue() != flag->DefaultValue())
+    if (std::find(who.begin(), who.end(), which) == who.end() && flag_set(*flag))
       return absl::StrFormat("invalid --%s: only the %s benchmark%s read%s it, not %s",
                              flag->Name(), readers, who.size() > 1 ? "s" : "",
                              who.size() > 1 ? "" : "s", which);
