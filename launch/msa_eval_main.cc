@@ -196,12 +196,12 @@ absl::Status validate_tasks(const std::vector<int64_t>& lengths,
     }
   const int64_t stride = absl::GetFlag(FLAGS_recall_stride);
   for (int64_t length : lengths)
-    if (stride >= length)
+    if (stride > 0 && msa::strided_recall_count(length, stride) < 2)
       return absl::InvalidArgumentError(absl::StrFormat(
-          "invalid --recall_stride: %d is not below --lengths %d: it would sample one query at "
-          "most, near the start, whose attention any selection keeps (a recall of 1.0 that "
-          "measures nothing); 0 turns the strided recalls off",
-          stride, length));
+          "invalid --recall_stride: %d samples only position 0 of --lengths %d, whose attention "
+          "any selection keeps (a recall of 1.0 that measures nothing): use at most %d (the "
+          "length / 2); 0 turns the strided recalls off",
+          stride, length, length / 2));
   return absl::OkStatus();
 }
 

@@ -23,6 +23,8 @@
 #include "core/deterministic.h"
 #include "core/number_text.h"
 #include "core/status.h"
+#include "data/synthetic.h"
+#include "kernels/msa.h"
 #include "launch/available_memory.h"
 #include "launch/hf_convert.h"
 #include "launch/hf_rope_config.h"
@@ -106,12 +108,24 @@ absl::Status validate_run(const TrainProgramOptions& o) {
     return bad("recall_every", absl::StrFormat("%d must be >= 0", o.trainer.recall_every));
   if (o.trainer.recall_every > 0 && o.trainer.recall_query_stride < 1)
     return bad("recall_stride", absl::StrFormat("%d is < 1", o.trainer.recall_query_stride));
+  if (o.trainer.recall_every > 0 &&
+      strided_recall_count(o.seq_len, o.trainer.recall_query_stride) < 2)
+    return bad("recall_stride",
+               absl::StrFormat("%d samples only position 0 of a --seq_len=%d sequence, whose local "
+                               "block holds every key (a recall of 1.0 that measures nothing); "
+                               "use at most %d (--seq_len / 2), or --recall_every=0",
+                               o.trainer.recall_query_stride, o.seq_len, o.seq_len / 2));
   if (o.trainer.log_every < 1)
     return bad("log_every", absl::StrFormat("%d is < 1", o.trainer.log_every));
   if (o.trainer.index_warmup_steps < 0)
     return bad("index_warmup_steps", absl::StrFormat("%d is < 0", o.trainer.index_warmup_steps));
   if (o.trainer.index_warmup_steps > 0 && !o.model.any_msa())
     return bad("index_warmup_steps", "needs at least one MSA layer (--attention)");
+  if (o.trainer.index_warmup_steps > o.trainer.steps)
+    return bad("index_warmup_steps",
+               absl::StrFormat("%d is past --steps=%d: the backbone would never train (frozen "
+                               "while the index warms up; = --steps trains the index only)",
+                               o.trainer.index_warmup_steps, o.trainer.steps));
   if (o.dense_attention_steps < -1)
     return bad("dense_attention_steps",
                absl::StrFormat("%d is < -1 (-1: use --dense_attention_fraction)",
@@ -120,6 +134,10 @@ absl::Status validate_run(const TrainProgramOptions& o) {
     return bad("dense_attention_fraction",
                absl::StrFormat("%g is not in [0, 1]", o.dense_attention_fraction));
   if (o.eval_every < 0) return bad("eval_every", absl::StrFormat("%d must be >= 0", o.eval_every));
+  if (o.eval_every > 0 && o.data == "synthetic:repeat")
+    return bad("eval_every",
+               "--data=synthetic:repeat has no validation data (it repeats one training batch: "
+               "its loss is the training loss); give another --data, or --eval_every=0");
   if (o.eval_batches < 1 || o.eval_batches > std::numeric_limits<int>::max())
     return bad("eval_batches", absl::StrFormat("%d is not in [1, %d]", o.eval_batches,
                                                std::numeric_limits<int>::max()));
@@ -139,6 +157,15 @@ absl::Status validate_run(const TrainProgramOptions& o) {
                    : "needs --checkpoint_dir");
   if (o.resume && !o.init_from.empty())
     return bad("init_from", "cannot be combined with --resume (resume restores everything)");
+  if (o.init_allow_missing_index && o.init_from.empty())
+    return bad("init_allow_missing_index", "needs --init_from (the checkpoint it loads)");
+  if (o.data == "synthetic:kv-recall" &&
+      (o.synthetic_pairs < 1 || o.synthetic_pairs > kSyntheticKeys))
+    return bad("synthetic_pairs",
+               absl::StrFormat("%d is not in [1, %d]", o.synthetic_pairs, kSyntheticKeys));
+  if (!std::isfinite(o.synthetic_depth) || o.synthetic_depth > 1)
+    return bad("synthetic_depth",
+               absl::StrFormat("%g must be finite and <= 1 (< 0: random)", o.synthetic_depth));
   if (o.reseed && !o.resume)
     return bad("reseed", "only with --resume (a fresh run simply uses --seed)");
   if (o.new_data && !o.resume)
@@ -357,7 +384,7 @@ absl::StatusOr<bool> reconcile_resumed_run(const std::string& stored, const std:
           "%lld (--dense_attention_steps / --dense_attention_fraction)%s\n",
           static_cast<long long>(stored_warmup),
           static_cast<long long>(o.trainer.dense_attention_steps),
-          o.trainer.index_warmup_steps + o.trainer.dense_attention_steps > step
+          o.trainer.dense_attention_steps > step - o.trainer.index_warmup_steps
               ? absl::StrFormat(": steps %d..%d attend densely", step + 1,
                                 o.trainer.index_warmup_steps + o.trainer.dense_attention_steps)
                     .c_str()
@@ -428,6 +455,16 @@ std::string layout_json(const TrainProgramOptions& o) {
   j["eval_every"] = o.eval_every;
   j["synthetic_pairs"] = o.synthetic_pairs;
   j["synthetic_depth"] = o.synthetic_depth;
+  // These decide collectives too (the recall and evaluation all-reduces) or checks that refuse on
+  // some ranks only outside the setup's agreement: ranks given different values hung.
+  j["recall_every"] = o.trainer.recall_every;
+  j["recall_stride"] = o.trainer.recall_query_stride;
+  j["eval_batches"] = o.eval_batches;
+  j["new_data"] = o.new_data;
+  j["reseed"] = o.reseed;
+  j["explicit_seed"] = o.explicit_seed;
+  j["init_allow_missing_index"] = o.init_allow_missing_index;
+  j["memory_check"] = o.memory_check;
   // The per-layer model JSON, unless the depth is past what validate() accepts (its list would take
   // minutes to build; validate() refuses it after the ranks agree).
   j["model"] = o.model.n_layers <= ModelConfig::kMaxLayers
@@ -610,15 +647,24 @@ absl::Status ensure_dir(const std::string& dir) {
   return absl::OkStatus();
 }
 
-// Copies checkpoint weights (full tensors) into the model (this rank's parts) and optimizer
-// masters.
-absl::Status load_weights(const Checkpoint& ckpt, const std::string& path, Transformer& model,
-                          AdamW& optimizer, bool allow_missing_index) {
+// Checks the checkpoint's weights (full tensors) against the model and returns this rank's parts
+// of them as the optimizer's masters (AdamW::load_state copies them into the compute weights): the
+// checkpoint's f32 values themselves (read back from bf16 compute weights, a GPU --init_from
+// trained from weights rounded to 8 mantissa bits). A missing index branch (allow_missing_index)
+// keeps its fresh initialization.
+absl::StatusOr<std::map<std::string, Tensor>> checkpoint_masters(const Checkpoint& ckpt,
+                                                                 const std::string& path,
+                                                                 Transformer& model,
+                                                                 bool allow_missing_index) {
   const TensorParallel& tp = model.tensor_parallel();
+  std::map<std::string, Tensor> masters;
   for (Parameter& p : model.params().all()) {
     auto it = ckpt.params.find(p.spec.name);
     if (it == ckpt.params.end()) {
-      if (p.spec.index_branch && allow_missing_index) continue;  // keeps its fresh init
+      if (p.spec.index_branch && allow_missing_index) {
+        masters[p.spec.name] = p.value.to(DType::kF32).to(Device::kCPU);
+        continue;
+      }
       return absl::FailedPreconditionError(
           absl::StrFormat("%s: has no parameter %s that the model needs", path, p.spec.name));
     }
@@ -627,9 +673,7 @@ absl::Status load_weights(const Checkpoint& ckpt, const std::string& path, Trans
       return absl::FailedPreconditionError(
           absl::StrFormat("%s: parameter %s has shape %s, the model needs %s", path, p.spec.name,
                           shape_string(it->second.shape()), shape_string(full)));
-    p.value.copy_from(tp_slice(it->second, p.spec.tp_split, tp.rank, tp.size)
-                          .to(p.value.dtype())
-                          .to(p.value.device()));
+    masters[p.spec.name] = tp_slice(it->second, p.spec.tp_split, tp.rank, tp.size);
   }
   // A tensor the model has no place for is a weight the flags would silently drop (a bias, a
   // norm, an untied LM head, an MSA layer's index branch under --attention=dense).
@@ -640,8 +684,7 @@ absl::Status load_weights(const Checkpoint& ckpt, const std::string& path, Trans
           "would be dropped: give the flags of the checkpoint's model, --n_layers and --attention "
           "among them)",
           path, name));
-  optimizer.sync_masters_from_params();
-  return absl::OkStatus();
+  return masters;
 }
 
 // --init_from takes the weights; the sizes come from the flags and are checked by the shapes. The
@@ -832,6 +875,7 @@ absl::Status run_train_program(TrainProgramOptions o) {
                    static_cast<long long>(j.value("step", int64_t{0})));
     }
   };
+  int64_t resumed_step = -1;  // --resume: the step of the checkpoint this rank found
   MSA_RETURN_IF_ERROR(agree_across_ranks(groups, [&]() -> absl::Status {
     if (!o.metrics_jsonl.empty() && leader) {
       metrics = std::fopen(o.metrics_jsonl.c_str(), "a");
@@ -855,6 +899,7 @@ absl::Status run_train_program(TrainProgramOptions o) {
     if (o.resume) {
       auto l = load_latest_checkpoint(o.checkpoint_dir);
       if (!l.ok()) return annotate(l.status(), "--resume");
+      resumed_step = l->checkpoint.state.step;
       if (l->checkpoint.state.step > o.trainer.steps)
         return absl::FailedPreconditionError(absl::StrFormat(
             "--resume: %s is at step %d, past --steps=%d: raise --steps to train further (the LR "
@@ -895,6 +940,20 @@ absl::Status run_train_program(TrainProgramOptions o) {
     }
     return absl::OkStatus();
   }()));
+  if (o.resume) {
+    // Each rank chose its newest valid checkpoint on its own (a directory not shared by every
+    // node, a file one node could not read and passed over): ranks that continue different steps
+    // pair their gradients across steps (the run diverged silently, saved the mix, then hung).
+    const int64_t leaders =
+        static_cast<int64_t>(groups.world->broadcast(static_cast<uint64_t>(resumed_step), 0));
+    const int64_t differ = groups.world->all_reduce_sum(int64_t{resumed_step != leaders});
+    if (differ > 0)
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "--resume: %d rank(s) found another newest valid checkpoint in --checkpoint_dir=%s than "
+          "rank 0 (step %d; rank %d: step %d): every rank must read the same directory (one all "
+          "nodes share) with the same files",
+          differ, o.checkpoint_dir, leaders, groups.world_rank, resumed_step));
+  }
   if (complete) return absl::OkStatus();
 
   const DType dtype = device == Device::kCUDA ? DType::kBF16 : DType::kF32;
@@ -939,9 +998,9 @@ absl::Status run_train_program(TrainProgramOptions o) {
     o.source_model = hf_source_of(ckpt.run_json);
     MSA_ASSIGN_OR_RETURN(const bool new_data, reconcile_resumed_run(ckpt.run_json, latest->path,
                                                                     ckpt.state.step, leader, o));
-    MSA_RETURN_IF_ERROR(load_weights(ckpt, latest->path, model, optimizer, false));
-    optimizer.load_state(local_parts(ckpt.params, model.params(), model.tensor_parallel()),
-                         local_parts(ckpt.m, model.params(), model.tensor_parallel()),
+    MSA_ASSIGN_OR_RETURN(const auto masters, checkpoint_masters(ckpt, latest->path, model,
+                                                                /*allow_missing_index=*/false));
+    optimizer.load_state(masters, local_parts(ckpt.m, model.params(), model.tensor_parallel()),
                          local_parts(ckpt.v, model.params(), model.tensor_parallel()));
     first_step = ckpt.state.step + 1;
     sample_cursor = new_data ? 0 : ckpt.state.sample_cursor;
@@ -955,8 +1014,10 @@ absl::Status run_train_program(TrainProgramOptions o) {
                   latest->path.c_str(), static_cast<long long>(ckpt.state.step),
                   static_cast<long long>(tokens_seen));
   } else if (init) {
-    MSA_RETURN_IF_ERROR(
-        load_weights(*init, o.init_from, model, optimizer, o.init_allow_missing_index));
+    MSA_ASSIGN_OR_RETURN(const auto masters,
+                         checkpoint_masters(*init, o.init_from, model, o.init_allow_missing_index));
+    // Fresh moments (empty maps leave them as they are: zero).
+    optimizer.load_state(masters, {}, {});
     if (leader) std::printf("msa-train: initialized weights from %s\n", o.init_from.c_str());
   }
   // The host copies of the loaded tensors (12 bytes per parameter after --resume) are not needed
@@ -1020,10 +1081,11 @@ absl::Status run_train_program(TrainProgramOptions o) {
     std::printf("msa-train: MSA layers: %s\n", describe_phases(o.trainer).c_str());
   if (leader && o.trainer.lr.warmup_steps >= o.trainer.steps)
     std::printf(
-        "msa-train: note: --warmup_steps=%lld >= --steps=%lld: the warm-up spans the whole run, "
-        "the learning rate never decays from --lr=%g\n",
+        "msa-train: note: --warmup_steps=%lld >= --steps=%lld: the learning rate rises for the "
+        "whole run, to %s at the last step (--lr=%s x steps / warmup_steps), and never decays\n",
         static_cast<long long>(o.trainer.lr.warmup_steps), static_cast<long long>(o.trainer.steps),
-        o.trainer.lr.max_lr);
+        shortest_text(o.trainer.lr.at(o.trainer.steps)).c_str(),
+        shortest_text(o.trainer.lr.max_lr).c_str());
   std::fflush(stdout);
 
   install_stop_signal_handlers();

@@ -85,14 +85,17 @@ void copy_recalls(const AttentionActivations& from, AttentionActivations& to) {
   to.recall_rows = from.recall_rows;
 }
 
-// Drops the tensors of a layer's attention activations, keeping its scalars (losses, recall) and
-// what the index branch computed once per step: the selection and the weight gradients (small).
-void drop_tensors(AttentionActivations& act) {
+// Drops the tensors of a layer's attention activations, keeping its scalars (losses, recall) and,
+// for a backward, what the index branch computed once per step: the selection (with the GPU's
+// work lists derived from it) and the weight gradients.
+void drop_tensors(AttentionActivations& act, bool keep_index_state = true) {
   AttentionActivations kept;
-  kept.selection = std::move(act.selection);
-  kept.documents = std::move(act.documents);
-  kept.dwiq = std::move(act.dwiq);
-  kept.dwik = std::move(act.dwik);
+  if (keep_index_state) {
+    kept.selection = std::move(act.selection);
+    kept.documents = std::move(act.documents);
+    kept.dwiq = std::move(act.dwiq);
+    kept.dwik = std::move(act.dwik);
+  }
   kept.index_loss = act.index_loss;
   kept.index_rows = act.index_rows;
   copy_recalls(act, kept);
@@ -226,7 +229,9 @@ ForwardResult Transformer::forward(const Tensor& tokens, const Tensor& targets,
                             l > 0 ? &attn_in : nullptr);
     attn_in = NormedInput();
     tp_all_reduce(y);  // g: the heads' partial outputs
-    if (drop) drop_tensors(attn_[l]);
+    // Inference drops the selection too: eight MSA layers' selections and work lists stayed
+    // beside the logits (the peak of msa-eval's forward).
+    if (drop) drop_tensors(attn_[l], /*keep_index_state=*/!inference);
     Tensor mid = Tensor::empty({N, D}, dtype_, device_);
     const NormedInput mlp_in = add_and_normalize(
         x, y, params_.at(layer_param_name(l, "mlp_norm.weight")).value, config_.norm_eps, mid);

@@ -53,9 +53,10 @@ struct MemoryEstimate {
 MemoryEstimate estimate_training_memory(const MemoryEstimateOptions& options);
 
 // A forward pass without gradients (evaluation) of batch_size sequences of seq_len tokens: the
-// weights, one layer's activations at a time (the larger of its attention and MLP blocks beside
-// the residual stream and the MSA index buffers) and the head's logits; recompute, dp and zero1
-// are ignored. A lower bound of what msa-eval allocates, so a length it refuses cannot fit.
+// weights and the largest of what one layer holds at a time (its attention or MLP block beside
+// the residual stream, with the MSA index buffers) and what the head holds (the logits); recompute,
+// dp and zero1 are ignored. A lower bound of what msa-eval allocates, so a length it refuses cannot
+// fit.
 MemoryEstimate estimate_inference_memory(const MemoryEstimateOptions& options);
 
 // OK when estimate.total() * ranks_sharing <= available_bytes (ranks_sharing: how many ranks draw

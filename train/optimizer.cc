@@ -342,13 +342,4 @@ void AdamW::load_state(const std::map<std::string, Tensor>& masters,
   }
 }
 
-void AdamW::sync_masters_from_params() {
-  for (Slot& s : slots_)
-    if (s.master.defined() && s.master.raw_data() != s.param->value.raw_data())
-      s.master.copy_from(s.param->value.to(DType::kF32));
-  if (!segments_.empty())
-    master_shard_.copy_from(
-        flat_from_params(false).slice0(shard_begin_, shard_begin_ + shard_size_));
-}
-
 }  // namespace msa

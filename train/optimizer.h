@@ -73,8 +73,6 @@ class AdamW {
   // Replaces masters (and the compute weights) and moments; every tensor must match in shape.
   void load_state(const std::map<std::string, Tensor>& masters,
                   const std::map<std::string, Tensor>& m, const std::map<std::string, Tensor>& v);
-  // Re-reads the master weights from the parameters (after weights were loaded into them).
-  void sync_masters_from_params();
 
   const OptimizerConfig& config() const { return config_; }
 

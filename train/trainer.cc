@@ -12,7 +12,8 @@
 namespace msa {
 
 MsaMode msa_mode_at(const TrainerConfig& config, int64_t step) {
-  return step <= config.index_warmup_steps + config.dense_attention_steps ? MsaMode::kDenseWarmup
+  // Not step <= warm-up + dense: the sum of two huge counts overflowed (and attended sparsely).
+  return step - config.index_warmup_steps <= config.dense_attention_steps ? MsaMode::kDenseWarmup
                                                                           : MsaMode::kSparse;
 }
 

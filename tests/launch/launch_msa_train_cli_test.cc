@@ -220,6 +220,8 @@ TEST(MsaTrainCliTest, HyperparametersThatCannotBeRightAreRefusedNamingTheFlag) {
       {"grad_clip", "inf"},
       {"warmup_steps", "-3"},
       {"max_nonfinite_steps", "0"},
+      // Its second window starts past the sequence (80 + 49 >= 128): only position 0, recall 1.0.
+      {"recall_stride", "80 --seq_len=128 --recall_every=1"},
       {"msa_index_loss_weight", "inf"},
       // An odd index dimension under index RoPE: accepted, then aborted in step 1's rope kernel.
       {"msa_index_rotary_dim", "4 --msa_index_dim=5"},
@@ -433,6 +435,29 @@ TEST(MsaTrainCliTest, StrayArgumentsAreRefused) {
   EXPECT_NE(r.output.find("msa-train: unexpected argument 'false'"), std::string::npos)
       << r.output;
   EXPECT_EQ(r.output.find("step "), std::string::npos) << r.output;
+}
+
+// Flags accepted and then ignored or misreported, refused naming the flag msa-train takes: an index
+// warm-up past --steps froze the backbone for the whole run; --eval_every on synthetic:repeat
+// "validated" on the training batch; --init_allow_missing_index without --init_from did nothing;
+// the synthetic task's errors named msa-data's --pairs / --depth.
+TEST(MsaTrainCliTest, FlagsThatWouldDoNothingOrNameAnotherProgramsFlagsAreRefused) {
+  const std::pair<std::string, std::string> cases[] = {
+      {"--steps=3 --index_warmup_steps=4",
+       "invalid --index_warmup_steps: 4 is past --steps=3: the backbone would never train"},
+      {"--steps=3 --data=synthetic:repeat --eval_every=1",
+       "invalid --eval_every: --data=synthetic:repeat has no validation data"},
+      {"--steps=3 --init_allow_missing_index",
+       "invalid --init_allow_missing_index: needs --init_from"},
+      {"--steps=3 --synthetic_pairs=9", "invalid --synthetic_pairs: 9 is not in [1, 8]"},
+      {"--steps=3 --synthetic_depth=1.5", "invalid --synthetic_depth: 1.5 must be finite and <= 1"},
+  };
+  for (const auto& [args, message] : cases) {
+    CommandResult r = run_msa_train(kTinyModel + "--seq_len=48 " + args);
+    EXPECT_EQ(r.exit_code, 1) << args << "\n" << r.output;
+    EXPECT_NE(r.output.find(message), std::string::npos) << args << "\n" << r.output;
+    EXPECT_EQ(r.output.find("step "), std::string::npos) << args << " trained:\n" << r.output;
+  }
 }
 
 // --steps=0 trained nothing, wrote no checkpoint and exited 0: refused.

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <filesystem>
 #include <map>
 #include <string>
 #include <vector>
@@ -303,6 +304,50 @@ TEST(MpiTensorParallelTest, MismatchedFlagsAcrossRanksFail) {
   o = program("", kTp, 2, 1, false);
   if (world_rank() == 1) o.tp = 1;
   expect_error(o, "config hash mismatch");
+  // Flags that decide collectives beyond the model and the schedule (ranks given different values
+  // hung in the recall or the evaluation all-reduces).
+  o = program("", kTp, 2, 1, false);
+  o.trainer.recall_every = world_rank() == 0 ? 2 : 3;
+  expect_error(o, "config hash mismatch");
+  o = program("", kTp, 2, 1, false);
+  o.eval_every = 1;
+  o.eval_batches = world_rank() == 0 ? 2 : 3;
+  expect_error(o, "config hash mismatch");
+}
+
+// Each rank picks the newest valid checkpoint on its own: ranks that see different files under
+// the same --checkpoint_dir (a node-local disk; here each rank's own working directory) must not
+// resume different steps (they paired gradients across steps, saved the mix, then hung).
+TEST(MpiTensorParallelTest, RanksThatFindDifferentNewestCheckpointsRefuseToResume) {
+  namespace fs = std::filesystem;
+  const std::string base =
+      std::string(::testing::TempDir()) + "/mpi_tp_resume_np" + std::to_string(world_size());
+  if (world_rank() == 0) std::system(("rm -rf '" + base + "' && mkdir -p '" + base + "'").c_str());
+  MPI_Barrier(MPI_COMM_WORLD);
+  TrainProgramOptions first = program(base + "/shared", kTp, 2, 4, false);
+  first.checkpoint_every = 2;
+  ASSERT_TRUE(run_train_program(first).ok());
+  const fs::path mine = base + "/rank" + std::to_string(world_rank());
+  fs::create_directories(mine / "ck");
+  for (int64_t step : {2, 4})
+    if (step == 2 || world_rank() == 0)
+      fs::copy_file(checkpoint_path(base + "/shared", step),
+                    checkpoint_path((mine / "ck").string(), step));
+  MPI_Barrier(MPI_COMM_WORLD);
+  const fs::path cwd = fs::current_path();
+  fs::current_path(mine);
+  TrainProgramOptions resumed = program("ck", kTp, 2, 6, false);
+  resumed.resume = true;
+  const absl::Status s = run_train_program(resumed);
+  fs::current_path(cwd);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(std::string(s.message())
+                .find("rank(s) found another newest valid checkpoint in --checkpoint_dir=ck than "
+                      "rank 0 (step 4;"),
+            std::string::npos)
+      << s;
+  // Nothing was trained or written: every rank's directory holds what it held.
+  EXPECT_FALSE(fs::exists(checkpoint_path((mine / "ck").string(), 6)));
 }
 
 }  // namespace
