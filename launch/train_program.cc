@@ -560,7 +560,7 @@ class CheckpointWriter {
         base_sample_(base_sample) {}
 
   // Collective: every rank gathers the full state (checkpoints are unsharded), rank 0 writes.
-  absl::Status save(int64_t step, int64_t tokens_seen) {
+  absl::Status save(int64_t step, int64_t tokens_seen, int64_t nonfinite_in_a_row = 0) {
     if (o_.checkpoint_dir.empty()) return absl::OkStatus();
     Checkpoint ckpt;
     ckpt.config = config_;
@@ -579,6 +579,7 @@ class CheckpointWriter {
     ckpt.state.sample_cursor =
         base_sample_ + (step - base_step_) * o_.trainer.grad_accum * o_.batch_size * groups_.dp_size;
     ckpt.state.lr_step = step;
+    ckpt.state.nonfinite_in_a_row = nonfinite_in_a_row;
     const std::string path = checkpoint_path(o_.checkpoint_dir, step);
     absl::Status status;
     if (groups_.world_rank == 0) {
@@ -964,6 +965,7 @@ absl::Status run_train_program(TrainProgramOptions o) {
   AdamW optimizer(model.params(), o.optimizer);
 
   int64_t first_step = 1, tokens_seen = 0, sample_cursor = 0;
+  int64_t nonfinite_before = 0;  // the checkpoint's skipped steps in a row (--resume)
   std::string resumed_from;
   if (latest) {
     const Checkpoint& ckpt = latest->checkpoint;
@@ -1006,6 +1008,7 @@ absl::Status run_train_program(TrainProgramOptions o) {
     sample_cursor = new_data ? 0 : ckpt.state.sample_cursor;
     resumed_from = latest->path;
     tokens_seen = ckpt.state.tokens_seen;
+    nonfinite_before = ckpt.state.nonfinite_in_a_row;
     // Samples continue from the checkpoint's cursor: at another global batch (dp size,
     // --batch_size, --grad_accum) no sample is drawn twice and none is skipped.
     MSA_ASSIGN_OR_RETURN(data, make_source(o, groups, false, ckpt.state.step, sample_cursor));
@@ -1096,89 +1099,97 @@ absl::Status run_train_program(TrainProgramOptions o) {
   absl::Status failure;
   int64_t last_step = first_step - 1;
   bool last_skipped = false;  // the last step ran was not finite (not applied)
+  int64_t nonfinite_in_a_row = nonfinite_before;  // ending at last_step (saved with it)
   int64_t last_applied = -1;  // the last step this run applied
   // Collective. A signal may reach only some ranks: stop when any rank saw one.
   const std::function<bool()> any_rank_stopping = [&] {
     return groups.world->all_reduce_sum(static_cast<int64_t>(stop_requested() ? 1 : 0)) > 0;
   };
-  const absl::Status run_status = trainer.run(first_step, [&](const StepMetrics& m) {
-    last_step = m.step;
-    last_skipped = m.skipped;
-    if (!m.skipped) last_applied = m.step;
-    tokens_seen += m.tokens;
-    if (metrics != nullptr) {
-      nlohmann::json j;
-      j["step"] = m.step;
-      j["loss"] = m.loss;
-      j["lm_loss"] = m.lm_loss;
-      j["index_loss"] = m.index_loss;
-      j["grad_norm"] = m.grad_norm;
-      j["lr"] = m.lr;
-      j["tokens"] = m.tokens;
-      if (m.skipped) j["skipped"] = true;  // not finite: not applied
-      if (!m.index_recall.empty()) j["index_recall"] = m.index_recall;
-      if (!m.block_recall.empty()) j["block_recall"] = m.block_recall;
-      if (!m.index_recall_ceiling.empty()) j["index_recall_ceiling"] = m.index_recall_ceiling;
-      if (!m.max_pool_recall_ceiling.empty())
-        j["max_pool_recall_ceiling"] = m.max_pool_recall_ceiling;
-      write_metrics_line(j);
-    }
-    if (validation && m.step % o.eval_every == 0) {
-      // A stop signal ends the evaluation at the next batch: the checkpoint must not wait for it
-      // past a scheduler's grace period.
-      const EvalResult r =
-          evaluate(model, *validation, static_cast<int>(o.eval_batches),
-                   msa_mode_at(o.trainer, m.step), o.model.any_msa() && is_retrieval_data(o.data),
-                   groups.gradient_group(), any_rank_stopping);
-      if (leader && r.stopped) {
-        std::printf("eval  %6lld | skipped: stopping on a signal\n",
-                    static_cast<long long>(m.step));
-        std::fflush(stdout);
-      } else if (leader) {
-        std::printf("eval  %6lld | val_loss %.4f | val_ppl %.2f | %lld tokens%s\n",
-                    static_cast<long long>(m.step), r.loss, r.perplexity,
-                    static_cast<long long>(r.tokens), format_answer_recall(r).c_str());
-        std::fflush(stdout);
-        if (metrics) {
-          // The validation record at full precision beside the step's (it reached stdout only).
+  const absl::Status run_status = trainer.run(
+      first_step,
+      [&](const StepMetrics& m) {
+        last_step = m.step;
+        last_skipped = m.skipped;
+        nonfinite_in_a_row = m.nonfinite_in_a_row;
+        if (!m.skipped) last_applied = m.step;
+        tokens_seen += m.tokens;
+        if (metrics != nullptr) {
           nlohmann::json j;
-          j["kind"] = "validation";  // the steps' lines have no "kind"
           j["step"] = m.step;
-          j["val_loss"] = r.loss;
-          j["val_ppl"] = r.perplexity;
-          j["val_tokens"] = r.tokens;
-          if (!r.answer_index_recall.empty()) j["val_answer_index_recall"] = r.answer_index_recall;
-          if (!r.answer_block_recall.empty()) j["val_answer_block_recall"] = r.answer_block_recall;
-          if (!r.answer_index_recall_ceiling.empty())
-            j["val_answer_index_recall_ceiling"] = r.answer_index_recall_ceiling;
+          j["loss"] = m.loss;
+          j["lm_loss"] = m.lm_loss;
+          j["index_loss"] = m.index_loss;
+          j["grad_norm"] = m.grad_norm;
+          j["lr"] = m.lr;
+          j["tokens"] = m.tokens;
+          if (m.skipped) j["skipped"] = true;  // not finite: not applied
+          if (!m.index_recall.empty()) j["index_recall"] = m.index_recall;
+          if (!m.block_recall.empty()) j["block_recall"] = m.block_recall;
+          if (!m.index_recall_ceiling.empty()) j["index_recall_ceiling"] = m.index_recall_ceiling;
+          if (!m.max_pool_recall_ceiling.empty())
+            j["max_pool_recall_ceiling"] = m.max_pool_recall_ceiling;
           write_metrics_line(j);
         }
-      }
-    }
-    if (o.checkpoint_every > 0 && m.step % o.checkpoint_every == 0) {
-      // A step that was not applied saves nothing: its checkpoint would hold the weights that
-      // just gave a non-finite loss or gradient under a newer step number, and --keep_last
-      // would delete older, better ones to make room for it.
-      if (m.skipped) {
-        if (leader)
-          std::printf(
-              "msa-train: no checkpoint at step %lld: the step was not finite (not applied); the "
-              "newest checkpoint is %s\n",
-              static_cast<long long>(m.step), writer.newest().c_str());
-        std::fflush(stdout);
-      } else {
-        failure = writer.save(m.step, tokens_seen);
-        if (!failure.ok()) return false;
-      }
-    }
-    if (o.exit_after_step > 0 && m.step >= o.exit_after_step) {
-      if (leader)
-        std::printf("msa-train: exiting after step %lld as asked (--exit_after_step)\n",
-                    static_cast<long long>(m.step));
-      return false;
-    }
-    return !any_rank_stopping();
-  });
+        if (validation && m.step % o.eval_every == 0) {
+          // A stop signal ends the evaluation at the next batch: the checkpoint must not wait for
+          // it past a scheduler's grace period.
+          const EvalResult r = evaluate(model, *validation, static_cast<int>(o.eval_batches),
+                                        msa_mode_at(o.trainer, m.step),
+                                        o.model.any_msa() && is_retrieval_data(o.data),
+                                        groups.gradient_group(), any_rank_stopping);
+          if (leader && r.stopped) {
+            std::printf("eval  %6lld | skipped: stopping on a signal\n",
+                        static_cast<long long>(m.step));
+            std::fflush(stdout);
+          } else if (leader) {
+            std::printf("eval  %6lld | val_loss %.4f | val_ppl %.2f | %lld tokens%s\n",
+                        static_cast<long long>(m.step), r.loss, r.perplexity,
+                        static_cast<long long>(r.tokens), format_answer_recall(r).c_str());
+            std::fflush(stdout);
+            if (metrics) {
+              // The validation record at full precision beside the step's (it reached stdout only).
+              nlohmann::json j;
+              j["kind"] = "validation";  // the steps' lines have no "kind"
+              j["step"] = m.step;
+              j["val_loss"] = r.loss;
+              j["val_ppl"] = r.perplexity;
+              j["val_tokens"] = r.tokens;
+              if (!r.answer_index_recall.empty())
+                j["val_answer_index_recall"] = r.answer_index_recall;
+              if (!r.answer_block_recall.empty())
+                j["val_answer_block_recall"] = r.answer_block_recall;
+              if (!r.answer_index_recall_ceiling.empty())
+                j["val_answer_index_recall_ceiling"] = r.answer_index_recall_ceiling;
+              write_metrics_line(j);
+            }
+          }
+        }
+        if (o.checkpoint_every > 0 && m.step % o.checkpoint_every == 0) {
+          // A step that was not applied saves nothing: its checkpoint would hold the weights that
+          // just gave a non-finite loss or gradient under a newer step number, and --keep_last
+          // would delete older, better ones to make room for it.
+          if (m.skipped) {
+            if (leader)
+              std::printf(
+                  "msa-train: no checkpoint at step %lld: the step was not finite (not applied); "
+                  "the "
+                  "newest checkpoint is %s\n",
+                  static_cast<long long>(m.step), writer.newest().c_str());
+            std::fflush(stdout);
+          } else {
+            failure = writer.save(m.step, tokens_seen);
+            if (!failure.ok()) return false;
+          }
+        }
+        if (o.exit_after_step > 0 && m.step >= o.exit_after_step) {
+          if (leader)
+            std::printf("msa-train: exiting after step %lld as asked (--exit_after_step)\n",
+                        static_cast<long long>(m.step));
+          return false;
+        }
+        return !any_rank_stopping();
+      },
+      nonfinite_before);
   if (!run_status.ok())  // e.g. a diverged run: say which checkpoint to go back to
     return absl::Status(run_status.code(),
                         absl::StrCat(run_status.message(), ". The newest checkpoint is ",
@@ -1199,7 +1210,7 @@ absl::Status run_train_program(TrainProgramOptions o) {
           "msa-train: step %lld was not finite (not applied): the final checkpoint holds the "
           "weights of step %lld, the last applied\n",
           static_cast<long long>(last_step), static_cast<long long>(last_applied));
-    MSA_RETURN_IF_ERROR(writer.save(last_step, tokens_seen));
+    MSA_RETURN_IF_ERROR(writer.save(last_step, tokens_seen, nonfinite_in_a_row));
   }
   if (device == Device::kCUDA && leader)
     std::printf("msa-train: peak GPU memory in tensors %.2f GiB (rank 0)\n",

@@ -33,6 +33,8 @@ int64_t format_version_for(const ModelConfig& c) {
 }
 constexpr char kChecksumAttr[] = "fnv1a64";
 const char* const kStateFields[] = {"step", "tokens_seen", "seed", "sample_cursor", "lr_step"};
+// Optional: files written before it was recorded have none (read as 0).
+const char kNonfiniteInARowField[] = "nonfinite_in_a_row";
 
 uint64_t fnv1a_bytes(const void* data, size_t n) {
   const auto* p = static_cast<const uint8_t*>(data);
@@ -378,6 +380,8 @@ absl::Status save_checkpoint(const std::string& path, const Checkpoint& ckpt) {
       const int64_t values[] = {st.step, st.tokens_seen, st.seed, st.sample_cursor, st.lr_step};
       for (int i = 0; i < 5; ++i)
         MSA_RETURN_IF_ERROR(write_i64(tmp, state.get(), kStateFields[i], values[i]));
+      MSA_RETURN_IF_ERROR(
+          write_i64(tmp, state.get(), kNonfiniteInARowField, st.nonfinite_in_a_row));
     }
     if (H5Fflush(file.get(), H5F_SCOPE_GLOBAL) < 0)
       return absl::InternalError(absl::StrFormat("%s: flush failed (disk full?)", tmp));
@@ -474,6 +478,13 @@ absl::StatusOr<Checkpoint> load_checkpoint(const std::string& path, bool weights
   for (int i = 0; i < 5; ++i) {
     MSA_ASSIGN_OR_RETURN(*fields[i],
                          read_i64(path, file.get(), std::string("/state/") + kStateFields[i]));
+  }
+  const std::string streak = std::string("/state/") + kNonfiniteInARowField;
+  if (H5Lexists(file.get(), streak.c_str(), H5P_DEFAULT) > 0) {
+    MSA_ASSIGN_OR_RETURN(ckpt.state.nonfinite_in_a_row, read_i64(path, file.get(), streak));
+    if (ckpt.state.nonfinite_in_a_row < 0 || ckpt.state.nonfinite_in_a_row > ckpt.state.step)
+      return absl::DataLossError(absl::StrFormat("%s: %s is %d, not in [0, step %d]", path, streak,
+                                                 ckpt.state.nonfinite_in_a_row, ckpt.state.step));
   }
   return ckpt;
 }

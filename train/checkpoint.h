@@ -36,6 +36,10 @@ struct TrainState {
   int64_t seed = 0;           // the run's seed (every RNG stream derives from it and a counter)
   int64_t sample_cursor = 0;  // the next data sample number (data/window_sampler.h)
   int64_t lr_step = 0;        // position in the LR schedule
+  // Non-finite (skipped) steps in a row ending at `step`: a run resumed from a checkpoint written
+  // after one stops where the uninterrupted run would (--max_nonfinite_steps). Files without it
+  // (written before it was recorded) read 0.
+  int64_t nonfinite_in_a_row = 0;
 };
 
 struct Checkpoint {

@@ -174,8 +174,9 @@ std::string Trainer::format_metrics(const StepMetrics& m) const {
 }
 
 absl::Status Trainer::run(int64_t first_step,
-                          const std::function<bool(const StepMetrics&)>& after_step) {
-  int nonfinite_in_a_row = 0;
+                          const std::function<bool(const StepMetrics&)>& after_step,
+                          int64_t nonfinite_before) {
+  int64_t nonfinite_in_a_row = nonfinite_before;
   // Since the previous metrics line: a logged step's own rate would hide the steps between lines
   // or, on a recall step, show the recall measurement's cost as the training speed.
   int64_t interval_tokens = 0;
@@ -185,12 +186,13 @@ absl::Status Trainer::run(int64_t first_step,
     interval_tokens += m.tokens;
     interval_seconds += m.seconds;
     nonfinite_in_a_row = m.skipped ? nonfinite_in_a_row + 1 : 0;
+    m.nonfinite_in_a_row = nonfinite_in_a_row;
     if (m.skipped && !config_.quiet) {
       std::fprintf(stderr,
                    "msa-train: step %lld: loss %g, gradient norm %g: not finite; the step was not "
-                   "applied (weights and optimizer state unchanged), %d of %d in a row\n",
-                   static_cast<long long>(step), m.loss, m.grad_norm, nonfinite_in_a_row,
-                   config_.max_nonfinite_steps);
+                   "applied (weights and optimizer state unchanged), %lld of %d in a row\n",
+                   static_cast<long long>(step), m.loss, m.grad_norm,
+                   static_cast<long long>(nonfinite_in_a_row), config_.max_nonfinite_steps);
       std::fflush(stderr);
     }
     if (m.skipped && nonfinite_in_a_row >= config_.max_nonfinite_steps)

@@ -63,6 +63,7 @@ struct StepMetrics {
   bool warmup = false;           // index warm-up with the backbone frozen
   bool dense_attention = false;  // MSA layers attended densely (either warm-up phase)
   bool skipped = false;          // the loss or the gradient norm was not finite: not applied
+  int64_t nonfinite_in_a_row = 0;  // skipped steps in a row ending at this one (set by run)
 };
 
 // How MSA layers run at 1-based `step` (dense in both warm-up phases, then sparse).
@@ -77,9 +78,11 @@ class Trainer {
 
   // Runs steps first_step..config.steps; calls `after_step` after each (checkpoints, eval; it may
   // return false to stop early). Logs every log_every steps. Fails (FailedPrecondition, without
-  // calling after_step for that step) once max_nonfinite_steps steps in a row were skipped.
+  // calling after_step for that step) once max_nonfinite_steps steps in a row were skipped,
+  // counting the nonfinite_before skipped just before first_step (a resumed run's checkpoint's).
   absl::Status run(int64_t first_step,
-                   const std::function<bool(const StepMetrics&)>& after_step = nullptr);
+                   const std::function<bool(const StepMetrics&)>& after_step = nullptr,
+                   int64_t nonfinite_before = 0);
 
   std::string format_metrics(const StepMetrics& m) const;
 

@@ -321,6 +321,29 @@ TEST(MsaTrainCliTest, ASkippedLastStepKeepsTheAppliedSteps) {
   EXPECT_EQ(std::system(("test -e '" + dir + "/ckpt-00000003.h5'").c_str()), 0) << r.output;
 }
 
+// A checkpoint written after a skipped step carries the streak of non-finite steps: the resumed
+// run stops where the uninterrupted one does (it counted from 0 again, one step later or never).
+TEST(MsaTrainCliTest, AResumedRunCountsTheCheckpointsNonFiniteStreak) {
+  const std::string flags = kResumeModel +
+                            "--steps=4 --lr=1e6 --min_lr=1e6 --warmup_steps=0 "
+                            "--max_nonfinite_steps=2 --checkpoint_dir=";
+  CommandResult straight = run_msa_train(flags + msa::test::fresh_dir("cli_streak_straight"));
+  EXPECT_EQ(straight.exit_code, 1) << straight.output;
+  const std::string diverged =
+      "training diverged: the loss or the gradient norm was not finite for 2 steps in a row "
+      "(steps 3..4;";
+  ASSERT_NE(straight.output.find(diverged), std::string::npos) << straight.output;
+
+  const std::string dir = msa::test::fresh_dir("cli_streak_split");
+  CommandResult first = run_msa_train(flags + dir + " --exit_after_step=3");
+  EXPECT_EQ(first.exit_code, 0) << first.output;
+  ASSERT_NE(first.output.find("step 3 was not finite (not applied)"), std::string::npos)
+      << first.output;
+  CommandResult resumed = run_msa_train(flags + dir + " --resume");
+  EXPECT_EQ(resumed.exit_code, 1) << resumed.output;
+  EXPECT_NE(resumed.output.find(diverged), std::string::npos) << resumed.output;
+}
+
 // Raising --steps to continue a finished run (what its message suggests) keeps the checkpoint's
 // index warm-up: its sparse steps do not go back to dense attention (the warm-up was recomputed
 // from the new --steps: 2% of 6 -> 1 step became 2% of 400 -> 8, and steps 7 and 8 attended
