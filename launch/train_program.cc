@@ -108,8 +108,11 @@ absl::Status validate_run(const TrainProgramOptions& o) {
     return bad("recall_every", absl::StrFormat("%d must be >= 0", o.trainer.recall_every));
   if (o.trainer.recall_every > 0 && o.trainer.recall_query_stride < 1)
     return bad("recall_stride", absl::StrFormat("%d is < 1", o.trainer.recall_query_stride));
-  if (o.trainer.recall_every > 0 &&
-      strided_recall_count(o.seq_len, o.trainer.recall_query_stride) < 2)
+  // The sample's first window is position 0; its second starts past the sequence (closed form:
+  // counting windows took minutes at a huge --seq_len).
+  if (o.model.any_msa() && o.trainer.recall_every > 0 &&
+      o.trainer.recall_every <= o.trainer.steps &&
+      strided_recall_position(1, o.trainer.recall_query_stride) >= o.seq_len)
     return bad("recall_stride",
                absl::StrFormat("%d samples only position 0 of a --seq_len=%d sequence, whose local "
                                "block holds every key (a recall of 1.0 that measures nothing); "
@@ -278,7 +281,8 @@ std::string describe_phases(const TrainerConfig& t) {
   std::vector<std::string> parts;
   int64_t next = 1;
   auto phase = [&](int64_t n, const char* what) {
-    const int64_t last = std::min(next + n - 1, t.steps);
+    // Not next + n - 1: a huge count overflowed.
+    const int64_t last = n > t.steps - next ? t.steps : next + n - 1;
     if (n <= 0 || next > last) return;
     parts.push_back(absl::StrFormat("steps %d..%d %s", next, last, what));
     next = last + 1;
@@ -386,7 +390,7 @@ absl::StatusOr<bool> reconcile_resumed_run(const std::string& stored, const std:
           static_cast<long long>(o.trainer.dense_attention_steps),
           o.trainer.dense_attention_steps > step - o.trainer.index_warmup_steps
               ? absl::StrFormat(": steps %d..%d attend densely", step + 1,
-                                o.trainer.index_warmup_steps + o.trainer.dense_attention_steps)
+                                last_dense_attention_step(o.trainer))
                     .c_str()
               : "");
     }
@@ -649,10 +653,11 @@ absl::Status ensure_dir(const std::string& dir) {
 }
 
 // Checks the checkpoint's weights (full tensors) against the model and returns this rank's parts
-// of them as the optimizer's masters (AdamW::load_state copies them into the compute weights): the
-// checkpoint's f32 values themselves (read back from bf16 compute weights, a GPU --init_from
-// trained from weights rounded to 8 mantissa bits). A missing index branch (allow_missing_index)
-// keeps its fresh initialization.
+// of them as the optimizer's masters, which AdamW::load_state copies into the compute weights:
+// the checkpoint's f32 values themselves (the masters used to be read back from the bf16 compute
+// weights, so a GPU --init_from trained from weights rounded to 8 mantissa bits). Whole tensors
+// are shared, not copied (the host holds the checkpoint already). A missing index branch
+// (allow_missing_index) keeps its fresh initialization.
 absl::StatusOr<std::map<std::string, Tensor>> checkpoint_masters(const Checkpoint& ckpt,
                                                                  const std::string& path,
                                                                  Transformer& model,
@@ -674,7 +679,9 @@ absl::StatusOr<std::map<std::string, Tensor>> checkpoint_masters(const Checkpoin
       return absl::FailedPreconditionError(
           absl::StrFormat("%s: parameter %s has shape %s, the model needs %s", path, p.spec.name,
                           shape_string(it->second.shape()), shape_string(full)));
-    masters[p.spec.name] = tp_slice(it->second, p.spec.tp_split, tp.rank, tp.size);
+    masters[p.spec.name] = tp.enabled() && p.spec.tp_split != TpSplit::kReplicated
+                               ? tp_slice(it->second, p.spec.tp_split, tp.rank, tp.size)
+                               : it->second;
   }
   // A tensor the model has no place for is a weight the flags would silently drop (a bias, a
   // norm, an untied LM head, an MSA layer's index branch under --attention=dense).
@@ -876,7 +883,9 @@ absl::Status run_train_program(TrainProgramOptions o) {
                    static_cast<long long>(j.value("step", int64_t{0})));
     }
   };
-  int64_t resumed_step = -1;  // --resume: the step of the checkpoint this rank found
+  // --resume: the step of the checkpoint this rank found, and what identifies its run and state.
+  int64_t resumed_step = -1;
+  uint64_t resumed_fingerprint = 0;
   MSA_RETURN_IF_ERROR(agree_across_ranks(groups, [&]() -> absl::Status {
     if (!o.metrics_jsonl.empty() && leader) {
       metrics = std::fopen(o.metrics_jsonl.c_str(), "a");
@@ -901,6 +910,11 @@ absl::Status run_train_program(TrainProgramOptions o) {
       auto l = load_latest_checkpoint(o.checkpoint_dir);
       if (!l.ok()) return annotate(l.status(), "--resume");
       resumed_step = l->checkpoint.state.step;
+      const TrainState& st = l->checkpoint.state;
+      resumed_fingerprint =
+          fnv1a64(absl::StrCat(l->checkpoint.config.to_json(), "|", l->checkpoint.run_json, "|",
+                               st.step, "|", st.tokens_seen, "|", st.seed, "|", st.sample_cursor,
+                               "|", st.lr_step, "|", st.nonfinite_in_a_row));
       if (l->checkpoint.state.step > o.trainer.steps)
         return absl::FailedPreconditionError(absl::StrFormat(
             "--resume: %s is at step %d, past --steps=%d: raise --steps to train further (the LR "
@@ -944,16 +958,26 @@ absl::Status run_train_program(TrainProgramOptions o) {
   if (o.resume) {
     // Each rank chose its newest valid checkpoint on its own (a directory not shared by every
     // node, a file one node could not read and passed over): ranks that continue different steps
-    // pair their gradients across steps (the run diverged silently, saved the mix, then hung).
-    const int64_t leaders =
-        static_cast<int64_t>(groups.world->broadcast(static_cast<uint64_t>(resumed_step), 0));
-    const int64_t differ = groups.world->all_reduce_sum(int64_t{resumed_step != leaders});
-    if (differ > 0)
+    // pair their gradients across steps (the run diverged silently, saved the mix, then hung),
+    // and ranks holding another run's file of the same step fail the checks after loading on
+    // their own (the others waited for them). The run's flags, the model and the state identify
+    // a checkpoint well enough: two files that agree on all of them come from the same run.
+    const uint64_t leaders = groups.world->broadcast(resumed_fingerprint, 0);
+    Tensor mine = Tensor::from_vector<double>(
+        {2}, {static_cast<double>(resumed_step), resumed_fingerprint == leaders ? 0.0 : 1.0});
+    Tensor all = Tensor::empty({2 * static_cast<int64_t>(groups.world_size)}, DType::kF64);
+    groups.world->all_gather(mine, all);
+    const double* v = all.data<double>();
+    for (int r = 1; r < groups.world_size; ++r) {
+      if (v[2 * r + 1] == 0) continue;
+      const auto step_of = [&](int rank) { return static_cast<int64_t>(v[2 * rank]); };
       return absl::FailedPreconditionError(absl::StrFormat(
-          "--resume: %d rank(s) found another newest valid checkpoint in --checkpoint_dir=%s than "
-          "rank 0 (step %d; rank %d: step %d): every rank must read the same directory (one all "
-          "nodes share) with the same files",
-          differ, o.checkpoint_dir, leaders, groups.world_rank, resumed_step));
+          "--resume: the ranks found different newest valid checkpoints in --checkpoint_dir=%s "
+          "(rank 0: step %d; rank %d: step %d%s): every rank must read the same directory (one "
+          "all nodes share) with the same files",
+          o.checkpoint_dir, step_of(0), r, step_of(r),
+          step_of(r) == step_of(0) ? " of another run or state" : ""));
+    }
   }
   if (complete) return absl::OkStatus();
 

@@ -168,8 +168,10 @@ MemoryEstimate estimate_inference_memory(const MemoryEstimateOptions& o) {
     const bool msa = c.layer_kind(l) == AttentionKind::kMsa;
     const LayerBytes b = layer_bytes(o, msa);
     // Attention: its input and output beside its activations, and for MSA the index query and
-    // key heads and the selection. MLP: the input, the attention's output and their sum.
-    const double index = msa ? N * (G + 1) * dI * w + N * G * (int64_t{c.msa.topk} + 1) * 4 : 0;
+    // key heads, their gradients (f32: the index loss computes them with its value) and the
+    // selection. MLP: the input, the attention's output and their sum.
+    const double index =
+        msa ? N * (G + 1) * dI * (w + 4) + N * G * (int64_t{c.msa.topk} + 1) * 4 : 0;
     peak = std::max({peak, 2 * b.residual + b.attention + index, 3 * b.residual + b.mlp});
   }
   // The head: the last residual, its normalization and 1/rms, the logits and their log-sum-exp.

@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <limits>
 #include <vector>
 
 #include "absl/strings/str_format.h"
@@ -11,10 +12,16 @@
 
 namespace msa {
 
+int64_t last_dense_attention_step(const TrainerConfig& config) {
+  int64_t last;
+  // The sum of two huge counts overflowed (and attended sparsely).
+  if (__builtin_add_overflow(config.index_warmup_steps, config.dense_attention_steps, &last))
+    return std::numeric_limits<int64_t>::max();
+  return last;
+}
+
 MsaMode msa_mode_at(const TrainerConfig& config, int64_t step) {
-  // Not step <= warm-up + dense: the sum of two huge counts overflowed (and attended sparsely).
-  return step - config.index_warmup_steps <= config.dense_attention_steps ? MsaMode::kDenseWarmup
-                                                                          : MsaMode::kSparse;
+  return step <= last_dense_attention_step(config) ? MsaMode::kDenseWarmup : MsaMode::kSparse;
 }
 
 Trainer::Trainer(Transformer& model, AdamW& optimizer, BatchSource& data,

@@ -68,6 +68,8 @@ struct StepMetrics {
 
 // How MSA layers run at 1-based `step` (dense in both warm-up phases, then sparse).
 MsaMode msa_mode_at(const TrainerConfig& config, int64_t step);
+// The last step of the two warm-up phases (dense attention), saturated at INT64_MAX.
+int64_t last_dense_attention_step(const TrainerConfig& config);
 
 class Trainer {
  public:

@@ -284,10 +284,8 @@ TEST(MsaTrainCliTest, SkippedStepsWriteNoCheckpoint) {
   const int newest = applied.back();
   char name[64];
   std::snprintf(name, sizeof(name), "/ckpt-%08d.h5", newest);
-  EXPECT_NE(r.output.find("The newest checkpoint is " + dir + name), std::string::npos)
-      << r.output;
-  EXPECT_NE(r.output.find("no checkpoint at step " + std::to_string(skipped[0])),
-            std::string::npos)
+  EXPECT_NE(r.output.find("The newest checkpoint is " + dir + name), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("no checkpoint at step " + std::to_string(skipped[0])), std::string::npos)
       << r.output;
   // The files left: the last two applied steps' (--keep_last=2), none of a skipped step.
   for (int step : skipped) {
@@ -455,8 +453,7 @@ TEST(MsaTrainCliTest, MetricsCarryTheValidationAndWriteFailuresAreSaid) {
 TEST(MsaTrainCliTest, StrayArgumentsAreRefused) {
   CommandResult r = run_msa_train(kTinyModel + "--steps=1 --seq_len=48 --qk_norm false");
   EXPECT_EQ(r.exit_code, 1) << r.output;
-  EXPECT_NE(r.output.find("msa-train: unexpected argument 'false'"), std::string::npos)
-      << r.output;
+  EXPECT_NE(r.output.find("msa-train: unexpected argument 'false'"), std::string::npos) << r.output;
   EXPECT_EQ(r.output.find("step "), std::string::npos) << r.output;
 }
 
@@ -480,6 +477,16 @@ TEST(MsaTrainCliTest, FlagsThatWouldDoNothingOrNameAnotherProgramsFlagsAreRefuse
     EXPECT_EQ(r.exit_code, 1) << args << "\n" << r.output;
     EXPECT_NE(r.output.find(message), std::string::npos) << args << "\n" << r.output;
     EXPECT_EQ(r.output.find("step "), std::string::npos) << args << " trained:\n" << r.output;
+  }
+}
+
+// The --recall_stride check applies where recall is measured: a dense model, or a run whose
+// --recall_every is past --steps, trains at any --seq_len.
+TEST(MsaTrainCliTest, RecallStrideIsCheckedOnlyWhereRecallIsMeasured) {
+  for (const char* args : {"--attention=dense", "--recall_every=5"}) {
+    CommandResult r =
+        run_msa_train(kTinyModel + "--data=synthetic:repeat --seq_len=16 --steps=2 " + args);
+    EXPECT_EQ(r.exit_code, 0) << args << "\n" << r.output;
   }
 }
 

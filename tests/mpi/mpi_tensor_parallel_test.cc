@@ -317,7 +317,8 @@ TEST(MpiTensorParallelTest, MismatchedFlagsAcrossRanksFail) {
 
 // Each rank picks the newest valid checkpoint on its own: ranks that see different files under
 // the same --checkpoint_dir (a node-local disk; here each rank's own working directory) must not
-// resume different steps (they paired gradients across steps, saved the mix, then hung).
+// resume from different ones: different steps paired gradients across steps, saved the mix, then
+// hung; another run's file of the same step failed the checks after loading on some ranks only.
 TEST(MpiTensorParallelTest, RanksThatFindDifferentNewestCheckpointsRefuseToResume) {
   namespace fs = std::filesystem;
   const std::string base =
@@ -327,27 +328,42 @@ TEST(MpiTensorParallelTest, RanksThatFindDifferentNewestCheckpointsRefuseToResum
   TrainProgramOptions first = program(base + "/shared", kTp, 2, 4, false);
   first.checkpoint_every = 2;
   ASSERT_TRUE(run_train_program(first).ok());
-  const fs::path mine = base + "/rank" + std::to_string(world_rank());
-  fs::create_directories(mine / "ck");
-  for (int64_t step : {2, 4})
-    if (step == 2 || world_rank() == 0)
-      fs::copy_file(checkpoint_path(base + "/shared", step),
-                    checkpoint_path((mine / "ck").string(), step));
-  MPI_Barrier(MPI_COMM_WORLD);
-  const fs::path cwd = fs::current_path();
-  fs::current_path(mine);
-  TrainProgramOptions resumed = program("ck", kTp, 2, 6, false);
-  resumed.resume = true;
-  const absl::Status s = run_train_program(resumed);
-  fs::current_path(cwd);
-  ASSERT_FALSE(s.ok());
-  EXPECT_NE(std::string(s.message())
-                .find("rank(s) found another newest valid checkpoint in --checkpoint_dir=ck than "
-                      "rank 0 (step 4;"),
-            std::string::npos)
-      << s;
-  // Nothing was trained or written: every rank's directory holds what it held.
-  EXPECT_FALSE(fs::exists(checkpoint_path((mine / "ck").string(), 6)));
+  TrainProgramOptions other = program(base + "/other", kTp, 2, 4, false);
+  other.seed = 6;
+  ASSERT_TRUE(run_train_program(other).ok());
+
+  // Rank 0 sees steps 2 and 4, the others step 2 only; then step 4 of the other run.
+  for (const bool same_step : {false, true}) {
+    const fs::path mine = base + "/rank" + std::to_string(world_rank()) + (same_step ? "s" : "");
+    const std::string ck = (mine / "ck").string();
+    fs::create_directories(ck);
+    if (world_rank() == 0) {
+      for (int64_t step : {2, 4})
+        fs::copy_file(checkpoint_path(base + "/shared", step), checkpoint_path(ck, step));
+    } else if (same_step) {
+      fs::copy_file(checkpoint_path(base + "/other", 4), checkpoint_path(ck, 4));
+    } else {
+      fs::copy_file(checkpoint_path(base + "/shared", 2), checkpoint_path(ck, 2));
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
+    const fs::path cwd = fs::current_path();
+    fs::current_path(mine);
+    TrainProgramOptions resumed = program("ck", kTp, 2, 6, false);
+    resumed.resume = true;
+    const absl::Status s = run_train_program(resumed);
+    fs::current_path(cwd);
+    ASSERT_FALSE(s.ok());
+    EXPECT_NE(std::string(s.message())
+                  .find(same_step ? "--resume: the ranks found different newest valid checkpoints "
+                                    "in --checkpoint_dir=ck (rank 0: step 4; rank 1: step 4 of "
+                                    "another run or state)"
+                                  : "--resume: the ranks found different newest valid checkpoints "
+                                    "in --checkpoint_dir=ck (rank 0: step 4; rank 1: step 2)"),
+              std::string::npos)
+        << s;
+    // Nothing was trained or written.
+    EXPECT_FALSE(fs::exists(checkpoint_path(ck, 6)));
+  }
 }
 
 }  // namespace
