@@ -9,7 +9,8 @@
 #           held out for validation.
 #   tokens  a byte-level BPE with Llama 3's pre-tokenizer regex and 8192 ids, trained on the
 #           training documents by the `tokenizers` library (PYTHON must have it), then
-#           `msa-data text --tokenizer` writes the shards (BOS/EOS around each document).
+#           `msa-data text --tokenizer` writes the shards (BOS before each document; the
+#           tokenizer has no EOS, so the shards cannot be trained with --pack_documents).
 #   models  8 layers, d_model 512, 8 heads / 2 KV groups, head dim 64; MSA block 64, top-k 4:
 #           a 256-token budget, trained at 4096 tokens (16x).
 #   eval    msa-eval --data: loss by position (0-256 = 1x the budget ... 2K-4K = 8x-16x).
@@ -27,7 +28,12 @@ mkdir -p "$out"
 # a --checkpoint_dir that holds checkpoints without --resume).
 rm -rf "$out/dense" "$out/msa" "$out/converted" "$out/converted.h5"
 
+[[ -d $corpus ]] || { echo "$0: $corpus is not a directory" >&2; exit 1; }
 mapfile -t files < <(find "$corpus" -type f -size +0 | LC_ALL=C sort)
+# (With no file, `cat` below would read stdin.)
+(( ${#files[@]} >= 20 )) ||
+  { echo "$0: $corpus holds ${#files[@]} non-empty files; every 20th is held out: need 20" >&2
+    exit 1; }
 train_docs=() val_docs=()
 for i in "${!files[@]}"; do
   if (( i % 20 == 7 )); then val_docs+=("${files[$i]}"); else train_docs+=("${files[$i]}"); fi
@@ -63,29 +69,40 @@ join() { local IFS=,; echo "$*"; }
   --output="$out/train" --prefix=train --overwrite
 "$bin/msa-data" text --tokenizer="$out/tokenizer.json" --input="$(join "${val_docs[@]}")" \
   --output="$out/val" --prefix=val --overwrite
+# The validation windows of 4096 tokens the shards hold (uint16 ids after a 32-byte header; one
+# more token for the targets): up to 48 are evaluated. Checked before any training.
+val_windows=0
+for f in "$out"/val/*.tok; do
+  n=$(( ($(stat -c %s "$f") - 32) / 2 ))
+  val_windows=$(( val_windows + (n > 0 ? (n - 1) / 4096 : 0) ))
+done
+(( val_windows >= 1 )) ||
+  { echo "$0: the held-out documents make no 4096-token window: use a larger corpus" >&2; exit 1; }
+eval_windows=$(( val_windows < 48 ? val_windows : 48 ))
 
 model="--vocab_size=8192 --d_model=512 --n_layers=8 --n_heads=8 --n_kv_heads=2 --head_dim=64
        --ffn_dim=1536 --msa_block_size=64 --msa_topk=4 --msa_index_dim=64"
-train="--device=cuda --data=$out/train/*.tok --seq_len=4096 --batch_size=8 --steps=$steps
+# An array: OUT_DIR may hold spaces (and the glob is msa-train's, not the shell's).
+train=(--device=cuda "--data=$out/train/*.tok" --seq_len=4096 --batch_size=8 --steps="$steps"
        --lr=1e-3 --min_lr=1e-4 --warmup_steps=100 --log_every=100 --seed=1
-       --recall_every=$(( steps / 2 )) --recall_stride=256"
+       --recall_every=$(( steps / 2 )) --recall_stride=256)
 ckpt=$(printf 'ckpt-%08d.h5' "$steps")
 t0=$(date +%s)
-"$bin/msa-train" $model $train --attention=dense --checkpoint_dir="$out/dense" | tee "$out/dense.log"
+"$bin/msa-train" $model "${train[@]}" --attention=dense --checkpoint_dir="$out/dense" | tee "$out/dense.log"
 t1=$(date +%s)
-"$bin/msa-train" $model $train --attention=msa --checkpoint_dir="$out/msa" | tee "$out/msa.log"
+"$bin/msa-train" $model "${train[@]}" --attention=msa --checkpoint_dir="$out/msa" | tee "$out/msa.log"
 t2=$(date +%s)
 # The convert recipe (docs/convert.md): dense attention while the fresh index warms up with the
 # backbone training, then sparse; a third of the steps in all.
 conv_steps=$(( steps / 3 ))
 "$bin/msa-convert" --checkpoint="$out/dense/$ckpt" --output="$out/converted.h5" \
   --msa_block_size=64 --msa_topk=4 --msa_index_dim=64
-"$bin/msa-train" $model ${train/--steps=$steps/--steps=$conv_steps} --attention=msa \
+"$bin/msa-train" $model "${train[@]/--steps=$steps/--steps=$conv_steps}" --attention=msa \
   --init_from="$out/converted.h5" --dense_attention_steps=$(( conv_steps / 3 )) --lr=3e-4 \
   --min_lr=3e-5 --checkpoint_dir="$out/converted" | tee "$out/converted.log"
 t3=$(date +%s)
 conv_ckpt=$(printf 'ckpt-%08d.h5' "$conv_steps")
-"$bin/msa-eval" --device=cuda --data="$out/val/*.tok" --seq_len=4096 --eval_windows=48 \
+"$bin/msa-eval" --device=cuda --data="$out/val/*.tok" --seq_len=4096 --eval_windows=$eval_windows \
   --position_buckets=0,256,512,1024,2048 \
   --checkpoint="$out/dense/$ckpt,$out/msa/$ckpt,$out/converted/$conv_ckpt" \
   --labels=dense,msa,converted --csv="$out/perplexity.csv" --plot="$out/perplexity.png" \

@@ -19,8 +19,9 @@ model="--vocab_size=96 --d_model=256 --n_layers=4 --n_heads=8 --n_kv_heads=2 --h
 train="--device=cuda --data=synthetic:kv-recall --synthetic_pairs=8 --synthetic_depth=-1
        --seq_len=2048 --batch_size=16 --steps=1200 --lr=2e-3 --min_lr=2e-4 --warmup_steps=50
        --log_every=200 --recall_every=400 --recall_stride=64 --seed=1"
-evalflags="--lengths=1024,2048,4096 --depths=0,0.5,1 --pairs=8 --samples=64 --batch_size=8
-           --device=cuda --out_dir=$out"
+# An array: OUT_DIR may hold spaces.
+evalflags=(--lengths=1024,2048,4096 --depths=0,0.5,1 --pairs=8 --samples=64 --batch_size=8
+           --device=cuda --out_dir="$out")
 t0=$(date +%s)
 $bin/msa-train $model $train --attention=dense --checkpoint_dir="$out/dense" | tee "$out/dense.log"
 t1=$(date +%s)
@@ -34,7 +35,7 @@ $bin/msa-train $model ${train/--steps=1200/--steps=400} --attention=msa \
   --checkpoint_dir="$out/converted" | tee "$out/converted.log"
 t3=$(date +%s)
 for run in dense msa; do
-  $bin/msa-eval --checkpoint="$out/$run/ckpt-00001200.h5" --name="$run" $evalflags
+  $bin/msa-eval --checkpoint="$out/$run/ckpt-00001200.h5" --name="$run" "${evalflags[@]}"
 done
-$bin/msa-eval --checkpoint="$out/converted/ckpt-00000400.h5" --name=converted $evalflags
+$bin/msa-eval --checkpoint="$out/converted/ckpt-00000400.h5" --name=converted "${evalflags[@]}"
 echo "times: dense $((t1 - t0)) s, msa $((t2 - t1)) s, convert + warm-up + sparse $((t3 - t2)) s, total $(( $(date +%s) - t0 )) s"
