@@ -304,6 +304,13 @@ int64_t strided_recall_position(int64_t window, int64_t stride) {
   return window * stride + std::min(phase, stride - 1);
 }
 
+int64_t max_recall_stride(int64_t T) {
+  int64_t s = std::max<int64_t>(1, static_cast<int64_t>(static_cast<double>(T) / 1.618));
+  while (s > 1 && strided_recall_position(1, s) >= T) --s;
+  while (s < T && strided_recall_position(1, s + 1) < T) ++s;
+  return s;
+}
+
 namespace {
 
 // Calls fn(t - offset) for every sampled position t in [offset, offset + T), increasing.

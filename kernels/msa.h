@@ -133,6 +133,9 @@ struct RecallQuery {
 // sample exactly the positions of the whole sequence's sample that fall among them, returned as
 // t - offset. stride <= 1 samples every query.
 int64_t strided_recall_position(int64_t window, int64_t stride);
+// The largest stride whose sample of T >= 2 queries holds more than position 0 (its second
+// window starts inside the sequence): about T / 1.618.
+int64_t max_recall_stride(int64_t T);
 // (b, t) for every batch row b and every sampled t in [0, T), in increasing t.
 std::vector<RecallQuery> strided_recall_queries(int64_t batch, int64_t T, int64_t query_stride,
                                                 int64_t offset = 0);

@@ -196,12 +196,12 @@ absl::Status validate_tasks(const std::vector<int64_t>& lengths,
     }
   const int64_t stride = absl::GetFlag(FLAGS_recall_stride);
   for (int64_t length : lengths)
-    if (stride > 0 && msa::strided_recall_position(1, stride) >= length)
+    if (stride > msa::max_recall_stride(length))
       return absl::InvalidArgumentError(absl::StrFormat(
           "invalid --recall_stride: %d samples only position 0 of --lengths %d, whose attention "
-          "any selection keeps (a recall of 1.0 that measures nothing): use at most %d (the "
-          "length / 2); 0 turns the strided recalls off",
-          stride, length, length / 2));
+          "any selection keeps (a recall of 1.0 that measures nothing): use at most %d; 0 turns "
+          "the strided recalls off",
+          stride, length, msa::max_recall_stride(length)));
   return absl::OkStatus();
 }
 

@@ -103,7 +103,8 @@ ABSL_FLAG(bool, pack_documents, false,
 ABSL_FLAG(int64_t, eval_every, 0,
           "Validation loss and perplexity every N steps (0: never); on synthetic:kv-recall and "
           "synthetic:needle also each MSA layer's index and block recall at the answer positions "
-          "(not with --cp > 1, whose shards would have to merge them).");
+          "(not with --cp > 1, whose shards would have to merge them). Needs validation data: "
+          "not with --data=synthetic:repeat (one training batch).");
 ABSL_FLAG(int64_t, eval_batches, 8, "Validation batches per evaluation.");
 ABSL_FLAG(std::string, checkpoint_dir, "",
           "Directory for HDF5 checkpoints ckpt-<step>.h5 (written every --checkpoint_every steps, "

@@ -112,12 +112,13 @@ absl::Status validate_run(const TrainProgramOptions& o) {
   // counting windows took minutes at a huge --seq_len).
   if (o.model.any_msa() && o.trainer.recall_every > 0 &&
       o.trainer.recall_every <= o.trainer.steps &&
-      strided_recall_position(1, o.trainer.recall_query_stride) >= o.seq_len)
-    return bad("recall_stride",
-               absl::StrFormat("%d samples only position 0 of a --seq_len=%d sequence, whose local "
-                               "block holds every key (a recall of 1.0 that measures nothing); "
-                               "use at most %d (--seq_len / 2), or --recall_every=0",
-                               o.trainer.recall_query_stride, o.seq_len, o.seq_len / 2));
+      o.trainer.recall_query_stride > max_recall_stride(o.seq_len))
+    return bad(
+        "recall_stride",
+        absl::StrFormat("%d samples only position 0 of a --seq_len=%d sequence, whose local "
+                        "block holds every key (a recall of 1.0 that measures nothing); "
+                        "use at most %d, or --recall_every=0",
+                        o.trainer.recall_query_stride, o.seq_len, max_recall_stride(o.seq_len)));
   if (o.trainer.log_every < 1)
     return bad("log_every", absl::StrFormat("%d is < 1", o.trainer.log_every));
   if (o.trainer.index_warmup_steps < 0)
@@ -469,6 +470,8 @@ std::string layout_json(const TrainProgramOptions& o) {
   j["explicit_seed"] = o.explicit_seed;
   j["init_allow_missing_index"] = o.init_allow_missing_index;
   j["memory_check"] = o.memory_check;
+  j["log_every"] = o.trainer.log_every;  // validate_run refuses bad ones after the hash
+  j["keep_last"] = o.keep_last;
   // The per-layer model JSON, unless the depth is past what validate() accepts (its list would take
   // minutes to build; validate() refuses it after the ranks agree).
   j["model"] = o.model.n_layers <= ModelConfig::kMaxLayers
@@ -1111,7 +1114,7 @@ absl::Status run_train_program(TrainProgramOptions o) {
         "msa-train: note: --warmup_steps=%lld >= --steps=%lld: the learning rate rises for the "
         "whole run, to %s at the last step (--lr=%s x steps / warmup_steps), and never decays\n",
         static_cast<long long>(o.trainer.lr.warmup_steps), static_cast<long long>(o.trainer.steps),
-        shortest_text(o.trainer.lr.at(o.trainer.steps)).c_str(),
+        absl::StrFormat("%g", o.trainer.lr.at(o.trainer.steps)).c_str(),
         shortest_text(o.trainer.lr.max_lr).c_str());
   std::fflush(stdout);
 

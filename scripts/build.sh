@@ -10,5 +10,10 @@ args=("$@")
 given=0
 for a in "$@"; do [[ $a == -DMSA_CUDA* ]] && given=1; done
 [[ $given -eq 1 ]] || args=(-UMSA_CUDA "${args[@]}")
+# A configuration from before nvcc was installed cached the CUDA compiler as not found.
+if [[ -x /usr/local/cuda/bin/nvcc ]] &&
+   grep -q '^CMAKE_CUDA_COMPILER:[A-Z]*=.*NOTFOUND' build/CMakeCache.txt 2>/dev/null; then
+  args=(-UCMAKE_CUDA_COMPILER "${args[@]}")
+fi
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release "${args[@]}" >/dev/null
 cmake --build build -j "$jobs"

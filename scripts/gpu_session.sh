@@ -56,11 +56,11 @@ for step in "$@"; do
           } > >(tee "$out/step.log") ;;
     *) echo "unknown step $step"; rc=2 ;;
   esac
-  wait $! 2>/dev/null  # the step's tee: its log is complete
+  [[ -z ${!-} ]] || wait "$!" 2>/dev/null  # the step's tee: its log is complete
   # A GPU test that skipped itself ran nothing.
   if [[ $step == tests ]] && grep -q '^\[  SKIPPED \]' "$out/tests.log" 2>/dev/null; then
     echo "gpu_session.sh: tests skipped themselves (no usable GPU?)"; rc=1
   fi
-  [[ $rc -eq 0 ]] || status=1
+  (( rc <= status )) || status=$rc  # 1: a command failed, 2: an unknown step
 done
 exit $status

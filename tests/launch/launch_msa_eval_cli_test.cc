@@ -115,10 +115,11 @@ TEST(MsaEvalCliTest, FlagsTheReportDoesNotReadOrCannotUseAreRefused) {
        "invalid --lengths: it belongs to the retrieval (without --data) report"},
       {" --device=cpu --lengths=64 --depths=0 --recall_stride=64",
        "invalid --recall_stride: 64 samples only position 0 of --lengths 64"},
-      // Below the length, yet its second window starts past it (48 + 29 >= 64): position 0 again.
-      {" --device=cpu --lengths=64 --depths=0 --recall_stride=48",
-       "invalid --recall_stride: 48 samples only position 0 of --lengths 64, whose attention any "
-       "selection keeps (a recall of 1.0 that measures nothing): use at most 32"},
+      // Below the length, yet its second window starts past it (40 + 24 >= 64): position 0 again;
+      // 39 + 24 < 64 samples two.
+      {" --device=cpu --lengths=64 --depths=0 --recall_stride=40",
+       "invalid --recall_stride: 40 samples only position 0 of --lengths 64, whose attention any "
+       "selection keeps (a recall of 1.0 that measures nothing): use at most 39"},
       {" --device=cpu --lengths=64,8 --depths=0 --recall_stride=0",
        "invalid --lengths 8 (--depths 0, --pairs 4): the kv-recall task needs at least"},
       {" --device=cpu --lengths=64 --task=bogus", "invalid --task: unknown synthetic task 'bogus'"},

@@ -483,7 +483,7 @@ TEST(MsaTrainCliTest, FlagsThatWouldDoNothingOrNameAnotherProgramsFlagsAreRefuse
 // The --recall_stride check applies where recall is measured: a dense model, or a run whose
 // --recall_every is past --steps, trains at any --seq_len.
 TEST(MsaTrainCliTest, RecallStrideIsCheckedOnlyWhereRecallIsMeasured) {
-  for (const char* args : {"--attention=dense", "--recall_every=5"}) {
+  for (const char* args : {"--attention=dense --recall_every=1", "--recall_every=5"}) {
     CommandResult r =
         run_msa_train(kTinyModel + "--data=synthetic:repeat --seq_len=16 --steps=2 " + args);
     EXPECT_EQ(r.exit_code, 0) << args << "\n" << r.output;

@@ -313,6 +313,10 @@ TEST(MpiTensorParallelTest, MismatchedFlagsAcrossRanksFail) {
   o.eval_every = 1;
   o.eval_batches = world_rank() == 0 ? 2 : 3;
   expect_error(o, "config hash mismatch");
+  // A value refused on some ranks only (after the hash): the others went on and waited.
+  o = program("", kTp, 2, 1, false);
+  o.trainer.log_every = world_rank() == 0 ? 1 : 0;
+  expect_error(o, "config hash mismatch");
 }
 
 // Each rank picks the newest valid checkpoint on its own: ranks that see different files under
