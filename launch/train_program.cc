@@ -533,14 +533,14 @@ absl::Status move_aside_existing(const std::string& path) {
 // before the next collective, so that none waits in one the others left (mpirun then hung). A rank
 // whose failure rank 0 did not share prints its own message (rank 0 prints the error msa-train
 // returns); the others return Aborted naming how many failed.
-absl::Status agree_across_ranks(const ProcessGroups& groups, absl::Status mine) {
-  const int64_t failed = groups.world->all_reduce_sum(static_cast<int64_t>(mine.ok() ? 0 : 1));
+absl::Status agree_across_ranks(Communicator& world, int world_rank, absl::Status mine) {
+  const int64_t failed = world.all_reduce_sum(static_cast<int64_t>(mine.ok() ? 0 : 1));
   if (failed == 0) return absl::OkStatus();
-  const int64_t leader_failed = groups.world->all_reduce_sum(
-      static_cast<int64_t>(groups.world_rank == 0 && !mine.ok() ? 1 : 0));
+  const int64_t leader_failed =
+      world.all_reduce_sum(static_cast<int64_t>(world_rank == 0 && !mine.ok() ? 1 : 0));
   if (!mine.ok()) {
-    if (groups.world_rank != 0 && leader_failed == 0) {
-      std::fprintf(stderr, "msa-train (rank %d): %s\n", groups.world_rank,
+    if (world_rank != 0 && leader_failed == 0) {
+      std::fprintf(stderr, "msa-train (rank %d): %s\n", world_rank,
                    std::string(mine.message()).c_str());
       std::fflush(stderr);
     }
@@ -549,6 +549,10 @@ absl::Status agree_across_ranks(const ProcessGroups& groups, absl::Status mine) 
   return absl::AbortedError(absl::StrFormat(
       "%d other rank(s) failed during setup (their messages above, prefixed with the rank)",
       failed));
+}
+
+absl::Status agree_across_ranks(const ProcessGroups& groups, absl::Status mine) {
+  return agree_across_ranks(*groups.world, groups.world_rank, std::move(mine));
 }
 
 class CheckpointWriter {
@@ -813,10 +817,29 @@ absl::Status run_train_program(TrainProgramOptions o) {
         absl::StrFormat("invalid --cp_layout: '%s' (use contiguous or zigzag)", o.cp_layout));
   const bool zigzag = o.cp_layout == "zigzag";
   MSA_RETURN_IF_ERROR(check_context_parallel(o.model, o.cp, o.seq_len, zigzag));
-  MSA_ASSIGN_OR_RETURN(Device device, choose_device(o.device));
+  // The device can fail or differ on some ranks only (a node without a GPU or with fewer, or
+  // --device=auto on mixed nodes): every rank learns it before the process groups, a collective
+  // (the ranks that could go on waited in it for those that had left).
+  Device device = Device::kCPU;
   int gpu = -1;
-  if (device == Device::kCUDA) {
-    MSA_ASSIGN_OR_RETURN(gpu, select_cuda_device(node_local_rank(), o.gpu));
+  {
+    auto world = make_mpi_communicator(MPI_COMM_WORLD);
+    int world_rank = 0, world_ranks = 1;
+    MPI_Comm_rank(MPI_COMM_WORLD, &world_rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &world_ranks);
+    MSA_RETURN_IF_ERROR(agree_across_ranks(*world, world_rank, [&]() -> absl::Status {
+      MSA_ASSIGN_OR_RETURN(device, choose_device(o.device));
+      if (device == Device::kCUDA) {
+        MSA_ASSIGN_OR_RETURN(gpu, select_cuda_device(node_local_rank(), o.gpu));
+      }
+      return absl::OkStatus();
+    }()));
+    const int64_t on_cuda = world->all_reduce_sum(int64_t{device == Device::kCUDA});
+    if (on_cuda != 0 && on_cuda != world_ranks)
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "--device=%s chose CUDA on %d of %d ranks (the others found no GPU): every rank must "
+          "run on the same kind of device; pass --device=cuda or --device=cpu",
+          o.device, on_cuda, world_ranks));
   }
   // Process-wide: read by the kernels at each call (in-process tests restore it on return).
   const ScopedDeterministic deterministic_mode(o.deterministic);
