@@ -84,7 +84,8 @@ using CommunicatorFactory = std::function<std::unique_ptr<Communicator>(MPI_Comm
 absl::StatusOr<ProcessGroups> make_process_groups_with(int tp, int cp,
                                                        const CommunicatorFactory& make);
 
-// This process's rank among the processes on its node (MPI_COMM_TYPE_SHARED).
+// This process's rank among the processes on its node (MPI_COMM_TYPE_SHARED). Collective over
+// MPI_COMM_WORLD: every rank must call it.
 int node_local_rank();
 
 }  // namespace msa

@@ -827,10 +827,13 @@ absl::Status run_train_program(TrainProgramOptions o) {
     int world_rank = 0, world_ranks = 1;
     MPI_Comm_rank(MPI_COMM_WORLD, &world_rank);
     MPI_Comm_size(MPI_COMM_WORLD, &world_ranks);
+    // Collective (a communicator split): on every rank, not only those that chose CUDA (a rank
+    // without a GPU met it with its next all-reduce: MPI_ERR_TRUNCATE on a mixed H100 run).
+    const int local_rank = node_local_rank();
     MSA_RETURN_IF_ERROR(agree_across_ranks(*world, world_rank, [&]() -> absl::Status {
       MSA_ASSIGN_OR_RETURN(device, choose_device(o.device));
       if (device == Device::kCUDA) {
-        MSA_ASSIGN_OR_RETURN(gpu, select_cuda_device(node_local_rank(), o.gpu));
+        MSA_ASSIGN_OR_RETURN(gpu, select_cuda_device(local_rank, o.gpu));
       }
       return absl::OkStatus();
     }()));
