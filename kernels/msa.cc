@@ -296,19 +296,36 @@ Tensor host(const Tensor& t) { return t.is_cuda() ? t.to(Device::kCPU) : t; }
 
 }  // namespace
 
-int64_t strided_recall_position(int64_t window, int64_t stride) {
-  if (stride <= 1) return window;
-  // i * (golden ratio - 1) mod 1 fills [0, 1) evenly for any run of consecutive i.
+namespace {
+
+// The sampled position's offset in window `window` of `stride` (>= 2) queries: i * (golden ratio
+// - 1) mod 1 fills [0, 1) evenly for any run of consecutive i.
+int64_t recall_phase(int64_t window, int64_t stride) {
   const double x = static_cast<double>(window) * 0.6180339887498949;
   const auto phase = static_cast<int64_t>((x - std::floor(x)) * static_cast<double>(stride));
-  return window * stride + std::min(phase, stride - 1);
+  return std::min(phase, stride - 1);
+}
+
+}  // namespace
+
+int64_t strided_recall_position(int64_t window, int64_t stride) {
+  if (stride <= 1) return window;
+  return window * stride + recall_phase(window, stride);
 }
 
 int64_t max_recall_stride(int64_t T) {
-  int64_t s = std::max<int64_t>(1, static_cast<int64_t>(static_cast<double>(T) / 1.618));
-  while (s > 1 && strided_recall_position(1, s) >= T) --s;
-  while (s < T && strided_recall_position(1, s + 1) < T) ++s;
-  return s;
+  // Window 1 starts at s + phase(1, s), which grows with s: a binary search for the largest s
+  // where that is below T (a step-by-step walk took seconds at T = 1e15), compared as
+  // phase < T - s so that nothing overflows near INT64_MAX.
+  int64_t lo = 1, hi = std::max<int64_t>(1, T - 1);
+  while (lo < hi) {
+    const int64_t mid = lo + (hi - lo + 1) / 2;
+    if (recall_phase(1, mid) < T - mid)
+      lo = mid;
+    else
+      hi = mid - 1;
+  }
+  return lo;
 }
 
 namespace {

@@ -108,8 +108,8 @@ absl::Status validate_run(const TrainProgramOptions& o) {
     return bad("recall_every", absl::StrFormat("%d must be >= 0", o.trainer.recall_every));
   if (o.trainer.recall_every > 0 && o.trainer.recall_query_stride < 1)
     return bad("recall_stride", absl::StrFormat("%d is < 1", o.trainer.recall_query_stride));
-  // The sample's first window is position 0; its second starts past the sequence (closed form:
-  // counting windows took minutes at a huge --seq_len).
+  // The sample's first window is position 0; past max_recall_stride its second starts past the
+  // sequence (a binary search: counting windows took minutes at a huge --seq_len).
   if (o.model.any_msa() && o.trainer.recall_every > 0 &&
       o.trainer.recall_every <= o.trainer.steps &&
       o.trainer.recall_query_stride > max_recall_stride(o.seq_len))

@@ -59,5 +59,25 @@ TEST(KernelsRecallStrideTest, TheGpuBudgetKeepsMoreQueries) {
   }
 }
 
+// The largest stride whose sample holds more than position 0 (msa-train and msa-eval refuse
+// larger ones): against counting the sample, and fast and overflow-free at huge lengths (a walk
+// one stride at a time took seconds at 1e15 tokens).
+TEST(KernelsRecallStrideTest, MaxStrideIsTheLargestSamplingTwoQueries) {
+  for (int64_t T = 2; T <= 3000; ++T) {
+    const int64_t s = max_recall_stride(T);
+    SCOPED_TRACE(testing::Message() << "T " << T << " max stride " << s);
+    ASSERT_GE(strided_recall_count(T, s), 2);
+    if (s + 1 < T) ASSERT_EQ(strided_recall_count(T, s + 1), 1);
+  }
+  EXPECT_EQ(max_recall_stride(64), 39);
+  EXPECT_EQ(max_recall_stride(128), 79);
+  for (const int64_t T : {int64_t{1} << 40, int64_t{1000000000000000}, INT64_MAX}) {
+    const int64_t s = max_recall_stride(T);
+    SCOPED_TRACE(testing::Message() << "T " << T << " max stride " << s);
+    EXPECT_GT(s, static_cast<int64_t>(static_cast<double>(T) * 0.6));
+    EXPECT_LT(s, static_cast<int64_t>(static_cast<double>(T) * 0.62));
+  }
+}
+
 }  // namespace
 }  // namespace msa
