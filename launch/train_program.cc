@@ -389,7 +389,7 @@ absl::StatusOr<bool> reconcile_resumed_run(const std::string& stored, const std:
           "%lld (--dense_attention_steps / --dense_attention_fraction)%s\n",
           static_cast<long long>(stored_warmup),
           static_cast<long long>(o.trainer.dense_attention_steps),
-          o.trainer.dense_attention_steps > step - o.trainer.index_warmup_steps
+          last_dense_attention_step(o.trainer) > step
               ? absl::StrFormat(": steps %d..%d attend densely", step + 1,
                                 last_dense_attention_step(o.trainer))
                     .c_str()
@@ -794,10 +794,11 @@ absl::StatusOr<int> int_flag_value(const char* flag, int64_t value) {
 }
 
 absl::Status run_train_program(TrainProgramOptions o) {
+  // MPI_COMM_WORLD for the checks before the process groups exist.
+  const std::unique_ptr<Communicator> world = make_mpi_communicator(MPI_COMM_WORLD);
   {
     // Every rank must run the same model, schedule and layout: compare a hash of the options
     // before anything else, so no rank fails a check that the others pass.
-    auto world = make_mpi_communicator(MPI_COMM_WORLD);
     const uint64_t config_hash = fnv1a64(layout_json(o) + run_json(o));
     if (world->all_reduce_sum(
             static_cast<int64_t>(world->broadcast(config_hash, 0) != config_hash)) != 0)
@@ -823,14 +824,10 @@ absl::Status run_train_program(TrainProgramOptions o) {
   Device device = Device::kCPU;
   int gpu = -1;
   {
-    auto world = make_mpi_communicator(MPI_COMM_WORLD);
-    int world_rank = 0, world_ranks = 1;
-    MPI_Comm_rank(MPI_COMM_WORLD, &world_rank);
-    MPI_Comm_size(MPI_COMM_WORLD, &world_ranks);
     // Collective (a communicator split): on every rank, not only those that chose CUDA (a rank
     // without a GPU met it with its next all-reduce: MPI_ERR_TRUNCATE on a mixed H100 run).
     const int local_rank = node_local_rank();
-    MSA_RETURN_IF_ERROR(agree_across_ranks(*world, world_rank, [&]() -> absl::Status {
+    MSA_RETURN_IF_ERROR(agree_across_ranks(*world, world->rank(), [&]() -> absl::Status {
       MSA_ASSIGN_OR_RETURN(device, choose_device(o.device));
       if (device == Device::kCUDA) {
         MSA_ASSIGN_OR_RETURN(gpu, select_cuda_device(local_rank, o.gpu));
@@ -838,18 +835,17 @@ absl::Status run_train_program(TrainProgramOptions o) {
       return absl::OkStatus();
     }()));
     const int64_t on_cuda = world->all_reduce_sum(int64_t{device == Device::kCUDA});
-    if (on_cuda != 0 && on_cuda != world_ranks)
+    if (on_cuda != 0 && on_cuda != world->size())
       return absl::FailedPreconditionError(absl::StrFormat(
           "--device=%s chose CUDA on %d of %d ranks (the others found no GPU): every rank must "
           "run on the same kind of device; pass --device=cuda or --device=cpu",
-          o.device, on_cuda, world_ranks));
+          o.device, on_cuda, world->size()));
   }
   // Process-wide: read by the kernels at each call (in-process tests restore it on return).
   const ScopedDeterministic deterministic_mode(o.deterministic);
-  int world_size = 1;
-  MPI_Comm_size(MPI_COMM_WORLD, &world_size);
-  MSA_ASSIGN_OR_RETURN(ProcessGroups groups,
-                       make_process_groups(o.tp, o.cp, device == Device::kCUDA && world_size > 1));
+  MSA_ASSIGN_OR_RETURN(
+      ProcessGroups groups,
+      make_process_groups(o.tp, o.cp, device == Device::kCUDA && world->size() > 1));
   MSA_RETURN_IF_ERROR(validate_totals(o, groups.dp_size));
   MSA_RETURN_IF_ERROR(check_memory(o, groups, recompute, device, gpu));
   std::unique_ptr<BatchSource> data, validation;
