@@ -4,6 +4,7 @@
 #include <optional>
 
 #include "absl/strings/str_format.h"
+#include "core/status.h"
 #include "data/json_file.h"
 #include "data/shard.h"
 #include "nlohmann/json.hpp"
@@ -36,7 +37,9 @@ absl::StatusOr<int32_t> shards_eos_id(const std::vector<std::string>& shard_path
           "--pack_documents needs the EOS id that separates the documents of '%s': cannot read "
           "its metadata file (written by msa-data): %s",
           shard, read.status().message()));
-    const nlohmann::json j = read.ok() ? *read : nlohmann::json();
+    // A file that does not parse says where (read_json_file names the line and column).
+    if (!read.ok()) return annotate(read.status(), "--pack_documents");
+    const nlohmann::json& j = *read;
     if (!j.is_object())
       return absl::InvalidArgumentError(
           absl::StrFormat("--pack_documents: metadata file '%s' is not a JSON object", *metadata));

@@ -57,6 +57,7 @@ struct Tokenization {
 struct PieceOutput {
   std::vector<uint32_t> tokens;
   int64_t documents = 0;
+  int64_t text_tokens = 0;  // the documents' own tokens, without BOS and EOS
   absl::Status status;
 };
 
@@ -77,6 +78,7 @@ absl::Status tokenize_piece(const TextPiece& piece, const Tokenization& t, Piece
         return absl::InternalError(absl::StrFormat(
             "%s: the tokenizer returned id %d, outside its vocab_size %d", where(line), id, vocab));
     out->tokens.insert(out->tokens.end(), ids->begin(), ids->end());
+    out->text_tokens += static_cast<int64_t>(ids->size());
     if (end) {
       if (t.eos) out->tokens.push_back(*t.eos);
       ++out->documents;
@@ -375,6 +377,7 @@ absl::StatusOr<TextShardingResult> write_text_shards(
     TextShardingProgress done;
     done.bytes_total = total;
     std::vector<PieceOutput> outputs;
+    int64_t text_tokens = 0;
     for (bool more = true; more;) {
       std::vector<TextPiece> batch;
       int64_t batch_bytes = 0;
@@ -397,17 +400,19 @@ absl::StatusOr<TextShardingResult> write_text_shards(
         done.bytes_done += static_cast<int64_t>(batch[i].bytes.size());
         done.tokens += static_cast<int64_t>(outputs[i].tokens.size());
         done.documents += outputs[i].documents;
+        text_tokens += outputs[i].text_tokens;
       }
       MSA_RETURN_IF_ERROR(read_error);
       if (progress) progress(done);
     }
     // Nothing to train on: fail before the commit, so that --overwrite does not replace a
-    // folder's shards with none.
-    if (done.documents == 0 || done.tokens == 0)
+    // folder's shards with none. Documents of no text count as none (JSONL of empty strings
+    // gave only BOS / EOS ids).
+    if (done.documents == 0 || text_tokens == 0)
       return absl::InvalidArgumentError(absl::StrFormat(
-          "invalid --input: no documents in %s (empty files, or JSONL without a non-blank "
-          "line): nothing was written and '%s' is unchanged",
-          absl::StrJoin(o.inputs, ", "), o.output_dir));
+          "invalid --input: no text in %s (empty files, JSONL without a non-blank line, or "
+          "only empty \"%s\" strings): nothing was written and '%s' is unchanged",
+          absl::StrJoin(o.inputs, ", "), o.text_field, o.output_dir));
     MSA_RETURN_IF_ERROR(sink.finish());
     r.tokens = done.tokens;
     r.documents = done.documents;

@@ -21,6 +21,8 @@
 #if MSA_HAS_CUDA
 #include <cuda_runtime.h>
 #include <nccl.h>
+
+#include "core/cuda/cuda_check.h"
 #endif
 
 ABSL_FLAG(std::string, device, "auto", "cuda (NCCL backend), cpu (MPI backend) or auto.");
@@ -128,19 +130,24 @@ int main(int argc, char** argv) {
   if (cuda) {
 #if MSA_HAS_CUDA
     ncclUniqueId id;
-    if (rank == 0) ncclGetUniqueId(&id);
+    // Checked like the Communicator's calls: a failed init or all-reduce timed nothing and was
+    // printed as a huge bandwidth.
+    if (rank == 0) MSA_NCCL_CHECK(ncclGetUniqueId(&id));
     MPI_Bcast(&id, sizeof(id), MPI_BYTE, 0, MPI_COMM_WORLD);
     ncclComm_t nc;
-    ncclCommInitRank(&nc, n, id, rank);
+    MSA_NCCL_CHECK(ncclCommInitRank(&nc, n, id, rank));
     cudaStream_t stream;
-    cudaStreamCreate(&stream);
+    MSA_CUDA_CHECK(cudaStreamCreate(&stream));
     const ncclDataType_t t = dtype == DType::kBF16 ? ncclBfloat16 : ncclFloat32;
     raw = median_seconds(
         iters,
-        [&] { ncclAllReduce(buf.raw_data(), buf.raw_data(), numel, t, ncclSum, nc, stream); },
-        [&] { cudaStreamSynchronize(stream); });
-    cudaStreamDestroy(stream);
-    ncclCommDestroy(nc);
+        [&] {
+          MSA_NCCL_CHECK(
+              ncclAllReduce(buf.raw_data(), buf.raw_data(), numel, t, ncclSum, nc, stream));
+        },
+        [&] { MSA_CUDA_CHECK(cudaStreamSynchronize(stream)); });
+    MSA_CUDA_CHECK(cudaStreamDestroy(stream));
+    MSA_NCCL_CHECK(ncclCommDestroy(nc));
 #endif
   } else if (n > 1) {
     raw = median_seconds(

@@ -26,7 +26,9 @@ ABSL_FLAG(int, head_dim, 128, "msa: head dimension d.");
 ABSL_FLAG(int, block_size, 128, "MSA block size B.");
 ABSL_FLAG(int, topk, 16, "MSA top-k (blocks per query and group, local included).");
 ABSL_FLAG(int, index_dim, 128, "MSA index dimension d_I.");
-ABSL_FLAG(int, iters, 3, "Timed runs per measurement (median reported; one warm-up run first).");
+ABSL_FLAG(int, iters, 3,
+          "Timed runs per measurement (median reported; one warm-up run first; msa-bench dense "
+          "times at least 5).");
 ABSL_FLAG(std::string, selection, "random",
           "msa: the index inputs: 'random' (N(0, 1): each query selects its own blocks) or "
           "'sink' (every query's top blocks are the first k-1, as attention sinks or facts that "
@@ -69,7 +71,7 @@ int main(int argc, char** argv) {
       "Benchmarks the GPU kernels and training steps and prints tables.\n"
       "  msa-bench msa    MSA kernels (indexer, sparse attention fwd/bwd, index loss) vs cuDNN\n"
       "                   dense causal flash attention on the same inputs: times, speed-ups,\n"
-      "                   TFLOP/s [--seqs=8192,32768,131072 --fwd_only_seqs=524288,1048576\n"
+      "                   TFLOP/s [--seqs=8192,32768,131072 --fwd_only_seqs=LIST (e.g. 524288)\n"
       "                    --heads=64 --groups=4 --head_dim=128 --index_dim=128 --block_size=128\n"
       "                    --topk=16 --batch=1 --cp_shards=C: each context-parallel rank's\n"
       "                    share]\n"

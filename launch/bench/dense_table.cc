@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
+#include "core/deterministic.h"
 #include "core/tensor.h"
 #include "kernels/attention.h"
 #include "kernels/matmul.h"
@@ -71,11 +72,15 @@ int bench_dense() {
     const double ab =
         median_ms(iters, [&] { attention_backward(dout, q, k, v, out, lse, scale, dq, dk, dv); });
     const double fwd_flops = 4.0 * batch * H * d * (static_cast<double>(T) * (T + 1) / 2);
-    std::printf("cuDNN causal flash attention, batch %lld, T %lld, H %lld, G %lld, d %lld: "
-                "fwd %.3f ms (%.1f TFLOP/s), bwd %.3f ms (%.1f TFLOP/s, counted as 2.5x fwd)\n\n",
-                static_cast<long long>(batch), static_cast<long long>(T),
-                static_cast<long long>(H), static_cast<long long>(G), static_cast<long long>(d),
-                af, fwd_flops / af / 1e9, ab, 2.5 * fwd_flops / ab / 1e9);
+    std::printf(
+        "cuDNN causal flash attention, batch %lld, T %lld, H %lld, G %lld, d %lld: "
+        "fwd %.3f ms (%.1f TFLOP/s), bwd %.3f ms (%.1f TFLOP/s, counted as 2.5x fwd)%s\n\n",
+        static_cast<long long>(batch), static_cast<long long>(T), static_cast<long long>(H),
+        static_cast<long long>(G), static_cast<long long>(d), af, fwd_flops / af / 1e9, ab,
+        2.5 * fwd_flops / ab / 1e9,
+        deterministic() ? "; --deterministic: the backward is the fallback kernel's, "
+                          "not cuDNN's (which sums dQ with f32 atomics)"
+                        : "");
     std::fflush(stdout);
   }
   return 0;

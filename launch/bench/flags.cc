@@ -103,7 +103,27 @@ std::string check_flags(const std::string& which) {
     const std::string selection = absl::GetFlag(FLAGS_selection);
     if (selection != "random" && selection != "sink")
       check("invalid --selection: '" + selection + "' (random or sink)");
-    parse_lengths(absl::GetFlag(FLAGS_seqs), "seqs");
+    // The sink selection is the first k - 1 blocks beside the local one: at least one of them.
+    if (selection == "sink" && absl::GetFlag(FLAGS_topk) < 2)
+      check(
+          absl::StrFormat("invalid --topk: %d with --selection=sink (at least 2: the local "
+                          "block and the first block)",
+                          absl::GetFlag(FLAGS_topk)));
+    const std::vector<int64_t> seqs = parse_lengths(absl::GetFlag(FLAGS_seqs), "seqs");
+    // The context-parallel shares split every --seqs length into 2 C chunks of whole blocks (the
+    // zig-zag layout), one sequence at a time; a length that does not split was skipped unseen.
+    if (const int C = absl::GetFlag(FLAGS_cp_shards); bad.empty() && C > 1) {
+      if (absl::GetFlag(FLAGS_batch) != 1)
+        check(absl::StrFormat("invalid --cp_shards: %d needs --batch=1, not %d", C,
+                              absl::GetFlag(FLAGS_batch)));
+      const int64_t unit = int64_t{2} * C * absl::GetFlag(FLAGS_block_size);
+      for (int64_t T : seqs)
+        if (T % unit != 0)
+          check(absl::StrFormat(
+              "invalid --cp_shards: %d does not split --seqs length %d into 2 x %d chunks of "
+              "whole --block_size=%d blocks (the length must be a multiple of %d)",
+              C, T, C, absl::GetFlag(FLAGS_block_size), unit));
+    }
     parse_lengths(absl::GetFlag(FLAGS_fwd_only_seqs), "fwd_only_seqs");
   } else {
     check(at_least("layers", absl::GetFlag(FLAGS_layers), 0));

@@ -14,6 +14,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/strings/str_format.h"
+#include "core/deterministic.h"
 #include "core/tensor.h"
 #include "kernels/attention.h"
 #include "kernels/msa.h"
@@ -181,6 +182,11 @@ int bench_msa() {
       "MSA vs cuDNN dense causal flash attention: H=%d G=%d d=%d B=%d k=%d d_I=%d, bf16, batch "
       "%lld, %s selection; times in ms (median of %d after a warm-up)\n",
       H, G, d, B, K, dI, static_cast<long long>(batch), selection.c_str(), iters);
+  if (deterministic())
+    std::printf(
+        "--deterministic: the dense backward is the fallback kernel's, not cuDNN's (cuDNN's sums "
+        "dQ "
+        "with f32 atomics), so 'cuDNN f+b' and 'x f+b' compare with it\n");
   std::printf("%8s | %8s %8s %8s %8s | %9s %9s | %9s %9s | %7s %7s | %8s %8s %8s\n", "seq",
               "indexer", "attn-f", "KL", "attn-b", "MSA fwd", "MSA f+b", "cuDNN f", "cuDNN f+b",
               "x fwd", "x f+b", "idx TF/s", "MSA TF/s", "cuDNN TF/s");

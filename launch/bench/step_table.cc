@@ -136,9 +136,11 @@ int bench_step() {
       std::fflush(stdout);
     }
   }
-  std::printf("MFU counts 6N FLOPs per token (N = %s) plus causal attention (6 H d per key and "
-              "layer; MSA layers at most k*B keys), over a %.1f TFLOP/s peak.\n",
-              "projection and LM-head weights", peak);
+  std::printf(
+      "MFU counts 6N FLOPs per token (N = %s) plus causal attention (6 H d per key and "
+      "layer; MSA layers at most k*B keys, plus their index scores, 2 G d_I per earlier "
+      "token), over a %.1f TFLOP/s peak.\n",
+      "projection and LM-head weights", peak);
   return 0;
 }
 

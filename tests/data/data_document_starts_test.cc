@@ -89,6 +89,12 @@ TEST(DataDocumentStartsTest, RefusedWithoutAnEosId) {
   EXPECT_THAT(std::string(s.message()), HasSubstr("eos_id 99999 is not below --vocab_size=64"));
   EXPECT_TRUE(shards_eos_id({big + "/train-00000.tok"}).ok()) << "no vocabulary to check against";
 
+  // A truncated metadata file is said to be broken JSON (it was "not a JSON object").
+  const std::string cut = make_packed_corpus("meta_cut", R"({"eos_id": 3)");
+  s = shards_eos_id({cut + "/train-00000.tok"}).status();
+  EXPECT_THAT(std::string(s.message()), HasSubstr("--pack_documents"));
+  EXPECT_THAT(std::string(s.message()), HasSubstr(cut + "/train.json: not valid JSON"));
+
   // A directory where the metadata file belongs: a message naming it, not an uncaught
   // std::ios_base::failure from the stream read.
   const std::string as_dir = make_packed_corpus("meta_dir", "");

@@ -30,6 +30,11 @@ TEST(BenchCliTest, MsaBenchRefusesUnusableFlagsNamingThem) {
        "invalid --model_seqs: only the dense and step benchmarks read it, not msa"},
       {"dense --topk=8", "invalid --topk: only the msa and step benchmarks read it, not dense"},
       {"msa --cp_shards=1", "invalid --cp_shards: 1"},
+      // Lengths the shares cannot split: the cp table was left out without a word.
+      {"msa --cp_shards=3", "invalid --cp_shards: 3 does not split --seqs length 8192"},
+      {"msa --cp_shards=2 --batch=2", "invalid --cp_shards: 2 needs --batch=1"},
+      // The sink selection's share read the row's element -1 at k = 1.
+      {"msa --selection=sink --topk=1", "invalid --topk: 1 with --selection=sink"},
       {"step --iters=9", "invalid --iters: only the msa and dense benchmarks read it, not step"},
       {"", "expected one benchmark name"},
   };

@@ -235,7 +235,7 @@ TEST(MsaDataCliTest, InputsWithoutDocumentsLeaveTheOutputUnchanged) {
   CommandResult r =
       run_program("msa-data", "text --input=" + dir + "/empty.jsonl --overwrite" + out);
   EXPECT_EQ(r.exit_code, 1) << r.output;
-  EXPECT_THAT(r.output, HasSubstr("invalid --input: no documents in " + dir + "/empty.jsonl"));
+  EXPECT_THAT(r.output, HasSubstr("invalid --input: no text in " + dir + "/empty.jsonl"));
   EXPECT_EQ(slurp(dir + "/out/train-00000.tok"), shard);
   EXPECT_TRUE(std::ifstream(dir + "/out/train.json").good());
   // An empty plain-text file is no document either (it was one of just the EOS, and replaced the
@@ -243,7 +243,14 @@ TEST(MsaDataCliTest, InputsWithoutDocumentsLeaveTheOutputUnchanged) {
   std::ofstream(dir + "/empty.txt").flush();
   r = run_program("msa-data", "text --input=" + dir + "/empty.txt --overwrite" + out);
   EXPECT_EQ(r.exit_code, 1) << r.output;
-  EXPECT_THAT(r.output, HasSubstr("invalid --input: no documents in " + dir + "/empty.txt"));
+  EXPECT_THAT(r.output, HasSubstr("invalid --input: no text in " + dir + "/empty.txt"));
+  EXPECT_EQ(slurp(dir + "/out/train-00000.tok"), shard);
+  // Nor are JSONL lines of empty strings, each of which is a document of just the EOS (they
+  // replaced the shards with two EOS tokens).
+  std::ofstream(dir + "/empty_strings.jsonl") << "{\"text\": \"\"}\n{\"text\": \"\"}\n";
+  r = run_program("msa-data", "text --input=" + dir + "/empty_strings.jsonl --overwrite" + out);
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("invalid --input: no text in " + dir + "/empty_strings.jsonl"));
   EXPECT_EQ(slurp(dir + "/out/train-00000.tok"), shard);
 }
 
