@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 #include "absl/strings/str_format.h"
@@ -283,11 +284,35 @@ void remove_flat_dir(const std::string& dir) {
   ::rmdir(dir.c_str());
 }
 
-absl::Status prepare_shard_dir(const std::string& dir, bool overwrite) {
-  absl::StatusOr<std::vector<std::string>> files = check_shard_dir(dir, overwrite);
-  if (!files.ok()) return files.status();
-  for (const std::string& f : *files)
-    if (std::remove(f.c_str()) != 0) return io_error(f, "cannot delete old shard");
+absl::StatusOr<std::unique_ptr<ShardStagingDir>> ShardStagingDir::create(
+    const std::string& parent) {
+  std::string templ = parent + "/.msa-data-XXXXXX";
+  if (::mkdtemp(templ.data()) == nullptr)
+    return absl::InvalidArgumentError(
+        absl::StrFormat("invalid --output: cannot create a staging directory in '%s': %s", parent,
+                        std::strerror(errno)));
+  return std::unique_ptr<ShardStagingDir>(new ShardStagingDir(templ));
+}
+
+ShardStagingDir::~ShardStagingDir() {
+  if (!path_.empty()) remove_flat_dir(path_);
+}
+
+absl::Status ShardStagingDir::commit(const std::string& dir, const std::vector<std::string>& stale,
+                                     const std::vector<std::string>& names) {
+  for (const std::string& name : names) {
+    const std::string from = path_ + "/" + name, to = dir + "/" + name;
+    if (std::rename(from.c_str(), to.c_str()) != 0)
+      return io_error(to, "cannot move the new shard into place");
+  }
+  for (const std::string& f : stale) {
+    const bool replaced = std::any_of(names.begin(), names.end(),
+                                      [&](const std::string& n) { return f == dir + "/" + n; });
+    if (!replaced && std::remove(f.c_str()) != 0 && errno != ENOENT)
+      return io_error(f, "cannot delete old shard");
+  }
+  if (::rmdir(path_.c_str()) != 0) return io_error(path_, "cannot remove staging directory");
+  path_.clear();
   return absl::OkStatus();
 }
 

@@ -9,8 +9,7 @@
 //   24      8     reserved (0)
 //   32      N*w   tokens
 //
-// Documents are concatenated with an EOS id between them (the tokenizer chooses
-// the id).
+// msa-data text ends each document with an EOS id (the tokenizer chooses the id; docs/data.md).
 #pragma once
 
 #include <cstdint>
@@ -78,10 +77,6 @@ absl::StatusOr<std::vector<std::string>> glob_files(const std::string& pattern);
 // nothing. Errors name the directory (as msa-data's --output).
 absl::StatusOr<std::vector<std::string>> check_shard_dir(const std::string& dir, bool overwrite);
 
-// check_shard_dir, then deletes what it found (so that no stale shard of an earlier run is read
-// with the new ones).
-absl::Status prepare_shard_dir(const std::string& dir, bool overwrite);
-
 // The metadata file msa-data writes with the shard <dir>/<prefix>-NNNNN.tok (five digits or more):
 // <dir>/<prefix>.json
 // (nullopt for a file not named so).
@@ -90,5 +85,29 @@ std::optional<std::string> shard_metadata_path(const std::string& shard);
 // Removes `dir` and the files directly inside it (a staging directory: flat, ours). Best effort:
 // what cannot be removed stays.
 void remove_flat_dir(const std::string& dir);
+
+// A hidden directory (.msa-data-XXXXXX) inside an output directory that holds new shards until
+// they are complete; removed with whatever it holds unless committed, so that a run that fails
+// part-way (bad input, a full disk, an allocation) leaves the output's old shards as they were.
+class ShardStagingDir {
+ public:
+  // Errors name `parent` as msa-data's --output.
+  static absl::StatusOr<std::unique_ptr<ShardStagingDir>> create(const std::string& parent);
+  ~ShardStagingDir();
+  ShardStagingDir(const ShardStagingDir&) = delete;
+  ShardStagingDir& operator=(const ShardStagingDir&) = delete;
+  const std::string& path() const { return path_; }
+
+  // Moves `names` (in order) from the staging directory to `dir`, then deletes the files of
+  // `stale` (the old shards and metadata) that the new ones did not replace, then removes the
+  // staging directory. The new files go in first (rename replaces a same-named old one
+  // atomically), so that a failure part-way never leaves the directory without a complete set.
+  absl::Status commit(const std::string& dir, const std::vector<std::string>& stale,
+                      const std::vector<std::string>& names);
+
+ private:
+  explicit ShardStagingDir(std::string path) : path_(std::move(path)) {}
+  std::string path_;
+};
 
 }  // namespace msa

@@ -196,51 +196,6 @@ class ShardSink {
   std::vector<std::string> names_;
 };
 
-// A hidden directory inside the output directory that holds the new shards until they are
-// complete; removed with whatever it holds unless committed.
-class StagingDir {
- public:
-  static absl::StatusOr<std::unique_ptr<StagingDir>> create(const std::string& parent) {
-    std::string templ = parent + "/.msa-data-XXXXXX";
-    if (::mkdtemp(templ.data()) == nullptr)
-      return absl::InvalidArgumentError(
-          absl::StrFormat("invalid --output: cannot create a staging directory in '%s': %s", parent,
-                          std::strerror(errno)));
-    return std::unique_ptr<StagingDir>(new StagingDir(templ));
-  }
-  ~StagingDir() {
-    if (!path_.empty()) remove_flat_dir(path_);
-  }
-  const std::string& path() const { return path_; }
-
-  // Moves `names` (in order) from the staging directory to `dir`, then deletes the files of
-  // `stale` (the old shards and metadata) that the new ones did not replace, then removes the
-  // staging directory. The new files go in first (rename replaces a same-named old one
-  // atomically), so that a failure part-way never leaves the directory without a complete set.
-  absl::Status commit(const std::string& dir, const std::vector<std::string>& stale,
-                      const std::vector<std::string>& names) {
-    for (const std::string& name : names) {
-      const std::string from = path_ + "/" + name, to = dir + "/" + name;
-      if (std::rename(from.c_str(), to.c_str()) != 0)
-        return io_error(to, "cannot move the new shard into place");
-    }
-    for (const std::string& f : stale) {
-      const bool replaced = std::any_of(names.begin(), names.end(), [&](const std::string& n) {
-        return f == dir + "/" + n;
-      });
-      if (!replaced && std::remove(f.c_str()) != 0 && errno != ENOENT)
-        return io_error(f, "cannot delete old shard");
-    }
-    if (::rmdir(path_.c_str()) != 0) return io_error(path_, "cannot remove staging directory");
-    path_.clear();
-    return absl::OkStatus();
-  }
-
- private:
-  explicit StagingDir(std::string path) : path_(std::move(path)) {}
-  std::string path_;
-};
-
 absl::Status write_metadata(const std::string& path, const TextShardingOptions& o,
                             const std::vector<TextFormat>& formats,
                             const std::vector<int64_t>& sizes, const TextShardingResult& r,
@@ -362,7 +317,8 @@ absl::StatusOr<TextShardingResult> write_text_shards(
           metadata));
   }
   absl::StatusOr<TextShardingResult> result = [&]() -> absl::StatusOr<TextShardingResult> {
-    MSA_ASSIGN_OR_RETURN(std::unique_ptr<StagingDir> staging, StagingDir::create(o.output_dir));
+    MSA_ASSIGN_OR_RETURN(std::unique_ptr<ShardStagingDir> staging,
+                         ShardStagingDir::create(o.output_dir));
     TextShardingResult r;
     r.tokenizer = tok.describe();
     r.vocab_size = vocab;
