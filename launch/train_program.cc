@@ -351,6 +351,7 @@ std::string run_json(const TrainProgramOptions& o) {
   j["adam_eps"] = o.optimizer.eps;
   j["grad_clip"] = o.optimizer.grad_clip;
   for (const auto& [key, value] : o.source_model) j[key] = value;
+  if (!o.data_identity.empty()) j["data_identity"] = o.data_identity;
   return j.dump();
 }
 
@@ -412,11 +413,15 @@ absl::StatusOr<bool> reconcile_resumed_run(const std::string& stored, const std:
     if (it == was.end() || *it == value || key == "seed" || key == "dense_attention_steps" ||
         key == "dense_attention_fraction")
       continue;
-    const bool data_flag = key == "data" || key == "seq_len" ||
+    const bool data_flag = key == "data" || key == "seq_len" || key == "data_identity" ||
                            ((key == "val_fraction" || key == "pack_documents") && shards) ||
                            ((key == "synthetic_pairs" || key == "synthetic_depth") && generated);
+    // data_identity is no flag: the shards under an unchanged --data were regenerated or extended.
     (data_flag ? data_changes : other_changes)
-        .push_back(absl::StrFormat("--%s %s -> %s", key, shown(*it), shown(value)));
+        .push_back(
+            key == "data_identity"
+                ? absl::StrFormat("the shards behind --data: %s -> %s", shown(*it), shown(value))
+                : absl::StrFormat("--%s %s -> %s", key, shown(*it), shown(value)));
   }
   const std::string changes = absl::StrJoin(data_changes, ", ");
   if (!data_changes.empty() && !o.new_data) {
@@ -856,6 +861,15 @@ absl::Status run_train_program(TrainProgramOptions o) {
     }
     return absl::OkStatus();
   }()));
+  o.data_identity = data->data_identity();
+  // Every rank must read the same data: nodes with their own copies of the shards can differ
+  // (a copy half done, an older set), and each rank would draw its samples from its own.
+  if (const uint64_t h = fnv1a64(o.data_identity);
+      world->all_reduce_sum(static_cast<int64_t>(world->broadcast(h, 0) != h)) != 0)
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "invalid --data: the ranks read different shards under '%s' (this rank: %s); give every "
+        "node the same copy",
+        o.data, o.data_identity));
   const bool leader = groups.world_rank == 0;
   if (!leader) o.trainer.quiet = true;
   if (validation && validation->distinct_batches() == 0)

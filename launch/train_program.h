@@ -46,6 +46,9 @@ struct TrainProgramOptions {
   // The Hugging Face source of the weights (hf_architecture, hf_dtype), from the checkpoint
   // loaded; recorded in the run's checkpoints for msa-convert --export_hf.
   std::map<std::string, std::string> source_model;
+  // What --data reads beyond its name (BatchSource::data_identity), set once the source is open;
+  // recorded in the run's checkpoints so that --resume notices changed shards.
+  std::string data_identity;
   int64_t exit_after_step = 0;     // stop (with a checkpoint) after this step, as if preempted
   std::string metrics_jsonl;       // append one JSON line per step (full precision) to this file
   int tp = 1;                      // tensor-parallel size (world = dp x cp x tp)

@@ -45,6 +45,12 @@ class BatchSource {
   // together; 0 when the split is smaller than one global batch); -1: no limit (training sources,
   // synthetic data).
   virtual int64_t distinct_batches() const { return -1; }
+  // What the samples are drawn from, beyond the flags that name it: for token shards their count,
+  // total tokens and a hash of each shard's token count in file order ("" when the flags say it
+  // all: generated data). A resumed run compares it with its checkpoint's, and the ranks with
+  // each other, so that shards regenerated or extended under the same --data glob (a new window
+  // order, trained windows moved into the validation split) are not read as the same data.
+  virtual std::string data_identity() const { return ""; }
 };
 
 // How a run's global batch is split: a source for rank `dp_rank` of `dp_size` returns that rank's

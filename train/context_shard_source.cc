@@ -26,6 +26,7 @@ class ContextShardSource : public BatchSource {
     return b;
   }
   int64_t distinct_batches() const override { return inner_->distinct_batches(); }
+  std::string data_identity() const override { return inner_->data_identity(); }
 
   std::string describe() const override {
     return absl::StrFormat("%s, context shard %d of %d%s", inner_->describe(), rank_, size_,

@@ -3,10 +3,12 @@
 #include <optional>
 #include <utility>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "core/status.h"
 #include "data/document_starts.h"
 #include "data/window_sampler.h"
+#include "model/parameters.h"
 #include "train/batch_source.h"
 
 namespace msa {
@@ -53,6 +55,17 @@ class ShardSource : public BatchSource {
     // split smaller than one).
     const int64_t global = batch_ * layout_.dp_size;
     return validation_ ? sampler_->num_val_windows() / global : -1;
+  }
+
+  std::string data_identity() const override {
+    int64_t tokens = 0;
+    std::string sizes;
+    for (const auto& shard : sampler_->shards()) {
+      tokens += shard->size();
+      absl::StrAppend(&sizes, shard->size(), ",");
+    }
+    return absl::StrFormat("%d shard(s), %d tokens (sizes hash %016x)", sampler_->shards().size(),
+                           tokens, fnv1a64(sizes));
   }
 
   std::string describe() const override {
