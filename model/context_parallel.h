@@ -1,10 +1,12 @@
 // Context parallelism (DESIGN.md section 5, the all-gather CP of Llama 3): the cp ranks of one
-// data-parallel replica each hold a contiguous shard of every sequence, T / cp tokens, at
-// positions [p0, p0 + T / cp) with p0 = rank * T / cp. Everything but attention is per token and
-// runs on the shard alone. Before each attention the ranks all-gather the keys and values (after
-// RoPE) and, for MSA layers, the index keys; each rank then attends, selects and computes the
-// index loss for its own queries over the keys [0, p0 + T / cp) (the kernels' fewer-queries-than-
-// keys form, kernels/attention.h and kernels/msa.h). The backward returns each key's gradient to
+// data-parallel replica each hold T / cp tokens of every sequence (cp_token_chunks): with the
+// contiguous layout one shard [rank T / cp, (rank + 1) T / cp); with zig-zag (msa-train's
+// default, balanced causal work) the chunks rank and 2 cp - 1 - rank of 2 cp. Everything but
+// attention is per token and runs on the rank's tokens alone. Before each attention the ranks
+// all-gather the keys and values (after RoPE) and, for MSA layers, the index keys; each rank then
+// attends, selects and computes the index loss for its own queries over the keys [0, key_len),
+// key_len the end of its last chunk (the kernels' fewer-queries-than-keys form,
+// kernels/attention.h and kernels/msa.h). The backward returns each key's gradient to
 // its owner: a reduce-scatter (sum) of dK, dV and the index-key gradient. Parameters are
 // replicated over cp: their gradients are summed over dp x cp (ProcessGroups::gradient_group).
 //
