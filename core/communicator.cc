@@ -149,6 +149,13 @@ std::string ProcessGroups::describe() const {
                          tp_rank);
 }
 
+SplitMpiComms::~SplitMpiComms() {
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (finalized) return;  // MPI_Finalize freed them
+  for (MPI_Comm& c : comms) MPI_Comm_free(&c);
+}
+
 int node_local_rank() {
   MPI_Comm node;
   MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
@@ -195,21 +202,23 @@ absl::StatusOr<ProcessGroups> make_process_groups_with(int tp, int cp,
   g.tp_rank = g.world_rank % tp;
   g.cp_rank = (g.world_rank / tp) % cp;
   g.dp_rank = g.world_rank / (tp * cp);
-  // The split communicators live as long as the process (freed by MPI_Finalize). Colours name
-  // what the members share; keys order them by the remaining coordinate.
-  MPI_Comm dp_comm, cp_comm, tp_comm;
-  MPI_Comm_split(MPI_COMM_WORLD, g.cp_rank * tp + g.tp_rank, g.dp_rank, &dp_comm);
-  MPI_Comm_split(MPI_COMM_WORLD, g.dp_rank * tp + g.tp_rank, g.cp_rank, &cp_comm);
-  MPI_Comm_split(MPI_COMM_WORLD, g.dp_rank * cp + g.cp_rank, g.tp_rank, &tp_comm);
+  // The split communicators live as long as the groups (SplitMpiComms). Colours name what the
+  // members share; keys order them by the remaining coordinate.
+  g.split_comms = std::make_unique<SplitMpiComms>();
+  auto split = [&](int colour, int key) {
+    MPI_Comm c;
+    MPI_Comm_split(MPI_COMM_WORLD, colour, key, &c);
+    g.split_comms->comms.push_back(c);
+    return c;
+  };
+  const MPI_Comm dp_comm = split(g.cp_rank * tp + g.tp_rank, g.dp_rank);
+  const MPI_Comm cp_comm = split(g.dp_rank * tp + g.tp_rank, g.cp_rank);
+  const MPI_Comm tp_comm = split(g.dp_rank * cp + g.cp_rank, g.tp_rank);
   g.world = make(MPI_COMM_WORLD);
   g.dp = make(dp_comm);
   g.cp = make(cp_comm);
   g.tp = make(tp_comm);
-  if (cp > 1) {
-    MPI_Comm dp_cp_comm;
-    MPI_Comm_split(MPI_COMM_WORLD, g.tp_rank, g.dp_rank * cp + g.cp_rank, &dp_cp_comm);
-    g.dp_cp = make(dp_cp_comm);
-  }
+  if (cp > 1) g.dp_cp = make(split(g.tp_rank, g.dp_rank * cp + g.cp_rank));
   return g;
 }
 

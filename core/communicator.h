@@ -12,6 +12,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "core/tensor.h"
@@ -57,7 +58,20 @@ std::unique_ptr<Communicator> make_mpi_communicator(MPI_Comm comm);
 // CPU tensors and scalars go through MPI. Collective over `comm`. Defined in core/cuda/.
 std::unique_ptr<Communicator> make_nccl_communicator(MPI_Comm comm);
 
+// The MPI communicators make_process_groups splits off MPI_COMM_WORLD, freed when the groups go
+// (after the communicators built on them: a caller that makes groups per test or per layout ran
+// out of MPI's communicator ids after ~16,000).
+struct SplitMpiComms {
+  std::vector<MPI_Comm> comms;
+  SplitMpiComms() = default;
+  SplitMpiComms(const SplitMpiComms&) = delete;
+  SplitMpiComms& operator=(const SplitMpiComms&) = delete;
+  ~SplitMpiComms();
+};
+
 struct ProcessGroups {
+  // Declared first so that it is destroyed last, after every Communicator below.
+  std::unique_ptr<SplitMpiComms> split_comms;
   int world_rank = 0, world_size = 1;
   int local_rank = 0;  // rank among the processes of this node (picks the GPU)
   int dp_rank = 0, dp_size = 1;

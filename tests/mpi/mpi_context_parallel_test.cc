@@ -81,6 +81,19 @@ TEST(MpiContextParallelTest, ProcessGroupsPlaceCpBetweenTpAndDp) {
   EXPECT_FALSE(make_process_groups(1, 3, false).ok());  // 3 divides neither 2 nor 4
 }
 
+// Groups free the MPI communicators they split off: a caller that makes groups again and again
+// (a test per layout, run_train_program in-process) died in MPI_Comm_split with MPI_ERR_INTERN
+// after ~16,000 groups, when Open MPI ran out of communicator ids. Each pass splits four.
+TEST(MpiContextParallelTest, GroupsMadeAgainAndAgainFreeTheirCommunicators) {
+  int world = 1;
+  MPI_Comm_size(MPI_COMM_WORLD, &world);
+  for (int i = 0; i < 18000; ++i) {
+    auto made = make_process_groups(1, world, false);
+    ASSERT_TRUE(made.ok()) << "pass " << i << ": " << made.status();
+    ASSERT_EQ(made->cp->size(), world) << "pass " << i;
+  }
+}
+
 TEST(MpiContextParallelTest, ShardsMustHoldWholeBlocks) {
   const ModelConfig msa = tiny(Stack::kMsa), dense = tiny(Stack::kDense);
   EXPECT_TRUE(check_context_parallel(msa, 4, 64).ok());
