@@ -4,7 +4,7 @@
 // losses and every parameter's full gradient, for dense, MSA and hybrid stacks, in the sparse and
 // the dense-attention warm-up phases, with and without packed documents (spanning shards: the
 // kernels then take query offsets that are not multiples of the block size), in the contiguous
-// and (packed) the zig-zag layout. Two model sizes: head
+// and the zig-zag layout (with and without packing). Two model sizes: head
 // dim 4 / d_I 8 / B 8 (the CUDA-core kernels: cuDNN and the tensor-core MSA kernels take no such
 // sizes) and head dim 64 / d_I 64 / B 64 (cuDNN, the mma.sync indexer, the KV-outer sparse
 // attention and the index loss kernels), both with k < n_b. So every CUDA kernel's query offset
@@ -111,12 +111,14 @@ TEST_F(MpiContextParallelGpuTest, LossesAndEveryParametersFullGradientMatchOneRa
         const ModelConfig base = config(size, stack);
         const bool fast = size.seq_len == 512;
         for (test::Phase phase : test::phases_of(base))
-          // variant % 3: plain, packed, zig-zag and packed; variant >= 3: the same with every
-          // block selected (the control of the near-tie tolerance below: fast size, MSA layers,
-          // sparse phase only).
-          for (int variant = 0; variant < 6; ++variant) {
-            const bool packed = variant % 3 != 0, zigzag = variant % 3 == 2;
-            const bool all_blocks = variant >= 3;
+          // variant % 4: plain, packed, zig-zag and packed, zig-zag (msa-train's default layout,
+          // whose rank 0 holds two chunks far apart); variant >= 4: the same with every block
+          // selected (the control of the near-tie tolerance below: fast size, MSA layers, sparse
+          // phase only).
+          for (int variant = 0; variant < 8; ++variant) {
+            const bool packed = variant % 4 == 1 || variant % 4 == 2;
+            const bool zigzag = variant % 4 >= 2;
+            const bool all_blocks = variant >= 4;
             if (phase == test::Phase::kFrozenBackboneWarmup) continue;  // the CPU test has it
             const bool selects = base.any_msa() && phase == test::Phase::kSparse;
             if (all_blocks && !(fast && selects)) continue;
@@ -128,7 +130,7 @@ TEST_F(MpiContextParallelGpuTest, LossesAndEveryParametersFullGradientMatchOneRa
             // another near-tied block than one rank does, and attend to other keys. Measured on
             // an H100 at cp 2 x tp 2 (MSA stack, plain): 0.18 on layers.1.attn.wk.weight, the
             // query / key projections only; with every block selected the same case is within
-            // kGradTol (variants 3-5 check that for each layout). A kernel that mishandles an
+            // kGradTol (variants 4-7 check that for each layout). A kernel that mishandles an
             // offset or a gathered key moves the gradients by O(1).
             const bool near_ties = fast && selects && !all_blocks;
             const double tol = near_ties ? 0.25 : kGradTol;

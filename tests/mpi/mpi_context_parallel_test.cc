@@ -107,6 +107,14 @@ TEST(MpiContextParallelTest, ShardsMustHoldWholeBlocks) {
   // (it was refused, blaming --cp).
   EXPECT_TRUE(check_context_parallel(msa, 1, 100, /*zigzag=*/true).ok());
   EXPECT_TRUE(check_context_parallel(msa, 1, 100, /*zigzag=*/false).ok());
+  // Zig-zag: each of the 2 cp chunks holds whole blocks, and even a dense model needs 2 cp chunks.
+  EXPECT_TRUE(check_context_parallel(msa, 2, 64, /*zigzag=*/true).ok());  // chunks of 16
+  const absl::Status half_blocks = check_context_parallel(msa, 4, 32, /*zigzag=*/true);  // of 4
+  EXPECT_FALSE(half_blocks.ok());
+  EXPECT_NE(half_blocks.message().find("--cp"), std::string::npos) << half_blocks;
+  EXPECT_TRUE(check_context_parallel(msa, 4, 32, /*zigzag=*/false).ok());   // shards of 8
+  EXPECT_FALSE(check_context_parallel(dense, 2, 6, /*zigzag=*/true).ok());  // 4 chunks of 1.5
+  EXPECT_TRUE(check_context_parallel(dense, 2, 6, /*zigzag=*/false).ok());
 }
 
 // One case: a layout, a stack, a phase.
@@ -268,7 +276,7 @@ TEST(MpiContextParallelTest, StridedRecallsEqualOneRanks) {
 }
 
 // Recomputation gathers the keys again in the backward (and reuses the forward's selection): the
-// gradients are those of the run that keeps its activations.
+// gradients are those of the run that keeps its activations, in both layouts.
 TEST(MpiContextParallelTest, RecomputationGivesTheSameGradients) {
   const Layout l = layouts().front();
   auto made = make_process_groups(l.tp, l.cp, false);
@@ -277,19 +285,21 @@ TEST(MpiContextParallelTest, RecomputationGivesTheSameGradients) {
   for (Stack stack : {Stack::kMsa, Stack::kHybridQwenStyle}) {
     const Case k{&groups, stack, test::Phase::kSparse};
     const test::StepGradients one = single_rank(k);
-    for (Recompute r : {Recompute::kAttention, Recompute::kFull}) {
-      test::ParallelSetup setup(tiny(stack), &groups, false, 2, 1, 1, 0, 0, Device::kCPU, 1e-3,
-                                kSeqLen);
-      setup.model.set_recompute(r);
-      Trainer trainer(setup.model, *setup.optimizer, *setup.data, setup.config);
-      const StepMetrics m = trainer.train_step(1);
-      std::map<std::string, Tensor> grads;
-      for (Parameter& p : setup.model.params().all()) grads[p.spec.name] = p.grad.clone();
-      grads = setup.full(std::move(grads));
-      for (const auto& [name, rel] : rel_diffs_over_ranks(grads, one.grads))
-        EXPECT_LT(rel, kTol) << name << "; recompute " << recompute_name(r) << "; " << k.describe();
-      EXPECT_LT(max_over_ranks(test::rel_diff(m.loss, one.metrics.loss)), kTol) << k.describe();
-    }
+    for (Recompute r : {Recompute::kAttention, Recompute::kFull})
+      for (bool zigzag : {false, true}) {
+        test::ParallelSetup setup(tiny(stack), &groups, false, 2, 1, 1, 0, 0, Device::kCPU, 1e-3,
+                                  kSeqLen, {}, zigzag);
+        setup.model.set_recompute(r);
+        Trainer trainer(setup.model, *setup.optimizer, *setup.data, setup.config);
+        const StepMetrics m = trainer.train_step(1);
+        std::map<std::string, Tensor> grads;
+        for (Parameter& p : setup.model.params().all()) grads[p.spec.name] = p.grad.clone();
+        grads = setup.full(std::move(grads));
+        for (const auto& [name, rel] : rel_diffs_over_ranks(grads, one.grads))
+          EXPECT_LT(rel, kTol) << name << "; recompute " << recompute_name(r)
+                               << (zigzag ? "; zig-zag; " : "; ") << k.describe();
+        EXPECT_LT(max_over_ranks(test::rel_diff(m.loss, one.metrics.loss)), kTol) << k.describe();
+      }
   }
 }
 
