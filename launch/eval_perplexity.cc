@@ -3,6 +3,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
+#include <map>
+#include <system_error>
+#include <utility>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
@@ -20,10 +24,24 @@ absl::StatusOr<std::unique_ptr<EvalShards>> EvalShards::open(const std::string& 
   if (seq_len < 1)
     return absl::InvalidArgumentError(absl::StrFormat("invalid --seq_len: %d is < 1", seq_len));
   std::vector<std::string> files;
+  // A shard that two globs match (or one file spelled two ways) would have its windows evaluated
+  // and its tokens counted twice: refused, naming both.
+  std::map<std::string, std::pair<std::string, std::string>> seen;  // canonical -> (file, glob)
   for (absl::string_view glob : absl::StrSplit(spec, ',', absl::SkipEmpty())) {
     auto matched = glob_files(std::string(glob));
     if (!matched.ok()) return annotate(matched.status(), "invalid --data");
-    files.insert(files.end(), matched->begin(), matched->end());
+    for (const std::string& f : *matched) {
+      std::error_code error;
+      std::string key = std::filesystem::weakly_canonical(f, error).string();
+      if (error) key = f;
+      const auto [it, fresh] = seen.emplace(key, std::make_pair(f, std::string(glob)));
+      if (!fresh)
+        return absl::InvalidArgumentError(absl::StrFormat(
+            "invalid --data: the shard '%s' is matched by '%s' and again by '%s' (as '%s'); its "
+            "windows would be evaluated twice",
+            it->second.first, it->second.second, glob, f));
+      files.push_back(f);
+    }
   }
   if (files.empty()) return absl::InvalidArgumentError("invalid --data: no shards given");
   std::unique_ptr<EvalShards> s(new EvalShards());

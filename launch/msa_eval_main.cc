@@ -92,7 +92,9 @@ ABSL_FLAG(std::string, plot, "",
           "With --data: also draw loss against position (log2 axis) to this PNG file.");
 ABSL_FLAG(std::string, plot_size, "800x500", "With --plot: WIDTHxHEIGHT in pixels.");
 ABSL_FLAG(uint64_t, seed, 20261123,
-          "Seed of the evaluation samples (disjoint from training's) and of the --data windows.");
+          "Seed of the evaluation samples and of the --data windows (the default differs from "
+          "msa-train's, so its samples are not the training run's; a training run with this very "
+          "seed would have seen them).");
 ABSL_FLAG(std::string, out_dir, "", "Write <out_dir>/<name>.csv and .md (empty: print only).");
 ABSL_FLAG(std::string, name, "quality", "File stem of the report.");
 ABSL_FLAG(std::string, device, "auto", "'cpu', 'cuda' or 'auto'.");
@@ -676,9 +678,16 @@ absl::Status run() {
   const std::string checkpoint_flag = absl::GetFlag(FLAGS_checkpoint);
   const std::vector<std::string> paths = absl::StrSplit(checkpoint_flag, ',', absl::SkipEmpty());
   if (paths.empty()) return absl::InvalidArgumentError("invalid --checkpoint: required");
-  for (const std::string& path : paths)
-    MSA_RETURN_IF_ERROR(
-        refuse_directory("checkpoint", path, "give one checkpoint file, e.g. 'DIR/ckpt-*.h5'"));
+  for (const std::string& path : paths) {
+    // The hint names a file of the directory: a glob is no checkpoint (--flag=pattern is not
+    // expanded by the shell, and the file name was then "not found").
+    const std::vector<int64_t> steps = msa::list_checkpoint_steps(path);
+    const std::string hint =
+        steps.empty() ? std::string("give one checkpoint file, e.g. 'DIR/ckpt-00000600.h5'")
+                      : absl::StrFormat("give one checkpoint file, e.g. the newest: '%s'",
+                                        msa::checkpoint_path(path, steps.front()));
+    MSA_RETURN_IF_ERROR(refuse_directory("checkpoint", path, hint.c_str()));
+  }
   MSA_RETURN_IF_ERROR(refuse_other_mode_flags(!absl::GetFlag(FLAGS_data).empty()));
   const bool dumping_logits = !absl::GetFlag(FLAGS_dump_logits_tokens).empty();
   if (dumping_logits) MSA_RETURN_IF_ERROR(refuse_report_flags_when_dumping());

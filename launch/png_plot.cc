@@ -258,10 +258,20 @@ Raster render_line_plot(const LinePlot& plot, int width, int height) {
   }
 
   if (!plot.series.empty()) {
-    int label_w = 0;
-    for (const PlotSeries& series : plot.series)
-      label_w = std::max(label_w, Raster::text_width(series.label, s));
     const int sample_w = 8 * gap, row_h = ch + gap;
+    // Labels (checkpoint paths by default) keep their ends, "..." in front, so that the box fits
+    // inside the frame: a long one pushed it off the image, with the other labels.
+    const int max_label_w = std::max(0, right - left - 5 * gap - sample_w);
+    std::vector<std::string> labels;
+    int label_w = 0;
+    for (const PlotSeries& series : plot.series) {
+      std::string label = series.label;
+      for (size_t cut = 1; Raster::text_width(label, s) > max_label_w && cut < series.label.size();
+           ++cut)
+        label = "..." + series.label.substr(cut);
+      label_w = std::max(label_w, Raster::text_width(label, s));
+      labels.push_back(std::move(label));
+    }
     const int box_w = gap + sample_w + gap + label_w + gap;
     const int box_h = gap + static_cast<int>(plot.series.size()) * row_h;
     const int bx = right - gap - box_w, by = top + gap;
@@ -274,7 +284,7 @@ Raster render_line_plot(const LinePlot& plot, int width, int height) {
       const int y = by + gap + static_cast<int>(k) * row_h;
       const Rgb c = kPalette[k % std::size(kPalette)];
       r.line(bx + gap, y + ch / 2, bx + gap + sample_w, y + ch / 2, c, s);
-      r.text(bx + 2 * gap + sample_w, y, plot.series[k].label, kBlack, s);
+      r.text(bx + 2 * gap + sample_w, y, labels[k], kBlack, s);
     }
   }
   return r;

@@ -182,6 +182,13 @@ TEST(MsaEvalCliTest, DirectoriesAreRefusedByName) {
   CommandResult checkpoint = run("msa-eval", "--checkpoint=" + dir + kCell);
   EXPECT_EQ(checkpoint.exit_code, 1) << checkpoint.output;
   EXPECT_THAT(checkpoint.output, HasSubstr("invalid --checkpoint: '" + dir + "' is a directory"));
+  // A run's checkpoint directory: the hint names its newest file (it suggested a glob, which
+  // --checkpoint does not take).
+  const std::string run_dir = ckpt.substr(0, ckpt.rfind('/'));
+  checkpoint = run("msa-eval", "--checkpoint=" + run_dir + kCell);
+  EXPECT_EQ(checkpoint.exit_code, 1) << checkpoint.output;
+  EXPECT_THAT(checkpoint.output,
+              HasSubstr("is a directory (give one checkpoint file, e.g. the newest: '" + ckpt));
 }
 
 TEST(MsaEvalCliTest, ValidFlagsStillMeasure) {

@@ -386,6 +386,14 @@ TEST_F(MsaEvalPerplexityTest, BadInputsNameTheFlagOrFile) {
   r = run_eval(ok + " --data='" + short_shard + "," + data_.glob + "'");
   EXPECT_EQ(r.exit_code, 0) << r.output;
   EXPECT_THAT(r.output, HasSubstr("warning: skipping shard " + short_shard + ": 50 tokens"));
+  // A shard that two globs match (here spelled with ./ too) was evaluated and counted twice.
+  r = run_eval(ok + " --data='" + data_.glob + "," + dir_ + "/./" + "short.tok," + short_shard +
+               "'");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("invalid --data: the shard '" + dir_ +
+                                  "/./short.tok' is "
+                                  "matched by '" +
+                                  dir_ + "/./short.tok' and again by '" + short_shard + "'"));
   // A token outside the vocabulary.
   const std::string wide = dir_ + "/wide.tok";
   std::vector<uint32_t> tokens = make_tokens(2 * kSeqLen + 1, 4);

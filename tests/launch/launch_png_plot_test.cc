@@ -3,6 +3,7 @@
 #include <png.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -82,6 +83,22 @@ TEST(PngPlotTest, ChartDrawsEverySeriesInItsColourAndAFrame) {
   EXPECT_GT(count(r, Rgb{31, 119, 180}), 100);  // series a
   EXPECT_GT(count(r, Rgb{255, 127, 14}), 50);   // series b (its NaN point skipped)
   EXPECT_GT(count(r, kBlack), 500);             // frame, ticks and labels
+}
+
+// A long label (checkpoint paths are the default labels) keeps the legend inside the image: its
+// box's left edge was pushed past x = 0, cutting its text and hiding the short label's entry.
+TEST(PngPlotTest, LongLabelsKeepTheLegendInsideTheFrame) {
+  LinePlot plot;
+  plot.series = {{std::string(300, 'x') + "/ckpt-00000060.h5", {1, 2}, {1.0, 2.0}},
+                 {"b", {1, 2}, {2.0, 1.0}}};
+  const Raster r = render_line_plot(plot, 400, 300);
+  constexpr Rgb kLegendBorder{160, 160, 160};
+  int leftmost = r.width();
+  for (int y = 0; y < r.height(); ++y)
+    for (int x = 0; x < r.width(); ++x)
+      if (r.pixel(x, y) == kLegendBorder) leftmost = std::min(leftmost, x);
+  ASSERT_LT(leftmost, r.width()) << "no legend drawn";
+  EXPECT_GT(leftmost, 20) << "the legend box starts at the image's edge";
 }
 
 TEST(PngPlotTest, PngRoundTrips) {
