@@ -37,7 +37,7 @@ absl::StatusOr<int32_t> shards_eos_id(const std::vector<std::string>& shard_path
           "--pack_documents needs the EOS id that separates the documents of '%s': cannot read "
           "its metadata file (written by msa-data): %s",
           shard, read.status().message()));
-    // A file that does not parse says where (read_json_file names the line and column).
+    // A file that does not parse is said to be invalid JSON (it was "not a JSON object").
     if (!read.ok()) return annotate(read.status(), "--pack_documents");
     const nlohmann::json& j = *read;
     if (!j.is_object())

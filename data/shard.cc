@@ -226,7 +226,7 @@ absl::StatusOr<std::vector<std::string>> check_shard_dir(const std::string& dir,
     // Only regular files are shards: a directory named x.tok is not ours to delete.
     if (S_ISREG(entry.st_mode) && (ends_with(".tok") || ends_with(".tok.tmp")))
       shards.push_back(dir + "/" + name);
-    // The staging directory of an msa-data text run that was killed before it committed.
+    // The staging directory of an msa-data run that was killed before it committed.
     if (S_ISDIR(entry.st_mode) && name.rfind(".msa-data-", 0) == 0)
       staging.push_back(dir + "/" + name);
   }

@@ -48,8 +48,9 @@ class BatchSource {
   // What the samples are drawn from, beyond the flags that name it: for token shards their count,
   // total tokens and a hash of each shard's token count in file order ("" when the flags say it
   // all: generated data). A resumed run compares it with its checkpoint's, and the ranks with
-  // each other, so that shards regenerated or extended under the same --data glob (a new window
-  // order, trained windows moved into the validation split) are not read as the same data.
+  // each other, so that shards extended or rebuilt to other sizes under the same --data glob (a
+  // new window order, trained windows moved into the validation split) are not read as the same
+  // data. Contents are not hashed: a rebuild to the very same sizes goes unnoticed.
   virtual std::string data_identity() const { return ""; }
 };
 

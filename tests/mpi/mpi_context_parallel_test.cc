@@ -87,6 +87,8 @@ TEST(MpiContextParallelTest, ProcessGroupsPlaceCpBetweenTpAndDp) {
 TEST(MpiContextParallelTest, GroupsMadeAgainAndAgainFreeTheirCommunicators) {
   int world = 1;
   MPI_Comm_size(MPI_COMM_WORLD, &world);
+  // ~0.5 ms a pass at 2 ranks, ten times that at 4 oversubscribed ranks: the 2-rank run checks it.
+  if (world != 2) GTEST_SKIP() << "runs at 2 ranks";
   for (int i = 0; i < 18000; ++i) {
     auto made = make_process_groups(1, world, false);
     ASSERT_TRUE(made.ok()) << "pass " << i << ": " << made.status();

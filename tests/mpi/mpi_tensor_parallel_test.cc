@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "core/communicator.h"
+#include "data/synthetic_shards.h"
 #include "gtest/gtest.h"
 #include "launch/train_program.h"
 #include "model/tensor_parallel.h"
@@ -367,6 +368,43 @@ TEST(MpiTensorParallelTest, RanksThatFindDifferentNewestCheckpointsRefuseToResum
         << s;
     // Nothing was trained or written.
     EXPECT_FALSE(fs::exists(checkpoint_path(ck, 6)));
+  }
+}
+
+// Ranks that read different shards under the same --data (node-local copies; here each rank's
+// own working directory) are refused at start: each drew its samples from its own copy.
+TEST(MpiTensorParallelTest, RanksThatReadDifferentShardsAreRefused) {
+  namespace fs = std::filesystem;
+  const std::string base =
+      std::string(::testing::TempDir()) + "/mpi_tp_data_np" + std::to_string(world_size());
+  if (world_rank() == 0) std::system(("rm -rf '" + base + "' && mkdir -p '" + base + "'").c_str());
+  MPI_Barrier(MPI_COMM_WORLD);
+  const fs::path cwd = fs::current_path();
+  for (const bool same : {true, false}) {
+    const fs::path mine = base + (same ? "/same" : "/differ") + std::to_string(world_rank());
+    fs::create_directories(mine);
+    SyntheticShardingOptions shards;
+    shards.config.seq_len = 48;
+    shards.samples = same ? 12 : 12 + world_rank();  // rank 0 holds the fewest
+    shards.output_dir = (mine / "data").string();
+    ASSERT_TRUE(write_synthetic_shards(shards).ok());
+    MPI_Barrier(MPI_COMM_WORLD);
+    fs::current_path(mine);
+    TrainProgramOptions o = program("", kTp, 2, 1, false);
+    o.data = "data/*.tok";
+    const absl::Status s = run_train_program(o);
+    fs::current_path(cwd);
+    if (same) {
+      EXPECT_TRUE(s.ok()) << s;
+    } else {
+      ASSERT_FALSE(s.ok());
+      EXPECT_NE(std::string(s.message())
+                    .find("invalid --data: the ranks read different shards under 'data/*.tok' "
+                          "(this rank: 1 shard(s), " +
+                          std::to_string((12 + world_rank()) * 48 + 1) + " tokens"),
+                std::string::npos)
+          << s;
+    }
   }
 }
 
