@@ -4,11 +4,15 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <fstream>
 #include <memory>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_format.h"
 #include "core/status.h"
+#include "data/json_file.h"
 #include "data/shard.h"
+#include "nlohmann/json.hpp"
 
 namespace msa {
 namespace {
@@ -48,6 +52,30 @@ absl::StatusOr<SyntheticShardingResult> write_staged(
     r.shards.push_back(o.output_dir + "/" + name);
     r.tokens += static_cast<int64_t>(tokens.size());
   }
+  // The metadata file moves last (shards without it are from an interrupted commit): how the
+  // shards were made, which msa-train's resume fingerprint reads.
+  const std::string metadata_name = prefix + ".json";
+  nlohmann::ordered_json j;
+  j["written_by"] = "msa-data synthetic";
+  j["task"] = synthetic_task_name(o.config.task);
+  j["layout"] = "each query followed by its answer";
+  j["seq_len"] = o.config.seq_len;
+  j["pairs"] = task_pairs(o.config);
+  j["depth"] = o.config.depth;
+  j["seed"] = o.config.seed;
+  j["samples"] = o.samples;
+  j["vocab_size"] = kSyntheticVocab;
+  j["shard_tokens"] = o.shard_tokens;
+  j["shards"] = names;
+  {
+    const std::string path = staging->path() + "/" + metadata_name;
+    std::ofstream f(path, std::ios::trunc);
+    f << j.dump(2) << "\n";
+    f.close();
+    if (!f) return absl::InternalError(absl::StrFormat("%s: cannot write metadata", path));
+  }
+  names.push_back(metadata_name);
+  r.metadata = o.output_dir + "/" + metadata_name;
   MSA_RETURN_IF_ERROR(staging->commit(o.output_dir, old_files, names));
   return r;
 }
@@ -103,6 +131,19 @@ absl::StatusOr<SyntheticShardingResult> write_synthetic_shards(
   const bool created_output = ::stat(o.output_dir.c_str(), &st) != 0;
   MSA_ASSIGN_OR_RETURN(const std::vector<std::string> old_files,
                        check_shard_dir(o.output_dir, o.overwrite));
+  // <prefix>.json is replaced by the new metadata: only when it is msa-data's own (or told to),
+  // never someone else's file of that name (--prefix=tokenizer in a model directory).
+  if (const std::string metadata = o.output_dir + "/" + prefix + ".json";
+      ::stat(metadata.c_str(), &st) == 0) {
+    const absl::StatusOr<nlohmann::json> read = read_json_file(metadata);
+    const bool ours = read.ok() && read->is_object() &&
+                      absl::StartsWith(read->value("written_by", std::string()), "msa-data");
+    if (!S_ISREG(st.st_mode) || (!ours && !o.overwrite))
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "invalid --output: '%s' exists and is not msa-data's metadata; %sgive another "
+          "--prefix / --output",
+          metadata, S_ISREG(st.st_mode) ? "give --overwrite to replace it, or " : ""));
+  }
   absl::StatusOr<SyntheticShardingResult> result =
       write_staged(o, prefix, digits, per_shard, shards, old_files, progress);
   // A failed run leaves no directory it made (the staging directory inside it is gone already).

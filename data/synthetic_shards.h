@@ -40,10 +40,13 @@ struct SyntheticShardingOptions {
 struct SyntheticShardingResult {
   std::vector<std::string> shards;  // paths, in sample order
   int64_t tokens = 0;               // over all shards
+  std::string metadata;             // <output_dir>/<prefix>.json: how they were made
 };
 
-// Writes the shards into a staging directory and moves them into `output_dir` only when all are
-// written, deleting the old shards there last (check_shard_dir: refused without `overwrite`).
+// Writes the shards and their metadata file <prefix>.json (task, seed, lengths: what msa-train's
+// resume fingerprint reads) into a staging directory and moves them into `output_dir` only when
+// all are written, deleting the old shards there last (check_shard_dir: refused without
+// `overwrite`).
 // `progress(samples_done, samples)` is called as samples are made.
 absl::StatusOr<SyntheticShardingResult> write_synthetic_shards(
     const SyntheticShardingOptions& options,

@@ -148,10 +148,10 @@ absl::Status run_synthetic() {
                        msa::write_synthetic_shards(o, progress_bar));
   std::printf(
       "msa-data: %lld %s samples of %lld tokens (%lld tokens) in %zu shard(s) under %s "
-      "(vocab %lld)\n",
+      "(vocab %lld; metadata %s)\n",
       static_cast<long long>(o.samples), msa::synthetic_task_name(c.task),
       static_cast<long long>(c.seq_len), static_cast<long long>(r.tokens), r.shards.size(),
-      o.output_dir.c_str(), static_cast<long long>(msa::kSyntheticVocab));
+      o.output_dir.c_str(), static_cast<long long>(msa::kSyntheticVocab), r.metadata.c_str());
   return absl::OkStatus();
 }
 

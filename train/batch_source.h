@@ -46,11 +46,11 @@ class BatchSource {
   // synthetic data).
   virtual int64_t distinct_batches() const { return -1; }
   // What the samples are drawn from, beyond the flags that name it: for token shards their count,
-  // total tokens and a hash of each shard's token count in file order ("" when the flags say it
-  // all: generated data). A resumed run compares it with its checkpoint's, and the ranks with
+  // total tokens, a hash of each shard's token count in file order and one of msa-data's
+  // metadata files beside them ("" when the flags say it all: generated data). A resumed run compares it with its checkpoint's, and the ranks with
   // each other, so that shards extended or rebuilt to other sizes under the same --data glob (a
   // new window order, trained windows moved into the validation split) are not read as the same
-  // data. Contents are not hashed: a rebuild to the very same sizes goes unnoticed.
+  // data. Tokens are not hashed: same-size shards made without msa-data's metadata go unnoticed.
   virtual std::string data_identity() const { return ""; }
 };
 

@@ -1,12 +1,16 @@
 // BatchSource over token shards: each sequence is one window of the
 // WindowSampler.
+#include <fstream>
+#include <iterator>
 #include <optional>
+#include <set>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "core/status.h"
 #include "data/document_starts.h"
+#include "data/shard.h"
 #include "data/window_sampler.h"
 #include "model/parameters.h"
 #include "train/batch_source.h"
@@ -59,13 +63,24 @@ class ShardSource : public BatchSource {
 
   std::string data_identity() const override {
     int64_t tokens = 0;
-    std::string sizes;
+    std::string sizes, metadata;
+    std::set<std::string> metadata_files;
     for (const auto& shard : sampler_->shards()) {
       tokens += shard->size();
       absl::StrAppend(&sizes, shard->size(), ",");
+      if (const std::optional<std::string> m = shard_metadata_path(shard->path()))
+        metadata_files.insert(*m);
     }
-    return absl::StrFormat("%d shard(s), %d tokens (sizes hash %016x)", sampler_->shards().size(),
-                           tokens, fnv1a64(sizes));
+    // msa-data's metadata files say how the shards were made (inputs and their sizes, tokenizer;
+    // the synthetic task and seed): a rebuild from other inputs to the same sizes shows there.
+    for (const std::string& m : metadata_files) {
+      std::ifstream in(m, std::ios::binary);
+      if (in) absl::StrAppend(&metadata, std::string(std::istreambuf_iterator<char>(in), {}), "\n");
+    }
+    return absl::StrFormat(
+        "%d shard(s), %d tokens (sizes hash %016x%s)", sampler_->shards().size(), tokens,
+        fnv1a64(sizes),
+        metadata.empty() ? "" : absl::StrFormat(", metadata hash %016x", fnv1a64(metadata)));
   }
 
   std::string describe() const override {

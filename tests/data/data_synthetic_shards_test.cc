@@ -4,6 +4,8 @@
 #include <sys/stat.h>
 
 #include <cstdio>
+#include <fstream>
+#include <iterator>
 #include <map>
 #include <string>
 #include <vector>
@@ -14,6 +16,7 @@
 #include "data/synthetic_shards.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
 
 namespace msa {
 namespace {
@@ -146,6 +149,34 @@ TEST(SyntheticShardsTest, ShardsHoldWholeSamplesInOrder) {
 
 // A run that fails while writing leaves the output's old shards (and no staging directory); the
 // old code deleted them before it wrote anything.
+// The metadata file says how the shards were made (msa-train's resume fingerprint reads it), and
+// a file of that name that is not msa-data's is not replaced without --overwrite.
+TEST(SyntheticShardsTest, MetadataDescribesTheShardsAndForeignFilesAreKept) {
+  SyntheticShardingOptions o;
+  o.config.seq_len = 64;
+  o.config.seed = 11;
+  o.samples = 3;
+  o.output_dir = fresh_dir("metadata") + "/out";
+  auto r = write_synthetic_shards(o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->metadata, o.output_dir + "/kv-recall.json");
+  std::ifstream in(r->metadata);
+  const nlohmann::json j = nlohmann::json::parse(in);
+  EXPECT_EQ(j["written_by"], "msa-data synthetic");
+  EXPECT_EQ(j["seed"], 11);
+  EXPECT_EQ(j["samples"], 3);
+  EXPECT_EQ(j["seq_len"], 64);
+  EXPECT_EQ(j["shards"], nlohmann::json::array({"kv-recall-00000.tok"}));
+
+  o.output_dir = fresh_dir("foreign");
+  std::ofstream(o.output_dir + "/tokenizer.json") << "{\"model\": {}}";
+  o.prefix = "tokenizer";
+  const absl::Status s = write_synthetic_shards(o).status();
+  EXPECT_THAT(std::string(s.message()), HasSubstr("exists and is not msa-data's metadata"));
+  std::ifstream kept(o.output_dir + "/tokenizer.json");
+  EXPECT_EQ(std::string(std::istreambuf_iterator<char>(kept), {}), "{\"model\": {}}");
+}
+
 TEST(SyntheticShardsTest, FailedRunKeepsTheOldShards) {
   SyntheticShardingOptions o;
   o.config.seq_len = 64;
@@ -166,7 +197,7 @@ TEST(SyntheticShardsTest, FailedRunKeepsTheOldShards) {
   std::vector<std::string> names;
   while (fgets(line, sizeof line, p)) names.emplace_back(line);
   pclose(p);
-  EXPECT_EQ(names, std::vector<std::string>{"kv-recall-00000.tok\n"});
+  EXPECT_EQ(names, (std::vector<std::string>{"kv-recall-00000.tok\n", "kv-recall.json\n"}));
 
   // Without --overwrite the old shards are refused, as for msa-data text.
   o.overwrite = false;
