@@ -712,6 +712,15 @@ absl::StatusOr<std::map<std::string, Tensor>> checkpoint_masters(const Checkpoin
 absl::Status check_init_architecture(const ModelConfig& stored, const ModelConfig& flags,
                                      const std::string& path) {
   std::vector<std::string> wrong;
+  // The tensors' shapes pin n_heads x head_dim and n_kv_heads x head_dim only: (4, 2, 8) and
+  // (8, 4, 4) load the same tensors into another attention (it trained on without a word).
+  if (stored.n_heads != flags.n_heads)
+    wrong.push_back(absl::StrFormat("--n_heads=%d (not %d)", stored.n_heads, flags.n_heads));
+  if (stored.n_kv_heads != flags.n_kv_heads)
+    wrong.push_back(
+        absl::StrFormat("--n_kv_heads=%d (not %d)", stored.n_kv_heads, flags.n_kv_heads));
+  if (stored.head_dim != flags.head_dim)
+    wrong.push_back(absl::StrFormat("--head_dim=%d (not %d)", stored.head_dim, flags.head_dim));
   if (stored.norm_eps != flags.norm_eps)
     wrong.push_back(absl::StrFormat("--norm_eps=%s (not %s)", shortest_text(stored.norm_eps),
                                     shortest_text(flags.norm_eps)));

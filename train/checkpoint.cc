@@ -195,6 +195,12 @@ absl::StatusOr<std::string> read_string_attr(const std::string& path, hid_t loc,
   if (!attr.ok() || H5Tget_class(type.get()) != H5T_STRING || H5Tis_variable_str(type.get()) > 0)
     return absl::DataLossError(
         absl::StrFormat("%s: /config attribute '%s' is not a fixed-length string", path, name));
+  // One string, not an array of them: H5Aread would write every element into a buffer sized
+  // for one (a crafted /config crashed every loader, and --resume with it).
+  H5Handle space(H5Aget_space(attr.get()), H5Sclose);
+  if (!space.ok() || H5Sget_simple_extent_npoints(space.get()) != 1)
+    return absl::DataLossError(
+        absl::StrFormat("%s: /config attribute '%s' is not one string", path, name));
   std::string value(H5Tget_size(type.get()), '\0');
   if (H5Aread(attr.get(), type.get(), value.data()) < 0)
     return absl::DataLossError(

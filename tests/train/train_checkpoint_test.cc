@@ -201,6 +201,14 @@ TEST(TrainCheckpointTest, InitFromRefusesAModelTheFlagsDoNotBuild) {
        "pass --notied_embeddings"},
       {"index rope", [](TrainProgramOptions& o) { o.model.msa.index_rotary_dim = 4; },
        "pass --msa_index_rotary_dim=0"},
+      // The same projection shapes split into twice the heads of half the size.
+      {"head split",
+       [](TrainProgramOptions& o) {
+         o.model.n_heads = 8;
+         o.model.n_kv_heads = 4;
+         o.model.head_dim = 4;
+       },
+       "pass --n_heads=4 (not 8) --n_kv_heads=2 (not 4) --head_dim=8 (not 4)"},
       {"fewer layers",
        [](TrainProgramOptions& o) {
          o.model.n_layers = 2;
@@ -450,6 +458,29 @@ TEST(TrainCheckpointTest, StateDatasetThatIsNotOneIntegerIsRejected) {
   H5Sclose(space);
   H5Fclose(f);
   expect_rejected(good, bad, "dataset /state/step is not one integer");
+}
+
+// A /config string attribute holding an array of strings: H5Aread wrote all of them into a
+// buffer sized for one (a segfault), crashing --resume instead of skipping the file.
+TEST(TrainCheckpointTest, ConfigStringAttributeThatIsNotOneStringIsRejected) {
+  const std::string good = good_checkpoints("bad_string_attr");
+  const std::string bad = copy_as_step(good, 10);
+  hid_t f = H5Fopen(bad.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+  hid_t config = H5Gopen2(f, "/config", H5P_DEFAULT);
+  ASSERT_GE(H5Adelete(config, "format_version"), 0);
+  const hsize_t n = 20000;  // 40 KB: under HDF5's 64 KB limit for an attribute
+  hid_t type = H5Tcopy(H5T_C_S1);
+  H5Tset_size(type, 2);
+  const std::string values(2 * n, '1');  // "11" x n, unterminated fixed-length strings
+  hid_t space = H5Screate_simple(1, &n, nullptr);
+  hid_t attr = H5Acreate2(config, "format_version", type, space, H5P_DEFAULT, H5P_DEFAULT);
+  ASSERT_GE(H5Awrite(attr, type, values.data()), 0);
+  H5Aclose(attr);
+  H5Sclose(space);
+  H5Tclose(type);
+  H5Gclose(config);
+  H5Fclose(f);
+  expect_rejected(good, bad, "/config attribute 'format_version' is not one string");
 }
 
 // Replaces float32 dataset `name` of `path` by a well-formed one of `shape` (valid checksum).
