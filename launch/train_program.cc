@@ -35,6 +35,7 @@
 #include "nlohmann/json.hpp"
 #include "train/batch_source.h"
 #include "train/checkpoint.h"
+#include "train/checkpoint_dir_lock.h"
 #include "train/evaluator.h"
 #include "train/memory_estimate.h"
 #include "train/stop_signal.h"
@@ -931,6 +932,8 @@ absl::Status run_train_program(TrainProgramOptions o) {
                    static_cast<long long>(j.value("step", int64_t{0})));
     }
   };
+  // Held by the writing rank for the whole run (train/checkpoint_dir_lock.h).
+  std::unique_ptr<CheckpointDirLock> checkpoint_dir_lock;
   // --resume: the step of the checkpoint this rank found, and what identifies its run and state.
   int64_t resumed_step = -1;
   uint64_t resumed_fingerprint = 0;
@@ -943,6 +946,10 @@ absl::Status run_train_program(TrainProgramOptions o) {
             absl::StrFormat("invalid --metrics_jsonl: cannot open '%s'", o.metrics_jsonl));
     }
     if (!o.checkpoint_dir.empty()) MSA_RETURN_IF_ERROR(ensure_dir(o.checkpoint_dir));
+    // Before the checks below: another run starting in the directory checks it empty too.
+    if (!o.checkpoint_dir.empty() && leader) {
+      MSA_ASSIGN_OR_RETURN(checkpoint_dir_lock, CheckpointDirLock::acquire(o.checkpoint_dir));
+    }
     if (!o.checkpoint_dir.empty() && !o.resume) {
       // A fresh run would write its steps over another run's files of the same numbers (and
       // --keep_last would count them as its own).

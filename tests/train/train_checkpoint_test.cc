@@ -1,7 +1,9 @@
 // HDF5 checkpoints: exact resume, and every kind of bad file rejected with a
 // message naming the file and the dataset, without harming the good checkpoints
 // beside it.
+#include <fcntl.h>
 #include <hdf5.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -458,6 +460,35 @@ TEST(TrainCheckpointTest, StateDatasetThatIsNotOneIntegerIsRejected) {
   H5Sclose(space);
   H5Fclose(f);
   expect_rejected(good, bad, "dataset /state/step is not one integer");
+}
+
+// A second run in a directory another run is using is refused before it reads or writes anything
+// there (two fresh runs both found it empty, then wrote into each other's checkpoints; --keep_last
+// pruned the other's). Here this process holds the lock as the other run would.
+TEST(TrainCheckpointTest, SecondRunInTheSameDirectoryIsRefusedWhileTheFirstRuns) {
+  const std::string dir = fresh_dir("dir_lock");
+  const std::string lock = dir + "/.msa-train.lock";
+  const int fd = ::open(lock.c_str(), O_RDWR | O_CREAT, 0644);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::flock(fd, LOCK_EX | LOCK_NB), 0);
+  ASSERT_EQ(::pwrite(fd, "4242\n", 5, 0), 5);
+  for (const bool resume : {false, true}) {
+    TrainProgramOptions o = tiny_run(dir, 2);
+    o.resume = resume;
+    const absl::Status s = run_train_program(o);
+    EXPECT_THAT(std::string(s.message()), HasSubstr("--checkpoint_dir=" + dir +
+                                                    " is in use by another msa-train run (pid "
+                                                    "4242)"))
+        << (resume ? "resume" : "fresh");
+    EXPECT_TRUE(list_checkpoint_steps(dir).empty()) << "it wrote a checkpoint";
+  }
+  ::close(fd);  // the other run ended
+  ASSERT_TRUE(run_train_program(tiny_run(dir, 2)).ok());
+  // ... and this run released the lock when it returned: a resume takes it again.
+  TrainProgramOptions more = tiny_run(dir, 3);
+  more.resume = true;
+  EXPECT_TRUE(run_train_program(more).ok());
+  EXPECT_EQ(list_checkpoint_steps(dir).front(), 3);
 }
 
 // A /config string attribute holding an array of strings: H5Aread wrote all of them into a
