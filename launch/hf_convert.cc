@@ -299,6 +299,13 @@ absl::StatusOr<HfCheckpoint> parse_hf_config(const std::string& text, const std:
         return field_error("layer_types",
                            "has " + describe(t) + " (only full_attention layers are supported)");
   }
+  {
+    nlohmann::ordered_json kept = nlohmann::ordered_json::object();
+    for (const char* name :
+         {"bos_token_id", "eos_token_id", "pad_token_id", "max_position_embeddings"})
+      if (const auto it = j.find(name); it != j.end()) kept[name] = *it;
+    if (!kept.empty()) ck.generation_fields = kept.dump();
+  }
   std::string dtype;
   MSA_RETURN_IF_ERROR(get_string(j, "torch_dtype", "bfloat16", dtype));
   ck.dtype = dtype == "float32"   ? StDtype::kF32
@@ -440,14 +447,14 @@ std::map<std::string, std::string> hf_source_of(const std::string& run_json) {
   std::map<std::string, std::string> source;
   const nlohmann::json run = nlohmann::json::parse(run_json, nullptr, false);
   if (!run.is_object()) return source;
-  for (const char* key : {"hf_architecture", "hf_dtype"})
+  for (const char* key : {"hf_architecture", "hf_dtype", "hf_config"})
     if (run.contains(key) && run[key].is_string()) source[key] = run[key].get<std::string>();
   return source;
 }
 
 absl::Status write_hf_checkpoint(const std::string& dir, const std::string& architecture,
                                  const ModelConfig& c, const std::map<std::string, Tensor>& params,
-                                 StDtype dtype) {
+                                 StDtype dtype, const std::string& generation_fields) {
   nlohmann::ordered_json j;
   j["architectures"] = {architecture};
   j["model_type"] = architecture == "Qwen2ForCausalLM"     ? "qwen2"
@@ -469,6 +476,15 @@ absl::Status write_hf_checkpoint(const std::string& dir, const std::string& arch
   j["torch_dtype"] = dtype == StDtype::kF32   ? "float32"
                      : dtype == StDtype::kF16 ? "float16"
                                               : "bfloat16";
+  if (!generation_fields.empty()) {
+    const nlohmann::ordered_json kept =
+        nlohmann::ordered_json::parse(generation_fields, nullptr, /*allow_exceptions=*/false);
+    if (!kept.is_object())
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "invalid --export_hf: the recorded source config fields are not a JSON object: %s",
+          generation_fields));
+    for (const auto& [key, value] : kept.items()) j[key] = value;
+  }
   if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST)
     return absl::InvalidArgumentError(
         absl::StrFormat("invalid --export_hf: cannot create '%s'", dir));

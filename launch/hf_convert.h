@@ -34,6 +34,11 @@ struct HfCheckpoint {
   ModelConfig config;                    // dense (attention list empty)
   std::map<std::string, Tensor> params;  // our names, f32
   StDtype dtype = StDtype::kBF16;        // the dtype of the source tensors
+  // config.json fields the model does not use but generation does (bos/eos/pad token ids,
+  // max_position_embeddings), as a JSON object's text ("" when none): recorded in the run's
+  // checkpoints ("hf_config") and written back by --export_hf, whose defaults otherwise differ
+  // (transformers' LlamaConfig: bos 1, eos 2, 2048 positions).
+  std::string generation_fields;
 };
 
 // Parses config.json (refusing unsupported architectures and fields by name).
@@ -42,15 +47,18 @@ absl::StatusOr<HfCheckpoint> parse_hf_config(const std::string& config_json_text
 // Reads <dir>/config.json and model.safetensors or the shards of model.safetensors.index.json.
 absl::StatusOr<HfCheckpoint> read_hf_checkpoint(const std::string& dir);
 
-// The Hugging Face source a checkpoint's run options record ("hf_architecture", "hf_dtype", as
+// The Hugging Face source a checkpoint's run options record ("hf_architecture", "hf_dtype",
+// "hf_config", as
 // msa-convert --hf_dir writes them; absent ones left out): carried into what is made from the
 // checkpoint (a conversion of it, a run started from it) so that an export keeps them.
 std::map<std::string, std::string> hf_source_of(const std::string& run_json);
 
 // Writes <dir>/config.json and <dir>/model.safetensors with the dense weights of `params` in
 // `dtype` (MSA index weights are not part of the dense model and are left out).
+// `generation_fields`: HfCheckpoint::generation_fields of the source, added to config.json.
 absl::Status write_hf_checkpoint(const std::string& dir, const std::string& architecture,
                                  const ModelConfig& config,
-                                 const std::map<std::string, Tensor>& params, StDtype dtype);
+                                 const std::map<std::string, Tensor>& params, StDtype dtype,
+                                 const std::string& generation_fields = "");
 
 }  // namespace msa

@@ -160,7 +160,8 @@ absl::Status export_hf() {
     return absl::InvalidArgumentError("invalid --export_dtype: use bf16, f16, f32 or auto");
   }
   const std::string dir = absl::GetFlag(FLAGS_export_hf);
-  MSA_RETURN_IF_ERROR(msa::write_hf_checkpoint(dir, arch, ckpt.config, ckpt.params, dtype));
+  MSA_RETURN_IF_ERROR(msa::write_hf_checkpoint(dir, arch, ckpt.config, ckpt.params, dtype,
+                                               recorded("hf_config", "")));
   std::printf(
       "msa-convert: wrote %s/config.json and model.safetensors (%s, %s; MSA index weights "
       "left out)\n",
@@ -193,6 +194,7 @@ absl::Status convert() {
     run["converted_from"] = hf_dir;
     run["hf_architecture"] = hf.architecture;
     run["hf_dtype"] = msa::st_dtype_name(hf.dtype);
+    if (!hf.generation_fields.empty()) run["hf_config"] = hf.generation_fields;
   } else {
     MSA_ASSIGN_OR_RETURN(msa::Checkpoint in, msa::load_checkpoint(input, /*weights_only=*/true));
     if (in.config.any_msa())

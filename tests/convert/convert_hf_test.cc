@@ -23,6 +23,7 @@
 #include "gtest/gtest.h"
 #include "launch/hf_convert.h"
 #include "model/transformer.h"
+#include "nlohmann/json.hpp"
 #include "train/batch_source.h"
 #include "train/checkpoint.h"
 #include "train/optimizer.h"
@@ -126,7 +127,9 @@ std::map<std::string, Tensor> write_hf(const std::string& dir, const Hf& hf, uin
          << ", \"head_dim\": " << kHd << ", \"intermediate_size\": " << kF
          << ", \"rms_norm_eps\": 1e-05, \"hidden_act\": \"silu\", "
          << "\"tie_word_embeddings\": " << (hf.tied ? "true" : "false") << ", " << hf.rope_json
-         << ", \"torch_dtype\": \"bfloat16\"}";
+         << ", \"torch_dtype\": \"bfloat16\", \"bos_token_id\": 128000, "
+         << "\"eos_token_id\": [128001, 128009], \"pad_token_id\": null, "
+         << "\"max_position_embeddings\": 131072}";
   return values;
 }
 
@@ -252,6 +255,14 @@ void check_conversion(const Hf& hf, const std::string& name) {
   EXPECT_EQ(reread->architecture, hf.arch);
   EXPECT_EQ(ckpt->config.rope(), hf.rope);
   EXPECT_EQ(reread->config.rope(), hf.rope) << "the exported config.json reads back differently";
+  // What generation reads from config.json comes back too (transformers' defaults, bos 1, eos 2
+  // and 2048 positions, took its place).
+  std::ifstream exported_config(back + "/config.json");
+  const nlohmann::json j = nlohmann::json::parse(exported_config);
+  EXPECT_EQ(j.value("bos_token_id", -1), 128000);
+  EXPECT_EQ(j["eos_token_id"], nlohmann::json::array({128001, 128009}));
+  EXPECT_TRUE(j.contains("pad_token_id") && j["pad_token_id"].is_null());
+  EXPECT_EQ(j.value("max_position_embeddings", -1), 131072);
 }
 
 TEST(ConvertHfTest, LlamaConvertsExactlyAndRoundTrips) {
