@@ -65,6 +65,11 @@ TEST(TestingHelpersTest, GradcheckFailsOnNonFiniteGradientOrLoss) {
   EXPECT_FALSE(gradcheck(x, nan_grad, square_sum).max_rel_error < 1e3);
   auto nan_loss = [&]() { return square_sum() + (x.data<double>()[2] > 2.0 ? kNaN : 0.0); };
   EXPECT_FALSE(gradcheck(x, good, nan_loss).max_rel_error < 1e3);
+  // An empty input compares nothing: it scored 0, a pass.
+  Tensor none = Tensor::from_vector<double>({0}, {});
+  EXPECT_FALSE(gradcheck(none, Tensor::from_vector<double>({0}, {}), [] {
+                 return 1.0;
+               }).max_rel_error < 1e3);
 }
 
 }  // namespace

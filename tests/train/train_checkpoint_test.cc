@@ -173,6 +173,24 @@ TEST(TrainCheckpointTest, InitFromLoadsWeightsOnly) {
     const auto x = t.to_double_vector(), y = out->params.at(name).to_double_vector();
     for (size_t i = 0; i < x.size(); ++i) ASSERT_NEAR(x[i], y[i], 1e-6) << name;
   }
+  // Weights only: the moments started at zero, so after one step m = (1 - beta1) g and
+  // v = (1 - beta2) g^2, whatever g was: m^2 / v = (1 - beta1)^2 / (1 - beta2) everywhere (the
+  // checkpoint's moments, loaded too, passed the weights' check above unseen).
+  const double b1 = o.optimizer.beta1, b2 = o.optimizer.beta2;
+  const double ratio = (1 - b1) * (1 - b1) / (1 - b2);
+  int64_t checked = 0;
+  for (const auto& [name, m] : out->m) {
+    const auto mv = m.to_double_vector(), vv = out->v.at(name).to_double_vector();
+    for (size_t i = 0; i < mv.size(); ++i) {
+      if (!(vv[i] > 1e-24)) continue;  // a zero gradient (e.g. an unused embedding row)
+      ASSERT_NEAR(mv[i] * mv[i] / vv[i], ratio, 1e-3 * ratio) << name << "[" << i << "]";
+      ++checked;
+    }
+  }
+  EXPECT_GT(checked, 1000);
+  // And the data restarted: one step's tokens, not the source run's four.
+  EXPECT_EQ(out->state.tokens_seen * 3, src->state.tokens_seen);
+  EXPECT_EQ(out->state.sample_cursor * 3, src->state.sample_cursor);
 }
 
 // --init_from takes the weights and checks the sizes by their shapes; what no shape shows (the
