@@ -264,7 +264,9 @@ TEST(GpuDenseTest, CrossEntropyForwardBackward) {
     // In place on the logits buffer, as the model does.
     cross_entropy_backward(glogits, targets.to(Device::kCUDA), glse, kIgnoreIndex, got.n_counted,
                            2.5, glogits);
-    EXPECT_LT(max_scaled_diff(host(glogits), dlogits), kBf16Tol) << "V=" << V;
+    // dlogits are O(1 / rows): on their own scale (a floor of 1 let a wrong row count, 20% off,
+    // pass).
+    EXPECT_LT(max_diff_over_max(host(glogits), dlogits), kBf16Tol) << "V=" << V;
   }
 }
 

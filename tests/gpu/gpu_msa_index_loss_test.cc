@@ -132,20 +132,8 @@ Tensor support_lse(const Case& c, const Tensor& q, const Tensor& k, const BlockS
   return lse;
 }
 
-// max |a - b| / max |b| (the gradients are O(weight / n_rows): no floor of 1); +infinity on any
-// non-finite value of either.
-double scaled_max_diff(const Tensor& a, const Tensor& b) {
-  const std::vector<double> x = a.to_double_vector(), y = b.to_double_vector();
-  EXPECT_EQ(x.size(), y.size());
-  double diff = 0, scale = 0;
-  for (size_t i = 0; i < x.size(); ++i) {
-    if (!std::isfinite(x[i]) || !std::isfinite(y[i]))
-      return std::numeric_limits<double>::infinity();
-    diff = std::max(diff, std::abs(x[i] - y[i]));
-    scale = std::max(scale, std::abs(y[i]));
-  }
-  return scale > 0 ? diff / scale : diff;
-}
+// max |a - b| / max |b| (the gradients are O(weight / n_rows): no floor of 1).
+double scaled_max_diff(const Tensor& a, const Tensor& b) { return max_diff_over_max(a, b); }
 
 int64_t count_nonfinite(const Tensor& t) {
   int64_t n = 0;

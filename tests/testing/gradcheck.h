@@ -133,6 +133,26 @@ inline double max_scaled_diff(const Tensor& a, const Tensor& b) {
   return diff / scale;
 }
 
+// max_i |a_i - b_i| / max_i |b_i|: the error on the reference's own scale, for quantities much
+// smaller than 1 (index-loss gradients are O(weight / rows), dlogits O(1 / rows)), where
+// max_scaled_diff's floor of 1 would accept O(1) relative errors, zeros and sign flips.
+// +infinity on a non-finite value, on empty tensors, and on a nonzero difference from an all-zero
+// reference.
+inline double max_diff_over_max(const Tensor& a, const Tensor& b) {
+  check_shape(a, b.shape(), "max_diff_over_max: a");
+  const std::vector<double> x = a.to_double_vector(), y = b.to_double_vector();
+  if (x.empty()) return std::numeric_limits<double>::infinity();
+  double diff = 0, scale = 0;
+  for (size_t i = 0; i < x.size(); ++i) {
+    if (!std::isfinite(x[i]) || !std::isfinite(y[i]))
+      return std::numeric_limits<double>::infinity();
+    diff = std::max(diff, std::abs(x[i] - y[i]));
+    scale = std::max(scale, std::abs(y[i]));
+  }
+  if (scale > 0) return diff / scale;
+  return diff > 0 ? std::numeric_limits<double>::infinity() : 0.0;
+}
+
 // |a - b| / max(1, |b|) for scalars (e.g. a recall against its reference): +infinity when either
 // is NaN or infinite, so that EXPECT_LT(..., tol) fails.
 inline double scaled_diff(double a, double b) {
