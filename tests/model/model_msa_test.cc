@@ -5,7 +5,9 @@
 
 #include "core/rng.h"
 #include "gtest/gtest.h"
+#include "kernels/rope.h"
 #include "model/transformer.h"
+#include "tests/testing/msa_reference.h"
 
 namespace msa {
 namespace {
@@ -170,6 +172,83 @@ TEST(ModelMsaTest, RecallsAreMeasuredPerLayerInBothModes) {
   EXPECT_TRUE(none.index_recall.empty());
   EXPECT_TRUE(none.block_recall.empty());
   EXPECT_TRUE(none.index_recall_ceiling.empty());
+}
+
+// The recalls the model reports are those of its own tensors: layer 0's queries and keys (after
+// RoPE) and index heads, rebuilt here by hand from the parameters (embedding, RMSNorm and
+// projections in double), scored by the plain-loop reference of tests/testing/msa_reference.h.
+// (The other recall tests check ranges or the model against itself: a wrong scale passed them.)
+TEST(ModelMsaTest, LayerZeroRecallsEqualAReferenceOnTheModelsOwnTensors) {
+  const ModelConfig c = msa_config();
+  Transformer model(c, DType::kF32, Device::kCPU);
+  model.params().initialize(15);
+  // Peaked attention and index scores (at the initial 0.02 scale both are nearly uniform, and
+  // the recalls hardly depend on what is measured).
+  for (const char* name : {"layers.0.attn.wq.weight", "layers.0.attn.wk.weight",
+                           "layers.0.attn.index_wq.weight", "layers.0.attn.index_wk.weight"}) {
+    Tensor& w = model.params().find(name)->value;
+    for (int64_t i = 0; i < w.numel(); ++i) w.data<float>()[i] *= 10.0f;
+  }
+  Tensor tokens, targets;
+  make_batch(c, tokens, targets);
+  ForwardOptions options;
+  options.for_backward = false;
+  options.recall_query_stride = 1;
+  const ForwardResult r = model.forward(tokens, targets, options);
+  ASSERT_EQ(r.index_recall.size(), 2u);
+
+  const int64_t B = tokens.size(0), T = tokens.size(1), D = c.d_model, H = c.n_heads,
+                G = c.n_kv_heads, d = c.head_dim, dI = c.msa.index_dim;
+  auto param = [&](const std::string& name) {
+    Parameter* p = model.params().find(name);
+    EXPECT_NE(p, nullptr) << name;
+    return p->value.to_double_vector();
+  };
+  const std::vector<double> embed = param("embed.weight"),
+                            norm = param("layers.0.attn_norm.weight"),
+                            wq = param("layers.0.attn.wq.weight"),
+                            wk = param("layers.0.attn.wk.weight"),
+                            wiq = param("layers.0.attn.index_wq.weight"),
+                            wik = param("layers.0.attn.index_wk.weight");
+  // The attention's input: RMSNorm of the token embeddings.
+  std::vector<double> xn(B * T * D);
+  for (int64_t i = 0; i < B * T; ++i) {
+    const int64_t tok = tokens.data<int32_t>()[i];
+    double ms = 0;
+    for (int64_t j = 0; j < D; ++j) ms += embed[tok * D + j] * embed[tok * D + j];
+    const double inv = 1.0 / std::sqrt(ms / D + c.norm_eps);
+    for (int64_t j = 0; j < D; ++j) xn[i * D + j] = embed[tok * D + j] * inv * norm[j];
+  }
+  // y = xn W^T for W [rows, D].
+  auto project = [&](const std::vector<double>& w, int64_t rows) {
+    std::vector<double> y(B * T * rows, 0.0);
+    for (int64_t i = 0; i < B * T; ++i)
+      for (int64_t o = 0; o < rows; ++o)
+        for (int64_t j = 0; j < D; ++j) y[i * rows + o] += xn[i * D + j] * w[o * D + j];
+    return y;
+  };
+  // RoPE on the projections (the kernel, checked against transformers in tests/convert).
+  auto rotate = [&](const std::vector<double>& x, int64_t heads) {
+    Tensor t = Tensor::from_vector<double>({B, T, heads, d}, x).to(DType::kF32);
+    Tensor y = Tensor::empty({B, T, heads, d}, DType::kF32);
+    rope_forward(t, c.rope(), y);
+    return y.to_double_vector();
+  };
+  const std::vector<double> q = rotate(project(wq, H * d), H), k = rotate(project(wk, G * d), G);
+  const std::vector<double> iq = project(wiq, G * dI), ik = project(wik, dI);
+  test::ref::Sizes z;
+  z.batch = B, z.T = T, z.H = H, z.G = G, z.d = d, z.dI = dI;
+  z.block_size = c.msa.block_size, z.topk = c.msa.topk;
+  const test::ref::Selection selection = test::ref::select_blocks(iq, ik, z);
+  const double scale = 1.0 / std::sqrt(static_cast<double>(d));
+  const test::ref::Queries every = test::ref::strided_queries(z, 1);
+  EXPECT_NEAR(r.index_recall[0], test::ref::index_recall(selection, q, k, z, scale, every), 1e-5);
+  EXPECT_NEAR(r.block_recall[0], test::ref::block_recall(selection, q, k, z, scale, every), 1e-9);
+  // A control: the recall depends on the attention's scale, so a wiring that measured it at
+  // another one could not pass the first check.
+  EXPECT_GT(
+      std::abs(test::ref::index_recall(selection, q, k, z, 2 * scale, every) - r.index_recall[0]),
+      1e-3);
 }
 
 // The answer-position recalls are the kernels' recalls at the given queries, per MSA layer, in
