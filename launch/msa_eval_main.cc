@@ -382,8 +382,10 @@ absl::Status run_retrieval(const std::string& path, const msa::Checkpoint& ckpt,
       // The fact's block selected at the answers, per MSA layer: whether the selector finds what
       // the task needs (1.0 = always).
       std::string fact;
-      for (double x : r.answer_fact_selected)
-        fact += absl::StrFormat("%s%.3f", fact.empty() ? "" : ",", x);
+      for (size_t l = 0; l < r.answer_fact_selected.size(); ++l)
+        fact += absl::StrFormat("%sL%d %.3f", fact.empty() ? "" : ", ",
+                                l < report.msa_layers.size() ? report.msa_layers[l] : int(l),
+                                r.answer_fact_selected[l]);
       std::fprintf(stderr, "msa-eval: length %lld depth %.2f: accuracy %.1f%%%s\n",
                    static_cast<long long>(length), depth, 100 * r.accuracy,
                    fact.empty() ? "" : (" | fact block selected " + fact).c_str());
