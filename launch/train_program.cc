@@ -353,6 +353,7 @@ std::string run_json(const TrainProgramOptions& o) {
   j["grad_clip"] = o.optimizer.grad_clip;
   for (const auto& [key, value] : o.source_model) j[key] = value;
   if (!o.data_identity.empty()) j["data_identity"] = o.data_identity;
+  if (!o.data_metadata.empty()) j["data_metadata"] = o.data_metadata;
   return j.dump();
 }
 
@@ -415,14 +416,17 @@ absl::StatusOr<bool> reconcile_resumed_run(const std::string& stored, const std:
         key == "dense_attention_fraction")
       continue;
     const bool data_flag = key == "data" || key == "seq_len" || key == "data_identity" ||
+                           key == "data_metadata" ||
                            ((key == "val_fraction" || key == "pack_documents") && shards) ||
                            ((key == "synthetic_pairs" || key == "synthetic_depth") && generated);
-    // data_identity is no flag: the shards under an unchanged --data were regenerated or extended.
+    // data_identity / data_metadata are no flags: the shards under an unchanged --data changed.
     (data_flag ? data_changes : other_changes)
-        .push_back(
-            key == "data_identity"
-                ? absl::StrFormat("the shards behind --data: %s -> %s", shown(*it), shown(value))
-                : absl::StrFormat("--%s %s -> %s", key, shown(*it), shown(value)));
+        .push_back(key == "data_identity" ? absl::StrFormat("the shards behind --data: %s -> %s",
+                                                            shown(*it), shown(value))
+                   : key == "data_metadata"
+                       ? absl::StrFormat("msa-data's metadata beside the shards: hash %s -> %s",
+                                         shown(*it), shown(value))
+                       : absl::StrFormat("--%s %s -> %s", key, shown(*it), shown(value)));
   }
   const std::string changes = absl::StrJoin(data_changes, ", ");
   if (!data_changes.empty() && !o.new_data) {
@@ -872,6 +876,7 @@ absl::Status run_train_program(TrainProgramOptions o) {
     return absl::OkStatus();
   }()));
   o.data_identity = data->data_identity();
+  o.data_metadata = data->data_metadata();
   // Every rank must read the same data: nodes with their own copies of the shards can differ
   // (a copy half done, an older set), and each rank would draw its samples from its own.
   if (const uint64_t h = fnv1a64(o.data_identity);

@@ -49,6 +49,7 @@ struct TrainProgramOptions {
   // What --data reads beyond its name (BatchSource::data_identity), set once the source is open;
   // recorded in the run's checkpoints so that --resume notices changed shards.
   std::string data_identity;
+  std::string data_metadata;  // BatchSource::data_metadata, compared on resume when both have it
   int64_t exit_after_step = 0;     // stop (with a checkpoint) after this step, as if preempted
   std::string metrics_jsonl;       // append one JSON line per step (full precision) to this file
   int tp = 1;                      // tensor-parallel size (world = dp x cp x tp)

@@ -46,12 +46,18 @@ class BatchSource {
   // synthetic data).
   virtual int64_t distinct_batches() const { return -1; }
   // What the samples are drawn from, beyond the flags that name it: for token shards their count,
-  // total tokens, a hash of each shard's token count in file order and one of msa-data's
-  // metadata files beside them ("" when the flags say it all: generated data). A resumed run compares it with its checkpoint's, and the ranks with
+  // total tokens and a hash of each shard's token count in file order ("" when the flags say it
+  // all: generated data). A resumed run compares it with its checkpoint's, and the ranks with
   // each other, so that shards extended or rebuilt to other sizes under the same --data glob (a
   // new window order, trained windows moved into the validation split) are not read as the same
-  // data. Tokens are not hashed: same-size shards made without msa-data's metadata go unnoticed.
+  // data. Tokens are not hashed (that would read every token at start).
   virtual std::string data_identity() const { return ""; }
+  // A hash of msa-data's metadata files beside the shards (their inputs and byte sizes, the
+  // tokenizer; a synthetic task and seed), "" when there are none: a resumed run compares it
+  // with its checkpoint's when both have one, so a rebuild to the same sizes from other inputs or
+  // settings is noticed. Not compared across ranks (node-local copies of the shards alone are
+  // the same data).
+  virtual std::string data_metadata() const { return ""; }
 };
 
 // How a run's global batch is split: a source for rank `dp_rank` of `dp_size` returns that rank's

@@ -18,7 +18,11 @@ namespace msa {
 absl::StatusOr<std::unique_ptr<CheckpointDirLock>> CheckpointDirLock::acquire(
     const std::string& dir) {
   const std::string path = dir + "/.msa-train.lock";
-  const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  // 0666 under the umask, as the checkpoints: a group sharing the directory can resume. A lock
+  // file someone else made and this user cannot write is still lockable read-only (flock needs
+  // no write access; only the pid note is skipped).
+  int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0666);
+  if (fd < 0 && errno == EACCES) fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0)
     return absl::InvalidArgumentError(
         absl::StrFormat("invalid --checkpoint_dir: cannot create its lock file '%s': %s", path,

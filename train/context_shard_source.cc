@@ -27,6 +27,7 @@ class ContextShardSource : public BatchSource {
   }
   int64_t distinct_batches() const override { return inner_->distinct_batches(); }
   std::string data_identity() const override { return inner_->data_identity(); }
+  std::string data_metadata() const override { return inner_->data_metadata(); }
 
   std::string describe() const override {
     return absl::StrFormat("%s, context shard %d of %d%s", inner_->describe(), rank_, size_,

@@ -63,24 +63,25 @@ class ShardSource : public BatchSource {
 
   std::string data_identity() const override {
     int64_t tokens = 0;
-    std::string sizes, metadata;
-    std::set<std::string> metadata_files;
+    std::string sizes;
     for (const auto& shard : sampler_->shards()) {
       tokens += shard->size();
       absl::StrAppend(&sizes, shard->size(), ",");
-      if (const std::optional<std::string> m = shard_metadata_path(shard->path()))
-        metadata_files.insert(*m);
     }
-    // msa-data's metadata files say how the shards were made (inputs and their sizes, tokenizer;
-    // the synthetic task and seed): a rebuild from other inputs to the same sizes shows there.
-    for (const std::string& m : metadata_files) {
+    return absl::StrFormat("%d shard(s), %d tokens (sizes hash %016x)", sampler_->shards().size(),
+                           tokens, fnv1a64(sizes));
+  }
+
+  std::string data_metadata() const override {
+    std::set<std::string> files;
+    for (const auto& shard : sampler_->shards())
+      if (const std::optional<std::string> m = shard_metadata_path(shard->path())) files.insert(*m);
+    std::string metadata;
+    for (const std::string& m : files) {
       std::ifstream in(m, std::ios::binary);
       if (in) absl::StrAppend(&metadata, std::string(std::istreambuf_iterator<char>(in), {}), "\n");
     }
-    return absl::StrFormat(
-        "%d shard(s), %d tokens (sizes hash %016x%s)", sampler_->shards().size(), tokens,
-        fnv1a64(sizes),
-        metadata.empty() ? "" : absl::StrFormat(", metadata hash %016x", fnv1a64(metadata)));
+    return metadata.empty() ? "" : absl::StrFormat("%016x", fnv1a64(metadata));
   }
 
   std::string describe() const override {

@@ -197,9 +197,13 @@ TEST(GpuDeterministicTest, CachedWorkListsGiveTheSameResults) {
           if (det && std::strlen(chunk) == 0) {
             EXPECT_TRUE(bit_identical(l1[i], l0[i])) << "index loss " << i << " " << what;
           }
-          // On the gradients' own scale (O(1e-4): a floor of 1 passed zeros and sign flips).
+          // On the gradients' own scale (O(1e-4): a floor of 1 passed zeros and sign flips),
+          // and not zero on both sides.
           EXPECT_LT(max_diff_over_max(host(l1[i]), host(l0[i])), 1e-4)
               << "index loss " << i << " " << what;
+          double largest = 0;
+          for (double x : host(l0[i]).to_double_vector()) largest = std::max(largest, std::abs(x));
+          EXPECT_GT(largest, 0) << "index loss " << i << " " << what << " is all zero";
         }
         // A new selection in the same buffers: the cache is cleared and not used stale.
         const Tensor iq2 = gpu_bf16(rnd({c.batch, c.T, c.G, c.dI}, seed++));

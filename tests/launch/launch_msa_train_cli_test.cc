@@ -428,6 +428,18 @@ TEST(MsaTrainCliTest, ResumeNoticesRegeneratedShardsUnderTheSameGlob) {
   r = run_msa_train(flags + "--steps=4 --resume --new_data");
   EXPECT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("step     4/4"), std::string::npos) << r.output;
+  // Rebuilt to the same sizes with another seed: msa-data's metadata file tells.
+  ASSERT_EQ(msa::test::run_program("msa-data", synthetic + "60 --seed=7 --overwrite").exit_code, 0);
+  r = run_msa_train(flags + "--steps=5 --resume");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(r.output.find("msa-data's metadata beside the shards: hash"), std::string::npos)
+      << r.output;
+  EXPECT_EQ(r.output.find("the shards behind --data"), std::string::npos) << r.output;
+  // The shards alone (a copy without the metadata file) are not compared by their metadata.
+  ASSERT_EQ(std::remove((dir + "/data/kv-recall.json").c_str()), 0);
+  r = run_msa_train(flags + "--steps=5 --resume");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("step     5/5"), std::string::npos) << r.output;
 }
 
 // ---- 64-bit integer flags and the memory check (issue 18)
