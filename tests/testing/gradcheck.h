@@ -115,34 +115,16 @@ inline Tensor difference(const Tensor& a, const Tensor& b) {
   return Tensor::from_vector<double>(a.shape(), x);
 }
 
-// max_i |a_i - b_i| / max(1, max_i |b_i|): the error of `a` on the scale of the reference `b`.
-// +infinity when either tensor holds a NaN or an infinity, so that EXPECT_LT(..., tol) fails
-// (std::max would otherwise drop a NaN difference silently), and when both are empty (nothing
-// compared proves nothing).
-inline double max_scaled_diff(const Tensor& a, const Tensor& b) {
-  check_shape(a, b.shape(), "max_scaled_diff: a");
+// max_i |a_i - b_i| / max(floor, max_i |b_i|). +infinity when either tensor holds a NaN or an
+// infinity, so that EXPECT_LT(..., tol) fails (std::max would otherwise drop a NaN difference
+// silently), when both are empty (nothing compared proves nothing), and on a nonzero difference
+// over a zero scale.
+inline double max_diff_over_scale(const Tensor& a, const Tensor& b, double floor,
+                                  const char* what) {
+  check_shape(a, b.shape(), what);
   const std::vector<double> x = a.to_double_vector(), y = b.to_double_vector();
   if (x.empty()) return std::numeric_limits<double>::infinity();
-  double diff = 0, scale = 1;
-  for (size_t i = 0; i < x.size(); ++i) {
-    if (!std::isfinite(x[i]) || !std::isfinite(y[i]))
-      return std::numeric_limits<double>::infinity();
-    diff = std::max(diff, std::abs(x[i] - y[i]));
-    scale = std::max(scale, std::abs(y[i]));
-  }
-  return diff / scale;
-}
-
-// max_i |a_i - b_i| / max_i |b_i|: the error on the reference's own scale, for quantities much
-// smaller than 1 (index-loss gradients are O(weight / rows), dlogits O(1 / rows)), where
-// max_scaled_diff's floor of 1 would accept O(1) relative errors, zeros and sign flips.
-// +infinity on a non-finite value, on empty tensors, and on a nonzero difference from an all-zero
-// reference.
-inline double max_diff_over_max(const Tensor& a, const Tensor& b) {
-  check_shape(a, b.shape(), "max_diff_over_max: a");
-  const std::vector<double> x = a.to_double_vector(), y = b.to_double_vector();
-  if (x.empty()) return std::numeric_limits<double>::infinity();
-  double diff = 0, scale = 0;
+  double diff = 0, scale = floor;
   for (size_t i = 0; i < x.size(); ++i) {
     if (!std::isfinite(x[i]) || !std::isfinite(y[i]))
       return std::numeric_limits<double>::infinity();
@@ -151,6 +133,19 @@ inline double max_diff_over_max(const Tensor& a, const Tensor& b) {
   }
   if (scale > 0) return diff / scale;
   return diff > 0 ? std::numeric_limits<double>::infinity() : 0.0;
+}
+
+// max_i |a_i - b_i| / max(1, max_i |b_i|): the error of `a` on the scale of the reference `b`
+// (max_diff_over_scale's infinities).
+inline double max_scaled_diff(const Tensor& a, const Tensor& b) {
+  return max_diff_over_scale(a, b, 1.0, "max_scaled_diff: a");
+}
+
+// max_i |a_i - b_i| / max_i |b_i|: the error on the reference's own scale, for quantities much
+// smaller than 1 (index-loss gradients are O(weight / rows), dlogits O(1 / rows)), where
+// max_scaled_diff's floor of 1 would accept O(1) relative errors, zeros and sign flips.
+inline double max_diff_over_max(const Tensor& a, const Tensor& b) {
+  return max_diff_over_scale(a, b, 0.0, "max_diff_over_max: a");
 }
 
 // |a - b| / max(1, |b|) for scalars (e.g. a recall against its reference): +infinity when either
