@@ -417,6 +417,25 @@ TEST(TrainCheckpointTest, MissingDatasetIsRejected) {
   expect_rejected(good, bad, "missing dataset /optimizer/layers.0.attn.index_wq.weight/v");
 }
 
+// Replaces /config attribute `name` of `path` by fixed-length strings of `size` bytes holding
+// `bytes`: one (scalar) when count is 0, else an array of `count` (the checksum is not updated).
+void rewrite_config_string(const std::string& path, const char* name, const std::string& bytes,
+                           size_t size, hsize_t count) {
+  hid_t f = H5Fopen(path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+  hid_t config = H5Gopen2(f, "/config", H5P_DEFAULT);
+  ASSERT_GE(H5Adelete(config, name), 0);
+  hid_t type = H5Tcopy(H5T_C_S1);
+  H5Tset_size(type, size);
+  hid_t space = count == 0 ? H5Screate(H5S_SCALAR) : H5Screate_simple(1, &count, nullptr);
+  hid_t attr = H5Acreate2(config, name, type, space, H5P_DEFAULT, H5P_DEFAULT);
+  ASSERT_GE(H5Awrite(attr, type, bytes.data()), 0);
+  H5Aclose(attr);
+  H5Sclose(space);
+  H5Tclose(type);
+  H5Gclose(config);
+  H5Fclose(f);
+}
+
 TEST(TrainCheckpointTest, ConfigDisagreeingWithTheTensorsIsRejected) {
   const std::string good = good_checkpoints("bad_config");
   const std::string bad = copy_as_step(good, 10);
@@ -425,19 +444,7 @@ TEST(TrainCheckpointTest, ConfigDisagreeingWithTheTensorsIsRejected) {
   ModelConfig wrong = ckpt->config;
   wrong.ffn_dim = 48;  // the stored MLP weights are [64, 32]
   const std::string json = wrong.to_json();
-  hid_t f = H5Fopen(bad.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
-  hid_t g = H5Gopen2(f, "/config", H5P_DEFAULT);
-  ASSERT_GE(H5Adelete(g, "model"), 0);
-  hid_t type = H5Tcopy(H5T_C_S1);
-  H5Tset_size(type, json.size());
-  hid_t space = H5Screate(H5S_SCALAR);
-  hid_t a = H5Acreate2(g, "model", type, space, H5P_DEFAULT, H5P_DEFAULT);
-  ASSERT_GE(H5Awrite(a, type, json.data()), 0);
-  H5Aclose(a);
-  H5Sclose(space);
-  H5Tclose(type);
-  H5Gclose(g);
-  H5Fclose(f);
+  rewrite_config_string(bad, "model", json, json.size(), 0);
   resign_config(bad);  // a file written with that config, not a corrupt one
   expect_rejected(good, bad,
                   "dataset /params/layers.0.mlp.w_gate.weight has shape [64, "
@@ -514,21 +521,9 @@ TEST(TrainCheckpointTest, SecondRunInTheSameDirectoryIsRefusedWhileTheFirstRuns)
 TEST(TrainCheckpointTest, ConfigStringAttributeThatIsNotOneStringIsRejected) {
   const std::string good = good_checkpoints("bad_string_attr");
   const std::string bad = copy_as_step(good, 10);
-  hid_t f = H5Fopen(bad.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
-  hid_t config = H5Gopen2(f, "/config", H5P_DEFAULT);
-  ASSERT_GE(H5Adelete(config, "format_version"), 0);
   const hsize_t n = 20000;  // 40 KB: under HDF5's 64 KB limit for an attribute
-  hid_t type = H5Tcopy(H5T_C_S1);
-  H5Tset_size(type, 2);
-  const std::string values(2 * n, '1');  // "11" x n, unterminated fixed-length strings
-  hid_t space = H5Screate_simple(1, &n, nullptr);
-  hid_t attr = H5Acreate2(config, "format_version", type, space, H5P_DEFAULT, H5P_DEFAULT);
-  ASSERT_GE(H5Awrite(attr, type, values.data()), 0);
-  H5Aclose(attr);
-  H5Sclose(space);
-  H5Tclose(type);
-  H5Gclose(config);
-  H5Fclose(f);
+  // "11" x n, unterminated fixed-length strings.
+  rewrite_config_string(bad, "format_version", std::string(2 * n, '1'), 2, n);
   expect_rejected(good, bad, "/config attribute 'format_version' is not one string");
 }
 
