@@ -13,8 +13,10 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_format.h"
 #include "core/check.h"
+#include "data/json_file.h"
 
 namespace msa {
 namespace {
@@ -197,6 +199,33 @@ absl::StatusOr<std::vector<std::string>> glob_files(const std::string& pattern) 
   }
   std::sort(files.begin(), files.end());
   return files;
+}
+
+absl::Status check_metadata_slot(const std::string& dir, const std::string& prefix,
+                                 bool overwrite) {
+  const std::string path = dir + "/" + prefix + ".json";
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) return absl::OkStatus();
+  if (!S_ISREG(st.st_mode))
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "invalid --output: '%s' is a directory (or another non-file) where the metadata file "
+        "goes; remove it, or give another --prefix / --output",
+        path));
+  if (overwrite) return absl::OkStatus();
+  const absl::StatusOr<nlohmann::json> read = read_json_file(path);
+  // A written_by that is not a string is not ours either (json::value() throws there).
+  bool ours = false;
+  if (read.ok() && read->is_object()) {
+    const auto written_by = read->find("written_by");
+    ours = written_by != read->end() && written_by->is_string() &&
+           absl::StartsWith(written_by->get<std::string>(), "msa-data");
+  }
+  if (!ours)
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "invalid --output: '%s' exists and is not msa-data's metadata; give --overwrite to "
+        "replace it, or another --prefix / --output",
+        path));
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::vector<std::string>> check_shard_dir(const std::string& dir, bool overwrite) {

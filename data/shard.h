@@ -77,6 +77,13 @@ absl::StatusOr<std::vector<std::string>> glob_files(const std::string& pattern);
 // nothing. Errors name the directory (as msa-data's --output).
 absl::StatusOr<std::vector<std::string>> check_shard_dir(const std::string& dir, bool overwrite);
 
+// Checks <dir>/<prefix>.json as the place for new metadata, which the commit renames over
+// whatever is there: refuses a directory or another non-file (the rename would fail after the
+// shards moved in, leaving them without metadata), and a file that is not msa-data's metadata
+// (any of its subcommands') unless `overwrite` (--prefix=tokenizer in a model directory must not
+// replace the model's tokenizer.json). Errors name the path as msa-data's --output.
+absl::Status check_metadata_slot(const std::string& dir, const std::string& prefix, bool overwrite);
+
 // The metadata file msa-data writes with the shard <dir>/<prefix>-NNNNN.tok (five digits or more):
 // <dir>/<prefix>.json
 // (nullopt for a file not named so).

@@ -10,7 +10,6 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_format.h"
 #include "core/status.h"
-#include "data/json_file.h"
 #include "data/shard.h"
 #include "nlohmann/json.hpp"
 
@@ -131,19 +130,7 @@ absl::StatusOr<SyntheticShardingResult> write_synthetic_shards(
   const bool created_output = ::stat(o.output_dir.c_str(), &st) != 0;
   MSA_ASSIGN_OR_RETURN(const std::vector<std::string> old_files,
                        check_shard_dir(o.output_dir, o.overwrite));
-  // <prefix>.json is replaced by the new metadata: only when it is msa-data's own (or told to),
-  // never someone else's file of that name (--prefix=tokenizer in a model directory).
-  if (const std::string metadata = o.output_dir + "/" + prefix + ".json";
-      ::stat(metadata.c_str(), &st) == 0) {
-    const absl::StatusOr<nlohmann::json> read = read_json_file(metadata);
-    const bool ours = read.ok() && read->is_object() &&
-                      absl::StartsWith(read->value("written_by", std::string()), "msa-data");
-    if (!S_ISREG(st.st_mode) || (!ours && !o.overwrite))
-      return absl::FailedPreconditionError(absl::StrFormat(
-          "invalid --output: '%s' exists and is not msa-data's metadata; %sgive another "
-          "--prefix / --output",
-          metadata, S_ISREG(st.st_mode) ? "give --overwrite to replace it, or " : ""));
-  }
+  MSA_RETURN_IF_ERROR(check_metadata_slot(o.output_dir, prefix, o.overwrite));
   absl::StatusOr<SyntheticShardingResult> result =
       write_staged(o, prefix, digits, per_shard, shards, old_files, progress);
   // A failed run leaves no directory it made (the staging directory inside it is gone already).

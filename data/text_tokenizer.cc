@@ -19,7 +19,6 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "core/status.h"
-#include "data/json_file.h"
 #include "nlohmann/json.hpp"
 
 namespace msa {
@@ -296,26 +295,7 @@ absl::StatusOr<TextShardingResult> write_text_shards(
   const bool created_output = ::stat(o.output_dir.c_str(), &out_st) != 0;
   MSA_ASSIGN_OR_RETURN(const std::vector<std::string> old_shards,
                        check_shard_dir(o.output_dir, o.overwrite));
-  // <prefix>.json is replaced by the new metadata: only when it is msa-data's own (or told to),
-  // never a file of someone else's that happens to have the name (--prefix=tokenizer in a model
-  // directory).
-  if (const std::string metadata = o.output_dir + "/" + o.prefix + ".json";
-      ::stat(metadata.c_str(), &out_st) == 0 && !S_ISREG(out_st.st_mode)) {
-    // The commit renames the new metadata over it last: over a directory that fails after the
-    // shards moved in, leaving them without their metadata.
-    return absl::FailedPreconditionError(absl::StrFormat(
-        "invalid --output: '%s' is a directory (or another non-file) where the metadata file "
-        "goes; remove it, or give another --prefix / --output",
-        metadata));
-  } else if (!o.overwrite && ::access(metadata.c_str(), F_OK) == 0) {
-    const absl::StatusOr<nlohmann::json> read = read_json_file(metadata);
-    const nlohmann::json j = read.ok() ? *read : nlohmann::json();
-    if (!j.is_object() || j.value("written_by", std::string()) != "msa-data text")
-      return absl::FailedPreconditionError(absl::StrFormat(
-          "invalid --output: '%s' exists and is not msa-data's metadata; give --overwrite to "
-          "replace it, or another --prefix / --output",
-          metadata));
-  }
+  MSA_RETURN_IF_ERROR(check_metadata_slot(o.output_dir, o.prefix, o.overwrite));
   absl::StatusOr<TextShardingResult> result = [&]() -> absl::StatusOr<TextShardingResult> {
     MSA_ASSIGN_OR_RETURN(std::unique_ptr<ShardStagingDir> staging,
                          ShardStagingDir::create(o.output_dir));

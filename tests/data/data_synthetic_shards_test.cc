@@ -175,6 +175,16 @@ TEST(SyntheticShardsTest, MetadataDescribesTheShardsAndForeignFilesAreKept) {
   EXPECT_THAT(std::string(s.message()), HasSubstr("exists and is not msa-data's metadata"));
   std::ifstream kept(o.output_dir + "/tokenizer.json");
   EXPECT_EQ(std::string(std::istreambuf_iterator<char>(kept), {}), "{\"model\": {}}");
+  // Nor is one whose written_by is not a string (reading it as one threw), and text's metadata
+  // is msa-data's: replaced.
+  std::ofstream(o.output_dir + "/tokenizer.json") << "{\"written_by\": [\"msa-data\"]}";
+  EXPECT_THAT(std::string(write_synthetic_shards(o).status().message()),
+              HasSubstr("exists and is not msa-data's metadata"));
+  std::ofstream(o.output_dir + "/tokenizer.json") << "{\"written_by\": \"msa-data text\"}";
+  const absl::Status replaced = write_synthetic_shards(o).status();
+  EXPECT_TRUE(replaced.ok()) << replaced;
+  std::ifstream now(o.output_dir + "/tokenizer.json");
+  EXPECT_EQ(nlohmann::json::parse(now)["written_by"], "msa-data synthetic");
 }
 
 TEST(SyntheticShardsTest, FailedRunKeepsTheOldShards) {

@@ -426,6 +426,11 @@ TEST(TextShardsTest, OnlyOurOwnFilesAreReplaced) {
   EXPECT_THAT(std::string(s.message()),
               AllOf(HasSubstr(o.output_dir + "/train.json"), HasSubstr("not msa-data's metadata")));
   EXPECT_EQ(read_file(o.output_dir + "/train.json"), "{\"model_type\": \"llama\"}");
+  // A written_by that is not a string is not ours either (reading it as one threw).
+  write_file(o.output_dir + "/train.json", "{\"written_by\": 5}");
+  s = run_error(o);
+  EXPECT_THAT(std::string(s.message()), HasSubstr("not msa-data's metadata"));
+  EXPECT_EQ(read_file(o.output_dir + "/train.json"), "{\"written_by\": 5}");
   // Another prefix: written; the directory zz.tok and the staging leftover stay.
   o.prefix = "new";
   ASSERT_TRUE(write_text_shards(o).ok());
