@@ -38,12 +38,12 @@ const char* synthetic_task_name(SyntheticTask task) {
 }
 
 absl::Status validate(const SyntheticConfig& c) {
-  const int pairs = c.task == SyntheticTask::kNeedle ? 1 : c.pairs;
+  const int pairs = synthetic_pairs(c);
   if (pairs < 1 || pairs > kSyntheticKeys) {
     return absl::InvalidArgumentError(
         absl::StrFormat("invalid --pairs=%d: must be in [1, %d]", c.pairs, kSyntheticKeys));
   }
-  const int64_t span = c.task == SyntheticTask::kNeedle ? 1 : 4 * pairs;
+  const int64_t span = synthetic_fact_span(c);
   if (c.seq_len < span + pairs + 1) {
     return absl::InvalidArgumentError(
         absl::StrFormat("invalid --seq_len=%d: the %s task needs at least %d tokens", c.seq_len,
@@ -60,10 +60,9 @@ absl::Status validate(const SyntheticConfig& c) {
 
 SyntheticSample make_synthetic_sample(const SyntheticConfig& c, uint64_t index) {
   SampleRng rng(c.seed, index);
-  const bool needle = c.task == SyntheticTask::kNeedle;
-  const int pairs = needle ? 1 : c.pairs;
+  const int pairs = synthetic_pairs(c);
   const int64_t T = c.seq_len;
-  const int64_t span = needle ? 1 : 4 * pairs;
+  const int64_t span = synthetic_fact_span(c);
   SyntheticSample s;
   s.tokens.resize(T);
   s.targets.assign(T, -100);

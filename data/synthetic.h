@@ -49,6 +49,14 @@ struct SyntheticConfig {
   uint64_t seed = 0;
 };
 
+// The facts of a sample (needle: 1, whatever `pairs` says) and the span of positions they are
+// placed in (needle: 1, kv-recall: 4 per fact).
+inline int synthetic_pairs(const SyntheticConfig& c) {
+  return c.task == SyntheticTask::kNeedle ? 1 : c.pairs;
+}
+inline int64_t synthetic_fact_span(const SyntheticConfig& c) {
+  return c.task == SyntheticTask::kNeedle ? 1 : 4 * int64_t{synthetic_pairs(c)};
+}
 // Checks sizes (seq_len long enough for the facts and queries, 1 <= pairs <=
 // 8).
 absl::Status validate(const SyntheticConfig& config);

@@ -16,12 +16,10 @@
 namespace msa {
 namespace {
 
-int task_pairs(const SyntheticConfig& c) { return c.task == SyntheticTask::kNeedle ? 1 : c.pairs; }
-
 // The task's own sample, p tokens shorter: its queries then end where the answers begin.
 SyntheticConfig inner_config(const SyntheticConfig& c) {
   SyntheticConfig inner = c;
-  inner.seq_len = c.seq_len - task_pairs(c);
+  inner.seq_len = c.seq_len - synthetic_pairs(c);
   return inner;
 }
 
@@ -59,7 +57,7 @@ absl::StatusOr<SyntheticShardingResult> write_staged(
   j["task"] = synthetic_task_name(o.config.task);
   j["layout"] = "each query followed by its answer";
   j["seq_len"] = o.config.seq_len;
-  j["pairs"] = task_pairs(o.config);
+  j["pairs"] = synthetic_pairs(o.config);
   j["depth"] = o.config.depth;
   j["seed"] = o.config.seed;
   j["samples"] = o.samples;
@@ -82,8 +80,8 @@ absl::StatusOr<SyntheticShardingResult> write_staged(
 }  // namespace
 
 absl::Status validate_synthetic_shard_sample(const SyntheticConfig& c) {
-  const int pairs = task_pairs(c);
-  const int64_t span = c.task == SyntheticTask::kNeedle ? 1 : 4 * int64_t{pairs};
+  const int pairs = synthetic_pairs(c);
+  const int64_t span = synthetic_fact_span(c);
   // (validate() checks the pairs, and a length for the task's own layout, which is shorter.)
   if (pairs >= 1 && pairs <= kSyntheticKeys && c.seq_len < span + 2 * pairs + 1)
     return absl::InvalidArgumentError(absl::StrFormat(
@@ -96,7 +94,7 @@ absl::Status validate_synthetic_shard_sample(const SyntheticConfig& c) {
 std::vector<uint32_t> synthetic_shard_sample(const SyntheticConfig& c, uint64_t index) {
   const SyntheticConfig inner = inner_config(c);
   const SyntheticSample s = make_synthetic_sample(inner, index);
-  const int pairs = task_pairs(c);
+  const int pairs = synthetic_pairs(c);
   const int64_t queries = inner.seq_len - pairs;  // where the inner sample's queries start
   std::vector<uint32_t> out(s.tokens.begin(), s.tokens.begin() + queries);
   out.reserve(c.seq_len);

@@ -39,7 +39,7 @@ class SyntheticSource : public BatchSource {
     const std::string depth = config_.depth < 0 ? std::string("random depth")
                                                 : absl::StrFormat("depth %g", config_.depth);
     return absl::StrFormat("synthetic %s (%d facts, %s%s)", synthetic_task_name(config_.task),
-                           config_.task == SyntheticTask::kNeedle ? 1 : config_.pairs, depth,
+                           synthetic_pairs(config_), depth,
                            validation_ ? ", validation stream" : "");
   }
 
