@@ -124,6 +124,10 @@ ABSL_FLAG(
     bool, resume, false,
     "Continue from the newest valid checkpoint in --checkpoint_dir (weights, optimizer, step, "
     "data position), bit-exactly as if the run had not stopped.");
+ABSL_FLAG(bool, auto_resume, false,
+          "--resume when --checkpoint_dir holds checkpoints, else start a fresh run (from "
+          "--init_from when given): one command for the first launch and every relaunch of a "
+          "preemptible or requeued job. With --resume: a checkpoint is required.");
 ABSL_FLAG(
     std::string, init_from, "",
     "Start from the weights of this checkpoint (optimizer state and step start fresh), e.g. a "
@@ -269,6 +273,7 @@ int main(int argc, char** argv) {
   o.checkpoint_every = absl::GetFlag(FLAGS_checkpoint_every);
   o.keep_last = absl::GetFlag(FLAGS_keep_last);
   o.resume = absl::GetFlag(FLAGS_resume);
+  o.auto_resume = absl::GetFlag(FLAGS_auto_resume);
   o.init_from = absl::GetFlag(FLAGS_init_from);
   o.init_allow_missing_index = absl::GetFlag(FLAGS_init_allow_missing_index);
   o.metrics_jsonl = absl::GetFlag(FLAGS_metrics_jsonl);

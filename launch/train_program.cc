@@ -4,8 +4,10 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <climits>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <functional>
@@ -464,6 +466,7 @@ std::string layout_json(const TrainProgramOptions& o) {
   j["checkpoint_dir"] = o.checkpoint_dir;
   j["checkpoint_every"] = o.checkpoint_every;
   j["resume"] = o.resume;
+  j["auto_resume"] = o.auto_resume;
   j["init_from"] = o.init_from;
   j["exit_after_step"] = o.exit_after_step;
   j["max_nonfinite_steps"] = o.trainer.max_nonfinite_steps;
@@ -802,6 +805,58 @@ std::string format_answer_recall(const EvalResult& r) {
          per_layer(r.answer_index_recall_ceiling);
 }
 
+// --auto_resume -> --resume (and no --init_from: the run's checkpoints hold everything) when
+// --checkpoint_dir holds checkpoints, else a fresh run. Rank 0 looks and tells the others: ranks
+// that chose differently (a directory not shared by every node) would meet different collectives;
+// a rank that cannot then read the checkpoint fails --resume's own checks.
+absl::Status resolve_auto_resume(Communicator& world, TrainProgramOptions& o) {
+  // With --resume (a flagfile's --auto_resume, --resume on the command line): a checkpoint is
+  // required.
+  if (!o.auto_resume || o.resume) return absl::OkStatus();
+  if (o.checkpoint_dir.empty())
+    return absl::InvalidArgumentError(
+        "invalid --auto_resume: needs --checkpoint_dir (where it looks for checkpoints)");
+  // A checkpoint of the directory as --init_from would be "resumed" on the first launch: the
+  // source run continued (its step, optimizer and schedule) instead of a new run from its weights.
+  if (!o.init_from.empty()) {
+    char dir[PATH_MAX], from[PATH_MAX];
+    if (::realpath(o.checkpoint_dir.c_str(), dir) != nullptr &&
+        ::realpath(o.init_from.c_str(), from) != nullptr &&
+        std::filesystem::path(from).parent_path() == std::filesystem::path(dir))
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "invalid --auto_resume: --init_from=%s is inside --checkpoint_dir=%s, so it would be "
+          "resumed as this run's checkpoint; give the new run its own --checkpoint_dir",
+          o.init_from, o.checkpoint_dir));
+  }
+  const bool leader = world.rank() == 0;
+  int64_t found = 0;
+  if (leader) found = static_cast<int64_t>(list_checkpoint_steps(o.checkpoint_dir).size());
+  found = static_cast<int64_t>(world.broadcast(static_cast<uint64_t>(found), 0));
+  o.resume = found > 0;
+  const bool init_given = !o.init_from.empty();
+  if (o.resume) {
+    o.init_from.clear();
+    o.init_allow_missing_index = false;
+  } else {
+    // Nothing to resume: what they would change about the resumed run does not apply.
+    o.reseed = false;
+    o.new_data = false;
+  }
+  if (!leader) return absl::OkStatus();
+  if (o.resume) {
+    std::printf(
+        "msa-train: --auto_resume: %s holds %lld checkpoint(s): resuming from the newest "
+        "valid one%s\n",
+        o.checkpoint_dir.c_str(), static_cast<long long>(found),
+        init_given ? " (--init_from is for the first launch: not read)" : "");
+  } else {
+    std::printf("msa-train: --auto_resume: no checkpoint in %s: starting a fresh run%s\n",
+                o.checkpoint_dir.c_str(),
+                o.init_from.empty() ? "" : absl::StrCat(" from ", o.init_from).c_str());
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<int> int_flag_value(const char* flag, int64_t value) {
@@ -825,6 +880,7 @@ absl::Status run_train_program(TrainProgramOptions o) {
           "the ranks were started with different model or training flags (config hash "
           "mismatch: start every rank with the same flags)");
   }
+  MSA_RETURN_IF_ERROR(resolve_auto_resume(*world, o));
   MSA_ASSIGN_OR_RETURN(o.model.attention,
                        parse_attention_kinds(o.attention_spec, o.model.n_layers));
   MSA_RETURN_IF_ERROR(o.model.validate());

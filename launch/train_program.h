@@ -41,6 +41,9 @@ struct TrainProgramOptions {
   int64_t checkpoint_every = 0;  // also at the end and on SIGTERM/SIGINT
   int64_t keep_last = 0;         // prune to the newest N checkpoints (0: keep all)
   bool resume = false;           // continue from the newest valid checkpoint in checkpoint_dir
+  // resume when checkpoint_dir holds checkpoints, else start fresh (resolved into `resume` and
+  // `init_from` at start: one command for the first launch and every relaunch)
+  bool auto_resume = false;
   std::string init_from;         // load weights only from this checkpoint
   bool init_allow_missing_index = false;  // init_from: index branch absent in the file is fresh
   // The Hugging Face source of the weights (hf_architecture, hf_dtype), from the checkpoint

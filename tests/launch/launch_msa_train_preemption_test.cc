@@ -71,6 +71,54 @@ TEST(MsaTrainPreemptionTest, CrashBeforeRenameKeepsThePreviousCheckpoint) {
   EXPECT_TRUE(exists(dir + "/ckpt-00000008.h5"));
 }
 
+// The last "loss" of a --metrics_jsonl file (full precision), or "" when it has none.
+std::string last_loss(const std::string& path) {
+  const CommandResult r = run("tail -n 1 '" + path + "'");
+  const size_t at = r.output.find("\"loss\":");
+  if (at == std::string::npos) return "";
+  return r.output.substr(at, r.output.find_first_of(",}", at) - at);
+}
+
+// One command for every launch of a preemptible job: --auto_resume starts fresh in an empty
+// directory, resumes after a preemption (the same losses as an uninterrupted run: the resume is
+// bit-exact), and finds a finished run complete (exit 0).
+TEST(MsaTrainPreemptionTest, AutoResumeStartsFreshResumesAndFindsTheRunComplete) {
+  const std::string straight = fresh_dir("auto_straight"), dir = fresh_dir("auto");
+  CommandResult s = run(kTiny + " --steps=6 --checkpoint_dir=" + straight +
+                        " --metrics_jsonl=" + straight + "/m.jsonl");
+  ASSERT_EQ(s.exit_code, 0) << s.output;
+  const std::string command = kTiny + " --steps=6 --checkpoint_every=2 --auto_resume " +
+                              "--checkpoint_dir=" + dir + " --metrics_jsonl=" + dir + "/m.jsonl";
+  CommandResult first = run(command + " --exit_after_step=3");
+  ASSERT_EQ(first.exit_code, 0) << first.output;
+  EXPECT_THAT(first.output,
+              HasSubstr("--auto_resume: no checkpoint in " + dir + ": starting a fresh run"));
+  ASSERT_TRUE(exists(dir + "/ckpt-00000003.h5"));
+  CommandResult second = run(command);
+  ASSERT_EQ(second.exit_code, 0) << second.output;
+  EXPECT_THAT(second.output, HasSubstr("--auto_resume: " + dir +
+                                       " holds 2 checkpoint(s): resuming from the newest valid"));
+  EXPECT_THAT(second.output, HasSubstr("resumed from " + dir + "/ckpt-00000003.h5 (step 3"));
+  const std::string loss = last_loss(straight + "/m.jsonl");
+  ASSERT_FALSE(loss.empty());
+  EXPECT_EQ(last_loss(dir + "/m.jsonl"), loss);
+  CommandResult third = run(command);
+  EXPECT_EQ(third.exit_code, 0) << third.output;
+  EXPECT_THAT(third.output, HasSubstr("the run is complete, nothing to train"));
+  // With --resume a checkpoint is required (a flagfile's --auto_resume plus --resume).
+  CommandResult both = run(kTiny + " --steps=6 --auto_resume --resume --checkpoint_dir=" +
+                           fresh_dir("auto_resume_required"));
+  EXPECT_NE(both.exit_code, 0);
+  EXPECT_THAT(both.output, HasSubstr("--resume: no valid checkpoint in"));
+  // Refused: an --init_from inside the directory (it would be resumed), no directory to look in.
+  CommandResult inside = run(command + " --init_from=" + dir + "/ckpt-00000006.h5");
+  EXPECT_NE(inside.exit_code, 0);
+  EXPECT_THAT(inside.output, HasSubstr("is inside --checkpoint_dir=" + dir));
+  CommandResult nodir = run(kTiny + " --steps=6 --auto_resume");
+  EXPECT_NE(nodir.exit_code, 0);
+  EXPECT_THAT(nodir.output, HasSubstr("invalid --auto_resume: needs --checkpoint_dir"));
+}
+
 // Starts msa-train with `args` in the background (its log in dir/log), waits until the log matches
 // the extended regex `started` (30 s at most), sends SIGTERM `after` seconds later and waits for
 // the process: the output is "exit=<status> took=<seconds from the signal to the exit>", then the
