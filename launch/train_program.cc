@@ -414,8 +414,10 @@ absl::StatusOr<bool> reconcile_resumed_run(const std::string& stored, const std:
   for (const auto& [key, value] : now.items()) {
     const auto it = was.find(key);
     // The seed and the warm-up: checked above.
+    // --synthetic_pairs: read by kv-recall only (a needle is one fact).
     if (it == was.end() || *it == value || key == "seed" || key == "dense_attention_steps" ||
-        key == "dense_attention_fraction")
+        key == "dense_attention_fraction" ||
+        (key == "synthetic_pairs" && o.data != "synthetic:kv-recall"))
       continue;
     const bool data_flag = key == "data" || key == "seq_len" || key == "data_identity" ||
                            key == "data_metadata" ||

@@ -404,6 +404,18 @@ TEST(MsaTrainCliTest, ResumeOnOtherDataNeedsNewData) {
   EXPECT_NE(r.output.find("step     6/6"), std::string::npos) << r.output;
 }
 
+// A needle is one fact whatever --synthetic_pairs says: a change of it is no change of the data
+// (it was refused as other data, and is not printed as a change either).
+TEST(MsaTrainCliTest, ResumedNeedleRunIgnoresSyntheticPairs) {
+  const std::string dir = msa::test::fresh_dir("cli_resume_needle");
+  const std::string needle = kResumeModel + "--data=synthetic:needle --checkpoint_dir=" + dir + " ";
+  ASSERT_EQ(run_msa_train(needle + "--steps=2").exit_code, 0);
+  CommandResult r = run_msa_train(needle + "--steps=3 --resume --synthetic_pairs=2");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("step     3/3"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("synthetic_pairs"), std::string::npos) << r.output;
+}
+
 // Shards regenerated under the same --data glob are other data too (more windows: another order,
 // and the held-out split moves over trained windows); they were read as the same without a word.
 TEST(MsaTrainCliTest, ResumeNoticesRegeneratedShardsUnderTheSameGlob) {
