@@ -1332,7 +1332,11 @@ absl::Status run_train_program(TrainProgramOptions o) {
         return !any_rank_stopping();
       },
       nonfinite_before);
-  if (!run_status.ok())  // e.g. a diverged run: say which checkpoint to go back to
+  // A diverged run (the trainer's error) writes no final checkpoint: the steps it applied since
+  // the newest one led into the streak (Megatron-LM and Lightning stop on a NaN the same way);
+  // saved, they would be what --resume picks, and --keep_last would prune an older, sound file
+  // for them. Say which checkpoint to go back to.
+  if (!run_status.ok())
     return absl::Status(run_status.code(),
                         absl::StrCat(run_status.message(), ". The newest checkpoint is ",
                                      writer.newest()));

@@ -202,7 +202,19 @@ absl::Status Trainer::run(int64_t first_step,
                    static_cast<long long>(nonfinite_in_a_row), config_.max_nonfinite_steps);
       std::fflush(stderr);
     }
-    if (m.skipped && nonfinite_in_a_row >= config_.max_nonfinite_steps)
+    // The last step of a diverging run is logged and handed to after_step like any other (its
+    // metrics line was missing, and the caller saves the steps applied before the streak).
+    const bool diverged = m.skipped && nonfinite_in_a_row >= config_.max_nonfinite_steps;
+    if (!config_.quiet && (step % config_.log_every == 0 || step == first_step ||
+                           step == config_.steps || !m.index_recall.empty() || diverged)) {
+      if (interval_seconds > 0) m.interval_tokens_per_second = interval_tokens / interval_seconds;
+      interval_tokens = 0;
+      interval_seconds = 0;
+      std::printf("%s\n", format_metrics(m).c_str());
+      std::fflush(stdout);
+    }
+    const bool go_on = !after_step || after_step(m);
+    if (diverged)
       return absl::FailedPreconditionError(absl::StrFormat(
           "training diverged: the loss or the gradient norm was not finite for %d steps in a row "
           "(steps %d..%d; at step %d loss %g, gradient norm %g), --max_nonfinite_steps=%d. None "
@@ -211,15 +223,7 @@ absl::Status Trainer::run(int64_t first_step,
           "(or a smaller --grad_clip)",
           nonfinite_in_a_row, step - nonfinite_in_a_row + 1, step, step, m.loss, m.grad_norm,
           config_.max_nonfinite_steps, step - nonfinite_in_a_row));
-    if (!config_.quiet && (step % config_.log_every == 0 || step == first_step ||
-                           step == config_.steps || !m.index_recall.empty())) {
-      if (interval_seconds > 0) m.interval_tokens_per_second = interval_tokens / interval_seconds;
-      interval_tokens = 0;
-      interval_seconds = 0;
-      std::printf("%s\n", format_metrics(m).c_str());
-      std::fflush(stdout);
-    }
-    if (after_step && !after_step(m)) break;
+    if (!go_on) break;
   }
   return absl::OkStatus();
 }

@@ -254,6 +254,11 @@ TEST(MsaTrainCliTest, DivergingRunStopsWithANonZeroExit) {
             std::string::npos)
       << r.output;
   EXPECT_EQ(r.output.find("step    30/30"), std::string::npos) << r.output;
+  // The last step, the second non-finite one in a row, has its metrics line (it had none).
+  const size_t last = r.output.rfind("NOT FINITE: step skipped");
+  ASSERT_NE(last, std::string::npos) << r.output;
+  const size_t first = r.output.find("NOT FINITE: step skipped");
+  EXPECT_NE(first, last) << r.output;
 }
 
 // A streak of non-finite steps writes no checkpoint: with --checkpoint_every=1 --keep_last=2 the
