@@ -107,6 +107,9 @@ MemoryEstimate estimate_training_memory(const MemoryEstimateOptions& o) {
   const double P = count_parameters(c, tp, e);
   e.parameters = P * (o.cuda ? 2 : 4);
   e.gradients = P * 4;
+  // Data parallelism without ZeRO-1 sums the gradients through all-reduce buckets that hold a
+  // second f32 copy of them for the whole run (AdamW::init_buckets); ~4 GB at 1B parameters.
+  if (!o.zero1 && dp > 1) e.gradients += P * 4;
   if (o.zero1) {
     // Flat f32 shards of the masters, both moments and the reduce-scattered gradients.
     e.optimizer = 16 * P / dp;

@@ -23,7 +23,9 @@ struct MemoryEstimateOptions {
   int64_t batch_size = 1;  // sequences per micro-batch on this data-parallel rank
   int64_t seq_len = 1;
   int tp = 1;  // tensor-parallel size: heads, kv heads, ffn and vocabulary split tp ways
-  int dp = 1;  // data-parallel size (matters only with zero1)
+  // The gradient group's size (data x context parallel): ZeRO-1 shards over it; without ZeRO-1
+  // a group of more than one adds the all-reduce buckets.
+  int dp = 1;
   // Context-parallel size: seq_len is then a rank's shard, and each attention layer also holds the
   // keys and values gathered from the whole sequence (the worst rank's: all of them).
   int cp = 1;

@@ -78,6 +78,24 @@ TEST(MemoryEstimateTest, OptimizerStateFollowsTheDeviceAndZero1) {
   EXPECT_EQ(estimate_training_memory(o).optimizer, 16 * P / 4);
 }
 
+// Without ZeRO-1 a data-parallel group sums the gradients through buckets that copy all of them
+// (f32, for the whole run): per-rank memory rose by 4 bytes a parameter from dp 1 to dp 2 and the
+// estimate stayed. ZeRO-1 reduce-scatters without them.
+TEST(MemoryEstimateTest, DataParallelBucketsCopyTheGradients) {
+  MemoryEstimateOptions o = options(2, 48);
+  const double P = static_cast<double>(estimate_training_memory(o).parameter_count);
+  for (bool cuda : {false, true}) {
+    o.cuda = cuda;
+    o.dp = 1;
+    EXPECT_EQ(estimate_training_memory(o).gradients, 4 * P);
+    o.dp = 2;
+    EXPECT_EQ(estimate_training_memory(o).gradients, 8 * P);
+    o.zero1 = true;
+    EXPECT_EQ(estimate_training_memory(o).gradients, 4 * P);
+    o.zero1 = false;
+  }
+}
+
 TEST(MemoryEstimateTest, ActivationsGrowLinearlyInTheTokensOfAMicroBatch) {
   for (Recompute r : {Recompute::kNone, Recompute::kAttention, Recompute::kFull}) {
     MemoryEstimateOptions t1 = options(2, 64), t2 = options(2, 128), t3 = options(2, 192),
