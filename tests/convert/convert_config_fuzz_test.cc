@@ -20,6 +20,7 @@
 #include "gtest/gtest.h"
 #include "launch/hf_convert.h"
 #include "model/parameters.h"
+#include "tests/testing/command.h"
 
 namespace msa {
 namespace {
@@ -256,7 +257,7 @@ TEST(ConvertConfigTest, MsaConvertExitsWithTheErrorInsteadOfASignal) {
       if (name == "head_dim") v = "null";
     }
     std::ofstream(dir + "/config.json") << render(fields);
-    FILE* pipe = popen((std::string(MSA_BINARY_DIR) + "/msa-convert --hf_dir=" + dir +
+    FILE* pipe = popen((msa::test::program_path("msa-convert") + " --hf_dir=" + dir +
                         " --output=" + dir + "/out.h5 2>&1")
                            .c_str(),
                        "r");

@@ -24,6 +24,7 @@
 #include "launch/hf_convert.h"
 #include "model/transformer.h"
 #include "nlohmann/json.hpp"
+#include "tests/testing/command.h"
 #include "train/batch_source.h"
 #include "train/checkpoint.h"
 #include "train/optimizer.h"
@@ -56,7 +57,7 @@ std::string read_file(const std::string& path) {
 }
 
 std::pair<int, std::string> run(const std::string& args) {
-  FILE* pipe = popen((std::string(MSA_BINARY_DIR) + "/msa-convert " + args + " 2>&1").c_str(), "r");
+  FILE* pipe = popen((msa::test::program_path("msa-convert") + " " + args + " 2>&1").c_str(), "r");
   std::string out;
   char buf[4096];
   size_t n;

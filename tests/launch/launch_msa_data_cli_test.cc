@@ -280,7 +280,8 @@ TEST(MsaDataCliTest, HfTokenizerFramesDocuments) {
   { std::ofstream(dir + "/a.jsonl") << "{\"text\": \"hello world\"}\n{\"text\": \"again\"}\n"; }
   const std::string tokenizers = std::string(MSA_SOURCE_DIR) + "/tests/data/tokenizers";
   const std::string text = "text --input=" + dir + "/a.jsonl --output=" + dir + "/out";
-  CommandResult r = run_program("msa-data", text + " --tokenizer=" + tokenizers + "/llama3");
+  CommandResult r = run_program(
+      "msa-data", text + " --tokenizer=" + msa::test::shell_quote(tokenizers + "/llama3"));
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_THAT(r.output, HasSubstr("2 documents"));
   EXPECT_THAT(r.output, HasSubstr("BOS 262, EOS 264; uint16) in 1 shard(s)"));
@@ -302,7 +303,8 @@ TEST(MsaDataCliTest, HfTokenizerFramesDocuments) {
   EXPECT_EQ(eos, 2);
   EXPECT_THAT(slurp(dir + "/out/train.json"), HasSubstr("\"tokenizer_path\": \"" + tokenizers));
 
-  const std::string plain = text + "2 --tokenizer=" + tokenizers + "/tiny_bytelevel.json";
+  const std::string plain =
+      text + "2 --tokenizer=" + msa::test::shell_quote(tokenizers + "/tiny_bytelevel.json");
   CommandResult no_eos = run_program("msa-data", plain);
   EXPECT_EQ(no_eos.exit_code, 1) << no_eos.output;
   EXPECT_THAT(no_eos.output, HasSubstr("defines no EOS token and adds no BOS"));

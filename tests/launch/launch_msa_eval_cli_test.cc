@@ -11,6 +11,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/testing/command.h"
 
 namespace {
 
@@ -24,8 +25,7 @@ struct CommandResult {
 CommandResult run(const std::string& program, const std::string& args) {
   // `timeout` turns a hang (the old --batch_size=0) into a failure instead of a stuck test.
   FILE* pipe = popen(
-      ("timeout 120 " + std::string(MSA_BINARY_DIR) + "/" + program + " " + args + " 2>&1").c_str(),
-      "r");
+      ("timeout 120 " + msa::test::program_path(program) + " " + args + " 2>&1").c_str(), "r");
   std::string out;
   char buf[4096];
   size_t n;

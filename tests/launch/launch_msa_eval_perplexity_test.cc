@@ -24,6 +24,7 @@
 #include "model/document_segments.h"
 #include "model/parameters.h"
 #include "model/transformer.h"
+#include "tests/testing/command.h"
 #include "train/checkpoint.h"
 
 namespace msa {
@@ -40,7 +41,7 @@ struct CommandResult {
 
 CommandResult run_eval(const std::string& args) {
   FILE* pipe = popen(
-      ("timeout 60 " + std::string(MSA_BINARY_DIR) + "/msa-eval --device=cpu " + args + " 2>&1")
+      ("timeout 60 " + msa::test::program_path("msa-eval") + " --device=cpu " + args + " 2>&1")
           .c_str(),
       "r");
   std::string out;

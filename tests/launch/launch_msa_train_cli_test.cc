@@ -21,7 +21,7 @@ struct CommandResult {
 };
 
 CommandResult run_msa_train(const std::string& args) {
-  std::string cmd = std::string(MSA_BINARY_DIR) + "/msa-train " + args + " 2>&1";
+  std::string cmd = msa::test::program_path("msa-train") + " " + args + " 2>&1";
   FILE* pipe = popen(cmd.c_str(), "r");
   std::string out;
   char buf[4096];

@@ -10,6 +10,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/testing/command.h"
 
 namespace {
 
@@ -43,8 +44,8 @@ bool exists(const std::string& path) {
 }
 
 const std::string kTiny =
-    std::string(MSA_BINARY_DIR) +
-    "/msa-train --device=cpu --vocab_size=96 --d_model=32 --n_layers=2 "
+    msa::test::program_path("msa-train") +
+    " --device=cpu --vocab_size=96 --d_model=32 --n_layers=2 "
     "--n_heads=4 "
     "--n_kv_heads=2 --head_dim=8 --ffn_dim=64 --msa_block_size=8 --msa_topk=3 "
     "--msa_index_dim=8 "

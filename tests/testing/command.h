@@ -30,9 +30,21 @@ inline CommandResult run_command(const std::string& command) {
   return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
 }
 
+// `s` as one shell word: a checkout path with a space in it broke every command line.
+inline std::string shell_quote(const std::string& s) {
+  std::string q = "'";
+  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+
+// MSA_BINARY_DIR/program as one shell word.
+inline std::string program_path(const std::string& program) {
+  return shell_quote(std::string(MSA_BINARY_DIR) + "/" + program);
+}
+
 // Runs MSA_BINARY_DIR/program with `args` (shell syntax) and waits for it.
 inline CommandResult run_program(const std::string& program, const std::string& args) {
-  return run_command(std::string(MSA_BINARY_DIR) + "/" + program + " " + args);
+  return run_command(program_path(program) + " " + args);
 }
 
 // This test process is an MPI singleton (tests/test_main.cc): its OMPI_* / PMIX_* / ORTE_*
@@ -54,7 +66,7 @@ inline CommandResult mpirun_program(int ranks, const std::string& program,
   forget_own_mpi_job();
   return run_command(
       "OMPI_MCA_rmaps_base_oversubscribe=1 mpirun --oversubscribe --allow-run-as-root -np " +
-      std::to_string(ranks) + " " + MSA_BINARY_DIR + "/" + program + " " + args);
+      std::to_string(ranks) + " " + program_path(program) + " " + args);
 }
 
 // An empty directory `name` under the test's temporary directory (emptied if it exists).
