@@ -12,6 +12,7 @@
 #            (full recompute; dense, the MSA model's index warm-up and all-MSA)
 # Logs go to $OUT (when set) as <step>.log. Exits non-zero when any command of any step failed.
 set -uo pipefail
+[[ $# -ge 1 ]] || { echo "usage: $0 STEP... (tests, sanitize, msa, step)" >&2; exit 2; }
 out=${OUT:-/tmp/gpu_session}
 mkdir -p "$out"
 # Without a GPU every GPU test skips itself and passes: that is a failed session, not a pass.

@@ -12,7 +12,12 @@ done
 [[ ${#missing[@]} -eq 0 ]] && exit 0
 echo "install_deps: installing ${missing[*]}"
 sudo_cmd=()
-[[ $(id -u) -ne 0 ]] && sudo_cmd=(sudo)
+if [[ $(id -u) -ne 0 ]]; then
+  command -v sudo >/dev/null ||
+    { echo "install_deps: not root and no sudo: run as root (or install sudo) to install ${missing[*]}" >&2
+      exit 1; }
+  sudo_cmd=(sudo)
+fi
 export DEBIAN_FRONTEND=noninteractive
 "${sudo_cmd[@]}" apt-get update -qq
 "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

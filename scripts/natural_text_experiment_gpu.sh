@@ -20,20 +20,28 @@
 set -euo pipefail
 corpus=${1:?usage: $0 CORPUS_DIR [OUT_DIR]}
 out=${2:-out/natural_text}
+[[ $# -le 2 && $corpus != -* && $out != -* ]] ||
+  { echo "usage: $0 CORPUS_DIR [OUT_DIR]" >&2; exit 2; }
 bin=${BIN:-build}
 py=${PYTHON:-python3}
 steps=${STEPS:-1200}
-mkdir -p "$out"
-# The runs' checkpoint folders are this script's own: a rerun starts them afresh (msa-train refuses
-# a --checkpoint_dir that holds checkpoints without --resume).
-rm -rf "$out/dense" "$out/msa" "$out/converted" "$out/converted.h5"
-
+[[ $steps =~ ^[0-9]+$ ]] && (( steps >= 100 )) ||
+  { echo "$0: STEPS=$steps must be a number >= 100 (the converted run trains STEPS/2)" >&2; exit 1; }
 [[ -d $corpus ]] || { echo "$0: $corpus is not a directory" >&2; exit 1; }
 mapfile -t files < <(find "$corpus" -type f -size +0 | LC_ALL=C sort)
 # (With no file, `cat` below would read stdin.)
 (( ${#files[@]} >= 20 )) ||
   { echo "$0: $corpus holds ${#files[@]} non-empty files; every 20th is held out: need 20" >&2
     exit 1; }
+# msa-data's --input is a comma-separated list.
+for f in "${files[@]}"; do
+  [[ $f != *,* ]] || { echo "$0: '$f' has a comma in its path (msa-data --input splits on commas)" >&2
+                       exit 1; }
+done
+mkdir -p -- "$out"
+# The runs' checkpoint folders are this script's own: a rerun starts them afresh (msa-train refuses
+# a --checkpoint_dir that holds checkpoints without --resume). Only once the arguments are good.
+rm -rf "$out/dense" "$out/msa" "$out/converted" "$out/converted.h5"
 train_docs=() val_docs=()
 for i in "${!files[@]}"; do
   if (( i % 20 == 7 )); then val_docs+=("${files[$i]}"); else train_docs+=("${files[$i]}"); fi

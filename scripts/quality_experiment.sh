@@ -10,7 +10,8 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 # OUT_DIR relative to where the script is run (the default under the repository).
 out=${1:-$repo/out/quality}
-mkdir -p "$out"
+[[ $# -le 1 && $out != -* ]] || { echo "usage: $0 [OUT_DIR]" >&2; exit 2; }
+mkdir -p -- "$out"
 out=$(cd "$out" && pwd)
 cd "$repo"
 # The runs' checkpoint folders are this script's own: a rerun starts them afresh (msa-train refuses

@@ -10,7 +10,8 @@
 set -euo pipefail
 out=${1:-out/quality_gpu}
 bin=${BIN:-build}
-mkdir -p "$out"
+[[ $# -le 1 && $out != -* ]] || { echo "usage: $0 [OUT_DIR]" >&2; exit 2; }
+mkdir -p -- "$out"
 # The runs' checkpoint folders are this script's own: a rerun starts them afresh (msa-train refuses
 # a --checkpoint_dir that holds checkpoints without --resume).
 rm -rf "$out/dense" "$out/msa" "$out/converted" "$out/converted.h5"
@@ -23,19 +24,19 @@ train="--device=cuda --data=synthetic:kv-recall --synthetic_pairs=8 --synthetic_
 evalflags=(--lengths=1024,2048,4096 --depths=0,0.5,1 --pairs=8 --samples=64 --batch_size=8
            --device=cuda --out_dir="$out")
 t0=$(date +%s)
-$bin/msa-train $model $train --attention=dense --checkpoint_dir="$out/dense" | tee "$out/dense.log"
+"$bin"/msa-train $model $train --attention=dense --checkpoint_dir="$out/dense" | tee "$out/dense.log"
 t1=$(date +%s)
-$bin/msa-train $model $train --attention=msa ${MSA_WARMUP:+--dense_attention_steps=$MSA_WARMUP} \
+"$bin"/msa-train $model $train --attention=msa ${MSA_WARMUP:+--dense_attention_steps=$MSA_WARMUP} \
   --checkpoint_dir="$out/msa" | tee "$out/msa.log"
 t2=$(date +%s)
-$bin/msa-convert --checkpoint="$out/dense/ckpt-00001200.h5" --output="$out/converted.h5" \
+"$bin"/msa-convert --checkpoint="$out/dense/ckpt-00001200.h5" --output="$out/converted.h5" \
   --msa_block_size=64 --msa_topk=4 --msa_index_dim=64
-$bin/msa-train $model ${train/--steps=1200/--steps=400} --attention=msa \
+"$bin"/msa-train $model ${train/--steps=1200/--steps=400} --attention=msa \
   --init_from="$out/converted.h5" --dense_attention_steps=150 --lr=5e-4 --min_lr=5e-5 \
   --checkpoint_dir="$out/converted" | tee "$out/converted.log"
 t3=$(date +%s)
 for run in dense msa; do
-  $bin/msa-eval --checkpoint="$out/$run/ckpt-00001200.h5" --name="$run" "${evalflags[@]}"
+  "$bin"/msa-eval --checkpoint="$out/$run/ckpt-00001200.h5" --name="$run" "${evalflags[@]}"
 done
-$bin/msa-eval --checkpoint="$out/converted/ckpt-00000400.h5" --name=converted "${evalflags[@]}"
+"$bin"/msa-eval --checkpoint="$out/converted/ckpt-00000400.h5" --name=converted "${evalflags[@]}"
 echo "times: dense $((t1 - t0)) s, msa $((t2 - t1)) s, convert + warm-up + sparse $((t3 - t2)) s, total $(( $(date +%s) - t0 )) s"
