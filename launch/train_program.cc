@@ -515,16 +515,56 @@ void gather_full(std::map<std::string, Tensor>& parts, const ParameterSet& param
 }
 
 // The first field where two model configs differ, as "name: a vs b".
-std::string config_difference(const ModelConfig& a, const ModelConfig& b) {
-  const nlohmann::json ja = nlohmann::json::parse(a.to_json()),
-                       jb = nlohmann::json::parse(b.to_json());
-  for (auto it = ja.begin(); it != ja.end(); ++it) {
-    if (!jb.contains(it.key()) || jb[it.key()] != it.value())
-      return absl::StrFormat("%s: %s in the checkpoint vs %s from the flags", it.key(),
-                             it.value().dump(),
-                             jb.contains(it.key()) ? jb[it.key()].dump() : "absent");
+// The first difference between two JSON values as "path: <a> <a_where> vs <b> <b_where>" ("" when
+// equal). Objects are compared member by member (the model's msa settings were one value, so a
+// changed index loss weight was shown as the whole block), arrays element by element.
+std::string json_difference(const nlohmann::json& a, const nlohmann::json& b,
+                            const std::string& path, const char* a_where, const char* b_where) {
+  auto at = [&](const std::string& key) { return path.empty() ? key : path + "." + key; };
+  if (a.is_object() && b.is_object()) {
+    for (auto it = a.begin(); it != a.end(); ++it) {
+      const auto other = b.find(it.key());
+      if (other == b.end())
+        return absl::StrFormat("%s: %s %s vs absent %s", at(it.key()), it.value().dump(), a_where,
+                               b_where);
+      if (std::string d = json_difference(it.value(), *other, at(it.key()), a_where, b_where);
+          !d.empty())
+        return d;
+    }
+    for (auto it = b.begin(); it != b.end(); ++it)
+      if (!a.contains(it.key()))
+        return absl::StrFormat("%s: absent %s vs %s %s", at(it.key()), a_where, it.value().dump(),
+                               b_where);
+    return "";
   }
-  return "";
+  if (a.is_array() && b.is_array() && a.size() == b.size()) {
+    for (size_t i = 0; i < a.size(); ++i)
+      if (std::string d =
+              json_difference(a[i], b[i], absl::StrFormat("%s[%d]", path, i), a_where, b_where);
+          !d.empty())
+        return d;
+    return "";
+  }
+  if (a == b) return "";
+  return absl::StrFormat("%s: %s %s vs %s %s", path.empty() ? "(the whole value)" : path, a.dump(),
+                         a_where, b.dump(), b_where);
+}
+
+std::string config_difference(const ModelConfig& a, const ModelConfig& b) {
+  return json_difference(nlohmann::json::parse(a.to_json()), nlohmann::json::parse(b.to_json()), "",
+                         "in the checkpoint", "from the flags");
+}
+
+// `s` of rank `root` on every rank.
+std::string broadcast_string(Communicator& c, const std::string& s, int root) {
+  const int64_t n = static_cast<int64_t>(c.broadcast(static_cast<uint64_t>(s.size()), root));
+  Tensor t = Tensor::zeros({std::max<int64_t>(n, 1)}, DType::kI32);
+  if (c.rank() == root)
+    for (int64_t i = 0; i < n; ++i) t.data<int32_t>()[i] = static_cast<unsigned char>(s[i]);
+  c.broadcast(t, root);
+  std::string out(static_cast<size_t>(n), '\0');
+  for (int64_t i = 0; i < n; ++i) out[i] = static_cast<char>(t.data<int32_t>()[i]);
+  return out;
 }
 
 // A file already at the path a save is about to take is one that did not validate (a fresh run
@@ -875,12 +915,23 @@ absl::Status run_train_program(TrainProgramOptions o) {
   {
     // Every rank must run the same model, schedule and layout: compare a hash of the options
     // before anything else, so no rank fails a check that the others pass.
-    const uint64_t config_hash = fnv1a64(layout_json(o) + run_json(o));
-    if (world->all_reduce_sum(
-            static_cast<int64_t>(world->broadcast(config_hash, 0) != config_hash)) != 0)
-      return absl::InvalidArgumentError(
+    const std::string flags =
+        absl::StrCat("{\"layout\":", layout_json(o), ",\"run\":", run_json(o), "}");
+    const uint64_t config_hash = fnv1a64(flags);
+    const bool differs = world->broadcast(config_hash, 0) != config_hash;
+    if (world->all_reduce_sum(static_cast<int64_t>(differs)) != 0) {
+      // Each rank that differs names the first value (rank 0's flags travel to every rank).
+      const std::string leaders = broadcast_string(*world, flags, 0);
+      const std::string which =
+          differs
+              ? json_difference(nlohmann::json::parse(leaders), nlohmann::json::parse(flags), "",
+                                "on rank 0", absl::StrFormat("on rank %d", world->rank()).c_str())
+              : "";
+      return absl::InvalidArgumentError(absl::StrFormat(
           "the ranks were started with different model or training flags (config hash "
-          "mismatch: start every rank with the same flags)");
+          "mismatch%s: start every rank with the same flags)",
+          which.empty() ? "" : absl::StrCat("; ", which)));
+    }
   }
   MSA_RETURN_IF_ERROR(resolve_auto_resume(*world, o));
   MSA_ASSIGN_OR_RETURN(o.model.attention,

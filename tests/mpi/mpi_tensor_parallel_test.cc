@@ -14,12 +14,14 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_format.h"
 #include "core/communicator.h"
 #include "data/synthetic_shards.h"
 #include "gtest/gtest.h"
 #include "launch/train_program.h"
 #include "model/tensor_parallel.h"
 #include "model/transformer.h"
+#include "nlohmann/json.hpp"
 #include "tests/testing/gradcheck.h"
 #include "tests/testing/parallel_training.h"
 #include "train/batch_source.h"
@@ -301,10 +303,18 @@ TEST(MpiTensorParallelTest, ASetupFailureOnOneRankStopsEveryRank) {
 TEST(MpiTensorParallelTest, MismatchedFlagsAcrossRanksFail) {
   TrainProgramOptions o = program("", kTp, 2, 1, false);
   if (world_rank() == world_size() - 1) o.trainer.lr.max_lr = 1e-3;
-  expect_error(o, "config hash mismatch");
+  // The rank that differs names the value (rank 0's flags travel to it). Every rank runs (the
+  // setup is collective); that rank's message is checked.
+  expect_error(o, world_rank() == world_size() - 1
+                      ? absl::StrFormat(
+                            "run.lr: %s on rank 0 vs 0.001 on rank %d",
+                            nlohmann::json(program("", kTp, 2, 1, false).trainer.lr.max_lr).dump(),
+                            world_rank())
+                      : "config hash mismatch");
   o = program("", kTp, 2, 1, false);
   if (world_rank() == 1) o.tp = 1;
-  expect_error(o, "config hash mismatch");
+  expect_error(
+      o, world_rank() == 1 ? "layout.tp: 2 on rank 0 vs 1 on rank 1" : "config hash mismatch");
   // Flags that decide collectives beyond the model and the schedule (ranks given different values
   // hung in the recall or the evaluation all-reduces).
   o = program("", kTp, 2, 1, false);

@@ -604,6 +604,14 @@ TEST(TrainCheckpointTest, ResumeWithDifferentModelFlagsNamesTheField) {
   ASSERT_FALSE(s.ok());
   EXPECT_THAT(std::string(s.message()), HasSubstr("d_model: 32 in the checkpoint vs 48"));
   EXPECT_TRUE(load_checkpoint(good).ok());
+  // A nested value is named itself (the whole msa block was shown).
+  o = tiny_run(dir, 6);
+  o.model.msa.index_loss_weight = 0.5;
+  o.resume = true;
+  s = run_train_program(o);
+  ASSERT_FALSE(s.ok());
+  EXPECT_THAT(std::string(s.message()),
+              HasSubstr("(msa.index_loss_weight: 1.0 in the checkpoint vs 0.5 from the flags)"));
 }
 
 TEST(TrainCheckpointTest, ResumeWithoutCheckpointsIsAClearError) {
