@@ -94,6 +94,24 @@ absl::StatusOr<std::string> onig_to_pcre2(std::string_view p) {
           i += 4;
           continue;
         }
+        case 'v':  // Oniguruma: the vertical tab only (PCRE2: all vertical whitespace)
+          out += "\\x{0B}";
+          continue;
+        case 'p':
+        case 'P':
+          // A property name is copied whole: \p{^L} (its negation) is not an anchor.
+          if (i + 1 < p.size() && p[i + 1] == '{') {
+            const size_t close = p.find('}', i + 1);
+            if (close == std::string_view::npos)
+              return absl::InvalidArgumentError("unterminated \\p{...} property");
+            out.push_back('\\');
+            out.append(p.substr(i, close + 1 - i));
+            i = close;
+            continue;
+          }
+          out.push_back('\\');
+          out.push_back(e);
+          continue;
         case 'A':
         case 'z':
         case 'Z':
@@ -133,6 +151,15 @@ absl::StatusOr<std::string> onig_to_pcre2(std::string_view p) {
     if (c == '^' || c == '$')
       return absl::InvalidArgumentError(absl::StrFormat(
           "anchor '%c' is not supported (Oniguruma's line anchors differ from PCRE2's)", c));
+    // Oniguruma reads {,n} as {0,n}; PCRE2 before 10.43 as the literal text.
+    if (c == '{' && i + 1 < p.size() && p[i + 1] == ',') {
+      size_t j = i + 2;
+      while (j < p.size() && p[j] >= '0' && p[j] <= '9') ++j;
+      if (j > i + 2 && j < p.size() && p[j] == '}') {
+        out += "{0";
+        continue;  // the ',' and the digits follow as they are
+      }
+    }
     out.push_back(c);
   }
   if (in_class) return absl::InvalidArgumentError("unterminated character class");
@@ -149,7 +176,11 @@ absl::StatusOr<std::unique_ptr<Regex>> Regex::from_onig(std::string_view pattern
   int err = 0;
   PCRE2_SIZE offset = 0;
   r->code_ = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(r->pcre2_pattern_.data()),
-                           r->pcre2_pattern_.size(), PCRE2_UTF | PCRE2_UCP, &err, &offset, nullptr);
+                           r->pcre2_pattern_.size(),
+                           // \C (one byte) would cut pieces inside a UTF-8 sequence (the
+                           // tokenizers library refuses it too).
+                           PCRE2_UTF | PCRE2_UCP | PCRE2_NEVER_BACKSLASH_C, &err, &offset,
+                           nullptr);
   if (r->code_ == nullptr)
     return absl::InvalidArgumentError(absl::StrFormat("regex \"%s\": %s (at offset %d of \"%s\")",
                                                       pattern, pcre2_error(err), offset,

@@ -339,5 +339,28 @@ TEST(RegexTest, EmptyMatchesAreSkippedWhereTheLastMatchEnded) {
   EXPECT_EQ(m[1].end, 3u);
 }
 
+// Oniguruma's meaning where PCRE2's differs: \v is the vertical tab only, {,n} is {0,n}, and
+// \p{^L} is a negated property (it was refused as an anchor); \C (one byte, cutting UTF-8
+// sequences) is refused like the tokenizers library does.
+TEST(RegexTest, OnigurumaSyntaxKeepsItsMeaning) {
+  auto spans = [](const char* pattern, const std::string& text) {
+    auto re = tok::Regex::from_onig(pattern);
+    EXPECT_TRUE(re.ok()) << pattern << ": " << re.status();
+    std::vector<std::pair<uint32_t, uint32_t>> out;
+    if (!re.ok()) return out;
+    std::vector<tok::ByteRange> m;
+    EXPECT_TRUE((*re)->find_all(text, m).ok());
+    for (const tok::ByteRange& r : m)
+      if (r.end > r.begin) out.emplace_back(r.begin, r.end);
+    return out;
+  };
+  using Spans = std::vector<std::pair<uint32_t, uint32_t>>;
+  EXPECT_EQ(spans(R"(\v)", "a\vb\nc"), (Spans{{1, 2}}));  // not the newline
+  EXPECT_EQ(spans(R"(a{,2})", "xaaay"), (Spans{{1, 3}, {3, 4}}));
+  EXPECT_EQ(spans(R"(\p{^L}+)", "ab12 cd"), (Spans{{2, 5}}));
+  EXPECT_EQ(spans(R"([\p{^L}]+)", "ab12 cd"), (Spans{{2, 5}}));
+  EXPECT_FALSE(tok::Regex::from_onig(R"(\C)").ok());
+}
+
 }  // namespace
 }  // namespace msa
