@@ -21,7 +21,21 @@ absl::StatusOr<nlohmann::json> read_json_file(const std::string& path) {
   std::stringstream bytes;
   if (st.st_size > 0 && !(bytes << in.rdbuf()))  // (an empty read sets failbit: "not valid JSON")
     return absl::NotFoundError(absl::StrFormat("%s: cannot read", path));
-  nlohmann::json j = nlohmann::json::parse(bytes.str(), nullptr, /*allow_exceptions=*/false);
+  // Nesting past any real file's (the tokenizers library stops at 128 too): the readers recurse
+  // and build a field path per level, so that a few hundred KB of nested Sequences took gigabytes
+  // and aborted. Values past the limit are dropped while parsing.
+  constexpr int kMaxDepth = 128;
+  bool too_deep = false;
+  nlohmann::json j = nlohmann::json::parse(
+      bytes.str(),
+      [&](int depth, nlohmann::json::parse_event_t, nlohmann::json&) {
+        if (depth > kMaxDepth) too_deep = true;
+        return !too_deep;
+      },
+      /*allow_exceptions=*/false);
+  if (too_deep)
+    return absl::InvalidArgumentError(
+        absl::StrFormat("%s: nested deeper than %d levels", path, kMaxDepth));
   if (j.is_discarded())
     return absl::InvalidArgumentError(absl::StrFormat("%s: not valid JSON", path));
   return j;

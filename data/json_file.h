@@ -12,7 +12,8 @@
 namespace msa {
 
 // NotFound: `path` does not exist, is not a regular file (a directory) or cannot be read;
-// InvalidArgument: its bytes are not one JSON value. Messages start with the path.
+// InvalidArgument: its bytes are not one JSON value, or it nests deeper than 128 levels. Messages
+// start with the path.
 absl::StatusOr<nlohmann::json> read_json_file(const std::string& path);
 
 // Member `key` of object `j` as a bool: `fallback` when absent or null (the tokenizers library

@@ -236,6 +236,27 @@ TEST(HfTokenizerTest, BadFilesAreRefusedNamingTheField) {
   EXPECT_FALSE(HfTokenizer::load(tokenizer_path("no_such_file.json")).ok());
 }
 
+// Nested Sequences past any real file's depth are refused at once: each level built its own
+// field path, so 20,000 levels (724 KB) took gigabytes and aborted with bad_alloc. 60 levels (a
+// JSON depth of ~120) still load.
+TEST(HfTokenizerTest, NestingPastTheLimitIsRefused) {
+  auto nested = [](int levels) {
+    std::string n = R"({"type": "NFC"})";
+    for (int i = 0; i < levels; ++i) n = R"({"type": "Sequence", "normalizers": [)" + n + "]}";
+    return R"({"normalizer": )" + n +
+           R"(, "model": {"type": "BPE", "vocab": {"a": 0, "b": 1}, "merges": []}})";
+  };
+  const std::string deep = write_temp("deep.json", nested(20000));
+  auto t = HfTokenizer::load(deep);
+  ASSERT_FALSE(t.ok());
+  EXPECT_THAT(t.status().message(), HasSubstr(deep + ": nested deeper than 128 levels"));
+  auto ok = HfTokenizer::load(write_temp("nested60.json", nested(60)));
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  auto ids = (*ok)->encode("ab");
+  ASSERT_TRUE(ids.ok()) << ids.status();
+  EXPECT_EQ(*ids, (std::vector<uint32_t>{0, 1}));
+}
+
 // The tokenizers library reads the BPE and added-token flags as optional: null is the default
 // (it was refused as "type must be boolean, but is null").
 TEST(HfTokenizerTest, NullFlagsTakeTheirDefaults) {
