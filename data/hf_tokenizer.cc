@@ -384,8 +384,10 @@ absl::StatusOr<std::vector<uint32_t>> HfTokenizerImpl::encode(std::string_view t
     }
     Piece q = p;
     if (normalizer_) {
-      MSA_ASSIGN_OR_RETURN(std::string n, normalizer_->normalize(p.text));
+      size_t dropped = 0;
+      MSA_ASSIGN_OR_RETURN(std::string n, normalizer_->normalize(p.text, &dropped));
       q.text = store.keep(std::move(n));
+      q.original_begin += dropped;  // (Metaspace's "first": the kept text starts past the start)
     }
     normalized_tokens_->split(q, pieces);
   }

@@ -17,7 +17,9 @@ namespace {
 class UnicodeNormalizer final : public Normalizer {
  public:
   explicit UnicodeNormalizer(NormalForm form) : form_(form) {}
-  absl::StatusOr<std::string> normalize(std::string_view text) const override {
+  absl::StatusOr<std::string> normalize(std::string_view text,
+                                        size_t* dropped_prefix) const override {
+    *dropped_prefix = 0;
     return normalize_unicode(text, form_);
   }
 
@@ -28,7 +30,9 @@ class UnicodeNormalizer final : public Normalizer {
 class Prepend final : public Normalizer {
  public:
   explicit Prepend(std::string prefix) : prefix_(std::move(prefix)) {}
-  absl::StatusOr<std::string> normalize(std::string_view text) const override {
+  absl::StatusOr<std::string> normalize(std::string_view text,
+                                        size_t* dropped_prefix) const override {
+    *dropped_prefix = 0;
     if (text.empty()) return std::string();
     std::string out;
     out.reserve(prefix_.size() + text.size());
@@ -46,13 +50,20 @@ class Replace final : public Normalizer {
   // `literal` non-empty: replace that string; else `regex`.
   Replace(std::string literal, std::unique_ptr<Regex> regex, std::string content)
       : literal_(std::move(literal)), regex_(std::move(regex)), content_(std::move(content)) {}
-  absl::StatusOr<std::string> normalize(std::string_view text) const override {
+  absl::StatusOr<std::string> normalize(std::string_view text,
+                                        size_t* dropped_prefix) const override {
     std::string out;
     out.reserve(text.size() + text.size() / 4);
+    // Matches replaced by nothing that start where the kept text would: dropped from the front.
+    *dropped_prefix = 0;
+    auto note_drop = [&](size_t begin, size_t end) {
+      if (content_.empty() && out.empty() && begin == *dropped_prefix) *dropped_prefix = end;
+    };
     if (!literal_.empty()) {
       size_t from = 0;
       for (size_t at = text.find(literal_); at != std::string_view::npos;
            at = text.find(literal_, from)) {
+        note_drop(at, at + literal_.size());
         out.append(text.substr(from, at - from));
         out += content_;
         from = at + literal_.size();
@@ -64,6 +75,7 @@ class Replace final : public Normalizer {
     MSA_RETURN_IF_ERROR(regex_->find_all(text, matches));
     size_t from = 0;
     for (const ByteRange& m : matches) {
+      note_drop(m.begin, m.end);
       out.append(text.substr(from, m.begin - from));
       out += content_;
       from = m.end;
@@ -81,7 +93,8 @@ class Replace final : public Normalizer {
 class Strip final : public Normalizer {
  public:
   Strip(bool left, bool right) : left_(left), right_(right) {}
-  absl::StatusOr<std::string> normalize(std::string_view text) const override {
+  absl::StatusOr<std::string> normalize(std::string_view text,
+                                        size_t* dropped_prefix) const override {
     size_t b = 0, e = text.size();
     if (left_) {
       while (b < e) {
@@ -97,6 +110,7 @@ class Strip final : public Normalizer {
         e = i;
       }
     }
+    *dropped_prefix = b;
     return std::string(text.substr(b, e - b));
   }
 
@@ -108,10 +122,16 @@ class SequenceNormalizer final : public Normalizer {
  public:
   explicit SequenceNormalizer(std::vector<std::unique_ptr<Normalizer>> steps)
       : steps_(std::move(steps)) {}
-  absl::StatusOr<std::string> normalize(std::string_view text) const override {
+  absl::StatusOr<std::string> normalize(std::string_view text,
+                                        size_t* dropped_prefix) const override {
+    // Each step's drop is counted in its own input's bytes: their sum says whether the start moved
+    // (a Prepend's text dropped again by a later step counts too: a corner no real file has).
     std::string s(text);
+    *dropped_prefix = 0;
     for (const auto& step : steps_) {
-      MSA_ASSIGN_OR_RETURN(s, step->normalize(s));
+      size_t dropped = 0;
+      MSA_ASSIGN_OR_RETURN(s, step->normalize(s, &dropped));
+      *dropped_prefix += dropped;
     }
     return s;
   }

@@ -14,7 +14,8 @@ namespace {
 constexpr std::string_view kSpaceMembers =
     "\\x{9}-\\x{D}\\x{20}\\x{85}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}"
     "\\x{202F}\\x{205F}\\x{3000}";
-constexpr std::string_view kWordMembers = "\\p{L}\\p{M}\\p{Nd}\\p{Pc}";
+// Oniguruma's Unicode \w: Letter, Mark, Number (all of it: ² and Ⅻ too), Connector_Punctuation.
+constexpr std::string_view kWordMembers = "\\p{L}\\p{M}\\p{N}\\p{Pc}";
 constexpr std::string_view kHexMembers = "0-9a-fA-F";
 
 std::string pcre2_error(int code) {
@@ -151,6 +152,20 @@ absl::StatusOr<std::string> onig_to_pcre2(std::string_view p) {
     if (c == '^' || c == '$')
       return absl::InvalidArgumentError(absl::StrFormat(
           "anchor '%c' is not supported (Oniguruma's line anchors differ from PCRE2's)", c));
+    // Option groups (?imx-imx) and (?imx-imx:...): Oniguruma's (Ruby syntax) m is PCRE2's s (dot
+    // matches a newline); PCRE2's own m (multiline anchors) has no Oniguruma spelling.
+    if (c == '(' && i + 1 < p.size() && p[i + 1] == '?') {
+      size_t j = i + 2;
+      while (j < p.size() && (p[j] == 'i' || p[j] == 'm' || p[j] == 'x' || p[j] == '-')) ++j;
+      if (j > i + 2 && j < p.size() && (p[j] == ':' || p[j] == ')')) {
+        out += "(?";
+        for (size_t k = i + 2; k < j; ++k) out.push_back(p[k] == 'm' ? 's' : p[k]);
+        i = j - 1;  // the ':' or ')' follows as it is
+        continue;
+      }
+      if (j < p.size() && p[j] == 's')
+        return absl::InvalidArgumentError("option 's' is not Oniguruma's (its dot-all is 'm')");
+    }
     // Oniguruma reads {,n} as {0,n}; PCRE2 before 10.43 as the literal text.
     if (c == '{' && i + 1 < p.size() && p[i + 1] == ',') {
       size_t j = i + 2;

@@ -15,6 +15,7 @@
 #include "data/tokenizer_regex.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
 
 namespace msa {
 namespace {
@@ -236,6 +237,32 @@ TEST(HfTokenizerTest, BadFilesAreRefusedNamingTheField) {
   EXPECT_FALSE(HfTokenizer::load(tokenizer_path("no_such_file.json")).ok());
 }
 
+// Metaspace's prepend_scheme "first" asks whether a piece starts at the original text's start: a
+// normalizer that removed the leading characters (Strip, Replace by "") moved it, and the
+// tokenizers library (0.23.2) then adds no "▁"; we added one. The ids are the library's.
+TEST(HfTokenizerTest, MetaspaceFirstAfterANormalizerDroppedTheStart) {
+  std::ifstream in(tokenizer_path("tiny_metaspace.json"));
+  nlohmann::json j = nlohmann::json::parse(in);
+  j["normalizer"] = {{"type", "Strip"}, {"strip_left", true}, {"strip_right", true}};
+  auto strip = HfTokenizer::load(write_temp("strip_metaspace.json", j.dump()));
+  ASSERT_TRUE(strip.ok()) << strip.status();
+  auto ids = [](const std::unique_ptr<HfTokenizer>& t, const std::string& text) {
+    auto r = t->encode(text);
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() ? *r : std::vector<uint32_t>{};
+  };
+  using Ids = std::vector<uint32_t>;
+  EXPECT_EQ(ids(*strip, "  hello"), (Ids{252, 111, 111, 114}));
+  EXPECT_EQ(ids(*strip, "hello"), (Ids{249, 247, 111, 111, 114}));
+  j["normalizer"] = {
+      {"type", "Sequence"},
+      {"normalizers", {{{"type", "Replace"}, {"pattern", {{"String", "-"}}}, {"content", ""}}}}};
+  auto replace = HfTokenizer::load(write_temp("replace_metaspace.json", j.dump()));
+  ASSERT_TRUE(replace.ok()) << replace.status();
+  EXPECT_EQ(ids(*replace, "--hello"), (Ids{252, 111, 111, 114}));
+  EXPECT_EQ(ids(*replace, "h-ello"), (Ids{249, 247, 111, 111, 114}));
+}
+
 // Nested Sequences past any real file's depth are refused at once: each level built its own
 // field path, so 20,000 levels (724 KB) took gigabytes and aborted with bad_alloc. 60 levels (a
 // JSON depth of ~120) still load.
@@ -360,7 +387,8 @@ TEST(RegexTest, EmptyMatchesAreSkippedWhereTheLastMatchEnded) {
   EXPECT_EQ(m[1].end, 3u);
 }
 
-// Oniguruma's meaning where PCRE2's differs: \v is the vertical tab only, {,n} is {0,n}, and
+// Oniguruma's meaning where PCRE2's differs: \v is the vertical tab only, {,n} is {0,n}, \w
+// holds every number, (?m) is dot-all, and
 // \p{^L} is a negated property (it was refused as an anchor); \C (one byte, cutting UTF-8
 // sequences) is refused like the tokenizers library does.
 TEST(RegexTest, OnigurumaSyntaxKeepsItsMeaning) {
@@ -381,6 +409,11 @@ TEST(RegexTest, OnigurumaSyntaxKeepsItsMeaning) {
   EXPECT_EQ(spans(R"(\p{^L}+)", "ab12 cd"), (Spans{{2, 5}}));
   EXPECT_EQ(spans(R"([\p{^L}]+)", "ab12 cd"), (Spans{{2, 5}}));
   EXPECT_FALSE(tok::Regex::from_onig(R"(\C)").ok());
+  // \w holds every number (² and Ⅻ: No, Nl), and (?m) is dot-all.
+  EXPECT_EQ(spans(R"(\w+)", "x\u00B2 \u216B"), (Spans{{0, 3}, {4, 7}}));
+  EXPECT_EQ(spans(R"((?m)a.b)", "a\nb"), (Spans{{0, 3}}));
+  EXPECT_EQ(spans(R"((?m:a.b))", "a\nb"), (Spans{{0, 3}}));
+  EXPECT_EQ(spans(R"((?i)A)", "a"), (Spans{{0, 1}}));
 }
 
 }  // namespace
