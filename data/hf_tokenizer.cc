@@ -252,6 +252,9 @@ absl::Status HfTokenizerImpl::load_added_tokens(const json& list) {
   }
   std::vector<AddedToken> raw, normalized;
   std::vector<std::string> raw_patterns, normalized_patterns;
+  // The library lists the special tokens before the others (each in file order): the first of
+  // two with the same text wins the match.
+  std::stable_partition(order.begin(), order.end(), [&](uint32_t id) { return by_id[id].special; });
   for (uint32_t id : order) {
     const AddedToken& t = by_id[id];
     if (t.normalized) {

@@ -28,7 +28,9 @@ AddedTokenMatcher::AddedTokenMatcher(std::vector<AddedToken> tokens,
         node = child;
       }
     }
-    trie_[node].token = static_cast<int32_t>(k);
+    // Two tokens of the same text (normalized alike): the first keeps it, as in the tokenizers
+    // library's matcher (the last one won).
+    if (trie_[node].token < 0) trie_[node].token = static_cast<int32_t>(k);
   }
 }
 

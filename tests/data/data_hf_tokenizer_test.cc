@@ -263,6 +263,28 @@ TEST(HfTokenizerTest, MetaspaceFirstAfterANormalizerDroppedTheStart) {
   EXPECT_EQ(ids(*replace, "h-ello"), (Ids{249, 247, 111, 111, 114}));
 }
 
+// Two added tokens whose texts normalize alike (NFC: "\u00e9" and "e\u0301"): the first keeps the
+// match, as in the tokenizers library (0.23.2: id 233 for both spellings, the vocabulary's
+// "\u00e9", which the first token takes); the last one won.
+TEST(HfTokenizerTest, TheFirstOfTwoAddedTokensWithTheSameNormalizedTextWins) {
+  std::ifstream in(tokenizer_path("tiny_bytelevel.json"));
+  nlohmann::json j = nlohmann::json::parse(in);
+  j["normalizer"] = {{"type", "NFC"}};
+  auto token = [](int id, const std::string& content) {
+    return nlohmann::json{{"id", id},        {"content", content}, {"single_word", false},
+                          {"lstrip", false}, {"rstrip", false},    {"normalized", true},
+                          {"special", false}};
+  };
+  j["added_tokens"] = {token(268, "\u00e9"), token(269, "e\u0301")};
+  auto t = HfTokenizer::load(write_temp("dup_normalized.json", j.dump()));
+  ASSERT_TRUE(t.ok()) << t.status();
+  for (const std::string text : {"\u00e9", "e\u0301"}) {
+    auto ids = (*t)->encode(text);
+    ASSERT_TRUE(ids.ok()) << ids.status();
+    EXPECT_EQ(*ids, (std::vector<uint32_t>{233})) << text;
+  }
+}
+
 // Nested Sequences past any real file's depth are refused at once: each level built its own
 // field path, so 20,000 levels (724 KB) took gigabytes and aborted with bad_alloc. 60 levels (a
 // JSON depth of ~120) still load.
