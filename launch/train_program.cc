@@ -354,6 +354,7 @@ std::string run_json(const TrainProgramOptions& o) {
   j["adam_eps"] = o.optimizer.eps;
   j["grad_clip"] = o.optimizer.grad_clip;
   for (const auto& [key, value] : o.source_model) j[key] = value;
+  if (!o.started_from.empty()) j["started_from"] = o.started_from;
   if (!o.data_identity.empty()) j["data_identity"] = o.data_identity;
   if (!o.data_metadata.empty()) j["data_metadata"] = o.data_metadata;
   return j.dump();
@@ -416,7 +417,7 @@ absl::StatusOr<bool> reconcile_resumed_run(const std::string& stored, const std:
     // The seed and the warm-up: checked above.
     // --synthetic_pairs: read by kv-recall only (a needle is one fact).
     if (it == was.end() || *it == value || key == "seed" || key == "dense_attention_steps" ||
-        key == "dense_attention_fraction" ||
+        key == "dense_attention_fraction" || key == "started_from" ||
         (key == "synthetic_pairs" && o.data != "synthetic:kv-recall"))
       continue;
     const bool data_flag = key == "data" || key == "seq_len" || key == "data_identity" ||
@@ -847,10 +848,28 @@ std::string format_answer_recall(const EvalResult& r) {
          per_layer(r.answer_index_recall_ceiling);
 }
 
+// The --init_from recorded in a checkpoint's run flags ("" when none: from scratch, or older).
+std::string started_from_of(const std::string& run_json) {
+  const nlohmann::json run = nlohmann::json::parse(run_json, nullptr, false);
+  const auto it = run.is_object() ? run.find("started_from") : run.end();
+  return run.is_object() && it != run.end() && it->is_string() ? it->get<std::string>() : "";
+}
+
+// Whether two spellings of a file name the same file (relative or absolute, through links).
+bool same_file(const std::string& a, const std::string& b) {
+  if (a == b) return true;
+  char ra[PATH_MAX], rb[PATH_MAX];
+  return ::realpath(a.c_str(), ra) != nullptr && ::realpath(b.c_str(), rb) != nullptr &&
+         std::string(ra) == std::string(rb);
+}
+
 // --auto_resume -> --resume (and no --init_from: the run's checkpoints hold everything) when
-// --checkpoint_dir holds checkpoints, else a fresh run. Rank 0 looks and tells the others: ranks
-// that chose differently (a directory not shared by every node) would meet different collectives;
-// a rank that cannot then read the checkpoint fails --resume's own checks.
+// --checkpoint_dir holds checkpoints, else a fresh run. Rank 0 looks and decides for every rank
+// (ranks that chose differently, or refused on their own, would meet different collectives: a
+// directory not shared by every node); a rank that cannot then read the checkpoint fails
+// --resume's own checks. With --init_from, the checkpoints must be of a run that started from it:
+// another run's (a flagfile's --checkpoint_dir, the file itself inside the directory) would be
+// continued instead of the new run the command asks for.
 absl::Status resolve_auto_resume(Communicator& world, TrainProgramOptions& o) {
   // With --resume (a flagfile's --auto_resume, --resume on the command line): a checkpoint is
   // required.
@@ -858,22 +877,31 @@ absl::Status resolve_auto_resume(Communicator& world, TrainProgramOptions& o) {
   if (o.checkpoint_dir.empty())
     return absl::InvalidArgumentError(
         "invalid --auto_resume: needs --checkpoint_dir (where it looks for checkpoints)");
-  // A checkpoint of the directory as --init_from would be "resumed" on the first launch: the
-  // source run continued (its step, optimizer and schedule) instead of a new run from its weights.
-  if (!o.init_from.empty()) {
-    char dir[PATH_MAX], from[PATH_MAX];
-    if (::realpath(o.checkpoint_dir.c_str(), dir) != nullptr &&
-        ::realpath(o.init_from.c_str(), from) != nullptr &&
-        std::filesystem::path(from).parent_path() == std::filesystem::path(dir))
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "invalid --auto_resume: --init_from=%s is inside --checkpoint_dir=%s, so it would be "
-          "resumed as this run's checkpoint; give the new run its own --checkpoint_dir",
-          o.init_from, o.checkpoint_dir));
-  }
   const bool leader = world.rank() == 0;
-  int64_t found = 0;
-  if (leader) found = static_cast<int64_t>(list_checkpoint_steps(o.checkpoint_dir).size());
+  int64_t found = 0;  // checkpoints in the directory; -1: refused (rank 0 says why)
+  std::string refusal;
+  if (leader) {
+    const std::vector<int64_t> steps = list_checkpoint_steps(o.checkpoint_dir);
+    found = static_cast<int64_t>(steps.size());
+    if (found > 0 && !o.init_from.empty()) {
+      const std::string newest = checkpoint_path(o.checkpoint_dir, steps.front());
+      // (A newest file that does not read: --resume passes over it to a valid one.)
+      const absl::StatusOr<CheckpointHeader> header = read_checkpoint_header(newest);
+      const std::string started = header.ok() ? started_from_of(header->run_json) : o.init_from;
+      if (!same_file(started, o.init_from)) {
+        refusal = absl::StrFormat(
+            "invalid --auto_resume: --checkpoint_dir=%s holds the checkpoints of a run that did "
+            "not start from --init_from=%s (%s, %s): give the new run its own --checkpoint_dir",
+            o.checkpoint_dir, o.init_from, newest,
+            started.empty() ? "from scratch" : absl::StrCat("from ", started));
+        found = -1;
+      }
+    }
+  }
   found = static_cast<int64_t>(world.broadcast(static_cast<uint64_t>(found), 0));
+  if (found < 0)
+    return absl::InvalidArgumentError(
+        leader ? refusal : "invalid --auto_resume: refused on rank 0 (its message says why)");
   o.resume = found > 0;
   const bool init_given = !o.init_from.empty();
   if (o.resume) {
@@ -890,7 +918,7 @@ absl::Status resolve_auto_resume(Communicator& world, TrainProgramOptions& o) {
         "msa-train: --auto_resume: %s holds %lld checkpoint(s): resuming from the newest "
         "valid one%s\n",
         o.checkpoint_dir.c_str(), static_cast<long long>(found),
-        init_given ? " (--init_from is for the first launch: not read)" : "");
+        init_given ? " (the run started from --init_from, which is not read again)" : "");
   } else {
     std::printf("msa-train: --auto_resume: no checkpoint in %s: starting a fresh run%s\n",
                 o.checkpoint_dir.c_str(),
@@ -920,17 +948,22 @@ absl::Status run_train_program(TrainProgramOptions o) {
     const uint64_t config_hash = fnv1a64(flags);
     const bool differs = world->broadcast(config_hash, 0) != config_hash;
     if (world->all_reduce_sum(static_cast<int64_t>(differs)) != 0) {
-      // Each rank that differs names the first value (rank 0's flags travel to every rank).
+      // Every rank names the first value in which the lowest differing rank's flags differ from
+      // rank 0's (only rank 0 prints its error).
+      Tensor mine = Tensor::from_vector<double>({1}, {differs ? 1.0 : 0.0});
+      Tensor all = Tensor::empty({static_cast<int64_t>(world->size())}, DType::kF64);
+      world->all_gather(mine, all);
+      int first = 1;
+      while (first < world->size() && all.data<double>()[first] == 0) ++first;
       const std::string leaders = broadcast_string(*world, flags, 0);
+      const std::string theirs = broadcast_string(*world, flags, first);
       const std::string which =
-          differs
-              ? json_difference(nlohmann::json::parse(leaders), nlohmann::json::parse(flags), "",
-                                "on rank 0", absl::StrFormat("on rank %d", world->rank()).c_str())
-              : "";
+          json_difference(nlohmann::json::parse(leaders), nlohmann::json::parse(theirs), "",
+                          "on rank 0", absl::StrFormat("on rank %d", first).c_str());
       return absl::InvalidArgumentError(absl::StrFormat(
           "the ranks were started with different model or training flags (config hash "
-          "mismatch%s: start every rank with the same flags)",
-          which.empty() ? "" : absl::StrCat("; ", which)));
+          "mismatch; %s: start every rank with the same flags)",
+          which));
     }
   }
   MSA_RETURN_IF_ERROR(resolve_auto_resume(*world, o));
@@ -1120,6 +1153,7 @@ absl::Status run_train_program(TrainProgramOptions o) {
       // The Hugging Face source travels into the run's own checkpoints (an export of the
       // trained model fell back to Llama in bf16).
       o.source_model = hf_source_of(c->run_json);
+      o.started_from = o.init_from;
       init = std::move(*c);
     }
     return absl::OkStatus();
@@ -1191,6 +1225,7 @@ absl::Status run_train_program(TrainProgramOptions o) {
       }
     }
     o.source_model = hf_source_of(ckpt.run_json);
+    o.started_from = started_from_of(ckpt.run_json);
     MSA_ASSIGN_OR_RETURN(const bool new_data, reconcile_resumed_run(ckpt.run_json, latest->path,
                                                                     ckpt.state.step, leader, o));
     MSA_ASSIGN_OR_RETURN(const auto masters, checkpoint_masters(ckpt, latest->path, model,
@@ -1323,6 +1358,8 @@ absl::Status run_train_program(TrainProgramOptions o) {
             j["max_pool_recall_ceiling"] = m.max_pool_recall_ceiling;
           write_metrics_line(j);
         }
+        // (A diverged step ends the run: no evaluation of the weights it stopped on, no exit.)
+        if (m.diverged) return false;
         if (validation && m.step % o.eval_every == 0) {
           // A stop signal ends the evaluation at the next batch: the checkpoint must not wait for
           // it past a scheduler's grace period.

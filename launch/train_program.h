@@ -45,6 +45,9 @@ struct TrainProgramOptions {
   // `init_from` at start: one command for the first launch and every relaunch)
   bool auto_resume = false;
   std::string init_from;         // load weights only from this checkpoint
+  // The --init_from the run started from ("" from scratch), recorded in its checkpoints (a
+  // resumed run keeps the checkpoint's): --auto_resume resumes only the run of its --init_from.
+  std::string started_from;
   bool init_allow_missing_index = false;  // init_from: index branch absent in the file is fresh
   // The Hugging Face source of the weights (hf_architecture, hf_dtype), from the checkpoint
   // loaded; recorded in the run's checkpoints for msa-convert --export_hf.

@@ -202,9 +202,10 @@ absl::Status Trainer::run(int64_t first_step,
                    static_cast<long long>(nonfinite_in_a_row), config_.max_nonfinite_steps);
       std::fflush(stderr);
     }
-    // The last step of a diverging run is logged and handed to after_step like any other (its
-    // metrics line was missing, and the caller saves the steps applied before the streak).
+    // The last step of a diverging run is logged and handed to after_step like the others (its
+    // metrics line was missing); run() then returns the error.
     const bool diverged = m.skipped && nonfinite_in_a_row >= config_.max_nonfinite_steps;
+    m.diverged = diverged;
     if (!config_.quiet && (step % config_.log_every == 0 || step == first_step ||
                            step == config_.steps || !m.index_recall.empty() || diverged)) {
       if (interval_seconds > 0) m.interval_tokens_per_second = interval_tokens / interval_seconds;

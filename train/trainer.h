@@ -63,6 +63,7 @@ struct StepMetrics {
   bool warmup = false;           // index warm-up with the backbone frozen
   bool dense_attention = false;  // MSA layers attended densely (either warm-up phase)
   bool skipped = false;          // the loss or the gradient norm was not finite: not applied
+  bool diverged = false;  // skipped, the max_nonfinite_steps-th in a row: run() stops after it
   int64_t nonfinite_in_a_row = 0;  // skipped steps in a row ending at this one (set by run)
 };
 

@@ -409,6 +409,24 @@ TEST(MsaTrainCliTest, ResumeOnOtherDataNeedsNewData) {
   EXPECT_NE(r.output.find("step     6/6"), std::string::npos) << r.output;
 }
 
+// Ranks started with different flags: rank 0 (the one that prints) names the value, whichever
+// rank differs (it could only say "config hash mismatch").
+TEST(MsaTrainCliTest, RanksWithDifferentFlagsNameTheValue) {
+  msa::test::forget_own_mpi_job();
+  const std::string train = msa::test::program_path("msa-train") + " " + kResumeModel +
+                            "--steps=2 --data=synthetic:kv-recall ";
+  CommandResult r;
+  {
+    const msa::test::CommandResult c = msa::test::run_command(
+        "OMPI_MCA_rmaps_base_oversubscribe=1 mpirun --oversubscribe --allow-run-as-root -np 1 " +
+        train + "--lr=0.003 : -np 1 " + train + "--lr=0.001");
+    r = {c.exit_code, c.output};
+  }
+  EXPECT_NE(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("run.lr: 0.003 on rank 0 vs 0.001 on rank 1"), std::string::npos)
+      << r.output;
+}
+
 // A needle is one fact whatever --synthetic_pairs says: a change of it is no change of the data
 // (it was refused as other data, and is not printed as a change either).
 TEST(MsaTrainCliTest, ResumedNeedleRunIgnoresSyntheticPairs) {

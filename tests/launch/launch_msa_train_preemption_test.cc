@@ -112,9 +112,31 @@ TEST(MsaTrainPreemptionTest, AutoResumeStartsFreshResumesAndFindsTheRunComplete)
   EXPECT_NE(both.exit_code, 0);
   EXPECT_THAT(both.output, HasSubstr("--resume: no valid checkpoint in"));
   // Refused: an --init_from inside the directory (it would be resumed), no directory to look in.
+  // With --init_from the directory's checkpoints must be of the run that started from it: this
+  // directory's run started from scratch, and its own file is no new start either.
   CommandResult inside = run(command + " --init_from=" + dir + "/ckpt-00000006.h5");
   EXPECT_NE(inside.exit_code, 0);
-  EXPECT_THAT(inside.output, HasSubstr("is inside --checkpoint_dir=" + dir));
+  EXPECT_THAT(inside.output, HasSubstr("--checkpoint_dir=" + dir +
+                                       " holds the checkpoints of a run that did not start from "
+                                       "--init_from=" +
+                                       dir + "/ckpt-00000006.h5"));
+  EXPECT_THAT(inside.output, HasSubstr("from scratch"));
+  // A run started from a file: relaunched with it, it resumes; with another file it is refused.
+  const std::string tuned = fresh_dir("auto_tuned");
+  const std::string tune = kTiny + " --steps=4 --checkpoint_every=2 --auto_resume " +
+                           "--checkpoint_dir=" + tuned + " --init_from=" + straight +
+                           "/ckpt-00000006.h5";
+  CommandResult t1 = run(tune + " --exit_after_step=2");
+  ASSERT_EQ(t1.exit_code, 0) << t1.output;
+  EXPECT_THAT(t1.output, HasSubstr("starting a fresh run from " + straight + "/ckpt-00000006.h5"));
+  CommandResult t2 = run(tune);
+  ASSERT_EQ(t2.exit_code, 0) << t2.output;
+  EXPECT_THAT(t2.output, HasSubstr("resumed from " + tuned + "/ckpt-00000002.h5 (step 2"));
+  CommandResult other = run(kTiny + " --steps=4 --auto_resume --checkpoint_dir=" + tuned +
+                            " --init_from=" + dir + "/ckpt-00000006.h5");
+  EXPECT_NE(other.exit_code, 0);
+  EXPECT_THAT(other.output, HasSubstr("(" + tuned + "/ckpt-00000004.h5, from " + straight +
+                                      "/ckpt-00000006.h5)"));
   CommandResult nodir = run(kTiny + " --steps=6 --auto_resume");
   EXPECT_NE(nodir.exit_code, 0);
   EXPECT_THAT(nodir.output, HasSubstr("invalid --auto_resume: needs --checkpoint_dir"));
