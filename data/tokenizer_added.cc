@@ -28,8 +28,8 @@ AddedTokenMatcher::AddedTokenMatcher(std::vector<AddedToken> tokens,
         node = child;
       }
     }
-    // Two tokens of the same text (normalized alike): the first keeps it, as in the tokenizers
-    // library's matcher (the last one won).
+    // Two tokens of the same text (normalized alike): the first keeps it, as the tokenizers
+    // library's matcher does through 0.22 (the last one won).
     if (trie_[node].token < 0) trie_[node].token = static_cast<int32_t>(k);
   }
 }

@@ -354,7 +354,7 @@ std::string run_json(const TrainProgramOptions& o) {
   j["adam_eps"] = o.optimizer.eps;
   j["grad_clip"] = o.optimizer.grad_clip;
   for (const auto& [key, value] : o.source_model) j[key] = value;
-  if (!o.started_from.empty()) j["started_from"] = o.started_from;
+  if (o.started_from) j["started_from"] = *o.started_from;
   if (!o.data_identity.empty()) j["data_identity"] = o.data_identity;
   if (!o.data_metadata.empty()) j["data_metadata"] = o.data_metadata;
   return j.dump();
@@ -848,19 +848,20 @@ std::string format_answer_recall(const EvalResult& r) {
          per_layer(r.answer_index_recall_ceiling);
 }
 
-// The --init_from recorded in a checkpoint's run flags ("" when none: from scratch, or older).
-std::string started_from_of(const std::string& run_json) {
+// The --init_from recorded in a checkpoint's run flags ("" from scratch; nullopt when the file
+// has no record: written before it was kept).
+std::optional<std::string> started_from_of(const std::string& run_json) {
   const nlohmann::json run = nlohmann::json::parse(run_json, nullptr, false);
   const auto it = run.is_object() ? run.find("started_from") : run.end();
-  return run.is_object() && it != run.end() && it->is_string() ? it->get<std::string>() : "";
+  if (!run.is_object() || it == run.end() || !it->is_string()) return std::nullopt;
+  return it->get<std::string>();
 }
 
-// Whether two spellings of a file name the same file (relative or absolute, through links).
-bool same_file(const std::string& a, const std::string& b) {
-  if (a == b) return true;
-  char ra[PATH_MAX], rb[PATH_MAX];
-  return ::realpath(a.c_str(), ra) != nullptr && ::realpath(b.c_str(), rb) != nullptr &&
-         std::string(ra) == std::string(rb);
+// `path` made absolute through links when it resolves (a relaunch from another directory names
+// the same file), else as given.
+std::string resolved_path(const std::string& path) {
+  char r[PATH_MAX];
+  return ::realpath(path.c_str(), r) != nullptr ? std::string(r) : path;
 }
 
 // --auto_resume -> --resume (and no --init_from: the run's checkpoints hold everything) when
@@ -884,17 +885,23 @@ absl::Status resolve_auto_resume(Communicator& world, TrainProgramOptions& o) {
     const std::vector<int64_t> steps = list_checkpoint_steps(o.checkpoint_dir);
     found = static_cast<int64_t>(steps.size());
     if (found > 0 && !o.init_from.empty()) {
-      const std::string newest = checkpoint_path(o.checkpoint_dir, steps.front());
-      // (A newest file that does not read: --resume passes over it to a valid one.)
-      const absl::StatusOr<CheckpointHeader> header = read_checkpoint_header(newest);
-      const std::string started = header.ok() ? started_from_of(header->run_json) : o.init_from;
-      if (!same_file(started, o.init_from)) {
-        refusal = absl::StrFormat(
-            "invalid --auto_resume: --checkpoint_dir=%s holds the checkpoints of a run that did "
-            "not start from --init_from=%s (%s, %s): give the new run its own --checkpoint_dir",
-            o.checkpoint_dir, o.init_from, newest,
-            started.empty() ? "from scratch" : absl::StrCat("from ", started));
-        found = -1;
+      // The newest file whose header reads (--resume passes over files that do not validate);
+      // one without the record (older) is taken as this run's.
+      for (const int64_t step : steps) {
+        const std::string path = checkpoint_path(o.checkpoint_dir, step);
+        const absl::StatusOr<CheckpointHeader> header = read_checkpoint_header(path);
+        if (!header.ok()) continue;
+        const std::optional<std::string> started = started_from_of(header->run_json);
+        if (started && *started != resolved_path(o.init_from)) {
+          refusal = absl::StrFormat(
+              "invalid --auto_resume: --checkpoint_dir=%s holds the checkpoints of a run that did "
+              "not start from --init_from=%s (%s started %s): give the new run its own "
+              "--checkpoint_dir (or, to continue that run, drop --init_from)",
+              o.checkpoint_dir, o.init_from, path,
+              started->empty() ? "from scratch" : absl::StrCat("from ", *started));
+          found = -1;
+        }
+        break;
       }
     }
   }
@@ -905,6 +912,7 @@ absl::Status resolve_auto_resume(Communicator& world, TrainProgramOptions& o) {
   o.resume = found > 0;
   const bool init_given = !o.init_from.empty();
   if (o.resume) {
+    o.auto_resume_init_from = o.init_from;
     o.init_from.clear();
     o.init_allow_missing_index = false;
   } else {
@@ -953,17 +961,19 @@ absl::Status run_train_program(TrainProgramOptions o) {
       Tensor mine = Tensor::from_vector<double>({1}, {differs ? 1.0 : 0.0});
       Tensor all = Tensor::empty({static_cast<int64_t>(world->size())}, DType::kF64);
       world->all_gather(mine, all);
-      int first = 1;
+      int first = 1, differing = 0;
       while (first < world->size() && all.data<double>()[first] == 0) ++first;
+      for (int r = 1; r < world->size(); ++r) differing += all.data<double>()[r] != 0;
       const std::string leaders = broadcast_string(*world, flags, 0);
       const std::string theirs = broadcast_string(*world, flags, first);
+      // (Empty when the texts differ but the values compare equal: -0 and 0.)
       const std::string which =
           json_difference(nlohmann::json::parse(leaders), nlohmann::json::parse(theirs), "",
                           "on rank 0", absl::StrFormat("on rank %d", first).c_str());
       return absl::InvalidArgumentError(absl::StrFormat(
           "the ranks were started with different model or training flags (config hash "
-          "mismatch; %s: start every rank with the same flags)",
-          which));
+          "mismatch: %d of %d ranks differ from rank 0%s; start every rank with the same flags)",
+          differing, world->size(), which.empty() ? "" : absl::StrCat("; ", which)));
     }
   }
   MSA_RETURN_IF_ERROR(resolve_auto_resume(*world, o));
@@ -1153,8 +1163,10 @@ absl::Status run_train_program(TrainProgramOptions o) {
       // The Hugging Face source travels into the run's own checkpoints (an export of the
       // trained model fell back to Llama in bf16).
       o.source_model = hf_source_of(c->run_json);
-      o.started_from = o.init_from;
+      o.started_from = resolved_path(o.init_from);
       init = std::move(*c);
+    } else {
+      o.started_from = std::string();  // from scratch
     }
     return absl::OkStatus();
   }()));
@@ -1226,6 +1238,9 @@ absl::Status run_train_program(TrainProgramOptions o) {
     }
     o.source_model = hf_source_of(ckpt.run_json);
     o.started_from = started_from_of(ckpt.run_json);
+    // A checkpoint without the record (older): the --init_from --auto_resume was given, if any.
+    if (!o.started_from && !o.auto_resume_init_from.empty())
+      o.started_from = resolved_path(o.auto_resume_init_from);
     MSA_ASSIGN_OR_RETURN(const bool new_data, reconcile_resumed_run(ckpt.run_json, latest->path,
                                                                     ckpt.state.step, leader, o));
     MSA_ASSIGN_OR_RETURN(const auto masters, checkpoint_masters(ckpt, latest->path, model,

@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 
 #include "absl/status/status.h"
@@ -45,9 +46,11 @@ struct TrainProgramOptions {
   // `init_from` at start: one command for the first launch and every relaunch)
   bool auto_resume = false;
   std::string init_from;         // load weights only from this checkpoint
-  // The --init_from the run started from ("" from scratch), recorded in its checkpoints (a
-  // resumed run keeps the checkpoint's): --auto_resume resumes only the run of its --init_from.
-  std::string started_from;
+  // The --init_from the run started from, resolved ("" from scratch), recorded in its
+  // checkpoints (a resumed run keeps the checkpoint's; unset: a checkpoint from before the
+  // record): --auto_resume resumes only the run of its --init_from.
+  std::optional<std::string> started_from;
+  std::string auto_resume_init_from;      // the --init_from of an --auto_resume that resumed
   bool init_allow_missing_index = false;  // init_from: index branch absent in the file is fresh
   // The Hugging Face source of the weights (hf_architecture, hf_dtype), from the checkpoint
   // loaded; recorded in the run's checkpoints for msa-convert --export_hf.
