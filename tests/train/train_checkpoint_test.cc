@@ -838,14 +838,15 @@ TEST(TrainCheckpointTest, NonFiniteStepsAreSkippedThenTheRunStops) {
   EXPECT_THAT(std::string(s.message()), HasSubstr("--max_nonfinite_steps=3"));
   const std::vector<std::string> log = lines(dir + "/metrics.jsonl");
   ASSERT_GE(log.size(), 3u);
-  // log[i] is step i + 1. The first skipped step and the next are logged (not checkpointed); the
-  // third in a row ends the run before anything is logged for it.
+  // log[i] is step i + 1. The three skipped steps in a row are logged (none checkpointed), the
+  // third too (its line was missing): the run ends after it.
   size_t first = 0;
   while (first < log.size() && log[first].find("\"skipped\":true") == std::string::npos) ++first;
   ASSERT_LT(first, log.size()) << "no step was skipped";
   ASSERT_GE(first, 1u);
-  ASSERT_EQ(log.size(), first + 2);
+  ASSERT_EQ(log.size(), first + 3);
   EXPECT_THAT(log[first + 1], HasSubstr("\"skipped\":true"));
+  EXPECT_THAT(log[first + 2], HasSubstr("\"skipped\":true"));
   const int64_t last_applied = static_cast<int64_t>(first);  // the step of log[first - 1]
   const std::vector<int64_t> steps = list_checkpoint_steps(dir);
   ASSERT_FALSE(steps.empty());
