@@ -627,7 +627,9 @@ class CheckpointWriter {
         base_sample_(base_sample) {}
 
   // Collective: every rank gathers the full state (checkpoints are unsharded), rank 0 writes.
-  absl::Status save(int64_t step, int64_t tokens_seen, int64_t nonfinite_in_a_row = 0) {
+  // `skipped`: the skipped steps up to `step` and those of them in the frozen warm-up.
+  absl::Status save(int64_t step, int64_t tokens_seen, int64_t nonfinite_in_a_row,
+                    std::pair<int64_t, int64_t> skipped) {
     if (o_.checkpoint_dir.empty()) return absl::OkStatus();
     Checkpoint ckpt;
     ckpt.config = config_;
@@ -647,6 +649,8 @@ class CheckpointWriter {
         base_sample_ + (step - base_step_) * o_.trainer.grad_accum * o_.batch_size * groups_.dp_size;
     ckpt.state.lr_step = step;
     ckpt.state.nonfinite_in_a_row = nonfinite_in_a_row;
+    ckpt.state.skipped_steps = skipped.first;
+    ckpt.state.skipped_warmup_steps = skipped.second;
     const std::string path = checkpoint_path(o_.checkpoint_dir, step);
     absl::Status status;
     if (groups_.world_rank == 0) {
@@ -1123,10 +1127,10 @@ absl::Status run_train_program(TrainProgramOptions o) {
       if (!l.ok()) return annotate(l.status(), "--resume");
       resumed_step = l->checkpoint.state.step;
       const TrainState& st = l->checkpoint.state;
-      resumed_fingerprint =
-          fnv1a64(absl::StrCat(l->checkpoint.config.to_json(), "|", l->checkpoint.run_json, "|",
-                               st.step, "|", st.tokens_seen, "|", st.seed, "|", st.sample_cursor,
-                               "|", st.lr_step, "|", st.nonfinite_in_a_row));
+      resumed_fingerprint = fnv1a64(absl::StrCat(
+          l->checkpoint.config.to_json(), "|", l->checkpoint.run_json, "|", st.step, "|",
+          st.tokens_seen, "|", st.seed, "|", st.sample_cursor, "|", st.lr_step, "|",
+          st.nonfinite_in_a_row, "|", st.skipped_steps, "|", st.skipped_warmup_steps));
       if (l->checkpoint.state.step > o.trainer.steps)
         return absl::FailedPreconditionError(absl::StrFormat(
             "--resume: %s is at step %d, past --steps=%d: raise --steps to train further (the LR "
@@ -1205,6 +1209,7 @@ absl::Status run_train_program(TrainProgramOptions o) {
 
   int64_t first_step = 1, tokens_seen = 0, sample_cursor = 0;
   int64_t nonfinite_before = 0;  // the checkpoint's skipped steps in a row (--resume)
+  std::pair<int64_t, int64_t> skipped{0, 0};  // skipped steps so far, of them in the warm-up
   std::string resumed_from;
   if (latest) {
     const Checkpoint& ckpt = latest->checkpoint;
@@ -1252,6 +1257,7 @@ absl::Status run_train_program(TrainProgramOptions o) {
     resumed_from = latest->path;
     tokens_seen = ckpt.state.tokens_seen;
     nonfinite_before = ckpt.state.nonfinite_in_a_row;
+    skipped = {ckpt.state.skipped_steps, ckpt.state.skipped_warmup_steps};
     // Samples continue from the checkpoint's cursor: at another global batch (dp size,
     // --batch_size, --grad_accum) no sample is drawn twice and none is skipped.
     MSA_ASSIGN_OR_RETURN(data, make_source(o, groups, false, ckpt.state.step, sample_cursor));
@@ -1339,6 +1345,7 @@ absl::Status run_train_program(TrainProgramOptions o) {
   if (o.resume && resumed_from == checkpoint_path(o.checkpoint_dir, first_step - 1))
     writer.mark_valid(first_step - 1);
   Trainer trainer(model, optimizer, *data, o.trainer);
+  trainer.set_skipped_before(skipped.first, skipped.second);
   absl::Status failure;
   int64_t last_step = first_step - 1;
   bool last_skipped = false;  // the last step ran was not finite (not applied)
@@ -1354,6 +1361,7 @@ absl::Status run_train_program(TrainProgramOptions o) {
         last_step = m.step;
         last_skipped = m.skipped;
         nonfinite_in_a_row = m.nonfinite_in_a_row;
+        skipped = {m.skipped_steps, m.skipped_warmup_steps};
         if (!m.skipped) last_applied = m.step;
         tokens_seen += m.tokens;
         if (metrics != nullptr) {
@@ -1422,7 +1430,7 @@ absl::Status run_train_program(TrainProgramOptions o) {
                   static_cast<long long>(m.step), writer.newest().c_str());
             std::fflush(stdout);
           } else {
-            failure = writer.save(m.step, tokens_seen);
+            failure = writer.save(m.step, tokens_seen, 0, skipped);
             if (!failure.ok()) return false;
           }
         }
@@ -1459,7 +1467,7 @@ absl::Status run_train_program(TrainProgramOptions o) {
           "msa-train: step %lld was not finite (not applied): the final checkpoint holds the "
           "weights of step %lld, the last applied\n",
           static_cast<long long>(last_step), static_cast<long long>(last_applied));
-    MSA_RETURN_IF_ERROR(writer.save(last_step, tokens_seen, nonfinite_in_a_row));
+    MSA_RETURN_IF_ERROR(writer.save(last_step, tokens_seen, nonfinite_in_a_row, skipped));
   }
   if (device == Device::kCUDA && leader)
     std::printf("msa-train: peak GPU memory in tensors %.2f GiB (rank 0)\n",

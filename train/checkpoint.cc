@@ -35,6 +35,8 @@ constexpr char kChecksumAttr[] = "fnv1a64";
 const char* const kStateFields[] = {"step", "tokens_seen", "seed", "sample_cursor", "lr_step"};
 // Optional: files written before it was recorded have none (read as 0).
 const char kNonfiniteInARowField[] = "nonfinite_in_a_row";
+const char kSkippedStepsField[] = "skipped_steps";
+const char kSkippedWarmupStepsField[] = "skipped_warmup_steps";
 
 uint64_t fnv1a_bytes(const void* data, size_t n) {
   const auto* p = static_cast<const uint8_t*>(data);
@@ -388,6 +390,9 @@ absl::Status save_checkpoint(const std::string& path, const Checkpoint& ckpt) {
         MSA_RETURN_IF_ERROR(write_i64(tmp, state.get(), kStateFields[i], values[i]));
       MSA_RETURN_IF_ERROR(
           write_i64(tmp, state.get(), kNonfiniteInARowField, st.nonfinite_in_a_row));
+      MSA_RETURN_IF_ERROR(write_i64(tmp, state.get(), kSkippedStepsField, st.skipped_steps));
+      MSA_RETURN_IF_ERROR(
+          write_i64(tmp, state.get(), kSkippedWarmupStepsField, st.skipped_warmup_steps));
     }
     if (H5Fflush(file.get(), H5F_SCOPE_GLOBAL) < 0)
       return absl::InternalError(absl::StrFormat("%s: flush failed (disk full?)", tmp));
@@ -491,6 +496,18 @@ absl::StatusOr<Checkpoint> load_checkpoint(const std::string& path, bool weights
     if (ckpt.state.nonfinite_in_a_row < 0 || ckpt.state.nonfinite_in_a_row > ckpt.state.step)
       return absl::DataLossError(absl::StrFormat("%s: %s is %d, not in [0, step %d]", path, streak,
                                                  ckpt.state.nonfinite_in_a_row, ckpt.state.step));
+  }
+  // (0 <= skipped_warmup_steps <= skipped_steps <= step.)
+  int64_t* counts[] = {&ckpt.state.skipped_steps, &ckpt.state.skipped_warmup_steps};
+  const char* count_fields[] = {kSkippedStepsField, kSkippedWarmupStepsField};
+  for (int i = 0; i < 2; ++i) {
+    const std::string name = std::string("/state/") + count_fields[i];
+    if (H5Lexists(file.get(), name.c_str(), H5P_DEFAULT) <= 0) continue;
+    MSA_ASSIGN_OR_RETURN(*counts[i], read_i64(path, file.get(), name));
+    const int64_t hi = i == 0 ? ckpt.state.step : ckpt.state.skipped_steps;
+    if (*counts[i] < 0 || *counts[i] > hi)
+      return absl::DataLossError(
+          absl::StrFormat("%s: %s is %d, not in [0, %d]", path, name, *counts[i], hi));
   }
   return ckpt;
 }

@@ -40,6 +40,11 @@ struct TrainState {
   // after one stops where the uninterrupted run would (--max_nonfinite_steps). Files without it
   // (written before it was recorded) read 0.
   int64_t nonfinite_in_a_row = 0;
+  // Non-finite (skipped) steps up to `step`, and those of them in the frozen-backbone index
+  // warm-up: Adam's bias correction counts the updates a parameter received, which skipped steps
+  // gave none (a resumed run counts on). Files without them read 0.
+  int64_t skipped_steps = 0;
+  int64_t skipped_warmup_steps = 0;
 };
 
 struct Checkpoint {

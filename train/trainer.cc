@@ -3,10 +3,12 @@
 #include <cmath>
 #include <cstdio>
 #include <limits>
+#include <optional>
 #include <vector>
 
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "core/env_switch.h"
 #include "core/timer.h"
 #include "kernels/msa.h"
 
@@ -135,16 +137,32 @@ StepMetrics Trainer::train_step(int64_t step) {
   // The non-finite guard. The loss is reduced over the data-parallel group and the norm over every
   // group, so all ranks take the same decision.
   m.skipped = !std::isfinite(m.loss) || !std::isfinite(m.grad_norm);
-  // After the frozen-backbone warm-up the backbone's moments start from zero at step W + 1: its
-  // bias correction counts from there (the run's step gave its first updates ~0.4x the lr).
+  // A test's stand-in for a non-finite step (the guard's decision, nothing else).
+  if (const std::optional<int64_t> forced = env_int("MSA_TEST_NONFINITE_STEP");
+      forced && *forced == step)
+    m.skipped = true;
+  // Adam's bias correction counts the updates a parameter received (PyTorch's GradScaler and
+  // Megatron-LM do not count a skipped step either; counting them made the next updates up to
+  // ~0.5x too small). After the frozen-backbone warm-up the backbone's moments start from zero at
+  // step W + 1: its count starts there (the run's step gave its first updates ~0.4x the lr).
   AdamW::StepOf bias_step;
-  if (config_.index_warmup_steps > 0 && !m.warmup) {
-    const int64_t frozen = config_.index_warmup_steps;
-    bias_step = [step, frozen](const ParamSpec& s) {
-      return s.index_branch ? step : step - frozen;
+  if (config_.index_warmup_steps > 0 || skipped_ > 0) {
+    const int64_t index_updates = step - skipped_;
+    const int64_t backbone_updates =
+        step - config_.index_warmup_steps - (skipped_ - skipped_warmup_);
+    const bool warmup = m.warmup;  // (the backbone is not updated then)
+    bias_step = [index_updates, backbone_updates, warmup](const ParamSpec& s) {
+      return s.index_branch || warmup ? index_updates : backbone_updates;
     };
   }
-  if (!m.skipped) optimizer_.step(step, m.lr, m.grad_norm, filter, bias_step);
+  if (!m.skipped) {
+    optimizer_.step(step, m.lr, m.grad_norm, filter, bias_step);
+  } else {
+    ++skipped_;
+    if (m.warmup) ++skipped_warmup_;
+  }
+  m.skipped_steps = skipped_;
+  m.skipped_warmup_steps = skipped_warmup_;
   m.seconds = timer.seconds();
   return m;
 }

@@ -65,6 +65,10 @@ struct StepMetrics {
   bool skipped = false;          // the loss or the gradient norm was not finite: not applied
   bool diverged = false;  // skipped, the max_nonfinite_steps-th in a row: run() stops after it
   int64_t nonfinite_in_a_row = 0;  // skipped steps in a row ending at this one (set by run)
+  // Skipped steps so far, this one included, and those of them in the frozen-backbone warm-up
+  // (Adam's update counts; saved in checkpoints).
+  int64_t skipped_steps = 0;
+  int64_t skipped_warmup_steps = 0;
 };
 
 // How MSA layers run at 1-based `step` (dense in both warm-up phases, then sparse).
@@ -80,14 +84,22 @@ class Trainer {
   StepMetrics train_step(int64_t step);
 
   // Runs steps first_step..config.steps; calls `after_step` after each (checkpoints, eval; it may
-  // return false to stop early). Logs every log_every steps. Fails (FailedPrecondition, without
-  // calling after_step for that step) once max_nonfinite_steps steps in a row were skipped,
-  // counting the nonfinite_before skipped just before first_step (a resumed run's checkpoint's).
+  // return false to stop early). Logs every log_every steps. Fails (FailedPrecondition, after
+  // logging that step and calling after_step with it, StepMetrics::diverged) once
+  // max_nonfinite_steps steps in a row were skipped, counting the nonfinite_before skipped just
+  // before first_step (a resumed run's checkpoint's).
   absl::Status run(int64_t first_step,
                    const std::function<bool(const StepMetrics&)>& after_step = nullptr,
                    int64_t nonfinite_before = 0);
 
   std::string format_metrics(const StepMetrics& m) const;
+
+  // The skipped steps before the first step run (a resumed run's checkpoint's
+  // TrainState::skipped_steps and skipped_warmup_steps).
+  void set_skipped_before(int64_t skipped, int64_t skipped_warmup) {
+    skipped_ = skipped;
+    skipped_warmup_ = skipped_warmup;
+  }
 
  private:
   Transformer& model_;
@@ -95,6 +107,7 @@ class Trainer {
   BatchSource& data_;
   TrainerConfig config_;
   bool recall_stride_noted_ = false;  // the raised recall stride was reported
+  int64_t skipped_ = 0, skipped_warmup_ = 0;  // skipped steps so far (of them in the warm-up)
 };
 
 }  // namespace msa
