@@ -1,5 +1,6 @@
 #include "train/trainer.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <limits>
@@ -148,8 +149,10 @@ StepMetrics Trainer::train_step(int64_t step) {
   AdamW::StepOf bias_step;
   if (config_.index_warmup_steps > 0 || skipped_ > 0) {
     const int64_t index_updates = step - skipped_;
+    // (At least 1: a run resumed with another --index_warmup_steps after a skip counted its
+    // warm-up skips under the old length; the count would reach 0 and abort in adamw_update.)
     const int64_t backbone_updates =
-        step - config_.index_warmup_steps - (skipped_ - skipped_warmup_);
+        std::max<int64_t>(1, step - config_.index_warmup_steps - (skipped_ - skipped_warmup_));
     const bool warmup = m.warmup;  // (the backbone is not updated then)
     bias_step = [index_updates, backbone_updates, warmup](const ParamSpec& s) {
       return s.index_branch || warmup ? index_updates : backbone_updates;

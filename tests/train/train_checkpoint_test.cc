@@ -920,6 +920,29 @@ TEST(TrainCheckpointTest, SkippedStepsAreNotCountedByAdam) {
   }
 }
 
+// A run resumed with a longer frozen warm-up after a skip: the backbone's count (derived from the
+// warm-up length) reached 0 and aborted in adamw_update; it stays at least 1.
+TEST(TrainCheckpointTest, ALongerWarmUpOnResumeAfterASkipTrainsOn) {
+  const std::string dir = fresh_dir("adam_skip_warmup");
+  TrainProgramOptions o = tiny_run(dir, 7);
+  o.trainer.recall_every = 0;
+  o.trainer.index_warmup_steps = 2;
+  o.exit_after_step = 5;
+  ::setenv("MSA_TEST_NONFINITE_STEP", "4", 1);
+  absl::Status s = run_train_program(o);
+  ::unsetenv("MSA_TEST_NONFINITE_STEP");
+  ASSERT_TRUE(s.ok()) << s;
+  o.trainer.index_warmup_steps = 5;
+  o.exit_after_step = 0;
+  o.resume = true;
+  s = run_train_program(o);
+  EXPECT_TRUE(s.ok()) << s;
+  auto c = load_checkpoint(checkpoint_path(dir, 7));
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->state.skipped_steps, 1);
+  EXPECT_EQ(c->state.skipped_warmup_steps, 0);
+}
+
 // ---- the seed on resume
 // --------------------------------------------------------------------------
 
