@@ -29,7 +29,11 @@ MsaMode msa_mode_at(const TrainerConfig& config, int64_t step) {
 
 Trainer::Trainer(Transformer& model, AdamW& optimizer, BatchSource& data,
                  const TrainerConfig& config)
-    : model_(model), optimizer_(optimizer), data_(data), config_(config) {}
+    : model_(model),
+      optimizer_(optimizer),
+      data_(data),
+      config_(config),
+      forced_nonfinite_step_(env_int("MSA_TEST_NONFINITE_STEP")) {}
 
 StepMetrics Trainer::train_step(int64_t step) {
   Timer timer;
@@ -139,9 +143,7 @@ StepMetrics Trainer::train_step(int64_t step) {
   // group, so all ranks take the same decision.
   m.skipped = !std::isfinite(m.loss) || !std::isfinite(m.grad_norm);
   // A test's stand-in for a non-finite step (the guard's decision, nothing else).
-  if (const std::optional<int64_t> forced = env_int("MSA_TEST_NONFINITE_STEP");
-      forced && *forced == step)
-    m.skipped = true;
+  if (forced_nonfinite_step_ == step) m.skipped = true;
   // Adam's bias correction counts the updates a parameter received (PyTorch's GradScaler and
   // Megatron-LM do not count a skipped step either; counting them made the next updates up to
   // ~0.5x too small). After the frozen-backbone warm-up the backbone's moments start from zero at

@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -108,6 +109,8 @@ class Trainer {
   TrainerConfig config_;
   bool recall_stride_noted_ = false;  // the raised recall stride was reported
   int64_t skipped_ = 0, skipped_warmup_ = 0;  // skipped steps so far (of them in the warm-up)
+  // MSA_TEST_NONFINITE_STEP (tests only), read once: the step the guard skips as if not finite.
+  std::optional<int64_t> forced_nonfinite_step_;
 };
 
 }  // namespace msa
