@@ -1,14 +1,14 @@
 // msa-bench step: whole training steps of a model on one GPU, exactly the calls msa-train makes
 // (zero grads, forward, backward, global gradient norm, AdamW with f32 masters), timed with the
 // host clock around synchronized steps. Prints tokens/s and MFU = model FLOPs per second (see
-// model_preset.h: 6N per token plus attention, recomputation not counted) over --peak_tflops.
+// model/model_flops.h: 6N per token plus attention, recomputation not counted) over --peak_tflops.
 #if MSA_HAS_CUDA
+#include <cuda_runtime.h>
+
 #include <chrono>
 #include <cstdio>
 #include <string>
 #include <vector>
-
-#include <cuda_runtime.h>
 
 #include "absl/flags/flag.h"
 #include "core/rng.h"
@@ -16,6 +16,7 @@
 #include "launch/bench/bench.h"
 #include "launch/bench/flags.h"
 #include "launch/bench/model_preset.h"
+#include "model/model_flops.h"
 #include "model/transformer.h"
 #include "train/optimizer.h"
 
@@ -96,8 +97,10 @@ int bench_step() {
         for (int s = 1; s <= steps + 2; ++s) {
           StepTimes t;
           sync();
-          const double t0 = now_ms();
+          const double t_zero = now_ms();
           model.params().zero_grads();
+          sync();
+          const double t0 = now_ms();
           t.loss = model.forward(tokens, targets, fo).total_loss;
           sync();
           const double t1 = now_ms();
@@ -110,17 +113,16 @@ int bench_step() {
           t.fwd = t1 - t0;
           t.bwd = t2 - t1;
           t.opt = t3 - t2;
-          t.total = t3 - t0;
+          t.total = t3 - t_zero;  // the step zeroes the gradients too (in no column)
           if (s > 2) times.push_back(t);
         }
       }
-      auto median = [&](double StepTimes::*field) {
-        std::vector<double> v;
-        for (const StepTimes& t : times) v.push_back(t.*field);
-        std::sort(v.begin(), v.end());
-        return v[v.size() / 2];
-      };
-      const double step_ms = median(&StepTimes::total);
+      // Every column from the step of median total time, so that fwd + bwd + opt (+ zeroing the
+      // gradients) add up to the step's time.
+      std::sort(times.begin(), times.end(),
+                [](const StepTimes& a, const StepTimes& b) { return a.total < b.total; });
+      const StepTimes& median = times[times.size() / 2];
+      const double step_ms = median.total;
       const double tokens_per_s = batch * T / (step_ms * 1e-3);
       // The warm-up attends densely: its model FLOPs are the dense model's (the index loss, like
       // recomputation, is not counted).
@@ -130,16 +132,17 @@ int bench_step() {
       std::printf(
           "%-6s | %7lld | %7.2fB | %8.1f %8.1f %7.1f %8.1f | %9.0f | %7.1f | %5.1f%% | %8.2f | "
           "%6.3f\n",
-          kind.name, static_cast<long long>(T), n_params / 1e9, median(&StepTimes::fwd),
-          median(&StepTimes::bwd), median(&StepTimes::opt), step_ms, tokens_per_s, tflops,
-          100 * tflops / peak, cuda_memory_stats().peak_bytes / 1073741824.0, times.back().loss);
+          kind.name, static_cast<long long>(T), n_params / 1e9, median.fwd, median.bwd, median.opt,
+          step_ms, tokens_per_s, tflops, 100 * tflops / peak,
+          cuda_memory_stats().peak_bytes / 1073741824.0, median.loss);
       std::fflush(stdout);
     }
   }
   std::printf(
-      "MFU counts 6N FLOPs per token (N = %s) plus causal attention (6 H d per key and "
-      "layer; MSA layers at most k*B keys, plus their index scores, 2 G d_I per earlier "
-      "token), over a %.1f TFLOP/s peak.\n",
+      "MFU counts 6N FLOPs per token (N = %s) plus causal attention (12 H d per attended key "
+      "and layer, 4 H d forward x 3; MSA layers the keys of their selected blocks, plus their "
+      "index scores, 2 G d_I per earlier token), over a %.1f TFLOP/s peak; step ms includes "
+      "zeroing the gradients.\n",
       "projection and LM-head weights", peak);
   return 0;
 }
