@@ -187,25 +187,38 @@ PositionLoss evaluate_loss_by_position(Transformer& model, const EvalShards& sha
     shards.read_window(windows[i], window.data());
     std::copy(window.begin(), window.end() - 1, tokens.data<int32_t>());
     std::copy(window.begin() + 1, window.end(), targets.data<int32_t>());
+    // Where the window's documents start: one document, the whole window, unless packed.
+    std::vector<int64_t> document_begins = {0};
     options.documents = nullptr;
-    if (documents_eos)
-      options.documents = std::make_shared<const DocumentSegments>(DocumentSegments::from_starts(
-          1, T, {document_starts(absl::MakeConstSpan(tokens.data<int32_t>(), T), *documents_eos)}));
+    if (documents_eos) {
+      document_begins =
+          document_starts(absl::MakeConstSpan(tokens.data<int32_t>(), T), *documents_eos);
+      options.documents = std::make_shared<const DocumentSegments>(
+          DocumentSegments::from_starts(1, T, {document_begins}));
+    }
     const Tensor device_targets = targets.to(model.device()).view({T});
     const ForwardResult f =
         model.forward(tokens.to(model.device()), device_targets.view({1, T}), options);
-    // The logits' rows are the positions of the window: each bucket is a slice of rows, and the
-    // kernel's mean over it times its count is the bucket's sum.
+    // A token's position is the number of tokens before it that the model sees: in its document
+    // when packed (attention and RoPE restart there), else in the window. Each bucket is a slice
+    // of logits rows per document, and the kernel's mean over it times its count is its sum.
     const Tensor& logits = model.logits();
-    for (size_t b = 0; b < starts.size(); ++b) {
-      const int64_t begin = starts[b], end = b + 1 < starts.size() ? starts[b + 1] : T;
-      Tensor lse = Tensor::empty({end - begin},
-                                 model.device() == Device::kCUDA ? DType::kF32 : logits.dtype(),
-                                 model.device());
-      const CrossEntropyResult ce = cross_entropy_forward(
-          logits.slice0(begin, end), device_targets.slice0(begin, end), kIgnoreIndex, lse);
-      r.loss_sum[b] += ce.loss * static_cast<double>(ce.n_counted);
-      r.tokens[b] += ce.n_counted;
+    for (size_t d = 0; d < document_begins.size(); ++d) {
+      const int64_t doc_begin = document_begins[d];
+      const int64_t doc_end = d + 1 < document_begins.size() ? document_begins[d + 1] : T;
+      for (size_t b = 0; b < starts.size(); ++b) {
+        const int64_t begin = doc_begin + starts[b];
+        const int64_t end =
+            std::min(doc_end, b + 1 < starts.size() ? doc_begin + starts[b + 1] : T);
+        if (begin >= end) continue;
+        Tensor lse = Tensor::empty({end - begin},
+                                   model.device() == Device::kCUDA ? DType::kF32 : logits.dtype(),
+                                   model.device());
+        const CrossEntropyResult ce = cross_entropy_forward(
+            logits.slice0(begin, end), device_targets.slice0(begin, end), kIgnoreIndex, lse);
+        r.loss_sum[b] += ce.loss * static_cast<double>(ce.n_counted);
+        r.tokens[b] += ce.n_counted;
+      }
     }
     if (progress) progress(i, windows[i], f.lm_loss);
   }

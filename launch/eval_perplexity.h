@@ -82,7 +82,9 @@ using WindowProgressFn = std::function<void(size_t i, int64_t window, double los
 // using the model's own cross-entropy kernel on the rows of its logits. `starts` as returned by
 // parse_position_buckets for shards.seq_len(). Windows are read on the CPU and moved to the
 // model's device. With `documents_eos`, each window's documents (starting after every EOS, as
-// msa-train --pack_documents trains them) attend and take RoPE positions on their own.
+// msa-train --pack_documents trains them) attend and take RoPE positions on their own, and t is
+// the position in the token's document (the tokens before it that the model sees), so a bucket
+// counts as many tokens as the documents reach into it.
 PositionLoss evaluate_loss_by_position(Transformer& model, const EvalShards& shards,
                                        const std::vector<int64_t>& windows,
                                        const std::vector<int64_t>& starts, MsaMode mode,

@@ -3,7 +3,9 @@
 #include <cmath>
 #include <cstdio>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 
 namespace msa {
 namespace {
@@ -39,14 +41,24 @@ std::string format_position_markdown(const PositionReport& r) {
   for (size_t m = 0; m < r.labels.size(); ++m) out += "---:|---:|";
   out += "\n";
   if (r.losses.empty()) return out;
+  // The models count the same tokens unless some evaluate packed documents (positions within
+  // each document) and others whole windows: then the cell lists each model's count.
+  auto token_cell = [&](auto count) {
+    std::vector<int64_t> counts;
+    for (const PositionLoss& l : r.losses) counts.push_back(count(l));
+    bool same = true;
+    for (int64_t c : counts) same = same && c == counts[0];
+    return same ? absl::StrCat(counts[0]) : absl::StrJoin(counts, " / ");
+  };
   for (size_t b = 0; b < r.starts.size(); ++b) {
-    out += absl::StrFormat("| %s | %d |", position_range_label(r.starts[b], bucket_end(r, b)),
-                           r.losses[0].tokens[b]);
+    out += absl::StrFormat("| %s | %s |", position_range_label(r.starts[b], bucket_end(r, b)),
+                           token_cell([b](const PositionLoss& l) { return l.tokens[b]; }));
     for (const PositionLoss& l : r.losses)
       out += absl::StrFormat(" %.4f | %.3f |", l.mean(b), std::exp(l.mean(b)));
     out += "\n";
   }
-  out += absl::StrFormat("| all | %d |", r.losses[0].total_tokens());
+  out += absl::StrFormat("| all | %s |",
+                         token_cell([](const PositionLoss& l) { return l.total_tokens(); }));
   for (const PositionLoss& l : r.losses)
     out += absl::StrFormat(" %.4f | %.3f |", l.overall_mean(), std::exp(l.overall_mean()));
   return out + "\n";
@@ -70,7 +82,7 @@ std::string format_position_csv(const PositionReport& r) {
 LinePlot position_loss_plot(const PositionReport& r) {
   LinePlot plot;
   plot.title = r.title;
-  plot.x_label = "position in the window (bucket middle, log2)";
+  plot.x_label = "position: tokens before it that the model sees (bucket middle, log2)";
   plot.y_label = "mean loss (nats)";
   plot.log2_x = true;
   for (size_t m = 0; m < r.losses.size(); ++m) {

@@ -1,8 +1,8 @@
 // msa-eval: long-context quality of a checkpoint: retrieval accuracy by context length and depth
 // of the facts, index recall, block recall, the index recall ceiling and the max-pool ceiling per
 // MSA layer (over sampled queries; the first three also at the answer positions); or (--data) the
-// validation loss and perplexity by position in the window, for one or several checkpoints side by
-// side.
+// validation loss and perplexity by position (in the window; in the document for checkpoints
+// trained on packed documents), for one or several checkpoints side by side.
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -524,8 +524,10 @@ absl::Status run_perplexity(const std::vector<std::string>& paths) {
                                            paths[m]));
     if (!id.ok()) return id.status();
     eos[m] = *id;
-    absl::FPrintF(stderr, "msa-eval: %s: packed documents (EOS id %d)%s\n", plan.labels[m], *id,
-                  flag ? "" : ", as the checkpoint was trained");
+    absl::FPrintF(stderr,
+                  "msa-eval: %s: packed documents (EOS id %d)%s; positions count from each "
+                  "document's start\n",
+                  plan.labels[m], *id, flag ? "" : ", as the checkpoint was trained");
   }
   headers.clear();
   for (size_t m = 0; m < paths.size(); ++m) {

@@ -125,15 +125,18 @@ Data write_data(const std::string& dir) {
 // Independently: per position, the cross entropy of the next token from the model's logits
 // (log-softmax in double), summed over every window of the shards.
 // With `eos`, each window's documents (starting after every EOS) run on their own, as packed
-// training runs them.
+// training runs them, and a token's position is its position in its document; `counts` (when
+// given) receives the number of tokens at each position.
 std::vector<double> loss_sum_by_position(const std::string& checkpoint, const Data& data,
                                          MsaMode mode, double* forward_loss,
-                                         std::optional<int32_t> eos = std::nullopt) {
+                                         std::optional<int32_t> eos = std::nullopt,
+                                         std::vector<int64_t>* counts = nullptr) {
   auto ckpt = load_checkpoint(checkpoint, /*weights_only=*/true);
   EXPECT_TRUE(ckpt.ok()) << ckpt.status();
   Transformer model(ckpt->config, DType::kF32, Device::kCPU);
   for (Parameter& p : model.params().all()) p.value.copy_from(ckpt->params.at(p.spec.name));
   std::vector<double> sum(kSeqLen, 0.0);
+  if (counts) counts->assign(kSeqLen, 0);
   double forward_sum = 0;
   int64_t windows = 0;
   for (const std::vector<uint32_t>& shard : data.shards) {
@@ -147,12 +150,16 @@ std::vector<double> loss_sum_by_position(const std::string& checkpoint, const Da
       ForwardOptions options;
       options.msa_mode = mode;
       options.for_backward = false;
+      std::vector<int64_t> position(kSeqLen);  // in the window, or in the document when packed
+      for (int64_t t = 0; t < kSeqLen; ++t) position[t] = t;
       if (eos) {
         std::vector<int64_t> starts = {0};
         for (int64_t t = 0; t + 1 < kSeqLen; ++t)
           if (tokens.data<int32_t>()[t] == *eos) starts.push_back(t + 1);
         options.documents = std::make_shared<const DocumentSegments>(
             DocumentSegments::from_starts(1, kSeqLen, {starts}));
+        for (int64_t t = 1; t < kSeqLen; ++t)
+          position[t] = tokens.data<int32_t>()[t - 1] == *eos ? 0 : position[t - 1] + 1;
       }
       forward_sum += model.forward(tokens, targets, options).lm_loss;
       ++windows;
@@ -162,7 +169,8 @@ std::vector<double> loss_sum_by_position(const std::string& checkpoint, const Da
         double max = row[0], z = 0;
         for (int64_t v = 0; v < kVocab; ++v) max = std::max(max, row[v]);
         for (int64_t v = 0; v < kVocab; ++v) z += std::exp(row[v] - max);
-        sum[t] += max + std::log(z) - row[targets.data<int32_t>()[t]];
+        sum[position[t]] += max + std::log(z) - row[targets.data<int32_t>()[t]];
+        if (counts) ++(*counts)[position[t]];
       }
     }
   }
@@ -307,6 +315,39 @@ TEST_F(MsaEvalPerplexityTest, PackedCheckpointIsEvaluatedOnItsDocuments) {
   ASSERT_EQ(row.size(), 4u) << r.output;
   EXPECT_NEAR(number(row[2]), whole / (5.0 * kSeqLen), 1e-4);
   EXPECT_GT(std::abs(number(row[2]) - crossing), 1e-3);  // the documents matter here
+  // Buckets hold the tokens by their position in their document (they were bucketed by their
+  // position in the window, mixing short-context tokens into the long-context rows).
+  std::vector<int64_t> counts;
+  loss_sum_by_position(packed, d, MsaMode::kSparse, &unused, kEos, &counts);
+  r = run_eval("--checkpoint=" + packed + " --data='" + d.glob +
+               "' --eval_windows=5 --position_buckets=0,8,32");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("positions count from each document's start"));
+  int64_t late_tokens = 0;
+  for (const auto& [label, range] : std::vector<std::pair<std::string, std::pair<int, int>>>{
+           {"0-8", {0, 8}}, {"8-32", {8, 32}}, {"32-64", {32, 64}}}) {
+    row = table_row(r.output, label);
+    ASSERT_EQ(row.size(), 4u) << label << "\n" << r.output;
+    double expected = 0;
+    int64_t n = 0;
+    for (int t = range.first; t < range.second; ++t) {
+      expected += sum[t];
+      n += counts[t];
+    }
+    ASSERT_GT(n, 0) << label;
+    EXPECT_EQ(number(row[1]), n) << label;
+    EXPECT_NEAR(number(row[2]), expected / static_cast<double>(n), 1e-4) << label;
+    if (label == "32-64") late_tokens = n;
+  }
+  EXPECT_LT(late_tokens, 5 * 32);  // documents end inside the windows: fewer late positions
+  // Side by side with an unpacked checkpoint: the token cell gives each column's count.
+  r = run_eval("--checkpoint=" + packed + "," + msa_ + " --labels=p,w --data='" + d.glob +
+               "' --eval_windows=5 --position_buckets=0,8,32");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  row = table_row(r.output, "32-64");
+  ASSERT_EQ(row.size(), 6u) << r.output;
+  EXPECT_EQ(row[1], std::to_string(late_tokens) + " / 160");
+  EXPECT_EQ(table_row(r.output, "all")[1], "320");  // every token, whatever its position
   r = run_eval("--checkpoint=" + packed + " --data='" + d.glob +
                "' --eval_windows=5 --position_buckets=0 --pack_documents=false");
   ASSERT_EQ(r.exit_code, 0) << r.output;
