@@ -15,6 +15,8 @@
 
 #include "absl/strings/str_format.h"
 #include "core/bf16.h"
+#include "core/file_publish.h"
+#include "core/status.h"
 #include "nlohmann/json.hpp"
 
 namespace msa {
@@ -255,7 +257,7 @@ std::vector<uint8_t> encode_f32(const Tensor& t, StDtype dtype) {
 }
 
 absl::Status write_safetensors(const std::string& path, const std::vector<StTensorOut>& tensors,
-                               const std::map<std::string, std::string>& metadata) {
+                               const std::map<std::string, std::string>& metadata, bool replace) {
   nlohmann::ordered_json header;
   if (!metadata.empty()) header["__metadata__"] = metadata;
   uint64_t offset = 0;
@@ -271,9 +273,12 @@ absl::Status write_safetensors(const std::string& path, const std::vector<StTens
   }
   std::string text = header.dump();
   while ((8 + text.size()) % 8 != 0) text.push_back(' ');
-  const std::string tmp = path + ".tmp";
+  MSA_ASSIGN_OR_RETURN(const std::string tmp, create_temp_beside(path));
   FILE* f = std::fopen(tmp.c_str(), "wb");
-  if (f == nullptr) return absl::InternalError(absl::StrFormat("%s: cannot create", tmp));
+  if (f == nullptr) {
+    std::remove(tmp.c_str());
+    return absl::InternalError(absl::StrFormat("%s: cannot open for writing", tmp));
+  }
   uint8_t len[8];
   for (int i = 0; i < 8; ++i)
     len[i] = static_cast<uint8_t>(static_cast<uint64_t>(text.size()) >> (8 * i));
@@ -281,11 +286,11 @@ absl::Status write_safetensors(const std::string& path, const std::vector<StTens
       std::fwrite(len, 1, 8, f) == 8 && std::fwrite(text.data(), 1, text.size(), f) == text.size();
   for (const StTensorOut& t : tensors)
     ok = ok && std::fwrite(t.bytes.data(), 1, t.bytes.size(), f) == t.bytes.size();
-  if (std::fclose(f) != 0 || !ok)
-    return absl::InternalError(absl::StrFormat("%s: write failed", tmp));
-  if (std::rename(tmp.c_str(), path.c_str()) != 0)
-    return absl::InternalError(absl::StrFormat("%s: rename failed", path));
-  return absl::OkStatus();
+  if (std::fclose(f) != 0 || !ok) {
+    std::remove(tmp.c_str());  // a partial file of up to the model's size
+    return absl::InternalError(absl::StrFormat("%s: write failed (disk full?)", tmp));
+  }
+  return publish_temp(tmp, path, replace);
 }
 
 }  // namespace msa

@@ -63,8 +63,11 @@ struct StTensorOut {
 // Encodes f32 values as `dtype` (round to nearest even for F16 / BF16).
 std::vector<uint8_t> encode_f32(const Tensor& t, StDtype dtype);
 
-// Writes a safetensors file (tensors in the given order, header padded to 8 bytes).
+// Writes a safetensors file (tensors in the given order, header padded to 8 bytes) through a
+// uniquely named temporary file (removed on failure), synced and moved into place; replace =
+// false never replaces an existing `path` (core/file_publish.h).
 absl::Status write_safetensors(const std::string& path, const std::vector<StTensorOut>& tensors,
-                               const std::map<std::string, std::string>& metadata = {});
+                               const std::map<std::string, std::string>& metadata = {},
+                               bool replace = true);
 
 }  // namespace msa

@@ -15,7 +15,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_replace.h"
+#include "core/file_publish.h"
 #include "core/status.h"
+#include "launch/available_memory.h"
 #include "launch/hf_rope_config.h"
 #include "model/parameters.h"
 #include "nlohmann/json.hpp"
@@ -365,6 +367,11 @@ absl::StatusOr<HfCheckpoint> read_hf_checkpoint(const std::string& dir) {
         names.insert(file);
       }
       for (const std::string& n : names) {
+        // A shard is a file of this directory: a path would read weights from elsewhere.
+        if (n.empty() || n.find('/') != std::string::npos || n == "." || n == "..")
+          return absl::InvalidArgumentError(
+              absl::StrFormat("%s: weight_map names the shard '%s', which is not a file name in %s",
+                              index_path, n, dir));
         if (::stat((dir + "/" + n).c_str(), &st) != 0)
           return absl::NotFoundError(
               absl::StrFormat("%s names the shard %s, which is not there", index_path, n));
@@ -380,13 +387,26 @@ absl::StatusOr<HfCheckpoint> read_hf_checkpoint(const std::string& dir) {
 
   const std::vector<ParamSpec> specs = model_param_specs(ck.config);
   std::map<std::string, Shape> expected;
-  for (const ParamSpec& s : specs) expected[s.name] = s.shape;
+  double f32_bytes = 0;
+  for (const ParamSpec& s : specs) {
+    expected[s.name] = s.shape;
+    f32_bytes += 4.0 * static_cast<double>(shape_numel(s.shape));
+  }
+  // Every weight is held in f32 until the checkpoint is written: refused up front rather than
+  // killed by the OOM killer after reading most shards.
+  if (const std::optional<double> free = host_available_bytes(); free && f32_bytes > *free)
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "%s: the model's weights take %.1f GiB in f32, which msa-convert holds in host memory "
+        "until it writes them, more than the %.1f GiB available",
+        config_path, f32_bytes / 1073741824.0, *free / 1073741824.0));
+  std::set<std::string> read_names;  // "<shard>/<tensor>" of every tensor read
   bool first = true;
   std::map<std::string, std::string> source;  // our name -> "file: tensor" it was read from
   for (const std::string& file : files) {
     MSA_ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsFile> st_file, SafetensorsFile::open(file));
     const std::string base = file.substr(dir.size() + 1);
     for (const auto& [hf_name, info] : st_file->tensors()) {
+      read_names.insert(base + "/" + hf_name);
       if (hf_name.find("rotary_emb.inv_freq") != std::string::npos) continue;  // derived buffer
       if (!weight_map.empty()) {
         // A shard's tensor that the index gives to another file (or to none): a malformed set
@@ -436,6 +456,12 @@ absl::StatusOr<HfCheckpoint> read_hf_checkpoint(const std::string& dir) {
       ck.params[ours] = std::move(values);
     }
   }
+  // The index the other way round: every tensor it maps is in the shard it names (an entry
+  // that is not means a stale index or shard, whose weights may not be the model's).
+  for (const auto& [hf_name, file] : weight_map)
+    if (!read_names.count(file + "/" + hf_name))
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "%s maps tensor '%s' to %s, which does not hold it", index_path, hf_name, file));
   for (const ParamSpec& s : specs)
     if (!ck.params.count(s.name))
       return absl::InvalidArgumentError(absl::StrFormat("%s: missing tensor '%s' (msa-train's %s)",
@@ -519,21 +545,27 @@ absl::Status write_hf_checkpoint(const std::string& dir, const std::string& arch
     }
     tensors.push_back({our_to_hf_name(s.name), dtype, s.shape, encode_f32(host, dtype)});
   }
-  MSA_RETURN_IF_ERROR(write_safetensors(dir + "/model.safetensors", tensors, {{"format", "pt"}}));
-  // Through a temporary file closed and checked before the rename: a full disk shows at close.
-  const std::string config = dir + "/config.json", tmp = config + ".tmp";
+  // config.json is written first and published last, so a directory holding it holds the whole
+  // model; neither file replaces one that appeared meanwhile.
+  const std::string config = dir + "/config.json", weights = dir + "/model.safetensors";
+  MSA_ASSIGN_OR_RETURN(const std::string config_tmp, create_temp_beside(config));
   {
-    std::ofstream f(tmp);
+    std::ofstream f(config_tmp);
     f << j.dump(2) << "\n";
     f.close();
     if (!f) {
-      std::remove(tmp.c_str());
-      return absl::InternalError(absl::StrFormat("%s: write failed (disk full?)", tmp));
+      std::remove(config_tmp.c_str());
+      return absl::InternalError(absl::StrFormat("%s: write failed (disk full?)", config_tmp));
     }
   }
-  if (std::rename(tmp.c_str(), config.c_str()) != 0) {
-    std::remove(tmp.c_str());
-    return absl::InternalError(absl::StrFormat("%s: rename to %s failed", tmp, config));
+  if (absl::Status s = write_safetensors(weights, tensors, {{"format", "pt"}}, /*replace=*/false);
+      !s.ok()) {
+    std::remove(config_tmp.c_str());
+    return s;
+  }
+  if (absl::Status s = publish_temp(config_tmp, config, /*replace=*/false); !s.ok()) {
+    std::remove(weights.c_str());  // this call's own file (it replaced nothing)
+    return s;
   }
   return absl::OkStatus();
 }

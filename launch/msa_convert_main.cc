@@ -242,7 +242,7 @@ absl::Status convert() {
     ++n_index;
   }
   out.run_json = run.dump();
-  MSA_RETURN_IF_ERROR(msa::save_checkpoint(output, out));
+  MSA_RETURN_IF_ERROR(msa::save_checkpoint(output, out, /*replace=*/false));
   int n_msa = 0;
   for (auto k : out.config.attention) n_msa += k == msa::AttentionKind::kMsa;
   std::printf(

@@ -16,6 +16,7 @@
 
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "core/file_publish.h"
 #include "core/status.h"
 #include "model/parameters.h"
 
@@ -150,20 +151,6 @@ uint64_t config_checksum(const std::string& model, const std::string& run,
 
 hid_t make_group(hid_t loc, const std::string& name) {
   return H5Gcreate2(loc, name.c_str(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-}
-
-absl::Status fsync_path(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY);
-  if (fd < 0) return absl::InternalError(absl::StrFormat("%s: cannot open to sync", path));
-  const int rc = ::fsync(fd);
-  ::close(fd);
-  if (rc != 0) return absl::InternalError(absl::StrFormat("%s: fsync failed", path));
-  return absl::OkStatus();
-}
-
-std::string parent_dir(const std::string& path) {
-  const size_t slash = path.rfind('/');
-  return slash == std::string::npos ? "." : path.substr(0, std::max<size_t>(1, slash));
 }
 
 // The index of the first non-finite value of `t` (any device / dtype), or -1.
@@ -335,9 +322,8 @@ std::string checkpoint_path(const std::string& dir, int64_t step) {
   return absl::StrFormat("%s/ckpt-%08d.h5", dir, step);
 }
 
-absl::Status save_checkpoint(const std::string& path, const Checkpoint& ckpt) {
+absl::Status save_checkpoint(const std::string& path, const Checkpoint& ckpt, bool replace) {
   silence_hdf5();
-  const std::string tmp = path + ".tmp";
   const std::vector<ParamSpec> specs = model_param_specs(ckpt.config);
   const bool with_optimizer = !ckpt.m.empty() || !ckpt.v.empty();
   for (const ParamSpec& s : specs) {
@@ -353,6 +339,12 @@ absl::Status save_checkpoint(const std::string& path, const Checkpoint& ckpt) {
     if (!finite.ok())
       return absl::FailedPreconditionError(absl::StrFormat(
           "%s: refusing to write a checkpoint from non-finite state: %s", path, finite.message()));
+  }
+  // A run's checkpoint directory is its own (locked): its temporary name is fixed, so a crash
+  // leaves at most one per step. Anywhere else it is unique and created exclusively.
+  std::string tmp = path + ".tmp";
+  if (!replace) {
+    MSA_ASSIGN_OR_RETURN(tmp, create_temp_beside(path));
   }
   // The temporary file goes when anything fails (a full disk): only complete files are renamed.
   absl::Status written = [&]() -> absl::Status {
@@ -398,15 +390,12 @@ absl::Status save_checkpoint(const std::string& path, const Checkpoint& ckpt) {
       return absl::InternalError(absl::StrFormat("%s: flush failed (disk full?)", tmp));
     return absl::OkStatus();
   }();
-  if (written.ok()) written = fsync_path(tmp);
   if (!written.ok()) {
     std::remove(tmp.c_str());
     return written;
   }
   if (std::getenv(kCrashBeforeRenameEnv) != nullptr) std::raise(SIGKILL);
-  if (std::rename(tmp.c_str(), path.c_str()) != 0)
-    return absl::InternalError(absl::StrFormat("%s: rename to %s failed", tmp, path));
-  return fsync_path(parent_dir(path));
+  return publish_temp(tmp, path, replace);
 }
 
 namespace {

@@ -55,10 +55,14 @@ struct Checkpoint {
   TrainState state;
 };
 
-// Writes `ckpt` to `path` (via `path`.tmp + rename). Every parameter of
-// ckpt.config must be in params (and in m, v unless both are empty). A tensor holding a NaN or an
-// infinity is refused (FailedPrecondition, naming it) before anything is written.
-absl::Status save_checkpoint(const std::string& path, const Checkpoint& ckpt);
+// Writes `ckpt` to `path` (via a temporary file, synced, then moved into place). Every parameter
+// of ckpt.config must be in params (and in m, v unless both are empty). A tensor holding a NaN or
+// an infinity is refused (FailedPrecondition, naming it) before anything is written.
+// replace = true (a run's own checkpoint directory): through `path`.tmp, replacing `path`.
+// replace = false (msa-convert's --output): through a uniquely named, exclusively created
+// temporary file, and `path` is never replaced, also when it appears during the write
+// (core/file_publish.h).
+absl::Status save_checkpoint(const std::string& path, const Checkpoint& ckpt, bool replace = true);
 
 // Reads and validates a checkpoint; with weights_only the optimizer group is
 // not read. A parameter or moment holding a NaN or an infinity is refused (DataLoss, naming the

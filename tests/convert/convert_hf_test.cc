@@ -717,6 +717,99 @@ TEST(ConvertHfTest, RefusesShardsAndIndexThatDisagree) {
   EXPECT_FALSE(std::ifstream(target + "/model.safetensors").good());
 }
 
+// The index the other way round: an entry whose shard does not hold the tensor (a stale index,
+// or a config that shrank) is refused naming the shard, and a shard name that is a path (read
+// from outside the model directory) is refused naming the index. Both converted without a word.
+TEST(ConvertHfTest, RefusesIndexEntriesTheirShardDoesNotHoldAndShardPaths) {
+  const std::string dir = fresh_dir("index_entries");
+  write_hf(dir, {"LlamaForCausalLM"}, 1);
+  const std::string index_path = dir + "/model.safetensors.index.json";
+  const nlohmann::json index = nlohmann::json::parse(read_file(index_path));
+  auto rewrite = [&](const nlohmann::json& j) { std::ofstream(index_path) << j.dump(); };
+  nlohmann::json extra = index;
+  extra["weight_map"]["model.layers.7.mlp.up_proj.weight"] = "model-00001-of-00002.safetensors";
+  rewrite(extra);
+  auto r = read_hf_checkpoint(dir);
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(std::string(r.status().message()),
+              HasSubstr(index_path + " maps tensor 'model.layers.7.mlp.up_proj.weight' to "
+                                     "model-00001-of-00002.safetensors, which does not hold it"));
+  // A tensor the model needs, mapped to the shard without it: the message names that shard.
+  nlohmann::json moved = index;
+  const std::string owner = moved["weight_map"]["model.norm.weight"];
+  moved["weight_map"]["model.norm.weight"] = owner == "model-00001-of-00002.safetensors"
+                                                 ? "model-00002-of-00002.safetensors"
+                                                 : "model-00001-of-00002.safetensors";
+  rewrite(moved);
+  r = read_hf_checkpoint(dir);
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("'model.norm.weight'"));
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("model-0000"));
+  for (const char* shard : {"../outside.safetensors", "/abs/model.safetensors", ".."}) {
+    nlohmann::json path = index;
+    path["weight_map"]["model.norm.weight"] = shard;
+    rewrite(path);
+    r = read_hf_checkpoint(dir);
+    ASSERT_FALSE(r.ok()) << shard;
+    EXPECT_THAT(std::string(r.status().message()),
+                HasSubstr(index_path + ": weight_map names the shard '" + shard +
+                          "', which is not a file name in " + dir))
+        << shard;
+  }
+  rewrite(index);
+  EXPECT_TRUE(read_hf_checkpoint(dir).ok());
+}
+
+// The temporary files of a conversion and an export are their own: a file of the user's called
+// <output>.tmp or model.safetensors.tmp keeps its bytes (it was truncated and renamed away), and
+// nothing temporary is left behind.
+TEST(ConvertHfTest, TemporaryFilesNeverTakeAnExistingName) {
+  const std::string dir = fresh_dir("temp_names");
+  write_hf(dir, {"LlamaForCausalLM"}, 1);
+  std::ofstream(dir + "/out.h5.tmp") << "precious";
+  auto [rc, log] = run("--hf_dir=" + dir + " --output=" + dir +
+                       "/out.h5 --msa_block_size=4 --msa_topk=3 --msa_index_dim=8");
+  ASSERT_EQ(rc, 0) << log;
+  EXPECT_EQ(read_file(dir + "/out.h5.tmp"), "precious");
+  EXPECT_TRUE(load_checkpoint(dir + "/out.h5", true).ok());
+  const std::string back = dir + "/back";
+  ASSERT_EQ(::mkdir(back.c_str(), 0755), 0);
+  std::ofstream(back + "/model.safetensors.tmp") << "precious";
+  std::ofstream(back + "/config.json.tmp") << "precious";
+  std::tie(rc, log) = run("--checkpoint=" + dir + "/out.h5 --export_hf=" + back);
+  ASSERT_EQ(rc, 0) << log;
+  EXPECT_EQ(read_file(back + "/model.safetensors.tmp"), "precious");
+  EXPECT_EQ(read_file(back + "/config.json.tmp"), "precious");
+  EXPECT_TRUE(read_hf_checkpoint(back).ok());
+  const std::string listing = [&] {
+    FILE* p = popen(("ls -a '" + dir + "' '" + back + "'").c_str(), "r");
+    std::string out;
+    char buf[4096];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
+    pclose(p);
+    return out;
+  }();
+  EXPECT_THAT(listing, ::testing::Not(HasSubstr(".tmp.")));
+}
+
+// A model whose weights do not fit in host memory as f32 is refused before any shard is read
+// (it was read shard by shard until the OOM killer ended the process without a message).
+TEST(ConvertHfTest, ModelLargerThanHostMemoryIsRefusedUpFront) {
+  const std::string dir = fresh_dir("too_large");
+  write_hf(dir, {"LlamaForCausalLM"}, 1);
+  nlohmann::json config = nlohmann::json::parse(read_file(dir + "/config.json"));
+  config["vocab_size"] = 2147483647;  // with a hidden size of 2^16: 512 TiB of f32 embeddings
+  config["hidden_size"] = 65536;
+  std::ofstream(dir + "/config.json") << config.dump();
+  auto r = read_hf_checkpoint(dir);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kResourceExhausted) << r.status();
+  EXPECT_THAT(std::string(r.status().message()),
+              HasSubstr(dir + "/config.json: the model's weights take"));
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("GiB available"));
+}
+
 // transformers' MistralConfig reads an absent sliding_window as 4096: only an explicit null is
 // full attention. The export writes the null.
 TEST(ConvertHfTest, MistralWithoutAnExplicitNullSlidingWindowIsRefused) {
