@@ -45,7 +45,7 @@ ABSL_FLAG(std::string, model, "1b",
           "dense/step: model preset: '1b' (d_model 2048, 16 layers, 16 heads, 4 KV heads, head "
           "dim 128, ffn 5632, vocab 32000) or 'small' (d_model 512, 4 layers, 8/2 heads, ffn "
           "1408, vocab 32000).");
-ABSL_FLAG(int, layers, 0, "dense/step: override the preset's number of layers (0: keep).");
+ABSL_FLAG(int, layers, 0, "step: override the preset's number of layers (0: keep).");
 ABSL_FLAG(int, batch, 1,
           "msa/dense/step: sequences per call (msa: the batch's sequences share kernel launches, "
           "as in training).");

@@ -167,6 +167,19 @@ absl::Status validate_retrieval_flags(const std::vector<int64_t>& lengths,
   for (double depth : depths)
     if (!std::isfinite(depth) || depth > 1)
       return bad("depths", absl::StrFormat("%g must be finite and <= 1 (< 0: random)", depth));
+  // A repeated row or column doubles the run for cells that cannot be told apart.
+  for (size_t i = 0; i < lengths.size(); ++i)
+    if (std::count(lengths.begin(), lengths.begin() + i, lengths[i]))
+      return bad("lengths", absl::StrFormat("%d is listed twice", lengths[i]));
+  for (size_t i = 0; i < depths.size(); ++i)
+    if (depths[i] >= 0 && std::count(depths.begin(), depths.begin() + i, depths[i]))
+      return bad("depths", absl::StrFormat("%g is listed twice", depths[i]));
+  // The needle task plants one fact: --pairs (kv-recall's) was ignored.
+  const absl::StatusOr<msa::SyntheticTask> task =
+      msa::parse_synthetic_task(absl::GetFlag(FLAGS_task));
+  if (task.ok() && *task == msa::SyntheticTask::kNeedle &&
+      msa::flags_set({&absl::GetFlagReflectionHandle(FLAGS_pairs)}).size() == 1)
+    return bad("pairs", "the needle task plants one fact; --pairs is kv-recall's");
   return absl::OkStatus();
 }
 
@@ -433,6 +446,15 @@ absl::StatusOr<PerplexityPlan> plan_perplexity(const std::vector<std::string>& p
                                       plan.mode_names[0]) != static_cast<std::ptrdiff_t>(n);
   if (labels.empty() && mixed_modes)
     for (size_t i = 0; i < n; ++i) plan.labels[i] = paths[i] + " " + plan.mode_names[i];
+  // Two columns (and CSV rows) of one name could not be told apart.
+  for (size_t i = 0; i < n; ++i)
+    for (size_t k = 0; k < i; ++k)
+      if (plan.labels[i] == plan.labels[k])
+        return bad("labels", absl::StrFormat("'%s' names checkpoints %d and %d (%s): give each "
+                                             "its own label%s",
+                                             plan.labels[i], k + 1, i + 1,
+                                             labels.empty() ? "their paths, the default" : "",
+                                             labels.empty() ? " with --labels" : ""));
   const int64_t seq_len = absl::GetFlag(FLAGS_seq_len);
   constexpr int64_t kMaxTokens = std::numeric_limits<int32_t>::max();
   if (seq_len < 0 || seq_len > kMaxTokens)
@@ -583,7 +605,8 @@ absl::Status refuse_report_flags_when_dumping() {
        &GetFlagReflectionHandle(FLAGS_pairs), &GetFlagReflectionHandle(FLAGS_samples),
        &GetFlagReflectionHandle(FLAGS_task), &GetFlagReflectionHandle(FLAGS_batch_size),
        &GetFlagReflectionHandle(FLAGS_recall_stride), &GetFlagReflectionHandle(FLAGS_answer_recall),
-       &GetFlagReflectionHandle(FLAGS_out_dir), &GetFlagReflectionHandle(FLAGS_name)});
+       &GetFlagReflectionHandle(FLAGS_out_dir), &GetFlagReflectionHandle(FLAGS_name),
+       &GetFlagReflectionHandle(FLAGS_seed)});
   if (wrong.empty()) return absl::OkStatus();
   return absl::InvalidArgumentError(absl::StrFormat(
       "invalid %s: %s to the retrieval report, and --dump_logits_tokens writes only the logits",
@@ -627,6 +650,11 @@ absl::Status check_output_paths(bool perplexity, bool dumping) {
   // The files: the flags' own, then --out_dir's report (flag "out_dir").
   std::vector<std::pair<std::string, std::string>> files;
   const std::string out_dir = absl::GetFlag(FLAGS_out_dir), name = absl::GetFlag(FLAGS_name);
+  // --name is the stem of --out_dir's files: without it nothing was written, without a word.
+  if (out_dir.empty() && msa::flags_set({&absl::GetFlagReflectionHandle(FLAGS_name)}).size() == 1)
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "invalid --name: '%s' names the report files written into --out_dir, which is not given",
+        name));
   if (dumping) {
     files.push_back({"dump_logits", absl::GetFlag(FLAGS_dump_logits)});
   } else {

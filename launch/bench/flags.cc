@@ -53,7 +53,7 @@ std::string refuse_other_benchmarks_flags(const std::string& which) {
       {&GetFlagReflectionHandle(FLAGS_cp_shards), "msa"},
       {&GetFlagReflectionHandle(FLAGS_model_seqs), "dense and step"},
       {&GetFlagReflectionHandle(FLAGS_model), "dense and step"},
-      {&GetFlagReflectionHandle(FLAGS_layers), "dense and step"},
+      {&GetFlagReflectionHandle(FLAGS_layers), "step"},  // dense times one layer
       {&GetFlagReflectionHandle(FLAGS_block_size), "msa and step"},
       {&GetFlagReflectionHandle(FLAGS_topk), "msa and step"},
       {&GetFlagReflectionHandle(FLAGS_index_dim), "msa and step"},
@@ -124,13 +124,16 @@ std::string check_flags(const std::string& which) {
               "whole --block_size=%d blocks (the length must be a multiple of %d)",
               C, T, C, absl::GetFlag(FLAGS_block_size), unit));
     }
-    parse_lengths(absl::GetFlag(FLAGS_fwd_only_seqs), "fwd_only_seqs");
+    // An empty list ran nothing and printed a bare header.
+    if (seqs.empty() && parse_lengths(absl::GetFlag(FLAGS_fwd_only_seqs), "fwd_only_seqs").empty())
+      check("invalid --seqs: no length (give at least one, here or in --fwd_only_seqs)");
   } else {
     check(at_least("layers", absl::GetFlag(FLAGS_layers), 0));
     check(at_least("steps", absl::GetFlag(FLAGS_steps), 1));
     if (!(absl::GetFlag(FLAGS_peak_tflops) > 0))
       check(absl::StrFormat("invalid --peak_tflops: %g (> 0)", absl::GetFlag(FLAGS_peak_tflops)));
-    parse_lengths(absl::GetFlag(FLAGS_model_seqs), "model_seqs");
+    if (parse_lengths(absl::GetFlag(FLAGS_model_seqs), "model_seqs").empty())
+      check("invalid --model_seqs: no length (give at least one)");
     if (which == "step") {
       const std::string a = absl::GetFlag(FLAGS_attention);
       if (a != "dense" && a != "msa" && a != "warmup" && a != "both" && a != "all")

@@ -22,7 +22,7 @@ TEST(BenchCliTest, MsaBenchRefusesUnusableFlagsNamingThem) {
       {"step --recompute=some", "invalid --recompute"},
       {"step --topk=0", "invalid --topk: 0"},
       {"dense --model=huge", "unknown --model 'huge'"},
-      {"dense --layers=-1", "invalid --layers: -1"},
+      {"step --layers=-1", "invalid --layers: -1"},
       {"msa extra", "unexpected argument 'extra'"},
       // Another benchmark's flags (step --seqs ran step's --model_seqs without a word).
       {"step --seqs=16384", "invalid --seqs: only the msa benchmark reads it, not step"},
@@ -37,6 +37,11 @@ TEST(BenchCliTest, MsaBenchRefusesUnusableFlagsNamingThem) {
       {"msa --selection=sink --topk=1", "invalid --topk: 1 with --selection=sink"},
       {"step --iters=9", "invalid --iters: only the msa and dense benchmarks read it, not step"},
       {"", "expected one benchmark name"},
+      // Accepted and ignored (dense times one layer), or an empty list that ran nothing.
+      {"dense --layers=3", "invalid --layers: only the step benchmark reads it, not dense"},
+      {"msa --seqs=", "invalid --seqs: no length"},
+      {"msa --seqs=, --fwd_only_seqs=", "invalid --seqs: no length"},
+      {"step --model_seqs=", "invalid --model_seqs: no length"},
   };
   for (const auto& [args, message] : cases) {
     const auto [rc, out] = run_program("msa-bench", args);

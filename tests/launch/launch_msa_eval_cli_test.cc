@@ -146,6 +146,21 @@ TEST(MsaEvalCliTest, FlagsTheReportDoesNotReadOrCannotUseAreRefused) {
        "invalid --lengths, --out_dir: they belong to the retrieval report"},
       {" --device=cpu --data='/nonexistent/*.tok' --batch_size=4",
        "invalid --batch_size: it belongs to the retrieval (without --data) report"},
+      // Accepted and ignored: --name without --out_dir wrote nothing, --pairs with the needle
+      // task ran one fact, --seed beside the dump changed nothing; repeated rows, columns and
+      // labels doubled the work into cells that could not be told apart.
+      {kCell + std::string(" --name=foo"),
+       "invalid --name: 'foo' names the report files written into --out_dir, which is not given"},
+      {" --device=cpu --lengths=64 --depths=0.5 --recall_stride=0 --task=needle --pairs=7",
+       "invalid --pairs: the needle task plants one fact"},
+      {" --device=cpu --dump_logits_tokens=1,2,3 --seed=4",
+       "invalid --seed: it belongs to the retrieval report"},
+      {" --device=cpu --lengths=64,64 --depths=0.5 --recall_stride=0",
+       "invalid --lengths: 64 is listed twice"},
+      {" --device=cpu --lengths=64 --depths=0.5,0.5 --recall_stride=0",
+       "invalid --depths: 0.5 is listed twice"},
+      {",/elsewhere/x.h5 --labels=a,a --device=cpu --data='/nonexistent/*.tok'",
+       "invalid --labels: 'a' names checkpoints 1 and 2"},
   };
   for (const auto& [args, message] : cases) {
     CommandResult r = run("msa-eval", "--checkpoint=" + ckpt + args);
