@@ -626,21 +626,27 @@ class CheckpointWriter {
         base_step_(base_step),
         base_sample_(base_sample) {}
 
-  // Collective: every rank gathers the full state (checkpoints are unsharded), rank 0 writes.
-  // `skipped`: the skipped steps up to `step` and those of them in the frozen warm-up.
+  // Collective: the ranks that hold a part of the state rank 0 writes (checkpoints are unsharded)
+  // gather it, rank 0 writes. `skipped`: the skipped steps up to `step` and those of them in the
+  // frozen warm-up.
   absl::Status save(int64_t step, int64_t tokens_seen, int64_t nonfinite_in_a_row,
                     std::pair<int64_t, int64_t> skipped) {
     if (o_.checkpoint_dir.empty()) return absl::OkStatus();
     Checkpoint ckpt;
     ckpt.config = config_;
     ckpt.run_json = run_json(o_);
-    ckpt.params = optimizer_.master_weights();
-    ckpt.m = optimizer_.first_moments();
-    ckpt.v = optimizer_.second_moments();
-    // Tensor parallelism: the tp ranks' parts make the full tensors (unsharded checkpoints).
-    gather_full(ckpt.params, model_.params(), model_.tensor_parallel());
-    gather_full(ckpt.m, model_.params(), model_.tensor_parallel());
-    gather_full(ckpt.v, model_.params(), model_.tensor_parallel());
+    // Without ZeRO-1 each rank's state is whole but for tp: only rank 0's tp group (dp 0, cp 0)
+    // gathers it (every rank built a full host copy, 12 bytes per parameter, that only rank 0
+    // wrote). With ZeRO-1 every rank holds a shard of it and takes part in the all-gather.
+    if (optimizer_.config().zero1 || (groups_.dp_rank == 0 && groups_.cp_rank == 0)) {
+      ckpt.params = optimizer_.master_weights();
+      ckpt.m = optimizer_.first_moments();
+      ckpt.v = optimizer_.second_moments();
+      // Tensor parallelism: the tp ranks' parts make the full tensors (unsharded checkpoints).
+      gather_full(ckpt.params, model_.params(), model_.tensor_parallel());
+      gather_full(ckpt.m, model_.params(), model_.tensor_parallel());
+      gather_full(ckpt.v, model_.params(), model_.tensor_parallel());
+    }
     ckpt.state.step = step;
     ckpt.state.tokens_seen = tokens_seen;
     ckpt.state.seed = static_cast<int64_t>(o_.seed);
