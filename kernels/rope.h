@@ -61,7 +61,7 @@ std::vector<double> rope_inv_freq(const RopeConfig& rope, int64_t head_dim);
 
 // x, y [batch, T, n_heads, d], d even. y may alias x (in place). The CUDA path (bf16) takes
 // rotary_dim / 2 <= kRopeMaxCudaPairs. Token i of each sequence is at position
-// position_offset + i (> 0: a context-parallel shard of a longer sequence; CPU only so far).
+// position_offset + i (> 0: a context-parallel shard of a longer sequence).
 void rope_forward(const Tensor& x, const RopeConfig& rope, Tensor& y, int64_t position_offset = 0);
 
 // dx = R^T dy; dx may alias dy.
