@@ -1,6 +1,7 @@
 #include "core/file_publish.h"
 
 #include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -14,6 +15,61 @@
 #include "absl/strings/str_format.h"
 
 namespace msa {
+namespace {
+
+// The process's umask (there is no call that reads it without setting it).
+mode_t current_umask() {
+  const mode_t mask = ::umask(0);
+  ::umask(mask);
+  return mask;
+}
+
+bool same_file(const std::string& a, const std::string& b) {
+  struct stat sa, sb;
+  return ::stat(a.c_str(), &sa) == 0 && ::stat(b.c_str(), &sb) == 0 && sa.st_dev == sb.st_dev &&
+         sa.st_ino == sb.st_ino;
+}
+
+absl::Status exists_error(const std::string& path) {
+  return absl::FailedPreconditionError(absl::StrFormat(
+      "'%s' exists (it appeared while it was being written, or is a dangling link); it was not "
+      "replaced",
+      path));
+}
+
+// Moves `tmp` to `path` unless `path` exists: atomically with renameat2(RENAME_NOREPLACE), else
+// with a hard link (which never replaces either), else, on file systems with neither, an
+// existence check then a rename (racy: the one case where a file appearing in between is lost).
+absl::Status move_no_replace(const std::string& tmp, const std::string& path) {
+  if (::renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, path.c_str(), RENAME_NOREPLACE) == 0)
+    return absl::OkStatus();
+  if (errno == EEXIST) return exists_error(path);
+  if (errno != EINVAL && errno != ENOSYS && errno != EOPNOTSUPP && errno != ENOTSUP)
+    return absl::InternalError(
+        absl::StrFormat("%s: rename to %s failed: %s", tmp, path, std::strerror(errno)));
+  if (::link(tmp.c_str(), path.c_str()) == 0) {
+    ::unlink(tmp.c_str());
+    return absl::OkStatus();
+  }
+  if (errno == EEXIST) {
+    // NFS may answer a retried link that did succeed with EEXIST.
+    if (same_file(tmp, path)) {
+      ::unlink(tmp.c_str());
+      return absl::OkStatus();
+    }
+    return exists_error(path);
+  }
+  if (errno != EPERM && errno != EOPNOTSUPP && errno != ENOTSUP)
+    return absl::InternalError(
+        absl::StrFormat("%s: link to %s failed: %s", tmp, path, std::strerror(errno)));
+  if (struct stat st; ::lstat(path.c_str(), &st) == 0) return exists_error(path);
+  if (std::rename(tmp.c_str(), path.c_str()) != 0)
+    return absl::InternalError(
+        absl::StrFormat("%s: rename to %s failed: %s", tmp, path, std::strerror(errno)));
+  return absl::OkStatus();
+}
+
+}  // namespace
 
 absl::StatusOr<std::string> create_temp_beside(const std::string& path) {
   std::string name = path + ".tmp.XXXXXX";
@@ -23,7 +79,14 @@ absl::StatusOr<std::string> create_temp_beside(const std::string& path) {
   if (fd < 0)
     return absl::InternalError(absl::StrFormat("%s: cannot create a temporary file beside it: %s",
                                                path, std::strerror(errno)));
+  // mkstemp creates 0600: the published file gets the mode a plain create would give it.
+  const bool moded = ::fchmod(fd, 0666 & ~current_umask()) == 0;
   ::close(fd);
+  if (!moded) {
+    ::unlink(buffer.data());
+    return absl::InternalError(absl::StrFormat("%s: cannot set the mode of a temporary file: %s",
+                                               path, std::strerror(errno)));
+  }
   return std::string(buffer.data());
 }
 
@@ -31,8 +94,11 @@ absl::Status fsync_path(const std::string& path) {
   const int fd = ::open(path.c_str(), O_RDONLY);
   if (fd < 0) return absl::InternalError(absl::StrFormat("%s: cannot open to sync", path));
   const int rc = ::fsync(fd);
+  const int error = errno;
   ::close(fd);
-  if (rc != 0) return absl::InternalError(absl::StrFormat("%s: fsync failed", path));
+  // Some file systems (FUSE, network mounts) do not sync directories: nothing to wait for.
+  if (rc != 0 && !(error == EINVAL || error == ENOTSUP || error == EOPNOTSUPP))
+    return absl::InternalError(absl::StrFormat("%s: fsync failed: %s", path, std::strerror(error)));
   return absl::OkStatus();
 }
 
@@ -41,32 +107,19 @@ std::string parent_dir(const std::string& path) {
   return slash == std::string::npos ? "." : path.substr(0, std::max<size_t>(1, slash));
 }
 
-absl::Status publish_temp(const std::string& tmp, const std::string& path, bool replace) {
+absl::Status publish_temp(const std::string& tmp, const std::string& path, bool replace,
+                          bool* published) {
+  if (published != nullptr) *published = false;
   absl::Status status = fsync_path(tmp);
-  if (status.ok() && replace) {
-    if (std::rename(tmp.c_str(), path.c_str()) != 0)
-      status = absl::InternalError(
-          absl::StrFormat("%s: rename to %s failed: %s", tmp, path, std::strerror(errno)));
-  } else if (status.ok()) {
-    if (::link(tmp.c_str(), path.c_str()) == 0) {
-      ::unlink(tmp.c_str());
-    } else if (errno == EEXIST) {
-      status = absl::FailedPreconditionError(absl::StrFormat(
-          "'%s' appeared while it was being written (another process?); it was not replaced",
-          path));
-    } else if (struct stat st; ::lstat(path.c_str(), &st) == 0) {
-      status = absl::FailedPreconditionError(
-          absl::StrFormat("'%s' already exists; it was not replaced", path));
-    } else if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-      // No hard links on this file system: the existence check above, then a rename.
-      status = absl::InternalError(
-          absl::StrFormat("%s: rename to %s failed: %s", tmp, path, std::strerror(errno)));
-    }
-  }
+  if (status.ok() && replace && std::rename(tmp.c_str(), path.c_str()) != 0)
+    status = absl::InternalError(
+        absl::StrFormat("%s: rename to %s failed: %s", tmp, path, std::strerror(errno)));
+  if (status.ok() && !replace) status = move_no_replace(tmp, path);
   if (!status.ok()) {
     std::remove(tmp.c_str());
     return status;
   }
+  if (published != nullptr) *published = true;
   return fsync_path(parent_dir(path));
 }
 

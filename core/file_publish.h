@@ -16,11 +16,14 @@ absl::StatusOr<std::string> create_temp_beside(const std::string& path);
 
 // fsyncs the written temporary file `tmp` and moves it to `path`, then fsyncs the directory.
 // replace = false: fails (FailedPrecondition, naming `path`) when `path` exists, also when it
-// appeared while `tmp` was written (a hard link, which never replaces, then the temporary name is
-// removed). `tmp` is removed whenever this fails.
-absl::Status publish_temp(const std::string& tmp, const std::string& path, bool replace);
+// appeared while `tmp` was written (renameat2 RENAME_NOREPLACE, else a hard link; only a file
+// system with neither falls back to a check then a rename). `tmp` is removed whenever this fails.
+// `published` (when given) tells whether `path` is the new file, which it is when only the final
+// directory fsync failed.
+absl::Status publish_temp(const std::string& tmp, const std::string& path, bool replace,
+                          bool* published = nullptr);
 
-// fsync of a file or directory.
+// fsync of a file or directory (a directory that cannot be synced, EINVAL, passes).
 absl::Status fsync_path(const std::string& path);
 
 // The directory holding `path` ("." for a bare name).

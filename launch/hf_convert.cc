@@ -518,7 +518,7 @@ absl::Status write_hf_checkpoint(const std::string& dir, const std::string& arch
   // left there would sit beside the new single file, where readers disagree on which is the
   // model (transformers takes model.safetensors, an index-first reader the old shards).
   for (const char* name : {"config.json", "model.safetensors", "model.safetensors.index.json"})
-    if (struct stat st; ::stat((dir + "/" + name).c_str(), &st) == 0)
+    if (struct stat st; ::lstat((dir + "/" + name).c_str(), &st) == 0)  // a link too
       return absl::FailedPreconditionError(absl::StrFormat(
           "invalid --export_hf: '%s' already holds %s (a model is never overwritten); export "
           "into a new or empty directory",
@@ -563,8 +563,11 @@ absl::Status write_hf_checkpoint(const std::string& dir, const std::string& arch
     std::remove(config_tmp.c_str());
     return s;
   }
-  if (absl::Status s = publish_temp(config_tmp, config, /*replace=*/false); !s.ok()) {
-    std::remove(weights.c_str());  // this call's own file (it replaced nothing)
+  bool config_published = false;
+  if (absl::Status s = publish_temp(config_tmp, config, /*replace=*/false, &config_published);
+      !s.ok()) {
+    // This call's own file (it replaced nothing), unless config.json is in place beside it.
+    if (!config_published) std::remove(weights.c_str());
     return s;
   }
   return absl::OkStatus();

@@ -177,7 +177,7 @@ absl::Status convert() {
   if (output.empty()) return absl::InvalidArgumentError("invalid --output: required");
   // A conversion never replaces a file: the output path may be its own input or a run's
   // checkpoint (the rename at the end of the save would have taken its place silently).
-  if (struct stat st; ::stat(output.c_str(), &st) == 0)
+  if (struct stat st; ::lstat(output.c_str(), &st) == 0)  // a dangling link too
     return absl::FailedPreconditionError(absl::StrFormat(
         "invalid --output: '%s' already exists (msa-convert never overwrites a file: remove it or "
         "choose another path)",

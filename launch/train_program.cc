@@ -638,15 +638,20 @@ class CheckpointWriter {
     // Without ZeRO-1 each rank's state is whole but for tp: only rank 0's tp group (dp 0, cp 0)
     // gathers it (every rank built a full host copy, 12 bytes per parameter, that only rank 0
     // wrote). With ZeRO-1 every rank holds a shard of it and takes part in the all-gather.
-    if (optimizer_.config().zero1 || (groups_.dp_rank == 0 && groups_.cp_rank == 0)) {
+    const bool writers_tp_group = groups_.dp_rank == 0 && groups_.cp_rank == 0;
+    if (optimizer_.config().zero1 || writers_tp_group) {
       ckpt.params = optimizer_.master_weights();
       ckpt.m = optimizer_.first_moments();
       ckpt.v = optimizer_.second_moments();
-      // Tensor parallelism: the tp ranks' parts make the full tensors (unsharded checkpoints).
+    }
+    // Tensor parallelism: the tp ranks' parts make the full tensors (unsharded checkpoints); the
+    // tp groups are independent, so only rank 0's gathers.
+    if (writers_tp_group) {
       gather_full(ckpt.params, model_.params(), model_.tensor_parallel());
       gather_full(ckpt.m, model_.params(), model_.tensor_parallel());
       gather_full(ckpt.v, model_.params(), model_.tensor_parallel());
     }
+    if (!writers_tp_group) ckpt = Checkpoint();  // the ZeRO-1 all-gathers' copies, not written
     ckpt.state.step = step;
     ckpt.state.tokens_seen = tokens_seen;
     ckpt.state.seed = static_cast<int64_t>(o_.seed);

@@ -74,6 +74,39 @@ TEST(FilePublishTest, NoReplaceKeepsAFileThatAppearedAndRemovesTheTemporary) {
   EXPECT_FALSE(exists(*tmp));
 }
 
+// mkstemp creates 0600: a converted checkpoint or exported model was unreadable to other users
+// (a serving process under another uid).
+TEST(FilePublishTest, PublishedFilesHaveTheModeOfAPlainCreate) {
+  const std::string dir = fresh_dir("publish_mode");
+  const mode_t mask = ::umask(022);
+  const std::string out = dir + "/out.bin";
+  auto tmp = create_temp_beside(out);
+  ASSERT_TRUE(tmp.ok());
+  std::ofstream(*tmp) << "new";
+  ASSERT_TRUE(publish_temp(*tmp, out, /*replace=*/false).ok());
+  struct stat st;
+  ASSERT_EQ(::stat(out.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0644u);
+  ::umask(mask);
+}
+
+// A dangling link at the output is an existing name: never followed and replaced.
+TEST(FilePublishTest, NoReplaceKeepsADanglingLink) {
+  const std::string dir = fresh_dir("publish_link");
+  const std::string out = dir + "/out.bin";
+  ASSERT_EQ(::symlink("nowhere/x.bin", out.c_str()), 0);
+  auto tmp = create_temp_beside(out);
+  ASSERT_TRUE(tmp.ok());
+  bool published = true;
+  const absl::Status s = publish_temp(*tmp, out, /*replace=*/false, &published);
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+  EXPECT_FALSE(published);
+  char target[64] = {};
+  ASSERT_GT(::readlink(out.c_str(), target, sizeof(target) - 1), 0);
+  EXPECT_STREQ(target, "nowhere/x.bin");
+  EXPECT_FALSE(exists(*tmp));
+}
+
 TEST(FilePublishTest, ReplaceTakesThePlaceOfTheOldFile) {
   const std::string dir = fresh_dir("publish_replace");
   const std::string out = dir + "/out.bin";
