@@ -416,6 +416,9 @@ absl::StatusOr<bool> reconcile_resumed_run(const std::string& stored, const std:
     const auto it = was.find(key);
     // The seed and the warm-up: checked above.
     // --synthetic_pairs: read by kv-recall only (a needle is one fact).
+    if (key == "data_metadata" && it != was.end() && it->is_string() && value.is_string() &&
+        same_data_metadata(it->get<std::string>(), value.get<std::string>()))
+      continue;
     if (it == was.end() || *it == value || key == "seed" || key == "dense_attention_steps" ||
         key == "dense_attention_fraction" || key == "started_from" ||
         (key == "synthetic_pairs" && o.data != "synthetic:kv-recall"))

@@ -52,11 +52,12 @@ class BatchSource {
   // new window order, trained windows moved into the validation split) are not read as the same
   // data. Tokens are not hashed (that would read every token at start).
   virtual std::string data_identity() const { return ""; }
-  // A hash of msa-data's metadata files beside the shards (their inputs and byte sizes, the
-  // tokenizer; a synthetic task and seed), "" when there are none: a resumed run compares it
-  // with its checkpoint's when both have one, so a rebuild to the same sizes from other inputs or
-  // settings is noticed. Not compared across ranks (node-local copies of the shards alone are
-  // the same data).
+  // Hashes of msa-data's metadata files beside the shards (their inputs and byte sizes, the
+  // tokenizer; a synthetic task and seed), "" when there are none: "content C, file F", C over
+  // what decides the tokens (metadata_content: not where inputs and tokenizer were read from), F
+  // over the whole files. A resumed run compares it with its checkpoint's when both have one
+  // (same_data_metadata), so a rebuild to the same sizes from other inputs or settings is
+  // noticed. Not compared across ranks (node-local copies of the shards alone are the same data).
   virtual std::string data_metadata() const { return ""; }
 };
 
@@ -81,6 +82,13 @@ absl::StatusOr<std::unique_ptr<BatchSource>> make_shard_source(
     const std::string& glob, int64_t vocab_size, int64_t batch, int64_t seq_len,
     double val_fraction, uint64_t seed, const DataLayout& layout, bool validation,
     bool pack_documents = false);
+
+// A metadata file's text without the fields that say where inputs were read from
+// (tokenizer_path, inputs[].path); the text itself when it is not a JSON object.
+std::string metadata_content(const std::string& text);
+// Whether a checkpoint's recorded data_metadata `was` and this run's `now` are the same data: by
+// content hash, or, for checkpoints from before it (a bare hash of the whole files), by that.
+bool same_data_metadata(const std::string& was, const std::string& now);
 
 // A synthetic retrieval task (data/synthetic.h), generated on the fly: sample n of the run is
 // make_synthetic_sample(config, n). The validation source draws from a disjoint seed.

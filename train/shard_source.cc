@@ -13,6 +13,7 @@
 #include "data/shard.h"
 #include "data/window_sampler.h"
 #include "model/parameters.h"
+#include "nlohmann/json.hpp"
 #include "train/batch_source.h"
 
 namespace msa {
@@ -76,12 +77,16 @@ class ShardSource : public BatchSource {
     std::set<std::string> files;
     for (const auto& shard : sampler_->shards())
       if (const std::optional<std::string> m = shard_metadata_path(shard->path())) files.insert(*m);
-    std::string metadata;
+    std::string whole, content;
     for (const std::string& m : files) {
       std::ifstream in(m, std::ios::binary);
-      if (in) absl::StrAppend(&metadata, std::string(std::istreambuf_iterator<char>(in), {}), "\n");
+      if (!in) continue;
+      const std::string text(std::istreambuf_iterator<char>(in), {});
+      absl::StrAppend(&whole, text, "\n");
+      absl::StrAppend(&content, metadata_content(text), "\n");
     }
-    return metadata.empty() ? "" : absl::StrFormat("%016x", fnv1a64(metadata));
+    if (whole.empty()) return "";
+    return absl::StrFormat("content %016x, file %016x", fnv1a64(content), fnv1a64(whole));
   }
 
   std::string describe() const override {
@@ -99,6 +104,29 @@ class ShardSource : public BatchSource {
 };
 
 }  // namespace
+
+std::string metadata_content(const std::string& text) {
+  nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (!j.is_object()) return text;
+  // Where the inputs and the tokenizer were read from says nothing about the tokens: shards
+  // rebuilt from ./a.txt instead of a.txt, or on another node, are the same data.
+  j.erase("tokenizer_path");
+  if (j.contains("inputs") && j["inputs"].is_array())
+    for (nlohmann::json& in : j["inputs"])
+      if (in.is_object()) in.erase("path");
+  return j.dump();
+}
+
+bool same_data_metadata(const std::string& was, const std::string& now) {
+  // "content C, file F" since the content hash; a bare hash of the whole files before it.
+  auto part = [](const std::string& v, const std::string& name) {
+    const size_t at = v.find(name + " ");
+    if (at == std::string::npos) return std::string();
+    return v.substr(at + name.size() + 1, 16);
+  };
+  if (was.rfind("content ", 0) == 0) return part(was, "content") == part(now, "content");
+  return was == part(now, "file");
+}
 
 absl::StatusOr<std::unique_ptr<BatchSource>> make_shard_source(
     const std::string& glob, int64_t vocab_size, int64_t batch, int64_t seq_len,

@@ -477,6 +477,33 @@ TEST(MsaTrainCliTest, ResumeNoticesRegeneratedShardsUnderTheSameGlob) {
   EXPECT_NE(r.output.find("step     5/5"), std::string::npos) << r.output;
 }
 
+// Text shards rebuilt byte for byte from the same input named another way (./a.txt, an absolute
+// path, another node's copy) are the same data: the metadata's input and tokenizer paths are not
+// hashed (the resume was refused, and --new_data trained the first samples again).
+TEST(MsaTrainCliTest, ResumeTakesTextShardsRebuiltFromTheSameInputNamedAnotherWay) {
+  const std::string dir = msa::test::fresh_dir("cli_resume_text");
+  std::string text;
+  for (int i = 0; i < 400; ++i) text += "line " + std::to_string(i % 37) + " of the text\n";
+  std::ofstream(dir + "/a.txt") << text;
+  auto build = [&](const std::string& input) {
+    return msa::test::run_program("msa-data", "text --input=" + input + " --output=" + dir +
+                                                  "/data --shard_tokens=4000 --overwrite")
+        .exit_code;
+  };
+  ASSERT_EQ(build(dir + "/a.txt"), 0);
+  const std::string flags =
+      "--device=cpu --vocab_size=257 --d_model=32 --n_layers=2 "
+      "--n_heads=4 --n_kv_heads=2 --head_dim=8 --ffn_dim=64 "
+      "--attention=dense --seq_len=32 --batch_size=2 --recall_every=0 "
+      "--data='" +
+      dir + "/data/*.tok' --checkpoint_dir=" + dir + "/ckpt ";
+  ASSERT_EQ(run_msa_train(flags + "--steps=2").exit_code, 0);
+  ASSERT_EQ(build(dir + "/./a.txt"), 0);
+  CommandResult r = run_msa_train(flags + "--steps=3 --resume");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("step     3/3"), std::string::npos) << r.output;
+}
+
 // ---- 64-bit integer flags and the memory check (issue 18)
 // --------------------------------------------------------------------------
 
