@@ -1,7 +1,9 @@
 #include "data/text_documents.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <utility>
 
@@ -13,9 +15,14 @@
 namespace msa {
 namespace {
 
+// Case-insensitively: DATA.JSONL is JSON Lines too.
 bool ends_with(const std::string& s, std::string_view suffix) {
-  return s.size() >= suffix.size() &&
-         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+  if (s.size() < suffix.size()) return false;
+  for (size_t i = 0; i < suffix.size(); ++i)
+    if (std::tolower(static_cast<unsigned char>(s[s.size() - suffix.size() + i])) !=
+        std::tolower(static_cast<unsigned char>(suffix[i])))
+      return false;
+  return true;
 }
 
 int64_t count_newlines(std::string_view s) {
@@ -67,6 +74,36 @@ TextFormat resolve_text_format(TextFormat format, const std::string& path) {
   if (format != TextFormat::kAuto) return format;
   return ends_with(path, ".jsonl") || ends_with(path, ".ndjson") ? TextFormat::kJsonl
                                                                  : TextFormat::kText;
+}
+
+absl::Status check_not_compressed(const std::string& path) {
+  FILE* f = std::fopen(path.c_str(), "rb");
+  if (f == nullptr) return absl::OkStatus();  // the reader says why it cannot open it
+  unsigned char head[6] = {};
+  const size_t n = std::fread(head, 1, sizeof(head), f);
+  std::fclose(f);
+  struct Magic {
+    const char* name;
+    std::string_view bytes;
+    const char* tool;
+  };
+  static const Magic kMagic[] = {{"gzip", std::string_view("\x1f\x8b", 2), "gunzip -k"},
+                                 {"zstd", std::string_view("\x28\xb5\x2f\xfd", 4), "zstd -d"},
+                                 {"xz",
+                                  std::string_view("\xfd"
+                                                   "7zXZ\x00",
+                                                   6),
+                                  "xz -dk"},
+                                 {"bzip2", std::string_view("BZh", 3), "bunzip2 -k"}};
+  for (const Magic& m : kMagic)
+    if (n >= m.bytes.size() &&
+        std::string_view(reinterpret_cast<const char*>(head), m.bytes.size()) == m.bytes &&
+        (std::string_view(m.name) != "bzip2" || (n >= 4 && head[3] >= '1' && head[3] <= '9')))
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "invalid --input: '%s' is %s-compressed (its bytes would be read as text): decompress "
+          "it first (%s)",
+          path, m.name, m.tool));
+  return absl::OkStatus();
 }
 
 TextPieceReader::TextPieceReader(std::vector<std::string> inputs, std::vector<TextFormat> formats,

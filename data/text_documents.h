@@ -22,6 +22,10 @@ const char* text_format_name(TextFormat format);
 // kAuto becomes kJsonl for a path ending in .jsonl or .ndjson, kText otherwise.
 TextFormat resolve_text_format(TextFormat format, const std::string& path);
 
+// Refuses (naming the file and the tool) an input that starts with a gzip, zstd, xz or bzip2
+// signature: its compressed bytes were tokenized as text without a word.
+absl::Status check_not_compressed(const std::string& path);
+
 // One unit of tokenization work. A plain text document is one piece, or several consecutive ones
 // when documents are split (only exact for a tokenizer that maps bytes independently); a JSONL
 // piece holds whole lines.

@@ -284,6 +284,7 @@ absl::StatusOr<TextShardingResult> write_text_shards(
     if (S_ISDIR(st.st_mode))
       return absl::InvalidArgumentError(absl::StrFormat(
           "invalid --input: '%s' is a directory (give its text files, one document each)", f));
+    MSA_RETURN_IF_ERROR(check_not_compressed(f));
     formats.push_back(resolve_text_format(o.format, f));
     sizes.push_back(st.st_size);
     total += st.st_size;

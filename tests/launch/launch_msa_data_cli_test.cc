@@ -98,6 +98,32 @@ TEST(MsaDataCliTest, DirectoriesAreRefusedByName) {
   EXPECT_THAT(train.output, ::testing::Not(HasSubstr("mmap failed")));
 }
 
+// Compressed inputs were tokenized as text (their compressed bytes); an upper-case .JSONL was
+// read as plain text, the whole JSON line one document.
+TEST(MsaDataCliTest, CompressedInputsAreRefusedAndExtensionsIgnoreCase) {
+  const std::string dir = fresh_dir("compressed_inputs");
+  const std::pair<const char*, std::string> kinds[] = {
+      {"gzip", std::string("\x1f\x8b\x08\x00rest", 8)},
+      {"zstd", std::string("\x28\xb5\x2f\xfdrest", 8)},
+      {"xz", std::string("\xfd"
+                         "7zXZ\x00rest",
+                         10)},
+      {"bzip2", std::string("BZh91AY&SY")}};
+  for (const auto& [name, bytes] : kinds) {
+    const std::string input = dir + "/in." + name;
+    { std::ofstream(input, std::ios::binary) << bytes; }
+    CommandResult r =
+        run_program("msa-data", "text --input=" + input + " --output=" + dir + "/out_" + name);
+    EXPECT_EQ(r.exit_code, 1) << r.output;
+    EXPECT_THAT(r.output, HasSubstr("invalid --input: '" + input + "' is " + name + "-compressed"));
+  }
+  { std::ofstream(dir + "/DOCS.JSONL") << "{\"text\": \"ab\"}\n{\"text\": \"cd\"}\n"; }
+  CommandResult r =
+      run_program("msa-data", "text --input=" + dir + "/DOCS.JSONL --output=" + dir + "/jsonl");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("2 documents, 6 tokens"));
+}
+
 // Shards of an earlier run in --output are refused (a glob would mix them with the new ones);
 // --overwrite deletes them first.
 TEST(MsaDataCliTest, StaleShardsAreRefusedUnlessOverwrite) {
