@@ -83,6 +83,11 @@ absl::StatusOr<std::unique_ptr<BatchSource>> make_shard_source(
     double val_fraction, uint64_t seed, const DataLayout& layout, bool validation,
     bool pack_documents = false);
 
+// Fails (naming both files and the field) when the msa-data metadata files of `shard_paths`
+// disagree on the tokenizer, vocab_size, bos_id or eos_id: shards of two tokenizers were
+// trained as one vocabulary without a word. make_shard_source checks it.
+absl::Status check_shards_share_a_vocabulary(const std::vector<std::string>& shard_paths);
+
 // A metadata file's text without the fields that say where inputs were read from
 // (tokenizer_path, inputs[].path); the text itself when it is not a JSON object.
 std::string metadata_content(const std::string& text);

@@ -2,6 +2,7 @@
 // WindowSampler.
 #include <fstream>
 #include <iterator>
+#include <map>
 #include <optional>
 #include <set>
 #include <utility>
@@ -10,6 +11,7 @@
 #include "absl/strings/str_format.h"
 #include "core/status.h"
 #include "data/document_starts.h"
+#include "data/json_file.h"
 #include "data/shard.h"
 #include "data/window_sampler.h"
 #include "model/parameters.h"
@@ -128,12 +130,41 @@ bool same_data_metadata(const std::string& was, const std::string& now) {
   return was == part(now, "file");
 }
 
+absl::Status check_shards_share_a_vocabulary(const std::vector<std::string>& shard_paths) {
+  std::set<std::string> files;
+  for (const std::string& shard : shard_paths)
+    if (const std::optional<std::string> m = shard_metadata_path(shard)) files.insert(*m);
+  if (files.size() < 2) return absl::OkStatus();
+  // The first file's values of the fields that say what an id means, and where they came from.
+  std::map<std::string, std::pair<nlohmann::json, std::string>> first;
+  for (const std::string& file : files) {
+    const absl::StatusOr<nlohmann::json> j = read_json_file(file);
+    if (!j.ok() || !j->is_object()) continue;  // not msa-data's: nothing to compare
+    for (const char* field : {"tokenizer", "vocab_size", "bos_id", "eos_id"}) {
+      const nlohmann::json value = j->contains(field) ? (*j)[field] : nlohmann::json();
+      const auto [it, inserted] = first.try_emplace(field, value, file);
+      if (!inserted && it->second.first != value)
+        return absl::InvalidArgumentError(absl::StrFormat(
+            "the shards come from different tokenizers, so one id means "
+            "different tokens in them: their msa-data metadata disagree on %s (%s in %s, %s in "
+            "%s); tokenize every input with one tokenizer",
+            field, it->second.first.dump(), it->second.second, value.dump(), file));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::unique_ptr<BatchSource>> make_shard_source(
     const std::string& glob, int64_t vocab_size, int64_t batch, int64_t seq_len,
     double val_fraction, uint64_t seed, const DataLayout& layout, bool validation,
     bool pack_documents) {
   MSA_ASSIGN_OR_RETURN(std::unique_ptr<WindowSampler> sampler,
                        WindowSampler::open(glob, seq_len, vocab_size, val_fraction, seed));
+  {
+    std::vector<std::string> paths;
+    for (const auto& shard : sampler->shards()) paths.push_back(shard->path());
+    MSA_RETURN_IF_ERROR(check_shards_share_a_vocabulary(paths));
+  }
   std::optional<int32_t> eos_id;
   if (pack_documents) {
     std::vector<std::string> paths;

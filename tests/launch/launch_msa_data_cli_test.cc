@@ -98,6 +98,31 @@ TEST(MsaDataCliTest, DirectoriesAreRefusedByName) {
   EXPECT_THAT(train.output, ::testing::Not(HasSubstr("mmap failed")));
 }
 
+// Shards of two tokenizers under one --data glob were trained as one vocabulary without a word;
+// two sets of one tokenizer still train together.
+TEST(MsaDataCliTest, ShardsOfDifferentTokenizersAreNotMixed) {
+  const std::string dir = fresh_dir("mixed_tokenizers");
+  {
+    std::ofstream f(dir + "/a.txt");
+    for (int j = 0; j < 300; ++j) f << "line " << j << ": the quick brown fox\n";
+  }
+  const std::string text = "text --input=" + dir + "/a.txt --output=" + dir;
+  ASSERT_EQ(run_program("msa-data", text + "/bytes1").exit_code, 0);
+  ASSERT_EQ(run_program("msa-data", text + "/bytes2").exit_code, 0);
+  ASSERT_EQ(run_program("msa-data", text + "/llama --tokenizer=" + std::string(MSA_SOURCE_DIR) +
+                                        "/tests/data/tokenizers/llama3")
+                .exit_code,
+            0);
+  const std::string train = std::string(kModel) + "--vocab_size=300 --steps=1 --data='" + dir;
+  CommandResult same = run_program("msa-train", train + "/bytes*/*.tok'");
+  EXPECT_EQ(same.exit_code, 0) << same.output;
+  CommandResult mixed = run_program("msa-train", train + "/*/*.tok'");
+  EXPECT_EQ(mixed.exit_code, 1) << mixed.output;
+  EXPECT_THAT(mixed.output, HasSubstr("invalid --data: the shards come from different "
+                                      "tokenizers"));
+  EXPECT_THAT(mixed.output, HasSubstr(dir + "/llama/train.json"));
+}
+
 // Compressed inputs were tokenized as text (their compressed bytes); an upper-case .JSONL was
 // read as plain text, the whole JSON line one document.
 TEST(MsaDataCliTest, CompressedInputsAreRefusedAndExtensionsIgnoreCase) {
