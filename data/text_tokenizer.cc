@@ -51,12 +51,14 @@ struct Tokenization {
   std::optional<uint32_t> bos, eos;
   const std::vector<std::string>* inputs = nullptr;
   std::string text_field;
+  bool split_special = false;
 };
 
 struct PieceOutput {
   std::vector<uint32_t> tokens;
   int64_t documents = 0;
   int64_t text_tokens = 0;  // the documents' own tokens, without BOS and EOS
+  int64_t special_text_documents = 0;
   absl::Status status;
 };
 
@@ -69,8 +71,12 @@ absl::Status tokenize_piece(const TextPiece& piece, const Tokenization& t, Piece
   };
   auto append = [&](std::string_view text, int64_t line, bool start, bool end) -> absl::Status {
     if (start && t.bos) out->tokens.push_back(*t.bos);
-    absl::StatusOr<std::vector<uint32_t>> ids = t.tokenizer->encode(text);
+    absl::StatusOr<std::vector<uint32_t>> ids =
+        t.split_special ? t.tokenizer->encode_splitting_special(text) : t.tokenizer->encode(text);
     if (!ids.ok()) return annotate(ids.status(), where(line));
+    if (!t.split_special && std::any_of(ids->begin(), ids->end(),
+                                        [&](uint32_t id) { return t.tokenizer->is_special(id); }))
+      ++out->special_text_documents;
     const int64_t vocab = t.tokenizer->vocab_size();
     for (const uint32_t id : *ids)
       if (static_cast<int64_t>(id) >= vocab)
@@ -206,6 +212,7 @@ absl::Status write_metadata(const std::string& path, const TextShardingOptions& 
   j["vocab_size"] = r.vocab_size;
   j["bos_id"] = r.bos_id ? nlohmann::ordered_json(*r.bos_id) : nlohmann::ordered_json(nullptr);
   j["eos_id"] = r.eos_id ? nlohmann::ordered_json(*r.eos_id) : nlohmann::ordered_json(nullptr);
+  if (o.split_special_tokens) j["split_special_tokens"] = true;  // (absent: matched, as before)
   j["token_bytes"] = static_cast<int>(r.width);
   j["documents"] = r.documents;
   j["tokens"] = r.tokens;
@@ -250,6 +257,7 @@ absl::StatusOr<TextShardingResult> write_text_shards(
   t.byte_level = o.tokenizer == nullptr;
   t.inputs = &o.inputs;
   t.text_field = o.text_field;
+  t.split_special = o.split_special_tokens;
   const HfTokenizer& tok = *t.tokenizer;
   const int64_t vocab = tok.vocab_size();
   if (vocab < 1 || vocab > (int64_t{1} << 32))
@@ -338,6 +346,7 @@ absl::StatusOr<TextShardingResult> write_text_shards(
         done.tokens += static_cast<int64_t>(outputs[i].tokens.size());
         done.documents += outputs[i].documents;
         text_tokens += outputs[i].text_tokens;
+        r.special_text_documents += outputs[i].special_text_documents;
       }
       MSA_RETURN_IF_ERROR(read_error);
       if (progress) progress(done);

@@ -36,6 +36,10 @@ struct TextShardingOptions {
   // The id after each document; default: the tokenizer's EOS. A tokenizer without EOS that adds
   // BOS is accepted (BOS then separates documents); one with neither needs this.
   std::optional<uint32_t> eos_id;
+  // Special-token text in a document (a quoted "<|eot_id|>") is encoded as ordinary text, not as
+  // the special id (HfTokenizer::encode_splitting_special); false: as the tokenizers library
+  // encodes it, the special id.
+  bool split_special_tokens = false;
   std::string output_dir;
   std::string prefix = "train";    // shards are <output_dir>/<prefix>-<5+ digits>.tok
   int64_t shard_tokens = 1 << 24;  // tokens per shard (the last one may be shorter)
@@ -58,6 +62,9 @@ struct TextShardingResult {
   std::vector<std::string> shards;  // final paths, in order
   std::string metadata;             // <output_dir>/<prefix>.json
   int64_t tokens = 0, documents = 0;
+  // Documents whose text held a special token's text that became its special id (none with
+  // split_special_tokens).
+  int64_t special_text_documents = 0;
   std::string tokenizer;  // the tokenizer's describe()
   int64_t vocab_size = 0;
   std::optional<uint32_t> bos_id;  // the id that starts each document, if any

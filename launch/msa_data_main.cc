@@ -32,6 +32,10 @@ ABSL_FLAG(std::string, tokenizer, "",
           "byte-level (vocab 257, EOS 256).");
 ABSL_FLAG(int64_t, eos_id, -1,
           "text: the id that ends each document (default: the tokenizer's EOS).");
+ABSL_FLAG(bool, split_special_tokens, false,
+          "text: encode special-token text written in a document (a quoted \"<|eot_id|>\") as "
+          "ordinary text instead of the special id (the tokenizers library's "
+          "split_special_tokens=True); default: the special id, as the library encodes it.");
 ABSL_FLAG(int, threads, 0, "text: tokenizing threads (0: one per hardware thread).");
 ABSL_FLAG(std::string, output, "", "Output directory for the shards (created if missing).");
 ABSL_FLAG(bool, overwrite, false,
@@ -106,6 +110,7 @@ absl::Status run_text() {
   if (eos_id >= 0) o.eos_id = static_cast<uint32_t>(eos_id);
   std::unique_ptr<msa::HfTokenizer> tokenizer;
   o.tokenizer_path = absl::GetFlag(FLAGS_tokenizer);
+  o.split_special_tokens = absl::GetFlag(FLAGS_split_special_tokens);
   if (!o.tokenizer_path.empty()) {
     absl::StatusOr<std::unique_ptr<msa::HfTokenizer>> loaded =
         msa::HfTokenizer::load(o.tokenizer_path);
@@ -128,6 +133,13 @@ absl::Status run_text() {
       static_cast<long long>(r.documents), static_cast<long long>(r.tokens), r.tokenizer.c_str(),
       static_cast<long long>(r.vocab_size), ids.c_str(), 8 * static_cast<int>(r.width),
       r.shards.size(), o.output_dir.c_str(), r.metadata.c_str());
+  if (r.special_text_documents > 0)
+    std::fprintf(stderr,
+                 "msa-data: note: %lld of %lld documents hold the text of a special token (such "
+                 "as an end-of-text marker quoted in the text) that became its special id, as the "
+                 "tokenizers library encodes it; --split_special_tokens encodes it as plain text\n",
+                 static_cast<long long>(r.special_text_documents),
+                 static_cast<long long>(r.documents));
   return absl::OkStatus();
 }
 

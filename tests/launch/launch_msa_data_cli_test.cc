@@ -3,12 +3,14 @@
 // errors naming the problem.
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <string>
 
 #include "absl/strings/str_format.h"
+#include "data/shard.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/testing/command.h"
@@ -121,6 +123,45 @@ TEST(MsaDataCliTest, ShardsOfDifferentTokenizersAreNotMixed) {
   EXPECT_THAT(mixed.output, HasSubstr("invalid --data: the shards come from different "
                                       "tokenizers"));
   EXPECT_THAT(mixed.output, HasSubstr(dir + "/llama/train.json"));
+}
+
+// A document quoting a special token's text (web text about chat templates): by default the
+// special id, as the tokenizers library encodes it, and said in a note (a quoted <|eot_id|> was a
+// silent EOS inside the document, which --pack_documents splits there);
+// --split_special_tokens encodes the text as ordinary text.
+TEST(MsaDataCliTest, SpecialTokenTextInDocumentsIsSaidOrSplit) {
+  const std::string dir = fresh_dir("special_text");
+  {
+    std::ofstream(dir + "/docs.jsonl") << "{\"text\": \"A doc quoting <|eot_id|> in it.\"}\n"
+                                       << "{\"text\": \"A plain one.\"}\n";
+  }
+  const std::string tokenizer = std::string(MSA_SOURCE_DIR) + "/tests/data/tokenizers/llama3";
+  auto shard_tokens = [&](const std::string& out) {
+    std::vector<uint32_t> tokens;
+    auto r = msa::ShardReader::open(out + "/train-00000.tok");
+    EXPECT_TRUE(r.ok()) << r.status();
+    if (r.ok())
+      for (int64_t i = 0; i < (*r)->size(); ++i) tokens.push_back((*r)->token(i));
+    return tokens;
+  };
+  constexpr uint32_t kBos = 262, kEos = 264;
+  const std::string text = "text --input=" + dir + "/docs.jsonl --tokenizer=" + tokenizer;
+  CommandResult matched = run_program("msa-data", text + " --output=" + dir + "/matched");
+  ASSERT_EQ(matched.exit_code, 0) << matched.output;
+  EXPECT_THAT(matched.output, HasSubstr("note: 1 of 2 documents hold the text of a special token"));
+  std::vector<uint32_t> t = shard_tokens(dir + "/matched");
+  ASSERT_GT(t.size(), 4u);
+  EXPECT_EQ(std::count(t.begin(), t.end(), kEos), 3);  // two documents' EOS and the quoted one
+  EXPECT_EQ(std::count(t.begin(), t.end(), kBos), 2);
+  CommandResult split =
+      run_program("msa-data", text + " --output=" + dir + "/split --split_special_tokens");
+  ASSERT_EQ(split.exit_code, 0) << split.output;
+  EXPECT_THAT(split.output, ::testing::Not(HasSubstr("note:")));
+  t = shard_tokens(dir + "/split");
+  EXPECT_EQ(std::count(t.begin(), t.end(), kEos), 2);  // only the documents' own
+  EXPECT_EQ(std::count(t.begin(), t.end(), kBos), 2);
+  EXPECT_EQ(t.front(), kBos);
+  EXPECT_EQ(t.back(), kEos);
 }
 
 // Compressed inputs were tokenized as text (their compressed bytes); an upper-case .JSONL was
