@@ -274,7 +274,22 @@ Raster render_line_plot(const LinePlot& plot, int width, int height) {
     }
     const int box_w = gap + sample_w + gap + label_w + gap;
     const int box_h = gap + static_cast<int>(plot.series.size()) * row_h;
-    const int bx = right - gap - box_w, by = top + gap;
+    // The frame corner whose box would hide the fewest data pixels (drawn above): the legend
+    // sat top-right always, over the data of any curve that ends high.
+    auto hidden = [&](int x0, int y0) {
+      int n = 0;
+      for (int y = y0; y <= y0 + box_h; ++y)
+        for (int x = x0; x <= x0 + box_w; ++x)
+          n += std::count(std::begin(kPalette), std::end(kPalette), r.pixel(x, y)) > 0;
+      return n;
+    };
+    const std::pair<int, int> corners[] = {{right - gap - box_w, top + gap},
+                                           {left + gap, top + gap},
+                                           {right - gap - box_w, bottom - gap - box_h},
+                                           {left + gap, bottom - gap - box_h}};
+    int bx = corners[0].first, by = corners[0].second, least = hidden(bx, by);
+    for (const auto& [x, y] : corners)
+      if (const int n = hidden(x, y); n < least) bx = x, by = y, least = n;
     r.fill_rect(bx, by, bx + box_w, by + box_h, kWhite);
     r.line(bx, by, bx + box_w, by, kLegendBorder);
     r.line(bx, by + box_h, bx + box_w, by + box_h, kLegendBorder);

@@ -101,6 +101,27 @@ TEST(PngPlotTest, LongLabelsKeepTheLegendInsideTheFrame) {
   EXPECT_GT(leftmost, 20) << "the legend box starts at the image's edge";
 }
 
+// The legend goes to the frame corner where it hides the least data: it always sat top-right,
+// over the last points of any curve that ends high.
+TEST(PngPlotTest, LegendAvoidsTheData) {
+  LinePlot plot;
+  plot.series = {{"rising", {1, 2, 3, 4}, {1.0, 2.0, 3.0, 4.0}}};
+  const Raster r = render_line_plot(plot, 400, 300);
+  constexpr Rgb kSeries{31, 119, 180}, kLegendBorder{160, 160, 160};
+  int legend_x = r.width(), legend_y = r.height(), top_right_series = 0;
+  for (int y = 0; y < r.height(); ++y)
+    for (int x = 0; x < r.width(); ++x) {
+      if (r.pixel(x, y) == kLegendBorder)
+        legend_x = std::min(legend_x, x), legend_y = std::min(legend_y, y);
+      top_right_series += r.pixel(x, y) == kSeries && x > r.width() * 3 / 4 && y < r.height() / 3;
+    }
+  ASSERT_LT(legend_x, r.width()) << "no legend drawn";
+  EXPECT_GT(top_right_series, 10) << "the last point, not hidden";
+  // Neither in the top-right corner (the data) nor the bottom-left one (the first point).
+  EXPECT_FALSE(legend_x > r.width() / 2 && legend_y < r.height() / 2);
+  EXPECT_FALSE(legend_x < r.width() / 2 && legend_y > r.height() / 2);
+}
+
 TEST(PngPlotTest, PngRoundTrips) {
   Raster r(30, 20);
   r.line(0, 0, 29, 19, kRed);
