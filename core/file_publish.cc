@@ -10,19 +10,13 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <random>
 #include <vector>
 
 #include "absl/strings/str_format.h"
 
 namespace msa {
 namespace {
-
-// The process's umask (there is no call that reads it without setting it).
-mode_t current_umask() {
-  const mode_t mask = ::umask(0);
-  ::umask(mask);
-  return mask;
-}
 
 bool same_file(const std::string& a, const std::string& b) {
   struct stat sa, sb;
@@ -59,7 +53,7 @@ absl::Status move_no_replace(const std::string& tmp, const std::string& path) {
     }
     return exists_error(path);
   }
-  if (errno != EPERM && errno != EOPNOTSUPP && errno != ENOTSUP)
+  if (errno != EPERM && errno != EOPNOTSUPP && errno != ENOTSUP && errno != ENOSYS)
     return absl::InternalError(
         absl::StrFormat("%s: link to %s failed: %s", tmp, path, std::strerror(errno)));
   if (struct stat st; ::lstat(path.c_str(), &st) == 0) return exists_error(path);
@@ -72,22 +66,27 @@ absl::Status move_no_replace(const std::string& tmp, const std::string& path) {
 }  // namespace
 
 absl::StatusOr<std::string> create_temp_beside(const std::string& path) {
-  std::string name = path + ".tmp.XXXXXX";
-  std::vector<char> buffer(name.begin(), name.end());
-  buffer.push_back('\0');
-  const int fd = ::mkstemp(buffer.data());
-  if (fd < 0)
-    return absl::InternalError(absl::StrFormat("%s: cannot create a temporary file beside it: %s",
-                                               path, std::strerror(errno)));
-  // mkstemp creates 0600: the published file gets the mode a plain create would give it.
-  const bool moded = ::fchmod(fd, 0666 & ~current_umask()) == 0;
-  ::close(fd);
-  if (!moded) {
-    ::unlink(buffer.data());
-    return absl::InternalError(absl::StrFormat("%s: cannot set the mode of a temporary file: %s",
-                                               path, std::strerror(errno)));
+  // Not mkstemp: its 0600 would stay the published file's mode. open(O_EXCL) with 0666 gives the
+  // mode (umask, default ACLs) a plain create of `path` would have.
+  static constexpr char kChars[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+  std::random_device device;
+  std::mt19937_64 rng((static_cast<uint64_t>(device()) << 32) ^ device() ^
+                      static_cast<uint64_t>(::getpid()));
+  for (int attempt = 0; attempt < 100; ++attempt) {
+    std::string name = path + ".tmp.";
+    for (int i = 0; i < 8; ++i) name += kChars[rng() % (sizeof(kChars) - 1)];
+    const int fd = ::open(name.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+    if (fd >= 0) {
+      ::close(fd);
+      return name;
+    }
+    if (errno != EEXIST) {
+      return absl::InternalError(absl::StrFormat("%s: cannot create a temporary file beside it: %s",
+                                                 path, std::strerror(errno)));
+    }
   }
-  return std::string(buffer.data());
+  return absl::InternalError(
+      absl::StrFormat("%s: cannot create a temporary file beside it: 100 names taken", path));
 }
 
 absl::Status fsync_path(const std::string& path) {

@@ -9,7 +9,7 @@
 
 namespace msa {
 
-// Creates an empty file beside `path`, exclusively and under a unique name (<path>.tmp.XXXXXX),
+// Creates an empty file beside `path`, exclusively and under a unique name (<path>.tmp.XXXXXXXX),
 // and returns its name: a file of the user's that happens to be called <path>.tmp, or another
 // process writing the same output, is never truncated.
 absl::StatusOr<std::string> create_temp_beside(const std::string& path);

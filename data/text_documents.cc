@@ -1,5 +1,7 @@
 #include "data/text_documents.h"
 
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
@@ -77,9 +79,13 @@ TextFormat resolve_text_format(TextFormat format, const std::string& path) {
 }
 
 absl::Status check_not_compressed(const std::string& path) {
+  // Regular files only: reading from a pipe (<(zcat f.gz), /dev/stdin) would take its first
+  // bytes away from the reader.
+  if (struct stat st; ::stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode))
+    return absl::OkStatus();
   FILE* f = std::fopen(path.c_str(), "rb");
   if (f == nullptr) return absl::OkStatus();  // the reader says why it cannot open it
-  unsigned char head[6] = {};
+  unsigned char head[10] = {};
   const size_t n = std::fread(head, 1, sizeof(head), f);
   std::fclose(f);
   struct Magic {
@@ -98,7 +104,9 @@ absl::Status check_not_compressed(const std::string& path) {
   for (const Magic& m : kMagic)
     if (n >= m.bytes.size() &&
         std::string_view(reinterpret_cast<const char*>(head), m.bytes.size()) == m.bytes &&
-        (std::string_view(m.name) != "bzip2" || (n >= 4 && head[3] >= '1' && head[3] <= '9')))
+        (std::string_view(m.name) != "bzip2" ||
+         (n >= 10 && head[3] >= '1' && head[3] <= '9' &&
+          std::string_view(reinterpret_cast<const char*>(head) + 4, 6) == "1AY&SY")))
       return absl::InvalidArgumentError(absl::StrFormat(
           "invalid --input: '%s' is %s-compressed (its bytes would be read as text): decompress "
           "it first (%s)",

@@ -74,8 +74,8 @@ TEST(FilePublishTest, NoReplaceKeepsAFileThatAppearedAndRemovesTheTemporary) {
   EXPECT_FALSE(exists(*tmp));
 }
 
-// mkstemp creates 0600: a converted checkpoint or exported model was unreadable to other users
-// (a serving process under another uid).
+// A temporary file made 0600 (mkstemp) kept that mode: a converted checkpoint or exported model was
+// unreadable to other users (a serving process under another uid).
 TEST(FilePublishTest, PublishedFilesHaveTheModeOfAPlainCreate) {
   const std::string dir = fresh_dir("publish_mode");
   const mode_t mask = ::umask(022);

@@ -188,6 +188,20 @@ TEST(MsaDataCliTest, CompressedInputsAreRefusedAndExtensionsIgnoreCase) {
       run_program("msa-data", "text --input=" + dir + "/DOCS.JSONL --output=" + dir + "/jsonl");
   EXPECT_EQ(r.exit_code, 0) << r.output;
   EXPECT_THAT(r.output, HasSubstr("2 documents, 6 tokens"));
+  // A pipe is not checked (reading its first bytes took them from the reader: 4 KiB lost).
+  {
+    std::ofstream f(dir + "/big.txt");
+    for (int i = 0; i < 1000; ++i) f << "line " << i << " of a text read through a pipe\n";
+  }
+  CommandResult named =
+      run_program("msa-data", "text --input=" + dir + "/big.txt --output=" + dir + "/named");
+  CommandResult piped =
+      msa::test::run_command("cat " + dir + "/big.txt | " + msa::test::program_path("msa-data") +
+                             " text --input=/dev/stdin --output=" + dir + "/piped");
+  ASSERT_EQ(named.exit_code, 0) << named.output;
+  ASSERT_EQ(piped.exit_code, 0) << piped.output;
+  const auto summary = [](const std::string& out) { return out.substr(out.find("1 documents")); };
+  EXPECT_EQ(summary(named.output).substr(0, 30), summary(piped.output).substr(0, 30));
 }
 
 // Shards of an earlier run in --output are refused (a glob would mix them with the new ones);
