@@ -8,7 +8,6 @@
 #include <sys/stat.h>
 
 #include "absl/container/flat_hash_map.h"
-#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -124,13 +123,11 @@ std::optional<std::string> config_token(const json& config, const char* key) {
 class HfTokenizerImpl final : public HfTokenizer {
  public:
   absl::StatusOr<std::vector<uint32_t>> encode(std::string_view text) const override {
-    return encode_with(text, *raw_tokens_, *normalized_tokens_);
+    return encode_with_options(text, false, nullptr);
   }
-  absl::StatusOr<std::vector<uint32_t>> encode_splitting_special(
-      std::string_view text) const override {
-    return encode_with(text, *raw_plain_tokens_, *normalized_plain_tokens_);
-  }
-  bool is_special(uint32_t id) const override { return special_ids_.contains(id); }
+  absl::StatusOr<std::vector<uint32_t>> encode_with_options(std::string_view text,
+                                                            bool split_special_tokens,
+                                                            bool* matched_special) const override;
   int64_t vocab_size() const override { return vocab_size_; }
   std::optional<uint32_t> bos_id() const override { return bos_id_; }
   std::optional<uint32_t> eos_id() const override { return eos_id_; }
@@ -147,19 +144,11 @@ class HfTokenizerImpl final : public HfTokenizer {
     return model_->token_to_id(content);
   }
   absl::Status load_added_tokens(const json& list);
-  // Added tokens are matched by `raw` in the text as written, by `normalized` after the
-  // normalizer.
-  absl::StatusOr<std::vector<uint32_t>> encode_with(std::string_view text,
-                                                    const AddedTokenMatcher& raw,
-                                                    const AddedTokenMatcher& normalized) const;
 
   std::unique_ptr<tok::Normalizer> normalizer_;
   std::unique_ptr<tok::PreTokenizer> pre_tokenizer_;
   std::unique_ptr<BpeModel> model_;
   std::unique_ptr<AddedTokenMatcher> raw_tokens_, normalized_tokens_;
-  // The same without the special tokens (encode_splitting_special).
-  std::unique_ptr<AddedTokenMatcher> raw_plain_tokens_, normalized_plain_tokens_;
-  absl::flat_hash_set<uint32_t> special_ids_;
   absl::flat_hash_map<std::string, uint32_t> added_ids_;
   int64_t vocab_size_ = 0;
   std::optional<uint32_t> bos_id_, eos_id_;
@@ -266,9 +255,8 @@ absl::Status HfTokenizerImpl::load_added_tokens(const json& list) {
     if (!by_id.contains(id)) order.push_back(id);
     by_id[id] = t;
   }
-  std::vector<AddedToken> raw, normalized, raw_plain, normalized_plain;
-  std::vector<std::string> raw_patterns, normalized_patterns, raw_plain_patterns,
-      normalized_plain_patterns;
+  std::vector<AddedToken> raw, normalized;
+  std::vector<std::string> raw_patterns, normalized_patterns;
   // The special tokens before the others (each in file order), and the first of two with the
   // same text wins the match: the tokenizers library's rule through 0.22 (0.23 registers them in
   // hash order, so its choice between such twins is arbitrary; 0.23.2 agreed on the test's).
@@ -282,28 +270,16 @@ absl::Status HfTokenizerImpl::load_added_tokens(const json& list) {
         if (!n.ok()) return n.status();
         pattern = *std::move(n);
       }
-      if (!t.special) {
-        normalized_plain.push_back(t);
-        normalized_plain_patterns.push_back(pattern);
-      }
       normalized.push_back(t);
       normalized_patterns.push_back(std::move(pattern));
     } else {
-      if (!t.special) {
-        raw_plain.push_back(t);
-        raw_plain_patterns.push_back(t.content);
-      }
       raw.push_back(t);
       raw_patterns.push_back(t.content);
     }
-    if (t.special) special_ids_.insert(id);
   }
   raw_tokens_ = std::make_unique<AddedTokenMatcher>(std::move(raw), raw_patterns);
   normalized_tokens_ =
       std::make_unique<AddedTokenMatcher>(std::move(normalized), normalized_patterns);
-  raw_plain_tokens_ = std::make_unique<AddedTokenMatcher>(std::move(raw_plain), raw_plain_patterns);
-  normalized_plain_tokens_ =
-      std::make_unique<AddedTokenMatcher>(std::move(normalized_plain), normalized_plain_patterns);
   return absl::OkStatus();
 }
 
@@ -400,9 +376,9 @@ absl::Status HfTokenizerImpl::load(const std::string& json_path, const std::stri
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::vector<uint32_t>> HfTokenizerImpl::encode_with(
-    std::string_view text, const AddedTokenMatcher& raw,
-    const AddedTokenMatcher& normalized) const {
+absl::StatusOr<std::vector<uint32_t>> HfTokenizerImpl::encode_with_options(
+    std::string_view text, bool split_special_tokens, bool* matched_special) const {
+  if (matched_special != nullptr) *matched_special = false;
   if (text.size() >= (uint64_t{1} << 32))
     return absl::InvalidArgumentError(
         absl::StrFormat("text of %d bytes: documents are limited to 4 GiB", text.size()));
@@ -410,7 +386,7 @@ absl::StatusOr<std::vector<uint32_t>> HfTokenizerImpl::encode_with(
     return absl::InvalidArgumentError(absl::StrFormat("invalid UTF-8 at byte offset %d", bad));
   PieceStore store;
   std::vector<Piece> raw_split, pieces;
-  raw.split(Piece{text, 0, -1}, raw_split);
+  raw_tokens_->split(Piece{text, 0, -1}, raw_split, split_special_tokens, matched_special);
   pieces.reserve(raw_split.size());
   for (const Piece& p : raw_split) {
     if (p.id >= 0) {
@@ -424,7 +400,7 @@ absl::StatusOr<std::vector<uint32_t>> HfTokenizerImpl::encode_with(
       q.text = store.keep(std::move(n));
       q.original_begin += dropped;  // (Metaspace's "first": the kept text starts past the start)
     }
-    normalized.split(q, pieces);
+    normalized_tokens_->split(q, pieces, split_special_tokens, matched_special);
   }
   if (pre_tokenizer_) MSA_RETURN_IF_ERROR(pre_tokenizer_->apply(pieces, store));
   std::vector<uint32_t> ids;

@@ -30,14 +30,16 @@ class HfTokenizer {
   // tokens written literally in the text are matched as the library matches them. Invalid UTF-8 is
   // an error (its byte offset in the message). Thread-safe: may be called concurrently.
   virtual absl::StatusOr<std::vector<uint32_t>> encode(std::string_view text) const = 0;
-  // As encode, but special tokens written in the text are not matched: their text is encoded as
-  // ordinary text (the library's split_special_tokens=True; non-special added tokens still match).
-  virtual absl::StatusOr<std::vector<uint32_t>> encode_splitting_special(
-      std::string_view text) const {
+  // encode, with split_special_tokens: special tokens written in the text are not matched but
+  // encoded as ordinary text (the library's split_special_tokens=True: the special match is found
+  // and left as text, so no added token inside it matches either); `matched_special` (when given)
+  // tells whether a special token's text was matched (never with split_special_tokens).
+  virtual absl::StatusOr<std::vector<uint32_t>> encode_with_options(std::string_view text,
+                                                                    bool split_special_tokens,
+                                                                    bool* matched_special) const {
+    if (matched_special != nullptr) *matched_special = false;
     return encode(text);
   }
-  // Whether `id` is a special added token (<|eot_id|>, <s>, ...).
-  virtual bool is_special(uint32_t /*id*/) const { return false; }
 
   // One more than the largest id, added tokens included.
   virtual int64_t vocab_size() const = 0;

@@ -71,12 +71,11 @@ absl::Status tokenize_piece(const TextPiece& piece, const Tokenization& t, Piece
   };
   auto append = [&](std::string_view text, int64_t line, bool start, bool end) -> absl::Status {
     if (start && t.bos) out->tokens.push_back(*t.bos);
+    bool matched_special = false;
     absl::StatusOr<std::vector<uint32_t>> ids =
-        t.split_special ? t.tokenizer->encode_splitting_special(text) : t.tokenizer->encode(text);
+        t.tokenizer->encode_with_options(text, t.split_special, &matched_special);
     if (!ids.ok()) return annotate(ids.status(), where(line));
-    if (!t.split_special && std::any_of(ids->begin(), ids->end(),
-                                        [&](uint32_t id) { return t.tokenizer->is_special(id); }))
-      ++out->special_text_documents;
+    if (matched_special) ++out->special_text_documents;
     const int64_t vocab = t.tokenizer->vocab_size();
     for (const uint32_t id : *ids)
       if (static_cast<int64_t>(id) >= vocab)

@@ -37,7 +37,7 @@ struct TextShardingOptions {
   // BOS is accepted (BOS then separates documents); one with neither needs this.
   std::optional<uint32_t> eos_id;
   // Special-token text in a document (a quoted "<|eot_id|>") is encoded as ordinary text, not as
-  // the special id (HfTokenizer::encode_splitting_special); false: as the tokenizers library
+  // the special id (HfTokenizer::encode_with_options); false: as the tokenizers library
   // encodes it, the special id.
   bool split_special_tokens = false;
   std::string output_dir;

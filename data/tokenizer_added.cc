@@ -50,7 +50,8 @@ int32_t AddedTokenMatcher::longest_at(std::string_view text, size_t at, size_t* 
   return found;
 }
 
-void AddedTokenMatcher::split(const Piece& piece, std::vector<Piece>& out) const {
+void AddedTokenMatcher::split(const Piece& piece, std::vector<Piece>& out, bool skip_special,
+                              bool* matched_special) const {
   const std::string_view s = piece.text;
   auto emit_text = [&](size_t b, size_t e) {
     if (e > b) out.push_back({s.substr(b, e - b), piece.original_begin + b, -1});
@@ -74,6 +75,9 @@ void AddedTokenMatcher::split(const Piece& piece, std::vector<Piece>& out) const
     size_t start = i;
     i = stop;  // the search resumes after the raw match, whatever lstrip/rstrip do below
     const AddedToken& t = tokens_[k];
+    // The library's split_special_tokens: the match is found (and hides any token inside it),
+    // then left as text.
+    if (skip_special && t.special) continue;
     if (t.single_word) {
       size_t before = start;
       const bool start_space = start == 0 || !is_word_char(previous_code_point(s, before));
@@ -100,6 +104,7 @@ void AddedTokenMatcher::split(const Piece& piece, std::vector<Piece>& out) const
     emit_text(start_offset, start);
     out.push_back({s.substr(start, stop > start ? stop - start : 0), piece.original_begin + start,
                    static_cast<int64_t>(t.id)});
+    if (t.special && matched_special != nullptr) *matched_special = true;
     start_offset = stop;
   }
   emit_text(start_offset, s.size());

@@ -26,8 +26,11 @@ class AddedTokenMatcher {
   bool empty() const { return tokens_.empty(); }
 
   // Splits `piece` (id < 0) into matched tokens (id set) and the text between them (id < 0),
-  // appending them to `out`. Empty text pieces are not appended.
-  void split(const Piece& piece, std::vector<Piece>& out) const;
+  // appending them to `out`. Empty text pieces are not appended. skip_special: a special token's
+  // match stays text (the library's split_special_tokens; it still hides what lies inside it).
+  // `matched_special` (when given) is set when a special token was matched.
+  void split(const Piece& piece, std::vector<Piece>& out, bool skip_special = false,
+             bool* matched_special = nullptr) const;
 
  private:
   struct Node {

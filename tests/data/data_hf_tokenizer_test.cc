@@ -81,6 +81,40 @@ TEST(HfTokenizerTest, SpecialTokensInTextAreOneId) {
               ElementsAre('<', '|', 'e', 'n', 'd', 'o', 'f', 't', 'e', 'x', 't'));
 }
 
+// split_special_tokens: the special token's text is ordinary text, and an added token inside it
+// matches no more than when the special matched (the library finds the special match, then
+// leaves it as text); the special match is reported, nothing else (an unknown piece is not one).
+TEST(HfTokenizerTest, SplitSpecialTokensEncodesTheirTextAsText) {
+  std::ifstream in(tokenizer_path("tiny_bytelevel.json"));
+  nlohmann::json j = nlohmann::json::parse(in);
+  j["added_tokens"].push_back({{"id", 268},
+                               {"content", "of"},
+                               {"single_word", false},
+                               {"lstrip", false},
+                               {"rstrip", false},
+                               {"normalized", true},
+                               {"special", false}});
+  auto t = HfTokenizer::load(write_temp("split_special.json", j.dump()));
+  ASSERT_TRUE(t.ok()) << t.status();
+  bool matched = false;
+  auto r = (*t)->encode_with_options("hello<|endoftext|>", false, &matched);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_THAT(*r, ElementsAre(263, 267));
+  EXPECT_TRUE(matched);
+  r = (*t)->encode_with_options("hello<|endoftext|>", true, &matched);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_THAT(*r, ElementsAre(263, '<', '|', 'e', 'n', 'd', 'o', 'f', 't', 'e', 'x', 't', '|',
+                              '>'));  // no 268 for the "of" inside
+  EXPECT_FALSE(matched);
+  r = (*t)->encode_with_options("a tale of", false, &matched);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->back(), 268u);  // non-special added tokens match in both modes
+  EXPECT_FALSE(matched);
+  r = (*t)->encode_with_options("a tale of", true, &matched);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->back(), 268u);
+}
+
 TEST(HfTokenizerTest, MultibyteCharactersAreBytes) {
   auto t = load_or_die("tiny_bytelevel.json");
   ASSERT_NE(t, nullptr);
