@@ -51,6 +51,10 @@ class TextPieceReader {
   // The next piece, nullopt after the last; an error naming the file when it cannot be read.
   absl::StatusOr<std::optional<TextPiece>> next();
 
+  // FNV-1a 64 of input i's bytes read so far: of the whole file once next() returned nullopt.
+  // What the shards' metadata records of an input's content (its path says nothing of it).
+  uint64_t input_hash(size_t i) const { return hashes_[i]; }
+
  private:
   absl::Status read_block(std::string* out, int64_t n, bool* eof);
 
@@ -63,6 +67,7 @@ class TextPieceReader {
   int64_t line_ = 1;      // line of the next unread byte
   bool started_ = false;  // a piece of the current file was returned
   std::string carry_;     // JSONL: bytes read past the last complete line
+  std::vector<uint64_t> hashes_;
 };
 
 // OK when `bytes` is valid UTF-8 (RFC 3629: no overlong forms, surrogates or code points past

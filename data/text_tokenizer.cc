@@ -202,7 +202,8 @@ class ShardSink {
 
 absl::Status write_metadata(const std::string& path, const TextShardingOptions& o,
                             const std::vector<TextFormat>& formats,
-                            const std::vector<int64_t>& sizes, const TextShardingResult& r,
+                            const std::vector<int64_t>& sizes, const TextPieceReader& reader,
+                            const TextShardingResult& r,
                             const std::vector<std::string>& shard_names) {
   nlohmann::ordered_json j;
   j["written_by"] = "msa-data text";
@@ -224,6 +225,9 @@ absl::Status write_metadata(const std::string& path, const TextShardingOptions& 
     in["format"] = text_format_name(formats[i]);
     if (formats[i] == TextFormat::kJsonl) in["text_field"] = o.text_field;
     in["bytes"] = sizes[i];
+    // The content, so that a resume knows shards rebuilt from the same bytes under another path
+    // from shards rebuilt from other bytes of the same size (train/batch_source.h).
+    in["fnv1a64"] = absl::StrFormat("%016x", reader.input_hash(i));
     inputs.push_back(in);
   }
   j["inputs"] = inputs;
@@ -364,8 +368,8 @@ absl::StatusOr<TextShardingResult> write_text_shards(
     for (const std::string& name : sink.names()) r.shards.push_back(o.output_dir + "/" + name);
     const std::string metadata_name = o.prefix + ".json";
     r.metadata = o.output_dir + "/" + metadata_name;
-    MSA_RETURN_IF_ERROR(
-        write_metadata(staging->path() + "/" + metadata_name, o, formats, sizes, r, sink.names()));
+    MSA_RETURN_IF_ERROR(write_metadata(staging->path() + "/" + metadata_name, o, formats, sizes,
+                                       reader, r, sink.names()));
     // The metadata file moves last: shards without it are from an interrupted commit.
     std::vector<std::string> stale = old_shards;
     std::vector<std::string> names = sink.names();

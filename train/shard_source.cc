@@ -111,11 +111,12 @@ std::string metadata_content(const std::string& text) {
   nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (!j.is_object()) return text;
   // Where the inputs and the tokenizer were read from says nothing about the tokens: shards
-  // rebuilt from ./a.txt instead of a.txt, or on another node, are the same data.
+  // rebuilt from ./a.txt instead of a.txt, or on another node, are the same data. An input's
+  // path goes only where its content hash stands for it (older files recorded none).
   j.erase("tokenizer_path");
   if (j.contains("inputs") && j["inputs"].is_array())
     for (nlohmann::json& in : j["inputs"])
-      if (in.is_object()) in.erase("path");
+      if (in.is_object() && in.contains("fnv1a64")) in.erase("path");
   return j.dump();
 }
 

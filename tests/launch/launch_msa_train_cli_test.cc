@@ -502,6 +502,15 @@ TEST(MsaTrainCliTest, ResumeTakesTextShardsRebuiltFromTheSameInputNamedAnotherWa
   CommandResult r = run_msa_train(flags + "--steps=3 --resume");
   EXPECT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("step     3/3"), std::string::npos) << r.output;
+  // Other bytes of the same size (the lines in another order): other data.
+  std::string reversed;
+  for (int i = 399; i >= 0; --i) reversed += "line " + std::to_string(i % 37) + " of the text\n";
+  ASSERT_EQ(reversed.size(), text.size());
+  std::ofstream(dir + "/b.txt") << reversed;
+  ASSERT_EQ(build(dir + "/b.txt"), 0);
+  r = run_msa_train(flags + "--steps=4 --resume");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(r.output.find("msa-data's metadata beside the shards"), std::string::npos) << r.output;
 }
 
 // ---- 64-bit integer flags and the memory check (issue 18)

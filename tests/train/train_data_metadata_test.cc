@@ -9,18 +9,22 @@
 namespace msa {
 namespace {
 
-TEST(DataMetadataTest, ContentLeavesOutOnlyThePaths) {
+TEST(DataMetadataTest, ContentLeavesOutOnlyThePathsWhereTheContentHashStandsForThem) {
   const std::string a =
       R"({"tokenizer": "byte-level", "tokenizer_path": "/x/tok.json", "vocab_size": 257,
-          "inputs": [{"path": "a.txt", "format": "text", "bytes": 10}]})";
+          "inputs": [{"path": "a.txt", "format": "text", "bytes": 10, "fnv1a64": "0123"}]})";
   const std::string moved =
       R"({"tokenizer": "byte-level", "tokenizer_path": "/y/tok.json", "vocab_size": 257,
-          "inputs": [{"path": "./a.txt", "format": "text", "bytes": 10}]})";
+          "inputs": [{"path": "./a.txt", "format": "text", "bytes": 10, "fnv1a64": "0123"}]})";
   const std::string other_bytes =
       R"({"tokenizer": "byte-level", "tokenizer_path": "/x/tok.json", "vocab_size": 257,
-          "inputs": [{"path": "a.txt", "format": "text", "bytes": 11}]})";
+          "inputs": [{"path": "a.txt", "format": "text", "bytes": 10, "fnv1a64": "4567"}]})";
   EXPECT_EQ(metadata_content(a), metadata_content(moved));
   EXPECT_NE(metadata_content(a), metadata_content(other_bytes));
+  // Files from before the content hash: the path is all that tells two inputs of one size apart.
+  const std::string old_a = R"({"inputs": [{"path": "a.txt", "format": "text", "bytes": 10}]})";
+  const std::string old_b = R"({"inputs": [{"path": "b.txt", "format": "text", "bytes": 10}]})";
+  EXPECT_NE(metadata_content(old_a), metadata_content(old_b));
   EXPECT_EQ(metadata_content("not json"), "not json");
 }
 
