@@ -134,6 +134,7 @@ class HfTokenizerImpl final : public HfTokenizer {
   bool adds_bos() const override { return adds_bos_; }
   bool adds_eos() const override { return adds_eos_; }
   std::string describe() const override { return description_; }
+  std::string fingerprint() const override { return fingerprint_; }
 
   absl::Status load(const std::string& json_path, const std::string& config_path);
 
@@ -154,6 +155,7 @@ class HfTokenizerImpl final : public HfTokenizer {
   std::optional<uint32_t> bos_id_, eos_id_;
   bool adds_bos_ = false, adds_eos_ = false;
   std::string description_;
+  std::string fingerprint_;
 };
 
 absl::StatusOr<std::unique_ptr<BpeModel>> parse_model(const json& j, bool byte_level) {
@@ -311,6 +313,17 @@ absl::Status HfTokenizerImpl::load(const std::string& json_path, const std::stri
     vocab_size_ = model_->max_id() + 1;
     for (const auto& [content, id] : added_ids_)
       vocab_size_ = std::max<int64_t>(vocab_size_, int64_t{id} + 1);
+    // What decides which text an id stands for: the normalizer, the pre-tokenizer, the model
+    // (vocabulary, merges) and the added tokens, as parsed JSON (key order and white space do not
+    // count); not the post-processor (whether BOS is added) nor the decoder.
+    {
+      uint64_t h = 14695981039346656037ull;  // FNV-1a 64
+      for (const char* part : {"normalizer", "pre_tokenizer", "model", "added_tokens"}) {
+        const std::string text = j.contains(part) ? j[part].dump() : "null";
+        for (const char c : text + '\0') h = (h ^ static_cast<unsigned char>(c)) * 1099511628211ull;
+      }
+      fingerprint_ = absl::StrFormat("%016x", h);
+    }
 
     Template t;
     if (j.contains("post_processor"))

@@ -51,6 +51,10 @@ class HfTokenizer {
   virtual bool adds_eos() const = 0;
   // One line for logs: model kind, vocabulary, bos/eos.
   virtual std::string describe() const = 0;
+  // A hash of what decides the text behind each id (normalizer, pre-tokenizer, vocabulary,
+  // merges, added tokens; not whether BOS is added): two tokenizers with the same one give every
+  // id the same meaning. "" when unknown.
+  virtual std::string fingerprint() const { return ""; }
 };
 
 }  // namespace msa

@@ -38,6 +38,7 @@ class ByteTokenizer final : public HfTokenizer {
   bool adds_bos() const override { return false; }
   bool adds_eos() const override { return false; }
   std::string describe() const override { return "byte-level (byte b -> id b, EOS 256)"; }
+  std::string fingerprint() const override { return "byte-level"; }
 };
 
 absl::Status io_error(const std::string& path, const char* what) {
@@ -209,6 +210,7 @@ absl::Status write_metadata(const std::string& path, const TextShardingOptions& 
   j["written_by"] = "msa-data text";
   j["tokenizer"] = r.tokenizer;
   j["tokenizer_path"] = o.tokenizer_path;
+  if (!r.tokenizer_fingerprint.empty()) j["tokenizer_fingerprint"] = r.tokenizer_fingerprint;
   j["vocab_size"] = r.vocab_size;
   j["bos_id"] = r.bos_id ? nlohmann::ordered_json(*r.bos_id) : nlohmann::ordered_json(nullptr);
   j["eos_id"] = r.eos_id ? nlohmann::ordered_json(*r.eos_id) : nlohmann::ordered_json(nullptr);
@@ -313,6 +315,7 @@ absl::StatusOr<TextShardingResult> write_text_shards(
                          ShardStagingDir::create(o.output_dir));
     TextShardingResult r;
     r.tokenizer = tok.describe();
+    r.tokenizer_fingerprint = tok.fingerprint();
     r.vocab_size = vocab;
     r.bos_id = t.bos;
     r.eos_id = t.eos;

@@ -65,7 +65,8 @@ struct TextShardingResult {
   // Documents whose text held a special token's text that became its special id (none with
   // split_special_tokens).
   int64_t special_text_documents = 0;
-  std::string tokenizer;  // the tokenizer's describe()
+  std::string tokenizer;              // the tokenizer's describe()
+  std::string tokenizer_fingerprint;  // and its fingerprint()
   int64_t vocab_size = 0;
   std::optional<uint32_t> bos_id;  // the id that starts each document, if any
   std::optional<uint32_t> eos_id;  // the id that ends each document, if any

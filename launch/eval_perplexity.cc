@@ -16,6 +16,7 @@
 #include "data/document_starts.h"
 #include "kernels/cross_entropy.h"
 #include "model/document_segments.h"
+#include "train/batch_source.h"
 
 namespace msa {
 
@@ -44,6 +45,7 @@ absl::StatusOr<std::unique_ptr<EvalShards>> EvalShards::open(const std::string& 
     }
   }
   if (files.empty()) return absl::InvalidArgumentError("invalid --data: no shards given");
+  MSA_RETURN_IF_ERROR(annotate(check_shards_share_a_vocabulary(files), "invalid --data"));
   std::unique_ptr<EvalShards> s(new EvalShards());
   s->seq_len_ = seq_len;
   s->first_window_.push_back(0);

@@ -136,21 +136,28 @@ absl::Status check_shards_share_a_vocabulary(const std::vector<std::string>& sha
   for (const std::string& shard : shard_paths)
     if (const std::optional<std::string> m = shard_metadata_path(shard)) files.insert(*m);
   if (files.size() < 2) return absl::OkStatus();
-  // The first file's values of the fields that say what an id means, and where they came from.
+  // What says which text an id stands for: the tokenizer's fingerprint; for files written before
+  // it, the tokenizer's description. Compared where both files have it (whether BOS is added, or
+  // which id ends a document, changes no id's meaning).
   std::map<std::string, std::pair<nlohmann::json, std::string>> first;
   for (const std::string& file : files) {
     const absl::StatusOr<nlohmann::json> j = read_json_file(file);
-    if (!j.ok() || !j->is_object()) continue;  // not msa-data's: nothing to compare
-    for (const char* field : {"tokenizer", "vocab_size", "bos_id", "eos_id"}) {
-      const nlohmann::json value = j->contains(field) ? (*j)[field] : nlohmann::json();
-      const auto [it, inserted] = first.try_emplace(field, value, file);
-      if (!inserted && it->second.first != value)
-        return absl::InvalidArgumentError(absl::StrFormat(
-            "the shards come from different tokenizers, so one id means "
-            "different tokens in them: their msa-data metadata disagree on %s (%s in %s, %s in "
-            "%s); tokenize every input with one tokenizer",
-            field, it->second.first.dump(), it->second.second, value.dump(), file));
-    }
+    if (!j.ok() || !j->is_object() || !j->contains("written_by") ||
+        !(*j)["written_by"].is_string() ||
+        (*j)["written_by"].get<std::string>().rfind("msa-data", 0) != 0)
+      continue;  // not msa-data's: nothing to compare
+    const char* field = j->contains("tokenizer_fingerprint") ? "tokenizer_fingerprint"
+                        : j->contains("tokenizer")           ? "tokenizer"
+                                                             : nullptr;
+    if (field == nullptr) continue;  // synthetic shards: their own fixed vocabulary
+    const nlohmann::json& value = (*j)[field];
+    const auto [it, inserted] = first.try_emplace(field, value, file);
+    if (!inserted && it->second.first != value)
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "the shards come from different tokenizers, so one id means different tokens in "
+          "them: their msa-data metadata disagree on %s (%s in %s, %s in %s); tokenize every "
+          "input with one tokenizer",
+          field, it->second.first.dump(), it->second.second, value.dump(), file));
   }
   return absl::OkStatus();
 }

@@ -123,6 +123,27 @@ TEST(MsaDataCliTest, ShardsOfDifferentTokenizersAreNotMixed) {
   EXPECT_THAT(mixed.output, HasSubstr("invalid --data: the shards come from different "
                                       "tokenizers"));
   EXPECT_THAT(mixed.output, HasSubstr(dir + "/llama/train.json"));
+  EXPECT_THAT(mixed.output, HasSubstr("disagree on tokenizer_fingerprint"));
+  // The same tokenizer with another EOS (or BOS added or not) gives no id another meaning; a
+  // JSON file beside shards that msa-data did not write is no metadata to compare.
+  ASSERT_EQ(run_program("msa-data", text + "/bytes_eos --eos_id=10").exit_code, 0);
+  CommandResult eos = run_program("msa-train", train + "/bytes*/*.tok'");
+  EXPECT_EQ(eos.exit_code, 0) << eos.output;
+  std::system(("mkdir -p '" + dir + "/bytes_foreign' && cp '" + dir + "/bytes1/train-00000.tok' '" +
+               dir + "/bytes_foreign/train-00000.tok'")
+                  .c_str());
+  std::ofstream(dir + "/bytes_foreign/train.json") << "{\"source\": \"a crawl\"}";
+  CommandResult foreign = run_program("msa-train", train + "/bytes*/*.tok'");
+  EXPECT_EQ(foreign.exit_code, 0) << foreign.output;
+  // msa-eval --data checks the same.
+  const std::string ckpt_dir = dir + "/ckpt";
+  ASSERT_EQ(
+      run_program("msa-train", train + "/bytes1/*.tok' --checkpoint_dir=" + ckpt_dir).exit_code, 0);
+  CommandResult eval = run_program("msa-eval", "--device=cpu --checkpoint=" + ckpt_dir +
+                                                   "/ckpt-00000001.h5 --data='" + dir +
+                                                   "/*/*.tok' --seq_len=64 --eval_windows=1");
+  EXPECT_EQ(eval.exit_code, 1) << eval.output;
+  EXPECT_THAT(eval.output, HasSubstr("invalid --data: the shards come from different tokenizers"));
 }
 
 // A document quoting a special token's text (web text about chat templates): by default the
