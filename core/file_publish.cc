@@ -8,8 +8,10 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <exception>
 #include <random>
 #include <vector>
 
@@ -69,9 +71,15 @@ absl::StatusOr<std::string> create_temp_beside(const std::string& path) {
   // Not mkstemp: its 0600 would stay the published file's mode. open(O_EXCL) with 0666 gives the
   // mode (umask, default ACLs) a plain create of `path` would have.
   static constexpr char kChars[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
-  std::random_device device;
-  std::mt19937_64 rng((static_cast<uint64_t>(device()) << 32) ^ device() ^
-                      static_cast<uint64_t>(::getpid()));
+  uint64_t seed =
+      static_cast<uint64_t>(::getpid()) ^
+      static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
+  try {
+    std::random_device device;
+    seed ^= (static_cast<uint64_t>(device()) << 32) ^ device();
+  } catch (const std::exception&) {  // no entropy source: the pid and the clock still differ
+  }
+  std::mt19937_64 rng(seed);
   for (int attempt = 0; attempt < 100; ++attempt) {
     std::string name = path + ".tmp.";
     for (int i = 0; i < 8; ++i) name += kChars[rng() % (sizeof(kChars) - 1)];

@@ -7,6 +7,11 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
+#include <string_view>
+#include <utility>
+#include <vector>
+
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -313,14 +318,25 @@ absl::Status HfTokenizerImpl::load(const std::string& json_path, const std::stri
     vocab_size_ = model_->max_id() + 1;
     for (const auto& [content, id] : added_ids_)
       vocab_size_ = std::max<int64_t>(vocab_size_, int64_t{id} + 1);
-    // What decides which text an id stands for: the normalizer, the pre-tokenizer, the model
-    // (vocabulary, merges) and the added tokens, as parsed JSON (key order and white space do not
-    // count); not the post-processor (whether BOS is added) nor the decoder.
+    // What text each id stands for: the vocabulary's (id, token) pairs and the added tokens'
+    // (id, content), in id order. Not how text is split into them (normalizer, merges, flags),
+    // nor whether BOS is added: a re-saved copy of one tokenizer (merges as pairs, defaults
+    // spelled out) has the same fingerprint.
     {
+      std::vector<std::pair<int64_t, std::string>> entries;
+      for (const auto& [token, id] : j["model"]["vocab"].items())
+        if (id.is_number_integer()) entries.emplace_back(id.get<int64_t>(), token);
+      for (const auto& [content, id] : added_ids_) entries.emplace_back(id, content);
+      std::sort(entries.begin(), entries.end());
+      entries.erase(std::unique(entries.begin(), entries.end()), entries.end());
       uint64_t h = 14695981039346656037ull;  // FNV-1a 64
-      for (const char* part : {"normalizer", "pre_tokenizer", "model", "added_tokens"}) {
-        const std::string text = j.contains(part) ? j[part].dump() : "null";
-        for (const char c : text + '\0') h = (h ^ static_cast<unsigned char>(c)) * 1099511628211ull;
+      auto mix = [&](std::string_view bytes) {
+        for (const char c : bytes) h = (h ^ static_cast<unsigned char>(c)) * 1099511628211ull;
+      };
+      for (const auto& [id, token] : entries) {
+        mix(absl::StrCat(id, " "));
+        mix(token);
+        mix(std::string_view("\0", 1));
       }
       fingerprint_ = absl::StrFormat("%016x", h);
     }

@@ -32,7 +32,8 @@ class HfTokenizer {
   virtual absl::StatusOr<std::vector<uint32_t>> encode(std::string_view text) const = 0;
   // encode, with split_special_tokens: special tokens written in the text are not matched but
   // encoded as ordinary text (the library's split_special_tokens=True: the special match is found
-  // and left as text, so no added token inside it matches either); `matched_special` (when given)
+  // and left as text, so no added token of the same pass, raw or normalized, matches inside it);
+  // `matched_special` (when given)
   // tells whether a special token's text was matched (never with split_special_tokens).
   virtual absl::StatusOr<std::vector<uint32_t>> encode_with_options(std::string_view text,
                                                                     bool split_special_tokens,
@@ -51,9 +52,9 @@ class HfTokenizer {
   virtual bool adds_eos() const = 0;
   // One line for logs: model kind, vocabulary, bos/eos.
   virtual std::string describe() const = 0;
-  // A hash of what decides the text behind each id (normalizer, pre-tokenizer, vocabulary,
-  // merges, added tokens; not whether BOS is added): two tokenizers with the same one give every
-  // id the same meaning. "" when unknown.
+  // A hash of the text behind each id (the vocabulary's and the added tokens' id and token; not
+  // how text is split into them, nor whether BOS is added): two tokenizers with the same one give
+  // every id the same meaning. "" when unknown.
   virtual std::string fingerprint() const { return ""; }
 };
 

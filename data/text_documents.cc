@@ -106,7 +106,9 @@ absl::Status check_not_compressed(const std::string& path) {
         std::string_view(reinterpret_cast<const char*>(head), m.bytes.size()) == m.bytes &&
         (std::string_view(m.name) != "bzip2" ||
          (n >= 10 && head[3] >= '1' && head[3] <= '9' &&
-          std::string_view(reinterpret_cast<const char*>(head) + 4, 6) == "1AY&SY")))
+          (std::string_view(reinterpret_cast<const char*>(head) + 4, 6) == "1AY&SY" ||
+           std::string_view(reinterpret_cast<const char*>(head) + 4, 6) ==
+               std::string_view("\x17rE8P\x90", 6)))))  // a block, or the end of an empty stream
       return absl::InvalidArgumentError(absl::StrFormat(
           "invalid --input: '%s' is %s-compressed (its bytes would be read as text): decompress "
           "it first (%s)",

@@ -287,9 +287,13 @@ Raster render_line_plot(const LinePlot& plot, int width, int height) {
                                            {left + gap, top + gap},
                                            {right - gap - box_w, bottom - gap - box_h},
                                            {left + gap, bottom - gap - box_h}};
+    // A box taller than the frame hangs from its top (from a bottom corner it rose off the
+    // image, taking the first labels with it).
+    const int candidates = box_h > bottom - top - 2 * gap ? 2 : 4;
     int bx = corners[0].first, by = corners[0].second, least = hidden(bx, by);
-    for (const auto& [x, y] : corners)
-      if (const int n = hidden(x, y); n < least) bx = x, by = y, least = n;
+    for (int c = 1; c < candidates; ++c)
+      if (const int n = hidden(corners[c].first, corners[c].second); n < least)
+        bx = corners[c].first, by = corners[c].second, least = n;
     r.fill_rect(bx, by, bx + box_w, by + box_h, kWhite);
     r.line(bx, by, bx + box_w, by, kLegendBorder);
     r.line(bx, by + box_h, bx + box_w, by + box_h, kLegendBorder);

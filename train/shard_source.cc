@@ -127,7 +127,10 @@ bool same_data_metadata(const std::string& was, const std::string& now) {
     if (at == std::string::npos) return std::string();
     return v.substr(at + name.size() + 1, 16);
   };
-  if (was.rfind("content ", 0) == 0) return part(was, "content") == part(now, "content");
+  // Byte-identical metadata files are the same data whatever the content hash made of them (its
+  // definition changed: files without input hashes keep their paths in it).
+  if (was.rfind("content ", 0) == 0)
+    return part(was, "content") == part(now, "content") || part(was, "file") == part(now, "file");
   return was == part(now, "file");
 }
 
@@ -136,28 +139,41 @@ absl::Status check_shards_share_a_vocabulary(const std::vector<std::string>& sha
   for (const std::string& shard : shard_paths)
     if (const std::optional<std::string> m = shard_metadata_path(shard)) files.insert(*m);
   if (files.size() < 2) return absl::OkStatus();
-  // What says which text an id stands for: the tokenizer's fingerprint; for files written before
-  // it, the tokenizer's description. Compared where both files have it (whether BOS is added, or
-  // which id ends a document, changes no id's meaning).
-  std::map<std::string, std::pair<nlohmann::json, std::string>> first;
+  // What says which text an id stands for, per msa-data metadata file: for text shards the
+  // tokenizer's fingerprint (files written before it: its description), for synthetic shards
+  // their own fixed vocabulary. Whether BOS is added, or which id ends a document, changes no
+  // id's meaning.
+  struct Vocabulary {
+    std::string file, kind, fingerprint, description;
+  };
+  std::vector<Vocabulary> seen;
   for (const std::string& file : files) {
     const absl::StatusOr<nlohmann::json> j = read_json_file(file);
-    if (!j.ok() || !j->is_object() || !j->contains("written_by") ||
-        !(*j)["written_by"].is_string() ||
-        (*j)["written_by"].get<std::string>().rfind("msa-data", 0) != 0)
-      continue;  // not msa-data's: nothing to compare
-    const char* field = j->contains("tokenizer_fingerprint") ? "tokenizer_fingerprint"
-                        : j->contains("tokenizer")           ? "tokenizer"
-                                                             : nullptr;
-    if (field == nullptr) continue;  // synthetic shards: their own fixed vocabulary
-    const nlohmann::json& value = (*j)[field];
-    const auto [it, inserted] = first.try_emplace(field, value, file);
-    if (!inserted && it->second.first != value)
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "the shards come from different tokenizers, so one id means different tokens in "
-          "them: their msa-data metadata disagree on %s (%s in %s, %s in %s); tokenize every "
-          "input with one tokenizer",
-          field, it->second.first.dump(), it->second.second, value.dump(), file));
+    if (!j.ok() || !j->is_object()) continue;
+    const auto text = [&](const char* key) {
+      return j->contains(key) && (*j)[key].is_string() ? (*j)[key].get<std::string>() : "";
+    };
+    const std::string written_by = text("written_by");
+    if (written_by.rfind("msa-data", 0) != 0) continue;  // not msa-data's: nothing to compare
+    Vocabulary v{file, written_by == "msa-data synthetic" ? "synthetic" : "text",
+                 text("tokenizer_fingerprint"), text("tokenizer")};
+    for (const Vocabulary& u : seen) {
+      std::string why;
+      if (u.kind != v.kind)
+        why = absl::StrFormat("%s holds %s shards, %s %s shards", u.file, u.kind, v.file, v.kind);
+      else if (!u.fingerprint.empty() && !v.fingerprint.empty() && u.fingerprint != v.fingerprint)
+        why = absl::StrFormat("tokenizer_fingerprint %s in %s, %s in %s", u.fingerprint, u.file,
+                              v.fingerprint, v.file);
+      else if ((u.fingerprint.empty() || v.fingerprint.empty()) && u.description != v.description)
+        why = absl::StrFormat("tokenizer \"%s\" in %s, \"%s\" in %s", u.description, u.file,
+                              v.description, v.file);
+      if (!why.empty())
+        return absl::InvalidArgumentError(absl::StrFormat(
+            "the shards come from different tokenizers, so one id means different tokens in "
+            "them (their msa-data metadata: %s); tokenize every input with one tokenizer",
+            why));
+    }
+    seen.push_back(std::move(v));
   }
   return absl::OkStatus();
 }

@@ -115,6 +115,33 @@ TEST(HfTokenizerTest, SplitSpecialTokensEncodesTheirTextAsText) {
   EXPECT_EQ(r->back(), 268u);
 }
 
+// The fingerprint says what text each id stands for: a re-saved copy (merges as pairs, defaults
+// spelled out, another key order) keeps it, another vocabulary does not.
+TEST(HfTokenizerTest, FingerprintIsTheVocabularyNotItsSpelling) {
+  std::ifstream in(tokenizer_path("tiny_bytelevel.json"));
+  const nlohmann::json j = nlohmann::json::parse(in);
+  auto fingerprint = [](const nlohmann::json& file, const std::string& name) {
+    auto t = HfTokenizer::load(write_temp(name, file.dump(1)));
+    EXPECT_TRUE(t.ok()) << t.status();
+    return t.ok() ? (*t)->fingerprint() : std::string();
+  };
+  const std::string original = fingerprint(j, "fp_original.json");
+  ASSERT_EQ(original.size(), 16u);
+  nlohmann::json resaved = j;
+  nlohmann::json pairs = nlohmann::json::array();
+  for (const auto& m : j["model"]["merges"]) {
+    const std::string merge = m.get<std::string>();
+    pairs.push_back({merge.substr(0, merge.find(' ')), merge.substr(merge.find(' ') + 1)});
+  }
+  resaved["model"]["merges"] = pairs;
+  resaved["model"]["ignore_merges"] = false;
+  resaved["model"]["dropout"] = nullptr;
+  EXPECT_EQ(fingerprint(resaved, "fp_resaved.json"), original);
+  nlohmann::json other = j;
+  other["added_tokens"][0]["content"] = "<|end|>";
+  EXPECT_NE(fingerprint(other, "fp_other.json"), original);
+}
+
 TEST(HfTokenizerTest, MultibyteCharactersAreBytes) {
   auto t = load_or_die("tiny_bytelevel.json");
   ASSERT_NE(t, nullptr);

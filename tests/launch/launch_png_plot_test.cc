@@ -122,6 +122,22 @@ TEST(PngPlotTest, LegendAvoidsTheData) {
   EXPECT_FALSE(legend_x < r.width() / 2 && legend_y > r.height() / 2);
 }
 
+// A legend taller than the frame (many series on a small plot) hangs from the frame's top: from
+// a bottom corner it rose off the image with its first labels.
+TEST(PngPlotTest, TallLegendStartsInsideTheImage) {
+  LinePlot plot;
+  for (int k = 0; k < 25; ++k)
+    plot.series.push_back({"s" + std::to_string(k), {1, 2}, {1.0 * k, 1.0 * k + 0.5}});
+  const Raster r = render_line_plot(plot, 400, 300);
+  constexpr Rgb kLegendBorder{160, 160, 160};
+  int top = r.height();
+  for (int y = 0; y < r.height(); ++y)
+    for (int x = 0; x < r.width(); ++x)
+      if (r.pixel(x, y) == kLegendBorder) top = std::min(top, y);
+  ASSERT_LT(top, r.height()) << "no legend drawn";
+  EXPECT_GT(top, 20) << "the legend's top border is above the frame";
+}
+
 TEST(PngPlotTest, PngRoundTrips) {
   Raster r(30, 20);
   r.line(0, 0, 29, 19, kRed);
