@@ -23,7 +23,7 @@ absl::StatusOr<std::string> create_temp_beside(const std::string& path);
 absl::Status publish_temp(const std::string& tmp, const std::string& path, bool replace,
                           bool* published = nullptr);
 
-// fsync of a file or directory (a directory that cannot be synced, EINVAL, passes).
+// fsync of a file or directory; one whose file system cannot sync it (EINVAL, ENOTSUP) passes.
 absl::Status fsync_path(const std::string& path);
 
 // The directory holding `path` ("." for a bare name).

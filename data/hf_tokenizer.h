@@ -33,8 +33,8 @@ class HfTokenizer {
   // encode, with split_special_tokens: special tokens written in the text are not matched but
   // encoded as ordinary text (the library's split_special_tokens=True: the special match is found
   // and left as text, so no added token of the same pass, raw or normalized, matches inside it);
-  // `matched_special` (when given)
-  // tells whether a special token's text was matched (never with split_special_tokens).
+  // `matched_special` (when given) tells whether a special token's text was matched (never with
+  // split_special_tokens).
   virtual absl::StatusOr<std::vector<uint32_t>> encode_with_options(std::string_view text,
                                                                     bool split_special_tokens,
                                                                     bool* matched_special) const {

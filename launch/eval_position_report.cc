@@ -53,8 +53,10 @@ std::string format_position_markdown(const PositionReport& r) {
   for (size_t b = 0; b < r.starts.size(); ++b) {
     out += absl::StrFormat("| %s | %s |", position_range_label(r.starts[b], bucket_end(r, b)),
                            token_cell([b](const PositionLoss& l) { return l.tokens[b]; }));
+    // A bucket no document reaches (packed documents) has no loss: "-", not a perfect 0.
     for (const PositionLoss& l : r.losses)
-      out += absl::StrFormat(" %.4f | %.3f |", l.mean(b), std::exp(l.mean(b)));
+      out += l.tokens[b] > 0 ? absl::StrFormat(" %.4f | %.3f |", l.mean(b), std::exp(l.mean(b)))
+                             : std::string(" - | - |");
     out += "\n";
   }
   out += absl::StrFormat("| all | %s |",
@@ -70,9 +72,10 @@ std::string format_position_csv(const PositionReport& r) {
     const PositionLoss& l = r.losses[m];
     const std::string label = csv_field(m < r.labels.size() ? r.labels[m] : "");
     for (size_t b = 0; b < r.starts.size(); ++b)
-      out += absl::StrFormat("%s,%s,%d,%d,%d,%.9g,%.9g\n", label,
-                             position_range_label(r.starts[b], bucket_end(r, b)), r.starts[b],
-                             bucket_end(r, b), l.tokens[b], l.mean(b), std::exp(l.mean(b)));
+      out += absl::StrFormat(
+          "%s,%s,%d,%d,%d,%s\n", label, position_range_label(r.starts[b], bucket_end(r, b)),
+          r.starts[b], bucket_end(r, b), l.tokens[b],
+          l.tokens[b] > 0 ? absl::StrFormat("%.9g,%.9g", l.mean(b), std::exp(l.mean(b))) : ",");
     out += absl::StrFormat("%s,all,0,%d,%d,%.9g,%.9g\n", label, r.seq_len, l.total_tokens(),
                            l.overall_mean(), std::exp(l.overall_mean()));
   }

@@ -111,6 +111,10 @@ absl::Status run_text() {
   std::unique_ptr<msa::HfTokenizer> tokenizer;
   o.tokenizer_path = absl::GetFlag(FLAGS_tokenizer);
   o.split_special_tokens = absl::GetFlag(FLAGS_split_special_tokens);
+  if (o.split_special_tokens && o.tokenizer_path.empty())
+    return absl::InvalidArgumentError(
+        "invalid --split_special_tokens: the byte-level tokenizer (no --tokenizer) has no special "
+        "tokens");
   if (!o.tokenizer_path.empty()) {
     absl::StatusOr<std::unique_ptr<msa::HfTokenizer>> loaded =
         msa::HfTokenizer::load(o.tokenizer_path);
@@ -144,6 +148,10 @@ absl::Status run_text() {
 }
 
 absl::Status run_synthetic() {
+  if (absl::GetFlag(FLAGS_split_special_tokens))
+    return absl::InvalidArgumentError(
+        "invalid --split_special_tokens: it belongs to 'text' (synthetic shards have no "
+        "tokenizer)");
   msa::SyntheticShardingOptions o;
   msa::SyntheticConfig& c = o.config;
   MSA_ASSIGN_OR_RETURN(c.task, msa::parse_synthetic_task(absl::GetFlag(FLAGS_task)));

@@ -450,10 +450,10 @@ absl::StatusOr<PerplexityPlan> plan_perplexity(const std::vector<std::string>& p
   for (size_t i = 0; i < n; ++i)
     for (size_t k = 0; k < i; ++k)
       if (plan.labels[i] == plan.labels[k])
-        return bad("labels", absl::StrFormat("'%s' names checkpoints %d and %d (%s): give each "
-                                             "its own label%s",
+        return bad("labels", absl::StrFormat("'%s' names checkpoints %d and %d%s: give each its "
+                                             "own label%s",
                                              plan.labels[i], k + 1, i + 1,
-                                             labels.empty() ? "their paths, the default" : "",
+                                             labels.empty() ? " (their paths, the default)" : "",
                                              labels.empty() ? " with --labels" : ""));
   const int64_t seq_len = absl::GetFlag(FLAGS_seq_len);
   constexpr int64_t kMaxTokens = std::numeric_limits<int32_t>::max();

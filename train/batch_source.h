@@ -85,8 +85,9 @@ absl::StatusOr<std::unique_ptr<BatchSource>> make_shard_source(
 
 // Fails (naming both files and the field) when the msa-data metadata files of `shard_paths`
 // disagree on the tokenizer (its fingerprint; its description in files from before it): shards of
-// two tokenizers were trained as one vocabulary without a word. Files that are not msa-data's and
-// synthetic shards are not compared. make_shard_source checks it, and msa-eval --data.
+// two tokenizers were trained as one vocabulary without a word; synthetic shards (their own
+// vocabulary) beside text shards too. Files not written by msa-data are not compared.
+// make_shard_source checks it, and msa-eval --data.
 absl::Status check_shards_share_a_vocabulary(const std::vector<std::string>& shard_paths);
 
 // A metadata file's text without the fields that say where inputs were read from

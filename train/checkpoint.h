@@ -13,7 +13,8 @@
 // checksum before it returns, so a bad file never touches the model or
 // optimizer state.
 //
-// Files are written to `<path>.tmp`, flushed to disk and renamed, so a crash
+// Files are written to a temporary file beside them (`<path>.tmp` in a run's own directory; see
+// save_checkpoint), flushed to disk and renamed, so a crash
 // mid-write leaves the previous checkpoints untouched; pruning (--keep_last)
 // runs only after the rename.
 #pragma once

@@ -67,10 +67,11 @@ int bench_step() {
   const int64_t batch = absl::GetFlag(FLAGS_batch);
   const int steps = std::max(absl::GetFlag(FLAGS_steps), 1);
   const double peak = absl::GetFlag(FLAGS_peak_tflops);
-  std::printf("Training step (bf16 compute, f32 master weights and AdamW), model %s, batch %lld, "
-              "recompute %s; ms are medians over %d steps after 2 warm-up steps\n",
-              absl::GetFlag(FLAGS_model).c_str(), static_cast<long long>(batch),
-              recompute_name(*recompute), steps);
+  std::printf(
+      "Training step (bf16 compute, f32 master weights and AdamW), model %s, batch %lld, "
+      "recompute %s; the step of median time of %d, after 2 warm-up steps\n",
+      absl::GetFlag(FLAGS_model).c_str(), static_cast<long long>(batch), recompute_name(*recompute),
+      steps);
   std::printf("%-6s | %7s | %8s | %8s %8s %7s %8s | %9s | %7s | %6s | %8s | %6s\n", "attn",
               "seq", "params", "fwd ms", "bwd ms", "opt ms", "step ms", "tokens/s", "TFLOP/s",
               "MFU", "peak GiB", "loss");

@@ -78,7 +78,10 @@ TEST(FilePublishTest, NoReplaceKeepsAFileThatAppearedAndRemovesTheTemporary) {
 // unreadable to other users (a serving process under another uid).
 TEST(FilePublishTest, PublishedFilesHaveTheModeOfAPlainCreate) {
   const std::string dir = fresh_dir("publish_mode");
-  const mode_t mask = ::umask(022);
+  struct UmaskGuard {
+    mode_t saved = ::umask(022);
+    ~UmaskGuard() { ::umask(saved); }
+  } guard;
   const std::string out = dir + "/out.bin";
   auto tmp = create_temp_beside(out);
   ASSERT_TRUE(tmp.ok());
@@ -87,7 +90,6 @@ TEST(FilePublishTest, PublishedFilesHaveTheModeOfAPlainCreate) {
   struct stat st;
   ASSERT_EQ(::stat(out.c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 0777, 0644u);
-  ::umask(mask);
 }
 
 // A dangling link at the output is an existing name: never followed and replaced.

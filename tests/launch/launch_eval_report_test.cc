@@ -201,6 +201,18 @@ TEST(EvalPositionTest, CsvHasARowPerModelAndBucket) {
   EXPECT_THAT(csv, HasSubstr("msa,all,0,3072,6144,0.5,1.64872127\n"));
 }
 
+// A bucket no document reaches (packed documents) has no loss: it printed 0.0000 and a
+// perplexity of 1.000, a perfect score.
+TEST(EvalPositionTest, EmptyBucketsShowNoLoss) {
+  PositionReport r = two_model_report();
+  r.losses[1].loss_sum[2] = 0;
+  r.losses[1].tokens[2] = 0;
+  const std::string md = format_position_markdown(r);
+  EXPECT_THAT(md, HasSubstr("| 1536-3K | 3072 / 0 | 1.0000 | 2.718 | - | - |"));
+  const std::string csv = format_position_csv(r);
+  EXPECT_THAT(csv, HasSubstr("msa,1536-3K,1536,3072,0,,\n"));
+}
+
 TEST(EvalPositionTest, PlotHasALinePerModelAtBucketMiddles) {
   const LinePlot plot = position_loss_plot(two_model_report());
   ASSERT_EQ(plot.series.size(), 2u);

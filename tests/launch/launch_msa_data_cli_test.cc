@@ -192,6 +192,17 @@ TEST(MsaDataCliTest, SpecialTokenTextInDocumentsIsSaidOrSplit) {
   EXPECT_EQ(std::count(t.begin(), t.end(), kBos), 2);
   EXPECT_EQ(t.front(), kBos);
   EXPECT_EQ(t.back(), kEos);
+  // Where there are no special tokens the flag would only change the metadata: refused.
+  CommandResult bytes =
+      run_program("msa-data", "text --input=" + dir + "/docs.jsonl --output=" + dir +
+                                  "/bytes --split_special_tokens");
+  EXPECT_EQ(bytes.exit_code, 1) << bytes.output;
+  EXPECT_THAT(bytes.output, HasSubstr("invalid --split_special_tokens: the byte-level tokenizer"));
+  CommandResult synthetic =
+      run_program("msa-data", "synthetic --seq_len=64 --samples=4 --output=" + dir +
+                                  "/synthetic --split_special_tokens");
+  EXPECT_EQ(synthetic.exit_code, 1) << synthetic.output;
+  EXPECT_THAT(synthetic.output, HasSubstr("invalid --split_special_tokens: it belongs to 'text'"));
 }
 
 // Compressed inputs were tokenized as text (their compressed bytes); an upper-case .JSONL was
@@ -204,7 +215,8 @@ TEST(MsaDataCliTest, CompressedInputsAreRefusedAndExtensionsIgnoreCase) {
       {"xz", std::string("\xfd"
                          "7zXZ\x00rest",
                          10)},
-      {"bzip2", std::string("BZh91AY&SY")}};
+      {"bzip2", std::string("BZh91AY&SY")},
+      {"bzip2", std::string("BZh9\x17rE8P\x90", 10)}};  // an empty stream
   for (const auto& [name, bytes] : kinds) {
     const std::string input = dir + "/in." + name;
     { std::ofstream(input, std::ios::binary) << bytes; }

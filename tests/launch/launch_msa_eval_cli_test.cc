@@ -160,7 +160,7 @@ TEST(MsaEvalCliTest, FlagsTheReportDoesNotReadOrCannotUseAreRefused) {
       {" --device=cpu --lengths=64 --depths=0.5,0.5 --recall_stride=0",
        "invalid --depths: 0.5 is listed twice"},
       {",/elsewhere/x.h5 --labels=a,a --device=cpu --data='/nonexistent/*.tok'",
-       "invalid --labels: 'a' names checkpoints 1 and 2"},
+       "invalid --labels: 'a' names checkpoints 1 and 2: give each its own label\n"},
   };
   for (const auto& [args, message] : cases) {
     CommandResult r = run("msa-eval", "--checkpoint=" + ckpt + args);
