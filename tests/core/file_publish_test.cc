@@ -5,25 +5,19 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <cstdlib>
 #include <fstream>
 #include <sstream>
 #include <string>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/testing/command.h"
 
 namespace msa {
 namespace {
 
 using ::testing::HasSubstr;
-
-std::string fresh_dir(const std::string& name) {
-  const std::string dir =
-      std::string(::testing::TempDir()) + "/" + name + "_" + std::to_string(getpid());
-  std::system(("rm -rf '" + dir + "' && mkdir -p '" + dir + "'").c_str());
-  return dir;
-}
+using msa::test::fresh_dir;
 
 std::string read_file(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
