@@ -2,7 +2,6 @@
 // WindowSampler.
 #include <fstream>
 #include <iterator>
-#include <map>
 #include <optional>
 #include <set>
 #include <utility>
