@@ -90,6 +90,12 @@ absl::StatusOr<std::unique_ptr<BatchSource>> make_shard_source(
 // make_shard_source checks it, and msa-eval --data.
 absl::Status check_shards_share_a_vocabulary(const std::vector<std::string>& shard_paths);
 
+// Fails (naming the metadata file and both lengths) when msa-data synthetic shards among
+// `shard_paths` hold samples of another length than `seq_len`: each window is one sample only at
+// their own length. make_shard_source checks it.
+absl::Status check_synthetic_samples_fit(const std::vector<std::string>& shard_paths,
+                                         int64_t seq_len);
+
 // A metadata file's text without the fields that say where inputs were read from
 // (tokenizer_path, inputs[].path); the text itself when it is not a JSON object.
 std::string metadata_content(const std::string& text);

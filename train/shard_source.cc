@@ -177,6 +177,27 @@ absl::Status check_shards_share_a_vocabulary(const std::vector<std::string>& sha
   return absl::OkStatus();
 }
 
+absl::Status check_synthetic_samples_fit(const std::vector<std::string>& shard_paths,
+                                         int64_t seq_len) {
+  std::set<std::string> files;
+  for (const std::string& shard : shard_paths)
+    if (const std::optional<std::string> m = shard_metadata_path(shard)) files.insert(*m);
+  for (const std::string& file : files) {
+    const absl::StatusOr<nlohmann::json> j = read_json_file(file);
+    if (!j.ok() || !j->is_object() ||
+        j->value("written_by", nlohmann::json()) != "msa-data synthetic")
+      continue;
+    const nlohmann::json& n = j->value("seq_len", nlohmann::json());
+    if (n.is_number_integer() && n.get<int64_t>() != seq_len)
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "the synthetic shards of %s hold samples of %d tokens, one per window only at "
+          "--seq_len=%d, not %d (other windows cut samples apart, their facts from their "
+          "queries)",
+          file, n.get<int64_t>(), n.get<int64_t>(), seq_len));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::unique_ptr<BatchSource>> make_shard_source(
     const std::string& glob, int64_t vocab_size, int64_t batch, int64_t seq_len,
     double val_fraction, uint64_t seed, const DataLayout& layout, bool validation,
@@ -187,6 +208,7 @@ absl::StatusOr<std::unique_ptr<BatchSource>> make_shard_source(
     std::vector<std::string> paths;
     for (const auto& shard : sampler->shards()) paths.push_back(shard->path());
     MSA_RETURN_IF_ERROR(check_shards_share_a_vocabulary(paths));
+    MSA_RETURN_IF_ERROR(check_synthetic_samples_fit(paths, seq_len));
   }
   std::optional<int32_t> eos_id;
   if (pack_documents) {

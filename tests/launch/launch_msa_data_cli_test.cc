@@ -205,6 +205,23 @@ TEST(MsaDataCliTest, SpecialTokenTextInDocumentsIsSaidOrSplit) {
   EXPECT_THAT(synthetic.output, HasSubstr("invalid --split_special_tokens: it belongs to 'text'"));
 }
 
+// Synthetic shards hold one sample per window only at their own length: at another --seq_len
+// the windows cut samples apart (facts from their queries) and trained without a word.
+TEST(MsaDataCliTest, SyntheticShardsTrainOnlyAtTheirLength) {
+  const std::string dir = fresh_dir("synthetic_length");
+  ASSERT_EQ(
+      run_program("msa-data", "synthetic --seq_len=64 --samples=20 --output=" + dir).exit_code, 0);
+  const std::string train =
+      std::string(kModel) + "--vocab_size=96 --steps=1 --data='" + dir + "/*.tok' --seq_len=";
+  CommandResult other = run_program("msa-train", train + "32");
+  EXPECT_EQ(other.exit_code, 1) << other.output;
+  EXPECT_THAT(other.output, HasSubstr("invalid --data: the synthetic shards of " + dir +
+                                      "/kv-recall.json hold samples of 64 tokens, one per "
+                                      "window only at --seq_len=64, not 32"));
+  CommandResult own = run_program("msa-train", train + "64");
+  EXPECT_EQ(own.exit_code, 0) << own.output;
+}
+
 // Compressed inputs were tokenized as text (their compressed bytes); an upper-case .JSONL was
 // read as plain text, the whole JSON line one document.
 TEST(MsaDataCliTest, CompressedInputsAreRefusedAndExtensionsIgnoreCase) {
