@@ -4,12 +4,14 @@
 //   --output=DIR [--depth=D]
 #include <chrono>
 #include <cstdio>
+#include <fstream>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "core/status.h"
@@ -121,6 +123,23 @@ absl::Status run_text() {
     if (!loaded.ok()) return msa::annotate(loaded.status(), "invalid --tokenizer");
     tokenizer = std::move(*loaded);
     o.tokenizer = tokenizer.get();
+  }
+  // A JSON file (not JSON Lines) is plain text here: its whole text one document. Said, since it
+  // is rarely meant (an array of documents, a dataset's single-object dump).
+  for (const std::string& f : o.inputs) {
+    const bool json_name =
+        f.size() >= 5 && absl::AsciiStrToLower(f.substr(f.size() - 5)) == ".json";
+    if (!json_name || msa::resolve_text_format(o.format, f) != msa::TextFormat::kText) continue;
+    std::ifstream in(f, std::ios::binary);
+    char c = 0;
+    while (in.get(c) && absl::ascii_isspace(static_cast<unsigned char>(c))) {
+    }
+    if (in && (c == '[' || c == '{'))
+      std::fprintf(stderr,
+                   "msa-data: note: '%s' is JSON, read as plain text (its whole text one "
+                   "document); documents one per line are JSON Lines: name the file .jsonl or give "
+                   "--format=jsonl\n",
+                   f.c_str());
   }
   TextProgressBar bar;
   absl::StatusOr<msa::TextShardingResult> result =

@@ -247,6 +247,16 @@ TEST(MsaDataCliTest, CompressedInputsAreRefusedAndExtensionsIgnoreCase) {
       run_program("msa-data", "text --input=" + dir + "/DOCS.JSONL --output=" + dir + "/jsonl");
   EXPECT_EQ(r.exit_code, 0) << r.output;
   EXPECT_THAT(r.output, HasSubstr("2 documents, 6 tokens"));
+  // A .json file is plain text, its whole text one document: said (an array of documents was
+  // taken as one without a word); a plain text file is not.
+  { std::ofstream(dir + "/docs.json") << "\n [{\"text\": \"ab\"}, {\"text\": \"cd\"}]\n"; }
+  { std::ofstream(dir + "/plain.json") << "not json\n"; }
+  r = run_program("msa-data", "text --input=" + dir + "/docs.json --output=" + dir + "/json");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("note: '" + dir + "/docs.json' is JSON, read as plain text"));
+  r = run_program("msa-data", "text --input=" + dir + "/plain.json --output=" + dir + "/plain");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_THAT(r.output, ::testing::Not(HasSubstr("note:")));
   // A pipe is not checked (reading its first bytes took them from the reader: 4 KiB lost).
   {
     std::ofstream f(dir + "/big.txt");
