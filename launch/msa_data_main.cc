@@ -2,6 +2,8 @@
 //   msa-data text --input=a.txt,b.jsonl --output=DIR [--tokenizer=PATH] [--shard_tokens=N]
 //   msa-data synthetic --task=kv-recall|needle --seq_len=N --samples=N
 //   --output=DIR [--depth=D]
+#include <sys/stat.h>
+
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -129,10 +131,18 @@ absl::Status run_text() {
   for (const std::string& f : o.inputs) {
     const bool json_name =
         f.size() >= 5 && absl::AsciiStrToLower(f.substr(f.size() - 5)) == ".json";
-    if (!json_name || msa::resolve_text_format(o.format, f) != msa::TextFormat::kText) continue;
+    // Only when the format was left to the name, and only regular files (a pipe's bytes would be
+    // taken from the reader).
+    struct stat st;
+    if (!json_name || o.format != msa::TextFormat::kAuto || ::stat(f.c_str(), &st) != 0 ||
+        !S_ISREG(st.st_mode))
+      continue;
     std::ifstream in(f, std::ios::binary);
     char c = 0;
-    while (in.get(c) && absl::ascii_isspace(static_cast<unsigned char>(c))) {
+    int read = 0;
+    while (in.get(c) && (absl::ascii_isspace(static_cast<unsigned char>(c)) ||
+                         (read < 3 && static_cast<unsigned char>(c) >= 0xBB))) {  // BOM EF BB BF
+      ++read;
     }
     if (in && (c == '[' || c == '{'))
       std::fprintf(stderr,

@@ -92,7 +92,7 @@ absl::Status check_shards_share_a_vocabulary(const std::vector<std::string>& sha
 
 // Fails (naming the metadata file and both lengths) when msa-data synthetic shards among
 // `shard_paths` hold samples of another length than `seq_len`: each window is one sample only at
-// their own length. make_shard_source checks it.
+// their own length. make_shard_source checks it, and msa-eval --data.
 absl::Status check_synthetic_samples_fit(const std::vector<std::string>& shard_paths,
                                          int64_t seq_len);
 

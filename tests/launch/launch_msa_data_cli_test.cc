@@ -218,8 +218,14 @@ TEST(MsaDataCliTest, SyntheticShardsTrainOnlyAtTheirLength) {
   EXPECT_THAT(other.output, HasSubstr("invalid --data: the synthetic shards of " + dir +
                                       "/kv-recall.json hold samples of 64 tokens, one per "
                                       "window only at --seq_len=64, not 32"));
-  CommandResult own = run_program("msa-train", train + "64");
-  EXPECT_EQ(own.exit_code, 0) << own.output;
+  CommandResult own = run_program("msa-train", train + "64 --checkpoint_dir=" + dir + "/ckpt");
+  ASSERT_EQ(own.exit_code, 0) << own.output;
+  // msa-eval --data too.
+  CommandResult eval = run_program("msa-eval", "--device=cpu --checkpoint=" + dir +
+                                                   "/ckpt/ckpt-00000001.h5 --data='" + dir +
+                                                   "/*.tok' --seq_len=32 --eval_windows=1");
+  EXPECT_EQ(eval.exit_code, 1) << eval.output;
+  EXPECT_THAT(eval.output, HasSubstr("one per window only at --seq_len=64, not 32"));
 }
 
 // Compressed inputs were tokenized as text (their compressed bytes); an upper-case .JSONL was
@@ -257,6 +263,15 @@ TEST(MsaDataCliTest, CompressedInputsAreRefusedAndExtensionsIgnoreCase) {
   r = run_program("msa-data", "text --input=" + dir + "/plain.json --output=" + dir + "/plain");
   EXPECT_EQ(r.exit_code, 0) << r.output;
   EXPECT_THAT(r.output, ::testing::Not(HasSubstr("note:")));
+  // Nor when the format was given; a byte order mark before the JSON is still JSON.
+  r = run_program("msa-data",
+                  "text --format=text --input=" + dir + "/docs.json --output=" + dir + "/given");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_THAT(r.output, ::testing::Not(HasSubstr("note:")));
+  { std::ofstream(dir + "/bom.json") << "\xEF\xBB\xBF{\"text\": \"ab\"}\n"; }
+  r = run_program("msa-data", "text --input=" + dir + "/bom.json --output=" + dir + "/bom");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("bom.json' is JSON"));
   // A pipe is not checked (reading its first bytes took them from the reader: 4 KiB lost).
   {
     std::ofstream f(dir + "/big.txt");
