@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "core/fnv1a.h"
 #include "core/status.h"
 #include "data/json_file.h"
 #include "data/tokenizer_added.h"
@@ -329,15 +330,9 @@ absl::Status HfTokenizerImpl::load(const std::string& json_path, const std::stri
       for (const auto& [content, id] : added_ids_) entries.emplace_back(id, content);
       std::sort(entries.begin(), entries.end());
       entries.erase(std::unique(entries.begin(), entries.end()), entries.end());
-      uint64_t h = 14695981039346656037ull;  // FNV-1a 64
-      auto mix = [&](std::string_view bytes) {
-        for (const char c : bytes) h = (h ^ static_cast<unsigned char>(c)) * 1099511628211ull;
-      };
-      for (const auto& [id, token] : entries) {
-        mix(absl::StrCat(id, " "));
-        mix(token);
-        mix(std::string_view("\0", 1));
-      }
+      uint64_t h = kFnv1aBasis;
+      for (const auto& [id, token] : entries)
+        h = fnv1a64_update(h, absl::StrCat(id, " ", token, absl::string_view("\0", 1)));
       fingerprint_ = absl::StrFormat("%016x", h);
     }
 

@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "core/fnv1a.h"
 #include "core/status.h"
 #include "nlohmann/json.hpp"
 
@@ -122,7 +123,7 @@ TextPieceReader::TextPieceReader(std::vector<std::string> inputs, std::vector<Te
       formats_(std::move(formats)),
       piece_bytes_(std::max<int64_t>(1, piece_bytes)),
       split_text_(split_text),
-      hashes_(inputs_.size(), 14695981039346656037ull) {}  // FNV-1a's offset basis
+      hashes_(inputs_.size(), kFnv1aBasis) {}
 
 TextPieceReader::~TextPieceReader() {
   if (in_ != nullptr) std::fclose(in_);
@@ -133,10 +134,7 @@ absl::Status TextPieceReader::read_block(std::string* out, int64_t n, bool* eof)
   out->resize(old + static_cast<size_t>(n));
   const size_t got = std::fread(out->data() + old, 1, static_cast<size_t>(n), in_);
   out->resize(old + got);
-  uint64_t h = hashes_[file_];
-  for (size_t i = old; i < out->size(); ++i)
-    h = (h ^ static_cast<unsigned char>((*out)[i])) * 1099511628211ull;
-  hashes_[file_] = h;
+  hashes_[file_] = fnv1a64_update(hashes_[file_], std::string_view(*out).substr(old));
   if (std::ferror(in_))
     return absl::InternalError(absl::StrFormat("invalid --input: '%s': read failed: %s",
                                                inputs_[file_], std::strerror(errno)));

@@ -8,15 +8,6 @@
 
 namespace msa {
 
-uint64_t fnv1a64(const std::string& s) {
-  uint64_t h = 0xcbf29ce484222325ULL;
-  for (unsigned char c : s) {
-    h ^= c;
-    h *= 0x100000001b3ULL;
-  }
-  return h;
-}
-
 std::vector<ParamSpec> model_param_specs(const ModelConfig& c) {
   std::vector<ParamSpec> specs;
   const int64_t D = c.d_model, H = c.n_heads, G = c.n_kv_heads, d = c.head_dim, F = c.ffn_dim;

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "core/fnv1a.h"  // fnv1a64, for the parameters' seeds (and their users)
 #include "core/tensor.h"
 #include "model/model_config.h"
 
@@ -78,8 +79,6 @@ class ParameterSet {
   std::vector<Parameter> params_;
   absl::flat_hash_map<std::string, size_t> index_;
 };
-
-uint64_t fnv1a64(const std::string& s);
 
 // "layers.<layer>.<suffix>": the name of a layer's parameter (the table at the top).
 std::string layer_param_name(int layer, const std::string& suffix);

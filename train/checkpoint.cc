@@ -17,6 +17,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "core/file_publish.h"
+#include "core/fnv1a.h"
 #include "core/status.h"
 #include "model/parameters.h"
 
@@ -40,13 +41,7 @@ const char kSkippedStepsField[] = "skipped_steps";
 const char kSkippedWarmupStepsField[] = "skipped_warmup_steps";
 
 uint64_t fnv1a_bytes(const void* data, size_t n) {
-  const auto* p = static_cast<const uint8_t*>(data);
-  uint64_t h = 0xcbf29ce484222325ULL;
-  for (size_t i = 0; i < n; ++i) {
-    h ^= p[i];
-    h *= 0x100000001b3ULL;
-  }
-  return h;
+  return fnv1a64(std::string_view(static_cast<const char*>(data), n));
 }
 
 // Closes an HDF5 handle on scope exit.
