@@ -3,30 +3,22 @@
 #include <sys/stat.h>
 
 #include <algorithm>
-#include <cctype>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <utility>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
 #include "core/fnv1a.h"
 #include "core/status.h"
 #include "nlohmann/json.hpp"
 
 namespace msa {
 namespace {
-
-// Case-insensitively: DATA.JSONL is JSON Lines too.
-bool ends_with(const std::string& s, std::string_view suffix) {
-  if (s.size() < suffix.size()) return false;
-  for (size_t i = 0; i < suffix.size(); ++i)
-    if (std::tolower(static_cast<unsigned char>(s[s.size() - suffix.size() + i])) !=
-        std::tolower(static_cast<unsigned char>(suffix[i])))
-      return false;
-  return true;
-}
 
 int64_t count_newlines(std::string_view s) {
   return static_cast<int64_t>(std::count(s.begin(), s.end(), '\n'));
@@ -75,46 +67,64 @@ const char* text_format_name(TextFormat format) {
 
 TextFormat resolve_text_format(TextFormat format, const std::string& path) {
   if (format != TextFormat::kAuto) return format;
-  return ends_with(path, ".jsonl") || ends_with(path, ".ndjson") ? TextFormat::kJsonl
-                                                                 : TextFormat::kText;
+  // Case-insensitively: DATA.JSONL is JSON Lines too.
+  return absl::EndsWithIgnoreCase(path, ".jsonl") || absl::EndsWithIgnoreCase(path, ".ndjson")
+             ? TextFormat::kJsonl
+             : TextFormat::kText;
 }
 
-absl::Status check_not_compressed(const std::string& path) {
-  // Regular files only: reading from a pipe (<(zcat f.gz), /dev/stdin) would take its first
-  // bytes away from the reader.
-  if (struct stat st; ::stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode))
-    return absl::OkStatus();
+namespace {
+
+// The first `n` bytes of `path` ("" unless it is a regular file that can be read): a pipe's
+// (<(zcat f.gz), /dev/stdin, a FIFO) would be taken away from the reader.
+std::string head_of_regular_file(const std::string& path, size_t n) {
+  if (struct stat st; ::stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) return "";
+  std::string head(n, '\0');
   FILE* f = std::fopen(path.c_str(), "rb");
-  if (f == nullptr) return absl::OkStatus();  // the reader says why it cannot open it
-  unsigned char head[10] = {};
-  const size_t n = std::fread(head, 1, sizeof(head), f);
+  if (f == nullptr) return "";  // the reader says why it cannot open it
+  head.resize(std::fread(head.data(), 1, n, f));
   std::fclose(f);
+  return head;
+}
+
+}  // namespace
+
+absl::Status check_not_compressed(const std::string& path) {
+  const std::string head = head_of_regular_file(path, 10);
   struct Magic {
     const char* name;
-    std::string_view bytes;
+    absl::string_view bytes;
     const char* tool;
   };
-  static const Magic kMagic[] = {{"gzip", std::string_view("\x1f\x8b", 2), "gunzip -k"},
-                                 {"zstd", std::string_view("\x28\xb5\x2f\xfd", 4), "zstd -d"},
+  static const Magic kMagic[] = {{"gzip", absl::string_view("\x1f\x8b", 2), "gunzip -k"},
+                                 {"zstd", absl::string_view("\x28\xb5\x2f\xfd", 4), "zstd -d"},
                                  {"xz",
-                                  std::string_view("\xfd"
-                                                   "7zXZ\x00",
-                                                   6),
-                                  "xz -dk"},
-                                 {"bzip2", std::string_view("BZh", 3), "bunzip2 -k"}};
+                                  absl::string_view("\xfd"
+                                                    "7zXZ\x00",
+                                                    6),
+                                  "xz -dk"}};
+  const Magic* found = nullptr;
   for (const Magic& m : kMagic)
-    if (n >= m.bytes.size() &&
-        std::string_view(reinterpret_cast<const char*>(head), m.bytes.size()) == m.bytes &&
-        (std::string_view(m.name) != "bzip2" ||
-         (n >= 10 && head[3] >= '1' && head[3] <= '9' &&
-          (std::string_view(reinterpret_cast<const char*>(head) + 4, 6) == "1AY&SY" ||
-           std::string_view(reinterpret_cast<const char*>(head) + 4, 6) ==
-               std::string_view("\x17rE8P\x90", 6)))))  // a block, or the end of an empty stream
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "invalid --input: '%s' is %s-compressed (its bytes would be read as text): decompress "
-          "it first (%s)",
-          path, m.name, m.tool));
-  return absl::OkStatus();
+    if (absl::StartsWith(head, m.bytes)) found = &m;
+  // bzip2: "BZh", the block size digit, then a block's magic or an empty stream's end.
+  static const Magic kBzip2 = {"bzip2", "BZh", "bunzip2 -k"};
+  const absl::string_view after = head.size() == 10 ? absl::string_view(head).substr(4) : "";
+  if (absl::StartsWith(head, kBzip2.bytes) && head[3] >= '1' && head[3] <= '9' &&
+      (after == "1AY&SY" || after == absl::string_view("\x17rE8P\x90", 6)))
+    found = &kBzip2;
+  if (found == nullptr) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrFormat(
+      "invalid --input: '%s' is %s-compressed (its bytes would be read as text): decompress it "
+      "first (%s)",
+      path, found->name, found->tool));
+}
+
+bool is_json_read_as_text(TextFormat format, const std::string& path) {
+  if (format != TextFormat::kAuto || !absl::EndsWithIgnoreCase(path, ".json")) return false;
+  const std::string bytes = head_of_regular_file(path, 1 << 16);
+  absl::string_view head = absl::StripLeadingAsciiWhitespace(bytes);
+  if (absl::ConsumePrefix(&head, "\xEF\xBB\xBF")) head = absl::StripLeadingAsciiWhitespace(head);
+  return absl::StartsWith(head, "[") || absl::StartsWith(head, "{");
 }
 
 TextPieceReader::TextPieceReader(std::vector<std::string> inputs, std::vector<TextFormat> formats,

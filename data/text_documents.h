@@ -26,6 +26,11 @@ TextFormat resolve_text_format(TextFormat format, const std::string& path);
 // signature: its compressed bytes were tokenized as text without a word.
 absl::Status check_not_compressed(const std::string& path);
 
+// Whether `path`, its format left to its name (kAuto), is a .json file (any case) whose text is
+// JSON (past a byte order mark and white space, within its first 64 KiB: '[' or '{'), which is
+// read as plain text, one document: rarely what is meant. Regular files only.
+bool is_json_read_as_text(TextFormat format, const std::string& path);
+
 // One unit of tokenization work. A plain text document is one piece, or several consecutive ones
 // when documents are split (only exact for a tokenizer that maps bytes independently); a JSONL
 // piece holds whole lines.

@@ -2,18 +2,14 @@
 //   msa-data text --input=a.txt,b.jsonl --output=DIR [--tokenizer=PATH] [--shard_tokens=N]
 //   msa-data synthetic --task=kv-recall|needle --seq_len=N --samples=N
 //   --output=DIR [--depth=D]
-#include <sys/stat.h>
-
 #include <chrono>
 #include <cstdio>
-#include <fstream>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
-#include "absl/strings/ascii.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "core/status.h"
@@ -128,29 +124,13 @@ absl::Status run_text() {
   }
   // A JSON file (not JSON Lines) is plain text here: its whole text one document. Said, since it
   // is rarely meant (an array of documents, a dataset's single-object dump).
-  for (const std::string& f : o.inputs) {
-    const bool json_name =
-        f.size() >= 5 && absl::AsciiStrToLower(f.substr(f.size() - 5)) == ".json";
-    // Only when the format was left to the name, and only regular files (a pipe's bytes would be
-    // taken from the reader).
-    struct stat st;
-    if (!json_name || o.format != msa::TextFormat::kAuto || ::stat(f.c_str(), &st) != 0 ||
-        !S_ISREG(st.st_mode))
-      continue;
-    std::ifstream in(f, std::ios::binary);
-    char c = 0;
-    int read = 0;
-    while (in.get(c) && (absl::ascii_isspace(static_cast<unsigned char>(c)) ||
-                         (read < 3 && static_cast<unsigned char>(c) >= 0xBB))) {  // BOM EF BB BF
-      ++read;
-    }
-    if (in && (c == '[' || c == '{'))
+  for (const std::string& f : o.inputs)
+    if (msa::is_json_read_as_text(o.format, f))
       std::fprintf(stderr,
                    "msa-data: note: '%s' is JSON, read as plain text (its whole text one "
                    "document); documents one per line are JSON Lines: name the file .jsonl or give "
                    "--format=jsonl\n",
                    f.c_str());
-  }
   TextProgressBar bar;
   absl::StatusOr<msa::TextShardingResult> result =
       msa::write_text_shards(o, [&bar](const msa::TextShardingProgress& p) { bar(p); });
