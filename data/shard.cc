@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <set>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_format.h"
@@ -300,6 +301,13 @@ std::optional<std::string> shard_metadata_path(const std::string& shard) {
                    [](char c) { return c >= '0' && c <= '9'; }))
     return std::nullopt;
   return shard.substr(0, dash) + ".json";
+}
+
+std::vector<std::string> shard_metadata_files(const std::vector<std::string>& shards) {
+  std::set<std::string> files;
+  for (const std::string& shard : shards)
+    if (const std::optional<std::string> m = shard_metadata_path(shard)) files.insert(*m);
+  return {files.begin(), files.end()};
 }
 
 void remove_flat_dir(const std::string& dir) {

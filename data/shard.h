@@ -88,6 +88,9 @@ absl::Status check_metadata_slot(const std::string& dir, const std::string& pref
 // <dir>/<prefix>.json
 // (nullopt for a file not named so).
 std::optional<std::string> shard_metadata_path(const std::string& shard);
+// The distinct metadata paths of `shards` (shard_metadata_path of each, sorted; whether the files
+// exist is not checked).
+std::vector<std::string> shard_metadata_files(const std::vector<std::string>& shards);
 
 // Removes `dir` and the files directly inside it (a staging directory: flat, ours). Best effort:
 // what cannot be removed stays.

@@ -45,8 +45,7 @@ absl::StatusOr<std::unique_ptr<EvalShards>> EvalShards::open(const std::string& 
     }
   }
   if (files.empty()) return absl::InvalidArgumentError("invalid --data: no shards given");
-  MSA_RETURN_IF_ERROR(annotate(check_shards_share_a_vocabulary(files), "invalid --data"));
-  MSA_RETURN_IF_ERROR(annotate(check_synthetic_samples_fit(files, seq_len), "invalid --data"));
+  MSA_RETURN_IF_ERROR(annotate(check_shard_metadata(files, seq_len), "invalid --data"));
   std::unique_ptr<EvalShards> s(new EvalShards());
   s->seq_len_ = seq_len;
   s->first_window_.push_back(0);

@@ -83,18 +83,15 @@ absl::StatusOr<std::unique_ptr<BatchSource>> make_shard_source(
     double val_fraction, uint64_t seed, const DataLayout& layout, bool validation,
     bool pack_documents = false);
 
-// Fails (naming both files and the field) when the msa-data metadata files of `shard_paths`
-// disagree on the tokenizer (its fingerprint; its description in files from before it): shards of
-// two tokenizers were trained as one vocabulary without a word; synthetic shards (their own
-// vocabulary) beside text shards too. Files not written by msa-data are not compared.
-// make_shard_source checks it, and msa-eval --data.
-absl::Status check_shards_share_a_vocabulary(const std::vector<std::string>& shard_paths);
-
-// Fails (naming the metadata file and both lengths) when msa-data synthetic shards among
-// `shard_paths` hold samples of another length than `seq_len`: each window is one sample only at
-// their own length. make_shard_source checks it, and msa-eval --data.
-absl::Status check_synthetic_samples_fit(const std::vector<std::string>& shard_paths,
-                                         int64_t seq_len);
+// The msa-data metadata files of `shard_paths` (those of each shard's name that are msa-data's;
+// data/shard.h, shard_metadata_path) agree with each other and with `seq_len`. Fails naming the
+// files: when they disagree on the tokenizer (its fingerprint; its description in files from
+// before it), or synthetic shards (their own vocabulary) stand beside text shards: shards of two
+// tokenizers were trained as one vocabulary without a word; and when msa-data synthetic shards
+// hold samples of another length than `seq_len`: each window is one sample only at their own
+// length. Files not written by msa-data are not compared. make_shard_source checks it, and
+// msa-eval --data.
+absl::Status check_shard_metadata(const std::vector<std::string>& shard_paths, int64_t seq_len);
 
 // A metadata file's text without the fields that say where inputs were read from
 // (tokenizer_path, inputs[].path); the text itself when it is not a JSON object.

@@ -3,7 +3,6 @@
 #include <fstream>
 #include <iterator>
 #include <optional>
-#include <set>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -75,11 +74,10 @@ class ShardSource : public BatchSource {
   }
 
   std::string data_metadata() const override {
-    std::set<std::string> files;
-    for (const auto& shard : sampler_->shards())
-      if (const std::optional<std::string> m = shard_metadata_path(shard->path())) files.insert(*m);
+    std::vector<std::string> paths;
+    for (const auto& shard : sampler_->shards()) paths.push_back(shard->path());
     std::string whole, content;
-    for (const std::string& m : files) {
+    for (const std::string& m : shard_metadata_files(paths)) {
       std::ifstream in(m, std::ios::binary);
       if (!in) continue;
       const std::string text(std::istreambuf_iterator<char>(in), {});
@@ -133,11 +131,7 @@ bool same_data_metadata(const std::string& was, const std::string& now) {
   return was == part(now, "file");
 }
 
-absl::Status check_shards_share_a_vocabulary(const std::vector<std::string>& shard_paths) {
-  std::set<std::string> files;
-  for (const std::string& shard : shard_paths)
-    if (const std::optional<std::string> m = shard_metadata_path(shard)) files.insert(*m);
-  if (files.size() < 2) return absl::OkStatus();
+absl::Status check_shard_metadata(const std::vector<std::string>& shard_paths, int64_t seq_len) {
   // What says which text an id stands for, per msa-data metadata file: for text shards the
   // tokenizer's fingerprint (files written before it: its description), for synthetic shards
   // their own fixed vocabulary. Whether BOS is added, or which id ends a document, changes no
@@ -146,7 +140,7 @@ absl::Status check_shards_share_a_vocabulary(const std::vector<std::string>& sha
     std::string file, kind, fingerprint, description;
   };
   std::vector<Vocabulary> seen;
-  for (const std::string& file : files) {
+  for (const std::string& file : shard_metadata_files(shard_paths)) {
     const absl::StatusOr<nlohmann::json> j = read_json_file(file);
     if (!j.ok() || !j->is_object()) continue;
     const auto text = [&](const char* key) {
@@ -154,8 +148,16 @@ absl::Status check_shards_share_a_vocabulary(const std::vector<std::string>& sha
     };
     const std::string written_by = text("written_by");
     if (written_by.rfind("msa-data", 0) != 0) continue;  // not msa-data's: nothing to compare
-    Vocabulary v{file, written_by == "msa-data synthetic" ? "synthetic" : "text",
-                 text("tokenizer_fingerprint"), text("tokenizer")};
+    const bool synthetic = written_by == "msa-data synthetic";
+    if (const nlohmann::json n = j->value("seq_len", nlohmann::json());
+        synthetic && n.is_number_integer() && n.get<int64_t>() != seq_len)
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "the synthetic shards of %s hold samples of %d tokens, one per window only at "
+          "--seq_len=%d, not %d (other windows cut samples apart, their facts from their "
+          "queries)",
+          file, n.get<int64_t>(), n.get<int64_t>(), seq_len));
+    Vocabulary v{file, synthetic ? "synthetic" : "text", text("tokenizer_fingerprint"),
+                 text("tokenizer")};
     for (const Vocabulary& u : seen) {
       std::string why;
       if (u.kind != v.kind)
@@ -177,43 +179,17 @@ absl::Status check_shards_share_a_vocabulary(const std::vector<std::string>& sha
   return absl::OkStatus();
 }
 
-absl::Status check_synthetic_samples_fit(const std::vector<std::string>& shard_paths,
-                                         int64_t seq_len) {
-  std::set<std::string> files;
-  for (const std::string& shard : shard_paths)
-    if (const std::optional<std::string> m = shard_metadata_path(shard)) files.insert(*m);
-  for (const std::string& file : files) {
-    const absl::StatusOr<nlohmann::json> j = read_json_file(file);
-    if (!j.ok() || !j->is_object() ||
-        j->value("written_by", nlohmann::json()) != "msa-data synthetic")
-      continue;
-    const nlohmann::json& n = j->value("seq_len", nlohmann::json());
-    if (n.is_number_integer() && n.get<int64_t>() != seq_len)
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "the synthetic shards of %s hold samples of %d tokens, one per window only at "
-          "--seq_len=%d, not %d (other windows cut samples apart, their facts from their "
-          "queries)",
-          file, n.get<int64_t>(), n.get<int64_t>(), seq_len));
-  }
-  return absl::OkStatus();
-}
-
 absl::StatusOr<std::unique_ptr<BatchSource>> make_shard_source(
     const std::string& glob, int64_t vocab_size, int64_t batch, int64_t seq_len,
     double val_fraction, uint64_t seed, const DataLayout& layout, bool validation,
     bool pack_documents) {
   MSA_ASSIGN_OR_RETURN(std::unique_ptr<WindowSampler> sampler,
                        WindowSampler::open(glob, seq_len, vocab_size, val_fraction, seed));
-  {
-    std::vector<std::string> paths;
-    for (const auto& shard : sampler->shards()) paths.push_back(shard->path());
-    MSA_RETURN_IF_ERROR(check_shards_share_a_vocabulary(paths));
-    MSA_RETURN_IF_ERROR(check_synthetic_samples_fit(paths, seq_len));
-  }
+  std::vector<std::string> paths;
+  for (const auto& shard : sampler->shards()) paths.push_back(shard->path());
+  MSA_RETURN_IF_ERROR(check_shard_metadata(paths, seq_len));
   std::optional<int32_t> eos_id;
   if (pack_documents) {
-    std::vector<std::string> paths;
-    for (const auto& shard : sampler->shards()) paths.push_back(shard->path());
     MSA_ASSIGN_OR_RETURN(eos_id, shards_eos_id(paths, vocab_size));
   }
   if (validation && sampler->num_val_windows() == 0) {
